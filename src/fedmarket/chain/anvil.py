@@ -1,0 +1,80 @@
+"""Start and stop a local anvil node (npm package @foundry-rs/anvil, pinned in package.json)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from ..errors import ChainError
+
+ANVIL_NPM_VERSION = "1.7.1"
+
+
+def find_anvil() -> str | None:
+    """Path of the anvil binary: $FEDMARKET_ANVIL, the repository's node_modules, or PATH."""
+    env = os.environ.get("FEDMARKET_ANVIL")
+    if env:
+        return env if os.access(env, os.X_OK) else None
+    here = Path(__file__).resolve()
+    for root in [Path.cwd(), *here.parents]:
+        nm = root / "node_modules" / "@foundry-rs"
+        if nm.is_dir():
+            for binary in sorted(nm.glob("anvil-*/bin/anvil")):
+                if os.access(binary, os.X_OK):
+                    return str(binary)
+    return shutil.which("anvil")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AnvilNode:
+    """A running anvil process on 127.0.0.1; use as a context manager."""
+
+    def __init__(self, port: int | None = None, *, chain_id: int = 31337, block_time: float | None = None):
+        binary = find_anvil()
+        if binary is None:
+            raise ChainError(
+                "anvil not found: run `npm ci` in the fedmarket repository "
+                f"(installs @foundry-rs/anvil@{ANVIL_NPM_VERSION}) or set FEDMARKET_ANVIL"
+            )
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [binary, "--host", "127.0.0.1", "--port", str(self.port), "--chain-id", str(chain_id), "--silent"]
+        if block_time:
+            args += ["--block-time", str(block_time)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr else ""
+                raise ChainError(f"anvil exited at start: {err or 'no output'}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise ChainError(f"anvil did not open port {self.port} within 15 s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> "AnvilNode":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,90 @@
+"""Embedded chain: titanoboa's in-process EVM (py-evm), the default backend."""
+
+from __future__ import annotations
+
+import itertools
+
+from ..errors import ContractRevert
+from .abi import decode_revert, intrinsic_gas
+from .base import Account, Chain, RawReceipt
+
+
+class BoaChain(Chain):
+    """An in-process EVM. Every transaction is mined in its own block.
+
+    Gas is reported as a receipt would: execution gas from the EVM plus the
+    intrinsic cost (21,000 and calldata) that titanoboa leaves out, minus the
+    capped refund.
+    """
+
+    name = "boa"
+
+    def __init__(self) -> None:
+        super().__init__()
+        import boa
+
+        self.env = boa.Env()
+        self.env.evm.patch.block_number = max(self.env.evm.patch.block_number, 1)
+        self._logs: list[tuple[str, list[bytes], bytes, int]] = []
+        self._tx_counter = itertools.count(1)
+        self.chain_id = int(self.env.evm.chain.chain_id)
+
+    def _mine(self) -> int:
+        self.env.evm.patch.block_number += 1
+        return self.env.evm.patch.block_number
+
+    def _send(self, sender: Account, to: str | None, data: bytes, value: int = 0) -> RawReceipt:
+        env = self.env
+        if to is None:
+            address, comp = env.deploy(sender=sender.address, bytecode=data, value=value)
+        else:
+            address, comp = None, env.execute_code(to_address=to, sender=sender.address, data=data, value=value)
+        if comp.is_error:
+            raise ContractRevert(decode_revert(_revert_data(comp)))
+        block = self._mine()
+        used = intrinsic_gas(data, create=to is None) + comp.get_gas_used()
+        used -= min(comp.get_gas_refund(), used // 5)
+        logs = []
+        for addr, topics, payload in comp.get_log_entries():
+            entry = ("0x" + bytes(addr).hex(), [t.to_bytes(32, "big") for t in topics], bytes(payload))
+            logs.append(entry)
+            self._logs.append((*entry, block))
+        tx_hash = f"boa-{next(self._tx_counter)}"
+        return RawReceipt(tx_hash, block, used, logs, None if address is None else str(address))
+
+    def _call(self, to: str, data: bytes, sender: str | None = None) -> bytes:
+        comp = self.env.execute_code(to_address=to, sender=sender, data=data, is_modifying=False)
+        if comp.is_error:
+            raise ContractRevert(decode_revert(_revert_data(comp)))
+        return bytes(comp.output)
+
+    def _get_logs(self, address: str, topic0: bytes, from_block: int):
+        address = address.lower()
+        return [
+            log for log in self._logs if log[0].lower() == address and log[1] and log[1][0] == topic0 and log[3] >= from_block
+        ]
+
+    def fund(self, address: str, wei: int) -> None:
+        self.env.set_balance(address, wei)
+
+    def timestamp(self) -> int:
+        return int(self.env.timestamp)
+
+    def block_number(self) -> int:
+        return int(self.env.evm.patch.block_number)
+
+    def advance_time(self, seconds: int) -> None:
+        self.env.evm.patch.timestamp += int(seconds)
+        self._mine()
+
+    def snapshot(self):
+        """Context manager: state changes inside it are rolled back on exit."""
+        return self.env.anchor()
+
+
+def _revert_data(comp) -> bytes:
+    """Revert payload of a failed computation (py-evm keeps it as the output)."""
+    try:
+        return bytes(comp.output)
+    except Exception:  # errors other than REVERT (out of gas, invalid opcode) carry no data
+        return b""

@@ -1,0 +1,160 @@
+"""`fedmarket` commands. Bad input ends with one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+from typer.exceptions import TyperException
+
+from ..errors import ConfigError, FedMarketError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="fedmarket: a decentralized marketplace for federated learning on EVM chains.",
+)
+
+
+@app.callback()
+def _root() -> None:
+    """fedmarket: a decentralized marketplace for federated learning on EVM chains."""
+
+
+def _writable_dir(path: Path) -> Path:
+    """Create `path` if needed and prove we can write into it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".fedmarket-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to output directory {path}: {exc.strerror or exc}") from None
+    return path
+
+
+@app.command()
+def demo(
+    providers: int = typer.Option(20, "--providers", "-n", help="Number of data providers."),
+    rounds: int = typer.Option(10, "--rounds", "-r", help="Training rounds."),
+    out: Path = typer.Option(Path("fedmarket-demo"), "--out", "-o", help="Directory for report.json, accuracy.png, blobs."),
+    dataset: str = typer.Option("digits", "--dataset", help="digits, iris, wine or breast_cancer (scikit-learn's bundled sets)."),
+    partition: str = typer.Option("iid", "--partition", help="How data is split across providers: iid or dirichlet."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Dirichlet concentration (smaller = more skewed)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for data split, partition and accounts."),
+    rpc: str = typer.Option(None, "--rpc", help="JSON-RPC URL of a development node (anvil) instead of the embedded EVM."),
+) -> None:
+    """Run a whole market job: deploy, post a funded job, train, settle, claim; print the settlement."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..runner import JobConfig, run_job
+
+    cfg = JobConfig(providers=providers, rounds=rounds, dataset=dataset, partition=partition, alpha=alpha, seed=seed)
+    cfg.check()
+    out = _writable_dir(out)
+    console = Console(stderr=True)
+
+    from ..chain import connect
+
+    console.print(f"[bold]fedmarket demo[/]: {providers} providers, {rounds} rounds, {dataset} ({partition}) on "
+                  f"{'the embedded EVM (titanoboa)' if rpc is None else rpc}")
+    chain = connect(rpc)
+    labels = {"deploy": "deploy contracts", "join": "providers join", "rounds": "training rounds", "claims": "claims"}
+    with Progress(
+        TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def tick(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        report = run_job(chain, out, cfg, tick)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    _plot(report, out / "accuracy.png")
+    _print_settlement(report, out)
+    if not report["conserved"]:
+        raise FedMarketError("balances are not conserved: escrow != paid + fee + refunded (see report.json)")
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    xs = list(range(1, len(report["accuracy"]) + 1))
+    ax.plot(xs, report["accuracy"], marker="o", label="global model (requester's test set)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    cfg = report["config"]
+    ax.set_title(f"FedAvg, {report['providers']} providers, {cfg['dataset']} ({cfg['partition']}) on {report['chain']}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _print_settlement(report: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    unit = 10**18
+    table = Table(title=f"settlement of job {report['job_id']}", show_lines=False)
+    table.add_column("provider")
+    table.add_column("samples", justify="right")
+    table.add_column("reward (FED)", justify="right")
+    table.add_column("reputation", justify="right")
+    for row in report["settlement"]:
+        table.add_row(row["provider"], str(row["samples"]), f"{row['reward'] / unit:,.4f}", str(row["reputation"]))
+    console = Console()
+    console.print(table)
+    console.print(
+        f"final accuracy [bold]{report['final_accuracy']:.4f}[/] | escrow {report['escrow'] / unit:,.2f} = "
+        f"paid {report['paid'] / unit:,.6f} + fee {report['fee'] / unit:,.2f} + refunded {report['refunded']} wei | "
+        f"conserved: [bold]{str(report['conserved']).lower()}[/]"
+    )
+    console.print(f"gas per round {report['gas_per_round'][-1]:,} | {report['seconds']:.1f}s | report: {out / 'report.json'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app and turns every expected error into one line on stderr."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv if argv is not None else sys.argv[1:], prog_name="fedmarket", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("fedmarket: aborted", file=sys.stderr)
+        return 130
+    except TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # help was printed: not an error
+            return 0
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"fedmarket: error: {message}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"fedmarket: error: {exc}", file=sys.stderr)
+        return 2
+    except FedMarketError as exc:
+        print(f"fedmarket: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fedmarket: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""Exception hierarchy: one root, specific subclasses, each message naming the problem."""
+
+
+class FedMarketError(Exception):
+    """Root of every error fedmarket raises on purpose."""
+
+
+class ConfigError(FedMarketError, ValueError):
+    """A user-supplied setting is invalid (bad CLI option, bad job spec value)."""
+
+
+class SchemaMismatch(FedMarketError, ValueError):
+    """Local data does not match the job's data schema."""
+
+
+class UnknownDatasetError(ConfigError):
+    """A dataset name that fedmarket does not know."""
+
+
+class ChainError(FedMarketError):
+    """The chain or node could not do what was asked (connection, node start, funding)."""
+
+
+class ContractRevert(ChainError):
+    """A contract call or transaction reverted; `reason` is the decoded revert string."""
+
+    def __init__(self, reason: str, function: str = ""):
+        self.reason = reason
+        self.function = function
+        super().__init__(f"{function}: {reason}" if function else reason)
+
+
+class StorageError(FedMarketError):
+    """A blob is missing, or its bytes do not hash to the content id it was asked by."""

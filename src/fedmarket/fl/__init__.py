@@ -1,0 +1,1 @@
+"""Federated-learning core: datasets, partitions, model, local training, quantisation, aggregation."""

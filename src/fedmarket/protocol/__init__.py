@@ -1,0 +1,1 @@
+"""Protocol encodings shared with the contracts: Merkle trees, leaves, typed receipts."""

@@ -1,0 +1,166 @@
+"""Aggregator role: collects signed updates, aggregates them exactly, commits each round, posts rewards."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..chain import Account, Receipt
+from ..errors import FedMarketError, StorageError
+from ..fl.aggregate import fedavg_int
+from ..market import Deployment
+from ..protocol.encoding import canonical_json, decode_vector, encode_vector, reward_leaf, update_leaf, vector_root
+from ..protocol.merkle import MerkleTree
+from ..protocol.receipts import UpdateReceipt
+from ..spec import JobSpec
+from ..storage import BlobStore, Mailbox
+from .common import committed_rounds, fetch_metrics, global_model, load_spec, metrics_digest, round_topic
+
+BPS = 10_000
+
+
+@dataclass(frozen=True)
+class Update:
+    """A verified update: signed receipt, matching blob, joined provider."""
+
+    provider: str
+    update_cid: str
+    update_root: bytes
+    weight: int
+    signature: bytes
+    train_loss: float
+    q: np.ndarray
+
+
+class Aggregator:
+    """Runs the rounds of the jobs that name it as their aggregator."""
+
+    def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox):
+        self.dep = dep
+        self.account = account
+        self.store = store
+        self.mailbox = mailbox
+
+    def start(self, job_id: int) -> Receipt:
+        return self.dep.market.transact("start", job_id, sender=self.account)
+
+    def collect(self, job_id: int, round_: int, spec: JobSpec) -> tuple[list[Update], list[dict]]:
+        """Every valid update posted for the round (one per provider), and the rejected ones with reasons."""
+        accepted: dict[str, Update] = {}
+        rejected: list[dict] = []
+        for raw in self.mailbox.read(round_topic(job_id, round_)):
+            try:
+                upd = self._verify(raw, job_id, round_, spec)
+            except (FedMarketError, ValueError, KeyError, TypeError) as exc:
+                rejected.append({"reason": str(exc)})
+                continue
+            if upd.provider in accepted:
+                rejected.append({"provider": upd.provider, "reason": "second update in one round"})
+                continue
+            accepted[upd.provider] = upd
+        return [accepted[p] for p in sorted(accepted)], rejected
+
+    def _verify(self, raw: bytes, job_id: int, round_: int, spec: JobSpec) -> Update:
+        msg = json.loads(raw)
+        if msg["job_id"] != job_id or msg["round"] != round_:
+            raise FedMarketError("receipt for another job or round")
+        weight = int(msg["weight"])
+        if weight < 1:
+            raise FedMarketError("weight must be positive")
+        root = bytes.fromhex(msg["update_root"].removeprefix("0x"))
+        sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
+        receipt = UpdateReceipt(job_id, round_, root, weight)
+        signer = receipt.signer(sig, self.dep.chain_id, self.dep.market.address)
+        if signer != msg["provider"]:
+            raise FedMarketError(f"receipt signed by {signer}, not by {msg['provider']}")
+        if not self.dep.market.call("is_provider", job_id, signer):
+            raise FedMarketError(f"{signer} did not join job {job_id}")
+        try:
+            q = decode_vector(self.store.get(msg["update_cid"]), spec.n_params)
+        except StorageError as exc:
+            raise FedMarketError(f"update of {signer}: {exc}") from None
+        if vector_root(q, spec.quantization.chunk_size) != root:
+            raise FedMarketError(f"update of {signer} does not match its signed root")
+        return Update(signer, msg["update_cid"], root, weight, sig, float(msg.get("train_loss", "nan")), q)
+
+    def run_round(self, job_id: int, round_: int) -> Receipt:
+        """Aggregate the round's updates (exact integer FedAvg) and commit it in one transaction."""
+        spec = load_spec(self.dep, self.store, job_id)
+        next_round, q_global = global_model(self.dep, self.store, spec, job_id)
+        if next_round != round_:
+            raise FedMarketError(f"job {job_id} is at round {next_round}, not {round_}")
+        updates, rejected = self.collect(job_id, round_, spec)
+        if not updates:
+            raise FedMarketError(f"job {job_id} round {round_}: no valid update to aggregate")
+        q_new = q_global + fedavg_int([u.q for u in updates], [u.weight for u in updates])
+        model_cid = self.store.put(encode_vector(q_new))
+        model_root = vector_root(q_new, spec.quantization.chunk_size)
+        updates_root = MerkleTree(
+            [update_leaf(i, u.provider, u.update_root, u.weight) for i, u in enumerate(updates)]
+        ).root
+        total = sum(u.weight for u in updates)
+        metrics = {
+            "job_id": job_id,
+            "round": round_,
+            "strategy": spec.strategy,
+            "count": len(updates),
+            "total_weight": total,
+            "train_loss": sum(u.train_loss * u.weight for u in updates) / total,
+            "model_cid": model_cid,
+            "updates": [
+                {
+                    "index": i,
+                    "provider": u.provider,
+                    "update_cid": u.update_cid,
+                    "update_root": "0x" + u.update_root.hex(),
+                    "weight": u.weight,
+                    "signature": "0x" + u.signature.hex(),
+                }
+                for i, u in enumerate(updates)
+            ],
+            "rejected": rejected,
+        }
+        doc = canonical_json(metrics)
+        self.store.put(doc)
+        return self.dep.market.transact(
+            "submit_round", job_id, round_, model_root, model_cid, updates_root, len(updates), metrics_digest(doc),
+            sender=self.account,
+        )
+
+    def reward_leaves(self, job_id: int, spec: JobSpec) -> list[dict]:
+        """Reward of every joined provider: the escrow net of fee, pro rata to the weight it contributed.
+
+        Reputation rises by one per round in which the provider's update was aggregated.
+        Integer division leaves dust that settlement refunds to the requester.
+        """
+        weight: dict[str, int] = {}
+        rounds_in: dict[str, int] = {}
+        for committed in committed_rounds(self.dep, job_id):
+            for u in fetch_metrics(self.store, committed)["updates"]:
+                weight[u["provider"]] = weight.get(u["provider"], 0) + int(u["weight"])
+                rounds_in[u["provider"]] = rounds_in.get(u["provider"], 0) + 1
+        joined = sorted({e["provider"] for e in self.dep.market.events("ProviderJoined", job_id=job_id)})
+        escrow = spec.reward.escrow
+        pool = escrow - escrow * int(self.dep.market.call("FEE_BPS")) // BPS
+        total = sum(weight.values())
+        return [
+            {
+                "index": i,
+                "account": acct,
+                "amount": str(pool * weight.get(acct, 0) // total if total else 0),
+                "reputation_delta": rounds_in.get(acct, 0),
+                "weight": weight.get(acct, 0),
+            }
+            for i, acct in enumerate(joined)
+        ]
+
+    def post_rewards(self, job_id: int) -> Receipt:
+        """After the last round: publish every reward leaf and commit their Merkle root."""
+        spec = load_spec(self.dep, self.store, job_id)
+        leaves = self.reward_leaves(job_id, spec)
+        tree = MerkleTree([reward_leaf(l["index"], l["account"], int(l["amount"]), l["reputation_delta"]) for l in leaves])
+        total = sum(int(l["amount"]) for l in leaves)
+        cid = self.store.put(canonical_json({"job_id": job_id, "leaves": leaves, "total": str(total)}))
+        return self.dep.market.transact("post_rewards", job_id, tree.root, total, cid, sender=self.account)

@@ -1,0 +1,96 @@
+"""What every role reads from the chain and the blob store: the job's spec and its committed rounds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from multiformats import CID, multihash
+
+from ..errors import FedMarketError, StorageError
+from ..market import Deployment
+from ..protocol.encoding import decode_vector, vector_root
+from ..spec import JobSpec
+from ..storage import BlobStore
+
+
+class ProtocolViolation(FedMarketError):
+    """Something committed on chain does not match the data it claims to commit to."""
+
+
+def round_topic(job_id: int, round_: int) -> str:
+    """Mailbox topic on which providers post their round `round_` receipts."""
+    return f"job-{job_id}-round-{round_}"
+
+
+def metrics_cid(metrics_hash: bytes) -> str:
+    """A round's metrics_hash is the sha2-256 digest of its metrics document, so it names that blob."""
+    return str(CID("base32", 1, "raw", multihash.wrap(metrics_hash, "sha2-256")))
+
+
+def metrics_digest(doc_bytes: bytes) -> bytes:
+    return hashlib.sha256(doc_bytes).digest()
+
+
+def load_spec(dep: Deployment, store: BlobStore, job_id: int) -> JobSpec:
+    """The job's spec from the blob store, checked against the hash committed on chain."""
+    posted = dep.market.events("JobPosted", job_id=job_id)
+    if not posted:
+        raise FedMarketError(f"job {job_id} does not exist on this market")
+    ev = posted[0]
+    raw = store.get(ev["spec_cid"])
+    spec = JobSpec.parse(raw)
+    if spec.hash() != ev["spec_hash"] or spec.canonical() != raw:
+        raise ProtocolViolation(f"job {job_id}: spec {ev['spec_cid']} does not hash to the committed spec hash")
+    return spec
+
+
+@dataclass(frozen=True)
+class CommittedRound:
+    """One RoundCommitted event."""
+
+    round: int
+    model_root: bytes
+    model_cid: str
+    updates_root: bytes
+    count: int
+    metrics_hash: bytes
+    block: int
+
+
+def committed_rounds(dep: Deployment, job_id: int) -> list[CommittedRound]:
+    evs = dep.market.events("RoundCommitted", job_id=job_id)
+    rounds = [
+        CommittedRound(
+            e["round"], e["model_root"], e["model_cid"], e["updates_root"], e["count"], e["metrics_hash"], e.block
+        )
+        for e in evs
+    ]
+    return sorted(rounds, key=lambda r: r.round)
+
+
+def fetch_model(store: BlobStore, spec: JobSpec, committed: CommittedRound) -> np.ndarray:
+    """The quantized global model a round committed, verified against its model root."""
+    q = decode_vector(store.get(committed.model_cid), spec.n_params)
+    if vector_root(q, spec.quantization.chunk_size) != committed.model_root:
+        raise ProtocolViolation(f"round {committed.round}: model {committed.model_cid} does not match its model root")
+    return q
+
+
+def global_model(dep: Deployment, store: BlobStore, spec: JobSpec, job_id: int) -> tuple[int, np.ndarray]:
+    """(next round number, quantized global model to train from). Round 0 starts from zeros."""
+    rounds = committed_rounds(dep, job_id)
+    if not rounds:
+        return 0, np.zeros(spec.n_params, dtype=np.int64)
+    last = rounds[-1]
+    return last.round + 1, fetch_model(store, spec, last)
+
+
+def fetch_metrics(store: BlobStore, committed: CommittedRound) -> dict:
+    raw = store.get(metrics_cid(committed.metrics_hash))
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise StorageError(f"round {committed.round}: metrics blob is not JSON") from None

@@ -1,0 +1,68 @@
+"""Requester role: posts and funds a job, follows its rounds, evaluates the models, settles."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..chain import Account, Receipt
+from ..fl.models import SoftmaxRegression, normalize
+from ..fl.quantize import dequantize
+from ..market import Deployment
+from ..spec import JobSpec
+from ..storage import BlobStore
+from .common import committed_rounds, fetch_model, load_spec
+
+
+class Requester:
+    """A party that pays for a model."""
+
+    def __init__(self, dep: Deployment, account: Account, store: BlobStore):
+        self.dep = dep
+        self.account = account
+        self.store = store
+
+    def post(self, spec: JobSpec, aggregator: str) -> int:
+        """Store the spec, lock the escrow and post the job; returns the job id."""
+        cid = self.store.put(spec.canonical())
+        market, token = self.dep.market, self.dep.token
+        token.transact("approve", market.address, spec.reward.escrow, sender=self.account)
+        now = self.dep.chain.timestamp()
+        d = spec.deadlines
+        receipt = market.transact(
+            "post_job",
+            spec.hash(),
+            cid,
+            aggregator,
+            spec.reward.escrow,
+            spec.reward.provider_stake,
+            spec.participation.min_providers,
+            spec.participation.max_providers,
+            spec.training.rounds,
+            now + d.join_window,
+            d.round_duration,
+            d.challenge_period,
+            d.claim_period,
+            sender=self.account,
+        )
+        return int(receipt.event("JobPosted")["job_id"])
+
+    def evaluate(self, job_id: int, X: np.ndarray, y: np.ndarray) -> list[float]:
+        """Test accuracy of every committed global model on the requester's own held-out data."""
+        spec = load_spec(self.dep, self.store, job_id)
+        model = SoftmaxRegression(spec.data.n_features, spec.data.n_classes, spec.model.l2)
+        Xn = normalize(X, np.asarray(spec.data.feature_low), np.asarray(spec.data.feature_high))
+        return [
+            model.accuracy(dequantize(fetch_model(self.store, spec, r)), Xn, y)
+            for r in committed_rounds(self.dep, job_id)
+        ]
+
+    def settle(self, job_id: int) -> Receipt:
+        """Settle after the challenge window (anyone may; the requester has the most reason to)."""
+        return self.dep.market.transact("settle", job_id, sender=self.account)
+
+    def sweep(self, job_id: int) -> Receipt:
+        """Take back rewards nobody claimed once the claim period is over."""
+        return self.dep.market.transact("sweep", job_id, sender=self.account)
+
+    def cancel(self, job_id: int) -> Receipt:
+        return self.dep.market.transact("cancel", job_id, sender=self.account)

@@ -1,0 +1,65 @@
+"""Content-addressed blob stores: every blob is named by its CID and checked on every read."""
+
+from __future__ import annotations
+
+import abc
+import os
+from pathlib import Path
+
+from ..errors import StorageError
+from .cid import cid_of, parse_cid, verify
+
+
+class BlobStore(abc.ABC):
+    """Untrusted content-addressed storage. `get` never returns bytes that do not match the CID."""
+
+    @abc.abstractmethod
+    def put(self, data: bytes) -> str:
+        """Store `data`; returns its CID."""
+
+    @abc.abstractmethod
+    def _read(self, cid: str) -> bytes:
+        """Raw bytes stored under `cid` (unverified); StorageError if absent."""
+
+    def get(self, cid: str) -> bytes:
+        """The blob named `cid`, verified against it."""
+        data = self._read(cid)
+        verify(cid, data)
+        return data
+
+    def has(self, cid: str) -> bool:
+        try:
+            self._read(cid)
+        except StorageError:
+            return False
+        return True
+
+
+class LocalBlobStore(BlobStore):
+    """A directory of files named by CID (written atomically)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create blob store at {self.root}: {exc.strerror}") from None
+
+    def _path(self, cid: str) -> Path:
+        parse_cid(cid)  # also rules out path tricks: a valid CID is plain base32
+        return self.root / cid
+
+    def put(self, data: bytes) -> str:
+        cid = cid_of(data)
+        path = self._path(cid)
+        if not path.exists():
+            tmp = path.with_name(f".{cid}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        return cid
+
+    def _read(self, cid: str) -> bytes:
+        try:
+            return self._path(cid).read_bytes()
+        except FileNotFoundError:
+            raise StorageError(f"blob {cid} not found in {self.root}") from None

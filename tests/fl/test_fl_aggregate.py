@@ -1,0 +1,177 @@
+"""Tests for fedmarket.fl.aggregate: float FedAvg and exact integer FedAvg."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedmarket.errors import ConfigError
+from fedmarket.fl.aggregate import fedavg, fedavg_int
+from fedmarket.fl.quantize import QMAX, dequantize, quantize
+
+FAST = settings(max_examples=150, deadline=None, database=None)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+@st.composite
+def float_updates(draw):
+    m = draw(st.integers(1, 8))
+    d = draw(st.integers(1, 6))
+    vals = st.floats(-1e6, 1e6)
+    ups = [np.array(draw(st.lists(vals, min_size=d, max_size=d))) for _ in range(m)]
+    ws = draw(st.lists(st.floats(0, 1e6), min_size=m, max_size=m).filter(lambda w: sum(w) > 0))
+    return ups, ws
+
+
+@st.composite
+def int_updates(draw, lo=INT64_MIN + 1, hi=INT64_MAX, max_weight=2**40):
+    m = draw(st.integers(1, 8))
+    d = draw(st.integers(1, 6))
+    vals = st.integers(lo, hi)
+    ups = [np.array(draw(st.lists(vals, min_size=d, max_size=d)), dtype=np.int64) for _ in range(m)]
+    ws = draw(st.lists(st.integers(0, max_weight), min_size=m, max_size=m).filter(lambda w: sum(w) > 0))
+    return ups, ws
+
+
+def _reference(ups, ws):
+    total = sum(ws)
+    return [sum(w * int(u[j]) for u, w in zip(ups, ws)) // total for j in range(len(ups[0]))]
+
+
+# ---------------------------------------------------------------- float fedavg
+
+
+@FAST
+@given(float_updates(), st.randoms(use_true_random=False))
+def test_fedavg_permutation_invariant(data, rnd):
+    ups, ws = data
+    order = list(range(len(ups)))
+    rnd.shuffle(order)
+    a = fedavg(ups, ws)
+    b = fedavg([ups[i] for i in order], [ws[i] for i in order])
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-6)
+
+
+@FAST
+@given(float_updates())
+def test_fedavg_matches_definition_and_zero_weight_is_ignored(data):
+    ups, ws = data
+    expected = sum(w * u for u, w in zip(ups, ws)) / sum(ws)
+    np.testing.assert_allclose(fedavg(ups, ws), expected, rtol=1e-9, atol=1e-6)
+    junk = np.full_like(ups[0], 1e9)
+    np.testing.assert_allclose(fedavg(ups + [junk], ws + [0.0]), fedavg(ups, ws), rtol=1e-12, atol=1e-6)
+
+
+@FAST
+@given(float_updates())
+def test_fedavg_of_equal_updates_is_that_update(data):
+    ups, ws = data
+    same = [ups[0]] * len(ups)
+    np.testing.assert_allclose(fedavg(same, ws), ups[0], rtol=1e-12, atol=1e-9)
+
+
+def test_fedavg_weights_are_relative():
+    ups = [np.array([0.0, 4.0]), np.array([2.0, 0.0])]
+    np.testing.assert_allclose(fedavg(ups, [1, 3]), [1.5, 1.0])
+    np.testing.assert_allclose(fedavg(ups, [10, 30]), [1.5, 1.0])
+    assert fedavg([np.ones((2, 3))], [2.0]).shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "ups, ws, match",
+    [
+        ([], [], "zero updates"),
+        ([np.ones(2)], [1.0, 2.0], "weights"),
+        ([np.ones(2), np.ones(3)], [1.0, 1.0], "shape"),
+        ([np.ones(2), np.ones(2)], [1.0, -1.0], "non-negative"),
+        ([np.ones(2), np.ones(2)], [0.0, 0.0], "positive sum"),
+        ([np.ones(2)], [float("nan")], "finite"),
+    ],
+)
+def test_fedavg_errors(ups, ws, match):
+    with pytest.raises(ConfigError, match=match):
+        fedavg(ups, ws)
+
+
+# ---------------------------------------------------------- integer fedavg
+
+
+@FAST
+@given(int_updates(lo=-QMAX, hi=QMAX, max_weight=2**14))
+def test_fedavg_int_exact_on_fast_path(data):
+    ups, ws = data
+    out = fedavg_int(ups, ws)
+    assert out.dtype == np.int64
+    assert out.tolist() == _reference(ups, ws)
+
+
+@FAST
+@given(int_updates())
+def test_fedavg_int_exact_for_any_int64_values(data):
+    ups, ws = data
+    assert fedavg_int(ups, ws).tolist() == _reference(ups, ws)
+
+
+def test_fedavg_int_big_value_fallback():
+    big = 2**62
+    ups = [np.array([big, -big, big - 1, INT64_MAX]), np.array([big, -big, -(big - 1), INT64_MAX - 2])]
+    ws = [3, 1]
+    # w @ q overflows int64 here; the exact path must still give the true floor.
+    assert fedavg_int(ups, ws).tolist() == [big, -big, (big - 1) // 2, (4 * INT64_MAX - 2) // 4]
+    assert fedavg_int(ups, ws).tolist() == _reference(ups, ws)
+    huge_w = [2**70, 1]
+    assert fedavg_int(ups, huge_w).tolist() == _reference(ups, huge_w)
+
+
+def test_fedavg_int_floors_toward_minus_infinity():
+    ups = [np.array([-1, 1, -3]), np.array([0, 0, 0])]
+    np.testing.assert_array_equal(fedavg_int(ups, [1, 1]), [-1, 0, -2])
+    np.testing.assert_array_equal(fedavg_int([np.array([7, -7])], [5]), [7, -7])
+
+
+@FAST
+@given(int_updates(max_weight=1000), st.randoms(use_true_random=False))
+def test_fedavg_int_permutation_invariant_and_zero_weight(data, rnd):
+    ups, ws = data
+    order = list(range(len(ups)))
+    rnd.shuffle(order)
+    a = fedavg_int(ups, ws)
+    np.testing.assert_array_equal(a, fedavg_int([ups[i] for i in order], [ws[i] for i in order]))
+    junk = np.full_like(ups[0], INT64_MAX)
+    np.testing.assert_array_equal(a, fedavg_int(ups + [junk], ws + [0]))
+    np.testing.assert_array_equal(fedavg_int([ups[0]] * len(ups), ws), ups[0])
+
+
+@FAST
+@given(int_updates(lo=-QMAX, hi=QMAX, max_weight=10**6))
+def test_fedavg_int_within_one_step_of_float_path(data):
+    ups, ws = data
+    exact = fedavg_int(ups, ws)
+    via_float = quantize(fedavg([dequantize(u) for u in ups], ws))
+    assert np.all(np.abs(exact - via_float) <= 1)
+
+
+def test_fedavg_int_keeps_shape_and_accepts_numpy_weights():
+    ups = [np.arange(6, dtype=np.int64).reshape(2, 3)] * 2
+    out = fedavg_int(ups, [np.int64(2), np.int32(1)])
+    assert out.shape == (2, 3) and out.dtype == np.int64
+    np.testing.assert_array_equal(out, ups[0])
+
+
+@pytest.mark.parametrize(
+    "ups, ws, match",
+    [
+        ([], [], "zero updates"),
+        ([np.ones(2, dtype=np.int64)], [1, 2], "weights"),
+        ([np.ones(2)], [1], "integer array"),
+        ([np.ones(2, dtype=np.int64)], [1.0], "must be an integer"),
+        ([np.ones(2, dtype=np.int64)], [True], "must be an integer"),
+        ([np.ones(2, dtype=np.int64)], [-1], "non-negative"),
+        ([np.ones(2, dtype=np.int64)], [0], "positive sum"),
+        ([np.ones(2, dtype=np.int64), np.ones(3, dtype=np.int64)], [1, 1], "shape"),
+        ([np.array([2**64 - 1], dtype=np.uint64)], [1], "int64 range"),
+    ],
+)
+def test_fedavg_int_errors(ups, ws, match):
+    with pytest.raises(ConfigError, match=match):
+        fedavg_int(ups, ws)
