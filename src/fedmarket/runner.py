@@ -7,11 +7,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from .chain import Chain
 from .errors import ConfigError
-from .fl.data import DATASETS, load_dataset, subset, train_test_split
+from .fl.data import DATASETS, load_dataset, train_test_split
 from .fl.partition import dirichlet_partition, iid_partition
 from .market import DEFAULT_FEE_BPS, Deployment, JobState
 from .roles import Aggregator, Provider, Requester
@@ -38,7 +36,7 @@ class JobConfig:
     fee_bps: int = DEFAULT_FEE_BPS
     local_epochs: int = 5
     batch_size: int = 16
-    learning_rate: float = 0.5
+    learning_rate: float = 1.0
 
     def check(self) -> None:
         if self.providers < 1:
@@ -56,31 +54,35 @@ class JobConfig:
         if self.escrow_tokens < 1 or self.stake_tokens < 0:
             raise ConfigError("escrow must be positive and stake non-negative")
 
-
-def _partition(cfg: JobConfig, y: np.ndarray) -> list[np.ndarray]:
-    if cfg.providers > len(y):
-        raise ConfigError(f"--providers {cfg.providers} exceeds the {len(y)} training samples of '{cfg.dataset}'")
-    if cfg.partition == "iid":
-        return iid_partition(y, cfg.providers, cfg.seed)
-    return dirichlet_partition(y, cfg.providers, cfg.alpha, cfg.seed)
+    def split(self):
+        """Check the config against its dataset; returns (train, test, per-provider index arrays)."""
+        self.check()
+        ds = load_dataset(self.dataset)
+        train, test = train_test_split(ds, self.test_fraction, self.seed)
+        if self.providers > train.n_samples:
+            raise ConfigError(
+                f"--providers {self.providers} exceeds the {train.n_samples} training samples of '{self.dataset}'"
+            )
+        if self.partition == "iid":
+            parts = iid_partition(train.y, self.providers, self.seed)
+        else:
+            parts = dirichlet_partition(train.y, self.providers, self.alpha, self.seed)
+        return ds, train, test, parts
 
 
 def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progress | None = None) -> dict:
     """Deploy, post a funded job, run every round, settle, let every provider claim; return the report.
 
+    The requester keeps a held-out test split of the dataset; providers split the rest.
+
     Money figures in the report are read from token balances on chain, before and after.
     """
-    cfg.check()
+    ds, train, test, parts = cfg.split()
     tick = progress or (lambda stage, done, total: None)
     t0 = time.perf_counter()
     workdir = Path(workdir)
     store = LocalBlobStore(workdir / "blobs")
     mailbox = Mailbox(workdir / "mailbox")
-
-    # ---- data: the requester keeps a held-out test set; providers split the rest -------
-    ds = load_dataset(cfg.dataset)
-    train, test = train_test_split(ds, cfg.test_fraction, cfg.seed)
-    parts = _partition(cfg, train.y)
 
     # ---- accounts and contracts ----------------------------------------------------------
     tick("deploy", 0, 1)

@@ -9,7 +9,7 @@ from fedmarket.errors import ConfigError
 from fedmarket.fl.aggregate import fedavg, fedavg_int
 from fedmarket.fl.quantize import QMAX, dequantize, quantize
 
-FAST = settings(max_examples=150, deadline=None, database=None)
+FAST = settings(max_examples=100, deadline=None, database=None)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 

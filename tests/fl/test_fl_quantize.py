@@ -10,7 +10,7 @@ from fedmarket.errors import ConfigError
 from fedmarket.fl.quantize import QMAX, SCALE, SCALE_BITS, dequantize, quantize
 
 LIMIT = QMAX / SCALE
-FAST = settings(max_examples=200, deadline=None, database=None)
+FAST = settings(max_examples=100, deadline=None, database=None)
 
 
 def test_constants():

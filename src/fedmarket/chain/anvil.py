@@ -42,7 +42,7 @@ class AnvilNode:
         binary = find_anvil()
         if binary is None:
             raise ChainError(
-                "anvil not found: run `npm ci` in the fedmarket repository "
+                "anvil not found: run `npm install` in the fedmarket repository "
                 f"(installs @foundry-rs/anvil@{ANVIL_NPM_VERSION}) or set FEDMARKET_ANVIL"
             )
         self.port = port or _free_port()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 from ..errors import ContractRevert
@@ -77,9 +78,18 @@ class BoaChain(Chain):
         self.env.evm.patch.timestamp += int(seconds)
         self._mine()
 
+    @contextlib.contextmanager
     def snapshot(self):
-        """Context manager: state changes inside it are rolled back on exit."""
-        return self.env.anchor()
+        """Context manager: state, time, blocks and logs made inside it are rolled back on exit."""
+        n_logs = len(self._logs)
+        patch = self.env.evm.patch
+        block, ts = patch.block_number, patch.timestamp
+        try:
+            with self.env.anchor():
+                yield self
+        finally:
+            del self._logs[n_logs:]
+            patch.block_number, patch.timestamp = block, ts
 
 
 def _revert_data(comp) -> bytes:

@@ -16,6 +16,14 @@ from .base import Account, Chain, RawReceipt
 GWEI = 10**9
 
 
+class NodeUnreachable(ChainError):
+    """The node did not answer at all (refused, timed out); `reason` is the short cause."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class RpcChain(Chain):
     """A chain reached over JSON-RPC (web3.py's HTTP provider).
 
@@ -40,10 +48,8 @@ class RpcChain(Chain):
         self.rpc_calls = 0
         try:
             self.chain_id = int(self._rpc("eth_chainId", []), 16)
-        except ChainError:
-            raise
-        except Exception as exc:
-            raise ChainError(f"cannot reach an EVM node at {url}: {exc}") from None
+        except NodeUnreachable as exc:
+            raise NodeUnreachable(f"cannot reach an EVM node at {url}: {exc.reason}", exc.reason) from None
         self._fee_cap: int | None = None
 
     # ---- raw JSON-RPC ---------------------------------------------------------------
@@ -52,7 +58,8 @@ class RpcChain(Chain):
         try:
             resp = self.w3.provider.make_request(method, params)
         except Exception as exc:
-            raise ChainError(f"RPC {method} to {self.url} failed: {exc}") from None
+            reason = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
+            raise NodeUnreachable(f"RPC {method} to {self.url} failed: {reason}", reason) from None
         if "error" in resp:
             err = resp["error"]
             data = err.get("data") if isinstance(err, dict) else None

@@ -55,15 +55,15 @@ def demo(
     from ..runner import JobConfig, run_job
 
     cfg = JobConfig(providers=providers, rounds=rounds, dataset=dataset, partition=partition, alpha=alpha, seed=seed)
-    cfg.check()
+    cfg.split()  # every input problem is reported before any work starts
     out = _writable_dir(out)
     console = Console(stderr=True)
 
     from ..chain import connect
 
+    chain = connect(rpc)
     console.print(f"[bold]fedmarket demo[/]: {providers} providers, {rounds} rounds, {dataset} ({partition}) on "
                   f"{'the embedded EVM (titanoboa)' if rpc is None else rpc}")
-    chain = connect(rpc)
     labels = {"deploy": "deploy contracts", "join": "providers join", "rounds": "training rounds", "claims": "claims"}
     with Progress(
         TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

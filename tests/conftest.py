@@ -1,0 +1,43 @@
+"""Shared fixtures: an embedded chain with the protocol deployed, funded accounts, a blob store."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+TOKEN = 10**18
+
+
+@pytest.fixture(scope="session")
+def boa_world():
+    """One embedded chain for the session with token + market deployed and accounts funded."""
+    from fedmarket.chain.boa_backend import BoaChain
+    from fedmarket.market import Deployment
+
+    chain = BoaChain()
+    deployer, treasury, requester, aggregator = (chain.new_account("tests", i) for i in range(4))
+    providers = [chain.new_account("tests", 100 + i) for i in range(6)]
+    outsider = chain.new_account("tests", 999)
+    dep = Deployment.deploy(chain, deployer, treasury.address, 100)
+    for acct in [requester, outsider, *providers]:
+        dep.token.transact("mint", acct.address, 10_000 * TOKEN, sender=deployer)
+    return {
+        "chain": chain,
+        "dep": dep,
+        "deployer": deployer,
+        "treasury": treasury,
+        "requester": requester,
+        "aggregator": aggregator,
+        "providers": providers,
+        "outsider": outsider,
+    }
+
+
+@pytest.fixture
+def world(boa_world):
+    """The session world, rolled back after each test."""
+    with boa_world["chain"].snapshot():
+        yield boa_world

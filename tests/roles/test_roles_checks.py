@@ -1,0 +1,82 @@
+"""Roles refuse what they must: mismatched local data, forged or tampered updates."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedmarket.errors import SchemaMismatch
+from fedmarket.protocol.encoding import canonical_json
+from fedmarket.roles import Aggregator, Provider, Requester
+from fedmarket.roles.common import load_spec, round_topic
+from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
+from fedmarket.storage import LocalBlobStore, Mailbox
+
+TOKEN = 10**18
+
+
+def spec(n_providers=2):
+    return JobSpec(
+        name="roles",
+        data=DataSchema(n_features=4, n_classes=3, feature_low=[0] * 4, feature_high=[1] * 4),
+        training=TrainingSpec(rounds=1, local_epochs=1),
+        reward=RewardSpec(escrow=100 * TOKEN, provider_stake=TOKEN),
+        participation=ParticipationSpec(min_providers=1, max_providers=n_providers),
+    )
+
+
+@pytest.fixture
+def market(world, tmp_path):
+    store, box = LocalBlobStore(tmp_path / "blobs"), Mailbox(tmp_path / "box")
+    requester = Requester(world["dep"], world["requester"], store)
+    job = requester.post(spec(), world["aggregator"].address)
+    rng = np.random.default_rng(0)
+    X, y = rng.random((30, 4)), rng.integers(0, 3, 30)
+    providers = [Provider(world["dep"], p, store, box, X, y) for p in world["providers"][:2]]
+    agg = Aggregator(world["dep"], world["aggregator"], store, box)
+    return world, store, box, job, providers, agg
+
+
+def test_spec_is_verified_against_the_chain(market):
+    world, store, _, job, _, _ = market
+    assert load_spec(world["dep"], store, job).hash() == spec().hash()
+
+
+def test_provider_with_wrong_features_cannot_join_and_spends_nothing(market):
+    world, store, box, job, _, _ = market
+    dep = world["dep"]
+    p = world["providers"][3]
+    before, block = dep.balance(p.address), world["chain"].block_number()
+    bad = Provider(dep, p, store, box, np.zeros((10, 5)), np.zeros(10, int))
+    with pytest.raises(SchemaMismatch, match="has 5 features; the job's schema requires 4"):
+        bad.join(job)
+    assert dep.balance(p.address) == before and world["chain"].block_number() == block
+    assert not dep.market.call("is_provider", job, p.address)
+
+
+def test_aggregator_rejects_forged_tampered_and_outsider_updates(market):
+    world, store, box, job, providers, agg = market
+    dep = world["dep"]
+    providers[0].join(job)
+    agg.start(job)
+    honest = providers[0].train(job, 0)
+    topic = round_topic(job, 0)
+    # 1. the same update re-signed by someone else's claim of authorship
+    forged = dict(honest, provider=world["outsider"].address)
+    box.post(topic, canonical_json(forged))
+    # 2. a valid signature, but the blob swapped for other bytes with their own CID
+    other_cid = store.put(b"FMV1" + (15).to_bytes(8, "big") + b"\x00" * 8 * 15)
+    box.post(topic, canonical_json(dict(honest, update_cid=other_cid, train_loss=1.0)))
+    # 3. a provider that never joined, properly signed
+    outsider = Provider(dep, world["providers"][1], store, box, providers[1].X, providers[1].y)
+    outsider._specs[job] = load_spec(dep, store, job)
+    outsider.train(job, 0)
+    updates, rejected = agg.collect(job, 0, load_spec(dep, store, job))
+    assert [u.provider for u in updates] == [providers[0].address]
+    reasons = " | ".join(r["reason"] for r in rejected)
+    assert "not by" in reasons and "did not join" in reasons
+    assert "entries, expected" in reasons or "does not match its signed root" in reasons
+    receipt = agg.run_round(job, 0)
+    assert receipt.event("RoundCommitted")["count"] == 1
