@@ -38,7 +38,7 @@ def test_job_runs_on_anvil_with_real_receipts(node, tmp_path):
 
 
 def test_embedded_and_anvil_agree_on_the_job(node, tmp_path):
-    """Same config, two backends: identical models (roots), rewards and accuracy."""
+    """Same config, two backends: identical accuracy, payouts and gas (the embedded figure matches receipts)."""
     from fedmarket.chain.boa_backend import BoaChain
 
     cfg = JobConfig(providers=3, rounds=2, seed=2)
@@ -47,6 +47,8 @@ def test_embedded_and_anvil_agree_on_the_job(node, tmp_path):
     assert a["accuracy"] == b["accuracy"]
     assert [r["reward"] for r in a["settlement"]] == [r["reward"] for r in b["settlement"]]
     assert a["paid"] == b["paid"] and a["fee"] == b["fee"] and a["refunded"] == b["refunded"]
+    assert a["gas_per_round"] == b["gas_per_round"]
+    assert a["claim_gas"] == b["claim_gas"]
 
 
 def test_revert_reason_reaches_the_caller_over_rpc(node):

@@ -15,7 +15,7 @@ class BoaChain(Chain):
 
     Gas is reported as a receipt would: execution gas from the EVM plus the
     intrinsic cost (21,000 and calldata) that titanoboa leaves out, minus the
-    capped refund.
+    capped refund, with every transaction starting cold (see `_begin_transaction`).
     """
 
     name = "boa"
@@ -29,6 +29,17 @@ class BoaChain(Chain):
         self._logs: list[tuple[str, list[bytes], bytes, int]] = []
         self._tx_counter = itertools.count(1)
         self.chain_id = int(self.env.evm.chain.chain_id)
+        self._snapshot_depth = 0
+
+    def _begin_transaction(self) -> None:
+        """Start a transaction as a real chain does: storage and accounts cold again, and the
+        current storage values become the "original" values that EIP-2200 gas pricing compares
+        against. py-evm can only do this by persisting its journals, which would discard open
+        snapshots, so inside `snapshot()` (tests) storage touched by an earlier transaction of
+        the snapshot stays warm and gas is under-reported there; outside, it matches receipts.
+        """
+        if self._snapshot_depth == 0:
+            self.env.evm.vm.state._account_db.lock_changes()
 
     def _mine(self) -> int:
         self.env.evm.patch.block_number += 1
@@ -36,6 +47,7 @@ class BoaChain(Chain):
 
     def _send(self, sender: Account, to: str | None, data: bytes, value: int = 0) -> RawReceipt:
         env = self.env
+        self._begin_transaction()
         if to is None:
             address, comp = env.deploy(sender=sender.address, bytecode=data, value=value)
         else:
@@ -84,10 +96,12 @@ class BoaChain(Chain):
         n_logs = len(self._logs)
         patch = self.env.evm.patch
         block, ts = patch.block_number, patch.timestamp
+        self._snapshot_depth += 1
         try:
             with self.env.anchor():
                 yield self
         finally:
+            self._snapshot_depth -= 1
             del self._logs[n_logs:]
             patch.block_number, patch.timestamp = block, ts
 
