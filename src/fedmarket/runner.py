@@ -7,10 +7,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .chain import Chain
 from .errors import ConfigError
 from .fl.data import DATASETS, load_dataset, train_test_split
+from .fl.models import SoftmaxRegression, normalize
 from .fl.partition import dirichlet_partition, iid_partition
+from .fl.train import centralized_train
 from .market import DEFAULT_FEE_BPS, Deployment, JobState
 from .roles import Aggregator, Provider, Requester
 from .spec import DataSchema, DeadlineSpec, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
@@ -68,6 +72,17 @@ class JobConfig:
         else:
             parts = dirichlet_partition(train.y, self.providers, self.alpha, self.seed)
         return ds, train, test, parts
+
+
+def _centralized_accuracy(spec: JobSpec, train, test, cfg: JobConfig) -> float:
+    """Reference point: the same model trained on the pooled training data (what FL should approach)."""
+    low, high = np.asarray(spec.data.feature_low), np.asarray(spec.data.feature_high)
+    model = SoftmaxRegression(spec.data.n_features, spec.data.n_classes, spec.model.l2)
+    params = centralized_train(
+        model, normalize(train.X, low, high), train.y,
+        epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate / 2, seed=cfg.seed,
+    )
+    return model.accuracy(params, normalize(test.X, low, high), test.y)
 
 
 def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progress | None = None) -> dict:
@@ -153,6 +168,7 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
     refunded = after[req_acct.address] - (before[req_acct.address] - escrow)
     market_left = dep.balance(dep.market.address)
     accuracy = requester.evaluate(job_id, test.X, test.y)
+    central = _centralized_accuracy(spec, train, test, cfg)
     job = dep.job(job_id)
     settlement = [
         {
@@ -175,6 +191,7 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
         "providers": cfg.providers,
         "final_accuracy": accuracy[-1],
         "accuracy": accuracy,
+        "centralized_accuracy": central,
         "gas_per_round": gas_per_round,
         "claim_gas": claim_gas,
         "escrow": escrow,

@@ -92,9 +92,10 @@ def _plot(report: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     xs = list(range(1, len(report["accuracy"]) + 1))
-    ax.plot(xs, report["accuracy"], marker="o", label="global model (requester's test set)")
+    ax.plot(xs, report["accuracy"], marker="o", label="federated global model")
+    ax.axhline(report["centralized_accuracy"], color="grey", linestyle="--", label="same model trained centrally")
     ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("accuracy on the requester's test set")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     cfg = report["config"]
@@ -116,15 +117,20 @@ def _print_settlement(report: dict, out: Path) -> None:
     table.add_column("reward (FED)", justify="right")
     table.add_column("reputation", justify="right")
     for row in report["settlement"]:
-        table.add_row(row["provider"], str(row["samples"]), f"{row['reward'] / unit:,.4f}", str(row["reputation"]))
+        addr = row["provider"]
+        table.add_row(f"{addr[:8]}…{addr[-6:]}", str(row["samples"]), f"{row['reward'] / unit:,.4f}", str(row["reputation"]))
     console = Console()
     console.print(table)
     console.print(
-        f"final accuracy [bold]{report['final_accuracy']:.4f}[/] | escrow {report['escrow'] / unit:,.2f} = "
-        f"paid {report['paid'] / unit:,.6f} + fee {report['fee'] / unit:,.2f} + refunded {report['refunded']} wei | "
-        f"conserved: [bold]{str(report['conserved']).lower()}[/]"
+        f"final accuracy [bold]{report['final_accuracy']:.4f}[/] after {report['rounds']} rounds "
+        f"(centralized training: {report['centralized_accuracy']:.4f})"
     )
-    console.print(f"gas per round {report['gas_per_round'][-1]:,} | {report['seconds']:.1f}s | report: {out / 'report.json'}")
+    console.print(
+        f"escrow {report['escrow']} = paid {report['paid']} + fee {report['fee']} + refunded {report['refunded']} "
+        f"(base units, from chain balances) | conserved: [bold]{str(report['conserved']).lower()}[/]"
+    )
+    gas = report["gas_per_round"]
+    console.print(f"gas per round {min(gas):,}–{max(gas):,} | job {report['seconds']:.1f}s | report: {out / 'report.json'}")
 
 
 def main(argv: list[str] | None = None) -> int:
