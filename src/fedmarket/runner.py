@@ -37,6 +37,7 @@ class JobConfig:
     test_fraction: float = 0.25
     escrow_tokens: int = 1_000
     stake_tokens: int = 10
+    aggregator_stake_tokens: int = 100
     fee_bps: int = DEFAULT_FEE_BPS
     local_epochs: int = 5
     batch_size: int = 16
@@ -107,7 +108,10 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
     dep = Deployment.deploy(chain, deployer, treasury.address, cfg.fee_bps)
     escrow = cfg.escrow_tokens * TOKEN
     stake = cfg.stake_tokens * TOKEN
+    agg_stake = cfg.aggregator_stake_tokens * TOKEN
     dep.token.transact("mint", req_acct.address, escrow, sender=deployer)
+    if agg_stake:
+        dep.token.transact("mint", agg_acct.address, agg_stake, sender=deployer)
     for acct in providers_accts:
         if stake:
             dep.token.transact("mint", acct.address, stake, sender=deployer)
@@ -129,16 +133,17 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
         training=TrainingSpec(
             rounds=cfg.rounds, local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate
         ),
-        reward=RewardSpec(escrow=escrow, provider_stake=stake),
+        reward=RewardSpec(escrow=escrow, provider_stake=stake, aggregator_stake=agg_stake),
         participation=ParticipationSpec(min_providers=cfg.providers, max_providers=cfg.providers),
         deadlines=DeadlineSpec(),
     )
 
-    watched = [req_acct.address, treasury.address, *(p.address for p in providers)]
-    before = {a: dep.balance(a) for a in watched}
+    watched = [req_acct.address, treasury.address, agg_acct.address, *(p.address for p in providers)]
+    before = {a: dep.holdings(a) for a in watched}
 
     # ---- open: post, join, start ---------------------------------------------------------
     job_id = requester.post(spec, agg_acct.address)
+    aggregator.accept(job_id)
     for i, p in enumerate(providers):
         p.join(job_id)
         tick("join", i + 1, len(providers))
@@ -160,13 +165,18 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
     for i, p in enumerate(providers):
         claim_gas.append(p.claim(job_id).gas_used)
         tick("claims", i + 1, len(providers))
+    if agg_stake:
+        aggregator.release_stake(job_id)
+    dep.licence.transact("mint", job_id, sender=req_acct)  # the trained model becomes the requester's NFT
 
     # ---- what the chain says ------------------------------------------------------------
-    after = {a: dep.balance(a) for a in watched}
+    # holdings = wallet + stake parked in the market outside any job, so stakes net out
+    after = {a: dep.holdings(a) for a in watched}
     paid = sum(after[p.address] - before[p.address] for p in providers)
     fee = after[treasury.address] - before[treasury.address]
     refunded = after[req_acct.address] - (before[req_acct.address] - escrow)
-    market_left = dep.balance(dep.market.address)
+    aggregator_delta = after[agg_acct.address] - before[agg_acct.address]
+    market_left = dep.balance(dep.market.address) - sum(dep.staked(a) for a in watched)
     accuracy = requester.evaluate(job_id, test.X, test.y)
     central = _centralized_accuracy(spec, train, test, cfg)
     job = dep.job(job_id)
@@ -198,8 +208,13 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
         "paid": paid,
         "fee": fee,
         "refunded": refunded,
-        "market_balance_after": market_left,
-        "conserved": escrow == paid + fee + refunded and market_left == 0 and job["state"] == JobState.SETTLED,
+        "job_funds_left_in_market": market_left,
+        "aggregator_delta": aggregator_delta,
+        "model_token_owner": dep.licence.call("ownerOf", job_id),
+        "conserved": escrow == paid + fee + refunded
+        and market_left == 0
+        and aggregator_delta == 0
+        and job["state"] == JobState.SETTLED,
         "settlement": settlement,
         "seconds": round(time.perf_counter() - t0, 3),
     }

@@ -90,15 +90,19 @@ class PrivacySpec(_Strict):
 
 
 class RewardSpec(_Strict):
-    """Money: escrow locked by the requester, stake locked by each provider (token base units)."""
+    """Money, in token base units: the requester's escrow, each role's stake, the licence price."""
 
     escrow: int = Field(gt=0)
     provider_stake: int = Field(default=0, ge=0)
+    aggregator_stake: int = Field(default=0, ge=0)
+    validator_stake: int = Field(default=0, ge=0)
+    licence_price: int = Field(default=0, ge=0)
 
 
 class ParticipationSpec(_Strict):
     min_providers: int = Field(ge=1)
     max_providers: int = Field(ge=1, le=1_000_000)
+    max_validators: int = Field(default=0, ge=0, le=32)
 
     @model_validator(mode="after")
     def _order(self) -> "ParticipationSpec":
@@ -120,7 +124,7 @@ class QuantizationSpec(_Strict):
     """Fixed-point encoding of updates (integers make aggregation exact and verifiable)."""
 
     scale_bits: Literal[20] = 20
-    chunk_size: int = Field(default=256, ge=1, le=4096)
+    chunk_size: int = Field(default=64, ge=1, le=64)
 
 
 class JobSpec(_Strict):
@@ -131,12 +135,26 @@ class JobSpec(_Strict):
     data: DataSchema
     model: ModelSpec = ModelSpec()
     training: TrainingSpec
-    strategy: Literal["fedavg"] = "fedavg"
+    strategy: Literal["fedavg", "median", "trimmed_mean"] = "fedavg"
+    trim: int = Field(default=0, ge=0, description="updates dropped at each end per coordinate (trimmed_mean)")
     privacy: PrivacySpec = PrivacySpec()
     reward: RewardSpec
     participation: ParticipationSpec
     deadlines: DeadlineSpec = DeadlineSpec()
     quantization: QuantizationSpec = QuantizationSpec()
+
+    @model_validator(mode="after")
+    def _strategy(self) -> "JobSpec":
+        if self.strategy == "trimmed_mean" and self.trim < 1:
+            raise ValueError("trimmed_mean needs trim >= 1")
+        if self.strategy != "trimmed_mean" and self.trim:
+            raise ValueError("trim only applies to trimmed_mean")
+        return self
+
+    @property
+    def rule(self) -> int:
+        """The on-chain aggregation rule id (JobMarket.RULE_*) of this spec's strategy."""
+        return {"fedavg": 0, "median": 1, "trimmed_mean": 2}[self.strategy]
 
     @property
     def n_params(self) -> int:

@@ -64,7 +64,7 @@ def load(name: str) -> Artifact:
     if vyper.__version__ != VYPER_VERSION:
         raise ChainError(f"fedmarket needs vyper=={VYPER_VERSION}, found {vyper.__version__}")
     key = _source_key(name)
-    cached = cache_dir() / f"{name}-{key}.json"
+    cached = cache_dir() / f"{name.replace('/', '_')}-{key}.json"
     if cached.is_file():
         doc = json.loads(cached.read_text())
     else:
@@ -76,7 +76,7 @@ def load(name: str) -> Artifact:
             tmp.replace(cached)
         except OSError:  # read-only home: compile every time, still correct
             pass
-    return Artifact(name, ContractABI(doc["abi"]), bytes.fromhex(doc["bytecode"].removeprefix("0x")))
+    return Artifact(name.rsplit("/", 1)[-1], ContractABI(doc["abi"]), bytes.fromhex(doc["bytecode"].removeprefix("0x")))
 
 
 def compile_contract(name: str) -> dict:

@@ -9,7 +9,7 @@ from typing import Any
 
 import eth_abi
 from eth_account import Account as EthAccount
-from eth_utils import to_checksum_address
+from eth_utils import keccak, to_checksum_address
 
 from ..errors import ChainError, ContractRevert
 from .abi import ContractABI, Event
@@ -86,6 +86,16 @@ class Chain(abc.ABC):
     @abc.abstractmethod
     def _get_logs(self, address: str, topic0: bytes, from_block: int) -> list[tuple[str, list[bytes], bytes, int]]:
         """Raw logs (address, topics, data, block) of one contract and event since `from_block`."""
+
+    @abc.abstractmethod
+    def next_nonce(self, address: str) -> int:
+        """Nonce the next transaction (or contract creation) from `address` will use."""
+
+    def create_address(self, deployer: str, nonce: int) -> str:
+        """Address of the contract `deployer` creates with `nonce` (CREATE)."""
+        import rlp
+
+        return to_checksum_address(keccak(rlp.encode([bytes.fromhex(deployer[2:]), nonce]))[12:])
 
     @abc.abstractmethod
     def fund(self, address: str, wei: int) -> None:

@@ -77,6 +77,10 @@ class BoaChain(Chain):
             log for log in self._logs if log[0].lower() == address and log[1] and log[1][0] == topic0 and log[3] >= from_block
         ]
 
+    def next_nonce(self, address: str) -> int:
+        # titanoboa bumps nonces only when deploying, which is all CREATE addresses depend on
+        return int(self.env.evm.vm.state.get_nonce(bytes.fromhex(address[2:])))
+
     def fund(self, address: str, wei: int) -> None:
         self.env.set_balance(address, wei)
 

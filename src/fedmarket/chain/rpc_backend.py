@@ -44,7 +44,7 @@ class RpcChain(Chain):
         self.timeout = timeout
         self.w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
         self._nonces: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.rpc_calls = 0
         try:
             self.chain_id = int(self._rpc("eth_chainId", []), 16)
@@ -83,10 +83,9 @@ class RpcChain(Chain):
         return self._fee_cap, GWEI
 
     def _next_nonce(self, address: str) -> int:
+        """Reserve the sender's next nonce."""
         with self._lock:
-            if address not in self._nonces:
-                self._nonces[address] = int(self._rpc("eth_getTransactionCount", [address, "pending"]), 16)
-            nonce = self._nonces[address]
+            nonce = self.next_nonce(address)
             self._nonces[address] = nonce + 1
             return nonce
 
@@ -162,6 +161,12 @@ class RpcChain(Chain):
             )
             for log in self._rpc("eth_getLogs", [flt])
         ]
+
+    def next_nonce(self, address: str) -> int:
+        with self._lock:
+            if address not in self._nonces:
+                self._nonces[address] = int(self._rpc("eth_getTransactionCount", [address, "pending"]), 16)
+            return self._nonces[address]
 
     def fund(self, address: str, wei: int) -> None:
         self._rpc("anvil_setBalance", [address, hex(wei)])

@@ -1,4 +1,4 @@
-"""Weighted federated averaging: a float version and an exact, bit-reproducible integer version."""
+"""Federated averaging (float and exact integer), and the exact integer robust rules the contracts recompute."""
 
 from __future__ import annotations
 
@@ -122,3 +122,102 @@ def fedavg_int(updates: Sequence[np.ndarray], weights: Sequence[int]) -> np.ndar
     sums = np.asarray(ws, dtype=object) @ stacked.astype(object)
     # floor(mean) lies within [min q, max q], so it fits int64.
     return (sums // total).astype(np.int64).reshape(shape)
+
+
+def _stack_int(updates: Sequence[np.ndarray]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Validate integer updates and stack them as int64 ``(n, size)``; also return their shape."""
+    if len(updates) == 0:
+        raise ConfigError("cannot aggregate zero updates")
+    if isinstance(updates, np.ndarray) and updates.dtype == np.int64 and updates.ndim >= 2:
+        return updates.reshape(updates.shape[0], -1), updates.shape[1:]
+    arrays = [_as_int64(u, i) for i, u in enumerate(updates)]
+    _check_shapes(arrays)
+    return np.stack(arrays).reshape(len(arrays), -1), arrays[0].shape
+
+
+def _max_abs(stacked: np.ndarray) -> int:
+    return max(int(stacked.max()), -int(stacked.min())) if stacked.size else 0
+
+
+def median_int(updates: Sequence[np.ndarray]) -> np.ndarray:
+    """Exact integer coordinate-wise median.
+
+    Per coordinate the values are sorted ascending into ``s``; for odd ``n``
+    the result is ``s[n // 2]``, for even ``n`` it is
+    ``floor((s[n/2 - 1] + s[n/2]) / 2)`` (Python ``//``, toward minus
+    infinity). The pair sum is taken in int64 when it cannot overflow and
+    with exact Python integers otherwise.
+
+    Parameters
+    ----------
+    updates : sequence of numpy.ndarray, or numpy.ndarray
+        ``n >= 1`` integer updates of one common shape (or one int64 array
+        stacking them along axis 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 array of the common shape.
+
+    Raises
+    ------
+    ConfigError
+        On no updates, unequal shapes or non-integer data.
+    """
+    stacked, shape = _stack_int(updates)
+    n = stacked.shape[0]
+    if stacked.shape[1] == 0:
+        return np.zeros(shape, dtype=np.int64)
+    if n % 2:
+        return np.partition(stacked, n // 2, axis=0)[n // 2].reshape(shape)
+    part = np.partition(stacked, (n // 2 - 1, n // 2), axis=0)
+    lo, hi = part[n // 2 - 1], part[n // 2]
+    if _max_abs(stacked) < _FAST_BOUND:
+        return ((lo + hi) // 2).reshape(shape)
+    # floor of the mean of two int64 values lies between them, so it fits int64.
+    return ((lo.astype(object) + hi.astype(object)) // 2).astype(np.int64).reshape(shape)
+
+
+def trimmed_mean_int(updates: Sequence[np.ndarray], trim: int) -> np.ndarray:
+    """Exact integer coordinate-wise trimmed mean.
+
+    Per coordinate the ``n`` values are sorted, the ``trim`` smallest and
+    the ``trim`` largest dropped, and the result is
+    ``floor(sum(rest) / (n - 2 * trim))`` (Python ``//``, toward minus
+    infinity). The sum is taken in int64 when ``max|q| * (n - 2 * trim) <
+    2**62`` and with exact Python integers otherwise.
+
+    Parameters
+    ----------
+    updates : sequence of numpy.ndarray, or numpy.ndarray
+        ``n >= 1`` integer updates of one common shape (or one int64 array
+        stacking them along axis 0).
+    trim : int
+        Number of values dropped at each end, ``0 <= 2 * trim < n``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 array of the common shape.
+
+    Raises
+    ------
+    ConfigError
+        On no updates, unequal shapes, non-integer data, or a ``trim``
+        outside ``0 <= 2 * trim < n``.
+    """
+    stacked, shape = _stack_int(updates)
+    n = stacked.shape[0]
+    if isinstance(trim, bool) or not isinstance(trim, (int, np.integer)):
+        raise ConfigError(f"trim must be an integer, got {trim!r}")
+    trim = int(trim)
+    if not 0 <= 2 * trim < n:
+        raise ConfigError(f"trim must satisfy 0 <= 2 * trim < n = {n}, got trim = {trim}")
+    if stacked.shape[1] == 0:
+        return np.zeros(shape, dtype=np.int64)
+    kept = n - 2 * trim
+    s = np.sort(stacked, axis=0)[trim : n - trim] if trim else stacked
+    if _max_abs(stacked) * kept < _FAST_BOUND:
+        return (s.sum(axis=0) // np.int64(kept)).reshape(shape)
+    # floor(mean) of the kept values lies within their range, so it fits int64.
+    return (s.astype(object).sum(axis=0) // kept).astype(np.int64).reshape(shape)

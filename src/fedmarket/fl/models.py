@@ -1,6 +1,9 @@
-"""Softmax regression on a flat float64 parameter vector, and schema-bound feature scaling."""
+"""Models on a flat float64 parameter vector (softmax regression, MLP), and schema-bound feature scaling."""
 
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -54,7 +57,150 @@ def normalize(X: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return out
 
 
-class SoftmaxRegression:
+GradFn = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
+
+
+class Model(ABC):
+    """A classifier whose parameters are one flat float64 vector.
+
+    Subclasses define ``n_features``, ``n_classes`` and ``n_params`` and the
+    unchecked cores :meth:`_logits` and :meth:`_grad_fn`; the public methods
+    validate their inputs once and share the same error messages. A subclass
+    that can train many clients at once also defines
+    :meth:`_batched_grad` (see :func:`fedmarket.fl.train.local_sgd_many`).
+    """
+
+    n_features: int
+    n_classes: int
+    n_params: int
+
+    @abstractmethod
+    def init_params(self) -> np.ndarray:
+        """Return the initial parameter vector, float64 of length ``n_params``."""
+
+    @abstractmethod
+    def _logits(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Class scores for checked inputs, shape ``(n, n_classes)``."""
+
+    @abstractmethod
+    def _grad_fn(self, w: np.ndarray) -> GradFn:
+        """Return ``f(X, y) -> (loss, grad)`` evaluated at ``w`` (read live: ``w`` may be updated in place)."""
+
+    @property
+    def supports_batched(self) -> bool:
+        """Whether :meth:`_batched_step` trains many clients in one vectorised step."""
+        return type(self)._batched_step is not Model._batched_step
+
+    def _batched_step(
+        self, P: np.ndarray, Xb: np.ndarray, yb: np.ndarray, sw: np.ndarray, lr: float
+    ) -> None:
+        """One SGD step of many clients at once, in place (optional).
+
+        Parameters
+        ----------
+        P : numpy.ndarray
+            Parameters of ``a`` clients, shape ``(a, n_params)``; updated in place
+            to ``P - lr * grad``.
+        Xb : numpy.ndarray
+            One mini-batch per client, shape ``(a, B, n_features)``.
+        yb : numpy.ndarray
+            Its labels, shape ``(a, B)``.
+        sw : numpy.ndarray
+            Sample weights ``(a, B)``: ``1 / batch size`` for real samples,
+            0 for padding.
+        lr : float
+            Step size.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot train clients in a batch")
+
+    def _check_params(self, params: np.ndarray) -> np.ndarray:
+        params = np.asarray(params, dtype=np.float64)
+        if params.shape != (self.n_params,):
+            raise ConfigError(
+                f"parameter vector must have shape ({self.n_params},), got {params.shape}"
+            )
+        return params
+
+    def _check_X(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise SchemaMismatch(
+                f"data has shape {X.shape} but the model expects {self.n_features} features"
+            )
+        return X
+
+    def _check_y(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y)
+        if y.shape != (X.shape[0],):
+            raise SchemaMismatch(f"expected {X.shape[0]} labels, got shape {y.shape}")
+        if X.shape[0] == 0:
+            raise ConfigError("no samples given")
+        if y.min() < 0 or y.max() >= self.n_classes:
+            raise SchemaMismatch(
+                f"labels must lie in [0, {self.n_classes}), got range [{y.min()}, {y.max()}]"
+            )
+        return y.astype(np.int64, copy=False)
+
+    def logits(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Return the class scores, shape ``(n, n_classes)``."""
+        return self._logits(self._check_params(params), self._check_X(X))
+
+    def predict(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Return the predicted labels (int64, shape ``(n,)``)."""
+        return np.argmax(self.logits(params, X), axis=1).astype(np.int64)
+
+    def loss_and_grad(
+        self, params: np.ndarray, X: np.ndarray, y: np.ndarray
+    ) -> tuple[float, np.ndarray]:
+        """Mean cross-entropy plus the L2 penalty, and its gradient.
+
+        Parameters
+        ----------
+        params : numpy.ndarray
+            Parameter vector of length ``n_params``.
+        X : numpy.ndarray
+            Features, shape ``(n, n_features)``, ``n >= 1``.
+        y : numpy.ndarray
+            Labels in ``[0, n_classes)``, shape ``(n,)``.
+
+        Returns
+        -------
+        loss : float
+            The objective value.
+        grad : numpy.ndarray
+            Its gradient with respect to ``params``, same shape as ``params``.
+        """
+        params = self._check_params(params)
+        X = self._check_X(X)
+        y = self._check_y(X, y)
+        return self._grad_fn(params)(X, y)
+
+    def accuracy(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> float:
+        """Return the fraction of samples whose predicted label equals ``y``."""
+        X = self._check_X(X)
+        y = self._check_y(X, y)
+        return float(np.mean(self.predict(params, X) == y))
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax along the last axis (``z`` is overwritten)."""
+    z -= z.max(axis=-1, keepdims=True)
+    z -= np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return z
+
+
+def _softmax_minus_onehot(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``softmax(z) - onehot(y)`` along the last axis, computed in place in ``z``."""
+    z -= z.max(axis=-1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    np.put_along_axis(
+        z, y[..., None], np.take_along_axis(z, y[..., None], axis=-1) - 1.0, axis=-1
+    )
+    return z
+
+
+class SoftmaxRegression(Model):
     """Multinomial logistic regression with L2 penalty on the weights.
 
     Parameters are a flat float64 vector: the weight matrix ``W`` of shape
@@ -94,68 +240,17 @@ class SoftmaxRegression:
         return np.zeros(self.n_params, dtype=np.float64)
 
     def _unpack(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        params = np.asarray(params, dtype=np.float64)
-        if params.shape != (self.n_params,):
-            raise ConfigError(
-                f"parameter vector must have shape ({self.n_params},), got {params.shape}"
-            )
+        params = self._check_params(params)
         k = self.n_features * self.n_classes
         return params[:k].reshape(self.n_features, self.n_classes), params[k:]
 
-    def _check_X(self, X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise SchemaMismatch(
-                f"data has shape {X.shape} but the model expects {self.n_features} features"
-            )
-        return X
-
-    def _check_y(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        y = np.asarray(y)
-        if y.shape != (X.shape[0],):
-            raise SchemaMismatch(f"expected {X.shape[0]} labels, got shape {y.shape}")
-        if X.shape[0] == 0:
-            raise ConfigError("no samples given")
-        if y.min() < 0 or y.max() >= self.n_classes:
-            raise SchemaMismatch(
-                f"labels must lie in [0, {self.n_classes}), got range [{y.min()}, {y.max()}]"
-            )
-        return y.astype(np.int64, copy=False)
-
-    def logits(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        """Return the class scores ``X @ W + b``, shape ``(n, n_classes)``."""
+    def _logits(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         W, b = self._unpack(params)
-        return self._check_X(X) @ W + b
+        return X @ W + b
 
-    def predict(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        """Return the predicted labels (int64, shape ``(n,)``)."""
-        return np.argmax(self.logits(params, X), axis=1).astype(np.int64)
-
-    def loss_and_grad(
-        self, params: np.ndarray, X: np.ndarray, y: np.ndarray
-    ) -> tuple[float, np.ndarray]:
-        """Mean cross-entropy plus ``l2 / 2 * ||W||^2`` and its gradient.
-
-        Parameters
-        ----------
-        params : numpy.ndarray
-            Parameter vector of length ``n_params``.
-        X : numpy.ndarray
-            Features, shape ``(n, n_features)``, ``n >= 1``.
-        y : numpy.ndarray
-            Labels in ``[0, n_classes)``, shape ``(n,)``.
-
-        Returns
-        -------
-        loss : float
-            The objective value.
-        grad : numpy.ndarray
-            Its gradient with respect to ``params``, same shape as ``params``.
-        """
-        W, b = self._unpack(params)
-        X = self._check_X(X)
-        y = self._check_y(X, y)
-        return self._loss_and_grad(W, b, X, y)
+    def _grad_fn(self, w: np.ndarray) -> GradFn:
+        W, b = self._unpack(w)
+        return lambda X, y: self._loss_and_grad(W, b, X, y)
 
     def _loss_and_grad(
         self, W: np.ndarray, b: np.ndarray, X: np.ndarray, y: np.ndarray
@@ -177,8 +272,166 @@ class SoftmaxRegression:
         grad[k:] = g.sum(axis=0)
         return float(loss), grad
 
-    def accuracy(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> float:
-        """Return the fraction of samples whose predicted label equals ``y``."""
-        X = self._check_X(X)
-        y = self._check_y(X, y)
-        return float(np.mean(self.predict(params, X) == y))
+    def _batched_step(
+        self, P: np.ndarray, Xb: np.ndarray, yb: np.ndarray, sw: np.ndarray, lr: float
+    ) -> None:
+        a, d, c = P.shape[0], self.n_features, self.n_classes
+        k = d * c
+        W = P[:, :k].reshape(a, d, c)
+        g = _softmax_minus_onehot(np.matmul(Xb, W) + P[:, None, k:], yb)
+        g *= (lr * sw)[..., None]
+        gW = np.matmul(np.swapaxes(Xb, 1, 2), g)
+        W_flat = P[:, :k]  # contiguous rows: far faster in place than the 3-D view
+        if self.l2:
+            W_flat *= 1.0 - lr * self.l2
+        W_flat -= gW.reshape(a, k)
+        P[:, k:] -= g.sum(axis=1)
+
+
+class MLP(Model):
+    """Fully connected network with ReLU hidden layers and a softmax output.
+
+    Parameters are a flat float64 vector: for each layer in turn its weight
+    matrix ``(fan_in, fan_out)`` in row-major order, then its bias
+    ``(fan_out,)``. McMahan et al.'s "2NN" is ``MLP(784, 10, hidden=(200, 200))``.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of input features, ``>= 1``.
+    n_classes : int
+        Number of classes, ``>= 2``.
+    hidden : sequence of int, optional
+        Widths of the hidden layers, each ``>= 1`` (default one layer of 100).
+    l2 : float, optional
+        L2 penalty coefficient on the weight matrices (not the biases), ``>= 0``.
+    seed : int, optional
+        Seed of :meth:`init_params` (He-uniform weights, zero biases).
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        n_classes: int,
+        hidden: Sequence[int] = (100,),
+        l2: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if int(n_features) != n_features or n_features < 1:
+            raise ConfigError(f"n_features must be a positive integer, got {n_features!r}")
+        if int(n_classes) != n_classes or n_classes < 2:
+            raise ConfigError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+        hidden = tuple(hidden)
+        if not hidden or any(isinstance(h, bool) or int(h) != h or h < 1 for h in hidden):
+            raise ConfigError(f"hidden must be a non-empty sequence of positive integers, got {hidden!r}")
+        if not np.isfinite(l2) or l2 < 0:
+            raise ConfigError(f"l2 must be a non-negative number, got {l2!r}")
+        self.n_features = int(n_features)
+        self.n_classes = int(n_classes)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.l2 = float(l2)
+        self.seed = int(seed)
+        sizes = (self.n_features, *self.hidden, self.n_classes)
+        self._layers: list[tuple[int, int, int]] = []  # (offset, fan_in, fan_out)
+        off = 0
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            self._layers.append((off, fan_in, fan_out))
+            off += fan_in * fan_out + fan_out
+        self.n_params = off
+
+    def __repr__(self) -> str:
+        return (
+            f"MLP(n_features={self.n_features}, n_classes={self.n_classes}, "
+            f"hidden={self.hidden}, l2={self.l2}, seed={self.seed})"
+        )
+
+    def init_params(self) -> np.ndarray:
+        """Return He-uniform weights (bound ``sqrt(6 / fan_in)``) and zero biases, seeded by ``seed``."""
+        rng = np.random.default_rng(self.seed)
+        w = np.zeros(self.n_params)
+        for off, fan_in, fan_out in self._layers:
+            bound = np.sqrt(6.0 / fan_in)
+            w[off : off + fan_in * fan_out] = rng.uniform(-bound, bound, fan_in * fan_out)
+        return w
+
+    def _views(self, w: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(W, b) views into a parameter vector ``(n_params,)`` or stack ``(a, n_params)``."""
+        lead = w.shape[:-1]
+        out = []
+        for off, fan_in, fan_out in self._layers:
+            k = off + fan_in * fan_out
+            out.append((w[..., off:k].reshape(*lead, fan_in, fan_out), w[..., k : k + fan_out]))
+        return out
+
+    def _forward(self, layers, X: np.ndarray) -> list[np.ndarray]:
+        """Activations of every layer; the last entry holds the logits."""
+        acts = [X]
+        for i, (W, b) in enumerate(layers):
+            z = np.matmul(acts[-1], W)
+            z += b[..., None, :] if W.ndim == 3 else b
+            if i < len(layers) - 1:
+                np.maximum(z, 0.0, out=z)
+            acts.append(z)
+        return acts
+
+    def _logits(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
+        return self._forward(self._views(params), X)[-1]
+
+    def _backward(
+        self, layers, acts: list[np.ndarray], g: np.ndarray, grad_layers=None, P=None, lr: float = 0.0
+    ) -> None:
+        """Back-propagate the output gradient ``g`` through every layer.
+
+        With ``grad_layers`` the gradients are written there (``g`` includes
+        the ``1 / n`` factor). Otherwise every layer of the stack ``P`` takes
+        its SGD step in place (``g`` then also includes the learning rate
+        ``lr``); the updates go through contiguous 2-D slices of ``P``, which
+        numpy streams far faster than strided 3-D views.
+        """
+        for i in range(len(layers) - 1, -1, -1):
+            W, b = layers[i]
+            gW = np.matmul(np.swapaxes(acts[i], -1, -2), g, out=None if grad_layers is None else grad_layers[i][0])
+            gb = g.sum(axis=-2)
+            if i:  # propagate with the weights of before this step
+                g = np.matmul(g, np.swapaxes(W, -1, -2))
+                g *= acts[i] > 0
+            if grad_layers is not None:
+                grad_layers[i][1][...] = gb
+                if self.l2:
+                    gW += self.l2 * W
+            else:
+                off, fan_in, fan_out = self._layers[i]
+                k = off + fan_in * fan_out
+                W_flat = P[:, off:k]
+                if self.l2:
+                    W_flat *= 1.0 - lr * self.l2
+                W_flat -= gW.reshape(gW.shape[0], -1)
+                P[:, k : k + fan_out] -= gb
+
+    def _grad_fn(self, w: np.ndarray) -> GradFn:
+        layers = self._views(self._check_params(w) if w.ndim == 1 else w)
+
+        def f(X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+            n = X.shape[0]
+            acts = self._forward(layers, X)
+            log_p = _log_softmax(acts[-1].copy())
+            loss = -float(log_p[np.arange(n), y].mean())
+            if self.l2:
+                loss += 0.5 * self.l2 * sum(float(np.vdot(W, W)) for W, _ in layers)
+            g = np.exp(log_p)
+            g[np.arange(n), y] -= 1.0
+            g /= n
+            grad = np.empty(self.n_params)
+            self._backward(layers, acts, g, self._views(grad))
+            return loss, grad
+
+        return f
+
+    def _batched_step(
+        self, P: np.ndarray, Xb: np.ndarray, yb: np.ndarray, sw: np.ndarray, lr: float
+    ) -> None:
+        layers = self._views(P)
+        acts = self._forward(layers, Xb)
+        g = _softmax_minus_onehot(acts[-1], yb)
+        g *= (lr * sw)[..., None]
+        self._backward(layers, acts, g, P=P, lr=lr)

@@ -1,11 +1,13 @@
-"""Mini-batch SGD for local (optionally FedProx) and centralised training."""
+"""Mini-batch SGD for local (optionally FedProx) and centralised training, one client or many at once."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from fedmarket.errors import ConfigError
-from fedmarket.fl.models import SoftmaxRegression
+from fedmarket.fl.models import Model
 
 
 def _check_hparams(epochs: int, batch_size: int, lr: float, prox_mu: float) -> None:
@@ -20,7 +22,7 @@ def _check_hparams(epochs: int, batch_size: int, lr: float, prox_mu: float) -> N
 
 
 def local_sgd(
-    model: SoftmaxRegression,
+    model: Model,
     params: np.ndarray,
     X: np.ndarray,
     y: np.ndarray,
@@ -40,8 +42,10 @@ def local_sgd(
 
     Parameters
     ----------
-    model : SoftmaxRegression
-        The model whose ``loss_and_grad`` is minimised.
+    model : Model
+        The model whose ``loss_and_grad`` is minimised (any :class:`~fedmarket.fl.models.Model`,
+        or any object with ``n_params`` and ``loss_and_grad``, e.g. a
+        :class:`~fedmarket.fl.torch_adapter.TorchModel`).
     params : numpy.ndarray
         Starting parameters (not modified).
     X, y : numpy.ndarray
@@ -63,11 +67,17 @@ def local_sgd(
         New float64 parameter vector.
     """
     _check_hparams(epochs, batch_size, lr, prox_mu)
-    X = model._check_X(X)
-    y = model._check_y(X, y)  # also rejects an empty dataset
     w_global = np.array(params, dtype=np.float64, copy=True)
     w = w_global.copy()
-    W, b = model._unpack(w)  # views into w, checked once here
+    if isinstance(model, Model):
+        X = model._check_X(X)
+        y = model._check_y(X, y)  # also rejects an empty dataset
+        grad_fn = model._grad_fn(model._check_params(w))  # reads w live, checked once here
+    else:
+        X, y = np.asarray(X), np.asarray(y)
+        if X.shape[0] == 0:
+            raise ConfigError("no samples given")
+        grad_fn = lambda Xb, yb: model.loss_and_grad(w, Xb, yb)  # noqa: E731
     n = X.shape[0]
     bs = int(batch_size)
     rng = np.random.default_rng(seed)
@@ -75,7 +85,7 @@ def local_sgd(
         perm = rng.permutation(n)
         for s in range(0, n, bs):
             idx = perm[s : s + bs]
-            _, g = model._loss_and_grad(W, b, X[idx], y[idx])
+            _, g = grad_fn(X[idx], y[idx])
             if prox_mu:
                 g += prox_mu * (w - w_global)
             w -= lr * g
@@ -83,7 +93,7 @@ def local_sgd(
 
 
 def centralized_train(
-    model: SoftmaxRegression,
+    model: Model,
     X: np.ndarray,
     y: np.ndarray,
     *,
@@ -96,7 +106,7 @@ def centralized_train(
 
     Parameters
     ----------
-    model : SoftmaxRegression
+    model : Model
         The model to train.
     X, y : numpy.ndarray
         All training features and labels.
@@ -111,3 +121,108 @@ def centralized_train(
     return local_sgd(
         model, model.init_params(), X, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
     )
+
+
+def _schedule(sizes: Sequence[int], seeds: Sequence[int], epochs: int, bs: int) -> np.ndarray:
+    """Mini-batch row indices of every client, exactly as :func:`local_sgd` draws them.
+
+    Returns an int64 array ``(K, T, bs)`` of local row indices, ``-1`` for
+    padding (short last batches, clients with fewer steps than ``T``).
+    """
+    steps = [int(epochs) * -(-n // bs) for n in sizes]
+    out = np.full((len(sizes), max(steps), bs), -1, dtype=np.int64)
+    for k, (n, seed) in enumerate(zip(sizes, seeds)):
+        rng = np.random.default_rng(seed)
+        per_epoch = -(-n // bs)
+        for e in range(int(epochs)):
+            padded = np.full(per_epoch * bs, -1, dtype=np.int64)
+            padded[:n] = rng.permutation(n)
+            out[k, e * per_epoch : (e + 1) * per_epoch] = padded.reshape(per_epoch, bs)
+    return out
+
+
+def local_sgd_many(
+    model: Model,
+    params: np.ndarray,
+    Xs: Sequence[np.ndarray],
+    ys: Sequence[np.ndarray],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seeds: Sequence[int],
+    prox_mu: float = 0.0,
+) -> np.ndarray:
+    """Run :func:`local_sgd` for many clients from the same ``params``, vectorised across clients.
+
+    Every client draws the same mini-batches as ``local_sgd`` with its own
+    seed, so the result equals running ``local_sgd`` client by client (up to
+    floating-point summation order). When the model supports batched
+    steps (``model.supports_batched``) all clients take their ``t``-th
+    step together, as one stacked matrix product; clients are ordered by their
+    number of steps so the ones still training are always a prefix of the
+    stack (a view, no copy). Other models fall back to a loop.
+
+    Parameters
+    ----------
+    model : Model
+        The model to train.
+    params : numpy.ndarray
+        Starting (global) parameters, shape ``(n_params,)`` (not modified).
+    Xs, ys : sequence of numpy.ndarray
+        Each client's features ``(n_k, d)`` and labels ``(n_k,)``, ``n_k >= 1``.
+    epochs, batch_size, lr, prox_mu
+        As in :func:`local_sgd`.
+    seeds : sequence of int
+        One shuffle seed per client.
+
+    Returns
+    -------
+    numpy.ndarray
+        New parameters, float64, shape ``(K, n_params)``, row ``k`` for client ``k``.
+
+    Raises
+    ------
+    ConfigError
+        On a bad hyper-parameter, mismatched client counts, or a client without data.
+    """
+    _check_hparams(epochs, batch_size, lr, prox_mu)
+    K = len(Xs)
+    if len(ys) != K or len(seeds) != K:
+        raise ConfigError(f"got {K} feature sets, {len(ys)} label sets and {len(seeds)} seeds")
+    if K == 0:
+        raise ConfigError("no clients given")
+    if not (isinstance(model, Model) and model.supports_batched):
+        return np.stack(
+            [
+                local_sgd(model, params, X, y, epochs=epochs, batch_size=batch_size, lr=lr,
+                          seed=s, prox_mu=prox_mu)
+                for X, y, s in zip(Xs, ys, seeds)
+            ]
+        )
+    w_global = model._check_params(np.array(params, dtype=np.float64, copy=True))
+    Xs = [model._check_X(X) for X in Xs]
+    ys = [model._check_y(X, y) for X, y in zip(Xs, ys)]
+    sizes = np.array([X.shape[0] for X in Xs])
+    bs = int(batch_size)
+    steps = int(epochs) * -(-sizes // bs)
+    order = np.argsort(-steps, kind="stable")  # most steps first: active clients form a prefix
+    X_all = np.concatenate([Xs[k] for k in order])
+    y_all = np.concatenate([ys[k] for k in order])
+    offsets = np.concatenate(([0], np.cumsum(sizes[order])[:-1]))
+    sched = _schedule(sizes[order].tolist(), [int(seeds[k]) for k in order], epochs, bs)
+    valid = sched >= 0
+    rows = np.where(valid, sched + offsets[:, None, None], 0)
+    sw = valid / np.maximum(valid.sum(axis=2, keepdims=True), 1)  # 1 / batch size, 0 for padding
+    active = (steps[order][None, :] > np.arange(sched.shape[1])[:, None]).sum(axis=1)
+    P = np.tile(w_global, (K, 1))
+    for t in range(sched.shape[1]):
+        a = int(active[t])
+        idx = rows[:a, t]
+        prox = lr * prox_mu * (P[:a] - w_global) if prox_mu else None  # at the weights before the step
+        model._batched_step(P[:a], X_all[idx], y_all[idx], sw[:a, t], lr)
+        if prox is not None:
+            P[:a] -= prox
+    out = np.empty_like(P)
+    out[order] = P
+    return out

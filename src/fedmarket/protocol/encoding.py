@@ -13,7 +13,7 @@ from eth_utils import keccak
 from ..errors import StorageError
 from .merkle import MerkleTree
 
-CHUNK_SIZE = 256  # int64 entries per Merkle chunk of a model or update
+CHUNK_SIZE = 64  # int64 entries per Merkle chunk of a model or update (the contracts accept up to 64)
 _VECTOR_MAGIC = b"FMV1"
 
 
@@ -29,9 +29,22 @@ def reward_leaf(index: int, account: str, amount: int, reputation_delta: int) ->
     )
 
 
-def update_leaf(index: int, provider: str, update_root: bytes, weight: int) -> bytes:
-    """Leaf of a round's updates tree: which provider's update (by root) entered with what weight."""
-    return double_hash(eth_abi.encode(["uint256", "address", "bytes32", "uint256"], [index, provider, update_root, weight]))
+def update_leaf(index: int, provider: str, update_root: bytes, weight: int, next_provider: str) -> bytes:
+    """Leaf of a round's updates tree: which provider's update (by root) entered with what weight.
+
+    Leaves are sorted by provider address and each names the next provider
+    (`receipts.LAST_PROVIDER` for the last), so one leaf proves an omission.
+    """
+    return double_hash(
+        eth_abi.encode(
+            ["uint256", "address", "bytes32", "uint256", "address"], [index, provider, update_root, weight, next_provider]
+        )
+    )
+
+
+def address_key(address: str) -> int:
+    """Sort key of an address as the contracts compare them (uint160)."""
+    return int(address, 16)
 
 
 def _int256_words(values: np.ndarray) -> bytes:

@@ -1,4 +1,5 @@
-"""EIP-712 typed update receipts: a provider's signed claim that it submitted an update."""
+"""EIP-712 typed statements the disputes contract verifies: update receipts, their
+acknowledgements by the aggregator, and validator attestations."""
 
 from __future__ import annotations
 
@@ -9,25 +10,66 @@ from eth_account.messages import encode_typed_data
 
 DOMAIN_NAME = "fedmarket"
 DOMAIN_VERSION = "1"
+LAST_PROVIDER = "0xFFfFfFffFFfffFFfFFfFFFFFffFFFffffFfFFFfF"  # `next` of the last updates leaf
 
-RECEIPT_TYPES = {
+_TYPES = {
     "UpdateReceipt": [
         {"name": "jobId", "type": "uint256"},
         {"name": "round", "type": "uint256"},
         {"name": "updateRoot", "type": "bytes32"},
         {"name": "weight", "type": "uint256"},
-    ]
+    ],
+    "ReceiptAck": [
+        {"name": "jobId", "type": "uint256"},
+        {"name": "round", "type": "uint256"},
+        {"name": "provider", "type": "address"},
+        {"name": "updateRoot", "type": "bytes32"},
+        {"name": "weight", "type": "uint256"},
+    ],
+    "Attestation": [
+        {"name": "jobId", "type": "uint256"},
+        {"name": "round", "type": "uint256"},
+        {"name": "modelRoot", "type": "bytes32"},
+        {"name": "scoresRoot", "type": "bytes32"},
+    ],
 }
 
 
-def domain(chain_id: int, market: str) -> dict:
-    return {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": chain_id, "verifyingContract": market}
+def domain(chain_id: int, verifying_contract: str) -> dict:
+    """The EIP-712 domain: name, version, chain, and the disputes contract that verifies."""
+    return {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": chain_id, "verifyingContract": verifying_contract}
+
+
+class _Typed:
+    """Signing and recovery shared by every typed statement."""
+
+    TYPE = ""
+
+    def message(self) -> dict:
+        raise NotImplementedError
+
+    def _encoded(self, chain_id: int, verifier: str):
+        return encode_typed_data(domain(chain_id, verifier), {self.TYPE: _TYPES[self.TYPE]}, self.message())
+
+    def digest(self, chain_id: int, verifier: str) -> bytes:
+        """The 32-byte EIP-712 digest (what the contract recomputes)."""
+        from eth_account.messages import _hash_eip191_message
+
+        return bytes(_hash_eip191_message(self._encoded(chain_id, verifier)))
+
+    def sign(self, key: bytes, chain_id: int, verifier: str) -> bytes:
+        return bytes(EthAccount.sign_message(self._encoded(chain_id, verifier), key).signature)
+
+    def signer(self, signature: bytes, chain_id: int, verifier: str) -> str:
+        """Address that produced `signature` over this statement."""
+        return EthAccount.recover_message(self._encoded(chain_id, verifier), signature=signature)
 
 
 @dataclass(frozen=True)
-class UpdateReceipt:
+class UpdateReceipt(_Typed):
     """(job, round, updateRoot, weight), signed by the provider."""
 
+    TYPE = "UpdateReceipt"
     job_id: int
     round: int
     update_root: bytes
@@ -36,11 +78,37 @@ class UpdateReceipt:
     def message(self) -> dict:
         return {"jobId": self.job_id, "round": self.round, "updateRoot": self.update_root, "weight": self.weight}
 
-    def sign(self, key: bytes, chain_id: int, market: str) -> bytes:
-        signed = EthAccount.sign_typed_data(key, domain(chain_id, market), RECEIPT_TYPES, self.message())
-        return bytes(signed.signature)
 
-    def signer(self, signature: bytes, chain_id: int, market: str) -> str:
-        """Address that produced `signature` over this receipt."""
-        msg = encode_typed_data(domain(chain_id, market), RECEIPT_TYPES, self.message())
-        return EthAccount.recover_message(msg, signature=signature)
+@dataclass(frozen=True)
+class ReceiptAck(_Typed):
+    """The aggregator's countersignature of a provider's receipt: it received that update."""
+
+    TYPE = "ReceiptAck"
+    job_id: int
+    round: int
+    provider: str
+    update_root: bytes
+    weight: int
+
+    def message(self) -> dict:
+        return {
+            "jobId": self.job_id,
+            "round": self.round,
+            "provider": self.provider,
+            "updateRoot": self.update_root,
+            "weight": self.weight,
+        }
+
+
+@dataclass(frozen=True)
+class Attestation(_Typed):
+    """A validator's statement that a round's model is right, with its scores' root."""
+
+    TYPE = "Attestation"
+    job_id: int
+    round: int
+    model_root: bytes
+    scores_root: bytes
+
+    def message(self) -> dict:
+        return {"jobId": self.job_id, "round": self.round, "modelRoot": self.model_root, "scoresRoot": self.scores_root}

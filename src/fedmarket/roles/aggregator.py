@@ -9,11 +9,19 @@ import numpy as np
 
 from ..chain import Account, Receipt
 from ..errors import FedMarketError, StorageError
-from ..fl.aggregate import fedavg_int
+from ..fl import aggregate as agg_rules
 from ..market import Deployment
-from ..protocol.encoding import canonical_json, decode_vector, encode_vector, reward_leaf, update_leaf, vector_root
+from ..protocol.encoding import (
+    address_key,
+    canonical_json,
+    decode_vector,
+    encode_vector,
+    reward_leaf,
+    update_leaf,
+    vector_root,
+)
 from ..protocol.merkle import MerkleTree
-from ..protocol.receipts import UpdateReceipt
+from ..protocol.receipts import LAST_PROVIDER, ReceiptAck, UpdateReceipt
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
 from .common import committed_rounds, fetch_metrics, global_model, load_spec, metrics_digest, round_topic
@@ -34,6 +42,26 @@ class Update:
     q: np.ndarray
 
 
+def aggregate_int(spec: JobSpec, deltas: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    """The job's aggregation rule in exact integer arithmetic (what the disputes contract recomputes)."""
+    if spec.strategy == "fedavg":
+        return agg_rules.fedavg_int(deltas, weights)
+    if spec.strategy == "median":
+        return agg_rules.median_int(deltas)
+    if len(deltas) <= 2 * spec.trim:
+        raise FedMarketError(f"trimmed_mean with trim {spec.trim} needs more than {2 * spec.trim} updates, got {len(deltas)}")
+    return agg_rules.trimmed_mean_int(deltas, spec.trim)
+
+
+def updates_tree(updates: list[Update]) -> MerkleTree:
+    """The round's updates tree: leaves sorted by provider, each naming the next provider."""
+    leaves = []
+    for i, u in enumerate(updates):
+        nxt = updates[i + 1].provider if i + 1 < len(updates) else LAST_PROVIDER
+        leaves.append(update_leaf(i, u.provider, u.update_root, u.weight, nxt))
+    return MerkleTree(leaves)
+
+
 class Aggregator:
     """Runs the rounds of the jobs that name it as their aggregator."""
 
@@ -43,8 +71,19 @@ class Aggregator:
         self.store = store
         self.mailbox = mailbox
 
+    def accept(self, job_id: int) -> Receipt:
+        """Accept the job, locking the aggregator stake its terms ask for."""
+        stake = int(self.dep.job(job_id)["aggregator_stake"])
+        if stake:
+            self.dep.token.transact("approve", self.dep.market.address, stake, sender=self.account)
+        return self.dep.market.transact("accept", job_id, sender=self.account)
+
     def start(self, job_id: int) -> Receipt:
         return self.dep.market.transact("start", job_id, sender=self.account)
+
+    def release_stake(self, job_id: int) -> Receipt:
+        """Take the aggregator stake back into free stake once the job is over."""
+        return self.dep.market.transact("release_stake", job_id, self.account.address, sender=self.account)
 
     def collect(self, job_id: int, round_: int, spec: JobSpec) -> tuple[list[Update], list[dict]]:
         """Every valid update posted for the round (one per provider), and the rejected ones with reasons."""
@@ -60,7 +99,16 @@ class Aggregator:
                 rejected.append({"provider": upd.provider, "reason": "second update in one round"})
                 continue
             accepted[upd.provider] = upd
-        return [accepted[p] for p in sorted(accepted)], rejected
+        updates = [accepted[p] for p in sorted(accepted, key=address_key)]
+        for u in updates:  # countersign: from now on, leaving this update out is provable
+            ack = ReceiptAck(job_id, round_, u.provider, u.update_root, u.weight)
+            sig = ack.sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
+            self.mailbox.post(
+                round_topic(job_id, round_) + "-acks",
+                canonical_json({"provider": u.provider, "update_root": "0x" + u.update_root.hex(),
+                                "weight": u.weight, "signature": "0x" + sig.hex()}),
+            )
+        return updates, rejected
 
     def _verify(self, raw: bytes, job_id: int, round_: int, spec: JobSpec) -> Update:
         msg = json.loads(raw)
@@ -72,7 +120,7 @@ class Aggregator:
         root = bytes.fromhex(msg["update_root"].removeprefix("0x"))
         sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
         receipt = UpdateReceipt(job_id, round_, root, weight)
-        signer = receipt.signer(sig, self.dep.chain_id, self.dep.market.address)
+        signer = receipt.signer(sig, self.dep.chain_id, self.dep.disputes.address)
         if signer != msg["provider"]:
             raise FedMarketError(f"receipt signed by {signer}, not by {msg['provider']}")
         if not self.dep.market.call("is_provider", job_id, signer):
@@ -94,12 +142,10 @@ class Aggregator:
         updates, rejected = self.collect(job_id, round_, spec)
         if not updates:
             raise FedMarketError(f"job {job_id} round {round_}: no valid update to aggregate")
-        q_new = q_global + fedavg_int([u.q for u in updates], [u.weight for u in updates])
+        q_new = q_global + aggregate_int(spec, [u.q for u in updates], [u.weight for u in updates])
         model_cid = self.store.put(encode_vector(q_new))
         model_root = vector_root(q_new, spec.quantization.chunk_size)
-        updates_root = MerkleTree(
-            [update_leaf(i, u.provider, u.update_root, u.weight) for i, u in enumerate(updates)]
-        ).root
+        updates_root = updates_tree(updates).root
         total = sum(u.weight for u in updates)
         metrics = {
             "job_id": job_id,
@@ -141,7 +187,7 @@ class Aggregator:
             for u in fetch_metrics(self.store, committed)["updates"]:
                 weight[u["provider"]] = weight.get(u["provider"], 0) + int(u["weight"])
                 rounds_in[u["provider"]] = rounds_in.get(u["provider"], 0) + 1
-        joined = sorted({e["provider"] for e in self.dep.market.events("ProviderJoined", job_id=job_id)})
+        joined = sorted({e["provider"] for e in self.dep.market.events("ProviderJoined", job_id=job_id)}, key=address_key)
         escrow = spec.reward.escrow
         pool = escrow - escrow * int(self.dep.market.call("FEE_BPS")) // BPS
         total = sum(weight.values())

@@ -75,7 +75,7 @@ class Provider:
         update_cid = self.store.put(encode_vector(q_delta))
         update_root = vector_root(q_delta, spec.quantization.chunk_size)
         receipt = UpdateReceipt(job_id, round_, update_root, self.n_samples)
-        signature = receipt.sign(self.account.key, self.dep.chain_id, self.dep.market.address)
+        signature = receipt.sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
         message = {
             "provider": self.address,
             "job_id": job_id,
@@ -106,7 +106,7 @@ class Provider:
         raise FedMarketError(f"{self.address} has no reward leaf in job {job_id}")
 
     def claim(self, job_id: int) -> Receipt:
-        """Claim reward and stake back (and the reputation change) in one transaction."""
+        """Claim the reward, release the job stake to free stake and apply the reputation change, in one transaction."""
         leaf, proof = self.reward_leaf(job_id)
         return self.dep.market.transact(
             "claim", job_id, leaf["index"], self.address, int(leaf["amount"]), int(leaf["reputation_delta"]), proof,

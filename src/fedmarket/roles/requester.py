@@ -7,10 +7,35 @@ import numpy as np
 from ..chain import Account, Receipt
 from ..fl.models import SoftmaxRegression, normalize
 from ..fl.quantize import dequantize
-from ..market import Deployment
+from ..market import Deployment, JobTerms
 from ..spec import JobSpec
 from ..storage import BlobStore
 from .common import committed_rounds, fetch_model, load_spec
+
+
+def terms_of(spec: JobSpec, aggregator: str, now: int) -> JobTerms:
+    """The on-chain terms a spec implies; deadlines start from `now`."""
+    r, p, d = spec.reward, spec.participation, spec.deadlines
+    return JobTerms(
+        spec_hash=spec.hash(),
+        aggregator=aggregator,
+        escrow=r.escrow,
+        provider_stake=r.provider_stake,
+        aggregator_stake=r.aggregator_stake,
+        validator_stake=r.validator_stake,
+        min_providers=p.min_providers,
+        max_providers=p.max_providers,
+        max_validators=p.max_validators,
+        rounds=spec.training.rounds,
+        join_deadline=now + d.join_window,
+        round_duration=d.round_duration,
+        challenge_period=d.challenge_period,
+        claim_period=d.claim_period,
+        rule=spec.rule,
+        trim=spec.trim,
+        chunk_size=spec.quantization.chunk_size,
+        licence_price=r.licence_price,
+    )
 
 
 class Requester:
@@ -26,24 +51,8 @@ class Requester:
         cid = self.store.put(spec.canonical())
         market, token = self.dep.market, self.dep.token
         token.transact("approve", market.address, spec.reward.escrow, sender=self.account)
-        now = self.dep.chain.timestamp()
-        d = spec.deadlines
-        receipt = market.transact(
-            "post_job",
-            spec.hash(),
-            cid,
-            aggregator,
-            spec.reward.escrow,
-            spec.reward.provider_stake,
-            spec.participation.min_providers,
-            spec.participation.max_providers,
-            spec.training.rounds,
-            now + d.join_window,
-            d.round_duration,
-            d.challenge_period,
-            d.claim_period,
-            sender=self.account,
-        )
+        terms = terms_of(spec, aggregator, self.dep.chain.timestamp())
+        receipt = market.transact("post_job", terms.abi(), cid, sender=self.account)
         return int(receipt.event("JobPosted")["job_id"])
 
     def evaluate(self, job_id: int, X: np.ndarray, y: np.ndarray) -> list[float]:
