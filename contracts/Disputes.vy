@@ -211,6 +211,8 @@ def attest(
     @param signatures Their EIP-712 signatures, in the same order.
     """
     assert len(validators) == len(signatures) and len(validators) > 0, "disputes: bad signature list"
+    # an empty root would read as "not attested yet" and could be counted twice
+    assert scores_root != empty(bytes32), "disputes: empty scores root"
     self._check_round(job_id, round, data)
     digest: bytes32 = self._attestation_digest(job_id, round, data.model_root, scores_root)
     added: uint256 = 0

@@ -399,31 +399,41 @@ def _lock(job_id: uint256, account: address, role: uint256, amount: uint256):
 
 
 @internal
-def _release(job_id: uint256, account: address) -> uint256:
-    """Returns the account's locked job stake to its free stake; returns the amount."""
+def _release(job_id: uint256, account: address) -> (uint256, uint256):
+    """Unlocks the account's job stake; returns (role, amount). Provider stakes are returned by
+    the caller with the reward; aggregator and validator stakes go to free stake, so they leave
+    through the unbonding delay and stay slashable for faults proven later."""
     word: uint256 = self._member[job_id][account]
     amount: uint256 = word >> ROLE_BITS
-    if amount == 0:
-        return 0
     role: uint256 = word & 255
+    if amount == 0:
+        return role, 0
     self._member[job_id][account] = role
-    self.free_stake[account][role] += amount
-    log StakeReleased(job_id=job_id, account=account, role=role, amount=amount)
-    return amount
+    if role != ROLE_PROVIDER:
+        self.free_stake[account][role] += amount
+        log StakeReleased(job_id=job_id, account=account, role=role, amount=amount)
+    return role, amount
 
 
 @external
 @nonreentrant
 def release_stake(job_id: uint256, account: address):
     """
-    @notice Returns an account's locked stake to its free stake once the job is over
-            (settled, cancelled or failed). Callable by anyone; funds stay the account's.
+    @notice Unlocks an account's stake once the job is over (settled, cancelled or failed):
+            a provider's goes back to its wallet, an aggregator's or validator's to its free
+            stake. Callable by anyone; funds only ever go to the account.
     @param job_id The job.
     @param account The participant.
     """
     state: JobState = self.jobs[job_id].state
     assert state in (JobState.SETTLED | JobState.CANCELLED | JobState.FAILED), "market: job still running"
-    assert self._release(job_id, account) > 0, "market: no stake locked"
+    role: uint256 = 0
+    amount: uint256 = 0
+    role, amount = self._release(job_id, account)
+    assert amount > 0, "market: no stake locked"
+    if role == ROLE_PROVIDER:
+        self._push(account, amount)
+        log StakeReleased(job_id=job_id, account=account, role=role, amount=amount)
 
 
 @external
@@ -592,14 +602,41 @@ def join(job_id: uint256):
             (from free stake, pulling any shortfall from the caller's wallet).
     @param job_id The job to join.
     """
+    self._join(job_id, msg.sender, self.jobs[job_id].provider_stake)
+
+
+@internal
+def _join(job_id: uint256, provider: address, stake: uint256):
     assert self.jobs[job_id].state == JobState.OPEN, "market: job not open"
     assert block.timestamp < self.jobs[job_id].join_deadline, "market: join deadline passed"
     n: uint256 = self.jobs[job_id].n_providers + 1
     assert n <= self.jobs[job_id].max_providers, "market: job is full"
-    stake: uint256 = self.jobs[job_id].provider_stake
     self.jobs[job_id].n_providers = n
-    self._lock(job_id, msg.sender, ROLE_PROVIDER, stake)
-    log ProviderJoined(job_id=job_id, provider=msg.sender, stake=stake, n_providers=n)
+    self._lock(job_id, provider, ROLE_PROVIDER, stake)
+    log ProviderJoined(job_id=job_id, provider=provider, stake=stake, n_providers=n)
+
+
+@external
+@nonreentrant
+def join_with_permit(job_id: uint256, deadline: uint256, v: uint8, r: bytes32, s: bytes32):
+    """
+    @notice `join` in one transaction without a prior `approve`: the stake's allowance comes
+            from the caller's EIP-2612 permit signature for exactly the job's provider stake.
+    @dev A permit already used (e.g. front-run) is ignored; the join then needs an allowance.
+    @param job_id The job to join.
+    @param deadline Permit deadline.
+    @param v Permit signature v.
+    @param r Permit signature r.
+    @param s Permit signature s.
+    """
+    stake: uint256 = self.jobs[job_id].provider_stake
+    permitted: bool = raw_call(
+        TOKEN.address,
+        abi_encode(msg.sender, self, stake, deadline, v, r, s, method_id=method_id("permit(address,address,uint256,uint256,uint8,bytes32,bytes32)")),
+        revert_on_failure=False,
+    )
+    # a failed permit is not fatal: an allowance given some other way still lets the join through
+    self._join(job_id, msg.sender, stake)
 
 
 @external
@@ -761,8 +798,9 @@ def claim(
     proof: DynArray[bytes32, MAX_PROOF],
 ):
     """
-    @notice Pays `account` its reward, releases its job stake to its free stake, and
-            applies its reputation change, proven by a Merkle proof against the reward root.
+    @notice Pays `account` its reward, unlocks its job stake (paid back with the reward for a
+            provider, moved to free stake otherwise), and applies its reputation change,
+            proven by a Merkle proof against the reward root.
     @dev Anyone may submit a claim for any account; funds always go to `account`.
     @param job_id The job.
     @param index Leaf index (position in the claimed bitmap).
@@ -784,12 +822,17 @@ def claim(
     assert merkle._verify(proof, self.jobs[job_id].reward_root, leaf), "market: invalid proof"
     self._claimed[job_id][word] = bits | bit
     self.jobs[job_id].claimed_total += amount
-    released: uint256 = self._release(job_id, account)
+    role: uint256 = 0
+    released: uint256 = 0
+    role, released = self._release(job_id, account)
     if reputation_delta != 0:
         rep: int256 = self.reputation[account] + reputation_delta
         self.reputation[account] = rep
         log ReputationChanged(account=account, delta=reputation_delta, reputation=rep)
-    self._push(account, amount)
+    if role == ROLE_PROVIDER:
+        self._push(account, amount + released)
+    else:
+        self._push(account, amount)
     log RewardClaimed(job_id=job_id, account=account, index=index, amount=amount, stake_released=released)
 
 

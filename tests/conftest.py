@@ -20,10 +20,12 @@ def boa_world():
     chain = BoaChain()
     deployer, treasury, requester, aggregator = (chain.new_account("tests", i) for i in range(4))
     providers = [chain.new_account("tests", 100 + i) for i in range(6)]
+    validators = [chain.new_account("tests", 200 + i) for i in range(4)]
     outsider = chain.new_account("tests", 999)
-    dep = Deployment.deploy(chain, deployer, treasury.address, 100)
-    for acct in [requester, outsider, *providers]:
+    dep = Deployment.deploy(chain, deployer, treasury.address, fee_bps=100, unbonding_delay=1_000)
+    for acct in [requester, aggregator, outsider, *providers, *validators]:
         dep.token.transact("mint", acct.address, 10_000 * TOKEN, sender=deployer)
+        dep.token.transact("approve", dep.market.address, 2**256 - 1, sender=acct)
     return {
         "chain": chain,
         "dep": dep,
@@ -32,6 +34,7 @@ def boa_world():
         "requester": requester,
         "aggregator": aggregator,
         "providers": providers,
+        "validators": validators,
         "outsider": outsider,
     }
 

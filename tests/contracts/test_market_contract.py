@@ -1,292 +1,405 @@
-"""JobMarket on the embedded EVM: each transition, its events, and its revert paths."""
+"""JobMarket on the embedded EVM: every external function, its events, and its revert paths."""
 
 from __future__ import annotations
 
 import pytest
+from conftest import AGG_STAKE, ESCROW, ROOT, STAKE, TOKEN, UPD, VAL_STAKE, ZERO32
 from eth_utils import keccak
 
 from fedmarket.errors import ContractRevert
-from fedmarket.market import JobState
-from fedmarket.protocol.encoding import reward_leaf
-from fedmarket.protocol.merkle import MerkleTree
-
-TOKEN = 10**18
-ESCROW = 1_000 * TOKEN
-STAKE = 10 * TOKEN
-ROOT = keccak(b"model")
-UPD = keccak(b"updates")
+from fedmarket.market import JobState, Role
 
 
-def post(w, *, rounds=2, min_p=2, max_p=3, escrow=ESCROW, stake=STAKE, join_window=1000, challenge=100, claim=1000):
-    dep, req = w["dep"], w["requester"]
-    dep.token.transact("approve", dep.market.address, escrow, sender=req)
-    r = dep.market.transact(
-        "post_job", keccak(b"spec"), "bafkreispec", w["aggregator"].address, escrow, stake, min_p, max_p, rounds,
-        w["chain"].timestamp() + join_window, 500, challenge, claim, sender=req,
-    )
-    return r.event("JobPosted")["job_id"]
+# ---------------------------------------------------------------- post_job
 
 
-def join(w, job, provider):
-    dep = w["dep"]
-    dep.token.transact("approve", dep.market.address, STAKE, sender=provider)
-    return dep.market.transact("join", job, sender=provider)
-
-
-def training_job(w, n=2, rounds=2):
-    job = post(w, rounds=rounds, min_p=n, max_p=n)
-    for p in w["providers"][:n]:
-        join(w, job, p)
-    w["dep"].market.transact("start", job, sender=w["aggregator"])
-    return job
-
-
-def commit_all(w, job, rounds=2):
-    for r in range(rounds):
-        w["dep"].market.transact("submit_round", job, r, ROOT, "bafkreimodel", UPD, 2, b"\x00" * 32, sender=w["aggregator"])
-
-
-def rewards(w, job, amounts):
-    leaves = [(i, p.address, a, 1) for i, (p, a) in enumerate(zip(w["providers"], amounts))]
-    tree = MerkleTree([reward_leaf(*l) for l in leaves])
-    w["dep"].market.transact("post_rewards", job, tree.root, sum(amounts), "bafkreirewards", sender=w["aggregator"])
-    return leaves, tree
-
-
-def settled_job(w, amounts=(400 * TOKEN, 500 * TOKEN)):
-    job = training_job(w)
-    commit_all(w, job)
-    leaves, tree = rewards(w, job, list(amounts))
-    w["chain"].advance_time(100)
-    w["dep"].market.transact("settle", job, sender=w["outsider"])
-    return job, leaves, tree
-
-
-def test_post_job_locks_escrow_and_emits(world):
-    dep, req = world["dep"], world["requester"]
+def test_post_job_locks_escrow_and_emits(mk):
+    dep, req = mk.dep, mk.w["requester"]
     before = dep.balance(req.address)
-    job = post(world)
+    job = mk.post()
     assert dep.balance(req.address) == before - ESCROW
     assert dep.balance(dep.market.address) == ESCROW
     info = dep.job(job)
     assert info["state"] == JobState.OPEN and info["escrow"] == ESCROW and info["requester"] == req.address
+    assert (info["provider_stake"], info["aggregator_stake"], info["chunk_size"]) == (STAKE, AGG_STAKE, 64)
     ev = dep.market.events("JobPosted", job_id=job)[0]
-    assert ev["spec_hash"] == keccak(b"spec") and ev["spec_cid"] == "bafkreispec"
+    assert ev["spec_hash"] == keccak(b"spec") and ev["spec_cid"] == "bafkreispec" and ev["escrow"] == ESCROW
 
 
 @pytest.mark.parametrize(
-    "kwargs, reason",
+    "over, reason",
     [
         ({"escrow": 0}, "escrow is zero"),
+        ({"spec_hash": ZERO32}, "empty spec hash"),
+        ({"aggregator": "0x" + "00" * 20}, "aggregator is zero"),
         ({"rounds": 0}, "bad round count"),
-        ({"min_p": 0}, "min providers is zero"),
-        ({"min_p": 4, "max_p": 3}, "min above max providers"),
-        ({"join_window": 0}, "join deadline passed"),
-        ({"claim": 0}, "claim period is zero"),
+        ({"rounds": 10_001}, "bad round count"),
+        ({"min_providers": 0}, "min providers is zero"),
+        ({"min_providers": 4, "max_providers": 3}, "min above max providers"),
+        ({"max_providers": 1_000_001}, "too many providers"),
+        ({"max_validators": 33}, "too many validators"),
+        ({"join_deadline": 0}, "join deadline passed"),
+        ({"round_duration": 0}, "round duration is zero"),
+        ({"claim_period": 0}, "claim period is zero"),
+        ({"rule": 3}, "unknown rule"),
+        ({"chunk_size": 65}, "bad chunk size"),
+        ({"chunk_size": 0}, "bad chunk size"),
+        ({"rule": 2, "trim": 0}, "trim is zero"),
     ],
 )
-def test_post_job_rejects_bad_parameters(world, kwargs, reason):
+def test_post_job_rejects_bad_terms(mk, over, reason):
     with pytest.raises(ContractRevert, match=reason):
-        post(world, **kwargs)
+        mk.post(**over)
+    assert mk.m.call("job_count") == 0
 
 
-def test_post_job_without_allowance_moves_nothing(world):
-    dep, req = world["dep"], world["requester"]
-    dep.token.transact("approve", dep.market.address, 0, sender=req)
-    before = dep.balance(req.address)
+def test_requester_cannot_be_its_own_aggregator(mk):
+    with pytest.raises(ContractRevert, match="requester cannot aggregate"):
+        mk.post(aggregator=mk.w["requester"].address)
+
+
+def test_post_job_without_allowance_moves_nothing(mk):
+    req = mk.w["requester"]
+    mk.dep.token.transact("approve", mk.m.address, 0, sender=req)
+    before = mk.dep.balance(req.address)
     with pytest.raises(ContractRevert):
-        dep.market.transact(
-            "post_job", keccak(b"s"), "c", world["aggregator"].address, ESCROW, 0, 1, 1, 1,
-            world["chain"].timestamp() + 10, 10, 10, 10, sender=req,
-        )
-    assert dep.balance(req.address) == before and dep.market.call("job_count") == 0
+        mk.post()
+    assert mk.dep.balance(req.address) == before and mk.m.call("job_count") == 0
 
 
-def test_join_locks_stake_once(world):
-    dep = world["dep"]
-    job = post(world)
-    p = world["providers"][0]
-    r = join(world, job, p)
+# ---------------------------------------------------------------- staking
+
+
+def test_deposit_unbond_withdraw_cycle(mk):
+    v = mk.w["validators"][0]
+    m = mk.m
+    before = mk.dep.balance(v.address)
+    ev = m.transact("deposit", Role.VALIDATOR, 30 * TOKEN, sender=v).event("StakeDeposited")
+    assert (ev["role"], ev["amount"]) == (Role.VALIDATOR, 30 * TOKEN)
+    assert m.call("free_stake", v.address, Role.VALIDATOR) == 30 * TOKEN
+    with pytest.raises(ContractRevert, match="not enough free stake"):
+        m.transact("request_unbond", Role.VALIDATOR, 31 * TOKEN, sender=v)
+    ev = m.transact("request_unbond", Role.VALIDATOR, 20 * TOKEN, sender=v).event("UnbondRequested")
+    assert ev["release_time"] == mk.chain.timestamp() + 1_000
+    with pytest.raises(ContractRevert, match="still unbonding"):
+        m.transact("withdraw", Role.VALIDATOR, sender=v)
+    mk.chain.advance_time(1_000)
+    assert m.transact("withdraw", Role.VALIDATOR, sender=v).event("StakeWithdrawn")["amount"] == 20 * TOKEN
+    assert mk.dep.balance(v.address) == before - 10 * TOKEN
+    with pytest.raises(ContractRevert, match="nothing unbonding"):
+        m.transact("withdraw", Role.VALIDATOR, sender=v)
+
+
+@pytest.mark.parametrize(
+    "fn, args, reason",
+    [
+        ("deposit", (0, TOKEN), "bad role"),
+        ("deposit", (4, TOKEN), "bad role"),
+        ("deposit", (1, 0), "amount is zero"),
+        ("request_unbond", (1, 0), "amount is zero"),
+    ],
+)
+def test_staking_rejects_bad_input(mk, fn, args, reason):
+    with pytest.raises(ContractRevert, match=reason):
+        mk.m.transact(fn, *args, sender=mk.w["providers"][0])
+
+
+def test_join_uses_free_stake_before_the_wallet(mk):
+    p = mk.w["providers"][0]
+    mk.m.transact("deposit", Role.PROVIDER, 4 * TOKEN, sender=p)
+    job = mk.post()
+    before = mk.dep.balance(p.address)
+    mk.join(job, 0)
+    assert mk.dep.balance(p.address) == before - (STAKE - 4 * TOKEN)
+    assert mk.m.call("free_stake", p.address, Role.PROVIDER) == 0
+    assert mk.m.call("membership", job, p.address) == (Role.PROVIDER, STAKE)
+
+
+def test_only_disputes_may_slash_or_fail(mk):
+    job = mk.training()
+    with pytest.raises(ContractRevert, match="caller is not disputes"):
+        mk.m.transact("slash", job, mk.w["providers"][0].address, mk.w["outsider"].address, sender=mk.w["requester"])
+    with pytest.raises(ContractRevert, match="caller is not disputes"):
+        mk.m.transact("fail_proven", job, 0, mk.w["outsider"].address, "x", sender=mk.w["aggregator"])
+
+
+# ---------------------------------------------------------------- open
+
+
+def test_accept_and_join_lock_stakes(mk):
+    job = mk.post()
+    ev = mk.accept(job).event("JobAccepted")
+    assert ev["stake"] == AGG_STAKE and mk.dep.job(job)["accepted"]
+    r = mk.join(job, 0)
     assert r.event("ProviderJoined")["n_providers"] == 1
-    assert dep.market.call("stake_of", job, p.address) == STAKE
-    assert dep.market.call("is_provider", job, p.address)
-    with pytest.raises(ContractRevert, match="already joined"):
-        join(world, job, p)
+    assert mk.m.call("membership", job, mk.w["providers"][0].address) == (Role.PROVIDER, STAKE)
+    assert mk.m.call("is_provider", job, mk.w["providers"][0].address)
+    assert mk.dep.balance(mk.m.address) == ESCROW + AGG_STAKE + STAKE
+    with pytest.raises(ContractRevert, match="already a participant"):
+        mk.join(job, 0)
+    with pytest.raises(ContractRevert, match="already a participant"):
+        mk.accept(job)
 
 
-def test_join_rejects_full_late_and_unknown_jobs(world):
-    job = post(world, min_p=1, max_p=1)
-    join(world, job, world["providers"][0])
-    with pytest.raises(ContractRevert, match="job is full"):
-        join(world, job, world["providers"][1])
+def test_accept_rules(mk):
+    job = mk.post()
+    with pytest.raises(ContractRevert, match="caller is not the aggregator"):
+        mk.m.transact("accept", job, sender=mk.w["outsider"])
     with pytest.raises(ContractRevert, match="job not open"):
-        join(world, 99, world["providers"][1])
-    job2 = post(world)
-    world["chain"].advance_time(1000)
+        mk.m.transact("accept", 99, sender=mk.w["aggregator"])
+
+
+def test_join_rejects_full_late_and_unknown_jobs(mk):
+    job = mk.post(min_providers=1, max_providers=1)
+    mk.join(job, 0)
+    with pytest.raises(ContractRevert, match="job is full"):
+        mk.join(job, 1)
+    with pytest.raises(ContractRevert, match="job not open"):
+        mk.join(99, 1)
+    job2 = mk.post()
+    mk.chain.advance_time(1000)
     with pytest.raises(ContractRevert, match="join deadline passed"):
-        join(world, job2, world["providers"][1])
+        mk.join(job2, 1)
 
 
-def test_start_rules(world):
-    dep, agg, out = world["dep"], world["aggregator"], world["outsider"]
-    job = post(world, min_p=2)
-    join(world, job, world["providers"][0])
-    with pytest.raises(ContractRevert, match="too few providers"):
+def test_join_validator_rules(mk):
+    job = mk.post(max_validators=1)
+    with pytest.raises(ContractRevert, match="stake below minimum"):
+        mk.join_validator(job, 0, VAL_STAKE - 1)
+    with pytest.raises(ContractRevert, match="requester cannot validate"):
+        mk.m.transact("join_validator", job, VAL_STAKE, sender=mk.w["requester"])
+    ev = mk.join_validator(job, 0, 2 * VAL_STAKE).event("ValidatorJoined")
+    assert ev["stake"] == 2 * VAL_STAKE and mk.dep.job(job)["validator_total_stake"] == 2 * VAL_STAKE
+    with pytest.raises(ContractRevert, match="validator set full"):
+        mk.join_validator(job, 1)
+    mk.chain.advance_time(1000)
+    with pytest.raises(ContractRevert, match="job not open|join deadline passed"):
+        mk.join_validator(job, 1)
+
+
+def test_start_rules(mk):
+    dep, agg, out = mk.dep, mk.w["aggregator"], mk.w["outsider"]
+    job = mk.post(min_providers=2)
+    mk.join(job, 0)
+    mk.join(job, 1)
+    with pytest.raises(ContractRevert, match="aggregator has not accepted"):
         dep.market.transact("start", job, sender=agg)
-    join(world, job, world["providers"][1])
+    mk.accept(job)
     with pytest.raises(ContractRevert, match="join window still open"):
         dep.market.transact("start", job, sender=out)
-    r = dep.market.transact("start", job, sender=agg)
+    r = dep.market.transact("start", job, sender=mk.w["requester"])
     assert r.event("TrainingStarted")["n_providers"] == 2
     assert dep.job(job)["state"] == JobState.TRAINING
+    with pytest.raises(ContractRevert, match="job not open"):
+        dep.market.transact("start", job, sender=agg)
 
 
-def test_anyone_may_start_after_join_deadline(world):
-    job = post(world, min_p=1)
-    join(world, job, world["providers"][0])
-    world["chain"].advance_time(1000)
-    world["dep"].market.transact("start", job, sender=world["outsider"])
-    assert world["dep"].job(job)["state"] == JobState.TRAINING
+def test_start_needs_enough_providers_and_anyone_may_start_late(mk):
+    job = mk.post(min_providers=2)
+    mk.accept(job)
+    mk.join(job, 0)
+    with pytest.raises(ContractRevert, match="too few providers"):
+        mk.m.transact("start", job, sender=mk.w["aggregator"])
+    mk.join(job, 1)
+    mk.chain.advance_time(1000)
+    mk.m.transact("start", job, sender=mk.w["outsider"])
+    assert mk.dep.job(job)["state"] == JobState.TRAINING
 
 
-def test_submit_round_rules_and_commitment(world):
-    dep, agg = world["dep"], world["aggregator"]
-    job = training_job(world)
-    m = dep.market
+# ---------------------------------------------------------------- training
+
+
+def test_submit_round_rules_and_commitment(mk):
+    job = mk.training()
+    m, agg = mk.m, mk.w["aggregator"]
     with pytest.raises(ContractRevert, match="not the aggregator"):
-        m.transact("submit_round", job, 0, ROOT, "c", UPD, 2, b"\x00" * 32, sender=world["outsider"])
+        m.transact("submit_round", job, 0, ROOT, "c", UPD, 2, ZERO32, sender=mk.w["outsider"])
     with pytest.raises(ContractRevert, match="wrong round"):
-        m.transact("submit_round", job, 1, ROOT, "c", UPD, 2, b"\x00" * 32, sender=agg)
+        mk.commit(job, 1)
     with pytest.raises(ContractRevert, match="bad update count"):
-        m.transact("submit_round", job, 0, ROOT, "c", UPD, 3, b"\x00" * 32, sender=agg)
+        mk.commit(job, 0, count=3)
+    with pytest.raises(ContractRevert, match="bad update count"):
+        mk.commit(job, 0, count=0)
     with pytest.raises(ContractRevert, match="empty root"):
-        m.transact("submit_round", job, 0, b"\x00" * 32, "c", UPD, 2, b"\x00" * 32, sender=agg)
-    r = m.transact("submit_round", job, 0, ROOT, "bafkreimodel", UPD, 2, b"\x01" * 32, sender=agg)
-    ev = r.event("RoundCommitted")
+        mk.commit(job, 0, model_root=ZERO32)
+    with pytest.raises(ContractRevert, match="empty model cid"):
+        mk.commit(job, 0, cid="")
+    ev = mk.commit(job, 0, metrics=b"\x01" * 32).event("RoundCommitted")
     assert (ev["round"], ev["model_root"], ev["model_cid"], ev["count"]) == (0, ROOT, "bafkreimodel", 2)
-    assert m.call("round_commitment", job, 0) != b"\x00" * 32
-    world["chain"].advance_time(501)
+    assert m.call("round_commitment", job, 0) == keccak(ROOT + UPD + (2).to_bytes(32, "big") + b"\x01" * 32)
+    mk.chain.advance_time(501)
     with pytest.raises(ContractRevert, match="round deadline passed"):
-        m.transact("submit_round", job, 1, ROOT, "c", UPD, 2, b"\x00" * 32, sender=agg)
+        mk.commit(job, 1)
 
 
-def test_post_rewards_rules(world):
-    dep, agg = world["dep"], world["aggregator"]
-    job = training_job(world)
+def test_round_waits_for_validator_quorum(mk):
+    job = mk.training(validators=1)
+    mk.commit(job, 0)
+    with pytest.raises(ContractRevert, match="previous round lacks quorum"):
+        mk.commit(job, 1)
+
+
+def test_post_rewards_rules(mk):
+    job = mk.training()
+    agg = mk.w["aggregator"]
     with pytest.raises(ContractRevert, match="rounds not finished"):
-        dep.market.transact("post_rewards", job, ROOT, 1, "c", sender=agg)
-    commit_all(world, job)
+        mk.m.transact("post_rewards", job, ROOT, 1, "c", sender=agg)
+    mk.commit_all(job)
     with pytest.raises(ContractRevert, match="all rounds committed"):
-        dep.market.transact("submit_round", job, 2, ROOT, "c", UPD, 2, b"\x00" * 32, sender=agg)
+        mk.commit(job, 2)
+    with pytest.raises(ContractRevert, match="not the aggregator"):
+        mk.m.transact("post_rewards", job, ROOT, 1, "c", sender=mk.w["outsider"])
     with pytest.raises(ContractRevert, match="rewards exceed escrow"):
-        dep.market.transact("post_rewards", job, ROOT, ESCROW, "c", sender=agg)  # the 1% fee comes first
-    r = dep.market.transact("post_rewards", job, ROOT, ESCROW * 99 // 100, "c", sender=agg)
-    assert r.event("RewardRootPosted")["reward_total"] == ESCROW * 99 // 100
-    assert dep.job(job)["state"] == JobState.FINALIZING
+        mk.m.transact("post_rewards", job, ROOT, ESCROW, "c", sender=agg)  # the 1% fee comes first
+    with pytest.raises(ContractRevert, match="empty root"):
+        mk.m.transact("post_rewards", job, ZERO32, 1, "c", sender=agg)
+    r = mk.m.transact("post_rewards", job, ROOT, ESCROW * 99 // 100, "bafkreir", sender=agg)
+    ev = r.event("RewardRootPosted")
+    assert ev["reward_total"] == ESCROW * 99 // 100 and ev["rewards_cid"] == "bafkreir"
+    assert mk.dep.job(job)["state"] == JobState.FINALIZING
 
 
-def test_settle_pays_fee_and_refunds_unassigned(world):
-    dep, req, treasury = world["dep"], world["requester"], world["treasury"]
-    job = training_job(world)
-    commit_all(world, job)
-    rewards(world, job, [400 * TOKEN, 500 * TOKEN])
+# ---------------------------------------------------------------- settlement
+
+
+def test_settle_pays_fee_and_refunds_unassigned(mk):
+    dep, req, treasury = mk.dep, mk.w["requester"], mk.w["treasury"]
+    job = mk.training()
+    mk.commit_all(job)
+    mk.rewards(job, [400 * TOKEN, 500 * TOKEN])
     with pytest.raises(ContractRevert, match="challenge window open"):
-        dep.market.transact("settle", job, sender=world["outsider"])
-    world["chain"].advance_time(100)
+        mk.m.transact("settle", job, sender=mk.w["outsider"])
+    mk.chain.advance_time(100)
     r_before, t_before = dep.balance(req.address), dep.balance(treasury.address)
-    ev = dep.market.transact("settle", job, sender=world["outsider"]).event("JobSettled")
+    ev = mk.m.transact("settle", job, sender=mk.w["outsider"]).event("JobSettled")
     assert ev["fee"] == ESCROW // 100 and ev["refund"] == ESCROW - ESCROW // 100 - 900 * TOKEN
     assert dep.balance(treasury.address) - t_before == ev["fee"]
     assert dep.balance(req.address) - r_before == ev["refund"]
+    with pytest.raises(ContractRevert, match="job not finalizing"):
+        mk.m.transact("settle", job, sender=mk.w["outsider"])
 
 
-def test_claim_pays_reward_and_stake_once(world):
-    dep = world["dep"]
-    job, leaves, tree = settled_job(world)
-    p = world["providers"][0]
+def test_claim_pays_reward_and_stake_once(mk):
+    dep = mk.dep
+    job, leaves, tree = mk.settled()
+    p = mk.w["providers"][0]
     before = dep.balance(p.address)
-    idx, acct, amount, rep = leaves[0]
-    r = dep.market.transact("claim", job, idx, acct, amount, rep, tree.proof(0), sender=world["outsider"])
-    assert r.event("RewardClaimed")["stake_returned"] == STAKE
+    r = mk.claim(job, leaves, tree, 0)
+    assert r.event("RewardClaimed")["stake_released"] == STAKE
     assert r.event("ReputationChanged")["reputation"] == 1
-    assert dep.balance(p.address) - before == amount + STAKE
-    assert dep.market.call("is_claimed", job, 0) and not dep.market.call("is_claimed", job, 1)
+    assert dep.balance(p.address) - before == leaves[0][2] + STAKE
+    assert mk.m.call("reputation", p.address) == 1
+    assert mk.m.call("is_claimed", job, 0) and not mk.m.call("is_claimed", job, 1)
+    assert mk.m.call("membership", job, p.address) == (Role.PROVIDER, 0)
     with pytest.raises(ContractRevert, match="already claimed"):
-        dep.market.transact("claim", job, idx, acct, amount, rep, tree.proof(0), sender=p)
+        mk.claim(job, leaves, tree, 0, sender=p)
 
 
-def test_claim_rejects_forged_leaves(world):
-    dep = world["dep"]
-    job, leaves, tree = settled_job(world)
+def test_claim_rejects_forged_leaves_and_bad_state(mk):
+    job, leaves, tree = mk.settled()
     idx, acct, amount, rep = leaves[0]
-    m = dep.market
     for forged in [(idx, acct, amount + 1, rep), (idx, acct, amount, rep + 5), (1, acct, amount, rep),
-                   (idx, world["outsider"].address, amount, rep)]:
+                   (idx, mk.w["outsider"].address, amount, rep)]:
         with pytest.raises(ContractRevert, match="invalid proof"):
-            m.transact("claim", job, *forged, tree.proof(0), sender=world["outsider"])
+            mk.m.transact("claim", job, *forged, tree.proof(0), sender=mk.w["outsider"])
+    with pytest.raises(ContractRevert, match="bad index"):
+        mk.m.transact("claim", job, 10**6, acct, amount, rep, tree.proof(0), sender=mk.w["outsider"])
+    with pytest.raises(ContractRevert, match="job not settled"):
+        mk.m.transact("claim", job + 1, *leaves[0], tree.proof(0), sender=mk.w["outsider"])
 
 
-def test_claims_close_and_unclaimed_is_swept(world):
-    dep, req = world["dep"], world["requester"]
-    job, leaves, tree = settled_job(world)
-    idx, acct, amount, rep = leaves[0]
-    dep.market.transact("claim", job, idx, acct, amount, rep, tree.proof(0), sender=world["outsider"])
+def test_claims_close_and_unclaimed_is_swept(mk):
+    dep, req = mk.dep, mk.w["requester"]
+    job, leaves, tree = mk.settled()
+    mk.claim(job, leaves, tree, 0)
     with pytest.raises(ContractRevert, match="claim period open"):
-        dep.market.transact("sweep", job, sender=world["outsider"])
-    world["chain"].advance_time(1000)
+        mk.m.transact("sweep", job, sender=mk.w["outsider"])
+    mk.chain.advance_time(1000)
     with pytest.raises(ContractRevert, match="claim period over"):
-        dep.market.transact("claim", job, *leaves[1], tree.proof(1), sender=world["outsider"])
+        mk.claim(job, leaves, tree, 1)
     before = dep.balance(req.address)
-    ev = dep.market.transact("sweep", job, sender=world["outsider"]).event("UnclaimedSwept")
+    ev = mk.m.transact("sweep", job, sender=mk.w["outsider"]).event("UnclaimedSwept")
     assert ev["amount"] == leaves[1][2] and dep.balance(req.address) - before == leaves[1][2]
     with pytest.raises(ContractRevert, match="nothing to sweep"):
-        dep.market.transact("sweep", job, sender=world["outsider"])
-    # the provider that never claimed still gets its stake back
-    p1 = world["providers"][1]
-    assert dep.market.transact("withdraw_stake", job, sender=p1).event("StakeWithdrawn")["amount"] == STAKE
+        mk.m.transact("sweep", job, sender=mk.w["outsider"])
+    # the provider that never claimed still gets its stake back, to its wallet
+    p1 = mk.w["providers"][1]
+    before = dep.balance(p1.address)
+    ev = mk.m.transact("release_stake", job, p1.address, sender=mk.w["outsider"]).event("StakeReleased")
+    assert ev["amount"] == STAKE and dep.balance(p1.address) - before == STAKE
+    # the aggregator's goes to its free stake and leaves through the unbonding delay
+    agg = mk.w["aggregator"]
+    mk.m.transact("release_stake", job, agg.address, sender=agg)
+    assert mk.m.call("free_stake", agg.address, Role.AGGREGATOR) == AGG_STAKE
+    with pytest.raises(ContractRevert, match="no stake locked"):
+        mk.m.transact("release_stake", job, agg.address, sender=agg)
 
 
-def test_cancel_refunds_requester_and_frees_stakes(world):
-    dep, req = world["dep"], world["requester"]
-    job = post(world, min_p=2)
-    join(world, job, world["providers"][0])
+def test_cancel_refunds_requester_and_frees_stakes(mk):
+    dep, req = mk.dep, mk.w["requester"]
+    job = mk.post(min_providers=2)
+    mk.accept(job)
+    mk.join(job, 0)
     with pytest.raises(ContractRevert, match="join window still open"):
-        dep.market.transact("cancel", job, sender=req)
+        mk.m.transact("cancel", job, sender=req)
     with pytest.raises(ContractRevert, match="job still running"):
-        dep.market.transact("withdraw_stake", job, sender=world["providers"][0])
-    world["chain"].advance_time(1000)
+        mk.m.transact("release_stake", job, mk.w["providers"][0].address, sender=mk.w["providers"][0])
+    mk.chain.advance_time(1000)
     before = dep.balance(req.address)
-    assert dep.market.transact("cancel", job, sender=world["outsider"]).event("JobCancelled")["refund"] == ESCROW
+    assert mk.m.transact("cancel", job, sender=mk.w["outsider"]).event("JobCancelled")["refund"] == ESCROW
     assert dep.balance(req.address) - before == ESCROW
-    dep.market.transact("withdraw_stake", job, sender=world["providers"][0])
-    with pytest.raises(ContractRevert, match="no stake"):
-        dep.market.transact("withdraw_stake", job, sender=world["providers"][0])
-    assert dep.balance(dep.market.address) == 0
+    mk.m.transact("release_stake", job, mk.w["providers"][0].address, sender=mk.w["outsider"])
+    mk.m.transact("release_stake", job, mk.w["aggregator"].address, sender=mk.w["outsider"])
+    # only free aggregator stake is left in the market
+    assert dep.balance(dep.market.address) == mk.m.call("free_stake", mk.w["aggregator"].address, Role.AGGREGATOR)
 
 
-def test_requester_may_cancel_only_before_anyone_joins(world):
-    dep, req = world["dep"], world["requester"]
-    job = post(world)
-    dep.market.transact("cancel", job, sender=req)
-    assert dep.job(job)["state"] == JobState.CANCELLED
-    job2 = post(world, min_p=1)
-    join(world, job2, world["providers"][0])
-    world["chain"].advance_time(1000)
+def test_cancel_when_the_aggregator_never_accepted(mk):
+    job = mk.post(min_providers=1)
+    mk.join(job, 0)
+    mk.chain.advance_time(1000)
+    mk.m.transact("cancel", job, sender=mk.w["outsider"])
+    assert mk.dep.job(job)["state"] == JobState.CANCELLED
+
+
+def test_requester_may_cancel_only_before_anyone_joins(mk):
+    req = mk.w["requester"]
+    job = mk.post()
+    mk.m.transact("cancel", job, sender=req)
+    assert mk.dep.job(job)["state"] == JobState.CANCELLED
+    job2 = mk.post(min_providers=1)
+    mk.accept(job2)
+    mk.join(job2, 0)
+    mk.chain.advance_time(1000)
     with pytest.raises(ContractRevert, match="enough providers joined"):
-        dep.market.transact("cancel", job2, sender=req)
+        mk.m.transact("cancel", job2, sender=req)
 
 
-def test_fail_after_missed_round_refunds_escrow(world):
-    dep, req = world["dep"], world["requester"]
-    job = training_job(world)
+def test_fail_after_missed_round_refunds_and_slashes_aggregator(mk):
+    dep, req, out = mk.dep, mk.w["requester"], mk.w["outsider"]
+    job = mk.training()
     with pytest.raises(ContractRevert, match="deadline not missed"):
-        dep.market.transact("fail", job, sender=world["outsider"])
-    world["chain"].advance_time(501)
-    before = dep.balance(req.address)
-    ev = dep.market.transact("fail", job, sender=world["outsider"]).event("JobFailed")
-    assert ev["refund"] == ESCROW and dep.balance(req.address) - before == ESCROW
-    for p in world["providers"][:2]:
-        dep.market.transact("withdraw_stake", job, sender=p)
+        mk.m.transact("fail", job, sender=out)
+    mk.chain.advance_time(501)
+    r_before, o_before = dep.balance(req.address), dep.balance(out.address)
+    r = mk.m.transact("fail", job, sender=out)
+    assert r.event("JobFailed")["refund"] == ESCROW and r.event("JobFailed")["reason"] == "deadline missed"
+    slash = r.event("StakeSlashed")
+    assert (slash["account"], slash["amount"], slash["challenger_share"]) == (mk.w["aggregator"].address, AGG_STAKE, AGG_STAKE // 2)
+    assert dep.balance(req.address) - r_before == ESCROW + AGG_STAKE // 2
+    assert dep.balance(out.address) - o_before == AGG_STAKE // 2
+    for i in range(2):
+        mk.m.transact("release_stake", job, mk.w["providers"][i].address, sender=out)
     assert dep.balance(dep.market.address) == 0
     with pytest.raises(ContractRevert, match="job not training"):
-        dep.market.transact("submit_round", job, 0, ROOT, "c", UPD, 2, b"\x00" * 32, sender=world["aggregator"])
+        mk.commit(job, 0)
+    with pytest.raises(ContractRevert, match="no stake locked"):
+        mk.m.transact("release_stake", job, mk.w["aggregator"].address, sender=out)
+
+
+def test_views_for_disputes_and_licence(mk):
+    job, _, tree = mk.settled()
+    state, root, total, requester, price = mk.m.call("reward_terms", job)
+    assert (state, root, total, requester, price) == (JobState.SETTLED, tree.root, 900 * TOKEN, mk.w["requester"].address, 0)
+    st, agg, current, rule, trim, chunk, vstake = mk.m.call("dispute_terms", job)
+    assert (st, agg, current, rule, trim, chunk, vstake) == (JobState.SETTLED, mk.w["aggregator"].address, 2, 0, 0, 64, 0)

@@ -22,7 +22,10 @@ def test_job_settles_and_conserves_funds(job):
     assert report["state"] == "SETTLED" and dep.job(report["job_id"])["state"] == JobState.SETTLED
     assert report["escrow"] == report["paid"] + report["fee"] + report["refunded"]
     assert report["conserved"] is True
-    assert dep.balance(dep.market.address) == 0
+    # all the market still holds is the aggregator's stake, released to its free stake
+    aggregator = dep.job(report["job_id"])["aggregator"]
+    assert dep.balance(dep.market.address) == dep.market.call("free_stake", aggregator, 2) > 0
+    assert report["job_funds_left_in_market"] == 0 and report["aggregator_delta"] == 0
     assert report["fee"] == report["escrow"] // 100  # 1% protocol fee, read from the treasury balance
 
 
@@ -34,10 +37,18 @@ def test_every_provider_claimed_on_chain(job):
     assert sorted(c["account"] for c in claims) == sorted(r["provider"] for r in report["settlement"])
     for i, row in enumerate(report["settlement"]):
         assert dep.market.call("is_claimed", job_id, i)
-        assert dep.market.call("stake_of", job_id, row["provider"]) == 0
+        assert dep.market.call("membership", job_id, row["provider"]) == (1, 0)  # provider, nothing locked
         assert row["reward"] > 0
         assert row["reputation"] == report["rounds"]  # one point per aggregated round
     assert sum(c["amount"] for c in claims) == report["paid"]
+    assert all(c["stake_released"] == report["config"]["stake_tokens"] * 10**18 for c in claims)
+
+
+def test_model_token_belongs_to_the_requester(job):
+    chain, report = job
+    dep = Deployment.attach(chain, report["contracts"])
+    requester = dep.job(report["job_id"])["requester"]
+    assert report["model_token_owner"] == requester == dep.licence.call("ownerOf", report["job_id"])
 
 
 def test_rewards_follow_contributed_samples(job):

@@ -59,6 +59,7 @@ def test_provider_with_wrong_features_cannot_join_and_spends_nothing(market):
 def test_aggregator_rejects_forged_tampered_and_outsider_updates(market):
     world, store, box, job, providers, agg = market
     dep = world["dep"]
+    agg.accept(job)
     providers[0].join(job)
     agg.start(job)
     honest = providers[0].train(job, 0)

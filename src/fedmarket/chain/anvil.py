@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 from ..errors import ChainError
@@ -58,11 +60,27 @@ class AnvilNode:
                 raise ChainError(f"anvil exited at start: {err or 'no output'}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
+                    pass
             except OSError:
                 time.sleep(0.05)
+                continue
+            if not block_time:
+                # every automined block one second after the previous, whatever the wall clock:
+                # deadlines and gas (same-second storage writes are cheaper) become reproducible
+                self.rpc("anvil_setBlockTimestampInterval", [1])
+            return
         self.stop()
         raise ChainError(f"anvil did not open port {self.port} within 15 s")
+
+    def rpc(self, method: str, params: list):
+        """One raw JSON-RPC call to this node."""
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+        req = urllib.request.Request(self.url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            doc = json.loads(resp.read())
+        if "error" in doc:
+            raise ChainError(f"anvil {method}: {doc['error']}")
+        return doc["result"]
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -11,7 +11,8 @@ from .base import Account, Chain, RawReceipt
 
 
 class BoaChain(Chain):
-    """An in-process EVM. Every transaction is mined in its own block.
+    """An in-process EVM. Every transaction is mined in its own block, one second after the
+    previous block (as `AnvilNode` is configured), so both chains see the same timestamps.
 
     Gas is reported as a receipt would: execution gas from the EVM plus the
     intrinsic cost (21,000 and calldata) that titanoboa leaves out, minus the
@@ -41,20 +42,23 @@ class BoaChain(Chain):
         if self._snapshot_depth == 0:
             self.env.evm.vm.state._account_db.lock_changes()
 
-    def _mine(self) -> int:
-        self.env.evm.patch.block_number += 1
-        return self.env.evm.patch.block_number
-
     def _send(self, sender: Account, to: str | None, data: bytes, value: int = 0) -> RawReceipt:
         env = self.env
+        patch = env.evm.patch
         self._begin_transaction()
+        # the transaction runs in a new block, one second after the latest (as on anvil)
+        patch.block_number += 1
+        patch.timestamp += 1
         if to is None:
             address, comp = env.deploy(sender=sender.address, bytecode=data, value=value)
         else:
             address, comp = None, env.execute_code(to_address=to, sender=sender.address, data=data, value=value)
         if comp.is_error:
+            # a reverting transaction is never mined (the RPC backend estimates first)
+            patch.block_number -= 1
+            patch.timestamp -= 1
             raise ContractRevert(decode_revert(_revert_data(comp)))
-        block = self._mine()
+        block = patch.block_number
         used = intrinsic_gas(data, create=to is None) + comp.get_gas_used()
         used -= min(comp.get_gas_refund(), used // 5)
         logs = []
@@ -91,8 +95,9 @@ class BoaChain(Chain):
         return int(self.env.evm.patch.block_number)
 
     def advance_time(self, seconds: int) -> None:
+        """Mine one empty block `seconds` after the latest."""
         self.env.evm.patch.timestamp += int(seconds)
-        self._mine()
+        self.env.evm.patch.block_number += 1
 
     @contextlib.contextmanager
     def snapshot(self):

@@ -178,5 +178,6 @@ class RpcChain(Chain):
         return int(self._rpc("eth_blockNumber", []), 16)
 
     def advance_time(self, seconds: int) -> None:
-        self._rpc("evm_increaseTime", [int(seconds)])
+        """Mine one block `seconds` after the latest (development nodes: anvil, hardhat)."""
+        self._rpc("evm_setNextBlockTimestamp", [self.timestamp() + int(seconds)])
         self._rpc("evm_mine", [])

@@ -62,13 +62,17 @@ def chunk_leaf(index: int, chunk: np.ndarray) -> bytes:
     return double_hash(header + _int256_words(chunk))
 
 
-def vector_root(q: np.ndarray, chunk_size: int = CHUNK_SIZE) -> bytes:
-    """Chunked Merkle root of a quantized vector (what rounds commit as model/update roots)."""
+def vector_tree(q: np.ndarray, chunk_size: int = CHUNK_SIZE) -> MerkleTree:
+    """Merkle tree over the chunk leaves of a quantized vector."""
     q = np.asarray(q, dtype=np.int64).ravel()
     if q.size == 0:
         raise ValueError("cannot commit an empty vector")
-    leaves = [chunk_leaf(i, q[s : s + chunk_size]) for i, s in enumerate(range(0, q.size, chunk_size))]
-    return MerkleTree(leaves).root
+    return MerkleTree([chunk_leaf(i, q[s : s + chunk_size]) for i, s in enumerate(range(0, q.size, chunk_size))])
+
+
+def vector_root(q: np.ndarray, chunk_size: int = CHUNK_SIZE) -> bytes:
+    """Chunked Merkle root of a quantized vector (what rounds commit as model/update roots)."""
+    return vector_tree(q, chunk_size).root
 
 
 def encode_vector(q: np.ndarray) -> bytes:

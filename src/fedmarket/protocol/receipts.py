@@ -112,3 +112,27 @@ class Attestation(_Typed):
 
     def message(self) -> dict:
         return {"jobId": self.job_id, "round": self.round, "modelRoot": self.model_root, "scoresRoot": self.scores_root}
+
+
+_PERMIT_TYPES = {
+    "Permit": [
+        {"name": "owner", "type": "address"},
+        {"name": "spender", "type": "address"},
+        {"name": "value", "type": "uint256"},
+        {"name": "nonce", "type": "uint256"},
+        {"name": "deadline", "type": "uint256"},
+    ]
+}
+
+
+def permit_signature(token, owner, spender: str, value: int, deadline: int) -> tuple[int, bytes, bytes]:
+    """(v, r, s) of an EIP-2612 permit letting `spender` take `value` of `owner`'s tokens.
+
+    The domain (name, version, chain id, address) is read from the token's EIP-5267 `eip712Domain()`.
+    """
+    _, name, version, chain_id, verifying, _, _ = token.call("eip712Domain")
+    nonce = int(token.call("nonces", owner.address))
+    message = {"owner": owner.address, "spender": spender, "value": value, "nonce": nonce, "deadline": deadline}
+    dom = {"name": name, "version": version, "chainId": chain_id, "verifyingContract": verifying}
+    signed = EthAccount.sign_message(encode_typed_data(dom, _PERMIT_TYPES, message), owner.key)
+    return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")

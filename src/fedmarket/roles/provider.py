@@ -15,7 +15,7 @@ from ..fl.train import local_sgd
 from ..market import Deployment
 from ..protocol.encoding import canonical_json, encode_vector, reward_leaf, vector_root
 from ..protocol.merkle import MerkleTree
-from ..protocol.receipts import UpdateReceipt
+from ..protocol.receipts import UpdateReceipt, permit_signature
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
 from .common import ProtocolViolation, global_model, load_spec, round_topic
@@ -50,11 +50,14 @@ class Provider:
         return self._specs[job_id]
 
     def join(self, job_id: int) -> Receipt:
-        """Check the data, approve the stake and join."""
+        """Check the data and join, the stake's allowance given by an EIP-2612 permit in the same transaction."""
         spec = self.inspect(job_id)
-        if spec.reward.provider_stake:
-            self.dep.token.transact("approve", self.dep.market.address, spec.reward.provider_stake, sender=self.account)
-        return self.dep.market.transact("join", job_id, sender=self.account)
+        stake = spec.reward.provider_stake
+        if not stake:
+            return self.dep.market.transact("join", job_id, sender=self.account)
+        deadline = self.dep.chain.timestamp() + 3_600
+        v, r, s = permit_signature(self.dep.token, self.account, self.dep.market.address, stake, deadline)
+        return self.dep.market.transact("join_with_permit", job_id, deadline, v, r, s, sender=self.account)
 
     def train(self, job_id: int, round_: int) -> dict:
         """Train one round from the committed global model and post a signed receipt of the update."""
