@@ -403,3 +403,36 @@ def test_views_for_disputes_and_licence(mk):
     assert (state, root, total, requester, price) == (JobState.SETTLED, tree.root, 900 * TOKEN, mk.w["requester"].address, 0)
     st, agg, current, rule, trim, chunk, vstake = mk.m.call("dispute_terms", job)
     assert (st, agg, current, rule, trim, chunk, vstake) == (JobState.SETTLED, mk.w["aggregator"].address, 2, 0, 0, 64, 0)
+
+
+def test_join_with_permit_needs_no_prior_approve(mk):
+    from fedmarket.protocol.receipts import permit_signature
+
+    p = mk.w["providers"][3]
+    t = mk.dep.token
+    t.transact("approve", mk.m.address, 0, sender=p)
+    job = mk.post()
+    deadline = mk.chain.timestamp() + 100
+    v, r, s = permit_signature(t, p, mk.m.address, STAKE, deadline)
+    before = mk.dep.balance(p.address)
+    ev = mk.m.transact("join_with_permit", job, deadline, v, r, s, sender=p).event("ProviderJoined")
+    assert ev["provider"] == p.address and ev["stake"] == STAKE
+    assert mk.dep.balance(p.address) == before - STAKE
+    assert t.call("allowance", p.address, mk.m.address) == 0
+
+
+def test_join_with_a_bad_permit_falls_back_to_the_allowance(mk):
+    from fedmarket.protocol.receipts import permit_signature
+
+    p, other = mk.w["providers"][3], mk.w["providers"][4]
+    t = mk.dep.token
+    t.transact("approve", mk.m.address, 0, sender=p)
+    job = mk.post()
+    deadline = mk.chain.timestamp() + 100
+    v, r, s = permit_signature(t, other, mk.m.address, STAKE, deadline)  # signed by someone else
+    with pytest.raises(ContractRevert):
+        mk.m.transact("join_with_permit", job, deadline, v, r, s, sender=p)
+    assert not mk.m.call("is_provider", job, p.address)
+    t.transact("approve", mk.m.address, STAKE, sender=p)
+    mk.m.transact("join_with_permit", job, deadline, v, r, s, sender=p)  # the allowance carries it
+    assert mk.m.call("is_provider", job, p.address)
