@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from fedmarket.errors import ConfigError
 from fedmarket.fl.data import load_dataset
-from fedmarket.fl.partition import dirichlet_partition, iid_partition
+from fedmarket.fl.partition import dirichlet_partition, iid_partition, shard_partition
 
 FAST = settings(max_examples=60, deadline=None, database=None)
 
@@ -109,3 +109,31 @@ def test_hopeless_draws_stop_after_bounded_tries():
     # 20 samples of one class over 10 clients, alpha tiny: one client gets almost all.
     with pytest.raises(ConfigError, match="too few samples.*10 clients"):
         dirichlet_partition(np.zeros(20, dtype=int), 10, 1e-3, 0, min_size=2)
+
+
+# ---------------------------------------------------------------- shards
+
+
+@FAST
+@given(labels_and_clients(), st.integers(1, 4))
+def test_shard_partition_covers_once_and_is_deterministic(args, shards):
+    y, n_clients, seed = args
+    if n_clients * shards > len(y):
+        with pytest.raises(ConfigError, match="too few samples"):
+            shard_partition(y, n_clients, shards, seed)
+        return
+    parts = shard_partition(y, n_clients, shards, seed)
+    _assert_exact_cover(parts, len(y), n_clients)
+    again = shard_partition(y, n_clients, shards, seed)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+
+
+def test_shard_partition_is_pathologically_skewed():
+    y = load_dataset("digits").y
+    parts = shard_partition(y, 50, 2, seed=0)
+    labels_per_client = [len(np.unique(y[p])) for p in parts]
+    assert np.mean(labels_per_client) <= 3.0  # McMahan et al.: most clients see about two digits
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 2
+    with pytest.raises(ConfigError, match="shards_per_client"):
+        shard_partition(y, 5, 0, seed=0)

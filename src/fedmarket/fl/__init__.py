@@ -1,1 +1,1 @@
-"""Federated-learning core: datasets, partitions, model, local training, quantisation, aggregation."""
+"""Federated-learning core (pure numpy): datasets, partitions, models, local training, quantisation, aggregation strategies, attacks, simulation."""

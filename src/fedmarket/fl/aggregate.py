@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -83,8 +82,9 @@ def fedavg_int(updates: Sequence[np.ndarray], weights: Sequence[int]) -> np.ndar
 
     Parameters
     ----------
-    updates : sequence of numpy.ndarray
-        int64 (or other integer) updates of one common shape.
+    updates : sequence of numpy.ndarray, or numpy.ndarray
+        int64 (or other integer) updates of one common shape (or one int64
+        array stacking them along axis 0, used without a copy).
     weights : sequence of int
         One integer weight ``>= 0`` per update, with a positive sum.
 
@@ -107,17 +107,15 @@ def fedavg_int(updates: Sequence[np.ndarray], weights: Sequence[int]) -> np.ndar
     total = sum(ws)
     if total <= 0:
         raise ConfigError("weights must have a positive sum")
-    arrays = [_as_int64(u, i) for i, u in enumerate(updates)]
-    _check_shapes(arrays)
-    shape = arrays[0].shape
-    stacked = np.stack(arrays).reshape(len(arrays), -1)
+    stacked, shape = _stack_int(updates)
     if stacked.size == 0:
         return np.zeros(shape, dtype=np.int64)
-    max_abs = max(int(stacked.max()), -int(stacked.min()))
+    max_abs = _max_abs(stacked)
     if max_abs == 0:
         return np.zeros(shape, dtype=np.int64)
     if max_abs * total < _FAST_BOUND:
-        sums = np.asarray(ws, dtype=np.int64) @ stacked
+        # einsum's integer sum of products streams the matrix; integer matmul has no BLAS path
+        sums = np.einsum("i,ij->j", np.asarray(ws, dtype=np.int64), stacked)
         return (sums // np.int64(total)).reshape(shape)
     sums = np.asarray(ws, dtype=object) @ stacked.astype(object)
     # floor(mean) lies within [min q, max q], so it fits int64.

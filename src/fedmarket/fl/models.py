@@ -409,7 +409,7 @@ class MLP(Model):
                 P[:, k : k + fan_out] -= gb
 
     def _grad_fn(self, w: np.ndarray) -> GradFn:
-        layers = self._views(self._check_params(w) if w.ndim == 1 else w)
+        layers = self._views(self._check_params(w))
 
         def f(X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
             n = X.shape[0]

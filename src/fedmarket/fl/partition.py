@@ -1,4 +1,4 @@
-"""Split sample indices among clients: IID or label-skewed with per-class Dirichlet proportions."""
+"""Split sample indices among clients: IID, label-skewed with Dirichlet proportions, or pathological label shards."""
 
 from __future__ import annotations
 
@@ -123,3 +123,48 @@ def dirichlet_partition(
         f"no draw in {_MAX_TRIES} tries gave every client at least {min_size} samples; "
         f"use fewer clients, a larger alpha or a smaller min_size"
     )
+
+
+def shard_partition(y: np.ndarray, n_clients: int, shards_per_client: int, seed: int) -> list[np.ndarray]:
+    """Pathological non-IID split (McMahan et al., 2017): each client gets a few label-sorted shards.
+
+    Samples are sorted by label (ties in a seeded random order), cut into
+    ``n_clients * shards_per_client`` contiguous shards of near-equal size,
+    and the shards are dealt to clients at random, ``shards_per_client``
+    each; most clients then see only about ``shards_per_client`` labels.
+
+    Parameters
+    ----------
+    y : numpy.ndarray
+        Integer labels, shape ``(n,)``.
+    n_clients : int
+        Number of clients, ``>= 1``.
+    shards_per_client : int
+        Shards per client, ``>= 1``, with ``n_clients * shards_per_client <= n``.
+    seed : int
+        Seed of the tie order and the deal.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``n_clients`` sorted int64 index arrays; every index appears exactly once.
+
+    Raises
+    ------
+    ConfigError
+        If an argument is out of range.
+    """
+    y = _check(y, n_clients)
+    if isinstance(shards_per_client, bool) or int(shards_per_client) != shards_per_client or shards_per_client < 1:
+        raise ConfigError(f"shards_per_client must be a positive integer, got {shards_per_client!r}")
+    n_shards = int(n_clients) * int(shards_per_client)
+    if n_shards > y.shape[0]:
+        raise ConfigError(
+            f"too few samples ({y.shape[0]}) for {n_clients} clients x {shards_per_client} shards"
+        )
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(y.shape[0])
+    by_label = perm[np.argsort(y[perm], kind="stable")].astype(np.int64)
+    shards = np.array_split(by_label, n_shards)
+    deal = rng.permutation(n_shards).reshape(int(n_clients), int(shards_per_client))
+    return [np.sort(np.concatenate([shards[s] for s in row])) for row in deal]

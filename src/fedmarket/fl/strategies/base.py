@@ -29,7 +29,7 @@ def stack_updates(updates: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     Raises
     ------
     ConfigError
-        On no updates, unequal lengths, or non-finite values.
+        On no updates or unequal lengths.
     """
     if isinstance(updates, np.ndarray):
         if updates.ndim != 2:
@@ -71,12 +71,6 @@ def check_weights(weights: Sequence[float] | np.ndarray | None, n: int) -> np.nd
     if not w.sum() > 0:
         raise ConfigError("weights must have a positive sum")
     return w
-
-
-def check_finite(U: np.ndarray) -> None:
-    """Raise ConfigError if an update holds NaN or infinity (robust rules reject, never propagate, them)."""
-    if not np.isfinite(U).all():
-        raise ConfigError("updates must be finite (got NaN or infinity)")
 
 
 class Strategy(ABC):
@@ -162,11 +156,22 @@ class Strategy(ABC):
         return f"{type(self).__name__}({fields})"
 
 
-def positive(U: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keep only the rows with positive weight (order-statistic rules ignore zero-weight updates)."""
-    keep = w > 0
+def usable(U: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the rows with positive weight and only finite values (what the robust rules aggregate).
+
+    A non-finite update is an arbitrary update like any other: robust rules
+    drop it rather than fail the round or let it spread.
+
+    Raises
+    ------
+    ConfigError
+        If no row is left.
+    """
+    keep = (w > 0) & np.isfinite(U).all(axis=1)
     if keep.all():
         return U, w
+    if not keep.any():
+        raise ConfigError("no update with positive weight and finite values to aggregate")
     return U[keep], w[keep]
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedmarket.fl.aggregate import median_int
-from fedmarket.fl.strategies.base import Strategy, check_finite, check_weights, columnwise, positive, stack_updates
+from fedmarket.fl.strategies.base import Strategy, check_weights, columnwise, stack_updates, usable
 
 
 def coordinate_median(U: np.ndarray) -> np.ndarray:
@@ -29,7 +29,7 @@ def coordinate_median(U: np.ndarray) -> np.ndarray:
 
 
 class FedMedian(Strategy):
-    """Coordinate-wise median of the updates with positive weight (weights beyond that are ignored).
+    """Coordinate-wise median of the usable updates (positive weight, finite values); weights beyond that are ignored.
 
     Bounded under a minority of arbitrary updates: with ``f < n / 2`` of them,
     every coordinate of the result lies between the smallest and largest
@@ -43,8 +43,7 @@ class FedMedian(Strategy):
 
     def aggregate(self, updates, weights=None, *, server_update=None) -> np.ndarray:
         U = stack_updates(updates)
-        U, _ = positive(U, check_weights(weights, U.shape[0]))
-        check_finite(U)
+        U, _ = usable(U, check_weights(weights, U.shape[0]))
         return coordinate_median(U)
 
     def aggregate_int(self, updates: Sequence[np.ndarray], weights: Sequence[int]) -> np.ndarray:

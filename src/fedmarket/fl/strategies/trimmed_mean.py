@@ -9,7 +9,7 @@ import numpy as np
 
 from fedmarket.errors import ConfigError
 from fedmarket.fl.aggregate import trimmed_mean_int
-from fedmarket.fl.strategies.base import Strategy, check_finite, check_weights, columnwise, positive, stack_updates
+from fedmarket.fl.strategies.base import Strategy, check_weights, columnwise, stack_updates, usable
 
 
 def trimmed_mean(U: np.ndarray, trim: int) -> np.ndarray:
@@ -48,7 +48,7 @@ def trim_count(n: int, beta: float) -> int:
 
 
 class FedTrimmedMean(Strategy):
-    """Coordinate-wise ``beta``-trimmed mean of the updates with positive weight.
+    """Coordinate-wise ``beta``-trimmed mean of the usable updates (positive weight, finite values).
 
     Each round ``trim = floor(beta * n)`` values are dropped at each end of
     every coordinate (at most ``(n - 1) // 2``). Bounded when the number of
@@ -73,8 +73,7 @@ class FedTrimmedMean(Strategy):
 
     def aggregate(self, updates, weights=None, *, server_update=None) -> np.ndarray:
         U = stack_updates(updates)
-        U, _ = positive(U, check_weights(weights, U.shape[0]))
-        check_finite(U)
+        U, _ = usable(U, check_weights(weights, U.shape[0]))
         return trimmed_mean(U, trim_count(U.shape[0], self.beta))
 
     def aggregate_int(self, updates: Sequence[np.ndarray], weights: Sequence[int]) -> np.ndarray:
