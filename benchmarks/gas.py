@@ -17,6 +17,7 @@ import os
 import statistics
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from eth_utils import keccak
@@ -103,11 +104,54 @@ class Bench:
         ).gas_used
 
 
-def measure_round_gas(b: Bench, n: int) -> int:
+def rpc_batch(url: str, calls: list[tuple[str, list]], size: int = 500) -> list:
+    """JSON-RPC batch requests (anvil accepts them): one HTTP round trip per `size` calls."""
+    out = []
+    for i in range(0, len(calls), size):
+        body = [{"jsonrpc": "2.0", "id": j, "method": m, "params": p} for j, (m, p) in enumerate(calls[i : i + size])]
+        req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=300) as resp:
+            replies = sorted(json.loads(resp.read()), key=lambda r: r["id"])
+        for r in replies:
+            if "error" in r:
+                raise RuntimeError(f"RPC error: {r['error']}")
+            out.append(r["result"])
+    return out
+
+
+def bulk_join(b: Bench, url: str, job: int, n: int, tag: str) -> None:
+    """n fresh providers join a stake-free job: funded, signed and sent in JSON-RPC batches,
+    mined with automine off, every receipt checked (10,000 one-by-one joins take too long)."""
+    from eth_account import Account as EthAccount
+
+    from fedmarket.chain.base import Account
+
+    providers = [Account.derive(f"gas-{tag}", i) for i in range(n)]
+    rpc_batch(url, [("anvil_setBalance", [p.address, hex(100 * ETH)]) for p in providers])
+    data = b.dep.market.abi.function("join").encode((job,))
+    raw = []
+    for p in providers:
+        tx = {"type": 2, "chainId": b.chain.chain_id, "nonce": 0, "to": b.dep.market.address, "data": data,
+              "value": 0, "gas": 200_000, "maxFeePerGas": 10**13, "maxPriorityFeePerGas": 10**9}
+        raw.append("0x" + bytes(EthAccount.sign_transaction(tx, p.key).raw_transaction).hex())
+    rpc_batch(url, [("evm_setAutomine", [False])])
+    hashes = rpc_batch(url, [("eth_sendRawTransaction", [r]) for r in raw])
+    while int(rpc_batch(url, [("txpool_status", [])])[0]["pending"], 16) > 0:
+        rpc_batch(url, [("evm_mine", [])])
+    rpc_batch(url, [("evm_setAutomine", [True])])
+    # dozens of full blocks raised the base fee (EIP-1559); put it back for the timed part
+    rpc_batch(url, [("anvil_setNextBlockBaseFeePerGas", [hex(10**9)])])
+    receipts = rpc_batch(url, [("eth_getTransactionReceipt", [h]) for h in hashes])
+    failed = sum(1 for r in receipts if r is None or int(r["status"], 16) != 1)
+    if failed:
+        raise RuntimeError(f"{failed} of {n} joins failed")
+
+
+def measure_round_gas(b: Bench, n: int, url: str) -> int:
     t0 = time.perf_counter()
-    providers = b.accounts(n, f"r{n}")
     job = b.post(b.terms(n, 5, 1_000 * TOKEN, 0), [])
-    b.join_all(job, providers, 0, [])
+    bulk_join(b, url, job, n, f"r{n}")
+    assert b.dep.job(job)["n_providers"] == n
     b.dep.market.transact("start", job, sender=b.aggregator)
     gas = [b.round(job, r, min(n, 100)) for r in range(5)]
     log(f"round gas with {n} providers: {gas} ({time.perf_counter() - t0:.0f}s)")
@@ -195,7 +239,7 @@ def main() -> None:
     round_gas = {}
     for n in (int(s) for s in args.sizes.split(",")):
         with AnvilNode() as node:  # a fresh node per size: anvil slows down on long chains
-            round_gas[str(n)] = measure_round_gas(Bench(RpcChain(node.url), args.threads), n)
+            round_gas[str(n)] = measure_round_gas(Bench(RpcChain(node.url), args.threads), n, node.url)
     out["round_gas"] = round_gas
     sizes = list(round_gas.values())
     out["round_gas_spread"] = round(max(sizes) / min(sizes) - 1, 4)
