@@ -61,3 +61,33 @@ def test_revert_reason_reaches_the_caller_over_rpc(node):
     with pytest.raises(ContractRevert, match="market: job not open"):
         dep.market.transact("join", 42, sender=deployer)
     assert chain.block_number() == block  # the reverting call was estimated, never mined
+
+
+def test_cli_demo_on_anvil_then_audit(node, tmp_path):
+    """A user's path: run the demo against a node, then audit the job from chain + blobs alone."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "job"
+    demo = subprocess.run([sys.executable, "-m", "fedmarket", "demo", "-n", "3", "-r", "2", "--out", str(out),
+                           "--rpc", node.url], capture_output=True, text=True, timeout=300)
+    assert demo.returncode == 0, demo.stderr
+    job_id = json.loads((out / "report.json").read_text())["job_id"]
+    audit = subprocess.run([sys.executable, "-m", "fedmarket", "audit", str(job_id), "--rpc", node.url, "--dir", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "verdict: ok" in audit.stdout and "re-derived, matches" in audit.stdout
+    assert json.loads((out / "report.json").read_text())["conserved"] is True
+    # a store that does not exist is a one-line error
+    nostore = subprocess.run([sys.executable, "-m", "fedmarket", "audit", str(job_id), "--rpc", node.url,
+                              "--dir", str(out), "--store", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert nostore.returncode == 2 and nostore.stderr.strip().endswith("does not exist")
+    # tamper with the stored vectors (models and updates): content hashes give it away
+    for blob in (out / "blobs").iterdir():
+        data = blob.read_bytes()
+        if data[:4] == b"FMV1":
+            blob.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    tampered = subprocess.run([sys.executable, "-m", "fedmarket", "audit", str(job_id), "--rpc", node.url,
+                               "--dir", str(out)], capture_output=True, text=True, timeout=300)
+    assert tampered.returncode == 1 and "MISMATCH" in tampered.stdout and "content id" in tampered.stdout

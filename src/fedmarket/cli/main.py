@@ -84,6 +84,60 @@ def demo(
         raise FedMarketError("balances are not conserved: escrow != paid + fee + refunded (see report.json)")
 
 
+@app.command()
+def audit(
+    job_id: int = typer.Argument(..., help="The job to audit."),
+    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
+    dir: Path = typer.Option(Path("fedmarket-demo"), "--dir", "-d", help="A job directory: report.json (contract addresses) and blobs/."),
+    contracts: Path = typer.Option(None, "--contracts", help="Addresses file (JSON with token, market, disputes, licence) instead of DIR/report.json."),
+    store: Path = typer.Option(None, "--store", help="Blob store directory instead of DIR/blobs."),
+) -> None:
+    """Re-derive every round and payout of a job from chain data and the blob store; exit 1 on any mismatch."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..chain import connect
+    from ..market import Deployment
+    from ..roles.auditor import Auditor
+    from ..storage import LocalBlobStore
+
+    addresses = _read_addresses(contracts or dir / "report.json")
+    blobs = store or dir / "blobs"
+    if not blobs.is_dir():
+        raise ConfigError(f"blob store {blobs} does not exist")
+    dep = Deployment.attach(connect(rpc), addresses)
+    report = Auditor(dep, LocalBlobStore(blobs)).audit(job_id)
+    table = Table(title=f"audit of job {job_id} ({report.state.lower()})")
+    for col in ("round", "updates", "recomputed", "problem"):
+        table.add_column(col)
+    for r in report.rounds:
+        table.add_row(str(r.round), str(r.count), "match" if r.ok else "MISMATCH",
+                      r.problem + (f" (first bad chunk {r.bad_chunk})" if r.bad_chunk is not None else ""))
+    console = Console()
+    console.print(table)
+    if report.rewards_ok is not None:
+        console.print(f"reward root: {'re-derived, matches' if report.rewards_ok else 'MISMATCH: ' + report.rewards_problem}")
+    if report.claims_ok is not None:
+        console.print(f"claims: {'all match their leaves' if report.claims_ok else 'MISMATCH: ' + report.claims_problem}")
+    console.print(f"verdict: [bold]{'ok' if report.ok else 'MISMATCH'}[/]")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _read_addresses(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read contract addresses from {path}: {exc.strerror}") from None
+    except ValueError:
+        raise ConfigError(f"{path} is not JSON") from None
+    addresses = doc.get("contracts", doc)
+    missing = [k for k in ("token", "market", "disputes", "licence") if k not in addresses]
+    if missing:
+        raise ConfigError(f"{path} lacks the address of: {', '.join(missing)}")
+    return addresses
+
+
 def _plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -138,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv if argv is not None else sys.argv[1:], prog_name="fedmarket", standalone_mode=False)
+        rv = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="fedmarket", standalone_mode=False)
+        if isinstance(rv, int):  # a typer.Exit(code) comes back as the return value here
+            return rv
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:

@@ -32,8 +32,11 @@ def sort_updates(updates: list[RoundUpdate]) -> list[RoundUpdate]:
     return sorted(updates, key=lambda u: address_key(u.provider))
 
 
-def updates_leaves(updates: list[RoundUpdate]) -> list[tuple]:
-    """(index, provider, update_root, weight, next) of each leaf, in order."""
+def updates_leaves(updates: list) -> list[tuple]:
+    """(index, provider, update_root, weight, next) of each leaf, in order.
+
+    `updates` are any objects with `provider`, `root` and `weight`, sorted by provider.
+    """
     out = []
     for i, u in enumerate(updates):
         nxt = updates[i + 1].provider if i + 1 < len(updates) else LAST_PROVIDER
@@ -41,7 +44,8 @@ def updates_leaves(updates: list[RoundUpdate]) -> list[tuple]:
     return out
 
 
-def updates_tree(updates: list[RoundUpdate]) -> MerkleTree:
+def updates_tree(updates: list) -> MerkleTree:
+    """The round's updates tree: leaves sorted by provider, each naming the next provider."""
     return MerkleTree([update_leaf(*leaf) for leaf in updates_leaves(updates)])
 
 
@@ -113,3 +117,12 @@ def censorship_leaf(updates: list[RoundUpdate], provider: str) -> tuple[tuple, l
         if (leaf[0] == 0 and key < lp) or lp < key < nxt or lp == key:
             return leaf, tree.proof(leaf[0])
     raise ValueError("no leaf covers that provider")
+
+
+def reward_tree(leaves: list[dict]) -> MerkleTree:
+    """The reward tree of a rewards document's leaves ({index, account, amount, reputation_delta})."""
+    from .encoding import reward_leaf
+
+    return MerkleTree(
+        [reward_leaf(int(l["index"]), l["account"], int(l["amount"]), int(l["reputation_delta"])) for l in leaves]
+    )

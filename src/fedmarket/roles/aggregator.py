@@ -16,17 +16,21 @@ from ..protocol.encoding import (
     canonical_json,
     decode_vector,
     encode_vector,
-    reward_leaf,
-    update_leaf,
     vector_root,
 )
-from ..protocol.merkle import MerkleTree
-from ..protocol.receipts import LAST_PROVIDER, ReceiptAck, UpdateReceipt
+from ..protocol.proofs import reward_tree, updates_tree
+from ..protocol.receipts import ReceiptAck, UpdateReceipt
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
-from .common import committed_rounds, fetch_metrics, global_model, load_spec, metrics_digest, round_topic
-
-BPS = 10_000
+from .common import (
+    committed_rounds,
+    fetch_metrics,
+    global_model,
+    load_spec,
+    metrics_digest,
+    pro_rata_leaves,
+    round_topic,
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class Update:
     train_loss: float
     q: np.ndarray
 
+    @property
+    def root(self) -> bytes:
+        return self.update_root
+
 
 def aggregate_int(spec: JobSpec, deltas: list[np.ndarray], weights: list[int]) -> np.ndarray:
     """The job's aggregation rule in exact integer arithmetic (what the disputes contract recomputes)."""
@@ -51,15 +59,6 @@ def aggregate_int(spec: JobSpec, deltas: list[np.ndarray], weights: list[int]) -
     if len(deltas) <= 2 * spec.trim:
         raise FedMarketError(f"trimmed_mean with trim {spec.trim} needs more than {2 * spec.trim} updates, got {len(deltas)}")
     return agg_rules.trimmed_mean_int(deltas, spec.trim)
-
-
-def updates_tree(updates: list[Update]) -> MerkleTree:
-    """The round's updates tree: leaves sorted by provider, each naming the next provider."""
-    leaves = []
-    for i, u in enumerate(updates):
-        nxt = updates[i + 1].provider if i + 1 < len(updates) else LAST_PROVIDER
-        leaves.append(update_leaf(i, u.provider, u.update_root, u.weight, nxt))
-    return MerkleTree(leaves)
 
 
 class Aggregator:
@@ -142,7 +141,7 @@ class Aggregator:
         updates, rejected = self.collect(job_id, round_, spec)
         if not updates:
             raise FedMarketError(f"job {job_id} round {round_}: no valid update to aggregate")
-        q_new = q_global + aggregate_int(spec, [u.q for u in updates], [u.weight for u in updates])
+        q_new = self.combine(spec, q_global, updates)
         model_cid = self.store.put(encode_vector(q_new))
         model_root = vector_root(q_new, spec.quantization.chunk_size)
         updates_root = updates_tree(updates).root
@@ -175,38 +174,21 @@ class Aggregator:
             sender=self.account,
         )
 
-    def reward_leaves(self, job_id: int, spec: JobSpec) -> list[dict]:
-        """Reward of every joined provider: the escrow net of fee, pro rata to the weight it contributed.
+    def combine(self, spec: JobSpec, q_global: np.ndarray, updates: list[Update]) -> np.ndarray:
+        """The new global model: the previous one plus the job's rule over the updates."""
+        return q_global + aggregate_int(spec, [u.q for u in updates], [u.weight for u in updates])
 
-        Reputation rises by one per round in which the provider's update was aggregated.
-        Integer division leaves dust that settlement refunds to the requester.
-        """
-        weight: dict[str, int] = {}
-        rounds_in: dict[str, int] = {}
-        for committed in committed_rounds(self.dep, job_id):
-            for u in fetch_metrics(self.store, committed)["updates"]:
-                weight[u["provider"]] = weight.get(u["provider"], 0) + int(u["weight"])
-                rounds_in[u["provider"]] = rounds_in.get(u["provider"], 0) + 1
-        joined = sorted({e["provider"] for e in self.dep.market.events("ProviderJoined", job_id=job_id)}, key=address_key)
-        escrow = spec.reward.escrow
-        pool = escrow - escrow * int(self.dep.market.call("FEE_BPS")) // BPS
-        total = sum(weight.values())
-        return [
-            {
-                "index": i,
-                "account": acct,
-                "amount": str(pool * weight.get(acct, 0) // total if total else 0),
-                "reputation_delta": rounds_in.get(acct, 0),
-                "weight": weight.get(acct, 0),
-            }
-            for i, acct in enumerate(joined)
-        ]
+    def reward_leaves(self, job_id: int, spec: JobSpec) -> list[dict]:
+        """Every joined provider's reward leaf, from the committed rounds' metrics documents."""
+        docs = [fetch_metrics(self.store, c) for c in committed_rounds(self.dep, job_id)]
+        joined = [e["provider"] for e in self.dep.market.events("ProviderJoined", job_id=job_id)]
+        return pro_rata_leaves(joined, docs, spec.reward.escrow, int(self.dep.market.call("FEE_BPS")))
 
     def post_rewards(self, job_id: int) -> Receipt:
         """After the last round: publish every reward leaf and commit their Merkle root."""
         spec = load_spec(self.dep, self.store, job_id)
         leaves = self.reward_leaves(job_id, spec)
-        tree = MerkleTree([reward_leaf(l["index"], l["account"], int(l["amount"]), l["reputation_delta"]) for l in leaves])
+        tree = reward_tree(leaves)
         total = sum(int(l["amount"]) for l in leaves)
         cid = self.store.put(canonical_json({"job_id": job_id, "leaves": leaves, "total": str(total)}))
         return self.dep.market.transact("post_rewards", job_id, tree.root, total, cid, sender=self.account)

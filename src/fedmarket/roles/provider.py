@@ -13,8 +13,8 @@ from ..fl.models import SoftmaxRegression, normalize
 from ..fl.quantize import dequantize, quantize
 from ..fl.train import local_sgd
 from ..market import Deployment
-from ..protocol.encoding import canonical_json, encode_vector, reward_leaf, vector_root
-from ..protocol.merkle import MerkleTree
+from ..protocol.encoding import canonical_json, encode_vector, vector_root
+from ..protocol.proofs import reward_tree
 from ..protocol.receipts import UpdateReceipt, permit_signature
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
@@ -100,7 +100,7 @@ class Provider:
         ev = posted[-1]
         doc = json.loads(self.store.get(ev["rewards_cid"]))
         leaves = doc["leaves"]
-        tree = MerkleTree([reward_leaf(l["index"], l["account"], int(l["amount"]), int(l["reputation_delta"])) for l in leaves])
+        tree = reward_tree(leaves)
         if tree.root != ev["reward_root"]:
             raise ProtocolViolation(f"job {job_id}: rewards document does not match the posted reward root")
         for leaf in leaves:

@@ -1,0 +1,128 @@
+"""Auditor: re-derives every round and every payout of a job from chain data and the blob store alone."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import FedMarketError
+from ..market import Deployment
+from ..protocol.encoding import decode_vector, vector_root
+from ..protocol.proofs import RoundUpdate, reward_tree, updates_tree
+from ..protocol.receipts import UpdateReceipt
+from ..spec import JobSpec
+from ..storage import BlobStore
+from .common import CommittedRound, committed_rounds, fetch_metrics, fetch_model, load_spec, pro_rata_leaves
+
+
+@dataclass
+class RoundCheck:
+    """What re-deriving one round found."""
+
+    round: int
+    ok: bool
+    problem: str = ""
+    bad_chunk: int | None = None
+    count: int = 0
+
+
+@dataclass
+class AuditReport:
+    job_id: int
+    state: str
+    rounds: list[RoundCheck] = field(default_factory=list)
+    rewards_ok: bool | None = None
+    rewards_problem: str = ""
+    claims_ok: bool | None = None
+    claims_problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rounds) and self.rewards_ok is not False and self.claims_ok is not False
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+class Auditor:
+    """Anyone: needs no key, trusts nothing but the chain and content hashes."""
+
+    def __init__(self, dep: Deployment, store: BlobStore):
+        self.dep = dep
+        self.store = store
+
+    def round_updates(self, spec: JobSpec, job_id: int, committed: CommittedRound) -> list[RoundUpdate]:
+        """The round's updates, each checked: signed by its provider, blob matching its root,
+        and together forming exactly the committed updates tree."""
+        doc = fetch_metrics(self.store, committed)
+        updates = []
+        for entry in doc["updates"]:
+            q = decode_vector(self.store.get(entry["update_cid"]), spec.n_params)
+            root = bytes.fromhex(entry["update_root"][2:])
+            if vector_root(q, spec.quantization.chunk_size) != root:
+                raise FedMarketError(f"update of {entry['provider']} does not match its root")
+            signer = UpdateReceipt(job_id, committed.round, root, int(entry["weight"])).signer(
+                bytes.fromhex(entry["signature"][2:]), self.dep.chain_id, self.dep.disputes.address
+            )
+            if signer != entry["provider"]:
+                raise FedMarketError(f"receipt of {entry['provider']} is not signed by it")
+            updates.append(RoundUpdate(entry["provider"], q, int(entry["weight"]), spec.quantization.chunk_size))
+        if len(updates) != committed.count:
+            raise FedMarketError(f"metrics list {len(updates)} updates, the round committed {committed.count}")
+        if updates_tree(updates).root != committed.updates_root:
+            raise FedMarketError("the listed updates do not form the committed updates root")
+        return updates
+
+    def check_round(self, spec: JobSpec, job_id: int, committed: CommittedRound, prev_q: np.ndarray) -> tuple[RoundCheck, np.ndarray | None]:
+        """Recompute one round; returns the finding and the committed model (None if unavailable)."""
+        from .aggregator import aggregate_int
+
+        try:
+            updates = self.round_updates(spec, job_id, committed)
+            model = fetch_model(self.store, spec, committed)
+        except FedMarketError as exc:  # storage and protocol errors both derive from it
+            return RoundCheck(committed.round, False, str(exc), None, committed.count), None
+        expected = prev_q + aggregate_int(spec, [u.q for u in updates], [u.weight for u in updates])
+        diff = np.flatnonzero(expected != model)
+        if diff.size:
+            chunk = int(diff[0]) // spec.quantization.chunk_size
+            return RoundCheck(committed.round, False, f"wrong aggregate ({diff.size} values differ)", chunk, committed.count), model
+        return RoundCheck(committed.round, True, count=committed.count), model
+
+    def audit(self, job_id: int) -> AuditReport:
+        spec = load_spec(self.dep, self.store, job_id)
+        job = self.dep.job(job_id)
+        report = AuditReport(job_id, job["state"].name)
+        prev = np.zeros(spec.n_params, dtype=np.int64)
+        docs = []
+        for committed in committed_rounds(self.dep, job_id):
+            check, model = self.check_round(spec, job_id, committed, prev)
+            report.rounds.append(check)
+            if not check.ok or model is None:
+                return report
+            prev = model
+            docs.append(fetch_metrics(self.store, committed))
+        posted = self.dep.market.events("RewardRootPosted", job_id=job_id)
+        if posted:
+            self._check_rewards(report, spec, job_id, docs, posted[-1])
+        return report
+
+    def _check_rewards(self, report: AuditReport, spec: JobSpec, job_id: int, docs: list[dict], posted) -> None:
+        joined = [e["provider"] for e in self.dep.market.events("ProviderJoined", job_id=job_id)]
+        expected = pro_rata_leaves(joined, docs, spec.reward.escrow, int(self.dep.market.call("FEE_BPS")))
+        tree = reward_tree(expected)
+        if tree.root != posted["reward_root"]:
+            report.rewards_ok, report.rewards_problem = False, "reward root differs from the one re-derived from the rounds"
+            return
+        if sum(int(l["amount"]) for l in expected) != posted["reward_total"]:
+            report.rewards_ok, report.rewards_problem = False, "reward total differs from the sum of the leaves"
+            return
+        report.rewards_ok = True
+        by_index = {l["index"]: l for l in expected}
+        for claim in self.dep.market.events("RewardClaimed", job_id=job_id):
+            leaf = by_index.get(claim["index"])
+            if leaf is None or leaf["account"] != claim["account"] or int(leaf["amount"]) != claim["amount"]:
+                report.claims_ok, report.claims_problem = False, f"claim of leaf {claim['index']} does not match it"
+                return
+        report.claims_ok = True
