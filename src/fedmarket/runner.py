@@ -16,6 +16,7 @@ from .fl.models import SoftmaxRegression, normalize
 from .fl.partition import dirichlet_partition, iid_partition
 from .fl.train import centralized_train
 from .market import DEFAULT_FEE_BPS, Deployment, JobState
+from .protocol.encoding import address_key
 from .roles import Aggregator, Provider, Requester
 from .spec import DataSchema, DeadlineSpec, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
 from .storage import LocalBlobStore, Mailbox
@@ -188,7 +189,7 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
             "reputation": int(dep.market.call("reputation", p.address)),
             "claimed": bool(dep.market.call("is_claimed", job_id, i)),
         }
-        for i, p in enumerate(sorted(providers, key=lambda p: p.address))
+        for i, p in enumerate(sorted(providers, key=lambda p: address_key(p.address)))  # reward leaf order
     ]
     return {
         "job_id": job_id,
