@@ -1,0 +1,142 @@
+"""Free-rider, Sybil and poisoning detection on one round's updates, feeding the contribution scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedmarket.errors import ConfigError
+
+
+@dataclass
+class DetectionReport:
+    """What :func:`detect` found in one round.
+
+    Attributes
+    ----------
+    free_riders : numpy.ndarray
+        Boolean ``(n,)``: update (nearly) zero, i.e. the global model sent back.
+    sybils : numpy.ndarray
+        Boolean ``(n,)``: update (nearly) identical to another provider's.
+    sybil_pairs : list of tuple of int
+        The near-identical pairs ``(i, j)``, ``i < j``.
+    poisoners : numpy.ndarray
+        Boolean ``(n,)``: pointing away from the robust aggregate, far too long,
+        or with a contribution value below ``-neg_tol`` of the total.
+    cosine : numpy.ndarray
+        float64 ``(n,)``: cosine of each update with the coordinate-wise median.
+    norm_ratio : numpy.ndarray
+        float64 ``(n,)``: each update's norm over the median norm.
+    reasons : dict of int to list of str
+        Why each flagged provider was flagged.
+    """
+
+    free_riders: np.ndarray
+    sybils: np.ndarray
+    sybil_pairs: list[tuple[int, int]]
+    poisoners: np.ndarray
+    cosine: np.ndarray
+    norm_ratio: np.ndarray
+    reasons: dict[int, list[str]] = field(default_factory=dict)
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """Boolean ``(n,)``: flagged for any reason (exclude these from the rewards)."""
+        return self.free_riders | self.sybils | self.poisoners
+
+
+def detect(
+    updates: np.ndarray,
+    *,
+    values: np.ndarray | None = None,
+    zero_tol: float = 0.05,
+    sybil_tol: float = 0.01,
+    cos_threshold: float = 0.0,
+    norm_factor: float = 10.0,
+    neg_tol: float = 0.01,
+) -> DetectionReport:
+    """Flag free-riders, Sybil copies and poisoners among one round's updates.
+
+    Norms are compared with the median update norm ``m`` so the thresholds
+    do not depend on the learning rate or the model size.
+
+    - free-rider: ``||u_i|| <= zero_tol * m`` (submitted the global model, or tiny noise);
+    - Sybil: ``||u_i - u_j|| <= sybil_tol * m`` for some ``j != i`` that is not a
+      free-rider (independent training on different data never comes that close);
+      both members of the pair are flagged;
+    - poisoner: cosine with the coordinate-wise median of the updates below
+      ``cos_threshold`` (sign flipping, pushing the model away), norm above
+      ``norm_factor * m`` (boosting), or a contribution value (Shapley or LOO)
+      below ``-neg_tol * sum(|values|)``.
+
+    Parameters
+    ----------
+    updates : numpy.ndarray
+        Deltas (submitted model minus the round's global model), ``(n, d)``, ``n >= 2``.
+    values : numpy.ndarray, optional
+        Per-provider contribution values for the round ``(n,)``.
+    zero_tol, sybil_tol, cos_threshold, norm_factor, neg_tol : float, optional
+        Thresholds as above.
+
+    Returns
+    -------
+    DetectionReport
+
+    Raises
+    ------
+    ConfigError
+        On fewer than two updates, non-finite data or mismatched values.
+    """
+    U = np.asarray(updates, dtype=np.float64)
+    if U.ndim != 2 or U.shape[0] < 2:
+        raise ConfigError(f"detection needs at least two updates (n, d), got shape {U.shape}")
+    if not np.all(np.isfinite(U)):
+        raise ConfigError("updates must be finite")
+    n = U.shape[0]
+    norms = np.linalg.norm(U, axis=1)
+    m = float(np.median(norms))
+    if m == 0.0:
+        m = float(norms.max()) or 1.0
+    ratio = norms / m
+    free = ratio <= zero_tol
+    gram = U @ U.T
+    sq = norms**2
+    dist = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * gram, 0.0, None))
+    close = (dist <= sybil_tol * m) & ~free[:, None] & ~free[None, :]
+    np.fill_diagonal(close, False)
+    pairs = [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(close)))]
+    sybil = close.any(axis=1)
+    med = np.median(U, axis=0)
+    mn = float(np.linalg.norm(med))
+    cos = (U @ med) / np.maximum(norms * mn, 1e-300) if mn > 0 else np.zeros(n)
+    reasons: dict[int, list[str]] = {}
+
+    def add(i: int, why: str) -> None:
+        reasons.setdefault(int(i), []).append(why)
+
+    for i in np.flatnonzero(free):
+        add(i, f"free-rider: update norm {ratio[i]:.3g} x median")
+    for i, j in pairs:
+        add(i, f"sybil: copy of provider {j}")
+        add(j, f"sybil: copy of provider {i}")
+    poison = np.zeros(n, dtype=bool)
+    for i in range(n):
+        if free[i]:
+            continue
+        if cos[i] < cos_threshold:
+            poison[i] = True
+            add(i, f"poisoning: cosine {cos[i]:.3f} with the robust aggregate")
+        if ratio[i] > norm_factor:
+            poison[i] = True
+            add(i, f"poisoning: update norm {ratio[i]:.3g} x median")
+    if values is not None:
+        v = np.asarray(values, dtype=np.float64)
+        if v.shape != (n,) or not np.all(np.isfinite(v)):
+            raise ConfigError(f"values must be {n} finite numbers")
+        scale = float(np.abs(v).sum())
+        neg = v < -neg_tol * scale if scale > 0 else np.zeros(n, dtype=bool)
+        for i in np.flatnonzero(neg):
+            poison[i] = True
+            add(i, f"poisoning: negative contribution {v[i]:.4g}")
+    return DetectionReport(free, sybil, pairs, poison, cos, ratio, reasons)

@@ -1,0 +1,98 @@
+"""One round's scores for a validator: contribution values of every provider plus the detection report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedmarket.errors import ConfigError
+from fedmarket.fl.models import Model
+from fedmarket.scoring.detect import DetectionReport, detect
+from fedmarket.scoring.gtg import gtg_shapley
+from fedmarket.scoring.loo import leave_one_out
+from fedmarket.scoring.shapley_exact import exact_shapley
+from fedmarket.scoring.tmc import tmc_shapley
+from fedmarket.scoring.utility import AggregationUtility
+
+METHODS: tuple[str, ...] = ("auto", "exact", "gtg", "tmc", "loo")
+EXACT_UP_TO = 12  # "auto" enumerates every coalition up to this many providers, GTG beyond
+
+
+@dataclass
+class RoundScore:
+    """A validator's scores of one round.
+
+    Attributes
+    ----------
+    values : numpy.ndarray
+        Contribution value of each provider ``(n,)`` (utility units; they sum to about ``v(N) - v(empty)``).
+    method : str
+        The estimator used.
+    report : DetectionReport
+        Free-rider, Sybil and poisoning flags (they use ``values``).
+    evaluations : int
+        Coalitions evaluated.
+    """
+
+    values: np.ndarray
+    method: str
+    report: DetectionReport
+    evaluations: int
+
+    @property
+    def rewardable(self) -> np.ndarray:
+        """Values with every flagged provider set to 0 (feed these to :func:`~fedmarket.scoring.shares.combine_rounds`)."""
+        return np.where(self.report.flagged, 0.0, self.values)
+
+
+def score_round(
+    model: Model,
+    params: np.ndarray,
+    updates: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    weights: Sequence[float] | None = None,
+    *,
+    method: str = "auto",
+    metric: str = "accuracy",
+    seed: int = 0,
+) -> RoundScore:
+    """Score every provider of one round on the validator's held-out data.
+
+    Parameters
+    ----------
+    model : Model
+        The job's model.
+    params : numpy.ndarray
+        The round's starting global parameters.
+    updates : numpy.ndarray
+        The providers' deltas ``(n, n_params)`` (dequantised), ``n >= 2``.
+    X, y : numpy.ndarray
+        The validator's held-out data.
+    weights : sequence of float, optional
+        Aggregation weights (sample counts), default all 1.
+    method : {"auto", "exact", "gtg", "tmc", "loo"}, optional
+        Estimator; "auto" is exact Shapley for ``n <= 12`` and GTG-Shapley above.
+    metric : {"accuracy", "neg_loss"}, optional
+        Value of a coalition's model.
+    seed : int, optional
+        Seed of the sampling estimators.
+
+    Returns
+    -------
+    RoundScore
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown scoring method {method!r}; choose one of: {', '.join(METHODS)}")
+    u = AggregationUtility(model, params, updates, X, y, weights, metric=metric)
+    if method == "auto":
+        method = "exact" if u.n <= EXACT_UP_TO else "gtg"
+    if method == "exact":
+        values = exact_shapley(u)
+    elif method == "loo":
+        values = leave_one_out(u)
+    else:
+        values = (gtg_shapley if method == "gtg" else tmc_shapley)(u, seed=seed).values
+    return RoundScore(values, method, detect(u.U, values=values), u.evaluations)
