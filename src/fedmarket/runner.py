@@ -11,13 +11,14 @@ import numpy as np
 
 from .chain import Chain
 from .errors import ConfigError
-from .fl.data import DATASETS, load_dataset, train_test_split
+from .fl.data import DATASETS, load_dataset, subset, train_test_split
 from .fl.models import SoftmaxRegression, normalize
 from .fl.partition import dirichlet_partition, iid_partition
 from .fl.train import centralized_train
 from .market import DEFAULT_FEE_BPS, Deployment, JobState
 from .protocol.encoding import address_key
-from .roles import Aggregator, Provider, Requester
+from .roles import Aggregator, Provider, Requester, Validator
+from .roles.validator import submit_attestations
 from .spec import DataSchema, DeadlineSpec, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
 from .storage import LocalBlobStore, Mailbox
 
@@ -39,6 +40,8 @@ class JobConfig:
     escrow_tokens: int = 1_000
     stake_tokens: int = 10
     aggregator_stake_tokens: int = 100
+    validators: int = 0
+    validator_stake_tokens: int = 50
     fee_bps: int = DEFAULT_FEE_BPS
     local_epochs: int = 5
     batch_size: int = 16
@@ -57,6 +60,8 @@ class JobConfig:
             raise ConfigError(f"--alpha must be positive (got {self.alpha})")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"test fraction must be in (0, 1) (got {self.test_fraction})")
+        if not 0 <= self.validators <= 32:
+            raise ConfigError(f"--validators must be between 0 and 32 (got {self.validators})")
         if self.escrow_tokens < 1 or self.stake_tokens < 0:
             raise ConfigError("escrow must be positive and stake non-negative")
 
@@ -106,6 +111,7 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
     seed = f"demo-{cfg.seed}"
     deployer, treasury, req_acct, agg_acct = (chain.new_account(seed, i) for i in range(4))
     providers_accts = [chain.new_account(seed, 100 + i) for i in range(cfg.providers)]
+    validator_accts = [chain.new_account(seed, 200 + i) for i in range(cfg.validators)]
     dep = Deployment.deploy(chain, deployer, treasury.address, cfg.fee_bps)
     escrow = cfg.escrow_tokens * TOKEN
     stake = cfg.stake_tokens * TOKEN
@@ -116,6 +122,9 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
     for acct in providers_accts:
         if stake:
             dep.token.transact("mint", acct.address, stake, sender=deployer)
+    val_stake = cfg.validator_stake_tokens * TOKEN
+    for acct in validator_accts:
+        dep.token.transact("mint", acct.address, val_stake, sender=deployer)
     tick("deploy", 1, 1)
 
     requester = Requester(dep, req_acct, store)
@@ -123,6 +132,13 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
     providers = [
         Provider(dep, acct, store, mailbox, train.X[idx], train.y[idx]) for acct, idx in zip(providers_accts, parts)
     ]
+    if validator_accts:  # validators hold out half of the test split between them; the requester keeps the rest
+        half = test.n_samples // 2
+        held = np.array_split(np.arange(half, test.n_samples), len(validator_accts))
+        validators = [Validator(dep, a, store, mailbox, test.X[i], test.y[i]) for a, i in zip(validator_accts, held)]
+        test = subset(test, np.arange(half))
+    else:
+        validators = []
     spec = JobSpec(
         name=f"{cfg.dataset} softmax regression, {cfg.providers} providers",
         data=DataSchema(
@@ -134,12 +150,15 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
         training=TrainingSpec(
             rounds=cfg.rounds, local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate
         ),
-        reward=RewardSpec(escrow=escrow, provider_stake=stake, aggregator_stake=agg_stake),
-        participation=ParticipationSpec(min_providers=cfg.providers, max_providers=cfg.providers),
+        reward=RewardSpec(escrow=escrow, provider_stake=stake, aggregator_stake=agg_stake,
+                          validator_stake=val_stake if validators else 0),
+        participation=ParticipationSpec(min_providers=cfg.providers, max_providers=cfg.providers,
+                                        max_validators=len(validators)),
         deadlines=DeadlineSpec(),
     )
 
-    watched = [req_acct.address, treasury.address, agg_acct.address, *(p.address for p in providers)]
+    watched = [req_acct.address, treasury.address, agg_acct.address, *(p.address for p in providers),
+               *(v.address for v in validators)]
     before = {a: dep.holdings(a) for a in watched}
 
     # ---- open: post, join, start ---------------------------------------------------------
@@ -148,6 +167,8 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
     for i, p in enumerate(providers):
         p.join(job_id)
         tick("join", i + 1, len(providers))
+    for v in validators:
+        v.join(job_id)
     aggregator.start(job_id)
 
     # ---- training: every provider trains, the aggregator commits one tx per round ---------
@@ -156,6 +177,10 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
         for p in providers:
             p.train(job_id, r)
         gas_per_round.append(aggregator.run_round(job_id, r).gas_used)
+        if validators:  # each validator recomputes and scores the round; quorum gates the next one
+            for v in validators:
+                v.review(job_id, r)
+            submit_attestations(dep, mailbox, agg_acct, job_id, r)
         tick("rounds", r + 1, cfg.rounds)
 
     # ---- finalizing and settlement ------------------------------------------------------
@@ -168,6 +193,8 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
         tick("claims", i + 1, len(providers))
     if agg_stake:
         aggregator.release_stake(job_id)
+    for v in validators:
+        dep.market.transact("release_stake", job_id, v.address, sender=v.account)
     dep.licence.transact("mint", job_id, sender=req_acct)  # the trained model becomes the requester's NFT
 
     # ---- what the chain says ------------------------------------------------------------
@@ -177,6 +204,7 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
     fee = after[treasury.address] - before[treasury.address]
     refunded = after[req_acct.address] - (before[req_acct.address] - escrow)
     aggregator_delta = after[agg_acct.address] - before[agg_acct.address]
+    validators_delta = sum(after[v.address] - before[v.address] for v in validators)
     market_left = dep.balance(dep.market.address) - sum(dep.staked(a) for a in watched)
     accuracy = requester.evaluate(job_id, test.X, test.y)
     central = _centralized_accuracy(spec, train, test, cfg)
@@ -211,10 +239,13 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
         "refunded": refunded,
         "job_funds_left_in_market": market_left,
         "aggregator_delta": aggregator_delta,
+        "validators": len(validators),
+        "attested_rounds": sum(bool(dep.disputes.call("has_quorum", job_id, r)) for r in range(cfg.rounds)) if validators else 0,
         "model_token_owner": dep.licence.call("ownerOf", job_id),
         "conserved": escrow == paid + fee + refunded
         and market_left == 0
         and aggregator_delta == 0
+        and validators_delta == 0
         and job["state"] == JobState.SETTLED,
         "settlement": settlement,
         "seconds": round(time.perf_counter() - t0, 3),

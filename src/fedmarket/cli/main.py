@@ -47,6 +47,7 @@ def demo(
     alpha: float = typer.Option(0.5, "--alpha", help="Dirichlet concentration (smaller = more skewed)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data split, partition and accounts."),
     rpc: str = typer.Option(None, "--rpc", help="JSON-RPC URL of a development node (anvil) instead of the embedded EVM."),
+    validators: int = typer.Option(0, "--validators", help="Staked validators that recompute, score (Shapley) and attest every round."),
 ) -> None:
     """Run a whole market job: deploy, post a funded job, train, settle, claim; print the settlement."""
     from rich.console import Console
@@ -54,7 +55,8 @@ def demo(
 
     from ..runner import JobConfig, run_job
 
-    cfg = JobConfig(providers=providers, rounds=rounds, dataset=dataset, partition=partition, alpha=alpha, seed=seed)
+    cfg = JobConfig(providers=providers, rounds=rounds, dataset=dataset, partition=partition, alpha=alpha, seed=seed,
+                    validators=validators)
     cfg.split()  # every input problem is reported before any work starts
     out = _writable_dir(out)
     console = Console(stderr=True)

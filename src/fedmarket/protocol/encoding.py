@@ -96,3 +96,8 @@ def decode_vector(blob: bytes, expected_size: int | None = None) -> np.ndarray:
 def canonical_json(doc: Any) -> bytes:
     """Deterministic JSON bytes (sorted keys, no whitespace): what hashes and CIDs are taken of."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def score_leaf(index: int, provider: str, score: int) -> bytes:
+    """Leaf of a validator's scores tree: (index, provider, score in millionths of utility)."""
+    return double_hash(eth_abi.encode(["uint256", "address", "int256"], [index, provider, score]))

@@ -3,5 +3,6 @@
 from .aggregator import Aggregator
 from .provider import Provider
 from .requester import Requester
+from .validator import Validator
 
-__all__ = ["Aggregator", "Provider", "Requester"]
+__all__ = ["Aggregator", "Provider", "Requester", "Validator"]
