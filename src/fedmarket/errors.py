@@ -32,3 +32,19 @@ class ContractRevert(ChainError):
 
 class StorageError(FedMarketError):
     """A blob is missing, or its bytes do not hash to the content id it was asked by."""
+
+
+class PrivacyError(FedMarketError):
+    """A privacy mechanism or protocol could not run as asked."""
+
+
+class PrivacyBudgetExceeded(PrivacyError):
+    """A round would spend more (epsilon, delta) than the job's budget allows; nothing was spent."""
+
+
+class SecAggAbort(PrivacyError):
+    """A secure-aggregation round aborted (too few survivors, a tampered share); no aggregate exists and no funds move."""
+
+
+class ShareTampered(SecAggAbort):
+    """A secret share failed authentication or did not reconstruct to the committed secret."""

@@ -1,0 +1,201 @@
+"""SecAgg+: exact masked sums, dropout recovery, aborts below the threshold, tamper detection."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedmarket.errors import FedMarketError, SecAggAbort, ShareTampered
+from fedmarket.fl.aggregate import fedavg_int
+from fedmarket.privacy.secagg import (
+    PRIME,
+    EncryptedShare,
+    SecAggConfig,
+    UnmaskResponse,
+    decode_weighted,
+    default_degree,
+    encode_weighted,
+    neighbour_graph,
+    run_round,
+    shamir_reconstruct,
+    shamir_split,
+)
+
+
+def _inputs(n, d, seed, bound=2**40):
+    rng = np.random.default_rng(seed)
+    return {u: rng.integers(-bound, bound, size=d, dtype=np.int64) for u in range(n)}
+
+
+def _plain(inputs, ids):
+    return sum((inputs[u] for u in sorted(ids)), np.zeros_like(next(iter(inputs.values()))))
+
+
+def _is_probable_prime(p):
+    d, s = p - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for a in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41):
+        x = pow(a, d, p)
+        if x in (1, p - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % p
+            if x == p - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def test_field_is_prime_and_holds_32_byte_secrets():
+    assert _is_probable_prime(PRIME) and PRIME > 2**256
+
+
+@given(secret=st.integers(0, PRIME - 1), t=st.integers(1, 6), extra=st.integers(0, 4), seed=st.integers(0, 2**32))
+@settings(max_examples=40, deadline=None)
+def test_shamir_any_t_shares_rebuild_fewer_do_not(secret, t, extra, seed):
+    xs = list(range(1, t + extra + 1))
+    shares = shamir_split(secret, t, xs)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(xs), t, replace=False)
+    assert shamir_reconstruct([(xs[i], shares[i]) for i in pick]) == secret
+    if t > 1:  # t - 1 shares interpolate a different polynomial (except with negligible probability)
+        assert shamir_reconstruct([(xs[i], shares[i]) for i in pick[:-1]]) != secret
+
+
+@given(n=st.integers(2, 9), d=st.integers(1, 40), seed=st.integers(0, 2**32), big=st.booleans())
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_masked_sum_equals_plain_sum(n, d, seed, big):
+    # big: values near the int64 edges, whose sum wraps; the ring result is still the sum mod 2**64
+    bound = 2**62 if big else 2**40
+    X = _inputs(n, d, seed, bound)
+    k, t = default_degree(n, 0.0) if n > 2 else (1, 1)
+    cfg = SecAggConfig(n, d, k, t, t, round_id=seed.to_bytes(8, "big"))
+    res = run_round(cfg, X)
+    assert res.survivors == frozenset(range(n))
+    expected = [(sum(int(X[u][j]) for u in range(n)) + 2**63) % 2**64 - 2**63 for j in range(d)]
+    assert res.total.tolist() == expected
+    if not big:
+        assert np.array_equal(res.total, _plain(X, range(n)))
+
+
+def test_sparse_graph_is_regular_symmetric_and_logarithmic():
+    for n in (100, 1000, 10_000):
+        k, t = default_degree(n, 0.3)
+        assert t == k // 2 + 1 and k < 20 * np.log2(n)
+    g = neighbour_graph(300, 40, b"seed")
+    assert all(len(nb) == 40 and u not in nb for u, nb in enumerate(g))
+    assert all(u in g[int(v)] for u, nb in enumerate(g) for v in nb)
+    assert [x.tolist() for x in g] == [x.tolist() for x in neighbour_graph(300, 40, b"seed")]
+    assert [x.tolist() for x in g] != [x.tolist() for x in neighbour_graph(300, 40, b"other")]
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1, 0.3])
+def test_recovery_under_dropout_at_every_stage(dropout):
+    n, d = 100, 300
+    # a sparse graph (degree 30 of 99) with threshold 12: a neighbourhood keeps >= 12 of 30 w.h.p. at 30% dropout
+    cfg = SecAggConfig(n, d, 30, 12, 12, round_id=b"job-1-round-3")
+    X = _inputs(n, d, 7)
+    rng = np.random.default_rng(int(dropout * 100))
+    gone = rng.permutation(n)[: round(dropout * n)].tolist()
+    thirds = [set(gone[i::3]) for i in range(3)]
+    res = run_round(cfg, X, drop_before_share=thirds[0], drop_before_mask=thirds[1], drop_after_mask=thirds[2])
+    assert res.survivors == frozenset(range(n)) - thirds[0] - thirds[1]
+    assert np.array_equal(res.total, _plain(X, res.survivors))
+    if dropout:
+        assert thirds[2] and thirds[2] <= res.survivors  # dropped after masking, yet counted and unmasked
+
+
+def test_all_dropouts_after_masking_recovered():
+    n, d = 30, 50
+    cfg = SecAggConfig.for_population(n, d, dropout=0.3)
+    X = _inputs(n, d, 11)
+    late = set(range(0, n, 4))  # 8 of 30 vanish after sending their masked input
+    res = run_round(cfg, X, drop_after_mask=late)
+    assert np.array_equal(res.total, _plain(X, range(n)))
+
+
+def test_weighted_encoding_gives_fedavg_int():
+    n, d = 8, 20
+    rng = np.random.default_rng(5)
+    Q = [rng.integers(-(2**30), 2**30, size=d) for _ in range(n)]
+    w = rng.integers(1, 500, size=n).tolist()
+    cfg = SecAggConfig(n, d + 1, n - 1, 4, 4)
+    res = run_round(cfg, {u: encode_weighted(Q[u], w[u]) for u in range(n)})
+    assert np.array_equal(decode_weighted(res.total), fedavg_int(Q, w))
+
+
+def test_abort_below_the_survivor_threshold():
+    n, d = 20, 10
+    cfg = SecAggConfig(n, d, 19, 10, 12)
+    X = _inputs(n, d, 3)
+    with pytest.raises(SecAggAbort, match="below the threshold"):
+        run_round(cfg, X, drop_before_mask=set(range(9)))  # 11 masked inputs < 12
+    assert issubclass(SecAggAbort, FedMarketError)
+
+
+def test_abort_when_a_neighbourhood_cannot_unmask():
+    n, d = 20, 10
+    cfg = SecAggConfig(n, d, 19, 10, 10)
+    X = _inputs(n, d, 4)
+    # 12 send masked inputs, then 3 more vanish: 9 answer, fewer than t = 10
+    with pytest.raises(SecAggAbort, match="threshold 10|fewer than 10"):
+        run_round(cfg, X, drop_before_mask=set(range(8)), drop_after_mask={8, 9, 10})
+
+
+def test_tampered_share_in_transit_is_detected():
+    n, d = 10, 5
+    cfg = SecAggConfig(n, d, 9, 5, 5)
+
+    def flip(stage, msg):
+        if stage == "share" and msg.src == 3 and msg.dst == 7:
+            blob = bytearray(msg.blob)
+            blob[20] ^= 1
+            return EncryptedShare(msg.src, msg.dst, bytes(blob))
+        return msg
+
+    with pytest.raises(ShareTampered, match="from provider 3"):
+        run_round(cfg, _inputs(n, d, 1), tamper=flip)
+
+
+def test_redirected_share_is_detected():
+    n, d = 10, 5
+    cfg = SecAggConfig(n, d, 9, 5, 5)
+
+    def swap(stage, msg):  # claim provider 3's share for 7 came from 4: the AAD no longer matches
+        if stage == "share" and msg.src == 3 and msg.dst == 7:
+            return dataclasses.replace(msg, src=4)
+        return msg
+
+    with pytest.raises(ShareTampered):
+        run_round(cfg, _inputs(n, d, 1), tamper=swap)
+
+
+@pytest.mark.parametrize("kind", ["b", "sk"])
+def test_tampered_revealed_share_is_detected(kind):
+    n, d = 10, 5
+    cfg = SecAggConfig(n, d, 9, 5, 5)
+
+    def lie(stage, msg):
+        if stage == "unmask" and isinstance(msg, UnmaskResponse) and msg.uid == 1:
+            shares = msg.b_shares if kind == "b" else msg.sk_shares
+            for u in shares:
+                shares[u] = (shares[u] + 1) % PRIME
+        return msg
+
+    drop = {0} if kind == "sk" else set()
+    with pytest.raises(ShareTampered, match="do not match"):
+        run_round(cfg, _inputs(n, d, 2), drop_before_mask=drop, tamper=lie)
+
+
+def test_expansion_is_small_for_model_sized_updates():
+    n, d = 40, 7850
+    cfg = SecAggConfig.for_population(n, d, dropout=0.3)
+    res = run_round(cfg, _inputs(n, d, 9))
+    expansion = max(res.client_bytes.values()) / (8 * d)
+    assert 1.0 < expansion <= 2.0
