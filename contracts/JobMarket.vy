@@ -821,7 +821,10 @@ def claim(
     leaf: bytes32 = keccak256(keccak256(abi_encode(index, account, amount, reputation_delta)))
     assert merkle._verify(proof, self.jobs[job_id].reward_root, leaf), "market: invalid proof"
     self._claimed[job_id][word] = bits | bit
-    self.jobs[job_id].claimed_total += amount
+    # the root is the aggregator's word: never pay a job's claims beyond the total it reserved
+    claimed: uint256 = self.jobs[job_id].claimed_total + amount
+    assert claimed <= self.jobs[job_id].reward_total, "market: claims exceed rewards"
+    self.jobs[job_id].claimed_total = claimed
     role: uint256 = 0
     released: uint256 = 0
     role, released = self._release(job_id, account)

@@ -436,3 +436,23 @@ def test_join_with_a_bad_permit_falls_back_to_the_allowance(mk):
     t.transact("approve", mk.m.address, STAKE, sender=p)
     mk.m.transact("join_with_permit", job, deadline, v, r, s, sender=p)  # the allowance carries it
     assert mk.m.call("is_provider", job, p.address)
+
+
+def test_claims_never_exceed_the_reserved_reward_total(mk):
+    """A root whose leaves sum to more than its declared total cannot pay from other jobs' funds."""
+    from fedmarket.protocol.encoding import reward_leaf
+    from fedmarket.protocol.merkle import MerkleTree
+
+    other = mk.post()  # another job's escrow sits in the market too
+    job = mk.training()
+    mk.commit_all(job)
+    leaves = [(0, mk.w["providers"][0].address, 500 * TOKEN, 1), (1, mk.w["providers"][1].address, 400 * TOKEN, 1)]
+    tree = MerkleTree([reward_leaf(*l) for l in leaves])
+    mk.m.transact("post_rewards", job, tree.root, 600 * TOKEN, "bafkreirewards", sender=mk.w["aggregator"])
+    mk.chain.advance_time(100)
+    mk.m.transact("settle", job, sender=mk.w["outsider"])
+    mk.claim(job, leaves, tree, 0)
+    with pytest.raises(ContractRevert, match="claims exceed rewards"):
+        mk.claim(job, leaves, tree, 1)
+    assert mk.dep.job(other)["escrow"] == ESCROW
+    assert mk.dep.balance(mk.m.address) >= ESCROW  # the other job is still fully funded
