@@ -69,8 +69,10 @@ TOKEN: public(immutable(IERC20))
 
 # @dev Total licence revenue of each job's model.
 revenue: public(HashMap[uint256, uint256])
-# @dev Revenue each contributor has already withdrawn, per job.
-withdrawn: public(HashMap[uint256, HashMap[address, uint256]])
+# @dev Revenue already withdrawn through each reward leaf, per job (by leaf index, as the market pays).
+withdrawn: public(HashMap[uint256, HashMap[uint256, uint256]])
+# @dev Revenue already paid out per job: never more than the job's own revenue.
+paid_out: public(HashMap[uint256, uint256])
 # @dev Who holds a licence to each job's model.
 licensed: public(HashMap[uint256, HashMap[address, bool]])
 
@@ -86,6 +88,7 @@ def __init__(market: address):
     ownable.__init__()
     erc721.__init__("fedmarket model", "FMM", "", "fedmarket model", "1")
     erc721.is_minter[msg.sender] = False
+    log erc721.RoleMinterChanged(minter=msg.sender, status=False)
     ownable._transfer_ownership(empty(address))
 
 
@@ -122,6 +125,7 @@ def buy(job_id: uint256):
     price: uint256 = 0
     state, root, total, requester, price = staticcall MARKET.reward_terms(job_id)
     assert erc721._exists(job_id), "licence: model not minted"
+    assert total > 0, "licence: job has no rewards"  # nobody could ever claim the revenue
     assert not self.licensed[job_id][msg.sender], "licence: already licensed"
     self.licensed[job_id][msg.sender] = True
     self.revenue[job_id] += price
@@ -161,9 +165,13 @@ def claim_revenue(
     leaf: bytes32 = keccak256(keccak256(abi_encode(index, account, amount, reputation_delta)))
     assert merkle._verify(proof, root, leaf), "licence: invalid proof"
     entitled: uint256 = self.revenue[job_id] * amount // total
-    due: uint256 = entitled - self.withdrawn[job_id][account]
+    due: uint256 = entitled - self.withdrawn[job_id][index]
     assert due > 0, "licence: nothing to claim"
-    self.withdrawn[job_id][account] = entitled
+    # the root is the aggregator's word: a job's claims never reach other jobs' revenue
+    paid: uint256 = self.paid_out[job_id] + due
+    assert paid <= self.revenue[job_id], "licence: claims exceed revenue"
+    self.paid_out[job_id] = paid
+    self.withdrawn[job_id][index] = entitled
     assert extcall TOKEN.transfer(account, due, default_return_value=True), "licence: transfer failed"
     log RevenueClaimed(job_id=job_id, account=account, amount=due)
     return due
