@@ -12,7 +12,6 @@ import numpy as np
 from .chain import Chain
 from .errors import ConfigError
 from .fl.data import DATASETS, load_dataset, subset, train_test_split
-from .fl.models import SoftmaxRegression, normalize
 from .fl.partition import dirichlet_partition, iid_partition
 from .fl.train import centralized_train
 from .market import DEFAULT_FEE_BPS, Deployment, JobState
@@ -83,13 +82,12 @@ class JobConfig:
 
 def _centralized_accuracy(spec: JobSpec, train, test, cfg: JobConfig) -> float:
     """Reference point: the same model trained on the pooled training data (what FL should approach)."""
-    low, high = np.asarray(spec.data.feature_low), np.asarray(spec.data.feature_high)
-    model = SoftmaxRegression(spec.data.n_features, spec.data.n_classes, spec.model.l2)
+    model = spec.make_model()
     params = centralized_train(
-        model, normalize(train.X, low, high), train.y,
+        model, spec.normalize(train.X), train.y,
         epochs=cfg.rounds * cfg.local_epochs, batch_size=cfg.batch_size, lr=cfg.learning_rate / 2, seed=cfg.seed,
     )
-    return model.accuracy(params, normalize(test.X, low, high), test.y)
+    return model.accuracy(params, spec.normalize(test.X), test.y)
 
 
 def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progress | None = None) -> dict:

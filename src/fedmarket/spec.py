@@ -156,6 +156,18 @@ class JobSpec(_Strict):
         """The on-chain aggregation rule id (JobMarket.RULE_*) of this spec's strategy."""
         return {"fedavg": 0, "median": 1, "trimmed_mean": 2}[self.strategy]
 
+    def make_model(self):
+        """The model every participant of this job trains and evaluates."""
+        from .fl.models import SoftmaxRegression
+
+        return SoftmaxRegression(self.data.n_features, self.data.n_classes, self.model.l2)
+
+    def normalize(self, X: np.ndarray) -> np.ndarray:
+        """Features mapped to [0, 1] with the schema's domain bounds: identical for every participant."""
+        from .fl.models import normalize
+
+        return normalize(X, np.asarray(self.data.feature_low), np.asarray(self.data.feature_high))
+
     @property
     def n_params(self) -> int:
         return self.data.n_features * self.data.n_classes + self.data.n_classes

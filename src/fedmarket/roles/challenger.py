@@ -36,13 +36,9 @@ class Challenger:
                     job_id=job_id, round_=committed.round, chunk_index=found.bad_chunk,
                     chunk_size=spec.quantization.chunk_size, rule=spec.rule, trim=spec.trim,
                     prev_model_q=None if prev is None else prev_q,
-                    prev_data=None if prev is None else _data(prev),
-                    new_model_q=model, data=_data(committed), updates=updates,
+                    prev_data=None if prev is None else prev.data,
+                    new_model_q=model, data=committed.data, updates=updates,
                 )
                 return self.dep.disputes.transact("prove_fraud", *args, sender=self.account)
             prev_q, prev = model, committed
         return None
-
-
-def _data(c) -> tuple:
-    return (c.model_root, c.updates_root, c.count, c.metrics_hash)

@@ -59,6 +59,11 @@ class CommittedRound:
     metrics_hash: bytes
     block: int
 
+    @property
+    def data(self) -> tuple:
+        """The round's commitment in the clear, as the disputes contract takes it (RoundData)."""
+        return (self.model_root, self.updates_root, self.count, self.metrics_hash)
+
 
 def committed_rounds(dep: Deployment, job_id: int) -> list[CommittedRound]:
     evs = dep.market.events("RoundCommitted", job_id=job_id)

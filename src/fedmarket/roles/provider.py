@@ -9,7 +9,6 @@ import numpy as np
 
 from ..chain import Account, Receipt
 from ..errors import FedMarketError
-from ..fl.models import SoftmaxRegression, normalize
 from ..fl.quantize import dequantize, quantize
 from ..fl.train import local_sgd
 from ..market import Deployment
@@ -65,8 +64,8 @@ class Provider:
         next_round, q_global = global_model(self.dep, self.store, spec, job_id)
         if next_round != round_:
             raise FedMarketError(f"job {job_id} is at round {next_round}, not {round_}")
-        model = SoftmaxRegression(spec.data.n_features, spec.data.n_classes, spec.model.l2)
-        Xn = normalize(self.X, np.asarray(spec.data.feature_low), np.asarray(spec.data.feature_high))
+        model = spec.make_model()
+        Xn = spec.normalize(self.X)
         start = dequantize(q_global)
         t = spec.training
         seed = int.from_bytes(hashlib.sha256(f"{self.address}:{job_id}:{round_}".encode()).digest()[:8], "big")

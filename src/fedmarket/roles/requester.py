@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..chain import Account, Receipt
-from ..fl.models import SoftmaxRegression, normalize
 from ..fl.quantize import dequantize
 from ..market import Deployment, JobTerms
 from ..spec import JobSpec
@@ -58,8 +57,8 @@ class Requester:
     def evaluate(self, job_id: int, X: np.ndarray, y: np.ndarray) -> list[float]:
         """Test accuracy of every committed global model on the requester's own held-out data."""
         spec = load_spec(self.dep, self.store, job_id)
-        model = SoftmaxRegression(spec.data.n_features, spec.data.n_classes, spec.model.l2)
-        Xn = normalize(X, np.asarray(spec.data.feature_low), np.asarray(spec.data.feature_high))
+        model = spec.make_model()
+        Xn = spec.normalize(X)
         return [
             model.accuracy(dequantize(fetch_model(self.store, spec, r)), Xn, y)
             for r in committed_rounds(self.dep, job_id)

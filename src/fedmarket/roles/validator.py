@@ -8,7 +8,6 @@ import numpy as np
 
 from ..chain import Account, Receipt
 from ..errors import FedMarketError
-from ..fl.models import SoftmaxRegression, normalize
 from ..fl.quantize import dequantize
 from ..market import Deployment
 from ..protocol.encoding import address_key, canonical_json, score_leaf
@@ -61,8 +60,8 @@ class Validator:
         if not check.ok:
             return None
         updates = self.auditor.round_updates(spec, job_id, committed)
-        model = SoftmaxRegression(spec.data.n_features, spec.data.n_classes, spec.model.l2)
-        Xn = normalize(self.X, np.asarray(spec.data.feature_low), np.asarray(spec.data.feature_high))
+        model = spec.make_model()
+        Xn = spec.normalize(self.X)
         scored = None
         if len(updates) >= 2:
             deltas = dequantize(np.stack([u.q for u in updates]))
@@ -90,8 +89,7 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
     """Put a round's posted attestations on chain (anyone may; the aggregator has the most reason to).
     Attestations sharing a scores root go in one transaction."""
     rounds = committed_rounds(dep, job_id)
-    c = rounds[round_]
-    data = (c.model_root, c.updates_root, c.count, c.metrics_hash)
+    data = rounds[round_].data
     by_root: dict[str, list[dict]] = {}
     for raw in mailbox.read(round_topic(job_id, round_) + "-attestations"):
         msg = json.loads(raw)
