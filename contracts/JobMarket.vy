@@ -474,6 +474,13 @@ def slash(job_id: uint256, account: address, challenger: address) -> uint256:
     beneficiary: address = TREASURY
     if role == ROLE_AGGREGATOR:
         beneficiary = self.jobs[job_id].requester
+    self._pay_slash(job_id, account, role, amount, challenger, beneficiary)
+    return amount
+
+
+@internal
+def _pay_slash(job_id: uint256, account: address, role: uint256, amount: uint256, challenger: address, beneficiary: address):
+    """Splits a slashed stake: `CHALLENGER_BPS` to whoever proved the fault, the rest to `beneficiary`."""
     share: uint256 = amount * CHALLENGER_BPS // BPS
     self._push(challenger, share)
     self._push(beneficiary, amount - share)
@@ -486,7 +493,6 @@ def slash(job_id: uint256, account: address, challenger: address) -> uint256:
         challenger_share=share,
         beneficiary=beneficiary,
     )
-    return amount
 
 
 @view
@@ -926,19 +932,7 @@ def _slash_aggregator(job_id: uint256, challenger: address):
     self._member[job_id][aggregator] = ROLE_AGGREGATOR | 128
     if amount == 0:
         return
-    requester: address = self.jobs[job_id].requester
-    share: uint256 = amount * CHALLENGER_BPS // BPS
-    self._push(challenger, share)
-    self._push(requester, amount - share)
-    log StakeSlashed(
-        job_id=job_id,
-        account=aggregator,
-        role=ROLE_AGGREGATOR,
-        amount=amount,
-        challenger=challenger,
-        challenger_share=share,
-        beneficiary=requester,
-    )
+    self._pay_slash(job_id, aggregator, ROLE_AGGREGATOR, amount, challenger, self.jobs[job_id].requester)
 
 
 @external
