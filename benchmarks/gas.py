@@ -100,7 +100,7 @@ class Bench:
         cid = cid_of(model)
         return self.dep.market.transact(
             "submit_round", job, r, model, cid, keccak(f"updates-{job}-{r}".encode()), count,
-            keccak(f"metrics-{job}-{r}".encode()), sender=self.aggregator,
+            keccak(f"metrics-{job}-{r}".encode()), 0, sender=self.aggregator,
         ).gas_used
 
 

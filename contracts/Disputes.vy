@@ -6,8 +6,8 @@
         validator attestations (EIP-712, quorum by stake), equivocating validators,
         censored updates (a provider's signed receipt countersigned by the aggregator
         but missing from the round), and wrong aggregates (one chunk of one round
-        recomputed in integer arithmetic: weighted mean, coordinate median or
-        trimmed mean). A proven fault makes the market slash the cheater, pay the
+        recomputed in integer arithmetic: weighted mean, coordinate median,
+        trimmed mean, or the weighted mean of securely aggregated (masked) updates). A proven fault makes the market slash the cheater, pay the
         challenger and, for aggregator faults, revert the round and fail the job.
 @license AGPL-3.0-only
 """
@@ -103,6 +103,10 @@ ROLE_PROVIDER: constant(uint256) = 1
 RULE_WEIGHTED_MEAN: constant(uint256) = 0
 RULE_MEDIAN: constant(uint256) = 1
 RULE_TRIMMED_MEAN: constant(uint256) = 2
+RULE_SECURE_SUM: constant(uint256) = 3
+# @dev Secure aggregation works in the ring of integers modulo 2**64.
+RING: constant(int256) = 2**64
+HALF_RING: constant(int256) = 2**63
 # @dev Bounds (match the market's).
 MAX_VALIDATORS: constant(uint256) = 32
 MAX_ROUND_UPDATES: constant(uint256) = 128
@@ -412,7 +416,7 @@ def prove_fraud(
     prev_proof: DynArray[bytes32, 32],
     new_chunk: DynArray[int256, MAX_CHUNK],
     new_proof: DynArray[bytes32, 32],
-    openings: DynArray[Opening, MAX_ROUND_UPDATES],
+    openings: DynArray[Opening, MAX_ROUND_UPDATES + 1],
     lo_hints: DynArray[int256, MAX_CHUNK],
     hi_hints: DynArray[int256, MAX_CHUNK],
 ):
@@ -447,7 +451,9 @@ def prove_fraud(
     aggregator, rule, trim, chunk_size = self._check_disputable(job_id, round)
     self._check_round(job_id, round, data)
     n: uint256 = data.count
-    assert len(openings) == n, "disputes: need every update of the round"
+    # a secure-sum round lists one more leaf after its updates: the published mask correction
+    extra: uint256 = 1 if rule == RULE_SECURE_SUM else 0
+    assert len(openings) == n + extra, "disputes: need every update of the round"
     width: uint256 = len(new_chunk)
     assert width >= 1 and width <= chunk_size, "disputes: bad chunk width"
     assert merkle._verify(new_proof, data.model_root, self._chunk_leaf(chunk_index, new_chunk)), "disputes: model chunk not in round"
@@ -462,10 +468,13 @@ def prove_fraud(
         base = prev_chunk
 
     last: uint256 = 0
-    for i: uint256 in range(n, bound=MAX_ROUND_UPDATES):
+    for i: uint256 in range(n + extra, bound=MAX_ROUND_UPDATES + 1):
         o: Opening = openings[i]
-        assert i == 0 or convert(o.provider, uint256) > last, "disputes: openings not sorted"
-        last = convert(o.provider, uint256)
+        if i < n:
+            assert i == 0 or convert(o.provider, uint256) > last, "disputes: openings not sorted"
+            last = convert(o.provider, uint256)
+        else:
+            assert o.provider == empty(address) and o.weight == 0 and o.next == empty(address), "disputes: bad correction leaf"
         leaf: UpdateLeaf = UpdateLeaf(index=i, provider=o.provider, update_root=o.update_root, weight=o.weight, next=o.next)
         assert merkle._verify(o.leaf_proof, data.updates_root, self._update_leaf(leaf)), "disputes: update not in round"
         assert len(o.chunk) == width, "disputes: update chunk width differs"
@@ -474,6 +483,8 @@ def prove_fraud(
     expected: DynArray[int256, MAX_CHUNK] = []
     if rule == RULE_WEIGHTED_MEAN:
         expected = self._weighted_mean(openings, n, width)
+    elif rule == RULE_SECURE_SUM:
+        expected = self._secure_mean(openings, n, width)
     else:
         if rule == RULE_MEDIAN:
             expected = self._ranked_mean(openings, n, width, (n - 1) // 2, n // 2, lo_hints, hi_hints)
@@ -498,7 +509,34 @@ def prove_fraud(
 
 @pure
 @internal
-def _weighted_mean(openings: DynArray[Opening, MAX_ROUND_UPDATES], n: uint256, width: uint256) -> DynArray[int256, MAX_CHUNK]:
+def _secure_mean(openings: DynArray[Opening, MAX_ROUND_UPDATES + 1], n: uint256, width: uint256) -> DynArray[int256, MAX_CHUNK]:
+    """
+    @dev Secure aggregation: each update is a provider's masked `weight * delta` (ring
+         elements as two's-complement int64), the last opening the mask correction. The
+         sum of the updates minus the correction, modulo 2**64, is the exact weighted sum;
+         divided (floor) by the total weight of the receipts it is the weighted mean.
+    """
+    total: int256 = 0
+    for i: uint256 in range(n, bound=MAX_ROUND_UPDATES):
+        total += convert(openings[i].weight, int256)
+    assert total > 0, "disputes: zero total weight"
+    out: DynArray[int256, MAX_CHUNK] = []
+    for c: uint256 in range(width, bound=MAX_CHUNK):
+        acc: int256 = -openings[n].chunk[c]
+        for i: uint256 in range(n, bound=MAX_ROUND_UPDATES):
+            acc += openings[i].chunk[c]
+        acc = acc % RING
+        if acc < 0:
+            acc += RING
+        if acc >= HALF_RING:
+            acc -= RING
+        out.append(self._floor_div(acc, total))
+    return out
+
+
+@pure
+@internal
+def _weighted_mean(openings: DynArray[Opening, MAX_ROUND_UPDATES + 1], n: uint256, width: uint256) -> DynArray[int256, MAX_CHUNK]:
     total: int256 = 0
     for i: uint256 in range(n, bound=MAX_ROUND_UPDATES):
         total += convert(openings[i].weight, int256)
@@ -515,7 +553,7 @@ def _weighted_mean(openings: DynArray[Opening, MAX_ROUND_UPDATES], n: uint256, w
 @pure
 @internal
 def _ranked_mean(
-    openings: DynArray[Opening, MAX_ROUND_UPDATES],
+    openings: DynArray[Opening, MAX_ROUND_UPDATES + 1],
     n: uint256,
     width: uint256,
     lo_rank: uint256,

@@ -58,6 +58,7 @@ struct JobTerms:
     trim: uint256
     chunk_size: uint256
     licence_price: uint256
+    privacy_budget: uint256
 
 
 struct Job:
@@ -87,6 +88,7 @@ struct Job:
     trim: uint256
     chunk_size: uint256
     licence_price: uint256
+    privacy_budget: uint256
     reward_root: bytes32
     reward_total: uint256
     claimed_total: uint256
@@ -141,6 +143,7 @@ event RoundCommitted:
     updates_root: bytes32
     count: uint256
     metrics_hash: bytes32
+    epsilon_spent: uint256
     model_cid: String[128]
 
 
@@ -234,6 +237,9 @@ ROLE_VALIDATOR: public(constant(uint256)) = 3
 RULE_WEIGHTED_MEAN: public(constant(uint256)) = 0
 RULE_MEDIAN: public(constant(uint256)) = 1
 RULE_TRIMMED_MEAN: public(constant(uint256)) = 2
+RULE_SECURE_SUM: public(constant(uint256)) = 3
+# @dev Fixed-point scale of privacy budgets and spent epsilon (millionths).
+EPSILON_SCALE: public(constant(uint256)) = 1_000_000
 # @dev Upper bound on the number of rounds of one job.
 MAX_ROUNDS: public(constant(uint256)) = 10_000
 # @dev Upper bound on the number of providers of one job (and on reward leaf indices).
@@ -534,9 +540,10 @@ def post_job(terms: JobTerms, spec_cid: String[128]) -> uint256:
     assert terms.join_deadline > block.timestamp, "market: join deadline passed"
     assert terms.round_duration > 0, "market: round duration is zero"
     assert terms.claim_period > 0, "market: claim period is zero"
-    assert terms.rule <= RULE_TRIMMED_MEAN, "market: unknown rule"
+    assert terms.rule <= RULE_SECURE_SUM, "market: unknown rule"
     assert terms.chunk_size >= 1 and terms.chunk_size <= MAX_CHUNK, "market: bad chunk size"
     assert terms.rule != RULE_TRIMMED_MEAN or terms.trim > 0, "market: trim is zero"
+    assert terms.rule == RULE_TRIMMED_MEAN or terms.trim == 0, "market: trim without trimmed mean"
 
     job_id: uint256 = self.job_count + 1
     self.job_count = job_id
@@ -567,6 +574,7 @@ def post_job(terms: JobTerms, spec_cid: String[128]) -> uint256:
         trim=terms.trim,
         chunk_size=terms.chunk_size,
         licence_price=terms.licence_price,
+        privacy_budget=terms.privacy_budget,
         reward_root=empty(bytes32),
         reward_total=0,
         claimed_total=0,
@@ -697,10 +705,12 @@ def submit_round(
     updates_root: bytes32,
     count: uint256,
     metrics_hash: bytes32,
+    epsilon_spent: uint256,
 ):
     """
     @notice Commits one round: the new global model (root + CID), the root of the
-            aggregated updates, how many there were, and the digest of the round's metrics.
+            aggregated updates, how many there were, the digest of the round's metrics
+            and the job's cumulative privacy loss after this round.
     @dev One transaction per round whatever the number of providers: one new storage
          slot is written. With validators, the previous round must have reached quorum.
     @param job_id The job.
@@ -710,6 +720,9 @@ def submit_round(
     @param updates_root Merkle root of the aggregated updates, sorted by provider.
     @param count Number of updates aggregated (at most `MAX_ROUND_UPDATES`).
     @param metrics_hash sha2-256 digest of the round's metrics document.
+    @param epsilon_spent Cumulative epsilon of the job after this round, in millionths
+           (0 for jobs without differential privacy); never above the job's budget. Its
+           value follows from the spec, so anyone can check it.
     """
     assert msg.sender == self.jobs[job_id].aggregator, "market: caller is not the aggregator"
     assert self.jobs[job_id].state == JobState.TRAINING, "market: job not training"
@@ -721,6 +734,8 @@ def submit_round(
     assert len(model_cid) > 0, "market: empty model cid"
     assert count >= 1 and count <= MAX_ROUND_UPDATES, "market: bad update count"
     assert count <= self.jobs[job_id].n_providers, "market: bad update count"
+    if epsilon_spent > 0:  # jobs without differential privacy skip the budget's storage read
+        assert epsilon_spent <= self.jobs[job_id].privacy_budget, "market: privacy budget exceeded"
     if round > 0 and self.jobs[job_id].max_validators > 0:
         assert staticcall IDisputes(DISPUTES).has_quorum(job_id, round - 1), "market: previous round lacks quorum"
     self.round_commitment[job_id][round] = keccak256(abi_encode(model_root, updates_root, count, metrics_hash))
@@ -733,6 +748,7 @@ def submit_round(
         updates_root=updates_root,
         count=count,
         metrics_hash=metrics_hash,
+        epsilon_spent=epsilon_spent,
         model_cid=model_cid,
     )
 

@@ -39,6 +39,7 @@ class Rule(enum.IntEnum):
     WEIGHTED_MEAN = 0
     MEDIAN = 1
     TRIMMED_MEAN = 2
+    SECURE_SUM = 3
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class JobTerms:
     trim: int
     chunk_size: int
     licence_price: int
+    privacy_budget: int = 0  # epsilon budget in millionths; 0 = no differential privacy
 
     def abi(self) -> tuple:
         return astuple(self)
@@ -121,8 +123,9 @@ class Deployment:
             "licence": self.licence.address,
         }
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.addresses(), indent=2))
+    def save(self, path: str | Path, **meta) -> None:
+        """Write the addresses as JSON, plus any `meta` fields (e.g. chain_id, block)."""
+        Path(path).write_text(json.dumps({**self.addresses(), **meta}, indent=2))
 
     # ---- small conveniences used by every role -----------------------------------------
     def balance(self, address: str) -> int:

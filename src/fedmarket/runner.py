@@ -17,11 +17,14 @@ from .fl.train import centralized_train
 from .market import DEFAULT_FEE_BPS, Deployment, JobState
 from .protocol.encoding import address_key
 from .roles import Aggregator, Provider, Requester, Validator
+from .roles.common import committed_rounds
 from .roles.validator import submit_attestations
-from .spec import DataSchema, DeadlineSpec, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
+from .spec import EPSILON_SCALE
+from .spec import DataSchema, DeadlineSpec, JobSpec, ParticipationSpec, PrivacySpec, RewardSpec, TrainingSpec
 from .storage import LocalBlobStore, Mailbox
 
 TOKEN = 10**18
+PRIVACY_MODES = ("plain", "dp_local", "secagg", "secagg_dp")
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
@@ -45,6 +48,11 @@ class JobConfig:
     local_epochs: int = 5
     batch_size: int = 16
     learning_rate: float = 1.0
+    privacy: str = "plain"
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    clip_norm: float = 1.0
+    dropout: float = 0.0
 
     def check(self) -> None:
         if self.providers < 1:
@@ -63,6 +71,30 @@ class JobConfig:
             raise ConfigError(f"--validators must be between 0 and 32 (got {self.validators})")
         if self.escrow_tokens < 1 or self.stake_tokens < 0:
             raise ConfigError("escrow must be positive and stake non-negative")
+        if self.privacy not in PRIVACY_MODES:
+            raise ConfigError(f"unknown privacy mode '{self.privacy}'; choose one of: {', '.join(PRIVACY_MODES)}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if self.privacy.startswith("secagg") and self.providers < 3:
+            raise ConfigError(f"secure aggregation needs at least 3 providers (got {self.providers})")
+        self.privacy_spec()  # epsilon, delta and clip norm problems surface here
+
+    def privacy_spec(self) -> PrivacySpec:
+        dp = self.privacy in ("dp_local", "secagg_dp")
+        try:
+            return PrivacySpec(
+                mode=self.privacy,
+                **({"epsilon": self.epsilon, "delta": self.delta, "clip_norm": self.clip_norm} if dp else {}),
+                dropout=max(0.3, self.dropout),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"bad privacy settings: {exc}") from None
+
+    def dropped(self, round_: int) -> list[int]:
+        """Providers (by index) that vanish in round `round_`: a seeded `dropout` share of them."""
+        k = int(self.dropout * self.providers)
+        rng = np.random.default_rng([self.seed, round_, 7])
+        return sorted(int(i) for i in rng.choice(self.providers, size=k, replace=False)) if k else []
 
     def split(self):
         """Check the config against its dataset; returns (train, test, per-provider index arrays)."""
@@ -152,6 +184,7 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
                           validator_stake=val_stake if validators else 0),
         participation=ParticipationSpec(min_providers=cfg.providers, max_providers=cfg.providers,
                                         max_validators=len(validators)),
+        privacy=cfg.privacy_spec(),
         deadlines=DeadlineSpec(),
     )
 
@@ -171,9 +204,26 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
 
     # ---- training: every provider trains, the aggregator commits one tx per round ---------
     gas_per_round = []
+    secure = spec.privacy.secure
     for r in range(cfg.rounds):
-        for p in providers:
-            p.train(job_id, r)
+        gone = set(cfg.dropped(r))
+        # a vanished provider drops at some stage: before its keys, before masking, or after masking
+        stage = {i: ("keys", "mask", "unmask")[k % 3] for k, i in enumerate(sorted(gone))}
+        if secure:
+            for i, p in enumerate(providers):
+                if stage.get(i) != "keys":
+                    p.advertise(job_id, r)
+            for i, p in enumerate(providers):
+                if stage.get(i) != "keys":
+                    p.share(job_id, r)
+        for i, p in enumerate(providers):
+            if i not in gone or (secure and stage[i] == "unmask"):
+                p.train(job_id, r)
+        if secure:
+            aggregator.secure_survivors(job_id, r)
+            for i, p in enumerate(providers):
+                if i not in gone:
+                    p.unmask(job_id, r)
         gas_per_round.append(aggregator.run_round(job_id, r).gas_used)
         if validators:  # each validator recomputes and scores the round; quorum gates the next one
             for v in validators:
@@ -207,6 +257,7 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
     accuracy = requester.evaluate(job_id, test.X, test.y)
     central = _centralized_accuracy(spec, train, test, cfg)
     job = dep.job(job_id)
+    committed = committed_rounds(dep, job_id)
     settlement = [
         {
             "provider": p.address,
@@ -229,6 +280,10 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
         "final_accuracy": accuracy[-1],
         "accuracy": accuracy,
         "centralized_accuracy": central,
+        "privacy": spec.privacy.mode,
+        "epsilon_spent": committed[-1].epsilon_spent / EPSILON_SCALE if committed else 0.0,
+        "epsilon_budget": spec.privacy.epsilon,
+        "updates_per_round": [c.count for c in committed],
         "gas_per_round": gas_per_round,
         "claim_gas": claim_gas,
         "escrow": escrow,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import numpy as np
@@ -83,10 +84,54 @@ class TrainingSpec(_Strict):
     prox_mu: float = Field(default=0.0, ge=0)
 
 
-class PrivacySpec(_Strict):
-    """How updates are protected. Only plain (unprotected, but content-addressed and signed) exists yet."""
+EPSILON_SCALE = 1_000_000  # the chain holds epsilon in millionths (JobMarket.EPSILON_SCALE)
 
-    mode: Literal["plain"] = "plain"
+
+class PrivacySpec(_Strict):
+    """How updates are protected; see docs/privacy.md for what each mode hides and what stays observable.
+
+    - ``plain``: updates are signed and content-addressed, nothing is hidden.
+    - ``dp_local``: each provider clips its update to ``clip_norm`` and adds Gaussian noise of
+      std ``2 z clip_norm`` before it leaves (user-level DP against everybody, the aggregator included).
+    - ``secagg``: SecAgg+ masking; the aggregator and the public see only the sum of a round.
+    - ``secagg_dp``: SecAgg+ plus distributed noise: each provider adds its share of the noise, so
+      the sum carries std ``2 z clip_norm`` while no party sees a less noisy value.
+
+    In the DP modes every update has weight 1 (a provider's contribution is bounded by the clip,
+    whatever its sample count) and ``z`` is the smallest noise multiplier keeping all the job's
+    rounds within ``(epsilon, delta)`` unless ``noise_multiplier`` fixes it.
+    """
+
+    mode: Literal["plain", "dp_local", "secagg", "secagg_dp"] = "plain"
+    epsilon: float | None = Field(default=None, gt=0, le=1_000)
+    delta: float | None = Field(default=None, gt=0, lt=1)
+    clip_norm: float | None = Field(default=None, gt=0)
+    noise_multiplier: float | None = Field(default=None, gt=0)
+    dropout: float = Field(default=0.3, ge=0, lt=1, description="share of a round's providers secure aggregation tolerates losing")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PrivacySpec":
+        given = [n for n in ("epsilon", "delta", "clip_norm", "noise_multiplier") if getattr(self, n) is not None]
+        if self.dp:
+            missing = [n for n in ("epsilon", "delta", "clip_norm") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"privacy mode {self.mode} needs {', '.join(missing)}")
+        elif given:
+            raise ValueError(f"privacy mode {self.mode} takes no {', '.join(given)} (only dp_local and secagg_dp add noise)")
+        return self
+
+    @property
+    def dp(self) -> bool:
+        return self.mode in ("dp_local", "secagg_dp")
+
+    @property
+    def secure(self) -> bool:
+        return self.mode in ("secagg", "secagg_dp")
+
+    @property
+    def budget_micro(self) -> int:
+        """The epsilon budget as the chain holds it (millionths; 0 without DP)."""
+        return int(self.epsilon * EPSILON_SCALE) if self.dp else 0
 
 
 class RewardSpec(_Strict):
@@ -127,6 +172,14 @@ class QuantizationSpec(_Strict):
     chunk_size: int = Field(default=64, ge=1, le=64)
 
 
+@functools.lru_cache(maxsize=64)
+def _fitted_noise(epsilon: float, delta: float, rounds: int) -> float:
+    from .privacy.accountant import noise_multiplier_for
+
+    # aim a hair under the budget so the millionths committed on chain never round above it
+    return noise_multiplier_for(epsilon * (1 - 1e-6), delta, rounds, sampling="none", tol=1e-4)
+
+
 class JobSpec(_Strict):
     """A whole training job. Immutable; its hash is what the chain commits to."""
 
@@ -149,12 +202,35 @@ class JobSpec(_Strict):
             raise ValueError("trimmed_mean needs trim >= 1")
         if self.strategy != "trimmed_mean" and self.trim:
             raise ValueError("trim only applies to trimmed_mean")
+        if self.privacy.secure and self.strategy != "fedavg":
+            raise ValueError(f"privacy mode {self.privacy.mode} sums masked updates, so it needs strategy fedavg, not {self.strategy}")
+        if self.privacy.secure and self.participation.min_providers < 3:
+            raise ValueError("secure aggregation needs min_providers >= 3 (with two, each learns the other's update from the sum)")
+        if self.privacy.dp and self.privacy.noise_multiplier is not None:
+            from .privacy.accountant import epsilon_for
+
+            eps = epsilon_for(self.privacy.noise_multiplier, self.training.rounds, self.privacy.delta)
+            if eps > self.privacy.epsilon:
+                raise ValueError(
+                    f"noise_multiplier {self.privacy.noise_multiplier:g} spends epsilon {eps:.4g} over "
+                    f"{self.training.rounds} rounds, above the budget {self.privacy.epsilon:g}"
+                )
         return self
 
     @property
     def rule(self) -> int:
-        """The on-chain aggregation rule id (JobMarket.RULE_*) of this spec's strategy."""
+        """The on-chain aggregation rule id (JobMarket.RULE_*) of this spec's strategy and privacy mode."""
+        if self.privacy.secure:
+            return 3
         return {"fedavg": 0, "median": 1, "trimmed_mean": 2}[self.strategy]
+
+    def noise_multiplier(self) -> float:
+        """``z`` of the job's Gaussian noise (relative to the replace-one sensitivity ``2 clip_norm``)."""
+        if not self.privacy.dp:
+            raise ConfigError(f"privacy mode {self.privacy.mode} adds no noise")
+        if self.privacy.noise_multiplier is not None:
+            return self.privacy.noise_multiplier
+        return _fitted_noise(self.privacy.epsilon, self.privacy.delta, self.training.rounds)
 
     def make_model(self):
         """The model every participant of this job trains and evaluates."""

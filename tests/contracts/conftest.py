@@ -62,8 +62,8 @@ class Market:
         self.m.transact("start", job, sender=self.w["aggregator"])
         return job
 
-    def commit(self, job, r, model_root=ROOT, updates_root=UPD, count=2, metrics=ZERO32, cid="bafkreimodel"):
-        return self.m.transact("submit_round", job, r, model_root, cid, updates_root, count, metrics, sender=self.w["aggregator"])
+    def commit(self, job, r, model_root=ROOT, updates_root=UPD, count=2, metrics=ZERO32, cid="bafkreimodel", epsilon=0):
+        return self.m.transact("submit_round", job, r, model_root, cid, updates_root, count, metrics, epsilon, sender=self.w["aggregator"])
 
     def commit_all(self, job, rounds=2):
         for r in range(rounds):

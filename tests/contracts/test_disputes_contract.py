@@ -44,7 +44,7 @@ def aggregate(rule, trim, updates):
 
 def commit(mk, job, r, model_q, updates):
     data = round_data(model_q, updates, METRICS, CS)
-    mk.m.transact("submit_round", job, r, data[0], "bafkreimodel", data[1], data[2], data[3], sender=mk.w["aggregator"])
+    mk.m.transact("submit_round", job, r, data[0], "bafkreimodel", data[1], data[2], data[3], 0, sender=mk.w["aggregator"])
     return data
 
 

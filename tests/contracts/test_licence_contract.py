@@ -50,7 +50,7 @@ class Licensing:
         for p in self.providers[:n]:
             self.m.transact("join", job, sender=p)
         self.m.transact("start", job, sender=self.aggregator)
-        self.m.transact("submit_round", job, 0, keccak(b"model"), "bafkreimodel", keccak(b"upd"), n, b"\x00" * 32,
+        self.m.transact("submit_round", job, 0, keccak(b"model"), "bafkreimodel", keccak(b"upd"), n, b"\x00" * 32, 0,
                         sender=self.aggregator)
         return job
 

@@ -41,7 +41,8 @@ def test_post_job_locks_escrow_and_emits(mk):
         ({"join_deadline": 0}, "join deadline passed"),
         ({"round_duration": 0}, "round duration is zero"),
         ({"claim_period": 0}, "claim period is zero"),
-        ({"rule": 3}, "unknown rule"),
+        ({"rule": 4}, "unknown rule"),
+        ({"rule": 0, "trim": 1}, "trim without trimmed mean"),
         ({"chunk_size": 65}, "bad chunk size"),
         ({"chunk_size": 0}, "bad chunk size"),
         ({"rule": 2, "trim": 0}, "trim is zero"),
@@ -213,7 +214,7 @@ def test_submit_round_rules_and_commitment(mk):
     job = mk.training()
     m, agg = mk.m, mk.w["aggregator"]
     with pytest.raises(ContractRevert, match="not the aggregator"):
-        m.transact("submit_round", job, 0, ROOT, "c", UPD, 2, ZERO32, sender=mk.w["outsider"])
+        m.transact("submit_round", job, 0, ROOT, "c", UPD, 2, ZERO32, 0, sender=mk.w["outsider"])
     with pytest.raises(ContractRevert, match="wrong round"):
         mk.commit(job, 1)
     with pytest.raises(ContractRevert, match="bad update count"):
@@ -230,6 +231,29 @@ def test_submit_round_rules_and_commitment(mk):
     mk.chain.advance_time(501)
     with pytest.raises(ContractRevert, match="round deadline passed"):
         mk.commit(job, 1)
+
+
+def test_spent_epsilon_is_committed_and_capped_by_the_budget(mk):
+    job = mk.training(privacy_budget=2_000_000)  # epsilon 2.0 in millionths
+    with pytest.raises(ContractRevert, match="privacy budget exceeded"):
+        mk.commit(job, 0, epsilon=2_000_001)
+    assert mk.commit(job, 0, epsilon=1_250_000).event("RoundCommitted")["epsilon_spent"] == 1_250_000
+    assert mk.commit(job, 1, epsilon=2_000_000).event("RoundCommitted")["epsilon_spent"] == 2_000_000
+
+
+def test_a_job_without_privacy_budget_commits_zero_epsilon(mk):
+    job = mk.training()
+    with pytest.raises(ContractRevert, match="privacy budget exceeded"):
+        mk.commit(job, 0, epsilon=1)
+    assert mk.commit(job, 0).event("RoundCommitted")["epsilon_spent"] == 0
+
+
+def test_trim_only_with_the_trimmed_mean(mk):
+    with pytest.raises(ContractRevert, match="trim without trimmed mean"):
+        mk.post(rule=0, trim=1)
+    with pytest.raises(ContractRevert, match="unknown rule"):
+        mk.post(rule=4)
+    assert mk.post(rule=3) > 0  # the secure sum of masked updates
 
 
 def test_round_waits_for_validator_quorum(mk):

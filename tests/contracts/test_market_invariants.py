@@ -154,7 +154,8 @@ INVALID_TERMS = [
     ({"join_deadline": "now"}, "market: join deadline passed"),
     ({"round_duration": 0}, "market: round duration is zero"),
     ({"claim_period": 0}, "market: claim period is zero"),
-    ({"rule": 3}, "market: unknown rule"),
+    ({"rule": 4}, "market: unknown rule"),
+    ({"rule": 0, "trim": 1}, "market: trim without trimmed mean"),
     ({"chunk_size": 0}, "market: bad chunk size"),
     ({"chunk_size": 65}, "market: bad chunk size"),
     ({"rule": 2, "trim": 0}, "market: trim is zero"),
@@ -460,7 +461,7 @@ class MarketMachine(RuleBasedStateMachine):
         expect = self.why_submit(job, caller, round_, count)
         data = (keccak(f"model-{job.id}-{round_}".encode()), keccak(f"upd-{job.id}-{round_}".encode()), count, ZERO32)
         r = self.send("submit_round", self.m, "submit_round", job.id, round_, data[0], "bafkreimodel", data[1], count,
-                      data[3], sender=caller, expect=expect)
+                      data[3], 0, sender=caller, expect=expect)
         if r is not None:
             ev = r.event("RoundCommitted")
             assert (ev["round"], ev["model_root"], ev["count"]) == (round_, data[0], count)
@@ -1188,7 +1189,7 @@ def test_claims_of_one_job_never_reach_other_jobs_funds(world):
     m.transact("join", bad, sender=accomplice)
     m.transact("join", bad, sender=other)
     m.transact("start", bad, sender=aggregator)
-    m.transact("submit_round", bad, 0, keccak(b"m"), "bafkreimodel", keccak(b"u"), 2, ZERO32, sender=aggregator)
+    m.transact("submit_round", bad, 0, keccak(b"m"), "bafkreimodel", keccak(b"u"), 2, ZERO32, 0, sender=aggregator)
     leaves = [(0, accomplice.address, 200 * TOKEN, 0), (1, other.address, 200 * TOKEN, 0)]
     tree = MerkleTree([reward_leaf(*leaf) for leaf in leaves])
     m.transact("post_rewards", bad, tree.root, 300 * TOKEN, "bafkreirewards", sender=aggregator)  # declares 300

@@ -163,7 +163,7 @@ class Scenario:
             g.locked[self.providers[i].address] = STAKE
         self.m.transact("start", job_id, sender=self.aggregator)
         self.m.transact("submit_round", job_id, 0, keccak(b"model"), "bafkreimodel", keccak(b"upd"), len(provider_ix),
-                        b"\x00" * 32, sender=self.aggregator)
+                        b"\x00" * 32, 0, sender=self.aggregator)
         leaves = [(k, self.providers[i].address, a, 1) for k, (i, a) in enumerate(zip(provider_ix, amounts))]
         tree = MerkleTree([reward_leaf(*leaf) for leaf in leaves])
         self.m.transact("post_rewards", job_id, tree.root, sum(amounts), "bafkreirewards", sender=self.aggregator)

@@ -10,7 +10,7 @@ from .encoding import address_key, update_leaf, vector_tree
 from .merkle import MerkleTree
 from .receipts import LAST_PROVIDER
 
-RULE_WEIGHTED_MEAN, RULE_MEDIAN, RULE_TRIMMED_MEAN = 0, 1, 2
+RULE_WEIGHTED_MEAN, RULE_MEDIAN, RULE_TRIMMED_MEAN, RULE_SECURE_SUM = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -32,21 +32,29 @@ def sort_updates(updates: list[RoundUpdate]) -> list[RoundUpdate]:
     return sorted(updates, key=lambda u: address_key(u.provider))
 
 
-def updates_leaves(updates: list) -> list[tuple]:
+ZERO_ADDRESS = "0x" + "00" * 20
+
+
+def updates_leaves(updates: list, correction_root: bytes | None = None) -> list[tuple]:
     """(index, provider, update_root, weight, next) of each leaf, in order.
 
-    `updates` are any objects with `provider`, `root` and `weight`, sorted by provider.
+    `updates` are any objects with `provider`, `root` and `weight`, sorted by provider. A
+    secure-aggregation round appends one more leaf, the mask correction's:
+    `(count, 0x0, correction_root, 0, 0x0)`.
     """
     out = []
     for i, u in enumerate(updates):
         nxt = updates[i + 1].provider if i + 1 < len(updates) else LAST_PROVIDER
         out.append((i, u.provider, u.root, u.weight, nxt))
+    if correction_root is not None:
+        out.append((len(updates), ZERO_ADDRESS, correction_root, 0, ZERO_ADDRESS))
     return out
 
 
-def updates_tree(updates: list) -> MerkleTree:
-    """The round's updates tree: leaves sorted by provider, each naming the next provider."""
-    return MerkleTree([update_leaf(*leaf) for leaf in updates_leaves(updates)])
+def updates_tree(updates: list, correction_root: bytes | None = None) -> MerkleTree:
+    """The round's updates tree: leaves sorted by provider, each naming the next provider
+    (and, for a secure-aggregation round, the mask correction's leaf last)."""
+    return MerkleTree([update_leaf(*leaf) for leaf in updates_leaves(updates, correction_root)])
 
 
 def round_data(model_q: np.ndarray, updates: list[RoundUpdate], metrics_hash: bytes, chunk_size: int) -> tuple:
@@ -81,16 +89,20 @@ def fraud_proof(
     new_model_q: np.ndarray,
     data: tuple,
     updates: list[RoundUpdate],
+    correction: np.ndarray | None = None,
 ) -> tuple:
     """Positional arguments of `Disputes.prove_fraud` for one chunk of one round.
 
-    `updates` must be the round's updates in leaf order; `prev_*` are None at round 0.
+    `updates` must be the round's updates in leaf order; `prev_*` are None at round 0;
+    `correction` is the mask correction of a secure-aggregation round (its last leaf).
     """
-    utree = updates_tree(updates)
+    vectors = [u.q for u in updates] + ([] if correction is None else [np.asarray(correction, dtype=np.int64)])
+    leaves = updates_leaves(updates, None if correction is None else vector_tree(correction, chunk_size).root)
+    utree = MerkleTree([update_leaf(*leaf) for leaf in leaves])
     openings = []
-    for i, (leaf, u) in enumerate(zip(updates_leaves(updates), updates)):
-        vt = vector_tree(u.q, chunk_size)
-        openings.append((leaf[1], leaf[2], leaf[3], leaf[4], utree.proof(i), _chunk(u.q, chunk_index, chunk_size),
+    for i, (leaf, q) in enumerate(zip(leaves, vectors)):
+        vt = vector_tree(q, chunk_size)
+        openings.append((leaf[1], leaf[2], leaf[3], leaf[4], utree.proof(i), _chunk(q, chunk_index, chunk_size),
                          vt.proof(chunk_index)))
     new_tree = vector_tree(new_model_q, chunk_size)
     if prev_model_q is None:
@@ -100,7 +112,7 @@ def fraud_proof(
         prev_proof = vector_tree(prev_model_q, chunk_size).proof(chunk_index)
         prev = prev_data
     values = np.array([o[5] for o in openings], dtype=object).astype(np.int64) if openings else np.zeros((0, 0))
-    lo, hi = rank_hints(values, rule, trim)
+    lo, hi = rank_hints(values, rule, trim) if rule != RULE_SECURE_SUM else ([], [])
     return (
         job_id, round_, chunk_index, data, prev, prev_chunk, prev_proof,
         _chunk(new_model_q, chunk_index, chunk_size), new_tree.proof(chunk_index), openings, lo, hi,

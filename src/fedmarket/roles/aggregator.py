@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..chain import Account, Receipt
-from ..errors import FedMarketError, StorageError
+from ..errors import FedMarketError, SecAggAbort, StorageError
 from ..fl import aggregate as agg_rules
 from ..market import Deployment
 from ..protocol.encoding import (
@@ -22,8 +22,10 @@ from ..protocol.proofs import reward_tree, updates_tree
 from ..protocol.receipts import ReceiptAck, UpdateReceipt
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
+from . import secure_round as sr
 from .common import (
     committed_rounds,
+    epsilon_after_round,
     fetch_metrics,
     global_model,
     load_spec,
@@ -116,6 +118,8 @@ class Aggregator:
         weight = int(msg["weight"])
         if weight < 1:
             raise FedMarketError("weight must be positive")
+        if spec.privacy.dp and weight != 1:
+            raise FedMarketError(f"privacy mode {spec.privacy.mode} bounds every provider's influence: weight must be 1, got {weight}")
         root = bytes.fromhex(msg["update_root"].removeprefix("0x"))
         sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
         receipt = UpdateReceipt(job_id, round_, root, weight)
@@ -132,24 +136,84 @@ class Aggregator:
             raise FedMarketError(f"update of {signer} does not match its signed root")
         return Update(signer, msg["update_cid"], root, weight, sig, float(msg.get("train_loss", "nan")), q)
 
+    def secure_survivors(self, job_id: int, round_: int) -> list[int]:
+        """Secure phase 4 (privacy modes secagg, secagg_dp): verify the masked updates' receipts and
+        post the signed set of survivors (providers that shared keys and whose masked update
+        arrived). Raises SecAggAbort, before anything is committed, below the round's threshold."""
+        spec = load_spec(self.dep, self.store, job_id)
+        if not spec.privacy.secure:
+            raise FedMarketError(f"job {job_id} does not use secure aggregation")
+        members = sr.participants(self.dep, job_id)
+        cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
+        updates, _ = self.collect(job_id, round_, spec)
+        shared = sr.share_lists(self.mailbox.read(sr.topic(job_id, round_, "shares")), members)
+        uid = {p: i for i, p in enumerate(members)}
+        survivors = sorted(uid[u.provider] for u in updates if uid[u.provider] in shared)
+        if len(survivors) < cfg.min_survivors:
+            raise SecAggAbort(
+                f"job {job_id} round {round_}: {len(survivors)} masked updates arrived, below the threshold of "
+                f"{cfg.min_survivors} survivors; round aborted, nothing committed"
+            )
+        self.mailbox.post(sr.topic(job_id, round_, "survivors"),
+                          sr.survivors_message(self.account.key, self.address, sorted(shared), survivors))
+        return survivors
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    def _secure_round(self, job_id: int, round_: int, spec: JobSpec, updates: list[Update]) -> tuple[list[Update], np.ndarray, dict]:
+        """Unmask a secure round: (its survivors' masked updates, the mask correction, the transcript document)."""
+        members = sr.participants(self.dep, job_id)
+        cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
+        mine = [sr.opened(raw, "aggregator") for raw in self.mailbox.read(sr.topic(job_id, round_, "survivors"))]
+        mine = [m for m in mine if m["aggregator"] == self.address]
+        if len(mine) != 1:
+            raise FedMarketError(f"job {job_id} round {round_}: post the survivor set first (secure_survivors)")
+        survivors = set(mine[0]["survivors"])
+        uid = {p: i for i, p in enumerate(members)}
+        kept = [u for u in updates if uid[u.provider] in survivors]
+        if len(kept) != len(survivors):
+            raise FedMarketError(f"job {job_id} round {round_}: a survivor's masked update is no longer available")
+        transcript = sr.Transcript(self.mailbox.read(sr.topic(job_id, round_, "keys")), list(mine[0]["shared"]),
+                                   self.mailbox.read(sr.topic(job_id, round_, "unmask")))
+        masked = {uid[u.provider]: u.q for u in kept}
+        total = sr.unmasked_sum(cfg, members, transcript, masked)  # SecAggAbort / ShareTampered: nothing committed
+        return kept, sr.correction(masked, total), transcript.as_doc()
+
     def run_round(self, job_id: int, round_: int) -> Receipt:
-        """Aggregate the round's updates (exact integer FedAvg) and commit it in one transaction."""
+        """Aggregate the round's updates (exact integer arithmetic) and commit it in one transaction.
+
+        A DP job's round commits the job's cumulative epsilon; a round that would exceed the
+        budget is refused (PrivacyBudgetExceeded) before anything is sent."""
         spec = load_spec(self.dep, self.store, job_id)
         next_round, q_global = global_model(self.dep, self.store, spec, job_id)
         if next_round != round_:
             raise FedMarketError(f"job {job_id} is at round {next_round}, not {round_}")
+        epsilon = epsilon_after_round(spec, round_)
         updates, rejected = self.collect(job_id, round_, spec)
         if not updates:
             raise FedMarketError(f"job {job_id} round {round_}: no valid update to aggregate")
-        q_new = self.combine(spec, q_global, updates)
+        secure = None
+        if spec.privacy.secure:
+            updates, corr, transcript = self._secure_round(job_id, round_, spec, updates)
+            corr_root = vector_root(corr, spec.quantization.chunk_size)
+            q_new = self.combine_secure(spec, q_global, updates, corr)
+            secure = {"correction_cid": self.store.put(encode_vector(corr)), "correction_root": "0x" + corr_root.hex(),
+                      "transcript_cid": self.store.put(canonical_json(transcript))}
+            updates_root = updates_tree(updates, corr_root).root
+        else:
+            q_new = self.combine(spec, q_global, updates)
+            updates_root = updates_tree(updates).root
         model_cid = self.store.put(encode_vector(q_new))
         model_root = vector_root(q_new, spec.quantization.chunk_size)
-        updates_root = updates_tree(updates).root
         total = sum(u.weight for u in updates)
         metrics = {
             "job_id": job_id,
             "round": round_,
             "strategy": spec.strategy,
+            "privacy": spec.privacy.mode,
+            "epsilon_spent": epsilon,
             "count": len(updates),
             "total_weight": total,
             "train_loss": sum(u.train_loss * u.weight for u in updates) / total,
@@ -167,16 +231,22 @@ class Aggregator:
             ],
             "rejected": rejected,
         }
+        if secure is not None:
+            metrics["secure"] = secure
         doc = canonical_json(metrics)
         self.store.put(doc)
         return self.dep.market.transact(
             "submit_round", job_id, round_, model_root, model_cid, updates_root, len(updates), metrics_digest(doc),
-            sender=self.account,
+            epsilon, sender=self.account,
         )
 
     def combine(self, spec: JobSpec, q_global: np.ndarray, updates: list[Update]) -> np.ndarray:
         """The new global model: the previous one plus the job's rule over the updates."""
         return q_global + aggregate_int(spec, [u.q for u in updates], [u.weight for u in updates])
+
+    def combine_secure(self, spec: JobSpec, q_global: np.ndarray, updates: list[Update], corr: np.ndarray) -> np.ndarray:
+        """The new global model of a secure round: the previous one plus the unmasked weighted mean."""
+        return q_global + sr.secure_mean([u.q for u in updates], corr, [u.weight for u in updates])
 
     def reward_leaves(self, job_id: int, spec: JobSpec) -> list[dict]:
         """Every joined provider's reward leaf, from the committed rounds' metrics documents."""

@@ -54,7 +54,7 @@ class Auditor:
 
     def round_updates(self, spec: JobSpec, job_id: int, committed: CommittedRound) -> list[RoundUpdate]:
         """The round's updates, each checked: signed by its provider, blob matching its root,
-        and together forming exactly the committed updates tree."""
+        and together (with a secure round's mask correction) forming exactly the committed updates tree."""
         doc = fetch_metrics(self.store, committed)
         updates = []
         for entry in doc["updates"]:
@@ -70,24 +70,78 @@ class Auditor:
             updates.append(RoundUpdate(entry["provider"], q, int(entry["weight"]), spec.quantization.chunk_size))
         if len(updates) != committed.count:
             raise FedMarketError(f"metrics list {len(updates)} updates, the round committed {committed.count}")
-        if updates_tree(updates).root != committed.updates_root:
+        corr = self.correction(spec, committed, doc)
+        corr_root = None if corr is None else vector_root(corr, spec.quantization.chunk_size)
+        if updates_tree(updates, corr_root).root != committed.updates_root:
             raise FedMarketError("the listed updates do not form the committed updates root")
         return updates
 
+    def correction(self, spec: JobSpec, committed: CommittedRound, doc: dict | None = None) -> np.ndarray | None:
+        """A secure round's published mask correction (None for other modes), checked against its root."""
+        if not spec.privacy.secure:
+            return None
+        doc = doc or fetch_metrics(self.store, committed)
+        sec = doc.get("secure")
+        if not isinstance(sec, dict):
+            raise FedMarketError(f"round {committed.round} of a secure job publishes no mask correction")
+        corr = decode_vector(self.store.get(sec["correction_cid"]), spec.n_params)
+        if "0x" + vector_root(corr, spec.quantization.chunk_size).hex() != sec["correction_root"]:
+            raise FedMarketError(f"round {committed.round}: mask correction does not match its root")
+        return corr
+
+    def _check_unmasking(self, spec: JobSpec, job_id: int, committed: CommittedRound, updates: list[RoundUpdate], corr: np.ndarray) -> str:
+        """Re-derive a secure round's mask correction from its published transcript; '' if it matches."""
+        import json
+
+        from . import secure_round as sr
+
+        doc = fetch_metrics(self.store, committed)
+        members = sr.participants(self.dep, job_id)
+        cfg = sr.round_config(self.dep, spec, job_id, committed.round, len(members))
+        uid = {p: i for i, p in enumerate(members)}
+        try:
+            transcript = sr.Transcript.from_doc(json.loads(self.store.get(doc["secure"]["transcript_cid"])))
+            masked = {uid[u.provider]: u.q for u in updates}
+            total = sr.unmasked_sum(cfg, members, transcript, masked)
+        except (FedMarketError, KeyError, ValueError, TypeError) as exc:
+            return f"mask correction cannot be re-derived from the transcript: {exc}"
+        if not np.array_equal(sr.correction(masked, total), corr):
+            return "mask correction differs from the one the transcript re-derives"
+        return ""
+
     def check_round(self, spec: JobSpec, job_id: int, committed: CommittedRound, prev_q: np.ndarray) -> tuple[RoundCheck, np.ndarray | None]:
         """Recompute one round; returns the finding and the committed model (None if unavailable)."""
+        from . import secure_round as sr
         from .aggregator import aggregate_int
+        from .common import epsilon_after_round
 
         try:
             updates = self.round_updates(spec, job_id, committed)
             model = fetch_model(self.store, spec, committed)
+            corr = self.correction(spec, committed)
         except FedMarketError as exc:  # storage and protocol errors both derive from it
             return RoundCheck(committed.round, False, str(exc), None, committed.count), None
-        expected = prev_q + aggregate_int(spec, [u.q for u in updates], [u.weight for u in updates])
+        if corr is not None:
+            expected = prev_q + sr.secure_mean([u.q for u in updates], corr, [u.weight for u in updates])
+        else:
+            expected = prev_q + aggregate_int(spec, [u.q for u in updates], [u.weight for u in updates])
         diff = np.flatnonzero(expected != model)
         if diff.size:
             chunk = int(diff[0]) // spec.quantization.chunk_size
             return RoundCheck(committed.round, False, f"wrong aggregate ({diff.size} values differ)", chunk, committed.count), model
+        if corr is not None:
+            problem = self._check_unmasking(spec, job_id, committed, updates, corr)
+            if problem:
+                return RoundCheck(committed.round, False, problem, None, committed.count), model
+        if spec.privacy.dp and any(u.weight != 1 for u in updates):
+            return RoundCheck(committed.round, False, "a DP round aggregated an update with weight other than 1", None, committed.count), model
+        try:
+            eps = epsilon_after_round(spec, committed.round)
+        except FedMarketError as exc:
+            return RoundCheck(committed.round, False, str(exc), None, committed.count), model
+        if committed.epsilon_spent != eps:
+            return RoundCheck(committed.round, False, f"committed epsilon {committed.epsilon_spent} millionths, the spec gives {eps}",
+                              None, committed.count), model
         return RoundCheck(committed.round, True, count=committed.count), model
 
     def audit(self, job_id: int) -> AuditReport:

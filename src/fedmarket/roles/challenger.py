@@ -38,6 +38,7 @@ class Challenger:
                     prev_model_q=None if prev is None else prev_q,
                     prev_data=None if prev is None else prev.data,
                     new_model_q=model, data=committed.data, updates=updates,
+                    correction=self.auditor.correction(spec, committed),
                 )
                 return self.dep.disputes.transact("prove_fraud", *args, sender=self.account)
             prev_q, prev = model, committed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,7 @@ class CommittedRound:
     count: int
     metrics_hash: bytes
     block: int
+    epsilon_spent: int = 0
 
     @property
     def data(self) -> tuple:
@@ -69,7 +71,8 @@ def committed_rounds(dep: Deployment, job_id: int) -> list[CommittedRound]:
     evs = dep.market.events("RoundCommitted", job_id=job_id)
     rounds = [
         CommittedRound(
-            e["round"], e["model_root"], e["model_cid"], e["updates_root"], e["count"], e["metrics_hash"], e.block
+            e["round"], e["model_root"], e["model_cid"], e["updates_root"], e["count"], e["metrics_hash"], e.block,
+            e["epsilon_spent"],
         )
         for e in evs
     ]
@@ -102,6 +105,27 @@ def fetch_metrics(store: BlobStore, committed: CommittedRound) -> dict:
 
 
 BPS = 10_000
+
+
+def epsilon_after_round(spec: JobSpec, round_: int) -> int:
+    """Cumulative epsilon (millionths, what `submit_round` commits) after round `round_` of a DP job; 0 without DP.
+
+    It follows from the spec alone, so the aggregator, validators and auditors all get the same
+    number. Raises PrivacyBudgetExceeded when the round would take the job past its budget."""
+    if not spec.privacy.dp:
+        return 0
+    from ..errors import PrivacyBudgetExceeded
+    from ..privacy.accountant import epsilon_for
+    from ..spec import EPSILON_SCALE
+
+    eps = epsilon_for(spec.noise_multiplier(), round_ + 1, spec.privacy.delta)
+    micro = math.ceil(eps * EPSILON_SCALE)
+    if micro > spec.privacy.budget_micro:
+        raise PrivacyBudgetExceeded(
+            f"round {round_} would bring epsilon to {eps:.6g} > budget {spec.privacy.epsilon:g} "
+            f"(delta {spec.privacy.delta:g}); round refused"
+        )
+    return micro
 
 
 def pro_rata_leaves(joined: list[str], round_docs: list[dict], escrow: int, fee_bps: int) -> list[dict]:

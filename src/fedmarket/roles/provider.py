@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 
 import numpy as np
 
@@ -12,11 +13,14 @@ from ..errors import FedMarketError
 from ..fl.quantize import dequantize, quantize
 from ..fl.train import local_sgd
 from ..market import Deployment
+from ..privacy.dp import distributed_gaussian, local_gaussian
+from ..privacy.secagg import SecAggClient, SecAggConfig
 from ..protocol.encoding import canonical_json, encode_vector, vector_root
 from ..protocol.proofs import reward_tree
 from ..protocol.receipts import UpdateReceipt, permit_signature
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
+from . import secure_round as sr
 from .common import ProtocolViolation, global_model, load_spec, round_topic
 
 
@@ -31,6 +35,8 @@ class Provider:
         self.X = np.asarray(X)
         self.y = np.asarray(y)
         self._specs: dict[int, JobSpec] = {}
+        self._members_of: dict[int, list[str]] = {}
+        self._clients: dict[tuple[int, int], tuple[SecAggClient, SecAggConfig]] = {}
 
     @property
     def address(self) -> str:
@@ -58,12 +64,8 @@ class Provider:
         v, r, s = permit_signature(self.dep.token, self.account, self.dep.market.address, stake, deadline)
         return self.dep.market.transact("join_with_permit", job_id, deadline, v, r, s, sender=self.account)
 
-    def train(self, job_id: int, round_: int) -> dict:
-        """Train one round from the committed global model and post a signed receipt of the update."""
-        spec = self.inspect(job_id)
-        next_round, q_global = global_model(self.dep, self.store, spec, job_id)
-        if next_round != round_:
-            raise FedMarketError(f"job {job_id} is at round {next_round}, not {round_}")
+    def _local_delta(self, spec: JobSpec, job_id: int, round_: int, q_global: np.ndarray) -> tuple[np.ndarray, float]:
+        """Local training from the committed global model: (float delta, training loss)."""
         model = spec.make_model()
         Xn = spec.normalize(self.X)
         start = dequantize(q_global)
@@ -73,10 +75,48 @@ class Provider:
             model, start, Xn, self.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.learning_rate,
             seed=seed, prox_mu=t.prox_mu,
         )
-        q_delta = quantize(local - start)
-        update_cid = self.store.put(encode_vector(q_delta))
-        update_root = vector_root(q_delta, spec.quantization.chunk_size)
-        receipt = UpdateReceipt(job_id, round_, update_root, self.n_samples)
+        return local - start, float(model.loss_and_grad(local, Xn, self.y)[0])
+
+    def _released(self, spec: JobSpec, delta: np.ndarray, min_survivors: int = 1) -> tuple[np.ndarray, int]:
+        """What leaves this machine for the job's privacy mode: (quantized update, weight).
+
+        DP noise comes from the operating system's entropy, never from a public seed."""
+        mode = spec.privacy.mode
+        if mode in ("plain", "secagg"):
+            return quantize(delta), self.n_samples
+        rng = np.random.default_rng(secrets.randbits(128))
+        p = spec.privacy
+        if mode == "dp_local":
+            return quantize(local_gaussian(delta, p.clip_norm, spec.noise_multiplier(), rng)), 1
+        # secagg_dp: this provider's share of noise of std 2 z C on the sum of at least min_survivors updates
+        return quantize(distributed_gaussian(delta, p.clip_norm, 2 * spec.noise_multiplier(), min_survivors, rng)), 1
+
+    def train(self, job_id: int, round_: int) -> dict:
+        """Train one round from the committed global model and post a signed receipt of the update.
+
+        In the secure-aggregation modes this is phase 3 (the masked update); call
+        :meth:`advertise` and :meth:`share` first and :meth:`unmask` after the aggregator
+        names the survivors."""
+        spec = self.inspect(job_id)
+        next_round, q_global = global_model(self.dep, self.store, spec, job_id)
+        if next_round != round_:
+            raise FedMarketError(f"job {job_id} is at round {next_round}, not {round_}")
+        delta, loss = self._local_delta(spec, job_id, round_, q_global)
+        if spec.privacy.secure:
+            client, cfg = self._client(job_id, round_)
+            q, weight = self._released(spec, delta, cfg.min_survivors)
+            shares = sr.share_lists(self.mailbox.read(sr.topic(job_id, round_, "shares")), self._members(job_id))
+            incoming = [s for lst in shares.values() for s in lst if s.dst == client.uid]
+            masked = client.masked_input(q.astype(np.int64) * np.int64(weight), incoming)
+            q_out = np.frombuffer(masked.data, dtype=np.uint64).view(np.int64)
+        else:
+            q_out, weight = self._released(spec, delta)
+        return self._post_update(spec, job_id, round_, q_out, weight, loss)
+
+    def _post_update(self, spec: JobSpec, job_id: int, round_: int, q: np.ndarray, weight: int, loss: float) -> dict:
+        update_cid = self.store.put(encode_vector(q))
+        update_root = vector_root(q, spec.quantization.chunk_size)
+        receipt = UpdateReceipt(job_id, round_, update_root, weight)
         signature = receipt.sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
         message = {
             "provider": self.address,
@@ -84,12 +124,57 @@ class Provider:
             "round": round_,
             "update_cid": update_cid,
             "update_root": "0x" + update_root.hex(),
-            "weight": self.n_samples,
+            "weight": weight,
             "signature": "0x" + signature.hex(),
-            "train_loss": float(model.loss_and_grad(local, Xn, self.y)[0]),
+            "train_loss": loss,
         }
         self.mailbox.post(round_topic(job_id, round_), canonical_json(message))
         return message
+
+    # ---- secure aggregation (privacy modes secagg and secagg_dp) ---------------------------
+
+    def _members(self, job_id: int) -> list[str]:
+        if job_id not in self._members_of:
+            self._members_of[job_id] = sr.participants(self.dep, job_id)
+        return self._members_of[job_id]
+
+    def _client(self, job_id: int, round_: int) -> tuple[SecAggClient, SecAggConfig]:
+        key = (job_id, round_)
+        if key not in self._clients:
+            spec = self.inspect(job_id)
+            if not spec.privacy.secure:
+                raise FedMarketError(f"job {job_id} does not use secure aggregation")
+            members = self._members(job_id)
+            if self.address not in members:
+                raise FedMarketError(f"{self.address} did not join job {job_id}")
+            cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
+            uid = members.index(self.address)
+            self._clients = {k: v for k, v in self._clients.items() if k[0] != job_id}  # one live round per job
+            self._clients[key] = (SecAggClient(uid, cfg, sr.graph_of(cfg)[uid]), cfg)
+        return self._clients[key]
+
+    def advertise(self, job_id: int, round_: int) -> None:
+        """Secure phase 1: post this round's signed public keys."""
+        client, _ = self._client(job_id, round_)
+        self.mailbox.post(sr.topic(job_id, round_, "keys"), sr.keys_message(self.account.key, self.address, client.advertise()))
+
+    def share(self, job_id: int, round_: int) -> None:
+        """Secure phase 2: Shamir-share this round's secrets among the neighbours that advertised keys."""
+        client, _ = self._client(job_id, round_)
+        keys = sr.advertised(self.mailbox.read(sr.topic(job_id, round_, "keys")), self._members(job_id))
+        shares = client.share_keys(keys)
+        self.mailbox.post(sr.topic(job_id, round_, "shares"), sr.shares_message(self.account.key, self.address, client.uid, shares))
+
+    def unmask(self, job_id: int, round_: int) -> None:
+        """Secure phase 4: answer the aggregator's (signed) survivor set with this provider's shares."""
+        client, _ = self._client(job_id, round_)
+        job = self.dep.job(job_id)
+        posted = [sr.opened(raw, "aggregator") for raw in self.mailbox.read(sr.topic(job_id, round_, "survivors"))]
+        posted = [m for m in posted if m["aggregator"] == job["aggregator"]]
+        if len(posted) != 1:
+            raise ProtocolViolation(f"job {job_id} round {round_}: expected one survivor set from the aggregator, found {len(posted)}")
+        resp = client.unmask(frozenset(int(u) for u in posted[0]["survivors"]))
+        self.mailbox.post(sr.topic(job_id, round_, "unmask"), sr.unmask_message(self.account.key, self.address, resp))
 
     def reward_leaf(self, job_id: int) -> tuple[dict, list[bytes]]:
         """This provider's reward leaf and Merkle proof, rebuilt from the published rewards document."""

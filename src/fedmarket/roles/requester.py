@@ -34,6 +34,7 @@ def terms_of(spec: JobSpec, aggregator: str, now: int) -> JobTerms:
         trim=spec.trim,
         chunk_size=spec.quantization.chunk_size,
         licence_price=r.licence_price,
+        privacy_budget=spec.privacy.budget_micro,
     )
 
 

@@ -63,7 +63,7 @@ class Validator:
         model = spec.make_model()
         Xn = spec.normalize(self.X)
         scored = None
-        if len(updates) >= 2:
+        if len(updates) >= 2 and not spec.privacy.secure:  # masked updates cannot be scored one by one
             deltas = dequantize(np.stack([u.q for u in updates]))
             scored = score_round(model, dequantize(prev_q), deltas, Xn, self.y, [u.weight for u in updates], seed=round_)
             values = scored.rewardable
@@ -73,7 +73,7 @@ class Validator:
         root = scores_tree(scores).root
         doc = {
             "job_id": job_id, "round": round_, "validator": self.address,
-            "method": scored.method if scored else "none",
+            "method": scored.method if scored else ("masked: aggregate only" if spec.privacy.secure else "none"),
             "scores": [{"provider": p, "score": s} for p, s in scores],
             "flagged": [updates[i].provider for i in np.flatnonzero(scored.report.flagged)] if scored else [],
         }
