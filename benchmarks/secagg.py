@@ -10,15 +10,26 @@ aggregation (quantize + serialize its update); ``expansion`` the mean bytes a co
 sends over the plain update's bytes (``8 d``). Degree and threshold come from
 ``SecAggConfig.for_population(n, d, dropout=0.3)`` (``k = O(log n)``, ``t = k // 2 + 1``).
 
-``--flower`` also runs Flower 1.41's SecAgg+ (``SecAggPlusWorkflow`` + ``secaggplus_mod``, on its
-Ray simulation backend, no dropout, same n and d, num_shares = our degree + 1, threshold = ours)
-as a child process of the Flower venv (``/opt/flower-venv/bin/python``, set up as in
-benchmarks/vs_flower.py) and reports ``flower_s``: the wall time of its SecAgg+ fit round
-(the second of two rounds, so Ray actor start-up is left out), against our ``client_s * n +
-server_s`` (``ours_sequential_s``: every client's work done one after another, as a single
-process simulation does). Without ``--flower``, ``flower_s`` is ``null``.
+``--flower`` also runs Flower 1.41's SecAgg+ (``SecAggPlusWorkflow`` + ``secaggplus_mod``, same n
+and d, no dropout, num_shares = our degree + 1, reconstruction threshold = ours) as a child process
+of the Flower venv (``/opt/flower-venv/bin/python``, set up as in benchmarks/vs_flower.py) and
+reports ``flower_s``: the wall time of its SecAgg+ fit round (the second of two rounds, so Ray
+start-up is left out), with ``flower_stages_s`` (its four stages). Flower's simulation runtime has
+only a Ray backend in 1.41 (``start_vce`` always builds a ``RayBackend``), so the child uses Ray with
+one actor per core (``num_cpus`` 1 per client). Ours is ``ours_sequential_s = sum of client_s +
+server_s`` (every client's work done one after another, as a single-process simulation does) and,
+as Flower's run has no dropout, ``ours_sequential_s_no_dropout`` (the same round with no one
+dropping); ``speedup_vs_flower`` and ``speedup_vs_flower_no_dropout`` are ``flower_s`` over those.
+Flower's cost grows steeply with n when num_shares ~ n (pure-Python Shamir over GF(2**128) from
+pycryptodome, per 16-byte chunk; its share-keys and unmask stages dominate): measured 7 s per round
+at n = 20 and 67 s at n = 50 on 2 cores (about n**2.5), so several minutes per round at n = 100
+(two rounds plus Ray start-up did not finish in 14 min); compare at ``--n 50``. The child gets
+telemetry and update checks off and is killed after ``--flower-timeout`` s (default 1200); then
+``flower_s`` is ``null`` and ``flower_error`` says why. Without ``--flower``, ``flower_s`` is
+``null``.
 
-    python benchmarks/secagg.py [--n 1000] [--d 7850] [--dropout 0.3] [--seed 0] [--flower]
+    python benchmarks/secagg.py [--n 1000] [--d 7850] [--dropout 0.3] [--seed 0]
+    python benchmarks/secagg.py --n 50 --flower [--flower-timeout 1200]
 """
 
 from __future__ import annotations
@@ -41,9 +52,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--flower", action="store_true")
     ap.add_argument("--flower-python", default=os.environ.get("FEDMARKET_FLOWER_PYTHON", "/opt/flower-venv/bin/python"))
-    ap.add_argument("--flower-worker", nargs=3, type=int, metavar=("N", "D", "K"), help=argparse.SUPPRESS)
+    ap.add_argument("--flower-timeout", type=float, default=1200.0, help="seconds before the Flower run is killed")
+    ap.add_argument("--flower-worker", nargs=4, type=int, metavar=("N", "D", "K", "T"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.flower_worker:
+        for k, v in (
+            ("FLWR_TELEMETRY_ENABLED", "0"),
+            ("FLWR_DISABLE_UPDATE_CHECK", "1"),
+            ("RAY_USAGE_STATS_ENABLED", "0"),
+        ):
+            os.environ.setdefault(k, v)
         print(json.dumps(flower_worker(*args.flower_worker)))
         return
 
@@ -87,39 +105,78 @@ def main() -> None:
     }
     out["ours_sequential_s"] = round(float(sum(res.client_seconds.values())) + res.server_seconds, 3)
     if args.flower:
-        env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-        proc = subprocess.run(
-            [
-                args.flower_python,
-                __file__,
-                "--flower-worker",
-                str(args.n),
-                str(args.d),
-                str(min(cfg.k + 1, args.n)),
-                "--seed",
-                str(args.seed),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stderr[-4000:])
-            raise SystemExit(f"secagg: the Flower run failed (exit {proc.returncode})")
-        fl = json.loads(proc.stdout.strip().splitlines()[-1])
-        out["flower_s"] = round(fl["round_s"][-1], 3)
-        out["flower_rounds_s"] = [round(x, 3) for x in fl["round_s"]]
-        out["flower_num_shares"] = fl["num_shares"]
-        out["flower_threshold"] = fl["threshold"]
-        out["flower_version"] = fl["version"]
-        out["speedup_vs_flower"] = round(out["flower_s"] / out["ours_sequential_s"], 2)
+        # Flower's run has no dropout: time our round without dropout too, same n, d, degree, threshold
+        res0 = run_round(cfg, dict(enumerate(Q)))
+        out["ours_sequential_s_no_dropout"] = round(float(sum(res0.client_seconds.values())) + res0.server_seconds, 3)
+        out.update(run_flower(args, num_shares=min(cfg.k + 1, args.n), threshold=cfg.threshold))
+        if out["flower_s"] is not None:
+            out["speedup_vs_flower"] = round(out["flower_s"] / out["ours_sequential_s"], 2)
+            out["speedup_vs_flower_no_dropout"] = round(out["flower_s"] / out["ours_sequential_s_no_dropout"], 2)
     print(json.dumps(out))
 
 
-def flower_worker(n: int, d: int, num_shares: int) -> dict:
+def run_flower(args: argparse.Namespace, num_shares: int, threshold: int) -> dict:
+    """Run the Flower half in the Flower venv as a child process, killed after ``--flower-timeout`` s.
+
+    Returns the ``flower_*`` fields; on a timeout or a failure ``flower_s`` is ``null`` and
+    ``flower_error`` says why (with the stages the child had finished, from its stderr).
+    """
+    env = {
+        **os.environ,
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_DEDUP_LOGS": "0",
+    }
+    cmd = [args.flower_python, os.path.abspath(__file__), "--flower-worker"]
+    cmd += [str(args.n), str(args.d), str(num_shares), str(threshold)]
+    out: dict = {"flower_s": None, "flower_num_shares": num_shares, "flower_threshold": threshold}
+    t0 = time.perf_counter()
+    try:
+        # own session, so that on a timeout the child and everything it started (Ray) can be killed
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        )
+    except OSError as e:
+        out["flower_error"] = f"could not start {args.flower_python}: {e}"
+        return out
+    try:
+        stdout, stderr = proc.communicate(timeout=args.flower_timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, 9)
+        except ProcessLookupError:
+            pass
+        try:  # a grandchild that left the group may still hold the pipes: don't wait on it for long
+            stdout, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            stdout, stderr = "", ""
+        done = [ln.split("flower-secagg: ", 1)[1] for ln in stderr.splitlines() if "flower-secagg: " in ln]
+        out["flower_error"] = f"timeout: no result after {args.flower_timeout:.0f} s (killed); finished: {done}"
+        return out
+    out["flower_wall_s"] = round(time.perf_counter() - t0, 1)
+    try:
+        fl = json.loads(stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        fl = None
+    if proc.returncode != 0 or fl is None or len(fl.get("round_s", [])) < 2:
+        sys.stderr.write(stderr[-4000:])
+        out["flower_error"] = (
+            f"the Flower run failed (exit {proc.returncode}): " + (stderr.strip().splitlines() or [""])[-1][-300:]
+        )
+        return out
+    out["flower_s"] = round(fl["round_s"][-1], 3)
+    out["flower_rounds_s"] = [round(x, 3) for x in fl["round_s"]]
+    out["flower_stages_s"] = fl["stages_s"][-1]
+    out["flower_version"] = fl["version"]
+    out["ray_version"] = fl.get("ray_version")
+    return out
+
+
+def flower_worker(n: int, d: int, num_shares: int, threshold: int) -> dict:
     """Flower half (run in the Flower venv): two rounds of FedAvg under SecAgg+, each round timed."""
     import flwr
+    import ray
     from flwr.client import ClientApp, NumPyClient
     from flwr.client.mod import secaggplus_mod
     from flwr.common import ndarrays_to_parameters
@@ -128,11 +185,29 @@ def flower_worker(n: int, d: int, num_shares: int) -> dict:
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
     from flwr.simulation import run_simulation
 
-    threshold = num_shares // 2 + 1
     times: list[float] = []
+    stages: list[dict[str, float]] = []
+
+    def timed_stage(name: str):
+        def run(self, grid, context, state):
+            t0 = time.perf_counter()
+            ok = getattr(SecAggPlusWorkflow, name)(self, grid, context, state)
+            dt = time.perf_counter() - t0
+            stages[-1][name.removesuffix("_stage")] = round(dt, 3)
+            # progress on stderr, so a timed-out run still shows how far it got
+            print(f"flower-secagg: round {len(stages)} {name} {dt:.2f}s ok={ok}", file=sys.stderr, flush=True)
+            return ok
+
+        return run
 
     class Timed(SecAggPlusWorkflow):
+        setup_stage = timed_stage("setup_stage")
+        share_keys_stage = timed_stage("share_keys_stage")
+        collect_masked_vectors_stage = timed_stage("collect_masked_vectors_stage")
+        unmask_stage = timed_stage("unmask_stage")
+
         def __call__(self, grid, context):
+            stages.append({})
             t0 = time.perf_counter()
             super().__call__(grid, context)
             times.append(time.perf_counter() - t0)
@@ -172,7 +247,14 @@ def flower_worker(n: int, d: int, num_shares: int) -> dict:
             "init_args": {"num_cpus": cores, "include_dashboard": False},
         },
     )
-    return {"round_s": times, "num_shares": num_shares, "threshold": threshold, "version": flwr.__version__}
+    return {
+        "round_s": times,
+        "stages_s": stages,
+        "num_shares": num_shares,
+        "threshold": threshold,
+        "version": flwr.__version__,
+        "ray_version": ray.__version__,
+    }
 
 
 if __name__ == "__main__":
