@@ -167,6 +167,81 @@ def test_fraud_proof_rejects_bad_openings_and_hints(mk):
     d.transact("prove_fraud", *args, sender=out)  # the untampered proof goes through
 
 
+# ---------------------------------------------------------------- secure-sum rounds (SecAgg+)
+
+
+def _secure_round(mk, n, seed, drop_after_mask=frozenset()):
+    """A real SecAgg+ round over `make_updates`: masked weight*q per provider, the exact sum, the correction."""
+    from fedmarket.privacy.secagg import SecAggConfig, run_round
+    from fedmarket.roles.secure_round import correction, secure_mean
+
+    ups = make_updates(mk.w, n, seed=seed)
+    cfg = SecAggConfig.for_population(n, D, round_id=b"test-%d" % seed, graph_seed=b"graph")
+    inputs = {i: u.q * np.int64(u.weight) for i, u in enumerate(ups)}
+    res = run_round(cfg, inputs, drop_after_mask=set(drop_after_mask))
+    captured = {u: y.view(np.int64) for u, y in res.masked.items()}
+    masked = [RoundUpdate(u.provider, captured[i], u.weight, CS) for i, u in enumerate(ups)]
+    corr = correction({i: captured[i] for i in range(n)}, res.total)
+    model = secure_mean([m.q for m in masked], corr, [u.weight for u in ups])
+    assert np.array_equal(model, fedavg_int([u.q for u in ups], [u.weight for u in ups]))  # the sum is exact
+    return masked, corr, model
+
+
+def _commit_secure(mk, job, r, model_q, masked, corr):
+    from fedmarket.protocol.encoding import vector_root, vector_tree
+    from fedmarket.protocol.proofs import updates_tree
+
+    data = (vector_tree(model_q, CS).root, updates_tree(masked, vector_root(corr, CS)).root, len(masked), METRICS)
+    mk.m.transact("submit_round", job, r, data[0], "bafkreimodel", data[1], data[2], data[3], 0, sender=mk.w["aggregator"])
+    return data
+
+
+@pytest.mark.parametrize("n, drop", [(4, ()), (5, (1,))])
+def test_secure_sum_round_is_checked_in_the_ring(mk, n, drop):
+    job = _job(mk, n, 3, 0)
+    masked, corr, model = _secure_round(mk, n, seed=20 + n, drop_after_mask=drop)
+    bad = model.copy()
+    bad[64 + 9] -= 1
+    data = _commit_secure(mk, job, 0, bad, masked, corr)
+    kw = dict(job_id=job, round_=0, chunk_size=CS, rule=3, trim=0, prev_model_q=None, prev_data=None,
+              new_model_q=bad, data=data, updates=masked, correction=corr)
+    d, out = mk.dep.disputes, mk.w["outsider"]
+    for chunk in (0, 2):
+        with pytest.raises(ContractRevert, match="aggregate is correct"):
+            d.transact("prove_fraud", *fraud_proof(chunk_index=chunk, **kw), sender=out)
+    args = list(fraud_proof(chunk_index=1, **kw))
+    no_corr = list(args)
+    no_corr[9] = args[9][:-1]
+    with pytest.raises(ContractRevert, match="need every update"):
+        d.transact("prove_fraud", *no_corr, sender=out)
+    forged = list(args)
+    leaf = list(args[9][-1])
+    leaf[2] = 1  # a correction leaf with weight
+    forged[9] = [*args[9][:-1], tuple(leaf)]
+    with pytest.raises(ContractRevert, match="bad correction leaf"):
+        d.transact("prove_fraud", *forged, sender=out)
+    altered = list(args)
+    leaf = list(args[9][-1])
+    leaf[5] = [v + 1 for v in leaf[5]]
+    altered[9] = [*args[9][:-1], tuple(leaf)]
+    with pytest.raises(ContractRevert, match="chunk not in update"):
+        d.transact("prove_fraud", *altered, sender=out)
+    r = d.transact("prove_fraud", *args, sender=out)
+    assert r.event("FraudProven")["chunk"] == 1 and mk.dep.job(job)["state"] == JobState.FAILED
+
+
+def test_secure_sum_without_the_correction_is_not_a_proof(mk):
+    """Proving against the plain sum of masked values (as if no masks existed) fails: the contract subtracts the committed correction."""
+    job = _job(mk, 4, 3, 0)
+    masked, corr, model = _secure_round(mk, 4, seed=31)
+    data = _commit_secure(mk, job, 0, model, masked, corr)
+    for chunk in range(3):
+        args = fraud_proof(job_id=job, round_=0, chunk_index=chunk, chunk_size=CS, rule=3, trim=0, prev_model_q=None,
+                           prev_data=None, new_model_q=model, data=data, updates=masked, correction=corr)
+        with pytest.raises(ContractRevert, match="aggregate is correct"):
+            mk.dep.disputes.transact("prove_fraud", *args, sender=mk.w["outsider"])
+
+
 def test_trimmed_mean_round_with_too_few_updates_is_fraud(mk):
     job = _job(mk, 2, 2, 1)
     ups = make_updates(mk.w, 2, seed=5)

@@ -520,6 +520,7 @@ class RoundResult:
     client_bytes: dict[int, int]
     client_seconds: dict[int, float]
     server_seconds: float
+    masked: dict[int, np.ndarray] = field(default_factory=dict)  # survivors' masked inputs, as the server holds them
 
 
 def run_round(
@@ -601,4 +602,4 @@ def run_round(
     t0 = time.perf_counter()
     total = server.unmask(responses)
     t_server += time.perf_counter() - t0
-    return RoundResult(total, survivors, nbytes, t_client, t_server)
+    return RoundResult(total, survivors, nbytes, t_client, t_server, dict(server.masked))
