@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from .chain import Chain
 from .errors import ConfigError
@@ -87,8 +88,9 @@ class JobConfig:
                 **({"epsilon": self.epsilon, "delta": self.delta, "clip_norm": self.clip_norm} if dp else {}),
                 dropout=max(0.3, self.dropout),
             )
-        except ValueError as exc:
-            raise ConfigError(f"bad privacy settings: {exc}") from None
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'privacy'}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"bad privacy settings: {problems}") from None
 
     def dropped(self, round_: int) -> list[int]:
         """Providers (by index) that vanish in round `round_`: a seeded `dropout` share of them."""

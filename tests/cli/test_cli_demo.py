@@ -31,6 +31,24 @@ def test_default_demo_meets_the_bar(tmp_path):
     assert "settlement of job" in proc.stdout and "conserved: true" in proc.stdout
 
 
+def test_secure_demo_with_dropouts_completes_and_conserves(tmp_path):
+    out = tmp_path / "demo"
+    proc = run("demo", "--out", str(out), "-n", "10", "-r", "3", "--privacy", "secagg", "--dropout", "0.3")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["privacy"] == "secagg" and report["conserved"] is True
+    assert report["updates_per_round"] == [8, 8, 8]  # 3 of 10 vanish: before keys, before masking, after masking
+    assert report["final_accuracy"] >= 0.9
+
+
+def test_dp_demo_commits_its_epsilon(tmp_path):
+    out = tmp_path / "demo"
+    proc = run("demo", "--out", str(out), "-n", "6", "-r", "2", "--privacy", "dp_local", "--epsilon", "4")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert 3.99 < report["epsilon_spent"] <= 4.0 and report["epsilon_budget"] == 4.0 and report["conserved"] is True
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -42,6 +60,10 @@ def test_default_demo_meets_the_bar(tmp_path):
         (["--partition", "zipf"], "unknown partition 'zipf'"),
         (["--alpha", "0"], "--alpha must be positive"),
         (["--providers", "5000"], "exceeds the 1347 training samples"),
+        (["--privacy", "homomorphic"], "unknown privacy mode 'homomorphic'"),
+        (["--privacy", "dp_local", "--epsilon", "0"], "bad privacy settings"),
+        (["--privacy", "secagg", "--providers", "2"], "secure aggregation needs at least 3 providers"),
+        (["--dropout", "1"], "--dropout must be in [0, 1)"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(tmp_path, args, expected):
