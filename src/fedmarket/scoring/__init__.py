@@ -2,7 +2,7 @@
 
 from fedmarket.scoring._permutations import ShapleyEstimate
 from fedmarket.scoring.detect import DetectionReport, detect
-from fedmarket.scoring.gtg import gtg_shapley, guided_permutations
+from fedmarket.scoring.gtg import gtg_shapley, guided_permutations, latin_permutations
 from fedmarket.scoring.loo import leave_one_out
 from fedmarket.scoring.round import RoundScore, score_round
 from fedmarket.scoring.shapley_exact import exact_shapley, shapley_from_table
@@ -23,6 +23,7 @@ __all__ = [
     "exact_shapley",
     "gtg_shapley",
     "guided_permutations",
+    "latin_permutations",
     "leave_one_out",
     "reward_amounts",
     "score_round",

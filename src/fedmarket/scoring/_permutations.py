@@ -50,7 +50,9 @@ def check_count(name: str, value: int) -> int:
     return int(value)
 
 
-def walk(utility: Utility, perms: np.ndarray, v_empty: float, v_full: float, tol: float) -> np.ndarray:
+def walk(
+    utility: Utility, perms: np.ndarray, v_empty: float, v_full: float, tol: float, *, residual: bool = False
+) -> np.ndarray:
     """Marginal contributions along a batch of permutations, all walked in lockstep.
 
     At step ``k`` every permutation still walking adds its ``k``-th player;
@@ -72,6 +74,10 @@ def walk(utility: Utility, perms: np.ndarray, v_empty: float, v_full: float, tol
     tol : float
         Truncation tolerance (absolute, in utility units); 0 disables it
         (except on exact equality).
+    residual : bool, optional
+        On truncation, split the remaining gain ``v_full - v(prefix)`` equally
+        among the players not reached instead of giving them 0, so every
+        row's marginals sum to exactly ``v_full - v_empty`` (default False).
 
     Returns
     -------
@@ -96,7 +102,11 @@ def walk(utility: Utility, perms: np.ndarray, v_empty: float, v_full: float, tol
             vals = utility.walk_values(state, a, players, mask[a])
         marg[a, players] = vals - prev[a]
         prev[a] = vals
-        alive[a[np.abs(v_full - vals) <= tol]] = False
+        dead = a[np.abs(v_full - vals) <= tol]
+        alive[dead] = False
+        if residual and k < n - 1 and dead.size:
+            rest = perms[dead, k + 1 :]
+            marg[dead[:, None], rest] = ((v_full - prev[dead]) / (n - 1 - k))[:, None]
     return marg
 
 

@@ -235,27 +235,22 @@ class AggregationUtility(Utility):
         S, W = walk
         if self._Lw is None:
             self._Lw = self._L * self.w[:, None].astype(np.float32)  # weighted logit deltas, built on first use
-        if rows.size == S.shape[0]:  # every permutation still walking: no scatter
-            S += self._Lw[players]
-        else:
-            S[rows] += self._Lw[players]
+        for r, p in zip(rows.tolist(), players.tolist()):
+            # in place, row by row: each row stays in cache, no (rows, c*m) gather or scatter temporaries
+            np.add(S[r], self._Lw[p], out=S[r])
         W[rows] += self.w[players]
         m, c = self.X.shape[0], self.model.n_classes
-        idx = np.arange(m)
+        true_at = self.y * m + np.arange(m)  # the true class's logit in a class-major (c*m) row
+        buf = np.empty(c * m, dtype=np.float32)
 
         def compute(sel: np.ndarray) -> np.ndarray:
+            # row by row into one cache-resident buffer: no (B, c*m) copies of the running sums
             self.evaluations += sel.size
             out = np.empty(sel.size)
-            step = max(1, self.chunk_elems // (m * c))
-            for s in range(0, sel.size, step):
-                r = rows[sel[s : s + step]]
-                tot = W[r]
-                scale = np.divide(1.0, tot, out=np.zeros_like(tot), where=tot > 0).astype(np.float32)
-                logits = S[r]
-                logits *= scale[:, None]
-                logits += self._L0
-                logits = logits.reshape(-1, c, m)
-                out[s : s + step] = self._score(logits, logits[:, self.y, idx])
+            for j, r in enumerate(rows[sel].tolist()):
+                np.multiply(S[r], np.float32(1.0 / W[r]) if W[r] > 0 else np.float32(0.0), out=buf)
+                np.add(buf, self._L0, out=buf)
+                out[j] = self._score(buf.reshape(1, c, m), buf[true_at].reshape(1, m))[0]
             return out
 
         return self._cached(self._check(masks), compute)
