@@ -48,3 +48,7 @@ class SecAggAbort(PrivacyError):
 
 class ShareTampered(SecAggAbort):
     """A secret share failed authentication or did not reconstruct to the committed secret."""
+
+
+class KeystoreError(ConfigError):
+    """An account keystore is missing, unreadable or corrupt, or its password is wrong."""

@@ -40,13 +40,22 @@ def _free_port() -> int:
 class AnvilNode:
     """A running anvil process on 127.0.0.1; use as a context manager."""
 
-    def __init__(self, port: int | None = None, *, chain_id: int = 31337, block_time: float | None = None):
+    def __init__(self, port: int | None = None, *, chain_id: int = 31337, block_time: float | None = None,
+                 fixed_interval: bool = True):
         binary = find_anvil()
         if binary is None:
             raise ChainError(
                 "anvil not found: run `npm install` in the fedmarket repository "
                 f"(installs @foundry-rs/anvil@{ANVIL_NPM_VERSION}) or set FEDMARKET_ANVIL"
             )
+        if port:
+            # otherwise a node already listening there would pass for this one
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine, a listener is not
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    raise ChainError(f"port {port} on 127.0.0.1 is already in use (another node?): choose another port") from None
         self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [binary, "--host", "127.0.0.1", "--port", str(self.port), "--chain-id", str(chain_id), "--silent"]
@@ -64,7 +73,7 @@ class AnvilNode:
             except OSError:
                 time.sleep(0.05)
                 continue
-            if not block_time:
+            if not block_time and fixed_interval:
                 # every automined block one second after the previous, whatever the wall clock:
                 # deadlines and gas (same-second storage writes are cheaper) become reproducible
                 self.rpc("anvil_setBlockTimestampInterval", [1])

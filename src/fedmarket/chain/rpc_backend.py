@@ -31,20 +31,24 @@ class RpcChain(Chain):
     gas-estimated first so a revert is reported with its reason and never mined,
     and their receipts polled with a short latency. Nonces are tracked locally
     per sender, so one process can send back to back without asking the node.
+
+    Sending is retry-safe: each intent is signed once and its hash known before it is
+    sent; if the connection drops, the chain reconnects and either finds that hash on the
+    node or re-sends the very same bytes (same nonce). It never signs a second transaction
+    for the same intent, so a flaky connection cannot make anything happen twice.
     """
 
     name = "rpc"
 
     def __init__(self, url: str, *, poll_latency: float = 0.005, timeout: float = 60.0) -> None:
         super().__init__()
-        from web3 import Web3
-
         self.url = url
         self.poll_latency = poll_latency
         self.timeout = timeout
-        self.w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}))
-        self._nonces: dict[str, int] = {}
         self._lock = threading.RLock()
+        self._connect()
+        self._nonces: dict[str, int] = {}
+        self.resends = 0  # signed transactions sent again after a dropped connection (same bytes, same nonce)
         self.rpc_calls = 0
         try:
             self.chain_id = int(self._rpc("eth_chainId", []), 16)
@@ -53,6 +57,16 @@ class RpcChain(Chain):
         self._fee_cap: int | None = None
 
     # ---- raw JSON-RPC ---------------------------------------------------------------
+    def _connect(self) -> None:
+        """A fresh HTTP provider (and so a fresh session and connection pool)."""
+        from web3 import Web3
+
+        self.w3 = Web3(Web3.HTTPProvider(self.url, request_kwargs={"timeout": self.timeout}))
+
+    def _reconnect(self) -> None:
+        with self._lock:
+            self._connect()
+
     def _rpc(self, method: str, params: list) -> Any:
         self.rpc_calls += 1
         try:
@@ -108,11 +122,17 @@ class RpcChain(Chain):
         }
         if to is not None:
             tx["to"] = to_checksum_address(to)
+        # Signed exactly once: from here on this intent IS this raw transaction (this hash, this
+        # nonce). A dropped connection re-sends the same bytes or finds their receipt; it never
+        # signs a second transaction, so a retry can neither pay twice nor burn a nonce.
         signed = EthAccount.sign_transaction(tx, sender.key)
+        raw = "0x" + bytes(signed.raw_transaction).hex()
+        tx_hash = "0x" + bytes(signed.hash).hex()
         try:
-            tx_hash = self._rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
+            self._submit(raw, tx_hash)
         except ChainError as exc:
-            # the nonce we reserved was not used: re-read it from the node next time
+            # refused, or the node stayed unreachable: re-read the nonce from the node ('pending'
+            # counts this transaction if it did arrive) rather than trusting our reservation
             with self._lock:
                 self._nonces.pop(sender.address, None)
             if "fee" in str(exc).lower():
@@ -134,10 +154,74 @@ class RpcChain(Chain):
             to_checksum_address(created) if created else None,
         )
 
+    # ---- idempotent submission ------------------------------------------------------
+    #: how many times a send or a receipt poll is retried after the connection dropped
+    max_retries = 5
+    retry_backoff = 0.05
+
+    def _submit(self, raw: str, tx_hash: str) -> None:
+        """Hand the signed transaction `raw` (hash `tx_hash`) to the node, exactly once in effect.
+
+        If the connection drops we cannot know whether the node got it: reconnect, look the
+        hash up, and re-send the same bytes only if the node has never seen them. A resend
+        answered with 'already known' / 'nonce too low' means the first copy made it.
+        """
+        resent = False
+        for attempt in range(self.max_retries + 1):
+            try:
+                got = self._rpc("eth_sendRawTransaction", [raw])
+                if isinstance(got, str) and got.lower() != tx_hash.lower():
+                    raise ChainError(f"node returned hash {got} for transaction {tx_hash}")
+                return
+            except NodeUnreachable:
+                if attempt == self.max_retries:
+                    raise
+                self._recover(attempt)
+                if self._sent_or_mined(tx_hash) is not None:
+                    return  # the first copy reached the node before the connection dropped
+                resent = True
+                self.resends += 1
+            except ContractRevert:
+                raise
+            except ChainError as exc:
+                msg = str(exc).lower()
+                if any(s in msg for s in ("already known", "known transaction", "nonce too low",
+                                          "already imported", "already exists")):
+                    # the node has this nonce: ours if it knows our hash, someone else's otherwise
+                    if self._sent_or_mined(tx_hash) is not None:
+                        return
+                    if resent:
+                        raise ChainError(f"transaction {tx_hash} was lost and its nonce used by another "
+                                         "transaction from the same account; nothing was re-signed") from None
+                raise
+
+    def _recover(self, attempt: int) -> None:
+        time.sleep(self.retry_backoff * 2**attempt)
+        self._reconnect()
+
+    def _sent_or_mined(self, tx_hash: str) -> dict | None:
+        """The node's record of `tx_hash` (pending or mined), None if it has never seen it."""
+        for attempt in range(self.max_retries + 1):
+            try:
+                return self._rpc("eth_getTransactionByHash", [tx_hash])
+            except NodeUnreachable:
+                if attempt == self.max_retries:
+                    raise
+                self._recover(attempt)
+        return None
+
     def _wait(self, tx_hash: str) -> dict:
         deadline = time.monotonic() + self.timeout
+        failures = 0
         while True:
-            receipt = self._rpc("eth_getTransactionReceipt", [tx_hash])
+            try:
+                receipt = self._rpc("eth_getTransactionReceipt", [tx_hash])
+            except NodeUnreachable:
+                failures += 1
+                if failures > self.max_retries:
+                    raise
+                self._recover(failures - 1)
+                continue
             if receipt is not None:
                 return receipt
             if time.monotonic() > deadline:

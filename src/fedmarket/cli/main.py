@@ -48,6 +48,10 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed for data split, partition and accounts."),
     rpc: str = typer.Option(None, "--rpc", help="JSON-RPC URL of a development node (anvil) instead of the embedded EVM."),
     validators: int = typer.Option(0, "--validators", help="Staked validators that recompute, score (Shapley) and attest every round."),
+    privacy: str = typer.Option("plain", "--privacy", help="plain, dp_local, secagg or secagg_dp (see docs/privacy.md)."),
+    epsilon: float = typer.Option(8.0, "--epsilon", help="Privacy budget epsilon of the DP modes (delta 1e-5)."),
+    clip_norm: float = typer.Option(1.0, "--clip-norm", help="Per-update L2 clipping norm of the DP modes."),
+    dropout: float = typer.Option(0.0, "--dropout", help="Share of providers that vanish in each round (mid-protocol in secagg)."),
 ) -> None:
     """Run a whole market job: deploy, post a funded job, train, settle, claim; print the settlement."""
     from rich.console import Console
@@ -56,7 +60,7 @@ def demo(
     from ..runner import JobConfig, run_job
 
     cfg = JobConfig(providers=providers, rounds=rounds, dataset=dataset, partition=partition, alpha=alpha, seed=seed,
-                    validators=validators)
+                    validators=validators, privacy=privacy, epsilon=epsilon, clip_norm=clip_norm, dropout=dropout)
     cfg.split()  # every input problem is reported before any work starts
     out = _writable_dir(out)
     console = Console(stderr=True)
@@ -222,3 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# commands defined in their own modules register themselves on `app` when imported
+from . import account as _account, deploy as _deploy  # noqa: F401, I001

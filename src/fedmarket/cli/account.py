@@ -1,0 +1,56 @@
+"""`fedmarket account new|list`: encrypted keystores (see fedmarket.keys). Keys are never printed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from ..errors import KeystoreError
+from ..keys import ENV_KEYSTORE, ENV_PASSWORD, Keystore, password_from_env
+from .main import app
+
+account_app = typer.Typer(no_args_is_help=True, help="Encrypted account keystores (Web3 Secret Storage, scrypt).")
+app.add_typer(account_app, name="account")
+
+KEYSTORE_HELP = f"Keystore directory (default ${ENV_KEYSTORE}, else ~/.fedmarket/keystore)."
+
+
+def prompt_password(what: str, confirm: bool = False) -> str:
+    """${FEDMARKET_PASSWORD}, else a hidden prompt on a terminal; never a command argument."""
+
+    def ask() -> str:
+        if not sys.stdin.isatty():
+            raise KeystoreError(f"no password: set {ENV_PASSWORD} or run in a terminal to be prompted")
+        return typer.prompt(what, hide_input=True, confirmation_prompt=confirm)
+
+    return password_from_env(ask)
+
+
+@account_app.command("new")
+def account_new(
+    name: str = typer.Option(None, "--name", help="Account name (default: 'default', then 'account-N')."),
+    keystore: Path = typer.Option(None, "--keystore", help=KEYSTORE_HELP),
+) -> None:
+    """Create a random account, encrypted with a password; prints its name and address."""
+    store = Keystore(keystore)
+    name = name or store.free_name()
+    if store.path(name).exists():  # path() also validates the name, before any prompt
+        raise KeystoreError(f"account {name!r} already exists in {store.root}")
+    address = store.new(name, prompt_password(f"Password for new account {name!r}", confirm=True))
+    print(f"{name}  {address}")
+    print(f"keystore: {store.path(name)}", file=sys.stderr)
+
+
+@account_app.command("list")
+def account_list(keystore: Path = typer.Option(None, "--keystore", help=KEYSTORE_HELP)) -> None:
+    """Names and addresses of the accounts in the keystore (no password needed)."""
+    store = Keystore(keystore)
+    accounts = store.list()
+    if not accounts:
+        print(f"no accounts in {store.root} (create one with `fedmarket account new`)", file=sys.stderr)
+        return
+    width = max(len(n) for n, _ in accounts)
+    for name, address in accounts:
+        print(f"{name:<{width}}  {address or 'CORRUPT keystore file'}")

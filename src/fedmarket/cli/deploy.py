@@ -1,0 +1,126 @@
+"""`fedmarket node` (a local anvil) and `fedmarket deploy` (the protocol's contracts, to any chain)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from ..errors import ChainError, ConfigError
+from ..market import DEFAULT_FEE_BPS, DEFAULT_UNBONDING_DELAY
+from .account import KEYSTORE_HELP, prompt_password
+from .main import app
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@app.command()
+def node(
+    port: int = typer.Option(8545, "--port", help="Port on 127.0.0.1 (0: any free port)."),
+    block_time: float = typer.Option(None, "--block-time", help="Mine a block every N seconds (default: one per transaction)."),
+) -> None:
+    """Run a local development chain (the npm-pinned anvil, chain id 31337) until Ctrl-C."""
+    import time
+
+    from eth_utils import to_checksum_address
+
+    from ..chain.anvil import AnvilNode
+    from ..keys import DEV_CHAIN_ID
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535 (got {port})")
+    if block_time is not None and block_time <= 0:
+        raise ConfigError(f"--block-time must be positive (got {block_time})")
+    with AnvilNode(port or None, chain_id=DEV_CHAIN_ID, block_time=block_time, fixed_interval=False) as n:
+        accounts = n.rpc("eth_accounts", [])
+        print(f"anvil listening on {n.url} (chain id {DEV_CHAIN_ID})", flush=True)
+        print("pre-funded development accounts (their keys are public: `fedmarket deploy --dev-account I`, "
+              "this chain only):", flush=True)
+        for i, address in enumerate(accounts):
+            print(f"  ({i}) {to_checksum_address(address)}", flush=True)
+        _say("Ctrl-C to stop")
+        try:
+            while n.proc.poll() is None:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            _say("stopping anvil")
+            return
+        raise ChainError(f"anvil exited unexpectedly (code {n.proc.returncode})")
+
+
+@app.command()
+def deploy(
+    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain."),
+    out: Path = typer.Option(Path("addresses.json"), "--out", "-o", help="Where to write the addresses (JSON)."),
+    account: str = typer.Option(None, "--account", help="Deployer: an account of the keystore (password from $FEDMARKET_PASSWORD or a prompt)."),
+    keystore: Path = typer.Option(None, "--keystore", help=KEYSTORE_HELP),
+    dev_account: int = typer.Option(None, "--dev-account", help="Deployer: anvil's public dev account I (chain id 31337 only)."),
+    treasury: str = typer.Option(None, "--treasury", help="Address receiving protocol fees (default: the deployer)."),
+    fee_bps: int = typer.Option(DEFAULT_FEE_BPS, "--fee-bps", help="Protocol fee in basis points (at most 1000)."),
+    unbonding_delay: int = typer.Option(DEFAULT_UNBONDING_DELAY, "--unbonding-delay", help="Seconds before withdrawn stake is released."),
+    token: str = typer.Option(None, "--token", help="Use this existing ERC-20 (with EIP-2612 permit) instead of deploying FedToken."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
+) -> None:
+    """Deploy FedToken, JobMarket, Disputes and ModelLicence; write their addresses, chain id and block."""
+    from eth_utils import is_address, to_checksum_address
+
+    from ..chain.rpc_backend import RpcChain
+    from ..keys import DEV_CHAIN_ID, load_account
+    from ..keys import dev_account as dev_key
+    from ..market import Deployment
+
+    if (account is None) == (dev_account is None):
+        raise ConfigError("give the deployer as exactly one of --account NAME or --dev-account I")
+    if token is not None and not is_address(token):
+        raise ConfigError(f"--token is not an address: {token!r}")
+    if treasury is not None and not is_address(treasury):
+        raise ConfigError(f"--treasury is not an address: {treasury!r}")
+    if not 0 <= fee_bps <= 1000:
+        raise ConfigError(f"--fee-bps must be between 0 and 1000 (got {fee_bps})")
+    if unbonding_delay < 0:
+        raise ConfigError(f"--unbonding-delay must not be negative (got {unbonding_delay})")
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists: choose another --out or pass --force")
+    if not out.parent.is_dir():
+        raise ConfigError(f"directory {out.parent} does not exist")
+
+    chain = RpcChain(rpc)
+    if dev_account is not None:
+        if chain.chain_id != DEV_CHAIN_ID:
+            raise ConfigError(f"--dev-account is only for development chains (chain id {DEV_CHAIN_ID}); "
+                              f"{rpc} has chain id {chain.chain_id}: use --account")
+        deployer = dev_key(dev_account)
+    else:
+        deployer = load_account(account, keystore, prompt=lambda: prompt_password(f"Password for account {account!r}"))
+    balance = int(chain._rpc("eth_getBalance", [deployer.address, "latest"]), 16)
+    if balance == 0:
+        raise ChainError(f"deployer {deployer.address} has no funds for gas on chain {chain.chain_id}")
+    _say(f"deploying from {deployer.address} to chain {chain.chain_id} at {rpc}")
+    existing = None
+    if token is not None:
+        from ..chain import artifacts
+
+        if chain._rpc("eth_getCode", [to_checksum_address(token), "latest"]) in ("0x", "0x0", None):
+            raise ConfigError(f"--token {token} has no code on chain {chain.chain_id}")
+        existing = chain.register(to_checksum_address(token), "FedToken", artifacts.load("FedToken").abi)
+    start = chain.block_number()
+    dep = Deployment.deploy(chain, deployer, to_checksum_address(treasury or deployer.address), fee_bps, unbonding_delay,
+                            token=existing)
+    # the first contract this command created (the token, unless an existing one was given)
+    block = _creation_block(chain, dep.disputes.address if existing else dep.token.address, start + 1)
+    dep.save(out, chain_id=chain.chain_id, block=block, deployer=deployer.address)
+    for key, address in dep.addresses().items():
+        print(f"{key:<9} {address}")
+    print(f"chain id {chain.chain_id}, deployed from block {block}; addresses written to {out}")
+
+
+def _creation_block(chain, address: str, first: int) -> int:
+    """First block from `first` on at which `address` holds code (the deployment's first block)."""
+    last = chain.block_number()
+    for block in range(first, last + 1):
+        if chain._rpc("eth_getCode", [address, hex(block)]) not in ("0x", "0x0", None):
+            return block
+    return last
