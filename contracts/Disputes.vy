@@ -86,6 +86,14 @@ event CensorshipProven:
     challenger: address
 
 
+event ProviderSlashed:
+    job_id: indexed(uint256)
+    provider: indexed(address)
+    attested_stake: uint256
+    total_stake: uint256
+    challenger: address
+
+
 event FraudProven:
     job_id: indexed(uint256)
     round: indexed(uint256)
@@ -123,6 +131,9 @@ RECEIPT_ACK_TYPEHASH: public(constant(bytes32)) = keccak256(
 )
 ATTESTATION_TYPEHASH: public(constant(bytes32)) = keccak256(
     "Attestation(uint256 jobId,uint256 round,bytes32 modelRoot,bytes32 scoresRoot)"
+)
+MISBEHAVIOUR_TYPEHASH: public(constant(bytes32)) = keccak256(
+    "Misbehaviour(uint256 jobId,address provider)"
 )
 
 # @dev The job market this contract judges for.
@@ -306,6 +317,75 @@ def prove_equivocation(
     assert ecdsa._recover_sig(digest_b, signature_b) == validator, "disputes: second signature invalid"
     extcall MARKET.slash(job_id, validator, msg.sender)
     log EquivocationProven(job_id=job_id, round=round, validator=validator, challenger=msg.sender)
+
+
+@view
+@external
+def misbehaviour_digest(job_id: uint256, provider: address) -> bytes32:
+    """
+    @notice EIP-712 digest a validator signs to report a provider's updates as poisoned or free-riding.
+    @param job_id The job.
+    @param provider The reported provider.
+    @return The digest.
+    """
+    return self._misbehaviour_digest(job_id, provider)
+
+
+@view
+@internal
+def _misbehaviour_digest(job_id: uint256, provider: address) -> bytes32:
+    return eip712._hash_typed_data_v4(keccak256(abi_encode(MISBEHAVIOUR_TYPEHASH, job_id, provider)))
+
+
+@external
+@nonreentrant
+def slash_provider(
+    job_id: uint256,
+    provider: address,
+    validators: DynArray[address, MAX_VALIDATORS],
+    signatures: DynArray[Bytes[65], MAX_VALIDATORS],
+):
+    """
+    @notice Slashes a provider that two thirds of the job's validator stake reported, by signed
+            `Misbehaviour(jobId, provider)` statements, as poisoning or free-riding: its job stake
+            is split between the caller and the treasury, and from then on it is no provider of
+            the job (its updates are refused and its reward leaf is zero).
+    @dev Not a proof but a supermajority judgement: validators that sign falsely risk their
+         reputation, and a cartel above two thirds of the stake is outside the trust model.
+    @param job_id The job (training or finalizing).
+    @param provider The reported provider.
+    @param validators Signers, strictly ascending.
+    @param signatures Their EIP-712 signatures, in the same order.
+    """
+    assert len(validators) == len(signatures) and len(validators) > 0, "disputes: bad signature list"
+    state: uint256 = 0
+    aggregator: address = empty(address)
+    current: uint256 = 0
+    rule: uint256 = 0
+    trim: uint256 = 0
+    chunk_size: uint256 = 0
+    total: uint256 = 0
+    state, aggregator, current, rule, trim, chunk_size, total = staticcall MARKET.dispute_terms(job_id)
+    assert state == TRAINING or state == FINALIZING, "disputes: job not disputable"
+    assert total > 0, "disputes: job has no validators"
+    role: uint256 = 0
+    stake: uint256 = 0
+    role, stake = staticcall MARKET.membership(job_id, provider)
+    assert role == ROLE_PROVIDER, "disputes: not a provider of the job"
+    digest: bytes32 = self._misbehaviour_digest(job_id, provider)
+    attested: uint256 = 0
+    prev: uint256 = 0
+    for i: uint256 in range(len(validators), bound=MAX_VALIDATORS):
+        v: address = validators[i]
+        assert convert(v, uint256) > prev, "disputes: validators not ascending"
+        prev = convert(v, uint256)
+        assert ecdsa._recover_sig(digest, signatures[i]) == v, "disputes: bad misbehaviour signature"
+        role, stake = staticcall MARKET.membership(job_id, v)
+        assert role == ROLE_VALIDATOR, "disputes: not a validator of the job"
+        attested += stake
+    assert attested * 3 >= total * 2, "disputes: no validator supermajority"
+    extcall MARKET.slash(job_id, provider, msg.sender)
+    log ProviderSlashed(job_id=job_id, provider=provider, attested_stake=attested, total_stake=total, challenger=msg.sender)
 
 
 # ---------------------------------------------------------------- aggregator faults

@@ -134,6 +134,7 @@ event TrainingStarted:
     job_id: indexed(uint256)
     n_providers: uint256
     round_deadline: uint256
+    seed: bytes32
 
 
 event RoundCommitted:
@@ -144,6 +145,7 @@ event RoundCommitted:
     count: uint256
     metrics_hash: bytes32
     epsilon_spent: uint256
+    next_seed: bytes32
     model_cid: String[128]
 
 
@@ -692,7 +694,8 @@ def start(job_id: uint256):
     deadline: uint256 = block.timestamp + self.jobs[job_id].round_duration
     self.jobs[job_id].state = JobState.TRAINING
     self.jobs[job_id].round_deadline = deadline
-    log TrainingStarted(job_id=job_id, n_providers=n, round_deadline=deadline)
+    # the hash of the previous block seeds round 0's provider selection: fixed now, public to all
+    log TrainingStarted(job_id=job_id, n_providers=n, round_deadline=deadline, seed=block.prevhash)
 
 
 @external
@@ -749,6 +752,7 @@ def submit_round(
         count=count,
         metrics_hash=metrics_hash,
         epsilon_spent=epsilon_spent,
+        next_seed=block.prevhash,
         model_cid=model_cid,
     )
 

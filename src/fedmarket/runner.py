@@ -19,7 +19,7 @@ from .market import DEFAULT_FEE_BPS, Deployment, JobState
 from .protocol.encoding import address_key
 from .roles import Aggregator, Provider, Requester, Validator
 from .roles.common import committed_rounds
-from .roles.validator import submit_attestations
+from .roles.validator import submit_attestations, submit_misbehaviour
 from .spec import EPSILON_SCALE
 from .spec import DataSchema, DeadlineSpec, JobSpec, ParticipationSpec, PrivacySpec, RewardSpec, TrainingSpec
 from .storage import LocalBlobStore, Mailbox
@@ -227,13 +227,21 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
                 if i not in gone:
                     p.unmask(job_id, r)
         gas_per_round.append(aggregator.run_round(job_id, r).gas_used)
-        if validators:  # each validator recomputes and scores the round; quorum gates the next one
+        if validators:  # each validator recomputes, scores and commits; quorum gates the next round
             for v in validators:
                 v.review(job_id, r)
             submit_attestations(dep, mailbox, agg_acct, job_id, r)
+            for v in validators:  # scores are revealed only once every counted commitment is fixed
+                v.reveal(job_id, r)
         tick("rounds", r + 1, cfg.rounds)
 
     # ---- finalizing and settlement ------------------------------------------------------
+    if validators:  # providers a validator supermajority flagged (poisoning, free-riding) are slashed
+        for v in validators:
+            v.report_misbehaviour(job_id)
+        slashed = submit_misbehaviour(dep, mailbox, agg_acct, job_id)
+    else:
+        slashed = []
     aggregator.post_rewards(job_id)
     chain.advance_time(spec.deadlines.challenge_period)
     requester.settle(job_id)
@@ -243,8 +251,8 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
         tick("claims", i + 1, len(providers))
     if agg_stake:
         aggregator.release_stake(job_id)
-    for v in validators:
-        dep.market.transact("release_stake", job_id, v.address, sender=v.account)
+    for v in validators:  # a validator's leaf returns its stake and moves its reputation
+        v.claim(job_id)
     dep.licence.transact("mint", job_id, sender=req_acct)  # the trained model becomes the requester's NFT
 
     # ---- what the chain says ------------------------------------------------------------
@@ -297,9 +305,11 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
         "validators": len(validators),
         "attested_rounds": sum(bool(dep.disputes.call("has_quorum", job_id, r)) for r in range(cfg.rounds)) if validators else 0,
         "model_token_owner": dep.licence.call("ownerOf", job_id),
-        "conserved": escrow == paid + fee + refunded
+        "slashed_providers": [r.event("ProviderSlashed")["provider"] for r in slashed],
+        # every token of the escrow (and of any slashed stake) is accounted for on some watched account
+        "conserved": escrow == paid + fee + refunded + aggregator_delta + validators_delta
         and market_left == 0
-        and aggregator_delta == 0
+        and (aggregator_delta == 0 if not slashed else aggregator_delta > 0)
         and validators_delta == 0
         and job["state"] == JobState.SETTLED,
         "settlement": settlement,

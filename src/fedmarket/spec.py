@@ -144,16 +144,39 @@ class RewardSpec(_Strict):
     licence_price: int = Field(default=0, ge=0)
 
 
+MAX_ROUND_UPDATES = 128  # what one fraud proof can carry (JobMarket.MAX_ROUND_UPDATES)
+
+
 class ParticipationSpec(_Strict):
+    """Who takes part. ``per_round`` > 0 selects that many providers each round from a public
+    seed (a block hash fixed when the previous round was committed), so anyone can check who was
+    picked; 0 takes every provider every round (at most 128, what one fraud proof carries)."""
+
     min_providers: int = Field(ge=1)
     max_providers: int = Field(ge=1, le=1_000_000)
     max_validators: int = Field(default=0, ge=0, le=32)
+    per_round: int = Field(default=0, ge=0, le=MAX_ROUND_UPDATES)
 
     @model_validator(mode="after")
     def _order(self) -> "ParticipationSpec":
         if self.min_providers > self.max_providers:
             raise ValueError("min_providers must not exceed max_providers")
+        if self.per_round == 0 and self.max_providers > MAX_ROUND_UPDATES:
+            raise ValueError(f"jobs of more than {MAX_ROUND_UPDATES} providers must select per_round providers each round")
         return self
+
+    def round_size(self, joined: int) -> int:
+        """Providers a round takes out of ``joined``."""
+        return joined if self.per_round == 0 else min(self.per_round, joined)
+
+
+class QualitySpec(_Strict):
+    """Quality gate: validators attest the final model's accuracy on their held-out data; if the
+    stake-weighted median misses ``target_accuracy``, only ``miss_payout_bps`` of the reward pool
+    is paid and the rest returns to the requester."""
+
+    target_accuracy: float | None = Field(default=None, gt=0, le=1)
+    miss_payout_bps: int = Field(default=5_000, ge=0, le=10_000)
 
 
 class DeadlineSpec(_Strict):
@@ -195,6 +218,7 @@ class JobSpec(_Strict):
     participation: ParticipationSpec
     deadlines: DeadlineSpec = DeadlineSpec()
     quantization: QuantizationSpec = QuantizationSpec()
+    quality: QualitySpec = QualitySpec()
 
     @model_validator(mode="after")
     def _strategy(self) -> "JobSpec":
@@ -206,6 +230,10 @@ class JobSpec(_Strict):
             raise ValueError(f"privacy mode {self.privacy.mode} sums masked updates, so it needs strategy fedavg, not {self.strategy}")
         if self.privacy.secure and self.participation.min_providers < 3:
             raise ValueError("secure aggregation needs min_providers >= 3 (with two, each learns the other's update from the sum)")
+        if self.quality.target_accuracy is not None and self.participation.max_validators < 1:
+            raise ValueError("a quality gate needs validators to attest the accuracy (max_validators >= 1)")
+        if self.privacy.secure and 0 < self.participation.per_round < 3:
+            raise ValueError("secure aggregation needs per_round >= 3")
         if self.privacy.dp and self.privacy.noise_multiplier is not None:
             from .privacy.accountant import epsilon_for
 

@@ -420,3 +420,74 @@ def test_equivocation_after_release_takes_unbonding_stake(mk):
                               b.model_root, b.scores_root, sign(b, v, dep), sender=out)
     assert r.event("StakeSlashed")["amount"] == VAL_STAKE
     assert dep.market.call("unbonding", v.address, Role.VALIDATOR)["amount"] == 0
+
+
+# ---------------------------------------------------------------- validator supermajority against a provider
+
+
+def _reports(mk, job, provider, idx):
+    from fedmarket.protocol.receipts import Misbehaviour
+
+    vals = sorted((mk.w["validators"][i] for i in idx), key=lambda a: address_key(a.address))
+    return [v.address for v in vals], [sign(Misbehaviour(job, provider), v, mk.dep) for v in vals]
+
+
+def test_misbehaviour_digest_matches_the_contract(mk):
+    from fedmarket.protocol.receipts import Misbehaviour
+
+    p = mk.w["providers"][0].address
+    assert Misbehaviour(7, p).digest(mk.dep.chain_id, mk.dep.disputes.address) == mk.dep.disputes.call("misbehaviour_digest", 7, p)
+
+
+def test_a_provider_is_slashed_only_by_two_thirds_of_the_validator_stake(mk):
+    job, _ = _validated_job(mk)  # stakes 50, 50, 100: validator 2 alone holds half
+    dep, out, d = mk.dep, mk.w["outsider"], mk.dep.disputes
+    target = mk.w["providers"][0].address
+    vals, sigs = _reports(mk, job, target, [2])
+    with pytest.raises(ContractRevert, match="no validator supermajority"):
+        d.transact("slash_provider", job, target, vals, sigs, sender=out)
+    vals, sigs = _reports(mk, job, target, [0, 1])
+    with pytest.raises(ContractRevert, match="no validator supermajority"):
+        d.transact("slash_provider", job, target, vals, sigs, sender=out)
+    vals, sigs = _reports(mk, job, target, [0, 2])
+    with pytest.raises(ContractRevert, match="validators not ascending"):
+        d.transact("slash_provider", job, target, vals[::-1], sigs[::-1], sender=out)
+    with pytest.raises(ContractRevert, match="bad misbehaviour signature"):
+        d.transact("slash_provider", job, target, vals, sigs[::-1], sender=out)
+    with pytest.raises(ContractRevert, match="bad signature list"):
+        d.transact("slash_provider", job, target, vals, sigs[:1], sender=out)
+    other, osigs = _reports(mk, job, mk.w["providers"][1].address, [0, 2])
+    with pytest.raises(ContractRevert, match="bad misbehaviour signature"):  # signed about someone else
+        d.transact("slash_provider", job, target, other, osigs, sender=out)
+    with pytest.raises(ContractRevert, match="not a provider of the job"):
+        d.transact("slash_provider", job, out.address, *_reports(mk, job, out.address, [0, 2]), sender=out)
+    o_before, t_before = dep.balance(out.address), dep.balance(mk.w["treasury"].address)
+    r = d.transact("slash_provider", job, target, vals, sigs, sender=out)
+    assert r.event("ProviderSlashed")["attested_stake"] == 3 * VAL_STAKE
+    stake = dep.job(job)["provider_stake"]
+    assert dep.balance(out.address) - o_before == stake // 2
+    assert dep.balance(mk.w["treasury"].address) - t_before == stake - stake // 2
+    assert not dep.market.call("is_provider", job, target)  # its later updates are refused
+    with pytest.raises(ContractRevert, match="not a provider of the job"):  # once
+        d.transact("slash_provider", job, target, vals, sigs, sender=out)
+
+
+def test_no_provider_slashing_without_validators_or_outside_training(mk):
+    job = mk.training()
+    p = mk.w["providers"][0].address
+    with pytest.raises(ContractRevert, match="job has no validators"):
+        mk.dep.disputes.transact("slash_provider", job, p, [mk.w["validators"][0].address], [b"\x00" * 65],
+                                 sender=mk.w["outsider"])
+    open_job = mk.post(max_validators=3)
+    with pytest.raises(ContractRevert, match="job not disputable"):
+        mk.dep.disputes.transact("slash_provider", open_job, p, *_reports(mk, open_job, p, [0]), sender=mk.w["outsider"])
+
+
+def test_round_seeds_are_public_block_hashes(mk):
+    job = mk.post(min_providers=2, max_providers=2)
+    mk.accept(job)
+    mk.join(job, 0)
+    mk.join(job, 1)
+    started = mk.m.transact("start", job, sender=mk.w["aggregator"]).event("TrainingStarted")
+    committed = mk.commit(job, 0).event("RoundCommitted")
+    assert started["seed"] != ZERO32 and committed["next_seed"] != ZERO32 and started["seed"] != committed["next_seed"]

@@ -3,7 +3,6 @@ the aggregator is slashed, the job fails with a full refund, and every balance i
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from fedmarket.fl.data import load_dataset, subset

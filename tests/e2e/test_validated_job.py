@@ -25,12 +25,22 @@ def test_validators_attest_every_round_and_money_is_conserved(tmp_path):
         assert ev["scores_root"] != b"\x00" * 32
     docs = [json.loads(store.get(cid)) for cid in _scores_cids(tmp_path)]
     assert len(docs) == 4 and all(len(d["scores"]) == 4 and d["method"] == "exact" for d in docs)
+    # the reward root follows the validators' scores, and both validators revealed in consensus
+    posted = dep.market.events("RewardRootPosted", job_id=job)[-1]
+    rewards = json.loads(store.get(posted["rewards_cid"]))
+    assert rewards["basis"].startswith("validator scores")
+    providers = [l for l in rewards["leaves"] if l["weight"] > 0]
+    assert len(providers) == 4 and all(int(l["amount"]) > 0 for l in providers)
+    assert sorted(int(l["amount"]) for l in providers) != [int(providers[0]["amount"])] * 4  # not an equal split
+    validator_leaves = [l for l in rewards["leaves"] if l["weight"] == 0]
+    assert [l["reputation_delta"] for l in validator_leaves] == [2, 2]
+    assert all(dep.market.call("reputation", l["account"]) == 2 for l in validator_leaves)
 
 
 def _scores_cids(workdir):
     out = []
     for topic in (workdir / "mailbox").iterdir():
-        if topic.name.endswith("-attestations"):
+        if topic.name.endswith("-reveals"):
             for msg in topic.iterdir():
                 if not msg.name.startswith("."):
                     out.append(json.loads(msg.read_bytes())["scores_cid"])

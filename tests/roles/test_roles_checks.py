@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -73,11 +72,13 @@ def test_aggregator_rejects_forged_tampered_and_outsider_updates(market):
     # 3. a provider that never joined, properly signed
     outsider = Provider(dep, world["providers"][1], store, box, providers[1].X, providers[1].y)
     outsider._specs[job] = load_spec(dep, store, job)
-    outsider.train(job, 0)
+    assert outsider.train(job, 0) is None  # not picked for the round: an honest client sends nothing
+    spec = load_spec(dep, store, job)
+    outsider._post_update(spec, job, 0, np.ones(spec.n_params, dtype=np.int64), outsider.n_samples, 0.0)  # sends anyway
     updates, rejected = agg.collect(job, 0, load_spec(dep, store, job))
     assert [u.provider for u in updates] == [providers[0].address]
     reasons = " | ".join(r["reason"] for r in rejected)
-    assert "not by" in reasons and "did not join" in reasons
+    assert "not by" in reasons and "never joined" in reasons
     assert "entries, expected" in reasons or "does not match its signed root" in reasons
     receipt = agg.run_round(job, 0)
     assert receipt.event("RoundCommitted")["count"] == 1

@@ -101,7 +101,7 @@ def test_all_strata_exact_gives_exact_shapley(n):
     np.testing.assert_allclose(est.values, exact_shapley(table_game(n, 5)), atol=1e-12)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=10, deadline=None, derandomize=True)  # a statistical bound: the same seeds every run
 @given(seed=st.integers(0, 1000))
 def test_no_truncation_and_many_batches_converge_to_exact(seed):
     u = table_game(6, seed)

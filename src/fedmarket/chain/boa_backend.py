@@ -31,6 +31,7 @@ class BoaChain(Chain):
         self._tx_counter = itertools.count(1)
         self.chain_id = int(self.env.evm.chain.chain_id)
         self._snapshot_depth = 0
+        self._hashes: list[bytes] = []  # hashes of the latest blocks, newest first (what BLOCKHASH sees)
 
     def _begin_transaction(self) -> None:
         """Start a transaction as a real chain does: storage and accounts cold again, and the
@@ -67,7 +68,19 @@ class BoaChain(Chain):
             logs.append(entry)
             self._logs.append((*entry, block))
         tx_hash = f"boa-{next(self._tx_counter)}"
+        self._seal_block(data)
         return RawReceipt(tx_hash, block, used, logs, None if address is None else str(address))
+
+    def _seal_block(self, payload: bytes) -> None:
+        """Give the block just mined a hash (keccak of its parent's hash, number, time and payload)
+        and make it what BLOCKHASH / block.prevhash return from the next block on, as on a node."""
+        from eth_utils import keccak
+
+        patch = self.env.evm.patch
+        parent = self._hashes[0] if self._hashes else keccak(b"fedmarket embedded chain genesis")
+        sealed = keccak(parent + int(patch.block_number).to_bytes(32, "big") + int(patch.timestamp).to_bytes(32, "big") + payload)
+        self._hashes = [sealed, *self._hashes[:255]]
+        patch.prev_hashes = tuple(self._hashes)
 
     def _call(self, to: str, data: bytes, sender: str | None = None) -> bytes:
         comp = self.env.execute_code(to_address=to, sender=sender, data=data, is_modifying=False)
@@ -98,13 +111,14 @@ class BoaChain(Chain):
         """Mine one empty block `seconds` after the latest."""
         self.env.evm.patch.timestamp += int(seconds)
         self.env.evm.patch.block_number += 1
+        self._seal_block(b"")
 
     @contextlib.contextmanager
     def snapshot(self):
         """Context manager: state, time, blocks and logs made inside it are rolled back on exit."""
         n_logs = len(self._logs)
         patch = self.env.evm.patch
-        block, ts = patch.block_number, patch.timestamp
+        block, ts, hashes = patch.block_number, patch.timestamp, list(self._hashes)
         self._snapshot_depth += 1
         try:
             with self.env.anchor():
@@ -113,6 +127,8 @@ class BoaChain(Chain):
             self._snapshot_depth -= 1
             del self._logs[n_logs:]
             patch.block_number, patch.timestamp = block, ts
+            self._hashes = hashes
+            patch.prev_hashes = tuple(hashes)
 
 
 def _revert_data(comp) -> bytes:

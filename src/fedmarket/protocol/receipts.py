@@ -32,6 +32,10 @@ _TYPES = {
         {"name": "modelRoot", "type": "bytes32"},
         {"name": "scoresRoot", "type": "bytes32"},
     ],
+    "Misbehaviour": [
+        {"name": "jobId", "type": "uint256"},
+        {"name": "provider", "type": "address"},
+    ],
 }
 
 
@@ -112,6 +116,18 @@ class Attestation(_Typed):
 
     def message(self) -> dict:
         return {"jobId": self.job_id, "round": self.round, "modelRoot": self.model_root, "scoresRoot": self.scores_root}
+
+
+@dataclass(frozen=True)
+class Misbehaviour(_Typed):
+    """A validator's report that a provider's updates were poisoned or free-riding (Disputes.slash_provider)."""
+
+    TYPE = "Misbehaviour"
+    job_id: int
+    provider: str
+
+    def message(self) -> dict:
+        return {"jobId": self.job_id, "provider": self.provider}
 
 
 _PERMIT_TYPES = {

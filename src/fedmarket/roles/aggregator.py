@@ -23,14 +23,14 @@ from ..protocol.receipts import ReceiptAck, UpdateReceipt
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
 from . import secure_round as sr
+from .settlement import reward_document
 from .common import (
     committed_rounds,
     epsilon_after_round,
-    fetch_metrics,
     global_model,
     load_spec,
     metrics_digest,
-    pro_rata_leaves,
+    round_providers,
     round_topic,
 )
 
@@ -87,12 +87,13 @@ class Aggregator:
         return self.dep.market.transact("release_stake", job_id, self.account.address, sender=self.account)
 
     def collect(self, job_id: int, round_: int, spec: JobSpec) -> tuple[list[Update], list[dict]]:
-        """Every valid update posted for the round (one per provider), and the rejected ones with reasons."""
+        """Every valid update posted for the round (one per selected provider), and the rejected ones with reasons."""
         accepted: dict[str, Update] = {}
         rejected: list[dict] = []
+        selected = set(round_providers(self.dep, spec, job_id, round_))
         for raw in self.mailbox.read(round_topic(job_id, round_)):
             try:
-                upd = self._verify(raw, job_id, round_, spec)
+                upd = self._verify(raw, job_id, round_, spec, selected)
             except (FedMarketError, ValueError, KeyError, TypeError) as exc:
                 rejected.append({"reason": str(exc)})
                 continue
@@ -101,7 +102,13 @@ class Aggregator:
                 continue
             accepted[upd.provider] = upd
         updates = [accepted[p] for p in sorted(accepted, key=address_key)]
-        for u in updates:  # countersign: from now on, leaving this update out is provable
+        if not spec.privacy.secure:  # a secure round acknowledges only its survivors (secure_survivors)
+            self.acknowledge(job_id, round_, updates)
+        return updates, rejected
+
+    def acknowledge(self, job_id: int, round_: int, updates: list[Update]) -> None:
+        """Countersign each update's receipt: from now on, leaving one of them out is provable censorship."""
+        for u in updates:
             ack = ReceiptAck(job_id, round_, u.provider, u.update_root, u.weight)
             sig = ack.sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
             self.mailbox.post(
@@ -109,9 +116,8 @@ class Aggregator:
                 canonical_json({"provider": u.provider, "update_root": "0x" + u.update_root.hex(),
                                 "weight": u.weight, "signature": "0x" + sig.hex()}),
             )
-        return updates, rejected
 
-    def _verify(self, raw: bytes, job_id: int, round_: int, spec: JobSpec) -> Update:
+    def _verify(self, raw: bytes, job_id: int, round_: int, spec: JobSpec, selected: set[str]) -> Update:
         msg = json.loads(raw)
         if msg["job_id"] != job_id or msg["round"] != round_:
             raise FedMarketError("receipt for another job or round")
@@ -127,7 +133,9 @@ class Aggregator:
         if signer != msg["provider"]:
             raise FedMarketError(f"receipt signed by {signer}, not by {msg['provider']}")
         if not self.dep.market.call("is_provider", job_id, signer):
-            raise FedMarketError(f"{signer} did not join job {job_id}")
+            raise FedMarketError(f"{signer} is not a provider of job {job_id} (never joined, or slashed)")
+        if signer not in selected:
+            raise FedMarketError(f"{signer} was not selected for round {round_}")
         try:
             q = decode_vector(self.store.get(msg["update_cid"]), spec.n_params)
         except StorageError as exc:
@@ -143,7 +151,7 @@ class Aggregator:
         spec = load_spec(self.dep, self.store, job_id)
         if not spec.privacy.secure:
             raise FedMarketError(f"job {job_id} does not use secure aggregation")
-        members = sr.participants(self.dep, job_id)
+        members = sr.participants(self.dep, spec, job_id, round_)
         cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
         updates, _ = self.collect(job_id, round_, spec)
         shared = sr.share_lists(self.mailbox.read(sr.topic(job_id, round_, "shares")), members)
@@ -156,6 +164,7 @@ class Aggregator:
             )
         self.mailbox.post(sr.topic(job_id, round_, "survivors"),
                           sr.survivors_message(self.account.key, self.address, sorted(shared), survivors))
+        self.acknowledge(job_id, round_, [u for u in updates if uid[u.provider] in set(survivors)])
         return survivors
 
     @property
@@ -164,7 +173,7 @@ class Aggregator:
 
     def _secure_round(self, job_id: int, round_: int, spec: JobSpec, updates: list[Update]) -> tuple[list[Update], np.ndarray, dict]:
         """Unmask a secure round: (its survivors' masked updates, the mask correction, the transcript document)."""
-        members = sr.participants(self.dep, job_id)
+        members = sr.participants(self.dep, spec, job_id, round_)
         cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
         mine = [sr.opened(raw, "aggregator") for raw in self.mailbox.read(sr.topic(job_id, round_, "survivors"))]
         mine = [m for m in mine if m["aggregator"] == self.address]
@@ -249,16 +258,24 @@ class Aggregator:
         return q_global + sr.secure_mean([u.q for u in updates], corr, [u.weight for u in updates])
 
     def reward_leaves(self, job_id: int, spec: JobSpec) -> list[dict]:
-        """Every joined provider's reward leaf, from the committed rounds' metrics documents."""
-        docs = [fetch_metrics(self.store, c) for c in committed_rounds(self.dep, job_id)]
-        joined = [e["provider"] for e in self.dep.market.events("ProviderJoined", job_id=job_id)]
-        return pro_rata_leaves(joined, docs, spec.reward.escrow, int(self.dep.market.call("FEE_BPS")))
+        """Every participant's reward leaf (see roles.settlement), from the committed rounds and the
+        validators' revealed scores."""
+        return self.rewards_document(job_id, spec)["leaves"]
+
+    def rewards_document(self, job_id: int, spec: JobSpec) -> dict:
+        reveals: dict[int, list[str]] = {}
+        for c in committed_rounds(self.dep, job_id):
+            for raw in self.mailbox.read(round_topic(job_id, c.round) + "-reveals"):
+                try:
+                    reveals.setdefault(c.round, []).append(json.loads(raw)["scores_cid"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return reward_document(self.dep, self.store, job_id, spec, reveals)
 
     def post_rewards(self, job_id: int) -> Receipt:
-        """After the last round: publish every reward leaf and commit their Merkle root."""
+        """After the last round: publish the rewards document and commit the root of its leaves."""
         spec = load_spec(self.dep, self.store, job_id)
-        leaves = self.reward_leaves(job_id, spec)
-        tree = reward_tree(leaves)
-        total = sum(int(l["amount"]) for l in leaves)
-        cid = self.store.put(canonical_json({"job_id": job_id, "leaves": leaves, "total": str(total)}))
-        return self.dep.market.transact("post_rewards", job_id, tree.root, total, cid, sender=self.account)
+        doc = self.rewards_document(job_id, spec)
+        tree = reward_tree(doc["leaves"])
+        cid = self.store.put(canonical_json(doc))
+        return self.dep.market.transact("post_rewards", job_id, tree.root, int(doc["total"]), cid, sender=self.account)

@@ -13,7 +13,7 @@ from ..protocol.proofs import RoundUpdate, reward_tree, updates_tree
 from ..protocol.receipts import UpdateReceipt
 from ..spec import JobSpec
 from ..storage import BlobStore
-from .common import CommittedRound, committed_rounds, fetch_metrics, fetch_model, load_spec, pro_rata_leaves
+from .common import CommittedRound, committed_rounds, fetch_metrics, fetch_model, load_spec
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Auditor:
         from . import secure_round as sr
 
         doc = fetch_metrics(self.store, committed)
-        members = sr.participants(self.dep, job_id)
+        members = sr.participants(self.dep, spec, job_id, committed.round)
         cfg = sr.round_config(self.dep, spec, job_id, committed.round, len(members))
         uid = {p: i for i, p in enumerate(members)}
         try:
@@ -133,6 +133,13 @@ class Auditor:
             problem = self._check_unmasking(spec, job_id, committed, updates, corr)
             if problem:
                 return RoundCheck(committed.round, False, problem, None, committed.count), model
+        from .common import round_providers
+
+        picked = set(round_providers(self.dep, spec, job_id, committed.round))
+        strangers = [u.provider for u in updates if u.provider not in picked]
+        if strangers:
+            return RoundCheck(committed.round, False, f"update from {strangers[0]}, not selected for the round by its seed",
+                              None, committed.count), model
         if spec.privacy.dp and any(u.weight != 1 for u in updates):
             return RoundCheck(committed.round, False, "a DP round aggregated an update with weight other than 1", None, committed.count), model
         try:
@@ -163,8 +170,17 @@ class Auditor:
         return report
 
     def _check_rewards(self, report: AuditReport, spec: JobSpec, job_id: int, docs: list[dict], posted) -> None:
-        joined = [e["provider"] for e in self.dep.market.events("ProviderJoined", job_id=job_id)]
-        expected = pro_rata_leaves(joined, docs, spec.reward.escrow, int(self.dep.market.call("FEE_BPS")))
+        import json
+
+        from .settlement import reward_document
+
+        try:
+            published = json.loads(self.store.get(posted["rewards_cid"]))
+            reveals = {int(r): list(cids) for r, cids in published.get("reveals", {}).items()}
+        except (FedMarketError, ValueError, TypeError, AttributeError):
+            report.rewards_ok, report.rewards_problem = False, "the rewards document is missing or malformed"
+            return
+        expected = reward_document(self.dep, self.store, job_id, spec, reveals)["leaves"]
         tree = reward_tree(expected)
         if tree.root != posted["reward_root"]:
             report.rewards_ok, report.rewards_problem = False, "reward root differs from the one re-derived from the rounds"

@@ -79,6 +79,37 @@ def committed_rounds(dep: Deployment, job_id: int) -> list[CommittedRound]:
     return sorted(rounds, key=lambda r: r.round)
 
 
+def round_seed(dep: Deployment, job_id: int, round_: int) -> bytes:
+    """The public seed of round `round_`'s provider selection, as the market fixed it on chain."""
+    if round_ == 0:
+        started = dep.market.events("TrainingStarted", job_id=job_id)
+        if not started:
+            raise FedMarketError(f"job {job_id} has not started training")
+        return started[0]["seed"]
+    prev = [e for e in dep.market.events("RoundCommitted", job_id=job_id) if e["round"] == round_ - 1]
+    if not prev:
+        raise FedMarketError(f"job {job_id} has not committed round {round_ - 1}")
+    return prev[0]["next_seed"]
+
+
+def joined_providers(dep: Deployment, job_id: int) -> list[str]:
+    """Every provider that joined the job, in address order."""
+    from ..protocol.encoding import address_key
+
+    return sorted({e["provider"] for e in dep.market.events("ProviderJoined", job_id=job_id)}, key=address_key)
+
+
+def round_providers(dep: Deployment, spec: JobSpec, job_id: int, round_: int) -> list[str]:
+    """The providers selected for round `round_` (all joined ones unless the spec sets per_round), in address order."""
+    from ..protocol.selection import select
+
+    members = joined_providers(dep, job_id)
+    k = spec.participation.per_round
+    if k == 0:
+        return members
+    return select(round_seed(dep, job_id, round_), job_id, round_, members, k)
+
+
 def fetch_model(store: BlobStore, spec: JobSpec, committed: CommittedRound) -> np.ndarray:
     """The quantized global model a round committed, verified against its model root."""
     q = decode_vector(store.get(committed.model_cid), spec.n_params)
@@ -154,3 +185,30 @@ def pro_rata_leaves(joined: list[str], round_docs: list[dict], escrow: int, fee_
         }
         for i, acct in enumerate(sorted(set(joined), key=address_key))
     ]
+
+
+def reward_leaf(dep: Deployment, store: BlobStore, account: str, job_id: int) -> tuple[dict, list[bytes]]:
+    """`account`'s reward leaf and Merkle proof, rebuilt from the published rewards document."""
+    from ..protocol.proofs import reward_tree
+
+    posted = dep.market.events("RewardRootPosted", job_id=job_id)
+    if not posted:
+        raise FedMarketError(f"job {job_id} has no reward root yet")
+    ev = posted[-1]
+    leaves = json.loads(store.get(ev["rewards_cid"]))["leaves"]
+    tree = reward_tree(leaves)
+    if tree.root != ev["reward_root"]:
+        raise ProtocolViolation(f"job {job_id}: rewards document does not match the posted reward root")
+    for leaf in leaves:
+        if leaf["account"] == account:
+            return leaf, tree.proof(leaf["index"])
+    raise FedMarketError(f"{account} has no reward leaf in job {job_id}")
+
+
+def claim_reward(dep: Deployment, store: BlobStore, account, job_id: int):
+    """Claim `account`'s leaf: reward, stake release and reputation change in one transaction."""
+    leaf, proof = reward_leaf(dep, store, account.address, job_id)
+    return dep.market.transact(
+        "claim", job_id, leaf["index"], account.address, int(leaf["amount"]), int(leaf["reputation_delta"]), proof,
+        sender=account,
+    )

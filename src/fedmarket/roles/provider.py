@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 
 import numpy as np
@@ -16,12 +15,11 @@ from ..market import Deployment
 from ..privacy.dp import distributed_gaussian, local_gaussian
 from ..privacy.secagg import SecAggClient, SecAggConfig
 from ..protocol.encoding import canonical_json, encode_vector, vector_root
-from ..protocol.proofs import reward_tree
 from ..protocol.receipts import UpdateReceipt, permit_signature
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
 from . import secure_round as sr
-from .common import ProtocolViolation, global_model, load_spec, round_topic
+from .common import ProtocolViolation, claim_reward, global_model, load_spec, reward_leaf, round_providers, round_topic
 
 
 class Provider:
@@ -35,7 +33,7 @@ class Provider:
         self.X = np.asarray(X)
         self.y = np.asarray(y)
         self._specs: dict[int, JobSpec] = {}
-        self._members_of: dict[int, list[str]] = {}
+        self._members_of: dict[tuple[int, int], list[str]] = {}
         self._clients: dict[tuple[int, int], tuple[SecAggClient, SecAggConfig]] = {}
 
     @property
@@ -91,7 +89,7 @@ class Provider:
         # secagg_dp: this provider's share of noise of std 2 z C on the sum of at least min_survivors updates
         return quantize(distributed_gaussian(delta, p.clip_norm, 2 * spec.noise_multiplier(), min_survivors, rng)), 1
 
-    def train(self, job_id: int, round_: int) -> dict:
+    def train(self, job_id: int, round_: int) -> dict | None:
         """Train one round from the committed global model and post a signed receipt of the update.
 
         In the secure-aggregation modes this is phase 3 (the masked update); call
@@ -101,11 +99,13 @@ class Provider:
         next_round, q_global = global_model(self.dep, self.store, spec, job_id)
         if next_round != round_:
             raise FedMarketError(f"job {job_id} is at round {next_round}, not {round_}")
+        if not self.selected(job_id, round_):
+            return None  # not picked this round: nothing leaves this machine
         delta, loss = self._local_delta(spec, job_id, round_, q_global)
         if spec.privacy.secure:
             client, cfg = self._client(job_id, round_)
             q, weight = self._released(spec, delta, cfg.min_survivors)
-            shares = sr.share_lists(self.mailbox.read(sr.topic(job_id, round_, "shares")), self._members(job_id))
+            shares = sr.share_lists(self.mailbox.read(sr.topic(job_id, round_, "shares")), self._members(job_id, round_))
             incoming = [s for lst in shares.values() for s in lst if s.dst == client.uid]
             masked = client.masked_input(q.astype(np.int64) * np.int64(weight), incoming)
             q_out = np.frombuffer(masked.data, dtype=np.uint64).view(np.int64)
@@ -133,10 +133,16 @@ class Provider:
 
     # ---- secure aggregation (privacy modes secagg and secagg_dp) ---------------------------
 
-    def _members(self, job_id: int) -> list[str]:
-        if job_id not in self._members_of:
-            self._members_of[job_id] = sr.participants(self.dep, job_id)
-        return self._members_of[job_id]
+    def _members(self, job_id: int, round_: int) -> list[str]:
+        key = (job_id, round_)
+        if key not in self._members_of:
+            self._members_of = {k: v for k, v in self._members_of.items() if k[0] != job_id}
+            self._members_of[key] = sr.participants(self.dep, self.inspect(job_id), job_id, round_)
+        return self._members_of[key]
+
+    def selected(self, job_id: int, round_: int) -> bool:
+        """Whether the round's public seed picked this provider (always, without per-round selection)."""
+        return self.address in round_providers(self.dep, self.inspect(job_id), job_id, round_)
 
     def _client(self, job_id: int, round_: int) -> tuple[SecAggClient, SecAggConfig]:
         key = (job_id, round_)
@@ -144,9 +150,9 @@ class Provider:
             spec = self.inspect(job_id)
             if not spec.privacy.secure:
                 raise FedMarketError(f"job {job_id} does not use secure aggregation")
-            members = self._members(job_id)
+            members = self._members(job_id, round_)
             if self.address not in members:
-                raise FedMarketError(f"{self.address} did not join job {job_id}")
+                raise FedMarketError(f"{self.address} is not selected for round {round_} of job {job_id}")
             cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
             uid = members.index(self.address)
             self._clients = {k: v for k, v in self._clients.items() if k[0] != job_id}  # one live round per job
@@ -154,19 +160,25 @@ class Provider:
         return self._clients[key]
 
     def advertise(self, job_id: int, round_: int) -> None:
-        """Secure phase 1: post this round's signed public keys."""
+        """Secure phase 1: post this round's signed public keys (nothing if not selected)."""
+        if not self.selected(job_id, round_):
+            return
         client, _ = self._client(job_id, round_)
         self.mailbox.post(sr.topic(job_id, round_, "keys"), sr.keys_message(self.account.key, self.address, client.advertise()))
 
     def share(self, job_id: int, round_: int) -> None:
         """Secure phase 2: Shamir-share this round's secrets among the neighbours that advertised keys."""
+        if not self.selected(job_id, round_):
+            return
         client, _ = self._client(job_id, round_)
-        keys = sr.advertised(self.mailbox.read(sr.topic(job_id, round_, "keys")), self._members(job_id))
+        keys = sr.advertised(self.mailbox.read(sr.topic(job_id, round_, "keys")), self._members(job_id, round_))
         shares = client.share_keys(keys)
         self.mailbox.post(sr.topic(job_id, round_, "shares"), sr.shares_message(self.account.key, self.address, client.uid, shares))
 
     def unmask(self, job_id: int, round_: int) -> None:
         """Secure phase 4: answer the aggregator's (signed) survivor set with this provider's shares."""
+        if not self.selected(job_id, round_):
+            return
         client, _ = self._client(job_id, round_)
         job = self.dep.job(job_id)
         posted = [sr.opened(raw, "aggregator") for raw in self.mailbox.read(sr.topic(job_id, round_, "survivors"))]
@@ -178,24 +190,8 @@ class Provider:
 
     def reward_leaf(self, job_id: int) -> tuple[dict, list[bytes]]:
         """This provider's reward leaf and Merkle proof, rebuilt from the published rewards document."""
-        posted = self.dep.market.events("RewardRootPosted", job_id=job_id)
-        if not posted:
-            raise FedMarketError(f"job {job_id} has no reward root yet")
-        ev = posted[-1]
-        doc = json.loads(self.store.get(ev["rewards_cid"]))
-        leaves = doc["leaves"]
-        tree = reward_tree(leaves)
-        if tree.root != ev["reward_root"]:
-            raise ProtocolViolation(f"job {job_id}: rewards document does not match the posted reward root")
-        for leaf in leaves:
-            if leaf["account"] == self.address:
-                return leaf, tree.proof(leaf["index"])
-        raise FedMarketError(f"{self.address} has no reward leaf in job {job_id}")
+        return reward_leaf(self.dep, self.store, self.address, job_id)
 
     def claim(self, job_id: int) -> Receipt:
-        """Claim the reward, release the job stake to free stake and apply the reputation change, in one transaction."""
-        leaf, proof = self.reward_leaf(job_id)
-        return self.dep.market.transact(
-            "claim", job_id, leaf["index"], self.address, int(leaf["amount"]), int(leaf["reputation_delta"]), proof,
-            sender=self.account,
-        )
+        """Claim the reward, release the job stake and apply the reputation change, in one transaction."""
+        return claim_reward(self.dep, self.store, self.account, job_id)

@@ -41,9 +41,9 @@ from ..privacy.secagg import (
     UnmaskResponse,
     neighbour_graph,
 )
-from ..protocol.encoding import address_key, canonical_json
+from ..protocol.encoding import canonical_json
 from ..spec import JobSpec
-from .common import round_topic
+from .common import round_providers, round_topic
 
 ZERO_ADDRESS = "0x" + "00" * 20  # provider of the correction leaf
 
@@ -52,10 +52,9 @@ def topic(job_id: int, round_: int, phase: str) -> str:
     return f"{round_topic(job_id, round_)}-sa-{phase}"
 
 
-def participants(dep: Deployment, job_id: int) -> list[str]:
-    """Joined providers in address order: provider ``uid`` is its index here."""
-    joined = {e["provider"] for e in dep.market.events("ProviderJoined", job_id=job_id)}
-    return sorted(joined, key=address_key)
+def participants(dep: Deployment, spec: JobSpec, job_id: int, round_: int) -> list[str]:
+    """The round's selected providers in address order: provider ``uid`` is its index here."""
+    return round_providers(dep, spec, job_id, round_)
 
 
 def round_config(dep: Deployment, spec: JobSpec, job_id: int, round_: int, n: int) -> SecAggConfig:

@@ -12,11 +12,11 @@ from ..fl.quantize import dequantize
 from ..market import Deployment
 from ..protocol.encoding import address_key, canonical_json, score_leaf
 from ..protocol.merkle import MerkleTree
-from ..protocol.receipts import Attestation
+from ..protocol.receipts import Attestation, Misbehaviour
 from ..scoring import score_round
 from ..storage import BlobStore, Mailbox
 from .auditor import Auditor
-from .common import committed_rounds, fetch_model, load_spec, round_topic
+from .common import claim_reward, committed_rounds, fetch_model, load_spec, round_topic
 
 SCORE_SCALE = 1_000_000  # scores are committed as integers: millionths of a utility point
 
@@ -36,6 +36,8 @@ class Validator:
         self.X = np.asarray(X)
         self.y = np.asarray(y)
         self.auditor = Auditor(dep, store)
+        self._docs: dict[tuple[int, int], dict] = {}  # sealed scores, until revealed
+        self._seen: dict[int, dict[str, tuple[int, int]]] = {}  # per job: provider -> (rounds seen, rounds flagged)
 
     @property
     def address(self) -> str:
@@ -48,15 +50,16 @@ class Validator:
         return self.dep.market.transact("join_validator", job_id, amount, sender=self.account)
 
     def review(self, job_id: int, round_: int) -> dict | None:
-        """Recompute the round; if right, score each update and post a signed attestation.
-        Returns the posted message, or None when the round is wrong (no attestation)."""
+        """Recompute the round; if right, score each update, and post a signed attestation that
+        commits to the scores (their root) without revealing them. Returns the posted message,
+        or None when the round is wrong (no attestation). See :meth:`reveal`."""
         spec = load_spec(self.dep, self.store, job_id)
         rounds = committed_rounds(self.dep, job_id)
         if round_ >= len(rounds):
             raise FedMarketError(f"job {job_id} has not committed round {round_}")
         committed = rounds[round_]
         prev_q = fetch_model(self.store, spec, rounds[round_ - 1]) if round_ else np.zeros(spec.n_params, dtype=np.int64)
-        check, _ = self.auditor.check_round(spec, job_id, committed, prev_q)
+        check, q_new = self.auditor.check_round(spec, job_id, committed, prev_q)
         if not check.ok:
             return None
         updates = self.auditor.round_updates(spec, job_id, committed)
@@ -65,41 +68,128 @@ class Validator:
         scored = None
         if len(updates) >= 2 and not spec.privacy.secure:  # masked updates cannot be scored one by one
             deltas = dequantize(np.stack([u.q for u in updates]))
-            scored = score_round(model, dequantize(prev_q), deltas, Xn, self.y, [u.weight for u in updates], seed=round_)
+            scored = score_round(model, dequantize(prev_q), deltas, Xn, self.y, [u.weight for u in updates], seed=round_,
+                                 metric="neg_loss")
             values = scored.rewardable
         else:
             values = np.zeros(len(updates))
         scores = [(u.provider, int(round(float(v) * SCORE_SCALE))) for u, v in zip(updates, values)]
         root = scores_tree(scores).root
+        flagged = [updates[i].provider for i in np.flatnonzero(scored.report.flagged)] if scored else []
         doc = {
             "job_id": job_id, "round": round_, "validator": self.address,
             "method": scored.method if scored else ("masked: aggregate only" if spec.privacy.secure else "none"),
             "scores": [{"provider": p, "score": s} for p, s in scores],
-            "flagged": [updates[i].provider for i in np.flatnonzero(scored.report.flagged)] if scored else [],
+            "flagged": flagged,
+            "accuracy": int(round(model.accuracy(dequantize(q_new), Xn, self.y) * SCORE_SCALE)),
+            "scores_root": "0x" + root.hex(),
         }
-        scores_cid = self.store.put(canonical_json(doc))
+        self._docs[(job_id, round_)] = doc
+        seen = self._seen.setdefault(job_id, {})
+        for u in updates:
+            n_in, n_flag = seen.get(u.provider, (0, 0))
+            seen[u.provider] = (n_in + 1, n_flag + (u.provider in flagged))
         sig = Attestation(job_id, round_, committed.model_root, root).sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
-        message = {"validator": self.address, "round": round_, "scores_root": "0x" + root.hex(),
-                   "scores_cid": scores_cid, "signature": "0x" + sig.hex()}
+        message = {"validator": self.address, "round": round_, "model_root": "0x" + committed.model_root.hex(),
+                   "scores_root": "0x" + root.hex(), "signature": "0x" + sig.hex()}
         self.mailbox.post(round_topic(job_id, round_) + "-attestations", canonical_json(message))
         return message
+
+    def claim(self, job_id: int) -> Receipt:
+        """Claim this validator's leaf: its stake back to free stake and its reputation change."""
+        return claim_reward(self.dep, self.store, self.account, job_id)
+
+    def reveal(self, job_id: int, round_: int) -> str | None:
+        """Publish the scores committed for a round, once the round reached quorum on chain (so no
+        validator can copy another's scores: every counted commitment is already fixed). Returns the
+        scores document's CID, or None if this validator has nothing on chain to reveal."""
+        doc = self._docs.get((job_id, round_))
+        if doc is None:
+            return None
+        if not self.dep.disputes.call("has_quorum", job_id, round_):
+            raise FedMarketError(f"job {job_id} round {round_} has no quorum yet: scores stay sealed")
+        if "0x" + self.dep.disputes.call("attestation_of", job_id, round_, self.address).hex() != doc["scores_root"]:
+            return None
+        cid = self.store.put(canonical_json(doc))
+        self.mailbox.post(round_topic(job_id, round_) + "-reveals", canonical_json({"validator": self.address, "scores_cid": cid}))
+        return cid
+
+    def report_misbehaviour(self, job_id: int) -> list[str]:
+        """Sign `Misbehaviour(job, provider)` for every provider this validator flagged (free-riding,
+        Sybil copy or poisoning) in most of the rounds it took part in; returns those providers."""
+        reported = []
+        for provider, (n_in, n_flag) in sorted(self._seen.get(job_id, {}).items()):
+            if n_flag * 2 > n_in:
+                sig = Misbehaviour(job_id, provider).sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
+                self.mailbox.post(misbehaviour_topic(job_id), canonical_json(
+                    {"validator": self.address, "provider": provider, "signature": "0x" + sig.hex()}))
+                reported.append(provider)
+        return reported
+
+
+def misbehaviour_topic(job_id: int) -> str:
+    return f"job-{job_id}-misbehaviour"
+
+
+def submit_misbehaviour(dep: Deployment, mailbox: Mailbox, sender: Account, job_id: int) -> list[Receipt]:
+    """Slash every provider that validators holding two thirds of the job's validator stake reported
+    (anyone may submit; the caller earns half the slashed stake)."""
+    by_provider: dict[str, dict[str, bytes]] = {}
+    for raw in mailbox.read(misbehaviour_topic(job_id)):
+        try:
+            msg = json.loads(raw)
+            sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
+            signer = Misbehaviour(job_id, msg["provider"]).signer(sig, dep.chain_id, dep.disputes.address)
+        except (ValueError, KeyError, TypeError):
+            continue
+        if signer == msg["validator"]:
+            by_provider.setdefault(msg["provider"], {})[signer] = sig
+    total = int(dep.job(job_id)["validator_total_stake"])
+    receipts = []
+    for provider, sigs in sorted(by_provider.items()):
+        if dep.market.call("membership", job_id, provider)[0] != 1:  # already slashed (or not a provider)
+            continue
+        stakes = {v: dep.market.call("membership", job_id, v) for v in sigs}
+        voters = sorted((v for v, (role, _) in stakes.items() if role == 3), key=address_key)
+        if not voters or sum(stakes[v][1] for v in voters) * 3 < total * 2:
+            continue
+        receipts.append(dep.disputes.transact("slash_provider", job_id, provider, voters, [sigs[v] for v in voters],
+                                              sender=sender))
+    return receipts
 
 
 def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_id: int, round_: int) -> list[Receipt]:
     """Put a round's posted attestations on chain (anyone may; the aggregator has the most reason to).
-    Attestations sharing a scores root go in one transaction."""
+    Only well-signed attestations of the committed model by validators of the job that have not
+    attested yet are sent, one per validator; those sharing a scores root go in one transaction."""
     rounds = committed_rounds(dep, job_id)
     data = rounds[round_].data
-    by_root: dict[str, list[dict]] = {}
+    model_root = rounds[round_].model_root
+    chosen: dict[str, dict] = {}
     for raw in mailbox.read(round_topic(job_id, round_) + "-attestations"):
-        msg = json.loads(raw)
-        if dep.disputes.call("attestation_of", job_id, round_, msg["validator"]) == b"\x00" * 32:
-            by_root.setdefault(msg["scores_root"], []).append(msg)
+        try:
+            msg = json.loads(raw)
+            v = msg["validator"]
+            scores_root = bytes.fromhex(msg["scores_root"].removeprefix("0x"))
+            sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if v in chosen or Attestation(job_id, round_, model_root, scores_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
+            continue
+        if dep.market.call("membership", job_id, v)[0] != 3:  # not (or no longer) a validator of the job
+            continue
+        if dep.disputes.call("attestation_of", job_id, round_, v) == b"\x00" * 32:
+            chosen[v] = msg
+    by_root: dict[str, list[dict]] = {}
+    for msg in chosen.values():
+        by_root.setdefault(msg["scores_root"], []).append(msg)
     receipts = []
-    for root, msgs in by_root.items():
+    for root, msgs in sorted(by_root.items()):
         msgs.sort(key=lambda m: address_key(m["validator"]))
         receipts.append(dep.disputes.transact(
             "attest", job_id, round_, data, bytes.fromhex(root[2:]), [m["validator"] for m in msgs],
             [bytes.fromhex(m["signature"][2:]) for m in msgs], sender=sender,
         ))
     return receipts
+
+

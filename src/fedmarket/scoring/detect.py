@@ -54,7 +54,7 @@ def detect(
     sybil_tol: float = 0.01,
     cos_threshold: float = 0.0,
     norm_factor: float = 10.0,
-    neg_tol: float = 0.01,
+    neg_tol: float = 0.25,
 ) -> DetectionReport:
     """Flag free-riders, Sybil copies and poisoners among one round's updates.
 
