@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,8 +21,17 @@ from .protocol.encoding import address_key
 from .roles import Aggregator, Provider, Requester, Validator
 from .roles.common import committed_rounds
 from .roles.validator import submit_attestations, submit_misbehaviour
-from .spec import EPSILON_SCALE
-from .spec import DataSchema, DeadlineSpec, JobSpec, ParticipationSpec, PrivacySpec, RewardSpec, TrainingSpec
+from .spec import (
+    EPSILON_SCALE,
+    DataSchema,
+    DeadlineSpec,
+    JobSpec,
+    ParticipationSpec,
+    PrivacySpec,
+    QualitySpec,
+    RewardSpec,
+    TrainingSpec,
+)
 from .storage import LocalBlobStore, Mailbox
 
 TOKEN = 10**18
@@ -54,6 +64,9 @@ class JobConfig:
     delta: float = 1e-5
     clip_norm: float = 1.0
     dropout: float = 0.0
+    per_round: int = 0
+    target_accuracy: float | None = None
+    miss_payout_bps: int = 5_000
 
     def check(self) -> None:
         if self.providers < 1:
@@ -79,6 +92,17 @@ class JobConfig:
         if self.privacy.startswith("secagg") and self.providers < 3:
             raise ConfigError(f"secure aggregation needs at least 3 providers (got {self.providers})")
         self.privacy_spec()  # epsilon, delta and clip norm problems surface here
+        if not 0 <= self.per_round <= 128:
+            raise ConfigError(f"--per-round must be between 0 (everyone) and 128 (got {self.per_round})")
+        if self.privacy.startswith("secagg") and 0 < self.per_round < 3:
+            raise ConfigError(f"secure aggregation needs --per-round of at least 3 (got {self.per_round})")
+        if self.per_round == 0 and self.providers > 128:
+            raise ConfigError(f"{self.providers} providers: rounds take at most 128, so set --per-round")
+        if self.target_accuracy is not None:
+            if not 0 < self.target_accuracy <= 1:
+                raise ConfigError(f"--target-accuracy must be in (0, 1] (got {self.target_accuracy})")
+            if self.validators < 1:
+                raise ConfigError("--target-accuracy needs --validators (they attest the final accuracy)")
 
     def privacy_spec(self) -> PrivacySpec:
         dp = self.privacy in ("dp_local", "secagg_dp")
@@ -185,7 +209,8 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
         reward=RewardSpec(escrow=escrow, provider_stake=stake, aggregator_stake=agg_stake,
                           validator_stake=val_stake if validators else 0),
         participation=ParticipationSpec(min_providers=cfg.providers, max_providers=cfg.providers,
-                                        max_validators=len(validators)),
+                                        max_validators=len(validators), per_round=cfg.per_round),
+        quality=QualitySpec(target_accuracy=cfg.target_accuracy, miss_payout_bps=cfg.miss_payout_bps),
         privacy=cfg.privacy_spec(),
         deadlines=DeadlineSpec(),
     )
@@ -268,6 +293,7 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
     central = _centralized_accuracy(spec, train, test, cfg)
     job = dep.job(job_id)
     committed = committed_rounds(dep, job_id)
+    rewards_doc = json.loads(store.get(dep.market.events("RewardRootPosted", job_id=job_id)[-1]["rewards_cid"]))
     settlement = [
         {
             "provider": p.address,
@@ -294,6 +320,8 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
         "epsilon_spent": committed[-1].epsilon_spent / EPSILON_SCALE if committed else 0.0,
         "epsilon_budget": spec.privacy.epsilon,
         "updates_per_round": [c.count for c in committed],
+        "reward_basis": rewards_doc["basis"],
+        "quality": rewards_doc["quality"],
         "gas_per_round": gas_per_round,
         "claim_gas": claim_gas,
         "escrow": escrow,

@@ -52,6 +52,8 @@ def demo(
     epsilon: float = typer.Option(8.0, "--epsilon", help="Privacy budget epsilon of the DP modes (delta 1e-5)."),
     clip_norm: float = typer.Option(1.0, "--clip-norm", help="Per-update L2 clipping norm of the DP modes."),
     dropout: float = typer.Option(0.0, "--dropout", help="Share of providers that vanish in each round (mid-protocol in secagg)."),
+    per_round: int = typer.Option(0, "--per-round", help="Providers picked per round from the chain's public seed (0 = all)."),
+    target_accuracy: float = typer.Option(None, "--target-accuracy", help="Quality gate: validators' median accuracy below it pays half the pool."),
 ) -> None:
     """Run a whole market job: deploy, post a funded job, train, settle, claim; print the settlement."""
     from rich.console import Console
@@ -60,7 +62,8 @@ def demo(
     from ..runner import JobConfig, run_job
 
     cfg = JobConfig(providers=providers, rounds=rounds, dataset=dataset, partition=partition, alpha=alpha, seed=seed,
-                    validators=validators, privacy=privacy, epsilon=epsilon, clip_norm=clip_norm, dropout=dropout)
+                    validators=validators, privacy=privacy, epsilon=epsilon, clip_norm=clip_norm, dropout=dropout,
+                    per_round=per_round, target_accuracy=target_accuracy)
     cfg.split()  # every input problem is reported before any work starts
     out = _writable_dir(out)
     console = Console(stderr=True)

@@ -1,0 +1,91 @@
+"""Per-round provider selection from the chain's public seed, and the quality gate on the final accuracy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedmarket.chain.boa_backend import BoaChain
+from fedmarket.market import Deployment
+from fedmarket.protocol.selection import select
+from fedmarket.roles import aggregator as aggregator_module
+from fedmarket.roles.auditor import Auditor
+from fedmarket.roles.common import committed_rounds, fetch_metrics, joined_providers, round_seed
+from fedmarket.runner import JobConfig, run_job
+from fedmarket.storage import LocalBlobStore
+
+
+def test_each_round_takes_the_providers_its_public_seed_picks(tmp_path):
+    chain = BoaChain()
+    report = run_job(chain, tmp_path, JobConfig(providers=8, rounds=3, per_round=4, seed=3))
+    assert report["conserved"] is True and report["updates_per_round"] == [4, 4, 4]
+    dep = Deployment.attach(chain, report["contracts"])
+    store = LocalBlobStore(tmp_path / "blobs")
+    job = report["job_id"]
+    members = joined_providers(dep, job)
+    picked = []
+    for c in committed_rounds(dep, job):
+        # anyone re-derives the pick from the chain alone: the seed the market fixed before the round
+        expected = select(round_seed(dep, job, c.round), job, c.round, members, 4)
+        assert [u["provider"] for u in fetch_metrics(store, c)["updates"]] == expected
+        picked.append(tuple(expected))
+    assert len(set(picked)) > 1  # the seed moves with every round
+    assert Auditor(dep, store).audit(job).ok
+    # rewards follow participation: a provider picked in no round earns nothing, and every one picked earns
+    rows = {r["provider"]: r for r in report["settlement"]}
+    ever = {p for round_ in picked for p in round_}
+    assert all(rows[p]["reward"] > 0 for p in ever) and all(rows[p]["reward"] == 0 for p in set(members) - ever)
+
+
+def test_an_update_from_a_provider_the_seed_did_not_pick_is_flagged(tmp_path, monkeypatch):
+    from fedmarket.roles import Aggregator, Provider, Requester
+    from fedmarket.fl.data import load_dataset, subset
+    from fedmarket.fl.partition import iid_partition
+    from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
+    from fedmarket.storage import Mailbox
+
+    chain = BoaChain()
+    accts = [chain.new_account("sel", i) for i in range(10)]
+    dep = Deployment.deploy(chain, accts[0], accts[1].address, 100)
+    for a in accts[2:]:
+        dep.token.transact("mint", a.address, 10**21, sender=accts[0])
+    store, box = LocalBlobStore(tmp_path / "b"), Mailbox(tmp_path / "m")
+    ds = load_dataset("digits")
+    parts = iid_partition(ds.y, 6, 0)
+    spec = JobSpec(
+        name="selection", data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
+        training=TrainingSpec(rounds=1, local_epochs=1), reward=RewardSpec(escrow=10**20),
+        participation=ParticipationSpec(min_providers=6, max_providers=6, per_round=3),
+    )
+    agg = Aggregator(dep, accts[3], store, box)
+    providers = [Provider(dep, accts[4 + i], store, box, subset(ds, parts[i]).X, subset(ds, parts[i]).y) for i in range(6)]
+    job = Requester(dep, accts[2], store).post(spec, accts[3].address)
+    agg.accept(job)
+    for p in providers:
+        p.join(job)
+    agg.start(job)
+    posted = [p.train(job, 0) for p in providers]
+    outsider = next(p for p, m in zip(providers, posted) if m is None)  # the seed passed it over
+    outsider._post_update(spec, job, 0, np.ones(spec.n_params, dtype=np.int64), outsider.n_samples, 0.0)
+    _, rejected = agg.collect(job, 0, spec)
+    assert any("was not selected for round 0" in r["reason"] for r in rejected)  # an honest aggregator refuses it
+    # a dishonest one takes it anyway: the audit names the stranger
+    monkeypatch.setattr(aggregator_module, "round_providers", lambda dep, spec, job_id, r: joined_providers(dep, job_id))
+    agg.run_round(job, 0)
+    check = Auditor(dep, store).audit(job).rounds[0]
+    assert not check.ok and outsider.address in check.problem and "not selected" in check.problem
+
+
+@pytest.mark.parametrize("target, met", [(0.5, True), (0.999, False)])
+def test_the_quality_gate_pays_the_pool_only_when_the_validators_median_accuracy_meets_the_target(tmp_path, target, met):
+    report = run_job(BoaChain(), tmp_path, JobConfig(providers=4, rounds=2, validators=3, seed=2, target_accuracy=target))
+    assert report["conserved"] is True
+    q = report["quality"]
+    assert q["met"] is met and q["target"] == target and 0.5 < q["accuracy"] < 0.999
+    pool = report["escrow"] - report["fee"]
+    if met:
+        assert report["paid"] == pool and report["refunded"] == 0
+    else:  # half the pool (the default miss_payout_bps) is paid, the rest goes back to the requester
+        assert report["paid"] == pool // 2 and report["refunded"] == pool - pool // 2
