@@ -96,8 +96,6 @@ class JobConfig:
             raise ConfigError(f"--per-round must be between 0 (everyone) and 128 (got {self.per_round})")
         if self.privacy.startswith("secagg") and 0 < self.per_round < 3:
             raise ConfigError(f"secure aggregation needs --per-round of at least 3 (got {self.per_round})")
-        if self.per_round == 0 and self.providers > 128:
-            raise ConfigError(f"{self.providers} providers: rounds take at most 128, so set --per-round")
         if self.target_accuracy is not None:
             if not 0 < self.target_accuracy <= 1:
                 raise ConfigError(f"--target-accuracy must be in (0, 1] (got {self.target_accuracy})")
@@ -131,6 +129,8 @@ class JobConfig:
             raise ConfigError(
                 f"--providers {self.providers} exceeds the {train.n_samples} training samples of '{self.dataset}'"
             )
+        if self.per_round == 0 and self.providers > 128:
+            raise ConfigError(f"{self.providers} providers: a round takes at most 128, so set --per-round")
         if self.partition == "iid":
             parts = iid_partition(train.y, self.providers, self.seed)
         else:

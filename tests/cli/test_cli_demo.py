@@ -64,6 +64,8 @@ def test_dp_demo_commits_its_epsilon(tmp_path):
         (["--privacy", "dp_local", "--epsilon", "0"], "bad privacy settings"),
         (["--privacy", "secagg", "--providers", "2"], "secure aggregation needs at least 3 providers"),
         (["--dropout", "1"], "--dropout must be in [0, 1)"),
+        (["--providers", "200"], "a round takes at most 128, so set --per-round"),
+        (["--target-accuracy", "0.9"], "--target-accuracy needs --validators"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(tmp_path, args, expected):
