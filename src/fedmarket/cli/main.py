@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import typer
-from typer.exceptions import TyperException
+try:  # typer >= 0.21 vendors click and raises its own exception types
+    from typer.exceptions import TyperException as _CliUsageError
+except ImportError:  # older typer (the `flower` extra pins one) raises click's
+    from click.exceptions import ClickException as _CliUsageError
 
 from ..errors import ConfigError, FedMarketError
 
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("fedmarket: aborted", file=sys.stderr)
         return 130
-    except TyperException as exc:
+    except _CliUsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # help was printed: not an error
             return 0
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
@@ -233,3 +236,4 @@ if __name__ == "__main__":
 
 # commands defined in their own modules register themselves on `app` when imported
 from . import account as _account, deploy as _deploy  # noqa: F401, I001
+from . import roles as _roles  # noqa: F401, I001
