@@ -1,0 +1,176 @@
+"""Cheating providers: honest on chain (join, signed receipts, claims), dishonest in what they release.
+
+Every attack of the engine's catalogue (:data:`fedmarket.fl.attacks.ATTACKS`) can be run by
+market providers: :class:`AdversarialProvider` trains like :class:`~fedmarket.roles.Provider`
+(on data the attack poisoned once, e.g. flipped labels or a backdoor trigger) and releases what the
+attack's ``poison_updates`` makes of its update. Colluding accounts (Sybil copies, "a little is
+enough") share one :class:`Coalition`: each round it trains every member first, then poisons the
+members' updates together, as :func:`fedmarket.fl.simulation.simulate` does with its malicious
+clients. The math is the catalogue's; nothing here re-implements an attack.
+
+Only the released update changes: the provider still signs its receipt, posts it on the round's
+topic and claims like anyone, so what validators and the chain see is what a real attacker would
+produce. Plain privacy mode only (a masked or DP-noised update is a different attack surface).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, FedMarketError
+from ..fl.attacks import ATTACKS, Attack, FreeRider, Sybil, make_attack
+from ..fl.quantize import dequantize
+from ..fl.train import local_sgd
+from ..spec import JobSpec
+from .common import round_providers
+from .provider import Provider
+
+__all__ = ["ATTACK_NAMES", "AdversarialProvider", "Coalition", "JitteredSybil", "LoudFreeRider", "adversaries"]
+
+ATTACK_NAMES: tuple[str, ...] = tuple(ATTACKS)  # the catalogue, in its order
+
+
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+class Coalition:
+    """The accounts of one attacker (one account for a lone attacker) and the attack they run.
+
+    Parameters
+    ----------
+    attack : Attack or str
+        An attack of the catalogue, or its name (built with ``params``).
+    seed : int, optional
+        Seed of the attack's randomness (data poisoning, noise).
+    params
+        Keyword parameters of the attack when ``attack`` is a name.
+    """
+
+    def __init__(self, attack: Attack | str, seed: int = 0, **params: Any) -> None:
+        if isinstance(attack, str):
+            attack = make_attack(attack, **params)
+        elif params:
+            raise ConfigError("attack parameters are only taken with an attack name")
+        if not isinstance(attack, Attack):
+            raise ConfigError(f"not an attack: {attack!r}")
+        self.attack = attack
+        self.seed = int(seed)
+        self.members: list[AdversarialProvider] = []
+        self._rounds: dict[tuple[int, int], dict[str, tuple[np.ndarray, float]]] = {}
+
+    @property
+    def name(self) -> str:
+        return self.attack.name
+
+    @property
+    def addresses(self) -> list[str]:
+        return [m.address for m in self.members]
+
+    def released(self, member: AdversarialProvider, spec: JobSpec, job_id: int, round_: int,
+                 q_global: np.ndarray) -> tuple[np.ndarray, float]:
+        """`member`'s poisoned float delta for the round and the loss it reports: on the first call of a
+        round, every selected member trains (on its poisoned data) and the attack poisons their updates
+        together."""
+        key = (job_id, round_)
+        if key not in self._rounds:
+            selected = set(round_providers(member.dep, spec, job_id, round_))
+            active = [m for m in self.members if m.address in selected]
+            trained = [m._trained_delta(spec, job_id, round_, q_global) for m in active]
+            U = np.stack([d for d, _ in trained])
+            rng = np.random.default_rng(_seed("attack", self.seed, job_id, round_))
+            P = np.asarray(self.attack.poison_updates(U, len(selected), rng), dtype=np.float64)
+            if P.shape != U.shape:
+                raise FedMarketError(f"attack {self.name} returned updates of shape {P.shape}, expected {U.shape}")
+            self._rounds = {k: v for k, v in self._rounds.items() if k[0] != job_id}  # one live round per job
+            self._rounds[key] = {m.address: (P[i], loss) for i, (m, (_, loss)) in enumerate(zip(active, trained))}
+        out = self._rounds[key].get(member.address)
+        if out is None:
+            raise FedMarketError(f"{member.address} is not selected for round {round_} of job {job_id}")
+        return out
+
+
+class AdversarialProvider(Provider):
+    """A provider that runs `coalition`'s attack: joins, signs and claims honestly, releases a poisoned update.
+
+    The attack's ``poison_data`` is applied once, to the normalised local data, the first time the
+    provider trains for a job (its ``X``/``y`` stay the real data, so the schema check at join passes).
+    """
+
+    def __init__(self, *args: Any, coalition: Coalition | Attack | str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.coalition = coalition if isinstance(coalition, Coalition) else Coalition(coalition)
+        self.coalition.members.append(self)
+        self._poisoned: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def attack(self) -> Attack:
+        return self.coalition.attack
+
+    def _training_data(self, spec: JobSpec, job_id: int) -> tuple[np.ndarray, np.ndarray]:
+        if job_id not in self._poisoned:
+            rng = np.random.default_rng(_seed("data", self.coalition.seed, self.address, job_id))
+            self._poisoned[job_id] = self.attack.poison_data(spec.normalize(self.X), self.y, spec.data.n_classes, rng)
+        return self._poisoned[job_id]
+
+    def _trained_delta(self, spec: JobSpec, job_id: int, round_: int, q_global: np.ndarray) -> tuple[np.ndarray, float]:
+        """What honest local training on the (poisoned) data gives: (float delta, training loss)."""
+        model = spec.make_model()
+        Xn, y = self._training_data(spec, job_id)
+        start = dequantize(q_global)
+        t = spec.training
+        seed = int.from_bytes(hashlib.sha256(f"{self.address}:{job_id}:{round_}".encode()).digest()[:8], "big")
+        local = local_sgd(model, start, Xn, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.learning_rate,
+                          seed=seed, prox_mu=t.prox_mu)
+        return local - start, float(model.loss_and_grad(local, Xn, y)[0])
+
+    def _local_delta(self, spec: JobSpec, job_id: int, round_: int, q_global: np.ndarray) -> tuple[np.ndarray, float]:
+        if spec.privacy.mode != "plain":
+            raise FedMarketError(f"adversarial providers run in plain jobs only, not {spec.privacy.mode}")
+        return self.coalition.released(self, spec, job_id, round_, q_global)
+
+
+def adversaries(attack: Attack | str, dep, accounts, store, mailbox, data, seed: int = 0,
+                **params: Any) -> list[AdversarialProvider]:
+    """One coalition running `attack`: an :class:`AdversarialProvider` per account, each with its
+    ``(X, y)`` of `data`."""
+    coalition = Coalition(attack, seed, **params)
+    return [AdversarialProvider(dep, a, store, mailbox, X, y, coalition=coalition) for a, (X, y) in zip(accounts, data)]
+
+
+# ---------------------------------------------------------------- evasions (not in the engine's catalogue)
+# Variants tuned to slip under `scoring.detect`'s thresholds, to measure what detection misses.
+
+
+class JitteredSybil(Sybil):
+    """Sybil copies of one update, each plus independent Gaussian noise of about `rel` times the
+    update's norm: far enough apart to pass the copy check (`sybil_tol`, 1% of the median norm)."""
+
+    def __init__(self, base: Attack | None = None, rel: float = 0.05) -> None:
+        super().__init__(base if base is not None else Attack())
+        if not np.isfinite(rel) or rel <= 0:
+            raise ConfigError(f"rel must be a positive number, got {rel!r}")
+        self.rel = float(rel)
+
+    def poison_updates(self, U, n_total, rng):
+        P = super().poison_updates(U, n_total, rng)
+        sigma = self.rel * float(np.linalg.norm(P[0])) / np.sqrt(P.shape[1])
+        return P + rng.normal(0.0, sigma, size=P.shape)
+
+
+class LoudFreeRider(FreeRider):
+    """A free-rider whose noise is `rel` times the norm of the update it did not send: above the
+    free-rider threshold (`zero_tol`, 5% of the median norm). It trains only to size the noise."""
+
+    def __init__(self, rel: float = 0.5) -> None:
+        super().__init__(mode="noise")
+        if not np.isfinite(rel) or rel <= 0:
+            raise ConfigError(f"rel must be a positive number, got {rel!r}")
+        self.rel = float(rel)
+
+    def poison_updates(self, U, n_total, rng):
+        sigma = self.rel * np.linalg.norm(U, axis=1, keepdims=True) / np.sqrt(U.shape[1])
+        return rng.normal(0.0, 1.0, size=U.shape) * sigma
