@@ -81,3 +81,20 @@ def test_score_round_end_to_end(attacked, method):
     assert sum(amounts) == 1000 and amounts[:4] == [0, 0, 0, 0]
     with pytest.raises(ConfigError):
         score_round(model, params, A, X, y, w, method="banzhaf")
+
+
+def test_jittered_copies_are_caught_relative_to_the_rounds_spread():
+    rng = np.random.default_rng(1)
+    honest = rng.normal(size=(4, 200)) * 0.2 + 1.0  # independent updates around a common direction
+    copy = honest[0] + rng.normal(size=200) * 0.2 * 0.15  # a copy of provider 0 with 15%-of-spread jitter
+    rep = detect(np.vstack([honest, copy]))
+    assert rep.sybil_pairs == [(0, 4)]
+    assert not detect(honest).sybils.any()  # independent updates are never each other's copies
+
+
+def test_far_outliers_do_not_make_honest_updates_look_like_copies():
+    rng = np.random.default_rng(2)
+    honest = rng.normal(size=(4, 200)) * 0.2 + 1.0
+    flipped = np.repeat(-5.0 * honest[:1], 2, axis=0)  # two identical poisoned updates far from everyone
+    rep = detect(np.vstack([honest, flipped]))
+    assert rep.sybil_pairs == [(4, 5)] and not rep.sybils[:4].any()

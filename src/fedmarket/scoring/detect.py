@@ -55,6 +55,7 @@ def detect(
     cos_threshold: float = 0.0,
     norm_factor: float = 10.0,
     neg_tol: float = 0.25,
+    rel_sybil_tol: float = 0.25,
 ) -> DetectionReport:
     """Flag free-riders, Sybil copies and poisoners among one round's updates.
 
@@ -62,9 +63,11 @@ def detect(
     do not depend on the learning rate or the model size.
 
     - free-rider: ``||u_i|| <= zero_tol * m`` (submitted the global model, or tiny noise);
-    - Sybil: ``||u_i - u_j|| <= sybil_tol * m`` for some ``j != i`` that is not a
-      free-rider (independent training on different data never comes that close);
-      both members of the pair are flagged;
+    - Sybil: ``||u_i - u_j|| <= sybil_tol * m``, or (with four updates or more)
+      ``||u_i - u_j|| <= rel_sybil_tol`` times the median over updates of the distance to
+      their nearest other update, for some ``j != i`` that is not a free-rider (independent training on
+      different data never comes that close; the relative test catches copies jittered
+      with noise); both members of the pair are flagged;
     - poisoner: cosine with the coordinate-wise median of the updates below
       ``cos_threshold`` (sign flipping, pushing the model away), norm above
       ``norm_factor * m`` (boosting), or a contribution value (Shapley or LOO)
@@ -76,7 +79,7 @@ def detect(
         Deltas (submitted model minus the round's global model), ``(n, d)``, ``n >= 2``.
     values : numpy.ndarray, optional
         Per-provider contribution values for the round ``(n,)``.
-    zero_tol, sybil_tol, cos_threshold, norm_factor, neg_tol : float, optional
+    zero_tol, sybil_tol, cos_threshold, norm_factor, neg_tol, rel_sybil_tol : float, optional
         Thresholds as above.
 
     Returns
@@ -103,7 +106,14 @@ def detect(
     gram = U @ U.T
     sq = norms**2
     dist = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * gram, 0.0, None))
-    close = (dist <= sybil_tol * m) & ~free[:, None] & ~free[None, :]
+    near = dist <= sybil_tol * m
+    if n >= 4:  # also near-copies relative to how far apart this round's updates typically are
+        # the typical gap is the median distance of each update to its nearest other update: copies
+        # (distance ~0 to their twin) and outliers (far from everyone) do not move it while honest
+        # updates are the majority
+        nn = np.where(np.eye(n, dtype=bool), np.inf, dist).min(axis=1)
+        near |= dist <= rel_sybil_tol * float(np.median(nn))
+    close = near & ~free[:, None] & ~free[None, :]
     np.fill_diagonal(close, False)
     pairs = [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(close)))]
     sybil = close.any(axis=1)
