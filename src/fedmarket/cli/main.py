@@ -191,12 +191,18 @@ def _print_settlement(report: dict, out: Path) -> None:
         f"final accuracy [bold]{report['final_accuracy']:.4f}[/] after {report['rounds']} rounds "
         f"(centralized training: {report['centralized_accuracy']:.4f})"
     )
+    fed = lambda v: f"{v / unit:,.6g}"  # noqa: E731
     console.print(
-        f"escrow {report['escrow']} = paid {report['paid']} + fee {report['fee']} + refunded {report['refunded']} "
-        f"(base units, from chain balances) | conserved: [bold]{str(report['conserved']).lower()}[/]"
+        f"escrow {fed(report['escrow'])} FED = paid {fed(report['paid'])} + fee {fed(report['fee'])} + refunded "
+        f"{fed(report['refunded'])} (from chain balances) | conserved: [bold]{str(report['conserved']).lower()}[/]",
+        soft_wrap=True,
     )
+    if report.get("privacy", "plain") != "plain":
+        console.print(f"privacy {report['privacy']} | epsilon spent {report['epsilon_spent']:.4g} of {report['epsilon_budget']}",
+                      soft_wrap=True)
     gas = report["gas_per_round"]
-    console.print(f"gas per round {min(gas):,}–{max(gas):,} | job {report['seconds']:.1f}s | report: {out / 'report.json'}")
+    console.print(f"gas per round {min(gas):,}–{max(gas):,} | job {report['seconds']:.1f}s | report: {out / 'report.json'}",
+                  soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
