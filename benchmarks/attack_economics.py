@@ -191,6 +191,8 @@ def run_job(w: World, workdir: Path, *, attack: Attack | str | None = None, aggr
         for v in validators:
             v.report_misbehaviour(job)
         submit_misbehaviour(dep, box, w.aggregator, job)  # the caller earns half a slashed stake
+        for v in validators:  # validators re-derive and sign the reward root the market will accept
+            v.approve_rewards(job)
         agg.post_rewards(job)
         w.chain.advance_time(spec.deadlines.challenge_period)
         requester.settle(job)

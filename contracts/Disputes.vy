@@ -94,6 +94,14 @@ event ProviderSlashed:
     challenger: address
 
 
+event RewardsApproved:
+    job_id: indexed(uint256)
+    validator: indexed(address)
+    reward_root: bytes32
+    reward_total: uint256
+    stake: uint256
+
+
 event FraudProven:
     job_id: indexed(uint256)
     round: indexed(uint256)
@@ -135,6 +143,9 @@ ATTESTATION_TYPEHASH: public(constant(bytes32)) = keccak256(
 MISBEHAVIOUR_TYPEHASH: public(constant(bytes32)) = keccak256(
     "Misbehaviour(uint256 jobId,address provider)"
 )
+REWARDS_TYPEHASH: public(constant(bytes32)) = keccak256(
+    "Rewards(uint256 jobId,bytes32 rewardRoot,uint256 rewardTotal)"
+)
 
 # @dev The job market this contract judges for.
 MARKET: public(immutable(IMarket))
@@ -143,6 +154,10 @@ MARKET: public(immutable(IMarket))
 attested_stake: public(HashMap[uint256, HashMap[uint256, uint256]])
 # @dev Scores root each validator attested for each round (empty = none yet).
 attestation_of: public(HashMap[uint256, HashMap[uint256, HashMap[address, bytes32]]])
+# @dev Validator stake that signed each (reward root, total) of a job, keyed by their hash.
+rewards_stake: public(HashMap[uint256, HashMap[bytes32, uint256]])
+# @dev Whether a validator already signed a reward root for a job (one approval each).
+rewards_signed: public(HashMap[uint256, HashMap[address, bool]])
 
 
 @deploy
@@ -386,6 +401,62 @@ def slash_provider(
     assert attested * 3 >= total * 2, "disputes: no validator supermajority"
     extcall MARKET.slash(job_id, provider, msg.sender)
     log ProviderSlashed(job_id=job_id, provider=provider, attested_stake=attested, total_stake=total, challenger=msg.sender)
+
+
+@external
+@nonreentrant
+def approve_rewards(
+    job_id: uint256,
+    reward_root: bytes32,
+    reward_total: uint256,
+    validators: DynArray[address, MAX_VALIDATORS],
+    signatures: DynArray[Bytes[65], MAX_VALIDATORS],
+):
+    """
+    @notice Records validators' signed approvals `Rewards(jobId, rewardRoot, rewardTotal)` of the
+            reward root they re-derived from the revealed scores; anyone may submit them. The
+            market accepts a job's reward root only once two thirds of its validator stake
+            approved exactly that root and total.
+    @param job_id The job.
+    @param reward_root The reward Merkle root.
+    @param reward_total The sum of its leaves.
+    @param validators Signers, strictly ascending.
+    @param signatures Their EIP-712 signatures, in the same order.
+    """
+    assert len(validators) == len(signatures) and len(validators) > 0, "disputes: bad signature list"
+    digest: bytes32 = eip712._hash_typed_data_v4(keccak256(abi_encode(REWARDS_TYPEHASH, job_id, reward_root, reward_total)))
+    key: bytes32 = keccak256(abi_encode(reward_root, reward_total))
+    prev: uint256 = 0
+    added: uint256 = 0
+    for i: uint256 in range(len(validators), bound=MAX_VALIDATORS):
+        v: address = validators[i]
+        assert convert(v, uint256) > prev, "disputes: validators not ascending"
+        prev = convert(v, uint256)
+        assert ecdsa._recover_sig(digest, signatures[i]) == v, "disputes: bad rewards signature"
+        role: uint256 = 0
+        stake: uint256 = 0
+        role, stake = staticcall MARKET.membership(job_id, v)
+        assert role == ROLE_VALIDATOR, "disputes: not a validator of the job"
+        assert not self.rewards_signed[job_id][v], "disputes: already approved"
+        self.rewards_signed[job_id][v] = True
+        added += stake
+        log RewardsApproved(job_id=job_id, validator=v, reward_root=reward_root, reward_total=reward_total, stake=stake)
+    self.rewards_stake[job_id][key] += added
+
+
+@view
+@external
+def rewards_approved(job_id: uint256, reward_root: bytes32, reward_total: uint256) -> bool:
+    """
+    @notice Whether two thirds of the job's validator stake approved this reward root and total
+            (always true for a job without validator stake).
+    @param job_id The job.
+    @param reward_root The reward Merkle root.
+    @param reward_total The sum of its leaves.
+    @return True if approved.
+    """
+    key: bytes32 = keccak256(abi_encode(reward_root, reward_total))
+    return self.rewards_stake[job_id][key] * 3 >= self._total_stake(job_id) * 2
 
 
 # ---------------------------------------------------------------- aggregator faults

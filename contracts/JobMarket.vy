@@ -27,6 +27,7 @@ from snekmate.utils import merkle_proof_verification as merkle
 
 interface IDisputes:
     def has_quorum(job_id: uint256, round: uint256) -> bool: view
+    def rewards_approved(job_id: uint256, reward_root: bytes32, reward_total: uint256) -> bool: view
 
 
 flag JobState:
@@ -762,6 +763,8 @@ def submit_round(
 def post_rewards(job_id: uint256, reward_root: bytes32, reward_total: uint256, rewards_cid: String[128]):
     """
     @notice After the last round, posts the reward Merkle root and opens the challenge window.
+            A job with validators needs two thirds of their stake to have signed this very
+            root and total (`Disputes.approve_rewards`).
     @param job_id The job.
     @param reward_root Root over leaves `(index, account, amount, reputationDelta)`.
     @param reward_total Sum of all leaf amounts; at most escrow minus the protocol fee.
@@ -774,6 +777,8 @@ def post_rewards(job_id: uint256, reward_root: bytes32, reward_total: uint256, r
     assert block.timestamp <= self.jobs[job_id].round_deadline, "market: round deadline passed"
     if self.jobs[job_id].max_validators > 0:
         assert staticcall IDisputes(DISPUTES).has_quorum(job_id, rounds - 1), "market: last round lacks quorum"
+        # validators re-derive the rewards from the revealed scores and sign the root they get
+        assert staticcall IDisputes(DISPUTES).rewards_approved(job_id, reward_root, reward_total), "market: rewards not approved by validators"
     assert reward_root != empty(bytes32), "market: empty root"
     escrow: uint256 = self.jobs[job_id].escrow
     assert reward_total <= escrow - self._fee(escrow), "market: rewards exceed escrow"

@@ -265,6 +265,8 @@ def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progres
         for v in validators:
             v.report_misbehaviour(job_id)
         slashed = submit_misbehaviour(dep, mailbox, agg_acct, job_id)
+        for v in validators:  # each re-derives the reward root; two thirds of their stake must sign it
+            v.approve_rewards(job_id)
     else:
         slashed = []
     aggregator.post_rewards(job_id)

@@ -491,3 +491,47 @@ def test_round_seeds_are_public_block_hashes(mk):
     started = mk.m.transact("start", job, sender=mk.w["aggregator"]).event("TrainingStarted")
     committed = mk.commit(job, 0).event("RoundCommitted")
     assert started["seed"] != ZERO32 and committed["next_seed"] != ZERO32 and started["seed"] != committed["next_seed"]
+
+
+# ---------------------------------------------------------------- validators approve the reward root
+
+
+def _approvals(mk, job, root, total, idx):
+    from fedmarket.protocol.receipts import RewardsApproval
+
+    vals = sorted((mk.w["validators"][i] for i in idx), key=lambda a: address_key(a.address))
+    return [v.address for v in vals], [sign(RewardsApproval(job, root, total), v, mk.dep) for v in vals]
+
+
+def test_a_validated_job_posts_only_a_reward_root_two_thirds_of_its_validators_signed(mk):
+    job, data = _validated_job(mk)  # stakes 50, 50, 100
+    _attest(mk, job, data, [0, 1, 2])
+    ups = make_updates(mk.w, 2, seed=10)
+    data1 = commit(mk, job, 1, fedavg_int([u.q for u in ups], [u.weight for u in ups]), ups)  # the second of two rounds
+    _attest(mk, job, data1, [0, 1, 2], round_=1)
+    d, agg, out = mk.dep.disputes, mk.w["aggregator"], mk.w["outsider"]
+    root, total = keccak(b"rewards"), ESCROW // 2
+    with pytest.raises(ContractRevert, match="rewards not approved by validators"):
+        mk.m.transact("post_rewards", job, root, total, "c", sender=agg)
+    d.transact("approve_rewards", job, root, total, *_approvals(mk, job, root, total, [0, 1]), sender=out)
+    assert not d.call("rewards_approved", job, root, total)  # 100 of 200: not two thirds
+    with pytest.raises(ContractRevert, match="already approved"):
+        d.transact("approve_rewards", job, root, total, *_approvals(mk, job, root, total, [0]), sender=out)
+    other = keccak(b"self-serving root")
+    with pytest.raises(ContractRevert, match="bad rewards signature"):  # signed for another root
+        vals, sigs = _approvals(mk, job, root, total, [2])
+        d.transact("approve_rewards", job, other, total, vals, sigs, sender=out)
+    from fedmarket.protocol.receipts import RewardsApproval
+
+    stranger = mk.w["providers"][0]
+    with pytest.raises(ContractRevert, match="not a validator of the job"):
+        d.transact("approve_rewards", job, root, total, [stranger.address],
+                   [sign(RewardsApproval(job, root, total), stranger, mk.dep)], sender=out)
+    d.transact("approve_rewards", job, root, total, *_approvals(mk, job, root, total, [2]), sender=out)
+    assert d.call("rewards_approved", job, root, total) and not d.call("rewards_approved", job, other, total)
+    with pytest.raises(ContractRevert, match="rewards not approved by validators"):
+        mk.m.transact("post_rewards", job, other, total, "c", sender=agg)  # a root they did not sign
+    with pytest.raises(ContractRevert, match="rewards not approved by validators"):
+        mk.m.transact("post_rewards", job, root, total + 1, "c", sender=agg)  # nor another total
+    mk.m.transact("post_rewards", job, root, total, "c", sender=agg)
+    assert mk.dep.job(job)["reward_root"] == root

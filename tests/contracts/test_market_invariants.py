@@ -97,6 +97,8 @@ class GhostJob:
     rounds_data: dict = field(default_factory=dict)
     attested: dict = field(default_factory=dict)  # round -> set of validators
     attested_stake: Counter = field(default_factory=Counter)  # round -> stake counted by disputes
+    approved: Counter = field(default_factory=Counter)  # (reward root, total) -> validator stake that signed it
+    approvers: set = field(default_factory=set)  # validators that signed a reward root (once each)
     leaves: list = field(default_factory=list)
     tree: MerkleTree | None = None
     reward_root: bytes = ZERO32
@@ -494,7 +496,7 @@ class MarketMachine(RuleBasedStateMachine):
             assert self.dep.disputes.call("attested_stake", job.id, round_) == job.attested_stake[round_]
             assert self.dep.disputes.call("has_quorum", job.id, round_) == self.has_quorum(job, round_)
 
-    def why_post_rewards(self, job, caller, total) -> str | None:
+    def why_post_rewards(self, job, caller, total, root=None, approvals=True) -> str | None:
         if caller.address != job.aggregator:
             return "market: caller is not the aggregator"
         if job.state != TRAINING:
@@ -505,15 +507,38 @@ class MarketMachine(RuleBasedStateMachine):
             return "market: round deadline passed"
         if job.terms.max_validators > 0 and not self.has_quorum(job, job.terms.rounds - 1):
             return "market: last round lacks quorum"
+        if approvals and job.terms.max_validators > 0 and job.approved[(root, total)] * 3 < job.validator_total * 2:
+            return "market: rewards not approved by validators"
         if total > job.terms.escrow - self.fee(job):
             return "market: rewards exceed escrow"
         return None
+
+    def do_approve_rewards(self, job, root, total):
+        """The job's validators that have not signed a reward root yet sign this one (honest validators
+        that re-derived it)."""
+        from fedmarket.protocol.receipts import RewardsApproval
+
+        signers = sorted((self.acct[v] for v in job.validators if job.member.get(v, [0, 0])[0] == Role.VALIDATOR
+                          and v not in job.approvers), key=lambda a: int(a.address, 16))
+        if not signers:
+            return
+        verifier = self.dep.disputes.address
+        sigs = [RewardsApproval(job.id, root, total).sign(a.key, self.chain.chain_id, verifier) for a in signers]
+        r = self.send("approve_rewards", self.dep.disputes, "approve_rewards", job.id, root, total,
+                      [a.address for a in signers], sigs, sender=self.w["outsider"], expect=None)
+        if r is not None:
+            job.approvers.update(a.address for a in signers)
+            job.approved[(root, total)] += sum(job.member[a.address][1] for a in signers)
+            key = keccak(root + total.to_bytes(32, "big"))
+            assert self.dep.disputes.call("rewards_stake", job.id, key) == job.approved[(root, total)]
 
     def do_post_rewards(self, job, caller, accounts, amounts, deltas, excess=0):
         leaves = [(i, a, amt, d) for i, (a, amt, d) in enumerate(zip(accounts, amounts, deltas))]
         tree = MerkleTree([reward_leaf(*leaf) for leaf in leaves])
         total = sum(amounts) + excess
-        expect = self.why_post_rewards(job, caller, total)
+        if job.terms.max_validators > 0 and self.why_post_rewards(job, caller, total, tree.root, approvals=False) is None:
+            self.do_approve_rewards(job, tree.root, total)  # only a root that would otherwise be accepted
+        expect = self.why_post_rewards(job, caller, total, tree.root)
         r = self.send("post_rewards", self.m, "post_rewards", job.id, tree.root, total, "bafkreirewards",
                       sender=caller, expect=expect)
         if r is not None:

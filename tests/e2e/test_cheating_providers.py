@@ -95,6 +95,8 @@ def run_job(world, tmp_path, attacks: dict[int, Coalition], n: int = 5) -> Outco
     for v in validators:
         v.report_misbehaviour(job)
     reported = submit_misbehaviour(dep, box, outsider, job)
+    for v in validators:  # validators re-derive and sign the reward root the market will accept
+        v.approve_rewards(job)
     agg.post_rewards(job)
     world["chain"].advance_time(spec.deadlines.challenge_period)
     requester.settle(job)

@@ -258,6 +258,8 @@ def test_requester_cannot_take_the_escrow_back_once_training_started(world, tmp_
     attempts({"release": "market: job still running", "sweep": "market: job not settled"})
     refused("fail", match="market: deadline not missed")
     # Finalizing: the challenge window is open
+    for v in s.validators:
+        v.approve_rewards(job)
     s.agg.post_rewards(job)
     assert dep.job(job)["state"] == JobState.FINALIZING
     attempts({"release": "market: job still running", "sweep": "market: job not settled"})
@@ -287,6 +289,8 @@ def test_honest_validated_job_gives_the_challenger_nothing_to_prove(world, tmp_p
     for r in range(2):
         run_round(s, r)
         assert dep.disputes.call("has_quorum", job, r)
+    for v in s.validators:
+        v.approve_rewards(job)
     s.agg.post_rewards(job)
     # noise on the topics: junk, and an attestation signed by someone who is no validator (even twice)
     for r in range(2):

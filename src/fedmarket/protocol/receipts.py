@@ -36,6 +36,11 @@ _TYPES = {
         {"name": "jobId", "type": "uint256"},
         {"name": "provider", "type": "address"},
     ],
+    "Rewards": [
+        {"name": "jobId", "type": "uint256"},
+        {"name": "rewardRoot", "type": "bytes32"},
+        {"name": "rewardTotal", "type": "uint256"},
+    ],
 }
 
 
@@ -128,6 +133,19 @@ class Misbehaviour(_Typed):
 
     def message(self) -> dict:
         return {"jobId": self.job_id, "provider": self.provider}
+
+
+@dataclass(frozen=True)
+class RewardsApproval(_Typed):
+    """A validator's approval of the reward root (and total) it re-derived (Disputes.approve_rewards)."""
+
+    TYPE = "Rewards"
+    job_id: int
+    reward_root: bytes
+    reward_total: int
+
+    def message(self) -> dict:
+        return {"jobId": self.job_id, "rewardRoot": self.reward_root, "rewardTotal": self.reward_total}
 
 
 _PERMIT_TYPES = {

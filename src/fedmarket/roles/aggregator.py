@@ -23,7 +23,7 @@ from ..protocol.receipts import ReceiptAck, UpdateReceipt
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
 from . import secure_round as sr
-from .settlement import reward_document
+from .settlement import mailbox_reveals, reward_document, submit_reward_approvals
 from .common import (
     committed_rounds,
     epsilon_after_round,
@@ -190,7 +190,7 @@ class Aggregator:
         total = sr.unmasked_sum(cfg, members, transcript, masked)  # SecAggAbort / ShareTampered: nothing committed
         return kept, sr.correction(masked, total), transcript.as_doc()
 
-    def run_round(self, job_id: int, round_: int) -> Receipt:
+    def run_round(self, job_id: int, round_: int, collected: tuple[list[Update], list[dict]] | None = None) -> Receipt:
         """Aggregate the round's updates (exact integer arithmetic) and commit it in one transaction.
 
         A DP job's round commits the job's cumulative epsilon; a round that would exceed the
@@ -200,7 +200,8 @@ class Aggregator:
         if next_round != round_:
             raise FedMarketError(f"job {job_id} is at round {next_round}, not {round_}")
         epsilon = epsilon_after_round(spec, round_)
-        updates, rejected = self.collect(job_id, round_, spec)
+        # `collected`: what `collect` just returned for this round, so it is not verified twice
+        updates, rejected = collected if collected is not None else self.collect(job_id, round_, spec)
         if not updates:
             raise FedMarketError(f"job {job_id} round {round_}: no valid update to aggregate")
         secure = None
@@ -263,19 +264,17 @@ class Aggregator:
         return self.rewards_document(job_id, spec)["leaves"]
 
     def rewards_document(self, job_id: int, spec: JobSpec) -> dict:
-        reveals: dict[int, list[str]] = {}
-        for c in committed_rounds(self.dep, job_id):
-            for raw in self.mailbox.read(round_topic(job_id, c.round) + "-reveals"):
-                try:
-                    reveals.setdefault(c.round, []).append(json.loads(raw)["scores_cid"])
-                except (ValueError, KeyError, TypeError):
-                    continue
-        return reward_document(self.dep, self.store, job_id, spec, reveals)
+        return reward_document(self.dep, self.store, job_id, spec, mailbox_reveals(self.dep, self.mailbox, job_id))
 
     def post_rewards(self, job_id: int) -> Receipt:
-        """After the last round: publish the rewards document and commit the root of its leaves."""
+        """After the last round: publish the rewards document and commit the root of its leaves.
+        A job with validators first needs their approvals of that very root (they re-derive it:
+        `Validator.approve_rewards`); the ones posted on the mailbox are submitted here."""
         spec = load_spec(self.dep, self.store, job_id)
         doc = self.rewards_document(job_id, spec)
         tree = reward_tree(doc["leaves"])
+        total = int(doc["total"])
         cid = self.store.put(canonical_json(doc))
-        return self.dep.market.transact("post_rewards", job_id, tree.root, int(doc["total"]), cid, sender=self.account)
+        if spec.participation.max_validators > 0:
+            submit_reward_approvals(self.dep, self.mailbox, self.account, job_id, tree.root, total)
+        return self.dep.market.transact("post_rewards", job_id, tree.root, total, cid, sender=self.account)

@@ -181,3 +181,47 @@ def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpe
         "slashed": slashed,
         "quality": quality,
     }
+
+
+def mailbox_reveals(dep: Deployment, mailbox, job_id: int) -> dict[int, list[str]]:
+    """The scores CIDs validators revealed on the mailbox, per committed round (unverified: see verified_reveals)."""
+    from .common import round_topic
+
+    reveals: dict[int, list[str]] = {}
+    for c in committed_rounds(dep, job_id):
+        for raw in mailbox.read(round_topic(job_id, c.round) + "-reveals"):
+            try:
+                reveals.setdefault(c.round, []).append(json.loads(raw)["scores_cid"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return reveals
+
+
+def rewards_topic(job_id: int) -> str:
+    return f"job-{job_id}-rewards"
+
+
+def submit_reward_approvals(dep: Deployment, mailbox, sender, job_id: int, root: bytes, total: int) -> list:
+    """Put the validators' signed approvals of (root, total) on chain (anyone may); returns the receipts."""
+    from ..protocol.receipts import RewardsApproval
+
+    chosen: dict[str, bytes] = {}
+    for raw in mailbox.read(rewards_topic(job_id)):
+        try:
+            msg = json.loads(raw)
+            if msg["reward_root"] != "0x" + root.hex() or int(msg["reward_total"]) != total:
+                continue
+            sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
+            v = RewardsApproval(job_id, root, total).signer(sig, dep.chain_id, dep.disputes.address)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if v != msg.get("validator") or v in chosen:
+            continue
+        if int(dep.market.call("membership", job_id, v)[0]) != 3 or dep.disputes.call("rewards_signed", job_id, v):
+            continue
+        chosen[v] = sig
+    if not chosen:
+        return []
+    ordered = sorted(chosen, key=address_key)
+    return [dep.disputes.transact("approve_rewards", job_id, root, total, ordered, [chosen[v] for v in ordered],
+                                  sender=sender)]

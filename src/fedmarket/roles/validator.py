@@ -95,6 +95,22 @@ class Validator:
         self.mailbox.post(round_topic(job_id, round_) + "-attestations", canonical_json(message))
         return message
 
+    def approve_rewards(self, job_id: int) -> dict:
+        """Re-derive the job's reward leaves from the chain, the blob store and the revealed scores,
+        and post a signed approval of their root and total (what `post_rewards` needs); returns it."""
+        from ..protocol.proofs import reward_tree
+        from ..protocol.receipts import RewardsApproval
+        from .settlement import mailbox_reveals, reward_document, rewards_topic
+
+        spec = load_spec(self.dep, self.store, job_id)
+        doc = reward_document(self.dep, self.store, job_id, spec, mailbox_reveals(self.dep, self.mailbox, job_id))
+        root, total = reward_tree(doc["leaves"]).root, int(doc["total"])
+        sig = RewardsApproval(job_id, root, total).sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
+        message = {"validator": self.address, "reward_root": "0x" + root.hex(), "reward_total": str(total),
+                   "signature": "0x" + sig.hex()}
+        self.mailbox.post(rewards_topic(job_id), canonical_json(message))
+        return message
+
     def claim(self, job_id: int) -> Receipt:
         """Claim this validator's leaf: its stake back to free stake and its reputation change."""
         return claim_reward(self.dep, self.store, self.account, job_id)
