@@ -102,7 +102,7 @@ def audit(
     rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
     dir: Path = typer.Option(Path("fedmarket-demo"), "--dir", "-d", help="A job directory: report.json (contract addresses) and blobs/."),
     contracts: Path = typer.Option(None, "--contracts", help="Addresses file (JSON with token, market, disputes, licence) instead of DIR/report.json."),
-    store: Path = typer.Option(None, "--store", help="Blob store directory instead of DIR/blobs."),
+    store: str = typer.Option(None, "--store", help="Blob store instead of DIR/blobs: a directory or ipfs+http://HOST:PORT (a Kubo node)."),
 ) -> None:
     """Re-derive every round and payout of a job from chain data and the blob store; exit 1 on any mismatch."""
     from rich.console import Console
@@ -111,14 +111,14 @@ def audit(
     from ..chain import connect
     from ..market import Deployment
     from ..roles.auditor import Auditor
-    from ..storage import LocalBlobStore
+    from ..storage import open_store
 
     addresses = _read_addresses(contracts or dir / "report.json")
-    blobs = store or dir / "blobs"
-    if not blobs.is_dir():
+    blobs = store or str(dir / "blobs")
+    if not blobs.lower().startswith("ipfs+") and not Path(blobs).is_dir():
         raise ConfigError(f"blob store {blobs} does not exist")
     dep = Deployment.attach(connect(rpc), addresses)
-    report = Auditor(dep, LocalBlobStore(blobs)).audit(job_id)
+    report = Auditor(dep, open_store(blobs)).audit(job_id)
     table = Table(title=f"audit of job {job_id} ({report.state.lower()})")
     for col in ("round", "updates", "recomputed", "problem"):
         table.add_column(col)
