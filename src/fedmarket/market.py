@@ -7,8 +7,7 @@ import json
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
-from .chain import Account, Chain, Contract
-from .chain import artifacts
+from .chain import Account, Chain, Contract, artifacts
 from .errors import ChainError
 
 DEFAULT_FEE_BPS = 100  # 1% protocol fee

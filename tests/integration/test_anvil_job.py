@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from fedmarket.chain.anvil import AnvilNode, find_anvil
 from fedmarket.chain.rpc_backend import RpcChain
 from fedmarket.market import Deployment
 from fedmarket.runner import JobConfig, run_job
 
 pytestmark = pytest.mark.anvil
-
-
-@pytest.fixture(scope="module")
-def node():
-    if find_anvil() is None:
-        if os.environ.get("CI"):
-            pytest.fail("anvil is required in CI: `npm install` must install @foundry-rs/anvil")
-        pytest.skip("anvil not installed (run `npm install`)")
-    with AnvilNode() as n:
-        yield n
 
 
 def test_job_runs_on_anvil_with_real_receipts(node, tmp_path):

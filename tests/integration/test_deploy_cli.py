@@ -13,28 +13,14 @@ import urllib.request
 
 import pytest
 
-from fedmarket.chain.anvil import AnvilNode, find_anvil
+from fedmarket.chain.anvil import AnvilNode
 from fedmarket.keys import Keystore
 
-pytestmark = pytest.mark.anvil
+pytestmark = [pytest.mark.anvil, pytest.mark.usefixtures("need_anvil")]
 
 PW = "deploy-test-password"
 # anvil's dev account 0: public, but it must still never be printed by us
 DEV_KEY_0 = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcd7bf1ef4d6f5b2ff"[:-2]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def need_anvil():
-    if find_anvil() is None:
-        if os.environ.get("CI"):
-            pytest.fail("anvil is required in CI: `npm install` must install @foundry-rs/anvil")
-        pytest.skip("anvil not installed (run `npm install`)")
-
-
-@pytest.fixture(scope="module")
-def node():
-    with AnvilNode() as n:
-        yield n
 
 
 def fm(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

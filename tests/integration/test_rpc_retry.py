@@ -10,7 +10,6 @@ to send, and each distinct signed transaction reaches the chain once.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import urllib.request
@@ -19,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from eth_account import Account as EthAccount
 
-from fedmarket.chain.anvil import AnvilNode, find_anvil
+from fedmarket.chain.anvil import AnvilNode
 from fedmarket.chain.base import Account
 from fedmarket.chain.rpc_backend import RpcChain
 from fedmarket.market import Deployment
@@ -27,16 +26,6 @@ from fedmarket.market import Deployment
 pytestmark = pytest.mark.anvil
 
 TOKEN = 10**18
-
-
-@pytest.fixture(scope="module")
-def node():
-    if find_anvil() is None:
-        if os.environ.get("CI"):
-            pytest.fail("anvil is required in CI: `npm install` must install @foundry-rs/anvil")
-        pytest.skip("anvil not installed (run `npm install`)")
-    with AnvilNode() as n:
-        yield n
 
 
 class FlakyProxy:

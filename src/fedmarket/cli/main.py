@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import typer
+
 try:  # typer >= 0.21 vendors click and raises its own exception types
     from typer.exceptions import TyperException as _CliUsageError
 except ImportError:  # older typer (the `flower` extra pins one) raises click's

@@ -23,9 +23,7 @@ from ..protocol.receipts import ReceiptAck, UpdateReceipt
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
 from . import secure_round as sr
-from .settlement import mailbox_reveals, reward_document, submit_reward_approvals
 from .common import (
-    committed_rounds,
     epsilon_after_round,
     global_model,
     load_spec,
@@ -33,6 +31,7 @@ from .common import (
     round_providers,
     round_topic,
 )
+from .settlement import mailbox_reveals, reward_document, submit_reward_approvals
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,115 @@
+"""Benchmark: one job with every role in its own OS process on anvil, against the same job in one
+process on the embedded EVM; prints one JSON object.
+
+The role processes (`python -m fedmarket <role> run`, started by `fedmarket.processes.localjob`)
+reach anvil through a counting JSON-RPC proxy. A round's time is measured from training start
+to the last `RoundCommitted` (wall clock, as seen by a watcher polling the node directly);
+`tx_per_round` and `rpc_calls_per_round` count what the proxy forwarded in that window. The
+in-process figure is `runner.run_job` on titanoboa for the same job shape in the same run
+(the machines here are shared and noisy: compare the ratio, not the absolute seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def distributed(args) -> dict:
+    from fedmarket.chain.anvil import AnvilNode
+    from fedmarket.processes.localjob import LocalJob, RpcProxy
+
+    with tempfile.TemporaryDirectory() as tmp, AnvilNode(fixed_interval=False) as node, RpcProxy(node.url) as proxy:
+        job = LocalJob(tmp, node.url, rpc_url=proxy.url, providers=args.providers, validators=args.validators,
+                       rounds=args.rounds, local_epochs=args.local_epochs, poll=args.poll,
+                       collect_timeout=args.collect_timeout)
+        job.setup()
+        t0 = time.monotonic()
+        try:
+            job.start_all()
+            job.wait(lambda: job.dep.job(job.job_id)["state"].name != "OPEN", 600, "training to start", poll=0.02)
+            t_start, wall_start = time.monotonic(), time.time()
+            commits: list[float] = []  # wall clock when the watcher saw each round committed
+
+            def seen() -> bool:
+                n = job.committed()
+                while len(commits) < n:
+                    commits.append(time.time())
+                return n >= args.rounds
+
+            job.wait(seen, 600, "every round", poll=0.02)
+            t_end = time.monotonic()
+            job.wait_done(timeout=600)
+            t_done = time.monotonic()
+        finally:
+            job.stop_all()
+        rep = job.report()
+        r = args.rounds
+        # where a round's time goes: from the previous commit to the last update posted (providers
+        # see the round, fetch the model, train, post), then to the commit (the aggregator verifies,
+        # aggregates, sends one transaction); message times are the mailbox files' mtimes
+        from fedmarket.roles.common import round_topic
+
+        to_last_update, to_commit = [], []
+        for i in range(r):
+            files = [p for p in (Path(tmp) / "mailbox" / round_topic(job.job_id, i)).iterdir() if not p.name.startswith(".")]
+            last = max(p.stat().st_mtime for p in files)
+            to_last_update.append(last - (commits[i - 1] if i else wall_start))
+            to_commit.append(commits[i] - last)
+        return {
+            "s_per_round": round((t_end - t_start) / r, 3),
+            "tx_per_round": round(proxy.count("eth_sendRawTransaction", t_start, t_end) / r, 2),
+            "rpc_calls_per_round": round(proxy.count(None, t_start, t_end) / r, 1),
+            "median_s_to_last_update": round(statistics.median(to_last_update), 3),
+            "median_s_last_update_to_commit": round(statistics.median(to_commit), 3),
+            "startup_s": round(t_start - t0, 1),  # post + every process up, joined, training started
+            "settle_and_claims_s": round(t_done - t_end, 1),
+            "job_total_s": round(t_done - t0, 1),
+            "job_tx_total": proxy.count("eth_sendRawTransaction"),
+            "job_rpc_calls_total": proxy.count(None),
+            "updates_per_round": rep["round_counts"],
+            "all_claimed": rep["claimed"] == rep["participants_claimable"],
+            "conserved": rep["holdings_conserved"] and rep["escrow"] == rep["paid"] + rep["fee"] + rep["refunded"],
+        }
+
+
+def inprocess(args) -> float:
+    from fedmarket.chain.boa_backend import BoaChain
+    from fedmarket.runner import JobConfig, run_job
+
+    marks: dict[str, float] = {}
+
+    def tick(stage: str, done: int, total: int) -> None:
+        if done == total:
+            marks[stage] = time.perf_counter()
+
+    cfg = JobConfig(providers=args.providers, rounds=args.rounds, local_epochs=args.local_epochs,
+                    validators=args.validators)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_job(BoaChain(), tmp, cfg, tick)
+    return (marks["rounds"] - marks["join"]) / args.rounds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--providers", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--validators", type=int, default=0, help="validator processes (and validators in-process)")
+    ap.add_argument("--local-epochs", type=int, default=1)
+    ap.add_argument("--poll", type=float, default=0.2, help="seconds between two steps of each role process")
+    ap.add_argument("--collect-timeout", type=float, default=30.0)
+    args = ap.parse_args()
+    out: dict = {"providers": args.providers, "rounds": args.rounds, "validators": args.validators,
+                 "local_epochs": args.local_epochs, "poll_s": args.poll}
+    out.update(distributed(args))
+    out["inprocess_s_per_round"] = round(inprocess(args), 3)
+    out["ratio"] = round(out["s_per_round"] / out["inprocess_s_per_round"], 2)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""`fedmarket requester|provider|aggregator|validator`: each role as a long-running process.
+
+Every command attaches to a deployment (`--contracts`, written by `fedmarket deploy`), signs
+with an account of the encrypted keystore (`--account NAME`; or `--dev-account I` on a
+development chain), reads and writes blobs in `--store` (a directory or `ipfs+http://...`)
+and messages in `--mailbox` (a directory), keeps its few facts in `--state-dir`, and polls
+the chain every `--poll` seconds until its part of the job is done (exit 0), SIGTERM/SIGINT
+(exit 0; restart with the same state directory to resume), or an unrecoverable error (one
+line on stderr).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from ..errors import ConfigError
+from .account import KEYSTORE_HELP, prompt_password
+from .main import _read_addresses, app
+
+requester_app = typer.Typer(no_args_is_help=True, help="The requester: post a funded job, settle it, mint its model token.")
+provider_app = typer.Typer(no_args_is_help=True, help="A data provider: join a job, train every round on private data, claim.")
+aggregator_app = typer.Typer(no_args_is_help=True, help="The job's aggregator: accept, start, commit every round, post rewards.")
+validator_app = typer.Typer(no_args_is_help=True, help="A validator: join, recompute, score and attest every round, claim.")
+app.add_typer(requester_app, name="requester")
+app.add_typer(provider_app, name="provider")
+app.add_typer(aggregator_app, name="aggregator")
+app.add_typer(validator_app, name="validator")
+
+RPC = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain.")
+CONTRACTS = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`.")
+ACCOUNT = typer.Option(None, "--account", help="Signer: an account of the keystore (password from $FEDMARKET_PASSWORD or a prompt).")
+KEYSTORE = typer.Option(None, "--keystore", help=KEYSTORE_HELP)
+DEV = typer.Option(None, "--dev-account", help="Signer: anvil's public dev account I (chain id 31337 only).")
+STORE = typer.Option("fedmarket-blobs", "--store", help="Blob store: a directory, or ipfs+http://HOST:PORT (a Kubo node).")
+MAILBOX = typer.Option(Path("fedmarket-mailbox"), "--mailbox", help="Mailbox directory shared by the job's roles.")
+STATE = typer.Option(None, "--state-dir", help="This role's state directory (default ./fedmarket-state/ROLE-ADDRESS[-job-ID]).")
+POLL = typer.Option(1.0, "--poll", help="Seconds between two looks at the chain and the mailbox.")
+JOB = typer.Option(..., "--job", help="The job id.")
+
+
+def _poll(poll: float) -> float:
+    if not poll > 0:
+        raise ConfigError(f"--poll must be positive (got {poll})")
+    return poll
+
+
+def _connect(rpc: str, contracts: Path, account: str | None, keystore: Path | None, dev_account: int | None,
+             state_dir: Path | None, role: str, job: int | None):
+    """(deployment on a journaling chain, signer, state directory)."""
+    from ..keys import DEV_CHAIN_ID, load_account
+    from ..keys import dev_account as dev_key
+    from ..market import Deployment
+    from ..processes.base import JournaledRpcChain, retrying
+
+    if (account is None) == (dev_account is None):
+        raise ConfigError("give the signer as exactly one of --account NAME or --dev-account I")
+    addresses = _read_addresses(contracts)
+    if dev_account is not None:
+        signer = dev_key(dev_account)
+    else:
+        signer = load_account(account, keystore, prompt=lambda: prompt_password(f"Password for account {account!r}"))
+    state = state_dir or Path("fedmarket-state") / (f"{role}-{signer.address}" + (f"-job-{job}" if job is not None else ""))
+    chain = retrying(lambda: JournaledRpcChain(rpc, Path(state) / "journal"), attempts=4)
+    if dev_account is not None and chain.chain_id != DEV_CHAIN_ID:
+        raise ConfigError(f"--dev-account is only for development chains (chain id {DEV_CHAIN_ID}); "
+                          f"{rpc} has chain id {chain.chain_id}: use --account")
+    if "chain_id" in addresses and int(addresses["chain_id"]) != chain.chain_id:
+        raise ConfigError(f"{contracts} is a deployment on chain {addresses['chain_id']}, but {rpc} is chain {chain.chain_id}")
+    dep = Deployment.attach(chain, addresses)
+    code = retrying(lambda: chain._rpc("eth_getCode", [dep.market.address, "latest"]))
+    if code in ("0x", "0x0", None):
+        raise ConfigError(f"no market contract at {dep.market.address} on {rpc} (wrong --contracts file?)")
+    return dep, signer, Path(state)
+
+
+def _load_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as doc:
+            if "X" not in doc or "y" not in doc:
+                raise ConfigError(f"{what} file {path} must hold arrays 'X' and 'y' (has: {', '.join(doc.files) or 'none'})")
+            X, y = np.asarray(doc["X"]), np.asarray(doc["y"])
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (not a zip, truncated, pickled objects...)
+        raise ConfigError(f"cannot read {what} file {path}: {exc}") from None
+    if X.ndim != 2 or y.ndim != 1 or len(X) != len(y) or not len(y):
+        raise ConfigError(f"{what} file {path}: X must be (n, features) and y (n,), got {X.shape} and {y.shape}")
+    return X, y
+
+
+def _stores(store: str, mailbox: Path | None):
+    from ..storage import Mailbox, open_store
+
+    return open_store(store), (Mailbox(mailbox) if mailbox is not None else None)
+
+
+def _run(proc, poll: float) -> None:
+    proc.run(poll)
+    if proc.done:
+        proc.say("done")
+
+
+@requester_app.command("post")
+def requester_post(
+    rpc: str = RPC, contracts: Path = CONTRACTS, account: str = ACCOUNT, keystore: Path = KEYSTORE, dev_account: int = DEV,
+    spec: Path = typer.Option(..., "--spec", help="The job spec (JSON, see fedmarket.spec.JobSpec)."),
+    aggregator: str = typer.Option(..., "--aggregator", help="Address of the aggregator the job names."),
+    store: str = STORE, state_dir: Path = STATE, poll: float = POLL,
+    test: Path = typer.Option(None, "--test", help="Held-out test data (.npz with X, y): log each committed model's accuracy."),
+    follow: bool = typer.Option(True, "--follow/--no-follow", help="After posting, follow the job: settle it and mint its model token."),
+) -> None:
+    """Post a funded job (once per state directory); print its id; then settle it and mint the model token."""
+    from eth_utils import is_address, to_checksum_address
+
+    from ..processes import RequesterProcess
+    from ..processes.base import retrying
+    from ..spec import JobSpec
+
+    poll = _poll(poll)
+    if not is_address(aggregator):
+        raise ConfigError(f"--aggregator is not an address: {aggregator!r}")
+    if not spec.is_file():
+        raise ConfigError(f"spec file {spec} does not exist")
+    job_spec = JobSpec.parse(spec.read_bytes())
+    X, y = _load_npz(test, "test data") if test is not None else (None, None)
+    dep, signer, state = _connect(rpc, contracts, account, keystore, dev_account, state_dir, "requester", None)
+    blobs, _ = _stores(store, None)
+    proc = RequesterProcess(dep, signer, blobs, state, X_test=X, y_test=y)
+    balance = retrying(lambda: dep.balance(signer.address))
+    if balance < job_spec.reward.escrow and proc.state.load("job", {}).get("job_id") is None:
+        raise ConfigError(f"requester {signer.address} holds {balance} tokens, less than the escrow {job_spec.reward.escrow}")
+    # posting is idempotent (state directory + journal + JobPosted events), so it may be retried
+    job_id = retrying(lambda: proc.post(job_spec, to_checksum_address(aggregator)))
+    print(job_id, flush=True)
+    if follow:
+        _run(proc, poll)
+
+
+@requester_app.command("run")
+def requester_run(
+    rpc: str = RPC, contracts: Path = CONTRACTS, account: str = ACCOUNT, keystore: Path = KEYSTORE, dev_account: int = DEV,
+    job: int = JOB, store: str = STORE, state_dir: Path = STATE, poll: float = POLL,
+    test: Path = typer.Option(None, "--test", help="Held-out test data (.npz with X, y)."),
+) -> None:
+    """Follow a posted job: fail it if its aggregator misses a deadline, settle it, mint its model token."""
+    from ..processes import RequesterProcess
+
+    poll = _poll(poll)
+    X, y = _load_npz(test, "test data") if test is not None else (None, None)
+    dep, signer, state = _connect(rpc, contracts, account, keystore, dev_account, state_dir, "requester", None)
+    blobs, _ = _stores(store, None)
+    _run(RequesterProcess(dep, signer, blobs, state, job_id=job, X_test=X, y_test=y), poll)
+
+
+@provider_app.command("run")
+def provider_run(
+    rpc: str = RPC, contracts: Path = CONTRACTS, account: str = ACCOUNT, keystore: Path = KEYSTORE, dev_account: int = DEV,
+    data: Path = typer.Option(..., "--data", help="This provider's private training data (.npz with arrays X, y)."),
+    job: int = JOB, store: str = STORE, mailbox: Path = MAILBOX, state_dir: Path = STATE, poll: float = POLL,
+) -> None:
+    """Join the job (stake by permit), train every round it is selected for, claim reward and stake."""
+    from ..processes import ProviderProcess
+
+    poll = _poll(poll)
+    X, y = _load_npz(data, "data")
+    dep, signer, state = _connect(rpc, contracts, account, keystore, dev_account, state_dir, "provider", job)
+    blobs, box = _stores(store, mailbox)
+    _run(ProviderProcess(dep, signer, blobs, box, X, y, job, state), poll)
+
+
+@aggregator_app.command("run")
+def aggregator_run(
+    rpc: str = RPC, contracts: Path = CONTRACTS, account: str = ACCOUNT, keystore: Path = KEYSTORE, dev_account: int = DEV,
+    job: int = JOB, store: str = STORE, mailbox: Path = MAILBOX, state_dir: Path = STATE, poll: float = POLL,
+    collect_timeout: float = typer.Option(60.0, "--collect-timeout", help="Seconds to wait for missing updates before committing a round without them."),
+    reveal_timeout: float = typer.Option(60.0, "--reveal-timeout", help="Seconds to wait for validators' revealed scores before posting rewards."),
+) -> None:
+    """Accept the job, start it, commit every round (one transaction each), post the reward root, release the stake."""
+    from ..processes import AggregatorProcess
+
+    poll = _poll(poll)
+    if collect_timeout < 0 or reveal_timeout < 0:
+        raise ConfigError("--collect-timeout and --reveal-timeout must not be negative")
+    dep, signer, state = _connect(rpc, contracts, account, keystore, dev_account, state_dir, "aggregator", job)
+    blobs, box = _stores(store, mailbox)
+    _run(AggregatorProcess(dep, signer, blobs, box, job, state, collect_timeout=collect_timeout,
+                           reveal_timeout=reveal_timeout), poll)
+
+
+@validator_app.command("run")
+def validator_run(
+    rpc: str = RPC, contracts: Path = CONTRACTS, account: str = ACCOUNT, keystore: Path = KEYSTORE, dev_account: int = DEV,
+    data: Path = typer.Option(..., "--data", help="This validator's held-out data (.npz with arrays X, y)."),
+    job: int = JOB, store: str = STORE, mailbox: Path = MAILBOX, state_dir: Path = STATE, poll: float = POLL,
+) -> None:
+    """Join as validator, recompute/score/attest every round, reveal the scores, claim the stake back."""
+    from ..processes import ValidatorProcess
+
+    poll = _poll(poll)
+    X, y = _load_npz(data, "data")
+    dep, signer, state = _connect(rpc, contracts, account, keystore, dev_account, state_dir, "validator", job)
+    blobs, box = _stores(store, mailbox)
+    _run(ValidatorProcess(dep, signer, blobs, box, X, y, job, state), poll)

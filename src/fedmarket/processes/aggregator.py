@@ -1,0 +1,187 @@
+"""The aggregator as a long-running process: accept, start, commit each round once, post rewards."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from ..chain import Account
+from ..errors import ContractRevert
+from ..market import Deployment, JobState
+from ..roles import Aggregator
+from ..roles.common import committed_rounds, fetch_metrics, load_spec, round_providers, round_topic
+from ..roles.settlement import verified_reveals
+from ..roles.validator import submit_attestations, submit_misbehaviour
+from ..storage import BlobStore, Mailbox
+from .base import Fatal, RoleProcess, Stop, job_state
+
+ZERO = b"\x00" * 32
+
+
+class AggregatorProcess(RoleProcess):
+    """Drives `roles.Aggregator` for one job.
+
+    Round `r` is committed only while the chain's `current_round` is `r`, and only once every
+    selected provider's update arrived or `collect_timeout` seconds went by since this process
+    first saw round `r` open (then with whatever valid updates there are). With validators,
+    their attestations of the previous round go on chain first (quorum gates the next round),
+    and the reward root waits for every attesting validator's revealed scores (or
+    `reveal_timeout`) and then for two thirds of the validator stake to approve it. Every transaction is journaled before it is sent (JournaledRpcChain),
+    so a restart re-broadcasts or finds it instead of signing another."""
+
+    role = "aggregator"
+
+    def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, job_id: int,
+                 state_dir: str | os.PathLike, *, collect_timeout: float = 60.0, reveal_timeout: float = 60.0, **kwargs):
+        super().__init__(dep, state_dir, **kwargs)
+        self.aggregator = Aggregator(dep, account, store, mailbox)
+        self.account = account
+        self.store = store
+        self.mailbox = mailbox
+        self.job_id = job_id
+        self.collect_timeout = collect_timeout
+        self.reveal_timeout = reveal_timeout
+        self._opened: dict[int, float] = {}  # round -> when this process first saw it open (monotonic)
+        self._expected: dict[int, list[str]] = {}  # round -> the providers selected for it
+        self._spec = None
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    def spec(self):
+        if self._spec is None:
+            self._spec = load_spec(self.dep, self.store, self.job_id)
+        return self._spec
+
+    def step(self) -> None:
+        job_id = self.job_id
+        job = job_state(self.dep, job_id)
+        if job["aggregator"] != self.address:
+            raise Fatal(f"job {job_id} names {job['aggregator']} as its aggregator, not {self.address}")
+        state = job["state"]
+        if state == JobState.OPEN:
+            if not job["accepted"]:
+                spec = self.spec()
+                if spec.privacy.secure:
+                    raise Fatal(f"job {job_id} uses privacy mode {spec.privacy.mode}: role processes support "
+                                "plain and dp_local jobs")
+                receipt = self.aggregator.accept(job_id)
+                self.say(f"accepted job {job_id} (tx {receipt.tx_hash})")
+                return
+            full = job["n_providers"] >= job["max_providers"] and job["n_validators"] >= job["max_validators"]
+            late = (max(self.dep.chain.timestamp(), time.time()) >= job["join_deadline"]
+                    and job["n_providers"] >= job["min_providers"])
+            if full or late:
+                receipt = self.aggregator.start(job_id)
+                self.say(f"started training with {job['n_providers']} providers, {job['n_validators']} validators "
+                         f"(tx {receipt.tx_hash})")
+            else:
+                self.say_once(f"waiting for providers ({job['n_providers']}/{job['max_providers']}) and validators")
+            return
+        if state == JobState.TRAINING:
+            r, rounds = int(job["current_round"]), int(job["rounds"])
+            gated = job["max_validators"] > 0
+            if r > 0 and gated and not self.dep.disputes.call("has_quorum", job_id, r - 1):
+                for receipt in submit_attestations(self.dep, self.mailbox, self.account, job_id, r - 1):
+                    self.say(f"round {r - 1}: attestations submitted (tx {receipt.tx_hash})")
+                if not self.dep.disputes.call("has_quorum", job_id, r - 1):
+                    self.say_once(f"round {r - 1}: waiting for validator quorum")
+                return
+            if r < rounds:
+                self._round(job, r)
+            else:
+                self._finish(job)
+            return
+        if state == JobState.FINALIZING:
+            self.say_once("reward root posted; waiting for the challenge window and settlement")
+            return
+        # settled, cancelled or failed: take the stake back (to free stake) and stop
+        _, stake = self.dep.market.call("membership", job_id, self.address)
+        if stake:
+            receipt = self.aggregator.release_stake(job_id)
+            self.say(f"job {state.name.lower()}: aggregator stake released (tx {receipt.tx_hash})")
+        raise Stop
+
+    def _round(self, job: dict, r: int) -> None:
+        job_id = self.job_id
+        spec = self.spec()
+        opened = self._opened.setdefault(r, time.monotonic())
+        if r not in self._expected:
+            self._expected = {r: round_providers(self.dep, spec, job_id, r)}
+        expected = self._expected[r]
+        waited = time.monotonic() - opened
+        timed_out = waited >= self.collect_timeout
+        collected = None
+        if not timed_out:
+            # cheap first: which selected providers have posted something (unverified)
+            claimed = set()
+            for raw in self.mailbox.read(round_topic(job_id, r)):
+                try:
+                    claimed.add(json.loads(raw)["provider"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+            if not claimed.issuperset(expected):
+                return
+            # then verified: a bad update does not count (its provider may still post a good one)
+            collected = updates, rejected = self.aggregator.collect(job_id, r, spec)
+            if len(updates) < len(expected):
+                for rej in rejected:
+                    self.say_once(f"round {r}: rejected an update{' of ' + rej['provider'] if 'provider' in rej else ''}: "
+                                  f"{rej['reason']}")
+                return
+        elif not self.mailbox.read(round_topic(job_id, r)):
+            self.say_once(f"round {r}: no update after {waited:.0f}s")
+            return
+        # every selected provider's valid update is here (or time is up): aggregate and commit;
+        # bad updates are left out and listed with their reasons in the round's metrics document
+        receipt = self.aggregator.run_round(job_id, r, collected)
+        committed = committed_rounds(self.dep, job_id)[r]
+        metrics = fetch_metrics(self.store, committed)
+        for rej in metrics.get("rejected", []):
+            self.say_once(f"round {r}: rejected an update{' of ' + rej['provider'] if 'provider' in rej else ''}: "
+                          f"{rej['reason']}")
+        missing = sorted(set(expected) - {u["provider"] for u in metrics["updates"]})
+        self.say(f"round {r} committed: {committed.count} updates"
+                 + (f", missing {len(missing)}" if missing else "")
+                 + (f", {len(metrics.get('rejected', []))} rejected" if metrics.get("rejected") else "")
+                 + f" after {waited:.1f}s, gas {receipt.gas_used} (tx {receipt.tx_hash})")
+
+    def _reveals_complete(self) -> bool:
+        """Whether every validator that attested a round has revealed its scores for it."""
+        for c in committed_rounds(self.dep, self.job_id):
+            stakes = {e["validator"] for e in self.dep.market.events("ValidatorJoined", job_id=self.job_id)}
+            attested = {v for v in stakes if self.dep.disputes.call("attestation_of", self.job_id, c.round, v) != ZERO}
+            cids = []
+            for raw in self.mailbox.read(round_topic(self.job_id, c.round) + "-reveals"):
+                try:
+                    cids.append(json.loads(raw)["scores_cid"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+            revealed = {rv.validator for rv in verified_reveals(self.dep, self.store, self.job_id, c.round, cids)}
+            if attested - revealed:
+                return False
+        return True
+
+    def _finish(self, job: dict) -> None:
+        job_id = self.job_id
+        if job["n_validators"] > 0:
+            opened = self._opened.setdefault(-1, time.monotonic())
+            if not self._reveals_complete():
+                if time.monotonic() - opened < self.reveal_timeout:
+                    self.say_once("all rounds committed; waiting for the validators' revealed scores")
+                    return
+                self.say_once(f"some validators did not reveal their scores within {self.reveal_timeout:.0f}s")
+            for receipt in submit_misbehaviour(self.dep, self.mailbox, self.account, job_id):
+                self.say(f"provider {receipt.event('ProviderSlashed')['provider']} slashed by validator vote")
+        try:  # with validators, it also puts their approvals of this very root on chain first
+            receipt = self.aggregator.post_rewards(job_id)
+        except ContractRevert as exc:
+            if "not approved" not in str(exc):
+                raise
+            self.say_once("reward root ready; waiting for the validators' approvals of it")
+            return
+        ev = receipt.event("RewardRootPosted")
+        self.say(f"reward root posted: total {ev['reward_total']}, challenge window until {ev['challenge_deadline']} "
+                 f"(tx {receipt.tx_hash})")

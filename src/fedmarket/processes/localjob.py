@@ -1,0 +1,377 @@
+"""One market job run as separate OS processes on this machine (`python -m fedmarket <role> run`),
+for the integration tests and `benchmarks/distributed.py`; also a worked example of what an
+operator runs on each machine (see docs/deployment.md).
+
+`LocalJob` deploys the contracts on a development node (anvil), splits a bundled dataset into
+one `.npz` file per provider (validators and the requester keep held-out parts), writes the
+spec, mints the tokens every role needs, then starts and watches the role processes.
+`RpcProxy` sits between the processes and the node: it counts JSON-RPC requests and can drop
+connections or go away for a while, as a flaky network would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from ..chain.rpc_backend import RpcChain
+from ..errors import FedMarketError
+from ..keys import dev_account
+from ..market import Deployment, JobState
+
+TOKEN = 10**18
+
+
+class RpcProxy:
+    """JSON-RPC pass-through that counts requests (per method, with times) and, on demand, drops
+    every `drop_every`-th connection (alternately before and after forwarding it) or stops
+    listening for a while (`outage`)."""
+
+    def __init__(self, upstream: str, *, drop_every: int = 0):
+        self.upstream = upstream
+        self.drop_every = drop_every
+        self.lock = threading.Lock()
+        self.log: list[tuple[float, str]] = []  # (monotonic time, method) of every request answered or dropped
+        self.dropped = 0
+        self._n = 0
+        self.port = 0
+        self.server: ThreadingHTTPServer | None = None
+        self._listen()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _listen(self) -> None:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    method = json.loads(body).get("method", "?")
+                except ValueError:
+                    method = "?"
+                with proxy.lock:
+                    proxy.log.append((time.monotonic(), method))
+                    proxy._n += 1
+                    drop = proxy.drop_every and proxy._n % proxy.drop_every == 0
+                    before = drop and (proxy._n // proxy.drop_every) % 2 == 0
+                    if drop:
+                        proxy.dropped += 1
+                if before:
+                    return self._cut()
+                req = urllib.request.Request(proxy.upstream, body, {"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as resp:
+                        answer = resp.read()
+                except OSError:
+                    return self._cut()
+                if drop:
+                    return self._cut()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def _cut(self):
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def outage(self, seconds: float) -> None:
+        """Stop listening (every client connection is refused), then come back on the same port."""
+        self.close()
+        time.sleep(seconds)
+        self._listen()
+
+    def count(self, method: str | None = None, since: float = 0.0, until: float = float("inf")) -> int:
+        with self.lock:
+            return sum(1 for t, m in self.log if since <= t <= until and (method is None or m == method))
+
+    def __enter__(self) -> RpcProxy:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass
+class LocalJob:
+    """A job across OS processes on one machine. `node_url` is the node itself (setup and
+    checks); `rpc_url` what the role processes use (the node, or a proxy in front of it)."""
+
+    workdir: Path
+    node_url: str
+    rpc_url: str = ""
+    providers: int = 5
+    validators: int = 0
+    rounds: int = 2
+    seed: int = 0
+    local_epochs: int = 1
+    poll: float = 0.2
+    collect_timeout: float = 5.0
+    reveal_timeout: float = 20.0
+    challenge_period: int = 1
+    round_duration: int = 600
+    escrow_tokens: int = 1_000
+    stake_tokens: int = 10
+    aggregator_stake_tokens: int = 100
+    validator_stake_tokens: int = 50
+    keystore_requester: bool = False  # sign the requester's transactions from an encrypted keystore
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    killed: list[str] = field(default_factory=list)
+    job_id: int | None = None
+
+    # dev account indexes: 0 deployer, 1 treasury, 2 requester, 3 aggregator, 4.. validators, 40.. providers
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.rpc_url = self.rpc_url or self.node_url
+        self.chain = RpcChain(self.node_url)
+        self.deployer, self.treasury, self.requester, self.aggregator = (dev_account(i) for i in range(4))
+        self.validator_accts = [dev_account(4 + i) for i in range(self.validators)]
+        self.provider_accts = [dev_account(40 + i) for i in range(self.providers)]
+        self.dep: Deployment | None = None
+        self.before: dict[str, int] = {}
+        self.market_before = 0
+
+    # ---- setup --------------------------------------------------------------------------
+    @property
+    def accounts(self) -> list:
+        return [self.requester, self.treasury, self.aggregator, *self.provider_accts, *self.validator_accts]
+
+    def setup(self) -> None:
+        from ..fl.data import load_dataset, subset, train_test_split
+        from ..fl.partition import iid_partition
+        from ..spec import DataSchema, DeadlineSpec, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
+
+        w = self.workdir
+        for sub in ("data", "logs", "state", "blobs", "mailbox"):
+            (w / sub).mkdir(parents=True, exist_ok=True)
+        for acct in [self.deployer, *self.accounts]:
+            self.chain.fund(acct.address, 10**21)
+        self.dep = Deployment.deploy(self.chain, self.deployer, self.treasury.address, 100, 1_000)
+        self.dep.save(w / "contracts.json", chain_id=self.chain.chain_id, block=1, deployer=self.deployer.address)
+        escrow = self.escrow_tokens * TOKEN
+        mint = [(self.requester, escrow), (self.aggregator, self.aggregator_stake_tokens * TOKEN)]
+        mint += [(a, self.stake_tokens * TOKEN) for a in self.provider_accts]
+        mint += [(a, self.validator_stake_tokens * TOKEN) for a in self.validator_accts]
+        for acct, amount in mint:
+            if amount:
+                self.dep.token.transact("mint", acct.address, amount, sender=self.deployer)
+
+        ds = load_dataset("digits")
+        train, test = train_test_split(ds, 0.25, self.seed)
+        for i, idx in enumerate(iid_partition(train.y, self.providers, self.seed)):
+            np.savez(w / "data" / f"provider-{i}.npz", X=train.X[idx], y=train.y[idx])
+        if self.validators:
+            half = test.n_samples // 2
+            for i, idx in enumerate(np.array_split(np.arange(half, test.n_samples), self.validators)):
+                np.savez(w / "data" / f"validator-{i}.npz", X=test.X[idx], y=test.y[idx])
+            test = subset(test, np.arange(half))
+        np.savez(w / "data" / "test.npz", X=test.X, y=test.y)
+        spec = JobSpec(
+            name=f"digits, {self.providers} provider processes",
+            data=DataSchema(n_features=ds.n_features, n_classes=ds.num_classes,
+                            feature_low=[float(v) for v in ds.feature_low],
+                            feature_high=[float(v) for v in ds.feature_high]),
+            training=TrainingSpec(rounds=self.rounds, local_epochs=self.local_epochs, batch_size=16, learning_rate=1.0),
+            reward=RewardSpec(escrow=escrow, provider_stake=self.stake_tokens * TOKEN,
+                              aggregator_stake=self.aggregator_stake_tokens * TOKEN,
+                              validator_stake=self.validator_stake_tokens * TOKEN if self.validators else 0),
+            participation=ParticipationSpec(min_providers=self.providers, max_providers=self.providers,
+                                            max_validators=self.validators),
+            deadlines=DeadlineSpec(join_window=3_600, round_duration=self.round_duration,
+                                   challenge_period=self.challenge_period, claim_period=86_400),
+        )
+        (w / "spec.json").write_bytes(spec.canonical())
+        self.spec = spec
+        if self.keystore_requester:
+            from ..keys import Keystore
+
+            Keystore(w / "keystore").new("requester", "local-job", key=self.requester.key, scrypt_n=2**10)
+        self.nonces0 = {a.address: self.chain.next_nonce(a.address) for a in self.accounts}
+        self.before = {a.address: self.dep.holdings(a.address) for a in self.accounts}
+        # tokens in the market outside the watched accounts' free stake: job escrows and locked stakes
+        self.market_before = self.dep.balance(self.dep.market.address) - sum(self.dep.staked(a.address) for a in self.accounts)
+
+    # ---- processes ----------------------------------------------------------------------
+    def _common(self, name: str) -> list[str]:
+        return ["--rpc", self.rpc_url, "--contracts", str(self.workdir / "contracts.json"),
+                "--store", str(self.workdir / "blobs"), "--state-dir", str(self.workdir / "state" / name),
+                "--poll", str(self.poll)]
+
+    def _spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        with open(self.workdir / "logs" / f"{name}.log", "ab") as log, open(self.workdir / "logs" / f"{name}.out", "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "fedmarket", *args], stdout=out, stderr=log,
+                                    stdin=subprocess.DEVNULL, env=full_env)
+        self.procs[name] = proc
+        return proc
+
+    def post(self, timeout: float = 60.0) -> int:
+        """Start the requester (`requester post`, which then follows the job); returns the job id."""
+        args = ["requester", "post", *self._common("requester"), "--spec", str(self.workdir / "spec.json"),
+                "--aggregator", self.aggregator.address, "--test", str(self.workdir / "data" / "test.npz")]
+        env = {}
+        if self.keystore_requester:
+            args += ["--account", "requester", "--keystore", str(self.workdir / "keystore")]
+            env["FEDMARKET_PASSWORD"] = "local-job"
+        else:
+            args += ["--dev-account", "2"]
+        proc = self._spawn("requester", args, env)
+        out = self.workdir / "logs" / "requester.out"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = out.read_text() if out.exists() else ""
+            if text.strip():
+                self.job_id = int(text.split()[0])
+                return self.job_id
+            if proc.poll() is not None:
+                raise FedMarketError(f"requester exited with {proc.returncode}: {self.log('requester')[-2000:]}")
+            time.sleep(0.05)
+        raise FedMarketError("requester did not post the job in time")
+
+    def start_aggregator(self, env: dict | None = None) -> subprocess.Popen:
+        return self._spawn("aggregator", ["aggregator", "run", *self._common("aggregator"), "--dev-account", "3",
+                                          "--job", str(self.job_id), "--mailbox", str(self.workdir / "mailbox"),
+                                          "--collect-timeout", str(self.collect_timeout),
+                                          "--reveal-timeout", str(self.reveal_timeout)], env)
+
+    def start_provider(self, i: int) -> subprocess.Popen:
+        return self._spawn(f"provider-{i}", ["provider", "run", *self._common(f"provider-{i}"), "--dev-account", str(40 + i),
+                                             "--job", str(self.job_id), "--mailbox", str(self.workdir / "mailbox"),
+                                             "--data", str(self.workdir / "data" / f"provider-{i}.npz")])
+
+    def start_validator(self, i: int) -> subprocess.Popen:
+        return self._spawn(f"validator-{i}", ["validator", "run", *self._common(f"validator-{i}"), "--dev-account", str(4 + i),
+                                              "--job", str(self.job_id), "--mailbox", str(self.workdir / "mailbox"),
+                                              "--data", str(self.workdir / "data" / f"validator-{i}.npz")])
+
+    def start_all(self) -> None:
+        self.post()
+        self.start_aggregator()
+        for i in range(self.validators):
+            self.start_validator(i)
+        for i in range(self.providers):
+            self.start_provider(i)
+
+    def log(self, name: str) -> str:
+        path = self.workdir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}\n{self.log(n)[-3000:]}" for n in sorted({*self.procs, *self.killed}))
+
+    def wait(self, pred, timeout: float, what: str, poll: float = 0.1):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = pred()
+            if got:
+                return got
+            for name, proc in self.procs.items():
+                if proc.poll() not in (None, 0):
+                    raise FedMarketError(f"{name} exited with {proc.returncode} while waiting for {what}\n{self.logs()}")
+            time.sleep(poll)
+        raise FedMarketError(f"timed out after {timeout}s waiting for {what}\n{self.logs()}")
+
+    def committed(self) -> int:
+        return len(self.dep.market.events("RoundCommitted", job_id=self.job_id)) if self.job_id is not None else 0
+
+    def wait_done(self, timeout: float = 120.0) -> None:
+        """Wait until every live role process exits, and check they all exited 0."""
+        live = dict(self.procs)
+        self.wait(lambda: all(p.poll() is not None for p in live.values()), timeout, "every role process to finish")
+        bad = {n: p.returncode for n, p in live.items() if p.returncode != 0}
+        if bad:
+            raise FedMarketError(f"role processes failed: {bad}\n{self.logs()}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill a role process (SIGKILL: no clean-up); it is no longer watched."""
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        proc.wait(10)
+        self.killed.append(name)
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    # ---- what the chain says ------------------------------------------------------------
+    def report(self) -> dict:
+        dep, job_id = self.dep, self.job_id
+        job = dep.job(job_id)
+        after = {a.address: dep.holdings(a.address) for a in self.accounts}
+        escrow = self.spec.reward.escrow
+        settled = dep.market.events("JobSettled", job_id=job_id)
+        posted = dep.market.events("RewardRootPosted", job_id=job_id)
+        claims = dep.market.events("RewardClaimed", job_id=job_id)
+        providers = [a.address for a in self.provider_accts]
+        validators = [a.address for a in self.validator_accts]
+        paid = sum(after[p] - self.before[p] for p in providers)
+        fee = after[self.treasury.address] - self.before[self.treasury.address]
+        refunded = after[self.requester.address] - (self.before[self.requester.address] - escrow)
+        market_after = dep.balance(dep.market.address)
+        staked = sum(dep.staked(a.address) for a in self.accounts)
+        rounds = dep.market.events("RoundCommitted", job_id=job_id)
+        return {
+            "job_id": job_id,
+            "state": job["state"].name,
+            "rounds_committed": sorted(int(e["round"]) for e in rounds),
+            "round_counts": [int(e["count"]) for e in sorted(rounds, key=lambda e: e["round"])],
+            "claimed": sorted(e["account"] for e in claims),
+            "participants_claimable": sorted(providers + validators),
+            "reward_total": int(posted[-1]["reward_total"]) if posted else None,
+            "escrow": escrow,
+            "paid": paid,
+            "fee": fee,
+            "refunded": refunded,
+            "fee_event": int(settled[0]["fee"]) if settled else None,
+            "refund_event": int(settled[0]["refund"]) if settled else None,
+            "minted": bool(dep.licence.events("ModelMinted", job_id=job_id)),
+            # every token is still on some watched account or in the market
+            "holdings_conserved": sum(self.before.values()) + self.market_before == sum(after.values()) + market_after - staked,
+            "job_funds_left_in_market": market_after - staked,
+            "aggregator_delta": after[self.aggregator.address] - self.before[self.aggregator.address],
+            "validators_delta": sum(after[v] - self.before[v] for v in validators),
+            "settled": job["state"] == JobState.SETTLED,
+        }

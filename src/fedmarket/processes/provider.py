@@ -1,0 +1,98 @@
+"""The provider as a long-running process: join, train each round once, claim."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ..chain import Account
+from ..market import Deployment, JobState, Role
+from ..roles import Provider
+from ..roles.common import round_topic
+from ..storage import BlobStore, Mailbox
+from .base import Fatal, RoleProcess, Stop, job_state
+
+
+class ProviderProcess(RoleProcess):
+    """Drives `roles.Provider` for one job from chain state and the mailbox.
+
+    What it did is read back from the chain (membership, committed rounds, claims) and the
+    mailbox (its own posted receipt of the current round), so it needs no state of its own:
+    a restarted provider trains the current round only if its receipt is not there yet."""
+
+    role = "provider"
+
+    def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, X: np.ndarray,
+                 y: np.ndarray, job_id: int, state_dir: str | os.PathLike, **kwargs):
+        super().__init__(dep, state_dir, **kwargs)
+        self.provider = Provider(dep, account, store, mailbox, X, y)
+        self.mailbox = mailbox
+        self.job_id = job_id
+        self._posted_round: int | None = None  # the round this process knows it is done with
+
+    @property
+    def address(self) -> str:
+        return self.provider.address
+
+    def posted(self, round_: int) -> bool:
+        """Whether this provider's receipt for `round_` is already in the mailbox."""
+        for raw in self.mailbox.read(round_topic(self.job_id, round_)):
+            try:
+                if json.loads(raw).get("provider") == self.address:
+                    return True
+            except (ValueError, AttributeError):
+                continue
+        return False
+
+    def step(self) -> None:
+        job_id = self.job_id
+        job = job_state(self.dep, job_id)
+        state = job["state"]
+        if state == JobState.TRAINING and self._posted_round == int(job["current_round"]):
+            return  # the common idle step: one call to the node
+        role, stake = self.dep.market.call("membership", job_id, self.address)
+        if state == JobState.OPEN:
+            if role == 0:
+                spec = self.provider.inspect(job_id)  # the spec's hash and our data's schema are checked here
+                if spec.privacy.secure:
+                    raise Fatal(f"job {job_id} uses privacy mode {spec.privacy.mode}: role processes support "
+                                "plain and dp_local jobs (secure aggregation runs in-process, `fedmarket demo`)")
+                if job["n_providers"] >= job["max_providers"]:
+                    raise Fatal(f"job {job_id} is full ({job['n_providers']} providers)")
+                receipt = self.provider.join(job_id)
+                self.say(f"joined job {job_id} with stake {spec.reward.provider_stake} (tx {receipt.tx_hash})")
+            else:
+                self.say_once(f"joined job {job_id}; waiting for training to start")
+            return
+        if role & 127 != Role.PROVIDER:
+            raise Fatal(f"{self.address} is not a provider of job {job_id} (state {state.name})")
+        if state == JobState.TRAINING:
+            r = int(job["current_round"])
+            if r >= int(job["rounds"]) or self.posted(r):
+                self._posted_round = r
+                return
+            if not self.provider.selected(job_id, r):
+                self.say_once(f"round {r}: not selected")
+                self._posted_round = r
+                return
+            msg = self.provider.train(job_id, r)
+            self._posted_round = r
+            if msg is not None:
+                self.say(f"round {r}: update {msg['update_cid']} posted (weight {msg['weight']}, "
+                         f"train loss {msg['train_loss']:.4f})")
+        elif state == JobState.FINALIZING:
+            self.say_once("all rounds committed; waiting for settlement")
+        elif state == JobState.SETTLED:
+            leaf, _ = self.provider.reward_leaf(job_id)
+            if not self.dep.market.call("is_claimed", job_id, int(leaf["index"])):
+                receipt = self.provider.claim(job_id)
+                self.say(f"claimed reward {leaf['amount']} and stake, reputation {int(leaf['reputation_delta']):+d} "
+                         f"(tx {receipt.tx_hash})")
+            raise Stop
+        elif state in (JobState.CANCELLED, JobState.FAILED):
+            if stake:
+                receipt = self.dep.market.transact("release_stake", job_id, self.address, sender=self.provider.account)
+                self.say(f"job {state.name.lower()}: stake released (tx {receipt.tx_hash})")
+            raise Stop

@@ -1,0 +1,127 @@
+"""The validator as a long-running process: join, review and attest each round, reveal, claim."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from ..chain import Account
+from ..market import Deployment, JobState, Role
+from ..roles import Validator
+from ..roles.common import committed_rounds
+from ..storage import BlobStore, Mailbox
+from .base import Fatal, RoleProcess, Stop, job_state
+
+
+class ValidatorProcess(RoleProcess):
+    """Drives `roles.Validator` for one job.
+
+    Each committed round is reviewed once (recomputed, scored, attestation posted); its
+    sealed scores document is kept in the state directory (`reviews.json`) so a restarted
+    validator can still reveal it once the round reaches quorum. Misbehaviour reports go out
+    with the last round's review, before its reveal; once every round is revealed, it signs
+    the reward root it re-derives (`Validator.approve_rewards`), which `post_rewards` needs."""
+
+    role = "validator"
+
+    def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, X: np.ndarray,
+                 y: np.ndarray, job_id: int, state_dir: str | os.PathLike, **kwargs):
+        super().__init__(dep, state_dir, **kwargs)
+        self.validator = Validator(dep, account, store, mailbox, X, y)
+        self.job_id = job_id
+        self._idle: tuple | None = None  # (rounds committed, state) after which nothing is left to review
+        self._approved_at = float("-inf")
+        self.approve_interval = 1.0
+        # what the role keeps in memory between review and reveal, restored from the state directory
+        for r, doc in self.state.load("reviews", {}).items():
+            if doc is not None:
+                self.validator._docs[(job_id, int(r))] = doc
+        seen = self.state.load("seen", {})
+        if seen:
+            self.validator._seen[job_id] = {p: tuple(v) for p, v in seen.items()}
+
+    @property
+    def address(self) -> str:
+        return self.validator.address
+
+    def step(self) -> None:
+        job_id = self.job_id
+        job = job_state(self.dep, job_id)
+        state = job["state"]
+        role, stake = self.dep.market.call("membership", job_id, self.address)
+        if state == JobState.OPEN:
+            if role == 0:
+                if job["n_validators"] >= job["max_validators"]:
+                    raise Fatal(f"job {job_id} takes no more validators ({job['n_validators']}/{job['max_validators']})")
+                receipt = self.validator.join(job_id)
+                self.say(f"joined job {job_id} as validator (tx {receipt.tx_hash})")
+            else:
+                self.say_once(f"joined job {job_id}; waiting for rounds")
+            return
+        if role & 127 != Role.VALIDATOR:
+            raise Fatal(f"{self.address} is not a validator of job {job_id} (state {state.name})")
+        if state in (JobState.TRAINING, JobState.FINALIZING):
+            if (int(job["current_round"]), state) != self._idle:  # something new on chain, or a reveal pending
+                self._review_and_reveal(int(job["rounds"]))
+                pending = [k for k, d in self.state.load("reviews", {}).items()
+                           if d is not None and int(k) not in self.state.load("revealed", [])]
+                self._idle = (int(job["current_round"]), state) if not pending else None
+            if state == JobState.TRAINING and int(job["current_round"]) == int(job["rounds"]) and self._idle:
+                self._approve_rewards()
+        elif state == JobState.SETTLED:
+            from ..roles.common import reward_leaf
+
+            leaf, _ = reward_leaf(self.dep, self.validator.store, self.address, job_id)
+            if not self.dep.market.call("is_claimed", job_id, int(leaf["index"])):
+                receipt = self.validator.claim(job_id)
+                self.say(f"claimed: stake back, reputation {int(leaf['reputation_delta']):+d} (tx {receipt.tx_hash})")
+            raise Stop
+        else:
+            if stake:
+                receipt = self.dep.market.transact("release_stake", job_id, self.address, sender=self.validator.account)
+                self.say(f"job {state.name.lower()}: stake released (tx {receipt.tx_hash})")
+            raise Stop
+
+    def _approve_rewards(self) -> None:
+        """Every round committed and revealed: re-derive the reward root and sign it (at most every
+        `approve_interval` seconds until the aggregator posts it). Its inputs (every validator's
+        reveals, providers slashed by vote) may still change, so a changed root is signed again;
+        the aggregator submits the approvals of the root it posts, and an unchanged one is the
+        same mailbox message (same bytes, same CID)."""
+        if time.monotonic() - self._approved_at < self.approve_interval:
+            return
+        self._approved_at = time.monotonic()
+        msg = self.validator.approve_rewards(self.job_id)
+        if self.state.load("approved", {}).get("reward_root") != msg["reward_root"]:
+            self.state.save("approved", {"reward_root": msg["reward_root"], "reward_total": msg["reward_total"]})
+            self.say(f"approved reward root {msg['reward_root'][:18]}... (total {msg['reward_total']})")
+
+    def _review_and_reveal(self, n_rounds: int) -> None:
+        job_id = self.job_id
+        reviews: dict = self.state.load("reviews", {})
+        for c in committed_rounds(self.dep, job_id):
+            key = str(c.round)
+            if key in reviews:
+                continue
+            msg = self.validator.review(job_id, c.round)
+            reviews[key] = self.validator._docs.get((job_id, c.round)) if msg else None
+            self.state.save("seen", {p: list(v) for p, v in self.validator._seen.get(job_id, {}).items()})
+            self.state.save("reviews", reviews)
+            self.say(f"round {c.round}: " + ("recomputed, scored and attested" if msg else "WRONG aggregate: not attested"))
+        if str(n_rounds - 1) in reviews and not self.state.load("reported", False):
+            flagged = self.validator.report_misbehaviour(job_id)
+            if flagged:
+                self.say(f"reported misbehaviour of {', '.join(flagged)}")
+            self.state.save("reported", True)
+        revealed: list = self.state.load("revealed", [])
+        for key, doc in sorted(reviews.items(), key=lambda kv: int(kv[0])):
+            if doc is None or int(key) in revealed:
+                continue
+            if not self.dep.disputes.call("has_quorum", job_id, int(key)):
+                continue
+            cid = self.validator.reveal(job_id, int(key))
+            revealed.append(int(key))
+            self.state.save("revealed", revealed)
+            self.say(f"round {key}: scores revealed ({cid})" if cid else f"round {key}: attestation not on chain, nothing to reveal")

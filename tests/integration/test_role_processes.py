@@ -1,0 +1,204 @@
+"""Every role as its own OS process (`python -m fedmarket <role> run`) on anvil: a whole job,
+and the faults a real deployment meets (a crashed aggregator, a provider gone for good, a
+flaky connection to the node, a corrupted blob). In every case the job settles, every live
+participant's claim lands, and every token is accounted for."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fedmarket.processes.base import CRASH_ENV, CRASH_EXIT_CODE, TxJournal
+from fedmarket.processes.localjob import LocalJob, RpcProxy
+from fedmarket.roles.common import committed_rounds, fetch_metrics, reward_leaf, round_topic
+from fedmarket.storage import LocalBlobStore
+
+pytestmark = pytest.mark.anvil
+
+
+@pytest.fixture(scope="module")
+def node(wallclock_node):
+    return wallclock_node
+
+
+@pytest.fixture
+def local_job(node, tmp_path):
+    jobs = []
+
+    def make(**kwargs) -> LocalJob:
+        job = LocalJob(tmp_path, node.url, **kwargs)
+        job.setup()
+        jobs.append(job)
+        return job
+
+    yield make
+    for job in jobs:
+        job.stop_all()
+
+
+def assert_settled_and_conserved(job: LocalJob, claimants: list[str] | None = None) -> dict:
+    rep = job.report()
+    assert rep["state"] == "SETTLED" and rep["minted"], rep
+    assert rep["rounds_committed"] == list(range(job.rounds)), rep  # each round exactly once
+    assert rep["claimed"] == sorted(claimants if claimants is not None else rep["participants_claimable"]), rep
+    assert rep["holdings_conserved"], rep
+    assert rep["escrow"] == rep["paid"] + rep["fee"] + rep["refunded"], rep
+    assert (rep["fee"], rep["refunded"]) == (rep["fee_event"], rep["refund_event"]), rep
+    assert rep["paid"] == rep["reward_total"] and rep["job_funds_left_in_market"] == 0, rep
+    assert rep["aggregator_delta"] == 0 and rep["validators_delta"] == 0, rep
+    return rep
+
+
+def aggregator_journal(job: LocalJob) -> TxJournal:
+    return TxJournal(job.workdir / "state" / "aggregator" / "journal")
+
+
+def assert_one_tx_per_intent(job: LocalJob) -> None:
+    """The aggregator's account sent exactly its journaled transactions, one submit_round per round."""
+    journal = aggregator_journal(job)
+    mined = journal.entries("mined")
+    assert journal.entries("pending") == [] and journal.entries("dropped") == []
+    nonce = int(job.chain._rpc("eth_getTransactionCount", [job.aggregator.address, "latest"]), 16)
+    assert sorted(e["nonce"] for e in mined) == list(range(job.nonces0[job.aggregator.address], nonce))
+    submit = job.dep.market.abi.function("submit_round").selector.hex()
+    rounds = [e for e in mined if submit in e["raw"]]
+    assert len(rounds) == job.rounds
+
+
+def test_a_job_across_role_processes(local_job):
+    job = local_job(providers=5, validators=2, rounds=2, keystore_requester=True)
+    t0 = time.monotonic()
+    job.start_all()
+    job.wait_done(timeout=150)
+    rep = assert_settled_and_conserved(job)
+    assert rep["round_counts"] == [5, 5]
+    assert_one_tx_per_intent(job)
+    # the requester signed from its encrypted keystore, evaluated each model and minted the token
+    assert "round 1: test accuracy" in job.log("requester")
+    accuracy = json.loads((job.workdir / "state" / "requester" / "accuracy.json").read_text())
+    assert len(accuracy) == 2 and accuracy[-1] > 0.8
+    # validators attested and revealed every round; rewards follow their scores
+    for r in range(2):
+        assert job.dep.disputes.call("has_quorum", job.job_id, r)
+    doc_cid = job.dep.market.events("RewardRootPosted", job_id=job.job_id)[0]["rewards_cid"]
+    assert json.loads(LocalBlobStore(job.workdir / "blobs").get(doc_cid))["basis"].startswith("validator scores")
+    print(f"job across {len(job.procs)} processes: {time.monotonic() - t0:.1f}s")
+
+
+def test_aggregator_killed_mid_job_resumes_without_resubmitting(local_job):
+    job = local_job(providers=3, rounds=3, collect_timeout=3)
+    job.start_all()
+    job.wait(lambda: job.committed() >= 1, 90, "round 0 to be committed")
+    job.kill("aggregator")  # SIGKILL: no chance to clean up
+    done = job.committed()
+    assert done < job.rounds
+    # second life: dies right after signing (journaling) its next submit_round, before sending it
+    second = job.start_aggregator(env={CRASH_ENV: "submit_round"})
+    assert second.wait(90) == CRASH_EXIT_CODE, job.log("aggregator")
+    pending = aggregator_journal(job).entries("pending")
+    assert len(pending) == 1 and job.committed() == done  # signed, never sent
+    # third life: re-broadcasts those very bytes instead of signing a second submit_round
+    job.start_aggregator()
+    job.wait_done(timeout=120)
+    assert f"re-broadcast journaled transaction {pending[0]['hash']}" in job.log("aggregator")
+    receipt = job.chain._rpc("eth_getTransactionReceipt", [pending[0]["hash"]])
+    assert int(receipt["status"], 16) == 1
+    assert_settled_and_conserved(job)
+    assert_one_tx_per_intent(job)
+
+
+def test_a_provider_gone_for_good(local_job):
+    job = local_job(providers=4, rounds=3, collect_timeout=2)
+    job.start_all()
+    victim = job.provider_accts[3].address
+
+    def posted_round0():
+        topic = job.workdir / "mailbox" / round_topic(job.job_id, 0)
+        return topic.is_dir() and any(victim in p.read_text() for p in topic.iterdir() if not p.name.startswith("."))
+
+    job.wait(posted_round0, 90, "the victim's round-0 update", poll=0.01)
+    job.kill("provider-3")
+    job.wait_done(timeout=120)
+    store = LocalBlobStore(job.workdir / "blobs")
+    rounds_in = sum(any(u["provider"] == victim for u in fetch_metrics(store, c)["updates"])
+                    for c in committed_rounds(job.dep, job.job_id))
+    assert 1 <= rounds_in < job.rounds
+    assert job.report()["round_counts"][-1] == 3  # the last rounds went on without it
+    leaf, _ = reward_leaf(job.dep, store, victim, job.job_id)
+    others = [reward_leaf(job.dep, store, a.address, job.job_id)[0] for a in job.provider_accts[:3]]
+    assert int(leaf["reputation_delta"]) == rounds_in and all(int(o["reputation_delta"]) == job.rounds for o in others)
+    assert 0 < int(leaf["amount"]) < min(int(o["amount"]) for o in others)
+    # nobody claimed for it yet; anyone may (the funds still go to the provider)
+    assert sorted(job.report()["claimed"]) == sorted(a.address for a in job.provider_accts[:3])
+    _, proof = reward_leaf(job.dep, store, victim, job.job_id)
+    job.dep.market.transact("claim", job.job_id, leaf["index"], victim, int(leaf["amount"]),
+                            int(leaf["reputation_delta"]), proof, sender=job.deployer)
+    assert_settled_and_conserved(job)
+
+
+def test_flaky_connection_to_the_node(node, local_job):
+    with RpcProxy(node.url, drop_every=23) as proxy:
+        job = local_job(providers=3, rounds=2, collect_timeout=3)
+        job.rpc_url = proxy.url
+        job.start_all()
+        job.wait(lambda: job.committed() >= 1, 120, "round 0 to be committed")
+        proxy.outage(1.5)  # the node "restarts": every connection refused for a while
+        job.wait_done(timeout=120)
+        assert proxy.dropped > 5
+    assert "step failed, will retry" in "".join(job.log(n) for n in job.procs)
+    assert_settled_and_conserved(job)
+    assert_one_tx_per_intent(job)
+
+
+def test_a_corrupted_blob_is_rejected_and_the_role_keeps_running(local_job):
+    job = local_job(providers=3, rounds=2, collect_timeout=2)
+    job.start_all()
+    job.wait(lambda: job.dep.job(job.job_id)["state"].name == "TRAINING", 90, "training to start", poll=0.02)
+    job.procs["aggregator"].send_signal(signal.SIGSTOP)  # hold the aggregator while the updates come in
+    try:
+        topic = job.workdir / "mailbox" / round_topic(job.job_id, 0)
+        job.wait(lambda: topic.is_dir() and len([p for p in topic.iterdir() if not p.name.startswith(".")]) == job.providers,
+                 60, "every round-0 update")
+        victim = job.provider_accts[0].address
+        msg = next(json.loads(p.read_text()) for p in topic.iterdir()
+                   if not p.name.startswith(".") and victim in p.read_text())
+        (job.workdir / "blobs" / msg["update_cid"]).write_bytes(b"not the update it claims to be")
+    finally:
+        job.procs["aggregator"].send_signal(signal.SIGCONT)
+    job.wait(lambda: job.committed() >= 1, 60, "round 0 to be committed")
+    assert job.procs["aggregator"].poll() is None  # still running
+    log = job.log("aggregator")
+    assert "does not match its content id" in log and "refusing corrupted data" in log
+    job.wait_done(timeout=120)
+    store = LocalBlobStore(job.workdir / "blobs")
+    first = fetch_metrics(store, committed_rounds(job.dep, job.job_id)[0])
+    assert first["count"] == job.providers - 1 and victim not in [u["provider"] for u in first["updates"]]
+    assert any("content id" in r["reason"] for r in first["rejected"])
+    assert_settled_and_conserved(job)
+
+
+def test_role_commands_fail_with_one_line(node, tmp_path):
+    contracts = tmp_path / "c.json"
+    contracts.write_text(json.dumps({"token": "0x" + "11" * 20, "market": "0x" + "22" * 20,
+                                     "disputes": "0x" + "33" * 20, "licence": "0x" + "44" * 20, "chain_id": 31337}))
+    base = ["--rpc", node.url, "--contracts", str(contracts), "--job", "1", "--state-dir", str(tmp_path / "s")]
+    cases = {
+        "data file": (["provider", "run", *base, "--dev-account", "5", "--data", str(tmp_path / "none.npz")],
+                      f"data file {tmp_path / 'none.npz'} does not exist"),
+        "signer": (["aggregator", "run", *base], "exactly one of --account NAME or --dev-account I"),
+        "market": (["aggregator", "run", *base, "--dev-account", "3"], "no market contract at"),
+    }
+    procs = {what: subprocess.Popen([sys.executable, "-m", "fedmarket", *args], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+             for what, (args, _) in cases.items()}  # side by side: each one is mostly interpreter start-up
+    for what, (args, expected) in cases.items():
+        out, err = procs[what].communicate(timeout=120)
+        proc = subprocess.CompletedProcess(args, procs[what].returncode, out, err)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (what, proc.stderr)
+        assert len(lines) == 1 and lines[0].startswith("fedmarket: error: ") and expected in lines[0], (what, proc.stderr)
