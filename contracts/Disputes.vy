@@ -284,6 +284,20 @@ def _total_stake(job_id: uint256) -> uint256:
 
 @view
 @external
+def quorum_of(job_id: uint256, round: uint256, total_stake: uint256) -> bool:
+    """
+    @notice Whether attestations of round `round` reach two thirds of `total_stake` (the market
+            passes the job's validator stake from its own storage; `has_quorum` reads it here).
+    @param job_id The job.
+    @param round The round.
+    @param total_stake The job's validator stake.
+    @return True at quorum.
+    """
+    return self.attested_stake[job_id][round] * 3 >= total_stake * 2
+
+
+@view
+@external
 def has_quorum(job_id: uint256, round: uint256) -> bool:
     """
     @notice Whether two thirds of the job's validator stake attested round `round`
@@ -442,6 +456,21 @@ def approve_rewards(
         added += stake
         log RewardsApproved(job_id=job_id, validator=v, reward_root=reward_root, reward_total=reward_total, stake=stake)
     self.rewards_stake[job_id][key] += added
+
+
+@view
+@external
+def approved_of(job_id: uint256, reward_root: bytes32, reward_total: uint256, total_stake: uint256) -> bool:
+    """
+    @notice Whether approvals of this reward root and total reach two thirds of `total_stake`
+            (the market passes the job's validator stake; `rewards_approved` reads it here).
+    @param job_id The job.
+    @param reward_root The reward Merkle root.
+    @param reward_total The sum of its leaves.
+    @param total_stake The job's validator stake.
+    @return True if approved.
+    """
+    return self.rewards_stake[job_id][keccak256(abi_encode(reward_root, reward_total))] * 3 >= total_stake * 2
 
 
 @view

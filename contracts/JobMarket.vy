@@ -26,8 +26,8 @@ from snekmate.utils import merkle_proof_verification as merkle
 
 
 interface IDisputes:
-    def has_quorum(job_id: uint256, round: uint256) -> bool: view
-    def rewards_approved(job_id: uint256, reward_root: bytes32, reward_total: uint256) -> bool: view
+    def quorum_of(job_id: uint256, round: uint256, total_stake: uint256) -> bool: view
+    def approved_of(job_id: uint256, reward_root: bytes32, reward_total: uint256, total_stake: uint256) -> bool: view
 
 
 flag JobState:
@@ -741,7 +741,9 @@ def submit_round(
     if epsilon_spent > 0:  # jobs without differential privacy skip the budget's storage read
         assert epsilon_spent <= self.jobs[job_id].privacy_budget, "market: privacy budget exceeded"
     if round > 0 and self.jobs[job_id].max_validators > 0:
-        assert staticcall IDisputes(DISPUTES).has_quorum(job_id, round - 1), "market: previous round lacks quorum"
+        # the market passes its own validator stake total: one cross-contract read instead of two
+        total: uint256 = self.jobs[job_id].validator_total_stake
+        assert staticcall IDisputes(DISPUTES).quorum_of(job_id, round - 1, total), "market: previous round lacks quorum"
     self.round_commitment[job_id][round] = keccak256(abi_encode(model_root, updates_root, count, metrics_hash))
     self.jobs[job_id].current_round = current + 1
     self.jobs[job_id].round_deadline = block.timestamp + self.jobs[job_id].round_duration
@@ -776,9 +778,10 @@ def post_rewards(job_id: uint256, reward_root: bytes32, reward_total: uint256, r
     assert self.jobs[job_id].current_round == rounds, "market: rounds not finished"
     assert block.timestamp <= self.jobs[job_id].round_deadline, "market: round deadline passed"
     if self.jobs[job_id].max_validators > 0:
-        assert staticcall IDisputes(DISPUTES).has_quorum(job_id, rounds - 1), "market: last round lacks quorum"
+        total_stake: uint256 = self.jobs[job_id].validator_total_stake
+        assert staticcall IDisputes(DISPUTES).quorum_of(job_id, rounds - 1, total_stake), "market: last round lacks quorum"
         # validators re-derive the rewards from the revealed scores and sign the root they get
-        assert staticcall IDisputes(DISPUTES).rewards_approved(job_id, reward_root, reward_total), "market: rewards not approved by validators"
+        assert staticcall IDisputes(DISPUTES).approved_of(job_id, reward_root, reward_total, total_stake), "market: rewards not approved by validators"
     assert reward_root != empty(bytes32), "market: empty root"
     escrow: uint256 = self.jobs[job_id].escrow
     assert reward_total <= escrow - self._fee(escrow), "market: rewards exceed escrow"

@@ -348,9 +348,12 @@ def test_quorum_is_two_thirds_of_validator_stake(mk):
     r = _attest(mk, job, data, [0, 1])  # 100 of 200
     assert len([e for e in r.events if e.name == "RoundAttested"]) == 2
     assert not d.call("has_quorum", job, 0)
+    # what the market asks, passing the stake total from its own storage, agrees with has_quorum
+    total = mk.dep.job(job)["validator_total_stake"]
+    assert total == 4 * VAL_STAKE and not d.call("quorum_of", job, 0, total) and d.call("quorum_of", job, 0, 150 * 10**18)
     r = _attest(mk, job, data, [2])  # 200 of 200
     assert r.event("QuorumReached")["attested_stake"] == 4 * VAL_STAKE
-    assert d.call("has_quorum", job, 0)
+    assert d.call("has_quorum", job, 0) and d.call("quorum_of", job, 0, total)
     assert d.call("attestation_of", job, 0, mk.w["validators"][2].address) == b"\x05" * 32
     # the next round may now be committed
     ups = make_updates(mk.w, 2, seed=10)
