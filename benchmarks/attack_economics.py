@@ -40,12 +40,17 @@ from fedmarket.fl.attacks import ATTACKS, Attack, FreeRider, Sybil
 from fedmarket.fl.data import load_dataset, subset, train_test_split
 from fedmarket.fl.partition import iid_partition
 from fedmarket.market import Deployment, JobState
-from fedmarket.protocol.encoding import canonical_json
-from fedmarket.protocol.receipts import Attestation
 from fedmarket.roles import Aggregator, Provider, Requester, Validator
-from fedmarket.roles.adversary import AdversarialProvider, Coalition, JitteredSybil, LoudFreeRider
+from fedmarket.roles.adversary import (
+    AdversarialProvider,
+    Coalition,
+    DroppingAggregator,
+    EquivocatingValidator,
+    JitteredSybil,
+    LoudFreeRider,
+    ShiftyAggregator,
+)
 from fedmarket.roles.challenger import Challenger
-from fedmarket.roles.common import committed_rounds, round_topic
 from fedmarket.roles.validator import submit_attestations, submit_misbehaviour
 from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
 from fedmarket.storage import LocalBlobStore, Mailbox
@@ -54,42 +59,6 @@ TOKEN = 10**18
 N_PROVIDERS, N_VALIDATORS, ROUNDS = 5, 3, 3
 ESCROW, PROV_STAKE, AGG_STAKE, VAL_STAKE = 100 * TOKEN, 10 * TOKEN, 50 * TOKEN, 10 * TOKEN
 COLLUDING = {"alie": 2, "sybil": 2}
-
-
-# ---------------------------------------------------------------- provable cheats
-
-
-class ShiftyAggregator(Aggregator):
-    """Commits a round-1 model one quantisation step off in one coordinate (a wrong aggregate)."""
-
-    def combine(self, spec, q_global, updates):
-        q = super().combine(spec, q_global, updates)
-        if len(updates) and committed_rounds(self.dep, self._job):
-            q = q.copy()
-            q[200] += 3
-        return q
-
-
-class DroppingAggregator(Aggregator):
-    """Countersigns every update of round 1, then leaves the first one out (censorship)."""
-
-    def collect(self, job_id, round_, spec):
-        updates, rejected = super().collect(job_id, round_, spec)
-        return (updates[1:] if round_ == 1 else updates), rejected
-
-
-class EquivocatingValidator(Validator):
-    """Reviews honestly, then signs a second attestation of the same round with other scores."""
-
-    def review(self, job_id, round_):
-        msg = super().review(job_id, round_)
-        other = b"\x5a" * 32
-        model_root = committed_rounds(self.dep, job_id)[round_].model_root
-        sig = Attestation(job_id, round_, model_root, other).sign(self.account.key, self.dep.chain_id,
-                                                                  self.dep.disputes.address)
-        self.mailbox.post(round_topic(job_id, round_) + "-attestations",
-                          canonical_json(dict(msg, scores_root="0x" + other.hex(), signature="0x" + sig.hex())))
-        return msg
 
 
 # ---------------------------------------------------------------- one job
@@ -162,7 +131,6 @@ def run_job(w: World, workdir: Path, *, attack: Attack | str | None = None, aggr
     before = {a.address: dep.holdings(a.address) for a in accounts}
 
     job = requester.post(spec, w.aggregator.address)
-    agg._job = job
     agg.accept(job)
     for p in providers:
         p.join(job)

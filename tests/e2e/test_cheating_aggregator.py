@@ -9,23 +9,13 @@ from fedmarket.fl.data import load_dataset, subset
 from fedmarket.fl.partition import iid_partition
 from fedmarket.market import JobState
 from fedmarket.roles import Aggregator, Provider, Requester
+from fedmarket.roles.adversary import ShiftyAggregator
 from fedmarket.roles.auditor import Auditor
 from fedmarket.roles.challenger import Challenger
 from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
 from fedmarket.storage import LocalBlobStore, Mailbox
 
 TOKEN = 10**18
-
-
-class ShiftyAggregator(Aggregator):
-    """Nudges one coordinate of the round-1 model: the kind of error nobody would notice by eye."""
-
-    def combine(self, spec, q_global, updates):
-        q = super().combine(spec, q_global, updates)
-        if self.dep.job(self._job)["current_round"] == 1:
-            q = q.copy()
-            q[200] += 3
-        return q
 
 
 def setup_job(world, tmp_path, aggregator_cls, strategy="fedavg", trim=0, n=4):
@@ -45,7 +35,6 @@ def setup_job(world, tmp_path, aggregator_cls, strategy="fedavg", trim=0, n=4):
     providers = [Provider(dep, world["providers"][i], store, box, subset(ds, parts[i]).X, subset(ds, parts[i]).y)
                  for i in range(n)]
     job = requester.post(spec, world["aggregator"].address)
-    agg._job = job
     agg.accept(job)
     for p in providers:
         p.join(job)

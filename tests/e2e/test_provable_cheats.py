@@ -18,6 +18,7 @@ from fedmarket.market import JobState, Role
 from fedmarket.protocol.encoding import address_key, canonical_json
 from fedmarket.protocol.receipts import Attestation, ReceiptAck, UpdateReceipt
 from fedmarket.roles import Aggregator, Provider, Requester, Validator
+from fedmarket.roles.adversary import DroppingAggregator, EquivocatingValidator
 from fedmarket.roles.auditor import Auditor
 from fedmarket.roles.challenger import Challenger
 from fedmarket.roles.common import committed_rounds, round_topic
@@ -27,32 +28,6 @@ from fedmarket.storage import LocalBlobStore, Mailbox, cid_of
 
 TOKEN = 10**18
 ESCROW, AGG_STAKE, PROV_STAKE, VAL_STAKE = 100 * TOKEN, 50 * TOKEN, TOKEN, 10 * TOKEN
-
-
-class DroppingAggregator(Aggregator):
-    """Countersigns every update of round 1 (collect posts the acks), then leaves one out of the round."""
-
-    victim: str | None = None
-
-    def collect(self, job_id, round_, spec):
-        updates, rejected = super().collect(job_id, round_, spec)
-        if round_ == 1:
-            updates = [u for u in updates if u.provider != self.victim]
-        return updates, rejected
-
-
-class EquivocatingValidator(Validator):
-    """Reviews honestly, then also signs and posts a second attestation of the same round with other scores."""
-
-    def review(self, job_id, round_):
-        msg = super().review(job_id, round_)
-        other = b"\x5a" * 32
-        model_root = committed_rounds(self.dep, job_id)[round_].model_root
-        sig = Attestation(job_id, round_, model_root, other).sign(self.account.key, self.dep.chain_id,
-                                                                  self.dep.disputes.address)
-        self.mailbox.post(round_topic(job_id, round_) + "-attestations",
-                          canonical_json(dict(msg, scores_root="0x" + other.hex(), signature="0x" + sig.hex())))
-        return msg
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Cheating providers: honest on chain (join, signed receipts, claims), dishonest in what they release.
+"""Cheating participants, for tests and benchmarks of what cheating earns.
+
+Cheating providers: honest on chain (join, signed receipts, claims), dishonest in what they release.
 
 Every attack of the engine's catalogue (:data:`fedmarket.fl.attacks.ATTACKS`) can be run by
 market providers: :class:`AdversarialProvider` trains like :class:`~fedmarket.roles.Provider`
@@ -11,6 +13,10 @@ clients. The math is the catalogue's; nothing here re-implements an attack.
 Only the released update changes: the provider still signs its receipt, posts it on the round's
 topic and claims like anyone, so what validators and the chain see is what a real attacker would
 produce. Plain privacy mode only (a masked or DP-noised update is a different attack surface).
+
+Provable cheats of the other roles: :class:`ShiftyAggregator` (a wrong aggregate),
+:class:`DroppingAggregator` (an acknowledged update left out) and
+:class:`EquivocatingValidator` (two attestations of one round).
 """
 
 from __future__ import annotations
@@ -24,11 +30,25 @@ from ..errors import ConfigError, FedMarketError
 from ..fl.attacks import ATTACKS, Attack, FreeRider, Sybil, make_attack
 from ..fl.quantize import dequantize
 from ..fl.train import local_sgd
+from ..protocol.encoding import canonical_json
+from ..protocol.receipts import Attestation
 from ..spec import JobSpec
-from .common import round_providers
+from .aggregator import Aggregator
+from .common import committed_rounds, round_providers, round_topic
 from .provider import Provider
+from .validator import Validator
 
-__all__ = ["ATTACK_NAMES", "AdversarialProvider", "Coalition", "JitteredSybil", "LoudFreeRider", "adversaries"]
+__all__ = [
+    "ATTACK_NAMES",
+    "AdversarialProvider",
+    "Coalition",
+    "DroppingAggregator",
+    "EquivocatingValidator",
+    "JitteredSybil",
+    "LoudFreeRider",
+    "ShiftyAggregator",
+    "adversaries",
+]
 
 ATTACK_NAMES: tuple[str, ...] = tuple(ATTACKS)  # the catalogue, in its order
 
@@ -174,3 +194,53 @@ class LoudFreeRider(FreeRider):
     def poison_updates(self, U, n_total, rng):
         sigma = self.rel * np.linalg.norm(U, axis=1, keepdims=True) / np.sqrt(U.shape[1])
         return rng.normal(0.0, 1.0, size=U.shape) * sigma
+
+
+# ---------------------------------------------------------------- provable cheats of the other roles
+
+
+class ShiftyAggregator(Aggregator):
+    """Nudges one coordinate of round `shift_round`'s model by 3 quantisation steps: the kind of
+    error nobody would notice by eye, and a wrong aggregate the fraud proof catches."""
+
+    shift_round = 1
+    _shifting = False
+
+    def run_round(self, job_id, round_, collected=None):
+        self._shifting = round_ == self.shift_round
+        return super().run_round(job_id, round_, collected)
+
+    def combine(self, spec, q_global, updates):
+        q = super().combine(spec, q_global, updates)
+        if self._shifting:
+            q = q.copy()
+            q[200] += 3
+        return q
+
+
+class DroppingAggregator(Aggregator):
+    """Countersigns every update of round 1 (collect posts the acks), then leaves one out of the
+    round: `victim`'s, or the first in address order when no victim is named (censorship)."""
+
+    victim: str | None = None
+
+    def collect(self, job_id, round_, spec):
+        updates, rejected = super().collect(job_id, round_, spec)
+        if round_ == 1 and updates:
+            victim = self.victim or updates[0].provider
+            updates = [u for u in updates if u.provider != victim]
+        return updates, rejected
+
+
+class EquivocatingValidator(Validator):
+    """Reviews honestly, then also signs and posts a second attestation of the same round with other scores."""
+
+    def review(self, job_id, round_):
+        msg = super().review(job_id, round_)
+        other = b"\x5a" * 32
+        model_root = committed_rounds(self.dep, job_id)[round_].model_root
+        sig = Attestation(job_id, round_, model_root, other).sign(self.account.key, self.dep.chain_id,
+                                                                  self.dep.disputes.address)
+        self.mailbox.post(round_topic(job_id, round_) + "-attestations",
+                          canonical_json(dict(msg, scores_root="0x" + other.hex(), signature="0x" + sig.hex())))
+        return msg
