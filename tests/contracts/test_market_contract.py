@@ -9,7 +9,6 @@ from eth_utils import keccak
 from fedmarket.errors import ContractRevert
 from fedmarket.market import JobState, Role
 
-
 # ---------------------------------------------------------------- post_job
 
 

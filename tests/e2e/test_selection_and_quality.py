@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -40,9 +38,9 @@ def test_each_round_takes_the_providers_its_public_seed_picks(tmp_path):
 
 
 def test_an_update_from_a_provider_the_seed_did_not_pick_is_flagged(tmp_path, monkeypatch):
-    from fedmarket.roles import Aggregator, Provider, Requester
     from fedmarket.fl.data import load_dataset, subset
     from fedmarket.fl.partition import iid_partition
+    from fedmarket.roles import Aggregator, Provider, Requester
     from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
     from fedmarket.storage import Mailbox
 

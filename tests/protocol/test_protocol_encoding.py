@@ -7,6 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedmarket.chain.base import Account
+from fedmarket.errors import StorageError
 from fedmarket.protocol.encoding import (
     chunk_leaf,
     decode_vector,
@@ -16,8 +18,6 @@ from fedmarket.protocol.encoding import (
 )
 from fedmarket.protocol.merkle import MerkleTree, verify
 from fedmarket.protocol.receipts import UpdateReceipt
-from fedmarket.chain.base import Account
-from fedmarket.errors import StorageError
 
 leaves32 = st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=40)
 

@@ -119,12 +119,17 @@ def fraud_proof(
     )
 
 
-def censorship_leaf(updates: list[RoundUpdate], provider: str) -> tuple[tuple, list[bytes]]:
-    """The leaf (and its proof) that shows `provider` is missing or altered in a round."""
-    leaves = updates_leaves(updates)
-    tree = updates_tree(updates)
+def censorship_leaf(updates: list, provider: str, correction_root: bytes | None = None) -> tuple[tuple, list[bytes]]:
+    """The leaf (and its proof) that shows `provider` is missing or altered in a round.
+
+    `updates` are the round's updates in leaf order (any objects with `provider`, `root` and
+    `weight`); a secure round's tree also has its correction leaf (`correction_root`), which is
+    never the proving leaf (the contract refuses it). ValueError if no leaf covers `provider`.
+    """
+    leaves = updates_leaves(updates, correction_root)
+    tree = MerkleTree([update_leaf(*leaf) for leaf in leaves])
     key = address_key(provider)
-    for leaf in leaves:
+    for leaf in leaves[: len(updates)]:
         lp, nxt = address_key(leaf[1]), address_key(leaf[4])
         if (leaf[0] == 0 and key < lp) or lp < key < nxt or lp == key:
             return leaf, tree.proof(leaf[0])

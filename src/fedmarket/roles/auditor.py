@@ -51,10 +51,23 @@ class Auditor:
     def __init__(self, dep: Deployment, store: BlobStore):
         self.dep = dep
         self.store = store
+        # a committed round's content is immutable (roots on chain, blobs by content id): verify it once
+        self._verified: dict[tuple[int, int, bytes], tuple[list[RoundUpdate], np.ndarray | None]] = {}
 
     def round_updates(self, spec: JobSpec, job_id: int, committed: CommittedRound) -> list[RoundUpdate]:
         """The round's updates, each checked: signed by its provider, blob matching its root,
         and together (with a secure round's mask correction) forming exactly the committed updates tree."""
+        return self.verified_round(spec, job_id, committed)[0]
+
+    def verified_round(self, spec: JobSpec, job_id: int, committed: CommittedRound) -> tuple[list[RoundUpdate], np.ndarray | None]:
+        """(the round's checked updates, a secure round's checked mask correction or None), verified
+        once per round and then remembered."""
+        key = (job_id, committed.round, committed.updates_root)
+        if key not in self._verified:
+            self._verified[key] = self._verify_round(spec, job_id, committed)
+        return self._verified[key]
+
+    def _verify_round(self, spec: JobSpec, job_id: int, committed: CommittedRound) -> tuple[list[RoundUpdate], np.ndarray | None]:
         doc = fetch_metrics(self.store, committed)
         updates = []
         for entry in doc["updates"]:
@@ -74,13 +87,12 @@ class Auditor:
         corr_root = None if corr is None else vector_root(corr, spec.quantization.chunk_size)
         if updates_tree(updates, corr_root).root != committed.updates_root:
             raise FedMarketError("the listed updates do not form the committed updates root")
-        return updates
+        return updates, corr
 
-    def correction(self, spec: JobSpec, committed: CommittedRound, doc: dict | None = None) -> np.ndarray | None:
+    def correction(self, spec: JobSpec, committed: CommittedRound, doc: dict) -> np.ndarray | None:
         """A secure round's published mask correction (None for other modes), checked against its root."""
         if not spec.privacy.secure:
             return None
-        doc = doc or fetch_metrics(self.store, committed)
         sec = doc.get("secure")
         if not isinstance(sec, dict):
             raise FedMarketError(f"round {committed.round} of a secure job publishes no mask correction")
@@ -116,9 +128,8 @@ class Auditor:
         from .common import epsilon_after_round
 
         try:
-            updates = self.round_updates(spec, job_id, committed)
+            updates, corr = self.verified_round(spec, job_id, committed)
             model = fetch_model(self.store, spec, committed)
-            corr = self.correction(spec, committed)
         except FedMarketError as exc:  # storage and protocol errors both derive from it
             return RoundCheck(committed.round, False, str(exc), None, committed.count), None
         if corr is not None:

@@ -12,9 +12,8 @@ from eth_utils import to_checksum_address
 from ..chain import Account, Receipt
 from ..errors import FedMarketError
 from ..market import Deployment, JobState, Role
-from ..protocol.encoding import address_key, update_leaf
-from ..protocol.merkle import MerkleTree
-from ..protocol.proofs import fraud_proof, updates_leaves
+from ..protocol.encoding import address_key
+from ..protocol.proofs import censorship_leaf, fraud_proof, updates_tree
 from ..protocol.receipts import Attestation, ReceiptAck, UpdateReceipt
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
@@ -42,14 +41,14 @@ class Challenger:
             if not found.ok:
                 if found.bad_chunk is None:
                     return None  # unavailable or malformed data: a validator matter, not a chunk proof
-                updates = self.auditor.round_updates(spec, job_id, committed)
+                updates, correction = self.auditor.verified_round(spec, job_id, committed)
                 args = fraud_proof(
                     job_id=job_id, round_=committed.round, chunk_index=found.bad_chunk,
                     chunk_size=spec.quantization.chunk_size, rule=spec.rule, trim=spec.trim,
                     prev_model_q=None if prev is None else prev_q,
                     prev_data=None if prev is None else prev.data,
                     new_model_q=model, data=committed.data, updates=updates,
-                    correction=self.auditor.correction(spec, committed),
+                    correction=correction,
                 )
                 return self.dep.disputes.transact("prove_fraud", *args, sender=self.account)
             prev_q, prev = model, committed
@@ -89,35 +88,32 @@ class Challenger:
         job = self.dep.job(job_id)
         return job["state"] in (JobState.TRAINING, JobState.FINALIZING) and round_ < int(job["current_round"])
 
-    def _committed_leaves(self, spec: JobSpec, committed: CommittedRound) -> tuple[list[tuple], MerkleTree] | None:
-        """The round's updates-tree leaves (the correction leaf, if any, last) and the tree, rebuilt from
-        its metrics document; None if the document is unavailable or does not form the committed root."""
+    def _committed_updates(self, spec: JobSpec, committed: CommittedRound) -> tuple[list["_Listed"], bytes | None] | None:
+        """The round's listed updates (in leaf order) and a secure round's correction root, from its
+        metrics document; None if the document is unavailable or does not form the committed root."""
         try:
             doc = fetch_metrics(self.auditor.store, committed)
             listed = [_Listed(to_checksum_address(e["provider"]), _hex32(e["update_root"]), int(e["weight"]))
                       for e in doc["updates"]]
-            corr_root = None
-            if spec.privacy.secure:
-                corr_root = _hex32(doc["secure"]["correction_root"])
+            corr_root = _hex32(doc["secure"]["correction_root"]) if spec.privacy.secure else None
         except (FedMarketError, KeyError, ValueError, TypeError):
             return None
-        leaves = updates_leaves(listed, corr_root)  # in the document's order: the one the tree was built in
-        tree = MerkleTree([update_leaf(*leaf) for leaf in leaves])
-        if len(listed) != committed.count or tree.root != committed.updates_root:
+        # in the document's order: the one the tree was built in
+        if len(listed) != committed.count or updates_tree(listed, corr_root).root != committed.updates_root:
             return None  # unavailable or inconsistent data: a validator matter, not a censorship proof
-        return leaves, tree
+        return listed, corr_root
 
     def _censored(self, spec: JobSpec, job_id: int, committed: CommittedRound, mailbox: Mailbox):
         """The first provable censorship of one round: ((provider, root, weight, provider sig, ack sig),
         leaf, leaf proof), or None."""
-        rebuilt = self._committed_leaves(spec, committed)
+        rebuilt = self._committed_updates(spec, committed)
         if rebuilt is None:
             return None
-        leaves, tree = rebuilt
+        listed, corr_root = rebuilt
         r = committed.round
         chain_id, verifier = self.dep.chain_id, self.dep.disputes.address
         aggregator = self.dep.job(job_id)["aggregator"]
-        included = {(leaf[1], leaf[2], leaf[3]) for leaf in leaves[: committed.count]}
+        included = {(u.provider, u.root, u.weight) for u in listed}
         signed: dict[tuple[str, bytes, int], bytes] = {}  # provider receipts, checked
         for raw in mailbox.read(round_topic(job_id, r)):
             found = _signed_statement(raw, job_id, r, chain_id, verifier, ack=False)
@@ -133,10 +129,11 @@ class Challenger:
             role, _ = self.dep.market.call("membership", job_id, key[0])
             if int(role) & 127 != Role.PROVIDER:
                 continue
-            leaf = _covering_leaf(leaves[: committed.count], key[0])
-            if leaf is None:
+            try:
+                leaf, proof = censorship_leaf(listed, key[0], corr_root)
+            except ValueError:
                 continue
-            return (*key, signed[key], asig), leaf, tree.proof(leaf[0])
+            return (*key, signed[key], asig), leaf, proof
         return None
 
     # ---------------------------------------------------------------- equivocation
@@ -207,17 +204,6 @@ def _signed_statement(raw: bytes, job_id: int, round_: int, chain_id: int, verif
         return key, sig, stmt.signer(sig, chain_id, verifier)
     except Exception:  # noqa: BLE001 - untrusted message: malformed, or a signature that recovers nothing
         return None
-
-
-def _covering_leaf(leaves: list[tuple], provider: str) -> tuple | None:
-    """The leaf whose interval skips `provider` (or that holds it, altered), as `censorship_leaf` picks it,
-    among the round's update leaves (never a secure round's correction leaf)."""
-    key = address_key(provider)
-    for leaf in leaves:
-        lp, nxt = address_key(leaf[1]), address_key(leaf[4])
-        if (leaf[0] == 0 and key < lp) or lp < key < nxt or lp == key:
-            return leaf
-    return None
 
 
 def _attestation(raw: bytes, job_id: int, round_: int, model_roots: set[bytes], chain_id: int, verifier: str):
