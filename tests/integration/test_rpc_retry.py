@@ -9,11 +9,7 @@ to send, and each distinct signed transaction reaches the chain once.
 
 from __future__ import annotations
 
-import json
-import socket
 import threading
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from eth_account import Account as EthAccount
@@ -22,13 +18,14 @@ from fedmarket.chain.anvil import AnvilNode
 from fedmarket.chain.base import Account
 from fedmarket.chain.rpc_backend import RpcChain
 from fedmarket.market import Deployment
+from fedmarket.processes.localjob import RpcProxy
 
 pytestmark = pytest.mark.anvil
 
 TOKEN = 10**18
 
 
-class FlakyProxy:
+class FlakyProxy(RpcProxy):
     """JSON-RPC proxy in front of `upstream` that misbehaves on chosen requests.
 
     `plan[method]` is a list of actions for that method's successive calls:
@@ -37,65 +34,19 @@ class FlakyProxy:
     """
 
     def __init__(self, upstream: str, plan: dict[str, list[str]]):
-        self.upstream = upstream
         self.plan = {k: list(v) for k, v in plan.items()}
         self.seen: dict[str, int] = {}
         self.raw_txs: list[str] = []  # every eth_sendRawTransaction payload that reached the node
-        self.lock = threading.Lock()
-        proxy = self
+        super().__init__(upstream)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output clean
-                pass
+    def decide(self, method: str, doc: dict) -> str:
+        self.seen[method] = self.seen.get(method, 0) + 1
+        todo = self.plan.get(method)
+        return todo.pop(0) if todo else "ok"
 
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                doc = json.loads(body)
-                method = doc.get("method", "")
-                with proxy.lock:
-                    proxy.seen[method] = proxy.seen.get(method, 0) + 1
-                    todo = proxy.plan.get(method)
-                    action = todo.pop(0) if todo else "ok"
-                if action == "drop-before":
-                    return self._cut()
-                if action == "null":
-                    return self._reply(json.dumps({"jsonrpc": "2.0", "id": doc.get("id"), "result": None}).encode())
-                req = urllib.request.Request(proxy.upstream, body, {"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=30) as resp:
-                    answer = resp.read()
-                if method == "eth_sendRawTransaction":
-                    with proxy.lock:
-                        proxy.raw_txs.append(doc["params"][0])
-                if action == "drop-after":
-                    return self._cut()
-                self._reply(answer)
-
-            def _reply(self, payload: bytes):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def _cut(self):
-                self.close_connection = True
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> "FlakyProxy":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def forwarded(self, method: str, doc: dict) -> None:
+        if method == "eth_sendRawTransaction":
+            self.raw_txs.append(doc["params"][0])
 
 
 def mined_nonce(node: AnvilNode, address: str) -> int:

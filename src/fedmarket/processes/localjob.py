@@ -66,31 +66,35 @@ class RpcProxy:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 try:
-                    method = json.loads(body).get("method", "?")
-                except ValueError:
-                    method = "?"
+                    doc = json.loads(body)
+                    method = doc.get("method", "?")
+                except (ValueError, AttributeError):
+                    doc, method = {}, "?"
                 with proxy.lock:
                     proxy.log.append((time.monotonic(), method))
-                    proxy._n += 1
-                    drop = proxy.drop_every and proxy._n % proxy.drop_every == 0
-                    before = drop and (proxy._n // proxy.drop_every) % 2 == 0
-                    if drop:
-                        proxy.dropped += 1
-                if before:
+                    action = proxy.decide(method, doc)
+                if action == "drop-before":
                     return self._cut()
+                if action == "null":
+                    return self._reply(json.dumps({"jsonrpc": "2.0", "id": doc.get("id"), "result": None}).encode())
                 req = urllib.request.Request(proxy.upstream, body, {"Content-Type": "application/json"})
                 try:
                     with urllib.request.urlopen(req, timeout=60) as resp:
                         answer = resp.read()
                 except OSError:
                     return self._cut()
-                if drop:
+                with proxy.lock:
+                    proxy.forwarded(method, doc)
+                if action == "drop-after":
                     return self._cut()
+                self._reply(answer)
+
+            def _reply(self, payload: bytes):
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
+                self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(answer)
+                self.wfile.write(payload)
 
             def _cut(self):
                 self.close_connection = True
@@ -103,6 +107,20 @@ class RpcProxy:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def decide(self, method: str, doc: dict) -> str:
+        """What to do with one request (called under `lock`): "ok" (forward and answer),
+        "drop-before" (close without forwarding), "drop-after" (forward, then close without
+        answering) or "null" (answer result null without forwarding). Here: every `drop_every`-th
+        request is cut, alternately before and after forwarding."""
+        self._n += 1
+        if not (self.drop_every and self._n % self.drop_every == 0):
+            return "ok"
+        self.dropped += 1
+        return "drop-before" if (self._n // self.drop_every) % 2 == 0 else "drop-after"
+
+    def forwarded(self, method: str, doc: dict) -> None:
+        """Called (under `lock`) after a request reached the node."""
 
     def close(self) -> None:
         if self.server is not None:
