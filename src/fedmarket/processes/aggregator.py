@@ -11,7 +11,7 @@ from ..errors import ContractRevert
 from ..market import Deployment, JobState
 from ..roles import Aggregator
 from ..roles.common import committed_rounds, fetch_metrics, load_spec, round_providers, round_topic
-from ..roles.settlement import verified_reveals
+from ..roles.settlement import mailbox_reveals, validator_stakes, verified_reveals
 from ..roles.validator import submit_attestations, submit_misbehaviour
 from ..storage import BlobStore, Mailbox
 from .base import Fatal, RoleProcess, Stop, job_state
@@ -150,16 +150,12 @@ class AggregatorProcess(RoleProcess):
 
     def _reveals_complete(self) -> bool:
         """Whether every validator that attested a round has revealed its scores for it."""
+        stakes = validator_stakes(self.dep, self.job_id)
+        reveals = mailbox_reveals(self.dep, self.mailbox, self.job_id)
         for c in committed_rounds(self.dep, self.job_id):
-            stakes = {e["validator"] for e in self.dep.market.events("ValidatorJoined", job_id=self.job_id)}
             attested = {v for v in stakes if self.dep.disputes.call("attestation_of", self.job_id, c.round, v) != ZERO}
-            cids = []
-            for raw in self.mailbox.read(round_topic(self.job_id, c.round) + "-reveals"):
-                try:
-                    cids.append(json.loads(raw)["scores_cid"])
-                except (ValueError, KeyError, TypeError):
-                    continue
-            revealed = {rv.validator for rv in verified_reveals(self.dep, self.store, self.job_id, c.round, cids)}
+            revealed = {rv.validator for rv in verified_reveals(self.dep, self.store, self.job_id, c.round,
+                                                                reveals.get(c.round, []), stakes)}
             if attested - revealed:
                 return False
         return True

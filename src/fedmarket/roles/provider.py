@@ -19,7 +19,7 @@ from ..protocol.receipts import UpdateReceipt, permit_signature
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
 from . import secure_round as sr
-from .common import ProtocolViolation, claim_reward, global_model, load_spec, reward_leaf, round_providers, round_topic
+from .common import ProtocolViolation, claim_reward, global_model, load_spec, reward_leaf, round_topic
 
 
 class Provider:
@@ -142,7 +142,7 @@ class Provider:
 
     def selected(self, job_id: int, round_: int) -> bool:
         """Whether the round's public seed picked this provider (always, without per-round selection)."""
-        return self.address in round_providers(self.dep, self.inspect(job_id), job_id, round_)
+        return self.address in self._members(job_id, round_)
 
     def _client(self, job_id: int, round_: int) -> tuple[SecAggClient, SecAggConfig]:
         key = (job_id, round_)

@@ -50,12 +50,12 @@ def validator_stakes(dep: Deployment, job_id: int) -> dict[str, int]:
     return {e["validator"]: int(e["stake"]) for e in dep.market.events("ValidatorJoined", job_id=job_id)}
 
 
-def verified_reveals(dep: Deployment, store: BlobStore, job_id: int, round_: int, cids: list[str]) -> list[Reveal]:
+def verified_reveals(dep: Deployment, store: BlobStore, job_id: int, round_: int, cids: list[str],
+                     stakes: dict[str, int]) -> list[Reveal]:
     """The reveals among `cids` that are well formed and match their validator's commitment on chain
-    (one per validator; anything else is ignored, so a bad reveal cannot move the consensus)."""
+    (one per validator of `stakes`; anything else is ignored, so a bad reveal cannot move the consensus)."""
     from .validator import scores_tree
 
-    stakes = validator_stakes(dep, job_id)
     out: dict[str, Reveal] = {}
     for cid in cids:
         try:
@@ -109,7 +109,7 @@ def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpe
     providers = joined_providers(dep, job_id)
     stakes = validator_stakes(dep, job_id)
     validators = sorted(stakes, key=address_key)
-    by_round = [verified_reveals(dep, store, job_id, c.round, reveals.get(c.round, [])) for c in rounds]
+    by_round = [verified_reveals(dep, store, job_id, c.round, reveals.get(c.round, []), stakes) for c in rounds]
     scored = bool(validators) and not spec.privacy.secure and bool(rounds) and all(by_round)
 
     value = {p: 0 for p in providers}
