@@ -159,34 +159,6 @@ def epsilon_after_round(spec: JobSpec, round_: int) -> int:
     return micro
 
 
-def pro_rata_leaves(joined: list[str], round_docs: list[dict], escrow: int, fee_bps: int) -> list[dict]:
-    """Reward leaves of a job: the escrow net of fee, pro rata to the weight each provider got
-    aggregated across rounds; reputation +1 per round its update entered. Every joined provider
-    gets a leaf (index in address order), so every stake comes back with a claim. Integer
-    division leaves dust that settlement refunds to the requester.
-    """
-    from ..protocol.encoding import address_key
-
-    weight: dict[str, int] = {}
-    rounds_in: dict[str, int] = {}
-    for doc in round_docs:
-        for u in doc["updates"]:
-            weight[u["provider"]] = weight.get(u["provider"], 0) + int(u["weight"])
-            rounds_in[u["provider"]] = rounds_in.get(u["provider"], 0) + 1
-    pool = escrow - escrow * fee_bps // BPS
-    total = sum(weight.values())
-    return [
-        {
-            "index": i,
-            "account": acct,
-            "amount": str(pool * weight.get(acct, 0) // total if total else 0),
-            "reputation_delta": rounds_in.get(acct, 0),
-            "weight": weight.get(acct, 0),
-        }
-        for i, acct in enumerate(sorted(set(joined), key=address_key))
-    ]
-
-
 def reward_leaf(dep: Deployment, store: BlobStore, account: str, job_id: int) -> tuple[dict, list[bytes]]:
     """`account`'s reward leaf and Merkle proof, rebuilt from the published rewards document."""
     from ..protocol.proofs import reward_tree
