@@ -13,7 +13,9 @@
 from ethereum.ercs import IERC20
 from snekmate.auth import ownable
 from snekmate.tokens import erc721
-from snekmate.utils import merkle_proof_verification as merkle
+from modules import constants as C
+from modules import leaves
+from modules import terms as T
 
 initializes: ownable
 initializes: erc721[ownable := ownable]
@@ -36,7 +38,9 @@ exports: (
 
 
 interface IMarket:
-    def reward_terms(job_id: uint256) -> (uint256, bytes32, uint256, address, uint256): view
+    def job_status(job_id: uint256) -> (uint256, uint256, uint256, bool, address): view
+    def terms(job_id: uint256) -> T.JobTerms: view
+    def progress(job_id: uint256) -> T.Progress: view
     def TOKEN() -> address: view
 
 
@@ -56,11 +60,6 @@ event RevenueClaimed:
     account: indexed(address)
     amount: uint256
 
-
-# @dev The market's SETTLED state flag.
-SETTLED: constant(uint256) = 8
-# @dev Upper bound on the depth of a reward Merkle proof.
-MAX_PROOF: constant(uint256) = 64
 
 # @dev The job market whose settled jobs this contract licenses.
 MARKET: public(immutable(IMarket))
@@ -99,14 +98,9 @@ def mint(job_id: uint256):
     @notice Mints the model token of a settled job to its requester. Callable by anyone, once.
     @param job_id The settled job.
     """
-    state: uint256 = 0
-    root: bytes32 = empty(bytes32)
-    total: uint256 = 0
-    requester: address = empty(address)
-    price: uint256 = 0
-    state, root, total, requester, price = staticcall MARKET.reward_terms(job_id)
-    assert state == SETTLED, "licence: job not settled"
+    assert self._state(job_id) == C.SETTLED, "licence: job not settled"
     assert not erc721._exists(job_id), "licence: already minted"
+    requester: address = (staticcall MARKET.progress(job_id)).requester
     erc721._mint(requester, job_id)
     log ModelMinted(job_id=job_id, owner=requester)
 
@@ -118,14 +112,10 @@ def buy(job_id: uint256):
     @notice Buys a licence to a job's model at the job's licence price.
     @param job_id The job whose model is licensed.
     """
-    state: uint256 = 0
-    root: bytes32 = empty(bytes32)
-    total: uint256 = 0
-    requester: address = empty(address)
-    price: uint256 = 0
-    state, root, total, requester, price = staticcall MARKET.reward_terms(job_id)
     assert erc721._exists(job_id), "licence: model not minted"
-    assert total > 0, "licence: job has no rewards"  # nobody could ever claim the revenue
+    # nobody could ever claim the revenue of a job without rewards
+    assert (staticcall MARKET.progress(job_id)).reward_total > 0, "licence: job has no rewards"
+    price: uint256 = (staticcall MARKET.terms(job_id)).licence_price
     assert not self.licensed[job_id][msg.sender], "licence: already licensed"
     self.licensed[job_id][msg.sender] = True
     self.revenue[job_id] += price
@@ -136,42 +126,41 @@ def buy(job_id: uint256):
 
 @external
 @nonreentrant
-def claim_revenue(
-    job_id: uint256,
-    index: uint256,
-    account: address,
-    amount: uint256,
-    reputation_delta: int256,
-    proof: DynArray[bytes32, MAX_PROOF],
-) -> uint256:
+def claim_revenue(job_id: uint256, index: uint256, leaf: leaves.RewardLeaf, proof: DynArray[bytes32, C.MAX_CHUNK_PROOF]) -> uint256:
     """
-    @notice Pays `account` its share of the model's licence revenue so far:
+    @notice Pays `leaf.account` its share of the model's licence revenue so far:
             revenue * amount / reward_total, minus what it already withdrew.
     @param job_id The job.
     @param index The account's reward leaf index.
-    @param account The contributor.
-    @param amount Its reward in the job (from its leaf).
-    @param reputation_delta Its reputation delta (from its leaf).
-    @param proof Merkle proof of the leaf in the job's reward root.
+    @param leaf Its reward leaf (as the market's claim takes it).
+    @param proof Positional Merkle proof of the leaf in the job's reward root.
     @return The amount paid now.
     """
-    state: uint256 = 0
-    root: bytes32 = empty(bytes32)
-    total: uint256 = 0
-    requester: address = empty(address)
-    price: uint256 = 0
-    state, root, total, requester, price = staticcall MARKET.reward_terms(job_id)
-    assert state == SETTLED and total > 0, "licence: job has no rewards"
-    leaf: bytes32 = keccak256(keccak256(abi_encode(index, account, amount, reputation_delta)))
-    assert merkle._verify(proof, root, leaf), "licence: invalid proof"
-    entitled: uint256 = self.revenue[job_id] * amount // total
+    assert self._state(job_id) == C.SETTLED, "licence: job not settled"
+    p: T.Progress = staticcall MARKET.progress(job_id)
+    assert p.reward_total > 0, "licence: job has no rewards"
+    n_leaves: uint256 = p.n_providers + p.n_validators + 1
+    assert leaves._verify(leaves._reward_leaf(leaf), index, n_leaves, proof, p.reward_root), "licence: invalid proof"
+    entitled: uint256 = self.revenue[job_id] * leaf.amount // p.reward_total
     due: uint256 = entitled - self.withdrawn[job_id][index]
     assert due > 0, "licence: nothing to claim"
-    # the root is the aggregator's word: a job's claims never reach other jobs' revenue
+    # the root is proven or approved, but a job's claims never reach other jobs' revenue
     paid: uint256 = self.paid_out[job_id] + due
     assert paid <= self.revenue[job_id], "licence: claims exceed revenue"
     self.paid_out[job_id] = paid
     self.withdrawn[job_id][index] = entitled
-    assert extcall TOKEN.transfer(account, due, default_return_value=True), "licence: transfer failed"
-    log RevenueClaimed(job_id=job_id, account=account, amount=due)
+    assert extcall TOKEN.transfer(leaf.account, due, default_return_value=True), "licence: transfer failed"
+    log RevenueClaimed(job_id=job_id, account=leaf.account, amount=due)
     return due
+
+
+@view
+@internal
+def _state(job_id: uint256) -> uint256:
+    state: uint256 = 0
+    current: uint256 = 0
+    deadline: uint256 = 0
+    quorum: bool = False
+    aggregator: address = empty(address)
+    state, current, deadline, quorum, aggregator = staticcall MARKET.job_status(job_id)
+    return state

@@ -2,48 +2,23 @@
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from .chain import Account, Chain, Contract, artifacts
 from .errors import ChainError
+from .protocol.rules import JobState, Role
+
+__all__ = ["DEFAULT_FEE_BPS", "DEFAULT_UNBONDING_DELAY", "Deployment", "JobState", "JobTerms", "Role"]
 
 DEFAULT_FEE_BPS = 100  # 1% protocol fee
 DEFAULT_UNBONDING_DELAY = 7 * 86_400
 
 
-class JobState(enum.IntFlag):
-    """Mirror of the contract's `JobState` flag."""
-
-    NONE = 0
-    OPEN = 1
-    TRAINING = 2
-    FINALIZING = 4
-    SETTLED = 8
-    CANCELLED = 16
-    FAILED = 32
-
-
-class Role(enum.IntEnum):
-    PROVIDER = 1
-    AGGREGATOR = 2
-    VALIDATOR = 3
-
-
-class Rule(enum.IntEnum):
-    """Aggregation rules the disputes contract can recompute."""
-
-    WEIGHTED_MEAN = 0
-    MEDIAN = 1
-    TRIMMED_MEAN = 2
-    SECURE_SUM = 3
-
-
 @dataclass(frozen=True)
 class JobTerms:
-    """The on-chain terms of a job (JobMarket.JobTerms, field for field)."""
+    """The on-chain terms of a job (`modules/terms.vy` JobTerms, field for field)."""
 
     spec_hash: bytes
     aggregator: str
@@ -53,20 +28,43 @@ class JobTerms:
     validator_stake: int
     min_providers: int
     max_providers: int
+    min_validators: int
     max_validators: int
     rounds: int
+    per_round: int
     join_deadline: int
     round_duration: int
     challenge_period: int
     claim_period: int
+    response_period: int
+    dispute_bond: int
     rule: int
     trim: int
     chunk_size: int
+    n_params: int
     licence_price: int
     privacy_budget: int = 0  # epsilon budget in millionths; 0 = no differential privacy
+    miss_payout_bps: int = 10_000  # share of the pool paid when the quality target is missed
 
     def abi(self) -> tuple:
         return astuple(self)
+
+    @classmethod
+    def from_chain(cls, values) -> "JobTerms":
+        if isinstance(values, dict):
+            return cls(**{f: values[f] for f in cls.__dataclass_fields__})
+        return cls(*values)
+
+
+CONTRACTS = (
+    ("terms_check", "TermsCheck"),
+    ("rules", "Rules"),
+    ("disputes", "Disputes"),
+    ("round_arbiter", "RoundArbiter"),
+    ("reward_arbiter", "RewardArbiter"),
+    ("market", "JobMarket"),
+    ("licence", "ModelLicence"),
+)
 
 
 @dataclass
@@ -78,6 +76,10 @@ class Deployment:
     market: Contract
     disputes: Contract
     licence: Contract
+    round_arbiter: Contract
+    reward_arbiter: Contract
+    terms_check: Contract
+    rules: Contract
 
     @classmethod
     def deploy(
@@ -89,38 +91,42 @@ class Deployment:
         unbonding_delay: int = DEFAULT_UNBONDING_DELAY,
         token: Contract | None = None,
     ) -> "Deployment":
-        """Deploy everything. Market and disputes point at each other through immutables,
-        so the market's address is computed from the deployer's nonce before either exists."""
+        """Deploy everything. The market and its judges point at each other through immutables,
+        so the market's address is computed from the deployer's nonce before any of them exists."""
         if token is None:
             tok = artifacts.load("FedToken")
             token = chain.deploy(deployer, "FedToken", tok.abi, tok.bytecode, "fedmarket token", "FED", "fedmarket", "1")
-        dis, mkt, lic = artifacts.load("Disputes"), artifacts.load("JobMarket"), artifacts.load("ModelLicence")
+        art = {key: artifacts.load(name) for key, name in CONTRACTS}
         nonce = chain.next_nonce(deployer.address)
-        market_address = chain.create_address(deployer.address, nonce + 1)
-        disputes = chain.deploy(deployer, "Disputes", dis.abi, dis.bytecode, market_address)
-        market = chain.deploy(
-            deployer, "JobMarket", mkt.abi, mkt.bytecode, token.address, disputes.address, treasury, fee_bps, unbonding_delay
-        )
-        if market.address != market_address:
+        market_address = chain.create_address(deployer.address, nonce + 5)
+        h: dict[str, Contract] = {}
+
+        def put(key: str, *args) -> None:
+            name = dict(CONTRACTS)[key]
+            h[key] = chain.deploy(deployer, name, art[key].abi, art[key].bytecode, *args)
+
+        put("terms_check")
+        put("rules")
+        put("disputes", market_address)
+        put("round_arbiter", market_address, h["disputes"].address, token.address, h["rules"].address)
+        put("reward_arbiter", market_address, h["disputes"].address, token.address)
+        put("market", token.address, h["disputes"].address, h["round_arbiter"].address, h["reward_arbiter"].address,
+            h["terms_check"].address, treasury, fee_bps, unbonding_delay)
+        if h["market"].address != market_address:
             raise ChainError("the deployer sent another transaction between deployments; deploy again from a fresh account")
-        licence = chain.deploy(deployer, "ModelLicence", lic.abi, lic.bytecode, market.address)
-        return cls(chain, token, market, disputes, licence)
+        put("licence", market_address)
+        return cls(chain, token, **h)
 
     @classmethod
     def attach(cls, chain: Chain, addresses: dict) -> "Deployment":
         handles = {
             key: chain.register(addresses[key], name, artifacts.load(name).abi)
-            for key, name in (("token", "FedToken"), ("market", "JobMarket"), ("disputes", "Disputes"), ("licence", "ModelLicence"))
+            for key, name in (("token", "FedToken"), *CONTRACTS)
         }
         return cls(chain, **handles)
 
     def addresses(self) -> dict:
-        return {
-            "token": self.token.address,
-            "market": self.market.address,
-            "disputes": self.disputes.address,
-            "licence": self.licence.address,
-        }
+        return {"token": self.token.address, **{key: getattr(self, key).address for key, _ in CONTRACTS}}
 
     def save(self, path: str | Path, **meta) -> None:
         """Write the addresses as JSON, plus any `meta` fields (e.g. chain_id, block)."""
@@ -143,9 +149,20 @@ class Deployment:
         return self.balance(address) + self.staked(address)
 
     def job(self, job_id: int) -> dict:
-        job = self.market.call("jobs", job_id)
-        job["state"] = JobState(job["state"])
-        return job
+        """A job's terms, progress and live status in one dict (`state` as a JobState)."""
+        state, current, deadline, quorum, aggregator = self.market.call("job_status", job_id)
+        return {
+            **self.market.call("terms", job_id),
+            **self.market.call("progress", job_id),
+            "state": JobState(state),
+            "current_round": current,
+            "round_deadline": deadline,
+            "quorum": quorum,
+            "aggregator": aggregator,
+        }
+
+    def terms(self, job_id: int) -> JobTerms:
+        return JobTerms.from_chain(self.market.call("terms", job_id))
 
     @property
     def chain_id(self) -> int:

@@ -10,6 +10,7 @@ from eth_utils import keccak
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError, SchemaMismatch
+from .protocol import rules as R
 from .protocol.encoding import canonical_json
 
 SPEC_VERSION = 1
@@ -84,7 +85,7 @@ class TrainingSpec(_Strict):
     prox_mu: float = Field(default=0.0, ge=0)
 
 
-EPSILON_SCALE = 1_000_000  # the chain holds epsilon in millionths (JobMarket.EPSILON_SCALE)
+EPSILON_SCALE = R.EPSILON_SCALE  # the chain holds epsilon in millionths
 
 
 class PrivacySpec(_Strict):
@@ -135,39 +136,48 @@ class PrivacySpec(_Strict):
 
 
 class RewardSpec(_Strict):
-    """Money, in token base units: the requester's escrow, each role's stake, the licence price."""
+    """Money, in token base units: the requester's escrow, each role's stake, the bond a
+    challenger locks to open a dispute game (paid to the defender if the challenge fails, so
+    it should cover the defender's gas for a whole game), and the licence price."""
 
-    escrow: int = Field(gt=0)
-    provider_stake: int = Field(default=0, ge=0)
-    aggregator_stake: int = Field(default=0, ge=0)
-    validator_stake: int = Field(default=0, ge=0)
-    licence_price: int = Field(default=0, ge=0)
-
-
-MAX_ROUND_UPDATES = 128  # what one fraud proof can carry (JobMarket.MAX_ROUND_UPDATES)
+    escrow: int = Field(gt=0, le=R.MAX_AMOUNT)
+    provider_stake: int = Field(default=0, ge=0, le=R.MAX_AMOUNT)
+    aggregator_stake: int = Field(default=0, ge=0, le=R.MAX_AMOUNT)
+    validator_stake: int = Field(default=0, ge=0, le=R.MAX_AMOUNT)
+    dispute_bond: int = Field(default=10**18, gt=0, le=R.MAX_AMOUNT)
+    licence_price: int = Field(default=0, ge=0, le=R.MAX_AMOUNT)
 
 
 class ParticipationSpec(_Strict):
-    """Who takes part. ``per_round`` > 0 selects that many providers each round from a public
-    seed (a block hash fixed when the previous round was committed), so anyone can check who was
-    picked; 0 takes every provider every round (at most 128, what one fraud proof carries)."""
+    """Who takes part. ``per_round`` > 0 picks each provider for a round with probability
+    ``per_round / joined`` from a public seed (a block hash fixed when the previous round was
+    committed), so anyone can check who was picked; 0 takes every provider every round. A job
+    with validators names the set it needs: at least ``min_validators`` (all of
+    ``max_validators`` unless set), each staking at least the reward's ``validator_stake``."""
 
     min_providers: int = Field(ge=1)
-    max_providers: int = Field(ge=1, le=1_000_000)
-    max_validators: int = Field(default=0, ge=0, le=32)
-    per_round: int = Field(default=0, ge=0, le=MAX_ROUND_UPDATES)
+    max_providers: int = Field(ge=1, le=R.MAX_PROVIDERS)
+    max_validators: int = Field(default=0, ge=0, le=R.MAX_VALIDATORS)
+    min_validators: int | None = Field(default=None, ge=0, le=R.MAX_VALIDATORS)
+    per_round: int = Field(default=0, ge=0, le=R.MAX_PROVIDERS)
 
     @model_validator(mode="after")
     def _order(self) -> "ParticipationSpec":
         if self.min_providers > self.max_providers:
             raise ValueError("min_providers must not exceed max_providers")
-        if self.per_round == 0 and self.max_providers > MAX_ROUND_UPDATES:
-            raise ValueError(f"jobs of more than {MAX_ROUND_UPDATES} providers must select per_round providers each round")
+        if self.per_round > self.max_providers:
+            raise ValueError("per_round must not exceed max_providers")
+        if self.min_validators is not None:
+            if self.min_validators > self.max_validators:
+                raise ValueError("min_validators must not exceed max_validators")
+            if self.max_validators and self.min_validators < 1:
+                raise ValueError("a job with validators needs min_validators >= 1")
         return self
 
-    def round_size(self, joined: int) -> int:
-        """Providers a round takes out of ``joined``."""
-        return joined if self.per_round == 0 else min(self.per_round, joined)
+    @property
+    def validators_needed(self) -> int:
+        """The fewest validators the job starts with (all of them unless ``min_validators`` says otherwise)."""
+        return self.max_validators if self.min_validators is None else self.min_validators
 
 
 class QualitySpec(_Strict):
@@ -180,12 +190,15 @@ class QualitySpec(_Strict):
 
 
 class DeadlineSpec(_Strict):
-    """Durations in seconds, turned into on-chain deadlines when the job is posted."""
+    """Durations in seconds, turned into on-chain deadlines when the job is posted. The response
+    period is each move's time in a dispute game; the challenge period is the time to open one
+    after the reward root is posted (settlement then waits for every open game)."""
 
-    join_window: int = Field(default=86_400, ge=1)
-    round_duration: int = Field(default=3_600, ge=1)
-    challenge_period: int = Field(default=3_600, ge=0)
-    claim_period: int = Field(default=30 * 86_400, ge=1)
+    join_window: int = Field(default=86_400, ge=1, le=R.MAX_JOIN_WINDOW)
+    round_duration: int = Field(default=3_600, ge=1, le=R.MAX_ROUND_DURATION)
+    challenge_period: int = Field(default=3_600, ge=1, le=R.MAX_CHALLENGE_PERIOD)
+    claim_period: int = Field(default=30 * 86_400, ge=1, le=R.MAX_CLAIM_PERIOD)
+    response_period: int = Field(default=3_600, ge=1, le=R.MAX_RESPONSE_PERIOD)
 
 
 class QuantizationSpec(_Strict):
@@ -234,6 +247,13 @@ class JobSpec(_Strict):
             raise ValueError("a quality gate needs validators to attest the accuracy (max_validators >= 1)")
         if self.privacy.secure and 0 < self.participation.per_round < 3:
             raise ValueError("secure aggregation needs per_round >= 3")
+        if self.privacy.secure and self.participation.max_validators < 1:
+            raise ValueError(f"privacy mode {self.privacy.mode} needs validators (max_validators >= 1): they re-derive "
+                             "each round's mask correction, which no contract can")
+        if self.training.rounds * self.deadlines.round_duration > R.MAX_TRAINING_TIME:
+            raise ValueError(f"rounds x round_duration must not exceed {R.MAX_TRAINING_TIME} seconds (two years)")
+        if self.n_params > R.MAX_PARAMS:
+            raise ValueError(f"the model has {self.n_params} parameters, above the market's {R.MAX_PARAMS}")
         if self.privacy.dp and self.privacy.noise_multiplier is not None:
             from .privacy.accountant import epsilon_for
 
@@ -246,11 +266,9 @@ class JobSpec(_Strict):
         return self
 
     @property
-    def rule(self) -> int:
-        """The on-chain aggregation rule id (JobMarket.RULE_*) of this spec's strategy and privacy mode."""
-        if self.privacy.secure:
-            return 3
-        return {"fedavg": 0, "median": 1, "trimmed_mean": 2}[self.strategy]
+    def rule(self) -> R.Rule:
+        """The on-chain aggregation rule of this spec's strategy and privacy mode."""
+        return R.rule_for(self.strategy, self.privacy.secure)
 
     def noise_multiplier(self) -> float:
         """``z`` of the job's Gaussian noise (relative to the replace-one sensitivity ``2 clip_norm``)."""

@@ -84,8 +84,9 @@ class Chain(abc.ABC):
         """Run a read-only call against the latest state."""
 
     @abc.abstractmethod
-    def _get_logs(self, address: str, topic0: bytes, from_block: int) -> list[tuple[str, list[bytes], bytes, int]]:
-        """Raw logs (address, topics, data, block) of one contract and event since `from_block`."""
+    def _get_logs(self, address: str, topics: list[bytes | None], from_block: int) -> list[tuple[str, list[bytes], bytes, int]]:
+        """Raw logs (address, topics, data, block) of one contract since `from_block` whose topics
+        match `topics` position by position (None matches anything), filtered by the backend."""
 
     @abc.abstractmethod
     def next_nonce(self, address: str) -> int:
@@ -100,6 +101,17 @@ class Chain(abc.ABC):
     @abc.abstractmethod
     def fund(self, address: str, wei: int) -> None:
         """Give an account native currency for gas (development chains only)."""
+
+    @abc.abstractmethod
+    def native_balance(self, address: str) -> int:
+        """Native currency (wei) an account holds."""
+
+    @abc.abstractmethod
+    def code(self, address: str) -> bytes:
+        """Runtime bytecode at an address (empty for an externally owned account)."""
+
+    def reconnect(self) -> None:
+        """Drop connections and cached nonces and start afresh (a no-op for in-process chains)."""
 
     @abc.abstractmethod
     def timestamp(self) -> int:
@@ -123,9 +135,10 @@ class Chain(abc.ABC):
         self.fund(acct.address, wei)
         return acct
 
-    def register(self, address: str, name: str, abi: ContractABI) -> "Contract":
+    def register(self, address: str, name: str, abi: ContractABI, from_block: int = 0) -> "Contract":
+        """A handle to the contract at `address`; its event queries start at `from_block` (its deployment)."""
         self._abis[address.lower()] = (name, abi)
-        return Contract(self, address, name, abi)
+        return Contract(self, address, name, abi, from_block)
 
     def deploy(self, sender: Account, name: str, abi: ContractABI, bytecode: bytes, *args: Any) -> "Contract":
         """Deploy `bytecode` with constructor `args`; returns a handle to the new contract."""
@@ -136,7 +149,7 @@ class Chain(abc.ABC):
             raise ContractRevert(exc.reason, f"deploy {name}") from None
         if raw.contract_address is None:
             raise ChainError(f"deploying {name} produced no contract address")
-        return self.register(raw.contract_address, name, abi)
+        return self.register(raw.contract_address, name, abi, raw.block)
 
     def decode_logs(self, logs: list[tuple[str, list[bytes], bytes]], block: int) -> list[Event]:
         events = []
@@ -153,11 +166,12 @@ class Chain(abc.ABC):
 class Contract:
     """A deployed contract on some chain: typed calls, transactions and event queries."""
 
-    def __init__(self, chain: Chain, address: str, name: str, abi: ContractABI):
+    def __init__(self, chain: Chain, address: str, name: str, abi: ContractABI, from_block: int = 0):
         self.chain = chain
         self.address = address
         self.name = name
         self.abi = abi
+        self.from_block = from_block
 
     def __repr__(self) -> str:
         return f"<{self.name} at {self.address} on {self.chain.name}>"
@@ -180,12 +194,25 @@ class Contract:
             raise ContractRevert(exc.reason, f"{self.name}.{fn}") from None
         return Receipt(raw.tx_hash, raw.block, raw.gas_used, self.chain.decode_logs(raw.logs, raw.block))
 
-    def events(self, name: str, from_block: int = 0, **where: Any) -> list[Event]:
-        """Events called `name` emitted by this contract since `from_block`, filtered by field values."""
+    def events(self, name: str, from_block: int | None = None, **where: Any) -> list[Event]:
+        """Events called `name` emitted by this contract since `from_block` (default: its deployment
+        block) whose fields equal `where`: indexed fields are filtered by the node, the rest here."""
         spec = self.abi.events_by_name[name]
+        topics: list[bytes | None] = [spec.topic0]
+        rest = dict(where)
+        for field_name, typ, indexed in spec.fields:
+            if not indexed:
+                continue
+            if field_name in rest and typ not in ("string", "bytes") and not typ.endswith("]"):
+                topics.append(eth_abi.encode([typ], [rest.pop(field_name)]))
+            else:
+                topics.append(None)
+        while topics and topics[-1] is None:
+            topics.pop()
+        start = self.from_block if from_block is None else from_block
         out = []
-        for address, topics, data, block in self.chain._get_logs(self.address, spec.topic0, from_block):
-            ev = Event(name, to_checksum_address(address), spec.decode(topics, data), block)
-            if all(ev.args.get(k) == v for k, v in where.items()):
+        for address, raw_topics, data, block in self.chain._get_logs(self.address, topics, start):
+            ev = Event(name, to_checksum_address(address), spec.decode(raw_topics, data), block)
+            if all(ev.args.get(k) == v for k, v in rest.items()):
                 out.append(ev)
         return out

@@ -88,11 +88,14 @@ class BoaChain(Chain):
             raise ContractRevert(decode_revert(_revert_data(comp)))
         return bytes(comp.output)
 
-    def _get_logs(self, address: str, topic0: bytes, from_block: int):
+    def _get_logs(self, address: str, topics: list[bytes | None], from_block: int):
         address = address.lower()
-        return [
-            log for log in self._logs if log[0].lower() == address and log[1] and log[1][0] == topic0 and log[3] >= from_block
-        ]
+
+        def match(log) -> bool:
+            t = log[1]
+            return len(t) >= len(topics) and all(want is None or got == want for want, got in zip(topics, t))
+
+        return [log for log in self._logs if log[0].lower() == address and log[3] >= from_block and match(log)]
 
     def next_nonce(self, address: str) -> int:
         # titanoboa bumps nonces only when deploying, which is all CREATE addresses depend on
@@ -100,6 +103,12 @@ class BoaChain(Chain):
 
     def fund(self, address: str, wei: int) -> None:
         self.env.set_balance(address, wei)
+
+    def native_balance(self, address: str) -> int:
+        return int(self.env.get_balance(address))
+
+    def code(self, address: str) -> bytes:
+        return bytes(self.env.evm.vm.state.get_code(bytes.fromhex(address[2:])))
 
     def timestamp(self) -> int:
         return int(self.env.timestamp)

@@ -63,10 +63,6 @@ class RpcChain(Chain):
 
         self.w3 = Web3(Web3.HTTPProvider(self.url, request_kwargs={"timeout": self.timeout}))
 
-    def _reconnect(self) -> None:
-        with self._lock:
-            self._connect()
-
     def _rpc(self, method: str, params: list) -> Any:
         self.rpc_calls += 1
         try:
@@ -197,7 +193,7 @@ class RpcChain(Chain):
 
     def _recover(self, attempt: int) -> None:
         time.sleep(self.retry_backoff * 2**attempt)
-        self._reconnect()
+        self.reconnect()
 
     def _sent_or_mined(self, tx_hash: str) -> dict | None:
         """The node's record of `tx_hash` (pending or mined), None if it has never seen it."""
@@ -234,8 +230,9 @@ class RpcChain(Chain):
             call["from"] = sender
         return bytes.fromhex(self._rpc("eth_call", [call, "latest"])[2:])
 
-    def _get_logs(self, address: str, topic0: bytes, from_block: int):
-        flt = {"address": address, "topics": ["0x" + topic0.hex()], "fromBlock": hex(from_block), "toBlock": "latest"}
+    def _get_logs(self, address: str, topics: list[bytes | None], from_block: int):
+        flt = {"address": address, "topics": [None if t is None else "0x" + t.hex() for t in topics],
+               "fromBlock": hex(from_block), "toBlock": "latest"}
         return [
             (
                 log["address"],
@@ -254,6 +251,18 @@ class RpcChain(Chain):
 
     def fund(self, address: str, wei: int) -> None:
         self._rpc("anvil_setBalance", [address, hex(wei)])
+
+    def native_balance(self, address: str) -> int:
+        return int(self._rpc("eth_getBalance", [address, "latest"]), 16)
+
+    def code(self, address: str) -> bytes:
+        return bytes.fromhex(self._rpc("eth_getCode", [address, "latest"])[2:])
+
+    def reconnect(self) -> None:
+        """A fresh connection, and nonces re-read from the node at the next send."""
+        with self._lock:
+            self._connect()
+            self._nonces.clear()
 
     def timestamp(self) -> int:
         return int(self._rpc("eth_getBlockByNumber", ["latest", False])["timestamp"], 16)

@@ -22,22 +22,28 @@ def double_hash(encoded: bytes) -> bytes:
     return keccak(keccak(encoded))
 
 
-def reward_leaf(index: int, account: str, amount: int, reputation_delta: int) -> bytes:
-    """Leaf of the reward tree, matching JobMarket.claim."""
+def reward_leaf(account: str, role: int, amount: int, reputation_delta: int, value: int, activity: int) -> bytes:
+    """Leaf of a reward tree (`leaves._reward_leaf`): leaves sorted by account, one per member."""
     return double_hash(
-        eth_abi.encode(["uint256", "address", "uint256", "int256"], [index, account, amount, reputation_delta])
+        eth_abi.encode(
+            ["address", "uint256", "uint256", "int256", "uint256", "uint256"],
+            [account, role, amount, reputation_delta, value, activity],
+        )
     )
 
 
-def update_leaf(index: int, provider: str, update_root: bytes, weight: int, next_provider: str) -> bytes:
-    """Leaf of a round's updates tree: which provider's update (by root) entered with what weight.
+def update_leaf(provider: str, update_root: bytes, weight: int) -> bytes:
+    """Leaf of a round's updates tree (`leaves._update_leaf`): leaves sorted by provider, strictly ascending."""
+    return double_hash(eth_abi.encode(["address", "bytes32", "uint256"], [provider, update_root, weight]))
 
-    Leaves are sorted by provider address and each names the next provider
-    (`receipts.LAST_PROVIDER` for the last), so one leaf proves an omission.
-    """
-    return double_hash(
+
+def round_commitment(job_id: int, round_: int, data: tuple) -> bytes:
+    """Leaf ``round_`` of a job's round accumulator (`leaves._round_commitment`); ``data`` is the
+    RoundData tuple (model_root, updates_root, count, metrics_hash, epsilon_spent, aux_root, next_seed)."""
+    return keccak(
         eth_abi.encode(
-            ["uint256", "address", "bytes32", "uint256", "address"], [index, provider, update_root, weight, next_provider]
+            ["uint256", "uint256", "bytes32", "bytes32", "uint256", "bytes32", "uint256", "bytes32", "bytes32"],
+            [job_id, round_, *data],
         )
     )
 
@@ -63,7 +69,7 @@ def chunk_leaf(index: int, chunk: np.ndarray) -> bytes:
 
 
 def vector_tree(q: np.ndarray, chunk_size: int = CHUNK_SIZE) -> MerkleTree:
-    """Merkle tree over the chunk leaves of a quantized vector."""
+    """Positional Merkle tree over the chunk leaves of a quantized vector (chunk ``i`` at position ``i``)."""
     q = np.asarray(q, dtype=np.int64).ravel()
     if q.size == 0:
         raise ValueError("cannot commit an empty vector")
@@ -76,21 +82,69 @@ def vector_root(q: np.ndarray, chunk_size: int = CHUNK_SIZE) -> bytes:
 
 
 def encode_vector(q: np.ndarray) -> bytes:
-    """Canonical blob of an int64 vector: magic, length, big-endian values."""
+    """Canonical blob of an int64 vector, at the fewest bytes per value that hold every value exactly.
+
+    Layout: ``b"FMV2"``, one byte giving the width ``w`` (1, 2, 4 or 8: the
+    smallest whose signed range holds the minimum and the maximum), the
+    number of values (uint64 big-endian), then the values as big-endian
+    two's complement of ``w`` bytes each. The width depends only on the
+    values, so a vector always has the same blob (and content id).
+
+    Parameters
+    ----------
+    q : array_like of int
+        The vector (flattened), every value in the int64 range.
+
+    Returns
+    -------
+    bytes
+        The blob, ``13 + w * len(q)`` bytes.
+    """
     q = np.asarray(q, dtype=np.int64).ravel()
-    return _VECTOR_MAGIC + struct.pack(">Q", q.size) + q.astype(">i8").tobytes()
+    lo, hi = (int(q.min()), int(q.max())) if q.size else (0, 0)
+    width = next(w for w in (1, 2, 4, 8) if -(1 << (8 * w - 1)) <= lo and hi < 1 << (8 * w - 1))
+    return b"FMV2" + bytes([width]) + struct.pack(">Q", q.size) + q.astype(f">i{width}").tobytes()
 
 
 def decode_vector(blob: bytes, expected_size: int | None = None) -> np.ndarray:
-    """Inverse of `encode_vector`, with clear errors on malformed blobs."""
-    if len(blob) < 12 or blob[:4] != _VECTOR_MAGIC:
+    """Inverse of `encode_vector`; also reads the older ``FMV1`` blobs (magic, length, 8-byte values).
+
+    Parameters
+    ----------
+    blob : bytes
+        An ``FMV2`` or ``FMV1`` vector blob.
+    expected_size : int, optional
+        The number of values the vector must have.
+
+    Returns
+    -------
+    numpy.ndarray
+        The values as int64.
+
+    Raises
+    ------
+    StorageError
+        On a bad magic, a truncated header, a width byte other than 1, 2, 4
+        or 8, a length that does not match the header, or a number of values
+        other than ``expected_size``.
+    """
+    if blob[:4] == b"FMV2":
+        header = 13  # magic, width byte, length
+    elif blob[:4] == _VECTOR_MAGIC:
+        header = 12  # magic, length; always 8-byte values
+    else:
         raise StorageError("blob is not a fedmarket vector (bad magic)")
-    (n,) = struct.unpack(">Q", blob[4:12])
-    if len(blob) != 12 + 8 * n:
-        raise StorageError(f"vector blob length {len(blob)} does not match its header ({n} entries)")
+    if len(blob) < header:
+        raise StorageError(f"vector blob of {len(blob)} bytes is shorter than its {header}-byte header")
+    width = blob[4] if header == 13 else 8
+    if width not in (1, 2, 4, 8):
+        raise StorageError(f"vector blob has width byte {width}, expected 1, 2, 4 or 8")
+    (n,) = struct.unpack(">Q", blob[header - 8 : header])
+    if len(blob) != header + width * n:
+        raise StorageError(f"vector blob length {len(blob)} does not match its header ({n} entries of {width} bytes)")
     if expected_size is not None and n != expected_size:
         raise StorageError(f"vector has {n} entries, expected {expected_size}")
-    return np.frombuffer(blob, dtype=">i8", offset=12).astype(np.int64)
+    return np.frombuffer(blob, dtype=f">i{width}", offset=header).astype(np.int64)
 
 
 def canonical_json(doc: Any) -> bytes:
@@ -99,5 +153,5 @@ def canonical_json(doc: Any) -> bytes:
 
 
 def score_leaf(index: int, provider: str, score: int) -> bytes:
-    """Leaf of a validator's scores tree: (index, provider, score in millionths of utility)."""
+    """Leaf of a validator's scores tree (positional): (index, provider, score in millionths of utility)."""
     return double_hash(eth_abi.encode(["uint256", "address", "int256"], [index, provider, score]))

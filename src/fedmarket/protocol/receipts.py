@@ -1,5 +1,6 @@
-"""EIP-712 typed statements the disputes contract verifies: update receipts, their
-acknowledgements by the aggregator, and validator attestations."""
+"""EIP-712 typed statements the protocol verifies (`contracts/modules/statements.vy`): update
+receipts, their acknowledgements by the aggregator, validator attestations, misbehaviour
+reports and reward approvals. Every one is signed in the Disputes contract's domain."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from eth_account.messages import encode_typed_data
 
 DOMAIN_NAME = "fedmarket"
 DOMAIN_VERSION = "1"
-LAST_PROVIDER = "0xFFfFfFffFFfffFFfFFfFFFFFffFFFffffFfFFFfF"  # `next` of the last updates leaf
 
 _TYPES = {
     "UpdateReceipt": [
@@ -32,6 +32,11 @@ _TYPES = {
         {"name": "modelRoot", "type": "bytes32"},
         {"name": "scoresRoot", "type": "bytes32"},
     ],
+    "Rejection": [
+        {"name": "jobId", "type": "uint256"},
+        {"name": "round", "type": "uint256"},
+        {"name": "modelRoot", "type": "bytes32"},
+    ],
     "Misbehaviour": [
         {"name": "jobId", "type": "uint256"},
         {"name": "provider", "type": "address"},
@@ -40,6 +45,8 @@ _TYPES = {
         {"name": "jobId", "type": "uint256"},
         {"name": "rewardRoot", "type": "bytes32"},
         {"name": "rewardTotal", "type": "uint256"},
+        {"name": "valueTotal", "type": "uint256"},
+        {"name": "gateMet", "type": "bool"},
     ],
 }
 
@@ -124,6 +131,19 @@ class Attestation(_Typed):
 
 
 @dataclass(frozen=True)
+class Rejection(_Typed):
+    """A validator's statement that a round is wrong in a way only validators judge (Disputes.reject)."""
+
+    TYPE = "Rejection"
+    job_id: int
+    round: int
+    model_root: bytes
+
+    def message(self) -> dict:
+        return {"jobId": self.job_id, "round": self.round, "modelRoot": self.model_root}
+
+
+@dataclass(frozen=True)
 class Misbehaviour(_Typed):
     """A validator's report that a provider's updates were poisoned or free-riding (Disputes.slash_provider)."""
 
@@ -137,15 +157,18 @@ class Misbehaviour(_Typed):
 
 @dataclass(frozen=True)
 class RewardsApproval(_Typed):
-    """A validator's approval of the reward root (and total) it re-derived (Disputes.approve_rewards)."""
+    """A validator's approval of the scores-basis reward statement it re-derived (Disputes.approve_rewards)."""
 
     TYPE = "Rewards"
     job_id: int
     reward_root: bytes
     reward_total: int
+    value_total: int
+    gate_met: bool
 
     def message(self) -> dict:
-        return {"jobId": self.job_id, "rewardRoot": self.reward_root, "rewardTotal": self.reward_total}
+        return {"jobId": self.job_id, "rewardRoot": self.reward_root, "rewardTotal": self.reward_total,
+                "valueTotal": self.value_total, "gateMet": self.gate_met}
 
 
 _PERMIT_TYPES = {

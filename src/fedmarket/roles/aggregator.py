@@ -1,4 +1,5 @@
-"""Aggregator role: collects signed updates, aggregates them exactly, commits each round, posts rewards."""
+"""Aggregator role: collects signed updates, aggregates them exactly, commits each round, posts
+the reward root, and defends both in dispute games."""
 
 from __future__ import annotations
 
@@ -9,21 +10,17 @@ import numpy as np
 
 from ..chain import Account, Receipt
 from ..errors import FedMarketError, SecAggAbort, StorageError
-from ..fl import aggregate as agg_rules
 from ..market import Deployment
-from ..protocol.encoding import (
-    address_key,
-    canonical_json,
-    decode_vector,
-    encode_vector,
-    vector_root,
-)
-from ..protocol.proofs import reward_tree, updates_tree
+from ..protocol import rules as R
+from ..protocol.encoding import address_key, canonical_json, decode_vector, encode_vector, vector_root
+from ..protocol.proofs import updates_root
 from ..protocol.receipts import ReceiptAck, UpdateReceipt
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
 from . import secure_round as sr
 from .common import (
+    check_funds,
+    check_terms,
     epsilon_after_round,
     global_model,
     load_spec,
@@ -31,35 +28,26 @@ from .common import (
     round_providers,
     round_topic,
 )
-from .settlement import mailbox_reveals, reward_document, submit_reward_approvals
+from .games import Defender
+from .settlement import mailbox_reveals, reward_document, statement_of, submit_reward_approvals
+
+ZERO32 = b"\x00" * 32
 
 
 @dataclass(frozen=True)
 class Update:
-    """A verified update: signed receipt, matching blob, joined provider."""
+    """A verified update: signed receipt, matching blob, selected provider of the job."""
 
     provider: str
     update_cid: str
     update_root: bytes
     weight: int
     signature: bytes
-    train_loss: float
     q: np.ndarray
 
     @property
     def root(self) -> bytes:
         return self.update_root
-
-
-def aggregate_int(spec: JobSpec, deltas: list[np.ndarray], weights: list[int]) -> np.ndarray:
-    """The job's aggregation rule in exact integer arithmetic (what the disputes contract recomputes)."""
-    if spec.strategy == "fedavg":
-        return agg_rules.fedavg_int(deltas, weights)
-    if spec.strategy == "median":
-        return agg_rules.median_int(deltas)
-    if len(deltas) <= 2 * spec.trim:
-        raise FedMarketError(f"trimmed_mean with trim {spec.trim} needs more than {2 * spec.trim} updates, got {len(deltas)}")
-    return agg_rules.trimmed_mean_int(deltas, spec.trim)
 
 
 class Aggregator:
@@ -70,10 +58,20 @@ class Aggregator:
         self.account = account
         self.store = store
         self.mailbox = mailbox
+        self.defender = Defender(dep, account, store)
+
+    @property
+    def address(self) -> str:
+        return self.account.address
 
     def accept(self, job_id: int) -> Receipt:
-        """Accept the job, locking the aggregator stake its terms ask for."""
-        stake = int(self.dep.job(job_id)["aggregator_stake"])
+        """Check the job's terms against its spec and the funds to stake, then accept it."""
+        spec = load_spec(self.dep, self.store, job_id)
+        terms = check_terms(self.dep, spec, job_id)
+        if terms.aggregator != self.address:
+            raise FedMarketError(f"job {job_id} names {terms.aggregator} as its aggregator, not {self.address}")
+        stake = terms.aggregator_stake
+        check_funds(self.dep, self.address, stake, f"the aggregator stake of job {job_id}")
         if stake:
             self.dep.token.transact("approve", self.dep.market.address, stake, sender=self.account)
         return self.dep.market.transact("accept", job_id, sender=self.account)
@@ -85,8 +83,11 @@ class Aggregator:
         """Take the aggregator stake back into free stake once the job is over."""
         return self.dep.market.transact("release_stake", job_id, self.account.address, sender=self.account)
 
+    # ---- one round ----------------------------------------------------------------------------
+
     def collect(self, job_id: int, round_: int, spec: JobSpec) -> tuple[list[Update], list[dict]]:
-        """Every valid update posted for the round (one per selected provider), and the rejected ones with reasons."""
+        """Every valid update posted for the round (the first of each selected provider), and the
+        rejected ones with reasons. A second update of a provider is refused, not ordered."""
         accepted: dict[str, Update] = {}
         rejected: list[dict] = []
         selected = set(round_providers(self.dep, spec, job_id, round_))
@@ -117,21 +118,22 @@ class Aggregator:
             )
 
     def _verify(self, raw: bytes, job_id: int, round_: int, spec: JobSpec, selected: set[str]) -> Update:
+        """An update that passes every rule `RoundArbiter._check_update` enforces."""
         msg = json.loads(raw)
         if msg["job_id"] != job_id or msg["round"] != round_:
             raise FedMarketError("receipt for another job or round")
         weight = int(msg["weight"])
-        if weight < 1:
-            raise FedMarketError("weight must be positive")
+        if not 1 <= weight <= R.MAX_WEIGHT:
+            raise FedMarketError(f"weight must be in [1, {R.MAX_WEIGHT}], got {weight}")
         if spec.privacy.dp and weight != 1:
             raise FedMarketError(f"privacy mode {spec.privacy.mode} bounds every provider's influence: weight must be 1, got {weight}")
         root = bytes.fromhex(msg["update_root"].removeprefix("0x"))
         sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
-        receipt = UpdateReceipt(job_id, round_, root, weight)
-        signer = receipt.signer(sig, self.dep.chain_id, self.dep.disputes.address)
+        signer = UpdateReceipt(job_id, round_, root, weight).signer(sig, self.dep.chain_id, self.dep.disputes.address)
         if signer != msg["provider"]:
             raise FedMarketError(f"receipt signed by {signer}, not by {msg['provider']}")
-        if not self.dep.market.call("is_provider", job_id, signer):
+        word, _ = self.dep.market.call("membership", job_id, signer)
+        if int(word) != R.Role.PROVIDER:
             raise FedMarketError(f"{signer} is not a provider of job {job_id} (never joined, or slashed)")
         if signer not in selected:
             raise FedMarketError(f"{signer} was not selected for round {round_}")
@@ -141,7 +143,7 @@ class Aggregator:
             raise FedMarketError(f"update of {signer}: {exc}") from None
         if vector_root(q, spec.quantization.chunk_size) != root:
             raise FedMarketError(f"update of {signer} does not match its signed root")
-        return Update(signer, msg["update_cid"], root, weight, sig, float(msg.get("train_loss", "nan")), q)
+        return Update(signer, msg["update_cid"], root, weight, sig, q)
 
     def secure_survivors(self, job_id: int, round_: int) -> list[int]:
         """Secure phase 4 (privacy modes secagg, secagg_dp): verify the masked updates' receipts and
@@ -166,10 +168,6 @@ class Aggregator:
         self.acknowledge(job_id, round_, [u for u in updates if uid[u.provider] in set(survivors)])
         return survivors
 
-    @property
-    def address(self) -> str:
-        return self.account.address
-
     def _secure_round(self, job_id: int, round_: int, spec: JobSpec, updates: list[Update]) -> tuple[list[Update], np.ndarray, dict]:
         """Unmask a secure round: (its survivors' masked updates, the mask correction, the transcript document)."""
         members = sr.participants(self.dep, spec, job_id, round_)
@@ -191,9 +189,9 @@ class Aggregator:
 
     def run_round(self, job_id: int, round_: int, collected: tuple[list[Update], list[dict]] | None = None) -> Receipt:
         """Aggregate the round's updates (exact integer arithmetic) and commit it in one transaction.
-
-        A DP job's round commits the job's cumulative epsilon; a round that would exceed the
-        budget is refused (PrivacyBudgetExceeded) before anything is sent."""
+        A round with no update keeps the model (the aggregator is never slashed for providers'
+        silence). A DP job's round commits the job's cumulative epsilon; a round that would exceed
+        the budget is refused (PrivacyBudgetExceeded) before anything is sent."""
         spec = load_spec(self.dep, self.store, job_id)
         next_round, q_global = global_model(self.dep, self.store, spec, job_id)
         if next_round != round_:
@@ -201,22 +199,18 @@ class Aggregator:
         epsilon = epsilon_after_round(spec, round_)
         # `collected`: what `collect` just returned for this round, so it is not verified twice
         updates, rejected = collected if collected is not None else self.collect(job_id, round_, spec)
-        if not updates:
-            raise FedMarketError(f"job {job_id} round {round_}: no valid update to aggregate")
-        secure = None
+        secure, aux_root, corr = None, ZERO32, None
         if spec.privacy.secure:
-            updates, corr, transcript = self._secure_round(job_id, round_, spec, updates)
-            corr_root = vector_root(corr, spec.quantization.chunk_size)
-            q_new = self.combine_secure(spec, q_global, updates, corr)
-            secure = {"correction_cid": self.store.put(encode_vector(corr)), "correction_root": "0x" + corr_root.hex(),
+            transcript = {"keys": [], "shared": [], "unmask": []}
+            corr = np.zeros(spec.n_params, dtype=np.int64)
+            if updates:
+                updates, corr, transcript = self._secure_round(job_id, round_, spec, updates)
+            aux_root = vector_root(corr, spec.quantization.chunk_size)
+            secure = {"correction_cid": self.store.put(encode_vector(corr)),
                       "transcript_cid": self.store.put(canonical_json(transcript))}
-            updates_root = updates_tree(updates, corr_root).root
-        else:
-            q_new = self.combine(spec, q_global, updates)
-            updates_root = updates_tree(updates).root
+        q_new = self.aggregate(spec, q_global, updates, corr)
         model_cid = self.store.put(encode_vector(q_new))
         model_root = vector_root(q_new, spec.quantization.chunk_size)
-        total = sum(u.weight for u in updates)
         metrics = {
             "job_id": job_id,
             "round": round_,
@@ -224,18 +218,11 @@ class Aggregator:
             "privacy": spec.privacy.mode,
             "epsilon_spent": epsilon,
             "count": len(updates),
-            "total_weight": total,
-            "train_loss": sum(u.train_loss * u.weight for u in updates) / total,
+            "total_weight": sum(u.weight for u in updates),
             "model_cid": model_cid,
             "updates": [
-                {
-                    "index": i,
-                    "provider": u.provider,
-                    "update_cid": u.update_cid,
-                    "update_root": "0x" + u.update_root.hex(),
-                    "weight": u.weight,
-                    "signature": "0x" + u.signature.hex(),
-                }
+                {"index": i, "provider": u.provider, "update_cid": u.update_cid, "update_root": "0x" + u.update_root.hex(),
+                 "weight": u.weight, "signature": "0x" + u.signature.hex()}
                 for i, u in enumerate(updates)
             ],
             "rejected": rejected,
@@ -245,35 +232,38 @@ class Aggregator:
         doc = canonical_json(metrics)
         self.store.put(doc)
         return self.dep.market.transact(
-            "submit_round", job_id, round_, model_root, model_cid, updates_root, len(updates), metrics_digest(doc),
-            epsilon, sender=self.account,
+            "submit_round", job_id, round_, model_root, updates_root(updates), len(updates), metrics_digest(doc),
+            epsilon, aux_root, sender=self.account,
         )
 
-    def combine(self, spec: JobSpec, q_global: np.ndarray, updates: list[Update]) -> np.ndarray:
-        """The new global model: the previous one plus the job's rule over the updates."""
-        return q_global + aggregate_int(spec, [u.q for u in updates], [u.weight for u in updates])
+    def aggregate(self, spec: JobSpec, q_global: np.ndarray, updates: list[Update], correction: np.ndarray | None) -> np.ndarray:
+        """The new global model: the previous one plus the job's rule over the round's updates (kept as is without any)."""
+        if not updates:
+            return q_global
+        return q_global + R.aggregate(spec.rule, [u.q for u in updates], [u.weight for u in updates], spec.trim, correction)
 
-    def combine_secure(self, spec: JobSpec, q_global: np.ndarray, updates: list[Update], corr: np.ndarray) -> np.ndarray:
-        """The new global model of a secure round: the previous one plus the unmasked weighted mean."""
-        return q_global + sr.secure_mean([u.q for u in updates], corr, [u.weight for u in updates])
+    # ---- rewards and disputes -----------------------------------------------------------------
+
+    def rewards_document(self, job_id: int, spec: JobSpec, basis: int | None = None) -> dict:
+        return reward_document(self.dep, self.store, job_id, spec, mailbox_reveals(self.dep, self.mailbox, job_id), basis)
 
     def reward_leaves(self, job_id: int, spec: JobSpec) -> list[dict]:
-        """Every participant's reward leaf (see roles.settlement), from the committed rounds and the
-        validators' revealed scores."""
         return self.rewards_document(job_id, spec)["leaves"]
 
-    def rewards_document(self, job_id: int, spec: JobSpec) -> dict:
-        return reward_document(self.dep, self.store, job_id, spec, mailbox_reveals(self.dep, self.mailbox, job_id))
-
-    def post_rewards(self, job_id: int) -> Receipt:
-        """After the last round: publish the rewards document and commit the root of its leaves.
-        A job with validators first needs their approvals of that very root (they re-derive it:
-        `Validator.approve_rewards`); the ones posted on the mailbox are submitted here."""
+    def post_rewards(self, job_id: int, basis: int | None = None) -> Receipt:
+        """After the last round: publish the rewards document and commit the root of its leaves. A
+        scores-basis root (validated, unmasked jobs) is posted with the validators' approvals of
+        that very statement (`Validator.approve_rewards`), submitted here first."""
         spec = load_spec(self.dep, self.store, job_id)
-        doc = self.rewards_document(job_id, spec)
-        tree = reward_tree(doc["leaves"])
-        total = int(doc["total"])
+        doc = self.rewards_document(job_id, spec, basis)
+        statement = statement_of(doc)
         cid = self.store.put(canonical_json(doc))
-        if spec.participation.max_validators > 0:
-            submit_reward_approvals(self.dep, self.mailbox, self.account, job_id, tree.root, total)
-        return self.dep.market.transact("post_rewards", job_id, tree.root, total, cid, sender=self.account)
+        if doc["basis"] == R.Basis.SCORES:
+            submit_reward_approvals(self.dep, self.mailbox, self.account, job_id, statement)
+        root, total, value_total, gate_met = statement
+        return self.dep.market.transact("post_rewards", job_id, root, total, value_total, doc["basis"], gate_met, cid,
+                                        sender=self.account)
+
+    def defend(self, job_id: int) -> list[Receipt]:
+        """Answer every dispute game of the job that waits for the defender."""
+        return self.defender.respond(job_id)

@@ -1,29 +1,44 @@
-"""Auditor: re-derives every round and every payout of a job from chain data and the blob store alone."""
+"""Auditor: re-derives every round and every payout of a job from chain data and the blob store
+alone, with the same rules the arbiters enforce, and names what a dispute game would prove."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ..errors import FedMarketError
 from ..market import Deployment
-from ..protocol.encoding import decode_vector, vector_root
+from ..protocol import rules as R
+from ..protocol.encoding import address_key, decode_vector, vector_root
+from ..protocol.merkle import MerkleTree
 from ..protocol.proofs import RoundUpdate, reward_tree, updates_tree
 from ..protocol.receipts import UpdateReceipt
+from ..protocol.selection import is_selected
 from ..spec import JobSpec
 from ..storage import BlobStore
-from .common import CommittedRound, committed_rounds, fetch_metrics, fetch_model, load_spec
+from .common import (
+    CommittedRound,
+    committed_rounds,
+    epsilon_after_round,
+    fetch_metrics,
+    fetch_model,
+    load_spec,
+    posted_rewards,
+    round_seed,
+)
 
 
 @dataclass
 class RoundCheck:
-    """What re-deriving one round found."""
+    """What re-deriving one round found: the first invalid leaf, or else the first wrong chunk."""
 
     round: int
     ok: bool
     problem: str = ""
     bad_chunk: int | None = None
+    bad_leaf: int | None = None
     count: int = 0
 
 
@@ -34,6 +49,7 @@ class AuditReport:
     rounds: list[RoundCheck] = field(default_factory=list)
     rewards_ok: bool | None = None
     rewards_problem: str = ""
+    bad_reward_leaf: int | None = None
     claims_ok: bool | None = None
     claims_problem: str = ""
 
@@ -45,51 +61,67 @@ class AuditReport:
         return {**asdict(self), "ok": self.ok}
 
 
+@dataclass(frozen=True)
+class RoundEvidence:
+    """A committed round's data, fetched and matched against its roots: what any move of a
+    dispute game over the round needs."""
+
+    committed: CommittedRound
+    prev: CommittedRound | None
+    updates: list[RoundUpdate]
+    model: np.ndarray
+    prev_model: np.ndarray
+    correction: np.ndarray | None
+    seed: bytes
+    tree: MerkleTree | None
+
+
 class Auditor:
     """Anyone: needs no key, trusts nothing but the chain and content hashes."""
 
     def __init__(self, dep: Deployment, store: BlobStore):
         self.dep = dep
         self.store = store
-        # a committed round's content is immutable (roots on chain, blobs by content id): verify it once
-        self._verified: dict[tuple[int, int, bytes], tuple[list[RoundUpdate], np.ndarray | None]] = {}
+        # a committed round's content is immutable (roots on chain, blobs by content id): fetch it once
+        self._evidence: dict[tuple[int, int, bytes], RoundEvidence] = {}
 
-    def round_updates(self, spec: JobSpec, job_id: int, committed: CommittedRound) -> list[RoundUpdate]:
-        """The round's updates, each checked: signed by its provider, blob matching its root,
-        and together (with a secure round's mask correction) forming exactly the committed updates tree."""
-        return self.verified_round(spec, job_id, committed)[0]
+    # ---- fetching ----------------------------------------------------------------------------
 
-    def verified_round(self, spec: JobSpec, job_id: int, committed: CommittedRound) -> tuple[list[RoundUpdate], np.ndarray | None]:
-        """(the round's checked updates, a secure round's checked mask correction or None), verified
-        once per round and then remembered."""
-        key = (job_id, committed.round, committed.updates_root)
-        if key not in self._verified:
-            self._verified[key] = self._verify_round(spec, job_id, committed)
-        return self._verified[key]
+    def evidence(self, spec: JobSpec, job_id: int, round_: int, rounds: list[CommittedRound] | None = None) -> RoundEvidence:
+        """Round `round_`'s updates (blobs matching their roots, together forming the committed
+        updates tree), model and correction; FedMarketError if anything is unavailable or does not
+        match what the round committed."""
+        rounds = committed_rounds(self.dep, job_id) if rounds is None else rounds
+        committed = rounds[round_]
+        key = (job_id, round_, committed.commitment(job_id))
+        if key not in self._evidence:
+            self._evidence[key] = self._fetch(spec, job_id, committed, rounds[round_ - 1] if round_ else None, rounds)
+        return self._evidence[key]
 
-    def _verify_round(self, spec: JobSpec, job_id: int, committed: CommittedRound) -> tuple[list[RoundUpdate], np.ndarray | None]:
+    def _fetch(self, spec: JobSpec, job_id: int, committed: CommittedRound, prev: CommittedRound | None,
+               rounds: list[CommittedRound]) -> RoundEvidence:
         doc = fetch_metrics(self.store, committed)
+        size = spec.quantization.chunk_size
         updates = []
         for entry in doc["updates"]:
             q = decode_vector(self.store.get(entry["update_cid"]), spec.n_params)
             root = bytes.fromhex(entry["update_root"][2:])
-            if vector_root(q, spec.quantization.chunk_size) != root:
+            if vector_root(q, size) != root:
                 raise FedMarketError(f"update of {entry['provider']} does not match its root")
-            signer = UpdateReceipt(job_id, committed.round, root, int(entry["weight"])).signer(
-                bytes.fromhex(entry["signature"][2:]), self.dep.chain_id, self.dep.disputes.address
-            )
-            if signer != entry["provider"]:
-                raise FedMarketError(f"receipt of {entry['provider']} is not signed by it")
-            updates.append(RoundUpdate(entry["provider"], q, int(entry["weight"]), spec.quantization.chunk_size))
+            updates.append(RoundUpdate(entry["provider"], q, int(entry["weight"]), size,
+                                       bytes.fromhex(entry["signature"][2:])))
         if len(updates) != committed.count:
             raise FedMarketError(f"metrics list {len(updates)} updates, the round committed {committed.count}")
-        corr = self.correction(spec, committed, doc)
-        corr_root = None if corr is None else vector_root(corr, spec.quantization.chunk_size)
-        if updates_tree(updates, corr_root).root != committed.updates_root:
+        tree = updates_tree(updates)
+        if (b"\x00" * 32 if tree is None else tree.root) != committed.updates_root:
             raise FedMarketError("the listed updates do not form the committed updates root")
-        return updates, corr
+        correction = self._correction(spec, committed, doc)
+        model = fetch_model(self.store, spec, committed)
+        prev_model = fetch_model(self.store, spec, prev) if prev else np.zeros(spec.n_params, dtype=np.int64)
+        seed = round_seed(self.dep, job_id, committed.round, rounds)
+        return RoundEvidence(committed, prev, updates, model, prev_model, correction, seed, tree)
 
-    def correction(self, spec: JobSpec, committed: CommittedRound, doc: dict) -> np.ndarray | None:
+    def _correction(self, spec: JobSpec, committed: CommittedRound, doc: dict) -> np.ndarray | None:
         """A secure round's published mask correction (None for other modes), checked against its root."""
         if not spec.privacy.secure:
             return None
@@ -97,113 +129,149 @@ class Auditor:
         if not isinstance(sec, dict):
             raise FedMarketError(f"round {committed.round} of a secure job publishes no mask correction")
         corr = decode_vector(self.store.get(sec["correction_cid"]), spec.n_params)
-        if "0x" + vector_root(corr, spec.quantization.chunk_size).hex() != sec["correction_root"]:
-            raise FedMarketError(f"round {committed.round}: mask correction does not match its root")
+        if vector_root(corr, spec.quantization.chunk_size) != committed.aux_root:
+            raise FedMarketError(f"round {committed.round}: mask correction does not match its committed root")
         return corr
 
-    def _check_unmasking(self, spec: JobSpec, job_id: int, committed: CommittedRound, updates: list[RoundUpdate], corr: np.ndarray) -> str:
-        """Re-derive a secure round's mask correction from its published transcript; '' if it matches."""
-        import json
+    # ---- the rules a round must follow -------------------------------------------------------
 
+    def leaf_problem(self, spec: JobSpec, job_id: int, ev: RoundEvidence, index: int) -> str:
+        """Why leaf `index` of the round breaks the rules `RoundArbiter._check_update` enforces ('' if it does not)."""
+        u = ev.updates[index]
+        r = ev.committed.round
+        if index > 0 and address_key(ev.updates[index - 1].provider) >= address_key(u.provider):
+            return f"leaf {index} is not after leaf {index - 1} in provider order"
+        if not 1 <= u.weight <= R.MAX_WEIGHT:
+            return f"leaf {index} has weight {u.weight}, outside [1, {R.MAX_WEIGHT}]"
+        if spec.privacy.dp and u.weight != 1:
+            return f"leaf {index}: a private update must have weight 1, not {u.weight}"
+        try:
+            signer = UpdateReceipt(job_id, r, u.root, u.weight).signer(u.signature, self.dep.chain_id, self.dep.disputes.address)
+        except Exception:  # noqa: BLE001 - an unrecoverable signature is no receipt
+            signer = None
+        if signer != u.provider:
+            return f"leaf {index} of {u.provider} carries no receipt signed by it"
+        word, stage = self.dep.market.call("membership", job_id, u.provider)
+        if R.role_of(word) != R.Role.PROVIDER:
+            return f"leaf {index}: {u.provider} is not a provider of job {job_id}"
+        if R.is_slashed(word) and r > int(stage):
+            return f"leaf {index}: {u.provider} was slashed before round {r}"
+        n = int(self.dep.market.call("progress", job_id)["n_providers"])
+        if not is_selected(ev.seed, job_id, r, u.provider, spec.participation.per_round, n):
+            return f"leaf {index}: {u.provider} was not selected for round {r} by its seed"
+        return ""
+
+    def expected_model(self, spec: JobSpec, ev: RoundEvidence) -> np.ndarray:
+        if not ev.updates:
+            return ev.prev_model
+        delta = R.aggregate(spec.rule, [u.q for u in ev.updates], [u.weight for u in ev.updates], spec.trim,
+                            ev.correction)
+        return ev.prev_model + delta
+
+    def check_round(self, spec: JobSpec, job_id: int, committed: CommittedRound, rounds: list[CommittedRound] | None = None
+                    ) -> tuple[RoundCheck, RoundEvidence | None]:
+        """Recompute one round: its data, then each leaf's validity (a LEAF game proves the first
+        invalid one), then the aggregate (an AGGREGATE game proves the first wrong chunk), then
+        what validators judge (a secure round's unmasking, the committed epsilon)."""
+        c = committed
+        try:
+            ev = self.evidence(spec, job_id, c.round, rounds)
+        except FedMarketError as exc:  # storage and protocol errors both derive from it
+            return RoundCheck(c.round, False, f"round data unavailable or inconsistent: {exc}", count=c.count), None
+        for i in range(len(ev.updates)):
+            problem = self.leaf_problem(spec, job_id, ev, i)
+            if problem:
+                return RoundCheck(c.round, False, problem, bad_leaf=i, count=c.count), ev
+        try:
+            expected = self.expected_model(spec, ev)
+        except FedMarketError as exc:
+            return RoundCheck(c.round, False, str(exc), bad_chunk=0, count=c.count), ev
+        diff = np.flatnonzero(expected != ev.model)
+        if diff.size:
+            chunk = int(diff[0]) // spec.quantization.chunk_size
+            return RoundCheck(c.round, False, f"wrong aggregate ({diff.size} values differ)", bad_chunk=chunk, count=c.count), ev
+        if ev.correction is not None:
+            problem = self._check_unmasking(spec, job_id, ev)
+            if problem:
+                return RoundCheck(c.round, False, problem, count=c.count), ev
+        try:
+            eps = epsilon_after_round(spec, c.round)
+        except FedMarketError as exc:
+            return RoundCheck(c.round, False, str(exc), count=c.count), ev
+        if c.epsilon_spent != eps:
+            return RoundCheck(c.round, False, f"committed epsilon {c.epsilon_spent} millionths, the spec gives {eps}",
+                              count=c.count), ev
+        return RoundCheck(c.round, True, count=c.count), ev
+
+    def _check_unmasking(self, spec: JobSpec, job_id: int, ev: RoundEvidence) -> str:
+        """Re-derive a secure round's mask correction from its published transcript; '' if it matches."""
         from . import secure_round as sr
 
-        doc = fetch_metrics(self.store, committed)
-        members = sr.participants(self.dep, spec, job_id, committed.round)
-        cfg = sr.round_config(self.dep, spec, job_id, committed.round, len(members))
+        doc = fetch_metrics(self.store, ev.committed)
+        r = ev.committed.round
+        members = sr.participants(self.dep, spec, job_id, r)
+        cfg = sr.round_config(self.dep, spec, job_id, r, len(members))
         uid = {p: i for i, p in enumerate(members)}
         try:
             transcript = sr.Transcript.from_doc(json.loads(self.store.get(doc["secure"]["transcript_cid"])))
-            masked = {uid[u.provider]: u.q for u in updates}
+            masked = {uid[u.provider]: u.q for u in ev.updates}
             total = sr.unmasked_sum(cfg, members, transcript, masked)
         except (FedMarketError, KeyError, ValueError, TypeError) as exc:
             return f"mask correction cannot be re-derived from the transcript: {exc}"
-        if not np.array_equal(sr.correction(masked, total), corr):
+        if not np.array_equal(sr.correction(masked, total), ev.correction):
             return "mask correction differs from the one the transcript re-derives"
         return ""
 
-    def check_round(self, spec: JobSpec, job_id: int, committed: CommittedRound, prev_q: np.ndarray) -> tuple[RoundCheck, np.ndarray | None]:
-        """Recompute one round; returns the finding and the committed model (None if unavailable)."""
-        from . import secure_round as sr
-        from .aggregator import aggregate_int
-        from .common import epsilon_after_round
-
-        try:
-            updates, corr = self.verified_round(spec, job_id, committed)
-            model = fetch_model(self.store, spec, committed)
-        except FedMarketError as exc:  # storage and protocol errors both derive from it
-            return RoundCheck(committed.round, False, str(exc), None, committed.count), None
-        if corr is not None:
-            expected = prev_q + sr.secure_mean([u.q for u in updates], corr, [u.weight for u in updates])
-        else:
-            expected = prev_q + aggregate_int(spec, [u.q for u in updates], [u.weight for u in updates])
-        diff = np.flatnonzero(expected != model)
-        if diff.size:
-            chunk = int(diff[0]) // spec.quantization.chunk_size
-            return RoundCheck(committed.round, False, f"wrong aggregate ({diff.size} values differ)", chunk, committed.count), model
-        if corr is not None:
-            problem = self._check_unmasking(spec, job_id, committed, updates, corr)
-            if problem:
-                return RoundCheck(committed.round, False, problem, None, committed.count), model
-        from .common import round_providers
-
-        picked = set(round_providers(self.dep, spec, job_id, committed.round))
-        strangers = [u.provider for u in updates if u.provider not in picked]
-        if strangers:
-            return RoundCheck(committed.round, False, f"update from {strangers[0]}, not selected for the round by its seed",
-                              None, committed.count), model
-        if spec.privacy.dp and any(u.weight != 1 for u in updates):
-            return RoundCheck(committed.round, False, "a DP round aggregated an update with weight other than 1", None, committed.count), model
-        try:
-            eps = epsilon_after_round(spec, committed.round)
-        except FedMarketError as exc:
-            return RoundCheck(committed.round, False, str(exc), None, committed.count), model
-        if committed.epsilon_spent != eps:
-            return RoundCheck(committed.round, False, f"committed epsilon {committed.epsilon_spent} millionths, the spec gives {eps}",
-                              None, committed.count), model
-        return RoundCheck(committed.round, True, count=committed.count), model
+    # ---- a whole job -------------------------------------------------------------------------
 
     def audit(self, job_id: int) -> AuditReport:
         spec = load_spec(self.dep, self.store, job_id)
         job = self.dep.job(job_id)
         report = AuditReport(job_id, job["state"].name)
-        prev = np.zeros(spec.n_params, dtype=np.int64)
-        docs = []
-        for committed in committed_rounds(self.dep, job_id):
-            check, model = self.check_round(spec, job_id, committed, prev)
+        rounds = committed_rounds(self.dep, job_id)
+        for committed in rounds:
+            check, _ = self.check_round(spec, job_id, committed, rounds)
             report.rounds.append(check)
-            if not check.ok or model is None:
+            if not check.ok:
                 return report
-            prev = model
-            docs.append(fetch_metrics(self.store, committed))
-        posted = self.dep.market.events("RewardRootPosted", job_id=job_id)
-        if posted:
-            self._check_rewards(report, spec, job_id, docs, posted[-1])
+        if job["reward_root"] != b"\x00" * 32:
+            self.check_rewards(report, spec, job_id)
         return report
 
-    def _check_rewards(self, report: AuditReport, spec: JobSpec, job_id: int, docs: list[dict], posted) -> None:
-        import json
-
+    def check_rewards(self, report: AuditReport, spec: JobSpec, job_id: int) -> None:
+        """Re-derive the posted reward root's leaves; on a difference, name the first leaf (the
+        one a value or sum game proves)."""
         from .settlement import reward_document
 
         try:
-            published = json.loads(self.store.get(posted["rewards_cid"]))
+            published = posted_rewards(self.dep, self.store, job_id)
             reveals = {int(r): list(cids) for r, cids in published.get("reveals", {}).items()}
-        except (FedMarketError, ValueError, TypeError, AttributeError):
-            report.rewards_ok, report.rewards_problem = False, "the rewards document is missing or malformed"
+            expected = reward_document(self.dep, self.store, job_id, spec, reveals, int(published["basis"]))
+        except (FedMarketError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            report.rewards_ok, report.rewards_problem = False, f"the rewards document is missing or malformed: {exc}"
             return
-        expected = reward_document(self.dep, self.store, job_id, spec, reveals)["leaves"]
-        tree = reward_tree(expected)
-        if tree.root != posted["reward_root"]:
-            report.rewards_ok, report.rewards_problem = False, "reward root differs from the one re-derived from the rounds"
+        posted = self.dep.job(job_id)
+        if reward_tree(expected["leaves"]).root != posted["reward_root"]:
+            report.rewards_ok = False
+            report.rewards_problem = "reward root differs from the one re-derived from the rounds"
+            report.bad_reward_leaf = _first_difference(published["leaves"], expected["leaves"])
             return
-        if sum(int(l["amount"]) for l in expected) != posted["reward_total"]:
-            report.rewards_ok, report.rewards_problem = False, "reward total differs from the sum of the leaves"
+        if int(expected["total"]) != posted["reward_total"] or int(expected["value_total"]) != posted["value_total"]:
+            report.rewards_ok, report.rewards_problem = False, "reward totals differ from the leaves'"
             return
         report.rewards_ok = True
-        by_index = {l["index"]: l for l in expected}
+        by_index = {leaf["index"]: leaf for leaf in expected["leaves"]}
         for claim in self.dep.market.events("RewardClaimed", job_id=job_id):
             leaf = by_index.get(claim["index"])
             if leaf is None or leaf["account"] != claim["account"] or int(leaf["amount"]) != claim["amount"]:
                 report.claims_ok, report.claims_problem = False, f"claim of leaf {claim['index']} does not match it"
                 return
         report.claims_ok = True
+
+
+def _first_difference(posted: list[dict], expected: list[dict]) -> int | None:
+    keys = ("account", "role", "amount", "reputation_delta", "value", "activity")
+    for a, b in zip(sorted(posted, key=lambda x: int(x["index"])), expected):
+        if any(str(a.get(k)) != str(b[k]) for k in keys):
+            return int(b["index"])
+    return None

@@ -1,120 +1,143 @@
-"""Challenger: watches a job's rounds and proves on chain what can be proven: a wrong aggregate, an
-acknowledged update left out of a round (censorship), a validator that signed two attestations
-for one round (equivocation)."""
+"""Challenger: watches a job and proves on chain what can be proven. It opens a dispute game
+(`RoundArbiter`, `RewardArbiter`) for a wrong aggregate, an invalid or out-of-order update, an
+acknowledged update left out of a round (censorship) or a reward root that breaks the reward
+rule, plays the challenger's moves to the end, and proves validators' equivocation directly."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 from eth_utils import to_checksum_address
 
 from ..chain import Account, Receipt
-from ..errors import FedMarketError
+from ..errors import ContractRevert, FedMarketError
 from ..market import Deployment, JobState, Role
+from ..protocol import rules as R
 from ..protocol.encoding import address_key
-from ..protocol.proofs import censorship_leaf, fraud_proof, updates_tree
 from ..protocol.receipts import Attestation, ReceiptAck, UpdateReceipt
-from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
-from .auditor import Auditor
-from .common import CommittedRound, committed_rounds, fetch_metrics, load_spec, round_topic
+from .auditor import AuditReport, Auditor
+from .common import committed_rounds, load_spec, round_topic
+from .games import Truth, choose, job_games
 
 
 class Challenger:
-    """Anyone with gas: earns half the cheater's stake by proving a wrong chunk or a censored update
-    (the aggregator's) or an equivocation (a validator's)."""
+    """Anyone with gas and the job's dispute bond: earns half the cheater's stake by proving a fault,
+    and loses its bond to the defender if the defender shows the challenged data was right."""
 
     def __init__(self, dep: Deployment, account: Account, store: BlobStore):
         self.dep = dep
         self.account = account
+        self.store = store
         self.auditor = Auditor(dep, store)
 
+    def _bond(self, job_id: int, arbiter) -> None:
+        bond = int(self.dep.job(job_id)["dispute_bond"])
+        if int(self.dep.token.call("allowance", self.account.address, arbiter.address)) < bond:
+            self.dep.token.transact("approve", arbiter.address, 2**256 - 1, sender=self.account)
+
+    def _mine(self, job_id: int) -> list:
+        return [g for g in job_games(self.dep, job_id) if g.challenger == self.account.address]
+
     def check(self, job_id: int) -> Receipt | None:
-        """Recompute every committed round in order; on the first wrong one, submit the fraud
-        proof of its first wrong chunk and return the receipt. None if every round is right."""
-        spec = load_spec(self.dep, self.auditor.store, job_id)
-        prev_q = np.zeros(spec.n_params, dtype=np.int64)
-        prev = None
-        for committed in committed_rounds(self.dep, job_id):
-            found, model = self.auditor.check_round(spec, job_id, committed, prev_q)
-            if not found.ok:
-                if found.bad_chunk is None:
-                    return None  # unavailable or malformed data: a validator matter, not a chunk proof
-                updates, correction = self.auditor.verified_round(spec, job_id, committed)
-                args = fraud_proof(
-                    job_id=job_id, round_=committed.round, chunk_index=found.bad_chunk,
-                    chunk_size=spec.quantization.chunk_size, rule=spec.rule, trim=spec.trim,
-                    prev_model_q=None if prev is None else prev_q,
-                    prev_data=None if prev is None else prev.data,
-                    new_model_q=model, data=committed.data, updates=updates,
-                    correction=correction,
-                )
-                return self.dep.disputes.transact("prove_fraud", *args, sender=self.account)
-            prev_q, prev = model, committed
+        """Recompute every committed round in order; at the first provable fault open the game that
+        proves it (an invalid leaf, else the first wrong chunk) and return the receipt. None when
+        every round is right, the fault is one only validators can judge, or a game is already open."""
+        report = AuditReport(job_id, "")
+        truth = Truth(self.dep, self.store, job_id, self.auditor)
+        for committed in truth.rounds:
+            found, _ = self.auditor.check_round(truth.spec, job_id, committed, truth.rounds)
+            report.rounds.append(found)
+            if found.ok:
+                continue
+            if self._mine(job_id) or (found.bad_leaf is None and found.bad_chunk is None):
+                return None
+            self._bond(job_id, self.dep.round_arbiter)
+            data, proof, prev, prev_proof = truth.round_args(committed.round)
+            if found.bad_leaf is not None:
+                return self.dep.round_arbiter.transact("challenge_leaf", job_id, committed.round, found.bad_leaf, data,
+                                                       proof, prev, prev_proof, sender=self.account)
+            return self.dep.round_arbiter.transact("challenge_aggregate", job_id, committed.round, found.bad_chunk, data,
+                                                   proof, prev, prev_proof, sender=self.account)
         return None
+
+    def check_rewards(self, job_id: int) -> Receipt | None:
+        """Open a game on a posted reward root that breaks the reward rule: a value game on the first
+        leaf whose value or activity is wrong (weight basis), else a sum game. None if it is right."""
+        job = self.dep.job(job_id)
+        if job["state"] != JobState.FINALIZING or self._mine(job_id):
+            return None
+        spec = load_spec(self.dep, self.store, job_id)
+        report = AuditReport(job_id, job["state"].name)
+        self.auditor.check_rewards(report, spec, job_id)
+        if report.rewards_ok is not False:
+            return None
+        self._bond(job_id, self.dep.reward_arbiter)
+        truth = Truth(self.dep, self.store, job_id, self.auditor)
+        leaves, _ = truth.rewards()
+        if int(job["basis"]) == R.Basis.WEIGHT:
+            for leaf in leaves:
+                if [int(leaf["value"]), int(leaf["activity"])] != truth.value_claim(leaf["account"], 0, len(truth.rounds)):
+                    return self.dep.reward_arbiter.transact("challenge_value", job_id, int(leaf["index"]), sender=self.account)
+        return self.dep.reward_arbiter.transact("challenge_rewards", job_id, sender=self.account)
+
+    def play(self, job_id: int) -> list[Receipt]:
+        """The challenger's move in each of its games waiting for one, and the end of every game of
+        the job whose mover let its deadline pass (callable by anyone)."""
+        receipts = []
+        now = self.dep.chain.timestamp()
+        truth = None
+        for g in job_games(self.dep, job_id):
+            if now > g.deadline:
+                receipts.append(g.arbiter.transact("timeout", g.gid, sender=self.account))
+            elif g.turn == R.Turn.CHALLENGER and g.challenger == self.account.address:
+                truth = truth or Truth(self.dep, self.store, job_id, self.auditor)
+                receipts.append(g.arbiter.transact("choose", g.gid, choose(truth, g), sender=self.account))
+        return receipts
+
+    def close_moot(self, job_id: int) -> list[Receipt]:
+        """Close (bond refunded) every game of the job it has outgrown."""
+        out = []
+        for g in job_games(self.dep, job_id):
+            try:
+                out.append(g.arbiter.transact("close_moot", g.gid, sender=self.account))
+            except ContractRevert:
+                continue
+        return out
 
     # ---------------------------------------------------------------- censorship
 
     def check_censorship(self, job_id: int, mailbox: Mailbox) -> list[Receipt]:
-        """Prove that the aggregator countersigned an update and then left it out of (or altered it in)
-        a committed round.
-
-        For every committed round: the aggregator's acknowledgements posted on the round's `-acks`
-        topic (each checked to be signed by the job's aggregator), the providers' signed receipts
-        posted on the round's topic, and the updates tree rebuilt from the round's metrics document
-        (with a secure round's mask-correction leaf last). An acknowledged (provider, update root,
-        weight) that the tree does not hold is proven with `Disputes.prove_censorship`. A proof fails
-        the job and reverts it to before that round, so at most one is submitted; returns the
-        receipts ([] if the aggregator kept every update it acknowledged, or the job is no longer
-        disputable)."""
-        spec = load_spec(self.dep, self.auditor.store, job_id)
-        receipts: list[Receipt] = []
-        for committed in committed_rounds(self.dep, job_id):
-            if not self._disputable(job_id, committed.round):
-                break
-            found = self._censored(spec, job_id, committed, mailbox)
+        """Open an inclusion game for an update the aggregator countersigned and then left out of (or
+        altered in) a committed round: the provider's receipt on the round's topic and the
+        aggregator's acknowledgement on its `-acks` topic. At most one game at a time."""
+        if self._mine(job_id):
+            return []
+        truth = Truth(self.dep, self.store, job_id, self.auditor)
+        job = self.dep.job(job_id)
+        if job["state"] not in (JobState.TRAINING, JobState.FINALIZING):
+            return []
+        for c in truth.rounds:
+            found = self._censored(truth, job_id, c, mailbox, job["aggregator"])
             if found is None:
                 continue
-            (provider, root, weight, psig, asig), leaf, proof = found
-            receipts.append(self.dep.disputes.transact(
-                "prove_censorship", job_id, committed.round, committed.data, provider, root, weight, psig, asig,
-                leaf, proof, sender=self.account,
-            ))
-            break  # the job failed and was reverted to before this round: nothing later is disputable
-        return receipts
+            self._bond(job_id, self.dep.round_arbiter)
+            data, proof, _, _ = truth.round_args(c.round)
+            (provider, root, weight), psig, asig = found
+            return [self.dep.round_arbiter.transact("challenge_inclusion", job_id, c.round, data, proof, provider, root,
+                                                    weight, psig, asig, sender=self.account)]
+        return []
 
-    def _disputable(self, job_id: int, round_: int) -> bool:
-        job = self.dep.job(job_id)
-        return job["state"] in (JobState.TRAINING, JobState.FINALIZING) and round_ < int(job["current_round"])
-
-    def _committed_updates(self, spec: JobSpec, committed: CommittedRound) -> tuple[list["_Listed"], bytes | None] | None:
-        """The round's listed updates (in leaf order) and a secure round's correction root, from its
-        metrics document; None if the document is unavailable or does not form the committed root."""
+    def _censored(self, truth: Truth, job_id: int, c, mailbox: Mailbox, aggregator: str):
+        """An acknowledged (provider, root, weight) the round does not hold, with both signatures; or None."""
         try:
-            doc = fetch_metrics(self.auditor.store, committed)
-            listed = [_Listed(to_checksum_address(e["provider"]), _hex32(e["update_root"]), int(e["weight"]))
-                      for e in doc["updates"]]
-            corr_root = _hex32(doc["secure"]["correction_root"]) if spec.privacy.secure else None
+            listed = json.loads(self.store.get(_metrics_cid(c)))["updates"]
+            included = {(to_checksum_address(e["provider"]), _hex32(e["update_root"]), int(e["weight"])) for e in listed}
         except (FedMarketError, KeyError, ValueError, TypeError):
-            return None
-        # in the document's order: the one the tree was built in
-        if len(listed) != committed.count or updates_tree(listed, corr_root).root != committed.updates_root:
-            return None  # unavailable or inconsistent data: a validator matter, not a censorship proof
-        return listed, corr_root
-
-    def _censored(self, spec: JobSpec, job_id: int, committed: CommittedRound, mailbox: Mailbox):
-        """The first provable censorship of one round: ((provider, root, weight, provider sig, ack sig),
-        leaf, leaf proof), or None."""
-        rebuilt = self._committed_updates(spec, committed)
-        if rebuilt is None:
-            return None
-        listed, corr_root = rebuilt
-        r = committed.round
+            return None  # unavailable data: a leaf game matter
+        r = c.round
         chain_id, verifier = self.dep.chain_id, self.dep.disputes.address
-        aggregator = self.dep.job(job_id)["aggregator"]
-        included = {(u.provider, u.root, u.weight) for u in listed}
-        signed: dict[tuple[str, bytes, int], bytes] = {}  # provider receipts, checked
+        signed: dict[tuple[str, bytes, int], bytes] = {}
         for raw in mailbox.read(round_topic(job_id, r)):
             found = _signed_statement(raw, job_id, r, chain_id, verifier, ack=False)
             if found is not None and found[2] == found[0][0]:
@@ -125,15 +148,8 @@ class Challenger:
                 continue
             key, asig = found[0], found[1]
             if key in included or key not in signed:
-                continue  # kept as acknowledged, or no provider receipt to prove it with
-            role, _ = self.dep.market.call("membership", job_id, key[0])
-            if int(role) & 127 != Role.PROVIDER:
                 continue
-            try:
-                leaf, proof = censorship_leaf(listed, key[0], corr_root)
-            except ValueError:
-                continue
-            return (*key, signed[key], asig), leaf, proof
+            return key, signed[key], asig
         return None
 
     # ---------------------------------------------------------------- equivocation
@@ -170,13 +186,10 @@ class Challenger:
         return receipts
 
 
-class _Listed:
-    """One update as a metrics document lists it (what the updates tree needs, without the blob)."""
+def _metrics_cid(c) -> str:
+    from .common import metrics_cid
 
-    __slots__ = ("provider", "root", "weight")
-
-    def __init__(self, provider: str, root: bytes, weight: int):
-        self.provider, self.root, self.weight = provider, root, weight
+    return metrics_cid(c.metrics_hash)
 
 
 def _hexbytes(value: str) -> bytes:

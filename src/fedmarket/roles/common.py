@@ -1,24 +1,36 @@
-"""What every role reads from the chain and the blob store: the job's spec and its committed rounds."""
+"""What every role reads from the chain and the blob store: the job's spec and terms, its
+committed rounds and their proofs, the global model, and the checks a role makes before it stakes."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from multiformats import CID, multihash
 
-from ..errors import FedMarketError, StorageError
-from ..market import Deployment
-from ..protocol.encoding import decode_vector, vector_root
+from ..errors import ChainError, FedMarketError, PrivacyBudgetExceeded, StorageError
+from ..market import Deployment, JobTerms
+from ..protocol import rules as R
+from ..protocol.encoding import address_key, decode_vector, round_commitment, vector_root
+from ..protocol.merkle import RoundAccumulator
+from ..protocol.selection import select
 from ..spec import JobSpec
 from ..storage import BlobStore
 
 
 class ProtocolViolation(FedMarketError):
     """Something committed on chain does not match the data it claims to commit to."""
+
+
+class TermsMismatch(FedMarketError):
+    """A job's on-chain terms differ from the spec they hash to: no role stakes on such a job."""
+
+
+class InsufficientFunds(FedMarketError):
+    """An account cannot cover the stake, escrow or bond it is about to lock."""
 
 
 def round_topic(job_id: int, round_: int) -> str:
@@ -48,73 +60,174 @@ def load_spec(dep: Deployment, store: BlobStore, job_id: int) -> JobSpec:
     return spec
 
 
+# ---- terms: what a spec implies on chain, and the check every role makes before it stakes ----
+
+
+def terms_of(spec: JobSpec, aggregator: str, now: int) -> JobTerms:
+    """The on-chain terms a spec implies; the join deadline starts from `now`."""
+    r, p, d = spec.reward, spec.participation, spec.deadlines
+    return JobTerms(
+        spec_hash=spec.hash(),
+        aggregator=aggregator,
+        escrow=r.escrow,
+        provider_stake=r.provider_stake,
+        aggregator_stake=r.aggregator_stake,
+        validator_stake=r.validator_stake,
+        min_providers=p.min_providers,
+        max_providers=p.max_providers,
+        min_validators=p.validators_needed,
+        max_validators=p.max_validators,
+        rounds=spec.training.rounds,
+        per_round=p.per_round,
+        join_deadline=now + d.join_window,
+        round_duration=d.round_duration,
+        challenge_period=d.challenge_period,
+        claim_period=d.claim_period,
+        response_period=d.response_period,
+        dispute_bond=r.dispute_bond,
+        rule=int(spec.rule),
+        trim=spec.trim,
+        chunk_size=spec.quantization.chunk_size,
+        n_params=spec.n_params,
+        licence_price=r.licence_price,
+        privacy_budget=spec.privacy.budget_micro,
+        miss_payout_bps=R.BPS if spec.quality.target_accuracy is None else spec.quality.miss_payout_bps,
+    )
+
+
+def check_terms(dep: Deployment, spec: JobSpec, job_id: int) -> JobTerms:
+    """The job's on-chain terms, if they are exactly what its spec implies (TermsMismatch naming
+    the first field that differs otherwise): a requester cannot post one rule in the spec and
+    another on chain and then "prove" an honest role wrong."""
+    onchain = dep.terms(job_id)
+    expected = terms_of(spec, onchain.aggregator, 0)
+    for f in fields(JobTerms):
+        if f.name == "join_deadline":
+            continue  # fixed by the posting time
+        if getattr(onchain, f.name) != getattr(expected, f.name):
+            raise TermsMismatch(
+                f"job {job_id}: on-chain {f.name} is {getattr(onchain, f.name)!r} but its spec implies "
+                f"{getattr(expected, f.name)!r}; refusing to stake on it"
+            )
+    return onchain
+
+
+def check_funds(dep: Deployment, account: str, amount: int, what: str, role: int | None = None) -> None:
+    """InsufficientFunds unless `account` can lock `amount` (its wallet, plus free stake of `role`)."""
+    have = dep.balance(account) + (int(dep.market.call("free_stake", account, role)) if role else 0)
+    if have < amount:
+        raise InsufficientFunds(f"{account} holds {have} base units but {what} needs {amount}")
+    if dep.chain.native_balance(account) == 0:
+        raise InsufficientFunds(f"{account} has no ether to pay gas")
+
+
+# ---- committed rounds -------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class CommittedRound:
     """One RoundCommitted event."""
 
     round: int
     model_root: bytes
-    model_cid: str
     updates_root: bytes
     count: int
     metrics_hash: bytes
+    epsilon_spent: int
+    aux_root: bytes
+    next_seed: bytes
     block: int
-    epsilon_spent: int = 0
 
     @property
     def data(self) -> tuple:
-        """The round's commitment in the clear, as the disputes contract takes it (RoundData)."""
-        return (self.model_root, self.updates_root, self.count, self.metrics_hash)
+        """The round's commitment in the clear, as the contracts take it (RoundData)."""
+        return (self.model_root, self.updates_root, self.count, self.metrics_hash, self.epsilon_spent,
+                self.aux_root, self.next_seed)
+
+    def commitment(self, job_id: int) -> bytes:
+        return round_commitment(job_id, self.round, self.data)
 
 
 def committed_rounds(dep: Deployment, job_id: int) -> list[CommittedRound]:
+    """The job's committed rounds in order (up to its current round: a round proven wrong and
+    reverted is not among them)."""
     evs = dep.market.events("RoundCommitted", job_id=job_id)
-    rounds = [
-        CommittedRound(
-            e["round"], e["model_root"], e["model_cid"], e["updates_root"], e["count"], e["metrics_hash"], e.block,
-            e["epsilon_spent"],
+    current = int(dep.market.call("job_status", job_id)[1])
+    rounds = {
+        e["round"]: CommittedRound(
+            e["round"], e["model_root"], e["updates_root"], e["count"], e["metrics_hash"], e["epsilon_spent"],
+            e["aux_root"], e["next_seed"], e.block,
         )
         for e in evs
-    ]
-    return sorted(rounds, key=lambda r: r.round)
+    }
+    return [rounds[r] for r in range(current) if r in rounds]
 
 
-def round_seed(dep: Deployment, job_id: int, round_: int) -> bytes:
+def round_accumulator(dep: Deployment, job_id: int, rounds: list[CommittedRound] | None = None) -> RoundAccumulator:
+    rounds = committed_rounds(dep, job_id) if rounds is None else rounds
+    return RoundAccumulator([c.commitment(job_id) for c in rounds], R.ROUNDS_DEPTH)
+
+
+def round_proof(dep: Deployment, job_id: int, round_: int, acc: RoundAccumulator | None = None) -> list[bytes]:
+    """Round `round_`'s proof in the market's accumulator (checked against the chain's root)."""
+    acc = acc or round_accumulator(dep, job_id)
+    if acc.root != dep.market.call("rounds_root", job_id):
+        raise ChainError(f"job {job_id}: the round events read do not match the market's accumulator")
+    return acc.proof(round_)
+
+
+def start_seed(dep: Deployment, job_id: int) -> bytes:
+    started = dep.market.events("TrainingStarted", job_id=job_id)
+    if not started:
+        raise FedMarketError(f"job {job_id} has not started training")
+    return started[0]["seed"]
+
+
+def round_seed(dep: Deployment, job_id: int, round_: int, rounds: list[CommittedRound] | None = None) -> bytes:
     """The public seed of round `round_`'s provider selection, as the market fixed it on chain."""
     if round_ == 0:
-        started = dep.market.events("TrainingStarted", job_id=job_id)
-        if not started:
-            raise FedMarketError(f"job {job_id} has not started training")
-        return started[0]["seed"]
-    prev = [e for e in dep.market.events("RoundCommitted", job_id=job_id) if e["round"] == round_ - 1]
-    if not prev:
+        return start_seed(dep, job_id)
+    rounds = committed_rounds(dep, job_id) if rounds is None else rounds
+    if len(rounds) < round_:
         raise FedMarketError(f"job {job_id} has not committed round {round_ - 1}")
-    return prev[0]["next_seed"]
+    return rounds[round_ - 1].next_seed
 
 
 def joined_providers(dep: Deployment, job_id: int) -> list[str]:
     """Every provider that joined the job, in address order."""
-    from ..protocol.encoding import address_key
-
     return sorted({e["provider"] for e in dep.market.events("ProviderJoined", job_id=job_id)}, key=address_key)
+
+
+def joined_validators(dep: Deployment, job_id: int) -> dict[str, int]:
+    """Every validator of the job and the stake it joined with."""
+    return {e["validator"]: int(e["stake"]) for e in dep.market.events("ValidatorJoined", job_id=job_id)}
 
 
 def round_providers(dep: Deployment, spec: JobSpec, job_id: int, round_: int) -> list[str]:
     """The providers selected for round `round_` (all joined ones unless the spec sets per_round), in address order."""
-    from ..protocol.selection import select
-
     members = joined_providers(dep, job_id)
-    k = spec.participation.per_round
-    if k == 0:
-        return members
-    return select(round_seed(dep, job_id, round_), job_id, round_, members, k)
+    return select(round_seed(dep, job_id, round_), job_id, round_, members, spec.participation.per_round)
+
+
+def fetch_metrics(store: BlobStore, committed: CommittedRound) -> dict:
+    raw = store.get(metrics_cid(committed.metrics_hash))
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise StorageError(f"round {committed.round}: metrics blob is not JSON") from None
 
 
 def fetch_model(store: BlobStore, spec: JobSpec, committed: CommittedRound) -> np.ndarray:
-    """The quantized global model a round committed, verified against its model root."""
-    q = decode_vector(store.get(committed.model_cid), spec.n_params)
+    """The quantized global model a round committed (named by its metrics document), verified
+    against its model root."""
+    doc = fetch_metrics(store, committed)
+    try:
+        cid = doc["model_cid"]
+    except (KeyError, TypeError):
+        raise ProtocolViolation(f"round {committed.round}: metrics document names no model") from None
+    q = decode_vector(store.get(cid), spec.n_params)
     if vector_root(q, spec.quantization.chunk_size) != committed.model_root:
-        raise ProtocolViolation(f"round {committed.round}: model {committed.model_cid} does not match its model root")
+        raise ProtocolViolation(f"round {committed.round}: model {cid} does not match its model root")
     return q
 
 
@@ -127,17 +240,6 @@ def global_model(dep: Deployment, store: BlobStore, spec: JobSpec, job_id: int) 
     return last.round + 1, fetch_model(store, spec, last)
 
 
-def fetch_metrics(store: BlobStore, committed: CommittedRound) -> dict:
-    raw = store.get(metrics_cid(committed.metrics_hash))
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise StorageError(f"round {committed.round}: metrics blob is not JSON") from None
-
-
-BPS = 10_000
-
-
 def epsilon_after_round(spec: JobSpec, round_: int) -> int:
     """Cumulative epsilon (millionths, what `submit_round` commits) after round `round_` of a DP job; 0 without DP.
 
@@ -145,12 +247,10 @@ def epsilon_after_round(spec: JobSpec, round_: int) -> int:
     number. Raises PrivacyBudgetExceeded when the round would take the job past its budget."""
     if not spec.privacy.dp:
         return 0
-    from ..errors import PrivacyBudgetExceeded
     from ..privacy.accountant import epsilon_for
-    from ..spec import EPSILON_SCALE
 
     eps = epsilon_for(spec.noise_multiplier(), round_ + 1, spec.privacy.delta)
-    micro = math.ceil(eps * EPSILON_SCALE)
+    micro = max(1, math.ceil(eps * R.EPSILON_SCALE))
     if micro > spec.privacy.budget_micro:
         raise PrivacyBudgetExceeded(
             f"round {round_} would bring epsilon to {eps:.6g} > budget {spec.privacy.epsilon:g} "
@@ -159,28 +259,38 @@ def epsilon_after_round(spec: JobSpec, round_: int) -> int:
     return micro
 
 
-def reward_leaf(dep: Deployment, store: BlobStore, account: str, job_id: int) -> tuple[dict, list[bytes]]:
-    """`account`'s reward leaf and Merkle proof, rebuilt from the published rewards document."""
+# ---- rewards ----------------------------------------------------------------------------------
+
+
+def posted_rewards(dep: Deployment, store: BlobStore, job_id: int) -> dict:
+    """The rewards document behind the job's current reward root, checked against it."""
     from ..protocol.proofs import reward_tree
 
-    posted = dep.market.events("RewardRootPosted", job_id=job_id)
-    if not posted:
-        raise FedMarketError(f"job {job_id} has no reward root yet")
-    ev = posted[-1]
-    leaves = json.loads(store.get(ev["rewards_cid"]))["leaves"]
-    tree = reward_tree(leaves)
-    if tree.root != ev["reward_root"]:
+    root = dep.market.call("progress", job_id)["reward_root"]
+    posted = [e for e in dep.market.events("RewardRootPosted", job_id=job_id) if e["reward_root"] == root]
+    if not posted or root == b"\x00" * 32:
+        raise FedMarketError(f"job {job_id} has no reward root")
+    doc = json.loads(store.get(posted[-1]["rewards_cid"]))
+    if reward_tree(doc["leaves"]).root != root:
         raise ProtocolViolation(f"job {job_id}: rewards document does not match the posted reward root")
+    return doc
+
+
+def reward_leaf(dep: Deployment, store: BlobStore, account: str, job_id: int) -> tuple[dict, list[bytes]]:
+    """`account`'s reward leaf and its positional proof, from the published rewards document."""
+    from ..protocol.proofs import reward_tree
+
+    leaves = posted_rewards(dep, store, job_id)["leaves"]
+    tree = reward_tree(leaves)
     for leaf in leaves:
         if leaf["account"] == account:
-            return leaf, tree.proof(leaf["index"])
+            return leaf, tree.proof(int(leaf["index"]))
     raise FedMarketError(f"{account} has no reward leaf in job {job_id}")
 
 
 def claim_reward(dep: Deployment, store: BlobStore, account, job_id: int):
     """Claim `account`'s leaf: reward, stake release and reputation change in one transaction."""
+    from ..protocol.proofs import reward_struct
+
     leaf, proof = reward_leaf(dep, store, account.address, job_id)
-    return dep.market.transact(
-        "claim", job_id, leaf["index"], account.address, int(leaf["amount"]), int(leaf["reputation_delta"]), proof,
-        sender=account,
-    )
+    return dep.market.transact("claim", job_id, int(leaf["index"]), reward_struct(leaf), proof, sender=account)

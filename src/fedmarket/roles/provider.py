@@ -19,7 +19,17 @@ from ..protocol.receipts import UpdateReceipt, permit_signature
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
 from . import secure_round as sr
-from .common import ProtocolViolation, claim_reward, global_model, load_spec, reward_leaf, round_topic
+from ..protocol import rules as R
+from .common import (
+    ProtocolViolation,
+    check_funds,
+    check_terms,
+    claim_reward,
+    global_model,
+    load_spec,
+    reward_leaf,
+    round_topic,
+)
 
 
 class Provider:
@@ -45,25 +55,30 @@ class Provider:
         return len(self.y)
 
     def inspect(self, job_id: int) -> JobSpec:
-        """Fetch and verify the job's spec, and check local data against its schema (SchemaMismatch if not)."""
+        """Fetch and verify the job's spec, check that the on-chain terms are exactly what it implies
+        (TermsMismatch) and that local data fits its schema (SchemaMismatch)."""
         if job_id not in self._specs:
             spec = load_spec(self.dep, self.store, job_id)
+            check_terms(self.dep, spec, job_id)
             spec.data.check(self.X, self.y)
             self._specs[job_id] = spec
         return self._specs[job_id]
 
     def join(self, job_id: int) -> Receipt:
-        """Check the data and join, the stake's allowance given by an EIP-2612 permit in the same transaction."""
+        """Check the job, the data and the funds, then join, the stake's allowance given by an
+        EIP-2612 permit in the same transaction."""
         spec = self.inspect(job_id)
         stake = spec.reward.provider_stake
+        check_funds(self.dep, self.address, stake, f"the provider stake of job {job_id}", R.Role.PROVIDER)
         if not stake:
             return self.dep.market.transact("join", job_id, sender=self.account)
         deadline = self.dep.chain.timestamp() + 3_600
         v, r, s = permit_signature(self.dep.token, self.account, self.dep.market.address, stake, deadline)
         return self.dep.market.transact("join_with_permit", job_id, deadline, v, r, s, sender=self.account)
 
-    def _local_delta(self, spec: JobSpec, job_id: int, round_: int, q_global: np.ndarray) -> tuple[np.ndarray, float]:
-        """Local training from the committed global model: (float delta, training loss)."""
+    def _local_delta(self, spec: JobSpec, job_id: int, round_: int, q_global: np.ndarray) -> np.ndarray:
+        """Local training from the committed global model: the float delta (nothing else about the
+        private data leaves: no loss, no statistic)."""
         model = spec.make_model()
         Xn = spec.normalize(self.X)
         start = dequantize(q_global)
@@ -73,7 +88,7 @@ class Provider:
             model, start, Xn, self.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.learning_rate,
             seed=seed, prox_mu=t.prox_mu,
         )
-        return local - start, float(model.loss_and_grad(local, Xn, self.y)[0])
+        return local - start
 
     def _released(self, spec: JobSpec, delta: np.ndarray, min_survivors: int = 1) -> tuple[np.ndarray, int]:
         """What leaves this machine for the job's privacy mode: (quantized update, weight).
@@ -101,7 +116,7 @@ class Provider:
             raise FedMarketError(f"job {job_id} is at round {next_round}, not {round_}")
         if not self.selected(job_id, round_):
             return None  # not picked this round: nothing leaves this machine
-        delta, loss = self._local_delta(spec, job_id, round_, q_global)
+        delta = self._local_delta(spec, job_id, round_, q_global)
         if spec.privacy.secure:
             client, cfg = self._client(job_id, round_)
             q, weight = self._released(spec, delta, cfg.min_survivors)
@@ -111,9 +126,9 @@ class Provider:
             q_out = np.frombuffer(masked.data, dtype=np.uint64).view(np.int64)
         else:
             q_out, weight = self._released(spec, delta)
-        return self._post_update(spec, job_id, round_, q_out, weight, loss)
+        return self._post_update(spec, job_id, round_, q_out, weight)
 
-    def _post_update(self, spec: JobSpec, job_id: int, round_: int, q: np.ndarray, weight: int, loss: float) -> dict:
+    def _post_update(self, spec: JobSpec, job_id: int, round_: int, q: np.ndarray, weight: int) -> dict:
         update_cid = self.store.put(encode_vector(q))
         update_root = vector_root(q, spec.quantization.chunk_size)
         receipt = UpdateReceipt(job_id, round_, update_root, weight)
@@ -126,7 +141,6 @@ class Provider:
             "update_root": "0x" + update_root.hex(),
             "weight": weight,
             "signature": "0x" + signature.hex(),
-            "train_loss": loss,
         }
         self.mailbox.post(round_topic(job_id, round_), canonical_json(message))
         return message

@@ -5,37 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..chain import Account, Receipt
+from ..errors import ConfigError
 from ..fl.quantize import dequantize
-from ..market import Deployment, JobTerms
+from ..market import Deployment
 from ..spec import JobSpec
 from ..storage import BlobStore
-from .common import committed_rounds, fetch_model, load_spec
-
-
-def terms_of(spec: JobSpec, aggregator: str, now: int) -> JobTerms:
-    """The on-chain terms a spec implies; deadlines start from `now`."""
-    r, p, d = spec.reward, spec.participation, spec.deadlines
-    return JobTerms(
-        spec_hash=spec.hash(),
-        aggregator=aggregator,
-        escrow=r.escrow,
-        provider_stake=r.provider_stake,
-        aggregator_stake=r.aggregator_stake,
-        validator_stake=r.validator_stake,
-        min_providers=p.min_providers,
-        max_providers=p.max_providers,
-        max_validators=p.max_validators,
-        rounds=spec.training.rounds,
-        join_deadline=now + d.join_window,
-        round_duration=d.round_duration,
-        challenge_period=d.challenge_period,
-        claim_period=d.claim_period,
-        rule=spec.rule,
-        trim=spec.trim,
-        chunk_size=spec.quantization.chunk_size,
-        licence_price=r.licence_price,
-        privacy_budget=spec.privacy.budget_micro,
-    )
+from .common import check_funds, committed_rounds, fetch_model, load_spec, terms_of
 
 
 class Requester:
@@ -48,10 +23,15 @@ class Requester:
 
     def post(self, spec: JobSpec, aggregator: str) -> int:
         """Store the spec, lock the escrow and post the job; returns the job id."""
-        cid = self.store.put(spec.canonical())
         market, token = self.dep.market, self.dep.token
+        now = self.dep.chain.timestamp()
+        terms = terms_of(spec, aggregator, now)
+        problem = self.dep.terms_check.call("problem", terms.abi(), self.account.address, now + 1)
+        if problem:
+            raise ConfigError(f"the job's terms would be refused: {problem.removeprefix('market: ')}")
+        check_funds(self.dep, self.account.address, spec.reward.escrow, "the job's escrow")
+        cid = self.store.put(spec.canonical())
         token.transact("approve", market.address, spec.reward.escrow, sender=self.account)
-        terms = terms_of(spec, aggregator, self.dep.chain.timestamp())
         receipt = market.transact("post_job", terms.abi(), cid, sender=self.account)
         return int(receipt.event("JobPosted")["job_id"])
 

@@ -1,21 +1,26 @@
 """Settlement: every reward leaf of a job, derived from chain data and the blob store alone.
 
-The aggregator posts the root of these leaves and the auditor re-derives them with the same code:
+The aggregator posts the root of these leaves and the auditor, the validators and the
+challenger re-derive them with the same code. One leaf per member (providers, validators and
+the aggregator), sorted by account; the rule each leaf follows is `protocol.rules.leaf_ok`,
+which `RewardArbiter` enforces on chain:
 
-- **Contribution.** With validators (and unmasked updates), a provider's value in a round is the
-  stake-weighted median of the validators' revealed scores of its update (Shapley values on
-  their held-out data, flagged updates scored 0); only reveals whose scores tree matches the
-  validator's attestation on chain count. Its job value is the sum over rounds of the positive
-  parts. Without validators, or when updates are masked (secure aggregation), the value is the
-  weight the provider had aggregated across rounds (participation).
-- **Slashed providers** (validator supermajority) get nothing.
-- **Quality gate.** If the spec sets a target accuracy, the stake-weighted median of the
-  validators' accuracy of the final model decides: missed, only `miss_payout_bps` of the pool is
-  paid and `settle` refunds the rest to the requester.
-- **Validators** get a leaf too (amount 0, their stake back on claim) whose reputation change is
-  +1 per round they revealed in consensus and -1 per round they attested but did not reveal, or
-  revealed scores far from the consensus (relative L1 distance above `DEVIATION_TOLERANCE`).
-- The pool is split in exact integer arithmetic (largest remainder, ties to the lower index).
+- **Value.** In the *weight* basis, a provider's value is the weight it had aggregated across
+  rounds, provable round by round (`RewardArbiter.challenge_value`). In the *scores* basis
+  (validated jobs with unmasked updates, every round revealed), it is the sum over rounds of
+  the positive part of the stake-weighted median of the validators' revealed scores of its
+  update (Shapley values on their held-out data, flagged updates scored 0); only reveals whose
+  scores tree matches the validator's attestation on chain count. That root pays only once two
+  thirds of the validator stake approved it.
+- **Amount.** ``pool * value // value_total`` for an unslashed provider (``value_total`` summing
+  those values), 0 for everyone else; the rounding dust is refunded to the requester at
+  settlement. The pool is the escrow less the protocol fee, times the miss payout if the
+  validators found the quality target missed (or no validator judged it).
+- **Activity and reputation.** A provider's activity is the number of rounds its update was
+  aggregated in (its reputation change), the aggregator's the number of rounds, a validator's
+  the rounds it attested (reputation ``2 * activity - rounds`` in the weight basis; in the
+  scores basis +1 per round revealed in consensus, -1 per round attested but not revealed or
+  revealed far from the consensus). A member slashed before the root gets ``-max(1, activity)``.
 """
 
 from __future__ import annotations
@@ -25,13 +30,31 @@ from dataclasses import dataclass
 
 from ..errors import FedMarketError
 from ..market import Deployment
+from ..protocol import rules as R
 from ..protocol.encoding import address_key
 from ..spec import JobSpec
 from ..storage import BlobStore
-from .common import BPS, committed_rounds, fetch_metrics, joined_providers
+from .common import committed_rounds, fetch_metrics, joined_providers, joined_validators, round_topic
 
-SCORE_SCALE = 1_000_000
+SCORE_SCALE = 1_000_000  # scores are committed as integers: millionths of a utility point
 DEVIATION_TOLERANCE = 0.5
+
+
+@dataclass(frozen=True)
+class Member:
+    """A job member as the market records it: role word (with the slashed bit) and its stage."""
+
+    account: str
+    role_word: int
+    stage: int
+
+    @property
+    def role(self) -> int:
+        return R.role_of(self.role_word)
+
+    @property
+    def cut(self) -> bool:
+        return R.cut_before_root(self.role_word, self.stage)
 
 
 @dataclass(frozen=True)
@@ -46,16 +69,27 @@ class Reveal:
     cid: str
 
 
-def validator_stakes(dep: Deployment, job_id: int) -> dict[str, int]:
-    return {e["validator"]: int(e["stake"]) for e in dep.market.events("ValidatorJoined", job_id=job_id)}
+def members(dep: Deployment, job_id: int) -> list[Member]:
+    """Every member of the job (providers, validators, the aggregator), in account order."""
+    accounts = [*joined_providers(dep, job_id), *joined_validators(dep, job_id), dep.job(job_id)["aggregator"]]
+    out = []
+    for a in sorted(set(accounts), key=address_key):
+        word, stage = dep.market.call("membership", job_id, a)
+        out.append(Member(a, int(word), int(stage)))
+    return out
+
+
+def scores_tree(scores: list[tuple[str, int]]):
+    from ..protocol.encoding import score_leaf
+    from ..protocol.merkle import MerkleTree
+
+    return MerkleTree([score_leaf(i, p, s) for i, (p, s) in enumerate(scores)])
 
 
 def verified_reveals(dep: Deployment, store: BlobStore, job_id: int, round_: int, cids: list[str],
                      stakes: dict[str, int]) -> list[Reveal]:
     """The reveals among `cids` that are well formed and match their validator's commitment on chain
     (one per validator of `stakes`; anything else is ignored, so a bad reveal cannot move the consensus)."""
-    from .validator import scores_tree
-
     out: dict[str, Reveal] = {}
     for cid in cids:
         try:
@@ -90,103 +124,107 @@ def weighted_median(values: list[int], weights: list[int]) -> int:
     return (lower + pairs[-1][0]) // 2
 
 
-def split(pool: int, values: list[int]) -> list[int]:
-    """`pool` in proportion to non-negative integer `values`, exactly (largest remainder, ties to the lower index)."""
-    total = sum(values)
-    if total <= 0:
-        return [0] * len(values)
-    base = [pool * v // total for v in values]
-    rem = [pool * v % total for v in values]
-    for i in sorted(range(len(values)), key=lambda i: (-rem[i], i))[: pool - sum(base)]:
-        base[i] += 1
-    return base
+def _activity(dep: Deployment, job_id: int, docs: list[dict], validators: list[str]) -> tuple[dict, dict]:
+    """(weight aggregated, rounds in) of every provider, and rounds attested of every validator."""
+    weight: dict[str, int] = {}
+    rounds_in: dict[str, int] = {}
+    for doc in docs:
+        for u in doc["updates"]:
+            p = u["provider"]
+            weight[p] = weight.get(p, 0) + int(u["weight"])
+            rounds_in[p] = rounds_in.get(p, 0) + 1
+    for v in validators:
+        rounds_in[v] = sum(dep.disputes.call("attestation_of", job_id, r, v) != b"\x00" * 32 for r in range(len(docs)))
+    return weight, rounds_in
 
 
-def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpec, reveals: dict[int, list[str]]) -> dict:
-    """The job's rewards document: every leaf, the total, and the inputs (reveals, quality) they came from."""
+def _validator_delta(v: str, rounds, consensus: list[dict[str, int]], by_round: list[list[Reveal]], attested) -> int:
+    """Scores-basis reputation of a validator: +1 per round revealed near the consensus, -1 per
+    round attested but not revealed or revealed far from it."""
+    delta = 0
+    for c, cons, revealed in zip(rounds, consensus, by_round):
+        mine = next((r for r in revealed if r.validator == v), None)
+        if mine is None:
+            delta -= 1 if attested(c.round, v) else 0
+            continue
+        dist = sum(abs(mine.scores.get(p, 0) - m) for p, m in cons.items())
+        scale = sum(abs(m) for m in cons.values())
+        delta += 1 if dist <= DEVIATION_TOLERANCE * max(scale, 1) else -1
+    return delta
+
+
+def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpec, reveals: dict[int, list[str]],
+                    basis: int | None = None) -> dict:
+    """The job's rewards document: every leaf, the totals, and the inputs they came from. The
+    basis is the scores basis when the job can have one and every round has counted reveals,
+    else the weight basis (or `basis` if given)."""
     rounds = committed_rounds(dep, job_id)
     docs = [fetch_metrics(store, c) for c in rounds]
-    providers = joined_providers(dep, job_id)
-    stakes = validator_stakes(dep, job_id)
-    validators = sorted(stakes, key=address_key)
+    mem = members(dep, job_id)
+    stakes = joined_validators(dep, job_id)
+    validators = [m.account for m in mem if m.role == R.Role.VALIDATOR]
+    weight, activity = _activity(dep, job_id, docs, validators)
     by_round = [verified_reveals(dep, store, job_id, c.round, reveals.get(c.round, []), stakes) for c in rounds]
-    scored = bool(validators) and not spec.privacy.secure and bool(rounds) and all(by_round)
+    can_score = bool(validators) and not spec.privacy.secure
+    if basis is None:
+        basis = R.Basis.SCORES if can_score and rounds and all(by_round) else R.Basis.WEIGHT
+    if basis == R.Basis.SCORES and not (can_score and all(by_round)):
+        raise FedMarketError(f"job {job_id}: no scores basis without validators' reveals for every round")
 
-    value = {p: 0 for p in providers}
-    weight = {p: 0 for p in providers}
-    rounds_in = {p: 0 for p in providers}
+    value = {m.account: 0 for m in mem if m.role == R.Role.PROVIDER}
     consensus: list[dict[str, int]] = []
     for doc, revealed in zip(docs, by_round):
         cons = {}
         for u in doc["updates"]:
             p = u["provider"]
-            weight[p] = weight.get(p, 0) + int(u["weight"])
-            rounds_in[p] = rounds_in.get(p, 0) + 1
-            if scored:
+            if basis == R.Basis.SCORES:
                 cons[p] = weighted_median([r.scores.get(p, 0) for r in revealed], [r.stake for r in revealed])
                 value[p] += max(cons[p], 0)
             else:
                 value[p] += int(u["weight"])
         consensus.append(cons)
-    slashed = [p for p in providers if int(dep.market.call("membership", job_id, p)[0]) >= 128]
-    for p in slashed:
-        value[p] = 0
 
-    escrow = spec.reward.escrow
-    pool = escrow - escrow * int(dep.market.call("FEE_BPS")) // BPS
-    quality = None
-    if spec.quality.target_accuracy is not None:
-        last = by_round[-1] if by_round else []
-        acc = weighted_median([r.accuracy for r in last], [r.stake for r in last]) if last else None
-        met = acc is not None and acc >= round(spec.quality.target_accuracy * SCORE_SCALE)
-        quality = {"target": spec.quality.target_accuracy, "accuracy": None if acc is None else acc / SCORE_SCALE, "met": met}
-        if not met:
-            pool = pool * spec.quality.miss_payout_bps // BPS
-    amounts = split(pool, [value[p] for p in providers])
+    quality, gate_met = None, spec.quality.target_accuracy is None
+    if spec.quality.target_accuracy is not None and basis == R.Basis.SCORES:
+        last = by_round[-1]
+        acc = weighted_median([r.accuracy for r in last], [r.stake for r in last])
+        gate_met = acc >= round(spec.quality.target_accuracy * SCORE_SCALE)
+        quality = {"target": spec.quality.target_accuracy, "accuracy": acc / SCORE_SCALE, "met": gate_met}
+    elif spec.quality.target_accuracy is not None:
+        quality = {"target": spec.quality.target_accuracy, "accuracy": None, "met": False}
+    terms = dep.terms(job_id)
+    pool_ = R.pool(spec.reward.escrow, int(dep.market.call("FEE_BPS")), terms.miss_payout_bps, gate_met)
+    value_total = sum(value[m.account] for m in mem if m.role == R.Role.PROVIDER and not m.cut)
 
-    leaves = [
-        {
-            "index": i,
-            "account": p,
-            "amount": str(amounts[i]),
-            "reputation_delta": -max(1, rounds_in[p]) if p in slashed else rounds_in[p],
-            "weight": weight[p],
-            "value": value[p],
-        }
-        for i, p in enumerate(providers)
-    ]
-    for j, v in enumerate(validators):
-        delta = 0
-        for c, cons, revealed in zip(rounds, consensus, by_round):
-            mine = next((r for r in revealed if r.validator == v), None)
-            if mine is None:
-                attested = dep.disputes.call("attestation_of", job_id, c.round, v) != b"\x00" * 32
-                delta -= 1 if attested else 0
-                continue
-            if cons:
-                dist = sum(abs(mine.scores.get(p, 0) - m) for p, m in cons.items())
-                scale = sum(abs(m) for m in cons.values())
-                delta += 1 if dist <= DEVIATION_TOLERANCE * max(scale, 1) else -1
-            else:
-                delta += 1
-        leaves.append({"index": len(providers) + j, "account": v, "amount": "0", "reputation_delta": delta,
-                       "weight": 0, "value": 0})
-    total = sum(int(l["amount"]) for l in leaves)
+    def attested(r: int, v: str) -> bool:
+        return dep.disputes.call("attestation_of", job_id, r, v) != b"\x00" * 32
+
+    leaves = []
+    for i, m in enumerate(mem):
+        v_raw = value.get(m.account, 0)
+        a = activity.get(m.account, 0) if m.role != R.Role.AGGREGATOR else len(rounds)
+        amount, delta = R.leaf_due(m.role, v_raw, a, len(rounds), basis, pool_, value_total, m.cut)
+        if m.role == R.Role.VALIDATOR and basis == R.Basis.SCORES and not m.cut:
+            delta = _validator_delta(m.account, rounds, consensus, by_round, attested)
+        leaves.append({"index": i, "account": m.account, "role": m.role, "amount": str(amount),
+                       "reputation_delta": delta, "value": v_raw, "activity": a, "weight": weight.get(m.account, 0)})
+    total = sum(int(leaf["amount"]) for leaf in leaves)
     return {
         "job_id": job_id,
         "leaves": leaves,
         "total": str(total),
-        "basis": "validator scores (stake-weighted median)" if scored else "aggregated weight",
+        "value_total": str(value_total),
+        "pool": str(pool_),
+        "basis": int(basis),
+        "gate_met": gate_met,
         "reveals": {str(c.round): [r.cid for r in rv] for c, rv in zip(rounds, by_round)},
-        "slashed": slashed,
+        "slashed": [m.account for m in mem if m.cut],
         "quality": quality,
     }
 
 
 def mailbox_reveals(dep: Deployment, mailbox, job_id: int) -> dict[int, list[str]]:
     """The scores CIDs validators revealed on the mailbox, per committed round (unverified: see verified_reveals)."""
-    from .common import round_topic
-
     reveals: dict[int, list[str]] = {}
     for c in committed_rounds(dep, job_id):
         for raw in mailbox.read(round_topic(job_id, c.round) + "-reveals"):
@@ -201,27 +239,36 @@ def rewards_topic(job_id: int) -> str:
     return f"job-{job_id}-rewards"
 
 
-def submit_reward_approvals(dep: Deployment, mailbox, sender, job_id: int, root: bytes, total: int) -> list:
-    """Put the validators' signed approvals of (root, total) on chain (anyone may); returns the receipts."""
+def statement_of(doc: dict) -> tuple[bytes, int, int, bool]:
+    """(root, total, value total, gate met): what validators approve and `post_rewards` posts."""
+    from ..protocol.proofs import reward_tree
+
+    return reward_tree(doc["leaves"]).root, int(doc["total"]), int(doc["value_total"]), bool(doc["gate_met"])
+
+
+def submit_reward_approvals(dep: Deployment, mailbox, sender, job_id: int, statement: tuple) -> list:
+    """Put the validators' signed approvals of a scores-basis statement on chain (anyone may)."""
     from ..protocol.receipts import RewardsApproval
 
+    root, total, value_total, gate_met = statement
     chosen: dict[str, bytes] = {}
     for raw in mailbox.read(rewards_topic(job_id)):
         try:
             msg = json.loads(raw)
-            if msg["reward_root"] != "0x" + root.hex() or int(msg["reward_total"]) != total:
+            if (msg["reward_root"] != "0x" + root.hex() or int(msg["reward_total"]) != total
+                    or int(msg["value_total"]) != value_total or bool(msg["gate_met"]) != gate_met):
                 continue
             sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
-            v = RewardsApproval(job_id, root, total).signer(sig, dep.chain_id, dep.disputes.address)
+            v = RewardsApproval(job_id, root, total, value_total, gate_met).signer(sig, dep.chain_id, dep.disputes.address)
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
         if v != msg.get("validator") or v in chosen:
             continue
-        if int(dep.market.call("membership", job_id, v)[0]) != 3 or dep.disputes.call("rewards_signed", job_id, v):
+        if int(dep.market.call("membership", job_id, v)[0]) != R.Role.VALIDATOR or dep.disputes.call("rewards_signed", job_id, v):
             continue
         chosen[v] = sig
     if not chosen:
         return []
     ordered = sorted(chosen, key=address_key)
-    return [dep.disputes.transact("approve_rewards", job_id, root, total, ordered, [chosen[v] for v in ordered],
-                                  sender=sender)]
+    return [dep.disputes.transact("approve_rewards", job_id, root, total, value_total, gate_met, ordered,
+                                  [chosen[v] for v in ordered], sender=sender)]

@@ -10,19 +10,22 @@ from ..chain import Account, Receipt
 from ..errors import FedMarketError
 from ..fl.quantize import dequantize
 from ..market import Deployment
-from ..protocol.encoding import address_key, canonical_json, score_leaf
-from ..protocol.merkle import MerkleTree
-from ..protocol.receipts import Attestation, Misbehaviour
+from ..protocol import rules as R
+from ..protocol.encoding import address_key, canonical_json
+from ..protocol.receipts import Attestation, Misbehaviour, Rejection
 from ..scoring import score_round
 from ..storage import BlobStore, Mailbox
 from .auditor import Auditor
-from .common import claim_reward, committed_rounds, fetch_model, load_spec, round_topic
-
-SCORE_SCALE = 1_000_000  # scores are committed as integers: millionths of a utility point
-
-
-def scores_tree(scores: list[tuple[str, int]]) -> MerkleTree:
-    return MerkleTree([score_leaf(i, p, s) for i, (p, s) in enumerate(scores)])
+from .common import (
+    check_funds,
+    check_terms,
+    claim_reward,
+    committed_rounds,
+    load_spec,
+    round_accumulator,
+    round_topic,
+)
+from .settlement import SCORE_SCALE, mailbox_reveals, reward_document, rewards_topic, scores_tree, statement_of
 
 
 class Validator:
@@ -43,50 +46,64 @@ class Validator:
     def address(self) -> str:
         return self.account.address
 
+    def inspect(self, job_id: int):
+        """The job's spec, once its on-chain terms match it and this validator's held-out data fits
+        its schema (TermsMismatch / SchemaMismatch otherwise): checked before any stake moves."""
+        spec = load_spec(self.dep, self.store, job_id)
+        check_terms(self.dep, spec, job_id)
+        spec.data.check(self.X, self.y)
+        return spec
+
     def join(self, job_id: int, stake: int | None = None) -> Receipt:
-        """Join with (at least) the job's validator stake."""
+        """Check the job and this validator's data and funds, then join with (at least) the job's validator stake."""
+        self.inspect(job_id)
         amount = int(self.dep.job(job_id)["validator_stake"]) if stake is None else stake
+        check_funds(self.dep, self.address, amount, f"the validator stake of job {job_id}", R.Role.VALIDATOR)
         self.dep.token.transact("approve", self.dep.market.address, amount, sender=self.account)
         return self.dep.market.transact("join_validator", job_id, amount, sender=self.account)
 
     def review(self, job_id: int, round_: int) -> dict | None:
-        """Recompute the round; if right, score each update, and post a signed attestation that
-        commits to the scores (their root) without revealing them. Returns the posted message,
-        or None when the round is wrong (no attestation). See :meth:`reveal`."""
+        """Recompute the round. If right, score each update and post a signed attestation that
+        commits to the scores (their root) without revealing them. If wrong in a way a dispute game
+        proves, return None (the challenger's business: `Challenger.check`). If wrong in a way only
+        validators can judge (a secure round's unmasking, the committed epsilon, unavailable data),
+        post a signed rejection. Returns the posted message (attestation or rejection)."""
         spec = load_spec(self.dep, self.store, job_id)
         rounds = committed_rounds(self.dep, job_id)
         if round_ >= len(rounds):
             raise FedMarketError(f"job {job_id} has not committed round {round_}")
         committed = rounds[round_]
-        prev_q = fetch_model(self.store, spec, rounds[round_ - 1]) if round_ else np.zeros(spec.n_params, dtype=np.int64)
-        check, q_new = self.auditor.check_round(spec, job_id, committed, prev_q)
+        check, ev = self.auditor.check_round(spec, job_id, committed, rounds)
         if not check.ok:
-            return None
-        updates = self.auditor.round_updates(spec, job_id, committed)
+            if check.bad_leaf is not None or check.bad_chunk is not None:
+                return None
+            return self._reject(job_id, round_, committed)
         model = spec.make_model()
         Xn = spec.normalize(self.X)
         scored = None
-        if len(updates) >= 2 and not spec.privacy.secure:  # masked updates cannot be scored one by one
-            deltas = dequantize(np.stack([u.q for u in updates]))
-            scored = score_round(model, dequantize(prev_q), deltas, Xn, self.y, [u.weight for u in updates], seed=round_,
-                                 metric="neg_loss")
+        if len(ev.updates) >= 2 and not spec.privacy.secure:  # masked updates cannot be scored one by one
+            deltas = dequantize(np.stack([u.q for u in ev.updates]))
+            scored = score_round(model, dequantize(ev.prev_model), deltas, Xn, self.y, [u.weight for u in ev.updates],
+                                 seed=round_, metric="neg_loss")
             values = scored.rewardable
         else:
-            values = np.zeros(len(updates))
-        scores = [(u.provider, int(round(float(v) * SCORE_SCALE))) for u, v in zip(updates, values)]
+            values = np.zeros(len(ev.updates))
+        scores = [(u.provider, int(round(float(v) * SCORE_SCALE))) for u, v in zip(ev.updates, values)]
+        if not scores:
+            scores = [(self.address, 0)]  # an empty round: a scores tree needs a leaf
         root = scores_tree(scores).root
-        flagged = [updates[i].provider for i in np.flatnonzero(scored.report.flagged)] if scored else []
+        flagged = [ev.updates[i].provider for i in np.flatnonzero(scored.report.flagged)] if scored else []
         doc = {
             "job_id": job_id, "round": round_, "validator": self.address,
             "method": scored.method if scored else ("masked: aggregate only" if spec.privacy.secure else "none"),
             "scores": [{"provider": p, "score": s} for p, s in scores],
             "flagged": flagged,
-            "accuracy": int(round(model.accuracy(dequantize(q_new), Xn, self.y) * SCORE_SCALE)),
+            "accuracy": int(round(model.accuracy(dequantize(ev.model), Xn, self.y) * SCORE_SCALE)),
             "scores_root": "0x" + root.hex(),
         }
         self._docs[(job_id, round_)] = doc
         seen = self._seen.setdefault(job_id, {})
-        for u in updates:
+        for u in ev.updates:
             n_in, n_flag = seen.get(u.provider, (0, 0))
             seen[u.provider] = (n_in + 1, n_flag + (u.provider in flagged))
         sig = Attestation(job_id, round_, committed.model_root, root).sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
@@ -95,19 +112,29 @@ class Validator:
         self.mailbox.post(round_topic(job_id, round_) + "-attestations", canonical_json(message))
         return message
 
-    def approve_rewards(self, job_id: int) -> dict:
-        """Re-derive the job's reward leaves from the chain, the blob store and the revealed scores,
-        and post a signed approval of their root and total (what `post_rewards` needs); returns it."""
-        from ..protocol.proofs import reward_tree
+    def _reject(self, job_id: int, round_: int, committed) -> dict:
+        sig = Rejection(job_id, round_, committed.model_root).sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
+        message = {"validator": self.address, "round": round_, "model_root": "0x" + committed.model_root.hex(),
+                   "signature": "0x" + sig.hex()}
+        self.mailbox.post(round_topic(job_id, round_) + "-rejections", canonical_json(message))
+        return message
+
+    def approve_rewards(self, job_id: int) -> dict | None:
+        """Re-derive the job's scores-basis reward document from the chain, the blob store and the
+        revealed scores, and post a signed approval of its statement (root, totals, quality gate:
+        what a scores-basis `post_rewards` needs); returns it, or None when the job has no scores
+        basis (masked updates, or a round without counted reveals)."""
         from ..protocol.receipts import RewardsApproval
-        from .settlement import mailbox_reveals, reward_document, rewards_topic
 
         spec = load_spec(self.dep, self.store, job_id)
         doc = reward_document(self.dep, self.store, job_id, spec, mailbox_reveals(self.dep, self.mailbox, job_id))
-        root, total = reward_tree(doc["leaves"]).root, int(doc["total"])
-        sig = RewardsApproval(job_id, root, total).sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
+        if doc["basis"] != R.Basis.SCORES:
+            return None
+        root, total, value_total, gate_met = statement_of(doc)
+        sig = RewardsApproval(job_id, root, total, value_total, gate_met).sign(self.account.key, self.dep.chain_id,
+                                                                               self.dep.disputes.address)
         message = {"validator": self.address, "reward_root": "0x" + root.hex(), "reward_total": str(total),
-                   "signature": "0x" + sig.hex()}
+                   "value_total": str(value_total), "gate_met": gate_met, "signature": "0x" + sig.hex()}
         self.mailbox.post(rewards_topic(job_id), canonical_json(message))
         return message
 
@@ -163,10 +190,10 @@ def submit_misbehaviour(dep: Deployment, mailbox: Mailbox, sender: Account, job_
     total = int(dep.job(job_id)["validator_total_stake"])
     receipts = []
     for provider, sigs in sorted(by_provider.items()):
-        if dep.market.call("membership", job_id, provider)[0] != 1:  # already slashed (or not a provider)
+        if dep.market.call("membership", job_id, provider)[0] != R.Role.PROVIDER:  # already slashed (or not a provider)
             continue
         stakes = {v: dep.market.call("membership", job_id, v) for v in sigs}
-        voters = sorted((v for v, (role, _) in stakes.items() if role == 3), key=address_key)
+        voters = sorted((v for v, (role, _) in stakes.items() if role == R.Role.VALIDATOR), key=address_key)
         if not voters or sum(stakes[v][1] for v in voters) * 3 < total * 2:
             continue
         receipts.append(dep.disputes.transact("slash_provider", job_id, provider, voters, [sigs[v] for v in voters],
@@ -180,6 +207,7 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
     attested yet are sent, one per validator; those sharing a scores root go in one transaction."""
     rounds = committed_rounds(dep, job_id)
     data = rounds[round_].data
+    proof = round_accumulator(dep, job_id, rounds).proof(round_)
     model_root = rounds[round_].model_root
     chosen: dict[str, dict] = {}
     for raw in mailbox.read(round_topic(job_id, round_) + "-attestations"):
@@ -192,9 +220,9 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
             continue
         if v in chosen or Attestation(job_id, round_, model_root, scores_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
             continue
-        if dep.market.call("membership", job_id, v)[0] != 3:  # not (or no longer) a validator of the job
+        if dep.market.call("membership", job_id, v)[0] != R.Role.VALIDATOR:  # not (or no longer) a validator of the job
             continue
-        if dep.disputes.call("attestation_of", job_id, round_, v) == b"\x00" * 32:
+        if dep.disputes.call("attestation_of", job_id, round_, v) == b"\x00" * 32 and not dep.disputes.call("rejected", job_id, round_, v):
             chosen[v] = msg
     by_root: dict[str, list[dict]] = {}
     for msg in chosen.values():
@@ -203,9 +231,35 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
     for root, msgs in sorted(by_root.items()):
         msgs.sort(key=lambda m: address_key(m["validator"]))
         receipts.append(dep.disputes.transact(
-            "attest", job_id, round_, data, bytes.fromhex(root[2:]), [m["validator"] for m in msgs],
+            "attest", job_id, round_, data, proof, bytes.fromhex(root[2:]), [m["validator"] for m in msgs],
             [bytes.fromhex(m["signature"][2:]) for m in msgs], sender=sender,
         ))
     return receipts
+
+
+def submit_rejections(dep: Deployment, mailbox: Mailbox, sender: Account, job_id: int, round_: int) -> list[Receipt]:
+    """Put a round's posted rejections on chain (anyone may): well-signed, by validators of the job
+    that have not voted on the round yet."""
+    rounds = committed_rounds(dep, job_id)
+    c = rounds[round_]
+    chosen: dict[str, bytes] = {}
+    for raw in mailbox.read(round_topic(job_id, round_) + "-rejections"):
+        try:
+            msg = json.loads(raw)
+            v = msg["validator"]
+            sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
+            if Rejection(job_id, round_, c.model_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
+                continue
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if v in chosen or dep.market.call("membership", job_id, v)[0] != R.Role.VALIDATOR:
+            continue
+        if dep.disputes.call("attestation_of", job_id, round_, v) == b"\x00" * 32 and not dep.disputes.call("rejected", job_id, round_, v):
+            chosen[v] = sig
+    if not chosen:
+        return []
+    ordered = sorted(chosen, key=address_key)
+    return [dep.disputes.transact("reject", job_id, round_, c.data, round_accumulator(dep, job_id, rounds).proof(round_),
+                                  ordered, [chosen[v] for v in ordered], sender=sender)]
 
 

@@ -1,0 +1,135 @@
+# pragma version 0.4.3
+"""
+@title fedmarket job terms
+@notice The structs in which a job's terms travel between the market and the contracts that
+        judge it, so every contract reads the same fields by name.
+@license AGPL-3.0-only
+"""
+
+from modules import constants as C
+
+
+# @dev Immutable terms of a job, as posted (every field bounded by `JobMarket.post_job`).
+struct JobTerms:
+    spec_hash: bytes32
+    aggregator: address
+    escrow: uint256
+    provider_stake: uint256
+    aggregator_stake: uint256
+    validator_stake: uint256
+    min_providers: uint256
+    max_providers: uint256
+    min_validators: uint256
+    max_validators: uint256
+    rounds: uint256
+    per_round: uint256
+    join_deadline: uint256
+    round_duration: uint256
+    challenge_period: uint256
+    claim_period: uint256
+    response_period: uint256
+    dispute_bond: uint256
+    rule: uint256
+    trim: uint256
+    chunk_size: uint256
+    n_params: uint256
+    licence_price: uint256
+    privacy_budget: uint256
+    miss_payout_bps: uint256
+
+
+# @dev A job's participants and settlement (JobMarket keeps its state, current round, round
+#      deadline and quorum flag in one packed word, read by every round).
+struct Progress:
+    requester: address
+    n_providers: uint256
+    n_validators: uint256
+    validator_total_stake: uint256
+    accepted: bool
+    start_seed: bytes32
+    reward_root: bytes32
+    reward_total: uint256
+    value_total: uint256
+    basis: uint256
+    pool: uint256
+    claimed_total: uint256
+    challenge_deadline: uint256
+    claim_deadline: uint256
+    poster: address
+    poster_bond: uint256
+
+
+@pure
+@internal
+def _problem(terms: JobTerms, requester: address, now: uint256) -> String[64]:
+    """The first term out of its bounds, as a one-line reason ("" when every term is in bounds)."""
+    if not (terms.spec_hash != empty(bytes32)):
+        return "market: empty spec hash"
+    if not (terms.aggregator != empty(address)):
+        return "market: aggregator is zero"
+    if not (terms.aggregator != requester):
+        return "market: requester cannot aggregate"
+    if not (terms.escrow > 0 and terms.escrow <= C.MAX_AMOUNT):
+        return "market: bad escrow"
+    if not (terms.provider_stake <= C.MAX_AMOUNT and terms.aggregator_stake <= C.MAX_AMOUNT):
+        return "market: stake too large"
+    if not (terms.validator_stake <= C.MAX_AMOUNT and terms.dispute_bond <= C.MAX_AMOUNT):
+        return "market: stake too large"
+    if not (terms.licence_price <= C.MAX_AMOUNT):
+        return "market: price too large"
+    if not (terms.dispute_bond > 0):
+        return "market: dispute bond is zero"
+    if not (terms.rounds >= 1 and terms.rounds <= C.MAX_ROUNDS):
+        return "market: bad round count"
+    if not (terms.min_providers >= 1 and terms.min_providers <= terms.max_providers):
+        return "market: bad provider range"
+    if not (terms.max_providers <= C.MAX_PROVIDERS):
+        return "market: too many providers"
+    if not (terms.per_round <= terms.max_providers):
+        return "market: per_round above max providers"
+    if not (terms.min_validators <= terms.max_validators):
+        return "market: bad validator range"
+    if not (terms.max_validators <= C.MAX_VALIDATORS):
+        return "market: too many validators"
+    if terms.max_validators > 0:
+        # a validated job names the validator set it needs, and no slot is free to squat
+        if not (terms.min_validators >= 1):
+            return "market: validated job needs min validators"
+        if not (terms.validator_stake > 0):
+            return "market: validated job needs validator stake"
+    if not (terms.join_deadline > now):
+        return "market: join deadline passed"
+    if not (terms.join_deadline <= now + C.MAX_JOIN_WINDOW):
+        return "market: join window too long"
+    if not (terms.round_duration >= 1 and terms.round_duration <= C.MAX_ROUND_DURATION):
+        return "market: bad round duration"
+    if not (terms.rounds * terms.round_duration <= C.MAX_TRAINING_TIME):
+        return "market: training too long"
+    if not (terms.challenge_period >= 1 and terms.challenge_period <= C.MAX_CHALLENGE_PERIOD):
+        return "market: bad challenge period"
+    if not (terms.claim_period >= 1 and terms.claim_period <= C.MAX_CLAIM_PERIOD):
+        return "market: bad claim period"
+    if not (terms.response_period >= 1 and terms.response_period <= C.MAX_RESPONSE_PERIOD):
+        return "market: bad response period"
+    if not (terms.rule <= C.RULE_SECURE_SUM):
+        return "market: unknown rule"
+    if not (terms.rule != C.RULE_TRIMMED_MEAN or terms.trim > 0):
+        return "market: trim is zero"
+    if not (terms.rule == C.RULE_TRIMMED_MEAN or terms.trim == 0):
+        return "market: trim without trimmed mean"
+    if terms.rule == C.RULE_SECURE_SUM and terms.max_validators == 0:
+        # a mask correction is re-derived from its transcript by validators, not on chain
+        return "market: secure sum needs validators"
+    if not (terms.trim <= C.MAX_PROVIDERS):
+        return "market: trim too large"
+    if not (terms.chunk_size >= 1 and terms.chunk_size <= C.MAX_CHUNK):
+        return "market: bad chunk size"
+    if not (terms.n_params >= 1 and terms.n_params <= C.MAX_PARAMS):
+        return "market: bad model size"
+    if not (terms.privacy_budget <= C.MAX_EPSILON):
+        return "market: privacy budget too large"
+    if not (terms.miss_payout_bps <= C.BPS):
+        return "market: bad miss payout"
+    if not (terms.miss_payout_bps == C.BPS or terms.max_validators > 0):
+        return "market: quality gate needs validators"
+    return ""

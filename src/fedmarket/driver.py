@@ -1,0 +1,259 @@
+"""The in-process job driver: one job from posting to the last claim with every role as an object
+in this process, each step named. `runner.run_job` (the demo), the benchmarks and the
+end-to-end tests all drive jobs through it, honest or not (any role can be swapped for a
+cheating subclass)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .chain import Account, Chain, Receipt
+from .errors import ContractRevert, FedMarketError
+from .market import Deployment, JobState
+from .protocol import rules as R
+from .roles import Aggregator, Provider, Requester, Validator
+from .roles.challenger import Challenger
+from .roles.common import claim_reward
+from .roles.games import job_games
+from .roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
+from .spec import JobSpec
+from .storage import BlobStore, Mailbox
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class Cast:
+    """Who plays the job: one object per role (any of them may be a cheating subclass)."""
+
+    requester: Requester
+    aggregator: Aggregator
+    providers: list[Provider]
+    validators: list[Validator] = field(default_factory=list)
+    challenger: Challenger | None = None
+
+    @property
+    def accounts(self) -> list[str]:
+        out = [self.requester.account.address, self.aggregator.address, *(p.address for p in self.providers),
+               *(v.address for v in self.validators)]
+        return out + ([self.challenger.account.address] if self.challenger else [])
+
+
+@dataclass
+class RoundPlan:
+    """Which providers vanish in a round, and at which secure-aggregation stage ("keys", "mask", "unmask")."""
+
+    gone: dict[int, str] = field(default_factory=dict)
+
+    def active(self, i: int, stage: str) -> bool:
+        order = ("keys", "mask", "unmask")
+        return i not in self.gone or order.index(stage) < order.index(self.gone[i])
+
+
+class JobDriver:
+    """Runs one job with a `Cast` on a deployed market: `open`, `round` for each round, `finish`."""
+
+    def __init__(self, dep: Deployment, store: BlobStore, mailbox: Mailbox, cast: Cast, spec: JobSpec,
+                 progress: Progress | None = None):
+        self.dep = dep
+        self.chain: Chain = dep.chain
+        self.store = store
+        self.mailbox = mailbox
+        self.cast = cast
+        self.spec = spec
+        self.tick = progress or (lambda stage, done, total: None)
+        self.job_id = 0
+        self.round_gas: list[int] = []
+        self.claim_gas: list[int] = []
+        self.slashed: list[Receipt] = []
+        self.games: list[Receipt] = []
+
+    # ---- opening ------------------------------------------------------------------------------
+
+    def open(self) -> int:
+        """Post the job, the aggregator accepts it, providers and validators join, training starts."""
+        c = self.cast
+        self.job_id = c.requester.post(self.spec, c.aggregator.address)
+        c.aggregator.accept(self.job_id)
+        for i, p in enumerate(c.providers):
+            p.join(self.job_id)
+            self.tick("join", i + 1, len(c.providers))
+        for v in c.validators:
+            v.join(self.job_id)
+        c.aggregator.start(self.job_id)
+        return self.job_id
+
+    @property
+    def state(self) -> JobState:
+        return self.dep.job(self.job_id)["state"]
+
+    @property
+    def running(self) -> bool:
+        return self.state in (JobState.TRAINING, JobState.FINALIZING)
+
+    # ---- one round ----------------------------------------------------------------------------
+
+    def round(self, r: int, plan: RoundPlan | None = None) -> Receipt | None:
+        """Providers train (the secure phases around it in secure modes), the aggregator commits,
+        validators review, attest and reveal, and the challenger proves what it can; returns the
+        round's commit receipt (None if the job stopped first)."""
+        plan = plan or RoundPlan()
+        receipt = self._train_and_commit(r, plan)
+        self.round_gas.append(receipt.gas_used)
+        self._review(r)
+        self.challenge()
+        self.tick("rounds", r + 1, self.spec.training.rounds)
+        return receipt
+
+    def _train_and_commit(self, r: int, plan: RoundPlan) -> Receipt:
+        job, c = self.job_id, self.cast
+        secure = self.spec.privacy.secure
+        if secure:
+            for phase in ("advertise", "share"):
+                for i, p in enumerate(c.providers):
+                    if plan.active(i, "keys"):
+                        getattr(p, phase)(job, r)
+        for i, p in enumerate(c.providers):
+            if plan.active(i, "mask"):
+                p.train(job, r)
+        if secure:
+            c.aggregator.secure_survivors(job, r)
+            for i, p in enumerate(c.providers):
+                if plan.active(i, "unmask"):
+                    p.unmask(job, r)
+        return c.aggregator.run_round(job, r)
+
+    def _review(self, r: int) -> None:
+        """Validators recompute the round and vote; their scores are revealed once it has quorum."""
+        if not self.cast.validators or not self.running:
+            return
+        for v in self.cast.validators:
+            v.review(self.job_id, r)
+        sender = self.cast.aggregator.account
+        submit_attestations(self.dep, self.mailbox, sender, self.job_id, r)
+        submit_rejections(self.dep, self.mailbox, sender, self.job_id, r)
+        if self.dep.disputes.call("has_quorum", self.job_id, r):
+            for v in self.cast.validators:
+                v.reveal(self.job_id, r)
+
+    # ---- disputes -----------------------------------------------------------------------------
+
+    def challenge(self) -> None:
+        """The challenger (if any) opens games on what it can prove and every game is played to
+        its end: honest defenders answer, a silent side loses at its deadline."""
+        ch = self.cast.challenger
+        if ch is None or not self.running:
+            return
+        self.slashed += ch.check_equivocation(self.job_id, self.mailbox)
+        for opened in (ch.check(self.job_id), *ch.check_censorship(self.job_id, self.mailbox), ch.check_rewards(self.job_id)):
+            if opened is not None:
+                self.games.append(opened)
+                self.play_games()
+
+    def play_games(self, max_moves: int = 500) -> None:
+        """Alternate the defender's and the challenger's moves until no game of the job is open;
+        when nobody can move, time runs to the next deadline and the silent side loses."""
+        ch = self.cast.challenger
+        for _ in range(max_moves):
+            games = job_games(self.dep, self.job_id)
+            if not games:
+                return
+            moved = self._defend()
+            if ch is not None:
+                moved += ch.play(self.job_id)
+            if not moved:
+                deadline = min(g.deadline for g in games)
+                self.chain.advance_time(max(1, deadline - self.chain.timestamp() + 1))
+        raise FedMarketError(f"job {self.job_id}: games still open after {max_moves} moves")
+
+    def _defend(self) -> list[Receipt]:
+        try:
+            return self.cast.aggregator.defend(self.job_id)
+        except (ContractRevert, FedMarketError):
+            return []  # a defender that cannot show what it committed stays silent and loses
+
+    # ---- finishing ----------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Misbehaving providers are slashed, the reward root is posted (approved scores, or the
+        provable weight basis), disputed if wrong, and the job settles; everyone claims and the
+        model is minted. A job that failed releases every stake instead."""
+        if self.state == JobState.TRAINING:
+            self._judge_and_post()
+        if self.state == JobState.FINALIZING:
+            self.challenge()
+        if self.state == JobState.FINALIZING:
+            self.chain.advance_time(self.spec.deadlines.challenge_period)
+            self.cast.requester.settle(self.job_id)
+            self._claim_all()
+            self.dep.licence.transact("mint", self.job_id, sender=self.cast.requester.account)
+        elif self.state in (JobState.FAILED, JobState.CANCELLED):
+            self.release_all()
+
+    def _judge_and_post(self) -> None:
+        c = self.cast
+        if c.validators:
+            for v in c.validators:
+                v.report_misbehaviour(self.job_id)
+            judge = c.challenger.account if c.challenger else c.aggregator.account
+            self.slashed += submit_misbehaviour(self.dep, self.mailbox, judge, self.job_id)
+            approvals = [v.approve_rewards(self.job_id) for v in c.validators]
+            if not any(approvals) and not self.spec.privacy.secure:
+                # no scores to approve: the provable weight basis opens once half the deadline passed
+                self.chain.advance_time(self.spec.deadlines.round_duration // 2 + 1)
+        c.aggregator.post_rewards(self.job_id)
+
+    def _claim_all(self) -> None:
+        c = self.cast
+        for i, p in enumerate(c.providers):
+            self.claim_gas.append(p.claim(self.job_id).gas_used)
+            self.tick("claims", i + 1, len(c.providers))
+        for member in (*c.validators, c.aggregator):
+            claim_reward(self.dep, self.store, member.account, self.job_id)
+
+    def release_all(self) -> None:
+        """Every stake still locked in a job that failed or was cancelled goes back (anyone may call)."""
+        sender = self.cast.requester.account
+        for acct in [self.cast.aggregator.address, *(p.address for p in self.cast.providers),
+                     *(v.address for v in self.cast.validators)]:
+            word, stake = self.dep.market.call("membership", self.job_id, acct)
+            if not R.is_slashed(word) and int(stake) > 0:
+                self.dep.market.transact("release_stake", self.job_id, acct, sender=sender)
+
+    def run(self, plans: Callable[[int], RoundPlan] | None = None) -> int:
+        """The whole job; returns its id."""
+        self.open()
+        for r in range(self.spec.training.rounds):
+            if self.state != JobState.TRAINING or not self.quorum_or_fail():
+                break
+            self.round(r, plans(r) if plans else None)
+        if self.state == JobState.TRAINING:
+            self.quorum_or_fail()
+        self.finish()
+        return self.job_id
+
+    def quorum_or_fail(self) -> bool:
+        """True when the job may go on: no validators, or its latest round reached quorum. Otherwise
+        the job is failed at the cost of whoever failed: the aggregator if a third of the validator
+        stake rejected the round, else (at the deadline) the validators that did not vote."""
+        job = self.dep.job(self.job_id)
+        if not self.cast.validators or job["current_round"] == 0 or job["quorum"]:
+            return True
+        r = job["current_round"] - 1
+        voted = lambda v: (self.dep.disputes.call("attestation_of", self.job_id, r, v.address) != b"\x00" * 32  # noqa: E731
+                           or self.dep.disputes.call("rejected", self.job_id, r, v.address))
+        absent = sorted((v.address for v in self.cast.validators if not voted(v)), key=lambda a: int(a, 16))
+        total = int(job["validator_total_stake"])
+        if int(self.dep.disputes.call("rejected_stake", self.job_id, r)) * 3 <= total:
+            self.chain.advance_time(max(1, job["round_deadline"] - self.chain.timestamp() + 1))
+        caller = self.cast.challenger.account if self.cast.challenger else self.cast.requester.account
+        self.slashed.append(self.dep.disputes.transact("fail_round", self.job_id, absent, sender=caller))
+        return False
+
+
+def fund(dep: Deployment, deployer: Account, amounts: dict[str, int]) -> None:
+    """Mint development tokens to accounts (the embedded chain's FedToken lets its owner mint)."""
+    for address, amount in amounts.items():
+        if amount:
+            dep.token.transact("mint", address, amount, sender=deployer)

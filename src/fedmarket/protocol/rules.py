@@ -1,0 +1,335 @@
+"""The protocol's rules in one place: ids, states and bounds shared with the contracts, the
+aggregation rule of each job in exact integer arithmetic, and the additive claims the dispute
+game bisects (`contracts/modules/rules.vy`, byte for byte).
+
+The spec, the roles, the auditor, the dispute drivers and the tests all take their rule from
+here; an unknown rule is an error, never a fall-through.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, FedMarketError
+
+# ---- ids, states and bounds (contracts/modules/constants.vy; tests/protocol compare them) -----
+
+ROLE_MASK = 127
+SLASHED = 128
+STAGE_FINAL = 65_535
+EPSILON_SCALE = 1_000_000
+MAX_EPSILON = 1_000_000_000
+MAX_ROUNDS = 10_000
+MAX_PROVIDERS = 1_000_000
+MAX_VALIDATORS = 32
+MAX_CHUNK = 64
+MAX_PARAMS = 2**32
+MAX_WEIGHT = 2**32
+MAX_AMOUNT = 2**128
+MAX_JOIN_WINDOW = 90 * 86_400
+MAX_ROUND_DURATION = 30 * 86_400
+MAX_TRAINING_TIME = 730 * 86_400
+MAX_CHALLENGE_PERIOD = 30 * 86_400
+MAX_CLAIM_PERIOD = 365 * 86_400
+MAX_RESPONSE_PERIOD = 7 * 86_400
+ROUNDS_DEPTH = 14
+MAX_FEE_BPS = 1_000
+CHALLENGER_BPS = 5_000
+BPS = 10_000
+RING = 2**64
+INT64_LIMIT = 2**63
+
+
+class Role(enum.IntEnum):
+    """A job member's role (the low bits of its membership word)."""
+
+    PROVIDER = 1
+    AGGREGATOR = 2
+    VALIDATOR = 3
+
+
+class JobState(enum.IntFlag):
+    """The market's job states."""
+
+    NONE = 0
+    OPEN = 1
+    TRAINING = 2
+    FINALIZING = 4
+    SETTLED = 8
+    CANCELLED = 16
+    FAILED = 32
+
+
+class Basis(enum.IntEnum):
+    """What a reward root's values measure: aggregated weight (provable) or validator scores (approved)."""
+
+    WEIGHT = 0
+    SCORES = 1
+
+
+class Game(enum.IntEnum):
+    """Kinds of dispute game (RoundArbiter: 1-3, RewardArbiter: 4-5)."""
+
+    AGGREGATE = 1
+    LEAF = 2
+    INCLUSION = 3
+    REWARD_SUM = 4
+    REWARD_VALUE = 5
+
+
+class Turn(enum.IntEnum):
+    NONE = 0
+    DEFENDER = 1
+    CHALLENGER = 2
+
+
+class Rule(enum.IntEnum):
+    """The aggregation rules a dispute recomputes, by on-chain id."""
+
+    WEIGHTED_MEAN = 0
+    MEDIAN = 1
+    TRIMMED_MEAN = 2
+    SECURE_SUM = 3
+
+    @property
+    def ranked(self) -> bool:
+        return self in (Rule.MEDIAN, Rule.TRIMMED_MEAN)
+
+
+#: the spec's strategy names and the rule each one is
+STRATEGIES = {"fedavg": Rule.WEIGHTED_MEAN, "median": Rule.MEDIAN, "trimmed_mean": Rule.TRIMMED_MEAN}
+
+
+def rule_for(strategy: str, secure: bool = False) -> Rule:
+    """The on-chain rule of a job: its strategy, or the secure sum when updates are masked."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy '{strategy}'; the market can prove: {', '.join(STRATEGIES)}")
+    if secure:
+        if STRATEGIES[strategy] != Rule.WEIGHTED_MEAN:
+            raise ConfigError(f"masked updates can only be summed: strategy {strategy} cannot run securely")
+        return Rule.SECURE_SUM
+    return STRATEGIES[strategy]
+
+
+def as_rule(rule: int) -> Rule:
+    try:
+        return Rule(int(rule))
+    except ValueError:
+        raise ConfigError(f"unknown aggregation rule id {rule}") from None
+
+
+def is_slashed(role_word: int) -> bool:
+    return int(role_word) & SLASHED != 0
+
+
+def role_of(role_word: int) -> int:
+    return int(role_word) & ROLE_MASK
+
+
+# ---- the aggregation rules, exact ------------------------------------------------------------
+
+
+def secure_mean(masked: Sequence[np.ndarray], correction: np.ndarray, weights: Sequence[int]) -> np.ndarray:
+    """``floor(int64((sum(masked) - correction) mod 2**64) / sum(weights))``: the secure-sum rule."""
+    acc = np.zeros(np.asarray(correction).shape, dtype=np.uint64)
+    for y in masked:
+        acc += np.asarray(y).view(np.uint64)
+    acc -= np.asarray(correction).view(np.uint64)
+    total = int(sum(weights))
+    if total <= 0:
+        raise FedMarketError("a secure round needs a positive total weight")
+    return acc.view(np.int64) // np.int64(total)
+
+
+def aggregate(rule: int, deltas: Sequence[np.ndarray], weights: Sequence[int], trim: int = 0,
+              correction: np.ndarray | None = None) -> np.ndarray:
+    """The job's rule over a round's quantized updates, in exact integer arithmetic: what the
+    aggregator adds to the model and the dispute game recomputes."""
+    from ..fl import aggregate as agg
+
+    rule = as_rule(rule)
+    if len(deltas) == 0:
+        raise FedMarketError("no update to aggregate")
+    if rule == Rule.WEIGHTED_MEAN:
+        return agg.fedavg_int(deltas, list(weights))
+    if rule == Rule.MEDIAN:
+        return agg.median_int(deltas)
+    if rule == Rule.TRIMMED_MEAN:
+        if len(deltas) <= 2 * trim:
+            raise FedMarketError(f"trimmed_mean with trim {trim} needs more than {2 * trim} updates, got {len(deltas)}")
+        return agg.trimmed_mean_int(deltas, trim)
+    if correction is None:
+        raise FedMarketError("a secure round needs its mask correction")
+    return secure_mean(deltas, correction, weights)
+
+
+# ---- the dispute game's additive claims ------------------------------------------------------
+
+
+def ranks(rule: int, count: int, trim: int) -> tuple[int, int]:
+    """The lowest and highest kept rank of a ranked rule over ``count`` values."""
+    if as_rule(rule) == Rule.MEDIAN:
+        return (count - 1) // 2, count // 2
+    return trim, count - 1 - trim
+
+
+def hints(rule: int, values: np.ndarray, trim: int) -> tuple[list[int], list[int]]:
+    """Order statistics at the kept ranks of each coordinate (rows: updates; columns: coordinates)."""
+    if not as_rule(rule).ranked or values.shape[0] == 0:
+        return [], []
+    lo_rank, hi_rank = ranks(rule, values.shape[0], trim)
+    s = np.sort(values, axis=0)
+    return [int(v) for v in s[lo_rank]], [int(v) for v in s[hi_rank]]
+
+
+def leaf_claim(rule: int, chunk: Sequence[int], weight: int, lo: Sequence[int] = (), hi: Sequence[int] = ()) -> list[int]:
+    """The claim of one update at one chunk (`rules._leaf_claim`)."""
+    rule = as_rule(rule)
+    if rule == Rule.WEIGHTED_MEAN:
+        return [int(v) * int(weight) for v in chunk] + [int(weight)]
+    if rule == Rule.SECURE_SUM:
+        return [int(v) % RING for v in chunk] + [int(weight)]
+    out: list[int] = []
+    for c, v in enumerate(chunk):
+        v = int(v)
+        a, b = int(lo[c]), int(hi[c])
+        out += [int(v < a), int(v == a), int(v < b), int(v == b), v if a < v < b else 0]
+    return out
+
+
+def range_claim(rule: int, chunks: np.ndarray, weights: Sequence[int], lo: Sequence[int] = (),
+                hi: Sequence[int] = ()) -> list[int]:
+    """The claim over several updates (rows of ``chunks``): the sum of their leaf claims, the
+    secure sum's value lanes modulo 2**64. Vectorised, exact (Python integers where needed)."""
+    rule = as_rule(rule)
+    chunks = np.asarray(chunks, dtype=np.int64).reshape(len(weights), -1)
+    width = chunks.shape[1]
+    if rule == Rule.WEIGHTED_MEAN:
+        w = np.asarray([int(x) for x in weights], dtype=object)
+        sums = (chunks.astype(object) * w[:, None]).sum(axis=0) if len(weights) else [0] * width
+        return [int(x) for x in sums] + [int(sum(int(x) for x in weights))]
+    if rule == Rule.SECURE_SUM:
+        sums = chunks.view(np.uint64).sum(axis=0, dtype=np.uint64) if len(weights) else np.zeros(width, np.uint64)
+        return [int(x) for x in sums] + [int(sum(int(x) for x in weights))]
+    a = np.asarray(lo, dtype=np.int64)
+    b = np.asarray(hi, dtype=np.int64)
+    between = np.where((chunks > a) & (chunks < b), chunks, 0).astype(object).sum(axis=0) if len(weights) else [0] * width
+    parts = [(chunks < a).sum(axis=0), (chunks == a).sum(axis=0), (chunks < b).sum(axis=0), (chunks == b).sum(axis=0)]
+    out: list[int] = []
+    for c in range(width):
+        out += [int(parts[0][c]), int(parts[1][c]), int(parts[2][c]), int(parts[3][c]), int(between[c])]
+    return out
+
+
+def right(rule: int, width: int, parent: Sequence[int], left: Sequence[int]) -> list[int]:
+    """The right half's claim from its range's and its left half's (`rules._right`); ``width`` > 0
+    only for a secure round's aggregate game, whose value lanes live modulo 2**64."""
+    out = []
+    for i, (p, q) in enumerate(zip(parent, left)):
+        d = int(p) - int(q)
+        if as_rule(rule) == Rule.SECURE_SUM and i < width:
+            d %= RING
+        out.append(d)
+    return out
+
+
+def root_ok(rule: int, count: int, trim: int, claim: Sequence[int], lo: Sequence[int], hi: Sequence[int],
+            prev: Sequence[int], new: Sequence[int], correction: Sequence[int] = ()) -> bool:
+    """Whether a claim over all of a round's updates turns ``prev`` into ``new`` (`rules._root_ok`)."""
+    rule = as_rule(rule)
+    width = len(new)
+    length = 5 * width if rule.ranked else width + 1
+    if len(prev) != width or len(claim) != length:
+        return False
+    if count == 0:
+        return all(x == 0 for x in claim) and list(prev) == list(new)
+    if not rule.ranked:
+        total = claim[width]
+        if total <= 0 or (rule == Rule.SECURE_SUM and len(correction) != width):
+            return False
+        for c in range(width):
+            s = claim[c]
+            if rule == Rule.SECURE_SUM:
+                if not 0 <= s < RING:
+                    return False
+                s = (s - correction[c]) % RING
+                if s >= INT64_LIMIT:
+                    s -= RING
+            if prev[c] + s // total != new[c]:
+                return False
+        return True
+    if len(lo) != width or len(hi) != width or (rule == Rule.TRIMMED_MEAN and 2 * trim >= count):
+        return False
+    lr, hr = ranks(rule, count, trim)
+    kept = hr - lr + 1
+    for c in range(width):
+        a, b = lo[c], hi[c]
+        lo_less, lo_eq, hi_less, hi_eq, between = claim[5 * c : 5 * c + 5]
+        if a > b or min(lo_less, lo_eq, hi_less, hi_eq) < 0:
+            return False
+        if not (lo_less <= lr < lo_less + lo_eq and hi_less <= hr < hi_less + hi_eq):
+            return False
+        total = a * kept if a == b else between + a * (lo_less + lo_eq - lr) + b * (hr - hi_less + 1)
+        if prev[c] + total // kept != new[c]:
+            return False
+    return True
+
+
+# ---- the reward rule (`RewardArbiter._leaf_ok`) ----------------------------------------------
+
+
+def pool(escrow: int, fee_bps: int, miss_payout_bps: int, gate_met: bool) -> int:
+    """What a reward root may pay: the escrow less the protocol fee, times the miss payout when
+    the quality target was missed (`Disputes.reward_pool`)."""
+    out = escrow - escrow * fee_bps // BPS
+    return out if gate_met else out * miss_payout_bps // BPS
+
+
+def cut_before_root(role_word: int, stage: int) -> bool:
+    """Whether a member was slashed before the reward root was posted (it then earns nothing)."""
+    return is_slashed(role_word) and int(stage) != STAGE_FINAL
+
+
+def counted_value(leaf: dict, role_word: int, stage: int) -> int:
+    """A leaf's share of the root's value total: an unslashed provider's value, else 0."""
+    if role_of(role_word) == Role.PROVIDER and not cut_before_root(role_word, stage):
+        return int(leaf["value"])
+    return 0
+
+
+def leaf_due(role: int, value: int, activity: int, rounds: int, basis: int, pool_: int, value_total: int,
+             cut: bool) -> tuple[int, int]:
+    """(amount, reputation delta) a member's leaf must carry (weight basis; in the scores basis a
+    validator's delta is the validators' judgement within +-rounds)."""
+    if cut:
+        return 0, -max(activity, 1)
+    if role == Role.PROVIDER:
+        return (pool_ * value // value_total if value_total > 0 else 0), activity
+    if role == Role.VALIDATOR:
+        return 0, 2 * activity - rounds
+    return 0, rounds
+
+
+def leaf_ok(leaf: dict, role_word: int, stage: int, basis: int, pool_: int, value_total: int, rounds: int) -> bool:
+    """Whether a reward leaf follows the reward rule for the member it names."""
+    role = role_of(role_word)
+    if role == 0 or role != int(leaf["role"]):
+        return False
+    value, activity = int(leaf["value"]), int(leaf["activity"])
+    amount, delta = int(leaf["amount"]), int(leaf["reputation_delta"])
+    if activity > rounds or value > MAX_AMOUNT:
+        return False
+    cut = cut_before_root(role_word, stage)
+    due, due_delta = leaf_due(role, value, activity, rounds, basis, pool_, value_total, cut)
+    if cut or role == Role.PROVIDER:
+        return amount == due and delta == due_delta
+    if amount != 0 or value != 0:
+        return False
+    if basis == Basis.SCORES:
+        return -rounds <= delta <= rounds
+    if role == Role.AGGREGATOR:
+        return activity == rounds and delta == rounds
+    return delta == due_delta
