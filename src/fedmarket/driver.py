@@ -14,7 +14,7 @@ from .market import Deployment, JobState
 from .protocol import rules as R
 from .roles import Aggregator, Provider, Requester, Validator
 from .roles.challenger import Challenger
-from .roles.common import claim_reward
+from .roles.common import claim_reward, fail_job
 from .roles.games import job_games
 from .roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
 from .spec import JobSpec
@@ -235,20 +235,16 @@ class JobDriver:
 
     def quorum_or_fail(self) -> bool:
         """True when the job may go on: no validators, or its latest round reached quorum. Otherwise
-        the job is failed at the cost of whoever failed: the aggregator if a third of the validator
-        stake rejected the round, else (at the deadline) the validators that did not vote."""
+        the job is failed at the cost of whoever failed (`roles.common.fail_job`): at once if a
+        third of the validator stake rejected the round, else at its deadline."""
         job = self.dep.job(self.job_id)
         if not self.cast.validators or job["current_round"] == 0 or job["quorum"]:
             return True
         r = job["current_round"] - 1
-        voted = lambda v: (self.dep.disputes.call("attestation_of", self.job_id, r, v.address) != b"\x00" * 32  # noqa: E731
-                           or self.dep.disputes.call("rejected", self.job_id, r, v.address))
-        absent = sorted((v.address for v in self.cast.validators if not voted(v)), key=lambda a: int(a, 16))
-        total = int(job["validator_total_stake"])
-        if int(self.dep.disputes.call("rejected_stake", self.job_id, r)) * 3 <= total:
+        if int(self.dep.disputes.call("rejected_stake", self.job_id, r)) * 3 <= int(job["validator_total_stake"]):
             self.chain.advance_time(max(1, job["round_deadline"] - self.chain.timestamp() + 1))
         caller = self.cast.challenger.account if self.cast.challenger else self.cast.requester.account
-        self.slashed.append(self.dep.disputes.transact("fail_round", self.job_id, absent, sender=caller))
+        self.slashed.append(fail_job(self.dep, caller, self.job_id))
         return False
 
 

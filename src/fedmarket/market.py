@@ -119,8 +119,10 @@ class Deployment:
 
     @classmethod
     def attach(cls, chain: Chain, addresses: dict) -> "Deployment":
+        """Handles to a deployment from its saved addresses; events are read from its `block` on."""
+        block = int(addresses.get("block", 0))
         handles = {
-            key: chain.register(addresses[key], name, artifacts.load(name).abi)
+            key: chain.register(addresses[key], name, artifacts.load(name).abi, block)
             for key, name in (("token", "FedToken"), *CONTRACTS)
         }
         return cls(chain, **handles)

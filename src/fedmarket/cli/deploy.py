@@ -95,7 +95,7 @@ def deploy(
         deployer = dev_key(dev_account)
     else:
         deployer = load_account(account, keystore, prompt=lambda: prompt_password(f"Password for account {account!r}"))
-    balance = int(chain._rpc("eth_getBalance", [deployer.address, "latest"]), 16)
+    balance = chain.native_balance(deployer.address)
     if balance == 0:
         raise ChainError(f"deployer {deployer.address} has no funds for gas on chain {chain.chain_id}")
     _say(f"deploying from {deployer.address} to chain {chain.chain_id} at {rpc}")
@@ -103,24 +103,14 @@ def deploy(
     if token is not None:
         from ..chain import artifacts
 
-        if chain._rpc("eth_getCode", [to_checksum_address(token), "latest"]) in ("0x", "0x0", None):
+        if not chain.code(to_checksum_address(token)):
             raise ConfigError(f"--token {token} has no code on chain {chain.chain_id}")
         existing = chain.register(to_checksum_address(token), "FedToken", artifacts.load("FedToken").abi)
-    start = chain.block_number()
     dep = Deployment.deploy(chain, deployer, to_checksum_address(treasury or deployer.address), fee_bps, unbonding_delay,
                             token=existing)
     # the first contract this command created (the token, unless an existing one was given)
-    block = _creation_block(chain, dep.disputes.address if existing else dep.token.address, start + 1)
+    block = (dep.terms_check if existing else dep.token).from_block
     dep.save(out, chain_id=chain.chain_id, block=block, deployer=deployer.address)
     for key, address in dep.addresses().items():
         print(f"{key:<9} {address}")
     print(f"chain id {chain.chain_id}, deployed from block {block}; addresses written to {out}")
-
-
-def _creation_block(chain, address: str, first: int) -> int:
-    """First block from `first` on at which `address` holds code (the deployment's first block)."""
-    last = chain.block_number()
-    for block in range(first, last + 1):
-        if chain._rpc("eth_getCode", [address, hex(block)]) not in ("0x", "0x0", None):
-            return block
-    return last

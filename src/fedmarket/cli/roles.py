@@ -70,8 +70,8 @@ def _connect(rpc: str, contracts: Path, account: str | None, keystore: Path | No
     if "chain_id" in addresses and int(addresses["chain_id"]) != chain.chain_id:
         raise ConfigError(f"{contracts} is a deployment on chain {addresses['chain_id']}, but {rpc} is chain {chain.chain_id}")
     dep = Deployment.attach(chain, addresses)
-    code = retrying(lambda: chain._rpc("eth_getCode", [dep.market.address, "latest"]))
-    if code in ("0x", "0x0", None):
+    code = retrying(lambda: chain.code(dep.market.address))
+    if not code:
         raise ConfigError(f"no market contract at {dep.market.address} on {rpc} (wrong --contracts file?)")
     return dep, signer, Path(state)
 

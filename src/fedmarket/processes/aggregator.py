@@ -7,12 +7,24 @@ import os
 import time
 
 from ..chain import Account
-from ..errors import ContractRevert
+from ..errors import ContractRevert, FedMarketError
 from ..market import Deployment, JobState
+from ..protocol import rules as R
 from ..roles import Aggregator
-from ..roles.common import committed_rounds, fetch_metrics, load_spec, round_providers, round_topic
-from ..roles.settlement import mailbox_reveals, validator_stakes, verified_reveals
-from ..roles.validator import submit_attestations, submit_misbehaviour
+from ..roles.common import (
+    InsufficientFunds,
+    TermsMismatch,
+    claim_reward,
+    committed_rounds,
+    fetch_metrics,
+    joined_validators,
+    load_spec,
+    reward_leaf,
+    round_providers,
+    round_topic,
+)
+from ..roles.settlement import mailbox_reveals, verified_reveals
+from ..roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
 from ..storage import BlobStore, Mailbox
 from .base import Fatal, RoleProcess, Stop, job_state
 
@@ -27,8 +39,10 @@ class AggregatorProcess(RoleProcess):
     first saw round `r` open (then with whatever valid updates there are). With validators,
     their attestations of the previous round go on chain first (quorum gates the next round),
     and the reward root waits for every attesting validator's revealed scores (or
-    `reveal_timeout`) and then for two thirds of the validator stake to approve it. Every transaction is journaled before it is sent (JournaledRpcChain),
-    so a restart re-broadcasts or finds it instead of signing another."""
+    `reveal_timeout`) and then for two thirds of the validator stake to approve it (or, when
+    they do not approve in time, the provable weight basis is posted). Every step first answers
+    the dispute games waiting for it. Every transaction is journaled before it is sent
+    (JournaledRpcChain), so a restart re-broadcasts or finds it instead of signing another."""
 
     role = "aggregator"
 
@@ -61,18 +75,24 @@ class AggregatorProcess(RoleProcess):
         if job["aggregator"] != self.address:
             raise Fatal(f"job {job_id} names {job['aggregator']} as its aggregator, not {self.address}")
         state = job["state"]
+        if state in (JobState.TRAINING, JobState.FINALIZING):
+            for receipt in self.aggregator.defend(job_id):
+                self.say(f"answered a dispute game (tx {receipt.tx_hash})")
         if state == JobState.OPEN:
             if not job["accepted"]:
                 spec = self.spec()
                 if spec.privacy.secure:
                     raise Fatal(f"job {job_id} uses privacy mode {spec.privacy.mode}: role processes support "
                                 "plain and dp_local jobs")
-                receipt = self.aggregator.accept(job_id)
+                try:  # the terms, the spec and our funds are checked before staking
+                    receipt = self.aggregator.accept(job_id)
+                except (TermsMismatch, InsufficientFunds) as exc:
+                    raise Fatal(str(exc)) from None
                 self.say(f"accepted job {job_id} (tx {receipt.tx_hash})")
                 return
             full = job["n_providers"] >= job["max_providers"] and job["n_validators"] >= job["max_validators"]
             late = (max(self.dep.chain.timestamp(), time.time()) >= job["join_deadline"]
-                    and job["n_providers"] >= job["min_providers"])
+                    and job["n_providers"] >= job["min_providers"] and job["n_validators"] >= job["min_validators"])
             if full or late:
                 receipt = self.aggregator.start(job_id)
                 self.say(f"started training with {job['n_providers']} providers, {job['n_validators']} validators "
@@ -83,10 +103,12 @@ class AggregatorProcess(RoleProcess):
         if state == JobState.TRAINING:
             r, rounds = int(job["current_round"]), int(job["rounds"])
             gated = job["max_validators"] > 0
-            if r > 0 and gated and not self.dep.disputes.call("has_quorum", job_id, r - 1):
+            if r > 0 and gated and not job["quorum"]:
                 for receipt in submit_attestations(self.dep, self.mailbox, self.account, job_id, r - 1):
                     self.say(f"round {r - 1}: attestations submitted (tx {receipt.tx_hash})")
-                if not self.dep.disputes.call("has_quorum", job_id, r - 1):
+                for receipt in submit_rejections(self.dep, self.mailbox, self.account, job_id, r - 1):
+                    self.say(f"round {r - 1}: REJECTED by validators (tx {receipt.tx_hash})")
+                if not self.dep.job(job_id)["quorum"]:
                     self.say_once(f"round {r - 1}: waiting for validator quorum")
                 return
             if r < rounds:
@@ -97,9 +119,15 @@ class AggregatorProcess(RoleProcess):
         if state == JobState.FINALIZING:
             self.say_once("reward root posted; waiting for the challenge window and settlement")
             return
-        # settled, cancelled or failed: take the stake back (to free stake) and stop
-        _, stake = self.dep.market.call("membership", job_id, self.address)
-        if stake:
+        # settled: claim this aggregator's leaf (stake back to free stake, reputation); cancelled or
+        # failed: take the stake back; then stop
+        word, stake = self.dep.market.call("membership", job_id, self.address)
+        if state == JobState.SETTLED:
+            leaf, _ = reward_leaf(self.dep, self.store, self.address, job_id)
+            if not self.dep.market.call("is_claimed", job_id, int(leaf["index"])):
+                receipt = claim_reward(self.dep, self.store, self.account, job_id)
+                self.say(f"claimed: stake back, reputation {int(leaf['reputation_delta']):+d} (tx {receipt.tx_hash})")
+        elif stake and not R.is_slashed(word):
             receipt = self.aggregator.release_stake(job_id)
             self.say(f"job {state.name.lower()}: aggregator stake released (tx {receipt.tx_hash})")
         raise Stop
@@ -150,7 +178,7 @@ class AggregatorProcess(RoleProcess):
 
     def _reveals_complete(self) -> bool:
         """Whether every validator that attested a round has revealed its scores for it."""
-        stakes = validator_stakes(self.dep, self.job_id)
+        stakes = joined_validators(self.dep, self.job_id)
         reveals = mailbox_reveals(self.dep, self.mailbox, self.job_id)
         for c in committed_rounds(self.dep, self.job_id):
             attested = {v for v in stakes if self.dep.disputes.call("attestation_of", self.job_id, c.round, v) != ZERO}
@@ -171,13 +199,18 @@ class AggregatorProcess(RoleProcess):
                 self.say_once(f"some validators did not reveal their scores within {self.reveal_timeout:.0f}s")
             for receipt in submit_misbehaviour(self.dep, self.mailbox, self.account, job_id):
                 self.say(f"provider {receipt.event('ProviderSlashed')['provider']} slashed by validator vote")
-        try:  # with validators, it also puts their approvals of this very root on chain first
+        try:  # a scores-basis root also puts the validators' approvals of it on chain first
             receipt = self.aggregator.post_rewards(job_id)
-        except ContractRevert as exc:
-            if "not approved" not in str(exc):
+        except (ContractRevert, FedMarketError) as exc:
+            if "not approved" not in str(exc) and "scores basis" not in str(exc):
                 raise
-            self.say_once("reward root ready; waiting for the validators' approvals of it")
-            return
+            try:  # validators silent: the provable weight basis, once half of the last step's time passed
+                receipt = self.aggregator.post_rewards(job_id, R.Basis.WEIGHT)
+            except ContractRevert as again:
+                if "approval window open" not in str(again):
+                    raise
+                self.say_once("reward root ready; waiting for the validators' approvals of it")
+                return
         ev = receipt.event("RewardRootPosted")
         self.say(f"reward root posted: total {ev['reward_total']}, challenge window until {ev['challenge_deadline']} "
                  f"(tx {receipt.tx_hash})")

@@ -246,10 +246,8 @@ class RoleProcess:
                 self.say(f"step failed, will retry: {msg}")
             self._last_error = msg
             chain = getattr(self.dep, "chain", None)
-            if isinstance(exc, ChainError) and isinstance(chain, RpcChain):
-                chain._reconnect()  # a fresh connection, and nonces re-read from the node
-                with chain._lock:
-                    chain._nonces.clear()
+            if isinstance(exc, ChainError) and chain is not None:
+                chain.reconnect()  # a fresh connection, and nonces re-read from the node
             return False
         self._last_error = None
         return True

@@ -9,8 +9,10 @@ import numpy as np
 
 from ..chain import Account
 from ..market import Deployment, JobState, Role
+from ..errors import SchemaMismatch
+from ..protocol import rules as R
 from ..roles import Provider
-from ..roles.common import round_topic
+from ..roles.common import InsufficientFunds, TermsMismatch, round_topic
 from ..storage import BlobStore, Mailbox
 from .base import Fatal, RoleProcess, Stop, job_state
 
@@ -55,18 +57,24 @@ class ProviderProcess(RoleProcess):
         role, stake = self.dep.market.call("membership", job_id, self.address)
         if state == JobState.OPEN:
             if role == 0:
-                spec = self.provider.inspect(job_id)  # the spec's hash and our data's schema are checked here
+                try:  # the spec's hash, the terms, our data's schema and our funds are checked first
+                    spec = self.provider.inspect(job_id)
+                except (TermsMismatch, SchemaMismatch, InsufficientFunds) as exc:
+                    raise Fatal(str(exc)) from None
                 if spec.privacy.secure:
                     raise Fatal(f"job {job_id} uses privacy mode {spec.privacy.mode}: role processes support "
                                 "plain and dp_local jobs (secure aggregation runs in-process, `fedmarket demo`)")
                 if job["n_providers"] >= job["max_providers"]:
                     raise Fatal(f"job {job_id} is full ({job['n_providers']} providers)")
-                receipt = self.provider.join(job_id)
+                try:
+                    receipt = self.provider.join(job_id)
+                except InsufficientFunds as exc:
+                    raise Fatal(str(exc)) from None
                 self.say(f"joined job {job_id} with stake {spec.reward.provider_stake} (tx {receipt.tx_hash})")
             else:
                 self.say_once(f"joined job {job_id}; waiting for training to start")
             return
-        if role & 127 != Role.PROVIDER:
+        if R.role_of(role) != Role.PROVIDER:
             raise Fatal(f"{self.address} is not a provider of job {job_id} (state {state.name})")
         if state == JobState.TRAINING:
             r = int(job["current_round"])
@@ -80,8 +88,7 @@ class ProviderProcess(RoleProcess):
             msg = self.provider.train(job_id, r)
             self._posted_round = r
             if msg is not None:
-                self.say(f"round {r}: update {msg['update_cid']} posted (weight {msg['weight']}, "
-                         f"train loss {msg['train_loss']:.4f})")
+                self.say(f"round {r}: update {msg['update_cid']} posted (weight {msg['weight']})")
         elif state == JobState.FINALIZING:
             self.say_once("all rounds committed; waiting for settlement")
         elif state == JobState.SETTLED:

@@ -11,6 +11,7 @@ from ..chain import Account
 from ..errors import ConfigError, ContractRevert
 from ..market import Deployment, JobState
 from ..roles import Requester
+from ..roles.common import fail_job
 from ..spec import JobSpec
 from ..storage import BlobStore
 from .base import RoleProcess, Stop, job_state
@@ -82,10 +83,10 @@ class RequesterProcess(RoleProcess):
             self._evaluate(int(job["current_round"]))
             if time.time() > int(job["round_deadline"]) + 1 or self.dep.chain.timestamp() > int(job["round_deadline"]) + 1:
                 try:
-                    receipt = self.dep.market.transact("fail", job_id, sender=self.account)
-                    self.say(f"the aggregator missed a deadline: job failed, escrow refunded (tx {receipt.tx_hash})")
+                    receipt = fail_job(self.dep, self.account, job_id)
+                    self.say(f"job failed ({receipt.event('JobFailed')['reason']}), escrow refunded (tx {receipt.tx_hash})")
                 except ContractRevert as exc:
-                    if "deadline not missed" not in str(exc):
+                    if "deadline not" not in str(exc):
                         raise
         elif state == JobState.FINALIZING:
             self._evaluate(int(job["current_round"]))

@@ -9,8 +9,11 @@ import numpy as np
 
 from ..chain import Account
 from ..market import Deployment, JobState, Role
+from ..errors import SchemaMismatch
+from ..protocol import rules as R
 from ..roles import Validator
-from ..roles.common import committed_rounds
+from ..roles.common import InsufficientFunds, TermsMismatch, committed_rounds
+from ..roles.validator import submit_rejections
 from ..storage import BlobStore, Mailbox
 from .base import Fatal, RoleProcess, Stop, job_state
 
@@ -35,12 +38,8 @@ class ValidatorProcess(RoleProcess):
         self._approved_at = float("-inf")
         self.approve_interval = 1.0
         # what the role keeps in memory between review and reveal, restored from the state directory
-        for r, doc in self.state.load("reviews", {}).items():
-            if doc is not None:
-                self.validator._docs[(job_id, int(r))] = doc
-        seen = self.state.load("seen", {})
-        if seen:
-            self.validator._seen[job_id] = {p: tuple(v) for p, v in seen.items()}
+        docs = {int(r): d for r, d in self.state.load("reviews", {}).items() if d is not None}
+        self.validator.restore(job_id, docs, self.state.load("seen", {}))
 
     @property
     def address(self) -> str:
@@ -55,12 +54,15 @@ class ValidatorProcess(RoleProcess):
             if role == 0:
                 if job["n_validators"] >= job["max_validators"]:
                     raise Fatal(f"job {job_id} takes no more validators ({job['n_validators']}/{job['max_validators']})")
-                receipt = self.validator.join(job_id)
+                try:  # the terms, our held-out data's schema and our funds are checked before staking
+                    receipt = self.validator.join(job_id)
+                except (TermsMismatch, SchemaMismatch, InsufficientFunds) as exc:
+                    raise Fatal(str(exc)) from None
                 self.say(f"joined job {job_id} as validator (tx {receipt.tx_hash})")
             else:
                 self.say_once(f"joined job {job_id}; waiting for rounds")
             return
-        if role & 127 != Role.VALIDATOR:
+        if R.role_of(role) != Role.VALIDATOR:
             raise Fatal(f"{self.address} is not a validator of job {job_id} (state {state.name})")
         if state in (JobState.TRAINING, JobState.FINALIZING):
             if (int(job["current_round"]), state) != self._idle:  # something new on chain, or a reveal pending
@@ -94,6 +96,9 @@ class ValidatorProcess(RoleProcess):
             return
         self._approved_at = time.monotonic()
         msg = self.validator.approve_rewards(self.job_id)
+        if msg is None:
+            self.say_once("no scores basis to approve (masked updates or missing reveals)")
+            return
         if self.state.load("approved", {}).get("reward_root") != msg["reward_root"]:
             self.state.save("approved", {"reward_root": msg["reward_root"], "reward_total": msg["reward_total"]})
             self.say(f"approved reward root {msg['reward_root'][:18]}... (total {msg['reward_total']})")
@@ -106,10 +111,15 @@ class ValidatorProcess(RoleProcess):
             if key in reviews:
                 continue
             msg = self.validator.review(job_id, c.round)
-            reviews[key] = self.validator._docs.get((job_id, c.round)) if msg else None
-            self.state.save("seen", {p: list(v) for p, v in self.validator._seen.get(job_id, {}).items()})
+            docs, seen = self.validator.sealed(job_id)
+            reviews[key] = docs.get(c.round) if msg and "scores_root" in msg else None
+            self.state.save("seen", seen)
             self.state.save("reviews", reviews)
-            self.say(f"round {c.round}: " + ("recomputed, scored and attested" if msg else "WRONG aggregate: not attested"))
+            what = ("recomputed, scored and attested" if reviews[key] else
+                    "REJECTED (only validators can judge it)" if msg else "WRONG: left to a dispute game, not attested")
+            self.say(f"round {c.round}: {what}")
+            if msg and reviews[key] is None:
+                submit_rejections(self.dep, self.validator.mailbox, self.validator.account, job_id, c.round)
         if str(n_rounds - 1) in reviews and not self.state.load("reported", False):
             flagged = self.validator.report_misbehaviour(job_id)
             if flagged:

@@ -294,3 +294,17 @@ def claim_reward(dep: Deployment, store: BlobStore, account, job_id: int):
 
     leaf, proof = reward_leaf(dep, store, account.address, job_id)
     return dep.market.transact("claim", job_id, int(leaf["index"]), reward_struct(leaf), proof, sender=account)
+
+
+def fail_job(dep: Deployment, sender, job_id: int):
+    """Fail a training job past its deadline at the cost of whoever failed (anyone may call): the
+    aggregator for a missed step, or, when the latest round lacks validator quorum, the
+    validators' votes decide (`Disputes.fail_round`: every validator that did not vote is named)."""
+    job = dep.job(job_id)
+    if job["max_validators"] == 0 or job["current_round"] == 0 or job["quorum"]:
+        return dep.market.transact("fail", job_id, sender=sender)
+    r = job["current_round"] - 1
+    absent = [v for v in sorted(joined_validators(dep, job_id), key=address_key)
+              if dep.disputes.call("attestation_of", job_id, r, v) == b"\x00" * 32
+              and not dep.disputes.call("rejected", job_id, r, v)]
+    return dep.disputes.transact("fail_round", job_id, absent, sender=sender)

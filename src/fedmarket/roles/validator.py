@@ -119,6 +119,18 @@ class Validator:
         self.mailbox.post(round_topic(job_id, round_) + "-rejections", canonical_json(message))
         return message
 
+    def sealed(self, job_id: int) -> tuple[dict[int, dict], dict[str, list[int]]]:
+        """What this validator keeps between review and reveal for a job: its sealed scores documents
+        by round, and per provider (rounds seen, rounds flagged). A process persists them."""
+        docs = {r: d for (j, r), d in self._docs.items() if j == job_id}
+        return docs, {p: list(v) for p, v in self._seen.get(job_id, {}).items()}
+
+    def restore(self, job_id: int, docs: dict[int, dict], seen: dict[str, list[int]]) -> None:
+        """Take back what `sealed` returned (after a restart)."""
+        for r, doc in docs.items():
+            self._docs[(job_id, int(r))] = doc
+        self._seen[job_id] = {p: (int(v[0]), int(v[1])) for p, v in seen.items()}
+
     def approve_rewards(self, job_id: int) -> dict | None:
         """Re-derive the job's scores-basis reward document from the chain, the blob store and the
         revealed scores, and post a signed approval of its statement (root, totals, quality gate:

@@ -33,10 +33,10 @@ from ..fl.train import local_sgd
 from ..protocol.encoding import canonical_json
 from ..protocol.receipts import Attestation
 from ..spec import JobSpec
-from .aggregator import Aggregator
-from .common import committed_rounds, round_providers, round_topic
-from .provider import Provider
-from .validator import Validator
+from ..roles.aggregator import Aggregator
+from ..roles.common import committed_rounds, round_providers, round_topic
+from ..roles.provider import Provider
+from ..roles.validator import Validator
 
 __all__ = [
     "ATTACK_NAMES",
@@ -147,10 +147,10 @@ class AdversarialProvider(Provider):
                           seed=seed, prox_mu=t.prox_mu)
         return local - start, float(model.loss_and_grad(local, Xn, y)[0])
 
-    def _local_delta(self, spec: JobSpec, job_id: int, round_: int, q_global: np.ndarray) -> tuple[np.ndarray, float]:
+    def _local_delta(self, spec: JobSpec, job_id: int, round_: int, q_global: np.ndarray) -> np.ndarray:
         if spec.privacy.mode != "plain":
             raise FedMarketError(f"adversarial providers run in plain jobs only, not {spec.privacy.mode}")
-        return self.coalition.released(self, spec, job_id, round_, q_global)
+        return self.coalition.released(self, spec, job_id, round_, q_global)[0]
 
 
 def adversaries(attack: Attack | str, dep, accounts, store, mailbox, data, seed: int = 0,
@@ -210,8 +210,8 @@ class ShiftyAggregator(Aggregator):
         self._shifting = round_ == self.shift_round
         return super().run_round(job_id, round_, collected)
 
-    def combine(self, spec, q_global, updates):
-        q = super().combine(spec, q_global, updates)
+    def aggregate(self, spec, q_global, updates, correction):
+        q = super().aggregate(spec, q_global, updates, correction)
         if self._shifting:
             q = q.copy()
             q[200] += 3
