@@ -33,7 +33,8 @@ def test_default_demo_meets_the_bar(tmp_path):
 
 def test_secure_demo_with_dropouts_completes_and_conserves(tmp_path):
     out = tmp_path / "demo"
-    proc = run("demo", "--out", str(out), "-n", "10", "-r", "3", "--privacy", "secagg", "--dropout", "0.3")
+    proc = run("demo", "--out", str(out), "-n", "10", "-r", "3", "--privacy", "secagg", "--dropout", "0.3",
+               "--validators", "2")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["privacy"] == "secagg" and report["conserved"] is True
@@ -64,7 +65,8 @@ def test_dp_demo_commits_its_epsilon(tmp_path):
         (["--privacy", "dp_local", "--epsilon", "0"], "bad privacy settings"),
         (["--privacy", "secagg", "--providers", "2"], "secure aggregation needs at least 3 providers"),
         (["--dropout", "1"], "--dropout must be in [0, 1)"),
-        (["--providers", "200"], "a round takes at most 128, so set --per-round"),
+        (["--privacy", "secagg"], "--privacy secagg needs --validators"),
+        (["--per-round", "30"], "--per-round must be between 0 (everyone) and --providers"),
         (["--target-accuracy", "0.9"], "--target-accuracy needs --validators"),
     ],
 )

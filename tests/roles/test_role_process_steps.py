@@ -54,7 +54,7 @@ def test_every_role_stepped_to_the_end_with_restarts(world, tmp_path):
         training=TrainingSpec(rounds=2, local_epochs=1, batch_size=16, learning_rate=1.0),
         reward=RewardSpec(escrow=100 * TOKEN, provider_stake=TOKEN, aggregator_stake=10 * TOKEN, validator_stake=5 * TOKEN),
         participation=ParticipationSpec(min_providers=3, max_providers=3, max_validators=1),
-        deadlines=DeadlineSpec(challenge_period=0),
+        deadlines=DeadlineSpec(challenge_period=1),
     )
     logs: list[str] = []
     kw = {"log": logs.append}
@@ -85,11 +85,14 @@ def test_every_role_stepped_to_the_end_with_restarts(world, tmp_path):
             restarted = True
         if all(p.done for p in procs.values()):
             break
+        if dep.job(job_id)["state"] == JobState.FINALIZING:
+            world["chain"].advance_time(1)  # the challenge window passes
     assert restarted and all(p.done for p in procs.values()), "\n".join(logs)
     assert dep.job(job_id)["state"] == JobState.SETTLED
     assert [int(e["round"]) for e in dep.market.events("RoundCommitted", job_id=job_id)] == [0, 1]
     claimed = {e["account"] for e in dep.market.events("RewardClaimed", job_id=job_id)}
-    assert claimed == {*(a.address for a in world["providers"][:3]), val_acct.address}
+    # every member claims its leaf: providers, the validator and the aggregator (its stake back)
+    assert claimed == {*(a.address for a in world["providers"][:3]), val_acct.address, agg_acct.address}
     assert dep.licence.events("ModelMinted", job_id=job_id)
     for r in (0, 1):  # the restarted validator still revealed the scores it sealed before
         assert mailbox.read(f"job-{job_id}-round-{r}-reveals")

@@ -1,4 +1,4 @@
-"""Roles refuse what they must: mismatched local data, forged or tampered updates."""
+"""Roles refuse what they must: mismatched local data or terms, forged or tampered updates."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_provider_with_wrong_features_cannot_join_and_spends_nothing(market):
     with pytest.raises(SchemaMismatch, match="has 5 features; the job's schema requires 4"):
         bad.join(job)
     assert dep.balance(p.address) == before and world["chain"].block_number() == block
-    assert not dep.market.call("is_provider", job, p.address)
+    assert dep.market.call("membership", job, p.address)[0] == 0
 
 
 def test_aggregator_rejects_forged_tampered_and_outsider_updates(market):
@@ -67,13 +67,12 @@ def test_aggregator_rejects_forged_tampered_and_outsider_updates(market):
     box.post(topic, canonical_json(forged))
     # 2. a valid signature, but the blob swapped for other bytes with their own CID
     other_cid = store.put(b"FMV1" + (15).to_bytes(8, "big") + b"\x00" * 8 * 15)
-    box.post(topic, canonical_json(dict(honest, update_cid=other_cid, train_loss=1.0)))
+    box.post(topic, canonical_json(dict(honest, update_cid=other_cid)))
     # 3. a provider that never joined, properly signed
     outsider = Provider(dep, world["providers"][1], store, box, providers[1].X, providers[1].y)
-    outsider._specs[job] = load_spec(dep, store, job)
     assert outsider.train(job, 0) is None  # not picked for the round: an honest client sends nothing
     spec = load_spec(dep, store, job)
-    outsider._post_update(spec, job, 0, np.ones(spec.n_params, dtype=np.int64), outsider.n_samples, 0.0)  # sends anyway
+    outsider._post_update(spec, job, 0, np.ones(spec.n_params, dtype=np.int64), outsider.n_samples)  # sends anyway
     updates, rejected = agg.collect(job, 0, load_spec(dep, store, job))
     assert [u.provider for u in updates] == [providers[0].address]
     reasons = " | ".join(r["reason"] for r in rejected)
@@ -81,3 +80,24 @@ def test_aggregator_rejects_forged_tampered_and_outsider_updates(market):
     assert "entries, expected" in reasons or "does not match its signed root" in reasons
     receipt = agg.run_round(job, 0)
     assert receipt.event("RoundCommitted")["count"] == 1
+
+
+def test_roles_refuse_terms_that_differ_from_the_spec(world, tmp_path):
+    """A requester posting one rule in the spec and another on chain finds nobody to stake."""
+    from fedmarket.roles.common import TermsMismatch, terms_of
+
+    dep = world["dep"]
+    store, box = LocalBlobStore(tmp_path / "blobs"), Mailbox(tmp_path / "box")
+    s = spec()
+    terms = terms_of(s, world["aggregator"].address, world["chain"].timestamp())
+    lying = terms.__class__(**{**terms.__dict__, "rule": 1})  # the spec says fedavg, the chain says median
+    cid = store.put(s.canonical())
+    job = dep.market.transact("post_job", lying.abi(), cid, sender=world["requester"]).event("JobPosted")["job_id"]
+    rng = np.random.default_rng(0)
+    provider = Provider(dep, world["providers"][0], store, box, rng.random((30, 4)), rng.integers(0, 3, 30))
+    before = dep.balance(provider.address)
+    with pytest.raises(TermsMismatch, match="on-chain rule is 1 but its spec implies 0"):
+        provider.join(job)
+    with pytest.raises(TermsMismatch, match="rule"):
+        Aggregator(dep, world["aggregator"], store, box).accept(job)
+    assert dep.balance(provider.address) == before
