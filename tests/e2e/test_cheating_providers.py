@@ -1,6 +1,6 @@
 """Cheating providers on the embedded chain, with three staked validators holding out digits test data:
 free-riders, poisoners and Sybil copies join, sign and claim like anyone, but release attacked
-updates (the engine's attack catalogue, run by :mod:`fedmarket.roles.adversary`). Each earns less
+updates (the engine's attack catalogue, run by :mod:`fedmarket.testing.adversary`). Each earns less
 than an honest provider of the same job (claimed amounts, on chain); those a validator
 supermajority flags are slashed and end the job poorer than they started; every token is
 accounted for."""
@@ -16,11 +16,12 @@ from fedmarket.fl.attacks import ATTACKS, Attack, Sybil
 from fedmarket.fl.data import load_dataset, subset, train_test_split
 from fedmarket.fl.partition import iid_partition
 from fedmarket.market import JobState, Role
+from fedmarket.driver import Cast, JobDriver
 from fedmarket.roles import Aggregator, Provider, Requester, Validator
-from fedmarket.roles.adversary import AdversarialProvider, Coalition, JitteredSybil, LoudFreeRider
-from fedmarket.roles.validator import submit_attestations, submit_misbehaviour
+from fedmarket.roles.challenger import Challenger
 from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
 from fedmarket.storage import LocalBlobStore, Mailbox
+from fedmarket.testing.adversary import AdversarialProvider, Coalition, JitteredSybil, LoudFreeRider
 
 TOKEN = 10**18
 ESCROW, AGG_STAKE, PROV_STAKE, VAL_STAKE = 100 * TOKEN, 50 * TOKEN, 10 * TOKEN, 10 * TOKEN
@@ -75,37 +76,11 @@ def run_job(world, tmp_path, attacks: dict[int, Coalition], n: int = 5) -> Outco
     before = {a: dep.holdings(a) for a in watched}
     money_before = sum(dep.balance(a) for a in watched) + dep.balance(dep.market.address)
 
-    job = requester.post(spec, world["aggregator"].address)
-    agg.accept(job)
-    for p in providers:
-        p.join(job)
-    for v in validators:
-        v.join(job)
-    agg.start(job)
-    for r in range(ROUNDS):
-        for p in providers:
-            p.train(job, r)
-        agg.run_round(job, r)
-        for v in validators:
-            assert v.review(job, r) is not None  # the aggregate itself is right: every validator attests
-        submit_attestations(dep, box, agg.account, job, r)
-        assert dep.disputes.call("has_quorum", job, r)
-        for v in validators:
-            v.reveal(job, r)
-    for v in validators:
-        v.report_misbehaviour(job)
-    reported = submit_misbehaviour(dep, box, outsider, job)
-    for v in validators:  # validators re-derive and sign the reward root the market will accept
-        v.approve_rewards(job)
-    agg.post_rewards(job)
-    world["chain"].advance_time(spec.deadlines.challenge_period)
-    requester.settle(job)
-    for p in providers:
-        p.claim(job)
-    agg.release_stake(job)
-    for v in validators:
-        v.claim(job)
+    driver = JobDriver(dep, store, box, Cast(requester, agg, providers, validators, Challenger(dep, outsider, store)), spec)
+    job = driver.run()
     assert dep.job(job)["state"] == JobState.SETTLED
+    assert all(dep.disputes.call("has_quorum", job, r) for r in range(ROUNDS))  # every validator attested
+    reported = [r for r in driver.slashed if any(e.name == "ProviderSlashed" for e in r.events)]
 
     after = {a: dep.holdings(a) for a in watched}
     money_after = sum(dep.balance(a) for a in watched) + dep.balance(dep.market.address)

@@ -22,10 +22,10 @@ def test_job_settles_and_conserves_funds(job):
     assert report["state"] == "SETTLED" and dep.job(report["job_id"])["state"] == JobState.SETTLED
     assert report["escrow"] == report["paid"] + report["fee"] + report["refunded"]
     assert report["conserved"] is True
-    # all the market still holds is the aggregator's stake, released to its free stake
+    # all the market still holds is the aggregator's stake, released to its free stake by its claim
     aggregator = dep.job(report["job_id"])["aggregator"]
     assert dep.balance(dep.market.address) == dep.market.call("free_stake", aggregator, 2) > 0
-    assert report["job_funds_left_in_market"] == 0 and report["aggregator_delta"] == 0
+    assert report["job_funds_left_in_market"] == 0 and report["others_delta"] == 0
     assert report["fee"] == report["escrow"] // 100  # 1% protocol fee, read from the treasury balance
 
 
@@ -33,10 +33,9 @@ def test_every_provider_claimed_on_chain(job):
     chain, report = job
     dep = Deployment.attach(chain, report["contracts"])
     job_id = report["job_id"]
-    claims = dep.market.events("RewardClaimed", job_id=job_id)
+    claims = [c for c in dep.market.events("RewardClaimed", job_id=job_id) if c["amount"] > 0]
     assert sorted(c["account"] for c in claims) == sorted(r["provider"] for r in report["settlement"])
-    for i, row in enumerate(report["settlement"]):
-        assert dep.market.call("is_claimed", job_id, i)
+    for row in report["settlement"]:
         assert dep.market.call("membership", job_id, row["provider"]) == (1, 0)  # provider, nothing locked
         assert row["reward"] > 0
         assert row["reputation"] == report["rounds"]  # one point per aggregated round
@@ -56,10 +55,9 @@ def test_rewards_follow_contributed_samples(job):
     rows = report["settlement"]
     total_samples = sum(r["samples"] for r in rows)
     pool = report["escrow"] - report["fee"]
-    for r in rows:  # exact integer split: floor share, plus at most one unit of the remainder
-        floor = pool * r["samples"] // total_samples
-        assert floor <= r["reward"] <= floor + 1
-    assert sum(r["reward"] for r in rows) == pool and report["refunded"] == 0  # no dust left behind
+    for r in rows:  # each leaf provable on its own: floor(pool * value / value total)
+        assert r["reward"] == pool * r["samples"] // total_samples
+    assert sum(r["reward"] for r in rows) + report["refunded"] == pool and report["refunded"] < len(rows)
 
 
 def test_one_round_transaction_per_round_and_model_learns(job):

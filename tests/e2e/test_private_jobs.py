@@ -17,7 +17,9 @@ from fedmarket.roles import Aggregator, Provider, Requester, Validator
 from fedmarket.roles import aggregator as aggregator_module
 from fedmarket.roles.auditor import Auditor
 from fedmarket.roles.challenger import Challenger
-from fedmarket.roles.common import committed_rounds, epsilon_after_round, fetch_model
+from fedmarket.driver import Cast, JobDriver
+from fedmarket.roles.common import committed_rounds, epsilon_after_round, fail_job, fetch_model
+from fedmarket.roles.validator import submit_attestations, submit_rejections
 from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, PrivacySpec, RewardSpec, TrainingSpec
 from fedmarket.storage import LocalBlobStore, Mailbox
 
@@ -26,12 +28,14 @@ DP = {"epsilon": 4.0, "delta": 1e-5, "clip_norm": 1.0}
 
 
 def make_spec(mode: str, n: int, rounds: int = 2, **privacy) -> JobSpec:
+    secure = mode.startswith("secagg")  # a secure job's mask corrections are re-derived by validators
     return JobSpec(
         name=f"private {mode}",
         data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
         training=TrainingSpec(rounds=rounds, local_epochs=1),
-        reward=RewardSpec(escrow=100 * TOKEN, provider_stake=TOKEN, aggregator_stake=50 * TOKEN),
-        participation=ParticipationSpec(min_providers=n, max_providers=n),
+        reward=RewardSpec(escrow=100 * TOKEN, provider_stake=TOKEN, aggregator_stake=50 * TOKEN,
+                          validator_stake=5 * TOKEN if secure else 0),
+        participation=ParticipationSpec(min_providers=n, max_providers=n, max_validators=1 if secure else 0),
         privacy=PrivacySpec(mode=mode, **privacy),
     )
 
@@ -49,8 +53,19 @@ def setup_job(world, tmp_path, spec, aggregator_cls=Aggregator):
     agg.accept(job)
     for p in providers:
         p.join(job)
+    if spec.participation.max_validators:
+        agg.validators = [Validator(dep, world["validators"][0], store, box, ds.X[:60], ds.y[:60])]
+        agg.validators[0].join(job)
     agg.start(job)
     return dep, store, box, job, agg, providers
+
+
+def vote(job, r, agg):
+    """The job's validator (secure jobs) reviews round `r`; its vote goes on chain."""
+    for v in getattr(agg, "validators", []):
+        v.review(job, r)
+    submit_attestations(agg.dep, agg.mailbox, agg.account, job, r)
+    submit_rejections(agg.dep, agg.mailbox, agg.account, job, r)
 
 
 def secure_round(job, r, agg, providers, drop_keys=(), drop_mask=(), drop_unmask=()):
@@ -67,12 +82,14 @@ def secure_round(job, r, agg, providers, drop_keys=(), drop_mask=(), drop_unmask
     for i in live:
         if i not in drop_unmask:
             providers[i].unmask(job, r)
-    return agg.run_round(job, r)
+    receipt = agg.run_round(job, r)
+    vote(job, r, agg)
+    return receipt
 
 
 def plain_updates(spec, job, r, providers, q_global):
     """What each provider's update was before masking (training is seeded, so it can be redone here)."""
-    return {p.address: (quantize(p._local_delta(spec, job, r, q_global)[0]), p.n_samples) for p in providers}
+    return {p.address: (quantize(p._local_delta(spec, job, r, q_global)), p.n_samples) for p in providers}
 
 
 # ---------------------------------------------------------------------------- differential privacy
@@ -114,7 +131,7 @@ def test_a_round_past_the_budget_is_refused_and_a_spec_that_cannot_fit_is_reject
 def test_dp_updates_must_have_weight_one(world, tmp_path):
     spec = make_spec("dp_local", 3, **DP)
     dep, _, _, job, agg, providers = setup_job(world, tmp_path, spec)
-    providers[0]._post_update(spec, job, 0, np.zeros(spec.n_params, dtype=np.int64), 50, 0.0)  # claims 50 samples
+    providers[0]._post_update(spec, job, 0, np.zeros(spec.n_params, dtype=np.int64), 50)  # claims 50 samples
     for p in providers[1:]:
         p.train(job, 0)
     updates, rejected = agg.collect(job, 0, spec)
@@ -157,7 +174,7 @@ def test_secure_rounds_equal_the_plain_weighted_mean_of_the_survivors(world, tmp
         expected = agg_rules.fedavg_int([plain[a][0] for a in survivors], [plain[a][1] for a in survivors])
         assert np.array_equal(q_new - q_prev, expected)
         # what was published is masked: no update blob equals its provider's plain update
-        doc_updates = Auditor(dep, store).round_updates(spec, job, committed)
+        doc_updates = Auditor(dep, store).evidence(spec, job, r).updates
         assert all(not np.array_equal(u.q, plain[u.provider][0] * plain[u.provider][1]) for u in doc_updates)
         q_prev = q_new
     report = Auditor(dep, store).audit(job)
@@ -189,8 +206,8 @@ def test_too_few_unmask_answers_abort_the_round_before_anything_is_committed(wor
 class ShiftySecureAggregator(Aggregator):
     """Adds 3 to one coordinate of the round-1 model of a secure job."""
 
-    def combine_secure(self, spec, q_global, updates, corr):
-        q = super().combine_secure(spec, q_global, updates, corr)
+    def aggregate(self, spec, q_global, updates, correction):
+        q = super().aggregate(spec, q_global, updates, correction)
         if self.dep.job(self.job)["current_round"] == 1:
             q = q.copy()
             q[300] += 3
@@ -207,10 +224,15 @@ def test_a_wrong_secure_aggregate_is_proven_on_chain_and_slashed(world, tmp_path
     assert [c.ok for c in report.rounds] == [True, False] and report.rounds[1].bad_chunk == 300 // 64
     outsider = world["outsider"].address
     before = dep.holdings(outsider)
-    receipt = Challenger(dep, world["outsider"], store).check(job)
-    assert receipt.event("FraudProven")["chunk"] == 300 // 64
+    challenger = Challenger(dep, world["outsider"], store)
+    game = challenger.check(job).event("GameOpened")
+    assert (game["round"], game["target"]) == (1, 300 // 64)
+    driver = JobDriver(dep, store, box, Cast(Requester(dep, world["requester"], store), agg, providers, agg.validators,
+                                             challenger), spec)
+    driver.job_id = job
+    driver.play_games()  # a secure-sum claim consistent with a shifted model cannot be split down honestly
     assert dep.job(job)["state"] == JobState.FAILED
-    assert dep.holdings(outsider) - before == 25 * TOKEN  # half the aggregator's 50-token stake
+    assert dep.holdings(outsider) - before == 25 * TOKEN  # its bond back and half the aggregator's 50-token stake
 
 
 class MiscorrectingAggregator(Aggregator):
@@ -223,12 +245,14 @@ class MiscorrectingAggregator(Aggregator):
         return kept, corr, transcript
 
 
-def test_a_wrong_mask_correction_is_caught_by_re_deriving_the_transcript(world, tmp_path):
+def test_a_wrong_mask_correction_is_rejected_and_fails_the_job_on_the_aggregator(world, tmp_path):
     spec = make_spec("secagg", 4)
     dep, store, box, job, agg, providers = setup_job(world, tmp_path, spec, MiscorrectingAggregator)
-    secure_round(job, 0, agg, providers)
+    secure_round(job, 0, agg, providers)  # the validator re-derives the correction, rejects the round
     check = Auditor(dep, store).audit(job).rounds[0]
     assert not check.ok and "mask correction differs" in check.problem and check.bad_chunk is None
-    ds = load_dataset("digits")
-    validator = Validator(dep, world["validators"][0], store, box, ds.X[:50], ds.y[:50])
-    assert validator.review(job, 0) is None  # no attestation for a round that does not re-derive
+    assert dep.disputes.call("rejected", job, 0, agg.validators[0].address) and not dep.job(job)["quorum"]
+    before = dep.holdings(world["outsider"].address)
+    receipt = fail_job(dep, world["outsider"], job)  # at once: a third of the validator stake rejected it
+    assert receipt.event("JobFailed")["reason"] == "round rejected"
+    assert dep.holdings(world["outsider"].address) - before == 25 * TOKEN  # half the aggregator's stake

@@ -1,7 +1,7 @@
 """Cheats the chain can prove, end to end on the embedded chain with the real roles: an aggregator
-that leaves out an update it countersigned (censorship), a validator that signs two different
-attestations for one round (equivocation); a requester that tries to take its escrow back early;
-and an honest job in which the challenger finds nothing to prove."""
+that leaves out an update it countersigned (censorship, proven in an inclusion game), a validator
+that signs two different attestations for one round (equivocation); a requester that tries to
+take its escrow back early; and an honest job in which the challenger finds nothing to prove."""
 
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ from fedmarket.market import JobState, Role
 from fedmarket.protocol.encoding import address_key, canonical_json
 from fedmarket.protocol.receipts import Attestation, ReceiptAck, UpdateReceipt
 from fedmarket.roles import Aggregator, Provider, Requester, Validator
-from fedmarket.roles.adversary import DroppingAggregator, EquivocatingValidator
+from fedmarket.driver import Cast, JobDriver
 from fedmarket.roles.auditor import Auditor
 from fedmarket.roles.challenger import Challenger
-from fedmarket.roles.common import committed_rounds, round_topic
+from fedmarket.roles.common import committed_rounds, fail_job, round_accumulator, round_topic
 from fedmarket.roles.validator import submit_attestations
 from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, PrivacySpec, RewardSpec, TrainingSpec
 from fedmarket.storage import LocalBlobStore, Mailbox, cid_of
+from fedmarket.testing.adversary import DroppingAggregator, EquivocatingValidator
 
 TOKEN = 10**18
 ESCROW, AGG_STAKE, PROV_STAKE, VAL_STAKE = 100 * TOKEN, 50 * TOKEN, TOKEN, 10 * TOKEN
@@ -40,6 +41,13 @@ class Setup:
     providers: list
     validators: list
     requester: Requester
+    spec: JobSpec = None
+
+    def driver(self, challenger) -> JobDriver:
+        d = JobDriver(self.dep, self.store, self.box, Cast(self.requester, self.agg, self.providers, self.validators,
+                                                            challenger), self.spec)
+        d.job_id = self.job
+        return d
 
 
 def setup_job(world, tmp_path, aggregator_cls=Aggregator, n=4, rounds=2, validator_cls=(), mode="plain") -> Setup:
@@ -70,7 +78,7 @@ def setup_job(world, tmp_path, aggregator_cls=Aggregator, n=4, rounds=2, validat
     for v in validators:
         v.join(job)
     agg.start(job)
-    return Setup(dep, store, box, job, agg, providers, validators, requester)
+    return Setup(dep, store, box, job, agg, providers, validators, requester, spec)
 
 
 def run_round(s: Setup, r: int, attest: bool = True) -> None:
@@ -82,6 +90,9 @@ def run_round(s: Setup, r: int, attest: bool = True) -> None:
             v.review(s.job, r)
         if attest:
             submit_attestations(s.dep, s.box, s.agg.account, s.job, r)
+            if s.dep.disputes.call("has_quorum", s.job, r):
+                for v in s.validators:
+                    v.reveal(s.job, r)
 
 
 def secure_round(s: Setup, r: int) -> None:
@@ -95,12 +106,21 @@ def secure_round(s: Setup, r: int) -> None:
     for p in s.providers:
         p.unmask(s.job, r)
     s.agg.run_round(s.job, r)
+    for v in s.validators:
+        v.review(s.job, r)
+    submit_attestations(s.dep, s.box, s.agg.account, s.job, r)
+    if s.validators:
+        for v in s.validators:
+            v.review(s.job, r)
+        submit_attestations(s.dep, s.box, s.agg.account, s.job, r)
 
 
 def money(world, accounts) -> int:
-    """Tokens held by the watched accounts, the treasury and the market (which holds every stake)."""
+    """Tokens held by the watched accounts, the treasury, the market (which holds every stake) and the
+    arbiters (which hold the bonds of open games)."""
     dep = world["dep"]
-    return sum(dep.balance(a) for a in {*accounts, world["treasury"].address, dep.market.address})
+    return sum(dep.balance(a) for a in {*accounts, world["treasury"].address, dep.market.address,
+                                        dep.round_arbiter.address, dep.reward_arbiter.address})
 
 
 # ---------------------------------------------------------------- a. censorship
@@ -126,20 +146,22 @@ def test_countersigned_update_left_out_is_proven_and_the_aggregator_slashed(worl
     total = money(world, watched)
     receipts = challenger.check_censorship(job, s.box)
     assert len(receipts) == 1
-    ev = receipts[0].event("CensorshipProven")
-    assert (ev["round"], ev["provider"], ev["challenger"]) == (1, victim, outsider.address)
-    assert receipts[0].event("JobFailed")["reason"] == "censored update"
+    game = receipts[0].event("GameOpened")
+    assert (game["kind"], game["round"], game["target"]) == (3, 1, int(victim, 16))
+    s.driver(challenger).play_games()  # the aggregator cannot show the update it acknowledged
+    failed = dep.market.events("JobFailed", job_id=job)[-1]
+    assert failed["reason"] == "censored update" and failed["round"] == 1
     info = dep.job(job)
     assert info["state"] == JobState.FAILED and info["current_round"] == 1
     assert challenger.check_censorship(job, s.box) == []  # nothing left to dispute
     for p in s.providers:
         dep.market.transact("release_stake", job, p.address, sender=outsider)
     after = {a: dep.holdings(a) for a in watched}
-    assert after[outsider.address] - before[outsider.address] == AGG_STAKE // 2
-    assert after[world["requester"].address] - before[world["requester"].address] == ESCROW + AGG_STAKE // 2
+    assert after[outsider.address] - before[outsider.address] == AGG_STAKE // 2  # bond back, half the stake
+    assert after[world["requester"].address] - before[world["requester"].address] == ESCROW
     assert after[world["aggregator"].address] == before[world["aggregator"].address]  # its locked stake is gone
     assert all(after[p.address] - before[p.address] == PROV_STAKE for p in s.providers)
-    assert money(world, watched) == total
+    assert money(world, [*watched, dep.market.call("TREASURY")]) == total
     assert dep.balance(dep.market.address) == sum(dep.staked(a) for a in watched)  # nothing of the job is left
 
 
@@ -187,18 +209,26 @@ def test_validator_signing_two_attestations_for_one_round_is_slashed(world, tmp_
     assert after[cheat.address] == before[cheat.address]  # its locked job stake is gone
     assert all(after[a] == before[a] for a in watched if a not in (outsider.address,))
     assert money(world, watched) == total
-    assert dep.job(job)["validator_total_stake"] == VAL_STAKE
+    # the quorum total stays the stake fixed at the start: slashing a validator cannot shrink it
+    assert dep.job(job)["validator_total_stake"] == 2 * VAL_STAKE
     assert dep.market.call("membership", job, cheat.address)[0] == Role.VALIDATOR | 128
     assert challenger.check_equivocation(job, s.box) == []  # slashed once per job
-    # the honest validator alone now holds the job's validator stake: its attestation gives quorum
+    # the honest validator alone holds half of that stake: its attestation is no quorum
     msg = next(m for m in map(json.loads, s.box.read(round_topic(job, 0) + "-attestations"))
                if m["validator"] == honest.address)
     data = committed_rounds(dep, job)[0].data
-    dep.disputes.transact("attest", job, 0, data, bytes.fromhex(msg["scores_root"][2:]), [honest.address],
+    proof = round_accumulator(dep, job).proof(0)
+    dep.disputes.transact("attest", job, 0, data, proof, bytes.fromhex(msg["scores_root"][2:]), [honest.address],
                           [bytes.fromhex(msg["signature"][2:])], sender=outsider)
-    assert dep.disputes.call("has_quorum", job, 0)
-    run_round(s, 1, attest=False)
-    assert dep.job(job)["current_round"] == 2
+    assert not dep.disputes.call("has_quorum", job, 0)
+    with pytest.raises(ContractRevert, match="previous round lacks quorum"):
+        run_round(s, 1, attest=False)
+    # at the deadline the job fails at the cost of the absent (here already slashed) validator, not the aggregator
+    world["chain"].advance_time(s.spec.deadlines.round_duration + 1)
+    agg_before = dep.holdings(world["aggregator"].address)
+    assert fail_job(dep, outsider, job).event("JobFailed")["reason"] == "validators absent"
+    dep.market.transact("release_stake", job, world["aggregator"].address, sender=outsider)
+    assert dep.holdings(world["aggregator"].address) - agg_before == AGG_STAKE
 
 
 # ---------------------------------------------------------------- c. the requester's escrow stays locked
@@ -219,25 +249,28 @@ def test_requester_cannot_take_the_escrow_back_once_training_started(world, tmp_
     def attempts(state_reason):
         refused("cancel", match="market: job not open")
         refused("release_stake", req.address, match=state_reason["release"])
-        refused("post_rewards", b"\x11" * 32, ESCROW // 2, "bafkreirewards", match="market: caller is not the aggregator")
+        refused("post_rewards", b"\x11" * 32, ESCROW // 2, 1, 0, True, "bafkreirewards", match=state_reason["post"])
         refused("sweep", match=state_reason["sweep"])
 
     locked = dep.balance(market.address)
     assert locked >= ESCROW
     # Training
-    attempts({"release": "market: job still running", "sweep": "market: job not settled"})
+    attempts({"release": "market: job still running", "sweep": "market: job not settled",
+              "post": "market: rounds not finished"})
     refused("settle", match="market: job not finalizing")
     refused("fail", match="market: deadline not missed")
     run_round(s, 0)
     run_round(s, 1)
-    attempts({"release": "market: job still running", "sweep": "market: job not settled"})
+    attempts({"release": "market: job still running", "sweep": "market: job not settled",
+              "post": "market: not the aggregator"})
     refused("fail", match="market: deadline not missed")
     # Finalizing: the challenge window is open
     for v in s.validators:
         v.approve_rewards(job)
     s.agg.post_rewards(job)
     assert dep.job(job)["state"] == JobState.FINALIZING
-    attempts({"release": "market: job still running", "sweep": "market: job not settled"})
+    attempts({"release": "market: job still running", "sweep": "market: job not settled",
+              "post": "market: job not training"})
     refused("settle", match="market: challenge window open")
     refused("fail", match="market: job not training")
     assert dep.balance(market.address) == locked
@@ -280,13 +313,13 @@ def test_honest_validated_job_gives_the_challenger_nothing_to_prove(world, tmp_p
     challenger = Challenger(dep, world["outsider"], s.store)
     assert challenger.check_censorship(job, s.box) == []
     assert challenger.check_equivocation(job, s.box) == []
-    assert challenger.check(job) is None
+    assert challenger.check(job) is None and challenger.check_rewards(job) is None
     assert dep.job(job)["state"] == JobState.FINALIZING
 
 
 def test_honest_secure_job_gives_the_challenger_nothing_to_prove(world, tmp_path):
-    """Secure-aggregation rounds carry the mask correction as their last leaf: the rebuilt tree matches."""
-    s = setup_job(world, tmp_path, n=4, rounds=2, mode="secagg")
+    """Secure-aggregation rounds commit their mask correction's root beside the updates: all re-derives."""
+    s = setup_job(world, tmp_path, n=4, rounds=2, mode="secagg", validator_cls=(Validator,))
     for r in range(2):
         secure_round(s, r)
     challenger = Challenger(s.dep, world["outsider"], s.store)
@@ -295,10 +328,10 @@ def test_honest_secure_job_gives_the_challenger_nothing_to_prove(world, tmp_path
     assert s.dep.job(s.job)["state"] == JobState.TRAINING
 
 
-def test_altered_update_in_a_secure_round_is_proven_past_the_correction_leaf(world, tmp_path):
-    """The aggregator acknowledged a provider's receipt, but the secure round committed another update for it:
-    the proof is a leaf of the tree that ends with the mask-correction leaf (which is never the proof's leaf)."""
-    s = setup_job(world, tmp_path, n=4, rounds=2, mode="secagg")
+def test_altered_update_in_a_secure_round_is_proven_by_an_inclusion_game(world, tmp_path):
+    """The aggregator acknowledged a provider's receipt, but the secure round committed another update for
+    it: it cannot show the acknowledged one in the round."""
+    s = setup_job(world, tmp_path, n=4, rounds=2, mode="secagg", validator_cls=(Validator,))
     dep, job = s.dep, s.job
     secure_round(s, 0)
     victim = max(s.providers, key=lambda p: address_key(p.address))
@@ -312,6 +345,8 @@ def test_altered_update_in_a_secure_round_is_proven_past_the_correction_leaf(wor
                                       "signature": "0x" + psig.hex()}))
     s.box.post(topic + "-acks", canonical_json({"provider": victim.address, "update_root": "0x" + root.hex(),
                                                 "weight": weight, "signature": "0x" + asig.hex()}))
-    receipts = Challenger(dep, world["outsider"], s.store).check_censorship(job, s.box)
-    assert len(receipts) == 1 and receipts[0].event("CensorshipProven")["provider"] == victim.address
+    challenger = Challenger(dep, world["outsider"], s.store)
+    receipts = challenger.check_censorship(job, s.box)
+    assert len(receipts) == 1 and receipts[0].event("GameOpened")["target"] == int(victim.address, 16)
+    s.driver(challenger).play_games()
     assert dep.job(job)["state"] == JobState.FAILED

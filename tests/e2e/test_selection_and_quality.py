@@ -18,7 +18,8 @@ from fedmarket.storage import LocalBlobStore
 def test_each_round_takes_the_providers_its_public_seed_picks(tmp_path):
     chain = BoaChain()
     report = run_job(chain, tmp_path, JobConfig(providers=8, rounds=3, per_round=4, seed=3))
-    assert report["conserved"] is True and report["updates_per_round"] == [4, 4, 4]
+    # each provider is picked with probability 4/8, independently: about 4 a round
+    assert report["conserved"] is True and all(0 < n < 8 for n in report["updates_per_round"])
     dep = Deployment.attach(chain, report["contracts"])
     store = LocalBlobStore(tmp_path / "blobs")
     job = report["job_id"]
@@ -66,7 +67,7 @@ def test_an_update_from_a_provider_the_seed_did_not_pick_is_flagged(tmp_path, mo
     agg.start(job)
     posted = [p.train(job, 0) for p in providers]
     outsider = next(p for p, m in zip(providers, posted) if m is None)  # the seed passed it over
-    outsider._post_update(spec, job, 0, np.ones(spec.n_params, dtype=np.int64), outsider.n_samples, 0.0)
+    outsider._post_update(spec, job, 0, np.ones(spec.n_params, dtype=np.int64), outsider.n_samples)
     _, rejected = agg.collect(job, 0, spec)
     assert any("was not selected for round 0" in r["reason"] for r in rejected)  # an honest aggregator refuses it
     # a dishonest one takes it anyway: the audit names the stranger
@@ -74,6 +75,17 @@ def test_an_update_from_a_provider_the_seed_did_not_pick_is_flagged(tmp_path, mo
     agg.run_round(job, 0)
     check = Auditor(dep, store).audit(job).rounds[0]
     assert not check.ok and outsider.address in check.problem and "not selected" in check.problem
+    assert check.bad_leaf is not None  # and a leaf game proves it on chain: the aggregator cannot open it validly
+    from fedmarket.roles.challenger import Challenger
+
+    game = Challenger(dep, accts[9], store).check(job).event("GameOpened")
+    assert (game["kind"], game["target"]) == (2, check.bad_leaf)
+    agg_before = dep.holdings(accts[3].address)
+    with pytest.raises(Exception, match="provider not selected"):
+        agg.defend(job)
+    chain.advance_time(spec.deadlines.response_period + 1)
+    dep.round_arbiter.transact("timeout", game["game_id"], sender=accts[9])
+    assert dep.job(job)["state"].name == "FAILED" and dep.holdings(accts[3].address) == agg_before
 
 
 @pytest.mark.parametrize("target, met", [(0.5, True), (0.999, False)])
@@ -83,7 +95,8 @@ def test_the_quality_gate_pays_the_pool_only_when_the_validators_median_accuracy
     q = report["quality"]
     assert q["met"] is met and q["target"] == target and 0.5 < q["accuracy"] < 0.999
     pool = report["escrow"] - report["fee"]
-    if met:
-        assert report["paid"] == pool and report["refunded"] == 0
+    assert report["paid"] + report["refunded"] == pool
+    if met:  # the pool is paid, floored leaf by leaf: the dust goes back
+        assert report["refunded"] < 4
     else:  # half the pool (the default miss_payout_bps) is paid, the rest goes back to the requester
-        assert report["paid"] == pool // 2 and report["refunded"] == pool - pool // 2
+        assert pool // 2 - 4 < report["paid"] <= pool // 2

@@ -28,11 +28,11 @@ def test_validators_attest_every_round_and_money_is_conserved(tmp_path):
     # the reward root follows the validators' scores, and both validators revealed in consensus
     posted = dep.market.events("RewardRootPosted", job_id=job)[-1]
     rewards = json.loads(store.get(posted["rewards_cid"]))
-    assert rewards["basis"].startswith("validator scores")
-    providers = [l for l in rewards["leaves"] if l["weight"] > 0]
+    assert rewards["basis"] == 1  # the validators' scores, approved by two thirds of their stake
+    providers = [l for l in rewards["leaves"] if l["role"] == 1]
     assert len(providers) == 4 and all(int(l["amount"]) > 0 for l in providers)
     assert sorted(int(l["amount"]) for l in providers) != [int(providers[0]["amount"])] * 4  # not an equal split
-    validator_leaves = [l for l in rewards["leaves"] if l["weight"] == 0]
+    validator_leaves = [l for l in rewards["leaves"] if l["role"] == 3]
     assert [l["reputation_delta"] for l in validator_leaves] == [2, 2]
     assert all(dep.market.call("reputation", l["account"]) == 2 for l in validator_leaves)
 
