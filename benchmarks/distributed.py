@@ -1,7 +1,7 @@
 """Benchmark: one job with every role in its own OS process on anvil, against the same job in one
 process on the embedded EVM; prints one JSON object.
 
-The role processes (`python -m fedmarket <role> run`, started by `fedmarket.processes.localjob`)
+The role processes (`python -m fedmarket <role> run`, started by `fedmarket.testing.localjob`)
 reach anvil through a counting JSON-RPC proxy. A round's time is measured from training start
 to the last `RoundCommitted` (wall clock, as seen by a watcher polling the node directly);
 `tx_per_round` and `rpc_calls_per_round` count what the proxy forwarded in that window. The
@@ -21,7 +21,7 @@ from pathlib import Path
 
 def distributed(args) -> dict:
     from fedmarket.chain.anvil import AnvilNode
-    from fedmarket.processes.localjob import LocalJob, RpcProxy
+    from fedmarket.testing.localjob import LocalJob, RpcProxy
 
     with tempfile.TemporaryDirectory() as tmp, AnvilNode(fixed_interval=False) as node, RpcProxy(node.url) as proxy:
         job = LocalJob(tmp, node.url, rpc_url=proxy.url, providers=args.providers, validators=args.validators,

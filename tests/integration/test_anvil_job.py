@@ -18,10 +18,11 @@ def test_job_runs_on_anvil_with_real_receipts(node, tmp_path):
     assert report["conserved"] is True
     dep = Deployment.attach(chain, report["contracts"])
     job_id = report["job_id"]
-    assert len(dep.market.events("RewardClaimed", job_id=job_id)) == 4
-    assert all(dep.market.call("is_claimed", job_id, i) for i in range(4))
+    # every member claimed its leaf: 4 providers and the aggregator (its stake back)
+    assert len(dep.market.events("RewardClaimed", job_id=job_id)) == 5
+    assert all(dep.market.call("is_claimed", job_id, i) for i in range(5))
     # gas from real receipts: a round is one small transaction
-    assert all(21_000 < g < 120_000 for g in report["gas_per_round"])
+    assert all(21_000 < g < 60_000 for g in report["gas_per_round"])
 
 
 def test_embedded_and_anvil_agree_on_the_job(node, tmp_path):
@@ -73,7 +74,7 @@ def test_cli_demo_on_anvil_then_audit(node, tmp_path):
     # tamper with the stored vectors (models and updates): content hashes give it away
     for blob in (out / "blobs").iterdir():
         data = blob.read_bytes()
-        if data[:4] == b"FMV1":
+        if data[:4] in (b"FMV1", b"FMV2"):
             blob.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     tampered = subprocess.run([sys.executable, "-m", "fedmarket", "audit", str(job_id), "--rpc", node.url,
                                "--dir", str(out)], capture_output=True, text=True, timeout=300)

@@ -18,7 +18,7 @@ from fedmarket.chain.anvil import AnvilNode
 from fedmarket.chain.base import Account
 from fedmarket.chain.rpc_backend import RpcChain
 from fedmarket.market import Deployment
-from fedmarket.processes.localjob import RpcProxy
+from fedmarket.testing.localjob import RpcProxy
 
 pytestmark = pytest.mark.anvil
 
@@ -60,11 +60,12 @@ def fresh_account(node: AnvilNode, tag: str) -> Account:
 
 
 def deploy_and_mint(chain: RpcChain, deployer: Account, holder: str) -> tuple[Deployment, int]:
-    """The intents of this test: 4 deployments and 2 token transactions; returns (deployment, count)."""
+    """The intents of this test: 8 deployments (the token and the protocol's 7 contracts) and 2 token
+    transactions; returns (deployment, count)."""
     dep = Deployment.deploy(chain, deployer, deployer.address)
     dep.token.transact("mint", holder, 5 * TOKEN, sender=deployer)
     dep.token.transact("mint", holder, 7 * TOKEN, sender=deployer)
-    return dep, 6
+    return dep, 10
 
 
 def test_reply_lost_after_forwarding_is_found_not_resent(node):
@@ -117,7 +118,7 @@ def test_a_multi_account_job_survives_dropped_connections(node):
         "eth_sendRawTransaction": (["ok"] * 3 + ["drop-after"]) * 5 + ["drop-before"],
         "eth_getTransactionReceipt": ["ok"] * 10 + ["drop-before"],
     }
-    intents = {deployer.address: 4 + len(holders)}
+    intents = {deployer.address: 8 + len(holders)}  # 8 deployments, one mint per holder
     with FlakyProxy(node.url, plan) as proxy:
         chain = RpcChain(proxy.url)
         dep = Deployment.deploy(chain, deployer, deployer.address)

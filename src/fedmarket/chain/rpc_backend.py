@@ -258,6 +258,16 @@ class RpcChain(Chain):
     def code(self, address: str) -> bytes:
         return bytes.fromhex(self._rpc("eth_getCode", [address, "latest"])[2:])
 
+    def request(self, method: str, params: list) -> Any:
+        """One raw JSON-RPC request (for what the `Chain` interface does not cover: receipts by
+        hash, node-specific methods); errors map onto ChainError / ContractRevert."""
+        return self._rpc(method, params)
+
+    def forget_nonce(self, address: str) -> None:
+        """Re-read `address`'s next nonce from the node at its next send."""
+        with self._lock:
+            self._nonces.pop(address, None)
+
     def reconnect(self) -> None:
         """A fresh connection, and nonces re-read from the node at the next send."""
         with self._lock:

@@ -27,12 +27,6 @@ from ..chain.rpc_backend import RpcChain
 from ..errors import ChainError, FedMarketError, StorageError
 from ..market import Deployment, JobState
 
-#: environment hook for fault-injection tests: `FUNCTION` makes the process exit right after
-#: journaling (signing) its first transaction calling FUNCTION, before sending it
-CRASH_ENV = "FEDMARKET_CRASH_BEFORE_SEND"
-CRASH_EXIT_CODE = 75
-
-
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` atomically (temp file in the same directory, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,29 +112,15 @@ class JournaledRpcChain(RpcChain):
     def __init__(self, url: str, journal_dir: str | os.PathLike, **kwargs):
         super().__init__(url, **kwargs)
         self.journal = TxJournal(journal_dir)
-        self._crash_on = os.environ.get(CRASH_ENV) or None
 
     def _submit(self, raw: str, tx_hash: str) -> None:
         self.journal.record(raw, tx_hash)
-        if self._crash_on and self._calls(raw, self._crash_on):
-            print(f"fault injection: exiting after journaling {self._crash_on} tx {tx_hash}", file=sys.stderr, flush=True)
-            os._exit(CRASH_EXIT_CODE)
         super()._submit(raw, tx_hash)
 
     def _wait(self, tx_hash: str) -> dict:
         receipt = super()._wait(tx_hash)
         self.journal.mined(tx_hash)
         return receipt
-
-    def _calls(self, raw: str, function: str) -> bool:
-        """Whether the signed transaction `raw` calls a registered contract's `function`."""
-        blob = bytes.fromhex(raw.removeprefix("0x"))
-        data = rlp.decode(blob[1:])[7] if blob[0] == 2 else b""
-        for _, abi in self._abis.values():
-            fn = abi.functions.get(function)
-            if fn is not None and data[:4] == fn.selector:
-                return True
-        return False
 
     def reconcile(self) -> list[str]:
         """Settle every pending journaled transaction: mined (receipt found), re-broadcast
@@ -163,8 +143,7 @@ class JournaledRpcChain(RpcChain):
                 self._wait(h)
             except ChainError:
                 pass  # still pending: the next reconcile looks again
-            with self._lock:
-                self._nonces.pop(entry["sender"], None)  # re-read from the node
+            self.forget_nonce(entry["sender"])  # re-read from the node
         return rebroadcast
 
 

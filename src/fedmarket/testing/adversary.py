@@ -244,3 +244,293 @@ class EquivocatingValidator(Validator):
         self.mailbox.post(round_topic(job_id, round_) + "-attestations",
                           canonical_json(dict(msg, scores_root="0x" + other.hex(), signature="0x" + sig.hex())))
         return msg
+
+
+# ---------------------------------------------------------------- griefing and cheats of tests/security
+# Each is an honest role with one thing changed, so that what the chain and the other roles see is
+# what a real attacker would produce. `tests/security/` and `benchmarks/attack_economics.py` use them.
+
+
+class SilentProvider(Provider):
+    """Joins (stake and all), then never sends an update: a liveness fault of a provider."""
+
+    def train(self, job_id, round_):
+        return None
+
+    def advertise(self, job_id, round_):
+        return None
+
+    def share(self, job_id, round_):
+        return None
+
+    def unmask(self, job_id, round_):
+        return None
+
+
+class InflatedWeightProvider(Provider):
+    """Trains honestly but signs `factor` times its sample count as its update's weight: a claim
+    nobody can check (docs/security.md, known limits), which the weight basis pays for."""
+
+    factor = 100
+
+    def _released(self, spec, delta, min_survivors=1):
+        q, weight = super()._released(spec, delta, min_survivors)
+        return q, weight if spec.privacy.dp else weight * self.factor
+
+
+class DoubleUpdateProvider(Provider):
+    """Posts two different updates (and receipts) in every round, hoping to choose which counts."""
+
+    def train(self, job_id, round_):
+        first = super().train(job_id, round_)
+        if first is None:
+            return None
+        from ..protocol.encoding import decode_vector
+
+        spec = self.inspect(job_id)
+        q = decode_vector(self.store.get(first["update_cid"]), spec.n_params) + 1
+        return self._post_update(spec, job_id, round_, q, int(first["weight"]))
+
+
+class SilentValidator(Validator):
+    """Joins with its stake, then never reviews, attests, reveals or approves anything."""
+
+    def review(self, job_id, round_):
+        return None
+
+    def reveal(self, job_id, round_):
+        return None
+
+    def approve_rewards(self, job_id):
+        return None
+
+    def report_misbehaviour(self, job_id):
+        return []
+
+
+class BrokenDataValidator(Validator):
+    """A validator whose held-out data does not fit the job's schema and which joins anyway (it
+    skips the role's schema check); it can then never score a round, so it never votes."""
+
+    def inspect(self, job_id):
+        from ..roles.common import check_terms, load_spec
+
+        spec = load_spec(self.dep, self.store, job_id)
+        check_terms(self.dep, spec, job_id)
+        return spec  # no `spec.data.check(self.X, self.y)`: the honest role refuses here
+
+    def review(self, job_id, round_):
+        try:
+            return super().review(job_id, round_)
+        except Exception:  # noqa: BLE001 - its data cannot be scored: it stays silent
+            return None
+
+    def approve_rewards(self, job_id):
+        try:
+            return super().approve_rewards(job_id)
+        except Exception:  # noqa: BLE001
+            return None
+
+
+class MuteAggregator(ShiftyAggregator):
+    """Commits a wrong aggregate (see ShiftyAggregator) and never answers a dispute game."""
+
+    def defend(self, job_id):
+        return []
+
+
+class ForgingAggregator(Aggregator):
+    """Collects and acknowledges like the honest role, then hands the round's verified updates to
+    `forge(job_id, round_, spec, updates)` (identity here) and aggregates and commits whatever it
+    returns: reorder, drop, add an update of its own making. Subclasses (or an instance attribute
+    `forge`) decide what."""
+
+    def forge(self, job_id, round_, spec, updates):
+        return updates
+
+    def collect(self, job_id, round_, spec):
+        updates, rejected = super().collect(job_id, round_, spec)
+        return list(self.forge(job_id, round_, spec, list(updates))), rejected
+
+
+class UnorderedAggregator(ForgingAggregator):
+    """Commits its updates tree in descending provider order (the contracts require ascending)."""
+
+    def forge(self, job_id, round_, spec, updates):
+        return sorted(updates, key=lambda u: int(u.provider, 16), reverse=True)
+
+
+class TamperingPoster(Aggregator):
+    """Aggregates honestly, then posts a reward root of `tamper(doc)`: the honest rewards document
+    changed in place (identity here). The tampered document is what it publishes and defends."""
+
+    def tamper(self, doc):
+        return doc
+
+    def rewards_document(self, job_id, spec, basis=None):
+        return self.tamper(super().rewards_document(job_id, spec, basis))
+
+
+class SelfPayingAggregator(TamperingPoster):
+    """A job without validators: its own leaf takes the whole pool, the providers' leaves nothing
+    (the totals add up, every value is right: only the reward rule is broken)."""
+
+    def tamper(self, doc):
+        pool = int(doc["pool"])
+        for leaf in doc["leaves"]:
+            leaf["amount"] = str(pool if leaf["account"] == self.address else 0)
+        doc["total"] = str(pool)
+        return doc
+
+
+class InflatingAggregator(TamperingPoster):
+    """Doubles the value of one provider's leaf (`favoured`, else the first provider) and pays every
+    provider `pool * value // value_total` of the inflated values: the reward rule holds leaf by
+    leaf, only a value game over the rounds shows the value was never aggregated."""
+
+    favoured: str | None = None
+
+    def tamper(self, doc):
+        from ..protocol import rules as R
+
+        providers = [leaf for leaf in doc["leaves"] if int(leaf["role"]) == R.Role.PROVIDER]
+        pick = next((leaf for leaf in providers if leaf["account"] == self.favoured), providers[0])
+        pick["value"] = 2 * int(pick["value"])
+        value_total = sum(int(leaf["value"]) for leaf in providers if leaf["account"] not in doc["slashed"])
+        pool = int(doc["pool"])
+        for leaf in providers:
+            if leaf["account"] not in doc["slashed"]:
+                leaf["amount"] = str(pool * int(leaf["value"]) // value_total if value_total else 0)
+        doc["value_total"] = str(value_total)
+        doc["total"] = str(sum(int(leaf["amount"]) for leaf in doc["leaves"]))
+        return doc
+
+
+class _Overlay:
+    """A blob store that writes to `private` and reads from `private`, then `public`."""
+
+    def __init__(self, private, public):
+        self.private = private
+        self.public = public
+
+    def put(self, data):
+        return self.private.put(data)
+
+    def get(self, cid):
+        return self.private.get(cid) if self.private.has(cid) else self.public.get(cid)
+
+    def has(self, cid):
+        return self.private.has(cid) or self.public.has(cid)
+
+
+class WithholdingAggregator(Aggregator):
+    """Commits its rounds but keeps their data (metrics document, model, correction) in `private`, a
+    store nobody else reads; it publishes only its rewards document. It can still defend, from
+    its private copy, whatever it committed."""
+
+    def __init__(self, dep, account, store, mailbox, private=None):
+        from ..storage import LocalBlobStore
+        import tempfile
+
+        super().__init__(dep, account, store, mailbox)
+        self.public = store
+        self.private = private if private is not None else LocalBlobStore(tempfile.mkdtemp(prefix="withheld-"))
+        self.store = _Overlay(self.private, store)
+        self.defender.store = self.store
+        self.defender.auditor.store = self.store
+
+    def post_rewards(self, job_id, basis=None):
+        receipt = super().post_rewards(job_id, basis)
+        cid = receipt.event("RewardRootPosted")["rewards_cid"]
+        self.public.put(self.store.get(cid))
+        return receipt
+
+
+class WithholdingShiftyAggregator(WithholdingAggregator, ShiftyAggregator):
+    """A wrong aggregate (ShiftyAggregator) whose round data is withheld (WithholdingAggregator)."""
+
+
+class CorrectionFakingAggregator(Aggregator):
+    """A secure job: unmasks honestly, then commits a mask correction `offset` off in its first value
+    and the model that correction gives, so the aggregate game is consistent with what it
+    committed: only a validator re-deriving the correction from the transcript sees the lie."""
+
+    offset = 1_000
+
+    def _secure_round(self, job_id, round_, spec, updates):
+        kept, corr, transcript = super()._secure_round(job_id, round_, spec, updates)
+        corr = corr.copy()
+        corr[0] = np.int64(int(corr[0]) + self.offset)
+        return kept, corr, transcript
+
+
+class FalseChallenger:
+    """Mixin of `roles.challenger.Challenger`: besides any true fault, challenges what is right, once
+    each: the first round's chunk 0 (`kind` "aggregate"), its leaf 0 ("leaf"), the first
+    acknowledged update ("inclusion"), the reward root as a whole ("reward_sum") or its leaf 0
+    ("reward_value"); then plays its own moves as any challenger would and loses its bond."""
+
+    kind = "aggregate"
+
+    def _false_round_game(self, job_id):
+        from ..roles.games import Truth
+
+        truth = Truth(self.dep, self.store, job_id, self.auditor)
+        if not truth.rounds:
+            return None
+        self._bond(job_id, self.dep.round_arbiter)
+        data, proof, prev, prev_proof = truth.round_args(0)
+        if self.kind == "aggregate":
+            return self.dep.round_arbiter.transact("challenge_aggregate", job_id, 0, 0, data, proof, prev, prev_proof,
+                                                   sender=self.account)
+        if self.kind == "leaf":
+            return self.dep.round_arbiter.transact("challenge_leaf", job_id, 0, 0, data, proof, prev, prev_proof,
+                                                   sender=self.account)
+        return None
+
+    def check(self, job_id):
+        found = super().check(job_id)
+        if found is not None or getattr(self, "_false_done", False) or self.kind not in ("aggregate", "leaf"):
+            return found
+        self._false_done = True
+        return self._false_round_game(job_id)
+
+    def check_censorship(self, job_id, mailbox):
+        found = super().check_censorship(job_id, mailbox)
+        if found or getattr(self, "_false_done", False) or self.kind != "inclusion":
+            return found
+        import json
+
+        from ..roles.common import committed_rounds as _rounds
+        from ..roles.common import round_topic as _topic
+
+        rounds = _rounds(self.dep, job_id)
+        if not rounds:
+            return []
+        self._false_done = True
+        acks = [json.loads(raw) for raw in mailbox.read(_topic(job_id, 0) + "-acks")]
+        receipts = {json.loads(raw)["provider"]: json.loads(raw) for raw in mailbox.read(_topic(job_id, 0))}
+        ack = next(a for a in acks if a["provider"] in receipts)
+        rec = receipts[ack["provider"]]
+        from ..roles.games import Truth
+
+        data, proof, _, _ = Truth(self.dep, self.store, job_id, self.auditor).round_args(0)
+        self._bond(job_id, self.dep.round_arbiter)
+        return [self.dep.round_arbiter.transact(
+            "challenge_inclusion", job_id, 0, data, proof, ack["provider"], bytes.fromhex(ack["update_root"][2:]),
+            int(ack["weight"]), bytes.fromhex(rec["signature"][2:]), bytes.fromhex(ack["signature"][2:]),
+            sender=self.account)]
+
+    def check_rewards(self, job_id):
+        from ..market import JobState as _JobState
+
+        found = super().check_rewards(job_id)
+        if (found is not None or getattr(self, "_false_rewards_done", False)
+                or self.kind not in ("reward_sum", "reward_value")
+                or self.dep.job(job_id)["state"] != _JobState.FINALIZING):
+            return found
+        self._false_rewards_done = True
+        self._bond(job_id, self.dep.reward_arbiter)
+        if self.kind == "reward_sum":
+            return self.dep.reward_arbiter.transact("challenge_rewards", job_id, sender=self.account)
+        return self.dep.reward_arbiter.transact("challenge_value", job_id, 0, sender=self.account)

@@ -200,7 +200,8 @@ class LocalJob:
         for acct in [self.deployer, *self.accounts]:
             self.chain.fund(acct.address, 10**21)
         self.dep = Deployment.deploy(self.chain, self.deployer, self.treasury.address, 100, 1_000)
-        self.dep.save(w / "contracts.json", chain_id=self.chain.chain_id, block=1, deployer=self.deployer.address)
+        self.dep.save(w / "contracts.json", chain_id=self.chain.chain_id, block=self.dep.token.from_block,
+                      deployer=self.deployer.address)
         escrow = self.escrow_tokens * TOKEN
         mint = [(self.requester, escrow), (self.aggregator, self.aggregator_stake_tokens * TOKEN)]
         mint += [(a, self.stake_tokens * TOKEN) for a in self.provider_accts]
@@ -245,8 +246,8 @@ class LocalJob:
         self.market_before = self.dep.balance(self.dep.market.address) - sum(self.dep.staked(a.address) for a in self.accounts)
 
     # ---- processes ----------------------------------------------------------------------
-    def _common(self, name: str) -> list[str]:
-        return ["--rpc", self.rpc_url, "--contracts", str(self.workdir / "contracts.json"),
+    def _common(self, name: str, rpc: str | None = None) -> list[str]:
+        return ["--rpc", rpc or self.rpc_url, "--contracts", str(self.workdir / "contracts.json"),
                 "--store", str(self.workdir / "blobs"), "--state-dir", str(self.workdir / "state" / name),
                 "--poll", str(self.poll)]
 
@@ -282,8 +283,9 @@ class LocalJob:
             time.sleep(0.05)
         raise FedMarketError("requester did not post the job in time")
 
-    def start_aggregator(self, env: dict | None = None) -> subprocess.Popen:
-        return self._spawn("aggregator", ["aggregator", "run", *self._common("aggregator"), "--dev-account", "3",
+    def start_aggregator(self, env: dict | None = None, rpc: str | None = None) -> subprocess.Popen:
+        """The aggregator process (through `rpc` instead of the job's RPC URL if given)."""
+        return self._spawn("aggregator", ["aggregator", "run", *self._common("aggregator", rpc), "--dev-account", "3",
                                           "--job", str(self.job_id), "--mailbox", str(self.workdir / "mailbox"),
                                           "--collect-timeout", str(self.collect_timeout),
                                           "--reveal-timeout", str(self.reveal_timeout)], env)
@@ -377,7 +379,7 @@ class LocalJob:
             "rounds_committed": sorted(int(e["round"]) for e in rounds),
             "round_counts": [int(e["count"]) for e in sorted(rounds, key=lambda e: e["round"])],
             "claimed": sorted(e["account"] for e in claims),
-            "participants_claimable": sorted(providers + validators),
+            "participants_claimable": sorted(providers + validators + [self.aggregator.address]),
             "reward_total": int(posted[-1]["reward_total"]) if posted else None,
             "escrow": escrow,
             "paid": paid,
