@@ -284,6 +284,7 @@ def fail_round(job_id: uint256, absent: DynArray[address, C.MAX_VALIDATORS]):
     assert state == C.TRAINING and current > 0 and not quorum, "disputes: round not in doubt"
     round: uint256 = current - 1
     total: uint256 = self._total_stake(job_id)
+    assert total > 0, "disputes: job has no validators"
     if self.rejected_stake[job_id][round] * 3 > total:
         extcall MARKET.fail_judged(job_id, True, msg.sender)
         return

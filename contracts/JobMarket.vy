@@ -615,6 +615,8 @@ def post_rewards(
     bond: uint256 = 0
     slashed: bool = stakes._role_of(job_id, self.terms[job_id].aggregator) & C.SLASHED != 0
     if slashed:
+        # the aggregator proven wrong is out: anyone else may post, at the cost of a bond
+        assert msg.sender != poster, "market: aggregator was slashed"
         poster = msg.sender
         bond = max(self.terms[job_id].aggregator_stake, self.terms[job_id].dispute_bond)
     else:
@@ -658,16 +660,19 @@ def reward_fault(job_id: uint256, challenger: address):
     assert msg.sender == REWARD_ARBITER, "market: caller is not the arbiter"
     hot: uint256 = self._hot[job_id]
     assert hot & _STATE_MASK == C.FINALIZING, "market: no reward root"
-    if self.progress[job_id].poster == self.terms[job_id].aggregator:
-        stakes._slash(job_id, self.terms[job_id].aggregator, C.STAGE_FINAL, challenger)
+    root: bytes32 = self.progress[job_id].reward_root
+    poster: address = self.progress[job_id].poster
+    bond: uint256 = self.progress[job_id].poster_bond
+    if bond > 0:
+        stakes._pay_slash(job_id, poster, 0, bond, challenger)
     else:
-        stakes._pay_slash(job_id, self.progress[job_id].poster, 0, self.progress[job_id].poster_bond, challenger)
+        stakes._slash(job_id, poster, C.STAGE_FINAL, challenger)
     deadline: uint256 = block.timestamp + self.terms[job_id].round_duration
     self.progress[job_id].reward_root = empty(bytes32)
     self.progress[job_id].poster = empty(address)
     self.progress[job_id].poster_bond = 0
     self._hot[job_id] = (hot & ~_STATE_MASK & ~(_DEADLINE_MASK << _DEADLINE_SHIFT)) | (deadline << _DEADLINE_SHIFT) | C.TRAINING
-    log RewardRootRejected(job_id=job_id, reward_root=self.progress[job_id].reward_root, poster=self.progress[job_id].poster, challenger=challenger, round_deadline=deadline)
+    log RewardRootRejected(job_id=job_id, reward_root=root, poster=poster, challenger=challenger, round_deadline=deadline)
 
 
 @external

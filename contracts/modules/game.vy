@@ -168,9 +168,18 @@ def __init__(market: address, disputes: address, token: IERC20, rules_contract: 
 def _open(job_id: uint256, kind: uint256, round: uint256, target: uint256, defender: address, params: uint256) -> uint256:
     """Creates a game, pulls the challenger's bond, and gives the defender the first move."""
     t: T.JobTerms = staticcall MARKET.terms(job_id)
+    state: uint256 = 0
+    current: uint256 = 0
+    deadline: uint256 = 0
+    quorum: bool = False
+    aggregator: address = empty(address)
+    state, current, deadline, quorum, aggregator = staticcall MARKET.job_status(job_id)
+    if state == C.FINALIZING:
+        # the challenge window bounds when games open, so settlement cannot be put off for ever
+        assert block.timestamp < (staticcall MARKET.progress(job_id)).challenge_deadline, "arbiter: challenge window over"
     gid: uint256 = self.game_count + 1
     self.game_count = gid
-    deadline: uint256 = block.timestamp + t.response_period
+    deadline = block.timestamp + t.response_period
     self.games[gid].job_id = job_id
     self.games[gid].kind = kind
     self.games[gid].round = round

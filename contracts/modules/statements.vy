@@ -48,7 +48,8 @@ def _digest(separator: bytes32, struct_hash: bytes32) -> bytes32:
 @pure
 @internal
 def _signer(digest: bytes32, signature: Bytes[65]) -> address:
-    """Recovered signer (the zero address for a malformed or malleable signature)."""
+    """Recovered signer of a 65-byte (or 64-byte compact) signature; snekmate reverts on a
+    malformed or malleable one, so a bad signature never recovers anyone."""
     return ecdsa._recover_sig(digest, signature)
 
 

@@ -1,393 +1,372 @@
-"""JobMarket against a malicious token that re-enters it from inside every transfer.
+"""The protocol on a malicious token that re-enters a target from inside every transfer.
 
-The market is deployed on `mocks/ReentrantToken`, which calls back into the market with armed
-calldata each time tokens move. Every payload used here is shown to be valid on its own (a
-control replays it outside any market call and it succeeds), so a failed re-entry is the
-market's lock at work and not a badly built payload. Each test checks that the re-entry
-failed (`successes()` stays at the 3 successes of the token's own set-up calls while `attempts()`
-rises), that the outer call made exactly
-the payments it should, and that the market still holds exactly what a ghost ledger says it
-owes: nothing can be drained.
+Everything is deployed on `mocks/ReentrantToken`, which calls `target` with armed calldata each
+time tokens move. Every payload used is shown valid on its own (a control replays it outside any
+call and it succeeds), so a failed re-entry is a lock at work, not a bad payload. Each test
+checks that the re-entry was tried once per transfer and failed, that the outer call made
+exactly its own transfers, that nothing a payload would change changed, and that every contract
+still holds exactly what its books say it owes: the market its escrows, stakes, bonds and
+unclaimed rewards; an arbiter the bonds of its open games; the licence its unpaid revenue.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
-
 import pytest
+from contract_kit import (
+    AGG_STAKE,
+    BOND,
+    MAX,
+    STAKE,
+    TOKEN,
+    VAL_STAKE,
+    Kit,
+    RewardPlayer,
+    RoundPlayer,
+    chunk_list,
+    index_leaves,
+    open_aggregate,
+    open_rewards,
+    reverts,
+)
 from eth_utils import keccak
 
 from fedmarket.chain import artifacts
 from fedmarket.errors import ContractRevert
-from fedmarket.market import Deployment, JobState, JobTerms, Role
-from fedmarket.protocol.encoding import reward_leaf
-from fedmarket.protocol.merkle import MerkleTree
+from fedmarket.market import Deployment, JobState, Role
+from fedmarket.protocol import rules as R
+from fedmarket.protocol.encoding import vector_tree
+from fedmarket.protocol.proofs import reward_struct
 
-TOKEN = 10**18
-FEE_BPS = 100
 UNBONDING_DELAY = 1_000
-STAKE = 10 * TOKEN
-AGG_STAKE = 100 * TOKEN
 TOKEN_STAKE = 7 * TOKEN  # what the malicious token itself has unbonding in the market
 AGG_UNBOND = 20 * TOKEN  # what the aggregator has unbonding in the market
-MAX = 2**256 - 1
-
-
-@dataclass
-class GhostJob:
-    escrow: int
-    state: JobState = JobState.OPEN
-    reward_total: int = 0
-    claimed_total: int = 0
-    locked: dict = field(default_factory=dict)  # address -> stake still locked
-
-    def owed(self) -> int:
-        """What the market holds for this job: escrow while running, unclaimed rewards once settled."""
-        held = sum(self.locked.values())
-        if self.state in (JobState.OPEN, JobState.TRAINING, JobState.FINALIZING):
-            return held + self.escrow
-        if self.state == JobState.SETTLED:
-            return held + self.reward_total - self.claimed_total
-        return held
-
-
-@dataclass
-class Ghost:
-    """Independent bookkeeping of what the market owes (jobs + free + unbonding stakes)."""
-
-    jobs: dict = field(default_factory=dict)
-    free: int = 0
-    unbonding: int = 0
-
-    def total(self) -> int:
-        return sum(j.owed() for j in self.jobs.values()) + self.free + self.unbonding
+PRICE = 30 * TOKEN
+ZERO_ADDR = "0x" + "00" * 20
 
 
 class Scenario:
-    """Three jobs on the malicious token, positioned so that every payload is valid on its own:
+    """Jobs on the malicious token, positioned so that every payload is valid on its own:
 
-    * A settled, claims open: leaves for providers 0 and 1 (the outer claim pays leaf 0);
-    * B settled, claim period over, nothing claimed: sweepable, provider 2 releasable;
-    * C finalizing, challenge window over: settleable (providers 4, 5 and its aggregator locked);
-    * the token contract itself has stake unbonding, matured: it can `withdraw`.
+    * A settled, claims open, its model minted and licensed once (revenue to claim);
+    * B settled, claim period over, nothing claimed: sweepable, its providers releasable, not minted;
+    * C finalizing, challenge window over: settleable (and open to a reward challenge);
+    * D open, nobody joined: its requester may cancel; E training, its aggregator silent: failable;
+    * F finalizing with a root listing two leaves out of order, a sum game down to the bad leaf
+      and its defender silent past the deadline: anyone may time it out;
+    * G training, one round committed, an aggregate game at the defender's last move;
+    * V validated and training, its validator's two attestations of one round at hand;
+    * the token contract itself has stake unbonding (matured) and bond allowances to both arbiters.
     """
 
     def __init__(self, w):
-        self.w = w
-        self.chain = w["chain"]
-        chain = self.chain
+        chain = w["chain"]
+        self.chain = chain
         self.deployer = chain.new_account("reentrancy", 0)
-        self.treasury = chain.new_account("reentrancy", 1).address
+        treasury = chain.new_account("reentrancy", 1)
         art = artifacts.load("mocks/ReentrantToken")
         self.token = chain.deploy(self.deployer, "ReentrantToken", art.abi, art.bytecode)
-        self.dep = Deployment.deploy(chain, self.deployer, self.treasury, fee_bps=FEE_BPS,
-                                     unbonding_delay=UNBONDING_DELAY, token=self.token)
-        assert self.dep.token is self.token and self.dep.market.call("TOKEN") == self.token.address
-        self.m = self.dep.market
-        self.requester, self.aggregator, self.outsider = w["requester"], w["aggregator"], w["outsider"]
-        self.providers = w["providers"]
-        for acct in [self.requester, self.aggregator, self.outsider, *self.providers]:
+        dep = Deployment.deploy(chain, self.deployer, treasury.address, fee_bps=100, unbonding_delay=UNBONDING_DELAY,
+                                token=self.token)
+        assert dep.token is self.token and dep.market.call("TOKEN") == self.token.address
+        accounts = [w["requester"], w["aggregator"], w["outsider"], *w["providers"], *w["validators"]]
+        for acct in accounts:
             self.token.transact("mint", acct.address, 10_000 * TOKEN, sender=self.deployer)
-            self.token.transact("approve", self.m.address, MAX, sender=acct)
-        self.ghost = Ghost()
-        self.leaves: dict[str, list] = {}
-        self.trees: dict[str, MerkleTree] = {}
+            self.token.transact("approve", dep.market.address, MAX, sender=acct)
+        self.kit = kit = Kit({**w, "dep": dep, "deployer": self.deployer, "treasury": treasury})
+        self.dep, self.m, self.ra, self.wa, self.lic = dep, dep.market, dep.round_arbiter, dep.reward_arbiter, dep.licence
+        self.accounts = [a.address for a in accounts] + [self.token.address]
 
-        # the token contract stakes in the market itself (through its own re-entry hook, while no
-        # market call is running): approve, deposit, request an unbonding
-        self.token.transact("mint", self.token.address, TOKEN_STAKE, sender=self.deployer)
-        self.self_call(self.token.address, self.token.abi.function("approve").encode((self.m.address, MAX)))
+        # the token contract stakes in the market itself and may pay bonds (through its own hook,
+        # while nothing else runs)
+        self.token.transact("mint", self.token.address, TOKEN_STAKE + 10 * BOND, sender=self.deployer)
+        for spender in (self.m, self.ra, self.wa):
+            self.self_call(self.token.address, self.token.abi.function("approve").encode((spender.address, MAX)))
         self.self_call(self.m.address, self.m.abi.function("deposit").encode((Role.PROVIDER, TOKEN_STAKE)))
         self.self_call(self.m.address, self.m.abi.function("request_unbond").encode((Role.PROVIDER, TOKEN_STAKE)))
-        self.ghost.unbonding = TOKEN_STAKE
-        assert self.m.call("unbonding", self.token.address, Role.PROVIDER)["amount"] == TOKEN_STAKE
+        self.m.transact("deposit", Role.AGGREGATOR, AGG_UNBOND, sender=kit.aggregator)
+        self.m.transact("request_unbond", Role.AGGREGATOR, AGG_UNBOND, sender=kit.aggregator)
 
-        # an aggregator stake on its way out, matured by the time the tests run (outer `withdraw`)
-        self.m.transact("deposit", Role.AGGREGATOR, AGG_UNBOND, sender=self.aggregator)
-        self.m.transact("request_unbond", Role.AGGREGATOR, AGG_UNBOND, sender=self.aggregator)
-        self.ghost.unbonding += AGG_UNBOND
+        self.B = kit.job(n=2, rounds=1, challenge_period=1, claim_period=100)
+        self.B.finalize()
+        self.B.settle()
+        kit.advance(UNBONDING_DELAY)  # B's claim period and both unbondings end
+        self.A = kit.job(n=2, rounds=1, challenge_period=1, claim_period=100_000, licence_price=PRICE)
+        self.A.finalize()
+        self.A.settle()
+        self.a0, self.a1 = [i for i, leaf in enumerate(self.A.leaves) if leaf["amount"] > 0]  # A's providers
+        self.lic.transact("mint", self.A.id, sender=kit.outsider)
+        self.token.transact("approve", self.lic.address, MAX, sender=kit.validators[3])
+        self.lic.transact("buy", self.A.id, sender=kit.validators[3])
+        self.C = kit.job(n=2, rounds=1, challenge_period=50, claim_period=100_000)
+        self.C.finalize()
+        self.H = kit.job(n=2, rounds=1, challenge_period=100_000)  # its reward root stays open to challenges
+        self.H.finalize()
+        self.D = kit.post()
+        self.E = kit.job(n=1, rounds=1, round_duration=10)
+        self.V = kit.job(n=1, validators=1, rounds=1)
+        self.F = kit.job(n=2, rounds=1, response_period=1, challenge_period=5)
+        self.F.commit_all()
+        leaves = self.F.weight_leaves()
+        leaves[0], leaves[1] = leaves[1], leaves[0]
+        self.F.post_rewards(index_leaves(leaves))
+        self.f_game = RewardPlayer(self.F, open_rewards(self.F))
+        self.f_game.down_to(1)
+        self.G = kit.job(n=2, rounds=2, response_period=10_000, round_duration=10_000)
+        self.G.commit()
+        self.g_game = RoundPlayer(self.G, open_aggregate(self.G, 0, 1))
+        self.g_game.defend_aggregate()
+        self.g_game.bisect()
+        kit.advance(50)  # C's challenge window, E's deadline and F's game deadline end
+        for job, state in ((self.A, JobState.SETTLED), (self.B, JobState.SETTLED), (self.C, JobState.FINALIZING),
+                           (self.E, JobState.TRAINING), (self.F, JobState.FINALIZING), (self.G, JobState.TRAINING)):
+            assert job.status()[0] == state
+        self.check_books()
+        self.setup_counters = self.counters()  # the token's own set-up calls are the only re-entries that succeeded
+        assert self.setup_counters == (5, 5)
 
-        self.B = self.job("B", 500 * TOKEN, [2, 3], [100 * TOKEN, 200 * TOKEN], challenge=0, claim=100)
-        self.settle("B")
-        self.chain.advance_time(UNBONDING_DELAY)  # B's claim period and both unbondings end
-        self.A = self.job("A", 1_000 * TOKEN, [0, 1], [400 * TOKEN, 500 * TOKEN], challenge=0, claim=100_000)
-        self.settle("A")
-        self.C = self.job("C", 300 * TOKEN, [4, 5], [60 * TOKEN, 90 * TOKEN], challenge=50, claim=100_000)
-        # D open with nobody joined (its requester may cancel); E training, its aggregator silent
-        self.D = self.post("D", 80 * TOKEN, 1, round_duration=500, challenge=0, claim=100)
-        self.E = self.post("E", 70 * TOKEN, 1, round_duration=10, challenge=0, claim=100)
-        self.m.transact("accept", self.E, sender=self.aggregator)
-        self.m.transact("join", self.E, sender=self.providers[5])
-        self.m.transact("start", self.E, sender=self.aggregator)
-        self.ghost.jobs["E"].locked.update({self.aggregator.address: AGG_STAKE, self.providers[5].address: STAKE})
-        self.ghost.jobs["E"].state = JobState.TRAINING
-        self.chain.advance_time(50)  # C's challenge window and E's round deadline end
-        for name, state in (("A", JobState.SETTLED), ("B", JobState.SETTLED), ("C", JobState.FINALIZING),
-                            ("D", JobState.OPEN), ("E", JobState.TRAINING)):
-            assert self.dep.job(getattr(self, name))["state"] == state == self.ghost.jobs[name].state
-        assert self.balance(self.m.address) == self.ghost.total()
-        # the token's own three set-up calls are the only re-entries that ever succeed
-        self.setup_counters = self.counters()
-        assert self.setup_counters == (3, 3)
-
-    # ---- building -------------------------------------------------------------------
+    # ---- building
     def self_call(self, target: str, payload: bytes):
-        """Make the token contract call `target` with `payload` (outside any market call)."""
+        """Make the token contract call `target` with `payload` (outside any other call)."""
         before = self.token.call("successes")
-        self.token.transact("arm", target, payload, sender=self.deployer)
-        self.token.transact("transfer", self.deployer.address, 0, sender=self.outsider)  # any transfer fires it
-        self.token.transact("arm", "0x" + "00" * 20, b"", sender=self.deployer)
+        self.arm(target, payload)
+        self.token.transact("transfer", self.deployer.address, 0, sender=self.kit.outsider)  # any transfer fires it
+        self.arm(ZERO_ADDR, b"")
         assert self.token.call("successes") == before + 1, "the control call must succeed on its own"
 
-    def post(self, name, escrow, n_providers, round_duration, challenge, claim) -> int:
-        terms = JobTerms(
-            spec_hash=keccak(name.encode()), aggregator=self.aggregator.address, escrow=escrow,
-            provider_stake=STAKE, aggregator_stake=AGG_STAKE, validator_stake=0,
-            min_providers=n_providers, max_providers=n_providers, max_validators=0, rounds=1,
-            join_deadline=self.chain.timestamp() + 1_000, round_duration=round_duration, challenge_period=challenge,
-            claim_period=claim, rule=0, trim=0, chunk_size=64, licence_price=0,
-        )
-        r = self.m.transact("post_job", terms.abi(), "bafkrei" + name, sender=self.requester)
-        self.ghost.jobs[name] = GhostJob(escrow)
-        return r.event("JobPosted")["job_id"]
-
-    def job(self, name, escrow, provider_ix, amounts, challenge, claim) -> int:
-        """A job through its single round up to its reward root (Finalizing)."""
-        job_id = self.post(name, escrow, len(provider_ix), 500, challenge, claim)
-        g = self.ghost.jobs[name]
-        self.m.transact("accept", job_id, sender=self.aggregator)
-        g.locked[self.aggregator.address] = AGG_STAKE
-        for i in provider_ix:
-            self.m.transact("join", job_id, sender=self.providers[i])
-            g.locked[self.providers[i].address] = STAKE
-        self.m.transact("start", job_id, sender=self.aggregator)
-        self.m.transact("submit_round", job_id, 0, keccak(b"model"), "bafkreimodel", keccak(b"upd"), len(provider_ix),
-                        b"\x00" * 32, 0, sender=self.aggregator)
-        leaves = [(k, self.providers[i].address, a, 1) for k, (i, a) in enumerate(zip(provider_ix, amounts))]
-        tree = MerkleTree([reward_leaf(*leaf) for leaf in leaves])
-        self.m.transact("post_rewards", job_id, tree.root, sum(amounts), "bafkreirewards", sender=self.aggregator)
-        g.state, g.reward_total = JobState.FINALIZING, sum(amounts)
-        self.leaves[name], self.trees[name] = leaves, tree
-        return job_id
-
-    def settle(self, name):
-        job_id = getattr(self, name)
-        self.m.transact("settle", job_id, sender=self.outsider)
-        self.ghost.jobs[name].state = JobState.SETTLED
-
-    # ---- calldata -------------------------------------------------------------------
-    def claim_args(self, name, k) -> tuple:
-        return (getattr(self, name), *self.leaves[name][k], self.trees[name].proof(k))
-
-    def calldata(self, fn: str, *args) -> bytes:
-        return self.m.abi.function(fn).encode(args)
-
-    def payloads(self) -> dict[str, bytes]:
-        return {
-            "claim same leaf": self.calldata("claim", *self.claim_args("A", 0)),
-            "claim another account": self.calldata("claim", *self.claim_args("A", 1)),
-            "sweep": self.calldata("sweep", self.B),
-            "release_stake": self.calldata("release_stake", self.B, self.providers[2].address),
-            "withdraw": self.calldata("withdraw", Role.PROVIDER),
-            "settle": self.calldata("settle", self.C),
-        }
-
-    # ---- reading --------------------------------------------------------------------
-    def balance(self, address: str) -> int:
-        return int(self.token.call("balanceOf", address))
-
-    def arm(self, payload: bytes):
-        self.token.transact("arm", self.m.address, payload, sender=self.deployer)
+    def arm(self, target: str, payload: bytes):
+        self.token.transact("arm", target, payload, sender=self.deployer)
 
     def counters(self) -> tuple[int, int]:
         return int(self.token.call("attempts")), int(self.token.call("successes"))
 
-    def untouched(self):
-        """What every payload would have changed, had it got through (see `assert_untouched`)."""
-        A, B, C = self.A, self.B, self.C
+    def balance(self, address: str) -> int:
+        return int(self.token.call("balanceOf", address))
+
+    # ---- calldata
+    def claim_args(self, job, i):
+        return (job.id, i, reward_struct(job.leaves[i]), job.tree.proof(i))
+
+    def payloads(self) -> dict[str, tuple[str, bytes]]:
+        m, ra, wa, lic = self.m, self.ra, self.wa, self.lic
+        enc = lambda c, fn, *a: (c.address, c.abi.function(fn).encode(a))
         return {
-            "A leaf 0 claimed": self.m.call("is_claimed", A, 0),
-            "A leaf 1 claimed": self.m.call("is_claimed", A, 1),
-            "A claimed_total": self.dep.job(A)["claimed_total"],
-            "B claimed_total": self.dep.job(B)["claimed_total"],
-            "B provider 2 stake": self.m.call("membership", B, self.providers[2].address),
-            "C state": self.dep.job(C)["state"],
-            "token unbonding": self.m.call("unbonding", self.token.address, Role.PROVIDER)["amount"],
-            "provider 0 wallet": self.balance(self.providers[0].address),
-            "provider 1 wallet": self.balance(self.providers[1].address),
-            "provider 2 wallet": self.balance(self.providers[2].address),
-            "requester wallet": self.balance(self.requester.address),
-            "treasury wallet": self.balance(self.treasury),
-            "token wallet": self.balance(self.token.address),
+            "market: claim the same leaf": enc(m, "claim", *self.claim_args(self.A, self.a0)),
+            "market: claim another leaf": enc(m, "claim", *self.claim_args(self.A, self.a1)),
+            "market: sweep": enc(m, "sweep", self.B.id),
+            "market: release a stake": enc(m, "release_stake", self.B.id, self.B.providers[0].address),
+            "market: withdraw": enc(m, "withdraw", Role.PROVIDER),
+            "market: settle": enc(m, "settle", self.C.id),
+            "round arbiter: challenge": enc(ra, "challenge_aggregate", self.G.id, 0, 0, *self.G.round_args(0)),
+            "reward arbiter: challenge": enc(wa, "challenge_rewards", self.H.id),
+            "licence: claim revenue": enc(lic, "claim_revenue", *self.claim_args(self.A, self.a0)),
+            "licence: claim another's revenue": enc(lic, "claim_revenue", *self.claim_args(self.A, self.a1)),
+            "licence: mint": enc(lic, "mint", self.B.id),
         }
+
+    # ---- reading
+    def untouched(self) -> dict:
+        """What every payload would change, had it got through."""
+        A, B, C = self.A.id, self.B.id, self.C.id
+        return {
+            "A leaf 0 claimed": self.m.call("is_claimed", A, self.a0),
+            "A leaf 1 claimed": self.m.call("is_claimed", A, self.a1),
+            "A claimed total": self.m.call("progress", A)["claimed_total"],
+            "B claimed total": self.m.call("progress", B)["claimed_total"],
+            "B provider stake": self.m.call("membership", B, self.B.providers[0].address),
+            "C state": self.m.call("job_status", C)[0],
+            "token unbonding": self.m.call("unbonding", self.token.address, Role.PROVIDER)["amount"],
+            "round games": self.ra.call("game_count"),
+            "reward games": self.wa.call("game_count"),
+            "A revenue paid": self.lic.call("paid_out", A),
+            "B minted": self.lic.call("totalSupply"),
+            **{f"wallet {a}": self.balance(a) for a in self.accounts},
+        }
+
+    def check_books(self) -> None:
+        """Every contract holds exactly what its own books say it owes."""
+        owed = 0
+        for job in range(1, self.m.call("job_count") + 1):
+            state = self.m.call("job_status", job)[0]
+            p, t = self.m.call("progress", job), self.m.call("terms", job)
+            locked = sum(stake for word, stake in (self.m.call("membership", job, a) for a in self.accounts)
+                         if word & R.SLASHED == 0)
+            if state in (JobState.OPEN, JobState.TRAINING, JobState.FINALIZING):
+                owed += t["escrow"] + locked + p["poster_bond"]
+            elif state == JobState.SETTLED:
+                owed += p["reward_total"] - p["claimed_total"] + locked
+            else:
+                owed += locked
+        for a in self.accounts:
+            for role in Role:
+                owed += self.m.call("free_stake", a, role) + self.m.call("unbonding", a, role)["amount"]
+        assert self.balance(self.m.address) == owed, "the market's books"
+        for arbiter in (self.ra, self.wa):
+            bonds = sum(arbiter.call("games", g)["bond"] for g in range(1, arbiter.call("game_count") + 1))
+            assert self.balance(arbiter.address) == bonds, f"{arbiter.name}'s books"
+        revenue = sum(self.lic.call("revenue", j) - self.lic.call("paid_out", j)
+                      for j in range(1, self.m.call("job_count") + 1))
+        assert self.balance(self.lic.address) == revenue, "the licence's books"
 
 
 @pytest.fixture(scope="module")
 def scenario_base(boa_world):
-    chain = boa_world["chain"]
-    with chain.snapshot():
+    with boa_world["chain"].snapshot():
         yield Scenario(boa_world)
 
 
 @pytest.fixture
 def sc(scenario_base):
-    """The scenario, rolled back after each test (chain and ghost alike)."""
-    ghost = copy.deepcopy(scenario_base.ghost)
+    """The scenario, rolled back after each test."""
     with scenario_base.chain.snapshot():
         yield scenario_base
-    scenario_base.ghost = ghost
 
 
-PAYLOADS = ["claim same leaf", "claim another account", "sweep", "release_stake", "withdraw", "settle"]
-
-
-def transfers(receipt, token):
-    return [(e["sender"], e["receiver"], e["value"]) for e in receipt.events if e.name == "Transfer" and e.address == token]
+def transfers(receipt, token) -> list:
+    return [(e["sender"], e["receiver"], e["value"]) for e in receipt.events
+            if e.name == "Transfer" and e.address == token.address]
 
 
 def test_each_payload_is_valid_on_its_own(sc):
-    """Control for every test below: outside a market call, each payload goes through and has its effect."""
-    for name, payload in sc.payloads().items():
+    """Control for every test below: outside any call, each payload goes through and has its effect."""
+    for name, (target, payload) in sc.payloads().items():
         with sc.chain.snapshot():
             before = sc.untouched()
-            sc.self_call(sc.m.address, payload)  # asserts that `successes` went up by one
+            sc.self_call(target, payload)
             assert sc.untouched() != before, name
+            sc.check_books()
 
 
-@pytest.mark.parametrize("kind", PAYLOADS)
-def test_reentry_during_claim_payout_fails(sc, kind):
-    payload = sc.payloads()[kind]
-    p0 = sc.providers[0].address
-    leaf_amount = sc.leaves["A"][0][2]
-    before = sc.untouched()
-    market_before = sc.balance(sc.m.address)
-    attempts, successes = sc.counters()
-    assert (attempts, successes) == sc.setup_counters
-    sc.arm(payload)
-
-    r = sc.m.transact("claim", *sc.claim_args("A", 0), sender=sc.outsider)
-
-    # the re-entry was tried once, from inside the payout, and failed
-    assert sc.counters() == (attempts + 1, successes)
-    # the outer claim did exactly its own job: one payment of reward + released stake to the provider
-    assert transfers(r, sc.token.address) == [(sc.m.address, p0, leaf_amount + STAKE)]
-    names = [e.name for e in r.events if e.address == sc.m.address]
-    assert names.count("RewardClaimed") == 1 and set(names) <= {"RewardClaimed", "ReputationChanged", "StakeReleased"}
-    assert all(e["account"] == p0 for e in r.events if e.name in ("StakeReleased", "ReputationChanged"))
-    ev = r.event("RewardClaimed")
-    assert (ev["account"], ev["amount"], ev["stake_released"]) == (p0, leaf_amount, STAKE)
-    after = sc.untouched()
-    assert after.pop("A leaf 0 claimed") and not before.pop("A leaf 0 claimed")
-    assert after.pop("A claimed_total") == before.pop("A claimed_total") + leaf_amount
-    assert after.pop("provider 0 wallet") == before.pop("provider 0 wallet") + leaf_amount + STAKE
-    assert after == before  # nothing the payload would have done happened
-    assert sc.balance(sc.m.address) == market_before - leaf_amount - STAKE
-    # the market still holds exactly what it owes
-    a = sc.ghost.jobs["A"]
-    a.claimed_total += leaf_amount
-    a.locked.pop(p0)
-    assert sc.balance(sc.m.address) == sc.ghost.total()
-
-    # control: the same payload, replayed outside a market call, is decided on its own merits
-    if kind == "claim same leaf":
-        with pytest.raises(ContractRevert, match="market: already claimed"):
-            sc.m.transact("claim", *sc.claim_args("A", 0), sender=sc.outsider)
-    else:
-        sc.self_call(sc.m.address, payload)
-
-
-def outer_calls(sc):
-    """Every other entry point that moves tokens: (sender, function, args, expected market transfers,
-    keys of `untouched()` it changes itself, ghost update)."""
-    m, req, out, agg = sc.m.address, sc.requester.address, sc.outsider.address, sc.aggregator.address
-    p2, p5 = sc.providers[2].address, sc.providers[5].address
-    fee_c = 300 * TOKEN * FEE_BPS // 10_000
-    share = AGG_STAKE // 2
-    g = sc.ghost.jobs
-
-    def settle_c():
-        g["C"].state = JobState.SETTLED
-
-    def sweep_b():
-        g["B"].claimed_total = g["B"].reward_total
-
-    def release_p2():
-        g["B"].locked.pop(p2)
-
-    def withdraw_agg():
-        sc.ghost.unbonding -= AGG_UNBOND
-
-    def cancel_d():
-        g["D"].state = JobState.CANCELLED
-
-    def fail_e():
-        g["E"].state = JobState.FAILED
-        g["E"].locked.pop(agg)
-
-    def deposit_p5():
-        sc.ghost.free += 3 * TOKEN
-
+def outer_calls(sc) -> dict:
+    """Every entry point that moves tokens: (contract, sender, function, args, the transfers it makes,
+    keys of `untouched()` it changes itself)."""
+    k, m, ra, wa, lic = sc.kit, sc.m.address, sc.ra.address, sc.wa.address, sc.lic.address
+    req, out, agg, treasury = k.requester.address, k.outsider.address, k.aggregator.address, k.treasury
+    a0 = sc.A.leaves[sc.a0]
+    p_a0 = a0["account"]
+    fee_c = sc.C.terms.escrow * 100 // R.BPS
+    wallets = lambda *accounts: {f"wallet {a}" for a in accounts}
+    p_g = sc.G.rounds[0].updates[sc.g_game.g["lo"]]
+    v = sc.V.validators[0]
+    root = keccak(b"any model")
+    sig_a, sig_b = (sc.V.sign_attestation(v, 0, keccak(x), model_root=root) for x in (b"a", b"b"))
+    due = sc.lic.call("revenue", sc.A.id) * a0["amount"] // sc.A.info()["reward_total"]
     return {
-        "settle": (sc.outsider, "settle", (sc.C,),
-                   [(m, sc.treasury, fee_c), (m, req, 300 * TOKEN - fee_c - 150 * TOKEN)],
-                   {"C state", "treasury wallet", "requester wallet"}, settle_c),
-        "sweep": (sc.outsider, "sweep", (sc.B,), [(m, req, 300 * TOKEN)],
-                  {"B claimed_total", "requester wallet"}, sweep_b),
-        "release_stake": (sc.outsider, "release_stake", (sc.B, p2), [(m, p2, STAKE)],
-                          {"B provider 2 stake", "provider 2 wallet"}, release_p2),
-        "withdraw": (sc.aggregator, "withdraw", (Role.AGGREGATOR,), [(m, agg, AGG_UNBOND)], set(), withdraw_agg),
-        "cancel": (sc.requester, "cancel", (sc.D,), [(m, req, 80 * TOKEN)], {"requester wallet"}, cancel_d),
-        "fail": (sc.outsider, "fail", (sc.E,), [(m, req, 70 * TOKEN), (m, out, share), (m, req, AGG_STAKE - share)],
-                 {"requester wallet"}, fail_e),
-        # tokens coming in: `transferFrom` fires the hook too
-        "deposit": (sc.providers[5], "deposit", (Role.PROVIDER, 3 * TOKEN), [(p5, m, 3 * TOKEN)], set(), deposit_p5),
+        "market: claim": (sc.m, k.outsider, "claim", sc.claim_args(sc.A, sc.a0), [(m, p_a0, a0["amount"] + STAKE)],
+                          {"A leaf 0 claimed", "A claimed total"} | wallets(p_a0)),
+        "market: settle": (sc.m, k.outsider, "settle", (sc.C.id,),
+                           [(m, treasury, fee_c), (m, req, sc.C.terms.escrow - fee_c - sc.C.info()["reward_total"])],
+                           {"C state"} | wallets(req, treasury)),
+        "market: sweep": (sc.m, k.outsider, "sweep", (sc.B.id,), [(m, req, sc.B.info()["reward_total"])],
+                          {"B claimed total"} | wallets(req)),
+        "market: release a stake": (sc.m, k.outsider, "release_stake", (sc.B.id, sc.B.providers[0].address),
+                                    [(m, sc.B.providers[0].address, STAKE)],
+                                    {"B provider stake"} | wallets(sc.B.providers[0].address)),
+        "market: withdraw": (sc.m, k.aggregator, "withdraw", (Role.AGGREGATOR,), [(m, agg, AGG_UNBOND)], wallets(agg)),
+        "market: cancel": (sc.m, k.requester, "cancel", (sc.D,), [(m, req, sc.kit.terms().escrow)], wallets(req)),
+        "market: fail": (sc.m, k.outsider, "fail", (sc.E.id,),
+                         [(m, req, sc.E.terms.escrow), (m, out, AGG_STAKE // 2), (m, treasury, AGG_STAKE // 2)],
+                         wallets(req, out, treasury)),
+        "market: deposit": (sc.m, k.providers[5], "deposit", (Role.PROVIDER, 3 * TOKEN),
+                            [(k.providers[5].address, m, 3 * TOKEN)], wallets(k.providers[5].address)),
+        "disputes: equivocation": (sc.dep.disputes, k.outsider, "prove_equivocation",
+                                   (sc.V.id, 0, v.address, root, keccak(b"a"), sig_a, root, keccak(b"b"), sig_b),
+                                   [(m, out, VAL_STAKE // 2), (m, treasury, VAL_STAKE // 2)], wallets(out, treasury)),
+        "round arbiter: challenge": (sc.ra, k.outsider, "challenge_aggregate", (sc.G.id, 0, 0, *sc.G.round_args(0)),
+                                     [(out, ra, BOND)], {"round games"} | wallets(out)),
+        "round arbiter: defend": (sc.ra, k.aggregator, "defend_update", (
+            sc.g_game.gid, sc.G.rounds[0].data, sc.g_game.opening(),
+            (chunk_list(p_g.q, 1, 4), vector_tree(p_g.q, 4).proof(1)),
+            sc.g_game.claimed(sc.g_game.g["lo"], sc.g_game.g["hi"]), [], []),
+            [(ra, agg, BOND)], wallets(agg)),
+        "reward arbiter: timeout": (sc.wa, k.requester, "timeout", (sc.f_game.gid,),
+                                    [(wa, out, BOND), (m, out, AGG_STAKE // 2), (m, treasury, AGG_STAKE // 2)],
+                                    wallets(out, treasury)),
+        "licence: buy": (sc.lic, k.validators[2], "buy", (sc.A.id,), [(k.validators[2].address, lic, PRICE)],
+                         wallets(k.validators[2].address)),
+        "licence: claim revenue": (sc.lic, k.outsider, "claim_revenue", sc.claim_args(sc.A, sc.a0), [(lic, p_a0, due)],
+                                   {"A revenue paid"} | wallets(p_a0)),
     }
 
 
-@pytest.mark.parametrize("kind", PAYLOADS)
-@pytest.mark.parametrize("outer", ["settle", "sweep", "release_stake", "withdraw", "cancel", "fail", "deposit"])
-def test_reentry_during_every_other_transfer_fails(sc, outer, kind):
-    sender, fn, args, expected, changes, update = outer_calls(sc)[outer]
-    before = sc.untouched()
-    market_before = sc.balance(sc.m.address)
-    attempts, successes = sc.counters()
-    sc.arm(sc.payloads()[kind])
+# which payloads re-enter a contract the outer call has locked
+LOCKED = {
+    "market": ["market: claim the same leaf", "market: claim another leaf", "market: sweep", "market: release a stake",
+               "market: withdraw", "market: settle"],
+    "disputes": ["market: claim the same leaf", "market: sweep", "market: settle"],
+    "round arbiter": ["round arbiter: challenge"],
+    "reward arbiter": ["reward arbiter: challenge"],
+    "licence": ["licence: claim revenue", "licence: claim another's revenue", "licence: mint"],
+}
+CASES = [(outer, payload) for outer in (
+    "market: claim", "market: settle", "market: sweep", "market: release a stake", "market: withdraw", "market: cancel",
+    "market: fail", "market: deposit", "disputes: equivocation", "round arbiter: challenge", "round arbiter: defend",
+    "reward arbiter: timeout", "licence: buy", "licence: claim revenue") for payload in LOCKED[outer.split(":")[0]]]
 
-    r = sc.m.transact(fn, *args, sender=sender)
+
+@pytest.mark.parametrize("outer, payload", CASES)
+def test_reentry_into_a_locked_contract_fails(sc, outer, payload):
+    if outer == "licence: buy":
+        sc.token.transact("approve", sc.lic.address, MAX, sender=sc.kit.validators[2])
+    contract, sender, fn, args, expected, changes = outer_calls(sc)[outer]
+    expected = [t for t in expected if t[2] > 0]  # nothing moves for a zero amount
+    target, calldata = sc.payloads()[payload]
+    before = sc.untouched()
+    attempts, successes = sc.counters()
+    sc.arm(target, calldata)
+
+    receipt = contract.transact(fn, *args, sender=sender)
 
     assert sc.counters() == (attempts + len(expected), successes), "each transfer tried to re-enter; none got in"
-    assert transfers(r, sc.token.address) == expected
+    assert transfers(receipt, sc.token) == expected
     after = sc.untouched()
     assert {k: v for k, v in after.items() if k not in changes} == {k: v for k, v in before.items() if k not in changes}
-    moved = sum(v if dst == sc.m.address else -v for _, dst, v in expected)
-    assert sc.balance(sc.m.address) == market_before + moved
-    update()
-    assert sc.balance(sc.m.address) == sc.ghost.total()
-    if (outer, kind) not in {("settle", "settle"), ("sweep", "sweep"), ("release_stake", "release_stake")}:
-        sc.self_call(sc.m.address, sc.payloads()[kind])  # still valid afterwards: only the lock stopped it
+    sc.check_books()
+    sc.arm(ZERO_ADDR, b"")
+    try:  # the payload is still decided on its own merits afterwards
+        sc.self_call(target, calldata)
+    except AssertionError:
+        assert (outer, payload) in {("market: claim", "market: claim the same leaf"), ("market: settle", "market: settle"),
+                                    ("market: sweep", "market: sweep"),
+                                    ("market: release a stake", "market: release a stake"),
+                                    ("licence: claim revenue", "licence: claim revenue")}, "only its own effect was done"
+    sc.check_books()
 
 
-def test_reentry_cannot_drain_the_market(sc):
-    """All payloads in a row, each armed during a claim: at the end every token is accounted for."""
-    total_supply = int(sc.token.call("totalSupply"))
+def test_a_settle_cannot_slip_in_between_a_won_game_and_its_verdict(sc):
+    """The reward arbiter pays the bond out before it tells the market the root is wrong: a settle
+    re-entering from that payment would settle the rejected root, and the whole verdict reverts."""
+    F = sc.F
+    sc.kit.advance(1)
+    root = F.info()["reward_root"]
+    sc.arm(sc.m.address, sc.m.abi.function("settle").encode((F.id,)))
+    with pytest.raises(ContractRevert):
+        sc.wa.transact("timeout", sc.f_game.gid, sender=sc.kit.requester)
+    assert F.status()[0] == JobState.FINALIZING and F.info()["reward_root"] == root
+    assert sc.wa.call("open_games", F.id) == 1
+    sc.arm(ZERO_ADDR, b"")
+    sc.wa.transact("timeout", sc.f_game.gid, sender=sc.kit.requester)
+    assert F.status()[0] == JobState.TRAINING
+    sc.check_books()
+
+
+def test_reentry_cannot_drain_anything(sc):
+    """Payloads in a row, each armed during another payout: at the end every token is accounted for."""
+    supply = int(sc.token.call("totalSupply"))
     attempts, successes = sc.counters()
-    sc.arm(sc.payloads()["claim another account"])
-    sc.m.transact("claim", *sc.claim_args("A", 0), sender=sc.outsider)
-    sc.arm(sc.payloads()["claim same leaf"])
-    sc.m.transact("claim", *sc.claim_args("A", 1), sender=sc.outsider)  # the payload is now a second claim of leaf 0
-    sc.arm(sc.payloads()["sweep"])
-    sc.m.transact("settle", sc.C, sender=sc.outsider)
-    sc.arm(sc.payloads()["settle"])
-    sc.m.transact("sweep", sc.B, sender=sc.outsider)
-    assert sc.counters() == (attempts + 1 + 1 + 2 + 1, successes)
-    a, b, c = sc.ghost.jobs["A"], sc.ghost.jobs["B"], sc.ghost.jobs["C"]
-    a.claimed_total = a.reward_total
-    a.locked.pop(sc.providers[0].address)
-    a.locked.pop(sc.providers[1].address)
-    b.claimed_total = b.reward_total
-    c.state = JobState.SETTLED
-    assert sc.balance(sc.m.address) == sc.ghost.total()
-    assert int(sc.token.call("totalSupply")) == total_supply
-    assert sc.m.call("is_claimed", sc.A, 0) and sc.m.call("is_claimed", sc.A, 1)
-    assert sc.dep.job(sc.A)["claimed_total"] == 900 * TOKEN == sc.dep.job(sc.A)["reward_total"]
+    p = sc.payloads()
+    moved = 0
+    for payload, (contract, fn, args, sender) in [
+        ("market: claim another leaf", (sc.m, "claim", sc.claim_args(sc.A, sc.a0), sc.kit.outsider)),
+        ("market: claim the same leaf", (sc.m, "claim", sc.claim_args(sc.A, sc.a1), sc.kit.outsider)),
+        ("market: sweep", (sc.m, "settle", (sc.C.id,), sc.kit.outsider)),
+        ("licence: claim revenue", (sc.lic, "claim_revenue", sc.claim_args(sc.A, sc.a0), sc.kit.outsider)),
+        ("reward arbiter: challenge", (sc.wa, "timeout", (sc.f_game.gid,), sc.kit.requester)),
+    ]:
+        sc.arm(*p[payload])
+        moved += len(transfers(contract.transact(fn, *args, sender=sender), sc.token))
+    assert moved >= 7 and sc.counters() == (attempts + moved, successes)
+    sc.check_books()
+    assert int(sc.token.call("totalSupply")) == supply
+    assert sc.m.call("is_claimed", sc.A.id, sc.a0) and sc.m.call("is_claimed", sc.A.id, sc.a1)
+    with reverts("market: already claimed"):
+        sc.m.transact("claim", *sc.claim_args(sc.A, sc.a0), sender=sc.kit.outsider)

@@ -1,11 +1,14 @@
 """Tests for fedmarket.fl.aggregate: float FedAvg and exact integer FedAvg."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedmarket.errors import ConfigError
+from fedmarket.fl import aggregate
 from fedmarket.fl.aggregate import fedavg, fedavg_int
 from fedmarket.fl.quantize import QMAX, dequantize, quantize
 
@@ -176,3 +179,82 @@ def test_fedavg_int_keeps_shape_and_accepts_numpy_weights():
 def test_fedavg_int_errors(ups, ws, match):
     with pytest.raises(ConfigError, match=match):
         fedavg_int(ups, ws)
+
+
+# ------------------------------------------- integer fedavg: blocks, tiles, threads and fallbacks
+
+
+def tiny_blocks():
+    """Blocks of a few columns, tiles of a few rows and every block on the thread pool.
+
+    Small inputs then cross block and tile boundaries, and each block picks
+    its own path (float, int64 or Python integers) from its own values.
+    """
+    return mock.patch.multiple(aggregate, _FEDAVG_WIDTH=3, _TILE_ELEMS=4, _PARALLEL_BYTES=0, _WORKERS=3)
+
+
+# values at the edges of every path: float64 exactness, int64 overflow, int32
+EDGES = [0, 1, -1, 2**31 - 1, -(2**31), 2**47, -(2**47), 2**52, 2**53 - 1, 2**53, 2**53 + 1, -(2**53) - 1]
+EDGES += [2**62 - 1, 2**62, -(2**62), INT64_MAX, INT64_MIN + 1, INT64_MIN]
+
+
+@st.composite
+def edgy_int_updates(draw):
+    m = draw(st.integers(1, 7))
+    d = draw(st.integers(1, 10))
+    vals = st.one_of(st.integers(-(2**20), 2**20), st.sampled_from(EDGES))
+    ups = [np.array(draw(st.lists(vals, min_size=d, max_size=d)), dtype=np.int64) for _ in range(m)]
+    weight = st.one_of(st.integers(0, 1000), st.sampled_from([0, 1, 2**32, 2**40 - 1, 2**40, 2**53, 2**70]))
+    ws = draw(st.lists(weight, min_size=m, max_size=m).filter(lambda w: sum(w) > 0))
+    return ups, ws
+
+
+@FAST
+@given(edgy_int_updates())
+def test_fedavg_int_exact_across_blocks_and_paths(data):
+    ups, ws = data
+    with tiny_blocks():
+        out = fedavg_int(ups, ws)
+        stacked = fedavg_int(np.stack(ups), ws)
+    assert out.dtype == np.int64
+    assert out.tolist() == stacked.tolist() == _reference(ups, ws)
+
+
+@pytest.mark.parametrize(
+    "column, ws",
+    [
+        ([2**53 - 1], [1]),  # the largest sum float64 holds exactly
+        ([2**53], [1]),  # one past it: the float product overflows, the int64 path answers
+        ([2**52, 2**52 - 1], [1, 1]),
+        ([2**52, 2**52, -(2**52)], [1, 1, 1]),  # a partial sum overflows though the total fits
+        ([2**52, 2**52, -(2**52)], [2**40, 2**40, 2**40]),
+        ([INT64_MAX, 5], [0, 3]),  # a zero weight cancels any value
+        ([INT64_MAX, INT64_MIN, INT64_MAX], [1, 1, 1]),  # only exact Python integers can do this sum
+        ([2**47, -(2**47)], [2**40, 2**40 - 1]),
+    ],
+)
+def test_fedavg_int_at_the_float_and_int64_limits(column, ws):
+    ups = [np.array([v, -v - 1, v // 3], dtype=np.int64) for v in column]
+    assert fedavg_int(ups, ws).tolist() == _reference(ups, ws)
+    with tiny_blocks():
+        assert fedavg_int(ups, ws).tolist() == _reference(ups, ws)
+
+
+def test_fedavg_int_large_input_with_a_few_extreme_blocks():
+    """Real block sizes on the thread pool; two blocks hold values that force the int64 and Python-integer paths."""
+    rng = np.random.default_rng(3)
+    n, d = 12, 100_003
+    Q = rng.integers(-(2**20), 2**20, (n, d), endpoint=True)
+    ws = [int(w) for w in rng.integers(1, 2**20, n)]
+    ws[3] = 2**19
+    Q[3, 40_000] = 2**36  # w * q = 2**55 overflows float64; max|q| * sum(w) < 2**60 fits int64
+    Q[7, 99_999] = INT64_MIN  # beyond int64 sums
+    expected = (np.array(ws, dtype=object) @ Q.astype(object)) // sum(ws)
+    np.testing.assert_array_equal(fedavg_int(Q, ws), expected.astype(np.int64))
+    np.testing.assert_array_equal(fedavg_int(list(Q), ws), expected.astype(np.int64))
+
+
+def test_fedavg_int_reads_a_read_only_stacked_matrix():
+    Q = np.arange(24, dtype=np.int64).reshape(4, 6) - 11
+    Q.flags.writeable = False
+    assert fedavg_int(Q, [1, 2, 3, 4]).tolist() == _reference(list(Q), [1, 2, 3, 4])

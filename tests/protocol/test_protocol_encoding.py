@@ -27,9 +27,9 @@ leaves32 = st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=40
 def test_every_leaf_has_a_valid_proof_and_others_fail(leaves, data):
     tree = MerkleTree(leaves)
     i = data.draw(st.integers(0, len(leaves) - 1))
-    assert verify(tree.proof(i), tree.root, leaves[i])
+    assert verify(leaves[i], i, len(leaves), tree.proof(i), tree.root)
     stranger = data.draw(st.binary(min_size=32, max_size=32).filter(lambda b: b not in leaves))
-    assert not verify(tree.proof(i), tree.root, stranger)
+    assert not verify(stranger, i, len(leaves), tree.proof(i), tree.root)
 
 
 def test_single_leaf_tree_is_its_leaf():
@@ -78,8 +78,8 @@ def test_reward_leaf_is_double_hashed_abi_encoding():
     from eth_utils import keccak
 
     who = Account.derive("leaf", 0).address
-    raw = eth_abi.encode(["uint256", "address", "uint256", "int256"], [3, who, 13, -3])
-    assert reward_leaf(3, who, 13, -3) == keccak(keccak(raw))
+    raw = eth_abi.encode(["address", "uint256", "uint256", "int256", "uint256", "uint256"], [who, 1, 13, -3, 40, 2])
+    assert reward_leaf(who, 1, 13, -3, 40, 2) == keccak(keccak(raw))
 
 
 def test_receipt_signature_recovers_the_signer():
@@ -91,3 +91,90 @@ def test_receipt_signature_recovers_the_signer():
     # any change of field, chain or contract changes the signer
     assert UpdateReceipt(5, 2, b"\x11" * 32, 121).signer(sig, 31337, market) != acct.address
     assert r.signer(sig, 1, market) != acct.address
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    "values, width",
+    [
+        ([], 1),
+        ([0], 1),
+        ([127, -128], 1),
+        ([128], 2),
+        ([-129], 2),
+        ([2**15 - 1, -(2**15)], 2),
+        ([2**15], 4),
+        ([-(2**15) - 1], 4),
+        ([2**31 - 1, -(2**31)], 4),
+        ([2**31], 8),
+        ([-(2**31) - 1], 8),
+        ([INT64_MAX, INT64_MIN, 0], 8),
+    ],
+)
+def test_vector_blob_uses_the_narrowest_width_that_holds_every_value(values, width):
+    q = np.array(values, dtype=np.int64)
+    blob = encode_vector(q)
+    assert blob[:4] == b"FMV2" and blob[4] == width and len(blob) == 13 + width * len(values)
+    out = decode_vector(blob, expected_size=len(values))
+    assert out.dtype == np.int64 and out.tolist() == values
+
+
+def test_vector_blob_layout_is_big_endian_twos_complement():
+    assert encode_vector(np.array([1, -2])) == b"FMV2\x01" + (2).to_bytes(8, "big") + b"\x01\xfe"
+    assert encode_vector(np.array([258, -1])) == b"FMV2\x02" + (2).to_bytes(8, "big") + b"\x01\x02\xff\xff"
+    # the dtype handed in does not matter, only the values
+    assert encode_vector(np.array([[5, -6]], dtype=np.int16)) == encode_vector(np.array([5, -6]))
+
+
+def test_vector_blob_reads_the_old_fmv1_format():
+    q = np.array([0, -1, 2**40, INT64_MIN, INT64_MAX], dtype=np.int64)
+    old = b"FMV1" + len(q).to_bytes(8, "big") + q.astype(">i8").tobytes()
+    assert decode_vector(old, expected_size=5).tolist() == q.tolist()
+    with pytest.raises(StorageError, match="does not match its header"):
+        decode_vector(old + b"\x00")
+    with pytest.raises(StorageError, match="expected 4"):
+        decode_vector(old, expected_size=4)
+
+
+@pytest.mark.parametrize(
+    "blob, match",
+    [
+        (b"", "bad magic"),
+        (b"FMV3\x01" + bytes(8), "bad magic"),
+        (b"FMV2\x01\x00", "shorter than its 13-byte header"),
+        (b"FMV1" + bytes(7), "shorter than its 12-byte header"),
+        (b"FMV2\x03" + (1).to_bytes(8, "big") + b"\x00\x00\x00", "width byte 3"),
+        (b"FMV2\x00" + bytes(8), "width byte 0"),
+        (b"FMV2\x10" + (1).to_bytes(8, "big") + bytes(16), "width byte 16"),
+        (b"FMV2\x02" + (3).to_bytes(8, "big") + bytes(5), "does not match its header"),
+        (b"FMV2\x04" + (2**64 - 1).to_bytes(8, "big"), "does not match its header"),
+    ],
+)
+def test_malformed_vector_blobs_give_one_line_storage_errors(blob, match):
+    with pytest.raises(StorageError, match=match) as err:
+        decode_vector(blob)
+    assert "\n" not in str(err.value)
+
+
+int64s = st.one_of(
+    st.integers(-128, 127),
+    st.integers(-(2**15), 2**15 - 1),
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(INT64_MIN, INT64_MAX),
+)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.lists(int64s, max_size=300))
+def test_vector_blob_round_trip_at_every_width_is_canonical(values):
+    q = np.array(values, dtype=np.int64)
+    blob = encode_vector(q)
+    width = blob[4]
+    assert all(-(2 ** (8 * width - 1)) <= v < 2 ** (8 * width - 1) for v in values)
+    if width > 1:  # no narrower width would do
+        assert not all(-(2 ** (4 * width - 1)) <= v < 2 ** (4 * width - 1) for v in values)
+    out = decode_vector(blob, expected_size=len(values))
+    assert out.dtype == np.int64 and out.tolist() == values
+    assert encode_vector(out) == blob

@@ -205,7 +205,9 @@ def range_claim(rule: int, chunks: np.ndarray, weights: Sequence[int], lo: Seque
     """The claim over several updates (rows of ``chunks``): the sum of their leaf claims, the
     secure sum's value lanes modulo 2**64. Vectorised, exact (Python integers where needed)."""
     rule = as_rule(rule)
-    chunks = np.asarray(chunks, dtype=np.int64).reshape(len(weights), -1)
+    chunks = np.asarray(chunks, dtype=np.int64)
+    if chunks.ndim != 2:
+        chunks = chunks.reshape(len(weights), -1)
     width = chunks.shape[1]
     if rule == Rule.WEIGHTED_MEAN:
         w = np.asarray([int(x) for x in weights], dtype=object)

@@ -170,8 +170,10 @@ def round_accumulator(dep: Deployment, job_id: int, rounds: list[CommittedRound]
 
 def round_proof(dep: Deployment, job_id: int, round_: int, acc: RoundAccumulator | None = None) -> list[bytes]:
     """Round `round_`'s proof in the market's accumulator (checked against the chain's root)."""
-    acc = acc or round_accumulator(dep, job_id)
-    if acc.root != dep.market.call("rounds_root", job_id):
+    rounds = committed_rounds(dep, job_id)
+    acc = acc or round_accumulator(dep, job_id, rounds)
+    last = len(acc.leaves) - 1
+    if last < 0 or not dep.market.call("verify_round", job_id, last, rounds[last].data, acc.proof(last)):
         raise ChainError(f"job {job_id}: the round events read do not match the market's accumulator")
     return acc.proof(round_)
 
