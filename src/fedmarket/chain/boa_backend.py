@@ -41,7 +41,7 @@ class BoaChain(Chain):
         the snapshot stays warm and gas is under-reported there; outside, it matches receipts.
         """
         if self._snapshot_depth == 0:
-            self.env.evm.vm.state._account_db.lock_changes()
+            self.env.evm.vm.state.lock_changes()
 
     def _send(self, sender: Account, to: str | None, data: bytes, value: int = 0) -> RawReceipt:
         env = self.env

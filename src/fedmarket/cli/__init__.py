@@ -1,5 +1,12 @@
-"""Command-line interface (`fedmarket ...`)."""
+"""The `fedmarket` command line: every command registers itself on one typer app; `main` runs
+it and turns every expected error into one line on stderr and a non-zero exit, never a traceback."""
 
-from .main import app, main
+from . import account, deploy, main as _commands, roles  # noqa: F401 - each module registers its commands
+from .app import app, run
 
 __all__ = ["app", "main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `fedmarket` command."""
+    return run(argv)

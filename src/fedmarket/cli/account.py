@@ -9,7 +9,7 @@ import typer
 
 from ..errors import KeystoreError
 from ..keys import ENV_KEYSTORE, ENV_PASSWORD, Keystore, password_from_env
-from .main import app
+from .app import app
 
 account_app = typer.Typer(no_args_is_help=True, help="Encrypted account keystores (Web3 Secret Storage, scrypt).")
 app.add_typer(account_app, name="account")

@@ -10,7 +10,7 @@ import typer
 from ..errors import ChainError, ConfigError
 from ..market import DEFAULT_FEE_BPS, DEFAULT_UNBONDING_DELAY
 from .account import KEYSTORE_HELP, prompt_password
-from .main import app
+from .app import app
 
 
 def _say(message: str) -> None:

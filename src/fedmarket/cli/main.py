@@ -1,4 +1,4 @@
-"""`fedmarket` commands. Bad input ends with one line on stderr and a non-zero exit, never a traceback."""
+"""The `fedmarket demo` and `fedmarket audit` commands."""
 
 from __future__ import annotations
 
@@ -9,24 +9,8 @@ from pathlib import Path
 
 import typer
 
-try:  # typer >= 0.21 vendors click and raises its own exception types
-    from typer.exceptions import TyperException as _CliUsageError
-except ImportError:  # older typer (the `flower` extra pins one) raises click's
-    from click.exceptions import ClickException as _CliUsageError
-
 from ..errors import ConfigError, FedMarketError
-
-app = typer.Typer(
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    no_args_is_help=True,
-    help="fedmarket: a decentralized marketplace for federated learning on EVM chains.",
-)
-
-
-@app.callback()
-def _root() -> None:
-    """fedmarket: a decentralized marketplace for federated learning on EVM chains."""
+from .app import app, read_addresses
 
 
 def _writable_dir(path: Path) -> Path:
@@ -114,7 +98,7 @@ def audit(
     from ..roles.auditor import Auditor
     from ..storage import open_store
 
-    addresses = _read_addresses(contracts or dir / "report.json")
+    addresses = read_addresses(contracts or dir / "report.json")
     blobs = store or str(dir / "blobs")
     if not blobs.lower().startswith("ipfs+") and not Path(blobs).is_dir():
         raise ConfigError(f"blob store {blobs} does not exist")
@@ -135,20 +119,6 @@ def audit(
     console.print(f"verdict: [bold]{'ok' if report.ok else 'MISMATCH'}[/]")
     if not report.ok:
         raise typer.Exit(1)
-
-
-def _read_addresses(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read contract addresses from {path}: {exc.strerror}") from None
-    except ValueError:
-        raise ConfigError(f"{path} is not JSON") from None
-    addresses = doc.get("contracts", doc)
-    missing = [k for k in ("token", "market", "disputes", "licence") if k not in addresses]
-    if missing:
-        raise ConfigError(f"{path} lacks the address of: {', '.join(missing)}")
-    return addresses
 
 
 def _plot(report: dict, path: Path) -> None:
@@ -204,43 +174,3 @@ def _print_settlement(report: dict, out: Path) -> None:
     gas = report["gas_per_round"]
     console.print(f"gas per round {min(gas):,}–{max(gas):,} | job {report['seconds']:.1f}s | report: {out / 'report.json'}",
                   soft_wrap=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the app and turns every expected error into one line on stderr."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    command = typer.main.get_command(app)
-    try:
-        rv = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="fedmarket", standalone_mode=False)
-        if isinstance(rv, int):  # a typer.Exit(code) comes back as the return value here
-            return rv
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        print("fedmarket: aborted", file=sys.stderr)
-        return 130
-    except _CliUsageError as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # help was printed: not an error
-            return 0
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"fedmarket: error: {message}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        print(f"fedmarket: error: {exc}", file=sys.stderr)
-        return 2
-    except FedMarketError as exc:
-        print(f"fedmarket: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("fedmarket: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-# commands defined in their own modules register themselves on `app` when imported
-from . import account as _account, deploy as _deploy  # noqa: F401, I001
-from . import roles as _roles  # noqa: F401, I001

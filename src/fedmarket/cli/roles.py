@@ -11,6 +11,9 @@ line on stderr).
 
 from __future__ import annotations
 
+import functools
+import inspect
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ import typer
 
 from ..errors import ConfigError
 from .account import KEYSTORE_HELP, prompt_password
-from .main import _read_addresses, app
+from .app import app, read_addresses
 
 requester_app = typer.Typer(no_args_is_help=True, help="The requester: post a funded job, settle it, mint its model token.")
 provider_app = typer.Typer(no_args_is_help=True, help="A data provider: join a job, train every round on private data, claim.")
@@ -29,51 +32,97 @@ app.add_typer(provider_app, name="provider")
 app.add_typer(aggregator_app, name="aggregator")
 app.add_typer(validator_app, name="validator")
 
-RPC = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain.")
-CONTRACTS = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`.")
-ACCOUNT = typer.Option(None, "--account", help="Signer: an account of the keystore (password from $FEDMARKET_PASSWORD or a prompt).")
-KEYSTORE = typer.Option(None, "--keystore", help=KEYSTORE_HELP)
-DEV = typer.Option(None, "--dev-account", help="Signer: anvil's public dev account I (chain id 31337 only).")
-STORE = typer.Option("fedmarket-blobs", "--store", help="Blob store: a directory, or ipfs+http://HOST:PORT (a Kubo node).")
-MAILBOX = typer.Option(Path("fedmarket-mailbox"), "--mailbox", help="Mailbox directory shared by the job's roles.")
-STATE = typer.Option(None, "--state-dir", help="This role's state directory (default ./fedmarket-state/ROLE-ADDRESS[-job-ID]).")
-POLL = typer.Option(1.0, "--poll", help="Seconds between two looks at the chain and the mailbox.")
 JOB = typer.Option(..., "--job", help="The job id.")
+MAILBOX = typer.Option(Path("fedmarket-mailbox"), "--mailbox", help="Mailbox directory shared by the job's roles.")
+
+#: the options every role command takes: (name, type, typer option)
+COMMON = (
+    ("rpc", str, typer.Option(..., "--rpc", help="JSON-RPC URL of the chain.")),
+    ("contracts", Path, typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`.")),
+    ("account", str, typer.Option(None, "--account", help="Signer: an account of the keystore (password from $FEDMARKET_PASSWORD or a prompt).")),
+    ("keystore", Path, typer.Option(None, "--keystore", help=KEYSTORE_HELP)),
+    ("dev_account", int, typer.Option(None, "--dev-account", help="Signer: anvil's public dev account I (chain id 31337 only).")),
+    ("store", str, typer.Option("fedmarket-blobs", "--store", help="Blob store: a directory, or ipfs+http://HOST:PORT (a Kubo node).")),
+    ("state_dir", Path, typer.Option(None, "--state-dir", help="This role's state directory (default ./fedmarket-state/ROLE-ADDRESS[-job-ID]).")),
+    ("poll", float, typer.Option(1.0, "--poll", help="Seconds between two looks at the chain and the mailbox.")),
+)
 
 
-def _poll(poll: float) -> float:
-    if not poll > 0:
-        raise ConfigError(f"--poll must be positive (got {poll})")
-    return poll
+@dataclass(frozen=True)
+class RoleContext:
+    """What every role command shares: where the chain and the deployment are, who signs, where
+    blobs and state live, how often to look."""
+
+    rpc: str
+    contracts: Path
+    account: str | None
+    keystore: Path | None
+    dev_account: int | None
+    store: str
+    state_dir: Path | None
+    poll: float
+
+    def __post_init__(self) -> None:
+        if not self.poll > 0:
+            raise ConfigError(f"--poll must be positive (got {self.poll})")
+        if (self.account is None) == (self.dev_account is None):
+            raise ConfigError("give the signer as exactly one of --account NAME or --dev-account I")
+
+    def connect(self, role: str, job: int | None):
+        """(deployment on a journaling chain, signer, state directory)."""
+        from ..keys import DEV_CHAIN_ID, load_account
+        from ..keys import dev_account as dev_key
+        from ..market import Deployment
+        from ..processes.base import JournaledRpcChain, retrying
+
+        addresses = read_addresses(self.contracts)
+        if self.dev_account is not None:
+            signer = dev_key(self.dev_account)
+        else:
+            signer = load_account(self.account, self.keystore, prompt=lambda: prompt_password(f"Password for account {self.account!r}"))
+        state = self.state_dir or Path("fedmarket-state") / (f"{role}-{signer.address}" + (f"-job-{job}" if job is not None else ""))
+        chain = retrying(lambda: JournaledRpcChain(self.rpc, Path(state) / "journal"), attempts=4)
+        if self.dev_account is not None and chain.chain_id != DEV_CHAIN_ID:
+            raise ConfigError(f"--dev-account is only for development chains (chain id {DEV_CHAIN_ID}); "
+                              f"{self.rpc} has chain id {chain.chain_id}: use --account")
+        if "chain_id" in addresses and int(addresses["chain_id"]) != chain.chain_id:
+            raise ConfigError(f"{self.contracts} is a deployment on chain {addresses['chain_id']}, but {self.rpc} is chain {chain.chain_id}")
+        dep = Deployment.attach(chain, addresses)
+        if not retrying(lambda: chain.code(dep.market.address)):
+            raise ConfigError(f"no market contract at {dep.market.address} on {self.rpc} (wrong --contracts file?)")
+        return dep, signer, Path(state)
+
+    def stores(self, mailbox: Path | None = None):
+        """(blob store, mailbox or None)."""
+        from ..storage import Mailbox, open_store
+
+        return open_store(self.store), (Mailbox(mailbox) if mailbox is not None else None)
+
+    def run(self, proc) -> None:
+        """Loop the role process until its part is done or a signal arrives."""
+        proc.run(self.poll)
+        if proc.done:
+            proc.say("done")
 
 
-def _connect(rpc: str, contracts: Path, account: str | None, keystore: Path | None, dev_account: int | None,
-             state_dir: Path | None, role: str, job: int | None):
-    """(deployment on a journaling chain, signer, state directory)."""
-    from ..keys import DEV_CHAIN_ID, load_account
-    from ..keys import dev_account as dev_key
-    from ..market import Deployment
-    from ..processes.base import JournaledRpcChain, retrying
+def role_command(group: typer.Typer, name: str):
+    """Register `fn(ctx: RoleContext, **own options)` as `fedmarket <group> <name>`, with the
+    options every role command shares added to its own."""
 
-    if (account is None) == (dev_account is None):
-        raise ConfigError("give the signer as exactly one of --account NAME or --dev-account I")
-    addresses = _read_addresses(contracts)
-    if dev_account is not None:
-        signer = dev_key(dev_account)
-    else:
-        signer = load_account(account, keystore, prompt=lambda: prompt_password(f"Password for account {account!r}"))
-    state = state_dir or Path("fedmarket-state") / (f"{role}-{signer.address}" + (f"-job-{job}" if job is not None else ""))
-    chain = retrying(lambda: JournaledRpcChain(rpc, Path(state) / "journal"), attempts=4)
-    if dev_account is not None and chain.chain_id != DEV_CHAIN_ID:
-        raise ConfigError(f"--dev-account is only for development chains (chain id {DEV_CHAIN_ID}); "
-                          f"{rpc} has chain id {chain.chain_id}: use --account")
-    if "chain_id" in addresses and int(addresses["chain_id"]) != chain.chain_id:
-        raise ConfigError(f"{contracts} is a deployment on chain {addresses['chain_id']}, but {rpc} is chain {chain.chain_id}")
-    dep = Deployment.attach(chain, addresses)
-    code = retrying(lambda: chain.code(dep.market.address))
-    if not code:
-        raise ConfigError(f"no market contract at {dep.market.address} on {rpc} (wrong --contracts file?)")
-    return dep, signer, Path(state)
+    def register(fn):
+        own = [p for p in inspect.signature(fn).parameters.values() if p.name != "ctx"]
+        shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=t) for n, t, opt in COMMON]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            ctx = RoleContext(**{n: kwargs.pop(n) for n, _, _ in COMMON})
+            return fn(ctx, **kwargs)
+
+        command.__signature__ = inspect.Signature([*own, *shared])
+        group.command(name)(command)
+        return fn
+
+    return register
 
 
 def _load_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -93,24 +142,11 @@ def _load_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def _stores(store: str, mailbox: Path | None):
-    from ..storage import Mailbox, open_store
-
-    return open_store(store), (Mailbox(mailbox) if mailbox is not None else None)
-
-
-def _run(proc, poll: float) -> None:
-    proc.run(poll)
-    if proc.done:
-        proc.say("done")
-
-
-@requester_app.command("post")
+@role_command(requester_app, "post")
 def requester_post(
-    rpc: str = RPC, contracts: Path = CONTRACTS, account: str = ACCOUNT, keystore: Path = KEYSTORE, dev_account: int = DEV,
+    ctx: RoleContext,
     spec: Path = typer.Option(..., "--spec", help="The job spec (JSON, see fedmarket.spec.JobSpec)."),
     aggregator: str = typer.Option(..., "--aggregator", help="Address of the aggregator the job names."),
-    store: str = STORE, state_dir: Path = STATE, poll: float = POLL,
     test: Path = typer.Option(None, "--test", help="Held-out test data (.npz with X, y): log each committed model's accuracy."),
     follow: bool = typer.Option(True, "--follow/--no-follow", help="After posting, follow the job: settle it and mint its model token."),
 ) -> None:
@@ -121,15 +157,14 @@ def requester_post(
     from ..processes.base import retrying
     from ..spec import JobSpec
 
-    poll = _poll(poll)
     if not is_address(aggregator):
         raise ConfigError(f"--aggregator is not an address: {aggregator!r}")
     if not spec.is_file():
         raise ConfigError(f"spec file {spec} does not exist")
     job_spec = JobSpec.parse(spec.read_bytes())
     X, y = _load_npz(test, "test data") if test is not None else (None, None)
-    dep, signer, state = _connect(rpc, contracts, account, keystore, dev_account, state_dir, "requester", None)
-    blobs, _ = _stores(store, None)
+    dep, signer, state = ctx.connect("requester", None)
+    blobs, _ = ctx.stores()
     proc = RequesterProcess(dep, signer, blobs, state, X_test=X, y_test=y)
     balance = retrying(lambda: dep.balance(signer.address))
     if balance < job_spec.reward.escrow and proc.state.load("job", {}).get("job_id") is None:
@@ -138,71 +173,66 @@ def requester_post(
     job_id = retrying(lambda: proc.post(job_spec, to_checksum_address(aggregator)))
     print(job_id, flush=True)
     if follow:
-        _run(proc, poll)
+        ctx.run(proc)
 
 
-@requester_app.command("run")
+@role_command(requester_app, "run")
 def requester_run(
-    rpc: str = RPC, contracts: Path = CONTRACTS, account: str = ACCOUNT, keystore: Path = KEYSTORE, dev_account: int = DEV,
-    job: int = JOB, store: str = STORE, state_dir: Path = STATE, poll: float = POLL,
+    ctx: RoleContext, job: int = JOB,
     test: Path = typer.Option(None, "--test", help="Held-out test data (.npz with X, y)."),
 ) -> None:
-    """Follow a posted job: fail it if its aggregator misses a deadline, settle it, mint its model token."""
+    """Follow a posted job: fail it at whoever missed a deadline, settle it, mint its model token."""
     from ..processes import RequesterProcess
 
-    poll = _poll(poll)
     X, y = _load_npz(test, "test data") if test is not None else (None, None)
-    dep, signer, state = _connect(rpc, contracts, account, keystore, dev_account, state_dir, "requester", None)
-    blobs, _ = _stores(store, None)
-    _run(RequesterProcess(dep, signer, blobs, state, job_id=job, X_test=X, y_test=y), poll)
+    dep, signer, state = ctx.connect("requester", None)
+    blobs, _ = ctx.stores()
+    ctx.run(RequesterProcess(dep, signer, blobs, state, job_id=job, X_test=X, y_test=y))
 
 
-@provider_app.command("run")
+@role_command(provider_app, "run")
 def provider_run(
-    rpc: str = RPC, contracts: Path = CONTRACTS, account: str = ACCOUNT, keystore: Path = KEYSTORE, dev_account: int = DEV,
+    ctx: RoleContext,
     data: Path = typer.Option(..., "--data", help="This provider's private training data (.npz with arrays X, y)."),
-    job: int = JOB, store: str = STORE, mailbox: Path = MAILBOX, state_dir: Path = STATE, poll: float = POLL,
+    job: int = JOB, mailbox: Path = MAILBOX,
 ) -> None:
     """Join the job (stake by permit), train every round it is selected for, claim reward and stake."""
     from ..processes import ProviderProcess
 
-    poll = _poll(poll)
     X, y = _load_npz(data, "data")
-    dep, signer, state = _connect(rpc, contracts, account, keystore, dev_account, state_dir, "provider", job)
-    blobs, box = _stores(store, mailbox)
-    _run(ProviderProcess(dep, signer, blobs, box, X, y, job, state), poll)
+    dep, signer, state = ctx.connect("provider", job)
+    blobs, box = ctx.stores(mailbox)
+    ctx.run(ProviderProcess(dep, signer, blobs, box, X, y, job, state))
 
 
-@aggregator_app.command("run")
+@role_command(aggregator_app, "run")
 def aggregator_run(
-    rpc: str = RPC, contracts: Path = CONTRACTS, account: str = ACCOUNT, keystore: Path = KEYSTORE, dev_account: int = DEV,
-    job: int = JOB, store: str = STORE, mailbox: Path = MAILBOX, state_dir: Path = STATE, poll: float = POLL,
+    ctx: RoleContext, job: int = JOB, mailbox: Path = MAILBOX,
     collect_timeout: float = typer.Option(60.0, "--collect-timeout", help="Seconds to wait for missing updates before committing a round without them."),
     reveal_timeout: float = typer.Option(60.0, "--reveal-timeout", help="Seconds to wait for validators' revealed scores before posting rewards."),
 ) -> None:
-    """Accept the job, start it, commit every round (one transaction each), post the reward root, release the stake."""
+    """Accept the job, start it, commit every round (one transaction each), answer dispute games,
+    post the reward root, claim the stake back."""
     from ..processes import AggregatorProcess
 
-    poll = _poll(poll)
     if collect_timeout < 0 or reveal_timeout < 0:
         raise ConfigError("--collect-timeout and --reveal-timeout must not be negative")
-    dep, signer, state = _connect(rpc, contracts, account, keystore, dev_account, state_dir, "aggregator", job)
-    blobs, box = _stores(store, mailbox)
-    _run(AggregatorProcess(dep, signer, blobs, box, job, state, collect_timeout=collect_timeout,
-                           reveal_timeout=reveal_timeout), poll)
+    dep, signer, state = ctx.connect("aggregator", job)
+    blobs, box = ctx.stores(mailbox)
+    ctx.run(AggregatorProcess(dep, signer, blobs, box, job, state, collect_timeout=collect_timeout,
+                              reveal_timeout=reveal_timeout))
 
 
-@validator_app.command("run")
+@role_command(validator_app, "run")
 def validator_run(
-    rpc: str = RPC, contracts: Path = CONTRACTS, account: str = ACCOUNT, keystore: Path = KEYSTORE, dev_account: int = DEV,
+    ctx: RoleContext,
     data: Path = typer.Option(..., "--data", help="This validator's held-out data (.npz with arrays X, y)."),
-    job: int = JOB, store: str = STORE, mailbox: Path = MAILBOX, state_dir: Path = STATE, poll: float = POLL,
+    job: int = JOB, mailbox: Path = MAILBOX,
 ) -> None:
-    """Join as validator, recompute/score/attest every round, reveal the scores, claim the stake back."""
+    """Join as validator, recompute/score/attest (or reject) every round, reveal the scores, claim the stake back."""
     from ..processes import ValidatorProcess
 
-    poll = _poll(poll)
     X, y = _load_npz(data, "data")
-    dep, signer, state = _connect(rpc, contracts, account, keystore, dev_account, state_dir, "validator", job)
-    blobs, box = _stores(store, mailbox)
-    _run(ValidatorProcess(dep, signer, blobs, box, X, y, job, state), poll)
+    dep, signer, state = ctx.connect("validator", job)
+    blobs, box = ctx.stores(mailbox)
+    ctx.run(ValidatorProcess(dep, signer, blobs, box, X, y, job, state))

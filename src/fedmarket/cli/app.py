@@ -1,0 +1,78 @@
+"""The `fedmarket` command-line application and what its commands share: the typer app, the
+one-line error handling of `main`, and reading a deployment's addresses."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+try:  # typer >= 0.21 vendors click and raises its own exception types
+    from typer.exceptions import TyperException as _CliUsageError
+except ImportError:  # older typer (the `flower` extra pins one) raises click's
+    from click.exceptions import ClickException as _CliUsageError
+
+from ..errors import ConfigError, FedMarketError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="fedmarket: a decentralized marketplace for federated learning on EVM chains.",
+)
+
+
+@app.callback()
+def _root() -> None:
+    """fedmarket: a decentralized marketplace for federated learning on EVM chains."""
+
+
+def read_addresses(path: Path) -> dict:
+    """A deployment's contract addresses from a JSON file (a `fedmarket deploy` output or a demo report)."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read contract addresses from {path}: {exc.strerror}") from None
+    except ValueError:
+        raise ConfigError(f"{path} is not JSON") from None
+    addresses = doc.get("contracts", doc)
+    from ..market import CONTRACTS
+
+    missing = [k for k in ("token", *(key for key, _ in CONTRACTS)) if k not in addresses]
+    if missing:
+        raise ConfigError(f"{path} lacks the address of: {', '.join(missing)}")
+    return addresses
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Runs the app and turns every expected error into one line on stderr."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="fedmarket", standalone_mode=False)
+        if isinstance(rv, int):  # a typer.Exit(code) comes back as the return value here
+            return rv
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("fedmarket: aborted", file=sys.stderr)
+        return 130
+    except _CliUsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # help was printed: not an error
+            return 0
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"fedmarket: error: {message}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"fedmarket: error: {exc}", file=sys.stderr)
+        return 2
+    except FedMarketError as exc:
+        print(f"fedmarket: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fedmarket: interrupted", file=sys.stderr)
+        return 130
+    return 0
