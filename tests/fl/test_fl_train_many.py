@@ -51,8 +51,8 @@ class Plain(Model):
     def _logits(self, params, X):
         return self.inner._logits(params, X)
 
-    def _grad_fn(self, w):
-        return self.inner._grad_fn(w)
+    def grad_fn(self, w):
+        return self.inner.grad_fn(w)
 
 
 def test_models_without_batched_steps_fall_back_to_a_loop():

@@ -63,11 +63,14 @@ GradFn = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
 class Model(ABC):
     """A classifier whose parameters are one flat float64 vector.
 
-    Subclasses define ``n_features``, ``n_classes`` and ``n_params`` and the
-    unchecked cores :meth:`_logits` and :meth:`_grad_fn`; the public methods
-    validate their inputs once and share the same error messages. A subclass
-    that can train many clients at once also defines
-    :meth:`_batched_grad` (see :func:`fedmarket.fl.train.local_sgd_many`).
+    Subclasses define ``n_features``, ``n_classes`` and ``n_params``, the
+    unchecked class scores :meth:`_logits` and the unchecked gradient
+    :meth:`grad_fn`. The validators :meth:`check_params`, :meth:`check_X`
+    and :meth:`check_y` are public so that callers running many unchecked
+    steps (:func:`fedmarket.fl.train.local_sgd`) validate their inputs once,
+    with the same error messages as the checked methods. A subclass that can
+    train many clients at once also defines :meth:`batched_step` (see
+    :func:`fedmarket.fl.train.local_sgd_many`).
     """
 
     n_features: int
@@ -83,15 +86,28 @@ class Model(ABC):
         """Class scores for checked inputs, shape ``(n, n_classes)``."""
 
     @abstractmethod
-    def _grad_fn(self, w: np.ndarray) -> GradFn:
-        """Return ``f(X, y) -> (loss, grad)`` evaluated at ``w`` (read live: ``w`` may be updated in place)."""
+    def grad_fn(self, w: np.ndarray) -> GradFn:
+        """Return the unchecked loss-and-gradient function at ``w``.
+
+        Parameters
+        ----------
+        w : numpy.ndarray
+            Parameter vector of length ``n_params``. It is read live: the
+            returned function sees in-place updates of ``w``.
+
+        Returns
+        -------
+        callable
+            ``f(X, y) -> (loss, grad)`` as :meth:`loss_and_grad`, for inputs
+            already validated by :meth:`check_X` and :meth:`check_y`.
+        """
 
     @property
     def supports_batched(self) -> bool:
-        """Whether :meth:`_batched_step` trains many clients in one vectorised step."""
-        return type(self)._batched_step is not Model._batched_step
+        """Whether :meth:`batched_step` trains many clients in one vectorised step."""
+        return type(self).batched_step is not Model.batched_step
 
-    def _batched_step(
+    def batched_step(
         self, P: np.ndarray, Xb: np.ndarray, yb: np.ndarray, sw: np.ndarray, lr: float
     ) -> None:
         """One SGD step of many clients at once, in place (optional).
@@ -110,10 +126,32 @@ class Model(ABC):
             0 for padding.
         lr : float
             Step size.
+
+        Raises
+        ------
+        NotImplementedError
+            If the model cannot train clients in a batch (see :attr:`supports_batched`).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot train clients in a batch")
 
-    def _check_params(self, params: np.ndarray) -> np.ndarray:
+    def check_params(self, params: np.ndarray) -> np.ndarray:
+        """Validate a parameter vector.
+
+        Parameters
+        ----------
+        params : numpy.ndarray
+            Candidate parameter vector.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``params`` as float64 (no copy when it already is).
+
+        Raises
+        ------
+        ConfigError
+            If its shape is not ``(n_params,)``.
+        """
         params = np.asarray(params, dtype=np.float64)
         if params.shape != (self.n_params,):
             raise ConfigError(
@@ -121,7 +159,24 @@ class Model(ABC):
             )
         return params
 
-    def _check_X(self, X: np.ndarray) -> np.ndarray:
+    def check_X(self, X: np.ndarray) -> np.ndarray:
+        """Validate a feature matrix.
+
+        Parameters
+        ----------
+        X : numpy.ndarray
+            Candidate features.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``X`` as float64 (no copy when it already is).
+
+        Raises
+        ------
+        SchemaMismatch
+            If ``X`` is not 2-D with ``n_features`` columns.
+        """
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise SchemaMismatch(
@@ -129,7 +184,29 @@ class Model(ABC):
             )
         return X
 
-    def _check_y(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def check_y(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Validate the labels of checked features ``X``.
+
+        Parameters
+        ----------
+        X : numpy.ndarray
+            Features, already checked by :meth:`check_X`.
+        y : numpy.ndarray
+            Candidate labels.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``y`` as int64 (no copy when it already is).
+
+        Raises
+        ------
+        SchemaMismatch
+            If ``y`` is not one label per row of ``X``, or a label lies outside
+            ``[0, n_classes)``.
+        ConfigError
+            If there are no samples.
+        """
         y = np.asarray(y)
         if y.shape != (X.shape[0],):
             raise SchemaMismatch(f"expected {X.shape[0]} labels, got shape {y.shape}")
@@ -142,8 +219,21 @@ class Model(ABC):
         return y.astype(np.int64, copy=False)
 
     def logits(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
-        """Return the class scores, shape ``(n, n_classes)``."""
-        return self._logits(self._check_params(params), self._check_X(X))
+        """Return the class scores of the model at ``params``.
+
+        Parameters
+        ----------
+        params : numpy.ndarray
+            Parameter vector of length ``n_params``.
+        X : numpy.ndarray
+            Features, shape ``(n, n_features)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            float64 logits, shape ``(n, n_classes)``.
+        """
+        return self._logits(self.check_params(params), self.check_X(X))
 
     def predict(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Return the predicted labels (int64, shape ``(n,)``)."""
@@ -170,15 +260,15 @@ class Model(ABC):
         grad : numpy.ndarray
             Its gradient with respect to ``params``, same shape as ``params``.
         """
-        params = self._check_params(params)
-        X = self._check_X(X)
-        y = self._check_y(X, y)
-        return self._grad_fn(params)(X, y)
+        params = self.check_params(params)
+        X = self.check_X(X)
+        y = self.check_y(X, y)
+        return self.grad_fn(params)(X, y)
 
     def accuracy(self, params: np.ndarray, X: np.ndarray, y: np.ndarray) -> float:
         """Return the fraction of samples whose predicted label equals ``y``."""
-        X = self._check_X(X)
-        y = self._check_y(X, y)
+        X = self.check_X(X)
+        y = self.check_y(X, y)
         return float(np.mean(self.predict(params, X) == y))
 
 
@@ -240,7 +330,7 @@ class SoftmaxRegression(Model):
         return np.zeros(self.n_params, dtype=np.float64)
 
     def _unpack(self, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        params = self._check_params(params)
+        params = self.check_params(params)
         k = self.n_features * self.n_classes
         return params[:k].reshape(self.n_features, self.n_classes), params[k:]
 
@@ -248,7 +338,8 @@ class SoftmaxRegression(Model):
         W, b = self._unpack(params)
         return X @ W + b
 
-    def _grad_fn(self, w: np.ndarray) -> GradFn:
+    def grad_fn(self, w: np.ndarray) -> GradFn:
+        """Return the unchecked ``f(X, y) -> (loss, grad)`` at ``w`` (see :meth:`Model.grad_fn`)."""
         W, b = self._unpack(w)
         return lambda X, y: self._loss_and_grad(W, b, X, y)
 
@@ -272,9 +363,10 @@ class SoftmaxRegression(Model):
         grad[k:] = g.sum(axis=0)
         return float(loss), grad
 
-    def _batched_step(
+    def batched_step(
         self, P: np.ndarray, Xb: np.ndarray, yb: np.ndarray, sw: np.ndarray, lr: float
     ) -> None:
+        """One SGD step of many clients at once, in place (see :meth:`Model.batched_step`)."""
         a, d, c = P.shape[0], self.n_features, self.n_classes
         k = d * c
         W = P[:, :k].reshape(a, d, c)
@@ -408,8 +500,9 @@ class MLP(Model):
                 W_flat -= gW.reshape(gW.shape[0], -1)
                 P[:, k : k + fan_out] -= gb
 
-    def _grad_fn(self, w: np.ndarray) -> GradFn:
-        layers = self._views(self._check_params(w))
+    def grad_fn(self, w: np.ndarray) -> GradFn:
+        """Return the unchecked ``f(X, y) -> (loss, grad)`` at ``w`` (see :meth:`Model.grad_fn`)."""
+        layers = self._views(self.check_params(w))
 
         def f(X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
             n = X.shape[0]
@@ -427,9 +520,10 @@ class MLP(Model):
 
         return f
 
-    def _batched_step(
+    def batched_step(
         self, P: np.ndarray, Xb: np.ndarray, yb: np.ndarray, sw: np.ndarray, lr: float
     ) -> None:
+        """One SGD step of many clients at once, in place (see :meth:`Model.batched_step`)."""
         layers = self._views(P)
         acts = self._forward(layers, Xb)
         g = _softmax_minus_onehot(acts[-1], yb)

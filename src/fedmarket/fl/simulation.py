@@ -121,9 +121,95 @@ def federate(
     -------
     FederationResult
     """
-    K = len(Xs)
-    if K == 0 or len(ys) != K:
-        raise ConfigError(f"need one label set per client, got {K} feature sets and {len(ys)} label sets")
+    is_mal = _check_federation(len(Xs), len(ys), rounds, fraction, eval_every, malicious, attack)
+    Xs, ys = _poison_data(model, Xs, ys, attack, is_mal, seed)
+    strategy.reset()
+    hp = dict(epochs=epochs, batch_size=batch_size, lr=lr, prox_mu=prox_mu)
+    job = _Federation(model, Xs, ys, strategy, seed, fraction, hp, is_mal, attack, root_data)
+    start = model.init_params() if params is None else np.array(params, dtype=np.float64, copy=True)
+    return job.run(start, int(rounds), quantized=quantized, evaluate=evaluate, eval_every=eval_every, target=target)
+
+
+@dataclass
+class _Federation:
+    """The fixed setup of one simulated federation (arguments of :func:`federate` already validated)."""
+
+    model: Model
+    Xs: list[np.ndarray]  # the malicious clients' data already poisoned
+    ys: list[np.ndarray]
+    strategy: Strategy
+    seed: int
+    fraction: float
+    hp: dict  # local training: epochs, batch_size, lr, prox_mu
+    is_mal: np.ndarray
+    attack: Attack | None
+    root_data: tuple[np.ndarray, np.ndarray] | None
+
+    def run(
+        self,
+        params: np.ndarray,
+        rounds: int,
+        *,
+        quantized: bool,
+        evaluate: Callable[[np.ndarray], float] | None,
+        eval_every: int,
+        target: float | None,
+    ) -> FederationResult:
+        """The rounds of :func:`federate` from the global parameters ``params``."""
+        sizes = np.array([len(y) for y in self.ys], dtype=np.int64)
+        q_params = quantize(params) if quantized else None
+        if quantized:
+            params = dequantize(q_params)
+        result = FederationResult(params)
+        for r in range(rounds):
+            chosen = sample_clients(len(self.Xs), self.fraction, self.seed, r)
+            P, server_update = self.updates(params, chosen, r)
+            weights = sizes[chosen]
+            if quantized:
+                q_params = q_params + self.strategy.aggregate_int(list(quantize(P)), [int(w) for w in weights])
+                params = dequantize(q_params)
+            else:
+                params = self.strategy.step(params, P, weights, server_update=server_update)
+            result.params, result.rounds = params, r + 1
+            if evaluate is not None and ((r + 1) % eval_every == 0 or r + 1 == rounds):
+                metric = float(evaluate(params))
+                result.history.append((r + 1, metric))
+                if target is not None and metric >= target:
+                    break
+        return result
+
+    def updates(self, params: np.ndarray, chosen: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Round ``r``'s deltas of the ``chosen`` clients, malicious rows attacked.
+
+        Returns them, ``(len(chosen), n_params)``, with the server's delta on
+        its root set (None without root data).
+        """
+        seeds = [client_seed(self.seed, r, int(k)) for k in chosen]
+        Xs, ys = [self.Xs[k] for k in chosen], [self.ys[k] for k in chosen]
+        P = local_sgd_many(self.model, params, Xs, ys, seeds=seeds, **self.hp)
+        P -= params  # the deltas, in place
+        mal_rows = np.flatnonzero(self.is_mal[chosen])
+        if mal_rows.size:
+            atk_rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), r, 2**32 - 2]))
+            P[mal_rows] = self.attack.poison_updates(P[mal_rows], len(chosen), atk_rng)
+        if self.root_data is None:
+            return P, None
+        server_seed = client_seed(self.seed, r, 2**31 - 1)
+        return P, local_sgd(self.model, params, *self.root_data, seed=server_seed, **self.hp) - params
+
+
+def _check_federation(
+    K: int,
+    n_label_sets: int,
+    rounds: int,
+    fraction: float,
+    eval_every: int,
+    malicious: Sequence[int],
+    attack: Attack | None,
+) -> np.ndarray:
+    """Validate the arguments of :func:`federate`; return the boolean ``(K,)`` mask of malicious clients."""
+    if K == 0 or n_label_sets != K:
+        raise ConfigError(f"need one label set per client, got {K} feature sets and {n_label_sets} label sets")
     if isinstance(rounds, bool) or int(rounds) != rounds or rounds < 1:
         raise ConfigError(f"rounds must be a positive integer, got {rounds!r}")
     if not 0.0 < fraction <= 1.0:
@@ -138,42 +224,21 @@ def federate(
         raise ConfigError("malicious clients given without an attack")
     is_mal = np.zeros(K, dtype=bool)
     is_mal[malicious] = True
+    return is_mal
+
+
+def _poison_data(
+    model: Model,
+    Xs: Sequence[np.ndarray],
+    ys: Sequence[np.ndarray],
+    attack: Attack | None,
+    is_mal: np.ndarray,
+    seed: int,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every client's data, the malicious clients' poisoned once by ``attack`` (inputs not modified)."""
     Xs, ys = list(Xs), list(ys)
     if attack is not None:
         data_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 2**32 - 1]))
         for k in np.flatnonzero(is_mal):
             Xs[k], ys[k] = attack.poison_data(Xs[k], ys[k], model.n_classes, data_rng)
-    sizes = np.array([len(y) for y in ys], dtype=np.int64)
-    strategy.reset()
-    hp = dict(epochs=epochs, batch_size=batch_size, lr=lr, prox_mu=prox_mu)
-    params = model.init_params() if params is None else np.array(params, dtype=np.float64, copy=True)
-    q_params = quantize(params) if quantized else None
-    if quantized:
-        params = dequantize(q_params)
-    result = FederationResult(params)
-    for r in range(int(rounds)):
-        chosen = sample_clients(K, fraction, seed, r)
-        seeds = [client_seed(seed, r, int(k)) for k in chosen]
-        P = local_sgd_many(model, params, [Xs[k] for k in chosen], [ys[k] for k in chosen], seeds=seeds, **hp)
-        P -= params  # the deltas, in place
-        mal_rows = np.flatnonzero(is_mal[chosen])
-        if mal_rows.size:
-            atk_rng = np.random.default_rng(np.random.SeedSequence([int(seed), r, 2**32 - 2]))
-            P[mal_rows] = attack.poison_updates(P[mal_rows], len(chosen), atk_rng)
-        server_update = None
-        if root_data is not None:
-            server_update = local_sgd(model, params, *root_data, seed=client_seed(seed, r, 2**31 - 1), **hp) - params
-        weights = sizes[chosen]
-        if quantized:
-            Q = quantize(P)
-            q_params = q_params + strategy.aggregate_int(list(Q), [int(w) for w in weights])
-            params = dequantize(q_params)
-        else:
-            params = strategy.step(params, P, weights, server_update=server_update)
-        result.params, result.rounds = params, r + 1
-        if evaluate is not None and ((r + 1) % eval_every == 0 or r + 1 == rounds):
-            metric = float(evaluate(params))
-            result.history.append((r + 1, metric))
-            if target is not None and metric >= target:
-                break
-    return result
+    return Xs, ys

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,8 @@ class TorchModel:
     Parameters travel as one flat float64 vector: every trainable tensor of
     ``module.parameters()`` in order, flattened row-major. The loss is the
     mean cross-entropy of the module's outputs (logits) plus
-    ``l2 / 2 * ||params||^2``. Works with :func:`fedmarket.fl.train.local_sgd`
+    ``l2 / 2 * ||params||^2``. Like :class:`~fedmarket.fl.models.Model` it offers
+    ``check_params`` / ``check_X`` / ``check_y``, ``logits`` and ``grad_fn``. Works with :func:`fedmarket.fl.train.local_sgd`
     and, by a per-client loop, :func:`fedmarket.fl.train.local_sgd_many`.
 
     Parameters
@@ -73,10 +75,7 @@ class TorchModel:
 
     def _set(self, params: np.ndarray) -> None:
         torch = _torch()
-        params = np.asarray(params, dtype=np.float64)
-        if params.shape != (self.n_params,):
-            raise ConfigError(f"parameter vector must have shape ({self.n_params},), got {params.shape}")
-        flat = torch.from_numpy(params)
+        flat = torch.from_numpy(self.check_params(params))
         with torch.no_grad():
             off = 0
             for p in self._params:
@@ -85,10 +84,105 @@ class TorchModel:
                 off += k
 
     def _tensor(self, X: np.ndarray) -> Any:
+        return _torch().from_numpy(self.check_X(X)).to(self._dtype)
+
+    def check_params(self, params: np.ndarray) -> np.ndarray:
+        """Validate a parameter vector.
+
+        Parameters
+        ----------
+        params : numpy.ndarray
+            Candidate parameter vector.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``params`` as float64 (no copy when it already is).
+
+        Raises
+        ------
+        ConfigError
+            If its shape is not ``(n_params,)``.
+        """
+        params = np.asarray(params, dtype=np.float64)
+        if params.shape != (self.n_params,):
+            raise ConfigError(f"parameter vector must have shape ({self.n_params},), got {params.shape}")
+        return params
+
+    def check_X(self, X: np.ndarray) -> np.ndarray:
+        """Validate a feature matrix.
+
+        Parameters
+        ----------
+        X : numpy.ndarray
+            Candidate features.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``X`` as float64 (no copy when it already is).
+
+        Raises
+        ------
+        SchemaMismatch
+            If ``X`` is not 2-D with ``n_features`` columns.
+        """
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise SchemaMismatch(f"data has shape {X.shape} but the model expects {self.n_features} features")
-        return _torch().from_numpy(X).to(self._dtype)
+        return X
+
+    def check_y(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Validate the labels of features ``X`` (anything with a ``shape``, e.g. a checked array or tensor).
+
+        Parameters
+        ----------
+        X : numpy.ndarray or torch.Tensor
+            Features, already checked.
+        y : numpy.ndarray
+            Candidate labels.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``y`` as int64.
+
+        Raises
+        ------
+        SchemaMismatch
+            If ``y`` is not one label per row of ``X``, or a label lies outside
+            ``[0, n_classes)``.
+        ConfigError
+            If there are no samples.
+        """
+        y = np.asarray(y)
+        if y.shape != (X.shape[0],):
+            raise SchemaMismatch(f"expected {X.shape[0]} labels, got shape {y.shape}")
+        if y.size == 0:
+            raise ConfigError("no samples given")
+        if y.min() < 0 or y.max() >= self.n_classes:
+            raise SchemaMismatch(f"labels must lie in [0, {self.n_classes}), got range [{y.min()}, {y.max()}]")
+        return y.astype(np.int64)
+
+    @property
+    def supports_batched(self) -> bool:
+        """Always False: clients train one after another (see :func:`fedmarket.fl.train.local_sgd_many`)."""
+        return False
+
+    def grad_fn(self, w: np.ndarray) -> Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]:
+        """Return ``f(X, y) -> (loss, grad)`` at ``w``, as :meth:`loss_and_grad` (checked; ``w`` read live).
+
+        Parameters
+        ----------
+        w : numpy.ndarray
+            Parameter vector of length ``n_params``; in-place updates are seen.
+
+        Returns
+        -------
+        callable
+            The loss-and-gradient function of a batch.
+        """
+        return lambda X, y: self.loss_and_grad(w, X, y)
 
     def init_params(self) -> np.ndarray:
         """The module's parameters when the adapter was made, float64 of length ``n_params``."""
@@ -110,18 +204,12 @@ class TorchModel:
         """Mean cross-entropy plus ``l2 / 2 * ||params||^2`` and its gradient (float64, length ``n_params``)."""
         torch = _torch()
         Xt = self._tensor(X)
-        y = np.asarray(y)
-        if y.shape != (Xt.shape[0],):
-            raise SchemaMismatch(f"expected {Xt.shape[0]} labels, got shape {y.shape}")
-        if y.size == 0:
-            raise ConfigError("no samples given")
-        if y.min() < 0 or y.max() >= self.n_classes:
-            raise SchemaMismatch(f"labels must lie in [0, {self.n_classes}), got range [{y.min()}, {y.max()}]")
+        y = self.check_y(Xt, y)
         self._set(params)
         self.module.train()
         for p in self._params:
             p.grad = None
-        loss = torch.nn.functional.cross_entropy(self.module(Xt), torch.from_numpy(y.astype(np.int64)))
+        loss = torch.nn.functional.cross_entropy(self.module(Xt), torch.from_numpy(y))
         if self.l2:
             loss = loss + 0.5 * self.l2 * sum((p * p).sum() for p in self._params)
         loss.backward()

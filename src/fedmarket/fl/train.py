@@ -72,9 +72,9 @@ def local_sgd(
     w_global = np.array(params, dtype=np.float64, copy=True)
     w = w_global.copy()
     if isinstance(model, Model):
-        X = model._check_X(X)
-        y = model._check_y(X, y)  # also rejects an empty dataset
-        grad_fn = model._grad_fn(model._check_params(w))  # reads w live, checked once here
+        X = model.check_X(X)
+        y = model.check_y(X, y)  # also rejects an empty dataset
+        grad_fn = model.grad_fn(model.check_params(w))  # reads w live, checked once here
     else:
         X, y = np.asarray(X), np.asarray(y)
         if X.shape[0] == 0:
@@ -194,13 +194,7 @@ def local_sgd_many(
         On a bad hyper-parameter, mismatched client counts, or a client without data.
     """
     _check_hparams(epochs, batch_size, lr, prox_mu)
-    K = len(Xs)
-    if len(ys) != K or len(seeds) != K:
-        raise ConfigError(f"got {K} feature sets, {len(ys)} label sets and {len(seeds)} seeds")
-    if K == 0:
-        raise ConfigError("no clients given")
-    if blas_threads is not None and (isinstance(blas_threads, bool) or int(blas_threads) != blas_threads or blas_threads < 1):
-        raise ConfigError(f"blas_threads must be a positive integer or None, got {blas_threads!r}")
+    _check_clients(len(Xs), len(ys), len(seeds), blas_threads)
     if not (isinstance(model, Model) and model.supports_batched):
         return np.stack(
             [
@@ -209,9 +203,40 @@ def local_sgd_many(
                 for X, y, s in zip(Xs, ys, seeds)
             ]
         )
-    w_global = model._check_params(np.array(params, dtype=np.float64, copy=True))
-    Xs = [model._check_X(X) for X in Xs]
-    ys = [model._check_y(X, y) for X, y in zip(Xs, ys)]
+    return _local_sgd_batched(
+        model, params, Xs, ys, epochs=epochs, batch_size=batch_size, lr=lr, seeds=seeds,
+        prox_mu=prox_mu, blas_threads=blas_threads,
+    )
+
+
+def _check_clients(n_X: int, n_y: int, n_seeds: int, blas_threads: int | None) -> None:
+    """Validate the client counts and the BLAS thread setting of :func:`local_sgd_many`."""
+    if n_y != n_X or n_seeds != n_X:
+        raise ConfigError(f"got {n_X} feature sets, {n_y} label sets and {n_seeds} seeds")
+    if n_X == 0:
+        raise ConfigError("no clients given")
+    if blas_threads is not None and (isinstance(blas_threads, bool) or int(blas_threads) != blas_threads or blas_threads < 1):
+        raise ConfigError(f"blas_threads must be a positive integer or None, got {blas_threads!r}")
+
+
+def _local_sgd_batched(
+    model: Model,
+    params: np.ndarray,
+    Xs: Sequence[np.ndarray],
+    ys: Sequence[np.ndarray],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seeds: Sequence[int],
+    prox_mu: float,
+    blas_threads: int | None,
+) -> np.ndarray:
+    """The vectorised path of :func:`local_sgd_many` (arguments already validated, ``model.supports_batched``)."""
+    w_global = model.check_params(np.array(params, dtype=np.float64, copy=True))
+    Xs = [model.check_X(X) for X in Xs]
+    ys = [model.check_y(X, y) for X, y in zip(Xs, ys)]
+    K = len(Xs)
     sizes = np.array([X.shape[0] for X in Xs])
     bs = int(batch_size)
     steps = int(epochs) * -(-sizes // bs)
@@ -219,10 +244,7 @@ def local_sgd_many(
     Xo = [Xs[k] for k in order]
     yo = [ys[k] for k in order]
     sched = _schedule(sizes[order].tolist(), [int(seeds[k]) for k in order], epochs, bs)
-    valid = sched >= 0
-    rows = np.where(valid, sched, 0)  # padding reads row 0 with sample weight 0
-    sw = valid / np.maximum(valid.sum(axis=2, keepdims=True), 1)  # 1 / batch size, 0 for padding
-    active = (steps[order][None, :] > np.arange(sched.shape[1])[:, None]).sum(axis=1)
+    rows, sw, active = _batch_plan(sched, steps[order])
     P = np.tile(w_global, (K, 1))
     Xb = np.empty((K, bs, model.n_features))
     yb = np.empty((K, bs), dtype=np.int64)
@@ -234,6 +256,21 @@ def local_sgd_many(
     return out
 
 
+def _batch_plan(sched: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gather rows, sample weights and active-client counts from a :func:`_schedule` ``(K, T, bs)``.
+
+    ``steps`` is each client's step count, in the schedule's (non-increasing)
+    client order. Returns ``rows`` (the schedule with padding read from row 0),
+    ``sw`` (``1 / batch size`` for real samples, 0 for padding), both
+    ``(K, T, bs)``, and ``active`` ``(T,)``: how many clients take step ``t``.
+    """
+    valid = sched >= 0
+    rows = np.where(valid, sched, 0)  # padding reads row 0 with sample weight 0
+    sw = valid / np.maximum(valid.sum(axis=2, keepdims=True), 1)  # 1 / batch size, 0 for padding
+    active = (steps[None, :] > np.arange(sched.shape[1])[:, None]).sum(axis=1)
+    return rows, sw, active
+
+
 def _steps(model, P, w_global, Xo, yo, rows, sw, active, Xb, yb, lr, prox_mu) -> None:
     """The vectorised SGD loop of :func:`local_sgd_many` (clients ordered by step count, in place on ``P``)."""
     for t in range(rows.shape[1]):
@@ -242,6 +279,6 @@ def _steps(model, P, w_global, Xo, yo, rows, sw, active, Xb, yb, lr, prox_mu) ->
             np.take(Xo[i], rows[i, t], axis=0, out=Xb[i])
             np.take(yo[i], rows[i, t], out=yb[i])
         prox = lr * prox_mu * (P[:a] - w_global) if prox_mu else None  # at the weights before the step
-        model._batched_step(P[:a], Xb[:a], yb[:a], sw[:a, t], lr)
+        model.batched_step(P[:a], Xb[:a], yb[:a], sw[:a, t], lr)
         if prox is not None:
             P[:a] -= prox

@@ -91,18 +91,54 @@ def detect(
     ConfigError
         On fewer than two updates, non-finite data or mismatched values.
     """
+    U = _check_updates(updates)
+    n = U.shape[0]
+    norms = np.linalg.norm(U, axis=1)
+    m = _reference_norm(norms)
+    ratio = norms / m
+    free = ratio <= zero_tol
+    close = _near_copies(U, norms, m, sybil_tol, rel_sybil_tol) & ~free[:, None] & ~free[None, :]
+    np.fill_diagonal(close, False)
+    pairs = [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(close)))]
+    sybil = close.any(axis=1)
+    cos = _median_cosine(U, norms)
+    reasons: dict[int, list[str]] = {}
+    for i in np.flatnonzero(free):
+        _add_reason(reasons, i, f"free-rider: update norm {ratio[i]:.3g} x median")
+    for i, j in pairs:
+        _add_reason(reasons, i, f"sybil: copy of provider {j}")
+        _add_reason(reasons, j, f"sybil: copy of provider {i}")
+    poison = _geometric_poisoners(free, cos, ratio, cos_threshold, norm_factor, reasons)
+    if values is not None:
+        poison |= _negative_contributors(values, n, neg_tol, reasons)
+    return DetectionReport(free, sybil, pairs, poison, cos, ratio, reasons)
+
+
+def _add_reason(reasons: dict[int, list[str]], i: int, why: str) -> None:
+    reasons.setdefault(int(i), []).append(why)
+
+
+def _check_updates(updates: np.ndarray) -> np.ndarray:
+    """The updates as a float64 ``(n, d)`` array, ``n >= 2``, all finite."""
     U = np.asarray(updates, dtype=np.float64)
     if U.ndim != 2 or U.shape[0] < 2:
         raise ConfigError(f"detection needs at least two updates (n, d), got shape {U.shape}")
     if not np.all(np.isfinite(U)):
         raise ConfigError("updates must be finite")
-    n = U.shape[0]
-    norms = np.linalg.norm(U, axis=1)
+    return U
+
+
+def _reference_norm(norms: np.ndarray) -> float:
+    """The median update norm ``m`` the thresholds scale with (the largest norm, or 1, when it is 0)."""
     m = float(np.median(norms))
     if m == 0.0:
         m = float(norms.max()) or 1.0
-    ratio = norms / m
-    free = ratio <= zero_tol
+    return m
+
+
+def _near_copies(U: np.ndarray, norms: np.ndarray, m: float, sybil_tol: float, rel_sybil_tol: float) -> np.ndarray:
+    """Boolean ``(n, n)``: pairs of updates within ``sybil_tol * m`` or (``n >= 4``) the relative Sybil tolerance."""
+    n = U.shape[0]
     gram = U @ U.T
     sq = norms**2
     dist = np.sqrt(np.clip(sq[:, None] + sq[None, :] - 2 * gram, 0.0, None))
@@ -113,40 +149,47 @@ def detect(
         # updates are the majority
         nn = np.where(np.eye(n, dtype=bool), np.inf, dist).min(axis=1)
         near |= dist <= rel_sybil_tol * float(np.median(nn))
-    close = near & ~free[:, None] & ~free[None, :]
-    np.fill_diagonal(close, False)
-    pairs = [(int(i), int(j)) for i, j in zip(*np.nonzero(np.triu(close)))]
-    sybil = close.any(axis=1)
+    return near
+
+
+def _median_cosine(U: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """Cosine of each update with the coordinate-wise median update (0 when that median is 0)."""
     med = np.median(U, axis=0)
     mn = float(np.linalg.norm(med))
-    cos = (U @ med) / np.maximum(norms * mn, 1e-300) if mn > 0 else np.zeros(n)
-    reasons: dict[int, list[str]] = {}
+    return (U @ med) / np.maximum(norms * mn, 1e-300) if mn > 0 else np.zeros(U.shape[0])
 
-    def add(i: int, why: str) -> None:
-        reasons.setdefault(int(i), []).append(why)
 
-    for i in np.flatnonzero(free):
-        add(i, f"free-rider: update norm {ratio[i]:.3g} x median")
-    for i, j in pairs:
-        add(i, f"sybil: copy of provider {j}")
-        add(j, f"sybil: copy of provider {i}")
-    poison = np.zeros(n, dtype=bool)
-    for i in range(n):
+def _geometric_poisoners(
+    free: np.ndarray,
+    cos: np.ndarray,
+    ratio: np.ndarray,
+    cos_threshold: float,
+    norm_factor: float,
+    reasons: dict[int, list[str]],
+) -> np.ndarray:
+    """Boolean ``(n,)``: non-free-riders pointing away from the median or far too long; reasons added."""
+    poison = np.zeros(free.shape[0], dtype=bool)
+    for i in range(free.shape[0]):
         if free[i]:
             continue
         if cos[i] < cos_threshold:
             poison[i] = True
-            add(i, f"poisoning: cosine {cos[i]:.3f} with the robust aggregate")
+            _add_reason(reasons, i, f"poisoning: cosine {cos[i]:.3f} with the robust aggregate")
         if ratio[i] > norm_factor:
             poison[i] = True
-            add(i, f"poisoning: update norm {ratio[i]:.3g} x median")
-    if values is not None:
-        v = np.asarray(values, dtype=np.float64)
-        if v.shape != (n,) or not np.all(np.isfinite(v)):
-            raise ConfigError(f"values must be {n} finite numbers")
-        scale = float(np.abs(v).sum())
-        neg = v < -neg_tol * scale if scale > 0 else np.zeros(n, dtype=bool)
-        for i in np.flatnonzero(neg):
-            poison[i] = True
-            add(i, f"poisoning: negative contribution {v[i]:.4g}")
-    return DetectionReport(free, sybil, pairs, poison, cos, ratio, reasons)
+            _add_reason(reasons, i, f"poisoning: update norm {ratio[i]:.3g} x median")
+    return poison
+
+
+def _negative_contributors(
+    values: np.ndarray, n: int, neg_tol: float, reasons: dict[int, list[str]]
+) -> np.ndarray:
+    """Boolean ``(n,)``: contribution value below ``-neg_tol * sum(|values|)``; reasons added."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.shape != (n,) or not np.all(np.isfinite(v)):
+        raise ConfigError(f"values must be {n} finite numbers")
+    scale = float(np.abs(v).sum())
+    neg = v < -neg_tol * scale if scale > 0 else np.zeros(n, dtype=bool)
+    for i in np.flatnonzero(neg):
+        _add_reason(reasons, i, f"poisoning: negative contribution {v[i]:.4g}")
+    return neg

@@ -170,21 +170,54 @@ def gtg_shapley(
     -------
     ShapleyEstimate
     """
-    eps = check_positive("eps", eps)
-    round_tol = check_positive("round_tol", round_tol)
-    conv_tol = check_positive("conv_tol", conv_tol)
-    min_batches = check_count("min_batches", min_batches)
-    if isinstance(exact_strata, bool) or exact_strata not in range(MAX_EXACT_STRATA + 1):
-        raise ConfigError(f"exact_strata must be 0, 1 or {MAX_EXACT_STRATA}, got {exact_strata!r}")
+    eps, round_tol, conv_tol, min_batches = _check_options(eps, round_tol, conv_tol, min_batches, exact_strata)
     n = utility.n
     budget = max(100, 10 * n) if max_permutations is None else check_count("max_permutations", max_permutations)
     start = utility.evaluations
     v_empty, v_full = utility.empty(), utility.grand()
     if abs(v_full - v_empty) <= round_tol:
         return ShapleyEstimate(np.zeros(n), 0, utility.evaluations - start, True, round_truncated=True)
-    tol = eps * abs(v_full - v_empty)
     exact = small_strata(utility, exact_strata)
-    rng = np.random.default_rng(seed)
+    est, count, converged = _sample_strata(
+        utility, exact, np.random.default_rng(seed), v_empty=v_empty, v_full=v_full,
+        tol=eps * abs(v_full - v_empty), budget=budget, conv_tol=conv_tol, min_batches=min_batches,
+        residual=residual,
+    )
+    return ShapleyEstimate(est, count, utility.evaluations - start, converged)
+
+
+def _check_options(
+    eps: float, round_tol: float, conv_tol: float, min_batches: int, exact_strata: int
+) -> tuple[float, float, float, int]:
+    """Validate the tolerances and counts of :func:`gtg_shapley`; return them normalised."""
+    eps = check_positive("eps", eps)
+    round_tol = check_positive("round_tol", round_tol)
+    conv_tol = check_positive("conv_tol", conv_tol)
+    min_batches = check_count("min_batches", min_batches)
+    if isinstance(exact_strata, bool) or exact_strata not in range(MAX_EXACT_STRATA + 1):
+        raise ConfigError(f"exact_strata must be 0, 1 or {MAX_EXACT_STRATA}, got {exact_strata!r}")
+    return eps, round_tol, conv_tol, min_batches
+
+
+def _sample_strata(
+    utility: Utility,
+    exact: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    v_empty: float,
+    v_full: float,
+    tol: float,
+    budget: int,
+    conv_tol: float,
+    min_batches: int,
+    residual: bool,
+) -> tuple[np.ndarray, int, bool]:
+    """The sampling loop of :func:`gtg_shapley`: Latin-square batches of truncated walks, to convergence or budget.
+
+    Returns the stratified estimate, the number of permutations walked, and
+    whether the estimate converged (immediately so when ``exact`` covers every stratum).
+    """
+    n = utility.n
     sums, counts = np.zeros((n, n)), np.zeros((n, n))
     est = stratified_values(sums, counts, exact)
     converged = exact.shape[0] == n  # every stratum enumerated: nothing to sample
@@ -192,14 +225,20 @@ def gtg_shapley(
     while not converged and count < budget:
         perms = latin_permutations(n, rng)[: budget - count]
         marg = walk(utility, perms, v_empty, v_full, tol, residual=residual)
-        pos = np.argsort(perms, axis=1)  # (p, i): the size of the coalition player i joined
-        flat = (pos * n + np.arange(n)).ravel()
-        sums += np.bincount(flat, weights=marg.ravel(), minlength=n * n).reshape(n, n)
-        counts += np.bincount(flat, minlength=n * n).reshape(n, n)
+        _add_by_stratum(sums, counts, perms, marg)
         count += perms.shape[0]
         b += 1
         new = stratified_values(sums, counts, exact)
         if b >= min_batches and np.mean(np.abs(new - est)) <= conv_tol * max(np.mean(np.abs(new)), 1e-12):
             converged = True
         est = new
-    return ShapleyEstimate(est, count, utility.evaluations - start, converged)
+    return est, count, converged
+
+
+def _add_by_stratum(sums: np.ndarray, counts: np.ndarray, perms: np.ndarray, marg: np.ndarray) -> None:
+    """Add walked marginals ``marg`` ``(p, n)`` into per-(coalition size, player) ``sums`` and ``counts``, in place."""
+    n = sums.shape[1]
+    pos = np.argsort(perms, axis=1)  # (p, i): the size of the coalition player i joined
+    flat = (pos * n + np.arange(n)).ravel()
+    sums += np.bincount(flat, weights=marg.ravel(), minlength=n * n).reshape(n, n)
+    counts += np.bincount(flat, minlength=n * n).reshape(n, n)

@@ -196,7 +196,7 @@ class AggregationUtility(Utility):
         super().__init__(U.shape[0])
         if metric not in METRICS:
             raise ConfigError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
-        params = model._check_params(params)
+        params = model.check_params(params)
         if U.shape[1] != params.shape[0]:
             raise ConfigError(f"updates have {U.shape[1]} parameters, the model {params.shape[0]}")
         if not np.all(np.isfinite(U)):
@@ -204,8 +204,8 @@ class AggregationUtility(Utility):
         w = np.ones(self.n) if weights is None else np.asarray(weights, dtype=np.float64)
         if w.shape != (self.n,) or not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ConfigError(f"need {self.n} finite non-negative weights, got {w!r}")
-        X = model._check_X(X)
-        self.y = model._check_y(X, y)
+        X = model.check_X(X)
+        self.y = model.check_y(X, y)
         self.model, self.params, self.U, self.w, self.X = model, params, U, w, X
         self.metric = metric
         self.chunk_elems = int(chunk_elems)
@@ -281,7 +281,7 @@ class AggregationUtility(Utility):
                 logits = (a32 @ self._L + self._L0).reshape(-1, c, m)
             else:
                 P = self.params + a @ self.U
-                logits = np.stack([self.model._logits(p, self.X).T for p in P])
+                logits = np.stack([self.model.logits(p, self.X).T for p in P])
             true = logits[:, self.y, rows]  # the true class's logit, taken from the same numbers
             out[s : s + step] = self._score(logits, true)
         return out
