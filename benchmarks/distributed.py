@@ -24,7 +24,7 @@ def distributed(args) -> dict:
     from fedmarket.testing.localjob import LocalJob, RpcProxy
 
     with tempfile.TemporaryDirectory() as tmp, AnvilNode(fixed_interval=False) as node, RpcProxy(node.url) as proxy:
-        job = LocalJob(tmp, node.url, rpc_url=proxy.url, providers=args.providers, validators=args.validators,
+        job = LocalJob.make(tmp, node.url, rpc_url=proxy.url, providers=args.providers, validators=args.validators,
                        rounds=args.rounds, local_epochs=args.local_epochs, poll=args.poll,
                        collect_timeout=args.collect_timeout)
         job.setup()

@@ -50,7 +50,7 @@ class JobTerms:
         return astuple(self)
 
     @classmethod
-    def from_chain(cls, values) -> "JobTerms":
+    def from_chain(cls, values) -> JobTerms:
         if isinstance(values, dict):
             return cls(**{f: values[f] for f in cls.__dataclass_fields__})
         return cls(*values)
@@ -90,7 +90,7 @@ class Deployment:
         fee_bps: int = DEFAULT_FEE_BPS,
         unbonding_delay: int = DEFAULT_UNBONDING_DELAY,
         token: Contract | None = None,
-    ) -> "Deployment":
+    ) -> Deployment:
         """Deploy everything. The market and its judges point at each other through immutables,
         so the market's address is computed from the deployer's nonce before any of them exists."""
         if token is None:
@@ -118,7 +118,7 @@ class Deployment:
         return cls(chain, token, **h)
 
     @classmethod
-    def attach(cls, chain: Chain, addresses: dict) -> "Deployment":
+    def attach(cls, chain: Chain, addresses: dict) -> Deployment:
         """Handles to a deployment from its saved addresses; events are read from its `block` on."""
         block = int(addresses.get("block", 0))
         handles = {
@@ -168,4 +168,4 @@ class Deployment:
 
     @property
     def chain_id(self) -> int:
-        return int(getattr(self.chain, "chain_id"))
+        return int(self.chain.chain_id)

@@ -150,7 +150,7 @@ def _centralized_accuracy(spec: JobSpec, train, test, cfg: JobConfig) -> float:
     return model.accuracy(params, spec.normalize(test.X), test.y)
 
 
-def demo_spec(cfg: JobConfig, ds) -> JobSpec:
+def demo_spec(cfg: JobConfig, ds, deadlines: DeadlineSpec | None = None) -> JobSpec:
     """The demo job's spec: the dataset's schema, softmax regression, the config's money and privacy."""
     return JobSpec(
         name=f"{cfg.dataset} softmax regression, {cfg.providers} providers",
@@ -170,7 +170,7 @@ def demo_spec(cfg: JobConfig, ds) -> JobSpec:
                                         max_validators=cfg.validators, per_round=cfg.per_round),
         quality=QualitySpec(target_accuracy=cfg.target_accuracy, miss_payout_bps=cfg.miss_payout_bps),
         privacy=cfg.privacy_spec(),
-        deadlines=DeadlineSpec(),
+        deadlines=deadlines or DeadlineSpec(),
     )
 
 

@@ -32,7 +32,7 @@ def local_job(node, tmp_path):
     jobs = []
 
     def make(**kwargs) -> LocalJob:
-        job = LocalJob(tmp_path, node.url, **kwargs)
+        job = LocalJob.make(tmp_path, node.url, **kwargs)
         job.setup()
         jobs.append(job)
         return job

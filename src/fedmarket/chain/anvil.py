@@ -100,7 +100,7 @@ class AnvilNode:
                 self.proc.kill()
                 self.proc.wait()
 
-    def __enter__(self) -> "AnvilNode":
+    def __enter__(self) -> AnvilNode:
         return self
 
     def __exit__(self, *exc) -> None:

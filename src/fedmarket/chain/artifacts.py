@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from ..errors import ChainError
@@ -56,7 +56,7 @@ def _source_key(name: str) -> str:
     return h.hexdigest()[:24]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(name: str) -> Artifact:
     """The compiled artifact of `contracts/<name>.vy`, compiling it on first use."""
     import vyper

@@ -23,11 +23,11 @@ class Account:
     key: bytes = field(repr=False)
 
     @classmethod
-    def from_key(cls, key: bytes) -> "Account":
+    def from_key(cls, key: bytes) -> Account:
         return cls(EthAccount.from_key(key).address, key)
 
     @classmethod
-    def derive(cls, seed: str, index: int) -> "Account":
+    def derive(cls, seed: str, index: int) -> Account:
         """Deterministic development account number `index` of `seed` (never for real funds)."""
         key = hashlib.sha256(f"fedmarket-dev:{seed}:{index}".encode()).digest()
         return cls.from_key(key)
@@ -135,12 +135,12 @@ class Chain(abc.ABC):
         self.fund(acct.address, wei)
         return acct
 
-    def register(self, address: str, name: str, abi: ContractABI, from_block: int = 0) -> "Contract":
+    def register(self, address: str, name: str, abi: ContractABI, from_block: int = 0) -> Contract:
         """A handle to the contract at `address`; its event queries start at `from_block` (its deployment)."""
         self._abis[address.lower()] = (name, abi)
         return Contract(self, address, name, abi, from_block)
 
-    def deploy(self, sender: Account, name: str, abi: ContractABI, bytecode: bytes, *args: Any) -> "Contract":
+    def deploy(self, sender: Account, name: str, abi: ContractABI, bytecode: bytes, *args: Any) -> Contract:
         """Deploy `bytecode` with constructor `args`; returns a handle to the new contract."""
         data = bytecode + eth_abi.encode(abi.constructor_types(), list(args))
         try:

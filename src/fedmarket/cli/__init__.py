@@ -1,7 +1,8 @@
 """The `fedmarket` command line: every command registers itself on one typer app; `main` runs
 it and turns every expected error into one line on stderr and a non-zero exit, never a traceback."""
 
-from . import account, deploy, main as _commands, roles  # noqa: F401 - each module registers its commands
+from . import account, deploy, roles  # noqa: F401 - each module registers its commands
+from . import main as _commands
 from .app import app, run
 
 __all__ = ["app", "main"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import typer
@@ -162,7 +161,7 @@ def _print_settlement(report: dict, out: Path) -> None:
         f"final accuracy [bold]{report['final_accuracy']:.4f}[/] after {report['rounds']} rounds "
         f"(centralized training: {report['centralized_accuracy']:.4f})"
     )
-    fed = lambda v: f"{v / unit:,.6g}"  # noqa: E731
+    fed = lambda v: f"{v / unit:,.6g}"
     console.print(
         f"escrow {fed(report['escrow'])} FED = paid {fed(report['paid'])} + fee {fed(report['fee'])} + refunded "
         f"{fed(report['refunded'])} (from chain balances) | conserved: [bold]{str(report['conserved']).lower()}[/]",

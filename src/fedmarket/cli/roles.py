@@ -199,10 +199,7 @@ def provider_run(
     """Join the job (stake by permit), train every round it is selected for, claim reward and stake."""
     from ..processes import ProviderProcess
 
-    X, y = _load_npz(data, "data")
-    dep, signer, state = ctx.connect("provider", job)
-    blobs, box = ctx.stores(mailbox)
-    ctx.run(ProviderProcess(dep, signer, blobs, box, X, y, job, state))
+    _run_with_data(ctx, "provider", ProviderProcess, data, job, mailbox)
 
 
 @role_command(aggregator_app, "run")
@@ -232,7 +229,12 @@ def validator_run(
     """Join as validator, recompute/score/attest (or reject) every round, reveal the scores, claim the stake back."""
     from ..processes import ValidatorProcess
 
+    _run_with_data(ctx, "validator", ValidatorProcess, data, job, mailbox)
+
+
+def _run_with_data(ctx: RoleContext, role: str, process, data: Path, job: int, mailbox: Path) -> None:
+    """Run a role that holds local data (a provider's, a validator's) on job `job`."""
     X, y = _load_npz(data, "data")
-    dep, signer, state = ctx.connect("validator", job)
+    dep, signer, state = ctx.connect(role, job)
     blobs, box = ctx.stores(mailbox)
-    ctx.run(ValidatorProcess(dep, signer, blobs, box, X, y, job, state))
+    ctx.run(process(dep, signer, blobs, box, X, y, job, state))

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedmarket.errors import ConfigError
+from fedmarket.fl.registry import Registry
 
 # ---------------------------------------------------------------- pure functions
 
@@ -286,24 +287,26 @@ class Sybil(Attack):
         return np.repeat(first, U.shape[0], axis=0)
 
 
-ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (LabelFlip, SignFlip, Scaling, GaussianNoise, ALIE, Backdoor, FreeRider, Sybil)
-}
+_REGISTRY: Registry[Attack] = Registry(
+    "attack", Attack, (LabelFlip, SignFlip, Scaling, GaussianNoise, ALIE, Backdoor, FreeRider, Sybil), nested="base"
+)
+#: the catalogue, name to class (the registry's own dict)
+ATTACKS: dict[str, type[Attack]] = _REGISTRY.classes
 
 
 def make_attack(name: str, **params: Any) -> Attack:
     """Build the attack registered as ``name`` with its keyword parameters.
+
+    Parameters
+    ----------
+    name : str
+        A key of ``ATTACKS`` (e.g. ``"label_flip"``, ``"sybil"``).
+    **params
+        Passed to the attack's constructor; for ``sybil``, ``base`` may itself be a name.
 
     Raises
     ------
     ConfigError
         On an unknown name or parameters the attack does not take.
     """
-    if name not in ATTACKS:
-        raise ConfigError(f"unknown attack '{name}'; choose one of: {', '.join(sorted(ATTACKS))}")
-    if isinstance(params.get("base"), str):
-        params["base"] = make_attack(params["base"])
-    try:
-        return ATTACKS[name](**params)
-    except TypeError as exc:
-        raise ConfigError(f"bad parameters for attack '{name}': {exc}") from None
+    return _REGISTRY.make(name, **params)

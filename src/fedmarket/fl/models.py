@@ -1,9 +1,10 @@
-"""Models on a flat float64 parameter vector (softmax regression, MLP), and schema-bound feature scaling."""
+"""Models on a flat float64 parameter vector (softmax regression, MLP), their input checks, and schema-bound feature scaling."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -60,22 +61,124 @@ def normalize(X: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
 GradFn = Callable[[np.ndarray, np.ndarray], tuple[float, np.ndarray]]
 
 
-class Model(ABC):
-    """A classifier whose parameters are one flat float64 vector.
+class InputChecks:
+    """Validators of a classifier's inputs: a flat parameter vector, features and labels.
 
-    Subclasses define ``n_features``, ``n_classes`` and ``n_params``, the
-    unchecked class scores :meth:`_logits` and the unchecked gradient
-    :meth:`grad_fn`. The validators :meth:`check_params`, :meth:`check_X`
-    and :meth:`check_y` are public so that callers running many unchecked
-    steps (:func:`fedmarket.fl.train.local_sgd`) validate their inputs once,
-    with the same error messages as the checked methods. A subclass that can
-    train many clients at once also defines :meth:`batched_step` (see
-    :func:`fedmarket.fl.train.local_sgd_many`).
+    Shared by :class:`Model` and :class:`~fedmarket.fl.torch_adapter.TorchModel`,
+    so that both reject bad inputs with the same error messages. A subclass
+    defines ``n_features``, ``n_classes`` and ``n_params``.
+
+    Attributes
+    ----------
+    copy_labels : bool
+        Whether :meth:`check_y` always returns a fresh label array (default
+        False: no copy when ``y`` already is int64).
     """
 
     n_features: int
     n_classes: int
     n_params: int
+    copy_labels: ClassVar[bool] = False
+
+    def check_params(self, params: np.ndarray) -> np.ndarray:
+        """Validate a parameter vector.
+
+        Parameters
+        ----------
+        params : numpy.ndarray
+            Candidate parameter vector.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``params`` as float64 (no copy when it already is).
+
+        Raises
+        ------
+        ConfigError
+            If its shape is not ``(n_params,)``.
+        """
+        params = np.asarray(params, dtype=np.float64)
+        if params.shape != (self.n_params,):
+            raise ConfigError(
+                f"parameter vector must have shape ({self.n_params},), got {params.shape}"
+            )
+        return params
+
+    def check_X(self, X: np.ndarray) -> np.ndarray:
+        """Validate a feature matrix.
+
+        Parameters
+        ----------
+        X : numpy.ndarray
+            Candidate features.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``X`` as float64 (no copy when it already is).
+
+        Raises
+        ------
+        SchemaMismatch
+            If ``X`` is not 2-D with ``n_features`` columns.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise SchemaMismatch(
+                f"data has shape {X.shape} but the model expects {self.n_features} features"
+            )
+        return X
+
+    def check_y(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Validate the labels of checked features ``X``.
+
+        Parameters
+        ----------
+        X : numpy.ndarray or torch.Tensor
+            Features, already checked by :meth:`check_X` (anything with a
+            ``shape``).
+        y : numpy.ndarray
+            Candidate labels.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``y`` as int64: no copy when it already is, unless the class sets
+            :attr:`copy_labels`.
+
+        Raises
+        ------
+        SchemaMismatch
+            If ``y`` is not one label per row of ``X``, or a label lies outside
+            ``[0, n_classes)``.
+        ConfigError
+            If there are no samples.
+        """
+        y = np.asarray(y)
+        if y.shape != (X.shape[0],):
+            raise SchemaMismatch(f"expected {X.shape[0]} labels, got shape {y.shape}")
+        if X.shape[0] == 0:
+            raise ConfigError("no samples given")
+        if y.min() < 0 or y.max() >= self.n_classes:
+            raise SchemaMismatch(
+                f"labels must lie in [0, {self.n_classes}), got range [{y.min()}, {y.max()}]"
+            )
+        return y.astype(np.int64, copy=self.copy_labels)
+
+
+class Model(InputChecks, ABC):
+    """A classifier whose parameters are one flat float64 vector.
+
+    Subclasses define ``n_features``, ``n_classes`` and ``n_params``, the
+    unchecked class scores :meth:`_logits` and the unchecked gradient
+    :meth:`grad_fn`. The validators :meth:`check_params`, :meth:`check_X`
+    and :meth:`check_y` (from :class:`InputChecks`) are public so that
+    callers running many unchecked steps (:func:`fedmarket.fl.train.local_sgd`)
+    validate their inputs once, with the same error messages as the checked
+    methods. A subclass that can train many clients at once also defines
+    :meth:`batched_step` (see :func:`fedmarket.fl.train.local_sgd_many`).
+    """
 
     @abstractmethod
     def init_params(self) -> np.ndarray:
@@ -133,90 +236,6 @@ class Model(ABC):
             If the model cannot train clients in a batch (see :attr:`supports_batched`).
         """
         raise NotImplementedError(f"{type(self).__name__} cannot train clients in a batch")
-
-    def check_params(self, params: np.ndarray) -> np.ndarray:
-        """Validate a parameter vector.
-
-        Parameters
-        ----------
-        params : numpy.ndarray
-            Candidate parameter vector.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``params`` as float64 (no copy when it already is).
-
-        Raises
-        ------
-        ConfigError
-            If its shape is not ``(n_params,)``.
-        """
-        params = np.asarray(params, dtype=np.float64)
-        if params.shape != (self.n_params,):
-            raise ConfigError(
-                f"parameter vector must have shape ({self.n_params},), got {params.shape}"
-            )
-        return params
-
-    def check_X(self, X: np.ndarray) -> np.ndarray:
-        """Validate a feature matrix.
-
-        Parameters
-        ----------
-        X : numpy.ndarray
-            Candidate features.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``X`` as float64 (no copy when it already is).
-
-        Raises
-        ------
-        SchemaMismatch
-            If ``X`` is not 2-D with ``n_features`` columns.
-        """
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise SchemaMismatch(
-                f"data has shape {X.shape} but the model expects {self.n_features} features"
-            )
-        return X
-
-    def check_y(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Validate the labels of checked features ``X``.
-
-        Parameters
-        ----------
-        X : numpy.ndarray
-            Features, already checked by :meth:`check_X`.
-        y : numpy.ndarray
-            Candidate labels.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``y`` as int64 (no copy when it already is).
-
-        Raises
-        ------
-        SchemaMismatch
-            If ``y`` is not one label per row of ``X``, or a label lies outside
-            ``[0, n_classes)``.
-        ConfigError
-            If there are no samples.
-        """
-        y = np.asarray(y)
-        if y.shape != (X.shape[0],):
-            raise SchemaMismatch(f"expected {X.shape[0]} labels, got shape {y.shape}")
-        if X.shape[0] == 0:
-            raise ConfigError("no samples given")
-        if y.min() < 0 or y.max() >= self.n_classes:
-            raise SchemaMismatch(
-                f"labels must lie in [0, {self.n_classes}), got range [{y.min()}, {y.max()}]"
-            )
-        return y.astype(np.int64, copy=False)
 
     def logits(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Return the class scores of the model at ``params``.

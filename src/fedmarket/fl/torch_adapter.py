@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from fedmarket.errors import ConfigError, SchemaMismatch
+from fedmarket.errors import ConfigError
+from fedmarket.fl.models import InputChecks
 
 TORCH_HINT = "install PyTorch (CPU build) with `pip install torch`, or the extra `pip install fedmarket[torch]`"
 
@@ -20,15 +21,17 @@ def _torch() -> Any:
     return torch
 
 
-class TorchModel:
+class TorchModel(InputChecks):
     """A PyTorch classifier seen through ``init_params`` / ``loss_and_grad`` / ``predict`` / ``accuracy``.
 
     Parameters travel as one flat float64 vector: every trainable tensor of
     ``module.parameters()`` in order, flattened row-major. The loss is the
     mean cross-entropy of the module's outputs (logits) plus
     ``l2 / 2 * ||params||^2``. Like :class:`~fedmarket.fl.models.Model` it offers
-    ``check_params`` / ``check_X`` / ``check_y``, ``logits`` and ``grad_fn``. Works with :func:`fedmarket.fl.train.local_sgd`
-    and, by a per-client loop, :func:`fedmarket.fl.train.local_sgd_many`.
+    ``check_params`` / ``check_X`` / ``check_y`` (the same
+    :class:`~fedmarket.fl.models.InputChecks`), ``logits`` and ``grad_fn``. Works with
+    :func:`fedmarket.fl.train.local_sgd` and, by a per-client loop,
+    :func:`fedmarket.fl.train.local_sgd_many`.
 
     Parameters
     ----------
@@ -43,6 +46,9 @@ class TorchModel:
     l2 : float, optional
         L2 penalty on all parameters, ``>= 0`` (default 0).
     """
+
+    #: labels go to ``torch.from_numpy``, which shares memory: always hand it a fresh array
+    copy_labels = True
 
     def __init__(self, module: Any, n_features: int, n_classes: int, l2: float = 0.0) -> None:
         torch = _torch()
@@ -85,84 +91,6 @@ class TorchModel:
 
     def _tensor(self, X: np.ndarray) -> Any:
         return _torch().from_numpy(self.check_X(X)).to(self._dtype)
-
-    def check_params(self, params: np.ndarray) -> np.ndarray:
-        """Validate a parameter vector.
-
-        Parameters
-        ----------
-        params : numpy.ndarray
-            Candidate parameter vector.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``params`` as float64 (no copy when it already is).
-
-        Raises
-        ------
-        ConfigError
-            If its shape is not ``(n_params,)``.
-        """
-        params = np.asarray(params, dtype=np.float64)
-        if params.shape != (self.n_params,):
-            raise ConfigError(f"parameter vector must have shape ({self.n_params},), got {params.shape}")
-        return params
-
-    def check_X(self, X: np.ndarray) -> np.ndarray:
-        """Validate a feature matrix.
-
-        Parameters
-        ----------
-        X : numpy.ndarray
-            Candidate features.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``X`` as float64 (no copy when it already is).
-
-        Raises
-        ------
-        SchemaMismatch
-            If ``X`` is not 2-D with ``n_features`` columns.
-        """
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise SchemaMismatch(f"data has shape {X.shape} but the model expects {self.n_features} features")
-        return X
-
-    def check_y(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Validate the labels of features ``X`` (anything with a ``shape``, e.g. a checked array or tensor).
-
-        Parameters
-        ----------
-        X : numpy.ndarray or torch.Tensor
-            Features, already checked.
-        y : numpy.ndarray
-            Candidate labels.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``y`` as int64.
-
-        Raises
-        ------
-        SchemaMismatch
-            If ``y`` is not one label per row of ``X``, or a label lies outside
-            ``[0, n_classes)``.
-        ConfigError
-            If there are no samples.
-        """
-        y = np.asarray(y)
-        if y.shape != (X.shape[0],):
-            raise SchemaMismatch(f"expected {X.shape[0]} labels, got shape {y.shape}")
-        if y.size == 0:
-            raise ConfigError("no samples given")
-        if y.min() < 0 or y.max() >= self.n_classes:
-            raise SchemaMismatch(f"labels must lie in [0, {self.n_classes}), got range [{y.min()}, {y.max()}]")
-        return y.astype(np.int64)
 
     @property
     def supports_batched(self) -> bool:

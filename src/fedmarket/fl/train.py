@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -12,7 +13,18 @@ from fedmarket.errors import ConfigError
 from fedmarket.fl.models import Model
 
 
-def _check_hparams(epochs: int, batch_size: int, lr: float, prox_mu: float) -> None:
+@dataclass(frozen=True)
+class _Hparams:
+    """The SGD hyper-parameters of one call, validated and kept as given (see :func:`local_sgd`)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    prox_mu: float
+
+
+def _check_hparams(epochs: int, batch_size: int, lr: float, prox_mu: float) -> _Hparams:
+    """Validate the hyper-parameters of :func:`local_sgd` / :func:`local_sgd_many` and bundle them."""
     if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
@@ -21,6 +33,7 @@ def _check_hparams(epochs: int, batch_size: int, lr: float, prox_mu: float) -> N
         raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
     if not np.isfinite(prox_mu) or prox_mu < 0:
         raise ConfigError(f"prox_mu must be a non-negative number, got {prox_mu!r}")
+    return _Hparams(epochs, batch_size, lr, prox_mu)
 
 
 def local_sgd(
@@ -193,7 +206,7 @@ def local_sgd_many(
     ConfigError
         On a bad hyper-parameter, mismatched client counts, or a client without data.
     """
-    _check_hparams(epochs, batch_size, lr, prox_mu)
+    hp = _check_hparams(epochs, batch_size, lr, prox_mu)
     _check_clients(len(Xs), len(ys), len(seeds), blas_threads)
     if not (isinstance(model, Model) and model.supports_batched):
         return np.stack(
@@ -203,10 +216,7 @@ def local_sgd_many(
                 for X, y, s in zip(Xs, ys, seeds)
             ]
         )
-    return _local_sgd_batched(
-        model, params, Xs, ys, epochs=epochs, batch_size=batch_size, lr=lr, seeds=seeds,
-        prox_mu=prox_mu, blas_threads=blas_threads,
-    )
+    return _local_sgd_batched(model, params, Xs, ys, seeds, hp, blas_threads)
 
 
 def _check_clients(n_X: int, n_y: int, n_seeds: int, blas_threads: int | None) -> None:
@@ -224,12 +234,8 @@ def _local_sgd_batched(
     params: np.ndarray,
     Xs: Sequence[np.ndarray],
     ys: Sequence[np.ndarray],
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
     seeds: Sequence[int],
-    prox_mu: float,
+    hp: _Hparams,
     blas_threads: int | None,
 ) -> np.ndarray:
     """The vectorised path of :func:`local_sgd_many` (arguments already validated, ``model.supports_batched``)."""
@@ -238,19 +244,19 @@ def _local_sgd_batched(
     ys = [model.check_y(X, y) for X, y in zip(Xs, ys)]
     K = len(Xs)
     sizes = np.array([X.shape[0] for X in Xs])
-    bs = int(batch_size)
-    steps = int(epochs) * -(-sizes // bs)
+    bs = int(hp.batch_size)
+    steps = int(hp.epochs) * -(-sizes // bs)
     order = np.argsort(-steps, kind="stable")  # most steps first: active clients form a prefix
     Xo = [Xs[k] for k in order]
     yo = [ys[k] for k in order]
-    sched = _schedule(sizes[order].tolist(), [int(seeds[k]) for k in order], epochs, bs)
+    sched = _schedule(sizes[order].tolist(), [int(seeds[k]) for k in order], hp.epochs, bs)
     rows, sw, active = _batch_plan(sched, steps[order])
     P = np.tile(w_global, (K, 1))
     Xb = np.empty((K, bs, model.n_features))
     yb = np.empty((K, bs), dtype=np.int64)
     limit = threadpool_limits(blas_threads, user_api="blas") if blas_threads else contextlib.nullcontext()
     with limit:
-        _steps(model, P, w_global, Xo, yo, rows, sw, active, Xb, yb, lr, prox_mu)
+        _steps(model, P, w_global, Xo, yo, rows, sw, active, Xb, yb, hp.lr, hp.prox_mu)
     out = np.empty_like(P)
     out[order] = P
     return out

@@ -68,15 +68,13 @@ def _check_sampling(sampling: str, population: int | None, sample_size: int | No
         )
 
 
+# The keyword-only sampling parameters (sampling, rate, population, sample_size) are one group,
+# shared by epsilon_for and noise_multiplier_for (which passes it on unchanged): one line each.
+
+
 def epsilon_for(
-    noise_multiplier: float,
-    rounds: int,
-    delta: float,
-    *,
-    sampling: str = "none",
-    rate: float | None = None,
-    population: int | None = None,
-    sample_size: int | None = None,
+    noise_multiplier: float, rounds: int, delta: float, *,
+    sampling: str = "none", rate: float | None = None, population: int | None = None, sample_size: int | None = None,
     conversion: str = "tight",
 ) -> float:
     """ε after ``rounds`` identical rounds of the sampled Gaussian mechanism, at ``delta``.
@@ -99,6 +97,17 @@ def epsilon_for(
         RDP to (ε, δ): ``"tight"`` is dp-accounting's (Canonne, Kamath & Steinke 2020),
         ``"classic"`` is Mironov's ``min_a rdp(a) + ln(1/δ)/(a-1)`` (what TF Privacy's
         published tables used); the tight one is never larger.
+
+    Returns
+    -------
+    float
+        The ε spent after ``rounds`` rounds.
+
+    Raises
+    ------
+    ConfigError
+        On a bad sampling description, ``noise_multiplier``, ``delta`` or ``conversion``,
+        or without ``dp-accounting``.
     """
     _require()
     _check_sampling(sampling, population, sample_size, rate)
@@ -117,19 +126,37 @@ def epsilon_for(
 
 
 def noise_multiplier_for(
-    epsilon: float,
-    delta: float,
-    rounds: int,
-    *,
-    sampling: str = "none",
-    rate: float | None = None,
-    population: int | None = None,
-    sample_size: int | None = None,
+    epsilon: float, delta: float, rounds: int, *,
+    sampling: str = "none", rate: float | None = None, population: int | None = None, sample_size: int | None = None,
     tol: float = 1e-3,
 ) -> float:
     """Smallest noise multiplier (to ``tol`` relative) keeping ``rounds`` rounds within ``(epsilon, delta)``.
 
     Bisection on :func:`epsilon_for` (ε decreases with ``z``).
+
+    Parameters
+    ----------
+    epsilon : float
+        Target ε, ``> 0``.
+    delta : float
+        Target δ in ``(0, 1)``.
+    rounds : int
+        Number of rounds composed.
+    sampling, rate, population, sample_size
+        Client sampling each round, as in :func:`epsilon_for`.
+    tol : float, optional
+        Relative precision of the result (default ``1e-3``).
+
+    Returns
+    -------
+    float
+        A noise multiplier ``z`` with ``epsilon_for(z, rounds, delta, ...) <= epsilon``,
+        at most ``tol * z`` above the smallest one.
+
+    Raises
+    ------
+    ConfigError
+        On a bad ``epsilon`` or sampling description, or when no ``z`` up to ``1e6`` is enough.
     """
     if not epsilon > 0:
         raise ConfigError(f"epsilon must be positive, got {epsilon!r}")

@@ -27,6 +27,7 @@ from ..chain.rpc_backend import RpcChain
 from ..errors import ChainError, FedMarketError, StorageError
 from ..market import Deployment, JobState
 
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` atomically (temp file in the same directory, fsync, rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)

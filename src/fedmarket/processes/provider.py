@@ -8,8 +8,8 @@ import os
 import numpy as np
 
 from ..chain import Account
-from ..market import Deployment, JobState, Role
 from ..errors import SchemaMismatch
+from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
 from ..roles import Provider
 from ..roles.common import InsufficientFunds, TermsMismatch, round_topic

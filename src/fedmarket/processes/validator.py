@@ -8,8 +8,8 @@ import time
 import numpy as np
 
 from ..chain import Account
-from ..market import Deployment, JobState, Role
 from ..errors import SchemaMismatch
+from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
 from ..roles import Validator
 from ..roles.common import InsufficientFunds, TermsMismatch, committed_rounds

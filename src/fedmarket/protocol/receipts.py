@@ -4,7 +4,7 @@ reports and reward approvals. Every one is signed in the Disputes contract's dom
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import fields, make_dataclass
 
 from eth_account import Account as EthAccount
 from eth_account.messages import encode_typed_data
@@ -12,43 +12,7 @@ from eth_account.messages import encode_typed_data
 DOMAIN_NAME = "fedmarket"
 DOMAIN_VERSION = "1"
 
-_TYPES = {
-    "UpdateReceipt": [
-        {"name": "jobId", "type": "uint256"},
-        {"name": "round", "type": "uint256"},
-        {"name": "updateRoot", "type": "bytes32"},
-        {"name": "weight", "type": "uint256"},
-    ],
-    "ReceiptAck": [
-        {"name": "jobId", "type": "uint256"},
-        {"name": "round", "type": "uint256"},
-        {"name": "provider", "type": "address"},
-        {"name": "updateRoot", "type": "bytes32"},
-        {"name": "weight", "type": "uint256"},
-    ],
-    "Attestation": [
-        {"name": "jobId", "type": "uint256"},
-        {"name": "round", "type": "uint256"},
-        {"name": "modelRoot", "type": "bytes32"},
-        {"name": "scoresRoot", "type": "bytes32"},
-    ],
-    "Rejection": [
-        {"name": "jobId", "type": "uint256"},
-        {"name": "round", "type": "uint256"},
-        {"name": "modelRoot", "type": "bytes32"},
-    ],
-    "Misbehaviour": [
-        {"name": "jobId", "type": "uint256"},
-        {"name": "provider", "type": "address"},
-    ],
-    "Rewards": [
-        {"name": "jobId", "type": "uint256"},
-        {"name": "rewardRoot", "type": "bytes32"},
-        {"name": "rewardTotal", "type": "uint256"},
-        {"name": "valueTotal", "type": "uint256"},
-        {"name": "gateMet", "type": "bool"},
-    ],
-}
+_SOLIDITY = {"int": "uint256", "bytes": "bytes32", "str": "address", "bool": "bool"}
 
 
 def domain(chain_id: int, verifying_contract: str) -> dict:
@@ -56,16 +20,27 @@ def domain(chain_id: int, verifying_contract: str) -> dict:
     return {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": chain_id, "verifyingContract": verifying_contract}
 
 
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
 class _Typed:
-    """Signing and recovery shared by every typed statement."""
+    """Signing and recovery shared by every typed statement. A statement is a frozen dataclass
+    whose fields, in order, are the EIP-712 struct's (snake_case here, camelCase there; `int` is
+    uint256, `bytes` bytes32, `str` address, `bool` bool)."""
 
     TYPE = ""
 
+    @classmethod
+    def eip712_fields(cls) -> list[dict]:
+        return [{"name": _camel(f.name), "type": _SOLIDITY[getattr(f.type, "__name__", f.type)]} for f in fields(cls)]
+
     def message(self) -> dict:
-        raise NotImplementedError
+        return {_camel(f.name): getattr(self, f.name) for f in fields(self)}
 
     def _encoded(self, chain_id: int, verifier: str):
-        return encode_typed_data(domain(chain_id, verifier), {self.TYPE: _TYPES[self.TYPE]}, self.message())
+        return encode_typed_data(domain(chain_id, verifier), {self.TYPE: self.eip712_fields()}, self.message())
 
     def digest(self, chain_id: int, verifier: str) -> bytes:
         """The 32-byte EIP-712 digest (what the contract recomputes)."""
@@ -81,94 +56,30 @@ class _Typed:
         return EthAccount.recover_message(self._encoded(chain_id, verifier), signature=signature)
 
 
-@dataclass(frozen=True)
-class UpdateReceipt(_Typed):
-    """(job, round, updateRoot, weight), signed by the provider."""
-
-    TYPE = "UpdateReceipt"
-    job_id: int
-    round: int
-    update_root: bytes
-    weight: int
-
-    def message(self) -> dict:
-        return {"jobId": self.job_id, "round": self.round, "updateRoot": self.update_root, "weight": self.weight}
+def _statement(name: str, eip712_type: str, doc: str, *fields_: tuple[str, type]) -> type:
+    """A typed statement class: a frozen dataclass of `fields_` (in the struct's order) signed as `eip712_type`."""
+    return make_dataclass(name, list(fields_), bases=(_Typed,), frozen=True,
+                          namespace={"TYPE": eip712_type, "__doc__": doc, "__module__": __name__})
 
 
-@dataclass(frozen=True)
-class ReceiptAck(_Typed):
-    """The aggregator's countersignature of a provider's receipt: it received that update."""
-
-    TYPE = "ReceiptAck"
-    job_id: int
-    round: int
-    provider: str
-    update_root: bytes
-    weight: int
-
-    def message(self) -> dict:
-        return {
-            "jobId": self.job_id,
-            "round": self.round,
-            "provider": self.provider,
-            "updateRoot": self.update_root,
-            "weight": self.weight,
-        }
-
-
-@dataclass(frozen=True)
-class Attestation(_Typed):
-    """A validator's statement that a round's model is right, with its scores' root."""
-
-    TYPE = "Attestation"
-    job_id: int
-    round: int
-    model_root: bytes
-    scores_root: bytes
-
-    def message(self) -> dict:
-        return {"jobId": self.job_id, "round": self.round, "modelRoot": self.model_root, "scoresRoot": self.scores_root}
-
-
-@dataclass(frozen=True)
-class Rejection(_Typed):
-    """A validator's statement that a round is wrong in a way only validators judge (Disputes.reject)."""
-
-    TYPE = "Rejection"
-    job_id: int
-    round: int
-    model_root: bytes
-
-    def message(self) -> dict:
-        return {"jobId": self.job_id, "round": self.round, "modelRoot": self.model_root}
-
-
-@dataclass(frozen=True)
-class Misbehaviour(_Typed):
-    """A validator's report that a provider's updates were poisoned or free-riding (Disputes.slash_provider)."""
-
-    TYPE = "Misbehaviour"
-    job_id: int
-    provider: str
-
-    def message(self) -> dict:
-        return {"jobId": self.job_id, "provider": self.provider}
-
-
-@dataclass(frozen=True)
-class RewardsApproval(_Typed):
-    """A validator's approval of the scores-basis reward statement it re-derived (Disputes.approve_rewards)."""
-
-    TYPE = "Rewards"
-    job_id: int
-    reward_root: bytes
-    reward_total: int
-    value_total: int
-    gate_met: bool
-
-    def message(self) -> dict:
-        return {"jobId": self.job_id, "rewardRoot": self.reward_root, "rewardTotal": self.reward_total,
-                "valueTotal": self.value_total, "gateMet": self.gate_met}
+UpdateReceipt = _statement(
+    "UpdateReceipt", "UpdateReceipt", "UpdateReceipt(jobId, round, updateRoot, weight), signed by the provider.",
+    ("job_id", int), ("round", int), ("update_root", bytes), ("weight", int))
+ReceiptAck = _statement(
+    "ReceiptAck", "ReceiptAck", "The aggregator's countersignature of a provider's receipt: it received that update.",
+    ("job_id", int), ("round", int), ("provider", str), ("update_root", bytes), ("weight", int))
+Attestation = _statement(
+    "Attestation", "Attestation", "A validator's statement that a round is right, with its scores' root (Disputes.attest).",
+    ("job_id", int), ("round", int), ("model_root", bytes), ("scores_root", bytes))
+Rejection = _statement(
+    "Rejection", "Rejection", "A validator's statement that a round is wrong in a way only validators judge (Disputes.reject).",
+    ("job_id", int), ("round", int), ("model_root", bytes))
+Misbehaviour = _statement(
+    "Misbehaviour", "Misbehaviour", "A validator's report that a provider poisons or free-rides (Disputes.slash_provider).",
+    ("job_id", int), ("provider", str))
+RewardsApproval = _statement(
+    "RewardsApproval", "Rewards", "A validator's approval of the scores-basis reward statement it re-derived (Disputes.approve_rewards).",
+    ("job_id", int), ("reward_root", bytes), ("reward_total", int), ("value_total", int), ("gate_met", bool))
 
 
 _PERMIT_TYPES = {

@@ -43,47 +43,17 @@ RING = 2**64
 INT64_LIMIT = 2**63
 
 
-class Role(enum.IntEnum):
-    """A job member's role (the low bits of its membership word)."""
-
-    PROVIDER = 1
-    AGGREGATOR = 2
-    VALIDATOR = 3
-
-
-class JobState(enum.IntFlag):
-    """The market's job states."""
-
-    NONE = 0
-    OPEN = 1
-    TRAINING = 2
-    FINALIZING = 4
-    SETTLED = 8
-    CANCELLED = 16
-    FAILED = 32
-
-
-class Basis(enum.IntEnum):
-    """What a reward root's values measure: aggregated weight (provable) or validator scores (approved)."""
-
-    WEIGHT = 0
-    SCORES = 1
-
-
-class Game(enum.IntEnum):
-    """Kinds of dispute game (RoundArbiter: 1-3, RewardArbiter: 4-5)."""
-
-    AGGREGATE = 1
-    LEAF = 2
-    INCLUSION = 3
-    REWARD_SUM = 4
-    REWARD_VALUE = 5
-
-
-class Turn(enum.IntEnum):
-    NONE = 0
-    DEFENDER = 1
-    CHALLENGER = 2
+#: a job member's role (the low bits of its membership word)
+Role = enum.IntEnum("Role", [("PROVIDER", 1), ("AGGREGATOR", 2), ("VALIDATOR", 3)])
+#: the market's job states (the values of its JobState flag)
+JobState = enum.IntFlag("JobState", [("NONE", 0), ("OPEN", 1), ("TRAINING", 2), ("FINALIZING", 4), ("SETTLED", 8),
+                                     ("CANCELLED", 16), ("FAILED", 32)])
+#: what a reward root's values measure: aggregated weight (provable) or validator scores (approved)
+Basis = enum.IntEnum("Basis", [("WEIGHT", 0), ("SCORES", 1)])
+#: kinds of dispute game (RoundArbiter: 1-3, RewardArbiter: 4-5)
+Game = enum.IntEnum("Game", [("AGGREGATE", 1), ("LEAF", 2), ("INCLUSION", 3), ("REWARD_SUM", 4), ("REWARD_VALUE", 5)])
+#: whose move a game waits for
+Turn = enum.IntEnum("Turn", [("NONE", 0), ("DEFENDER", 1), ("CHALLENGER", 2)])
 
 
 class Rule(enum.IntEnum):
@@ -132,12 +102,17 @@ def role_of(role_word: int) -> int:
 # ---- the aggregation rules, exact ------------------------------------------------------------
 
 
+def ring_sum(vectors: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """The sum of int64 vectors in the ring of integers modulo 2**64 (as uint64)."""
+    acc = np.zeros(shape, dtype=np.uint64)
+    for v in vectors:
+        acc += np.asarray(v).view(np.uint64)
+    return acc
+
+
 def secure_mean(masked: Sequence[np.ndarray], correction: np.ndarray, weights: Sequence[int]) -> np.ndarray:
     """``floor(int64((sum(masked) - correction) mod 2**64) / sum(weights))``: the secure-sum rule."""
-    acc = np.zeros(np.asarray(correction).shape, dtype=np.uint64)
-    for y in masked:
-        acc += np.asarray(y).view(np.uint64)
-    acc -= np.asarray(correction).view(np.uint64)
+    acc = ring_sum(masked, np.asarray(correction).shape) - np.asarray(correction).view(np.uint64)
     total = int(sum(weights))
     if total <= 0:
         raise FedMarketError("a secure round needs a positive total weight")

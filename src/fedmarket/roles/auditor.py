@@ -135,7 +135,7 @@ class Auditor:
 
     # ---- the rules a round must follow -------------------------------------------------------
 
-    def leaf_problem(self, spec: JobSpec, job_id: int, ev: RoundEvidence, index: int) -> str:
+    def leaf_problem(self, spec: JobSpec, job_id: int, ev: RoundEvidence, index: int, n_providers: int | None = None) -> str:
         """Why leaf `index` of the round breaks the rules `RoundArbiter._check_update` enforces ('' if it does not)."""
         u = ev.updates[index]
         r = ev.committed.round
@@ -156,7 +156,7 @@ class Auditor:
             return f"leaf {index}: {u.provider} is not a provider of job {job_id}"
         if R.is_slashed(word) and r > int(stage):
             return f"leaf {index}: {u.provider} was slashed before round {r}"
-        n = int(self.dep.market.call("progress", job_id)["n_providers"])
+        n = n_providers if n_providers is not None else int(self.dep.market.call("progress", job_id)["n_providers"])
         if not is_selected(ev.seed, job_id, r, u.provider, spec.participation.per_round, n):
             return f"leaf {index}: {u.provider} was not selected for round {r} by its seed"
         return ""
@@ -178,8 +178,9 @@ class Auditor:
             ev = self.evidence(spec, job_id, c.round, rounds)
         except FedMarketError as exc:  # storage and protocol errors both derive from it
             return RoundCheck(c.round, False, f"round data unavailable or inconsistent: {exc}", count=c.count), None
+        n = int(self.dep.market.call("progress", job_id)["n_providers"])
         for i in range(len(ev.updates)):
-            problem = self.leaf_problem(spec, job_id, ev, i)
+            problem = self.leaf_problem(spec, job_id, ev, i, n)
             if problem:
                 return RoundCheck(c.round, False, problem, bad_leaf=i, count=c.count), ev
         try:

@@ -16,7 +16,7 @@ from ..protocol import rules as R
 from ..protocol.encoding import address_key
 from ..protocol.receipts import Attestation, ReceiptAck, UpdateReceipt
 from ..storage import BlobStore, Mailbox
-from .auditor import AuditReport, Auditor
+from .auditor import Auditor, AuditReport
 from .common import committed_rounds, load_spec, round_topic
 from .games import Truth, choose, job_games
 

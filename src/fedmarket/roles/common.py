@@ -121,6 +121,32 @@ def check_funds(dep: Deployment, account: str, amount: int, what: str, role: int
         raise InsufficientFunds(f"{account} has no ether to pay gas")
 
 
+class DataRole:
+    """A role that holds local data (a provider's private training set, a validator's held-out
+    set): its features and labels never leave the object; it checks a job against them before
+    it stakes."""
+
+    def __init__(self, dep: Deployment, account, store: BlobStore, mailbox, X: np.ndarray, y: np.ndarray):
+        self.dep = dep
+        self.account = account
+        self.store = store
+        self.mailbox = mailbox
+        self.X = np.asarray(X)
+        self.y = np.asarray(y)
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    def checked_spec(self, job_id: int) -> JobSpec:
+        """The job's spec, once its on-chain terms match it (TermsMismatch) and the local data fits
+        its schema (SchemaMismatch): what a role checks before any stake moves."""
+        spec = load_spec(self.dep, self.store, job_id)
+        check_terms(self.dep, spec, job_id)
+        spec.data.check(self.X, self.y)
+        return spec
+
+
 # ---- committed rounds -------------------------------------------------------------------------
 
 

@@ -13,8 +13,16 @@ from ..chain import Account, Contract, Receipt
 from ..errors import FedMarketError
 from ..market import Deployment
 from ..protocol import rules as R
-from ..protocol.encoding import address_key, vector_tree
-from ..protocol.proofs import EMPTY_CHUNK, chunk_opening, chunk_values, presence, reward_struct, reward_tree, update_opening
+from ..protocol.encoding import address_key
+from ..protocol.proofs import (
+    EMPTY_CHUNK,
+    chunk_opening,
+    chunk_values,
+    presence,
+    reward_struct,
+    reward_tree,
+    update_opening,
+)
 from ..spec import JobSpec
 from ..storage import BlobStore
 from .auditor import Auditor, RoundEvidence
@@ -179,7 +187,7 @@ class Defender:
         return [self.move(truth, g) for g in waiting]
 
     def move(self, truth: Truth, g: GameState) -> Receipt:
-        send = lambda fn, *args: g.arbiter.transact(fn, g.gid, *args, sender=self.account)  # noqa: E731
+        send = lambda fn, *args: g.arbiter.transact(fn, g.gid, *args, sender=self.account)
         if g.kind == R.Game.AGGREGATE:
             return self._aggregate(truth, g, send)
         if g.kind == R.Game.LEAF:

@@ -14,41 +14,23 @@ from ..fl.train import local_sgd
 from ..market import Deployment
 from ..privacy.dp import distributed_gaussian, local_gaussian
 from ..privacy.secagg import SecAggClient, SecAggConfig
+from ..protocol import rules as R
 from ..protocol.encoding import canonical_json, encode_vector, vector_root
 from ..protocol.receipts import UpdateReceipt, permit_signature
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
 from . import secure_round as sr
-from ..protocol import rules as R
-from .common import (
-    ProtocolViolation,
-    check_funds,
-    check_terms,
-    claim_reward,
-    global_model,
-    load_spec,
-    reward_leaf,
-    round_topic,
-)
+from .common import DataRole, ProtocolViolation, check_funds, claim_reward, global_model, reward_leaf, round_topic
 
 
-class Provider:
+class Provider(DataRole):
     """A data owner. Its features and labels never leave this object: only quantized updates do."""
 
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, X: np.ndarray, y: np.ndarray):
-        self.dep = dep
-        self.account = account
-        self.store = store
-        self.mailbox = mailbox
-        self.X = np.asarray(X)
-        self.y = np.asarray(y)
+        super().__init__(dep, account, store, mailbox, X, y)
         self._specs: dict[int, JobSpec] = {}
         self._members_of: dict[tuple[int, int], list[str]] = {}
         self._clients: dict[tuple[int, int], tuple[SecAggClient, SecAggConfig]] = {}
-
-    @property
-    def address(self) -> str:
-        return self.account.address
 
     @property
     def n_samples(self) -> int:
@@ -58,10 +40,7 @@ class Provider:
         """Fetch and verify the job's spec, check that the on-chain terms are exactly what it implies
         (TermsMismatch) and that local data fits its schema (SchemaMismatch)."""
         if job_id not in self._specs:
-            spec = load_spec(self.dep, self.store, job_id)
-            check_terms(self.dep, spec, job_id)
-            spec.data.check(self.X, self.y)
-            self._specs[job_id] = spec
+            self._specs[job_id] = self.checked_spec(job_id)
         return self._specs[job_id]
 
     def join(self, job_id: int) -> Receipt:

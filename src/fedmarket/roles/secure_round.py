@@ -42,6 +42,7 @@ from ..privacy.secagg import (
     neighbour_graph,
 )
 from ..protocol.encoding import canonical_json
+from ..protocol.rules import ring_sum
 from ..spec import JobSpec
 from .common import round_providers, round_topic
 
@@ -162,7 +163,7 @@ class Transcript:
                 "unmask": [json.loads(u) for u in self.unmask]}
 
     @classmethod
-    def from_doc(cls, doc: dict) -> "Transcript":
+    def from_doc(cls, doc: dict) -> Transcript:
         return cls([canonical_json(k) for k in doc["keys"]], [int(u) for u in doc["shared"]],
                    [canonical_json(u) for u in doc["unmask"]])
 
@@ -182,20 +183,6 @@ def unmasked_sum(cfg: SecAggConfig, members: list[str], transcript: Transcript, 
 
 
 def correction(masked: dict[int, np.ndarray], total: np.ndarray) -> np.ndarray:
-    """``sum(masked) - total`` modulo 2**64, as int64: the leaf the secure-sum fraud proof subtracts."""
-    acc = np.zeros_like(np.asarray(total), dtype=np.uint64)
-    for u in sorted(masked):
-        acc += np.asarray(masked[u]).view(np.uint64)
+    """``sum(masked) - total`` modulo 2**64, as int64: what the secure-sum rule subtracts."""
+    acc = ring_sum([masked[u] for u in sorted(masked)], np.asarray(total).shape)
     return (acc - np.asarray(total, dtype=np.int64).view(np.uint64)).view(np.int64)
-
-
-def secure_mean(masked: list[np.ndarray], corr: np.ndarray, weights: list[int]) -> np.ndarray:
-    """``floor((sum(masked) - corr) mod 2**64 / sum(weights))``: the secure-sum rule, as the contract computes it."""
-    acc = np.zeros(np.asarray(corr).shape, dtype=np.uint64)
-    for y in masked:
-        acc += np.asarray(y).view(np.uint64)
-    acc -= np.asarray(corr).view(np.uint64)
-    total = int(sum(weights))
-    if total <= 0:
-        raise FedMarketError("a secure round needs a positive total weight")
-    return acc.view(np.int64) // np.int64(total)

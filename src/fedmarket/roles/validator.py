@@ -16,43 +16,22 @@ from ..protocol.receipts import Attestation, Misbehaviour, Rejection
 from ..scoring import score_round
 from ..storage import BlobStore, Mailbox
 from .auditor import Auditor
-from .common import (
-    check_funds,
-    check_terms,
-    claim_reward,
-    committed_rounds,
-    load_spec,
-    round_accumulator,
-    round_topic,
-)
+from .common import DataRole, check_funds, claim_reward, committed_rounds, load_spec, round_accumulator, round_topic
 from .settlement import SCORE_SCALE, mailbox_reveals, reward_document, rewards_topic, scores_tree, statement_of
 
 
-class Validator:
+class Validator(DataRole):
     """A staked checker: attests a round only after recomputing it, and commits its scores."""
 
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, X: np.ndarray, y: np.ndarray):
-        self.dep = dep
-        self.account = account
-        self.store = store
-        self.mailbox = mailbox
-        self.X = np.asarray(X)
-        self.y = np.asarray(y)
+        super().__init__(dep, account, store, mailbox, X, y)
         self.auditor = Auditor(dep, store)
         self._docs: dict[tuple[int, int], dict] = {}  # sealed scores, until revealed
         self._seen: dict[int, dict[str, tuple[int, int]]] = {}  # per job: provider -> (rounds seen, rounds flagged)
 
-    @property
-    def address(self) -> str:
-        return self.account.address
-
     def inspect(self, job_id: int):
-        """The job's spec, once its on-chain terms match it and this validator's held-out data fits
-        its schema (TermsMismatch / SchemaMismatch otherwise): checked before any stake moves."""
-        spec = load_spec(self.dep, self.store, job_id)
-        check_terms(self.dep, spec, job_id)
-        spec.data.check(self.X, self.y)
-        return spec
+        """The job's spec, once its terms and this validator's held-out data check (see `checked_spec`)."""
+        return self.checked_spec(job_id)
 
     def join(self, job_id: int, stake: int | None = None) -> Receipt:
         """Check the job and this validator's data and funds, then join with (at least) the job's validator stake."""

@@ -30,6 +30,7 @@ from ..chain.rpc_backend import RpcChain
 from ..errors import FedMarketError
 from ..keys import dev_account
 from ..market import Deployment, JobState
+from ..runner import JobConfig, demo_spec
 
 TOKEN = 10**18
 
@@ -148,29 +149,43 @@ class RpcProxy:
 @dataclass
 class LocalJob:
     """A job across OS processes on one machine. `node_url` is the node itself (setup and
-    checks); `rpc_url` what the role processes use (the node, or a proxy in front of it)."""
+    checks); `rpc_url` what the role processes use (the node, or a proxy in front of it). The
+    job itself is the demo's (`runner.demo_spec`) for `cfg`; `LocalJob.make` takes its settings
+    as keywords."""
 
     workdir: Path
     node_url: str
+    cfg: JobConfig
     rpc_url: str = ""
-    providers: int = 5
-    validators: int = 0
-    rounds: int = 2
-    seed: int = 0
-    local_epochs: int = 1
     poll: float = 0.2
     collect_timeout: float = 5.0
     reveal_timeout: float = 20.0
     challenge_period: int = 1
     round_duration: int = 600
-    escrow_tokens: int = 1_000
-    stake_tokens: int = 10
-    aggregator_stake_tokens: int = 100
-    validator_stake_tokens: int = 50
     keystore_requester: bool = False  # sign the requester's transactions from an encrypted keystore
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     killed: list[str] = field(default_factory=list)
     job_id: int | None = None
+
+    @classmethod
+    def make(cls, workdir, node_url: str, **kwargs) -> LocalJob:
+        """A local job; keywords naming `JobConfig` fields set the job (5 providers, 2 rounds of one
+        local epoch unless given), the others this harness."""
+        job = {"providers": 5, "rounds": 2, "local_epochs": 1}
+        job.update({k: kwargs.pop(k) for k in list(kwargs) if k in JobConfig.__dataclass_fields__})
+        return cls(workdir, node_url, JobConfig(**job), **kwargs)
+
+    @property
+    def providers(self) -> int:
+        return self.cfg.providers
+
+    @property
+    def validators(self) -> int:
+        return self.cfg.validators
+
+    @property
+    def rounds(self) -> int:
+        return self.cfg.rounds
 
     # dev account indexes: 0 deployer, 1 treasury, 2 requester, 3 aggregator, 4.. validators, 40.. providers
     def __post_init__(self) -> None:
@@ -190,9 +205,8 @@ class LocalJob:
         return [self.requester, self.treasury, self.aggregator, *self.provider_accts, *self.validator_accts]
 
     def setup(self) -> None:
-        from ..fl.data import load_dataset, subset, train_test_split
-        from ..fl.partition import iid_partition
-        from ..spec import DataSchema, DeadlineSpec, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
+        """Deploy, fund every account, write one data file per role and the job's spec."""
+        from ..spec import DeadlineSpec
 
         w = self.workdir
         for sub in ("data", "logs", "state", "blobs", "mailbox"):
@@ -202,40 +216,19 @@ class LocalJob:
         self.dep = Deployment.deploy(self.chain, self.deployer, self.treasury.address, 100, 1_000)
         self.dep.save(w / "contracts.json", chain_id=self.chain.chain_id, block=self.dep.token.from_block,
                       deployer=self.deployer.address)
-        escrow = self.escrow_tokens * TOKEN
-        mint = [(self.requester, escrow), (self.aggregator, self.aggregator_stake_tokens * TOKEN)]
-        mint += [(a, self.stake_tokens * TOKEN) for a in self.provider_accts]
-        mint += [(a, self.validator_stake_tokens * TOKEN) for a in self.validator_accts]
+        ds, train, test, parts = self.cfg.split()
+        deadlines = DeadlineSpec(join_window=3_600, round_duration=self.round_duration,
+                                 challenge_period=self.challenge_period, claim_period=86_400)
+        self.spec = demo_spec(self.cfg, ds, deadlines)
+        r = self.spec.reward
+        mint = [(self.requester, r.escrow), (self.aggregator, r.aggregator_stake)]
+        mint += [(a, r.provider_stake) for a in self.provider_accts]
+        mint += [(a, r.validator_stake) for a in self.validator_accts]
         for acct, amount in mint:
             if amount:
                 self.dep.token.transact("mint", acct.address, amount, sender=self.deployer)
-
-        ds = load_dataset("digits")
-        train, test = train_test_split(ds, 0.25, self.seed)
-        for i, idx in enumerate(iid_partition(train.y, self.providers, self.seed)):
-            np.savez(w / "data" / f"provider-{i}.npz", X=train.X[idx], y=train.y[idx])
-        if self.validators:
-            half = test.n_samples // 2
-            for i, idx in enumerate(np.array_split(np.arange(half, test.n_samples), self.validators)):
-                np.savez(w / "data" / f"validator-{i}.npz", X=test.X[idx], y=test.y[idx])
-            test = subset(test, np.arange(half))
-        np.savez(w / "data" / "test.npz", X=test.X, y=test.y)
-        spec = JobSpec(
-            name=f"digits, {self.providers} provider processes",
-            data=DataSchema(n_features=ds.n_features, n_classes=ds.num_classes,
-                            feature_low=[float(v) for v in ds.feature_low],
-                            feature_high=[float(v) for v in ds.feature_high]),
-            training=TrainingSpec(rounds=self.rounds, local_epochs=self.local_epochs, batch_size=16, learning_rate=1.0),
-            reward=RewardSpec(escrow=escrow, provider_stake=self.stake_tokens * TOKEN,
-                              aggregator_stake=self.aggregator_stake_tokens * TOKEN,
-                              validator_stake=self.validator_stake_tokens * TOKEN if self.validators else 0),
-            participation=ParticipationSpec(min_providers=self.providers, max_providers=self.providers,
-                                            max_validators=self.validators),
-            deadlines=DeadlineSpec(join_window=3_600, round_duration=self.round_duration,
-                                   challenge_period=self.challenge_period, claim_period=86_400),
-        )
-        (w / "spec.json").write_bytes(spec.canonical())
-        self.spec = spec
+        self._write_data(train, test, parts)
+        (w / "spec.json").write_bytes(self.spec.canonical())
         if self.keystore_requester:
             from ..keys import Keystore
 
@@ -244,6 +237,20 @@ class LocalJob:
         self.before = {a.address: self.dep.holdings(a.address) for a in self.accounts}
         # tokens in the market outside the watched accounts' free stake: job escrows and locked stakes
         self.market_before = self.dep.balance(self.dep.market.address) - sum(self.dep.staked(a.address) for a in self.accounts)
+
+    def _write_data(self, train, test, parts) -> None:
+        """One .npz per provider, held-out halves for the validators, the rest for the requester."""
+        from ..fl.data import subset
+
+        data = self.workdir / "data"
+        for i, idx in enumerate(parts):
+            np.savez(data / f"provider-{i}.npz", X=train.X[idx], y=train.y[idx])
+        if self.validators:
+            half = test.n_samples // 2
+            for i, idx in enumerate(np.array_split(np.arange(half, test.n_samples), self.validators)):
+                np.savez(data / f"validator-{i}.npz", X=test.X[idx], y=test.y[idx])
+            test = subset(test, np.arange(half))
+        np.savez(data / "test.npz", X=test.X, y=test.y)
 
     # ---- processes ----------------------------------------------------------------------
     def _common(self, name: str, rpc: str | None = None) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedmarket.errors import ConfigError
+from fedmarket.fl.registry import Registry
 from fedmarket.fl.strategies.base import Strategy
 from fedmarket.fl.strategies.fedadam import FedAdam
 from fedmarket.fl.strategies.fedavg import FedAvg
@@ -16,10 +16,14 @@ from fedmarket.fl.strategies.median import FedMedian
 from fedmarket.fl.strategies.norm_bounding import NormBounding
 from fedmarket.fl.strategies.trimmed_mean import FedTrimmedMean
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls
-    for cls in (FedAvg, FedAvgM, FedAdam, FedYogi, FedMedian, FedTrimmedMean, MultiKrum, Krum, FLTrust, NormBounding)
-}
+_REGISTRY: Registry[Strategy] = Registry(
+    "strategy",
+    Strategy,
+    (FedAvg, FedAvgM, FedAdam, FedYogi, FedMedian, FedTrimmedMean, MultiKrum, Krum, FLTrust, NormBounding),
+    nested="inner",
+)
+#: the catalogue, name to class (the registry's own dict)
+STRATEGIES: dict[str, type[Strategy]] = _REGISTRY.classes
 
 
 def register_strategy(cls: type[Strategy]) -> type[Strategy]:
@@ -30,12 +34,7 @@ def register_strategy(cls: type[Strategy]) -> type[Strategy]:
     ConfigError
         If ``cls`` is not a Strategy subclass, has no name, or the name is taken.
     """
-    if not (isinstance(cls, type) and issubclass(cls, Strategy)) or not cls.name:
-        raise ConfigError(f"can only register named Strategy subclasses, got {cls!r}")
-    if cls.name in STRATEGIES and STRATEGIES[cls.name] is not cls:
-        raise ConfigError(f"a strategy named '{cls.name}' is already registered")
-    STRATEGIES[cls.name] = cls
-    return cls
+    return _REGISTRY.register(cls)
 
 
 def make_strategy(name: str, **params: Any) -> Strategy:
@@ -54,11 +53,4 @@ def make_strategy(name: str, **params: Any) -> Strategy:
     ConfigError
         On an unknown name or parameters the strategy does not take.
     """
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy '{name}'; choose one of: {', '.join(sorted(STRATEGIES))}")
-    if isinstance(params.get("inner"), str):
-        params["inner"] = make_strategy(params["inner"])
-    try:
-        return STRATEGIES[name](**params)
-    except TypeError as exc:
-        raise ConfigError(f"bad parameters for strategy '{name}': {exc}") from None
+    return _REGISTRY.make(name, **params)
