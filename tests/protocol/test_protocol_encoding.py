@@ -178,3 +178,20 @@ def test_vector_blob_round_trip_at_every_width_is_canonical(values):
     out = decode_vector(blob, expected_size=len(values))
     assert out.dtype == np.int64 and out.tolist() == values
     assert encode_vector(out) == blob
+
+
+def test_keccak_binding_matches_eth_utils():
+    from eth_utils import keccak as reference
+
+    from fedmarket.protocol.keccak import keccak
+
+    for data in (b"", b"abc", bytes(range(256)) * 9):
+        assert keccak(data) == reference(data)
+
+
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 129, 7850])
+def test_chunk_leaves_match_one_chunk_at_a_time(n):
+    from fedmarket.protocol.encoding import chunk_leaf, chunk_leaves
+
+    q = np.random.default_rng(n).integers(-(2**63), 2**63 - 1, n, endpoint=True)
+    assert chunk_leaves(q) == [chunk_leaf(i, q[s : s + 64]) for i, s in enumerate(range(0, n, 64))]

@@ -8,7 +8,7 @@ from typing import Any
 
 import eth_abi
 import numpy as np
-from eth_utils import keccak
+from .keccak import keccak
 
 from ..errors import StorageError
 from .merkle import MerkleTree
@@ -53,19 +53,40 @@ def address_key(address: str) -> int:
     return int(address, 16)
 
 
-def _int256_words(values: np.ndarray) -> bytes:
-    """ABI int256 words of int64 values, vectorised (sign-extended big-endian)."""
-    v = np.ascontiguousarray(values, dtype=np.int64)
+def _int256_words(values: np.ndarray) -> np.ndarray:
+    """ABI int256 words of int64 values, vectorised (sign-extended big-endian), one row of 32 bytes each."""
+    v = np.ascontiguousarray(values, dtype=np.int64).ravel()
     words = np.zeros((v.size, 32), dtype=np.uint8)
     words[v < 0, :24] = 0xFF
     words[:, 24:] = v.astype(">i8").view(np.uint8).reshape(-1, 8)
-    return words.tobytes()
+    return words
+
+
+def _chunk_header(index: int, length: int) -> bytes:
+    """``abi.encode(uint256 index, int256[] values)`` up to the values: index, offset 64, length."""
+    return index.to_bytes(32, "big") + (64).to_bytes(32, "big") + length.to_bytes(32, "big")
 
 
 def chunk_leaf(index: int, chunk: np.ndarray) -> bytes:
     """Leaf of one chunk: double keccak of abi.encode(uint256 index, int256[] values)."""
-    header = eth_abi.encode(["uint256"], [index]) + (64).to_bytes(32, "big") + len(chunk).to_bytes(32, "big")
-    return double_hash(header + _int256_words(chunk))
+    return double_hash(_chunk_header(index, len(chunk)) + _int256_words(chunk).tobytes())
+
+
+def chunk_leaves(q: np.ndarray, chunk_size: int = CHUNK_SIZE) -> list[bytes]:
+    """Every chunk leaf of a vector, the ABI words of all chunks laid out by one NumPy pass."""
+    q = np.asarray(q, dtype=np.int64).ravel()
+    full, tail = divmod(q.size, chunk_size)
+    words = _int256_words(q)
+    body = words[: full * chunk_size].reshape(full, chunk_size * 32)
+    headers = np.zeros((full, 96), dtype=np.uint8)
+    headers[:, 24:32] = np.arange(full, dtype=">u8").view(np.uint8).reshape(full, 8)
+    headers[:, 63] = 64
+    headers[:, 88:96] = np.frombuffer(chunk_size.to_bytes(8, "big"), dtype=np.uint8)
+    rows = np.concatenate([headers, body], axis=1)
+    leaves = [keccak(keccak(row.tobytes())) for row in rows]
+    if tail:
+        leaves.append(double_hash(_chunk_header(full, tail) + words[full * chunk_size :].tobytes()))
+    return leaves
 
 
 def vector_tree(q: np.ndarray, chunk_size: int = CHUNK_SIZE) -> MerkleTree:
@@ -73,7 +94,7 @@ def vector_tree(q: np.ndarray, chunk_size: int = CHUNK_SIZE) -> MerkleTree:
     q = np.asarray(q, dtype=np.int64).ravel()
     if q.size == 0:
         raise ValueError("cannot commit an empty vector")
-    return MerkleTree([chunk_leaf(i, q[s : s + chunk_size]) for i, s in enumerate(range(0, q.size, chunk_size))])
+    return MerkleTree(chunk_leaves(q, chunk_size))
 
 
 def vector_root(q: np.ndarray, chunk_size: int = CHUNK_SIZE) -> bytes:

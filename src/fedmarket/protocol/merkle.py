@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from eth_utils import keccak
+from .keccak import keccak
 
 ZERO = b"\x00" * 32
 

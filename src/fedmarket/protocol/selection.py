@@ -13,7 +13,7 @@ independently, so a round takes ``k`` providers on average.
 from __future__ import annotations
 
 import eth_abi
-from eth_utils import keccak
+from .keccak import keccak
 
 from .encoding import address_key
 
