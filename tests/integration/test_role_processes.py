@@ -222,3 +222,41 @@ def test_role_commands_fail_with_one_line(node, tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (what, proc.stderr)
         assert len(lines) == 1 and lines[0].startswith("fedmarket: error: ") and expected in lines[0], (what, proc.stderr)
+
+
+def test_a_challenger_process_proves_a_wrong_round(local_job):
+    """The aggregator process runs `ShiftyAggregator` (round 1's model nudged by 3 steps in one
+    coordinate); a challenger process watching the job recomputes each round, opens the game,
+    plays it against the aggregator's own defence and the aggregator is slashed: the job fails,
+    the requester's escrow and every provider's stake come back, and the challenger earns half."""
+    job = local_job(providers=3, rounds=3, cheats={"aggregator": "ShiftyAggregator"}, challenger=True,
+                    challenge_period=30)
+    job.start_all()
+    job.wait_done(timeout=150)
+    rep = job.report()
+    assert rep["state"] == "FAILED", rep
+    slashed = job.dep.market.events("StakeSlashed", job_id=job.job_id)
+    assert [(e["account"], e["challenger"]) for e in slashed] == [(job.aggregator.address, job.challenger_acct.address)]
+    assert rep["refunded"] == rep["escrow"] and rep["job_funds_left_in_market"] == 0 and rep["holdings_conserved"], rep
+    stake = job.spec.reward.aggregator_stake
+    challenger_gain = job.dep.holdings(job.challenger_acct.address) - job.before[job.challenger_acct.address]
+    assert challenger_gain == stake // 2
+    assert "opened a dispute game" in job.log("challenger") and "nothing left to prove" in job.log("challenger")
+
+
+def test_audit_with_challenge_proves_what_it_finds(local_job):
+    """`fedmarket audit --challenge`: a user who finds a wrong round proves it on chain from the
+    command line, while the job is finalizing; the aggregator is slashed and the job fails."""
+    job = local_job(providers=3, rounds=2, cheats={"aggregator": "ShiftyAggregator"}, challenge_period=120)
+    job.start_all()
+    job.wait(lambda: job.dep.job(job.job_id)["state"].name == "FINALIZING", 120, "the reward root")
+    out = subprocess.run(
+        [sys.executable, "-m", "fedmarket", "audit", str(job.job_id), "--rpc", job.node_url,
+         "--contracts", str(job.workdir / "contracts.json"), "--store", str(job.workdir / "blobs"),
+         "--mailbox", str(job.workdir / "mailbox"), "--challenge", "--dev-account", "30"],
+        capture_output=True, text=True, timeout=120, cwd=job.workdir)
+    assert out.returncode == 1, out.stdout + out.stderr  # the audit found the round wrong
+    assert "MISMATCH" in out.stdout and f"slashed: {job.aggregator.address}" in out.stdout, out.stdout
+    job.wait_done(timeout=120)
+    rep = job.report()
+    assert rep["state"] == "FAILED" and rep["refunded"] == rep["escrow"] and rep["holdings_conserved"], rep

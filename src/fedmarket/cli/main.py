@@ -87,8 +87,14 @@ def audit(
     dir: Path = typer.Option(Path("fedmarket-demo"), "--dir", "-d", help="A job directory: report.json (contract addresses) and blobs/."),
     contracts: Path = typer.Option(None, "--contracts", help="Addresses file (JSON with token, market, disputes, licence) instead of DIR/report.json."),
     store: str = typer.Option(None, "--store", help="Blob store instead of DIR/blobs: a directory or ipfs+http://HOST:PORT (a Kubo node)."),
+    challenge: bool = typer.Option(False, "--challenge", help="Prove what is wrong on chain: run the challenger until its dispute games end (needs a signer with the job's dispute bond)."),
+    account: str = typer.Option(None, "--account", help="Challenger's signer: an account of the keystore."),
+    keystore: Path = typer.Option(None, "--keystore", help="Keystore directory of --account."),
+    dev_account: int = typer.Option(None, "--dev-account", help="Challenger's signer: anvil's public dev account I (chain id 31337 only)."),
+    mailbox: Path = typer.Option(None, "--mailbox", help="The job's mailbox (default DIR/mailbox if it exists): censored updates and equivocating validators are proven from it."),
 ) -> None:
-    """Re-derive every round and payout of a job from chain data and the blob store; exit 1 on any mismatch."""
+    """Re-derive every round and payout of a job from chain data and the blob store; exit 1 on any mismatch.
+    With --challenge, every provable fault is also proven on chain (dispute games played to their end)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -116,8 +122,27 @@ def audit(
     if report.claims_ok is not None:
         console.print(f"claims: {'all match their leaves' if report.claims_ok else 'MISMATCH: ' + report.claims_problem}")
     console.print(f"verdict: [bold]{'ok' if report.ok else 'MISMATCH'}[/]")
+    if challenge:
+        from .roles import RoleContext
+
+        box = mailbox if mailbox is not None else (dir / "mailbox" if (dir / "mailbox").is_dir() else None)
+        ctx = RoleContext(rpc, contracts or dir / "report.json", account, keystore, dev_account, blobs, None, 0.5)
+        _challenge(ctx, job_id, box, console)
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _challenge(ctx, job_id: int, mailbox: Path | None, console) -> None:
+    """Run the challenger on the job until no game is open and nothing more can be proven; print the slashes."""
+    from ..processes import ChallengerProcess
+
+    dep, signer, state = ctx.connect("challenger", job_id)
+    blobs, box = ctx.stores(mailbox)
+    proc = ChallengerProcess(dep, signer, blobs, box, job_id, state, until_quiet=True)
+    start = dep.chain.block_number()
+    proc.run(ctx.poll)
+    slashed = dep.market.events("StakeSlashed", from_block=start, job_id=job_id)
+    console.print(f"challenge: {proc.opened} game(s) opened; slashed: {', '.join(e['account'] for e in slashed) or 'nobody'}")
 
 
 def _plot(report: dict, path: Path) -> None:

@@ -27,10 +27,12 @@ requester_app = typer.Typer(no_args_is_help=True, help="The requester: post a fu
 provider_app = typer.Typer(no_args_is_help=True, help="A data provider: join a job, train every round on private data, claim.")
 aggregator_app = typer.Typer(no_args_is_help=True, help="The job's aggregator: accept, start, commit every round, post rewards.")
 validator_app = typer.Typer(no_args_is_help=True, help="A validator: join, recompute, score and attest every round, claim.")
+challenger_app = typer.Typer(no_args_is_help=True, help="Anyone with a dispute bond: prove a job's faults on chain and take half the cheater's stake.")
 app.add_typer(requester_app, name="requester")
 app.add_typer(provider_app, name="provider")
 app.add_typer(aggregator_app, name="aggregator")
 app.add_typer(validator_app, name="validator")
+app.add_typer(challenger_app, name="challenger")
 
 JOB = typer.Option(..., "--job", help="The job id.")
 MAILBOX = typer.Option(Path("fedmarket-mailbox"), "--mailbox", help="Mailbox directory shared by the job's roles.")
@@ -230,6 +232,18 @@ def validator_run(
     from ..processes import ValidatorProcess
 
     _run_with_data(ctx, "validator", ValidatorProcess, data, job, mailbox)
+
+
+@role_command(challenger_app, "run")
+def challenger_run(ctx: RoleContext, job: int = JOB, mailbox: Path = MAILBOX) -> None:
+    """Watch the job, recompute each round once, open a dispute game on every provable fault
+    (wrong aggregate, invalid update, censored update, wrong reward root, equivocating
+    validator), play it to its end, and exit once the job is over and no game is open."""
+    from ..processes import ChallengerProcess
+
+    dep, signer, state = ctx.connect("challenger", job)
+    blobs, box = ctx.stores(mailbox)
+    ctx.run(ChallengerProcess(dep, signer, blobs, box, job, state))
 
 
 def _run_with_data(ctx: RoleContext, role: str, process, data: Path, job: int, mailbox: Path) -> None:

@@ -4,9 +4,10 @@ restart. One module per role loop; `fedmarket <role> run` (cli/roles.py) starts 
 
 from .aggregator import AggregatorProcess
 from .base import Fatal, JournaledRpcChain, RoleProcess, StateDir, TxJournal
+from .challenger import ChallengerProcess
 from .provider import ProviderProcess
 from .requester import RequesterProcess
 from .validator import ValidatorProcess
 
-__all__ = ["AggregatorProcess", "Fatal", "JournaledRpcChain", "ProviderProcess", "RequesterProcess", "RoleProcess",
+__all__ = ["AggregatorProcess", "ChallengerProcess", "Fatal", "JournaledRpcChain", "ProviderProcess", "RequesterProcess", "RoleProcess",
            "StateDir", "TxJournal", "ValidatorProcess"]

@@ -39,16 +39,20 @@ class Challenger:
     def _mine(self, job_id: int) -> list:
         return [g for g in job_games(self.dep, job_id) if g.challenger == self.account.address]
 
-    def check(self, job_id: int) -> Receipt | None:
+    def check(self, job_id: int, verified: set[int] | None = None) -> Receipt | None:
         """Recompute every committed round in order; at the first provable fault open the game that
         proves it (an invalid leaf, else the first wrong chunk) and return the receipt. None when
-        every round is right, the fault is one only validators can judge, or a game is already open."""
-        report = AuditReport(job_id, "")
+        every round is right, the fault is one only validators can judge, or a game is already open.
+        Rounds in `verified` are skipped, and every round found right is added to it (a process
+        watching a job recomputes each round once)."""
+        verified = set() if verified is None else verified
         truth = Truth(self.dep, self.store, job_id, self.auditor)
         for committed in truth.rounds:
+            if committed.round in verified:
+                continue
             found, _ = self.auditor.check_round(truth.spec, job_id, committed, truth.rounds)
-            report.rounds.append(found)
             if found.ok:
+                verified.add(committed.round)
                 continue
             if self._mine(job_id) or (found.bad_leaf is None and found.bad_chunk is None):
                 return None
@@ -81,11 +85,12 @@ class Challenger:
                     return self.dep.reward_arbiter.transact("challenge_value", job_id, int(leaf["index"]), sender=self.account)
         return self.dep.reward_arbiter.transact("challenge_rewards", job_id, sender=self.account)
 
-    def play(self, job_id: int) -> list[Receipt]:
+    def play(self, job_id: int, now: int | None = None) -> list[Receipt]:
         """The challenger's move in each of its games waiting for one, and the end of every game of
-        the job whose mover let its deadline pass (callable by anyone)."""
+        the job whose mover let its deadline pass (callable by anyone) as of `now` (default: the
+        latest block's time; a process on a live chain passes the wall clock, the next block's)."""
         receipts = []
-        now = self.dep.chain.timestamp()
+        now = self.dep.chain.timestamp() if now is None else now
         truth = None
         for g in job_games(self.dep, job_id):
             if now > g.deadline:

@@ -162,7 +162,10 @@ class LocalJob:
     reveal_timeout: float = 20.0
     challenge_period: int = 1
     round_duration: int = 600
+    response_period: int = 5  # seconds a dispute game's mover has to answer
     keystore_requester: bool = False  # sign the requester's transactions from an encrypted keystore
+    cheats: dict[str, str] = field(default_factory=dict)  # process name -> adversary class it runs instead
+    challenger: bool = False  # start a challenger process (dev account 30) with start_all
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     killed: list[str] = field(default_factory=list)
     job_id: int | None = None
@@ -187,7 +190,7 @@ class LocalJob:
     def rounds(self) -> int:
         return self.cfg.rounds
 
-    # dev account indexes: 0 deployer, 1 treasury, 2 requester, 3 aggregator, 4.. validators, 40.. providers
+    # dev account indexes: 0 deployer, 1 treasury, 2 requester, 3 aggregator, 4.. validators, 30 challenger, 40.. providers
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
         self.rpc_url = self.rpc_url or self.node_url
@@ -195,6 +198,7 @@ class LocalJob:
         self.deployer, self.treasury, self.requester, self.aggregator = (dev_account(i) for i in range(4))
         self.validator_accts = [dev_account(4 + i) for i in range(self.validators)]
         self.provider_accts = [dev_account(40 + i) for i in range(self.providers)]
+        self.challenger_acct = dev_account(30)
         self.dep: Deployment | None = None
         self.before: dict[str, int] = {}
         self.market_before = 0
@@ -202,7 +206,8 @@ class LocalJob:
     # ---- setup --------------------------------------------------------------------------
     @property
     def accounts(self) -> list:
-        return [self.requester, self.treasury, self.aggregator, *self.provider_accts, *self.validator_accts]
+        return [self.requester, self.treasury, self.aggregator, *self.provider_accts, *self.validator_accts,
+                self.challenger_acct]
 
     def setup(self) -> None:
         """Deploy, fund every account, write one data file per role and the job's spec."""
@@ -218,12 +223,14 @@ class LocalJob:
                       deployer=self.deployer.address)
         ds, train, test, parts = self.cfg.split()
         deadlines = DeadlineSpec(join_window=3_600, round_duration=self.round_duration,
-                                 challenge_period=self.challenge_period, claim_period=86_400)
+                                 challenge_period=self.challenge_period, claim_period=86_400,
+                                 response_period=self.response_period)
         self.spec = demo_spec(self.cfg, ds, deadlines)
         r = self.spec.reward
         mint = [(self.requester, r.escrow), (self.aggregator, r.aggregator_stake)]
         mint += [(a, r.provider_stake) for a in self.provider_accts]
         mint += [(a, r.validator_stake) for a in self.validator_accts]
+        mint += [(self.challenger_acct, r.dispute_bond)]  # enough for one dispute game
         for acct, amount in mint:
             if amount:
                 self.dep.token.transact("mint", acct.address, amount, sender=self.deployer)
@@ -261,8 +268,9 @@ class LocalJob:
     def _spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
         full_env = dict(os.environ)
         full_env.update(env or {})
+        launcher = ["fedmarket.testing.cheat", self.cheats[name]] if name in self.cheats else ["fedmarket"]
         with open(self.workdir / "logs" / f"{name}.log", "ab") as log, open(self.workdir / "logs" / f"{name}.out", "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "fedmarket", *args], stdout=out, stderr=log,
+            proc = subprocess.Popen([sys.executable, "-m", *launcher, *args], stdout=out, stderr=log,
                                     stdin=subprocess.DEVNULL, env=full_env)
         self.procs[name] = proc
         return proc
@@ -307,8 +315,14 @@ class LocalJob:
                                               "--job", str(self.job_id), "--mailbox", str(self.workdir / "mailbox"),
                                               "--data", str(self.workdir / "data" / f"validator-{i}.npz")])
 
+    def start_challenger(self) -> subprocess.Popen:
+        return self._spawn("challenger", ["challenger", "run", *self._common("challenger"), "--dev-account", "30",
+                                          "--job", str(self.job_id), "--mailbox", str(self.workdir / "mailbox")])
+
     def start_all(self) -> None:
         self.post()
+        if self.challenger:
+            self.start_challenger()
         self.start_aggregator()
         for i in range(self.validators):
             self.start_validator(i)
