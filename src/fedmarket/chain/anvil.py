@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -16,19 +17,57 @@ from ..errors import ChainError
 ANVIL_NPM_VERSION = "1.7.1"
 
 
+ENV_ANVIL = "FEDMARKET_ANVIL"
+
+
+def _node_modules_anvil(root: Path) -> str | None:
+    """The platform binary `npm install @foundry-rs/anvil` put under `root/node_modules`, if any."""
+    nm = root / "node_modules" / "@foundry-rs"
+    if nm.is_dir():
+        for binary in sorted(nm.glob("anvil-*/bin/anvil")):
+            if os.access(binary, os.X_OK):
+                return str(binary)
+    return None
+
+
 def find_anvil() -> str | None:
-    """Path of the anvil binary: $FEDMARKET_ANVIL, the repository's node_modules, or PATH."""
-    env = os.environ.get("FEDMARKET_ANVIL")
+    """Path of the anvil binary: $FEDMARKET_ANVIL; else `node_modules` (from `npm install`) in the
+    working directory or any directory above it, or next to the installed package (an editable
+    install or a checkout); else `anvil` on PATH. None when there is none."""
+    env = os.environ.get(ENV_ANVIL)
     if env:
-        return env if os.access(env, os.X_OK) else None
+        return env if os.path.isfile(env) and os.access(env, os.X_OK) else None
+    cwd = Path.cwd().resolve()
     here = Path(__file__).resolve()
-    for root in [Path.cwd(), *here.parents]:
-        nm = root / "node_modules" / "@foundry-rs"
-        if nm.is_dir():
-            for binary in sorted(nm.glob("anvil-*/bin/anvil")):
-                if os.access(binary, os.X_OK):
-                    return str(binary)
+    seen: set[Path] = set()
+    for root in [cwd, *cwd.parents, *here.parents, Path(sys.prefix)]:
+        if root in seen:
+            continue
+        seen.add(root)
+        found = _node_modules_anvil(root)
+        if found:
+            return found
     return shutil.which("anvil")
+
+
+def anvil_missing() -> str:
+    """The one-line reason why no anvil was found, and how to get one."""
+    env = os.environ.get(ENV_ANVIL)
+    if env:
+        return f"{ENV_ANVIL}={env} is not an executable file: point it at the anvil binary"
+    return (f"anvil not found: run `npm install @foundry-rs/anvil@{ANVIL_NPM_VERSION}` in this directory "
+            f"(or `npm install` in the fedmarket repository), put anvil on PATH, or set {ENV_ANVIL}=/path/to/anvil")
+
+
+def _parent_death_signal() -> None:
+    """In the child, before exec: ask Linux to send SIGTERM when the parent dies (no-op elsewhere)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _free_port() -> int:
@@ -41,13 +80,10 @@ class AnvilNode:
     """A running anvil process on 127.0.0.1; use as a context manager."""
 
     def __init__(self, port: int | None = None, *, chain_id: int = 31337, block_time: float | None = None,
-                 fixed_interval: bool = True):
+                 fixed_interval: bool = True, accounts: int | None = None, die_with_parent: bool = False):
         binary = find_anvil()
         if binary is None:
-            raise ChainError(
-                "anvil not found: run `npm install` in the fedmarket repository "
-                f"(installs @foundry-rs/anvil@{ANVIL_NPM_VERSION}) or set FEDMARKET_ANVIL"
-            )
+            raise ChainError(anvil_missing())
         if port:
             # otherwise a node already listening there would pass for this one
             with socket.socket() as s:
@@ -61,7 +97,11 @@ class AnvilNode:
         args = [binary, "--host", "127.0.0.1", "--port", str(self.port), "--chain-id", str(chain_id), "--silent"]
         if block_time:
             args += ["--block-time", str(block_time)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if accounts:
+            args += ["--accounts", str(accounts)]
+        # die_with_parent: the kernel ends anvil if this process dies without stopping it (even on SIGKILL)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=_parent_death_signal if die_with_parent else None)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

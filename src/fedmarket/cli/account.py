@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import KeystoreError
+from ..errors import ConfigError, KeystoreError
 from ..keys import ENV_KEYSTORE, ENV_PASSWORD, Keystore, password_from_env
 from .app import app
 
@@ -54,3 +54,19 @@ def account_list(keystore: Path = typer.Option(None, "--keystore", help=KEYSTORE
     width = max(len(n) for n, _ in accounts)
     for name, address in accounts:
         print(f"{name:<{width}}  {address or 'CORRUPT keystore file'}")
+
+
+def load_signer(account: str | None, keystore: Path | None, dev_account: int | None, chain):
+    """The signing account of a command: a keystore account (password from $FEDMARKET_PASSWORD or a
+    prompt) or, on a development chain only, anvil's public dev account `dev_account`."""
+    from ..keys import DEV_CHAIN_ID, load_account
+    from ..keys import dev_account as dev_key
+
+    if (account is None) == (dev_account is None):
+        raise ConfigError("give the signer as exactly one of --account NAME or --dev-account I")
+    if dev_account is not None:
+        if chain.chain_id != DEV_CHAIN_ID:
+            raise ConfigError(f"--dev-account is only for development chains (chain id {DEV_CHAIN_ID}); "
+                              f"this node is chain {chain.chain_id}: use --account")
+        return dev_key(dev_account)
+    return load_account(account, keystore, prompt=lambda: prompt_password(f"Password for account {account!r}"))

@@ -25,8 +25,18 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        print(f"fedmarket {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version, help="Print the version and exit."),
+) -> None:
     """fedmarket: a decentralized marketplace for federated learning on EVM chains."""
 
 
@@ -45,6 +55,20 @@ def read_addresses(path: Path) -> dict:
     if missing:
         raise ConfigError(f"{path} lacks the address of: {', '.join(missing)}")
     return addresses
+
+
+def attach(chain, contracts: Path):
+    """The deployment named by an addresses file on `chain`, checked: same chain, market code present."""
+    from ..market import Deployment
+    from ..processes.base import retrying
+
+    addresses = read_addresses(contracts)
+    if "chain_id" in addresses and int(addresses["chain_id"]) != chain.chain_id:
+        raise ConfigError(f"{contracts} is a deployment on chain {addresses['chain_id']}, but the node is chain {chain.chain_id}")
+    dep = Deployment.attach(chain, addresses)
+    if not retrying(lambda: chain.code(dep.market.address)):
+        raise ConfigError(f"no market contract at {dep.market.address} on this node (wrong --contracts file?)")
+    return dep
 
 
 def run(argv: list[str] | None = None) -> int:

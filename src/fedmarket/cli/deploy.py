@@ -21,8 +21,11 @@ def _say(message: str) -> None:
 def node(
     port: int = typer.Option(8545, "--port", help="Port on 127.0.0.1 (0: any free port)."),
     block_time: float = typer.Option(None, "--block-time", help="Mine a block every N seconds (default: one per transaction)."),
+    accounts: int = typer.Option(10, "--accounts", help="Pre-funded development accounts (dev:0 .. dev:N-1)."),
 ) -> None:
-    """Run a local development chain (the npm-pinned anvil, chain id 31337) until Ctrl-C."""
+    """Run a local development chain (the npm-pinned anvil, chain id 31337) until Ctrl-C or SIGTERM;
+    anvil stops with it."""
+    import signal
     import time
 
     from eth_utils import to_checksum_address
@@ -34,11 +37,19 @@ def node(
         raise ConfigError(f"--port must be between 0 and 65535 (got {port})")
     if block_time is not None and block_time <= 0:
         raise ConfigError(f"--block-time must be positive (got {block_time})")
-    with AnvilNode(port or None, chain_id=DEV_CHAIN_ID, block_time=block_time, fixed_interval=False) as n:
+    if not 1 <= accounts <= 1000:
+        raise ConfigError(f"--accounts must be between 1 and 1000 (got {accounts})")
+
+    def terminate(*_args):
+        raise KeyboardInterrupt  # leaves the `with` below, which stops anvil
+
+    signal.signal(signal.SIGTERM, terminate)
+    with AnvilNode(port or None, chain_id=DEV_CHAIN_ID, block_time=block_time, fixed_interval=False,
+                   accounts=accounts, die_with_parent=True) as n:
         accounts = n.rpc("eth_accounts", [])
         print(f"anvil listening on {n.url} (chain id {DEV_CHAIN_ID})", flush=True)
-        print("pre-funded development accounts (their keys are public: `fedmarket deploy --dev-account I`, "
-              "this chain only):", flush=True)
+        print("pre-funded development accounts (their keys are public: `--dev-account I` or dev:I, "
+              "this chain only; `fedmarket fund` funds any other):", flush=True)
         for i, address in enumerate(accounts):
             print(f"  ({i}) {to_checksum_address(address)}", flush=True)
         _say("Ctrl-C to stop")

@@ -20,8 +20,8 @@ import numpy as np
 import typer
 
 from ..errors import ConfigError
-from .account import KEYSTORE_HELP, prompt_password
-from .app import app, read_addresses
+from .account import KEYSTORE_HELP
+from .app import app
 
 requester_app = typer.Typer(no_args_is_help=True, help="The requester: post a funded job, settle it, mint its model token.")
 provider_app = typer.Typer(no_args_is_help=True, help="A data provider: join a job, train every round on private data, claim.")
@@ -72,27 +72,22 @@ class RoleContext:
 
     def connect(self, role: str, job: int | None):
         """(deployment on a journaling chain, signer, state directory)."""
-        from ..keys import DEV_CHAIN_ID, load_account
+        from ..keys import DEV_CHAIN_ID
         from ..keys import dev_account as dev_key
-        from ..market import Deployment
         from ..processes.base import JournaledRpcChain, retrying
+        from .account import load_signer
+        from .app import attach
 
-        addresses = read_addresses(self.contracts)
         if self.dev_account is not None:
             signer = dev_key(self.dev_account)
         else:
-            signer = load_account(self.account, self.keystore, prompt=lambda: prompt_password(f"Password for account {self.account!r}"))
+            signer = load_signer(self.account, self.keystore, None, None)
         state = self.state_dir or Path("fedmarket-state") / (f"{role}-{signer.address}" + (f"-job-{job}" if job is not None else ""))
         chain = retrying(lambda: JournaledRpcChain(self.rpc, Path(state) / "journal"), attempts=4)
         if self.dev_account is not None and chain.chain_id != DEV_CHAIN_ID:
             raise ConfigError(f"--dev-account is only for development chains (chain id {DEV_CHAIN_ID}); "
                               f"{self.rpc} has chain id {chain.chain_id}: use --account")
-        if "chain_id" in addresses and int(addresses["chain_id"]) != chain.chain_id:
-            raise ConfigError(f"{self.contracts} is a deployment on chain {addresses['chain_id']}, but {self.rpc} is chain {chain.chain_id}")
-        dep = Deployment.attach(chain, addresses)
-        if not retrying(lambda: chain.code(dep.market.address)):
-            raise ConfigError(f"no market contract at {dep.market.address} on {self.rpc} (wrong --contracts file?)")
-        return dep, signer, Path(state)
+        return attach(chain, self.contracts), signer, Path(state)
 
     def stores(self, mailbox: Path | None = None):
         """(blob store, mailbox or None)."""
@@ -127,7 +122,7 @@ def role_command(group: typer.Typer, name: str):
     return register
 
 
-def _load_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+def load_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise ConfigError(f"{what} file {path} does not exist")
     try:
@@ -164,7 +159,7 @@ def requester_post(
     if not spec.is_file():
         raise ConfigError(f"spec file {spec} does not exist")
     job_spec = JobSpec.parse(spec.read_bytes())
-    X, y = _load_npz(test, "test data") if test is not None else (None, None)
+    X, y = load_npz(test, "test data") if test is not None else (None, None)
     dep, signer, state = ctx.connect("requester", None)
     blobs, _ = ctx.stores()
     proc = RequesterProcess(dep, signer, blobs, state, X_test=X, y_test=y)
@@ -186,7 +181,7 @@ def requester_run(
     """Follow a posted job: fail it at whoever missed a deadline, settle it, mint its model token."""
     from ..processes import RequesterProcess
 
-    X, y = _load_npz(test, "test data") if test is not None else (None, None)
+    X, y = load_npz(test, "test data") if test is not None else (None, None)
     dep, signer, state = ctx.connect("requester", None)
     blobs, _ = ctx.stores()
     ctx.run(RequesterProcess(dep, signer, blobs, state, job_id=job, X_test=X, y_test=y))
@@ -248,7 +243,7 @@ def challenger_run(ctx: RoleContext, job: int = JOB, mailbox: Path = MAILBOX) ->
 
 def _run_with_data(ctx: RoleContext, role: str, process, data: Path, job: int, mailbox: Path) -> None:
     """Run a role that holds local data (a provider's, a validator's) on job `job`."""
-    X, y = _load_npz(data, "data")
+    X, y = load_npz(data, "data")
     dep, signer, state = ctx.connect(role, job)
     blobs, box = ctx.stores(mailbox)
     ctx.run(process(dep, signer, blobs, box, X, y, job, state))

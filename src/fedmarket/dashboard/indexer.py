@@ -1,0 +1,203 @@
+"""An event indexer: every event of a deployment's contracts, from its deployment block on, in
+SQLite, so the dashboard reads a local database instead of asking the node on every page.
+
+It resumes where it stopped (the next block to read is kept in the database) and notices when
+the node is not the chain it indexed (another chain id, or the last indexed block's hash
+changed: an anvil restarted from scratch): then it starts again from the deployment block.
+Reading is one `eth_getLogs` per range of blocks over all the deployment's addresses at once,
+decoded with the contracts' ABIs and written in one transaction per range.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from ..chain import artifacts
+from ..chain.abi import EventSpec
+from ..chain.rpc_backend import RpcChain
+from ..errors import ConfigError
+
+#: the deployment's contracts whose events are indexed (the token's are not: it may be any ERC-20)
+INDEXED = (("market", "JobMarket"), ("disputes", "Disputes"), ("round_arbiter", "RoundArbiter"),
+           ("reward_arbiter", "RewardArbiter"), ("licence", "ModelLicence"))
+#: the event field that names "the account" an event is about, first match wins
+ACCOUNT_FIELDS = ("provider", "validator", "account", "buyer", "aggregator", "requester", "owner", "challenger")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL, time INTEGER NOT NULL, tx TEXT NOT NULL,
+    contract TEXT NOT NULL, name TEXT NOT NULL, job_id INTEGER, account TEXT, round INTEGER, args TEXT NOT NULL,
+    PRIMARY KEY (block, log_index)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_job ON events (job_id, name);
+CREATE INDEX IF NOT EXISTS events_account ON events (account, name);
+CREATE INDEX IF NOT EXISTS events_name ON events (name);
+CREATE INDEX IF NOT EXISTS events_tx ON events (tx);
+CREATE TABLE IF NOT EXISTS gas (tx TEXT PRIMARY KEY, gas INTEGER NOT NULL, sender TEXT);
+CREATE TABLE IF NOT EXISTS terms (job_id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS accuracy (job_id INTEGER, round INTEGER, accuracy REAL, PRIMARY KEY (job_id, round));
+"""
+
+
+def _plain(value):
+    """An event value as JSON: bytes as 0x-hex, tuples as lists (ints stay exact)."""
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def connect_db(path: str | Path) -> sqlite3.Connection:
+    """A connection to the index (created if missing); WAL, so pages read while the indexer writes."""
+    db = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+    return db
+
+
+class Indexer:
+    """Catches an SQLite index up with the chain: `sync()` once, or `run()` until stopped."""
+
+    def __init__(self, chain: RpcChain, addresses: dict, db_path: str | Path, *, span: int = 2_000):
+        if "market" not in addresses:
+            raise ConfigError("the addresses file names no market contract")
+        self.chain = chain
+        self.addresses = {key: addresses[key] for key, _ in INDEXED if key in addresses}
+        self.start_block = int(addresses.get("block", 0))
+        self.span = span
+        self.db = connect_db(db_path)
+        self.lock = threading.Lock()  # one writer
+        self.specs: dict[bytes, tuple[str, EventSpec]] = {}
+        for key, name in INDEXED:
+            if key in self.addresses:
+                for topic, spec in artifacts.load(name).abi.events.items():
+                    self.specs[topic] = (key, spec)
+        self.market_abi = artifacts.load("JobMarket").abi
+        self.version = 0  # bumped whenever new events are stored (what live pages wait for)
+        self.head = 0  # the latest block the index has read
+        self.stats = {"events": 0, "seconds": 0.0, "ranges": 0}
+        self._check_identity()
+
+    # ---- identity and resuming ---------------------------------------------------------
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def _set_meta(self, **values) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                            [(k, str(v)) for k, v in values.items()])
+
+    def _check_identity(self) -> None:
+        """The database belongs to this deployment on this chain, or it is reset."""
+        market = self.meta("market")
+        if market is not None and market.lower() != self.addresses["market"].lower():
+            raise ConfigError(f"index {self.db_path()} belongs to the market at {market}, not "
+                              f"{self.addresses['market']}: use another --db")
+        same_chain = self.meta("chain_id") == str(self.chain.chain_id)
+        if market is None or not same_chain or not self._last_block_still_there():
+            self.reset()
+
+    def db_path(self) -> str:
+        return self.db.execute("PRAGMA database_list").fetchone()[2]
+
+    def _last_block_still_there(self) -> bool:
+        last, want = self.meta("last_block"), self.meta("last_hash")
+        if last is None or want is None:
+            return True
+        block = self.chain.request("eth_getBlockByNumber", [hex(int(last)), False])
+        return block is not None and block["hash"] == want
+
+    def reset(self) -> None:
+        """Forget everything and read again from the deployment block."""
+        with self.lock, self.db:
+            for table in ("events", "gas", "terms", "accuracy", "meta"):
+                self.db.execute(f"DELETE FROM {table}")
+            self._set_meta(market=self.addresses["market"], chain_id=self.chain.chain_id, next_block=self.start_block,
+                           start_block=self.start_block)
+        self.version += 1
+
+    @property
+    def next_block(self) -> int:
+        return int(self.meta("next_block", str(self.start_block)))
+
+    # ---- catching up -------------------------------------------------------------------
+    def sync(self) -> int:
+        """Read every block up to the node's latest; returns how many events were stored."""
+        t0 = time.perf_counter()
+        latest = self.chain.block_number()
+        stored = 0
+        start = self.next_block
+        while start <= latest:
+            end = min(latest, start + self.span - 1)
+            stored += self._range(start, end)
+            start = end + 1
+        self.head = latest
+        self.stats["events"] += stored
+        self.stats["seconds"] += time.perf_counter() - t0
+        return stored
+
+    def _range(self, start: int, end: int) -> int:
+        flt = {"address": list(self.addresses.values()), "fromBlock": hex(start), "toBlock": hex(end)}
+        logs = self.chain.request("eth_getLogs", [flt])
+        rows, changed = self._decode(logs)
+        gas_txs = sorted({r[3] for r in rows if r[5] in ("RoundCommitted", "JobPosted")})
+        gas = [self._gas(tx) for tx in gas_txs]
+        terms = [(job, self._terms(job)) for name, job in changed if name == "JobPosted"]
+        head = self.chain.request("eth_getBlockByNumber", [hex(end), False])
+        with self.lock, self.db:
+            self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT OR REPLACE INTO gas VALUES (?, ?, ?)", gas)
+            self.db.executemany("INSERT OR REPLACE INTO terms VALUES (?, ?)", terms)
+            self._set_meta(next_block=end + 1, last_block=end, last_hash=head["hash"] if head else "")
+        self.stats["ranges"] += 1
+        if rows:
+            self.version += 1
+        return len(rows)
+
+    def _decode(self, logs: list[dict]) -> tuple[list[tuple], list[tuple[str, int | None]]]:
+        rows, changed, times = [], [], {}
+        for log in logs:
+            topics = [bytes.fromhex(t[2:]) for t in log["topics"]]
+            found = self.specs.get(topics[0]) if topics else None
+            if found is None:
+                continue
+            key, spec = found
+            args = spec.decode(topics, bytes.fromhex(log["data"][2:]))
+            block = int(log["blockNumber"], 16)
+            if log.get("blockTimestamp"):
+                ts = int(log["blockTimestamp"], 16)
+            else:
+                ts = times.get(block) or self._block_time(block)
+            times[block] = ts
+            job = args.get("job_id")
+            account = next((args[f] for f in ACCOUNT_FIELDS if f in args), None)
+            rows.append((block, int(log["logIndex"], 16), ts, log["transactionHash"].lower(), key, spec.name,
+                         None if job is None else int(job), account, args.get("round"),
+                         json.dumps({k: _plain(v) for k, v in args.items()})))
+            changed.append((spec.name, None if job is None else int(job)))
+        return rows, changed
+
+    def _block_time(self, block: int) -> int:
+        head = self.chain.request("eth_getBlockByNumber", [hex(block), False])
+        return int(head["timestamp"], 16) if head else 0
+
+    def _gas(self, tx: str) -> tuple[str, int, str]:
+        receipt = self.chain.request("eth_getTransactionReceipt", [tx])
+        return tx, int(receipt["gasUsed"], 16), receipt.get("from", "")
+
+    def _terms(self, job_id: int) -> str:
+        """A job's terms as posted (they never change), read once when the job appears."""
+        fn = self.market_abi.function("terms")
+        raw = self.chain.request("eth_call", [{"to": self.addresses["market"], "data": "0x" + fn.encode((job_id,)).hex()},
+                                              "latest"])
+        return json.dumps({k: _plain(v) for k, v in fn.decode(bytes.fromhex(raw[2:])).items()})
+
+    def close(self) -> None:
+        self.db.close()
