@@ -194,11 +194,18 @@ def create_app(dash: Dashboard):
 
 
 def serve(dash: Dashboard, host: str, port: int, ready=None) -> None:
-    """Serve the dashboard on host:port (0: any free port) until SIGINT/SIGTERM; `ready(url)` is
-    called once it listens."""
+    """Serve the dashboard on host:port (0: any free port) until SIGINT or SIGTERM, then stop
+    cleanly (open event streams end, the indexer thread stops, exit 0); `ready(url)` is called
+    once it listens."""
+    import signal
     import socket
 
     import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            dash.stop.set()  # ends the event streams at once, so shutdown needs no timeout
+            super().handle_exit(sig, frame)
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -208,12 +215,17 @@ def serve(dash: Dashboard, host: str, port: int, ready=None) -> None:
         raise FedMarketError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(128)  # connections wait in the backlog until the server accepts them
     url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
-    config = uvicorn.Config(create_app(dash), log_level="warning", timeout_graceful_shutdown=1, lifespan="off")
-    server = uvicorn.Server(config)
+    config = uvicorn.Config(create_app(dash), log_level="warning", timeout_graceful_shutdown=2, lifespan="off")
+    server = Server(config)
+    # uvicorn re-raises the signal that stopped it once it is done: let that find a no-op, so a
+    # stopped dashboard exits 0 after cleaning up instead of dying by the signal
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
     if ready is not None:
         ready(url)
     try:
         server.run(sockets=[sock])
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         dash.close()
         sock.close()
