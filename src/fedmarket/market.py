@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import astuple, dataclass
+from collections.abc import Callable
+from dataclasses import astuple, dataclass, field
+from typing import Any
 from pathlib import Path
 
 from .chain import Account, Chain, Contract, artifacts
@@ -80,6 +82,16 @@ class Deployment:
     reward_arbiter: Contract
     terms_check: Contract
     rules: Contract
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def remember(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """`compute()`, once per `key`, for facts the chain can no longer change: a started job's
+        providers, the tree of a content-addressed document. Every role in this process shares it."""
+        if self.memo.get("rollbacks") != self.chain.rollbacks:  # the chain went back: forget everything
+            self.memo = {"rollbacks": self.chain.rollbacks}
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
     @classmethod
     def deploy(
@@ -153,8 +165,12 @@ class Deployment:
     def job(self, job_id: int) -> dict:
         """A job's terms, progress and live status in one dict (`state` as a JobState)."""
         state, current, deadline, quorum, aggregator = self.market.call("job_status", job_id)
+        if state == JobState.NONE:
+            terms = self.market.call("terms", job_id)
+        else:  # a posted job's terms never change
+            terms = self.remember(("terms", job_id), lambda: self.market.call("terms", job_id))
         return {
-            **self.market.call("terms", job_id),
+            **terms,
             **self.market.call("progress", job_id),
             "state": JobState(state),
             "current_round": current,

@@ -73,6 +73,7 @@ class Chain(abc.ABC):
 
     def __init__(self) -> None:
         self._abis: dict[str, tuple[str, ContractABI]] = {}
+        self.rollbacks = 0  # times state was rolled back (test snapshots): what was final may not be
 
     # ---- primitives each backend provides -------------------------------------------
     @abc.abstractmethod

@@ -134,6 +134,7 @@ class BoaChain(Chain):
                 yield self
         finally:
             self._snapshot_depth -= 1
+            self.rollbacks += 1
             del self._logs[n_logs:]
             patch.block_number, patch.timestamp = block, ts
             self._hashes = hashes

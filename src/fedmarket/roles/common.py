@@ -12,7 +12,7 @@ import numpy as np
 from multiformats import CID, multihash
 
 from ..errors import ChainError, FedMarketError, PrivacyBudgetExceeded, StorageError
-from ..market import Deployment, JobTerms
+from ..market import Deployment, JobState, JobTerms
 from ..protocol import rules as R
 from ..protocol.encoding import address_key, decode_vector, round_commitment, vector_root
 from ..protocol.merkle import RoundAccumulator
@@ -222,8 +222,15 @@ def round_seed(dep: Deployment, job_id: int, round_: int, rounds: list[Committed
 
 
 def joined_providers(dep: Deployment, job_id: int) -> list[str]:
-    """Every provider that joined the job, in address order."""
-    return sorted({e["provider"] for e in dep.market.events("ProviderJoined", job_id=job_id)}, key=address_key)
+    """Every provider that joined the job, in address order (read once per process after the job
+    started: joining closes at the start)."""
+
+    def read() -> list[str]:
+        return sorted({e["provider"] for e in dep.market.events("ProviderJoined", job_id=job_id)}, key=address_key)
+
+    if JobState(dep.market.call("job_status", job_id)[0]) == JobState.OPEN:
+        return read()
+    return dep.remember(("joined", job_id), read)
 
 
 def joined_validators(dep: Deployment, job_id: int) -> dict[str, int]:
@@ -292,25 +299,34 @@ def epsilon_after_round(spec: JobSpec, round_: int) -> int:
 
 def posted_rewards(dep: Deployment, store: BlobStore, job_id: int) -> dict:
     """The rewards document behind the job's current reward root, checked against it."""
+    return _posted_reward_tree(dep, store, job_id)[0]
+
+
+def _posted_reward_tree(dep: Deployment, store: BlobStore, job_id: int):
+    """(rewards document, its reward tree) behind the job's current reward root; a document is
+    read and hashed once per process (its content id fixes it)."""
     from ..protocol.proofs import reward_tree
 
     root = dep.market.call("progress", job_id)["reward_root"]
     posted = [e for e in dep.market.events("RewardRootPosted", job_id=job_id) if e["reward_root"] == root]
     if not posted or root == b"\x00" * 32:
         raise FedMarketError(f"job {job_id} has no reward root")
-    doc = json.loads(store.get(posted[-1]["rewards_cid"]))
-    if reward_tree(doc["leaves"]).root != root:
+    cid = posted[-1]["rewards_cid"]
+
+    def load():
+        doc = json.loads(store.get(cid))
+        return doc, reward_tree(doc["leaves"])
+
+    doc, tree = dep.remember(("rewards", cid), load)
+    if tree.root != root:
         raise ProtocolViolation(f"job {job_id}: rewards document does not match the posted reward root")
-    return doc
+    return doc, tree
 
 
 def reward_leaf(dep: Deployment, store: BlobStore, account: str, job_id: int) -> tuple[dict, list[bytes]]:
     """`account`'s reward leaf and its positional proof, from the published rewards document."""
-    from ..protocol.proofs import reward_tree
-
-    leaves = posted_rewards(dep, store, job_id)["leaves"]
-    tree = reward_tree(leaves)
-    for leaf in leaves:
+    doc, tree = _posted_reward_tree(dep, store, job_id)
+    for leaf in doc["leaves"]:
         if leaf["account"] == account:
             return leaf, tree.proof(int(leaf["index"]))
     raise FedMarketError(f"{account} has no reward leaf in job {job_id}")
