@@ -100,11 +100,11 @@ def _stakes(f: JobFacts) -> dict[str, int]:
 def assess(f: JobFacts, now: int) -> Assessment:
     """What is due in job `f` at time `now`: deadlines, late parties, next actions, stuck or not."""
     j, state = f.job, f.state
-    deadlines = {
-        "join": int(j["join_deadline"]),
+    deadlines = {  # the ones that still matter in this state (0: not set or past its use)
+        "join": int(j["join_deadline"]) if state == JobState.OPEN else 0,
         "round": int(j["round_deadline"]) if state == JobState.TRAINING else 0,
-        "challenge": int(j["challenge_deadline"]),
-        "claim": int(j["claim_deadline"]),
+        "challenge": int(j["challenge_deadline"]) if state == JobState.FINALIZING else 0,
+        "claim": int(j["claim_deadline"]) if state == JobState.SETTLED else 0,
     }
     a = Assessment(f.job_id, state, now, int(j["current_round"]), int(j["rounds"]), deadlines, [], {}, None,
                    _stakes(f))
