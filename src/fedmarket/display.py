@@ -15,13 +15,15 @@ SYMBOL = "FED"
 
 
 def tokens(amount: int, decimals: int = DECIMALS, symbol: str | None = SYMBOL, places: int = 6) -> str:
-    """`1000000000000000000000` -> `1,000 FED`: base units as token units, trailing zeros dropped."""
-    value = Decimal(int(amount)).scaleb(-decimals)
-    text = f"{value:,.{places}f}".rstrip("0").rstrip(".") if places else f"{value:,.0f}"
-    if text in ("-0", ""):
-        text = "0"
-    if Decimal(int(amount)) != 0 and value.copy_abs() < Decimal(1).scaleb(-places):
-        text = f"{value:.3e}"  # dust: show it rather than a misleading 0
+    """`1000000000000000000000` -> `1,000 FED`: base units as token units (at most `places`
+    decimals, rounded down, trailing zeros dropped; dust below that shown in scientific form)."""
+    amount = int(amount)
+    whole, frac = divmod(abs(amount), 10**decimals)
+    digits = f"{frac:0{decimals}d}"[:places].rstrip("0") if decimals else ""
+    if whole == 0 and not digits and amount:
+        text = f"{Decimal(amount).scaleb(-decimals):.3e}"  # dust: show it rather than a misleading 0
+    else:
+        text = ("-" if amount < 0 else "") + f"{whole:,}" + (f".{digits}" if digits else "")
     return f"{text} {symbol}" if symbol else text
 
 

@@ -4,7 +4,10 @@ units, local ISO times and state names, and the accuracy curve drawn as inline S
 from __future__ import annotations
 
 import json
+from html import escape
 from pathlib import Path
+
+from markupsafe import Markup
 
 from .. import display
 from ..errors import FedMarketError
@@ -22,6 +25,36 @@ def accuracy_svg(rounds: list[dict], width: int = 560, height: int = 180) -> dic
             "dots": [{"x": x, "y": y, "round": r, "accuracy": a} for (x, y), (r, a) in zip(xy, pts)], "last": last}
 
 
+def _a(href: str, text: str, wei: int | None = None, cls: str = "") -> str:
+    attrs = f' class="{cls}"' if cls else ""
+    attrs += f' data-wei="{wei}"' if wei is not None else ""
+    return f'<a href="{escape(href)}"{attrs}>{escape(text)}</a>'
+
+
+def member_rows(members, rewards_cid: str | None) -> Markup:
+    """The members table's rows, built here rather than in the template: a job of 1,000 providers
+    renders in a few milliseconds instead of tens (one escaped string instead of 17,000)."""
+    tok = display.tokens
+    rows = []
+    for m in members:
+        tx = f"/tx/{m.claim_tx}"
+        score = _a(f"/blob/{rewards_cid}", f"{m.score:,}") if m.score is not None and rewards_cid else "-"
+        if m.claim_tx:
+            payout, back = _a(tx, tok(m.reward), m.reward), _a(tx, tok(m.stake_back), m.stake_back)
+        else:
+            payout, back = '<span class="muted">not claimed</span>', "-"
+        rep = _a(tx, f"{m.reputation} ({m.reputation_delta:+d})") if m.reputation is not None else "-"
+        slashed = _a(f"/tx/{m.slash_tx}", tok(m.slashed), m.slashed, "bad") if m.slashed is not None else "-"
+        rows.append(
+            f'<tr data-account="{escape(m.account)}" data-role="{escape(m.role)}">'
+            f'<td class="mono">{_a(f"/provider/{m.account}", m.account)}</td><td>{escape(m.role)}</td>'
+            f'<td class="num">{_a(f"/tx/{m.joined_tx}", tok(m.stake), m.stake)}</td><td class="num">{score}</td>'
+            f'<td class="num payout">{payout}</td><td class="num">{back}</td><td class="num">{rep}</td>'
+            f'<td class="num">{slashed}</td></tr>'
+        )
+    return Markup("\n".join(rows))
+
+
 class Pages:
     """Renders each page of a `Dashboard`; every method returns (HTTP status, HTML)."""
 
@@ -35,6 +68,8 @@ class Pages:
                            short=display.short, state=display.state_name,
                            pct=lambda v: "-" if v is None else f"{100 * v:.1f}%")
         self.env = env
+        for name in env.list_templates():  # compiled now, not on someone's first page load
+            env.get_template(name)
 
     def _render(self, name: str, partial: bool, status: int = 200, **ctx) -> tuple[int, str]:
         head = {"version": self.dash.indexer.version, "head": self.dash.indexer.head}
@@ -48,7 +83,9 @@ class Pages:
         view = views.job_view(self.dash.db, job_id, self.dash.document)
         if view is None:
             return self._render("missing.html", partial, 404, what=f"job {job_id}")
-        return self._render("job.html", partial, v=view, chart=accuracy_svg(view.rounds), has_store=self.dash.store is not None)
+        rows = member_rows(view.members, view.rewards["rewards_cid"] if view.rewards else None)
+        return self._render("job.html", partial, v=view, chart=accuracy_svg(view.rounds), member_rows=rows,
+                            has_store=self.dash.store is not None)
 
     def provider(self, request, partial: bool):
         address = request.path_params["address"]

@@ -10,8 +10,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from ..protocol.rules import JobState
+from ..roles.common import metrics_cid
+
+#: a round's metrics CID from its hash (multiformats validates types on every call: slow, and never changes)
+_metrics_cid = lru_cache(maxsize=16_384)(metrics_cid)
 
 #: the event that moves a job into each state
 STATE_EVENTS = {"JobPosted": JobState.OPEN, "TrainingStarted": JobState.TRAINING, "RewardRootPosted": JobState.FINALIZING,
@@ -142,8 +147,6 @@ def job_view(db: sqlite3.Connection, job_id: int, documents=None) -> JobView | N
 
 
 def _rounds(db: sqlite3.Connection, evs: list[Ev], terms: dict, documents) -> list[dict]:
-    from ..roles.common import metrics_cid
-
     job_id = evs[0].job_id
     gas = dict(db.execute("SELECT e.tx, g.gas FROM events e JOIN gas g ON g.tx = e.tx WHERE e.job_id = ? AND "
                           "e.name = 'RoundCommitted'", (job_id,)).fetchall())
@@ -159,7 +162,7 @@ def _rounds(db: sqlite3.Connection, evs: list[Ev], terms: dict, documents) -> li
     out = []
     for e in (e for e in evs if e.name == "RoundCommitted"):
         q = quorum.get(e.round)
-        cid = metrics_cid(bytes.fromhex(e.args["metrics_hash"][2:]))
+        cid = _metrics_cid(bytes.fromhex(e.args["metrics_hash"][2:]))
         doc = documents(cid) if documents else None
         out.append({
             "round": e.round, "block": e.block, "time": e.time, "tx": e.tx, "gas": gas.get(e.tx),
