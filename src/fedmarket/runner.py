@@ -210,14 +210,16 @@ def demo_world(chain: Chain, workdir: Path, cfg: JobConfig, spec: JobSpec, ds, t
     return DemoWorld(dep, cast, treasury.address, train, test)
 
 
-def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progress | None = None) -> dict:
+def run_job(chain: Chain, workdir: str | Path, cfg: JobConfig, progress: Progress | None = None,
+            deadlines: DeadlineSpec | None = None) -> dict:
     """Deploy, post a funded job, run every round, settle, let everyone claim; return the report.
-    Money figures in the report are read from token balances on chain, before and after."""
+    Money figures in the report are read from token balances on chain, before and after.
+    `deadlines` replace the spec's defaults (short ones where time must pass for real)."""
     ds, train, test, parts = cfg.split()
     t0 = time.perf_counter()
     tick = progress or (lambda stage, done, total: None)
     tick("deploy", 0, 1)
-    spec = demo_spec(cfg, ds)
+    spec = demo_spec(cfg, ds, deadlines)
     world = demo_world(chain, Path(workdir), cfg, spec, ds, train, test, parts)
     tick("deploy", 1, 1)
     cast = world.cast

@@ -40,9 +40,10 @@ class RpcChain(Chain):
 
     name = "rpc"
 
-    def __init__(self, url: str, *, poll_latency: float = 0.005, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, *, poll_latency: float = 0.005, timeout: float = 60.0, own_clock: bool = True) -> None:
         super().__init__()
         self.url = url
+        self.own_clock = own_clock  # False: a node shared with others, whose clock is never set (see advance_time)
         self.poll_latency = poll_latency
         self.timeout = timeout
         self._lock = threading.RLock()
@@ -281,6 +282,21 @@ class RpcChain(Chain):
         return int(self._rpc("eth_blockNumber", []), 16)
 
     def advance_time(self, seconds: int) -> None:
-        """Mine one block `seconds` after the latest (development nodes: anvil, hardhat)."""
+        """Mine one block `seconds` after the latest (development nodes: anvil, hardhat). On a node
+        this process does not own (`own_clock=False`) it waits for the time to pass instead."""
+        if not self.own_clock:
+            self.wait_time(seconds)
+            return
         self._rpc("evm_setNextBlockTimestamp", [self.timestamp() + int(seconds)])
         self._rpc("evm_mine", [])
+
+    def wait_time(self, seconds: int, pace: float = 1.0) -> None:
+        """Let `seconds` pass on the chain without setting its clock: other jobs' deadlines on a shared
+        node never jump. Once per `pace` seconds of wall-clock time an empty block is mined at the
+        node's own next timestamp (what a node with a block time would do) until the latest block
+        is `seconds` later."""
+        target = self.timestamp() + int(seconds)
+        while self.timestamp() < target:
+            time.sleep(pace)
+            if self.timestamp() < target:
+                self._rpc("evm_mine", [])

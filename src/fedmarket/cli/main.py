@@ -24,6 +24,26 @@ def _writable_dir(path: Path) -> Path:
     return path
 
 
+#: the demo's deadlines on a node it may share with other jobs: short enough to wait out in real time
+SHARED_NODE_DEADLINES = {"join_window": 3_600, "round_duration": 600, "challenge_period": 3, "claim_period": 86_400,
+                         "response_period": 60}
+
+
+def _demo_chain(rpc: str | None):
+    """(chain, deadlines) of the demo: the embedded EVM (its clock is the demo's alone: the spec's
+    deadlines, skipped by moving time), or a development node that other jobs may use too: there
+    the demo never sets the clock (that would move every other job's deadlines) but posts its job
+    with short deadlines and waits for them to pass, mining an empty block a second."""
+    from ..chain import connect
+
+    if rpc is None:
+        return connect(None), None
+    from ..chain.rpc_backend import RpcChain
+    from ..spec import DeadlineSpec
+
+    return RpcChain(rpc, own_clock=False), DeadlineSpec(**SHARED_NODE_DEADLINES)
+
+
 @app.command()
 def demo(
     providers: int = typer.Option(20, "--providers", "-n", help="Number of data providers."),
@@ -33,7 +53,7 @@ def demo(
     partition: str = typer.Option("iid", "--partition", help="How data is split across providers: iid or dirichlet."),
     alpha: float = typer.Option(0.5, "--alpha", help="Dirichlet concentration (smaller = more skewed)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data split, partition and accounts."),
-    rpc: str = typer.Option(None, "--rpc", help="JSON-RPC URL of a development node (anvil) instead of the embedded EVM."),
+    rpc: str = typer.Option(None, "--rpc", help="JSON-RPC URL of a development node (anvil) instead of the embedded EVM; the job then waits out short deadlines of its own and never sets the node's clock."),
     validators: int = typer.Option(0, "--validators", help="Staked validators that recompute, score (Shapley) and attest every round."),
     privacy: str = typer.Option("plain", "--privacy", help="plain, dp_local, secagg or secagg_dp (see docs/privacy.md)."),
     epsilon: float = typer.Option(8.0, "--epsilon", help="Privacy budget epsilon of the DP modes (delta 1e-5)."),
@@ -55,9 +75,7 @@ def demo(
     out = _writable_dir(out)
     console = Console(stderr=True)
 
-    from ..chain import connect
-
-    chain = connect(rpc)
+    chain, deadlines = _demo_chain(rpc)
     console.print(f"[bold]fedmarket demo[/]: {providers} providers, {rounds} rounds, {dataset} ({partition}) on "
                   f"{'the embedded EVM (titanoboa)' if rpc is None else rpc}")
     labels = {"deploy": "deploy contracts", "join": "providers join", "rounds": "training rounds", "claims": "claims"}
@@ -72,7 +90,7 @@ def demo(
                 tasks[stage] = bar.add_task(labels.get(stage, stage), total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        report = run_job(chain, out, cfg, tick)
+        report = run_job(chain, out, cfg, tick, deadlines)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     _plot(report, out / "accuracy.png")
     _print_settlement(report, out)
