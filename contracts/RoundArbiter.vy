@@ -229,7 +229,7 @@ def defend_aggregate(
     @notice The defender's first move in an aggregate game: the committed chunk of the new
             model, of the previous model (none at round 0) and of a secure round's mask
             correction, and its claim over all of the round's updates, which must turn the
-            previous chunk into the new one by the job's rule. Anyone may move for the defender.
+            previous chunk into the new one by the job's rule. Only the defender moves for itself.
     @param gid The game.
     @param data The round's commitment in the clear.
     @param prev The previous round's commitment (ignored at round 0).

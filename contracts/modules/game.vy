@@ -223,8 +223,14 @@ def _turn(gid: uint256, turn: uint256):
 @view
 @internal
 def _await(gid: uint256, kind: uint256, turn: uint256):
+    """A move of `kind`'s game by the side whose turn it is, made by that side itself (a move
+    made for the other side would bind it to a claim it never made), before the deadline."""
     assert self.games[gid].kind == kind, "arbiter: wrong game kind"
     assert self.games[gid].turn == turn, "arbiter: not this move's turn"
+    mover: address = self.games[gid].challenger
+    if turn == C.TURN_DEFENDER:
+        mover = self.games[gid].defender
+    assert msg.sender == mover, "arbiter: not this side's move"
     assert block.timestamp <= self.games[gid].deadline, "arbiter: move too late"
 
 
@@ -233,7 +239,7 @@ def _await(gid: uint256, kind: uint256, turn: uint256):
 def split(gid: uint256, parent: DynArray[int256, rules.MAX_CLAIM], left: DynArray[int256, rules.MAX_CLAIM]):
     """
     @notice The defender splits the range it claims in two at `(lo + hi) // 2`: the claim over
-            the left half is given, the right half's is the rest. Anyone may move for the defender.
+            the left half is given, the right half's is the rest. Only the defender moves for itself.
     @param gid The game.
     @param parent The claim over the current range (as made before).
     @param left The claim over its left half.
@@ -266,7 +272,6 @@ def choose(gid: uint256, go_right: bool):
     """
     kind: uint256 = self.games[gid].kind
     self._await(gid, kind, C.TURN_CHALLENGER)
-    assert msg.sender == self.games[gid].challenger, "arbiter: only the challenger chooses"
     lo: uint256 = self.games[gid].lo
     hi: uint256 = self.games[gid].hi
     mid: uint256 = (lo + hi) // 2

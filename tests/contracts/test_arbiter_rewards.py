@@ -382,7 +382,9 @@ def test_defend_reward_leaf_rules(kit):
         p.defend_leaf(prev=reward_struct(dict(prev, activity=0)))
     with reverts("arbiter: previous leaf not in the root"):
         p.defend_leaf(prev=reward_struct(job.leaves[2]), prev_proof=job.tree.proof(2))
-    assert not resolved(p.defend_leaf(sender=kit.requester))["challenger_won"]  # anyone moves for the poster
+    with reverts("arbiter: not this side's move"):  # only the poster moves for the poster
+        p.defend_leaf(sender=kit.requester)
+    assert not resolved(p.defend_leaf())["challenger_won"]
 
 
 def test_split_and_choose_in_a_reward_game(kit):
@@ -397,7 +399,7 @@ def test_split_and_choose_in_a_reward_game(kit):
     receipt = p.split_sum()
     ev = receipt.event("RangeSplit")
     assert [a + b for a, b in zip(ev["left"], ev["right"])] == parent and (ev["lo"], ev["hi"]) == (0, 7)
-    with reverts("arbiter: only the challenger chooses"):
+    with reverts("arbiter: not this side's move"):
         p.choose_leaf(0, sender=kit.aggregator)
     p.choose_leaf(0)
     assert (p.g["lo"], p.g["hi"]) == (0, 3)

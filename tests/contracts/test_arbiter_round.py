@@ -195,13 +195,18 @@ def test_the_challenger_may_go_down_to_any_update(kit):
         assert resolved(p.defend_update())["challenger_won"] is False
 
 
-def test_anyone_may_move_for_the_defender_the_bond_goes_to_it(kit):
+def test_nobody_moves_for_the_defender(kit):
+    """A challenger (or anyone) making the defender's move first would bind it to a claim it never
+    made: every defender move is the defender's own, every challenger move the challenger's."""
     job = kit.job()
     job.commit()
-    agg, helper = kit.balance(kit.aggregator), kit.balance(kit.requester)
-    p = RoundPlayer(job, open_aggregate(job, 0, 1), defender=kit.requester)
-    p.play()
-    assert kit.balance(kit.aggregator) == agg + BOND and kit.balance(kit.requester) == helper
+    gid = open_aggregate(job, 0, 1)
+    for intruder in (kit.outsider, kit.requester):
+        with reverts("arbiter: not this side's move"):
+            RoundPlayer(job, gid, defender=intruder).defend_aggregate()
+    agg = kit.balance(kit.aggregator)
+    RoundPlayer(job, gid).play()
+    assert kit.balance(kit.aggregator) == agg + BOND
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -344,7 +349,9 @@ def test_split_and_choose_rules(kit):
         p.send("split", [parent[0] + 1, *parent[1:]], left)
     with reverts("arbiter: bad claim length"):
         p.send("split", parent, left[:-1])
-    receipt = p.send("split", parent, left, sender=kit.validators[3])  # anyone moves for the defender
+    with reverts("arbiter: not this side's move"):
+        p.send("split", parent, left, sender=kit.validators[3])
+    receipt = p.send("split", parent, left)
     ev = receipt.event("RangeSplit")
     assert (ev["lo"], ev["hi"], ev["left"], ev["right"], ev["deadline"]) == (0, 4, left, p.truth(2, 4), kit.now() + 100)
     g = game(kit.ra, p.gid)
@@ -352,9 +359,9 @@ def test_split_and_choose_rules(kit):
                                                                                             True, True)
     with reverts("arbiter: not this move's turn"):
         p.send("split", parent, left)
-    with reverts("arbiter: only the challenger chooses"):
+    with reverts("arbiter: not this side's move"):
         p.choose(True, sender=kit.aggregator)
-    with reverts("arbiter: only the challenger chooses"):
+    with reverts("arbiter: not this side's move"):
         p.choose(True, sender=kit.requester)
     receipt = p.choose(True)
     ev = receipt.event("RangeChosen")
