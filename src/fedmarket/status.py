@@ -97,8 +97,13 @@ def _stakes(f: JobFacts) -> dict[str, int]:
     }
 
 
-def assess(f: JobFacts, now: int) -> Assessment:
-    """What is due in job `f` at time `now`: deadlines, late parties, next actions, stuck or not."""
+#: seconds past a deadline before a job counts as stuck: the parties poll, the action may be a block away
+STUCK_GRACE = 30
+
+
+def assess(f: JobFacts, now: int, grace: int = STUCK_GRACE) -> Assessment:
+    """What is due in job `f` at time `now`: deadlines, late parties, next actions, and whether it is
+    stuck (a deadline passed more than `grace` seconds ago and the action it calls for is not taken)."""
     j, state = f.job, f.state
     deadlines = {  # the ones that still matter in this state (0: not set or past its use)
         "join": int(j["join_deadline"]) if state == JobState.OPEN else 0,
@@ -117,6 +122,10 @@ def assess(f: JobFacts, now: int) -> Assessment:
         a.stuck = f"job {f.job_id} does not exist"
         return a
     rule(f, a, now)
+    due = {JobState.OPEN: a.deadlines["join"], JobState.TRAINING: a.deadlines["round"],
+           JobState.FINALIZING: a.deadlines["challenge"]}.get(state, 0)
+    if a.stuck and now <= due + grace:
+        a.stuck = None  # just past the deadline: give whoever acts next a moment
     return a
 
 

@@ -130,6 +130,9 @@ def test_stuck_open_job_is_cancelled_by_anyone_and_stake_goes_back_to_the_wallet
     assert dep.balance(AGG.address) == agg0 - 20 * TOKEN
     advance(61)
     rc, out, _ = cli(capsys, "status", str(job), *common(market))
+    assert rc == 0 and "stuck       no" in out  # just past the deadline: someone may act in the next block
+    advance(30)
+    rc, out, _ = cli(capsys, "status", str(job), *common(market))
     assert rc == 3 and "stuck       YES: the join window closed without what the job needs (0/1 providers" in out
     assert "cancel the job for a full refund" in out
     rc, out, _ = cli(capsys, "requester", "cancel", "--job", str(job), *common(market), "--dev-account", "5")
@@ -168,7 +171,7 @@ def test_training_job_past_its_deadline_is_failed_by_withdraw(market, capsys, ad
     rc, _, err = cli(capsys, "requester", "withdraw", "--job", str(job), *common(market), "--dev-account", "2")
     assert rc == 1 and "training on time" in err
     advance(121)
-    rc, out, _ = cli(capsys, "status", str(job), "--json", *common(market))
+    rc, out, _ = cli(capsys, "status", str(job), "--json", "--grace", "0", *common(market))
     doc = json.loads(out)
     assert rc == 3 and doc["late"] == [{"who": AGG.address, "what": "did not commit round 0 by its deadline"}]
     rc, out, _ = cli(capsys, "requester", "withdraw", "--job", str(job), *common(market), "--dev-account", "2")
@@ -195,7 +198,7 @@ def test_settle_then_sweep_what_nobody_claimed(market, capsys, advance):
     m.transact("post_rewards", job, tree.root, pool, 1, 0, True, "bafkrei-none", sender=AGG)
     rc, _, err = cli(capsys, "requester", "withdraw", "--job", str(job), *common(market), "--dev-account", "2")
     assert rc == 1 and "can be settled after 20" in err
-    advance(31)
+    advance(62)
     rc, out, _ = cli(capsys, "status", str(job), *common(market))
     assert rc == 3 and "nobody settled the job" in out and "rewards     99 FED posted, 0 FED claimed" in out
     rc, out, _ = cli(capsys, "requester", "withdraw", "--job", str(job), *common(market), "--dev-account", "2")

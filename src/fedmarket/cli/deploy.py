@@ -98,7 +98,9 @@ def deploy(
     if not out.parent.is_dir():
         raise ConfigError(f"directory {out.parent} does not exist")
 
-    chain = RpcChain(rpc)
+    from ..processes.base import retrying
+
+    chain = retrying(lambda: RpcChain(rpc), attempts=6)  # a node started a moment ago gets a few seconds
     if dev_account is not None:
         if chain.chain_id != DEV_CHAIN_ID:
             raise ConfigError(f"--dev-account is only for development chains (chain id {DEV_CHAIN_ID}); "

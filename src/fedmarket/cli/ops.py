@@ -66,17 +66,30 @@ def status(
     job_id: int = typer.Argument(..., help="The job."),
     rpc: str = RPC, contracts: Path = CONTRACTS,
     as_json: bool = typer.Option(False, "--json", help="One JSON object (base units, Unix seconds)."),
+    wait: bool = typer.Option(False, "--wait", help="First wait until the job is over with every stake back (or stuck)."),
+    timeout: float = typer.Option(600.0, "--timeout", help="With --wait: seconds before giving up (exit 1)."),
+    grace: int = typer.Option(30, "--grace", help="Seconds past a deadline before a job counts as stuck."),
 ) -> None:
     """Where a job stands: phase, round, deadlines, stakes, who is late, each role's next action.
-    Exits 3 when the job is stuck (a deadline passed and the action it calls for was not taken)."""
+    Exits 3 when the job is stuck (a deadline passed --grace seconds ago and the action it calls
+    for was not taken)."""
     from ..market import JobState
     from ..status import assess, read_facts
 
     dep = _connect(rpc, contracts)
-    facts = read_facts(dep, job_id)
-    if facts.state == JobState.NONE:
-        raise FedMarketError(f"job {job_id} does not exist on market {dep.market.address}")
-    a = assess(facts, _now(dep))
+    deadline = time.monotonic() + timeout
+    while True:
+        facts = read_facts(dep, job_id)
+        if facts.state == JobState.NONE and not wait:
+            raise FedMarketError(f"job {job_id} does not exist on market {dep.market.address}")
+        a = assess(facts, _now(dep), grace)
+        over = facts.state in (JobState.SETTLED, JobState.CANCELLED, JobState.FAILED)
+        locked = a.stakes["aggregator"] + a.stakes["providers"] + a.stakes["validators"]
+        if not wait or a.stuck and facts.state != JobState.NONE or over and not locked:
+            break
+        if time.monotonic() > deadline:
+            raise FedMarketError(f"job {job_id} is still {facts.state.name.lower()} after {timeout:.0f} s")
+        time.sleep(1.0)
     if as_json:
         doc = a.to_json()
         doc.update(escrow=int(facts.job["escrow"]), requester=facts.job["requester"], aggregator=facts.job["aggregator"],
