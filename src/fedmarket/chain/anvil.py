@@ -30,17 +30,17 @@ def _node_modules_anvil(root: Path) -> str | None:
     return None
 
 
-def find_anvil() -> str | None:
+def find_anvil(cwd: Path | None = None, package: Path | None = None) -> str | None:
     """Path of the anvil binary: $FEDMARKET_ANVIL; else `node_modules` (from `npm install`) in the
     working directory or any directory above it, or next to the installed package (an editable
     install or a checkout); else `anvil` on PATH. None when there is none."""
     env = os.environ.get(ENV_ANVIL)
     if env:
         return env if os.path.isfile(env) and os.access(env, os.X_OK) else None
-    cwd = Path.cwd().resolve()
-    here = Path(__file__).resolve()
+    cwd = (cwd or Path.cwd()).resolve()
+    package = (package or Path(__file__)).resolve()
     seen: set[Path] = set()
-    for root in [cwd, *cwd.parents, *here.parents, Path(sys.prefix)]:
+    for root in [cwd, *cwd.parents, *package.parents, Path(sys.prefix)]:
         if root in seen:
             continue
         seen.add(root)
