@@ -60,17 +60,19 @@ class Assessment:
 
 
 def read_facts(dep: Deployment, job_id: int) -> JobFacts:
-    """Every fact `assess` needs, from calls and events of the job's deployment."""
-    job = dep.job(job_id)
+    """Every fact `assess` needs, from calls and events of the job's deployment. The events are read
+    before the job's storage, so a job that moves meanwhile is never behind its events (its totals
+    then count every claim the events show)."""
     m = dep.market
     providers = {e["provider"]: int(e["stake"]) for e in m.events("ProviderJoined", job_id=job_id)}
     validators = {e["validator"]: int(e["stake"]) for e in m.events("ValidatorJoined", job_id=job_id)}
-    facts = JobFacts(job_id, job, providers, validators)
+    slashed = {e["account"] for e in m.events("StakeSlashed", job_id=job_id)}
+    claimed = {e["account"] for e in m.events("RewardClaimed", job_id=job_id)}
+    released = {e["account"] for e in m.events("StakeReleased", job_id=job_id)}
+    job = dep.job(job_id)
+    facts = JobFacts(job_id, job, providers, validators, slashed, claimed, released)
     if job["state"] == JobState.NONE:
         return facts
-    facts.slashed = {e["account"] for e in m.events("StakeSlashed", job_id=job_id)}
-    facts.claimed = {e["account"] for e in m.events("RewardClaimed", job_id=job_id)}
-    facts.released = {e["account"] for e in m.events("StakeReleased", job_id=job_id)}
     r = int(job["current_round"])
     if validators and r > 0:
         d = dep.disputes
