@@ -134,6 +134,8 @@ class JobDriver:
         sender = self.cast.aggregator.account
         submit_attestations(self.dep, self.mailbox, sender, self.job_id, r)
         submit_rejections(self.dep, self.mailbox, sender, self.job_id, r)
+        for v in self.cast.validators:  # whatever the aggregator put on chain, each vote gets there
+            v.submit_own_vote(self.job_id, r)
         if self.dep.disputes.call("has_quorum", self.job_id, r):
             for v in self.cast.validators:
                 v.reveal(self.job_id, r)
@@ -200,7 +202,7 @@ class JobDriver:
             judge = c.challenger.account if c.challenger else c.aggregator.account
             self.slashed += submit_misbehaviour(self.dep, self.mailbox, judge, self.job_id)
             approvals = [v.approve_rewards(self.job_id) for v in c.validators]
-            if not any(approvals) and not self.spec.privacy.secure:
+            if not any(approvals) and self.spec.rule != R.Rule.SECURE_SUM:
                 # no scores to approve: the provable weight basis opens once half the deadline passed
                 self.chain.advance_time(self.spec.deadlines.round_duration // 2 + 1)
         c.aggregator.post_rewards(self.job_id)

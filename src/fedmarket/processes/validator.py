@@ -67,8 +67,10 @@ class ValidatorProcess(RoleProcess):
         if state in (JobState.TRAINING, JobState.FINALIZING):
             if (int(job["current_round"]), state) != self._idle:  # something new on chain, or a reveal pending
                 self._review_and_reveal(int(job["rounds"]))
+                self._vote_on_chain(int(job["round_duration"]))
                 pending = [k for k, d in self.state.load("reviews", {}).items()
                            if d is not None and int(k) not in self.state.load("revealed", [])]
+                pending += list(self.state.load("votes", {}))
                 self._idle = (int(job["current_round"]), state) if not pending else None
             if state == JobState.TRAINING and int(job["current_round"]) == int(job["rounds"]) and self._idle:
                 self._approve_rewards()
@@ -85,6 +87,28 @@ class ValidatorProcess(RoleProcess):
                 receipt = self.dep.market.transact("release_stake", job_id, self.address, sender=self.validator.account)
                 self.say(f"job {state.name.lower()}: stake released (tx {receipt.tx_hash})")
             raise Stop
+
+    def _vote_on_chain(self, round_duration: int) -> None:
+        """Each vote (attestation or rejection) this validator posted goes on chain: the aggregator
+        usually batches them, but once `min(60 s, a quarter of the round)` of chain time has passed
+        since the vote was posted, the validator sends its own (an aggregator that withheld the
+        votes could otherwise have every present validator slashed as absent)."""
+        votes: dict = self.state.load("votes", {})
+        if not votes:
+            return
+        now = max(self.dep.chain.timestamp(), int(time.time()))
+        grace = min(60, round_duration // 4)
+        for key, posted_at in sorted(votes.items(), key=lambda kv: int(kv[0])):
+            r = int(key)
+            on_chain = (self.dep.disputes.call("attestation_of", self.job_id, r, self.address) != b"\x00" * 32
+                        or self.dep.disputes.call("rejected", self.job_id, r, self.address))
+            if not on_chain and now - int(posted_at) >= grace:
+                for receipt in self.validator.submit_own_vote(self.job_id, r):
+                    self.say(f"round {r}: vote put on chain by this validator (tx {receipt.tx_hash})")
+                on_chain = True
+            if on_chain:
+                del votes[key]
+        self.state.save("votes", votes)
 
     def _approve_rewards(self) -> None:
         """Every round committed and revealed: re-derive the reward root and sign it (at most every
@@ -111,13 +135,15 @@ class ValidatorProcess(RoleProcess):
             if key in reviews:
                 continue
             msg = self.validator.review(job_id, c.round)
+            if msg:
+                votes = self.state.load("votes", {})
+                votes[key] = self.dep.chain.timestamp()
+                self.state.save("votes", votes)
             docs, seen = self.validator.sealed(job_id)
             reviews[key] = docs.get(c.round) if msg and "scores_root" in msg else None
             self.state.save("seen", seen)
             self.state.save("reviews", reviews)
-            what = ("recomputed, scored and attested" if reviews[key] else
-                    "REJECTED (only validators can judge it)" if msg else "WRONG: left to a dispute game, not attested")
-            self.say(f"round {c.round}: {what}")
+            self.say(f"round {c.round}: {'recomputed, scored and attested' if reviews[key] else 'REJECTED'}")
             if msg and reviews[key] is None:
                 submit_rejections(self.dep, self.validator.mailbox, self.validator.account, job_id, c.round)
         if str(n_rounds - 1) in reviews and not self.state.load("reported", False):

@@ -43,19 +43,19 @@ class Validator(DataRole):
 
     def review(self, job_id: int, round_: int) -> dict | None:
         """Recompute the round. If right, score each update and post a signed attestation that
-        commits to the scores (their root) without revealing them. If wrong in a way a dispute game
-        proves, return None (the challenger's business: `Challenger.check`). If wrong in a way only
-        validators can judge (a secure round's unmasking, the committed epsilon, unavailable data),
-        post a signed rejection. Returns the posted message (attestation or rejection)."""
+        commits to the scores (their root) without revealing them. If wrong, post a signed
+        rejection: whether a dispute game can prove the fault (a wrong chunk, an invalid update)
+        or only validators can judge it (a secure round's unmasking, the committed epsilon,
+        unavailable data), a validator that stays silent would be counted absent. Returns the
+        posted message (attestation or rejection); `submit_own_vote` puts it on chain if nobody
+        else has."""
         spec = load_spec(self.dep, self.store, job_id)
         rounds = committed_rounds(self.dep, job_id)
         if round_ >= len(rounds):
             raise FedMarketError(f"job {job_id} has not committed round {round_}")
         committed = rounds[round_]
         check, ev = self.auditor.check_round(spec, job_id, committed, rounds)
-        if not check.ok:
-            if check.bad_leaf is not None or check.bad_chunk is not None:
-                return None
+        if not check.ok:  # provable or not, a wrong round gets this validator's vote against it
             return self._reject(job_id, round_, committed)
         model = spec.make_model()
         Xn = spec.normalize(self.X)
@@ -92,6 +92,14 @@ class Validator(DataRole):
         return message
 
     def _reject(self, job_id: int, round_: int, committed) -> dict:
+    def submit_own_vote(self, job_id: int, round_: int) -> list[Receipt]:
+        """Put this validator's posted vote on the round on chain, unless it is there already (the
+        aggregator batches votes, but a validator never depends on it: one that withheld them could
+        otherwise have every present validator slashed as absent)."""
+        me = self.account
+        return [*submit_attestations(self.dep, self.mailbox, me, job_id, round_, only=me.address),
+                *submit_rejections(self.dep, self.mailbox, me, job_id, round_, only=me.address)]
+
         sig = Rejection(job_id, round_, committed.model_root).sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
         message = {"validator": self.address, "round": round_, "model_root": "0x" + committed.model_root.hex(),
                    "signature": "0x" + sig.hex()}
@@ -192,10 +200,12 @@ def submit_misbehaviour(dep: Deployment, mailbox: Mailbox, sender: Account, job_
     return receipts
 
 
-def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_id: int, round_: int) -> list[Receipt]:
+def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_id: int, round_: int,
+                        only: str | None = None) -> list[Receipt]:
     """Put a round's posted attestations on chain (anyone may; the aggregator has the most reason to).
     Only well-signed attestations of the committed model by validators of the job that have not
-    attested yet are sent, one per validator; those sharing a scores root go in one transaction."""
+    voted yet are sent, one per validator (only validator `only`'s if given); those sharing a
+    scores root go in one transaction."""
     rounds = committed_rounds(dep, job_id)
     data = rounds[round_].data
     proof = round_accumulator(dep, job_id, rounds).proof(round_)
@@ -209,7 +219,9 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
             sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
-        if v in chosen or Attestation(job_id, round_, model_root, scores_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
+        if v in chosen or (only is not None and v != only):
+            continue
+        if Attestation(job_id, round_, model_root, scores_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
             continue
         if dep.market.call("membership", job_id, v)[0] != R.Role.VALIDATOR:  # not (or no longer) a validator of the job
             continue
@@ -228,9 +240,10 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
     return receipts
 
 
-def submit_rejections(dep: Deployment, mailbox: Mailbox, sender: Account, job_id: int, round_: int) -> list[Receipt]:
+def submit_rejections(dep: Deployment, mailbox: Mailbox, sender: Account, job_id: int, round_: int,
+                      only: str | None = None) -> list[Receipt]:
     """Put a round's posted rejections on chain (anyone may): well-signed, by validators of the job
-    that have not voted on the round yet."""
+    (only validator `only` if given) that have not voted on the round yet."""
     rounds = committed_rounds(dep, job_id)
     c = rounds[round_]
     chosen: dict[str, bytes] = {}
@@ -240,6 +253,8 @@ def submit_rejections(dep: Deployment, mailbox: Mailbox, sender: Account, job_id
             v = msg["validator"]
             sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
             if Rejection(job_id, round_, c.model_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
+            if only is not None and v != only:
+                continue
                 continue
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
