@@ -98,6 +98,8 @@ rejected: public(HashMap[uint256, HashMap[uint256, HashMap[address, bool]]])
 voters: public(HashMap[uint256, HashMap[uint256, uint256]])
 # @dev Validator stake that approved each reward statement of a job, keyed by its hash.
 rewards_stake: public(HashMap[uint256, HashMap[bytes32, uint256]])
+# @dev The most validator stake any one reward statement of a job has gathered.
+top_approval: public(HashMap[uint256, uint256])
 # @dev Whether a validator already approved a reward statement for a job (one approval each).
 rewards_signed: public(HashMap[uint256, HashMap[address, bool]])
 
@@ -453,6 +455,7 @@ def approve_rewards(
             value_total=value_total, gate_met=gate_met, stake=stakes[i],
         )
     self.rewards_stake[job_id][key] += added
+    self.top_approval[job_id] = max(self.top_approval[job_id], self.rewards_stake[job_id][key])
 
 
 @view
@@ -465,7 +468,8 @@ def reward_pool(job_id: uint256, reward_root: bytes32, reward_total: uint256, va
             have approved exactly this statement, and pays the full pool or, if the validators
             found the quality target missed, the terms' miss payout. Basis `BASIS_WEIGHT` (every
             leaf provable) is open to unvalidated and secure jobs at once, and to validated
-            unmasked jobs once half of the last step's time passed without approved scores; no
+            unmasked jobs once half of the last step's time passed while no scores statement has
+            two thirds of the validator stake; no
             validator judged the quality then, so a gated job pays its miss payout.
     @param job_id The job (training, every round committed).
     @param reward_root The root.
@@ -486,14 +490,16 @@ def reward_pool(job_id: uint256, reward_root: bytes32, reward_total: uint256, va
     validated: bool = t.max_validators > 0
     assert not validated or quorum, "disputes: last round lacks quorum"
     scored: bool = validated and t.rule != C.RULE_SECURE_SUM
+    total: uint256 = self._total_stake(job_id)
     if basis == C.BASIS_SCORES:
         assert scored, "disputes: no scores to approve"
         key: bytes32 = keccak256(abi_encode(reward_root, reward_total, value_total, gate_met))
-        total: uint256 = self._total_stake(job_id)
         assert self.rewards_stake[job_id][key] * 3 >= total * 2, "disputes: rewards not approved"
     else:
         assert basis == C.BASIS_WEIGHT, "disputes: unknown basis"
         assert not scored or block.timestamp + t.round_duration // 2 >= deadline, "disputes: approval window open"
+        # once two thirds of the validators approved a scores root, only that root can pay
+        assert not scored or self.top_approval[job_id] * 3 < total * 2, "disputes: scores approved"
         assert gate_met == (t.miss_payout_bps == C.BPS), "disputes: gate must follow the terms"
     pool: uint256 = t.escrow - t.escrow * staticcall MARKET.FEE_BPS() // C.BPS
     if not gate_met:

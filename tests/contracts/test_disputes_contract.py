@@ -524,6 +524,24 @@ def test_reward_pool_rules(kit):
         pool(R.Basis.WEIGHT, True)
 
 
+def test_approved_scores_close_the_weight_basis(kit):
+    """Once two thirds of the validator stake approved a scores root, the weight basis (whose
+    sample counts are claims) can no longer be posted instead, even after half the deadline."""
+    job = kit.job(validators=3)
+    job.commit_all()
+    leaves, st = _statement(job)
+    job.approve(st, job.validators[:1])  # one third: the fallback stays open
+    kit.advance(job.status()[2] - kit.now() - 200)  # past half the last step's time
+    assert kit.disputes.call("reward_pool", job.id, keccak(b"r"), 0, 0, R.Basis.WEIGHT, True) == pool_of()
+    job.approve(st, job.validators[1:2])
+    top = kit.disputes.call("top_approval", job.id)
+    assert top == kit.disputes.call("rewards_stake", job.id, keccak(eth_abi.encode(
+        ["bytes32", "uint256", "uint256", "bool"], list(st))))
+    with reverts("disputes: scores approved"):
+        kit.disputes.call("reward_pool", job.id, keccak(b"r"), 0, 0, R.Basis.WEIGHT, True)
+    job.post_rewards(leaves, basis=R.Basis.SCORES)
+
+
 def test_a_secure_job_has_no_scores_to_approve(kit):
     job = kit.job(validators=3, rule=R.Rule.SECURE_SUM)
     job.commit_all()
