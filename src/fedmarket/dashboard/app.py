@@ -165,10 +165,10 @@ def create_app(dash: Dashboard):
             yield "retry: 1000\n\n"
             last = None
             while not dash.stop.is_set():
-                version = dash.indexer.version
-                if version != last:
-                    last = version
-                    yield f"data: {json.dumps({'version': version, 'head': dash.indexer.head})}\n\n"
+                now = (dash.indexer.version, dash.indexer.head)  # new events, or just a new block
+                if now != last:
+                    last = now
+                    yield f"data: {json.dumps({'version': now[0], 'head': now[1]})}\n\n"
                 await asyncio.sleep(0.05)
 
         return StreamingResponse(stream(), media_type="text/event-stream",
