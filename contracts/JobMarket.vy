@@ -666,8 +666,10 @@ def reward_fault(job_id: uint256, challenger: address):
     if bond > 0:
         stakes._pay_slash(job_id, poster, 0, bond, challenger)
     else:
-        stakes._slash(job_id, poster, C.STAGE_FINAL, challenger)
+        stakes._slash(job_id, poster, C.STAGE_FINAL + self.progress[job_id].challenge_deadline, challenger)
     deadline: uint256 = block.timestamp + self.terms[job_id].round_duration
+    # slashes made under the discarded root (stage STAGE_FINAL + its challenge deadline) are cuts now
+    self.progress[job_id].challenge_deadline = 0
     self.progress[job_id].reward_root = empty(bytes32)
     self.progress[job_id].poster = empty(address)
     self.progress[job_id].poster_bond = 0
@@ -863,7 +865,9 @@ def slash(job_id: uint256, account: address, challenger: address) -> uint256:
     @notice Slashes a provider or validator of a running job for a fault proven to a judge:
             its stake locked in the job (at most once per job), half to the challenger and the
             rest to the treasury. The slash stage is recorded: the current round while
-            training, `STAGE_FINAL` once the reward root is posted.
+            training, `STAGE_FINAL` plus the root's challenge deadline once a reward root is
+            posted (a member slashed under a root that stands is judged by it unslashed; once
+            that root is discarded, its slash is a cut like any other).
     @dev Only `DISPUTES` may call.
     @param job_id The job (training or finalizing).
     @param account The cheater (never the aggregator: its faults fail the job).
@@ -875,7 +879,7 @@ def slash(job_id: uint256, account: address, challenger: address) -> uint256:
     state: uint256 = hot & _STATE_MASK
     assert state == C.TRAINING or state == C.FINALIZING, "market: job not disputable"
     assert stakes._role_of(job_id, account) != C.ROLE_AGGREGATOR, "market: aggregator not slashable"
-    stage: uint256 = C.STAGE_FINAL
+    stage: uint256 = C.STAGE_FINAL + self.progress[job_id].challenge_deadline
     if state == C.TRAINING:
         stage = (hot >> _ROUND_SHIFT) & _ROUND_MASK
     return stakes._slash(job_id, account, stage, challenger)

@@ -117,8 +117,9 @@ def _finalizing(job_id: uint256) -> T.Progress:
 
 @view
 @internal
-def _leaf_ok(job_id: uint256, leaf: leaves.RewardLeaf, basis: uint256, pool: uint256, value_total: uint256, rounds: uint256) -> bool:
-    """Whether a reward leaf follows the reward rule for the member it names."""
+def _leaf_ok(job_id: uint256, leaf: leaves.RewardLeaf, basis: uint256, pool: uint256, value_total: uint256, rounds: uint256, final: uint256) -> bool:
+    """Whether a reward leaf follows the reward rule for the member it names (`final`: the stage
+    of a slash made under the standing root, STAGE_FINAL plus its challenge deadline)."""
     role: uint256 = 0
     stage: uint256 = 0
     role, stage = staticcall game.MARKET.membership(job_id, leaf.account)
@@ -126,7 +127,7 @@ def _leaf_ok(job_id: uint256, leaf: leaves.RewardLeaf, basis: uint256, pool: uin
         return False  # every leaf is a member's, in its own role
     if leaf.activity > rounds or leaf.value > C.MAX_AMOUNT:
         return False
-    cut: bool = role & C.SLASHED != 0 and stage != C.STAGE_FINAL  # slashed before the root was posted
+    cut: bool = role & C.SLASHED != 0 and stage != final  # slashed before the root was posted
     r: int256 = convert(rounds, int256)
     a: int256 = convert(leaf.activity, int256)
     if cut:
@@ -180,12 +181,13 @@ def defend_reward_leaf(
         assert leaves._verify(leaves._reward_leaf(prev), lo - 1, n_leaves, prev_proof, root), "arbiter: previous leaf not in the root"
         assert convert(prev.account, uint256) < convert(leaf.account, uint256), "arbiter: leaves out of order"
     rounds: uint256 = (game.games[gid].params >> game.P_ROUNDS) & 65_535
-    assert self._leaf_ok(job_id, leaf, p.basis, p.pool, p.value_total, rounds), "arbiter: leaf breaks the reward rule"
+    final: uint256 = C.STAGE_FINAL + p.challenge_deadline
+    assert self._leaf_ok(job_id, leaf, p.basis, p.pool, p.value_total, rounds, final), "arbiter: leaf breaks the reward rule"
     role: uint256 = 0
     stage: uint256 = 0
     role, stage = staticcall game.MARKET.membership(job_id, leaf.account)
     counted: int256 = 0
-    if role == C.ROLE_PROVIDER or (role == C.ROLE_PROVIDER | C.SLASHED and stage == C.STAGE_FINAL):
+    if role == C.ROLE_PROVIDER or (role == C.ROLE_PROVIDER | C.SLASHED and stage == final):
         counted = convert(leaf.value, int256)
     assert len(claim) == 2 and claim[0] == counted and claim[1] == convert(leaf.amount, int256), "arbiter: leaf does not give the claim"
     game._resolve(gid, False, "reward leaf shown")

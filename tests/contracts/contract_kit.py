@@ -429,12 +429,13 @@ class Job:
             members.append((v.address, R.Role.VALIDATOR, 0, attested))
         members.append((self.kit.aggregator.address, R.Role.AGGREGATOR, 0, rounds))
         words = {a: self.membership(a) for a, *_ in members}
+        final = R.final_stage(self.info()["challenge_deadline"])
         value_total = sum(value for a, role, value, _ in members
-                          if role == R.Role.PROVIDER and not R.cut_before_root(*words[a]))
+                          if role == R.Role.PROVIDER and not R.cut_before_root(*words[a], final))
         leaves = []
         for a, role, value, activity in sorted(members, key=lambda m: address_key(m[0])):
             amount, delta = R.leaf_due(role, value, activity, rounds, R.Basis.WEIGHT, pool, value_total,
-                                       R.cut_before_root(*words[a]))
+                                       R.cut_before_root(*words[a], final))
             leaves.append({"account": a, "role": int(role), "amount": amount, "reputation_delta": delta, "value": value,
                                "activity": activity})
         return index_leaves(leaves)

@@ -83,8 +83,11 @@ def assert_root_rejected(kit, job, receipt, poster=None, bond=AGG_STAKE):
     assert (state, current, deadline, quorum) == (JobState.TRAINING, ROUNDS, kit.now() + job.terms.round_duration, True)
     p = job.info()
     assert (p["reward_root"], p["poster"], p["poster_bond"]) == (ZERO32, ZERO_ADDR, 0)
+    assert p["challenge_deadline"] == 0  # no root stands: every slash is a cut in the next one
     if poster == kit.aggregator:
-        assert job.membership(kit.aggregator) == (Role.AGGREGATOR | R.SLASHED, R.STAGE_FINAL)
+        word, stage = job.membership(kit.aggregator)
+        assert word == Role.AGGREGATOR | R.SLASHED and stage > R.STAGE_FINAL
+        assert R.cut_before_root(word, stage, R.final_stage(0))
     assert kit.wa.call("open_games", job.id) == 0
 
 
@@ -194,7 +197,8 @@ def test_a_validator_slashed_after_the_root_keeps_its_leaf(kit):
     sigs = [job.sign_attestation(v, 0, keccak(x)) for x in (b"a", b"b")]
     kit.disputes.transact("prove_equivocation", job.id, 0, v.address, root, keccak(b"a"), sigs[0], root, keccak(b"b"),
                           sigs[1], sender=kit.outsider)
-    assert job.membership(v) == (Role.VALIDATOR | R.SLASHED, R.STAGE_FINAL)
+    final = R.final_stage(job.info()["challenge_deadline"])
+    assert final > R.STAGE_FINAL and job.membership(v) == (Role.VALIDATOR | R.SLASHED, final)
     p = RewardPlayer(job, open_rewards(job))
     p.down_to(_at(job, v))
     assert not resolved(p.defend_leaf())["challenger_won"]
@@ -498,6 +502,26 @@ def test_anyone_reposts_a_rejected_root_with_a_bond(kit):
     for i in range(len(leaves)):
         job.claim(i)
     assert job.info()["claimed_total"] == job.info()["reward_total"]
+
+
+def test_the_aggregator_slashed_for_its_root_is_cut_in_the_next(kit):
+    """Slashed under a root that was then discarded, the aggregator gets the cut leaf (no pay,
+    reputation down) in the replacement root, not the +rounds an honest aggregator gets: a
+    replacement root giving it that is itself rejected."""
+    job = _finalizing(kit, tamper=CHEATS["the aggregator pays itself"][0])
+    p = RewardPlayer(job, open_rewards(job))
+    p.down_to(_agg_ix(job, job.leaves))
+    p.timeout()
+    kit.advance(job.terms.round_duration // 2)
+    leaves = job.weight_leaves()
+    agg = leaves[_agg_ix(job, leaves)]
+    assert (agg["amount"], agg["reputation_delta"]) == (0, -ROUNDS)
+    honest = [dict(x, reputation_delta=ROUNDS) if x["account"] == agg["account"] else x for x in leaves]
+    job.post_rewards(honest, sender=kit.outsider)
+    p = RewardPlayer(job, open_rewards(job, challenger=kit.requester), challenger=kit.requester, defender=kit.outsider)
+    p.down_to(_agg_ix(job, honest))
+    with reverts("arbiter: leaf breaks the reward rule"):
+        p.defend_leaf()
 
 
 def test_a_reposter_gets_its_bond_back_when_the_job_fails(kit):

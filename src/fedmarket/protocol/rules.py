@@ -265,14 +265,27 @@ def pool(escrow: int, fee_bps: int, miss_payout_bps: int, gate_met: bool) -> int
     return out if gate_met else out * miss_payout_bps // BPS
 
 
-def cut_before_root(role_word: int, stage: int) -> bool:
-    """Whether a member was slashed before the reward root was posted (it then earns nothing)."""
-    return is_slashed(role_word) and int(stage) != STAGE_FINAL
+def final_stage(challenge_deadline: int) -> int:
+    """The stage of a slash made under the reward root that stands (`JobMarket.slash`): STAGE_FINAL
+    plus that root's challenge deadline (0 while no root stands, so every slash is a cut then)."""
+    return STAGE_FINAL + int(challenge_deadline)
 
 
-def counted_value(leaf: dict, role_word: int, stage: int) -> int:
+def relative_stage(stage: int, final: int) -> int:
+    """A slash stage as seen by the standing root: STAGE_FINAL if slashed under it, else a stage
+    that is a cut (so the default `final` of the functions below applies)."""
+    return STAGE_FINAL if int(stage) == int(final) else min(int(stage), STAGE_FINAL - 1)
+
+
+def cut_before_root(role_word: int, stage: int, final: int = STAGE_FINAL) -> bool:
+    """Whether a member was slashed before the standing reward root was posted, or under a root
+    since discarded (it then earns nothing); `final` is `final_stage` of the job."""
+    return is_slashed(role_word) and int(stage) != int(final)
+
+
+def counted_value(leaf: dict, role_word: int, stage: int, final: int = STAGE_FINAL) -> int:
     """A leaf's share of the root's value total: an unslashed provider's value, else 0."""
-    if role_of(role_word) == Role.PROVIDER and not cut_before_root(role_word, stage):
+    if role_of(role_word) == Role.PROVIDER and not cut_before_root(role_word, stage, final):
         return int(leaf["value"])
     return 0
 
@@ -290,7 +303,8 @@ def leaf_due(role: int, value: int, activity: int, rounds: int, basis: int, pool
     return 0, rounds
 
 
-def leaf_ok(leaf: dict, role_word: int, stage: int, basis: int, pool_: int, value_total: int, rounds: int) -> bool:
+def leaf_ok(leaf: dict, role_word: int, stage: int, basis: int, pool_: int, value_total: int, rounds: int,
+            final: int = STAGE_FINAL) -> bool:
     """Whether a reward leaf follows the reward rule for the member it names."""
     role = role_of(role_word)
     if role == 0 or role != int(leaf["role"]):
@@ -299,7 +313,7 @@ def leaf_ok(leaf: dict, role_word: int, stage: int, basis: int, pool_: int, valu
     amount, delta = int(leaf["amount"]), int(leaf["reputation_delta"])
     if activity > rounds or value > MAX_AMOUNT:
         return False
-    cut = cut_before_root(role_word, stage)
+    cut = cut_before_root(role_word, stage, final)
     due, due_delta = leaf_due(role, value, activity, rounds, basis, pool_, value_total, cut)
     if cut or role == Role.PROVIDER:
         return amount == due and delta == due_delta

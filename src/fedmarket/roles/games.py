@@ -132,12 +132,14 @@ class Truth:
         return R.range_claim(rule, rows[lo:hi], weights, lo_hints, hi_hints), list(lo_hints), list(hi_hints)
 
     def rewards(self) -> tuple[list[dict], dict[str, tuple[int, int]]]:
-        """The posted rewards document's leaves and every member's (role word, stage)."""
+        """The posted rewards document's leaves and every member's (role word, stage), its stage
+        made relative to the standing root (`STAGE_FINAL` if slashed under it)."""
         leaves = sorted(posted_rewards(self.dep, self.store, self.job_id)["leaves"], key=lambda l: int(l["index"]))
+        final = R.final_stage(self.dep.market.call("progress", self.job_id)["challenge_deadline"])
         words = {}
         for leaf in leaves:
             word, stage = self.dep.market.call("membership", self.job_id, leaf["account"])
-            words[leaf["account"]] = (int(word), int(stage))
+            words[leaf["account"]] = (int(word), R.relative_stage(stage, final))
         return leaves, words
 
     def reward_sum_claim(self, lo: int, hi: int) -> list[int]:

@@ -47,6 +47,7 @@ class Member:
     account: str
     role_word: int
     stage: int
+    final: int = R.STAGE_FINAL  # the job's final stage when read (`rules.final_stage`)
 
     @property
     def role(self) -> int:
@@ -54,7 +55,7 @@ class Member:
 
     @property
     def cut(self) -> bool:
-        return R.cut_before_root(self.role_word, self.stage)
+        return R.cut_before_root(self.role_word, self.stage, self.final)
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,11 @@ class Reveal:
 def members(dep: Deployment, job_id: int) -> list[Member]:
     """Every member of the job (providers, validators, the aggregator), in account order."""
     accounts = [*joined_providers(dep, job_id), *joined_validators(dep, job_id), dep.job(job_id)["aggregator"]]
+    final = R.final_stage(dep.market.call("progress", job_id)["challenge_deadline"])
     out = []
     for a in sorted(set(accounts), key=address_key):
         word, stage = dep.market.call("membership", job_id, a)
-        out.append(Member(a, int(word), int(stage)))
+        out.append(Member(a, int(word), int(stage), final))
     return out
 
 
