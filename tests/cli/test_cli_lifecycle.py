@@ -120,6 +120,16 @@ def test_cancel_an_unjoined_job_only_its_requester_can_at_once(market, capsys):
     assert rc == 1 and "not open" in err
     rc, _, err = cli(capsys, "status", "999", *common(market))
     assert rc == 1 and "job 999 does not exist" in err
+    # the same state directory against another deployment: its job id would name nothing there
+    other = work / "addresses-2.json"
+    assert main(["deploy", "--rpc", market["url"], "--dev-account", "1", "--out", str(other)]) == 0
+    capsys.readouterr()
+    block = dep.chain.block_number()
+    rc, _, err = cli(capsys, "requester", "post", "--rpc", market["url"], "--contracts", str(other), "--dev-account", "2",
+                     "--spec", str(EXAMPLE_SPEC), "--aggregator", AGG.address, "--store", str(work / "blobs"),
+                     "--state-dir", str(work / "req-1"), "--no-follow")
+    assert rc == 2 and f"holds job {job} of another deployment or chain" in err and "use another --state-dir" in err
+    assert dep.chain.block_number() == block  # nothing was sent
 
 
 def test_stuck_open_job_is_cancelled_by_anyone_and_stake_goes_back_to_the_wallet(market, capsys, advance):

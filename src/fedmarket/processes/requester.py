@@ -48,6 +48,10 @@ class RequesterProcess(RoleProcess):
         if known.get("job_id") is not None:
             if known.get("spec_hash") != "0x" + spec.hash().hex():
                 raise ConfigError(f"state directory {self.state.root} already holds job {known['job_id']} of another spec")
+            posted = self.dep.market.events("JobPosted", job_id=int(known["job_id"]))
+            if not posted or posted[0]["requester"] != self.address or posted[0]["spec_hash"] != spec.hash():
+                raise ConfigError(f"state directory {self.state.root} holds job {known['job_id']} of another deployment "
+                                  f"or chain (market {self.dep.market.address} has no such job of yours): use another --state-dir")
             self.job_id = int(known["job_id"])
             return self.job_id
         if known.get("posting"):
