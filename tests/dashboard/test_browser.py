@@ -107,8 +107,10 @@ def test_live_rounds_payouts_and_screenshots(anvil, browser, tmp_path):
         assert int(page.get_attribute("#provider-paid", "data-wei")) == on_chain[top.address]
         page.screenshot(path=str(tmp_path / "provider.png"), full_page=True)
         tx_page = browser.new_page()
-        tx_page.goto(url + page.get_attribute(f'#provider-jobs tr[data-job="{job}"] td.payout a', "href"))
-        assert "JobMarket".lower() not in tx_page.inner_text("h1").lower() and "RewardClaimed" in tx_page.content()
+        href = page.get_attribute(f'#provider-jobs tr[data-job="{job}"] td.payout a', "href")
+        tx_page.goto(url + href)  # the payout's link: its claim transaction, with the event that paid it
+        assert href.removeprefix("/tx/") in tx_page.inner_text("h1") and "market.RewardClaimed" in tx_page.inner_text("main")
+        assert str(on_chain[top.address]) in tx_page.inner_text("main")
         blob = tx_page.request.get(url + f"/blob/{dep.market.events('JobPosted', job_id=job)[0]['spec_cid']}")
         assert blob.ok and blob.json()["name"] == spec.name
     finally:
