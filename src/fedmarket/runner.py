@@ -16,6 +16,7 @@ from .fl.data import DATASETS, load_dataset, subset, train_test_split
 from .fl.partition import dirichlet_partition, iid_partition
 from .fl.train import centralized_train
 from .market import DEFAULT_FEE_BPS, Deployment, JobState
+from .protocol import rules as R
 from .protocol.encoding import address_key
 from .roles import Aggregator, Provider, Requester, Validator
 from .roles.challenger import Challenger
@@ -35,6 +36,14 @@ from .storage import LocalBlobStore, Mailbox
 
 TOKEN = 10**18
 PRIVACY_MODES = ("plain", "dp_local", "secagg", "secagg_dp")
+MODELS = ("softmax", "mlp", "cnn")
+IMAGE_DATASETS = ("fashion_mnist", "mnist")  # 28x28 grey images with their official train/test split
+#: local training of the demo's models where the command line does not set it
+MODEL_DEFAULTS = {
+    "softmax": {},
+    "mlp": {"local_epochs": 1, "batch_size": 32, "learning_rate": 0.05, "momentum": 0.9},
+    "cnn": {"local_epochs": 1, "batch_size": 32, "learning_rate": 0.05, "momentum": 0.9},
+}
 
 
 @dataclass(frozen=True)
@@ -65,14 +74,30 @@ class JobConfig:
     per_round: int = 0
     target_accuracy: float | None = None
     miss_payout_bps: int = 5_000
+    model: str = "softmax"
+    momentum: float = 0.0
+    hidden: tuple[int, ...] = (200,)
+    strategy: str = "fedavg"
+    trim: int = 0
+
+    @classmethod
+    def for_model(cls, model: str = "softmax", **kwargs) -> "JobConfig":
+        """A config with the model's local-training defaults (`MODEL_DEFAULTS`) under `kwargs`."""
+        if model not in MODELS:
+            raise ConfigError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
+        return cls(model=model, **{**MODEL_DEFAULTS[model], **{k: v for k, v in kwargs.items() if v is not None}})
 
     def check(self) -> None:
         if self.providers < 1:
             raise ConfigError(f"--providers must be at least 1 (got {self.providers})")
         if self.rounds < 1:
             raise ConfigError(f"--rounds must be at least 1 (got {self.rounds})")
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset '{self.dataset}'; choose one of: {', '.join(DATASETS)}")
+        if self.dataset not in DATASETS + IMAGE_DATASETS:
+            raise ConfigError(f"unknown dataset '{self.dataset}'; choose one of: {', '.join(DATASETS + IMAGE_DATASETS)}")
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model '{self.model}'; choose one of: {', '.join(MODELS)}")
+        if self.model == "cnn" and self.dataset not in ("digits", *IMAGE_DATASETS):
+            raise ConfigError(f"--model cnn needs an image dataset (digits, {', '.join(IMAGE_DATASETS)}), not {self.dataset}")
         if self.partition not in ("iid", "dirichlet"):
             raise ConfigError(f"unknown partition '{self.partition}'; choose iid or dirichlet")
         if not self.alpha > 0:
@@ -92,6 +117,10 @@ class JobConfig:
         if self.privacy.startswith("secagg") and self.validators < 1:
             raise ConfigError(f"--privacy {self.privacy} needs --validators: they re-derive each round's mask correction")
         self.privacy_spec()  # epsilon, delta and clip norm problems surface here
+        if self.strategy not in (*R.STRATEGIES, *R.ATTESTED):
+            raise ConfigError(f"unknown strategy '{self.strategy}'; choose one of: {', '.join((*R.STRATEGIES, *R.ATTESTED))}")
+        if self.strategy in R.ATTESTED and self.validators < 1:
+            raise ConfigError(f"--strategy {self.strategy} is attested by validators: it needs --validators")
         if not 0 <= self.per_round <= self.providers:
             raise ConfigError(f"--per-round must be between 0 (everyone) and --providers (got {self.per_round})")
         if self.privacy.startswith("secagg") and 0 < self.per_round < 3:
@@ -127,8 +156,14 @@ class JobConfig:
     def split(self):
         """Check the config against its dataset; returns (train, test, per-provider index arrays)."""
         self.check()
-        ds = load_dataset(self.dataset)
-        train, test = train_test_split(ds, self.test_fraction, self.seed)
+        if self.dataset in IMAGE_DATASETS:
+            from .fl.datasets import load_fashion_mnist, load_mnist
+
+            train, test = load_fashion_mnist() if self.dataset == "fashion_mnist" else load_mnist()
+            ds = train
+        else:
+            ds = load_dataset(self.dataset)
+            train, test = train_test_split(ds, self.test_fraction, self.seed)
         if self.providers > train.n_samples:
             raise ConfigError(
                 f"--providers {self.providers} exceeds the {train.n_samples} training samples of '{self.dataset}'"
@@ -140,8 +175,11 @@ class JobConfig:
         return ds, train, test, parts
 
 
-def _centralized_accuracy(spec: JobSpec, train, test, cfg: JobConfig) -> float:
-    """Reference point: the same model trained on the pooled training data (what FL should approach)."""
+def _centralized_accuracy(spec: JobSpec, train, test, cfg: JobConfig) -> float | None:
+    """Reference point: the same model trained on the pooled training data (what FL should approach);
+    None for the CNN (as long to train as the whole job again)."""
+    if spec.model.kind == "cnn":
+        return None
     model = spec.make_model()
     params = centralized_train(
         model, spec.normalize(train.X), train.y,
@@ -150,18 +188,35 @@ def _centralized_accuracy(spec: JobSpec, train, test, cfg: JobConfig) -> float:
     return model.accuracy(params, spec.normalize(test.X), test.y)
 
 
+def demo_model(cfg: JobConfig) -> dict:
+    """The demo's model spec for `cfg.model`."""
+    if cfg.model == "mlp":
+        return {"kind": "mlp", "hidden": list(cfg.hidden), "init_seed": cfg.seed}
+    if cfg.model == "cnn":
+        return {"kind": "cnn", "init_seed": cfg.seed}
+    return {"kind": "softmax"}
+
+
 def demo_spec(cfg: JobConfig, ds, deadlines: DeadlineSpec | None = None) -> JobSpec:
-    """The demo job's spec: the dataset's schema, softmax regression, the config's money and privacy."""
+    """The demo job's spec: the dataset's schema, the config's model, money and privacy."""
+    side = int(round(ds.n_features ** 0.5))
+    image = ds.name in ("digits", *IMAGE_DATASETS) and side * side == ds.n_features
+    names = {"softmax": "softmax regression", "mlp": "MLP", "cnn": "CNN"}
     return JobSpec(
-        name=f"{cfg.dataset} softmax regression, {cfg.providers} providers",
+        name=f"{cfg.dataset} {names[cfg.model]}, {cfg.providers} providers",
         data=DataSchema(
             n_features=ds.n_features,
             n_classes=ds.num_classes,
             feature_low=[float(v) for v in ds.feature_low],
             feature_high=[float(v) for v in ds.feature_high],
+            input_shape=[1, side, side] if image else None,
         ),
+        model=demo_model(cfg),
+        strategy=cfg.strategy,
+        trim=cfg.trim,
         training=TrainingSpec(
-            rounds=cfg.rounds, local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate
+            rounds=cfg.rounds, local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+            momentum=cfg.momentum,
         ),
         reward=RewardSpec(escrow=cfg.escrow_tokens * TOKEN, provider_stake=cfg.stake_tokens * TOKEN,
                           aggregator_stake=cfg.aggregator_stake_tokens * TOKEN,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Literal
+import math
+from typing import Annotated, Literal, Union
 
 import numpy as np
 from eth_utils import keccak
@@ -28,6 +29,10 @@ class DataSchema(_Strict):
     feature_low: list[float]
     feature_high: list[float]
     min_samples: int = Field(default=1, ge=1)
+    features: list[str] | None = Field(default=None, description="column names of the features, in order (tables)")
+    label: str | None = Field(default=None, description="the label column (tables)")
+    classes: list[str] | None = Field(default=None, description="class names in class order: label values are matched to them")
+    input_shape: list[int] | None = Field(default=None, description="shape of one sample, e.g. [1, 28, 28] (images); its product is n_features")
 
     @model_validator(mode="after")
     def _bounds(self) -> "DataSchema":
@@ -35,7 +40,21 @@ class DataSchema(_Strict):
             raise ValueError(f"feature_low and feature_high must each list {self.n_features} bounds")
         if any(lo > hi for lo, hi in zip(self.feature_low, self.feature_high)):
             raise ValueError("every feature_low must be <= its feature_high")
+        if self.features is not None and (len(self.features) != self.n_features or len(set(self.features)) != self.n_features):
+            raise ValueError(f"features must name {self.n_features} distinct columns")
+        if self.label is not None and self.features is not None and self.label in self.features:
+            raise ValueError(f"the label column '{self.label}' cannot also be a feature")
+        if self.classes is not None and (len(self.classes) != self.n_classes or len(set(self.classes)) != self.n_classes):
+            raise ValueError(f"classes must name {self.n_classes} distinct classes")
+        if self.input_shape is not None and (not self.input_shape or min(self.input_shape) < 1
+                                             or math.prod(self.input_shape) != self.n_features):
+            raise ValueError(f"input_shape must be positive dimensions whose product is n_features = {self.n_features}")
         return self
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one sample: ``input_shape``, or ``(n_features,)``."""
+        return tuple(self.input_shape) if self.input_shape else (self.n_features,)
 
     def check(self, X: np.ndarray, y: np.ndarray) -> None:
         """Raise SchemaMismatch naming the first way (X, y) breaks this schema."""
@@ -68,21 +87,88 @@ class DataSchema(_Strict):
             raise SchemaMismatch(f"labels must lie in [0, {self.n_classes - 1}]; found {int(y.min())}..{int(y.max())}")
 
 
-class ModelSpec(_Strict):
-    """The model every provider trains."""
+class SoftmaxModel(_Strict):
+    """Softmax (multinomial logistic) regression; starts from zeros."""
 
     kind: Literal["softmax"] = "softmax"
     l2: float = Field(default=1e-4, ge=0)
 
 
+class MLPModel(_Strict):
+    """A fully connected network: hidden layers of the given widths, ReLU or tanh between them;
+    He-uniform initial weights drawn from ``init_seed``."""
+
+    kind: Literal["mlp"]
+    hidden: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(default=[200], min_length=1, max_length=64)
+    activation: Literal["relu", "tanh"] = "relu"
+    l2: float = Field(default=0.0, ge=0)
+    init_seed: int = Field(default=0, ge=0, lt=2**63)
+
+
+class CNNModel(_Strict):
+    """McMahan et al. (2017)'s CNN (needs PyTorch): ``kernel`` x ``kernel`` convolutions with the
+    given channels, each followed by ReLU and 2x2 max pooling, a ReLU layer of ``dense`` units, the
+    class scores. The data schema's ``input_shape`` ([channels, height, width]) is its input."""
+
+    kind: Literal["cnn"]
+    channels: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default=[32, 64], min_length=1, max_length=8)
+    kernel: int = Field(default=5, ge=1, le=15)
+    dense: int = Field(default=512, ge=1, le=65_536)
+    l2: float = Field(default=0.0, ge=0)
+    init_seed: int = Field(default=0, ge=0, lt=2**63)
+
+
+class TorchModelSpec(_Strict):
+    """A requester's own PyTorch module (needs PyTorch), packed by `fedmarket model pack`: its
+    architecture and initial weights are the blob ``module_cid`` names; every role loads it and
+    checks it against this spec before it stakes. ``n_params`` is the length of its flat vector
+    (trainable parameters, then floating buffers such as BatchNorm statistics)."""
+
+    kind: Literal["torch"]
+    module_cid: str = Field(min_length=1, max_length=200)
+    n_params: int = Field(ge=1, le=R.MAX_PARAMS)
+    l2: float = Field(default=0.0, ge=0)
+
+
+#: the model every provider trains, by kind
+ModelSpec = Annotated[Union[SoftmaxModel, MLPModel, CNNModel, TorchModelSpec], Field(discriminator="kind")]
+
+
 class TrainingSpec(_Strict):
-    """Rounds and local optimisation settings."""
+    """Rounds and local optimisation settings: the optimizer (SGD with optional momentum, Adam,
+    AdamW), weight decay, a learning-rate schedule across rounds and the FedProx term. Optimizer
+    state starts afresh every round, so a round follows from the global model and the seeds alone."""
 
     rounds: int = Field(ge=1, le=10_000)
     local_epochs: int = Field(default=5, ge=1, le=1000)
     batch_size: int = Field(default=16, ge=1)
     learning_rate: float = Field(default=0.5, gt=0)
     prox_mu: float = Field(default=0.0, ge=0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    lr_schedule: Literal["constant", "step", "exponential", "cosine"] = "constant"
+    lr_gamma: float = Field(default=1.0, gt=0, le=1, description="decay factor of the step and exponential schedules")
+    lr_step_rounds: int = Field(default=1, ge=1, description="rounds between two decays of the step schedule")
+    lr_min: float = Field(default=0.0, ge=0, description="the cosine schedule's last learning rate")
+
+    @model_validator(mode="after")
+    def _settings(self) -> "TrainingSpec":
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(f"momentum applies to sgd; {self.optimizer} keeps its own moment estimates")
+        if self.lr_min > self.learning_rate:
+            raise ValueError("lr_min must not exceed learning_rate")
+        return self
+
+    def local(self):
+        """The engine's :class:`~fedmarket.fl.optim.LocalTraining` of these settings."""
+        from .fl.optim import LocalTraining
+
+        return LocalTraining(
+            epochs=self.local_epochs, batch_size=self.batch_size, lr=self.learning_rate, optimizer=self.optimizer,
+            momentum=self.momentum, weight_decay=self.weight_decay, prox_mu=self.prox_mu, schedule=self.lr_schedule,
+            gamma=self.lr_gamma, step_rounds=self.lr_step_rounds, min_lr=self.lr_min, total_rounds=self.rounds,
+        )
 
 
 EPSILON_SCALE = R.EPSILON_SCALE  # the chain holds epsilon in millionths
@@ -222,9 +308,11 @@ class JobSpec(_Strict):
     version: Literal[1] = SPEC_VERSION
     name: str = Field(min_length=1, max_length=200)
     data: DataSchema
-    model: ModelSpec = ModelSpec()
+    model: ModelSpec = SoftmaxModel()
     training: TrainingSpec
-    strategy: Literal["fedavg", "median", "trimmed_mean"] = "fedavg"
+    strategy: Literal["fedavg", "median", "trimmed_mean", "centered_clip"] = Field(
+        default="fedavg", description="fedavg, median and trimmed_mean are proven on chain; centered_clip is attested "
+        "by the job's validators (two thirds of their stake), see docs/protocol.md")
     trim: int = Field(default=0, ge=0, description="updates dropped at each end per coordinate (trimmed_mean)")
     privacy: PrivacySpec = PrivacySpec()
     reward: RewardSpec
@@ -243,6 +331,11 @@ class JobSpec(_Strict):
             raise ValueError(f"privacy mode {self.privacy.mode} sums masked updates, so it needs strategy fedavg, not {self.strategy}")
         if self.privacy.secure and self.participation.min_providers < 3:
             raise ValueError("secure aggregation needs min_providers >= 3 (with two, each learns the other's update from the sum)")
+        if self.attested and self.participation.max_validators < 1:
+            raise ValueError(f"strategy {self.strategy} is attested by validators: it needs max_validators >= 1")
+        if self.attested and self.quality.target_accuracy is not None:
+            raise ValueError(f"strategy {self.strategy} pays by aggregated weight (the contracts keep no scores for "
+                             "attested rules), so it cannot have a quality gate")
         if self.quality.target_accuracy is not None and self.participation.max_validators < 1:
             raise ValueError("a quality gate needs validators to attest the accuracy (max_validators >= 1)")
         if self.privacy.secure and 0 < self.participation.per_round < 3:
@@ -252,6 +345,8 @@ class JobSpec(_Strict):
                              "each round's mask correction, which no contract can")
         if self.training.rounds * self.deadlines.round_duration > R.MAX_TRAINING_TIME:
             raise ValueError(f"rounds x round_duration must not exceed {R.MAX_TRAINING_TIME} seconds (two years)")
+        if self.model.kind == "cnn" and (self.data.input_shape is None or len(self.data.input_shape) != 3):
+            raise ValueError("a cnn model needs data.input_shape [channels, height, width]")
         if self.n_params > R.MAX_PARAMS:
             raise ValueError(f"the model has {self.n_params} parameters, above the market's {R.MAX_PARAMS}")
         if self.privacy.dp and self.privacy.noise_multiplier is not None:
@@ -264,6 +359,16 @@ class JobSpec(_Strict):
                     f"{self.training.rounds} rounds, above the budget {self.privacy.epsilon:g}"
                 )
         return self
+
+    @property
+    def attested(self) -> bool:
+        """Whether the job's strategy is attested by validators (committed through the secure-sum rule)."""
+        return self.strategy in R.ATTESTED
+
+    @property
+    def unit_weights(self) -> bool:
+        """Whether every update must carry weight 1 (the DP modes bound influence; attested rules count updates)."""
+        return self.privacy.dp or self.attested
 
     @property
     def rule(self) -> R.Rule:
@@ -279,10 +384,21 @@ class JobSpec(_Strict):
         return _fitted_noise(self.privacy.epsilon, self.privacy.delta, self.training.rounds)
 
     def make_model(self):
-        """The model every participant of this job trains and evaluates."""
-        from .fl.models import SoftmaxRegression
+        """The model every participant of this job trains and evaluates, at its initial parameters.
+        A ``torch`` job's model is its packed module, which lives in the blob store: build it with
+        :func:`fedmarket.jobmodel.job_model` (which every role uses, for every kind)."""
+        from .fl.models import MLP, SoftmaxRegression
 
-        return SoftmaxRegression(self.data.n_features, self.data.n_classes, self.model.l2)
+        m, d = self.model, self.data
+        if m.kind == "softmax":
+            return SoftmaxRegression(d.n_features, d.n_classes, m.l2)
+        if m.kind == "mlp":
+            return MLP(d.n_features, d.n_classes, hidden=m.hidden, l2=m.l2, seed=m.init_seed, activation=m.activation)
+        if m.kind == "cnn":
+            from .fl.torch_models import cnn_net
+
+            return cnn_net(d.input_shape, d.n_classes, m.channels, m.kernel, m.dense, m.init_seed, m.l2)
+        raise ConfigError("a torch job's model is its packed module in the blob store: use fedmarket.jobmodel.job_model(spec, store)")
 
     def normalize(self, X: np.ndarray) -> np.ndarray:
         """Features mapped to [0, 1] with the schema's domain bounds: identical for every participant."""
@@ -292,7 +408,18 @@ class JobSpec(_Strict):
 
     @property
     def n_params(self) -> int:
-        return self.data.n_features * self.data.n_classes + self.data.n_classes
+        """Length of the model's flat parameter vector: what every round commits."""
+        m, d = self.model, self.data
+        if m.kind == "softmax":
+            return d.n_features * d.n_classes + d.n_classes
+        if m.kind == "mlp":
+            sizes = [d.n_features, *m.hidden, d.n_classes]
+            return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        if m.kind == "cnn":
+            from .fl.torch_models import cnn_param_count
+
+            return cnn_param_count(d.input_shape, d.n_classes, m.channels, m.kernel, m.dense)
+        return m.n_params
 
     def canonical(self) -> bytes:
         """Canonical JSON bytes: the CID and the on-chain hash are taken of exactly these."""

@@ -49,7 +49,10 @@ def demo(
     providers: int = typer.Option(20, "--providers", "-n", help="Number of data providers."),
     rounds: int = typer.Option(10, "--rounds", "-r", help="Training rounds."),
     out: Path = typer.Option(Path("fedmarket-demo"), "--out", "-o", help="Directory for report.json, accuracy.png, blobs."),
-    dataset: str = typer.Option("digits", "--dataset", help="digits, iris, wine or breast_cancer (scikit-learn's bundled sets)."),
+    dataset: str = typer.Option(None, "--dataset", help="(default digits; fashion_mnist for --model mlp or cnn) digits, iris, wine or breast_cancer (scikit-learn's bundled sets), fashion_mnist (Debian's dataset-fashion-mnist) or mnist."),
+    model: str = typer.Option("softmax", "--model", help="softmax, mlp or cnn (McMahan et al.'s CNN; needs PyTorch)."),
+    lr: float = typer.Option(None, "--lr", help="Local learning rate (default: the model's)."),
+    epochs: int = typer.Option(None, "--epochs", help="Local epochs per round (default: the model's)."),
     partition: str = typer.Option("iid", "--partition", help="How data is split across providers: iid or dirichlet."),
     alpha: float = typer.Option(0.5, "--alpha", help="Dirichlet concentration (smaller = more skewed)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data split, partition and accounts."),
@@ -68,9 +71,12 @@ def demo(
 
     from ..runner import JobConfig, run_job
 
-    cfg = JobConfig(providers=providers, rounds=rounds, dataset=dataset, partition=partition, alpha=alpha, seed=seed,
-                    validators=validators, privacy=privacy, epsilon=epsilon, clip_norm=clip_norm, dropout=dropout,
-                    per_round=per_round, target_accuracy=target_accuracy)
+    if dataset is None:
+        dataset = "fashion_mnist" if model in ("mlp", "cnn") else "digits"
+    cfg = JobConfig.for_model(model, providers=providers, rounds=rounds, dataset=dataset, partition=partition, alpha=alpha,
+                              seed=seed, validators=validators, privacy=privacy, epsilon=epsilon, clip_norm=clip_norm,
+                              dropout=dropout, per_round=per_round, target_accuracy=target_accuracy, learning_rate=lr,
+                              local_epochs=epochs)
     cfg.split()  # every input problem is reported before any work starts
     out = _writable_dir(out)
     console = Console(stderr=True)
@@ -172,13 +178,14 @@ def _plot(report: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     xs = list(range(1, len(report["accuracy"]) + 1))
     ax.plot(xs, report["accuracy"], marker="o", label="federated global model")
-    ax.axhline(report["centralized_accuracy"], color="grey", linestyle="--", label="same model trained centrally")
+    if report["centralized_accuracy"] is not None:
+        ax.axhline(report["centralized_accuracy"], color="grey", linestyle="--", label="same model trained centrally")
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy on the requester's test set")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     cfg = report["config"]
-    ax.set_title(f"FedAvg, {report['providers']} providers, {cfg['dataset']} ({cfg['partition']}) on {report['chain']}")
+    ax.set_title(f"FedAvg, {cfg.get('model', 'softmax')}, {report['providers']} providers, {cfg['dataset']} ({cfg['partition']}) on {report['chain']}")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
@@ -202,7 +209,7 @@ def _print_settlement(report: dict, out: Path) -> None:
     console.print(table)
     console.print(
         f"final accuracy [bold]{report['final_accuracy']:.4f}[/] after {report['rounds']} rounds "
-        f"(centralized training: {report['centralized_accuracy']:.4f})"
+        + (f"(centralized training: {report['centralized_accuracy']:.4f})" if report["centralized_accuracy"] is not None else "")
     )
     fed = lambda v: f"{v / unit:,.6g}"
     console.print(

@@ -141,11 +141,23 @@ def data_split(
     partition: str = typer.Option("iid", "--partition", help="iid or dirichlet."),
     alpha: float = typer.Option(0.5, "--alpha", help="Dirichlet concentration (smaller = more skewed)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split."),
+    data: Path = typer.Option(None, "--data", help="Split this file instead (.csv, .parquet, .npz, or a folder of images): the files keep its format."),
+    label: str = typer.Option(None, "--label", help="With --data: the label column of a table."),
+    test: float = typer.Option(0.2, "--test", help="With --data: share held out (stratified) for test and validator files."),
 ) -> None:
-    """Split a bundled dataset into provider-I.npz, validator-I.npz and test.npz (arrays X, y)."""
+    """Split a bundled dataset (or your own file, --data) into provider-I, validator-I and test files."""
     import numpy as np
 
     from ..datafiles import split_files
+
+    if data is not None:
+        from ..fl.localdata import split_file
+
+        files = split_file(data, label, out, providers=providers, validators=validators, test=test,
+                           alpha=alpha if partition == "dirichlet" else None, seed=seed)
+        for path in files.values():
+            _out(f"{path}")
+        return
 
     for path in split_files(out, dataset=dataset, providers=providers, validators=validators,
                             partition=partition, alpha=alpha, seed=seed).values():

@@ -122,6 +122,23 @@ def role_command(group: typer.Typer, name: str):
     return register
 
 
+LABEL = typer.Option(None, "--label", help="The label column of a table (default: the one the job's spec names).")
+
+
+def load_for_job(path: Path, what: str, schema, label: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(X, y) of a data file (.csv, .parquet, .npz or a folder of images) read as the job's data
+    schema says: its feature columns in order, its classes; one line naming any problem."""
+    from ..errors import SchemaMismatch
+    from ..fl.localdata import load_for_schema
+
+    if not path.exists():
+        raise ConfigError(f"{what} file {path} does not exist")
+    try:
+        return load_for_schema(path, schema, label)
+    except SchemaMismatch as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
 def load_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise ConfigError(f"{what} file {path} does not exist")
@@ -144,8 +161,9 @@ def requester_post(
     ctx: RoleContext,
     spec: Path = typer.Option(..., "--spec", help="The job spec (JSON, see fedmarket.spec.JobSpec)."),
     aggregator: str = typer.Option(..., "--aggregator", help="Address of the aggregator the job names."),
-    test: Path = typer.Option(None, "--test", help="Held-out test data (.npz with X, y): log each committed model's accuracy."),
+    test: Path = typer.Option(None, "--test", help="Held-out test data (a file like the providers'): log each committed model's accuracy."),
     follow: bool = typer.Option(True, "--follow/--no-follow", help="After posting, follow the job: settle it and mint its model token."),
+    label: str = LABEL,
 ) -> None:
     """Post a funded job (once per state directory); print its id; then settle it and mint the model token."""
     from eth_utils import is_address, to_checksum_address
@@ -159,7 +177,7 @@ def requester_post(
     if not spec.is_file():
         raise ConfigError(f"spec file {spec} does not exist")
     job_spec = JobSpec.parse(spec.read_bytes())
-    X, y = load_npz(test, "test data") if test is not None else (None, None)
+    X, y = load_for_job(test, "test data", job_spec.data, label) if test is not None else (None, None)
     dep, signer, state = ctx.connect("requester", None)
     blobs, _ = ctx.stores()
     proc = RequesterProcess(dep, signer, blobs, state, X_test=X, y_test=y)
@@ -176,27 +194,28 @@ def requester_post(
 @role_command(requester_app, "run")
 def requester_run(
     ctx: RoleContext, job: int = JOB,
-    test: Path = typer.Option(None, "--test", help="Held-out test data (.npz with X, y)."),
+    test: Path = typer.Option(None, "--test", help="Held-out test data (a file like the providers')."),
+    label: str = LABEL,
 ) -> None:
     """Follow a posted job: fail it at whoever missed a deadline, settle it, mint its model token."""
     from ..processes import RequesterProcess
 
-    X, y = load_npz(test, "test data") if test is not None else (None, None)
     dep, signer, state = ctx.connect("requester", None)
     blobs, _ = ctx.stores()
+    X, y = _job_data(dep, blobs, job, test, "test data", label) if test is not None else (None, None)
     ctx.run(RequesterProcess(dep, signer, blobs, state, job_id=job, X_test=X, y_test=y))
 
 
 @role_command(provider_app, "run")
 def provider_run(
     ctx: RoleContext,
-    data: Path = typer.Option(..., "--data", help="This provider's private training data (.npz with arrays X, y)."),
-    job: int = JOB, mailbox: Path = MAILBOX,
+    data: Path = typer.Option(..., "--data", help="This provider's private training data: .csv, .parquet, .npz (X, y) or a folder of images (one sub-folder per class)."),
+    job: int = JOB, mailbox: Path = MAILBOX, label: str = LABEL,
 ) -> None:
     """Join the job (stake by permit), train every round it is selected for, claim reward and stake."""
     from ..processes import ProviderProcess
 
-    _run_with_data(ctx, "provider", ProviderProcess, data, job, mailbox)
+    _run_with_data(ctx, "provider", ProviderProcess, data, job, mailbox, label)
 
 
 @role_command(aggregator_app, "run")
@@ -220,13 +239,13 @@ def aggregator_run(
 @role_command(validator_app, "run")
 def validator_run(
     ctx: RoleContext,
-    data: Path = typer.Option(..., "--data", help="This validator's held-out data (.npz with arrays X, y)."),
-    job: int = JOB, mailbox: Path = MAILBOX,
+    data: Path = typer.Option(..., "--data", help="This validator's held-out data: .csv, .parquet, .npz (X, y) or a folder of images."),
+    job: int = JOB, mailbox: Path = MAILBOX, label: str = LABEL,
 ) -> None:
     """Join as validator, recompute/score/attest (or reject) every round, reveal the scores, claim the stake back."""
     from ..processes import ValidatorProcess
 
-    _run_with_data(ctx, "validator", ValidatorProcess, data, job, mailbox)
+    _run_with_data(ctx, "validator", ValidatorProcess, data, job, mailbox, label)
 
 
 @role_command(challenger_app, "run")
@@ -241,9 +260,24 @@ def challenger_run(ctx: RoleContext, job: int = JOB, mailbox: Path = MAILBOX) ->
     ctx.run(ChallengerProcess(dep, signer, blobs, box, job, state))
 
 
-def _run_with_data(ctx: RoleContext, role: str, process, data: Path, job: int, mailbox: Path) -> None:
-    """Run a role that holds local data (a provider's, a validator's) on job `job`."""
-    X, y = load_npz(data, "data")
+def _job_data(dep, blobs, job: int, path: Path, what: str, label: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """A data file read against job `job`'s schema (its spec fetched and checked against the chain)."""
+    from ..processes.base import retrying
+    from ..roles.common import load_spec
+
+    if not path.exists():
+        raise ConfigError(f"{what} file {path} does not exist")
+    spec = retrying(lambda: load_spec(dep, blobs, job))
+    return load_for_job(path, what, spec.data, label)
+
+
+def _run_with_data(ctx: RoleContext, role: str, process, data: Path, job: int, mailbox: Path,
+                   label: str | None = None) -> None:
+    """Run a role that holds local data (a provider's, a validator's) on job `job`: the file is read
+    as the job's schema says before anything is staked."""
+    if not data.exists():
+        raise ConfigError(f"data file {data} does not exist")
     dep, signer, state = ctx.connect(role, job)
     blobs, box = ctx.stores(mailbox)
+    X, y = _job_data(dep, blobs, job, data, "data", label)
     ctx.run(process(dep, signer, blobs, box, X, y, job, state))

@@ -400,7 +400,7 @@ class SoftmaxRegression(Model):
 
 
 class MLP(Model):
-    """Fully connected network with ReLU hidden layers and a softmax output.
+    """Fully connected network with ReLU (or tanh) hidden layers and a softmax output.
 
     Parameters are a flat float64 vector: for each layer in turn its weight
     matrix ``(fan_in, fan_out)`` in row-major order, then its bias
@@ -418,7 +418,11 @@ class MLP(Model):
         L2 penalty coefficient on the weight matrices (not the biases), ``>= 0``.
     seed : int, optional
         Seed of :meth:`init_params` (He-uniform weights, zero biases).
+    activation : str, optional
+        ``"relu"`` (default) or ``"tanh"``.
     """
+
+    ACTIVATIONS = ("relu", "tanh")
 
     def __init__(
         self,
@@ -427,6 +431,7 @@ class MLP(Model):
         hidden: Sequence[int] = (100,),
         l2: float = 0.0,
         seed: int = 0,
+        activation: str = "relu",
     ) -> None:
         if int(n_features) != n_features or n_features < 1:
             raise ConfigError(f"n_features must be a positive integer, got {n_features!r}")
@@ -437,6 +442,9 @@ class MLP(Model):
             raise ConfigError(f"hidden must be a non-empty sequence of positive integers, got {hidden!r}")
         if not np.isfinite(l2) or l2 < 0:
             raise ConfigError(f"l2 must be a non-negative number, got {l2!r}")
+        if activation not in self.ACTIVATIONS:
+            raise ConfigError(f"unknown activation '{activation}'; choose one of: {', '.join(self.ACTIVATIONS)}")
+        self.activation = activation
         self.n_features = int(n_features)
         self.n_classes = int(n_classes)
         self.hidden = tuple(int(h) for h in hidden)
@@ -453,7 +461,7 @@ class MLP(Model):
     def __repr__(self) -> str:
         return (
             f"MLP(n_features={self.n_features}, n_classes={self.n_classes}, "
-            f"hidden={self.hidden}, l2={self.l2}, seed={self.seed})"
+            f"hidden={self.hidden}, l2={self.l2}, seed={self.seed}, activation={self.activation!r})"
         )
 
     def init_params(self) -> np.ndarray:
@@ -481,7 +489,10 @@ class MLP(Model):
             z = np.matmul(acts[-1], W)
             z += b[..., None, :] if W.ndim == 3 else b
             if i < len(layers) - 1:
-                np.maximum(z, 0.0, out=z)
+                if self.activation == "relu":
+                    np.maximum(z, 0.0, out=z)
+                else:
+                    np.tanh(z, out=z)
             acts.append(z)
         return acts
 
@@ -505,7 +516,10 @@ class MLP(Model):
             gb = g.sum(axis=-2)
             if i:  # propagate with the weights of before this step
                 g = np.matmul(g, np.swapaxes(W, -1, -2))
-                g *= acts[i] > 0
+                if self.activation == "relu":
+                    g *= acts[i] > 0
+                else:
+                    g *= 1.0 - acts[i] * acts[i]
             if grad_layers is not None:
                 grad_layers[i][1][...] = gb
                 if self.l2:

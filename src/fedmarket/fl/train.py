@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from fedmarket.errors import ConfigError
 from fedmarket.fl.models import Model
+from fedmarket.fl.optim import FlatOptimizer, LocalTraining
 
 
 @dataclass(frozen=True)
@@ -96,15 +97,104 @@ def local_sgd(
     n = X.shape[0]
     bs = int(batch_size)
     rng = np.random.default_rng(seed)
-    for _ in range(int(epochs)):
-        perm = rng.permutation(n)
-        for s in range(0, n, bs):
-            idx = perm[s : s + bs]
-            _, g = grad_fn(X[idx], y[idx])
-            if prox_mu:
-                g += prox_mu * (w - w_global)
-            w -= lr * g
+    with threadpool_limits(1, user_api="blas"):  # one thread: the same sums on every machine, and no contention
+        for _ in range(int(epochs)):
+            perm = rng.permutation(n)
+            for s in range(0, n, bs):
+                idx = perm[s : s + bs]
+                _, g = grad_fn(X[idx], y[idx])
+                if prox_mu:
+                    g += prox_mu * (w - w_global)
+                w -= lr * g
     return w
+
+
+def local_train(
+    model: Model,
+    params: np.ndarray,
+    X: np.ndarray,
+    y: np.ndarray,
+    cfg: LocalTraining,
+    *,
+    seed: int,
+    round_: int = 0,
+) -> np.ndarray:
+    """One client's local training of one round with the job's settings; returns the new parameters.
+
+    A model that trains itself (``model.train_local``, e.g. the PyTorch networks of
+    :mod:`fedmarket.fl.torch_models`) does so with its own optimizers; any other runs
+    mini-batch training on the flat vector: samples reshuffled every epoch by a generator
+    seeded with ``seed`` (the batches :func:`local_sgd` draws), the round's learning rate
+    ``cfg.lr_at(round_)``, the job's optimizer (:class:`~fedmarket.fl.optim.FlatOptimizer`)
+    and the FedProx term around ``params``. Plain SGD is :func:`local_sgd` itself.
+
+    Parameters
+    ----------
+    model : Model
+        The model trained.
+    params : numpy.ndarray
+        The global parameters the round starts from (not modified).
+    X, y : numpy.ndarray
+        Local features and labels.
+    cfg : LocalTraining
+        The job's local training settings.
+    seed : int
+        Seed of the shuffles (and of a network's own randomness, such as dropout).
+    round_ : int, optional
+        The round (sets the learning rate of a schedule).
+
+    Returns
+    -------
+    numpy.ndarray
+        The new float64 parameter vector.
+    """
+    lr = cfg.lr_at(round_)
+    if hasattr(model, "train_local"):
+        return model.train_local(params, X, y, cfg, seed=seed, lr=lr)
+    if cfg.plain_sgd:
+        return local_sgd(model, params, X, y, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=lr, seed=seed,
+                         prox_mu=cfg.prox_mu)
+    w_global = model.check_params(np.array(params, dtype=np.float64, copy=True))
+    X = model.check_X(X)
+    y = model.check_y(X, y)
+    w = w_global.copy()
+    grad_fn = model.grad_fn(w)
+    opt = FlatOptimizer(cfg, w, lr)
+    n, bs = X.shape[0], int(cfg.batch_size)
+    rng = np.random.default_rng(seed)
+    with threadpool_limits(1, user_api="blas"):
+        for _ in range(int(cfg.epochs)):
+            perm = rng.permutation(n)
+            for s in range(0, n, bs):
+                idx = perm[s : s + bs]
+                _, g = grad_fn(X[idx], y[idx])
+                if cfg.prox_mu:
+                    g += cfg.prox_mu * (w - w_global)
+                opt.step(g)
+    return w
+
+
+def local_train_many(
+    model: Model,
+    params: np.ndarray,
+    Xs: Sequence[np.ndarray],
+    ys: Sequence[np.ndarray],
+    cfg: LocalTraining,
+    *,
+    seeds: Sequence[int],
+    round_: int = 0,
+) -> np.ndarray:
+    """:func:`local_train` for many clients from the same ``params``: rows ``(K, n_params)``.
+
+    Plain SGD on a model that can train clients together goes through the vectorised
+    :func:`local_sgd_many` (the same batches, so the same result up to summation order);
+    anything else trains client after client.
+    """
+    _check_clients(len(Xs), len(ys), len(seeds), None)
+    if cfg.plain_sgd and not hasattr(model, "train_local"):
+        return local_sgd_many(model, params, Xs, ys, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                              lr=cfg.lr_at(round_), seeds=seeds, prox_mu=cfg.prox_mu)
+    return np.stack([local_train(model, params, X, y, cfg, seed=s, round_=round_) for X, y, s in zip(Xs, ys, seeds)])
 
 
 def centralized_train(

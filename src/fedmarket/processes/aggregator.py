@@ -7,7 +7,7 @@ import os
 import time
 
 from ..chain import Account
-from ..errors import ContractRevert, FedMarketError
+from ..errors import ConfigError, ContractRevert, FedMarketError, SchemaMismatch
 from ..market import Deployment, JobState
 from ..protocol import rules as R
 from ..roles import Aggregator
@@ -86,7 +86,7 @@ class AggregatorProcess(RoleProcess):
                                 "plain and dp_local jobs")
                 try:  # the terms, the spec and our funds are checked before staking
                     receipt = self.aggregator.accept(job_id)
-                except (TermsMismatch, InsufficientFunds) as exc:
+                except (TermsMismatch, InsufficientFunds, SchemaMismatch, ConfigError) as exc:
                     raise Fatal(str(exc)) from None
                 self.say(f"accepted job {job_id} (tx {receipt.tx_hash})")
                 return

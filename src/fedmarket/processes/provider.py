@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from ..chain import Account
-from ..errors import SchemaMismatch
+from ..errors import ConfigError, SchemaMismatch
 from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
 from ..roles import Provider
@@ -59,7 +59,7 @@ class ProviderProcess(RoleProcess):
             if role == 0:
                 try:  # the spec's hash, the terms, our data's schema and our funds are checked first
                     spec = self.provider.inspect(job_id)
-                except (TermsMismatch, SchemaMismatch, InsufficientFunds) as exc:
+                except (TermsMismatch, SchemaMismatch, InsufficientFunds, ConfigError) as exc:
                     raise Fatal(str(exc)) from None
                 if spec.privacy.secure:
                     raise Fatal(f"job {job_id} uses privacy mode {spec.privacy.mode}: role processes support "

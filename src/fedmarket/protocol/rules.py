@@ -71,12 +71,24 @@ class Rule(enum.IntEnum):
 
 #: the spec's strategy names and the rule each one is
 STRATEGIES = {"fedavg": Rule.WEIGHTED_MEAN, "median": Rule.MEDIAN, "trimmed_mean": Rule.TRIMMED_MEAN}
+#: strategies the validators attest: no contract recomputes them, so the aggregator commits each
+#: round's result as the secure-sum rule's correction (the contracts then check the arithmetic,
+#: validators holding two thirds of the job's validator stake the rule); every update has weight 1
+ATTESTED = ("centered_clip",)
+#: |an attested rule's result| is capped here, so that count * result fits the secure sum's int64
+ATTESTED_CAP = 2**42
 
 
 def rule_for(strategy: str, secure: bool = False) -> Rule:
-    """The on-chain rule of a job: its strategy, or the secure sum when updates are masked."""
+    """The on-chain rule of a job: its strategy, the secure sum when updates are masked, or the
+    secure sum carrying an attested strategy's result (`ATTESTED`)."""
+    if strategy in ATTESTED:
+        if secure:
+            raise ConfigError(f"masked updates can only be summed: strategy {strategy} cannot run securely")
+        return Rule.SECURE_SUM
     if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown strategy '{strategy}'; the market can prove: {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown strategy '{strategy}'; the market can prove {', '.join(STRATEGIES)} "
+                          f"and its validators attest {', '.join(ATTESTED)}")
     if secure:
         if STRATEGIES[strategy] != Rule.WEIGHTED_MEAN:
             raise ConfigError(f"masked updates can only be summed: strategy {strategy} cannot run securely")
@@ -117,6 +129,31 @@ def secure_mean(masked: Sequence[np.ndarray], correction: np.ndarray, weights: S
     if total <= 0:
         raise FedMarketError("a secure round needs a positive total weight")
     return acc.view(np.int64) // np.int64(total)
+
+
+def attested_delta(strategy: str, deltas: Sequence[np.ndarray]) -> np.ndarray:
+    """An attested strategy's result over a round's quantized updates (int64, capped to
+    ``ATTESTED_CAP``): what validators recompute."""
+    from ..fl.attested import centered_clip_int
+
+    if strategy != "centered_clip":
+        raise ConfigError(f"strategy '{strategy}' is not one the validators attest ({', '.join(ATTESTED)})")
+    if len(deltas) == 0:
+        raise FedMarketError("no update to aggregate")
+    return np.clip(centered_clip_int(deltas), -ATTESTED_CAP, ATTESTED_CAP)
+
+
+def attested_correction(strategy: str, deltas: Sequence[np.ndarray], weights: Sequence[int]) -> np.ndarray:
+    """The correction that makes the secure-sum rule give an attested strategy's result:
+    ``(sum(deltas) - total_weight * result) mod 2**64`` as int64, so that `secure_mean` over the
+    round's updates is exactly `attested_delta`."""
+    total = int(sum(int(w) for w in weights))
+    if total <= 0 or total > 2**20:
+        raise FedMarketError(f"an attested round needs a total weight in [1, 2**20], got {total}")
+    result = attested_delta(strategy, deltas)
+    shape = np.asarray(deltas[0]).shape
+    scaled = (result * np.int64(total)).view(np.uint64)  # |total * result| <= 2**62
+    return (ring_sum(deltas, shape) - scaled).view(np.int64)
 
 
 def aggregate(rule: int, deltas: Sequence[np.ndarray], weights: Sequence[int], trim: int = 0,

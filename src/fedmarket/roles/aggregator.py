@@ -10,6 +10,7 @@ import numpy as np
 
 from ..chain import Account, Receipt
 from ..errors import FedMarketError, SecAggAbort, StorageError
+from ..jobmodel import job_model
 from ..market import Deployment
 from ..protocol import rules as R
 from ..protocol.encoding import address_key, canonical_json, decode_vector, encode_vector, vector_root
@@ -70,6 +71,8 @@ class Aggregator:
         terms = check_terms(self.dep, spec, job_id)
         if terms.aggregator != self.address:
             raise FedMarketError(f"job {job_id} names {terms.aggregator} as its aggregator, not {self.address}")
+        if spec.model.kind == "torch":
+            job_model(spec, self.store)  # its packed module is available and fits the spec (SchemaMismatch)
         stake = terms.aggregator_stake
         check_funds(self.dep, self.address, stake, f"the aggregator stake of job {job_id}")
         if stake:
@@ -125,8 +128,10 @@ class Aggregator:
         weight = int(msg["weight"])
         if not 1 <= weight <= R.MAX_WEIGHT:
             raise FedMarketError(f"weight must be in [1, {R.MAX_WEIGHT}], got {weight}")
-        if spec.privacy.dp and weight != 1:
-            raise FedMarketError(f"privacy mode {spec.privacy.mode} bounds every provider's influence: weight must be 1, got {weight}")
+        if spec.unit_weights and weight != 1:
+            why = f"privacy mode {spec.privacy.mode} bounds every provider's influence" if spec.privacy.dp else \
+                f"strategy {spec.strategy} counts every update once"
+            raise FedMarketError(f"{why}: weight must be 1, got {weight}")
         root = bytes.fromhex(msg["update_root"].removeprefix("0x"))
         sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
         signer = UpdateReceipt(job_id, round_, root, weight).signer(sig, self.dep.chain_id, self.dep.disputes.address)
@@ -208,6 +213,10 @@ class Aggregator:
             aux_root = vector_root(corr, spec.quantization.chunk_size)
             secure = {"correction_cid": self.store.put(encode_vector(corr)),
                       "transcript_cid": self.store.put(canonical_json(transcript))}
+        elif spec.attested:  # the attested rule's result, committed as the secure sum's correction
+            corr = self.attested_correction(spec, updates)
+            aux_root = vector_root(corr, spec.quantization.chunk_size)
+            attested = {"correction_cid": self.store.put(encode_vector(corr))}
         q_new = self.aggregate(spec, q_global, updates, corr)
         model_cid = self.store.put(encode_vector(q_new))
         model_root = vector_root(q_new, spec.quantization.chunk_size)
@@ -229,12 +238,21 @@ class Aggregator:
         }
         if secure is not None:
             metrics["secure"] = secure
+        if spec.attested:
+            metrics["attested"] = attested
         doc = canonical_json(metrics)
         self.store.put(doc)
         return self.dep.market.transact(
             "submit_round", job_id, round_, model_root, updates_root(updates), len(updates), metrics_digest(doc),
             epsilon, aux_root, sender=self.account,
         )
+
+    def attested_correction(self, spec: JobSpec, updates: list[Update]) -> np.ndarray:
+        """The correction under which the secure-sum rule gives the job's attested strategy over the
+        round's updates (zero for a round without any)."""
+        if not updates:
+            return np.zeros(spec.n_params, dtype=np.int64)
+        return R.attested_correction(spec.strategy, [u.q for u in updates], [u.weight for u in updates])
 
     def aggregate(self, spec: JobSpec, q_global: np.ndarray, updates: list[Update], correction: np.ndarray | None) -> np.ndarray:
         """The new global model: the previous one plus the job's rule over the round's updates (kept as is without any)."""

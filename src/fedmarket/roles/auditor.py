@@ -122,12 +122,14 @@ class Auditor:
         return RoundEvidence(committed, prev, updates, model, prev_model, correction, seed, tree)
 
     def _correction(self, spec: JobSpec, committed: CommittedRound, doc: dict) -> np.ndarray | None:
-        """A secure round's published mask correction (None for other modes), checked against its root."""
-        if not spec.privacy.secure:
+        """A secure round's published mask correction, or an attested round's (None for other
+        rules), checked against its root."""
+        if spec.rule != R.Rule.SECURE_SUM:
             return None
-        sec = doc.get("secure")
+        sec = doc.get("attested" if spec.attested else "secure")
         if not isinstance(sec, dict):
-            raise FedMarketError(f"round {committed.round} of a secure job publishes no mask correction")
+            raise FedMarketError(f"round {committed.round} of a {'attested' if spec.attested else 'secure'} job "
+                                 "publishes no correction")
         corr = decode_vector(self.store.get(sec["correction_cid"]), spec.n_params)
         if vector_root(corr, spec.quantization.chunk_size) != committed.aux_root:
             raise FedMarketError(f"round {committed.round}: mask correction does not match its committed root")
@@ -192,7 +194,7 @@ class Auditor:
             chunk = int(diff[0]) // spec.quantization.chunk_size
             return RoundCheck(c.round, False, f"wrong aggregate ({diff.size} values differ)", bad_chunk=chunk, count=c.count), ev
         if ev.correction is not None:
-            problem = self._check_unmasking(spec, job_id, ev)
+            problem = self._check_attested(spec, ev) if spec.attested else self._check_unmasking(spec, job_id, ev)
             if problem:
                 return RoundCheck(c.round, False, problem, count=c.count), ev
         try:
@@ -203,6 +205,17 @@ class Auditor:
             return RoundCheck(c.round, False, f"committed epsilon {c.epsilon_spent} millionths, the spec gives {eps}",
                               count=c.count), ev
         return RoundCheck(c.round, True, count=c.count), ev
+
+    def _check_attested(self, spec: JobSpec, ev: RoundEvidence) -> str:
+        """Recompute an attested round's rule from its updates; '' if the committed correction gives it."""
+        if not ev.updates:
+            return "" if not ev.correction.any() else "an empty round's correction must be zero"
+        if any(u.weight != 1 for u in ev.updates):
+            return f"strategy {spec.strategy} counts every update once, but an update has weight != 1"
+        expected = R.attested_correction(spec.strategy, [u.q for u in ev.updates], [1] * len(ev.updates))
+        if not np.array_equal(expected, ev.correction):
+            return f"the committed correction does not give the {spec.strategy} of the round's updates"
+        return ""
 
     def _check_unmasking(self, spec: JobSpec, job_id: int, ev: RoundEvidence) -> str:
         """Re-derive a secure round's mask correction from its published transcript; '' if it matches."""

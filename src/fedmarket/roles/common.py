@@ -12,6 +12,7 @@ import numpy as np
 from multiformats import CID, multihash
 
 from ..errors import ChainError, FedMarketError, PrivacyBudgetExceeded, StorageError
+from ..jobmodel import job_model
 from ..market import Deployment, JobState, JobTerms
 from ..protocol import rules as R
 from ..protocol.encoding import address_key, decode_vector, round_commitment, vector_root
@@ -139,11 +140,13 @@ class DataRole:
         return self.account.address
 
     def checked_spec(self, job_id: int) -> JobSpec:
-        """The job's spec, once its on-chain terms match it (TermsMismatch) and the local data fits
-        its schema (SchemaMismatch): what a role checks before any stake moves."""
+        """The job's spec, once its on-chain terms match it (TermsMismatch), the local data fits
+        its schema (SchemaMismatch) and its model loads (a torch job's packed module, checked
+        against the spec): what a role checks before any stake moves."""
         spec = load_spec(self.dep, self.store, job_id)
         check_terms(self.dep, spec, job_id)
         spec.data.check(self.X, self.y)
+        job_model(spec, self.store)  # builds the model (a torch job's packed module, checked): SchemaMismatch/ConfigError
         return spec
 
 
@@ -202,6 +205,21 @@ def round_proof(dep: Deployment, job_id: int, round_: int, acc: RoundAccumulator
     if last < 0 or not dep.market.call("verify_round", job_id, last, rounds[last].data, acc.proof(last)):
         raise ChainError(f"job {job_id}: the round events read do not match the market's accumulator")
     return acc.proof(round_)
+
+
+def verified_round(dep: Deployment, job_id: int, round_: int | None = None) -> CommittedRound:
+    """A committed round (the latest by default), its event data checked against the market's
+    round accumulator on chain."""
+    rounds = committed_rounds(dep, job_id)
+    if not rounds:
+        raise FedMarketError(f"job {job_id} has committed no round yet")
+    r = len(rounds) - 1 if round_ is None else int(round_)
+    if not 0 <= r < len(rounds):
+        raise FedMarketError(f"job {job_id} has committed rounds 0..{len(rounds) - 1}, not {r}")
+    proof = round_proof(dep, job_id, r)
+    if not dep.market.call("verify_round", job_id, r, rounds[r].data, proof):
+        raise ChainError(f"job {job_id}: round {r}'s event does not match the market's accumulator")
+    return rounds[r]
 
 
 def start_seed(dep: Deployment, job_id: int) -> bytes:

@@ -9,8 +9,8 @@ import numpy as np
 
 from ..chain import Account, Receipt
 from ..errors import FedMarketError
-from ..fl.quantize import dequantize, quantize
-from ..fl.train import local_sgd
+from ..fl.quantize import quantize
+from ..jobmodel import job_model
 from ..market import Deployment
 from ..privacy.dp import distributed_gaussian, local_gaussian
 from ..privacy.secagg import SecAggClient, SecAggConfig
@@ -21,6 +21,11 @@ from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
 from . import secure_round as sr
 from .common import DataRole, ProtocolViolation, check_funds, claim_reward, global_model, reward_leaf, round_topic
+
+
+def training_seed(provider: str, job_id: int, round_: int) -> int:
+    """The seed of a provider's local training in one round (its shuffles, its network's randomness)."""
+    return int.from_bytes(hashlib.sha256(f"{provider}:{job_id}:{round_}".encode()).digest()[:8], "big")
 
 
 class Provider(DataRole):
@@ -56,18 +61,10 @@ class Provider(DataRole):
         return self.dep.market.transact("join_with_permit", job_id, deadline, v, r, s, sender=self.account)
 
     def _local_delta(self, spec: JobSpec, job_id: int, round_: int, q_global: np.ndarray) -> np.ndarray:
-        """Local training from the committed global model: the float delta (nothing else about the
-        private data leaves: no loss, no statistic)."""
-        model = spec.make_model()
-        Xn = spec.normalize(self.X)
-        start = dequantize(q_global)
-        t = spec.training
-        seed = int.from_bytes(hashlib.sha256(f"{self.address}:{job_id}:{round_}".encode()).digest()[:8], "big")
-        local = local_sgd(
-            model, start, Xn, self.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.learning_rate,
-            seed=seed, prox_mu=t.prox_mu,
-        )
-        return local - start
+        """Local training from the committed global model with the job's model and settings: the
+        float delta (nothing else about the private data leaves: no loss, no statistic)."""
+        jm = job_model(spec, self.store)
+        return jm.train(q_global, self.X, self.y, seed=training_seed(self.address, job_id, round_), round_=round_)
 
     def _released(self, spec: JobSpec, delta: np.ndarray, min_survivors: int = 1) -> tuple[np.ndarray, int]:
         """What leaves this machine for the job's privacy mode: (quantized update, weight).
@@ -75,7 +72,7 @@ class Provider(DataRole):
         DP noise comes from the operating system's entropy, never from a public seed."""
         mode = spec.privacy.mode
         if mode in ("plain", "secagg"):
-            return quantize(delta), self.n_samples
+            return quantize(delta), 1 if spec.unit_weights else self.n_samples
         rng = np.random.default_rng(secrets.randbits(128))
         p = spec.privacy
         if mode == "dp_local":

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..chain import Account, Receipt
 from ..errors import ConfigError
-from ..fl.quantize import dequantize
+from ..jobmodel import job_model
 from ..market import Deployment
 from ..spec import JobSpec
 from ..storage import BlobStore
@@ -30,6 +30,7 @@ class Requester:
         if problem:
             raise ConfigError(f"the job's terms would be refused: {problem.removeprefix('market: ')}")
         check_funds(self.dep, self.account.address, spec.reward.escrow, "the job's escrow")
+        job_model(spec, self.store)  # the model builds (a torch job's packed module is in the store and fits)
         cid = self.store.put(spec.canonical())
         token.transact("approve", market.address, spec.reward.escrow, sender=self.account)
         receipt = market.transact("post_job", terms.abi(), cid, sender=self.account)
@@ -38,12 +39,8 @@ class Requester:
     def evaluate(self, job_id: int, X: np.ndarray, y: np.ndarray) -> list[float]:
         """Test accuracy of every committed global model on the requester's own held-out data."""
         spec = load_spec(self.dep, self.store, job_id)
-        model = spec.make_model()
-        Xn = spec.normalize(X)
-        return [
-            model.accuracy(dequantize(fetch_model(self.store, spec, r)), Xn, y)
-            for r in committed_rounds(self.dep, job_id)
-        ]
+        jm = job_model(spec, self.store)
+        return [jm.accuracy(fetch_model(self.store, spec, r), X, y) for r in committed_rounds(self.dep, job_id)]
 
     def settle(self, job_id: int) -> Receipt:
         """Settle after the challenge window (anyone may; the requester has the most reason to)."""

@@ -167,7 +167,7 @@ def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpe
     validators = [m.account for m in mem if m.role == R.Role.VALIDATOR]
     weight, activity = _activity(dep, job_id, docs, validators)
     by_round = [verified_reveals(dep, store, job_id, c.round, reveals.get(c.round, []), stakes) for c in rounds]
-    can_score = bool(validators) and not spec.privacy.secure
+    can_score = bool(validators) and spec.rule != R.Rule.SECURE_SUM  # the contracts keep no scores for it
     if basis is None:
         basis = R.Basis.SCORES if can_score and rounds and all(by_round) else R.Basis.WEIGHT
     if basis == R.Basis.SCORES and not (can_score and all(by_round)):

@@ -9,6 +9,7 @@ import numpy as np
 from ..chain import Account, Receipt
 from ..errors import FedMarketError
 from ..fl.quantize import dequantize
+from ..jobmodel import job_model
 from ..market import Deployment
 from ..protocol import rules as R
 from ..protocol.encoding import address_key, canonical_json
@@ -57,12 +58,12 @@ class Validator(DataRole):
         check, ev = self.auditor.check_round(spec, job_id, committed, rounds)
         if not check.ok:  # provable or not, a wrong round gets this validator's vote against it
             return self._reject(job_id, round_, committed)
-        model = spec.make_model()
-        Xn = spec.normalize(self.X)
+        jm = job_model(spec, self.store)
+        Xn = jm.features(self.X)
         scored = None
         if len(ev.updates) >= 2 and not spec.privacy.secure:  # masked updates cannot be scored one by one
             deltas = dequantize(np.stack([u.q for u in ev.updates]))
-            scored = score_round(model, dequantize(ev.prev_model), deltas, Xn, self.y, [u.weight for u in ev.updates],
+            scored = score_round(jm.model, jm.params(ev.prev_model), deltas, Xn, self.y, [u.weight for u in ev.updates],
                                  seed=round_, metric="neg_loss")
             values = scored.rewardable
         else:
@@ -77,7 +78,7 @@ class Validator(DataRole):
             "method": scored.method if scored else ("masked: aggregate only" if spec.privacy.secure else "none"),
             "scores": [{"provider": p, "score": s} for p, s in scores],
             "flagged": flagged,
-            "accuracy": int(round(model.accuracy(dequantize(ev.model), Xn, self.y) * SCORE_SCALE)),
+            "accuracy": int(round(jm.accuracy(ev.model, self.X, self.y) * SCORE_SCALE)),
             "scores_root": "0x" + root.hex(),
         }
         self._docs[(job_id, round_)] = doc

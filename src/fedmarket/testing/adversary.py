@@ -28,14 +28,14 @@ import numpy as np
 
 from ..errors import ConfigError, FedMarketError
 from ..fl.attacks import ATTACKS, Attack, FreeRider, Sybil, make_attack
-from ..fl.quantize import dequantize
-from ..fl.train import local_sgd
+from ..fl.train import local_train
+from ..jobmodel import job_model
 from ..protocol.encoding import canonical_json
 from ..protocol.receipts import Attestation
 from ..spec import JobSpec
 from ..roles.aggregator import Aggregator
 from ..roles.common import committed_rounds, round_providers, round_topic
-from ..roles.provider import Provider
+from ..roles.provider import Provider, training_seed
 from ..roles.validator import Validator
 
 __all__ = [
@@ -138,14 +138,12 @@ class AdversarialProvider(Provider):
 
     def _trained_delta(self, spec: JobSpec, job_id: int, round_: int, q_global: np.ndarray) -> tuple[np.ndarray, float]:
         """What honest local training on the (poisoned) data gives: (float delta, training loss)."""
-        model = spec.make_model()
+        jm = job_model(spec, self.store)
         Xn, y = self._training_data(spec, job_id)
-        start = dequantize(q_global)
-        t = spec.training
-        seed = int.from_bytes(hashlib.sha256(f"{self.address}:{job_id}:{round_}".encode()).digest()[:8], "big")
-        local = local_sgd(model, start, Xn, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.learning_rate,
-                          seed=seed, prox_mu=t.prox_mu)
-        return local - start, float(model.loss_and_grad(local, Xn, y)[0])
+        start = jm.params(q_global)
+        local = local_train(jm.model, start, Xn, y, spec.training.local(), seed=training_seed(self.address, job_id, round_),
+                            round_=round_)
+        return local - start, float(jm.model.loss_and_grad(local, Xn, y)[0])
 
     def _local_delta(self, spec: JobSpec, job_id: int, round_: int, q_global: np.ndarray) -> np.ndarray:
         if spec.privacy.mode != "plain":

@@ -1,6 +1,7 @@
 """Aggregation strategies, one per module on the :class:`Strategy` base class, and a registry by name."""
 
 from fedmarket.fl.strategies.base import Strategy, check_weights, stack_updates
+from fedmarket.fl.strategies.centered_clip import CenteredClip, centered_clip
 from fedmarket.fl.strategies.fedadam import FedAdam
 from fedmarket.fl.strategies.fedavg import FedAvg, weighted_mean
 from fedmarket.fl.strategies.fedavgm import FedAvgM
@@ -15,6 +16,7 @@ from fedmarket.fl.strategies.trimmed_mean import FedTrimmedMean, trim_count, tri
 
 __all__ = [
     "STRATEGIES",
+    "CenteredClip",
     "FLTrust",
     "FedAdam",
     "FedAvg",
@@ -27,6 +29,7 @@ __all__ = [
     "MultiKrum",
     "NormBounding",
     "Strategy",
+    "centered_clip",
     "check_weights",
     "clip_norms",
     "coordinate_median",

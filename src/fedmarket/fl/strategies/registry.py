@@ -6,6 +6,7 @@ from typing import Any
 
 from fedmarket.fl.registry import Registry
 from fedmarket.fl.strategies.base import Strategy
+from fedmarket.fl.strategies.centered_clip import CenteredClip
 from fedmarket.fl.strategies.fedadam import FedAdam
 from fedmarket.fl.strategies.fedavg import FedAvg
 from fedmarket.fl.strategies.fedavgm import FedAvgM
@@ -19,7 +20,7 @@ from fedmarket.fl.strategies.trimmed_mean import FedTrimmedMean
 _REGISTRY: Registry[Strategy] = Registry(
     "strategy",
     Strategy,
-    (FedAvg, FedAvgM, FedAdam, FedYogi, FedMedian, FedTrimmedMean, MultiKrum, Krum, FLTrust, NormBounding),
+    (FedAvg, FedAvgM, FedAdam, FedYogi, FedMedian, FedTrimmedMean, MultiKrum, Krum, FLTrust, NormBounding, CenteredClip),
     nested="inner",
 )
 #: the catalogue, name to class (the registry's own dict)

@@ -1,0 +1,176 @@
+"""`fedmarket spec init` and `fedmarket model pack|get|predict`: a job on your own data, from a sample
+file to the trained model's predictions (`fedmarket data split --data FILE` splits a file for trials)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from ..errors import ConfigError
+from .app import app, read_addresses
+
+spec_app = typer.Typer(no_args_is_help=True, help="Job specs: write a template from a sample of your data.")
+model_app = typer.Typer(no_args_is_help=True, help="Models: pack your PyTorch module, get a job's trained model, predict with it.")
+app.add_typer(spec_app, name="spec")
+app.add_typer(model_app, name="model")
+
+DATA = typer.Option(..., "--data", help="A .csv, .parquet or .npz file, or a folder of images (one sub-folder per class).")
+LABEL = typer.Option(None, "--label", help="The label column of a table.")
+TOKEN = 10**18
+
+
+def _model_doc(kind: str, schema: dict, hidden: str) -> dict:
+    if kind == "softmax":
+        return {"kind": "softmax"}
+    if kind == "mlp":
+        try:
+            sizes = [int(h) for h in hidden.split(",") if h.strip()]
+        except ValueError:
+            raise ConfigError(f"--hidden must be comma-separated layer widths, got {hidden!r}") from None
+        return {"kind": "mlp", "hidden": sizes}
+    if kind == "cnn":
+        if len(schema.get("input_shape", [])) != 3:
+            raise ConfigError("--model cnn needs images (a folder of them, or an .npz whose X is samples x C x H x W)")
+        return {"kind": "cnn"}
+    raise ConfigError(f"unknown model '{kind}'; choose softmax, mlp or cnn (for your own PyTorch module: `fedmarket model pack`)")
+
+
+@spec_app.command("init")
+def spec_init(
+    data: Path = DATA,
+    label: str = LABEL,
+    out: Path = typer.Option(Path("spec.json"), "--out", "-o", help="Where to write the spec."),
+    name: str = typer.Option(None, "--name", help="The job's name (default: from the data file)."),
+    model: str = typer.Option(None, "--model", help="softmax, mlp or cnn (default: cnn for images, else mlp)."),
+    hidden: str = typer.Option("64", "--hidden", help="The MLP's hidden layer widths, comma-separated."),
+    rounds: int = typer.Option(10, "--rounds", help="Training rounds."),
+    providers: int = typer.Option(3, "--providers", help="Providers the job takes (min = max)."),
+    validators: int = typer.Option(0, "--validators", help="Validators the job needs."),
+    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, median, trimmed_mean or centered_clip (needs --validators)."),
+    escrow: int = typer.Option(1_000, "--escrow", help="Reward escrow, in whole tokens."),
+    stake: int = typer.Option(10, "--stake", help="Each provider's stake, in whole tokens."),
+    margin: float = typer.Option(0.1, "--margin", help="Widen each feature's sample range by this share of it on both sides."),
+) -> None:
+    """Write a job spec whose data schema (features, classes, bounds) is computed from a sample file."""
+    from ..fl.localdata import infer_schema, read_data
+    from ..spec import JobSpec
+
+    if out.exists() and out.is_dir():
+        raise ConfigError(f"--out {out} is a directory")
+    sample = read_data(data, label)
+    schema = infer_schema(sample, margin)
+    kind = model or ("cnn" if sample.input_shape is not None and len(sample.input_shape) == 3 else "mlp")
+    doc = {
+        "name": name or f"{data.stem}: {kind}, {providers} providers",
+        "data": schema,
+        "model": _model_doc(kind, schema, hidden),
+        "training": {"rounds": rounds, "local_epochs": 1, "batch_size": 32,
+                     "learning_rate": 0.5 if kind == "softmax" else 0.05, "momentum": 0.0 if kind == "softmax" else 0.9},
+        "strategy": strategy,
+        "reward": {"escrow": escrow * TOKEN, "provider_stake": stake * TOKEN, "aggregator_stake": 10 * stake * TOKEN,
+                   "validator_stake": 5 * stake * TOKEN if validators else 0},
+        "participation": {"min_providers": providers, "max_providers": providers, "max_validators": validators},
+    }
+    spec = JobSpec.parse(doc)
+    out.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    typer.echo(f"wrote {out}: {spec.data.n_features} features, {spec.data.n_classes} classes "
+               f"({', '.join(spec.data.classes[:6])}{', ...' if spec.data.n_classes > 6 else ''}), "
+               f"model {spec.model.kind} with {spec.n_params} parameters")
+
+
+@model_app.command("pack")
+def model_pack(
+    module: str = typer.Option(..., "--module", help="Your nn.Module as FILE.py:CLASS (built with no arguments) or FILE.py:FUNCTION."),
+    spec: Path = typer.Option(..., "--spec", help="The job spec to make a torch job of (its data schema gives the input shape); rewritten in place."),
+    store: str = typer.Option("fedmarket-blobs", "--store", help="Blob store the packed module goes to (the job's roles read it there)."),
+    seed: int = typer.Option(0, "--seed", help="torch.manual_seed before building the module (its initial weights)."),
+) -> None:
+    """Pack your PyTorch module (architecture and initial weights) into the blob store and point the spec at it."""
+    import importlib.util
+
+    from ..fl.torch_models import pack_module, torch_module
+    from ..spec import JobSpec
+    from ..storage import open_store
+
+    torch = torch_module()
+    file, _, attr = module.rpartition(":")
+    if not file or not attr or not Path(file).is_file():
+        raise ConfigError(f"--module must be FILE.py:NAME of an existing file, got {module!r}")
+    if not spec.is_file():
+        raise ConfigError(f"spec file {spec} does not exist")
+    job = JobSpec.parse(spec.read_bytes())
+    mod_spec = importlib.util.spec_from_file_location(Path(file).stem, file)
+    user = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(user)  # the requester's own code, on the requester's machine
+    if not hasattr(user, attr):
+        raise ConfigError(f"{file} defines no {attr}")
+    torch.manual_seed(seed)
+    net = getattr(user, attr)()
+    packed = pack_module(net, job.data.shape, job.data.n_classes)
+    from ..fl.torch_models import load_packed
+
+    n_params = load_packed(packed, job.data.n_features, job.data.n_classes).n_params
+    cid = open_store(store).put(packed)
+    doc = job.model_dump(mode="json")
+    doc["model"] = {"kind": "torch", "module_cid": cid, "n_params": n_params}
+    spec.write_text(json.dumps(JobSpec.parse(doc).model_dump(mode="json"), indent=2) + "\n")
+    typer.echo(f"packed {attr} ({n_params} parameters and buffers, {len(packed)} bytes) as {cid}; {spec} now names it")
+
+
+@model_app.command("get")
+def model_get(
+    job: int = typer.Argument(..., help="The job."),
+    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
+    contracts: Path = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`."),
+    store: str = typer.Option("fedmarket-blobs", "--store", help="The job's blob store: a directory or ipfs+http://HOST:PORT."),
+    out: Path = typer.Option(..., "--out", "-o", help="The model file: .npz, .pt (torch.export) or .onnx."),
+    round_: int = typer.Option(None, "--round", help="A committed round (default: the last)."),
+) -> None:
+    """Write a job's trained model, verified against the model root committed on chain."""
+    from ..chain import connect
+    from ..market import Deployment
+    from ..modelfile import save, trained_model
+    from ..storage import open_store
+
+    if out.suffix.lower() not in (".npz", ".pt", ".onnx"):
+        raise ConfigError(f"--out must end in .npz, .pt or .onnx, got {out.name}")
+    dep = Deployment.attach(connect(rpc), read_addresses(contracts))
+    trained = trained_model(dep, open_store(store), job, round_)
+    save(trained, out)
+    typer.echo(f"job {job} round {trained.round}: model root 0x{trained.model_root.hex()} verified; wrote {out} "
+               f"({trained.spec.model.kind}, {trained.spec.n_params} parameters)")
+
+
+@model_app.command("predict")
+def model_predict(
+    model: Path = typer.Option(..., "--model", help="A model file written by `fedmarket model get`."),
+    data: Path = DATA,
+    label: str = typer.Option(None, "--label", help="The label column, if the file has one: accuracy is printed too."),
+    out: Path = typer.Option(None, "--out", "-o", help="CSV of predictions (default: print them)."),
+) -> None:
+    """Predict the class of every row of a data file."""
+    from ..fl.localdata import read_data
+    from ..modelfile import Predictor
+
+    pred = Predictor(model)
+    sample = read_data(data, label, shape=tuple(pred.meta["input_shape"]) if len(pred.meta["input_shape"]) == 3 else None)
+    X = sample.X
+    if pred.features and sample.features:
+        missing = [f for f in pred.features if f not in sample.features]
+        if missing:
+            raise ConfigError(f"{data} lacks the model's feature column(s): {', '.join(missing[:5])}")
+        X = X[:, [sample.features.index(f) for f in pred.features]]
+    classes = pred.classes
+    names = [classes[i] for i in pred.predict(X)]
+    if out is not None:
+        out.write_text("prediction\n" + "".join(f"{n}\n" for n in names))
+        typer.echo(f"wrote {len(names)} predictions to {out}")
+    else:
+        for n in names:
+            typer.echo(n)
+    if sample.labels is not None:
+        acc = float(np.mean(np.asarray(names, dtype=object) == sample.labels))
+        typer.echo(f"accuracy {acc:.4f} on {len(names)} rows", err=out is None)
