@@ -594,8 +594,10 @@ def post_rewards(
             leaf (`RewardArbiter`); basis `BASIS_SCORES`: the root two thirds of the validator
             stake approved. `Disputes.reward_pool` says which basis may be posted when, and
             the pool the root may pay.
-            The aggregator posts; once it was slashed for a wrong root, anyone may post a new
-            root by locking a bond of the aggregator's stake (at least the dispute bond).
+            The aggregator posts; once it was slashed (for a wrong root, or for posting none),
+            an unslashed provider or validator of the job may post the root, its job stake
+            slashable for a wrong one, and anyone else by locking a bond of the aggregator's
+            stake (at least the dispute bond).
     @param job_id The job.
     @param reward_root Positional root over the reward leaves, one per member, sorted by account.
     @param reward_total Sum of all leaf amounts; at most the pool.
@@ -615,10 +617,13 @@ def post_rewards(
     bond: uint256 = 0
     slashed: bool = stakes._role_of(job_id, self.terms[job_id].aggregator) & C.SLASHED != 0
     if slashed:
-        # the aggregator proven wrong is out: anyone else may post, at the cost of a bond
+        # the aggregator proven wrong is out: a provider or validator of the job may post, its
+        # stake in the job standing behind the root; anyone else at the cost of a bond
         assert msg.sender != poster, "market: aggregator was slashed"
         poster = msg.sender
-        bond = max(self.terms[job_id].aggregator_stake, self.terms[job_id].dispute_bond)
+        role: uint256 = stakes._role_of(job_id, poster)
+        if role != C.ROLE_PROVIDER and role != C.ROLE_VALIDATOR:
+            bond = max(self.terms[job_id].aggregator_stake, self.terms[job_id].dispute_bond)
     else:
         assert msg.sender == self.terms[job_id].aggregator, "market: not the aggregator"
     assert reward_total <= pool, "market: rewards exceed pool"
@@ -821,7 +826,9 @@ def fail(job_id: uint256):
     @notice Fails a training job whose aggregator missed its deadline: the escrow is refunded
             and the aggregator slashed (half to the caller). When the last committed round of a
             validated job lacks quorum, the validators' votes decide who failed instead
-            (`Disputes.fail_round`).
+            (`Disputes.fail_round`). When every round is in and only the reward root is missing,
+            the job does not fail at first: the aggregator is slashed and anyone may post the
+            root for one more round duration (its providers are owed for a model that exists).
     @param job_id The job.
     """
     hot: uint256 = self._hot[job_id]
@@ -830,6 +837,16 @@ def fail(job_id: uint256):
     current: uint256 = (hot >> _ROUND_SHIFT) & _ROUND_MASK
     validated: bool = self._round_word[job_id] & _VALIDATED != 0
     assert current == 0 or not validated or hot & _QUORUM != 0, "market: round lacks quorum"
+    aggregator: address = self.terms[job_id].aggregator
+    if current == self.terms[job_id].rounds and stakes._role_of(job_id, aggregator) & C.SLASHED == 0:
+        # every round is in, so the model exists and the providers are owed: the aggregator that
+        # posted no reward root is slashed and, for one more round duration, anyone may post it
+        self._slash_aggregator(job_id, msg.sender)
+        deadline: uint256 = block.timestamp + self.terms[job_id].round_duration
+        self._hot[job_id] = (hot & ~(_DEADLINE_MASK << _DEADLINE_SHIFT)) | (deadline << _DEADLINE_SHIFT)
+        log RewardRootRejected(job_id=job_id, reward_root=empty(bytes32), poster=aggregator, challenger=msg.sender,
+                               round_deadline=deadline)
+        return
     self._fail(job_id, current, "deadline missed")
     self._slash_aggregator(job_id, msg.sender)
 

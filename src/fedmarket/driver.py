@@ -15,7 +15,8 @@ from .protocol import rules as R
 from .roles import Aggregator, Provider, Requester, Validator
 from .roles.challenger import Challenger
 from .roles.common import claim_reward, fail_job
-from .roles.games import job_games
+from .roles.games import Defender, job_games
+from .roles.settlement import post_orphaned_root, root_orphaned
 from .roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
 from .spec import JobSpec
 from .storage import BlobStore, Mailbox
@@ -171,10 +172,18 @@ class JobDriver:
         raise FedMarketError(f"job {self.job_id}: games still open after {max_moves} moves")
 
     def _defend(self) -> list[Receipt]:
-        try:
-            return self.cast.aggregator.defend(self.job_id)
-        except (ContractRevert, FedMarketError):
-            return []  # a defender that cannot show what it committed stays silent and loses
+        """The aggregator answers its games; a provider or validator that posted a replacement
+        reward root answers the games on it."""
+        out: list[Receipt] = []
+        defenders = [self.cast.aggregator.defend]
+        defenders += [Defender(self.dep, m.account, self.store).respond for m in (*self.cast.providers, *self.cast.validators)
+                      if any(g.defender == m.account.address for g in job_games(self.dep, self.job_id))]
+        for respond in defenders:
+            try:
+                out += respond(self.job_id)
+            except (ContractRevert, FedMarketError):
+                continue  # a defender that cannot show what it committed stays silent and loses
+        return out
 
     # ---- finishing ----------------------------------------------------------------------------
 
@@ -182,9 +191,17 @@ class JobDriver:
         """Misbehaving providers are slashed, the reward root is posted (approved scores, or the
         provable weight basis), disputed if wrong, and the job settles; everyone claims and the
         model is minted. A job that failed releases every stake instead."""
-        if self.state == JobState.TRAINING:
+        if self.state == JobState.TRAINING and not root_orphaned(self.dep, self.job_id):
             self._judge_and_post()
         if self.state == JobState.FINALIZING:
+            self.challenge()
+        for member in self.cast.providers:  # the aggregator is out: the providers post the root themselves
+            if not root_orphaned(self.dep, self.job_id):
+                break
+            if R.is_slashed(self.dep.market.call("membership", self.job_id, member.address)[0]):
+                continue
+            self._approve()
+            post_orphaned_root(self.dep, self.store, self.mailbox, member.account, self.job_id, self.spec)
             self.challenge()
         if self.state == JobState.FINALIZING:
             self.chain.advance_time(self.spec.deadlines.challenge_period)
@@ -201,11 +218,17 @@ class JobDriver:
                 v.report_misbehaviour(self.job_id)
             judge = c.challenger.account if c.challenger else c.aggregator.account
             self.slashed += submit_misbehaviour(self.dep, self.mailbox, judge, self.job_id)
-            approvals = [v.approve_rewards(self.job_id) for v in c.validators]
-            if not any(approvals) and self.spec.rule != R.Rule.SECURE_SUM:
-                # no scores to approve: the provable weight basis opens once half the deadline passed
-                self.chain.advance_time(self.spec.deadlines.round_duration // 2 + 1)
+        self._approve()
         c.aggregator.post_rewards(self.job_id)
+
+    def _approve(self) -> None:
+        """Validators approve the reward statement they re-derive; with none to approve, time runs
+        to the second half of the deadline, where the provable weight basis opens."""
+        if not self.cast.validators:
+            return
+        approvals = [v.approve_rewards(self.job_id) for v in self.cast.validators]
+        if not any(approvals) and self.spec.rule != R.Rule.SECURE_SUM:
+            self.chain.advance_time(self.spec.deadlines.round_duration // 2 + 1)
 
     def _claim_all(self) -> None:
         c = self.cast

@@ -524,6 +524,32 @@ def test_the_aggregator_slashed_for_its_root_is_cut_in_the_next(kit):
         p.defend_leaf()
 
 
+def test_a_provider_posting_a_wrong_root_loses_its_job_stake(kit):
+    """A provider posts the replacement root with no bond; it pays itself more than its due: a
+    challenger proves it, the provider's job stake is slashed (it was behind the root), and the
+    next root (another provider's) cuts it."""
+    job = _finalizing(kit, tamper=CHEATS["the aggregator pays itself"][0])
+    p = RewardPlayer(job, open_rewards(job))
+    p.down_to(_agg_ix(job, job.leaves))
+    p.timeout()
+    kit.advance(job.terms.round_duration // 2)
+    cheat, honest = job.providers[0], job.providers[1]
+    greedy = _move(job.weight_leaves(), _provider_ix(job, job.weight_leaves(), 1), _provider_ix(job, job.weight_leaves(), 0))
+    job.post_rewards(greedy, sender=cheat)
+    p = RewardPlayer(job, open_rewards(job), defender=cheat)
+    p.down_to(_provider_ix(job, greedy, 0))
+    with reverts("arbiter: leaf breaks the reward rule"):
+        p.defend_leaf()
+    receipt = p.timeout()
+    slashed = receipt.event("StakeSlashed")
+    assert (slashed["account"], slashed["role"]) == (cheat.address, Role.PROVIDER) and slashed["amount"] > 0
+    kit.advance(job.terms.round_duration // 2)
+    leaves = job.weight_leaves()
+    assert leaves[_provider_ix(job, leaves, 0)]["amount"] == 0  # cut: slashed under a discarded root
+    job.post_rewards(leaves, sender=honest)
+    job.settle()
+
+
 def test_a_reposter_gets_its_bond_back_when_the_job_fails(kit):
     job = kit.job(n=3, rounds=2)
     job.commit()

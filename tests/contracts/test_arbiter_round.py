@@ -129,7 +129,9 @@ def test_challenge_rules(kit):
     with reverts("arbiter: job not disputable"):
         kit.ra.transact("challenge_aggregate", opened.id, 0, 0, data, proof, prev, prev_proof, sender=kit.outsider)
     kit.advance(500)
-    kit.m.transact("fail", job.id, sender=kit.outsider)
+    kit.m.transact("fail", job.id, sender=kit.outsider)  # every round is in: the aggregator is out first
+    kit.advance(500)
+    kit.m.transact("fail", job.id, sender=kit.outsider)  # and nobody posted the root: the job fails
     with reverts("arbiter: job not disputable"):
         challenge("challenge_aggregate", 1, 0, data, proof, prev, prev_proof)
     with reverts("arbiter: job not disputable"):

@@ -936,11 +936,45 @@ def test_fail_after_a_missed_round_refunds_and_slashes_the_aggregator(kit):
         kit.m.transact("fail", job.id, sender=kit.outsider)
 
 
-def test_fail_when_the_reward_root_never_comes(kit):
+def test_a_missing_reward_root_slashes_the_aggregator_and_lets_a_provider_post_it(kit):
+    """Every round is in and the aggregator posts no root: `fail` slashes it but keeps the job
+    training one more round duration, and a provider of the job posts the root with no bond (its
+    job stake stands behind it); the job settles and pays."""
     job = kit.job()
     job.commit_all()
     kit.advance(500)
-    assert kit.m.transact("fail", job.id, sender=kit.outsider).event("JobFailed")["round"] == 2
+    receipt = kit.m.transact("fail", job.id, sender=kit.outsider)
+    assert not [e for e in receipt.events if e.name == "JobFailed"]
+    ev = receipt.event("RewardRootRejected")
+    assert (ev["reward_root"], ev["poster"], ev["challenger"]) == (ZERO32, kit.aggregator.address, kit.outsider.address)
+    assert receipt.event("StakeSlashed")["account"] == kit.aggregator.address
+    state, current, deadline, _, _ = job.status()
+    assert (state, current, deadline) == (JobState.TRAINING, job.terms.rounds, kit.now() + job.terms.round_duration)
+    leaves = job.weight_leaves()
+    with reverts("market: aggregator was slashed"):
+        job.post_rewards(leaves)
+    p0 = job.providers[0]
+    bal = kit.balance(p0)
+    _, receipt = job.post_rewards(leaves, sender=p0)
+    assert (job.info()["poster"], job.info()["poster_bond"], kit.balance(p0)) == (p0.address, 0, bal)
+    job.settle()
+    for i in range(len(leaves)):
+        job.claim(i)
+    assert job.info()["claimed_total"] == job.info()["reward_total"] > 0
+
+
+def test_fail_when_the_reward_root_never_comes(kit):
+    """Nobody posts the root in the extra round duration either: the job fails, escrow refunded."""
+    job = kit.job()
+    job.commit_all()
+    kit.advance(500)
+    kit.m.transact("fail", job.id, sender=kit.outsider)  # the aggregator is out
+    with reverts("market: deadline not missed"):
+        kit.m.transact("fail", job.id, sender=kit.outsider)
+    kit.advance(job.terms.round_duration)
+    receipt = kit.m.transact("fail", job.id, sender=kit.outsider)
+    assert receipt.event("JobFailed")["round"] == job.terms.rounds
+    assert not [e for e in receipt.events if e.name == "StakeSlashed"]  # slashed once only
 
 
 def test_fail_of_a_validated_round_needs_its_quorum(kit):

@@ -8,11 +8,13 @@ import os
 import numpy as np
 
 from ..chain import Account
-from ..errors import ConfigError, SchemaMismatch
+from ..errors import ConfigError, ContractRevert, SchemaMismatch
 from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
 from ..roles import Provider
-from ..roles.common import InsufficientFunds, TermsMismatch, round_topic
+from ..roles.common import InsufficientFunds, TermsMismatch, load_spec, round_topic
+from ..roles.games import Defender
+from ..roles.settlement import post_orphaned_root, root_orphaned
 from ..storage import BlobStore, Mailbox
 from .base import Fatal, RoleProcess, Stop, job_state
 
@@ -48,11 +50,25 @@ class ProviderProcess(RoleProcess):
                 continue
         return False
 
+    def _post_if_orphaned(self) -> None:
+        """Every round is in and the aggregator was slashed (a wrong reward root, or none in time):
+        post the root the rule gives, this provider's job stake behind it, so the providers are
+        paid. Another provider may have been quicker: then there is nothing to do."""
+        if not root_orphaned(self.dep, self.job_id):
+            return
+        try:
+            receipt = post_orphaned_root(self.dep, self.provider.store, self.mailbox, self.provider.account, self.job_id,
+                                         load_spec(self.dep, self.provider.store, self.job_id))
+        except ContractRevert as exc:
+            self.say_once(f"reward root not posted: {exc}")
+            return
+        self.say(f"the aggregator is out: posted the reward root (tx {receipt.tx_hash})")
+
     def step(self) -> None:
         job_id = self.job_id
         job = job_state(self.dep, job_id)
         state = job["state"]
-        if state == JobState.TRAINING and self._posted_round == int(job["current_round"]):
+        if state == JobState.TRAINING and self._posted_round == int(job["current_round"]) < int(job["rounds"]):
             return  # the common idle step: one call to the node
         role, stake = self.dep.market.call("membership", job_id, self.address)
         if state == JobState.OPEN:
@@ -78,7 +94,10 @@ class ProviderProcess(RoleProcess):
             raise Fatal(f"{self.address} is not a provider of job {job_id} (state {state.name})")
         if state == JobState.TRAINING:
             r = int(job["current_round"])
-            if r >= int(job["rounds"]) or self.posted(r):
+            if r >= int(job["rounds"]):
+                self._post_if_orphaned()
+                return
+            if self.posted(r):
                 self._posted_round = r
                 return
             if not self.provider.selected(job_id, r):
@@ -90,6 +109,8 @@ class ProviderProcess(RoleProcess):
             if msg is not None:
                 self.say(f"round {r}: update {msg['update_cid']} posted (weight {msg['weight']})")
         elif state == JobState.FINALIZING:
+            for receipt in Defender(self.dep, self.provider.account, self.provider.store).respond(job_id):
+                self.say(f"defended the reward root it posted (tx {receipt.tx_hash})")
             self.say_once("all rounds committed; waiting for settlement")
         elif state == JobState.SETTLED:
             leaf, _ = self.provider.reward_leaf(job_id)

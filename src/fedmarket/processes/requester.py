@@ -88,7 +88,11 @@ class RequesterProcess(RoleProcess):
             if time.time() > int(job["round_deadline"]) + 1 or self.dep.chain.timestamp() > int(job["round_deadline"]) + 1:
                 try:
                     receipt = fail_job(self.dep, self.account, job_id)
-                    self.say(f"job failed ({receipt.event('JobFailed')['reason']}), escrow refunded (tx {receipt.tx_hash})")
+                    failed = [e for e in receipt.events if e.name == "JobFailed"]
+                    if failed:
+                        self.say(f"job failed ({failed[0]['reason']}), escrow refunded (tx {receipt.tx_hash})")
+                    else:  # every round was in: the aggregator is out, the providers may post the root
+                        self.say(f"the aggregator posted no reward root: slashed, anyone may post it (tx {receipt.tx_hash})")
                 except ContractRevert as exc:
                     if "deadline not" not in str(exc):
                         raise

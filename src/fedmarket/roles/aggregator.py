@@ -30,7 +30,7 @@ from .common import (
     round_topic,
 )
 from .games import Defender
-from .settlement import mailbox_reveals, reward_document, statement_of, submit_reward_approvals
+from .settlement import mailbox_reveals, post_reward_root, reward_document
 
 ZERO32 = b"\x00" * 32
 
@@ -269,18 +269,10 @@ class Aggregator:
         return self.rewards_document(job_id, spec)["leaves"]
 
     def post_rewards(self, job_id: int, basis: int | None = None) -> Receipt:
-        """After the last round: publish the rewards document and commit the root of its leaves. A
-        scores-basis root (validated, unmasked jobs) is posted with the validators' approvals of
-        that very statement (`Validator.approve_rewards`), submitted here first."""
-        spec = load_spec(self.dep, self.store, job_id)
-        doc = self.rewards_document(job_id, spec, basis)
-        statement = statement_of(doc)
-        cid = self.store.put(canonical_json(doc))
-        if doc["basis"] == R.Basis.SCORES:
-            submit_reward_approvals(self.dep, self.mailbox, self.account, job_id, statement)
-        root, total, value_total, gate_met = statement
-        return self.dep.market.transact("post_rewards", job_id, root, total, value_total, doc["basis"], gate_met, cid,
-                                        sender=self.account)
+        """After the last round: publish the rewards document and commit the root of its leaves
+        (`settlement.post_reward_root`)."""
+        doc = self.rewards_document(job_id, load_spec(self.dep, self.store, job_id), basis)
+        return post_reward_root(self.dep, self.store, self.mailbox, self.account, job_id, doc)
 
     def defend(self, job_id: int) -> list[Receipt]:
         """Answer every dispute game of the job that waits for the defender."""

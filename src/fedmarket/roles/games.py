@@ -170,9 +170,9 @@ class Truth:
 
 
 class Defender:
-    """Answers every game of a job that waits for the defender with the true claim: an honest
-    aggregator (or reward poster) always wins its games and takes the challenger's bond.
-    Anyone may move for a defender, so validators can defend an honest aggregator too."""
+    """Answers every game of a job that this account defends and that waits for the defender,
+    with the true claim: an honest aggregator (or reward poster) always wins its games and takes
+    the challenger's bond. Only the defender moves for itself (`game._await`)."""
 
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, auditor: Auditor | None = None):
         self.dep = dep
@@ -182,7 +182,8 @@ class Defender:
 
     def respond(self, job_id: int) -> list[Receipt]:
         """One move in every game of the job whose turn is the defender's; returns the receipts."""
-        waiting = [g for g in job_games(self.dep, job_id) if g.turn == R.Turn.DEFENDER]
+        waiting = [g for g in job_games(self.dep, job_id)
+                   if g.turn == R.Turn.DEFENDER and g.defender == self.account.address]
         if not waiting:
             return []
         truth = Truth(self.dep, self.store, job_id, self.auditor)

@@ -274,3 +274,35 @@ def submit_reward_approvals(dep: Deployment, mailbox, sender, job_id: int, state
     ordered = sorted(chosen, key=address_key)
     return [dep.disputes.transact("approve_rewards", job_id, root, total, value_total, gate_met, ordered,
                                   [chosen[v] for v in ordered], sender=sender)]
+
+
+def post_reward_root(dep: Deployment, store: BlobStore, mailbox, account, job_id: int, doc: dict):
+    """Publish a rewards document (`reward_document`) and post the root of its leaves from
+    `account`: the aggregator's last step, and, once the aggregator was slashed (a wrong root, or
+    none in time), what any provider or validator of the job does so that the providers are paid.
+    A scores-basis root goes with the validators' approvals of that very statement, submitted first."""
+    from ..protocol.encoding import canonical_json
+
+    statement = statement_of(doc)
+    cid = store.put(canonical_json(doc))
+    if doc["basis"] == R.Basis.SCORES:
+        submit_reward_approvals(dep, mailbox, account, job_id, statement)
+    root, total, value_total, gate_met = statement
+    return dep.market.transact("post_rewards", job_id, root, total, value_total, doc["basis"], gate_met, cid,
+                               sender=account)
+
+
+def post_orphaned_root(dep: Deployment, store: BlobStore, mailbox, account, job_id: int, spec: JobSpec):
+    """Post the reward root of a job whose aggregator was slashed (`root_orphaned`) as one of its
+    providers or validators: the rule's document (scores basis once approved, else the weight basis)."""
+    doc = reward_document(dep, store, job_id, spec, mailbox_reveals(dep, mailbox, job_id))
+    return post_reward_root(dep, store, mailbox, account, job_id, doc)
+
+
+def root_orphaned(dep: Deployment, job_id: int) -> bool:
+    """Whether the job waits for someone other than its aggregator to post the reward root: every
+    round is in, no root stands and the aggregator was slashed (for a wrong root, or for none)."""
+    job = dep.job(job_id)
+    word, _ = dep.market.call("membership", job_id, job["aggregator"])
+    return (job["state"] == R.JobState.TRAINING and int(job["current_round"]) == int(job["rounds"])
+            and R.is_slashed(word))
