@@ -46,7 +46,7 @@ interface IDisputes:
 
 
 interface ITermsCheck:
-    def problem(terms: T.JobTerms, requester: address, now: uint256) -> String[64]: pure
+    def problem(terms: T.JobTerms, requester: address, now: uint256) -> String[64]: view
 
 
 interface IArbiter:

@@ -16,6 +16,9 @@ __all__ = ["DEFAULT_FEE_BPS", "DEFAULT_UNBONDING_DELAY", "Deployment", "JobState
 
 DEFAULT_FEE_BPS = 100  # 1% protocol fee
 DEFAULT_UNBONDING_DELAY = 7 * 86_400
+# shortest round, response and challenge period on a public chain: 25 blocks of 12 s, room for a
+# transaction to land through congestion (development chains allow 1 s)
+MIN_PERIOD = 300
 
 
 @dataclass(frozen=True)
@@ -102,9 +105,14 @@ class Deployment:
         fee_bps: int = DEFAULT_FEE_BPS,
         unbonding_delay: int = DEFAULT_UNBONDING_DELAY,
         token: Contract | None = None,
+        min_period: int | None = None,
     ) -> Deployment:
         """Deploy everything. The market and its judges point at each other through immutables,
-        so the market's address is computed from the deployer's nonce before any of them exists."""
+        so the market's address is computed from the deployer's nonce before any of them exists.
+        `min_period` is the shortest period a job may set (`TermsCheck.MIN_PERIOD`): by default
+        1 s on a development chain (the embedded EVM, chain id 31337) and `MIN_PERIOD` elsewhere."""
+        if min_period is None:
+            min_period = 1 if chain.development else MIN_PERIOD
         if token is None:
             tok = artifacts.load("FedToken")
             token = chain.deploy(deployer, "FedToken", tok.abi, tok.bytecode, "fedmarket token", "FED", "fedmarket", "1")
@@ -117,7 +125,7 @@ class Deployment:
             name = dict(CONTRACTS)[key]
             h[key] = chain.deploy(deployer, name, art[key].abi, art[key].bytecode, *args)
 
-        put("terms_check")
+        put("terms_check", min_period)
         put("rules")
         put("disputes", market_address)
         put("round_arbiter", market_address, h["disputes"].address, token.address, h["rules"].address)

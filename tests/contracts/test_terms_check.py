@@ -245,3 +245,42 @@ def test_post_job_accepts_exactly_the_terms_the_check_accepts(kit, drawn):
     else:
         job = kit.post(**d)
         assert job == count + 1 and kit.m.call("job_status", job)[0] == 1
+
+
+def _terms_check(kit, min_period: int):
+    from fedmarket.chain import artifacts
+
+    art = artifacts.load("TermsCheck")
+    return kit.chain.deploy(kit.deployer, "TermsCheck", art.abi, art.bytecode, min_period)
+
+
+@pytest.mark.parametrize("period", ["round_duration", "response_period", "challenge_period"])
+def test_periods_shorter_than_the_chain_allows_are_refused(kit, period):
+    """A terms check deployed for a chain of 12-second blocks (`MIN_PERIOD` 12) refuses every
+    period under 12 s, once every other bound holds: no vote or game move could land in time."""
+    slow = _terms_check(kit, 12)
+    assert slow.call("MIN_PERIOD") == 12
+    ok = kit.terms(round_duration=12, response_period=12, challenge_period=12)
+    assert slow.call("problem", ok.abi(), kit.requester.address, kit.now()) == ""
+    short = kit.terms(**{**dict(round_duration=12, response_period=12, challenge_period=12), period: 11})
+    assert slow.call("problem", short.abi(), kit.requester.address, kit.now()) == \
+        "market: a period is shorter than this chain allows"
+    worse = kit.terms(escrow=0, **{period: 11})  # another bound broken too: that one is named first
+    assert slow.call("problem", worse.abi(), kit.requester.address, kit.now()) == "market: bad escrow"
+
+
+@pytest.mark.parametrize("min_period", [0, 86_401])
+def test_the_minimum_period_has_bounds(kit, min_period):
+    with reverts("terms: minimum period out of range"):
+        _terms_check(kit, min_period)
+
+
+def test_development_chains_allow_one_second_and_public_ones_more():
+    from fedmarket.chain.boa_backend import BoaChain
+    from fedmarket.market import MIN_PERIOD, Deployment
+
+    chain = BoaChain()
+    deployer = chain.new_account("terms", 0)
+    assert Deployment.deploy(chain, deployer, deployer.address).terms_check.call("MIN_PERIOD") == 1
+    chain.development = False  # as a chain with another id would be
+    assert Deployment.deploy(chain, deployer, deployer.address).terms_check.call("MIN_PERIOD") == MIN_PERIOD >= 60

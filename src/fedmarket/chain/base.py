@@ -75,6 +75,12 @@ class Chain(abc.ABC):
         self._abis: dict[str, tuple[str, ContractABI]] = {}
         self.rollbacks = 0  # times state was rolled back (test snapshots): what was final may not be
 
+    @property
+    def development(self) -> bool:
+        """Whether this is a development chain (anvil's or hardhat's chain id 31337), whose clock
+        the tests move and whose blocks come as fast as transactions."""
+        return int(self.chain_id) == 31337
+
     # ---- primitives each backend provides -------------------------------------------
     @abc.abstractmethod
     def _send(self, sender: Account, to: str | None, data: bytes, value: int = 0) -> RawReceipt:

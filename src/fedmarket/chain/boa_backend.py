@@ -20,6 +20,7 @@ class BoaChain(Chain):
     """
 
     name = "boa"
+    development = True  # its clock is ours to move
 
     def __init__(self) -> None:
         super().__init__()

@@ -72,6 +72,7 @@ def deploy(
     treasury: str = typer.Option(None, "--treasury", help="Address receiving protocol fees (default: the deployer)."),
     fee_bps: int = typer.Option(DEFAULT_FEE_BPS, "--fee-bps", help="Protocol fee in basis points (at most 1000)."),
     unbonding_delay: int = typer.Option(DEFAULT_UNBONDING_DELAY, "--unbonding-delay", help="Seconds before withdrawn stake is released."),
+    min_period: int = typer.Option(None, "--min-period", help="Shortest round, response and challenge period a job may set, in seconds (default: 1 on a development chain, 300 elsewhere: enough blocks for a vote or a game move to land)."),
     token: str = typer.Option(None, "--token", help="Use this existing ERC-20 (with EIP-2612 permit) instead of deploying FedToken."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ) -> None:
@@ -93,6 +94,8 @@ def deploy(
         raise ConfigError(f"--fee-bps must be between 0 and 1000 (got {fee_bps})")
     if unbonding_delay < 0:
         raise ConfigError(f"--unbonding-delay must not be negative (got {unbonding_delay})")
+    if min_period is not None and not 1 <= min_period <= 86_400:
+        raise ConfigError(f"--min-period must be between 1 and 86400 seconds (got {min_period})")
     if out.exists() and not force:
         raise ConfigError(f"{out} exists: choose another --out or pass --force")
     if not out.parent.is_dir():
@@ -120,7 +123,7 @@ def deploy(
             raise ConfigError(f"--token {token} has no code on chain {chain.chain_id}")
         existing = chain.register(to_checksum_address(token), "FedToken", artifacts.load("FedToken").abi)
     dep = Deployment.deploy(chain, deployer, to_checksum_address(treasury or deployer.address), fee_bps, unbonding_delay,
-                            token=existing)
+                            token=existing, min_period=min_period)
     # the first contract this command created (the token, unless an existing one was given)
     block = (dep.terms_check if existing else dep.token).from_block
     dep.save(out, chain_id=chain.chain_id, block=block, deployer=deployer.address)
