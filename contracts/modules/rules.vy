@@ -102,10 +102,13 @@ def _floor_div(a: int256, b: int256) -> int256:
 @pure
 @internal
 def _ranks(rule: uint256, count: uint256, trim: uint256) -> (uint256, uint256):
-    """The lowest and highest kept rank of a ranked rule over `count` values."""
+    """The lowest and highest kept rank of a ranked rule over `count` values. A trimmed mean of
+    `count <= 2 * trim` values trims as many as it can and still keep one or two (`(count - 1) // 2`
+    from each end): a round the silence of providers has shrunk is still one the rule defines."""
     if rule == C.RULE_MEDIAN:
         return (count - 1) // 2, count // 2
-    return trim, count - 1 - trim
+    t: uint256 = min(trim, (count - 1) // 2)
+    return t, count - 1 - t
 
 
 @pure
@@ -156,8 +159,6 @@ def _root_ok(
         return True
     if len(lo) != width or len(hi) != width:
         return False
-    if rule == C.RULE_TRIMMED_MEAN and 2 * trim >= count:
-        return False  # no round of this size can be aggregated with this trim
     lo_rank: uint256 = 0
     hi_rank: uint256 = 0
     lo_rank, hi_rank = self._ranks(rule, count, trim)

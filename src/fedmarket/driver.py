@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .chain import Account, Chain, Receipt
-from .errors import ContractRevert, FedMarketError
+from .errors import ContractRevert, FedMarketError, SecAggAbort
 from .market import Deployment, JobState
 from .protocol import rules as R
 from .roles import Aggregator, Provider, Requester, Validator
@@ -115,16 +115,28 @@ class JobDriver:
             for phase in ("advertise", "share"):
                 for i, p in enumerate(c.providers):
                     if plan.active(i, "keys"):
-                        getattr(p, phase)(job, r)
+                        self._secure_step(getattr(p, phase), r)
         for i, p in enumerate(c.providers):
             if plan.active(i, "mask"):
-                p.train(job, r)
+                self._secure_step(p.train, r)
         if secure:
-            c.aggregator.secure_survivors(job, r)
+            try:
+                c.aggregator.secure_survivors(job, r)
+            except SecAggAbort:
+                return c.aggregator.run_round(job, r)  # too few masked updates: the round keeps the model
             for i, p in enumerate(c.providers):
                 if plan.active(i, "unmask"):
                     p.unmask(job, r)
         return c.aggregator.run_round(job, r)
+
+    def _secure_step(self, step, r: int) -> None:
+        """A provider's step of a round; in a secure round a provider that finds too few neighbours
+        (SecAggAbort) stays out of the round, as SecAgg+ says, and the others go on."""
+        try:
+            step(self.job_id, r)
+        except SecAggAbort:
+            if not self.spec.privacy.secure:
+                raise
 
     def _review(self, r: int) -> None:
         """Validators recompute the round and vote; their scores are revealed once it has quorum."""

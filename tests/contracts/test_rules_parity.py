@@ -146,14 +146,12 @@ def _round(rule, data, big: bool):
 
 
 def _honest(rule, rows, weights, trim, prev, correction):
-    """(claim, lo, hi, new) of an honest aggregator over the round, or None when the rule has no
-    aggregate for it (a trimmed mean over too few updates)."""
+    """(claim, lo, hi, new) of an honest aggregator over the round (a trimmed mean of `count <= 2 *
+    trim` updates trims `(count - 1) // 2` from each end)."""
     count, width = rows.shape
     if count == 0:
         length = 5 * width if R.Rule(rule).ranked else width + 1
         return [0] * length, [], [], prev.copy()
-    if rule == R.Rule.TRIMMED_MEAN and count <= 2 * trim:
-        return None
     lo, hi = R.hints(rule, rows, trim)
     claim = R.range_claim(rule, rows, weights, lo, hi)
     step = R.aggregate(rule, list(rows), weights, trim, correction if rule == R.Rule.SECURE_SUM else None)
@@ -164,15 +162,8 @@ def _honest(rule, rows, weights, trim, prev, correction):
 @given(rule=st.sampled_from(list(R.Rule)), big=st.booleans(), data=st.data())
 def test_root_ok_accepts_the_honest_aggregate_on_chain_and_in_python(rules_c, rule, big, data):
     rows, weights, trim, prev, correction = _round(rule, data, big)
-    honest = _honest(rule, rows, weights, trim, prev, correction)
     corr = [int(c) for c in correction] if rule == R.Rule.SECURE_SUM else []
-    if honest is None:  # no trimmed mean of so few updates: no claim gives any model
-        claim = R.range_claim(rule, rows, weights, *R.hints(R.Rule.MEDIAN, rows, 0))
-        args = (rule, rows.shape[0], trim, claim, [0] * rows.shape[1], [0] * rows.shape[1], list(map(int, prev)),
-                list(map(int, prev)), corr)
-        assert rules_c.call("root_ok", *args) is False and R.root_ok(*args) is False
-        return
-    claim, lo, hi, new = honest
+    claim, lo, hi, new = _honest(rule, rows, weights, trim, prev, correction)
     args = (rule, rows.shape[0], trim, claim, lo, hi, [int(v) for v in prev], [int(v) for v in new], corr)
     assert R.root_ok(*args) is True
     assert rules_c.call("root_ok", *args) is True
@@ -215,9 +206,7 @@ def _tamper(data, args: list) -> list:
 @given(rule=st.sampled_from(list(R.Rule)), data=st.data())
 def test_root_ok_parity_on_tampered_claims(rules_c, rule, data):
     rows, weights, trim, prev, correction = _round(rule, data, False)
-    honest = _honest(rule, rows, weights, trim, prev, correction)
-    assume(honest is not None)
-    claim, lo, hi, new = honest
+    claim, lo, hi, new = _honest(rule, rows, weights, trim, prev, correction)
     corr = [int(c) for c in correction] if rule == R.Rule.SECURE_SUM else []
     args = _tamper(data, [rule, rows.shape[0], trim, claim, lo, hi, [int(v) for v in prev], [int(v) for v in new],
                           corr])
@@ -392,3 +381,18 @@ def test_the_arbiters_sign_in_the_disputes_domain(chain_world):
     sep = h.call("separator", dep.chain_id, dep.disputes.address)
     assert dep.round_arbiter.call("SEPARATOR") == dep.reward_arbiter.call("SEPARATOR") == sep
     assert h.call("separator", dep.chain_id + 1, dep.disputes.address) != sep  # another chain, another domain
+
+
+@pytest.mark.parametrize("count, trim, kept", [(1, 1, [0]), (2, 1, [0, 1]), (3, 2, [1]), (4, 2, [1, 2]), (5, 1, [1, 2, 3])])
+def test_a_trimmed_mean_of_few_updates_trims_what_it_can(rules_c, count, trim, kept):
+    """Providers' silence can shrink a trimmed-mean round below 2 * trim + 1 updates: the rule then
+    drops (count - 1) // 2 from each end, on chain and in Python, so the round can be committed."""
+    rows = np.array([[10 * (i + 1)] for i in range(count)], dtype=np.int64)
+    lo, hi = R.hints(R.Rule.TRIMMED_MEAN, rows, trim)
+    claim = R.range_claim(R.Rule.TRIMMED_MEAN, rows, [1] * count, lo, hi)
+    step = R.aggregate(R.Rule.TRIMMED_MEAN, list(rows), [1] * count, trim)
+    assert int(step[0]) == sum(10 * (i + 1) for i in kept) // len(kept)
+    args = (R.Rule.TRIMMED_MEAN, count, trim, claim, lo, hi, [0], [int(step[0])], [])
+    assert R.root_ok(*args) and rules_c.call("root_ok", *args)
+    wrong = (*args[:7], [int(step[0]) + 1], [])
+    assert not R.root_ok(*wrong) and not rules_c.call("root_ok", *wrong)

@@ -18,7 +18,8 @@ from fedmarket.roles import aggregator as aggregator_module
 from fedmarket.roles.auditor import Auditor
 from fedmarket.roles.challenger import Challenger
 from fedmarket.driver import Cast, JobDriver
-from fedmarket.roles.common import committed_rounds, epsilon_after_round, fail_job, fetch_model
+from fedmarket.protocol.encoding import decode_vector
+from fedmarket.roles.common import committed_rounds, epsilon_after_round, fail_job, fetch_metrics, fetch_model, round_topic
 from fedmarket.roles.validator import submit_attestations, submit_rejections
 from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, PrivacySpec, RewardSpec, TrainingSpec
 from fedmarket.storage import LocalBlobStore, Mailbox
@@ -195,12 +196,19 @@ def test_a_secure_round_below_the_threshold_aborts_and_moves_nothing(world, tmp_
     assert dep.balance(dep.market.address) == market_before
 
 
-def test_too_few_unmask_answers_abort_the_round_before_anything_is_committed(world, tmp_path):
+def test_too_few_unmask_answers_abort_the_round_which_keeps_the_model(world, tmp_path):
+    """Five of six providers vanish before unmasking: nobody can recover the sum, so the round is
+    aborted: no masked update is acknowledged and the aggregator commits it empty (the model is
+    kept), so the providers' silence can neither stall the job nor get the aggregator slashed."""
     spec = make_spec("secagg", 6)
     dep, store, box, job, agg, providers = setup_job(world, tmp_path, spec)
-    with pytest.raises(SecAggAbort, match="cannot recover"):
-        secure_round(job, 0, agg, providers, drop_unmask=(0, 1, 2, 3, 4))
-    assert dep.job(job)["current_round"] == 0
+    receipt = secure_round(job, 0, agg, providers, drop_unmask=(0, 1, 2, 3, 4))
+    ev = receipt.event("RoundCommitted")
+    assert (ev["round"], ev["count"]) == (0, 0) and dep.job(job)["current_round"] == 1
+    metrics = fetch_metrics(store, committed_rounds(dep, job)[0])
+    assert metrics["updates"] == [] and "cannot recover" in metrics["rejected"][-1]["reason"]
+    assert box.read(round_topic(job, 0) + "-acks") == []  # nobody acknowledged, so nobody was censored
+    assert decode_vector(store.get(metrics["model_cid"])).tolist() == [0] * spec.n_params  # round 0 keeps the zero model
 
 
 class ShiftySecureAggregator(Aggregator):

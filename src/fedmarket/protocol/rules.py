@@ -170,9 +170,7 @@ def aggregate(rule: int, deltas: Sequence[np.ndarray], weights: Sequence[int], t
     if rule == Rule.MEDIAN:
         return agg.median_int(deltas)
     if rule == Rule.TRIMMED_MEAN:
-        if len(deltas) <= 2 * trim:
-            raise FedMarketError(f"trimmed_mean with trim {trim} needs more than {2 * trim} updates, got {len(deltas)}")
-        return agg.trimmed_mean_int(deltas, trim)
+        return agg.trimmed_mean_int(deltas, effective_trim(len(deltas), trim))
     if correction is None:
         raise FedMarketError("a secure round needs its mask correction")
     return secure_mean(deltas, correction, weights)
@@ -181,11 +179,18 @@ def aggregate(rule: int, deltas: Sequence[np.ndarray], weights: Sequence[int], t
 # ---- the dispute game's additive claims ------------------------------------------------------
 
 
+def effective_trim(count: int, trim: int) -> int:
+    """How many values a trimmed mean of ``count`` values drops from each end: ``trim``, or as many
+    as still keep one or two when the round is smaller (`rules._ranks`)."""
+    return min(int(trim), (int(count) - 1) // 2)
+
+
 def ranks(rule: int, count: int, trim: int) -> tuple[int, int]:
     """The lowest and highest kept rank of a ranked rule over ``count`` values."""
     if as_rule(rule) == Rule.MEDIAN:
         return (count - 1) // 2, count // 2
-    return trim, count - 1 - trim
+    t = effective_trim(count, trim)
+    return t, count - 1 - t
 
 
 def hints(rule: int, values: np.ndarray, trim: int) -> tuple[list[int], list[int]]:
@@ -275,7 +280,7 @@ def root_ok(rule: int, count: int, trim: int, claim: Sequence[int], lo: Sequence
             if prev[c] + s // total != new[c]:
                 return False
         return True
-    if len(lo) != width or len(hi) != width or (rule == Rule.TRIMMED_MEAN and 2 * trim >= count):
+    if len(lo) != width or len(hi) != width:
         return False
     lr, hr = ranks(rule, count, trim)
     kept = hr - lr + 1

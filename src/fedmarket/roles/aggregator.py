@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..chain import Account, Receipt
-from ..errors import FedMarketError, SecAggAbort, StorageError
+from ..errors import FedMarketError, SecAggAbort, ShareTampered, StorageError
 from ..jobmodel import job_model
 from ..market import Deployment
 from ..protocol import rules as R
@@ -105,7 +105,7 @@ class Aggregator:
                 continue
             accepted[upd.provider] = upd
         updates = [accepted[p] for p in sorted(accepted, key=address_key)]
-        if not spec.privacy.secure:  # a secure round acknowledges only its survivors (secure_survivors)
+        if not spec.privacy.secure:  # a secure round acknowledges what it unmasked (run_round)
             self.acknowledge(job_id, round_, updates)
         return updates, rejected
 
@@ -170,7 +170,6 @@ class Aggregator:
             )
         self.mailbox.post(sr.topic(job_id, round_, "survivors"),
                           sr.survivors_message(self.account.key, self.address, sorted(shared), survivors))
-        self.acknowledge(job_id, round_, [u for u in updates if uid[u.provider] in set(survivors)])
         return survivors
 
     def _secure_round(self, job_id: int, round_: int, spec: JobSpec, updates: list[Update]) -> tuple[list[Update], np.ndarray, dict]:
@@ -179,8 +178,8 @@ class Aggregator:
         cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
         mine = [sr.opened(raw, "aggregator") for raw in self.mailbox.read(sr.topic(job_id, round_, "survivors"))]
         mine = [m for m in mine if m["aggregator"] == self.address]
-        if len(mine) != 1:
-            raise FedMarketError(f"job {job_id} round {round_}: post the survivor set first (secure_survivors)")
+        if len(mine) != 1:  # too few masked updates for a survivor set (secure_survivors aborted)
+            raise SecAggAbort(f"job {job_id} round {round_}: no survivor set was posted")
         survivors = set(mine[0]["survivors"])
         uid = {p: i for i, p in enumerate(members)}
         kept = [u for u in updates if uid[u.provider] in survivors]
@@ -208,8 +207,16 @@ class Aggregator:
         if spec.privacy.secure:
             transcript = {"keys": [], "shared": [], "unmask": []}
             corr = np.zeros(spec.n_params, dtype=np.int64)
-            if updates:
-                updates, corr, transcript = self._secure_round(job_id, round_, spec, updates)
+            try:
+                if updates:
+                    updates, corr, transcript = self._secure_round(job_id, round_, spec, updates)
+                    # acknowledged only now: an aborted round (too few survivors or unmask answers, a
+                    # tampered share) commits no update, and nobody acknowledged can be left out
+                    self.acknowledge(job_id, round_, updates)
+            except (SecAggAbort, ShareTampered) as exc:
+                rejected = [*rejected, {"reason": f"secure aggregation aborted: {exc}"}]
+                updates, corr = [], np.zeros(spec.n_params, dtype=np.int64)
+                transcript = {"keys": [], "shared": [], "unmask": []}
             aux_root = vector_root(corr, spec.quantization.chunk_size)
             secure = {"correction_cid": self.store.put(encode_vector(corr)),
                       "transcript_cid": self.store.put(canonical_json(transcript))}
