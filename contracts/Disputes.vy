@@ -100,8 +100,10 @@ voters: public(HashMap[uint256, HashMap[uint256, uint256]])
 rewards_stake: public(HashMap[uint256, HashMap[bytes32, uint256]])
 # @dev The most validator stake any one reward statement of a job has gathered.
 top_approval: public(HashMap[uint256, uint256])
-# @dev Whether a validator already approved a reward statement for a job (one approval each).
-rewards_signed: public(HashMap[uint256, HashMap[address, bool]])
+# @dev Whether a validator approved a reward statement of a job (keyed by its hash): one approval
+#      per validator per statement, so that after a slash turns an approved statement stale the
+#      validators can approve the one that replaces it.
+rewards_signed: public(HashMap[uint256, HashMap[bytes32, HashMap[address, bool]]])
 
 
 @deploy
@@ -428,7 +430,8 @@ def approve_rewards(
             valueTotal, gateMet)` of the scores-basis reward root they re-derived from the
             revealed scores, once every round is committed; anyone may submit them. The
             market accepts a scores-basis root only once two thirds of the validator stake
-            approved exactly that statement. One approval per validator.
+            approved exactly that statement. One approval per validator and statement: a
+            statement made stale by a later slash is replaced by a new one, approved anew.
     @param job_id The job.
     @param reward_root The reward root.
     @param reward_total The sum of its amounts.
@@ -447,8 +450,8 @@ def approve_rewards(
     added: uint256 = 0
     for i: uint256 in range(len(validators), bound=C.MAX_VALIDATORS):
         v: address = validators[i]
-        assert not self.rewards_signed[job_id][v], "disputes: already approved"
-        self.rewards_signed[job_id][v] = True
+        assert not self.rewards_signed[job_id][key][v], "disputes: already approved"
+        self.rewards_signed[job_id][key][v] = True
         added += stakes[i]
         log RewardsApproved(
             job_id=job_id, validator=v, key=key, reward_root=reward_root, reward_total=reward_total,

@@ -447,10 +447,16 @@ def test_approvals_are_recorded_per_statement(kit):
     assert [(e["validator"], e["key"], e["reward_root"], e["reward_total"], e["value_total"], e["gate_met"], e["stake"])
             for e in evs] == [(v.address, key, *st, VAL_STAKE) for v in sort_accounts(job.validators[:2])]
     assert kit.disputes.call("rewards_stake", job.id, key) == 2 * VAL_STAKE
-    assert kit.disputes.call("rewards_signed", job.id, job.validators[0].address)
-    assert not kit.disputes.call("rewards_signed", job.id, job.validators[2].address)
-    with reverts("disputes: already approved"):  # one approval per validator, whatever the statement
-        job.approve((st[0], st[1], st[2] + 1, st[3]), [job.validators[0]])
+    assert kit.disputes.call("rewards_signed", job.id, key, job.validators[0].address)
+    assert not kit.disputes.call("rewards_signed", job.id, key, job.validators[2].address)
+    with reverts("disputes: already approved"):  # one approval per validator and statement
+        job.approve(st, [job.validators[0]])
+    other = (st[0], st[1], st[2] + 1, st[3])  # a statement replacing a stale one is approved anew
+    other_key = keccak(eth_abi.encode(["bytes32", "uint256", "uint256", "bool"], list(other)))
+    job.approve(other, [job.validators[0]])
+    assert kit.disputes.call("rewards_stake", job.id, other_key) == VAL_STAKE
+    assert kit.disputes.call("rewards_stake", job.id, key) == 2 * VAL_STAKE
+    assert kit.disputes.call("top_approval", job.id) == 2 * VAL_STAKE
 
 
 def test_approve_rewards_rules(kit):

@@ -1,6 +1,8 @@
 """Market jobs with real models: an MLP whose committed rounds are exactly the engine's simulation,
-a validator-attested robust rule (centred clipping) whose wrong result is rejected, and a user's own
-PyTorch module (with BatchNorm buffers) committed by content id and checked before anyone stakes."""
+a validator-attested robust rule (centred clipping) whose wrong result is rejected, a user's own
+PyTorch module (with BatchNorm buffers) committed by content id and checked before anyone stakes,
+and the trained model out: verified against the chain and written as .npz, .pt and ONNX, each
+predicting what the job's own loader predicts, a store that lies about it caught."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedmarket.driver import Cast, JobDriver
-from fedmarket.errors import SchemaMismatch
+from fedmarket.errors import ConfigError, FedMarketError, SchemaMismatch
 from fedmarket.fl.aggregate import fedavg_int
 from fedmarket.fl.data import load_dataset, subset
 from fedmarket.fl.partition import iid_partition
@@ -16,9 +18,10 @@ from fedmarket.fl.quantize import quantize
 from fedmarket.fl.train import local_train
 from fedmarket.jobmodel import job_model
 from fedmarket.market import JobState
+from fedmarket.modelfile import Predictor, read_npz, save, trained_model
 from fedmarket.protocol import rules as R
 from fedmarket.roles import Aggregator, Provider, Requester, Validator
-from fedmarket.roles.common import committed_rounds, fail_job, fetch_model
+from fedmarket.roles.common import committed_rounds, fail_job, fetch_metrics, fetch_model
 from fedmarket.roles.provider import training_seed
 from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
 from fedmarket.storage import LocalBlobStore, Mailbox
@@ -136,3 +139,60 @@ def test_a_users_pytorch_module_is_committed_by_content_id_and_checked_before_st
     q = fetch_model(driver.store, spec, committed_rounds(world["dep"], job)[-1])
     assert np.abs(jm.params(q)[-64:] - jm.params(np.zeros_like(q))[-64:]).max() > 0  # BatchNorm statistics aggregated
     assert jm.accuracy(q, ds.X, ds.y) > 0.5
+
+
+# ---------------------------------------------------------------- model out
+
+
+@pytest.fixture(scope="module")
+def done(boa_world, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("model-out")
+    with boa_world["chain"].snapshot():
+        spec = make_spec({"kind": "mlp", "hidden": [12]}, 3, rounds=2, momentum=0.9)
+        driver, ds = cast_for(boa_world, tmp, spec)
+        job = driver.run()
+        yield boa_world["dep"], driver.store, job, spec, ds, tmp
+
+
+def test_the_model_comes_out_verified_in_every_format(done, tmp_path):
+    dep, store, job, spec, ds, _ = done
+    trained = trained_model(dep, store, job)
+    assert trained.round == 1 and trained.model_root == committed_rounds(dep, job)[-1].model_root
+    expected = job_model(spec, store).predict(trained.q, ds.X)
+    formats = [".npz", ".pt"]
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+
+        formats.append(".onnx")
+    except ImportError:
+        pass
+    for suffix in formats:
+        path = save(trained, tmp_path / f"model{suffix}")
+        pred = Predictor(path)
+        assert pred.classes == [str(i) for i in range(10)] and pred.meta["job_id"] == job
+        got = pred.predict(ds.X)
+        assert (got == expected).mean() > 0.995, suffix  # float32 programs may flip a near tie
+    again = read_npz(tmp_path / "model.npz")
+    assert np.array_equal(again.q, trained.q) and again.spec == spec
+    with pytest.raises(ConfigError, match="unknown model format"):
+        save(trained, tmp_path / "model.bin")
+    with pytest.raises(SchemaMismatch, match="takes 64 features"):
+        Predictor(tmp_path / "model.npz").predict(np.zeros((2, 5)))
+
+
+def test_a_store_that_lies_about_the_model_is_caught(done, tmp_path):
+    dep, store, job, spec, _, workdir = done
+    last = committed_rounds(dep, job)[-1]
+    cid = fetch_metrics(store, last)["model_cid"]
+    raw = (workdir / "blobs" / cid).read_bytes()
+    liar = LocalBlobStore(tmp_path / "liar")
+    for f in (workdir / "blobs").iterdir():
+        (tmp_path / "liar" / f.name).write_bytes(f.read_bytes())
+    tampered = bytearray(raw)
+    tampered[-1] ^= 1
+    (tmp_path / "liar" / cid).write_bytes(bytes(tampered))  # the blob no longer hashes to its content id
+    with pytest.raises(FedMarketError):
+        trained_model(dep, liar, job)
+    with pytest.raises(FedMarketError, match="committed rounds 0..1, not 7"):
+        trained_model(dep, store, job, round_=7)

@@ -153,3 +153,62 @@ def test_federate_validates(digits):
         federate(m, Xs, ys, FedAvg(), **{**HP, "rounds": 0})
     with pytest.raises(ConfigError, match="no exact integer form"):
         federate(m, Xs, ys, MultiKrum(), quantized=True, **HP)
+
+
+# ---------------------------------------------------------------- adaptive attacks
+
+
+def _round(seed=0, h=16, d=40):
+    rng = np.random.default_rng(seed)
+    return rng.normal(0.01, 0.01, size=(h, d))
+
+
+def test_adaptive_attacks_stay_inside_the_honest_spread_they_promise():
+    from fedmarket.fl.attacks import ADAPTIVE_ATTACKS, perturbations
+
+    assert set(ADAPTIVE_ATTACKS) == {"min_max", "min_sum", "fang", "tailored"}
+    B = _round()
+    U = B[:4]
+    rng = np.random.default_rng(1)
+    mm = make_attack("min_max").craft(U, B, 20, rng)
+    pair = max(np.linalg.norm(B[i] - B[j]) for i in range(len(B)) for j in range(len(B)))
+    assert mm.shape == U.shape and np.linalg.norm(B - mm[0], axis=1).max() <= pair * (1 + 1e-9)
+    assert np.linalg.norm(B - mm[0], axis=1).max() >= pair * 0.99  # as far as the rule of the attack allows
+    ms = make_attack("min_sum").craft(U, B, 20, rng)
+    worst = max(((B - b) ** 2).sum() for b in B)
+    assert ((B - ms[0]) ** 2).sum() <= worst * (1 + 1e-9)
+    fang = make_attack("fang").craft(U, B, 20, rng)
+    s = np.sign(B.mean(axis=0))
+    assert np.all(np.where(s > 0, fang <= B.min(axis=0) + 1e-12, fang >= B.max(axis=0) - 1e-12))  # beyond the honest extreme
+    assert set(perturbations(B)) == {"unit", "std", "sign"}
+    with pytest.raises(ConfigError, match="honest updates"):
+        make_attack("min_max").poison_updates(U, 20, rng)
+
+
+def test_the_tailored_attack_pushes_the_rule_it_is_given_furthest():
+    from fedmarket.fl.strategies import make_strategy
+
+    B = _round(2)
+    U = B[:4]
+    mean_rule = make_strategy("fedavg").aggregate
+    tailored = make_attack("tailored").craft(U, B, 20, np.random.default_rng(0), mean_rule)
+    minmax = make_attack("min_max").craft(U, B, 20, np.random.default_rng(0), mean_rule)
+    push = lambda M: np.linalg.norm(mean_rule(np.vstack([B, M])) - B.mean(axis=0))  # noqa: E731
+    assert push(tailored) > push(minmax)  # against a plain mean, the largest scale wins
+    with pytest.raises(ConfigError, match="aggregation rule"):
+        make_attack("tailored").craft(U, B, 20, np.random.default_rng(0))
+
+
+def test_adaptive_attackers_see_the_honest_updates_in_a_simulation():
+    from fedmarket.fl.models import SoftmaxRegression
+    from fedmarket.fl.simulation import federate
+    from fedmarket.fl.strategies import make_strategy
+
+    rng = np.random.default_rng(3)
+    Xs = [rng.normal(size=(30, 5)) for _ in range(6)]
+    ys = [rng.integers(0, 3, 30) for _ in range(6)]
+    m = SoftmaxRegression(5, 3)
+    kw = dict(rounds=2, epochs=1, batch_size=10, lr=0.1, seed=0, malicious=[0], quantized=True)
+    clean = federate(m, Xs, ys, make_strategy("centered_clip"), **{**kw, "malicious": ()}).params
+    attacked = federate(m, Xs, ys, make_strategy("centered_clip"), attack=make_attack("tailored"), **kw).params
+    assert not np.allclose(clean, attacked)

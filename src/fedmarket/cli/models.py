@@ -53,6 +53,8 @@ def spec_init(
     escrow: int = typer.Option(1_000, "--escrow", help="Reward escrow, in whole tokens."),
     stake: int = typer.Option(10, "--stake", help="Each provider's stake, in whole tokens."),
     margin: float = typer.Option(0.1, "--margin", help="Widen each feature's sample range by this share of it on both sides."),
+    round_duration: int = typer.Option(3_600, "--round-duration", help="Seconds each round may take."),
+    challenge_period: int = typer.Option(3_600, "--challenge-period", help="Seconds to dispute the reward root before settlement."),
 ) -> None:
     """Write a job spec whose data schema (features, classes, bounds) is computed from a sample file."""
     from ..fl.localdata import infer_schema, read_data
@@ -73,6 +75,7 @@ def spec_init(
         "reward": {"escrow": escrow * TOKEN, "provider_stake": stake * TOKEN, "aggregator_stake": 10 * stake * TOKEN,
                    "validator_stake": 5 * stake * TOKEN if validators else 0},
         "participation": {"min_providers": providers, "max_providers": providers, "max_validators": validators},
+        "deadlines": {"round_duration": round_duration, "challenge_period": challenge_period},
     }
     spec = JobSpec.parse(doc)
     out.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FedMarketError
 from .account import KEYSTORE_HELP
 from .app import app
 
@@ -206,16 +206,23 @@ def requester_run(
     ctx.run(RequesterProcess(dep, signer, blobs, state, job_id=job, X_test=X, y_test=y))
 
 
-@role_command(provider_app, "run")
-def provider_run(
-    ctx: RoleContext,
-    data: Path = typer.Option(..., "--data", help="This provider's private training data: .csv, .parquet, .npz (X, y) or a folder of images (one sub-folder per class)."),
-    job: int = JOB, mailbox: Path = MAILBOX, label: str = LABEL,
-) -> None:
-    """Join the job (stake by permit), train every round it is selected for, claim reward and stake."""
-    from ..processes import ProviderProcess
+def _data_role(group: typer.Typer, role: str, process: str, data_help: str, doc: str):
+    """Register `fedmarket <role> run` for a role that holds local data (`--data`, `--label`)."""
 
-    _run_with_data(ctx, "provider", ProviderProcess, data, job, mailbox, label)
+    def command(ctx: RoleContext, data: Path = typer.Option(..., "--data", help=data_help), job: int = JOB,
+                mailbox: Path = MAILBOX, label: str = LABEL) -> None:
+        from .. import processes
+
+        _run_with_data(ctx, role, getattr(processes, process), data, job, mailbox, label)
+
+    command.__doc__, command.__name__ = doc, f"{role}_run"
+    return role_command(group, "run")(command)
+
+
+provider_run = _data_role(
+    provider_app, "provider", "ProviderProcess",
+    "This provider's private training data: .csv, .parquet, .npz (X, y) or a folder of images (one sub-folder per class).",
+    "Join the job (stake by permit), train every round it is selected for, claim reward and stake.")
 
 
 @role_command(aggregator_app, "run")
@@ -236,16 +243,10 @@ def aggregator_run(
                               reveal_timeout=reveal_timeout))
 
 
-@role_command(validator_app, "run")
-def validator_run(
-    ctx: RoleContext,
-    data: Path = typer.Option(..., "--data", help="This validator's held-out data: .csv, .parquet, .npz (X, y) or a folder of images."),
-    job: int = JOB, mailbox: Path = MAILBOX, label: str = LABEL,
-) -> None:
-    """Join as validator, recompute/score/attest (or reject) every round, reveal the scores, claim the stake back."""
-    from ..processes import ValidatorProcess
-
-    _run_with_data(ctx, "validator", ValidatorProcess, data, job, mailbox, label)
+validator_run = _data_role(
+    validator_app, "validator", "ValidatorProcess",
+    "This validator's held-out data: .csv, .parquet, .npz (X, y) or a folder of images.",
+    "Join as validator, recompute/score/attest (or reject) every round, reveal the scores, claim the stake back.")
 
 
 @role_command(challenger_app, "run")
@@ -260,13 +261,31 @@ def challenger_run(ctx: RoleContext, job: int = JOB, mailbox: Path = MAILBOX) ->
     ctx.run(ChallengerProcess(dep, signer, blobs, box, job, state))
 
 
-def _job_data(dep, blobs, job: int, path: Path, what: str, label: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """A data file read against job `job`'s schema (its spec fetched and checked against the chain)."""
-    from ..processes.base import retrying
+def _job_data(dep, blobs, job: int, path: Path, what: str, label: str | None,
+              poll: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A data file read against job `job`'s schema (its spec fetched and checked against the chain;
+    a job not posted yet is waited for, as the role's loop would)."""
+    import sys
+    import time
+
+    from ..processes.base import job_state, retrying
     from ..roles.common import load_spec
 
     if not path.exists():
         raise ConfigError(f"{what} file {path} does not exist")
+    said = False
+    while True:
+        try:
+            retrying(lambda: job_state(dep, job))
+            break
+        except FedMarketError as exc:
+            if "does not exist" not in str(exc):
+                raise
+            if not said:
+                print(f"fedmarket: waiting for job {job} to be posted on market {dep.market.address}", file=sys.stderr,
+                      flush=True)
+                said = True
+            time.sleep(poll)
     spec = retrying(lambda: load_spec(dep, blobs, job))
     return load_for_job(path, what, spec.data, label)
 
@@ -279,5 +298,5 @@ def _run_with_data(ctx: RoleContext, role: str, process, data: Path, job: int, m
         raise ConfigError(f"data file {data} does not exist")
     dep, signer, state = ctx.connect(role, job)
     blobs, box = ctx.stores(mailbox)
-    X, y = _job_data(dep, blobs, job, data, "data", label)
+    X, y = _job_data(dep, blobs, job, data, "data", label, ctx.poll)
     ctx.run(process(dep, signer, blobs, box, X, y, job, state))

@@ -76,6 +76,8 @@ class Attack:
     """
 
     name: ClassVar[str] = ""
+    #: whether the attack needs the round's honest updates (see :class:`Adaptive`)
+    omniscient: ClassVar[bool] = False
 
     def poison_data(
         self, X: np.ndarray, y: np.ndarray, n_classes: int, rng: np.random.Generator
@@ -287,9 +289,152 @@ class Sybil(Attack):
         return np.repeat(first, U.shape[0], axis=0)
 
 
+# ---------------------------------------------------------------- adaptive attacks
+# They know every honest update of the round (an omniscient colluding minority) and craft theirs
+# against it: `craft` gets the honest updates and, for the rule-aware one, the aggregation rule.
+
+
+def perturbations(B: np.ndarray) -> dict[str, np.ndarray]:
+    """Shejwalkar and Houmansadr (2021)'s directions away from the honest mean of ``B`` ``(h, d)``:
+    the inverse unit vector, the inverse standard deviation and the inverse sign."""
+    mu = B.mean(axis=0)
+    norm = float(np.linalg.norm(mu)) or 1.0
+    return {"unit": -mu / norm, "std": -B.std(axis=0), "sign": -np.sign(mu)}
+
+
+def _largest_gamma(ok, start: float = 1.0, steps: int = 30) -> float:
+    """The largest ``gamma >= 0`` with ``ok(gamma)`` (``ok`` monotone: true up to a point), by doubling then bisection."""
+    lo, hi = 0.0, start
+    while ok(hi) and hi < 1e12:
+        lo, hi = hi, 2 * hi
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+class Adaptive(Attack):
+    """Base of the attacks that see the round's honest updates (``omniscient``)."""
+
+    omniscient: ClassVar[bool] = True
+
+    def poison_updates(self, U, n_total, rng):
+        raise ConfigError(f"attack {self.name} needs the round's honest updates: use craft()")
+
+    def craft(self, U: np.ndarray, honest: np.ndarray, n_total: int, rng: np.random.Generator,
+              aggregate=None) -> np.ndarray:
+        """The malicious clients' updates ``(m, d)`` given their own ``U`` and the ``honest`` ones
+        ``(h, d)``; ``aggregate(updates) -> delta`` is the round's rule (for rule-aware attacks)."""
+        raise NotImplementedError
+
+
+class _BallAttack(Adaptive):
+    """``mean + gamma * p`` with the largest ``gamma`` keeping the update inside the honest spread
+    (the best of the three directions of :func:`perturbations` for the rule, when it is known)."""
+
+    def inside(self, m: np.ndarray, B: np.ndarray) -> bool:
+        raise NotImplementedError
+
+    def craft(self, U, honest, n_total, rng, aggregate=None):
+        B = np.asarray(honest, dtype=np.float64)
+        mu = B.mean(axis=0)
+        best, best_dev = None, -np.inf
+        for p in perturbations(B).values():
+            g = _largest_gamma(lambda gamma: self.inside(mu + gamma * p, B))
+            cand = np.tile(mu + g * p, (U.shape[0], 1))
+            dev = float(np.linalg.norm(aggregate(np.vstack([B, cand])) - mu)) if aggregate else float(np.linalg.norm(g * p))
+            if dev > best_dev:
+                best, best_dev = cand, dev
+        return best
+
+
+class MinMax(_BallAttack):
+    """Min-max (Shejwalkar and Houmansadr, 2021): no further from any honest update than the two
+    furthest honest updates are from each other."""
+
+    name = "min_max"
+
+    def inside(self, m, B):
+        if not hasattr(self, "_cache") or self._cache[0] is not B:
+            sq = (B * B).sum(axis=1)
+            d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * B @ B.T, 0.0)
+            self._cache = (B, float(d2.max()))
+        return float(((B - m) ** 2).sum(axis=1).max()) <= self._cache[1]
+
+
+class MinSum(_BallAttack):
+    """Min-sum (Shejwalkar and Houmansadr, 2021): its summed squared distance to the honest updates
+    no larger than any honest update's."""
+
+    name = "min_sum"
+
+    def inside(self, m, B):
+        if not hasattr(self, "_cache") or self._cache[0] is not B:
+            sq = (B * B).sum(axis=1)
+            d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * B @ B.T, 0.0)
+            self._cache = (B, float(d2.sum(axis=1).max()))
+        return float(((B - m) ** 2).sum()) <= self._cache[1]
+
+
+class Fang(Adaptive):
+    """Fang et al. (2020)'s full-knowledge attack on coordinate-wise rules (trimmed mean, median):
+    per coordinate, values just beyond the honest extreme opposite to the honest mean's direction,
+    drawn from ``[min / b, min]`` or ``[b * min, min]`` (and likewise above the maximum)."""
+
+    name = "fang"
+
+    def __init__(self, b: float = 2.0) -> None:
+        if not np.isfinite(b) or b <= 1:
+            raise ConfigError(f"b must be a number above 1, got {b!r}")
+        self.b = float(b)
+
+    def craft(self, U, honest, n_total, rng, aggregate=None):
+        B = np.asarray(honest, dtype=np.float64)
+        s = np.sign(B.mean(axis=0))
+        lo, hi = B.min(axis=0), B.max(axis=0)
+        below = np.where(lo > 0, lo / self.b, lo * self.b)
+        above = np.where(hi > 0, hi * self.b, hi / self.b)
+        u = rng.uniform(size=(U.shape[0], B.shape[1]))
+        return np.where(s > 0, below + u * (lo - below), hi + u * (above - hi))
+
+
+class Tailored(Adaptive):
+    """Rule-aware (Shejwalkar and Houmansadr, 2021, "AGR-tailored"): knowing the honest updates and
+    the aggregation rule, submit ``mean + gamma * p`` for the direction ``p`` and the ``gamma`` (a
+    grid of ``steps`` scales from 1e-3 to 1e3 times the honest spread) that push the rule's result
+    furthest along ``p``."""
+
+    name = "tailored"
+
+    def __init__(self, steps: int = 25) -> None:
+        if isinstance(steps, bool) or int(steps) != steps or steps < 2:
+            raise ConfigError(f"steps must be an integer >= 2, got {steps!r}")
+        self.steps = int(steps)
+
+    def craft(self, U, honest, n_total, rng, aggregate=None):
+        if aggregate is None:
+            raise ConfigError("the tailored attack needs the round's aggregation rule")
+        B = np.asarray(honest, dtype=np.float64)
+        mu = B.mean(axis=0)
+        spread = float(np.linalg.norm(B - mu, axis=1).mean()) or 1.0
+        best, best_push = None, -np.inf
+        for p in perturbations(B).values():
+            pn = p / (float(np.linalg.norm(p)) or 1.0)
+            for g in np.geomspace(1e-3, 1e3, self.steps) * spread:
+                cand = np.tile(mu + g * pn, (U.shape[0], 1))
+                push = float((aggregate(np.vstack([B, cand])) - mu) @ pn)
+                if push > best_push:
+                    best, best_push = cand, push
+        return best
+
+
 _REGISTRY: Registry[Attack] = Registry(
     "attack", Attack, (LabelFlip, SignFlip, Scaling, GaussianNoise, ALIE, Backdoor, FreeRider, Sybil), nested="base"
 )
+_ADAPTIVE: Registry[Attack] = Registry("adaptive attack", Attack, (MinMax, MinSum, Fang, Tailored))
+#: the adaptive attacks, name to class: they need the round's honest updates (``craft``), so a
+#: simulation runs them (`fl.simulation.federate`), not a market provider acting alone
+ADAPTIVE_ATTACKS: dict[str, type[Attack]] = _ADAPTIVE.classes
 #: the catalogue, name to class (the registry's own dict)
 ATTACKS: dict[str, type[Attack]] = _REGISTRY.classes
 
@@ -300,7 +445,7 @@ def make_attack(name: str, **params: Any) -> Attack:
     Parameters
     ----------
     name : str
-        A key of ``ATTACKS`` (e.g. ``"label_flip"``, ``"sybil"``).
+        A key of ``ATTACKS`` (e.g. ``"label_flip"``, ``"sybil"``) or of ``ADAPTIVE_ATTACKS``.
     **params
         Passed to the attack's constructor; for ``sybil``, ``base`` may itself be a name.
 
@@ -309,4 +454,6 @@ def make_attack(name: str, **params: Any) -> Attack:
     ConfigError
         On an unknown name or parameters the attack does not take.
     """
+    if name in ADAPTIVE_ATTACKS:
+        return _ADAPTIVE.make(name, **params)
     return _REGISTRY.make(name, **params)

@@ -12,6 +12,7 @@ import csv
 import math
 import os
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +137,11 @@ def _read_csv(p: Path, label: str | None) -> LocalData:
     if not feats:
         raise SchemaMismatch(f"{p} has no feature column besides the label")
     try:
-        X = np.loadtxt(p, delimiter=",", skiprows=1, usecols=feats, dtype=np.float64, ndmin=2, encoding="utf-8-sig")
-        y = np.loadtxt(p, delimiter=",", skiprows=1, usecols=[names.index(label)], dtype=str, ndmin=1,
-                       encoding="utf-8-sig") if label is not None else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # an empty table is reported below, in one line
+            X = np.loadtxt(p, delimiter=",", skiprows=1, usecols=feats, dtype=np.float64, ndmin=2, encoding="utf-8-sig")
+            y = np.loadtxt(p, delimiter=",", skiprows=1, usecols=[names.index(label)], dtype=str, ndmin=1,
+                           encoding="utf-8-sig") if label is not None else None
     except ValueError as exc:
         raise SchemaMismatch(f"{p}: {_loadtxt_problem(str(exc), names, feats)}") from None
     if X.shape[0] == 0:

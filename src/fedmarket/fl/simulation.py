@@ -12,7 +12,8 @@ from fedmarket.fl.attacks import Attack
 from fedmarket.fl.models import Model
 from fedmarket.fl.quantize import dequantize, quantize
 from fedmarket.fl.strategies.base import Strategy
-from fedmarket.fl.train import local_sgd, local_sgd_many
+from fedmarket.fl.optim import LocalTraining
+from fedmarket.fl.train import local_sgd, local_sgd_many, local_train_many
 
 
 def client_seed(seed: int, round_: int, client: int) -> int:
@@ -73,6 +74,8 @@ def federate(
     evaluate: Callable[[np.ndarray], float] | None = None,
     eval_every: int = 1,
     target: float | None = None,
+    training: LocalTraining | None = None,
+    seeds: Callable[[int, int], int] | None = None,  # seeds(round, client): each client's seed (default client_seed)
 ) -> FederationResult:
     """Simulate ``rounds`` rounds of federated training.
 
@@ -116,6 +119,8 @@ def federate(
         ``eval_every`` rounds and after the last.
     target : float, optional
         Stop as soon as an evaluation reaches it.
+    training, seeds : LocalTraining and callable, optional
+        Local training (:func:`~fedmarket.fl.train.local_train`) instead of the plain-SGD settings.
 
     Returns
     -------
@@ -125,7 +130,7 @@ def federate(
     Xs, ys = _poison_data(model, Xs, ys, attack, is_mal, seed)
     strategy.reset()
     hp = dict(epochs=epochs, batch_size=batch_size, lr=lr, prox_mu=prox_mu)
-    job = _Federation(model, Xs, ys, strategy, seed, fraction, hp, is_mal, attack, root_data)
+    job = _Federation(model, Xs, ys, strategy, seed, fraction, hp, is_mal, attack, root_data, training, seeds)
     start = model.init_params() if params is None else np.array(params, dtype=np.float64, copy=True)
     return job.run(start, int(rounds), quantized=quantized, evaluate=evaluate, eval_every=eval_every, target=target)
 
@@ -144,6 +149,8 @@ class _Federation:
     is_mal: np.ndarray
     attack: Attack | None
     root_data: tuple[np.ndarray, np.ndarray] | None
+    training: LocalTraining | None = None
+    seeds: Callable[[int, int], int] | None = None
 
     def run(
         self,
@@ -184,14 +191,22 @@ class _Federation:
         Returns them, ``(len(chosen), n_params)``, with the server's delta on
         its root set (None without root data).
         """
-        seeds = [client_seed(self.seed, r, int(k)) for k in chosen]
+        seed_of = self.seeds or (lambda r_, k: client_seed(self.seed, r_, k))
+        seeds = [seed_of(r, int(k)) for k in chosen]
         Xs, ys = [self.Xs[k] for k in chosen], [self.ys[k] for k in chosen]
-        P = local_sgd_many(self.model, params, Xs, ys, seeds=seeds, **self.hp)
+        if self.training is not None:
+            P = local_train_many(self.model, params, Xs, ys, self.training, seeds=seeds, round_=r)
+        else:
+            P = local_sgd_many(self.model, params, Xs, ys, seeds=seeds, **self.hp)
         P -= params  # the deltas, in place
         mal_rows = np.flatnonzero(self.is_mal[chosen])
         if mal_rows.size:
             atk_rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), r, 2**32 - 2]))
-            P[mal_rows] = self.attack.poison_updates(P[mal_rows], len(chosen), atk_rng)
+            if self.attack.omniscient:  # it sees the honest updates of the round and the rule
+                honest = np.delete(P, mal_rows, axis=0)
+                P[mal_rows] = self.attack.craft(P[mal_rows], honest, len(chosen), atk_rng, self.strategy.aggregate)
+            else:
+                P[mal_rows] = self.attack.poison_updates(P[mal_rows], len(chosen), atk_rng)
         if self.root_data is None:
             return P, None
         server_seed = client_seed(self.seed, r, 2**31 - 1)

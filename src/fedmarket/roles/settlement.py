@@ -248,6 +248,16 @@ def statement_of(doc: dict) -> tuple[bytes, int, int, bool]:
     return reward_tree(doc["leaves"]).root, int(doc["total"]), int(doc["value_total"]), bool(doc["gate_met"])
 
 
+def statement_key(statement: tuple) -> bytes:
+    """The hash a reward statement's approvals are counted under (`Disputes.approve_rewards`)."""
+    import eth_abi
+
+    from ..protocol.keccak import keccak
+
+    root, total, value_total, gate_met = statement
+    return keccak(eth_abi.encode(["bytes32", "uint256", "uint256", "bool"], [root, total, value_total, gate_met]))
+
+
 def submit_reward_approvals(dep: Deployment, mailbox, sender, job_id: int, statement: tuple) -> list:
     """Put the validators' signed approvals of a scores-basis statement on chain (anyone may)."""
     from ..protocol.receipts import RewardsApproval
@@ -266,7 +276,8 @@ def submit_reward_approvals(dep: Deployment, mailbox, sender, job_id: int, state
             continue
         if v != msg.get("validator") or v in chosen:
             continue
-        if int(dep.market.call("membership", job_id, v)[0]) != R.Role.VALIDATOR or dep.disputes.call("rewards_signed", job_id, v):
+        if (int(dep.market.call("membership", job_id, v)[0]) != R.Role.VALIDATOR
+                or dep.disputes.call("rewards_signed", job_id, statement_key(statement), v)):
             continue
         chosen[v] = sig
     if not chosen:

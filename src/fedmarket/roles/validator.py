@@ -73,6 +73,7 @@ class Validator(DataRole):
             scores = [(self.address, 0)]  # an empty round: a scores tree needs a leaf
         root = scores_tree(scores).root
         flagged = [ev.updates[i].provider for i in np.flatnonzero(scored.report.flagged)] if scored else []
+        slashable = [ev.updates[i].provider for i in np.flatnonzero(scored.report.slashable)] if scored else []
         doc = {
             "job_id": job_id, "round": round_, "validator": self.address,
             "method": scored.method if scored else ("masked: aggregate only" if spec.privacy.secure else "none"),
@@ -85,14 +86,13 @@ class Validator(DataRole):
         seen = self._seen.setdefault(job_id, {})
         for u in ev.updates:
             n_in, n_flag = seen.get(u.provider, (0, 0))
-            seen[u.provider] = (n_in + 1, n_flag + (u.provider in flagged))
+            seen[u.provider] = (n_in + 1, n_flag + (u.provider in slashable))
         sig = Attestation(job_id, round_, committed.model_root, root).sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
         message = {"validator": self.address, "round": round_, "model_root": "0x" + committed.model_root.hex(),
                    "scores_root": "0x" + root.hex(), "signature": "0x" + sig.hex()}
         self.mailbox.post(round_topic(job_id, round_) + "-attestations", canonical_json(message))
         return message
 
-    def _reject(self, job_id: int, round_: int, committed) -> dict:
     def submit_own_vote(self, job_id: int, round_: int) -> list[Receipt]:
         """Put this validator's posted vote on the round on chain, unless it is there already (the
         aggregator batches votes, but a validator never depends on it: one that withheld them could
@@ -101,6 +101,7 @@ class Validator(DataRole):
         return [*submit_attestations(self.dep, self.mailbox, me, job_id, round_, only=me.address),
                 *submit_rejections(self.dep, self.mailbox, me, job_id, round_, only=me.address)]
 
+    def _reject(self, job_id: int, round_: int, committed) -> dict:
         sig = Rejection(job_id, round_, committed.model_root).sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
         message = {"validator": self.address, "round": round_, "model_root": "0x" + committed.model_root.hex(),
                    "signature": "0x" + sig.hex()}
@@ -158,8 +159,9 @@ class Validator(DataRole):
         return cid
 
     def report_misbehaviour(self, job_id: int) -> list[str]:
-        """Sign `Misbehaviour(job, provider)` for every provider this validator flagged (free-riding,
-        Sybil copy or poisoning) in most of the rounds it took part in; returns those providers."""
+        """Sign `Misbehaviour(job, provider)` for every provider this validator found sending the model
+        back or a boosted update (`DetectionReport.slashable`) in most of the rounds it took part in;
+        returns those providers. Lesser flags only cost the round's reward."""
         reported = []
         for provider, (n_in, n_flag) in sorted(self._seen.get(job_id, {}).items()):
             if n_flag * 2 > n_in:
@@ -253,9 +255,9 @@ def submit_rejections(dep: Deployment, mailbox: Mailbox, sender: Account, job_id
             msg = json.loads(raw)
             v = msg["validator"]
             sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
-            if Rejection(job_id, round_, c.model_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
             if only is not None and v != only:
                 continue
+            if Rejection(job_id, round_, c.model_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
                 continue
         except (ValueError, KeyError, TypeError, AttributeError):
             continue

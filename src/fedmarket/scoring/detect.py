@@ -39,11 +39,22 @@ class DetectionReport:
     cosine: np.ndarray
     norm_ratio: np.ndarray
     reasons: dict[int, list[str]] = field(default_factory=dict)
+    norm_factor: float = 10.0
 
     @property
     def flagged(self) -> np.ndarray:
         """Boolean ``(n,)``: flagged for any reason (exclude these from the rewards)."""
         return self.free_riders | self.sybils | self.poisoners
+
+    @property
+    def slashable(self) -> np.ndarray:
+        """Boolean ``(n,)``: flagged for what no honest provider's update shows, so that a stake may
+        be taken for it: the global model sent back (free-rider) or an update boosted to
+        ``norm_factor`` times the median norm. A low or negative contribution value, a direction
+        away from the median (honest non-IID data can do either on a small held-out set) and a
+        near-copy (its victim looks the same as the copier) only cost the round's reward."""
+        boosted = self.norm_ratio > self.norm_factor
+        return self.free_riders | (self.poisoners & boosted)
 
 
 def detect(
@@ -111,7 +122,7 @@ def detect(
     poison = _geometric_poisoners(free, cos, ratio, cos_threshold, norm_factor, reasons)
     if values is not None:
         poison |= _negative_contributors(values, n, neg_tol, reasons)
-    return DetectionReport(free, sybil, pairs, poison, cos, ratio, reasons)
+    return DetectionReport(free, sybil, pairs, poison, cos, ratio, reasons, norm_factor)
 
 
 def _add_reason(reasons: dict[int, list[str]], i: int, why: str) -> None:
