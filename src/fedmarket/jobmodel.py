@@ -62,11 +62,14 @@ class JobModel:
         """Features scaled to [0, 1] with the schema's bounds, as the model takes them."""
         return self.spec.normalize(X)
 
-    def train(self, q_global: np.ndarray, X: np.ndarray, y: np.ndarray, *, seed: int, round_: int) -> np.ndarray:
+    def train(self, q_global: np.ndarray, X: np.ndarray, y: np.ndarray, *, seed: int, round_: int,
+              scaled: bool = False) -> np.ndarray:
         """One round of local training from the committed global model with the job's settings;
-        returns the float delta (new parameters minus the round's starting parameters)."""
+        returns the float delta (new parameters minus the round's starting parameters). ``X`` is
+        raw, or already :meth:`features` when ``scaled``."""
         start = self.params(q_global)
-        local = local_train(self.model, start, self.features(X), y, self.spec.training.local(), seed=seed, round_=round_)
+        Xn = X if scaled else self.features(X)
+        local = local_train(self.model, start, Xn, y, self.spec.training.local(), seed=seed, round_=round_)
         return local - start
 
     def accuracy(self, q: np.ndarray, X: np.ndarray, y: np.ndarray) -> float:

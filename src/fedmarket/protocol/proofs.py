@@ -3,6 +3,7 @@ open them (byte for byte what `contracts/RoundArbiter.vy` and `RewardArbiter.vy`
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,8 +23,10 @@ class RoundUpdate:
     chunk_size: int
     signature: bytes = b""
 
-    @property
+    @functools.cached_property
     def root(self) -> bytes:
+        """The update's chunk root (computed once: building the round's tree and checking a blob
+        both need it, and hashing a large model's chunks takes seconds)."""
         return vector_tree(self.q, self.chunk_size).root
 
 

@@ -105,11 +105,10 @@ class Auditor:
         updates = []
         for entry in doc["updates"]:
             q = decode_vector(self.store.get(entry["update_cid"]), spec.n_params)
-            root = bytes.fromhex(entry["update_root"][2:])
-            if vector_root(q, size) != root:
+            update = RoundUpdate(entry["provider"], q, int(entry["weight"]), size, bytes.fromhex(entry["signature"][2:]))
+            if update.root != bytes.fromhex(entry["update_root"][2:]):  # hashed once, kept for the updates tree
                 raise FedMarketError(f"update of {entry['provider']} does not match its root")
-            updates.append(RoundUpdate(entry["provider"], q, int(entry["weight"]), size,
-                                       bytes.fromhex(entry["signature"][2:])))
+            updates.append(update)
         if len(updates) != committed.count:
             raise FedMarketError(f"metrics list {len(updates)} updates, the round committed {committed.count}")
         tree = updates_tree(updates)

@@ -36,6 +36,7 @@ class Provider(DataRole):
         self._specs: dict[int, JobSpec] = {}
         self._members_of: dict[tuple[int, int], list[str]] = {}
         self._clients: dict[tuple[int, int], tuple[SecAggClient, SecAggConfig]] = {}
+        self._scaled: dict[bytes, np.ndarray] = {}
 
     @property
     def n_samples(self) -> int:
@@ -64,7 +65,11 @@ class Provider(DataRole):
         """Local training from the committed global model with the job's model and settings: the
         float delta (nothing else about the private data leaves: no loss, no statistic)."""
         jm = job_model(spec, self.store)
-        return jm.train(q_global, self.X, self.y, seed=training_seed(self.address, job_id, round_), round_=round_)
+        key = spec.hash()
+        if key not in self._scaled:  # the schema's scaling of the local data, once per job
+            self._scaled = {key: jm.features(self.X)}
+        return jm.train(q_global, self._scaled[key], self.y, seed=training_seed(self.address, job_id, round_),
+                        round_=round_, scaled=True)
 
     def _released(self, spec: JobSpec, delta: np.ndarray, min_survivors: int = 1) -> tuple[np.ndarray, int]:
         """What leaves this machine for the job's privacy mode: (quantized update, weight).
