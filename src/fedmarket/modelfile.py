@@ -226,6 +226,9 @@ def _meta(raw: str, path: Path) -> dict:
 def read_npz(path: str | os.PathLike) -> TrainedModel:
     """A model file written by :func:`save` as ``.npz``, its parameters checked against its spec."""
     p = Path(path)
+    with open(p, "rb") as fh:
+        if fh.read(4) != b"PK\x03\x04":
+            raise SchemaMismatch(f"{p} is not a fedmarket model file (write one with `fedmarket model get --out FILE.npz`)")
     try:
         with np.load(p, allow_pickle=False) as doc:
             spec = JobSpec.parse(doc["spec"].tobytes())
