@@ -1,0 +1,313 @@
+"""The aggregator attacks the reward root: pay itself, favour a Sybil, post totals or leaves that
+break the reward rule, skip the validators' approval or their scores. Each attack is played for
+real by a cheating aggregator among honest roles; it passes when the cheat is slashed, its root
+replaced, and the providers paid exactly what honest play pays them."""
+
+from __future__ import annotations
+
+import contextlib
+
+from sec_support import AGG_STAKE, revert
+
+from fedmarket.errors import ContractRevert
+from fedmarket.market import JobState
+from fedmarket.protocol import rules as R
+from fedmarket.protocol.encoding import canonical_json
+from fedmarket.protocol.receipts import RewardsApproval
+from fedmarket.roles import Provider
+from fedmarket.roles.games import job_games
+from fedmarket.roles.settlement import rewards_topic, statement_of
+from fedmarket.testing.adversary import (
+    InflatedWeightProvider,
+    InflatingAggregator,
+    SelfPayingAggregator,
+    TamperingPoster,
+)
+
+
+def _honest_deltas(chain, make, **kw) -> dict:
+    with chain.chain.snapshot():
+        s = make(**kw)
+        s.run()
+        assert s.state() == JobState.SETTLED
+        return s.delta()
+
+
+def _caught_and_replaced(s, honest: dict, kind: R.Game) -> dict:
+    """The cheat was proven by a game of `kind`, the aggregator slashed; one of the job's providers
+    posted the right root itself (the driver plays the roles), the job settled and paid the
+    providers exactly their honest due."""
+    resolved = s.dep.reward_arbiter.events("GameResolved", job_id=s.job)
+    opened = s.dep.reward_arbiter.events("GameOpened", job_id=s.job)
+    assert [e["kind"] for e in opened] == [kind] and resolved[0]["challenger_won"]
+    assert s.state() == JobState.SETTLED and s.slashed() == {s.agg.address: AGG_STAKE}
+    posted = s.dep.market.events("RewardRootPosted", job_id=s.job)
+    assert len(posted) == 2 and posted[1]["poster"] in {p.address for p in s.providers}
+    d = s.delta()
+    assert d[s.agg.address] == -AGG_STAKE
+    assert d[s.c.watcher.address] == AGG_STAKE // 2  # its bond back, and half the stake
+    for p in s.providers:
+        assert d[p.address] == honest[p.address] > 0
+    return d
+
+
+def test_self_paying_root_slashed(chain, make):
+    """In a job without validators the aggregator posts a root whose own leaf takes the whole pool
+    (totals add up, values are right). The watcher's sum game bisects down to that leaf, which
+    breaks the rule (an aggregator's leaf pays 0): slashed, root replaced, providers paid in full."""
+    honest = _honest_deltas(chain, make, providers=3, rounds=2)
+    s = make(providers=3, rounds=2, aggregator_cls=SelfPayingAggregator)
+    s.run()
+    _caught_and_replaced(s, honest, R.Game.REWARD_SUM)
+
+
+def test_inflated_value_slashed(chain, make):
+    """The aggregator doubles one provider's value (its Sybil's) and pays every provider
+    `pool * value // value_total` of the inflated values, so every leaf follows the reward rule.
+    The watcher's value game bisects that leaf's value over the rounds down to one round, where the
+    aggregator must show the weight it aggregated: it cannot. Slashed; the Sybil gets its due only."""
+    honest = _honest_deltas(chain, make, providers=3, rounds=3)
+    s = make(providers=3, rounds=3, aggregator_cls=InflatingAggregator)
+    s.agg.favoured = s.providers[1].address
+    s.run()
+    _caught_and_replaced(s, honest, R.Game.REWARD_VALUE)
+
+
+def _inconsistent(kind: str):
+    def tamper(self, doc):
+        providers = [leaf for leaf in doc["leaves"] if int(leaf["role"]) == R.Role.PROVIDER]
+        a, b = providers[0], providers[1]
+        if kind == "totals":  # value total understated: every amount bigger, the posted total says the pool
+            vt = int(doc["value_total"]) // 2
+            for leaf in providers:
+                leaf["amount"] = str(int(doc["pool"]) * int(leaf["value"]) // vt)
+            doc["value_total"], doc["total"] = str(vt), doc["pool"]
+        elif kind == "amounts":  # one token moved from one provider to another; totals unchanged
+            a["amount"], b["amount"] = str(int(a["amount"]) - 10**18), str(int(b["amount"]) + 10**18)
+        elif kind == "non_member":  # a provider's leaf paid to an account outside the job
+            a["account"] = self.stranger
+        elif kind == "two_leaves":  # one member twice (the second in place of another provider's leaf)
+            b.update({k: a[k] for k in ("account", "role", "amount", "reputation_delta", "value", "activity")})
+            vt = sum(int(leaf["value"]) for leaf in providers)
+            for leaf in providers:
+                leaf["amount"] = str(int(doc["pool"]) * int(leaf["value"]) // vt)
+            doc["value_total"] = str(vt)
+            doc["total"] = str(sum(int(leaf["amount"]) for leaf in providers))
+        return doc
+
+    return type(f"Inconsistent_{kind}", (TamperingPoster,), {"tamper": tamper})
+
+
+def test_inconsistent_root_slashed(chain, make):
+    """Roots whose totals do not add up, with a wrong amount, a non-member's leaf, or two leaves for
+    one member: in each, the watcher's sum game lands on a leaf that is out of order, not a
+    member's, not following `pool * value // value_total`, or not giving the totals claimed. The
+    aggregator is slashed every time and the replaced root pays the providers in full."""
+    honest = _honest_deltas(chain, make, providers=4, rounds=2)
+    for kind in ("totals", "amounts", "non_member", "two_leaves"):
+        with chain.chain.snapshot():
+            s = make(providers=4, rounds=2, aggregator_cls=_inconsistent(kind))
+            s.agg.stranger = s.c.stranger.address
+            s.run()  # the watcher proves the root wrong; one of the providers posts the right one
+            opened = s.dep.reward_arbiter.events("GameOpened", job_id=s.job)
+            assert opened, kind
+            assert s.state() == JobState.SETTLED and s.slashed() == {s.agg.address: AGG_STAKE}, kind
+            d = s.delta()
+            assert d[s.agg.address] == -AGG_STAKE, kind
+            assert all(d[p.address] == honest[p.address] for p in s.providers), kind
+
+
+def _sign_approval(s, v, statement) -> None:
+    root, total, value_total, gate = statement
+    sig = RewardsApproval(s.job, root, total, value_total, gate).sign(v.account.key, s.dep.chain_id, s.dep.disputes.address)
+    s.box.post(rewards_topic(s.job), canonical_json({
+        "validator": v.address, "reward_root": "0x" + root.hex(), "reward_total": str(total),
+        "value_total": str(value_total), "gate_met": gate, "signature": "0x" + sig.hex()}))
+
+
+def test_scores_root_needs_approval(make):
+    """In a validated job the aggregator posts a scores-basis root paying itself the pool: without
+    approvals, with one validator's (a third), and then the approved root with another total or
+    quality flag. Each is refused: two thirds of the start stake must have approved exactly that
+    statement. The approved root posts and pays."""
+    s = make(providers=3, validators=3, rounds=2, aggregator_cls=SelfPayingAggregator)
+    d = s.dep.disputes
+    s.open()
+    s.rounds()
+    bad = statement_of(s.agg.rewards_document(s.job, s.spec))
+    root, total, value_total, gate = bad
+    cid = s.store.put(b"{}")
+    revert(s.dep.market.transact, "post_rewards", s.job, root, total, value_total, 1, gate, cid, sender=s.agg.account,
+           match="rewards not approved")
+    _sign_approval(s, s.validators[0], bad)  # one accomplice (a third of the stake)
+    revert(s.agg.post_rewards, s.job, match="rewards not approved")
+    for v in s.validators[1:]:
+        v.approve_rewards(s.job)  # the other two approve the right statement
+    s.agg.tamper = lambda doc: doc
+    good = statement_of(s.agg.rewards_document(s.job, s.spec))
+    from fedmarket.roles.settlement import submit_reward_approvals
+
+    submit_reward_approvals(s.dep, s.box, s.c.stranger, s.job, good)
+    groot, gtotal, gvalue, ggate = good
+    for lie in ((groot, gtotal - 1, gvalue, ggate), (groot, gtotal, gvalue + 1, ggate), (groot, gtotal, gvalue, not ggate)):
+        revert(s.dep.market.transact, "post_rewards", s.job, *lie[:3], 1, lie[3], cid, sender=s.agg.account,
+               match="rewards not approved")
+    assert d.call("rewards_stake", s.job, _key(good)) * 3 >= 2 * int(s.dep.job(s.job)["validator_total_stake"])
+    s.agg.post_rewards(s.job)
+    s.settle_and_claim()
+    dl = s.delta()
+    assert dl[s.agg.address] == 0 and all(dl[p.address] > 0 for p in s.providers)
+
+
+def _key(statement) -> bytes:
+    import eth_abi
+    from eth_utils import keccak
+
+    root, total, value_total, gate = statement
+    return keccak(eth_abi.encode(["bytes32", "uint256", "uint256", "bool"], [root, total, value_total, gate]))
+
+
+def test_weight_basis_waits_for_validators(make):
+    """The aggregator skips the validators' scores (which would pay its Sybils little) by posting
+    the weight basis as soon as the last round has quorum. Refused until half of the last step's
+    time has passed, to the second; then the provable weight basis posts."""
+    s = make(providers=3, validators=3, rounds=2)
+    s.open()
+    s.rounds()
+    job = s.dep.job(s.job)
+    deadline, half = int(job["round_deadline"]), s.spec.deadlines.round_duration // 2
+    revert(s.agg.post_rewards, s.job, R.Basis.WEIGHT, match="approval window open")
+    # the aggregator's post computes its document first (no transaction): the next transaction's time
+    s.chain.advance_time(deadline - half - 1 - s.chain.timestamp() - 1)
+    revert(s.agg.post_rewards, s.job, R.Basis.WEIGHT, match="approval window open")  # one second early
+    s.chain.advance_time(1)
+    s.agg.post_rewards(s.job, R.Basis.WEIGHT)
+    assert s.state() == JobState.FINALIZING and int(s.dep.job(s.job)["basis"]) == R.Basis.WEIGHT
+
+
+def test_weight_basis_refused_once_scores_approved(make):
+    s = make(providers=3, validators=3, rounds=2, provider_cls=[InflatedWeightProvider, Provider, Provider])
+    s.open()
+    s.rounds()
+    for v in s.validators:
+        v.approve_rewards(s.job)
+    scores_doc = s.agg.rewards_document(s.job, s.spec)
+    assert scores_doc["basis"] == R.Basis.SCORES
+    from fedmarket.roles.settlement import submit_reward_approvals
+
+    submit_reward_approvals(s.dep, s.box, s.c.stranger, s.job, statement_of(scores_doc))
+    sybil = s.providers[0].address
+    due = next(int(leaf["amount"]) for leaf in scores_doc["leaves"] if leaf["account"] == sybil)
+    s.chain.advance_time(s.spec.deadlines.round_duration // 2)
+    try:
+        s.agg.post_rewards(s.job, R.Basis.WEIGHT)
+    except ContractRevert:
+        return  # refused: the defence holds
+    s.settle_and_claim()
+    got = s.delta()[sybil]
+    assert got <= due, f"the Sybil took {got / 1e18:.2f} tokens instead of the approved {due / 1e18:.2f}"
+
+
+def test_slashed_aggregator_cannot_lock_the_job(make):
+    """The aggregator, slashed for a wrong root, posts the same lie again as the "replacement"
+    poster, with the bond: if the market took it, proving it wrong would try to slash the
+    aggregator's stake a second time and revert, so no game against it could end and the job,
+    with the escrow and every stake in it, would be locked for ever. The aggregator proven wrong
+    may not post again; anyone else may, and the job settles."""
+    s = make(providers=3, rounds=2, aggregator_cls=SelfPayingAggregator)
+    s.run_until_rejected()  # its first wrong root is proven and the aggregator slashed
+    assert s.state() == JobState.TRAINING and s.agg.address in s.slashed()
+    s.approve(s.agg.account, s.dep.market.address)
+    try:
+        s.agg.post_rewards(s.job)  # the same lie again, with the bond
+    except ContractRevert as exc:
+        assert "aggregator was slashed" in str(exc)
+        s.post_replacement(s.providers[0].account)
+        s.settle_and_claim()
+        assert s.state() == JobState.SETTLED
+        return
+    try:
+        s.driver.challenge()  # the watcher proves it wrong again ...
+    except ContractRevert as exc:  # ... and cannot win: the game's end reverts
+        assert "not slashable" in str(exc)
+    for _ in range(5):  # the watcher and anyone keep trying to end the game and the job
+        s.chain.advance_time(s.spec.deadlines.response_period + 1)
+        for g in job_games(s.dep, s.job):
+            for fn in ("timeout", "close_moot"):
+                try:
+                    g.arbiter.transact(fn, g.gid, sender=s.c.watcher)
+                except ContractRevert:
+                    pass
+        for fn in ("settle", "fail"):
+            try:
+                s.dep.market.transact(fn, s.job, sender=s.c.watcher)
+            except ContractRevert:
+                pass
+    assert s.state() in (JobState.SETTLED, JobState.FAILED), f"job stuck in {s.state().name} with its funds locked"
+
+
+def test_aggregator_slashed_for_a_wrong_root_gains_no_reputation(make):
+    s = make(providers=3, rounds=2, aggregator_cls=SelfPayingAggregator)
+    before = int(s.dep.market.call("reputation", s.agg.address))
+    s.run()  # proven wrong; a provider posts the replacement, the job settles, everyone claims
+    assert s.state() == JobState.SETTLED
+    assert int(s.dep.market.call("reputation", s.agg.address)) < before
+
+
+def test_rejected_root_is_on_record(make):
+    """A rejected root leaves a record of what was rejected and whose it was (`RewardRootRejected`),
+    for anyone reconstructing who cheated."""
+    s = make(providers=3, rounds=2, aggregator_cls=SelfPayingAggregator)
+    s.run()
+    posted = s.dep.market.events("RewardRootPosted", job_id=s.job)[0]
+    rejected = s.dep.market.events("RewardRootRejected", job_id=s.job)[0]
+    assert (rejected["reward_root"], rejected["poster"]) == (posted["reward_root"], posted["poster"])
+
+
+def _equivocate(s, v, job: int) -> None:
+    """Validator `v` signs two attestations of round 0 and proves it itself (it keeps half its stake)."""
+    from fedmarket.protocol.receipts import Attestation
+    from fedmarket.roles.common import committed_rounds
+
+    root = committed_rounds(s.dep, job)[0].model_root
+    sigs = [Attestation(job, 0, root, bytes([k]) * 32).sign(v.account.key, s.dep.chain_id, s.dep.disputes.address)
+            for k in (1, 2)]
+    s.dep.disputes.transact("prove_equivocation", job, 0, v.address, root, b"\x01" * 32, sigs[0], root, b"\x02" * 32,
+                            sigs[1], sender=v.account)
+
+
+def test_a_slash_after_approval_cannot_strand_an_honest_aggregator(make):
+    s = make(providers=3, validators=3, rounds=1)
+    s.open()
+    s.driver.round(0)
+    for v in s.validators:
+        v.approve_rewards(s.job)
+    from fedmarket.roles.settlement import submit_reward_approvals
+
+    griefer = s.validators[0]
+    approved = statement_of(s.agg.rewards_document(s.job, s.spec))
+    submit_reward_approvals(s.dep, s.box, griefer.account, s.job, approved)  # all three approvals on chain
+    _equivocate(s, griefer, s.job)  # now a cut: the approved root is wrong for its leaf
+    # the honest roles post a root, or let the providers post one: none they compute is approved, the
+    # weight basis is closed
+    with contextlib.suppress(Exception):
+        s.driver.finish()
+    for _ in range(2):  # the griefer fails what cannot go on (each time the deadline passes)
+        if s.state() != JobState.TRAINING:
+            break
+        s.past_round_deadline()
+        try:
+            s.dep.market.transact("fail", s.job, sender=griefer.account)
+        except ContractRevert:
+            break
+        with contextlib.suppress(Exception):
+            s.driver.finish()
+    s.release_all()
+    d = s.delta()
+    assert s.agg.address not in s.slashed(), (
+        f"job {s.state().name}: the honest aggregator was slashed; the griefer made {d[griefer.address] / 1e18:+.1f}")
+    # the honest validators approved the statement that replaced the stale one: the job settled and the
+    # providers were paid the whole reward total (by their scores)
+    assert s.state() == JobState.SETTLED, s.state().name
+    posted = s.dep.market.events("RewardRootPosted", job_id=s.job)[-1]
+    assert sum(d[p.address] for p in s.providers) == int(posted["reward_total"]) > 0

@@ -1,0 +1,65 @@
+"""Providers as attackers: poison, free-ride or copy for pay without useful work, and get honest
+providers slashed by judgements they did not deserve."""
+
+from __future__ import annotations
+
+from sec_support import PROV_STAKE, revert
+
+from fedmarket.market import JobState
+from fedmarket.protocol.encoding import address_key
+from fedmarket.protocol.receipts import Misbehaviour
+from fedmarket.roles import Provider
+from fedmarket.testing.adversary import AdversarialProvider, Coalition
+
+
+def _free_rider(*args, **kw):
+    return AdversarialProvider(*args, coalition=Coalition("free_rider"), **kw)
+
+
+def test_flagged_provider_slashed_by_supermajority(make):
+    """A free-rider (it sends the global model back) joins a job with three validators. They score
+    and flag it round after round and two thirds of their stake sign its misbehaviour: it is slashed
+    (half to whoever submits the judgement), earns nothing and ends poorer than it started, while
+    the honest providers are paid. A judgement signed by less than two thirds slashes nobody."""
+    s = make(providers=5, validators=3, rounds=3, provider_cls=[_free_rider] + [Provider] * 4)
+    s.open()
+    s.rounds()
+    cheat, honest = s.providers[0], s.providers[1:]
+    # one validator alone (a third of the stake) accuses an honest provider: refused
+    v = s.validators[0]
+    sig = Misbehaviour(s.job, honest[0].address).sign(v.account.key, s.dep.chain_id, s.dep.disputes.address)
+    revert(s.dep.disputes.transact, "slash_provider", s.job, honest[0].address, [v.address], [sig],
+           sender=s.c.stranger, match="no validator supermajority")
+    s.driver.finish()
+    assert s.state() == JobState.SETTLED
+    assert s.slashed() == {cheat.address: PROV_STAKE}
+    d = s.delta()
+    assert d[cheat.address] == -PROV_STAKE
+    assert all(d[p.address] > 0 for p in honest)
+    assert all(d[v.address] == 0 for v in s.validators) and d[s.agg.address] == 0
+
+
+def test_honest_provider_never_slashed(make):
+    s = make(providers=4, validators=3, rounds=3)
+    s.run()
+    assert s.state() == JobState.SETTLED
+    assert not s.slashed(), {a: v for a, v in s.slashed().items()}
+    d = s.delta()
+    assert all(d[p.address] > 0 for p in s.providers)
+
+
+def test_misbehaviour_reports_need_the_job_and_provider_they_name(make):
+    """A judgement is bound to its job and provider: signatures collected against a provider in one
+    job cannot slash the same provider in another, nor another provider."""
+    s = make(providers=3, validators=3, rounds=1)
+    s.open()
+    vs = sorted(s.validators, key=lambda v: address_key(v.address))
+    target, other = s.providers[0].address, s.providers[1].address
+    sigs = [Misbehaviour(s.job + 1, target).sign(v.account.key, s.dep.chain_id, s.dep.disputes.address) for v in vs]
+    addrs = [v.address for v in vs]
+    revert(s.dep.disputes.transact, "slash_provider", s.job, target, addrs, sigs, sender=s.c.stranger,
+           match="bad signature")
+    sigs = [Misbehaviour(s.job, target).sign(v.account.key, s.dep.chain_id, s.dep.disputes.address) for v in vs]
+    revert(s.dep.disputes.transact, "slash_provider", s.job, other, addrs, sigs, sender=s.c.stranger,
+           match="bad signature")
+    assert not s.slashed()

@@ -1,0 +1,275 @@
+"""The requester as the attacker: it pays for the model and would like not to, or to trap the
+parties that work for it. Each test performs the attack for real and passes when it fails."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from sec_support import VAL_STAKE, ZERO32, revert
+
+from fedmarket.errors import ConfigError
+from fedmarket.market import JobState, JobTerms
+from fedmarket.processes import AggregatorProcess, ProviderProcess, ValidatorProcess
+from fedmarket.processes.base import Fatal
+from fedmarket.protocol import rules as R
+from fedmarket.roles.common import TermsMismatch, terms_of
+from fedmarket.spec import DeadlineSpec
+
+DAY = 86_400
+MAX = R.MAX_AMOUNT
+
+
+def _post(s, terms: JobTerms, cid: str | None = None):
+    s.approve(s.c.requester, s.dep.market.address)
+    cid = cid or s.store.put(s.spec.canonical())
+    return s.dep.market.transact("post_job", terms.abi(), cid, sender=s.c.requester).event("JobPosted")["job_id"]
+
+
+def test_terms_mismatch_refused_before_stake(make, tmp_path):
+    """The requester posts terms that differ from the spec they hash to (spec FedAvg, terms median;
+    and one by one every other term a role could be tricked by), hoping an honest aggregator
+    follows the spec and can then be "proven" wrong. Every role compares the terms with the spec
+    before it stakes and refuses (TermsMismatch; its process exits with one line): nobody honest
+    joins, nothing is locked, and the requester can only cancel."""
+    s = make(providers=3, validators=1)
+    now = s.chain.timestamp()
+    honest = terms_of(s.spec, s.agg.address, now)
+    lies = {
+        "rule": R.Rule.MEDIAN, "chunk_size": 32, "n_params": honest.n_params + 1, "escrow": honest.escrow // 2,
+        "provider_stake": honest.provider_stake * 3, "aggregator_stake": honest.aggregator_stake + 1,
+        "validator_stake": honest.validator_stake * 2, "dispute_bond": honest.dispute_bond * 10,
+        "rounds": honest.rounds + 1, "round_duration": 5, "response_period": 2, "challenge_period": 7,
+        "claim_period": 9, "max_providers": honest.max_providers + 1, "max_validators": 2,
+        "per_round": 2, "privacy_budget": 1, "miss_payout_bps": 0,
+    }
+    v = s.validators[0]
+    for i, (field, value) in enumerate(lies.items()):
+        terms = dataclasses.replace(honest, **{field: value})
+        assert s.dep.terms_check.call("problem", terms.abi(), s.c.requester.address, now + 1) == "", field
+        job = _post(s, terms)
+        with pytest.raises(TermsMismatch, match=field):
+            s.agg.accept(job)
+        for role in (s.providers[0], v):
+            with pytest.raises(TermsMismatch, match=field):
+                role.join(job)
+        if i == 0:  # the role processes exit with that one line instead of staking
+            for proc in (
+                AggregatorProcess(s.dep, s.agg.account, s.store, s.box, job, tmp_path / "agg", log=lambda m: None),
+                ProviderProcess(s.dep, s.providers[0].account, s.store, s.box, s.providers[0].X, s.providers[0].y, job,
+                                tmp_path / "p", log=lambda m: None),
+                ValidatorProcess(s.dep, v.account, s.store, s.box, v.X, v.y, job, tmp_path / "v", log=lambda m: None),
+            ):
+                with pytest.raises(Fatal, match="TermsMismatch|on-chain rule"):
+                    proc.step()
+        for member in (s.agg, s.providers[0], v):
+            assert s.dep.market.call("membership", job, member.address) == (0, 0)
+        s.dep.market.transact("cancel", job, sender=s.c.requester)  # nobody joined: its escrow back
+    assert s.delta() == {a: 0 for a in s.before}
+
+
+def _bad_terms(honest: JobTerms, requester: str, now: int) -> list[tuple[dict, str]]:
+    return [
+        ({"spec_hash": ZERO32}, "empty spec hash"),
+        ({"aggregator": "0x" + "00" * 20}, "aggregator is zero"),
+        ({"aggregator": requester}, "requester cannot aggregate"),
+        ({"escrow": 0}, "bad escrow"),
+        ({"escrow": MAX + 1}, "bad escrow"),
+        ({"provider_stake": MAX + 1}, "stake too large"),
+        ({"aggregator_stake": MAX + 1}, "stake too large"),
+        ({"validator_stake": MAX + 1}, "stake too large"),
+        ({"dispute_bond": MAX + 1}, "stake too large"),
+        ({"licence_price": MAX + 1}, "price too large"),
+        ({"dispute_bond": 0}, "dispute bond is zero"),
+        ({"rounds": 0}, "bad round count"),
+        ({"rounds": R.MAX_ROUNDS + 1}, "bad round count"),
+        ({"min_providers": 0}, "bad provider range"),
+        ({"min_providers": 4, "max_providers": 3}, "bad provider range"),
+        ({"max_providers": R.MAX_PROVIDERS + 1}, "too many providers"),
+        ({"per_round": honest.max_providers + 1}, "per_round above max providers"),
+        ({"min_validators": 1, "max_validators": 0}, "bad validator range"),
+        ({"min_validators": 1, "max_validators": R.MAX_VALIDATORS + 1}, "too many validators"),
+        ({"min_validators": 0, "max_validators": 2, "validator_stake": VAL_STAKE}, "validated job needs min validators"),
+        ({"min_validators": 1, "max_validators": 2, "validator_stake": 0}, "validated job needs validator stake"),
+        ({"join_deadline": now + 1}, "join deadline passed"),
+        ({"join_deadline": now + 1 + R.MAX_JOIN_WINDOW + 1}, "join window too long"),
+        ({"round_duration": 0}, "bad round duration"),
+        ({"round_duration": R.MAX_ROUND_DURATION + 1}, "bad round duration"),
+        ({"rounds": R.MAX_ROUNDS, "round_duration": R.MAX_ROUND_DURATION}, "training too long"),
+        ({"challenge_period": 0}, "bad challenge period"),
+        ({"challenge_period": R.MAX_CHALLENGE_PERIOD + 1}, "bad challenge period"),
+        ({"claim_period": 0}, "bad claim period"),
+        ({"claim_period": R.MAX_CLAIM_PERIOD + 1}, "bad claim period"),
+        ({"response_period": 0}, "bad response period"),
+        ({"response_period": R.MAX_RESPONSE_PERIOD + 1}, "bad response period"),
+        ({"rule": 4}, "unknown rule"),
+        ({"rule": R.Rule.TRIMMED_MEAN, "trim": 0}, "trim is zero"),
+        ({"rule": R.Rule.WEIGHTED_MEAN, "trim": 1}, "trim without trimmed mean"),
+        ({"rule": R.Rule.SECURE_SUM}, "secure sum needs validators"),
+        ({"rule": R.Rule.TRIMMED_MEAN, "trim": R.MAX_PROVIDERS + 1}, "trim too large"),
+        ({"chunk_size": 0}, "bad chunk size"),
+        ({"chunk_size": R.MAX_CHUNK + 1}, "bad chunk size"),
+        ({"n_params": 0}, "bad model size"),
+        ({"n_params": R.MAX_PARAMS + 1}, "bad model size"),
+        ({"privacy_budget": R.MAX_EPSILON + 1}, "privacy budget too large"),
+        ({"miss_payout_bps": R.BPS + 1}, "bad miss payout"),
+        ({"miss_payout_bps": 5_000}, "quality gate needs validators"),
+    ]
+
+
+def test_every_unbounded_term_refused(make):
+    """Terms that would lock escrow or stakes for ever or overflow the arithmetic (huge periods,
+    amounts, counts, sizes) are refused by `post_job` with the term's name (the same line
+    `TermsCheck.problem` gives clients); no token moves. At the bounds themselves a job posts,
+    joins and cancels with every amount at its maximum, and every sum stays exact."""
+    s = make(providers=3)
+    req = s.c.requester
+    s.approve(req, s.dep.market.address)
+    now = s.chain.timestamp()  # a reverted transaction mines no block: every post below runs at now + 1
+    honest = terms_of(s.spec, s.agg.address, now)
+    cid = s.store.put(s.spec.canonical())
+    for change, reason in _bad_terms(honest, req.address, now):
+        terms = dataclasses.replace(honest, **change)
+        assert s.dep.terms_check.call("problem", terms.abi(), req.address, now + 1) == "market: " + reason, change
+        revert(s.dep.market.transact, "post_job", terms.abi(), cid, sender=req, match=reason)
+    revert(s.dep.market.transact, "post_job", honest.abi(), "", sender=req, match="empty spec cid")
+    with pytest.raises(ConfigError):  # the requester role refuses such a spec before anything is sent
+        s.cast.requester.post(s.spec.model_copy(update={"deadlines": DeadlineSpec.model_construct(
+            join_window=DAY, round_duration=R.MAX_ROUND_DURATION + 1, challenge_period=1, claim_period=1,
+            response_period=1)}), s.agg.address)
+    assert s.delta() == {a: 0 for a in s.before}
+
+    # every amount and period at its bound: posts, locks and refunds exactly
+    p = s.c.providers[0]
+    s.c.mint(req, MAX)
+    s.c.mint(p, MAX)
+    s.c.mint(s.c.aggregator, MAX)
+    top = dataclasses.replace(
+        honest, escrow=MAX, provider_stake=MAX, aggregator_stake=MAX, dispute_bond=MAX, licence_price=MAX,
+        max_providers=R.MAX_PROVIDERS, per_round=R.MAX_PROVIDERS, rounds=R.MAX_ROUNDS, round_duration=R.MAX_TRAINING_TIME // R.MAX_ROUNDS,
+        join_deadline=s.chain.timestamp() + 1 + R.MAX_JOIN_WINDOW, challenge_period=R.MAX_CHALLENGE_PERIOD,
+        claim_period=R.MAX_CLAIM_PERIOD, response_period=R.MAX_RESPONSE_PERIOD, n_params=R.MAX_PARAMS,
+        chunk_size=R.MAX_CHUNK)
+    job = s.dep.market.transact("post_job", top.abi(), cid, sender=req).event("JobPosted")["job_id"]
+    for who in (p, s.c.aggregator):
+        s.approve(who, s.dep.market.address)
+    s.dep.market.transact("accept", job, sender=s.c.aggregator)
+    s.dep.market.transact("join", job, sender=p)
+    assert s.dep.balance(s.dep.market.address) == 3 * MAX
+    s.past(top.join_deadline)
+    s.dep.market.transact("cancel", job, sender=s.c.stranger)  # too few providers: anyone cancels
+    for who in (p.address, s.c.aggregator.address):
+        s.dep.market.transact("release_stake", job, who, sender=s.c.stranger)
+    # what the market still holds is the aggregator's stake, now free (it unbonds it at will)
+    assert s.dep.balance(s.dep.market.address) == s.dep.market.call("free_stake", s.c.aggregator.address, R.Role.AGGREGATOR)
+    for who in (req, p, s.c.aggregator):
+        assert s.dep.holdings(who.address) == s.before[who.address] + MAX
+
+
+def test_no_cancel_after_start(make):
+    """The requester tries to take its escrow back once the work started: while providers are
+    joining, after the join window of a job that can start, during training and after the reward
+    root. Every cancel is refused; the job runs and pays. The one cancel it may make (right after
+    the aggregator accepted, before anyone else joined) costs the aggregator nothing."""
+    s = make(providers=3)
+    req, m = s.c.requester, s.dep.market
+    early = s.cast.requester.post(s.spec, s.agg.address)
+    s.agg.accept(early)
+    m.transact("cancel", early, sender=req)  # nobody but the aggregator had joined: allowed
+    s.agg.release_stake(early)
+    assert s.delta() == {a: 0 for a in s.before}
+
+    job = s.driver.job_id = s.cast.requester.post(s.spec, s.agg.address)
+    s.agg.accept(job)
+    s.providers[0].join(job)
+    revert(m.transact, "cancel", job, sender=req, match="join window still open")
+    for p in s.providers[1:]:
+        p.join(job)
+    s.past(s.dep.job(job)["join_deadline"])
+    revert(m.transact, "cancel", job, sender=req, match="job can start")
+    m.transact("start", job, sender=s.c.stranger)  # anyone starts it after the join deadline
+    revert(m.transact, "cancel", job, sender=req, match="job not open")
+    s.rounds()
+    s.driver._judge_and_post()
+    assert s.state() == JobState.FINALIZING
+    revert(m.transact, "cancel", job, sender=req, match="job not open")
+    s.settle_and_claim()
+    revert(m.transact, "cancel", job, sender=req, match="job not open")
+    d = s.delta()
+    assert all(d[p.address] > 0 for p in s.providers) and d[s.agg.address] == 0
+
+
+def test_requester_cannot_join_own_job(make):
+    """The requester joins its own job as provider (directly or by permit) or as validator, or
+    names itself aggregator, to take back what it pays. The market refuses each."""
+    s = make(providers=3, validators=1)
+    req, m = s.c.requester, s.dep.market
+    job = s.cast.requester.post(s.spec, s.agg.address)
+    s.agg.accept(job)
+    s.approve(req, m.address)
+    revert(m.transact, "join", job, sender=req, match="requester cannot provide")
+    revert(m.transact, "join_with_permit", job, s.chain.timestamp() + 100, 27, ZERO32, ZERO32, sender=req,
+           match="requester cannot provide")
+    revert(m.transact, "join_validator", job, VAL_STAKE, sender=req, match="requester cannot validate")
+    revert(m.transact, "join_validator", job, 100 * VAL_STAKE, sender=req, match="requester cannot validate")
+    self_agg = dataclasses.replace(terms_of(s.spec, req.address, s.chain.timestamp()))
+    revert(m.transact, "post_job", self_agg.abi(), "bafkspec", sender=req, match="requester cannot aggregate")
+    assert s.dep.market.call("membership", job, req.address) == (0, 0)
+
+
+def test_cannot_fail_before_deadline(make):
+    """The requester tries to fail its (validated) job, for a refund, at every step before a
+    deadline was missed: right after the start, while a round waits for votes, at the very second
+    of the deadline, once the round has quorum, after the reward root. Every attempt is refused
+    and the honest job settles and pays."""
+    s = make(providers=3, validators=3, rounds=2)
+    req, m, d = s.c.requester, s.dep.market, s.dep.disputes
+    s.open()
+    revert(m.transact, "fail", s.job, sender=req, match="deadline not missed")
+    revert(d.transact, "fail_round", s.job, [], sender=req, match="round not in doubt")  # nothing committed yet
+    s.driver._train_and_commit(0, __import__("fedmarket.driver", fromlist=["RoundPlan"]).RoundPlan())
+    revert(m.transact, "fail", s.job, sender=req, match="deadline not missed")
+    revert(d.transact, "fail_round", s.job, [], sender=req, match="deadline not passed")
+    s.driver._review(0)  # votes: quorum, a fresh deadline for the next commit
+    assert s.dep.job(s.job)["quorum"]
+    revert(d.transact, "fail_round", s.job, [], sender=req, match="round not in doubt")
+    deadline = s.dep.job(s.job)["round_deadline"]
+    s.chain.advance_time(deadline - s.chain.timestamp() - 1)  # the next transaction runs at the deadline
+    revert(m.transact, "fail", s.job, sender=req, match="deadline not missed")
+    s.driver.round(1)  # committed at the last allowed second
+    s.driver._judge_and_post()
+    assert s.state() == JobState.FINALIZING
+    revert(m.transact, "fail", s.job, sender=req, match="job not training")
+    s.settle_and_claim()
+    dlt = s.delta()
+    assert all(dlt[p.address] > 0 for p in s.providers)
+    assert dlt[s.agg.address] == 0 and all(dlt[v.address] == 0 for v in s.validators)
+
+
+def test_terms_too_short_to_act_on_are_refused(make):
+    """A requester posts a validated job with a round duration and response period of 1 second on a
+    chain whose blocks come every 12 seconds: no vote or game move could land in time, and its
+    `fail_round` in the next block would slash every validator as absent. The market of that chain
+    (deployed with its `MIN_PERIOD`) refuses the terms outright, naming them."""
+    from fedmarket.chain.boa_backend import BoaChain
+    from fedmarket.market import Deployment
+
+    s = make(providers=3, validators=3)
+    base = terms_of(s.spec, s.agg.address, s.chain.timestamp())
+    chain = BoaChain()
+    deployer = chain.new_account("slow-chain", 0)
+    slow = Deployment.deploy(chain, deployer, deployer.address, min_period=12)  # a chain of 12-second blocks
+    assert slow.terms_check.call("MIN_PERIOD") == 12
+    for short in ({"round_duration": 1}, {"response_period": 1}, {"challenge_period": 11}):
+        terms = dataclasses.replace(base, join_deadline=chain.timestamp() + DAY, **short)
+        reason = slow.terms_check.call("problem", terms.abi(), s.c.requester.address, chain.timestamp())
+        assert reason == "market: a period is shorter than this chain allows", short
+        revert(slow.market.transact, "post_job", terms.abi(), "bafkreispec", sender=deployer,
+               match="shorter than this chain allows")
+    ok = dataclasses.replace(base, join_deadline=chain.timestamp() + DAY, round_duration=12, response_period=12,
+                             challenge_period=12)
+    assert slow.terms_check.call("problem", ok.abi(), s.c.requester.address, chain.timestamp()) == ""
+    # without a chain minimum of its own, a deployment on a public chain takes MIN_PERIOD
+    from fedmarket.market import MIN_PERIOD
+
+    assert MIN_PERIOD >= 60 and s.dep.terms_check.call("MIN_PERIOD") == 1  # the test chain is a development one
