@@ -48,7 +48,8 @@ ATTACKS = {
     "tailored": ("tailored", {}),
 }
 RULES = {"fedavg": ("fedavg", {}), "median": ("median", {}), "trimmed_mean": ("trimmed_mean", {"beta": 0.3}),
-         "centered_clip": ("centered_clip", {})}
+         "centered_clip": ("centered_clip", {}), "norm_bounding": ("norm_bounding", {})}
+DEFAULT_RULES = "fedavg,median,trimmed_mean,centered_clip"
 FRACTION = 0.2
 _STATE: dict = {}
 
@@ -116,7 +117,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--providers", type=int, default=20)
     ap.add_argument("--seeds", default="0,1,2,3,4")
-    ap.add_argument("--rules", default=",".join(RULES))
+    ap.add_argument("--rules", default=DEFAULT_RULES, help=f"of: {', '.join(RULES)}")
     ap.add_argument("--attacks", default=",".join(ATTACKS))
     ap.add_argument("--attack-fedavg", action="store_true", help="also run plain FedAvg under every attack")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="federations run in parallel")

@@ -310,9 +310,9 @@ class JobSpec(_Strict):
     data: DataSchema
     model: ModelSpec = SoftmaxModel()
     training: TrainingSpec
-    strategy: Literal["fedavg", "median", "trimmed_mean", "centered_clip"] = Field(
-        default="fedavg", description="fedavg, median and trimmed_mean are proven on chain; centered_clip is attested "
-        "by the job's validators (two thirds of their stake), see docs/protocol.md")
+    strategy: Literal["fedavg", "median", "trimmed_mean", "centered_clip", "norm_bounding"] = Field(
+        default="fedavg", description="fedavg, median and trimmed_mean are proven on chain; centered_clip and "
+        "norm_bounding are attested by the job's validators (two thirds of their stake), see docs/protocol.md")
     trim: int = Field(default=0, ge=0, description="updates dropped at each end per coordinate (trimmed_mean)")
     privacy: PrivacySpec = PrivacySpec()
     reward: RewardSpec

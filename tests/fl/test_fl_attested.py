@@ -72,3 +72,19 @@ def test_an_attested_result_rides_on_the_secure_sum():
     with pytest.raises(FedMarketError, match="total weight"):
         R.attested_correction("centered_clip", Q, [0] * 7)
     assert DEVIATION_CAP < R.ATTESTED_CAP
+
+
+def test_norm_bounding_is_attested_too_and_caps_a_minority():
+    from fedmarket.fl.attested import norm_bounded_mean_int
+
+    U = _honest(n=11, seed=4)
+    P = U.copy()
+    P[8:] = 50.0  # three huge updates
+    out = dequantize(norm_bounded_mean_int(list(quantize(P))))
+    assert np.linalg.norm(out) <= np.linalg.norm(U[:8], axis=1).max() * 1.001  # no longer than the largest honest
+    exact = make_strategy("norm_bounding").aggregate_int(list(quantize(U)), [1] * 11)
+    np.testing.assert_allclose(dequantize(exact), make_strategy("norm_bounding").aggregate(U), atol=1e-3)
+    Q = list(quantize(P))
+    corr = R.attested_correction("norm_bounding", Q, [1] * 11)
+    assert np.array_equal(R.aggregate(R.Rule.SECURE_SUM, Q, [1] * 11, 0, corr), R.attested_delta("norm_bounding", Q))
+    assert R.rule_for("norm_bounding") == R.Rule.SECURE_SUM

@@ -49,7 +49,7 @@ def spec_init(
     rounds: int = typer.Option(10, "--rounds", help="Training rounds."),
     providers: int = typer.Option(3, "--providers", help="Providers the job takes (min = max)."),
     validators: int = typer.Option(0, "--validators", help="Validators the job needs."),
-    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, median, trimmed_mean or centered_clip (needs --validators)."),
+    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, median, trimmed_mean, or centered_clip / norm_bounding (attested: need --validators)."),
     escrow: int = typer.Option(1_000, "--escrow", help="Reward escrow, in whole tokens."),
     stake: int = typer.Option(10, "--stake", help="Each provider's stake, in whole tokens."),
     margin: float = typer.Option(0.1, "--margin", help="Widen each feature's sample range by this share of it on both sides."),

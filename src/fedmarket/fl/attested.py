@@ -102,3 +102,18 @@ def centered_clip_int(updates: Sequence[np.ndarray] | np.ndarray, iterations: in
         moved = clip_scaled(E, tau, r).sum(axis=0) // n  # |sum| <= n * 2**26: no overflow
         v = np.clip(v, _INT64_MIN + DEVIATION_CAP, _INT64_MAX - DEVIATION_CAP) + moved  # saturating, never wraps
     return v
+
+
+def norm_bounded_mean_int(updates: Sequence[np.ndarray] | np.ndarray, weights: Sequence[int] | None = None) -> np.ndarray:
+    """Norm bounding (Sun et al., 2019) with the median norm as the bound: every update (each
+    coordinate capped to ``DEVIATION_CAP``) whose integer L2 norm exceeds the (lower) median norm
+    is scaled down to it, then the exact weighted mean (``fedavg_int``; all weights 1 by default).
+    Needs no Byzantine fraction: a minority cannot raise the bound, so the result's norm is at most
+    the largest honest norm."""
+    from fedmarket.fl.aggregate import fedavg_int
+
+    Q = _stack(updates)
+    E = deviations(Q, np.zeros(Q.shape[1], dtype=np.int64))
+    r = norms(E)
+    bound = sorted(r)[(len(r) - 1) // 2]
+    return fedavg_int(clip_scaled(E, bound, r), [1] * len(r) if weights is None else list(weights))

@@ -74,7 +74,7 @@ STRATEGIES = {"fedavg": Rule.WEIGHTED_MEAN, "median": Rule.MEDIAN, "trimmed_mean
 #: strategies the validators attest: no contract recomputes them, so the aggregator commits each
 #: round's result as the secure-sum rule's correction (the contracts then check the arithmetic,
 #: validators holding two thirds of the job's validator stake the rule); every update has weight 1
-ATTESTED = ("centered_clip",)
+ATTESTED = ("centered_clip", "norm_bounding")
 #: |an attested rule's result| is capped here, so that count * result fits the secure sum's int64
 ATTESTED_CAP = 2**42
 
@@ -134,13 +134,14 @@ def secure_mean(masked: Sequence[np.ndarray], correction: np.ndarray, weights: S
 def attested_delta(strategy: str, deltas: Sequence[np.ndarray]) -> np.ndarray:
     """An attested strategy's result over a round's quantized updates (int64, capped to
     ``ATTESTED_CAP``): what validators recompute."""
-    from ..fl.attested import centered_clip_int
+    from ..fl.attested import centered_clip_int, norm_bounded_mean_int
 
-    if strategy != "centered_clip":
+    rules = {"centered_clip": centered_clip_int, "norm_bounding": norm_bounded_mean_int}
+    if strategy not in rules:
         raise ConfigError(f"strategy '{strategy}' is not one the validators attest ({', '.join(ATTESTED)})")
     if len(deltas) == 0:
         raise FedMarketError("no update to aggregate")
-    return np.clip(centered_clip_int(deltas), -ATTESTED_CAP, ATTESTED_CAP)
+    return np.clip(rules[strategy](deltas), -ATTESTED_CAP, ATTESTED_CAP)
 
 
 def attested_correction(strategy: str, deltas: Sequence[np.ndarray], weights: Sequence[int]) -> np.ndarray:

@@ -53,3 +53,13 @@ class NormBounding(Strategy):
         U = stack_updates(updates)
         U, w = usable(U, check_weights(weights, U.shape[0]))
         return self.inner.aggregate(clip_norms(U, self.bound(U)), w, server_update=server_update)
+
+    def aggregate_int(self, updates, weights) -> np.ndarray:
+        """The exact form a market job names as ``norm_bounding`` (the median norm as the bound, then
+        FedAvg): :func:`fedmarket.fl.attested.norm_bounded_mean_int`."""
+        from fedmarket.fl.attested import norm_bounded_mean_int
+
+        if self.max_norm is not None or type(self.inner) is not FedAvg:
+            return super().aggregate_int(updates, weights)
+        keep = [(u, int(w)) for u, w in zip(updates, weights) if w > 0]
+        return norm_bounded_mean_int([u for u, _ in keep], [w for _, w in keep])
