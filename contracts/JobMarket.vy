@@ -595,9 +595,9 @@ def post_rewards(
             stake approved. `Disputes.reward_pool` says which basis may be posted when, and
             the pool the root may pay.
             The aggregator posts; once it was slashed (for a wrong root, or for posting none),
-            an unslashed provider or validator of the job may post the root, its job stake
-            slashable for a wrong one, and anyone else by locking a bond of the aggregator's
-            stake (at least the dispute bond).
+            an unslashed provider or validator of the job whose job stake is at least the
+            dispute bond may post the root, that stake slashable for a wrong one, and anyone
+            else by locking a bond of the aggregator's stake (at least the dispute bond).
     @param job_id The job.
     @param reward_root Positional root over the reward leaves, one per member, sorted by account.
     @param reward_total Sum of all leaf amounts; at most the pool.
@@ -621,8 +621,9 @@ def post_rewards(
         # stake in the job standing behind the root; anyone else at the cost of a bond
         assert msg.sender != poster, "market: aggregator was slashed"
         poster = msg.sender
-        role: uint256 = stakes._role_of(job_id, poster)
-        if role != C.ROLE_PROVIDER and role != C.ROLE_VALIDATOR:
+        word: uint256 = stakes._member[job_id][poster]
+        role: uint256 = word & 255
+        if (role != C.ROLE_PROVIDER and role != C.ROLE_VALIDATOR) or word >> C.ROLE_BITS < self.terms[job_id].dispute_bond:
             bond = max(self.terms[job_id].aggregator_stake, self.terms[job_id].dispute_bond)
     else:
         assert msg.sender == self.terms[job_id].aggregator, "market: not the aggregator"

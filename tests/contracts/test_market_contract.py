@@ -963,6 +963,21 @@ def test_a_missing_reward_root_slashes_the_aggregator_and_lets_a_provider_post_i
     assert job.info()["claimed_total"] == job.info()["reward_total"] > 0
 
 
+def test_a_member_with_less_stake_than_the_bond_posts_with_the_bond(kit):
+    """A provider whose job stake is below the dispute bond (here: none) would risk nothing behind a
+    replacement root: it posts like an outsider, with the bond."""
+    job = kit.job(provider_stake=0)
+    job.commit_all()
+    kit.advance(500)
+    kit.m.transact("fail", job.id, sender=kit.outsider)
+    broke = job.providers[0]
+    assert job.membership(broke)[1] == 0
+    kit.token.transact("mint", broke.address, AGG_STAKE, sender=kit.deployer)
+    bal = kit.balance(broke)
+    job.post_rewards(job.weight_leaves(), sender=broke)
+    assert (job.info()["poster_bond"], kit.balance(broke)) == (AGG_STAKE, bal - AGG_STAKE)
+
+
 def test_fail_when_the_reward_root_never_comes(kit):
     """Nobody posts the root in the extra round duration either: the job fails, escrow refunded."""
     job = kit.job()
