@@ -35,3 +35,17 @@ def test_the_architecture_doc_names_every_role_process_and_contract():
     absent = [r for r in roles if r not in text] + [c for c in contracts if c not in text]
     absent += [f"fedmarket {p}" for p in processes if commands is None or p not in commands.group(1).split("|")]
     assert not absent, f"docs/architecture.md does not mention: {absent}"
+
+
+def test_the_threat_model_names_exactly_the_attacker_tests():
+    """docs/security.md names every test of tests/security (file::name), and only tests that exist."""
+    import ast
+
+    doc = (ROOT / "docs" / "security.md").read_text()
+    named = set(re.findall(r"`(test_\w+\.py)::(\w+)", doc))
+    tests = set()
+    for path in (ROOT / "tests" / "security").glob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        tests |= {(path.name, f.name) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name.startswith("test_")}
+    assert not tests - named, f"attacker tests missing from docs/security.md: {sorted(tests - named)}"
+    assert not named - tests, f"docs/security.md names tests that do not exist: {sorted(named - tests)}"
