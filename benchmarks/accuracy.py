@@ -19,7 +19,8 @@ searches the scale pushing the actual rule's result furthest.
 
 Each (rule, attack) runs with 5 seeds; its accuracy is divided by clean FedAvg's of the same seed.
 Reported per rule and attack: the median and the worst ratio over seeds; per rule, the worst over
-attacks. Goal: the best rule keeps >= 0.9 x clean FedAvg under every attack, worst seed included.
+attacks. Goal: the designated rule (``centered_clip``, fixed before any run) keeps >= 0.9 x clean
+FedAvg under every attack, worst seed included; the best rule on the test set is shown as well.
 Test accuracy on the 10,000 test images after the last round; no setting was chosen on it.
 """
 
@@ -50,6 +51,9 @@ ATTACKS = {
 RULES = {"fedavg": ("fedavg", {}), "median": ("median", {}), "trimmed_mean": ("trimmed_mean", {"beta": 0.3}),
          "centered_clip": ("centered_clip", {}), "norm_bounding": ("norm_bounding", {})}
 DEFAULT_RULES = "fedavg,median,trimmed_mean,centered_clip"
+#: the rule the goal is judged on, fixed before any run (not picked on the test set): the market's
+#: rule that assumes no Byzantine fraction and is built for adaptive attacks
+DESIGNATED = "centered_clip"
 FRACTION = 0.2
 _STATE: dict = {}
 
@@ -146,6 +150,7 @@ def main() -> None:
     summary = _summary(results, seeds)
     best = max((r for r in summary if r != "fedavg" and len(summary[r]["attacks"]) > 1),
                key=lambda r: (summary[r]["worst_worst"], summary[r]["worst_median"]))
+    chosen = DESIGNATED if DESIGNATED in summary else best
     clean = [v for r, a, sd, v, _ in results if r == "fedavg" and a is None]
     out = {
         "dataset": "fashion_mnist", "model": "softmax_regression", "providers": args.providers, "alpha": 0.5,
@@ -153,10 +158,11 @@ def main() -> None:
         "centralized_acc": round(centralized_acc, 4),
         "fedavg_acc_median": round(float(np.median(clean)), 4),
         "rules": summary,
-        "best_rule": best,
-        "best_worst_over_attacks_median_seed": summary[best]["worst_median"],
-        "best_worst_over_attacks_worst_seed": summary[best]["worst_worst"],
-        "goal_best_at_least_0.9_clean_fedavg_every_attack_every_seed": summary[best]["worst_worst"] >= 0.9,
+        "best_rule_on_test": best,
+        "designated_rule": chosen,
+        "designated_worst_over_attacks_median_seed": summary[chosen]["worst_median"],
+        "designated_worst_over_attacks_worst_seed": summary[chosen]["worst_worst"],
+        "goal_designated_at_least_0.9_clean_fedavg_every_attack_every_seed": summary[chosen]["worst_worst"] >= 0.9,
         "s_per_federation_median": round(float(np.median([r[4] for r in results])), 1),
         "total_s": round(time.perf_counter() - t0, 1),
     }

@@ -121,6 +121,9 @@ class JobConfig:
             raise ConfigError(f"unknown strategy '{self.strategy}'; choose one of: {', '.join((*R.STRATEGIES, *R.ATTESTED))}")
         if self.strategy in R.ATTESTED and self.validators < 1:
             raise ConfigError(f"--strategy {self.strategy} is attested by validators: it needs --validators")
+        if (self.strategy == "trimmed_mean") != (self.trim > 0) or not 0 <= 2 * self.trim < self.providers:
+            raise ConfigError(f"--trim must be at least 1 with trimmed_mean (only), and 2 x trim below --providers "
+                              f"(got --strategy {self.strategy} --trim {self.trim})")
         if not 0 <= self.per_round <= self.providers:
             raise ConfigError(f"--per-round must be between 0 (everyone) and --providers (got {self.per_round})")
         if self.privacy.startswith("secagg") and 0 < self.per_round < 3:

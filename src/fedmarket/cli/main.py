@@ -53,6 +53,8 @@ def demo(
     model: str = typer.Option("softmax", "--model", help="softmax, mlp or cnn (McMahan et al.'s CNN; needs PyTorch)."),
     lr: float = typer.Option(None, "--lr", help="Local learning rate (default: the model's)."),
     epochs: int = typer.Option(None, "--epochs", help="Local epochs per round (default: the model's)."),
+    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, median, trimmed_mean (with --trim), or centered_clip / norm_bounding (attested: need --validators)."),
+    trim: int = typer.Option(0, "--trim", help="Updates dropped at each end per coordinate (trimmed_mean)."),
     partition: str = typer.Option("iid", "--partition", help="How data is split across providers: iid or dirichlet."),
     alpha: float = typer.Option(0.5, "--alpha", help="Dirichlet concentration (smaller = more skewed)."),
     seed: int = typer.Option(0, "--seed", help="Seed for data split, partition and accounts."),
@@ -76,7 +78,7 @@ def demo(
     cfg = JobConfig.for_model(model, providers=providers, rounds=rounds, dataset=dataset, partition=partition, alpha=alpha,
                               seed=seed, validators=validators, privacy=privacy, epsilon=epsilon, clip_norm=clip_norm,
                               dropout=dropout, per_round=per_round, target_accuracy=target_accuracy, learning_rate=lr,
-                              local_epochs=epochs)
+                              local_epochs=epochs, strategy=strategy, trim=trim)
     cfg.split()  # every input problem is reported before any work starts
     out = _writable_dir(out)
     console = Console(stderr=True)
