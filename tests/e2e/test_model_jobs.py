@@ -196,3 +196,14 @@ def test_a_store_that_lies_about_the_model_is_caught(done, tmp_path):
         trained_model(dep, liar, job)
     with pytest.raises(FedMarketError, match="committed rounds 0..1, not 7"):
         trained_model(dep, store, job, round_=7)
+
+
+def test_a_cnn_job_trains_mcmahans_architecture_on_images(world, tmp_path):
+    pytest.importorskip("torch")
+    spec = make_spec({"kind": "cnn", "channels": [4, 8], "dense": 16, "init_seed": 1}, 3, rounds=2, momentum=0.9)
+    driver, ds = cast_for(world, tmp_path, spec)
+    job = driver.run()
+    assert driver.state == JobState.SETTLED
+    jm = job_model(spec, driver.store)
+    q = fetch_model(driver.store, spec, committed_rounds(world["dep"], job)[-1])
+    assert jm.model.input_shape == (1, 8, 8) and jm.accuracy(q, ds.X, ds.y) > 0.3  # chance is 0.1
