@@ -190,6 +190,9 @@ _DURATION_SHIFT: constant(uint256) = 16
 _PROVIDERS_SHIFT: constant(uint256) = 48
 _VALIDATED: constant(uint256) = 2**72
 _DP: constant(uint256) = 2**73
+_NOISE_SHIFT: constant(uint256) = 80
+_DELTA_LOG_SHIFT: constant(uint256) = 120
+_MASK40: constant(uint256) = 2**40 - 1
 # @dev Placeholder of an accumulator slot allocated at the start (never read as a node).
 _ALLOCATED: constant(bytes32) = 0x0000000000000000000000000000000000000000000000000000000000000001
 
@@ -357,7 +360,7 @@ def post_job(terms: T.JobTerms, spec_cid: String[128]) -> uint256:
     if terms.max_validators > 0:
         flags |= _VALIDATED
     if terms.privacy_budget > 0:
-        flags |= _DP
+        flags |= _DP | (terms.noise_multiplier << _NOISE_SHIFT) | (terms.delta_log << _DELTA_LOG_SHIFT)
     self._round_word[job_id] = flags | (terms.round_duration << _DURATION_SHIFT) | terms.rounds
     stakes._pull(msg.sender, terms.escrow)
     log JobPosted(
@@ -517,7 +520,8 @@ def submit_round(
     @param updates_root Positional Merkle root of the aggregated updates.
     @param count Number of updates aggregated (at most the job's providers).
     @param metrics_hash sha2-256 digest of the round's metrics document.
-    @param epsilon_spent Cumulative epsilon after this round, in millionths (0 without DP).
+    @param epsilon_spent Cumulative epsilon after this round, in millionths: exactly what the
+           job's noise multiplier, delta and round count give (`terms._epsilon`), 0 without DP.
     @param aux_root Root of a secure round's mask correction (zero otherwise).
     """
     hot: uint256 = self._hot[job_id]
@@ -531,8 +535,9 @@ def submit_round(
     assert model_root != empty(bytes32), "market: empty model root"
     assert count <= (word >> _PROVIDERS_SHIFT) & 16_777_215, "market: bad update count"
     if word & _DP != 0:
-        # a private job always spends: the budget and the spent value are checked, never zero
-        assert epsilon_spent > 0 and epsilon_spent <= self.terms[job_id].privacy_budget, "market: bad epsilon"
+        # a private job's epsilon follows from its noise, delta and rounds: nobody declares it
+        noise: uint256 = (word >> _NOISE_SHIFT) & _MASK40
+        assert epsilon_spent == T._epsilon(noise, (word >> _DELTA_LOG_SHIFT) & _MASK40, current + 1), "market: bad epsilon"
     else:
         assert epsilon_spent == 0, "market: epsilon without privacy"
     if current > 0 and word & _VALIDATED != 0:

@@ -53,6 +53,10 @@ TURN_CHALLENGER: constant(uint256) = 2
 EPSILON_SCALE: constant(uint256) = 1_000_000
 # @dev Largest privacy budget a job may state (epsilon 1,000, in millionths).
 MAX_EPSILON: constant(uint256) = 1_000_000_000
+# @dev Largest noise multiplier of a private job (10,000, in millionths; 34 bits).
+MAX_NOISE: constant(uint256) = 10_000_000_000
+# @dev Largest ln(1/delta) of a private job (100, i.e. delta >= e^-100, in millionths; 27 bits).
+MAX_DELTA_LOG: constant(uint256) = 100_000_000
 
 # @dev Upper bounds of a job's sizes.
 MAX_ROUNDS: constant(uint256) = 10_000

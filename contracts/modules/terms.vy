@@ -36,6 +36,8 @@ struct JobTerms:
     licence_price: uint256
     privacy_budget: uint256
     miss_payout_bps: uint256
+    noise_multiplier: uint256
+    delta_log: uint256
 
 
 # @dev A job's participants and settlement (JobMarket keeps its state, current round, round
@@ -128,8 +130,30 @@ def _problem(terms: JobTerms, requester: address, now: uint256) -> String[64]:
         return "market: bad model size"
     if not (terms.privacy_budget <= C.MAX_EPSILON):
         return "market: privacy budget too large"
+    private: bool = terms.privacy_budget > 0
+    if private != (terms.noise_multiplier > 0) or private != (terms.delta_log > 0):
+        return "market: privacy terms incomplete"
+    if not (terms.noise_multiplier <= C.MAX_NOISE and terms.delta_log <= C.MAX_DELTA_LOG):
+        return "market: privacy parameter too large"
+    if private and self._epsilon(terms.noise_multiplier, terms.delta_log, terms.rounds) > terms.privacy_budget:
+        return "market: noise too low for the privacy budget"
     if not (terms.miss_payout_bps <= C.BPS):
         return "market: bad miss payout"
     if not (terms.miss_payout_bps == C.BPS or terms.max_validators > 0):
         return "market: quality gate needs validators"
     return ""
+
+
+@pure
+@internal
+def _epsilon(noise: uint256, delta_log: uint256, rounds: uint256) -> uint256:
+    """
+    @notice The epsilon (millionths, rounded up) a private job has spent after `rounds` rounds of
+            Gaussian releases with noise multiplier `noise` / 10**6 at delta = exp(-`delta_log` /
+            10**6): each round is (1 / (2 z**2))-zCDP, rounds compose additively, and rho-zCDP
+            gives (rho + 2 sqrt(rho ln(1/delta)), delta)-DP (Bun and Steinke, 2016). Every party
+            derives it from the terms; nobody declares it. `protocol.rules.epsilon_micro` mirrors it.
+    """
+    two_z2: uint256 = 2 * noise * noise
+    rho: uint256 = (rounds * 10**18 + two_z2 - 1) // two_z2
+    return rho + 2 * (isqrt(rho * delta_log) + 1)

@@ -50,6 +50,8 @@ class JobTerms:
     licence_price: int
     privacy_budget: int = 0  # epsilon budget in millionths; 0 = no differential privacy
     miss_payout_bps: int = 10_000  # share of the pool paid when the quality target is missed
+    noise_multiplier: int = 0  # of a private job's Gaussian noise, in millionths
+    delta_log: int = 0  # ln(1/delta) of a private job, in millionths
 
     def abi(self) -> tuple:
         return astuple(self)

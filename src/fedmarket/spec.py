@@ -296,10 +296,10 @@ class QuantizationSpec(_Strict):
 
 @functools.lru_cache(maxsize=64)
 def _fitted_noise(epsilon: float, delta: float, rounds: int) -> float:
-    from .privacy.accountant import noise_multiplier_for
-
-    # aim a hair under the budget so the millionths committed on chain never round above it
-    return noise_multiplier_for(epsilon * (1 - 1e-6), delta, rounds, sampling="none", tol=1e-4)
+    """The smallest noise multiplier keeping ``rounds`` rounds within ``(epsilon, delta)`` by the
+    market's own accounting (`protocol.rules.epsilon_micro`, which the chain recomputes)."""
+    budget = int(epsilon * EPSILON_SCALE)
+    return R.noise_micro_for(budget, R.delta_log_micro(delta), rounds) / EPSILON_SCALE
 
 
 class JobSpec(_Strict):
@@ -350,12 +350,12 @@ class JobSpec(_Strict):
         if self.n_params > R.MAX_PARAMS:
             raise ValueError(f"the model has {self.n_params} parameters, above the market's {R.MAX_PARAMS}")
         if self.privacy.dp and self.privacy.noise_multiplier is not None:
-            from .privacy.accountant import epsilon_for
-
-            eps = epsilon_for(self.privacy.noise_multiplier, self.training.rounds, self.privacy.delta)
-            if eps > self.privacy.epsilon:
+            if self.privacy.noise_multiplier * EPSILON_SCALE > R.MAX_NOISE:
+                raise ValueError(f"noise_multiplier must be at most {R.MAX_NOISE / EPSILON_SCALE:g}")
+            eps = R.epsilon_micro(self.noise_micro, self.delta_log_micro, self.training.rounds)
+            if eps > self.privacy.budget_micro:
                 raise ValueError(
-                    f"noise_multiplier {self.privacy.noise_multiplier:g} spends epsilon {eps:.4g} over "
+                    f"noise_multiplier {self.privacy.noise_multiplier:g} spends epsilon {eps / EPSILON_SCALE:.4g} over "
                     f"{self.training.rounds} rounds, above the budget {self.privacy.epsilon:g}"
                 )
         return self
@@ -376,12 +376,26 @@ class JobSpec(_Strict):
         return R.rule_for(self.strategy, self.privacy.secure)
 
     def noise_multiplier(self) -> float:
-        """``z`` of the job's Gaussian noise (relative to the replace-one sensitivity ``2 clip_norm``)."""
+        """``z`` of the job's Gaussian noise (relative to the replace-one sensitivity ``2 clip_norm``),
+        as the terms carry it (a whole number of millionths)."""
+        return self.noise_micro / EPSILON_SCALE
+
+    @property
+    def noise_micro(self) -> int:
+        """The noise multiplier in millionths (the terms' `noise_multiplier`): the spec's, rounded up,
+        or the smallest that keeps every round within the budget."""
         if not self.privacy.dp:
             raise ConfigError(f"privacy mode {self.privacy.mode} adds no noise")
         if self.privacy.noise_multiplier is not None:
-            return self.privacy.noise_multiplier
-        return _fitted_noise(self.privacy.epsilon, self.privacy.delta, self.training.rounds)
+            return math.ceil(self.privacy.noise_multiplier * EPSILON_SCALE)
+        return round(_fitted_noise(self.privacy.epsilon, self.privacy.delta, self.training.rounds) * EPSILON_SCALE)
+
+    @property
+    def delta_log_micro(self) -> int:
+        """``ln(1/delta)`` in millionths (the terms' `delta_log`)."""
+        if not self.privacy.dp:
+            raise ConfigError(f"privacy mode {self.privacy.mode} adds no noise")
+        return R.delta_log_micro(self.privacy.delta)
 
     def make_model(self):
         """The model every participant of this job trains and evaluates, at its initial parameters.

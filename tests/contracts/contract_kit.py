@@ -152,6 +152,9 @@ class Kit:
             "miss_payout_bps": R.BPS,
         }
         base.update(over)
+        if base["privacy_budget"] and "noise_multiplier" not in over:  # a private job: the noise its budget allows
+            base.setdefault("delta_log", R.delta_log_micro(1e-5))
+            base["noise_multiplier"] = R.noise_micro_for(base["privacy_budget"], base["delta_log"], base["rounds"])
         return JobTerms(**base)
 
     def post(self, sender=None, cid: str = "bafkreispec", **over) -> int:
@@ -356,7 +359,8 @@ class Job:
         if aux_root is None:
             aux_root = vector_tree(correction, self.size).root if correction is not None else ZERO32
         if epsilon is None:
-            epsilon = min(r + 1, self.terms.privacy_budget) if self.terms.privacy_budget else 0
+            t = self.terms
+            epsilon = R.epsilon_micro(t.noise_multiplier, t.delta_log, r + 1) if t.privacy_budget else 0
         count = len(updates) if count is None else count
         model_root = vector_tree(model, self.size).root if model_root is None else model_root
         metrics = keccak(b"metrics %d %d" % (self.id, r))

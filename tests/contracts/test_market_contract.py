@@ -499,15 +499,27 @@ def test_submit_round_at_its_deadline(kit):
     assert job.status()[1] == 1
 
 
-def test_private_job_commits_spent_epsilon_within_its_budget(kit):
+def test_private_job_commits_exactly_the_epsilon_its_terms_give(kit):
+    """Epsilon is derived, not declared: each round of a private job commits exactly the epsilon its
+    noise multiplier, delta and round count give (`terms._epsilon`), never 0, never more or less."""
     budget = 2 * R.EPSILON_SCALE
     job = kit.job(privacy_budget=budget)
-    with reverts("market: bad epsilon"):
-        job.commit(epsilon=0)
-    with reverts("market: bad epsilon"):
-        job.commit(epsilon=budget + 1)
-    job.commit(epsilon=budget)
-    assert job.rounds[0].data[4] == budget == job.rounds[0].receipt.event("RoundCommitted")["epsilon_spent"]
+    t = job.terms
+    due = R.epsilon_micro(t.noise_multiplier, t.delta_log, 1)
+    assert 0 < due < R.epsilon_micro(t.noise_multiplier, t.delta_log, t.rounds) <= budget
+    for wrong in (0, due - 1, due + 1, budget):
+        with reverts("market: bad epsilon"):
+            job.commit(epsilon=wrong)
+    job.commit()
+    assert job.rounds[0].data[4] == due == job.rounds[0].receipt.event("RoundCommitted")["epsilon_spent"]
+    job.commit()
+    assert job.rounds[1].data[4] == R.epsilon_micro(t.noise_multiplier, t.delta_log, 2) <= budget
+
+
+def test_a_plain_job_commits_no_epsilon(kit):
+    job = kit.job()
+    with reverts("market: epsilon without privacy"):
+        job.commit(epsilon=1)
 
 
 def test_validated_round_waits_for_the_previous_rounds_quorum(kit):

@@ -396,3 +396,23 @@ def test_a_trimmed_mean_of_few_updates_trims_what_it_can(rules_c, count, trim, k
     assert R.root_ok(*args) and rules_c.call("root_ok", *args)
     wrong = (*args[:7], [int(step[0]) + 1], [])
     assert not R.root_ok(*wrong) and not rules_c.call("root_ok", *wrong)
+
+
+@SETTINGS
+@given(noise=st.integers(1, R.MAX_NOISE), delta_log=st.integers(1, R.MAX_DELTA_LOG), rounds=st.integers(1, R.MAX_ROUNDS))
+def test_epsilon_is_the_same_on_chain_and_in_python(harness, noise, delta_log, rounds):
+    assert harness.call("epsilon", noise, delta_log, rounds) == R.epsilon_micro(noise, delta_log, rounds)
+
+
+def test_epsilon_bounds_the_accountants_and_grows_with_rounds():
+    """The market's epsilon (zCDP of the Gaussian, converted) is never below the RDP accountant's
+    for the same noise, and it grows with every round."""
+    from fedmarket.privacy.accountant import epsilon_for
+
+    log = R.delta_log_micro(1e-5)
+    for z in (0.8, 1.5, 4.0, 20.0):
+        noise = int(z * R.EPSILON_SCALE)
+        eps = [R.epsilon_micro(noise, log, r) for r in range(1, 30)]
+        assert eps == sorted(set(eps))
+        for r in (1, 10, 29):
+            assert eps[r - 1] / R.EPSILON_SCALE >= epsilon_for(z, r, 1e-5)

@@ -50,6 +50,10 @@ def expected_problem(t: dict, requester: str, now: int) -> str:
         (1 <= t["chunk_size"] <= R.MAX_CHUNK, "market: bad chunk size"),
         (1 <= t["n_params"] <= R.MAX_PARAMS, "market: bad model size"),
         (t["privacy_budget"] <= R.MAX_EPSILON, "market: privacy budget too large"),
+        ((t["privacy_budget"] > 0) == (t["noise_multiplier"] > 0) == (t["delta_log"] > 0), "market: privacy terms incomplete"),
+        (t["noise_multiplier"] <= R.MAX_NOISE and t["delta_log"] <= R.MAX_DELTA_LOG, "market: privacy parameter too large"),
+        (t["privacy_budget"] == 0 or t["noise_multiplier"] == 0 or R.epsilon_micro(t["noise_multiplier"], t["delta_log"], t["rounds"]) <= t["privacy_budget"],
+         "market: noise too low for the privacy budget"),
         (t["miss_payout_bps"] <= R.BPS, "market: bad miss payout"),
         (t["miss_payout_bps"] == R.BPS or t["max_validators"] > 0, "market: quality gate needs validators"),
     ]
@@ -57,6 +61,8 @@ def expected_problem(t: dict, requester: str, now: int) -> str:
 
 
 VALIDATED = {"min_validators": 1, "max_validators": 1}
+EPS = 8 * R.EPSILON_SCALE  # a private job's budget
+LOG = R.delta_log_micro(1e-5)
 
 # (terms changed from the kit's valid defaults, the reason) -- "" is an edge still inside the bounds
 BOUNDS = [
@@ -123,6 +129,17 @@ BOUNDS = [
     ({"n_params": R.MAX_PARAMS}, ""),
     ({"privacy_budget": R.MAX_EPSILON + 1}, "market: privacy budget too large"),
     ({"privacy_budget": R.MAX_EPSILON}, ""),
+    ({"privacy_budget": EPS, "noise_multiplier": 0}, "market: privacy terms incomplete"),
+    ({"privacy_budget": EPS, "delta_log": 0}, "market: privacy terms incomplete"),
+    ({"noise_multiplier": 2 * EPS, "delta_log": LOG}, "market: privacy terms incomplete"),
+    ({"privacy_budget": EPS, "noise_multiplier": R.MAX_NOISE + 1, "delta_log": LOG}, "market: privacy parameter too large"),
+    ({"privacy_budget": EPS, "noise_multiplier": R.MAX_NOISE, "delta_log": R.MAX_DELTA_LOG + 1},
+     "market: privacy parameter too large"),
+    ({"privacy_budget": EPS, "noise_multiplier": R.MAX_NOISE, "delta_log": R.MAX_DELTA_LOG}, ""),
+    ({"privacy_budget": EPS, "noise_multiplier": EPS // 10, "delta_log": LOG}, "market: noise too low for the privacy budget"),
+    ({"privacy_budget": EPS, "noise_multiplier": R.noise_micro_for(EPS, LOG, 2), "delta_log": LOG}, ""),
+    ({"privacy_budget": EPS, "noise_multiplier": R.noise_micro_for(EPS, LOG, 2) - 1, "delta_log": LOG},
+     "market: noise too low for the privacy budget"),
     ({"miss_payout_bps": R.BPS + 1}, "market: bad miss payout"),
     ({"miss_payout_bps": 5_000}, "market: quality gate needs validators"),
     (dict(VALIDATED, miss_payout_bps=0), ""),
@@ -209,6 +226,8 @@ terms_strategy = st.fixed_dictionaries({
     "chunk_size": _edge(R.MAX_CHUNK),
     "n_params": _edge(R.MAX_PARAMS),
     "privacy_budget": _edge(R.MAX_EPSILON),
+    "noise_multiplier": _edge(R.MAX_NOISE),
+    "delta_log": _edge(R.MAX_DELTA_LOG),
     "miss_payout_bps": st.sampled_from([0, 5_000, R.BPS, R.BPS + 1]),
     "spec_zero": st.booleans(),
 })

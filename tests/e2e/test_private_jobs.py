@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmarket.errors import ConfigError, PrivacyBudgetExceeded, SecAggAbort
+from fedmarket.errors import ConfigError, ContractRevert, PrivacyBudgetExceeded, SecAggAbort
 from fedmarket.fl import aggregate as agg_rules
 from fedmarket.fl.data import load_dataset, subset
 from fedmarket.fl.partition import iid_partition
@@ -140,15 +140,20 @@ def test_dp_updates_must_have_weight_one(world, tmp_path):
     assert "weight must be 1" in rejected[0]["reason"]
 
 
-def test_a_wrong_committed_epsilon_is_flagged_by_the_audit(world, tmp_path, monkeypatch):
+def test_a_wrong_committed_epsilon_is_refused_by_the_chain(world, tmp_path, monkeypatch):
+    """The chain derives each round's epsilon from the terms' noise multiplier and delta: an aggregator
+    claiming almost no privacy loss cannot commit the round at all."""
     spec = make_spec("dp_local", 3, rounds=1, **DP)
     dep, store, _, job, agg, providers = setup_job(world, tmp_path, spec)
     monkeypatch.setattr(aggregator_module, "epsilon_after_round", lambda spec, r: 1)  # claims almost no loss
     for p in providers:
         p.train(job, 0)
-    agg.run_round(job, 0)
-    check = Auditor(dep, store).audit(job).rounds[0]
-    assert not check.ok and "committed epsilon 1 millionths" in check.problem
+    with pytest.raises(ContractRevert, match="bad epsilon"):
+        agg.run_round(job, 0)
+    assert committed_rounds(dep, job) == []
+    monkeypatch.undo()
+    agg.run_round(job, 0)  # the true epsilon goes through
+    assert Auditor(dep, store).audit(job).rounds[0].ok
 
 
 # ---------------------------------------------------------------------------- secure aggregation

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from sec_support import AGG_STAKE, ZERO32, revert
 
+from fedmarket.errors import ContractRevert
 from fedmarket.market import JobState
 from fedmarket.protocol import rules as R
 from fedmarket.protocol.encoding import address_key, decode_vector, encode_vector, vector_root
@@ -281,8 +282,9 @@ class EpsilonShavingAggregator(Aggregator):
 
 def test_private_round_must_spend_epsilon(make):
     """A private job: the aggregator commits a round with epsilon 0 (no privacy spent) or above the
-    job's budget; a plain job's round claiming privacy. `submit_round` refuses each. One that commits
-    an in-bounds but understated epsilon is rejected by the validators, who re-derive it, and pays."""
+    job's budget; a plain job's round claiming privacy; an in-bounds but understated epsilon. The
+    chain derives each round's epsilon from the terms (noise multiplier, delta, round) and
+    `submit_round` refuses anything else: nothing is committed."""
     s = make(providers=3, rounds=2, privacy="dp_local")
     s.open()
     budget = s.spec.privacy.budget_micro
@@ -299,8 +301,9 @@ def test_private_round_must_spend_epsilon(make):
            sender=plain.agg.account, match="epsilon without privacy")
 
     shaved = make(providers=3, validators=3, rounds=2, privacy="dp_local", aggregator_cls=EpsilonShavingAggregator)
-    shaved.run()
-    _proven(shaved, None, "round rejected")
+    with pytest.raises(ContractRevert, match="bad epsilon"):
+        shaved.run()
+    assert committed_rounds(shaved.dep, shaved.job) == []
 
 
 def test_silent_defender_loses(make):

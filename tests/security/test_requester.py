@@ -41,7 +41,7 @@ def test_terms_mismatch_refused_before_stake(make, tmp_path):
         "validator_stake": honest.validator_stake * 2, "dispute_bond": honest.dispute_bond * 10,
         "rounds": honest.rounds + 1, "round_duration": 5, "response_period": 2, "challenge_period": 7,
         "claim_period": 9, "max_providers": honest.max_providers + 1, "max_validators": 2,
-        "per_round": 2, "privacy_budget": 1, "miss_payout_bps": 0,
+        "per_round": 2, "miss_payout_bps": 0,
     }
     v = s.validators[0]
     for i, (field, value) in enumerate(lies.items()):

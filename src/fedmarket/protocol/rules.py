@@ -9,6 +9,7 @@ here; an unknown rule is an error, never a fall-through.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,6 +23,8 @@ SLASHED = 128
 STAGE_FINAL = 65_535
 EPSILON_SCALE = 1_000_000
 MAX_EPSILON = 1_000_000_000
+MAX_NOISE = 10_000_000_000  # noise multiplier 10,000 in millionths
+MAX_DELTA_LOG = 100_000_000  # ln(1/delta) = 100 in millionths
 MAX_ROUNDS = 10_000
 MAX_PROVIDERS = 1_000_000
 MAX_VALIDATORS = 32
@@ -367,3 +370,39 @@ def leaf_ok(leaf: dict, role_word: int, stage: int, basis: int, pool_: int, valu
     if role == Role.AGGREGATOR:
         return activity == rounds and delta == rounds
     return delta == due_delta
+
+
+# ---- privacy loss (`terms._epsilon`) -----------------------------------------------------------
+
+
+def epsilon_micro(noise: int, delta_log: int, rounds: int) -> int:
+    """Epsilon (millionths, rounded up) after ``rounds`` Gaussian releases of noise multiplier
+    ``noise / 10**6`` at ``delta = exp(-delta_log / 10**6)``: rho-zCDP with ``rho = rounds / (2 z**2)``,
+    converted to ``(rho + 2 sqrt(rho ln(1/delta)), delta)``-DP (Bun & Steinke 2016), exactly as
+    `modules/terms.vy::_epsilon` computes it on chain."""
+    two_z2 = 2 * int(noise) * int(noise)
+    rho = (int(rounds) * 10**18 + two_z2 - 1) // two_z2
+    return rho + 2 * (math.isqrt(rho * int(delta_log)) + 1)
+
+
+def delta_log_micro(delta: float) -> int:
+    """``ln(1/delta)`` in millionths, rounded up (a larger value only makes epsilon larger)."""
+    if not 0 < delta < 1:
+        raise ConfigError(f"delta must be in (0, 1), got {delta}")
+    return math.ceil(-math.log(delta) * EPSILON_SCALE)
+
+
+def noise_micro_for(budget_micro: int, delta_log: int, rounds: int) -> int:
+    """The smallest noise multiplier (millionths) whose epsilon after ``rounds`` rounds is within
+    ``budget_micro``: what a private job's terms carry when its spec fixes only the budget."""
+    if epsilon_micro(MAX_NOISE, delta_log, rounds) > budget_micro:
+        raise ConfigError(f"no noise multiplier up to {MAX_NOISE / EPSILON_SCALE:g} keeps {rounds} rounds within "
+                          f"epsilon {budget_micro / EPSILON_SCALE:g}")
+    lo, hi = 1, MAX_NOISE
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if epsilon_micro(mid, delta_log, rounds) <= budget_micro:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

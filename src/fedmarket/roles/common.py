@@ -93,6 +93,8 @@ def terms_of(spec: JobSpec, aggregator: str, now: int) -> JobTerms:
         licence_price=r.licence_price,
         privacy_budget=spec.privacy.budget_micro,
         miss_payout_bps=R.BPS if spec.quality.target_accuracy is None else spec.quality.miss_payout_bps,
+        noise_multiplier=spec.noise_micro if spec.privacy.dp else 0,
+        delta_log=spec.delta_log_micro if spec.privacy.dp else 0,
     )
 
 
@@ -300,13 +302,10 @@ def epsilon_after_round(spec: JobSpec, round_: int) -> int:
     number. Raises PrivacyBudgetExceeded when the round would take the job past its budget."""
     if not spec.privacy.dp:
         return 0
-    from ..privacy.accountant import epsilon_for
-
-    eps = epsilon_for(spec.noise_multiplier(), round_ + 1, spec.privacy.delta)
-    micro = max(1, math.ceil(eps * R.EPSILON_SCALE))
+    micro = R.epsilon_micro(spec.noise_micro, spec.delta_log_micro, round_ + 1)
     if micro > spec.privacy.budget_micro:
         raise PrivacyBudgetExceeded(
-            f"round {round_} would bring epsilon to {eps:.6g} > budget {spec.privacy.epsilon:g} "
+            f"round {round_} would bring epsilon to {micro / R.EPSILON_SCALE:.6g} > budget {spec.privacy.epsilon:g} "
             f"(delta {spec.privacy.delta:g}); round refused"
         )
     return micro

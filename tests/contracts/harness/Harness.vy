@@ -12,6 +12,7 @@ from modules import constants as C
 from modules import leaves
 from modules import rules
 from modules import statements as S
+from modules import terms as T
 
 
 @pure
@@ -132,3 +133,9 @@ def misbehaviour_digest(sep: bytes32, job_id: uint256, provider: address) -> byt
 @external
 def rewards_digest(sep: bytes32, job_id: uint256, reward_root: bytes32, reward_total: uint256, value_total: uint256, gate_met: bool) -> bytes32:
     return S._rewards(sep, job_id, reward_root, reward_total, value_total, gate_met)
+
+
+@pure
+@external
+def epsilon(noise: uint256, delta_log: uint256, rounds: uint256) -> uint256:
+    return T._epsilon(noise, delta_log, rounds)
