@@ -56,7 +56,7 @@ def test_an_update_from_a_provider_the_seed_did_not_pick_is_flagged(tmp_path, mo
     spec = JobSpec(
         name="selection", data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
         training=TrainingSpec(rounds=1, local_epochs=1), reward=RewardSpec(escrow=10**20),
-        participation=ParticipationSpec(min_providers=6, max_providers=6, per_round=3),
+        participation=ParticipationSpec(min_providers=6, max_providers=6, per_round=1),  # each picked w.p. 1/6: someone is passed over
     )
     agg = Aggregator(dep, accts[3], store, box)
     providers = [Provider(dep, accts[4 + i], store, box, subset(ds, parts[i]).X, subset(ds, parts[i]).y) for i in range(6)]

@@ -28,7 +28,7 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 from ..errors import ConfigError, FedMarketError, StorageError  # noqa: E402
 from ..protocol.encoding import canonical_json  # noqa: E402
-from ..roles.common import committed_rounds, round_topic  # noqa: E402
+from ..roles.common import committed_rounds, metrics_cid, round_topic  # noqa: E402
 from ..storage import BlobStore, Mailbox, cid_of  # noqa: E402
 
 try:  # noqa: SIM105
@@ -56,6 +56,13 @@ _OK = Status(code=Code.OK, message="")
 
 def _params(*blobs: bytes) -> Parameters:
     return Parameters(tensors=list(blobs), tensor_type=BLOB)
+
+
+def _round_blobs(store: BlobStore, committed) -> tuple[bytes, bytes]:
+    """The blobs a provider needs to start from a committed round: its metrics document (found by
+    the hash on chain) and the model it names (checked against the model root when training)."""
+    metrics = store.get(metrics_cid(committed.metrics_hash))
+    return metrics, store.get(json.loads(metrics)["model_cid"])
 
 
 class FlowerGateway(Strategy):
@@ -101,14 +108,14 @@ class FlowerGateway(Strategy):
         r = server_round - 1
         with self.lock:
             done = committed_rounds(self.aggregator.dep, self.job_id)
-            model = self.store.get(done[-1].model_cid) if done else b""
+            blobs = _round_blobs(self.store, done[-1]) if done else ()
         # wait (bounded) for the providers; a round goes on with those connected, like a mailbox round
         client_manager.wait_for(self.min_providers, timeout=self.connect_timeout)
         available = client_manager.num_available()
         if available == 0:
             raise FedMarketError(f"no provider connected within {self.connect_timeout:g} s")
         clients = client_manager.sample(num_clients=available, min_num_clients=1)
-        ins = FitIns(_params(model) if model else _params(), {"job_id": self.job_id, "round": r})
+        ins = FitIns(_params(*blobs), {"job_id": self.job_id, "round": r})
         return [(c, ins) for c in clients]
 
     def aggregate_fit(self, server_round, results, failures):
@@ -161,8 +168,8 @@ class FlowerProvider(_FlowerClient):
 
     def fit(self, ins: FitIns) -> FitRes:
         job_id, r = int(ins.config["job_id"]), int(ins.config["round"])
-        if ins.parameters.tensors:  # the round's starting model, checked against the chain when training
-            self.provider.store.put(ins.parameters.tensors[0])
+        for blob in ins.parameters.tensors:  # the last round's metrics and model, checked against the chain when training
+            self.provider.store.put(blob)
         with self.lock:
             message = self.provider.train(job_id, r)
         if message is None:  # not selected this round
