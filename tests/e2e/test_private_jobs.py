@@ -90,7 +90,7 @@ def secure_round(job, r, agg, providers, drop_keys=(), drop_mask=(), drop_unmask
 
 def plain_updates(spec, job, r, providers, q_global):
     """What each provider's update was before masking (training is seeded, so it can be redone here)."""
-    return {p.address: (quantize(p._local_delta(spec, job, r, q_global)), p.n_samples) for p in providers}
+    return {p.address: (quantize(p._local_delta(spec, job, r, q_global)), 1) for p in providers}
 
 
 # ---------------------------------------------------------------------------- differential privacy

@@ -129,7 +129,7 @@ class Aggregator:
         if not 1 <= weight <= R.MAX_WEIGHT:
             raise FedMarketError(f"weight must be in [1, {R.MAX_WEIGHT}], got {weight}")
         if spec.unit_weights and weight != 1:
-            why = f"privacy mode {spec.privacy.mode} bounds every provider's influence" if spec.privacy.dp else \
+            why = f"privacy mode {spec.privacy.mode} releases no sample count" if spec.privacy.mode != "plain" else \
                 f"strategy {spec.strategy} counts every update once"
             raise FedMarketError(f"{why}: weight must be 1, got {weight}")
         root = bytes.fromhex(msg["update_root"].removeprefix("0x"))
