@@ -302,15 +302,6 @@ def _fitted_noise(epsilon: float, delta: float, rounds: int) -> float:
     return R.noise_micro_for(budget, R.delta_log_micro(delta), rounds) / EPSILON_SCALE
 
 
-class TransportSpec(_Strict):
-    """How providers' updates reach the aggregator, when not by the mailbox: over Flower's Deployment
-    Engine, running exactly the Flower app bundle (FAB) whose sha256 this names. A provider refuses
-    to run any other bundle (`fedmarket.transport.flower`)."""
-
-    kind: Literal["flower"] = "flower"
-    flower_app_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 (hex) of the Flower app bundle")
-
-
 class JobSpec(_Strict):
     """A whole training job. Immutable; its hash is what the chain commits to."""
 
@@ -329,7 +320,6 @@ class JobSpec(_Strict):
     deadlines: DeadlineSpec = DeadlineSpec()
     quantization: QuantizationSpec = QuantizationSpec()
     quality: QualitySpec = QualitySpec()
-    transport: TransportSpec | None = Field(default=None, description="None: the mailbox; else the Flower bundle providers run")
 
     @model_validator(mode="after")
     def _strategy(self) -> "JobSpec":
@@ -449,8 +439,7 @@ class JobSpec(_Strict):
 
     def canonical(self) -> bytes:
         """Canonical JSON bytes: the CID and the on-chain hash are taken of exactly these."""
-        # a spec without a transport has the bytes (and hash) it had before the field existed
-        return canonical_json(self.model_dump(mode="json", exclude={"transport"} if self.transport is None else None))
+        return canonical_json(self.model_dump(mode="json"))
 
     def hash(self) -> bytes:
         return keccak(self.canonical())
