@@ -44,3 +44,19 @@ def world(boa_world):
     """The session world, rolled back after each test."""
     with boa_world["chain"].snapshot():
         yield boa_world
+
+
+@pytest.fixture
+def nats_server(tmp_path_factory):
+    """A real `nats-server -js` on 127.0.0.1 (a port of its choosing, JetStream file storage in a
+    fresh directory), terminated when the test ends. Required in CI, skipped locally without it."""
+    from fedmarket.testing.natsserver import NatsServer, find_nats_server
+
+    if find_nats_server() is None:
+        if os.environ.get("CI"):
+            pytest.fail("nats-server is required in CI: README line 2 installs it (apt-get install nats-server)")
+        pytest.skip("nats-server not installed (apt-get install nats-server)")
+    server = NatsServer(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()

@@ -112,12 +112,12 @@ def audit(
     rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
     dir: Path = typer.Option(Path("fedmarket-demo"), "--dir", "-d", help="A job directory: report.json (contract addresses) and blobs/."),
     contracts: Path = typer.Option(None, "--contracts", help="Addresses file (JSON with token, market, disputes, licence) instead of DIR/report.json."),
-    store: str = typer.Option(None, "--store", help="Blob store instead of DIR/blobs: a directory or ipfs+http://HOST:PORT (a Kubo node)."),
+    store: str = typer.Option(None, "--store", help="Blob store instead of DIR/blobs: a directory, nats://HOST:4222 or ipfs+http://HOST:PORT (a Kubo node)."),
     challenge: bool = typer.Option(False, "--challenge", help="Prove what is wrong on chain: run the challenger until its dispute games end (needs a signer with the job's dispute bond)."),
     account: str = typer.Option(None, "--account", help="Challenger's signer: an account of the keystore."),
     keystore: Path = typer.Option(None, "--keystore", help="Keystore directory of --account."),
     dev_account: int = typer.Option(None, "--dev-account", help="Challenger's signer: anvil's public dev account I (chain id 31337 only)."),
-    mailbox: Path = typer.Option(None, "--mailbox", help="The job's mailbox (default DIR/mailbox if it exists): censored updates and equivocating validators are proven from it."),
+    mailbox: str = typer.Option(None, "--mailbox", help="The job's mailbox, nats://HOST:4222 or a directory (default DIR/mailbox if it exists): censored updates and equivocating validators are proven from it."),
 ) -> None:
     """Re-derive every round and payout of a job from chain data and the blob store; exit 1 on any mismatch.
     With --challenge, every provable fault is also proven on chain (dispute games played to their end)."""
@@ -127,11 +127,11 @@ def audit(
     from ..chain import connect
     from ..market import Deployment
     from ..roles.auditor import Auditor
-    from ..storage import open_store
+    from ..storage import is_remote, open_store
 
     addresses = read_addresses(contracts or dir / "report.json")
     blobs = store or str(dir / "blobs")
-    if not blobs.lower().startswith("ipfs+") and not Path(blobs).is_dir():
+    if not is_remote(blobs) and not Path(blobs).is_dir():
         raise ConfigError(f"blob store {blobs} does not exist")
     dep = Deployment.attach(connect(rpc), addresses)
     report = Auditor(dep, open_store(blobs)).audit(job_id)
@@ -158,7 +158,7 @@ def audit(
         raise typer.Exit(1)
 
 
-def _challenge(ctx, job_id: int, mailbox: Path | None, console) -> None:
+def _challenge(ctx, job_id: int, mailbox: str | Path | None, console) -> None:
     """Run the challenger on the job until no game is open and nothing more can be proven; print the slashes."""
     from ..processes import ChallengerProcess
 

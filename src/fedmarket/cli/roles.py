@@ -2,8 +2,8 @@
 
 Every command attaches to a deployment (`--contracts`, written by `fedmarket deploy`), signs
 with an account of the encrypted keystore (`--account NAME`; or `--dev-account I` on a
-development chain), reads and writes blobs in `--store` (a directory or `ipfs+http://...`)
-and messages in `--mailbox` (a directory), keeps its few facts in `--state-dir`, and polls
+development chain), reads and writes blobs in `--store` (`nats://...`, `ipfs+http://...` or a
+directory) and messages in `--mailbox` (`nats://...` or a directory), keeps its few facts in `--state-dir`, and polls
 the chain every `--poll` seconds until its part of the job is done (exit 0), SIGTERM/SIGINT
 (exit 0; restart with the same state directory to resume), or an unrecoverable error (one
 line on stderr).
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,8 @@ app.add_typer(validator_app, name="validator")
 app.add_typer(challenger_app, name="challenger")
 
 JOB = typer.Option(..., "--job", help="The job id.")
-MAILBOX = typer.Option(Path("fedmarket-mailbox"), "--mailbox", help="Mailbox directory shared by the job's roles.")
+MAILBOX = typer.Option("fedmarket-mailbox", "--mailbox",
+                       help="The job's mailbox: nats://HOST:4222 (a NATS JetStream server), or a directory every role can write (one machine).")
 
 #: the options every role command takes: (name, type, typer option)
 COMMON = (
@@ -44,7 +45,7 @@ COMMON = (
     ("account", str, typer.Option(None, "--account", help="Signer: an account of the keystore (password from $FEDMARKET_PASSWORD or a prompt).")),
     ("keystore", Path, typer.Option(None, "--keystore", help=KEYSTORE_HELP)),
     ("dev_account", int, typer.Option(None, "--dev-account", help="Signer: anvil's public dev account I (chain id 31337 only).")),
-    ("store", str, typer.Option("fedmarket-blobs", "--store", help="Blob store: a directory, or ipfs+http://HOST:PORT (a Kubo node).")),
+    ("store", str, typer.Option("fedmarket-blobs", "--store", help="Blob store: nats://HOST:4222 (a NATS JetStream server), ipfs+http://HOST:PORT (a Kubo node) or a directory.")),
     ("state_dir", Path, typer.Option(None, "--state-dir", help="This role's state directory (default ./fedmarket-state/ROLE-ADDRESS[-job-ID]).")),
     ("poll", float, typer.Option(1.0, "--poll", help="Seconds between two looks at the chain and the mailbox.")),
 )
@@ -63,6 +64,7 @@ class RoleContext:
     store: str
     state_dir: Path | None
     poll: float
+    opened: list = field(default_factory=list, init=False, compare=False, repr=False)  # stores to close
 
     def __post_init__(self) -> None:
         if not self.poll > 0:
@@ -89,15 +91,25 @@ class RoleContext:
                               f"{self.rpc} has chain id {chain.chain_id}: use --account")
         return attach(chain, self.contracts), signer, Path(state)
 
-    def stores(self, mailbox: Path | None = None):
-        """(blob store, mailbox or None)."""
-        from ..storage import Mailbox, open_store
+    def stores(self, mailbox: str | Path | None = None):
+        """(blob store, mailbox or None): each a service (nats://...) or a directory."""
+        from ..storage import open_mailbox, open_store
 
-        return open_store(self.store), (Mailbox(mailbox) if mailbox is not None else None)
+        blobs = open_store(self.store)
+        self.opened.append(blobs)
+        box = open_mailbox(mailbox) if mailbox is not None else None
+        if box is not None:
+            self.opened.append(box)
+        return blobs, box
 
     def run(self, proc) -> None:
-        """Loop the role process until its part is done or a signal arrives."""
-        proc.run(self.poll)
+        """Loop the role process until its part is done or a signal arrives; then close its
+        connections to the store and the mailbox."""
+        try:
+            proc.run(self.poll)
+        finally:
+            while self.opened:
+                self.opened.pop().close()
         if proc.done:
             proc.say("done")
 
@@ -210,7 +222,7 @@ def _data_role(group: typer.Typer, role: str, process: str, data_help: str, doc:
     """Register `fedmarket <role> run` for a role that holds local data (`--data`, `--label`)."""
 
     def command(ctx: RoleContext, data: Path = typer.Option(..., "--data", help=data_help), job: int = JOB,
-                mailbox: Path = MAILBOX, label: str = LABEL) -> None:
+                mailbox: str = MAILBOX, label: str = LABEL) -> None:
         from .. import processes
 
         _run_with_data(ctx, role, getattr(processes, process), data, job, mailbox, label)
@@ -227,7 +239,7 @@ provider_run = _data_role(
 
 @role_command(aggregator_app, "run")
 def aggregator_run(
-    ctx: RoleContext, job: int = JOB, mailbox: Path = MAILBOX,
+    ctx: RoleContext, job: int = JOB, mailbox: str = MAILBOX,
     collect_timeout: float = typer.Option(60.0, "--collect-timeout", help="Seconds to wait for missing updates before committing a round without them."),
     reveal_timeout: float = typer.Option(60.0, "--reveal-timeout", help="Seconds to wait for validators' revealed scores before posting rewards."),
 ) -> None:
@@ -250,7 +262,7 @@ validator_run = _data_role(
 
 
 @role_command(challenger_app, "run")
-def challenger_run(ctx: RoleContext, job: int = JOB, mailbox: Path = MAILBOX) -> None:
+def challenger_run(ctx: RoleContext, job: int = JOB, mailbox: str = MAILBOX) -> None:
     """Watch the job, recompute each round once, open a dispute game on every provable fault
     (wrong aggregate, invalid update, censored update, wrong reward root, equivocating
     validator), play it to its end, and exit once the job is over and no game is open."""
@@ -290,7 +302,7 @@ def _job_data(dep, blobs, job: int, path: Path, what: str, label: str | None,
     return load_for_job(path, what, spec.data, label)
 
 
-def _run_with_data(ctx: RoleContext, role: str, process, data: Path, job: int, mailbox: Path,
+def _run_with_data(ctx: RoleContext, role: str, process, data: Path, job: int, mailbox: str,
                    label: str | None = None) -> None:
     """Run a role that holds local data (a provider's, a validator's) on job `job`: the file is read
     as the job's schema says before anything is staked."""

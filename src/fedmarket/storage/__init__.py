@@ -10,9 +10,14 @@ from .mailbox import Mailbox
 
 
 def open_store(location: str | os.PathLike) -> BlobStore:
-    """The blob store at `location`: `ipfs+http://host:port` (or `ipfs+https://...`) is a Kubo
-    node's RPC API (`IpfsHttpStore`); anything else is a local directory (`LocalBlobStore`)."""
+    """The blob store at `location`: `nats://host:port` is a NATS JetStream server's object
+    store (`JetStreamBlobStore`), `ipfs+http://host:port` (or `ipfs+https://...`) a Kubo node's
+    RPC API (`IpfsHttpStore`); anything else is a local directory (`LocalBlobStore`)."""
     text = os.fspath(location)
+    if isinstance(text, str) and text.lower().startswith("nats://"):
+        from .jetstream import JetStreamBlobStore
+
+        return JetStreamBlobStore(text)
     if isinstance(text, str) and text.lower().startswith(("ipfs+http://", "ipfs+https://")):
         from .ipfs import IpfsHttpStore
 
@@ -20,4 +25,22 @@ def open_store(location: str | os.PathLike) -> BlobStore:
     return LocalBlobStore(text)
 
 
-__all__ = ["BlobStore", "LocalBlobStore", "Mailbox", "cid_of", "open_store", "verify"]
+def open_mailbox(location: str | os.PathLike):
+    """The mailbox at `location`: `nats://host:port` is a NATS JetStream stream
+    (`JetStreamMailbox`, for roles on different machines); anything else is a directory
+    (`Mailbox`, for roles on one machine)."""
+    text = os.fspath(location)
+    if isinstance(text, str) and text.lower().startswith("nats://"):
+        from .jetstream import JetStreamMailbox
+
+        return JetStreamMailbox(text)
+    return Mailbox(text)
+
+
+def is_remote(location: str | os.PathLike) -> bool:
+    """Whether `location` names a service (nats://, ipfs+http(s)://) rather than a directory."""
+    text = os.fspath(location)
+    return isinstance(text, str) and text.lower().startswith(("nats://", "ipfs+http://", "ipfs+https://"))
+
+
+__all__ = ["BlobStore", "LocalBlobStore", "Mailbox", "cid_of", "is_remote", "open_mailbox", "open_store", "verify"]

@@ -34,6 +34,9 @@ class BlobStore(abc.ABC):
             return False
         return True
 
+    def close(self) -> None:
+        """Release connections (a network store's); a directory has none."""
+
 
 class LocalBlobStore(BlobStore):
     """A directory of files named by CID (written atomically)."""

@@ -12,19 +12,24 @@ from .cid import cid_of
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
+def check_topic(topic: str) -> None:
+    """Raise StorageError unless `topic` is a valid mailbox topic (letters, digits, `.`, `_`, `-`)."""
+    if not isinstance(topic, str) or not _TOPIC.match(topic):
+        raise StorageError(f"bad mailbox topic {topic!r}")
+
+
 class Mailbox:
     """Append-only message board in a directory: one file per message, named by its CID.
 
     Messages carry no trust: receivers check signatures and CIDs themselves. It is the
-    default transport between roles on one machine (issue 7 adds network transports).
+    transport between roles on one machine; across machines, `JetStreamMailbox` (nats://).
     """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
     def _dir(self, topic: str) -> Path:
-        if not _TOPIC.match(topic):
-            raise StorageError(f"bad mailbox topic {topic!r}")
+        check_topic(topic)
         return self.root / topic
 
     def post(self, topic: str, message: bytes) -> str:
@@ -42,3 +47,6 @@ class Mailbox:
         if not d.is_dir():
             return []
         return [p.read_bytes() for p in sorted(d.iterdir()) if not p.name.startswith(".")]
+
+    def close(self) -> None:
+        """Nothing to release (the NATS mailbox has a connection to close)."""

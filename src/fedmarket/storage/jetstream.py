@@ -1,0 +1,278 @@
+"""Messages and blobs between roles on a NATS JetStream server (`nats://HOST:4222`): the
+transport for roles on machines that share no directory.
+
+The server is trusted for delivery only. Every blob is named by its CID and checked against it
+on every read (`BlobStore.get`), so a tampered object is refused; every mailbox message is
+signed by its author and checked by its reader (the roles do that, as with the directory
+mailbox). Both live in JetStream file storage, so they survive a restart of the server, and a
+restarted role reads everything again from the server, not from files of its own.
+
+- `JetStreamMailbox`: one stream (`FEDMARKET_MAIL`, subjects `fedmarket.mail.<topic>`). A post
+  carries the header `Nats-Msg-Id: <topic>/<CID of the message>`, so the server drops a second
+  post of the same message within its duplicate window (a day); `read` also drops repeats
+  beyond it. A topic reads back in publish order (the stream's sequence).
+- `JetStreamBlobStore`: the object store bucket `fedmarket-blobs`, one object per CID.
+
+This is the only module that touches the asyncio client (nats-py): `NatsLink` runs it on an
+event loop in a daemon thread and offers blocking calls; `close()` (or the end of the
+interpreter) drains the connection and joins the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import threading
+import urllib.parse
+import weakref
+from collections.abc import Coroutine
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.api
+import nats.js.errors
+
+from ..errors import StorageError
+from .blobstore import BlobStore
+from .cid import cid_of, parse_cid
+from .mailbox import check_topic
+
+MAIL_STREAM = "FEDMARKET_MAIL"
+MAIL_SUBJECTS = "fedmarket.mail"
+BLOB_BUCKET = "fedmarket-blobs"
+#: how long the server remembers a message id to drop a repeated post (seconds)
+DUPLICATE_WINDOW = 24 * 3600.0
+
+_NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
+_LINKS: weakref.WeakSet[NatsLink] = weakref.WeakSet()
+
+
+class NatsLink:
+    """A connection to a NATS server, used synchronously: the asyncio client runs on its own
+    event loop in a daemon thread, and `call` waits for one coroutine there. After the first
+    connection the client reconnects by itself for as long as it takes (a restarted server);
+    calls made meanwhile fail with a `StorageError` after `timeout` seconds."""
+
+    def __init__(self, url: str, *, timeout: float = 10.0, connect_timeout: float = 5.0):
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme.lower() != "nats" or not parsed.hostname or parsed.path not in ("", "/"):
+            raise StorageError(f"not a NATS server URL: {url!r} (expected nats://HOST:PORT)")
+        self.url = url
+        self.timeout = timeout
+        self.last_error: str | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"nats-link {url}", daemon=True)
+        self._thread.start()
+        self._nc = None
+        try:
+            self._nc = self.call(self._connect(connect_timeout), connect_timeout + 2, "connect")
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.js = self._nc.jetstream(timeout=timeout)
+        _LINKS.add(self)
+
+    async def _connect(self, connect_timeout: float):
+        async def quiet(exc):  # the client logs every reconnect attempt otherwise
+            self.last_error = str(exc) or type(exc).__name__
+
+        nc = await nats.connect(self.url, name="fedmarket", connect_timeout=connect_timeout, allow_reconnect=True,
+                                max_reconnect_attempts=2, reconnect_time_wait=0.5, error_cb=quiet)
+        nc.options["max_reconnect_attempts"] = -1  # connected once: from now on, never give up on the server
+        return nc
+
+    @property
+    def max_payload(self) -> int:
+        return self._nc.max_payload
+
+    def call(self, coro: Coroutine, timeout: float | None = None, what: str = "request") -> Any:
+        """Run `coro` on the link's loop and return its result; a NATS failure or no answer within
+        `timeout` seconds (default: the link's) is a `StorageError` naming the server."""
+        if not self._thread.is_alive():
+            coro.close()
+            raise StorageError(f"NATS link to {self.url} is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(self.timeout if timeout is None else timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise StorageError(f"NATS server {self.url}: no answer to {what} ({self.last_error or 'timed out'})") from None
+        except nats.errors.NoServersError:
+            raise StorageError(f"cannot reach NATS server at {self.url}") from None
+        except _NATS_ERRORS as exc:
+            raise StorageError(f"NATS server {self.url}: {what} failed: {type(exc).__name__} {exc}".rstrip()) from None
+
+    def close(self) -> None:
+        """Drain and close the connection, stop the loop and join its thread (idempotent)."""
+        if self._nc is not None and self._thread.is_alive():
+            try:
+                self.call(self._nc.close(), 5.0, "close")
+            except StorageError:
+                pass
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        if self._thread.is_alive():
+            try:
+                asyncio.run_coroutine_threadsafe(_cancel_others(), self._loop).result(5.0)
+            except (concurrent.futures.TimeoutError, RuntimeError):
+                pass
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5.0)
+        if not self._loop.is_closed() and not self._loop.is_running():
+            self._loop.close()
+
+    def __enter__(self) -> NatsLink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+async def _cancel_others() -> None:
+    """Cancel every other task on this loop (a connection attempt given up on, say) and let them end."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@atexit.register
+def _close_links() -> None:
+    for link in list(_LINKS):
+        link.close()
+
+
+def subject_of(topic: str) -> str:
+    """The subject of a mailbox topic: `fedmarket.mail.` + the topic with `_` written `__` and
+    `.` written `_d` (NATS splits subjects at dots; the mapping is one to one)."""
+    check_topic(topic)
+    return f"{MAIL_SUBJECTS}.{topic.replace('_', '__').replace('.', '_d')}"
+
+
+async def _ensure_stream(js, **config) -> None:
+    try:
+        await js.stream_info(config["name"])
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(**config)
+        except nats.js.errors.BadRequestError:
+            await js.stream_info(config["name"])  # created meanwhile by another role: fine if it exists now
+
+
+class _Topic:
+    """What this client has read of one topic: the next stream sequence to look at, the
+    messages in publish order, their CIDs."""
+
+    def __init__(self) -> None:
+        self.next_seq = 1
+        self.messages: list[bytes] = []
+        self.cids: set[str] = set()
+
+
+class JetStreamMailbox:
+    """The mailbox (`post`/`read` per topic, like `storage.Mailbox`) as a JetStream stream."""
+
+    def __init__(self, url: str, *, link: NatsLink | None = None):
+        self.link = link or NatsLink(url)
+        self.url = url
+        self._topics: dict[str, _Topic] = {}
+        self.link.call(_ensure_stream(
+            self.link.js, name=MAIL_STREAM, subjects=[f"{MAIL_SUBJECTS}.>"], storage=nats.js.api.StorageType.FILE,
+            duplicate_window=DUPLICATE_WINDOW, allow_direct=True), what="create the mailbox stream")
+
+    def __repr__(self) -> str:
+        return f"JetStreamMailbox({self.url!r})"
+
+    def post(self, topic: str, message: bytes) -> str:
+        """Publish `message` on `topic` (once: a repeat of the same bytes is dropped); its CID."""
+        subject, cid = subject_of(topic), cid_of(message)
+        if len(message) > self.link.max_payload:
+            raise StorageError(f"mailbox message of {len(message)} bytes exceeds the NATS server's "
+                               f"max_payload ({self.link.max_payload} bytes) at {self.url}")
+        headers = {"Nats-Msg-Id": f"{topic}/{cid}"}
+        self.link.call(self.link.js.publish(subject, message, stream=MAIL_STREAM, headers=headers),
+                       what=f"post on {topic}")
+        return cid
+
+    def read(self, topic: str) -> list[bytes]:
+        """Every distinct message posted on `topic`, each once, in publish order."""
+        subject = subject_of(topic)
+        state = self._topics.setdefault(topic, _Topic())
+        return self.link.call(self._catch_up(state, subject), what=f"read {topic}")
+
+    async def _catch_up(self, state: _Topic, subject: str) -> list[bytes]:
+        while True:
+            try:
+                msg = await self.link.js.get_msg(MAIL_STREAM, seq=state.next_seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return list(state.messages)
+            data = msg.data or b""
+            cid = cid_of(data)
+            if cid not in state.cids:
+                state.cids.add(cid)
+                state.messages.append(data)
+            state.next_seq = msg.seq + 1
+
+    def close(self) -> None:
+        self.link.close()
+
+
+class JetStreamBlobStore(BlobStore):
+    """Blobs in the JetStream object store bucket `fedmarket-blobs`, one object per CID (file
+    storage). The server is untrusted: `get` checks every blob against its CID."""
+
+    def __init__(self, url: str, *, link: NatsLink | None = None, timeout: float = 120.0):
+        self.link = link or NatsLink(url)
+        self.url = url
+        self.timeout = timeout
+        self._bucket = self.link.call(self._open_bucket(), what="open the blob bucket")
+
+    def __repr__(self) -> str:
+        return f"JetStreamBlobStore({self.url!r})"
+
+    async def _open_bucket(self):
+        js = self.link.js
+        try:
+            return await js.object_store(BLOB_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                return await js.create_object_store(BLOB_BUCKET, storage=nats.js.api.StorageType.FILE)
+            except nats.js.errors.BadRequestError:
+                return await js.object_store(BLOB_BUCKET)  # created meanwhile by another role
+
+    def put(self, data: bytes) -> str:
+        cid = cid_of(data)
+        if not self.has(cid):
+            self.link.call(self._bucket.put(cid, data), self.timeout, f"put {cid}")
+        return cid
+
+    def _read(self, cid: str) -> bytes:
+        parse_cid(cid)
+        return self.link.call(self._get(cid), self.timeout, f"get {cid}")
+
+    async def _get(self, cid: str) -> bytes:
+        try:
+            result = await self._bucket.get(cid)
+        except nats.js.errors.ObjectNotFoundError:
+            raise StorageError(f"blob {cid} not found in the NATS object store at {self.url}") from None
+        except nats.js.errors.DigestMismatchError:
+            raise StorageError(f"blob does not match its content id {cid}: refusing corrupted data "
+                               f"(its chunks on {self.url} do not even match the object's own digest)") from None
+        return bytes(result.data or b"")
+
+    def has(self, cid: str) -> bool:
+        parse_cid(cid)
+        return self.link.call(self._has(cid), what=f"look up {cid}")
+
+    async def _has(self, cid: str) -> bool:
+        try:
+            await self._bucket.get_info(cid)
+        except nats.js.errors.ObjectNotFoundError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.link.close()
