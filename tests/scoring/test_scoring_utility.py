@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedmarket.errors import ConfigError
 from fedmarket.fl.models import MLP
-from fedmarket.scoring import AggregationUtility, FunctionUtility
+from fedmarket.scoring import AggregationUtility, FunctionUtility, all_masks
 
 
 def one_by_one(model, params, U, w, X, y, mask, metric):
@@ -79,3 +81,50 @@ def test_incremental_walk_equals_plain_evaluation(digits_round):
     b = gtg_shapley(plain, seed=0, conv_tol=0.0, max_permutations=24)
     assert a.evaluations == b.evaluations > 0
     np.testing.assert_allclose(a.values, b.values, atol=1e-9)
+
+
+def test_a_tie_is_one_guess_not_a_hit(digits_round):
+    """From the all-zero initial model every class ties: the empty coalition scores what that model
+    really predicts (class 0 everywhere), not 1.0, and walks, batches and the model agree."""
+    from fedmarket.scoring import exact_shapley
+
+    model, _, U, w, X, y = digits_round
+    zero = np.zeros(model.n_params)
+    u = AggregationUtility(model, zero, U, X, y, w, metric="accuracy")
+    assert u.empty() == pytest.approx(model.accuracy(zero, X, y)) == pytest.approx(float(np.mean(y == 0)))
+    assert u.empty() < 0.2 < u.grand()
+    phi = exact_shapley(u)
+    assert np.all(phi > 0)  # every honest provider helps the untrained model
+    from fedmarket.scoring import detect
+
+    assert not detect(U, values=phi).flagged.any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), c=st.integers(2, 5), ties=st.booleans())
+def test_accuracy_is_the_models_accuracy_on_any_coalition(seed, c, ties):
+    """Property: on random games, with or without tied logits, the batched accuracy equals
+    `Model.accuracy` of the coalition's aggregated model, through the cache and along walks."""
+    from fedmarket.fl.models import SoftmaxRegression
+    from fedmarket.scoring._permutations import walk
+
+    rng = np.random.default_rng(seed)
+    n, d, m = 4, 3, 40
+    model = SoftmaxRegression(d, c)
+    params = rng.normal(size=model.n_params)
+    U = rng.normal(size=(n, model.n_params))
+    if ties:  # classes 0 and 1 get the same weights and bias: their logits tie exactly on every coalition
+        for A in (params[None, :], U):
+            W = A[:, : d * c].reshape(-1, d, c)
+            W[:, :, 1] = W[:, :, 0]
+            A[:, d * c + 1] = A[:, d * c]
+    X = rng.normal(size=(m, d))
+    y = rng.integers(0, c, m)
+    w = rng.integers(1, 4, n).astype(float)
+    u = AggregationUtility(model, params, U, X, y, w, metric="accuracy")
+    masks = all_masks(n)
+    want = [model.accuracy(params + (w[k] / w[k].sum()) @ U[k] if k.any() else params, X, y) for k in masks]
+    np.testing.assert_allclose(u.evaluate(masks), want)
+    perm = rng.permutation(n)[None, :]
+    marg = walk(AggregationUtility(model, params, U, X, y, w, metric="accuracy"), perm, want[0], want[-1], 0.0)
+    np.testing.assert_allclose(marg.sum(), want[-1] - want[0], atol=1e-12)

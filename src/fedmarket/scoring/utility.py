@@ -151,8 +151,10 @@ class AggregationUtility(Utility):
 
     The model of coalition ``S`` is ``params + sum_{i in S} w_i u_i / sum_{i in S} w_i``
     (FedAvg of the coalition's updates onto the round's starting model; the
-    empty coalition keeps ``params``); its value is the accuracy, or minus the
-    mean cross-entropy, on the validator's held-out data. For a
+    empty coalition keeps ``params``); its value is the accuracy (of the
+    predicted class, the first largest logit as in ``Model.predict``, so a tie
+    is one guess, not a hit), or minus the mean cross-entropy, on the
+    validator's held-out data. For a
     :class:`~fedmarket.fl.models.SoftmaxRegression` the logits are linear in
     the parameters, so every coalition's logits are one matrix product of the
     coalition weights with the providers' precomputed logit deltas; other
@@ -263,7 +265,9 @@ class AggregationUtility(Utility):
     def _score(self, logits: np.ndarray, true: np.ndarray) -> np.ndarray:
         """Metric of a batch of class-major logits ``(B, c, m)`` given the true-class logits ``(B, m)``."""
         if self.metric == "accuracy":
-            return (true >= logits.max(axis=1)).mean(axis=1, dtype=np.float64)
+            # the class the model predicts is the first largest logit (`Model.predict`): a tie is not a hit
+            # for every tied class (the all-zero model would score 1.0), only for the first of them
+            return (logits.argmax(axis=1) == self.y).mean(axis=1, dtype=np.float64)
         top = logits.max(axis=1)
         lse = top + np.log(np.exp(logits - top[:, None, :]).sum(axis=1))
         return (true - lse).mean(axis=1, dtype=np.float64)
