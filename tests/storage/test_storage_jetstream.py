@@ -166,6 +166,22 @@ def test_unreachable_server_and_bad_urls(nats_server):
         NatsLink("http://127.0.0.1:4222")
 
 
+def test_a_server_with_a_password_and_a_url_that_never_shows_it(nats_server, tmp_path):
+    from fedmarket.testing.natsserver import NatsServer
+
+    with NatsServer(tmp_path / "auth", extra=("--user", "alice", "--pass", "s3cret")) as server:
+        url = server.url.replace("nats://", "nats://alice:s3cret@")
+        box = open_mailbox(url)
+        try:
+            box.post("t", b"signed")
+            assert box.read("t") == [b"signed"] and "s3cret" not in repr(box)
+        finally:
+            box.close()
+        with pytest.raises(StorageError, match="Authorization Violation") as refused:
+            open_store(url.replace("s3cret", "wrong-guess"))
+        assert "wrong-guess" not in str(refused.value) and ":***@" in str(refused.value)
+
+
 def test_a_closed_link_says_so(nats_server):
     link = NatsLink(nats_server.url)
     link.close()

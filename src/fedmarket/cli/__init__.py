@@ -1,7 +1,7 @@
 """The `fedmarket` command line: every command registers itself on one typer app; `main` runs
 it and turns every expected error into one line on stderr and a non-zero exit, never a traceback."""
 
-from . import account, dashboard, deploy, localnet, models, ops, roles  # noqa: F401 - each module registers its commands
+from . import account, broker, dashboard, deploy, localnet, models, ops, roles  # noqa: F401 - each module registers its commands
 from . import main as _commands
 from .app import app, run
 

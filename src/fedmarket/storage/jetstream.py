@@ -49,6 +49,14 @@ _NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
 _LINKS: weakref.WeakSet[NatsLink] = weakref.WeakSet()
 
 
+def redacted(url: str) -> str:
+    """`url` with any password replaced by `***`."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.password is None:
+        return url
+    return url.replace(f":{parsed.password}@", ":***@", 1)
+
+
 class NatsLink:
     """A connection to a NATS server, used synchronously: the asyncio client runs on its own
     event loop in a daemon thread, and `call` waits for one coroutine there. After the first
@@ -59,7 +67,8 @@ class NatsLink:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme.lower() != "nats" or not parsed.hostname or parsed.path not in ("", "/"):
             raise StorageError(f"not a NATS server URL: {url!r} (expected nats://HOST:PORT)")
-        self.url = url
+        self._url = url
+        self.url = redacted(url)  # what messages show: never the password
         self.timeout = timeout
         self.last_error: str | None = None
         self._loop = asyncio.new_event_loop()
@@ -78,7 +87,7 @@ class NatsLink:
         async def quiet(exc):  # the client logs every reconnect attempt otherwise
             self.last_error = str(exc) or type(exc).__name__
 
-        nc = await nats.connect(self.url, name="fedmarket", connect_timeout=connect_timeout, allow_reconnect=True,
+        nc = await nats.connect(self._url, name="fedmarket", connect_timeout=connect_timeout, allow_reconnect=True,
                                 max_reconnect_attempts=2, reconnect_time_wait=0.5, error_cb=quiet)
         nc.options["max_reconnect_attempts"] = -1  # connected once: from now on, never give up on the server
         return nc
@@ -100,7 +109,8 @@ class NatsLink:
             future.cancel()
             raise StorageError(f"NATS server {self.url}: no answer to {what} ({self.last_error or 'timed out'})") from None
         except nats.errors.NoServersError:
-            raise StorageError(f"cannot reach NATS server at {self.url}") from None
+            why = f" ({self.last_error})" if self.last_error else ""
+            raise StorageError(f"cannot reach NATS server at {self.url}{why}") from None
         except _NATS_ERRORS as exc:
             raise StorageError(f"NATS server {self.url}: {what} failed: {type(exc).__name__} {exc}".rstrip()) from None
 
@@ -177,7 +187,7 @@ class JetStreamMailbox:
 
     def __init__(self, url: str, *, link: NatsLink | None = None):
         self.link = link or NatsLink(url)
-        self.url = url
+        self.url = self.link.url
         self._topics: dict[str, _Topic] = {}
         self.link.call(_ensure_stream(
             self.link.js, name=MAIL_STREAM, subjects=[f"{MAIL_SUBJECTS}.>"], storage=nats.js.api.StorageType.FILE,
@@ -226,7 +236,7 @@ class JetStreamBlobStore(BlobStore):
 
     def __init__(self, url: str, *, link: NatsLink | None = None, timeout: float = 120.0):
         self.link = link or NatsLink(url)
-        self.url = url
+        self.url = self.link.url
         self.timeout = timeout
         self._bucket = self.link.call(self._open_bucket(), what="open the blob bucket")
 

@@ -166,6 +166,7 @@ class LocalJob:
     keystore_requester: bool = False  # sign the requester's transactions from an encrypted keystore
     cheats: dict[str, str] = field(default_factory=dict)  # process name -> adversary class it runs instead
     challenger: bool = False  # start a challenger process (dev account 30) with start_all
+    broker: str = ""  # a NATS server URL: every role's store and mailbox; each role then writes only in its home()
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     killed: list[str] = field(default_factory=list)
     job_id: int | None = None
@@ -214,7 +215,7 @@ class LocalJob:
         from ..spec import DeadlineSpec
 
         w = self.workdir
-        for sub in ("data", "logs", "state", "blobs", "mailbox"):
+        for sub in ("data",) if self.broker else ("data", "logs", "state", "blobs", "mailbox"):
             (w / sub).mkdir(parents=True, exist_ok=True)
         for acct in [self.deployer, *self.accounts]:
             self.chain.fund(acct.address, 10**21)
@@ -260,18 +261,30 @@ class LocalJob:
         np.savez(data / "test.npz", X=test.X, y=test.y)
 
     # ---- processes ----------------------------------------------------------------------
+    def home(self, name: str) -> Path:
+        """The only directory role `name` writes in when the job runs on a broker (its working
+        directory, state and logs), as on a machine of its own; without a broker, `logs/`."""
+        return self.workdir / "roles" / name if self.broker else self.workdir / "logs"
+
+    @property
+    def mailbox(self) -> str:
+        return self.broker or str(self.workdir / "mailbox")
+
     def _common(self, name: str, rpc: str | None = None) -> list[str]:
+        state = self.home(name) / "state" if self.broker else self.workdir / "state" / name
         return ["--rpc", rpc or self.rpc_url, "--contracts", str(self.workdir / "contracts.json"),
-                "--store", str(self.workdir / "blobs"), "--state-dir", str(self.workdir / "state" / name),
+                "--store", self.broker or str(self.workdir / "blobs"), "--state-dir", str(state),
                 "--poll", str(self.poll)]
 
     def _spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
         full_env = dict(os.environ)
         full_env.update(env or {})
         launcher = ["fedmarket.testing.cheat", self.cheats[name]] if name in self.cheats else ["fedmarket"]
-        with open(self.workdir / "logs" / f"{name}.log", "ab") as log, open(self.workdir / "logs" / f"{name}.out", "ab") as out:
+        home = self.home(name)
+        home.mkdir(parents=True, exist_ok=True)
+        with open(home / f"{name}.log", "ab") as log, open(home / f"{name}.out", "ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", *launcher, *args], stdout=out, stderr=log,
-                                    stdin=subprocess.DEVNULL, env=full_env)
+                                    stdin=subprocess.DEVNULL, env=full_env, cwd=home if self.broker else None)
         self.procs[name] = proc
         return proc
 
@@ -286,7 +299,7 @@ class LocalJob:
         else:
             args += ["--dev-account", "2"]
         proc = self._spawn("requester", args, env)
-        out = self.workdir / "logs" / "requester.out"
+        out = self.home("requester") / "requester.out"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = out.read_text() if out.exists() else ""
@@ -301,23 +314,23 @@ class LocalJob:
     def start_aggregator(self, env: dict | None = None, rpc: str | None = None) -> subprocess.Popen:
         """The aggregator process (through `rpc` instead of the job's RPC URL if given)."""
         return self._spawn("aggregator", ["aggregator", "run", *self._common("aggregator", rpc), "--dev-account", "3",
-                                          "--job", str(self.job_id), "--mailbox", str(self.workdir / "mailbox"),
+                                          "--job", str(self.job_id), "--mailbox", self.mailbox,
                                           "--collect-timeout", str(self.collect_timeout),
                                           "--reveal-timeout", str(self.reveal_timeout)], env)
 
     def start_provider(self, i: int) -> subprocess.Popen:
         return self._spawn(f"provider-{i}", ["provider", "run", *self._common(f"provider-{i}"), "--dev-account", str(40 + i),
-                                             "--job", str(self.job_id), "--mailbox", str(self.workdir / "mailbox"),
+                                             "--job", str(self.job_id), "--mailbox", self.mailbox,
                                              "--data", str(self.workdir / "data" / f"provider-{i}.npz")])
 
     def start_validator(self, i: int) -> subprocess.Popen:
         return self._spawn(f"validator-{i}", ["validator", "run", *self._common(f"validator-{i}"), "--dev-account", str(4 + i),
-                                              "--job", str(self.job_id), "--mailbox", str(self.workdir / "mailbox"),
+                                              "--job", str(self.job_id), "--mailbox", self.mailbox,
                                               "--data", str(self.workdir / "data" / f"validator-{i}.npz")])
 
     def start_challenger(self) -> subprocess.Popen:
         return self._spawn("challenger", ["challenger", "run", *self._common("challenger"), "--dev-account", "30",
-                                          "--job", str(self.job_id), "--mailbox", str(self.workdir / "mailbox")])
+                                          "--job", str(self.job_id), "--mailbox", self.mailbox])
 
     def start_all(self) -> None:
         self.post()
@@ -330,7 +343,7 @@ class LocalJob:
             self.start_provider(i)
 
     def log(self, name: str) -> str:
-        path = self.workdir / "logs" / f"{name}.log"
+        path = self.home(name) / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def logs(self) -> str:
@@ -376,6 +389,14 @@ class LocalJob:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+    def shared_writes(self, since: float) -> list[str]:
+        """Directories (relative to the work directory) holding a file written since `since`
+        (wall clock) outside every role's own home: with a broker, the places more than one
+        role could write. The goal is none."""
+        homes = self.workdir / "roles"
+        return sorted({str(p.parent.relative_to(self.workdir)) for p in self.workdir.rglob("*")
+                       if p.is_file() and homes not in p.parents and p.stat().st_mtime >= since})
 
     # ---- what the chain says ------------------------------------------------------------
     def report(self) -> dict:

@@ -33,12 +33,13 @@ def _die_with_parent() -> None:  # in the child, before exec: SIGTERM when the t
 class NatsServer:
     """`nats-server -js` on 127.0.0.1 with its JetStream file store under `store_dir`."""
 
-    def __init__(self, store_dir: str | os.PathLike, *, port: int = -1):
+    def __init__(self, store_dir: str | os.PathLike, *, port: int = -1, extra: tuple[str, ...] = ()):
         self.binary = find_nats_server()
         if self.binary is None:
             raise FedMarketError("nats-server not found: `apt-get install nats-server` (Debian)")
         self.store_dir = Path(store_dir)
         self.port = port
+        self.extra = tuple(extra)  # more nats-server flags, e.g. ("--user", "u", "--pass", "p")
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -54,7 +55,7 @@ class NatsServer:
         """Start the server (on the port it had before, after a `stop`) and wait until it listens."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        args = [self.binary, "-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(self.port)]
+        args = [self.binary, "-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(self.port), *self.extra]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                          preexec_fn=_die_with_parent)
