@@ -62,3 +62,26 @@ def test_a_job_with_no_shared_directory(broker_job, nats_server):
         box.close()
         store.close()
     print(f"job across {len(job.procs)} processes on NATS {nats_server.url}: {time.monotonic() - t0:.1f}s")
+
+
+def test_the_broker_restarts_and_a_provider_moves_to_a_new_machine_mid_job(broker_job, nats_server):
+    """Faults across hosts: the NATS server goes away for two seconds after round 0 (JetStream
+    keeps its files), and a provider is killed and started again from an empty directory (a new
+    machine with the same key), which resumes from the chain and the broker alone."""
+    job = broker_job
+    job.collect_timeout = 4.0
+    job.start_all()
+    job.wait(lambda: job.committed() >= 1, 90, "round 0 to be committed")
+    job.kill("provider-1")
+    nats_server.stop()
+    time.sleep(2.0)
+    nats_server.start()  # same port, same store
+    old = job.home("provider-1")
+    old.rename(old.with_name("provider-1-old-machine"))
+    job.start_provider(1)
+    job.wait_done(timeout=150)
+    rep = job.report()
+    assert rep["state"] == "SETTLED" and rep["holdings_conserved"] and rep["rounds_committed"] == [0, 1], rep
+    assert rep["claimed"] == rep["participants_claimable"], rep  # the moved provider claimed too
+    assert rep["escrow"] == rep["paid"] + rep["fee"] + rep["refunded"] and rep["job_funds_left_in_market"] == 0, rep
+    assert "done" in job.log("provider-1")
