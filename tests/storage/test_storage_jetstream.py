@@ -118,6 +118,14 @@ def test_a_tampered_object_is_refused_by_its_content_id(clients, nats_server):
     assert store.has(cid)
     with pytest.raises(StorageError, match="does not match its content id"):
         store.get(cid)
+    # or drops an object's chunks and keeps its metadata: refused, not waited for
+    big = store.put(os.urandom(300_000))
+    with NatsLink(nats_server.url) as attacker:
+        bucket = attacker.call(attacker.js.object_store(BLOB_BUCKET))
+        nuid = attacker.call(bucket.get_info(big)).nuid
+        attacker.call(attacker.js.purge_stream(f"OBJ_{BLOB_BUCKET}", subject=f"$O.{BLOB_BUCKET}.C.{nuid}"))
+    with pytest.raises(StorageError, match="does not match its content id"):
+        store.get(big)
 
 
 def test_broker_restart_keeps_messages_and_blobs(clients, nats_server):
