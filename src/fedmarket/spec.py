@@ -181,8 +181,10 @@ class PrivacySpec(_Strict):
     - ``dp_local``: each provider clips its update to ``clip_norm`` and adds Gaussian noise of
       std ``2 z clip_norm`` before it leaves (user-level DP against everybody, the aggregator included).
     - ``secagg``: SecAgg+ masking; the aggregator and the public see only the sum of a round.
-    - ``secagg_dp``: SecAgg+ plus distributed noise: each provider adds its share of the noise, so
-      the sum carries std ``2 z clip_norm`` while no party sees a less noisy value.
+    - ``secagg_dp``: SecAgg+ plus distributed discrete (Skellam) noise: each provider adds its share,
+      sized so that the honest survivors alone (all but ``max_dishonest`` of the fewest survivors a
+      round accepts) carry std ``2 z clip_norm`` on the sum: no party, even colluding with up to
+      ``max_dishonest`` of the survivors, sees a less noisy value.
 
     In the DP modes every update has weight 1 (a provider's contribution is bounded by the clip,
     whatever its sample count) and ``z`` is the smallest noise multiplier keeping all the job's
@@ -195,6 +197,9 @@ class PrivacySpec(_Strict):
     clip_norm: float | None = Field(default=None, gt=0)
     noise_multiplier: float | None = Field(default=None, gt=0)
     dropout: float = Field(default=0.3, ge=0, lt=1, description="share of a round's providers secure aggregation tolerates losing")
+    max_dishonest: float = Field(
+        default=1 / 3, ge=0, lt=1, description="secagg_dp: share of a round's survivors that may collude with the "
+        "aggregator; each provider's noise is sized so that the honest rest alone carries the job's noise")
 
     @model_validator(mode="after")
     def _consistent(self) -> "PrivacySpec":
@@ -205,6 +210,8 @@ class PrivacySpec(_Strict):
                 raise ValueError(f"privacy mode {self.mode} needs {', '.join(missing)}")
         elif given:
             raise ValueError(f"privacy mode {self.mode} takes no {', '.join(given)} (only dp_local and secagg_dp add noise)")
+        if self.mode != "secagg_dp" and self.max_dishonest != 1 / 3:
+            raise ValueError(f"max_dishonest sizes secagg_dp's distributed noise; privacy mode {self.mode} takes none")
         return self
 
     @property
@@ -302,6 +309,15 @@ def _fitted_noise(epsilon: float, delta: float, rounds: int) -> float:
     return R.noise_micro_for(budget, R.delta_log_micro(delta), rounds) / EPSILON_SCALE
 
 
+class TransportSpec(_Strict):
+    """How providers' updates reach the aggregator, when not by the mailbox: over Flower's Deployment
+    Engine, running exactly the Flower app bundle (FAB) whose sha256 this names. A provider refuses
+    to run any other bundle (`fedmarket.transport.flower`)."""
+
+    kind: Literal["flower"] = "flower"
+    flower_app_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 (hex) of the Flower app bundle")
+
+
 class JobSpec(_Strict):
     """A whole training job. Immutable; its hash is what the chain commits to."""
 
@@ -320,6 +336,7 @@ class JobSpec(_Strict):
     deadlines: DeadlineSpec = DeadlineSpec()
     quantization: QuantizationSpec = QuantizationSpec()
     quality: QualitySpec = QualitySpec()
+    transport: TransportSpec | None = Field(default=None, description="None: the mailbox; else the Flower bundle providers run")
 
     @model_validator(mode="after")
     def _strategy(self) -> "JobSpec":
@@ -439,7 +456,8 @@ class JobSpec(_Strict):
 
     def canonical(self) -> bytes:
         """Canonical JSON bytes: the CID and the on-chain hash are taken of exactly these."""
-        return canonical_json(self.model_dump(mode="json"))
+        # a spec without a transport has the bytes (and hash) it had before the field existed
+        return canonical_json(self.model_dump(mode="json", exclude={"transport"} if self.transport is None else None))
 
     def hash(self) -> bytes:
         return keccak(self.canonical())

@@ -1,198 +1,284 @@
-"""Flower as the update transport of a market job (optional extra: ``pip install "fedmarket[flower]"``).
+"""Market rounds on Flower's Deployment Engine (optional extra: ``pip install "fedmarket[flower]"``).
 
-One Flower round per market round, over Flower's gRPC server and clients (no Ray, no simulation):
+The aggregator runs a SuperLink and submits the Flower app bundled in this package
+(`flower_app/`, a FAB whose sha256 is the job spec's ``transport.flower_app_hash``); each
+provider runs a SuperNode that only connects outward to it (`flower_nodes.SuperNode`). One
+Flower message per provider and market round, Flower's current Message API (no Ray, no
+simulation, no deprecated calls):
 
-- the server (aggregator side) sends each provider the job, the round and the round's starting
-  global model blob (as committed on chain);
-- each provider files that blob in its own store (its content id and model root are checked
-  against the chain when it trains), trains with the market's `Provider.train`, and answers with
-  its signed round message and its update blob;
-- the server checks each blob against the content id its signed message names, files both in the
-  aggregator's store and mailbox, and lets the aggregator commit the round (`Aggregator.run_round`)
-  exactly as it would after collecting from the shared mailbox.
+- the ServerApp (`serve_job`, in the aggregator's SuperLink) waits for the chain to open
+  round ``r``, sends every SuperNode the job, the round, the spec and the round's starting
+  global model (the committed metrics document and the model it names), and files every reply
+  whose update blob matches the content id its signed message names into the aggregator's
+  own store and mailbox (`file_replies`); the aggregator then commits the round
+  (`Aggregator.run_round`, via `AggregatorProcess`) exactly as after a mailbox round;
+- the ClientApp (`train_on_node`, in the provider's SuperNode) loads the provider's account,
+  data and chain from the SuperNode's node config (never from a shared file), files the blobs
+  in its own store (each checked against its content id; spec and model against the chain when
+  training), trains with the market's `Provider.train` and answers with the signed round
+  message and the update blob.
 
-Telemetry and update checks of Flower are switched off before it is imported.
+Before any bundle code runs on a provider's machine, `flower_guard` (the provider's
+``flwr-clientapp``) compares the bundle's sha256 with the job spec's and refuses any other.
+Telemetry and Flower's update check are off before Flower is imported.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import socket
-import threading
+import sys
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-from ..errors import ConfigError, FedMarketError, StorageError  # noqa: E402
-from ..protocol.encoding import canonical_json  # noqa: E402
-from ..roles.common import committed_rounds, metrics_cid, round_topic  # noqa: E402
-from ..storage import BlobStore, Mailbox, cid_of  # noqa: E402
+from ..errors import ConfigError, FedMarketError, StorageError
+from ..protocol.encoding import canonical_json
+from ..roles.common import committed_rounds, metrics_cid, round_topic
+from ..storage import BlobStore, Mailbox, cid_of, open_store
 
-try:  # noqa: SIM105
-    from flwr.common import (  # noqa: E402
-        Code,
-        EvaluateIns,
-        EvaluateRes,
-        FitIns,
-        FitRes,
-        GetParametersIns,
-        GetParametersRes,
-        Parameters,
-        Status,
-    )
-    from flwr.compat.client.app import start_client as _start_client  # noqa: E402
-    from flwr.compat.client.client import Client as _FlowerClient  # noqa: E402
-    from flwr.server import ServerConfig, start_server  # noqa: E402
-    from flwr.server.strategy import Strategy  # noqa: E402
+try:
+    from flwr.app import ConfigRecord, Message, RecordDict
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ConfigError(f'the Flower transport needs the flower extra: pip install "fedmarket[flower]" ({exc})') from None
 
-BLOB = "fedmarket/blob"
-_OK = Status(code=Code.OK, message="")
+#: the directory of the Flower app (pyproject.toml + the ServerApp/ClientApp shells)
+APP_DIR = Path(__file__).resolve().parent / "flower_app"
+#: the record every market message and reply carries
+RECORD = "fedmarket"
+#: the environment variable naming the bundle hash a provider's SuperNode accepts
+APP_HASH_ENV = "FEDMARKET_FLOWER_APP_HASH"
 
 
-def _params(*blobs: bytes) -> Parameters:
-    return Parameters(tensors=list(blobs), tensor_type=BLOB)
+class BundleMismatch(FedMarketError):
+    """A Flower app bundle other than the one the job spec names."""
 
 
-def _round_blobs(store: BlobStore, committed) -> tuple[bytes, bytes]:
-    """The blobs a provider needs to start from a committed round: its metrics document (found by
-    the hash on chain) and the model it names (checked against the model root when training)."""
-    metrics = store.get(metrics_cid(committed.metrics_hash))
-    return metrics, store.get(json.loads(metrics)["model_cid"])
+def app_bundle(app_dir: str | os.PathLike = APP_DIR) -> bytes:
+    """The Flower app bundle (FAB) of ``app_dir``, built exactly as ``flwr run`` builds it
+    (deterministic: sorted files, fixed timestamps), so its sha256 is the run's FAB hash."""
+    from flwr.cli.build import build_fab_from_disk
+
+    return build_fab_from_disk(Path(app_dir))
 
 
-class FlowerGateway(Strategy):
-    """The aggregator's side: a Flower strategy that relays updates into the market round.
-
-    Parameters
-    ----------
-    aggregator : fedmarket.roles.Aggregator
-        Commits each round once its updates arrived.
-    job_id : int
-    rounds : int
-        Market rounds to run (one Flower round each).
-    min_providers : int
-        Flower clients to wait for before each round.
-    lock : threading.Lock, optional
-        Held while touching the chain (for an in-process chain shared with clients).
-    on_round : callable, optional
-        ``on_round(round_)`` after each commit (validators, attestations, ...).
-    """
-
-    def __init__(self, aggregator, job_id: int, rounds: int, min_providers: int,
-                 lock: threading.Lock | None = None, on_round: Callable[[int], None] | None = None,
-                 connect_timeout: float = 60.0):
-        super().__init__()
-        self.connect_timeout = connect_timeout
-        self.aggregator = aggregator
-        self.store: BlobStore = aggregator.store
-        self.mailbox: Mailbox = aggregator.mailbox
-        self.job_id, self.rounds, self.min_providers = job_id, rounds, min_providers
-        self.lock = lock or threading.Lock()
-        self.on_round = on_round
-        self.rejected: list[str] = []
-        self.committed: list[int] = []
-
-    def __repr__(self) -> str:
-        return f"FlowerGateway(job={self.job_id})"
-
-    # -- Flower strategy -------------------------------------------------------------------
-    def initialize_parameters(self, client_manager):
-        return _params()
-
-    def configure_fit(self, server_round, parameters, client_manager):
-        r = server_round - 1
-        with self.lock:
-            done = committed_rounds(self.aggregator.dep, self.job_id)
-            blobs = _round_blobs(self.store, done[-1]) if done else ()
-        # wait (bounded) for the providers; a round goes on with those connected, like a mailbox round
-        client_manager.wait_for(self.min_providers, timeout=self.connect_timeout)
-        available = client_manager.num_available()
-        if available == 0:
-            raise FedMarketError(f"no provider connected within {self.connect_timeout:g} s")
-        clients = client_manager.sample(num_clients=available, min_num_clients=1)
-        ins = FitIns(_params(*blobs), {"job_id": self.job_id, "round": r})
-        return [(c, ins) for c in clients]
-
-    def aggregate_fit(self, server_round, results, failures):
-        r = server_round - 1
-        for _, res in results:
-            try:
-                message = json.loads(res.metrics["message"])
-                blob = res.parameters.tensors[0]
-                if cid_of(blob) != message["update_cid"]:
-                    raise StorageError("update blob does not match the content id its signed message names")
-                if message.get("job_id") != self.job_id or message.get("round") != r:
-                    raise FedMarketError("message for another job or round")
-            except (KeyError, IndexError, ValueError, TypeError, FedMarketError) as exc:
-                self.rejected.append(str(exc))
-                continue
-            self.store.put(blob)
-            self.mailbox.post(round_topic(self.job_id, r), canonical_json(message))
-        with self.lock:
-            self.aggregator.run_round(self.job_id, r)
-            self.committed.append(r)
-            if self.on_round is not None:
-                self.on_round(r)
-        return None, {"round": r, "updates": len(results)}
-
-    def configure_evaluate(self, server_round, parameters, client_manager):
-        return []
-
-    def aggregate_evaluate(self, server_round, results, failures):
-        return None, {}
-
-    def evaluate(self, server_round, parameters):
-        return None
-
-    # -- running -------------------------------------------------------------------------
-    def serve(self, address: str, round_timeout: float | None = 600.0) -> None:
-        """Run the job's rounds over Flower on ``address`` (``host:port``); returns when all are committed."""
-        start_server(server_address=address, config=ServerConfig(num_rounds=self.rounds, round_timeout=round_timeout),
-                     strategy=self)
+def app_hash(app_dir: str | os.PathLike = APP_DIR) -> str:
+    """sha256 (hex) of the app bundle: what a job spec's ``transport.flower_app_hash`` names."""
+    return hashlib.sha256(app_bundle(app_dir)).hexdigest()
 
 
-class FlowerProvider(_FlowerClient):
-    """A provider's side: answers each Flower round with the market provider's signed update."""
+def check_bundle(fab: bytes, expected: str) -> None:
+    """Refuse (BundleMismatch) a bundle whose sha256 is not ``expected``."""
+    actual = hashlib.sha256(fab).hexdigest()
+    if not expected:
+        raise BundleMismatch(f"provider refuses Flower app bundle {actual[:16]}: no job spec bundle hash configured")
+    if actual != expected:
+        raise BundleMismatch(f"provider refuses Flower app bundle {actual[:16]}: the job spec names {expected[:16]}")
 
-    def __init__(self, provider, lock: threading.Lock | None = None):
-        self.provider = provider
-        self.lock = lock or threading.Lock()
 
-    def get_parameters(self, ins: GetParametersIns) -> GetParametersRes:
-        return GetParametersRes(status=_OK, parameters=_params())
+def _open_mailbox(location: str):
+    try:  # a service URL where the storage layer knows one, else a directory
+        from ..storage import open_mailbox
+    except ImportError:
+        return Mailbox(location)
+    return open_mailbox(location)
 
-    def fit(self, ins: FitIns) -> FitRes:
-        job_id, r = int(ins.config["job_id"]), int(ins.config["round"])
-        for blob in ins.parameters.tensors:  # the last round's metrics and model, checked against the chain when training
-            self.provider.store.put(blob)
-        with self.lock:
-            message = self.provider.train(job_id, r)
-        if message is None:  # not selected this round
-            return FitRes(status=_OK, parameters=_params(), num_examples=0, metrics={})
-        blob = self.provider.store.get(message["update_cid"])
-        return FitRes(status=_OK, parameters=_params(blob), num_examples=int(message["weight"]),
-                      metrics={"message": canonical_json(message).decode()})
 
-    def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
-        return EvaluateRes(status=_OK, loss=0.0, num_examples=0, metrics={})
+def _attach(rpc: str, contracts: str):
+    """The deployment named by an addresses file (as written by `fedmarket deploy`) on ``rpc``."""
+    from ..chain.rpc_backend import RpcChain
+    from ..market import Deployment
 
-    def connect(self, address: str, wait: float = 60.0, max_retries: int = 50, max_wait_time: float = 60.0) -> None:
-        """Serve the aggregator at ``address`` until it ends the job (blocks). Waits up to ``wait``
-        seconds for the aggregator to listen first (Flower's legacy client gives up on a refused connection)."""
-        host, _, port = address.rpartition(":")
-        deadline = time.monotonic() + wait
+    try:
+        doc = json.loads(Path(contracts).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read contract addresses from {contracts}: {exc}") from None
+    return Deployment.attach(RpcChain(rpc), doc.get("contracts", doc))
+
+
+def _say(text: str) -> None:
+    print(f"[fedmarket flower] {text}", file=sys.stderr, flush=True)
+
+
+# ---- the aggregator's side: the ServerApp ---------------------------------------------------
+
+
+def file_update(store: BlobStore, mailbox, job_id: int, round_: int, record) -> str:
+    """File one provider's reply for the aggregator: ``record["message"]`` (the signed round
+    message, JSON) and ``record["blob"]`` (the update), which must be the content id the message
+    names, for this job and round; signatures are checked when the aggregator collects. Returns
+    the provider's address; raises (StorageError, FedMarketError, KeyError, ...) without filing."""
+    message, blob = json.loads(record["message"]), record["blob"]
+    if not isinstance(blob, bytes) or cid_of(blob) != message["update_cid"]:
+        raise StorageError("update blob does not match the content id its signed message names")
+    if message.get("job_id") != job_id or message.get("round") != round_:
+        raise FedMarketError("message for another job or round")
+    store.put(blob)
+    mailbox.post(round_topic(job_id, round_), canonical_json(message))
+    return str(message.get("provider", "?"))
+
+
+def file_replies(store: BlobStore, mailbox, job_id: int, round_: int, replies) -> tuple[list[str], list[str]]:
+    """File every Flower reply's update (`file_update`). Returns (providers filed, reasons of the
+    replies refused: errors, such as a bundle a provider refused, and bad updates)."""
+    filed, refused = [], []
+    for reply in replies:
+        src = reply.metadata.src_node_id
+        if reply.has_error():
+            refused.append(f"node {src}: {reply.error.reason}")
+            continue
+        try:
+            rec = reply.content[RECORD]
+            if not rec.get("skipped"):
+                filed.append(file_update(store, mailbox, job_id, round_, rec))
+        except (KeyError, ValueError, TypeError, AttributeError, FedMarketError) as exc:
+            refused.append(f"node {src}: {exc}")
+    return filed, refused
+
+
+def round_blobs(dep, store: BlobStore, job_id: int) -> list[bytes]:
+    """What a provider needs to train the open round: the spec, and the last committed round's
+    metrics document and the model it names (each checked against the chain when it trains)."""
+    posted = dep.market.events("JobPosted", job_id=job_id)
+    if not posted:
+        raise FedMarketError(f"job {job_id} does not exist on this market")
+    blobs = [store.get(posted[0]["spec_cid"])]
+    done = committed_rounds(dep, job_id)
+    if done:
+        metrics = store.get(metrics_cid(done[-1].metrics_hash))
+        blobs += [metrics, store.get(json.loads(metrics)["model_cid"])]
+    return blobs
+
+
+@dataclass
+class Relay:
+    """The ServerApp's loop for one job: every round the chain opens goes to the SuperNodes once."""
+
+    dep: object
+    store: BlobStore
+    mailbox: object
+    job_id: int
+    round_timeout: float = 600.0
+    node_wait: float = 60.0
+    give_up_after: float = 0.0  # > 0: end when a round brings no update for this long
+    poll: float = 0.2
+
+    def nodes(self, grid, want: int) -> list[int]:
+        deadline = time.monotonic() + self.node_wait
         while True:
-            try:
-                with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=1.0):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise FedMarketError(f"no aggregator listening at {address} after {wait:g} s") from None
-                time.sleep(0.1)
-        _start_client(server_address=address, client=self, insecure=True, max_retries=max_retries,
-                      max_wait_time=max_wait_time)
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= want or time.monotonic() > deadline:
+                return nodes
+            time.sleep(self.poll)
+
+    def exchange(self, grid, messages) -> list:
+        """Push the round's messages and pull the replies every `poll` seconds (Grid.send_and_receive
+        looks every 3 s) until all are in or `round_timeout` passed."""
+        waiting = set(grid.push_messages(messages))
+        replies: list = []
+        deadline = time.monotonic() + self.round_timeout
+        while waiting and time.monotonic() < deadline:
+            got = list(grid.pull_messages(waiting))
+            replies += got
+            waiting -= {m.metadata.reply_to_message_id for m in got}
+            if waiting:
+                time.sleep(self.poll)
+        return replies
+
+    def relay_round(self, grid, job: dict, r: int) -> tuple[list[str], list[str]]:
+        t0 = time.monotonic()
+        nodes = self.nodes(grid, int(job["n_providers"]))
+        blobs = round_blobs(self.dep, self.store, self.job_id)
+        config = ConfigRecord({"job-id": self.job_id, "round": r, "blobs": blobs})
+        messages = [Message(content=RecordDict({RECORD: config}), dst_node_id=n, message_type="train") for n in nodes]
+        replies = self.exchange(grid, messages)
+        filed, refused = file_replies(self.store, self.mailbox, self.job_id, r, replies)
+        _say(f"round {r}: {len(nodes)} SuperNodes, {len(filed)} updates filed in {time.monotonic() - t0:.2f} s"
+             + "".join(f"\n  refused: {why}" for why in refused))
+        return filed, refused
+
+    def run(self, grid) -> str:
+        """Relay rounds until the job leaves training; returns why it stopped."""
+        from ..market import JobState
+
+        relayed: set[int] = set()
+        first_try: dict[int, float] = {}
+        while True:
+            job = self.dep.job(self.job_id)
+            state, r = job["state"], int(job["current_round"])
+            if state == JobState.OPEN or r in relayed:
+                time.sleep(self.poll)  # not started, or the aggregator has yet to commit round r
+                continue
+            if state != JobState.TRAINING or r >= int(job["rounds"]):
+                return f"job {self.job_id} {state.name.lower()} after {r} rounds"
+            started = first_try.setdefault(r, time.monotonic())
+            filed, refused = self.relay_round(grid, job, r)
+            if filed or (not refused and len(list(grid.get_node_ids()))):
+                relayed.add(r)  # updates filed (or every provider passed over): the aggregator commits
+            elif self.give_up_after and time.monotonic() - started > self.give_up_after:
+                return f"round {r}: no update within {self.give_up_after:g} s"
+            else:
+                time.sleep(self.poll)
+
+
+def serve_job(grid, context) -> None:
+    """The ServerApp's main: relay the job's rounds (run config: rpc, contracts, job-id, store,
+    mailbox, round-timeout, node-wait, give-up-after, poll)."""
+    cfg = context.run_config
+    dep = _attach(str(cfg["rpc"]), str(cfg["contracts"]))
+    relay = Relay(dep, open_store(str(cfg["store"])), _open_mailbox(str(cfg["mailbox"])), int(cfg["job-id"]),
+                  round_timeout=float(cfg["round-timeout"]), node_wait=float(cfg["node-wait"]),
+                  give_up_after=float(cfg["give-up-after"]), poll=float(cfg["poll"]))
+    _say(relay.run(grid))
+
+
+# ---- a provider's side: the ClientApp --------------------------------------------------------
+
+
+def node_provider(node_config: dict):
+    """The market provider a SuperNode's node config describes: rpc, contracts, job, data, label,
+    store, mailbox (this provider's own), and the signer as dev-account (development chains) or
+    account + keystore (password from $FEDMARKET_PASSWORD in the SuperNode's environment)."""
+    from ..fl.localdata import load_for_schema
+    from ..keys import DEV_CHAIN_ID, dev_account, load_account
+    from ..roles import Provider
+    from ..roles.common import load_spec
+
+    try:
+        dep = _attach(str(node_config["rpc"]), str(node_config["contracts"]))
+        job_id, store = int(node_config["job"]), open_store(str(node_config["store"]))
+        if int(node_config.get("dev-account", -1)) >= 0:
+            if dep.chain.chain_id != DEV_CHAIN_ID:
+                raise ConfigError("dev-account is only for development chains")
+            signer = dev_account(int(node_config["dev-account"]))
+        else:
+            keystore = str(node_config.get("keystore", "")) or None
+            signer = load_account(str(node_config["account"]), keystore)
+        spec = load_spec(dep, store, job_id)
+        X, y = load_for_schema(Path(str(node_config["data"])), spec.data, str(node_config.get("label", "")) or None)
+    except KeyError as exc:
+        raise ConfigError(f"the SuperNode's node config lacks {exc}") from None
+    return Provider(dep, signer, store, _open_mailbox(str(node_config["mailbox"])), X, y), job_id
+
+
+def train_on_node(msg, context):
+    """The ClientApp's train: one market round with the provider's own code; the reply carries the
+    signed round message and the update blob, or ``skipped`` when not selected."""
+    content = msg.content[RECORD]
+    job_id, r = int(content["job-id"]), int(content["round"])
+    if job_id != int(context.node_config.get("job", -1)):
+        raise FedMarketError(f"this SuperNode serves job {context.node_config.get('job')}, not job {job_id}")
+    node_store = open_store(str(context.node_config["store"]))
+    for blob in content["blobs"]:  # spec, metrics and model: each verified against the chain when used
+        node_store.put(blob)
+    provider, _ = node_provider(context.node_config)
+    message = provider.train(job_id, r)
+    if message is None:  # not selected this round: nothing leaves this machine
+        return Message(content=RecordDict({RECORD: ConfigRecord({"skipped": True})}), reply_to=msg)
+    blob = provider.store.get(message["update_cid"])
+    reply = ConfigRecord({"message": canonical_json(message).decode(), "blob": blob})
+    return Message(content=RecordDict({RECORD: reply}), reply_to=msg)

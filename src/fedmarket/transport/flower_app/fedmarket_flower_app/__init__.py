@@ -1,0 +1,1 @@
+"""fedmarket's Flower app: a ServerApp that relays market rounds, a ClientApp that trains with the provider's code."""

@@ -1,0 +1,14 @@
+"""The ClientApp (on each provider's SuperNode): trains the round with the market's provider code
+and answers with the signed round message and the update blob (fedmarket.transport.flower.train_on_node)."""
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedmarket.transport.flower import train_on_node
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    return train_on_node(msg, context)
