@@ -7,6 +7,11 @@ to the last `RoundCommitted` (wall clock, as seen by a watcher polling the node 
 `tx_per_round` and `rpc_calls_per_round` count what the proxy forwarded in that window. The
 in-process figure is `runner.run_job` on titanoboa for the same job shape in the same run
 (the machines here are shared and noisy: compare the ratio, not the absolute seconds).
+
+`--transport nats` runs the role processes on a NATS JetStream server (a real `nats-server -js`
+on 127.0.0.1) instead of a shared directory: each role writes only in a home of its own, and
+`shared_dirs` counts the directories that more than one role wrote (the blob store and every
+mailbox topic with `directory`; the goal with `nats` is 0).
 """
 
 from __future__ import annotations
@@ -20,15 +25,23 @@ from pathlib import Path
 
 
 def distributed(args) -> dict:
+    import contextlib
+
     from fedmarket.chain.anvil import AnvilNode
     from fedmarket.testing.localjob import LocalJob, RpcProxy
+    from fedmarket.testing.natsserver import NatsServer
 
-    with tempfile.TemporaryDirectory() as tmp, AnvilNode(fixed_interval=False) as node, RpcProxy(node.url) as proxy:
-        job = LocalJob.make(tmp, node.url, rpc_url=proxy.url, providers=args.providers, validators=args.validators,
-                       rounds=args.rounds, local_epochs=args.local_epochs, poll=args.poll,
-                       collect_timeout=args.collect_timeout)
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        node = stack.enter_context(AnvilNode(fixed_interval=False))
+        proxy = stack.enter_context(RpcProxy(node.url))
+        broker = stack.enter_context(NatsServer(Path(tmp) / "broker")).url if args.transport == "nats" else ""
+        job = LocalJob.make(Path(tmp) / "job", node.url, rpc_url=proxy.url, providers=args.providers,
+                            validators=args.validators, rounds=args.rounds, local_epochs=args.local_epochs,
+                            poll=args.poll, collect_timeout=args.collect_timeout, broker=broker)
         job.setup()
-        t0 = time.monotonic()
+        time.sleep(0.05)  # file times come from a coarse clock: setup's writes stay before `wall_t0`
+        t0, wall_t0 = time.monotonic(), time.time()
         try:
             job.start_all()
             job.wait(lambda: job.dep.job(job.job_id)["state"].name != "OPEN", 600, "training to start", poll=0.02)
@@ -49,23 +62,26 @@ def distributed(args) -> dict:
             job.stop_all()
         rep = job.report()
         r = args.rounds
+        shared = job.shared_writes(wall_t0)
         # where a round's time goes: from the previous commit to the last update posted (providers
         # see the round, fetch the model, train, post), then to the commit (the aggregator verifies,
-        # aggregates, sends one transaction); message times are the mailbox files' mtimes
+        # aggregates, sends one transaction); message times are the mailbox files' mtimes (directory only)
         from fedmarket.roles.common import round_topic
 
         to_last_update, to_commit = [], []
-        for i in range(r):
-            files = [p for p in (Path(tmp) / "mailbox" / round_topic(job.job_id, i)).iterdir() if not p.name.startswith(".")]
+        for i in range(r if not broker else 0):
+            files = [p for p in (job.workdir / "mailbox" / round_topic(job.job_id, i)).iterdir() if not p.name.startswith(".")]
             last = max(p.stat().st_mtime for p in files)
             to_last_update.append(last - (commits[i - 1] if i else wall_start))
             to_commit.append(commits[i] - last)
         return {
+            "transport": args.transport,
+            "shared_dirs": sum(1 for d in shared if d.split("/")[0] in ("blobs", "mailbox")) if not broker else len(shared),
             "s_per_round": round((t_end - t_start) / r, 3),
             "tx_per_round": round(proxy.count("eth_sendRawTransaction", t_start, t_end) / r, 2),
             "rpc_calls_per_round": round(proxy.count(None, t_start, t_end) / r, 1),
-            "median_s_to_last_update": round(statistics.median(to_last_update), 3),
-            "median_s_last_update_to_commit": round(statistics.median(to_commit), 3),
+            "median_s_to_last_update": round(statistics.median(to_last_update), 3) if to_last_update else None,
+            "median_s_last_update_to_commit": round(statistics.median(to_commit), 3) if to_commit else None,
             "startup_s": round(t_start - t0, 1),  # post + every process up, joined, training started
             "settle_and_claims_s": round(t_done - t_end, 1),
             "job_total_s": round(t_done - t0, 1),
@@ -102,6 +118,8 @@ def main() -> None:
     ap.add_argument("--local-epochs", type=int, default=1)
     ap.add_argument("--poll", type=float, default=0.2, help="seconds between two steps of each role process")
     ap.add_argument("--collect-timeout", type=float, default=30.0)
+    ap.add_argument("--transport", choices=("directory", "nats"), default="directory",
+                    help="what the role processes share: a directory, or a NATS JetStream server (no shared directory)")
     args = ap.parse_args()
     out: dict = {"providers": args.providers, "rounds": args.rounds, "validators": args.validators,
                  "local_epochs": args.local_epochs, "poll_s": args.poll}

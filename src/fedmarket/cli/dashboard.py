@@ -18,7 +18,7 @@ def dashboard(
     db: Path = typer.Option(Path("fedmarket-index.sqlite"), "--db", help="The index (SQLite); kept across restarts."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
     port: int = typer.Option(8050, "--port", help="Port (0: any free port)."),
-    store: str = typer.Option(None, "--store", help="Blob store (directory or ipfs+http://...): documents, scores, models."),
+    store: str = typer.Option(None, "--store", help="Blob store (directory, nats://... or ipfs+http://...): documents, scores, models."),
     test: Path = typer.Option(None, "--test", help="Held-out data (.npz with X, y): test accuracy of every committed model (needs --store)."),
     poll: float = typer.Option(0.2, "--poll", help="Seconds between two looks at the chain."),
 ) -> None:
@@ -28,6 +28,7 @@ def dashboard(
     from ..chain.rpc_backend import RpcChain
     from ..dashboard.app import Dashboard, serve
     from ..processes.base import retrying
+    from ..storage import is_remote
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535 (got {port})")
@@ -35,7 +36,7 @@ def dashboard(
         raise ConfigError(f"--poll must be positive (got {poll})")
     if test is not None and store is None:
         raise ConfigError("--test needs --store (the models are read from the blob store)")
-    if store is not None and not store.lower().startswith("ipfs+") and not Path(store).is_dir():
+    if store is not None and not is_remote(store) and not Path(store).is_dir():
         raise ConfigError(f"blob store {store} does not exist")
     if not db.parent.is_dir():
         raise ConfigError(f"directory {db.parent} does not exist")

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import concurrent.futures
+import hashlib
 import threading
 import urllib.parse
 import weakref
@@ -255,8 +257,11 @@ class JetStreamBlobStore(BlobStore):
                 return await js.object_store(BLOB_BUCKET)  # created meanwhile by another role
 
     def put(self, data: bytes) -> str:
+        """Store `data` under its CID, unless an object of that name already holds these very
+        bytes by its recorded SHA-256 (an object replaced by other bytes is written again)."""
         cid = cid_of(data)
-        if not self.has(cid):
+        digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+        if self.link.call(self._recorded_digest(cid), what=f"look up {cid}") != digest:
             self.link.call(self._bucket.put(cid, data), self.timeout, f"put {cid}")
         return cid
 
@@ -287,11 +292,13 @@ class JetStreamBlobStore(BlobStore):
         return self.link.call(self._has(cid), what=f"look up {cid}")
 
     async def _has(self, cid: str) -> bool:
+        return await self._recorded_digest(cid) is not None
+
+    async def _recorded_digest(self, cid: str) -> str | None:
         try:
-            await self._bucket.get_info(cid)
+            return (await self._bucket.get_info(cid)).digest or ""
         except nats.js.errors.ObjectNotFoundError:
-            return False
-        return True
+            return None
 
     def close(self) -> None:
         self.link.close()
