@@ -341,7 +341,6 @@ def defend_update(
         index: uint256 = game.games[gid].target
         assert len(chunk.values) == leaves._chunk_width(index, n_params, chunk_size), "arbiter: bad chunk width"
         assert leaves._verify(leaves._chunk_leaf(index, chunk.values), index, leaves._n_chunks(n_params, chunk_size), chunk.proof, opening.update_root), "arbiter: chunk not in update"
-        assert rules._in_int64(chunk.values), "arbiter: value out of range"
         assert keccak256(abi_encode(staticcall game.RULES.leaf_claim(params & 255, chunk.values, opening.weight, lo_hints, hi_hints))) == game.games[gid].claim, "arbiter: update does not give the claim"
     game._resolve(gid, False, "update shown")
 

@@ -72,8 +72,22 @@ def _verify(leaf: bytes32, index: uint256, n: uint256, proof: DynArray[bytes32, 
 @pure
 @internal
 def _chunk_leaf(index: uint256, chunk: DynArray[int256, C.MAX_CHUNK]) -> bytes32:
-    """Leaf of chunk `index` of a model or update vector."""
-    return keccak256(keccak256(abi_encode(index, chunk)))
+    """Leaf of chunk `index` of a model or update vector: `abi_encode(index, count, words)` with the
+    values as int64, packed four to a big-endian word (the last one zero-padded). A quarter of the
+    bytes of the plain int256 array to hash, for every role that commits or checks a vector."""
+    words: DynArray[uint256, C.MAX_CHUNK // 4] = []
+    word: uint256 = 0
+    n: uint256 = len(chunk)
+    for i: uint256 in range(n, bound=C.MAX_CHUNK):
+        v: int256 = chunk[i]
+        assert v >= convert(min_value(int64), int256) and v <= convert(max_value(int64), int256), "leaves: value out of range"
+        word = (word << 64) | (convert(convert(v, bytes32), uint256) & convert(max_value(uint64), uint256))
+        if i % 4 == 3:
+            words.append(word)
+            word = 0
+    if n % 4 != 0:
+        words.append(word << (64 * (4 - n % 4)))
+    return keccak256(keccak256(abi_encode(index, n, words)))
 
 
 @pure

@@ -223,6 +223,8 @@ def big_chunk_root(q: list[int], chunk_size: int) -> bytes:
 
 
 def big_chunk_tree(q: list[int], chunk_size: int) -> MerkleTree:
+    """A tree over chunks of any int256 values (their plain ABI encoding): what an aggregator might
+    commit for values the market's int64 leaves cannot hold."""
     leaves = [double_hash(eth_abi.encode(["uint256", "int256[]"], [i, q[s : s + chunk_size]]))
               for i, s in enumerate(range(0, len(q), chunk_size))]
     return MerkleTree(leaves)

@@ -476,7 +476,7 @@ def test_an_update_value_outside_int64_cannot_be_shown(kit):
     kit.ra.transact("defend_aggregate", gid, rd.data, EMPTY_DATA, EMPTY_CHUNK, ([7] * 4, model_tree.proof(0)),
                     EMPTY_CHUNK, [7, 7, 7, 7, 1], [], [], sender=kit.aggregator)
     opening = (0, p0.address, tree.root, 1, rd.tree.proof(0), sig, ZERO_ADDR, ZERO32, 0, [])
-    with reverts("arbiter: value out of range"):
+    with reverts("leaves: value out of range"):  # no chunk leaf holds a value past int64
         kit.ra.transact("defend_update", gid, rd.data, opening, (q[:4], tree.proof(0)), [7, 7, 7, 7, 1], [], [],
                         sender=kit.aggregator)
 

@@ -18,6 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from fedmarket.chain import artifacts
+from fedmarket.errors import ContractRevert
 from fedmarket.protocol import encoding as E
 from fedmarket.protocol import merkle as M
 from fedmarket.protocol import receipts as RC
@@ -313,6 +314,14 @@ def test_round_commitment_parity(harness, job, r, roots, count, eps):
 @given(index=st.integers(0, 2**256 - 1), chunk=st.lists(INT64, max_size=R.MAX_CHUNK))
 def test_chunk_leaf_parity(harness, index, chunk):
     assert harness.call("chunk_leaf", index, chunk) == E.chunk_leaf(index, np.array(chunk, dtype=np.int64))
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 2**255 - 1, -(2**255)])
+def test_chunk_leaf_refuses_a_value_outside_int64(harness, value):
+    """Values are packed as int64: a wider one would share a leaf with its low 64 bits, so the
+    contract refuses it rather than let two chunks open the same leaf."""
+    with pytest.raises(ContractRevert, match="value out of range"):
+        harness.call("chunk_leaf", 0, [1, value])
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 8, 9, 1023, 1024, 1025, 2**20, 2**20 + 1, 2**32])

@@ -54,13 +54,26 @@ def test_vector_blob_rejects_garbage():
         decode_vector(blob, expected_size=6)
 
 
-def test_chunk_leaf_matches_abi_encoding_of_int256_array():
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 64])
+def test_chunk_leaf_is_the_abi_encoding_of_packed_int64_words(n):
     import eth_abi
     from eth_utils import keccak
 
-    chunk = np.array([0, 1, -1, 2**40, -(2**47)], dtype=np.int64)
-    expected = keccak(keccak(eth_abi.encode(["uint256", "int256[]"], [7, [int(v) for v in chunk]])))
+    chunk = (np.array([0, 1, -1, 2**40, -(2**47), 2**63 - 1, -(2**63)] * 10, dtype=np.int64))[:n]
+    words, word = [], 0
+    for i, v in enumerate(int(x) for x in chunk):  # four two's-complement int64 to a word, in order
+        word = (word << 64) | (v & (2**64 - 1))
+        if i % 4 == 3:
+            words.append(word)
+            word = 0
+    if n % 4:
+        words.append(word << (64 * (4 - n % 4)))
+    expected = keccak(keccak(eth_abi.encode(["uint256", "uint256", "uint256[]"], [7, n, words])))
     assert chunk_leaf(7, chunk) == expected
+
+
+def test_chunk_leaf_tells_a_trailing_zero_from_none():
+    assert chunk_leaf(0, np.array([5, 0, 0], dtype=np.int64)) != chunk_leaf(0, np.array([5, 0], dtype=np.int64))
 
 
 def test_vector_root_depends_on_every_entry():

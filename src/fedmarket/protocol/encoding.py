@@ -53,39 +53,40 @@ def address_key(address: str) -> int:
     return int(address, 16)
 
 
-def _int256_words(values: np.ndarray) -> np.ndarray:
-    """ABI int256 words of int64 values, vectorised (sign-extended big-endian), one row of 32 bytes each."""
-    v = np.ascontiguousarray(values, dtype=np.int64).ravel()
-    words = np.zeros((v.size, 32), dtype=np.uint8)
-    words[v < 0, :24] = 0xFF
-    words[:, 24:] = v.astype(">i8").view(np.uint8).reshape(-1, 8)
-    return words
+def _packed_words(values: np.ndarray) -> bytes:
+    """int64 values packed four to a 32-byte big-endian word, the last word zero-padded."""
+    raw = np.ascontiguousarray(values, dtype=">i8").tobytes()
+    return raw + bytes(-len(raw) % 32)
 
 
-def _chunk_header(index: int, length: int) -> bytes:
-    """``abi.encode(uint256 index, int256[] values)`` up to the values: index, offset 64, length."""
-    return index.to_bytes(32, "big") + (64).to_bytes(32, "big") + length.to_bytes(32, "big")
+def _chunk_header(index: int, count: int) -> bytes:
+    """``abi.encode(uint256 index, uint256 count, uint256[] words)`` up to the words: index, count,
+    offset 96, number of words."""
+    n_words = -(-count // 4)
+    return b"".join(x.to_bytes(32, "big") for x in (index, count, 96, n_words))
 
 
 def chunk_leaf(index: int, chunk: np.ndarray) -> bytes:
-    """Leaf of one chunk: double keccak of abi.encode(uint256 index, int256[] values)."""
-    return double_hash(_chunk_header(index, len(chunk)) + _int256_words(chunk).tobytes())
+    """Leaf of one chunk (`leaves._chunk_leaf`): double keccak of ``abi.encode(index, count, words)``,
+    the values as int64 packed four to a word."""
+    chunk = np.asarray(chunk, dtype=np.int64).ravel()
+    return double_hash(_chunk_header(index, chunk.size) + _packed_words(chunk))
 
 
 def chunk_leaves(q: np.ndarray, chunk_size: int = CHUNK_SIZE) -> list[bytes]:
-    """Every chunk leaf of a vector, the ABI words of all chunks laid out by one NumPy pass."""
+    """Every chunk leaf of a vector, the ABI words of all full chunks laid out by one NumPy pass."""
     q = np.asarray(q, dtype=np.int64).ravel()
     full, tail = divmod(q.size, chunk_size)
-    words = _int256_words(q)
-    body = words[: full * chunk_size].reshape(full, chunk_size * 32)
-    headers = np.zeros((full, 96), dtype=np.uint8)
+    row_words = -(-chunk_size // 4) * 32
+    body = np.zeros((full, row_words), dtype=np.uint8)
+    body[:, : 8 * chunk_size] = q[: full * chunk_size].astype(">i8").view(np.uint8).reshape(full, 8 * chunk_size)
+    header = np.frombuffer(_chunk_header(0, chunk_size), dtype=np.uint8)
+    headers = np.tile(header, (full, 1))
     headers[:, 24:32] = np.arange(full, dtype=">u8").view(np.uint8).reshape(full, 8)
-    headers[:, 63] = 64
-    headers[:, 88:96] = np.frombuffer(chunk_size.to_bytes(8, "big"), dtype=np.uint8)
     rows = np.concatenate([headers, body], axis=1)
     leaves = [keccak(keccak(row.tobytes())) for row in rows]
     if tail:
-        leaves.append(double_hash(_chunk_header(full, tail) + words[full * chunk_size :].tobytes()))
+        leaves.append(chunk_leaf(full, q[full * chunk_size :]))
     return leaves
 
 
