@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 
 import pytest
 from doc_blocks import blocks
@@ -39,4 +40,7 @@ def test_broker_commands_run_as_written(tmp_path):
     assert len(checks) == 2 and all("(file storage)" in line and "probe blob put and read back" in line for line in checks)
     assert (tmp_path / "broker-store" / "jetstream").is_dir()
     assert log.count("Server is ready") == 2
+    deadline = time.monotonic() + 10  # `kill %1` returns at once; the server takes a moment to shut down
+    while listening(PORT) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not listening(PORT), "the broker kept listening after the page's last command"
