@@ -109,6 +109,19 @@ def test_blob_round_trip_and_a_large_blob(clients):
         store.get("../../etc/passwd")
 
 
+def test_a_message_id_taken_first_by_someone_else_does_not_drop_the_honest_message(clients, nats_server):
+    box = clients("mailbox")
+    honest = b"signed receipt of provider 3"
+    # an attacker publishes junk under the id the honest post will carry (topic/CID of its bytes)
+    with NatsLink(nats_server.url) as attacker:
+        attacker.call(attacker.js.publish(subject_of("job-1-round-0"), b"junk",
+                                          headers={"Nats-Msg-Id": f"job-1-round-0/{cid_of(honest)}"}))
+    box.post("job-1-round-0", honest)
+    assert box.read("job-1-round-0") == [b"junk", honest]  # junk fails its signature check at the reader
+    box.post("job-1-round-0", honest)  # and a true repeat is still kept once
+    assert box.read("job-1-round-0") == [b"junk", honest] and stored_on(box, "job-1-round-0") == 2
+
+
 def test_a_tampered_object_is_refused_by_its_content_id(clients, nats_server):
     store = clients("store")
     cid = store.put(b"honest model")

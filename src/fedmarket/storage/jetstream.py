@@ -10,7 +10,8 @@ restarted role reads everything again from the server, not from files of its own
 - `JetStreamMailbox`: one stream (`FEDMARKET_MAIL`, subjects `fedmarket.mail.<topic>`). A post
   carries the header `Nats-Msg-Id: <topic>/<CID of the message>`, so the server drops a second
   post of the same message within its duplicate window (a day); `read` also drops repeats
-  beyond it. A topic reads back in publish order (the stream's sequence).
+  beyond it (by the CID of the bytes, not the header, which anyone can set). A topic reads
+  back in publish order (the stream's sequence).
 - `JetStreamBlobStore`: the object store bucket `fedmarket-blobs`, one object per CID.
 
 This is the only module that touches the asyncio client (nats-py): `NatsLink` runs it on an
@@ -46,6 +47,8 @@ MAIL_SUBJECTS = "fedmarket.mail"
 BLOB_BUCKET = "fedmarket-blobs"
 #: how long the server remembers a message id to drop a repeated post (seconds)
 DUPLICATE_WINDOW = 24 * 3600.0
+#: message ids tried for one post when others took them first (then it goes out without one)
+ID_ATTEMPTS = 4
 
 _NATS_ERRORS = (nats.errors.Error, asyncio.TimeoutError, OSError)
 _LINKS: weakref.WeakSet[NatsLink] = weakref.WeakSet()
@@ -204,10 +207,26 @@ class JetStreamMailbox:
         if len(message) > self.link.max_payload:
             raise StorageError(f"mailbox message of {len(message)} bytes exceeds the NATS server's "
                                f"max_payload ({self.link.max_payload} bytes) at {self.url}")
-        headers = {"Nats-Msg-Id": f"{topic}/{cid}"}
-        self.link.call(self.link.js.publish(subject, message, stream=MAIL_STREAM, headers=headers),
-                       what=f"post on {topic}")
+        self.link.call(self._publish(subject, message, f"{topic}/{cid}"), what=f"post on {topic}")
         return cid
+
+    async def _publish(self, subject: str, message: bytes, msg_id: str) -> None:
+        """Publish once per message id. Anyone can send any id, so when the server calls a post a
+        repeat, the message it kept under that id must be these bytes; if not (someone took the
+        id first), the next id (`ID/1`, `ID/2`, ...) is tried, and after a few, none."""
+        js = self.link.js
+        for attempt in range(ID_ATTEMPTS):
+            headers = {"Nats-Msg-Id": msg_id if attempt == 0 else f"{msg_id}/{attempt}"}
+            ack = await js.publish(subject, message, stream=MAIL_STREAM, headers=headers)
+            if not ack.duplicate:
+                return
+            try:
+                kept = await js.get_msg(MAIL_STREAM, seq=ack.seq, direct=True)
+            except nats.js.errors.NotFoundError:
+                continue
+            if kept.subject == subject and (kept.data or b"") == message:
+                return
+        await js.publish(subject, message, stream=MAIL_STREAM)
 
     def read(self, topic: str) -> list[bytes]:
         """Every distinct message posted on `topic`, each once, in publish order."""
