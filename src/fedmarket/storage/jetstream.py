@@ -16,7 +16,7 @@ restarted role reads everything again from the server, not from files of its own
 
 This is the only module that touches the asyncio client (nats-py): `NatsLink` runs it on an
 event loop in a daemon thread and offers blocking calls; `close()` (or the end of the
-interpreter) drains the connection and joins the thread.
+interpreter) closes the connection and joins the thread.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class NatsLink:
         self.timeout = timeout
         self.last_error: str | None = None
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"nats-link {url}", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"nats-link {self.url}", daemon=True)
         self._thread.start()
         self._nc = None
         try:
@@ -120,7 +120,8 @@ class NatsLink:
             raise StorageError(f"NATS server {self.url}: {what} failed: {type(exc).__name__} {exc}".rstrip()) from None
 
     def close(self) -> None:
-        """Drain and close the connection, stop the loop and join its thread (idempotent)."""
+        """Close the connection (every post was acknowledged already), stop the loop and join its
+        thread (idempotent)."""
         if self._nc is not None and self._thread.is_alive():
             try:
                 self.call(self._nc.close(), 5.0, "close")
