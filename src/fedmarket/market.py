@@ -1,4 +1,4 @@
-"""The deployed protocol: token, job market, disputes and licence contracts, and job terms."""
+"""The deployed protocol: token, job market, disputes, licence and model market contracts, and job terms."""
 
 from __future__ import annotations
 
@@ -71,7 +71,10 @@ CONTRACTS = (
     ("reward_arbiter", "RewardArbiter"),
     ("market", "JobMarket"),
     ("licence", "ModelLicence"),
+    ("model_market", "ModelMarket"),
 )
+# contracts a deployment saved before they existed may lack (attached as None)
+OPTIONAL = ("model_market",)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class Deployment:
     reward_arbiter: Contract
     terms_check: Contract
     rules: Contract
+    model_market: Contract | None = None
     memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def remember(self, key: tuple, compute: Callable[[], Any]) -> Any:
@@ -137,6 +141,7 @@ class Deployment:
         if h["market"].address != market_address:
             raise ChainError("the deployer sent another transaction between deployments; deploy again from a fresh account")
         put("licence", market_address)
+        put("model_market", market_address, h["licence"].address, treasury, fee_bps)
         return cls(chain, token, **h)
 
     @classmethod
@@ -146,11 +151,13 @@ class Deployment:
         handles = {
             key: chain.register(addresses[key], name, artifacts.load(name).abi, block)
             for key, name in (("token", "FedToken"), *CONTRACTS)
+            if key in addresses or key not in OPTIONAL
         }
         return cls(chain, **handles)
 
     def addresses(self) -> dict:
-        return {"token": self.token.address, **{key: getattr(self, key).address for key, _ in CONTRACTS}}
+        return {"token": self.token.address,
+                **{key: getattr(self, key).address for key, _ in CONTRACTS if getattr(self, key) is not None}}
 
     def save(self, path: str | Path, **meta) -> None:
         """Write the addresses as JSON, plus any `meta` fields (e.g. chain_id, block)."""

@@ -49,9 +49,9 @@ def read_addresses(path: Path) -> dict:
     except ValueError:
         raise ConfigError(f"{path} is not JSON") from None
     addresses = doc.get("contracts", doc)
-    from ..market import CONTRACTS
+    from ..market import CONTRACTS, OPTIONAL
 
-    missing = [k for k in ("token", *(key for key, _ in CONTRACTS)) if k not in addresses]
+    missing = [k for k in ("token", *(key for key, _ in CONTRACTS)) if k not in addresses and k not in OPTIONAL]
     if missing:
         raise ConfigError(f"{path} lacks the address of: {', '.join(missing)}")
     return addresses

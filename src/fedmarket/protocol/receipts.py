@@ -81,6 +81,14 @@ RewardsApproval = _statement(
     "RewardsApproval", "Rewards", "A validator's approval of the scores-basis reward statement it re-derived (Disputes.approve_rewards).",
     ("job_id", int), ("reward_root", bytes), ("reward_total", int), ("value_total", int), ("gate_met", bool))
 
+Usage = _statement(
+    "Usage", "Usage", "A caller's cumulative count of queries at one server, signed per query (ModelMarket.settle_usage); "
+    "signed in the ModelMarket's domain.",
+    ("job_id", int), ("server", str), ("count", int))
+Answer = _statement(
+    "Answer", "Answer", "A server's answer to a fixed-point input (ModelMarket.dispute_answer); signed in the ModelMarket's domain.",
+    ("job_id", int), ("input_hash", bytes), ("answer", int))
+
 
 _PERMIT_TYPES = {
     "Permit": [

@@ -1,0 +1,527 @@
+"""ModelMarket: pay-per-use access to a settled job's model, written as the attacker of every
+function that moves or locks value (who calls it, with what, when), with the contract's token
+balance checked against what it owes after every test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from contract_kit import MAX, TOKEN, Kit, index_leaves, reverts
+from eth_utils import keccak
+
+from fedmarket.market import Role
+from fedmarket.protocol.inference import fixed_input, input_hash, linear_answer, model_opening
+from fedmarket.protocol.proofs import reward_struct
+from fedmarket.protocol.receipts import Answer, Usage
+
+QPRICE = 2 * TOKEN // 100  # 0.02 tokens a query
+APRICE = 5 * TOKEN
+PERIOD = 1_000
+SSTAKE = 20 * TOKEN
+F, C = 4, 2  # the kit's 10-parameter model as a linear model: (4 + 1) * 2
+MODEL = np.array([3, -2, 1, 4, -5, 2, 0, 1, 7, -7], dtype=np.int64) * 100_000
+FEE_BPS = 100
+
+
+def offer(**over) -> tuple:
+    base = {"query_price": QPRICE, "access_price": APRICE, "access_period": PERIOD, "owner_bps": 1_000,
+            "server_bps": 2_000, "server_stake": SSTAKE}
+    base.update(over)
+    return tuple(base.values())
+
+
+class Shop:
+    """Settled, minted and listed jobs on the session deployment; every account that touches the
+    model market is remembered so conservation can be checked from balances."""
+
+    def __init__(self, kit: Kit):
+        self.kit = kit
+        self.mm = kit.dep.model_market
+        self.lic = kit.dep.licence
+        self.token = kit.token
+        self.buyers = [*kit.validators, kit.outsider]
+        self.server, self.rival = kit.providers[5], kit.providers[4]
+        self.jobs: list = []
+        for acct in (*self.buyers, self.server, self.rival):
+            self.token.transact("approve", self.mm.address, MAX, sender=acct)
+
+    def settled(self, amounts=(400 * TOKEN, 500 * TOKEN), model=MODEL, rounds=1):
+        kit = self.kit
+        job = kit.job(n=len(amounts), rounds=rounds, claim_period=10_000)
+        job.commit_all(model=model)
+        leaves = [{"account": p.address, "role": Role.PROVIDER, "amount": a, "reputation_delta": 1, "value": a,
+                   "activity": 1} for p, a in zip(job.providers, amounts)]
+        leaves.append({"account": kit.aggregator.address, "role": Role.AGGREGATOR, "amount": 0, "reputation_delta": 1,
+                       "value": 0, "activity": 1})
+        job.post_rewards(index_leaves(leaves), value_total=0)
+        job.settle()
+        self.lic.transact("mint", job.id, sender=kit.outsider)
+        return job
+
+    def list(self, job, shape=(F, C), terms=None, round_=None, sender=None):
+        r = len(job.rounds) - 1 if round_ is None else round_
+        return self.mm.transact("list_model", job.id, r, job.rounds[r].data, job.acc.proof(r), *shape,
+                                terms or offer(), sender=sender or self.kit.requester)
+
+    def listed(self, **kw):
+        terms = kw.pop("terms", None)
+        job = self.settled(**kw)
+        self.list(job, terms=terms)
+        self.jobs.append(job)
+        return job
+
+    def staked(self, job, server=None, amount=SSTAKE):
+        self.mm.transact("stake_server", job.id, amount, sender=server or self.server)
+
+    def usage(self, job, caller, count, server=None) -> tuple:
+        server = server or self.server
+        sig = Usage(job.id, server.address, count).sign(caller.key, self.kit.chain_id, self.mm.address)
+        return (count, sig)
+
+    def settle(self, job, receipts, server=None):
+        return self.mm.transact("settle_usage", job.id, receipts, sender=server or self.server)
+
+    def answer_sig(self, job, x, answer, server=None) -> bytes:
+        server = server or self.server
+        return Answer(job.id, input_hash(x), answer).sign(server.key, self.kit.chain_id, self.mm.address)
+
+    def dispute(self, job, x, answer, sig=None, server=None, opening=None, sender=None):
+        server = server or self.server
+        chunks, proofs = opening or model_opening(job.model, job.size)
+        sig = self.answer_sig(job, x, answer, server) if sig is None else sig
+        return self.mm.transact("dispute_answer", job.id, server.address, x, answer, sig, chunks, proofs,
+                                sender=sender or self.kit.outsider)
+
+    def claim(self, job, i, leaf=None, proof=None, sender=None):
+        leaf = reward_struct(job.leaves[i]) if leaf is None else leaf
+        return self.mm.transact("claim", job.id, i, leaf, job.tree.proof(i) if proof is None else proof,
+                                sender=sender or self.kit.outsider)
+
+    def bal(self, a) -> int:
+        return self.kit.balance(a)
+
+    def held(self) -> int:
+        """What the contract owes: pull balances, escrowed credits, stakes and unclaimed revenue."""
+        kit, mm = self.kit, self.mm
+        accounts = {kit.treasury, kit.requester.address, kit.outsider.address, self.server.address, self.rival.address,
+                    *(b.address for b in self.buyers), *(p.address for p in kit.providers)}
+        total = sum(mm.call("owed", a) for a in accounts)
+        for job in self.jobs:
+            total += sum(mm.call("credit", job.id, b.address)[1] for b in self.buyers)
+            total += sum(mm.call("stake", job.id, s.address) for s in (self.server, self.rival))
+            total += mm.call("revenue", job.id) - mm.call("paid_out", job.id)
+        return total
+
+
+@pytest.fixture
+def shop(kit):
+    s = Shop(kit)
+    yield s
+    assert s.bal(s.mm.address) == s.held(), "the model market's balance is not what it owes"
+
+
+# ---------------------------------------------------------------- listing
+
+
+def test_deployed_with_the_market_licence_and_fee(shop):
+    mm, dep = shop.mm, shop.kit.dep
+    assert (mm.call("MARKET"), mm.call("LICENCE"), mm.call("TOKEN")) == (dep.market.address, dep.licence.address,
+                                                                          dep.token.address)
+    assert (mm.call("TREASURY"), mm.call("FEE_BPS")) == (shop.kit.treasury, FEE_BPS)
+
+
+def test_only_the_model_owner_lists_once_with_the_final_round(shop):
+    kit = shop.kit
+    job = shop.settled(rounds=2)
+    with reverts("model: not the model owner"):
+        shop.list(job, sender=kit.outsider)
+    with reverts("model: not the final round"):
+        shop.list(job, round_=0)
+    forged = (keccak(b"another model"), *job.rounds[1].data[1:])
+    with reverts("model: round not committed"):
+        shop.mm.transact("list_model", job.id, 1, forged, job.acc.proof(1), F, C, offer(), sender=kit.requester)
+    r = shop.list(job)
+    ev = r.event("ModelListed")
+    assert (ev["job_id"], ev["owner"], ev["model_root"]) == (job.id, kit.requester.address, job.rounds[1].data[0])
+    assert shop.mm.call("model_root", job.id) == job.rounds[1].data[0]
+    with reverts("model: already listed"):
+        shop.list(job)
+    shop.jobs.append(job)
+
+
+def test_unsettled_or_unminted_jobs_cannot_be_listed(shop):
+    kit = shop.kit
+    job = kit.job(n=2, rounds=1)
+    job.commit_all()
+    with reverts("erc721: invalid token ID"):  # no model token exists before settlement
+        shop.mm.transact("list_model", job.id, 0, job.rounds[0].data, job.acc.proof(0), F, C, offer(),
+                         sender=kit.requester)
+
+
+@pytest.mark.parametrize("shape, reason", [((3, 2), "model: shape does not fit the model"),
+                                           ((4, 0), "model: shape out of bounds"),
+                                           ((0, 2), "model: shape out of bounds"),
+                                           ((9, 1), "model: shape out of bounds")])
+def test_a_shape_that_does_not_fit_is_refused(shop, shape, reason):
+    job = shop.settled()
+    with reverts(reason):
+        shop.list(job, shape=shape)
+
+
+@pytest.mark.parametrize("over, reason", [
+    ({"owner_bps": 5_000, "server_bps": 5_000}, "model: shares exceed the whole"),
+    ({"owner_bps": 9_901, "server_bps": 0}, "model: shares exceed the whole"),
+    ({"access_price": 0}, "model: access needs a price and a period"),
+    ({"access_period": 0}, "model: access needs a price and a period"),
+    ({"access_period": 3_650 * 86_400 + 1}, "model: access period too long"),
+    ({"query_price": 2**128 + 1}, "model: price too high"),
+    ({"server_stake": 2**128 + 1}, "model: stake too high"),
+])
+def test_offers_out_of_bounds_are_refused(shop, over, reason):
+    job = shop.settled()
+    with reverts(reason):
+        shop.list(job, terms=offer(**over))
+    shop.list(job)
+    with reverts(reason):
+        shop.mm.transact("set_offer", job.id, offer(**over), sender=shop.kit.requester)
+    with reverts("model: not the model owner"):
+        shop.mm.transact("set_offer", job.id, offer(query_price=1), sender=shop.kit.outsider)
+    shop.jobs.append(job)
+
+
+# ---------------------------------------------------------------- credits and usage
+
+
+def test_credits_settle_by_signed_cumulative_usage_and_split(shop):
+    kit, mm = shop.kit, shop.mm
+    job = shop.listed()
+    a, b = shop.buyers[0], shop.buyers[1]
+    mm.transact("buy_credits", job.id, 100, sender=a)
+    mm.transact("buy_credits", job.id, 10, sender=b)
+    assert mm.call("credit", job.id, a.address) == (100, 100 * QPRICE)
+    shop.staked(job)
+    before = shop.bal(mm.address)
+    r = shop.settle(job, [shop.usage(job, a, 60), shop.usage(job, b, 10)])
+    amount = 70 * QPRICE
+    ev = r.event("UsageSettled")
+    assert (ev["callers"], ev["queries"], ev["amount"]) == (2, 70, amount)
+    fee, owner, server = amount * FEE_BPS // 10_000, amount // 10, amount // 5
+    assert mm.call("owed", kit.treasury) == fee and mm.call("owed", kit.requester.address) == owner
+    assert mm.call("owed", shop.server.address) == server
+    assert mm.call("revenue", job.id) == amount - fee - owner - server
+    assert mm.call("credit", job.id, a.address) == (40, 40 * QPRICE) and mm.call("credit", job.id, b.address) == (0, 0)
+    assert (mm.call("queries_settled", job.id), mm.call("gross_revenue", job.id)) == (70, amount)
+    assert shop.bal(mm.address) == before  # settlement moves no tokens, it credits pull balances
+    with reverts("model: receipt already settled"):  # a replayed receipt
+        shop.settle(job, [shop.usage(job, a, 60)])
+    with reverts("model: receipt already settled"):  # an older one
+        shop.settle(job, [shop.usage(job, a, 59)])
+    assert shop.settle(job, [shop.usage(job, a, 61)]).event("UsageSettled")["queries"] == 1
+    s0 = shop.bal(shop.server.address)
+    assert mm.transact("withdraw", sender=shop.server).event("Withdrawn")["amount"] == server + QPRICE // 5
+    assert shop.bal(shop.server.address) == s0 + server + QPRICE // 5
+    with reverts("model: nothing owed"):
+        mm.transact("withdraw", sender=shop.server)
+
+
+def test_a_server_cannot_settle_more_than_was_bought(shop):
+    mm = shop.mm
+    job = shop.listed()
+    a, never = shop.buyers[0], shop.buyers[1]
+    mm.transact("buy_credits", job.id, 5, sender=a)
+    shop.staked(job)
+    with reverts("model: usage exceeds credits"):
+        shop.settle(job, [shop.usage(job, a, 6)])
+    with reverts("model: usage exceeds credits"):  # a caller that never bought credits
+        shop.settle(job, [shop.usage(job, never, 1)])
+    with reverts("model: receipt already settled"):  # the same caller twice in one batch
+        shop.settle(job, [shop.usage(job, a, 2), shop.usage(job, a, 3)][::-1])
+    with reverts("model: usage exceeds credits"):  # a caller's count split over two receipts of one batch
+        shop.settle(job, [shop.usage(job, a, 3), shop.usage(job, a, 9)])
+    assert mm.call("credit", job.id, a.address) == (5, 5 * QPRICE) and mm.call("queries_settled", job.id) == 0
+
+
+def test_receipts_are_bound_to_their_server_and_job(shop):
+    mm, kit = shop.mm, shop.kit
+    job, other = shop.listed(), shop.listed()
+    a = shop.buyers[0]
+    mm.transact("buy_credits", job.id, 5, sender=a)
+    shop.staked(job)
+    shop.staked(job, server=shop.rival)
+    stolen = shop.usage(job, a, 5)  # signed for shop.server
+    with reverts("model: usage exceeds credits"):  # recovers some other account, with no credits
+        shop.settle(job, [stolen], server=shop.rival)
+    shop.staked(other)
+    with reverts("model: usage exceeds credits"):  # the other job's domain of the same receipt
+        shop.settle(other, [stolen])
+    with reverts("ecdsa: invalid signature"):
+        shop.settle(job, [(5, b"\x01" * 65)])
+    assert shop.settle(job, [stolen]).event("UsageSettled")["queries"] == 5
+    assert mm.call("used", job.id, a.address, shop.server.address) == 5
+    assert mm.call("used", job.id, a.address, shop.rival.address) == 0
+    assert kit.chain  # both servers' stakes stay held (fixture checks)
+
+
+@pytest.mark.parametrize("case", ["unstaked", "under-staked", "unstaking", "slashed", "unlisted", "empty"])
+def test_only_a_serving_server_settles(shop, case):
+    mm = shop.mm
+    job = shop.listed()
+    a = shop.buyers[0]
+    mm.transact("buy_credits", job.id, 5, sender=a)
+    receipts, job_id, reason = [shop.usage(job, a, 1)], job.id, "model: not serving"
+    if case == "under-staked":
+        shop.staked(job, amount=SSTAKE - 1)
+    elif case == "unstaking":
+        shop.staked(job)
+        mm.transact("request_unstake", job.id, sender=shop.server)
+    elif case == "slashed":
+        shop.staked(job)
+        x = [0, 0, 0, 0]
+        shop.dispute(job, x, 1 - linear_answer(job.model, x, F, C))
+    elif case == "unlisted":
+        job_id, reason = 4242, "model: not listed"
+    elif case == "empty":
+        shop.staked(job)
+        receipts, reason = [], "model: no receipts"
+    with reverts(reason):
+        mm.transact("settle_usage", job_id, receipts, sender=shop.server)
+
+
+def test_credits_keep_the_price_they_were_bought_at(shop):
+    mm, kit = shop.mm, shop.kit
+    job = shop.listed()
+    a = shop.buyers[0]
+    mm.transact("buy_credits", job.id, 10, sender=a)
+    mm.transact("set_offer", job.id, offer(query_price=QPRICE * 50), sender=kit.requester)  # the owner raises it
+    mm.transact("buy_credits", job.id, 10, sender=a)
+    assert mm.call("credit", job.id, a.address) == (20, 10 * QPRICE + 10 * QPRICE * 50)
+    shop.staked(job)
+    assert shop.settle(job, [shop.usage(job, a, 20)]).event("UsageSettled")["amount"] == 510 * QPRICE
+
+
+@pytest.mark.parametrize("queries, reason", [(0, "model: no queries"), (2**64, "model: too many credits")])
+def test_bad_purchases_are_refused(shop, queries, reason):
+    job = shop.listed()
+    with reverts(reason):
+        shop.mm.transact("buy_credits", job.id, queries, sender=shop.buyers[0])
+
+
+def test_credit_value_is_bounded_and_unlisted_or_unpriced_credits_refused(shop):
+    mm, kit = shop.mm, shop.kit
+    job = shop.listed(terms=offer(query_price=2**128))
+    with reverts("model: credit value too large"):
+        mm.transact("buy_credits", job.id, 2, sender=shop.buyers[0])
+    with reverts("model: not listed"):
+        mm.transact("buy_credits", 4242, 1, sender=shop.buyers[0])
+    mm.transact("set_offer", job.id, offer(query_price=0), sender=kit.requester)
+    with reverts("model: credits not offered"):
+        mm.transact("buy_credits", job.id, 1, sender=shop.buyers[0])
+    mm.transact("set_offer", job.id, offer(), sender=kit.requester)
+    shop.token.transact("approve", mm.address, QPRICE - 1, sender=shop.buyers[1])
+    with reverts("erc20: insufficient allowance"):
+        mm.transact("buy_credits", job.id, 1, sender=shop.buyers[1])
+    assert mm.call("credit", job.id, shop.buyers[1].address) == (0, 0)
+
+
+def test_refunds_wait_for_servers_to_settle(shop):
+    mm, kit = shop.mm, shop.kit
+    job = shop.listed()
+    a = shop.buyers[0]
+    with reverts("model: no credits"):
+        mm.transact("request_refund", job.id, sender=a)
+    with reverts("model: no refund requested"):
+        mm.transact("refund", job.id, sender=a)
+    mm.transact("buy_credits", job.id, 10, sender=a)
+    shop.staked(job)
+    receipt = shop.usage(job, a, 4)  # queries answered, not settled yet
+    mm.transact("request_refund", job.id, sender=a)
+    with reverts("model: refund not due yet"):
+        mm.transact("refund", job.id, sender=a)
+    shop.settle(job, [receipt])  # the server settles within the delay
+    kit.advance(86_400)
+    before = shop.bal(a.address)
+    ev = mm.transact("refund", job.id, sender=a).event("CreditsRefunded")
+    assert (ev["queries"], ev["amount"]) == (6, 6 * QPRICE) and shop.bal(a.address) == before + 6 * QPRICE
+    with reverts("model: no refund requested"):
+        mm.transact("refund", job.id, sender=a)
+    with reverts("model: usage exceeds credits"):
+        shop.settle(job, [shop.usage(job, a, 5)])
+
+
+def test_buying_again_cancels_a_refund_request(shop):
+    mm, kit = shop.mm, shop.kit
+    job = shop.listed()
+    a = shop.buyers[0]
+    mm.transact("buy_credits", job.id, 1, sender=a)
+    mm.transact("request_refund", job.id, sender=a)
+    mm.transact("buy_credits", job.id, 1, sender=a)
+    kit.advance(86_400)
+    with reverts("model: no refund requested"):
+        mm.transact("refund", job.id, sender=a)
+
+
+# ---------------------------------------------------------------- time-bound access
+
+
+def test_access_extends_from_its_end_and_pays_no_server_share(shop):
+    mm, kit = shop.mm, shop.kit
+    job = shop.listed()
+    a = shop.buyers[0]
+    now = kit.now()
+    r = mm.transact("buy_access", job.id, 2, sender=a)
+    until = r.event("AccessBought")["until"]
+    assert now + 2 * PERIOD <= until <= now + 2 * PERIOD + 2 and mm.call("has_access", job.id, a.address)
+    assert mm.transact("buy_access", job.id, 1, sender=a).event("AccessBought")["until"] == until + PERIOD
+    split = r.event("RevenueSplit")
+    assert (split["server_share"], split["fee"], split["owner_share"]) == (0, 2 * APRICE // 100, 2 * APRICE // 10)
+    assert mm.call("revenue", job.id) == 3 * APRICE - 3 * APRICE // 100 - 3 * APRICE // 10
+    kit.advance(3 * PERIOD + 10)
+    assert not mm.call("has_access", job.id, a.address)
+    with reverts("model: bad periods"):
+        mm.transact("buy_access", job.id, 0, sender=a)
+    with reverts("model: access too long"):
+        mm.transact("buy_access", job.id, 3_650 * 86_400 // PERIOD + 1, sender=a)
+    mm.transact("set_offer", job.id, offer(access_price=0, access_period=0), sender=kit.requester)
+    with reverts("model: access not offered"):
+        mm.transact("buy_access", job.id, 1, sender=a)
+
+
+# ---------------------------------------------------------------- contributors' revenue
+
+
+def test_contributors_claim_their_share_once_and_only_their_own(shop):
+    mm, kit = shop.mm, shop.kit
+    job = shop.listed()
+    a = shop.buyers[0]
+    mm.transact("buy_credits", job.id, 1_000, sender=a)
+    shop.staked(job)
+    shop.settle(job, [shop.usage(job, a, 1_000)])
+    revenue = mm.call("revenue", job.id)
+    p0, p1 = job.leaves[0]["account"], job.leaves[1]["account"]
+    before = shop.bal(p0)
+    due0 = revenue * 400 // 900
+    assert shop.claim(job, 0, sender=shop.rival).event("RevenueClaimed")["amount"] == due0  # paid to the leaf's account
+    assert shop.bal(p0) == before + due0
+    with reverts("model: nothing to claim"):
+        shop.claim(job, 0)
+    mine = dict(job.leaves[0], account=shop.rival.address)  # the attacker's address in p0's leaf
+    with reverts("model: invalid proof"):
+        shop.claim(job, 0, leaf=reward_struct(mine), sender=shop.rival)
+    inflated = dict(job.leaves[1], amount=900 * TOKEN)
+    with reverts("model: invalid proof"):
+        shop.claim(job, 1, leaf=reward_struct(inflated))
+    with reverts("model: invalid proof"):  # p1's leaf at p0's index
+        shop.claim(job, 0, leaf=reward_struct(job.leaves[1]), proof=job.tree.proof(1))
+    with reverts("model: nothing to claim"):  # the aggregator's zero leaf
+        shop.claim(job, 2)
+    assert shop.claim(job, 1).event("RevenueClaimed")["amount"] == revenue * 500 // 900
+    assert shop.bal(p1) > 0 and revenue - 2 <= mm.call("paid_out", job.id) <= revenue
+    with reverts("model: not listed"):
+        shop.mm.transact("claim", 4242, 0, reward_struct(job.leaves[0]), job.tree.proof(0), sender=kit.outsider)
+
+
+def test_one_job_cannot_take_another_jobs_revenue(shop):
+    mm, kit = shop.mm, shop.kit
+    honest = shop.listed()
+    a = shop.buyers[0]
+    mm.transact("buy_access", honest.id, 4, sender=a)  # revenue of the honest job sits in the contract
+    # a job whose root pays 20 while declaring a reward total of 10 (unchallenged, it settled)
+    job = kit.job(n=2, rounds=1, claim_period=10_000)
+    job.commit_all(model=MODEL)
+    leaves = [{"account": shop.rival.address, "role": Role.PROVIDER, "amount": 20, "reputation_delta": 1, "value": 20,
+               "activity": 1},
+              {"account": kit.providers[1].address, "role": Role.PROVIDER, "amount": 0, "reputation_delta": 1,
+               "value": 0, "activity": 1},
+              {"account": kit.aggregator.address, "role": Role.AGGREGATOR, "amount": 0, "reputation_delta": 1,
+               "value": 0, "activity": 1}]
+    job.post_rewards(index_leaves(leaves), total=10, value_total=0)
+    job.settle()
+    shop.lic.transact("mint", job.id, sender=kit.outsider)
+    shop.list(job)
+    shop.jobs.append(job)
+    mm.transact("buy_access", job.id, 1, sender=a)
+    with reverts("model: claims exceed revenue"):
+        shop.claim(job, 0)
+
+
+# ---------------------------------------------------------------- staking and disputes
+
+
+def test_stake_and_unstake_after_the_delay(shop):
+    mm, kit = shop.mm, shop.kit
+    job = shop.listed()
+    with reverts("model: no amount"):
+        mm.transact("stake_server", job.id, 0, sender=shop.server)
+    with reverts("model: not listed"):
+        mm.transact("stake_server", 4242, 1, sender=shop.server)
+    with reverts("model: not staked"):
+        mm.transact("request_unstake", job.id, sender=shop.server)
+    shop.staked(job)
+    assert mm.call("serving", job.id, shop.server.address)
+    with reverts("model: no unstake requested"):
+        mm.transact("unstake", job.id, sender=shop.server)
+    mm.transact("request_unstake", job.id, sender=shop.server)
+    assert not mm.call("serving", job.id, shop.server.address)
+    with reverts("model: still unstaking"):
+        mm.transact("unstake", job.id, sender=shop.server)
+    kit.advance(7 * 86_400)
+    before = shop.bal(shop.server.address)
+    mm.transact("unstake", job.id, sender=shop.server)
+    assert shop.bal(shop.server.address) == before + SSTAKE and mm.call("stake", job.id, shop.server.address) == 0
+
+
+def test_a_right_answer_cannot_be_slashed_and_a_wrong_one_is(shop):
+    mm, kit = shop.mm, shop.kit
+    job = shop.listed()
+    shop.staked(job)
+    x = fixed_input(np.array([0.1, 0.9, 0.3, 0.5]))
+    right = linear_answer(job.model, x, F, C)
+    with reverts("model: answer is right"):
+        shop.dispute(job, x, right)
+    with reverts("model: not the server's answer"):  # signed by someone else
+        shop.dispute(job, x, 1 - right, sig=shop.answer_sig(job, x, 1 - right, server=shop.rival))
+    chunks, proofs = model_opening(job.model, job.size)
+    lie = [list(c) for c in chunks]
+    lie[0][0] += 1
+    with reverts("model: chunk not in the model"):
+        shop.dispute(job, x, right, opening=(lie, proofs))
+    with reverts("model: wrong number of chunks"):
+        shop.dispute(job, x, 1 - right, opening=(chunks[:-1], proofs[:-1]))
+    with reverts("model: input out of range"):
+        shop.dispute(job, [2**20 + 1, 0, 0, 0], 0)
+    with reverts("model: bad input length"):
+        shop.dispute(job, x[:3], 0)
+    r = shop.dispute(job, x, 1 - right, sender=shop.rival)
+    ev = r.event("AnswerSlashed")
+    assert (ev["server"], ev["challenger"], ev["amount"], ev["challenger_share"]) == (
+        shop.server.address, shop.rival.address, SSTAKE, SSTAKE // 2)
+    assert mm.call("owed", shop.rival.address) == SSTAKE // 2 and mm.call("owed", kit.treasury) == SSTAKE // 2
+    assert mm.call("disputes_lost", job.id) == 1 and mm.call("stake", job.id, shop.server.address) == 0
+    with reverts("model: nothing to slash"):
+        shop.dispute(job, x, 1 - right)
+    with reverts("model: answer is right"):  # an out-of-range class is wrong too, but the stake is gone first
+        shop.staked(job) or shop.dispute(job, x, right)
+    assert shop.dispute(job, x, 7).event("AnswerSlashed")["amount"] == SSTAKE
+
+
+def test_a_server_is_slashable_while_unstaking(shop):
+    mm, kit = shop.mm, shop.kit
+    job = shop.listed()
+    shop.staked(job)
+    mm.transact("request_unstake", job.id, sender=shop.server)
+    kit.advance(86_400)
+    x = [0, 2**20, 0, 2**19]
+    shop.dispute(job, x, 1 - linear_answer(job.model, x, F, C))
+    kit.advance(7 * 86_400)
+    before = shop.bal(shop.server.address)
+    mm.transact("unstake", job.id, sender=shop.server)
+    assert shop.bal(shop.server.address) == before
+
+
+def test_models_listed_as_not_linear_are_not_disputable(shop):
+    job = shop.settled()
+    shop.list(job, shape=(0, 0))
+    shop.jobs.append(job)
+    shop.staked(job)
+    with reverts("model: answers not provable"):
+        shop.dispute(job, [0, 0, 0, 0], 1)
