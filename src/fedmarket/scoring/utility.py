@@ -100,6 +100,18 @@ class Utility:
                     out[b] = self._cache[k]
         return out
 
+    def aggregation_weights(self) -> np.ndarray:
+        """Aggregation weight of each player ``(n,)`` (all 1 unless the game aggregates by weight)."""
+        return np.ones(self.n)
+
+    def seen(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every coalition evaluated so far through the cache and its value: bool ``(B, n)``, float64 ``(B,)``."""
+        if not self._cache:
+            return np.zeros((0, self.n), dtype=bool), np.zeros(0)
+        packed = np.frombuffer(b"".join(self._cache), dtype=np.uint8).reshape(len(self._cache), -1)
+        masks = np.unpackbits(packed, axis=1)[:, : self.n].astype(bool)
+        return masks, np.fromiter(self._cache.values(), dtype=np.float64, count=len(self._cache))
+
     def new_walk(self, size: int) -> object:
         """State for walking ``size`` permutations in lockstep (see :meth:`walk_values`); None by default."""
         return None
@@ -256,6 +268,10 @@ class AggregationUtility(Utility):
             return out
 
         return self._cached(self._check(masks), compute)
+
+    def aggregation_weights(self) -> np.ndarray:
+        """Each provider's aggregation weight ``(n,)``."""
+        return self.w.copy()
 
     def _coefficients(self, masks: np.ndarray) -> np.ndarray:
         cw = masks * self.w
