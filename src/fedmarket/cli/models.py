@@ -177,3 +177,19 @@ def model_predict(
     if sample.labels is not None:
         acc = float(np.mean(np.asarray(names, dtype=object) == sample.labels))
         typer.echo(f"accuracy {acc:.4f} on {len(names)} rows", err=out is None)
+
+
+@model_app.command("info")
+def model_info(
+    job: int = typer.Argument(..., help="The job."),
+    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
+    contracts: Path = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`."),
+) -> None:
+    """Print a job model's record on the model market (JSON): its listed root and offer, queries
+    settled, gross and contributors' revenue, disputes lost."""
+    from ..chain import connect
+    from ..market import Deployment
+    from ..roles.model_owner import model_record
+
+    dep = Deployment.attach(connect(rpc), read_addresses(contracts))
+    typer.echo(json.dumps(model_record(dep, job), indent=2))

@@ -312,3 +312,30 @@ def _run_with_data(ctx: RoleContext, role: str, process, data: Path, job: int, m
     blobs, box = ctx.stores(mailbox)
     X, y = _job_data(dep, blobs, job, data, "data", label, ctx.poll)
     ctx.run(process(dep, signer, blobs, box, X, y, job, state))
+
+
+@role_command(app, "serve")
+def serve(
+    ctx: RoleContext,
+    job: int = JOB,
+    port: int = typer.Option(8750, "--port", help="Port on 127.0.0.1 to answer queries on."),
+    period: float = typer.Option(60.0, "--period", help="Seconds between two settlements of the callers' signed usage."),
+) -> None:
+    """Serve a listed job's model to paying callers over HTTP, staked; settle their usage once per period."""
+    from ..processes.server import serve as run_server
+    from ..roles.server import ModelServer
+
+    if not period > 0:
+        raise ConfigError(f"--period must be positive (got {period})")
+    if not 0 < port < 65_536:
+        raise ConfigError(f"--port must be a TCP port (got {port})")
+    dep, signer, _ = ctx.connect("server", job)
+    blobs, _ = ctx.stores()
+    try:
+        server = ModelServer(dep, signer, blobs, job)
+        did = server.ensure_staked()
+        if did:
+            typer.echo(did, err=True)
+        run_server(server, port, period, say=lambda m: typer.echo(m, err=True))
+    finally:
+        blobs.close()

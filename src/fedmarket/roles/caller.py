@@ -1,0 +1,58 @@
+"""A paying caller of a model server: buys credits, signs each query's cumulative usage, checks
+the server's signed answer, and disputes a wrong one on chain (a listed linear model)."""
+
+from __future__ import annotations
+
+from ..chain import Account
+from ..errors import FedMarketError
+from ..market import Deployment
+from ..protocol.inference import input_hash, linear_answer, model_opening
+from ..protocol.receipts import Answer, Usage
+from ..storage import BlobStore
+from .model_owner import listed_shape
+
+
+class ModelCaller:
+    """A paying caller: buys credits and signs each query's cumulative usage for one server."""
+
+    def __init__(self, dep: Deployment, account: Account, job_id: int, server: str, count: int | None = None):
+        self.dep, self.mm, self.account, self.job_id, self.server = dep, dep.model_market, account, job_id, server
+        self.count = int(self.mm.call("used", job_id, account.address, server)) if count is None else count
+
+    def buy(self, queries: int):
+        price = int(self.mm.call("offer", self.job_id)["query_price"])
+        self.dep.token.transact("approve", self.mm.address, queries * price, sender=self.account)
+        return self.mm.transact("buy_credits", self.job_id, queries, sender=self.account)
+
+    def next_receipt(self) -> tuple[int, bytes]:
+        """The signed usage of the next query (its cumulative count at this server)."""
+        self.count += 1
+        sig = Usage(self.job_id, self.server, self.count).sign(self.account.key, self.dep.chain_id, self.mm.address)
+        return self.count, sig
+
+    def check(self, reply: dict) -> int:
+        """The answer's class, after checking the server signed exactly it (what a dispute needs)."""
+        x, cls = [int(v) for v in reply["input"]], int(reply["answer"])
+        signer = Answer(self.job_id, input_hash(x), cls).signer(bytes.fromhex(reply["signature"][2:]), self.dep.chain_id,
+                                                                self.mm.address)
+        if signer != self.server:
+            raise FedMarketError(f"the answer is signed by {signer}, not the server {self.server}")
+        return cls
+
+
+def dispute_answer(dep: Deployment, account: Account, store: BlobStore, job_id: int, server: str, reply: dict):
+    """Prove on chain that a server's signed answer is wrong: re-executed by `ModelMarket.dispute_answer`
+    with the job's model (fetched and verified here). Refuses, without a transaction, an answer that is right."""
+    from ..modelfile import trained_model
+
+    mm = dep.model_market
+    shape = listed_shape(dep, job_id)
+    if not shape[0]:
+        raise FedMarketError(f"job {job_id}'s model is not listed as linear: its answers are not provable on chain")
+    trained = trained_model(dep, store, job_id)
+    x, cls = [int(v) for v in reply["input"]], int(reply["answer"])
+    if cls == linear_answer(trained.q, x, *shape):
+        raise FedMarketError(f"the answer {cls} is the model's: nothing to dispute")
+    chunks, proofs = model_opening(trained.q, trained.spec.quantization.chunk_size)
+    return mm.transact("dispute_answer", job_id, server, x, cls, bytes.fromhex(reply["signature"][2:]), chunks, proofs,
+                       sender=account)

@@ -1,0 +1,140 @@
+"""The inference server: answers paying callers with a settled job's model and settles their
+signed usage on chain in batches (`ModelMarket.settle_usage`).
+
+Each query carries the caller's signature of ``Usage(jobId, server, count)``, its cumulative
+count of queries at this server: one more than its last. The server keeps only each caller's
+latest receipt, so a period's settlement is one receipt per caller however many queries it
+made, and it can settle nothing a caller did not sign. Answers are signed
+``Answer(jobId, inputHash, class)``: for a linear (softmax) model the class is the integer
+argmax the contract re-executes (`protocol.inference`), so a wrong answer costs the stake.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..chain import Account
+from ..errors import FedMarketError
+from ..market import Deployment
+from ..protocol.inference import fixed_input, input_hash, linear_answer, linear_shape
+from ..protocol.receipts import Answer, Usage
+from ..storage import BlobStore
+from .model_owner import listed_shape
+from .common import check_funds
+
+MAX_BATCH = 256  # ModelMarket.MAX_BATCH
+
+
+class QueryRefused(FedMarketError):
+    """A query the server will not answer: bad signature, out-of-order count, no credit."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer: the class, the fixed-point input it answers, and the server's signature."""
+
+    answer: int
+    label: str
+    x: list[int]
+    count: int
+    signature: bytes
+
+    def doc(self) -> dict:
+        return {"answer": self.answer, "label": self.label, "input": self.x, "count": self.count,
+                "signature": "0x" + self.signature.hex()}
+
+
+class ModelServer:
+    """Serves one listed job's model, verified against the final model root listed on chain."""
+
+    def __init__(self, dep: Deployment, account: Account, store: BlobStore, job_id: int):
+        from ..modelfile import trained_model
+
+        if dep.model_market is None:
+            raise FedMarketError("this deployment has no model market (deploy it again with this version)")
+        self.dep, self.mm, self.account, self.job_id = dep, dep.model_market, account, job_id
+        listed = bytes(self.mm.call("model_root", job_id))
+        if listed == b"\x00" * 32:
+            raise FedMarketError(f"job {job_id}'s model is not listed on the model market")
+        self.trained = trained_model(dep, store, job_id)
+        if self.trained.model_root != listed:
+            raise FedMarketError(f"job {job_id}: the listed model root 0x{listed.hex()} is not its final round's")
+        self.shape = listed_shape(dep, job_id)
+        if self.shape != linear_shape(self.trained.spec):
+            raise FedMarketError(f"job {job_id} is listed as a linear model of shape {self.shape}; its spec's is "
+                                 f"{linear_shape(self.trained.spec)}: disputes would re-execute another function")
+        self.jm = self.trained.job_model
+        d = self.trained.spec.data
+        self.classes = d.classes or [str(i) for i in range(d.n_classes)]
+        self.chain_id = dep.chain_id
+        self.latest: dict[str, tuple[int, bytes]] = {}  # caller -> its latest receipt (count, signature)
+        self.lock = threading.Lock()
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    def ensure_staked(self) -> str | None:
+        """Stake the offer's server stake if not serving yet (checking the funds first); returns what it did."""
+        if self.mm.call("serving", self.job_id, self.address):
+            return None
+        need = max(int(self.mm.call("offer", self.job_id)["server_stake"]), 1) - int(self.mm.call("stake", self.job_id, self.address))
+        if int(self.mm.call("unstake_time", self.job_id, self.address)):
+            need = max(need, 1)  # staking again cancels the unstake
+        check_funds(self.dep, self.address, need, "the server stake")
+        self.dep.token.transact("approve", self.mm.address, need, sender=self.account)
+        self.mm.transact("stake_server", self.job_id, need, sender=self.account)
+        return f"staked {need} base units on job {self.job_id}"
+
+    # ---- answering ------------------------------------------------------------------------
+    def answer(self, features: list[float], count: int, signature: bytes) -> Reply:
+        """Answer one query if its usage receipt is the caller's next and its credit covers it."""
+        X = np.asarray(features, dtype=np.float64).reshape(1, -1)
+        if X.shape[1] != self.trained.spec.data.n_features or not np.isfinite(X).all():
+            raise QueryRefused(f"the model takes {self.trained.spec.data.n_features} finite features, "
+                               f"the query has {X.shape[1]}")
+        x = fixed_input(self.jm.features(X)[0])
+        self._caller(count, signature)  # the usage is recorded only for a query it answers
+        if self.shape[0]:
+            cls = linear_answer(self.trained.q, x, *self.shape)
+        else:
+            cls = int(self.jm.predict(self.trained.q, X)[0])
+        sig = Answer(self.job_id, input_hash(x), cls).sign(self.account.key, self.chain_id, self.mm.address)
+        return Reply(cls, self.classes[cls], x, count, sig)
+
+    def _caller(self, count: int, signature: bytes) -> str:
+        """The caller who signed `count`, after checking it is its next count and it has credit."""
+        try:
+            caller = Usage(self.job_id, self.address, int(count)).signer(signature, self.chain_id, self.mm.address)
+        except Exception:  # noqa: BLE001 - eth_account raises several kinds for a malformed signature
+            raise QueryRefused("the usage signature is malformed") from None
+        settled = int(self.mm.call("used", self.job_id, caller, self.address))
+        with self.lock:
+            last = max(settled, self.latest.get(caller, (0, b""))[0])
+            if count != last + 1:
+                raise QueryRefused(f"{caller}'s next count at this server is {last + 1}, not {count}")
+            queries, _ = self.mm.call("credit", self.job_id, caller)
+            if int(self.mm.call("refund_time", self.job_id, caller)):
+                raise QueryRefused(f"{caller} asked for a refund of its credits")
+            if count - settled > int(queries):
+                raise QueryRefused(f"{caller} has credit for {int(queries)} unsettled queries; count {count} exceeds it")
+            self.latest[caller] = (count, signature)
+        return caller
+
+    # ---- settling -------------------------------------------------------------------------
+    def pending(self) -> list[tuple[int, bytes]]:
+        """The latest receipt of every caller with queries not settled yet."""
+        with self.lock:
+            items = list(self.latest.items())
+        return [(c, s) for caller, (c, s) in items if c > int(self.mm.call("used", self.job_id, caller, self.address))]
+
+    def settle(self) -> list:
+        """Settle every pending receipt, `MAX_BATCH` callers per transaction; returns the receipts."""
+        todo, done = self.pending(), []
+        for i in range(0, len(todo), MAX_BATCH):
+            done.append(self.mm.transact("settle_usage", self.job_id, todo[i : i + MAX_BATCH], sender=self.account))
+        return done
+

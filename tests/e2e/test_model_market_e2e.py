@@ -1,0 +1,113 @@
+"""The model market end to end on the embedded chain: a softmax job settles, its owner lists it,
+a caller prepays credits, the server's HTTP app answers (each answer checked against the job's
+own predictions and signed), refuses what it must, settles the period's usage in one
+transaction, a forged answer is slashed by on-chain re-execution, the contributors claim their
+share, and every token is accounted for from balances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from fedmarket.errors import FedMarketError
+from fedmarket.market import JobState
+from fedmarket.processes.server import server_app
+from fedmarket.protocol.inference import fixed_input, input_hash, linear_answer
+from fedmarket.protocol.receipts import Answer
+from fedmarket.roles.caller import ModelCaller, dispute_answer
+from fedmarket.roles.model_owner import Offer, claim_usage_revenue, list_model, model_record
+from fedmarket.roles.server import ModelServer
+
+from test_model_jobs import cast_for, make_spec
+
+TOKEN = 10**18
+PRICE = TOKEN // 100
+STAKE = 10 * TOKEN
+
+
+def query(client, caller, features, receipt=None):
+    count, sig = receipt or caller.next_receipt()
+    return client.post("/query", json={"features": [float(v) for v in features], "count": count,
+                                       "signature": "0x" + sig.hex()})
+
+
+@pytest.fixture
+def settled_softmax(world, tmp_path):
+    spec = make_spec({"kind": "softmax"}, 3, rounds=2)
+    driver, ds = cast_for(world, tmp_path, spec)
+    job = driver.run()
+    assert driver.state == JobState.SETTLED
+    return driver, ds, job
+
+
+def test_credits_queries_settlement_slash_and_claims(world, settled_softmax):
+    driver, ds, job = settled_softmax
+    dep, store = world["dep"], driver.store
+    requester, server_acct, buyer = world["requester"], world["providers"][5], world["validators"][3]
+    treasury = world["treasury"].address
+    providers = [p.account for p in driver.cast.providers]
+    watched = [dep.model_market.address, requester.address, server_acct.address, buyer.address, treasury,
+               *(p.address for p in providers)]
+    start = {a: dep.balance(a) for a in watched}
+
+    list_model(dep, store, requester, job, Offer(query_price=PRICE, owner_bps=1_000, server_bps=2_000, server_stake=STAKE))
+    server = ModelServer(dep, server_acct, store, job)
+    assert server.ensure_staked().startswith("staked") and server.ensure_staked() is None
+    caller = ModelCaller(dep, buyer, job, server_acct.address)
+    caller.buy(20)
+
+    X = ds.X[:12]
+    expected = server.jm.predict(server.trained.q, X)
+    logs: list[str] = []
+    with TestClient(server_app(server, period=3_600, say=logs.append)) as client:
+        info = client.get("/info").json()
+        assert info["model_root"] == "0x" + server.trained.model_root.hex() and info["linear_shape"] == [64, 10]
+        answers = []
+        for row in X:
+            r = query(client, caller, row)
+            assert r.status_code == 200, r.text
+            answers.append(caller.check(r.json()))
+        assert np.mean(np.array(answers) == expected) >= 0.9  # the integer argmax is the float model's but for near-ties
+        stale = query(client, caller, X[0], receipt=(5, caller.next_receipt()[1]))
+        caller.count -= 1
+        assert stale.status_code == 400 and "next count" in stale.json()["error"]
+        assert query(client, caller, X[0], receipt=(13, b"\x00" * 65)).status_code == 400
+        assert query(client, caller, X[0][:10]).status_code == 400  # wrong feature count
+        caller.count = 12
+        for _ in range(8):
+            assert query(client, caller, X[1]).status_code == 200
+        over = query(client, caller, X[1])  # the 21st query: past the 20 credits
+        assert over.status_code == 402 and "credit" in over.json()["error"]
+    assert any("settled 20 queries of 1 callers" in m for m in logs), logs  # one transaction at shutdown
+    rec = model_record(dep, job)
+    assert (rec["queries_settled"], rec["gross_revenue"]) == (20, 20 * PRICE)
+
+    # a forged answer: the server signs a class the model does not give; the caller proves it on chain
+    x = fixed_input(server.jm.features(X[2:3])[0])
+    right = linear_answer(server.trained.q, x, 64, 10)
+    mm = dep.model_market.address
+
+    def signed(cls: int) -> dict:
+        sig = Answer(job, input_hash(x), cls).sign(server_acct.key, dep.chain_id, mm)
+        return {"input": x, "answer": cls, "signature": "0x" + sig.hex()}
+
+    forged = signed((right + 1) % 10)
+    with pytest.raises(FedMarketError, match="nothing to dispute"):
+        dispute_answer(dep, buyer, store, job, server_acct.address, signed(right))
+    ev = dispute_answer(dep, buyer, store, job, server_acct.address, forged).event("AnswerSlashed")
+    assert (ev["amount"], ev["challenger"]) == (STAKE, buyer.address)
+    assert model_record(dep, job)["disputes_lost"] == 1 and not dep.model_market.call("serving", job, server_acct.address)
+
+    # everyone takes what it is owed; the contributors by their reward leaves
+    for acct in (server_acct, requester, buyer, world["treasury"]):
+        dep.model_market.transact("withdraw", sender=acct)
+    claimed = sum(claim_usage_revenue(dep, store, p, job).event("RevenueClaimed")["amount"] for p in providers)
+    contributors = 20 * PRICE - 20 * PRICE // 100 - 20 * PRICE // 10 - 20 * PRICE // 5
+    assert contributors - len(providers) <= claimed <= contributors
+    delta = {a: dep.balance(a) - start[a] for a in watched}
+    assert sum(delta.values()) == 0, "tokens appeared or vanished"
+    assert delta[buyer.address] == -20 * PRICE + STAKE // 2
+    assert delta[server_acct.address] == -STAKE + 20 * PRICE // 5
+    assert delta[dep.model_market.address] == contributors - claimed  # only the rounding dust stays
+
