@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -167,6 +168,7 @@ class LocalJob:
     cheats: dict[str, str] = field(default_factory=dict)  # process name -> adversary class it runs instead
     challenger: bool = False  # start a challenger process (dev account 30) with start_all
     broker: str = ""  # a NATS server URL: every role's store and mailbox; each role then writes only in its home()
+    prefix: Callable[[str], list[str]] | None = None  # command prefix per process name (e.g. `ip netns exec NS`)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     killed: list[str] = field(default_factory=list)
     job_id: int | None = None
@@ -283,7 +285,8 @@ class LocalJob:
         home = self.home(name)
         home.mkdir(parents=True, exist_ok=True)
         with open(home / f"{name}.log", "ab") as log, open(home / f"{name}.out", "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", *launcher, *args], stdout=out, stderr=log,
+            wrap = self.prefix(name) if self.prefix is not None else []
+            proc = subprocess.Popen([*wrap, sys.executable, "-m", *launcher, *args], stdout=out, stderr=log,
                                     stdin=subprocess.DEVNULL, env=full_env, cwd=home if self.broker else None)
         self.procs[name] = proc
         return proc

@@ -21,7 +21,7 @@ def find_nats_server() -> str | None:
         (p for p in ("/usr/sbin/nats-server", "/usr/bin/nats-server") if os.access(p, os.X_OK)), None)
 
 
-def _die_with_parent() -> None:  # in the child, before exec: SIGTERM when the test process dies (Linux)
+def die_with_parent() -> None:  # in the child, before exec: SIGTERM when the test process dies (Linux)
     try:
         import ctypes
 
@@ -31,21 +31,25 @@ def _die_with_parent() -> None:  # in the child, before exec: SIGTERM when the t
 
 
 class NatsServer:
-    """`nats-server -js` on 127.0.0.1 with its JetStream file store under `store_dir`."""
+    """`nats-server -js` on `host` (127.0.0.1 unless given) with its JetStream file store under
+    `store_dir`; `prefix` is put before the command (e.g. `ip netns exec NS`)."""
 
-    def __init__(self, store_dir: str | os.PathLike, *, port: int = -1, extra: tuple[str, ...] = ()):
+    def __init__(self, store_dir: str | os.PathLike, *, port: int = -1, extra: tuple[str, ...] = (),
+                 host: str = "127.0.0.1", prefix: tuple[str, ...] | list[str] = ()):
         self.binary = find_nats_server()
         if self.binary is None:
             raise FedMarketError("nats-server not found: `apt-get install nats-server` (Debian)")
         self.store_dir = Path(store_dir)
         self.port = port
         self.extra = tuple(extra)  # more nats-server flags, e.g. ("--user", "u", "--pass", "p")
+        self.host = host
+        self.prefix = list(prefix)
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -55,10 +59,11 @@ class NatsServer:
         """Start the server (on the port it had before, after a `stop`) and wait until it listens."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        args = [self.binary, "-js", "-sd", str(self.store_dir), "-a", "127.0.0.1", "-p", str(self.port), *self.extra]
+        args = [*self.prefix, self.binary, "-js", "-sd", str(self.store_dir), "-a", self.host, "-p", str(self.port),
+                *self.extra]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=die_with_parent)
         self.starts += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
