@@ -2,6 +2,7 @@
 it and turns every expected error into one line on stderr and a non-zero exit, never a traceback."""
 
 from . import account, broker, dashboard, deploy, localnet, models, ops, roles  # noqa: F401 - each module registers its commands
+from . import flower as _flower  # noqa: F401 - Flower commands (flwr imported only when they run)
 from . import main as _commands
 from .app import app, run
 

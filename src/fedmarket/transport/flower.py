@@ -175,31 +175,39 @@ class Relay:
                 return nodes
             time.sleep(self.poll)
 
-    def exchange(self, grid, messages) -> list:
-        """Push the round's messages and pull the replies every `poll` seconds (Grid.send_and_receive
-        looks every 3 s) until all are in or `round_timeout` passed."""
+    def exchange(self, grid, messages, r: int) -> tuple[list[str], list[str], int]:
+        """Push the round's messages, then pull replies every `poll` seconds (Grid.send_and_receive
+        looks every 3 s) and file each as it comes, until every SuperNode answered, the aggregator
+        went on without the rest (the chain left round `r`), or `round_timeout` passed. Returns
+        (providers filed, replies refused, SuperNodes that did not answer)."""
         waiting = set(grid.push_messages(messages))
-        replies: list = []
-        deadline = time.monotonic() + self.round_timeout
+        filed: list[str] = []
+        refused: list[str] = []
+        deadline, looked = time.monotonic() + self.round_timeout, time.monotonic()
         while waiting and time.monotonic() < deadline:
             got = list(grid.pull_messages(waiting))
-            replies += got
-            waiting -= {m.metadata.reply_to_message_id for m in got}
+            if got:
+                more, bad = file_replies(self.store, self.mailbox, self.job_id, r, got)
+                filed, refused = filed + more, refused + bad
+                waiting -= {m.metadata.reply_to_message_id for m in got}
+            elif time.monotonic() - looked > 1.0:
+                looked = time.monotonic()
+                if self.dep.job(self.job_id)["current_round"] != r:
+                    break
             if waiting:
                 time.sleep(self.poll)
-        return replies
+        return filed, refused, len(waiting)
 
-    def relay_round(self, grid, job: dict, r: int) -> tuple[list[str], list[str]]:
+    def relay_round(self, grid, job: dict, r: int) -> tuple[list[str], list[str], int]:
         t0 = time.monotonic()
         nodes = self.nodes(grid, int(job["n_providers"]))
         blobs = round_blobs(self.dep, self.store, self.job_id)
         config = ConfigRecord({"job-id": self.job_id, "round": r, "blobs": blobs})
         messages = [Message(content=RecordDict({RECORD: config}), dst_node_id=n, message_type="train") for n in nodes]
-        replies = self.exchange(grid, messages)
-        filed, refused = file_replies(self.store, self.mailbox, self.job_id, r, replies)
+        filed, refused, silent = self.exchange(grid, messages, r)
         _say(f"round {r}: {len(nodes)} SuperNodes, {len(filed)} updates filed in {time.monotonic() - t0:.2f} s"
-             + "".join(f"\n  refused: {why}" for why in refused))
-        return filed, refused
+             + (f", {silent} did not answer" if silent else "") + "".join(f"\n  refused: {why}" for why in refused))
+        return filed, refused, silent if nodes else -1
 
     def run(self, grid) -> str:
         """Relay rounds until the job leaves training; returns why it stopped."""
@@ -210,19 +218,37 @@ class Relay:
         while True:
             job = self.dep.job(self.job_id)
             state, r = job["state"], int(job["current_round"])
-            if state == JobState.OPEN or r in relayed:
-                time.sleep(self.poll)  # not started, or the aggregator has yet to commit round r
-                continue
-            if state != JobState.TRAINING or r >= int(job["rounds"]):
+            if state in (JobState.FINALIZING, JobState.SETTLED):
+                return f"job {self.job_id} {state.name.lower()} after {r} rounds: " + self.send_rewards(grid)
+            if state != JobState.OPEN and state != JobState.TRAINING:
                 return f"job {self.job_id} {state.name.lower()} after {r} rounds"
+            if state == JobState.OPEN or r in relayed or r >= int(job["rounds"]):
+                time.sleep(self.poll)  # not started, the aggregator has yet to commit round r or post the rewards
+                continue
             started = first_try.setdefault(r, time.monotonic())
-            filed, refused = self.relay_round(grid, job, r)
-            if filed or (not refused and len(list(grid.get_node_ids()))):
+            filed, refused, silent = self.relay_round(grid, job, r)
+            if filed or (not refused and silent == 0):
                 relayed.add(r)  # updates filed (or every provider passed over): the aggregator commits
             elif self.give_up_after and time.monotonic() - started > self.give_up_after:
                 return f"round {r}: no update within {self.give_up_after:g} s"
             else:
                 time.sleep(self.poll)
+
+
+    def send_rewards(self, grid) -> str:
+        """Send every SuperNode the posted rewards document (what its provider's claim proves its
+        leaf from): the providers share no store with the aggregator."""
+        posted = self.dep.market.events("RewardRootPosted", job_id=self.job_id)
+        config = ConfigRecord({"job-id": self.job_id, "blobs": [self.store.get(posted[-1]["rewards_cid"])]})
+        nodes = sorted(grid.get_node_ids())
+        messages = [Message(content=RecordDict({RECORD: config}), dst_node_id=n, message_type="query") for n in nodes]
+        waiting = set(grid.push_messages(messages))
+        deadline = time.monotonic() + self.round_timeout
+        while waiting and time.monotonic() < deadline:
+            waiting -= {m.metadata.reply_to_message_id for m in grid.pull_messages(waiting)}
+            if waiting:
+                time.sleep(self.poll)
+        return f"rewards document sent to {len(nodes) - len(waiting)} of {len(nodes)} SuperNodes"
 
 
 def serve_job(grid, context) -> None:
@@ -265,6 +291,28 @@ def node_provider(node_config: dict):
     return Provider(dep, signer, store, _open_mailbox(str(node_config["mailbox"])), X, y), job_id
 
 
+def _answered(provider, job_id: int, r: int) -> dict | None:
+    """This provider's signed message of round `r` if it already trained it (the ServerApp asks
+    again after a SuperLink or aggregator restart): sent again, never trained twice."""
+    for raw in provider.mailbox.read(round_topic(job_id, r)):
+        message = json.loads(raw)
+        if message.get("provider") == provider.address:
+            return message
+    return None
+
+
+def file_on_node(msg, context):
+    """The ClientApp's query: file the blobs the aggregator sends after the rounds (the rewards
+    document) in the provider's own store, where its claim reads them (checked against the chain)."""
+    content = msg.content[RECORD]
+    if int(content["job-id"]) != int(context.node_config.get("job", -1)):
+        raise FedMarketError(f"this SuperNode serves job {context.node_config.get('job')}, not job {content['job-id']}")
+    node_store = open_store(str(context.node_config["store"]))
+    for blob in content["blobs"]:
+        node_store.put(blob)
+    return Message(content=RecordDict({RECORD: ConfigRecord({"filed": len(content["blobs"])})}), reply_to=msg)
+
+
 def train_on_node(msg, context):
     """The ClientApp's train: one market round with the provider's own code; the reply carries the
     signed round message and the update blob, or ``skipped`` when not selected."""
@@ -276,7 +324,7 @@ def train_on_node(msg, context):
     for blob in content["blobs"]:  # spec, metrics and model: each verified against the chain when used
         node_store.put(blob)
     provider, _ = node_provider(context.node_config)
-    message = provider.train(job_id, r)
+    message = _answered(provider, job_id, r) or provider.train(job_id, r)
     if message is None:  # not selected this round: nothing leaves this machine
         return Message(content=RecordDict({RECORD: ConfigRecord({"skipped": True})}), reply_to=msg)
     blob = provider.store.get(message["update_cid"])

@@ -59,7 +59,7 @@ def toml_file(path: Path, values: dict) -> Path:
     return path
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Every live process below `pid` (Linux /proc), children first found first."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -75,6 +75,17 @@ def _descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends it SIGTERM when the process that started it dies
+    (so a provider's SuperNode goes when its provider process does, even on SIGKILL)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 @dataclass(frozen=True)
@@ -99,12 +110,20 @@ class Service:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.env or flower_env(), start_new_session=True)
+                                         env=self.env or flower_env(), start_new_session=True,
+                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         return self
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the process to end by itself; whether it did."""
+        try:
+            return self.proc is not None and self.proc.wait(timeout=timeout) is not None
+        except subprocess.TimeoutExpired:
+            return False
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -113,7 +132,7 @@ class Service:
         """SIGTERM the process and each process it started (by pid); `reap` waits for them."""
         if self.proc is None:
             return
-        self._family = _descendants(self.proc.pid) if self.alive else []
+        self._family = descendants(self.proc.pid) if self.alive else []
         for pid in [self.proc.pid, *self._family]:
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -178,8 +197,8 @@ class SuperLink(Service):
             args.append("--enable-supernode-auth")
         if database:
             args += ["--database", database]
-        super().__init__("superlink", args, self.workdir / "superlink.log")
-        self.home = self.workdir / "flwr-home"
+        self.home = self.workdir / "flwr-home"  # its ServerApp's bundle is installed here, not in ~/.flwr
+        super().__init__("superlink", args, self.workdir / "superlink.log", flower_env({"FLWR_HOME": str(self.home)}))
         self._write_home()
 
     @property

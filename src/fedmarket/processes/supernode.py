@@ -1,0 +1,35 @@
+"""A provider whose rounds come over Flower's Deployment Engine: the process joins, defends and
+claims like `ProviderProcess`, while its SuperNode's ClientApp trains each round
+(`fedmarket.transport.flower.train_on_node`) when the aggregator's ServerApp asks."""
+
+from __future__ import annotations
+
+from ..market import JobState
+from .base import job_state
+from .provider import ProviderProcess
+
+
+class SuperNodeProviderProcess(ProviderProcess):
+    """`ProviderProcess` that never trains from the mailbox: during training it only reports the
+    rounds its SuperNode answered (its own receipt in its own mailbox)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # the rounds are the SuperNode's: a step that finds the job just started training does not
+        # train here too (the ClientApp would then only send this process's update again)
+        self.provider.train = self._not_here
+
+    @staticmethod
+    def _not_here(job_id: int, round_: int) -> None:
+        return None
+
+    def step(self) -> None:
+        job = job_state(self.dep, self.job_id)
+        r = int(job["current_round"])
+        if job["state"] == JobState.TRAINING and r < int(job["rounds"]):
+            if self.posted(r):
+                self.say_once(f"round {r}: update sent through the SuperNode")
+            else:
+                self.say_once(f"round {r}: waiting for the aggregator's ServerApp")
+            return
+        super().step()
