@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,8 +16,8 @@ import pytest
 
 from fedmarket.chain.anvil import find_anvil
 from fedmarket.testing.localjob import LocalJob
-from fedmarket.testing.natsserver import NatsServer, die_with_parent, find_nats_server
-from fedmarket.testing.netns import NetLab, netns_available
+from fedmarket.testing.natsserver import find_nats_server
+from fedmarket.testing.netns import LabServices, NetLab, netns_available
 
 pytestmark = pytest.mark.anvil
 
@@ -39,42 +38,25 @@ def lab():
         yield lab
 
 
-def wait_listening(host: str, port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.2)
-            if s.connect_ex((host, port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port}")
-
-
 def in_ns(lab: NetLab, name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*lab.exec(name), *args], capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
 
 def test_a_job_with_every_role_in_its_own_network_namespace(lab, tmp_path):
-    chain_ip, broker_ip = lab.add("chain"), lab.add("broker")
-    anvil = subprocess.Popen([*lab.exec("chain"), find_anvil(), "--host", chain_ip, "--port", "8545",
-                              "--chain-id", "31337", "--silent"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             preexec_fn=die_with_parent)
-    server = NatsServer(tmp_path / "broker", port=4222, host=broker_ip, prefix=lab.exec("broker"))
-    job = None
-    try:
-        wait_listening(chain_ip, 8545)
-        server.start()
-        rpc = f"http://{chain_ip}:8545"
-        job = LocalJob.make(tmp_path / "job", rpc, providers=3, validators=1, rounds=2, broker=server.url,
-                            prefix=lab.exec)
+    with LabServices(lab, tmp_path / "broker") as services:
+        job = LocalJob.make(tmp_path / "job", services.rpc_url, providers=3, validators=1, rounds=2,
+                            broker=services.broker.url, prefix=lab.exec)
         for name in ("requester", "aggregator", "validator-0", *(f"provider-{i}" for i in range(3))):
             lab.add(name)
-        job.setup()
-        time.sleep(0.05)
-        started = time.time()
-        job.start_all()
-        job.wait_done(timeout=180)
+        try:
+            job.setup()
+            time.sleep(0.05)
+            started = time.time()
+            job.start_all()
+            job.wait_done(timeout=180)
+        finally:
+            job.stop_all()
         rep = job.report()
         assert rep["state"] == "SETTLED" and rep["minted"] and rep["holdings_conserved"], rep
         assert rep["rounds_committed"] == [0, 1] and rep["round_counts"] == [3, 3], rep
@@ -86,12 +68,6 @@ def test_a_job_with_every_role_in_its_own_network_namespace(lab, tmp_path):
         assert codes == [str(errno.ECONNREFUSED)] * 2, codes
         # the audit, from a namespace of its own, with the chain and the broker only
         lab.add("auditor")
-        audit = in_ns(lab, "auditor", sys.executable, "-m", "fedmarket", "audit", str(job.job_id), "--rpc", rpc,
-                      "--contracts", str(job.workdir / "contracts.json"), "--store", server.url)
+        audit = in_ns(lab, "auditor", sys.executable, "-m", "fedmarket", "audit", str(job.job_id), "--rpc",
+                      services.rpc_url, "--contracts", str(job.workdir / "contracts.json"), "--store", services.broker.url)
         assert audit.returncode == 0 and "verdict: ok" in audit.stdout, audit.stdout + audit.stderr
-    finally:
-        if job is not None:
-            job.stop_all()
-        server.stop()
-        anvil.terminate()
-        anvil.wait(10)

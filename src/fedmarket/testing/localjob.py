@@ -41,8 +41,9 @@ class RpcProxy:
     every `drop_every`-th connection (alternately before and after forwarding it) or stops
     listening for a while (`outage`)."""
 
-    def __init__(self, upstream: str, *, drop_every: int = 0):
+    def __init__(self, upstream: str, *, drop_every: int = 0, host: str = "127.0.0.1"):
         self.upstream = upstream
+        self.host = host  # where it listens (the harness's address on a NetLab bridge, say)
         self.drop_every = drop_every
         self.lock = threading.Lock()
         self.log: list[tuple[float, str]] = []  # (monotonic time, method) of every request answered or dropped
@@ -54,7 +55,7 @@ class RpcProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def _listen(self) -> None:
         proxy = self
@@ -105,7 +106,7 @@ class RpcProxy:
                 except OSError:
                     pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = ThreadingHTTPServer((self.host, self.port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

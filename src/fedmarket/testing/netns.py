@@ -46,8 +46,12 @@ class NetLab:
 
     def __init__(self) -> None:
         self.tag = secrets.token_hex(3)
-        rnd = secrets.randbelow(250 * 250)
-        self.subnet = f"10.{200 + rnd % 50}.{rnd // 250 + 1}"  # 10.200-249.x: private, picked per lab
+        taken = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True, timeout=30).stdout
+        while True:  # 10.200-249.x.0/24: private, one no route of this host uses yet
+            rnd = secrets.randbelow(50 * 250)
+            self.subnet = f"10.{200 + rnd % 50}.{rnd // 50 + 1}"
+            if f"{self.subnet}." not in taken:
+                break
         self.hub = f"fm{self.tag}-hub"
         self.root_link = f"fm{self.tag}"  # the harness's veth in the root namespace (15 characters at most)
         self.members: dict[str, str] = {}  # name -> address
@@ -77,6 +81,11 @@ class NetLab:
         self.members[name] = address
         return address
 
+    @property
+    def harness(self) -> str:
+        """This process's own address on the bridge (where a member reaches the harness)."""
+        return f"{self.subnet}.1"
+
     def exec(self, name: str) -> list[str]:
         """The command prefix that runs a program inside member `name`'s namespace."""
         return ["ip", "netns", "exec", f"fm{self.tag}-{name}"]
@@ -94,3 +103,52 @@ class NetLab:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class LabServices:
+    """The chain (anvil, wall-clock blocks) and the broker (`nats-server -js`) of a job, each in a
+    member namespace of `lab` (`chain`, `broker`) on its fixed port; a context manager."""
+
+    def __init__(self, lab: NetLab, store_dir: str | os.PathLike):
+        from ..chain.anvil import find_anvil
+        from .natsserver import NatsServer, die_with_parent
+
+        self.chain_ip, self.broker_ip = lab.add("chain"), lab.add("broker")
+        self.rpc_url = f"http://{self.chain_ip}:8545"
+        self.anvil = subprocess.Popen([*lab.exec("chain"), find_anvil() or "anvil", "--host", self.chain_ip, "--port",
+                                       "8545", "--chain-id", "31337", "--silent"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.broker = NatsServer(store_dir, port=4222, host=self.broker_ip, prefix=lab.exec("broker"))
+        try:
+            wait_listening(self.chain_ip, 8545)
+            self.broker.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self.broker.stop()
+        if self.anvil.poll() is None:
+            self.anvil.terminate()
+            self.anvil.wait(10)
+
+    def __enter__(self) -> LabServices:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def wait_listening(host: str, port: int, timeout: float = 20.0) -> None:
+    """Return once something accepts connections on host:port; FedMarketError after `timeout` s."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise FedMarketError(f"nothing listens on {host}:{port} after {timeout}s")
