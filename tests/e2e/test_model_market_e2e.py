@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from fedmarket.errors import FedMarketError
 from fedmarket.market import JobState
-from fedmarket.processes.server import server_app
+from fedmarket.processes.serve import server_app
 from fedmarket.protocol.inference import fixed_input, input_hash, linear_answer
 from fedmarket.protocol.receipts import Answer
 from fedmarket.roles.caller import ModelCaller, dispute_answer

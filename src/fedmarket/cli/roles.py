@@ -322,7 +322,7 @@ def serve(
     period: float = typer.Option(60.0, "--period", help="Seconds between two settlements of the callers' signed usage."),
 ) -> None:
     """Serve a listed job's model to paying callers over HTTP, staked; settle their usage once per period."""
-    from ..processes.server import serve as run_server
+    from ..processes.serve import serve as run_server
     from ..roles.server import ModelServer
 
     if not period > 0:
