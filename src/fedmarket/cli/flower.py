@@ -108,7 +108,7 @@ def provider_supernode(
     """Run this provider's SuperNode for the job: join (stake by permit), let the aggregator's ServerApp
     have each round trained here with the market's provider code (only the bundle the job's spec names
     runs), then claim reward and stake."""
-    from ..processes.supernode import SuperNodeProviderProcess
+    from ..transport.flower_provider import SuperNodeProviderProcess
     from ..spec import JobSpec
     from ..storage import Mailbox
     from ..transport.flower_nodes import SuperNode

@@ -5,8 +5,8 @@ claims like `ProviderProcess`, while its SuperNode's ClientApp trains each round
 from __future__ import annotations
 
 from ..market import JobState
-from .base import job_state
-from .provider import ProviderProcess
+from ..processes.base import job_state
+from ..processes.provider import ProviderProcess
 
 
 class SuperNodeProviderProcess(ProviderProcess):
