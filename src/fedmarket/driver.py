@@ -124,9 +124,10 @@ class JobDriver:
                 c.aggregator.secure_survivors(job, r)
             except SecAggAbort:
                 return c.aggregator.run_round(job, r)  # too few masked updates: the round keeps the model
-            for i, p in enumerate(c.providers):
-                if plan.active(i, "unmask"):
-                    p.unmask(job, r)
+            for phase in ("confirm", "unmask"):  # the consistency check, then the answers
+                for i, p in enumerate(c.providers):
+                    if plan.active(i, "unmask"):
+                        self._secure_step(getattr(p, phase), r)
         return c.aggregator.run_round(job, r)
 
     def _secure_step(self, step, r: int) -> None:

@@ -42,6 +42,11 @@ class PrivacyBudgetExceeded(PrivacyError):
     """A round would spend more (epsilon, delta) than the job's budget allows; nothing was spent."""
 
 
+class AlreadyReleased(PrivacyError):
+    """A provider already released an update (noisy or masked) for this job and round: a second one
+    would average the noise away or reuse masks, so it is refused (`privacy.releases`)."""
+
+
 class SecAggAbort(PrivacyError):
     """A secure-aggregation round aborted (too few survivors, a tampered share); no aggregate exists and no funds move."""
 

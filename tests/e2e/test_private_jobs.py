@@ -80,9 +80,13 @@ def secure_round(job, r, agg, providers, drop_keys=(), drop_mask=(), drop_unmask
     for i in live:
         providers[i].train(job, r)
     agg.secure_survivors(job, r)
-    for i in live:
-        if i not in drop_unmask:
-            providers[i].unmask(job, r)
+    for step in ("confirm", "unmask"):
+        for i in live:
+            if i not in drop_unmask:
+                try:
+                    getattr(providers[i], step)(job, r)
+                except SecAggAbort:  # too few survivors pinned the set: an honest provider does not answer
+                    pass
     receipt = agg.run_round(job, r)
     vote(job, r, agg)
     return receipt
@@ -211,7 +215,7 @@ def test_too_few_unmask_answers_abort_the_round_which_keeps_the_model(world, tmp
     ev = receipt.event("RoundCommitted")
     assert (ev["round"], ev["count"]) == (0, 0) and dep.job(job)["current_round"] == 1
     metrics = fetch_metrics(store, committed_rounds(dep, job)[0])
-    assert metrics["updates"] == [] and "cannot recover" in metrics["rejected"][-1]["reason"]
+    assert metrics["updates"] == [] and "1 survivors confirmed the survivor set" in metrics["rejected"][-1]["reason"]
     assert box.read(round_topic(job, 0) + "-acks") == []  # nobody acknowledged, so nobody was censored
     assert decode_vector(store.get(metrics["model_cid"])).tolist() == [0] * spec.n_params  # round 0 keeps the zero model
 

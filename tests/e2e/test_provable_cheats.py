@@ -104,6 +104,8 @@ def secure_round(s: Setup, r: int) -> None:
         p.train(s.job, r)
     s.agg.secure_survivors(s.job, r)
     for p in s.providers:
+        p.confirm(s.job, r)
+    for p in s.providers:
         p.unmask(s.job, r)
     s.agg.run_round(s.job, r)
     for v in s.validators:

@@ -12,6 +12,13 @@ Calibration. With updates clipped to L2 norm ``C``:
 - distributed (with secure aggregation: each of ``m`` providers adds ``N(0, (z C)^2 / m)``, so the
   unmasked sum carries exactly the central noise ``N(0, (z C)^2)``).
 
+- distributed discrete (what ``secagg_dp`` jobs run): the clipped update is rounded to the
+  fixed-point integers and each provider adds Skellam noise ``Poisson(mu) - Poisson(mu)`` there
+  (Agarwal, Kairouz & Liu 2021). Skellam noise sums to Skellam noise, so the honest providers'
+  shares add up to one Skellam mechanism on the exact integer sum; ``mu`` is sized so that the
+  *honest minimum* (the fewest honest survivors a round accepts, :func:`honest_minimum`) alone
+  gives the promised variance, whatever the dishonest survivors add or subtract.
+
 ``gaussian_sigma`` gives the classical single-shot calibration
 ``sigma = sqrt(2 ln(1.25 / delta)) * sensitivity / epsilon`` (Dwork & Roth 2014, Thm A.1,
 valid for ``epsilon < 1``); multi-round jobs use :mod:`fedmarket.privacy.accountant` instead.
@@ -187,3 +194,49 @@ def distributed_gaussian(
     if std > 0:
         u += rng.normal(0.0, std, size=u.shape)
     return u
+
+
+# ---------------------------------------------------------------------------- distributed discrete noise
+
+SKELLAM_SLACK = 1e-3  # variance margin covering the Skellam RDP's excess over the Gaussian's (skellam_rdp)
+
+
+def honest_minimum(min_survivors: int, max_dishonest: float) -> int:
+    """The fewest honest providers in any survivor set of at least ``min_survivors`` of which at most a
+    ``max_dishonest`` share collude: ``m - floor(f m)`` (``s - floor(f s)`` grows with ``s``)."""
+    m = int(min_survivors)
+    if m < 1 or not 0 <= max_dishonest < 1:
+        raise ConfigError(f"need min_survivors >= 1 and max_dishonest in [0, 1), got {min_survivors}, {max_dishonest}")
+    return m - math.floor(max_dishonest * m + 1e-12)
+
+
+def skellam_mu(noise_multiplier: float, clip_norm: float, scale_bits: int, d: int, honest: int) -> float:
+    """One provider's Skellam parameter: ``honest`` providers together add variance ``2 honest mu =
+    (z Delta)^2 (1 + SKELLAM_SLACK)`` in fixed-point units, ``Delta = 2 C 2^scale_bits + sqrt(d)`` the
+    replace-one L2 sensitivity of the rounded sum (two rounded updates differ by at most ``2C`` plus
+    ``sqrt(d) / 2`` of rounding each)."""
+    z = _positive("noise_multiplier", noise_multiplier)
+    delta = 2.0 * _positive("clip_norm", clip_norm) * 2.0**scale_bits + math.sqrt(int(d))
+    if int(honest) < 1:
+        raise ConfigError(f"the honest minimum must be at least 1, got {honest}")
+    return (z * delta) ** 2 * (1.0 + SKELLAM_SLACK) / (2.0 * int(honest))
+
+
+def skellam_noise(mu: float, shape: tuple[int, ...] | int, rng: np.random.Generator) -> np.ndarray:
+    """int64 Skellam draws ``Poisson(mu) - Poisson(mu)`` (mean 0, variance ``2 mu``)."""
+    rng = _check_rng(rng)
+    return rng.poisson(mu, shape).astype(np.int64) - rng.poisson(mu, shape).astype(np.int64)
+
+
+def skellam_rdp(alpha: float, mu_total: float, l1: float, l2: float) -> float:
+    """RDP of order ``alpha`` of the Skellam mechanism of total parameter ``mu_total`` for an integer
+    query of L1 / L2 sensitivity ``l1`` / ``l2`` (Agarwal, Kairouz & Liu 2021, Theorem 3.5)."""
+    base = alpha * l2**2 / (4.0 * mu_total)
+    extra = min(((2.0 * alpha - 1.0) * l2**2 + 6.0 * l1) / (16.0 * mu_total**2), 3.0 * l1 / (4.0 * mu_total))
+    return base + extra
+
+
+def distributed_skellam(q_clipped: np.ndarray, mu: float, rng: np.random.Generator) -> np.ndarray:
+    """A provider's fixed-point (int64) clipped update plus its Skellam share of the noise."""
+    q = np.asarray(q_clipped, dtype=np.int64)
+    return q + skellam_noise(mu, q.shape, rng)

@@ -19,9 +19,15 @@ the true sum fits in int64, which fixed-point updates of 20 fractional bits do b
 Rounds (messages are dataclasses with ``nbytes()``, so traffic is counted exactly):
 
 0. ``advertise()`` -> :class:`AdvertiseKeys` (two public keys, a commitment to ``b_u``);
-1. ``share_keys(keys)`` -> list of :class:`EncryptedShare`, one per neighbour;
-2. ``masked_input(x, shares)`` -> :class:`MaskedInput`;
-3. ``unmask(survivors)`` -> :class:`UnmaskResponse`.
+1. ``share_keys(keys)`` -> list of :class:`EncryptedShare`, one per neighbour (once per round);
+2. ``masked_input(x, shares)`` -> :class:`MaskedInput`, only with at least ``t`` authentic shares
+   from distinct neighbours, and once per round;
+3. ``confirm(survivors)``: the consistency check of Bonawitz et al. (the caller signs the set);
+   one set per round, never one below ``min_survivors``;
+4. ``unmask(survivors, confirmed_by)`` -> :class:`UnmaskResponse`, only for the set it confirmed,
+   once at least ``min_survivors`` of its members confirmed it, and once per round.
+
+Masks are ChaCha20 keystreams (``cryptography``) keyed by HKDF-SHA256 of the seed.
 
 The server aborts (:class:`~fedmarket.errors.SecAggAbort`) when fewer than ``t`` of a needed
 neighbourhood answer, or fewer than ``min_survivors`` masked inputs arrive; a share that fails
@@ -31,9 +37,9 @@ committed and no funds move.
 
 Threat model: honest-but-curious server and up to ``t - 1`` colluding providers per
 neighbourhood learn nothing beyond the sum of the survivors' inputs. Against an actively
-malicious server (lying about who dropped) the protocol needs ``2t > k`` (the default) and, as in
-Bonawitz et al.'s active variant, signed key advertisements; signatures are left to the
-market's EIP-712 layer (see docs/privacy.md).
+malicious server (lying about who dropped) the protocol needs ``2t > k`` (the default), the
+consistency check, and, as in Bonawitz et al.'s active variant, signed messages; the signatures
+are the market's (``roles.secure_round``, see docs/privacy.md).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -71,9 +78,11 @@ def _hkdf(secret: bytes, info: bytes, length: int = 32) -> bytes:
 
 
 def prg_mask(seed: bytes, d: int) -> np.ndarray:
-    """``d`` pseudo-random uint64 words from a seed (Philox-4x64 keyed by HKDF-SHA256 of the seed)."""
-    key = int.from_bytes(_hkdf(seed, b"fedmarket-secagg-prg", 16), "little")
-    return np.random.Philox(key=key).random_raw(int(d)).astype(np.uint64, copy=False)
+    """``d`` pseudo-random uint64 words from a seed: the ChaCha20 keystream (RFC 8439, from
+    ``cryptography``) under the key HKDF-SHA256(seed), counter and nonce zero, read little-endian.
+    Every seed is used for one mask only (fresh keys per round), so the fixed nonce is safe."""
+    enc = Cipher(algorithms.ChaCha20(_hkdf(seed, b"fedmarket-secagg-prg", 32), bytes(16)), mode=None).encryptor()
+    return np.frombuffer(enc.update(bytes(8 * int(d))), dtype="<u8").astype(np.uint64, copy=False)
 
 
 def shamir_split(secret: int, threshold: int, xs: list[int]) -> list[int]:
@@ -324,8 +333,10 @@ class SecAggClient:
         self._s_sk = X25519PrivateKey.generate()
         self._b = secrets.token_bytes(KEY_BYTES)
         self._keys: dict[int, AdvertiseKeys] = {}
-        self._shares_in: dict[int, EncryptedShare] = {}
+        self._shares_in: dict[int, tuple[int, int]] = {}  # sender -> (mask-key share, self-mask share)
         self._masked = False
+        self._confirmed: frozenset[int] | None = None
+        self._response: UnmaskResponse | None = None
         self._channels: dict[int, AESGCM] = {}
 
     def _channel_to(self, v: int) -> AESGCM:
@@ -345,6 +356,8 @@ class SecAggClient:
 
     def share_keys(self, keys: dict[int, AdvertiseKeys]) -> list[EncryptedShare]:
         """Round 1: Shamir-share ``b_u`` and the mask key among the neighbours that advertised keys."""
+        if self._keys:
+            raise SecAggAbort(f"provider {self.uid}: already shared its secrets this round")
         self._keys = {v: keys[v] for v in self.neighbours if v in keys}
         holders = sorted(self._keys)
         if len(holders) < self.cfg.threshold:
@@ -364,11 +377,28 @@ class SecAggClient:
         return out
 
     def masked_input(self, x: np.ndarray, shares: list[EncryptedShare]) -> MaskedInput:
-        """Round 2: mask ``x`` (int64, length ``d``) with the self-mask and one pairwise mask per neighbour that shared."""
+        """Round 2: mask ``x`` (int64, length ``d``) with the self-mask and one pairwise mask per neighbour that shared.
+
+        Refuses (SecAggAbort) with fewer than ``t`` authentic shares from distinct neighbours: a
+        server that routed too few could otherwise learn ``b_u`` from the others and be left with
+        masks that only its accomplices share. Masks at most once per round."""
+        if self._masked:
+            raise SecAggAbort(f"provider {self.uid}: already masked an input this round (one release per round)")
         y = to_ring(x)
         if y.size != self.cfg.d:
             raise ConfigError(f"provider {self.uid}: input has {y.size} entries, round expects {self.cfg.d}")
-        self._shares_in = {s.src: s for s in shares if s.dst == self.uid and s.src in self._keys}
+        self._shares_in = {}
+        for s in shares:
+            if s.dst != self.uid or s.src not in self._keys:
+                continue
+            if s.src in self._shares_in:
+                raise SecAggAbort(f"provider {self.uid}: two shares from provider {s.src}")
+            self._shares_in[s.src] = self._open_share(s)
+        if len(self._shares_in) < self.cfg.threshold:
+            raise SecAggAbort(
+                f"provider {self.uid}: received {len(self._shares_in)} shares, threshold {self.cfg.threshold}; "
+                "refusing to mask (its input would be recoverable)"
+            )
         y = y + prg_mask(self._b, self.cfg.d)
         for v in sorted(self._shares_in):
             m = prg_mask(_pair_seed(self.cfg, self._s_sk, self._keys[v].s_pk), self.cfg.d)
@@ -376,27 +406,59 @@ class SecAggClient:
         self._masked = True
         return MaskedInput(self.uid, y.tobytes())
 
-    def unmask(self, survivors: set[int] | frozenset[int]) -> UnmaskResponse:
-        """Round 3: for each neighbour that shared, reveal its ``b`` share if it is in ``survivors``, its key share otherwise."""
+    def _open_share(self, share: EncryptedShare) -> tuple[int, int]:
+        """(mask-key share, self-mask share) that ``share.src`` sent this provider; ShareTampered if not authentic."""
+        try:
+            pt = self._channel_to(share.src).decrypt(share.blob[:12], share.blob[12:], _aad(self.cfg, share.src, self.uid))
+        except InvalidTag:
+            raise ShareTampered(f"provider {self.uid}: the share from provider {share.src} failed authentication") from None
+        return int.from_bytes(pt[:FIELD_BYTES], "big"), int.from_bytes(pt[FIELD_BYTES:], "big")
+
+    def confirm(self, survivors: set[int] | frozenset[int]) -> frozenset[int]:
+        """Consistency check (Bonawitz et al., round 3): the survivor set this provider vouches for
+        (the caller signs it). One set per round: a second, different one is refused."""
+        survivors = frozenset(int(u) for u in survivors)
+        if not self._masked:
+            raise SecAggAbort(f"provider {self.uid}: asked to confirm survivors before masking")
+        if self._confirmed is not None and self._confirmed != survivors:
+            raise SecAggAbort(f"provider {self.uid}: already confirmed another survivor set this round")
+        if len(survivors) < self.cfg.min_survivors:
+            raise SecAggAbort(
+                f"provider {self.uid}: survivor set of {len(survivors)} is below the round's {self.cfg.min_survivors}"
+            )
+        self._confirmed = survivors
+        return survivors
+
+    def unmask(self, survivors: set[int] | frozenset[int], confirmed_by: set[int] | frozenset[int]) -> UnmaskResponse:
+        """Round 4: for each neighbour that shared, reveal its ``b`` share if it is in ``survivors``, its key share otherwise.
+
+        Only for the survivor set this provider confirmed, once ``confirmed_by`` (providers whose
+        signed confirmation of exactly that set the caller verified) holds at least
+        ``min_survivors`` of its members; and only once per round (the same set gets the same answer)."""
+        survivors = frozenset(int(u) for u in survivors)
         if not self._masked:
             raise SecAggAbort(f"provider {self.uid}: asked to unmask before masking")
-        alive = {v for v in self._shares_in if v in survivors}
-        if len(set(survivors) & set(self._keys)) < self.cfg.threshold:
+        if self._confirmed != survivors:
+            raise SecAggAbort(f"provider {self.uid}: asked to unmask for a survivor set it did not confirm")
+        if self._response is not None:
+            return self._response
+        quorum = len(frozenset(confirmed_by) & survivors)
+        if quorum < self.cfg.min_survivors:
+            raise SecAggAbort(
+                f"provider {self.uid}: only {quorum} survivors confirmed the survivor set, the round needs "
+                f"{self.cfg.min_survivors}; refusing to unmask"
+            )
+        if len(survivors & set(self._keys)) < self.cfg.threshold:
             raise SecAggAbort(
                 f"provider {self.uid}: fewer than {self.cfg.threshold} surviving neighbours, refusing to unmask"
             )
         resp = UnmaskResponse(self.uid)
-        for u, share in self._shares_in.items():
-            try:
-                pt = self._channel_to(u).decrypt(share.blob[:12], share.blob[12:], _aad(self.cfg, u, self.uid))
-            except InvalidTag:
-                raise ShareTampered(f"provider {self.uid}: the share from provider {u} failed authentication") from None
-            sk_share = int.from_bytes(pt[:FIELD_BYTES], "big")
-            b_share = int.from_bytes(pt[FIELD_BYTES:], "big")
-            if u in alive:
+        for u, (sk_share, b_share) in self._shares_in.items():
+            if u in survivors:
                 resp.b_shares[u] = b_share
             else:
                 resp.sk_shares[u] = sk_share
+        self._response = resp
         return resp
 
 
@@ -541,14 +603,10 @@ def run_round(
         int64 vector of length ``cfg.d`` per provider id (ids ``0..n-1``; absent ids never show up).
     drop_before_share, drop_before_mask, drop_after_mask : set of int
         Providers that vanish after advertising keys, after sharing, and after sending their
-        masked input (before unmasking).
+        masked input (before confirming the survivor set and unmasking).
     tamper : callable, optional
         ``tamper(stage, message) -> message`` applied by a man in the middle to every
         ``EncryptedShare`` (stage ``"share"``) and ``UnmaskResponse`` (stage ``"unmask"``).
-
-    Returns
-    -------
-    RoundResult
 
     Raises
     ------
@@ -594,7 +652,8 @@ def run_round(
     t_server += time.perf_counter() - t0
 
     alive = [u for u in alive if u not in drop_after_mask]
-    responses = [timed(u, clients[u].unmask, survivors) for u in alive]
+    confirmed = frozenset(u for u in alive if timed(u, clients[u].confirm, survivors) == survivors)
+    responses = [timed(u, clients[u].unmask, survivors, confirmed) for u in alive]
     for r in responses:
         nbytes[r.uid] += r.nbytes()
     if tamper is not None:

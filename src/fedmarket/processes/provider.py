@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 
 from ..chain import Account
 from ..errors import ConfigError, ContractRevert, SchemaMismatch
 from ..market import Deployment, JobState, Role
+from ..privacy.releases import ReleaseLog
 from ..protocol import rules as R
 from ..roles import Provider
 from ..roles.common import InsufficientFunds, TermsMismatch, load_spec, round_topic
@@ -31,7 +33,9 @@ class ProviderProcess(RoleProcess):
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, X: np.ndarray,
                  y: np.ndarray, job_id: int, state_dir: str | os.PathLike, **kwargs):
         super().__init__(dep, state_dir, **kwargs)
-        self.provider = Provider(dep, account, store, mailbox, X, y)
+        # the rounds it released, journaled so that a restart never releases one twice (privacy.releases)
+        self.provider = Provider(dep, account, store, mailbox, X, y,
+                                 releases=ReleaseLog(Path(state_dir) / f"releases-{account.address}.jsonl"))
         self.mailbox = mailbox
         self.job_id = job_id
         self._posted_round: int | None = None  # the round this process knows it is done with
@@ -102,6 +106,10 @@ class ProviderProcess(RoleProcess):
                 return
             if not self.provider.selected(job_id, r):
                 self.say_once(f"round {r}: not selected")
+                self._posted_round = r
+                return
+            if self.provider.releases.released(job_id, r):  # released before a restart; its post was lost
+                self.say_once(f"round {r}: already released, not again")
                 self._posted_round = r
                 return
             msg = self.provider.train(job_id, r)

@@ -160,7 +160,7 @@ class Aggregator:
         members = sr.participants(self.dep, spec, job_id, round_)
         cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
         updates, _ = self.collect(job_id, round_, spec)
-        shared = sr.share_lists(self.mailbox.read(sr.topic(job_id, round_, "shares")), members)
+        shared = sr.share_lists(self.mailbox.read(sr.topic(job_id, round_, "shares")), members, cfg.round_id)
         uid = {p: i for i, p in enumerate(members)}
         survivors = sorted(uid[u.provider] for u in updates if uid[u.provider] in shared)
         if len(survivors) < cfg.min_survivors:
@@ -169,14 +169,15 @@ class Aggregator:
                 f"{cfg.min_survivors} survivors; round aborted, nothing committed"
             )
         self.mailbox.post(sr.topic(job_id, round_, "survivors"),
-                          sr.survivors_message(self.account.key, self.address, sorted(shared), survivors))
+                          sr.survivors_message(self.account.key, cfg.round_id, self.address, sorted(shared), survivors))
         return survivors
 
     def _secure_round(self, job_id: int, round_: int, spec: JobSpec, updates: list[Update]) -> tuple[list[Update], np.ndarray, dict]:
         """Unmask a secure round: (its survivors' masked updates, the mask correction, the transcript document)."""
         members = sr.participants(self.dep, spec, job_id, round_)
         cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
-        mine = [sr.opened(raw, "aggregator") for raw in self.mailbox.read(sr.topic(job_id, round_, "survivors"))]
+        mine = [sr.opened(raw, cfg.round_id, "survivors", "aggregator")
+                for raw in self.mailbox.read(sr.topic(job_id, round_, "survivors"))]
         mine = [m for m in mine if m["aggregator"] == self.address]
         if len(mine) != 1:  # too few masked updates for a survivor set (secure_survivors aborted)
             raise SecAggAbort(f"job {job_id} round {round_}: no survivor set was posted")
@@ -185,8 +186,8 @@ class Aggregator:
         kept = [u for u in updates if uid[u.provider] in survivors]
         if len(kept) != len(survivors):
             raise FedMarketError(f"job {job_id} round {round_}: a survivor's masked update is no longer available")
-        transcript = sr.Transcript(self.mailbox.read(sr.topic(job_id, round_, "keys")), list(mine[0]["shared"]),
-                                   self.mailbox.read(sr.topic(job_id, round_, "unmask")))
+        read = lambda phase: self.mailbox.read(sr.topic(job_id, round_, phase))  # noqa: E731
+        transcript = sr.Transcript(read("keys"), list(mine[0]["shared"]), read("confirm"), read("unmask"))
         masked = {uid[u.provider]: u.q for u in kept}
         total = sr.unmasked_sum(cfg, members, transcript, masked)  # SecAggAbort / ShareTampered: nothing committed
         return kept, sr.correction(masked, total), transcript.as_doc()
@@ -205,7 +206,7 @@ class Aggregator:
         updates, rejected = collected if collected is not None else self.collect(job_id, round_, spec)
         secure, aux_root, corr = None, ZERO32, None
         if spec.privacy.secure:
-            transcript = {"keys": [], "shared": [], "unmask": []}
+            transcript = {"keys": [], "shared": [], "confirm": [], "unmask": []}
             corr = np.zeros(spec.n_params, dtype=np.int64)
             try:
                 if updates:
@@ -216,7 +217,7 @@ class Aggregator:
             except (SecAggAbort, ShareTampered) as exc:
                 rejected = [*rejected, {"reason": f"secure aggregation aborted: {exc}"}]
                 updates, corr = [], np.zeros(spec.n_params, dtype=np.int64)
-                transcript = {"keys": [], "shared": [], "unmask": []}
+                transcript = {"keys": [], "shared": [], "confirm": [], "unmask": []}
             aux_root = vector_root(corr, spec.quantization.chunk_size)
             secure = {"correction_cid": self.store.put(encode_vector(corr)),
                       "transcript_cid": self.store.put(canonical_json(transcript))}

@@ -8,11 +8,12 @@ import secrets
 import numpy as np
 
 from ..chain import Account, Receipt
-from ..errors import FedMarketError
+from ..errors import FedMarketError, SecAggAbort
 from ..fl.quantize import quantize
 from ..jobmodel import job_model
 from ..market import Deployment
-from ..privacy.dp import distributed_gaussian, local_gaussian
+from ..privacy.dp import clip_update, distributed_skellam, honest_minimum, local_gaussian, skellam_mu
+from ..privacy.releases import ReleaseLog
 from ..privacy.secagg import SecAggClient, SecAggConfig
 from ..protocol import rules as R
 from ..protocol.encoding import canonical_json, encode_vector, vector_root
@@ -31,8 +32,10 @@ def training_seed(provider: str, job_id: int, round_: int) -> int:
 class Provider(DataRole):
     """A data owner. Its features and labels never leave this object: only quantized updates do."""
 
-    def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, X: np.ndarray, y: np.ndarray):
+    def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, X: np.ndarray, y: np.ndarray,
+                 releases: ReleaseLog | None = None):
         super().__init__(dep, account, store, mailbox, X, y)
+        self.releases = releases if releases is not None else ReleaseLog()  # one release per private round
         self._specs: dict[int, JobSpec] = {}
         self._members_of: dict[tuple[int, int], list[str]] = {}
         self._clients: dict[tuple[int, int], tuple[SecAggClient, SecAggConfig]] = {}
@@ -82,8 +85,11 @@ class Provider(DataRole):
         p = spec.privacy
         if mode == "dp_local":
             return quantize(local_gaussian(delta, p.clip_norm, spec.noise_multiplier(), rng)), 1
-        # secagg_dp: this provider's share of noise of std 2 z C on the sum of at least min_survivors updates
-        return quantize(distributed_gaussian(delta, p.clip_norm, 2 * spec.noise_multiplier(), min_survivors, rng)), 1
+        # secagg_dp: the clipped update on the fixed-point grid plus this provider's Skellam share, sized so
+        # that the honest minimum of any survivor set the round accepts alone gives std 2 z C on the sum
+        honest = honest_minimum(min_survivors, p.max_dishonest)
+        mu = skellam_mu(spec.noise_multiplier(), p.clip_norm, spec.quantization.scale_bits, spec.n_params, honest)
+        return distributed_skellam(quantize(clip_update(delta, p.clip_norm)), mu, rng), 1
 
     def train(self, job_id: int, round_: int) -> dict | None:
         """Train one round from the committed global model and post a signed receipt of the update.
@@ -97,11 +103,18 @@ class Provider(DataRole):
             raise FedMarketError(f"job {job_id} is at round {next_round}, not {round_}")
         if not self.selected(job_id, round_):
             return None  # not picked this round: nothing leaves this machine
+        if spec.privacy.mode != "plain":
+            self.releases.check(job_id, round_)
+        if spec.privacy.secure:
+            self._check_keys_once(job_id, round_)
         delta = self._local_delta(spec, job_id, round_, q_global)
+        if spec.privacy.mode != "plain":  # journaled before anything leaves: AlreadyReleased on a retry
+            self.releases.claim(job_id, round_, spec.privacy.mode)
         if spec.privacy.secure:
             client, cfg = self._client(job_id, round_)
             q, weight = self._released(spec, delta, cfg.min_survivors)
-            shares = sr.share_lists(self.mailbox.read(sr.topic(job_id, round_, "shares")), self._members(job_id, round_))
+            shares = sr.share_lists(self.mailbox.read(sr.topic(job_id, round_, "shares")), self._members(job_id, round_),
+                                    cfg.round_id)
             incoming = [s for lst in shares.values() for s in lst if s.dst == client.uid]
             masked = client.masked_input(q.astype(np.int64) * np.int64(weight), incoming)
             q_out = np.frombuffer(masked.data, dtype=np.uint64).view(np.int64)
@@ -155,33 +168,70 @@ class Provider(DataRole):
         return self._clients[key]
 
     def advertise(self, job_id: int, round_: int) -> None:
-        """Secure phase 1: post this round's signed public keys (nothing if not selected)."""
-        if not self.selected(job_id, round_):
+        """Secure phase 1: post this round's signed public keys (nothing if not selected, or if this
+        provider already released the round: keys drawn after a restart would be fresh, and its
+        earlier ones would make it a duplicate that everyone drops)."""
+        if not self.selected(job_id, round_) or self.releases.released(job_id, round_):
             return
-        client, _ = self._client(job_id, round_)
-        self.mailbox.post(sr.topic(job_id, round_, "keys"), sr.keys_message(self.account.key, self.address, client.advertise()))
+        client, cfg = self._client(job_id, round_)
+        self.mailbox.post(sr.topic(job_id, round_, "keys"),
+                          sr.keys_message(self.account.key, cfg.round_id, self.address, client.advertise()))
 
     def share(self, job_id: int, round_: int) -> None:
         """Secure phase 2: Shamir-share this round's secrets among the neighbours that advertised keys."""
         if not self.selected(job_id, round_):
             return
-        client, _ = self._client(job_id, round_)
-        keys = sr.advertised(self.mailbox.read(sr.topic(job_id, round_, "keys")), self._members(job_id, round_))
+        client, cfg = self._client(job_id, round_)
+        keys = sr.advertised(self.mailbox.read(sr.topic(job_id, round_, "keys")), self._members(job_id, round_), cfg.round_id)
         shares = client.share_keys(keys)
-        self.mailbox.post(sr.topic(job_id, round_, "shares"), sr.shares_message(self.account.key, self.address, client.uid, shares))
+        self.mailbox.post(sr.topic(job_id, round_, "shares"),
+                          sr.shares_message(self.account.key, cfg.round_id, self.address, client.uid, shares))
 
-    def unmask(self, job_id: int, round_: int) -> None:
-        """Secure phase 4: answer the aggregator's (signed) survivor set with this provider's shares."""
-        if not self.selected(job_id, round_):
-            return
-        client, _ = self._client(job_id, round_)
-        job = self.dep.job(job_id)
-        posted = [sr.opened(raw, "aggregator") for raw in self.mailbox.read(sr.topic(job_id, round_, "survivors"))]
-        posted = [m for m in posted if m["aggregator"] == job["aggregator"]]
+    def _check_keys_once(self, job_id: int, round_: int) -> None:
+        """SecAggAbort unless this provider's current keys are the ones everybody accepted for the round
+        (after a restart it drew fresh ones, and keys posted twice are dropped: it sits the round out)."""
+        client, cfg = self._client(job_id, round_)
+        mine = sr.advertised(self.mailbox.read(sr.topic(job_id, round_, "keys")), self._members(job_id, round_),
+                             cfg.round_id).get(client.uid)
+        if mine is None or mine != client.advertise():
+            raise SecAggAbort(f"job {job_id} round {round_}: this provider's keys are not the round's "
+                              "(posted twice after a restart, or never): it sits the round out")
+
+    def _survivor_set(self, job_id: int, round_: int, round_id: bytes) -> frozenset[int]:
+        """The survivor set the job's aggregator signed for the round (exactly one, or ProtocolViolation)."""
+        aggregator = self.dep.job(job_id)["aggregator"]
+        posted = []
+        for raw in self.mailbox.read(sr.topic(job_id, round_, "survivors")):
+            try:
+                posted.append(sr.opened(raw, round_id, "survivors", "aggregator"))
+            except FedMarketError:
+                continue
+        posted = [m for m in posted if m["aggregator"] == aggregator]
         if len(posted) != 1:
             raise ProtocolViolation(f"job {job_id} round {round_}: expected one survivor set from the aggregator, found {len(posted)}")
-        resp = client.unmask(frozenset(int(u) for u in posted[0]["survivors"]))
-        self.mailbox.post(sr.topic(job_id, round_, "unmask"), sr.unmask_message(self.account.key, self.address, resp))
+        return frozenset(int(u) for u in posted[0]["survivors"])
+
+    def confirm(self, job_id: int, round_: int) -> None:
+        """Secure phase 4 (consistency check): sign the aggregator's survivor set, once per round."""
+        if not self.selected(job_id, round_):
+            return
+        client, cfg = self._client(job_id, round_)
+        survivors = client.confirm(self._survivor_set(job_id, round_, cfg.round_id))
+        self.mailbox.post(sr.topic(job_id, round_, "confirm"),
+                          sr.confirm_message(self.account.key, cfg.round_id, self.address, client.uid, survivors))
+
+    def unmask(self, job_id: int, round_: int) -> None:
+        """Secure phase 5: once enough survivors signed the same survivor set (and none another),
+        answer it with this provider's shares."""
+        if not self.selected(job_id, round_):
+            return
+        client, cfg = self._client(job_id, round_)
+        survivors = self._survivor_set(job_id, round_, cfg.round_id)
+        members = self._members(job_id, round_)
+        confirmed = sr.pinned(cfg, members, self.mailbox.read(sr.topic(job_id, round_, "confirm")), survivors)
+        resp = client.unmask(survivors, confirmed)
+        self.mailbox.post(sr.topic(job_id, round_, "unmask"),
+                          sr.unmask_message(self.account.key, cfg.round_id, self.address, resp))
 
     def reward_leaf(self, job_id: int) -> tuple[dict, list[bytes]]:
         """This provider's reward leaf and Merkle proof, rebuilt from the published rewards document."""

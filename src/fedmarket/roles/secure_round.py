@@ -1,20 +1,33 @@
 """Secure aggregation of one market round over the mailbox: who takes part, the signed messages
-of the four SecAgg+ phases, and the transcript that lets anyone re-derive the mask correction.
+of the SecAgg+ phases (with the consistency check), and the transcript that lets anyone re-derive
+the mask correction.
 
-Flow of round r of a job in privacy mode ``secagg`` / ``secagg_dp`` (uids are the joined
-providers in address order, so everyone agrees on them without a message):
+Flow of round r of a job in privacy mode ``secagg`` / ``secagg_dp`` (uids are the round's
+selected providers in address order, so everyone agrees on them without a message). Every message
+is signed by its sender's market key over its exact bytes, which name the round (``round_id`` =
+keccak of chain id, disputes contract, job, round) and the phase; a message replayed from another
+round, job, chain or phase is rejected, and a provider with two messages in one phase is dropped
+from it (duplicates are rejected, not ordered):
 
-1. every provider posts its signed key advertisement (``keys``);
+1. every provider posts its key advertisement (``keys``);
 2. every provider posts its encrypted Shamir shares for its neighbours (``shares``);
-3. every provider uploads its masked ``weight * update`` and posts the usual signed receipt of it
-   (its root is what the updates tree commits, so censorship stays provable);
+3. every provider that received at least ``t`` authentic shares uploads its masked update and
+   posts the usual signed receipt of it (its root is what the updates tree commits, so
+   censorship stays provable); a provider releases one update per round (`privacy.releases`);
 4. the aggregator verifies the receipts and posts the survivor set, signed (``survivors``);
-5. every surviving provider posts its signed unmask response (``unmask``);
-6. the aggregator removes the masks and commits the round. The updates tree lists the masked
+5. consistency check: every surviving provider signs the survivor set it was shown (``confirm``),
+   one set per round, never one smaller than the round's minimum;
+6. a provider unmasks (``unmask``) only once at least ``min_survivors`` survivors signed exactly
+   its set and no provider signed another: no two providers act on different sets;
+7. the aggregator removes the masks and commits the round. The updates tree lists the masked
    inputs and, after them, the *mask correction* ``sum(masked) - sum`` (mod 2**64), which the
    disputes contract's secure-sum rule subtracts when it recomputes a chunk. The keys, share
-   senders and unmask responses are published with the round, so anyone can re-derive the
-   correction and check it (a wrong one is not attested by validators).
+   senders, confirmations and unmask responses are published with the round, so anyone can
+   re-derive the correction and check that the survivors pinned the set (validators do not attest
+   a round where either fails).
+
+The neighbour graph's seed includes the round's on-chain seed (fixed after the providers joined),
+so addresses cannot be ground into a chosen neighbourhood.
 
 The published transcript is exactly the aggregator's view in SecAgg+, which reveals nothing but
 the sum as long as every survivor keeps a surviving honest neighbour (Bell et al. 2020).
@@ -22,7 +35,9 @@ the sum as long as every survivor keeps a surviving honest neighbour (Bell et al
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 import eth_abi
@@ -31,7 +46,7 @@ from eth_account import Account as EthAccount
 from eth_account.messages import encode_defunct
 from eth_utils import keccak
 
-from ..errors import FedMarketError, ShareTampered
+from ..errors import FedMarketError, SecAggAbort, ShareTampered
 from ..market import Deployment
 from ..privacy.secagg import (
     AdvertiseKeys,
@@ -44,7 +59,7 @@ from ..privacy.secagg import (
 from ..protocol.encoding import canonical_json
 from ..protocol.rules import ring_sum
 from ..spec import JobSpec
-from .common import round_providers, round_topic
+from .common import round_providers, round_seed, round_topic
 
 ZERO_ADDRESS = "0x" + "00" * 20  # provider of the correction leaf
 
@@ -58,12 +73,48 @@ def participants(dep: Deployment, spec: JobSpec, job_id: int, round_: int) -> li
     return round_providers(dep, spec, job_id, round_)
 
 
+@dataclass(frozen=True)
+class Domain:
+    """What every signed message of a secure round is bound to: the chain, the market, the job, the round."""
+
+    chain_id: int
+    contract: str
+    job: int
+    round: int
+
+    @classmethod
+    def of(cls, dep: Deployment, job_id: int, round_: int) -> Domain:
+        return cls(int(dep.chain_id), dep.disputes.address, int(job_id), int(round_))
+
+    @property
+    def round_id(self) -> bytes:
+        return keccak(eth_abi.encode(["uint256", "address", "uint256", "uint256"],
+                                     [self.chain_id, self.contract, self.job, self.round]))
+
+    def as_doc(self) -> dict:
+        return {"chain_id": self.chain_id, "contract": self.contract, "job": self.job, "round": self.round}
+
+
 def round_config(dep: Deployment, spec: JobSpec, job_id: int, round_: int, n: int) -> SecAggConfig:
-    """Public parameters of the round, bound to this chain, market, job and round."""
-    round_id = keccak(eth_abi.encode(["uint256", "address", "uint256", "uint256"],
-                                     [dep.chain_id, dep.disputes.address, job_id, round_]))
-    return SecAggConfig.for_population(n, spec.n_params, dropout=spec.privacy.dropout,
-                                       round_id=round_id, graph_seed=round_id)
+    """Public parameters of the round, bound to this chain, market, job and round.
+
+    The neighbour graph's seed also takes the round's on-chain seed (a block hash fixed after
+    the providers joined), so nobody can grind addresses into a chosen neighbourhood. A
+    ``secagg_dp`` round needs all but ``dropout`` of its providers to survive: that minimum is
+    what its noise is calibrated to (`privacy.dp.honest_minimum`)."""
+    round_id = Domain.of(dep, job_id, round_).round_id
+    graph_seed = keccak(round_id + round_seed(dep, job_id, round_))
+    cfg = SecAggConfig.for_population(n, spec.n_params, dropout=spec.privacy.dropout, round_id=round_id,
+                                      graph_seed=graph_seed)
+    return dataclasses.replace(cfg, min_survivors=min_survivors(spec, n, cfg.threshold))
+
+
+def min_survivors(spec: JobSpec, n: int, threshold: int) -> int:
+    """Fewest masked inputs a round of ``n`` providers accepts: the SecAgg threshold, and in
+    ``secagg_dp`` every provider but the tolerated dropout (never fewer than the threshold)."""
+    if spec.privacy.mode != "secagg_dp":
+        return threshold
+    return max(threshold, n - math.floor(spec.privacy.dropout * n))
 
 
 def graph_of(cfg: SecAggConfig) -> list[np.ndarray]:
@@ -73,78 +124,115 @@ def graph_of(cfg: SecAggConfig) -> list[np.ndarray]:
 # ----------------------------------------------------------------------------- signed messages
 
 
-def sign(key: bytes, body: dict) -> bytes:
-    """``body`` plus a signature by ``key`` over the keccak of its canonical JSON."""
-    digest = keccak(canonical_json(body))
-    sig = EthAccount.sign_message(encode_defunct(primitive=digest), private_key=key).signature
-    return canonical_json({**body, "signature": "0x" + bytes(sig).hex()})
+def sign(key: bytes, round_id: bytes, phase: str, body: dict) -> bytes:
+    """A signed message: the exact bytes signed (``body`` with the round id and the phase, as
+    canonical JSON) travel as they are, next to the signature over their keccak."""
+    signed = canonical_json({**body, "round_id": "0x" + round_id.hex(), "phase": phase}).decode()
+    sig = EthAccount.sign_message(encode_defunct(primitive=keccak(signed.encode())), private_key=key).signature
+    return canonical_json({"signed": signed, "signature": "0x" + bytes(sig).hex()})
 
 
-def opened(raw: bytes, signer_field: str) -> dict:
-    """A signed message whose signature is by the address in its ``signer_field``; FedMarketError if not."""
+def opened(raw: bytes, round_id: bytes, phase: str, signer_field: str) -> dict:
+    """The body of a signed message, verified on the exact bytes signed, for this round and phase,
+    and signed by the address in its ``signer_field``; FedMarketError if not (a message replayed
+    from another round, job, chain or phase included)."""
     try:
-        msg = json.loads(raw)
-        sig = bytes.fromhex(msg.pop("signature").removeprefix("0x"))
-        signer = EthAccount.recover_message(encode_defunct(primitive=keccak(canonical_json(msg))), signature=sig)
+        env = json.loads(raw)
+        signed = env["signed"].encode()
+        signer = EthAccount.recover_message(encode_defunct(primitive=keccak(signed)),
+                                            signature=bytes.fromhex(env["signature"].removeprefix("0x")))
+        msg = json.loads(signed)
+        bound = (msg.pop("round_id"), msg.pop("phase"))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise FedMarketError(f"malformed secure-aggregation message: {exc}") from None
+    if bound != ("0x" + round_id.hex(), phase):
+        raise FedMarketError(f"secure-aggregation message for another round or phase ({bound[1]}): replayed")
     if signer != msg.get(signer_field):
         raise FedMarketError(f"secure-aggregation message claims {msg.get(signer_field)} but is signed by {signer}")
     return msg
 
 
-def keys_message(key: bytes, provider: str, adv: AdvertiseKeys) -> bytes:
-    return sign(key, {"provider": provider, "uid": adv.uid, "c_pk": adv.c_pk.hex(), "s_pk": adv.s_pk.hex(),
-                      "b_commit": adv.b_commit.hex()})
+def keys_message(key: bytes, round_id: bytes, provider: str, adv: AdvertiseKeys) -> bytes:
+    return sign(key, round_id, "keys", {"provider": provider, "uid": adv.uid, "c_pk": adv.c_pk.hex(),
+                                        "s_pk": adv.s_pk.hex(), "b_commit": adv.b_commit.hex()})
 
 
-def shares_message(key: bytes, provider: str, uid: int, shares: list[EncryptedShare]) -> bytes:
-    return sign(key, {"provider": provider, "uid": uid,
-                      "shares": [{"dst": s.dst, "blob": s.blob.hex()} for s in shares]})
+def shares_message(key: bytes, round_id: bytes, provider: str, uid: int, shares: list[EncryptedShare]) -> bytes:
+    return sign(key, round_id, "shares", {"provider": provider, "uid": uid,
+                                          "shares": [{"dst": s.dst, "blob": s.blob.hex()} for s in shares]})
 
 
-def unmask_message(key: bytes, provider: str, resp: UnmaskResponse) -> bytes:
-    return sign(key, {"provider": provider, "uid": resp.uid,
-                      "b_shares": {str(u): hex(s) for u, s in sorted(resp.b_shares.items())},
-                      "sk_shares": {str(u): hex(s) for u, s in sorted(resp.sk_shares.items())}})
+def confirm_message(key: bytes, round_id: bytes, provider: str, uid: int, survivors: frozenset[int]) -> bytes:
+    """Consistency check: the provider's signature on the survivor set it will unmask for."""
+    return sign(key, round_id, "confirm", {"provider": provider, "uid": uid, "survivors": sorted(survivors)})
 
 
-def survivors_message(key: bytes, aggregator: str, shared: list[int], survivors: list[int]) -> bytes:
-    return sign(key, {"aggregator": aggregator, "shared": sorted(shared), "survivors": sorted(survivors)})
+def unmask_message(key: bytes, round_id: bytes, provider: str, resp: UnmaskResponse) -> bytes:
+    return sign(key, round_id, "unmask", {"provider": provider, "uid": resp.uid,
+                                          "b_shares": {str(u): hex(s) for u, s in sorted(resp.b_shares.items())},
+                                          "sk_shares": {str(u): hex(s) for u, s in sorted(resp.sk_shares.items())}})
 
 
-def _by_uid(raws: list[bytes], members: list[str]) -> dict[int, dict]:
-    """Signed provider messages keyed by uid, keeping only those whose signer owns that uid."""
+def survivors_message(key: bytes, round_id: bytes, aggregator: str, shared: list[int], survivors: list[int]) -> bytes:
+    return sign(key, round_id, "survivors", {"aggregator": aggregator, "shared": sorted(shared),
+                                             "survivors": sorted(survivors)})
+
+
+def by_uid(raws: list[bytes], members: list[str], round_id: bytes, phase: str) -> dict[int, dict]:
+    """Signed provider messages of one phase keyed by uid, keeping only those whose signer owns that
+    uid. A provider with two different messages in a phase is dropped from it: duplicates are
+    rejected, not ordered."""
     out: dict[int, dict] = {}
+    twice: set[int] = set()
     for raw in raws:
         try:
-            msg = opened(raw, "provider")
+            msg = opened(raw, round_id, phase, "provider")
             uid = int(msg["uid"])
         except (FedMarketError, KeyError, ValueError, TypeError):
             continue
-        if 0 <= uid < len(members) and members[uid] == msg["provider"] and uid not in out:
+        if 0 <= uid < len(members) and members[uid] == msg["provider"]:
+            if uid in out:
+                twice.add(uid)
             out[uid] = msg
-    return out
+    return {u: m for u, m in out.items() if u not in twice}
 
 
-def advertised(raws: list[bytes], members: list[str]) -> dict[int, AdvertiseKeys]:
+def advertised(raws: list[bytes], members: list[str], round_id: bytes) -> dict[int, AdvertiseKeys]:
     return {
         u: AdvertiseKeys(u, bytes.fromhex(m["c_pk"]), bytes.fromhex(m["s_pk"]), bytes.fromhex(m["b_commit"]))
-        for u, m in _by_uid(raws, members).items()
+        for u, m in by_uid(raws, members, round_id, "keys").items()
     }
 
 
-def share_lists(raws: list[bytes], members: list[str]) -> dict[int, list[EncryptedShare]]:
+def share_lists(raws: list[bytes], members: list[str], round_id: bytes) -> dict[int, list[EncryptedShare]]:
     return {u: [EncryptedShare(u, int(s["dst"]), bytes.fromhex(s["blob"])) for s in m["shares"]]
-            for u, m in _by_uid(raws, members).items()}
+            for u, m in by_uid(raws, members, round_id, "shares").items()}
 
 
-def responses(raws: list[bytes], members: list[str]) -> list[UnmaskResponse]:
+def confirmations(raws: list[bytes], members: list[str], round_id: bytes) -> dict[int, frozenset[int]]:
+    """The survivor set each provider signed in the consistency step."""
+    return {u: frozenset(int(v) for v in m["survivors"]) for u, m in by_uid(raws, members, round_id, "confirm").items()}
+
+
+def responses(raws: list[bytes], members: list[str], round_id: bytes) -> list[UnmaskResponse]:
     return [
         UnmaskResponse(u, {int(k): int(v, 16) for k, v in m["b_shares"].items()},
                        {int(k): int(v, 16) for k, v in m["sk_shares"].items()})
-        for u, m in sorted(_by_uid(raws, members).items())
+        for u, m in sorted(by_uid(raws, members, round_id, "unmask").items())
     ]
+
+
+def pinned(cfg: SecAggConfig, members: list[str], raws: list[bytes], survivors: frozenset[int]) -> frozenset[int]:
+    """The survivors that signed exactly ``survivors`` in the consistency step. Raises SecAggAbort if
+    any member signed another set (the aggregator showed two) or fewer than ``min_survivors`` signed it."""
+    signed = confirmations(raws, members, cfg.round_id)
+    other = sorted(u for u, s in signed.items() if s != survivors)
+    if other:
+        raise SecAggAbort(f"providers {other} confirmed another survivor set: no two providers may act on different sets")
+    confirmed = frozenset(u for u in signed if u in survivors)
+    if len(confirmed) < cfg.min_survivors:
+        raise SecAggAbort(f"{len(confirmed)} survivors confirmed the survivor set, the round needs {cfg.min_survivors}")
+    return confirmed
 
 
 # ----------------------------------------------------------------------------- unmasking
@@ -152,34 +240,39 @@ def responses(raws: list[bytes], members: list[str]) -> list[UnmaskResponse]:
 
 @dataclass(frozen=True)
 class Transcript:
-    """What the aggregator publishes with a secure round: enough to re-derive its mask correction."""
+    """What the aggregator publishes with a secure round: enough to re-derive its mask correction
+    and to check that the survivors pinned the survivor set with their signatures."""
 
     keys: list[bytes]  # signed key advertisements
     shared: list[int]  # uids whose shares were routed (U1)
+    confirm: list[bytes]  # signed confirmations of the survivor set (consistency step)
     unmask: list[bytes]  # signed unmask responses
 
     def as_doc(self) -> dict:
         return {"keys": [json.loads(k) for k in self.keys], "shared": sorted(self.shared),
-                "unmask": [json.loads(u) for u in self.unmask]}
+                "confirm": [json.loads(c) for c in self.confirm], "unmask": [json.loads(u) for u in self.unmask]}
 
     @classmethod
     def from_doc(cls, doc: dict) -> Transcript:
         return cls([canonical_json(k) for k in doc["keys"]], [int(u) for u in doc["shared"]],
-                   [canonical_json(u) for u in doc["unmask"]])
+                   [canonical_json(c) for c in doc["confirm"]], [canonical_json(u) for u in doc["unmask"]])
 
 
 def unmasked_sum(cfg: SecAggConfig, members: list[str], transcript: Transcript, masked: dict[int, np.ndarray]) -> np.ndarray:
     """The exact int64 sum of the survivors' inputs, rebuilt from the transcript (what the aggregator
-    computes, and what any auditor recomputes). Raises SecAggAbort / ShareTampered like the server."""
+    computes, and what any auditor recomputes). Raises SecAggAbort / ShareTampered like the server,
+    and SecAggAbort if the survivors did not pin the survivor set (`pinned`)."""
     server = SecAggServer(cfg, graph_of(cfg))
-    keys = advertised(transcript.keys, members)
+    keys = advertised(transcript.keys, members, cfg.round_id)
     server.keys = keys
     server.shared = {u for u in transcript.shared if u in keys}
     for u, y in masked.items():
         if u not in server.shared:
             raise ShareTampered(f"provider {u} masked an input but is not among the providers that shared keys")
         server.masked[u] = np.asarray(y).view(np.uint64)
-    return server.unmask(responses(transcript.unmask, members))
+    if masked:  # an aborted round commits nothing, and has no survivor set to pin
+        pinned(cfg, members, transcript.confirm, frozenset(masked))
+    return server.unmask(responses(transcript.unmask, members, cfg.round_id))
 
 
 def correction(masked: dict[int, np.ndarray], total: np.ndarray) -> np.ndarray:

@@ -261,6 +261,9 @@ class SilentProvider(Provider):
     def share(self, job_id, round_):
         return None
 
+    def confirm(self, job_id, round_):
+        return None
+
     def unmask(self, job_id, round_):
         return None
 
@@ -273,7 +276,7 @@ class InflatedWeightProvider(Provider):
 
     def _released(self, spec, delta, min_survivors=1):
         q, weight = super()._released(spec, delta, min_survivors)
-        return q, weight if spec.privacy.dp else weight * self.factor
+        return q, weight if spec.unit_weights else weight * self.factor
 
 
 class DoubleUpdateProvider(Provider):

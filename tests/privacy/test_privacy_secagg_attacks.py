@@ -1,0 +1,177 @@
+"""Attacker tests of SecAgg+ against a server (the aggregator) that deviates: each passes only when
+the attack fails. Library level (`privacy.secagg`) and the signed mailbox messages of a market
+round (`roles.secure_round`)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from eth_account import Account as EthAccount
+
+from fedmarket.errors import SecAggAbort, ShareTampered
+from fedmarket.privacy.secagg import EncryptedShare, SecAggClient, SecAggConfig, SecAggServer, neighbour_graph, prg_mask
+from fedmarket.roles import secure_round as sr
+
+N, D, K, T = 10, 16, 9, 5
+
+
+def _setup(n=N, d=D, k=K, t=T, min_survivors=None):
+    cfg = SecAggConfig(n, d, k, t, t if min_survivors is None else min_survivors, round_id=b"job-7-round-2")
+    graph = neighbour_graph(n, k, cfg.graph_seed)
+    clients = {u: SecAggClient(u, cfg, graph[u]) for u in range(n)}
+    server = SecAggServer(cfg, graph)
+    keys_for = server.collect_keys([c.advertise() for c in clients.values()])
+    routed = server.route_shares({u: clients[u].share_keys(keys_for[u]) for u in clients})
+    X = {u: np.random.default_rng(u).integers(-(2**40), 2**40, size=d, dtype=np.int64) for u in range(n)}
+    return cfg, clients, server, routed, X
+
+
+def test_a_victim_routed_fewer_than_t_shares_refuses_to_mask_so_its_input_never_leaves():
+    """The attack: route t - 1 shares to the victim, so its masked input carries pairwise masks
+    only with the server's accomplices; then call it a survivor so the others reveal its self-mask
+    seed. The victim refuses to mask, so there is no masked input to strip."""
+    cfg, clients, server, routed, X = _setup()
+    victim = 0
+    with pytest.raises(SecAggAbort, match="received 4 shares, threshold 5; refusing to mask"):
+        clients[victim].masked_input(X[victim], routed[victim][: T - 1])
+    others = [clients[u].masked_input(X[u], routed[u]) for u in range(1, N)]
+    survivors = server.collect_masked(others)
+    assert victim not in survivors and victim not in server.masked
+    # the server now even obtains the victim's self-mask seed: there is still nothing to unmask
+    claimed = survivors | {victim}
+    responses = [clients[u].unmask(claimed, claimed) for u in range(1, N) if clients[u].confirm(claimed)]
+    assert sum(victim in r.b_shares for r in responses) >= T
+    views = [np.frombuffer(m.data, dtype=np.int64) for m in others]
+    assert not any(np.array_equal(v, X[victim]) for v in views)
+    # the control: with t shares it masks
+    cfg2, clients2, _, routed2, X2 = _setup()
+    assert clients2[victim].masked_input(X2[victim], routed2[victim][:T]).uid == victim
+
+
+def test_forged_shares_do_not_count_towards_the_threshold():
+    cfg, clients, _, routed, X = _setup()
+    victim = 0
+    junk = [EncryptedShare(s.src, s.dst, bytes(len(s.blob))) for s in routed[victim]]
+    with pytest.raises(ShareTampered, match="failed authentication"):
+        clients[victim].masked_input(X[victim], junk)
+
+
+def test_a_second_unmask_for_another_survivor_set_is_refused():
+    """The attack: get provider 3's self-mask share (it survived) and, with another survivor set
+    that says 3 dropped, its mask-key share too; with t of each, the server strips 3's masks."""
+    cfg, clients, server, routed, X = _setup()
+    masked = [clients[u].masked_input(X[u], routed[u]) for u in range(N)]
+    survivors = server.collect_masked(masked)
+    helper = clients[1]
+    assert helper.confirm(survivors) == survivors
+    first = helper.unmask(survivors, survivors)
+    assert 3 in first.b_shares and 3 not in first.sk_shares
+    other = survivors - {3}
+    with pytest.raises(SecAggAbort, match="already confirmed another survivor set"):
+        helper.confirm(other)
+    with pytest.raises(SecAggAbort, match="did not confirm"):
+        helper.unmask(other, other)
+    assert helper.unmask(survivors, survivors) is first  # the same set gets the same answer, nothing new
+
+
+def test_unmasking_needs_the_survivor_set_pinned_by_enough_signatures():
+    cfg, clients, server, routed, X = _setup(min_survivors=8)
+    masked = [clients[u].masked_input(X[u], routed[u]) for u in range(N)]
+    survivors = server.collect_masked(masked)
+    clients[2].confirm(survivors)
+    with pytest.raises(SecAggAbort, match="only 7 survivors confirmed"):
+        clients[2].unmask(survivors, frozenset(range(7)))
+    with pytest.raises(SecAggAbort, match="below the round's 8"):
+        clients[4].confirm(frozenset(range(7)))  # a set smaller than the round accepts is never signed
+
+
+def test_a_provider_masks_and_shares_once_per_round():
+    cfg, clients, _, routed, X = _setup()
+    clients[0].masked_input(X[0], routed[0])
+    with pytest.raises(SecAggAbort, match="already masked"):
+        clients[0].masked_input(X[0] + 1, routed[0])  # two masked inputs would differ by exactly x - x'
+    with pytest.raises(SecAggAbort, match="already shared"):
+        clients[0].share_keys({})
+
+
+def test_mask_prg_is_chacha20_keystream():
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    seed = b"\x07" * 32
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedmarket-secagg-prg").derive(seed)
+    stream = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor().update(bytes(8 * 5))
+    assert prg_mask(seed, 5).tolist() == np.frombuffer(stream, dtype="<u8").tolist()
+    assert prg_mask(seed, 5).tolist() != prg_mask(b"\x08" * 32, 5).tolist()
+
+
+# ---------------------------------------------------------------------------- signed mailbox messages
+
+
+def _members(n=4):
+    accounts = [EthAccount.create() for _ in range(n)]
+    accounts.sort(key=lambda a: int(a.address, 16))
+    return accounts, [a.address for a in accounts]
+
+
+def _keys_raw(account, round_id, uid):
+    clientcfg = SecAggConfig(4, 3, 3, 2, 2, round_id=round_id)
+    adv = SecAggClient(uid, clientcfg, np.array([v for v in range(4) if v != uid])).advertise()
+    return sr.keys_message(account.key, round_id, account.address, adv)
+
+
+def test_a_message_replayed_from_another_round_job_or_chain_is_rejected():
+    accounts, members = _members()
+    here = sr.Domain(31337, "0x" + "11" * 20, 5, 2)
+    elsewhere = [sr.Domain(31337, "0x" + "11" * 20, 5, 1), sr.Domain(31337, "0x" + "11" * 20, 6, 2),
+                 sr.Domain(1, "0x" + "11" * 20, 5, 2), sr.Domain(31337, "0x" + "22" * 20, 5, 2)]
+    fresh = _keys_raw(accounts[0], here.round_id, 0)
+    assert list(sr.advertised([fresh], members, here.round_id)) == [0]
+    for other in elsewhere:
+        replayed = _keys_raw(accounts[1], other.round_id, 1)
+        assert sr.advertised([replayed], members, here.round_id) == {}
+        with pytest.raises(Exception, match="another round or phase"):
+            sr.opened(replayed, here.round_id, "keys", "provider")
+    # a message of one phase does not pass for another
+    with pytest.raises(Exception, match="another round or phase"):
+        sr.opened(fresh, here.round_id, "unmask", "provider")
+
+
+def test_messages_are_verified_on_their_exact_bytes():
+    accounts, members = _members()
+    rid = sr.Domain(31337, "0x" + "11" * 20, 5, 2).round_id
+    raw = _keys_raw(accounts[0], rid, 0)
+    env = json.loads(raw)
+    body = json.loads(env["signed"])
+    # the same content serialised differently is another message: its signature does not verify
+    respaced = json.dumps({"signed": json.dumps(body, indent=1), "signature": env["signature"]}).encode()
+    assert sr.advertised([respaced], members, rid) == {}
+    # a field changed after signing
+    forged = json.dumps({"signed": env["signed"].replace('"uid":0', '"uid":1'), "signature": env["signature"]}).encode()
+    assert sr.advertised([forged], members, rid) == {}
+
+
+def test_two_messages_of_one_provider_in_a_phase_are_both_rejected():
+    accounts, members = _members()
+    rid = sr.Domain(31337, "0x" + "11" * 20, 5, 2).round_id
+    first, second = _keys_raw(accounts[2], rid, 2), _keys_raw(accounts[2], rid, 2)
+    other = _keys_raw(accounts[3], rid, 3)
+    assert first != second  # fresh keys each time
+    assert sorted(sr.advertised([first, other], members, rid)) == [2, 3]
+    assert sorted(sr.advertised([first, second, other], members, rid)) == [3]  # not ordered: refused
+
+
+def test_no_two_providers_act_on_different_survivor_sets():
+    """An aggregator shows survivor set A to some providers and B to others: whoever signed B
+    blocks A (and vice versa), so nobody unmasks for either."""
+    accounts, members = _members(6)
+    cfg = SecAggConfig(6, 3, 5, 3, 3, round_id=sr.Domain(31337, "0x" + "11" * 20, 5, 2).round_id)
+    a, b = frozenset(range(6)), frozenset(range(5))
+    raws = [sr.confirm_message(acc.key, cfg.round_id, acc.address, u, a if u < 3 else b) for u, acc in enumerate(accounts)]
+    for view in (a, b):
+        with pytest.raises(SecAggAbort, match="confirmed another survivor set"):
+            sr.pinned(cfg, members, raws, view)
+    assert sr.pinned(cfg, members, raws[:3], a) == frozenset(range(3))
