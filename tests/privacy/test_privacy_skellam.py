@@ -1,0 +1,53 @@
+"""The distributed discrete mechanism of secagg_dp: the honest minimum, the Skellam share, and its
+RDP against the Gaussian bound the chain accounts with."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedmarket.errors import ConfigError
+from fedmarket.privacy.dp import honest_minimum, skellam_mu, skellam_noise, skellam_rdp
+from fedmarket.privacy.strategy import DistributedDPFedAvg
+
+
+def test_honest_minimum_is_the_fewest_honest_in_any_acceptable_survivor_set():
+    assert honest_minimum(700, 1 / 3) == 467 and honest_minimum(14, 1 / 3) == 10 and honest_minimum(3, 1 / 3) == 2
+    assert honest_minimum(9, 1 / 3) == 6  # floor(3) exactly: no float slip to 7
+    for m in range(1, 60):
+        for f in (0.0, 0.1, 1 / 3, 0.5, 0.9):
+            h = honest_minimum(m, f)
+            # every larger set leaves at least as many honest survivors
+            assert all(s - math.floor(f * s + 1e-12) >= h for s in range(m, m + 40))
+    with pytest.raises(ConfigError):
+        honest_minimum(10, 1.0)
+
+
+@pytest.mark.parametrize("z,clip,d,h", [(3.45, 0.5, 7850, 467), (1.0, 1.0, 650, 2), (0.5, 0.1, 100_000, 10)])
+def test_skellam_shares_of_the_honest_minimum_are_at_least_as_private_as_the_chain_counts(z, clip, d, h):
+    mu = skellam_mu(z, clip, 20, d, h)
+    l2 = 2 * clip * 2**20 + math.sqrt(d)
+    for alpha in (1.01, 1.5, 2, 4, 8, 16, 64, 256, 1024):
+        # RDP of the honest shares' sum (Skellam of parameter h mu) for the rounded sum's sensitivity
+        assert skellam_rdp(alpha, h * mu, math.sqrt(d) * l2, l2) <= alpha / (2 * z * z)
+
+
+def test_skellam_noise_has_the_variance_it_promises():
+    rng = np.random.default_rng(3)
+    x = skellam_noise(1e9, 200_000, rng)
+    assert x.dtype == np.int64 and abs(x.mean()) < 4 * math.sqrt(2e9 / 200_000)
+    assert abs(x.var() / 2e9 - 1) < 0.02
+
+
+def test_the_simulated_mechanism_is_the_market_s_arithmetic():
+    """DistributedDPFedAvg (benchmarks) draws the providers' Skellam shares as one draw of their
+    total; the noise it leaves on the mean has the variance n * 2 mu / n**2 the market's gives."""
+    s = DistributedDPFedAvg(0.5, 3.0, min_survivors=14, seed=1)
+    assert s.honest == 10
+    U = [np.zeros(5000) for _ in range(20)]
+    out = s.aggregate(U)
+    mu = skellam_mu(3.0, 0.5, 20, 5000, 10)
+    expected = math.sqrt(20 * 2 * mu) / 20 / 2**20
+    assert abs(out.std() / expected - 1) < 0.05
