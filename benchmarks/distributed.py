@@ -11,7 +11,8 @@ in-process figure is `runner.run_job` on titanoboa for the same job shape in the
 `--transport nats` runs the role processes on a NATS JetStream server (a real `nats-server -js`
 on 127.0.0.1) instead of a shared directory: each role writes only in a home of its own, and
 `shared_dirs` counts the directories that more than one role wrote (the blob store and every
-mailbox topic with `directory`; the goal with `nats` is 0).
+mailbox topic with `directory`; the goal with `nats` is 0). `--netns` (root) puts every role, the
+chain and the broker in a Linux network namespace of its own (`fedmarket.testing.netns`).
 """
 
 from __future__ import annotations
@@ -33,12 +34,25 @@ def distributed(args) -> dict:
 
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
-        node = stack.enter_context(AnvilNode(fixed_interval=False))
-        proxy = stack.enter_context(RpcProxy(node.url))
-        broker = stack.enter_context(NatsServer(Path(tmp) / "broker")).url if args.transport == "nats" else ""
-        job = LocalJob.make(Path(tmp) / "job", node.url, rpc_url=proxy.url, providers=args.providers,
+        prefix = None
+        if args.netns:  # every role, the chain and the broker in a network namespace of its own
+            from fedmarket.testing.netns import LabServices, NetLab
+
+            lab = stack.enter_context(NetLab())
+            services = stack.enter_context(LabServices(lab, Path(tmp) / "broker"))
+            node_url, broker, prefix = services.rpc_url, services.broker.url, lab.exec
+            proxy = stack.enter_context(RpcProxy(node_url, host=lab.harness))
+        else:
+            node_url = stack.enter_context(AnvilNode(fixed_interval=False)).url
+            proxy = stack.enter_context(RpcProxy(node_url))
+            broker = stack.enter_context(NatsServer(Path(tmp) / "broker")).url if args.transport == "nats" else ""
+        job = LocalJob.make(Path(tmp) / "job", node_url, rpc_url=proxy.url, providers=args.providers,
                             validators=args.validators, rounds=args.rounds, local_epochs=args.local_epochs,
-                            poll=args.poll, collect_timeout=args.collect_timeout, broker=broker)
+                            poll=args.poll, collect_timeout=args.collect_timeout, broker=broker, prefix=prefix)
+        if args.netns:
+            for name in ("requester", "aggregator", *(f"validator-{i}" for i in range(args.validators)),
+                         *(f"provider-{i}" for i in range(args.providers))):
+                lab.add(name)
         job.setup()
         time.sleep(0.05)  # file times come from a coarse clock: setup's writes stay before `wall_t0`
         t0, wall_t0 = time.monotonic(), time.time()
@@ -75,7 +89,7 @@ def distributed(args) -> dict:
             to_last_update.append(last - (commits[i - 1] if i else wall_start))
             to_commit.append(commits[i] - last)
         return {
-            "transport": args.transport,
+            "transport": args.transport + ("+netns" if args.netns else ""),
             "shared_dirs": sum(1 for d in shared if d.split("/")[0] in ("blobs", "mailbox")) if not broker else len(shared),
             "s_per_round": round((t_end - t_start) / r, 3),
             "tx_per_round": round(proxy.count("eth_sendRawTransaction", t_start, t_end) / r, 2),
@@ -120,7 +134,11 @@ def main() -> None:
     ap.add_argument("--collect-timeout", type=float, default=30.0)
     ap.add_argument("--transport", choices=("directory", "nats"), default="directory",
                     help="what the role processes share: a directory, or a NATS JetStream server (no shared directory)")
+    ap.add_argument("--netns", action="store_true",
+                    help="with --transport nats: every role, the chain and the broker in a network namespace of its own (root)")
     args = ap.parse_args()
+    if args.netns and args.transport != "nats":
+        ap.error("--netns needs --transport nats (roles in separate namespaces share no directory)")
     out: dict = {"providers": args.providers, "rounds": args.rounds, "validators": args.validators,
                  "local_epochs": args.local_epochs, "poll_s": args.poll}
     out.update(distributed(args))
