@@ -7,7 +7,13 @@ a third after sharing them and a third after sending its masked input (before un
 masked input arrived. ``client_s`` is a provider's mean compute time over all its rounds,
 ``server_s`` the aggregator's total; ``plain_client_s`` what a provider spends without secure
 aggregation (quantize + serialize its update); ``expansion`` the mean bytes a completing provider
-sends over the plain update's bytes (``8 d``). Degree and threshold come from
+sends over the plain update's bytes (``8 d``). The masks are ChaCha20 keystreams: ``prg_chacha20_s``
+is the seconds per mask of ``d`` words, next to ``prg_philox_old_s`` for the Philox-4x64 generator used
+before. The consistency check (every survivor signs the survivor set; every provider verifies all
+the confirmations before unmasking) is measured as market providers run it (``roles.secure_round``,
+secp256k1 signatures over canonical JSON): ``consistency_sign_s`` and ``consistency_verify_s`` per
+provider, ``consistency_bytes`` its message, ``expansion_with_consistency`` the expansion with it.
+Degree and threshold come from
 ``SecAggConfig.for_population(n, d, dropout=0.3)`` (``k = O(log n)``, ``t = k // 2 + 1``).
 
 ``--flower`` also runs Flower 1.41's SecAgg+ (``SecAggPlusWorkflow`` + ``secaggplus_mod``, same n
@@ -104,6 +110,9 @@ def main() -> None:
         "flower_s": None,
     }
     out["ours_sequential_s"] = round(float(sum(res.client_seconds.values())) + res.server_seconds, 3)
+    out.update(prg_cost(args.d, cfg.k))
+    out.update(consistency_cost(cfg, sorted(res.survivors), len(complete)))
+    out["expansion_with_consistency"] = round(out["expansion"] + out["consistency_bytes"] / (8 * args.d), 4)
     if args.flower:
         # Flower's run has no dropout: time our round without dropout too, same n, d, degree, threshold
         res0 = run_round(cfg, dict(enumerate(Q)))
@@ -113,6 +122,46 @@ def main() -> None:
             out["speedup_vs_flower"] = round(out["flower_s"] / out["ours_sequential_s"], 2)
             out["speedup_vs_flower_no_dropout"] = round(out["flower_s"] / out["ours_sequential_s_no_dropout"], 2)
     print(json.dumps(out))
+
+
+def prg_cost(d: int, k: int, reps: int = 200) -> dict:
+    """Seconds per mask of ``d`` words: the ChaCha20 keystream the protocol uses, and the Philox-4x64
+    generator it used before (keyed the same way), and a provider's PRG time per round (``k + 1`` masks)."""
+    from fedmarket.privacy.secagg import prg_mask
+
+    seeds = [os.urandom(32) for _ in range(reps)]
+    t0 = time.perf_counter()
+    for sd in seeds:
+        prg_mask(sd, d)
+    chacha = (time.perf_counter() - t0) / reps
+    t0 = time.perf_counter()
+    for sd in seeds:
+        np.random.Philox(key=int.from_bytes(sd[:16], "little")).random_raw(d).astype(np.uint64, copy=False)
+    philox = (time.perf_counter() - t0) / reps
+    return {"prg_chacha20_s": round(chacha, 7), "prg_philox_old_s": round(philox, 7),
+            "prg_per_client_round_s": round(chacha * (k + 1), 5)}
+
+
+def consistency_cost(cfg, survivors: list[int], completing: int) -> dict:
+    """The consistency check as market providers run it (``roles.secure_round``): each survivor signs the
+    survivor set (secp256k1, its market key) and every provider verifies all the confirmations before it
+    unmasks (``pinned``). Per completing provider: signing seconds, verifying seconds, bytes sent."""
+    from eth_account import Account as EthAccount
+
+    from fedmarket.roles import secure_round as sr
+
+    signers = survivors[:completing]
+    accounts = sorted((EthAccount.create() for _ in range(cfg.n)), key=lambda a: int(a.address, 16))
+    members = [a.address for a in accounts]
+    t0 = time.perf_counter()
+    raws = [sr.confirm_message(accounts[u].key, cfg.round_id, members[u], u, frozenset(survivors)) for u in signers]
+    sign_s = (time.perf_counter() - t0) / len(signers)
+    t0 = time.perf_counter()
+    confirmed = sr.pinned(cfg, members, raws, frozenset(survivors))
+    verify_s = time.perf_counter() - t0
+    assert len(confirmed) == len(signers)
+    return {"consistency_sign_s": round(sign_s, 5), "consistency_verify_s": round(verify_s, 3),
+            "consistency_bytes": int(np.mean([len(r) for r in raws])), "consistency_confirmations": len(raws)}
 
 
 def run_flower(args: argparse.Namespace, num_shares: int, threshold: int) -> dict:
