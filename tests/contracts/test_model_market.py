@@ -525,3 +525,182 @@ def test_models_listed_as_not_linear_are_not_disputable(shop):
     shop.staked(job)
     with reverts("model: answers not provable"):
         shop.dispute(job, [0, 0, 0, 0], 1)
+
+
+# ---------------------------------------------------------------- stateful invariants
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test  # noqa: E402
+
+OUTCOMES: dict[str, int] = {}
+
+
+class Ledger(RuleBasedStateMachine):
+    """Random histories on one listed job: purchases, refunds, access, stakes, settlements (honest,
+    replayed, inflated), disputes, withdrawals and claims, against a ghost ledger of what the
+    contract owes; tokens only move between the tracked accounts and the contract."""
+
+    shop: Shop = None
+    job = None
+
+    def __init__(self):
+        super().__init__()
+        s = self.s = self.shop
+        self._snap = s.kit.chain.snapshot()
+        self._snap.__enter__()
+        self.mm, self.j = s.mm, self.job.id
+        self.servers = [s.server, s.rival]
+        self.tracked = sorted({s.kit.treasury, s.kit.requester.address, *(b.address for b in s.buyers),
+                               *(x.address for x in self.servers), *(lf["account"] for lf in self.job.leaves), s.mm.address})
+        self.total = sum(s.bal(a) for a in self.tracked)
+        self.credit = {b.address: [0, 0] for b in s.buyers}  # queries, value
+        self.signed = {(b.address, v.address): 0 for b in s.buyers for v in self.servers}  # counts signed so far
+        self.used = dict.fromkeys(self.signed, 0)
+        self.stake = {v.address: 0 for v in self.servers}
+        self.owed: dict[str, int] = {}
+        self.revenue = 0
+        for v in self.servers:  # both serve from the start; a slash takes one out until it stakes again
+            self.s.staked(self.job, server=v)
+            self.stake[v.address] = SSTAKE
+        for b in s.buyers:  # and every caller starts with credits
+            self._buy(b, 100)
+
+    def _buy(self, buyer, n):
+        self.mm.transact("buy_credits", self.j, n, sender=buyer)
+        c = self.credit[buyer.address]
+        c[0], c[1] = c[0] + n, c[1] + n * QPRICE
+
+    def teardown(self):
+        self._snap.__exit__(None, None, None)
+
+    def hit(self, key: str) -> None:
+        OUTCOMES[key] = OUTCOMES.get(key, 0) + 1
+
+    def split(self, amount: int, server: str | None) -> None:
+        fee, owner = amount * FEE_BPS // 10_000, amount // 10
+        srv = amount // 5 if server else 0
+        for a, v in ((self.s.kit.treasury, fee), (self.s.kit.requester.address, owner), (server, srv)):
+            if v:
+                self.owed[a] = self.owed.get(a, 0) + v
+        self.revenue += amount - fee - owner - srv
+
+    @rule(b=st.integers(0, 4), n=st.integers(1, 50))
+    def buy(self, b, n):
+        self._buy(self.s.buyers[b], n)
+        self.hit("buy")
+
+    @rule(v=st.integers(0, 1))
+    def stake(self, v):
+        self.s.staked(self.job, server=self.servers[v])
+        self.stake[self.servers[v].address] += SSTAKE
+
+    @rule(v=st.integers(0, 1), b=st.integers(0, 4), n=st.integers(1, 60),
+          mode=st.sampled_from(["honest", "honest", "replay", "inflate"]))
+    def settle(self, v, b, n, mode):
+        server, buyer = self.servers[v], self.s.buyers[b]
+        key = (buyer.address, server.address)
+        left = self.credit[buyer.address][0]
+        step = {"honest": min(n, left), "replay": 0, "inflate": left + n}[mode]
+        count = self.used[key] + step
+        serving = self.mm.call("serving", self.j, server.address)
+        due = count - self.used[key]
+        c = self.credit[buyer.address]
+        receipt = self.s.usage(self.job, buyer, count, server=server)
+        if not serving or due <= 0 or due > c[0]:
+            reason = ("model: not serving" if not serving else "model: receipt already settled" if due <= 0
+                      else "model: usage exceeds credits")
+            with reverts(reason):
+                self.s.settle(self.job, [receipt], server=server)
+            self.hit("refused " + reason)
+            return
+        self.s.settle(self.job, [receipt], server=server)
+        value = c[1] * due // c[0]
+        c[0], c[1] = c[0] - due, c[1] - value
+        self.used[key] = count
+        self.split(value, server.address)
+        self.hit("settled")
+
+    @rule(b=st.integers(0, 4))
+    def refund(self, b):
+        buyer = self.s.buyers[b]
+        if self.credit[buyer.address][0] == 0:
+            return
+        self.mm.transact("request_refund", self.j, sender=buyer)
+        self.s.kit.advance(86_400)
+        self.mm.transact("refund", self.j, sender=buyer)
+        self.credit[buyer.address] = [0, 0]
+        self.hit("refunded")
+
+    @rule(b=st.integers(0, 4), periods=st.integers(1, 3))
+    def access(self, b, periods):
+        self.mm.transact("buy_access", self.j, periods, sender=self.s.buyers[b])
+        self.split(periods * APRICE, None)
+        self.hit("access")
+
+    @rule(v=st.integers(0, 1))
+    def dispute(self, v):
+        server = self.servers[v]
+        x = [0, 2**20, 2**19, 0]
+        wrong = 1 - linear_answer(self.job.model, x, F, C)
+        if self.stake[server.address] == 0:
+            with reverts("model: nothing to slash"):
+                self.s.dispute(self.job, x, wrong, server=server)
+            return
+        self.s.dispute(self.job, x, wrong, server=server)
+        amount, self.stake[server.address] = self.stake[server.address], 0
+        for a, share in ((self.s.kit.outsider.address, amount // 2), (self.s.kit.treasury, amount - amount // 2)):
+            self.owed[a] = self.owed.get(a, 0) + share
+        self.hit("slashed")
+
+    @rule(i=st.integers(0, 2))
+    def claim(self, i):
+        leaf = self.job.leaves[i]
+        entitled = self.revenue * leaf["amount"] // (900 * TOKEN)
+        if entitled <= self.mm.call("withdrawn", self.j, i):
+            with reverts("model: nothing to claim"):
+                self.s.claim(self.job, i)
+            return
+        self.s.claim(self.job, i)
+        self.hit("claimed")
+
+    @rule(k=st.integers(0, 6))
+    def withdraw(self, k):
+        accts = [self.s.kit.treasury, self.s.kit.requester.address, *(x.address for x in self.servers),
+                 self.s.kit.outsider.address]
+        who = accts[k % len(accts)]
+        sender = next((a for a in (self.s.kit.requester, *self.servers, self.s.kit.outsider, self.s.kit.w["treasury"])
+                       if a.address == who))
+        if not self.owed.get(who):
+            with reverts("model: nothing owed"):
+                self.mm.transact("withdraw", sender=sender)
+            return
+        self.mm.transact("withdraw", sender=sender)
+        self.owed[who] = 0
+        self.hit("withdrawn")
+
+    @invariant()
+    def books(self):
+        mm, j = self.mm, self.j
+        for b, (q, v) in self.credit.items():
+            assert mm.call("credit", j, b) == (q, v)
+        for a, v in self.owed.items():
+            assert mm.call("owed", a) == v
+        assert mm.call("revenue", j) == self.revenue
+        held = sum(self.owed.values()) + sum(v for _, v in self.credit.values()) + sum(self.stake.values())
+        assert self.s.bal(mm.address) == held + self.revenue - mm.call("paid_out", j)
+        assert sum(self.s.bal(a) for a in self.tracked) == self.total, "tokens left the tracked accounts"
+
+
+def test_ledger_state_machine(kit):
+    shop = Shop(kit)
+    job = shop.listed()
+    Ledger.shop, Ledger.job = shop, job
+    OUTCOMES.clear()
+    run_state_machine_as_test(Ledger, settings=settings(
+        max_examples=15, stateful_step_count=30, deadline=None, database=None, derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]))
+    missing = [k for k in ("buy", "settled", "refunded", "access", "slashed", "claimed", "withdrawn",
+                           "refused model: receipt already settled", "refused model: usage exceeds credits")
+               if not OUTCOMES.get(k)]
+    assert not missing, f"the run never exercised: {missing} ({OUTCOMES})"
