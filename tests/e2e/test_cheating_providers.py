@@ -212,12 +212,15 @@ def test_jittered_sybil_copies_together_earn_less_than_one_honest_provider(world
     assert sum(out.claimed[a] for a in out.attackers) < min(out.claimed[h] for h in out.honest)
 
 
-def test_a_free_rider_sending_loud_noise_earns_nothing(world, tmp_path):
-    """Noise at half an update's norm passes the free-rider check (5% of the median norm) but scores
-    no positive contribution: the free-rider claims nothing. (It is not slashed either: it gets its stake
-    back, so trying costs it nothing but the job's opportunity.)"""
+def test_a_free_rider_sending_loud_noise_earns_next_to_nothing(world, tmp_path):
+    """Noise at half an update's norm passes the free-rider check (5% of the median norm) and is not
+    slashed (it gets its stake back). Each provider is valued by the term it adds to the round's
+    aggregate (`score_round(share="round")`), so noise is worth only its chance alignment with the
+    validators' loss: a few percent of an honest provider's pay at most, far below every one of them.
+    (Valued against each coalition's average instead, it scored below 0 and claimed nothing, but so
+    did every honest provider with few samples: tests/scoring/test_scoring_small_providers.py.)"""
     out = run_job(world, tmp_path, {0: Coalition(LoudFreeRider(rel=0.5))})
     (cheat,) = out.attackers
-    assert out.claimed[cheat] == 0 < min(out.claimed[h] for h in out.honest)
-    assert out.net[cheat] <= 0
+    assert out.claimed[cheat] < 0.05 * min(out.claimed[h] for h in out.honest)
+    assert out.net[cheat] == out.claimed[cheat]
     assert out.conserved

@@ -30,9 +30,10 @@ def quadratic_game(n: int, seed: int) -> WeightedGame:
     """v(S) = a random quadratic of the coalition's aggregation coefficients (the surrogate's own family)."""
     rng = np.random.default_rng(seed)
     w = rng.integers(1, 50, n).astype(float)
-    k = features(np.ones((1, n), dtype=bool), w, True).shape[1]
-    g = Surrogate(w, rng.normal(size=k), True, float(rng.normal()))
-    return WeightedGame(g, w)
+    game = WeightedGame(lambda M: np.zeros(M.shape[0]), w)
+    k = features(np.ones((1, n)), True).shape[1]
+    game._fn = Surrogate(n, game.coefficients, rng.normal(size=k), True, float(rng.normal()))
+    return game
 
 
 @settings(max_examples=25, deadline=None)
@@ -74,7 +75,7 @@ def test_seen_returns_every_evaluated_coalition():
 def test_fit_recovers_a_quadratic():
     u = quadratic_game(6, 1)
     M = all_masks(6)
-    g = fit(M, u.values(M), u.w, u.empty())
+    g = fit(M, u.values(M), u.coefficients, u.empty())
     np.testing.assert_allclose(g(M), u.values(M), atol=1e-6)
 
 

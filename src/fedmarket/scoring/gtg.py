@@ -271,7 +271,7 @@ def controlled_values(
     """
     n = utility.n
     masks, vals = utility.seen()
-    g = fit(masks, vals, utility.aggregation_weights(), v_empty)
+    g = fit(masks, vals, utility.coefficients, v_empty)
     phi_g = surrogate_shapley(g, lambda: latin_permutations(n, rng), batches=SURROGATE_BATCHES)
     exact_r = small_strata(utility, exact_strata) - small_strata(FunctionUtility(n, g), exact_strata)
     r = marg - prefix_marginals(g, perms)

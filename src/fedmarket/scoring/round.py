@@ -58,6 +58,7 @@ def score_round(
     method: str = "auto",
     metric: str = "accuracy",
     seed: int = 0,
+    share: str = "round",
 ) -> RoundScore:
     """Score every provider of one round on the validator's held-out data.
 
@@ -79,6 +80,12 @@ def score_round(
         Value of a coalition's model.
     seed : int, optional
         Seed of the sampling estimators.
+    share : {"round", "coalition"}, optional
+        What a member's update is weighted against in a coalition's model (see
+        :class:`~fedmarket.scoring.utility.AggregationUtility`). The default "round" values each
+        provider by the term it really adds to the round's aggregate: weighted against the
+        coalition instead, an honest provider with few samples (hence few local steps, a short
+        update) is valued below 0 for diluting the longer updates, and paid nothing.
 
     Returns
     -------
@@ -86,7 +93,7 @@ def score_round(
     """
     if method not in METHODS:
         raise ConfigError(f"unknown scoring method {method!r}; choose one of: {', '.join(METHODS)}")
-    u = AggregationUtility(model, params, updates, X, y, weights, metric=metric)
+    u = AggregationUtility(model, params, updates, X, y, weights, metric=metric, share=share)
     if method == "auto":
         method = "exact" if u.n <= EXACT_UP_TO else "gtg"
     if method == "exact":

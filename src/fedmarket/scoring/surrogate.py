@@ -1,18 +1,19 @@
 """A cheap surrogate of a round's game, as a control variate for sampled Shapley values (pure math).
 
 The value of coalition ``S`` in federated learning is the quality of the model aggregated from
-its members' updates with coefficients ``a_S`` (their aggregation weights over the coalition's
-total weight), a smooth function of ``a_S`` plus evaluation noise. A quadratic in ``a_S``,
-``g(S) = sum_{i<=j} Q_ij a_i a_j`` (constant and linear terms included, as ``sum_i a_i = 1``), fitted by least squares to the coalitions a
+its members' updates with coefficients ``a_S`` (``Utility.coefficients``: their aggregation
+weights over the coalition's, or the round's, total weight), a smooth function of ``a_S`` plus
+evaluation noise. A quadratic in ``a_S``, ``g(S) = c + b.a_S + sum_{i<=j} Q_ij a_i a_j``, fitted by least squares to the coalitions a
 sampler has already evaluated, follows most of it; its Shapley values cost no evaluation of the
 real game (every coalition when ``n`` is small, else many cheap sampled permutations), so only
 the residual ``v - g``, whose marginals vary far less than those of ``v``, has to be sampled
 (regression-adjusted Monte Carlo). Above ``QUADRATIC_UP_TO`` players the surrogate is linear in
-``a_S`` (``n`` terms instead of ``n (n + 1) / 2``).
+``a_S`` (``n + 1`` terms instead of ``(n + 1)(n + 2) / 2``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +32,10 @@ class Surrogate:
 
     Attributes
     ----------
-    weights : numpy.ndarray
-        Aggregation weight of each player ``(n,)``.
+    n : int
+        Number of players.
+    coefficients : callable
+        Maps coalitions ``(B, n)`` to their members' aggregation coefficients (``Utility.coefficients``).
     coef : numpy.ndarray
         Fitted coefficients, one per feature (see :func:`features`).
     quadratic : bool
@@ -41,7 +44,8 @@ class Surrogate:
         The empty coalition's value (taken as is, not fitted).
     """
 
-    weights: np.ndarray
+    n: int
+    coefficients: Callable[[np.ndarray], np.ndarray]
     coef: np.ndarray
     quadratic: bool
     empty: float
@@ -49,28 +53,21 @@ class Surrogate:
     def __call__(self, masks: np.ndarray) -> np.ndarray:
         """Surrogate values of boolean coalitions ``(B, n)``; the empty coalition gets ``empty``."""
         masks = np.asarray(masks, dtype=bool)
-        out = features(masks, self.weights, self.quadratic) @ self.coef
+        out = features(self.coefficients(masks), self.quadratic) @ self.coef
         out[~masks.any(axis=1)] = self.empty
         return out
 
 
-def features(masks: np.ndarray, weights: np.ndarray, quadratic: bool) -> np.ndarray:
-    """Design matrix of coalitions ``(B, n)``: every ``a_i a_j``, ``i <= j`` (quadratic), else the coefficients ``a_S``.
-
-    On a non-empty coalition ``sum_i a_i = 1``, so a constant and the linear terms are already
-    combinations of the pairwise products (``a_i = sum_j a_i a_j``): the quadratic design needs
-    no other column, and the linear one no constant.
-    """
-    cw = masks * weights
-    tot = cw.sum(axis=1, keepdims=True)
-    A = np.divide(cw, tot, out=np.zeros_like(cw, dtype=np.float64), where=tot > 0)
-    if not quadratic:
-        return A
-    iu, ju = np.triu_indices(masks.shape[1])
-    return A[:, iu] * A[:, ju]
+def features(A: np.ndarray, quadratic: bool) -> np.ndarray:
+    """Design matrix from coalitions' coefficients ``A`` ``(B, n)``: a constant, ``A`` and (quadratic) every ``a_i a_j``, ``i <= j``."""
+    cols = [np.ones((A.shape[0], 1)), A]
+    if quadratic:
+        iu, ju = np.triu_indices(A.shape[1])
+        cols.append(A[:, iu] * A[:, ju])
+    return np.concatenate(cols, axis=1)
 
 
-def fit(masks: np.ndarray, values: np.ndarray, weights: np.ndarray, empty: float) -> Surrogate:
+def fit(masks: np.ndarray, values: np.ndarray, coefficients: Callable[[np.ndarray], np.ndarray], empty: float) -> Surrogate:
     """Least-squares fit (a vanishing ridge) of the surrogate to evaluated non-empty coalitions.
 
     Parameters
@@ -79,22 +76,22 @@ def fit(masks: np.ndarray, values: np.ndarray, weights: np.ndarray, empty: float
         Evaluated coalitions ``(B, n)``.
     values : numpy.ndarray
         Their values ``(B,)``.
-    weights : numpy.ndarray
-        Aggregation weight of each player ``(n,)``.
+    coefficients : callable
+        The game's aggregation coefficients of coalitions (``Utility.coefficients``).
     empty : float
         The empty coalition's value.
     """
     masks = np.asarray(masks, dtype=bool)
     keep = masks.any(axis=1)
     quadratic = masks.shape[1] <= QUADRATIC_UP_TO
-    F = features(masks[keep], weights, quadratic)
+    F = features(coefficients(masks[keep]), quadratic)
     y = np.asarray(values, dtype=np.float64)[keep]
-    # normal equations with a vanishing ridge (rank-deficient designs, e.g. fewer coalitions than
-    # terms): one small solve, where an SVD-based lstsq stalls on a loaded BLAS
+    # normal equations with a vanishing ridge: the design is rank-deficient when the coefficients
+    # sum to 1 (FedAvg over the coalition) or there are fewer coalitions than terms; one small
+    # solve, where an SVD-based lstsq stalls on a loaded BLAS
     G = F.T @ F
     G[np.diag_indices_from(G)] += RIDGE * max(float(np.trace(G)) / G.shape[0], 1e-300)
-    coef = np.linalg.solve(G, F.T @ y)
-    return Surrogate(np.asarray(weights, dtype=np.float64), coef, quadratic, float(empty))
+    return Surrogate(masks.shape[1], coefficients, np.linalg.solve(G, F.T @ y), quadratic, float(empty))
 
 
 def prefix_values(g: Surrogate, perms: np.ndarray) -> np.ndarray:
@@ -118,7 +115,7 @@ def prefix_marginals(g: Surrogate, perms: np.ndarray) -> np.ndarray:
 def surrogate_shapley(g: Surrogate, draw, batches: int = 50) -> np.ndarray:
     """Shapley values of the surrogate: exact over every coalition up to ``ENUMERATE_UP_TO`` players,
     else the mean marginal over ``batches`` batches of permutations from ``draw()`` (no real evaluation)."""
-    n = g.weights.shape[0]
+    n = g.n
     if n <= ENUMERATE_UP_TO:
         return shapley_from_table(g(all_masks(n)))
     total, count = np.zeros(n), 0

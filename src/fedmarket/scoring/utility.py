@@ -10,6 +10,7 @@ from fedmarket.errors import ConfigError
 from fedmarket.fl.models import Model, SoftmaxRegression
 
 METRICS: tuple[str, ...] = ("accuracy", "neg_loss")
+SHARES: tuple[str, ...] = ("coalition", "round")
 
 
 def masks_from_ints(ints: np.ndarray, n: int) -> np.ndarray:
@@ -104,6 +105,12 @@ class Utility:
         """Aggregation weight of each player ``(n,)`` (all 1 unless the game aggregates by weight)."""
         return np.ones(self.n)
 
+    def coefficients(self, masks: np.ndarray) -> np.ndarray:
+        """Each member's coefficient in its coalition's aggregate ``(B, n)``: its aggregation weight over the coalition's."""
+        cw = np.asarray(masks, dtype=bool) * self.aggregation_weights()
+        tot = cw.sum(axis=1, keepdims=True)
+        return np.divide(cw, tot, out=np.zeros_like(cw, dtype=np.float64), where=tot > 0)
+
     def seen(self) -> tuple[np.ndarray, np.ndarray]:
         """Every coalition evaluated so far through the cache and its value: bool ``(B, n)``, float64 ``(B,)``."""
         if not self._cache:
@@ -162,8 +169,11 @@ class AggregationUtility(Utility):
     """Value of a coalition of providers: quality of the round's starting model plus their aggregated updates.
 
     The model of coalition ``S`` is ``params + sum_{i in S} w_i u_i / sum_{i in S} w_i``
-    (FedAvg of the coalition's updates onto the round's starting model; the
-    empty coalition keeps ``params``); its value is the accuracy (of the
+    (``share="coalition"``: FedAvg of the coalition's updates onto the round's
+    starting model) or ``params + sum_{i in S} w_i u_i / sum_{i in N} w_i``
+    (``share="round"``: each member adds the very term it has in the round's
+    aggregate, so a short honest update, from few samples, is not valued for
+    diluting longer ones); the empty coalition keeps ``params``. Its value is the accuracy (of the
     predicted class, the first largest logit as in ``Model.predict``, so a tie
     is one guess, not a hit), or minus the mean cross-entropy, on the
     validator's held-out data. For a
@@ -188,6 +198,8 @@ class AggregationUtility(Utility):
         Aggregation weight of each provider (e.g. sample counts), ``>= 0``; default all 1.
     metric : {"accuracy", "neg_loss"}, optional
         What a coalition's model is worth (default accuracy).
+    share : {"coalition", "round"}, optional
+        What a member's update is weighted against (default the coalition's total weight).
     chunk_elems : int, optional
         Upper bound on the logits held in memory at once (floats), default 2**24.
     """
@@ -202,6 +214,7 @@ class AggregationUtility(Utility):
         weights: Sequence[float] | None = None,
         *,
         metric: str = "accuracy",
+        share: str = "coalition",
         chunk_elems: int = 1 << 24,
     ) -> None:
         U = np.asarray(updates, dtype=np.float64)
@@ -210,6 +223,9 @@ class AggregationUtility(Utility):
         super().__init__(U.shape[0])
         if metric not in METRICS:
             raise ConfigError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
+        if share not in SHARES:
+            raise ConfigError(f"unknown share {share!r}; choose one of: {', '.join(SHARES)}")
+        self.share = share
         params = model.check_params(params)
         if U.shape[1] != params.shape[0]:
             raise ConfigError(f"updates have {U.shape[1]} parameters, the model {params.shape[0]}")
@@ -262,7 +278,8 @@ class AggregationUtility(Utility):
             self.evaluations += sel.size
             out = np.empty(sel.size)
             for j, r in enumerate(rows[sel].tolist()):
-                np.multiply(S[r], np.float32(1.0 / W[r]) if W[r] > 0 else np.float32(0.0), out=buf)
+                tot = W[r] if self.share == "coalition" else self.w.sum()
+                np.multiply(S[r], np.float32(1.0 / tot) if tot > 0 else np.float32(0.0), out=buf)
                 np.add(buf, self._L0, out=buf)
                 out[j] = self._score(buf.reshape(1, c, m), buf[true_at].reshape(1, m))[0]
             return out
@@ -273,10 +290,11 @@ class AggregationUtility(Utility):
         """Each provider's aggregation weight ``(n,)``."""
         return self.w.copy()
 
-    def _coefficients(self, masks: np.ndarray) -> np.ndarray:
-        cw = masks * self.w
-        tot = cw.sum(axis=1, keepdims=True)
-        return np.divide(cw, tot, out=np.zeros_like(cw), where=tot > 0)
+    def coefficients(self, masks: np.ndarray) -> np.ndarray:
+        """Each member's coefficient in its coalition's aggregate ``(B, n)`` (see ``share``)."""
+        if self.share == "coalition":
+            return super().coefficients(masks)
+        return np.asarray(masks, dtype=bool) * (self.w / self.w.sum() if self.w.sum() > 0 else 0.0)
 
     def _score(self, logits: np.ndarray, true: np.ndarray) -> np.ndarray:
         """Metric of a batch of class-major logits ``(B, c, m)`` given the true-class logits ``(B, m)``."""
@@ -289,7 +307,7 @@ class AggregationUtility(Utility):
         return (true - lse).mean(axis=1, dtype=np.float64)
 
     def _evaluate(self, masks: np.ndarray) -> np.ndarray:
-        A = self._coefficients(masks)
+        A = self.coefficients(masks)
         m, c = self.X.shape[0], self.model.n_classes
         out = np.empty(masks.shape[0])
         step = max(1, self.chunk_elems // (m * c))
