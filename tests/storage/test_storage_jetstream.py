@@ -212,3 +212,56 @@ def test_a_closed_link_says_so(nats_server):
     link.close()  # idempotent
     with pytest.raises(StorageError, match="is closed"):
         link.call(link.js.stream_info(MAIL_STREAM))
+
+
+def _ca_and_server_cert(tmp):
+    """A CA and a certificate for 127.0.0.1 signed by it (PEM files in `tmp`)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "consortium test CA")])
+
+    def signed(subject, public_key, ca: bool):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public_key)
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    pem = serialization.Encoding.PEM
+    (tmp / "ca.pem").write_bytes(signed(ca_name, ca_key.public_key(), True).public_bytes(pem))
+    server = signed(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker")]), key.public_key(), False)
+    (tmp / "server.pem").write_bytes(server.public_bytes(pem))
+    (tmp / "server.key").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+
+
+def test_tls_with_the_consortium_ca_and_refused_without_it(nats_server, tmp_path, monkeypatch):
+    from fedmarket.testing.natsserver import NatsServer
+
+    _ca_and_server_cert(tmp_path)
+    tls = ("--tls", "--tlscert", str(tmp_path / "server.pem"), "--tlskey", str(tmp_path / "server.key"))
+    with NatsServer(tmp_path / "tls", extra=tls) as server:
+        url = server.url.replace("nats://", "nats+tls://")
+        monkeypatch.setenv("FEDMARKET_NATS_CA", str(tmp_path / "ca.pem"))
+        store = open_store(url)
+        try:
+            assert store.get(store.put(b"update over TLS")) == b"update over TLS"
+        finally:
+            store.close()
+        monkeypatch.delenv("FEDMARKET_NATS_CA")  # the system's CAs do not know the consortium's
+        with pytest.raises(StorageError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            open_mailbox(url)
+        monkeypatch.setenv("FEDMARKET_NATS_CA", str(tmp_path / "missing.pem"))
+        with pytest.raises(StorageError, match="is not a file"):
+            open_mailbox(url)

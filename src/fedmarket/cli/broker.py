@@ -15,13 +15,14 @@ app.add_typer(broker_app, name="broker")
 
 
 @broker_app.command("check")
-def broker_check(url: str = typer.Argument(..., help="The server, nats://HOST:4222.")) -> None:
+def broker_check(url: str = typer.Argument(..., help="The server, nats://HOST:4222 (nats+tls://HOST:4222 with TLS).")) -> None:
     """Connect, create the mailbox stream and the blob bucket if they are missing, store and read
     back a probe blob (checked against its CID), and print what the server holds."""
+    from ..storage import is_nats
     from ..storage.jetstream import BLOB_BUCKET, MAIL_STREAM, JetStreamBlobStore, JetStreamMailbox
 
-    if not url.lower().startswith("nats://"):
-        raise ConfigError(f"not a NATS server URL: {url!r} (expected nats://HOST:PORT)")
+    if not is_nats(url):
+        raise ConfigError(f"not a NATS server URL: {url!r} (expected nats://HOST:PORT or nats+tls://HOST:PORT)")
     box = JetStreamMailbox(url)
     store = JetStreamBlobStore(url, link=box.link)
     try:

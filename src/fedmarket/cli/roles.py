@@ -36,7 +36,7 @@ app.add_typer(challenger_app, name="challenger")
 
 JOB = typer.Option(..., "--job", help="The job id.")
 MAILBOX = typer.Option("fedmarket-mailbox", "--mailbox",
-                       help="The job's mailbox: nats://HOST:4222 (a NATS JetStream server), or a directory every role can write (one machine).")
+                       help="The job's mailbox: nats://HOST:4222 (a NATS JetStream server; nats+tls:// with TLS), or a directory every role can write (one machine).")
 
 #: the options every role command takes: (name, type, typer option)
 COMMON = (

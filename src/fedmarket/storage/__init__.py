@@ -9,12 +9,18 @@ from .cid import cid_of, verify
 from .mailbox import Mailbox
 
 
+def is_nats(location: str | os.PathLike) -> bool:
+    """Whether `location` names a NATS server (nats://HOST:PORT, or nats+tls:// with TLS)."""
+    text = os.fspath(location)
+    return isinstance(text, str) and text.lower().startswith(("nats://", "nats+tls://"))
+
+
 def open_store(location: str | os.PathLike) -> BlobStore:
-    """The blob store at `location`: `nats://host:port` is a NATS JetStream server's object
-    store (`JetStreamBlobStore`), `ipfs+http://host:port` (or `ipfs+https://...`) a Kubo node's
+    """The blob store at `location`: `nats://host:port` (or `nats+tls://...`) is a NATS
+    JetStream server's object store (`JetStreamBlobStore`), `ipfs+http://host:port` (or `ipfs+https://...`) a Kubo node's
     RPC API (`IpfsHttpStore`); anything else is a local directory (`LocalBlobStore`)."""
     text = os.fspath(location)
-    if isinstance(text, str) and text.lower().startswith("nats://"):
+    if is_nats(text):
         from .jetstream import JetStreamBlobStore
 
         return JetStreamBlobStore(text)
@@ -26,11 +32,11 @@ def open_store(location: str | os.PathLike) -> BlobStore:
 
 
 def open_mailbox(location: str | os.PathLike):
-    """The mailbox at `location`: `nats://host:port` is a NATS JetStream stream
+    """The mailbox at `location`: `nats://host:port` (or `nats+tls://...`) is a NATS JetStream stream
     (`JetStreamMailbox`, for roles on different machines); anything else is a directory
     (`Mailbox`, for roles on one machine)."""
     text = os.fspath(location)
-    if isinstance(text, str) and text.lower().startswith("nats://"):
+    if is_nats(text):
         from .jetstream import JetStreamMailbox
 
         return JetStreamMailbox(text)
@@ -38,9 +44,9 @@ def open_mailbox(location: str | os.PathLike):
 
 
 def is_remote(location: str | os.PathLike) -> bool:
-    """Whether `location` names a service (nats://, ipfs+http(s)://) rather than a directory."""
+    """Whether `location` names a service (nats://, nats+tls://, ipfs+http(s)://) rather than a directory."""
     text = os.fspath(location)
-    return isinstance(text, str) and text.lower().startswith(("nats://", "ipfs+http://", "ipfs+https://"))
+    return is_nats(text) or (isinstance(text, str) and text.lower().startswith(("ipfs+http://", "ipfs+https://")))
 
 
-__all__ = ["BlobStore", "LocalBlobStore", "Mailbox", "cid_of", "is_remote", "open_mailbox", "open_store", "verify"]
+__all__ = ["BlobStore", "LocalBlobStore", "Mailbox", "cid_of", "is_nats", "is_remote", "open_mailbox", "open_store", "verify"]

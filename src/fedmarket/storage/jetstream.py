@@ -26,6 +26,8 @@ import atexit
 import base64
 import concurrent.futures
 import hashlib
+import os
+import ssl
 import threading
 import urllib.parse
 import weakref
@@ -47,6 +49,8 @@ MAIL_SUBJECTS = "fedmarket.mail"
 BLOB_BUCKET = "fedmarket-blobs"
 #: how long the server remembers a message id to drop a repeated post (seconds)
 DUPLICATE_WINDOW = 24 * 3600.0
+#: a PEM file of the CA that signed the server's certificate (nats+tls://), if not a system CA
+ENV_CA = "FEDMARKET_NATS_CA"
 #: message ids tried for one post when others took them first (then it goes out without one)
 ID_ATTEMPTS = 4
 
@@ -62,17 +66,33 @@ def redacted(url: str) -> str:
     return url.replace(f":{parsed.password}@", ":***@", 1)
 
 
+def tls_context() -> ssl.SSLContext:
+    """The TLS context for `nats+tls://` servers: the system's CAs, or only the PEM file named by
+    $FEDMARKET_NATS_CA (a consortium's own CA)."""
+    cafile = os.environ.get(ENV_CA)
+    if cafile and not os.path.isfile(cafile):
+        raise StorageError(f"${ENV_CA}={cafile} is not a file (a PEM file of the CA that signed the NATS server's certificate)")
+    try:
+        return ssl.create_default_context(cafile=cafile or None)
+    except (ssl.SSLError, ValueError) as exc:
+        raise StorageError(f"${ENV_CA}={cafile}: not a PEM CA certificate ({exc})") from None
+
+
 class NatsLink:
     """A connection to a NATS server, used synchronously: the asyncio client runs on its own
     event loop in a daemon thread, and `call` waits for one coroutine there. After the first
     connection the client reconnects by itself for as long as it takes (a restarted server);
-    calls made meanwhile fail with a `StorageError` after `timeout` seconds."""
+    calls made meanwhile fail with a `StorageError` after `timeout` seconds. `nats+tls://`
+    connects with TLS, the server's certificate checked against the system's CAs or
+    $FEDMARKET_NATS_CA."""
 
     def __init__(self, url: str, *, timeout: float = 10.0, connect_timeout: float = 5.0):
         parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme.lower() != "nats" or not parsed.hostname or parsed.path not in ("", "/"):
-            raise StorageError(f"not a NATS server URL: {url!r} (expected nats://HOST:PORT)")
-        self._url = url
+        scheme = parsed.scheme.lower()
+        if scheme not in ("nats", "nats+tls") or not parsed.hostname or parsed.path not in ("", "/"):
+            raise StorageError(f"not a NATS server URL: {url!r} (expected nats://HOST:PORT or nats+tls://HOST:PORT)")
+        self._tls = tls_context() if scheme == "nats+tls" else None
+        self._url = "tls://" + url.split("://", 1)[1] if self._tls else url
         self.url = redacted(url)  # what messages show: never the password
         self.timeout = timeout
         self.last_error: str | None = None
@@ -93,7 +113,7 @@ class NatsLink:
             self.last_error = str(exc) or type(exc).__name__
 
         nc = await nats.connect(self._url, name="fedmarket", connect_timeout=connect_timeout, allow_reconnect=True,
-                                max_reconnect_attempts=2, reconnect_time_wait=0.5, error_cb=quiet)
+                                max_reconnect_attempts=2, reconnect_time_wait=0.5, error_cb=quiet, tls=self._tls)
         nc.options["max_reconnect_attempts"] = -1  # connected once: from now on, never give up on the server
         return nc
 
