@@ -45,7 +45,7 @@ COMMON = (
     ("account", str, typer.Option(None, "--account", help="Signer: an account of the keystore (password from $FEDMARKET_PASSWORD or a prompt).")),
     ("keystore", Path, typer.Option(None, "--keystore", help=KEYSTORE_HELP)),
     ("dev_account", int, typer.Option(None, "--dev-account", help="Signer: anvil's public dev account I (chain id 31337 only).")),
-    ("store", str, typer.Option("fedmarket-blobs", "--store", help="Blob store: nats://HOST:4222 (a NATS JetStream server), ipfs+http://HOST:PORT (a Kubo node) or a directory.")),
+    ("store", str, typer.Option("fedmarket-blobs", "--store", help="Blob store: nats://HOST:4222 (a NATS JetStream server; nats+tls:// with TLS), ipfs+http://HOST:PORT (a Kubo node) or a directory.")),
     ("state_dir", Path, typer.Option(None, "--state-dir", help="This role's state directory (default ./fedmarket-state/ROLE-ADDRESS[-job-ID]).")),
     ("poll", float, typer.Option(1.0, "--poll", help="Seconds between two looks at the chain and the mailbox.")),
 )
