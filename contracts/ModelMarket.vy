@@ -475,7 +475,8 @@ def settle_usage(job_id: uint256, receipts: DynArray[Usage, MAX_BATCH]) -> uint2
     @param job_id The listed job.
     @param receipts One receipt per caller (its latest).
     @return The tokens the usage paid.
-    @custom:security A receipt at or below the settled count is refused, so none pays twice.
+    @custom:security A receipt at or below the settled count is refused, so none pays twice;
+                     a server serves past a caller's credit at its own risk.
     """
     terms: Offer = self._listed_offer(job_id)
     assert self._serving(job_id, msg.sender), "model: not serving"
@@ -488,11 +489,13 @@ def settle_usage(job_id: uint256, receipts: DynArray[Usage, MAX_BATCH]) -> uint2
         caller: address = statements._signer(digest, r.signature)
         last: uint256 = self.used[job_id][caller][msg.sender]
         assert r.count > last, "model: receipt already settled"
-        due: uint256 = r.count - last
         word: uint256 = self._credit[job_id][caller]
         count: uint256 = word & MAX_QUERIES
-        assert due <= count, "model: usage exceeds credits"
-        value: uint256 = (word >> 64) * due // count
+        # usage past the caller's credit (spent at another server meanwhile) is not paid; the receipt is consumed
+        due: uint256 = min(r.count - last, count)
+        value: uint256 = 0
+        if count > 0:
+            value = (word >> 64) * due // count
         self._credit[job_id][caller] = (((word >> 64) - value) << 64) | (count - due)
         self.used[job_id][caller][msg.sender] = r.count
         total += value

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -82,4 +83,8 @@ def serve(server: ModelServer, port: int, period: float, say=print) -> None:
     config = uvicorn.Config(server_app(server, period, say), host="127.0.0.1", port=port, log_level="warning",
                             lifespan="on")
     say(f"serving job {server.job_id} (model root 0x{server.trained.model_root.hex()}) on http://127.0.0.1:{port}")
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again for the
+    # handler it found: a no-op one makes that shutdown an exit 0, as for every role process
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     uvicorn.Server(config).run()

@@ -111,18 +111,27 @@ class ModelServer:
             caller = Usage(self.job_id, self.address, int(count)).signer(signature, self.chain_id, self.mm.address)
         except Exception:  # noqa: BLE001 - eth_account raises several kinds for a malformed signature
             raise QueryRefused("the usage signature is malformed") from None
-        settled = int(self.mm.call("used", self.job_id, caller, self.address))
+        settled, queries = self._settled_and_credit(caller)
         with self.lock:
             last = max(settled, self.latest.get(caller, (0, b""))[0])
             if count != last + 1:
                 raise QueryRefused(f"{caller}'s next count at this server is {last + 1}, not {count}")
-            queries, _ = self.mm.call("credit", self.job_id, caller)
             if int(self.mm.call("refund_time", self.job_id, caller)):
                 raise QueryRefused(f"{caller} asked for a refund of its credits")
-            if count - settled > int(queries):
-                raise QueryRefused(f"{caller} has credit for {int(queries)} unsettled queries; count {count} exceeds it")
+            if count - settled > queries:
+                raise QueryRefused(f"{caller} has credit for {queries} unsettled queries; count {count} exceeds it")
             self.latest[caller] = (count, signature)
         return caller
+
+    def _settled_and_credit(self, caller: str) -> tuple[int, int]:
+        """The caller's settled count here and its credits left, read as one consistent pair: a
+        settlement between the two reads changes both, so the pair is read again until the count held."""
+        for _ in range(5):
+            before = int(self.mm.call("used", self.job_id, caller, self.address))
+            queries = int(self.mm.call("credit", self.job_id, caller)[0])
+            if int(self.mm.call("used", self.job_id, caller, self.address)) == before:
+                return before, queries
+        raise QueryRefused("the chain moved under five reads in a row; try again")
 
     # ---- settling -------------------------------------------------------------------------
     def pending(self) -> list[tuple[int, bytes]]:

@@ -1,0 +1,173 @@
+"""The model market on anvil with `fedmarket serve` as its own process: a softmax job settles,
+its owner lists it, a caller prepays credits and queries the server over HTTP, a forged answer
+signed with the server's key is slashed, SIGTERM settles the period's usage in one transaction,
+`fedmarket model info` shows the record, the contributors claim, and balances conserve."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from fedmarket.chain.rpc_backend import RpcChain
+from fedmarket.driver import Cast, JobDriver, fund
+from fedmarket.fl.data import load_dataset, subset
+from fedmarket.fl.partition import iid_partition
+from fedmarket.keys import dev_account
+from fedmarket.market import Deployment
+from fedmarket.protocol.inference import fixed_input, input_hash, linear_answer
+from fedmarket.protocol.receipts import Answer
+from fedmarket.roles import Aggregator, Provider, Requester
+from fedmarket.roles.caller import ModelCaller, dispute_answer
+from fedmarket.roles.model_owner import Offer, claim_usage_revenue, list_model, model_record
+from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
+from fedmarket.storage import LocalBlobStore, Mailbox
+
+TOKEN = 10**18
+PRICE = TOKEN // 100
+STAKE = 5 * TOKEN
+SERVER_DEV = 5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def settled_softmax_job(chain, tmp_path):
+    deployer, treasury, requester, aggregator = (chain.new_account("serve-it", i) for i in range(4))
+    providers = [chain.new_account("serve-it", 10 + i) for i in range(3)]
+    dep = Deployment.deploy(chain, deployer, treasury.address)
+    fund(dep, deployer, {a.address: 1_000 * TOKEN for a in (requester, aggregator, *providers)})
+    for a in (requester, aggregator, *providers):
+        dep.token.transact("approve", dep.market.address, 2**256 - 1, sender=a)
+    store, box = LocalBlobStore(tmp_path / "blobs"), Mailbox(tmp_path / "box")
+    ds = load_dataset("digits")
+    spec = JobSpec(name="softmax to serve",
+                   data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
+                   model={"kind": "softmax"}, training=TrainingSpec(rounds=2, local_epochs=1, batch_size=16, learning_rate=0.1),
+                   reward=RewardSpec(escrow=100 * TOKEN, provider_stake=TOKEN, aggregator_stake=50 * TOKEN, validator_stake=0),
+                   participation=ParticipationSpec(min_providers=3, max_providers=3, max_validators=0))
+    parts = iid_partition(ds.y, 3, 0)
+    provs = [Provider(dep, a, store, box, subset(ds, p).X, subset(ds, p).y) for a, p in zip(providers, parts)]
+    cast = Cast(Requester(dep, requester, store), Aggregator(dep, aggregator, store, box), provs, [])
+    job = JobDriver(dep, store, box, cast, spec).run()
+    contracts = tmp_path / "contracts.json"
+    dep.save(contracts, chain_id=chain.chain_id)
+    return dep, store, ds, job, contracts, {"deployer": deployer, "treasury": treasury, "requester": requester,
+                                            "providers": providers}
+
+
+@pytest.fixture
+def serve_process(node, tmp_path):
+    """Starts `fedmarket serve` for a job; the process is terminated when the test ends."""
+    procs = []
+
+    def start(contracts, job: int, port: int):
+        cmd = [sys.executable, "-m", "fedmarket", "serve", "--job", str(job), "--rpc", node.url, "--contracts", str(contracts),
+               "--dev-account", str(SERVER_DEV), "--store", str(tmp_path / "blobs"), "--state-dir",
+               str(tmp_path / f"serve-{len(procs)}"), "--port", str(port), "--period", "1"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+
+
+def wait_up(proc, url: str) -> None:
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/info", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise AssertionError(f"fedmarket serve exited: {proc.communicate()[1][-800:]}") from None
+            time.sleep(0.2)
+    raise AssertionError("fedmarket serve did not come up")
+
+
+def test_serve_on_anvil_from_credits_to_claims(node, tmp_path, serve_process):
+    chain = RpcChain(node.url)
+    dep, store, ds, job, contracts, who = settled_softmax_job(chain, tmp_path)
+    server = dev_account(SERVER_DEV)
+    buyer = chain.new_account("serve-it", 50)
+    fund(dep, who["deployer"], {server.address: 10 * TOKEN, buyer.address: 10 * TOKEN})
+    watched = [dep.model_market.address, who["requester"].address, server.address, buyer.address,
+               who["treasury"].address, *(p.address for p in who["providers"])]
+    start = {a: dep.balance(a) for a in watched}
+
+    unlisted = serve_process(contracts, job, free_port())  # not listed yet: one line, non-zero exit
+    assert unlisted.wait(timeout=120) != 0 and "not listed" in unlisted.communicate()[1]
+
+    list_model(dep, store, who["requester"], job, Offer(query_price=PRICE, owner_bps=1_000, server_bps=2_000,
+                                                        server_stake=STAKE))
+    port = free_port()
+    proc = serve_process(contracts, job, port)
+    url = f"http://127.0.0.1:{port}"
+    wait_up(proc, url)
+    assert dep.model_market.call("serving", job, server.address)  # it staked the offer's stake itself
+    caller = ModelCaller(dep, buyer, job, server.address)
+    caller.buy(30)
+    with httpx.Client(timeout=30) as client:
+        for row in ds.X[:25]:
+            count, sig = caller.next_receipt()
+            r = client.post(url + "/query", json={"features": row.tolist(), "count": count, "signature": "0x" + sig.hex()})
+            assert r.status_code == 200, r.text
+            caller.check(r.json())
+        replay = client.post(url + "/query", json={"features": ds.X[0].tolist(), "count": 25,
+                                                   "signature": "0x" + sig.hex()})
+        assert replay.status_code == 400
+
+    for _ in range(120):  # the next period's settlement: one transaction for the caller's 25 queries
+        if model_record(dep, job)["queries_settled"] == 25:
+            break
+        time.sleep(0.5)
+    assert model_record(dep, job)["queries_settled"] == 25
+    assert dep.model_market.call("credit", job, buyer.address) == (5, 5 * PRICE)
+
+    # a forged answer under the server's key (anvil's dev keys are public): proven wrong on chain
+    from fedmarket.modelfile import trained_model
+
+    trained = trained_model(dep, store, job)
+    x = fixed_input(trained.job_model.features(ds.X[:1])[0])
+    wrong = (linear_answer(trained.q, x, 64, 10) + 3) % 10
+    sig = Answer(job, input_hash(x), wrong).sign(server.key, dep.chain_id, dep.model_market.address)
+    r = dispute_answer(dep, buyer, store, job, server.address, {"input": x, "answer": wrong, "signature": "0x" + sig.hex()})
+    assert r.event("AnswerSlashed")["amount"] == STAKE
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "settled 25 queries of 1 callers" in err
+
+    info = subprocess.run([sys.executable, "-m", "fedmarket", "model", "info", str(job), "--rpc", node.url,
+                           "--contracts", str(contracts)], capture_output=True, text=True, timeout=120)
+    assert info.returncode == 0, info.stderr
+    record = json.loads(info.stdout)
+    assert (record["queries_settled"], record["gross_revenue"], record["disputes_lost"]) == (25, 25 * PRICE, 1)
+
+    # contributors claim by reward leaf; everyone else withdraws; the buyer takes its unused credits back
+    paid = sum(claim_usage_revenue(dep, store, p, job).event("RevenueClaimed")["amount"] for p in who["providers"])
+    gross = 25 * PRICE
+    contributors = gross - gross // 100 - gross // 10 - gross // 5
+    assert contributors - 3 <= paid <= contributors
+    for acct in (buyer, who["treasury"], who["requester"], server):
+        dep.model_market.transact("withdraw", sender=acct)
+    dep.model_market.transact("request_refund", job, sender=buyer)
+    chain.advance_time(86_400 + 1)
+    dep.model_market.transact("refund", job, sender=buyer)
+    delta = {a: dep.balance(a) - start[a] for a in watched}
+    assert sum(delta.values()) == 0, "tokens appeared or vanished"
+    assert delta[buyer.address] == -gross + STAKE // 2
+    assert delta[server.address] == -STAKE + gross // 5
+    assert delta[dep.model_market.address] == contributors - paid
