@@ -111,3 +111,30 @@ def test_credits_queries_settlement_slash_and_claims(world, settled_softmax):
     assert delta[server_acct.address] == -STAKE + 20 * PRICE // 5
     assert delta[dep.model_market.address] == contributors - claimed  # only the rounding dust stays
 
+
+
+def test_a_restarted_server_settles_what_it_answered(world, settled_softmax, tmp_path):
+    """The journal of answered queries survives the server: a new one on the same journal expects
+    each caller's next count and settles the queries the first one answered."""
+    driver, ds, job = settled_softmax
+    dep, store = world["dep"], driver.store
+    list_model(dep, store, world["requester"], job, Offer(query_price=PRICE, server_stake=STAKE))
+    journal = tmp_path / "receipts.jsonl"
+    first = ModelServer(dep, world["providers"][5], store, job, journal=journal)
+    first.ensure_staked()
+    caller = ModelCaller(dep, world["validators"][3], job, first.address)
+    caller.buy(10)
+    for row in ds.X[:4]:
+        first.answer(list(row), *caller.next_receipt())
+    with open(journal, "a") as fh:
+        fh.write('["0xcut short by a cra')  # a crash in the middle of a line
+    second = ModelServer(dep, world["providers"][5], store, job, journal=journal)
+    from fedmarket.roles.server import QueryRefused
+
+    caller.count = 2
+    with pytest.raises(QueryRefused, match="next count at this server is 5, not 3"):
+        second.answer(list(ds.X[0]), *caller.next_receipt())
+    caller.count = 4
+    second.answer(list(ds.X[4]), *caller.next_receipt())
+    assert second.settle()[0].event("UsageSettled")["queries"] == 5
+    assert second.pending() == []

@@ -329,10 +329,11 @@ def serve(
         raise ConfigError(f"--period must be positive (got {period})")
     if not 0 < port < 65_536:
         raise ConfigError(f"--port must be a TCP port (got {port})")
-    dep, signer, _ = ctx.connect("server", job)
+    dep, signer, state = ctx.connect("server", job)
     blobs, _ = ctx.stores()
     try:
-        server = ModelServer(dep, signer, blobs, job)
+        state.mkdir(parents=True, exist_ok=True)
+        server = ModelServer(dep, signer, blobs, job, journal=state / "receipts.jsonl")
         did = server.ensure_staked()
         if did:
             typer.echo(did, err=True)

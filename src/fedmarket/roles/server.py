@@ -11,8 +11,10 @@ argmax the contract re-executes (`protocol.inference`), so a wrong answer costs 
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -50,7 +52,7 @@ class Reply:
 class ModelServer:
     """Serves one listed job's model, verified against the final model root listed on chain."""
 
-    def __init__(self, dep: Deployment, account: Account, store: BlobStore, job_id: int):
+    def __init__(self, dep: Deployment, account: Account, store: BlobStore, job_id: int, journal: Path | None = None):
         from ..modelfile import trained_model
 
         if dep.model_market is None:
@@ -72,6 +74,17 @@ class ModelServer:
         self.chain_id = dep.chain_id
         self.latest: dict[str, tuple[int, bytes]] = {}  # caller -> its latest receipt (count, signature)
         self.lock = threading.Lock()
+        self.journal = journal
+        if journal is not None:
+            self.latest = read_journal(journal)
+
+    def _record(self, caller: str, count: int, signature: bytes) -> None:
+        """Keep the caller's latest receipt (under the lock), appended to the journal first: a
+        restarted server still settles the queries it answered and expects each caller's next count."""
+        if self.journal is not None:
+            with open(self.journal, "a") as fh:
+                fh.write(json.dumps([caller, count, "0x" + signature.hex()]) + "\n")
+        self.latest[caller] = (count, signature)
 
     @property
     def address(self) -> str:
@@ -120,7 +133,7 @@ class ModelServer:
                 raise QueryRefused(f"{caller} asked for a refund of its credits")
             if count - settled > queries:
                 raise QueryRefused(f"{caller} has credit for {queries} unsettled queries; count {count} exceeds it")
-            self.latest[caller] = (count, signature)
+            self._record(caller, count, signature)
         return caller
 
     def _settled_and_credit(self, caller: str) -> tuple[int, int]:
@@ -147,3 +160,22 @@ class ModelServer:
             done.append(self.mm.transact("settle_usage", self.job_id, todo[i : i + MAX_BATCH], sender=self.account))
         return done
 
+
+
+def read_journal(path: Path) -> dict[str, tuple[int, bytes]]:
+    """Each caller's latest receipt in a server's journal (one JSON line per answered query; a
+    line cut short by a crash is ignored: its query was never answered)."""
+    latest: dict[str, tuple[int, bytes]] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return latest
+    for line in lines:
+        try:
+            caller, count, sig = json.loads(line)
+            entry = (int(count), bytes.fromhex(sig[2:]))
+        except (ValueError, TypeError):
+            continue
+        if entry[0] > latest.get(caller, (0, b""))[0]:
+            latest[caller] = entry
+    return latest
