@@ -104,6 +104,8 @@ def _walk(doc, path=()):
     elif isinstance(doc, list):
         for v in doc:
             yield from _walk(v, path)
+    elif isinstance(doc, str) and doc.startswith("{"):  # a signed message's exact bytes: walk them too
+        yield from _walk(json.loads(doc), path)
     else:
         yield path, doc
 
@@ -114,7 +116,7 @@ def test_no_statistic_of_private_data_in_any_message_blob_or_report(world, tmp_p
     providers, losses, roots = _run_job(world, tmp_path, spec)
     addresses = {p.address for p in providers}
     sizes = {p.n_samples for p in providers}
-    scanned = 0
+    scanned = signed_bodies = 0
     for path, doc in _documents(roots):
         if doc == json.loads(spec.canonical()):
             continue  # the requester's spec: the job's public settings
@@ -127,9 +129,12 @@ def test_no_statistic_of_private_data_in_any_message_blob_or_report(world, tmp_p
                 assert validator_doc and leaf == "accuracy", f"{path.name}: per-provider statistic {'/'.join(keys)}"
             if isinstance(value, float):
                 assert all(abs(value - loss) > 1e-9 for loss in losses), f"{path.name}: a provider's training loss"
+        if isinstance(doc, dict) and "signed" in doc:
+            signed_bodies += 1
         if isinstance(doc, dict) and doc.get("provider") in addresses and "weight" in doc:
             assert doc["weight"] == 1 and doc["weight"] not in sizes, f"{path.name}: a sample count left a provider"
     assert scanned >= (2 * N + 2) * spec.training.rounds  # the scan saw the job's whole traffic
+    assert signed_bodies >= (4 * N if spec.privacy.secure else 0) * spec.training.rounds  # and the secure phases
 
 
 # ---------------------------------------------------------------------------- one release per round
