@@ -8,7 +8,8 @@ random labels; the global model is first trained for ``--warm-rounds`` FedAvg ro
 provider trains locally once more, and the value of a coalition is the quality, on the validator's
 held-out test images, of the starting model plus the coalition's FedAvg update: ``--metric neg_loss``
 (default: minus the mean cross-entropy, what validators score with in ``roles/validator.py``) or
-``accuracy``. Exact, GTG, TMC and LOO run on the same round (each on a fresh cache, interleaved,
+``accuracy``; with ``--share round`` (default, as ``scoring.score_round``) a member adds its own
+term of the round's aggregate, with ``coalition`` the coalition's FedAvg. Exact, GTG, TMC and LOO run on the same round (each on a fresh cache, interleaved,
 best of ``--repeats``). Errors are against exact: ``gtg_mae`` the mean absolute error as a fraction
 of the total value ``|v(N) - v(empty)|``, ``gtg_provider_rel_err`` the median over providers of
 ``|estimate - exact| / |exact|``, ``gtg_spearman`` the rank correlation, ``gtg_speedup`` exact's
@@ -108,7 +109,7 @@ def one_seed(data, args, seed: int, metric: str, repeats: int) -> dict:
         data, args.providers, samples=args.samples * args.providers, val=args.val, noisy=args.noisy,
         alpha=args.alpha, warm=args.warm_rounds, seed=seed,
     )
-    fresh = lambda: AggregationUtility(model, params, U, Xv, yv, w, metric=metric)  # every timing builds the utility
+    fresh = lambda: AggregationUtility(model, params, U, Xv, yv, w, metric=metric, share=args.share)  # every timing builds the utility
     fresh().evaluate(np.ones((4, args.providers), dtype=bool))  # warm-up (BLAS threads, page faults)
     runs = {
         "exact": lambda: exact_shapley(fresh()),
@@ -158,6 +159,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0-4", help="rounds to judge on, e.g. 0-4 (the tuning used 100-111: shapley_tune.py)")
     ap.add_argument("--metric", default="neg_loss", choices=["neg_loss", "accuracy"],
                     help="coalition value: neg_loss is what validators score with (roles/validator.py)")
+    ap.add_argument("--share", default="round", choices=["round", "coalition"],
+                    help="what a member's update is weighted against: round is what validators use (score_round)")
     ap.add_argument("--also-accuracy", action="store_true", help="add the errors under the accuracy metric (no timing)")
     ap.add_argument("--repeats", type=int, default=3, help="timings of each n = 12 method (best kept)")
     ap.add_argument("--verbose", action="store_true", help="add the per-seed rows (values, evaluation counts)")
@@ -176,7 +179,7 @@ def main() -> None:
         data = load(name)
     seeds = parse_seeds(args.seeds)
     rows = [one_seed(data, args, s, args.metric, args.repeats) for s in seeds]
-    out = {"dataset": name, "metric": args.metric, "seeds": seeds, **summary(rows)}
+    out = {"dataset": name, "metric": args.metric, "share": args.share, "seeds": seeds, **summary(rows)}
     if args.also_accuracy:
         acc = summary([one_seed(data, args, s, "accuracy", 1) for s in seeds])
         out["accuracy_metric"] = {k: acc[k] for k in ("gtg_mae", "gtg_spearman", "gtg_provider_rel_err", "gtg_evaluations")}
@@ -184,7 +187,8 @@ def main() -> None:
         big = make_round(data, args.big, samples=args.samples * args.big, val=args.val, noisy=args.noisy,
                          alpha=args.alpha, warm=args.warm_rounds, seed=seeds[0])
         model, params, U, w, Xv, yv = big
-        est, t = timed(lambda: gtg_shapley(AggregationUtility(model, params, U, Xv, yv, w, metric=args.metric), seed=seeds[0]))
+        big_u = lambda: AggregationUtility(model, params, U, Xv, yv, w, metric=args.metric, share=args.share)
+        est, t = timed(lambda: gtg_shapley(big_u(), seed=seeds[0]))
         out[f"gtg_s_n{args.big}"] = round(t, 3)
         out[f"gtg_n{args.big}_evaluations"] = est.evaluations
     if args.verbose:
