@@ -69,13 +69,14 @@ def test_bad_input(digits_round):
         FunctionUtility(3, lambda M: M.sum(axis=1)).values(np.ones((2, 4), dtype=bool))
 
 
-def test_incremental_walk_equals_plain_evaluation(digits_round):
+@pytest.mark.parametrize("share", ["coalition", "round"])
+def test_incremental_walk_equals_plain_evaluation(digits_round, share):
     from fedmarket.scoring import gtg_shapley
     from fedmarket.scoring.utility import Utility
 
     model, params, U, w, X, y = digits_round
-    fast = AggregationUtility(model, params, U, X, y, w)
-    plain = AggregationUtility(model, params, U, X, y, w)
+    fast = AggregationUtility(model, params, U, X, y, w, share=share)
+    plain = AggregationUtility(model, params, U, X, y, w, share=share)
     plain.new_walk = lambda size: Utility.new_walk(plain, size)  # force the mask-based path
     a = gtg_shapley(fast, seed=0, conv_tol=0.0, max_permutations=24)
     b = gtg_shapley(plain, seed=0, conv_tol=0.0, max_permutations=24)
@@ -128,3 +129,20 @@ def test_accuracy_is_the_models_accuracy_on_any_coalition(seed, c, ties):
     perm = rng.permutation(n)[None, :]
     marg = walk(AggregationUtility(model, params, U, X, y, w, metric="accuracy"), perm, want[0], want[-1], 0.0)
     np.testing.assert_allclose(marg.sum(), want[-1] - want[0], atol=1e-12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), metric=st.sampled_from(["accuracy", "neg_loss"]))
+def test_round_share_adds_each_members_own_term(digits_round, seed, metric):
+    """Property: with share="round" a coalition's model is the start plus its members' terms of the
+    round's aggregate (sum_S w_i u_i / sum_N w); the grand coalition is the same model either way."""
+    model, params, U, w, X, y = digits_round
+    u = AggregationUtility(model, params, U, X, y, w, metric=metric, share="round")
+    masks = np.random.default_rng(seed).random((12, U.shape[0])) < 0.5
+    masks[0] = True
+    want = [one_by_one(model, params, (w[m].sum() / w.sum()) * U, w, X, y, m, metric) for m in masks]
+    np.testing.assert_allclose(u.values(masks), want, atol=1e-5)
+    grand = AggregationUtility(model, params, U, X, y, w, metric=metric).grand()
+    assert u.grand() == pytest.approx(grand, abs=1e-9)
+    with pytest.raises(ConfigError):
+        AggregationUtility(model, params, U, X, y, w, share="everyone")
