@@ -19,18 +19,18 @@ import pytest
 
 pytest.importorskip("flwr", reason="the Flower transport is the optional `flower` extra")
 
-from fedmarket.chain.anvil import AnvilNode, find_anvil  # noqa: E402
-from fedmarket.chain.rpc_backend import RpcChain  # noqa: E402
-from fedmarket.fl.data import load_dataset, subset  # noqa: E402
-from fedmarket.fl.partition import iid_partition  # noqa: E402
-from fedmarket.keys import dev_account  # noqa: E402
-from fedmarket.market import Deployment, JobState  # noqa: E402
-from fedmarket.roles import Requester  # noqa: E402
-from fedmarket.roles.common import committed_rounds  # noqa: E402
-from fedmarket.spec import DataSchema, DeadlineSpec, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec, TransportSpec  # noqa: E402
-from fedmarket.storage import LocalBlobStore  # noqa: E402
-from fedmarket.transport.flower import app_hash  # noqa: E402
-from fedmarket.transport.flower_nodes import descendants, free_port  # noqa: E402
+from fedmarket.chain.anvil import AnvilNode, find_anvil
+from fedmarket.chain.rpc_backend import RpcChain
+from fedmarket.fl.data import load_dataset, subset
+from fedmarket.fl.partition import iid_partition
+from fedmarket.keys import dev_account
+from fedmarket.market import Deployment, JobState
+from fedmarket.roles import Requester
+from fedmarket.roles.common import committed_rounds
+from fedmarket.spec import DataSchema, DeadlineSpec, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec, TransportSpec
+from fedmarket.storage import LocalBlobStore
+from fedmarket.transport.flower import app_hash
+from fedmarket.transport.flower_nodes import descendants, free_port
 
 pytestmark = [pytest.mark.skipif(find_anvil() is None, reason="needs anvil (npm install)"), pytest.mark.slow]
 

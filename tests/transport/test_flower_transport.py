@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import shutil
+import signal
 import time
 
 import numpy as np
@@ -31,7 +33,8 @@ from fedmarket.roles.common import committed_rounds, round_topic
 from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec, TransportSpec
 from fedmarket.storage import LocalBlobStore, Mailbox
 from fedmarket.transport.flower import APP_DIR, app_hash
-from fedmarket.transport.flower_nodes import SuperLink, SuperNode, Tls, stop_all
+from fedmarket.transport.flower_nodes import Serving, SuperLink, SuperNode, Tls, stop_all
+from fedmarket.transport.flower_processes import FlowerAggregatorProcess
 
 pytestmark = pytest.mark.skipif(find_anvil() is None, reason="needs anvil (npm install)")
 
@@ -221,3 +224,32 @@ def test_a_provider_refuses_a_bundle_the_job_spec_does_not_name(tmp_path, servic
         assert not m.agg_box.read(round_topic(m.job, 0))  # nothing filed, nothing committed
         assert all(not p.mailbox.read(round_topic(m.job, 0)) for p in m.providers)  # nobody trained
         assert not committed_rounds(m.dep, m.job)
+
+
+@pytest.mark.slow
+def test_the_job_goes_on_after_the_superlink_dies_mid_job(tmp_path, services):
+    with AnvilNode() as node:
+        m = Market(tmp_path, node)
+        # its state in a database file: SuperNodes keep their identity across the SuperLink's restart
+        serving = Serving(SuperLink(tmp_path / "link", database=str(tmp_path / "superlink.db")), m.run_config())
+        services.append(serving)
+        serving.start()
+        for i in range(N):
+            services.append(SuperNode(tmp_path / f"node{i}", serving.link.address, m.node_config(i), app_hash()).start())
+        events: list[str] = []
+        proc = FlowerAggregatorProcess(m.dep, m.agg_account, m.agg_store, m.agg_box, m.job, tmp_path / "agg-state",
+                                       collect_timeout=300, log=events.append, serving=serving)
+        deadline, crashed = time.monotonic() + 300, []
+
+        def over() -> bool:
+            done = len(committed_rounds(m.dep, m.job))
+            if done >= 1 and not crashed:  # the SuperLink crashes once round 0 is in
+                crashed.append(serving.link.proc.pid)
+                os.kill(serving.link.proc.pid, signal.SIGKILL)
+            return done >= ROUNDS or time.monotonic() > deadline
+
+        proc.run(0.1, until=over)
+        log = serving.run.output() if serving.run else ""
+        assert [c.count for c in committed_rounds(m.dep, m.job)] == [N] * ROUNDS, "\n".join(events) + log[-3000:]
+        assert serving.restarts == 1 and any("the SuperLink had stopped" in e for e in events)
+        assert Auditor(m.dep, m.agg_store).audit(m.job).ok

@@ -59,8 +59,9 @@ def aggregator_serve_flower(
     """Serve the job over Flower: a SuperLink, the market's Flower app on it (one Flower message per
     provider and round, each signed update checked and filed), and the aggregator's process, which
     commits every round, posts rewards and claims as `aggregator run` does."""
-    from ..processes import AggregatorProcess
-    from ..transport.flower_nodes import SuperLink, Tls, stop_all
+    from ..transport.flower import REWARDS_WAIT
+    from ..transport.flower_nodes import Serving, SuperLink, Tls
+    from ..transport.flower_processes import FlowerAggregatorProcess
 
     tls_files = (ssl_ca, ssl_cert, ssl_key)
     if any(tls_files) and not all(tls_files):
@@ -75,22 +76,21 @@ def aggregator_serve_flower(
         raise ConfigError(f"job {job} names Flower app bundle {spec.transport.flower_app_hash[:16]}, this installation's "
                           f"is {ours[:16]} (another fedmarket version?)")
     tls = Tls(ssl_ca.resolve(), ssl_cert.resolve(), ssl_key.resolve()) if ssl_ca else None
-    link = SuperLink(state / "flower", port, host, tls=tls, node_auth=bool(supernode_keys))
-    services = [link.start()]
+    # its state in a file of the state directory: SuperNodes keep their identity across a restart
+    link = SuperLink(state / "flower", port, host, tls=tls, node_auth=bool(supernode_keys),
+                     database=str((state / "flower" / "superlink.db").resolve()))
+    serving = Serving(link, {"rpc": ctx.rpc, "contracts": str(ctx.contracts.resolve()), "job-id": job,
+                             "store": _local(ctx.store), "mailbox": _local(str(mailbox)), "round-timeout": round_timeout,
+                             "node-wait": 60.0, "give-up-after": 0.0, "poll": 0.2},
+                      [k.resolve() for k in supernode_keys or []])
     try:
-        link.wait_ready()
-        if supernode_keys:
-            link.register(*(k.resolve() for k in supernode_keys))
-        services.append(link.submit({"rpc": ctx.rpc, "contracts": str(ctx.contracts.resolve()), "job-id": job,
-                                     "store": _local(ctx.store), "mailbox": _local(str(mailbox)),
-                                     "round-timeout": round_timeout, "node-wait": 60.0, "give-up-after": 0.0,
-                                     "poll": 0.2}))
+        serving.start()
         print(f"SuperLink on {link.address}; Flower app {ours[:16]} running for job {job}", flush=True)
-        ctx.run(AggregatorProcess(dep, signer, blobs, box, job, state, collect_timeout=collect_timeout,
-                                  reveal_timeout=reveal_timeout))
-        services[-1].wait(round_timeout)  # the ServerApp hands the providers the rewards document, then ends
+        ctx.run(FlowerAggregatorProcess(dep, signer, blobs, box, job, state, collect_timeout=collect_timeout,
+                                        reveal_timeout=reveal_timeout, serving=serving))
+        serving.run.wait(REWARDS_WAIT + 30)  # the ServerApp hands the providers the rewards document, then ends
     finally:
-        stop_all(reversed(services))
+        serving.stop()
 
 
 @role_command(provider_app, "supernode")
@@ -108,7 +108,7 @@ def provider_supernode(
     """Run this provider's SuperNode for the job: join (stake by permit), let the aggregator's ServerApp
     have each round trained here with the market's provider code (only the bundle the job's spec names
     runs), then claim reward and stake."""
-    from ..transport.flower_provider import SuperNodeProviderProcess
+    from ..transport.flower_processes import SuperNodeProviderProcess
     from ..spec import JobSpec
     from ..storage import Mailbox
     from ..transport.flower_nodes import SuperNode

@@ -50,6 +50,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 APP_DIR = Path(__file__).resolve().parent / "flower_app"
 #: the record every market message and reply carries
 RECORD = "fedmarket"
+#: seconds the ServerApp waits for the SuperNodes to take the rewards document
+REWARDS_WAIT = 60.0
 #: the environment variable naming the bundle hash a provider's SuperNode accepts
 APP_HASH_ENV = "FEDMARKET_FLOWER_APP_HASH"
 
@@ -72,12 +74,15 @@ def app_hash(app_dir: str | os.PathLike = APP_DIR) -> str:
 
 
 def check_bundle(fab: bytes, expected: str) -> None:
-    """Refuse (BundleMismatch) a bundle whose sha256 is not ``expected``."""
+    """Refuse (BundleMismatch) a bundle whose sha256 is not ``expected`` (or one of its
+    comma-separated hashes)."""
     actual = hashlib.sha256(fab).hexdigest()
-    if not expected:
+    allowed = [h.strip() for h in expected.split(",") if h.strip()]
+    if not allowed:
         raise BundleMismatch(f"provider refuses Flower app bundle {actual[:16]}: no job spec bundle hash configured")
-    if actual != expected:
-        raise BundleMismatch(f"provider refuses Flower app bundle {actual[:16]}: the job spec names {expected[:16]}")
+    if actual not in allowed:
+        raise BundleMismatch(f"provider refuses Flower app bundle {actual[:16]}: the job spec names "
+                             + ", ".join(h[:16] for h in allowed))
 
 
 def _open_mailbox(location: str):
@@ -243,7 +248,7 @@ class Relay:
         nodes = sorted(grid.get_node_ids())
         messages = [Message(content=RecordDict({RECORD: config}), dst_node_id=n, message_type="query") for n in nodes]
         waiting = set(grid.push_messages(messages))
-        deadline = time.monotonic() + self.round_timeout
+        deadline = time.monotonic() + min(self.round_timeout, REWARDS_WAIT)  # a vanished SuperNode never answers
         while waiting and time.monotonic() < deadline:
             waiting -= {m.metadata.reply_to_message_id for m in grid.pull_messages(waiting)}
             if waiting:

@@ -252,6 +252,55 @@ class SuperLink(Service):
         return Service(name, args, self.workdir / f"{name}.log", flower_env({"FLWR_HOME": str(self.home)})).start()
 
 
+class Serving:
+    """A SuperLink and the run of the market's app on it, kept up for a job: `keep_up` starts the
+    SuperLink again on its port if it died (registering the SuperNode keys again) and submits the
+    app again if its run ended while the job still trains."""
+
+    def __init__(self, link: SuperLink, run_config: dict, node_keys=()):
+        self.link, self.run_config, self.node_keys = link, run_config, [Path(k) for k in node_keys]
+        self.run: Service | None = None
+        self.restarts = 0
+
+    def start(self) -> Serving:
+        if not self.link.alive:
+            self.link.start()
+        self.link.wait_ready()
+        if self.node_keys:
+            self.link.register(*self.node_keys)
+        self.run = self.link.submit(self.run_config)
+        return self
+
+    def keep_up(self, training: bool = True) -> list[str]:
+        """Restart what died; returns what it did (for the log)."""
+        if not self.link.alive:
+            self.link.stop()  # reap it and whatever it had started
+            self.restarts += 1
+            if self.run is not None:
+                self.run.stop()
+            self.start()
+            return [f"the SuperLink had stopped: started again on {self.link.address}, app submitted again"]
+        if training and self.run is not None and not self.run.alive:
+            self.restarts += 1
+            self.run = self.link.submit(self.run_config)
+            return ["the app run had ended while the job trains: submitted again"]
+        return []
+
+    def signal(self) -> None:
+        for s in (self.run, self.link):
+            if s is not None:
+                s.signal()
+
+    def reap(self, timeout: float = 10.0) -> None:
+        for s in (self.run, self.link):
+            if s is not None:
+                s.reap(timeout)
+
+    def stop(self) -> None:
+        self.signal()
+        self.reap()
+
+
 def clientapp_shim(bin_dir: Path) -> Path:
     """A ``flwr-clientapp`` that is `flower_guard` (checks the bundle before it runs), in `bin_dir`."""
     bin_dir.mkdir(parents=True, exist_ok=True)

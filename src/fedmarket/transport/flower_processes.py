@@ -1,10 +1,14 @@
-"""A provider whose rounds come over Flower's Deployment Engine: the process joins, defends and
-claims like `ProviderProcess`, while its SuperNode's ClientApp trains each round
-(`fedmarket.transport.flower.train_on_node`) when the aggregator's ServerApp asks."""
+"""The aggregator's and a provider's processes when the rounds come over Flower's Deployment Engine.
+
+A provider joins, defends and claims like `ProviderProcess`, while its SuperNode's ClientApp
+trains each round (`fedmarket.transport.flower.train_on_node`) when the aggregator's ServerApp
+asks. The aggregator commits, posts rewards and claims like `AggregatorProcess`, and before each
+step keeps its SuperLink and the market's app run up (`flower_nodes.Serving`)."""
 
 from __future__ import annotations
 
 from ..market import JobState
+from ..processes.aggregator import AggregatorProcess
 from ..processes.base import job_state
 from ..processes.provider import ProviderProcess
 
@@ -32,4 +36,20 @@ class SuperNodeProviderProcess(ProviderProcess):
             else:
                 self.say_once(f"round {r}: waiting for the aggregator's ServerApp")
             return
+        super().step()
+
+
+class FlowerAggregatorProcess(AggregatorProcess):
+    """`AggregatorProcess` that first keeps the SuperLink and the app run up: one that died is
+    started again (`serving.keep_up`), its SuperNodes reconnect by themselves, and the ServerApp
+    asks again for the open round (a provider that answered it sends the same update again)."""
+
+    def __init__(self, *args, serving, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.serving = serving
+
+    def step(self) -> None:
+        state = job_state(self.dep, self.job_id)["state"]
+        for event in self.serving.keep_up(training=state in (JobState.OPEN, JobState.TRAINING)):
+            self.say(event)
         super().step()
