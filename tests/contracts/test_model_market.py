@@ -710,3 +710,42 @@ def test_ledger_state_machine(kit):
                            "refused model: receipt already settled", "capped")
                if not OUTCOMES.get(k)]
     assert not missing, f"the run never exercised: {missing} ({OUTCOMES})"
+
+
+# ---------------------------------------------------------------- re-entrancy
+
+
+def test_no_reentry_from_the_token_into_the_model_market(world):
+    """On a token that calls back from inside every transfer: a withdrawal, a claim, a refund and a
+    purchase each try to re-enter `claim` (valid on its own, shown after) and fail; the books hold."""
+    from fedmarket.chain import artifacts
+    from fedmarket.market import Deployment
+
+    chain = world["chain"]
+    deployer, treasury = chain.new_account("mm-reentry", 0), chain.new_account("mm-reentry", 1)
+    art = artifacts.load("mocks/ReentrantToken")
+    token = chain.deploy(deployer, "ReentrantToken", art.abi, art.bytecode)
+    dep = Deployment.deploy(chain, deployer, treasury.address, fee_bps=FEE_BPS, unbonding_delay=1_000, token=token)
+    people = [world["requester"], world["aggregator"], world["outsider"], *world["providers"], *world["validators"]]
+    for acct in people:
+        token.transact("mint", acct.address, 10_000 * TOKEN, sender=deployer)
+        token.transact("approve", dep.market.address, MAX, sender=acct)
+    shop = Shop(Kit({**world, "dep": dep, "deployer": deployer, "treasury": treasury}))
+    job = shop.listed()
+    mm, a = shop.mm, shop.buyers[0]
+    mm.transact("buy_credits", job.id, 100, sender=a)
+    shop.staked(job)
+    shop.settle(job, [shop.usage(job, a, 100)])
+    payload = mm.abi.function("claim").encode((job.id, 0, reward_struct(job.leaves[0]), job.tree.proof(0)))
+    token.transact("arm", mm.address, payload, sender=deployer)
+    attempts, successes = int(token.call("attempts")), int(token.call("successes"))
+    mm.transact("withdraw", sender=shop.server)
+    shop.claim(job, 1)
+    mm.transact("buy_credits", job.id, 5, sender=a)
+    mm.transact("request_refund", job.id, sender=a)
+    shop.kit.advance(86_400)
+    mm.transact("refund", job.id, sender=a)
+    assert int(token.call("attempts")) == attempts + 4 and int(token.call("successes")) == successes
+    assert mm.call("withdrawn", job.id, 0) == 0  # no re-entered claim got through
+    token.transact("arm", "0x" + "00" * 20, b"", sender=deployer)
+    assert shop.claim(job, 0).event("RevenueClaimed")["amount"] > 0  # the payload is valid on its own
