@@ -138,3 +138,5 @@ def test_a_restarted_server_settles_what_it_answered(world, settled_softmax, tmp
     second.answer(list(ds.X[4]), *caller.next_receipt())
     assert second.settle()[0].event("UsageSettled")["queries"] == 5
     assert second.pending() == []
+    assert len(journal.read_text().splitlines()) == 1  # compacted to the caller's latest receipt
+    assert ModelServer(dep, world["providers"][5], store, job, journal=journal).latest == second.latest

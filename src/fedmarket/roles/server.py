@@ -158,7 +158,18 @@ class ModelServer:
         todo, done = self.pending(), []
         for i in range(0, len(todo), MAX_BATCH):
             done.append(self.mm.transact("settle_usage", self.job_id, todo[i : i + MAX_BATCH], sender=self.account))
+        if done:
+            self._compact()
         return done
+
+    def _compact(self) -> None:
+        """Rewrite the journal as each caller's latest receipt (atomically, under the lock that appends)."""
+        if self.journal is None:
+            return
+        with self.lock:
+            tmp = self.journal.with_name(self.journal.name + ".tmp")
+            tmp.write_text("".join(json.dumps([c, n, "0x" + sig.hex()]) + "\n" for c, (n, sig) in self.latest.items()))
+            tmp.replace(self.journal)
 
 
 
