@@ -76,7 +76,16 @@ def one_job(chain, dep, accounts: dict, workdir: Path, shares: list, held: list)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", default="0-4")
+    ap.add_argument("--share", default="round", choices=["round", "coalition"],
+                    help="the validators' scoring game: round (what roles/validator.py uses) or coalition (the rule before, for comparison)")
     args = ap.parse_args()
+    if args.share != "round":  # for comparison only: the validators score against each coalition's FedAvg
+        import functools
+
+        from fedmarket.roles import validator
+        from fedmarket.scoring import score_round
+
+        validator.score_round = functools.partial(score_round, share=args.share)
     t0 = time.perf_counter()
     chain = BoaChain()
     acct = lambda i: chain.new_account("replication", i)
@@ -108,6 +117,7 @@ def main() -> None:
     gain = {k: [p / b for p, b in zip(pay[k], pay[1])] for k in KS if k > 1}
     out = {
         "seeds": seeds,
+        "share": args.share,
         "pay": {str(k): [round(x, 6) for x in v] for k, v in pay.items()},
         "others_pay": {str(k): [round(x, 6) for x in v] for k, v in others.items()},
         "least_account_pay": {str(k): [round(x, 6) for x in v] for k, v in least.items()},
