@@ -214,7 +214,7 @@ class AggregationUtility(Utility):
         weights: Sequence[float] | None = None,
         *,
         metric: str = "accuracy",
-        share: str = "coalition",
+        share: str = "coalition",  # or "round"
         chunk_elems: int = 1 << 24,
     ) -> None:
         U = np.asarray(updates, dtype=np.float64)
