@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fedmarket.fl.data import load_dataset, train_test_split
 from fedmarket.fl.models import SoftmaxRegression, normalize
 from fedmarket.fl.train import local_sgd_many
 from fedmarket.protocol import rules as R
-from fedmarket.roles.settlement import SCORE_SCALE, weighted_median
+from fedmarket.roles.settlement import SCORE_SCALE, score_units, weighted_median
 from fedmarket.scoring import score_round
 
 SIZES = [300, 300, 300, 200, 40, 20, 10]  # the last three: small honest providers
@@ -34,7 +36,7 @@ def pay(seed: int, share: str) -> tuple[list[int], np.ndarray]:
         scores = []
         for t in thirds:
             sc = score_round(model, params, U, Xv[t], test.y[t], w, metric="neg_loss", seed=r, share=share)
-            scores.append([int(round(float(v) * SCORE_SCALE)) for v in sc.rewardable])
+            scores.append([score_units(v) for v in sc.rewardable])
         cons = [weighted_median([s[i] for s in scores], [1, 1, 1]) for i in range(len(SIZES))]
         value += np.maximum(cons, 0)
         last = sc.values
@@ -58,3 +60,12 @@ def test_weighed_against_the_coalition_they_were_not():
     so its Shapley value is negative and its pay clipped to 0."""
     amounts, _ = pay(0, "coalition")
     assert amounts[-3:] == [0, 0, 0] and min(amounts[:4]) > 0
+
+
+@given(st.floats(-1e3, 1e3, allow_nan=False))
+def test_a_positive_value_is_never_committed_as_zero(v):
+    """Property: the committed score keeps the value's sign, is within one unit of it, and a positive
+    value (however small) scores at least 1."""
+    units = score_units(v)
+    assert abs(units - v * SCORE_SCALE) <= 1
+    assert units >= 1 if v > 0 else units <= 0

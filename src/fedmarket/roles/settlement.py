@@ -40,6 +40,14 @@ SCORE_SCALE = 1_000_000  # scores are committed as integers: millionths of a uti
 DEVIATION_TOLERANCE = 0.5
 
 
+def score_units(value: float) -> int:
+    """A contribution value as the integer a validator commits: the nearest number of millionths,
+    but a positive value is never rounded down to 0 (a small honest provider's value can be below
+    half a millionth, and a score of 0 pays nothing)."""
+    units = int(round(float(value) * SCORE_SCALE))
+    return max(units, 1) if value > 0 else units
+
+
 @dataclass(frozen=True)
 class Member:
     """A job member as the market records it: role word (with the slashed bit) and its stage."""

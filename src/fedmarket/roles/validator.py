@@ -18,7 +18,8 @@ from ..scoring import score_round
 from ..storage import BlobStore, Mailbox
 from .auditor import Auditor
 from .common import DataRole, check_funds, claim_reward, committed_rounds, load_spec, round_accumulator, round_topic
-from .settlement import SCORE_SCALE, mailbox_reveals, reward_document, rewards_topic, scores_tree, statement_of
+from .settlement import (SCORE_SCALE, mailbox_reveals, reward_document, rewards_topic, score_units, scores_tree,
+                         statement_of)
 
 
 class Validator(DataRole):
@@ -68,7 +69,7 @@ class Validator(DataRole):
             values = scored.rewardable
         else:
             values = np.zeros(len(ev.updates))
-        scores = [(u.provider, int(round(float(v) * SCORE_SCALE))) for u, v in zip(ev.updates, values)]
+        scores = [(u.provider, score_units(v)) for u, v in zip(ev.updates, values)]
         if not scores:
             scores = [(self.address, 0)]  # an empty round: a scores tree needs a leaf
         root = scores_tree(scores).root
