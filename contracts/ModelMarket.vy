@@ -29,6 +29,7 @@ interface IMarket:
     def progress(job_id: uint256) -> T.Progress: view
     def verify_round(job_id: uint256, round: uint256, data: leaves.RoundData, proof: DynArray[bytes32, C.ROUNDS_DEPTH]) -> bool: view
     def TOKEN() -> address: view
+    def membership(job_id: uint256, account: address) -> (uint256, uint256): view
 
 
 interface ILicence:
@@ -142,6 +143,18 @@ event Withdrawn:
     amount: uint256
 
 
+event VerifierRegistered:
+    job_id: indexed(uint256)
+    verifier: indexed(address)
+    codehash: bytes32
+    attesters: uint256
+
+
+event AnswerProven:
+    job_id: indexed(uint256)
+    instances_hash: bytes32
+
+
 event AnswerSlashed:
     job_id: indexed(uint256)
     server: indexed(address)
@@ -152,6 +165,11 @@ event AnswerSlashed:
 
 USAGE_TYPEHASH: constant(bytes32) = keccak256("Usage(uint256 jobId,address server,uint256 count)")
 ANSWER_TYPEHASH: constant(bytes32) = keccak256("Answer(uint256 jobId,bytes32 inputHash,uint256 answer)")
+VERIFIER_TYPEHASH: constant(bytes32) = keccak256("VerifierAttestation(uint256 jobId,bytes32 modelRoot,address verifier,bytes32 codehash)")
+PROVEN_TYPEHASH: constant(bytes32) = keccak256("ProvenAnswer(uint256 jobId,bytes32 proofHash,bytes32 instancesHash)")
+# @dev Public values of one inference proof, and the bytes of the proof.
+MAX_INSTANCES: constant(uint256) = 512
+MAX_PROOF: constant(uint256) = 16_384
 # @dev Receipts settled in one transaction.
 MAX_BATCH: constant(uint256) = 256
 # @dev Largest number of queries bought at once, and held by one caller.
@@ -205,6 +223,12 @@ withdrawn: public(HashMap[uint256, HashMap[uint256, uint256]])
 paid_out: public(HashMap[uint256, uint256])
 # @dev Pull balances of owners, servers, challengers and the treasury.
 owed: public(HashMap[address, uint256])
+# @dev Proof verifier of each job's model (an EZKL Halo2 verifier with the weights fixed in its
+# circuit), attested by a majority of the job's validators, and its code hash then.
+verifier: public(HashMap[uint256, address])
+verifier_codehash: public(HashMap[uint256, bytes32])
+# @dev Proofs of inference verified on chain per job.
+answers_proven: public(HashMap[uint256, uint256])
 # @dev Each model's record: queries settled, gross revenue, answers proven wrong.
 queries_settled: public(HashMap[uint256, uint256])
 gross_revenue: public(HashMap[uint256, uint256])
@@ -538,6 +562,98 @@ def dispute_answer(job_id: uint256, server: address, x: DynArray[int256, MAX_FEA
     jt: T.JobTerms = staticcall MARKET.terms(job_id)
     self._check_chunks(self.model_root[job_id], jt.n_params, jt.chunk_size, chunks, proofs)
     assert answer != self._argmax(x, shape[1], jt.chunk_size, chunks), "model: answer is right"
+    return self._slash_server(job_id, server)
+
+
+@external
+@nonreentrant
+def register_verifier(job_id: uint256, verifier: address, signatures: DynArray[Bytes[65], C.MAX_VALIDATORS]):
+    """
+    @notice Registers the proof verifier of a listed job's model: more than half of the job's
+            validators sign VerifierAttestation(jobId, modelRoot, verifier, codehash), stating that
+            the verifier's circuit is the model they re-derived from the model root. Once.
+    @param job_id The listed job.
+    @param verifier The verifier contract (`verifyProof(bytes, uint256[]) -> bool`).
+    @param signatures Validators' attestations, each from a distinct unslashed validator of the job.
+    @custom:security The chain cannot compare a circuit with a model root: the validators' stake
+                     backs the attestation, as it backs their round attestations.
+    """
+    root: bytes32 = self.model_root[job_id]
+    assert root != empty(bytes32), "model: not listed"
+    assert self.verifier[job_id] == empty(address), "model: verifier already registered"
+    assert verifier.is_contract, "model: verifier has no code"
+    codehash: bytes32 = verifier.codehash
+    digest: bytes32 = statements._digest(statements._separator(chain.id, self),
+                                         keccak256(abi_encode(VERIFIER_TYPEHASH, job_id, root, verifier, codehash)))
+    seen: DynArray[address, C.MAX_VALIDATORS] = []
+    for sig: Bytes[65] in signatures:
+        signer: address = statements._signer(digest, sig)
+        assert signer not in seen, "model: attester counted twice"
+        role: uint256 = 0
+        stake: uint256 = 0
+        role, stake = staticcall MARKET.membership(job_id, signer)
+        assert role == C.ROLE_VALIDATOR, "model: attester is not a validator of the job"
+        seen.append(signer)
+    n: uint256 = (staticcall MARKET.progress(job_id)).n_validators
+    assert n > 0 and len(seen) * 2 > n, "model: not a majority of the validators"
+    self.verifier[job_id] = verifier
+    self.verifier_codehash[job_id] = codehash
+    log VerifierRegistered(job_id=job_id, verifier=verifier, codehash=codehash, attesters=len(seen))
+
+
+@external
+@nonreentrant
+def prove_answer(job_id: uint256, proof: Bytes[MAX_PROOF], instances: DynArray[uint256, MAX_INSTANCES]):
+    """
+    @notice Checks a proof of inference of the job's model (its public inputs and outputs in
+            `instances`) with the registered verifier and counts it in the model's record.
+    @param job_id The job.
+    @param proof The proof.
+    @param instances Its public values.
+    """
+    assert self._proof_valid(job_id, proof, instances), "model: proof rejected"
+    self.answers_proven[job_id] += 1
+    log AnswerProven(job_id=job_id, instances_hash=keccak256(abi_encode(instances)))
+
+
+@external
+@nonreentrant
+def dispute_proof(job_id: uint256, server: address, proof: Bytes[MAX_PROOF], instances: DynArray[uint256, MAX_INSTANCES],
+                  signature: Bytes[65]) -> uint256:
+    """
+    @notice Slashes a server that signed ProvenAnswer(jobId, proofHash, instancesHash) for a proof
+            the job's verifier rejects (a proof of another model, or of another answer).
+    @param job_id The job.
+    @param server The server that signed it.
+    @param proof The proof it gave.
+    @param instances The public values it gave.
+    @param signature Its signature.
+    @return The stake slashed; half to the sender, the rest to the treasury.
+    """
+    digest: bytes32 = statements._digest(statements._separator(chain.id, self), keccak256(abi_encode(
+        PROVEN_TYPEHASH, job_id, keccak256(proof), keccak256(abi_encode(instances)))))
+    assert statements._signer(digest, signature) == server, "model: not the server's proof"
+    assert not self._proof_valid(job_id, proof, instances), "model: proof is valid"
+    return self._slash_server(job_id, server)
+
+
+@internal
+def _proof_valid(job_id: uint256, proof: Bytes[MAX_PROOF], instances: DynArray[uint256, MAX_INSTANCES]) -> bool:
+    """Whether the registered verifier (its code unchanged) accepts the proof; a revert is a no."""
+    verifier: address = self.verifier[job_id]
+    assert verifier != empty(address), "model: no verifier registered"
+    assert verifier.codehash == self.verifier_codehash[job_id], "model: verifier code changed"
+    ok: bool = False
+    out: Bytes[32] = b""
+    ok, out = raw_call(verifier, abi_encode(proof, instances, method_id=method_id("verifyProof(bytes,uint256[])")),
+                       max_outsize=32, revert_on_failure=False)
+    return ok and len(out) == 32 and convert(out, uint256) == 1
+
+
+@internal
+def _slash_server(job_id: uint256, server: address) -> uint256:
+    amount: uint256 = self.stake[job_id][server]
+    assert amount > 0, "model: nothing to slash"
     self.stake[job_id][server] = 0
     self.disputes_lost[job_id] += 1
     share: uint256 = amount * C.CHALLENGER_BPS // C.BPS

@@ -4,6 +4,10 @@ balance checked against what it owes after every test."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import eth_abi
 import numpy as np
 import pytest
 from contract_kit import MAX, TOKEN, Kit, index_leaves, reverts
@@ -749,3 +753,114 @@ def test_no_reentry_from_the_token_into_the_model_market(world):
     assert mm.call("withdrawn", job.id, 0) == 0  # no re-entered claim got through
     token.transact("arm", "0x" + "00" * 20, b"", sender=deployer)
     assert shop.claim(job, 0).event("RevenueClaimed")["amount"] > 0  # the payload is valid on its own
+
+
+# ---------------------------------------------------------------- verifiable inference (EZKL)
+
+EZKL = Path(__file__).parent / "data" / "ezkl_softmax_64x10.json"
+
+
+class Proven:
+    """A validated softmax job (64 features, 10 classes) whose final model is the one an EZKL
+    verifier was generated for, listed and served. `data/ezkl_softmax_64x10.json` holds that real
+    verifier (bytecode), a real proof of one inference of the model, and a real proof of another
+    model (an MLP), all from `benchmarks/ezkl_inference.py` with its test-only SRS."""
+
+    def __init__(self, shop: Shop):
+        from fedmarket.chain.abi import ContractABI
+        from fedmarket.fl.quantize import quantize
+
+        self.shop, kit = shop, shop.kit
+        self.doc = json.loads(EZKL.read_text())
+        W, b = np.asarray(self.doc["weight"]).T, np.asarray(self.doc["bias"])  # torch's (out, in) -> features x classes
+        q = quantize(np.concatenate([W.ravel(), b]))
+        job = kit.job(n=2, validators=3, rounds=1, n_params=650, chunk_size=64, claim_period=10_000)
+        job.commit_all(model=q)
+        leaves = [{"account": a, "role": r, "amount": amt, "reputation_delta": 1, "value": amt, "activity": 1}
+                  for a, r, amt in sorted([(p.address, Role.PROVIDER, 400 * TOKEN) for p in job.providers]
+                                          + [(v.address, Role.VALIDATOR, 0) for v in job.validators]
+                                          + [(kit.aggregator.address, Role.AGGREGATOR, 0)], key=lambda m: int(m[0], 16))]
+        job.finalize(index_leaves(leaves), value_total=0)
+        job.settle()
+        shop.lic.transact("mint", job.id, sender=kit.outsider)
+        shop.list(job, shape=(64, 10))
+        shop.jobs.append(job)
+        self.job = job
+        self.verifier = kit.chain.deploy(kit.deployer, "Halo2Verifier", ContractABI(self.doc["abi"]),
+                                         bytes.fromhex(self.doc["bytecode"]))
+
+    def proof(self, which: str = "proof") -> tuple[bytes, list[int]]:
+        p = self.doc[which]
+        return bytes.fromhex(p["hex_proof"][2:]), [int(v) for v in p["instances"]]
+
+    def attest(self, signers, verifier=None) -> list[bytes]:
+        from fedmarket.protocol.receipts import VerifierAttestation
+
+        kit, verifier = self.shop.kit, verifier or self.verifier.address
+        codehash = keccak(kit.chain.code(verifier))
+        root = self.shop.mm.call("model_root", self.job.id)
+        return [VerifierAttestation(self.job.id, root, verifier, codehash).sign(v.key, kit.chain_id, self.shop.mm.address)
+                for v in signers]
+
+    def register(self, signers=None, verifier=None, sigs=None):
+        signers = self.job.validators[:2] if signers is None else signers
+        sigs = self.attest(signers, verifier) if sigs is None else sigs
+        return self.shop.mm.transact("register_verifier", self.job.id, verifier or self.verifier.address, sigs,
+                                     sender=self.shop.kit.outsider)
+
+    def sign_proof(self, proof: bytes, instances: list[int], server=None) -> bytes:
+        from fedmarket.protocol.receipts import ProvenAnswer
+
+        server = server or self.shop.server
+        ihash = keccak(eth_abi.encode(["uint256[]"], [instances]))
+        return ProvenAnswer(self.job.id, keccak(proof), ihash).sign(server.key, self.shop.kit.chain_id, self.shop.mm.address)
+
+
+@pytest.fixture
+def proven(shop):
+    return Proven(shop)
+
+
+def test_a_majority_of_the_jobs_validators_registers_the_verifier_once(proven):
+    shop, job, v = proven.shop, proven.job, proven.job.validators
+    with reverts("model: not a majority of the validators"):
+        proven.register(signers=v[:1])
+    with reverts("model: attester counted twice"):
+        proven.register(sigs=proven.attest(v[:1]) * 2)
+    with reverts("model: attester is not a validator of the job"):
+        proven.register(signers=[v[0], shop.rival])
+    with reverts("model: attester is not a validator of the job"):  # another verifier's attestation
+        proven.register(sigs=proven.attest(v[:2], verifier=shop.mm.address))
+    with reverts("model: verifier has no code"):
+        proven.register(verifier=shop.rival.address)
+    with reverts("model: no verifier registered"):
+        shop.mm.transact("prove_answer", job.id, *proven.proof(), sender=shop.kit.outsider)
+    ev = proven.register().event("VerifierRegistered")
+    assert (ev["verifier"], ev["attesters"]) == (proven.verifier.address, 2)
+    with reverts("model: verifier already registered"):
+        proven.register(signers=v)
+
+
+def test_a_proof_of_the_model_verifies_on_chain_and_one_of_another_model_is_slashed(proven):
+    shop, job = proven.shop, proven.job
+    proven.register()
+    shop.staked(job)
+    proof, instances = proven.proof()
+    r = shop.mm.transact("prove_answer", job.id, proof, instances, sender=shop.kit.outsider)
+    assert r.event("AnswerProven") and shop.mm.call("answers_proven", job.id) == 1
+    forged = [*instances[:-1], instances[-1] + 1]  # another answer for the same proof
+    with reverts("model: proof rejected"):
+        shop.mm.transact("prove_answer", job.id, proof, forged, sender=shop.kit.outsider)
+    other, other_instances = proven.proof("other_model_proof")
+    with reverts("model: proof rejected"):
+        shop.mm.transact("prove_answer", job.id, other, other_instances, sender=shop.kit.outsider)
+    with reverts("model: proof is valid"):  # an honest server's proof cannot be disputed
+        shop.mm.transact("dispute_proof", job.id, shop.server.address, proof, instances,
+                         proven.sign_proof(proof, instances), sender=shop.rival)
+    with reverts("model: not the server's proof"):
+        shop.mm.transact("dispute_proof", job.id, shop.server.address, other, other_instances,
+                         proven.sign_proof(other, other_instances, server=shop.rival), sender=shop.rival)
+    r = shop.mm.transact("dispute_proof", job.id, shop.server.address, other, other_instances,
+                         proven.sign_proof(other, other_instances), sender=shop.rival)
+    assert r.event("AnswerSlashed")["amount"] == SSTAKE and shop.mm.call("disputes_lost", job.id) == 1
+    assert shop.mm.call("owed", shop.rival.address) == SSTAKE // 2

@@ -88,6 +88,14 @@ Usage = _statement(
 Answer = _statement(
     "Answer", "Answer", "A server's answer to a fixed-point input (ModelMarket.dispute_answer); signed in the ModelMarket's domain.",
     ("job_id", int), ("input_hash", bytes), ("answer", int))
+VerifierAttestation = _statement(
+    "VerifierAttestation", "VerifierAttestation", "A validator's statement that a proof verifier's circuit is the job's model "
+    "(ModelMarket.register_verifier); signed in the ModelMarket's domain.",
+    ("job_id", int), ("model_root", bytes), ("verifier", str), ("codehash", bytes))
+ProvenAnswer = _statement(
+    "ProvenAnswer", "ProvenAnswer", "A server's statement that a proof (keccak of its bytes and of abi.encode(instances)) "
+    "is its answer (ModelMarket.dispute_proof); signed in the ModelMarket's domain.",
+    ("job_id", int), ("proof_hash", bytes), ("instances_hash", bytes))
 
 
 _PERMIT_TYPES = {
