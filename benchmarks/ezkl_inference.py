@@ -13,8 +13,8 @@ The SRS comes from ``ezkl.gen_srs``: generated locally, for testing only (its se
 destroyed by a ceremony); a deployment would use a ceremony's SRS. ``create_evm_verifier``
 writes the verifier's Solidity; it is compiled here with npm's ``solcjs`` (``npm install
 --no-save solc@0.8.28``; ezkl's own compile step would download a solc binary). Needs
-``pip install ezkl==23.0.5``. Not measured: the model market does not yet register verifiers
-or accept proofs (see docs/model-market.md).
+``pip install ezkl==23.0.5``. `--one softmax|mlp --work DIR` keeps one model's files (what
+`tests/contracts/data/ezkl_softmax_64x10.json` was made from).
 """
 
 from __future__ import annotations

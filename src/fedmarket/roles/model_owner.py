@@ -47,7 +47,8 @@ def claim_usage_revenue(dep: Deployment, store: BlobStore, account, job_id: int)
 
 
 def model_record(dep: Deployment, job_id: int) -> dict:
-    """A model's record on chain: its listed root and offer, queries settled, revenue, disputes lost."""
+    """A model's record on chain: its listed root and offer, queries settled, revenue, disputes lost,
+    its registered proof verifier and the answers proven with it."""
     mm = dep.model_market
     if mm is None:
         raise FedMarketError("this deployment has no model market")
@@ -63,6 +64,8 @@ def model_record(dep: Deployment, job_id: int) -> dict:
         "contributors_revenue": int(mm.call("revenue", job_id)),
         "contributors_paid": int(mm.call("paid_out", job_id)),
         "disputes_lost": int(mm.call("disputes_lost", job_id)),
+        "verifier": mm.call("verifier", job_id),
+        "answers_proven": int(mm.call("answers_proven", job_id)),
     }
 
 
