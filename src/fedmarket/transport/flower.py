@@ -145,6 +145,12 @@ def file_replies(store: BlobStore, mailbox, job_id: int, round_: int, replies) -
     return filed, refused
 
 
+def sent_topic(job_id: int) -> str:
+    """The aggregator's mailbox topic where the ServerApp notes each round it sent to the SuperNodes
+    (the aggregator's wait for updates starts then, not while the ServerApp is still starting)."""
+    return f"job-{job_id}-flower-sent"
+
+
 def round_blobs(dep, store: BlobStore, job_id: int) -> list[bytes]:
     """What a provider needs to train the open round: the spec, and the last committed round's
     metrics document and the model it names (each checked against the chain when it trains)."""
@@ -186,6 +192,7 @@ class Relay:
         went on without the rest (the chain left round `r`), or `round_timeout` passed. Returns
         (providers filed, replies refused, SuperNodes that did not answer)."""
         waiting = set(grid.push_messages(messages))
+        self.mailbox.post(sent_topic(self.job_id), canonical_json({"job_id": self.job_id, "round": r}))
         filed: list[str] = []
         refused: list[str] = []
         deadline, looked = time.monotonic() + self.round_timeout, time.monotonic()

@@ -7,10 +7,13 @@ step keeps its SuperLink and the market's app run up (`flower_nodes.Serving`).""
 
 from __future__ import annotations
 
+import json
+
 from ..market import JobState
 from ..processes.aggregator import AggregatorProcess
 from ..processes.base import job_state
 from ..processes.provider import ProviderProcess
+from .flower import sent_topic
 
 
 class SuperNodeProviderProcess(ProviderProcess):
@@ -47,6 +50,15 @@ class FlowerAggregatorProcess(AggregatorProcess):
     def __init__(self, *args, serving, **kwargs):
         super().__init__(*args, **kwargs)
         self.serving = serving
+
+    def _round(self, job: dict, r: int) -> None:
+        """Round `r` as `AggregatorProcess` does it, once the ServerApp has sent it to the SuperNodes:
+        `collect_timeout` counts from then, not from a ServerApp still starting."""
+        for raw in self.mailbox.read(sent_topic(self.job_id)):
+            if json.loads(raw).get("round") == r:
+                super()._round(job, r)
+                return
+        self.say_once(f"round {r}: waiting for the ServerApp to send it to the SuperNodes")
 
     def step(self) -> None:
         state = job_state(self.dep, self.job_id)["state"]
