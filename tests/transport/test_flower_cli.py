@@ -3,7 +3,8 @@
 process) and one `fedmarket provider supernode` per provider, each with its own store, state
 and data, on anvil. One provider's host vanishes mid-round (its process and SuperNode killed
 after the round's message reached it): the round is committed without it, the job settles,
-every live participant claims, and no Flower process is left."""
+every live participant claims, and no Flower process is left. And the aggregator killed
+(SIGKILL) after round 0 and started again with its state directory finishes the job."""
 
 from __future__ import annotations
 
@@ -159,3 +160,63 @@ def _alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.slow
+def test_a_killed_aggregator_restarted_with_its_state_directory_finishes_the_job(tmp_path, procs):
+    n = 2
+    with AnvilNode() as node:
+        chain = RpcChain(node.url)
+        deployer, treasury, requester, agg = (dev_account(i) for i in range(4))
+        provs = [dev_account(40 + i) for i in range(n)]
+        for a in [deployer, requester, agg, *provs]:
+            chain.fund(a.address, 10**21)
+        dep = Deployment.deploy(chain, deployer, treasury.address, 100)
+        dep.save(tmp_path / "contracts.json", chain_id=chain.chain_id, block=dep.token.from_block, deployer=deployer.address)
+        for a in [requester, agg, *provs]:
+            dep.token.transact("mint", a.address, 10**21, sender=deployer)
+        ds = load_dataset("digits")
+        for i, idx in enumerate(iid_partition(ds.y, n, 0)):
+            np.savez(tmp_path / f"p{i}.npz", X=subset(ds, idx).X, y=subset(ds, idx).y)
+        spec = JobSpec(
+            name="flower-restart", data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
+            training=TrainingSpec(rounds=ROUNDS, local_epochs=1), reward=RewardSpec(escrow=10**20, provider_stake=10**18),
+            participation=ParticipationSpec(min_providers=n, max_providers=n),
+            deadlines=DeadlineSpec(join_window=3_600, round_duration=600, challenge_period=1, claim_period=86_400,
+                                   response_period=5),
+            transport=TransportSpec(flower_app_hash=app_hash()))
+        (tmp_path / "spec.json").write_bytes(spec.canonical())
+        job = Requester(dep, requester, LocalBlobStore(tmp_path / "agg-blobs")).post(spec, agg.address)
+        common = ["--rpc", node.url, "--contracts", str(tmp_path / "contracts.json"), "--job", str(job), "--poll", "0.2"]
+        port = free_port()
+        aggregator_args = ["aggregator", "serve-flower", *common, "--dev-account", "3", "--store", str(tmp_path / "agg-blobs"),
+                           "--mailbox", str(tmp_path / "agg-box"), "--state-dir", str(tmp_path / "agg-state"),
+                           "--flower-port", str(port), "--collect-timeout", "60"]
+        first = _spawn(procs, tmp_path, "aggregator", aggregator_args)
+        providers = [_spawn(procs, tmp_path, f"provider-{i}", [
+            "provider", "supernode", *common, "--dev-account", str(40 + i), "--data", str(tmp_path / f"p{i}.npz"),
+            "--superlink", f"127.0.0.1:{port}", "--spec", str(tmp_path / "spec.json"),
+            "--store", str(tmp_path / f"p{i}-blobs"), "--state-dir", str(tmp_path / f"p{i}-state")]) for i in range(n)]
+        logs = [tmp_path / "aggregator.log", *(tmp_path / f"provider-{i}.log" for i in range(n))]
+        _wait(lambda: len(committed_rounds(dep, job)) >= 1, 240, "round 0", logs)
+        first.kill()  # SIGKILL: its SuperLink and app run go with it
+        first.wait()
+        time.sleep(1.0)
+        _spawn(procs, tmp_path, "aggregator-again", aggregator_args)
+        logs.append(tmp_path / "aggregator-again.log")
+
+        def settled() -> bool:
+            state = dep.job(job)["state"]
+            if state == JobState.FINALIZING:
+                node.rpc("evm_mine", [])
+                if chain.timestamp() >= int(dep.job(job)["challenge_deadline"]):
+                    Requester(dep, requester, LocalBlobStore(tmp_path / "agg-blobs")).settle(job)
+            return dep.job(job)["state"] in (JobState.SETTLED, JobState.FAILED, JobState.CANCELLED)
+
+        _wait(settled, 300, "settlement", logs)
+        for p in [procs[-1], *providers]:
+            assert p.wait(timeout=150) == 0, "\n".join(f.read_text()[-2000:] for f in logs)
+        assert [c.count for c in committed_rounds(dep, job)] == [n, n]
+        assert all(dep.market.events("RewardClaimed", job_id=job, account=a.address) for a in provs)
+        assert "round 1 committed" in (tmp_path / "aggregator-again.log").read_text()  # the restarted one went on
+        assert "round 1 committed" not in (tmp_path / "aggregator.log").read_text()
