@@ -255,12 +255,13 @@ class Relay:
         nodes = sorted(grid.get_node_ids())
         messages = [Message(content=RecordDict({RECORD: config}), dst_node_id=n, message_type="query") for n in nodes]
         waiting = set(grid.push_messages(messages))
+        _say(f"rewards document sent to {len(nodes)} SuperNodes")
         deadline = time.monotonic() + min(self.round_timeout, REWARDS_WAIT)  # a vanished SuperNode never answers
         while waiting and time.monotonic() < deadline:
             waiting -= {m.metadata.reply_to_message_id for m in grid.pull_messages(waiting)}
             if waiting:
                 time.sleep(self.poll)
-        return f"rewards document sent to {len(nodes) - len(waiting)} of {len(nodes)} SuperNodes"
+        return f"rewards document taken by {len(nodes) - len(waiting)} of {len(nodes)} SuperNodes"
 
 
 def serve_job(grid, context) -> None:
