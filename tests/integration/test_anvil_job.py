@@ -35,7 +35,10 @@ def test_embedded_and_anvil_agree_on_the_job(node, tmp_path):
     assert a["accuracy"] == b["accuracy"]
     assert [r["reward"] for r in a["settlement"]] == [r["reward"] for r in b["settlement"]]
     assert a["paid"] == b["paid"] and a["fee"] == b["fee"] and a["refunded"] == b["refunded"]
-    assert a["gas_per_round"] == b["gas_per_round"]
+    # the rounds' metrics documents carry the providers' EIP-712 signatures, whose domain is the
+    # Disputes address: on a node other tests deployed to first it differs, and so does the
+    # committed metrics hash, whose zero bytes cost 12 gas less in calldata than non-zero ones
+    assert all(abs(x - y) <= 12 * 32 for x, y in zip(a["gas_per_round"], b["gas_per_round"], strict=True))
     assert a["claim_gas"] == b["claim_gas"]
 
 

@@ -187,7 +187,10 @@ class Defender:
         if not waiting:
             return []
         truth = Truth(self.dep, self.store, job_id, self.auditor)
-        return [self.move(truth, g) for g in waiting]
+        # a round game read just before its round was reverted (another game proved it wrong, or
+        # the job failed) has nothing left to defend
+        rounds_games = (R.Game.AGGREGATE, R.Game.LEAF, R.Game.INCLUSION)
+        return [self.move(truth, g) for g in waiting if g.kind not in rounds_games or g.round < len(truth.rounds)]
 
     def move(self, truth: Truth, g: GameState) -> Receipt:
         send = lambda fn, *args: g.arbiter.transact(fn, g.gid, *args, sender=self.account)
