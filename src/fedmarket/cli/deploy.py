@@ -76,7 +76,8 @@ def deploy(
     token: str = typer.Option(None, "--token", help="Use this existing ERC-20 (with EIP-2612 permit) instead of deploying FedToken."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ) -> None:
-    """Deploy FedToken, JobMarket, Disputes and ModelLicence; write their addresses, chain id and block."""
+    """Deploy FedToken (unless --token) and the protocol: TermsCheck, Rules, Disputes, both arbiters,
+    JobMarket, ModelLicence and ModelMarket; write their addresses, chain id and block."""
     from eth_utils import is_address, to_checksum_address
 
     from ..chain.rpc_backend import RpcChain
