@@ -79,29 +79,36 @@ def _wait(pred, timeout: float, what: str, logs) -> None:
         time.sleep(0.2)
 
 
+def _posted_job(chain, node, tmp_path, n: int, name: str) -> tuple:
+    """Deploy, fund and mint on `node`, write each provider's digits shard and the spec (naming this
+    installation's Flower app), post the job; returns (dep, requester, provider accounts, job)."""
+    deployer, treasury, requester, agg = (dev_account(i) for i in range(4))
+    provs = [dev_account(40 + i) for i in range(n)]
+    for a in [deployer, requester, agg, *provs]:
+        chain.fund(a.address, 10**21)
+    dep = Deployment.deploy(chain, deployer, treasury.address, 100)
+    dep.save(tmp_path / "contracts.json", chain_id=chain.chain_id, block=dep.token.from_block, deployer=deployer.address)
+    for a in [requester, agg, *provs]:
+        dep.token.transact("mint", a.address, 10**21, sender=deployer)
+    ds = load_dataset("digits")
+    for i, idx in enumerate(iid_partition(ds.y, n, 0)):
+        np.savez(tmp_path / f"p{i}.npz", X=subset(ds, idx).X, y=subset(ds, idx).y)
+    spec = JobSpec(
+        name=name, data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
+        training=TrainingSpec(rounds=ROUNDS, local_epochs=1), reward=RewardSpec(escrow=10**20, provider_stake=10**18),
+        participation=ParticipationSpec(min_providers=n, max_providers=n),
+        deadlines=DeadlineSpec(join_window=3_600, round_duration=600, challenge_period=1, claim_period=86_400,
+                               response_period=5),
+        transport=TransportSpec(flower_app_hash=app_hash()))
+    (tmp_path / "spec.json").write_bytes(spec.canonical())
+    job = Requester(dep, requester, LocalBlobStore(tmp_path / "agg-blobs")).post(spec, agg.address)
+    return dep, requester, provs, job
+
+
 def test_a_job_over_flower_from_the_cli_survives_a_vanishing_provider(tmp_path, procs):
     with AnvilNode() as node:
         chain = RpcChain(node.url)
-        deployer, treasury, requester, agg = (dev_account(i) for i in range(4))
-        provs = [dev_account(40 + i) for i in range(N)]
-        for a in [deployer, requester, agg, *provs]:
-            chain.fund(a.address, 10**21)
-        dep = Deployment.deploy(chain, deployer, treasury.address, 100)
-        dep.save(tmp_path / "contracts.json", chain_id=chain.chain_id, block=dep.token.from_block, deployer=deployer.address)
-        for a in [requester, agg, *provs]:
-            dep.token.transact("mint", a.address, 10**21, sender=deployer)
-        ds = load_dataset("digits")
-        for i, idx in enumerate(iid_partition(ds.y, N, 0)):
-            np.savez(tmp_path / f"p{i}.npz", X=subset(ds, idx).X, y=subset(ds, idx).y)
-        spec = JobSpec(
-            name="flower-cli", data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
-            training=TrainingSpec(rounds=ROUNDS, local_epochs=1), reward=RewardSpec(escrow=10**20, provider_stake=10**18),
-            participation=ParticipationSpec(min_providers=N, max_providers=N),
-            deadlines=DeadlineSpec(join_window=3_600, round_duration=600, challenge_period=1, claim_period=86_400,
-                                   response_period=5),
-            transport=TransportSpec(flower_app_hash=app_hash()))
-        (tmp_path / "spec.json").write_bytes(spec.canonical())
-        job = Requester(dep, requester, LocalBlobStore(tmp_path / "agg-blobs")).post(spec, agg.address)
+        dep, requester, provs, job = _posted_job(chain, node, tmp_path, N, "flower-cli")
 
         common = ["--rpc", node.url, "--contracts", str(tmp_path / "contracts.json"), "--job", str(job), "--poll", "0.2"]
         port = free_port()
@@ -167,26 +174,7 @@ def test_a_killed_aggregator_restarted_with_its_state_directory_finishes_the_job
     n = 2
     with AnvilNode() as node:
         chain = RpcChain(node.url)
-        deployer, treasury, requester, agg = (dev_account(i) for i in range(4))
-        provs = [dev_account(40 + i) for i in range(n)]
-        for a in [deployer, requester, agg, *provs]:
-            chain.fund(a.address, 10**21)
-        dep = Deployment.deploy(chain, deployer, treasury.address, 100)
-        dep.save(tmp_path / "contracts.json", chain_id=chain.chain_id, block=dep.token.from_block, deployer=deployer.address)
-        for a in [requester, agg, *provs]:
-            dep.token.transact("mint", a.address, 10**21, sender=deployer)
-        ds = load_dataset("digits")
-        for i, idx in enumerate(iid_partition(ds.y, n, 0)):
-            np.savez(tmp_path / f"p{i}.npz", X=subset(ds, idx).X, y=subset(ds, idx).y)
-        spec = JobSpec(
-            name="flower-restart", data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
-            training=TrainingSpec(rounds=ROUNDS, local_epochs=1), reward=RewardSpec(escrow=10**20, provider_stake=10**18),
-            participation=ParticipationSpec(min_providers=n, max_providers=n),
-            deadlines=DeadlineSpec(join_window=3_600, round_duration=600, challenge_period=1, claim_period=86_400,
-                                   response_period=5),
-            transport=TransportSpec(flower_app_hash=app_hash()))
-        (tmp_path / "spec.json").write_bytes(spec.canonical())
-        job = Requester(dep, requester, LocalBlobStore(tmp_path / "agg-blobs")).post(spec, agg.address)
+        dep, requester, provs, job = _posted_job(chain, node, tmp_path, n, "flower-restart")
         common = ["--rpc", node.url, "--contracts", str(tmp_path / "contracts.json"), "--job", str(job), "--poll", "0.2"]
         port = free_port()
         aggregator_args = ["aggregator", "serve-flower", *common, "--dev-account", "3", "--store", str(tmp_path / "agg-blobs"),
