@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from shapley import parse_seeds  # the sibling benchmark's seed list syntax (this directory is on sys.path)
+
 from fedmarket.chain.boa_backend import BoaChain
 from fedmarket.driver import Cast, JobDriver, fund
 from fedmarket.fl.data import load_dataset, subset, train_test_split
@@ -38,15 +40,6 @@ from fedmarket.storage import LocalBlobStore, Mailbox
 
 TOKEN = 10**18
 OTHERS, VALIDATORS, ROUNDS, KS = 4, 3, 3, (1, 2, 4, 8)
-
-
-def parse_seeds(text: str) -> list[int]:
-    """Seeds from "0-4", "0,2,5" or "3"."""
-    out: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
-    return out
 
 
 def spec(n_providers: int) -> JobSpec:
