@@ -34,6 +34,11 @@ class StorageError(FedMarketError):
     """A blob is missing, or its bytes do not hash to the content id it was asked by."""
 
 
+class StorageUnreachable(StorageError):
+    """The content store or broker could not be reached or did not answer: this says nothing about
+    the data, so a judge of a round retries rather than calling its data unavailable."""
+
+
 class PrivacyError(FedMarketError):
     """A privacy mechanism or protocol could not run as asked."""
 

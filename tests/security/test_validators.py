@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from sec_support import VAL_STAKE, revert
 
 from fedmarket.driver import RoundPlan
-from fedmarket.errors import ContractRevert
+from fedmarket.errors import ContractRevert, StorageUnreachable
 from fedmarket.market import JobState
 from fedmarket.protocol import rules as R
 from fedmarket.protocol.encoding import address_key
 from fedmarket.protocol.receipts import Attestation, Rejection, RewardsApproval
 from fedmarket.roles import Validator
-from fedmarket.roles.common import committed_rounds, fail_job, round_accumulator, terms_of
+from fedmarket.roles.common import committed_rounds, fail_job, round_accumulator, round_topic, terms_of
 from fedmarket.roles.settlement import statement_of, submit_reward_approvals
 from fedmarket.roles.validator import submit_attestations
 from fedmarket.testing.adversary import EquivocatingValidator, MuteAggregator, SelfPayingAggregator, SilentValidator
@@ -338,3 +340,36 @@ def test_refusing_a_wrong_round_costs_validators_nothing(make):
     d = s.delta()
     assert all(d[v.address] >= 0 for v in s.validators), {v.address: d[v.address] for v in s.validators}
     assert d[s.agg.address] < 0
+
+
+class _Unanswering:
+    """A shared content store (a broker) that is down while a validator reviews."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def get(self, cid: str) -> bytes:
+        raise StorageUnreachable("cannot reach NATS server at nats://127.0.0.1:4222 (test: the broker is down)")
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_store_outage_is_no_reason_to_reject_an_honest_round(make):
+    """The store every role shares is down when a validator reviews an honest round. Calling its data
+    unavailable would vote against the aggregator (more than a third rejecting slashes it) for the
+    broker's fault: the review fails instead and is retried, posts no rejection, and attests once the
+    store answers."""
+    s = make(providers=3, validators=1, rounds=1)
+    s.open()
+    s.driver._train_and_commit(0, RoundPlan())
+    v = s.validators[0]
+    store = v.auditor.store
+    v.auditor.store = _Unanswering(store)
+    with pytest.raises(StorageUnreachable):
+        v.review(s.job, 0)
+    assert s.box.read(round_topic(s.job, 0) + "-rejections") == []
+    v.auditor.store = store
+    v.review(s.job, 0)
+    submit_attestations(s.dep, s.box, s.c.stranger, s.job, 0)
+    assert s.dep.job(s.job)["quorum"]

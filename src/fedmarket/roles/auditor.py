@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..errors import FedMarketError
+from ..errors import FedMarketError, StorageUnreachable
 from ..market import Deployment
 from ..protocol import rules as R
 from ..protocol.encoding import address_key, decode_vector, vector_root
@@ -177,6 +177,8 @@ class Auditor:
         c = committed
         try:
             ev = self.evidence(spec, job_id, c.round, rounds)
+        except StorageUnreachable:  # the store did not answer: nothing is known of the data yet
+            raise
         except FedMarketError as exc:  # storage and protocol errors both derive from it
             return RoundCheck(c.round, False, f"round data unavailable or inconsistent: {exc}", count=c.count), None
         n = int(self.dep.market.call("progress", job_id)["n_providers"])

@@ -18,7 +18,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-from ..errors import StorageError
+from ..errors import StorageError, StorageUnreachable
 from .blobstore import BlobStore
 from .cid import cid_of, parse_cid
 
@@ -55,7 +55,7 @@ class IpfsHttpStore(BlobStore):
             raise StorageError(f"IPFS node {self.url}: {command} failed: {self._message(exc)}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise StorageError(f"cannot reach IPFS node at {self.url} ({command}): {reason}") from None
+            raise StorageUnreachable(f"cannot reach IPFS node at {self.url} ({command}): {reason}") from None
 
     @staticmethod
     def _message(exc: urllib.error.HTTPError) -> str:

@@ -39,7 +39,7 @@ import nats.errors
 import nats.js.api
 import nats.js.errors
 
-from ..errors import StorageError
+from ..errors import StorageError, StorageUnreachable
 from .blobstore import BlobStore
 from .cid import cid_of, parse_cid
 from .mailbox import check_topic
@@ -126,18 +126,18 @@ class NatsLink:
         `timeout` seconds (default: the link's) is a `StorageError` naming the server."""
         if not self._thread.is_alive():
             coro.close()
-            raise StorageError(f"NATS link to {self.url} is closed")
+            raise StorageUnreachable(f"NATS link to {self.url} is closed")
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
             return future.result(self.timeout if timeout is None else timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise StorageError(f"NATS server {self.url}: no answer to {what} ({self.last_error or 'timed out'})") from None
+            raise StorageUnreachable(f"NATS server {self.url}: no answer to {what} ({self.last_error or 'timed out'})") from None
         except nats.errors.NoServersError:
             why = f" ({self.last_error})" if self.last_error else ""
-            raise StorageError(f"cannot reach NATS server at {self.url}{why}") from None
+            raise StorageUnreachable(f"cannot reach NATS server at {self.url}{why}") from None
         except _NATS_ERRORS as exc:
-            raise StorageError(f"NATS server {self.url}: {what} failed: {type(exc).__name__} {exc}".rstrip()) from None
+            raise StorageUnreachable(f"NATS server {self.url}: {what} failed: {type(exc).__name__} {exc}".rstrip()) from None
 
     def close(self) -> None:
         """Close the connection (every post was acknowledged already), stop the loop and join its
