@@ -343,13 +343,16 @@ def test_refusing_a_wrong_round_costs_validators_nothing(make):
 
 
 class _Unanswering:
-    """A shared content store (a broker) that is down while a validator reviews."""
+    """A shared content store (a broker) that is down while a role reads `cids` (every blob if None)."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, cids: set[str] | None = None):
         self.inner = inner
+        self.cids = cids
 
     def get(self, cid: str) -> bytes:
-        raise StorageUnreachable("cannot reach NATS server at nats://127.0.0.1:4222 (test: the broker is down)")
+        if self.cids is None or cid in self.cids:
+            raise StorageUnreachable("cannot reach NATS server at nats://127.0.0.1:4222 (test: the broker is down)")
+        return self.inner.get(cid)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -373,3 +376,20 @@ def test_a_store_outage_is_no_reason_to_reject_an_honest_round(make):
     v.review(s.job, 0)
     submit_attestations(s.dep, s.box, s.c.stranger, s.job, 0)
     assert s.dep.job(s.job)["quorum"]
+
+
+def test_a_store_outage_leaves_no_honest_update_out_of_a_round(make):
+    """The same outage while the aggregator collects: it must not commit the round without the
+    updates it could not fetch (their providers would lose the round's pay for the broker's fault).
+    Collecting fails and is retried; once the store answers, every update is in."""
+    s = make(providers=3, validators=1, rounds=1)
+    s.open()
+    updates = {p.train(s.job, 0)["update_cid"] for p in s.providers}
+    store = s.agg.store
+    s.agg.store = _Unanswering(store, updates)
+    with pytest.raises(StorageUnreachable):
+        s.agg.run_round(s.job, 0)
+    assert committed_rounds(s.dep, s.job) == []
+    s.agg.store = store
+    s.agg.run_round(s.job, 0)
+    assert committed_rounds(s.dep, s.job)[0].count == 3

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..chain import Account, Receipt
-from ..errors import FedMarketError, SecAggAbort, ShareTampered, StorageError
+from ..errors import FedMarketError, SecAggAbort, ShareTampered, StorageError, StorageUnreachable
 from ..jobmodel import job_model
 from ..market import Deployment
 from ..protocol import rules as R
@@ -97,6 +97,8 @@ class Aggregator:
         for raw in self.mailbox.read(round_topic(job_id, round_)):
             try:
                 upd = self._verify(raw, job_id, round_, spec, selected)
+            except StorageUnreachable:  # the store is down: no reason to leave anyone out; retry later
+                raise
             except (FedMarketError, ValueError, KeyError, TypeError) as exc:
                 rejected.append({"reason": str(exc)})
                 continue
@@ -144,6 +146,8 @@ class Aggregator:
             raise FedMarketError(f"{signer} was not selected for round {round_}")
         try:
             q = decode_vector(self.store.get(msg["update_cid"]), spec.n_params)
+        except StorageUnreachable:
+            raise
         except StorageError as exc:
             raise FedMarketError(f"update of {signer}: {exc}") from None
         if vector_root(q, spec.quantization.chunk_size) != root:
