@@ -132,21 +132,16 @@ def setup(tmp: Path, url: str, n: int, rounds: int):
     from fedmarket.fl.data import load_dataset, subset
     from fedmarket.fl.partition import iid_partition
     from fedmarket.keys import dev_account
-    from fedmarket.market import Deployment
     from fedmarket.roles import Aggregator, Provider, Requester
     from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec, TransportSpec
     from fedmarket.storage import LocalBlobStore, Mailbox
+    from fedmarket.testing.localjob import deploy_dev
     from fedmarket.transport.flower import app_hash
 
     chain = RpcChain(url)
     deployer, treasury, requester, agg = (dev_account(i) for i in range(4))
     provs = [dev_account(40 + i) for i in range(n)]
-    for a in [deployer, requester, agg, *provs]:
-        chain.fund(a.address, 10**21)
-    dep = Deployment.deploy(chain, deployer, treasury.address, 100)
-    dep.save(tmp / "contracts.json", chain_id=chain.chain_id, block=dep.token.from_block, deployer=deployer.address)
-    for a in [requester, agg, *provs]:
-        dep.token.transact("mint", a.address, 10**21, sender=deployer)
+    dep = deploy_dev(chain, deployer, treasury.address, tmp, [requester, agg, *provs], mint=10**21)
     ds = load_dataset("digits")
     spec = JobSpec(name="flower-bench", data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64,
                                                         feature_high=[16.0] * 64),

@@ -25,11 +25,12 @@ from fedmarket.chain.rpc_backend import RpcChain
 from fedmarket.fl.data import load_dataset, subset
 from fedmarket.fl.partition import iid_partition
 from fedmarket.keys import dev_account
-from fedmarket.market import Deployment, JobState
+from fedmarket.market import JobState
 from fedmarket.roles import Requester
 from fedmarket.roles.common import committed_rounds
 from fedmarket.spec import DataSchema, DeadlineSpec, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec, TransportSpec
 from fedmarket.storage import LocalBlobStore
+from fedmarket.testing.localjob import deploy_dev
 from fedmarket.transport.flower import app_hash
 from fedmarket.transport.flower_nodes import descendants, free_port
 
@@ -84,12 +85,7 @@ def _posted_job(chain, node, tmp_path, n: int, name: str) -> tuple:
     installation's Flower app), post the job; returns (dep, requester, provider accounts, job)."""
     deployer, treasury, requester, agg = (dev_account(i) for i in range(4))
     provs = [dev_account(40 + i) for i in range(n)]
-    for a in [deployer, requester, agg, *provs]:
-        chain.fund(a.address, 10**21)
-    dep = Deployment.deploy(chain, deployer, treasury.address, 100)
-    dep.save(tmp_path / "contracts.json", chain_id=chain.chain_id, block=dep.token.from_block, deployer=deployer.address)
-    for a in [requester, agg, *provs]:
-        dep.token.transact("mint", a.address, 10**21, sender=deployer)
+    dep = deploy_dev(chain, deployer, treasury.address, tmp_path, [requester, agg, *provs], mint=10**21)
     ds = load_dataset("digits")
     for i, idx in enumerate(iid_partition(ds.y, n, 0)):
         np.savez(tmp_path / f"p{i}.npz", X=subset(ds, idx).X, y=subset(ds, idx).y)

@@ -148,6 +148,22 @@ class RpcProxy:
         self.close()
 
 
+def deploy_dev(chain: RpcChain, deployer, treasury: str, workdir: Path, accounts, *, mint: int = 0,
+               **deploy_kwargs) -> Deployment:
+    """On a development node: ether for gas to the deployer and `accounts`, the contracts deployed
+    (fee 100 bps) and their addresses written to `workdir/contracts.json` for role processes, then
+    `mint` tokens to each of `accounts` (none if 0)."""
+    for acct in [deployer, *accounts]:
+        chain.fund(acct.address, 10**21)
+    dep = Deployment.deploy(chain, deployer, treasury, 100, **deploy_kwargs)
+    dep.save(Path(workdir) / "contracts.json", chain_id=chain.chain_id, block=dep.token.from_block,
+             deployer=deployer.address)
+    if mint:
+        for acct in accounts:
+            dep.token.transact("mint", acct.address, mint, sender=deployer)
+    return dep
+
+
 @dataclass
 class LocalJob:
     """A job across OS processes on one machine. `node_url` is the node itself (setup and
@@ -220,11 +236,7 @@ class LocalJob:
         w = self.workdir
         for sub in ("data",) if self.broker else ("data", "logs", "state", "blobs", "mailbox"):
             (w / sub).mkdir(parents=True, exist_ok=True)
-        for acct in [self.deployer, *self.accounts]:
-            self.chain.fund(acct.address, 10**21)
-        self.dep = Deployment.deploy(self.chain, self.deployer, self.treasury.address, 100, 1_000)
-        self.dep.save(w / "contracts.json", chain_id=self.chain.chain_id, block=self.dep.token.from_block,
-                      deployer=self.deployer.address)
+        self.dep = deploy_dev(self.chain, self.deployer, self.treasury.address, w, self.accounts, unbonding_delay=1_000)
         ds, train, test, parts = self.cfg.split()
         deadlines = DeadlineSpec(join_window=3_600, round_duration=self.round_duration,
                                  challenge_period=self.challenge_period, claim_period=86_400,
