@@ -480,7 +480,8 @@ def reward_pool(job_id: uint256, reward_root: bytes32, reward_total: uint256, va
     @param value_total The sum of its unslashed providers' values.
     @param basis BASIS_WEIGHT or BASIS_SCORES.
     @param gate_met Whether the quality target was met.
-    @return The pool: escrow minus the protocol fee, times the miss payout if the gate was missed.
+    @return The pool: escrow minus the protocol fee; if the gate was missed, the roles' reserved
+            fees plus the miss payout's share of the rest.
     """
     t: T.JobTerms = staticcall MARKET.terms(job_id)
     state: uint256 = 0
@@ -506,5 +507,7 @@ def reward_pool(job_id: uint256, reward_root: bytes32, reward_total: uint256, va
         assert gate_met == (t.miss_payout_bps == C.BPS), "disputes: gate must follow the terms"
     pool: uint256 = t.escrow - t.escrow * staticcall MARKET.FEE_BPS() // C.BPS
     if not gate_met:
-        pool = pool * t.miss_payout_bps // C.BPS
+        # the roles' fees pay for work done, whatever the model's quality; the providers' part shrinks
+        reserved: uint256 = T._reserved(t, (staticcall MARKET.progress(job_id)).n_validators)
+        pool = reserved + (pool - reserved) * t.miss_payout_bps // C.BPS
     return pool

@@ -3,10 +3,12 @@
 """
 @title fedmarket model licence
 @notice Each settled job's trained model is an ERC-721 token (id = job id) owned by the
-        job's requester. Anyone may buy a licence to it at the job's licence price; the
-        revenue goes to the job's contributors pro rata to their reward share, claimed
-        with the job's own reward Merkle root (same leaf, same proof). No admin: nobody
-        can mint except through a settled job.
+        job's requester. Anyone may buy a licence to it at the job's licence price. Each
+        price is split when paid: the market's protocol fee to the treasury, the job terms'
+        `licence_requester_bps` to the model token's owner (the requester, or whoever it
+        sold the token to), both as pull balances, and the rest to the job's contributors
+        pro rata to their reward share, claimed with the job's own reward Merkle root (same
+        leaf, same proof). No admin: nobody can mint except through a settled job.
 @license AGPL-3.0-only
 """
 
@@ -42,6 +44,8 @@ interface IMarket:
     def terms(job_id: uint256) -> T.JobTerms: view
     def progress(job_id: uint256) -> T.Progress: view
     def TOKEN() -> address: view
+    def TREASURY() -> address: view
+    def FEE_BPS() -> uint256: view
 
 
 event ModelMinted:
@@ -61,12 +65,22 @@ event RevenueClaimed:
     amount: uint256
 
 
+event Withdrawn:
+    account: indexed(address)
+    amount: uint256
+
+
 # @dev The job market whose settled jobs this contract licenses.
 MARKET: public(immutable(IMarket))
 # @dev The token licences are paid in (the market's token).
 TOKEN: public(immutable(IERC20))
 
-# @dev Total licence revenue of each job's model.
+# @dev Receiver of the protocol fee (the market's treasury).
+TREASURY: public(immutable(address))
+# @dev Protocol fee in basis points (the market's).
+FEE_BPS: public(immutable(uint256))
+
+# @dev Licence revenue of each job's model due to its contributors (after the fee and the owner's share).
 revenue: public(HashMap[uint256, uint256])
 # @dev Revenue already withdrawn through each reward leaf, per job (by leaf index, as the market pays).
 withdrawn: public(HashMap[uint256, HashMap[uint256, uint256]])
@@ -74,6 +88,8 @@ withdrawn: public(HashMap[uint256, HashMap[uint256, uint256]])
 paid_out: public(HashMap[uint256, uint256])
 # @dev Who holds a licence to each job's model.
 licensed: public(HashMap[uint256, HashMap[address, bool]])
+# @dev Pull balances of model owners and the treasury.
+owed: public(HashMap[address, uint256])
 
 
 @deploy
@@ -84,6 +100,8 @@ def __init__(market: address):
     """
     MARKET = IMarket(market)
     TOKEN = IERC20(staticcall IMarket(market).TOKEN())
+    TREASURY = staticcall IMarket(market).TREASURY()
+    FEE_BPS = staticcall IMarket(market).FEE_BPS()
     ownable.__init__()
     erc721.__init__("fedmarket model", "FMM", "", "fedmarket model", "1")
     erc721.is_minter[msg.sender] = False
@@ -115,10 +133,15 @@ def buy(job_id: uint256):
     assert erc721._exists(job_id), "licence: model not minted"
     # nobody could ever claim the revenue of a job without rewards
     assert (staticcall MARKET.progress(job_id)).reward_total > 0, "licence: job has no rewards"
-    price: uint256 = (staticcall MARKET.terms(job_id)).licence_price
+    terms: T.JobTerms = staticcall MARKET.terms(job_id)
+    price: uint256 = terms.licence_price
     assert not self.licensed[job_id][msg.sender], "licence: already licensed"
     self.licensed[job_id][msg.sender] = True
-    self.revenue[job_id] += price
+    fee: uint256 = price * FEE_BPS // C.BPS
+    owner_share: uint256 = price * terms.licence_requester_bps // C.BPS
+    self.owed[TREASURY] += fee
+    self.owed[erc721._owner_of(job_id)] += owner_share
+    self.revenue[job_id] += price - fee - owner_share
     if price > 0:
         assert extcall TOKEN.transferFrom(msg.sender, self, price, default_return_value=True), "licence: payment failed"
     log LicencePurchased(job_id=job_id, buyer=msg.sender, price=price)
@@ -152,6 +175,21 @@ def claim_revenue(job_id: uint256, index: uint256, leaf: leaves.RewardLeaf, proo
     assert extcall TOKEN.transfer(leaf.account, due, default_return_value=True), "licence: transfer failed"
     log RevenueClaimed(job_id=job_id, account=leaf.account, amount=due)
     return due
+
+
+@external
+@nonreentrant
+def withdraw() -> uint256:
+    """
+    @notice Pays the sender its pull balance (a model owner's share, the treasury's fee).
+    @return The amount paid.
+    """
+    amount: uint256 = self.owed[msg.sender]
+    assert amount > 0, "licence: nothing owed"
+    self.owed[msg.sender] = 0
+    assert extcall TOKEN.transfer(msg.sender, amount, default_return_value=True), "licence: transfer failed"
+    log Withdrawn(account=msg.sender, amount=amount)
+    return amount
 
 
 @view

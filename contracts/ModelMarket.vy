@@ -316,6 +316,8 @@ def _set_offer(job_id: uint256, terms: Offer):
     assert terms.access_period <= MAX_ACCESS, "model: access period too long"
     assert (terms.access_price == 0) == (terms.access_period == 0), "model: access needs a price and a period"
     assert terms.owner_bps + terms.server_bps + FEE_BPS <= C.BPS, "model: shares exceed the whole"
+    # the contributors agreed to the owner's share when they joined the job
+    assert terms.owner_bps <= (staticcall MARKET.terms(job_id)).licence_requester_bps, "model: owner share above the job's terms"
     self.offer[job_id] = terms
     log OfferSet(job_id=job_id, query_price=terms.query_price, access_price=terms.access_price,
                  access_period=terms.access_period, owner_bps=terms.owner_bps, server_bps=terms.server_bps,

@@ -117,7 +117,7 @@ def _finalizing(job_id: uint256) -> T.Progress:
 
 @view
 @internal
-def _leaf_ok(job_id: uint256, leaf: leaves.RewardLeaf, basis: uint256, pool: uint256, value_total: uint256, rounds: uint256, final: uint256) -> bool:
+def _leaf_ok(job_id: uint256, leaf: leaves.RewardLeaf, basis: uint256, pool: uint256, value_total: uint256, rounds: uint256, final: uint256, n_validators: uint256) -> bool:
     """Whether a reward leaf follows the reward rule for the member it names (`final`: the stage
     of a slash made under the standing root, STAGE_FINAL plus its challenge deadline)."""
     role: uint256 = 0
@@ -132,13 +132,20 @@ def _leaf_ok(job_id: uint256, leaf: leaves.RewardLeaf, basis: uint256, pool: uin
     a: int256 = convert(leaf.activity, int256)
     if cut:
         return leaf.amount == 0 and leaf.reputation_delta == -max(a, 1)
+    t: T.JobTerms = staticcall game.MARKET.terms(job_id)
     if leaf.role == C.ROLE_PROVIDER:
+        # the providers share what the roles' reserved fees leave of the pool
         due: uint256 = 0
         if value_total > 0:
-            due = pool * leaf.value // value_total
+            due = (pool - T._reserved(t, n_validators)) * leaf.value // value_total
         return leaf.amount == due and leaf.reputation_delta == a
-    if leaf.amount != 0 or leaf.value != 0:
+    if leaf.value != 0:
         return False
+    if leaf.role == C.ROLE_VALIDATOR:
+        if leaf.amount != t.validator_fee * leaf.activity:
+            return False  # a fee per attestation of the committed model
+    elif leaf.amount != t.aggregator_fee * rounds:
+        return False  # a fee per committed round
     if basis == C.BASIS_SCORES:
         return leaf.reputation_delta >= -r and leaf.reputation_delta <= r  # the validators' judgement
     if leaf.role == C.ROLE_VALIDATOR:
@@ -182,7 +189,7 @@ def defend_reward_leaf(
         assert convert(prev.account, uint256) < convert(leaf.account, uint256), "arbiter: leaves out of order"
     rounds: uint256 = (game.games[gid].params >> game.P_ROUNDS) & 65_535
     final: uint256 = C.STAGE_FINAL + p.challenge_deadline
-    assert self._leaf_ok(job_id, leaf, p.basis, p.pool, p.value_total, rounds, final), "arbiter: leaf breaks the reward rule"
+    assert self._leaf_ok(job_id, leaf, p.basis, p.pool, p.value_total, rounds, final, p.n_validators), "arbiter: leaf breaks the reward rule"
     role: uint256 = 0
     stage: uint256 = 0
     role, stage = staticcall game.MARKET.membership(job_id, leaf.account)

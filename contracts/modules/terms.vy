@@ -38,6 +38,9 @@ struct JobTerms:
     miss_payout_bps: uint256
     noise_multiplier: uint256
     delta_log: uint256
+    aggregator_fee: uint256  # paid per committed round
+    validator_fee: uint256  # paid per attestation of a round (the committed model, at quorum)
+    licence_requester_bps: uint256  # the licence owner's share of licence and query revenue
 
 
 # @dev A job's participants and settlement (JobMarket keeps its state, current round, round
@@ -141,7 +144,27 @@ def _problem(terms: JobTerms, requester: address, now: uint256) -> String[64]:
         return "market: bad miss payout"
     if not (terms.miss_payout_bps == C.BPS or terms.max_validators > 0):
         return "market: quality gate needs validators"
+    if not (terms.aggregator_fee <= C.MAX_AMOUNT and terms.validator_fee <= C.MAX_AMOUNT):
+        return "market: fee too large"
+    if not (terms.validator_fee == 0 or terms.max_validators > 0):
+        return "market: validator fee without validators"
+    if not (self._reserved(terms, terms.max_validators) <= terms.escrow - terms.escrow * C.MAX_FEE_BPS // C.BPS):
+        return "market: role fees exceed the escrow"
+    if not (terms.licence_requester_bps <= C.BPS - C.MAX_FEE_BPS):
+        return "market: requester share too large"
     return ""
+
+
+@pure
+@internal
+def _reserved(terms: JobTerms, n_validators: uint256) -> uint256:
+    """
+    @notice The escrow a job sets aside for its roles' fees: the aggregator's fee for every
+            round and each joined validator's fee for an attestation of every round. What a
+            role does not earn (a validator that missed a round, a member cut for a fault)
+            returns to the requester at settlement. `protocol.rules.reserved_fees` mirrors it.
+    """
+    return terms.rounds * (terms.aggregator_fee + n_validators * terms.validator_fee)
 
 
 @pure

@@ -52,6 +52,9 @@ class JobTerms:
     miss_payout_bps: int = 10_000  # share of the pool paid when the quality target is missed
     noise_multiplier: int = 0  # of a private job's Gaussian noise, in millionths
     delta_log: int = 0  # ln(1/delta) of a private job, in millionths
+    aggregator_fee: int = 0  # paid to the aggregator per committed round
+    validator_fee: int = 0  # paid to a validator per attestation of a round's committed model
+    licence_requester_bps: int = 0  # the model owner's share of licence and query revenue
 
     def abi(self) -> tuple:
         return astuple(self)

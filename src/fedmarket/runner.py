@@ -63,6 +63,9 @@ class JobConfig:
     validators: int = 0
     validator_stake_tokens: int = 50
     fee_bps: int = DEFAULT_FEE_BPS
+    aggregator_fee_tokens: float = 1.0  # per committed round
+    validator_fee_tokens: float = 0.5  # per attestation (jobs with validators)
+    licence_requester_bps: int = 1_000
     local_epochs: int = 5
     batch_size: int = 16
     learning_rate: float = 1.0
@@ -108,6 +111,12 @@ class JobConfig:
             raise ConfigError(f"--validators must be between 0 and 32 (got {self.validators})")
         if self.escrow_tokens < 1 or self.stake_tokens < 0:
             raise ConfigError("escrow must be positive and stake non-negative")
+        if self.aggregator_fee_tokens < 0 or self.validator_fee_tokens < 0:
+            raise ConfigError("the aggregator's and validators' fees must not be negative")
+        fees = self.rounds * (self.aggregator_fee_tokens + self.validators * self.validator_fee_tokens)
+        if fees > self.escrow_tokens * 0.9:
+            raise ConfigError(f"the roles' fees over {self.rounds} rounds ({fees:g} tokens) exceed 90% of the "
+                              f"escrow ({self.escrow_tokens} tokens): raise the escrow or lower the fees")
         if self.privacy not in PRIVACY_MODES:
             raise ConfigError(f"unknown privacy mode '{self.privacy}'; choose one of: {', '.join(PRIVACY_MODES)}")
         if not 0 <= self.dropout < 1:
@@ -223,7 +232,10 @@ def demo_spec(cfg: JobConfig, ds, deadlines: DeadlineSpec | None = None) -> JobS
         ),
         reward=RewardSpec(escrow=cfg.escrow_tokens * TOKEN, provider_stake=cfg.stake_tokens * TOKEN,
                           aggregator_stake=cfg.aggregator_stake_tokens * TOKEN,
-                          validator_stake=cfg.validator_stake_tokens * TOKEN if cfg.validators else 0),
+                          validator_stake=cfg.validator_stake_tokens * TOKEN if cfg.validators else 0,
+                          aggregator_fee=round(cfg.aggregator_fee_tokens * TOKEN),
+                          validator_fee=round(cfg.validator_fee_tokens * TOKEN) if cfg.validators else 0,
+                          licence_requester_bps=cfg.licence_requester_bps),
         participation=ParticipationSpec(min_providers=cfg.providers, max_providers=cfg.providers,
                                         max_validators=cfg.validators, per_round=cfg.per_round),
         quality=QualitySpec(target_accuracy=cfg.target_accuracy, miss_payout_bps=cfg.miss_payout_bps),

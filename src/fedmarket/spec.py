@@ -231,7 +231,13 @@ class PrivacySpec(_Strict):
 class RewardSpec(_Strict):
     """Money, in token base units: the requester's escrow, each role's stake, the bond a
     challenger locks to open a dispute game (paid to the defender if the challenge fails, so
-    it should cover the defender's gas for a whole game), and the licence price."""
+    it should cover the defender's gas for a whole game), the licence price, and the roles'
+    fees, paid out of the escrow before the providers share the rest: the aggregator's per
+    committed round, a validator's per round it attests (a member cut for a fault, or a
+    validator that did not attest, earns nothing for it; the unearned part returns to the
+    requester). ``licence_requester_bps`` is the model owner's share of licence and query
+    revenue (the requester's, until it sells the model token); the protocol fee is taken
+    too, and the contributors share the rest by their rewards."""
 
     escrow: int = Field(gt=0, le=R.MAX_AMOUNT)
     provider_stake: int = Field(default=0, ge=0, le=R.MAX_AMOUNT)
@@ -239,6 +245,9 @@ class RewardSpec(_Strict):
     validator_stake: int = Field(default=0, ge=0, le=R.MAX_AMOUNT)
     dispute_bond: int = Field(default=10**18, gt=0, le=R.MAX_AMOUNT)
     licence_price: int = Field(default=0, ge=0, le=R.MAX_AMOUNT)
+    aggregator_fee: int = Field(default=0, ge=0, le=R.MAX_AMOUNT)
+    validator_fee: int = Field(default=0, ge=0, le=R.MAX_AMOUNT)
+    licence_requester_bps: int = Field(default=0, ge=0, le=R.BPS - R.MAX_FEE_BPS)
 
 
 class ParticipationSpec(_Strict):
@@ -360,6 +369,13 @@ class JobSpec(_Strict):
         if self.privacy.secure and self.participation.max_validators < 1:
             raise ValueError(f"privacy mode {self.privacy.mode} needs validators (max_validators >= 1): they re-derive "
                              "each round's mask correction, which no contract can")
+        if self.reward.validator_fee and self.participation.max_validators < 1:
+            raise ValueError("reward.validator_fee needs validators (max_validators >= 1)")
+        fees = R.RoleFees(self.reward.aggregator_fee, self.reward.validator_fee, self.training.rounds,
+                          self.participation.max_validators)
+        if fees.reserved > self.reward.escrow - self.reward.escrow * R.MAX_FEE_BPS // R.BPS:
+            raise ValueError(f"the roles' fees over {self.training.rounds} rounds ({fees.reserved}) exceed the escrow "
+                             f"less the largest protocol fee ({self.reward.escrow - self.reward.escrow * R.MAX_FEE_BPS // R.BPS})")
         if self.training.rounds * self.deadlines.round_duration > R.MAX_TRAINING_TIME:
             raise ValueError(f"rounds x round_duration must not exceed {R.MAX_TRAINING_TIME} seconds (two years)")
         if self.model.kind == "cnn" and (self.data.input_shape is None or len(self.data.input_shape) != 3):

@@ -149,7 +149,7 @@ class Kit:
             "min_validators": 0, "max_validators": 0, "rounds": 2, "per_round": 0, "join_deadline": self.now() + 1_000,
             "round_duration": 500, "challenge_period": 100, "claim_period": 1_000, "response_period": 100, "dispute_bond": BOND,
             "rule": R.Rule.WEIGHTED_MEAN, "trim": 0, "chunk_size": 4, "n_params": 10, "licence_price": 0, "privacy_budget": 0,
-            "miss_payout_bps": R.BPS,
+            "miss_payout_bps": R.BPS, "aggregator_fee": 0, "validator_fee": 0, "licence_requester_bps": 0,
         }
         base.update(over)
         if base["privacy_budget"] and "noise_multiplier" not in over:  # a private job: the noise its budget allows
@@ -424,7 +424,8 @@ class Job:
         """The weight-basis reward leaves the reward rule asks for (`protocol.rules.leaf_due`),
         from the rounds committed here and the chain's memberships and attestations."""
         rounds = self.terms.rounds
-        pool = pool_of(self.terms.escrow, self.terms.miss_payout_bps, gate_met)
+        fees = R.RoleFees.of(self.terms, len(self.validators))
+        pool = R.pool(self.terms.escrow, FEE_BPS, self.terms.miss_payout_bps, gate_met, fees.reserved)
         members = []
         for p in self.providers:
             ups = [u for rd in self.rounds for u in rd.updates if u.provider == p.address]
@@ -441,7 +442,7 @@ class Job:
         leaves = []
         for a, role, value, activity in sorted(members, key=lambda m: address_key(m[0])):
             amount, delta = R.leaf_due(role, value, activity, rounds, R.Basis.WEIGHT, pool, value_total,
-                                       R.cut_before_root(*words[a], final))
+                                       R.cut_before_root(*words[a], final), fees)
             leaves.append({"account": a, "role": int(role), "amount": amount, "reputation_delta": delta, "value": value,
                                "activity": activity})
         return index_leaves(leaves)

@@ -364,6 +364,70 @@ def test_a_value_the_rounds_do_not_show_is_rejected(kit, cheat, side):
     assert_root_rejected(kit, job, p.timeout())
 
 
+# ---------------------------------------------------------------- the roles' fees
+
+FEES = {"aggregator_fee": 2 * 10**18, "validator_fee": 10**18}  # per committed round, per attested round
+
+
+def test_an_honest_root_with_fees_defends_every_fee_leaf(kit):
+    """Each role's fee as the terms set it: the aggregator's for every round, validator 0's for its
+    three attestations, validator 1's for the two it made; each leaf stands a sum game."""
+    job = _finalizing(kit, **FEES)
+    ls = job.leaves
+    assert ls[_agg_ix(job, ls)]["amount"] == ROUNDS * FEES["aggregator_fee"]
+    assert [ls[_val_ix(job, ls, k)]["amount"] for k in (0, 1)] == [3 * FEES["validator_fee"], 2 * FEES["validator_fee"]]
+    for i in (_agg_ix(job, ls), _val_ix(job, ls, 0), _val_ix(job, ls, 1)):
+        p = RewardPlayer(job, open_rewards(job))
+        p.down_to(i)
+        assert not resolved(p.defend_leaf())["challenger_won"]
+
+
+FEE_CHEATS = {
+    "the aggregator's fee raised": (lambda j, ls: _move(ls, _provider_ix(j, ls, 0), _agg_ix(j, ls), 10**18),
+                                    lambda j, ls: _agg_ix(j, ls)),
+    "a validator paid past its attestations": (lambda j, ls: _move(ls, _provider_ix(j, ls, 0), _val_ix(j, ls, 1), 10**18),
+                                               lambda j, ls: _val_ix(j, ls, 1)),
+    "a validator's fee withheld": (lambda j, ls: _move(ls, _val_ix(j, ls, 0), _provider_ix(j, ls, 0), 10**18),
+                                   lambda j, ls: _val_ix(j, ls, 0)),
+}
+
+
+@pytest.mark.parametrize("cheat", FEE_CHEATS)
+def test_a_fee_off_the_terms_is_rejected(kit, cheat):
+    tamper, target = FEE_CHEATS[cheat]
+    job = _finalizing(kit, tamper=tamper, **FEES)
+    p = RewardPlayer(job, open_rewards(job))
+    p.down_to(target(job, job.leaves))
+    with reverts("arbiter: leaf breaks the reward rule"):
+        p.defend_leaf()
+    assert_root_rejected(kit, job, p.timeout())
+
+
+def test_a_fee_for_an_attestation_never_made_loses_the_value_game(kit):
+    """Validator 1 paid for three attestations with its activity and reputation to match: its leaf
+    keeps the rule (the unearned fee is still in the pool), so only the value game, down at round 1
+    where no attestation of it exists, shows the lie."""
+    def tamper(job, leaves):
+        out = [dict(x) for x in leaves]
+        i = _val_ix(job, out, 1)
+        out[i]["activity"] += 1
+        out[i]["reputation_delta"] += 2
+        out[i]["amount"] += FEES["validator_fee"]
+        return out
+
+    job = _finalizing(kit, tamper=tamper, **FEES)
+    i = _at(job, job.validators[1])
+    p = RewardPlayer(job, open_rewards(job))
+    p.down_to(i)
+    assert not resolved(p.defend_leaf())["challenger_won"]
+    p = RewardPlayer(job, open_value(job, i))
+    p.open_value()
+    p.down_to_round()
+    with reverts("arbiter: round does not give the claim"):
+        p.defend_round()
+    assert_root_rejected(kit, job, p.timeout())
+
+
 # ---------------------------------------------------------------- the moves' rules
 
 

@@ -12,6 +12,8 @@ import pytest
 from contract_kit import (
     AGG_STAKE,
     ESCROW,
+    FEE_BPS,
+    TOKEN,
     SCORES,
     STAKE,
     VAL_STAKE,
@@ -501,6 +503,23 @@ def test_a_missed_quality_gate_pays_the_miss_payout(kit):
     assert kit.disputes.call("reward_pool", job.id, *st[:3], R.Basis.SCORES, False) == pool
     job.post_rewards(leaves, basis=R.Basis.SCORES, gate_met=False)
     assert job.info()["pool"] == pool == pool_of() // 4
+
+
+def test_a_missed_quality_gate_still_pays_the_roles_fees(kit):
+    """The fees pay for work done: a missed gate shrinks only what the providers share. The pool is
+    the reserved fees (aggregator x rounds, each joined validator x rounds) plus the miss payout's
+    share of the rest."""
+    fees = {"aggregator_fee": 11 * TOKEN, "validator_fee": 5 * TOKEN}
+    job = kit.job(validators=3, miss_payout_bps=2_500, **fees)
+    job.commit_all()
+    reserved = job.terms.rounds * (fees["aggregator_fee"] + 3 * fees["validator_fee"])
+    full = pool_of()
+    expected = reserved + (full - reserved) * 2_500 // R.BPS
+    assert R.pool(ESCROW, FEE_BPS, 2_500, False, reserved) == expected
+    leaves, st = _statement(job, gate_met=False)
+    job.approve(st)
+    assert kit.disputes.call("reward_pool", job.id, *st[:3], R.Basis.SCORES, False) == expected
+    assert kit.disputes.call("reward_pool", job.id, *st[:3], R.Basis.SCORES, False) > pool_of(miss_bps=2_500, gate_met=False)
 
 
 def test_reward_pool_rules(kit):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import eth_abi
 import pytest
-from contract_kit import TOKEN, ZERO_ADDR, Kit, index_leaves, pool_of, reverts
+from contract_kit import FEE_BPS, TOKEN, ZERO_ADDR, Kit, index_leaves, pool_of, reverts
 from eth_utils import keccak
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,6 +15,14 @@ from fedmarket.market import JobState, Role
 from fedmarket.protocol.proofs import reward_struct
 
 PRICE = 30 * TOKEN
+
+
+def net(price: int, requester_bps: int = 0) -> int:
+    """What a sale leaves the contributors: the price less the protocol fee and the owner's share."""
+    return price - price * FEE_BPS // 10_000 - price * requester_bps // 10_000
+
+
+NET = net(PRICE)
 ERC721_ID = bytes.fromhex("80ac58cd")
 
 
@@ -27,11 +35,12 @@ class Licensing:
         self.token = kit.token
         self.buyers = [*kit.validators, kit.outsider]
 
-    def finalizing(self, amounts=(400 * TOKEN, 500 * TOKEN), price=PRICE, accounts=None, total=None):
+    def finalizing(self, amounts=(400 * TOKEN, 500 * TOKEN), price=PRICE, accounts=None, total=None, requester_bps=0):
         """A job of len(amounts) providers whose root pays `amounts` to `accounts` (its providers by
         default) plus a zero leaf for the aggregator, declaring `total` (their sum by default)."""
         kit = self.kit
-        job = kit.job(n=len(amounts), rounds=1, licence_price=price, claim_period=10_000)
+        job = kit.job(n=len(amounts), rounds=1, licence_price=price, claim_period=10_000,
+                      licence_requester_bps=requester_bps)
         job.commit_all()
         accounts = accounts or [p.address for p in job.providers]
         leaves = [{"account": a, "role": Role.PROVIDER, "amount": amt, "reputation_delta": 1, "value": amt, "activity": 1}
@@ -170,11 +179,11 @@ def test_buy_pays_the_job_price_once_per_buyer(lw):
     assert (ev["job_id"], ev["buyer"], ev["price"]) == (job.id, b0.address, PRICE)
     assert transfers(r, lw.token) == [(b0.address, lw.lic.address, PRICE)]
     assert (lw.balance(b0.address), lw.balance(lw.lic.address)) == (before[0] - PRICE, before[1] + PRICE)
-    assert lw.lic.call("licensed", job.id, b0.address) and lw.lic.call("revenue", job.id) == PRICE
+    assert lw.lic.call("licensed", job.id, b0.address) and lw.lic.call("revenue", job.id) == NET
     with reverts("licence: already licensed"):
         lw.buy(job, b0)
     lw.buy(job, b1)
-    assert lw.lic.call("revenue", job.id) == 2 * PRICE and lw.balance(lw.lic.address) == before[1] + 2 * PRICE
+    assert lw.lic.call("revenue", job.id) == 2 * NET and lw.balance(lw.lic.address) == before[1] + 2 * PRICE
 
 
 def test_buy_without_allowance_reverts_and_records_nothing(lw):
@@ -205,7 +214,7 @@ def test_each_job_sells_at_its_own_price(lw):
     buyer = lw.buyers[0]
     assert lw.buy(cheap, buyer).event("LicencePurchased")["price"] == 3 * TOKEN
     assert lw.buy(dear, buyer).event("LicencePurchased")["price"] == 70 * TOKEN
-    assert (lw.lic.call("revenue", cheap.id), lw.lic.call("revenue", dear.id)) == (3 * TOKEN, 70 * TOKEN)
+    assert (lw.lic.call("revenue", cheap.id), lw.lic.call("revenue", dear.id)) == (net(3 * TOKEN), net(70 * TOKEN))
 
 
 def test_a_job_without_rewards_sells_no_licence(lw):
@@ -227,7 +236,7 @@ def test_claim_revenue_pays_pro_rata_and_only_increments(lw):
     lw.buy(job, lw.buyers[0])
     before = lw.balance(p0)
     r = lw.claim(job, 0)  # anyone may submit; the account is paid
-    due0 = PRICE * amounts[0] // total
+    due0 = NET * amounts[0] // total
     ev = r.event("RevenueClaimed")
     assert (ev["job_id"], ev["account"], ev["amount"]) == (job.id, p0, due0)
     assert transfers(r, lw.token) == [(lw.lic.address, p0, due0)]
@@ -237,7 +246,7 @@ def test_claim_revenue_pays_pro_rata_and_only_increments(lw):
         lw.claim(job, 0)
     lw.buy(job, lw.buyers[1])
     lw.buy(job, lw.buyers[2])
-    revenue = 3 * PRICE
+    revenue = 3 * NET
     assert lw.lic.call("revenue", job.id) == revenue
     assert lw.claim(job, 0).event("RevenueClaimed")["amount"] == revenue * amounts[0] // total - due0
     assert lw.claim(job, 1, sender=lw.kit.providers[1]).event("RevenueClaimed")["amount"] == revenue * amounts[1] // total
@@ -245,7 +254,7 @@ def test_claim_revenue_pays_pro_rata_and_only_increments(lw):
         lw.claim(job, 2)
     paid = lw.lic.call("paid_out", job.id)
     assert paid == revenue * amounts[0] // total + revenue * amounts[1] // total and revenue - 2 <= paid <= revenue
-    assert lw.balance(lw.lic.address) == revenue - paid
+    assert lw.balance(lw.lic.address) == 3 * PRICE - paid  # the treasury's fees wait to be withdrawn
     assert lw.balance(p1) > 0
 
 
@@ -309,8 +318,35 @@ def test_revenue_stays_with_contributors_when_the_model_changes_hands(lw):
     lw.buy(job, lw.buyers[0])
     owner_before = lw.balance(new_owner)
     due = lw.claim(job, 0, sender=kit.validators[0]).event("RevenueClaimed")["amount"]
-    assert due == PRICE * job.leaves[0]["amount"] // (job.leaves[0]["amount"] + job.leaves[1]["amount"])
-    assert lw.balance(new_owner) == owner_before  # the model's owner earns nothing from licences
+    assert due == NET * job.leaves[0]["amount"] // (job.leaves[0]["amount"] + job.leaves[1]["amount"])
+    assert lw.balance(new_owner) == owner_before  # terms without an owner's share: the owner earns nothing
+    assert lw.lic.call("owed", new_owner) == 0
+
+
+def test_a_sale_pays_the_fee_and_the_owner_share_as_pull_balances(lw):
+    """Terms with an owner's share: each sale credits the treasury's fee and the share to whoever
+    holds the model token at that sale; nobody else can withdraw them, nothing is paid twice."""
+    kit = lw.kit
+    job = lw.minted(requester_bps=1_500)
+    fee, share = PRICE * FEE_BPS // 10_000, PRICE * 1_500 // 10_000
+    lw.buy(job, lw.buyers[0])
+    assert lw.lic.call("revenue", job.id) == net(PRICE, 1_500) == PRICE - fee - share
+    assert (lw.lic.call("owed", kit.treasury), lw.lic.call("owed", kit.requester.address)) == (fee, share)
+    with reverts("licence: nothing owed"):  # a stranger has no balance to take
+        lw.lic.transact("withdraw", sender=kit.outsider)
+    before = lw.balance(kit.requester.address)
+    r = lw.lic.transact("withdraw", sender=kit.requester)
+    assert r.event("Withdrawn")["amount"] == share and lw.balance(kit.requester.address) == before + share
+    with reverts("licence: nothing owed"):
+        lw.lic.transact("withdraw", sender=kit.requester)
+    # the token changes hands: the next sale's share is the new owner's, not the requester's
+    lw.lic.transact("transferFrom", kit.requester.address, kit.outsider.address, job.id, sender=kit.requester)
+    lw.buy(job, lw.buyers[1])
+    assert (lw.lic.call("owed", kit.requester.address), lw.lic.call("owed", kit.outsider.address)) == (0, share)
+    assert lw.lic.call("owed", kit.treasury) == 2 * fee
+    # contributors still get exactly the rest
+    due = lw.claim(job, 0).event("RevenueClaimed")["amount"]
+    assert due == 2 * net(PRICE, 1_500) * job.leaves[0]["amount"] // (job.leaves[0]["amount"] + job.leaves[1]["amount"])
 
 
 def test_one_job_cannot_take_another_jobs_revenue(lw):
@@ -335,8 +371,8 @@ def test_an_account_with_two_leaves_gets_both_shares(lw):
     lw.buy(job, lw.buyers[0])
     job.claim(0)
     job.claim(2)  # the market honours both leaves of p0
-    assert lw.claim(job, 0).event("RevenueClaimed")["amount"] == PRICE // 3
-    assert lw.claim(job, 2).event("RevenueClaimed")["amount"] == PRICE // 3
+    assert lw.claim(job, 0).event("RevenueClaimed")["amount"] == NET // 3
+    assert lw.claim(job, 2).event("RevenueClaimed")["amount"] == NET // 3
 
 
 @settings(max_examples=12, deadline=None, database=None,
@@ -352,11 +388,12 @@ def test_revenue_shares_never_exceed_revenue(world, amounts, price, sales):
     with world["chain"].snapshot():
         lw = Licensing(Kit(world))
         job = lw.minted(amounts=tuple(amounts), price=price)
-        total, buyers, revenue = sum(amounts), iter(lw.buyers), 0
+        total, buyers, revenue, paid_in = sum(amounts), iter(lw.buyers), 0, 0
         for batch in sales:
             for _ in range(batch):
                 lw.buy(job, next(buyers))
-                revenue += price
+                revenue += net(price)
+                paid_in += price
             for i, leaf in enumerate(job.leaves):
                 entitled = revenue * leaf["amount"] // total
                 if entitled > lw.lic.call("withdrawn", job.id, i):
@@ -368,7 +405,8 @@ def test_revenue_shares_never_exceed_revenue(world, amounts, price, sales):
             paid = lw.lic.call("paid_out", job.id)
             assert paid == sum(lw.lic.call("withdrawn", job.id, j) for j in range(len(job.leaves)))
             assert revenue - len(job.leaves) < paid <= revenue
-            assert lw.balance(lw.lic.address) == revenue - paid
+            assert lw.balance(lw.lic.address) == paid_in - paid
+            assert lw.lic.call("owed", lw.kit.treasury) == paid_in - revenue
 
 
 # ---------------------------------------------------------------- ERC-721

@@ -25,6 +25,7 @@ SSTAKE = 20 * TOKEN
 F, C = 4, 2  # the kit's 10-parameter model as a linear model: (4 + 1) * 2
 MODEL = np.array([3, -2, 1, 4, -5, 2, 0, 1, 7, -7], dtype=np.int64) * 100_000
 FEE_BPS = 100
+OWNER_CAP = 2_500  # the jobs' terms: the model owner's share of revenue, at most
 
 
 def offer(**over) -> tuple:
@@ -51,7 +52,7 @@ class Shop:
 
     def settled(self, amounts=(400 * TOKEN, 500 * TOKEN), model=MODEL, rounds=1):
         kit = self.kit
-        job = kit.job(n=len(amounts), rounds=rounds, claim_period=10_000)
+        job = kit.job(n=len(amounts), rounds=rounds, claim_period=10_000, licence_requester_bps=OWNER_CAP)
         job.commit_all(model=model)
         leaves = [{"account": p.address, "role": Role.PROVIDER, "amount": a, "reputation_delta": 1, "value": a,
                    "activity": 1} for p, a in zip(job.providers, amounts)]
@@ -175,6 +176,7 @@ def test_a_shape_that_does_not_fit_is_refused(shop, shape, reason):
 @pytest.mark.parametrize("over, reason", [
     ({"owner_bps": 5_000, "server_bps": 5_000}, "model: shares exceed the whole"),
     ({"owner_bps": 9_901, "server_bps": 0}, "model: shares exceed the whole"),
+    ({"owner_bps": OWNER_CAP + 1}, "model: owner share above the job's terms"),  # what contributors agreed to
     ({"access_price": 0}, "model: access needs a price and a period"),
     ({"access_period": 0}, "model: access needs a price and a period"),
     ({"access_period": 3_650 * 86_400 + 1}, "model: access period too long"),
@@ -434,7 +436,7 @@ def test_one_job_cannot_take_another_jobs_revenue(shop):
     a = shop.buyers[0]
     mm.transact("buy_access", honest.id, 4, sender=a)  # revenue of the honest job sits in the contract
     # a job whose root pays 20 while declaring a reward total of 10 (unchallenged, it settled)
-    job = kit.job(n=2, rounds=1, claim_period=10_000)
+    job = kit.job(n=2, rounds=1, claim_period=10_000, licence_requester_bps=OWNER_CAP)
     job.commit_all(model=MODEL)
     leaves = [{"account": shop.rival.address, "role": Role.PROVIDER, "amount": 20, "reputation_delta": 1, "value": 20,
                "activity": 1},
@@ -774,7 +776,8 @@ class Proven:
         self.doc = json.loads(EZKL.read_text())
         W, b = np.asarray(self.doc["weight"]).T, np.asarray(self.doc["bias"])  # torch's (out, in) -> features x classes
         q = quantize(np.concatenate([W.ravel(), b]))
-        job = kit.job(n=2, validators=3, rounds=1, n_params=650, chunk_size=64, claim_period=10_000)
+        job = kit.job(n=2, validators=3, rounds=1, n_params=650, chunk_size=64, claim_period=10_000,
+                      licence_requester_bps=OWNER_CAP)
         job.commit_all(model=q)
         leaves = [{"account": a, "role": r, "amount": amt, "reputation_delta": 1, "value": amt, "activity": 1}
                   for a, r, amt in sorted([(p.address, Role.PROVIDER, 400 * TOKEN) for p in job.providers]

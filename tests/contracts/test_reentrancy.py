@@ -75,6 +75,7 @@ class Scenario:
         self.kit = kit = Kit({**w, "dep": dep, "deployer": self.deployer, "treasury": treasury})
         self.dep, self.m, self.ra, self.wa, self.lic = dep, dep.market, dep.round_arbiter, dep.reward_arbiter, dep.licence
         self.accounts = [a.address for a in accounts] + [self.token.address]
+        self.treasury = treasury.address
 
         # the token contract stakes in the market itself and may pay bonds (through its own hook,
         # while nothing else runs)
@@ -205,7 +206,8 @@ class Scenario:
             assert self.balance(arbiter.address) == bonds, f"{arbiter.name}'s books"
         revenue = sum(self.lic.call("revenue", j) - self.lic.call("paid_out", j)
                       for j in range(1, self.m.call("job_count") + 1))
-        assert self.balance(self.lic.address) == revenue, "the licence's books"
+        owed = sum(self.lic.call("owed", a) for a in {*self.accounts, self.treasury})
+        assert self.balance(self.lic.address) == revenue + owed, "the licence's books"
 
 
 @pytest.fixture(scope="module")

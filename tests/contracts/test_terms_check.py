@@ -56,6 +56,11 @@ def expected_problem(t: dict, requester: str, now: int) -> str:
          "market: noise too low for the privacy budget"),
         (t["miss_payout_bps"] <= R.BPS, "market: bad miss payout"),
         (t["miss_payout_bps"] == R.BPS or t["max_validators"] > 0, "market: quality gate needs validators"),
+        (t["aggregator_fee"] <= MAX and t["validator_fee"] <= MAX, "market: fee too large"),
+        (t["validator_fee"] == 0 or t["max_validators"] > 0, "market: validator fee without validators"),
+        (t["rounds"] * (t["aggregator_fee"] + t["max_validators"] * t["validator_fee"])
+         <= t["escrow"] - t["escrow"] * R.MAX_FEE_BPS // R.BPS, "market: role fees exceed the escrow"),
+        (t["licence_requester_bps"] <= R.BPS - R.MAX_FEE_BPS, "market: requester share too large"),
     ]
     return next((reason for ok, reason in checks if not ok), "")
 
@@ -143,6 +148,16 @@ BOUNDS = [
     ({"miss_payout_bps": R.BPS + 1}, "market: bad miss payout"),
     ({"miss_payout_bps": 5_000}, "market: quality gate needs validators"),
     (dict(VALIDATED, miss_payout_bps=0), ""),
+    ({"aggregator_fee": MAX + 1}, "market: fee too large"),
+    (dict(VALIDATED, validator_fee=MAX + 1), "market: fee too large"),
+    ({"validator_fee": 1}, "market: validator fee without validators"),
+    (dict(VALIDATED, validator_fee=1), ""),
+    # two rounds: the aggregator's fee for both and one validator's for both fit 90% of the escrow exactly
+    (dict(VALIDATED, escrow=10_000, aggregator_fee=2_000, validator_fee=2_500), ""),
+    (dict(VALIDATED, escrow=10_000, aggregator_fee=2_000, validator_fee=2_501), "market: role fees exceed the escrow"),
+    ({"escrow": 10_000, "aggregator_fee": 4_501}, "market: role fees exceed the escrow"),
+    ({"licence_requester_bps": R.BPS - R.MAX_FEE_BPS}, ""),
+    ({"licence_requester_bps": R.BPS - R.MAX_FEE_BPS + 1}, "market: requester share too large"),
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -304,11 +305,32 @@ def root_ok(rule: int, count: int, trim: int, claim: Sequence[int], lo: Sequence
 # ---- the reward rule (`RewardArbiter._leaf_ok`) ----------------------------------------------
 
 
-def pool(escrow: int, fee_bps: int, miss_payout_bps: int, gate_met: bool) -> int:
-    """What a reward root may pay: the escrow less the protocol fee, times the miss payout when
-    the quality target was missed (`Disputes.reward_pool`)."""
+@dataclass(frozen=True)
+class RoleFees:
+    """The fees a job's terms pay its roles (`JobTerms.aggregator_fee`, `validator_fee`): the
+    aggregator's per committed round, a validator's per attestation of a round's committed
+    model. ``reserved`` is what the escrow sets aside for them (`terms._reserved`)."""
+
+    aggregator: int = 0
+    validator: int = 0
+    rounds: int = 0
+    n_validators: int = 0
+
+    @property
+    def reserved(self) -> int:
+        return int(self.rounds) * (int(self.aggregator) + int(self.n_validators) * int(self.validator))
+
+    @classmethod
+    def of(cls, terms, n_validators: int) -> RoleFees:
+        """The fees of a job's terms (`market.JobTerms`) with ``n_validators`` joined validators."""
+        return cls(int(terms.aggregator_fee), int(terms.validator_fee), int(terms.rounds), int(n_validators))
+
+
+def pool(escrow: int, fee_bps: int, miss_payout_bps: int, gate_met: bool, reserved: int = 0) -> int:
+    """What a reward root may pay: the escrow less the protocol fee; when the quality target was
+    missed, the roles' reserved fees plus the miss payout's share of the rest (`Disputes.reward_pool`)."""
     out = escrow - escrow * fee_bps // BPS
-    return out if gate_met else out * miss_payout_bps // BPS
+    return out if gate_met else reserved + (out - reserved) * miss_payout_bps // BPS
 
 
 def final_stage(challenge_deadline: int) -> int:
@@ -337,20 +359,22 @@ def counted_value(leaf: dict, role_word: int, stage: int, final: int = STAGE_FIN
 
 
 def leaf_due(role: int, value: int, activity: int, rounds: int, basis: int, pool_: int, value_total: int,
-             cut: bool) -> tuple[int, int]:
-    """(amount, reputation delta) a member's leaf must carry (weight basis; in the scores basis a
-    validator's delta is the validators' judgement within +-rounds)."""
+             cut: bool, fees: RoleFees = RoleFees()) -> tuple[int, int]:
+    """(amount, reputation delta) a member's leaf must carry: a provider's share of what the
+    roles' fees leave of the pool, a validator's fee per attestation, the aggregator's fee per
+    round (weight basis; in the scores basis a validator's delta is the validators' judgement
+    within +-rounds)."""
     if cut:
         return 0, -max(activity, 1)
     if role == Role.PROVIDER:
-        return (pool_ * value // value_total if value_total > 0 else 0), activity
+        return ((pool_ - fees.reserved) * value // value_total if value_total > 0 else 0), activity
     if role == Role.VALIDATOR:
-        return 0, 2 * activity - rounds
-    return 0, rounds
+        return fees.validator * activity, 2 * activity - rounds
+    return fees.aggregator * rounds, rounds
 
 
 def leaf_ok(leaf: dict, role_word: int, stage: int, basis: int, pool_: int, value_total: int, rounds: int,
-            final: int = STAGE_FINAL) -> bool:
+            final: int = STAGE_FINAL, fees: RoleFees = RoleFees()) -> bool:
     """Whether a reward leaf follows the reward rule for the member it names."""
     role = role_of(role_word)
     if role == 0 or role != int(leaf["role"]):
@@ -360,10 +384,10 @@ def leaf_ok(leaf: dict, role_word: int, stage: int, basis: int, pool_: int, valu
     if activity > rounds or value > MAX_AMOUNT:
         return False
     cut = cut_before_root(role_word, stage, final)
-    due, due_delta = leaf_due(role, value, activity, rounds, basis, pool_, value_total, cut)
+    due, due_delta = leaf_due(role, value, activity, rounds, basis, pool_, value_total, cut, fees)
     if cut or role == Role.PROVIDER:
         return amount == due and delta == due_delta
-    if amount != 0 or value != 0:
+    if amount != due or value != 0:
         return False
     if basis == Basis.SCORES:
         return -rounds <= delta <= rounds

@@ -95,6 +95,9 @@ def terms_of(spec: JobSpec, aggregator: str, now: int) -> JobTerms:
         miss_payout_bps=R.BPS if spec.quality.target_accuracy is None else spec.quality.miss_payout_bps,
         noise_multiplier=spec.noise_micro if spec.privacy.dp else 0,
         delta_log=spec.delta_log_micro if spec.privacy.dp else 0,
+        aggregator_fee=r.aggregator_fee,
+        validator_fee=r.validator_fee,
+        licence_requester_bps=r.licence_requester_bps,
     )
 
 

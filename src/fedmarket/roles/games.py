@@ -284,10 +284,11 @@ def _bad_leaf_right(truth: Truth, g: GameState, mid: int) -> bool:
     leaves, words = truth.rewards()
     pool_, vt, rounds = int(truth.dep.job(truth.job_id)["pool"]), int(truth.dep.job(truth.job_id)["value_total"]), len(truth.rounds)
     basis = int(truth.dep.job(truth.job_id)["basis"])
+    fees = R.RoleFees.of(truth.dep.terms(truth.job_id), int(truth.dep.job(truth.job_id)["n_validators"]))
 
     def bad(i: int) -> bool:
         leaf = leaves[i]
         out_of_order = i > 0 and address_key(leaves[i - 1]["account"]) >= address_key(leaf["account"])
-        return out_of_order or not R.leaf_ok(leaf, *words[leaf["account"]], basis, pool_, vt, rounds)
+        return out_of_order or not R.leaf_ok(leaf, *words[leaf["account"]], basis, pool_, vt, rounds, fees=fees)
 
     return any(bad(i) for i in range(mid, g.hi))

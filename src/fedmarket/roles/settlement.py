@@ -203,7 +203,8 @@ def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpe
     elif spec.quality.target_accuracy is not None:
         quality = {"target": spec.quality.target_accuracy, "accuracy": None, "met": False}
     terms = dep.terms(job_id)
-    pool_ = R.pool(spec.reward.escrow, int(dep.market.call("FEE_BPS")), terms.miss_payout_bps, gate_met)
+    fees = R.RoleFees.of(terms, int(dep.job(job_id)["n_validators"]))
+    pool_ = R.pool(spec.reward.escrow, int(dep.market.call("FEE_BPS")), terms.miss_payout_bps, gate_met, fees.reserved)
     value_total = sum(value[m.account] for m in mem if m.role == R.Role.PROVIDER and not m.cut)
 
     def attested(r: int, v: str) -> bool:
@@ -213,7 +214,7 @@ def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpe
     for i, m in enumerate(mem):
         v_raw = value.get(m.account, 0)
         a = activity.get(m.account, 0) if m.role != R.Role.AGGREGATOR else len(rounds)
-        amount, delta = R.leaf_due(m.role, v_raw, a, len(rounds), basis, pool_, value_total, m.cut)
+        amount, delta = R.leaf_due(m.role, v_raw, a, len(rounds), basis, pool_, value_total, m.cut, fees)
         if m.role == R.Role.VALIDATOR and basis == R.Basis.SCORES and not m.cut:
             delta = _validator_delta(m.account, rounds, consensus, by_round, attested)
         leaves.append({"index": i, "account": m.account, "role": m.role, "amount": str(amount),
@@ -225,6 +226,8 @@ def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpe
         "total": str(total),
         "value_total": str(value_total),
         "pool": str(pool_),
+        "fees": {"aggregator_per_round": str(fees.aggregator), "validator_per_attestation": str(fees.validator),
+                 "reserved": str(fees.reserved)},
         "basis": int(basis),
         "gate_met": gate_met,
         "reveals": {str(c.round): [r.cid for r in rv] for c, rv in zip(rounds, by_round)},

@@ -398,7 +398,7 @@ class InflatingAggregator(TamperingPoster):
         pick = next((leaf for leaf in providers if leaf["account"] == self.favoured), providers[0])
         pick["value"] = 2 * int(pick["value"])
         value_total = sum(int(leaf["value"]) for leaf in providers if leaf["account"] not in doc["slashed"])
-        pool = int(doc["pool"])
+        pool = int(doc["pool"]) - int(doc["fees"]["reserved"])  # what the roles' fees leave the providers
         for leaf in providers:
             if leaf["account"] not in doc["slashed"]:
                 leaf["amount"] = str(pool * int(leaf["value"]) // value_total if value_total else 0)

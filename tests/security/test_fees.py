@@ -1,0 +1,132 @@
+"""The roles' fees (`JobTerms.aggregator_fee`, `validator_fee`), played by real roles: every role
+is paid for its work and nothing more. The aggregator earns its fee per committed round, a
+validator per round it attested; a validator that did not work earns nothing, its unearned fee
+returns to the requester, and an aggregator that pays itself or an idle validator more than the
+terms say loses a dispute game and its stake, while the honest roles are paid in full."""
+
+from __future__ import annotations
+
+from sec_support import AGG_STAKE, ESCROW
+
+from fedmarket.market import JobState
+from fedmarket.protocol import rules as R
+from fedmarket.roles import Validator
+from fedmarket.roles.auditor import Auditor
+from fedmarket.testing.adversary import SilentValidator, TamperingPoster
+
+TOKEN = 10**18
+AGG_FEE = 7 * TOKEN  # per committed round
+VAL_FEE = 3 * TOKEN  # per attested round
+
+
+def _fees(**kw) -> dict:
+    return {"aggregator_fee": AGG_FEE, "validator_fee": VAL_FEE if kw.get("validators") else 0, **kw}
+
+
+def _honest(chain, make, **kw) -> dict:
+    with chain.chain.snapshot():
+        s = make(**_fees(**kw))
+        s.run()
+        assert s.state() == JobState.SETTLED
+        return s.delta()
+
+
+def _posted(s) -> dict:
+    return s.dep.job(s.job)
+
+
+def test_every_role_earns_its_fee_and_an_idle_validator_nothing(make):
+    """Three validators, one silent: the job still reaches quorum. The aggregator earns its fee for
+    both rounds, each working validator its fee for both attestations, the silent one nothing (its
+    stake comes back; it did no harm), and its unearned fee returns to the requester. The providers
+    share the rest of the pool; the auditor re-derives every leaf, fees included."""
+    s = make(**_fees(providers=3, rounds=2, validators=3),
+             validator_cls=[Validator, Validator, SilentValidator])
+    s.run()
+    assert s.state() == JobState.SETTLED and s.slashed() == {}
+    d, job = s.delta(), _posted(s)
+    assert d[s.agg.address] == 2 * AGG_FEE
+    working, idle = s.validators[:2], s.validators[2]
+    assert all(d[v.address] == 2 * VAL_FEE for v in working) and d[idle.address] == 0
+    fee_bps = int(s.dep.market.call("FEE_BPS"))
+    pool = R.pool(ESCROW, fee_bps, R.BPS, True)
+    reserved = 2 * (AGG_FEE + 3 * VAL_FEE)
+    paid_providers = sum(d[p.address] for p in s.providers)
+    assert pool - reserved - len(s.providers) < paid_providers <= pool - reserved
+    assert int(job["reward_total"]) == paid_providers + 2 * AGG_FEE + 4 * VAL_FEE
+    # the requester paid the protocol fee and what was earned; the idle validator's fee came back
+    assert d[s.c.requester.address] == -(ESCROW * fee_bps // R.BPS) - int(job["reward_total"])
+    report = Auditor(s.dep, s.store).audit(s.job)
+    assert report.ok and report.rewards_ok and report.claims_ok
+
+
+class FeeInflatingAggregator(TamperingPoster):
+    """Moves one token from the best-paid provider's leaf to its own fee (the pool is paid out in
+    full, so the total cannot grow): the totals add up, every value is right."""
+
+    def tamper(self, doc):
+        providers = [leaf for leaf in doc["leaves"] if int(leaf["role"]) == R.Role.PROVIDER]
+        richest = max(providers, key=lambda leaf: int(leaf["amount"]))
+        richest["amount"] = str(int(richest["amount"]) - TOKEN)
+        for leaf in doc["leaves"]:
+            if leaf["account"] == self.address:
+                leaf["amount"] = str(int(leaf["amount"]) + TOKEN)
+        return doc
+
+
+class IdlePayingAggregator(TamperingPoster):
+    """Pays a validator that attested nothing its fee for every round, as if it had attested them
+    all (activity and reputation made consistent with that claim, totals adjusted)."""
+
+    idle: str = ""
+
+    def tamper(self, doc):
+        r = len(doc["reveals"])  # one entry per committed round
+        for leaf in doc["leaves"]:
+            if leaf["account"] == self.idle:
+                extra = VAL_FEE * r - int(leaf["amount"])
+                leaf["amount"], leaf["activity"], leaf["reputation_delta"] = str(VAL_FEE * r), r, r
+                doc["total"] = str(int(doc["total"]) + extra)
+        return doc
+
+
+def _caught(s, honest: dict, kind: R.Game) -> None:
+    opened = s.dep.reward_arbiter.events("GameOpened", job_id=s.job)
+    resolved = s.dep.reward_arbiter.events("GameResolved", job_id=s.job)
+    assert [e["kind"] for e in opened] == [kind] and resolved[0]["challenger_won"]
+    assert s.state() == JobState.SETTLED and s.slashed() == {s.agg.address: AGG_STAKE}
+    d = s.delta()
+    for p in s.providers:
+        assert d[p.address] == honest[p.address] > 0
+    assert d[s.agg.address] == -AGG_STAKE  # a faulting role forfeits its fee with its stake
+
+
+def test_an_aggregator_overpaying_its_own_fee_is_slashed(chain, make):
+    """The aggregator's leaf pays one token above fee x rounds, taken from a provider, the totals
+    add up: the watcher's sum game comes down to a leaf that breaks the rule. Slashed, fee
+    forfeited, providers whole."""
+    honest = _honest(chain, make, providers=3, rounds=2)
+    s = make(**_fees(providers=3, rounds=2), aggregator_cls=FeeInflatingAggregator)
+    s.run()
+    _caught(s, honest, R.Game.REWARD_SUM)
+
+
+def test_a_root_paying_an_idle_validator_is_slashed(chain, make):
+    """A weight-basis job (an attested rule) with a silent validator: the aggregator pays it a fee
+    for rounds it never attested. Its leaf follows the reward rule for the activity it claims, so
+    the watcher's value game bisects that activity over the rounds down to one, where no attestation
+    exists: slashed, and the honest validators and providers are paid exactly their due."""
+    kw = dict(providers=3, rounds=2, validators=3, strategy="centered_clip")
+    vcls = [Validator, Validator, SilentValidator]
+    with chain.chain.snapshot():
+        h = make(**_fees(**kw), validator_cls=vcls)
+        h.run()
+        assert h.state() == JobState.SETTLED and _posted(h)["basis"] == R.Basis.WEIGHT
+        honest = h.delta()
+    s = make(**_fees(**kw), validator_cls=vcls, aggregator_cls=IdlePayingAggregator)
+    s.agg.idle = s.validators[2].address
+    s.run()
+    _caught(s, honest, R.Game.REWARD_VALUE)
+    d = s.delta()
+    assert d[s.validators[2].address] == 0
+    assert all(d[v.address] == 2 * VAL_FEE for v in s.validators[:2])
