@@ -4,11 +4,14 @@ docs/security.md, each in its own small job on the embedded chain, driven end to
 `fedmarket.driver.JobDriver` (the one in-process job driver) with cheating subclasses of the
 roles; every profit is read from chain balances.
 
-    python benchmarks/attack_economics.py            # about a minute; prints one JSON object
+    python benchmarks/attack_economics.py --seeds 0-4   # about a minute a seed; prints one JSON object
 
 Each job: digits, 5 providers (IID shares of the training split), 3 validators (disjoint thirds of
 the held-out split), 3 rounds of 1 local epoch, escrow 100 tokens, stakes 10 (provider), 50
-(aggregator), 10 (validator), dispute bond 1; a watcher runs the challenger role. A lone attack has
+(aggregator), 10 (validator), dispute bond 1, fees 1 token per committed round (aggregator) and 0.5
+per attested round (each validator); a watcher runs the challenger role. The seed (``--seeds``, every
+figure is reported per seed and as the median and worst over them) sets the train / held-out split,
+the providers' partition and the attackers' randomness. A lone attack has
 1 attacker among the 5 providers; the colluding ones ("alie", "sybil") have 2 accounts of one
 attacker. Validators flag and score every round, report providers flagged in most rounds, and a
 two-thirds supermajority slashes them (the driver's flow).
@@ -21,7 +24,12 @@ honest_profit = the mean profit of the honest providers of the same job (goal: a
 the lowest of them, honest_profit_min); for a provable cheat, an honest participant of the same
 role: the aggregator of an honest job (0: it is paid nothing, its stake comes back) or, for
 equivocation, the honest validators of the same job; goal: below that and below zero.
-same_accounts_if_honest: what the attacker's accounts earned in the honest job. Besides the
+same_accounts_if_honest: what the attacker's accounts earned in the honest job.
+"honest_job": what the honest roles earn, gas included (at the price below): aggregator_profit and
+validator_profit (the mean over the job's validators) must be above 0 -- every role is paid for its
+work. "copy": a fifth provider copies the first one's update every round as soon as it is revealed
+(testing.adversary.CopyingProvider); copy_victim_share = what the victim earns then / what it earns
+in the honest job (goal >= 0.8), and the copier's profit is judged like any attack. Besides the
 catalogue's defaults: its other free-rider mode (noise, sigma 1e-3) and Sybil copies of an honest
 update. "beyond_catalogue" holds two evasions tuned to the detection thresholds
 (testing.adversary: JitteredSybil, LoudFreeRider); they are reported but not part of goal_met.
@@ -67,6 +75,7 @@ from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, T
 from fedmarket.storage import LocalBlobStore, Mailbox
 from fedmarket.testing.adversary import (
     AdversarialProvider,
+    CopyingProvider,
     BrokenDataValidator,
     Coalition,
     DroppingAggregator,
@@ -85,6 +94,7 @@ GAS_PRICE = 10**9  # wei per gas (1 gwei), and 1 token per ether: a unit of gas 
 N_PROVIDERS, N_VALIDATORS, ROUNDS = 5, 3, 3
 ESCROW, PROV_STAKE, AGG_STAKE, VAL_STAKE, BOND = 100 * TOKEN, 10 * TOKEN, 50 * TOKEN, 10 * TOKEN, TOKEN
 COLLUDING = {"alie": 2, "sybil": 2}
+AGG_FEE, VAL_FEE = TOKEN, TOKEN // 2  # per committed round, per attested round
 
 
 class MeteredChain(BoaChain):
@@ -114,13 +124,14 @@ class World:
     train: object = None
     parts: list = field(default_factory=list)
     held: list = field(default_factory=list)
+    seed: int = 0
 
     @property
     def accounts(self) -> list:
         return [self.requester, self.aggregator, self.watcher, self.treasury, *self.providers, *self.validators]
 
 
-def make_world() -> World:
+def make_world(seed: int = 0) -> World:
     chain = MeteredChain()
     acct = lambda i: chain.new_account("attack-economics", i)
     deployer, treasury, req, agg, watcher = (acct(i) for i in range(5))
@@ -129,10 +140,10 @@ def make_world() -> World:
     dep = Deployment.deploy(chain, deployer, treasury.address, fee_bps=100, unbonding_delay=1_000)
     fund(dep, deployer, {a.address: 1_000 * TOKEN for a in [req, agg, watcher, *providers, *validators]})
     ds = load_dataset("digits")
-    train, test = train_test_split(ds, 0.25, 0)
+    train, test = train_test_split(ds, 0.25, seed)
     held = [subset(test, i) for i in np.array_split(np.arange(test.n_samples), N_VALIDATORS)]
     return World(chain, dep, deployer, req, agg, watcher, treasury, providers, validators, train,
-                 iid_partition(train.y, N_PROVIDERS, 0), held)
+                 iid_partition(train.y, N_PROVIDERS, seed), held, seed)
 
 
 def job_spec(name: str, n_validators: int) -> JobSpec:
@@ -141,20 +152,21 @@ def job_spec(name: str, n_validators: int) -> JobSpec:
         data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
         training=TrainingSpec(rounds=ROUNDS, local_epochs=1),
         reward=RewardSpec(escrow=ESCROW, provider_stake=PROV_STAKE, aggregator_stake=AGG_STAKE,
-                          validator_stake=VAL_STAKE if n_validators else 0, dispute_bond=BOND),
+                          validator_stake=VAL_STAKE if n_validators else 0, dispute_bond=BOND,
+                          aggregator_fee=AGG_FEE, validator_fee=VAL_FEE if n_validators else 0),
         participation=ParticipationSpec(min_providers=N_PROVIDERS, max_providers=N_PROVIDERS, max_validators=n_validators),
     )
 
 
 def run_job(w: World, workdir: Path, name: str, *, attack: Attack | str | None = None, provider_cls=None,
             aggregator_cls=Aggregator, validator_cls=None, challenger_cls=Challenger, n_validators: int = N_VALIDATORS,
-            validator_data=None, plans=None) -> dict:
+            validator_data=None, plans=None, setup=None) -> dict:
     """One job through `JobDriver.run`, from posting to the last claim (or its failure and every stake
     released); every account's profit and gas from the chain."""
     dep = w.dep
     store, box = LocalBlobStore(workdir / "blobs"), Mailbox(workdir / "box")
     data = [(subset(w.train, p).X, subset(w.train, p).y) for p in w.parts]
-    coalition = Coalition(attack, seed=0) if attack else None
+    coalition = Coalition(attack, seed=w.seed) if attack else None
     n_bad = COLLUDING.get(coalition.name, 1) if coalition else 0
     pcls = provider_cls or [Provider] * N_PROVIDERS
     providers = [
@@ -166,6 +178,8 @@ def run_job(w: World, workdir: Path, name: str, *, attack: Attack | str | None =
                   for i, (cls, a, h) in enumerate(zip(vcls, w.validators[:n_validators], w.held))]
     cast = Cast(Requester(dep, w.requester, store), aggregator_cls(dep, w.aggregator, store, box), providers, validators,
                 challenger_cls(dep, w.watcher, store))
+    if setup is not None:
+        setup(cast)
     spec = job_spec(name, n_validators)
     held = [dep.market.address, dep.round_arbiter.address, dep.reward_arbiter.address]
 
@@ -220,9 +234,9 @@ def _griefing(w: World, res: dict, attackers: list[str]) -> dict:
     }
 
 
-def main() -> None:
-    t0 = time.perf_counter()
-    w = make_world()
+def one_seed(seed: int) -> dict:
+    """Every job of the benchmark on one seed's world."""
+    w = make_world(seed)
     out: dict[str, dict] = {}
     beyond: dict[str, dict] = {}  # evasions tuned to detection's thresholds: reported, not part of the goal
     griefing: dict[str, dict] = {}
@@ -239,6 +253,8 @@ def main() -> None:
         honest = job("honest")
         honest_provider = np.mean([honest["profit"][a] for a in honest["honest"]])
         honest_aggregator = honest["profit"][w.aggregator.address]
+        net = lambda res, a: res["profit"][a] - res["gas"].get(a, 0) * GAS_PRICE  # noqa: E731 - gas counted
+        validator_net = float(np.mean([net(honest, v) for v in honest["validators"]]))
         catalogue: dict[str, Attack | str] = {name: name for name in ATTACKS}
         catalogue["free_rider(noise)"] = FreeRider(mode="noise")  # the catalogue's other free-rider mode
         catalogue["sybil(honest copies)"] = Sybil(base=Attack())  # copies of an honestly trained update
@@ -261,6 +277,22 @@ def main() -> None:
                 "same_accounts_if_honest": _tokens(sum(honest["profit"][a] for a in res["attackers"])),
                 "goal_met": atk < min(res["profit"][a] for a in res["honest"]),
             }
+        # ---- a copier: the fifth provider posts the first one's update as its own
+        res = job("copy", provider_cls=[Provider] * (N_PROVIDERS - 1) + [CopyingProvider],
+                  setup=lambda cast: setattr(cast.providers[-1], "victim", cast.providers[0].address))
+        copier, victim = res["providers"][-1], res["providers"][0]
+        others = [a for a in res["providers"] if a != copier]
+        copy_share = res["profit"][victim] / honest["profit"][victim]
+        out["copy"] = {
+            "role": "provider", "accounts": 1,
+            "attacker_profit": _tokens(res["profit"][copier]),
+            "honest_profit": _tokens(float(np.mean([res["profit"][a] for a in others]))),
+            "honest_profit_min": _tokens(min(res["profit"][a] for a in others)),
+            "provable": False, "slashed": [copier in res["slashed"]],
+            "rewards_claimed": _tokens(res["claimed"].get(copier, 0)),
+            "copy_victim_share": round(copy_share, 4),
+            "goal_met": res["profit"][copier] < min(res["profit"][a] for a in others) and copy_share >= 0.8,
+        }
         cheats = {
             "wrong_aggregate": {"aggregator_cls": ShiftyAggregator},
             "censorship": {"aggregator_cls": DroppingAggregator},
@@ -302,15 +334,74 @@ def main() -> None:
         false_challenger = type("FalseAggregateChallenger", (FalseChallenger, Challenger), {"kind": "aggregate"})
         res = job("false challenge", challenger_cls=false_challenger, n_validators=0)
         griefing["false_challenge"] = _griefing(w, res, [w.watcher.address])
-    report = {
+    agg_net = net(honest, w.aggregator.address)
+    return {
         "attacks": out,
         "beyond_catalogue": beyond,
         "griefing": griefing,
-        "honest_job": {"provider_profit": _tokens(honest_provider), "aggregator_profit": _tokens(honest_aggregator),
+        "honest_job": {"provider_profit": _tokens(honest_provider), "aggregator_profit": _tokens(agg_net),
+                       "validator_profit": _tokens(validator_net), "aggregator_fees": _tokens(honest_aggregator),
                        "state": honest["state"]},
-        "gas_price_wei": GAS_PRICE,
+        "copy_victim_share": out["copy"]["copy_victim_share"],
         "conserved": all(conserved),
-        "goal_met": all(x["goal_met"] for x in out.values()) and all(x["goal_met"] for x in griefing.values()),
+        "goal_met": (all(x["goal_met"] for x in out.values()) and all(x["goal_met"] for x in griefing.values())
+                     and agg_net > 0 and validator_net > 0),
+    }
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        lo, hi = (int(x) for x in text.split("-"))
+        return list(range(lo, hi + 1))
+    return [int(x) for x in text.split(",")]
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": round(float(np.median(values)), 6), "worst": round(float(min(values)), 6)}
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", default="0-4", help="seeds, as 0-4 or 0,2,5 (default 0-4)")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    seeds = _seeds(args.seeds)
+    runs = {sd: one_seed(sd) for sd in seeds}
+    first = runs[seeds[0]]
+    # per attack: the attacker's margin below the lowest honest provider (or honest role), per seed
+    margins = {}
+    for group in ("attacks", "griefing"):
+        for name in first[group]:
+            rows = [runs[sd][group][name] for sd in seeds]
+            if group == "attacks":
+                ref = [r.get("honest_profit_min", r["honest_profit"]) for r in rows]
+                margins[name] = {"attacker_profit": _spread([r["attacker_profit"] for r in rows]),
+                                 "below_honest_by": _spread([h - r["attacker_profit"] for h, r in zip(ref, rows)]),
+                                 "goal_met_every_seed": all(r["goal_met"] for r in rows)}
+            else:
+                margins[name] = {"attacker_profit": _spread([r["attacker_profit"] for r in rows]),
+                                 "honest_loss_worst": max(r["honest_loss"] for r in rows),
+                                 "goal_met_every_seed": all(r["goal_met"] for r in rows)}
+    honest = {k: _spread([runs[sd]["honest_job"][k] for sd in seeds])
+              for k in ("provider_profit", "aggregator_profit", "validator_profit")}
+    copy_share = _spread([runs[sd]["copy_victim_share"] for sd in seeds])
+    report = {
+        "seeds": seeds,
+        "summary": margins,
+        "honest_job": honest,
+        "copy_victim_share": copy_share,
+        "goals": {
+            "attacker_below_lowest_honest_every_attack_every_seed": all(m["goal_met_every_seed"] for m in margins.values()),
+            "aggregator_profit_above_0": honest["aggregator_profit"]["worst"] > 0,
+            "validator_profit_above_0": honest["validator_profit"]["worst"] > 0,
+            "copy_victim_share_at_least_0.8": copy_share["worst"] >= 0.8,
+        },
+        "per_seed": {str(sd): runs[sd] for sd in seeds},
+        "gas_price_wei": GAS_PRICE,
+        "conserved": all(runs[sd]["conserved"] for sd in seeds),
+        "goal_met": all(runs[sd]["goal_met"] for sd in seeds),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     json.dump(report, sys.stdout, indent=1)

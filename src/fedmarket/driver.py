@@ -16,6 +16,7 @@ from .roles import Aggregator, Provider, Requester, Validator
 from .roles.challenger import Challenger
 from .roles.common import claim_reward, fail_job
 from .roles.games import Defender, job_games
+from .roles.sealed import seal_and_reveal, sealed
 from .roles.settlement import post_orphaned_root, root_orphaned
 from .roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
 from .spec import JobSpec
@@ -119,6 +120,8 @@ class JobDriver:
         for i, p in enumerate(c.providers):
             if plan.active(i, "mask"):
                 self._secure_step(p.train, r)
+        if sealed(self.spec):  # the commitments are sealed before any update is revealed
+            seal_and_reveal(c.aggregator, c.providers, job, r, self.spec)
         if secure:
             try:
                 c.aggregator.secure_survivors(job, r)

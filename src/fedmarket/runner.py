@@ -312,7 +312,10 @@ def demo_report(world: DemoWorld, driver: JobDriver, cfg: JobConfig, before: dic
     escrow = spec.reward.escrow
     req = cast.requester.account.address
     paid = sum(delta[p.address] for p in cast.providers)
-    others = sum(delta[a] for a in before if a not in {req, world.treasury, *(p.address for p in cast.providers)})
+    agg = cast.aggregator.account.address
+    validators = [v.address for v in cast.validators]
+    members = {req, world.treasury, agg, *validators, *(p.address for p in cast.providers)}
+    others = sum(delta[a] for a in before if a not in members)
     market_left = dep.balance(dep.market.address) - sum(dep.staked(a) for a in before)
     job = dep.job(job_id)
     committed = committed_rounds(dep, job_id)
@@ -338,6 +341,8 @@ def demo_report(world: DemoWorld, driver: JobDriver, cfg: JobConfig, before: dic
         "claim_gas": driver.claim_gas,
         "escrow": escrow,
         "paid": paid,
+        "aggregator_earned": delta[agg],
+        "validators_earned": sum(delta[v] for v in validators),
         "fee": delta[world.treasury],
         "refunded": delta[req] + escrow,
         "job_funds_left_in_market": market_left,
@@ -362,12 +367,11 @@ def _accuracy(cast: Cast, job_id: int, test) -> dict:
 
 
 def _settlement(dep: Deployment, cast: Cast, job_id: int, delta: dict[str, int]) -> list[dict]:
-    out = []
-    for i, p in enumerate(sorted(cast.providers, key=lambda p: address_key(p.address))):
-        out.append({
-            "provider": p.address,
-            "samples": p.n_samples,
-            "reward": delta[p.address],
-            "reputation": int(dep.market.call("reputation", p.address)),
-        })
-    return out
+    """Every member's earnings from balances, providers first (sorted by account), then the
+    validators and the aggregator: what it earned (reward or fee), its samples (providers) and its
+    reputation after the job."""
+    rows = [(p.address, "provider", p.n_samples) for p in sorted(cast.providers, key=lambda p: address_key(p.address))]
+    rows += [(v.address, "validator", None) for v in sorted(cast.validators, key=lambda v: address_key(v.address))]
+    rows.append((cast.aggregator.account.address, "aggregator", None))
+    return [{"account": a, "role": role, "samples": n, "reward": delta[a], "reputation": int(dep.market.call("reputation", a))}
+            for a, role, n in rows]

@@ -20,7 +20,8 @@ def test_job_settles_and_conserves_funds(job):
     chain, report = job
     dep = Deployment.attach(chain, report["contracts"])
     assert report["state"] == "SETTLED" and dep.job(report["job_id"])["state"] == JobState.SETTLED
-    assert report["escrow"] == report["paid"] + report["fee"] + report["refunded"]
+    assert report["escrow"] == report["paid"] + report["aggregator_earned"] + report["fee"] + report["refunded"]
+    assert report["aggregator_earned"] == report["rounds"] * 10**18  # its fee: one token per committed round
     assert report["conserved"] is True
     # all the market still holds is the aggregator's stake, released to its free stake by its claim
     aggregator = dep.job(report["job_id"])["aggregator"]
@@ -33,10 +34,14 @@ def test_every_provider_claimed_on_chain(job):
     chain, report = job
     dep = Deployment.attach(chain, report["contracts"])
     job_id = report["job_id"]
-    claims = [c for c in dep.market.events("RewardClaimed", job_id=job_id) if c["amount"] > 0]
-    assert sorted(c["account"] for c in claims) == sorted(r["provider"] for r in report["settlement"])
-    for row in report["settlement"]:
-        assert dep.market.call("membership", job_id, row["provider"]) == (1, 0)  # provider, nothing locked
+    providers = [r for r in report["settlement"] if r["role"] == "provider"]
+    all_claims = dep.market.events("RewardClaimed", job_id=job_id)
+    claims = [c for c in all_claims if c["account"] in {r["account"] for r in providers}]
+    assert sorted(c["account"] for c in claims) == sorted(r["account"] for r in providers)
+    assert [c["amount"] for c in all_claims if c["account"] == report["settlement"][-1]["account"]] == \
+        [report["aggregator_earned"]]  # the aggregator claimed its fee
+    for row in providers:
+        assert dep.market.call("membership", job_id, row["account"]) == (1, 0)  # provider, nothing locked
         assert row["reward"] > 0
         assert row["reputation"] == report["rounds"]  # one point per aggregated round
     assert sum(c["amount"] for c in claims) == report["paid"]
@@ -52,9 +57,9 @@ def test_model_token_belongs_to_the_requester(job):
 
 def test_rewards_follow_contributed_samples(job):
     _, report = job
-    rows = report["settlement"]
+    rows = [r for r in report["settlement"] if r["role"] == "provider"]
     total_samples = sum(r["samples"] for r in rows)
-    pool = report["escrow"] - report["fee"]
+    pool = report["escrow"] - report["fee"] - report["aggregator_earned"]  # the providers' part
     for r in rows:  # each leaf provable on its own: floor(pool * value / value total)
         assert r["reward"] == pool * r["samples"] // total_samples
     assert sum(r["reward"] for r in rows) + report["refunded"] == pool and report["refunded"] < len(rows)

@@ -15,6 +15,7 @@ from fedmarket.fl.quantize import quantize
 from fedmarket.market import JobState
 from fedmarket.roles import Aggregator, Provider, Requester, Validator
 from fedmarket.roles import aggregator as aggregator_module
+from fedmarket.roles.sealed import seal_and_reveal
 from fedmarket.roles.auditor import Auditor
 from fedmarket.roles.challenger import Challenger
 from fedmarket.driver import Cast, JobDriver
@@ -108,6 +109,7 @@ def test_dp_job_commits_its_cumulative_epsilon_each_round_within_budget(world, t
         if mode == "dp_local":
             for p in providers:
                 p.train(job, r)
+            seal_and_reveal(agg, providers, job, r)
             agg.run_round(job, r)
         else:
             secure_round(job, r, agg, providers)
@@ -139,6 +141,7 @@ def test_dp_updates_must_have_weight_one(world, tmp_path):
     providers[0]._post_update(spec, job, 0, np.zeros(spec.n_params, dtype=np.int64), 50)  # claims 50 samples
     for p in providers[1:]:
         p.train(job, 0)
+    seal_and_reveal(agg, providers, job, 0)
     updates, rejected = agg.collect(job, 0, spec)
     assert [u.provider for u in updates] == sorted((p.address for p in providers[1:]), key=lambda a: int(a, 16))
     assert "weight must be 1" in rejected[0]["reason"]
@@ -152,6 +155,7 @@ def test_a_wrong_committed_epsilon_is_refused_by_the_chain(world, tmp_path, monk
     monkeypatch.setattr(aggregator_module, "epsilon_after_round", lambda spec, r: 1)  # claims almost no loss
     for p in providers:
         p.train(job, 0)
+    seal_and_reveal(agg, providers, job, 0)
     with pytest.raises(ContractRevert, match="bad epsilon"):
         agg.run_round(job, 0)
     assert committed_rounds(dep, job) == []

@@ -18,6 +18,7 @@ from fedmarket.market import JobState, Role
 from fedmarket.protocol.encoding import address_key, canonical_json
 from fedmarket.protocol.receipts import Attestation, ReceiptAck, UpdateReceipt
 from fedmarket.roles import Aggregator, Provider, Requester, Validator
+from fedmarket.roles.sealed import seal_and_reveal
 from fedmarket.driver import Cast, JobDriver
 from fedmarket.roles.auditor import Auditor
 from fedmarket.roles.challenger import Challenger
@@ -84,6 +85,7 @@ def setup_job(world, tmp_path, aggregator_cls=Aggregator, n=4, rounds=2, validat
 def run_round(s: Setup, r: int, attest: bool = True) -> None:
     for p in s.providers:
         p.train(s.job, r)
+    seal_and_reveal(s.agg, s.providers, s.job, r)
     s.agg.run_round(s.job, r)
     if s.validators:
         for v in s.validators:

@@ -11,6 +11,7 @@ from fedmarket.protocol.selection import select
 from fedmarket.roles import aggregator as aggregator_module
 from fedmarket.roles.auditor import Auditor
 from fedmarket.roles.common import committed_rounds, fetch_metrics, joined_providers, round_seed
+from fedmarket.roles.sealed import seal_and_reveal
 from fedmarket.runner import JobConfig, run_job
 from fedmarket.storage import LocalBlobStore
 
@@ -33,7 +34,7 @@ def test_each_round_takes_the_providers_its_public_seed_picks(tmp_path):
     assert len(set(picked)) > 1  # the seed moves with every round
     assert Auditor(dep, store).audit(job).ok
     # rewards follow participation: a provider picked in no round earns nothing, and every one picked earns
-    rows = {r["provider"]: r for r in report["settlement"]}
+    rows = {r["account"]: r for r in report["settlement"]}
     ever = {p for round_ in picked for p in round_}
     assert all(rows[p]["reward"] > 0 for p in ever) and all(rows[p]["reward"] == 0 for p in set(members) - ever)
 
@@ -41,7 +42,9 @@ def test_each_round_takes_the_providers_its_public_seed_picks(tmp_path):
 def test_an_update_from_a_provider_the_seed_did_not_pick_is_flagged(tmp_path, monkeypatch):
     from fedmarket.fl.data import load_dataset, subset
     from fedmarket.fl.partition import iid_partition
+    from fedmarket.protocol.encoding import canonical_json
     from fedmarket.roles import Aggregator, Provider, Requester
+    from fedmarket.roles.common import round_topic
     from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
     from fedmarket.storage import Mailbox
 
@@ -67,11 +70,13 @@ def test_an_update_from_a_provider_the_seed_did_not_pick_is_flagged(tmp_path, mo
     agg.start(job)
     posted = [p.train(job, 0) for p in providers]
     outsider = next(p for p, m in zip(providers, posted) if m is None)  # the seed passed it over
-    outsider._post_update(spec, job, 0, np.ones(spec.n_params, dtype=np.int64), outsider.n_samples)
+    sent = outsider._post_update(spec, job, 0, np.ones(spec.n_params, dtype=np.int64), outsider.n_samples)
+    box.post(round_topic(job, 0), canonical_json(sent))  # its receipt, sent anyway
     _, rejected = agg.collect(job, 0, spec)
     assert any("was not selected for round 0" in r["reason"] for r in rejected)  # an honest aggregator refuses it
-    # a dishonest one takes it anyway: the audit names the stranger
+    # a dishonest one takes it anyway (seals its commitment too): the audit names the stranger
     monkeypatch.setattr(aggregator_module, "round_providers", lambda dep, spec, job_id, r: joined_providers(dep, job_id))
+    seal_and_reveal(agg, providers, job, 0)
     agg.run_round(job, 0)
     check = Auditor(dep, store).audit(job).rounds[0]
     assert not check.ok and outsider.address in check.problem and "not selected" in check.problem
@@ -94,9 +99,11 @@ def test_the_quality_gate_pays_the_pool_only_when_the_validators_median_accuracy
     assert report["conserved"] is True
     q = report["quality"]
     assert q["met"] is met and q["target"] == target and 0.5 < q["accuracy"] < 0.999
-    pool = report["escrow"] - report["fee"]
+    fees = report["aggregator_earned"] + report["validators_earned"]
+    assert fees == 2 * 10**18 + 3 * 2 * 10**18 // 2  # 1 token a round to the aggregator, 0.5 a round to each validator
+    pool = report["escrow"] - report["fee"] - fees  # what the providers share
     assert report["paid"] + report["refunded"] == pool
     if met:  # the pool is paid, floored leaf by leaf: the dust goes back
         assert report["refunded"] < 4
-    else:  # half the pool (the default miss_payout_bps) is paid, the rest goes back to the requester
+    else:  # half the providers' part (the default miss_payout_bps) is paid, the rest goes back to the requester
         assert pool // 2 - 4 < report["paid"] <= pool // 2

@@ -9,6 +9,7 @@ from fedmarket.errors import SchemaMismatch
 from fedmarket.protocol.encoding import canonical_json
 from fedmarket.roles import Aggregator, Provider, Requester
 from fedmarket.roles.common import load_spec, round_topic
+from fedmarket.roles.sealed import seal_and_reveal
 from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
 from fedmarket.storage import LocalBlobStore, Mailbox
 
@@ -61,6 +62,7 @@ def test_aggregator_rejects_forged_tampered_and_outsider_updates(market):
     providers[0].join(job)
     agg.start(job)
     honest = providers[0].train(job, 0)
+    seal_and_reveal(agg, providers[:1], job, 0)  # its commitment sealed, its update revealed
     topic = round_topic(job, 0)
     # 1. the same update re-signed by someone else's claim of authorship
     forged = dict(honest, provider=world["outsider"].address)
@@ -72,7 +74,8 @@ def test_aggregator_rejects_forged_tampered_and_outsider_updates(market):
     outsider = Provider(dep, world["providers"][1], store, box, providers[1].X, providers[1].y)
     assert outsider.train(job, 0) is None  # not picked for the round: an honest client sends nothing
     spec = load_spec(dep, store, job)
-    outsider._post_update(spec, job, 0, np.ones(spec.n_params, dtype=np.int64), outsider.n_samples)  # sends anyway
+    box.post(topic, canonical_json(  # sends anyway
+        outsider._post_update(spec, job, 0, np.ones(spec.n_params, dtype=np.int64), outsider.n_samples)))
     updates, rejected = agg.collect(job, 0, load_spec(dep, store, job))
     assert [u.provider for u in updates] == [providers[0].address]
     reasons = " | ".join(r["reason"] for r in rejected)

@@ -19,6 +19,7 @@ from fedmarket.protocol.receipts import Attestation, Rejection, RewardsApproval
 from fedmarket.roles import Validator
 from fedmarket.roles.common import committed_rounds, fail_job, round_accumulator, round_topic, terms_of
 from fedmarket.roles.settlement import statement_of, submit_reward_approvals
+from fedmarket.roles.sealed import seal_and_reveal
 from fedmarket.roles.validator import submit_attestations
 from fedmarket.testing.adversary import EquivocatingValidator, MuteAggregator, SelfPayingAggregator, SilentValidator
 
@@ -385,6 +386,7 @@ def test_a_store_outage_leaves_no_honest_update_out_of_a_round(make):
     s = make(providers=3, validators=1, rounds=1)
     s.open()
     updates = {p.train(s.job, 0)["update_cid"] for p in s.providers}
+    seal_and_reveal(s.agg, s.providers, s.job, 0)
     store = s.agg.store
     s.agg.store = _Unanswering(store, updates)
     with pytest.raises(StorageUnreachable):

@@ -200,13 +200,15 @@ def _print_settlement(report: dict, out: Path) -> None:
 
     unit = 10**18
     table = Table(title=f"settlement of job {report['job_id']}", show_lines=False)
-    table.add_column("provider")
+    table.add_column("account")
+    table.add_column("role")
     table.add_column("samples", justify="right")
-    table.add_column("reward (FED)", justify="right")
+    table.add_column("earned (FED)", justify="right")
     table.add_column("reputation", justify="right")
     for row in report["settlement"]:
-        addr = row["provider"]
-        table.add_row(f"{addr[:8]}…{addr[-6:]}", str(row["samples"]), f"{row['reward'] / unit:,.4f}", str(row["reputation"]))
+        addr = row["account"]
+        samples = "" if row["samples"] is None else str(row["samples"])
+        table.add_row(f"{addr[:8]}…{addr[-6:]}", row["role"], samples, f"{row['reward'] / unit:,.4f}", str(row["reputation"]))
     console = Console()
     console.print(table)
     console.print(
@@ -215,7 +217,9 @@ def _print_settlement(report: dict, out: Path) -> None:
     )
     fed = lambda v: f"{v / unit:,.6g}"
     console.print(
-        f"escrow {fed(report['escrow'])} FED = paid {fed(report['paid'])} + fee {fed(report['fee'])} + refunded "
+        f"escrow {fed(report['escrow'])} FED = providers {fed(report['paid'])} + aggregator {fed(report['aggregator_earned'])}"
+        + (f" + validators {fed(report['validators_earned'])}" if report["validators"] else "")
+        + f" + protocol fee {fed(report['fee'])} + refunded "
         f"{fed(report['refunded'])} (from chain balances) | conserved: [bold]{str(report['conserved']).lower()}[/]",
         soft_wrap=True,
     )

@@ -52,6 +52,9 @@ def spec_init(
     strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, median, trimmed_mean, or centered_clip / norm_bounding (attested: need --validators)."),
     escrow: int = typer.Option(1_000, "--escrow", help="Reward escrow, in whole tokens."),
     stake: int = typer.Option(10, "--stake", help="Each provider's stake, in whole tokens."),
+    aggregator_fee: float = typer.Option(None, "--aggregator-fee", help="The aggregator's fee per committed round, in tokens (default: 2% of the escrow over the job)."),
+    validator_fee: float = typer.Option(None, "--validator-fee", help="Each validator's fee per attested round, in tokens (default: 1% of the escrow over the job)."),
+    owner_share: int = typer.Option(1_000, "--owner-share-bps", help="The model owner's share of licence and query revenue, in basis points."),
     margin: float = typer.Option(0.1, "--margin", help="Widen each feature's sample range by this share of it on both sides."),
     round_duration: int = typer.Option(3_600, "--round-duration", help="Seconds each round may take."),
     challenge_period: int = typer.Option(3_600, "--challenge-period", help="Seconds to dispute the reward root before settlement."),
@@ -73,7 +76,10 @@ def spec_init(
                      "learning_rate": 0.5 if kind == "softmax" else 0.05, "momentum": 0.0 if kind == "softmax" else 0.9},
         "strategy": strategy,
         "reward": {"escrow": escrow * TOKEN, "provider_stake": stake * TOKEN, "aggregator_stake": 10 * stake * TOKEN,
-                   "validator_stake": 5 * stake * TOKEN if validators else 0},
+                   "validator_stake": 5 * stake * TOKEN if validators else 0,
+                   "aggregator_fee": _fee(aggregator_fee, escrow * TOKEN // 50, rounds),
+                   "validator_fee": _fee(validator_fee, escrow * TOKEN // 100, rounds) if validators else 0,
+                   "licence_requester_bps": owner_share},
         "participation": {"min_providers": providers, "max_providers": providers, "max_validators": validators},
         "deadlines": {"round_duration": round_duration, "challenge_period": challenge_period},
     }
@@ -82,6 +88,15 @@ def spec_init(
     typer.echo(f"wrote {out}: {spec.data.n_features} features, {spec.data.n_classes} classes "
                f"({', '.join(spec.data.classes[:6])}{', ...' if spec.data.n_classes > 6 else ''}), "
                f"model {spec.model.kind} with {spec.n_params} parameters")
+
+
+def _fee(tokens: float | None, default_total: int, rounds: int) -> int:
+    """A fee per round in base units: `tokens` if given, else `default_total` spread over the rounds."""
+    if tokens is None:
+        return default_total // max(rounds, 1)
+    if tokens < 0:
+        raise ConfigError(f"a fee must not be negative (got {tokens:g})")
+    return round(tokens * TOKEN)
 
 
 @model_app.command("pack")

@@ -23,6 +23,7 @@ from ..roles.common import (
     round_providers,
     round_topic,
 )
+from ..roles.sealed import commit_topic, sealed
 from ..roles.settlement import mailbox_reveals, verified_reveals
 from ..roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
 from ..storage import BlobStore, Mailbox
@@ -138,6 +139,8 @@ class AggregatorProcess(RoleProcess):
         opened = self._opened.setdefault(r, time.monotonic())
         if r not in self._expected:
             self._expected = {r: round_providers(self.dep, spec, job_id, r)}
+        if sealed(spec) and not self._sealed(job_id, r, spec, opened):
+            return
         expected = self._expected[r]
         waited = time.monotonic() - opened
         timed_out = waited >= self.collect_timeout
@@ -175,6 +178,28 @@ class AggregatorProcess(RoleProcess):
                  + (f", missing {len(missing)}" if missing else "")
                  + (f", {len(metrics.get('rejected', []))} rejected" if metrics.get("rejected") else "")
                  + f" after {waited:.1f}s, gas {receipt.gas_used} (tx {receipt.tx_hash})")
+
+    def _sealed(self, job_id: int, r: int, spec, opened: float) -> bool:
+        """A sealed round (`roles.sealed`): seal once every selected provider committed, or when
+        `collect_timeout` passed; then the providers in the seal are the ones to wait for, and the
+        reveals get their own `collect_timeout`. False while the commitments are still coming."""
+        seal = self.aggregator.posted_seal(job_id, r)
+        if seal is None:
+            committed = set()
+            for raw in self.mailbox.read(commit_topic(job_id, r)):
+                try:
+                    committed.add(json.loads(raw)["provider"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+            if not committed.issuperset(self._expected[r]) and time.monotonic() - opened < self.collect_timeout:
+                return False
+            seal = self.aggregator.seal(job_id, r, spec)
+            self._opened[r] = time.monotonic()  # the reveals' window starts now
+            self._expected[r] = list(seal["commitments"])
+            self.say(f"round {r}: sealed {len(seal['commitments'])} commitments; providers reveal now")
+            return False
+        self._expected[r] = list(seal["commitments"])
+        return True
 
     def _reveals_complete(self) -> bool:
         """Whether every validator that attested a round has revealed its scores for it."""

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from ..chain import Account
-from ..errors import ConfigError, ContractRevert, SchemaMismatch
+from ..errors import ConfigError, ContractRevert, FedMarketError, SchemaMismatch
 from ..market import Deployment, JobState, Role
 from ..privacy.releases import ReleaseLog
 from ..protocol import rules as R
 from ..roles import Provider
 from ..roles.common import InsufficientFunds, TermsMismatch, load_spec, round_topic
 from ..roles.games import Defender
+from ..roles.sealed import commit_topic
 from ..roles.settlement import post_orphaned_root, root_orphaned
 from ..storage import BlobStore, Mailbox
 from .base import Fatal, RoleProcess, Stop, job_state
@@ -45,13 +46,16 @@ class ProviderProcess(RoleProcess):
         return self.provider.address
 
     def posted(self, round_: int) -> bool:
-        """Whether this provider's receipt for `round_` is already in the mailbox."""
-        for raw in self.mailbox.read(round_topic(self.job_id, round_)):
-            try:
-                if json.loads(raw).get("provider") == self.address:
-                    return True
-            except (ValueError, AttributeError):
-                continue
+        """Whether this provider's receipt for `round_` (or, in a sealed round, its commitment) is
+        already in the mailbox. A commitment whose reveal was lost with a restart cannot be opened
+        again: the provider sits that round out rather than commit twice."""
+        for topic in (round_topic(self.job_id, round_), commit_topic(self.job_id, round_)):
+            for raw in self.mailbox.read(topic):
+                try:
+                    if json.loads(raw).get("provider") == self.address:
+                        return True
+                except (ValueError, AttributeError):
+                    continue
         return False
 
     def _post_if_orphaned(self) -> None:
@@ -101,6 +105,19 @@ class ProviderProcess(RoleProcess):
             if r >= int(job["rounds"]):
                 self._post_if_orphaned()
                 return
+            if self.provider.sealed_pending(job_id, r):  # committed: reveal once the aggregator sealed
+                try:
+                    msg = self.provider.reveal(job_id, r)
+                except FedMarketError as exc:
+                    self.say(f"round {r}: {exc}")
+                    self._posted_round = r
+                    return
+                if msg is None:
+                    self.say_once(f"round {r}: update committed; waiting for the aggregator's seal")
+                else:
+                    self._posted_round = r
+                    self.say(f"round {r}: update {msg['update_cid']} revealed (weight {msg['weight']})")
+                return
             if self.posted(r):
                 self._posted_round = r
                 return
@@ -113,6 +130,9 @@ class ProviderProcess(RoleProcess):
                 self._posted_round = r
                 return
             msg = self.provider.train(job_id, r)
+            if self.provider.sealed_pending(job_id, r):
+                self.say(f"round {r}: update {msg['update_cid']} committed (weight {msg['weight']})")
+                return  # revealed in a later step, once sealed
             self._posted_round = r
             if msg is not None:
                 self.say(f"round {r}: update {msg['update_cid']} posted (weight {msg['weight']})")

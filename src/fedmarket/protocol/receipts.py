@@ -65,6 +65,14 @@ def _statement(name: str, eip712_type: str, doc: str, *fields_: tuple[str, type]
 UpdateReceipt = _statement(
     "UpdateReceipt", "UpdateReceipt", "UpdateReceipt(jobId, round, updateRoot, weight), signed by the provider.",
     ("job_id", int), ("round", int), ("update_root", bytes), ("weight", int))
+UpdateCommitment = _statement(
+    "UpdateCommitment", "UpdateCommitment", "A provider's commitment to its update before any update of the round is "
+    "revealed: keccak(abi.encode(provider, updateRoot, weight, salt)) (roles.sealed).",
+    ("job_id", int), ("round", int), ("commitment", bytes))
+CommitmentSeal = _statement(
+    "CommitmentSeal", "CommitmentSeal", "The aggregator's seal of a round's commitments (keccak of their canonical list): "
+    "no later commitment counts, and providers reveal only once they see theirs in it (roles.sealed).",
+    ("job_id", int), ("round", int), ("digest", bytes))
 ReceiptAck = _statement(
     "ReceiptAck", "ReceiptAck", "The aggregator's countersignature of a provider's receipt: it received that update.",
     ("job_id", int), ("round", int), ("provider", str), ("update_root", bytes), ("weight", int))

@@ -18,6 +18,7 @@ from ..protocol.proofs import updates_root
 from ..protocol.receipts import ReceiptAck, UpdateReceipt
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
+from . import sealed as sl
 from . import secure_round as sr
 from .common import (
     check_funds,
@@ -45,6 +46,7 @@ class Update:
     weight: int
     signature: bytes
     q: np.ndarray
+    salt: bytes = b""  # a sealed round's: opens the provider's commitment (roles.sealed)
 
     @property
     def root(self) -> bytes:
@@ -88,15 +90,48 @@ class Aggregator:
 
     # ---- one round ----------------------------------------------------------------------------
 
+    def seal(self, job_id: int, round_: int, spec: JobSpec | None = None) -> dict:
+        """Seal the round's commitments (`roles.sealed`): post one signed seal over the first
+        authentic commitment of each selected provider, after which no commitment counts. Sealing
+        again returns the seal already posted: an aggregator never signs two."""
+        spec = spec or load_spec(self.dep, self.store, job_id)
+        mine = self.posted_seal(job_id, round_)
+        if mine is not None:
+            return mine
+        selected = set(round_providers(self.dep, spec, job_id, round_))
+        taken = sl.commitments(self.dep, self.mailbox.read(sl.commit_topic(job_id, round_)), job_id, round_, selected)
+        msg = sl.seal_message(self.dep, self.account, job_id, round_, taken)
+        self.mailbox.post(sl.seal_topic(job_id, round_), canonical_json(msg))
+        return msg
+
+    def posted_seal(self, job_id: int, round_: int) -> dict | None:
+        """The seal this aggregator posted for the round, if any."""
+        for raw in self.mailbox.read(sl.seal_topic(job_id, round_)):
+            try:
+                msg = json.loads(raw)
+                sl.open_seal(self.dep, msg, job_id, round_, self.address)
+            except (FedMarketError, ValueError):
+                continue
+            return msg
+        return None
+
     def collect(self, job_id: int, round_: int, spec: JobSpec) -> tuple[list[Update], list[dict]]:
         """Every valid update posted for the round (the first of each selected provider), and the
-        rejected ones with reasons. A second update of a provider is refused, not ordered."""
+        rejected ones with reasons. A second update of a provider is refused, not ordered. In a
+        sealed round only updates that open their provider's sealed commitment count."""
         accepted: dict[str, Update] = {}
         rejected: list[dict] = []
         selected = set(round_providers(self.dep, spec, job_id, round_))
+        seal = None
+        if sl.sealed(spec):
+            posted = self.posted_seal(job_id, round_)
+            seal = sl.open_seal(self.dep, posted, job_id, round_, self.address) if posted is not None else {}
         for raw in self.mailbox.read(round_topic(job_id, round_)):
             try:
                 upd = self._verify(raw, job_id, round_, spec, selected)
+                if upd.provider not in accepted and seal is not None and \
+                        seal.get(upd.provider) != sl.commitment(upd.provider, upd.update_root, upd.weight, upd.salt):
+                    raise FedMarketError(f"update of {upd.provider} does not open a commitment sealed before the reveals")
             except StorageUnreachable:  # the store is down: no reason to leave anyone out; retry later
                 raise
             except (FedMarketError, ValueError, KeyError, TypeError) as exc:
@@ -152,7 +187,8 @@ class Aggregator:
             raise FedMarketError(f"update of {signer}: {exc}") from None
         if vector_root(q, spec.quantization.chunk_size) != root:
             raise FedMarketError(f"update of {signer} does not match its signed root")
-        return Update(signer, msg["update_cid"], root, weight, sig, q)
+        salt = bytes.fromhex(msg["salt"].removeprefix("0x")) if "salt" in msg else b""
+        return Update(signer, msg["update_cid"], root, weight, sig, q, salt)
 
     def secure_survivors(self, job_id: int, round_: int) -> list[int]:
         """Secure phase 4 (privacy modes secagg, secagg_dp): verify the masked updates' receipts and
@@ -243,11 +279,13 @@ class Aggregator:
             "model_cid": model_cid,
             "updates": [
                 {"index": i, "provider": u.provider, "update_cid": u.update_cid, "update_root": "0x" + u.update_root.hex(),
-                 "weight": u.weight, "signature": "0x" + u.signature.hex()}
+                 "weight": u.weight, "signature": "0x" + u.signature.hex(), **({"salt": "0x" + u.salt.hex()} if u.salt else {})}
                 for i, u in enumerate(updates)
             ],
             "rejected": rejected,
         }
+        if sl.sealed(spec):
+            metrics["seal"] = self.posted_seal(job_id, round_) or self.seal(job_id, round_, spec)
         if secure is not None:
             metrics["secure"] = secure
         if spec.attested:

@@ -18,6 +18,7 @@ from ..protocol.receipts import UpdateReceipt
 from ..protocol.selection import is_selected
 from ..spec import JobSpec
 from ..storage import BlobStore
+from .sealed import seal_problem, sealed
 from .common import (
     CommittedRound,
     committed_rounds,
@@ -196,6 +197,10 @@ class Auditor:
             return RoundCheck(c.round, False, f"wrong aggregate ({diff.size} values differ)", bad_chunk=chunk, count=c.count), ev
         if ev.correction is not None:
             problem = self._check_attested(spec, ev) if spec.attested else self._check_unmasking(spec, job_id, ev)
+            if problem:
+                return RoundCheck(c.round, False, problem, count=c.count), ev
+        if sealed(spec):  # every update opens the commitment the aggregator sealed before the reveals
+            problem = seal_problem(self.dep, fetch_metrics(self.store, c), job_id, c.round, self.dep.job(job_id)["aggregator"])
             if problem:
                 return RoundCheck(c.round, False, problem, count=c.count), ev
         try:

@@ -20,6 +20,7 @@ from ..protocol.encoding import canonical_json, encode_vector, vector_root
 from ..protocol.receipts import UpdateReceipt, permit_signature
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
+from . import sealed as sl
 from . import secure_round as sr
 from .common import DataRole, ProtocolViolation, check_funds, claim_reward, global_model, reward_leaf, round_topic
 
@@ -40,6 +41,7 @@ class Provider(DataRole):
         self._members_of: dict[tuple[int, int], list[str]] = {}
         self._clients: dict[tuple[int, int], tuple[SecAggClient, SecAggConfig]] = {}
         self._scaled: dict[bytes, np.ndarray] = {}
+        self._sealed: dict[tuple[int, int], dict] = {}  # receipts committed, not yet revealed (roles.sealed)
 
     @property
     def n_samples(self) -> int:
@@ -123,6 +125,8 @@ class Provider(DataRole):
         return self._post_update(spec, job_id, round_, q_out, weight)
 
     def _post_update(self, spec: JobSpec, job_id: int, round_: int, q: np.ndarray, weight: int) -> dict:
+        """Store the update and post its signed receipt; in a sealed round (`roles.sealed`) post only
+        the commitment, and keep the receipt for `reveal`."""
         update_cid = self.store.put(encode_vector(q))
         update_root = vector_root(q, spec.quantization.chunk_size)
         receipt = UpdateReceipt(job_id, round_, update_root, weight)
@@ -136,6 +140,39 @@ class Provider(DataRole):
             "weight": weight,
             "signature": "0x" + signature.hex(),
         }
+        if sl.sealed(spec):
+            salt = secrets.token_bytes(32)
+            message["salt"] = "0x" + salt.hex()
+            value = sl.commitment(self.address, update_root, weight, salt)
+            self.mailbox.post(sl.commit_topic(job_id, round_), sl.commitment_message(self.dep, self.account, job_id, round_, value))
+            self._sealed[(job_id, round_)] = message
+            return message
+        self.mailbox.post(round_topic(job_id, round_), canonical_json(message))
+        return message
+
+    def sealed_pending(self, job_id: int, round_: int) -> bool:
+        """Whether this provider committed an update of the round that it has not revealed yet."""
+        return (job_id, round_) in self._sealed
+
+    def reveal(self, job_id: int, round_: int) -> dict | None:
+        """Reveal the update committed for the round once the aggregator's seal holds its
+        commitment: post the receipt with its salt. None while there is no seal yet (call again).
+        Raises FedMarketError if the seal leaves this provider out, or if the aggregator signed
+        two seals (then nothing is revealed: the round will be rejected)."""
+        message = self._sealed.get((job_id, round_))
+        if message is None:
+            return None
+        aggregator = self.dep.job(job_id)["aggregator"]
+        found = sl.seals(self.dep, self.mailbox.read(sl.seal_topic(job_id, round_)), job_id, round_, aggregator)
+        if not found:
+            return None
+        del self._sealed[(job_id, round_)]
+        if len(found) > 1:
+            raise FedMarketError(f"round {round_}: the aggregator signed {len(found)} different seals; not revealing")
+        mine = sl.commitment(self.address, bytes.fromhex(message["update_root"][2:]), message["weight"],
+                             bytes.fromhex(message["salt"][2:]))
+        if found[0].get(self.address) != mine:
+            raise FedMarketError(f"round {round_}: the aggregator's seal does not hold this provider's commitment")
         self.mailbox.post(round_topic(job_id, round_), canonical_json(message))
         return message
 

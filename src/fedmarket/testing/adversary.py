@@ -194,6 +194,70 @@ class LoudFreeRider(FreeRider):
         return rng.normal(0.0, 1.0, size=U.shape) * sigma
 
 
+# ---------------------------------------------------------------- copying another's update
+
+
+class CopyingProvider(Provider):
+    """Trains and commits like everyone, then, at its reveal, takes the update `victim` just revealed
+    on the mailbox and posts it as its own (its receipt re-signed, its own salt). With
+    `late_commit` it also posts a commitment to the copy, after the seal (what a copier whose
+    aggregator would re-seal for it needs)."""
+
+    victim: str = ""
+    late_commit: bool = False
+
+    def _post_update(self, spec, job_id, round_, q, weight):
+        if self.late_commit:  # commits only to the copy, once it has one
+            return {"provider": self.address, "update_cid": "", "weight": weight}
+        return super()._post_update(spec, job_id, round_, q, weight)
+
+    def reveal(self, job_id, round_):
+        import json
+        import secrets
+
+        from ..protocol.receipts import UpdateReceipt
+        from ..roles import sealed as sl
+
+        self._sealed.pop((job_id, round_), None)
+        original = None
+        for raw in self.mailbox.read(round_topic(job_id, round_)):
+            msg = json.loads(raw)
+            if msg.get("provider") == self.victim:
+                original = msg
+        if original is None:
+            return None
+        root, weight, salt = bytes.fromhex(original["update_root"][2:]), int(original["weight"]), secrets.token_bytes(32)
+        sig = UpdateReceipt(job_id, round_, root, weight).sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
+        copy = dict(original, provider=self.address, signature="0x" + sig.hex(), salt="0x" + salt.hex())
+        if self.late_commit:
+            value = sl.commitment(self.address, root, weight, salt)
+            self.mailbox.post(sl.commit_topic(job_id, round_), sl.commitment_message(self.dep, self.account, job_id, round_, value))
+        self.mailbox.post(round_topic(job_id, round_), canonical_json(copy))
+        return copy
+
+
+class ResealingAggregator(Aggregator):
+    """Colludes with a copier: before collecting, it seals the round again, now over every
+    commitment in the mailbox (the copier's late one included), and collects against that seal."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._latest: dict[tuple[int, int], dict] = {}
+
+    def collect(self, job_id, round_, spec):
+        from ..roles import sealed as sl
+
+        selected = set(round_providers(self.dep, spec, job_id, round_))
+        taken = sl.commitments(self.dep, self.mailbox.read(sl.commit_topic(job_id, round_)), job_id, round_, selected)
+        msg = sl.seal_message(self.dep, self.account, job_id, round_, taken)
+        self.mailbox.post(sl.seal_topic(job_id, round_), canonical_json(msg))
+        self._latest[(job_id, round_)] = msg
+        return super().collect(job_id, round_, spec)
+
+    def posted_seal(self, job_id, round_):
+        return self._latest.get((job_id, round_)) or super().posted_seal(job_id, round_)
+
+
 # ---------------------------------------------------------------- provable cheats of the other roles
 
 
@@ -282,6 +346,10 @@ class InflatedWeightProvider(Provider):
 class DoubleUpdateProvider(Provider):
     """Posts two different updates (and receipts) in every round, hoping to choose which counts."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._firsts: dict[tuple[int, int], dict] = {}
+
     def train(self, job_id, round_):
         first = super().train(job_id, round_)
         if first is None:
@@ -289,8 +357,28 @@ class DoubleUpdateProvider(Provider):
         from ..protocol.encoding import decode_vector
 
         spec = self.inspect(job_id)
+        pending = self._sealed.pop((job_id, round_), None)  # a sealed round: the first is committed first
+        if pending is not None:
+            self._firsts[(job_id, round_)] = pending
         q = decode_vector(self.store.get(first["update_cid"]), spec.n_params) + 1
         return self._post_update(spec, job_id, round_, q, int(first["weight"]))
+
+    def reveal(self, job_id, round_):
+        """A sealed round: once sealed, reveals both (only the one whose commitment the seal took
+        can count)."""
+        from ..roles import sealed as sl
+
+        key = (job_id, round_)
+        if key not in self._firsts:
+            return super().reveal(job_id, round_)
+        aggregator = self.dep.job(job_id)["aggregator"]
+        if not sl.seals(self.dep, self.mailbox.read(sl.seal_topic(job_id, round_)), job_id, round_, aggregator):
+            return None
+        first, second = self._firsts.pop(key), self._sealed.pop(key, None)
+        for message in (first, second):
+            if message is not None:
+                self.mailbox.post(round_topic(job_id, round_), canonical_json(message))
+        return first
 
 
 class SilentValidator(Validator):
