@@ -197,8 +197,6 @@ def _check_job(spec, files: RoleFiles) -> None:
         raise ConfigError(f"the spec takes {p.min_providers} to {p.max_providers} providers; the data has {n} provider files")
     if v > p.max_validators or v < p.validators_needed:
         raise ConfigError(f"the spec takes {p.validators_needed} to {p.max_validators} validators; the data has {v} validator files")
-    if spec.privacy.secure:
-        raise ConfigError(f"privacy mode {spec.privacy.mode} runs in-process only (`fedmarket demo`); role processes run plain and dp_local")
 
 
 def _fund(url: str, addresses: dict, spec, files: RoleFiles) -> None:

@@ -24,7 +24,8 @@ def test_default_demo_meets_the_bar(tmp_path):
     assert report["providers"] == 20 and report["rounds"] == 10
     assert report["final_accuracy"] >= 0.90
     assert report["conserved"] is True
-    assert report["escrow"] == report["paid"] + report["fee"] + report["refunded"]
+    assert report["escrow"] == (report["paid"] + report["aggregator_earned"] + report["validators_earned"]
+                                + report["fee"] + report["refunded"])
     assert len(report["gas_per_round"]) == 10
     png = (out / "accuracy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000

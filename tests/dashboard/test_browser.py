@@ -18,6 +18,7 @@ import pytest
 
 from fedmarket.chain.rpc_backend import RpcChain
 from fedmarket.driver import JobDriver
+from fedmarket.roles.sealed import seal_and_reveal
 from fedmarket.roles.validator import submit_attestations
 from fedmarket.runner import JobConfig, demo_spec, demo_world
 
@@ -74,6 +75,7 @@ def test_live_rounds_payouts_and_screenshots(anvil, browser, tmp_path):
         for r in range(cfg.rounds):
             for p in cast.providers:
                 p.train(job, r)
+            seal_and_reveal(cast.aggregator, cast.providers, job, r)
             receipt = cast.aggregator.run_round(job, r)
             mined = time.monotonic()  # the receipt is back: the round is in a block
             page.wait_for_selector(f'#rounds tr[data-round="{r}"]', timeout=LATENCY_BUDGET * 1000)

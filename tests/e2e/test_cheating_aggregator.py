@@ -13,6 +13,7 @@ from fedmarket.roles import Aggregator, Provider, Requester
 from fedmarket.driver import Cast, JobDriver
 from fedmarket.roles.auditor import Auditor
 from fedmarket.roles.challenger import Challenger
+from fedmarket.roles.sealed import seal_and_reveal
 from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
 from fedmarket.storage import LocalBlobStore, Mailbox
 from fedmarket.testing.adversary import ShiftyAggregator
@@ -50,7 +51,8 @@ def run_rounds(job, agg, providers, rounds):
     for r in range(rounds):
         for p in providers:
             p.train(job, r)
-        agg.run_round(job, r)
+        seal_and_reveal(agg, providers, job, r)
+        assert agg.run_round(job, r).event("RoundCommitted")["count"] == len(providers)
 
 
 @pytest.mark.parametrize("strategy, trim", [("fedavg", 0), ("median", 0), ("trimmed_mean", 1)])

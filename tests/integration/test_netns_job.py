@@ -43,10 +43,13 @@ def in_ns(lab: NetLab, name: str, *args: str, timeout: float = 120) -> subproces
                           stdin=subprocess.DEVNULL)
 
 
-def test_a_job_with_every_role_in_its_own_network_namespace(lab, tmp_path):
+@pytest.mark.parametrize("privacy", ["plain", "secagg_dp"])
+def test_a_job_with_every_role_in_its_own_network_namespace(lab, tmp_path, privacy):
+    """`plain`: sealed updates over the broker; `secagg_dp`: SecAgg+ with distributed noise, each
+    phase's messages over the broker between the namespaces."""
     with LabServices(lab, tmp_path / "broker") as services:
         job = LocalJob.make(tmp_path / "job", services.rpc_url, providers=3, validators=1, rounds=2,
-                            broker=services.broker.url, prefix=lab.exec)
+                            broker=services.broker.url, prefix=lab.exec, privacy=privacy)
         for name in ("requester", "aggregator", "validator-0", *(f"provider-{i}" for i in range(3))):
             lab.add(name)
         try:
@@ -59,7 +62,7 @@ def test_a_job_with_every_role_in_its_own_network_namespace(lab, tmp_path):
             job.stop_all()
         rep = job.report()
         assert rep["state"] == "SETTLED" and rep["minted"] and rep["holdings_conserved"], rep
-        assert rep["rounds_committed"] == [0, 1] and rep["round_counts"] == [3, 3], rep
+        assert rep["rounds_committed"] == [0, 1] and rep["round_counts"] == [3, 3], (rep, job.log("aggregator")[-2000:])
         assert rep["claimed"] == rep["participants_claimable"], rep
         assert job.shared_writes(started) == []  # each role wrote only in its own directory
         # a role's 127.0.0.1 is its own: the chain and the broker are only on the bridge

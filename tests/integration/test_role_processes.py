@@ -16,6 +16,7 @@ import pytest
 from fedmarket.processes.base import TxJournal
 from fedmarket.protocol.proofs import reward_struct
 from fedmarket.roles.common import committed_rounds, fetch_metrics, reward_leaf, round_topic
+from fedmarket.roles.sealed import seal_topic
 from fedmarket.storage import LocalBlobStore
 from fedmarket.testing.localjob import LocalJob, RpcProxy
 
@@ -51,7 +52,9 @@ def assert_settled_and_conserved(job: LocalJob, claimants: list[str] | None = No
     assert rep["escrow"] == rep["paid"] + rep["fee"] + rep["refunded"], rep
     assert (rep["fee"], rep["refunded"]) == (rep["fee_event"], rep["refund_event"]), rep
     assert rep["paid"] == rep["reward_total"] and rep["job_funds_left_in_market"] == 0, rep
-    assert rep["aggregator_delta"] == 0 and rep["validators_delta"] == 0, rep
+    fees = job.spec.reward
+    assert rep["aggregator_delta"] == fees.aggregator_fee * job.rounds, rep  # its fee for every committed round
+    assert rep["validators_delta"] == fees.validator_fee * job.rounds * job.validators, rep  # every round attested
     return rep
 
 
@@ -177,7 +180,10 @@ def test_a_corrupted_blob_is_rejected_and_the_role_keeps_running(local_job):
     job = local_job(providers=3, rounds=2, collect_timeout=2)
     job.start_all()
     job.wait(lambda: job.dep.job(job.job_id)["state"].name == "TRAINING", 90, "training to start", poll=0.02)
-    job.procs["aggregator"].send_signal(signal.SIGSTOP)  # hold the aggregator while the updates come in
+    seal = job.workdir / "mailbox" / seal_topic(job.job_id, 0)
+    job.wait(lambda: seal.is_dir() and any(not p.name.startswith(".") for p in seal.iterdir()), 60,
+             "the round's commitments to be sealed", poll=0.02)
+    job.procs["aggregator"].send_signal(signal.SIGSTOP)  # hold the aggregator while the updates are revealed
     try:
         topic = job.workdir / "mailbox" / round_topic(job.job_id, 0)
         job.wait(lambda: topic.is_dir() and len([p for p in topic.iterdir() if not p.name.startswith(".")]) == job.providers,
@@ -260,3 +266,24 @@ def test_audit_with_challenge_proves_what_it_finds(local_job):
     job.wait_done(timeout=120)
     rep = job.report()
     assert rep["state"] == "FAILED" and rep["refunded"] == rep["escrow"] and rep["holdings_conserved"], rep
+
+
+@pytest.mark.parametrize("privacy", ["secagg", "secagg_dp"])
+def test_a_secure_job_across_role_processes(local_job, privacy):
+    """Secure aggregation across OS processes: each provider process runs the SecAgg+ phases from
+    the mailbox (keys, shares, masked update, consistency check, unmasking), the aggregator
+    process signs the survivors and commits the unmasked sum, the validators re-derive the mask
+    correction and attest. The job settles, every round holds every provider, and no provider's
+    update or loss leaves it in the clear."""
+    job = local_job(providers=4, validators=2, rounds=2, privacy=privacy)
+    job.start_all()
+    job.wait_done(timeout=240)
+    rep = assert_settled_and_conserved(job)
+    assert rep["round_counts"] == [4, 4], job.log("aggregator")[-3000:] + job.log("provider-0")[-3000:]
+    store = LocalBlobStore(job.workdir / "blobs")
+    for c in committed_rounds(job.dep, job.job_id):
+        doc = fetch_metrics(store, c)
+        assert "secure" in doc and len(doc["updates"]) == 4
+    for r in range(2):
+        assert job.dep.disputes.call("has_quorum", job.job_id, r)
+    assert "unmasking answered" in job.log("provider-0")

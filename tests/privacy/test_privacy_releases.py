@@ -19,6 +19,7 @@ from fedmarket.privacy.releases import ReleaseLog
 from fedmarket.roles import Aggregator, Provider, Requester, Validator
 from fedmarket.roles import secure_round as sr
 from fedmarket.roles.common import global_model, round_topic
+from fedmarket.roles.sealed import commit_topic, seal_and_reveal
 from fedmarket.roles.validator import submit_attestations, submit_rejections
 from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, PrivacySpec, RewardSpec, TrainingSpec
 from fedmarket.storage import LocalBlobStore, Mailbox
@@ -71,6 +72,7 @@ def _run_job(world, tmp_path, spec):
         else:
             for p in providers:
                 p.train(job, r)
+            seal_and_reveal(agg, providers, job, r)  # commitments sealed, then the updates revealed
         agg.run_round(job, r)
         validator.review(job, r)
         submit_attestations(dep, box, world["aggregator"], job, r)
@@ -183,7 +185,7 @@ def test_a_retried_dp_round_gets_no_second_noisy_copy(world, tmp_path):
         victim.train(job, 0)
     with pytest.raises(AlreadyReleased):
         restarted(0).train(job, 0)
-    assert len(_posted_by(box, round_topic(job, 0), victim.address)) == 1
+    assert len(_posted_by(box, commit_topic(job, 0), victim.address)) == 1  # one commitment: one release
 
 
 def test_a_retried_secure_round_reuses_no_masks_and_releases_once(world, tmp_path):

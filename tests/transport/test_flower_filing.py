@@ -16,7 +16,7 @@ from fedmarket.market import Deployment
 from fedmarket.protocol.encoding import canonical_json
 from fedmarket.roles import Aggregator, Provider, Requester
 from fedmarket.roles.common import committed_rounds, round_topic
-from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
+from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec, TransportSpec
 from fedmarket.storage import LocalBlobStore, Mailbox
 from fedmarket.transport.flower import file_update
 
@@ -33,7 +33,8 @@ def test_forged_or_misdirected_updates_are_not_filed(tmp_path):
     parts = iid_partition(ds.y, N, 0)
     spec = JobSpec(name="filing", data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
                    training=TrainingSpec(rounds=1, local_epochs=1), reward=RewardSpec(escrow=10**20, provider_stake=10**18),
-                   participation=ParticipationSpec(min_providers=N, max_providers=N))
+                   participation=ParticipationSpec(min_providers=N, max_providers=N),
+                   transport=TransportSpec(flower_app_hash="0" * 64))  # a Flower job: updates go to the aggregator alone
     agg_store, agg_box = LocalBlobStore(tmp_path / "agg-blobs"), Mailbox(tmp_path / "agg-box")
     agg = Aggregator(dep, accts[3], agg_store, agg_box)
     providers = []

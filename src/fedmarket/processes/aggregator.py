@@ -7,7 +7,7 @@ import os
 import time
 
 from ..chain import Account
-from ..errors import ConfigError, ContractRevert, FedMarketError, SchemaMismatch
+from ..errors import ConfigError, ContractRevert, FedMarketError, SchemaMismatch, SecAggAbort
 from ..market import Deployment, JobState
 from ..protocol import rules as R
 from ..roles import Aggregator
@@ -23,6 +23,7 @@ from ..roles.common import (
     round_providers,
     round_topic,
 )
+from ..roles import secure_round as sr
 from ..roles.sealed import commit_topic, sealed
 from ..roles.settlement import mailbox_reveals, verified_reveals
 from ..roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
@@ -81,10 +82,6 @@ class AggregatorProcess(RoleProcess):
                 self.say(f"answered a dispute game (tx {receipt.tx_hash})")
         if state == JobState.OPEN:
             if not job["accepted"]:
-                spec = self.spec()
-                if spec.privacy.secure:
-                    raise Fatal(f"job {job_id} uses privacy mode {spec.privacy.mode}: role processes support "
-                                "plain and dp_local jobs")
                 try:  # the terms, the spec and our funds are checked before staking
                     receipt = self.aggregator.accept(job_id)
                 except (TermsMismatch, InsufficientFunds, SchemaMismatch, ConfigError) as exc:
@@ -139,6 +136,9 @@ class AggregatorProcess(RoleProcess):
         opened = self._opened.setdefault(r, time.monotonic())
         if r not in self._expected:
             self._expected = {r: round_providers(self.dep, spec, job_id, r)}
+        if spec.privacy.secure:
+            self._secure_round(job_id, r, opened)
+            return
         if sealed(spec) and not self._sealed(job_id, r, spec, opened):
             return
         expected = self._expected[r]
@@ -178,6 +178,43 @@ class AggregatorProcess(RoleProcess):
                  + (f", missing {len(missing)}" if missing else "")
                  + (f", {len(metrics.get('rejected', []))} rejected" if metrics.get("rejected") else "")
                  + f" after {waited:.1f}s, gas {receipt.gas_used} (tx {receipt.tx_hash})")
+
+    def _senders(self, topic: str) -> set[str]:
+        return sr.claimed_senders(self.mailbox.read(topic))
+
+    def _secure_round(self, job_id: int, r: int, opened: float) -> None:
+        """A secure round (privacy modes secagg, secagg_dp): once every provider that posted its
+        shares has uploaded its masked update (or `collect_timeout` passed), verify them and sign
+        the survivor set; once every survivor answered the unmasking (or `collect_timeout` passed
+        again), unmask and commit. A round below the threshold commits no update (it keeps the model)."""
+        waited = time.monotonic() - opened
+        posted = self.mailbox.read(sr.topic(job_id, r, "survivors"))
+        if not posted:
+            shared = self._senders(sr.topic(job_id, r, "shares"))
+            # the keys and shares phases come first: the masked updates get three timeouts in all
+            if not shared or (not self._senders(round_topic(job_id, r)).issuperset(shared) and waited < 3 * self.collect_timeout):
+                if not shared and waited >= 3 * self.collect_timeout:
+                    self._commit(job_id, r, waited)  # nobody got as far as sharing: the round keeps the model
+                return
+            try:
+                survivors = self.aggregator.secure_survivors(job_id, r)
+            except SecAggAbort as exc:
+                self.say(f"round {r}: {exc}")
+                self._commit(job_id, r, waited)
+                return
+            self._opened[r] = time.monotonic()  # the unmasking's window starts now
+            self.say(f"round {r}: {len(survivors)} survivors signed; waiting for their confirmations and answers")
+            return
+        n_survivors = max(len(json.loads(json.loads(raw)["signed"]).get("survivors", [])) for raw in posted)
+        if len(self._senders(sr.topic(job_id, r, "unmask"))) < n_survivors and waited < self.collect_timeout:
+            return
+        self._commit(job_id, r, waited)
+
+    def _commit(self, job_id: int, r: int, waited: float) -> None:
+        receipt = self.aggregator.run_round(job_id, r)
+        committed = committed_rounds(self.dep, job_id)[r]
+        self.say(f"round {r} committed: {committed.count} updates after {waited:.1f}s, gas {receipt.gas_used} "
+                 f"(tx {receipt.tx_hash})")
 
     def _sealed(self, job_id: int, r: int, spec, opened: float) -> bool:
         """A sealed round (`roles.sealed`): seal once every selected provider committed, or when

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 
 from ..chain import Account
-from ..errors import ConfigError, ContractRevert, FedMarketError, SchemaMismatch
+from ..errors import ConfigError, ContractRevert, FedMarketError, SchemaMismatch, SecAggAbort
 from ..market import Deployment, JobState, Role
 from ..privacy.releases import ReleaseLog
 from ..protocol import rules as R
 from ..roles import Provider
 from ..roles.common import InsufficientFunds, TermsMismatch, load_spec, round_topic
 from ..roles.games import Defender
+from ..roles import secure_round as sr
 from ..roles.sealed import commit_topic
 from ..roles.settlement import post_orphaned_root, root_orphaned
 from ..storage import BlobStore, Mailbox
@@ -32,12 +34,15 @@ class ProviderProcess(RoleProcess):
     role = "provider"
 
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, X: np.ndarray,
-                 y: np.ndarray, job_id: int, state_dir: str | os.PathLike, **kwargs):
+                 y: np.ndarray, job_id: int, state_dir: str | os.PathLike, *, phase_timeout: float | None = None, **kwargs):
         super().__init__(dep, state_dir, **kwargs)
         # the rounds it released, journaled so that a restart never releases one twice (privacy.releases)
         self.provider = Provider(dep, account, store, mailbox, X, y,
                                  releases=ReleaseLog(Path(state_dir) / f"releases-{account.address}.jsonl"))
         self.mailbox = mailbox
+        # how long a secure phase waits for late members (default: a tenth of the round, 5 s to 2 min)
+        self._phase_timeout = phase_timeout
+        self._phase_opened: dict[tuple[int, str], float] = {}  # (round, phase) -> when it could first start
         self.job_id = job_id
         self._posted_round: int | None = None  # the round this process knows it is done with
 
@@ -57,6 +62,113 @@ class ProviderProcess(RoleProcess):
                 except (ValueError, AttributeError):
                     continue
         return False
+
+    def _round_step(self, job_id: int, r: int) -> None:
+        """This provider's next step in round `r`: a secure round's phase; a sealed round's reveal,
+        once sealed; else train and post (or commit) its update, once."""
+        if self._secure(job_id):
+            if self._secure_step(job_id, r):
+                self._posted_round = r
+            return
+        if self.provider.sealed_pending(job_id, r):  # committed: reveal once the aggregator sealed
+            try:
+                msg = self.provider.reveal(job_id, r)
+            except FedMarketError as exc:
+                self.say(f"round {r}: {exc}")
+                self._posted_round = r
+                return
+            if msg is None:
+                self.say_once(f"round {r}: update committed; waiting for the aggregator's seal")
+            else:
+                self._posted_round = r
+                self.say(f"round {r}: update {msg['update_cid']} revealed (weight {msg['weight']})")
+            return
+        if self.posted(r):
+            self._posted_round = r
+            return
+        if not self.provider.selected(job_id, r):
+            self.say_once(f"round {r}: not selected")
+            self._posted_round = r
+            return
+        if self.provider.releases.released(job_id, r):  # released before a restart; its post was lost
+            self.say_once(f"round {r}: already released, not again")
+            self._posted_round = r
+            return
+        msg = self.provider.train(job_id, r)
+        if self.provider.sealed_pending(job_id, r):
+            self.say(f"round {r}: update {msg['update_cid']} committed (weight {msg['weight']})")
+            return  # revealed in a later step, once sealed
+        self._posted_round = r
+        if msg is not None:
+            self.say(f"round {r}: update {msg['update_cid']} posted (weight {msg['weight']})")
+
+    def _secure(self, job_id: int) -> bool:
+        return load_spec(self.dep, self.provider.store, job_id).privacy.secure
+
+    def _mine(self, topic: str) -> bool:
+        """Whether this provider's message is on `topic` (every secure phase's message names it)."""
+        return self.address in self._senders(topic)
+
+    def _senders(self, topic: str) -> set[str]:
+        return sr.claimed_senders(self.mailbox.read(topic))
+
+    def _ready(self, r: int, phase: str, waiting_for: str, members: list[str]) -> bool:
+        """A secure phase may start once every selected member posted the previous phase's message,
+        or `phase_timeout` after it first could (the missing ones dropped out: SecAgg+ goes on
+        without them)."""
+        opened = self._phase_opened.setdefault((r, phase), time.monotonic())
+        if self._phase_timeout is None:
+            self._phase_timeout = min(120.0, max(5.0, int(self.dep.job(self.job_id)["round_duration"]) / 10))
+        return self._senders(waiting_for).issuperset(members) or time.monotonic() - opened >= self._phase_timeout
+
+    def _secure_step(self, job_id: int, r: int) -> bool:
+        """One step of a secure round (privacy modes secagg, secagg_dp), each phase once, in the
+        order SecAgg+ needs: keys, shares, the masked update, the consistency check, the unmask
+        answer. True once this provider is done with the round (or sits it out). The round's
+        secrets live only in this process: after a restart mid-round it sits the round out rather
+        than post a second set of keys, which would have it dropped anyway."""
+        p = self.provider
+        if not p.selected(job_id, r):
+            self.say_once(f"round {r}: not selected")
+            return True
+        members = p.members(job_id, r)
+        t = lambda phase: sr.topic(job_id, r, phase)  # noqa: E731
+        try:
+            if not self._mine(t("keys")):
+                if p.releases.released(job_id, r):
+                    self.say_once(f"round {r}: already released, not again")
+                    return True
+                p.advertise(job_id, r)
+                self.say(f"round {r}: keys advertised")
+                return False
+            if not p.holds_round_secrets(job_id, r):
+                self.say_once(f"round {r}: restarted mid-round; sitting it out")
+                return True
+            if not self._mine(t("shares")):
+                if self._ready(r, "shares", t("keys"), members):
+                    p.share(job_id, r)
+                    self.say(f"round {r}: shares posted")
+                return False
+            if not self._mine(round_topic(job_id, r)):
+                if self._ready(r, "mask", t("shares"), members):
+                    msg = p.train(job_id, r)
+                    self.say(f"round {r}: masked update {msg['update_cid']} posted")
+                return False
+            if not self._mine(t("confirm")):
+                if sr.claimed_senders(self.mailbox.read(t("survivors")), "aggregator"):
+                    p.confirm(job_id, r)
+                    self.say(f"round {r}: survivor set confirmed")
+                return False
+            if not self._mine(t("unmask")):
+                survivors = len(p.survivor_set(job_id, r))
+                if len(self._senders(t("confirm"))) >= survivors or self._ready(r, "unmask", t("confirm"), members):
+                    p.unmask(job_id, r)
+                    self.say(f"round {r}: unmasking answered")
+                return False
+        except SecAggAbort as exc:
+            self.say(f"round {r}: out of the secure round: {exc}")
+            return True
+        return True
 
     def _post_if_orphaned(self) -> None:
         """Every round is in and the aggregator was slashed (a wrong reward root, or none in time):
@@ -85,9 +197,6 @@ class ProviderProcess(RoleProcess):
                     spec = self.provider.inspect(job_id)
                 except (TermsMismatch, SchemaMismatch, InsufficientFunds, ConfigError) as exc:
                     raise Fatal(str(exc)) from None
-                if spec.privacy.secure:
-                    raise Fatal(f"job {job_id} uses privacy mode {spec.privacy.mode}: role processes support "
-                                "plain and dp_local jobs (secure aggregation runs in-process, `fedmarket demo`)")
                 if job["n_providers"] >= job["max_providers"]:
                     raise Fatal(f"job {job_id} is full ({job['n_providers']} providers)")
                 try:
@@ -105,37 +214,7 @@ class ProviderProcess(RoleProcess):
             if r >= int(job["rounds"]):
                 self._post_if_orphaned()
                 return
-            if self.provider.sealed_pending(job_id, r):  # committed: reveal once the aggregator sealed
-                try:
-                    msg = self.provider.reveal(job_id, r)
-                except FedMarketError as exc:
-                    self.say(f"round {r}: {exc}")
-                    self._posted_round = r
-                    return
-                if msg is None:
-                    self.say_once(f"round {r}: update committed; waiting for the aggregator's seal")
-                else:
-                    self._posted_round = r
-                    self.say(f"round {r}: update {msg['update_cid']} revealed (weight {msg['weight']})")
-                return
-            if self.posted(r):
-                self._posted_round = r
-                return
-            if not self.provider.selected(job_id, r):
-                self.say_once(f"round {r}: not selected")
-                self._posted_round = r
-                return
-            if self.provider.releases.released(job_id, r):  # released before a restart; its post was lost
-                self.say_once(f"round {r}: already released, not again")
-                self._posted_round = r
-                return
-            msg = self.provider.train(job_id, r)
-            if self.provider.sealed_pending(job_id, r):
-                self.say(f"round {r}: update {msg['update_cid']} committed (weight {msg['weight']})")
-                return  # revealed in a later step, once sealed
-            self._posted_round = r
-            if msg is not None:
-                self.say(f"round {r}: update {msg['update_cid']} posted (weight {msg['weight']})")
+            self._round_step(job_id, r)
         elif state == JobState.FINALIZING:
             for receipt in Defender(self.dep, self.provider.account, self.provider.store).respond(job_id):
                 self.say(f"defended the reward root it posted (tx {receipt.tx_hash})")

@@ -185,6 +185,18 @@ class Provider(DataRole):
             self._members_of[key] = sr.participants(self.dep, self.inspect(job_id), job_id, round_)
         return self._members_of[key]
 
+    def members(self, job_id: int, round_: int) -> list[str]:
+        """The providers the round's public seed picked, in address order (their SecAgg+ uids)."""
+        return list(self._members(job_id, round_))
+
+    def holds_round_secrets(self, job_id: int, round_: int) -> bool:
+        """Whether this object drew the round's SecAgg+ secrets (a restarted process did not)."""
+        return (job_id, round_) in self._clients
+
+    def survivor_set(self, job_id: int, round_: int) -> frozenset[int]:
+        """The survivor set the aggregator signed for the round (ProtocolViolation unless exactly one)."""
+        return self._survivor_set(job_id, round_, self._client(job_id, round_)[1].round_id)
+
     def selected(self, job_id: int, round_: int) -> bool:
         """Whether the round's public seed picked this provider (always, without per-round selection)."""
         return self.address in self._members(job_id, round_)

@@ -425,7 +425,8 @@ class LocalJob:
         claims = dep.market.events("RewardClaimed", job_id=job_id)
         providers = [a.address for a in self.provider_accts]
         validators = [a.address for a in self.validator_accts]
-        paid = sum(after[p] - self.before[p] for p in providers)
+        earners = providers + validators + [self.aggregator.address]
+        paid = sum(after[p] - self.before[p] for p in earners)  # rewards and fees: the reward root's total
         fee = after[self.treasury.address] - self.before[self.treasury.address]
         refunded = after[self.requester.address] - (self.before[self.requester.address] - escrow)
         market_after = dep.balance(dep.market.address)
@@ -441,6 +442,7 @@ class LocalJob:
             "reward_total": int(posted[-1]["reward_total"]) if posted else None,
             "escrow": escrow,
             "paid": paid,
+            "providers_paid": sum(after[p] - self.before[p] for p in providers),
             "fee": fee,
             "refunded": refunded,
             "fee_event": int(settled[0]["fee"]) if settled else None,
