@@ -13,6 +13,12 @@ on 127.0.0.1) instead of a shared directory: each role writes only in a home of 
 `shared_dirs` counts the directories that more than one role wrote (the blob store and every
 mailbox topic with `directory`; the goal with `nats` is 0). `--netns` (root) puts every role, the
 chain and the broker in a Linux network namespace of its own (`fedmarket.testing.netns`).
+
+`--privacy` runs the job in another privacy mode (`secagg`, `secagg_dp`: SecAgg+ across the
+provider processes; they need `--validators` >= 1). `--dropout F` kills that fraction of the
+provider processes (SIGKILL) as soon as training starts: the rounds go on without them (a secure
+round after its phases' timeouts, a tenth of `--round-duration` each), and they never claim; the
+in-process baseline drops the same fraction each round.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ def distributed(args) -> dict:
             broker = stack.enter_context(NatsServer(Path(tmp) / "broker")).url if args.transport == "nats" else ""
         job = LocalJob.make(Path(tmp) / "job", node_url, rpc_url=proxy.url, providers=args.providers,
                             validators=args.validators, rounds=args.rounds, local_epochs=args.local_epochs,
-                            poll=args.poll, collect_timeout=args.collect_timeout, broker=broker, prefix=prefix)
+                            poll=args.poll, collect_timeout=args.collect_timeout, broker=broker, prefix=prefix,
+                            privacy=args.privacy, round_duration=args.round_duration)
         if args.netns:
             for name in ("requester", "aggregator", *(f"validator-{i}" for i in range(args.validators)),
                          *(f"provider-{i}" for i in range(args.providers))):
@@ -60,6 +67,9 @@ def distributed(args) -> dict:
             job.start_all()
             job.wait(lambda: job.dep.job(job.job_id)["state"].name != "OPEN", 600, "training to start", poll=0.02)
             t_start, wall_start = time.monotonic(), time.time()
+            dropped = [f"provider-{i}" for i in range(int(args.dropout * args.providers))]
+            for name in dropped:  # gone for good, mid-job
+                job.kill(name)
             commits: list[float] = []  # wall clock when the watcher saw each round committed
 
             def seen() -> bool:
@@ -102,8 +112,13 @@ def distributed(args) -> dict:
             "job_tx_total": proxy.count("eth_sendRawTransaction"),
             "job_rpc_calls_total": proxy.count(None),
             "updates_per_round": rep["round_counts"],
+            "privacy": args.privacy,
+            "dropped_providers": len(dropped),
             "all_claimed": rep["claimed"] == rep["participants_claimable"],
-            "conserved": rep["holdings_conserved"] and rep["escrow"] == rep["paid"] + rep["fee"] + rep["refunded"],
+            "live_claimed": set(rep["participants_claimable"]) - set(rep["claimed"])
+            == {job.provider_accts[int(n.split("-")[1])].address for n in dropped},
+            # every token on a watched account or in the market; unclaimed leaves wait for the sweep
+            "conserved": rep["holdings_conserved"] and (bool(dropped) or rep["escrow"] == rep["paid"] + rep["fee"] + rep["refunded"]),
         }
 
 
@@ -118,7 +133,7 @@ def inprocess(args) -> float:
             marks[stage] = time.perf_counter()
 
     cfg = JobConfig(providers=args.providers, rounds=args.rounds, local_epochs=args.local_epochs,
-                    validators=args.validators)
+                    validators=args.validators, privacy=args.privacy, dropout=args.dropout)
     with tempfile.TemporaryDirectory() as tmp:
         run_job(BoaChain(), tmp, cfg, tick)
     return (marks["rounds"] - marks["join"]) / args.rounds
@@ -136,11 +151,18 @@ def main() -> None:
                     help="what the role processes share: a directory, or a NATS JetStream server (no shared directory)")
     ap.add_argument("--netns", action="store_true",
                     help="with --transport nats: every role, the chain and the broker in a network namespace of its own (root)")
+    ap.add_argument("--privacy", choices=("plain", "dp_local", "secagg", "secagg_dp"), default="plain")
+    ap.add_argument("--dropout", type=float, default=0.0, help="fraction of provider processes killed when training starts")
+    ap.add_argument("--round-duration", type=int, default=600, help="seconds a round may take (the job's deadline)")
     args = ap.parse_args()
+    if args.privacy.startswith("secagg") and args.validators < 1:
+        ap.error(f"--privacy {args.privacy} needs --validators >= 1 (they re-derive each round's mask correction)")
+    if not 0 <= args.dropout < 1:
+        ap.error("--dropout must be in [0, 1)")
     if args.netns and args.transport != "nats":
         ap.error("--netns needs --transport nats (roles in separate namespaces share no directory)")
     out: dict = {"providers": args.providers, "rounds": args.rounds, "validators": args.validators,
-                 "local_epochs": args.local_epochs, "poll_s": args.poll}
+                 "local_epochs": args.local_epochs, "poll_s": args.poll, "dropout": args.dropout}
     out.update(distributed(args))
     out["inprocess_s_per_round"] = round(inprocess(args), 3)
     out["ratio"] = round(out["s_per_round"] / out["inprocess_s_per_round"], 2)
