@@ -15,6 +15,7 @@ import pytest
 
 from fedmarket.processes.base import TxJournal
 from fedmarket.protocol.proofs import reward_struct
+from fedmarket.roles import secure_round as sr
 from fedmarket.roles.common import committed_rounds, fetch_metrics, reward_leaf, round_topic
 from fedmarket.roles.sealed import seal_topic
 from fedmarket.storage import LocalBlobStore
@@ -287,3 +288,28 @@ def test_a_secure_job_across_role_processes(local_job, privacy):
     for r in range(2):
         assert job.dep.disputes.call("has_quorum", job.job_id, r)
     assert "unmasking answered" in job.log("provider-0")
+
+
+def test_a_provider_restarted_mid_secure_round_sits_it_out(local_job):
+    """A `secagg_dp` provider process dies after advertising its round-0 keys and comes back: its
+    round secrets died with it, so it posts no second keys (they would have it dropped anyway) and
+    sits round 0 out; the others' round goes on without it once its phase times out, and it is
+    back for round 1. Nothing of its data is released twice (its release journal)."""
+    job = local_job(providers=4, validators=1, rounds=2, privacy="secagg_dp", round_duration=100, collect_timeout=5)
+    job.start_all()
+    keys = job.workdir / "mailbox" / sr.topic(job.job_id, 0, "keys")
+    victim = job.provider_accts[0].address
+
+    def advertised() -> bool:
+        return keys.is_dir() and victim in sr.claimed_senders(
+            [p.read_bytes() for p in keys.iterdir() if not p.name.startswith(".")])
+
+    job.wait(advertised, 90, "the victim's round-0 keys", poll=0.01)
+    job.kill("provider-0")
+    job.start_provider(0)
+    job.wait_done(timeout=240)
+    rep = assert_settled_and_conserved(job)
+    assert rep["round_counts"] == [3, 4], job.log("aggregator")[-3000:]
+    assert "restarted mid-round; sitting it out" in job.log("provider-0")
+    keys_posted = [p for p in keys.iterdir() if not p.name.startswith(".")]
+    assert sum(victim in sr.claimed_senders([p.read_bytes()]) for p in keys_posted) == 1  # no second keys
