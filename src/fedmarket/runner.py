@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -258,6 +259,9 @@ class DemoWorld:
 def demo_world(chain: Chain, workdir: Path, cfg: JobConfig, spec: JobSpec, ds, train, test, parts) -> DemoWorld:
     """Deploy the protocol, fund every account and build the cast. Validators hold out half of the
     test split between them; the requester keeps the rest."""
+    # the demo's mailbox is its own, per run: an earlier run's messages in the same directory were
+    # signed for a deployment at the same addresses (the embedded chain starts afresh each run)
+    shutil.rmtree(Path(workdir) / "mailbox", ignore_errors=True)
     store, mailbox = LocalBlobStore(workdir / "blobs"), Mailbox(workdir / "mailbox")
     seed = f"demo-{cfg.seed}"
     deployer, treasury, req_acct, agg_acct, outsider = (chain.new_account(seed, i) for i in range(5))

@@ -73,3 +73,14 @@ def test_one_round_transaction_per_round_and_model_learns(job):
     assert all(r["count"] == report["providers"] for r in rounds)
     assert len(report["gas_per_round"]) == report["rounds"]
     assert len(report["accuracy"]) == report["rounds"] and report["final_accuracy"] >= 0.9
+
+
+def test_a_second_demo_in_the_same_directory_settles(tmp_path):
+    """The embedded chain starts afresh each run, at the same addresses: an earlier run's messages
+    left in the directory would pass every signature check, so each run starts with a mailbox of
+    its own."""
+    # the same accounts in both runs (the seed), other shards (the provider count): the first run's
+    # acknowledgements of its updates, read as this run's, would "prove" this aggregator censored them
+    first = run_job(BoaChain(), tmp_path, JobConfig(providers=5, rounds=2, seed=1))
+    second = run_job(BoaChain(), tmp_path, JobConfig(providers=3, rounds=2, seed=1))
+    assert first["state"] == second["state"] == "SETTLED" and second["updates_per_round"] == [3, 3]
