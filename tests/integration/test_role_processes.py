@@ -313,3 +313,28 @@ def test_a_provider_restarted_mid_secure_round_sits_it_out(local_job):
     assert "restarted mid-round; sitting it out" in job.log("provider-0")
     keys_posted = [p for p in keys.iterdir() if not p.name.startswith(".")]
     assert sum(victim in sr.claimed_senders([p.read_bytes()]) for p in keys_posted) == 1  # no second keys
+
+
+@pytest.mark.parametrize("stage, kept", [("keys", 3), ("shares", 3), ("masked", 4), ("confirm", 4)])
+def test_a_secure_round_survives_a_provider_dropping_at_any_stage(local_job, stage, kept):
+    """SecAgg+ across OS processes with one of four providers killed right after it posted its
+    message of `stage`: before its masked update (keys, shares) the round sums the other three
+    (their masks with it cancel from its key shares); after it (masked update, confirmation) its
+    update is a survivor's and counts (its self-mask is rebuilt from the others' shares). Either
+    way the round commits, round 1 goes on without it, and the job settles with every token kept."""
+    job = local_job(providers=4, validators=1, rounds=2, privacy="secagg_dp", round_duration=100, collect_timeout=5)
+    job.start_all()
+    topic = round_topic(job.job_id, 0) if stage == "masked" else sr.topic(job.job_id, 0, stage)
+    folder = job.workdir / "mailbox" / topic
+    victim = job.provider_accts[0].address
+
+    def posted() -> bool:
+        return folder.is_dir() and victim in sr.claimed_senders(
+            [p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")])
+
+    job.wait(posted, 120, f"the victim's round-0 {stage}", poll=0.01)
+    job.kill("provider-0")
+    job.wait_done(timeout=300)
+    rep = job.report()
+    assert rep["state"] == "SETTLED" and rep["holdings_conserved"], rep
+    assert rep["round_counts"] == [kept, 3], job.log("aggregator")[-3000:]

@@ -184,16 +184,18 @@ class AggregatorProcess(RoleProcess):
 
     def _secure_round(self, job_id: int, r: int, opened: float) -> None:
         """A secure round (privacy modes secagg, secagg_dp): once every provider that posted its
-        shares has uploaded its masked update (or `collect_timeout` passed), verify them and sign
-        the survivor set; once every survivor answered the unmasking (or `collect_timeout` passed
-        again), unmask and commit. A round below the threshold commits no update (it keeps the model)."""
+        shares has uploaded its masked update, verify them and sign the survivor set; once every
+        survivor answered the unmasking, unmask and commit. Each wait ends after `collect_timeout`
+        plus two of the providers' phase timeouts (a dropped provider makes the others wait out a
+        phase). A round below the threshold commits no update (it keeps the model)."""
         waited = time.monotonic() - opened
+        # a provider that dropped makes the others wait out a phase (keys, shares; then confirmations)
+        patience = self.collect_timeout + 2 * sr.phase_timeout(self.dep.job(job_id)["round_duration"])
         posted = self.mailbox.read(sr.topic(job_id, r, "survivors"))
         if not posted:
             shared = self._senders(sr.topic(job_id, r, "shares"))
-            # the keys and shares phases come first: the masked updates get three timeouts in all
-            if not shared or (not self._senders(round_topic(job_id, r)).issuperset(shared) and waited < 3 * self.collect_timeout):
-                if not shared and waited >= 3 * self.collect_timeout:
+            if not shared or (not self._senders(round_topic(job_id, r)).issuperset(shared) and waited < patience):
+                if not shared and waited >= patience:
                     self._commit(job_id, r, waited)  # nobody got as far as sharing: the round keeps the model
                 return
             try:
@@ -206,7 +208,7 @@ class AggregatorProcess(RoleProcess):
             self.say(f"round {r}: {len(survivors)} survivors signed; waiting for their confirmations and answers")
             return
         n_survivors = max(len(json.loads(json.loads(raw)["signed"]).get("survivors", [])) for raw in posted)
-        if len(self._senders(sr.topic(job_id, r, "unmask"))) < n_survivors and waited < self.collect_timeout:
+        if len(self._senders(sr.topic(job_id, r, "unmask"))) < n_survivors and waited < patience:
             return
         self._commit(job_id, r, waited)
 

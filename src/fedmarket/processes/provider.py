@@ -118,7 +118,7 @@ class ProviderProcess(RoleProcess):
         without them)."""
         opened = self._phase_opened.setdefault((r, phase), time.monotonic())
         if self._phase_timeout is None:
-            self._phase_timeout = min(120.0, max(5.0, int(self.dep.job(self.job_id)["round_duration"]) / 10))
+            self._phase_timeout = sr.phase_timeout(self.dep.job(self.job_id)["round_duration"])
         return self._senders(waiting_for).issuperset(members) or time.monotonic() - opened >= self._phase_timeout
 
     def _secure_step(self, job_id: int, r: int) -> bool:

@@ -178,6 +178,13 @@ def survivors_message(key: bytes, round_id: bytes, aggregator: str, shared: list
                                              "survivors": sorted(survivors)})
 
 
+def phase_timeout(round_duration: int) -> float:
+    """Seconds a role process waits for late members at each SecAgg+ phase before it goes on
+    without them: a tenth of the job's round, between 5 s and 2 min (the providers and the
+    aggregator use the same figure, so the aggregator outwaits the providers' last phase)."""
+    return min(120.0, max(5.0, int(round_duration) / 10))
+
+
 def claimed_senders(raws: list[bytes], field: str = "provider") -> set[str]:
     """Who claims to have posted these messages (signed envelopes or plain receipts), unverified:
     cheap, for a process deciding whether to wait; the phase itself verifies every message."""
