@@ -16,7 +16,7 @@ import pytest
 from fedmarket.processes.base import TxJournal
 from fedmarket.protocol.proofs import reward_struct
 from fedmarket.roles import secure_round as sr
-from fedmarket.roles.common import committed_rounds, fetch_metrics, reward_leaf, round_topic
+from fedmarket.roles.common import claimed_senders, committed_rounds, fetch_metrics, reward_leaf, round_topic
 from fedmarket.roles.sealed import seal_topic
 from fedmarket.storage import LocalBlobStore
 from fedmarket.testing.localjob import LocalJob, RpcProxy
@@ -301,7 +301,7 @@ def test_a_provider_restarted_mid_secure_round_sits_it_out(local_job):
     victim = job.provider_accts[0].address
 
     def advertised() -> bool:
-        return keys.is_dir() and victim in sr.claimed_senders(
+        return keys.is_dir() and victim in claimed_senders(
             [p.read_bytes() for p in keys.iterdir() if not p.name.startswith(".")])
 
     job.wait(advertised, 90, "the victim's round-0 keys", poll=0.01)
@@ -312,7 +312,7 @@ def test_a_provider_restarted_mid_secure_round_sits_it_out(local_job):
     assert rep["round_counts"] == [3, 4], job.log("aggregator")[-3000:]
     assert "restarted mid-round; sitting it out" in job.log("provider-0")
     keys_posted = [p for p in keys.iterdir() if not p.name.startswith(".")]
-    assert sum(victim in sr.claimed_senders([p.read_bytes()]) for p in keys_posted) == 1  # no second keys
+    assert sum(victim in claimed_senders([p.read_bytes()]) for p in keys_posted) == 1  # no second keys
 
 
 @pytest.mark.parametrize("stage, kept", [("keys", 3), ("shares", 3), ("masked", 4), ("confirm", 4)])
@@ -329,7 +329,7 @@ def test_a_secure_round_survives_a_provider_dropping_at_any_stage(local_job, sta
     victim = job.provider_accts[0].address
 
     def posted() -> bool:
-        return folder.is_dir() and victim in sr.claimed_senders(
+        return folder.is_dir() and victim in claimed_senders(
             [p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")])
 
     job.wait(posted, 120, f"the victim's round-0 {stage}", poll=0.01)

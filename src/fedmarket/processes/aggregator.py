@@ -11,10 +11,12 @@ from ..errors import ConfigError, ContractRevert, FedMarketError, SchemaMismatch
 from ..market import Deployment, JobState
 from ..protocol import rules as R
 from ..roles import Aggregator
+from ..roles import secure_round as sr
 from ..roles.common import (
     InsufficientFunds,
     TermsMismatch,
     claim_reward,
+    claimed_senders,
     committed_rounds,
     fetch_metrics,
     joined_validators,
@@ -23,7 +25,6 @@ from ..roles.common import (
     round_providers,
     round_topic,
 )
-from ..roles import secure_round as sr
 from ..roles.sealed import commit_topic, sealed
 from ..roles.settlement import mailbox_reveals, verified_reveals
 from ..roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
@@ -147,13 +148,7 @@ class AggregatorProcess(RoleProcess):
         collected = None
         if not timed_out:
             # cheap first: which selected providers have posted something (unverified)
-            claimed = set()
-            for raw in self.mailbox.read(round_topic(job_id, r)):
-                try:
-                    claimed.add(json.loads(raw)["provider"])
-                except (ValueError, KeyError, TypeError):
-                    continue
-            if not claimed.issuperset(expected):
+            if not self._senders(round_topic(job_id, r)).issuperset(expected):
                 return
             # then verified: a bad update does not count (its provider may still post a good one)
             collected = updates, rejected = self.aggregator.collect(job_id, r, spec)
@@ -180,7 +175,7 @@ class AggregatorProcess(RoleProcess):
                  + f" after {waited:.1f}s, gas {receipt.gas_used} (tx {receipt.tx_hash})")
 
     def _senders(self, topic: str) -> set[str]:
-        return sr.claimed_senders(self.mailbox.read(topic))
+        return claimed_senders(self.mailbox.read(topic))
 
     def _secure_round(self, job_id: int, r: int, opened: float) -> None:
         """A secure round (privacy modes secagg, secagg_dp): once every provider that posted its
@@ -224,12 +219,7 @@ class AggregatorProcess(RoleProcess):
         reveals get their own `collect_timeout`. False while the commitments are still coming."""
         seal = self.aggregator.posted_seal(job_id, r)
         if seal is None:
-            committed = set()
-            for raw in self.mailbox.read(commit_topic(job_id, r)):
-                try:
-                    committed.add(json.loads(raw)["provider"])
-                except (ValueError, KeyError, TypeError):
-                    continue
+            committed = self._senders(commit_topic(job_id, r))
             if not committed.issuperset(self._expected[r]) and time.monotonic() - opened < self.collect_timeout:
                 return False
             seal = self.aggregator.seal(job_id, r, spec)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -15,9 +14,9 @@ from ..market import Deployment, JobState, Role
 from ..privacy.releases import ReleaseLog
 from ..protocol import rules as R
 from ..roles import Provider
-from ..roles.common import InsufficientFunds, TermsMismatch, load_spec, round_topic
-from ..roles.games import Defender
 from ..roles import secure_round as sr
+from ..roles.common import InsufficientFunds, TermsMismatch, claimed_senders, load_spec, round_topic
+from ..roles.games import Defender
 from ..roles.sealed import commit_topic
 from ..roles.settlement import post_orphaned_root, root_orphaned
 from ..storage import BlobStore, Mailbox
@@ -54,14 +53,7 @@ class ProviderProcess(RoleProcess):
         """Whether this provider's receipt for `round_` (or, in a sealed round, its commitment) is
         already in the mailbox. A commitment whose reveal was lost with a restart cannot be opened
         again: the provider sits that round out rather than commit twice."""
-        for topic in (round_topic(self.job_id, round_), commit_topic(self.job_id, round_)):
-            for raw in self.mailbox.read(topic):
-                try:
-                    if json.loads(raw).get("provider") == self.address:
-                        return True
-                except (ValueError, AttributeError):
-                    continue
-        return False
+        return any(self._mine(topic) for topic in (round_topic(self.job_id, round_), commit_topic(self.job_id, round_)))
 
     def _round_step(self, job_id: int, r: int) -> None:
         """This provider's next step in round `r`: a secure round's phase; a sealed round's reveal,
@@ -110,7 +102,7 @@ class ProviderProcess(RoleProcess):
         return self.address in self._senders(topic)
 
     def _senders(self, topic: str) -> set[str]:
-        return sr.claimed_senders(self.mailbox.read(topic))
+        return claimed_senders(self.mailbox.read(topic))
 
     def _ready(self, r: int, phase: str, waiting_for: str, members: list[str]) -> bool:
         """A secure phase may start once every selected member posted the previous phase's message,
@@ -132,7 +124,7 @@ class ProviderProcess(RoleProcess):
             self.say_once(f"round {r}: not selected")
             return True
         members = p.members(job_id, r)
-        t = lambda phase: sr.topic(job_id, r, phase)  # noqa: E731
+        t = lambda phase: sr.topic(job_id, r, phase)
         try:
             if not self._mine(t("keys")):
                 if p.releases.released(job_id, r):
@@ -155,7 +147,7 @@ class ProviderProcess(RoleProcess):
                     self.say(f"round {r}: masked update {msg['update_cid']} posted")
                 return False
             if not self._mine(t("confirm")):
-                if sr.claimed_senders(self.mailbox.read(t("survivors")), "aggregator"):
+                if claimed_senders(self.mailbox.read(t("survivors")), "aggregator"):
                     p.confirm(job_id, r)
                     self.say(f"round {r}: survivor set confirmed")
                 return False

@@ -285,7 +285,7 @@ class Aggregator:
             "rejected": rejected,
         }
         if sl.sealed(spec):
-            metrics["seal"] = self.posted_seal(job_id, round_) or self.seal(job_id, round_, spec)
+            metrics["seal"] = self.seal(job_id, round_, spec)  # the one posted (sealing again returns it)
         if secure is not None:
             metrics["secure"] = secure
         if spec.attested:

@@ -18,7 +18,6 @@ from ..protocol.receipts import UpdateReceipt
 from ..protocol.selection import is_selected
 from ..spec import JobSpec
 from ..storage import BlobStore
-from .sealed import seal_problem, sealed
 from .common import (
     CommittedRound,
     committed_rounds,
@@ -29,6 +28,7 @@ from .common import (
     posted_rewards,
     round_seed,
 )
+from .sealed import seal_problem, sealed
 
 
 @dataclass
@@ -75,6 +75,7 @@ class RoundEvidence:
     correction: np.ndarray | None
     seed: bytes
     tree: MerkleTree | None
+    metrics: dict  # the round's metrics document, as fetched by its content id
 
 
 class Auditor:
@@ -119,7 +120,7 @@ class Auditor:
         model = fetch_model(self.store, spec, committed)
         prev_model = fetch_model(self.store, spec, prev) if prev else np.zeros(spec.n_params, dtype=np.int64)
         seed = round_seed(self.dep, job_id, committed.round, rounds)
-        return RoundEvidence(committed, prev, updates, model, prev_model, correction, seed, tree)
+        return RoundEvidence(committed, prev, updates, model, prev_model, correction, seed, tree, doc)
 
     def _correction(self, spec: JobSpec, committed: CommittedRound, doc: dict) -> np.ndarray | None:
         """A secure round's published mask correction, or an attested round's (None for other
@@ -200,7 +201,7 @@ class Auditor:
             if problem:
                 return RoundCheck(c.round, False, problem, count=c.count), ev
         if sealed(spec):  # every update opens the commitment the aggregator sealed before the reveals
-            problem = seal_problem(self.dep, fetch_metrics(self.store, c), job_id, c.round, self.dep.job(job_id)["aggregator"])
+            problem = seal_problem(self.dep, ev.metrics, job_id, c.round, self.dep.job(job_id)["aggregator"])
             if problem:
                 return RoundCheck(c.round, False, problem, count=c.count), ev
         try:
@@ -227,7 +228,7 @@ class Auditor:
         """Re-derive a secure round's mask correction from its published transcript; '' if it matches."""
         from . import secure_round as sr
 
-        doc = fetch_metrics(self.store, ev.committed)
+        doc = ev.metrics
         r = ev.committed.round
         members = sr.participants(self.dep, spec, job_id, r)
         cfg = sr.round_config(self.dep, spec, job_id, r, len(members))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -37,6 +36,20 @@ class InsufficientFunds(FedMarketError):
 def round_topic(job_id: int, round_: int) -> str:
     """Mailbox topic on which providers post their round `round_` receipts."""
     return f"job-{job_id}-round-{round_}"
+
+
+def claimed_senders(raws: list[bytes], field: str = "provider") -> set[str]:
+    """Who claims to have posted these messages (signed envelopes or plain receipts), unverified:
+    cheap, for a process deciding whether to wait; the phase itself verifies every message."""
+    out: set[str] = set()
+    for raw in raws:
+        try:
+            env = json.loads(raw)
+            body = json.loads(env["signed"]) if "signed" in env else env
+            out.add(body[field])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
 
 
 def metrics_cid(metrics_hash: bytes) -> str:

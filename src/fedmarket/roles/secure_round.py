@@ -185,20 +185,6 @@ def phase_timeout(round_duration: int) -> float:
     return min(120.0, max(5.0, int(round_duration) / 10))
 
 
-def claimed_senders(raws: list[bytes], field: str = "provider") -> set[str]:
-    """Who claims to have posted these messages (signed envelopes or plain receipts), unverified:
-    cheap, for a process deciding whether to wait; the phase itself verifies every message."""
-    out: set[str] = set()
-    for raw in raws:
-        try:
-            env = json.loads(raw)
-            body = json.loads(env["signed"]) if "signed" in env else env
-            out.add(body[field])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return out
-
-
 def by_uid(raws: list[bytes], members: list[str], round_id: bytes, phase: str) -> dict[int, dict]:
     """Signed provider messages of one phase keyed by uid, keeping only those whose signer owns that
     uid. A provider with two different messages in a phase is dropped from it: duplicates are

@@ -17,11 +17,17 @@ from ..protocol.receipts import Attestation, Misbehaviour, Rejection
 from ..scoring import score_round
 from ..storage import BlobStore, Mailbox
 from .auditor import Auditor
-from .common import (DataRole, check_funds, claim_reward, committed_rounds, fetch_metrics, load_spec, round_accumulator,
-                     round_topic)
+from .common import DataRole, check_funds, claim_reward, committed_rounds, load_spec, round_accumulator, round_topic
 from .sealed import conflicting_seal, sealed
-from .settlement import (SCORE_SCALE, mailbox_reveals, reward_document, rewards_topic, score_units, scores_tree,
-                         statement_of)
+from .settlement import (
+    SCORE_SCALE,
+    mailbox_reveals,
+    reward_document,
+    rewards_topic,
+    score_units,
+    scores_tree,
+    statement_of,
+)
 
 
 class Validator(DataRole):
@@ -61,7 +67,7 @@ class Validator(DataRole):
         check, ev = self.auditor.check_round(spec, job_id, committed, rounds)
         if not check.ok:  # provable or not, a wrong round gets this validator's vote against it
             return self._reject(job_id, round_, committed)
-        if sealed(spec) and conflicting_seal(self.dep, self.mailbox, fetch_metrics(self.store, committed), job_id, round_,
+        if sealed(spec) and conflicting_seal(self.dep, self.mailbox, ev.metrics, job_id, round_,
                                              self.dep.job(job_id)["aggregator"]):
             return self._reject(job_id, round_, committed)  # two seals: one let a late commitment in
         jm = job_model(spec, self.store)
