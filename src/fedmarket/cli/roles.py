@@ -320,8 +320,14 @@ def serve(
     job: int = JOB,
     port: int = typer.Option(8750, "--port", help="Port on 127.0.0.1 to answer queries on."),
     period: float = typer.Option(60.0, "--period", help="Seconds between two settlements of the callers' signed usage."),
+    prove: bool = typer.Option(False, "--prove", help="Prove answers on request (EZKL; softmax and MLP models): build the "
+                               "circuit, offer its verifier to the job's validators on --mailbox, register it once a "
+                               "majority attested. Needs `pip install fedmarket[zk]` and `npm install` (solc)."),
+    mailbox: str = typer.Option(None, "--mailbox", help="The job's mailbox (with --prove): where the verifier is offered "
+                                "and the validators' attestations arrive."),
 ) -> None:
     """Serve a listed job's model to paying callers over HTTP, staked; settle their usage once per period."""
+    from ..processes.serve import prepare_proofs
     from ..processes.serve import serve as run_server
     from ..roles.server import ModelServer
 
@@ -329,14 +335,66 @@ def serve(
         raise ConfigError(f"--period must be positive (got {period})")
     if not 0 < port < 65_536:
         raise ConfigError(f"--port must be a TCP port (got {port})")
+    if prove and mailbox is None:
+        raise ConfigError("--prove needs --mailbox: the job's validators attest the verifier there")
+    if prove:
+        from ..zkml import ezkl_module, find_solcjs
+
+        ezkl_module()  # the extra is installed, before anything is staked
+        if find_solcjs() is None:
+            raise ConfigError("--prove compiles the verifier with npm's solc: run `npm install` in the fedmarket "
+                              "repository or set FEDMARKET_SOLCJS=/path/to/solcjs")
     dep, signer, state = ctx.connect("server", job)
-    blobs, _ = ctx.stores()
+    blobs, box = ctx.stores(mailbox if prove else None)
     try:
         state.mkdir(parents=True, exist_ok=True)
         server = ModelServer(dep, signer, blobs, job, journal=state / "receipts.jsonl")
+        if prove:
+            from ..zkml import provable
+
+            if not provable(server.trained.spec):
+                raise ConfigError(f"--prove covers softmax and MLP models; job {job} trains a "
+                                  f"'{server.trained.spec.model.kind}' model")
+        say = lambda m: typer.echo(m, err=True)  # noqa: E731
+        proving = prepare_proofs(server, state / "zk", blobs, box, ctx.poll, say) if prove else None
         did = server.ensure_staked()
         if did:
             typer.echo(did, err=True)
-        run_server(server, port, period, say=lambda m: typer.echo(m, err=True))
+        run_server(server, port, period, say=say, proving=proving)
     finally:
         blobs.close()
+        if box is not None:
+            box.close()
+
+
+@role_command(validator_app, "attest-verifier")
+def validator_attest_verifier(
+    ctx: RoleContext,
+    job: int = JOB,
+    mailbox: str = MAILBOX,
+    wait: float = typer.Option(600.0, "--wait", help="Seconds to wait for a server's verifier offer on the mailbox."),
+) -> None:
+    """Re-derive the proof verifier a server offers for the job's listed model (from the model root,
+    the offer's settings and SRS) and, if its code is the deployed one, sign and post the attestation."""
+    import time
+
+    from ..roles.proofs import attest_verifier, offers
+
+    dep, signer, state = ctx.connect("validator", job)
+    blobs, box = ctx.stores(mailbox)
+    try:
+        deadline = time.monotonic() + wait
+        while not (found := offers(box)):
+            if time.monotonic() > deadline:
+                raise ConfigError(f"no verifier offer for job {job} on {mailbox} within {wait:g} s")
+            time.sleep(ctx.poll)
+        state.mkdir(parents=True, exist_ok=True)
+        for offer in found:
+            try:
+                attest_verifier(dep, signer, blobs, box, job, offer, workdir=state)
+                typer.echo(f"attested verifier {offer['verifier']} (code hash {offer['codehash']})")
+            except FedMarketError as exc:
+                typer.echo(f"refused verifier {offer['verifier']}: {exc}", err=True)
+    finally:
+        blobs.close()
+        box.close()

@@ -8,6 +8,11 @@
 
 Every ``period`` seconds (and once more on shutdown) the latest receipt of each caller with
 unsettled queries goes into one ``settle_usage`` transaction.
+
+Proving (`prepare_proofs`, before the server stakes), the server builds its circuit kit
+(`zkml.build_kit`, kept in its state directory for the next start) and offers the verifier for the
+job's validators to attest (`roles.proofs`); the app registers it once a majority attested, and
+answers a query with ``"prove": true`` with a proof that the registered verifier checks on chain.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from dataclasses import dataclass
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -26,26 +33,64 @@ from ..errors import FedMarketError
 from ..roles.server import ModelServer, QueryRefused
 
 
-def server_app(server: ModelServer, period: float, say=print) -> Starlette:
-    """The HTTP app of one model server; its lifespan runs the settlement loop."""
+@dataclass
+class Proving:
+    """A proving server's offer of its verifier (`roles.proofs.publish_verifier`) and the job's
+    mailbox, where the validators' attestations arrive."""
+
+    offer: dict
+    box: object  # storage.Mailbox
+    poll: float = 2.0
+
+
+def prepare_proofs(server: ModelServer, kit_dir: Path, store, box, poll: float, say=print) -> Proving:
+    """Build (or reuse) the circuit kit in `kit_dir`, give it to the server and offer its verifier."""
+    from ..roles.proofs import publish_verifier
+    from ..zkml import Kit, build_kit
+
+    kit, root = Kit(kit_dir), server.trained.model_root.hex()
+    built = kit.path("model-root")
+    if not (built.is_file() and built.read_text() == root and kit.path("Verifier.bin-runtime").is_file()):
+        say("building the circuit of the model (settings, keys, verifier)")
+        kit = build_kit(server.trained, kit_dir)
+        built.write_text(root)
+    offer = publish_verifier(server.dep, server.account, store, box, server.job_id, kit)
+    server.kit = kit
+    say(f"proving answers; verifier {offer['verifier']} offered to the job's validators")
+    return Proving(offer, box, poll)
+
+
+def server_app(server: ModelServer, period: float, say=print, proving: Proving | None = None) -> Starlette:
+    """The HTTP app of one model server; its lifespan runs the settlement loop (and, proving, the
+    verifier's publication and registration)."""
 
     async def info(request: Request) -> JSONResponse:
-        return JSONResponse({"job_id": server.job_id, "model_root": "0x" + server.trained.model_root.hex(),
-                             "server": server.address, "model_market": server.mm.address, "chain_id": server.chain_id,
-                             "classes": server.classes, "linear_shape": list(server.shape)})
+        from ..zkml import input_scale
+
+        doc = {"job_id": server.job_id, "model_root": "0x" + server.trained.model_root.hex(),
+               "server": server.address, "model_market": server.mm.address, "chain_id": server.chain_id,
+               "classes": server.classes, "linear_shape": list(server.shape), "proofs": server.kit is not None,
+               "verifier": server.mm.call("verifier", server.job_id)}
+        if server.kit is not None:
+            doc["input_scale"] = input_scale(server.kit)
+        return JSONResponse(doc)
 
     async def query(request: Request) -> JSONResponse:
         try:
             doc = await request.json()
             features, count, sig = doc["features"], int(doc["count"]), bytes.fromhex(str(doc["signature"]).removeprefix("0x"))
+            prove = bool(doc.get("prove", False))
         except (ValueError, KeyError, TypeError):
-            return JSONResponse({"error": "a query is {features: [...], count: N, signature: 0x...}"}, status_code=400)
+            return JSONResponse({"error": "a query is {features: [...], count: N, signature: 0x..., prove: false}"},
+                                status_code=400)
         try:
-            reply = await run_in_threadpool(server.answer, features, count, sig)
+            reply = await run_in_threadpool(server.answer, features, count, sig, prove)
         except QueryRefused as exc:
             return JSONResponse({"error": str(exc)}, status_code=402 if "credit" in str(exc) else 400)
         except ValueError as exc:
             return JSONResponse({"error": f"bad features: {exc}"}, status_code=400)
+        except FedMarketError as exc:  # the prover failed: the query was not charged
+            return JSONResponse({"error": f"proving failed: {exc}"}, status_code=503)
         return JSONResponse(reply.doc())
 
     async def settle_once() -> None:
@@ -62,25 +107,42 @@ def server_app(server: ModelServer, period: float, say=print) -> Starlette:
             await asyncio.sleep(period)
             await settle_once()
 
+    async def register_loop() -> None:
+        from ..roles.proofs import register_verifier
+
+        while server.mm.call("verifier", server.job_id) == "0x" + "0" * 40:
+            try:
+                receipt = await run_in_threadpool(register_verifier, server.dep, server.account, proving.box,
+                                                  server.job_id, proving.offer["verifier"])
+                if receipt is not None:
+                    say(f"verifier {proving.offer['verifier']} registered (tx {receipt.tx_hash})")
+                    break
+            except FedMarketError as exc:
+                say(f"registering the verifier failed, retrying: {exc}")
+            await asyncio.sleep(proving.poll)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        task = asyncio.create_task(settle_loop())
+        tasks = [asyncio.create_task(settle_loop())]
+        if proving is not None:
+            tasks.append(asyncio.create_task(register_loop()))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await settle_once()
 
     return Starlette(routes=[Route("/info", info), Route("/query", query, methods=["POST"])], lifespan=lifespan)
 
 
-def serve(server: ModelServer, port: int, period: float, say=print) -> None:
+def serve(server: ModelServer, port: int, period: float, say=print, proving: Proving | None = None) -> None:
     """Run the server on 127.0.0.1:`port` until SIGTERM/SIGINT (then settle what is pending and exit)."""
     import uvicorn
 
-    config = uvicorn.Config(server_app(server, period, say), host="127.0.0.1", port=port, log_level="warning",
+    config = uvicorn.Config(server_app(server, period, say, proving), host="127.0.0.1", port=port, log_level="warning",
                             lifespan="on")
     say(f"serving job {server.job_id} (model root 0x{server.trained.model_root.hex()}) on http://127.0.0.1:{port}")
     # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again for the

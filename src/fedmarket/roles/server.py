@@ -7,6 +7,12 @@ latest receipt, so a period's settlement is one receipt per caller however many 
 made, and it can settle nothing a caller did not sign. Answers are signed
 ``Answer(jobId, inputHash, class)``: for a linear (softmax) model the class is the integer
 argmax the contract re-executes (`protocol.inference`), so a wrong answer costs the stake.
+
+With a circuit kit (`zkml`, a softmax or MLP model), a query that asks for it gets its answer
+proven: the proof, its public values (the input and the class scores) and the server's
+``ProvenAnswer`` signature, which the job's registered verifier checks on chain
+(`roles.proofs`). The caller's usage is checked before the prover starts, so nobody makes the
+server prove for free.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ import numpy as np
 from ..chain import Account
 from ..errors import FedMarketError
 from ..market import Deployment
-from ..protocol.inference import fixed_input, input_hash, linear_answer, linear_shape
+from ..protocol.inference import ONE, fixed_input, input_hash, linear_answer, linear_shape
 from ..protocol.receipts import Answer, Usage
 from ..storage import BlobStore
 from .model_owner import listed_shape
 from .common import check_funds
+from .proofs import sign_proven
 
 MAX_BATCH = 256  # ModelMarket.MAX_BATCH
 
@@ -36,23 +43,30 @@ class QueryRefused(FedMarketError):
 
 @dataclass(frozen=True)
 class Reply:
-    """One answer: the class, the fixed-point input it answers, and the server's signature."""
+    """One answer: the class, the fixed-point input it answers, and the server's signature; for a
+    proven answer also the proof and the server's ProvenAnswer signature of it."""
 
     answer: int
     label: str
     x: list[int]
     count: int
     signature: bytes
+    proof: object | None = None
+    proven_signature: bytes = b""
 
     def doc(self) -> dict:
-        return {"answer": self.answer, "label": self.label, "input": self.x, "count": self.count,
-                "signature": "0x" + self.signature.hex()}
+        doc = {"answer": self.answer, "label": self.label, "input": self.x, "count": self.count,
+               "signature": "0x" + self.signature.hex()}
+        if self.proof is not None:
+            doc.update(proof=self.proof.doc(), proven_signature="0x" + self.proven_signature.hex())
+        return doc
 
 
 class ModelServer:
     """Serves one listed job's model, verified against the final model root listed on chain."""
 
-    def __init__(self, dep: Deployment, account: Account, store: BlobStore, job_id: int, journal: Path | None = None):
+    def __init__(self, dep: Deployment, account: Account, store: BlobStore, job_id: int, journal: Path | None = None,
+                 kit=None):
         from ..modelfile import trained_model
 
         if dep.model_market is None:
@@ -75,6 +89,7 @@ class ModelServer:
         self.latest: dict[str, tuple[int, bytes]] = {}  # caller -> its latest receipt (count, signature)
         self.lock = threading.Lock()
         self.journal = journal
+        self.kit = kit  # zkml.Kit of this model, to prove answers with
         if journal is not None:
             self.latest = read_journal(journal)
 
@@ -103,22 +118,39 @@ class ModelServer:
         return f"staked {need} base units on job {self.job_id}"
 
     # ---- answering ------------------------------------------------------------------------
-    def answer(self, features: list[float], count: int, signature: bytes) -> Reply:
-        """Answer one query if its usage receipt is the caller's next and its credit covers it."""
+    def answer(self, features: list[float], count: int, signature: bytes, prove: bool = False) -> Reply:
+        """Answer one query if its usage receipt is the caller's next and its credit covers it;
+        with `prove`, attach a proof of the answer (the usage is checked before proving)."""
         X = np.asarray(features, dtype=np.float64).reshape(1, -1)
         if X.shape[1] != self.trained.spec.data.n_features or not np.isfinite(X).all():
             raise QueryRefused(f"the model takes {self.trained.spec.data.n_features} finite features, "
                                f"the query has {X.shape[1]}")
         x = fixed_input(self.jm.features(X)[0])
-        self._caller(count, signature)  # the usage is recorded only for a query it answers
         if self.shape[0]:
             cls = linear_answer(self.trained.q, x, *self.shape)
         else:
             cls = int(self.jm.predict(self.trained.q, X)[0])
+        proof, proven = None, b""
+        if prove:
+            if self.kit is None:
+                raise QueryRefused("this server proves no answers (not started with --prove, or its prover is still being built)")
+            self._caller(count, signature, record=False)  # paid for, before the prover starts
+            proof = self._prove(x, cls)
+            proven = sign_proven(self.dep, self.account, self.job_id, proof)
+        self._caller(count, signature)  # the usage is recorded only for a query it answers
         sig = Answer(self.job_id, input_hash(x), cls).sign(self.account.key, self.chain_id, self.mm.address)
-        return Reply(cls, self.classes[cls], x, count, sig)
+        return Reply(cls, self.classes[cls], x, count, sig, proof, proven)
 
-    def _caller(self, count: int, signature: bytes) -> str:
+    def _prove(self, x: list[int], cls: int):
+        from ..zkml import prove
+
+        proof = prove(self.kit, np.asarray(x, dtype=np.float64) / ONE, len(self.classes))
+        if proof.answer != cls:  # a near tie that the circuit's coarser fixed point breaks the other way
+            raise QueryRefused(f"the circuit's fixed point answers {proof.answer} where the model answers {cls} "
+                               f"(a near tie): ask without a proof")
+        return proof
+
+    def _caller(self, count: int, signature: bytes, record: bool = True) -> str:
         """The caller who signed `count`, after checking it is its next count and it has credit."""
         try:
             caller = Usage(self.job_id, self.address, int(count)).signer(signature, self.chain_id, self.mm.address)
@@ -133,7 +165,8 @@ class ModelServer:
                 raise QueryRefused(f"{caller} asked for a refund of its credits")
             if count - settled > queries:
                 raise QueryRefused(f"{caller} has credit for {queries} unsettled queries; count {count} exceeds it")
-            self._record(caller, count, signature)
+            if record:
+                self._record(caller, count, signature)
         return caller
 
     def _settled_and_credit(self, caller: str) -> tuple[int, int]:
