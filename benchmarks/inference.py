@@ -15,7 +15,13 @@ node and are listed on the ModelMarket. Then, for each model:
   caller's settled count) and the next. The serve process's own shutdown settlement of the
   throughput runs (10 callers, 1,000 queries) is reported beside it as a cross-check.
 
-Not measured here: EZKL proofs (`prove_s`, `prove_peak_gb`, `verify_gas`): not implemented yet.
+- proofs, through the serving role's own path (`fedmarket.zkml`: the listed model's EZKL circuit,
+  weights fixed, input and class scores public, a locally generated SRS: for testing only):
+  ``setup_s`` (settings, calibration, circuit, keys, verifier compiled by npm's solc),
+  ``prove_s`` and ``prove_peak_gb`` (wall time and peak resident memory of one proof, in a fresh
+  process), and ``verify_gas`` (anvil receipt of the verifier's ``verifyProof`` transaction on the
+  proof; ``ModelMarket.prove_answer`` adds its own checks to it). Needs the zk extra and
+  ``npm install``.
 """
 
 from __future__ import annotations
@@ -210,10 +216,54 @@ def settlement_gas(w: World, job: int, dev: int, n_callers: int) -> dict:
     return out
 
 
+def proof_figures(w: World, job: int, tmp: Path) -> dict:
+    """setup_s, prove_s, prove_peak_gb (a child process proves) and verify_gas of one answer of the job's model."""
+    from fedmarket.chain.abi import ContractABI
+    from fedmarket.modelfile import trained_model
+    from fedmarket.zkml import Proof, build_kit
+
+    trained = trained_model(w.dep, w.store, job)
+    t0 = time.perf_counter()
+    kit = build_kit(trained, tmp / f"kit-{job}")
+    setup_s = time.perf_counter() - t0
+    x = trained.job_model.features(w.ds.X[1500:1501])[0]
+    child = subprocess.run([sys.executable, __file__, "--prove-one", str(kit.dir), json.dumps(x.tolist())],
+                           capture_output=True, text=True)
+    lines = [ln for ln in child.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"proving failed: {child.stderr[-600:]}")
+    res = json.loads(lines[-1])
+    proof = Proof.from_doc(res.pop("proof"))
+    verifier = w.chain.deploy(w.deployer, "Halo2Verifier", ContractABI(kit.abi), kit.creation)
+    receipt = verifier.transact("verifyProof", proof.proof, proof.instances, sender=w.deployer)
+    accepted = bool(verifier.call("verifyProof", proof.proof, proof.instances))
+    return {"setup_s": round(setup_s, 2), **res, "verify_gas": receipt.gas_used, "verified_on_chain": accepted,
+            "verifier_bytes": len(kit.runtime), "public_values": len(proof.instances),
+            "answer_matches_model": proof.answer == int(trained.job_model.predict(trained.q, w.ds.X[1500:1501])[0])}
+
+
+def prove_one(kit_dir: str, x_json: str) -> None:
+    """Child process: one proof with the kit in `kit_dir`; prints its time, peak memory and the proof."""
+    import resource
+
+    from fedmarket.zkml import Kit, prove
+
+    x = np.asarray(json.loads(x_json))
+    t0 = time.perf_counter()
+    proof = prove(Kit(Path(kit_dir)), x, 10)
+    print(json.dumps({"prove_s": round(time.perf_counter() - t0, 2),
+                      "prove_peak_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3),
+                      "proof": proof.doc()}), flush=True)
+    os._exit(0)  # ezkl's worker threads can panic in interpreter teardown; the result is out
+
+
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--prove-one":
+        prove_one(sys.argv[2], sys.argv[3])
     t0 = time.perf_counter()
     out: dict = {"source": "anvil receipts and a fedmarket serve process over HTTP on 127.0.0.1",
-                 "anvil": "@foundry-rs/anvil@1.7.1", "period_queries": PERIOD_QUERIES, "proofs": "none (EZKL not implemented)"}
+                 "anvil": "@foundry-rs/anvil@1.7.1", "period_queries": PERIOD_QUERIES,
+                 "proofs": "EZKL 23.0.5 Halo2 (KZG), SRS from ezkl.gen_srs: for testing only; solc 0.8.28 from npm"}
     with AnvilNode() as node, tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         w = World(node, tmp)
@@ -223,6 +273,9 @@ def main() -> None:
         out["softmax"] = throughput(w, softmax, 5, tmp, "softmax")
         out["mlp"] = throughput(w, mlp, 6, tmp, "mlp", runs=5, per_run=100)
         log(f"throughput: {out['softmax']} {out['mlp']}")
+        out["softmax"].update(proof_figures(w, softmax, tmp))
+        out["mlp"].update(proof_figures(w, mlp, tmp))
+        log(f"proofs: softmax {out['softmax']['prove_s']} s, mlp {out['mlp']['prove_s']} s")
         out["settlement"] = [settlement_gas(w, softmax, 7 + i, k) for i, k in enumerate((1, 10, 100, 1_000))]
     out["settlement_gas_per_query"] = {str(s["callers"]): s["first"]["gas_per_query"] for s in out["settlement"]}
     out["settlement_gas_per_query_next_period"] = {str(s["callers"]): s["next"]["gas_per_query"] for s in out["settlement"]}
