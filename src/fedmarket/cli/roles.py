@@ -389,12 +389,16 @@ def validator_attest_verifier(
                 raise ConfigError(f"no verifier offer for job {job} on {mailbox} within {wait:g} s")
             time.sleep(ctx.poll)
         state.mkdir(parents=True, exist_ok=True)
+        attested = 0
         for offer in found:
             try:
                 attest_verifier(dep, signer, blobs, box, job, offer, workdir=state)
                 typer.echo(f"attested verifier {offer['verifier']} (code hash {offer['codehash']})")
+                attested += 1
             except FedMarketError as exc:
                 typer.echo(f"refused verifier {offer['verifier']}: {exc}", err=True)
+        if not attested:
+            raise FedMarketError(f"attested none of the {len(found)} verifier offers for job {job}")
     finally:
         blobs.close()
         box.close()
