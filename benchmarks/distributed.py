@@ -14,6 +14,14 @@ on 127.0.0.1) instead of a shared directory: each role writes only in a home of 
 mailbox topic with `directory`; the goal with `nats` is 0). `--netns` (root) puts every role, the
 chain and the broker in a Linux network namespace of its own (`fedmarket.testing.netns`).
 
+`--transport flower` runs the rounds on Flower's Deployment Engine: the aggregator runs
+`fedmarket aggregator serve-flower` (its SuperLink, the market's ServerApp and its own process),
+each provider `fedmarket provider supernode` (a SuperNode that only connects out), and blobs and
+the remaining messages go through the NATS broker, as with `nats`. In the same run, the same
+training as a plain Flower app (no market: no signing, blobs or chain; `flower_engine.py`'s
+baseline) runs on a SuperLink in the aggregator's place and a SuperNode in each provider's
+(`flower_native_s_per_round`, between consecutive aggregations, round 0 left out).
+
 `--privacy` runs the job in another privacy mode (`secagg`, `secagg_dp`: SecAgg+ across the
 provider processes; they need `--validators` >= 1). `--dropout F` kills that fraction of the
 provider processes (SIGKILL) as soon as training starts: the rounds go on without them (a secure
@@ -40,7 +48,7 @@ def distributed(args) -> dict:
 
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory())
-        prefix = None
+        prefix, flower = None, ""
         if args.netns:  # every role, the chain and the broker in a network namespace of its own
             from fedmarket.testing.netns import LabServices, NetLab
 
@@ -48,18 +56,23 @@ def distributed(args) -> dict:
             services = stack.enter_context(LabServices(lab, Path(tmp) / "broker"))
             node_url, broker, prefix = services.rpc_url, services.broker.url, lab.exec
             proxy = stack.enter_context(RpcProxy(node_url, host=lab.harness))
+            names = ["requester", "aggregator", *(f"validator-{i}" for i in range(args.validators)),
+                     *(f"provider-{i}" for i in range(args.providers))]
+            hosts = {name: lab.add(name) for name in names}
+            if args.transport == "flower":
+                flower = f"{hosts['aggregator']}:9092"
         else:
             node_url = stack.enter_context(AnvilNode(fixed_interval=False)).url
             proxy = stack.enter_context(RpcProxy(node_url))
-            broker = stack.enter_context(NatsServer(Path(tmp) / "broker")).url if args.transport == "nats" else ""
+            broker = stack.enter_context(NatsServer(Path(tmp) / "broker")).url if args.transport != "directory" else ""
+            if args.transport == "flower":
+                from fedmarket.transport.flower_nodes import free_port
+
+                flower = f"127.0.0.1:{free_port()}"
         job = LocalJob.make(Path(tmp) / "job", node_url, rpc_url=proxy.url, providers=args.providers,
                             validators=args.validators, rounds=args.rounds, local_epochs=args.local_epochs,
                             poll=args.poll, collect_timeout=args.collect_timeout, broker=broker, prefix=prefix,
-                            privacy=args.privacy, round_duration=args.round_duration)
-        if args.netns:
-            for name in ("requester", "aggregator", *(f"validator-{i}" for i in range(args.validators)),
-                         *(f"provider-{i}" for i in range(args.providers))):
-                lab.add(name)
+                            privacy=args.privacy, round_duration=args.round_duration, flower=flower)
         job.setup()
         time.sleep(0.05)  # file times come from a coarse clock: setup's writes stay before `wall_t0`
         t0, wall_t0 = time.monotonic(), time.time()
@@ -85,6 +98,7 @@ def distributed(args) -> dict:
         finally:
             job.stop_all()
         rep = job.report()
+        native = native_flower(job, args, Path(tmp), lab if args.netns else None, flower) if flower else None
         r = args.rounds
         shared = job.shared_writes(wall_t0)
         # where a round's time goes: from the previous commit to the last update posted (providers
@@ -99,9 +113,14 @@ def distributed(args) -> dict:
             to_last_update.append(last - (commits[i - 1] if i else wall_start))
             to_commit.append(commits[i] - last)
         return {
-            "transport": args.transport + ("+netns" if args.netns else ""),
+            "transport": args.transport + ("+nats" if args.transport == "flower" else "") + ("+netns" if args.netns else ""),
+            "flower_native_s_per_round": round(statistics.median(native), 3) if native else None,
+            "flower_native_worst_s_per_round": round(max(native), 3) if native else None,
             "shared_dirs": sum(1 for d in shared if d.split("/")[0] in ("blobs", "mailbox")) if not broker else len(shared),
             "s_per_round": round((t_end - t_start) / r, 3),
+            # commit to commit, round 0 left out: how the Flower baseline's rounds are timed
+            "median_s_between_commits": round(statistics.median(b - a for a, b in zip(commits, commits[1:])), 3)
+            if len(commits) > 1 else None,
             "tx_per_round": round(proxy.count("eth_sendRawTransaction", t_start, t_end) / r, 2),
             "rpc_calls_per_round": round(proxy.count(None, t_start, t_end) / r, 1),
             "median_s_to_last_update": round(statistics.median(to_last_update), 3) if to_last_update else None,
@@ -120,6 +139,34 @@ def distributed(args) -> dict:
             # every token on a watched account or in the market; unclaimed leaves wait for the sweep
             "conserved": rep["holdings_conserved"] and (bool(dropped) or rep["escrow"] == rep["paid"] + rep["fee"] + rep["refunded"]),
         }
+
+
+def native_flower(job, args, tmp: Path, lab, address: str) -> list[float]:
+    """The job's training as a plain Flower app on a SuperLink where the aggregator's was and a
+    SuperNode in each provider's place (namespace); the seconds between consecutive aggregations."""
+    from flower_engine import native_app, native_rounds
+
+    from fedmarket.transport.flower import app_hash
+    from fedmarket.transport.flower_nodes import SuperLink, SuperNode, stop_all
+
+    host, port = address.rsplit(":", 1)
+    (tmp / "spec.json").write_bytes(job.spec.canonical())
+    baseline = native_app(tmp)
+    link = SuperLink(tmp / "native-link", int(port), host)
+    if lab is not None:
+        link.args[:0] = lab.exec("aggregator")
+    services = [link.start()]
+    try:
+        link.wait_ready()
+        for i in range(args.providers):
+            cfg = {"data": str(job.workdir / "data" / f"provider-{i}.npz"), "dev-account": 40 + i}
+            node = SuperNode(tmp / f"native-node-{i}", address, cfg, app_hash(baseline))
+            if lab is not None:
+                node.args[:0] = lab.exec(f"provider-{i}")
+            services.append(node.start())
+        return native_rounds(tmp, link, baseline, args.providers, args.rounds)
+    finally:
+        stop_all(reversed(services))
 
 
 def inprocess(args) -> float:
@@ -147,8 +194,9 @@ def main() -> None:
     ap.add_argument("--local-epochs", type=int, default=1)
     ap.add_argument("--poll", type=float, default=0.2, help="seconds between two steps of each role process")
     ap.add_argument("--collect-timeout", type=float, default=30.0)
-    ap.add_argument("--transport", choices=("directory", "nats"), default="directory",
-                    help="what the role processes share: a directory, or a NATS JetStream server (no shared directory)")
+    ap.add_argument("--transport", choices=("directory", "nats", "flower"), default="directory",
+                    help="what the role processes share: a directory, a NATS JetStream server (no shared directory), "
+                         "or Flower's Deployment Engine for the rounds with NATS for the rest")
     ap.add_argument("--netns", action="store_true",
                     help="with --transport nats: every role, the chain and the broker in a network namespace of its own (root)")
     ap.add_argument("--privacy", choices=("plain", "dp_local", "secagg", "secagg_dp"), default="plain")
@@ -159,13 +207,21 @@ def main() -> None:
         ap.error(f"--privacy {args.privacy} needs --validators >= 1 (they re-derive each round's mask correction)")
     if not 0 <= args.dropout < 1:
         ap.error("--dropout must be in [0, 1)")
-    if args.netns and args.transport != "nats":
-        ap.error("--netns needs --transport nats (roles in separate namespaces share no directory)")
+    if args.netns and args.transport == "directory":
+        ap.error("--netns needs --transport nats or flower (roles in separate namespaces share no directory)")
+    if args.transport == "flower" and (args.privacy != "plain" or args.validators):
+        ap.error("--transport flower runs plain jobs without validators here")
     out: dict = {"providers": args.providers, "rounds": args.rounds, "validators": args.validators,
                  "local_epochs": args.local_epochs, "poll_s": args.poll, "dropout": args.dropout}
     out.update(distributed(args))
     out["inprocess_s_per_round"] = round(inprocess(args), 3)
     out["ratio"] = round(out["s_per_round"] / out["inprocess_s_per_round"], 2)
+    out["goals"] = {"s_per_round_le_2x_inprocess": out["ratio"] <= 2.0, "tx_per_round_le_4": out["tx_per_round"] <= 4,
+                    "shared_dirs_0": out["shared_dirs"] == 0}
+    if out.get("flower_native_s_per_round"):
+        # like for like: both timed between consecutive rounds' results, round 0 (the apps' start) left out
+        out["ratio_to_flower_native"] = round(out["median_s_between_commits"] / out["flower_native_s_per_round"], 2)
+        out["goals"]["s_per_round_le_1_5x_flower_native"] = out["ratio_to_flower_native"] <= 1.5
     print(json.dumps(out))
 
 

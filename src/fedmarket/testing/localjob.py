@@ -186,6 +186,7 @@ class LocalJob:
     challenger: bool = False  # start a challenger process (dev account 30) with start_all
     broker: str = ""  # a NATS server URL: every role's store and mailbox; each role then writes only in its home()
     prefix: Callable[[str], list[str]] | None = None  # command prefix per process name (e.g. `ip netns exec NS`)
+    flower: str = ""  # HOST:PORT: rounds on Flower's Deployment Engine, the aggregator's SuperLink listening there
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     killed: list[str] = field(default_factory=list)
     job_id: int | None = None
@@ -242,6 +243,11 @@ class LocalJob:
                                  challenge_period=self.challenge_period, claim_period=86_400,
                                  response_period=self.response_period)
         self.spec = demo_spec(self.cfg, ds, deadlines)
+        if self.flower:
+            from ..spec import TransportSpec
+            from ..transport.flower import app_hash
+
+            self.spec = self.spec.model_copy(update={"transport": TransportSpec(flower_app_hash=app_hash())})
         r = self.spec.reward
         mint = [(self.requester, r.escrow), (self.aggregator, r.aggregator_stake)]
         mint += [(a, r.provider_stake) for a in self.provider_accts]
@@ -328,13 +334,26 @@ class LocalJob:
         raise FedMarketError("requester did not post the job in time")
 
     def start_aggregator(self, env: dict | None = None, rpc: str | None = None) -> subprocess.Popen:
-        """The aggregator process (through `rpc` instead of the job's RPC URL if given)."""
+        """The aggregator process (through `rpc` instead of the job's RPC URL if given); over Flower,
+        `aggregator serve-flower` (its SuperLink on `flower`)."""
+        if self.flower:
+            host, port = self.flower.rsplit(":", 1)
+            return self._spawn("aggregator", ["aggregator", "serve-flower", *self._common("aggregator", rpc),
+                                              "--dev-account", "3", "--job", str(self.job_id), "--mailbox", self.mailbox,
+                                              "--flower-host", host, "--flower-port", port,
+                                              "--collect-timeout", str(self.collect_timeout),
+                                              "--reveal-timeout", str(self.reveal_timeout)], env)
         return self._spawn("aggregator", ["aggregator", "run", *self._common("aggregator", rpc), "--dev-account", "3",
                                           "--job", str(self.job_id), "--mailbox", self.mailbox,
                                           "--collect-timeout", str(self.collect_timeout),
                                           "--reveal-timeout", str(self.reveal_timeout)], env)
 
     def start_provider(self, i: int) -> subprocess.Popen:
+        if self.flower:  # a SuperNode that connects out to the aggregator's SuperLink; messages in its own directory
+            return self._spawn(f"provider-{i}", ["provider", "supernode", *self._common(f"provider-{i}"),
+                                                 "--dev-account", str(40 + i), "--job", str(self.job_id),
+                                                 "--superlink", self.flower, "--mailbox", str(self.home(f"provider-{i}") / "mailbox"),
+                                                 "--data", str(self.workdir / "data" / f"provider-{i}.npz")])
         return self._spawn(f"provider-{i}", ["provider", "run", *self._common(f"provider-{i}"), "--dev-account", str(40 + i),
                                              "--job", str(self.job_id), "--mailbox", self.mailbox,
                                              "--data", str(self.workdir / "data" / f"provider-{i}.npz")])
