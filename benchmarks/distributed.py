@@ -32,6 +32,7 @@ in-process baseline drops the same fraction each round.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import statistics
 import tempfile
@@ -123,6 +124,8 @@ def distributed(args) -> dict:
             if len(commits) > 1 else None,
             "tx_per_round": round(proxy.count("eth_sendRawTransaction", t_start, t_end) / r, 2),
             "rpc_calls_per_round": round(proxy.count(None, t_start, t_end) / r, 1),
+            "rpc_methods_per_round": {m: round(n / r, 1) for m, n in sorted(collections.Counter(
+                m for t, m in proxy.log if t_start <= t <= t_end).items(), key=lambda kv: -kv[1])[:6]},
             "median_s_to_last_update": round(statistics.median(to_last_update), 3) if to_last_update else None,
             "median_s_last_update_to_commit": round(statistics.median(to_commit), 3) if to_commit else None,
             "startup_s": round(t_start - t0, 1),  # post + every process up, joined, training started
