@@ -140,3 +140,56 @@ def test_a_restarted_server_settles_what_it_answered(world, settled_softmax, tmp
     assert second.pending() == []
     assert len(journal.read_text().splitlines()) == 1  # compacted to the caller's latest receipt
     assert ModelServer(dep, world["providers"][5], store, job, journal=journal).latest == second.latest
+
+
+def test_a_proof_is_made_only_for_a_paid_query_and_once_per_receipt(world, settled_softmax, monkeypatch):
+    """The prover is expensive: the caller's credit is checked before it starts, and the same
+    receipt sent again while its proof is under way is refused, so one credit buys one proof.
+    (The real EZKL prover runs in tests/integration/test_proven_answers_anvil.py; here `_prove`
+    is slowed down to hold the race open.)"""
+    import threading
+    import time
+
+    from fedmarket.roles.server import QueryRefused
+
+    driver, ds, job = settled_softmax
+    dep, store = world["dep"], driver.store
+    list_model(dep, store, world["requester"], job, Offer(query_price=PRICE, server_stake=STAKE))
+    server = ModelServer(dep, world["providers"][5], store, job)
+    server.ensure_staked()
+    caller = ModelCaller(dep, world["validators"][3], job, server.address)
+    with pytest.raises(QueryRefused, match="proves no answers"):  # no kit: not a proving server
+        server.answer(list(ds.X[0]), *caller.next_receipt(), prove=True)
+    caller.count = 0
+    started, proofs = threading.Event(), []
+
+    def slow_prove(x, cls):
+        started.set()
+        time.sleep(1.0)
+        proofs.append(cls)
+        raise QueryRefused("stand-in prover")
+
+    server.kit = object()
+    monkeypatch.setattr(server, "_prove", slow_prove)
+    with pytest.raises(QueryRefused, match="has credit for 0"):  # no credit bought yet: no proof made
+        server.answer(list(ds.X[0]), *caller.next_receipt(), prove=True)
+    assert proofs == [] and not started.is_set()
+    caller.buy(1)
+    caller.count = 0
+    receipt = caller.next_receipt()  # count 1: the caller's first paid query
+    errors = []
+
+    def ask():
+        try:
+            server.answer(list(ds.X[0]), *receipt, prove=True)
+        except QueryRefused as exc:
+            errors.append(str(exc))
+
+    first = threading.Thread(target=ask)
+    first.start()
+    started.wait(10)
+    ask()  # the same receipt again, while the first proof runs
+    first.join()
+    assert len(proofs) == 1
+    assert any("being proven already" in e for e in errors)
+    assert server.pending() == []  # the failed proof charged nothing

@@ -115,12 +115,11 @@ def test_proven_answers_from_credits_to_claims(node, tmp_path):
                *(p.address for p in who["providers"])]
     start = {a: dep.balance(a) for a in watched}
 
-    # a rival offers the verifier of another model's circuit: the validator must refuse it
+    # a rival offers a verifier of the job's very model, but on a reference string of its own
+    # (whose secret it knows, so it could prove any answer): a validator holding the trusted SRS refuses it
     trained = trained_model(dep, store, job)
-    elsewhere = TrainedModel(trained.spec, trained.q + np.random.default_rng(1).integers(-40_000, 40_000, trained.q.size),
-                             job, trained.round, b"\x00" * 32)
-    other_kit = zkml.build_kit(elsewhere, tmp_path / "other-kit")
-    rival_offer = publish_verifier(dep, other, store, Mailbox(tmp_path / "box"), job, other_kit)
+    rival_kit = zkml.build_kit(trained, tmp_path / "rival-kit")
+    rival_offer = publish_verifier(dep, other, store, Mailbox(tmp_path / "box"), job, rival_kit)
 
     # the server builds its circuit and offers the verifier; the validator re-derives and attests
     port = free_port()
@@ -130,9 +129,10 @@ def test_proven_answers_from_credits_to_claims(node, tmp_path):
                      tmp_path=tmp_path, dev=SERVER_DEV)
     try:
         wait_for("the server", lambda: _up(url), proc, 120)
+        trusted = tmp_path / "serve" / "zk" / "kzg.srs"  # stands in for a ceremony's SRS that both hold
         attest = fedmarket("validator", "attest-verifier", "--job", str(job), "--mailbox", str(tmp_path / "box"),
-                           "--wait", "300", "--state-dir", str(tmp_path / "validator"), node=node, contracts=contracts,
-                           tmp_path=tmp_path, dev=VALIDATOR_DEV)
+                           "--wait", "300", "--srs", str(trusted), "--state-dir", str(tmp_path / "validator"),
+                           node=node, contracts=contracts, tmp_path=tmp_path, dev=VALIDATOR_DEV)
         out, err = attest.communicate(timeout=600)
         assert attest.returncode == 0 and "attested verifier" in out, err[-1500:]
         assert f"refused verifier {rival_offer['verifier']}: the verifier at" in err, err[-1500:]
@@ -181,6 +181,10 @@ def test_proven_answers_from_credits_to_claims(node, tmp_path):
 
         # another staked server proves its answers with another model's circuit: the registered
         # verifier rejects the proof, and the server's signature of it costs its stake
+        elsewhere = TrainedModel(trained.spec, trained.q + np.random.default_rng(1).integers(-40_000, 40_000, trained.q.size),
+                                 job, trained.round, b"\x00" * 32)
+        other_kit = zkml.build_kit(elsewhere, tmp_path / "other-kit", settings=tmp_path / "serve" / "zk" / "settings.json",
+                                   srs=trusted)
         assert other_kit.codehash != bytes(mm.call("verifier_codehash", job))
         p = zkml.prove(other_kit, np.asarray(x) / 2**20, 10)
         foreign = {"input": x, "answer": p.answer, "proof": p.doc(), "proven_signature": "0x" + sign_proven(dep, other, job, p).hex()}

@@ -325,6 +325,8 @@ def serve(
                                "majority attested. Needs `pip install fedmarket[zk]` and `npm install` (solc)."),
     mailbox: str = typer.Option(None, "--mailbox", help="The job's mailbox (with --prove): where the verifier is offered "
                                 "and the validators' attestations arrive."),
+    srs: Path = typer.Option(None, "--srs", help="With --prove: the KZG structured reference string to build the circuit "
+                             "on (a ceremony's). Without it one is generated here: testing only."),
 ) -> None:
     """Serve a listed job's model to paying callers over HTTP, staked; settle their usage once per period."""
     from ..processes.serve import prepare_proofs
@@ -337,6 +339,8 @@ def serve(
         raise ConfigError(f"--port must be a TCP port (got {port})")
     if prove and mailbox is None:
         raise ConfigError("--prove needs --mailbox: the job's validators attest the verifier there")
+    if srs is not None and not srs.is_file():
+        raise ConfigError(f"SRS file {srs} does not exist")
     if prove:
         from ..zkml import ezkl_module, find_solcjs
 
@@ -356,7 +360,7 @@ def serve(
                 raise ConfigError(f"--prove covers softmax and MLP models; job {job} trains a "
                                   f"'{server.trained.spec.model.kind}' model")
         say = lambda m: typer.echo(m, err=True)  # noqa: E731
-        proving = prepare_proofs(server, state / "zk", blobs, box, ctx.poll, say) if prove else None
+        proving = prepare_proofs(server, state / "zk", blobs, box, ctx.poll, say, srs=srs) if prove else None
         did = server.ensure_staked()
         if did:
             typer.echo(did, err=True)
@@ -373,6 +377,8 @@ def validator_attest_verifier(
     job: int = JOB,
     mailbox: str = MAILBOX,
     wait: float = typer.Option(600.0, "--wait", help="Seconds to wait for a server's verifier offer on the mailbox."),
+    srs: Path = typer.Option(None, "--srs", help="The structured reference string you trust (a ceremony's KZG file): "
+                             "a verifier built on another SRS is refused. Without it the server's SRS is used: testing only."),
 ) -> None:
     """Re-derive the proof verifier a server offers for the job's listed model (from the model root,
     the offer's settings and SRS) and, if its code is the deployed one, sign and post the attestation."""
@@ -380,6 +386,8 @@ def validator_attest_verifier(
 
     from ..roles.proofs import attest_verifier, offers
 
+    if srs is not None and not srs.is_file():
+        raise ConfigError(f"SRS file {srs} does not exist")
     dep, signer, state = ctx.connect("validator", job)
     blobs, box = ctx.stores(mailbox)
     try:
@@ -392,7 +400,7 @@ def validator_attest_verifier(
         attested = 0
         for offer in found:
             try:
-                attest_verifier(dep, signer, blobs, box, job, offer, workdir=state)
+                attest_verifier(dep, signer, blobs, box, job, offer, workdir=state, srs=srs)
                 typer.echo(f"attested verifier {offer['verifier']} (code hash {offer['codehash']})")
                 attested += 1
             except FedMarketError as exc:

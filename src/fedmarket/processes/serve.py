@@ -43,8 +43,9 @@ class Proving:
     poll: float = 2.0
 
 
-def prepare_proofs(server: ModelServer, kit_dir: Path, store, box, poll: float, say=print) -> Proving:
-    """Build (or reuse) the circuit kit in `kit_dir`, give it to the server and offer its verifier."""
+def prepare_proofs(server: ModelServer, kit_dir: Path, store, box, poll: float, say=print, srs: Path | None = None) -> Proving:
+    """Build (or reuse) the circuit kit in `kit_dir` (on `srs`, else a test SRS generated here), give
+    it to the server and offer its verifier."""
     from ..roles.proofs import publish_verifier
     from ..zkml import Kit, build_kit
 
@@ -52,7 +53,9 @@ def prepare_proofs(server: ModelServer, kit_dir: Path, store, box, poll: float, 
     built = kit.path("model-root")
     if not (built.is_file() and built.read_text() == root and kit.path("Verifier.bin-runtime").is_file()):
         say("building the circuit of the model (settings, keys, verifier)")
-        kit = build_kit(server.trained, kit_dir)
+        if srs is None:
+            say("no --srs: generating a structured reference string here, for testing only")
+        kit = build_kit(server.trained, kit_dir, srs=srs)
         built.write_text(root)
     offer = publish_verifier(server.dep, server.account, store, box, server.job_id, kit)
     server.kit = kit

@@ -89,9 +89,14 @@ def offers(box: Mailbox) -> list[dict]:
 
 
 def attest_verifier(dep: Deployment, account, store: BlobStore, box: Mailbox, job_id: int, offer: dict,
-                    workdir: Path | None = None) -> bytes:
+                    workdir: Path | None = None, srs: Path | None = None) -> bytes:
     """Re-derive the offered verifier from the model the chain's root commits, compare its code hash
-    with the deployed code, and sign and post the attestation; raises if anything differs."""
+    with the deployed code, and sign and post the attestation; raises if anything differs.
+
+    `srs` is the structured reference string the validator trusts (a ceremony's): the verifier is
+    derived with it, so a server whose SRS differs (one whose secret it may know, which would let
+    it prove anything) is refused. Without it the offer's SRS is used: sound only if its maker
+    destroyed the secret, i.e. for testing."""
     from .. import zkml
     from ..modelfile import trained_model
 
@@ -110,7 +115,7 @@ def attest_verifier(dep: Deployment, account, store: BlobStore, box: Mailbox, jo
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         (tmp / "settings.json").write_bytes(store.get(offer["settings"]))
-        (tmp / "kzg.srs").write_bytes(store.get(offer["srs"]))
+        (tmp / "kzg.srs").write_bytes(Path(srs).read_bytes() if srs is not None else store.get(offer["srs"]))
         kit = zkml.derive_verifier(trained, tmp / "settings.json", tmp / "kzg.srs", tmp / "kit")
         if kit.codehash != deployed:
             raise FedMarketError(f"the verifier at {offer['verifier']} is not the circuit of job {job_id}'s model "

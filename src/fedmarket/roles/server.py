@@ -90,6 +90,7 @@ class ModelServer:
         self.lock = threading.Lock()
         self.journal = journal
         self.kit = kit  # zkml.Kit of this model, to prove answers with
+        self.proving: set[tuple[str, int]] = set()  # (caller, count) of the proofs under way
         if journal is not None:
             self.latest = read_journal(journal)
 
@@ -134,8 +135,16 @@ class ModelServer:
         if prove:
             if self.kit is None:
                 raise QueryRefused("this server proves no answers (not started with --prove, or its prover is still being built)")
-            self._caller(count, signature, record=False)  # paid for, before the prover starts
-            proof = self._prove(x, cls)
+            caller = self._caller(count, signature, record=False)  # paid for, before the prover starts
+            with self.lock:  # one proof per paid query: the same receipt sent again meanwhile is refused
+                if (caller, count) in self.proving:
+                    raise QueryRefused(f"{caller}'s query {count} is being proven already")
+                self.proving.add((caller, count))
+            try:
+                proof = self._prove(x, cls)
+            finally:
+                with self.lock:
+                    self.proving.discard((caller, count))
             proven = sign_proven(self.dep, self.account, self.job_id, proof)
         self._caller(count, signature)  # the usage is recorded only for a query it answers
         sig = Answer(self.job_id, input_hash(x), cls).sign(self.account.key, self.chain_id, self.mm.address)
