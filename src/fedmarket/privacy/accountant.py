@@ -25,23 +25,28 @@ import numpy as np
 
 from fedmarket.errors import ConfigError, PrivacyBudgetExceeded
 
-try:  # imported lazily in functions below too, so the error names the missing package
-    import dp_accounting as _dpa
-    from dp_accounting import rdp as _rdp
-except ImportError:  # pragma: no cover - exercised only without the dependency
-    _dpa = None
-    _rdp = None
+# dp_accounting (and SciPy under it) loads on first use: about a second that every role process
+# (and every Flower ClientApp, once a round) would otherwise pay at start without accounting anything
+_dpa = None
+_rdp = None
 
 SAMPLINGS = ("poisson", "fixed", "none")
 ORDERS = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024])
 
 
 def _require() -> None:
+    global _dpa, _rdp
     if _dpa is None:
-        raise ConfigError("the privacy accountant needs `dp-accounting`: pip install dp-accounting==0.6.0")
+        try:
+            import dp_accounting
+            from dp_accounting import rdp
+        except ImportError:  # pragma: no cover - exercised only without the dependency
+            raise ConfigError("the privacy accountant needs `dp-accounting`: pip install dp-accounting==0.6.0") from None
+        _dpa, _rdp = dp_accounting, rdp
 
 
 def _event(noise_multiplier: float, sampling: str, population: int | None, sample_size: int | None, rate: float | None):
+    _require()
     g = _dpa.GaussianDpEvent(noise_multiplier)
     if sampling == "none":
         return g
@@ -51,6 +56,7 @@ def _event(noise_multiplier: float, sampling: str, population: int | None, sampl
 
 
 def _new(sampling: str):
+    _require()
     rel = _dpa.NeighboringRelation.REPLACE_ONE if sampling == "fixed" else _dpa.NeighboringRelation.ADD_OR_REMOVE_ONE
     return _rdp.RdpAccountant(list(ORDERS), rel)
 
@@ -227,6 +233,7 @@ class PrivacyAccountant:
         return self._cache[r]
 
     def _eps(self, rdp: np.ndarray) -> float:
+        _require()
         return float(_rdp.compute_epsilon(list(ORDERS), rdp, self.delta)[0])
 
     def _check_round(self, noise_multiplier: float, sample: float | None) -> tuple[float, float | int | None]:
