@@ -107,7 +107,7 @@ def test_serve_refuses_bad_flags_in_one_line_before_touching_the_chain(tmp_path,
 
     proc = subprocess.run([sys.executable, "-m", "fedmarket", "serve", "--job", "1", "--rpc", "http://127.0.0.1:9",
                            "--contracts", str(tmp_path / "none.json"), "--dev-account", "5", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert expected in lines[0] and lines[0].startswith("fedmarket: error:")

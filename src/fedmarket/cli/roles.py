@@ -359,7 +359,7 @@ def serve(
             if not provable(server.trained.spec):
                 raise ConfigError(f"--prove covers softmax and MLP models; job {job} trains a "
                                   f"'{server.trained.spec.model.kind}' model")
-        say = lambda m: typer.echo(m, err=True)  # noqa: E731
+        say = lambda m: typer.echo(m, err=True)
         proving = prepare_proofs(server, state / "zk", blobs, box, ctx.poll, say, srs=srs) if prove else None
         did = server.ensure_staked()
         if did:

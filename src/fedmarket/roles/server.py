@@ -30,8 +30,8 @@ from ..market import Deployment
 from ..protocol.inference import ONE, fixed_input, input_hash, linear_answer, linear_shape
 from ..protocol.receipts import Answer, Usage
 from ..storage import BlobStore
-from .model_owner import listed_shape
 from .common import check_funds
+from .model_owner import listed_shape
 from .proofs import sign_proven
 
 MAX_BATCH = 256  # ModelMarket.MAX_BATCH
