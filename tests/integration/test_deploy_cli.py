@@ -169,3 +169,24 @@ def test_node_on_a_busy_port_is_one_line(node):
     assert one_line_error(proc) == (f"fedmarket: error: port {node.port} on 127.0.0.1 is already in use "
                                     "(another node?): choose another port")
     assert proc.stdout == ""
+
+
+def test_node_stops_on_sigint_even_when_started_with_sigint_ignored():
+    """A script's background job inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler: `fedmarket node` handles SIGINT itself, so `kill -INT` still stops
+    it (and anvil with it)."""
+    proc = subprocess.Popen([sys.executable, "-m", "fedmarket", "node", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("anvil listening on http://127.0.0.1:"), first + proc.stderr.read()
+        for _ in range(11):
+            proc.stdout.readline()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 0 and "stopping anvil" in err, err

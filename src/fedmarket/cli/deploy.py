@@ -43,7 +43,10 @@ def node(
     def terminate(*_args):
         raise KeyboardInterrupt  # leaves the `with` below, which stops anvil
 
+    # SIGINT too, explicitly: a process started in the background of a script inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler, so `kill -INT` did nothing
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
     with AnvilNode(port or None, chain_id=DEV_CHAIN_ID, block_time=block_time, fixed_interval=False,
                    accounts=accounts, die_with_parent=True) as n:
         accounts = n.rpc("eth_accounts", [])
