@@ -111,3 +111,33 @@ def test_serve_refuses_bad_flags_in_one_line_before_touching_the_chain(tmp_path,
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     assert expected in lines[0] and lines[0].startswith("fedmarket: error:")
+
+
+def test_junk_verifier_offers_are_dropped_before_anyone_derives_anything(tmp_path):
+    import json as _json
+
+    from fedmarket.roles.proofs import OFFER_TOPIC, offers
+    from fedmarket.storage import Mailbox
+
+    box = Mailbox(tmp_path / "box")
+    good = {"server": "0x" + "ab" * 20, "verifier": "0x" + "cd" * 20, "codehash": "0x" + "ef" * 32,
+            "settings": "bafk-settings", "srs": "bafk-srs"}
+    for junk in (b"not json", b"[1, 2]", _json.dumps({**good, "verifier": 123}).encode(),
+                 _json.dumps({**good, "server": "0xnot-an-address"}).encode(),
+                 _json.dumps({**good, "codehash": "0x1234"}).encode(), _json.dumps({"server": good["server"]}).encode()):
+        box.post(OFFER_TOPIC, junk)
+    box.post(OFFER_TOPIC, _json.dumps(good).encode())
+    box.post(OFFER_TOPIC, _json.dumps({**good, "settings": "another"}).encode())  # the same verifier again
+    (only,) = offers(box)
+    assert only["verifier"].lower() == good["verifier"] and only["codehash"] == good["codehash"]
+
+
+@pytest.mark.slow
+def test_offered_files_that_are_not_a_circuit_are_refused_in_one_line(zk, tmp_path):
+    from fedmarket.errors import FedMarketError
+
+    model = trained("softmax")
+    (tmp_path / "settings.json").write_text("not json")
+    (tmp_path / "kzg.srs").write_bytes(b"\0" * 64)
+    with pytest.raises((FedMarketError, ValueError)):
+        zk.derive_verifier(model, tmp_path / "settings.json", tmp_path / "kzg.srs", tmp_path / "kit")

@@ -27,8 +27,10 @@ import json
 import tempfile
 from pathlib import Path
 
+import re
+
 import eth_abi
-from eth_utils import keccak
+from eth_utils import is_address, keccak, to_checksum_address
 
 from ..chain.abi import ContractABI
 from ..errors import FedMarketError
@@ -37,6 +39,7 @@ from ..protocol.receipts import ProvenAnswer, VerifierAttestation
 from ..storage import BlobStore, Mailbox
 from .common import joined_validators
 
+_HASH = re.compile(r"0x[0-9a-f]{64}")
 OFFER_TOPIC = "zk-verifier"
 ATTEST_TOPIC = "zk-attest"
 
@@ -74,14 +77,24 @@ def publish_verifier(dep: Deployment, account, store: BlobStore, box: Mailbox, j
 
 
 def offers(box: Mailbox) -> list[dict]:
-    out = []
+    """The well-formed verifier offers on the mailbox, one per verifier address. Anyone can post
+    one (the mailbox trusts nobody): a validator checks the deployed code hash, which is cheap,
+    before it re-derives anything, which is not."""
+    out, seen = [], set()
     for raw in box.read(OFFER_TOPIC):
         try:
             doc = json.loads(raw)
-            if isinstance(doc, dict) and {"server", "verifier", "codehash", "settings", "srs"} <= doc.keys():
-                out.append(doc)
         except ValueError:
             continue
+        if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in
+                                                ("server", "verifier", "codehash", "settings", "srs")):
+            continue
+        if not (is_address(doc["server"]) and is_address(doc["verifier"]) and _HASH.fullmatch(doc["codehash"])):
+            continue
+        verifier = to_checksum_address(doc["verifier"])
+        if verifier not in seen:
+            seen.add(verifier)
+            out.append({**doc, "verifier": verifier, "server": to_checksum_address(doc["server"])})
     return out
 
 
@@ -116,7 +129,10 @@ def attest_verifier(dep: Deployment, account, store: BlobStore, box: Mailbox, jo
         tmp = Path(tmp)
         (tmp / "settings.json").write_bytes(store.get(offer["settings"]))
         (tmp / "kzg.srs").write_bytes(Path(srs).read_bytes() if srs is not None else store.get(offer["srs"]))
-        kit = zkml.derive_verifier(trained, tmp / "settings.json", tmp / "kzg.srs", tmp / "kit")
+        try:
+            kit = zkml.derive_verifier(trained, tmp / "settings.json", tmp / "kzg.srs", tmp / "kit")
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # settings or SRS that are not EZKL's
+            raise FedMarketError(f"the offered circuit files are not usable: {str(exc)[:200]}") from None
         if kit.codehash != deployed:
             raise FedMarketError(f"the verifier at {offer['verifier']} is not the circuit of job {job_id}'s model "
                                  f"(derived code hash 0x{kit.codehash.hex()}, deployed 0x{deployed.hex()})")
