@@ -141,3 +141,14 @@ def test_offered_files_that_are_not_a_circuit_are_refused_in_one_line(zk, tmp_pa
     (tmp_path / "kzg.srs").write_bytes(b"\0" * 64)
     with pytest.raises((FedMarketError, ValueError)):
         zk.derive_verifier(model, tmp_path / "settings.json", tmp_path / "kzg.srs", tmp_path / "kit")
+
+
+def test_models_beyond_the_prover_s_reach_are_refused_before_any_work(tmp_path):
+    from fedmarket.zkml import MAX_PROVABLE_PARAMS, _network, provable
+
+    assert provable(trained("softmax").spec) and provable(trained("mlp").spec)
+    big = trained("mlp")
+    spec = big.spec.model_copy(update={"model": big.spec.model.model_copy(update={"hidden": [2_000, 300]})})
+    assert spec.n_params > MAX_PROVABLE_PARAMS and not provable(spec)
+    with pytest.raises(ProofError, match="at most 500,000 parameters"):
+        _network(TrainedModel(spec, np.zeros(spec.n_params, dtype=np.int64), 1, 0, b"\x11" * 32))

@@ -354,11 +354,12 @@ def serve(
         state.mkdir(parents=True, exist_ok=True)
         server = ModelServer(dep, signer, blobs, job, journal=state / "receipts.jsonl")
         if prove:
-            from ..zkml import provable
+            from ..zkml import MAX_PROVABLE_PARAMS, provable
 
-            if not provable(server.trained.spec):
-                raise ConfigError(f"--prove covers softmax and MLP models; job {job} trains a "
-                                  f"'{server.trained.spec.model.kind}' model")
+            spec = server.trained.spec
+            if not provable(spec):
+                raise ConfigError(f"--prove covers softmax and MLP models of at most {MAX_PROVABLE_PARAMS:,} "
+                                  f"parameters; job {job} trains a '{spec.model.kind}' model of {spec.n_params:,}")
         say = lambda m: typer.echo(m, err=True)
         proving = prepare_proofs(server, state / "zk", blobs, box, ctx.poll, say, srs=srs) if prove else None
         did = server.ensure_staked()
