@@ -26,11 +26,13 @@ extra: ``pip install fedmarket[zk]`` (ezkl, torch, onnx).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +40,8 @@ import numpy as np
 from eth_utils import keccak
 
 from .errors import ConfigError, FedMarketError
+from .protocol.inference import first_best
 
-EZKL_VERSION = "23.0.5"
 SOLC_VERSION = "0.8.28"
 ENV_SOLCJS = "FEDMARKET_SOLCJS"
 ZK_HINT = "proofs of inference need the zk extra: pip install 'fedmarket[zk]' (ezkl, torch, onnx)"
@@ -268,18 +270,26 @@ def derive_verifier(trained, settings: Path, srs: Path, workdir: str | os.PathLi
 
 def circuit_answer(kit: Kit, x: np.ndarray, n_classes: int) -> int:
     """The class the circuit computes at one normalized input (its witness, no proof)."""
+    with _witness(kit, x) as (_work, witness):
+        outputs = witness["outputs"][0]
+    return answer_of([int.from_bytes(bytes.fromhex(h), "little") for h in outputs], n_classes)
+
+
+@contextlib.contextmanager
+def _witness(kit: Kit, x: np.ndarray):
+    """EZKL's witness of the circuit at one normalized input, in a scratch directory of the kit that
+    is removed afterwards: yields (that directory, the witness document)."""
     ezkl = ezkl_module()
-    work = kit.dir / f"w-{os.getpid()}"
+    x = np.asarray(x, dtype=np.float64).ravel()
+    work = kit.dir / f"w-{os.getpid()}-{threading.get_ident()}-{keccak(x.tobytes()).hex()[:12]}"
     work.mkdir(exist_ok=True)
     try:
-        (work / "input.json").write_text(json.dumps({"input_data": [np.asarray(x, dtype=np.float64).ravel().tolist()]}))
+        (work / "input.json").write_text(json.dumps({"input_data": [x.tolist()]}))
         _call(ezkl.gen_witness, str(work / "input.json"), str(kit.path("model.ezkl")), str(work / "witness.json"),
               vk_path=str(kit.path("vk.key")), srs_path=str(kit.path("kzg.srs")))
-        outputs = json.loads((work / "witness.json").read_text())["outputs"][0]
+        yield work, json.loads((work / "witness.json").read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    scores = [_signed(int.from_bytes(bytes.fromhex(h), "little")) for h in outputs]
-    return max(range(n_classes), key=lambda c: (scores[c], -c))
 
 
 def input_scale(kit: Kit) -> int:
@@ -287,7 +297,8 @@ def input_scale(kit: Kit) -> int:
     return int(json.loads(kit.path("settings.json").read_text())["run_args"]["input_scale"])
 
 
-def _signed(v: int) -> int:
+def signed(v: int) -> int:
+    """A public value (a field element) as the signed integer it encodes."""
     return v - FIELD if v > FIELD // 2 else v
 
 
@@ -309,29 +320,20 @@ class Proof:
 
 def scores_of(instances: list[int], n_classes: int) -> list[int]:
     """The class scores a proof's public values state (the last ``n_classes``, signed)."""
-    return [_signed(v) for v in instances[-n_classes:]]
+    return [signed(v) for v in instances[-n_classes:]]
 
 
 def answer_of(instances: list[int], n_classes: int) -> int:
     """The class a proof's public values answer: the first highest score."""
-    s = scores_of(instances, n_classes)
-    return max(range(n_classes), key=lambda c: (s[c], -c))
+    return first_best(scores_of(instances, n_classes))
 
 
 def prove(kit: Kit, x: np.ndarray, n_classes: int) -> Proof:
     """Prove the model's class scores at one normalized input ``x`` (in [0, 1])."""
     ezkl = ezkl_module()
-    x = np.clip(np.asarray(x, dtype=np.float64).ravel(), 0.0, 1.0)
-    work = kit.dir / f"q-{os.getpid()}-{keccak(x.tobytes()).hex()[:12]}"
-    work.mkdir(exist_ok=True)
-    try:
-        (work / "input.json").write_text(json.dumps({"input_data": [x.tolist()]}))
-        _call(ezkl.gen_witness, str(work / "input.json"), str(kit.path("model.ezkl")), str(work / "witness.json"),
-              vk_path=str(kit.path("vk.key")), srs_path=str(kit.path("kzg.srs")))
+    with _witness(kit, np.clip(np.asarray(x, dtype=np.float64).ravel(), 0.0, 1.0)) as (work, _witness_doc):
         ezkl.prove(str(work / "witness.json"), str(kit.path("model.ezkl")), str(kit.path("pk.key")),
                    str(work / "proof.json"), srs_path=str(kit.path("kzg.srs")))
         doc = json.loads((work / "proof.json").read_text())
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     instances = [int.from_bytes(bytes.fromhex(h), "little") for h in doc["instances"][0]]
     return Proof(bytes.fromhex(doc["hex_proof"].removeprefix("0x")), instances, answer_of(instances, n_classes))

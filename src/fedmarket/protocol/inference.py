@@ -44,10 +44,14 @@ def linear_scores(q: np.ndarray, x: list[int], n_features: int, n_classes: int) 
     return [q[k + c] * ONE + sum(x[i] * q[i * n_classes + c] for i in range(n_features)) for c in range(n_classes)]
 
 
+def first_best(scores: list[int]) -> int:
+    """The answer's class: the first highest score (`ModelMarket._argmax`'s rule, also a proof's)."""
+    return max(range(len(scores)), key=lambda c: (scores[c], -c))
+
+
 def linear_answer(q: np.ndarray, x: list[int], n_features: int, n_classes: int) -> int:
     """The class the contract computes: the first highest score."""
-    scores = linear_scores(q, x, n_features, n_classes)
-    return max(range(n_classes), key=lambda c: (scores[c], -c))
+    return first_best(linear_scores(q, x, n_features, n_classes))
 
 
 def linear_shape(spec) -> tuple[int, int]:

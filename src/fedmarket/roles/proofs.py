@@ -24,16 +24,15 @@ The steps, each over the job's mailbox and blob store (services or directories):
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
-
-import re
 
 import eth_abi
 from eth_utils import is_address, keccak, to_checksum_address
 
 from ..chain.abi import ContractABI
-from ..errors import FedMarketError
+from ..errors import ContractRevert, FedMarketError
 from ..market import Deployment
 from ..protocol.receipts import ProvenAnswer, VerifierAttestation
 from ..storage import BlobStore, Mailbox
@@ -182,12 +181,12 @@ def register_verifier(dep: Deployment, account, box: Mailbox, job_id: int, verif
 def check_proven(dep: Deployment, job_id: int, server: str, reply: dict, n_classes: int, input_scale: int) -> None:
     """Raise unless a proven reply answers the caller's input with the class the server signed,
     the server signed the proof, and the job's registered verifier accepts it."""
-    from ..zkml import FIELD, Proof, answer_of
+    from ..zkml import Proof, answer_of, signed
 
     proof = Proof.from_doc(reply["proof"])
     x = [int(v) for v in reply["input"]]
     want = [circuit_input(v, input_scale) for v in x]
-    got = [v - FIELD if v > FIELD // 2 else v for v in proof.instances[: len(x)]]
+    got = [signed(v) for v in proof.instances[: len(x)]]
     if got != want:
         raise FedMarketError("the proof answers another input than the query's")
     if answer_of(proof.instances, n_classes) != int(reply["answer"]):
@@ -208,8 +207,6 @@ def circuit_input(v: int, input_scale: int) -> int:
 
 def verifier_accepts(dep: Deployment, job_id: int, proof) -> bool:
     """Whether the job's registered verifier accepts the proof (a call, no transaction)."""
-    from ..errors import ContractRevert
-
     try:
         dep.model_market.call("prove_answer", job_id, proof.proof, proof.instances)
         return True
