@@ -23,7 +23,7 @@ from fedmarket.keys import dev_account
 from fedmarket.market import Deployment
 from fedmarket.protocol.inference import fixed_input, input_hash, linear_answer
 from fedmarket.protocol.receipts import Answer
-from fedmarket.roles import Aggregator, Provider, Requester
+from fedmarket.roles import Aggregator, Provider, Requester, Validator
 from fedmarket.roles.caller import ModelCaller, dispute_answer
 from fedmarket.roles.model_owner import Offer, claim_usage_revenue, list_model, model_record
 from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
@@ -41,29 +41,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def settled_softmax_job(chain, tmp_path):
+def settled_softmax_job(chain, tmp_path, validator=None):
+    """A digits softmax job of 3 providers run to settlement on `chain`; with `validator` (an
+    account) the job has that one validator, holding the last 297 images, and the providers the rest."""
     deployer, treasury, requester, aggregator = (chain.new_account("serve-it", i) for i in range(4))
     providers = [chain.new_account("serve-it", 10 + i) for i in range(3)]
+    staked = [requester, aggregator, *providers, *([validator] if validator else [])]
     dep = Deployment.deploy(chain, deployer, treasury.address)
-    fund(dep, deployer, {a.address: 1_000 * TOKEN for a in (requester, aggregator, *providers)})
-    for a in (requester, aggregator, *providers):
+    fund(dep, deployer, {a.address: 1_000 * TOKEN for a in staked})
+    for a in staked:
         dep.token.transact("approve", dep.market.address, 2**256 - 1, sender=a)
     store, box = LocalBlobStore(tmp_path / "blobs"), Mailbox(tmp_path / "box")
     ds = load_dataset("digits")
+    n_val = 1 if validator else 0
     spec = JobSpec(name="softmax to serve",
                    data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
                    model={"kind": "softmax"}, training=TrainingSpec(rounds=2, local_epochs=1, batch_size=16, learning_rate=0.1),
-                   reward=RewardSpec(escrow=100 * TOKEN, provider_stake=TOKEN, aggregator_stake=50 * TOKEN, validator_stake=0,
-                                     licence_requester_bps=1_000),
-                   participation=ParticipationSpec(min_providers=3, max_providers=3, max_validators=0))
-    parts = iid_partition(ds.y, 3, 0)
+                   reward=RewardSpec(escrow=100 * TOKEN, provider_stake=TOKEN, aggregator_stake=50 * TOKEN,
+                                     validator_stake=n_val * TOKEN, licence_requester_bps=1_000),
+                   participation=ParticipationSpec(min_providers=3, max_providers=3, min_validators=n_val or None,
+                                                   max_validators=n_val))
+    held = 1500 if validator else len(ds.y)  # the providers' images; a validator holds the rest
+    parts = iid_partition(ds.y[:held], 3, 0)
     provs = [Provider(dep, a, store, box, subset(ds, p).X, subset(ds, p).y) for a, p in zip(providers, parts)]
-    cast = Cast(Requester(dep, requester, store), Aggregator(dep, aggregator, store, box), provs, [])
+    validators = [Validator(dep, validator, store, box, ds.X[held:], ds.y[held:])] if validator else []
+    cast = Cast(Requester(dep, requester, store), Aggregator(dep, aggregator, store, box), provs, validators)
     job = JobDriver(dep, store, box, cast, spec).run()
     contracts = tmp_path / "contracts.json"
     dep.save(contracts, chain_id=chain.chain_id)
     return dep, store, ds, job, contracts, {"deployer": deployer, "treasury": treasury, "requester": requester,
-                                            "providers": providers}
+                                            "aggregator": aggregator, "validator": validator, "providers": providers}
 
 
 @pytest.fixture

@@ -19,23 +19,19 @@ import time
 import httpx
 import numpy as np
 import pytest
+from test_model_serve_anvil import free_port, settled_softmax_job
 
 from fedmarket.chain.rpc_backend import RpcChain
-from fedmarket.driver import Cast, JobDriver, fund
+from fedmarket.driver import fund
 from fedmarket.errors import ContractRevert, FedMarketError
-from fedmarket.fl.data import load_dataset, subset
-from fedmarket.fl.partition import iid_partition
 from fedmarket.keys import dev_account
-from fedmarket.market import Deployment
 from fedmarket.modelfile import TrainedModel, trained_model
 from fedmarket.protocol.inference import fixed_input, input_hash, linear_answer
 from fedmarket.protocol.receipts import Answer
-from fedmarket.roles import Aggregator, Provider, Requester, Validator
 from fedmarket.roles.caller import ModelCaller, dispute_answer
 from fedmarket.roles.model_owner import Offer, claim_usage_revenue, list_model, model_record
 from fedmarket.roles.proofs import check_proven, dispute_proof, publish_verifier, record_proven, sign_proven
-from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec
-from fedmarket.storage import LocalBlobStore, Mailbox
+from fedmarket.storage import Mailbox
 
 pytest.importorskip("ezkl")
 zkml = pytest.importorskip("fedmarket.zkml")
@@ -48,41 +44,6 @@ TOKEN = 10**18
 PRICE = TOKEN // 100
 STAKE = 5 * TOKEN
 SERVER_DEV, VALIDATOR_DEV = 5, 6
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def settled_job_with_a_validator(chain, tmp_path):
-    deployer, treasury, requester, aggregator = (chain.new_account("proven-it", i) for i in range(4))
-    providers = [chain.new_account("proven-it", 10 + i) for i in range(3)]
-    validator = dev_account(VALIDATOR_DEV)
-    dep = Deployment.deploy(chain, deployer, treasury.address)
-    fund(dep, deployer, {a.address: 1_000 * TOKEN for a in (requester, aggregator, validator, *providers)})
-    for a in (requester, aggregator, validator, *providers):
-        dep.token.transact("approve", dep.market.address, 2**256 - 1, sender=a)
-    store, box = LocalBlobStore(tmp_path / "blobs"), Mailbox(tmp_path / "box")
-    ds = load_dataset("digits")
-    spec = JobSpec(name="softmax to prove",
-                   data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
-                   model={"kind": "softmax"}, training=TrainingSpec(rounds=2, local_epochs=1, batch_size=16, learning_rate=0.1),
-                   reward=RewardSpec(escrow=100 * TOKEN, provider_stake=TOKEN, aggregator_stake=50 * TOKEN,
-                                     validator_stake=TOKEN, licence_requester_bps=1_000),
-                   participation=ParticipationSpec(min_providers=3, max_providers=3, min_validators=1, max_validators=1))
-    parts = iid_partition(ds.y[:1500], 3, 0)
-    provs = [Provider(dep, a, store, box, subset(ds, p).X, subset(ds, p).y) for a, p in zip(providers, parts)]
-    held = Validator(dep, validator, store, box, ds.X[1500:], ds.y[1500:])
-    cast = Cast(Requester(dep, requester, store), Aggregator(dep, aggregator, store, box), provs, [held])
-    job = JobDriver(dep, store, box, cast, spec).run()
-    contracts = tmp_path / "contracts.json"
-    dep.save(contracts, chain_id=chain.chain_id)
-    return dep, store, ds, job, contracts, {"deployer": deployer, "treasury": treasury, "requester": requester,
-                                            "aggregator": aggregator, "validator": validator, "providers": providers}
 
 
 def fedmarket(*args: str, node, contracts, tmp_path, dev: int, **popen) -> subprocess.Popen:
@@ -104,7 +65,7 @@ def wait_for(what, check, proc, seconds: float):
 
 def test_proven_answers_from_credits_to_claims(node, tmp_path):
     chain = RpcChain(node.url)
-    dep, store, ds, job, contracts, who = settled_job_with_a_validator(chain, tmp_path)
+    dep, store, ds, job, contracts, who = settled_softmax_job(chain, tmp_path, validator=dev_account(VALIDATOR_DEV))
     mm = dep.model_market
     server, buyer, forger, other = dev_account(SERVER_DEV), *(chain.new_account("proven-it", 50 + i) for i in range(3))
     fund(dep, who["deployer"], {a.address: 10 * TOKEN for a in (server, buyer, forger, other)})
