@@ -155,17 +155,14 @@ def native_flower(job, args, tmp: Path, lab, address: str) -> list[float]:
     host, port = address.rsplit(":", 1)
     (tmp / "spec.json").write_bytes(job.spec.canonical())
     baseline = native_app(tmp)
-    link = SuperLink(tmp / "native-link", int(port), host)
-    if lab is not None:
-        link.args[:0] = lab.exec("aggregator")
+    link = SuperLink(tmp / "native-link", int(port), host, prefix=lab.exec("aggregator") if lab else [])
     services = [link.start()]
     try:
         link.wait_ready()
         for i in range(args.providers):
             cfg = {"data": str(job.workdir / "data" / f"provider-{i}.npz"), "dev-account": 40 + i}
-            node = SuperNode(tmp / f"native-node-{i}", address, cfg, app_hash(baseline))
-            if lab is not None:
-                node.args[:0] = lab.exec(f"provider-{i}")
+            node = SuperNode(tmp / f"native-node-{i}", address, cfg, app_hash(baseline),
+                             prefix=lab.exec(f"provider-{i}") if lab else [])
             services.append(node.start())
         return native_rounds(tmp, link, baseline, args.providers, args.rounds)
     finally:

@@ -178,12 +178,13 @@ def stop_all(services, timeout: float = 10.0) -> None:
 
 
 class SuperLink(Service):
-    """The aggregator's ``flower-superlink`` (Fleet, Control and Runtime APIs on one port)."""
+    """The aggregator's ``flower-superlink`` (Fleet, Control and Runtime APIs on one port); `prefix`
+    runs it through another command (``ip netns exec NS`` puts it on another host)."""
 
     def __init__(self, workdir: str | os.PathLike, port: int = 0, host: str = "127.0.0.1", tls: Tls | None = None,
-                 node_auth: bool = False, database: str | None = None):
+                 node_auth: bool = False, database: str | None = None, prefix: list[str] = ()):
         self.workdir, self.host, self.port, self.tls = Path(workdir), host, port or free_port(), tls
-        args = [_command("flower-superlink"), "--host", host, "--port", str(self.port),
+        args = [*prefix, _command("flower-superlink"), "--host", host, "--port", str(self.port),
                 "--disable-runtime-dependency-installation"]
         if tls is None:
             if node_auth:
@@ -313,14 +314,15 @@ def clientapp_shim(bin_dir: Path) -> Path:
 class SuperNode(Service):
     """A provider's ``flower-supernode``: connects outward to the SuperLink only, runs the market's
     ClientApp for the bundle `app_hash` names (any other is refused), with `node_config` (written
-    to a TOML file in `workdir`) as the provider's account, data, store and chain."""
+    to a TOML file in `workdir`) as the provider's account, data, store and chain; `prefix` runs it
+    through another command, as for the SuperLink."""
 
     def __init__(self, workdir: str | os.PathLike, superlink: str, node_config: dict, app_hash: str, port: int = 0,
                  root_certificates: str | os.PathLike | None = None, auth_key: str | os.PathLike | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, prefix: list[str] = ()):
         self.workdir, self.port = Path(workdir), port or free_port()
         config = toml_file(self.workdir / "node-config.toml", node_config)
-        args = [_command("flower-supernode"), "--superlink", superlink, "--host", "127.0.0.1", "--port", str(self.port),
+        args = [*prefix, _command("flower-supernode"), "--superlink", superlink, "--host", "127.0.0.1", "--port", str(self.port),
                 "--node-config", str(config)]
         args += ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
         if auth_key is not None:
