@@ -532,6 +532,22 @@ def settle_usage(job_id: uint256, receipts: DynArray[Usage, MAX_BATCH]) -> uint2
     return total
 
 
+@external
+@nonreentrant
+def pay(job_id: uint256, server: address, amount: uint256):
+    """
+    @notice Pays `amount` of the sender's tokens for usage of the job's model that `server`
+            answered, split like settled usage (the usage rollup pays its final roots here).
+    @param job_id The listed job.
+    @param server The server that answered (its share; none for the zero address).
+    @param amount Tokens.
+    """
+    terms: Offer = self._listed_offer(job_id)
+    assert amount > 0 and amount <= C.MAX_AMOUNT, "model: bad amount"
+    self._split(job_id, amount, server, terms)
+    self._pull(msg.sender, amount)
+
+
 # ---------------------------------------------------------------- disputes
 
 

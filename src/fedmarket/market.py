@@ -16,6 +16,7 @@ __all__ = ["DEFAULT_FEE_BPS", "DEFAULT_UNBONDING_DELAY", "Deployment", "JobState
 
 DEFAULT_FEE_BPS = 100  # 1% protocol fee
 DEFAULT_UNBONDING_DELAY = 7 * 86_400
+DEFAULT_CHALLENGE_BOND = 10**17  # 0.1 token per challenged usage leaf (UsageRollup.CHALLENGE_BOND)
 # shortest round, response and challenge period on a public chain: 25 blocks of 12 s, room for a
 # transaction to land through congestion (development chains allow 1 s)
 MIN_PERIOD = 300
@@ -75,9 +76,10 @@ CONTRACTS = (
     ("market", "JobMarket"),
     ("licence", "ModelLicence"),
     ("model_market", "ModelMarket"),
+    ("usage_rollup", "UsageRollup"),
 )
 # contracts a deployment saved before they existed may lack (attached as None)
-OPTIONAL = ("model_market",)
+OPTIONAL = ("model_market", "usage_rollup")
 
 
 @dataclass
@@ -94,6 +96,7 @@ class Deployment:
     terms_check: Contract
     rules: Contract
     model_market: Contract | None = None
+    usage_rollup: Contract | None = None
     memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def remember(self, key: tuple, compute: Callable[[], Any]) -> Any:
@@ -115,11 +118,13 @@ class Deployment:
         unbonding_delay: int = DEFAULT_UNBONDING_DELAY,
         token: Contract | None = None,
         min_period: int | None = None,
+        challenge_bond: int = DEFAULT_CHALLENGE_BOND,
     ) -> Deployment:
         """Deploy everything. The market and its judges point at each other through immutables,
         so the market's address is computed from the deployer's nonce before any of them exists.
         `min_period` is the shortest period a job may set (`TermsCheck.MIN_PERIOD`): by default
-        1 s on a development chain (the embedded EVM, chain id 31337) and `MIN_PERIOD` elsewhere."""
+        1 s on a development chain (the embedded EVM, chain id 31337) and `MIN_PERIOD` elsewhere.
+        `challenge_bond` is what a challenger of a usage root puts up per leaf (`UsageRollup`)."""
         if min_period is None:
             min_period = 1 if chain.development else MIN_PERIOD
         if token is None:
@@ -145,6 +150,7 @@ class Deployment:
             raise ChainError("the deployer sent another transaction between deployments; deploy again from a fresh account")
         put("licence", market_address)
         put("model_market", market_address, h["licence"].address, treasury, fee_bps)
+        put("usage_rollup", h["model_market"].address, challenge_bond)
         return cls(chain, token, **h)
 
     @classmethod

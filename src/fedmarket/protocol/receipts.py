@@ -93,6 +93,10 @@ Usage = _statement(
     "Usage", "Usage", "A caller's cumulative count of queries at one server, signed per query (ModelMarket.settle_usage); "
     "signed in the ModelMarket's domain.",
     ("job_id", int), ("server", str), ("count", int))
+Tab = _statement(
+    "Tab", "Tab", "A caller's cumulative queries and tokens spent on its tab at one server, signed per query "
+    "(UsageRollup.answer checks it for a challenged leaf); signed in the UsageRollup's domain.",
+    ("job_id", int), ("server", str), ("queries", int), ("spent", int))
 Answer = _statement(
     "Answer", "Answer", "A server's answer to a fixed-point input (ModelMarket.dispute_answer); signed in the ModelMarket's domain.",
     ("job_id", int), ("input_hash", bytes), ("answer", int))
