@@ -290,21 +290,7 @@ def test_a_caller_counted_twice_is_proven_and_slashed(roll):
 
 def _forged(leaves) -> UsageTree:
     """A tree over `leaves` as given (unsorted or repeated), as a cheating server builds it."""
-    t = UsageTree.__new__(UsageTree)
-    from fedmarket.protocol.usage import leaf_node, parent
-
-    t.leaves = list(leaves)
-    level = [leaf_node(x) for x in t.leaves]
-    t.layers = [level]
-    while len(level) > 1:
-        nxt = [parent(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-        t.layers.append(level)
-    t.index = {x.caller.lower(): i for i, x in enumerate(t.leaves)}
-    t.keys = [x.key for x in t.leaves]
-    return t
+    return UsageTree(leaves, as_given=True)
 
 
 def test_spending_past_a_tab_is_proven_and_slashed(roll):

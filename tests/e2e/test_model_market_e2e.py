@@ -193,3 +193,86 @@ def test_a_proof_is_made_only_for_a_paid_query_and_once_per_receipt(world, settl
     assert len(proofs) == 1
     assert any("being proven already" in e for e in errors)
     assert server.pending() == []  # the failed proof charged nothing
+
+
+def tab_query(client, caller, features, receipt=None):
+    q, s, sig = receipt or caller.next_tab()
+    return client.post("/query", json={"features": [float(v) for v in features], "count": q, "spent": s,
+                                       "signature": "0x" + sig.hex()})
+
+
+def test_tabs_settle_a_period_in_one_root_audited_and_a_forged_root_slashed(world, settled_softmax, tmp_path):
+    """Callers pay from tabs: the server answers over HTTP, posts one usage root for all of them,
+    an auditor finds nothing to prove, the root goes final and pays the contributors. A forged root
+    (usage nobody signed) is challenged by the auditor and slashed when the server cannot answer;
+    a caller takes its unspent tab back; every token is accounted for from balances."""
+    from fedmarket.roles.tabs import audit_usage, refund_tab
+    from fedmarket.protocol.usage import Leaf, UsageTree
+
+    driver, ds, job = settled_softmax
+    dep, store, ru = world["dep"], driver.store, world["dep"].usage_rollup
+    requester, server_acct, auditor = world["requester"], world["providers"][5], world["validators"][2]
+    buyers = [world["validators"][3], world["providers"][4]]
+    treasury = world["treasury"].address
+    providers = [p.account for p in driver.cast.providers]
+    watched = [dep.model_market.address, ru.address, requester.address, server_acct.address, auditor.address, treasury,
+               *(b.address for b in buyers), *(p.address for p in providers)]
+    start = {a: dep.balance(a) for a in watched}
+    list_model(dep, store, requester, job, Offer(query_price=PRICE, owner_bps=1_000, server_bps=2_000, server_stake=STAKE))
+    server = ModelServer(dep, server_acct, store, job, journal=tmp_path / "receipts.jsonl")
+    server.ensure_staked()
+    callers = [ModelCaller(dep, b, job, server_acct.address) for b in buyers]
+    for c in callers:
+        c.fund(10 * PRICE)
+    logs: list[str] = []
+    with TestClient(server_app(server, period=3_600, say=logs.append)) as client:
+        for i, c in enumerate(callers):
+            for row in ds.X[: 3 + i]:
+                r = tab_query(client, c, row)
+                assert r.status_code == 200, r.text
+                c.check(r.json())
+        q, s, sig = callers[0].next_tab()
+        wrong = tab_query(client, callers[0], ds.X[0], receipt=(q, s + 1, sig))
+        assert wrong.status_code == 400 and "next tab receipt" in wrong.json()["error"]
+        callers[0].tab_queries, callers[0].tab_spent = 3, 3 * PRICE
+        for _ in range(7):
+            assert tab_query(client, callers[0], ds.X[0]).status_code == 200
+        over = tab_query(client, callers[0], ds.X[0])  # the 11th query: past the 10-query tab
+        assert over.status_code == 402 and "exceeds its credit" in over.json()["error"]
+    posted = [m for m in logs if m.startswith("usage root posted")]
+    assert posted and "2 callers, 14 queries" in posted[0], logs
+    assert audit_usage(dep, auditor, store, job, server_acct.address) == []
+    world["chain"].advance_time(int(ru.call("CHALLENGE_WINDOW")))
+    assert any("usage root final: 14 queries" in m for m in server.tabs.step())
+    assert model_record(dep, job)["tab_queries_settled"] == 14
+
+    # the server forges a root: 5 more queries for a caller who signed none
+    cheat = UsageTree([Leaf(buyers[0].address, 10, 10 * PRICE), Leaf(buyers[1].address, 9, 9 * PRICE)])
+    ru.transact("post_usage", job, cheat.top.as_tuple(), cheat.n, store.put(b"not the leaves"), sender=server_acct)
+    server.tabs.posted = None  # it has nothing to answer a challenge with
+    dep.token.transact("approve", ru.address, 2**256 - 1, sender=auditor)
+    assert audit_usage(dep, auditor, store, job, server_acct.address) == [
+        "the pending root's leaves are unavailable or do not make the root: leaf 0 challenged"]
+    world["chain"].advance_time(int(ru.call("ANSWER_WINDOW")))
+    ev = ru.transact("timeout", job, server_acct.address, 0, sender=auditor).event("UsageRejected")
+    assert (ev["slashed"], ev["challenger"]) == (STAKE, auditor.address)
+
+    # the second caller takes back what it did not spend (10 - 4 queries)
+    ru.transact("request_refund", job, server_acct.address, sender=buyers[1])
+    world["chain"].advance_time(int(ru.call("REFUND_DELAY")))
+    assert refund_tab(dep, buyers[1], store, job, server_acct.address).event("TabRefunded")["amount"] == 6 * PRICE
+
+    for acct in (server_acct, requester, world["treasury"]):
+        dep.model_market.transact("withdraw", sender=acct)
+    for acct in (auditor, world["treasury"]):
+        ru.transact("withdraw", sender=acct)
+    claimed = sum(claim_usage_revenue(dep, store, p, job).event("RevenueClaimed")["amount"] for p in providers)
+    paid = 14 * PRICE
+    contributors = paid - paid // 100 - paid // 10 - paid // 5
+    assert contributors - len(providers) <= claimed <= contributors
+    delta = {a: dep.balance(a) - start[a] for a in watched}
+    assert sum(delta.values()) == 0, "tokens appeared or vanished"
+    assert delta[buyers[0].address] == -10 * PRICE and delta[buyers[1].address] == -4 * PRICE
+    assert delta[auditor.address] == STAKE // 2
+    assert delta[server_acct.address] == -2 * STAKE + paid // 5  # its answer stake is still held, its bond is slashed
+    assert delta[ru.address] == 0  # the first caller's 10 queries were all spent

@@ -6,8 +6,11 @@
   class, its label, the fixed-point input it answers and the server's ``Answer`` signature.
   A refused query is a 402 (no credit) or 400 (anything else) with a one-line error.
 
+A query paid from a tab (`roles.tabs`) adds ``"spent": S`` and signs ``Tab(jobId, server, N, S)``.
+
 Every ``period`` seconds (and once more on shutdown) the latest receipt of each caller with
-unsettled queries goes into one ``settle_usage`` transaction.
+unsettled queries goes into one ``settle_usage`` transaction, and the tabs' usage root is
+answered for, made final when due, and the next one posted (`TabBook.step`).
 
 Proving (`prepare_proofs`, before the server stakes), the server builds its circuit kit
 (`zkml.build_kit`, kept in its state directory for the next start) and offers the verifier for the
@@ -63,6 +66,25 @@ def prepare_proofs(server: ModelServer, kit_dir: Path, store, box, poll: float, 
     return Proving(offer, box, poll)
 
 
+def settle_period(server: ModelServer, say=print) -> None:
+    """One period's settlement: the credits' receipts in `settle_usage` batches, then the tabs'
+    usage root (answered, finalized, posted). A failure keeps the receipts for the next period."""
+    try:
+        for receipt in server.settle():
+            ev = receipt.event("UsageSettled")
+            say(f"settled {ev['queries']} queries of {ev['callers']} callers for {ev['amount']} base units "
+                f"(tx {receipt.tx_hash}, {receipt.gas_used} gas)")
+    except FedMarketError as exc:
+        say(f"settlement failed, retrying next period: {exc}")
+    if server.tabs is None:
+        return
+    try:
+        for line in server.tabs.step():
+            say(line)
+    except FedMarketError as exc:
+        say(f"posting tab usage failed, retrying next period: {exc}")
+
+
 def server_app(server: ModelServer, period: float, say=print, proving: Proving | None = None) -> Starlette:
     """The HTTP app of one model server; its lifespan runs the settlement loop (and, proving, the
     verifier's publication and registration)."""
@@ -83,11 +105,12 @@ def server_app(server: ModelServer, period: float, say=print, proving: Proving |
             doc = await request.json()
             features, count, sig = doc["features"], int(doc["count"]), bytes.fromhex(str(doc["signature"]).removeprefix("0x"))
             prove = bool(doc.get("prove", False))
+            spent = None if doc.get("spent") is None else int(doc["spent"])
         except (ValueError, KeyError, TypeError):
-            return JSONResponse({"error": "a query is {features: [...], count: N, signature: 0x..., prove: false}"},
-                                status_code=400)
+            return JSONResponse({"error": "a query is {features: [...], count: N, signature: 0x..., prove: false} "
+                                          "(and spent: S on a tab)"}, status_code=400)
         try:
-            reply = await run_in_threadpool(server.answer, features, count, sig, prove)
+            reply = await run_in_threadpool(server.answer, features, count, sig, prove, spent)
         except QueryRefused as exc:
             return JSONResponse({"error": str(exc)}, status_code=402 if "credit" in str(exc) else 400)
         except ValueError as exc:
@@ -97,13 +120,7 @@ def server_app(server: ModelServer, period: float, say=print, proving: Proving |
         return JSONResponse(reply.doc())
 
     async def settle_once() -> None:
-        try:
-            for receipt in await run_in_threadpool(server.settle):
-                ev = receipt.event("UsageSettled")
-                say(f"settled {ev['queries']} queries of {ev['callers']} callers for {ev['amount']} base units "
-                    f"(tx {receipt.tx_hash}, {receipt.gas_used} gas)")
-        except FedMarketError as exc:  # a failed settlement keeps its receipts for the next period
-            say(f"settlement failed, retrying next period: {exc}")
+        await run_in_threadpool(settle_period, server, say)
 
     async def settle_loop() -> None:
         while True:

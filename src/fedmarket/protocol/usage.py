@@ -67,12 +67,14 @@ EMPTY_LEAF = Leaf("0x" + "00" * 20, 0, 0)
 class UsageTree:
     """The sum tree of callers' latest usage (sorted here; a caller may appear once)."""
 
-    def __init__(self, leaves: Sequence[Leaf]):
+    def __init__(self, leaves: Sequence[Leaf], as_given: bool = False):
+        """The tree of `leaves` sorted by caller; `as_given` keeps their order and repeats, to
+        rebuild exactly what a server published (an auditor then checks the order)."""
         if not leaves:
             raise ValueError("a usage tree needs at least one leaf")
-        self.leaves = sorted(leaves, key=lambda leaf: leaf.key)
+        self.leaves = list(leaves) if as_given else sorted(leaves, key=lambda leaf: leaf.key)
         self.keys = [leaf.key for leaf in self.leaves]
-        if len(set(self.keys)) != len(self.keys):
+        if not as_given and len(set(self.keys)) != len(self.keys):
             raise ValueError("a caller appears twice in the usage")
         level = [leaf_node(leaf) for leaf in self.leaves]
         self.layers: list[list[Node]] = [level]
@@ -82,7 +84,9 @@ class UsageTree:
                 nxt.append(level[-1])
             level = nxt
             self.layers.append(level)
-        self.index = {leaf.caller.lower(): i for i, leaf in enumerate(self.leaves)}
+        self.index: dict[str, int] = {}
+        for i, leaf in enumerate(self.leaves):
+            self.index.setdefault(leaf.caller.lower(), i)
 
     @property
     def n(self) -> int:
@@ -126,6 +130,10 @@ class UsageTree:
     def usage(self, caller: str) -> Leaf | None:
         i = self.index.get(caller.lower())
         return None if i is None else self.leaves[i]
+
+    def disorder(self) -> int | None:
+        """The first index whose next leaf is not above it (a tree as given), or None if sorted."""
+        return next((i for i in range(self.n - 1) if self.keys[i] >= self.keys[i + 1]), None)
 
 
 EMPTY_OPENING = (0, (0, EMPTY_LEAF.as_tuple(), []), (0, EMPTY_LEAF.as_tuple(), []))

@@ -10,14 +10,28 @@ from ..protocol.inference import input_hash, linear_answer, model_opening
 from ..protocol.receipts import Answer, Usage
 from ..storage import BlobStore
 from .model_owner import listed_shape
+from .tabs import fund_tab, sign_tab
 
 
 class ModelCaller:
     """A paying caller: buys credits and signs each query's cumulative usage for one server."""
 
-    def __init__(self, dep: Deployment, account: Account, job_id: int, server: str, count: int | None = None):
+    def __init__(self, dep: Deployment, account: Account, job_id: int, server: str, count: int | None = None,
+                 spent: int = 0):
         self.dep, self.mm, self.account, self.job_id, self.server = dep, dep.model_market, account, job_id, server
         self.count = int(self.mm.call("used", job_id, account.address, server)) if count is None else count
+        self.tab_queries, self.tab_spent = (count or 0), spent  # its usage on its tab at this server
+
+    def fund(self, amount: int):
+        """Fund its tab at the server with `amount` base units (paid through the usage rollup)."""
+        return fund_tab(self.dep, self.account, self.job_id, self.server, amount)
+
+    def next_tab(self) -> tuple[int, int, bytes]:
+        """The signed tab usage of the next query: (queries, spent, signature), one query more at the current price."""
+        self.tab_queries += 1
+        self.tab_spent += int(self.mm.call("offer", self.job_id)["query_price"])
+        sig = sign_tab(self.dep, self.account, self.job_id, self.server, self.tab_queries, self.tab_spent)
+        return self.tab_queries, self.tab_spent, sig
 
     def buy(self, queries: int):
         price = int(self.mm.call("offer", self.job_id)["query_price"])

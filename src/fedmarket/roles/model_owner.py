@@ -47,7 +47,8 @@ def claim_usage_revenue(dep: Deployment, store: BlobStore, account, job_id: int)
 
 
 def model_record(dep: Deployment, job_id: int) -> dict:
-    """A model's record on chain: its listed root and offer, queries settled, revenue, disputes lost,
+    """A model's record on chain: its listed root and offer, queries settled (by credits and by tabs
+    through the usage rollup), revenue, disputes lost,
     its registered proof verifier and the answers proven with it."""
     mm = dep.model_market
     if mm is None:
@@ -55,11 +56,13 @@ def model_record(dep: Deployment, job_id: int) -> dict:
     root = bytes(mm.call("model_root", job_id))
     if root == b"\x00" * 32:
         return {"job_id": job_id, "listed": False}
+    tab_queries = 0 if dep.usage_rollup is None else int(dep.usage_rollup.call("queries_settled", job_id))
     return {
         "job_id": job_id, "listed": True, "model_root": "0x" + root.hex(),
         "linear_shape": list(listed_shape(dep, job_id)),
         "offer": dict(mm.call("offer", job_id)),
-        "queries_settled": int(mm.call("queries_settled", job_id)),
+        "queries_settled": int(mm.call("queries_settled", job_id)) + tab_queries,
+        "tab_queries_settled": tab_queries,
         "gross_revenue": int(mm.call("gross_revenue", job_id)),
         "contributors_revenue": int(mm.call("revenue", job_id)),
         "contributors_paid": int(mm.call("paid_out", job_id)),

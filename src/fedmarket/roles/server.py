@@ -33,6 +33,7 @@ from ..storage import BlobStore
 from .common import check_funds
 from .model_owner import listed_shape
 from .proofs import sign_proven
+from .tabs import TabBook, TabRefused
 
 MAX_BATCH = 256  # ModelMarket.MAX_BATCH
 
@@ -93,6 +94,9 @@ class ModelServer:
         self.proving: set[tuple[str, int]] = set()  # (caller, count) of the proofs under way
         if journal is not None:
             self.latest = read_journal(journal)
+        self.tabs = None  # tab receipts, settled through the usage rollup (when the deployment has one)
+        if dep.usage_rollup is not None:
+            self.tabs = TabBook(dep, account, store, job_id, None if journal is None else journal.with_name(journal.name + ".tabs"))
 
     def _record(self, caller: str, count: int, signature: bytes) -> None:
         """Keep the caller's latest receipt (under the lock), appended to the journal first: a
@@ -119,9 +123,11 @@ class ModelServer:
         return f"staked {need} base units on job {self.job_id}"
 
     # ---- answering ------------------------------------------------------------------------
-    def answer(self, features: list[float], count: int, signature: bytes, prove: bool = False) -> Reply:
+    def answer(self, features: list[float], count: int, signature: bytes, prove: bool = False,
+               spent: int | None = None) -> Reply:
         """Answer one query if its usage receipt is the caller's next and its credit covers it;
-        with `prove`, attach a proof of the answer (the usage is checked before proving)."""
+        with `prove`, attach a proof of the answer (the usage is checked before proving). With
+        `spent`, the receipt is a tab's (`roles.tabs`: queries `count`, tokens `spent`)."""
         X = np.asarray(features, dtype=np.float64).reshape(1, -1)
         if X.shape[1] != self.trained.spec.data.n_features or not np.isfinite(X).all():
             raise QueryRefused(f"the model takes {self.trained.spec.data.n_features} finite features, "
@@ -135,7 +141,7 @@ class ModelServer:
         if prove:
             if self.kit is None:
                 raise QueryRefused("this server proves no answers (not started with --prove, or its prover is still being built)")
-            caller = self._caller(count, signature, record=False)  # paid for, before the prover starts
+            caller = self._payer(count, signature, spent, record=False)  # paid for, before the prover starts
             with self.lock:  # one proof per paid query: the same receipt sent again meanwhile is refused
                 if (caller, count) in self.proving:
                     raise QueryRefused(f"{caller}'s query {count} is being proven already")
@@ -146,7 +152,7 @@ class ModelServer:
                 with self.lock:
                     self.proving.discard((caller, count))
             proven = sign_proven(self.dep, self.account, self.job_id, proof)
-        self._caller(count, signature)  # the usage is recorded only for a query it answers
+        self._payer(count, signature, spent)  # the usage is recorded only for a query it answers
         sig = Answer(self.job_id, input_hash(x), cls).sign(self.account.key, self.chain_id, self.mm.address)
         return Reply(cls, self.classes[cls], x, count, sig, proof, proven)
 
@@ -158,6 +164,17 @@ class ModelServer:
             raise QueryRefused(f"the circuit's fixed point answers {proof.answer} where the model answers {cls} "
                                f"(a near tie): ask without a proof")
         return proof
+
+    def _payer(self, count: int, signature: bytes, spent: int | None, record: bool = True) -> str:
+        """The caller paying for this query, by its credits or (with `spent`) its tab."""
+        if spent is None:
+            return self._caller(count, signature, record)
+        if self.tabs is None:
+            raise QueryRefused("this deployment has no usage rollup: pay with credits")
+        try:
+            return self.tabs.admit(int(count), int(spent), signature, record)
+        except TabRefused as exc:
+            raise QueryRefused(str(exc)) from None
 
     def _caller(self, count: int, signature: bytes, record: bool = True) -> str:
         """The caller who signed `count`, after checking it is its next count and it has credit."""

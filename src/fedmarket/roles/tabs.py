@@ -1,0 +1,282 @@
+"""Tabs: pay-per-query usage settled through the usage rollup (`UsageRollup`), one root per period
+whatever the number of callers.
+
+A caller funds a tab at one server (:func:`fund_tab`) and signs, with each query,
+``Tab(jobId, server, queries, spent)``: its cumulative queries and tokens spent there, each query
+adding one and the model's query price. The server (:class:`TabBook`) checks each such receipt
+against the tab on chain, keeps each caller's latest, and every period posts the sum tree of all
+of them (`protocol.usage`), with the leaves and signatures published by content id. It answers
+challenges of its leaves, and makes its root final once the challenge window passed.
+
+Anyone (a caller, a validator) audits a pending root with :func:`audit_usage`: it fetches the
+published leaves, checks them against the root, every signature, the order, every tab and the
+final root's leaves, and proves on chain what it finds wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..chain import Account
+from ..errors import FedMarketError, StorageError
+from ..market import Deployment
+from ..protocol.receipts import Tab
+from ..protocol.usage import Leaf, UsageTree, opening
+from ..storage import BlobStore
+from .common import check_funds
+
+ZERO_ROOT = b"\x00" * 32
+
+
+class TabRefused(FedMarketError):
+    """A tab query the server will not answer: bad signature, wrong amounts, tab too small."""
+
+
+def rollup_of(dep: Deployment):
+    if dep.usage_rollup is None:
+        raise FedMarketError("this deployment has no usage rollup (deploy it again with this version)")
+    return dep.usage_rollup
+
+
+def fund_tab(dep: Deployment, account: Account, job_id: int, server: str, amount: int):
+    """Fund `account`'s tab at `server` with `amount` base units (approving the rollup first)."""
+    ru = rollup_of(dep)
+    check_funds(dep, account.address, amount, "the tab")
+    dep.token.transact("approve", ru.address, amount, sender=account)
+    return ru.transact("fund_tab", job_id, server, amount, sender=account)
+
+
+def sign_tab(dep: Deployment, account: Account, job_id: int, server: str, queries: int, spent: int) -> bytes:
+    return Tab(job_id, server, queries, spent).sign(account.key, dep.chain_id, rollup_of(dep).address)
+
+
+@dataclass(frozen=True)
+class Posted:
+    """A root this server posted: its epoch, tree and each leaf's signature (as published)."""
+
+    epoch: int
+    tree: UsageTree
+    signatures: dict[str, bytes]
+
+
+def usage_doc(job_id: int, server: str, tree: UsageTree, signatures: dict[str, bytes]) -> bytes:
+    """The published leaves of a root, sorted as in the tree, each with its caller's signature."""
+    leaves = [[x.caller, x.queries, x.spent, "0x" + signatures[x.caller.lower()].hex()] for x in tree.leaves]
+    return json.dumps({"job_id": job_id, "server": server, "leaves": leaves}, separators=(",", ":")).encode()
+
+
+def read_usage(store: BlobStore, cid: str) -> tuple[list[Leaf], list[bytes]]:
+    """The leaves and signatures of a published root, in their published order (checked against
+    the root by the reader, never trusted)."""
+    doc = json.loads(store.get(cid))
+    leaves = [Leaf(c, int(q), int(s)) for c, q, s, _ in doc["leaves"]]
+    return leaves, [bytes.fromhex(sig[2:]) for *_, sig in doc["leaves"]]
+
+
+class TabBook:
+    """A server's tab receipts for one job: admitted per query, posted per period."""
+
+    def __init__(self, dep: Deployment, account: Account, store: BlobStore, job_id: int, journal: Path | None = None):
+        self.dep, self.ru, self.account, self.store, self.job_id = dep, rollup_of(dep), account, store, job_id
+        self.latest: dict[str, tuple[int, int, bytes]] = {}  # caller (lower case) -> (queries, spent, signature)
+        self.lock = threading.Lock()
+        self.journal = journal
+        if journal is not None and journal.is_file():
+            for line in journal.read_text().splitlines():
+                try:
+                    caller, q, s, sig = json.loads(line)
+                    entry = (int(q), int(s), bytes.fromhex(sig[2:]))
+                except (ValueError, TypeError):
+                    continue  # a line cut short by a crash: its query was never answered
+                if entry[0] > self.latest.get(caller, (0, 0, b""))[0]:
+                    self.latest[caller] = entry
+        self.posted: Posted | None = self._load_pending()
+
+    @property
+    def address(self) -> str:
+        return self.account.address
+
+    def ensure_bonded(self) -> str | None:
+        """Post the offer's server stake as this server's rollup bond if not bonded yet."""
+        if self.ru.call("bonded", self.job_id, self.address):
+            return None
+        stake = max(int(self.dep.model_market.call("offer", self.job_id)["server_stake"]), 1)
+        need = max(stake - int(self.ru.call("bond", self.job_id, self.address)), 1)
+        check_funds(self.dep, self.address, need, "the usage rollup bond")
+        self.dep.token.transact("approve", self.ru.address, need, sender=self.account)
+        self.ru.transact("post_bond", self.job_id, need, sender=self.account)
+        return f"bonded {need} base units in the usage rollup"
+
+    # ---- admitting queries --------------------------------------------------------------
+    def admit(self, queries: int, spent: int, signature: bytes, record: bool = True) -> str:
+        """The caller who signed this tab receipt, after checking it is its next query at the
+        current price and its tab covers it; recorded (journal first) if `record`."""
+        try:
+            caller = Tab(self.job_id, self.address, int(queries), int(spent)).signer(signature, self.dep.chain_id,
+                                                                                    self.ru.address)
+        except Exception:  # noqa: BLE001 - eth_account raises several kinds for a malformed signature
+            raise TabRefused("the tab signature is malformed") from None
+        price = int(self.dep.model_market.call("offer", self.job_id)["query_price"])
+        tab = int(self.ru.call("tab", self.job_id, self.address, caller))
+        refunding = int(self.ru.call("refund_time", self.job_id, self.address, caller))
+        key = caller.lower()
+        with self.lock:
+            q0, s0, _ = self.latest.get(key, (0, 0, b""))
+            if queries != q0 + 1 or spent != s0 + price:
+                raise TabRefused(f"{caller}'s next tab receipt here is queries {q0 + 1}, spent {s0 + price}; "
+                                 f"got {queries}, {spent}")
+            if refunding:
+                raise TabRefused(f"{caller} asked for its tab back")
+            if spent > tab:
+                raise TabRefused(f"{caller}'s tab holds {tab}; spending {spent} exceeds its credit")
+            if record:
+                if self.journal is not None:
+                    with open(self.journal, "a") as fh:
+                        fh.write(json.dumps([key, queries, spent, "0x" + signature.hex()]) + "\n")
+                self.latest[key] = (queries, spent, signature)
+        return caller
+
+    # ---- posting ----------------------------------------------------------------------------
+    def _load_pending(self) -> Posted | None:
+        """The pending root this server posted before a restart, read back from its published leaves."""
+        if self.ru.call("pending_root", self.job_id, self.address) == ZERO_ROOT:
+            return None
+        epoch = int(self.ru.call("epoch", self.job_id, self.address))
+        ev = self.ru.events("UsagePosted", job_id=self.job_id, server=self.address, epoch=epoch)[-1]
+        leaves, sigs = read_usage(self.store, ev["data_cid"])
+        return Posted(epoch, UsageTree(leaves), {x.caller.lower(): s for x, s in zip(leaves, sigs)})
+
+    def step(self) -> list[str]:
+        """One period's work: answer challenges, finalize the pending root when due, post the next."""
+        done = self._answer_challenges()
+        pending = self.ru.call("pending_root", self.job_id, self.address) != ZERO_ROOT
+        if pending:
+            posted_at = int(self.ru.call("totals", self.job_id, self.address, True)[3])
+            due = posted_at + int(self.ru.call("CHALLENGE_WINDOW"))
+            if self.dep.chain.timestamp() < due or int(self.ru.call("open_challenges", self.job_id, self.address)):
+                return done
+            r = self.ru.transact("finalize", self.job_id, self.address, sender=self.account)
+            ev = r.event("UsageFinalized")
+            done.append(f"usage root final: {ev['queries']} queries for {ev['amount']} base units "
+                        f"(tx {r.tx_hash}, {r.gas_used} gas)")
+            self.posted = None
+        with self.lock:
+            latest = dict(self.latest)
+        if not latest:
+            return done
+        tree = UsageTree([Leaf(c, q, s) for c, (q, s, _) in latest.items()])
+        if tree.top.spent <= int(self.ru.call("totals", self.job_id, self.address, False)[1]):
+            return done
+        bonded = self.ensure_bonded()  # the first post bonds: a server nobody pays by tab bonds nothing
+        if bonded:
+            done.append(bonded)
+        sigs = {c: sig for c, (_, _, sig) in latest.items()}
+        cid = self.store.put(usage_doc(self.job_id, self.address, tree, sigs))
+        r = self.ru.transact("post_usage", self.job_id, tree.top.as_tuple(), tree.n, cid, sender=self.account)
+        self.posted = Posted(int(r.event("UsagePosted")["epoch"]), tree, sigs)
+        done.append(f"usage root posted: {tree.n} callers, {tree.top.queries} queries, {tree.top.spent} spent "
+                    f"(tx {r.tx_hash}, {r.gas_used} gas)")
+        return done
+
+    def _answer_challenges(self) -> list[str]:
+        if self.posted is None:
+            return []
+        done = []
+        for ev in self.ru.events("LeafChallenged", job_id=self.job_id, server=self.address, epoch=self.posted.epoch):
+            i = int(ev["index"])
+            leaf = self.posted.tree.leaves[i]
+            try:
+                r = self.ru.transact("answer", self.job_id, self.posted.tree.position(i),
+                                     self.posted.signatures[leaf.caller.lower()], sender=self.account)
+            except FedMarketError as exc:
+                if "not challenged" in str(exc):
+                    continue  # answered already
+                raise
+            done.append(f"answered the challenge of leaf {i} (tx {r.tx_hash})")
+        return done
+
+
+# ---- auditing -------------------------------------------------------------------------------
+def _published(ru, store: BlobStore, job_id: int, server: str, epoch: int) -> tuple[UsageTree, list[bytes]] | None:
+    """The tree of a posted root rebuilt from its published leaves in their published order, with
+    their signatures; None if they are missing or do not make the root."""
+    evs = ru.events("UsagePosted", job_id=job_id, server=server, epoch=epoch)
+    if not evs:
+        return None
+    try:
+        leaves, sigs = read_usage(store, evs[-1]["data_cid"])
+        tree = UsageTree(leaves, as_given=True)
+    except (StorageError, ValueError, KeyError, TypeError):
+        return None
+    return (tree, sigs) if tree.root == bytes(evs[-1]["root"]) else None
+
+
+def final_tree(ru, store: BlobStore, job_id: int, server: str) -> UsageTree | None:
+    """The tree of a server's final root (None if it has none), from its published leaves."""
+    if ru.call("final_root", job_id, server) == ZERO_ROOT:
+        return None
+    epoch = int(ru.events("UsageFinalized", job_id=job_id, server=server)[-1]["epoch"])
+    got = _published(ru, store, job_id, server, epoch)
+    if got is None:
+        raise FedMarketError(f"the leaves of server {server}'s final usage root are not in the blob store")
+    return got[0]
+
+
+def audit_usage(dep: Deployment, account: Account, store: BlobStore, job_id: int, server: str,
+                act: bool = True) -> list[str]:
+    """Check a server's pending usage root against its published leaves, every signature and tab,
+    their order and the final root, and with `act` prove on chain the first thing wrong (a leaf
+    challenged when the leaves are withheld or do not make the root). Returns the findings."""
+    ru = rollup_of(dep)
+    if ru.call("pending_root", job_id, server) == ZERO_ROOT:
+        return []
+    got = _published(ru, store, job_id, server, int(ru.call("epoch", job_id, server)))
+    if got is None:
+        if act:
+            ru.transact("challenge", job_id, server, 0, sender=account)
+        return ["the pending root's leaves are unavailable or do not make the root: leaf 0 challenged"]
+    tree, sigs = got
+    i = tree.disorder()
+    if i is not None:
+        if act:
+            ru.transact("prove_unsorted", job_id, server, tree.position(i), tree.position(i + 1), sender=account)
+        return [f"leaves {i} and {i + 1} are out of order (a caller counted twice): proven"]
+    for i, (leaf, sig) in enumerate(zip(tree.leaves, sigs)):
+        if leaf.spent > int(ru.call("tab", job_id, server, leaf.caller)):
+            if act:
+                ru.transact("prove_overdraft", job_id, server, tree.position(i), sender=account)
+            return [f"leaf {i}: {leaf.caller} spends {leaf.spent}, more than its tab: proven"]
+        try:
+            signer = Tab(job_id, server, leaf.queries, leaf.spent).signer(sig, dep.chain_id, ru.address)
+        except Exception:  # noqa: BLE001 - a malformed signature is no signature
+            signer = ""
+        if signer.lower() != leaf.caller.lower():
+            if act:
+                ru.transact("challenge", job_id, server, i, sender=account)
+            return [f"leaf {i}: {leaf.caller}'s usage is not signed by it: challenged"]
+    final = final_tree(ru, store, job_id, server)
+    for leaf in final.leaves if final is not None else []:
+        now = tree.usage(leaf.caller)
+        if now is None or now.queries < leaf.queries or now.spent < leaf.spent:
+            if act:
+                ru.transact("prove_rollback", job_id, server, leaf.caller, opening(final, leaf.caller),
+                            opening(tree, leaf.caller), sender=account)
+            return [f"{leaf.caller} is lower than in the final root: proven"]
+    return []
+
+
+def refund_tab(dep: Deployment, account: Account, store: BlobStore, job_id: int, server: str):
+    """Take back the unspent tab once the refund is due, opening the caller's place in the final
+    and the pending roots from their published leaves."""
+    ru = rollup_of(dep)
+    pending = None
+    if ru.call("pending_root", job_id, server) != ZERO_ROOT:
+        got = _published(ru, store, job_id, server, int(ru.call("epoch", job_id, server)))
+        if got is None or got[0].disorder() is not None:
+            raise FedMarketError("the pending usage root's leaves are unavailable or unsorted: audit it first")
+        pending = got[0]
+    return ru.transact("refund", job_id, server, opening(final_tree(ru, store, job_id, server), account.address),
+                       opening(pending, account.address), sender=account)
