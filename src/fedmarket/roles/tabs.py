@@ -94,6 +94,7 @@ class TabBook:
                 if entry[0] > self.latest.get(caller, (0, 0, b""))[0]:
                     self.latest[caller] = entry
         self.posted: Posted | None = self._load_pending()
+        self.sent: list = []  # receipts of the posts, finalizations and answers sent (gas accounting)
 
     @property
     def address(self) -> str:
@@ -159,6 +160,7 @@ class TabBook:
             if self.dep.chain.timestamp() < due or int(self.ru.call("open_challenges", self.job_id, self.address)):
                 return done
             r = self.ru.transact("finalize", self.job_id, self.address, sender=self.account)
+            self.sent.append(r)
             ev = r.event("UsageFinalized")
             done.append(f"usage root final: {ev['queries']} queries for {ev['amount']} base units "
                         f"(tx {r.tx_hash}, {r.gas_used} gas)")
@@ -176,6 +178,7 @@ class TabBook:
         sigs = {c: sig for c, (_, _, sig) in latest.items()}
         cid = self.store.put(usage_doc(self.job_id, self.address, tree, sigs))
         r = self.ru.transact("post_usage", self.job_id, tree.top.as_tuple(), tree.n, cid, sender=self.account)
+        self.sent.append(r)
         self.posted = Posted(int(r.event("UsagePosted")["epoch"]), tree, sigs)
         done.append(f"usage root posted: {tree.n} callers, {tree.top.queries} queries, {tree.top.spent} spent "
                     f"(tx {r.tx_hash}, {r.gas_used} gas)")
@@ -195,6 +198,7 @@ class TabBook:
                 if "not challenged" in str(exc):
                     continue  # answered already
                 raise
+            self.sent.append(r)
             done.append(f"answered the challenge of leaf {i} (tx {r.tx_hash})")
         return done
 
