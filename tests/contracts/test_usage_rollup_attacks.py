@@ -404,3 +404,27 @@ def test_a_root_cannot_move_more_than_the_servers_bond(roll):
     roll.bond()  # SSTAKE
     with reverts("rollup: more than the bond covers"):
         roll.post(roll.tree({c: (1, SSTAKE + 1)}))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "statements._signer (snekmate _recover_sig) returns the zero address for a signature neither 64 nor 65 "
+    "bytes long, so answer() accepts a leaf of caller 0x0 with an empty signature: a leaf nobody signed stands "
+    "(it can spend nothing, its tab is 0, but it adds any queries to queries_settled). Fix: in answer assert "
+    "position.leaf.caller != empty(address) (or len(signature) >= 64) before comparing the signer"))
+def test_a_leaf_of_the_zero_address_cannot_be_answered_without_a_signature(roll):
+    ru, job = roll.ru, roll.job
+    c = roll.callers[0]
+    roll.fund(c)
+    roll.bond()
+    tree = roll.tree({"0x" + "00" * 20: (10**9, 0), c: 1})
+    assert tree.leaves[0].caller == "0x" + "00" * 20
+    roll.post(tree)
+    roll.challenge(0, sender=c)
+    roll.open_bonds = 1
+    try:
+        ru.transact("answer", job.id, tree.position(0), b"", sender=roll.server)
+        answered = True
+        roll.open_bonds = 0
+    except ContractRevert:
+        answered = False
+    assert not answered, "the server answered for a caller that signed nothing"
