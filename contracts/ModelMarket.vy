@@ -198,6 +198,8 @@ TOKEN: public(immutable(IERC20))
 TREASURY: public(immutable(address))
 # @dev Protocol fee on every payment, in basis points.
 FEE_BPS: public(immutable(uint256))
+# @dev The usage rollup whose final roots pay usage here (deployed next, at an address known now).
+ROLLUP: public(immutable(address))
 
 # @dev Final model root of each listed job (empty: not listed).
 model_root: public(HashMap[uint256, bytes32])
@@ -236,13 +238,14 @@ disputes_lost: public(HashMap[uint256, uint256])
 
 
 @deploy
-def __init__(market: address, licence: address, treasury: address, fee_bps: uint256):
+def __init__(market: address, licence: address, treasury: address, fee_bps: uint256, rollup: address):
     """
     @notice Deploys the model market of one job market and licence registry.
     @param market The job market.
     @param licence The ModelLicence of that market.
     @param treasury Receiver of the protocol fee.
     @param fee_bps Protocol fee in basis points (at most `MAX_FEE_BPS`).
+    @param rollup The usage rollup of this model market.
     """
     assert market != empty(address) and licence != empty(address) and treasury != empty(address), "model: zero address"
     assert fee_bps <= C.MAX_FEE_BPS, "model: fee too high"
@@ -251,6 +254,7 @@ def __init__(market: address, licence: address, treasury: address, fee_bps: uint
     TOKEN = IERC20(staticcall IMarket(market).TOKEN())
     TREASURY = treasury
     FEE_BPS = fee_bps
+    ROLLUP = rollup
 
 
 # ---------------------------------------------------------------- listing and terms
@@ -534,16 +538,21 @@ def settle_usage(job_id: uint256, receipts: DynArray[Usage, MAX_BATCH]) -> uint2
 
 @external
 @nonreentrant
-def pay(job_id: uint256, server: address, amount: uint256):
+def pay(job_id: uint256, server: address, amount: uint256, owner_bps: uint256, server_bps: uint256):
     """
-    @notice Pays `amount` of the sender's tokens for usage of the job's model that `server`
-            answered, split like settled usage (the usage rollup pays its final roots here).
+    @notice Pays usage of the job's model that `server` answered, split like settled usage with
+            the owner's and server's shares of the offer it was served under. Only the usage rollup
+            (its final roots).
     @param job_id The listed job.
-    @param server The server that answered (its share; none for the zero address).
-    @param amount Tokens.
+    @param server The server that answered.
+    @param amount Tokens, taken from the sender.
+    @param owner_bps The owner's share then.
+    @param server_bps The server's share then.
     """
+    assert msg.sender == ROLLUP, "model: not the usage rollup"
     terms: Offer = self._listed_offer(job_id)
-    assert amount > 0 and amount <= C.MAX_AMOUNT, "model: bad amount"
+    terms.owner_bps = owner_bps
+    terms.server_bps = server_bps
     self._split(job_id, amount, server, terms)
     self._pull(msg.sender, amount)
 

@@ -11,8 +11,9 @@
         by content id. After `CHALLENGE_WINDOW` with no open challenge the root is final and
         the revenue goes to the ModelMarket's split (fee, owner, server, contributors).
         Until then anyone can show it wrong, and the server loses its bond:
-        - `challenge` a leaf: the server must show the caller's signature of it within
-          `ANSWER_WINDOW` (this also makes a withheld leaf available);
+        - `challenge` a leaf, or `challenge_caller` a caller's place: the server must show the
+          leaf with its caller's signature (or the caller's absence) within `ANSWER_WINDOW`, so
+          a caller can check its own usage even when the leaves are withheld;
         - `prove_unsorted`: two neighbouring leaves out of order (a caller counted twice);
         - `prove_overdraft`: a leaf spending more than the caller's tab;
         - `prove_rollback`: a caller's queries or spending lower than in the final root.
@@ -39,7 +40,7 @@ struct Offer:
 interface IModelMarket:
     def model_root(job_id: uint256) -> bytes32: view
     def offer(job_id: uint256) -> Offer: view
-    def pay(job_id: uint256, server: address, amount: uint256): nonpayable
+    def pay(job_id: uint256, server: address, amount: uint256, owner_bps: uint256, server_bps: uint256): nonpayable
     def TOKEN() -> address: view
     def TREASURY() -> address: view
 
@@ -131,11 +132,12 @@ event UsageFinalized:
     amount: uint256
 
 
-event LeafChallenged:
+# @dev slot: a challenged leaf's index, or 2**160 + a challenged caller.
+event Challenged:
     job_id: indexed(uint256)
     server: indexed(address)
     epoch: indexed(uint256)
-    index: uint256
+    slot: uint256
     challenger: address
 
 
@@ -143,7 +145,16 @@ event ChallengeAnswered:
     job_id: indexed(uint256)
     server: indexed(address)
     epoch: indexed(uint256)
-    index: uint256
+    slot: uint256
+
+
+event CallerOpened:
+    job_id: indexed(uint256)
+    server: indexed(address)
+    epoch: indexed(uint256)
+    caller: address
+    queries: uint256
+    spent: uint256
 
 
 event UsageRejected:
@@ -165,10 +176,12 @@ TAB_TYPEHASH: constant(bytes32) = keccak256("Tab(uint256 jobId,address server,ui
 MAX_DEPTH: constant(uint256) = 24
 MASK32: constant(uint256) = 2**32 - 1
 MASK64: constant(uint256) = 2**64 - 1
+SECP_N: constant(uint256) = 115792089237316195423570985008687907852837564279074904382605163141518161494337
+SECP_HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168
 MAX_LEAVES: constant(uint256) = 2**24
 # @dev Seconds a posted root can be challenged, and a server has to answer a challenge.
 CHALLENGE_WINDOW: public(constant(uint256)) = 3_600
-ANSWER_WINDOW: public(constant(uint256)) = 3_600
+ANSWER_WINDOW: public(constant(uint256)) = 4 * 3_600
 # @dev Seconds between a tab refund request and the refund. A server posts its callers' usage in
 # between: it must post at least every REFUND_DELAY - CHALLENGE_WINDOW - ANSWER_WINDOW seconds.
 REFUND_DELAY: public(constant(uint256)) = 86_400
@@ -204,6 +217,12 @@ open_challenges: public(HashMap[uint256, HashMap[address, uint256]])
 _challenge: HashMap[uint256, HashMap[address, HashMap[uint256, uint256]]]
 # @dev Queries paid through final roots per job (the model's record, with ModelMarket.queries_settled).
 queries_settled: public(HashMap[uint256, uint256])
+# @dev Callers who funded a tab at each server (counted when a tab goes from nothing to something):
+# a root has no more leaves.
+tabs_opened: public(HashMap[uint256, HashMap[address, uint256]])
+# @dev The offer's owner and server shares when the pending root was posted (owner << 16 | server):
+# the period is split by the terms it was served under.
+_shares: HashMap[uint256, HashMap[address, uint256]]
 # @dev Pull balances: challenge bonds won, slashed bonds, the treasury's share.
 owed: public(HashMap[address, uint256])
 
@@ -239,8 +258,11 @@ def fund_tab(job_id: uint256, server: address, amount: uint256):
     assert staticcall MODEL_MARKET.model_root(job_id) != empty(bytes32), "rollup: model not listed"
     assert server != empty(address) and server != msg.sender, "rollup: bad server"
     assert amount > 0, "rollup: no amount"
-    total: uint256 = self.tab[job_id][server][msg.sender] + amount
+    old: uint256 = self.tab[job_id][server][msg.sender]
+    total: uint256 = old + amount
     assert total <= C.MAX_AMOUNT, "rollup: tab too large"
+    if old == 0:
+        self.tabs_opened[job_id][server] += 1
     self.tab[job_id][server][msg.sender] = total
     self.pool[job_id][server] += amount
     self.refund_time[job_id][server][msg.sender] = 0
@@ -360,7 +382,7 @@ def bonded(job_id: uint256, server: address) -> bool:
     @notice Whether `server` may post usage roots for the job's model now.
     @param job_id The job.
     @param server The server.
-    @return True if bonded at least the offer's server stake (and something) and not unbonding.
+    @return True if bonded and not unbonding (each root moves at most the bond).
     """
     return self._bonded(job_id, server)
 
@@ -378,12 +400,16 @@ def post_usage(job_id: uint256, top: Node, n: uint256, data_cid: String[128]):
     """
     assert self._bonded(job_id, msg.sender), "rollup: not bonded"
     assert self.pending_root[job_id][msg.sender] == empty(bytes32), "rollup: a root is pending"
-    assert n >= 1 and n <= MAX_LEAVES, "rollup: bad leaf count"
+    assert n >= 1 and n <= min(MAX_LEAVES, self.tabs_opened[job_id][msg.sender]), "rollup: bad leaf count"
     last: uint256 = self._final[job_id][msg.sender]
     assert top.spent < C.MAX_AMOUNT and top.queries <= MASK64, "rollup: totals too large"
     assert top.queries >= (last >> 64) & MASK64, "rollup: fewer queries than the final root"
     assert top.spent > last >> 128, "rollup: nothing new spent"
     assert top.spent - (last >> 128) <= self.pool[job_id][msg.sender], "rollup: more than the tabs hold"
+    # a forged root risks the whole bond for at most the bond
+    assert top.spent - (last >> 128) <= self.bond[job_id][msg.sender], "rollup: more than the bond covers"
+    terms: Offer = staticcall MODEL_MARKET.offer(job_id)
+    self._shares[job_id][msg.sender] = (terms.owner_bps << 16) | terms.server_bps
     root: bytes32 = self._commit(top, n)
     self.pending_root[job_id][msg.sender] = root
     self._pending[job_id][msg.sender] = (top.spent << 128) | (top.queries << 64) | (n << 32) | block.timestamp
@@ -419,7 +445,8 @@ def finalize(job_id: uint256, server: address) -> uint256:
     self._pending[job_id][server] = 0
     self.queries_settled[job_id] += queries
     assert extcall TOKEN.approve(MODEL_MARKET.address, amount, default_return_value=True), "rollup: approve failed"
-    extcall MODEL_MARKET.pay(job_id, server, amount)
+    shares: uint256 = self._shares[job_id][server]
+    extcall MODEL_MARKET.pay(job_id, server, amount, shares >> 16, shares & 65535)
     log UsageFinalized(job_id=job_id, server=server, epoch=self.epoch[job_id][server], queries=queries, amount=amount)
     return amount
 
@@ -454,17 +481,8 @@ def challenge(job_id: uint256, server: address, index: uint256):
     @param index The leaf.
     """
     word: uint256 = self._pending_word(job_id, server)
-    assert block.timestamp < (word & MASK32) + CHALLENGE_WINDOW, "rollup: challenge window closed"
     assert index < (word >> 32) & MASK32, "rollup: no such leaf"
-    e: uint256 = self.epoch[job_id][server]
-    old: uint256 = self._challenge[job_id][server][index]
-    if old != 0:  # a challenge of a rejected root: its bond goes back
-        assert (old >> 32) & MASK64 != e, "rollup: leaf already challenged"
-        self.owed[convert(old >> 96, address)] += CHALLENGE_BOND
-    self._challenge[job_id][server][index] = (convert(msg.sender, uint256) << 96) | (e << 32) | block.timestamp
-    self.open_challenges[job_id][server] += 1
-    self._pull(msg.sender, CHALLENGE_BOND)
-    log LeafChallenged(job_id=job_id, server=server, epoch=e, index=index, challenger=msg.sender)
+    self._challenge_slot(job_id, server, index)
 
 
 @external
@@ -475,57 +493,84 @@ def answer(job_id: uint256, position: Position, signature: Bytes[65]):
             caller's Tab signature of exactly that usage. The challenger's bond goes to the sender.
     @param job_id The job.
     @param position The challenged leaf and its siblings.
-    @param signature The caller's Tab(jobId, server, queries, spent) signature.
+    @param signature The caller's Tab(jobId, server, queries, spent) signature (any form its key makes).
     """
-    word: uint256 = self._pending_word(job_id, msg.sender)
-    e: uint256 = self.epoch[job_id][msg.sender]
-    c: uint256 = self._challenge[job_id][msg.sender][position.index]
-    assert c != 0 and (c >> 32) & MASK64 == e, "rollup: leaf not challenged"
+    word: uint256 = self._open(job_id, msg.sender, position.index)
     assert self._at(self.pending_root[job_id][msg.sender], (word >> 32) & MASK32, position), "rollup: leaf not in the root"
-    digest: bytes32 = statements._digest(statements._separator(chain.id, self), keccak256(abi_encode(
-        TAB_TYPEHASH, job_id, msg.sender, position.leaf.queries, position.leaf.spent)))
-    assert statements._signer(digest, signature) == position.leaf.caller, "rollup: not the caller's signature"
-    self._challenge[job_id][msg.sender][position.index] = 0
-    self.open_challenges[job_id][msg.sender] -= 1
-    self.owed[msg.sender] += CHALLENGE_BOND
-    log ChallengeAnswered(job_id=job_id, server=msg.sender, epoch=e, index=position.index)
+    self._check_tab(job_id, position.leaf, signature)
+    self._answered(job_id, position.index)
 
 
 @external
 @nonreentrant
-def timeout(job_id: uint256, server: address, index: uint256) -> uint256:
+def challenge_caller(job_id: uint256, server: address, caller: address):
     """
-    @notice Rejects a server's pending root whose challenged leaf went unanswered for
-            `ANSWER_WINDOW`, and slashes its bond; the challenger gets its bond back and half.
+    @notice Challenges a server to show where `caller` stands in its pending root (whether it
+            published its leaves or not), putting up `CHALLENGE_BOND`: it must answer with the
+            caller's signed leaf, or the neighbours that show it absent, within `ANSWER_WINDOW`.
+            The challenge's slot (for `timeout` and `reclaim_bond`) is `2**160 + caller`.
     @param job_id The job.
     @param server The server.
-    @param index The challenged leaf.
+    @param caller The caller.
+    """
+    self._challenge_slot(job_id, server, (1 << 160) | convert(caller, uint256))
+
+
+@external
+@nonreentrant
+def answer_caller(job_id: uint256, caller: address, opening: Opening, signature: Bytes[65]):
+    """
+    @notice Answers a challenge of a caller's place in the sender's pending root: its leaf with its
+            Tab signature, or its absence (no signature needed). The challenger's bond goes to the sender.
+    @param job_id The job.
+    @param caller The challenged caller.
+    @param opening Where it stands in the pending root.
+    @param signature Its Tab signature of its leaf (ignored for an absence).
+    """
+    slot: uint256 = (1 << 160) | convert(caller, uint256)
+    self._open(job_id, msg.sender, slot)
+    usage: uint256[2] = self._lookup(self.pending_root[job_id][msg.sender], opening, caller)
+    if opening.a.leaf.caller == caller:
+        self._check_tab(job_id, opening.a.leaf, signature)
+    self._answered(job_id, slot)
+    log CallerOpened(job_id=job_id, server=msg.sender, epoch=self.epoch[job_id][msg.sender], caller=caller,
+                     queries=usage[0], spent=usage[1])
+
+
+@external
+@nonreentrant
+def timeout(job_id: uint256, server: address, slot: uint256) -> uint256:
+    """
+    @notice Rejects a server's pending root whose challenge went unanswered for `ANSWER_WINDOW`,
+            and slashes its bond; the challenger gets its bond back and half.
+    @param job_id The job.
+    @param server The server.
+    @param slot The challenge: a leaf index, or 2**160 + a caller.
     @return The bond slashed.
     """
-    self._pending_word(job_id, server)
-    c: uint256 = self._challenge[job_id][server][index]
-    assert c != 0 and (c >> 32) & MASK64 == self.epoch[job_id][server], "rollup: leaf not challenged"
+    self._open(job_id, server, slot)
+    c: uint256 = self._challenge[job_id][server][slot]
     assert block.timestamp >= (c & MASK32) + ANSWER_WINDOW, "rollup: answer window open"
     challenger: address = convert(c >> 96, address)
-    self._challenge[job_id][server][index] = 0
+    self._challenge[job_id][server][slot] = 0
     self.owed[challenger] += CHALLENGE_BOND
     return self._reject(job_id, server, challenger, "unanswered challenge")
 
 
 @external
 @nonreentrant
-def reclaim_bond(job_id: uint256, server: address, index: uint256):
+def reclaim_bond(job_id: uint256, server: address, slot: uint256):
     """
     @notice Returns a challenge bond whose root was rejected before the challenge was answered.
     @param job_id The job.
     @param server The server.
-    @param index The challenged leaf.
+    @param slot The challenge: a leaf index, or 2**160 + a caller.
     """
-    c: uint256 = self._challenge[job_id][server][index]
+    c: uint256 = self._challenge[job_id][server][slot]
     assert c != 0, "rollup: no challenge"
     e: uint256 = (c >> 32) & MASK64
     assert e != self.epoch[job_id][server] or self.pending_root[job_id][server] == empty(bytes32), "rollup: challenge still open"
-    self._challenge[job_id][server][index] = 0
+    self._challenge[job_id][server][slot] = 0
     self.owed[convert(c >> 96, address)] += CHALLENGE_BOND
 
 
@@ -611,7 +656,7 @@ def withdraw() -> uint256:
 @internal
 def _bonded(job_id: uint256, server: address) -> bool:
     amount: uint256 = self.bond[job_id][server]
-    return amount > 0 and amount >= (staticcall MODEL_MARKET.offer(job_id)).server_stake and self.unbond_time[job_id][server] == 0
+    return amount > 0 and self.unbond_time[job_id][server] == 0
 
 
 @view
@@ -619,6 +664,62 @@ def _bonded(job_id: uint256, server: address) -> bool:
 def _pending_word(job_id: uint256, server: address) -> uint256:
     assert self.pending_root[job_id][server] != empty(bytes32), "rollup: no root pending"
     return self._pending[job_id][server]
+
+
+@internal
+def _challenge_slot(job_id: uint256, server: address, slot: uint256):
+    """Opens a challenge in `slot` (a leaf index, or 2**160 + a caller) of the pending root."""
+    word: uint256 = self._pending_word(job_id, server)
+    assert block.timestamp < (word & MASK32) + CHALLENGE_WINDOW, "rollup: challenge window closed"
+    e: uint256 = self.epoch[job_id][server]
+    old: uint256 = self._challenge[job_id][server][slot]
+    if old != 0:  # a challenge of a rejected root: its bond goes back
+        assert (old >> 32) & MASK64 != e, "rollup: already challenged"
+        self.owed[convert(old >> 96, address)] += CHALLENGE_BOND
+    self._challenge[job_id][server][slot] = (convert(msg.sender, uint256) << 96) | (e << 32) | block.timestamp
+    self.open_challenges[job_id][server] += 1
+    self._pull(msg.sender, CHALLENGE_BOND)
+    log Challenged(job_id=job_id, server=server, epoch=e, slot=slot, challenger=msg.sender)
+
+
+@view
+@internal
+def _open(job_id: uint256, server: address, slot: uint256) -> uint256:
+    """The pending root's packed word, after checking `slot` is challenged in it."""
+    word: uint256 = self._pending_word(job_id, server)
+    c: uint256 = self._challenge[job_id][server][slot]
+    assert c != 0 and (c >> 32) & MASK64 == self.epoch[job_id][server], "rollup: not challenged"
+    return word
+
+
+@internal
+def _answered(job_id: uint256, slot: uint256):
+    """Closes the sender's challenge in `slot`; its bond goes to the sender."""
+    self._challenge[job_id][msg.sender][slot] = 0
+    self.open_challenges[job_id][msg.sender] -= 1
+    self.owed[msg.sender] += CHALLENGE_BOND
+    log ChallengeAnswered(job_id=job_id, server=msg.sender, epoch=self.epoch[job_id][msg.sender], slot=slot)
+
+
+@view
+@internal
+def _check_tab(job_id: uint256, leaf: Leaf, signature: Bytes[65]):
+    """The leaf's caller signed Tab(jobId, sender, queries, spent); a signature with v in {0, 1} or
+    a high s (forms its key makes too, accepted off chain) is read in its canonical form."""
+    assert leaf.caller != empty(address), "rollup: no caller"
+    assert len(signature) == 65, "rollup: not the caller's signature"
+    r: uint256 = convert(slice(signature, 0, 32), uint256)
+    s: uint256 = convert(slice(signature, 32, 32), uint256)
+    v: uint256 = convert(slice(signature, 64, 1), uint256)
+    if v < 27:
+        v += 27
+    if s > SECP_HALF_N:
+        s = SECP_N - s
+        v = 55 - v
+    digest: bytes32 = statements._digest(statements._separator(chain.id, self), keccak256(abi_encode(
+        TAB_TYPEHASH, job_id, msg.sender, leaf.queries, leaf.spent)))
+    sig: Bytes[65] = concat(convert(r, bytes32), convert(s, bytes32), convert(convert(v, uint8), bytes1))
+    assert statements._signer(digest, sig) == leaf.caller, "rollup: not the caller's signature"
 
 
 @internal

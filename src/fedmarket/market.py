@@ -149,8 +149,11 @@ class Deployment:
         if h["market"].address != market_address:
             raise ChainError("the deployer sent another transaction between deployments; deploy again from a fresh account")
         put("licence", market_address)
-        put("model_market", market_address, h["licence"].address, treasury, fee_bps)
+        rollup_address = chain.create_address(deployer.address, nonce + 8)  # the model market's usage rollup, next
+        put("model_market", market_address, h["licence"].address, treasury, fee_bps, rollup_address)
         put("usage_rollup", h["model_market"].address, challenge_bond)
+        if h["usage_rollup"].address != rollup_address:
+            raise ChainError("the deployer sent another transaction between deployments; deploy again from a fresh account")
         return cls(chain, token, **h)
 
     @classmethod

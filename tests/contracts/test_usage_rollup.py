@@ -16,7 +16,7 @@ from fedmarket.protocol.usage import EMPTY_OPENING, Leaf, Node, UsageTree, verif
 PRICE = 2 * TOKEN // 100
 BOND = 10**17  # the session deployment's challenge bond (market.DEFAULT_CHALLENGE_BOND)
 WINDOW = 3_600
-ANSWER = 3_600
+ANSWER = 4 * 3_600
 REFUND = 86_400
 
 
@@ -154,7 +154,7 @@ def test_a_period_of_many_callers_settles_in_two_transactions_and_splits_like_us
 
 @pytest.mark.parametrize("case, reason", [
     ("unbonded", "rollup: not bonded"),
-    ("under", "rollup: not bonded"),
+    ("under", "rollup: more than the bond covers"),
     ("unbonding", "rollup: not bonded"),
     ("empty", "rollup: bad leaf count"),
     ("nothing", "rollup: nothing new spent"),
@@ -167,7 +167,7 @@ def test_a_root_the_server_may_not_post_is_refused(roll, case, reason):
     roll.fund(c)
     tree = roll.tree({c: 3})
     if case == "under":
-        roll.bond(amount=SSTAKE - 1)
+        roll.bond(amount=3 * PRICE - 1)  # a root moves at most the bond
     elif case != "unbonded":
         roll.bond()
     if case == "unbonding":
@@ -244,7 +244,7 @@ def test_an_answered_challenge_pays_the_server_and_the_root_goes_final(roll):
         roll.challenge(1)
     roll.challenge(0)
     roll.open_bonds = 1
-    with reverts("rollup: leaf already challenged"):
+    with reverts("rollup: already challenged"):
         roll.challenge(0, sender=roll.rival)
     with reverts("rollup: leaf not in the root"):  # another usage than the posted leaf
         ru.transact("answer", job.id, roll.tree({c: 3}).position(0), roll.sig(c, 3, 3 * PRICE), sender=roll.server)
@@ -253,7 +253,7 @@ def test_an_answered_challenge_pays_the_server_and_the_root_goes_final(roll):
     roll.answer(tree, 0)
     roll.open_bonds = 0
     assert ru.call("owed", roll.server.address) == BOND
-    with reverts("rollup: leaf not challenged"):
+    with reverts("rollup: not challenged"):
         roll.answer(tree, 0)
     kit.advance(WINDOW)
     with reverts("rollup: challenge window closed"):
@@ -443,16 +443,12 @@ def test_unbonding_waits_and_never_leaves_a_root_unbacked(roll):
         ru.transact("unbond", job.id, sender=roll.server)
 
 
-def test_anyone_may_pay_a_model_but_only_a_listed_one(roll):
+def test_only_the_rollup_pays_a_model_and_with_the_shares_it_posted_under(roll):
     mm, job, payer = roll.shop.mm, roll.job, roll.kit.outsider
+    assert mm.call("ROLLUP") == roll.ru.address
     roll.token.transact("approve", mm.address, MAX, sender=payer)
-    revenue = mm.call("revenue", job.id)
-    mm.transact("pay", job.id, "0x" + "00" * 20, 10 * PRICE, sender=payer)
-    assert mm.call("revenue", job.id) - revenue == 10 * PRICE - 10 * PRICE * (100 + 1_000) // 10_000
-    with reverts("model: bad amount"):
-        mm.transact("pay", job.id, payer.address, 0, sender=payer)
-    with reverts("model: not listed"):
-        mm.transact("pay", job.id + 100, payer.address, 1, sender=payer)
+    with reverts("model: not the usage rollup"):  # else anyone could pay itself a server share of 100%
+        mm.transact("pay", job.id, payer.address, 10 * PRICE, 0, 9_000, sender=payer)
 
 
 def test_a_challenge_of_a_rejected_root_gets_its_bond_back(roll):
@@ -476,3 +472,67 @@ def test_a_challenge_of_a_rejected_root_gets_its_bond_back(roll):
     assert ru.call("owed", kit.outsider.address) == BOND
     with reverts("rollup: no challenge"):
         ru.transact("reclaim_bond", job.id, roll.server.address, 1, sender=kit.outsider)
+
+
+# ---------------------------------------------------------------- a caller checking itself
+
+
+@pytest.mark.parametrize("present", [True, False])
+def test_a_caller_makes_the_server_show_its_place_even_with_the_leaves_withheld(roll, present):
+    kit, ru, job = roll.kit, roll.ru, roll.job
+    cs = sorted(roll.callers[:3], key=lambda x: int(x.address, 16))
+    for c in cs:
+        roll.fund(c)
+    roll.bond()
+    me = cs[1]
+    tree = roll.tree({cs[0]: 2, me: 3, cs[2]: 4} if present else {cs[0]: 2, cs[2]: 4})
+    roll.post(tree)  # its leaves are published nowhere
+    slot = 2**160 + int(me.address, 16)
+    roll.ru.transact("challenge_caller", job.id, roll.server.address, me.address, sender=me)
+    roll.challengers.add(me.address)
+    roll.open_bonds = 1
+    with reverts("rollup: already challenged"):
+        roll.ru.transact("challenge_caller", job.id, roll.server.address, me.address, sender=me)
+    sig = roll.sig(me, 3, 3 * PRICE) if present else b""
+    if present:
+        with reverts("rollup: not the caller's signature"):
+            ru.transact("answer_caller", job.id, me.address, tree.opening(me.address), roll.sig(cs[0], 3, 3 * PRICE),
+                        sender=roll.server)
+    else:  # "absent" shown by the leaf below it alone, as if that were the last
+        with reverts("rollup: neighbour not in the root"):
+            ru.transact("answer_caller", job.id, me.address, (tree.n, tree.position(0), EMPTY_OPENING[1]), b"",
+                        sender=roll.server)
+    ev = ru.transact("answer_caller", job.id, me.address, tree.opening(me.address), sig,
+                     sender=roll.server).event("CallerOpened")
+    roll.open_bonds = 0
+    assert (ev["caller"], ev["queries"], ev["spent"]) == (me.address, *((3, 3 * PRICE) if present else (0, 0)))
+    with reverts("rollup: not challenged"):
+        ru.transact("timeout", job.id, roll.server.address, slot, sender=me)
+    kit.advance(WINDOW)
+    roll.finalize()
+
+
+def test_an_unanswered_caller_challenge_rejects_the_root(roll):
+    kit, ru, job = roll.kit, roll.ru, roll.job
+    me, other = roll.callers[0], roll.callers[1]
+    roll.fund(me)
+    roll.fund(other)
+    roll.bond()
+    roll.post(roll.tree({me: 40, other: 1}))  # 40 queries the caller never made, leaves withheld
+    ru.transact("challenge_caller", job.id, roll.server.address, me.address, sender=me)
+    roll.challengers.add(me.address)
+    roll.open_bonds = 1
+    kit.advance(ANSWER)
+    ev = ru.transact("timeout", job.id, roll.server.address, 2**160 + int(me.address, 16), sender=me).event("UsageRejected")
+    roll.open_bonds = 0
+    assert (ev["challenger"], ev["slashed"]) == (me.address, SSTAKE)
+
+
+def test_a_root_has_no_more_leaves_than_tabs_were_opened_at_its_server(roll):
+    c = roll.callers[0]
+    roll.fund(c)
+    roll.fund(c)  # topping up opens no second tab
+    roll.bond()
+    assert roll.ru.call("tabs_opened", roll.job.id, roll.server.address) == 1
+    with reverts("rollup: bad leaf count"):
+        roll.post(roll.tree({c: 2, roll.callers[1]: (0, 0)}))

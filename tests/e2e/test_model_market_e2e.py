@@ -204,7 +204,8 @@ def tab_query(client, caller, features, receipt=None):
 def test_tabs_settle_a_period_in_one_root_audited_and_a_forged_root_slashed(world, settled_softmax, tmp_path):
     """Callers pay from tabs: the server answers over HTTP, posts one usage root for all of them,
     an auditor finds nothing to prove, the root goes final and pays the contributors. A forged root
-    (usage nobody signed) is challenged by the auditor and slashed when the server cannot answer;
+    (usage nobody signed, leaves withheld) is caught by the caller it charges, whose challenge
+    the server cannot answer;
     a caller takes its unspent tab back; every token is accounted for from balances."""
     from fedmarket.roles.tabs import audit_usage, refund_tab
     from fedmarket.protocol.usage import Leaf, UsageTree
@@ -246,16 +247,17 @@ def test_tabs_settle_a_period_in_one_root_audited_and_a_forged_root_slashed(worl
     assert any("usage root final: 14 queries" in m for m in server.tabs.step())
     assert model_record(dep, job)["tab_queries_settled"] == 14
 
-    # the server forges a root: 5 more queries for a caller who signed none
-    cheat = UsageTree([Leaf(buyers[0].address, 10, 10 * PRICE), Leaf(buyers[1].address, 9, 9 * PRICE)])
+    # the server forges a root, 5 more queries for a caller who signed none, and withholds its leaves
+    victim = buyers[1]
+    cheat = UsageTree([Leaf(buyers[0].address, 10, 10 * PRICE), Leaf(victim.address, 9, 9 * PRICE)])
     ru.transact("post_usage", job, cheat.top.as_tuple(), cheat.n, store.put(b"not the leaves"), sender=server_acct)
     server.tabs.posted = None  # it has nothing to answer a challenge with
-    dep.token.transact("approve", ru.address, 2**256 - 1, sender=auditor)
-    assert audit_usage(dep, auditor, store, job, server_acct.address) == [
-        "the pending root's leaves are unavailable or do not make the root: leaf 0 challenged"]
+    dep.token.transact("approve", ru.address, 2**256 - 1, sender=victim)
+    assert audit_usage(dep, victim, store, job, server_acct.address) == [
+        f"the pending root's leaves are unavailable or do not make the root: challenged to show {victim.address}'s place"]
     world["chain"].advance_time(int(ru.call("ANSWER_WINDOW")))
-    ev = ru.transact("timeout", job, server_acct.address, 0, sender=auditor).event("UsageRejected")
-    assert (ev["slashed"], ev["challenger"]) == (STAKE, auditor.address)
+    ev = ru.transact("timeout", job, server_acct.address, 2**160 + int(victim.address, 16), sender=victim).event("UsageRejected")
+    assert (ev["slashed"], ev["challenger"]) == (STAKE, victim.address)
 
     # the second caller takes back what it did not spend (10 - 4 queries)
     ru.transact("request_refund", job, server_acct.address, sender=buyers[1])
@@ -264,7 +266,7 @@ def test_tabs_settle_a_period_in_one_root_audited_and_a_forged_root_slashed(worl
 
     for acct in (server_acct, requester, world["treasury"]):
         dep.model_market.transact("withdraw", sender=acct)
-    for acct in (auditor, world["treasury"]):
+    for acct in (victim, world["treasury"]):
         ru.transact("withdraw", sender=acct)
     claimed = sum(claim_usage_revenue(dep, store, p, job).event("RevenueClaimed")["amount"] for p in providers)
     paid = 14 * PRICE
@@ -272,7 +274,46 @@ def test_tabs_settle_a_period_in_one_root_audited_and_a_forged_root_slashed(worl
     assert contributors - len(providers) <= claimed <= contributors
     delta = {a: dep.balance(a) - start[a] for a in watched}
     assert sum(delta.values()) == 0, "tokens appeared or vanished"
-    assert delta[buyers[0].address] == -10 * PRICE and delta[buyers[1].address] == -4 * PRICE
-    assert delta[auditor.address] == STAKE // 2
+    assert delta[buyers[0].address] == -10 * PRICE and delta[victim.address] == -4 * PRICE + STAKE // 2
+    assert delta[auditor.address] == 0
     assert delta[server_acct.address] == -2 * STAKE + paid // 5  # its answer stake is still held, its bond is slashed
     assert delta[ru.address] == 0  # the first caller's 10 queries were all spent
+
+
+def test_a_restarted_or_late_server_never_posts_what_would_slash_it(world, settled_softmax):
+    """A server restarted without its journal reads what it posted back from the roots (no
+    rollback); a caller refunded before the server posted its last queries keeps its final leaf
+    (no overdraft); an odd signature form, which the contracts refuse, is refused at the door."""
+    from fedmarket.roles.server import QueryRefused
+    from fedmarket.roles.tabs import TabBook, audit_usage, refund_tab
+
+    driver, ds, job = settled_softmax
+    dep, store, ru = world["dep"], driver.store, world["dep"].usage_rollup
+    server_acct, auditor = world["providers"][5], world["validators"][2]
+    list_model(dep, store, world["requester"], job, Offer(query_price=PRICE, server_stake=STAKE))
+    server = ModelServer(dep, server_acct, store, job)  # no journal
+    late, steady = (ModelCaller(dep, b, job, server_acct.address) for b in (world["validators"][3], world["providers"][4]))
+    for c in (late, steady):
+        c.fund(10 * PRICE)
+    x = list(ds.X[0])
+    for _ in range(3):
+        server.answer(x, *late.next_tab()[::2], spent=late.tab_spent)
+    server.tabs.step()
+    world["chain"].advance_time(int(ru.call("CHALLENGE_WINDOW")))
+    server.tabs.step()
+    restarted = TabBook(dep, server_acct, store, job)
+    assert restarted.latest[late.account.address.lower()][:2] == (3, 3 * PRICE)
+
+    for _ in range(2):  # two more queries the server answers but posts too late
+        server.answer(x, *late.next_tab()[::2], spent=late.tab_spent)
+    ru.transact("request_refund", job, server_acct.address, sender=late.account)
+    world["chain"].advance_time(int(ru.call("REFUND_DELAY")))
+    assert refund_tab(dep, late.account, store, job, server_acct.address).event("TabRefunded")["amount"] == 7 * PRICE
+    server.answer(x, *steady.next_tab()[::2], spent=steady.tab_spent)
+    assert any("usage root posted: 2 callers, 4 queries" in m for m in server.tabs.step())
+    assert audit_usage(dep, auditor, store, job, server_acct.address) == []
+
+    q, s, sig = steady.next_tab()
+    high_s = sig[:32] + (0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141 - int.from_bytes(sig[32:64], "big")).to_bytes(32, "big") + bytes([55 - sig[64]])
+    with pytest.raises(QueryRefused, match="malformed"):
+        server.answer(x, q, high_s, spent=s)

@@ -52,8 +52,22 @@ class _Typed:
         return bytes(EthAccount.sign_message(self._encoded(chain_id, verifier), key).signature)
 
     def signer(self, signature: bytes, chain_id: int, verifier: str) -> str:
-        """Address that produced `signature` over this statement."""
+        """Address that produced `signature` over this statement. Only the canonical form the
+        contracts accept (65 bytes, v 27 or 28, s in the lower half) is read: a v of 0/1 or a
+        high-s twin recovers the same key off chain but reverts on chain, so a party that took one
+        could be made to fail (or be slashed) when it shows the statement there."""
+        check_canonical(signature)
         return EthAccount.recover_message(self._encoded(chain_id, verifier), signature=signature)
+
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def check_canonical(signature: bytes) -> None:
+    """Raise ValueError unless `signature` is a 65-byte signature in the canonical form that
+    `statements._signer` (snekmate's ecdsa) accepts: v 27 or 28, s at most n/2."""
+    if len(signature) != 65 or signature[64] not in (27, 28) or int.from_bytes(signature[32:64], "big") > SECP256K1_N // 2:
+        raise ValueError("not a canonical 65-byte signature (v 27/28, low s)")
 
 
 def _statement(name: str, eip712_type: str, doc: str, *fields_: tuple[str, type]) -> type:

@@ -20,6 +20,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from eth_utils import to_checksum_address
+
 from ..chain import Account
 from ..errors import FedMarketError, StorageError
 from ..market import Deployment
@@ -93,19 +95,27 @@ class TabBook:
                     continue  # a line cut short by a crash: its query was never answered
                 if entry[0] > self.latest.get(caller, (0, 0, b""))[0]:
                     self.latest[caller] = entry
-        self.posted: Posted | None = self._load_pending()
+        self.posted: Posted | None = self._load(pending=True)
+        self.final: Posted | None = self._load(pending=False)
+        for root in (self.final, self.posted):  # what it already posted is never rolled back, journal or not
+            for leaf in root.tree.leaves if root is not None else []:
+                key = leaf.caller.lower()
+                if leaf.queries > self.latest.get(key, (0, 0, b""))[0]:
+                    self.latest[key] = (leaf.queries, leaf.spent, root.signatures[key])
         self.sent: list = []  # receipts of the posts, finalizations and answers sent (gas accounting)
 
     @property
     def address(self) -> str:
         return self.account.address
 
-    def ensure_bonded(self) -> str | None:
-        """Post the offer's server stake as this server's rollup bond if not bonded yet."""
-        if self.ru.call("bonded", self.job_id, self.address):
+    def ensure_bonded(self, covers: int = 0) -> str | None:
+        """Bond in the rollup at least the offer's server stake and `covers` (a root moves at most
+        the bond), if not so bonded yet (and not unbonding)."""
+        bond = int(self.ru.call("bond", self.job_id, self.address))
+        stake = max(int(self.dep.model_market.call("offer", self.job_id)["server_stake"]), covers, 1)
+        if bond >= stake and self.ru.call("bonded", self.job_id, self.address):
             return None
-        stake = max(int(self.dep.model_market.call("offer", self.job_id)["server_stake"]), 1)
-        need = max(stake - int(self.ru.call("bond", self.job_id, self.address)), 1)
+        need = max(stake - bond, 1)
         check_funds(self.dep, self.address, need, "the usage rollup bond")
         self.dep.token.transact("approve", self.ru.address, need, sender=self.account)
         self.ru.transact("post_bond", self.job_id, need, sender=self.account)
@@ -141,14 +151,37 @@ class TabBook:
         return caller
 
     # ---- posting ----------------------------------------------------------------------------
-    def _load_pending(self) -> Posted | None:
-        """The pending root this server posted before a restart, read back from its published leaves."""
-        if self.ru.call("pending_root", self.job_id, self.address) == ZERO_ROOT:
+    def _load(self, pending: bool) -> Posted | None:
+        """This server's pending (or final) root, read back from its published leaves."""
+        if self.ru.call("pending_root" if pending else "final_root", self.job_id, self.address) == ZERO_ROOT:
             return None
-        epoch = int(self.ru.call("epoch", self.job_id, self.address))
+        if pending:
+            epoch = int(self.ru.call("epoch", self.job_id, self.address))
+        else:
+            epoch = int(self.ru.events("UsageFinalized", job_id=self.job_id, server=self.address)[-1]["epoch"])
         ev = self.ru.events("UsagePosted", job_id=self.job_id, server=self.address, epoch=epoch)[-1]
         leaves, sigs = read_usage(self.store, ev["data_cid"])
         return Posted(epoch, UsageTree(leaves), {x.caller.lower(): s for x, s in zip(leaves, sigs)})
+
+    def _usage(self) -> dict[str, tuple[int, int, bytes]]:
+        """Each caller's latest receipt to post, except that a caller refunded since (its tab now
+        what the roots charged) keeps its final root's leaf: later usage would be an overdraft."""
+        with self.lock:
+            latest = dict(self.latest)
+        for ev in self.ru.events("TabRefunded", job_id=self.job_id, server=self.address):
+            key = ev["caller"].lower()
+            if key in latest and latest[key][1] > int(self.ru.call("tab", self.job_id, self.address, ev["caller"])):
+                old = self.final.tree.usage(key) if self.final is not None else None
+                if old is None:
+                    latest.pop(key)
+                else:
+                    latest[key] = (old.queries, old.spent, self.final.signatures[key])
+                with self.lock:
+                    if key in latest:
+                        self.latest[key] = latest[key]
+                    else:
+                        self.latest.pop(key, None)
+        return latest
 
     def step(self) -> list[str]:
         """One period's work: answer challenges, finalize the pending root when due, post the next."""
@@ -164,15 +197,15 @@ class TabBook:
             ev = r.event("UsageFinalized")
             done.append(f"usage root final: {ev['queries']} queries for {ev['amount']} base units "
                         f"(tx {r.tx_hash}, {r.gas_used} gas)")
-            self.posted = None
-        with self.lock:
-            latest = dict(self.latest)
+            self.final, self.posted = self.posted, None
+        latest = self._usage()
         if not latest:
             return done
         tree = UsageTree([Leaf(c, q, s) for c, (q, s, _) in latest.items()])
-        if tree.top.spent <= int(self.ru.call("totals", self.job_id, self.address, False)[1]):
+        final_spent = int(self.ru.call("totals", self.job_id, self.address, False)[1])
+        if tree.top.spent <= final_spent:
             return done
-        bonded = self.ensure_bonded()  # the first post bonds: a server nobody pays by tab bonds nothing
+        bonded = self.ensure_bonded(tree.top.spent - final_spent)  # the first post bonds: nobody paying by tab, no bond
         if bonded:
             done.append(bonded)
         sigs = {c: sig for c, (_, _, sig) in latest.items()}
@@ -185,21 +218,27 @@ class TabBook:
         return done
 
     def _answer_challenges(self) -> list[str]:
+        """Answer every open challenge of the pending root: a leaf with its signature, a caller
+        with its leaf and signature or its absence."""
         if self.posted is None:
             return []
-        done = []
-        for ev in self.ru.events("LeafChallenged", job_id=self.job_id, server=self.address, epoch=self.posted.epoch):
-            i = int(ev["index"])
-            leaf = self.posted.tree.leaves[i]
+        done, tree, sigs = [], self.posted.tree, self.posted.signatures
+        for ev in self.ru.events("Challenged", job_id=self.job_id, server=self.address, epoch=self.posted.epoch):
+            slot = int(ev["slot"])
             try:
-                r = self.ru.transact("answer", self.job_id, self.posted.tree.position(i),
-                                     self.posted.signatures[leaf.caller.lower()], sender=self.account)
+                if slot < 2**160:
+                    r = self.ru.transact("answer", self.job_id, tree.position(slot),
+                                         sigs[tree.leaves[slot].caller.lower()], sender=self.account)
+                else:
+                    caller = to_checksum_address(f"0x{slot - 2**160:040x}")
+                    r = self.ru.transact("answer_caller", self.job_id, caller, tree.opening(caller),
+                                         sigs.get(caller.lower(), b""), sender=self.account)
             except FedMarketError as exc:
                 if "not challenged" in str(exc):
                     continue  # answered already
                 raise
             self.sent.append(r)
-            done.append(f"answered the challenge of leaf {i} (tx {r.tx_hash})")
+            done.append(f"answered the challenge of slot {slot} (tx {r.tx_hash})")
         return done
 
 
@@ -238,10 +277,11 @@ def audit_usage(dep: Deployment, account: Account, store: BlobStore, job_id: int
     if ru.call("pending_root", job_id, server) == ZERO_ROOT:
         return []
     got = _published(ru, store, job_id, server, int(ru.call("epoch", job_id, server)))
-    if got is None:
+    if got is None:  # the auditor's own place is what it can have shown: its leaf, signed, or its absence
         if act:
-            ru.transact("challenge", job_id, server, 0, sender=account)
-        return ["the pending root's leaves are unavailable or do not make the root: leaf 0 challenged"]
+            ru.transact("challenge_caller", job_id, server, account.address, sender=account)
+        return ["the pending root's leaves are unavailable or do not make the root: "
+                f"challenged to show {account.address}'s place"]
     tree, sigs = got
     i = tree.disorder()
     if i is not None:
