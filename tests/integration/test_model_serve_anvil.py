@@ -179,3 +179,70 @@ def test_serve_on_anvil_from_credits_to_claims(node, tmp_path, serve_process):
     assert delta[buyer.address] == -gross + STAKE // 2
     assert delta[server.address] == -STAKE + gross // 5
     assert delta[dep.model_market.address] == contributors - paid
+
+
+def test_serve_on_anvil_settles_tabs_in_one_root_audited_by_command(node, tmp_path, serve_process):
+    """Callers pay from tabs: `fedmarket serve` answers them over HTTP and posts one usage root
+    for all of them; `fedmarket model audit-usage` finds nothing wrong; once the challenge window
+    passed (anvil's clock moved on) the server's next period makes the root final and the
+    contributors claim their share; balances conserve."""
+    chain = RpcChain(node.url)
+    dep, store, ds, job, contracts, who = settled_softmax_job(chain, tmp_path)
+    ru, server = dep.usage_rollup, dev_account(SERVER_DEV)
+    buyers = [chain.new_account("serve-it", 60 + i) for i in range(3)]
+    fund(dep, who["deployer"], {server.address: 10 * TOKEN, **{b.address: TOKEN for b in buyers}})
+    watched = [dep.model_market.address, ru.address, who["requester"].address, server.address,
+               who["treasury"].address, *(b.address for b in buyers), *(p.address for p in who["providers"])]
+    start = {a: dep.balance(a) for a in watched}
+    list_model(dep, store, who["requester"], job, Offer(query_price=PRICE, owner_bps=1_000, server_bps=2_000,
+                                                        server_stake=STAKE))
+    port = free_port()
+    proc = serve_process(contracts, job, port)
+    url = f"http://127.0.0.1:{port}"
+    wait_up(proc, url)
+    callers = [ModelCaller(dep, b, job, server.address) for b in buyers]
+    with httpx.Client(timeout=30) as client:
+        for i, c in enumerate(callers):
+            c.fund(10 * PRICE)
+            for row in ds.X[: 2 + i]:
+                q, s, sig = c.next_tab()
+                r = client.post(url + "/query", json={"features": row.tolist(), "count": q, "spent": s,
+                                                      "signature": "0x" + sig.hex()})
+                assert r.status_code == 200, r.text
+                c.check(r.json())
+
+    def pending() -> bool:
+        return ru.call("pending_root", job, server.address) != b"\x00" * 32
+
+    for _ in range(120):  # the next period posts one root for the three callers
+        if pending():
+            break
+        time.sleep(0.5)
+    assert ru.call("totals", job, server.address, True)[:3] == (9, 9 * PRICE, 3)
+    audit = subprocess.run([sys.executable, "-m", "fedmarket", "model", "audit-usage", str(job), "--server", server.address,
+                            "--rpc", node.url, "--contracts", str(contracts), "--store", str(tmp_path / "blobs")],
+                           capture_output=True, text=True, timeout=120)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert json.loads(audit.stdout)["findings"] == []
+
+    chain.advance_time(int(ru.call("CHALLENGE_WINDOW")))
+    for _ in range(120):  # the next period makes it final
+        if not pending():
+            break
+        time.sleep(0.5)
+    assert model_record(dep, job)["tab_queries_settled"] == 9
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "usage root posted: 3 callers, 9 queries" in err and "usage root final: 9 queries" in err, err
+
+    paid = sum(claim_usage_revenue(dep, store, p, job).event("RevenueClaimed")["amount"] for p in who["providers"])
+    gross = 9 * PRICE
+    contributors = gross - gross // 100 - gross // 10 - gross // 5
+    assert contributors - 3 <= paid <= contributors
+    for acct in (who["treasury"], who["requester"], server):
+        dep.model_market.transact("withdraw", sender=acct)
+    delta = {a: dep.balance(a) - start[a] for a in watched}
+    assert sum(delta.values()) == 0, "tokens appeared or vanished"
+    assert delta[server.address] == -2 * STAKE + gross // 5  # its answer stake and its rollup bond are held
+    assert delta[ru.address] == STAKE + 30 * PRICE - gross  # the bond and the unspent tabs

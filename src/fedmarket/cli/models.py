@@ -208,3 +208,36 @@ def model_info(
 
     dep = Deployment.attach(connect(rpc), read_addresses(contracts))
     typer.echo(json.dumps(model_record(dep, job), indent=2))
+
+
+@model_app.command("audit-usage")
+def model_audit_usage(
+    job: int = typer.Argument(..., help="The job."),
+    server: str = typer.Option(..., "--server", help="The server whose pending usage root to check."),
+    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
+    contracts: Path = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`."),
+    store: str = typer.Option("fedmarket-blobs", "--store", help="Blob store the server publishes its leaves to."),
+    account: str = typer.Option(None, "--account", help="Prove what is wrong, signing as this keystore account (else only check)."),
+    keystore: Path = typer.Option(None, "--keystore", help="Keystore directory (default ~/.fedmarket/keystore)."),
+    dev_account: int = typer.Option(None, "--dev-account", help="Prove, signing as anvil's public dev account I (chain id 31337 only)."),
+) -> None:
+    """Check a server's pending usage root (tabs) against its published leaves: their order, every
+    caller's signature and tab, and the final root; with a signer, prove the first fault on chain
+    (the signer puts up a challenge bond where a challenge is needed). Exit 3 if a fault is found."""
+    from ..chain import connect
+    from ..market import Deployment
+    from ..roles.tabs import audit_usage
+    from ..storage import open_store
+    from eth_utils import is_address, to_checksum_address
+
+    from .account import load_signer
+
+    if not is_address(server):
+        raise ConfigError(f"--server: not an address: {server!r}")
+    dep = Deployment.attach(connect(rpc), read_addresses(contracts))
+    act = account is not None or dev_account is not None
+    signer = load_signer(account, keystore, dev_account, dep.chain) if act else None
+    findings = audit_usage(dep, signer, open_store(store), job, to_checksum_address(server), act=act)
+    typer.echo(json.dumps({"job_id": job, "server": server, "findings": findings, "proven": act and bool(findings)}))
+    if findings:
+        raise typer.Exit(3)

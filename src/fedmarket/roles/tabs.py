@@ -257,6 +257,15 @@ def _published(ru, store: BlobStore, job_id: int, server: str, epoch: int) -> tu
     return (tree, sigs) if tree.root == bytes(evs[-1]["root"]) else None
 
 
+def _challenge(dep: Deployment, account: Account, fn: str, *args):
+    """Open a challenge, putting up the rollup's challenge bond (checked and approved first)."""
+    ru = rollup_of(dep)
+    bond = int(ru.call("CHALLENGE_BOND"))
+    check_funds(dep, account.address, bond, "the challenge bond")
+    dep.token.transact("approve", ru.address, bond, sender=account)
+    return ru.transact(fn, *args, sender=account)
+
+
 def final_tree(ru, store: BlobStore, job_id: int, server: str) -> UsageTree | None:
     """The tree of a server's final root (None if it has none), from its published leaves."""
     if ru.call("final_root", job_id, server) == ZERO_ROOT:
@@ -278,8 +287,10 @@ def audit_usage(dep: Deployment, account: Account, store: BlobStore, job_id: int
         return []
     got = _published(ru, store, job_id, server, int(ru.call("epoch", job_id, server)))
     if got is None:  # the auditor's own place is what it can have shown: its leaf, signed, or its absence
-        if act:
-            ru.transact("challenge_caller", job_id, server, account.address, sender=account)
+        if not act:
+            return ["the pending root's leaves are unavailable or do not make the root: "
+                    "a caller can challenge the server to show its place"]
+        _challenge(dep, account, "challenge_caller", job_id, server, account.address)
         return ["the pending root's leaves are unavailable or do not make the root: "
                 f"challenged to show {account.address}'s place"]
     tree, sigs = got
@@ -299,7 +310,7 @@ def audit_usage(dep: Deployment, account: Account, store: BlobStore, job_id: int
             signer = ""
         if signer.lower() != leaf.caller.lower():
             if act:
-                ru.transact("challenge", job_id, server, i, sender=account)
+                _challenge(dep, account, "challenge", job_id, server, i)
             return [f"leaf {i}: {leaf.caller}'s usage is not signed by it: challenged"]
     final = final_tree(ru, store, job_id, server)
     for leaf in final.leaves if final is not None else []:
