@@ -317,3 +317,39 @@ def test_a_restarted_or_late_server_never_posts_what_would_slash_it(world, settl
     high_s = sig[:32] + (0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141 - int.from_bytes(sig[32:64], "big")).to_bytes(32, "big") + bytes([55 - sig[64]])
     with pytest.raises(QueryRefused, match="malformed"):
         server.answer(x, q, high_s, spent=s)
+
+
+def test_time_bound_access_is_answered_by_a_server_that_serves_it(world, settled_softmax):
+    """A holder of time-bound access asks with AccessQuery signatures: a server started with
+    `access` answers it while the access lasts and never settles it; one without refuses; a
+    caller without access, a replayed count and an expired access are refused."""
+    from fedmarket.roles.server import QueryRefused
+
+    driver, ds, job = settled_softmax
+    dep, store = world["dep"], driver.store
+    list_model(dep, store, world["requester"], job, Offer(query_price=PRICE, access_price=5 * PRICE, access_period=3_600,
+                                                         server_stake=STAKE))
+    server_address = world["providers"][5].address
+    holder, stranger = (ModelCaller(dep, a, job, server_address) for a in (world["validators"][3], world["providers"][4]))
+    holder.buy_access(1)
+    x = list(ds.X[0])
+    closed = ModelServer(dep, world["providers"][5], store, job)
+    with pytest.raises(QueryRefused, match="does not answer time-bound access"):
+        closed.answer(x, *holder.next_access(), access=True)
+    server = ModelServer(dep, world["providers"][5], store, job, access=True)
+    for _ in range(2):
+        assert holder.check(server.answer(x, *holder.next_access(), access=True).doc()) in range(10)
+    with pytest.raises(QueryRefused, match="must rise above 3"):
+        server.answer(x, 3, access_sig(holder, 3), access=True)  # a replayed query
+    with pytest.raises(QueryRefused, match="holds no time-bound access"):
+        server.answer(x, *stranger.next_access(), access=True)
+    assert server.pending() == [] and server.settle() == []  # nothing to settle: the access was paid for
+    world["chain"].advance_time(3_600)
+    with pytest.raises(QueryRefused, match="holds no time-bound access"):
+        server.answer(x, *holder.next_access(), access=True)
+
+
+def access_sig(caller, count: int) -> bytes:
+    from fedmarket.protocol.receipts import AccessQuery
+
+    return AccessQuery(caller.job_id, caller.server, count).sign(caller.account.key, caller.dep.chain_id, caller.mm.address)

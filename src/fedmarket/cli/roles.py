@@ -327,6 +327,8 @@ def serve(
                                 "and the validators' attestations arrive."),
     srs: Path = typer.Option(None, "--srs", help="With --prove: the KZG structured reference string to build the circuit "
                              "on (a ceremony's). Without it one is generated here: testing only."),
+    access: bool = typer.Option(False, "--access", help="Also answer holders of time-bound access (ModelMarket.buy_access). "
+                                "Their payment went to the owner and contributors, none to servers: for the owner's own server."),
 ) -> None:
     """Serve a listed job's model to paying callers over HTTP, staked; settle their usage once per period."""
     from ..processes.serve import prepare_proofs
@@ -352,7 +354,7 @@ def serve(
     blobs, box = ctx.stores(mailbox if prove else None)
     try:
         state.mkdir(parents=True, exist_ok=True)
-        server = ModelServer(dep, signer, blobs, job, journal=state / "receipts.jsonl")
+        server = ModelServer(dep, signer, blobs, job, journal=state / "receipts.jsonl", access=access)
         if prove:
             from ..zkml import MAX_PROVABLE_PARAMS, provable
 

@@ -6,7 +6,9 @@
   class, its label, the fixed-point input it answers and the server's ``Answer`` signature.
   A refused query is a 402 (no credit) or 400 (anything else) with a one-line error.
 
-A query paid from a tab (`roles.tabs`) adds ``"spent": S`` and signs ``Tab(jobId, server, N, S)``.
+A query paid from a tab (`roles.tabs`) adds ``"spent": S`` and signs ``Tab(jobId, server, N, S)``; a
+holder of time-bound access (a server started with ``--access``) adds ``"access": true`` and signs
+``AccessQuery(jobId, server, N)`` with N rising.
 
 Every ``period`` seconds (and once more on shutdown) the latest receipt of each caller with
 unsettled queries goes into one ``settle_usage`` transaction, and the tabs' usage root is
@@ -106,11 +108,12 @@ def server_app(server: ModelServer, period: float, say=print, proving: Proving |
             features, count, sig = doc["features"], int(doc["count"]), bytes.fromhex(str(doc["signature"]).removeprefix("0x"))
             prove = bool(doc.get("prove", False))
             spent = None if doc.get("spent") is None else int(doc["spent"])
+            access = bool(doc.get("access", False))
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": "a query is {features: [...], count: N, signature: 0x..., prove: false} "
-                                          "(and spent: S on a tab)"}, status_code=400)
+                                          "(and spent: S on a tab, or access: true)"}, status_code=400)
         try:
-            reply = await run_in_threadpool(server.answer, features, count, sig, prove, spent)
+            reply = await run_in_threadpool(server.answer, features, count, sig, prove, spent, access)
         except QueryRefused as exc:
             return JSONResponse({"error": str(exc)}, status_code=402 if "credit" in str(exc) else 400)
         except ValueError as exc:

@@ -111,6 +111,10 @@ Tab = _statement(
     "Tab", "Tab", "A caller's cumulative queries and tokens spent on its tab at one server, signed per query "
     "(UsageRollup.answer checks it for a challenged leaf); signed in the UsageRollup's domain.",
     ("job_id", int), ("server", str), ("queries", int), ("spent", int))
+AccessQuery = _statement(
+    "AccessQuery", "AccessQuery", "A holder of time-bound access asking one query of a server (its count there, rising): "
+    "checked off chain against ModelMarket.has_access, never settled; signed in the ModelMarket's domain.",
+    ("job_id", int), ("server", str), ("count", int))
 Answer = _statement(
     "Answer", "Answer", "A server's answer to a fixed-point input (ModelMarket.dispute_answer); signed in the ModelMarket's domain.",
     ("job_id", int), ("input_hash", bytes), ("answer", int))

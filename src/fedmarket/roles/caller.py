@@ -7,7 +7,7 @@ from ..chain import Account
 from ..errors import FedMarketError
 from ..market import Deployment
 from ..protocol.inference import input_hash, linear_answer, model_opening
-from ..protocol.receipts import Answer, Usage
+from ..protocol.receipts import AccessQuery, Answer, Usage
 from ..storage import BlobStore
 from .model_owner import listed_shape
 from .tabs import fund_tab, sign_tab
@@ -21,6 +21,7 @@ class ModelCaller:
         self.dep, self.mm, self.account, self.job_id, self.server = dep, dep.model_market, account, job_id, server
         self.count = int(self.mm.call("used", job_id, account.address, server)) if count is None else count
         self.tab_queries, self.tab_spent = (count or 0), spent  # its usage on its tab at this server
+        self.access_count = 0  # its access queries at this server
 
     def fund(self, amount: int):
         """Fund its tab at the server with `amount` base units (paid through the usage rollup)."""
@@ -43,6 +44,19 @@ class ModelCaller:
         self.count += 1
         sig = Usage(self.job_id, self.server, self.count).sign(self.account.key, self.dep.chain_id, self.mm.address)
         return self.count, sig
+
+    def buy_access(self, periods: int):
+        """Buy `periods` periods of time-bound access (paid at once to the owner, fee and contributors)."""
+        price = int(self.mm.call("offer", self.job_id)["access_price"])
+        self.dep.token.transact("approve", self.mm.address, periods * price, sender=self.account)
+        return self.mm.transact("buy_access", self.job_id, periods, sender=self.account)
+
+    def next_access(self) -> tuple[int, bytes]:
+        """The signed AccessQuery of the next query under time-bound access: (count, signature)."""
+        self.access_count += 1
+        sig = AccessQuery(self.job_id, self.server, self.access_count).sign(self.account.key, self.dep.chain_id,
+                                                                             self.mm.address)
+        return self.access_count, sig
 
     def check(self, reply: dict) -> int:
         """The answer's class, after checking the server signed exactly it (what a dispute needs)."""

@@ -28,7 +28,7 @@ from ..chain import Account
 from ..errors import FedMarketError
 from ..market import Deployment
 from ..protocol.inference import ONE, fixed_input, input_hash, linear_answer, linear_shape
-from ..protocol.receipts import Answer, Usage
+from ..protocol.receipts import AccessQuery, Answer, Usage
 from ..storage import BlobStore
 from .common import check_funds
 from .model_owner import listed_shape
@@ -67,7 +67,7 @@ class ModelServer:
     """Serves one listed job's model, verified against the final model root listed on chain."""
 
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, job_id: int, journal: Path | None = None,
-                 kit=None):
+                 kit=None, access: bool = False):
         from ..modelfile import trained_model
 
         if dep.model_market is None:
@@ -94,6 +94,8 @@ class ModelServer:
         self.proving: set[tuple[str, int]] = set()  # (caller, count) of the proofs under way
         if journal is not None:
             self.latest = read_journal(journal)
+        self.access = access  # answer holders of time-bound access (paid to the owner and contributors, not to servers)
+        self.access_counts: dict[str, int] = {}  # access holder -> its last query's count here (no replays)
         self.tabs = None  # tab receipts, settled through the usage rollup (when the deployment has one)
         if dep.usage_rollup is not None:
             self.tabs = TabBook(dep, account, store, job_id, None if journal is None else journal.with_name(journal.name + ".tabs"))
@@ -124,10 +126,11 @@ class ModelServer:
 
     # ---- answering ------------------------------------------------------------------------
     def answer(self, features: list[float], count: int, signature: bytes, prove: bool = False,
-               spent: int | None = None) -> Reply:
+               spent: int | None = None, access: bool = False) -> Reply:
         """Answer one query if its usage receipt is the caller's next and its credit covers it;
         with `prove`, attach a proof of the answer (the usage is checked before proving). With
-        `spent`, the receipt is a tab's (`roles.tabs`: queries `count`, tokens `spent`)."""
+        `spent`, the receipt is a tab's (`roles.tabs`: queries `count`, tokens `spent`); with
+        `access`, the signature is an access holder's `AccessQuery` (a server started to serve them)."""
         X = np.asarray(features, dtype=np.float64).reshape(1, -1)
         if X.shape[1] != self.trained.spec.data.n_features or not np.isfinite(X).all():
             raise QueryRefused(f"the model takes {self.trained.spec.data.n_features} finite features, "
@@ -141,7 +144,7 @@ class ModelServer:
         if prove:
             if self.kit is None:
                 raise QueryRefused("this server proves no answers (not started with --prove, or its prover is still being built)")
-            caller = self._payer(count, signature, spent, record=False)  # paid for, before the prover starts
+            caller = self._payer(count, signature, spent, access, record=False)  # paid for, before the prover starts
             with self.lock:  # one proof per paid query: the same receipt sent again meanwhile is refused
                 if (caller, count) in self.proving:
                     raise QueryRefused(f"{caller}'s query {count} is being proven already")
@@ -152,7 +155,7 @@ class ModelServer:
                 with self.lock:
                     self.proving.discard((caller, count))
             proven = sign_proven(self.dep, self.account, self.job_id, proof)
-        self._payer(count, signature, spent)  # the usage is recorded only for a query it answers
+        self._payer(count, signature, spent, access)  # the usage is recorded only for a query it answers
         sig = Answer(self.job_id, input_hash(x), cls).sign(self.account.key, self.chain_id, self.mm.address)
         return Reply(cls, self.classes[cls], x, count, sig, proof, proven)
 
@@ -165,8 +168,11 @@ class ModelServer:
                                f"(a near tie): ask without a proof")
         return proof
 
-    def _payer(self, count: int, signature: bytes, spent: int | None, record: bool = True) -> str:
-        """The caller paying for this query, by its credits or (with `spent`) its tab."""
+    def _payer(self, count: int, signature: bytes, spent: int | None, access: bool = False, record: bool = True) -> str:
+        """The caller paying for this query, by its credits, (with `spent`) its tab, or (with
+        `access`) its time-bound access."""
+        if access:
+            return self._access_holder(int(count), signature, record)
         if spent is None:
             return self._caller(count, signature, record)
         if self.tabs is None:
@@ -175,6 +181,23 @@ class ModelServer:
             return self.tabs.admit(int(count), int(spent), signature, record)
         except TabRefused as exc:
             raise QueryRefused(str(exc)) from None
+
+    def _access_holder(self, count: int, signature: bytes, record: bool) -> str:
+        if not self.access:
+            raise QueryRefused("this server does not answer time-bound access (pay with credits or a tab)")
+        try:
+            caller = AccessQuery(self.job_id, self.address, count).signer(signature, self.chain_id, self.mm.address)
+        except Exception:  # noqa: BLE001 - eth_account raises several kinds for a malformed signature
+            raise QueryRefused("the access signature is malformed") from None
+        if not self.mm.call("has_access", self.job_id, caller):
+            raise QueryRefused(f"{caller} holds no time-bound access to this model now: no credit for the query")
+        with self.lock:
+            last = self.access_counts.get(caller, 0)
+            if count <= last:
+                raise QueryRefused(f"{caller}'s access query count here must rise above {last}, not {count}")
+            if record:
+                self.access_counts[caller] = count
+        return caller
 
     def _caller(self, count: int, signature: bytes, record: bool = True) -> str:
         """The caller who signed `count`, after checking it is its next count and it has credit."""
