@@ -14,6 +14,8 @@
         - `challenge` a leaf, or `challenge_caller` a caller's place: the server must show the
           leaf with its caller's signature (or the caller's absence) within `ANSWER_WINDOW`, so
           a caller can check its own usage even when the leaves are withheld;
+        - `challenge_leaves`: the server must reveal every leaf on chain, in order, each within
+          its tab and signed (for leaves withheld);
         - `prove_unsorted`: two neighbouring leaves out of order (a caller counted twice);
         - `prove_overdraft`: a leaf spending more than the caller's tab;
         - `prove_rollback`: a caller's queries or spending lower than in the final root.
@@ -148,6 +150,14 @@ event ChallengeAnswered:
     slot: uint256
 
 
+event LeavesRevealed:
+    job_id: indexed(uint256)
+    server: indexed(address)
+    epoch: indexed(uint256)
+    chunk: uint256
+    leaves: DynArray[Leaf, CHUNK]
+
+
 event CallerOpened:
     job_id: indexed(uint256)
     server: indexed(address)
@@ -176,6 +186,12 @@ TAB_TYPEHASH: constant(bytes32) = keccak256("Tab(uint256 jobId,address server,ui
 MAX_DEPTH: constant(uint256) = 24
 MASK32: constant(uint256) = 2**32 - 1
 MASK64: constant(uint256) = 2**64 - 1
+MASK160: constant(uint256) = 2**160 - 1
+# @dev Leaves per revealed chunk, the challenge slot of a whole root's leaves, and its bond in challenge bonds.
+CHUNK: public(constant(uint256)) = 256
+CHUNK_LEVELS: constant(uint256) = 8
+REVEAL_SLOT: public(constant(uint256)) = 2**161
+REVEAL_BONDS: constant(uint256) = 100
 SECP_N: constant(uint256) = 115792089237316195423570985008687907852837564279074904382605163141518161494337
 SECP_HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168
 MAX_LEAVES: constant(uint256) = 2**24
@@ -194,6 +210,8 @@ TOKEN: public(immutable(IERC20))
 TREASURY: public(immutable(address))
 # @dev What a challenger puts up per challenge: the server's if it answers, returned if not.
 CHALLENGE_BOND: public(immutable(uint256))
+# @dev What a challenger of a whole root's leaves puts up (the server's gas to reveal them all).
+REVEAL_BOND: public(immutable(uint256))
 
 # @dev Each caller's tab per job and server: tokens deposited less tokens refunded.
 tab: public(HashMap[uint256, HashMap[address, HashMap[address, uint256]]])
@@ -215,6 +233,8 @@ epoch: public(HashMap[uint256, HashMap[address, uint256]])
 open_challenges: public(HashMap[uint256, HashMap[address, uint256]])
 # @dev Challenges per job, server and leaf index: challenger << 96 | epoch << 32 | time.
 _challenge: HashMap[uint256, HashMap[address, HashMap[uint256, uint256]]]
+# @dev A whole-leaves challenge under way per job and server: next chunk << 160 | last caller revealed.
+_reveal: HashMap[uint256, HashMap[address, uint256]]
 # @dev Queries paid through final roots per job (the model's record, with ModelMarket.queries_settled).
 queries_settled: public(HashMap[uint256, uint256])
 # @dev Callers who funded a tab at each server (counted when a tab goes from nothing to something):
@@ -240,6 +260,7 @@ def __init__(model_market: address, challenge_bond: uint256):
     TOKEN = IERC20(staticcall IModelMarket(model_market).TOKEN())
     TREASURY = staticcall IModelMarket(model_market).TREASURY()
     CHALLENGE_BOND = challenge_bond
+    REVEAL_BOND = challenge_bond * REVEAL_BONDS
 
 
 # ---------------------------------------------------------------- tabs
@@ -453,6 +474,18 @@ def finalize(job_id: uint256, server: address) -> uint256:
 
 @view
 @external
+def reveal_next(job_id: uint256, server: address) -> uint256:
+    """
+    @notice The next chunk a server revealing its pending root's leaves must send.
+    @param job_id The job.
+    @param server The server.
+    @return The chunk.
+    """
+    return self._reveal[job_id][server] >> 160
+
+
+@view
+@external
 def totals(job_id: uint256, server: address, pending: bool) -> (uint256, uint256, uint256, uint256):
     """
     @notice A server's final (or pending) root's totals.
@@ -539,6 +572,72 @@ def answer_caller(job_id: uint256, caller: address, opening: Opening, signature:
 
 @external
 @nonreentrant
+def challenge_leaves(job_id: uint256, server: address):
+    """
+    @notice Challenges a server to reveal every leaf of its pending root, with its caller's
+            signature, in chunks of `CHUNK` (`reveal_leaves`), within `ANSWER_WINDOW`, putting up
+            `REVEAL_BOND`. For leaves withheld: the chain then checks their order, tabs and
+            signatures itself. Its slot is `REVEAL_SLOT`.
+    @param job_id The job.
+    @param server The server.
+    """
+    self._challenge_slot(job_id, server, REVEAL_SLOT)
+    self._reveal[job_id][server] = 0
+
+
+@external
+@nonreentrant
+def reveal_leaves(job_id: uint256, chunk: uint256, leaves: DynArray[Leaf, CHUNK], signatures: DynArray[Bytes[65], CHUNK],
+                  siblings: DynArray[Node, MAX_DEPTH]):
+    """
+    @notice Reveals chunk `chunk` (leaves `chunk * CHUNK` on) of the sender's challenged pending
+            root, in order: each leaf above the last revealed (sorted, each caller once), within
+            its caller's tab and signed by it, and the chunk's subtree in the root. The last chunk
+            answers the challenge (its bond goes to the sender).
+    @param job_id The job.
+    @param chunk The chunk, the next one due.
+    @param leaves Its leaves.
+    @param signatures Their callers' Tab signatures.
+    @param siblings The chunk subtree's siblings up to the root.
+    """
+    word: uint256 = self._open(job_id, msg.sender, REVEAL_SLOT)
+    n: uint256 = (word >> 32) & MASK32
+    state: uint256 = self._reveal[job_id][msg.sender]
+    assert chunk == state >> 160, "rollup: not the next chunk"
+    count: uint256 = min(CHUNK, n - chunk * CHUNK)
+    assert len(leaves) == count and len(signatures) == count, "rollup: wrong chunk size"
+    last: uint256 = state & MASK160
+    nodes: DynArray[Node, CHUNK] = []
+    for i: uint256 in range(count, bound=CHUNK):
+        leaf: Leaf = leaves[i]
+        assert convert(leaf.caller, uint256) > last, "rollup: leaves out of order"
+        assert leaf.spent <= self.tab[job_id][msg.sender][leaf.caller], "rollup: leaf past its tab"
+        self._check_tab(job_id, leaf, signatures[i])
+        last = convert(leaf.caller, uint256)
+        nodes.append(Node(h=keccak256(abi_encode(leaf.caller, leaf.queries, leaf.spent)), queries=leaf.queries,
+                          spent=leaf.spent))
+    for level: uint256 in range(CHUNK_LEVELS):
+        if len(nodes) == 1:
+            break
+        up: DynArray[Node, CHUNK] = []
+        for j: uint256 in range(CHUNK // 2):
+            if 2 * j + 1 < len(nodes):
+                up.append(self._parent(nodes[2 * j], nodes[2 * j + 1]))
+            elif 2 * j < len(nodes):
+                up.append(nodes[2 * j])
+        nodes = up
+    top: Node = self._fold(nodes[0], chunk, (n + CHUNK - 1) // CHUNK, siblings)
+    assert self._commit(top, n) == self.pending_root[job_id][msg.sender], "rollup: chunk not in the root"
+    log LeavesRevealed(job_id=job_id, server=msg.sender, epoch=self.epoch[job_id][msg.sender], chunk=chunk, leaves=leaves)
+    if (chunk + 1) * CHUNK >= n:
+        self._reveal[job_id][msg.sender] = 0
+        self._answered(job_id, REVEAL_SLOT)
+    else:
+        self._reveal[job_id][msg.sender] = ((chunk + 1) << 160) | last
+
+
+@external
+@nonreentrant
 def timeout(job_id: uint256, server: address, slot: uint256) -> uint256:
     """
     @notice Rejects a server's pending root whose challenge went unanswered for `ANSWER_WINDOW`,
@@ -553,7 +652,7 @@ def timeout(job_id: uint256, server: address, slot: uint256) -> uint256:
     assert block.timestamp >= (c & MASK32) + ANSWER_WINDOW, "rollup: answer window open"
     challenger: address = convert(c >> 96, address)
     self._challenge[job_id][server][slot] = 0
-    self.owed[challenger] += CHALLENGE_BOND
+    self.owed[challenger] += self._bond_of(slot)
     return self._reject(job_id, server, challenger, "unanswered challenge")
 
 
@@ -571,7 +670,7 @@ def reclaim_bond(job_id: uint256, server: address, slot: uint256):
     e: uint256 = (c >> 32) & MASK64
     assert e != self.epoch[job_id][server] or self.pending_root[job_id][server] == empty(bytes32), "rollup: challenge still open"
     self._challenge[job_id][server][slot] = 0
-    self.owed[convert(c >> 96, address)] += CHALLENGE_BOND
+    self.owed[convert(c >> 96, address)] += self._bond_of(slot)
 
 
 @external
@@ -675,11 +774,19 @@ def _challenge_slot(job_id: uint256, server: address, slot: uint256):
     old: uint256 = self._challenge[job_id][server][slot]
     if old != 0:  # a challenge of a rejected root: its bond goes back
         assert (old >> 32) & MASK64 != e, "rollup: already challenged"
-        self.owed[convert(old >> 96, address)] += CHALLENGE_BOND
+        self.owed[convert(old >> 96, address)] += self._bond_of(slot)
     self._challenge[job_id][server][slot] = (convert(msg.sender, uint256) << 96) | (e << 32) | block.timestamp
     self.open_challenges[job_id][server] += 1
-    self._pull(msg.sender, CHALLENGE_BOND)
+    self._pull(msg.sender, self._bond_of(slot))
     log Challenged(job_id=job_id, server=server, epoch=e, slot=slot, challenger=msg.sender)
+
+
+@view
+@internal
+def _bond_of(slot: uint256) -> uint256:
+    if slot == REVEAL_SLOT:
+        return REVEAL_BOND
+    return CHALLENGE_BOND
 
 
 @view
@@ -697,7 +804,7 @@ def _answered(job_id: uint256, slot: uint256):
     """Closes the sender's challenge in `slot`; its bond goes to the sender."""
     self._challenge[job_id][msg.sender][slot] = 0
     self.open_challenges[job_id][msg.sender] -= 1
-    self.owed[msg.sender] += CHALLENGE_BOND
+    self.owed[msg.sender] += self._bond_of(slot)
     log ChallengeAnswered(job_id=job_id, server=msg.sender, epoch=self.epoch[job_id][msg.sender], slot=slot)
 
 
@@ -754,25 +861,39 @@ def _at(root: bytes32, n: uint256, p: Position) -> bool:
         return False
     node: Node = Node(h=keccak256(abi_encode(p.leaf.caller, p.leaf.queries, p.leaf.spent)),
                       queries=p.leaf.queries, spent=p.leaf.spent)
-    index: uint256 = p.index
-    width: uint256 = n
+    return self._commit(self._fold(node, p.index, n, p.siblings), n) == root
+
+
+@pure
+@internal
+def _parent(l: Node, r: Node) -> Node:
+    return Node(h=keccak256(abi_encode(l.h, l.queries, l.spent, r.h, r.queries, r.spent)),
+                queries=l.queries + r.queries, spent=l.spent + r.spent)
+
+
+@pure
+@internal
+def _fold(start: Node, index: uint256, width: uint256, siblings: DynArray[Node, MAX_DEPTH]) -> Node:
+    """The top node reached from node `index` of a level `width` nodes wide through `siblings`
+    (one per level where the node has a sibling; all of them used)."""
+    node: Node = start
+    i: uint256 = index
+    w: uint256 = width
     used: uint256 = 0
     for level: uint256 in range(MAX_DEPTH + 1):
-        if width == 1:
+        if w == 1:
             break
-        if index != width - 1 or width % 2 == 0:
-            assert used < len(p.siblings), "rollup: proof too short"
-            s: Node = p.siblings[used]
-            used += 1
-            if index % 2 == 0:
-                node = Node(h=keccak256(abi_encode(node.h, node.queries, node.spent, s.h, s.queries, s.spent)),
-                            queries=node.queries + s.queries, spent=node.spent + s.spent)
+        if i != w - 1 or w % 2 == 0:
+            assert used < len(siblings), "rollup: proof too short"
+            if i % 2 == 0:
+                node = self._parent(node, siblings[used])
             else:
-                node = Node(h=keccak256(abi_encode(s.h, s.queries, s.spent, node.h, node.queries, node.spent)),
-                            queries=s.queries + node.queries, spent=s.spent + node.spent)
-        index //= 2
-        width = (width + 1) // 2
-    return used == len(p.siblings) and self._commit(node, n) == root
+                node = self._parent(siblings[used], node)
+            used += 1
+        i //= 2
+        w = (w + 1) // 2
+    assert used == len(siblings), "rollup: proof too long"
+    return node
 
 
 @pure

@@ -6,12 +6,15 @@ it owes (pools, bonds, pull balances and open challenge bonds)."""
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 from contract_kit import MAX, TOKEN, reverts
 from test_model_market import SSTAKE, Shop
 
 from fedmarket.protocol.receipts import Tab
 from fedmarket.protocol.usage import EMPTY_OPENING, Leaf, Node, UsageTree, verify
+from fedmarket.storage import open_store
 
 PRICE = 2 * TOKEN // 100
 BOND = 10**17  # the session deployment's challenge bond (market.DEFAULT_CHALLENGE_BOND)
@@ -536,3 +539,36 @@ def test_a_root_has_no_more_leaves_than_tabs_were_opened_at_its_server(roll):
     assert roll.ru.call("tabs_opened", roll.job.id, roll.server.address) == 1
     with reverts("rollup: bad leaf count"):
         roll.post(roll.tree({c: 2, roll.callers[1]: (0, 0)}))
+
+
+# ---------------------------------------------------------------- withheld leaves forced open
+
+
+def test_a_server_reveals_a_withheld_root_of_two_chunks_and_keeps_the_bond(roll):
+    """An honest root of 257 leaves whose leaves were not published: challenged to reveal them
+    all, the server's TabBook sends both chunks (256 and 1), the chain checks order, tabs and
+    signatures, and the challenge bond goes to the server; the root then goes final."""
+    from fedmarket.driver import fund
+    from fedmarket.roles.tabs import TabBook, audit_usage
+
+    kit, ru, job = roll.kit, roll.ru, roll.job
+    callers = [kit.chain.new_account("rollup-reveal", i) for i in range(257)]
+    fund(kit.dep, kit.deployer, {c.address: 2 * PRICE for c in callers})
+    for c in callers:
+        roll.token.transact("approve", ru.address, PRICE, sender=c)
+        ru.transact("fund_tab", job.id, roll.server.address, PRICE, sender=c)
+    book = TabBook(kit.dep, roll.server, open_store(tempfile.mkdtemp()), job.id)
+    for c in callers:
+        sig = Tab(job.id, roll.server.address, 1, PRICE).sign(c.key, kit.chain_id, ru.address)
+        book.admit(1, PRICE, sig)
+    assert any("257 callers" in m for m in book.step())
+    elsewhere = open_store(tempfile.mkdtemp())  # an auditor that cannot get the leaves
+    assert audit_usage(kit.dep, kit.outsider, elsewhere, job.id, roll.server.address) == [
+        "the pending root's leaves are unavailable or do not make the root: challenged to reveal them all"]
+    roll.challengers.add(kit.outsider.address)
+    lines = book.step()
+    assert sum("revealed leaves" in m for m in lines) == 2, lines
+    assert ru.call("owed", roll.server.address) == ru.call("REVEAL_BOND")
+    assert audit_usage(kit.dep, kit.outsider, elsewhere, job.id, roll.server.address) == []  # read back from the chain
+    kit.advance(WINDOW)
+    assert any("usage root final: 257 queries" in m for m in book.step())

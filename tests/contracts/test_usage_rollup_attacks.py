@@ -126,7 +126,7 @@ def test_shape_tricks_open_nothing_the_tree_does_not_hold(roll):
     _, leaf, sib = tree.position(2)
     assert len(sib) == 1
     for pos, reason in (((3, leaf, sib), "rollup: leaf not in the root"),  # index >= n
-                        ((2, leaf, sib + [sib[0]]), "rollup: leaf not in the root"),  # a sibling too many
+                        ((2, leaf, sib + [sib[0]]), "rollup: proof too long"),  # a sibling too many
                         ((2, leaf, []), "rollup: proof too short"),  # too few
                         ((1, leaf, sib), "rollup: proof too short")):  # another index
         with reverts(reason):

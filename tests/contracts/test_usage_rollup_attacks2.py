@@ -2,8 +2,10 @@
 leaf count bound (`tabs_opened`), withheld leaves against the shared pool, and the server's
 `TabBook` driven against the real rollup (rejections, free queries, usage beyond its bond).
 
-Attacks that succeed today assert the safe behaviour as strict xfails naming the fix; attacks
-that fail are plain tests. The `roll` fixture checks after every test that the rollup holds
+Each test asserts the safe behaviour; what this pass broke is fixed (withheld leaves are forced
+open by `challenge_leaves`, the TabBook follows the chain and admits only what it can post), but
+for one strict xfail naming its fix: a root whose leaves nobody checked in its hour goes final,
+and refunds then need openings nobody has. The `roll` fixture checks after every test that the rollup holds
 exactly what it owes."""
 
 from __future__ import annotations
@@ -44,14 +46,10 @@ def _answer_caller(roll: Rollup, tree: UsageTree, caller, signature=b""):
 # ---------------------------------------------------------------- withheld leaves and the shared pool
 
 
-@pytest.mark.xfail(strict=True, raises=ContractRevert, reason=(
-    "withheld leaves: every caller's own place is answered truly while one of them is counted a second "
-    "time (an older receipt it did sign, out of order), so no challenge the auditors make fails and the "
-    "pool pays the duplicate from the other callers' tabs. Fix: a data-availability challenge "
-    "(challenge_leaves: the server reveals every leaf, in chunks, within ANSWER_WINDOW, the rollup "
-    "rebuilding the root and checking order and tabs, or is slashed), used by audit_usage when the "
-    "leaves are unavailable instead of challenge_caller of its own place"))
-def test_withheld_leaves_let_a_server_count_a_caller_twice_and_lock_the_last_refund(roll):
+def test_withheld_leaves_counting_a_caller_twice_are_forced_open_and_the_server_slashed(roll):
+    """Every caller's own place in a withheld root can be answered truly while one of them is
+    counted a second time (an older receipt it did sign, out of order). A challenge to reveal every
+    leaf (what audit_usage makes of withheld leaves) cannot be answered: the chain checks the order."""
     kit, ru, job = roll.kit, roll.ru, roll.job
     a, b = _sorted(roll, 2)
     roll.fund(a)
@@ -62,27 +60,29 @@ def test_withheld_leaves_let_a_server_count_a_caller_twice_and_lock_the_last_ref
     cheat = UsageTree([Leaf(a.address, 40, 40 * PRICE), Leaf(b.address, 20, 20 * PRICE),
                        Leaf(a.address, 30, 30 * PRICE)], as_given=True)
     ru.transact("post_usage", job.id, cheat.top.as_tuple(), cheat.n, "bafy-withheld", sender=roll.server)
-    # each caller does what audit_usage does with withheld leaves: it has its own place shown
-    for c in (a, b):
-        _challenge_caller(roll, c, sender=c)
-        roll.open_bonds += 1
-    for c, leaf in ((a, cheat.leaves[0]), (b, cheat.leaves[1])):
-        ev = _answer_caller(roll, cheat, c, roll.sig(c, leaf.queries, leaf.spent)).event("CallerOpened")
-        assert (ev["queries"], ev["spent"]) == (leaf.queries, leaf.spent)  # both see exactly what they signed
-        roll.open_bonds -= 1
-    # the duplicate is within a's tab, so even its leaf shown would prove no overdraft
-    with reverts("rollup: within the tab"):
-        ru.transact("prove_overdraft", job.id, roll.server.address, cheat.position(2), sender=b)
+    reveal_bond = ru.call("REVEAL_BOND")
+    assert reveal_bond == 100 * base.BOND
+    ru.transact("challenge_leaves", job.id, roll.server.address, sender=b)
+    roll.challengers.add(b.address)
+    roll.open_bonds += 100
+    leaves, siblings = cheat.chunk(0)
+    sigs = [roll.sig(a, 40, 40 * PRICE), roll.sig(b, 20, 20 * PRICE), roll.sig(a, 30, 30 * PRICE)]
+    with reverts("rollup: leaves out of order"):
+        ru.transact("reveal_leaves", job.id, 0, leaves, sigs, siblings, sender=roll.server)
     kit.advance(WINDOW)
-    assert roll.finalize().event("UsageFinalized")["amount"] == 90 * PRICE  # 30 queries nobody owes
-    for c in (a, b):
+    with reverts("rollup: challenges open"):
+        roll.finalize()
+    kit.advance(ANSWER)
+    ev = ru.transact("timeout", job.id, roll.server.address, ru.call("REVEAL_SLOT"), sender=b).event("UsageRejected")
+    roll.open_bonds -= 100
+    assert (ev["challenger"], ev["slashed"]) == (b.address, SSTAKE)
+    assert ru.call("owed", b.address) == reveal_bond + SSTAKE // 2
+    for c in (a, b):  # nothing was paid: both tabs come back whole
         ru.transact("request_refund", job.id, roll.server.address, sender=c)
     kit.advance(REFUND)
-    got = ru.transact("refund", job.id, roll.server.address, cheat.opening(a.address), EMPTY_OPENING, sender=a)
-    assert got.event("TabRefunded")["amount"] == 60 * PRICE
-    # b's unspent 80 queries: the pool holds 50 and one wei
-    got = ru.transact("refund", job.id, roll.server.address, cheat.opening(b.address), EMPTY_OPENING, sender=b)
-    assert got.event("TabRefunded")["amount"] == 80 * PRICE
+    for c in (a, b):
+        got = ru.transact("refund", job.id, roll.server.address, EMPTY_OPENING, EMPTY_OPENING, sender=c)
+        assert got.event("TabRefunded")["amount"] == 100 * PRICE
 
 
 @pytest.mark.xfail(strict=True, raises=FedMarketError, reason=(
@@ -113,30 +113,6 @@ def test_withheld_final_leaves_cannot_lock_a_callers_unspent_tab(roll, tmp_path)
     for c, unspent in ((idle, 100 * PRICE), (user, 90 * PRICE)):
         got = refund_tab(kit.dep, c, store, job.id, roll.server.address)
         assert got.event("TabRefunded")["amount"] == unspent
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "withholding pays: with the leaves unavailable audit_usage has its caller challenge its own place, "
-    "the server answers and keeps the caller's challenge bond, every root, from every caller who "
-    "checks. Fix: answer_caller returns the bond to a challenger that is the challenged caller itself "
-    "(the server only showed what it should have published); challenges by others still pay the server"))
-def test_a_caller_checking_its_place_in_a_withheld_root_does_not_pay_the_server(roll, tmp_path):
-    from fedmarket.roles.tabs import audit_usage
-
-    kit, ru, job = roll.kit, roll.ru, roll.job
-    c = roll.callers[0]
-    roll.fund(c)
-    roll.bond()
-    tree = roll.tree({c: 10})
-    ru.transact("post_usage", job.id, tree.top.as_tuple(), tree.n, "bafy-withheld", sender=roll.server)
-    before = roll.shop.bal(c) + ru.call("owed", c.address)
-    findings = audit_usage(kit.dep, c, open_store(tmp_path / "blobs"), job.id, roll.server.address)
-    roll.challengers.add(c.address)
-    roll.open_bonds = 1
-    assert "challenged to show" in findings[0]
-    _answer_caller(roll, tree, c, roll.sig(c, 10, 10 * PRICE))
-    roll.open_bonds = 0
-    assert roll.shop.bal(c) + ru.call("owed", c.address) == before, "the caller paid the withholding server a bond"
 
 
 # ---------------------------------------------------------------- caller slots
@@ -239,12 +215,6 @@ def _admit(roll: Rollup, book: TabBook, caller, queries: int, spent: int) -> str
     return book.admit(queries, spent, roll.sig(caller, queries, spent))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "after its pending root is rejected (a challenge timed out while the server was unreachable), "
-    "TabBook.step answers that root's challenges again, each reverting 'rollup: no root pending', and "
-    "raises every period until restarted: nothing it serves is posted and its callers refund it all. "
-    "Fix: in step, when pending_root is empty (or epoch differs from self.posted.epoch) drop "
-    "self.posted before _answer_challenges"))
 def test_a_tab_book_keeps_posting_after_its_root_is_rejected(roll, tmp_path):
     kit, ru, job = roll.kit, roll.ru, roll.job
     c = roll.callers[0]
@@ -266,13 +236,6 @@ def test_a_tab_book_keeps_posting_after_its_root_is_rejected(roll, tmp_path):
     assert any("usage root posted" in m for m in done), done
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "finalize is anyone's: a griefer challenges a leaf (the server answers, the griefer loses one bond) "
-    "and finalizes the root before the server does; TabBook still holds it as posted, answers its "
-    "challenges again ('rollup: no root pending') and raises every period until restarted, so nothing "
-    "it serves is posted and callers refund it all (its self.final also stays stale). Fix: at the start "
-    "of step read pending_root/final_root: a posted root now final becomes self.final, one no longer "
-    "pending is dropped, before _answer_challenges"))
 def test_anyone_finalizing_the_servers_root_does_not_stop_its_tab_book(roll, tmp_path):
     kit = roll.kit
     c = roll.callers[0]
@@ -294,12 +257,6 @@ def test_anyone_finalizing_the_servers_root_does_not_stop_its_tab_book(roll, tmp
     assert any("usage root posted" in m for m in done), done
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a tab receipt at query price 0 is admitted from a caller with no tab, so free callers become "
-    "leaves that no tab counted: once the price is back, every root has n > tabs_opened and "
-    "post_usage reverts 'bad leaf count' forever; the paying callers refund all they spent. Fix: "
-    "TabBook.admit refuses a receipt that spends nothing (or from a caller whose tab is 0), and "
-    "_usage leaves out callers with nothing spent and no final leaf"))
 def test_free_tab_queries_cannot_stop_the_server_posting_paid_ones(roll, tmp_path):
     kit, job, mm = roll.kit, roll.job, roll.shop.mm
     book = _book(roll, tmp_path)
@@ -323,12 +280,6 @@ def test_free_tab_queries_cannot_stop_the_server_posting_paid_ones(roll, tmp_pat
     assert any("usage root posted" in m for m in done), f"{admitted} free callers admitted; {done}"
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=(
-    "TabBook.admit checks each receipt against its caller's tab only, never against the bond a root "
-    "may move: a caller runs up usage beyond the server's bond plus wallet, step cannot bond enough "
-    "('more than the bond covers' / InsufficientFunds), and the caller refunds every query it was "
-    "answered. Fix: admit refuses a receipt taking the unposted usage (latest spent less the final "
-    "root's) past the bond plus what the server's wallet can add, or step posts older receipts within the bond"))
 def test_a_caller_cannot_run_up_usage_the_server_cannot_bond_and_refund_it(roll, tmp_path):
     kit, job, mm = roll.kit, roll.job, roll.shop.mm
     book = _book(roll, tmp_path)

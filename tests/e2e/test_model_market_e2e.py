@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
+from test_model_jobs import cast_for, make_spec
 
 from fedmarket.errors import FedMarketError
 from fedmarket.market import JobState
@@ -18,8 +19,6 @@ from fedmarket.protocol.receipts import Answer
 from fedmarket.roles.caller import ModelCaller, dispute_answer
 from fedmarket.roles.model_owner import Offer, claim_usage_revenue, list_model, model_record
 from fedmarket.roles.server import ModelServer
-
-from test_model_jobs import cast_for, make_spec
 
 TOKEN = 10**18
 PRICE = TOKEN // 100
@@ -207,8 +206,8 @@ def test_tabs_settle_a_period_in_one_root_audited_and_a_forged_root_slashed(worl
     (usage nobody signed, leaves withheld) is caught by the caller it charges, whose challenge
     the server cannot answer;
     a caller takes its unspent tab back; every token is accounted for from balances."""
-    from fedmarket.roles.tabs import audit_usage, refund_tab
     from fedmarket.protocol.usage import Leaf, UsageTree
+    from fedmarket.roles.tabs import audit_usage, refund_tab
 
     driver, ds, job = settled_softmax
     dep, store, ru = world["dep"], driver.store, world["dep"].usage_rollup
@@ -254,9 +253,9 @@ def test_tabs_settle_a_period_in_one_root_audited_and_a_forged_root_slashed(worl
     server.tabs.posted = None  # it has nothing to answer a challenge with
     dep.token.transact("approve", ru.address, 2**256 - 1, sender=victim)
     assert audit_usage(dep, victim, store, job, server_acct.address) == [
-        f"the pending root's leaves are unavailable or do not make the root: challenged to show {victim.address}'s place"]
+        "the pending root's leaves are unavailable or do not make the root: challenged to reveal them all"]
     world["chain"].advance_time(int(ru.call("ANSWER_WINDOW")))
-    ev = ru.transact("timeout", job, server_acct.address, 2**160 + int(victim.address, 16), sender=victim).event("UsageRejected")
+    ev = ru.transact("timeout", job, server_acct.address, ru.call("REVEAL_SLOT"), sender=victim).event("UsageRejected")
     assert (ev["slashed"], ev["challenger"]) == (STAKE, victim.address)
 
     # the second caller takes back what it did not spend (10 - 4 queries)

@@ -62,6 +62,7 @@ def commit(top: Node, n: int) -> bytes:
 
 
 EMPTY_LEAF = Leaf("0x" + "00" * 20, 0, 0)
+CHUNK, CHUNK_LEVELS = 256, 8  # UsageRollup.CHUNK leaves per revealed chunk (2**CHUNK_LEVELS)
 
 
 class UsageTree:
@@ -100,15 +101,29 @@ class UsageTree:
     def root(self) -> bytes:
         return commit(self.top, self.n)
 
-    def siblings(self, index: int) -> list[Node]:
+    def siblings(self, index: int, level: int = 0) -> list[Node]:
+        """Siblings of node `index` of layer `level` (a leaf by default) up to the top."""
         if not 0 <= index < self.n:
             raise IndexError(f"leaf index {index} out of range for {self.n} leaves")
         out = []
-        for layer in self.layers[:-1]:
+        for layer in self.layers[level:-1]:
             if index != len(layer) - 1 or len(layer) % 2 == 0:
                 out.append(layer[index ^ 1])
             index //= 2
         return out
+
+    def chunk(self, k: int) -> tuple[list[tuple], list[tuple]]:
+        """`UsageRollup.reveal_leaves`'s leaves of chunk `k` and its subtree's siblings to the top."""
+        leaves = [x.as_tuple() for x in self.leaves[k * CHUNK:(k + 1) * CHUNK]]
+        if not leaves:
+            raise IndexError(f"chunk {k} out of range for {self.n} leaves")
+        if len(self.layers) <= CHUNK_LEVELS:
+            return leaves, []
+        return leaves, [s.as_tuple() for s in self.siblings(k, CHUNK_LEVELS)]
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.n // CHUNK)
 
     def position(self, index: int) -> tuple:
         """`UsageRollup.Position` of leaf `index`: (index, leaf, siblings)."""

@@ -31,6 +31,7 @@ from ..storage import BlobStore
 from .common import check_funds
 
 ZERO_ROOT = b"\x00" * 32
+REVEAL_SLOT = 2**161  # UsageRollup.REVEAL_SLOT: the challenge to reveal every leaf
 
 
 class TabRefused(FedMarketError):
@@ -131,8 +132,13 @@ class TabBook:
         except Exception:  # noqa: BLE001 - eth_account raises several kinds for a malformed signature
             raise TabRefused("the tab signature is malformed") from None
         price = int(self.dep.model_market.call("offer", self.job_id)["query_price"])
+        if price == 0:
+            raise TabRefused("the model's query price is 0: nothing to pay from a tab")
         tab = int(self.ru.call("tab", self.job_id, self.address, caller))
         refunding = int(self.ru.call("refund_time", self.job_id, self.address, caller))
+        # what it can post: each root moves at most the bond, which its wallet can raise
+        can_bond = int(self.ru.call("bond", self.job_id, self.address)) + self.dep.balance(self.address)
+        final_spent = int(self.ru.call("totals", self.job_id, self.address, False)[1])
         key = caller.lower()
         with self.lock:
             q0, s0, _ = self.latest.get(key, (0, 0, b""))
@@ -143,6 +149,8 @@ class TabBook:
                 raise TabRefused(f"{caller} asked for its tab back")
             if spent > tab:
                 raise TabRefused(f"{caller}'s tab holds {tab}; spending {spent} exceeds its credit")
+            if sum(e[1] for e in self.latest.values()) + price - final_spent > can_bond:
+                raise TabRefused("the server cannot bond more usage this period; try later (or pay with credits)")
             if record:
                 if self.journal is not None:
                     with open(self.journal, "a") as fh:
@@ -183,8 +191,20 @@ class TabBook:
                         self.latest.pop(key, None)
         return latest
 
+    def _sync(self) -> None:
+        """Follow the chain: a posted root that anyone made final, or that was rejected, is no
+        longer pending; the final root is the chain's."""
+        pending = self.ru.call("pending_root", self.job_id, self.address)
+        if self.posted is not None and (pending == ZERO_ROOT
+                                        or int(self.ru.call("epoch", self.job_id, self.address)) != self.posted.epoch):
+            self.posted = None
+        final = bytes(self.ru.call("final_root", self.job_id, self.address))
+        if final != ZERO_ROOT and (self.final is None or self.final.tree.root != final):
+            self.final = self._load(pending=False)
+
     def step(self) -> list[str]:
         """One period's work: answer challenges, finalize the pending root when due, post the next."""
+        self._sync()
         done = self._answer_challenges()
         pending = self.ru.call("pending_root", self.job_id, self.address) != ZERO_ROOT
         if pending:
@@ -226,6 +246,9 @@ class TabBook:
         for ev in self.ru.events("Challenged", job_id=self.job_id, server=self.address, epoch=self.posted.epoch):
             slot = int(ev["slot"])
             try:
+                if slot == REVEAL_SLOT:
+                    done += self._reveal(tree, sigs)
+                    continue
                 if slot < 2**160:
                     r = self.ru.transact("answer", self.job_id, tree.position(slot),
                                          sigs[tree.leaves[slot].caller.lower()], sender=self.account)
@@ -242,25 +265,46 @@ class TabBook:
         return done
 
 
+    def _reveal(self, tree: UsageTree, sigs: dict[str, bytes]) -> list[str]:
+        """Reveal every leaf of the pending root on chain, chunk by chunk (from where it stopped)."""
+        done = []
+        start = int(self.ru.call("reveal_next", self.job_id, self.address))
+        for k in range(start, tree.chunks):
+            leaves, siblings = tree.chunk(k)
+            r = self.ru.transact("reveal_leaves", self.job_id, k, leaves, [sigs[x[0].lower()] for x in leaves], siblings,
+                                 sender=self.account)
+            self.sent.append(r)
+            done.append(f"revealed leaves {k * len(leaves)}.. of the pending root (tx {r.tx_hash}, {r.gas_used} gas)")
+        return done
+
+
 # ---- auditing -------------------------------------------------------------------------------
-def _published(ru, store: BlobStore, job_id: int, server: str, epoch: int) -> tuple[UsageTree, list[bytes]] | None:
+def _published(ru, store: BlobStore, job_id: int, server: str, epoch: int) -> tuple[UsageTree, list[bytes] | None] | None:
     """The tree of a posted root rebuilt from its published leaves in their published order, with
-    their signatures; None if they are missing or do not make the root."""
+    their signatures; else from the leaves the server revealed on chain (`reveal_leaves`: every
+    one checked there, signatures included, so none are returned); None if neither makes the root."""
     evs = ru.events("UsagePosted", job_id=job_id, server=server, epoch=epoch)
     if not evs:
         return None
+    root = bytes(evs[-1]["root"])
     try:
         leaves, sigs = read_usage(store, evs[-1]["data_cid"])
         tree = UsageTree(leaves, as_given=True)
+        if tree.root == root:
+            return tree, sigs
     except (StorageError, ValueError, KeyError, TypeError):
-        return None
-    return (tree, sigs) if tree.root == bytes(evs[-1]["root"]) else None
+        pass
+    chunks = sorted(ru.events("LeavesRevealed", job_id=job_id, server=server, epoch=epoch), key=lambda e: e["chunk"])
+    revealed = [Leaf(*x) for ev in chunks for x in ev["leaves"]]
+    if revealed and UsageTree(revealed, as_given=True).root == root:
+        return UsageTree(revealed, as_given=True), None
+    return None
 
 
-def _challenge(dep: Deployment, account: Account, fn: str, *args):
-    """Open a challenge, putting up the rollup's challenge bond (checked and approved first)."""
+def _challenge(dep: Deployment, account: Account, fn: str, *args, bond: str = "CHALLENGE_BOND"):
+    """Open a challenge, putting up the rollup's bond for it (checked and approved first)."""
     ru = rollup_of(dep)
-    bond = int(ru.call("CHALLENGE_BOND"))
+    bond = int(ru.call(bond))
     check_funds(dep, account.address, bond, "the challenge bond")
     dep.token.transact("approve", ru.address, bond, sender=account)
     return ru.transact(fn, *args, sender=account)
@@ -286,24 +330,27 @@ def audit_usage(dep: Deployment, account: Account, store: BlobStore, job_id: int
     if ru.call("pending_root", job_id, server) == ZERO_ROOT:
         return []
     got = _published(ru, store, job_id, server, int(ru.call("epoch", job_id, server)))
-    if got is None:  # the auditor's own place is what it can have shown: its leaf, signed, or its absence
+    if got is None:  # the chain makes the server reveal them all, checked there, or lose its bond
         if not act:
-            return ["the pending root's leaves are unavailable or do not make the root: "
-                    "a caller can challenge the server to show its place"]
-        _challenge(dep, account, "challenge_caller", job_id, server, account.address)
-        return ["the pending root's leaves are unavailable or do not make the root: "
-                f"challenged to show {account.address}'s place"]
+            return ["the pending root's leaves are unavailable or do not make the root: challenge it to reveal them"]
+        if ru.call("reveal_next", job_id, server) or ru.events("Challenged", job_id=job_id, server=server,
+                                                                epoch=int(ru.call("epoch", job_id, server)), slot=REVEAL_SLOT):
+            return ["the pending root's leaves are unavailable: already challenged to reveal them"]
+        _challenge(dep, account, "challenge_leaves", job_id, server, bond="REVEAL_BOND")
+        return ["the pending root's leaves are unavailable or do not make the root: challenged to reveal them all"]
     tree, sigs = got
     i = tree.disorder()
     if i is not None:
         if act:
             ru.transact("prove_unsorted", job_id, server, tree.position(i), tree.position(i + 1), sender=account)
         return [f"leaves {i} and {i + 1} are out of order (a caller counted twice): proven"]
-    for i, (leaf, sig) in enumerate(zip(tree.leaves, sigs)):
+    for i, (leaf, sig) in enumerate(zip(tree.leaves, sigs if sigs is not None else [None] * tree.n)):
         if leaf.spent > int(ru.call("tab", job_id, server, leaf.caller)):
             if act:
                 ru.transact("prove_overdraft", job_id, server, tree.position(i), sender=account)
             return [f"leaf {i}: {leaf.caller} spends {leaf.spent}, more than its tab: proven"]
+        if sig is None:
+            continue  # revealed on chain: its signature was checked there
         try:
             signer = Tab(job_id, server, leaf.queries, leaf.spent).signer(sig, dep.chain_id, ru.address)
         except Exception:  # noqa: BLE001 - a malformed signature is no signature
