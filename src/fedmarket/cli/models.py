@@ -224,12 +224,12 @@ def model_audit_usage(
     """Check a server's pending usage root (tabs) against its published leaves: their order, every
     caller's signature and tab, and the final root; with a signer, prove the first fault on chain
     (the signer puts up a challenge bond where a challenge is needed). Exit 3 if a fault is found."""
+    from eth_utils import is_address, to_checksum_address
+
     from ..chain import connect
     from ..market import Deployment
     from ..roles.tabs import audit_usage
     from ..storage import open_store
-    from eth_utils import is_address, to_checksum_address
-
     from .account import load_signer
 
     if not is_address(server):
@@ -241,3 +241,96 @@ def model_audit_usage(
     typer.echo(json.dumps({"job_id": job, "server": server, "findings": findings, "proven": act and bool(findings)}))
     if findings:
         raise typer.Exit(3)
+
+
+SIGNER_HELP = "Signer: a keystore account (password from $FEDMARKET_PASSWORD or a prompt)."
+DEV_HELP = "Signer: anvil's public dev account I (chain id 31337 only)."
+
+
+@model_app.command("buy")
+def model_buy(
+    job: int = typer.Argument(..., help="The listed job."),
+    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
+    contracts: Path = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`."),
+    queries: int = typer.Option(None, "--queries", help="Prepay this many query credits (any server)."),
+    tab: float = typer.Option(None, "--tab", help="Fund a tab at --server with this many tokens."),
+    access: int = typer.Option(None, "--access", help="Buy this many periods of time-bound access."),
+    server: str = typer.Option(None, "--server", help="The server a tab pays (its address)."),
+    account: str = typer.Option(None, "--account", help=SIGNER_HELP),
+    keystore: Path = typer.Option(None, "--keystore", help="Keystore directory (default ~/.fedmarket/keystore)."),
+    dev_account: int = typer.Option(None, "--dev-account", help=DEV_HELP),
+) -> None:
+    """Pay for a listed model: query credits, a tab at one server, or time-bound access."""
+    from eth_utils import is_address, to_checksum_address
+
+    from ..chain import connect
+    from ..market import Deployment
+    from ..roles.caller import ModelCaller
+    from .account import load_signer
+
+    if sum(x is not None for x in (queries, tab, access)) != 1:
+        raise ConfigError("give exactly one of --queries N, --tab TOKENS or --access PERIODS")
+    if tab is not None and (server is None or not is_address(server)):
+        raise ConfigError("--tab needs --server ADDRESS: a tab pays one server")
+    if (queries is not None and queries <= 0) or (access is not None and access <= 0) or (tab is not None and tab <= 0):
+        raise ConfigError("the amount to buy must be positive")
+    dep = Deployment.attach(connect(rpc), read_addresses(contracts))
+    signer = load_signer(account, keystore, dev_account, dep.chain)
+    caller = ModelCaller(dep, signer, job, to_checksum_address(server) if server else signer.address, count=0)
+    if queries is not None:
+        r, what = caller.buy(queries), f"{queries} query credits"
+    elif tab is not None:
+        amount = round(tab * 10**18)
+        r, what = caller.fund(amount), f"a tab of {amount} base units at {server}"
+    else:
+        r, what = caller.buy_access(access), f"{access} period(s) of access"
+    typer.echo(f"bought {what} on job {job} (tx {r.tx_hash})")
+
+
+@model_app.command("query")
+def model_query(
+    url: str = typer.Option(..., "--url", help="The model server (`fedmarket serve`), e.g. http://127.0.0.1:8750."),
+    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
+    contracts: Path = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`."),
+    features: str = typer.Option(None, "--features", help="The query's features, comma-separated."),
+    data: Path = typer.Option(None, "--data", help="Or a data file: its --row is the query."),
+    row: int = typer.Option(0, "--row", help="The row of --data to ask about."),
+    pay: str = typer.Option("credits", "--pay", help="credits, tab or access."),
+    prove: bool = typer.Option(False, "--prove", help="Ask for a proof of the answer (checked here against the registered verifier)."),
+    account: str = typer.Option(None, "--account", help=SIGNER_HELP),
+    keystore: Path = typer.Option(None, "--keystore", help="Keystore directory (default ~/.fedmarket/keystore)."),
+    dev_account: int = typer.Option(None, "--dev-account", help=DEV_HELP),
+) -> None:
+    """Ask a model server one paid query; print its answer (JSON) after checking the server signed it."""
+    from ..chain import connect
+    from ..market import Deployment
+    from ..roles.caller import ModelCaller, ask, server_info
+    from .account import load_signer
+
+    if (features is None) == (data is None):
+        raise ConfigError("give the query as exactly one of --features v1,v2,... or --data FILE [--row I]")
+    if features is not None:
+        try:
+            x = [float(v) for v in features.split(",")]
+        except ValueError:
+            raise ConfigError(f"--features must be numbers separated by commas, not {features!r}") from None
+    else:
+        from ..fl.localdata import read_data
+
+        X = read_data(data, None).X
+        if not 0 <= row < len(X):
+            raise ConfigError(f"{data} has {len(X)} rows; --row {row} is not one")
+        x = [float(v) for v in np.asarray(X[row]).ravel()]
+    info = server_info(url)
+    dep = Deployment.attach(connect(rpc), read_addresses(contracts))
+    if dep.model_market is None or dep.model_market.address.lower() != str(info["model_market"]).lower():
+        raise ConfigError(f"the server at {url} serves another model market than {contracts}'s")
+    signer = load_signer(account, keystore, dev_account, dep.chain)
+    caller = ModelCaller(dep, signer, int(info["job_id"]), info["server"], count=0)
+    reply = ask(url, caller, x, pay=pay, prove=prove)
+    if prove:
+        from ..roles.proofs import check_proven
+
+        check_proven(dep, int(info["job_id"]), info["server"], reply, len(info["classes"]), int(info["input_scale"]))
+    typer.echo(json.dumps({k: reply[k] for k in ("answer", "label", "count", "checked_answer") if k in reply}
+                          | {"proven": prove}))

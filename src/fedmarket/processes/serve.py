@@ -1,6 +1,8 @@
 """`fedmarket serve` as a process: the model server over HTTP on 127.0.0.1, settling usage once per period.
 
 - ``GET /info``: the job, the listed model root, the server's address, the model market, the chain id.
+- ``GET /usage?caller=0x...``: the caller's last receipts here (credits' count, tab's queries and
+  spent, access count), for a client that keeps no state to sign its next one.
 - ``POST /query`` with ``{"features": [...], "count": N, "signature": "0x..."}``: the signature is the
   caller's ``Usage(jobId, server, N)`` with N its cumulative count at this server; the reply is the
   class, its label, the fixed-point input it answers and the server's ``Answer`` signature.
@@ -102,6 +104,12 @@ def server_app(server: ModelServer, period: float, say=print, proving: Proving |
             doc["input_scale"] = input_scale(server.kit)
         return JSONResponse(doc)
 
+    async def usage(request: Request) -> JSONResponse:
+        caller = str(request.query_params.get("caller", "")).lower()
+        if len(caller) != 42 or not caller.startswith("0x"):
+            return JSONResponse({"error": "usage takes ?caller=0x... (an address)"}, status_code=400)
+        return JSONResponse(server.usage_of(caller))
+
     async def query(request: Request) -> JSONResponse:
         try:
             doc = await request.json()
@@ -158,7 +166,7 @@ def server_app(server: ModelServer, period: float, say=print, proving: Proving |
                     await task
             await settle_once()
 
-    return Starlette(routes=[Route("/info", info), Route("/query", query, methods=["POST"])], lifespan=lifespan)
+    return Starlette(routes=[Route("/info", info), Route("/usage", usage), Route("/query", query, methods=["POST"])], lifespan=lifespan)
 
 
 def serve(server: ModelServer, port: int, period: float, say=print, proving: Proving | None = None) -> None:

@@ -84,3 +84,49 @@ def dispute_answer(dep: Deployment, account: Account, store: BlobStore, job_id: 
     chunks, proofs = model_opening(trained.q, trained.spec.quantization.chunk_size)
     return mm.transact("dispute_answer", job_id, server, x, cls, bytes.fromhex(reply["signature"][2:]), chunks, proofs,
                        sender=account)
+
+
+PAYMENTS = ("credits", "tab", "access")
+
+
+def server_info(url: str) -> dict:
+    """A model server's `/info` (its job, address, model market and chain)."""
+    import httpx
+
+    try:
+        r = httpx.get(url.rstrip("/") + "/info", timeout=30)
+        r.raise_for_status()
+        return r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise FedMarketError(f"no model server answers at {url}: {exc}") from None
+
+
+def ask(url: str, caller: ModelCaller, features: list[float], pay: str = "credits", prove: bool = False) -> dict:
+    """Ask a model server one query, paid by `pay` (credits, tab or access): the caller's last
+    receipts there are read from the server, its next one signed, and the answer's signature
+    checked; returns the reply with the checked class."""
+    import httpx
+
+    if pay not in PAYMENTS:
+        raise FedMarketError(f"pay with one of {', '.join(PAYMENTS)}, not {pay!r}")
+    base = url.rstrip("/")
+    with httpx.Client(timeout=600) as client:
+        last = client.get(base + "/usage", params={"caller": caller.account.address}).json()
+        doc: dict = {"features": [float(v) for v in features], "prove": prove}
+        if pay == "credits":
+            caller.count = int(last["count"])
+            doc["count"], sig = caller.next_receipt()
+        elif pay == "tab":
+            caller.tab_queries, caller.tab_spent = int(last["tab_queries"]), int(last["tab_spent"])
+            doc["count"], doc["spent"], sig = caller.next_tab()
+        else:
+            caller.access_count = int(last["access_count"])
+            doc["count"], sig = caller.next_access()
+            doc["access"] = True
+        doc["signature"] = "0x" + sig.hex()
+        r = client.post(base + "/query", json=doc)
+    reply = r.json()
+    if r.status_code != 200:
+        raise FedMarketError(f"the server refused the query: {reply.get('error', r.text)}")
+    reply["checked_answer"] = caller.check(reply)
+    return reply

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from eth_utils import to_checksum_address
 
 from ..chain import Account
 from ..errors import FedMarketError
@@ -158,6 +159,18 @@ class ModelServer:
         self._payer(count, signature, spent, access)  # the usage is recorded only for a query it answers
         sig = Answer(self.job_id, input_hash(x), cls).sign(self.account.key, self.chain_id, self.mm.address)
         return Reply(cls, self.classes[cls], x, count, sig, proof, proven)
+
+    def usage_of(self, caller: str) -> dict:
+        """A caller's last receipts at this server: its credits' count (settled or answered), its
+        tab's queries and spent, its access count (what its next query signs one more than)."""
+        key = caller.lower()
+        with self.lock:
+            count = max([self.latest[c][0] for c in self.latest if c.lower() == key] or [0])
+            access = max([n for c, n in self.access_counts.items() if c.lower() == key] or [0])
+            tab = self.tabs.latest.get(key, (0, 0, b"")) if self.tabs is not None else (0, 0, b"")
+        settled = int(self.mm.call("used", self.job_id, to_checksum_address(caller), self.address))
+        return {"caller": caller, "count": max(count, settled), "tab_queries": tab[0], "tab_spent": tab[1],
+                "access_count": access}
 
     def _prove(self, x: list[int], cls: int):
         from ..zkml import prove
