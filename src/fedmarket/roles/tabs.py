@@ -168,7 +168,11 @@ class TabBook:
         else:
             epoch = int(self.ru.events("UsageFinalized", job_id=self.job_id, server=self.address)[-1]["epoch"])
         ev = self.ru.events("UsagePosted", job_id=self.job_id, server=self.address, epoch=epoch)[-1]
-        leaves, sigs = read_usage(self.store, ev["data_cid"])
+        try:
+            leaves, sigs = read_usage(self.store, ev["data_cid"])
+        except (StorageError, ValueError, KeyError, TypeError):
+            raise FedMarketError(f"the leaves of this server's {'pending' if pending else 'final'} usage root "
+                                 f"({ev['data_cid']}) are not in its blob store: serve with the store it posted them to") from None
         return Posted(epoch, UsageTree(leaves), {x.caller.lower(): s for x, s in zip(leaves, sigs)})
 
     def _usage(self) -> dict[str, tuple[int, int, bytes]]:
