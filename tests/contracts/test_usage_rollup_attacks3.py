@@ -1,0 +1,330 @@
+"""UsageRollup attacked, third pass: the data-availability challenge (`challenge_leaves`,
+`reveal_leaves` in chunks of 256, `reveal_next`, the reveal bond in `timeout`/`reclaim_bond`)
+and the off-chain side that uses it (`audit_usage`, `_published`).
+
+Each test asserts the safe behaviour. Attacks that fail are plain tests (a bad leaf alone in a
+partial last chunk, a caller counted twice across a chunk boundary, the reveal bond paid once,
+another server's revealed leaves, a stale reveal against a new root, a restarted TabBook); attacks that succeed are strict xfails naming their fix (a withheld rollback revealed
+after the challenge hour and finalized in the same block, a stale `reveal_next` that stops
+`audit_usage` challenging later withheld roots, roots too big to reveal within the answer window).
+The `roll` fixture checks after every test that the rollup holds exactly what it owes."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+import test_usage_rollup as base
+from contract_kit import reverts
+from test_model_market import SSTAKE
+from test_usage_rollup import ANSWER, BOND, PRICE, WINDOW, Rollup
+
+from fedmarket.errors import ContractRevert
+from fedmarket.protocol.receipts import Tab
+from fedmarket.protocol.usage import Leaf, UsageTree, opening
+from fedmarket.storage import open_store
+
+roll = base.roll
+REVEAL = 100  # REVEAL_BOND in challenge bonds
+BLOCK_GAS = 30_000_000  # a whole mainnet block
+BLOCK_TIME = 12
+SOURCE = Path(__file__).resolve().parents[2] / "contracts" / "UsageRollup.vy"
+
+
+def _many(roll: Rollup, k: int, label: str, tab: int = 2 * PRICE) -> list:
+    """`k` new callers, each with a tab of `tab` at the server, sorted by address."""
+    from fedmarket.driver import fund
+
+    kit, ru = roll.kit, roll.ru
+    callers = [kit.chain.new_account(label, i) for i in range(k)]
+    fund(kit.dep, kit.deployer, {c.address: tab for c in callers})
+    for c in callers:
+        roll.token.transact("approve", ru.address, tab, sender=c)
+        ru.transact("fund_tab", roll.job.id, roll.server.address, tab, sender=c)
+    roll.callers += callers  # their signatures and balances are the fixture's too
+    return sorted(callers, key=lambda a: int(a.address, 16))
+
+
+def _sig(roll: Rollup, caller, leaf: Leaf) -> bytes:
+    return roll.sig(caller, leaf.queries, leaf.spent)
+
+
+def _challenge_leaves(roll: Rollup, sender):
+    roll.challengers.add(sender.address)
+    roll.open_bonds += REVEAL
+    return roll.ru.transact("challenge_leaves", roll.job.id, roll.server.address, sender=sender)
+
+
+def _reveal(roll: Rollup, tree: UsageTree, k: int, sigs: list, leaves=None):
+    got, siblings = tree.chunk(k)
+    return roll.ru.transact("reveal_leaves", roll.job.id, k, got if leaves is None else leaves, sigs, siblings,
+                            sender=roll.server)
+
+
+def _timeout(roll: Rollup, slot: int, sender):
+    r = roll.ru.transact("timeout", roll.job.id, roll.server.address, slot, sender=sender)
+    roll.open_bonds -= REVEAL if slot == 2**161 else 1
+    return r.event("UsageRejected")
+
+
+# ---------------------------------------------------------------- chunk boundaries
+
+
+def test_a_bad_leaf_alone_in_the_partial_last_chunk_or_a_caller_counted_twice_across_chunks_cannot_be_revealed(roll):
+    """n = 257: leaf 256 is carried up alone through eight levels and meets chunk 0's node only at
+    the top. A server whose root charges that leaf more than its caller signed cannot answer: the
+    real leaf fails its signature, a signed leaf in its place is not in the root, and the chunk
+    cannot be skipped, emptied or sent again. The same 257 leaves with the last caller of chunk 0
+    counted again at the head of chunk 1 fail the order check carried across the chunks."""
+    kit, ru, job = roll.kit, roll.ru, roll.job
+    callers = _many(roll, 257, "attacks3-boundary")
+    by_addr = {c.address: c for c in callers}
+    roll.bond()
+    leaves = [Leaf(c.address, 1, PRICE) for c in callers[:256]] + [Leaf(callers[256].address, 1, 2 * PRICE)]
+    cheat = UsageTree(leaves)  # the last caller signed 1 query for PRICE, the root charges 2 * PRICE
+    roll.post(cheat)
+    _challenge_leaves(roll, roll.rival)
+    sigs0 = [roll.sig(by_addr[x[0]], 1, PRICE) for x in cheat.chunk(0)[0]]
+    with reverts("rollup: not the next chunk"):
+        _reveal(roll, cheat, 1, [roll.sig(callers[256], 1, PRICE)])
+    assert _reveal(roll, cheat, 0, sigs0).gas_used < BLOCK_GAS
+    assert ru.call("reveal_next", job.id, roll.server.address) == 1
+    with reverts("rollup: not the next chunk"):
+        _reveal(roll, cheat, 0, sigs0)  # no second pass over chunk 0
+    with reverts("rollup: wrong chunk size"):
+        _reveal(roll, cheat, 1, [], leaves=[])
+    with reverts("rollup: not the caller's signature"):
+        _reveal(roll, cheat, 1, [roll.sig(callers[256], 1, PRICE)])
+    with reverts("rollup: chunk not in the root"):
+        _reveal(roll, cheat, 1, [roll.sig(callers[256], 1, PRICE)], leaves=[(callers[256].address, 1, PRICE)])
+    with reverts("rollup: not the next chunk"):  # past the end
+        ru.transact("reveal_leaves", job.id, 2, [], [], [], sender=roll.server)
+    kit.advance(ANSWER)
+    assert _timeout(roll, 2**161, roll.rival)["slashed"] == SSTAKE
+
+    roll.bond()
+    last0 = callers[255]  # chunk 0's last caller, again at the head of chunk 1 (an older receipt)
+    twice = UsageTree([Leaf(c.address, 2, 2 * PRICE) for c in callers[:256]] + [Leaf(last0.address, 1, PRICE)],
+                      as_given=True)
+    roll.post(twice)
+    _challenge_leaves(roll, roll.rival)
+    _reveal(roll, twice, 0, [roll.sig(by_addr[x[0]], 2, 2 * PRICE) for x in twice.chunk(0)[0]])
+    with reverts("rollup: leaves out of order"):
+        _reveal(roll, twice, 1, [roll.sig(last0, 1, PRICE)])
+    kit.advance(ANSWER)
+    assert _timeout(roll, 2**161, roll.rival)["slashed"] == SSTAKE
+
+
+# ---------------------------------------------------------------- the reveal bond
+
+
+def test_timeout_reclaim_and_a_new_challenge_each_pay_the_reveal_bond_once(roll):
+    kit, ru, job = roll.kit, roll.ru, roll.job
+    a, b = sorted(roll.callers[:2], key=lambda x: int(x.address, 16))
+    roll.fund(a)
+    roll.fund(b)
+    roll.bond()
+    reveal_bond, slot = ru.call("REVEAL_BOND"), ru.call("REVEAL_SLOT")
+    assert (reveal_bond, slot) == (REVEAL * BOND, 2**161)
+    tree = roll.tree({a: 1, b: 2})
+    roll.post(tree)
+    _challenge_leaves(roll, roll.rival)
+    roll.challenge(0)  # the outsider's leaf challenge, left unanswered: the root is rejected
+    roll.open_bonds += 1
+    kit.advance(ANSWER)
+    before = ru.call("owed", roll.rival.address)
+    _timeout(roll, 0, kit.outsider)
+    roll.bond()
+    roll.post(tree)  # epoch 2: a new reveal challenge returns the rival's stale one, once
+    _challenge_leaves(roll, kit.outsider)
+    roll.open_bonds -= REVEAL  # the rival's was paid back
+    assert ru.call("owed", roll.rival.address) - before == reveal_bond
+    with reverts("rollup: challenge still open"):  # the slot is the outsider's now, not the rival's
+        ru.transact("reclaim_bond", job.id, roll.server.address, slot, sender=roll.rival)
+    with reverts("rollup: answer window open"):
+        ru.transact("timeout", job.id, roll.server.address, slot, sender=kit.outsider)
+    kit.advance(ANSWER)
+    before = ru.call("owed", kit.outsider.address)
+    _timeout(roll, slot, kit.outsider)
+    assert ru.call("owed", kit.outsider.address) - before == reveal_bond + SSTAKE // 2
+    with reverts("rollup: no challenge"):
+        ru.transact("reclaim_bond", job.id, roll.server.address, slot, sender=kit.outsider)
+
+
+# ---------------------------------------------------------------- what the reveal does not check
+
+
+@pytest.mark.xfail(strict=True, raises=ContractRevert, reason=(
+    "reveal_leaves checks order, tabs and signatures but not rollbacks against the final root, and "
+    "its last chunk closes the challenge: a server with withheld leaves that lowered (or dropped) a "
+    "caller it was already paid for reveals after the challenge hour and finalizes in the same block, "
+    "so prove_rollback never gets a pending root. Fix: when the last chunk answers REVEAL_SLOT, record "
+    "its time and make finalize wait CHALLENGE_WINDOW after it (fraud proofs only, no new challenges), "
+    "e.g. _pending's posted time set to max(posted, now - CHALLENGE_WINDOW + PROOF_WINDOW)"))
+def test_a_withheld_rollback_cannot_be_revealed_late_and_finalized_before_anyone_proves_it(roll):
+    kit, ru, job = roll.kit, roll.ru, roll.job
+    a, b = sorted(roll.callers[:2], key=lambda x: int(x.address, 16))
+    roll.fund(a)
+    roll.fund(b)
+    roll.bond()
+    final = roll.tree({a: 10, b: 5})
+    roll.post(final)
+    kit.advance(WINDOW)
+    roll.finalize()  # a paid for 10 queries
+    cheat = roll.tree({a: 4, b: 20})  # a's older receipt (it did sign 4): a rolled back, leaves withheld
+    roll.post(cheat)
+    kit.advance(WINDOW - 60)
+    _challenge_leaves(roll, kit.outsider)  # the watcher finds the leaves withheld late in the hour
+    kit.advance(120)  # the server waits out the challenge hour, then reveals and finalizes at once
+    _reveal(roll, cheat, 0, [_sig(roll, {a.address: a, b.address: b}[x.caller], x) for x in cheat.leaves])
+    roll.open_bonds -= REVEAL
+    try:
+        roll.finalize(server=roll.server)
+    except ContractRevert:
+        pass  # the fix: finalize waits for the revealed leaves to be checked
+    # the watcher reads the revealed leaves and proves the rollback
+    ev = ru.transact("prove_rollback", job.id, roll.server.address, a.address, opening(final, a.address),
+                     opening(cheat, a.address), sender=kit.outsider).event("UsageRejected")
+    assert ev["reason"] == "rollback"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "post_usage accepts up to MAX_LEAVES = 2**24 leaves, but reveal_leaves takes one chunk of 256 per "
+    "call, in order, within one ANSWER_WINDOW of 4 hours fixed whatever n: even whole 30M-gas blocks "
+    "for all 1,200 blocks reveal only ~1-2M leaves, so challenge_leaves (a flat REVEAL_BOND, paid back "
+    "with half the bond on timeout) slashes any honest server with a large root at a profit. Fix: bound "
+    "n in post_usage by what a reveal can carry (MAX_LEAVES = CHUNK * ANSWER_WINDOW // BLOCK_TIME * "
+    "BLOCK_GAS // chunk gas, with a margin, e.g. 2**16), or extend the answer deadline by a fixed time per "
+    "chunk revealed; and scale REVEAL_BOND with the chunks (n / CHUNK challenge bonds each)"))
+def test_every_root_the_rollup_accepts_can_be_revealed_within_the_answer_window(roll):
+    ru = roll.ru
+    callers = _many(roll, 257, "attacks3-grief")
+    by_addr = {c.address: c for c in callers}
+    roll.bond()
+    tree = UsageTree([Leaf(c.address, 1, PRICE) for c in callers])
+    roll.post(tree)
+    _challenge_leaves(roll, roll.rival)
+    gas = [_reveal(roll, tree, k, [roll.sig(by_addr[x[0]], 1, PRICE) for x in tree.chunk(k)[0]]).gas_used
+           for k in range(tree.chunks)]
+    roll.open_bonds -= REVEAL
+    assert ru.call("owed", roll.server.address) == REVEAL * BOND
+    full = gas[0]
+    assert full < BLOCK_GAS  # one chunk fits a block
+    base_, exp = re.search(r"^MAX_LEAVES: constant\(uint256\) = (\d+)\*\*(\d+)$", SOURCE.read_text(), re.MULTILINE).groups()
+    max_leaves = int(base_) ** int(exp)  # what post_usage accepts (with tabs opened at as many callers)
+    chunk = ru.call("CHUNK")
+    blocks = ru.call("ANSWER_WINDOW") // BLOCK_TIME
+    needed = -(-max_leaves // chunk) * full
+    print(f"full chunk {full} gas; a {max_leaves}-leaf root needs {needed / 1e9:.1f}G gas, "
+          f"the answer window holds at most {blocks * BLOCK_GAS / 1e9:.1f}G "
+          f"({blocks * BLOCK_GAS // full * chunk} leaves)")
+    assert needed <= blocks * BLOCK_GAS
+
+
+# ---------------------------------------------------------------- audit_usage and the reveal state
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "_reveal (reveal_next) is cleared only when the last chunk answers or a new challenge_leaves opens: "
+    "a reveal stopped mid-way (its root rejected) leaves reveal_next > 0 for every later root, and "
+    "audit_usage reads any reveal_next > 0 as 'already challenged', so it never challenges a later "
+    "withheld root (a server buys that blindness once for half its bond). Fix: audit_usage asks only "
+    "whether a Challenged event with slot REVEAL_SLOT exists in the current epoch; and clear "
+    "_reveal in _reject (or make reveal_next 0 unless REVEAL_SLOT is challenged in the current epoch)"))
+def test_a_reveal_stopped_in_an_old_epoch_does_not_stop_audits_challenging_the_next_withheld_root(roll):
+    from fedmarket.roles.tabs import audit_usage
+
+    kit, ru, job = roll.kit, roll.ru, roll.job
+    callers = _many(roll, 257, "attacks3-stale")
+    by_addr = {c.address: c for c in callers}
+    roll.bond()
+    tree = UsageTree([Leaf(c.address, 1, PRICE) for c in callers])
+    roll.post(tree)
+    _challenge_leaves(roll, roll.rival)
+    _reveal(roll, tree, 0, [roll.sig(by_addr[x[0]], 1, PRICE) for x in tree.chunk(0)[0]])
+    kit.advance(ANSWER)
+    _timeout(roll, 2**161, roll.rival)  # the reveal stopped at chunk 1 (the server's own sybil, or a crash)
+    roll.bond()
+    cheat = UsageTree([Leaf(callers[0].address, 1, 2 * PRICE)])  # its caller signed 1 query for PRICE
+    roll.post(cheat)  # withheld
+    print("reveal_next after the rejection:", ru.call("reveal_next", job.id, roll.server.address))
+    found = audit_usage(kit.dep, kit.outsider, open_store(tempfile.mkdtemp()), job.id, roll.server.address)
+    assert found == ["the pending root's leaves are unavailable or do not make the root: challenged to reveal them all"]
+    roll.challengers.add(kit.outsider.address)
+    roll.open_bonds += REVEAL
+    with reverts("rollup: not the caller's signature"):
+        _reveal(roll, cheat, 0, [roll.sig(callers[0], 1, PRICE)])
+    kit.advance(ANSWER)
+    _timeout(roll, 2**161, kit.outsider)
+
+
+def test_audit_usage_never_reads_another_servers_revealed_leaves_as_this_servers(roll):
+    """The rival reveals a root on chain; the server posts a root of exactly the same leaves (so the
+    same root hash) and withholds them. The auditor must not take the rival's LeavesRevealed as the
+    server's leaves (they are filtered by the indexed server), so it challenges the server."""
+    from fedmarket.roles.tabs import audit_usage
+
+    kit, ru, job = roll.kit, roll.ru, roll.job
+    a, b = sorted(roll.callers[:2], key=lambda x: int(x.address, 16))
+    for server in (roll.server, roll.rival):
+        roll.fund(a, server=server)
+        roll.fund(b, server=server)
+        roll.bond(server=server)
+    tree = roll.tree({a: 1, b: 2})
+    roll.post(tree, server=roll.rival)
+    roll.challengers.add(kit.outsider.address)
+    roll.open_bonds += REVEAL
+    ru.transact("challenge_leaves", job.id, roll.rival.address, sender=kit.outsider)
+    sigs = [Tab(job.id, roll.rival.address, x.queries, x.spent).sign({a.address: a, b.address: b}[x.caller].key,
+                                                                     kit.chain_id, ru.address) for x in tree.leaves]
+    leaves, siblings = tree.chunk(0)
+    ru.transact("reveal_leaves", job.id, 0, leaves, sigs, siblings, sender=roll.rival)
+    roll.open_bonds -= REVEAL
+    roll.post(tree)  # the server's epoch 1, same root, withheld
+    assert ru.call("pending_root", job.id, roll.server.address) == ru.call("pending_root", job.id, roll.rival.address)
+    found = audit_usage(kit.dep, kit.outsider, open_store(tempfile.mkdtemp()), job.id, roll.server.address)
+    assert found == ["the pending root's leaves are unavailable or do not make the root: challenged to reveal them all"]
+    roll.open_bonds += REVEAL
+    _reveal(roll, tree, 0, [_sig(roll, {a.address: a, b.address: b}[x.caller], x) for x in tree.leaves])
+    roll.open_bonds -= REVEAL
+
+
+def test_a_reveal_left_from_a_rejected_root_does_not_leak_into_the_next_and_a_restarted_book_resumes(roll, tmp_path):
+    """Epoch 1: a 257-leaf root's reveal stops after chunk 0 and the root is rejected (reveal_next
+    stays 1). Epoch 2: the TabBook posts again; a new challenge_leaves starts the reveal over at chunk
+    0 (the old last caller does not carry over), the server sends chunk 0 and crashes, and a TabBook
+    restarted from its store sends only chunk 1 and keeps the reveal bond."""
+    from fedmarket.roles.tabs import TabBook
+
+    kit, ru, job = roll.kit, roll.ru, roll.job
+    callers = _many(roll, 257, "attacks3-resume")
+    store = open_store(tmp_path / "blobs")
+    book = TabBook(kit.dep, roll.server, store, job.id)
+    for c in callers:
+        book.admit(1, PRICE, roll.sig(c, 1, PRICE))
+    assert any("257 callers" in m for m in book.step())
+    tree = book.posted.tree
+    by_addr = {c.address.lower(): c for c in callers}  # the book keys its callers in lower case
+    sigs = [[roll.sig(by_addr[x[0].lower()], 1, PRICE) for x in tree.chunk(k)[0]] for k in range(2)]
+    _challenge_leaves(roll, roll.rival)
+    _reveal(roll, tree, 0, sigs[0])
+    kit.advance(ANSWER)
+    _timeout(roll, 2**161, roll.rival)
+    assert ru.call("reveal_next", job.id, roll.server.address) == 1  # stale, and harmless on chain:
+    assert any("257 callers" in m for m in book.step())  # it bonds again and posts epoch 2
+    assert book.posted.tree.root == tree.root
+    with reverts("rollup: not challenged"):
+        _reveal(roll, tree, 1, sigs[1])  # the old reveal cannot go on against the new root
+    _challenge_leaves(roll, kit.outsider)
+    assert ru.call("reveal_next", job.id, roll.server.address) == 0
+    _reveal(roll, tree, 0, sigs[0])  # then the server crashes
+    restarted = TabBook(kit.dep, roll.server, store, job.id)
+    lines = restarted.step()
+    assert sum("revealed leaves" in m for m in lines) == 1, lines
+    roll.open_bonds -= REVEAL
+    assert ru.call("open_challenges", job.id, roll.server.address) == 0
+    assert ru.call("owed", roll.server.address) == REVEAL * BOND
+    kit.advance(WINDOW)
+    assert any("usage root final: 257 queries" in m for m in restarted.step())
