@@ -194,7 +194,9 @@ REVEAL_SLOT: public(constant(uint256)) = 2**161
 REVEAL_BONDS: constant(uint256) = 100
 SECP_N: constant(uint256) = 115792089237316195423570985008687907852837564279074904382605163141518161494337
 SECP_HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168
-MAX_LEAVES: constant(uint256) = 2**24
+# @dev Most leaves per root: as many as a server can reveal on chain within ANSWER_WINDOW (256
+# chunks of about 2.8M gas each).
+MAX_LEAVES: public(constant(uint256)) = 2**16
 # @dev Seconds a posted root can be challenged, and a server has to answer a challenge.
 CHALLENGE_WINDOW: public(constant(uint256)) = 3_600
 ANSWER_WINDOW: public(constant(uint256)) = 4 * 3_600
@@ -210,7 +212,7 @@ TOKEN: public(immutable(IERC20))
 TREASURY: public(immutable(address))
 # @dev What a challenger puts up per challenge: the server's if it answers, returned if not.
 CHALLENGE_BOND: public(immutable(uint256))
-# @dev What a challenger of a whole root's leaves puts up (the server's gas to reveal them all).
+# @dev What a challenger of a whole root's leaves puts up per chunk (the server's gas to reveal it).
 REVEAL_BOND: public(immutable(uint256))
 
 # @dev Each caller's tab per job and server: tokens deposited less tokens refunded.
@@ -233,8 +235,10 @@ epoch: public(HashMap[uint256, HashMap[address, uint256]])
 open_challenges: public(HashMap[uint256, HashMap[address, uint256]])
 # @dev Challenges per job, server and leaf index: challenger << 96 | epoch << 32 | time.
 _challenge: HashMap[uint256, HashMap[address, HashMap[uint256, uint256]]]
-# @dev A whole-leaves challenge under way per job and server: next chunk << 160 | last caller revealed.
+# @dev A whole-leaves challenge under way per job and server: next chunk << 160 | last caller
+# revealed; and the bond it put up (REVEAL_BOND per chunk).
 _reveal: HashMap[uint256, HashMap[address, uint256]]
+_reveal_bond: HashMap[uint256, HashMap[address, uint256]]
 # @dev Queries paid through final roots per job (the model's record, with ModelMarket.queries_settled).
 queries_settled: public(HashMap[uint256, uint256])
 # @dev Callers who funded a tab at each server (counted when a tab goes from nothing to something):
@@ -515,7 +519,7 @@ def challenge(job_id: uint256, server: address, index: uint256):
     """
     word: uint256 = self._pending_word(job_id, server)
     assert index < (word >> 32) & MASK32, "rollup: no such leaf"
-    self._challenge_slot(job_id, server, index)
+    self._challenge_slot(job_id, server, index, CHALLENGE_BOND)
 
 
 @external
@@ -546,7 +550,7 @@ def challenge_caller(job_id: uint256, server: address, caller: address):
     @param server The server.
     @param caller The caller.
     """
-    self._challenge_slot(job_id, server, (1 << 160) | convert(caller, uint256))
+    self._challenge_slot(job_id, server, (1 << 160) | convert(caller, uint256), CHALLENGE_BOND)
 
 
 @external
@@ -576,12 +580,16 @@ def challenge_leaves(job_id: uint256, server: address):
     """
     @notice Challenges a server to reveal every leaf of its pending root, with its caller's
             signature, in chunks of `CHUNK` (`reveal_leaves`), within `ANSWER_WINDOW`, putting up
-            `REVEAL_BOND`. For leaves withheld: the chain then checks their order, tabs and
-            signatures itself. Its slot is `REVEAL_SLOT`.
+            `REVEAL_BOND` per chunk. For leaves withheld: the chain then checks their order, tabs
+            and signatures itself, and the root gets a fresh challenge window once they are all
+            out. Its slot is `REVEAL_SLOT`.
     @param job_id The job.
     @param server The server.
     """
-    self._challenge_slot(job_id, server, REVEAL_SLOT)
+    word: uint256 = self._pending_word(job_id, server)
+    bond: uint256 = REVEAL_BOND * ((((word >> 32) & MASK32) + CHUNK - 1) // CHUNK)
+    self._challenge_slot(job_id, server, REVEAL_SLOT, bond)
+    self._reveal_bond[job_id][server] = bond
     self._reveal[job_id][server] = 0
 
 
@@ -632,6 +640,8 @@ def reveal_leaves(job_id: uint256, chunk: uint256, leaves: DynArray[Leaf, CHUNK]
     if (chunk + 1) * CHUNK >= n:
         self._reveal[job_id][msg.sender] = 0
         self._answered(job_id, REVEAL_SLOT)
+        # the leaves are out now: everyone gets a whole challenge window to prove what they show
+        self._pending[job_id][msg.sender] = (word & ~MASK32) | block.timestamp
     else:
         self._reveal[job_id][msg.sender] = ((chunk + 1) << 160) | last
 
@@ -652,7 +662,7 @@ def timeout(job_id: uint256, server: address, slot: uint256) -> uint256:
     assert block.timestamp >= (c & MASK32) + ANSWER_WINDOW, "rollup: answer window open"
     challenger: address = convert(c >> 96, address)
     self._challenge[job_id][server][slot] = 0
-    self.owed[challenger] += self._bond_of(slot)
+    self.owed[challenger] += self._bond_of(job_id, server, slot)
     return self._reject(job_id, server, challenger, "unanswered challenge")
 
 
@@ -670,7 +680,7 @@ def reclaim_bond(job_id: uint256, server: address, slot: uint256):
     e: uint256 = (c >> 32) & MASK64
     assert e != self.epoch[job_id][server] or self.pending_root[job_id][server] == empty(bytes32), "rollup: challenge still open"
     self._challenge[job_id][server][slot] = 0
-    self.owed[convert(c >> 96, address)] += self._bond_of(slot)
+    self.owed[convert(c >> 96, address)] += self._bond_of(job_id, server, slot)
 
 
 @external
@@ -766,7 +776,7 @@ def _pending_word(job_id: uint256, server: address) -> uint256:
 
 
 @internal
-def _challenge_slot(job_id: uint256, server: address, slot: uint256):
+def _challenge_slot(job_id: uint256, server: address, slot: uint256, bond: uint256):
     """Opens a challenge in `slot` (a leaf index, or 2**160 + a caller) of the pending root."""
     word: uint256 = self._pending_word(job_id, server)
     assert block.timestamp < (word & MASK32) + CHALLENGE_WINDOW, "rollup: challenge window closed"
@@ -774,18 +784,18 @@ def _challenge_slot(job_id: uint256, server: address, slot: uint256):
     old: uint256 = self._challenge[job_id][server][slot]
     if old != 0:  # a challenge of a rejected root: its bond goes back
         assert (old >> 32) & MASK64 != e, "rollup: already challenged"
-        self.owed[convert(old >> 96, address)] += self._bond_of(slot)
+        self.owed[convert(old >> 96, address)] += self._bond_of(job_id, server, slot)
     self._challenge[job_id][server][slot] = (convert(msg.sender, uint256) << 96) | (e << 32) | block.timestamp
     self.open_challenges[job_id][server] += 1
-    self._pull(msg.sender, self._bond_of(slot))
+    self._pull(msg.sender, bond)
     log Challenged(job_id=job_id, server=server, epoch=e, slot=slot, challenger=msg.sender)
 
 
 @view
 @internal
-def _bond_of(slot: uint256) -> uint256:
+def _bond_of(job_id: uint256, server: address, slot: uint256) -> uint256:
     if slot == REVEAL_SLOT:
-        return REVEAL_BOND
+        return self._reveal_bond[job_id][server]
     return CHALLENGE_BOND
 
 
@@ -804,7 +814,7 @@ def _answered(job_id: uint256, slot: uint256):
     """Closes the sender's challenge in `slot`; its bond goes to the sender."""
     self._challenge[job_id][msg.sender][slot] = 0
     self.open_challenges[job_id][msg.sender] -= 1
-    self.owed[msg.sender] += self._bond_of(slot)
+    self.owed[msg.sender] += self._bond_of(job_id, msg.sender, slot)
     log ChallengeAnswered(job_id=job_id, server=msg.sender, epoch=self.epoch[job_id][msg.sender], slot=slot)
 
 
@@ -837,6 +847,7 @@ def _reject(job_id: uint256, server: address, challenger: address, reason: Strin
     self.pending_root[job_id][server] = empty(bytes32)
     self._pending[job_id][server] = 0
     self.open_challenges[job_id][server] = 0
+    self._reveal[job_id][server] = 0
     share: uint256 = amount * C.CHALLENGER_BPS // C.BPS
     self.owed[challenger] += share
     self.owed[TREASURY] += amount - share

@@ -571,7 +571,7 @@ def test_a_server_reveals_a_withheld_root_of_two_chunks_and_keeps_the_bond(roll)
     reveals = [r.gas_used for r in book.sent if r.events and r.events[0].name == "LeavesRevealed"]
     print(f"reveal gas per chunk: {reveals}")
     assert len(reveals) == 2 and max(reveals) < 10_000_000  # a full chunk fits a third of a block
-    assert ru.call("owed", roll.server.address) == ru.call("REVEAL_BOND")
+    assert ru.call("owed", roll.server.address) == 2 * ru.call("REVEAL_BOND")  # the bond of two chunks
     assert audit_usage(kit.dep, kit.outsider, elsewhere, job.id, roll.server.address) == []  # read back from the chain
     kit.advance(WINDOW)
     assert any("usage root final: 257 queries" in m for m in book.step())

@@ -4,24 +4,23 @@ and the off-chain side that uses it (`audit_usage`, `_published`).
 
 Each test asserts the safe behaviour. Attacks that fail are plain tests (a bad leaf alone in a
 partial last chunk, a caller counted twice across a chunk boundary, the reveal bond paid once,
-another server's revealed leaves, a stale reveal against a new root, a restarted TabBook); attacks that succeed are strict xfails naming their fix (a withheld rollback revealed
-after the challenge hour and finalized in the same block, a stale `reveal_next` that stops
-`audit_usage` challenging later withheld roots, roots too big to reveal within the answer window).
+another server's revealed leaves, a stale reveal against a new root, a restarted TabBook). What
+this pass broke is fixed: a withheld rollback revealed after the challenge hour gets a fresh
+window before it can be finalized, a rejected root's reveal state is cleared and `audit_usage`
+asks the current epoch's events, and a root has at most the leaves a server can reveal in its
+answer window, the bond scaling with the chunks.
 The `roll` fixture checks after every test that the rollup holds exactly what it owes."""
 
 from __future__ import annotations
 
-import re
 import tempfile
 from pathlib import Path
 
-import pytest
 import test_usage_rollup as base
 from contract_kit import reverts
 from test_model_market import SSTAKE
 from test_usage_rollup import ANSWER, BOND, PRICE, WINDOW, Rollup
 
-from fedmarket.errors import ContractRevert
 from fedmarket.protocol.receipts import Tab
 from fedmarket.protocol.usage import Leaf, UsageTree, opening
 from fedmarket.storage import open_store
@@ -52,8 +51,11 @@ def _sig(roll: Rollup, caller, leaf: Leaf) -> bytes:
 
 
 def _challenge_leaves(roll: Rollup, sender):
+    """Challenge the server's pending root to reveal its leaves: REVEAL challenge bonds per chunk."""
     roll.challengers.add(sender.address)
-    roll.open_bonds += REVEAL
+    n = roll.ru.call("totals", roll.job.id, roll.server.address, True)[2]
+    roll.reveal_units = REVEAL * -(-n // 256)
+    roll.open_bonds += roll.reveal_units
     return roll.ru.transact("challenge_leaves", roll.job.id, roll.server.address, sender=sender)
 
 
@@ -65,7 +67,7 @@ def _reveal(roll: Rollup, tree: UsageTree, k: int, sigs: list, leaves=None):
 
 def _timeout(roll: Rollup, slot: int, sender):
     r = roll.ru.transact("timeout", roll.job.id, roll.server.address, slot, sender=sender)
-    roll.open_bonds -= REVEAL if slot == 2**161 else 1
+    roll.open_bonds -= roll.reveal_units if slot == 2**161 else 1
     return r.event("UsageRejected")
 
 
@@ -156,13 +158,6 @@ def test_timeout_reclaim_and_a_new_challenge_each_pay_the_reveal_bond_once(roll)
 # ---------------------------------------------------------------- what the reveal does not check
 
 
-@pytest.mark.xfail(strict=True, raises=ContractRevert, reason=(
-    "reveal_leaves checks order, tabs and signatures but not rollbacks against the final root, and "
-    "its last chunk closes the challenge: a server with withheld leaves that lowered (or dropped) a "
-    "caller it was already paid for reveals after the challenge hour and finalizes in the same block, "
-    "so prove_rollback never gets a pending root. Fix: when the last chunk answers REVEAL_SLOT, record "
-    "its time and make finalize wait CHALLENGE_WINDOW after it (fraud proofs only, no new challenges), "
-    "e.g. _pending's posted time set to max(posted, now - CHALLENGE_WINDOW + PROOF_WINDOW)"))
 def test_a_withheld_rollback_cannot_be_revealed_late_and_finalized_before_anyone_proves_it(roll):
     kit, ru, job = roll.kit, roll.ru, roll.job
     a, b = sorted(roll.callers[:2], key=lambda x: int(x.address, 16))
@@ -180,24 +175,14 @@ def test_a_withheld_rollback_cannot_be_revealed_late_and_finalized_before_anyone
     kit.advance(120)  # the server waits out the challenge hour, then reveals and finalizes at once
     _reveal(roll, cheat, 0, [_sig(roll, {a.address: a, b.address: b}[x.caller], x) for x in cheat.leaves])
     roll.open_bonds -= REVEAL
-    try:
+    with reverts("rollup: challenge window open"):  # the revealed leaves get a whole window to be checked
         roll.finalize(server=roll.server)
-    except ContractRevert:
-        pass  # the fix: finalize waits for the revealed leaves to be checked
     # the watcher reads the revealed leaves and proves the rollback
     ev = ru.transact("prove_rollback", job.id, roll.server.address, a.address, opening(final, a.address),
                      opening(cheat, a.address), sender=kit.outsider).event("UsageRejected")
     assert ev["reason"] == "rollback"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "post_usage accepts up to MAX_LEAVES = 2**24 leaves, but reveal_leaves takes one chunk of 256 per "
-    "call, in order, within one ANSWER_WINDOW of 4 hours fixed whatever n: even whole 30M-gas blocks "
-    "for all 1,200 blocks reveal only ~1-2M leaves, so challenge_leaves (a flat REVEAL_BOND, paid back "
-    "with half the bond on timeout) slashes any honest server with a large root at a profit. Fix: bound "
-    "n in post_usage by what a reveal can carry (MAX_LEAVES = CHUNK * ANSWER_WINDOW // BLOCK_TIME * "
-    "BLOCK_GAS // chunk gas, with a margin, e.g. 2**16), or extend the answer deadline by a fixed time per "
-    "chunk revealed; and scale REVEAL_BOND with the chunks (n / CHUNK challenge bonds each)"))
 def test_every_root_the_rollup_accepts_can_be_revealed_within_the_answer_window(roll):
     ru = roll.ru
     callers = _many(roll, 257, "attacks3-grief")
@@ -208,12 +193,11 @@ def test_every_root_the_rollup_accepts_can_be_revealed_within_the_answer_window(
     _challenge_leaves(roll, roll.rival)
     gas = [_reveal(roll, tree, k, [roll.sig(by_addr[x[0]], 1, PRICE) for x in tree.chunk(k)[0]]).gas_used
            for k in range(tree.chunks)]
-    roll.open_bonds -= REVEAL
-    assert ru.call("owed", roll.server.address) == REVEAL * BOND
+    roll.open_bonds -= roll.reveal_units
+    assert ru.call("owed", roll.server.address) == roll.reveal_units * BOND  # REVEAL bonds per chunk
     full = gas[0]
     assert full < BLOCK_GAS  # one chunk fits a block
-    base_, exp = re.search(r"^MAX_LEAVES: constant\(uint256\) = (\d+)\*\*(\d+)$", SOURCE.read_text(), re.MULTILINE).groups()
-    max_leaves = int(base_) ** int(exp)  # what post_usage accepts (with tabs opened at as many callers)
+    max_leaves = ru.call("MAX_LEAVES")  # what post_usage accepts (with tabs opened at as many callers)
     chunk = ru.call("CHUNK")
     blocks = ru.call("ANSWER_WINDOW") // BLOCK_TIME
     needed = -(-max_leaves // chunk) * full
@@ -226,13 +210,6 @@ def test_every_root_the_rollup_accepts_can_be_revealed_within_the_answer_window(
 # ---------------------------------------------------------------- audit_usage and the reveal state
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_reveal (reveal_next) is cleared only when the last chunk answers or a new challenge_leaves opens: "
-    "a reveal stopped mid-way (its root rejected) leaves reveal_next > 0 for every later root, and "
-    "audit_usage reads any reveal_next > 0 as 'already challenged', so it never challenges a later "
-    "withheld root (a server buys that blindness once for half its bond). Fix: audit_usage asks only "
-    "whether a Challenged event with slot REVEAL_SLOT exists in the current epoch; and clear "
-    "_reveal in _reject (or make reveal_next 0 unless REVEAL_SLOT is challenged in the current epoch)"))
 def test_a_reveal_stopped_in_an_old_epoch_does_not_stop_audits_challenging_the_next_withheld_root(roll):
     from fedmarket.roles.tabs import audit_usage
 
@@ -253,6 +230,7 @@ def test_a_reveal_stopped_in_an_old_epoch_does_not_stop_audits_challenging_the_n
     found = audit_usage(kit.dep, kit.outsider, open_store(tempfile.mkdtemp()), job.id, roll.server.address)
     assert found == ["the pending root's leaves are unavailable or do not make the root: challenged to reveal them all"]
     roll.challengers.add(kit.outsider.address)
+    roll.reveal_units = REVEAL  # one chunk
     roll.open_bonds += REVEAL
     with reverts("rollup: not the caller's signature"):
         _reveal(roll, cheat, 0, [roll.sig(callers[0], 1, PRICE)])
@@ -292,8 +270,8 @@ def test_audit_usage_never_reads_another_servers_revealed_leaves_as_this_servers
 
 
 def test_a_reveal_left_from_a_rejected_root_does_not_leak_into_the_next_and_a_restarted_book_resumes(roll, tmp_path):
-    """Epoch 1: a 257-leaf root's reveal stops after chunk 0 and the root is rejected (reveal_next
-    stays 1). Epoch 2: the TabBook posts again; a new challenge_leaves starts the reveal over at chunk
+    """Epoch 1: a 257-leaf root's reveal stops after chunk 0 and the root is rejected (which clears
+    the reveal). Epoch 2: the TabBook posts again; a new challenge_leaves starts the reveal over at chunk
     0 (the old last caller does not carry over), the server sends chunk 0 and crashes, and a TabBook
     restarted from its store sends only chunk 1 and keeps the reveal bond."""
     from fedmarket.roles.tabs import TabBook
@@ -312,7 +290,7 @@ def test_a_reveal_left_from_a_rejected_root_does_not_leak_into_the_next_and_a_re
     _reveal(roll, tree, 0, sigs[0])
     kit.advance(ANSWER)
     _timeout(roll, 2**161, roll.rival)
-    assert ru.call("reveal_next", job.id, roll.server.address) == 1  # stale, and harmless on chain:
+    assert ru.call("reveal_next", job.id, roll.server.address) == 0  # the rejection cleared the reveal
     assert any("257 callers" in m for m in book.step())  # it bonds again and posts epoch 2
     assert book.posted.tree.root == tree.root
     with reverts("rollup: not challenged"):
@@ -323,8 +301,8 @@ def test_a_reveal_left_from_a_rejected_root_does_not_leak_into_the_next_and_a_re
     restarted = TabBook(kit.dep, roll.server, store, job.id)
     lines = restarted.step()
     assert sum("revealed leaves" in m for m in lines) == 1, lines
-    roll.open_bonds -= REVEAL
+    roll.open_bonds -= roll.reveal_units
     assert ru.call("open_challenges", job.id, roll.server.address) == 0
-    assert ru.call("owed", roll.server.address) == REVEAL * BOND
+    assert ru.call("owed", roll.server.address) == roll.reveal_units * BOND
     kit.advance(WINDOW)
     assert any("usage root final: 257 queries" in m for m in restarted.step())

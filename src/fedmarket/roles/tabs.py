@@ -305,10 +305,11 @@ def _published(ru, store: BlobStore, job_id: int, server: str, epoch: int) -> tu
     return None
 
 
-def _challenge(dep: Deployment, account: Account, fn: str, *args, bond: str = "CHALLENGE_BOND"):
-    """Open a challenge, putting up the rollup's bond for it (checked and approved first)."""
+def _challenge(dep: Deployment, account: Account, fn: str, *args, bond: int | None = None):
+    """Open a challenge, putting up its bond (the rollup's challenge bond unless given; checked
+    and approved first)."""
     ru = rollup_of(dep)
-    bond = int(ru.call(bond))
+    bond = int(ru.call("CHALLENGE_BOND")) if bond is None else bond
     check_funds(dep, account.address, bond, "the challenge bond")
     dep.token.transact("approve", ru.address, bond, sender=account)
     return ru.transact(fn, *args, sender=account)
@@ -337,10 +338,11 @@ def audit_usage(dep: Deployment, account: Account, store: BlobStore, job_id: int
     if got is None:  # the chain makes the server reveal them all, checked there, or lose its bond
         if not act:
             return ["the pending root's leaves are unavailable or do not make the root: challenge it to reveal them"]
-        if ru.call("reveal_next", job_id, server) or ru.events("Challenged", job_id=job_id, server=server,
-                                                                epoch=int(ru.call("epoch", job_id, server)), slot=REVEAL_SLOT):
+        if ru.events("Challenged", job_id=job_id, server=server, epoch=int(ru.call("epoch", job_id, server)),
+                     slot=REVEAL_SLOT):
             return ["the pending root's leaves are unavailable: already challenged to reveal them"]
-        _challenge(dep, account, "challenge_leaves", job_id, server, bond="REVEAL_BOND")
+        chunks = -(-int(ru.call("totals", job_id, server, True)[2]) // int(ru.call("CHUNK")))
+        _challenge(dep, account, "challenge_leaves", job_id, server, bond=int(ru.call("REVEAL_BOND")) * chunks)
         return ["the pending root's leaves are unavailable or do not make the root: challenged to reveal them all"]
     tree, sigs = got
     i = tree.disorder()
