@@ -304,12 +304,15 @@ def list_model(job_id: uint256, round: uint256, data: leaves.RoundData, proof: D
 @nonreentrant
 def set_offer(job_id: uint256, terms: Offer):
     """
-    @notice Changes a listed model's offer. Credits and access already bought keep their price.
+    @notice Changes a listed model's offer. Credits and access already bought keep their price;
+            the server share never falls (servers hold usage signed under it).
     @param job_id The listed job.
     @param terms The new offer.
     """
     assert msg.sender == staticcall LICENCE.ownerOf(job_id), "model: not the model owner"
     assert self.model_root[job_id] != empty(bytes32), "model: not listed"
+    # servers hold usage signed under the share in force: lowering it would take their part of it
+    assert terms.server_bps >= self.offer[job_id].server_bps, "model: server share cannot fall"
     self._set_offer(job_id, terms)
 
 
@@ -509,7 +512,8 @@ def settle_usage(job_id: uint256, receipts: DynArray[Usage, MAX_BATCH]) -> uint2
                      a server serves past a caller's credit at its own risk.
     """
     terms: Offer = self._listed_offer(job_id)
-    assert self._serving(job_id, msg.sender), "model: not serving"
+    # a staked server settles what it answered, whatever stake the offer asks of new servers now
+    assert self.stake[job_id][msg.sender] > 0 and self.unstake_time[job_id][msg.sender] == 0, "model: not serving"
     assert len(receipts) > 0, "model: no receipts"
     separator: bytes32 = statements._separator(chain.id, self)
     total: uint256 = 0

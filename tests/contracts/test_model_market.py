@@ -175,7 +175,7 @@ def test_a_shape_that_does_not_fit_is_refused(shop, shape, reason):
 
 @pytest.mark.parametrize("over, reason", [
     ({"owner_bps": 5_000, "server_bps": 5_000}, "model: shares exceed the whole"),
-    ({"owner_bps": 9_901, "server_bps": 0}, "model: shares exceed the whole"),
+    ({"owner_bps": 7_901}, "model: shares exceed the whole"),  # with the server share of 2,000 and the fee
     ({"owner_bps": OWNER_CAP + 1}, "model: owner share above the job's terms"),  # what contributors agreed to
     ({"access_price": 0}, "model: access needs a price and a period"),
     ({"access_period": 0}, "model: access needs a price and a period"),
@@ -273,16 +273,14 @@ def test_receipts_are_bound_to_their_server_and_job(shop):
     assert kit.chain  # both servers' stakes stay held (fixture checks)
 
 
-@pytest.mark.parametrize("case", ["unstaked", "under-staked", "unstaking", "slashed", "unlisted", "empty"])
+@pytest.mark.parametrize("case", ["unstaked", "unstaking", "slashed", "unlisted", "empty"])
 def test_only_a_serving_server_settles(shop, case):
     mm = shop.mm
     job = shop.listed()
     a = shop.buyers[0]
     mm.transact("buy_credits", job.id, 5, sender=a)
     receipts, job_id, reason = [shop.usage(job, a, 1)], job.id, "model: not serving"
-    if case == "under-staked":
-        shop.staked(job, amount=SSTAKE - 1)
-    elif case == "unstaking":
+    if case == "unstaking":
         shop.staked(job)
         mm.transact("request_unstake", job.id, sender=shop.server)
     elif case == "slashed":
@@ -296,6 +294,23 @@ def test_only_a_serving_server_settles(shop, case):
         receipts, reason = [], "model: no receipts"
     with reverts(reason):
         mm.transact("settle_usage", job_id, receipts, sender=shop.server)
+
+
+def test_the_owner_cannot_take_a_servers_share_or_stop_it_settling_what_it_answered(shop):
+    """Servers hold usage signed under the offer in force: the owner may not lower the server
+    share, and raising the stake new servers need does not stop a staked server settling."""
+    mm, kit = shop.mm, shop.kit
+    job = shop.listed()
+    shop.staked(job)
+    a = shop.buyers[0]
+    mm.transact("buy_credits", job.id, 5, sender=a)
+    with reverts("model: server share cannot fall"):
+        mm.transact("set_offer", job.id, offer(server_bps=1_999), sender=kit.requester)
+    mm.transact("set_offer", job.id, offer(server_bps=2_001, server_stake=2 * SSTAKE), sender=kit.requester)
+    assert not mm.call("serving", job.id, shop.server.address)  # new queries: not as the offer asks now
+    before = mm.call("owed", shop.server.address)
+    shop.settle(job, [shop.usage(job, a, 3)])  # but what it answered settles, at the share now in force
+    assert mm.call("owed", shop.server.address) - before == 3 * QPRICE * 2_001 // 10_000
 
 
 def test_credits_keep_the_price_they_were_bought_at(shop):

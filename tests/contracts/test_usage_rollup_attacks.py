@@ -366,10 +366,14 @@ def test_the_model_owner_cannot_cut_the_servers_share_of_a_posted_period(roll):
     roll.bond()
     roll.post(roll.tree({c: 50}))  # served at server_bps 2_000
     kit.advance(WINDOW)
-    mm.transact("set_offer", job.id, offer(server_bps=0, owner_bps=2_500), sender=kit.requester)
-    before = mm.call("owed", roll.server.address)
+    with reverts("model: server share cannot fall"):
+        mm.transact("set_offer", job.id, offer(server_bps=0, owner_bps=2_500), sender=kit.requester)
+    # the owner raising its own share (within the job's terms) changes nothing for a posted period
+    mm.transact("set_offer", job.id, offer(owner_bps=2_500), sender=kit.requester)
+    before = {a: mm.call("owed", a) for a in (roll.server.address, kit.requester.address)}
     roll.finalize()
-    assert mm.call("owed", roll.server.address) - before == 50 * PRICE * 2_000 // 10_000
+    assert mm.call("owed", roll.server.address) - before[roll.server.address] == 50 * PRICE * 2_000 // 10_000
+    assert mm.call("owed", kit.requester.address) - before[kit.requester.address] == 50 * PRICE * 1_000 // 10_000
 
 
 def test_a_root_cannot_move_more_than_the_servers_bond(roll):

@@ -109,6 +109,9 @@ def ask(url: str, caller: ModelCaller, features: list[float], pay: str = "credit
 
     if pay not in PAYMENTS:
         raise FedMarketError(f"pay with one of {', '.join(PAYMENTS)}, not {pay!r}")
+    if not caller.mm.call("serving", caller.job_id, caller.server):
+        raise FedMarketError(f"server {caller.server} is not staked as the model's offer asks: its answers are not "
+                             "backed by the stake a wrong one would cost")
     base = url.rstrip("/")
     with httpx.Client(timeout=600) as client:
         last = client.get(base + "/usage", params={"caller": caller.account.address}).json()
