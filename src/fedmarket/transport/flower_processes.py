@@ -8,6 +8,7 @@ step keeps its SuperLink and the market's app run up (`flower_nodes.Serving`).""
 from __future__ import annotations
 
 import json
+import time
 
 from ..market import JobState
 from ..processes.aggregator import AggregatorProcess
@@ -20,20 +21,28 @@ class SuperNodeProviderProcess(ProviderProcess):
     """`ProviderProcess` that never trains from the mailbox: during training it only reports the
     rounds its SuperNode answered (its own receipt in its own mailbox)."""
 
+    # while the SuperNode trains this process has nothing to do but notice the end: it looks at the
+    # chain at most this often then, not every poll (twenty of them polling took a core's share)
+    TRAINING_LOOK_S = 2.0
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # the rounds are the SuperNode's: a step that finds the job just started training does not
         # train here too (the ClientApp would then only send this process's update again)
         self.provider.train = self._not_here
+        self._quiet_until = 0.0
 
     @staticmethod
     def _not_here(job_id: int, round_: int) -> None:
         return None
 
     def step(self) -> None:
+        if time.monotonic() < self._quiet_until:
+            return
         job = job_state(self.dep, self.job_id)
         r = int(job["current_round"])
         if job["state"] == JobState.TRAINING and r < int(job["rounds"]):
+            self._quiet_until = time.monotonic() + self.TRAINING_LOOK_S
             if self.posted(r):
                 self.say_once(f"round {r}: update sent through the SuperNode")
             else:
