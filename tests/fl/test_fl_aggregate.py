@@ -231,6 +231,8 @@ def test_fedavg_int_exact_across_blocks_and_paths(data):
         ([INT64_MAX, 5], [0, 3]),  # a zero weight cancels any value
         ([INT64_MAX, INT64_MIN, INT64_MAX], [1, 1, 1]),  # only exact Python integers can do this sum
         ([2**47, -(2**47)], [2**40, 2**40 - 1]),
+        # read as -2**53 by float64; a fused multiply-add keeps the product unrounded, so it did not overflow
+        ([2, -(2**53) - 1], [1, 1]),
     ],
 )
 def test_fedavg_int_at_the_float_and_int64_limits(column, ws):

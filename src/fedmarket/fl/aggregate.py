@@ -159,9 +159,13 @@ def _float_weighted_sum(w_units: np.ndarray, block: np.ndarray, out: np.ndarray,
     float64 holds such a number exactly below ``2**53`` units and overflows
     to infinity from ``2**53`` units (``2**1024``) on, and no later step
     makes an infinity finite again. So a finite result is exact, whatever
-    order BLAS sums in. A value the conversion to float64 rounds
-    (``|q| > 2**53``) overflows as soon as its weight is positive and
-    contributes exactly 0 when its weight is 0. The block is converted and
+    order BLAS sums in, with or without fused multiply-adds. A value the
+    conversion to float64 would round (``|q| > 2**53``) is not left to
+    overflow: under a fused multiply-add its product is never rounded, so
+    ``-(2**53 + 1)`` (read as ``-2**53``) plus a small term came out finite
+    and wrong. A tile holding any ``|q| >= 2**53`` therefore sends the
+    block to the integer paths, checked on the converted tile while it is
+    in cache. The block is converted and
     multiplied in tiles of rows that stay in cache and under OpenBLAS's
     threading threshold (the pool's threads already fill the cores).
     """
@@ -175,6 +179,8 @@ def _float_weighted_sum(w_units: np.ndarray, block: np.ndarray, out: np.ndarray,
             stop = min(start + rows, n)
             f = scratch.get("float", (stop - start, width), np.float64)
             np.copyto(f, block[start:stop], casting="unsafe")
+            if f.max() >= _FLOAT_EXACT or f.min() <= -_FLOAT_EXACT:
+                return False  # a value the conversion may have rounded
             np.matmul(w_units[start:stop], f, out=partial if start else acc)
             if start:
                 acc += partial
