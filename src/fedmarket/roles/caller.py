@@ -17,10 +17,10 @@ class ModelCaller:
     """A paying caller: buys credits and signs each query's cumulative usage for one server."""
 
     def __init__(self, dep: Deployment, account: Account, job_id: int, server: str, count: int | None = None,
-                 spent: int = 0):
+                 tab_queries: int = 0, tab_spent: int = 0):
         self.dep, self.mm, self.account, self.job_id, self.server = dep, dep.model_market, account, job_id, server
         self.count = int(self.mm.call("used", job_id, account.address, server)) if count is None else count
-        self.tab_queries, self.tab_spent = (count or 0), spent  # its usage on its tab at this server
+        self.tab_queries, self.tab_spent = tab_queries, tab_spent  # its usage on its tab at this server
         self.access_count = 0  # its access queries at this server
 
     def fund(self, amount: int):

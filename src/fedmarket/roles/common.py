@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 from multiformats import CID, multihash
@@ -385,3 +386,29 @@ def fail_job(dep: Deployment, sender, job_id: int):
               if dep.disputes.call("attestation_of", job_id, r, v) == b"\x00" * 32
               and not dep.disputes.call("rejected", job_id, r, v)]
     return dep.disputes.transact("fail_round", job_id, absent, sender=sender)
+
+
+# ---- receipt journals: a server's record of the receipts it answered ------------------------
+def journal_line(caller: str, *numbers: int, signature: bytes) -> str:
+    """One answered query's receipt as a journal line: ``[caller, numbers..., "0x" signature]``."""
+    return json.dumps([caller, *numbers, "0x" + signature.hex()]) + "\n"
+
+
+def read_journal(path: Path) -> dict[str, tuple]:
+    """Each caller's latest receipt in a receipt journal: ``(numbers..., signature)`` with the
+    highest first number (its count). A line cut short by a crash is ignored: its query was never
+    answered."""
+    latest: dict[str, tuple] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return latest
+    for line in lines:
+        try:
+            caller, *numbers, sig = json.loads(line)
+            entry = (*(int(n) for n in numbers), bytes.fromhex(sig[2:]))
+        except (ValueError, TypeError, AttributeError):
+            continue
+        if caller not in latest or entry[0] > latest[caller][0]:
+            latest[caller] = entry
+    return latest

@@ -17,7 +17,6 @@ server prove for free.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from ..market import Deployment
 from ..protocol.inference import ONE, fixed_input, input_hash, linear_answer, linear_shape
 from ..protocol.receipts import AccessQuery, Answer, Usage
 from ..storage import BlobStore
-from .common import check_funds
+from .common import check_funds, journal_line, read_journal
 from .model_owner import listed_shape
 from .proofs import sign_proven
 from .tabs import TabBook, TabRefused
@@ -106,7 +105,7 @@ class ModelServer:
         restarted server still settles the queries it answered and expects each caller's next count."""
         if self.journal is not None:
             with open(self.journal, "a") as fh:
-                fh.write(json.dumps([caller, count, "0x" + signature.hex()]) + "\n")
+                fh.write(journal_line(caller, count, signature=signature))
         self.latest[caller] = (count, signature)
 
     @property
@@ -163,12 +162,12 @@ class ModelServer:
     def usage_of(self, caller: str) -> dict:
         """A caller's last receipts at this server: its credits' count (settled or answered), its
         tab's queries and spent, its access count (what its next query signs one more than)."""
-        key = caller.lower()
+        address = to_checksum_address(caller)  # credit and access receipts are kept by signer, tabs in lower case
         with self.lock:
-            count = max([self.latest[c][0] for c in self.latest if c.lower() == key] or [0])
-            access = max([n for c, n in self.access_counts.items() if c.lower() == key] or [0])
-            tab = self.tabs.latest.get(key, (0, 0, b"")) if self.tabs is not None else (0, 0, b"")
-        settled = int(self.mm.call("used", self.job_id, to_checksum_address(caller), self.address))
+            count = self.latest.get(address, (0, b""))[0]
+            access = self.access_counts.get(address, 0)
+            tab = self.tabs.latest.get(address.lower(), (0, 0, b"")) if self.tabs is not None else (0, 0, b"")
+        settled = int(self.mm.call("used", self.job_id, address, self.address))
         return {"caller": caller, "count": max(count, settled), "tab_queries": tab[0], "tab_spent": tab[1],
                 "access_count": access}
 
@@ -263,25 +262,5 @@ class ModelServer:
             return
         with self.lock:
             tmp = self.journal.with_name(self.journal.name + ".tmp")
-            tmp.write_text("".join(json.dumps([c, n, "0x" + sig.hex()]) + "\n" for c, (n, sig) in self.latest.items()))
+            tmp.write_text("".join(journal_line(c, n, signature=sig) for c, (n, sig) in self.latest.items()))
             tmp.replace(self.journal)
-
-
-
-def read_journal(path: Path) -> dict[str, tuple[int, bytes]]:
-    """Each caller's latest receipt in a server's journal (one JSON line per answered query; a
-    line cut short by a crash is ignored: its query was never answered)."""
-    latest: dict[str, tuple[int, bytes]] = {}
-    try:
-        lines = Path(path).read_text().splitlines()
-    except FileNotFoundError:
-        return latest
-    for line in lines:
-        try:
-            caller, count, sig = json.loads(line)
-            entry = (int(count), bytes.fromhex(sig[2:]))
-        except (ValueError, TypeError):
-            continue
-        if entry[0] > latest.get(caller, (0, b""))[0]:
-            latest[caller] = entry
-    return latest

@@ -28,7 +28,7 @@ from ..market import Deployment
 from ..protocol.receipts import Tab
 from ..protocol.usage import Leaf, UsageTree, opening
 from ..storage import BlobStore
-from .common import check_funds
+from .common import check_funds, journal_line, read_journal
 
 ZERO_ROOT = b"\x00" * 32
 REVEAL_SLOT = 2**161  # UsageRollup.REVEAL_SLOT: the challenge to reveal every leaf
@@ -87,15 +87,8 @@ class TabBook:
         self.latest: dict[str, tuple[int, int, bytes]] = {}  # caller (lower case) -> (queries, spent, signature)
         self.lock = threading.Lock()
         self.journal = journal
-        if journal is not None and journal.is_file():
-            for line in journal.read_text().splitlines():
-                try:
-                    caller, q, s, sig = json.loads(line)
-                    entry = (int(q), int(s), bytes.fromhex(sig[2:]))
-                except (ValueError, TypeError):
-                    continue  # a line cut short by a crash: its query was never answered
-                if entry[0] > self.latest.get(caller, (0, 0, b""))[0]:
-                    self.latest[caller] = entry
+        if journal is not None:
+            self.latest = read_journal(journal)
         self.posted: Posted | None = self._load(pending=True)
         self.final: Posted | None = self._load(pending=False)
         for root in (self.final, self.posted):  # what it already posted is never rolled back, journal or not
@@ -154,7 +147,7 @@ class TabBook:
             if record:
                 if self.journal is not None:
                     with open(self.journal, "a") as fh:
-                        fh.write(json.dumps([key, queries, spent, "0x" + signature.hex()]) + "\n")
+                        fh.write(journal_line(key, queries, spent, signature=signature))
                 self.latest[key] = (queries, spent, signature)
         return caller
 
