@@ -1,0 +1,101 @@
+"""The model market after training, attacked through the real roles on the session chain: a
+stranger paying itself a server's share, a model owner taking a server's share or stranding what
+it answered, and a server colluding with a Sybil caller to charge an honest caller's tab through
+a usage root whose leaves it withholds. Tokens are conserved in every case."""
+
+from __future__ import annotations
+
+import pytest
+from sec_support import revert
+
+from fedmarket.protocol.receipts import Tab
+from fedmarket.protocol.usage import Leaf, UsageTree
+from fedmarket.roles.caller import ModelCaller
+from fedmarket.roles.model_owner import Offer, list_model
+from fedmarket.roles.server import ModelServer, QueryRefused
+from fedmarket.roles.tabs import audit_usage, refund_tab
+
+TOKEN = 10**18
+PRICE = TOKEN // 100
+STAKE = 5 * TOKEN
+
+
+@pytest.fixture
+def listed(make):
+    """A settled digits job whose model is listed, and a staked server for it."""
+    sim = make()
+    sim.driver.run()
+    list_model(sim.dep, sim.store, sim.c.requester, sim.job, Offer(query_price=PRICE, owner_bps=0, server_bps=2_000,
+                                                                  server_stake=STAKE))
+    server = ModelServer(sim.dep, sim.c.validators[-1], sim.store, sim.job)
+    server.ensure_staked()
+    return sim, server
+
+
+def contracts_total(sim) -> int:
+    dep = sim.dep
+    return sim.total() + dep.balance(dep.model_market.address) + dep.balance(dep.usage_rollup.address)
+
+
+def test_nobody_but_the_rollup_pays_a_model_with_shares_of_its_choosing(listed):
+    sim, _ = listed
+    mm, stranger = sim.dep.model_market, sim.c.stranger
+    sim.dep.token.transact("approve", mm.address, 10 * PRICE, sender=stranger)
+    revert(mm.transact, "pay", sim.job, stranger.address, 10 * PRICE, 0, 9_000, sender=stranger,
+           match="model: not the usage rollup")
+
+
+def test_the_owner_cannot_take_the_share_of_usage_a_server_answered(listed):
+    sim, server = listed
+    mm, owner = sim.dep.model_market, sim.c.requester
+    caller = ModelCaller(sim.dep, sim.c.stranger, sim.job, server.address)
+    caller.buy(5)
+    for row in sim.driver.cast.providers[0].X[:3]:
+        server.answer(list(row), *caller.next_receipt())
+    revert(mm.transact, "set_offer", sim.job, Offer(query_price=PRICE, owner_bps=0, server_bps=0, server_stake=STAKE).abi(),
+           sender=owner, match="model: server share cannot fall")
+    # raising the stake new servers need does not strand what this one answered
+    mm.transact("set_offer", sim.job, Offer(query_price=PRICE, owner_bps=0, server_bps=2_000, server_stake=2 * STAKE).abi(),
+                sender=owner)
+    before = int(mm.call("owed", server.address))
+    server.settle()
+    assert int(mm.call("owed", server.address)) - before == 3 * PRICE * 2_000 // 10_000
+
+
+def test_a_server_and_its_sybil_cannot_charge_an_honest_tab_through_withheld_leaves(listed):
+    sim, server = listed
+    dep, ru, store = sim.dep, sim.dep.usage_rollup, sim.store
+    honest, sybil = sim.c.stranger, sim.c.providers[-1]
+    total = contracts_total(sim)
+    honest_c, sybil_c = (ModelCaller(dep, a, sim.job, server.address) for a in (honest, sybil))
+    honest_c.fund(10 * PRICE)
+    sybil_c.fund(PRICE)
+    row = list(sim.driver.cast.providers[0].X[0])
+    server.answer(row, *honest_c.next_tab()[::2], spent=honest_c.tab_spent)
+    # the sybil's one-query tab: its second query is refused at the server's own door
+    server.answer(row, *sybil_c.next_tab()[::2], spent=sybil_c.tab_spent)
+    with pytest.raises(QueryRefused, match="exceeds its credit"):
+        server.answer(row, *sybil_c.next_tab()[::2], spent=sybil_c.tab_spent)
+    # so the server posts the inflated root by hand, its leaves published nowhere
+    server.tabs.ensure_bonded(60 * PRICE)
+    cheat = UsageTree([Leaf(honest.address, 1, PRICE), Leaf(sybil.address, 50, 50 * PRICE)])
+    revert(ru.transact, "post_usage", sim.job, cheat.top.as_tuple(), cheat.n, "withheld", sender=server.account,
+           match="rollup: more than the tabs hold")  # the pool of this server's tabs is 11 queries
+    cheat = UsageTree([Leaf(honest.address, 1, PRICE), Leaf(sybil.address, 10, 10 * PRICE)])  # all of the honest tab
+    ru.transact("post_usage", sim.job, cheat.top.as_tuple(), cheat.n, "withheld", sender=server.account)
+    # the honest caller audits: the leaves are missing, so the server must reveal them on chain, and cannot
+    found = audit_usage(dep, honest, store, sim.job, server.address)
+    assert found == ["the pending root's leaves are unavailable or do not make the root: challenged to reveal them all"]
+    leaves, siblings = cheat.chunk(0)
+    sigs = [Tab(sim.job, server.address, q, s).sign(a.key, dep.chain_id, ru.address)
+            for a, (_, q, s) in zip(sorted((honest, sybil), key=lambda x: int(x.address, 16)), leaves)]
+    revert(ru.transact, "reveal_leaves", sim.job, 0, leaves, sigs, siblings, sender=server.account, match="past its tab")
+    sim.chain.advance_time(int(ru.call("ANSWER_WINDOW")))
+    bond = int(ru.call("bond", sim.job, server.address))
+    ev = ru.transact("timeout", sim.job, server.address, ru.call("REVEAL_SLOT"), sender=honest).event("UsageRejected")
+    assert (ev["challenger"], ev["slashed"]) == (honest.address, bond)
+    # nothing left the tabs: the honest caller takes back all it did not spend (one query was never posted)
+    ru.transact("request_refund", sim.job, server.address, sender=honest)
+    sim.chain.advance_time(int(ru.call("REFUND_DELAY")))
+    assert refund_tab(dep, honest, store, sim.job, server.address).event("TabRefunded")["amount"] == 10 * PRICE
+    assert contracts_total(sim) == total
