@@ -223,8 +223,11 @@ def test_fedavg_int_exact_across_blocks_and_paths(data):
 @pytest.mark.parametrize(
     "column, ws",
     [
-        ([2**53 - 1], [1]),  # the largest sum float64 holds exactly
-        ([2**53], [1]),  # one past it: the float product overflows, the int64 path answers
+        ([2**52 - 1], [1]),  # the largest sum the float path takes (units of 2**972)
+        ([2**52], [1]),  # one past it: the float product overflows, the int64 path answers
+        ([2**52, -1], [1, 1]),  # a product at the threshold, brought back under it by a fused multiply-add: exact
+        ([2**53 - 1], [1]),  # the largest integer float64 holds
+        ([2**53], [1]),
         ([2**52, 2**52 - 1], [1, 1]),
         ([2**52, 2**52, -(2**52)], [1, 1, 1]),  # a partial sum overflows though the total fits
         ([2**52, 2**52, -(2**52)], [2**40, 2**40, 2**40]),
@@ -233,6 +236,9 @@ def test_fedavg_int_exact_across_blocks_and_paths(data):
         ([2**47, -(2**47)], [2**40, 2**40 - 1]),
         # read as -2**53 by float64; a fused multiply-add keeps the product unrounded, so it did not overflow
         ([2, -(2**53) - 1], [1, 1]),
+        ([2**53 + 1, -(2**53)], [1, 1]),  # rounded up to 2**53 (ties to even) beside its negation
+        ([-(2**53) - 1, 2**53 - 1, 2**53 - 1], [1, 1, 1]),
+        ([2**62 + 1, -(2**62)], [1, 1]),
     ],
 )
 def test_fedavg_int_at_the_float_and_int64_limits(column, ws):

@@ -23,8 +23,7 @@ from fedmarket.errors import ConfigError
 
 _INT64_MAX = np.iinfo(np.int64).max
 _FAST_BOUND = 1 << 62  # int64 sums bounded by this cannot overflow
-_FLOAT_EXACT = 1 << 53  # float64 holds every integer of smaller magnitude
-_UNIT_EXP = 1024 - 53  # in units of 2**971, float64 overflows exactly where integers stop being exact
+_UNIT_EXP = 1024 - 52  # in units of 2**972, float64 overflows before integers stop being exact
 _INT32_BOUND = 1 << 31
 _FEDAVG_WIDTH = 32768  # columns per FedAvg block: long row segments stream from memory at full speed
 _TILE_ELEMS = 1 << 18  # entries per FedAvg tile; OpenBLAS runs a gemv below 460800 entries on one thread
@@ -133,7 +132,7 @@ def fedavg_int(updates: Sequence[np.ndarray], weights: Sequence[int]) -> np.ndar
     stacked, shape = _stack_int(updates)
     out = np.empty(stacked.shape[1], dtype=np.int64)
     # every weight is at most the total, so these conversions are exact when the total fits
-    w_units = np.ldexp(np.asarray(ws, dtype=np.float64), _UNIT_EXP) if total < _FLOAT_EXACT else None
+    w_units = np.ldexp(np.asarray(ws, dtype=np.float64), _UNIT_EXP) if total < 1 << (1024 - _UNIT_EXP) else None
     w_int = np.asarray(ws, dtype=np.int64) if total < _FAST_BOUND else None
     w_obj = np.asarray(ws, dtype=object)
 
@@ -154,18 +153,21 @@ def fedavg_int(updates: Sequence[np.ndarray], weights: Sequence[int]) -> np.ndar
 def _float_weighted_sum(w_units: np.ndarray, block: np.ndarray, out: np.ndarray, total: int, scratch: _Scratch) -> bool:
     """Write ``floor(w @ block / total)`` to ``out`` if float64 computes ``w @ block`` exactly; return whether it did.
 
-    ``w_units`` are the weights times ``2**971``, a power of two, so every
-    product and partial sum is an integer number of units ``2**971``.
-    float64 holds such a number exactly below ``2**53`` units and overflows
-    to infinity from ``2**53`` units (``2**1024``) on, and no later step
+    ``w_units`` are the weights times ``2**972``, a power of two, so every
+    product and partial sum is an integer number of units ``2**972``.
+    float64 holds such a number exactly below ``2**52`` units and overflows
+    to infinity from ``2**52`` units (``2**1024``) on, and no later step
     makes an infinity finite again. So a finite result is exact, whatever
-    order BLAS sums in, with or without fused multiply-adds. A value the
-    conversion to float64 would round (``|q| > 2**53``) is not left to
-    overflow: under a fused multiply-add its product is never rounded, so
-    ``-(2**53 + 1)`` (read as ``-2**53``) plus a small term came out finite
-    and wrong. A tile holding any ``|q| >= 2**53`` therefore sends the
-    block to the integer paths, checked on the converted tile while it is
-    in cache. The block is converted and
+    order BLAS sums in. A value the conversion to float64 rounds
+    (``|q| > 2**53``) is read as at least ``2**53`` in magnitude, so with a
+    weight of at least 1 its product is at least ``2**1025``: it overflows
+    when rounded on its own, and under a fused multiply-add (where the
+    product is never rounded) the running sum it joins is below ``2**1024``
+    and cannot bring it back under the overflow threshold. (With units of
+    ``2**971`` it could: ``-(2**53 + 1)``, read as ``-2**53``, plus 2 came
+    out finite and one off.) A weight of 0 contributes exactly 0. The
+    float path thus needs no look at the values; it covers sums below
+    ``2**52`` units and leaves larger ones to the integer paths. The block is converted and
     multiplied in tiles of rows that stay in cache and under OpenBLAS's
     threading threshold (the pool's threads already fill the cores).
     """
@@ -179,8 +181,6 @@ def _float_weighted_sum(w_units: np.ndarray, block: np.ndarray, out: np.ndarray,
             stop = min(start + rows, n)
             f = scratch.get("float", (stop - start, width), np.float64)
             np.copyto(f, block[start:stop], casting="unsafe")
-            if f.max() >= _FLOAT_EXACT or f.min() <= -_FLOAT_EXACT:
-                return False  # a value the conversion may have rounded
             np.matmul(w_units[start:stop], f, out=partial if start else acc)
             if start:
                 acc += partial
