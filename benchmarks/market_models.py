@@ -21,7 +21,7 @@ median over rounds. Goals: mlp_acc >= 0.85, cnn_acc >= 0.88, sim_gap <= 0.005, c
 ``noise_floor`` reads ``sim_gap`` against the training's own sensitivity, measured in the same
 run: the same float simulation again from initial weights each moved by one fixed-point unit
 (2**-20), the smallest difference the market's arithmetic makes; the largest |simulation - nudged
-simulation| over the models (``--no-noise-floor`` skips it).
+simulation| over the models and ``--nudges`` nudges (default 1; 0 skips it).
 """
 
 from __future__ import annotations
@@ -101,10 +101,11 @@ def market_job(model: str, rounds: int, seed: int, spent: list[float]) -> dict:
             "accounts": accounts, "job_id": report["job_id"]}
 
 
-def simulation(job: dict, seed: int, nudge: bool = False) -> tuple[float, float]:
+def simulation(job: dict, seed: int, nudge: int | None = None) -> tuple[float, float]:
     """The engine's simulation of the same job: the same initial weights, partition and per-provider
     training seeds, float FedAvg weighted by sample counts; (test accuracy, seconds). With ``nudge``
-    every initial weight is first moved by one fixed-point unit (2**-20, up or down by a seeded coin):
+    (a number) every initial weight is first moved by one fixed-point unit (2**-20, up or down by a coin
+    seeded by ``seed`` and ``nudge``):
     the smallest change the market's arithmetic makes, so the two simulations' gap is the noise floor
     against which ``sim_gap`` is read."""
     from fedmarket.fl.simulation import federate
@@ -120,10 +121,10 @@ def simulation(job: dict, seed: int, nudge: bool = False) -> tuple[float, float]
     Xn, Xt = spec.normalize(train.X), spec.normalize(test.X)
     t = time.perf_counter()
     start = job_model(spec).params(np.zeros(spec.n_params, dtype=np.int64))  # the job's initial weights, as committed
-    if nudge:
+    if nudge is not None:
         from fedmarket.fl.quantize import SCALE
 
-        start = start + np.random.default_rng([seed, 7]).choice([-1.0, 1.0], start.size) / SCALE
+        start = start + np.random.default_rng([seed, 7 + nudge]).choice([-1.0, 1.0], start.size) / SCALE
     res = federate(model, [Xn[p] for p in parts], [train.y[p] for p in parts], FedAvg(), rounds=cfg.rounds, epochs=1,
                    batch_size=1, lr=1.0, seed=seed, training=spec.training.local(), params=start,
                    seeds=lambda r, k: training_seed(job["accounts"][k], job["job_id"], r))
@@ -135,8 +136,8 @@ def main() -> None:
     ap.add_argument("--models", default="softmax,mlp,cnn")
     ap.add_argument("--rounds", default="softmax=30,mlp=30,cnn=15", help="rounds per model")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-noise-floor", action="store_true",
-                    help="skip the second, nudged simulation per model (noise floor of sim_gap)")
+    ap.add_argument("--nudges", type=int, default=1,
+                    help="nudged simulations per model for the noise floor of sim_gap (0 skips them)")
     args = ap.parse_args()
     rounds = dict((k, int(v)) for k, v in (kv.split("=") for kv in args.rounds.split(",")))
     spent = _timed_training()
@@ -148,10 +149,10 @@ def main() -> None:
         job = market_job(model, rounds[model], args.seed, spent)
         sim_acc, sim_s = simulation(job, args.seed)
         gaps.append(abs(job["acc"] - sim_acc))
-        if not args.no_noise_floor:
-            nudged_acc, _ = simulation(job, args.seed, nudge=True)
-            noise.append(abs(nudged_acc - sim_acc))
-            out[f"{model}_sim_nudged_acc"] = round(nudged_acc, 4)
+        if args.nudges > 0:
+            nudged = [simulation(job, args.seed, nudge=j)[0] for j in range(args.nudges)]
+            noise.append(max(abs(a - sim_acc) for a in nudged))
+            out[f"{model}_sim_nudged_acc"] = [round(a, 4) for a in nudged] if args.nudges > 1 else round(nudged[0], 4)
         rs, ts = np.array(job["round_s"]), np.array(job["train_s"])
         out[f"{model}_acc"] = round(job["acc"], 4)
         out[f"{model}_sim_acc"] = round(sim_acc, 4)
