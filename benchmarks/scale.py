@@ -14,7 +14,10 @@ over the providers. Reported:
   role re-derives the roots it relies on) and EVM execution (transactions and calls);
 - ``bytes_per_param``: vector blob bytes over values, median over every blob of the job (updates, models)
   (goal <= 4: the blob carries each value at the fewest bytes that hold it exactly);
-- ``updates_per_round`` and the final accuracy on the held-out test set.
+- ``updates_per_round`` and the final accuracy on the held-out test set;
+- ``ms_per_update`` (training, hashing and chain milliseconds over the updates trained) and
+  ``roots_per_update`` (chunked vector roots computed per update, by every role together): the ratio's
+  anatomy, which does not depend on the number of providers the way totals do.
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ class Timers:
 
     def __init__(self) -> None:
         self.spent: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
 
-    def wrap(self, owner, name: str, category: str) -> None:
+    def wrap(self, owner, name: str, category: str, count: str | None = None) -> None:
         inner = getattr(owner, name)
 
         def timed(*args, **kwargs):
+            if count:
+                self.calls[count] += 1
             t = time.perf_counter()
             try:
                 return inner(*args, **kwargs)
@@ -63,7 +69,7 @@ def main() -> None:
 
     timers = Timers()
     timers.wrap(jobmodel.JobModel, "train", "training")
-    timers.wrap(encoding, "chunk_leaves", "hashing")
+    timers.wrap(encoding, "chunk_leaves", "hashing", count="vector_roots")
     timers.wrap(merkle.MerkleTree, "__init__", "hashing")
     timers.wrap(BoaChain, "_send", "chain")
     timers.wrap(BoaChain, "_call", "chain")
@@ -90,6 +96,9 @@ def main() -> None:
         "wall_s": round(wall, 1), "training_s": round(spent["training"], 1),
         "hashing_s": round(spent["hashing"], 1), "chain_s": round(spent["chain"], 1),
         "wall_over_training": round(wall / spent["training"], 2),
+        # per update trained: what one more provider-round costs in each category
+        "ms_per_update": {k: round(1e3 * spent[k] / sum(report["updates_per_round"]), 2) for k in ("training", "hashing", "chain")},
+        "roots_per_update": round(timers.calls["vector_roots"] / sum(report["updates_per_round"]), 2),
         "final_accuracy": report["final_accuracy"],
         "round_gas": report["gas_per_round"], "conserved": report["conserved"],
     }
