@@ -70,7 +70,7 @@ def make_spec(model: dict) -> JobSpec:
         data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
         model=model, training=TrainingSpec(rounds=2, local_epochs=1, batch_size=16, learning_rate=0.1),
         reward=RewardSpec(escrow=100 * TOKEN, provider_stake=TOKEN, aggregator_stake=50 * TOKEN, validator_stake=0,
-                          licence_requester_bps=1_000),
+                          licence_requester_bps=3_000),
         participation=ParticipationSpec(min_providers=3, max_providers=3, max_validators=0),
     )
 

@@ -164,7 +164,7 @@ def claim_revenue(job_id: uint256, index: uint256, leaf: leaves.RewardLeaf, proo
     assert p.reward_total > 0, "licence: job has no rewards"
     n_leaves: uint256 = p.n_providers + p.n_validators + 1
     assert leaves._verify(leaves._reward_leaf(leaf), index, n_leaves, proof, p.reward_root), "licence: invalid proof"
-    entitled: uint256 = self.revenue[job_id] * leaf.amount // p.reward_total
+    entitled: uint256 = leaves._pro_rata(self.revenue[job_id], leaf.amount, p.reward_total)
     due: uint256 = entitled - self.withdrawn[job_id][index]
     assert due > 0, "licence: nothing to claim"
     # the root is proven or approved, but a job's claims never reach other jobs' revenue

@@ -323,8 +323,9 @@ def _set_offer(job_id: uint256, terms: Offer):
     assert terms.access_period <= MAX_ACCESS, "model: access period too long"
     assert (terms.access_price == 0) == (terms.access_period == 0), "model: access needs a price and a period"
     assert terms.owner_bps + terms.server_bps + FEE_BPS <= C.BPS, "model: shares exceed the whole"
-    # the contributors agreed to the owner's share when they joined the job
-    assert terms.owner_bps <= (staticcall MARKET.terms(job_id)).licence_requester_bps, "model: owner share above the job's terms"
+    # the contributors agreed, when they joined the job, to what the owner and its servers take together
+    # (a server share outside it would let the owner serve its own model and take the contributors' part)
+    assert terms.owner_bps + terms.server_bps <= (staticcall MARKET.terms(job_id)).licence_requester_bps, "model: shares above the job's terms"
     self.offer[job_id] = terms
     log OfferSet(job_id=job_id, query_price=terms.query_price, access_price=terms.access_price,
                  access_period=terms.access_period, owner_bps=terms.owner_bps, server_bps=terms.server_bps,
@@ -764,7 +765,7 @@ def claim(job_id: uint256, index: uint256, leaf: leaves.RewardLeaf, proof: DynAr
     p: T.Progress = staticcall MARKET.progress(job_id)
     n_leaves: uint256 = p.n_providers + p.n_validators + 1
     assert leaves._verify(leaves._reward_leaf(leaf), index, n_leaves, proof, p.reward_root), "model: invalid proof"
-    entitled: uint256 = self.revenue[job_id] * leaf.amount // p.reward_total
+    entitled: uint256 = leaves._pro_rata(self.revenue[job_id], leaf.amount, p.reward_total)
     due: uint256 = entitled - self.withdrawn[job_id][index]
     assert due > 0, "model: nothing to claim"
     paid: uint256 = self.paid_out[job_id] + due

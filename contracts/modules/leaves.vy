@@ -108,6 +108,16 @@ def _reward_leaf(leaf: RewardLeaf) -> bytes32:
 
 @pure
 @internal
+def _pro_rata(revenue: uint256, amount: uint256, total: uint256) -> uint256:
+    """`revenue * amount // total` (a reward leaf's part of revenue) without that product:
+    revenue only grows, and an overflowing product would stop every claim for ever. Exact for
+    `amount <= total <= C.MAX_AMOUNT` (escrows are bounded so): the remainder's product stays
+    below 2**256."""
+    return revenue // total * amount + revenue % total * amount // total
+
+
+@pure
+@internal
 def _round_commitment(job_id: uint256, round: uint256, data: RoundData) -> bytes32:
     """Leaf `round` of a job's round accumulator."""
     return keccak256(abi_encode(

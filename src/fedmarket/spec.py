@@ -235,9 +235,10 @@ class RewardSpec(_Strict):
     fees, paid out of the escrow before the providers share the rest: the aggregator's per
     committed round, a validator's per round it attests (a member cut for a fault, or a
     validator that did not attest, earns nothing for it; the unearned part returns to the
-    requester). ``licence_requester_bps`` is the model owner's share of licence and query
-    revenue (the requester's, until it sells the model token); the protocol fee is taken
-    too, and the contributors share the rest by their rewards."""
+    requester). ``licence_requester_bps`` is the model owner's share of licence revenue (the
+    requester's, until it sells the model token) and, for query revenue, the owner's and its
+    servers' shares together; the protocol fee is taken too, and the contributors share the
+    rest by their rewards."""
 
     escrow: int = Field(gt=0, le=R.MAX_AMOUNT)
     provider_stake: int = Field(default=0, ge=0, le=R.MAX_AMOUNT)

@@ -156,12 +156,6 @@ def test_licence_a_token_transfer_before_a_sale_changes_neither_price_nor_contri
     assert books.lic.call("owed", kit.requester.address) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "claim_revenue computes revenue * leaf.amount before dividing: with leaf amounts near MAX_AMOUNT "
-    "(2**128 base units) three sales at the largest price overflow it, and every claim of the job reverts for "
-    "ever (revenue only grows). Low: needs ~3.4e20-token escrows and prices. Fix: bound a job's revenue in "
-    "buy (assert revenue <= C.MAX_AMOUNT, so revenue * amount < 2**256 as amount < 2**128), or a full-width "
-    "mul_div; ModelMarket.claim has the same product"))
 def test_licence_claims_survive_revenue_at_the_largest_amounts(books):
     kit = books.kit
     escrow = 2**128
@@ -238,12 +232,6 @@ def test_market_only_the_current_token_owner_sets_terms_and_takes_later_shares(s
 # ---------------------------------------------------------------- ModelMarket: the offer as a weapon
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the owner bypasses its cap (owner_bps <= licence_requester_bps) by setting server_bps up to "
-    "10,000 - FEE_BPS - owner_bps and serving its own model (or via a Sybil server): contributors get 0 of "
-    "settled usage (and a fake record at the cost of the fee). Fix: in ModelMarket._set_offer also assert "
-    "owner_bps + server_bps <= MARKET.terms(job).licence_requester_bps (the server is paid from the "
-    "non-contributor share the contributors agreed to)"))
 def test_the_owner_cannot_route_the_contributors_share_through_its_own_server(shop):
     kit, mm = shop.kit, shop.mm
     owner = kit.requester
@@ -263,15 +251,15 @@ def test_the_owner_cannot_route_the_contributors_share_through_its_own_server(sh
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "server_bps can never fall, so a seller of the model token raises it to 10,000 - FEE_BPS before the "
-    "sale and the buyer can never set any owner share (shares exceed the whole), while the seller keeps "
+    "server_bps can never fall, so a seller of the model token raises it to all the job's terms allow "
+    "(licence_requester_bps) before the sale and the buyer can never set any owner share, while the seller keeps "
     "earning as a server. Fix: record the offer's server_bps per server when it stakes "
     "(ModelMarket.stake_server) and settle each server at its recorded share, so set_offer may lower "
     "server_bps for servers that stake later"))
 def test_a_seller_cannot_lock_the_buyer_of_the_model_token_out_of_the_owner_share(shop):
     kit, mm, lic = shop.kit, shop.mm, shop.lic
     job = shop.listed()
-    mm.transact("set_offer", job.id, offer(owner_bps=0, server_bps=BPS - FEE_BPS), sender=kit.requester)
+    mm.transact("set_offer", job.id, offer(owner_bps=0, server_bps=OWNER_CAP), sender=kit.requester)
     lic.transact("transferFrom", kit.requester.address, kit.outsider.address, job.id, sender=kit.requester)
     # the new owner takes the share the job's terms give the owner, for servers that stake from now on
     mm.transact("set_offer", job.id, offer(owner_bps=OWNER_CAP, server_bps=0), sender=kit.outsider)

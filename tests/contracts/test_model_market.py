@@ -25,7 +25,7 @@ SSTAKE = 20 * TOKEN
 F, C = 4, 2  # the kit's 10-parameter model as a linear model: (4 + 1) * 2
 MODEL = np.array([3, -2, 1, 4, -5, 2, 0, 1, 7, -7], dtype=np.int64) * 100_000
 FEE_BPS = 100
-OWNER_CAP = 2_500  # the jobs' terms: the model owner's share of revenue, at most
+OWNER_CAP = 5_000  # the jobs' terms: the model owner's and its servers' share of revenue together, at most
 
 
 def offer(**over) -> tuple:
@@ -176,7 +176,9 @@ def test_a_shape_that_does_not_fit_is_refused(shop, shape, reason):
 @pytest.mark.parametrize("over, reason", [
     ({"owner_bps": 5_000, "server_bps": 5_000}, "model: shares exceed the whole"),
     ({"owner_bps": 7_901}, "model: shares exceed the whole"),  # with the server share of 2,000 and the fee
-    ({"owner_bps": OWNER_CAP + 1}, "model: owner share above the job's terms"),  # what contributors agreed to
+    ({"owner_bps": OWNER_CAP - 2_000 + 1}, "model: shares above the job's terms"),  # what contributors agreed to
+    # the owner serving its own model cannot take the contributors' part as a server share
+    ({"owner_bps": 0, "server_bps": OWNER_CAP + 1}, "model: shares above the job's terms"),
     ({"access_price": 0}, "model: access needs a price and a period"),
     ({"access_period": 0}, "model: access needs a price and a period"),
     ({"access_period": 3_650 * 86_400 + 1}, "model: access period too long"),

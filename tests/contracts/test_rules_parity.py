@@ -316,6 +316,25 @@ def test_chunk_leaf_parity(harness, index, chunk):
     assert harness.call("chunk_leaf", index, chunk) == E.chunk_leaf(index, np.array(chunk, dtype=np.int64))
 
 
+@st.composite
+def revenue_shares(draw):
+    """(revenue, amount, total): a reward leaf's amount within a reward total within MAX_AMOUNT,
+    and any revenue a job can accumulate (uint256), the edges included."""
+    total = draw(st.one_of(st.integers(1, 2**128), st.sampled_from([1, 2, 2**127, 2**128 - 1, 2**128])))
+    amount = draw(st.one_of(st.integers(0, total), st.sampled_from([0, total, total - 1])))
+    revenue = draw(st.one_of(st.integers(0, 2**256 - 1), st.sampled_from([0, 2**128, 3 * 2**128, 2**256 - 1])))
+    return revenue, max(amount, 0), total
+
+
+@SETTINGS
+@given(revenue_shares())
+def test_pro_rata_is_the_exact_share_without_overflow(harness, case):
+    """`leaves._pro_rata` (what licence and usage revenue claims pay) is floor(revenue * amount / total)
+    computed exactly, even where that product exceeds 2**256 and a plain product would revert."""
+    revenue, amount, total = case
+    assert harness.call("pro_rata", revenue, amount, total) == revenue * amount // total
+
+
 @pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 2**255 - 1, -(2**255)])
 def test_chunk_leaf_refuses_a_value_outside_int64(harness, value):
     """Values are packed as int64: a wider one would share a leaf with its low 64 bits, so the

@@ -38,7 +38,7 @@ def make_spec(model: dict, n: int, rounds: int = 2, validators: int = 0, strateg
         training=TrainingSpec(rounds=rounds, **{"local_epochs": 1, "batch_size": 16, "learning_rate": 0.1, **training}),
         strategy=strategy,
         reward=RewardSpec(escrow=100 * TOKEN, provider_stake=TOKEN, aggregator_stake=50 * TOKEN,
-                          validator_stake=5 * TOKEN if validators else 0, licence_requester_bps=1_000),
+                          validator_stake=5 * TOKEN if validators else 0, licence_requester_bps=3_000),
         participation=ParticipationSpec(min_providers=n, max_providers=n, max_validators=validators),
     )
 

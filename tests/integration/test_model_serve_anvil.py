@@ -58,7 +58,7 @@ def settled_softmax_job(chain, tmp_path, validator=None):
                    data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
                    model={"kind": "softmax"}, training=TrainingSpec(rounds=2, local_epochs=1, batch_size=16, learning_rate=0.1),
                    reward=RewardSpec(escrow=100 * TOKEN, provider_stake=TOKEN, aggregator_stake=50 * TOKEN,
-                                     validator_stake=n_val * TOKEN, licence_requester_bps=1_000),
+                                     validator_stake=n_val * TOKEN, licence_requester_bps=3_000),
                    participation=ParticipationSpec(min_providers=3, max_providers=3, min_validators=n_val or None,
                                                    max_validators=n_val))
     held = 1500 if validator else len(ds.y)  # the providers' images; a validator holds the rest

@@ -94,7 +94,7 @@ def digits():
 def make_spec(*, providers=3, rounds=2, validators=0, strategy="fedavg", trim=0, privacy="plain", per_round=0,
               escrow=ESCROW, provider_stake=PROV_STAKE, aggregator_stake=AGG_STAKE, validator_stake=VAL_STAKE,
               bond=BOND, target_accuracy=None, miss_payout_bps=5_000, deadlines=None, min_validators=None,
-              aggregator_fee=0, validator_fee=0, name="security") -> JobSpec:
+              aggregator_fee=0, validator_fee=0, licence_requester_bps=0, name="security") -> JobSpec:
     ds, _, _ = digits()
     dp = privacy in ("dp_local", "secagg_dp")
     return JobSpec(
@@ -107,7 +107,8 @@ def make_spec(*, providers=3, rounds=2, validators=0, strategy="fedavg", trim=0,
         privacy=PrivacySpec(mode=privacy, **({"epsilon": 8.0, "delta": 1e-5, "clip_norm": 1.0} if dp else {})),
         reward=RewardSpec(escrow=escrow, provider_stake=provider_stake, aggregator_stake=aggregator_stake,
                           validator_stake=validator_stake if validators else 0, dispute_bond=bond,
-                          aggregator_fee=aggregator_fee, validator_fee=validator_fee),
+                          aggregator_fee=aggregator_fee, validator_fee=validator_fee,
+                          licence_requester_bps=licence_requester_bps),
         participation=ParticipationSpec(min_providers=providers, max_providers=providers, max_validators=validators,
                                         min_validators=min_validators, per_round=per_round),
         quality=QualitySpec(target_accuracy=target_accuracy, miss_payout_bps=miss_payout_bps),

@@ -22,8 +22,9 @@ STAKE = 5 * TOKEN
 
 @pytest.fixture
 def listed(make):
-    """A settled digits job whose model is listed, and a staked server for it."""
-    sim = make()
+    """A settled digits job whose model is listed, and a staked server for it (the job's terms leave
+    30% of the model's revenue to its owner and servers together)."""
+    sim = make(licence_requester_bps=3_000)
     sim.driver.run()
     list_model(sim.dep, sim.store, sim.c.requester, sim.job, Offer(query_price=PRICE, owner_bps=0, server_bps=2_000,
                                                                   server_stake=STAKE))

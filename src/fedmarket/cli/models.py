@@ -54,7 +54,7 @@ def spec_init(
     stake: int = typer.Option(10, "--stake", help="Each provider's stake, in whole tokens."),
     aggregator_fee: float = typer.Option(None, "--aggregator-fee", help="The aggregator's fee per committed round, in tokens (default: 2% of the escrow over the job)."),
     validator_fee: float = typer.Option(None, "--validator-fee", help="Each validator's fee per attested round, in tokens (default: 1% of the escrow over the job)."),
-    owner_share: int = typer.Option(1_000, "--owner-share-bps", help="The model owner's share of licence and query revenue, in basis points."),
+    owner_share: int = typer.Option(1_000, "--owner-share-bps", help="The model owner's share of licence revenue, and the owner's and its servers' share of query revenue together, in basis points."),
     margin: float = typer.Option(0.1, "--margin", help="Widen each feature's sample range by this share of it on both sides."),
     round_duration: int = typer.Option(3_600, "--round-duration", help="Seconds each round may take."),
     challenge_period: int = typer.Option(3_600, "--challenge-period", help="Seconds to dispute the reward root before settlement."),

@@ -22,7 +22,7 @@ class Offer:
     access_price: int = 0
     access_period: int = 0
     owner_bps: int = 0
-    server_bps: int = 2_000
+    server_bps: int = 1_000  # with owner_bps at most the job terms' licence_requester_bps (`spec init` gives 1,000)
     server_stake: int = 0
 
     def abi(self) -> tuple:

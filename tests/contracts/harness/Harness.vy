@@ -41,6 +41,12 @@ def chunk_leaf(index: uint256, chunk: DynArray[int256, C.MAX_CHUNK]) -> bytes32:
 
 @pure
 @external
+def pro_rata(revenue: uint256, amount: uint256, total: uint256) -> uint256:
+    return leaves._pro_rata(revenue, amount, total)
+
+
+@pure
+@external
 def update_leaf(provider: address, update_root: bytes32, weight: uint256) -> bytes32:
     return leaves._update_leaf(provider, update_root, weight)
 
