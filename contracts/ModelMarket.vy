@@ -292,7 +292,7 @@ def list_model(job_id: uint256, round: uint256, data: leaves.RoundData, proof: D
     if n_features != 0 or n_classes != 0:
         assert n_features >= 1 and n_features <= MAX_FEATURES and n_classes >= 2 and n_classes <= MAX_CLASSES, "model: shape out of bounds"
         jt: T.JobTerms = staticcall MARKET.terms(job_id)
-        assert jt.n_params == (n_features + 1) * n_classes, "model: shape does not fit the model"
+        assert jt.n_params == (n_features + 1) * n_classes, "model: shape does not fit"
         assert leaves._n_chunks(jt.n_params, jt.chunk_size) <= MAX_MODEL_CHUNKS, "model: too large to dispute"
     self.model_root[job_id] = data.model_root
     self.shape[job_id] = [n_features, n_classes]
@@ -321,11 +321,11 @@ def _set_offer(job_id: uint256, terms: Offer):
     assert terms.query_price <= C.MAX_AMOUNT and terms.access_price <= C.MAX_AMOUNT, "model: price too high"
     assert terms.server_stake <= C.MAX_AMOUNT, "model: stake too high"
     assert terms.access_period <= MAX_ACCESS, "model: access period too long"
-    assert (terms.access_price == 0) == (terms.access_period == 0), "model: access needs a price and a period"
-    assert terms.owner_bps + terms.server_bps + FEE_BPS <= C.BPS, "model: shares exceed the whole"
+    assert (terms.access_price == 0) == (terms.access_period == 0), "model: access needs both"
     # the contributors agreed, when they joined the job, to what the owner and its servers take together
-    # (a server share outside it would let the owner serve its own model and take the contributors' part)
-    assert terms.owner_bps + terms.server_bps <= (staticcall MARKET.terms(job_id)).licence_requester_bps, "model: shares above the job's terms"
+    # (a server share outside it would let the owner serve its own model and take the contributors' part);
+    # the terms keep it within the whole less the highest fee (TermsCheck), so the shares and fee fit too
+    assert terms.owner_bps + terms.server_bps <= (staticcall MARKET.terms(job_id)).licence_requester_bps, "model: shares above job terms"
     self.offer[job_id] = terms
     log OfferSet(job_id=job_id, query_price=terms.query_price, access_price=terms.access_price,
                  access_period=terms.access_period, owner_bps=terms.owner_bps, server_bps=terms.server_bps,
@@ -350,11 +350,12 @@ def credit(job_id: uint256, caller: address) -> (uint256, uint256):
 
 @external
 @nonreentrant
-def buy_credits(job_id: uint256, queries: uint256):
+def buy_credits(job_id: uint256, queries: uint256, max_cost: uint256):
     """
     @notice Prepays `queries` queries at the current query price; cancels a pending refund.
     @param job_id The listed job.
     @param queries Number of queries.
+    @param max_cost The most the sender pays: a price raised after it looked is refused.
     """
     price: uint256 = self._listed_offer(job_id).query_price
     assert price > 0, "model: credits not offered"
@@ -363,6 +364,7 @@ def buy_credits(job_id: uint256, queries: uint256):
     count: uint256 = (word & MAX_QUERIES) + queries
     assert count <= MAX_QUERIES, "model: too many credits"
     cost: uint256 = queries * price
+    assert cost <= max_cost, "model: past buyer bounds"
     value: uint256 = (word >> 64) + cost
     assert value <= C.MAX_AMOUNT, "model: credit value too large"
     self._credit[job_id][msg.sender] = (value << 64) | count
@@ -404,11 +406,13 @@ def refund(job_id: uint256):
 
 @external
 @nonreentrant
-def buy_access(job_id: uint256, periods: uint256):
+def buy_access(job_id: uint256, periods: uint256, max_cost: uint256, min_until: uint256):
     """
     @notice Buys `periods` periods of time-bound access, from now or from the end of the access held.
     @param job_id The listed job.
     @param periods Number of access periods.
+    @param max_cost The most the sender pays, and `min_until` the earliest end of access it accepts:
+           terms changed after it looked (a higher price, a shorter period) are refused.
     """
     terms: Offer = self._listed_offer(job_id)
     assert terms.access_price > 0, "model: access not offered"
@@ -418,6 +422,7 @@ def buy_access(job_id: uint256, periods: uint256):
     assert until <= block.timestamp + MAX_ACCESS, "model: access too long"
     cost: uint256 = periods * terms.access_price
     assert cost <= C.MAX_AMOUNT, "model: cost too high"
+    assert cost <= max_cost and until >= min_until, "model: past buyer bounds"
     self.access_until[job_id][msg.sender] = until
     self._split(job_id, cost, empty(address), terms)
     self._pull(msg.sender, cost)
@@ -612,7 +617,7 @@ def register_verifier(job_id: uint256, verifier: address, signatures: DynArray[B
     """
     root: bytes32 = self.model_root[job_id]
     assert root != empty(bytes32), "model: not listed"
-    assert self.verifier[job_id] == empty(address), "model: verifier already registered"
+    assert self.verifier[job_id] == empty(address), "model: verifier registered"
     assert verifier.is_contract, "model: verifier has no code"
     codehash: bytes32 = verifier.codehash
     digest: bytes32 = statements._digest(statements._separator(chain.id, self),
@@ -624,10 +629,10 @@ def register_verifier(job_id: uint256, verifier: address, signatures: DynArray[B
         role: uint256 = 0
         stake: uint256 = 0
         role, stake = staticcall MARKET.membership(job_id, signer)
-        assert role == C.ROLE_VALIDATOR, "model: attester is not a validator of the job"
+        assert role == C.ROLE_VALIDATOR, "model: attester not a validator"
         seen.append(signer)
     n: uint256 = (staticcall MARKET.progress(job_id)).n_validators
-    assert n > 0 and len(seen) * 2 > n, "model: not a majority of the validators"
+    assert n > 0 and len(seen) * 2 > n, "model: not a validator majority"
     self.verifier[job_id] = verifier
     self.verifier_codehash[job_id] = codehash
     log VerifierRegistered(job_id=job_id, verifier=verifier, codehash=codehash, attesters=len(seen))

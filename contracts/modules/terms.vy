@@ -40,7 +40,7 @@ struct JobTerms:
     delta_log: uint256
     aggregator_fee: uint256  # paid per committed round
     validator_fee: uint256  # paid per attestation of a round (the committed model, at quorum)
-    licence_requester_bps: uint256  # the licence owner's share of licence and query revenue
+    licence_requester_bps: uint256  # the licence owner's share of licence revenue; of query revenue, the owner's and servers' together
 
 
 # @dev A job's participants and settlement (JobMarket keeps its state, current round, round

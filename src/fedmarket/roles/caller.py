@@ -35,9 +35,10 @@ class ModelCaller:
         return self.tab_queries, self.tab_spent, sig
 
     def buy(self, queries: int):
-        price = int(self.mm.call("offer", self.job_id)["query_price"])
-        self.dep.token.transact("approve", self.mm.address, queries * price, sender=self.account)
-        return self.mm.transact("buy_credits", self.job_id, queries, sender=self.account)
+        """Prepay `queries` credits at the price read now: a price raised before the purchase lands is refused."""
+        cost = queries * int(self.mm.call("offer", self.job_id)["query_price"])
+        self.dep.token.transact("approve", self.mm.address, cost, sender=self.account)
+        return self.mm.transact("buy_credits", self.job_id, queries, cost, sender=self.account)
 
     def next_receipt(self) -> tuple[int, bytes]:
         """The signed usage of the next query (its cumulative count at this server)."""
@@ -46,10 +47,14 @@ class ModelCaller:
         return self.count, sig
 
     def buy_access(self, periods: int):
-        """Buy `periods` periods of time-bound access (paid at once to the owner, fee and contributors)."""
-        price = int(self.mm.call("offer", self.job_id)["access_price"])
-        self.dep.token.transact("approve", self.mm.address, periods * price, sender=self.account)
-        return self.mm.transact("buy_access", self.job_id, periods, sender=self.account)
+        """Buy `periods` periods of time-bound access (paid at once to the owner, fee and contributors)
+        on the terms read now: a higher price or a shorter period set before the purchase lands is refused."""
+        offer = self.mm.call("offer", self.job_id)
+        cost = periods * int(offer["access_price"])
+        held = int(self.mm.call("access_until", self.job_id, self.account.address))
+        min_until = max(self.dep.chain.timestamp(), held) + periods * int(offer["access_period"])
+        self.dep.token.transact("approve", self.mm.address, cost, sender=self.account)
+        return self.mm.transact("buy_access", self.job_id, periods, cost, min_until, sender=self.account)
 
     def next_access(self) -> tuple[int, bytes]:
         """The signed AccessQuery of the next query under time-bound access: (count, signature)."""
