@@ -1,4 +1,5 @@
-"""Per-round provider selection from the chain's public seed, and the quality gate on the final accuracy."""
+"""Per-round provider selection from the chain's public seed, the quality gate on the final accuracy, and what a
+watcher keeps of the rounds it checked."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fedmarket.market import Deployment
 from fedmarket.protocol.selection import select
 from fedmarket.roles import aggregator as aggregator_module
 from fedmarket.roles.auditor import Auditor
-from fedmarket.roles.common import committed_rounds, fetch_metrics, joined_providers, round_seed
+from fedmarket.roles.common import committed_rounds, fetch_metrics, joined_providers, load_spec, round_seed
 from fedmarket.roles.sealed import seal_and_reveal
 from fedmarket.runner import JobConfig, run_job
 from fedmarket.storage import LocalBlobStore
@@ -37,6 +38,29 @@ def test_each_round_takes_the_providers_its_public_seed_picks(tmp_path):
     rows = {r["account"]: r for r in report["settlement"]}
     ever = {p for round_ in picked for p in round_}
     assert all(rows[p]["reward"] > 0 for p in ever) and all(rows[p]["reward"] == 0 for p in set(members) - ever)
+
+
+def test_a_watcher_keeps_only_recent_round_data_and_fetches_older_rounds_again(tmp_path, monkeypatch):
+    """A watcher of a long job of a large model must not keep every round's updates (it grew by a
+    round's updates each round until memory ran out): the auditor keeps round vectors up to
+    `Auditor.EVIDENCE_BYTES`, fetches (and re-checks) an older round again when a game needs it,
+    and reads members' values from each round's small leaf list, checked against its root."""
+    chain = BoaChain()
+    report = run_job(chain, tmp_path, JobConfig(providers=4, rounds=3, seed=5))
+    dep = Deployment.attach(chain, report["contracts"])
+    store = LocalBlobStore(tmp_path / "blobs")
+    job = report["job_id"]
+    spec, rounds = load_spec(dep, store, job), committed_rounds(dep, job)
+    auditor = Auditor(dep, store)
+    first = auditor.evidence(spec, job, 0, rounds)
+    monkeypatch.setattr(Auditor, "EVIDENCE_BYTES", first.nbytes)  # room for one round's vectors
+    for r in range(len(rounds)):
+        ev = auditor.evidence(spec, job, r, rounds)
+        assert auditor.held() == [(job, r)]
+        assert auditor.members(job, r, rounds) == tuple((u.provider, u.weight) for u in ev.updates)
+    again = auditor.evidence(spec, job, 0, rounds)  # dropped, fetched and checked again
+    assert again is not first and np.array_equal(again.model, first.model) and again.tree.root == first.tree.root
+    assert auditor.audit(job).ok
 
 
 def test_an_update_from_a_provider_the_seed_did_not_pick_is_flagged(tmp_path, monkeypatch):

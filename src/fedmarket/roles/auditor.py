@@ -4,7 +4,9 @@ alone, with the same rules the arbiters enforce, and names what a dispute game w
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -77,15 +79,29 @@ class RoundEvidence:
     tree: MerkleTree | None
     metrics: dict  # the round's metrics document, as fetched by its content id
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the vectors it holds (what keeping it costs)."""
+        vectors = [u.q for u in self.updates] + [self.model, self.prev_model]
+        return sum(v.nbytes for v in vectors) + (0 if self.correction is None else self.correction.nbytes)
+
 
 class Auditor:
     """Anyone: needs no key, trusts nothing but the chain and content hashes."""
 
+    # Vector bytes of round evidence kept for reuse (a game's moves, the next round's check). A
+    # committed round's content is immutable (roots on chain, blobs by content id), so what is
+    # dropped past this can be fetched again; keeping every round made a watcher of a long job of
+    # a large model grow by a round's updates each round (0.46 GB a round for a 1.7M-parameter CNN
+    # with 20 providers) until the machine ran out of memory.
+    EVIDENCE_BYTES = 1 << 30
+
     def __init__(self, dep: Deployment, store: BlobStore):
         self.dep = dep
         self.store = store
-        # a committed round's content is immutable (roots on chain, blobs by content id): fetch it once
-        self._evidence: dict[tuple[int, int, bytes], RoundEvidence] = {}
+        self._evidence: OrderedDict[tuple[int, int, bytes], RoundEvidence] = OrderedDict()  # least recent first
+        # each round's (provider, weight) leaves, checked against its updates root: small, kept for good
+        self._members: dict[tuple[int, int, bytes], tuple[tuple[str, int], ...]] = {}
 
     # ---- fetching ----------------------------------------------------------------------------
 
@@ -96,9 +112,39 @@ class Auditor:
         rounds = committed_rounds(self.dep, job_id) if rounds is None else rounds
         committed = rounds[round_]
         key = (job_id, round_, committed.commitment(job_id))
-        if key not in self._evidence:
-            self._evidence[key] = self._fetch(spec, job_id, committed, rounds[round_ - 1] if round_ else None, rounds)
-        return self._evidence[key]
+        if key in self._evidence:
+            self._evidence.move_to_end(key)
+            return self._evidence[key]
+        ev = self._fetch(spec, job_id, committed, rounds[round_ - 1] if round_ else None, rounds)
+        self._evidence[key] = ev
+        held = sum(e.nbytes for e in self._evidence.values())
+        while held > self.EVIDENCE_BYTES and len(self._evidence) > 1:  # the newest always stays
+            held -= self._evidence.popitem(last=False)[1].nbytes
+        return ev
+
+    def held(self) -> list[tuple[int, int]]:
+        """(job, round) of the round evidence kept now, least recently used first."""
+        return [(job, r) for job, r, _ in self._evidence]
+
+    def members(self, job_id: int, round_: int, rounds: list[CommittedRound] | None = None) -> tuple[tuple[str, int], ...]:
+        """Round `round_`'s (provider, weight) leaves from its metrics document, checked against
+        the committed updates root without fetching the updates themselves (what a member's
+        value over many rounds needs); FedMarketError if they do not form that root."""
+        rounds = committed_rounds(self.dep, job_id) if rounds is None else rounds
+        committed = rounds[round_]
+        key = (job_id, round_, committed.commitment(job_id))
+        if key not in self._members:
+            try:
+                entries = fetch_metrics(self.store, committed)["updates"]
+                leaves = [SimpleNamespace(provider=e["provider"], root=bytes.fromhex(e["update_root"][2:]),
+                                          weight=int(e["weight"])) for e in entries]
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise FedMarketError(f"round {round_}: metrics document lists malformed updates") from None
+            tree = updates_tree(leaves)
+            if (b"\x00" * 32 if tree is None else tree.root) != committed.updates_root:
+                raise FedMarketError(f"round {round_}: the listed updates do not form the committed updates root")
+            self._members[key] = tuple((u.provider, u.weight) for u in leaves)
+        return self._members[key]
 
     def _fetch(self, spec: JobSpec, job_id: int, committed: CommittedRound, prev: CommittedRound | None,
                rounds: list[CommittedRound]) -> RoundEvidence:

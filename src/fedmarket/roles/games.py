@@ -156,9 +156,9 @@ class Truth:
             return [0, int(self.dep.disputes.call("attestation_of", self.job_id, round_, account) != ZERO32)]
         if role != R.Role.PROVIDER:
             return [0, 1]
-        for u in self.evidence(round_).updates:
-            if u.provider == account:
-                return [u.weight, 1]
+        for provider, weight in self.auditor.members(self.job_id, round_, self.rounds):
+            if provider == account:
+                return [weight, 1]
         return [0, 0]
 
     def value_claim(self, account: str, lo: int, hi: int) -> list[int]:
