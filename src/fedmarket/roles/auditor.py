@@ -15,7 +15,7 @@ from ..market import Deployment
 from ..protocol import rules as R
 from ..protocol.encoding import address_key, decode_vector, vector_root
 from ..protocol.merkle import MerkleTree
-from ..protocol.proofs import RoundUpdate, reward_tree, updates_tree
+from ..protocol.proofs import RoundUpdate, reward_tree, updates_root, updates_tree
 from ..protocol.receipts import UpdateReceipt
 from ..protocol.selection import is_selected
 from ..spec import JobSpec
@@ -110,8 +110,7 @@ class Auditor:
         updates tree), model and correction; FedMarketError if anything is unavailable or does not
         match what the round committed."""
         rounds = committed_rounds(self.dep, job_id) if rounds is None else rounds
-        committed = rounds[round_]
-        key = (job_id, round_, committed.commitment(job_id))
+        committed, key = self._round_key(job_id, round_, rounds)
         if key in self._evidence:
             self._evidence.move_to_end(key)
             return self._evidence[key]
@@ -122,6 +121,13 @@ class Auditor:
             held -= self._evidence.popitem(last=False)[1].nbytes
         return ev
 
+    def _round_key(self, job_id: int, round_: int, rounds: list[CommittedRound] | None
+                   ) -> tuple[CommittedRound, tuple[int, int, bytes]]:
+        """A committed round and the key its cached data is kept under (the round's commitment:
+        what it committed, so a replaced round is never read from the cache)."""
+        committed = (committed_rounds(self.dep, job_id) if rounds is None else rounds)[round_]
+        return committed, (job_id, round_, committed.commitment(job_id))
+
     def held(self) -> list[tuple[int, int]]:
         """(job, round) of the round evidence kept now, least recently used first."""
         return [(job, r) for job, r, _ in self._evidence]
@@ -130,9 +136,7 @@ class Auditor:
         """Round `round_`'s (provider, weight) leaves from its metrics document, checked against
         the committed updates root without fetching the updates themselves (what a member's
         value over many rounds needs); FedMarketError if they do not form that root."""
-        rounds = committed_rounds(self.dep, job_id) if rounds is None else rounds
-        committed = rounds[round_]
-        key = (job_id, round_, committed.commitment(job_id))
+        committed, key = self._round_key(job_id, round_, rounds)
         if key not in self._members:
             try:
                 entries = fetch_metrics(self.store, committed)["updates"]
@@ -140,8 +144,7 @@ class Auditor:
                                           weight=int(e["weight"])) for e in entries]
             except (KeyError, TypeError, ValueError, AttributeError):
                 raise FedMarketError(f"round {round_}: metrics document lists malformed updates") from None
-            tree = updates_tree(leaves)
-            if (b"\x00" * 32 if tree is None else tree.root) != committed.updates_root:
+            if updates_root(leaves) != committed.updates_root:
                 raise FedMarketError(f"round {round_}: the listed updates do not form the committed updates root")
             self._members[key] = tuple((u.provider, u.weight) for u in leaves)
         return self._members[key]
