@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from .chain import Account, Chain, Receipt
 from .errors import ContractRevert, FedMarketError, SecAggAbort
 from .market import Deployment, JobState
+from .memory import release_freed
 from .protocol import rules as R
 from .roles import Aggregator, Provider, Requester, Validator
 from .roles.challenger import Challenger
@@ -106,6 +107,7 @@ class JobDriver:
         self.round_gas.append(receipt.gas_used)
         self._review(r)
         self.challenge()
+        release_freed()  # a round's vectors are garbage now: hand their heap back (memory.py)
         self.tick("rounds", r + 1, self.spec.training.rounds)
         return receipt
 

@@ -26,6 +26,7 @@ from eth_account import Account as EthAccount
 from ..chain.rpc_backend import RpcChain
 from ..errors import ChainError, FedMarketError, StorageError
 from ..market import Deployment, JobState
+from ..memory import Trimmer
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -187,6 +188,7 @@ class RoleProcess:
         self._last_error: str | None = None
         self._said: set[str] = set()
         self.steps = 0
+        self._trimmer = Trimmer()  # freed round memory back to the OS, at most once a minute
 
     # ---- logging -----------------------------------------------------------------------
     def say(self, message: str) -> None:
@@ -245,6 +247,7 @@ class RoleProcess:
         try:
             while not self._stop.is_set():
                 self.safe_step()
+                self._trimmer.maybe()
                 if self.done or (until is not None and until()):
                     break
                 self._stop.wait(poll_interval)
