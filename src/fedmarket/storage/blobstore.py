@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import StorageError
-from .cid import cid_of, parse_cid, verify
+from .cid import cid_of, sha256_of_cid, verify
 
 
 class BlobStore(abc.ABC):
@@ -49,7 +49,7 @@ class LocalBlobStore(BlobStore):
             raise StorageError(f"cannot create blob store at {self.root}: {exc.strerror}") from None
 
     def _path(self, cid: str) -> Path:
-        parse_cid(cid)  # also rules out path tricks: a valid CID is plain base32
+        sha256_of_cid(cid)  # also rules out path tricks: a valid CID is plain base32
         return self.root / cid
 
     def put(self, data: bytes) -> str:

@@ -20,7 +20,7 @@ import uuid
 
 from ..errors import StorageError, StorageUnreachable
 from .blobstore import BlobStore
-from .cid import cid_of, parse_cid
+from .cid import cid_of, sha256_of_cid
 
 #: Kubo refuses blocks above 1 MiB unless asked (`allow-big-block`); bitswap will not move
 #: bigger ones between nodes, so neither do we.
@@ -90,13 +90,13 @@ class IpfsHttpStore(BlobStore):
         return cid
 
     def _read(self, cid: str) -> bytes:
-        parse_cid(cid)
+        sha256_of_cid(cid)
         # the node searches the network for a block it lacks: let it give up before we do
         return self._post("block/get", {"arg": cid, "timeout": f"{max(1, int(self.timeout) - 1)}s"})
 
     def has(self, cid: str) -> bool:
         """Whether the node holds `cid` locally (`block/stat` with `offline`: no network search)."""
-        parse_cid(cid)
+        sha256_of_cid(cid)
         try:
             self._post("block/stat", {"arg": cid, "offline": "true"})
         except StorageError as exc:

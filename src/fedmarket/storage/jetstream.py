@@ -41,7 +41,7 @@ import nats.js.errors
 
 from ..errors import StorageError, StorageUnreachable
 from .blobstore import BlobStore
-from .cid import cid_of, parse_cid
+from .cid import cid_of, sha256_of_cid
 from .mailbox import check_topic
 
 MAIL_STREAM = "FEDMARKET_MAIL"
@@ -306,7 +306,7 @@ class JetStreamBlobStore(BlobStore):
         return cid
 
     def _read(self, cid: str) -> bytes:
-        parse_cid(cid)
+        sha256_of_cid(cid)
         return self.link.call(self._get(cid), self.timeout, f"get {cid}")
 
     async def _get(self, cid: str) -> bytes:
@@ -328,7 +328,7 @@ class JetStreamBlobStore(BlobStore):
         return b"".join(parts)
 
     def has(self, cid: str) -> bool:
-        parse_cid(cid)
+        sha256_of_cid(cid)
         return self.link.call(self._has(cid), what=f"look up {cid}")
 
     async def _has(self, cid: str) -> bool:
