@@ -395,12 +395,12 @@ def test_statement_digests_parity(chain_world, job, r, b1, b2, n, flag, who):
     chain_id, verifier = dep.chain_id, dep.disputes.address
     sep = h.call("separator", chain_id, verifier)
     assert sep == dep.disputes.call("separator")
-    assert h.call("receipt_digest", sep, job, r, b1, n) == RC.UpdateReceipt(job, r, b1, n).digest(chain_id, verifier)
-    assert h.call("ack_digest", sep, job, r, who, b1, n) == RC.ReceiptAck(job, r, who, b1, n).digest(chain_id, verifier)
-    assert h.call("attestation_digest", sep, job, r, b1, b2) == RC.Attestation(job, r, b1, b2).digest(chain_id, verifier)
-    assert h.call("rejection_digest", sep, job, r, b1) == RC.Rejection(job, r, b1).digest(chain_id, verifier)
-    assert h.call("misbehaviour_digest", sep, job, who) == RC.Misbehaviour(job, who).digest(chain_id, verifier)
-    assert h.call("rewards_digest", sep, job, b1, n, r, flag) == RC.RewardsApproval(job, b1, n, r, flag).digest(
+    assert h.call("receipt_digest", sep, job, r, b1, n) == RC.UpdateReceipt(job, r, b1, n).eip712_digest(chain_id, verifier)
+    assert h.call("ack_digest", sep, job, r, who, b1, n) == RC.ReceiptAck(job, r, who, b1, n).eip712_digest(chain_id, verifier)
+    assert h.call("attestation_digest", sep, job, r, b1, b2) == RC.Attestation(job, r, b1, b2).eip712_digest(chain_id, verifier)
+    assert h.call("rejection_digest", sep, job, r, b1) == RC.Rejection(job, r, b1).eip712_digest(chain_id, verifier)
+    assert h.call("misbehaviour_digest", sep, job, who) == RC.Misbehaviour(job, who).eip712_digest(chain_id, verifier)
+    assert h.call("rewards_digest", sep, job, b1, n, r, flag) == RC.RewardsApproval(job, b1, n, r, flag).eip712_digest(
         chain_id, verifier)
 
 

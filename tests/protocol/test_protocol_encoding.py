@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from eth_account import Account as EthAccount
+from eth_account.messages import _hash_eip191_message, encode_typed_data
+from eth_utils import to_checksum_address
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +20,7 @@ from fedmarket.protocol.encoding import (
     vector_root,
 )
 from fedmarket.protocol.merkle import MerkleTree, verify
+from fedmarket.protocol import receipts
 from fedmarket.protocol.receipts import UpdateReceipt
 
 leaves32 = st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=40)
@@ -104,6 +108,51 @@ def test_receipt_signature_recovers_the_signer():
     # any change of field, chain or contract changes the signer
     assert UpdateReceipt(5, 2, b"\x11" * 32, 121).signer(sig, 31337, market) != acct.address
     assert r.signer(sig, 1, market) != acct.address
+
+
+STATEMENTS = sorted(receipts._Typed.__subclasses__(), key=lambda cls: cls.__name__)
+_VALUES = {
+    "uint256": st.integers(0, 2**256 - 1),
+    "bytes32": st.binary(max_size=32),
+    "address": st.binary(min_size=20, max_size=20).flatmap(
+        lambda raw: st.sampled_from([to_checksum_address(raw), "0x" + raw.hex()])),
+    "bool": st.booleans(),
+}
+_INVALID = {"uint256": [-1, 2**256, True, "7"], "bytes32": [b"\x01" * 33, 5],
+            "address": ["0x" + "ab" * 19, "0xAbCdEf" + "00" * 17, 7], "bool": [1, "true"]}
+
+
+@pytest.mark.parametrize("cls", STATEMENTS, ids=lambda c: c.__name__)
+@settings(max_examples=25, deadline=None, database=None)
+@given(data=st.data(), chain_id=st.integers(1, 2**64), contract=st.binary(min_size=20, max_size=20))
+def test_every_statement_hashes_signs_and_recovers_as_eth_account_does(cls, data, chain_id, contract):
+    """The direct EIP-712 digest of every typed statement is eth_account's, for any values."""
+    kinds = [f["type"] for f in cls.eip712_fields()]
+    stmt = cls(*(data.draw(_VALUES[k]) for k in kinds))
+    verifier = to_checksum_address(contract)
+    theirs = encode_typed_data(receipts.domain(chain_id, verifier), {cls.TYPE: cls.eip712_fields()}, stmt.message())
+    assert stmt.eip712_digest(chain_id, verifier) == bytes(_hash_eip191_message(theirs))
+    acct = Account.derive("statements", len(kinds))
+    sig = stmt.sign(acct.key, chain_id, verifier)
+    assert sig == bytes(EthAccount.sign_message(theirs, acct.key).signature)
+    assert stmt.signer(sig, chain_id, verifier) == acct.address == EthAccount.recover_message(theirs, signature=sig)
+
+
+@pytest.mark.parametrize("cls", STATEMENTS, ids=lambda c: c.__name__)
+def test_a_statement_field_its_type_cannot_hold_is_refused(cls):
+    """Refused with the type named, including what eth_account would coerce ("7" as a uint256, 5 as
+    bytes32, 1 as a bool, an address with a wrong checksum): a statement holds typed values only."""
+    kinds = [f["type"] for f in cls.eip712_fields()]
+    valid = {"uint256": 1, "bytes32": b"\x01" * 32, "address": "0x" + "ab" * 20, "bool": True}
+    for i, kind in enumerate(kinds):
+        for bad in _INVALID[kind]:
+            values = [valid[k] for k in kinds]
+            values[i] = bad
+            stmt = cls(*values)
+            with pytest.raises(ValueError, match=f"not a valid {kind}"):
+                stmt.eip712_digest(1, "0x" + "cd" * 20)
+            with pytest.raises(ValueError, match=f"not a valid {kind}"):
+                stmt.sign(Account.derive("statements", 0).key, 1, "0x" + "cd" * 20)
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

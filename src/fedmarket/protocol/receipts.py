@@ -4,10 +4,15 @@ reports and reward approvals. Every one is signed in the Disputes contract's dom
 
 from __future__ import annotations
 
+import functools
 from dataclasses import fields, make_dataclass
 
 from eth_account import Account as EthAccount
 from eth_account.messages import encode_typed_data
+from eth_keys.datatypes import Signature as KeySignature
+from eth_utils import to_checksum_address
+
+from .keccak import keccak
 
 DOMAIN_NAME = "fedmarket"
 DOMAIN_VERSION = "1"
@@ -25,10 +30,48 @@ def _camel(name: str) -> str:
     return head + "".join(w.title() for w in rest)
 
 
+_DOMAIN_TYPEHASH = keccak(b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
+
+
+@functools.lru_cache(maxsize=64)
+def _domain_separator(chain_id: int, verifying_contract: str) -> bytes:
+    return keccak(_DOMAIN_TYPEHASH + keccak(DOMAIN_NAME.encode()) + keccak(DOMAIN_VERSION.encode())
+                  + _word("uint256", chain_id) + _word("address", verifying_contract))
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _word(kind: str, value) -> bytes:
+    """One field of a struct as EIP-712 hashes it (every field here is a static 32-byte word);
+    ValueError, naming the field's type, for a value that type cannot hold."""
+    if kind == "uint256":
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 256:
+            return value.to_bytes(32, "big")
+    elif kind == "bytes32":
+        if isinstance(value, str) and value.startswith("0x"):
+            value = bytes.fromhex(value[2:])
+        if isinstance(value, (bytes, bytearray)) and len(value) <= 32:
+            return bytes(value).ljust(32, b"\0")
+    elif kind == "address":  # 0x and 40 hex digits, all one case or rightly checksummed (EIP-55)
+        if isinstance(value, str) and len(value) == 42 and value[:2] == "0x" and all(c in _HEX for c in value[2:]):
+            digits = value[2:]
+            if digits.islower() or digits.isupper() or digits.isdigit() or to_checksum_address(value) == value:
+                return bytes(12) + bytes.fromhex(digits)
+    elif kind == "bool":
+        if isinstance(value, bool):
+            return bytes(31) + bytes([value])
+    raise ValueError(f"not a valid {kind}: {value!r}")
+
+
 class _Typed:
     """Signing and recovery shared by every typed statement. A statement is a frozen dataclass
     whose fields, in order, are the EIP-712 struct's (snake_case here, camelCase there; `int` is
-    uint256, `bytes` bytes32, `str` address, `bool` bool)."""
+    uint256, `bytes` bytes32, `str` address, `bool` bool).
+
+    The digest is hashed here directly (every field is one static word): a role checks a dozen
+    statements per update at scale, and eth_account's general encoder took 0.4 ms for each. A
+    test holds every statement to eth_account's `encode_typed_data`, signing and recovery."""
 
     TYPE = ""
 
@@ -36,20 +79,28 @@ class _Typed:
     def eip712_fields(cls) -> list[dict]:
         return [{"name": _camel(f.name), "type": _SOLIDITY[getattr(f.type, "__name__", f.type)]} for f in fields(cls)]
 
+    @classmethod
+    def typehash(cls) -> bytes:
+        """keccak of the struct's type string, e.g. ``UpdateReceipt(uint256 jobId,...)``."""
+        if "_typehash" not in cls.__dict__:
+            members = ",".join(f"{f['type']} {f['name']}" for f in cls.eip712_fields())
+            cls._typehash = keccak(f"{cls.TYPE}({members})".encode())
+        return cls._typehash
+
     def message(self) -> dict:
         return {_camel(f.name): getattr(self, f.name) for f in fields(self)}
 
-    def _encoded(self, chain_id: int, verifier: str):
-        return encode_typed_data(domain(chain_id, verifier), {self.TYPE: self.eip712_fields()}, self.message())
+    def struct_hash(self) -> bytes:
+        kinds = [f["type"] for f in self.eip712_fields()]
+        return keccak(self.typehash() + b"".join(_word(k, getattr(self, f.name)) for k, f in zip(kinds, fields(self))))
 
-    def digest(self, chain_id: int, verifier: str) -> bytes:
-        """The 32-byte EIP-712 digest (what the contract recomputes)."""
-        from eth_account.messages import _hash_eip191_message
-
-        return bytes(_hash_eip191_message(self._encoded(chain_id, verifier)))
+    def eip712_digest(self, chain_id: int, verifier: str) -> bytes:
+        """The 32-byte EIP-712 digest (what the contract recomputes). Not `digest`: a statement may
+        have a field of that name (`CommitmentSeal`)."""
+        return keccak(b"\x19\x01" + _domain_separator(chain_id, verifier) + self.struct_hash())
 
     def sign(self, key: bytes, chain_id: int, verifier: str) -> bytes:
-        return bytes(EthAccount.sign_message(self._encoded(chain_id, verifier), key).signature)
+        return bytes(EthAccount.unsafe_sign_hash(self.eip712_digest(chain_id, verifier), key).signature)
 
     def signer(self, signature: bytes, chain_id: int, verifier: str) -> str:
         """Address that produced `signature` over this statement. Only the canonical form the
@@ -57,7 +108,8 @@ class _Typed:
         high-s twin recovers the same key off chain but reverts on chain, so a party that took one
         could be made to fail (or be slashed) when it shows the statement there."""
         check_canonical(signature)
-        return EthAccount.recover_message(self._encoded(chain_id, verifier), signature=signature)
+        sig = KeySignature(signature_bytes=bytes(signature[:64]) + bytes([signature[64] - 27]))
+        return sig.recover_public_key_from_msg_hash(self.eip712_digest(chain_id, verifier)).to_checksum_address()
 
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
