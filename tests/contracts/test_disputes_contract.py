@@ -45,8 +45,8 @@ def test_separator_is_the_protocols_eip712_domain(kit):
 
 def test_misbehaviour_digest_matches_python(kit):
     p = kit.providers[0].address
-    assert kit.disputes.call("misbehaviour_digest", 7, p) == Misbehaviour(7, p).digest(kit.chain_id, kit.disputes.address)
-    assert kit.disputes.call("misbehaviour_digest", 8, p) != Misbehaviour(7, p).digest(kit.chain_id, kit.disputes.address)
+    assert kit.disputes.call("misbehaviour_digest", 7, p) == Misbehaviour(7, p).eip712_digest(kit.chain_id, kit.disputes.address)
+    assert kit.disputes.call("misbehaviour_digest", 8, p) != Misbehaviour(7, p).eip712_digest(kit.chain_id, kit.disputes.address)
 
 
 # ---------------------------------------------------------------- attestations
