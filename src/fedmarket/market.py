@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import astuple, dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from .chain import Account, Chain, Contract, artifacts
 from .errors import ChainError

@@ -108,10 +108,10 @@ def provider_supernode(
     """Run this provider's SuperNode for the job: join (stake by permit), let the aggregator's ServerApp
     have each round trained here with the market's provider code (only the bundle the job's spec names
     runs), then claim reward and stake."""
-    from ..transport.flower_processes import SuperNodeProviderProcess
     from ..spec import JobSpec
     from ..storage import Mailbox
     from ..transport.flower_nodes import SuperNode
+    from ..transport.flower_processes import SuperNodeProviderProcess
 
     for f in (root_certificates, auth_key, spec):
         if f is not None and not f.is_file():

@@ -10,9 +10,9 @@ import numpy as np
 from fedmarket.errors import ConfigError
 from fedmarket.fl.attacks import Attack
 from fedmarket.fl.models import Model
+from fedmarket.fl.optim import LocalTraining
 from fedmarket.fl.quantize import dequantize, quantize
 from fedmarket.fl.strategies.base import Strategy
-from fedmarket.fl.optim import LocalTraining
 from fedmarket.fl.train import local_sgd, local_sgd_many, local_train_many
 
 

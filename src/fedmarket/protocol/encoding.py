@@ -8,9 +8,9 @@ from typing import Any
 
 import eth_abi
 import numpy as np
-from .keccak import keccak
 
 from ..errors import StorageError
+from .keccak import keccak
 from .merkle import MerkleTree
 
 CHUNK_SIZE = 64  # int64 entries per Merkle chunk of a model or update (the contracts accept up to 64)

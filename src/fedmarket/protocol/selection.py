@@ -13,9 +13,9 @@ independently, so a round takes ``k`` providers on average.
 from __future__ import annotations
 
 import eth_abi
-from .keccak import keccak
 
 from .encoding import address_key
+from .keccak import keccak
 
 _MASK64 = 2**64 - 1
 

@@ -32,11 +32,11 @@ from ..fl.train import local_train
 from ..jobmodel import job_model
 from ..protocol.encoding import canonical_json
 from ..protocol.receipts import Attestation
-from ..spec import JobSpec
 from ..roles.aggregator import Aggregator
 from ..roles.common import committed_rounds, round_providers, round_topic
 from ..roles.provider import Provider, training_seed
 from ..roles.validator import Validator
+from ..spec import JobSpec
 
 __all__ = [
     "ATTACK_NAMES",
@@ -518,8 +518,9 @@ class WithholdingAggregator(Aggregator):
     its private copy, whatever it committed."""
 
     def __init__(self, dep, account, store, mailbox, private=None):
-        from ..storage import LocalBlobStore
         import tempfile
+
+        from ..storage import LocalBlobStore
 
         super().__init__(dep, account, store, mailbox)
         self.public = store
