@@ -39,6 +39,9 @@ class Dashboard:
         self.stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._local = threading.local()
+        # a verified spec per job, cached for this dashboard only (a cache on the method would keep
+        # every Dashboard alive for the process's lifetime)
+        self.spec = lru_cache(maxsize=64)(self._spec)
         self._failed_accuracy: set[tuple[int, int]] = set()
 
     # ---- background work ----------------------------------------------------------------
@@ -103,8 +106,7 @@ class Dashboard:
         X, y = self.test
         return float(spec.make_model().accuracy(dequantize(fetch_model(self.store, spec, committed)), spec.normalize(X), y))
 
-    @lru_cache(maxsize=64)
-    def spec(self, job_id: int):
+    def _spec(self, job_id: int):
         from ..roles.common import ProtocolViolation
         from ..spec import JobSpec
 
