@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from .chain import Account, Chain, Receipt
 from .errors import ContractRevert, FedMarketError, SecAggAbort
 from .market import Deployment, JobState
-from .memory import release_freed
+from .memory import Trimmer
 from .protocol import rules as R
 from .roles import Aggregator, Provider, Requester, Validator
 from .roles.challenger import Challenger
@@ -72,6 +72,7 @@ class JobDriver:
         self.slashed: list[Receipt] = []
         self.games: list[Receipt] = []
         self.verified: set[int] = set()  # rounds the challenger recomputed and found right
+        self._trimmer = Trimmer(interval=0)  # after a round, while releases stay 5% of the time
 
     # ---- opening ------------------------------------------------------------------------------
 
@@ -107,7 +108,7 @@ class JobDriver:
         self.round_gas.append(receipt.gas_used)
         self._review(r)
         self.challenge()
-        release_freed()  # a round's vectors are garbage now: hand their heap back (memory.py)
+        self._trimmer.maybe()  # a round's vectors are garbage now: hand their heap back (memory.py)
         self.tick("rounds", r + 1, self.spec.training.rounds)
         return receipt
 

@@ -6,11 +6,13 @@ between longer-lived objects are never handed back. Measured on an in-process jo
 1.8M-parameter MLP with 20 providers, the resident size grew by 0.3 to 0.5 GB a round while the
 memory Python tracks stayed flat at 1.56 GB; ``malloc_trim(0)`` after each round held it at
 1.64 GB for good, once a garbage collection had first freed the vectors that reference cycles
-still held (the collection takes about 0.1 s there; the trim, milliseconds). So long-running loops call :func:`release_freed` when a round is done (the
-in-process driver) or at most once a minute (the role processes).
+still held. The collection costs about 0.1 s (the trim, milliseconds), a fifth of a small job's
+round, so a :class:`Trimmer` releases only when its releases stay a small share of the time: the
+in-process driver asks after every round (a large model's rounds then trim every round, a small
+one's every few), the role processes after every step and at most once a minute.
 
-Elsewhere than glibc (macOS, musl) this is a no-op: those allocators return memory themselves
-or have no such call.
+Elsewhere than glibc (macOS, musl) the trim is a no-op: those allocators return memory
+themselves or have no such call.
 """
 
 from __future__ import annotations
@@ -46,18 +48,23 @@ def release_freed() -> bool:
 
 
 class Trimmer:
-    """Calls :func:`release_freed` at most once every ``interval`` seconds (a loop's step calls
-    :meth:`maybe` after each step; a call takes about 0.1 s on a large heap)."""
+    """Calls :func:`release_freed` when asked, provided ``interval`` seconds have passed since the
+    last release and the releases take at most ``share`` of the time between them (a release of
+    0.1 s waits 2 s at the default 5%)."""
 
-    def __init__(self, interval: float = 60.0, clock=time.monotonic):
+    def __init__(self, interval: float = 60.0, share: float = 0.05, clock=time.monotonic):
         self.interval = interval
+        self.share = share
         self._clock = clock
         self._last = clock()
+        self._cost = 0.0  # seconds the last release took
 
     def maybe(self) -> bool:
-        """Trim if ``interval`` has passed since the last trim; True if it trimmed."""
-        now = self._clock()
-        if now - self._last < self.interval:
+        """Release if due; True if it released (and the C library could trim)."""
+        start = self._clock()
+        if start - self._last < max(self.interval, self._cost / self.share):
             return False
-        self._last = now
-        return release_freed()
+        released = release_freed()
+        self._last = self._clock()
+        self._cost = self._last - start
+        return released

@@ -46,6 +46,28 @@ def test_trimmer_trims_at_most_once_an_interval():
     assert trims.maybe() == release_freed()
 
 
+def test_trimmer_keeps_its_releases_to_a_share_of_the_time(monkeypatch):
+    """A release that took 1 s waits 20 s at 5%, even with no interval (the driver's trimmer)."""
+    from fedmarket import memory
+
+    now = [0.0]
+    released: list[float] = []
+
+    def slow_release():
+        released.append(now[0])
+        now[0] += 1.0  # the release itself takes a second
+        return True
+
+    monkeypatch.setattr(memory, "release_freed", slow_release)
+    trims = Trimmer(interval=0, share=0.05, clock=lambda: now[0])
+    assert trims.maybe()  # due at once: nothing released yet
+    now[0] = 20.9
+    assert not trims.maybe()  # 19.9 s after a release of 1 s
+    now[0] = 21.0
+    assert trims.maybe()
+    assert released == [0.0, 21.0]
+
+
 def test_role_loop_asks_its_trimmer_after_every_step(monkeypatch, tmp_path):
     from fedmarket.processes.base import RoleProcess, Stop
 
@@ -66,13 +88,14 @@ def test_role_loop_asks_its_trimmer_after_every_step(monkeypatch, tmp_path):
 
 @pytest.mark.slow
 def test_an_in_process_job_releases_memory_after_every_round(monkeypatch, tmp_path):
-    from fedmarket import driver
+    """With releases that cost nothing, every round's is due (the driver's trimmer has no interval)."""
+    from fedmarket import memory
     from fedmarket.chain.boa_backend import BoaChain
     from fedmarket.runner import JobConfig, run_job
 
     rounds_done: list[int] = []
     released: list[int] = []
-    monkeypatch.setattr(driver, "release_freed", lambda: released.append(len(rounds_done)) or True)
+    monkeypatch.setattr(memory, "release_freed", lambda: released.append(len(rounds_done)) or True)
     report = run_job(BoaChain(), tmp_path, JobConfig(providers=3, rounds=3, seed=4),
                      lambda stage, done, _total: stage == "rounds" and rounds_done.append(done))
     assert report["state"] == "SETTLED"
