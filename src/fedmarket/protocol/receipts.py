@@ -74,25 +74,18 @@ class _Typed:
     test holds every statement to eth_account's `encode_typed_data`, signing and recovery."""
 
     TYPE = ""
+    TYPEHASH = b""  # keccak of the struct's type string, e.g. "UpdateReceipt(uint256 jobId,...)"
+    WORDS: tuple[tuple[str, str], ...] = ()  # (field, EIP-712 type) in the struct's order
 
     @classmethod
     def eip712_fields(cls) -> list[dict]:
         return [{"name": _camel(f.name), "type": _SOLIDITY[getattr(f.type, "__name__", f.type)]} for f in fields(cls)]
 
-    @classmethod
-    def typehash(cls) -> bytes:
-        """keccak of the struct's type string, e.g. ``UpdateReceipt(uint256 jobId,...)``."""
-        if "_typehash" not in cls.__dict__:
-            members = ",".join(f"{f['type']} {f['name']}" for f in cls.eip712_fields())
-            cls._typehash = keccak(f"{cls.TYPE}({members})".encode())
-        return cls._typehash
-
     def message(self) -> dict:
         return {_camel(f.name): getattr(self, f.name) for f in fields(self)}
 
     def struct_hash(self) -> bytes:
-        kinds = [f["type"] for f in self.eip712_fields()]
-        return keccak(self.typehash() + b"".join(_word(k, getattr(self, f.name)) for k, f in zip(kinds, fields(self))))
+        return keccak(self.TYPEHASH + b"".join(_word(kind, getattr(self, name)) for name, kind in self.WORDS))
 
     def eip712_digest(self, chain_id: int, verifier: str) -> bytes:
         """The 32-byte EIP-712 digest (what the contract recomputes). Not `digest`: a statement may
@@ -124,8 +117,13 @@ def check_canonical(signature: bytes) -> None:
 
 def _statement(name: str, eip712_type: str, doc: str, *fields_: tuple[str, type]) -> type:
     """A typed statement class: a frozen dataclass of `fields_` (in the struct's order) signed as `eip712_type`."""
-    return make_dataclass(name, list(fields_), bases=(_Typed,), frozen=True,
-                          namespace={"TYPE": eip712_type, "__doc__": doc, "__module__": __name__})
+    cls = make_dataclass(name, list(fields_), bases=(_Typed,), frozen=True,
+                         namespace={"TYPE": eip712_type, "__doc__": doc, "__module__": __name__})
+    typed = cls.eip712_fields()
+    cls.WORDS = tuple((f.name, t["type"]) for f, t in zip(fields(cls), typed))
+    members = ",".join(f"{t['type']} {t['name']}" for t in typed)
+    cls.TYPEHASH = keccak(f"{eip712_type}({members})".encode())
+    return cls
 
 
 UpdateReceipt = _statement(
