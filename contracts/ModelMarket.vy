@@ -217,6 +217,8 @@ used: public(HashMap[uint256, HashMap[address, HashMap[address, uint256]]])
 access_until: public(HashMap[uint256, HashMap[address, uint256]])
 # @dev Stake of each server per job.
 stake: public(HashMap[uint256, HashMap[address, uint256]])
+# @dev Each server's share per job: the offer's `server_bps` when the server last staked.
+server_share: public(HashMap[uint256, HashMap[address, uint256]])
 # @dev When a server's requested unstake may be withdrawn (0: none requested).
 unstake_time: public(HashMap[uint256, HashMap[address, uint256]])
 # @dev Contributors' part of each job's revenue, and what each reward leaf and the job withdrew.
@@ -291,7 +293,7 @@ def list_model(job_id: uint256, round: uint256, data: leaves.RoundData, proof: D
     assert staticcall MARKET.verify_round(job_id, round, data, proof), "model: round not committed"
     if n_features != 0 or n_classes != 0:
         assert n_features >= 1 and n_features <= MAX_FEATURES and n_classes >= 2 and n_classes <= MAX_CLASSES, "model: shape out of bounds"
-        jt: T.JobTerms = staticcall MARKET.terms(job_id)
+        jt: T.JobTerms = self._terms(job_id)
         assert jt.n_params == (n_features + 1) * n_classes, "model: shape does not fit"
         assert leaves._n_chunks(jt.n_params, jt.chunk_size) <= MAX_MODEL_CHUNKS, "model: too large to dispute"
     self.model_root[job_id] = data.model_root
@@ -305,14 +307,13 @@ def list_model(job_id: uint256, round: uint256, data: leaves.RoundData, proof: D
 def set_offer(job_id: uint256, terms: Offer):
     """
     @notice Changes a listed model's offer. Credits and access already bought keep their price;
-            the server share never falls (servers hold usage signed under it).
+            a server keeps the server share it staked (or bonded) under, so a new share is for
+            servers that stake from now on.
     @param job_id The listed job.
     @param terms The new offer.
     """
     assert msg.sender == staticcall LICENCE.ownerOf(job_id), "model: not the model owner"
     assert self.model_root[job_id] != empty(bytes32), "model: not listed"
-    # servers hold usage signed under the share in force: lowering it would take their part of it
-    assert terms.server_bps >= self.offer[job_id].server_bps, "model: server share cannot fall"
     self._set_offer(job_id, terms)
 
 
@@ -325,7 +326,7 @@ def _set_offer(job_id: uint256, terms: Offer):
     # the contributors agreed, when they joined the job, to what the owner and its servers take together
     # (a server share outside it would let the owner serve its own model and take the contributors' part);
     # the terms keep it within the whole less the highest fee (TermsCheck), so the shares and fee fit too
-    assert terms.owner_bps + terms.server_bps <= (staticcall MARKET.terms(job_id)).licence_requester_bps, "model: shares above job terms"
+    assert terms.owner_bps + terms.server_bps <= self._cap(job_id), "model: shares above job terms"
     self.offer[job_id] = terms
     log OfferSet(job_id=job_id, query_price=terms.query_price, access_price=terms.access_price,
                  access_period=terms.access_period, owner_bps=terms.owner_bps, server_bps=terms.server_bps,
@@ -424,7 +425,7 @@ def buy_access(job_id: uint256, periods: uint256, max_cost: uint256, min_until: 
     assert cost <= C.MAX_AMOUNT, "model: cost too high"
     assert cost <= max_cost and until >= min_until, "model: past buyer bounds"
     self.access_until[job_id][msg.sender] = until
-    self._split(job_id, cost, empty(address), terms)
+    self._split(job_id, cost, empty(address), terms.owner_bps, 0)
     self._pull(msg.sender, cost)
     log AccessBought(job_id=job_id, buyer=msg.sender, until=until, cost=cost)
 
@@ -448,15 +449,17 @@ def has_access(job_id: uint256, caller: address) -> bool:
 @nonreentrant
 def stake_server(job_id: uint256, amount: uint256):
     """
-    @notice Stakes for serving a listed model; cancels a pending unstake.
+    @notice Stakes for serving a listed model at the offer's server share, which the sender's
+            usage settles at from now on; cancels a pending unstake.
     @param job_id The listed job.
     @param amount Tokens added to the stake.
     """
-    self._listed_offer(job_id)
+    terms: Offer = self._listed_offer(job_id)
     assert amount > 0, "model: no amount"
     total: uint256 = self.stake[job_id][msg.sender] + amount
     assert total <= C.MAX_AMOUNT, "model: stake too high"
     self.stake[job_id][msg.sender] = total
+    self.server_share[job_id][msg.sender] = terms.server_bps
     self.unstake_time[job_id][msg.sender] = 0
     self._pull(msg.sender, amount)
     log ServerStaked(job_id=job_id, server=msg.sender, amount=amount)
@@ -517,7 +520,7 @@ def settle_usage(job_id: uint256, receipts: DynArray[Usage, MAX_BATCH]) -> uint2
     @custom:security A receipt at or below the settled count is refused, so none pays twice;
                      a server serves past a caller's credit at its own risk.
     """
-    terms: Offer = self._listed_offer(job_id)
+    self._listed_offer(job_id)
     # a staked server settles what it answered, whatever stake the offer asks of new servers now
     assert self.stake[job_id][msg.sender] > 0 and self.unstake_time[job_id][msg.sender] == 0, "model: not serving"
     assert len(receipts) > 0, "model: no receipts"
@@ -541,7 +544,8 @@ def settle_usage(job_id: uint256, receipts: DynArray[Usage, MAX_BATCH]) -> uint2
         total += value
         queries += due
     self.queries_settled[job_id] += queries
-    self._split(job_id, total, msg.sender, terms)
+    server_bps: uint256 = self.server_share[job_id][msg.sender]
+    self._split(job_id, total, msg.sender, self._owner_share(job_id, self.offer[job_id].owner_bps, server_bps), server_bps)
     log UsageSettled(job_id=job_id, server=msg.sender, callers=len(receipts), queries=queries, amount=total)
     return total
 
@@ -560,10 +564,8 @@ def pay(job_id: uint256, server: address, amount: uint256, owner_bps: uint256, s
     @param server_bps The server's share then.
     """
     assert msg.sender == ROLLUP, "model: not the usage rollup"
-    terms: Offer = self._listed_offer(job_id)
-    terms.owner_bps = owner_bps
-    terms.server_bps = server_bps
-    self._split(job_id, amount, server, terms)
+    self._listed_offer(job_id)
+    self._split(job_id, amount, server, self._owner_share(job_id, owner_bps, server_bps), server_bps)
     self._pull(msg.sender, amount)
 
 
@@ -596,7 +598,7 @@ def dispute_answer(job_id: uint256, server: address, x: DynArray[int256, MAX_FEA
     assert statements._signer(digest, signature) == server, "model: not the server's answer"
     amount: uint256 = self.stake[job_id][server]
     assert amount > 0, "model: nothing to slash"
-    jt: T.JobTerms = staticcall MARKET.terms(job_id)
+    jt: T.JobTerms = self._terms(job_id)
     self._check_chunks(self.model_root[job_id], jt.n_params, jt.chunk_size, chunks, proofs)
     assert answer != self._argmax(x, shape[1], jt.chunk_size, chunks), "model: answer is right"
     return self._slash_server(job_id, server)
@@ -794,20 +796,41 @@ def _listed_offer(job_id: uint256) -> Offer:
 
 @view
 @internal
+def _owner_share(job_id: uint256, owner_bps: uint256, server_bps: uint256) -> uint256:
+    # a server keeps the share it staked under; beside it, the owner's stays within the job's terms
+    # (which the offer in force is, so the terms are read only when the server's share is above it)
+    if owner_bps + server_bps <= self.offer[job_id].owner_bps + self.offer[job_id].server_bps:
+        return owner_bps
+    return min(owner_bps, self._cap(job_id) - server_bps)
+
+
+@view
+@internal
+def _cap(job_id: uint256) -> uint256:
+    # what the contributors agreed, when they joined, that the owner and its servers take together
+    return self._terms(job_id).licence_requester_bps
+
+
+@view
+@internal
+def _terms(job_id: uint256) -> T.JobTerms:
+    return staticcall MARKET.terms(job_id)
+
+
+@view
+@internal
 def _serving(job_id: uint256, server: address) -> bool:
     amount: uint256 = self.stake[job_id][server]
     return amount > 0 and amount >= self.offer[job_id].server_stake and self.unstake_time[job_id][server] == 0
 
 
 @internal
-def _split(job_id: uint256, amount: uint256, server: address, terms: Offer):
+def _split(job_id: uint256, amount: uint256, server: address, owner_bps: uint256, server_bps: uint256):
     """Credits a payment: the fee to the treasury, the owner's and the server's shares (none
-    without a server), the rest to the job's contributors."""
+    without a server: `server_bps` 0), the rest to the job's contributors."""
     fee: uint256 = amount * FEE_BPS // C.BPS
-    owner_share: uint256 = amount * terms.owner_bps // C.BPS
-    server_share: uint256 = 0
-    if server != empty(address):
-        server_share = amount * terms.server_bps // C.BPS
+    owner_share: uint256 = amount * owner_bps // C.BPS
+    server_share: uint256 = amount * server_bps // C.BPS
     rest: uint256 = amount - fee - owner_share - server_share
     self.owed[TREASURY] += fee
     self.owed[staticcall LICENCE.ownerOf(job_id)] += owner_share

@@ -46,7 +46,6 @@ interface IModelMarket:
     def TOKEN() -> address: view
     def TREASURY() -> address: view
 
-
 # @dev A caller's cumulative usage at one server.
 struct Leaf:
     caller: address
@@ -244,9 +243,12 @@ queries_settled: public(HashMap[uint256, uint256])
 # @dev Callers who funded a tab at each server (counted when a tab goes from nothing to something):
 # a root has no more leaves.
 tabs_opened: public(HashMap[uint256, HashMap[address, uint256]])
-# @dev The offer's owner and server shares when the pending root was posted (owner << 16 | server):
+# @dev The owner's and the server's shares when the pending root was posted (owner << 16 | server):
 # the period is split by the terms it was served under.
 _shares: HashMap[uint256, HashMap[address, uint256]]
+# @dev Each server's share per job: the offer's `server_bps` when it last bonded (as ModelMarket
+# keeps it per staked server), so the model owner cannot cut it.
+server_share: public(HashMap[uint256, HashMap[address, uint256]])
 # @dev Pull balances: challenge bonds won, slashed bonds, the treasury's share.
 owed: public(HashMap[address, uint256])
 
@@ -350,7 +352,8 @@ def refund(job_id: uint256, server: address, final: Opening, pending: Opening) -
 @nonreentrant
 def post_bond(job_id: uint256, amount: uint256):
     """
-    @notice Adds to the sender's bond as a server of a listed model; cancels a pending unbond.
+    @notice Adds to the sender's bond as a server of a listed model, at the offer's server share,
+            which the roots it posts from now on are split at; cancels a pending unbond.
     @param job_id The listed job.
     @param amount Tokens.
     """
@@ -360,6 +363,7 @@ def post_bond(job_id: uint256, amount: uint256):
     assert total <= C.MAX_AMOUNT, "rollup: bond too large"
     self.bond[job_id][msg.sender] = total
     self.unbond_time[job_id][msg.sender] = 0
+    self.server_share[job_id][msg.sender] = (staticcall MODEL_MARKET.offer(job_id)).server_bps
     self._pull(msg.sender, amount)
     log Bonded(job_id=job_id, server=msg.sender, amount=amount)
 
@@ -433,8 +437,8 @@ def post_usage(job_id: uint256, top: Node, n: uint256, data_cid: String[128]):
     assert top.spent - (last >> 128) <= self.pool[job_id][msg.sender], "rollup: more than the tabs hold"
     # a forged root risks the whole bond for at most the bond
     assert top.spent - (last >> 128) <= self.bond[job_id][msg.sender], "rollup: more than the bond covers"
-    terms: Offer = staticcall MODEL_MARKET.offer(job_id)
-    self._shares[job_id][msg.sender] = (terms.owner_bps << 16) | terms.server_bps
+    # ModelMarket.pay keeps the owner's share within what the job's terms leave beside the server's
+    self._shares[job_id][msg.sender] = ((staticcall MODEL_MARKET.offer(job_id)).owner_bps << 16) | self.server_share[job_id][msg.sender]
     root: bytes32 = self._commit(top, n)
     self.pending_root[job_id][msg.sender] = root
     self._pending[job_id][msg.sender] = (top.spent << 128) | (top.queries << 64) | (n << 32) | block.timestamp

@@ -254,20 +254,33 @@ def test_the_owner_cannot_route_the_contributors_share_through_its_own_server(sh
     assert mm.call("revenue", job.id) >= floor, "contributors got less than the job's terms promise"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server_bps can never fall, so a seller of the model token raises it to all the job's terms allow "
-    "(licence_requester_bps) before the sale and the buyer can never set any owner share, while the seller keeps "
-    "earning as a server. Fix: record the offer's server_bps per server when it stakes "
-    "(ModelMarket.stake_server) and settle each server at its recorded share, so set_offer may lower "
-    "server_bps for servers that stake later"))
 def test_a_seller_cannot_lock_the_buyer_of_the_model_token_out_of_the_owner_share(shop):
+    """The seller of the model token raises the server share to all the job's terms allow and stakes
+    as a server before the sale. The buyer can still set the whole owner share for servers that stake
+    from now on; the seller's server keeps the share it staked under, the buyer takes what the terms
+    leave beside it (nothing), and the contributors keep their part."""
     kit, mm, lic = shop.kit, shop.mm, shop.lic
+    seller, buyer = kit.requester, kit.outsider
     job = shop.listed()
-    mm.transact("set_offer", job.id, offer(owner_bps=0, server_bps=OWNER_CAP), sender=kit.requester)
-    lic.transact("transferFrom", kit.requester.address, kit.outsider.address, job.id, sender=kit.requester)
+    mm.transact("set_offer", job.id, offer(owner_bps=0, server_bps=OWNER_CAP), sender=seller)
+    mm.transact("stake_server", job.id, SSTAKE, sender=seller)
+    lic.transact("transferFrom", seller.address, buyer.address, job.id, sender=seller)
     # the new owner takes the share the job's terms give the owner, for servers that stake from now on
-    mm.transact("set_offer", job.id, offer(owner_bps=OWNER_CAP, server_bps=0), sender=kit.outsider)
+    mm.transact("set_offer", job.id, offer(owner_bps=OWNER_CAP, server_bps=0), sender=buyer)
     assert mm.call("offer", job.id)["owner_bps"] == OWNER_CAP
+    a, b, server = shop.buyers[0], shop.buyers[1], shop.server
+    mm.transact("stake_server", job.id, SSTAKE, sender=server)
+    for caller in (a, b):
+        mm.transact("buy_credits", job.id, 100, 2**256 - 1, sender=caller)
+    owed = {x.address: mm.call("owed", x.address) for x in (seller, buyer, server)}
+    revenue = mm.call("revenue", job.id)
+    mm.transact("settle_usage", job.id, [usage_as(shop, job, a, 100, seller)], sender=seller)
+    mm.transact("settle_usage", job.id, [usage_as(shop, job, b, 100, server)], sender=server)
+    amount = 100 * QPRICE
+    assert mm.call("owed", seller.address) - owed[seller.address] == amount * OWNER_CAP // BPS  # its staked share
+    assert mm.call("owed", server.address) - owed[server.address] == 0  # staked under the buyer's offer
+    assert mm.call("owed", buyer.address) - owed[buyer.address] == amount * OWNER_CAP // BPS  # from the new server
+    assert mm.call("revenue", job.id) - revenue == 2 * (amount - amount * FEE_BPS // BPS - amount * OWNER_CAP // BPS)
 
 
 def test_an_access_buyer_gets_the_period_it_paid_for(shop):

@@ -300,20 +300,55 @@ def test_only_a_serving_server_settles(shop, case):
 
 
 def test_the_owner_cannot_take_a_servers_share_or_stop_it_settling_what_it_answered(shop):
-    """Servers hold usage signed under the offer in force: the owner may not lower the server
-    share, and raising the stake new servers need does not stop a staked server settling."""
+    """A server keeps the share of the offer it staked under: the owner may lower the share for
+    servers that stake later, and raising the stake new servers need does not stop a staked
+    server settling what it answered."""
     mm, kit = shop.mm, shop.kit
     job = shop.listed()
     shop.staked(job)
     a = shop.buyers[0]
     mm.transact("buy_credits", job.id, 5, NO_BOUND, sender=a)
-    with reverts("model: server share cannot fall"):
-        mm.transact("set_offer", job.id, offer(server_bps=1_999), sender=kit.requester)
-    mm.transact("set_offer", job.id, offer(server_bps=2_001, server_stake=2 * SSTAKE), sender=kit.requester)
+    mm.transact("set_offer", job.id, offer(server_bps=1_999), sender=kit.requester)
+    mm.transact("set_offer", job.id, offer(server_bps=0, server_stake=2 * SSTAKE), sender=kit.requester)
+    assert mm.call("server_share", job.id, shop.server.address) == 2_000
     assert not mm.call("serving", job.id, shop.server.address)  # new queries: not as the offer asks now
     before = mm.call("owed", shop.server.address)
-    shop.settle(job, [shop.usage(job, a, 3)])  # but what it answered settles, at the share now in force
-    assert mm.call("owed", shop.server.address) - before == 3 * QPRICE * 2_001 // 10_000
+    shop.settle(job, [shop.usage(job, a, 3)])  # but what it answered settles, at the share it staked under
+    assert mm.call("owed", shop.server.address) - before == 3 * QPRICE * 2_000 // 10_000
+
+
+def test_a_server_staking_after_a_lower_offer_gets_the_lower_share(shop):
+    mm, kit = shop.mm, shop.kit
+    job = shop.listed()
+    mm.transact("set_offer", job.id, offer(server_bps=500), sender=kit.requester)
+    shop.staked(job)
+    assert mm.call("server_share", job.id, shop.server.address) == 500
+    a = shop.buyers[0]
+    mm.transact("buy_credits", job.id, 4, NO_BOUND, sender=a)
+    owed = {x: mm.call("owed", x) for x in (shop.server.address, kit.requester.address)}
+    shop.settle(job, [shop.usage(job, a, 4)])
+    assert mm.call("owed", shop.server.address) - owed[shop.server.address] == 4 * QPRICE * 500 // 10_000
+    assert mm.call("owed", kit.requester.address) - owed[kit.requester.address] == 4 * QPRICE * 1_000 // 10_000
+
+
+@pytest.mark.parametrize("owner_bps", [OWNER_CAP, OWNER_CAP - 2_000, 1_000])
+def test_the_owner_cannot_raise_its_share_into_the_contributors_part_beside_a_staked_server(shop, owner_bps):
+    """The owner lowers the server share and raises its own to all the job's terms allow: a server
+    staked under the old offer keeps its share, so the owner's share of that server's usage is only
+    what the terms leave beside it, and the contributors get their part."""
+    mm, kit = shop.mm, shop.kit
+    job = shop.listed()
+    shop.staked(job)  # at 2,000
+    a = shop.buyers[0]
+    mm.transact("buy_credits", job.id, 10, NO_BOUND, sender=a)
+    mm.transact("set_offer", job.id, offer(owner_bps=owner_bps, server_bps=OWNER_CAP - owner_bps), sender=kit.requester)
+    owed = {x: mm.call("owed", x) for x in (shop.server.address, kit.requester.address)}
+    revenue = mm.call("revenue", job.id)
+    shop.settle(job, [shop.usage(job, a, 10)])
+    amount = 10 * QPRICE
+    assert mm.call("owed", shop.server.address) - owed[shop.server.address] == amount * 2_000 // 10_000
+    assert mm.call("owed", kit.requester.address) - owed[kit.requester.address] == amount * min(owner_bps, OWNER_CAP - 2_000) // 10_000
+    assert mm.call("revenue", job.id) - revenue >= amount * (10_000 - FEE_BPS - OWNER_CAP) // 10_000
 
 
 def test_credits_keep_the_price_they_were_bought_at(shop):
@@ -583,9 +618,10 @@ OUTCOMES: dict[str, int] = {}
 
 
 class Ledger(RuleBasedStateMachine):
-    """Random histories on one listed job: purchases, refunds, access, stakes, settlements (honest,
-    replayed, inflated), disputes, withdrawals and claims, against a ghost ledger of what the
-    contract owes; tokens only move between the tracked accounts and the contract."""
+    """Random histories on one listed job: purchases, refunds, access, stakes, new offers (the
+    owner's and the server share moved within the job's terms), settlements (honest, replayed,
+    inflated), disputes, withdrawals and claims, against a ghost ledger of what the contract owes;
+    tokens only move between the tracked accounts and the contract."""
 
     shop: Shop = None
     job = None
@@ -606,6 +642,8 @@ class Ledger(RuleBasedStateMachine):
         self.stake = {v.address: 0 for v in self.servers}
         self.owed: dict[str, int] = {}
         self.revenue = 0
+        self.shares = (1_000, 2_000)  # the offer's owner and server shares
+        self.server_bps = {v.address: 2_000 for v in self.servers}  # each server's: the offer's when it staked
         for v in self.servers:  # both serve from the start; a slash takes one out until it stakes again
             self.s.staked(self.job, server=v)
             self.stake[v.address] = SSTAKE
@@ -624,8 +662,9 @@ class Ledger(RuleBasedStateMachine):
         OUTCOMES[key] = OUTCOMES.get(key, 0) + 1
 
     def split(self, amount: int, server: str | None) -> None:
-        fee, owner = amount * FEE_BPS // 10_000, amount // 10
-        srv = amount // 5 if server else 0
+        server_bps = self.server_bps[server] if server else 0
+        owner_bps = min(self.shares[0], OWNER_CAP - server_bps)  # what the job's terms leave beside the server
+        fee, owner, srv = (amount * bps // 10_000 for bps in (FEE_BPS, owner_bps, server_bps))
         for a, v in ((self.s.kit.treasury, fee), (self.s.kit.requester.address, owner), (server, srv)):
             if v:
                 self.owed[a] = self.owed.get(a, 0) + v
@@ -640,6 +679,18 @@ class Ledger(RuleBasedStateMachine):
     def stake(self, v):
         self.s.staked(self.job, server=self.servers[v])
         self.stake[self.servers[v].address] += SSTAKE
+        self.server_bps[self.servers[v].address] = self.shares[1]
+
+    @rule(owner_bps=st.sampled_from([0, 1_000, 3_000, OWNER_CAP]), server_bps=st.sampled_from([0, 500, 2_000, OWNER_CAP]))
+    def reprice(self, owner_bps, server_bps):
+        terms = offer(owner_bps=owner_bps, server_bps=server_bps)
+        if owner_bps + server_bps > OWNER_CAP:
+            with reverts("model: shares above job terms"):
+                self.mm.transact("set_offer", self.j, terms, sender=self.s.kit.requester)
+            return
+        self.mm.transact("set_offer", self.j, terms, sender=self.s.kit.requester)
+        self.shares = (owner_bps, server_bps)
+        self.hit("repriced")
 
     @rule(v=st.integers(0, 1), b=st.integers(0, 4), n=st.integers(1, 60),
           mode=st.sampled_from(["honest", "honest", "replay", "inflate"]))
@@ -735,6 +786,8 @@ class Ledger(RuleBasedStateMachine):
         for a, v in self.owed.items():
             assert mm.call("owed", a) == v
         assert mm.call("revenue", j) == self.revenue
+        for v, bps in self.server_bps.items():
+            assert mm.call("server_share", j, v) == bps
         held = sum(self.owed.values()) + sum(v for _, v in self.credit.values()) + sum(self.stake.values())
         assert self.s.bal(mm.address) == held + self.revenue - mm.call("paid_out", j)
         assert sum(self.s.bal(a) for a in self.tracked) == self.total, "tokens left the tracked accounts"
@@ -748,7 +801,7 @@ def test_ledger_state_machine(kit):
     run_state_machine_as_test(Ledger, settings=settings(
         max_examples=30, stateful_step_count=30, deadline=None, database=None, derandomize=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]))
-    missing = [k for k in ("buy", "settled", "refunded", "access", "slashed", "claimed", "withdrawn",
+    missing = [k for k in ("buy", "settled", "refunded", "access", "slashed", "claimed", "withdrawn", "repriced",
                            "refused model: receipt already settled", "capped")
                if not OUTCOMES.get(k)]
     assert not missing, f"the run never exercised: {missing} ({OUTCOMES})"

@@ -12,7 +12,7 @@ import test_usage_rollup as base
 from contract_kit import reverts
 from eth_account import Account as EthAccount
 from eth_utils import keccak
-from test_model_market import SSTAKE, offer
+from test_model_market import FEE_BPS, OWNER_CAP, SSTAKE, offer
 from test_usage_rollup import ANSWER, BOND, PRICE, REFUND, WINDOW, Rollup
 
 from fedmarket.errors import ContractRevert
@@ -360,20 +360,31 @@ def test_a_root_cannot_claim_more_leaves_than_callers_with_tabs(roll):
 
 
 def test_the_model_owner_cannot_cut_the_servers_share_of_a_posted_period(roll):
-    kit, job, mm = roll.kit, roll.job, roll.shop.mm
+    kit, job, mm, ru = roll.kit, roll.job, roll.shop.mm, roll.ru
     c = roll.callers[0]
     roll.fund(c)
-    roll.bond()
-    roll.post(roll.tree({c: 50}))  # served at server_bps 2_000
+    roll.bond()  # under the offer's server_bps 2,000
+    roll.post(roll.tree({c: 50}))
     kit.advance(WINDOW)
-    with reverts("model: server share cannot fall"):
-        mm.transact("set_offer", job.id, offer(server_bps=0, owner_bps=2_500), sender=kit.requester)
-    # the owner raising its own share (within the job's terms) changes nothing for a posted period
-    mm.transact("set_offer", job.id, offer(owner_bps=2_500), sender=kit.requester)
+    # the owner cuts the server share and takes all the job's terms allow, for servers that bond later
+    mm.transact("set_offer", job.id, offer(server_bps=0, owner_bps=OWNER_CAP), sender=kit.requester)
+    assert ru.call("server_share", job.id, roll.server.address) == 2_000
     before = {a: mm.call("owed", a) for a in (roll.server.address, kit.requester.address)}
-    roll.finalize()
+    roll.finalize()  # the posted period: the shares when it was posted
     assert mm.call("owed", roll.server.address) - before[roll.server.address] == 50 * PRICE * 2_000 // 10_000
     assert mm.call("owed", kit.requester.address) - before[kit.requester.address] == 50 * PRICE * 1_000 // 10_000
+    # the next period: the server keeps its share, the owner takes what the terms leave beside it
+    before = {a: mm.call("owed", a) for a in (roll.server.address, kit.requester.address)}
+    revenue = mm.call("revenue", job.id)
+    roll.post(roll.tree({c: 80}))
+    kit.advance(WINDOW)
+    roll.finalize()
+    assert mm.call("owed", roll.server.address) - before[roll.server.address] == 30 * PRICE * 2_000 // 10_000
+    assert mm.call("owed", kit.requester.address) - before[kit.requester.address] == 30 * PRICE * (OWNER_CAP - 2_000) // 10_000
+    assert mm.call("revenue", job.id) - revenue >= 30 * PRICE * (10_000 - FEE_BPS - OWNER_CAP) // 10_000
+    # a server that bonds now is split at the new offer
+    roll.bond(server=roll.rival)
+    assert ru.call("server_share", job.id, roll.rival.address) == 0
 
 
 def test_a_root_cannot_move_more_than_the_servers_bond(roll):
