@@ -11,6 +11,8 @@ they are never written anywhere but the encrypted file, nor logged.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -18,7 +20,6 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-from eth_account import Account as EthAccount
 from eth_utils import to_checksum_address
 
 from .chain.base import Account
@@ -84,6 +85,8 @@ class Keystore:
             raise KeystoreError("refusing an empty password")
         path = self.path(name)
         key = secrets.token_bytes(32) if key is None else key
+        from eth_account import Account as EthAccount  # imported when needed: about 0.5 s
+
         doc = EthAccount.encrypt(key, password, kdf="scrypt", iterations=scrypt_n or SCRYPT_N)
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -136,6 +139,8 @@ class Keystore:
     def load(self, name: str, password: str) -> Account:
         """Decrypt account `name`."""
         doc = self._doc(name)
+        from eth_account import Account as EthAccount  # imported when needed: about 0.5 s
+
         try:
             key = bytes(EthAccount.decrypt(doc, password))
         except ValueError as exc:  # eth-keyfile's errors are ValueErrors
@@ -168,6 +173,32 @@ def dev_account(index: int) -> Account:
     """Development account `index` of anvil's public mnemonic. Its key is public: dev chains only."""
     if not 0 <= index < 2**31:
         raise KeystoreError(f"dev account index must be between 0 and 2**31-1 (got {index})")
-    EthAccount.enable_unaudited_hdwallet_features()
-    acct = EthAccount.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
-    return Account(acct.address, bytes(acct.key))
+    return Account.from_key(_bip32_key(_bip39_seed(DEV_MNEMONIC), (44 | _HARDENED, 60 | _HARDENED, _HARDENED, 0, index)))
+
+
+_HARDENED = 2**31
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def _bip39_seed(mnemonic: str, passphrase: str = "") -> bytes:
+    """BIP-39 seed of a mnemonic (PBKDF2-HMAC-SHA512, 2,048 rounds)."""
+    return hashlib.pbkdf2_hmac("sha512", mnemonic.encode(), ("mnemonic" + passphrase).encode(), 2048)
+
+
+def _bip32_key(seed: bytes, path: tuple[int, ...]) -> bytes:
+    """BIP-32 private key at `path` (indices, hardened ones with 2**31 set) below the master key of
+    `seed`. The same keys as eth_account's HD wallet (a test holds them together), without its
+    import of about half a second, which every dev-account process paid at start."""
+    from coincurve import PrivateKey
+
+    digest = hmac.digest(b"Bitcoin seed", seed, "sha512")
+    key, chain = digest[:32], digest[32:]
+    for i in path:
+        data = b"\0" + key if i >= _HARDENED else PrivateKey(key).public_key.format(compressed=True)
+        digest = hmac.digest(chain, data + i.to_bytes(4, "big"), "sha512")
+        tweak = int.from_bytes(digest[:32], "big")
+        child = (tweak + int.from_bytes(key, "big")) % _SECP256K1_N
+        if tweak >= _SECP256K1_N or child == 0:  # probability below 2**-127: BIP-32 skips to the next index
+            raise KeystoreError(f"BIP-32 index {i} gives no valid key")
+        key, chain = child.to_bytes(32, "big"), digest[32:]
+    return key

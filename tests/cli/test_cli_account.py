@@ -105,6 +105,19 @@ def test_keystore_dir_and_password_from_env(tmp_path, monkeypatch):
     assert load_account("frank", prompt=lambda: "ignored: env wins").address == Keystore().address("frank")
 
 
+@pytest.mark.parametrize("index", [0, 1, 7, 19, 255, 2**31 - 1])
+def test_dev_accounts_are_eth_accounts_hd_wallet_keys(index):
+    """`dev_account` derives BIP-32 keys itself: the same as eth_account's HD wallet at m/44'/60'/0'/0/i."""
+    from eth_account import Account as EthAccount
+
+    from fedmarket.keys import DEV_MNEMONIC
+
+    EthAccount.enable_unaudited_hdwallet_features()
+    theirs = EthAccount.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    ours = dev_account(index)
+    assert (ours.address, ours.key) == (theirs.address, bytes(theirs.key))
+
+
 def test_dev_accounts_are_anvils():
     # anvil's first two pre-funded accounts (public test mnemonic)
     assert dev_account(0).address == "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"

@@ -257,3 +257,51 @@ def test_chunk_leaves_match_one_chunk_at_a_time(n):
 
     q = np.random.default_rng(n).integers(-(2**63), 2**63 - 1, n, endpoint=True)
     assert chunk_leaves(q) == [chunk_leaf(i, q[s : s + 64]) for i, s in enumerate(range(0, n, 64))]
+
+
+@settings(max_examples=50, deadline=None, database=None)
+@given(key=st.binary(min_size=32, max_size=32), digest=st.binary(min_size=32, max_size=32))
+def test_direct_signatures_and_addresses_are_eth_accounts(key, digest):
+    """`protocol.ecdsa` (libsecp256k1 through coincurve, what roles sign with) gives eth_account's
+    address and, byte for byte, its signature of a digest: low s, v 27 or 28."""
+    from fedmarket.protocol.ecdsa import address_of, sign_hash
+
+    n = receipts.SECP256K1_N
+    if not 0 < int.from_bytes(key, "big") < n:
+        with pytest.raises(ValueError):
+            sign_hash(key, digest)
+        return
+    assert address_of(key) == EthAccount.from_key(key).address
+    sig = sign_hash(key, digest)
+    assert sig == bytes(EthAccount.unsafe_sign_hash(digest, key).signature)
+    receipts.check_canonical(sig)
+
+
+@pytest.mark.parametrize(("key", "digest", "problem"), [
+    (b"\x01" * 31, b"\x00" * 32, "a private key is 32 bytes, not 31"),
+    (b"\x01" * 32, b"\x00" * 31, "a signed digest is 32 bytes, not 31"),
+])
+def test_a_wrong_size_key_or_digest_is_named(key, digest, problem):
+    from fedmarket.protocol.ecdsa import sign_hash
+
+    with pytest.raises(ValueError, match=problem):
+        sign_hash(key, digest)
+
+
+def test_a_provider_clientapp_signs_without_loading_eth_account():
+    """A provider's Flower ClientApp starts afresh every round: its imports (the app, the provider
+    role, a development account, the JSON-RPC chain) leave out eth_account, about 0.5 s of them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import fedmarket
+
+    app_dir = Path(fedmarket.__file__).parent / "transport" / "flower_app"
+    code = (f"import sys; sys.path.insert(0, {str(app_dir)!r}); import fedmarket_flower_app.client_app; "
+            "from fedmarket.roles import Provider; from fedmarket.keys import dev_account; "
+            "import fedmarket.chain.rpc_backend; from fedmarket.protocol.receipts import UpdateReceipt; "
+            "a = dev_account(3); UpdateReceipt(1, 0, b'\\x01' * 32, 5).sign(a.key, 1, a.address); "
+            "print(sorted(m for m in sys.modules if m.startswith('eth_account')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout

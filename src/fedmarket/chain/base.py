@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import eth_abi
-from eth_account import Account as EthAccount
 from eth_utils import keccak, to_checksum_address
 
 from ..errors import ChainError, ContractRevert
+from ..protocol.ecdsa import address_of
 from .abi import ContractABI, Event
 
 
@@ -24,7 +24,7 @@ class Account:
 
     @classmethod
     def from_key(cls, key: bytes) -> Account:
-        return cls(EthAccount.from_key(key).address, key)
+        return cls(address_of(key), key)
 
     @classmethod
     def derive(cls, seed: str, index: int) -> Account:

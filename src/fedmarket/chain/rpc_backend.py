@@ -6,7 +6,6 @@ import threading
 import time
 from typing import Any
 
-from eth_account import Account as EthAccount
 from eth_utils import to_checksum_address
 
 from ..errors import ChainError, ContractRevert
@@ -122,6 +121,8 @@ class RpcChain(Chain):
         # Signed exactly once: from here on this intent IS this raw transaction (this hash, this
         # nonce). A dropped connection re-sends the same bytes or finds their receipt; it never
         # signs a second transaction, so a retry can neither pay twice nor burn a nonce.
+        from eth_account import Account as EthAccount  # loaded at the first transaction (about 0.5 s)
+
         signed = EthAccount.sign_transaction(tx, sender.key)
         raw = "0x" + bytes(signed.raw_transaction).hex()
         tx_hash = "0x" + bytes(signed.hash).hex()

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import rlp
-from eth_account import Account as EthAccount
 
 from ..chain.rpc_backend import RpcChain
 from ..errors import ChainError, FedMarketError, StorageError
@@ -73,6 +72,8 @@ class TxJournal:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def record(self, raw: str, tx_hash: str) -> dict:
+        from eth_account import Account as EthAccount  # loaded at the first transaction (about 0.5 s)
+
         blob = bytes.fromhex(raw.removeprefix("0x"))
         fields = rlp.decode(blob[1:]) if blob[0] < 0x80 else rlp.decode(blob)  # typed (EIP-2718) or legacy
         nonce = int.from_bytes(fields[1] if blob[0] < 0x80 else fields[0], "big")

@@ -7,11 +7,10 @@ from __future__ import annotations
 import functools
 from dataclasses import fields, make_dataclass
 
-from eth_account import Account as EthAccount
-from eth_account.messages import encode_typed_data
 from eth_keys.datatypes import Signature as KeySignature
 from eth_utils import to_checksum_address
 
+from .ecdsa import sign_hash
 from .keccak import keccak
 
 DOMAIN_NAME = "fedmarket"
@@ -93,7 +92,7 @@ class _Typed:
         return keccak(b"\x19\x01" + _domain_separator(chain_id, verifier) + self.struct_hash())
 
     def sign(self, key: bytes, chain_id: int, verifier: str) -> bytes:
-        return bytes(EthAccount.unsafe_sign_hash(self.eip712_digest(chain_id, verifier), key).signature)
+        return sign_hash(key, self.eip712_digest(chain_id, verifier))
 
     def signer(self, signature: bytes, chain_id: int, verifier: str) -> str:
         """Address that produced `signature` over this statement. Only the canonical form the
@@ -198,5 +197,8 @@ def permit_signature(token, owner, spender: str, value: int, deadline: int) -> t
     nonce = int(token.call("nonces", owner.address))
     message = {"owner": owner.address, "spender": spender, "value": value, "nonce": nonce, "deadline": deadline}
     dom = {"name": name, "version": version, "chainId": chain_id, "verifyingContract": verifying}
+    from eth_account import Account as EthAccount  # a permit is rare: the import (0.5 s) waits for it
+    from eth_account.messages import encode_typed_data
+
     signed = EthAccount.sign_message(encode_typed_data(dom, _PERMIT_TYPES, message), owner.key)
     return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")

@@ -42,8 +42,6 @@ from dataclasses import dataclass
 
 import eth_abi
 import numpy as np
-from eth_account import Account as EthAccount
-from eth_account.messages import encode_defunct
 from eth_utils import keccak
 
 from ..errors import FedMarketError, SecAggAbort, ShareTampered
@@ -127,6 +125,9 @@ def graph_of(cfg: SecAggConfig) -> list[np.ndarray]:
 def sign(key: bytes, round_id: bytes, phase: str, body: dict) -> bytes:
     """A signed message: the exact bytes signed (``body`` with the round id and the phase, as
     canonical JSON) travel as they are, next to the signature over their keccak."""
+    from eth_account import Account as EthAccount  # loaded with the first secure round (about 0.5 s)
+    from eth_account.messages import encode_defunct
+
     signed = canonical_json({**body, "round_id": "0x" + round_id.hex(), "phase": phase}).decode()
     sig = EthAccount.sign_message(encode_defunct(primitive=keccak(signed.encode())), private_key=key).signature
     return canonical_json({"signed": signed, "signature": "0x" + bytes(sig).hex()})
@@ -136,6 +137,9 @@ def opened(raw: bytes, round_id: bytes, phase: str, signer_field: str) -> dict:
     """The body of a signed message, verified on the exact bytes signed, for this round and phase,
     and signed by the address in its ``signer_field``; FedMarketError if not (a message replayed
     from another round, job, chain or phase included)."""
+    from eth_account import Account as EthAccount
+    from eth_account.messages import encode_defunct
+
     try:
         env = json.loads(raw)
         signed = env["signed"].encode()

@@ -110,7 +110,10 @@ class NatsLink:
 
     async def _connect(self, connect_timeout: float):
         async def quiet(exc):  # the client logs every reconnect attempt otherwise
-            self.last_error = str(exc) or type(exc).__name__
+            # the server's refusal of the credentials names the problem; the reset of the socket it
+            # closes next (seen first or last, depending on the load) must not hide it
+            if "authorization" not in (self.last_error or "").lower():
+                self.last_error = str(exc) or type(exc).__name__
 
         nc = await nats.connect(self._url, name="fedmarket", connect_timeout=connect_timeout, allow_reconnect=True,
                                 max_reconnect_attempts=2, reconnect_time_wait=0.5, error_cb=quiet, tls=self._tls)
