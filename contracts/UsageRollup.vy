@@ -46,6 +46,7 @@ interface IModelMarket:
     def TOKEN() -> address: view
     def TREASURY() -> address: view
 
+
 # @dev A caller's cumulative usage at one server.
 struct Leaf:
     caller: address

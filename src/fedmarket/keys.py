@@ -20,10 +20,12 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from coincurve import PrivateKey
 from eth_utils import to_checksum_address
 
 from .chain.base import Account
 from .errors import KeystoreError
+from .protocol.ecdsa import SECP256K1_N
 
 ENV_KEYSTORE = "FEDMARKET_KEYSTORE"
 ENV_PASSWORD = "FEDMARKET_PASSWORD"
@@ -177,7 +179,6 @@ def dev_account(index: int) -> Account:
 
 
 _HARDENED = 2**31
-_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 def _bip39_seed(mnemonic: str, passphrase: str = "") -> bytes:
@@ -189,16 +190,14 @@ def _bip32_key(seed: bytes, path: tuple[int, ...]) -> bytes:
     """BIP-32 private key at `path` (indices, hardened ones with 2**31 set) below the master key of
     `seed`. The same keys as eth_account's HD wallet (a test holds them together), without its
     import of about half a second, which every dev-account process paid at start."""
-    from coincurve import PrivateKey
-
     digest = hmac.digest(b"Bitcoin seed", seed, "sha512")
     key, chain = digest[:32], digest[32:]
     for i in path:
         data = b"\0" + key if i >= _HARDENED else PrivateKey(key).public_key.format(compressed=True)
         digest = hmac.digest(chain, data + i.to_bytes(4, "big"), "sha512")
         tweak = int.from_bytes(digest[:32], "big")
-        child = (tweak + int.from_bytes(key, "big")) % _SECP256K1_N
-        if tweak >= _SECP256K1_N or child == 0:  # probability below 2**-127: BIP-32 skips to the next index
+        child = (tweak + int.from_bytes(key, "big")) % SECP256K1_N
+        if tweak >= SECP256K1_N or child == 0:  # probability below 2**-127: BIP-32 skips to the next index
             raise KeystoreError(f"BIP-32 index {i} gives no valid key")
         key, chain = child.to_bytes(32, "big"), digest[32:]
     return key

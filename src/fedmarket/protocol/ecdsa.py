@@ -13,6 +13,9 @@ from eth_utils import to_checksum_address
 
 from .keccak import keccak
 
+#: order of the secp256k1 group: private keys lie in [1, N), canonical signatures have s <= N / 2
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
 
 def _private(key: bytes) -> PrivateKey:
     key = bytes(key)

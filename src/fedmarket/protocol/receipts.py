@@ -10,7 +10,7 @@ from dataclasses import fields, make_dataclass
 from eth_keys.datatypes import Signature as KeySignature
 from eth_utils import to_checksum_address
 
-from .ecdsa import sign_hash
+from .ecdsa import SECP256K1_N, sign_hash
 from .keccak import keccak
 
 DOMAIN_NAME = "fedmarket"
@@ -102,9 +102,6 @@ class _Typed:
         check_canonical(signature)
         sig = KeySignature(signature_bytes=bytes(signature[:64]) + bytes([signature[64] - 27]))
         return sig.recover_public_key_from_msg_hash(self.eip712_digest(chain_id, verifier)).to_checksum_address()
-
-
-SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 
 def check_canonical(signature: bytes) -> None:
