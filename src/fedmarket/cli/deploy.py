@@ -49,14 +49,14 @@ def node(
     signal.signal(signal.SIGINT, terminate)
     with AnvilNode(port or None, chain_id=DEV_CHAIN_ID, block_time=block_time, fixed_interval=False,
                    accounts=accounts, die_with_parent=True) as n:
-        accounts = n.rpc("eth_accounts", [])
-        print(f"anvil listening on {n.url} (chain id {DEV_CHAIN_ID})", flush=True)
-        print("pre-funded development accounts (their keys are public: `--dev-account I` or dev:I, "
-              "this chain only; `fedmarket fund` funds any other):", flush=True)
-        for i, address in enumerate(accounts):
-            print(f"  ({i}) {to_checksum_address(address)}", flush=True)
-        _say("Ctrl-C to stop")
-        try:
+        try:  # a signal while the accounts are still being listed stops anvil just the same
+            accounts = n.rpc("eth_accounts", [])
+            print(f"anvil listening on {n.url} (chain id {DEV_CHAIN_ID})", flush=True)
+            print("pre-funded development accounts (their keys are public: `--dev-account I` or dev:I, "
+                  "this chain only; `fedmarket fund` funds any other):", flush=True)
+            for i, address in enumerate(accounts):
+                print(f"  ({i}) {to_checksum_address(address)}", flush=True)
+            _say("Ctrl-C to stop")
             while n.proc.poll() is None:
                 time.sleep(0.2)
         except KeyboardInterrupt:
