@@ -1,5 +1,6 @@
 # pragma version 0.4.3
 # pragma evm-version cancun
+# pragma optimize codesize
 """
 @title fedmarket usage rollup
 @notice Optimistic settlement of pay-per-query usage, at a cost per period that does not grow
@@ -19,6 +20,9 @@
         - `prove_unsorted`: two neighbouring leaves out of order (a caller counted twice);
         - `prove_overdraft`: a leaf spending more than the caller's tab;
         - `prove_rollback`: a caller's queries or spending lower than in the final root.
+        A caller that cannot open its place in the roots (their leaves withheld, the root final
+        before anyone challenged) `declare_spent`s the most it signed there instead; the server
+        has `REFUND_DELAY` to `contest` a declaration below a Tab the caller signed.
         A root's total is its leaves' sum by construction (every node commits its children's
         sums), and a server is paid only from its own callers' tabs.
 @license AGPL-3.0-only
@@ -95,6 +99,14 @@ event TabRefunded:
     server: indexed(address)
     caller: indexed(address)
     amount: uint256
+
+
+event SpentDeclared:
+    job_id: indexed(uint256)
+    server: indexed(address)
+    caller: indexed(address)
+    spent: uint256
+    release_time: uint256
 
 
 event Bonded:
@@ -217,8 +229,9 @@ REVEAL_BOND: public(immutable(uint256))
 
 # @dev Each caller's tab per job and server: tokens deposited less tokens refunded.
 tab: public(HashMap[uint256, HashMap[address, HashMap[address, uint256]]])
-# @dev When a caller's requested tab refund may be taken (0: none requested).
-refund_time: public(HashMap[uint256, HashMap[address, HashMap[address, uint256]]])
+# @dev A caller's tab refund request per job and server (0: none): when it may be taken, and above
+# bit 64 the spending declared for it plus one (`declare_spent`; 0: none, the roots are opened).
+refund_request: public(HashMap[uint256, HashMap[address, HashMap[address, uint256]]])
 # @dev Tokens held for each server's tabs (deposits less refunds and revenue paid).
 pool: public(HashMap[uint256, HashMap[address, uint256]])
 # @dev Each server's bond per job, and when its requested unbond may be withdrawn.
@@ -293,7 +306,7 @@ def fund_tab(job_id: uint256, server: address, amount: uint256):
         self.tabs_opened[job_id][server] += 1
     self.tab[job_id][server][msg.sender] = total
     self.pool[job_id][server] += amount
-    self.refund_time[job_id][server][msg.sender] = 0
+    self.refund_request[job_id][server][msg.sender] = 0
     self._pull(msg.sender, amount)
     log TabFunded(job_id=job_id, server=server, caller=msg.sender, amount=amount)
 
@@ -309,15 +322,47 @@ def request_refund(job_id: uint256, server: address):
     """
     assert self.tab[job_id][server][msg.sender] > 0, "rollup: no tab"
     release: uint256 = block.timestamp + REFUND_DELAY
-    self.refund_time[job_id][server][msg.sender] = release
+    self.refund_request[job_id][server][msg.sender] = release
     log TabRefundRequested(job_id=job_id, server=server, caller=msg.sender, release_time=release)
+
+
+@external
+@nonreentrant
+def declare_spent(job_id: uint256, server: address, caller: address, queries: uint256, spent: uint256,
+                  signature: Bytes[65]):
+    """
+    @notice A caller's refund request (the sender's own: `caller` is the sender) declaring what it
+            spent at `server`, for a caller that cannot open its place in the server's roots (their
+            leaves withheld): the refund, due `REFUND_DELAY` from now, keeps back `spent` in place
+            of what the roots say. Or the server raising such a declaration (the sender is
+            `server`): it shows a Tab the caller signed there spending more, before the refund
+            is taken; the refund stays due when it was.
+    @param job_id The job.
+    @param server The tab's server.
+    @param caller The caller declaring (the sender), or whose declaration the server raises.
+    @param queries The signed Tab's queries (the server's raise; ignored otherwise).
+    @param spent The most the caller signed at the server (above the declaration, for a raise).
+    @param signature The caller's Tab signature (the server's raise; ignored otherwise).
+    @custom:security Declaring less than it signed only makes the server raise it; a server that
+                     lets such a declaration stand pays what it takes from its callers' pool
+                     out of its bond (`refund`).
+    """
+    word: uint256 = self.refund_request[job_id][server][caller]
+    release: uint256 = block.timestamp + REFUND_DELAY
+    if msg.sender != caller:
+        assert msg.sender == server and word != 0 and spent >= word >> 64, "rollup: not a raise"
+        self._check_tab(job_id, Leaf(caller=caller, queries=queries, spent=spent), signature)
+        release = word & MASK64
+    self.refund_request[job_id][server][caller] = (spent + 1) * 2**64 | release  # checked: no wrap past 2**192
+    log SpentDeclared(job_id=job_id, server=server, caller=caller, spent=spent, release_time=release)
 
 
 @external
 @nonreentrant
 def refund(job_id: uint256, server: address, final: Opening, pending: Opening) -> uint256:
     """
-    @notice Pays back the tab less the most the final and the pending root say the sender spent.
+    @notice Pays back the tab less the most the final and the pending root say the sender spent,
+            or less the spending declared for the request (`declare_spent`; openings ignored).
     @param job_id The job.
     @param server The tab's server.
     @param final Where the sender stands in the server's final root (its leaf, or its absence).
@@ -327,20 +372,32 @@ def refund(job_id: uint256, server: address, final: Opening, pending: Opening) -
                      a root about to be final pays; if that root is rejected, a later refund
                      returns the difference.
     """
-    release: uint256 = self.refund_time[job_id][server][msg.sender]
-    assert release != 0, "rollup: no refund requested"
-    assert block.timestamp >= release, "rollup: refund not due yet"
-    spent: uint256 = self._lookup(self.final_root[job_id][server], final, msg.sender)[1]
-    root: bytes32 = self.pending_root[job_id][server]
-    if root != empty(bytes32):
-        spent = max(spent, self._lookup(root, pending, msg.sender)[1])
+    word: uint256 = self.refund_request[job_id][server][msg.sender]
+    assert word != 0, "rollup: no refund requested"
+    assert block.timestamp >= word & MASK64, "rollup: refund not due yet"
+    spent: uint256 = word >> 64
+    if spent != 0:
+        spent -= 1
+    else:
+        spent = self._lookup(self.final_root[job_id][server], final, msg.sender)[1]
+        root: bytes32 = self.pending_root[job_id][server]
+        if root != empty(bytes32):
+            spent = max(spent, self._lookup(root, pending, msg.sender)[1])
     deposit: uint256 = self.tab[job_id][server][msg.sender]
     amount: uint256 = 0
     if deposit > spent:
         amount = deposit - spent
-        self.tab[job_id][server][msg.sender] = spent
-        self.pool[job_id][server] -= amount
-    self.refund_time[job_id][server][msg.sender] = 0
+        pool: uint256 = self.pool[job_id][server]
+        if amount > pool:
+            # only a declaration the server let stand below what its roots were paid leaves the
+            # pool short of this: its bond answers for the rest, as far as it goes
+            cover: uint256 = min(amount - pool, self.bond[job_id][server])
+            self.bond[job_id][server] -= cover
+            amount = pool + cover
+            pool = amount
+        self.tab[job_id][server][msg.sender] = deposit - amount
+        self.pool[job_id][server] = pool - amount
+    self.refund_request[job_id][server][msg.sender] = 0
     self._push(msg.sender, amount)
     log TabRefunded(job_id=job_id, server=server, caller=msg.sender, amount=amount)
     return amount
@@ -403,18 +460,6 @@ def unbond(job_id: uint256) -> uint256:
 
 
 # ---------------------------------------------------------------- posting and finalizing
-
-
-@view
-@external
-def bonded(job_id: uint256, server: address) -> bool:
-    """
-    @notice Whether `server` may post usage roots for the job's model now.
-    @param job_id The job.
-    @param server The server.
-    @return True if bonded and not unbonding (each root moves at most the bond).
-    """
-    return self._bonded(job_id, server)
 
 
 @external

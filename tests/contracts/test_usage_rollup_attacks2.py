@@ -2,10 +2,10 @@
 leaf count bound (`tabs_opened`), withheld leaves against the shared pool, and the server's
 `TabBook` driven against the real rollup (rejections, free queries, usage beyond its bond).
 
-Each test asserts the safe behaviour; what this pass broke is fixed (withheld leaves are forced
-open by `challenge_leaves`, the TabBook follows the chain and admits only what it can post), but
-for one strict xfail naming its fix: a root whose leaves nobody checked in its hour goes final,
-and refunds then need openings nobody has. The `roll` fixture checks after every test that the rollup holds
+Each test asserts the safe behaviour; what this pass broke is fixed: withheld leaves are forced
+open by `challenge_leaves`, the TabBook follows the chain and admits only what it can post, and
+a root whose leaves nobody checked in its hour goes final but its callers refund by declaring
+what they signed (`declare_spent`, raised by the server where too low). The `roll` fixture checks after every test that the rollup holds
 exactly what it owes."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from test_usage_rollup import ANSWER, PRICE, REFUND, WINDOW, Rollup
 
 from fedmarket.errors import ContractRevert, FedMarketError
 from fedmarket.protocol.usage import EMPTY_OPENING, Leaf, UsageTree
-from fedmarket.roles.tabs import TabBook, TabRefused
+from fedmarket.roles.tabs import TabBook, TabRefused, declare_spent, refund_tab, usage_doc
 from fedmarket.storage import open_store
 
 roll = base.roll
@@ -85,16 +85,11 @@ def test_withheld_leaves_counting_a_caller_twice_are_forced_open_and_the_server_
         assert got.event("TabRefunded")["amount"] == 100 * PRICE
 
 
-@pytest.mark.xfail(strict=True, raises=FedMarketError, reason=(
-    "a root whose leaves are withheld goes final when nobody challenges within the hour, and then no "
-    "caller can refund: refund needs the caller's opening (its leaf, or its neighbours) in the final "
-    "root, which only the leaves give, and challenge_caller works on a pending root only (a caller who "
-    "never queried is locked too). Fix: let challenge_caller open a caller's place in the final root "
-    "when none is pending, record the usage answer_caller shows (per caller and epoch), and let refund "
-    "(and refund_tab) use that record in place of an opening"))
 def test_withheld_final_leaves_cannot_lock_a_callers_unspent_tab(roll, tmp_path):
-    from fedmarket.roles.tabs import refund_tab
-
+    """The server posts the true usage but never publishes the leaves, and nobody challenges within
+    the hour: the root goes final, and no caller can open its place in it (an idle caller, never in
+    any root, cannot show its absence either). Each asks for its tab back declaring the most it
+    signed there (`declare_spent`) and gets exactly its unspent part once the delay passed."""
     kit, ru, job = roll.kit, roll.ru, roll.job
     user, idle = _sorted(roll, 2)
     roll.fund(user)
@@ -110,9 +105,196 @@ def test_withheld_final_leaves_cannot_lock_a_callers_unspent_tab(roll, tmp_path)
     kit.advance(REFUND)
     with reverts("rollup: opening not in the root"):  # nothing the caller can build opens
         ru.transact("refund", job.id, roll.server.address, EMPTY_OPENING, EMPTY_OPENING, sender=idle)
+    with pytest.raises(FedMarketError, match="final usage root's leaves are unavailable: ask for the refund with declare_spent"):
+        refund_tab(kit.dep, idle, store, job.id, roll.server.address)
+    for c, spent in ((user, 10 * PRICE), (idle, 0)):
+        ev = declare_spent(kit.dep, c, job.id, roll.server.address, spent).event("SpentDeclared")
+        assert (ev["caller"], ev["spent"], ev["release_time"]) == (c.address, spent, kit.dep.chain.timestamp() + REFUND)
+    with reverts("rollup: refund not due yet"):  # a declaration restarts the delay: the server's time to raise it
+        refund_tab(kit.dep, user, store, job.id, roll.server.address)
+    kit.advance(REFUND)
     for c, unspent in ((idle, 100 * PRICE), (user, 90 * PRICE)):
         got = refund_tab(kit.dep, c, store, job.id, roll.server.address)
         assert got.event("TabRefunded")["amount"] == unspent
+        assert ru.call("refund_request", job.id, roll.server.address, c.address) == 0
+    assert ru.call("bond", job.id, roll.server.address) == SSTAKE  # the pool paid: its bond is whole
+
+
+# ---------------------------------------------------------------- declared spending
+
+
+def _withheld_final(roll: Rollup, usage: dict):
+    """`usage` posted as the server's root with its leaves withheld, and made final."""
+    tree = roll.tree(usage)
+    roll.ru.transact("post_usage", roll.job.id, tree.top.as_tuple(), tree.n, "bafy-withheld", sender=roll.server)
+    roll.kit.advance(WINDOW)
+    roll.finalize()
+    return tree
+
+
+def _declare(roll: Rollup, caller, spent: int):
+    return roll.ru.transact("declare_spent", roll.job.id, roll.server.address, caller.address, 0, spent, b"",
+                            sender=caller)
+
+
+def _raise(roll: Rollup, caller, queries: int, spent: int, sender=None, signature=None):
+    sig = roll.sig(caller, queries, spent) if signature is None else signature
+    return roll.ru.transact("declare_spent", roll.job.id, roll.server.address, caller.address, queries, spent, sig,
+                            sender=sender or roll.server)
+
+
+def _refund(roll: Rollup, caller) -> int:
+    r = roll.ru.transact("refund", roll.job.id, roll.server.address, EMPTY_OPENING, EMPTY_OPENING, sender=caller)
+    return r.event("TabRefunded")["amount"]
+
+
+def test_a_caller_declaring_less_than_it_signed_is_raised_by_its_server(roll):
+    """The attacker is a caller: it spent 30 queries (paid through a final root whose leaves it
+    knows are withheld) and declares 5. Its server raises the declaration with the caller's own
+    Tab of 30; the refund keeps back 30, and stays due when the caller's declaration made it."""
+    kit, job = roll.kit, roll.job
+    c = roll.callers[0]
+    roll.fund(c)
+    roll.bond()
+    _withheld_final(roll, {c: 30})
+    due = _declare(roll, c, 5 * PRICE).event("SpentDeclared")["release_time"]
+    kit.advance(REFUND // 2)
+    ev = _raise(roll, c, 30, 30 * PRICE).event("SpentDeclared")
+    assert (ev["spent"], ev["release_time"]) == (30 * PRICE, due)
+    kit.advance(REFUND // 2)
+    assert _refund(roll, c) == 70 * PRICE
+    assert roll.ru.call("bond", job.id, roll.server.address) == SSTAKE
+
+
+def test_only_the_server_raises_a_declaration_with_a_tab_above_it(roll):
+    """Every wrong raise is refused and changes nothing: a Tab at or below the declaration, one the
+    caller never signed (another caller's key, or a Tab for another server), a raise by a rival
+    server or by an outsider, and a raise where the caller asked for nothing."""
+    ru, job = roll.ru, roll.job
+    c, other = roll.callers[0], roll.callers[1]
+    roll.fund(c)
+    roll.bond()
+    with reverts("rollup: not a raise"):  # no refund asked for: nothing to raise
+        _raise(roll, c, 3, 3 * PRICE)
+    _declare(roll, c, 10 * PRICE)
+    word = ru.call("refund_request", job.id, roll.server.address, c.address)
+    with reverts("rollup: not a raise"):
+        _raise(roll, c, 10, 10 * PRICE)  # the declared figure itself
+    with reverts("rollup: not a raise"):
+        _raise(roll, c, 9, 9 * PRICE)
+    with reverts("rollup: not the caller's signature"):
+        _raise(roll, c, 20, 20 * PRICE, signature=roll.sig(other, 20, 20 * PRICE))
+    with reverts("rollup: not the caller's signature"):  # signed for the rival: not a Tab at this server
+        _raise(roll, c, 20, 20 * PRICE, signature=roll.sig(c, 20, 20 * PRICE, server=roll.rival))
+    for intruder in (roll.rival, roll.kit.outsider):
+        with reverts("rollup: not a raise"):
+            _raise(roll, c, 20, 20 * PRICE, sender=intruder)
+    assert ru.call("refund_request", job.id, roll.server.address, c.address) == word
+
+
+def test_a_declaration_the_server_lets_stand_is_paid_from_its_bond(roll):
+    """The caller spent 50 (paid out through a final root) and declares 0; its server never raises
+    it. The caller takes its whole deposit, 50 more than the pool holds for it. The next caller's
+    honest refund finds the pool 50 short: the server's bond pays the 50, so no caller's money
+    covers another's declaration."""
+    ru, job, kit = roll.ru, roll.job, roll.kit
+    liar, honest = _sorted(roll, 2)
+    roll.fund(liar)
+    roll.fund(honest)
+    roll.bond()
+    _withheld_final(roll, {liar: 50})
+    assert ru.call("pool", job.id, roll.server.address) == 150 * PRICE
+    _declare(roll, liar, 0)
+    _declare(roll, honest, 0)
+    kit.advance(REFUND)
+    assert _refund(roll, liar) == 100 * PRICE
+    assert _refund(roll, honest) == 100 * PRICE
+    assert ru.call("bond", job.id, roll.server.address) == SSTAKE - 50 * PRICE
+    assert ru.call("pool", job.id, roll.server.address) == 0
+    assert ru.call("tab", job.id, roll.server.address, honest.address) == 0
+
+
+def test_a_bond_too_small_for_the_shortfall_pays_what_it_has_and_the_tab_keeps_the_rest(roll):
+    """As above with a bond of 30 against a shortfall of 60 (two periods of 30 each, the most the bond
+    lets a root move): the honest caller gets what the pool and the bond hold, and its tab keeps
+    the 30 it was not paid."""
+    ru, job, kit = roll.ru, roll.job, roll.kit
+    liar, honest = _sorted(roll, 2)
+    roll.fund(liar)
+    roll.fund(honest)
+    roll.bond(amount=30 * PRICE)
+    _withheld_final(roll, {liar: 30})
+    _withheld_final(roll, {liar: 60})
+    _declare(roll, liar, 0)
+    _declare(roll, honest, 0)
+    kit.advance(REFUND)
+    assert _refund(roll, liar) == 100 * PRICE
+    assert _refund(roll, honest) == 70 * PRICE  # pool 40 + bond 30
+    assert ru.call("bond", job.id, roll.server.address) == 0
+    assert ru.call("tab", job.id, roll.server.address, honest.address) == 30 * PRICE
+
+
+def test_a_declaration_cannot_wrap_past_the_word(roll):
+    """A declared spending is kept above bit 64 of the request word: one past 2**192 would wrap to a
+    small figure (a refund of the whole tab while the event says "all spent"). It reverts instead;
+    the largest that fits refunds nothing."""
+    ru, job, kit = roll.ru, roll.job, roll.kit
+    c = roll.callers[0]
+    roll.fund(c)
+    roll.bond()
+    for huge in (2**192 - 1, 2**192 + 5 * PRICE):
+        with pytest.raises(ContractRevert):
+            _declare(roll, c, huge)
+    _declare(roll, c, 2**192 - 2)
+    kit.advance(REFUND)
+    assert _refund(roll, c) == 0
+    assert ru.call("tab", job.id, roll.server.address, c.address) == 100 * PRICE
+
+
+def test_asking_again_without_declaring_drops_the_declaration(roll, tmp_path):
+    """A caller that declared, then asks for the refund plainly (its leaves now published), is refunded
+    by the roots' figures; funding again cancels both."""
+    ru, job, kit = roll.ru, roll.job, roll.kit
+    c = roll.callers[0]
+    roll.fund(c)
+    roll.bond()
+    tree = roll.tree({c: 10})
+    store = open_store(tmp_path / "blobs")
+    cid = store.put(usage_doc(job.id, roll.server.address, tree, {c.address.lower(): roll.sig(c, 10, 10 * PRICE)}))
+    ru.transact("post_usage", job.id, tree.top.as_tuple(), tree.n, cid, sender=roll.server)
+    kit.advance(WINDOW)
+    roll.finalize()
+    _declare(roll, c, 0)
+    roll.fund(c, 1)
+    assert ru.call("refund_request", job.id, roll.server.address, c.address) == 0
+    _declare(roll, c, 0)
+    ru.transact("request_refund", job.id, roll.server.address, sender=c)
+    assert ru.call("refund_request", job.id, roll.server.address, c.address) >> 64 == 0
+    kit.advance(REFUND)
+    assert refund_tab(kit.dep, c, store, job.id, roll.server.address).event("TabRefunded")["amount"] == 90 * PRICE + 1
+
+
+def test_a_tab_book_raises_a_low_declaration_with_the_callers_latest_tab(roll, tmp_path):
+    """The server's TabBook, stepped as its serving loop does, raises a caller's declaration below
+    the latest Tab it admitted from it, and leaves a true one alone."""
+    kit = roll.kit
+    liar, honest = _sorted(roll, 2)
+    roll.fund(liar)
+    roll.fund(honest)
+    book = _book(roll, tmp_path)
+    for q in range(1, 5):
+        _admit(roll, book, liar, q, q * PRICE)
+    _admit(roll, book, honest, 1, PRICE)
+    assert any("usage root posted" in m for m in book.step())
+    _declare(roll, liar, PRICE)
+    _declare(roll, honest, PRICE)
+    done = book.step()
+    assert [m for m in done if "raised" in m] == [
+        f"raised {liar.address}'s refund declaration from {PRICE} to {4 * PRICE} (tx {book.sent[-1].tx_hash})"]
+    assert book.step() == []  # nothing more to raise; the root's window is still open
+    kit.advance(REFUND)
+    assert _refund(roll, liar) == 96 * PRICE
+    assert _refund(roll, honest) == 99 * PRICE
 
 
 # ---------------------------------------------------------------- caller slots

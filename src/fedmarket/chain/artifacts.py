@@ -88,7 +88,10 @@ def compile_contract(name: str) -> dict:
     path = src / f"{name}.vy"
     if not path.is_file():
         raise ChainError(f"no contract named {name} in {src}")
-    settings = Settings(optimize=OptimizationLevel.GAS, evm_version=EVM_VERSION)
+    # gas-optimized, unless the source says otherwise (`# pragma optimize codesize` where EIP-170's
+    # 24,576 bytes bind harder than gas); a setting here that differed from the pragma would be refused
+    pragma = "# pragma optimize" in path.read_text()
+    settings = Settings(optimize=None if pragma else OptimizationLevel.GAS, evm_version=EVM_VERSION)
     out = compile_files([str(path)], ["abi", "bytecode"], paths=[str(src)], settings=settings)
     result = next(iter(out.values()))
     return {"abi": result["abi"], "bytecode": result["bytecode"]}

@@ -6,7 +6,11 @@ A caller funds a tab at one server (:func:`fund_tab`) and signs, with each query
 adding one and the model's query price. The server (:class:`TabBook`) checks each such receipt
 against the tab on chain, keeps each caller's latest, and every period posts the sum tree of all
 of them (`protocol.usage`), with the leaves and signatures published by content id. It answers
-challenges of its leaves, and makes its root final once the challenge window passed.
+challenges of its leaves, raises refund declarations below what a caller signed, and makes its
+root final once the challenge window passed.
+
+A caller takes back its unspent tab with :func:`refund_tab`, opening its place in the roots from
+their published leaves; where they are withheld, it asks with :func:`declare_spent` instead.
 
 Anyone (a caller, a validator) audits a pending root with :func:`audit_usage`: it fetches the
 published leaves, checks them against the root, every signature, the order, every tab and the
@@ -26,7 +30,7 @@ from ..chain import Account
 from ..errors import FedMarketError, StorageError
 from ..market import Deployment
 from ..protocol.receipts import Tab
-from ..protocol.usage import Leaf, UsageTree, opening
+from ..protocol.usage import EMPTY_OPENING, Leaf, UsageTree, opening
 from ..storage import BlobStore
 from .common import check_funds, journal_line, read_journal
 
@@ -107,7 +111,7 @@ class TabBook:
         the bond), if not so bonded yet (and not unbonding)."""
         bond = int(self.ru.call("bond", self.job_id, self.address))
         stake = max(int(self.dep.model_market.call("offer", self.job_id)["server_stake"]), covers, 1)
-        if bond >= stake and self.ru.call("bonded", self.job_id, self.address):
+        if bond >= stake and not int(self.ru.call("unbond_time", self.job_id, self.address)):
             return None
         need = max(stake - bond, 1)
         check_funds(self.dep, self.address, need, "the usage rollup bond")
@@ -128,7 +132,7 @@ class TabBook:
         if price == 0:
             raise TabRefused("the model's query price is 0: nothing to pay from a tab")
         tab = int(self.ru.call("tab", self.job_id, self.address, caller))
-        refunding = int(self.ru.call("refund_time", self.job_id, self.address, caller))
+        refunding = int(self.ru.call("refund_request", self.job_id, self.address, caller))
         # what it can post: each root moves at most the bond, which its wallet can raise
         can_bond = int(self.ru.call("bond", self.job_id, self.address)) + self.dep.balance(self.address)
         final_spent = int(self.ru.call("totals", self.job_id, self.address, False)[1])
@@ -200,9 +204,10 @@ class TabBook:
             self.final = self._load(pending=False)
 
     def step(self) -> list[str]:
-        """One period's work: answer challenges, finalize the pending root when due, post the next."""
+        """One period's work: answer challenges, raise declarations below what callers signed,
+        finalize the pending root when due, post the next."""
         self._sync()
-        done = self._answer_challenges()
+        done = self._answer_challenges() + self.raise_declarations()
         pending = self.ru.call("pending_root", self.job_id, self.address) != ZERO_ROOT
         if pending:
             posted_at = int(self.ru.call("totals", self.job_id, self.address, True)[3])
@@ -261,6 +266,21 @@ class TabBook:
             done.append(f"answered the challenge of slot {slot} (tx {r.tx_hash})")
         return done
 
+
+    def raise_declarations(self) -> list[str]:
+        """Raise every standing refund declaration (`declare_spent`) below the latest Tab its caller
+        signed here, with that Tab: a declaration left standing is paid from this server's bond."""
+        done = []
+        for caller in {ev["caller"] for ev in self.ru.events("SpentDeclared", job_id=self.job_id, server=self.address)}:
+            declared = (int(self.ru.call("refund_request", self.job_id, self.address, caller)) >> 64) - 1
+            queries, spent, sig = self.latest.get(caller.lower(), (0, 0, b""))
+            if declared < 0 or spent <= declared:
+                continue  # refunded (or asked again without declaring), or declared at least what it signed
+            r = self.ru.transact("declare_spent", self.job_id, self.address, caller, queries, spent, sig,
+                                 sender=self.account)
+            self.sent.append(r)
+            done.append(f"raised {caller}'s refund declaration from {declared} to {spent} (tx {r.tx_hash})")
+        return done
 
     def _reveal(self, tree: UsageTree, sigs: dict[str, bytes]) -> list[str]:
         """Reveal every leaf of the pending root on chain, chunk by chunk (from where it stopped)."""
@@ -369,15 +389,37 @@ def audit_usage(dep: Deployment, account: Account, store: BlobStore, job_id: int
     return []
 
 
+def declare_spent(dep: Deployment, account: Account, job_id: int, server: str, spent: int):
+    """Ask for the tab back declaring `spent`, the most `account` signed at `server` (its latest
+    Tab): for a caller that cannot open its place in the server's roots because their leaves are
+    withheld. The refund is due `REFUND_DELAY` from now; the server may raise the declaration in
+    between with a Tab the caller signed spending more."""
+    if not 0 <= int(spent) < 2**128:
+        raise FedMarketError(f"a declared spending must be from 0 to 2**128 - 1, got {spent}")
+    return rollup_of(dep).transact("declare_spent", job_id, server, account.address, 0, int(spent), b"", sender=account)
+
+
 def refund_tab(dep: Deployment, account: Account, store: BlobStore, job_id: int, server: str):
-    """Take back the unspent tab once the refund is due, opening the caller's place in the final
-    and the pending roots from their published leaves."""
+    """Take back the unspent tab once the refund is due: less the spending declared for the
+    request if there is one (`declare_spent`), else opening the caller's place in the final and the
+    pending roots from their published leaves."""
     ru = rollup_of(dep)
+    request = int(ru.call("refund_request", job_id, server, account.address))
+    if request >> 64:
+        return ru.transact("refund", job_id, server, EMPTY_OPENING, EMPTY_OPENING, sender=account)
+    withheld = ("leaves are unavailable: ask for the refund with declare_spent (the most you signed "
+                "at this server) instead")
     pending = None
     if ru.call("pending_root", job_id, server) != ZERO_ROOT:
         got = _published(ru, store, job_id, server, int(ru.call("epoch", job_id, server)))
-        if got is None or got[0].disorder() is not None:
-            raise FedMarketError("the pending usage root's leaves are unavailable or unsorted: audit it first")
+        if got is None:
+            raise FedMarketError(f"the pending usage root's {withheld}")
+        if got[0].disorder() is not None:
+            raise FedMarketError("the pending usage root's leaves are unsorted: audit it first")
         pending = got[0]
-    return ru.transact("refund", job_id, server, opening(final_tree(ru, store, job_id, server), account.address),
-                       opening(pending, account.address), sender=account)
+    try:
+        final = final_tree(ru, store, job_id, server)
+    except FedMarketError:
+        raise FedMarketError(f"the final usage root's {withheld}") from None
+    return ru.transact("refund", job_id, server, opening(final, account.address), opening(pending, account.address),
+                       sender=account)
