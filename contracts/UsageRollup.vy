@@ -21,8 +21,9 @@
         - `prove_overdraft`: a leaf spending more than the caller's tab;
         - `prove_rollback`: a caller's queries or spending lower than in the final root.
         A caller that cannot open its place in the roots (their leaves withheld, the root final
-        before anyone challenged) `declare_spent`s the most it signed there instead; the server
-        has `REFUND_DELAY` to `contest` a declaration below a Tab the caller signed.
+        before anyone challenged) `declare_spent`s the most it signed there instead; within
+        `REFUND_DELAY` the server (or anyone with the leaves) raises a declaration below a Tab
+        the caller signed.
         A root's total is its leaves' sum by construction (every node commits its children's
         sums), and a server is paid only from its own callers' tabs.
 @license AGPL-3.0-only
@@ -334,24 +335,24 @@ def declare_spent(job_id: uint256, server: address, caller: address, queries: ui
     @notice A caller's refund request (the sender's own: `caller` is the sender) declaring what it
             spent at `server`, for a caller that cannot open its place in the server's roots (their
             leaves withheld): the refund, due `REFUND_DELAY` from now, keeps back `spent` in place
-            of what the roots say. Or the server raising such a declaration (the sender is
-            `server`): it shows a Tab the caller signed there spending more, before the refund
-            is taken; the refund stays due when it was.
+            of what the roots say. Or anyone raising such a declaration (or a plain request) with
+            a Tab the caller signed at `server` spending more: the server holds them all, and so
+            does anyone who reads the published leaves. The refund stays due when it was.
     @param job_id The job.
     @param server The tab's server.
-    @param caller The caller declaring (the sender), or whose declaration the server raises.
-    @param queries The signed Tab's queries (the server's raise; ignored otherwise).
+    @param caller The caller declaring (the sender), or whose declaration is raised.
+    @param queries The signed Tab's queries (a raise; ignored otherwise).
     @param spent The most the caller signed at the server (above the declaration, for a raise).
-    @param signature The caller's Tab signature (the server's raise; ignored otherwise).
-    @custom:security Declaring less than it signed only makes the server raise it; a server that
-                     lets such a declaration stand pays what it takes from its callers' pool
-                     out of its bond (`refund`).
+    @param signature The caller's Tab signature (a raise; ignored otherwise).
+    @custom:security Declaring less than it signed only gets the declaration raised; a server that
+                     lets one stand pays what it takes from its callers' pool out of its bond
+                     (`refund`).
     """
     word: uint256 = self.refund_request[job_id][server][caller]
     release: uint256 = block.timestamp + REFUND_DELAY
     if msg.sender != caller:
-        assert msg.sender == server and word != 0 and spent >= word >> 64, "rollup: not a raise"
-        self._check_tab(job_id, Leaf(caller=caller, queries=queries, spent=spent), signature)
+        assert word != 0 and spent >= word >> 64, "rollup: not a raise"
+        self._check_tab(job_id, server, Leaf(caller=caller, queries=queries, spent=spent), signature)
         release = word & MASK64
     self.refund_request[job_id][server][caller] = (spent + 1) * 2**64 | release  # checked: no wrap past 2**192
     log SpentDeclared(job_id=job_id, server=server, caller=caller, spent=spent, release_time=release)
@@ -584,7 +585,7 @@ def answer(job_id: uint256, position: Position, signature: Bytes[65]):
     """
     word: uint256 = self._open(job_id, msg.sender, position.index)
     assert self._at(self.pending_root[job_id][msg.sender], (word >> 32) & MASK32, position), "rollup: leaf not in the root"
-    self._check_tab(job_id, position.leaf, signature)
+    self._check_tab(job_id, msg.sender, position.leaf, signature)
     self._answered(job_id, position.index)
 
 
@@ -618,7 +619,7 @@ def answer_caller(job_id: uint256, caller: address, opening: Opening, signature:
     self._open(job_id, msg.sender, slot)
     usage: uint256[2] = self._lookup(self.pending_root[job_id][msg.sender], opening, caller)
     if opening.a.leaf.caller == caller:
-        self._check_tab(job_id, opening.a.leaf, signature)
+        self._check_tab(job_id, msg.sender, opening.a.leaf, signature)
     self._answered(job_id, slot)
     log CallerOpened(job_id=job_id, server=msg.sender, epoch=self.epoch[job_id][msg.sender], caller=caller,
                      queries=usage[0], spent=usage[1])
@@ -670,7 +671,7 @@ def reveal_leaves(job_id: uint256, chunk: uint256, leaves: DynArray[Leaf, CHUNK]
         leaf: Leaf = leaves[i]
         assert convert(leaf.caller, uint256) > last, "rollup: leaves out of order"
         assert leaf.spent <= self.tab[job_id][msg.sender][leaf.caller], "rollup: leaf past its tab"
-        self._check_tab(job_id, leaf, signatures[i])
+        self._check_tab(job_id, msg.sender, leaf, signatures[i])
         last = convert(leaf.caller, uint256)
         nodes.append(Node(h=keccak256(abi_encode(leaf.caller, leaf.queries, leaf.spent)), queries=leaf.queries,
                           spent=leaf.spent))
@@ -870,8 +871,8 @@ def _answered(job_id: uint256, slot: uint256):
 
 @view
 @internal
-def _check_tab(job_id: uint256, leaf: Leaf, signature: Bytes[65]):
-    """The leaf's caller signed Tab(jobId, sender, queries, spent); a signature with v in {0, 1} or
+def _check_tab(job_id: uint256, server: address, leaf: Leaf, signature: Bytes[65]):
+    """The leaf's caller signed Tab(jobId, server, queries, spent); a signature with v in {0, 1} or
     a high s (forms its key makes too, accepted off chain) is read in its canonical form."""
     assert leaf.caller != empty(address), "rollup: no caller"
     assert len(signature) == 65, "rollup: not the caller's signature"
@@ -884,7 +885,7 @@ def _check_tab(job_id: uint256, leaf: Leaf, signature: Bytes[65]):
         s = SECP_N - s
         v = 55 - v
     digest: bytes32 = statements._digest(statements._separator(chain.id, self), keccak256(abi_encode(
-        TAB_TYPEHASH, job_id, msg.sender, leaf.queries, leaf.spent)))
+        TAB_TYPEHASH, job_id, server, leaf.queries, leaf.spent)))
     sig: Bytes[65] = concat(convert(r, bytes32), convert(s, bytes32), convert(convert(v, uint8), bytes1))
     assert statements._signer(digest, sig) == leaf.caller, "rollup: not the caller's signature"
 

@@ -18,7 +18,7 @@ from test_usage_rollup import ANSWER, PRICE, REFUND, WINDOW, Rollup
 
 from fedmarket.errors import ContractRevert, FedMarketError
 from fedmarket.protocol.usage import EMPTY_OPENING, Leaf, UsageTree
-from fedmarket.roles.tabs import TabBook, TabRefused, declare_spent, refund_tab, usage_doc
+from fedmarket.roles.tabs import TabBook, TabRefused, audit_usage, declare_spent, refund_tab, usage_doc
 from fedmarket.storage import open_store
 
 roll = base.roll
@@ -166,10 +166,11 @@ def test_a_caller_declaring_less_than_it_signed_is_raised_by_its_server(roll):
     assert roll.ru.call("bond", job.id, roll.server.address) == SSTAKE
 
 
-def test_only_the_server_raises_a_declaration_with_a_tab_above_it(roll):
+def test_a_declaration_is_raised_only_with_a_tab_the_caller_signed_above_it(roll):
     """Every wrong raise is refused and changes nothing: a Tab at or below the declaration, one the
-    caller never signed (another caller's key, or a Tab for another server), a raise by a rival
-    server or by an outsider, and a raise where the caller asked for nothing."""
+    caller never signed (another caller's key, or the caller's Tab at another server, sent by
+    that server or by anyone), and a raise where the caller asked for nothing. Anyone may raise
+    with a true Tab (the published leaves carry them): here an outsider."""
     ru, job = roll.ru, roll.job
     c, other = roll.callers[0], roll.callers[1]
     roll.fund(c)
@@ -184,12 +185,44 @@ def test_only_the_server_raises_a_declaration_with_a_tab_above_it(roll):
         _raise(roll, c, 9, 9 * PRICE)
     with reverts("rollup: not the caller's signature"):
         _raise(roll, c, 20, 20 * PRICE, signature=roll.sig(other, 20, 20 * PRICE))
-    with reverts("rollup: not the caller's signature"):  # signed for the rival: not a Tab at this server
-        _raise(roll, c, 20, 20 * PRICE, signature=roll.sig(c, 20, 20 * PRICE, server=roll.rival))
-    for intruder in (roll.rival, roll.kit.outsider):
-        with reverts("rollup: not a raise"):
-            _raise(roll, c, 20, 20 * PRICE, sender=intruder)
+    for sender in (roll.rival, roll.kit.outsider, roll.server):  # signed for the rival: no Tab at this server
+        with reverts("rollup: not the caller's signature"):
+            _raise(roll, c, 20, 20 * PRICE, sender=sender, signature=roll.sig(c, 20, 20 * PRICE, server=roll.rival))
     assert ru.call("refund_request", job.id, roll.server.address, c.address) == word
+    ev = _raise(roll, c, 20, 20 * PRICE, sender=roll.kit.outsider).event("SpentDeclared")
+    assert (ev["spent"], ev["release_time"]) == (20 * PRICE, word & (2**64 - 1))
+
+
+def test_a_watcher_raises_a_lie_from_the_published_leaves_after_the_server_left(roll, tmp_path):
+    """The server published its leaves, settled its last period and unbonded: nobody is left to
+    answer for a declaration with its bond. A caller declares nothing spent to take back the 40
+    it paid. Another caller's audit (`audit_usage`, what `fedmarket model audit-usage` runs) raises
+    the declaration with the liar's own signature from the published leaves, so each gets exactly
+    its unspent part."""
+    ru, job, kit = roll.ru, roll.job, roll.kit
+    liar, watcher = _sorted(roll, 2)
+    roll.fund(liar)
+    roll.fund(watcher)
+    roll.bond()
+    tree = roll.tree({liar: 40, watcher: 5})
+    store = open_store(tmp_path / "blobs")
+    sigs = {liar.address.lower(): roll.sig(liar, 40, 40 * PRICE), watcher.address.lower(): roll.sig(watcher, 5, 5 * PRICE)}
+    cid = store.put(usage_doc(job.id, roll.server.address, tree, sigs))
+    ru.transact("post_usage", job.id, tree.top.as_tuple(), tree.n, cid, sender=roll.server)
+    kit.advance(WINDOW)
+    roll.finalize()
+    ru.transact("request_unbond", job.id, sender=roll.server)
+    kit.advance(int(ru.call("UNBOND_DELAY")))
+    ru.transact("unbond", job.id, sender=roll.server)
+    _declare(roll, liar, 0)
+    found = audit_usage(kit.dep, watcher, store, job.id, roll.server.address)
+    assert len(found) == 1 and found[0].startswith(f"raised {liar.address}'s refund declaration from 0 to {40 * PRICE} "), found
+    assert ru.call("refund_request", job.id, roll.server.address, liar.address) >> 64 == 40 * PRICE + 1
+    assert audit_usage(kit.dep, watcher, store, job.id, roll.server.address) == []  # raised once
+    ru.transact("request_refund", job.id, roll.server.address, sender=watcher)
+    kit.advance(REFUND)
+    assert _refund(roll, liar) == 60 * PRICE
+    assert refund_tab(kit.dep, watcher, store, job.id, roll.server.address).event("TabRefunded")["amount"] == 95 * PRICE
 
 
 def test_a_declaration_the_server_lets_stand_is_paid_from_its_bond(roll):

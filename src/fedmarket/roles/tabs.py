@@ -270,17 +270,11 @@ class TabBook:
     def raise_declarations(self) -> list[str]:
         """Raise every standing refund declaration (`declare_spent`) below the latest Tab its caller
         signed here, with that Tab: a declaration left standing is paid from this server's bond."""
-        done = []
-        for caller in {ev["caller"] for ev in self.ru.events("SpentDeclared", job_id=self.job_id, server=self.address)}:
-            declared = (int(self.ru.call("refund_request", self.job_id, self.address, caller)) >> 64) - 1
-            queries, spent, sig = self.latest.get(caller.lower(), (0, 0, b""))
-            if declared < 0 or spent <= declared:
-                continue  # refunded (or asked again without declaring), or declared at least what it signed
-            r = self.ru.transact("declare_spent", self.job_id, self.address, caller, queries, spent, sig,
-                                 sender=self.account)
-            self.sent.append(r)
-            done.append(f"raised {caller}'s refund declaration from {declared} to {spent} (tx {r.tx_hash})")
-        return done
+        with self.lock:
+            signed = dict(self.latest)
+        done = raise_declarations(self.dep, self.account, self.job_id, self.address, signed)
+        self.sent += [r for r, _ in done]
+        return [m for _, m in done]
 
     def _reveal(self, tree: UsageTree, sigs: dict[str, bytes]) -> list[str]:
         """Reveal every leaf of the pending root on chain, chunk by chunk (from where it stopped)."""
@@ -339,14 +333,68 @@ def final_tree(ru, store: BlobStore, job_id: int, server: str) -> UsageTree | No
     return got[0]
 
 
+def declarations(ru, job_id: int, server: str) -> dict[str, int]:
+    """Each caller's standing refund declaration at `server` (`declare_spent`, not yet refunded or
+    replaced by a plain request): caller -> declared spending."""
+    out = {}
+    for caller in {ev["caller"] for ev in ru.events("SpentDeclared", job_id=job_id, server=server)}:
+        word = int(ru.call("refund_request", job_id, server, caller))
+        if word >> 64:
+            out[caller] = (word >> 64) - 1
+    return out
+
+
+def raise_declarations(dep: Deployment, account: Account, job_id: int, server: str,
+                       signed: dict[str, tuple[int, int, bytes]]) -> list[tuple]:
+    """Raise each standing declaration at `server` below a Tab its caller signed there, from
+    `signed` (caller, lower case -> (queries, spent, signature)): the server's own receipts, or a
+    watcher's read of the published leaves. Returns (receipt, message) per raise."""
+    ru, done = rollup_of(dep), []
+    for caller, declared in sorted(declarations(ru, job_id, server).items()):
+        queries, spent, sig = signed.get(caller.lower(), (0, 0, b""))
+        if spent <= declared or not sig:
+            continue
+        r = ru.transact("declare_spent", job_id, server, caller, queries, spent, sig, sender=account)
+        done.append((r, f"raised {caller}'s refund declaration from {declared} to {spent} (tx {r.tx_hash})"))
+    return done
+
+
+def published_tabs(ru, store: BlobStore, job_id: int, server: str) -> dict[str, tuple[int, int, bytes]]:
+    """Each caller's highest Tab among the published leaves of the server's final and pending roots
+    (caller, lower case -> (queries, spent, signature)); none from roots whose leaves are withheld."""
+    out: dict[str, tuple[int, int, bytes]] = {}
+    epochs = [int(ev["epoch"]) for ev in ru.events("UsageFinalized", job_id=job_id, server=server)[-1:]]
+    if ru.call("pending_root", job_id, server) != ZERO_ROOT:
+        epochs.append(int(ru.call("epoch", job_id, server)))
+    for epoch in epochs:
+        got = _published(ru, store, job_id, server, epoch)
+        if got is None or got[1] is None:
+            continue
+        for leaf, sig in zip(got[0].leaves, got[1]):
+            key = leaf.caller.lower()
+            if leaf.spent > out.get(key, (0, -1, b""))[1]:
+                out[key] = (leaf.queries, leaf.spent, sig)
+    return out
+
+
 def audit_usage(dep: Deployment, account: Account, store: BlobStore, job_id: int, server: str,
                 act: bool = True) -> list[str]:
-    """Check a server's pending usage root against its published leaves, every signature and tab,
-    their order and the final root, and with `act` prove on chain the first thing wrong (a leaf
+    """Raise refund declarations below what the published leaves show their callers signed; check
+    a server's pending usage root against its published leaves, every signature and tab, their
+    order and the final root, and with `act` prove on chain the first thing wrong (a leaf
     challenged when the leaves are withheld or do not make the root). Returns the findings."""
     ru = rollup_of(dep)
+    raised = []
+    if act and ru.events("SpentDeclared", job_id=job_id, server=server):
+        raised = [m for _, m in raise_declarations(dep, account, job_id, server, published_tabs(ru, store, job_id, server))]
     if ru.call("pending_root", job_id, server) == ZERO_ROOT:
-        return []
+        return raised
+    return raised + _audit_pending(dep, account, store, job_id, server, act)
+
+
+def _audit_pending(dep: Deployment, account: Account, store: BlobStore, job_id: int, server: str,
+                   act: bool) -> list[str]:
+    ru = rollup_of(dep)
     got = _published(ru, store, job_id, server, int(ru.call("epoch", job_id, server)))
     if got is None:  # the chain makes the server reveal them all, checked there, or lose its bond
         if not act:
