@@ -49,3 +49,21 @@ def test_the_threat_model_names_exactly_the_attacker_tests():
         tests |= {(path.name, f.name) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name.startswith("test_")}
     assert not tests - named, f"attacker tests missing from docs/security.md: {sorted(tests - named)}"
     assert not named - tests, f"docs/security.md names tests that do not exist: {sorted(named - tests)}"
+
+
+def test_every_test_a_doc_names_by_path_exists():
+    """A `tests/.../test_x.py::test_name` reference in any doc names a test function that exists
+    (a renamed test would otherwise leave the threat model pointing at nothing)."""
+    import ast
+
+    missing = []
+    for doc in sorted((ROOT / "docs").glob("*.md")):
+        for path, name in set(re.findall(r"`(tests/[\w/]+\.py)::(\w+)`", doc.read_text())):
+            file = ROOT / path
+            defined = set()
+            if file.is_file():
+                tree = ast.parse(file.read_text())
+                defined = {f.name for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)}
+            if name not in defined:
+                missing.append(f"{doc.name}: {path}::{name}")
+    assert not missing, f"docs name tests that do not exist: {missing}"
