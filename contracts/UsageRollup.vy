@@ -390,13 +390,14 @@ def refund(job_id: uint256, server: address, final: Opening, pending: Opening) -
         amount = deposit - spent
         pool: uint256 = self.pool[job_id][server]
         if amount > pool:
-            # only a declaration the server let stand below what its roots were paid leaves the
-            # pool short of this: its bond answers for the rest, as far as it goes
+            # only a declaration left standing below what the roots were paid leaves the pool short
+            # of this: the server's bond answers for the rest as far as it goes, and what it does
+            # not cover is this caller's loss, never a claim on later deposits
             cover: uint256 = min(amount - pool, self.bond[job_id][server])
             self.bond[job_id][server] -= cover
             amount = pool + cover
             pool = amount
-        self.tab[job_id][server][msg.sender] = deposit - amount
+        self.tab[job_id][server][msg.sender] = spent
         self.pool[job_id][server] = pool - amount
     self.refund_request[job_id][server][msg.sender] = 0
     self._push(msg.sender, amount)

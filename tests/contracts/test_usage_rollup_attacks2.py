@@ -247,10 +247,10 @@ def test_a_declaration_the_server_lets_stand_is_paid_from_its_bond(roll):
     assert ru.call("tab", job.id, roll.server.address, honest.address) == 0
 
 
-def test_a_bond_too_small_for_the_shortfall_pays_what_it_has_and_the_tab_keeps_the_rest(roll):
+def test_a_bond_too_small_for_the_shortfall_pays_what_it_has_and_leaves_no_claim_on_later_tabs(roll):
     """As above with a bond of 30 against a shortfall of 60 (two periods of 30 each, the most the bond
-    lets a root move): the honest caller gets what the pool and the bond hold, and its tab keeps
-    the 30 it was not paid."""
+    lets a root move): the honest caller gets what the pool and the bond hold and bears the 30
+    nobody covers. Its tab does not keep them as a claim: a later caller's deposit stays whole."""
     ru, job, kit = roll.ru, roll.job, roll.kit
     liar, honest = _sorted(roll, 2)
     roll.fund(liar)
@@ -264,7 +264,14 @@ def test_a_bond_too_small_for_the_shortfall_pays_what_it_has_and_the_tab_keeps_t
     assert _refund(roll, liar) == 100 * PRICE
     assert _refund(roll, honest) == 70 * PRICE  # pool 40 + bond 30
     assert ru.call("bond", job.id, roll.server.address) == 0
-    assert ru.call("tab", job.id, roll.server.address, honest.address) == 30 * PRICE
+    assert ru.call("tab", job.id, roll.server.address, honest.address) == 0
+    late = roll.callers[2]
+    roll.fund(late)
+    _declare(roll, late, 0)
+    with reverts("rollup: no tab"):  # nothing left to claim from the late caller's deposit
+        ru.transact("request_refund", job.id, roll.server.address, sender=honest)
+    kit.advance(REFUND)
+    assert _refund(roll, late) == 100 * PRICE
 
 
 def test_a_declaration_cannot_wrap_past_the_word(roll):
