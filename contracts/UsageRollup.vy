@@ -335,9 +335,10 @@ def declare_spent(job_id: uint256, server: address, caller: address, queries: ui
     @notice A caller's refund request (the sender's own: `caller` is the sender) declaring what it
             spent at `server`, for a caller that cannot open its place in the server's roots (their
             leaves withheld): the refund, due `REFUND_DELAY` from now, keeps back `spent` in place
-            of what the roots say. Or anyone raising such a declaration (or a plain request) with
-            a Tab the caller signed at `server` spending more: the server holds them all, and so
-            does anyone who reads the published leaves. The refund stays due when it was.
+            of what the roots say. Or anyone raising such a declaration with a Tab the caller
+            signed at `server` spending more: the server holds them all, and so does anyone who
+            reads the published leaves. The refund stays due when it was. A plain request
+            (`request_refund`) cannot be raised into a declaration.
     @param job_id The job.
     @param server The tab's server.
     @param caller The caller declaring (the sender), or whose declaration is raised.
@@ -351,7 +352,9 @@ def declare_spent(job_id: uint256, server: address, caller: address, queries: ui
     word: uint256 = self.refund_request[job_id][server][caller]
     release: uint256 = block.timestamp + REFUND_DELAY
     if msg.sender != caller:
-        assert word != 0 and spent >= word >> 64, "rollup: not a raise"
+        # a raise only lifts a declaration: turning a plain request (due already, maybe) into one
+        # would give nobody the time to raise it
+        assert word >> 64 != 0 and spent >= word >> 64, "rollup: not a raise"
         self._check_tab(job_id, server, Leaf(caller=caller, queries=queries, spent=spent), signature)
         release = word & MASK64
     self.refund_request[job_id][server][caller] = (spent + 1) * 2**64 | release  # checked: no wrap past 2**192
@@ -514,7 +517,9 @@ def finalize(job_id: uint256, server: address) -> uint256:
     last: uint256 = self._final[job_id][server]
     amount: uint256 = (word >> 128) - (last >> 128)
     queries: uint256 = ((word >> 64) & MASK64) - ((last >> 64) & MASK64)
-    assert amount <= self.pool[job_id][server], "rollup: more than the tabs hold"
+    # only a refund by a declaration nobody raised can have left the pool short of the period's
+    # revenue: the server, which could have raised it, is paid what is there, and the root goes final
+    amount = min(amount, self.pool[job_id][server])
     self.pool[job_id][server] -= amount
     self.final_root[job_id][server] = root
     self._final[job_id][server] = word

@@ -274,6 +274,110 @@ def test_a_bond_too_small_for_the_shortfall_pays_what_it_has_and_leaves_no_claim
     assert _refund(roll, late) == 100 * PRICE
 
 
+def test_a_pending_root_the_pool_no_longer_covers_still_goes_final(roll):
+    """A declaration nobody raised can empty the pool under a pending root: the liar spent 30 in the
+    final root and 20 more in the pending one, and declares nothing; an honest caller's refund
+    then takes the rest of the pool (and the bond). The pending root still goes final, paying the
+    server what is left (nothing), so the server is not stuck with a root it can never finalize
+    (it could not post again, nor unbond)."""
+    ru, job, kit = roll.ru, roll.job, roll.kit
+    liar, honest = _sorted(roll, 2)
+    roll.fund(liar)
+    roll.fund(honest)
+    roll.bond()
+    _withheld_final(roll, {liar: 30})
+    pending = roll.tree({liar: 50})
+    ru.transact("post_usage", job.id, pending.top.as_tuple(), pending.n, "bafy-withheld", sender=roll.server)
+    _declare(roll, liar, 0)
+    _declare(roll, honest, 0)
+    kit.advance(REFUND)
+    assert _refund(roll, liar) == 100 * PRICE
+    assert _refund(roll, honest) == 100 * PRICE  # 70 from the pool, 30 from the bond
+    assert ru.call("pool", job.id, roll.server.address) == 0
+    ev = roll.finalize().event("UsageFinalized")
+    assert (ev["queries"], ev["amount"]) == (20, 0)
+    assert ru.call("pending_root", job.id, roll.server.address) == b"\x00" * 32
+    ru.transact("request_unbond", job.id, sender=roll.server)
+    kit.advance(int(ru.call("UNBOND_DELAY")))
+    assert ru.transact("unbond", job.id, sender=roll.server).event("Unbonded")["amount"] == SSTAKE - 30 * PRICE
+
+
+def test_a_due_plain_request_cannot_be_raised_into_a_low_declaration(roll, tmp_path):
+    """The liar spent 50 (final root, leaves published) and asks plainly; once the request is due an
+    accomplice "raises" it into a declaration of 0 with a Tab(0, 0) the liar signs right then, to be
+    refunded in the same block with no time for anyone to raise it. A raise only lifts an existing
+    declaration: refused, and the roots keep the 50 back."""
+    ru, job, kit = roll.ru, roll.job, roll.kit
+    liar, honest, accomplice = roll.callers[0], roll.callers[1], roll.callers[2]
+    roll.fund(liar)
+    roll.fund(honest)
+    roll.bond()
+    store = open_store(tmp_path / "blobs")
+    tree = roll.tree({liar: 50, honest: 10})
+    sigs = {liar.address.lower(): roll.sig(liar, 50, 50 * PRICE), honest.address.lower(): roll.sig(honest, 10, 10 * PRICE)}
+    ru.transact("post_usage", job.id, tree.top.as_tuple(), tree.n, store.put(usage_doc(job.id, roll.server.address, tree, sigs)),
+                sender=roll.server)
+    kit.advance(WINDOW)
+    roll.finalize()
+    ru.transact("request_refund", job.id, roll.server.address, sender=liar)
+    kit.advance(REFUND)
+    with reverts("rollup: not a raise"):
+        _raise(roll, liar, 0, 0, sender=accomplice, signature=roll.sig(liar, 0, 0))
+    assert refund_tab(kit.dep, liar, store, job.id, roll.server.address).event("TabRefunded")["amount"] == 50 * PRICE
+    assert ru.call("bond", job.id, roll.server.address) == SSTAKE
+
+
+def test_a_bad_signature_in_the_published_leaves_cannot_stop_an_audit(roll, tmp_path):
+    """The server forges 60 on a victim's tab (a signature not the victim's) in a root whose published
+    leaves also give its Sybil's leaf a garbage signature, the Sybil holding a standing declaration
+    of 0. The watcher's audit checks each published Tab before raising with it (so sends nothing
+    for the Sybil) and goes on to challenge the forged leaf."""
+    ru, job, kit = roll.ru, roll.job, roll.kit
+    victim, watcher, sybil = roll.callers[0], roll.callers[1], roll.callers[2]
+    roll.fund(victim)
+    roll.fund(watcher)
+    roll.fund(sybil, 1)
+    roll.bond()
+    _declare(roll, sybil, 0)
+    store = open_store(tmp_path / "blobs")
+    tree = roll.tree({victim: 60, watcher: 10, sybil: (1, 1)})
+    sigs = {victim.address.lower(): roll.sig(watcher, 60, 60 * PRICE), watcher.address.lower(): roll.sig(watcher, 10, 10 * PRICE),
+            sybil.address.lower(): b"\x11" * 64 + b"\x1b"}
+    ru.transact("post_usage", job.id, tree.top.as_tuple(), tree.n, store.put(usage_doc(job.id, roll.server.address, tree, sigs)),
+                sender=roll.server)
+    found = audit_usage(kit.dep, watcher, store, job.id, roll.server.address)
+    roll.challengers.add(watcher.address)
+    roll.open_bonds += 1
+    assert found == [f"leaf {tree.index[victim.address.lower()]}: {victim.address}'s usage is not signed by it: challenged"], found
+    assert ru.call("open_challenges", job.id, roll.server.address) == 1
+
+
+def test_a_tab_book_stops_rather_than_post_a_root_it_would_be_slashed_for(roll, tmp_path):
+    """Its server missed a declaration of 0 by a caller that had spent 3 (final root): the refund
+    left that caller's tab below its final leaf. Any later root must keep the leaf (else a provable
+    rollback) and that is an overdraft: the TabBook refuses to post, naming why, instead of
+    handing its bond to the first `prove_overdraft`."""
+    kit = roll.kit
+    liar, other = _sorted(roll, 2)
+    roll.fund(liar)
+    roll.fund(other)
+    book = _book(roll, tmp_path)
+    for q in range(1, 4):
+        _admit(roll, book, liar, q, q * PRICE)
+    book.step()
+    kit.advance(WINDOW)
+    assert any("usage root final" in m for m in book.step())
+    _declare(roll, liar, 0)
+    kit.advance(REFUND)  # the server was down for the day: it never stepped, so never raised it
+    assert _refund(roll, liar) == 100 * PRICE
+    _admit(roll, book, other, 1, PRICE)
+    bond = roll.ru.call("bond", roll.job.id, roll.server.address)
+    with pytest.raises(FedMarketError, match="was refunded below its leaf in this server's final root"):
+        book.step()
+    assert roll.ru.call("pending_root", roll.job.id, roll.server.address) == b"\x00" * 32
+    assert roll.ru.call("bond", roll.job.id, roll.server.address) == bond
+
+
 def test_a_declaration_cannot_wrap_past_the_word(roll):
     """A declared spending is kept above bit 64 of the request word: one past 2**192 would wrap to a
     small figure (a refund of the whole tab while the event says "all spent"). It reverts instead;

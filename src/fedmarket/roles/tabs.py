@@ -27,7 +27,7 @@ from pathlib import Path
 from eth_utils import to_checksum_address
 
 from ..chain import Account
-from ..errors import FedMarketError, StorageError
+from ..errors import ContractRevert, FedMarketError, StorageError
 from ..market import Deployment
 from ..protocol.receipts import Tab
 from ..protocol.usage import EMPTY_OPENING, Leaf, UsageTree, opening
@@ -179,8 +179,16 @@ class TabBook:
             latest = dict(self.latest)
         for ev in self.ru.events("TabRefunded", job_id=self.job_id, server=self.address):
             key = ev["caller"].lower()
-            if key in latest and latest[key][1] > int(self.ru.call("tab", self.job_id, self.address, ev["caller"])):
+            if key not in latest:
+                continue
+            tab = int(self.ru.call("tab", self.job_id, self.address, ev["caller"]))
+            if latest[key][1] > tab:
                 old = self.final.tree.usage(key) if self.final is not None else None
+                if old is not None and old.spent > tab:
+                    raise FedMarketError(
+                        f"{ev['caller']} was refunded below its leaf in this server's final root (a refund "
+                        f"declaration nobody raised): a root can neither keep that leaf (an overdraft) nor drop "
+                        f"it (a rollback), so this server cannot post at job {self.job_id} again; unbond")
                 if old is None:
                     latest.pop(key)
                 else:
@@ -273,7 +281,7 @@ class TabBook:
         with self.lock:
             signed = dict(self.latest)
         done = raise_declarations(self.dep, self.account, self.job_id, self.address, signed)
-        self.sent += [r for r, _ in done]
+        self.sent += [r for r, _ in done if r is not None]
         return [m for _, m in done]
 
     def _reveal(self, tree: UsageTree, sigs: dict[str, bytes]) -> list[str]:
@@ -352,11 +360,24 @@ def raise_declarations(dep: Deployment, account: Account, job_id: int, server: s
     ru, done = rollup_of(dep), []
     for caller, declared in sorted(declarations(ru, job_id, server).items()):
         queries, spent, sig = signed.get(caller.lower(), (0, 0, b""))
-        if spent <= declared or not sig:
+        if spent <= declared or not _signed_by(dep, caller, job_id, server, queries, spent, sig):
+            continue  # nothing above the declaration, or not the caller's Tab (a published leaf may lie)
+        try:
+            r = ru.transact("declare_spent", job_id, server, caller, queries, spent, sig, sender=account)
+        except ContractRevert as exc:  # raced by a refund or a higher raise: the others still go
+            done.append((None, f"could not raise {caller}'s refund declaration: {exc}"))
             continue
-        r = ru.transact("declare_spent", job_id, server, caller, queries, spent, sig, sender=account)
         done.append((r, f"raised {caller}'s refund declaration from {declared} to {spent} (tx {r.tx_hash})"))
     return done
+
+
+def _signed_by(dep: Deployment, caller: str, job_id: int, server: str, queries: int, spent: int, sig: bytes) -> bool:
+    """Whether `sig` is `caller`'s Tab(jobId, server, queries, spent) (checked before sending it)."""
+    try:
+        signer = Tab(job_id, server, queries, spent).signer(sig, dep.chain_id, rollup_of(dep).address)
+    except Exception:  # noqa: BLE001 - a malformed signature is no signature
+        return False
+    return signer.lower() == caller.lower()
 
 
 def published_tabs(ru, store: BlobStore, job_id: int, server: str) -> dict[str, tuple[int, int, bytes]]:
