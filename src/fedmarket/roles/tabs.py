@@ -341,14 +341,21 @@ def final_tree(ru, store: BlobStore, job_id: int, server: str) -> UsageTree | No
     return got[0]
 
 
+def declared(ru, job_id: int, server: str, caller: str) -> int | None:
+    """The spending `caller` declared for its refund request at `server` (`declare_spent`), or None
+    (no request, or a plain one): `UsageRollup.refund_request` keeps it plus one above bit 64."""
+    word = int(ru.call("refund_request", job_id, server, caller))
+    return (word >> 64) - 1 if word >> 64 else None
+
+
 def declarations(ru, job_id: int, server: str) -> dict[str, int]:
     """Each caller's standing refund declaration at `server` (`declare_spent`, not yet refunded or
     replaced by a plain request): caller -> declared spending."""
     out = {}
     for caller in {ev["caller"] for ev in ru.events("SpentDeclared", job_id=job_id, server=server)}:
-        word = int(ru.call("refund_request", job_id, server, caller))
-        if word >> 64:
-            out[caller] = (word >> 64) - 1
+        spent = declared(ru, job_id, server, caller)
+        if spent is not None:
+            out[caller] = spent
     return out
 
 
@@ -358,21 +365,22 @@ def raise_declarations(dep: Deployment, account: Account, job_id: int, server: s
     `signed` (caller, lower case -> (queries, spent, signature)): the server's own receipts, or a
     watcher's read of the published leaves. Returns (receipt, message) per raise."""
     ru, done = rollup_of(dep), []
-    for caller, declared in sorted(declarations(ru, job_id, server).items()):
+    for caller, standing in sorted(declarations(ru, job_id, server).items()):
         queries, spent, sig = signed.get(caller.lower(), (0, 0, b""))
-        if spent <= declared or not _signed_by(dep, caller, job_id, server, queries, spent, sig):
+        if spent <= standing or not _signed_by(dep, caller, job_id, server, queries, spent, sig):
             continue  # nothing above the declaration, or not the caller's Tab (a published leaf may lie)
         try:
             r = ru.transact("declare_spent", job_id, server, caller, queries, spent, sig, sender=account)
         except ContractRevert as exc:  # raced by a refund or a higher raise: the others still go
             done.append((None, f"could not raise {caller}'s refund declaration: {exc}"))
             continue
-        done.append((r, f"raised {caller}'s refund declaration from {declared} to {spent} (tx {r.tx_hash})"))
+        done.append((r, f"raised {caller}'s refund declaration from {standing} to {spent} (tx {r.tx_hash})"))
     return done
 
 
 def _signed_by(dep: Deployment, caller: str, job_id: int, server: str, queries: int, spent: int, sig: bytes) -> bool:
-    """Whether `sig` is `caller`'s Tab(jobId, server, queries, spent) (checked before sending it)."""
+    """Whether `sig` is `caller`'s Tab(jobId, server, queries, spent): a published leaf's claim,
+    checked before it is raised with or trusted."""
     try:
         signer = Tab(job_id, server, queries, spent).signer(sig, dep.chain_id, rollup_of(dep).address)
     except Exception:  # noqa: BLE001 - a malformed signature is no signature
@@ -439,11 +447,7 @@ def _audit_pending(dep: Deployment, account: Account, store: BlobStore, job_id: 
             return [f"leaf {i}: {leaf.caller} spends {leaf.spent}, more than its tab: proven"]
         if sig is None:
             continue  # revealed on chain: its signature was checked there
-        try:
-            signer = Tab(job_id, server, leaf.queries, leaf.spent).signer(sig, dep.chain_id, ru.address)
-        except Exception:  # noqa: BLE001 - a malformed signature is no signature
-            signer = ""
-        if signer.lower() != leaf.caller.lower():
+        if not _signed_by(dep, leaf.caller, job_id, server, leaf.queries, leaf.spent, sig):
             if act:
                 _challenge(dep, account, "challenge", job_id, server, i)
             return [f"leaf {i}: {leaf.caller}'s usage is not signed by it: challenged"]
@@ -473,8 +477,7 @@ def refund_tab(dep: Deployment, account: Account, store: BlobStore, job_id: int,
     request if there is one (`declare_spent`), else opening the caller's place in the final and the
     pending roots from their published leaves."""
     ru = rollup_of(dep)
-    request = int(ru.call("refund_request", job_id, server, account.address))
-    if request >> 64:
+    if declared(ru, job_id, server, account.address) is not None:
         return ru.transact("refund", job_id, server, EMPTY_OPENING, EMPTY_OPENING, sender=account)
     withheld = ("leaves are unavailable: ask for the refund with declare_spent (the most you signed "
                 "at this server) instead")
