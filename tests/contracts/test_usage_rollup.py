@@ -43,6 +43,20 @@ class Rollup:
     def bond(self, server=None, amount=SSTAKE):
         return self.ru.transact("post_bond", self.job.id, amount, sender=server or self.server)
 
+    def sorted_callers(self, k: int) -> list:
+        """The first `k` callers in address order (a sum tree's leaf order)."""
+        return sorted(self.callers[:k], key=lambda a: int(a.address, 16))
+
+    def funded(self, k: int, bond: int | None = SSTAKE) -> list:
+        """The first `k` callers in address order, each with a 100-query tab; the server bonded
+        `bond` (not at all if None)."""
+        callers = self.sorted_callers(k)
+        for c in callers:
+            self.fund(c)
+        if bond is not None:
+            self.bond(amount=bond)
+        return callers
+
     def sig(self, caller, queries, spent, server=None) -> bytes:
         server = server or self.server
         return Tab(self.job.id, server.address, queries, spent).sign(caller.key, self.kit.chain_id, self.ru.address)

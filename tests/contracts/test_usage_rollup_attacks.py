@@ -25,10 +25,6 @@ MAX_AMOUNT = 2**128
 roll = base.roll  # the listed job, bonded server and funded callers of test_usage_rollup
 
 
-def _sorted(roll: Rollup, k: int) -> list:
-    return sorted(roll.callers[:k], key=lambda a: int(a.address, 16))
-
-
 def _as_given(leaves) -> UsageTree:
     """The tree of `leaves` in the order given (a cheating server's tree)."""
     return UsageTree(list(leaves), as_given=True)
@@ -113,7 +109,7 @@ def test_shape_tricks_open_nothing_the_tree_does_not_hold(roll):
     """Overdraft proofs need `_at`: a leaf shown at another index, past n, with a sibling too many or
     too few, or with sums that wrap, never opens."""
     ru, job = roll.ru, roll.job
-    cs = _sorted(roll, 3)
+    cs = roll.sorted_callers(3)
     for c in cs:
         roll.fund(c, 10 * PRICE)
     roll.bond()
@@ -200,7 +196,7 @@ def test_a_sybil_refunding_through_a_false_absence_is_caught_and_no_honest_tab_l
     it), the sybil refunds its whole tab while its spending is in the pending root: the root is
     provably unsorted and overdrawn, and every honest caller still gets its whole tab back."""
     kit, ru, job = roll.kit, roll.ru, roll.job
-    sybil, h1, h2 = _sorted(roll, 3)
+    sybil, h1, h2 = roll.sorted_callers(3)
     for c in (sybil, h1, h2):
         roll.fund(c)
     roll.bond()
@@ -232,7 +228,7 @@ def test_challenging_every_leaf_of_an_honest_root_only_pays_the_server(roll):
     """A griefer challenges every leaf at the last moment: the root is final one answer window
     later and every bond is the server's."""
     kit, ru, job = roll.kit, roll.ru, roll.job
-    cs = _sorted(roll, 3)
+    cs = roll.sorted_callers(3)
     for c in cs:
         roll.fund(c)
     roll.bond()
@@ -256,10 +252,7 @@ def test_an_old_challenge_cannot_reject_the_next_root(roll):
     """Challenges of a rejected root stay in their slots: they neither time out nor block the
     server's next root, and their bonds come back once (reclaimed or overwritten)."""
     kit, ru, job = roll.kit, roll.ru, roll.job
-    a, b = _sorted(roll, 2)
-    roll.fund(a)
-    roll.fund(b)
-    roll.bond()
+    a, b = roll.funded(2)
     tree = roll.tree({a: 1, b: 1})
     roll.post(tree)
     roll.challenge(0, sender=roll.rival)

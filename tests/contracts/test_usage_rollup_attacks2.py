@@ -25,8 +25,17 @@ roll = base.roll
 SLOT = 2**160
 
 
-def _sorted(roll: Rollup, k: int) -> list:
-    return sorted(roll.callers[:k], key=lambda a: int(a.address, 16))
+def _post_published(roll: Rollup, store, usage: dict, final: bool = True, signatures: dict | None = None) -> UsageTree:
+    """`usage` (caller -> queries) posted by the server with its leaves and their Tab signatures
+    (the callers' own unless given) published in `store`; made final unless `final` is False."""
+    tree = roll.tree(usage)
+    sigs = signatures or {c.address.lower(): roll.sig(c, q, q * PRICE) for c, q in usage.items()}
+    cid = store.put(usage_doc(roll.job.id, roll.server.address, tree, sigs))
+    roll.ru.transact("post_usage", roll.job.id, tree.top.as_tuple(), tree.n, cid, sender=roll.server)
+    if final:
+        roll.kit.advance(WINDOW)
+        roll.finalize()
+    return tree
 
 
 def _slot(acct) -> int:
@@ -51,7 +60,7 @@ def test_withheld_leaves_counting_a_caller_twice_are_forced_open_and_the_server_
     counted a second time (an older receipt it did sign, out of order). A challenge to reveal every
     leaf (what audit_usage makes of withheld leaves) cannot be answered: the chain checks the order."""
     kit, ru, job = roll.kit, roll.ru, roll.job
-    a, b = _sorted(roll, 2)
+    a, b = roll.sorted_callers(2)
     roll.fund(a)
     roll.fund(b)
     roll.fund(roll.rival, 1)  # the server's sybil: one wei opens the third tab the root's count needs
@@ -91,10 +100,7 @@ def test_withheld_final_leaves_cannot_lock_a_callers_unspent_tab(roll, tmp_path)
     any root, cannot show its absence either). Each asks for its tab back declaring the most it
     signed there (`declare_spent`) and gets exactly its unspent part once the delay passed."""
     kit, ru, job = roll.kit, roll.ru, roll.job
-    user, idle = _sorted(roll, 2)
-    roll.fund(user)
-    roll.fund(idle)  # funded, never queried: absent from every root
-    roll.bond()
+    user, idle = roll.funded(2)  # idle: funded, never queried, absent from every root
     tree = roll.tree({user: 10})  # the true usage, signed; only the leaves are never published
     ru.transact("post_usage", job.id, tree.top.as_tuple(), tree.n, "bafy-withheld", sender=roll.server)
     kit.advance(WINDOW)
@@ -200,17 +206,9 @@ def test_a_watcher_raises_a_lie_from_the_published_leaves_after_the_server_left(
     the declaration with the liar's own signature from the published leaves, so each gets exactly
     its unspent part."""
     ru, job, kit = roll.ru, roll.job, roll.kit
-    liar, watcher = _sorted(roll, 2)
-    roll.fund(liar)
-    roll.fund(watcher)
-    roll.bond()
-    tree = roll.tree({liar: 40, watcher: 5})
+    liar, watcher = roll.funded(2)
     store = open_store(tmp_path / "blobs")
-    sigs = {liar.address.lower(): roll.sig(liar, 40, 40 * PRICE), watcher.address.lower(): roll.sig(watcher, 5, 5 * PRICE)}
-    cid = store.put(usage_doc(job.id, roll.server.address, tree, sigs))
-    ru.transact("post_usage", job.id, tree.top.as_tuple(), tree.n, cid, sender=roll.server)
-    kit.advance(WINDOW)
-    roll.finalize()
+    _post_published(roll, store, {liar: 40, watcher: 5})
     ru.transact("request_unbond", job.id, sender=roll.server)
     kit.advance(int(ru.call("UNBOND_DELAY")))
     ru.transact("unbond", job.id, sender=roll.server)
@@ -231,10 +229,7 @@ def test_a_declaration_the_server_lets_stand_is_paid_from_its_bond(roll):
     honest refund finds the pool 50 short: the server's bond pays the 50, so no caller's money
     covers another's declaration."""
     ru, job, kit = roll.ru, roll.job, roll.kit
-    liar, honest = _sorted(roll, 2)
-    roll.fund(liar)
-    roll.fund(honest)
-    roll.bond()
+    liar, honest = roll.funded(2)
     _withheld_final(roll, {liar: 50})
     assert ru.call("pool", job.id, roll.server.address) == 150 * PRICE
     _declare(roll, liar, 0)
@@ -252,10 +247,7 @@ def test_a_bond_too_small_for_the_shortfall_pays_what_it_has_and_leaves_no_claim
     lets a root move): the honest caller gets what the pool and the bond hold and bears the 30
     nobody covers. Its tab does not keep them as a claim: a later caller's deposit stays whole."""
     ru, job, kit = roll.ru, roll.job, roll.kit
-    liar, honest = _sorted(roll, 2)
-    roll.fund(liar)
-    roll.fund(honest)
-    roll.bond(amount=30 * PRICE)
+    liar, honest = roll.funded(2, bond=30 * PRICE)
     _withheld_final(roll, {liar: 30})
     _withheld_final(roll, {liar: 60})
     _declare(roll, liar, 0)
@@ -281,10 +273,7 @@ def test_a_pending_root_the_pool_no_longer_covers_still_goes_final(roll):
     server what is left (nothing), so the server is not stuck with a root it can never finalize
     (it could not post again, nor unbond)."""
     ru, job, kit = roll.ru, roll.job, roll.kit
-    liar, honest = _sorted(roll, 2)
-    roll.fund(liar)
-    roll.fund(honest)
-    roll.bond()
+    liar, honest = roll.funded(2)
     _withheld_final(roll, {liar: 30})
     pending = roll.tree({liar: 50})
     ru.transact("post_usage", job.id, pending.top.as_tuple(), pending.n, "bafy-withheld", sender=roll.server)
@@ -308,17 +297,10 @@ def test_a_due_plain_request_cannot_be_raised_into_a_low_declaration(roll, tmp_p
     refunded in the same block with no time for anyone to raise it. A raise only lifts an existing
     declaration: refused, and the roots keep the 50 back."""
     ru, job, kit = roll.ru, roll.job, roll.kit
-    liar, honest, accomplice = roll.callers[0], roll.callers[1], roll.callers[2]
-    roll.fund(liar)
-    roll.fund(honest)
-    roll.bond()
+    liar, honest = roll.funded(2)
+    accomplice = roll.callers[2]
     store = open_store(tmp_path / "blobs")
-    tree = roll.tree({liar: 50, honest: 10})
-    sigs = {liar.address.lower(): roll.sig(liar, 50, 50 * PRICE), honest.address.lower(): roll.sig(honest, 10, 10 * PRICE)}
-    ru.transact("post_usage", job.id, tree.top.as_tuple(), tree.n, store.put(usage_doc(job.id, roll.server.address, tree, sigs)),
-                sender=roll.server)
-    kit.advance(WINDOW)
-    roll.finalize()
+    _post_published(roll, store, {liar: 50, honest: 10})
     ru.transact("request_refund", job.id, roll.server.address, sender=liar)
     kit.advance(REFUND)
     with reverts("rollup: not a raise"):
@@ -340,11 +322,9 @@ def test_a_bad_signature_in_the_published_leaves_cannot_stop_an_audit(roll, tmp_
     roll.bond()
     _declare(roll, sybil, 0)
     store = open_store(tmp_path / "blobs")
-    tree = roll.tree({victim: 60, watcher: 10, sybil: (1, 1)})
     sigs = {victim.address.lower(): roll.sig(watcher, 60, 60 * PRICE), watcher.address.lower(): roll.sig(watcher, 10, 10 * PRICE),
             sybil.address.lower(): b"\x11" * 64 + b"\x1b"}
-    ru.transact("post_usage", job.id, tree.top.as_tuple(), tree.n, store.put(usage_doc(job.id, roll.server.address, tree, sigs)),
-                sender=roll.server)
+    tree = _post_published(roll, store, {victim: 60, watcher: 10, sybil: (1, 1)}, final=False, signatures=sigs)
     found = audit_usage(kit.dep, watcher, store, job.id, roll.server.address)
     roll.challengers.add(watcher.address)
     roll.open_bonds += 1
@@ -358,9 +338,7 @@ def test_a_tab_book_stops_rather_than_post_a_root_it_would_be_slashed_for(roll, 
     rollback) and that is an overdraft: the TabBook refuses to post, naming why, instead of
     handing its bond to the first `prove_overdraft`."""
     kit = roll.kit
-    liar, other = _sorted(roll, 2)
-    roll.fund(liar)
-    roll.fund(other)
+    liar, other = roll.funded(2, bond=None)
     book = _book(roll, tmp_path)
     for q in range(1, 4):
         _admit(roll, book, liar, q, q * PRICE)
@@ -399,15 +377,9 @@ def test_asking_again_without_declaring_drops_the_declaration(roll, tmp_path):
     """A caller that declared, then asks for the refund plainly (its leaves now published), is refunded
     by the roots' figures; funding again cancels both."""
     ru, job, kit = roll.ru, roll.job, roll.kit
-    c = roll.callers[0]
-    roll.fund(c)
-    roll.bond()
-    tree = roll.tree({c: 10})
+    (c,) = roll.funded(1)
     store = open_store(tmp_path / "blobs")
-    cid = store.put(usage_doc(job.id, roll.server.address, tree, {c.address.lower(): roll.sig(c, 10, 10 * PRICE)}))
-    ru.transact("post_usage", job.id, tree.top.as_tuple(), tree.n, cid, sender=roll.server)
-    kit.advance(WINDOW)
-    roll.finalize()
+    _post_published(roll, store, {c: 10})
     _declare(roll, c, 0)
     roll.fund(c, 1)
     assert ru.call("refund_request", job.id, roll.server.address, c.address) == 0
@@ -422,9 +394,7 @@ def test_a_tab_book_raises_a_low_declaration_with_the_callers_latest_tab(roll, t
     """The server's TabBook, stepped as its serving loop does, raises a caller's declaration below
     the latest Tab it admitted from it, and leaves a true one alone."""
     kit = roll.kit
-    liar, honest = _sorted(roll, 2)
-    roll.fund(liar)
-    roll.fund(honest)
+    liar, honest = roll.funded(2, bond=None)
     book = _book(roll, tmp_path)
     for q in range(1, 5):
         _admit(roll, book, liar, q, q * PRICE)
@@ -447,7 +417,7 @@ def test_a_tab_book_raises_a_low_declaration_with_the_callers_latest_tab(roll, t
 def test_an_absence_cannot_be_shown_for_a_caller_in_a_sorted_root(roll):
     """The server tries every neighbour pair and end of a sorted root to show a present caller absent."""
     ru, job = roll.ru, roll.job
-    cs = _sorted(roll, 4)
+    cs = roll.sorted_callers(4)
     for c in cs:
         roll.fund(c)
     roll.bond()
@@ -474,10 +444,7 @@ def test_an_absence_cannot_be_shown_for_a_caller_in_a_sorted_root(roll):
 
 def test_leaf_slots_and_caller_slots_never_answer_each_other(roll):
     kit, ru, job = roll.kit, roll.ru, roll.job
-    a, b = _sorted(roll, 2)
-    roll.fund(a)
-    roll.fund(b)
-    roll.bond()
+    a, b = roll.funded(2)
     tree = roll.tree({a: 1, b: 2})
     roll.post(tree)
     with reverts("rollup: no such leaf"):  # a caller slot is no leaf index
@@ -502,10 +469,7 @@ def test_leaf_slots_and_caller_slots_never_answer_each_other(roll):
 
 def test_a_rejected_root_cannot_be_finalized_and_its_caller_slot_bonds_come_back_once(roll):
     kit, ru, job = roll.kit, roll.ru, roll.job
-    a, b = _sorted(roll, 2)
-    roll.fund(a)
-    roll.fund(b)
-    roll.bond()
+    a, b = roll.funded(2)
     tree = roll.tree({a: 1, b: 1})
     roll.post(tree)
     roll.challenge(0, sender=roll.rival)
