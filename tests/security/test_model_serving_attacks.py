@@ -1,19 +1,22 @@
 """The model market after training, attacked through the real roles on the session chain: a
 stranger paying itself a server's share, a model owner taking a server's share or stranding what
-it answered, and a server colluding with a Sybil caller to charge an honest caller's tab through
-a usage root whose leaves it withholds. Tokens are conserved in every case."""
+it answered, a server colluding with a Sybil caller to charge an honest caller's tab through
+a usage root whose leaves it withholds, and a server withholding a final root's leaves so that
+no caller can refund, beside a caller lying about what it spent. Tokens are conserved in every case."""
 
 from __future__ import annotations
 
 import pytest
 from sec_support import revert
 
+from fedmarket.errors import FedMarketError
 from fedmarket.protocol.receipts import Tab
 from fedmarket.protocol.usage import Leaf, UsageTree
 from fedmarket.roles.caller import ModelCaller
 from fedmarket.roles.model_owner import Offer, list_model
 from fedmarket.roles.server import ModelServer, QueryRefused
-from fedmarket.roles.tabs import audit_usage, refund_tab
+from fedmarket.roles.tabs import audit_usage, declare_spent, refund_tab
+from fedmarket.storage import open_store
 
 TOKEN = 10**18
 PRICE = TOKEN // 100
@@ -98,4 +101,43 @@ def test_a_server_and_its_sybil_cannot_charge_an_honest_tab_through_withheld_lea
     ru.transact("request_refund", sim.job, server.address, sender=honest)
     sim.chain.advance_time(int(ru.call("REFUND_DELAY")))
     assert refund_tab(dep, honest, store, sim.job, server.address).event("TabRefunded")["amount"] == 10 * PRICE
+    assert contracts_total(sim) == total
+
+
+def test_a_server_withholding_its_final_leaves_cannot_lock_tabs_nor_a_caller_lie_its_way_out(listed, tmp_path):
+    """Two attackers at once. The server publishes its usage leaves only to a store of its own, and
+    its period goes final with nobody having audited it in the hour: no caller can open its place
+    to refund. A caller that spent 4 queries then declares it spent nothing. The honest caller
+    declares what it signed and is refunded exactly its unspent tab; the server's own TabBook, at
+    its next step, raises the lie with the liar's signed Tab, so the liar gets back only what it did
+    not spend. The server's bond is untouched and tokens are conserved."""
+    sim, server = listed
+    dep, ru, store = sim.dep, sim.dep.usage_rollup, sim.store
+    honest, liar = sim.c.stranger, sim.c.providers[-1]
+    total = contracts_total(sim)
+    honest_c, liar_c = (ModelCaller(dep, a, sim.job, server.address) for a in (honest, liar))
+    honest_c.fund(10 * PRICE)
+    liar_c.fund(10 * PRICE)
+    row = list(sim.driver.cast.providers[0].X[0])
+    for c, n in ((honest_c, 3), (liar_c, 4)):
+        for _ in range(n):
+            server.answer(row, *c.next_tab()[::2], spent=c.tab_spent)
+    server.tabs.store = open_store(tmp_path / "server-only")  # the leaves go where no caller reads
+    assert any("usage root posted" in m for m in server.tabs.step())
+    sim.chain.advance_time(int(ru.call("CHALLENGE_WINDOW")))
+    assert any("usage root final" in m for m in server.tabs.step())
+    assert audit_usage(dep, honest, store, sim.job, server.address) == []  # nothing pending, nothing to raise
+    ru.transact("request_refund", sim.job, server.address, sender=honest)
+    sim.chain.advance_time(int(ru.call("REFUND_DELAY")))
+    with pytest.raises(FedMarketError, match="final usage root's leaves are unavailable: ask for the refund with declare_spent"):
+        refund_tab(dep, honest, store, sim.job, server.address)
+    declare_spent(dep, honest, sim.job, server.address, honest_c.tab_spent)
+    declare_spent(dep, liar, sim.job, server.address, 0)
+    raised = [m for m in server.tabs.step() if m.startswith("raised")]
+    assert raised and raised[0].startswith(f"raised {liar.address}'s refund declaration from 0 to {4 * PRICE}"), raised
+    bond = int(ru.call("bond", sim.job, server.address))
+    sim.chain.advance_time(int(ru.call("REFUND_DELAY")))
+    assert refund_tab(dep, honest, store, sim.job, server.address).event("TabRefunded")["amount"] == 7 * PRICE
+    assert refund_tab(dep, liar, store, sim.job, server.address).event("TabRefunded")["amount"] == 6 * PRICE
+    assert int(ru.call("bond", sim.job, server.address)) == bond
     assert contracts_total(sim) == total
