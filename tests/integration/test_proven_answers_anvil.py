@@ -11,6 +11,7 @@ real anvil."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -160,7 +161,9 @@ def test_proven_answers_from_credits_to_claims(node, tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-1500:]
-    assert "settled 8 queries of 1 callers" in err, err[-1500:]
+    # the 8 queries settle over one or more periods (the proof makes the first query slow)
+    settled = [int(n) for n in re.findall(r"settled (\d+) queries of 1 callers", err)]
+    assert sum(settled) == 8, err[-1500:]
 
     # the contributors claim their share of the usage revenue; everyone withdraws; balances conserve
     record = model_record(dep, job)
