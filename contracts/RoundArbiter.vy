@@ -9,6 +9,10 @@
           (checked once, `modules/rules.vy`), then splits every range the challenger picks,
           down to one update, which it must open: the committed leaf, its provider's signed
           receipt, its membership and selection, its order after the previous leaf, the chunk.
+        - `challenge_model` (round): the same game for a challenger that cannot see the
+          committed model (the aggregator withholds it): the aggregator opens the model tree
+          node by node down the path the challenger picks (`open_node`, `choose`) to one
+          chunk, and the game goes on there as an aggregate game.
         - `challenge_leaf` (round, index): the aggregator opens one leaf and shows it valid, so
           a malformed or unavailable commitment is its loss, never a shield.
         - `challenge_inclusion`: a provider's receipt countersigned by the aggregator; the
@@ -56,7 +60,15 @@ struct UpdateOpening:
     prev_proof: DynArray[bytes32, C.MAX_CHUNK_PROOF]
 
 
-# @dev A chunk of a committed vector, opened against its root.
+event NodeOpened:
+    game_id: indexed(uint256)
+    lo: uint256
+    hi: uint256
+    left: bytes32
+    right: bytes32
+    deadline: uint256
+
+
 @deploy
 def __init__(market: address, disputes: address, token: IERC20, rules_contract: address):
     """
@@ -118,19 +130,71 @@ def challenge_aggregate(
     @param prev_proof Its proof (empty at round 0).
     @return The game id.
     """
+    return self._open_round_game(C.GAME_AGGREGATE, job_id, round, chunk, data, proof, prev, prev_proof)
+
+
+@external
+@nonreentrant
+def challenge_model(
+    job_id: uint256,
+    round: uint256,
+    data: leaves.RoundData,
+    proof: DynArray[bytes32, C.ROUNDS_DEPTH],
+    prev: leaves.RoundData,
+    prev_proof: DynArray[bytes32, C.ROUNDS_DEPTH],
+) -> uint256:
+    """
+    @notice Disputes round `round`'s model without naming a chunk, with the job's dispute bond:
+            for a challenger that re-derived the round's model but cannot see the committed
+            one (the aggregator withholds it). The aggregator opens the committed model tree
+            node by node (`open_node`, its root first) down the path the challenger picks
+            (`choose`) to one chunk, and then defends that chunk as in `challenge_aggregate`.
+            A defender that cannot open a node loses (`timeout`).
+    @param job_id The job.
+    @param round A committed round.
+    @param data The round's commitment in the clear.
+    @param proof Its proof in the market's round accumulator.
+    @param prev The previous round's commitment (ignored at round 0).
+    @param prev_proof Its proof (empty at round 0).
+    @return The game id.
+    """
+    return self._open_round_game(C.GAME_MODEL, job_id, round, 0, data, proof, prev, prev_proof)
+
+
+@internal
+def _open_round_game(
+    kind: uint256,
+    job_id: uint256,
+    round: uint256,
+    target: uint256,
+    data: leaves.RoundData,
+    proof: DynArray[bytes32, C.ROUNDS_DEPTH],
+    prev: leaves.RoundData,
+    prev_proof: DynArray[bytes32, C.ROUNDS_DEPTH],
+) -> uint256:
+    """Opens an aggregate game at chunk `target`, a walk (`GAME_MODEL`) over the whole padded model
+    tree, or a leaf game at leaf `target`."""
     aggregator: address = empty(address)
     commitment: bytes32 = empty(bytes32)
     aggregator, commitment = self._committed(job_id, round, data, proof)
     seed: bytes32 = self._seed(job_id, round, prev, prev_proof)
     params: uint256 = game._round_params(job_id)
-    chunk_size: uint256 = (params >> game.P_CHUNK) & 255
-    n_params: uint256 = (params >> game.P_PARAMS) & game.MASK40
-    assert chunk < leaves._n_chunks(n_params, chunk_size), "arbiter: no such chunk"
-    gid: uint256 = game._open(job_id, C.GAME_AGGREGATE, round, chunk, aggregator, params)
+    n_chunks: uint256 = leaves._n_chunks((params >> game.P_PARAMS) & game.MASK40, (params >> game.P_CHUNK) & 255)
+    if kind == C.GAME_LEAF:
+        assert target < data.count, "arbiter: no such leaf"
+    else:
+        assert target < n_chunks, "arbiter: no such chunk"
+    gid: uint256 = game._open(job_id, kind, round, target, aggregator, params)
     game.games[gid].hi = data.count
+    if kind == C.GAME_MODEL:
+        game.games[gid].hi = 1 << leaves._depth(n_chunks)
+        game.games[gid].claim = data.model_root
+    if kind == C.GAME_LEAF:
+        game.games[gid].lo = target
+        game.games[gid].hi = target + 1
     game.games[gid].subject = commitment
     game.games[gid].seed = seed
-    if round > 0:
+    if round > 0 and kind != C.GAME_LEAF:  # a leaf game needs no previous model
         game.games[gid].context = leaves._round_commitment(job_id, round - 1, prev)
     return gid
 
@@ -159,17 +223,7 @@ def challenge_leaf(
     @param prev_proof Its proof (empty at round 0).
     @return The game id.
     """
-    assert index < data.count, "arbiter: no such leaf"
-    aggregator: address = empty(address)
-    commitment: bytes32 = empty(bytes32)
-    aggregator, commitment = self._committed(job_id, round, data, proof)
-    seed: bytes32 = self._seed(job_id, round, prev, prev_proof)
-    gid: uint256 = game._open(job_id, C.GAME_LEAF, round, index, aggregator, game._round_params(job_id))
-    game.games[gid].lo = index
-    game.games[gid].hi = index + 1
-    game.games[gid].subject = commitment
-    game.games[gid].seed = seed
-    return gid
+    return self._open_round_game(C.GAME_LEAF, job_id, round, index, data, proof, prev, prev_proof)
 
 
 @external
@@ -214,6 +268,31 @@ def challenge_inclusion(
 
 @external
 @nonreentrant
+def open_node(gid: uint256, left: bytes32, right: bytes32):
+    """
+    @notice The defender's move in a model walk: the two children of the node of the committed
+            model tree the challenger disputes. At a position past the model's last chunk the
+            tree holds a zero leaf; the defender shows that (any `left`, `right`) and wins. At a
+            chunk, the defender moves with `defend_aggregate` instead.
+    @param gid The game.
+    @param left The left child's hash.
+    @param right The right child's hash.
+    """
+    game._await(gid, C.GAME_MODEL, C.TURN_DEFENDER)
+    if game.games[gid].hi == game.games[gid].lo + 1:
+        params: uint256 = game.games[gid].params
+        assert game.games[gid].claim == empty(bytes32) and game.games[gid].lo >= leaves._n_chunks((params >> game.P_PARAMS) & game.MASK40, (params >> game.P_CHUNK) & 255), "arbiter: a chunk, not padding"
+        game._resolve(gid, False, "padding is zero")
+        return
+    assert keccak256(concat(left, right)) == game.games[gid].claim, "arbiter: not the disputed node"
+    game.games[gid].left = left
+    game.games[gid].right = right
+    game._turn(gid, C.TURN_CHALLENGER)
+    log NodeOpened(game_id=gid, lo=game.games[gid].lo, hi=game.games[gid].hi, left=left, right=right, deadline=game.games[gid].deadline)
+
+
+@external
+@nonreentrant
 def defend_aggregate(
     gid: uint256,
     data: leaves.RoundData,
@@ -226,7 +305,8 @@ def defend_aggregate(
     hi_hints: DynArray[int256, C.MAX_CHUNK],
 ):
     """
-    @notice The defender's first move in an aggregate game: the committed chunk of the new
+    @notice The defender's first move in an aggregate game (or in a model walk come down to a
+            chunk, which goes on as an aggregate game there): the committed chunk of the new
             model, of the previous model (none at round 0) and of a secure round's mask
             correction, and its claim over all of the round's updates, which must turn the
             previous chunk into the new one by the job's rule. Only the defender moves for itself.
@@ -240,6 +320,14 @@ def defend_aggregate(
     @param lo_hints Per coordinate, the lowest kept order statistic (median, trimmed mean).
     @param hi_hints Per coordinate, the highest kept order statistic (median, trimmed mean).
     """
+    if game.games[gid].kind == C.GAME_MODEL and game.games[gid].hi == game.games[gid].lo + 1:
+        # a walk come down to a chunk: an aggregate game there from now on (a walk above one is
+        # not an aggregate game yet, and `_await` refuses it)
+        game.games[gid].kind = C.GAME_AGGREGATE
+        game.games[gid].target = game.games[gid].lo
+        game.games[gid].lo = 0
+        game.games[gid].hi = data.count
+        game.games[gid].claim = empty(bytes32)
     game._await(gid, C.GAME_AGGREGATE, C.TURN_DEFENDER)
     assert game.games[gid].claim == empty(bytes32), "arbiter: claim already made"
     job_id: uint256 = game.games[gid].job_id
@@ -252,20 +340,17 @@ def defend_aggregate(
     n_params: uint256 = (params >> game.P_PARAMS) & game.MASK40
     n_chunks: uint256 = leaves._n_chunks(n_params, chunk_size)
     width: uint256 = leaves._chunk_width(chunk, n_params, chunk_size)
-    assert len(new_chunk.values) == width, "arbiter: bad chunk width"
-    assert leaves._verify(leaves._chunk_leaf(chunk, new_chunk.values), chunk, n_chunks, new_chunk.proof, data.model_root), "arbiter: model chunk not committed"
+    assert self._opened(new_chunk, chunk, n_chunks, width, data.model_root), "arbiter: model chunk not committed"
     base: DynArray[int256, C.MAX_CHUNK] = []
     if round == 0:
         for c: uint256 in range(width, bound=C.MAX_CHUNK):
             base.append(0)
     else:
         assert leaves._round_commitment(job_id, round - 1, prev) == game.games[gid].context, "arbiter: not the previous round"
-        assert len(prev_chunk.values) == width, "arbiter: bad chunk width"
-        assert leaves._verify(leaves._chunk_leaf(chunk, prev_chunk.values), chunk, n_chunks, prev_chunk.proof, prev.model_root), "arbiter: previous chunk not committed"
+        assert self._opened(prev_chunk, chunk, n_chunks, width, prev.model_root), "arbiter: previous chunk not committed"
         base = prev_chunk.values
     if rule == C.RULE_SECURE_SUM:
-        assert len(correction.values) == width, "arbiter: bad chunk width"
-        assert leaves._verify(leaves._chunk_leaf(chunk, correction.values), chunk, n_chunks, correction.proof, data.aux_root), "arbiter: correction not committed"
+        assert self._opened(correction, chunk, n_chunks, width, data.aux_root), "arbiter: correction not committed"
     assert staticcall game.RULES.root_ok(rule, data.count, (params >> game.P_TRIM) & game.MASK24, claim, lo_hints, hi_hints, base, new_chunk.values, correction.values), "arbiter: claim does not give the model"
     game.games[gid].claim = keccak256(abi_encode(claim))
     game.games[gid].context = keccak256(abi_encode(lo_hints, hi_hints))
@@ -274,6 +359,13 @@ def defend_aggregate(
         game._resolve(gid, False, "empty round keeps the model")
         return
     game._turn(gid, C.TURN_DEFENDER)
+
+
+@pure
+@internal
+def _opened(o: game.ChunkOpening, chunk: uint256, n_chunks: uint256, width: uint256, root: bytes32) -> bool:
+    """Whether `o` is chunk `chunk` (of `width` values) of the vector committed as `root`."""
+    return len(o.values) == width and leaves._verify(leaves._chunk_leaf(chunk, o.values), chunk, n_chunks, o.proof, root)
 
 
 @view
@@ -339,8 +431,7 @@ def defend_update(
         chunk_size: uint256 = (params >> game.P_CHUNK) & 255
         n_params: uint256 = (params >> game.P_PARAMS) & game.MASK40
         index: uint256 = game.games[gid].target
-        assert len(chunk.values) == leaves._chunk_width(index, n_params, chunk_size), "arbiter: bad chunk width"
-        assert leaves._verify(leaves._chunk_leaf(index, chunk.values), index, leaves._n_chunks(n_params, chunk_size), chunk.proof, opening.update_root), "arbiter: chunk not in update"
+        assert self._opened(chunk, index, leaves._n_chunks(n_params, chunk_size), leaves._chunk_width(index, n_params, chunk_size), opening.update_root), "arbiter: chunk not in update"
         assert keccak256(abi_encode(staticcall game.RULES.leaf_claim(params & 255, chunk.values, opening.weight, lo_hints, hi_hints))) == game.games[gid].claim, "arbiter: update does not give the claim"
     game._resolve(gid, False, "update shown")
 

@@ -44,6 +44,8 @@ GAME_LEAF: constant(uint256) = 2
 GAME_INCLUSION: constant(uint256) = 3
 GAME_REWARD_SUM: constant(uint256) = 4
 GAME_REWARD_VALUE: constant(uint256) = 5
+# @dev A walk down a round's committed model tree to the chunk it disputes, then an aggregate game there.
+GAME_MODEL: constant(uint256) = 6
 # @dev Whose move a game waits for.
 TURN_NONE: constant(uint256) = 0
 TURN_DEFENDER: constant(uint256) = 1

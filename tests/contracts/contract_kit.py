@@ -523,6 +523,12 @@ class RoundPlayer:
         return game(self.kit.ra, self.gid)
 
     @property
+    def chunk(self) -> int:
+        """The disputed chunk: the game's target, or where a model walk stands."""
+        g = self.g
+        return g["lo"] if g["kind"] == R.Game.MODEL else g["target"]
+
+    @property
     def rd(self) -> Round:
         return self.job.rounds[self.g["round"]]
 
@@ -531,7 +537,7 @@ class RoundPlayer:
 
     # ---- the truth
     def width(self, chunk: int | None = None) -> int:
-        chunk = self.g["target"] if chunk is None else chunk
+        chunk = self.chunk if chunk is None else chunk
         return len(self.job.model[chunk * self.job.size : (chunk + 1) * self.job.size])
 
     def rows(self, chunk: int) -> np.ndarray:
@@ -540,7 +546,7 @@ class RoundPlayer:
         return np.array(rows, dtype=np.int64).reshape(len(rows), self.width(chunk))
 
     def truth(self, lo: int, hi: int, hints=None) -> list[int]:
-        chunk = self.g["target"]
+        chunk = self.chunk
         lo_h, hi_h = self.hints if hints is None else hints
         rows = self.rows(chunk)[lo:hi]
         weights = [u.weight for u in self.rd.updates[lo:hi]]
@@ -550,12 +556,12 @@ class RoundPlayer:
         return R.range_claim(self.job.rule, rows, weights, lo_h, hi_h)
 
     def true_hints(self) -> tuple[list[int], list[int]]:
-        return R.hints(self.job.rule, self.rows(self.g["target"]), self.job.terms.trim)
+        return R.hints(self.job.rule, self.rows(self.chunk), self.job.terms.trim)
 
     def lie(self) -> tuple[list[int], list[int], list[int]]:
         """(claim, lo hints, hi hints) over the whole round that gives the committed model at the
         disputed chunk, whatever it is: what a defender of a wrong model must claim."""
-        chunk, s, rule, w = self.g["target"], self.job.size, self.job.rule, self.width()
+        chunk, s, rule, w = self.chunk, self.job.size, self.job.rule, self.width()
         prev = self.rd.prev_model[chunk * s : chunk * s + w]
         new = self.rd.model[chunk * s : chunk * s + w]
         step = [int(b) - int(a) for a, b in zip(prev, new)]
@@ -574,7 +580,7 @@ class RoundPlayer:
     # ---- the defender's moves
     def defend_aggregate(self, claim=None, hints=None, lie: bool = False, side: str = "left", **over):
         """The first move: the committed chunks and the claim over the round (true, or `lie()`)."""
-        job, rd, chunk, s = self.job, self.rd, self.g["target"], self.job.size
+        job, rd, chunk, s = self.job, self.rd, self.chunk, self.job.size
         if lie:
             claim, lo_h, hi_h = self.lie()
             self.hints = (lo_h, hi_h)
@@ -654,6 +660,27 @@ class RoundPlayer:
             index = next(i for i, u in enumerate(rd.updates) if address_key(u.provider) == address_key(provider))
         return self.send("defend_inclusion", rd.data, index, rd.tree.proof(index), sender=sender)
 
+    # ---- a model walk (`challenge_model`)
+    def node(self, tree: MerkleTree | None = None) -> tuple[bytes, bytes]:
+        """The children of the walk's node in `tree` (the committed model's by default)."""
+        g = self.g
+        tree = tree or vector_tree(self.rd.model, self.job.size)
+        height = (g["hi"] - g["lo"]).bit_length() - 2
+        i = g["lo"] >> height
+        return tree.layers[height][i], tree.layers[height][i + 1]
+
+    def open_node(self, children=None, tree=None, sender=None):
+        return self.send("open_node", *(children or self.node(tree)), sender=sender)
+
+    def walk_to(self, position: int, tree=None):
+        """Open nodes and choose, down to `position` of the padded model tree; returns the last receipt."""
+        receipt = None
+        while self.g["hi"] - self.g["lo"] >= 2:
+            self.open_node(tree=tree)
+            receipt = self.choose(position >= (self.g["lo"] + self.g["hi"]) // 2)
+        assert self.g["lo"] == position
+        return receipt
+
     # ---- the challenger's move
     def choose(self, go_right: bool | None = None, sender=None):
         """The half whose claim is wrong (the right one when the left one is true)."""
@@ -696,6 +723,11 @@ def chunk_list(q: np.ndarray, chunk: int, size: int) -> list[int]:
 def open_aggregate(job: Job, r: int, chunk: int, challenger=None) -> int:
     receipt = job.kit.ra.transact("challenge_aggregate", job.id, r, chunk, *job.round_args(r),
                                   sender=challenger or job.kit.outsider)
+    return receipt.event("GameOpened")["game_id"]
+
+
+def open_walk(job: Job, r: int, challenger=None) -> int:
+    receipt = job.kit.ra.transact("challenge_model", job.id, r, *job.round_args(r), sender=challenger or job.kit.outsider)
     return receipt.event("GameOpened")["game_id"]
 
 

@@ -308,7 +308,7 @@ def test_defend_aggregate_rules(kit):
     corr = chunk_list(rd.correction, 1, s)
     with reverts("arbiter: not the disputed round"):
         p.defend_aggregate(data=prev.data)
-    with reverts("arbiter: bad chunk width"):
+    with reverts("arbiter: model chunk not committed"):  # a chunk of the wrong width
         p.defend_aggregate(new_chunk=(new[:-1], tree_new.proof(1)))
     with reverts("arbiter: model chunk not committed"):
         p.defend_aggregate(new_chunk=([new[0] + 1, *new[1:]], tree_new.proof(1)))
@@ -316,11 +316,11 @@ def test_defend_aggregate_rules(kit):
         p.defend_aggregate(new_chunk=(chunk_list(rd.model, 0, s), tree_new.proof(0)))  # another chunk
     with reverts("arbiter: not the previous round"):
         p.defend_aggregate(prev=rd.data)
-    with reverts("arbiter: bad chunk width"):
+    with reverts("arbiter: previous chunk not committed"):
         p.defend_aggregate(prev_chunk=(old + [0], tree_prev.proof(1)))
     with reverts("arbiter: previous chunk not committed"):
         p.defend_aggregate(prev_chunk=([old[0] - 1, *old[1:]], tree_prev.proof(1)))
-    with reverts("arbiter: bad chunk width"):
+    with reverts("arbiter: correction not committed"):
         p.defend_aggregate(correction=EMPTY_CHUNK)
     with reverts("arbiter: correction not committed"):
         p.defend_aggregate(correction=([corr[0] ^ 1, *corr[1:]], vector_tree(rd.correction, s).proof(1)))
@@ -441,7 +441,7 @@ def test_defend_update_rules(kit):
         p.defend_update(hints=(p.hints[1], p.hints[0]))
     c = chunk_list(u.q, 0, job.size)
     tree = vector_tree(u.q, job.size)
-    with reverts("arbiter: bad chunk width"):
+    with reverts("arbiter: chunk not in update"):  # of the wrong width
         p.defend_update(chunk=(c[:-1], tree.proof(0)))
     with reverts("arbiter: chunk not in update"):
         p.defend_update(chunk=([c[0] + 1, *c[1:]], tree.proof(0)))

@@ -54,8 +54,10 @@ JobState = enum.IntFlag("JobState", [("NONE", 0), ("OPEN", 1), ("TRAINING", 2), 
                                      ("CANCELLED", 16), ("FAILED", 32)])
 #: what a reward root's values measure: aggregated weight (provable) or validator scores (approved)
 Basis = enum.IntEnum("Basis", [("WEIGHT", 0), ("SCORES", 1)])
-#: kinds of dispute game (RoundArbiter: 1-3, RewardArbiter: 4-5)
-Game = enum.IntEnum("Game", [("AGGREGATE", 1), ("LEAF", 2), ("INCLUSION", 3), ("REWARD_SUM", 4), ("REWARD_VALUE", 5)])
+#: kinds of dispute game (RoundArbiter: 1-3 and 6, RewardArbiter: 4-5); MODEL walks the model tree to a
+#: chunk and then plays AGGREGATE there
+Game = enum.IntEnum("Game", [("AGGREGATE", 1), ("LEAF", 2), ("INCLUSION", 3), ("REWARD_SUM", 4), ("REWARD_VALUE", 5),
+                             ("MODEL", 6)])
 #: whose move a game waits for
 Turn = enum.IntEnum("Turn", [("NONE", 0), ("DEFENDER", 1), ("CHALLENGER", 2)])
 
