@@ -169,7 +169,7 @@ class JobDriver:
         if ch is None or not self.running:
             return
         self.slashed += ch.check_equivocation(self.job_id, self.mailbox)
-        for opened in (ch.check(self.job_id, self.verified), *ch.check_censorship(self.job_id, self.mailbox), ch.check_rewards(self.job_id)):
+        for opened in (ch.check(self.job_id, self.verified, self.mailbox), *ch.check_censorship(self.job_id, self.mailbox), ch.check_rewards(self.job_id)):
             if opened is not None:
                 self.games.append(opened)
                 self.play_games()

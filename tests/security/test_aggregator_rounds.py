@@ -6,8 +6,8 @@ slashed and the honest parties keep what they staked."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import itertools
 import json
 
 import numpy as np
@@ -228,21 +228,93 @@ def test_withheld_data_is_its_loss(make):
     _proven(s2, R.Game.LEAF)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "FLAW (roles, and cost of proof): in a job without validators an aggregator that withholds a wrong "
-    "round's data is never challenged: `Auditor.check_round` reports 'round data unavailable' with no "
-    "bad leaf or chunk and `Challenger.check` then opens nothing. On chain a watcher can only force "
-    "the data open one named leaf or chunk per game, one dispute bond each (paid to the aggregator when "
-    "the item it opens is right), and cannot follow a bisection it has no data for: the job settles "
-    "with the wrong model and the aggregator keeps its stake."))
 def test_withheld_wrong_round_is_proven_without_validators(make):
+    """A job without validators: the aggregator commits a wrong round and keeps its data (metrics
+    document, model) to itself, so nobody can name the chunk it got wrong. The watcher re-derives
+    the round from what the providers posted (signed receipts, blobs in the store: they form the
+    committed updates root) and walks the committed model tree (`challenge_model`): the aggregator
+    must open every node the watcher disputes, down to the chunk it shifted, where no claim over
+    the updates gives its model. Slashed, half to the watcher, the job failed, the honest whole."""
     s = make(providers=3, rounds=1, aggregator_cls=WithholdingShiftyAggregator)
     s.agg.shift_round = 0  # its only round: nobody needs its model to go on
-    with contextlib.suppress(Exception):  # the watcher's role raises on data it cannot fetch
-        s.run()
-    if s.state() == JobState.FINALIZING:  # the challenge window passes: anyone settles
-        s.settle_and_claim()
-    assert s.agg.address in s.slashed(), f"job {s.state().name}: the withheld wrong round was never proven"
+    s.run()
+    d = _proven(s, R.Game.MODEL, "round fault proven")
+    assert d[s.c.watcher.address] == AGG_STAKE // 2
+    ra = s.dep.round_arbiter
+    (walk,) = [e["game_id"] for e in ra.events("GameOpened", job_id=s.job)]
+    n_chunks = -(-s.spec.n_params // s.spec.quantization.chunk_size)
+    assert len(ra.events("NodeOpened", game_id=walk)) == (n_chunks - 1).bit_length()  # one node per level
+    g = ra.call("games", walk)  # down at the shifted chunk, where the aggregator could not even make its claim
+    assert (g["kind"], g["lo"], g["hi"]) == (R.Game.MODEL, 200 // s.spec.quantization.chunk_size, g["lo"] + 1)
+
+
+def test_withheld_wrong_round_is_proven_past_a_decoy_receipt(make):
+    """A provider (the aggregator's accomplice) posts a signed receipt of an update it never
+    published just before its real one, so that the first receipt of each provider no longer forms
+    the committed root. The aggregator's acknowledgements name the receipts it took: the watcher
+    re-derives the round from those, and the walk proves it wrong."""
+    from fedmarket.protocol.encoding import canonical_json
+    from fedmarket.protocol.receipts import UpdateReceipt
+    from fedmarket.storage.cid import cid_of
+
+    class Decoy(Provider):
+        def reveal(self, job_id, round_):
+            real = cid_of(canonical_json(self._sealed[(job_id, round_)]))
+            root = bytes(range(32))
+            sig = UpdateReceipt(job_id, round_, root, 1).sign(self.account.key, self.dep.chain_id,
+                                                                self.dep.disputes.address)
+            for nonce in itertools.count():  # one that the mailbox lists before the real receipt
+                decoy = canonical_json({"provider": self.address, "job_id": job_id, "round": round_, "nonce": nonce,
+                                        "update_cid": "bafkreinowhere", "update_root": "0x" + root.hex(),
+                                        "weight": 1, "signature": "0x" + sig.hex()})
+                if cid_of(decoy) < real:
+                    break
+            self.mailbox.post(round_topic(job_id, round_), decoy)
+            return super().reveal(job_id, round_)
+
+    s = make(providers=3, rounds=1, aggregator_cls=WithholdingShiftyAggregator, provider_cls=[Decoy, Provider, Provider])
+    s.agg.shift_round = 0
+    s.run()
+    _proven(s, R.Game.MODEL, "round fault proven")
+
+
+def test_withheld_wrong_later_round_is_proven_without_validators(make):
+    """The wrong round is round 1, on round 0's withheld (but right) model: the watcher re-derives
+    both, and round 0's re-derived model is round 1's starting point."""
+    s = make(providers=3, rounds=3, aggregator_cls=WithholdingShiftyAggregator)
+    s.run()
+    _proven(s, R.Game.MODEL, "round fault proven")
+    assert s.dep.market.events("JobFailed", job_id=s.job)[0]["round"] == 1
+
+
+def test_withheld_censored_round_is_proven_without_validators(make):
+    """The aggregator leaves out an update it acknowledged and withholds the round's data: the
+    watcher re-derives the round (the acknowledged updates but that one form its updates root) and
+    proves the censorship with the provider's receipt and the aggregator's acknowledgement."""
+
+    class WithholdingDroppingAggregator(WithholdingAggregator, DroppingAggregator):
+        pass
+
+    s = make(providers=3, rounds=2, aggregator_cls=WithholdingDroppingAggregator)
+    s.run()
+    _proven(s, R.Game.INCLUSION, "censored update")
+
+
+def test_withheld_right_rounds_are_not_disputed_nor_stall_the_job(make):
+    """The same aggregator, honest but for keeping every round's data to itself: providers train
+    each round from the model they re-derive, the watcher's re-derived updates give each committed
+    model root, so it opens no game, and the job settles with every round full (the audit from
+    the mailbox finds every round right; without it, the data is unavailable)."""
+    from fedmarket.roles.auditor import Auditor
+
+    s = make(providers=3, rounds=3, aggregator_cls=WithholdingAggregator)
+    s.run()
+    assert not s.dep.round_arbiter.events("GameOpened", job_id=s.job)
+    assert s.state() == JobState.SETTLED
+    assert [c.count for c in committed_rounds(s.dep, s.job)] == [3, 3, 3]
+    assert not Auditor(s.dep, s.store).audit(s.job).ok  # without the mailbox: unavailable
+    report = Auditor(s.dep, s.store, s.box).audit(s.job)
+    assert report.ok, (report.rewards_problem, report.rounds)
 
 
 def test_fake_correction_rejected(make):

@@ -117,7 +117,7 @@ def audit(
     account: str = typer.Option(None, "--account", help="Challenger's signer: an account of the keystore."),
     keystore: Path = typer.Option(None, "--keystore", help="Keystore directory of --account."),
     dev_account: int = typer.Option(None, "--dev-account", help="Challenger's signer: anvil's public dev account I (chain id 31337 only)."),
-    mailbox: str = typer.Option(None, "--mailbox", help="The job's mailbox, nats://HOST:4222 or a directory (default DIR/mailbox if it exists): censored updates and equivocating validators are proven from it."),
+    mailbox: str = typer.Option(None, "--mailbox", help="The job's mailbox, nats://HOST:4222 or a directory (default DIR/mailbox if it exists): rounds whose data the aggregator withholds are re-derived from it, censored updates and equivocating validators proven from it."),
 ) -> None:
     """Re-derive every round and payout of a job from chain data and the blob store; exit 1 on any mismatch.
     With --challenge, every provable fault is also proven on chain (dispute games played to their end)."""
@@ -127,20 +127,22 @@ def audit(
     from ..chain import connect
     from ..market import Deployment
     from ..roles.auditor import Auditor
-    from ..storage import is_remote, open_store
+    from ..storage import is_remote, open_mailbox, open_store
 
     addresses = read_addresses(contracts or dir / "report.json")
     blobs = store or str(dir / "blobs")
     if not is_remote(blobs) and not Path(blobs).is_dir():
         raise ConfigError(f"blob store {blobs} does not exist")
     dep = Deployment.attach(connect(rpc), addresses)
-    report = Auditor(dep, open_store(blobs)).audit(job_id)
+    box = mailbox if mailbox is not None else (dir / "mailbox" if (dir / "mailbox").is_dir() else None)
+    report = Auditor(dep, open_store(blobs), open_mailbox(box) if box is not None else None).audit(job_id)
     table = Table(title=f"audit of job {job_id} ({report.state.lower()})")
     for col in ("round", "updates", "recomputed", "problem"):
         table.add_column(col)
     for r in report.rounds:
         table.add_row(str(r.round), str(r.count), "match" if r.ok else "MISMATCH",
-                      r.problem + (f" (first bad chunk {r.bad_chunk})" if r.bad_chunk is not None else ""))
+                      r.problem + (f" (first bad chunk {r.bad_chunk})" if r.bad_chunk is not None else "")
+                      + (" (a walk of its model tree proves it)" if r.model_withheld else ""))
     console = Console()
     console.print(table)
     if report.rewards_ok is not None:
@@ -151,7 +153,6 @@ def audit(
     if challenge:
         from .roles import RoleContext
 
-        box = mailbox if mailbox is not None else (dir / "mailbox" if (dir / "mailbox").is_dir() else None)
         ctx = RoleContext(rpc, contracts or dir / "report.json", account, keystore, dev_account, blobs, None, 0.5)
         _challenge(ctx, job_id, box, console)
     if not report.ok:

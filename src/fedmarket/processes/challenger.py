@@ -34,7 +34,7 @@ class ChallengerProcess(RoleProcess):
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox | None, job_id: int,
                  state_dir: str | os.PathLike, *, until_quiet: bool = False, **kwargs):
         super().__init__(dep, state_dir, **kwargs)
-        self.challenger = Challenger(dep, account, store)
+        self.challenger = Challenger(dep, account, store, mailbox)
         self.account = account
         self.mailbox = mailbox
         self.job_id = job_id
@@ -73,7 +73,7 @@ class ChallengerProcess(RoleProcess):
         if self.mailbox is not None:
             for receipt in self.challenger.check_equivocation(job_id, self.mailbox):
                 self.say(f"proved a validator equivocated: slashed (tx {receipt.tx_hash})")
-        opened = self._guarded(lambda: self.challenger.check(job_id, self.verified))
+        opened = self._guarded(lambda: self.challenger.check(job_id, self.verified, self.mailbox))
         self.state.save("verified", sorted(self.verified))
         if opened is None and self.mailbox is not None:
             opened = next(iter(self._guarded(lambda: self.challenger.check_censorship(job_id, self.mailbox)) or []), None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,18 +19,21 @@ from ..protocol.proofs import RoundUpdate, reward_tree, updates_root, updates_tr
 from ..protocol.receipts import UpdateReceipt
 from ..protocol.selection import is_selected
 from ..spec import JobSpec
-from ..storage import BlobStore
+from ..storage import BlobStore, Mailbox
 from .common import (
     CommittedRound,
+    acknowledged,
     committed_rounds,
     epsilon_after_round,
     fetch_metrics,
     fetch_model,
+    hexbytes,
     load_spec,
+    posted_receipts,
     posted_rewards,
     round_seed,
 )
-from .sealed import seal_problem, sealed
+from .sealed import open_seal, seal_problem, seal_topic, sealed
 
 
 @dataclass
@@ -43,6 +46,9 @@ class RoundCheck:
     bad_chunk: int | None = None
     bad_leaf: int | None = None
     count: int = 0
+    # the committed model is withheld and the round's updates give another one: a MODEL game
+    # (`RoundArbiter.challenge_model`) walks the committed tree to a chunk that differs
+    model_withheld: bool = False
 
 
 @dataclass
@@ -72,22 +78,28 @@ class RoundEvidence:
     committed: CommittedRound
     prev: CommittedRound | None
     updates: list[RoundUpdate]
-    model: np.ndarray
+    model: np.ndarray | None  # None: withheld, and the updates give another model (never when fetched)
     prev_model: np.ndarray
     correction: np.ndarray | None
     seed: bytes
     tree: MerkleTree | None
-    metrics: dict  # the round's metrics document, as fetched by its content id
+    metrics: dict  # the round's metrics document, as fetched by its content id (re-derived if withheld)
+    rederived: bool = False  # the metrics document was withheld: the updates come from the mailbox
 
     @property
     def nbytes(self) -> int:
         """Bytes of the vectors it holds (what keeping it costs)."""
-        vectors = [u.q for u in self.updates] + [self.model, self.prev_model]
+        vectors = [u.q for u in self.updates] + [v for v in (self.model, self.prev_model) if v is not None]
         return sum(v.nbytes for v in vectors) + (0 if self.correction is None else self.correction.nbytes)
 
 
 class Auditor:
-    """Anyone: needs no key, trusts nothing but the chain and content hashes."""
+    """Anyone: needs no key, trusts nothing but the chain and content hashes.
+
+    Given the job's `mailbox`, it also re-derives a round whose data the aggregator withholds:
+    the updates from the receipts the providers posted (their blobs in the store), as the
+    committed updates root names them, and the model they give. A validator's auditor has none:
+    a round whose data a validator cannot fetch is one it rejects."""
 
     # Vector bytes of round evidence kept for reuse (a game's moves, the next round's check). A
     # committed round's content is immutable (roots on chain, blobs by content id), so what is
@@ -96,9 +108,10 @@ class Auditor:
     # with 20 providers) until the machine ran out of memory.
     EVIDENCE_BYTES = 1 << 30
 
-    def __init__(self, dep: Deployment, store: BlobStore):
+    def __init__(self, dep: Deployment, store: BlobStore, mailbox: Mailbox | None = None):
         self.dep = dep
         self.store = store
+        self.mailbox = mailbox
         self._evidence: OrderedDict[tuple[int, int, bytes], RoundEvidence] = OrderedDict()  # least recent first
         # each round's (provider, weight) leaves, checked against its updates root: small, kept for good
         self._members: dict[tuple[int, int, bytes], tuple[tuple[str, int], ...]] = {}
@@ -139,37 +152,159 @@ class Auditor:
         committed, key = self._round_key(job_id, round_, rounds)
         if key not in self._members:
             try:
-                entries = fetch_metrics(self.store, committed)["updates"]
-                leaves = [SimpleNamespace(provider=e["provider"], root=bytes.fromhex(e["update_root"][2:]),
-                                          weight=int(e["weight"])) for e in entries]
-            except (KeyError, TypeError, ValueError, AttributeError):
-                raise FedMarketError(f"round {round_}: metrics document lists malformed updates") from None
-            if updates_root(leaves) != committed.updates_root:
-                raise FedMarketError(f"round {round_}: the listed updates do not form the committed updates root")
+                leaves = self._listed_leaves(committed)
+            except StorageUnreachable:
+                raise
+            except FedMarketError:
+                if self.mailbox is None:
+                    raise
+                leaves = self.evidence(load_spec(self.dep, self.store, job_id), job_id, round_, rounds).updates
             self._members[key] = tuple((u.provider, u.weight) for u in leaves)
         return self._members[key]
 
+    def _listed_leaves(self, committed: CommittedRound) -> list[SimpleNamespace]:
+        """The (provider, root, weight) leaves a round's metrics document lists, which must form its updates root."""
+        try:
+            entries = fetch_metrics(self.store, committed)["updates"]
+            leaves = [SimpleNamespace(provider=e["provider"], root=bytes.fromhex(e["update_root"][2:]),
+                                      weight=int(e["weight"])) for e in entries]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise FedMarketError(f"round {committed.round}: metrics document lists malformed updates") from None
+        if updates_root(leaves) != committed.updates_root:
+            raise FedMarketError(f"round {committed.round}: the listed updates do not form the committed updates root")
+        return leaves
+
     def _fetch(self, spec: JobSpec, job_id: int, committed: CommittedRound, prev: CommittedRound | None,
                rounds: list[CommittedRound]) -> RoundEvidence:
-        doc = fetch_metrics(self.store, committed)
-        size = spec.quantization.chunk_size
-        updates = []
-        for entry in doc["updates"]:
-            q = decode_vector(self.store.get(entry["update_cid"]), spec.n_params)
-            update = RoundUpdate(entry["provider"], q, int(entry["weight"]), size, bytes.fromhex(entry["signature"][2:]))
-            if update.root != bytes.fromhex(entry["update_root"][2:]):  # hashed once, kept for the updates tree
-                raise FedMarketError(f"update of {entry['provider']} does not match its root")
-            updates.append(update)
+        doc = self._withheld(lambda: fetch_metrics(self.store, committed))
+        seed = round_seed(self.dep, job_id, committed.round, rounds)
+        listed = None if doc is None else self._withheld(lambda: self._listed(spec, committed, doc))
+        if listed is None:
+            updates, tree, doc = self._rederive(spec, job_id, committed, seed)
+        else:
+            updates, tree = listed
+        correction = self._correction(spec, committed, doc)
+        prev_model = np.zeros(spec.n_params, dtype=np.int64)
+        if prev is not None:
+            prev_model = self._withheld(lambda: fetch_model(self.store, spec, prev))
+            if prev_model is None:  # withheld: the previous round's re-derived model, if it is the committed one
+                prev_model = self.evidence(spec, job_id, prev.round, rounds).model
+            if prev_model is None:
+                raise FedMarketError(f"round {prev.round}'s model is withheld and its updates give another one")
+        ev = RoundEvidence(committed, prev, updates, self._withheld(lambda: fetch_model(self.store, spec, committed)),
+                           prev_model, correction, seed, tree, doc, rederived=listed is None)
+        if ev.model is None:  # withheld: what the updates give stands in for it if it is what was committed
+            try:
+                expected = self.expected_model(spec, ev)
+            except FedMarketError:
+                return ev
+            if vector_root(expected, spec.quantization.chunk_size) == committed.model_root:
+                ev = replace(ev, model=expected)
+        return ev
+
+    def _withheld(self, fetch):
+        """`fetch()`, or None when what it fetches is missing or malformed and this auditor can
+        re-derive rounds from the mailbox (without one, the error). A store that does not answer
+        is not evidence of withholding: StorageUnreachable always propagates."""
+        try:
+            return fetch()
+        except StorageUnreachable:
+            raise
+        except (FedMarketError, KeyError, TypeError, ValueError):
+            if self.mailbox is None:
+                raise
+            return None
+
+    def _listed(self, spec: JobSpec, committed: CommittedRound, doc: dict) -> tuple[list[RoundUpdate], MerkleTree | None]:
+        """The updates a metrics document lists, their blobs fetched, and their tree, which must be
+        the committed one."""
+        updates = [self._update(spec, e["provider"], e["update_root"], e["weight"], e["signature"], e["update_cid"])
+                   for e in doc["updates"]]
         if len(updates) != committed.count:
             raise FedMarketError(f"metrics list {len(updates)} updates, the round committed {committed.count}")
         tree = updates_tree(updates)
         if (b"\x00" * 32 if tree is None else tree.root) != committed.updates_root:
             raise FedMarketError("the listed updates do not form the committed updates root")
-        correction = self._correction(spec, committed, doc)
-        model = fetch_model(self.store, spec, committed)
-        prev_model = fetch_model(self.store, spec, prev) if prev else np.zeros(spec.n_params, dtype=np.int64)
-        seed = round_seed(self.dep, job_id, committed.round, rounds)
-        return RoundEvidence(committed, prev, updates, model, prev_model, correction, seed, tree, doc)
+        return updates, tree
+
+    def _update(self, spec: JobSpec, provider: str, root: str | bytes, weight, signature: str | bytes, cid: str) -> RoundUpdate:
+        """One listed update, its blob fetched and matched against the root it was listed with."""
+        root = hexbytes(root) if isinstance(root, str) else root
+        signature = hexbytes(signature) if isinstance(signature, str) else signature
+        q = decode_vector(self.store.get(cid), spec.n_params)
+        update = RoundUpdate(provider, q, int(weight), spec.quantization.chunk_size, signature)
+        if update.root != root:  # hashed once, kept for the updates tree
+            raise FedMarketError(f"update of {provider} does not match its root")
+        return update
+
+    def _rederive(self, spec: JobSpec, job_id: int, committed: CommittedRound, seed: bytes
+                  ) -> tuple[list[RoundUpdate], MerkleTree | None, dict]:
+        """A round whose metrics document is withheld: its updates re-derived from the receipts
+        posted on the round's topic (each signed by its provider, its blob in the store), as the
+        committed updates root names them (with their tree, and the metrics document they stand
+        for). Tried in turn: the updates the aggregator acknowledged; those of the job's providers
+        selected for the round; every signed one; the acknowledged ones but one. FedMarketError if
+        none of them forms the committed root (an update nobody posted is in the round, or more
+        than one acknowledged update is left out)."""
+        r = committed.round
+        if self.mailbox is None:
+            raise FedMarketError(f"round {r}: the metrics document is withheld")
+        if spec.rule == R.Rule.SECURE_SUM:
+            raise FedMarketError(f"round {r}: a secure round's metrics document is withheld (its correction with it)")
+        posted = posted_receipts(self.dep, self.mailbox, job_id, r)
+        firsts: dict[str, tuple] = {}
+        for key, (sig, msg) in posted.items():  # the first receipt of each provider, as the aggregator takes it
+            firsts.setdefault(key[0], (key, sig, msg))
+        acked = acknowledged(self.dep, self.mailbox, job_id, r, self.dep.job(job_id)["aggregator"])
+        n = int(self.dep.market.call("progress", job_id)["n_providers"])
+
+        def valid(provider: str) -> bool:
+            word, _ = self.dep.market.call("membership", job_id, provider)
+            return int(word) == R.Role.PROVIDER and is_selected(seed, job_id, r, provider, spec.participation.per_round, n)
+
+        everyone = sorted(firsts.values(), key=lambda f: address_key(f[0][0]))
+        # an acknowledgement names the very receipt taken (a provider may have posted others)
+        taken = sorted(((key, *posted[key]) for key in acked if key in posted), key=lambda f: address_key(f[0][0]))
+        # the acknowledged updates (what an honest aggregator takes), the valid ones, every one,
+        # and then the acknowledged ones but one (what censoring one update leaves: then proven
+        # by the inclusion game)
+        subsets = [taken, [f for f in everyone if valid(f[0][0])], everyone,
+                   *(taken[:i] + taken[i + 1:] for i in range(len(taken)))]
+        tried = []
+        for subset in subsets:
+            keys = [f[0] for f in subset]
+            if keys in tried:
+                continue
+            tried.append(keys)
+            leaves = [SimpleNamespace(provider=p, root=root, weight=w) for p, root, w in keys]
+            if len(leaves) == committed.count and updates_root(leaves) == committed.updates_root:
+                updates = [self._update(spec, key[0], key[1], key[2], sig, str(msg.get("update_cid", "")))
+                           for key, sig, msg in subset]
+                return updates, updates_tree(updates), self._rederived_document(spec, job_id, r, subset)
+        raise FedMarketError(f"round {r}: the metrics document is withheld, and no set of the {len(everyone)} updates "
+                             "posted for the round forms its committed updates root")
+
+    def _rederived_document(self, spec: JobSpec, job_id: int, round_: int, subset: list) -> dict:
+        """What a withheld metrics document would say of the round's updates (each one's posted
+        receipt, blob and salt) and, in a sealed job, the aggregator's seal from the mailbox (the
+        one every update opens, if it signed several)."""
+        doc = {"updates": [{"provider": key[0], "update_root": "0x" + key[1].hex(), "weight": key[2],
+                            "signature": "0x" + sig.hex(), "update_cid": msg.get("update_cid"),
+                            **({"salt": msg["salt"]} if "salt" in msg else {})} for key, sig, msg in subset]}
+        if sealed(spec):
+            aggregator = self.dep.job(job_id)["aggregator"]
+            authentic = []
+            for raw in self.mailbox.read(seal_topic(job_id, round_)):
+                try:
+                    msg = json.loads(raw)
+                    open_seal(self.dep, msg, job_id, round_, aggregator)
+                except (FedMarketError, ValueError):
+                    continue
+                authentic.append(msg)
+            opened = [m for m in authentic if not seal_problem(self.dep, {**doc, "seal": m}, job_id, round_, aggregator)]
+            if opened or authentic:
+                doc["seal"] = (opened or authentic)[0]
+        return doc
 
     def _correction(self, spec: JobSpec, committed: CommittedRound, doc: dict) -> np.ndarray | None:
         """A secure round's published mask correction, or an attested round's (None for other
@@ -237,6 +372,9 @@ class Auditor:
             problem = self.leaf_problem(spec, job_id, ev, i, n)
             if problem:
                 return RoundCheck(c.round, False, problem, bad_leaf=i, count=c.count), ev
+        if ev.model is None:
+            return RoundCheck(c.round, False, "the model is withheld, and the round's updates (posted by their providers) "
+                              "give a model of another root", model_withheld=True, count=c.count), ev
         try:
             expected = self.expected_model(spec, ev)
         except FedMarketError as exc:
@@ -316,7 +454,9 @@ class Auditor:
         try:
             published = posted_rewards(self.dep, self.store, job_id)
             reveals = {int(r): list(cids) for r, cids in published.get("reveals", {}).items()}
-            expected = reward_document(self.dep, self.store, job_id, spec, reveals, int(published["basis"]))
+            rounds = committed_rounds(self.dep, job_id)
+            members_of = None if self.mailbox is None else (lambda r: self.members(job_id, r, rounds))
+            expected = reward_document(self.dep, self.store, job_id, spec, reveals, int(published["basis"]), members_of)
         except (FedMarketError, ValueError, TypeError, AttributeError, KeyError) as exc:
             report.rewards_ok, report.rewards_problem = False, f"the rewards document is missing or malformed: {exc}"
             return

@@ -10,14 +10,14 @@ import json
 from eth_utils import to_checksum_address
 
 from ..chain import Account, Receipt
-from ..errors import ContractRevert, FedMarketError
+from ..errors import ContractRevert, FedMarketError, StorageUnreachable
 from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
 from ..protocol.encoding import address_key
-from ..protocol.receipts import Attestation, ReceiptAck, UpdateReceipt
+from ..protocol.receipts import Attestation
 from ..storage import BlobStore, Mailbox
 from .auditor import Auditor, AuditReport
-from .common import committed_rounds, load_spec, round_topic
+from .common import acknowledged, committed_rounds, hex32, hexbytes, load_spec, posted_receipts, round_topic
 from .games import Truth, choose, job_games
 
 
@@ -25,11 +25,11 @@ class Challenger:
     """Anyone with gas and the job's dispute bond: earns half the cheater's stake by proving a fault,
     and loses its bond to the defender if the defender shows the challenged data was right."""
 
-    def __init__(self, dep: Deployment, account: Account, store: BlobStore):
+    def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox | None = None):
         self.dep = dep
         self.account = account
         self.store = store
-        self.auditor = Auditor(dep, store)
+        self.auditor = Auditor(dep, store, mailbox)  # with the job's mailbox, it re-derives withheld rounds
 
     def _bond(self, job_id: int, arbiter) -> None:
         bond = int(self.dep.job(job_id)["dispute_bond"])
@@ -39,13 +39,17 @@ class Challenger:
     def _mine(self, job_id: int) -> list:
         return [g for g in job_games(self.dep, job_id) if g.challenger == self.account.address]
 
-    def check(self, job_id: int, verified: set[int] | None = None) -> Receipt | None:
+    def check(self, job_id: int, verified: set[int] | None = None, mailbox: Mailbox | None = None) -> Receipt | None:
         """Recompute every committed round in order; at the first provable fault open the game that
         proves it (an invalid leaf, else the first wrong chunk) and return the receipt. None when
         every round is right, the fault is one only validators can judge, or a game is already open.
         Rounds in `verified` are skipped, and every round found right is added to it (a process
-        watching a job recomputes each round once)."""
+        watching a job recomputes each round once). Given the job's `mailbox` (kept for the games
+        that follow), a round whose data the aggregator withholds is re-derived from what the
+        providers posted, and a wrong one is proven by walking its model tree (`challenge_model`)."""
         verified = set() if verified is None else verified
+        if mailbox is not None:
+            self.auditor.mailbox = mailbox
         truth = Truth(self.dep, self.store, job_id, self.auditor)
         for committed in truth.rounds:
             if committed.round in verified:
@@ -54,13 +58,16 @@ class Challenger:
             if found.ok:
                 verified.add(committed.round)
                 continue
-            if self._mine(job_id) or (found.bad_leaf is None and found.bad_chunk is None):
+            if self._mine(job_id) or (found.bad_leaf is None and found.bad_chunk is None and not found.model_withheld):
                 return None
             self._bond(job_id, self.dep.round_arbiter)
             data, proof, prev, prev_proof = truth.round_args(committed.round)
             if found.bad_leaf is not None:
                 return self.dep.round_arbiter.transact("challenge_leaf", job_id, committed.round, found.bad_leaf, data,
                                                        proof, prev, prev_proof, sender=self.account)
+            if found.model_withheld:
+                return self.dep.round_arbiter.transact("challenge_model", job_id, committed.round, data, proof, prev,
+                                                       prev_proof, sender=self.account)
             return self.dep.round_arbiter.transact("challenge_aggregate", job_id, committed.round, found.bad_chunk, data,
                                                    proof, prev, prev_proof, sender=self.account)
         return None
@@ -118,6 +125,8 @@ class Challenger:
         aggregator's acknowledgement on its `-acks` topic. At most one game at a time."""
         if self._mine(job_id):
             return []
+        if self.auditor.mailbox is None:  # the same mailbox serves to re-derive withheld rounds
+            self.auditor.mailbox = mailbox
         truth = Truth(self.dep, self.store, job_id, self.auditor)
         job = self.dep.job(job_id)
         if job["state"] not in (JobState.TRAINING, JobState.FINALIZING):
@@ -137,24 +146,19 @@ class Challenger:
         """An acknowledged (provider, root, weight) the round does not hold, with both signatures; or None."""
         try:
             listed = json.loads(self.store.get(_metrics_cid(c)))["updates"]
-            included = {(to_checksum_address(e["provider"]), _hex32(e["update_root"]), int(e["weight"])) for e in listed}
+            included = {(to_checksum_address(e["provider"]), hex32(e["update_root"]), int(e["weight"])) for e in listed}
+        except StorageUnreachable:
+            return None  # the store did not answer: look again next time
         except (FedMarketError, KeyError, ValueError, TypeError):
-            return None  # unavailable data: a leaf game matter
-        r = c.round
-        chain_id, verifier = self.dep.chain_id, self.dep.disputes.address
-        signed: dict[tuple[str, bytes, int], bytes] = {}
-        for raw in mailbox.read(round_topic(job_id, r)):
-            found = _signed_statement(raw, job_id, r, chain_id, verifier, ack=False)
-            if found is not None and found[2] == found[0][0]:
-                signed[found[0]] = found[1]
-        for raw in mailbox.read(round_topic(job_id, r) + "-acks"):
-            found = _signed_statement(raw, job_id, r, chain_id, verifier, ack=True)
-            if found is None or found[2] != aggregator:
-                continue
-            key, asig = found[0], found[1]
-            if key in included or key not in signed:
-                continue
-            return key, signed[key], asig
+            try:  # withheld: the round as re-derived from the mailbox
+                ev = self.auditor.evidence(truth.spec, job_id, c.round, truth.rounds)
+            except FedMarketError:
+                return None  # unavailable data: a leaf game matter
+            included = {(to_checksum_address(u.provider), u.root, u.weight) for u in ev.updates}
+        signed = posted_receipts(self.dep, mailbox, job_id, c.round)
+        for key, asig in acknowledged(self.dep, mailbox, job_id, c.round, aggregator).items():
+            if key not in included and key in signed:
+                return key, signed[key][0], asig
         return None
 
     # ---------------------------------------------------------------- equivocation
@@ -197,33 +201,6 @@ def _metrics_cid(c) -> str:
     return metrics_cid(c.metrics_hash)
 
 
-def _hexbytes(value: str) -> bytes:
-    return bytes.fromhex(value.removeprefix("0x"))
-
-
-def _hex32(value: str) -> bytes:
-    out = _hexbytes(value)
-    if len(out) != 32:
-        raise ValueError("not a 32-byte value")
-    return out
-
-
-def _signed_statement(raw: bytes, job_id: int, round_: int, chain_id: int, verifier: str, *, ack: bool):
-    """((provider, update root, weight), signature, signer) of a mailbox message carrying a provider's
-    UpdateReceipt (`ack=False`, on the round's topic) or the aggregator's ReceiptAck (`ack=True`, on its
-    `-acks` topic); None if the message is malformed, for another job or round, or its signature unrecoverable."""
-    try:
-        msg = json.loads(raw)
-        if not ack and (int(msg["job_id"]) != job_id or int(msg["round"]) != round_):
-            return None
-        key = (to_checksum_address(msg["provider"]), _hex32(msg["update_root"]), int(msg["weight"]))
-        sig = _hexbytes(msg["signature"])
-        stmt = ReceiptAck(job_id, round_, *key) if ack else UpdateReceipt(job_id, round_, key[1], key[2])
-        return key, sig, stmt.signer(sig, chain_id, verifier)
-    except Exception:  # noqa: BLE001 - untrusted message: malformed, or a signature that recovers nothing
-        return None
-
-
 def _attestation(raw: bytes, job_id: int, round_: int, model_roots: set[bytes], chain_id: int, verifier: str):
     """(validator, (model root, scores root), signature) of a validly signed attestation message, or None."""
     try:
@@ -231,9 +208,9 @@ def _attestation(raw: bytes, job_id: int, round_: int, model_roots: set[bytes], 
         if "round" in msg and int(msg["round"]) != round_:
             return None
         validator = to_checksum_address(msg["validator"])
-        scores = _hex32(msg["scores_root"])
-        sig = _hexbytes(msg["signature"])
-        candidates = [_hex32(msg["model_root"])] if msg.get("model_root") else sorted(model_roots)
+        scores = hex32(msg["scores_root"])
+        sig = hexbytes(msg["signature"])
+        candidates = [hex32(msg["model_root"])] if msg.get("model_root") else sorted(model_roots)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     for model_root in candidates:

@@ -9,17 +9,19 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+from eth_utils import to_checksum_address
 from multiformats import CID, multihash
 
-from ..errors import ChainError, FedMarketError, PrivacyBudgetExceeded, StorageError
+from ..errors import ChainError, FedMarketError, PrivacyBudgetExceeded, StorageError, StorageUnreachable
 from ..jobmodel import job_model
 from ..market import Deployment, JobState, JobTerms
 from ..protocol import rules as R
 from ..protocol.encoding import address_key, decode_vector, round_commitment, vector_root
 from ..protocol.merkle import RoundAccumulator
+from ..protocol.receipts import ReceiptAck, UpdateReceipt
 from ..protocol.selection import select
 from ..spec import JobSpec
-from ..storage import BlobStore
+from ..storage import BlobStore, Mailbox
 
 
 class ProtocolViolation(FedMarketError):
@@ -50,6 +52,58 @@ def claimed_senders(raws: list[bytes], field: str = "provider") -> set[str]:
             out.add(body[field])
         except (ValueError, KeyError, TypeError):
             continue
+    return out
+
+
+def hexbytes(value: str) -> bytes:
+    """Bytes of a hex string, with or without its 0x."""
+    return bytes.fromhex(value.removeprefix("0x"))
+
+
+def hex32(value: str) -> bytes:
+    """A 32-byte value from hex; ValueError for any other length."""
+    out = hexbytes(value)
+    if len(out) != 32:
+        raise ValueError("not a 32-byte value")
+    return out
+
+
+def _signed_statement(raw: bytes, job_id: int, round_: int, chain_id: int, verifier: str, *, ack: bool):
+    """((provider, update root, weight), signature, message, signer) of a mailbox message carrying a
+    provider's UpdateReceipt (`ack=False`, on the round's topic) or the aggregator's ReceiptAck
+    (`ack=True`, on its `-acks` topic); None if the message is malformed, for another job or round,
+    or its signature unrecoverable."""
+    try:
+        msg = json.loads(raw)
+        if not ack and (int(msg["job_id"]) != job_id or int(msg["round"]) != round_):
+            return None
+        key = (to_checksum_address(msg["provider"]), hex32(msg["update_root"]), int(msg["weight"]))
+        sig = hexbytes(msg["signature"])
+        stmt = ReceiptAck(job_id, round_, *key) if ack else UpdateReceipt(job_id, round_, key[1], key[2])
+        return key, sig, msg, stmt.signer(sig, chain_id, verifier)
+    except Exception:  # noqa: BLE001 - untrusted message: malformed, or a signature that recovers nothing
+        return None
+
+
+def posted_receipts(dep: Deployment, mailbox: Mailbox, job_id: int, round_: int) -> dict[tuple[str, bytes, int], tuple[bytes, dict]]:
+    """Every update receipt posted on the round's topic and signed by the provider it names:
+    (provider, update root, weight) -> (signature, message), in the order they were posted."""
+    out: dict[tuple[str, bytes, int], tuple[bytes, dict]] = {}
+    for raw in mailbox.read(round_topic(job_id, round_)):
+        found = _signed_statement(raw, job_id, round_, dep.chain_id, dep.disputes.address, ack=False)
+        if found is not None and found[3] == found[0][0]:
+            out.setdefault(found[0], (found[1], found[2]))
+    return out
+
+
+def acknowledged(dep: Deployment, mailbox: Mailbox, job_id: int, round_: int, aggregator: str) -> dict[tuple[str, bytes, int], bytes]:
+    """Every receipt (provider, update root, weight) `aggregator` acknowledged on the round's
+    `-acks` topic -> its signature of the acknowledgement."""
+    out: dict[tuple[str, bytes, int], bytes] = {}
+    for raw in mailbox.read(round_topic(job_id, round_) + "-acks"):
+        found = _signed_statement(raw, job_id, round_, dep.chain_id, dep.disputes.address, ack=True)
+        if found is not None and found[3] == aggregator:
+            out.setdefault(found[0], found[1])
     return out
 
 
@@ -303,13 +357,29 @@ def fetch_model(store: BlobStore, spec: JobSpec, committed: CommittedRound) -> n
     return q
 
 
-def global_model(dep: Deployment, store: BlobStore, spec: JobSpec, job_id: int) -> tuple[int, np.ndarray]:
-    """(next round number, quantized global model to train from). Round 0 starts from zeros."""
+def global_model(dep: Deployment, store: BlobStore, spec: JobSpec, job_id: int,
+                 mailbox: Mailbox | None = None) -> tuple[int, np.ndarray]:
+    """(next round number, quantized global model to train from). Round 0 starts from zeros.
+    Given the job's `mailbox`, a model the aggregator withholds is re-derived from the updates the
+    providers posted, if they give its committed root: a withholding aggregator does not stall
+    the job. ProtocolViolation if they give another model (a wrong round: anyone can prove it)."""
     rounds = committed_rounds(dep, job_id)
     if not rounds:
         return 0, np.zeros(spec.n_params, dtype=np.int64)
     last = rounds[-1]
-    return last.round + 1, fetch_model(store, spec, last)
+    try:
+        return last.round + 1, fetch_model(store, spec, last)
+    except StorageUnreachable:
+        raise
+    except FedMarketError:
+        if mailbox is None:
+            raise
+    from .auditor import Auditor
+
+    model = Auditor(dep, store, mailbox).evidence(spec, job_id, last.round, rounds).model
+    if model is None:
+        raise ProtocolViolation(f"round {last.round}: the model is withheld, and the updates posted for it give another")
+    return last.round + 1, model
 
 
 def epsilon_after_round(spec: JobSpec, round_: int) -> int:

@@ -5,7 +5,7 @@ games and plays the challenger's moves."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -13,7 +13,8 @@ from ..chain import Account, Contract, Receipt
 from ..errors import FedMarketError
 from ..market import Deployment
 from ..protocol import rules as R
-from ..protocol.encoding import address_key
+from ..protocol.encoding import address_key, vector_tree
+from ..protocol.merkle import MerkleTree
 from ..protocol.proofs import (
     EMPTY_CHUNK,
     chunk_opening,
@@ -29,7 +30,7 @@ from .auditor import Auditor, RoundEvidence
 from .common import committed_rounds, load_spec, posted_rewards, round_accumulator
 
 ZERO32 = b"\x00" * 32
-ROUND_GAMES = (R.Game.AGGREGATE, R.Game.LEAF, R.Game.INCLUSION)
+ROUND_GAMES = (R.Game.AGGREGATE, R.Game.LEAF, R.Game.INCLUSION, R.Game.MODEL)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class GameState:
     claim: bytes
     turn: R.Turn
     deadline: int
+    left: bytes = ZERO32  # a model walk's opened children (the node's, before the challenger chooses)
+    right: bytes = ZERO32
 
     @property
     def open(self) -> bool:
@@ -62,7 +65,7 @@ def arbiter_of(dep: Deployment, kind: int) -> Contract:
 def game_state(arbiter: Contract, gid: int) -> GameState:
     g = arbiter.call("games", gid)
     return GameState(arbiter, gid, g["job_id"], R.Game(g["kind"]), g["round"], g["target"], g["challenger"],
-                     g["defender"], g["lo"], g["hi"], g["claim"], R.Turn(g["turn"]), g["deadline"])
+                     g["defender"], g["lo"], g["hi"], g["claim"], R.Turn(g["turn"]), g["deadline"], g["left"], g["right"])
 
 
 def job_games(dep: Deployment, job_id: int, open_only: bool = True) -> list[GameState]:
@@ -105,9 +108,19 @@ class Truth:
         self.spec: JobSpec = load_spec(dep, store, job_id)
         self.rounds = committed_rounds(dep, job_id)
         self.acc = round_accumulator(dep, job_id, self.rounds)
+        self._trees: dict[tuple[int, bool], MerkleTree] = {}
 
     def evidence(self, round_: int) -> RoundEvidence:
         return self.auditor.evidence(self.spec, self.job_id, round_, self.rounds)
+
+    def model_tree(self, round_: int, expected: bool = False) -> MerkleTree:
+        """The chunk tree of the round's committed model, or (`expected`) of the model its updates give."""
+        key = (round_, expected or self.evidence(round_).model is None)
+        if key not in self._trees:
+            ev = self.evidence(round_)
+            model = self.auditor.expected_model(self.spec, ev) if key[1] else ev.model
+            self._trees[key] = vector_tree(model, self.spec.quantization.chunk_size)
+        return self._trees[key]
 
     def round_args(self, round_: int) -> tuple:
         """(data, proof, prev data, prev proof) of a committed round, as `challenge_*` take them."""
@@ -189,13 +202,14 @@ class Defender:
         truth = Truth(self.dep, self.store, job_id, self.auditor)
         # a round game read just before its round was reverted (another game proved it wrong, or
         # the job failed) has nothing left to defend
-        rounds_games = (R.Game.AGGREGATE, R.Game.LEAF, R.Game.INCLUSION)
-        return [self.move(truth, g) for g in waiting if g.kind not in rounds_games or g.round < len(truth.rounds)]
+        return [self.move(truth, g) for g in waiting if g.kind not in ROUND_GAMES or g.round < len(truth.rounds)]
 
     def move(self, truth: Truth, g: GameState) -> Receipt:
         send = lambda fn, *args: g.arbiter.transact(fn, g.gid, *args, sender=self.account)
         if g.kind == R.Game.AGGREGATE:
             return self._aggregate(truth, g, send)
+        if g.kind == R.Game.MODEL:
+            return self._walk(truth, g, send)
         if g.kind == R.Game.LEAF:
             ev = truth.evidence(g.round)
             return send("defend_update", ev.committed.data, update_opening(ev.updates, g.lo, ev.tree), EMPTY_CHUNK, [], [], [])
@@ -225,6 +239,19 @@ class Defender:
         u = ev.updates[g.lo]
         return send("defend_update", ev.committed.data, update_opening(ev.updates, g.lo, ev.tree),
                     chunk_opening(u.q, g.target, size), claim, lo_h, hi_h)
+
+    def _walk(self, truth: Truth, g: GameState, send) -> Receipt:
+        """A model walk: the children of the disputed node of the committed model tree; at a chunk,
+        the aggregate game's first move there; past the last chunk, the zero leaf of the padding."""
+        ev = truth.evidence(g.round)
+        tree = truth.model_tree(g.round)
+        if g.hi - g.lo >= 2:
+            left, right = _children(tree, g.lo, g.hi)
+            return send("open_node", left, right)
+        if g.lo >= tree.n:
+            return send("open_node", ZERO32, ZERO32)
+        return self._aggregate(truth, replace(g, kind=R.Game.AGGREGATE, target=g.lo, lo=0, hi=ev.committed.count,
+                                              claim=ZERO32), send)
 
     def _inclusion(self, truth: Truth, g: GameState, send) -> Receipt:
         ev = truth.evidence(g.round)
@@ -261,9 +288,19 @@ class Defender:
 # ---- the challenger's moves ---------------------------------------------------------------------
 
 
+def _children(tree: MerkleTree, lo: int, hi: int) -> tuple[bytes, bytes]:
+    """The two children of the node of positional `tree` over positions [lo, hi) (a power of two, >= 2)."""
+    height = (hi - lo).bit_length() - 2  # the children's level (0: leaves)
+    i = lo >> height
+    return tree.layers[height][i], tree.layers[height][i + 1]
+
+
 def choose(truth: Truth, g: GameState) -> bool:
     """True to dispute the right half: the half whose claimed sum is not the true one (the left
-    one when both are wrong; the right one when the left is right)."""
+    one when both are wrong; the right one when the left is right). In a model walk, the child
+    whose opened hash is not the true model's (the left one when both differ)."""
+    if g.kind == R.Game.MODEL:
+        return _children(truth.model_tree(g.round, expected=True), g.lo, g.hi)[0] == g.left
     left, _ = pending_split(g)
     mid = (g.lo + g.hi) // 2
     if g.kind == R.Game.AGGREGATE:

@@ -100,7 +100,7 @@ class Provider(DataRole):
         :meth:`advertise` and :meth:`share` first and :meth:`unmask` after the aggregator
         names the survivors."""
         spec = self.inspect(job_id)
-        next_round, q_global = global_model(self.dep, self.store, spec, job_id)
+        next_round, q_global = global_model(self.dep, self.store, spec, job_id, self.mailbox)
         if next_round != round_:
             raise FedMarketError(f"job {job_id} is at round {next_round}, not {round_}")
         if not self.selected(job_id, round_):

@@ -164,12 +164,17 @@ def _validator_delta(v: str, rounds, consensus: list[dict[str, int]], by_round: 
 
 
 def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpec, reveals: dict[int, list[str]],
-                    basis: int | None = None) -> dict:
+                    basis: int | None = None, members_of=None) -> dict:
     """The job's rewards document: every leaf, the totals, and the inputs they came from. The
     basis is the scores basis when the job can have one and every round has counted reveals,
-    else the weight basis (or `basis` if given)."""
+    else the weight basis (or `basis` if given). Each round's (provider, weight) updates come from
+    its metrics document, or from `members_of(round)` if given (an auditor that re-derives
+    withheld rounds)."""
     rounds = committed_rounds(dep, job_id)
-    docs = [fetch_metrics(store, c) for c in rounds]
+    if members_of is None:
+        docs = [fetch_metrics(store, c) for c in rounds]
+    else:
+        docs = [{"updates": [{"provider": p, "weight": w} for p, w in members_of(c.round)]} for c in rounds]
     mem = members(dep, job_id)
     stakes = joined_validators(dep, job_id)
     validators = [m.account for m in mem if m.role == R.Role.VALIDATOR]
