@@ -22,11 +22,13 @@ from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
 from .common import (
     CommittedRound,
+    ProtocolViolation,
     acknowledged,
     committed_rounds,
     epsilon_after_round,
     fetch_metrics,
     fetch_model,
+    global_model,
     hexbytes,
     load_spec,
     posted_receipts,
@@ -485,3 +487,24 @@ def _first_difference(posted: list[dict], expected: list[dict]) -> int | None:
         if any(str(a.get(k)) != str(b[k]) for k in keys):
             return int(b["index"])
     return None
+
+
+def training_model(dep: Deployment, store: BlobStore, spec: JobSpec, job_id: int, mailbox: Mailbox | None
+                   ) -> tuple[int, np.ndarray]:
+    """`common.global_model`, but a model the aggregator withholds is re-derived, given the job's
+    `mailbox`, from the updates the providers posted if they give its committed root: a
+    withholding aggregator does not stall the job. ProtocolViolation if they give another model
+    (a wrong round: anyone can prove it)."""
+    try:
+        return global_model(dep, store, spec, job_id)
+    except StorageUnreachable:
+        raise
+    except FedMarketError:
+        if mailbox is None:
+            raise
+    rounds = committed_rounds(dep, job_id)
+    last = rounds[-1]
+    model = Auditor(dep, store, mailbox).evidence(spec, job_id, last.round, rounds).model
+    if model is None:
+        raise ProtocolViolation(f"round {last.round}: the model is withheld, and the updates posted for it give another")
+    return last.round + 1, model

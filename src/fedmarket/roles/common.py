@@ -12,7 +12,7 @@ import numpy as np
 from eth_utils import to_checksum_address
 from multiformats import CID, multihash
 
-from ..errors import ChainError, FedMarketError, PrivacyBudgetExceeded, StorageError, StorageUnreachable
+from ..errors import ChainError, FedMarketError, PrivacyBudgetExceeded, StorageError
 from ..jobmodel import job_model
 from ..market import Deployment, JobState, JobTerms
 from ..protocol import rules as R
@@ -357,29 +357,13 @@ def fetch_model(store: BlobStore, spec: JobSpec, committed: CommittedRound) -> n
     return q
 
 
-def global_model(dep: Deployment, store: BlobStore, spec: JobSpec, job_id: int,
-                 mailbox: Mailbox | None = None) -> tuple[int, np.ndarray]:
-    """(next round number, quantized global model to train from). Round 0 starts from zeros.
-    Given the job's `mailbox`, a model the aggregator withholds is re-derived from the updates the
-    providers posted, if they give its committed root: a withholding aggregator does not stall
-    the job. ProtocolViolation if they give another model (a wrong round: anyone can prove it)."""
+def global_model(dep: Deployment, store: BlobStore, spec: JobSpec, job_id: int) -> tuple[int, np.ndarray]:
+    """(next round number, quantized global model to train from). Round 0 starts from zeros."""
     rounds = committed_rounds(dep, job_id)
     if not rounds:
         return 0, np.zeros(spec.n_params, dtype=np.int64)
     last = rounds[-1]
-    try:
-        return last.round + 1, fetch_model(store, spec, last)
-    except StorageUnreachable:
-        raise
-    except FedMarketError:
-        if mailbox is None:
-            raise
-    from .auditor import Auditor
-
-    model = Auditor(dep, store, mailbox).evidence(spec, job_id, last.round, rounds).model
-    if model is None:
-        raise ProtocolViolation(f"round {last.round}: the model is withheld, and the updates posted for it give another")
-    return last.round + 1, model
+    return last.round + 1, fetch_model(store, spec, last)
 
 
 def epsilon_after_round(spec: JobSpec, round_: int) -> int:

@@ -22,7 +22,8 @@ from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
 from . import sealed as sl
 from . import secure_round as sr
-from .common import DataRole, ProtocolViolation, check_funds, claim_reward, global_model, reward_leaf, round_topic
+from .auditor import training_model
+from .common import DataRole, ProtocolViolation, check_funds, claim_reward, reward_leaf, round_topic
 
 
 def training_seed(provider: str, job_id: int, round_: int) -> int:
@@ -100,7 +101,7 @@ class Provider(DataRole):
         :meth:`advertise` and :meth:`share` first and :meth:`unmask` after the aggregator
         names the survivors."""
         spec = self.inspect(job_id)
-        next_round, q_global = global_model(self.dep, self.store, spec, job_id, self.mailbox)
+        next_round, q_global = training_model(self.dep, self.store, spec, job_id, self.mailbox)
         if next_round != round_:
             raise FedMarketError(f"job {job_id} is at round {next_round}, not {round_}")
         if not self.selected(job_id, round_):

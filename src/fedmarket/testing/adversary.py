@@ -578,8 +578,8 @@ class FalseChallenger:
                                                    sender=self.account)
         return None
 
-    def check(self, job_id, verified=None):
-        found = super().check(job_id)
+    def check(self, job_id, verified=None, mailbox=None):
+        found = super().check(job_id, mailbox=mailbox)
         if found is not None or getattr(self, "_false_done", False) or self.kind not in ("aggregate", "leaf"):
             return found
         self._false_done = True
