@@ -185,13 +185,14 @@ def _open_round_game(
     else:
         assert target < n_chunks, "arbiter: no such chunk"
     gid: uint256 = game._open(job_id, kind, round, target, aggregator, params)
-    game.games[gid].hi = data.count
     if kind == C.GAME_MODEL:
         game.games[gid].hi = 1 << leaves._depth(n_chunks)
         game.games[gid].claim = data.model_root
-    if kind == C.GAME_LEAF:
+    elif kind == C.GAME_LEAF:
         game.games[gid].lo = target
         game.games[gid].hi = target + 1
+    else:
+        game.games[gid].hi = data.count
     game.games[gid].subject = commitment
     game.games[gid].seed = seed
     if round > 0 and kind != C.GAME_LEAF:  # a leaf game needs no previous model

@@ -41,6 +41,14 @@ def contracts_total(sim) -> int:
     return sim.total() + dep.balance(dep.model_market.address) + dep.balance(dep.usage_rollup.address)
 
 
+def funded_callers(sim, server, funds: dict) -> list[ModelCaller]:
+    """A caller of `server` for each account, its tab funded with the amount given."""
+    callers = [ModelCaller(sim.dep, account, sim.job, server.address) for account in funds]
+    for caller, amount in zip(callers, funds.values()):
+        caller.fund(amount)
+    return callers
+
+
 def test_nobody_but_the_rollup_pays_a_model_with_shares_of_its_choosing(listed):
     sim, _ = listed
     mm, stranger = sim.dep.model_market, sim.c.stranger
@@ -70,9 +78,7 @@ def test_a_server_and_its_sybil_cannot_charge_an_honest_tab_through_withheld_lea
     dep, ru, store = sim.dep, sim.dep.usage_rollup, sim.store
     honest, sybil = sim.c.stranger, sim.c.providers[-1]
     total = contracts_total(sim)
-    honest_c, sybil_c = (ModelCaller(dep, a, sim.job, server.address) for a in (honest, sybil))
-    honest_c.fund(10 * PRICE)
-    sybil_c.fund(PRICE)
+    honest_c, sybil_c = funded_callers(sim, server, {honest: 10 * PRICE, sybil: PRICE})
     row = list(sim.driver.cast.providers[0].X[0])
     server.answer(row, *honest_c.next_tab()[::2], spent=honest_c.tab_spent)
     # the sybil's one-query tab: its second query is refused at the server's own door
@@ -115,9 +121,7 @@ def test_a_server_withholding_its_final_leaves_cannot_lock_tabs_nor_a_caller_lie
     dep, ru, store = sim.dep, sim.dep.usage_rollup, sim.store
     honest, liar = sim.c.stranger, sim.c.providers[-1]
     total = contracts_total(sim)
-    honest_c, liar_c = (ModelCaller(dep, a, sim.job, server.address) for a in (honest, liar))
-    honest_c.fund(10 * PRICE)
-    liar_c.fund(10 * PRICE)
+    honest_c, liar_c = funded_callers(sim, server, {honest: 10 * PRICE, liar: 10 * PRICE})
     row = list(sim.driver.cast.providers[0].X[0])
     for c, n in ((honest_c, 3), (liar_c, 4)):
         for _ in range(n):

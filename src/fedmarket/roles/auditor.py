@@ -35,7 +35,7 @@ from .common import (
     posted_rewards,
     round_seed,
 )
-from .sealed import open_seal, seal_problem, seal_topic, sealed
+from .sealed import seal_messages, seal_problem, seal_topic, sealed
 
 
 @dataclass
@@ -249,8 +249,6 @@ class Auditor:
         none of them forms the committed root (an update nobody posted is in the round, or more
         than one acknowledged update is left out)."""
         r = committed.round
-        if self.mailbox is None:
-            raise FedMarketError(f"round {r}: the metrics document is withheld")
         if spec.rule == R.Rule.SECURE_SUM:
             raise FedMarketError(f"round {r}: a secure round's metrics document is withheld (its correction with it)")
         posted = posted_receipts(self.dep, self.mailbox, job_id, r)
@@ -295,14 +293,8 @@ class Auditor:
                             **({"salt": msg["salt"]} if "salt" in msg else {})} for key, sig, msg in subset]}
         if sealed(spec):
             aggregator = self.dep.job(job_id)["aggregator"]
-            authentic = []
-            for raw in self.mailbox.read(seal_topic(job_id, round_)):
-                try:
-                    msg = json.loads(raw)
-                    open_seal(self.dep, msg, job_id, round_, aggregator)
-                except (FedMarketError, ValueError):
-                    continue
-                authentic.append(msg)
+            raws = self.mailbox.read(seal_topic(job_id, round_))
+            authentic = [msg for msg, _ in seal_messages(self.dep, raws, job_id, round_, aggregator)]
             opened = [m for m in authentic if not seal_problem(self.dep, {**doc, "seal": m}, job_id, round_, aggregator)]
             if opened or authentic:
                 doc["seal"] = (opened or authentic)[0]

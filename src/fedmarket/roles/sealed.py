@@ -110,14 +110,22 @@ def open_seal(dep, msg: dict, job_id: int, round_: int, aggregator: str) -> dict
     return taken
 
 
+def seal_messages(dep, raws: Iterable[bytes], job_id: int, round_: int, aggregator: str) -> list[tuple[dict, dict[str, bytes]]]:
+    """(message, its commitments) of every authentic seal of the round among `raws`, in their order."""
+    out = []
+    for raw in raws:
+        try:
+            msg = json.loads(raw)
+            out.append((msg, open_seal(dep, msg, job_id, round_, aggregator)))
+        except (FedMarketError, ValueError):
+            continue
+    return out
+
+
 def seals(dep, raws: Iterable[bytes], job_id: int, round_: int, aggregator: str) -> list[dict[str, bytes]]:
     """Every distinct authentic seal of the round in the mailbox (more than one: the aggregator equivocated)."""
     out: list[dict[str, bytes]] = []
-    for raw in raws:
-        try:
-            taken = open_seal(dep, json.loads(raw), job_id, round_, aggregator)
-        except (FedMarketError, ValueError):
-            continue
+    for _, taken in seal_messages(dep, raws, job_id, round_, aggregator):
         if taken not in out:
             out.append(taken)
     return out
