@@ -122,7 +122,9 @@ def test_aggregator_killed_mid_job_resumes_without_resubmitting(local_job):
     selector = job.dep.market.abi.function("submit_round").selector.hex()
     with HoldingProxy(job.node_url, selector) as proxy:
         job.start_aggregator(rpc=proxy.url)
-        pending = job.wait(lambda: aggregator_journal(job).entries("pending"), 90, "a journaled submit_round", poll=0.01)
+        # the journal is written before the send: wait for the send to reach the network too
+        pending = job.wait(lambda: proxy.dropped >= 1 and aggregator_journal(job).entries("pending"), 90,
+                           "a journaled submit_round to be sent", poll=0.01)
         job.kill("aggregator")
     assert proxy.dropped >= 1 and len(pending) == 1 and job.committed() == done  # signed, never sent
     # third life: re-broadcasts those very bytes instead of signing a second submit_round
