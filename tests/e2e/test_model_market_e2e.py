@@ -147,7 +147,6 @@ def test_a_proof_is_made_only_for_a_paid_query_and_once_per_receipt(world, settl
     (The real EZKL prover runs in tests/integration/test_proven_answers_anvil.py; here `_prove`
     is slowed down to hold the race open.)"""
     import threading
-    import time
 
     from fedmarket.roles.server import QueryRefused
 
@@ -160,11 +159,11 @@ def test_a_proof_is_made_only_for_a_paid_query_and_once_per_receipt(world, settl
     with pytest.raises(QueryRefused, match="proves no answers"):  # no kit: not a proving server
         server.answer(list(ds.X[0]), *caller.next_receipt(), prove=True)
     caller.count = 0
-    started, proofs = threading.Event(), []
+    started, release, proofs = threading.Event(), threading.Event(), []
 
-    def slow_prove(x, cls):
+    def slow_prove(x, cls):  # proving until the test lets it end
         started.set()
-        time.sleep(1.0)
+        release.wait(30)
         proofs.append(cls)
         raise QueryRefused("stand-in prover")
 
@@ -186,8 +185,9 @@ def test_a_proof_is_made_only_for_a_paid_query_and_once_per_receipt(world, settl
 
     first = threading.Thread(target=ask)
     first.start()
-    started.wait(10)
+    assert started.wait(10)
     ask()  # the same receipt again, while the first proof runs
+    release.set()
     first.join()
     assert len(proofs) == 1
     assert any("being proven already" in e for e in errors)
