@@ -21,6 +21,7 @@ from fedmarket.protocol.encoding import address_key, decode_vector, encode_vecto
 from fedmarket.protocol.receipts import Misbehaviour, UpdateReceipt
 from fedmarket.roles import Aggregator, Provider
 from fedmarket.roles.aggregator import Update
+from fedmarket.roles.auditor import Auditor
 from fedmarket.roles.common import committed_rounds, epsilon_after_round, round_providers, round_topic
 from fedmarket.testing.adversary import (
     CorrectionFakingAggregator,
@@ -305,7 +306,6 @@ def test_withheld_right_rounds_are_not_disputed_nor_stall_the_job(make):
     each round from the model they re-derive, the watcher's re-derived updates give each committed
     model root, so it opens no game, and the job settles with every round full (the audit from
     the mailbox finds every round right; without it, the data is unavailable)."""
-    from fedmarket.roles.auditor import Auditor
 
     s = make(providers=3, rounds=3, aggregator_cls=WithholdingAggregator)
     s.run()
@@ -315,6 +315,25 @@ def test_withheld_right_rounds_are_not_disputed_nor_stall_the_job(make):
     assert not Auditor(s.dep, s.store).audit(s.job).ok  # without the mailbox: unavailable
     report = Auditor(s.dep, s.store, s.box).audit(s.job)
     assert report.ok, (report.rewards_problem, report.rounds)
+
+
+def test_unrederivable_withheld_round_costs_the_watcher_nothing(make):
+    """The aggregator withholds its round and a colluding provider's update lives only in the
+    aggregator's private store, so no watcher can re-derive the round (a known limit: such an
+    update is out of reach, as a poisoned one is). The attack on the watcher: lure it into games it
+    cannot win, or make its checks fail every step. It opens no game it could not play (its bond
+    stays its own), `check_rewards` answers instead of raising, and the job settles."""
+    s = make(providers=3, rounds=1, aggregator_cls=WithholdingAggregator)
+    s.providers[0].store = s.agg.store  # the colluder's blobs: the aggregator's private store only
+    watcher = s.c.watcher.address
+    before = s.dep.token.call("balanceOf", watcher)
+    s.run()
+    assert not s.dep.round_arbiter.events("GameOpened", job_id=s.job)
+    assert not s.dep.reward_arbiter.events("GameOpened", job_id=s.job)
+    assert s.state() == JobState.SETTLED
+    assert s.dep.token.call("balanceOf", watcher) == before
+    report = Auditor(s.dep, s.store, s.box).audit(s.job)
+    assert not report.ok and "unavailable" in report.rounds[0].problem  # the audit says what it could not check
 
 
 def test_fake_correction_rejected(make):

@@ -448,11 +448,16 @@ class Auditor:
         try:
             published = posted_rewards(self.dep, self.store, job_id)
             reveals = {int(r): list(cids) for r, cids in published.get("reveals", {}).items()}
-            rounds = committed_rounds(self.dep, job_id)
-            members_of = None if self.mailbox is None else (lambda r: self.members(job_id, r, rounds))
-            expected = reward_document(self.dep, self.store, job_id, spec, reveals, int(published["basis"]), members_of)
+            basis = int(published["basis"])
         except (FedMarketError, ValueError, TypeError, AttributeError, KeyError) as exc:
             report.rewards_ok, report.rewards_problem = False, f"the rewards document is missing or malformed: {exc}"
+            return
+        try:
+            rounds = committed_rounds(self.dep, job_id)
+            members_of = None if self.mailbox is None else (lambda r: self.members(job_id, r, rounds))
+            expected = reward_document(self.dep, self.store, job_id, spec, reveals, basis, members_of)
+        except (FedMarketError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            report.rewards_ok, report.rewards_problem = False, f"the rewards cannot be re-derived, round data unavailable: {exc}"
             return
         posted = self.dep.job(job_id)
         if reward_tree(expected["leaves"]).root != posted["reward_root"]:

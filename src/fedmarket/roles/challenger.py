@@ -14,11 +14,12 @@ from ..errors import ContractRevert, FedMarketError, StorageUnreachable
 from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
 from ..protocol.encoding import address_key
+from ..protocol.proofs import reward_tree
 from ..protocol.receipts import Attestation
 from ..storage import BlobStore, Mailbox
 from .auditor import Auditor, AuditReport
 from .common import acknowledged, committed_rounds, hex32, hexbytes, load_spec, posted_receipts, round_topic
-from .games import Truth, choose, job_games
+from .games import Truth, any_bad_leaf, choose, job_games
 
 
 class Challenger:
@@ -74,23 +75,49 @@ class Challenger:
 
     def check_rewards(self, job_id: int) -> Receipt | None:
         """Open a game on a posted reward root that breaks the reward rule: a value game on the first
-        leaf whose value or activity is wrong (weight basis), else a sum game. None if it is right."""
+        leaf whose value or activity is wrong (weight basis), else a sum game. None if it is right,
+        or if no game could be won: a bond is not staked on what the challenger cannot prove (its
+        posted leaves sum right and each follows the rule, and the values cannot be re-derived
+        because a round's data is unavailable)."""
         job = self.dep.job(job_id)
         if job["state"] != JobState.FINALIZING or self._mine(job_id):
             return None
         spec = load_spec(self.dep, self.store, job_id)
         report = AuditReport(job_id, job["state"].name)
         self.auditor.check_rewards(report, spec, job_id)
-        if report.rewards_ok is not False:
+        if report.rewards_ok is True:
+            return None
+        truth = Truth(self.dep, self.store, job_id, self.auditor)
+        try:
+            opening = self._reward_game(truth, job)
+        except StorageUnreachable:
+            raise  # says nothing about the data: look again at the next step
+        except FedMarketError:
+            return None  # the posted rewards document is unavailable: nothing to play a game with
+        if opening is None:
             return None
         self._bond(job_id, self.dep.reward_arbiter)
-        truth = Truth(self.dep, self.store, job_id, self.auditor)
+        return self.dep.reward_arbiter.transact(*opening, sender=self.account)
+
+    @staticmethod
+    def _reward_game(truth: Truth, job: dict) -> tuple | None:
+        """The game that proves the posted reward root wrong: (function, job, *args), or None."""
         leaves, _ = truth.rewards()
         if int(job["basis"]) == R.Basis.WEIGHT:
-            for leaf in leaves:
-                if [int(leaf["value"]), int(leaf["activity"])] != truth.value_claim(leaf["account"], 0, len(truth.rounds)):
-                    return self.dep.reward_arbiter.transact("challenge_value", job_id, int(leaf["index"]), sender=self.account)
-        return self.dep.reward_arbiter.transact("challenge_rewards", job_id, sender=self.account)
+            try:
+                for leaf in leaves:
+                    if [int(leaf["value"]), int(leaf["activity"])] != truth.value_claim(leaf["account"], 0, len(truth.rounds)):
+                        return ("challenge_value", truth.job_id, int(leaf["index"]))
+            except StorageUnreachable:
+                raise
+            except FedMarketError:
+                pass  # a round's data is unavailable: no value can be re-derived, the rule still can be
+        n_leaves = int(job["n_providers"]) + int(job["n_validators"]) + 1
+        totals = [int(job["value_total"]), int(job["reward_total"])]
+        unlike_root = len(leaves) != n_leaves or reward_tree(leaves).root != job["reward_root"]  # the poster must open the real ones
+        if unlike_root or truth.reward_sum_claim(0, n_leaves) != totals or any_bad_leaf(truth, 0, n_leaves):
+            return ("challenge_rewards", truth.job_id)
+        return None
 
     def play(self, job_id: int, now: int | None = None) -> list[Receipt]:
         """The challenger's move in each of its games waiting for one, and the end of every game of

@@ -309,15 +309,16 @@ def choose(truth: Truth, g: GameState) -> bool:
     elif g.kind == R.Game.REWARD_SUM:
         true_left = truth.reward_sum_claim(g.lo, mid)
         if list(left) == true_left:
-            return True if truth.reward_sum_claim(mid, g.hi) != list(pending_split(g)[1]) else _bad_leaf_right(truth, g, mid)
+            return True if truth.reward_sum_claim(mid, g.hi) != list(pending_split(g)[1]) else any_bad_leaf(truth, mid, g.hi)
     else:
         leaves, _ = truth.rewards()
         true_left = truth.value_claim(leaves[g.target]["account"], g.lo, mid)
     return list(left) == true_left
 
 
-def _bad_leaf_right(truth: Truth, g: GameState, mid: int) -> bool:
-    """Both halves sum right: head for a leaf that breaks the rule (on the right if there is one)."""
+def any_bad_leaf(truth: Truth, lo: int, hi: int) -> bool:
+    """Whether a posted reward leaf in [lo, hi) breaks the rule (out of order, or an amount or
+    value its member's role and stage do not allow): what a sum game ends on when the sums hold."""
     leaves, words = truth.rewards()
     pool_, vt, rounds = int(truth.dep.job(truth.job_id)["pool"]), int(truth.dep.job(truth.job_id)["value_total"]), len(truth.rounds)
     basis = int(truth.dep.job(truth.job_id)["basis"])
@@ -328,4 +329,4 @@ def _bad_leaf_right(truth: Truth, g: GameState, mid: int) -> bool:
         out_of_order = i > 0 and address_key(leaves[i - 1]["account"]) >= address_key(leaf["account"])
         return out_of_order or not R.leaf_ok(leaf, *words[leaf["account"]], basis, pool_, vt, rounds, fees=fees)
 
-    return any(bad(i) for i in range(mid, g.hi))
+    return any(bad(i) for i in range(lo, min(hi, len(leaves))))
