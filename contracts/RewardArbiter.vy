@@ -39,6 +39,7 @@ exports: (
 )
 
 
+# @dev Where a provider stands in a round's updates tree: its leaf, or the leaves around the gap.
 struct Presence:
     included: bool
     index: uint256

@@ -47,6 +47,7 @@ exports: (
 )
 
 
+# @dev One committed update, opened at its position, with the leaf before it (its order).
 struct UpdateOpening:
     index: uint256
     provider: address

@@ -62,13 +62,13 @@ struct Game:
     deadline: uint256
 
 
-# @dev One committed update, opened at its position, with the leaf before it (its order).
+# @dev One chunk of a committed vector, with its Merkle proof under the vector's root.
 struct ChunkOpening:
     values: DynArray[int256, C.MAX_CHUNK]
     proof: DynArray[bytes32, C.MAX_CHUNK_PROOF]
 
 
-# @dev Where a provider stands in a round's updates tree: its leaf, or the leaves around the gap.
+# @dev A game opened: who challenges whom over which round (and item), the bond, the first deadline.
 event GameOpened:
     game_id: indexed(uint256)
     job_id: indexed(uint256)
