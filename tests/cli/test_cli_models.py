@@ -92,3 +92,15 @@ def test_model_predict_refuses_what_it_cannot_read(tmp_path, capsys, table):
     (tmp_path / "m.npz").write_bytes(json.dumps({}).encode())
     rc, _, err = _run(capsys, "model", "predict", "--model", tmp_path / "m.npz", "--data", table)
     assert rc == 1 and "is not a fedmarket model file" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--server", "0xnot-an-address"], "--server: not an address"),
+    (["--server", "0x" + "11" * 20, "--declare", "-5"], "cannot be negative"),
+])
+def test_model_refund_refuses_bad_input_in_one_line(tmp_path, capsys, args, words):
+    contracts = tmp_path / "c.json"
+    contracts.write_text("{}")
+    rc, out, err = _run(capsys, "model", "refund", "1", "--rpc", "http://127.0.0.1:9", "--contracts", contracts,
+                        "--dev-account", "1", *args)
+    assert rc == 2 and words in err and len(err.strip().splitlines()) == 1 and out == "", err

@@ -253,11 +253,36 @@ def test_serve_on_anvil_settles_tabs_in_one_root_audited_by_command(node, tmp_pa
     assert gross // 5 - 4 <= owed <= gross // 5  # the server's share, rounded per period
     for acct in (who["treasury"], who["requester"], server):
         dep.model_market.transact("withdraw", sender=acct)
+    # the command-line buyer takes back the 8 queries' worth it did not spend: asked, not due, taken
+    refund = [*fm, "refund", str(job), "--server", server.address, *chain_args, "--store", str(tmp_path / "blobs"),
+              "--dev-account", "7"]
+    # and a caller whose server's leaves it cannot read asks by declaring what it spent (nothing here)
+    declarer = dev_account(8)
+    tabless = subprocess.run([*refund[:-1], "8"], capture_output=True, text=True, timeout=120)  # no tab yet
+    assert tabless.returncode != 0 and "has no tab at server" in tabless.stderr and "Traceback" not in tabless.stderr
+    fund(dep, who["deployer"], {declarer.address: TOKEN})
+    held = dep.balance(declarer.address)
+    ModelCaller(dep, declarer, job, server.address).fund(5 * PRICE)
+    runs = []
+    for i, advance in enumerate((0, 0, int(ru.call("REFUND_DELAY")) + 1)):
+        if advance:
+            chain.advance_time(advance)
+        runs.append(subprocess.run(refund, capture_output=True, text=True, timeout=120))
+        assert runs[-1].returncode == 0, runs[-1].stderr
+        if i == 0:
+            declared = subprocess.run([*refund[:-1], "8", "--declare", "0"], capture_output=True, text=True, timeout=120)
+            assert declared.returncode == 0 and "requested" in declared.stdout, declared.stderr
+    assert "requested" in runs[0].stdout and "due at" in runs[0].stdout
+    assert "refund requested already; due in" in runs[1].stdout
+    assert f"refunded {8 * PRICE} base units" in runs[2].stdout, runs[2].stdout
+    took = subprocess.run([*refund[:-1], "8"], capture_output=True, text=True, timeout=120)
+    assert took.returncode == 0 and f"refunded {5 * PRICE} base units" in took.stdout, took.stderr
+    assert dep.balance(declarer.address) == held
     delta = {a: dep.balance(a) - start[a] for a in watched}
     assert sum(delta.values()) == 0, "tokens appeared or vanished"
     assert delta[server.address] == -2 * STAKE + owed  # its answer stake and its rollup bond are held
-    assert delta[ru.address] == STAKE + 40 * PRICE - gross  # the bond and the unspent tabs
-    assert delta[cli_buyer.address] == -10 * PRICE and paid > 0
+    assert delta[ru.address] == STAKE + 32 * PRICE - gross  # the bond and the other callers' unspent tabs
+    assert delta[cli_buyer.address] == -2 * PRICE and paid > 0  # it paid for its two answers only
 
 
 def server_model_answers(dep, store, job: int, X) -> list[int]:

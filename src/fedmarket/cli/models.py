@@ -287,6 +287,60 @@ def model_buy(
     typer.echo(f"bought {what} on job {job} (tx {r.tx_hash})")
 
 
+@model_app.command("refund")
+def model_refund(
+    job: int = typer.Argument(..., help="The listed job."),
+    server: str = typer.Option(..., "--server", help="The server the tab pays (its address)."),
+    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
+    contracts: Path = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`."),
+    store: str = typer.Option("fedmarket-blobs", "--store", help="Blob store the server publishes its usage leaves to."),
+    declare: int = typer.Option(None, "--declare", help="Ask declaring you spent this much, in base units: the `spent` "
+                                                        "of the latest Tab you signed at the server (when its usage "
+                                                        "leaves are withheld)."),
+    account: str = typer.Option(None, "--account", help=SIGNER_HELP),
+    keystore: Path = typer.Option(None, "--keystore", help="Keystore directory (default ~/.fedmarket/keystore)."),
+    dev_account: int = typer.Option(None, "--dev-account", help=DEV_HELP),
+) -> None:
+    """Take back what you did not spend of a tab: the first run asks (the server then answers no
+    more queries on the tab, and the refund is due a day later); a run once it is due takes it."""
+    import time
+
+    from eth_utils import is_address, to_checksum_address
+
+    from ..chain import connect
+    from ..market import Deployment
+    from ..roles.tabs import declare_spent, refund_due, refund_tab, request_refund
+    from ..storage import open_store
+    from .account import load_signer
+
+    if not is_address(server):
+        raise ConfigError(f"--server: not an address: {server!r}")
+    if declare is not None and declare < 0:
+        raise ConfigError("--declare: the spending declared cannot be negative")
+    server = to_checksum_address(server)
+    dep = Deployment.attach(connect(rpc), read_addresses(contracts))
+    signer = load_signer(account, keystore, dev_account, dep.chain)
+    due = refund_due(dep, job, server, signer.address)
+    if due is None:
+        if declare is not None:
+            r = declare_spent(dep, signer, job, server, declare)
+        else:
+            r = request_refund(dep, signer, job, server)
+        due = refund_due(dep, job, server, signer.address)
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(due))
+        typer.echo(f"refund of the tab at {server} requested (tx {r.tx_hash}); due at {when}: run this again then")
+        return
+    if declare is not None:
+        raise ConfigError("a refund is already requested on this tab: take it once due (without --declare)")
+    now = max(dep.chain.timestamp(), int(time.time()))
+    if now < due:
+        typer.echo(f"refund requested already; due in {due - now} s (at "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(due))}): run this again then")
+        return
+    r = refund_tab(dep, signer, open_store(store), job, server)
+    typer.echo(f"refunded {r.event('TabRefunded')['amount']} base units of the tab at {server} (tx {r.tx_hash})")
+
+
 @model_app.command("query")
 def model_query(
     url: str = typer.Option(..., "--url", help="The model server (`fedmarket serve`), e.g. http://127.0.0.1:8750."),

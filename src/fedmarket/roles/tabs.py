@@ -462,6 +462,20 @@ def _audit_pending(dep: Deployment, account: Account, store: BlobStore, job_id: 
     return []
 
 
+def request_refund(dep: Deployment, account: Account, job_id: int, server: str):
+    """Ask for the unspent part of the tab at `server` back: the server answers no more queries on
+    it and posts its usage before the refund is due, `REFUND_DELAY` from now (`refund_tab` then)."""
+    if int(rollup_of(dep).call("tab", job_id, server, account.address)) == 0:
+        raise FedMarketError(f"{account.address} has no tab at server {server} on job {job_id}")
+    return rollup_of(dep).transact("request_refund", job_id, server, sender=account)
+
+
+def refund_due(dep: Deployment, job_id: int, server: str, caller: str) -> int | None:
+    """When `caller`'s refund request at `server` falls due (a unix time), or None if it made none."""
+    word = int(rollup_of(dep).call("refund_request", job_id, server, caller))
+    return word & (2**64 - 1) if word else None
+
+
 def declare_spent(dep: Deployment, account: Account, job_id: int, server: str, spent: int):
     """Ask for the tab back declaring `spent`, the most `account` signed at `server` (its latest
     Tab): for a caller that cannot open its place in the server's roots because their leaves are
