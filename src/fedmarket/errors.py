@@ -62,3 +62,12 @@ class ShareTampered(SecAggAbort):
 
 class KeystoreError(ConfigError):
     """An account keystore is missing, unreadable or corrupt, or its password is wrong."""
+
+
+class ModelOutOfRange(FedMarketError):
+    """A round's exact model leaves int64 (numpy would wrap where the chain's int256 does not):
+    no committed model can hold it. `index` is the first value out of range."""
+
+    def __init__(self, index: int):
+        super().__init__(f"the exact model leaves int64 at value {index}: no committed model can hold it")
+        self.index = index

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError, FedMarketError
+from ..errors import ConfigError, FedMarketError, ModelOutOfRange
+from ..fl.quantize import QMAX
 
 # ---- ids, states and bounds (contracts/modules/constants.vy; tests/protocol compare them) -----
 
@@ -32,6 +33,10 @@ MAX_VALIDATORS = 32
 MAX_CHUNK = 64
 MAX_PARAMS = 2**32
 MAX_WEIGHT = 2**32
+# The largest magnitude of a value of an unmasked update or of a round's delta: the fixed-point
+# range every honest update keeps (quantization refuses more). Within it no model leaves int64 in
+# MAX_ROUNDS rounds (10,000 * 2**47 < 2**63), where numpy's arithmetic and the chain's int256 agree.
+MAX_VALUE = QMAX
 MAX_AMOUNT = 2**128
 MAX_JOIN_WINDOW = 90 * 86_400
 MAX_ROUND_DURATION = 30 * 86_400
@@ -126,6 +131,26 @@ def ring_sum(vectors: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarra
     for v in vectors:
         acc += np.asarray(v).view(np.uint64)
     return acc
+
+
+def values_problem(q: np.ndarray, what: str) -> str:
+    """'' if every value of `q` is within ±MAX_VALUE; else what is wrong. An aggregator takes no
+    update outside it (so its model never wraps in int64 while the chain's does not), and
+    validators reject a round that holds one."""
+    q = np.asarray(q)
+    if q.size and (int(q.max()) > MAX_VALUE or int(q.min()) < -MAX_VALUE):
+        return f"{what} has values outside ±2**47, the fixed-point range"
+    return ""
+
+
+def apply_delta(model: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """``model + delta`` exactly, as the chain adds them (in int256): ModelOutOfRange at the first
+    value whose sum leaves int64, where numpy would wrap."""
+    new = model + delta
+    wrapped = np.flatnonzero(((delta > 0) & (new < model)) | ((delta < 0) & (new > model)))
+    if wrapped.size:
+        raise ModelOutOfRange(int(wrapped[0]))
+    return new
 
 
 def secure_mean(masked: Sequence[np.ndarray], correction: np.ndarray, weights: Sequence[int]) -> np.ndarray:

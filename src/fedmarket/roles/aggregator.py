@@ -62,6 +62,9 @@ class Aggregator:
         self.store = store
         self.mailbox = mailbox
         self.defender = Defender(dep, account, store)
+        # a secure round's survivors, verified when their set was signed (job, round) -> updates:
+        # the round unmasks them even if a survivor withdraws its blob in between
+        self._survivors: dict[tuple[int, int], list[Update]] = {}
 
     @property
     def address(self) -> str:
@@ -134,8 +137,8 @@ class Aggregator:
                     raise FedMarketError(f"update of {upd.provider} does not open a commitment sealed before the reveals")
             except StorageUnreachable:  # the store is down: no reason to leave anyone out; retry later
                 raise
-            except (FedMarketError, ValueError, KeyError, TypeError) as exc:
-                rejected.append({"reason": str(exc)})
+            except (FedMarketError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+                rejected.append({"reason": str(exc)})  # anyone can post on the topic: a bad message is one reason
                 continue
             if upd.provider in accepted:
                 rejected.append({"provider": upd.provider, "reason": "second update in one round"})
@@ -160,9 +163,11 @@ class Aggregator:
     def _verify(self, raw: bytes, job_id: int, round_: int, spec: JobSpec, selected: set[str]) -> Update:
         """An update that passes every rule `RoundArbiter._check_update` enforces."""
         msg = json.loads(raw)
-        if msg["job_id"] != job_id or msg["round"] != round_:
+        if not isinstance(msg, dict) or msg.get("job_id") != job_id or msg.get("round") != round_:
             raise FedMarketError("receipt for another job or round")
-        weight = int(msg["weight"])
+        weight = msg["weight"]
+        if type(weight) is not int:  # not a float, a bool or a string that happens to convert
+            raise FedMarketError(f"weight must be an integer, got {weight!r}")
         if not 1 <= weight <= R.MAX_WEIGHT:
             raise FedMarketError(f"weight must be in [1, {R.MAX_WEIGHT}], got {weight}")
         if spec.unit_weights and weight != 1:
@@ -171,6 +176,13 @@ class Aggregator:
             raise FedMarketError(f"{why}: weight must be 1, got {weight}")
         root = bytes.fromhex(msg["update_root"].removeprefix("0x"))
         sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
+        if len(root) != 32:
+            raise FedMarketError(f"update root must be 32 bytes, got {len(root)}")
+        salt = b""
+        if sl.sealed(spec):  # it opens the provider's sealed commitment, which hashes a bytes32 salt
+            salt = bytes.fromhex(msg["salt"].removeprefix("0x")) if "salt" in msg else b""
+            if len(salt) != 32:
+                raise FedMarketError(f"a sealed round's update needs a 32-byte salt, got {len(salt)} bytes")
         signer = UpdateReceipt(job_id, round_, root, weight).signer(sig, self.dep.chain_id, self.dep.disputes.address)
         if signer != msg["provider"]:
             raise FedMarketError(f"receipt signed by {signer}, not by {msg['provider']}")
@@ -185,9 +197,12 @@ class Aggregator:
             raise
         except StorageError as exc:
             raise FedMarketError(f"update of {signer}: {exc}") from None
+        if not spec.privacy.secure:  # a masked update's values are uniform in int64: its sum is checked
+            problem = R.values_problem(q, f"update of {signer}")
+            if problem:
+                raise FedMarketError(problem)
         if vector_root(q, spec.quantization.chunk_size) != root:
             raise FedMarketError(f"update of {signer} does not match its signed root")
-        salt = bytes.fromhex(msg["salt"].removeprefix("0x")) if "salt" in msg else b""
         return Update(signer, msg["update_cid"], root, weight, sig, q, salt)
 
     def secure_survivors(self, job_id: int, round_: int) -> list[int]:
@@ -208,6 +223,7 @@ class Aggregator:
                 f"job {job_id} round {round_}: {len(survivors)} masked updates arrived, below the threshold of "
                 f"{cfg.min_survivors} survivors; round aborted, nothing committed"
             )
+        self._survivors[(job_id, round_)] = [u for u in updates if uid[u.provider] in shared]
         self.mailbox.post(sr.topic(job_id, round_, "survivors"),
                           sr.survivors_message(self.account.key, cfg.round_id, self.address, sorted(shared), survivors))
         return survivors
@@ -223,14 +239,21 @@ class Aggregator:
             raise SecAggAbort(f"job {job_id} round {round_}: no survivor set was posted")
         survivors = set(mine[0]["survivors"])
         uid = {p: i for i, p in enumerate(members)}
-        kept = [u for u in updates if uid[u.provider] in survivors]
+        # each survivor's masked update as verified when the survivor set was signed (a survivor
+        # cannot take it back by withdrawing its blob), else as collected now (after a restart)
+        known = {u.provider: u for u in (*updates, *self._survivors.pop((job_id, round_), []))}
+        kept = sorted((u for u in known.values() if uid[u.provider] in survivors), key=lambda u: address_key(u.provider))
         if len(kept) != len(survivors):
-            raise FedMarketError(f"job {job_id} round {round_}: a survivor's masked update is no longer available")
+            raise SecAggAbort(f"job {job_id} round {round_}: a survivor's masked update is no longer available")
         read = lambda phase: self.mailbox.read(sr.topic(job_id, round_, phase))  # noqa: E731
         transcript = sr.Transcript(read("keys"), list(mine[0]["shared"]), read("confirm"), read("unmask"))
         masked = {uid[u.provider]: u.q for u in kept}
         total = sr.unmasked_sum(cfg, members, transcript, masked)  # SecAggAbort / ShareTampered: nothing committed
-        return kept, sr.correction(masked, total), transcript.as_doc()
+        corr = sr.correction(masked, total)
+        problem = R.values_problem(R.secure_mean([u.q for u in kept], corr, [u.weight for u in kept]), "the unmasked mean")
+        if problem:  # a provider masked an update outside the range: the round would wrap the model
+            raise SecAggAbort(f"job {job_id} round {round_}: {problem}; round aborted, nothing committed")
+        return kept, corr, transcript.as_doc()
 
     def run_round(self, job_id: int, round_: int, collected: tuple[list[Update], list[dict]] | None = None) -> Receipt:
         """Aggregate the round's updates (exact integer arithmetic) and commit it in one transaction.
@@ -266,6 +289,10 @@ class Aggregator:
             aux_root = vector_root(corr, spec.quantization.chunk_size)
             attested = {"correction_cid": self.store.put(encode_vector(corr))}
         q_new = self.aggregate(spec, q_global, updates, corr)
+        # every update the round holds is published by the aggregator too (its canonical blob): a
+        # provider that withdraws its own after the round was collected cannot make it unavailable
+        published = [self.store.put(encode_vector(u.q)) for u in updates]
+        sealed = sl.sealed(spec)
         model_cid = self.store.put(encode_vector(q_new))
         model_root = vector_root(q_new, spec.quantization.chunk_size)
         metrics = {
@@ -278,13 +305,13 @@ class Aggregator:
             "total_weight": sum(u.weight for u in updates),
             "model_cid": model_cid,
             "updates": [
-                {"index": i, "provider": u.provider, "update_cid": u.update_cid, "update_root": "0x" + u.update_root.hex(),
-                 "weight": u.weight, "signature": "0x" + u.signature.hex(), **({"salt": "0x" + u.salt.hex()} if u.salt else {})}
-                for i, u in enumerate(updates)
+                {"index": i, "provider": u.provider, "update_cid": cid, "update_root": "0x" + u.update_root.hex(),
+                 "weight": u.weight, "signature": "0x" + u.signature.hex(), **({"salt": "0x" + u.salt.hex()} if sealed else {})}
+                for i, (u, cid) in enumerate(zip(updates, published))
             ],
             "rejected": rejected,
         }
-        if sl.sealed(spec):
+        if sealed:
             metrics["seal"] = self.seal(job_id, round_, spec)  # the one posted (sealing again returns it)
         if secure is not None:
             metrics["secure"] = secure
@@ -308,7 +335,8 @@ class Aggregator:
         """The new global model: the previous one plus the job's rule over the round's updates (kept as is without any)."""
         if not updates:
             return q_global
-        return q_global + R.aggregate(spec.rule, [u.q for u in updates], [u.weight for u in updates], spec.trim, correction)
+        return R.apply_delta(q_global, R.aggregate(spec.rule, [u.q for u in updates], [u.weight for u in updates],
+                                                   spec.trim, correction))
 
     # ---- rewards and disputes -----------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..errors import FedMarketError, StorageUnreachable
+from ..errors import FedMarketError, ModelOutOfRange, StorageUnreachable
 from ..market import Deployment
 from ..protocol import rules as R
 from ..protocol.encoding import address_key, decode_vector, vector_root
@@ -347,7 +347,7 @@ class Auditor:
             return ev.prev_model
         delta = R.aggregate(spec.rule, [u.q for u in ev.updates], [u.weight for u in ev.updates], spec.trim,
                             ev.correction)
-        return ev.prev_model + delta
+        return R.apply_delta(ev.prev_model, delta)  # ModelOutOfRange where the exact model leaves int64
 
     def check_round(self, spec: JobSpec, job_id: int, committed: CommittedRound, rounds: list[CommittedRound] | None = None
                     ) -> tuple[RoundCheck, RoundEvidence | None]:
@@ -371,12 +371,23 @@ class Auditor:
                               "give a model of another root", model_withheld=True, count=c.count), ev
         try:
             expected = self.expected_model(spec, ev)
+        except ModelOutOfRange as exc:  # no int64 model is right there: the aggregate game proves it
+            return RoundCheck(c.round, False, str(exc), bad_chunk=exc.index // spec.quantization.chunk_size,
+                              count=c.count), ev
         except FedMarketError as exc:
             return RoundCheck(c.round, False, str(exc), bad_chunk=0, count=c.count), ev
         diff = np.flatnonzero(expected != ev.model)
         if diff.size:
             chunk = int(diff[0]) // spec.quantization.chunk_size
             return RoundCheck(c.round, False, f"wrong aggregate ({diff.size} values differ)", bad_chunk=chunk, count=c.count), ev
+        # an update (or a secure round's mean) outside the fixed-point range: no honest aggregator
+        # takes it, and validators reject the round (the chain has no such bound to prove)
+        ranged = [(u.q, f"update of {u.provider}") for u in ev.updates] if not spec.privacy.secure else \
+            [(expected - ev.prev_model, "the round's unmasked mean")] if ev.updates else []
+        for q, what in ranged:
+            problem = R.values_problem(q, what)
+            if problem:
+                return RoundCheck(c.round, False, problem, count=c.count), ev
         if ev.correction is not None:
             problem = self._check_attested(spec, ev) if spec.attested else self._check_unmasking(spec, job_id, ev)
             if problem:

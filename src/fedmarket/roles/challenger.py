@@ -43,7 +43,7 @@ class Challenger:
     def check(self, job_id: int, verified: set[int] | None = None, mailbox: Mailbox | None = None) -> Receipt | None:
         """Recompute every committed round in order; at the first provable fault open the game that
         proves it (an invalid leaf, else the first wrong chunk) and return the receipt. None when
-        every round is right, the fault is one only validators can judge, or a game is already open.
+        every round is right or holds a fault only validators can judge, or a game is already open.
         Rounds in `verified` are skipped, and every round found right is added to it (a process
         watching a job recomputes each round once). Given the job's `mailbox` (kept for the games
         that follow), a round whose data the aggregator withholds is re-derived from what the
@@ -59,8 +59,10 @@ class Challenger:
             if found.ok:
                 verified.add(committed.round)
                 continue
-            if self._mine(job_id) or (found.bad_leaf is None and found.bad_chunk is None and not found.model_withheld):
+            if self._mine(job_id):
                 return None
+            if found.bad_leaf is None and found.bad_chunk is None and not found.model_withheld:
+                continue  # only validators judge this round's fault: a later round may hold a provable one
             self._bond(job_id, self.dep.round_arbiter)
             data, proof, prev, prev_proof = truth.round_args(committed.round)
             if found.bad_leaf is not None:

@@ -46,7 +46,10 @@ def sealed(spec: JobSpec) -> bool:
 
 def commitment(provider: str, update_root: bytes, weight: int, salt: bytes) -> bytes:
     """keccak(abi.encode(provider, update_root, weight, salt)): binds the update to its provider,
-    so nobody can post another's commitment as its own."""
+    so nobody can post another's commitment as its own. The salt is exactly 32 bytes (FedMarketError
+    otherwise: a shorter one would be padded, so two salts could open one commitment)."""
+    if len(salt) != 32:
+        raise FedMarketError(f"a commitment's salt is 32 bytes, got {len(salt)}")
     return keccak(eth_abi.encode(["address", "bytes32", "uint256", "bytes32"], [provider, update_root, int(weight), salt]))
 
 
@@ -146,6 +149,8 @@ def seal_problem(dep, doc: dict, job_id: int, round_: int, aggregator: str) -> s
             root = bytes.fromhex(u["update_root"].removeprefix("0x"))
         except (KeyError, ValueError, AttributeError):
             return f"update of {u.get('provider')} carries no salt"
+        if len(salt) != 32:
+            return f"update of {u.get('provider')} carries a salt of {len(salt)} bytes, not 32"
         if taken.get(u["provider"]) != commitment(u["provider"], root, int(u["weight"]), salt):
             return f"update of {u['provider']} does not open its sealed commitment"
     return ""
