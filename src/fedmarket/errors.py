@@ -71,3 +71,9 @@ class ModelOutOfRange(FedMarketError):
     def __init__(self, index: int):
         super().__init__(f"the exact model leaves int64 at value {index}: no committed model can hold it")
         self.index = index
+
+
+class MalformedMessage(FedMarketError, ValueError):
+    """A message or document read from the mailbox or the content store (anyone writes there)
+    that is not well-formed JSON of bounded size and depth with finite numbers, or whose
+    signature recovers no key. Handled as any bad input: that one message is dropped."""

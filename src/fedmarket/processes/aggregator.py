@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -186,8 +185,8 @@ class AggregatorProcess(RoleProcess):
         waited = time.monotonic() - opened
         # a provider that dropped makes the others wait out a phase (keys, shares; then confirmations)
         patience = self.collect_timeout + 2 * sr.phase_timeout(self.dep.job(job_id)["round_duration"])
-        posted = self.mailbox.read(sr.topic(job_id, r, "survivors"))
-        if not posted:
+        posted = self.aggregator.own_survivors(job_id, r)  # its own set: anyone can post on the topic
+        if posted is None:
             shared = self._senders(sr.topic(job_id, r, "shares"))
             if not shared or (not self._senders(round_topic(job_id, r)).issuperset(shared) and waited < patience):
                 if not shared and waited >= patience:
@@ -202,8 +201,7 @@ class AggregatorProcess(RoleProcess):
             self._opened[r] = time.monotonic()  # the unmasking's window starts now
             self.say(f"round {r}: {len(survivors)} survivors signed; waiting for their confirmations and answers")
             return
-        n_survivors = max(len(json.loads(json.loads(raw)["signed"]).get("survivors", [])) for raw in posted)
-        if len(self._senders(sr.topic(job_id, r, "unmask"))) < n_survivors and waited < patience:
+        if len(self._senders(sr.topic(job_id, r, "unmask"))) < len(posted["survivors"]) and waited < patience:
             return
         self._commit(job_id, r, waited)
 

@@ -26,6 +26,7 @@ from ..chain.rpc_backend import RpcChain
 from ..errors import ChainError, FedMarketError, StorageError
 from ..market import Deployment, JobState
 from ..memory import Trimmer
+from ..protocol.encoding import BAD_INPUT
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -223,7 +224,7 @@ class RoleProcess:
             self.done = True
         except Fatal:
             raise
-        except (FedMarketError, OSError, ValueError, KeyError, TypeError) as exc:
+        except (FedMarketError, OSError, *BAD_INPUT) as exc:  # a message anyone posted never ends a role
             msg = f"{type(exc).__name__}: {exc}"
             if msg != self._last_error:
                 self.say(f"step failed, will retry: {msg}")

@@ -7,9 +7,10 @@ import struct
 from typing import Any
 
 import eth_abi
+import eth_abi.exceptions
 import numpy as np
 
-from ..errors import StorageError
+from ..errors import MalformedMessage, StorageError
 from .keccak import keccak
 from .merkle import MerkleTree
 
@@ -167,6 +168,52 @@ def decode_vector(blob: bytes, expected_size: int | None = None) -> np.ndarray:
     if expected_size is not None and n != expected_size:
         raise StorageError(f"vector has {n} entries, expected {expected_size}")
     return np.frombuffer(blob, dtype=f">i{width}", offset=header).astype(np.int64)
+
+
+# What a reader of one untrusted message catches to drop it (and only it): every error that parsing,
+# hex, int conversion or ABI encoding raises on a field of the wrong type or size.
+BAD_INPUT = (ValueError, KeyError, TypeError, AttributeError, OverflowError, IndexError,
+             eth_abi.exceptions.EncodingError)
+MAX_UNTRUSTED_BYTES = 256 * 2**20  # a metrics or rewards document of a large job is a few MB
+MAX_UNTRUSTED_DEPTH = 64  # our documents nest a few levels
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise MalformedMessage(f"number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(name: str):
+    raise MalformedMessage(f"{name} is not a JSON number")
+
+
+def untrusted_json(raw: bytes | str) -> Any:
+    """JSON from the mailbox or the content store, where anyone writes: MalformedMessage (a
+    FedMarketError and a ValueError, so every reader's handler takes it) for bytes that are not
+    JSON, a document past MAX_UNTRUSTED_BYTES, nesting past MAX_UNTRUSTED_DEPTH (deep enough
+    nesting overflows the C stack once a library raised the recursion limit: a crash no `except`
+    catches), or a number that is not finite (`Infinity`, `NaN`, `1e400`, which `int()` cannot
+    take)."""
+    import sys
+    import traceback
+
+    if len(raw) > MAX_UNTRUSTED_BYTES:
+        raise MalformedMessage(f"document of {len(raw)} bytes is over the {MAX_UNTRUSTED_BYTES}-byte limit")
+    depth = sum(1 for _ in traceback.walk_stack(None))  # the frames above this call
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(depth + MAX_UNTRUSTED_DEPTH + 50)  # the C decoder recurses once per level
+    try:
+        return json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:
+        raise MalformedMessage(f"document nests deeper than {MAX_UNTRUSTED_DEPTH} levels") from None
+    except MalformedMessage:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MalformedMessage(f"not JSON: {exc}") from None
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def canonical_json(doc: Any) -> bytes:

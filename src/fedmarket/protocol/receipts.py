@@ -10,6 +10,7 @@ from dataclasses import fields, make_dataclass
 from eth_keys.datatypes import Signature as KeySignature
 from eth_utils import to_checksum_address
 
+from ..errors import MalformedMessage
 from .ecdsa import SECP256K1_N, sign_hash
 from .keccak import keccak
 
@@ -100,8 +101,11 @@ class _Typed:
         high-s twin recovers the same key off chain but reverts on chain, so a party that took one
         could be made to fail (or be slashed) when it shows the statement there."""
         check_canonical(signature)
-        sig = KeySignature(signature_bytes=bytes(signature[:64]) + bytes([signature[64] - 27]))
-        return sig.recover_public_key_from_msg_hash(self.eip712_digest(chain_id, verifier)).to_checksum_address()
+        try:
+            sig = KeySignature(signature_bytes=bytes(signature[:64]) + bytes([signature[64] - 27]))
+            return sig.recover_public_key_from_msg_hash(self.eip712_digest(chain_id, verifier)).to_checksum_address()
+        except Exception:  # noqa: BLE001 - eth_keys raises BadSignature (no ValueError) for r, s that recover no key
+            raise MalformedMessage("the signature recovers no key") from None
 
 
 def check_canonical(signature: bytes) -> None:
@@ -148,6 +152,11 @@ Misbehaviour = _statement(
 RewardsApproval = _statement(
     "RewardsApproval", "Rewards", "A validator's approval of the scores-basis reward statement it re-derived (Disputes.approve_rewards).",
     ("job_id", int), ("reward_root", bytes), ("reward_total", int), ("value_total", int), ("gate_met", bool))
+ScoresReveal = _statement(
+    "ScoresReveal", "ScoresReveal", "A validator's reveal of a round's scores document: keccak of the document without its "
+    "signature. Its scores are bound by the root the validator attested; its accuracy and flags by this signature alone "
+    "(checked off chain, settlement.verified_reveals), so nobody else can reveal in its name.",
+    ("job_id", int), ("round", int), ("document", bytes))
 
 Usage = _statement(
     "Usage", "Usage", "A caller's cumulative count of queries at one server, signed per query (ModelMarket.settle_usage); "

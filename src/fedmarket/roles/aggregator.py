@@ -13,7 +13,15 @@ from ..errors import FedMarketError, SecAggAbort, ShareTampered, StorageError, S
 from ..jobmodel import job_model
 from ..market import Deployment
 from ..protocol import rules as R
-from ..protocol.encoding import address_key, canonical_json, decode_vector, encode_vector, vector_root
+from ..protocol.encoding import (
+    BAD_INPUT,
+    address_key,
+    canonical_json,
+    decode_vector,
+    encode_vector,
+    untrusted_json,
+    vector_root,
+)
 from ..protocol.proofs import updates_root
 from ..protocol.receipts import ReceiptAck, UpdateReceipt
 from ..spec import JobSpec
@@ -111,9 +119,9 @@ class Aggregator:
         """The seal this aggregator posted for the round, if any."""
         for raw in self.mailbox.read(sl.seal_topic(job_id, round_)):
             try:
-                msg = json.loads(raw)
+                msg = untrusted_json(raw)
                 sl.open_seal(self.dep, msg, job_id, round_, self.address)
-            except (FedMarketError, ValueError):
+            except (FedMarketError, *BAD_INPUT):
                 continue
             return msg
         return None
@@ -137,7 +145,7 @@ class Aggregator:
                     raise FedMarketError(f"update of {upd.provider} does not open a commitment sealed before the reveals")
             except StorageUnreachable:  # the store is down: no reason to leave anyone out; retry later
                 raise
-            except (FedMarketError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+            except (FedMarketError, *BAD_INPUT) as exc:
                 rejected.append({"reason": str(exc)})  # anyone can post on the topic: a bad message is one reason
                 continue
             if upd.provider in accepted:
@@ -162,7 +170,7 @@ class Aggregator:
 
     def _verify(self, raw: bytes, job_id: int, round_: int, spec: JobSpec, selected: set[str]) -> Update:
         """An update that passes every rule `RoundArbiter._check_update` enforces."""
-        msg = json.loads(raw)
+        msg = untrusted_json(raw)
         if not isinstance(msg, dict) or msg.get("job_id") != job_id or msg.get("round") != round_:
             raise FedMarketError("receipt for another job or round")
         weight = msg["weight"]
@@ -228,15 +236,30 @@ class Aggregator:
                           sr.survivors_message(self.account.key, cfg.round_id, self.address, sorted(shared), survivors))
         return survivors
 
+    def own_survivors(self, job_id: int, round_: int, spec: JobSpec | None = None) -> dict | None:
+        """The survivor set this aggregator signed for a secure round, or None. Anyone can post on
+        the topic: a message that is not the aggregator's own, or is no message, is passed over."""
+        spec = spec or load_spec(self.dep, self.store, job_id)
+        members = sr.participants(self.dep, spec, job_id, round_)
+        cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
+        for raw in self.mailbox.read(sr.topic(job_id, round_, "survivors")):
+            try:
+                msg = sr.opened(raw, cfg.round_id, "survivors", "aggregator")
+            except FedMarketError:
+                continue
+            if msg.get("aggregator") == self.address and isinstance(msg.get("survivors"), list) \
+                    and isinstance(msg.get("shared"), list):
+                return msg
+        return None
+
     def _secure_round(self, job_id: int, round_: int, spec: JobSpec, updates: list[Update]) -> tuple[list[Update], np.ndarray, dict]:
         """Unmask a secure round: (its survivors' masked updates, the mask correction, the transcript document)."""
         members = sr.participants(self.dep, spec, job_id, round_)
         cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
-        mine = [sr.opened(raw, cfg.round_id, "survivors", "aggregator")
-                for raw in self.mailbox.read(sr.topic(job_id, round_, "survivors"))]
-        mine = [m for m in mine if m["aggregator"] == self.address]
-        if len(mine) != 1:  # too few masked updates for a survivor set (secure_survivors aborted)
+        mine = self.own_survivors(job_id, round_, spec)
+        if mine is None:  # too few masked updates for a survivor set (secure_survivors aborted)
             raise SecAggAbort(f"job {job_id} round {round_}: no survivor set was posted")
+        mine = [mine]
         survivors = set(mine[0]["survivors"])
         uid = {p: i for i, p in enumerate(members)}
         # each survivor's masked update as verified when the survivor set was signed (a survivor

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import FedMarketError, ModelOutOfRange, StorageUnreachable
 from ..market import Deployment
 from ..protocol import rules as R
-from ..protocol.encoding import address_key, decode_vector, vector_root
+from ..protocol.encoding import BAD_INPUT, address_key, decode_vector, untrusted_json, vector_root
 from ..protocol.merkle import MerkleTree
 from ..protocol.proofs import RoundUpdate, reward_tree, updates_root, updates_tree
 from ..protocol.receipts import UpdateReceipt
@@ -212,7 +212,7 @@ class Auditor:
             return fetch()
         except StorageUnreachable:
             raise
-        except (FedMarketError, KeyError, TypeError, ValueError):
+        except (FedMarketError, *BAD_INPUT):
             if self.mailbox is None:
                 raise
             return None
@@ -220,10 +220,10 @@ class Auditor:
     def _listed(self, spec: JobSpec, committed: CommittedRound, doc: dict) -> tuple[list[RoundUpdate], MerkleTree | None]:
         """The updates a metrics document lists, their blobs fetched, and their tree, which must be
         the committed one."""
+        if len(doc["updates"]) != committed.count:  # before fetching any: a padded list costs nothing to refuse
+            raise FedMarketError(f"metrics list {len(doc['updates'])} updates, the round committed {committed.count}")
         updates = [self._update(spec, e["provider"], e["update_root"], e["weight"], e["signature"], e["update_cid"])
                    for e in doc["updates"]]
-        if len(updates) != committed.count:
-            raise FedMarketError(f"metrics list {len(updates)} updates, the round committed {committed.count}")
         tree = updates_tree(updates)
         if (b"\x00" * 32 if tree is None else tree.root) != committed.updates_root:
             raise FedMarketError("the listed updates do not form the committed updates root")
@@ -359,7 +359,7 @@ class Auditor:
             ev = self.evidence(spec, job_id, c.round, rounds)
         except StorageUnreachable:  # the store did not answer: nothing is known of the data yet
             raise
-        except FedMarketError as exc:  # storage and protocol errors both derive from it
+        except (FedMarketError, *BAD_INPUT) as exc:  # storage and protocol errors, and documents anyone could write
             return RoundCheck(c.round, False, f"round data unavailable or inconsistent: {exc}", count=c.count), None
         n = int(self.dep.market.call("progress", job_id)["n_providers"])
         for i in range(len(ev.updates)):
@@ -426,7 +426,7 @@ class Auditor:
         cfg = sr.round_config(self.dep, spec, job_id, r, len(members))
         uid = {p: i for i, p in enumerate(members)}
         try:
-            transcript = sr.Transcript.from_doc(json.loads(self.store.get(doc["secure"]["transcript_cid"])))
+            transcript = sr.Transcript.from_doc(untrusted_json(self.store.get(doc["secure"]["transcript_cid"])))
             masked = {uid[u.provider]: u.q for u in ev.updates}
             total = sr.unmasked_sum(cfg, members, transcript, masked)
         except (FedMarketError, KeyError, ValueError, TypeError) as exc:

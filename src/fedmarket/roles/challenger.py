@@ -13,7 +13,7 @@ from ..chain import Account, Receipt
 from ..errors import ContractRevert, FedMarketError, StorageUnreachable
 from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
-from ..protocol.encoding import address_key
+from ..protocol.encoding import BAD_INPUT, address_key, untrusted_json
 from ..protocol.proofs import reward_tree
 from ..protocol.receipts import Attestation
 from ..storage import BlobStore, Mailbox
@@ -174,7 +174,7 @@ class Challenger:
     def _censored(self, truth: Truth, job_id: int, c, mailbox: Mailbox, aggregator: str):
         """An acknowledged (provider, root, weight) the round does not hold, with both signatures; or None."""
         try:
-            listed = json.loads(self.store.get(_metrics_cid(c)))["updates"]
+            listed = untrusted_json(self.store.get(_metrics_cid(c)))["updates"]
             included = {(to_checksum_address(e["provider"]), hex32(e["update_root"]), int(e["weight"])) for e in listed}
         except StorageUnreachable:
             return None  # the store did not answer: look again next time
@@ -233,14 +233,14 @@ def _metrics_cid(c) -> str:
 def _attestation(raw: bytes, job_id: int, round_: int, model_roots: set[bytes], chain_id: int, verifier: str):
     """(validator, (model root, scores root), signature) of a validly signed attestation message, or None."""
     try:
-        msg = json.loads(raw)
+        msg = untrusted_json(raw)
         if "round" in msg and int(msg["round"]) != round_:
             return None
         validator = to_checksum_address(msg["validator"])
         scores = hex32(msg["scores_root"])
         sig = hexbytes(msg["signature"])
         candidates = [hex32(msg["model_root"])] if msg.get("model_root") else sorted(model_roots)
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except BAD_INPUT:
         return None
     for model_root in candidates:
         try:

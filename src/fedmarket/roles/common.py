@@ -16,7 +16,7 @@ from ..errors import ChainError, FedMarketError, PrivacyBudgetExceeded, StorageE
 from ..jobmodel import job_model
 from ..market import Deployment, JobState, JobTerms
 from ..protocol import rules as R
-from ..protocol.encoding import address_key, decode_vector, round_commitment, vector_root
+from ..protocol.encoding import address_key, decode_vector, round_commitment, vector_root, untrusted_json
 from ..protocol.merkle import RoundAccumulator
 from ..protocol.receipts import ReceiptAck, UpdateReceipt
 from ..protocol.selection import select
@@ -47,16 +47,19 @@ def claimed_senders(raws: list[bytes], field: str = "provider") -> set[str]:
     out: set[str] = set()
     for raw in raws:
         try:
-            env = json.loads(raw)
-            body = json.loads(env["signed"]) if "signed" in env else env
+            env = untrusted_json(raw)
+            body = untrusted_json(env["signed"]) if "signed" in env else env
             out.add(body[field])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
     return out
 
 
 def hexbytes(value: str) -> bytes:
-    """Bytes of a hex string, with or without its 0x."""
+    """Bytes of a hex string, with or without its 0x; ValueError for anything else (a number, a
+    list: what a message from the mailbox may hold instead)."""
+    if not isinstance(value, str):
+        raise ValueError(f"not a hex string: {value!r:.40}")
     return bytes.fromhex(value.removeprefix("0x"))
 
 
@@ -74,7 +77,7 @@ def _signed_statement(raw: bytes, job_id: int, round_: int, chain_id: int, verif
     (`ack=True`, on its `-acks` topic); None if the message is malformed, for another job or round,
     or its signature unrecoverable."""
     try:
-        msg = json.loads(raw)
+        msg = untrusted_json(raw)
         if not ack and (int(msg["job_id"]) != job_id or int(msg["round"]) != round_):
             return None
         key = (to_checksum_address(msg["provider"]), hex32(msg["update_root"]), int(msg["weight"]))
@@ -338,7 +341,7 @@ def round_providers(dep: Deployment, spec: JobSpec, job_id: int, round_: int) ->
 def fetch_metrics(store: BlobStore, committed: CommittedRound) -> dict:
     raw = store.get(metrics_cid(committed.metrics_hash))
     try:
-        return json.loads(raw)
+        return untrusted_json(raw)
     except ValueError:
         raise StorageError(f"round {committed.round}: metrics blob is not JSON") from None
 
@@ -402,7 +405,7 @@ def _posted_reward_tree(dep: Deployment, store: BlobStore, job_id: int):
     cid = posted[-1]["rewards_cid"]
 
     def load():
-        doc = json.loads(store.get(cid))
+        doc = untrusted_json(store.get(cid))
         return doc, reward_tree(doc["leaves"])
 
     doc, tree = dep.remember(("rewards", cid), load)

@@ -31,6 +31,7 @@ from pathlib import Path
 import eth_abi
 from eth_utils import is_address, keccak, to_checksum_address
 
+from ..protocol.encoding import untrusted_json
 from ..chain.abi import ContractABI
 from ..errors import ContractRevert, FedMarketError
 from ..market import Deployment
@@ -82,7 +83,7 @@ def offers(box: Mailbox) -> list[dict]:
     out, seen = [], set()
     for raw in box.read(OFFER_TOPIC):
         try:
-            doc = json.loads(raw)
+            doc = untrusted_json(raw)
         except ValueError:
             continue
         if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in
@@ -151,7 +152,7 @@ def attestations(dep: Deployment, box: Mailbox, job_id: int, verifier: str) -> l
     seen: dict[str, bytes] = {}
     for raw in box.read(ATTEST_TOPIC):
         try:
-            doc = json.loads(raw)
+            doc = untrusted_json(raw)
             sig = bytes.fromhex(doc["signature"][2:])
             signer = statement.signer(sig, dep.chain_id, mm.address)
         except Exception:  # noqa: BLE001 - a malformed or foreign message is not an attestation

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 import eth_abi
 
 from ..errors import FedMarketError
-from ..protocol.encoding import address_key, canonical_json
+from ..protocol.encoding import BAD_INPUT, address_key, canonical_json, untrusted_json
 from ..protocol.keccak import keccak
 from ..protocol.receipts import CommitmentSeal, UpdateCommitment
 from ..spec import JobSpec
@@ -78,13 +78,13 @@ def commitments(dep, raws: Iterable[bytes], job_id: int, round_: int, selected: 
     out: dict[str, bytes] = {}
     for raw in raws:
         try:
-            msg = json.loads(raw)
+            msg = untrusted_json(raw)
             value = bytes.fromhex(msg["commitment"].removeprefix("0x"))
             sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
             if msg["job_id"] != job_id or msg["round"] != round_ or len(value) != 32:
                 continue
             signer = UpdateCommitment(job_id, round_, value).signer(sig, dep.chain_id, dep.disputes.address)
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except BAD_INPUT:
             continue
         if signer == msg.get("provider") and signer in selected and signer not in out:
             out[signer] = value
@@ -106,7 +106,7 @@ def open_seal(dep, msg: dict, job_id: int, round_: int, aggregator: str) -> dict
         sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
         ok = msg["job_id"] == job_id and msg["round"] == round_
         signer = CommitmentSeal(job_id, round_, seal_digest(taken)).signer(sig, dep.chain_id, dep.disputes.address)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except BAD_INPUT as exc:
         raise FedMarketError(f"malformed commitment seal: {exc}") from None
     if not ok or signer != aggregator:
         raise FedMarketError(f"commitment seal of round {round_} not signed by the aggregator {aggregator}")
@@ -118,7 +118,7 @@ def seal_messages(dep, raws: Iterable[bytes], job_id: int, round_: int, aggregat
     out = []
     for raw in raws:
         try:
-            msg = json.loads(raw)
+            msg = untrusted_json(raw)
             out.append((msg, open_seal(dep, msg, job_id, round_, aggregator)))
         except (FedMarketError, ValueError):
             continue

@@ -36,8 +36,8 @@ the sum as long as every survivor keeps a surviving honest neighbour (Bell et al
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+from typing import Any
 from dataclasses import dataclass
 
 import eth_abi
@@ -54,7 +54,7 @@ from ..privacy.secagg import (
     UnmaskResponse,
     neighbour_graph,
 )
-from ..protocol.encoding import canonical_json
+from ..protocol.encoding import BAD_INPUT, canonical_json, untrusted_json
 from ..protocol.rules import ring_sum
 from ..spec import JobSpec
 from .common import round_providers, round_seed, round_topic
@@ -141,14 +141,17 @@ def opened(raw: bytes, round_id: bytes, phase: str, signer_field: str) -> dict:
     from eth_account.messages import encode_defunct
 
     try:
-        env = json.loads(raw)
+        env = untrusted_json(raw)
         signed = env["signed"].encode()
+        msg = untrusted_json(signed)
+        bound = (msg.pop("round_id"), msg.pop("phase"))
+    except BAD_INPUT as exc:
+        raise FedMarketError(f"malformed secure-aggregation message: {exc}") from None
+    try:
         signer = EthAccount.recover_message(encode_defunct(primitive=keccak(signed)),
                                             signature=bytes.fromhex(env["signature"].removeprefix("0x")))
-        msg = json.loads(signed)
-        bound = (msg.pop("round_id"), msg.pop("phase"))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise FedMarketError(f"malformed secure-aggregation message: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - eth_account's errors for a signature recovering no key are no ValueError
+        raise FedMarketError(f"malformed secure-aggregation message: its signature recovers no key ({exc})") from None
     if bound != ("0x" + round_id.hex(), phase):
         raise FedMarketError(f"secure-aggregation message for another round or phase ({bound[1]}): replayed")
     if signer != msg.get(signer_field):
@@ -198,39 +201,53 @@ def by_uid(raws: list[bytes], members: list[str], round_id: bytes, phase: str) -
     for raw in raws:
         try:
             msg = opened(raw, round_id, phase, "provider")
-            uid = int(msg["uid"])
+            uid = msg["uid"]
         except (FedMarketError, KeyError, ValueError, TypeError):
             continue
-        if 0 <= uid < len(members) and members[uid] == msg["provider"]:
+        if type(uid) is int and 0 <= uid < len(members) and members[uid] == msg.get("provider"):
             if uid in out:
                 twice.add(uid)
             out[uid] = msg
     return {u: m for u, m in out.items() if u not in twice}
 
 
+def _parsed(by: dict[int, dict], parse) -> dict[int, Any]:
+    """`parse(uid, message)` of each provider's message; a provider whose (signed) message does not
+    parse is left out of the phase, as if it had dropped, rather than stopping the round."""
+    out = {}
+    for u, m in by.items():
+        try:
+            out[u] = parse(u, m)
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+            continue
+    return out
+
+
+def _uid(value) -> int:
+    if type(value) is not int:
+        raise TypeError(f"a uid is an integer, got {value!r}")
+    return value
+
+
 def advertised(raws: list[bytes], members: list[str], round_id: bytes) -> dict[int, AdvertiseKeys]:
-    return {
-        u: AdvertiseKeys(u, bytes.fromhex(m["c_pk"]), bytes.fromhex(m["s_pk"]), bytes.fromhex(m["b_commit"]))
-        for u, m in by_uid(raws, members, round_id, "keys").items()
-    }
+    return _parsed(by_uid(raws, members, round_id, "keys"), lambda u, m: AdvertiseKeys(
+        u, bytes.fromhex(m["c_pk"]), bytes.fromhex(m["s_pk"]), bytes.fromhex(m["b_commit"])))
 
 
 def share_lists(raws: list[bytes], members: list[str], round_id: bytes) -> dict[int, list[EncryptedShare]]:
-    return {u: [EncryptedShare(u, int(s["dst"]), bytes.fromhex(s["blob"])) for s in m["shares"]]
-            for u, m in by_uid(raws, members, round_id, "shares").items()}
+    return _parsed(by_uid(raws, members, round_id, "shares"),
+                   lambda u, m: [EncryptedShare(u, _uid(s["dst"]), bytes.fromhex(s["blob"])) for s in m["shares"]])
 
 
 def confirmations(raws: list[bytes], members: list[str], round_id: bytes) -> dict[int, frozenset[int]]:
     """The survivor set each provider signed in the consistency step."""
-    return {u: frozenset(int(v) for v in m["survivors"]) for u, m in by_uid(raws, members, round_id, "confirm").items()}
+    return _parsed(by_uid(raws, members, round_id, "confirm"), lambda u, m: frozenset(_uid(v) for v in m["survivors"]))
 
 
 def responses(raws: list[bytes], members: list[str], round_id: bytes) -> list[UnmaskResponse]:
-    return [
-        UnmaskResponse(u, {int(k): int(v, 16) for k, v in m["b_shares"].items()},
-                       {int(k): int(v, 16) for k, v in m["sk_shares"].items()})
-        for u, m in sorted(by_uid(raws, members, round_id, "unmask").items())
-    ]
+    parsed = _parsed(by_uid(raws, members, round_id, "unmask"), lambda u, m: UnmaskResponse(
+        u, {int(k): int(v, 16) for k, v in m["b_shares"].items()}, {int(k): int(v, 16) for k, v in m["sk_shares"].items()}))
+    return [parsed[u] for u in sorted(parsed)]
 
 
 def pinned(cfg: SecAggConfig, members: list[str], raws: list[bytes], survivors: frozenset[int]) -> frozenset[int]:
@@ -260,8 +277,19 @@ class Transcript:
     unmask: list[bytes]  # signed unmask responses
 
     def as_doc(self) -> dict:
-        return {"keys": [json.loads(k) for k in self.keys], "shared": sorted(self.shared),
-                "confirm": [json.loads(c) for c in self.confirm], "unmask": [json.loads(u) for u in self.unmask]}
+        """The transcript as a document; a message that is no JSON (junk anyone can post on a
+        phase's topic) is left out: re-deriving the correction reads only authentic messages."""
+        def docs(raws: list[bytes]) -> list:
+            out = []
+            for raw in raws:
+                try:
+                    out.append(untrusted_json(raw))
+                except ValueError:
+                    continue
+            return out
+
+        return {"keys": docs(self.keys), "shared": sorted(self.shared), "confirm": docs(self.confirm),
+                "unmask": docs(self.unmask)}
 
     @classmethod
     def from_doc(cls, doc: dict) -> Transcript:

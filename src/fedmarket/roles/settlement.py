@@ -25,16 +25,17 @@ which `RewardArbiter` enforces on chain:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from ..errors import FedMarketError
+from ..errors import FedMarketError, StorageError, StorageUnreachable
 from ..market import Deployment
 from ..protocol import rules as R
-from ..protocol.encoding import address_key
+from ..protocol.encoding import BAD_INPUT, address_key, canonical_json, untrusted_json
+from ..protocol.keccak import keccak
+from ..protocol.receipts import ScoresReveal
 from ..spec import JobSpec
 from ..storage import BlobStore
-from .common import committed_rounds, fetch_metrics, joined_providers, joined_validators, round_topic
+from .common import committed_rounds, fetch_metrics, hexbytes, joined_providers, joined_validators, round_topic
 
 SCORE_SCALE = 1_000_000  # scores are committed as integers: millionths of a utility point
 DEVIATION_TOLERANCE = 0.5
@@ -103,17 +104,25 @@ def verified_reveals(dep: Deployment, store: BlobStore, job_id: int, round_: int
     out: dict[str, Reveal] = {}
     for cid in cids:
         try:
-            doc = json.loads(store.get(cid))
+            doc = untrusted_json(store.get(cid))
             v = doc["validator"]
-            if doc["job_id"] != job_id or doc["round"] != round_ or v not in stakes or v in out:
+            if doc["job_id"] != job_id or doc["round"] != round_ or not isinstance(v, str) or v not in stakes or v in out:
+                continue
+            body = canonical_json({k: x for k, x in doc.items() if k != "signature"})
+            signer = ScoresReveal(job_id, round_, keccak(body)).signer(hexbytes(doc["signature"]), dep.chain_id,
+                                                                      dep.disputes.address)
+            if signer != v:  # its accuracy and flags are the validator's only if it signed them
                 continue
             scores = [(e["provider"], int(e["score"])) for e in doc["scores"]]
-            committed = dep.disputes.call("attestation_of", job_id, round_, v)
-            if committed == b"\x00" * 32 or scores_tree(scores).root != committed:
-                continue
-            out[v] = Reveal(v, stakes[v], dict(scores), tuple(doc.get("flagged", [])), int(doc["accuracy"]), cid)
-        except (FedMarketError, ValueError, KeyError, TypeError):
-            continue
+            root = scores_tree(scores).root
+            reveal = Reveal(v, stakes[v], dict(scores), tuple(doc.get("flagged", [])), int(doc["accuracy"]), cid)
+        except StorageUnreachable:
+            raise  # says nothing of the reveal: look again later
+        except (StorageError, *BAD_INPUT):
+            continue  # anyone can name a CID here: one that is no reveal is passed over
+        committed = dep.disputes.call("attestation_of", job_id, round_, v)
+        if committed != b"\x00" * 32 and root == committed:
+            out[v] = reveal
     return [out[v] for v in sorted(out, key=address_key)]
 
 
@@ -247,9 +256,11 @@ def mailbox_reveals(dep: Deployment, mailbox, job_id: int) -> dict[int, list[str
     for c in committed_rounds(dep, job_id):
         for raw in mailbox.read(round_topic(job_id, c.round) + "-reveals"):
             try:
-                reveals.setdefault(c.round, []).append(json.loads(raw)["scores_cid"])
-            except (ValueError, KeyError, TypeError):
+                cid = untrusted_json(raw)["scores_cid"]
+            except BAD_INPUT:
                 continue
+            if isinstance(cid, str):
+                reveals.setdefault(c.round, []).append(cid)
     return reveals
 
 
@@ -282,13 +293,13 @@ def submit_reward_approvals(dep: Deployment, mailbox, sender, job_id: int, state
     chosen: dict[str, bytes] = {}
     for raw in mailbox.read(rewards_topic(job_id)):
         try:
-            msg = json.loads(raw)
+            msg = untrusted_json(raw)
             if (msg["reward_root"] != "0x" + root.hex() or int(msg["reward_total"]) != total
                     or int(msg["value_total"]) != value_total or bool(msg["gate_met"]) != gate_met):
                 continue
             sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
             v = RewardsApproval(job_id, root, total, value_total, gate_met).signer(sig, dep.chain_id, dep.disputes.address)
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except BAD_INPUT:
             continue
         if v != msg.get("validator") or v in chosen:
             continue
@@ -308,8 +319,6 @@ def post_reward_root(dep: Deployment, store: BlobStore, mailbox, account, job_id
     `account`: the aggregator's last step, and, once the aggregator was slashed (a wrong root, or
     none in time), what any provider or validator of the job does so that the providers are paid.
     A scores-basis root goes with the validators' approvals of that very statement, submitted first."""
-    from ..protocol.encoding import canonical_json
-
     statement = statement_of(doc)
     cid = store.put(canonical_json(doc))
     if doc["basis"] == R.Basis.SCORES:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from eth_utils import to_checksum_address
 
+from ..protocol.encoding import untrusted_json
 from ..chain import Account
 from ..errors import ContractRevert, FedMarketError, StorageError
 from ..market import Deployment
@@ -78,7 +79,7 @@ def usage_doc(job_id: int, server: str, tree: UsageTree, signatures: dict[str, b
 def read_usage(store: BlobStore, cid: str) -> tuple[list[Leaf], list[bytes]]:
     """The leaves and signatures of a published root, in their published order (checked against
     the root by the reader, never trusted)."""
-    doc = json.loads(store.get(cid))
+    doc = untrusted_json(store.get(cid))
     leaves = [Leaf(c, int(q), int(s)) for c, q, s, _ in doc["leaves"]]
     return leaves, [bytes.fromhex(sig[2:]) for *_, sig in doc["leaves"]]
 

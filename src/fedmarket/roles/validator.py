@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
+from eth_utils import is_address
 
 from ..chain import Account, Receipt
 from ..errors import FedMarketError
@@ -12,12 +11,23 @@ from ..fl.quantize import dequantize
 from ..jobmodel import job_model
 from ..market import Deployment
 from ..protocol import rules as R
-from ..protocol.encoding import address_key, canonical_json
-from ..protocol.receipts import Attestation, Misbehaviour, Rejection
+from ..protocol.encoding import address_key, canonical_json, untrusted_json
+from ..protocol.keccak import keccak
+from ..protocol.receipts import Attestation, Misbehaviour, Rejection, ScoresReveal
 from ..scoring import score_round
 from ..storage import BlobStore, Mailbox
 from .auditor import Auditor
-from .common import DataRole, check_funds, claim_reward, committed_rounds, load_spec, round_accumulator, round_topic
+from .common import (
+    DataRole,
+    check_funds,
+    claim_reward,
+    committed_rounds,
+    hex32,
+    hexbytes,
+    load_spec,
+    round_accumulator,
+    round_topic,
+)
 from .sealed import conflicting_seal, sealed
 from .settlement import (
     SCORE_SCALE,
@@ -73,13 +83,18 @@ class Validator(DataRole):
         jm = job_model(spec, self.store)
         Xn = jm.features(self.X)
         scored = None
+        values = np.zeros(len(ev.updates))
         if len(ev.updates) >= 2 and not spec.privacy.secure:  # masked updates cannot be scored one by one
             deltas = dequantize(np.stack([u.q for u in ev.updates]))
-            scored = score_round(jm.model, jm.params(ev.prev_model), deltas, Xn, self.y, [u.weight for u in ev.updates],
-                                 seed=round_, metric="neg_loss")
-            values = scored.rewardable
-        else:
-            values = np.zeros(len(ev.updates))
+            try:
+                scored = score_round(jm.model, jm.params(ev.prev_model), deltas, Xn, self.y,
+                                     [u.weight for u in ev.updates], seed=round_, metric="neg_loss")
+                values = scored.rewardable
+            except (FedMarketError, ValueError, FloatingPointError, OverflowError):
+                # an update that makes the model's outputs non-finite (in range, but past what float32
+                # holds) leaves nothing to score: the round is right, so it is attested all the same
+                # (a vote always comes out of a review), with every score zero
+                scored = None
         scores = [(u.provider, score_units(v)) for u, v in zip(ev.updates, values)]
         if not scores:
             scores = [(self.address, 0)]  # an empty round: a scores tree needs a leaf
@@ -91,7 +106,7 @@ class Validator(DataRole):
             "method": scored.method if scored else ("masked: aggregate only" if spec.privacy.secure else "none"),
             "scores": [{"provider": p, "score": s} for p, s in scores],
             "flagged": flagged,
-            "accuracy": int(round(jm.accuracy(ev.model, self.X, self.y) * SCORE_SCALE)),
+            "accuracy": _accuracy_units(jm, ev.model, self.X, self.y),
             "scores_root": "0x" + root.hex(),
         }
         self._docs[(job_id, round_)] = doc
@@ -166,7 +181,10 @@ class Validator(DataRole):
             raise FedMarketError(f"job {job_id} round {round_} has no quorum yet: scores stay sealed")
         if "0x" + self.dep.disputes.call("attestation_of", job_id, round_, self.address).hex() != doc["scores_root"]:
             return None
-        cid = self.store.put(canonical_json(doc))
+        # signed: the root it attested binds the scores, not the accuracy and flags beside them
+        sig = ScoresReveal(job_id, round_, keccak(canonical_json(doc))).sign(self.account.key, self.dep.chain_id,
+                                                                             self.dep.disputes.address)
+        cid = self.store.put(canonical_json({**doc, "signature": "0x" + sig.hex()}))
         self.mailbox.post(round_topic(job_id, round_) + "-reveals", canonical_json({"validator": self.address, "scores_cid": cid}))
         return cid
 
@@ -194,12 +212,14 @@ def submit_misbehaviour(dep: Deployment, mailbox: Mailbox, sender: Account, job_
     by_provider: dict[str, dict[str, bytes]] = {}
     for raw in mailbox.read(misbehaviour_topic(job_id)):
         try:
-            msg = json.loads(raw)
-            sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
+            msg = untrusted_json(raw)
+            sig = hexbytes(msg["signature"])
+            if not is_address(msg["provider"]):
+                continue
             signer = Misbehaviour(job_id, msg["provider"]).signer(sig, dep.chain_id, dep.disputes.address)
-        except (ValueError, KeyError, TypeError):
-            continue
-        if signer == msg["validator"]:
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # anyone can post here: a message that is not a signed report is passed over
+        if signer == msg.get("validator"):
             by_provider.setdefault(msg["provider"], {})[signer] = sig
     total = int(dep.job(job_id)["validator_total_stake"])
     receipts = []
@@ -228,16 +248,16 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
     chosen: dict[str, dict] = {}
     for raw in mailbox.read(round_topic(job_id, round_) + "-attestations"):
         try:
-            msg = json.loads(raw)
+            msg = untrusted_json(raw)
             v = msg["validator"]
-            scores_root = bytes.fromhex(msg["scores_root"].removeprefix("0x"))
-            sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
+            scores_root = hex32(msg["scores_root"])
+            sig = hexbytes(msg["signature"])
+            if not isinstance(v, str) or v in chosen or (only is not None and v != only):
+                continue
+            if Attestation(job_id, round_, model_root, scores_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
+                continue
         except (ValueError, KeyError, TypeError, AttributeError):
-            continue
-        if v in chosen or (only is not None and v != only):
-            continue
-        if Attestation(job_id, round_, model_root, scores_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
-            continue
+            continue  # anyone can post here: a message that is not a signed attestation is passed over
         if dep.market.call("membership", job_id, v)[0] != R.Role.VALIDATOR:  # not (or no longer) a validator of the job
             continue
         if dep.disputes.call("attestation_of", job_id, round_, v) == b"\x00" * 32 and not dep.disputes.call("rejected", job_id, round_, v):
@@ -264,10 +284,10 @@ def submit_rejections(dep: Deployment, mailbox: Mailbox, sender: Account, job_id
     chosen: dict[str, bytes] = {}
     for raw in mailbox.read(round_topic(job_id, round_) + "-rejections"):
         try:
-            msg = json.loads(raw)
+            msg = untrusted_json(raw)
             v = msg["validator"]
-            sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
-            if only is not None and v != only:
+            sig = hexbytes(msg["signature"])
+            if not isinstance(v, str) or (only is not None and v != only):
                 continue
             if Rejection(job_id, round_, c.model_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
                 continue
@@ -284,3 +304,11 @@ def submit_rejections(dep: Deployment, mailbox: Mailbox, sender: Account, job_id
                                   ordered, [chosen[v] for v in ordered], sender=sender)]
 
 
+def _accuracy_units(jm, model: np.ndarray, X: np.ndarray, y: np.ndarray) -> int:
+    """The model's accuracy on the validator's data in score units; 0 for a model whose outputs are
+    not finite (what an update at the edge of the fixed-point range can make of a float32 network)."""
+    try:
+        acc = float(jm.accuracy(model, X, y))
+    except (FedMarketError, ValueError, FloatingPointError, OverflowError):
+        return 0
+    return int(round(acc * SCORE_SCALE)) if np.isfinite(acc) else 0

@@ -37,7 +37,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 from ..errors import ConfigError, FedMarketError, StorageError
-from ..protocol.encoding import canonical_json
+from ..protocol.encoding import canonical_json, untrusted_json
 from ..roles.common import committed_rounds, metrics_cid, round_topic
 from ..storage import BlobStore, Mailbox, cid_of, open_store
 
@@ -117,7 +117,7 @@ def file_update(store: BlobStore, mailbox, job_id: int, round_: int, record) -> 
     message, JSON) and ``record["blob"]`` (the update), which must be the content id the message
     names, for this job and round; signatures are checked when the aggregator collects. Returns
     the provider's address; raises (StorageError, FedMarketError, KeyError, ...) without filing."""
-    message, blob = json.loads(record["message"]), record["blob"]
+    message, blob = untrusted_json(record["message"]), record["blob"]
     if not isinstance(blob, bytes) or cid_of(blob) != message["update_cid"]:
         raise StorageError("update blob does not match the content id its signed message names")
     if message.get("job_id") != job_id or message.get("round") != round_:
@@ -161,7 +161,7 @@ def round_blobs(dep, store: BlobStore, job_id: int) -> list[bytes]:
     done = committed_rounds(dep, job_id)
     if done:
         metrics = store.get(metrics_cid(done[-1].metrics_hash))
-        blobs += [metrics, store.get(json.loads(metrics)["model_cid"])]
+        blobs += [metrics, store.get(untrusted_json(metrics)["model_cid"])]
     return blobs
 
 
@@ -308,7 +308,7 @@ def _answered(provider, job_id: int, r: int) -> dict | None:
     """This provider's signed message of round `r` if it already trained it (the ServerApp asks
     again after a SuperLink or aggregator restart): sent again, never trained twice."""
     for raw in provider.mailbox.read(round_topic(job_id, r)):
-        message = json.loads(raw)
+        message = untrusted_json(raw)
         if message.get("provider") == provider.address:
             return message
     return None
