@@ -130,3 +130,37 @@ def test_a_root_paying_an_idle_validator_is_slashed(chain, make):
     d = s.delta()
     assert d[s.validators[2].address] == 0
     assert all(d[v.address] == 2 * VAL_FEE for v in s.validators[:2])
+
+
+def test_a_validator_attesting_the_last_round_after_quorum_is_paid(make, tmp_path):
+    """Quorum needs two of three attestations. The aggregator's process used to stop submitting
+    there, and post the reward root as soon as it could: a third validator that attested in time,
+    but whose own submission waits out its grace, found the job finalizing (`attest` reverts) and
+    its fee for the round unpaid. The process puts every posted attestation of the last round on
+    chain before the root."""
+    from fedmarket.driver import RoundPlan
+    from fedmarket.processes.aggregator import AggregatorProcess
+    from fedmarket.roles.validator import submit_attestations
+
+    s = make(providers=3, validators=3, rounds=1, validator_fee=TOKEN)
+    s.open()
+    s.driver._train_and_commit(0, RoundPlan())
+    for v in s.validators:
+        assert "scores_root" in v.review(s.job, 0)  # all three attest in time, on the mailbox
+    v0, v1, late = s.validators
+    for v in (v0, v1):
+        submit_attestations(s.dep, s.box, s.agg.account, s.job, 0, only=v.address)
+    assert s.dep.disputes.call("has_quorum", s.job, 0)
+    for v in (v0, v1):
+        v.reveal(s.job, 0)
+    proc = AggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, tmp_path / "agg", reveal_timeout=0)
+    proc.safe_step()
+    assert s.dep.disputes.call("attestation_of", s.job, 0, late.address) != b"\x00" * 32
+    late.reveal(s.job, 0)
+    for _ in range(3):
+        for v in s.validators:
+            v.approve_rewards(s.job)
+        proc.safe_step()
+    assert s.state() == JobState.FINALIZING
+    s.settle_and_claim()
+    assert all(s.delta()[v.address] == TOKEN for v in s.validators)

@@ -243,6 +243,11 @@ class AggregatorProcess(RoleProcess):
     def _finish(self, job: dict) -> None:
         job_id = self.job_id
         if job["n_validators"] > 0:
+            # every attestation of the last round posted in time goes on chain before the root: once
+            # the job is finalizing no vote can land, and a validator's fee follows its on-chain vote
+            last = int(job["rounds"]) - 1
+            for receipt in submit_attestations(self.dep, self.mailbox, self.account, job_id, last):
+                self.say(f"round {last}: attestations beyond quorum submitted (tx {receipt.tx_hash})")
             opened = self._opened.setdefault(-1, time.monotonic())
             if not self._reveals_complete():
                 if time.monotonic() - opened < self.reveal_timeout:
