@@ -305,3 +305,44 @@ def test_a_provider_clientapp_signs_without_loading_eth_account():
             "print(sorted(m for m in sys.modules if m.startswith('eth_account')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text(alphabet='[]{}"\\ab,:\n\u00e9', max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=6), inner, max_size=4),
+    max_leaves=40,
+)
+
+
+def _depth(doc) -> int:
+    if isinstance(doc, list):
+        return 1 + max((_depth(x) for x in doc), default=0)
+    if isinstance(doc, dict):
+        return 1 + max((_depth(x) for x in doc.values()), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(doc=_JSON, spaced=st.booleans())
+def test_json_depth_counts_nesting_past_brackets_in_strings(doc, spaced):
+    """`untrusted_json` refuses a document by its depth before parsing it: the count must be the
+    parser's, whatever brackets, quotes and escapes its strings hold."""
+    import json
+
+    from fedmarket.protocol.encoding import json_depth
+
+    raw = json.dumps(doc, ensure_ascii=False, indent=1 if spaced else None).encode()
+    assert json_depth(raw) >= _depth(doc) and (json_depth(raw) == _depth(doc) or json_depth(raw) <= 64)
+
+
+def test_untrusted_json_refuses_what_could_crash_or_mislead_a_reader():
+    from fedmarket.errors import MalformedMessage
+    from fedmarket.protocol.encoding import MAX_UNTRUSTED_DEPTH, untrusted_json
+
+    assert untrusted_json(b"[" * MAX_UNTRUSTED_DEPTH + b"]" * MAX_UNTRUSTED_DEPTH) is not None
+    for raw, why in [(b"[" * 90_000 + b"]" * 90_000, "nests deeper"), (b'["]"' + b',["]"' * 80 + b"]" * 81, "nests deeper"),
+                     (b'{"w": Infinity}', "not a JSON number"), (b'{"w": NaN}', "not a JSON number"),
+                     (b'{"w": 1e400}', "out of range"), (b"\xff", "not JSON"), (b"", "not JSON")]:
+        with pytest.raises(MalformedMessage, match=why):
+            untrusted_json(raw)
+    assert isinstance(MalformedMessage("x"), ValueError)  # every reader's handler takes it

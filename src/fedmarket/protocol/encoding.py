@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any
 
@@ -189,31 +190,41 @@ def _no_constant(name: str):
     raise MalformedMessage(f"{name} is not a JSON number")
 
 
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep a JSON text nests (arrays and objects), counted without parsing it: its strings
+    removed, the running count of brackets opened less brackets closed."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_UNTRUSTED_DEPTH:
+        return raw.count(b"[") + raw.count(b"{")  # at most this deep: nothing to count
+    levels = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    return int(np.cumsum(_BRACKET[levels]).max()) if levels.size else 0
+
+
+_BRACKET = np.zeros(256, dtype=np.int32)
+_BRACKET[[ord("["), ord("{")]] = 1
+_BRACKET[[ord("]"), ord("}")]] = -1
+
+
 def untrusted_json(raw: bytes | str) -> Any:
     """JSON from the mailbox or the content store, where anyone writes: MalformedMessage (a
     FedMarketError and a ValueError, so every reader's handler takes it) for bytes that are not
-    JSON, a document past MAX_UNTRUSTED_BYTES, nesting past MAX_UNTRUSTED_DEPTH (deep enough
-    nesting overflows the C stack once a library raised the recursion limit: a crash no `except`
-    catches), or a number that is not finite (`Infinity`, `NaN`, `1e400`, which `int()` cannot
-    take)."""
-    import sys
-    import traceback
-
-    if len(raw) > MAX_UNTRUSTED_BYTES:
-        raise MalformedMessage(f"document of {len(raw)} bytes is over the {MAX_UNTRUSTED_BYTES}-byte limit")
-    depth = sum(1 for _ in traceback.walk_stack(None))  # the frames above this call
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(depth + MAX_UNTRUSTED_DEPTH + 50)  # the C decoder recurses once per level
+    JSON, a document past MAX_UNTRUSTED_BYTES, nesting past MAX_UNTRUSTED_DEPTH (counted before
+    parsing: deep enough nesting overflows the C stack once a library raised the recursion
+    limit, as eth_account's py_ecc does, a crash no `except` catches), or a number that is not
+    finite (`Infinity`, `NaN`, `1e400`, which `int()` cannot take)."""
+    data = raw.encode() if isinstance(raw, str) else bytes(raw)
+    if len(data) > MAX_UNTRUSTED_BYTES:
+        raise MalformedMessage(f"document of {len(data)} bytes is over the {MAX_UNTRUSTED_BYTES}-byte limit")
+    if json_depth(data) > MAX_UNTRUSTED_DEPTH:
+        raise MalformedMessage(f"document nests deeper than {MAX_UNTRUSTED_DEPTH} levels")
     try:
-        return json.loads(raw, parse_float=_finite, parse_constant=_no_constant)
-    except RecursionError:
-        raise MalformedMessage(f"document nests deeper than {MAX_UNTRUSTED_DEPTH} levels") from None
+        return json.loads(data, parse_float=_finite, parse_constant=_no_constant)
     except MalformedMessage:
         raise
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise MalformedMessage(f"not JSON: {exc}") from None
-    finally:
-        sys.setrecursionlimit(limit)
 
 
 def canonical_json(doc: Any) -> bytes:
