@@ -63,3 +63,35 @@ def test_misbehaviour_reports_need_the_job_and_provider_they_name(make):
     revert(s.dep.disputes.transact, "slash_provider", s.job, other, addrs, sigs, sender=s.c.stranger,
            match="bad signature")
     assert not s.slashed()
+
+
+class _Scaled(Provider):
+    """Trains honestly, then sends its update scaled by `factor`: still its own work, in its own
+    direction, and of a norm that sets the round's median when enough providers do the same."""
+
+    factor = 1.0
+
+    def _local_delta(self, spec, job_id, round_, q_global):
+        return super()._local_delta(spec, job_id, round_, q_global) * self.factor
+
+
+class _Inflating(_Scaled):
+    factor = 25.0
+
+
+class _Shrinking(_Scaled):
+    factor = 1 / 15
+
+
+def test_a_colluding_majority_cannot_get_an_honest_provider_slashed(make):
+    """Flags relative to the round's median norm are set by the round's other providers: two of
+    three inflating their updates made the honest one's look like the model sent back, two
+    shrinking theirs made it look boosted, and every honest validator reported it, so it lost its
+    whole stake to them. Only the model sent back (every value zero) is slashable now: the honest
+    provider keeps its stake either way (a relative flag may still cost it a round's pay)."""
+    for colluders in (_Inflating, _Shrinking):
+        s = make(providers=3, validators=3, rounds=2, provider_cls=[Provider, colluders, colluders])
+        s.run()
+        assert s.state() == JobState.SETTLED
+        assert s.providers[0].address not in s.slashed(), colluders.__name__
+        assert s.delta()[s.providers[0].address] >= 0

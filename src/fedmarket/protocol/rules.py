@@ -143,6 +143,14 @@ def values_problem(q: np.ndarray, what: str) -> str:
     return ""
 
 
+def sent_back(q: np.ndarray) -> bool:
+    """Whether an update is the model sent back (every value zero): what validators may slash a
+    provider for. It is absolute on purpose: a flag relative to the round (a norm far below or
+    above the median) is set by whoever else is in the round, so a colluding majority could make an
+    honest update look like it, and such flags only cost the round's pay."""
+    return not np.any(q)
+
+
 def apply_delta(model: np.ndarray, delta: np.ndarray) -> np.ndarray:
     """``model + delta`` exactly, as the chain adds them (in int256): ModelOutOfRange at the first
     value whose sum leaves int64, where numpy would wrap."""

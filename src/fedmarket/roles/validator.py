@@ -100,7 +100,8 @@ class Validator(DataRole):
             scores = [(self.address, 0)]  # an empty round: a scores tree needs a leaf
         root = scores_tree(scores).root
         flagged = [ev.updates[i].provider for i in np.flatnonzero(scored.report.flagged)] if scored else []
-        slashable = [ev.updates[i].provider for i in np.flatnonzero(scored.report.slashable)] if scored else []
+        # only the model sent back is slashable: relative flags are for the round's pay alone
+        slashable = [u.provider for u in ev.updates if R.sent_back(u.q)] if not spec.privacy.secure else []
         doc = {
             "job_id": job_id, "round": round_, "validator": self.address,
             "method": scored.method if scored else ("masked: aggregate only" if spec.privacy.secure else "none"),
@@ -190,8 +191,9 @@ class Validator(DataRole):
 
     def report_misbehaviour(self, job_id: int) -> list[str]:
         """Sign `Misbehaviour(job, provider)` for every provider this validator found sending the model
-        back or a boosted update (`DetectionReport.slashable`) in most of the rounds it took part in;
-        returns those providers. Lesser flags only cost the round's reward."""
+        back (`rules.sent_back`: every value zero) in most of the rounds it took part in; returns
+        those providers. Flags relative to the round (a boosted or vanishing norm, a direction, a
+        near-copy) only cost the round's reward: the round's other providers set them."""
         reported = []
         for provider, (n_in, n_flag) in sorted(self._seen.get(job_id, {}).items()):
             if n_flag * 2 > n_in:
