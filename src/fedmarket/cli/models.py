@@ -4,6 +4,7 @@ file to the trained model's predictions (`fedmarket data split --data FILE` spli
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,11 @@ app.add_typer(model_app, name="model")
 
 DATA = typer.Option(..., "--data", help="A .csv, .parquet or .npz file, or a folder of images (one sub-folder per class).")
 LABEL = typer.Option(None, "--label", help="The label column of a table.")
+RPC = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on.")
+CONTRACTS = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`.")
+ACCOUNT = typer.Option(None, "--account", help="Signer: a keystore account (password from $FEDMARKET_PASSWORD or a prompt).")
+KEYSTORE = typer.Option(None, "--keystore", help="Keystore directory (default ~/.fedmarket/keystore).")
+DEV_ACCOUNT = typer.Option(None, "--dev-account", help="Signer: anvil's public dev account I (chain id 31337 only).")
 TOKEN = 10**18
 
 
@@ -141,8 +147,8 @@ def model_pack(
 @model_app.command("get")
 def model_get(
     job: int = typer.Argument(..., help="The job."),
-    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
-    contracts: Path = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`."),
+    rpc: str = RPC,
+    contracts: Path = CONTRACTS,
     store: str = typer.Option("fedmarket-blobs", "--store", help="The job's blob store: a directory or ipfs+http://HOST:PORT."),
     out: Path = typer.Option(..., "--out", "-o", help="The model file: .npz, .pt (torch.export) or .onnx."),
     round_: int = typer.Option(None, "--round", help="A committed round (default: the last)."),
@@ -197,8 +203,8 @@ def model_predict(
 @model_app.command("info")
 def model_info(
     job: int = typer.Argument(..., help="The job."),
-    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
-    contracts: Path = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`."),
+    rpc: str = RPC,
+    contracts: Path = CONTRACTS,
 ) -> None:
     """Print a job model's record on the model market (JSON): its listed root and offer, queries
     settled, gross and contributors' revenue, disputes lost."""
@@ -214,11 +220,11 @@ def model_info(
 def model_audit_usage(
     job: int = typer.Argument(..., help="The job."),
     server: str = typer.Option(..., "--server", help="The server whose pending usage root to check."),
-    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
-    contracts: Path = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`."),
+    rpc: str = RPC,
+    contracts: Path = CONTRACTS,
     store: str = typer.Option("fedmarket-blobs", "--store", help="Blob store the server publishes its leaves to."),
     account: str = typer.Option(None, "--account", help="Prove what is wrong, signing as this keystore account (else only check)."),
-    keystore: Path = typer.Option(None, "--keystore", help="Keystore directory (default ~/.fedmarket/keystore)."),
+    keystore: Path = KEYSTORE,
     dev_account: int = typer.Option(None, "--dev-account", help="Prove, signing as anvil's public dev account I (chain id 31337 only)."),
 ) -> None:
     """Check a server's pending usage root (tabs) against its published leaves: their order, every
@@ -243,22 +249,20 @@ def model_audit_usage(
         raise typer.Exit(3)
 
 
-SIGNER_HELP = "Signer: a keystore account (password from $FEDMARKET_PASSWORD or a prompt)."
-DEV_HELP = "Signer: anvil's public dev account I (chain id 31337 only)."
 
 
 @model_app.command("buy")
 def model_buy(
     job: int = typer.Argument(..., help="The listed job."),
-    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
-    contracts: Path = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`."),
+    rpc: str = RPC,
+    contracts: Path = CONTRACTS,
     queries: int = typer.Option(None, "--queries", help="Prepay this many query credits (any server)."),
     tab: float = typer.Option(None, "--tab", help="Fund a tab at --server with this many tokens."),
     access: int = typer.Option(None, "--access", help="Buy this many periods of time-bound access."),
     server: str = typer.Option(None, "--server", help="The server a tab pays (its address)."),
-    account: str = typer.Option(None, "--account", help=SIGNER_HELP),
-    keystore: Path = typer.Option(None, "--keystore", help="Keystore directory (default ~/.fedmarket/keystore)."),
-    dev_account: int = typer.Option(None, "--dev-account", help=DEV_HELP),
+    account: str = ACCOUNT,
+    keystore: Path = KEYSTORE,
+    dev_account: int = DEV_ACCOUNT,
 ) -> None:
     """Pay for a listed model: query credits, a tab at one server, or time-bound access."""
     from eth_utils import is_address, to_checksum_address
@@ -287,24 +291,26 @@ def model_buy(
     typer.echo(f"bought {what} on job {job} (tx {r.tx_hash})")
 
 
+def _utc(timestamp: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+
+
 @model_app.command("refund")
 def model_refund(
     job: int = typer.Argument(..., help="The listed job."),
     server: str = typer.Option(..., "--server", help="The server the tab pays (its address)."),
-    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
-    contracts: Path = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`."),
+    rpc: str = RPC,
+    contracts: Path = CONTRACTS,
     store: str = typer.Option("fedmarket-blobs", "--store", help="Blob store the server publishes its usage leaves to."),
     declare: int = typer.Option(None, "--declare", help="Ask declaring you spent this much, in base units: the `spent` "
                                                         "of the latest Tab you signed at the server (when its usage "
                                                         "leaves are withheld)."),
-    account: str = typer.Option(None, "--account", help=SIGNER_HELP),
-    keystore: Path = typer.Option(None, "--keystore", help="Keystore directory (default ~/.fedmarket/keystore)."),
-    dev_account: int = typer.Option(None, "--dev-account", help=DEV_HELP),
+    account: str = ACCOUNT,
+    keystore: Path = KEYSTORE,
+    dev_account: int = DEV_ACCOUNT,
 ) -> None:
     """Take back what you did not spend of a tab: the first run asks (the server then answers no
     more queries on the tab, and the refund is due a day later); a run once it is due takes it."""
-    import time
-
     from eth_utils import is_address, to_checksum_address
 
     from ..chain import connect
@@ -324,18 +330,17 @@ def model_refund(
     if due is None:
         if declare is not None:
             r = declare_spent(dep, signer, job, server, declare)
+            due = r.event("SpentDeclared")["release_time"]
         else:
             r = request_refund(dep, signer, job, server)
-        due = refund_due(dep, job, server, signer.address)
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(due))
-        typer.echo(f"refund of the tab at {server} requested (tx {r.tx_hash}); due at {when}: run this again then")
+            due = r.event("TabRefundRequested")["release_time"]
+        typer.echo(f"refund of the tab at {server} requested (tx {r.tx_hash}); due at {_utc(due)}: run this again then")
         return
     if declare is not None:
         raise ConfigError("a refund is already requested on this tab: take it once due (without --declare)")
     now = max(dep.chain.timestamp(), int(time.time()))
     if now < due:
-        typer.echo(f"refund requested already; due in {due - now} s (at "
-                   f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(due))}): run this again then")
+        typer.echo(f"refund requested already; due in {due - now} s (at {_utc(due)}): run this again then")
         return
     r = refund_tab(dep, signer, open_store(store), job, server)
     typer.echo(f"refunded {r.event('TabRefunded')['amount']} base units of the tab at {server} (tx {r.tx_hash})")
@@ -344,16 +349,16 @@ def model_refund(
 @model_app.command("query")
 def model_query(
     url: str = typer.Option(..., "--url", help="The model server (`fedmarket serve`), e.g. http://127.0.0.1:8750."),
-    rpc: str = typer.Option(..., "--rpc", help="JSON-RPC URL of the chain the job lives on."),
-    contracts: Path = typer.Option(..., "--contracts", help="Addresses file written by `fedmarket deploy`."),
+    rpc: str = RPC,
+    contracts: Path = CONTRACTS,
     features: str = typer.Option(None, "--features", help="The query's features, comma-separated."),
     data: Path = typer.Option(None, "--data", help="Or a data file: its --row is the query."),
     row: int = typer.Option(0, "--row", help="The row of --data to ask about."),
     pay: str = typer.Option("credits", "--pay", help="credits, tab or access."),
     prove: bool = typer.Option(False, "--prove", help="Ask for a proof of the answer (checked here against the registered verifier)."),
-    account: str = typer.Option(None, "--account", help=SIGNER_HELP),
-    keystore: Path = typer.Option(None, "--keystore", help="Keystore directory (default ~/.fedmarket/keystore)."),
-    dev_account: int = typer.Option(None, "--dev-account", help=DEV_HELP),
+    account: str = ACCOUNT,
+    keystore: Path = KEYSTORE,
+    dev_account: int = DEV_ACCOUNT,
 ) -> None:
     """Ask a model server one paid query; print its answer (JSON) after checking the server signed it."""
     from ..chain import connect

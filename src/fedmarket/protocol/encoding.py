@@ -191,20 +191,19 @@ def _no_constant(name: str):
 
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET = np.zeros(256, dtype=np.int32)  # +1 for a bracket that opens, -1 for one that closes
+_BRACKET[[ord("["), ord("{")]] = 1
+_BRACKET[[ord("]"), ord("}")]] = -1
 
 
 def json_depth(raw: bytes) -> int:
     """How deep a JSON text nests (arrays and objects), counted without parsing it: its strings
     removed, the running count of brackets opened less brackets closed."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_UNTRUSTED_DEPTH:
-        return raw.count(b"[") + raw.count(b"{")  # at most this deep: nothing to count
+    opens = raw.count(b"[") + raw.count(b"{")
+    if opens <= MAX_UNTRUSTED_DEPTH:
+        return opens  # at most this deep: nothing to count
     levels = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
     return int(np.cumsum(_BRACKET[levels]).max()) if levels.size else 0
-
-
-_BRACKET = np.zeros(256, dtype=np.int32)
-_BRACKET[[ord("["), ord("{")]] = 1
-_BRACKET[[ord("]"), ord("}")]] = -1
 
 
 def untrusted_json(raw: bytes | str) -> Any:

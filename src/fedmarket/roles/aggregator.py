@@ -3,7 +3,6 @@ the reward root, and defends both in dispute games."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +32,8 @@ from .common import (
     check_terms,
     epsilon_after_round,
     global_model,
+    hex32,
+    hexbytes,
     load_spec,
     metrics_digest,
     round_providers,
@@ -182,13 +183,11 @@ class Aggregator:
             why = f"privacy mode {spec.privacy.mode} releases no sample count" if spec.privacy.mode != "plain" else \
                 f"strategy {spec.strategy} counts every update once"
             raise FedMarketError(f"{why}: weight must be 1, got {weight}")
-        root = bytes.fromhex(msg["update_root"].removeprefix("0x"))
-        sig = bytes.fromhex(msg["signature"].removeprefix("0x"))
-        if len(root) != 32:
-            raise FedMarketError(f"update root must be 32 bytes, got {len(root)}")
+        root = hex32(msg["update_root"])
+        sig = hexbytes(msg["signature"])
         salt = b""
         if sl.sealed(spec):  # it opens the provider's sealed commitment, which hashes a bytes32 salt
-            salt = bytes.fromhex(msg["salt"].removeprefix("0x")) if "salt" in msg else b""
+            salt = hexbytes(msg["salt"]) if "salt" in msg else b""
             if len(salt) != 32:
                 raise FedMarketError(f"a sealed round's update needs a 32-byte salt, got {len(salt)} bytes")
         signer = UpdateReceipt(job_id, round_, root, weight).signer(sig, self.dep.chain_id, self.dep.disputes.address)
@@ -259,8 +258,7 @@ class Aggregator:
         mine = self.own_survivors(job_id, round_, spec)
         if mine is None:  # too few masked updates for a survivor set (secure_survivors aborted)
             raise SecAggAbort(f"job {job_id} round {round_}: no survivor set was posted")
-        mine = [mine]
-        survivors = set(mine[0]["survivors"])
+        survivors = set(mine["survivors"])
         uid = {p: i for i, p in enumerate(members)}
         # each survivor's masked update as verified when the survivor set was signed (a survivor
         # cannot take it back by withdrawing its blob), else as collected now (after a restart)
@@ -269,7 +267,7 @@ class Aggregator:
         if len(kept) != len(survivors):
             raise SecAggAbort(f"job {job_id} round {round_}: a survivor's masked update is no longer available")
         read = lambda phase: self.mailbox.read(sr.topic(job_id, round_, phase))  # noqa: E731
-        transcript = sr.Transcript(read("keys"), list(mine[0]["shared"]), read("confirm"), read("unmask"))
+        transcript = sr.Transcript(read("keys"), list(mine["shared"]), read("confirm"), read("unmask"))
         masked = {uid[u.provider]: u.q for u in kept}
         total = sr.unmasked_sum(cfg, members, transcript, masked)  # SecAggAbort / ShareTampered: nothing committed
         corr = sr.correction(masked, total)

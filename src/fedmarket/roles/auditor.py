@@ -3,7 +3,6 @@ alone, with the same rules the arbiters enforce, and names what a dispute game w
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from types import SimpleNamespace
@@ -429,7 +428,7 @@ class Auditor:
             transcript = sr.Transcript.from_doc(untrusted_json(self.store.get(doc["secure"]["transcript_cid"])))
             masked = {uid[u.provider]: u.q for u in ev.updates}
             total = sr.unmasked_sum(cfg, members, transcript, masked)
-        except (FedMarketError, KeyError, ValueError, TypeError) as exc:
+        except (FedMarketError, *BAD_INPUT) as exc:
             return f"mask correction cannot be re-derived from the transcript: {exc}"
         if not np.array_equal(sr.correction(masked, total), ev.correction):
             return "mask correction differs from the one the transcript re-derives"
@@ -460,14 +459,14 @@ class Auditor:
             published = posted_rewards(self.dep, self.store, job_id)
             reveals = {int(r): list(cids) for r, cids in published.get("reveals", {}).items()}
             basis = int(published["basis"])
-        except (FedMarketError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        except (FedMarketError, *BAD_INPUT) as exc:
             report.rewards_ok, report.rewards_problem = False, f"the rewards document is missing or malformed: {exc}"
             return
         try:
             rounds = committed_rounds(self.dep, job_id)
             members_of = None if self.mailbox is None else (lambda r: self.members(job_id, r, rounds))
             expected = reward_document(self.dep, self.store, job_id, spec, reveals, basis, members_of)
-        except (FedMarketError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        except (FedMarketError, *BAD_INPUT) as exc:
             report.rewards_ok, report.rewards_problem = False, f"the rewards cannot be re-derived, round data unavailable: {exc}"
             return
         posted = self.dep.job(job_id)

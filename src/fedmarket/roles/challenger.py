@@ -5,8 +5,6 @@ rule, plays the challenger's moves to the end, and proves validators' equivocati
 
 from __future__ import annotations
 
-import json
-
 from eth_utils import to_checksum_address
 
 from ..chain import Account, Receipt
@@ -178,7 +176,7 @@ class Challenger:
             included = {(to_checksum_address(e["provider"]), hex32(e["update_root"]), int(e["weight"])) for e in listed}
         except StorageUnreachable:
             return None  # the store did not answer: look again next time
-        except (FedMarketError, KeyError, ValueError, TypeError):
+        except (FedMarketError, *BAD_INPUT):
             try:  # withheld: the round as re-derived from the mailbox
                 ev = self.auditor.evidence(truth.spec, job_id, c.round, truth.rounds)
             except FedMarketError:

@@ -16,7 +16,7 @@ from ..errors import ChainError, FedMarketError, PrivacyBudgetExceeded, StorageE
 from ..jobmodel import job_model
 from ..market import Deployment, JobState, JobTerms
 from ..protocol import rules as R
-from ..protocol.encoding import address_key, decode_vector, round_commitment, vector_root, untrusted_json
+from ..protocol.encoding import BAD_INPUT, address_key, decode_vector, round_commitment, untrusted_json, vector_root
 from ..protocol.merkle import RoundAccumulator
 from ..protocol.receipts import ReceiptAck, UpdateReceipt
 from ..protocol.selection import select
@@ -50,7 +50,7 @@ def claimed_senders(raws: list[bytes], field: str = "provider") -> set[str]:
             env = untrusted_json(raw)
             body = untrusted_json(env["signed"]) if "signed" in env else env
             out.add(body[field])
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except BAD_INPUT:
             continue
     return out
 

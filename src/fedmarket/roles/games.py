@@ -109,6 +109,7 @@ class Truth:
         self.rounds = committed_rounds(dep, job_id)
         self.acc = round_accumulator(dep, job_id, self.rounds)
         self._trees: dict[tuple[int, bool], MerkleTree] = {}
+        self._rewards: tuple[list[dict], dict[str, tuple[int, int]]] | None = None
 
     def evidence(self, round_: int) -> RoundEvidence:
         return self.auditor.evidence(self.spec, self.job_id, round_, self.rounds)
@@ -146,14 +147,17 @@ class Truth:
 
     def rewards(self) -> tuple[list[dict], dict[str, tuple[int, int]]]:
         """The posted rewards document's leaves and every member's (role word, stage), its stage
-        made relative to the standing root (`STAGE_FINAL` if slashed under it)."""
-        leaves = sorted(posted_rewards(self.dep, self.store, self.job_id)["leaves"], key=lambda l: int(l["index"]))
-        final = R.final_stage(self.dep.market.call("progress", self.job_id)["challenge_deadline"])
-        words = {}
-        for leaf in leaves:
-            word, stage = self.dep.market.call("membership", self.job_id, leaf["account"])
-            words[leaf["account"]] = (int(word), R.relative_stage(stage, final))
-        return leaves, words
+        made relative to the standing root (`STAGE_FINAL` if slashed under it). Read once per Truth
+        (a snapshot of the job for one step: a game's claims each read them)."""
+        if self._rewards is None:
+            leaves = sorted(posted_rewards(self.dep, self.store, self.job_id)["leaves"], key=lambda l: int(l["index"]))
+            final = R.final_stage(self.dep.market.call("progress", self.job_id)["challenge_deadline"])
+            words = {}
+            for leaf in leaves:
+                word, stage = self.dep.market.call("membership", self.job_id, leaf["account"])
+                words[leaf["account"]] = (int(word), R.relative_stage(stage, final))
+            self._rewards = leaves, words
+        return self._rewards
 
     def reward_sum_claim(self, lo: int, hi: int) -> list[int]:
         """[value of unslashed providers, amounts] over reward leaves [lo, hi) of the posted root."""
@@ -320,9 +324,9 @@ def any_bad_leaf(truth: Truth, lo: int, hi: int) -> bool:
     """Whether a posted reward leaf in [lo, hi) breaks the rule (out of order, or an amount or
     value its member's role and stage do not allow): what a sum game ends on when the sums hold."""
     leaves, words = truth.rewards()
-    pool_, vt, rounds = int(truth.dep.job(truth.job_id)["pool"]), int(truth.dep.job(truth.job_id)["value_total"]), len(truth.rounds)
-    basis = int(truth.dep.job(truth.job_id)["basis"])
-    fees = R.RoleFees.of(truth.dep.terms(truth.job_id), int(truth.dep.job(truth.job_id)["n_validators"]))
+    job = truth.dep.job(truth.job_id)
+    pool_, vt, rounds, basis = int(job["pool"]), int(job["value_total"]), len(truth.rounds), int(job["basis"])
+    fees = R.RoleFees.of(truth.dep.terms(truth.job_id), int(job["n_validators"]))
 
     def bad(i: int) -> bool:
         leaf = leaves[i]

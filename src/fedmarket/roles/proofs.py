@@ -31,10 +31,10 @@ from pathlib import Path
 import eth_abi
 from eth_utils import is_address, keccak, to_checksum_address
 
-from ..protocol.encoding import untrusted_json
 from ..chain.abi import ContractABI
 from ..errors import ContractRevert, FedMarketError
 from ..market import Deployment
+from ..protocol.encoding import untrusted_json
 from ..protocol.receipts import ProvenAnswer, VerifierAttestation
 from ..storage import BlobStore, Mailbox
 from .common import joined_validators

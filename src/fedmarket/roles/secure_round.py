@@ -37,14 +37,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import eth_abi
 import numpy as np
 from eth_utils import keccak
 
-from ..errors import FedMarketError, SecAggAbort, ShareTampered
+from ..errors import FedMarketError, MalformedMessage, SecAggAbort, ShareTampered
 from ..market import Deployment
 from ..privacy.secagg import (
     AdvertiseKeys,
@@ -202,7 +202,7 @@ def by_uid(raws: list[bytes], members: list[str], round_id: bytes, phase: str) -
         try:
             msg = opened(raw, round_id, phase, "provider")
             uid = msg["uid"]
-        except (FedMarketError, KeyError, ValueError, TypeError):
+        except (FedMarketError, *BAD_INPUT):
             continue
         if type(uid) is int and 0 <= uid < len(members) and members[uid] == msg.get("provider"):
             if uid in out:
@@ -218,7 +218,7 @@ def _parsed(by: dict[int, dict], parse) -> dict[int, Any]:
     for u, m in by.items():
         try:
             out[u] = parse(u, m)
-        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        except BAD_INPUT:
             continue
     return out
 
@@ -284,7 +284,7 @@ class Transcript:
             for raw in raws:
                 try:
                     out.append(untrusted_json(raw))
-                except ValueError:
+                except MalformedMessage:
                     continue
             return out
 

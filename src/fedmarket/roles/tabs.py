@@ -26,10 +26,10 @@ from pathlib import Path
 
 from eth_utils import to_checksum_address
 
-from ..protocol.encoding import untrusted_json
 from ..chain import Account
 from ..errors import ContractRevert, FedMarketError, StorageError
 from ..market import Deployment
+from ..protocol.encoding import untrusted_json
 from ..protocol.receipts import Tab
 from ..protocol.usage import EMPTY_OPENING, Leaf, UsageTree, opening
 from ..storage import BlobStore

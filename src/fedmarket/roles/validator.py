@@ -11,7 +11,7 @@ from ..fl.quantize import dequantize
 from ..jobmodel import job_model
 from ..market import Deployment
 from ..protocol import rules as R
-from ..protocol.encoding import address_key, canonical_json, untrusted_json
+from ..protocol.encoding import BAD_INPUT, address_key, canonical_json, untrusted_json
 from ..protocol.keccak import keccak
 from ..protocol.receipts import Attestation, Misbehaviour, Rejection, ScoresReveal
 from ..scoring import score_round
@@ -219,7 +219,7 @@ def submit_misbehaviour(dep: Deployment, mailbox: Mailbox, sender: Account, job_
             if not is_address(msg["provider"]):
                 continue
             signer = Misbehaviour(job_id, msg["provider"]).signer(sig, dep.chain_id, dep.disputes.address)
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except BAD_INPUT:
             continue  # anyone can post here: a message that is not a signed report is passed over
         if signer == msg.get("validator"):
             by_provider.setdefault(msg["provider"], {})[signer] = sig
@@ -258,7 +258,7 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
                 continue
             if Attestation(job_id, round_, model_root, scores_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
                 continue
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except BAD_INPUT:
             continue  # anyone can post here: a message that is not a signed attestation is passed over
         if dep.market.call("membership", job_id, v)[0] != R.Role.VALIDATOR:  # not (or no longer) a validator of the job
             continue
@@ -293,7 +293,7 @@ def submit_rejections(dep: Deployment, mailbox: Mailbox, sender: Account, job_id
                 continue
             if Rejection(job_id, round_, c.model_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
                 continue
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except BAD_INPUT:
             continue
         if v in chosen or dep.market.call("membership", job_id, v)[0] != R.Role.VALIDATOR:
             continue
