@@ -33,6 +33,8 @@ interface IMarket:
     def slash(job_id: uint256, account: address, challenger: address) -> uint256: nonpayable
     def mark_quorum(job_id: uint256, round: uint256): nonpayable
     def fail_judged(job_id: uint256, aggregator_fault: bool, challenger: address): nonpayable
+    def fail_proven(job_id: uint256, round: uint256, challenger: address, reason: String[32]): nonpayable
+    def votes_close(job_id: uint256) -> uint256: view
 
 
 event RoundAttested:
@@ -61,6 +63,13 @@ event EquivocationProven:
     job_id: indexed(uint256)
     round: indexed(uint256)
     validator: indexed(address)
+    challenger: address
+
+
+event SealEquivocationProven:
+    job_id: indexed(uint256)
+    round: indexed(uint256)
+    aggregator: indexed(address)
     challenger: address
 
 
@@ -149,6 +158,17 @@ def _total_stake(job_id: uint256) -> uint256:
 
 @view
 @internal
+def _votes_closed(job_id: uint256, current: uint256, n_validators: uint256) -> bool:
+    """Whether the validators' votes on the job are closed for good: its last round reached
+    quorum and every validator voted on it, or half of the last step's time has passed since
+    (`JobMarket.votes_close`). From then on no attestation of any round counts, so the
+    activity a reward root pays is fixed before anyone computes or approves one."""
+    close: uint256 = staticcall MARKET.votes_close(job_id)
+    return close != max_value(uint256) and (block.timestamp >= close or self.voters[job_id][current - 1] >= n_validators)
+
+
+@view
+@internal
 def _voters(
     job_id: uint256, digest: bytes32, validators: DynArray[address, C.MAX_VALIDATORS], signatures: DynArray[Bytes[65], C.MAX_VALIDATORS]
 ) -> DynArray[uint256, C.MAX_VALIDATORS]:
@@ -188,7 +208,9 @@ def attest(
     @notice Records validators' signed attestations `(job, round, modelRoot, scoresRoot)` of a
             committed round while the job trains; anyone may submit them, any number at once.
             When the job's latest round reaches two thirds of the job's validator stake, the
-            market is told (the next round may then be committed).
+            market is told (the next round may then be committed). Once the votes closed
+            (`_votes_closed`: the last round at quorum and every vote in, or half of the last
+            step's time gone) no attestation counts any more.
     @param job_id The job.
     @param round The attested round.
     @param data The round's commitment in the clear.
@@ -203,6 +225,8 @@ def attest(
     current: uint256 = 0
     state, current = self._status(job_id)
     assert state == C.TRAINING, "disputes: job not training"
+    p: T.Progress = staticcall MARKET.progress(job_id)
+    assert not self._votes_closed(job_id, current, p.n_validators), "disputes: votes closed"
     assert staticcall MARKET.verify_round(job_id, round, data, proof), "disputes: round data not committed"
     digest: bytes32 = S._attestation(eip712._domain_separator_v4(), job_id, round, data.model_root, scores_root)
     stakes: DynArray[uint256, C.MAX_VALIDATORS] = self._voters(job_id, digest, validators, signatures)
@@ -217,7 +241,7 @@ def attest(
     before: uint256 = self.attested_stake[job_id][round]
     after: uint256 = before + added
     self.attested_stake[job_id][round] = after
-    total: uint256 = self._total_stake(job_id)
+    total: uint256 = p.validator_total_stake
     if before * 3 < total * 2 and after * 3 >= total * 2:
         log QuorumReached(job_id=job_id, round=round, attested_stake=after, total_stake=total)
         if round + 1 == current:
@@ -311,6 +335,21 @@ def fail_round(job_id: uint256, absent: DynArray[address, C.MAX_VALIDATORS]):
 
 @view
 @external
+def votes_closed(job_id: uint256) -> bool:
+    """
+    @notice Whether the validators' votes on the job are closed for good (`_votes_closed`):
+            from then on no attestation counts, and reward statements may be approved and posted.
+    @param job_id The job.
+    @return True once closed.
+    """
+    state: uint256 = 0
+    current: uint256 = 0
+    state, current = self._status(job_id)
+    return self._votes_closed(job_id, current, (staticcall MARKET.progress(job_id)).n_validators)
+
+
+@view
+@external
 def has_quorum(job_id: uint256, round: uint256) -> bool:
     """
     @notice Whether two thirds of the job's validator stake (fixed at its start) attested round `round`.
@@ -357,6 +396,38 @@ def prove_equivocation(
     assert S._signer(S._attestation(sep, job_id, round, model_root_b, scores_root_b), signature_b) == validator, "disputes: second signature invalid"
     extcall MARKET.slash(job_id, validator, msg.sender)
     log EquivocationProven(job_id=job_id, round=round, validator=validator, challenger=msg.sender)
+
+
+@external
+@nonreentrant
+def prove_seal_equivocation(
+    job_id: uint256, round: uint256, digest_a: bytes32, signature_a: Bytes[65], digest_b: bytes32, signature_b: Bytes[65]
+):
+    """
+    @notice Proves that a job's aggregator signed two different seals of one round's update
+            commitments (`CommitmentSeal(jobId, round, digest)`): a second seal lets in a
+            commitment the first closed the round to (a copier's), and makes a validator that
+            reviews after it reject a round others attested. The job fails back to before that
+            round (the escrow is refunded) and the aggregator is slashed, half to the caller.
+    @param job_id The job (training or finalizing, the round reached).
+    @param round The sealed round.
+    @param digest_a One seal's digest of its commitments.
+    @param signature_a The aggregator's signature of it.
+    @param digest_b Another digest.
+    @param signature_b The aggregator's signature of that.
+    """
+    assert digest_a != digest_b, "disputes: seals are identical"
+    state: uint256 = 0
+    current: uint256 = 0
+    deadline: uint256 = 0
+    quorum: bool = False
+    aggregator: address = empty(address)
+    state, current, deadline, quorum, aggregator = staticcall MARKET.job_status(job_id)
+    sep: bytes32 = eip712._domain_separator_v4()
+    assert S._signer(S._seal(sep, job_id, round, digest_a), signature_a) == aggregator, "disputes: first seal not the aggregator's"
+    assert S._signer(S._seal(sep, job_id, round, digest_b), signature_b) == aggregator, "disputes: second seal not the aggregator's"
+    extcall MARKET.fail_proven(job_id, round, msg.sender, "seal equivocation")
+    log SealEquivocationProven(job_id=job_id, round=round, aggregator=aggregator, challenger=msg.sender)
 
 
 # ---------------------------------------------------------------- judgements
@@ -428,7 +499,9 @@ def approve_rewards(
     """
     @notice Records validators' signed approvals `Rewards(jobId, rewardRoot, rewardTotal,
             valueTotal, gateMet)` of the scores-basis reward root they re-derived from the
-            revealed scores, once every round is committed; anyone may submit them. The
+            revealed scores, once the votes closed (`_votes_closed`: every round committed, the
+            last at quorum, every vote in or half of the last step's time gone, so the activity
+            the statement pays can no longer change); anyone may submit them. The
             market accepts a scores-basis root only once two thirds of the validator stake
             approved exactly that statement. One approval per validator and statement: a
             statement made stale by a later slash is replaced by a new one, approved anew.
@@ -447,6 +520,7 @@ def approve_rewards(
     digest: bytes32 = S._rewards(eip712._domain_separator_v4(), job_id, reward_root, reward_total, value_total, gate_met)
     key: bytes32 = keccak256(abi_encode(reward_root, reward_total, value_total, gate_met))
     stakes: DynArray[uint256, C.MAX_VALIDATORS] = self._voters(job_id, digest, validators, signatures)
+    assert self._votes_closed(job_id, current, (staticcall MARKET.progress(job_id)).n_validators), "disputes: votes open"
     added: uint256 = 0
     for i: uint256 in range(len(validators), bound=C.MAX_VALIDATORS):
         v: address = validators[i]
@@ -466,7 +540,9 @@ def approve_rewards(
 def reward_pool(job_id: uint256, reward_root: bytes32, reward_total: uint256, value_total: uint256, basis: uint256, gate_met: bool) -> uint256:
     """
     @notice The pool a reward root may pay, if it may be posted now; reverts with the reason
-            otherwise. A job with validators needs its last round at quorum. Basis
+            otherwise. A job with validators needs its last round at quorum and the votes
+            closed (`_votes_closed`), so a late validator's attestation is paid and none lands
+            after the root was computed. Basis
             `BASIS_SCORES` (validated, unmasked jobs) needs two thirds of the validator stake to
             have approved exactly this statement, and pays the full pool or, if the validators
             found the quality target missed, the terms' miss payout. Basis `BASIS_WEIGHT` (every
@@ -493,8 +569,11 @@ def reward_pool(job_id: uint256, reward_root: bytes32, reward_total: uint256, va
     assert value_total <= C.MAX_AMOUNT, "disputes: value too large"
     validated: bool = t.max_validators > 0
     assert not validated or quorum, "disputes: last round lacks quorum"
+    p: T.Progress = staticcall MARKET.progress(job_id)
+    # the activity the root pays is fixed first: no validator's vote can land after it is computed
+    assert not validated or self._votes_closed(job_id, current, p.n_validators), "disputes: votes open"
     scored: bool = validated and t.rule != C.RULE_SECURE_SUM
-    total: uint256 = self._total_stake(job_id)
+    total: uint256 = p.validator_total_stake
     if basis == C.BASIS_SCORES:
         assert scored, "disputes: no scores to approve"
         key: bytes32 = keccak256(abi_encode(reward_root, reward_total, value_total, gate_met))
@@ -508,6 +587,6 @@ def reward_pool(job_id: uint256, reward_root: bytes32, reward_total: uint256, va
     pool: uint256 = t.escrow - t.escrow * staticcall MARKET.FEE_BPS() // C.BPS
     if not gate_met:
         # the roles' fees pay for work done, whatever the model's quality; the providers' part shrinks
-        reserved: uint256 = T._reserved(t, (staticcall MARKET.progress(job_id)).n_validators)
+        reserved: uint256 = T._reserved(t, p.n_validators)
         pool = reserved + (pool - reserved) * t.miss_payout_bps // C.BPS
     return pool

@@ -285,6 +285,24 @@ def job_status(job_id: uint256) -> (uint256, uint256, uint256, bool, address):
 
 @view
 @external
+def votes_close(job_id: uint256) -> uint256:
+    """
+    @notice When the validators' votes on a job close for good: half of the last step's time
+            after its last round reached quorum (`Disputes` then takes no more attestations, of
+            any round, so the activity a reward root pays is fixed before anyone computes it).
+            max_value(uint256) while a round is still to come or the last lacks quorum.
+    @param job_id The job.
+    @return The timestamp from which no attestation counts.
+    """
+    hot: uint256 = self._hot[job_id]
+    word: uint256 = self._round_word[job_id]
+    if hot & _QUORUM == 0 or (hot >> _ROUND_SHIFT) & _ROUND_MASK != word & _ROUND_MASK:
+        return max_value(uint256)
+    return ((hot >> _DEADLINE_SHIFT) & _DEADLINE_MASK) - ((word >> _DURATION_SHIFT) & 4_294_967_295) // 2
+
+
+@view
+@external
 def verify_round(job_id: uint256, round: uint256, data: leaves.RoundData, proof: DynArray[bytes32, C.ROUNDS_DEPTH]) -> bool:
     """
     @notice Whether `data` is what round `round` of the job committed.
@@ -913,18 +931,20 @@ def slash(job_id: uint256, account: address, challenger: address) -> uint256:
 def fail_proven(job_id: uint256, round: uint256, challenger: address, reason: String[32]):
     """
     @notice Reverts a job to before `round` and fails it after a dispute game proved the
-            aggregator wrong about that round; the escrow is refunded and the aggregator slashed.
-    @dev Only `ROUND_ARBITER` may call, before settlement.
+            aggregator wrong about that round, or `DISPUTES` that it signed two seals of the
+            round's commitments; the escrow is refunded and the aggregator slashed.
+    @dev Only `ROUND_ARBITER` or `DISPUTES` may call, before settlement.
     @param job_id The job.
     @param round The round proven wrong.
     @param challenger Who proved it (receives the challenger share).
     @param reason Short description of the proven fault.
     """
-    assert msg.sender == ROUND_ARBITER, "market: caller is not the arbiter"
+    assert msg.sender == ROUND_ARBITER or msg.sender == DISPUTES, "market: caller is not a judge"
     hot: uint256 = self._hot[job_id]
     state: uint256 = hot & _STATE_MASK
     assert state == C.TRAINING or state == C.FINALIZING, "market: job not disputable"
-    assert round < (hot >> _ROUND_SHIFT) & _ROUND_MASK, "market: round not committed"
+    # the round being trained may be proven wrong too (a second seal of its commitments)
+    assert round <= (hot >> _ROUND_SHIFT) & _ROUND_MASK, "market: round not reached"
     self._hot[job_id] = (hot & ~(_ROUND_MASK << _ROUND_SHIFT)) | (round << _ROUND_SHIFT)
     self._fail(job_id, round, reason)
     self._slash_aggregator(job_id, challenger)

@@ -27,6 +27,9 @@ MISBEHAVIOUR_TYPEHASH: constant(bytes32) = keccak256(
 REWARDS_TYPEHASH: constant(bytes32) = keccak256(
     "Rewards(uint256 jobId,bytes32 rewardRoot,uint256 rewardTotal,uint256 valueTotal,bool gateMet)"
 )
+SEAL_TYPEHASH: constant(bytes32) = keccak256(
+    "CommitmentSeal(uint256 jobId,uint256 round,bytes32 digest)"
+)
 DOMAIN_TYPEHASH: constant(bytes32) = keccak256(
     "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 )
@@ -87,3 +90,9 @@ def _misbehaviour(separator: bytes32, job_id: uint256, provider: address) -> byt
 @internal
 def _rewards(separator: bytes32, job_id: uint256, reward_root: bytes32, reward_total: uint256, value_total: uint256, gate_met: bool) -> bytes32:
     return self._digest(separator, keccak256(abi_encode(REWARDS_TYPEHASH, job_id, reward_root, reward_total, value_total, gate_met)))
+
+
+@pure
+@internal
+def _seal(separator: bytes32, job_id: uint256, round: uint256, digest: bytes32) -> bytes32:
+    return self._digest(separator, keccak256(abi_encode(SEAL_TYPEHASH, job_id, round, digest)))

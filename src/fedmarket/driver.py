@@ -169,6 +169,8 @@ class JobDriver:
         if ch is None or not self.running:
             return
         self.slashed += ch.check_equivocation(self.job_id, self.mailbox)
+        if ch.check_seals(self.job_id, self.mailbox) is not None:
+            return  # the aggregator sealed a round twice: the job failed
         for opened in (ch.check(self.job_id, self.verified, self.mailbox), *ch.check_censorship(self.job_id, self.mailbox), ch.check_rewards(self.job_id)):
             if opened is not None:
                 self.games.append(opened)
@@ -245,8 +247,11 @@ class JobDriver:
         to the second half of the deadline, where the provable weight basis opens."""
         if not self.cast.validators:
             return
+        waited = not self.dep.disputes.call("votes_closed", self.job_id)
+        if waited:  # a validator did not vote on the last round: its votes close at half of the step's time
+            self.chain.advance_time(self.spec.deadlines.round_duration // 2 + 1)
         approvals = [v.approve_rewards(self.job_id) for v in self.cast.validators]
-        if not any(approvals) and self.spec.rule != R.Rule.SECURE_SUM:
+        if not any(approvals) and self.spec.rule != R.Rule.SECURE_SUM and not waited:
             self.chain.advance_time(self.spec.deadlines.round_duration // 2 + 1)
 
     def _claim_all(self) -> None:

@@ -1080,13 +1080,14 @@ def test_fail_judged_is_for_disputes_only(kit):
         kit.m.transact("fail_judged", job.id, True, kit.outsider.address, sender=disputes)
 
 
-def test_fail_proven_is_for_the_round_arbiter_only(kit):
+def test_fail_proven_is_for_the_judges_only(kit):
     job = kit.job()
     arbiter = kit.as_contract(kit.ra.address)
-    with reverts("market: caller is not the arbiter"):
-        kit.m.transact("fail_proven", job.id, 0, kit.outsider.address, "x", sender=kit.outsider)
-    with reverts("market: round not committed"):
-        kit.m.transact("fail_proven", job.id, 0, kit.outsider.address, "x", sender=arbiter)
+    for stranger in (kit.outsider, kit.as_contract(kit.wa.address)):
+        with reverts("market: caller is not a judge"):
+            kit.m.transact("fail_proven", job.id, 0, kit.outsider.address, "x", sender=stranger)
+    with reverts("market: round not reached"):
+        kit.m.transact("fail_proven", job.id, 1, kit.outsider.address, "x", sender=arbiter)
     job.commit_all()
     receipt = kit.m.transact("fail_proven", job.id, 1, kit.outsider.address, "round fault proven", sender=arbiter)
     ev = receipt.event("JobFailed")

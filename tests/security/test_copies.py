@@ -1,7 +1,8 @@
 """Copies (`roles.sealed`): a provider that posts another's update as its own earns nothing, and
 the original keeps its pay. Updates are committed before any is revealed, so a copier sees the
 victim's update only after the seal, too late to commit to it; an aggregator that seals again to
-let the copy in leaves two of its seals in the mailbox, and the validators reject the round."""
+let the copy in leaves two of its seals in the mailbox: the validators reject the round, and anyone
+holding both proves the aggregator's equivocation on chain."""
 
 from __future__ import annotations
 
@@ -46,21 +47,89 @@ def test_a_copier_earns_nothing_and_the_original_keeps_its_pay(chain, make):
 
 def test_an_aggregator_resealing_for_a_copier_fails_its_round(make):
     """The aggregator colludes: the copier commits to the victim's update only after seeing it,
-    and the aggregator seals again over the late commitment and takes the copy. Both seals, signed
-    by it, are in the mailbox: the validators reject the round, the job fails at the aggregator's
-    cost, and the copy earns nothing."""
+    and the aggregator seals again over the late commitment to take the copy. Both seals, signed
+    by it, are in the mailbox, and two seals of one round are proof on chain: the watcher proves
+    it, the job fails back to that round at the aggregator's cost, and the copy earns nothing."""
     s = make(providers=4, rounds=2, validators=3, provider_cls=[Provider, Provider, Provider, CopyingProvider],
              aggregator_cls=ResealingAggregator)
     copier, victim = s.providers[3], s.providers[0]
     copier.victim, copier.late_commit = victim.address, True
     s.run()
-    first = committed_rounds(s.dep, s.job)[0]
-    doc = fetch_metrics(s.store, first)
-    assert copier.address in {u["provider"] for u in doc["updates"]}  # the collusion got the copy in
     assert len(seals(s.dep, s.box.read(seal_topic(s.job, 0)), s.job, 0, s.agg.address)) == 2
-    assert s.dep.disputes.events("RoundRejected", job_id=s.job)
+    [proven] = s.dep.disputes.events("SealEquivocationProven", job_id=s.job)
+    assert (proven["round"], proven["aggregator"]) == (0, s.agg.address)
     s.release_all()
     assert s.state() == JobState.FAILED
     assert s.slashed() == {s.agg.address: AGG_STAKE}
     d = s.delta()
     assert d[copier.address] == 0 and d[victim.address] == 0
+
+
+def _second_seal(s, round_: int) -> None:
+    """The aggregator signs and posts another seal of the round: over the commitments it sealed
+    but one (whichever commitment it wanted out, or another in)."""
+    from fedmarket.protocol.encoding import canonical_json
+    from fedmarket.roles import sealed as sl
+
+    first = sl.seals(s.dep, s.box.read(seal_topic(s.job, round_)), s.job, round_, s.agg.address)[0]
+    fewer = dict(sorted(first.items())[1:])
+    s.box.post(seal_topic(s.job, round_), canonical_json(sl.seal_message(s.dep, s.agg.account, s.job, round_, fewer)))
+
+
+def test_a_second_seal_after_quorum_is_proven_on_chain(make):
+    """Attack: the aggregator seals round 0 again after the round reached quorum. The validators
+    that reviewed before attested; one that reviews after finds two seals and rejects a round that
+    passes, losing its fee for it, while the job goes on. Two seals of one round, both signed by the
+    aggregator, are now proof on chain (`Disputes.prove_seal_equivocation`): a stranger holding
+    them fails the job back to that round, the escrow goes back to the requester, and the
+    aggregator loses its stake, half to the prover."""
+    from fedmarket.roles.challenger import Challenger
+
+    s = make(providers=3, rounds=2, validators=3)
+    s.open()
+    s.rounds(1)
+    assert s.dep.disputes.call("has_quorum", s.job, 0)
+    watcher = Challenger(s.dep, s.c.stranger, s.store)
+    assert watcher.check_seals(s.job, s.box) is None  # one seal per round: nothing to prove
+    _second_seal(s, 0)
+    receipt = watcher.check_seals(s.job, s.box)
+    ev = receipt.event("SealEquivocationProven")
+    assert (ev["round"], ev["aggregator"], ev["challenger"]) == (0, s.agg.address, s.c.stranger.address)
+    assert s.state() == JobState.FAILED and s.dep.job(s.job)["current_round"] == 0
+    assert s.slashed() == {s.agg.address: AGG_STAKE}
+    s.release_all()
+    d = s.delta()
+    assert d[s.c.stranger.address] == AGG_STAKE // 2 and d[s.agg.address] == -AGG_STAKE
+    assert d[s.c.requester.address] == 0  # the escrow came back whole
+    s.assert_no_honest_loss([p.address for p in s.providers] + [v.address for v in s.validators])
+
+
+def test_seal_proofs_that_prove_nothing_revert(make):
+    """Every way to misuse `prove_seal_equivocation` reverts and changes nothing: one seal shown
+    twice, a seal signed by anyone but the aggregator (a provider's two 'seals'), a round not yet
+    reached, a job past disputes."""
+    from fedmarket.protocol.receipts import CommitmentSeal
+    from sec_support import revert
+
+    s = make(providers=3, rounds=1, validators=3)
+    s.open()
+    chain_id, verifier = s.dep.chain_id, s.dep.disputes.address
+    a, b = b"\x01" * 32, b"\x02" * 32
+
+    def signed(account, round_, digest):
+        return CommitmentSeal(s.job, round_, digest).sign(account.key, chain_id, verifier)
+
+    def prove(round_, da, sa, db, sb, match):
+        revert(s.dep.disputes.transact, "prove_seal_equivocation", s.job, round_, da, sa, db, sb,
+               sender=s.c.stranger, match=match)
+
+    agg, prov = s.agg.account, s.providers[0].account
+    prove(0, a, signed(agg, 0, a), a, signed(agg, 0, a), "disputes: seals are identical")
+    prove(0, a, signed(prov, 0, a), b, signed(prov, 0, b), "disputes: first seal not the aggregator's")
+    prove(0, a, signed(agg, 0, a), b, signed(prov, 0, b), "disputes: second seal not the aggregator's")
+    prove(0, a, signed(agg, 1, a), b, signed(agg, 0, b), "disputes: first seal not the aggregator's")  # another round's
+    prove(1, a, signed(agg, 1, a), b, signed(agg, 1, b), "market: round not reached")
+    assert s.state() == JobState.TRAINING
+    s.run()
+    assert s.state() == JobState.SETTLED
+    prove(0, a, signed(agg, 0, a), b, signed(agg, 0, b), "market: job not disputable")

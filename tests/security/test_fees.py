@@ -6,7 +6,8 @@ terms say loses a dispute game and its stake, while the honest roles are paid in
 
 from __future__ import annotations
 
-from sec_support import AGG_STAKE, ESCROW
+import pytest
+from sec_support import AGG_STAKE, ESCROW, revert
 
 from fedmarket.market import JobState
 from fedmarket.protocol import rules as R
@@ -164,3 +165,88 @@ def test_a_validator_attesting_the_last_round_after_quorum_is_paid(make, tmp_pat
     assert s.state() == JobState.FINALIZING
     s.settle_and_claim()
     assert all(s.delta()[v.address] == TOKEN for v in s.validators)
+
+
+def _two_of_three_attest(s, rounds: int):
+    """Train and commit `rounds` rounds; all three validators review each (their attestations are
+    on the mailbox), but only the first two reach the chain: quorum without the third."""
+    from fedmarket.driver import RoundPlan
+    from fedmarket.roles.validator import submit_attestations
+
+    s.open()
+    for r in range(rounds):
+        s.driver._train_and_commit(r, RoundPlan())
+        for v in s.validators:
+            assert "scores_root" in v.review(s.job, r)
+        for v in s.validators[:2]:
+            submit_attestations(s.dep, s.box, s.agg.account, s.job, r, only=v.address)
+        assert s.dep.disputes.call("has_quorum", s.job, r)
+        for v in s.validators[:2]:
+            v.reveal(s.job, r)
+
+
+def _signed_approvals(s, validators) -> tuple:
+    """The honest scores-basis statement now, with each of `validators`' signature of it (as
+    `Validator.approve_rewards` signs, which itself waits for the votes to close)."""
+    from fedmarket.protocol.receipts import RewardsApproval
+    from fedmarket.roles.settlement import statement_of
+
+    statement = statement_of(s.honest_document())
+    ordered = sorted(validators, key=lambda v: int(v.address, 16))
+    sigs = [RewardsApproval(s.job, *statement).sign(v.account.key, s.dep.chain_id, s.dep.disputes.address) for v in ordered]
+    return statement, [v.address for v in ordered], sigs
+
+
+def test_the_reward_root_waits_for_a_slower_validators_last_vote(make):
+    """Attack: the aggregator posts the reward root the moment the last round reaches quorum,
+    before a slower validator's attestation (sent in time) is on chain; once the job is finalizing
+    that vote can never land, and the validator's fee for the round is lost. The chain now refuses
+    every reward root, and every approval of one, until the votes close: every validator voted on
+    the last round, or half of the step's time passed. Here the third vote lands, and all three
+    validators are paid."""
+    from fedmarket.errors import FedMarketError
+    from fedmarket.roles.validator import submit_attestations
+
+    s = make(providers=3, validators=3, rounds=1, validator_fee=TOKEN)
+    _two_of_three_attest(s, 1)
+    v0, v1, late = s.validators
+    assert not s.dep.disputes.call("votes_closed", s.job)
+    for basis in (R.Basis.SCORES, R.Basis.WEIGHT):
+        revert(s.agg.post_rewards, s.job, basis, match="disputes: votes open")
+    statement, signers, sigs = _signed_approvals(s, [v0, v1])
+    revert(s.dep.disputes.transact, "approve_rewards", s.job, *statement, signers, sigs, sender=s.agg.account,
+           match="disputes: votes open")
+    with pytest.raises(FedMarketError, match="votes still open"):
+        v0.approve_rewards(s.job)  # an honest validator signs no statement that could still change
+    submit_attestations(s.dep, s.box, late.account, s.job, 0, only=late.address)
+    assert s.dep.disputes.call("votes_closed", s.job)  # every validator voted: no wait
+    late.reveal(s.job, 0)
+    for v in s.validators:
+        v.approve_rewards(s.job)
+    s.agg.post_rewards(s.job)
+    assert s.state() == JobState.FINALIZING
+    s.settle_and_claim()
+    assert all(s.delta()[v.address] == TOKEN for v in s.validators)
+
+
+def test_no_vote_lands_after_the_votes_close(make):
+    """The other side of the wait: once half of the last step's time has passed, the votes are
+    closed for good. A validator that held back its attestations cannot put one on chain then, of
+    the last round or of any earlier one: landing just before the root (front-running it), it
+    would have made the honest root's activity provably wrong and the aggregator slashed. The
+    two validators that voted in time are paid, the silent one nothing, and nobody is slashed."""
+    from fedmarket.roles.validator import submit_attestations
+
+    s = make(providers=3, validators=3, rounds=2, validator_fee=TOKEN)
+    _two_of_three_attest(s, 2)
+    late = s.validators[2]
+    s.past(int(s.dep.market.call("votes_close", s.job)) - 1)
+    assert s.dep.disputes.call("votes_closed", s.job)
+    for r in (1, 0):
+        revert(submit_attestations, s.dep, s.box, late.account, s.job, r, only=late.address, match="disputes: votes closed")
+    for v in s.validators[:2]:
+        v.approve_rewards(s.job)
+    s.agg.post_rewards(s.job)
+    s.settle_and_claim()
+    d = s.delta()
+    assert [d[v.address] for v in s.validators] == [2 * TOKEN, 2 * TOKEN, 0] and s.slashed() == {}

@@ -625,11 +625,22 @@ class Fuzz(RuleBasedStateMachine):
         root = model_root or job.rounds[r].data[0]
         return Attestation(job.id, r, root, scores).sign(self.acct[v].key, self.dep.chain_id, self.d.address)
 
+    def votes_closed(self, job: Job) -> bool:
+        """`Disputes.votes_closed` for the next transaction: the last round at quorum, and every
+        validator voted on it or half of the step's time has passed since."""
+        if not (job.validated and job.quorum and job.current == job.terms.rounds):
+            return False
+        return self.now() + 1 >= job.deadline - RD // 2 or len(job.voted(job.current - 1)) >= len(job.validators)
+
     def do_attest(self, job: Job, r: int, vs: list[str], scores=SCORES) -> None:
         vs = sorted(vs, key=address_key)
         if not vs:
             return
         sigs = [self.sign_attestation(job, r, v, scores) for v in vs]
+        if self.votes_closed(job):  # no attestation of any round lands after the votes closed
+            self.refused("attest after the votes closed", self.d, "attest", job.id, r, job.rounds[r].data,
+                         job.acc.proof(r), scores, vs, sigs, sender=self.w.watcher, match="votes closed")
+            return
         self.send("attest", self.d, "attest", job.id, r, job.rounds[r].data, job.acc.proof(r), scores, vs, sigs,
                   sender=self.w.watcher)
         before = job.attested[r]
@@ -665,7 +676,8 @@ class Fuzz(RuleBasedStateMachine):
         if job.member[v].slashed:
             sig = self.sign_attestation(job, r, v)
             self.refused("slashed validator votes", self.d, "attest", job.id, r, job.rounds[r].data, job.acc.proof(r),
-                         SCORES, [v], [sig], sender=self.w.griefer, match="not a validator of the job")
+                         SCORES, [v], [sig], sender=self.w.griefer,
+                         match="votes closed" if self.votes_closed(job) else "not a validator of the job")
             return
         what = data.draw(st.sampled_from(["equivocate", "attest", "reject", "equivocate", "twice"]), label="misbehaviour")
         if v in job.voted(r):
@@ -852,6 +864,13 @@ class Fuzz(RuleBasedStateMachine):
         tree = reward_tree(leaves)
         statement = (tree.root, total, vt, True)
         basis = R.Basis.WEIGHT
+        if job.validated and not self.votes_closed(job):  # the root waits for the last votes
+            self.refused("root before the votes close", self.m, "post_rewards", job.id, tree.root, total, vt,
+                         R.Basis.WEIGHT, True, "bafk", sender=poster, match="votes open")
+            if not self.wait_to(job.deadline - RD // 2 - 1) or not self.can_post(job):
+                return
+            if job.member[agg].slashed != slashed:
+                return
         if job.validated:
             if right and data.draw(st.booleans(), label="approve first"):
                 self.approve(job, statement)
@@ -897,6 +916,10 @@ class Fuzz(RuleBasedStateMachine):
         root, total, vt, gate = statement
         sigs = [RewardsApproval(job.id, root, total, vt, gate).sign(self.acct[v].key, self.dep.chain_id, self.d.address)
                 for v in vs]
+        if not self.votes_closed(job):
+            self.refused("approve before the votes close", self.d, "approve_rewards", job.id, root, total, vt, gate, vs,
+                         sigs, sender=self.w.watcher, match="votes open")
+            return
         self.send("approve_rewards", self.d, "approve_rewards", job.id, root, total, vt, gate, vs, sigs,
                   sender=self.w.watcher)
         job.approvers.update(vs)

@@ -62,7 +62,7 @@ def test_privileged_calls_refused(make):
         ("slash", (s.job, p, s.c.stranger.address), "caller is not disputes"),
         ("fail_judged", (s.job, True, s.c.stranger.address), "caller is not disputes"),
         ("mark_quorum", (s.job, 0), "caller is not disputes"),
-        ("fail_proven", (s.job, 0, s.c.stranger.address, "made up"), "caller is not the arbiter"),
+        ("fail_proven", (s.job, 0, s.c.stranger.address, "made up"), "caller is not a judge"),
         ("reward_fault", (s.job, s.c.stranger.address), "caller is not the arbiter"),
     ]
     before = s.holdings()

@@ -259,6 +259,9 @@ class AggregatorProcess(RoleProcess):
         try:  # a scores-basis root also puts the validators' approvals of it on chain first
             receipt = self.aggregator.post_rewards(job_id)
         except (ContractRevert, FedMarketError) as exc:
+            if "votes open" in str(exc):  # a late validator's vote still counts: the root waits for it
+                self.say_once("reward root ready; waiting for the last votes (every validator's, or half of the step's time)")
+                return
             if "not approved" not in str(exc) and "scores basis" not in str(exc):
                 raise
             try:  # validators silent: the provable weight basis, once half of the last step's time passed

@@ -23,7 +23,7 @@ class ChallengerProcess(RoleProcess):
 
     Every step first moves in the games waiting for it (and times out any game whose mover let
     its deadline pass: anyone may), then looks for something new to prove: an equivocating
-    validator, a wrong round (each committed round is recomputed once; `verified.json` keeps
+    validator, an aggregator that sealed a round twice, a wrong round (each committed round is recomputed once; `verified.json` keeps
     the ones found right across restarts), a censored update, a reward root that breaks the
     rule. It checks that it can cover the job's dispute bond before it opens a game. It stops
     once the job is over and none of its games is open; with `until_quiet` it stops as soon as
@@ -73,6 +73,12 @@ class ChallengerProcess(RoleProcess):
         if self.mailbox is not None:
             for receipt in self.challenger.check_equivocation(job_id, self.mailbox):
                 self.say(f"proved a validator equivocated: slashed (tx {receipt.tx_hash})")
+            sealed_twice = self._guarded(lambda: self.challenger.check_seals(job_id, self.mailbox))
+            if sealed_twice is not None:
+                ev = sealed_twice.event("SealEquivocationProven")
+                self.say(f"proved the aggregator sealed round {ev['round']} twice: job failed, aggregator slashed "
+                         f"(tx {sealed_twice.tx_hash})")
+                return
         opened = self._guarded(lambda: self.challenger.check(job_id, self.verified, self.mailbox))
         self.state.save("verified", sorted(self.verified))
         if opened is None and self.mailbox is not None:

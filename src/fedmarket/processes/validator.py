@@ -119,6 +119,9 @@ class ValidatorProcess(RoleProcess):
         if time.monotonic() - self._approved_at < self.approve_interval:
             return
         self._approved_at = time.monotonic()
+        if not self.dep.disputes.call("votes_closed", self.job_id):
+            self.say_once("every round committed; waiting for the last votes before approving the rewards")
+            return
         msg = self.validator.approve_rewards(self.job_id)
         if msg is None:
             self.say_once("no scores basis to approve (masked updates or missing reveals)")

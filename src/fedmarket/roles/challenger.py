@@ -1,7 +1,8 @@
 """Challenger: watches a job and proves on chain what can be proven. It opens a dispute game
 (`RoundArbiter`, `RewardArbiter`) for a wrong aggregate, an invalid or out-of-order update, an
 acknowledged update left out of a round (censorship) or a reward root that breaks the reward
-rule, plays the challenger's moves to the end, and proves validators' equivocation directly."""
+rule, plays the challenger's moves to the end, and proves directly a validator's equivocation
+(two attestations of one round) and the aggregator's (two seals of one round's commitments)."""
 
 from __future__ import annotations
 
@@ -220,6 +221,27 @@ class Challenger:
                 ))
                 proven.add(validator)
         return receipts
+
+
+    def check_seals(self, job_id: int, mailbox: Mailbox) -> Receipt | None:
+        """Prove that the job's aggregator signed two different seals of one round's commitments
+        (`roles.sealed`), from the seals posted on each round's seal topic up to the one in
+        training: the job fails back to before that round and the aggregator is slashed, half to
+        this challenger (`Disputes.prove_seal_equivocation`). Returns the receipt, or None when
+        every round has at most one seal (or the job is past disputes)."""
+        from . import sealed as sl
+
+        state, current, _, _, aggregator = self.dep.market.call("job_status", job_id)
+        if JobState(int(state)) not in (JobState.TRAINING, JobState.FINALIZING):
+            return None
+        for r in range(int(current) + 1):
+            signed: dict[bytes, bytes] = {}
+            for msg, taken in sl.seal_messages(self.dep, mailbox.read(sl.seal_topic(job_id, r)), job_id, r, aggregator):
+                signed.setdefault(sl.seal_digest(taken), hexbytes(msg["signature"]))
+            if len(signed) > 1:
+                (a, sa), (b, sb) = sorted(signed.items())[:2]
+                return self.dep.disputes.transact("prove_seal_equivocation", job_id, r, a, sa, b, sb, sender=self.account)
+        return None
 
 
 def _metrics_cid(c) -> str:
