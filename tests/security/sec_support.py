@@ -94,14 +94,14 @@ def digits():
 def make_spec(*, providers=3, rounds=2, validators=0, strategy="fedavg", trim=0, privacy="plain", per_round=0,
               escrow=ESCROW, provider_stake=PROV_STAKE, aggregator_stake=AGG_STAKE, validator_stake=VAL_STAKE,
               bond=BOND, target_accuracy=None, miss_payout_bps=5_000, deadlines=None, min_validators=None,
-              aggregator_fee=0, validator_fee=0, licence_requester_bps=0, name="security") -> JobSpec:
+              aggregator_fee=0, validator_fee=0, licence_requester_bps=0, learning_rate=1.0, name="security") -> JobSpec:
     ds, _, _ = digits()
     dp = privacy in ("dp_local", "secagg_dp")
     return JobSpec(
         name=name,
         data=DataSchema(n_features=ds.n_features, n_classes=ds.num_classes,
                         feature_low=[float(v) for v in ds.feature_low], feature_high=[float(v) for v in ds.feature_high]),
-        training=TrainingSpec(rounds=rounds, local_epochs=1, batch_size=16, learning_rate=1.0),
+        training=TrainingSpec(rounds=rounds, local_epochs=1, batch_size=16, learning_rate=learning_rate),
         strategy=strategy,
         trim=trim,
         privacy=PrivacySpec(mode=privacy, **({"epsilon": 8.0, "delta": 1e-5, "clip_norm": 1.0} if dp else {})),

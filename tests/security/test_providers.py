@@ -95,3 +95,18 @@ def test_a_colluding_majority_cannot_get_an_honest_provider_slashed(make):
         assert s.state() == JobState.SETTLED
         assert s.providers[0].address not in s.slashed(), colluders.__name__
         assert s.delta()[s.providers[0].address] >= 0
+
+
+def test_a_job_whose_training_moves_nothing_slashes_no_honest_provider(make):
+    """Attack (the requester): post a job whose local training cannot move the fixed-point model,
+    here a learning rate far below the quantization step (a torch network whose parameters get no
+    gradient does the same). Every honest update is then all zeros, which is what the validators
+    slash as the model sent back: the requester, submitting their reports, would take half of every
+    provider's stake. A validator now reports an all-zero update only if one round of the job's
+    own training, from the same model on its held-out data, moves something: here it does not, so
+    nobody is reported or slashed."""
+    s = make(providers=3, validators=3, rounds=2, learning_rate=1e-9)
+    s.run()
+    assert s.state() == JobState.SETTLED
+    assert s.slashed() == {}
+    assert all(s.delta()[p.address] >= 0 for p in s.providers)

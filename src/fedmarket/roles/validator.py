@@ -7,7 +7,7 @@ from eth_utils import is_address
 
 from ..chain import Account, Receipt
 from ..errors import FedMarketError
-from ..fl.quantize import dequantize
+from ..fl.quantize import dequantize, quantize
 from ..jobmodel import job_model
 from ..market import Deployment
 from ..protocol import rules as R
@@ -28,6 +28,7 @@ from .common import (
     round_accumulator,
     round_topic,
 )
+from .provider import training_seed
 from .sealed import conflicting_seal, sealed
 from .settlement import (
     SCORE_SCALE,
@@ -102,6 +103,8 @@ class Validator(DataRole):
         flagged = [ev.updates[i].provider for i in np.flatnonzero(scored.report.flagged)] if scored else []
         # only the model sent back is slashable: relative flags are for the round's pay alone
         slashable = [u.provider for u in ev.updates if R.sent_back(u.q)] if not spec.privacy.secure else []
+        if slashable and self._training_sends_back(jm, job_id, round_, ev.prev_model):
+            slashable = []  # the job's own training moves nothing: an all-zero update is honest here
         doc = {
             "job_id": job_id, "round": round_, "validator": self.address,
             "method": scored.method if scored else ("masked: aggregate only" if spec.privacy.secure else "none"),
@@ -120,6 +123,19 @@ class Validator(DataRole):
                    "scores_root": "0x" + root.hex(), "signature": "0x" + sig.hex()}
         self.mailbox.post(round_topic(job_id, round_) + "-attestations", canonical_json(message))
         return message
+
+    def _training_sends_back(self, jm, job_id: int, round_: int, q_global: np.ndarray) -> bool:
+        """Whether one round of the job's own local training, from the round's starting model on this
+        validator's held-out data, quantizes to all zeros as well. A requester can post a job whose
+        training cannot move the fixed-point model (a learning rate far below the quantization step,
+        a network whose parameters get no gradient): every honest update is then all zeros, and
+        reporting them as the model sent back would hand the requester every honest stake. Run only
+        when some update is all zeros, so an honest round costs nothing more."""
+        try:
+            delta = jm.train(q_global, self.X, self.y, seed=training_seed(self.address, job_id, round_), round_=round_)
+            return R.sent_back(quantize(delta))
+        except (FedMarketError, ValueError, FloatingPointError, OverflowError):
+            return True  # training fails on this job: nobody is judged by it
 
     def submit_own_vote(self, job_id: int, round_: int) -> list[Receipt]:
         """Put this validator's posted vote on the round on chain, unless it is there already (the
@@ -152,8 +168,13 @@ class Validator(DataRole):
         """Re-derive the job's scores-basis reward document from the chain, the blob store and the
         revealed scores, and post a signed approval of its statement (root, totals, quality gate:
         what a scores-basis `post_rewards` needs); returns it, or None when the job has no scores
-        basis (masked updates, or a round without counted reveals)."""
+        basis (masked updates, or a round without counted reveals). FedMarketError while the
+        votes are open (`Disputes.votes_closed`): a statement signed before the last vote is in
+        would leave that validator's fee out."""
         from ..protocol.receipts import RewardsApproval
+
+        if not self.dep.disputes.call("votes_closed", job_id):
+            raise FedMarketError(f"job {job_id}: validators' votes still open; the reward statement is not final")
 
         spec = load_spec(self.dep, self.store, job_id)
         doc = reward_document(self.dep, self.store, job_id, spec, mailbox_reveals(self.dep, self.mailbox, job_id))
