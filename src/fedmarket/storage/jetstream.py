@@ -202,11 +202,12 @@ async def _ensure_stream(js, **config) -> None:
 
 
 class _Topic:
-    """What this client has read of one topic: the next stream sequence to look at, the
-    messages in publish order, their CIDs."""
+    """What this client has read of one topic: the next stream sequence to look at (in the stream
+    created at `created`), the messages in publish order, their CIDs."""
 
     def __init__(self) -> None:
         self.next_seq = 1
+        self.created = None
         self.messages: list[bytes] = []
         self.cids: set[str] = set()
 
@@ -259,12 +260,23 @@ class JetStreamMailbox:
         return self.link.call(self._catch_up(state, subject), what=f"read {topic}")
 
     async def _catch_up(self, state: _Topic, subject: str) -> list[bytes]:
+        """Read on from `state.next_seq`. At the end, the stream's creation time is checked: a stream
+        deleted and made again (anyone on the server can) numbers its messages from 1 again, so the
+        topic is read again from the start (what was read before stays, each message once)."""
         while True:
             try:
                 msg = await self.link.js.get_msg(MAIL_STREAM, seq=state.next_seq, subject=subject, next=True,
                                                  direct=True)
             except nats.js.errors.NotFoundError:
-                return list(state.messages)
+                try:
+                    created = (await self.link.js.stream_info(MAIL_STREAM)).created
+                except nats.js.errors.NotFoundError:  # deleted, not made again yet: nothing new to read
+                    return list(state.messages)
+                if state.created is None or created == state.created:
+                    state.created = created
+                    return list(state.messages)
+                state.created, state.next_seq = created, 1
+                continue
             data = msg.data or b""
             cid = cid_of(data)
             if cid not in state.cids:
@@ -301,11 +313,20 @@ class JetStreamBlobStore(BlobStore):
 
     def put(self, data: bytes) -> str:
         """Store `data` under its CID, unless an object of that name already holds these very
-        bytes by its recorded SHA-256 (an object replaced by other bytes is written again)."""
+        bytes. The recorded SHA-256 is only metadata, which anyone on the server can publish over
+        other chunks: when it matches, the bytes are read back and checked against the CID, and
+        an object that does not hold them is written again."""
         cid = cid_of(data)
         digest = "SHA-256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
-        if self.link.call(self._recorded_digest(cid), what=f"look up {cid}") != digest:
-            self.link.call(self._bucket.put(cid, data), self.timeout, f"put {cid}")
+        if self.link.call(self._recorded_digest(cid), what=f"look up {cid}") == digest:
+            try:
+                self.get(cid)
+                return cid
+            except StorageUnreachable:
+                raise
+            except StorageError:
+                pass  # replaced under honest metadata: write it again
+        self.link.call(self._bucket.put(cid, data), self.timeout, f"put {cid}")
         return cid
 
     def _read(self, cid: str) -> bytes:
