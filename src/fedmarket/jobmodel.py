@@ -107,7 +107,8 @@ def job_model(spec: JobSpec, store: BlobStore | None = None) -> JobModel:
             raw = store.get(spec.model.module_cid)
         except StorageError as exc:
             raise SchemaMismatch(f"the job's packed module {spec.model.module_cid} is unavailable: {exc}") from None
-        model = load_packed(raw, spec.data.n_features, spec.data.n_classes, spec.model.l2)
+        model = load_packed(raw, spec.data.n_features, spec.data.n_classes, spec.model.l2,
+                            n_params=spec.n_params)  # caps the weights it reads
         if spec.data.input_shape is not None and tuple(model.input_shape) != spec.data.shape:
             raise SchemaMismatch(f"the packed module takes input {model.input_shape}; the schema's is {spec.data.shape}")
     else:

@@ -170,18 +170,20 @@ class Predictor:
         return trained.meta(), lambda X: np.asarray(jm.model.logits(trained.params, jm.features(X)))
 
     def _pt(self):
-        import torch
+        from .fl.torch_archive import check_activations, read_program, torch_errors
+        from .fl.torch_models import torch_module
 
-        extra = {"fedmarket.json": ""}
-        try:
-            program = torch.export.load(self.path, extra_files=extra)
-        except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a file that is not a program
-            raise SchemaMismatch(f"{self.path} is not a torch.export program ({type(exc).__name__})") from None
-        meta = _meta(extra["fedmarket.json"], self.path)
-        module = program.module()
+        torch = torch_module()
+        # never torch.export.load: it runs code an archive carries (pickles, guards, sympy strings);
+        # read_program checks every byte of the file before torch sees any of it
+        program, raw_meta = read_program(torch, self.path.read_bytes(), f"{self.path}", extra=True)
+        meta = _meta(raw_meta, self.path)
+        with torch_errors(str(self.path)):
+            check_activations(torch, program, (int(np.prod(meta["input_shape"])),), str(self.path))
+            module = program.module()
 
         def scores(X):
-            with torch.no_grad():
+            with torch_errors(str(self.path)), torch.no_grad():
                 return module(torch.from_numpy(X.astype(np.float32))).double().numpy()
 
         return meta, scores
@@ -217,7 +219,10 @@ def _onnx_session(proto, reference):
 def _meta(raw: str, path: Path) -> dict:
     try:
         meta = json.loads(raw)
-        meta["classes"], meta["input_shape"]  # noqa: B018 - both must be there
+        classes, shape = meta["classes"], meta["input_shape"]
+        if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+                and isinstance(shape, list) and shape and all(type(v) is int and v >= 1 for v in shape)):
+            raise ValueError
         return meta
     except (ValueError, KeyError, TypeError):
         raise SchemaMismatch(f"{path} carries no fedmarket metadata (write it with `fedmarket model get`)") from None
@@ -232,10 +237,19 @@ def read_npz(path: str | os.PathLike) -> TrainedModel:
     try:
         with np.load(p, allow_pickle=False) as doc:
             spec = JobSpec.parse(doc["spec"].tobytes())
-            trained = TrainedModel(spec, doc["committed"].astype(np.int64), int(doc["job_id"]), int(doc["round"]),
+            scalars = {}
+            for key in ("job_id", "round"):
+                v = doc[key]
+                if v.shape != () or v.dtype.kind not in "iu":
+                    raise ValueError(f"its {key} is not one integer")
+                scalars[key] = int(v)
+            for key in ("committed", "model_root", "module", "params"):
+                if doc[key].ndim != 1:
+                    raise ValueError(f"its {key} is not a vector")
+            trained = TrainedModel(spec, doc["committed"].astype(np.int64), scalars["job_id"], scalars["round"],
                                    doc["model_root"].tobytes(), doc["module"].tobytes())
             params = doc["params"]
-    except (KeyError, ValueError, OSError, EOFError) as exc:
+    except (KeyError, ValueError, TypeError, OSError, EOFError) as exc:
         raise SchemaMismatch(f"{p} is not a fedmarket model file ({type(exc).__name__}: {str(exc)[:80]})") from None
     if trained.q.shape != (spec.n_params,) or not np.array_equal(trained.params, params):
         raise SchemaMismatch(f"{p}: its parameters do not match its committed vector and spec")

@@ -22,6 +22,7 @@ import numpy as np
 from fedmarket.errors import ConfigError, SchemaMismatch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
+MAX_IMAGE_PIXELS = 2**24  # 16.7 Mpixel (4096x4096); Pillow's own refusal (DecompressionBombError) comes at 179 M
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
 PARQUET_HINT = "reading Parquet needs pyarrow: `pip install fedmarket[data]`"
 
@@ -124,6 +125,8 @@ def _read_csv(p: Path, label: str | None) -> LocalData:
             header = next(csv.reader(fh), None)
     except UnicodeDecodeError:
         raise SchemaMismatch(f"{p} is not a text CSV file (not UTF-8)") from None
+    except csv.Error as exc:  # a field past csv.field_size_limit(), a NUL byte
+        raise SchemaMismatch(f"{p}: its header row is not CSV ({str(exc)[:100]})") from None
     except OSError as exc:
         raise SchemaMismatch(f"cannot read {p}: {exc.strerror}") from None
     if not header or not any(h.strip() for h in header):
@@ -241,12 +244,20 @@ def _read_images(root: Path, shape: tuple[int, ...] | None, grey: bool | None) -
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
-                with Image.open(f) as im:
+                with Image.open(f) as im:  # reads the header only: the size is known before decoding
+                    if im.width * im.height > MAX_IMAGE_PIXELS:
+                        raise SchemaMismatch(f"{f} is {im.width}x{im.height} pixels, above the {MAX_IMAGE_PIXELS} "
+                                             "pixels fedmarket reads in one image")
+                    if shape is not None and len(shape) == 3 and (im.height, im.width) != tuple(shape[1:]):
+                        raise SchemaMismatch(f"{f} is {im.width}x{im.height}; every image must be "
+                                             f"{shape[2]}x{shape[1]} with {shape[0]} channel(s)")
                     if grey is None:
                         grey = im.mode in ("1", "L", "I", "I;16", "F")
                     a = np.asarray(im.convert("L" if grey else "RGB"), dtype=np.float64)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise SchemaMismatch(f"{f} is not a readable image ({type(exc).__name__})") from None
+            except SchemaMismatch:
+                raise
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
+                raise SchemaMismatch(f"{f} is not a readable image ({type(exc).__name__}: {str(exc)[:100]})") from None
             a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
             if shape is None:
                 shape = tuple(int(v) for v in a.shape)

@@ -11,8 +11,10 @@ A user's module travels as a *packed module* (:func:`pack_module`): a zip holdin
 ``torch.export`` programs of it, one captured in training mode and one in evaluation mode
 (batch dimension dynamic), with its initial weights, plus a small JSON header. A job names the
 pack by its content id; every role loads it with :func:`load_packed` and checks it against the
-spec before it stakes. Loading runs no Python code of the user's: an exported program is a
-graph of ATen operators.
+spec before it stakes. Loading runs no Python code of the user's: ``torch_archive.read_program`` checks
+every byte of each program against what ``torch.export.save`` writes (never ``torch.export.load``,
+which unpickles and execs parts of an archive), its graph calls only ``torch_archive.ALLOWED_OPS``, its
+intermediate tensors are bounded, and its training program takes one step before anyone stakes.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 from fedmarket.errors import ConfigError, SchemaMismatch
 from fedmarket.fl.models import InputChecks
 from fedmarket.fl.optim import LocalTraining
+from fedmarket.fl.torch_archive import check_activations, pack_header, read_program, stored_zip, torch_errors
 
 TORCH_HINT = "install PyTorch (CPU build) with the extra `pip install fedmarket[torch]`"
 PACK_FORMAT = 1
@@ -371,35 +374,54 @@ def pack_module(module: Any, input_shape: Sequence[int], n_classes: int) -> byte
     return out_buf.getvalue()
 
 
-def load_packed(raw: bytes, n_features: int, n_classes: int, l2: float = 0.0) -> TorchNet:
-    """The :class:`TorchNet` of a packed module, checked: its header, both programs, the same
-    parameters in each, and class scores of the right shape for ``n_features`` inputs.
+_PROBE_BATCH = 4
+_MAX_INT_BUFFER_ELEMENTS = 4096  # BatchNorm's num_batches_tracked: integer buffers are outside the flat vector
+def load_packed(raw: bytes, n_features: int, n_classes: int, l2: float = 0.0, *,
+                n_params: int | None = None) -> TorchNet:
+    """The :class:`TorchNet` of a packed module, checked: its bytes by :func:`read_program` before
+    torch sees any of them, its header, both programs, the same parameters in each, class scores of
+    the right shape for ``n_features`` inputs, and one step of its training program (forward and
+    backward on a tiny batch), so that a pack that cannot train is refused before anyone stakes.
+
+    ``n_params`` (the spec's) caps the weights each program may carry; without it the pack's own
+    length does.
 
     Raises
     ------
     SchemaMismatch
-        If the pack is not one, or does not fit ``n_features`` / ``n_classes``.
+        If the pack is not one, is not what :func:`pack_module` writes, or does not fit
+        ``n_features`` / ``n_classes``; always one line.
     """
     torch = torch_module()
-    try:
-        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
-            header = json.loads(zf.read("fedmarket.json"))
-            programs = {m: torch.export.load(io.BytesIO(zf.read(f"{m}.pt2"))) for m in ("train", "eval")}
-    except (zipfile.BadZipFile, KeyError, ValueError, RuntimeError, OSError) as exc:
-        raise SchemaMismatch(f"not a packed module (see `fedmarket model pack`): {type(exc).__name__}: {exc}") from None
-    if header.get("format") != PACK_FORMAT:
-        raise SchemaMismatch(f"packed module format {header.get('format')!r}; this release reads {PACK_FORMAT}")
-    shape = tuple(int(v) for v in header.get("input_shape", ()))
-    if math.prod(shape) != int(n_features) or int(header.get("n_classes", -1)) != int(n_classes):
-        raise SchemaMismatch(f"the packed module takes input {shape} and gives {header.get('n_classes')} classes; "
+    members = stored_zip(raw, "packed module", {"fedmarket.json", "train.pt2", "eval.pt2"})
+    missing = {"fedmarket.json", "train.pt2", "eval.pt2"} - set(members)
+    if missing:
+        raise SchemaMismatch(f"not a packed module (see `fedmarket model pack`): no {', '.join(sorted(missing))}")
+    shape, k = pack_header(members["fedmarket.json"], PACK_FORMAT)
+    if math.prod(shape) != int(n_features) or k != int(n_classes):
+        raise SchemaMismatch(f"the packed module takes input {shape} and gives {k} classes; "
                              f"the job has {n_features} features and {n_classes} classes")
-    net = TorchNet(programs["train"].module(), programs["eval"].module(), n_features, n_classes, shape, l2)
-    if net.logits(net.init_params(), np.zeros((2, int(n_features)))).shape != (2, int(n_classes)):
-        raise SchemaMismatch("the packed module's evaluation program does not give one score per class")
+    cap = None if n_params is None else int(n_params) + _MAX_INT_BUFFER_ELEMENTS
+    programs = {m: read_program(torch, members[f"{m}.pt2"], f"the packed module's {m} program", max_numel=cap)[0]
+                for m in ("train", "eval")}
+    for mode, ep in programs.items():
+        with torch_errors(f"the packed module's {mode} program"):
+            check_activations(torch, ep, shape, f"the packed module's {mode} program")
+    with torch_errors("the packed module"):
+        net = TorchNet(programs["train"].module(), programs["eval"].module(), n_features, n_classes, shape, l2)
+        w0 = net.init_params()
+        if net.logits(w0, np.zeros((2, int(n_features)))).shape != (2, int(n_classes)):
+            raise SchemaMismatch("the packed module's evaluation program does not give one score per class")
+        X = np.random.default_rng(0).random((_PROBE_BATCH, int(n_features)))
+        y = np.arange(_PROBE_BATCH, dtype=np.int64) % int(n_classes)
+    with torch_errors("the packed module's train program"):
+        loss, grad = net.loss_and_grad(w0, X, y)  # the training program, forward and backward
+        if not (math.isfinite(loss) and np.all(np.isfinite(grad))):
+            raise SchemaMismatch("the packed module's training program gives a loss or gradient that is not finite")
+        if not np.any(grad):
+            raise SchemaMismatch("the packed module's training program gives its parameters no gradient: "
+                                 "every provider's update would be all zeros")
     return net
-
-
-# ---- model out: a self-contained inference module -----------------------------------------------
 
 
 def inference_module(net_module: Any, low: np.ndarray, high: np.ndarray, input_shape: Sequence[int]) -> Any:
