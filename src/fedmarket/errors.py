@@ -39,6 +39,10 @@ class StorageUnreachable(StorageError):
     the data, so a judge of a round retries rather than calling its data unavailable."""
 
 
+class BlobTooLarge(StorageError):
+    """A blob over the size its reader takes (for good: a content id always names the same bytes)."""
+
+
 class PrivacyError(FedMarketError):
     """A privacy mechanism or protocol could not run as asked."""
 

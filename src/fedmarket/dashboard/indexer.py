@@ -2,8 +2,12 @@
 SQLite, so the dashboard reads a local database instead of asking the node on every page.
 
 It resumes where it stopped (the next block to read is kept in the database) and notices when
-the node is not the chain it indexed (another chain id, or the last indexed block's hash
-changed: an anvil restarted from scratch): then it starts again from the deployment block.
+the node is not the chain it indexed (another chain id): then it starts again from the deployment
+block. It keeps the hashes of the last REORG_WINDOW blocks it read and, before every sync, checks
+the last one against the node: when a reorganisation replaced it, everything indexed from the fork
+on is deleted and read again (and when no kept hash is on the chain any more, as for an anvil
+restarted from scratch, everything is). Each range's logs must come from the blocks whose hashes
+it records, each of those blocks the child of the one before.
 Reading is one `eth_getLogs` per range of blocks over all the deployment's addresses at once,
 decoded with the contracts' ABIs and written in one transaction per range.
 """
@@ -44,7 +48,15 @@ CREATE INDEX IF NOT EXISTS events_tx ON events (tx);
 CREATE TABLE IF NOT EXISTS gas (tx TEXT PRIMARY KEY, gas INTEGER NOT NULL, sender TEXT);
 CREATE TABLE IF NOT EXISTS terms (job_id INTEGER PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS accuracy (job_id INTEGER, round INTEGER, accuracy REAL, PRIMARY KEY (job_id, round));
+CREATE TABLE IF NOT EXISTS blocks (number INTEGER PRIMARY KEY, hash TEXT NOT NULL);
 """
+#: how many of the last indexed blocks' hashes are kept: a reorganisation deeper than this (or
+#: one that replaced every kept block) makes the index start again from the deployment block
+REORG_WINDOW = 128
+
+
+class Reorganised(Exception):
+    """The chain changed under a range being read: nothing of it is stored, the next sync rolls back."""
 
 
 @lru_cache(maxsize=65_536)
@@ -131,6 +143,7 @@ class Indexer:
         self.market_abi = artifacts.load("JobMarket").abi
         self.version = 0  # bumped whenever new events are stored (what live pages wait for)
         self.head = 0  # the latest block the index has read
+        self.reorgs = 0  # rollbacks (a reorganisation seen) since this Indexer was made
         self.stats = {"events": 0, "seconds": 0.0, "ranges": 0}
         self._check_identity()
 
@@ -150,24 +163,61 @@ class Indexer:
             raise ConfigError(f"index {self.db_path()} belongs to the market at {market}, not "
                               f"{self.addresses['market']}: use another --db")
         same_chain = self.meta("chain_id") == str(self.chain.chain_id)
-        if market is None or not same_chain or not self._last_block_still_there():
+        if market is None or not same_chain:
             self.reset()
+        else:
+            self._follow_reorg()
 
     def db_path(self) -> str:
         return self.db.execute("PRAGMA database_list").fetchone()[2]
 
-    def _last_block_still_there(self) -> bool:
-        last, want = self.meta("last_block"), self.meta("last_hash")
-        if last is None or want is None:
-            return True
-        block = self.chain.request("eth_getBlockByNumber", [hex(int(last)), False])
-        return block is not None and block["hash"] == want
+    def _hash_at(self, number: int) -> str | None:
+        block = self.chain.request("eth_getBlockByNumber", [hex(number), False])
+        return block["hash"].lower() if block else None
+
+    def _kept_hashes(self) -> list[tuple[int, str]]:
+        rows = self.db.execute("SELECT number, hash FROM blocks ORDER BY number DESC").fetchall()
+        if not rows and self.meta("last_block") is not None and self.meta("last_hash"):
+            rows = [(int(self.meta("last_block")), self.meta("last_hash").lower())]  # an index of an older release
+        return rows
+
+    def _follow_reorg(self) -> None:
+        """If the last indexed block is no longer on the node's chain, roll back to the newest kept
+        block that still is (or start again when none is)."""
+        kept = self._kept_hashes()
+        if not kept or self._hash_at(kept[0][0]) == kept[0][1]:
+            return
+        for number, want in kept[1:]:
+            if self._hash_at(number) == want:
+                self.rollback(number)
+                return
+        self.reset()
+        self.reorgs += 1
+
+    def rollback(self, last_good: int) -> None:
+        """Forget everything indexed after block `last_good` (events, their gas, terms and
+        accuracy of jobs and rounds no longer posted) and read on from the block after it."""
+        with self.lock, self.db:
+            # a round committed again on the new branch is another model: its accuracy is measured again
+            self.db.execute("DELETE FROM accuracy WHERE EXISTS (SELECT 1 FROM events e WHERE e.name = 'RoundCommitted' "
+                            "AND e.block > ? AND e.job_id = accuracy.job_id AND e.round = accuracy.round)", (last_good,))
+            self.db.execute("DELETE FROM events WHERE block > ?", (last_good,))
+            self.db.execute("DELETE FROM blocks WHERE number > ?", (last_good,))
+            self.db.execute("DELETE FROM gas WHERE tx NOT IN (SELECT tx FROM events)")
+            self.db.execute("DELETE FROM terms WHERE job_id NOT IN (SELECT job_id FROM events WHERE name = 'JobPosted')")
+            self.db.execute("DELETE FROM accuracy WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.name = "
+                            "'RoundCommitted' AND e.job_id = accuracy.job_id AND e.round = accuracy.round)")
+            kept = self.db.execute("SELECT hash FROM blocks WHERE number = ?", (last_good,)).fetchone()
+            self._set_meta(next_block=last_good + 1, last_block=last_good, last_hash=kept[0] if kept else "")
+        self.reorgs += 1
+        self.version += 1
 
     def reset(self) -> None:
         """Forget everything and read again from the deployment block."""
         with self.lock, self.db:
             for table in ("events", "gas", "terms", "accuracy", "meta"):
                 self.db.execute(f"DELETE FROM {table}")
+            self.db.execute("DELETE FROM blocks")
             self._set_meta(market=self.addresses["market"], chain_id=self.chain.chain_id, next_block=self.start_block,
                            start_block=self.start_block)
         self.version += 1
@@ -178,40 +228,73 @@ class Indexer:
 
     # ---- catching up -------------------------------------------------------------------
     def sync(self) -> int:
-        """Read every block up to the node's latest; returns how many events were stored."""
+        """Roll back what a reorganisation replaced, then read every block up to the node's latest;
+        returns how many events were stored."""
         t0 = time.perf_counter()
+        self._follow_reorg()
         latest = self.chain.block_number()
         stored = 0
         start = self.next_block
         while start <= latest:
             end = min(latest, start + self.span - 1)
-            stored += self._range(start, end)
+            try:
+                stored += self._range(start, end, latest)
+            except Reorganised:
+                break  # the next sync rolls back to the fork and reads the new branch
             start = end + 1
-        self.head = latest
+        self.head = min(latest, self.next_block - 1)
         self.stats["events"] += stored
         self.stats["seconds"] += time.perf_counter() - t0
         return stored
 
-    def _range(self, start: int, end: int) -> int:
+    def _headers(self, start: int, end: int, latest: int) -> dict[int, dict]:
+        """The headers of the range's blocks within REORG_WINDOW of `latest` (and of its last
+        block), each checked to be the child of the one before it (the first one: of the last
+        block indexed, when its hash is kept); Reorganised if they are not."""
+        numbers = sorted({end, *range(max(start, latest - REORG_WINDOW + 1), end + 1)})
+        headers = {}
+        for n in numbers:
+            block = self.chain.request("eth_getBlockByNumber", [hex(n), False])
+            if block is None:
+                raise Reorganised(f"block {n} is gone")
+            headers[n] = block
+        parent = self.db.execute("SELECT hash FROM blocks WHERE number = ?", (start - 1,)).fetchone()
+        known = {start - 1: parent[0]} if parent else {}
+        for n in numbers:
+            known[n] = headers[n]["hash"].lower()
+            if n - 1 in known and headers[n]["parentHash"].lower() != known[n - 1]:
+                raise Reorganised(f"block {n} is not the child of block {n - 1} as indexed")
+        return headers
+
+    def _range(self, start: int, end: int, latest: int | None = None) -> int:
+        headers = self._headers(start, end, end if latest is None else latest)
         flt = {"address": list(self.addresses.values()), "fromBlock": hex(start), "toBlock": hex(end)}
         logs = self.chain.request("eth_getLogs", [flt])
-        rows, changed = self._decode(logs)
+        for log in logs:  # every log from the blocks recorded, none of a branch left meanwhile
+            header = headers.get(int(log["blockNumber"], 16))
+            if log.get("removed") or (header is not None and str(log.get("blockHash", "")).lower()
+                                      != header["hash"].lower()):
+                raise Reorganised(f"a log of block {int(log['blockNumber'], 16)} is of another branch")
+        rows, changed = self._decode(logs, {n: int(h["timestamp"], 16) for n, h in headers.items()})
         gas_txs = sorted({r[3] for r in rows if r[5] in ("RoundCommitted", "JobPosted")})
         gas = [self._gas(tx) for tx in gas_txs]
         terms = [(job, self._terms(job)) for name, job in changed if name == "JobPosted"]
-        head = self.chain.request("eth_getBlockByNumber", [hex(end), False])
+        blocks = [(n, h["hash"].lower()) for n, h in headers.items()]
         with self.lock, self.db:
-            self.db.executemany("INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            # a row of the same (block, log index) can only be one a rollback missed: the chain's wins
+            self.db.executemany("INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             self.db.executemany("INSERT OR REPLACE INTO gas VALUES (?, ?, ?)", gas)
             self.db.executemany("INSERT OR REPLACE INTO terms VALUES (?, ?)", terms)
-            self._set_meta(next_block=end + 1, last_block=end, last_hash=head["hash"] if head else "")
+            self.db.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?)", blocks)
+            self.db.execute("DELETE FROM blocks WHERE number <= ?", (end - REORG_WINDOW,))
+            self._set_meta(next_block=end + 1, last_block=end, last_hash=headers[end]["hash"].lower())
         self.stats["ranges"] += 1
         if rows:
             self.version += 1
         return len(rows)
 
-    def _decode(self, logs: list[dict]) -> tuple[list[tuple], list[tuple[str, int | None]]]:
-        rows, changed, times = [], [], {}
+    def _decode(self, logs: list[dict], times: dict[int, int] | None = None) -> tuple[list[tuple], list[tuple[str, int | None]]]:
+        rows, changed, times = [], [], dict(times or {})
         for log in logs:
             topics = [bytes.fromhex(t[2:]) for t in log["topics"]]
             found = self.specs.get(topics[0]) if topics else None

@@ -10,8 +10,14 @@ from pathlib import Path
 from markupsafe import Markup
 
 from .. import display
-from ..errors import FedMarketError
+from ..errors import BlobTooLarge, FedMarketError, StorageUnreachable
+from ..protocol.encoding import BAD_INPUT, untrusted_json
 from . import views
+
+#: the largest blob /blob serves (a model of a few million parameters; bigger ones are refused)
+BLOB_MAX_BYTES = 64 * 2**20
+#: the largest JSON blob /blob parses and pretty-prints; a larger one is served as stored
+PRETTY_MAX_BYTES = 2**20
 
 
 def accuracy_svg(rounds: list[dict], width: int = 560, height: int = 180) -> dict | None:
@@ -80,12 +86,18 @@ class Pages:
 
     def job(self, request, partial: bool):
         job_id = request.path_params["job_id"]
-        view = views.job_view(self.dash.db, job_id, self.dash.document)
+        documents_ok = True
+        try:
+            view = views.job_view(self.dash.db, job_id, self.dash.document)
+        except Exception as exc:  # noqa: BLE001  the aggregator's documents: the page goes on without them
+            self.dash.log(f"job {job_id}: its documents cannot be shown ({type(exc).__name__}: {exc})")
+            view, documents_ok = views.job_view(self.dash.db, job_id, None), False
         if view is None:
             return self._render("missing.html", partial, 404, what=f"job {job_id}")
         rows = member_rows(view.members, view.rewards["rewards_cid"] if view.rewards else None)
         return self._render("job.html", partial, v=view, chart=accuracy_svg(view.rounds), member_rows=rows,
-                            has_store=self.dash.store is not None)
+                            has_store=self.dash.store is not None, documents_ok=documents_ok,
+                            spec=self.dash.spec_status(job_id))
 
     def provider(self, request, partial: bool):
         address = request.path_params["address"]
@@ -108,15 +120,24 @@ class Pages:
                             block=int(receipt["blockNumber"], 16) if receipt else None)
 
     def blob(self, cid: str) -> tuple[int, bytes, str]:
-        """A blob of the store, checked against its content id: JSON pretty-printed, the rest as bytes."""
+        """A blob of the store, checked against its content id: JSON of at most PRETTY_MAX_BYTES
+        parsed as untrusted input and pretty-printed; a larger blob (up to BLOB_MAX_BYTES) or one
+        that is not JSON as stored; a blob over BLOB_MAX_BYTES refused (413)."""
         store = self.dash.store
         if store is None:
             return 404, b"this dashboard has no blob store (start it with --store)", "text/plain"
         try:
-            data = store.get(cid)
+            with self.dash.reading(wait=10):
+                data = store.get_capped(cid, BLOB_MAX_BYTES)
+                if len(data) <= PRETTY_MAX_BYTES:
+                    try:
+                        return 200, json.dumps(untrusted_json(data), indent=2).encode(), "application/json"
+                    except (FedMarketError, *BAD_INPUT):
+                        pass  # not JSON (a model), or JSON no reader here takes: its bytes
+                return 200, data, "application/json" if data[:1] in (b"{", b"[") else "application/octet-stream"
+        except BlobTooLarge as exc:
+            return 413, f"{exc}: the dashboard does not serve it".encode(), "text/plain"
+        except StorageUnreachable as exc:
+            return 503, str(exc).encode(), "text/plain"
         except FedMarketError as exc:
             return 404, str(exc).encode(), "text/plain"
-        try:
-            return 200, json.dumps(json.loads(data), indent=2).encode(), "application/json"
-        except (ValueError, UnicodeDecodeError):
-            return 200, data, "application/octet-stream"

@@ -12,8 +12,10 @@ import sqlite3
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from ..protocol.encoding import BAD_INPUT
 from ..protocol.rules import JobState
 from ..roles.common import metrics_cid
+from ..storage.cid import sha256_of_cid
 
 #: a round's metrics CID from its hash (multiformats validates types on every call: slow, and never changes)
 _metrics_cid = lru_cache(maxsize=16_384)(metrics_cid)
@@ -146,6 +148,39 @@ def job_view(db: sqlite3.Connection, job_id: int, documents=None) -> JobView | N
     return view
 
 
+def _cid_or_none(value) -> str | None:
+    """`value` if it is a well-formed content id (what a document may link to), else None."""
+    if not isinstance(value, str) or len(value) > 128:
+        return None
+    try:
+        sha256_of_cid(value)
+    except Exception:  # noqa: BLE001  anything a malformed id raises: not a link
+        return None
+    return value
+
+
+def _included(doc) -> list[str] | None:
+    """The providers a metrics document says the round aggregated, or None when the document is
+    missing or not of that shape (it is the aggregator's, checked on chain only by its hash)."""
+    updates = doc.get("updates") if isinstance(doc, dict) else None
+    if not isinstance(updates, list):
+        return None
+    out = [u.get("provider") for u in updates if isinstance(u, dict)]
+    if len(out) != len(updates) or not all(isinstance(p, str) for p in out):
+        return None
+    return out
+
+
+def _score(value) -> int | None:
+    """A reward leaf's value as an integer, or None if the document holds something else there."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    try:
+        return int(value)
+    except BAD_INPUT:
+        return None
+
+
 def _rounds(db: sqlite3.Connection, evs: list[Ev], terms: dict, documents) -> list[dict]:
     job_id = evs[0].job_id
     gas = dict(db.execute("SELECT e.tx, g.gas FROM events e JOIN gas g ON g.tx = e.tx WHERE e.job_id = ? AND "
@@ -168,12 +203,12 @@ def _rounds(db: sqlite3.Connection, evs: list[Ev], terms: dict, documents) -> li
             "round": e.round, "block": e.block, "time": e.time, "tx": e.tx, "gas": gas.get(e.tx),
             "count": int(e.args["count"]), "selected": min(per_round, n) if n else None, "providers": n,
             "epsilon": int(e.args["epsilon_spent"]) / 1_000_000, "model_root": e.args["model_root"],
-            "metrics_cid": cid, "model_cid": doc.get("model_cid") if isinstance(doc, dict) else None,
+            "metrics_cid": cid, "model_cid": _cid_or_none(doc.get("model_cid")) if isinstance(doc, dict) else None,
             "seed": e.args["next_seed"], "accuracy": acc.get(e.round),
             "quorum": None if q is None else {"attested": int(q.args["attested_stake"]), "total": int(q.args["total_stake"]),
                                               "tx": q.tx},
             "votes": votes.get(e.round, [0, 0]),
-            "included": [u["provider"] for u in doc.get("updates", [])] if isinstance(doc, dict) else None,
+            "included": _included(doc),
         })
     return out
 
@@ -201,10 +236,11 @@ def _members(db: sqlite3.Connection, evs: list[Ev], rewards: dict | None, docume
                 members[e.account].reputation = int(e.args["reputation"])
                 members[e.account].reputation_delta = int(e.args["delta"])
     doc = documents(rewards["rewards_cid"]) if rewards and documents else None
-    if isinstance(doc, dict):
-        for leaf in doc.get("leaves", []):
-            if leaf.get("account") in members:
-                members[leaf["account"]].score = int(leaf.get("value", 0))
+    leaves = doc.get("leaves") if isinstance(doc, dict) else None
+    for leaf in leaves if isinstance(leaves, list) else []:
+        account = leaf.get("account") if isinstance(leaf, dict) else None
+        if isinstance(account, str) and account in members:
+            members[account].score = _score(leaf.get("value", 0))
     order = {"aggregator": 0, "validator": 1, "provider": 2}
     return sorted(members.values(), key=lambda m: (order[m.role], m.account.lower()))
 
@@ -221,18 +257,30 @@ def provider_view(db: sqlite3.Connection, address: str, documents=None) -> dict 
     jobs_of = sorted({e.job_id for e in evs if e.job_id is not None})
     per_job = []
     for job in jobs_of:
-        view = job_view(db, job, documents)
-        me = next((m for m in view.members if m.account.lower() == address.lower()), None) if view else None
-        if me is not None:
-            per_job.append({"job_id": job, "state": view.summary["state"], "member": me,
-                            "rounds": sum(1 for r in view.rounds if r["included"] and me.account in r["included"]),
-                            "committed": len(view.rounds)})
+        # one job's documents are its aggregator's: whatever they hold, they cost that job's row its
+        # document figures (scores, rounds included), never the page of everyone who joined it
+        row, view = None, None
+        for docs in (documents, None) if documents is not None else (None,):
+            try:
+                view = job_view(db, job, docs)
+                me = next((m for m in view.members if m.account.lower() == address.lower()), None) if view else None
+                row = None if me is None else {
+                    "job_id": job, "state": view.summary["state"], "member": me,
+                    "rounds": sum(1 for r in view.rounds if r["included"] and me.account in r["included"]),
+                    "committed": len(view.rounds), "documents": docs is not None or documents is None}
+                break
+            except Exception:  # noqa: BLE001  shown as unavailable below, not a 500
+                view = row = None
+        if row is not None:
+            per_job.append(row)
+        elif view is None:
+            per_job.append({"job_id": job, "unavailable": True})
     rep = [e for e in evs if e.name == "ReputationChanged"]
     revenue = [e for e in evs if e.name == "RevenueClaimed"]
     return {
         "address": evs[0].account, "jobs": per_job,
         "reputation": int(rep[-1].args["reputation"]) if rep else 0, "reputation_tx": rep[-1].tx if rep else None,
-        "paid": sum(j["member"].reward or 0 for j in per_job), "revenue": sum(int(e.args["amount"]) for e in revenue),
+        "paid": sum(j["member"].reward or 0 for j in per_job if "member" in j), "revenue": sum(int(e.args["amount"]) for e in revenue),
         "revenue_events": revenue, "slashes": [e for e in evs if e.name == "StakeSlashed"],
     }
 

@@ -6,7 +6,9 @@
 - ``POST /query`` with ``{"features": [...], "count": N, "signature": "0x..."}``: the signature is the
   caller's ``Usage(jobId, server, N)`` with N its cumulative count at this server; the reply is the
   class, its label, the fixed-point input it answers and the server's ``Answer`` signature.
-  A refused query is a 402 (no credit) or 400 (anything else) with a one-line error.
+  A refused query is a 402 (no credit) or 400 (anything else) with a one-line error; a body over
+  MAX_QUERY_BYTES is a 413, read no further (the body is parsed as untrusted JSON: bounded size
+  and nesting, `encoding.untrusted_json`, before anything else looks at it).
 
 A query paid from a tab (`roles.tabs`) adds ``"spent": S`` and signs ``Tab(jobId, server, N, S)``; a
 holder of time-bound access (a server started with ``--access``) adds ``"access": true`` and signs
@@ -37,7 +39,36 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..errors import FedMarketError
+from ..protocol.encoding import BAD_INPUT, untrusted_json
 from ..roles.server import ModelServer, QueryRefused
+
+#: the largest /query body read (a query is a feature vector: a few kB to a few hundred kB)
+MAX_QUERY_BYTES = 2**20
+#: uvicorn's bounds on what a client sends before the app sees it: h11 (its httptools parser would
+#: buffer headers without limit) with request lines and headers of at most 16 kB, at most this
+#: many connections and tasks at once (then 503), idle keep-alive connections closed after 5 s
+HTTP_LIMITS = {"http": "h11", "h11_max_incomplete_event_size": 16 * 1024, "limit_concurrency": 128,
+               "timeout_keep_alive": 5}
+QUERY_FORMAT = "a query is {features: [...], count: N, signature: 0x..., prove: false} (and spent: S on a tab, or access: true)"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, BodyTooLarge once it passes `limit` bytes (by its Content-Length,
+    before reading any, or while it arrives)."""
+    declared = request.headers.get("content-length", "")
+    if declared.strip().isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 @dataclass
@@ -89,6 +120,26 @@ def settle_period(server: ModelServer, say=print) -> None:
         say(f"posting tab usage failed, retrying next period: {exc}")
 
 
+async def query_args(request: Request) -> tuple | JSONResponse:
+    """(features, count, signature, prove, spent, access) of a `/query` request, or the error
+    response: 413 past MAX_QUERY_BYTES (read no further), 400 for a body that is not the query's
+    JSON (parsed as untrusted input: bounded nesting, finite numbers)."""
+    try:
+        body = await read_body(request, MAX_QUERY_BYTES)
+    except BodyTooLarge:
+        return JSONResponse({"error": f"a query is at most {MAX_QUERY_BYTES} bytes"}, status_code=413)
+    try:
+        doc = untrusted_json(body)
+    except BAD_INPUT as exc:  # MalformedMessage: not JSON, too deep, a number out of range
+        return JSONResponse({"error": f"{QUERY_FORMAT}: {str(exc).splitlines()[0][:200]}"}, status_code=400)
+    try:
+        return (doc["features"], int(doc["count"]), bytes.fromhex(str(doc["signature"]).removeprefix("0x")),
+                bool(doc.get("prove", False)), None if doc.get("spent") is None else int(doc["spent"]),
+                bool(doc.get("access", False)))
+    except BAD_INPUT:
+        return JSONResponse({"error": QUERY_FORMAT}, status_code=400)
+
+
 def server_app(server: ModelServer, period: float, say=print, proving: Proving | None = None) -> Starlette:
     """The HTTP app of one model server; its lifespan runs the settlement loop (and, proving, the
     verifier's publication and registration)."""
@@ -111,21 +162,16 @@ def server_app(server: ModelServer, period: float, say=print, proving: Proving |
         return JSONResponse(server.usage_of(caller))
 
     async def query(request: Request) -> JSONResponse:
+        args = await query_args(request)
+        if isinstance(args, JSONResponse):
+            return args
         try:
-            doc = await request.json()
-            features, count, sig = doc["features"], int(doc["count"]), bytes.fromhex(str(doc["signature"]).removeprefix("0x"))
-            prove = bool(doc.get("prove", False))
-            spent = None if doc.get("spent") is None else int(doc["spent"])
-            access = bool(doc.get("access", False))
-        except (ValueError, KeyError, TypeError):
-            return JSONResponse({"error": "a query is {features: [...], count: N, signature: 0x..., prove: false} "
-                                          "(and spent: S on a tab, or access: true)"}, status_code=400)
-        try:
-            reply = await run_in_threadpool(server.answer, features, count, sig, prove, spent, access)
+            reply = await run_in_threadpool(server.answer, *args)
         except QueryRefused as exc:
             return JSONResponse({"error": str(exc)}, status_code=402 if "credit" in str(exc) else 400)
-        except ValueError as exc:
-            return JSONResponse({"error": f"bad features: {exc}"}, status_code=400)
+        except BAD_INPUT as exc:  # features that are not a list of numbers
+            return JSONResponse({"error": f"bad features: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"},
+                                status_code=400)
         except FedMarketError as exc:  # the prover failed: the query was not charged
             return JSONResponse({"error": f"proving failed: {exc}"}, status_code=503)
         return JSONResponse(reply.doc())
@@ -174,7 +220,7 @@ def serve(server: ModelServer, port: int, period: float, say=print, proving: Pro
     import uvicorn
 
     config = uvicorn.Config(server_app(server, period, say, proving), host="127.0.0.1", port=port, log_level="warning",
-                            lifespan="on")
+                            lifespan="on", **HTTP_LIMITS)
     say(f"serving job {server.job_id} (model root 0x{server.trained.model_root.hex()}) on http://127.0.0.1:{port}")
     # uvicorn shuts down gracefully on SIGTERM/SIGINT and then raises the signal again for the
     # handler it found: a no-op one makes that shutdown an exit 0, as for every role process

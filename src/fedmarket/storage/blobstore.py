@@ -6,7 +6,7 @@ import abc
 import os
 from pathlib import Path
 
-from ..errors import StorageError
+from ..errors import BlobTooLarge, StorageError
 from .cid import cid_of, sha256_of_cid, verify
 
 
@@ -26,6 +26,21 @@ class BlobStore(abc.ABC):
         data = self._read(cid)
         verify(cid, data)
         return data
+
+    def get_capped(self, cid: str, limit: int) -> bytes:
+        """`get(cid)`, refused with BlobTooLarge past `limit` bytes: before reading it where the
+        store can tell its size (`size`), else once read."""
+        size = self.size(cid)
+        if size is not None and size > limit:
+            raise BlobTooLarge(f"blob {cid} is {size:,} bytes, over the {limit:,}-byte limit of its reader")
+        data = self.get(cid)
+        if len(data) > limit:
+            raise BlobTooLarge(f"blob {cid} is {len(data):,} bytes, over the {limit:,}-byte limit of its reader")
+        return data
+
+    def size(self, cid: str) -> int | None:
+        """A blob's size without reading it, where the store can tell; None otherwise (or if absent)."""
+        return None
 
     def has(self, cid: str) -> bool:
         try:
@@ -60,6 +75,12 @@ class LocalBlobStore(BlobStore):
             tmp.write_bytes(data)
             tmp.replace(path)
         return cid
+
+    def size(self, cid: str) -> int | None:
+        try:
+            return self._path(cid).stat().st_size
+        except (OSError, StorageError, ValueError):
+            return None  # no such blob, or not a CID: `get` says which
 
     def _read(self, cid: str) -> bytes:
         try:
