@@ -1344,7 +1344,8 @@ class Fuzz(RuleBasedStateMachine):
         release every stake, so that property 2 can be checked for everyone."""
         for _ in range(500):
             self.honest_moves()
-            duty = [j for j in sorted(self.jobs.values(), key=lambda j: j.id) if self.honest_duty(j)]
+            # the duty that can be done first: a root waits for its job's votes to close
+            duty = sorted((j for j in self.jobs.values() if self.honest_duty(j)), key=lambda j: (self.duty_time(j), j.id))
             if duty:  # an honest aggregator's next commit or post comes before anything else
                 self.drive(duty[0])
                 continue
@@ -1414,6 +1415,12 @@ class Fuzz(RuleBasedStateMachine):
         if self.now() + 1 > job.deadline:
             return False
         return self.aggregator_turn(job) or (job.current == job.terms.rounds and (not job.validated or job.quorum))
+
+    def duty_time(self, job: Job) -> int:
+        """When an honest aggregator's duty can be done: now, or for a root, when its votes close."""
+        if job.current == job.terms.rounds and job.validated and not self.votes_closed(job):
+            return job.deadline - RD // 2
+        return 0
 
     def drive(self, job: Job) -> None:
         """One step of an unfinished job towards its end."""
