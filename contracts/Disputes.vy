@@ -105,6 +105,9 @@ rejected_stake: public(HashMap[uint256, HashMap[uint256, uint256]])
 rejected: public(HashMap[uint256, HashMap[uint256, HashMap[address, bool]]])
 # @dev Number of validators that voted (attested or rejected) on each round, per job.
 voters: public(HashMap[uint256, HashMap[uint256, uint256]])
+# @dev Votes cast on all of a job's rounds together (every validator on every round: the votes
+#      may close before their time).
+votes_cast: public(HashMap[uint256, uint256])
 # @dev Validator stake that approved each reward statement of a job, keyed by its hash.
 rewards_stake: public(HashMap[uint256, HashMap[bytes32, uint256]])
 # @dev The most validator stake any one reward statement of a job has gathered.
@@ -160,11 +163,11 @@ def _total_stake(job_id: uint256) -> uint256:
 @internal
 def _votes_closed(job_id: uint256, current: uint256, n_validators: uint256) -> bool:
     """Whether the validators' votes on the job are closed for good: its last round reached
-    quorum and every validator voted on it, or half of the last step's time has passed since
-    (`JobMarket.votes_close`). From then on no attestation of any round counts, so the
-    activity a reward root pays is fixed before anyone computes or approves one."""
+    quorum, and a quarter of the last step's time has passed since (`JobMarket.votes_close`)
+    or every validator voted on every round. From then on no attestation of any round counts,
+    so the activity a reward root pays is fixed before anyone computes or approves one."""
     close: uint256 = staticcall MARKET.votes_close(job_id)
-    return close != max_value(uint256) and (block.timestamp >= close or self.voters[job_id][current - 1] >= n_validators)
+    return close != max_value(uint256) and (block.timestamp >= close or self.votes_cast[job_id] >= n_validators * current)
 
 
 @view
@@ -209,8 +212,8 @@ def attest(
             committed round while the job trains; anyone may submit them, any number at once.
             When the job's latest round reaches two thirds of the job's validator stake, the
             market is told (the next round may then be committed). Once the votes closed
-            (`_votes_closed`: the last round at quorum and every vote in, or half of the last
-            step's time gone) no attestation counts any more.
+            (`_votes_closed`: the last round at quorum, and every vote on every round in or a
+            quarter of the last step's time gone) no attestation counts any more.
     @param job_id The job.
     @param round The attested round.
     @param data The round's commitment in the clear.
@@ -238,6 +241,7 @@ def attest(
         added += stakes[i]
         log RoundAttested(job_id=job_id, round=round, validator=v, scores_root=scores_root, stake=stakes[i])
     self.voters[job_id][round] += len(validators)
+    self.votes_cast[job_id] += len(validators)
     before: uint256 = self.attested_stake[job_id][round]
     after: uint256 = before + added
     self.attested_stake[job_id][round] = after
@@ -288,6 +292,7 @@ def reject(
         log RoundRejected(job_id=job_id, round=round, validator=v, stake=stakes[i])
     self.rejected_stake[job_id][round] += added
     self.voters[job_id][round] += len(validators)
+    self.votes_cast[job_id] += len(validators)
 
 
 @external
@@ -500,8 +505,8 @@ def approve_rewards(
     @notice Records validators' signed approvals `Rewards(jobId, rewardRoot, rewardTotal,
             valueTotal, gateMet)` of the scores-basis reward root they re-derived from the
             revealed scores, once the votes closed (`_votes_closed`: every round committed, the
-            last at quorum, every vote in or half of the last step's time gone, so the activity
-            the statement pays can no longer change); anyone may submit them. The
+            last at quorum, every vote in or a quarter of the last step's time gone, so the
+            activity the statement pays can no longer change); anyone may submit them. The
             market accepts a scores-basis root only once two thirds of the validator stake
             approved exactly that statement. One approval per validator and statement: a
             statement made stale by a later slash is replaced by a new one, approved anew.

@@ -287,9 +287,10 @@ def job_status(job_id: uint256) -> (uint256, uint256, uint256, bool, address):
 @external
 def votes_close(job_id: uint256) -> uint256:
     """
-    @notice When the validators' votes on a job close for good: half of the last step's time
-            after its last round reached quorum (`Disputes` then takes no more attestations, of
-            any round, so the activity a reward root pays is fixed before anyone computes it).
+    @notice When the validators' votes on a job close for good: a quarter of the last step's
+            time after its last round reached quorum (`Disputes` then takes no more attestations,
+            of any round, so the activity a reward root pays is fixed before anyone computes it;
+            the scores statement then has until the half, where the weight basis opens).
             max_value(uint256) while a round is still to come or the last lacks quorum.
     @param job_id The job.
     @return The timestamp from which no attestation counts.
@@ -298,7 +299,8 @@ def votes_close(job_id: uint256) -> uint256:
     word: uint256 = self._round_word[job_id]
     if hot & _QUORUM == 0 or (hot >> _ROUND_SHIFT) & _ROUND_MASK != word & _ROUND_MASK:
         return max_value(uint256)
-    return ((hot >> _DEADLINE_SHIFT) & _DEADLINE_MASK) - ((word >> _DURATION_SHIFT) & 4_294_967_295) // 2
+    duration: uint256 = (word >> _DURATION_SHIFT) & 4_294_967_295
+    return ((hot >> _DEADLINE_SHIFT) & _DEADLINE_MASK) - duration + duration // 4
 
 
 @view

@@ -247,12 +247,17 @@ class JobDriver:
         to the second half of the deadline, where the provable weight basis opens."""
         if not self.cast.validators:
             return
-        waited = not self.dep.disputes.call("votes_closed", self.job_id)
-        if waited:  # a validator did not vote on the last round: its votes close at half of the step's time
-            self.chain.advance_time(self.spec.deadlines.round_duration // 2 + 1)
+        if not self.dep.disputes.call("votes_closed", self.job_id):  # a vote is missing: they close on time
+            self._advance_to(int(self.dep.market.call("votes_close", self.job_id)))
         approvals = [v.approve_rewards(self.job_id) for v in self.cast.validators]
-        if not any(approvals) and self.spec.rule != R.Rule.SECURE_SUM and not waited:
-            self.chain.advance_time(self.spec.deadlines.round_duration // 2 + 1)
+        if not any(approvals) and self.spec.rule != R.Rule.SECURE_SUM:
+            self._advance_to(int(self.dep.job(self.job_id)["round_deadline"]) - self.spec.deadlines.round_duration // 2)
+
+    def _advance_to(self, t: int) -> None:
+        """Let chain time run so that the next transaction is at `t` or later."""
+        now = self.chain.timestamp()
+        if now < t:
+            self.chain.advance_time(t - now)
 
     def _claim_all(self) -> None:
         c = self.cast

@@ -133,3 +133,41 @@ def test_seal_proofs_that_prove_nothing_revert(make):
     s.run()
     assert s.state() == JobState.SETTLED
     prove(0, a, signed(agg, 0, a), b, signed(agg, 0, b), "market: job not disputable")
+
+
+def test_a_deleted_seal_is_posted_again_never_signed_again(make, tmp_path):
+    """Attack (a stranger on the shared broker): keep the aggregator's seal of a round, delete it
+    from the mailbox, and wait for a slow provider's commitment. The aggregator's process used to
+    find no seal of its own and seal again, over the new commitment: two seals, both signed by the
+    honest aggregator, and the stranger proved an equivocation that slashed it. The process keeps
+    the seals it signs in its state directory, before posting them, and posts a deleted one again:
+    every seal of the round is the same, and no proof can be made."""
+    from pathlib import Path
+
+    from fedmarket.processes.aggregator import AggregatorProcess
+    from fedmarket.protocol.encoding import untrusted_json
+    from fedmarket.roles import sealed as sl
+    from fedmarket.roles.challenger import Challenger
+
+    s = make(providers=3, validators=3, rounds=2)
+    s.open()
+    p0, p1, slow = s.providers
+    for p in (p0, p1):
+        p.train(s.job, 0)
+    logs: list[str] = []
+
+    def process():
+        return AggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, tmp_path / "agg", collect_timeout=0,
+                                 log=logs.append)
+
+    process().safe_step()  # the collect timeout passed: it seals the two commitments in
+    topic = Path(s.box.root) / sl.seal_topic(s.job, 0)
+    [posted] = [f for f in topic.iterdir() if not f.name.startswith(".")]
+    first = untrusted_json(posted.read_bytes())  # the stranger keeps it ...
+    posted.unlink()  # ... and deletes it
+    slow.train(s.job, 0)  # a slow provider's commitment comes in after the seal
+    process().safe_step()  # a restarted process, too
+    found = sl.seals(s.dep, s.box.read(sl.seal_topic(s.job, 0)), s.job, 0, s.agg.address)
+    assert found == [sl.open_seal(s.dep, first, s.job, 0, s.agg.address)], "\n".join(logs)
+    assert Challenger(s.dep, s.c.stranger, s.store).check_seals(s.job, s.box) is None
+    assert s.state() == JobState.TRAINING and s.slashed() == {}

@@ -627,10 +627,16 @@ class Fuzz(RuleBasedStateMachine):
 
     def votes_closed(self, job: Job) -> bool:
         """`Disputes.votes_closed` for the next transaction: the last round at quorum, and every
-        validator voted on it or half of the step's time has passed since."""
+        validator voted on every round or a quarter of the step's time has passed since."""
         if not (job.validated and job.quorum and job.current == job.terms.rounds):
             return False
-        return self.now() + 1 >= job.deadline - RD // 2 or len(job.voted(job.current - 1)) >= len(job.validators)
+        cast = sum(len(job.voted(r)) for r in range(job.current))
+        return self.now() + 1 >= self.votes_close(job) or cast >= len(job.validators) * job.current
+
+    @staticmethod
+    def votes_close(job: Job) -> int:
+        """`JobMarket.votes_close` once the last round has quorum: a quarter of the step after it."""
+        return job.deadline - RD + RD // 4
 
     def do_attest(self, job: Job, r: int, vs: list[str], scores=SCORES) -> None:
         vs = sorted(vs, key=address_key)
@@ -867,7 +873,7 @@ class Fuzz(RuleBasedStateMachine):
         if job.validated and not self.votes_closed(job):  # the root waits for the last votes
             self.refused("root before the votes close", self.m, "post_rewards", job.id, tree.root, total, vt,
                          R.Basis.WEIGHT, True, "bafk", sender=poster, match="votes open")
-            if not self.wait_to(job.deadline - RD // 2 - 1) or not self.can_post(job):
+            if not self.wait_to(self.votes_close(job) - 1) or not self.can_post(job):
                 return
             if job.member[agg].slashed != slashed:
                 return
@@ -1419,7 +1425,7 @@ class Fuzz(RuleBasedStateMachine):
     def duty_time(self, job: Job) -> int:
         """When an honest aggregator's duty can be done: now, or for a root, when its votes close."""
         if job.current == job.terms.rounds and job.validated and not self.votes_closed(job):
-            return job.deadline - RD // 2
+            return self.votes_close(job)
         return 0
 
     def drive(self, job: Job) -> None:

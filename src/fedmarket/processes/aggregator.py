@@ -52,6 +52,11 @@ class AggregatorProcess(RoleProcess):
                  state_dir: str | os.PathLike, *, collect_timeout: float = 60.0, reveal_timeout: float = 60.0, **kwargs):
         super().__init__(dep, state_dir, **kwargs)
         self.aggregator = Aggregator(dep, account, store, mailbox)
+        # the seals it signed live in its state directory, written before they are posted: a seal
+        # deleted from the mailbox (or a restart) never leads it to sign a second one
+        self.aggregator.seals = {(int(k.split("-")[0]), int(k.split("-")[1])): m
+                                 for k, m in self.state.load("seals", {}).items()}
+        self.aggregator.keep_seal = self._keep_seal
         self.account = account
         self.store = store
         self.mailbox = mailbox
@@ -65,6 +70,11 @@ class AggregatorProcess(RoleProcess):
     @property
     def address(self) -> str:
         return self.account.address
+
+    def _keep_seal(self, job_id: int, round_: int, msg: dict) -> None:
+        seals = self.state.load("seals", {})
+        seals[f"{job_id}-{round_}"] = msg
+        self.state.save("seals", seals)
 
     def spec(self):
         if self._spec is None:
@@ -246,8 +256,13 @@ class AggregatorProcess(RoleProcess):
             # every attestation of the last round posted in time goes on chain before the root: once
             # the job is finalizing no vote can land, and a validator's fee follows its on-chain vote
             last = int(job["rounds"]) - 1
-            for receipt in submit_attestations(self.dep, self.mailbox, self.account, job_id, last):
-                self.say(f"round {last}: attestations beyond quorum submitted (tx {receipt.tx_hash})")
+            try:  # none once the votes closed: a vote posted late never holds the root back
+                for r in range(last + 1):  # every round's, the last one last: it may close the votes
+                    for receipt in submit_attestations(self.dep, self.mailbox, self.account, job_id, r):
+                        self.say(f"round {r}: attestations beyond quorum submitted (tx {receipt.tx_hash})")
+            except ContractRevert as exc:
+                if "votes closed" not in str(exc):
+                    raise
             opened = self._opened.setdefault(-1, time.monotonic())
             if not self._reveals_complete():
                 if time.monotonic() - opened < self.reveal_timeout:

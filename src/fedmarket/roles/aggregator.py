@@ -74,6 +74,12 @@ class Aggregator:
         # a secure round's survivors, verified when their set was signed (job, round) -> updates:
         # the round unmasks them even if a survivor withdraws its blob in between
         self._survivors: dict[tuple[int, int], list[Update]] = {}
+        # the seals it signed, (job, round) -> message: its own record, never the mailbox's (anyone
+        # on a shared broker can delete a message, and a seal signed again over other commitments
+        # is proof of equivocation); `keep_seal`, if set, stores one before it is posted (a process
+        # keeps them across restarts)
+        self.seals: dict[tuple[int, int], dict] = {}
+        self.keep_seal = None
 
     @property
     def address(self) -> str:
@@ -105,7 +111,7 @@ class Aggregator:
     def seal(self, job_id: int, round_: int, spec: JobSpec | None = None) -> dict:
         """Seal the round's commitments (`roles.sealed`): post one signed seal over the first
         authentic commitment of each selected provider, after which no commitment counts. Sealing
-        again returns the seal already posted: an aggregator never signs two."""
+        again returns the seal already signed: an aggregator never signs two."""
         spec = spec or load_spec(self.dep, self.store, job_id)
         mine = self.posted_seal(job_id, round_)
         if mine is not None:
@@ -113,19 +119,33 @@ class Aggregator:
         selected = set(round_providers(self.dep, spec, job_id, round_))
         taken = sl.commitments(self.dep, self.mailbox.read(sl.commit_topic(job_id, round_)), job_id, round_, selected)
         msg = sl.seal_message(self.dep, self.account, job_id, round_, taken)
+        self.seals[(job_id, round_)] = msg
+        if self.keep_seal is not None:
+            self.keep_seal(job_id, round_, msg)  # kept before anyone can see it
         self.mailbox.post(sl.seal_topic(job_id, round_), canonical_json(msg))
         return msg
 
     def posted_seal(self, job_id: int, round_: int) -> dict | None:
-        """The seal this aggregator posted for the round, if any."""
+        """The seal this aggregator signed for the round, if any: its own record, else (a record
+        lost) the first it posted in the mailbox. A seal of its record that the mailbox no longer
+        holds (deleted by someone on a shared broker) is posted again, so that providers see it."""
+        posted = None
         for raw in self.mailbox.read(sl.seal_topic(job_id, round_)):
             try:
                 msg = untrusted_json(raw)
                 sl.open_seal(self.dep, msg, job_id, round_, self.address)
             except (FedMarketError, *BAD_INPUT):
                 continue
-            return msg
-        return None
+            posted = msg
+            break
+        mine = self.seals.get((job_id, round_))
+        if mine is None:
+            if posted is not None:
+                self.seals[(job_id, round_)] = posted
+            return posted
+        if posted != mine:
+            self.mailbox.post(sl.seal_topic(job_id, round_), canonical_json(mine))
+        return mine
 
     def collect(self, job_id: int, round_: int, spec: JobSpec) -> tuple[list[Update], list[dict]]:
         """Every valid update posted for the round (the first of each selected provider), and the

@@ -263,7 +263,10 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
     """Put a round's posted attestations on chain (anyone may; the aggregator has the most reason to).
     Only well-signed attestations of the committed model by validators of the job that have not
     voted yet are sent, one per validator (only validator `only`'s if given); those sharing a
-    scores root go in one transaction."""
+    scores root go in one transaction. Nothing once the votes are closed (`Disputes.votes_closed`):
+    no attestation counts any more."""
+    if dep.disputes.call("votes_closed", job_id):
+        return []
     rounds = committed_rounds(dep, job_id)
     data = rounds[round_].data
     proof = round_accumulator(dep, job_id, rounds).proof(round_)
