@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from sec_support import AGG_STAKE, ESCROW, revert
 
+from fedmarket.errors import ContractRevert
 from fedmarket.market import JobState
 from fedmarket.protocol import rules as R
 from fedmarket.roles import Validator
@@ -167,16 +168,16 @@ def test_a_validator_attesting_the_last_round_after_quorum_is_paid(make, tmp_pat
     assert all(s.delta()[v.address] == TOKEN for v in s.validators)
 
 
-def _two_of_three_attest(s, rounds: int):
-    """Train and commit `rounds` rounds; all three validators review each (their attestations are
-    on the mailbox), but only the first two reach the chain: quorum without the third."""
+def _two_of_three_attest(s, rounds: int, reviewers: int = 3):
+    """Train and commit `rounds` rounds; the first `reviewers` validators review each (their
+    attestations are on the mailbox), but only the first two reach the chain: quorum without the third."""
     from fedmarket.driver import RoundPlan
     from fedmarket.roles.validator import submit_attestations
 
     s.open()
     for r in range(rounds):
         s.driver._train_and_commit(r, RoundPlan())
-        for v in s.validators:
+        for v in s.validators[:reviewers]:
             assert "scores_root" in v.review(s.job, r)
         for v in s.validators[:2]:
             submit_attestations(s.dep, s.box, s.agg.account, s.job, r, only=v.address)
@@ -202,7 +203,7 @@ def test_the_reward_root_waits_for_a_slower_validators_last_vote(make):
     before a slower validator's attestation (sent in time) is on chain; once the job is finalizing
     that vote can never land, and the validator's fee for the round is lost. The chain now refuses
     every reward root, and every approval of one, until the votes close: every validator voted on
-    the last round, or half of the step's time passed. Here the third vote lands, and all three
+    every round, or a quarter of the step's time passed. Here the third vote lands, and all three
     validators are paid."""
     from fedmarket.errors import FedMarketError
     from fedmarket.roles.validator import submit_attestations
@@ -230,11 +231,13 @@ def test_the_reward_root_waits_for_a_slower_validators_last_vote(make):
 
 
 def test_no_vote_lands_after_the_votes_close(make):
-    """The other side of the wait: once half of the last step's time has passed, the votes are
+    """The other side of the wait: once a quarter of the last step's time has passed, the votes are
     closed for good. A validator that held back its attestations cannot put one on chain then, of
     the last round or of any earlier one: landing just before the root (front-running it), it
     would have made the honest root's activity provably wrong and the aggregator slashed. The
     two validators that voted in time are paid, the silent one nothing, and nobody is slashed."""
+    from fedmarket.protocol.receipts import Attestation
+    from fedmarket.roles.common import committed_rounds, round_accumulator
     from fedmarket.roles.validator import submit_attestations
 
     s = make(providers=3, validators=3, rounds=2, validator_fee=TOKEN)
@@ -242,11 +245,152 @@ def test_no_vote_lands_after_the_votes_close(make):
     late = s.validators[2]
     s.past(int(s.dep.market.call("votes_close", s.job)) - 1)
     assert s.dep.disputes.call("votes_closed", s.job)
+    rounds = committed_rounds(s.dep, s.job)
+    acc = round_accumulator(s.dep, s.job, rounds)
     for r in (1, 0):
-        revert(submit_attestations, s.dep, s.box, late.account, s.job, r, only=late.address, match="disputes: votes closed")
+        assert submit_attestations(s.dep, s.box, late.account, s.job, r, only=late.address) == []  # sends nothing
+        scores = b"\x07" * 32
+        sig = Attestation(s.job, r, rounds[r].model_root, scores).sign(late.account.key, s.dep.chain_id,
+                                                                       s.dep.disputes.address)
+        revert(s.dep.disputes.transact, "attest", s.job, r, rounds[r].data, acc.proof(r), scores, [late.address], [sig],
+               sender=late.account, match="disputes: votes closed")
     for v in s.validators[:2]:
         v.approve_rewards(s.job)
     s.agg.post_rewards(s.job)
     s.settle_and_claim()
     d = s.delta()
     assert [d[v.address] for v in s.validators] == [2 * TOKEN, 2 * TOKEN, 0] and s.slashed() == {}
+
+
+def _aggregator_process(s, tmp_path, logs):
+    from fedmarket.processes.aggregator import AggregatorProcess
+
+    return AggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, tmp_path / "agg", reveal_timeout=0,
+                             log=logs.append)
+
+
+def test_a_vote_posted_after_the_votes_close_never_holds_the_root_back(make, tmp_path):
+    """Attack (a validator): post its attestation of the last round on the mailbox only after the
+    votes closed. The aggregator's process puts posted attestations on chain before the root; it
+    used to send this one, whose revert ('votes closed') stopped the step before the root every
+    time, until the deadline passed and anyone slashed the aggregator. Nothing is sent once the
+    votes are closed, and the root is posted."""
+    s = make(providers=3, validators=3, rounds=1, validator_fee=TOKEN)
+    _two_of_three_attest(s, 1, reviewers=2)
+    v0, v1, late = s.validators
+    logs: list[str] = []
+    proc = _aggregator_process(s, tmp_path, logs)
+    proc.safe_step()
+    assert s.state() == JobState.TRAINING  # the votes are open: the root waits
+    s.past(int(s.dep.market.call("votes_close", s.job)) - 1)
+    assert "scores_root" in late.review(s.job, 0)  # too late: on the mailbox only
+    for _ in range(3):
+        for v in (v0, v1):
+            v.approve_rewards(s.job)
+        proc.safe_step()
+    assert s.state() == JobState.FINALIZING, "\n".join(logs)
+    assert not any("failed" in line for line in logs), "\n".join(logs)
+    s.settle_and_claim()
+    assert [s.delta()[v.address] for v in s.validators] == [TOKEN, TOKEN, 0]
+
+
+def test_one_silent_validator_leaves_the_scores_basis_its_window(make, tmp_path):
+    """Attack (a validator colluding with the requester): stay silent on the last round, so that
+    the votes close only on time. When they closed at the moment the weight basis opened, no
+    scores statement could be approved before it, and the aggregator's process fell back to the
+    weight basis: a gated job paid its miss payout although the validators found the target met.
+    The votes now close a quarter into the step and the weight basis opens at its half: the
+    validators approve their statement in between and the scores basis is posted, gate met."""
+    s = make(providers=3, validators=3, rounds=1, validator_fee=TOKEN, target_accuracy=0.2, miss_payout_bps=2_000)
+    _two_of_three_attest(s, 1, reviewers=2)
+    logs: list[str] = []
+    proc = _aggregator_process(s, tmp_path, logs)
+    s.past(int(s.dep.market.call("votes_close", s.job)) - 1)
+    proc.safe_step()  # no approval yet, and the weight basis is not open: it waits
+    assert s.state() == JobState.TRAINING, "\n".join(logs)
+    for v in s.validators[:2]:
+        v.approve_rewards(s.job)
+    proc.safe_step()
+    job = s.dep.job(s.job)
+    assert s.state() == JobState.FINALIZING and int(job["basis"]) == R.Basis.SCORES
+    assert s.dep.market.events("RewardRootPosted", job_id=s.job)[-1]["gate_met"]
+
+
+def test_a_slow_validators_earlier_votes_still_count_once_the_last_round_is_in(make, tmp_path):
+    """A slow validator reviews both rounds late and posts both attestations. The votes used to
+    close as soon as every validator had voted on the last round, so its round-0 vote could never
+    land and that fee was lost. They close early only once every validator voted on every round,
+    and the aggregator's process puts every round's posted attestations on chain, the last round's
+    last: the slow validator is paid for both rounds."""
+    from fedmarket.driver import RoundPlan
+    from fedmarket.roles.validator import submit_attestations
+
+    s = make(providers=3, validators=3, rounds=2, validator_fee=TOKEN)
+    s.open()
+    v0, v1, late = s.validators
+    for r in range(2):
+        s.driver._train_and_commit(r, RoundPlan())
+        for v in (v0, v1):
+            assert "scores_root" in v.review(s.job, r)
+            submit_attestations(s.dep, s.box, s.agg.account, s.job, r, only=v.address)
+        for v in (v0, v1):
+            v.reveal(s.job, r)
+    for r in range(2):
+        assert "scores_root" in late.review(s.job, r)
+    logs: list[str] = []
+    proc = _aggregator_process(s, tmp_path, logs)
+    proc.safe_step()
+    assert s.dep.disputes.call("votes_cast", s.job) == 6 and s.dep.disputes.call("votes_closed", s.job)
+    for r in range(2):
+        late.reveal(s.job, r)
+    for _ in range(3):
+        for v in s.validators:
+            v.approve_rewards(s.job)
+        proc.safe_step()
+    assert s.state() == JobState.FINALIZING, "\n".join(logs)
+    s.settle_and_claim()
+    assert all(s.delta()[v.address] == 2 * TOKEN for v in s.validators)
+
+
+def test_with_no_watcher_the_providers_own_processes_catch_a_self_paying_root(chain, make, tmp_path):
+    """Attack: pay itself a token of a provider's reward in a job nobody else watches (assumption 2
+    of the threat model not met: no challenger runs). The provider's own process checks each posted
+    root against the rule, opens the game it can win with its dispute bond, plays it to its end, and
+    once the aggregator is slashed posts the right root: every provider ends with its honest pay."""
+    from fedmarket.processes.provider import ProviderProcess
+
+    honest = _honest(chain, make, providers=3, rounds=2)
+    s = make(**_fees(providers=3, rounds=2), aggregator_cls=FeeInflatingAggregator)
+    s.open()
+    s.rounds()
+    s.driver._judge_and_post()  # the self-paying root; nobody else watches
+    assert s.state() == JobState.FINALIZING
+    logs: list[str] = []
+    procs = [ProviderProcess(s.dep, p.account, s.store, s.box, p.X, p.y, s.job, tmp_path / f"p{i}", log=logs.append)
+             for i, p in enumerate(s.providers)]
+    for _ in range(200):
+        if s.state() != JobState.FINALIZING or not s.games():
+            if s.state() == JobState.TRAINING:  # the root was discarded: a provider posts the right one
+                procs[0].safe_step()
+            if s.state() == JobState.FINALIZING and not s.games() and s.dep.reward_arbiter.events("GameResolved", job_id=s.job):
+                break
+        for proc in procs:
+            proc.safe_step()
+        try:
+            moved = s.agg.defend(s.job)
+        except ContractRevert:  # its leaf breaks the rule: it cannot answer
+            moved = []
+        if not moved and s.games():
+            s.past(min(g.deadline for g in s.games()))
+    _caught_by(s, honest, logs)
+
+
+def _caught_by(s, honest: dict, logs: list[str]) -> None:
+    [opened] = s.dep.reward_arbiter.events("GameOpened", job_id=s.job)  # one provider's: the others saw it open
+    [resolved] = s.dep.reward_arbiter.events("GameResolved", job_id=s.job)
+    assert resolved["challenger_won"] and opened["challenger"] in {p.address for p in s.providers}, "\n".join(logs)
+    assert s.state() == JobState.FINALIZING and s.slashed() == {s.agg.address: AGG_STAKE}
+    s.settle_and_claim()
+    d = s.delta()
+    for p in s.providers:
+        assert d[p.address] >= honest[p.address] > 0  # the prover also keeps half of the slashed stake

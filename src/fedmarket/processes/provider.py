@@ -1,4 +1,4 @@
-"""The provider as a long-running process: join, train each round once, claim."""
+"""The provider as a long-running process: join, train each round once, watch the reward root, claim."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from ..privacy.releases import ReleaseLog
 from ..protocol import rules as R
 from ..roles import Provider
 from ..roles import secure_round as sr
-from ..roles.common import InsufficientFunds, TermsMismatch, claimed_senders, load_spec, round_topic
-from ..roles.games import Defender
+from ..roles.challenger import Challenger
+from ..roles.common import InsufficientFunds, TermsMismatch, check_funds, claimed_senders, load_spec, round_topic
+from ..roles.games import Defender, job_games
 from ..roles.sealed import commit_topic
 from ..roles.settlement import post_orphaned_root, root_orphaned
 from ..storage import BlobStore, Mailbox
@@ -39,6 +40,7 @@ class ProviderProcess(RoleProcess):
         self.provider = Provider(dep, account, store, mailbox, X, y,
                                  releases=ReleaseLog(Path(state_dir) / f"releases-{account.address}.jsonl"))
         self.mailbox = mailbox
+        self._watched_root: bytes | None = None  # the reward root last checked against the rule
         # how long a secure phase waits for late members (default: a tenth of the round, 5 s to 2 min)
         self._phase_timeout = phase_timeout
         self._phase_opened: dict[tuple[int, str], float] = {}  # (round, phase) -> when it could first start
@@ -176,6 +178,33 @@ class ProviderProcess(RoleProcess):
             return
         self.say(f"the aggregator is out: posted the reward root (tx {receipt.tx_hash})")
 
+    def _watch_rewards(self, job_id: int, job: dict) -> None:
+        """A provider is the party a wrong reward root hurts first (its own leaf), so it watches the
+        posted root itself rather than rely on someone else (docs/security.md, assumption 2): it
+        plays its reward games to their end, and checks each posted root once against the rule,
+        opening a game only where it can win (`Challenger.check_rewards`) and only with the job's
+        dispute bond in hand. A root proven wrong slashes its poster; the providers then post the
+        right one (`_post_if_orphaned`)."""
+        challenger = Challenger(self.dep, self.provider.account, self.provider.store, self.mailbox)
+        for receipt in challenger.play(job_id, max(self.dep.chain.timestamp(), int(time.time()))):
+            self.say(f"reward game move (tx {receipt.tx_hash})")
+        root = bytes(job["reward_root"])
+        if root == self._watched_root or job_games(self.dep, job_id):
+            return  # checked already, or a game is open (if its challenger gives up, this one looks again)
+        try:
+            check_funds(self.dep, self.address, int(job["dispute_bond"]), "a dispute bond")
+        except InsufficientFunds as exc:
+            self.say_once(f"cannot watch the reward root: {exc}")
+            return
+        try:
+            opened = challenger.check_rewards(job_id)
+        except (ContractRevert, FedMarketError) as exc:
+            self.say(f"could not check the reward root: {exc}")
+            return
+        self._watched_root = root
+        if opened is not None:
+            self.say(f"the reward root breaks the rule: opened a dispute game (tx {opened.tx_hash})")
+
     def step(self) -> None:
         job_id = self.job_id
         job = job_state(self.dep, job_id)
@@ -210,6 +239,7 @@ class ProviderProcess(RoleProcess):
         elif state == JobState.FINALIZING:
             for receipt in Defender(self.dep, self.provider.account, self.provider.store).respond(job_id):
                 self.say(f"defended the reward root it posted (tx {receipt.tx_hash})")
+            self._watch_rewards(job_id, job)
             self.say_once("all rounds committed; waiting for settlement")
         elif state == JobState.SETTLED:
             leaf, _ = self.provider.reward_leaf(job_id)
