@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from fedmarket.chain.anvil import AnvilNode, anvil_missing, find_anvil
 from fedmarket.chain.rpc_backend import RpcChain
 from fedmarket.keys import dev_account
 from fedmarket.market import Deployment
@@ -38,23 +35,6 @@ XSS = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
 
 
 # ---- a private anvil, a deployment and jobs driven by hand -------------------------------------
-@pytest.fixture(scope="module")
-def anvil():
-    if find_anvil() is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"anvil is required in CI: {anvil_missing()}")
-        pytest.skip(anvil_missing())
-    with AnvilNode() as n:
-        yield n
-
-
-def node_rpc(url: str, method: str, params: list):
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
-    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())["result"]
-
-
 def deploy(url: str):
     chain = RpcChain(url)
     for i in range(10):
@@ -358,15 +338,15 @@ def test_a_reorganisation_is_rolled_back_and_the_canonical_events_indexed(anvil,
     spec = spec_for()
     dash = Dashboard(anvil.url, addresses, tmp_path / "index.sqlite", store=str(tmp_path / "blobs"), log=lambda m: None)
     dash.step()
-    snap = node_rpc(anvil.url, "evm_snapshot", [])
+    snap = anvil.rpc("evm_snapshot", [])
     Requester(dep, dev_account(2), store).post(spec, dev_account(3).address)  # the branch to be orphaned
     dash.step()
     assert [(j["job_id"], j["requester"]) for j in views.jobs(dash.db)] == [(1, dev_account(2).address)]
-    assert node_rpc(anvil.url, "evm_revert", [snap])
+    assert anvil.rpc("evm_revert", [snap])
     other = spec.model_copy(update={"reward": spec.reward.model_copy(update={"escrow": 7 * spec.reward.escrow})})
     Requester(dep, dev_account(5), store).post(other, dev_account(6).address)
     for _ in range(3):
-        node_rpc(anvil.url, "evm_mine", [])
+        anvil.rpc("evm_mine", [])
     dash.step()
     on_chain = dep.market.events("JobPosted", job_id=1)[0]
     assert on_chain["requester"] == dev_account(5).address

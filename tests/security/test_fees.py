@@ -6,6 +6,8 @@ terms say loses a dispute game and its stake, while the honest roles are paid in
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sec_support import AGG_STAKE, ESCROW, revert
 
@@ -386,11 +388,90 @@ def test_with_no_watcher_the_providers_own_processes_catch_a_self_paying_root(ch
 
 
 def _caught_by(s, honest: dict, logs: list[str]) -> None:
-    [opened] = s.dep.reward_arbiter.events("GameOpened", job_id=s.job)  # one provider's: the others saw it open
-    [resolved] = s.dep.reward_arbiter.events("GameResolved", job_id=s.job)
-    assert resolved["challenger_won"] and opened["challenger"] in {p.address for p in s.providers}, "\n".join(logs)
+    opened = s.dep.reward_arbiter.events("GameOpened", job_id=s.job)  # each provider plays a game of its own
+    assert opened and {g["challenger"] for g in opened} <= {p.address for p in s.providers}, "\n".join(logs)
+    resolved = s.dep.reward_arbiter.events("GameResolved", job_id=s.job)
+    assert len(resolved) == len(opened)  # every game ended (the others moot: bonds back)
+    assert [g["challenger_won"] for g in resolved if not g["moot"]] == [True], "\n".join(logs)
     assert s.state() == JobState.FINALIZING and s.slashed() == {s.agg.address: AGG_STAKE}
     s.settle_and_claim()
     d = s.delta()
     for p in s.providers:
         assert d[p.address] >= honest[p.address] > 0  # the prover also keeps half of the slashed stake
+
+
+def test_a_stalled_sham_game_does_not_blind_the_providers(chain, make, tmp_path):
+    """Attack: post the self-paying root and, from a puppet account, open a reward game against it
+    that the puppet then lets sit, the aggregator answering at the last moment of its turns so the
+    game outlasts the challenge window. The providers' processes used to see a game open and look
+    no further, and the wrong root settled. Each provider now checks the root and plays a game of
+    its own: the aggregator is proven wrong within the window."""
+    from fedmarket.processes.provider import ProviderProcess
+
+    honest = _honest(chain, make, providers=3, rounds=2)
+    s = make(**_fees(providers=3, rounds=2), aggregator_cls=FeeInflatingAggregator)
+    s.open()
+    s.rounds()
+    s.driver._judge_and_post()
+    puppet = s.c.stranger
+    s.approve(puppet, s.dep.reward_arbiter.address)
+    s.dep.reward_arbiter.transact("challenge_rewards", s.job, sender=puppet)
+    logs: list[str] = []
+    procs = [ProviderProcess(s.dep, p.account, s.store, s.box, p.X, p.y, s.job, tmp_path / f"p{i}", log=logs.append)
+             for i, p in enumerate(s.providers)]
+    for _ in range(200):
+        if s.state() == JobState.TRAINING:  # the root was discarded: a provider posts the right one
+            procs[0].safe_step()
+        if s.state() == JobState.FINALIZING and not s.games():
+            break
+        for proc in procs:
+            proc.safe_step()
+        try:
+            moved = s.agg.defend(s.job)
+        except ContractRevert:
+            moved = []
+        if not moved and s.games():
+            s.past(min(g.deadline for g in s.games()))
+    assert s.slashed() == {s.agg.address: AGG_STAKE}, "\n".join(logs)
+    s.settle_and_claim()
+    d = s.delta()
+    assert all(d[p.address] >= honest[p.address] > 0 for p in s.providers)
+
+
+def test_a_withheld_rewards_document_is_looked_for_again(chain, make, tmp_path):
+    """Attack: post the self-paying root with the content id of a rewards document it does not
+    store. The providers' processes marked such a root as checked and never looked again; the
+    aggregator stored the document once the window was over, and the wrong root settled. A root
+    whose document cannot be read is looked at again every step: once it appears in time, the
+    providers prove it wrong."""
+    from fedmarket.processes.provider import ProviderProcess
+
+    s = make(**_fees(providers=3, rounds=2), aggregator_cls=FeeInflatingAggregator)
+    s.open()
+    s.rounds()
+    s.driver._judge_and_post()
+    cid = s.dep.market.events("RewardRootPosted", job_id=s.job)[-1]["rewards_cid"]
+    blob = Path(s.store.root) / cid
+    doc = blob.read_bytes()
+    blob.unlink()  # withheld
+    logs: list[str] = []
+    procs = [ProviderProcess(s.dep, p.account, s.store, s.box, p.X, p.y, s.job, tmp_path / f"p{i}", log=logs.append)
+             for i, p in enumerate(s.providers)]
+    for proc in procs:
+        proc.safe_step()
+    assert not s.games() and any("cannot be checked yet" in line for line in logs)
+    assert s.store.put(doc) == cid  # stored after all, within the window
+    for _ in range(200):
+        if s.state() == JobState.TRAINING:
+            procs[0].safe_step()
+        if s.state() == JobState.FINALIZING and not s.games() and s.slashed():
+            break
+        for proc in procs:
+            proc.safe_step()
+        try:
+            moved = s.agg.defend(s.job)
+        except ContractRevert:
+            moved = []
+        if not moved and s.games():
+            s.past(min(g.deadline for g in s.games()))
+    assert s.slashed() == {s.agg.address: AGG_STAKE}, "\n".join(logs)

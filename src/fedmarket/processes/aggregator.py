@@ -271,6 +271,10 @@ class AggregatorProcess(RoleProcess):
                 self.say_once(f"some validators did not reveal their scores within {self.reveal_timeout:.0f}s")
             for receipt in submit_misbehaviour(self.dep, self.mailbox, self.account, job_id):
                 self.say(f"provider {receipt.event('ProviderSlashed')['provider']} slashed by validator vote")
+            if not self.dep.disputes.call("votes_closed", job_id):  # the root is computed once no vote can land
+                self.say_once("reward root waits for the last votes (every validator's on every round, or a quarter "
+                              "of the step's time)")
+                return
         try:  # a scores-basis root also puts the validators' approvals of it on chain first
             receipt = self.aggregator.post_rewards(job_id)
         except (ContractRevert, FedMarketError) as exc:

@@ -16,7 +16,15 @@ from ..protocol import rules as R
 from ..roles import Provider
 from ..roles import secure_round as sr
 from ..roles.challenger import Challenger
-from ..roles.common import InsufficientFunds, TermsMismatch, check_funds, claimed_senders, load_spec, round_topic
+from ..roles.common import (
+    InsufficientFunds,
+    TermsMismatch,
+    check_funds,
+    claimed_senders,
+    load_spec,
+    posted_rewards,
+    round_topic,
+)
 from ..roles.games import Defender, job_games
 from ..roles.sealed import commit_topic
 from ..roles.settlement import post_orphaned_root, root_orphaned
@@ -170,6 +178,8 @@ class ProviderProcess(RoleProcess):
         paid. Another provider may have been quicker: then there is nothing to do."""
         if not root_orphaned(self.dep, self.job_id):
             return
+        if int(self.dep.job(self.job_id)["n_validators"]) and not self.dep.disputes.call("votes_closed", self.job_id):
+            return  # the root is computed once no vote can land
         try:
             receipt = post_orphaned_root(self.dep, self.provider.store, self.mailbox, self.provider.account, self.job_id,
                                          load_spec(self.dep, self.provider.store, self.job_id))
@@ -188,13 +198,23 @@ class ProviderProcess(RoleProcess):
         challenger = Challenger(self.dep, self.provider.account, self.provider.store, self.mailbox)
         for receipt in challenger.play(job_id, max(self.dep.chain.timestamp(), int(time.time()))):
             self.say(f"reward game move (tx {receipt.tx_hash})")
+        if any(g.challenger == self.address for g in job_games(self.dep, job_id)):
+            for receipt in challenger.close_moot(job_id):  # another's game replaced the root: bond back
+                self.say(f"closed a moot game, bond refunded (tx {receipt.tx_hash})")
         root = bytes(job["reward_root"])
-        if root == self._watched_root or job_games(self.dep, job_id):
-            return  # checked already, or a game is open (if its challenger gives up, this one looks again)
+        # a game of someone else's proves nothing while it is open: its challenger may stall it past
+        # the challenge window, so each provider checks the root and plays a game of its own
+        if root == self._watched_root or any(g.challenger == self.address for g in job_games(self.dep, job_id)):
+            return
         try:
             check_funds(self.dep, self.address, int(job["dispute_bond"]), "a dispute bond")
         except InsufficientFunds as exc:
             self.say_once(f"cannot watch the reward root: {exc}")
+            return
+        try:
+            posted_rewards(self.dep, self.provider.store, job_id)
+        except FedMarketError as exc:  # withheld: look again every step (never marked as checked)
+            self.say_once(f"the posted reward root cannot be checked yet: {exc}")
             return
         try:
             opened = challenger.check_rewards(job_id)

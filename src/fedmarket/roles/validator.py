@@ -278,8 +278,8 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
             v = msg["validator"]
             scores_root = hex32(msg["scores_root"])
             sig = hexbytes(msg["signature"])
-            if not isinstance(v, str) or v in chosen or (only is not None and v != only):
-                continue
+            if not isinstance(v, str) or v in chosen or (only is not None and v != only) or not any(scores_root):
+                continue  # (an empty scores root is refused on chain: it would stop the whole batch)
             if Attestation(job_id, round_, model_root, scores_root).signer(sig, dep.chain_id, dep.disputes.address) != v:
                 continue
         except BAD_INPUT:

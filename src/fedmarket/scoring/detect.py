@@ -46,16 +46,6 @@ class DetectionReport:
         """Boolean ``(n,)``: flagged for any reason (exclude these from the rewards)."""
         return self.free_riders | self.sybils | self.poisoners
 
-    @property
-    def slashable(self) -> np.ndarray:
-        """Boolean ``(n,)``: flagged for what no honest provider's update shows, so that a stake may
-        be taken for it: the global model sent back (free-rider) or an update boosted to
-        ``norm_factor`` times the median norm. A low or negative contribution value, a direction
-        away from the median (honest non-IID data can do either on a small held-out set) and a
-        near-copy (its victim looks the same as the copier) only cost the round's reward."""
-        boosted = self.norm_ratio > self.norm_factor
-        return self.free_riders | (self.poisoners & boosted)
-
 
 def detect(
     updates: np.ndarray,
