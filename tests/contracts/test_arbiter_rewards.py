@@ -140,6 +140,9 @@ def test_a_scores_root_has_no_value_game(kit):
 
     root = MerkleTree([reward_leaf_bytes(leaf) for leaf in leaves]).root
     st = (root, sum(x["amount"] for x in leaves), sum(x["value"] for x in leaves if x["role"] == Role.PROVIDER), True)
+    with reverts("disputes: votes open"):  # validator 1 never voted on round 1: the votes close on time
+        job.approve(st)
+    kit.advance(int(kit.m.call("votes_close", job.id)) - kit.now())
     job.approve(st)
     job.post_rewards(leaves, basis=R.Basis.SCORES)
     with reverts("arbiter: scores basis is approved by validators"):
@@ -549,9 +552,12 @@ def test_anyone_reposts_a_rejected_root_with_a_bond(kit):
     p.down_to(_agg_ix(job, job.leaves))
     p.timeout()
     leaves = job.weight_leaves()
+    with reverts("disputes: votes open"):  # the discarded root gave the job a new step: its votes close again
+        job.post_rewards(leaves, sender=kit.outsider)
+    kit.advance(job.terms.round_duration // 4)
     with reverts("disputes: approval window open"):  # validators may still approve scores for half the period
         job.post_rewards(leaves, sender=kit.outsider)
-    kit.advance(job.terms.round_duration // 2)
+    kit.advance(job.terms.round_duration // 4)
     with reverts("market: rewards exceed pool"):  # the new root is judged like any other
         job.post_rewards(leaves, total=job.info()["pool"] + 1, sender=kit.outsider)
     out = kit.balance(kit.outsider)
