@@ -181,17 +181,22 @@ def test_model_server_refuses_deep_huge_and_oversized_requests_before_parsing(tm
         deep = httpx.post(url + "/query", content=DEEP, timeout=10)
         assert deep.status_code == 400 and "nests deeper" in deep.json()["error"]
         assert "\n" not in deep.json()["error"]
-        big = httpx.post(url + "/query", content=b" " * (4 * MAX_QUERY_BYTES), timeout=10)
-        assert big.status_code == 413
+        def refused(**kw) -> int | str:
+            """The status of a request the server refuses before reading it all, or "reset": the
+            server answered and closed while the client was still sending (a race on loopback)."""
+            try:
+                return httpx.post(url + "/query", timeout=10, **kw).status_code
+            except (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError):
+                return "reset"
+
+        assert refused(content=b" " * (4 * MAX_QUERY_BYTES)) in (413, "reset")
 
         def chunks():  # no Content-Length: refused as it arrives
             for _ in range(8):
                 yield b" " * (MAX_QUERY_BYTES // 2)
 
-        streamed = httpx.post(url + "/query", content=chunks(), timeout=10)
-        assert streamed.status_code == 413
-        headers = httpx.post(url + "/query", content=b"{}", headers={"X-Pad": "a" * 65536}, timeout=10)
-        assert headers.status_code in (400, 431)
+        assert refused(content=chunks()) in (413, "reset")
+        assert refused(content=b"{}", headers={"X-Pad": "a" * 65536}) in (400, 431, "reset")
         assert httpx.post(url + "/query", content=b"[1, 2]", timeout=5).status_code == 400
         assert proc.poll() is None
     finally:
