@@ -359,8 +359,6 @@ def test_with_no_watcher_the_providers_own_processes_catch_a_self_paying_root(ch
     of the threat model not met: no challenger runs). The provider's own process checks each posted
     root against the rule, opens the game it can win with its dispute bond, plays it to its end, and
     once the aggregator is slashed posts the right root: every provider ends with its honest pay."""
-    from fedmarket.processes.provider import ProviderProcess
-
     honest = _honest(chain, make, providers=3, rounds=2)
     s = make(**_fees(providers=3, rounds=2), aggregator_cls=FeeInflatingAggregator)
     s.open()
@@ -368,14 +366,25 @@ def test_with_no_watcher_the_providers_own_processes_catch_a_self_paying_root(ch
     s.driver._judge_and_post()  # the self-paying root; nobody else watches
     assert s.state() == JobState.FINALIZING
     logs: list[str] = []
-    procs = [ProviderProcess(s.dep, p.account, s.store, s.box, p.X, p.y, s.job, tmp_path / f"p{i}", log=logs.append)
-             for i, p in enumerate(s.providers)]
+    _play_out(s, _provider_processes(s, tmp_path, logs))
+    _caught_by(s, honest, logs)
+
+
+def _provider_processes(s, tmp_path, logs: list[str]) -> list:
+    from fedmarket.processes.provider import ProviderProcess
+
+    return [ProviderProcess(s.dep, p.account, s.store, s.box, p.X, p.y, s.job, tmp_path / f"p{i}", log=logs.append)
+            for i, p in enumerate(s.providers)]
+
+
+def _play_out(s, procs: list) -> None:
+    """Step the providers' processes while the aggregator defends what it can (time runs to the next
+    deadline when nobody moves), until a new root stands with the aggregator slashed."""
     for _ in range(200):
-        if s.state() != JobState.FINALIZING or not s.games():
-            if s.state() == JobState.TRAINING:  # the root was discarded: a provider posts the right one
-                procs[0].safe_step()
-            if s.state() == JobState.FINALIZING and not s.games() and s.dep.reward_arbiter.events("GameResolved", job_id=s.job):
-                break
+        if s.state() == JobState.TRAINING:  # the root was discarded: a provider posts the right one
+            procs[0].safe_step()
+        if s.state() == JobState.FINALIZING and not s.games() and s.slashed():
+            return
         for proc in procs:
             proc.safe_step()
         try:
@@ -384,7 +393,6 @@ def test_with_no_watcher_the_providers_own_processes_catch_a_self_paying_root(ch
             moved = []
         if not moved and s.games():
             s.past(min(g.deadline for g in s.games()))
-    _caught_by(s, honest, logs)
 
 
 def _caught_by(s, honest: dict, logs: list[str]) -> None:
@@ -406,8 +414,6 @@ def test_a_stalled_sham_game_does_not_blind_the_providers(chain, make, tmp_path)
     game outlasts the challenge window. The providers' processes used to see a game open and look
     no further, and the wrong root settled. Each provider now checks the root and plays a game of
     its own: the aggregator is proven wrong within the window."""
-    from fedmarket.processes.provider import ProviderProcess
-
     honest = _honest(chain, make, providers=3, rounds=2)
     s = make(**_fees(providers=3, rounds=2), aggregator_cls=FeeInflatingAggregator)
     s.open()
@@ -417,21 +423,7 @@ def test_a_stalled_sham_game_does_not_blind_the_providers(chain, make, tmp_path)
     s.approve(puppet, s.dep.reward_arbiter.address)
     s.dep.reward_arbiter.transact("challenge_rewards", s.job, sender=puppet)
     logs: list[str] = []
-    procs = [ProviderProcess(s.dep, p.account, s.store, s.box, p.X, p.y, s.job, tmp_path / f"p{i}", log=logs.append)
-             for i, p in enumerate(s.providers)]
-    for _ in range(200):
-        if s.state() == JobState.TRAINING:  # the root was discarded: a provider posts the right one
-            procs[0].safe_step()
-        if s.state() == JobState.FINALIZING and not s.games():
-            break
-        for proc in procs:
-            proc.safe_step()
-        try:
-            moved = s.agg.defend(s.job)
-        except ContractRevert:
-            moved = []
-        if not moved and s.games():
-            s.past(min(g.deadline for g in s.games()))
+    _play_out(s, _provider_processes(s, tmp_path, logs))
     assert s.slashed() == {s.agg.address: AGG_STAKE}, "\n".join(logs)
     s.settle_and_claim()
     d = s.delta()
@@ -444,8 +436,6 @@ def test_a_withheld_rewards_document_is_looked_for_again(chain, make, tmp_path):
     aggregator stored the document once the window was over, and the wrong root settled. A root
     whose document cannot be read is looked at again every step: once it appears in time, the
     providers prove it wrong."""
-    from fedmarket.processes.provider import ProviderProcess
-
     s = make(**_fees(providers=3, rounds=2), aggregator_cls=FeeInflatingAggregator)
     s.open()
     s.rounds()
@@ -455,23 +445,10 @@ def test_a_withheld_rewards_document_is_looked_for_again(chain, make, tmp_path):
     doc = blob.read_bytes()
     blob.unlink()  # withheld
     logs: list[str] = []
-    procs = [ProviderProcess(s.dep, p.account, s.store, s.box, p.X, p.y, s.job, tmp_path / f"p{i}", log=logs.append)
-             for i, p in enumerate(s.providers)]
+    procs = _provider_processes(s, tmp_path, logs)
     for proc in procs:
         proc.safe_step()
     assert not s.games() and any("cannot be checked yet" in line for line in logs)
     assert s.store.put(doc) == cid  # stored after all, within the window
-    for _ in range(200):
-        if s.state() == JobState.TRAINING:
-            procs[0].safe_step()
-        if s.state() == JobState.FINALIZING and not s.games() and s.slashed():
-            break
-        for proc in procs:
-            proc.safe_step()
-        try:
-            moved = s.agg.defend(s.job)
-        except ContractRevert:
-            moved = []
-        if not moved and s.games():
-            s.past(min(g.deadline for g in s.games()))
+    _play_out(s, procs)
     assert s.slashed() == {s.agg.address: AGG_STAKE}, "\n".join(logs)

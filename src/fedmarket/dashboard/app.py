@@ -177,8 +177,7 @@ class Dashboard:
         return self._verified_spec(str(posted["spec_cid"]), str(posted["spec_hash"]), job_id)
 
     def _verified_spec(self, spec_cid: str, spec_hash: str, job_id: int):
-        from ..roles.common import ProtocolViolation
-        from ..spec import JobSpec
+        from ..roles.common import ProtocolViolation, committed_spec
 
         key = (spec_cid, spec_hash)
         known = self._specs.get(key)
@@ -186,10 +185,7 @@ class Dashboard:
             try:
                 with self.reading():
                     raw = self.store.get_capped(spec_cid, SPEC_MAX_BYTES)
-                spec = JobSpec.parse(raw)
-                if "0x" + spec.hash().hex() != spec_hash.lower() or spec.canonical() != raw:
-                    raise ProtocolViolation(f"spec {spec_cid} does not hash to the job's committed spec hash {spec_hash}")
-                known = spec
+                known = committed_spec(raw, bytes.fromhex(spec_hash.removeprefix("0x")), f"spec {spec_cid}")
             except BlobTooLarge as exc:
                 known = ProtocolViolation(str(exc))
             except StorageError:

@@ -49,6 +49,7 @@ class ProviderProcess(RoleProcess):
                                  releases=ReleaseLog(Path(state_dir) / f"releases-{account.address}.jsonl"))
         self.mailbox = mailbox
         self._watched_root: bytes | None = None  # the reward root last checked against the rule
+        self._challenger: Challenger | None = None  # made at the first reward root it watches
         # how long a secure phase waits for late members (default: a tenth of the round, 5 s to 2 min)
         self._phase_timeout = phase_timeout
         self._phase_opened: dict[tuple[int, str], float] = {}  # (round, phase) -> when it could first start
@@ -195,16 +196,20 @@ class ProviderProcess(RoleProcess):
         opening a game only where it can win (`Challenger.check_rewards`) and only with the job's
         dispute bond in hand. A root proven wrong slashes its poster; the providers then post the
         right one (`_post_if_orphaned`)."""
-        challenger = Challenger(self.dep, self.provider.account, self.provider.store, self.mailbox)
+        if self._challenger is None:
+            self._challenger = Challenger(self.dep, self.provider.account, self.provider.store, self.mailbox)
+        challenger = self._challenger
         for receipt in challenger.play(job_id, max(self.dep.chain.timestamp(), int(time.time()))):
             self.say(f"reward game move (tx {receipt.tx_hash})")
-        if any(g.challenger == self.address for g in job_games(self.dep, job_id)):
+        mine_open = any(g.challenger == self.address for g in job_games(self.dep, job_id))
+        if mine_open:
             for receipt in challenger.close_moot(job_id):  # another's game replaced the root: bond back
                 self.say(f"closed a moot game, bond refunded (tx {receipt.tx_hash})")
+            mine_open = any(g.challenger == self.address for g in job_games(self.dep, job_id))
         root = bytes(job["reward_root"])
         # a game of someone else's proves nothing while it is open: its challenger may stall it past
         # the challenge window, so each provider checks the root and plays a game of its own
-        if root == self._watched_root or any(g.challenger == self.address for g in job_games(self.dep, job_id)):
+        if root == self._watched_root or mine_open:
             return
         try:
             check_funds(self.dep, self.address, int(job["dispute_bond"]), "a dispute bond")

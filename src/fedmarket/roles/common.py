@@ -125,10 +125,15 @@ def load_spec(dep: Deployment, store: BlobStore, job_id: int) -> JobSpec:
     if not posted:
         raise FedMarketError(f"job {job_id} does not exist on this market")
     ev = posted[0]
-    raw = store.get(ev["spec_cid"])
+    return committed_spec(store.get(ev["spec_cid"]), ev["spec_hash"], f"job {job_id}: spec {ev['spec_cid']}")
+
+
+def committed_spec(raw: bytes, spec_hash: bytes, what: str) -> JobSpec:
+    """The spec in `raw`, if it is the one a job committed to: it hashes to `spec_hash` and `raw` is
+    its canonical form (so no other bytes pass for it); ProtocolViolation naming `what` otherwise."""
     spec = JobSpec.parse(raw)
-    if spec.hash() != ev["spec_hash"] or spec.canonical() != raw:
-        raise ProtocolViolation(f"job {job_id}: spec {ev['spec_cid']} does not hash to the committed spec hash")
+    if spec.hash() != spec_hash or spec.canonical() != raw:
+        raise ProtocolViolation(f"{what} does not hash to the committed spec hash")
     return spec
 
 
