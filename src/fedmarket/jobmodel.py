@@ -99,12 +99,12 @@ def job_model(spec: JobSpec, store: BlobStore | None = None) -> JobModel:
         return _CACHE[key]
     if spec.model.kind == "torch":
         from .errors import StorageError
-        from .fl.torch_models import load_packed
+        from .fl.torch_models import load_packed, pack_byte_limit
 
         if store is None:
             raise SchemaMismatch("a torch job's model is a packed module in the blob store: no store given")
         try:
-            raw = store.get(spec.model.module_cid)
+            raw = store.get_capped(spec.model.module_cid, pack_byte_limit(spec.n_params))
         except StorageError as exc:
             raise SchemaMismatch(f"the job's packed module {spec.model.module_cid} is unavailable: {exc}") from None
         model = load_packed(raw, spec.data.n_features, spec.data.n_classes, spec.model.l2,

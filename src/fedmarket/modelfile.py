@@ -265,5 +265,9 @@ def trained_model(dep, store: BlobStore, job_id: int, round_: int | None = None)
     spec = load_spec(dep, store, job_id)
     committed = verified_round(dep, job_id, round_)
     q = fetch_model(store, spec, committed)
-    packed = store.get(spec.model.module_cid) if spec.model.kind == "torch" else b""
+    packed = b""
+    if spec.model.kind == "torch":
+        from .fl.torch_models import pack_byte_limit
+
+        packed = store.get_capped(spec.model.module_cid, pack_byte_limit(spec.n_params))
     return TrainedModel(spec, q, job_id, committed.round, committed.model_root, packed)

@@ -15,6 +15,11 @@ from .protocol import rules as R
 from .protocol.encoding import canonical_json
 
 SPEC_VERSION = 1
+#: the largest spec, as stored, that anyone posts or reads: room for a schema of the most features
+#: (a million, with their bounds and names; most specs are a few kB, and a torch module is named by
+#: content id, not carried). A requester's spec past it is refused before it is posted, and a role
+#: downloads no more before it stakes.
+MAX_SPEC_BYTES = 64 * 2**20
 
 
 class _Strict(BaseModel):

@@ -218,3 +218,41 @@ def test_a_survivor_withdrawing_its_masked_blob_cannot_stall_nor_void_the_round(
     doc = fetch_metrics(s.store, committed_rounds(s.dep, s.job)[0])
     assert all(s.store.has(u["update_cid"]) for u in doc["updates"])
 
+
+
+class Bloated(Provider):
+    """Posts a receipt for its real update but names a blob a hundred times the size of any update
+    of the job: an aggregator that downloads it whole can be made to hold gigabytes, every round, and
+    run out of memory or time before its deadline."""
+
+    def _post_update(self, spec, job_id, round_, q, weight):
+        message = super()._post_update(spec, job_id, round_, q, weight)
+        big = np.zeros(100 * spec.n_params, dtype=np.int64)
+        big[: len(q)] = q
+        message["update_cid"] = self.store.put(encode_vector(big))
+        self.mailbox.post(round_topic(job_id, round_), canonical_json(message))
+        return message
+
+
+def test_an_update_blob_past_the_jobs_vector_size_is_refused_unread(make, monkeypatch):
+    """The aggregator asks the store for at most the bytes a vector of the job's size can take
+    (`read_vector`): the bloated blob is refused before it is read, the round goes on with the
+    honest updates, and the aggregator keeps its stake."""
+    from fedmarket.protocol.encoding import vector_blob_limit
+    from fedmarket.storage.blobstore import LocalBlobStore
+
+    largest = [0]
+    read = LocalBlobStore._read
+
+    def counting(self, cid):
+        data = read(self, cid)
+        largest[0] = max(largest[0], len(data))
+        return data
+
+    monkeypatch.setattr(LocalBlobStore, "_read", counting)
+    s = make(providers=3, rounds=2, provider_cls=[Bloated, Provider, Provider])
+    s.run()
+    _settled_unslashed(s)
+    assert all(c.count == 2 for c in committed_rounds(s.dep, s.job))
+    assert any("limit of its reader" in r for r in _rejected(s, 0))
+    assert largest[0] <= vector_blob_limit(s.spec.n_params)

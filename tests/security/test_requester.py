@@ -273,3 +273,43 @@ def test_terms_too_short_to_act_on_are_refused(make):
     from fedmarket.market import MIN_PERIOD
 
     assert MIN_PERIOD >= 60 and s.dep.terms_check.call("MIN_PERIOD") == 1  # the test chain is a development one
+
+
+def test_a_spec_blob_past_the_limit_is_refused_unread_before_staking(make, tmp_path, monkeypatch):
+    """The requester posts a job whose spec content id names a blob past MAX_SPEC_BYTES, so that
+    every role that looks at the job downloads it whole (and again at every restart). Each role's
+    process asks the store for at most MAX_SPEC_BYTES, exits with one line before staking, and
+    nothing is locked; the requester's own `post` refuses such a spec before it stores it."""
+    from fedmarket.errors import BlobTooLarge
+    from fedmarket.spec import MAX_SPEC_BYTES
+    from fedmarket.storage.blobstore import LocalBlobStore
+
+    s = make(providers=3, validators=1)
+    largest = [0]
+    read = LocalBlobStore._read
+
+    def counting(self, cid):
+        data = read(self, cid)
+        largest[0] = max(largest[0], len(data))
+        return data
+
+    monkeypatch.setattr(LocalBlobStore, "_read", counting)
+    huge = s.store.put(s.spec.canonical() + b" " * MAX_SPEC_BYTES)
+    job = _post(s, terms_of(s.spec, s.agg.address, s.chain.timestamp()), huge)
+    v = s.validators[0]
+    for proc in (
+        AggregatorProcess(s.dep, s.agg.account, s.store, s.box, job, tmp_path / "agg", log=lambda m: None),
+        ProviderProcess(s.dep, s.providers[0].account, s.store, s.box, s.providers[0].X, s.providers[0].y, job,
+                        tmp_path / "p", log=lambda m: None),
+        ValidatorProcess(s.dep, v.account, s.store, s.box, v.X, v.y, job, tmp_path / "v", log=lambda m: None),
+    ):
+        with pytest.raises(Fatal, match="limit of its reader"):
+            proc.step()
+    assert largest[0] <= MAX_SPEC_BYTES
+    for member in (s.agg, s.providers[0], v):
+        assert s.dep.market.call("membership", job, member.address) == (0, 0)
+    s.dep.market.transact("cancel", job, sender=s.c.requester)
+    assert s.delta() == {a: 0 for a in s.before}
+    monkeypatch.setattr("fedmarket.roles.requester.MAX_SPEC_BYTES", len(s.spec.canonical()) - 1)
+    with pytest.raises(ConfigError, match="job spec is .* bytes, over the"):
+        s.cast.requester.post(s.spec, s.agg.address)

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from fedmarket.errors import StorageError
+from fedmarket.errors import BlobTooLarge, StorageError
 from fedmarket.storage import cid_of, open_mailbox, open_store
 from fedmarket.storage.jetstream import (
     BLOB_BUCKET,
@@ -107,6 +107,27 @@ def test_blob_round_trip_and_a_large_blob(clients):
         store.get(missing)
     with pytest.raises(StorageError, match="not a valid CID"):
         store.get("../../etc/passwd")
+
+
+def test_a_capped_read_stops_downloading_past_its_limit(clients):
+    """A reader that takes at most N bytes (an update of the job's size, `roles.common.read_vector`)
+    stops downloading a larger object one chunk past N, instead of holding all of it."""
+    store = clients("store")
+    big = os.urandom(4 * 1024 * 1024)
+    cid = store.put(big)
+    got = []
+    get_msg = store.link.js.get_msg
+
+    async def counting(*args, **kw):
+        msg = await get_msg(*args, **kw)
+        got.append(len(msg.data or b""))
+        return msg
+
+    store.link.js.get_msg = counting
+    with pytest.raises(BlobTooLarge, match="over the 100,000-byte limit of its reader"):
+        store.get_capped(cid, 100_000)
+    assert sum(got[:-1]) <= 100_000 < sum(got) <= 100_000 + max(got)  # one chunk past the limit, no more
+    assert store.get_capped(cid, len(big)) == big
 
 
 def test_a_message_id_taken_first_by_someone_else_does_not_drop_the_honest_message(clients, nats_server):

@@ -17,6 +17,7 @@ import numpy as np
 from ..chain.rpc_backend import RpcChain
 from ..errors import BlobTooLarge, FedMarketError, StorageError, StorageUnreachable
 from ..protocol.encoding import BAD_INPUT, untrusted_json
+from ..spec import MAX_SPEC_BYTES
 from . import views
 from .indexer import Indexer, connect_db
 
@@ -25,8 +26,8 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: the largest document (a round's metrics, a job's rewards) a page reads from the store: a large
 #: job's are a few MB; a bigger one shows as "no data"
 DOCUMENT_MAX_BYTES = 16 * 2**20
-#: the largest job spec read to check it against its committed hash (ours are a few kB)
-SPEC_MAX_BYTES = 2**20
+#: the largest job spec read to check it against its committed hash (what every role reads)
+SPEC_MAX_BYTES = MAX_SPEC_BYTES
 #: how many bytes of parsed documents (counted as their source size: parsed, a few times more) stay cached
 DOCUMENT_CACHE_BYTES = 16 * 2**20
 #: how many store reads (documents, specs, /blob) run at once: each holds a blob in memory

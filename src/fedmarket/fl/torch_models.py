@@ -376,6 +376,14 @@ def pack_module(module: Any, input_shape: Sequence[int], n_classes: int) -> byte
 
 _PROBE_BATCH = 4
 _MAX_INT_BUFFER_ELEMENTS = 4096  # BatchNorm's num_batches_tracked: integer buffers are outside the flat vector
+
+
+def pack_byte_limit(n_params: int) -> int:
+    """The most bytes a job's packed module of ``n_params`` parameters can take and still load: two
+    programs, each with weights of at most 8 bytes a value and a few JSON members of at most 16 MiB
+    (what :func:`read_program` reads), and the header. A role downloads no more than this."""
+    return 2 * (8 * (int(n_params) + _MAX_INT_BUFFER_ELEMENTS) + 8 * 16 * 2**20) + 2**20
+
 def load_packed(raw: bytes, n_features: int, n_classes: int, l2: float = 0.0, *,
                 n_params: int | None = None) -> TorchNet:
     """The :class:`TorchNet` of a packed module, checked: its bytes by :func:`read_program` before

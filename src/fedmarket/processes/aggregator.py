@@ -6,14 +6,13 @@ import os
 import time
 
 from ..chain import Account
-from ..errors import ConfigError, ContractRevert, FedMarketError, SchemaMismatch, SecAggAbort
+from ..errors import ContractRevert, FedMarketError, SecAggAbort
 from ..market import Deployment, JobState
 from ..protocol import rules as R
 from ..roles import Aggregator
 from ..roles import secure_round as sr
 from ..roles.common import (
-    InsufficientFunds,
-    TermsMismatch,
+    REFUSED_BEFORE_STAKING,
     claim_reward,
     claimed_senders,
     committed_rounds,
@@ -94,7 +93,7 @@ class AggregatorProcess(RoleProcess):
             if not job["accepted"]:
                 try:  # the terms, the spec and our funds are checked before staking
                     receipt = self.aggregator.accept(job_id)
-                except (TermsMismatch, InsufficientFunds, SchemaMismatch, ConfigError) as exc:
+                except REFUSED_BEFORE_STAKING as exc:
                     raise Fatal(str(exc)) from None
                 self.say(f"accepted job {job_id} (tx {receipt.tx_hash})")
                 return

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..chain import Account
-from ..errors import ConfigError, ContractRevert, FedMarketError, SchemaMismatch, SecAggAbort
+from ..errors import ContractRevert, FedMarketError, SecAggAbort
 from ..market import Deployment, JobState, Role
 from ..privacy.releases import ReleaseLog
 from ..protocol import rules as R
@@ -17,8 +17,8 @@ from ..roles import Provider
 from ..roles import secure_round as sr
 from ..roles.challenger import Challenger
 from ..roles.common import (
+    REFUSED_BEFORE_STAKING,
     InsufficientFunds,
-    TermsMismatch,
     check_funds,
     claimed_senders,
     load_spec,
@@ -241,7 +241,7 @@ class ProviderProcess(RoleProcess):
             if role == 0:
                 try:  # the spec's hash, the terms, our data's schema and our funds are checked first
                     spec = self.provider.inspect(job_id)
-                except (TermsMismatch, SchemaMismatch, InsufficientFunds, ConfigError) as exc:
+                except REFUSED_BEFORE_STAKING as exc:
                     raise Fatal(str(exc)) from None
                 if job["n_providers"] >= job["max_providers"]:
                     raise Fatal(f"job {job_id} is full ({job['n_providers']} providers)")

@@ -8,11 +8,10 @@ import time
 import numpy as np
 
 from ..chain import Account
-from ..errors import ConfigError, SchemaMismatch
 from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
 from ..roles import Validator
-from ..roles.common import InsufficientFunds, TermsMismatch, committed_rounds
+from ..roles.common import REFUSED_BEFORE_STAKING, committed_rounds
 from ..roles.validator import submit_rejections
 from ..storage import BlobStore, Mailbox
 from .base import Fatal, RoleProcess, Stop, job_state
@@ -56,7 +55,7 @@ class ValidatorProcess(RoleProcess):
                     raise Fatal(f"job {job_id} takes no more validators ({job['n_validators']}/{job['max_validators']})")
                 try:  # the terms, our held-out data's schema and our funds are checked before staking
                     receipt = self.validator.join(job_id)
-                except (TermsMismatch, SchemaMismatch, InsufficientFunds, ConfigError) as exc:
+                except REFUSED_BEFORE_STAKING as exc:
                     raise Fatal(str(exc)) from None
                 self.say(f"joined job {job_id} as validator (tx {receipt.tx_hash})")
             else:

@@ -130,6 +130,12 @@ def encode_vector(q: np.ndarray) -> bytes:
     return b"FMV2" + bytes([width]) + struct.pack(">Q", q.size) + q.astype(f">i{width}").tobytes()
 
 
+def vector_blob_limit(n: int) -> int:
+    """The most bytes the blob of a vector of `n` values can take (`FMV2` at the widest width): what
+    a reader of a job's update, model or correction downloads at most."""
+    return 13 + 8 * n
+
+
 def decode_vector(blob: bytes, expected_size: int | None = None) -> np.ndarray:
     """Inverse of `encode_vector`; also reads the older ``FMV1`` blobs (magic, length, 8-byte values).
 

@@ -16,7 +16,6 @@ from ..protocol.encoding import (
     BAD_INPUT,
     address_key,
     canonical_json,
-    decode_vector,
     encode_vector,
     untrusted_json,
     vector_root,
@@ -36,6 +35,7 @@ from .common import (
     hexbytes,
     load_spec,
     metrics_digest,
+    read_vector,
     round_providers,
     round_topic,
 )
@@ -219,7 +219,7 @@ class Aggregator:
         if signer not in selected:
             raise FedMarketError(f"{signer} was not selected for round {round_}")
         try:
-            q = decode_vector(self.store.get(msg["update_cid"]), spec.n_params)
+            q = read_vector(self.store, msg["update_cid"], spec.n_params)
         except StorageUnreachable:
             raise
         except StorageError as exc:

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import FedMarketError, ModelOutOfRange, StorageUnreachable
 from ..market import Deployment
 from ..protocol import rules as R
-from ..protocol.encoding import BAD_INPUT, address_key, decode_vector, untrusted_json, vector_root
+from ..protocol.encoding import BAD_INPUT, address_key, vector_root
 from ..protocol.merkle import MerkleTree
 from ..protocol.proofs import RoundUpdate, reward_tree, updates_root, updates_tree
 from ..protocol.receipts import UpdateReceipt
@@ -32,6 +32,8 @@ from .common import (
     load_spec,
     posted_receipts,
     posted_rewards,
+    read_document,
+    read_vector,
     round_seed,
 )
 from .sealed import seal_messages, seal_problem, seal_topic, sealed
@@ -232,7 +234,7 @@ class Auditor:
         """One listed update, its blob fetched and matched against the root it was listed with."""
         root = hexbytes(root) if isinstance(root, str) else root
         signature = hexbytes(signature) if isinstance(signature, str) else signature
-        q = decode_vector(self.store.get(cid), spec.n_params)
+        q = read_vector(self.store, cid, spec.n_params)
         update = RoundUpdate(provider, q, int(weight), spec.quantization.chunk_size, signature)
         if update.root != root:  # hashed once, kept for the updates tree
             raise FedMarketError(f"update of {provider} does not match its root")
@@ -308,7 +310,7 @@ class Auditor:
         if not isinstance(sec, dict):
             raise FedMarketError(f"round {committed.round} of a {'attested' if spec.attested else 'secure'} job "
                                  "publishes no correction")
-        corr = decode_vector(self.store.get(sec["correction_cid"]), spec.n_params)
+        corr = read_vector(self.store, sec["correction_cid"], spec.n_params)
         if vector_root(corr, spec.quantization.chunk_size) != committed.aux_root:
             raise FedMarketError(f"round {committed.round}: mask correction does not match its committed root")
         return corr
@@ -425,7 +427,7 @@ class Auditor:
         cfg = sr.round_config(self.dep, spec, job_id, r, len(members))
         uid = {p: i for i, p in enumerate(members)}
         try:
-            transcript = sr.Transcript.from_doc(untrusted_json(self.store.get(doc["secure"]["transcript_cid"])))
+            transcript = sr.Transcript.from_doc(read_document(self.store, doc["secure"]["transcript_cid"]))
             masked = {uid[u.provider]: u.q for u in ev.updates}
             total = sr.unmasked_sum(cfg, members, transcript, masked)
         except (FedMarketError, *BAD_INPUT) as exc:

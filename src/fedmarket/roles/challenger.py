@@ -17,7 +17,9 @@ from ..protocol.proofs import reward_tree
 from ..protocol.receipts import Attestation
 from ..storage import BlobStore, Mailbox
 from .auditor import Auditor, AuditReport
-from .common import acknowledged, committed_rounds, hex32, hexbytes, load_spec, posted_receipts, round_topic
+from .common import (
+    acknowledged, committed_rounds, hex32, hexbytes, load_spec, posted_receipts, read_document, round_topic,
+)
 from .games import Truth, any_bad_leaf, choose, job_games
 
 
@@ -173,7 +175,7 @@ class Challenger:
     def _censored(self, truth: Truth, job_id: int, c, mailbox: Mailbox, aggregator: str):
         """An acknowledged (provider, root, weight) the round does not hold, with both signatures; or None."""
         try:
-            listed = untrusted_json(self.store.get(_metrics_cid(c)))["updates"]
+            listed = read_document(self.store, _metrics_cid(c))["updates"]
             included = {(to_checksum_address(e["provider"]), hex32(e["update_root"]), int(e["weight"])) for e in listed}
         except StorageUnreachable:
             return None  # the store did not answer: look again next time

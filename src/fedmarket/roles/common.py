@@ -12,15 +12,20 @@ import numpy as np
 from eth_utils import to_checksum_address
 from multiformats import CID, multihash
 
-from ..errors import ChainError, FedMarketError, PrivacyBudgetExceeded, StorageError
+from ..errors import (
+    BlobTooLarge, ChainError, ConfigError, FedMarketError, PrivacyBudgetExceeded, SchemaMismatch, StorageError,
+)
 from ..jobmodel import job_model
 from ..market import Deployment, JobState, JobTerms
 from ..protocol import rules as R
-from ..protocol.encoding import BAD_INPUT, address_key, decode_vector, round_commitment, untrusted_json, vector_root
+from ..protocol.encoding import (
+    BAD_INPUT, MAX_UNTRUSTED_BYTES, address_key, decode_vector, round_commitment, untrusted_json,
+    vector_blob_limit, vector_root,
+)
 from ..protocol.merkle import RoundAccumulator
 from ..protocol.receipts import ReceiptAck, UpdateReceipt
 from ..protocol.selection import select
-from ..spec import JobSpec
+from ..spec import MAX_SPEC_BYTES, JobSpec
 from ..storage import BlobStore, Mailbox
 
 
@@ -34,6 +39,11 @@ class TermsMismatch(FedMarketError):
 
 class InsufficientFunds(FedMarketError):
     """An account cannot cover the stake, escrow or bond it is about to lock."""
+
+
+#: what a role's checks before it stakes can find that no retry fixes (a spec that does not hash
+#: to its commitment or is over MAX_SPEC_BYTES, terms, a schema, a module, funds): its process exits
+REFUSED_BEFORE_STAKING = (TermsMismatch, ProtocolViolation, SchemaMismatch, ConfigError, BlobTooLarge, InsufficientFunds)
 
 
 def round_topic(job_id: int, round_: int) -> str:
@@ -125,7 +135,20 @@ def load_spec(dep: Deployment, store: BlobStore, job_id: int) -> JobSpec:
     if not posted:
         raise FedMarketError(f"job {job_id} does not exist on this market")
     ev = posted[0]
-    return committed_spec(store.get(ev["spec_cid"]), ev["spec_hash"], f"job {job_id}: spec {ev['spec_cid']}")
+    raw = store.get_capped(ev["spec_cid"], MAX_SPEC_BYTES)
+    return committed_spec(raw, ev["spec_hash"], f"job {job_id}: spec {ev['spec_cid']}")
+
+
+def read_vector(store: BlobStore, cid: str, n_params: int) -> np.ndarray:
+    """The vector of `n_params` values (an update, a model, a correction) stored under `cid`, never
+    downloading more than such a vector's blob can take (`BlobTooLarge`, a StorageError)."""
+    return decode_vector(store.get_capped(cid, vector_blob_limit(n_params)), n_params)
+
+
+def read_document(store: BlobStore, cid: str):
+    """The JSON document (a round's metrics, a reveal, rewards, usage leaves) stored under `cid`,
+    parsed as untrusted input, never downloading more than MAX_UNTRUSTED_BYTES."""
+    return untrusted_json(store.get_capped(cid, MAX_UNTRUSTED_BYTES))
 
 
 def committed_spec(raw: bytes, spec_hash: bytes, what: str) -> JobSpec:
@@ -344,9 +367,8 @@ def round_providers(dep: Deployment, spec: JobSpec, job_id: int, round_: int) ->
 
 
 def fetch_metrics(store: BlobStore, committed: CommittedRound) -> dict:
-    raw = store.get(metrics_cid(committed.metrics_hash))
     try:
-        return untrusted_json(raw)
+        return read_document(store, metrics_cid(committed.metrics_hash))
     except ValueError:
         raise StorageError(f"round {committed.round}: metrics blob is not JSON") from None
 
@@ -359,7 +381,7 @@ def fetch_model(store: BlobStore, spec: JobSpec, committed: CommittedRound) -> n
         cid = doc["model_cid"]
     except (KeyError, TypeError):
         raise ProtocolViolation(f"round {committed.round}: metrics document names no model") from None
-    q = decode_vector(store.get(cid), spec.n_params)
+    q = read_vector(store, cid, spec.n_params)
     if vector_root(q, spec.quantization.chunk_size) != committed.model_root:
         raise ProtocolViolation(f"round {committed.round}: model {cid} does not match its model root")
     return q
@@ -410,7 +432,7 @@ def _posted_reward_tree(dep: Deployment, store: BlobStore, job_id: int):
     cid = posted[-1]["rewards_cid"]
 
     def load():
-        doc = untrusted_json(store.get(cid))
+        doc = read_document(store, cid)
         return doc, reward_tree(doc["leaves"])
 
     doc, tree = dep.remember(("rewards", cid), load)

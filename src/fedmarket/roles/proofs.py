@@ -34,7 +34,7 @@ from eth_utils import is_address, keccak, to_checksum_address
 from ..chain.abi import ContractABI
 from ..errors import ContractRevert, FedMarketError
 from ..market import Deployment
-from ..protocol.encoding import untrusted_json
+from ..protocol.encoding import MAX_UNTRUSTED_BYTES, untrusted_json
 from ..protocol.receipts import ProvenAnswer, VerifierAttestation
 from ..storage import BlobStore, Mailbox
 from .common import joined_validators
@@ -127,8 +127,9 @@ def attest_verifier(dep: Deployment, account, store: BlobStore, box: Mailbox, jo
         raise FedMarketError(f"the code at {offer['verifier']} is not the offered one")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
-        (tmp / "settings.json").write_bytes(store.get(offer["settings"]))
-        (tmp / "kzg.srs").write_bytes(Path(srs).read_bytes() if srs is not None else store.get(offer["srs"]))
+        (tmp / "settings.json").write_bytes(store.get_capped(offer["settings"], MAX_UNTRUSTED_BYTES))
+        (tmp / "kzg.srs").write_bytes(Path(srs).read_bytes() if srs is not None
+                                      else store.get_capped(offer["srs"], MAX_UNTRUSTED_BYTES))
         try:
             kit = zkml.derive_verifier(trained, tmp / "settings.json", tmp / "kzg.srs", tmp / "kit")
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # settings or SRS that are not EZKL's

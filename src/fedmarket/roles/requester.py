@@ -8,7 +8,7 @@ from ..chain import Account, Receipt
 from ..errors import ConfigError
 from ..jobmodel import job_model
 from ..market import Deployment
-from ..spec import JobSpec
+from ..spec import MAX_SPEC_BYTES, JobSpec
 from ..storage import BlobStore
 from .common import check_funds, committed_rounds, fetch_model, load_spec, terms_of
 
@@ -31,7 +31,10 @@ class Requester:
             raise ConfigError(f"the job's terms would be refused: {problem.removeprefix('market: ')}")
         check_funds(self.dep, self.account.address, spec.reward.escrow, "the job's escrow")
         job_model(spec, self.store)  # the model builds (a torch job's packed module is in the store and fits)
-        cid = self.store.put(spec.canonical())
+        raw = spec.canonical()
+        if len(raw) > MAX_SPEC_BYTES:
+            raise ConfigError(f"the job spec is {len(raw):,} bytes, over the {MAX_SPEC_BYTES:,} bytes every role reads")
+        cid = self.store.put(raw)
         token.transact("approve", market.address, spec.reward.escrow, sender=self.account)
         receipt = market.transact("post_job", terms.abi(), cid, sender=self.account)
         return int(receipt.event("JobPosted")["job_id"])

@@ -35,7 +35,9 @@ from ..protocol.keccak import keccak
 from ..protocol.receipts import ScoresReveal
 from ..spec import JobSpec
 from ..storage import BlobStore
-from .common import committed_rounds, fetch_metrics, hexbytes, joined_providers, joined_validators, round_topic
+from .common import (
+    committed_rounds, fetch_metrics, hexbytes, joined_providers, joined_validators, read_document, round_topic,
+)
 
 SCORE_SCALE = 1_000_000  # scores are committed as integers: millionths of a utility point
 DEVIATION_TOLERANCE = 0.5
@@ -104,7 +106,7 @@ def verified_reveals(dep: Deployment, store: BlobStore, job_id: int, round_: int
     out: dict[str, Reveal] = {}
     for cid in cids:
         try:
-            doc = untrusted_json(store.get(cid))
+            doc = read_document(store, cid)
             v = doc["validator"]
             if doc["job_id"] != job_id or doc["round"] != round_ or not isinstance(v, str) or v not in stakes or v in out:
                 continue

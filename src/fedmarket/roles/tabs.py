@@ -29,11 +29,10 @@ from eth_utils import to_checksum_address
 from ..chain import Account
 from ..errors import ContractRevert, FedMarketError, StorageError
 from ..market import Deployment
-from ..protocol.encoding import untrusted_json
 from ..protocol.receipts import Tab
 from ..protocol.usage import EMPTY_OPENING, Leaf, UsageTree, opening
 from ..storage import BlobStore
-from .common import check_funds, journal_line, read_journal
+from .common import check_funds, journal_line, read_document, read_journal
 
 ZERO_ROOT = b"\x00" * 32
 REVEAL_SLOT = 2**161  # UsageRollup.REVEAL_SLOT: the challenge to reveal every leaf
@@ -79,7 +78,7 @@ def usage_doc(job_id: int, server: str, tree: UsageTree, signatures: dict[str, b
 def read_usage(store: BlobStore, cid: str) -> tuple[list[Leaf], list[bytes]]:
     """The leaves and signatures of a published root, in their published order (checked against
     the root by the reader, never trusted)."""
-    doc = untrusted_json(store.get(cid))
+    doc = read_document(store, cid)
     leaves = [Leaf(c, int(q), int(s)) for c, q, s, _ in doc["leaves"]]
     return leaves, [bytes.fromhex(sig[2:]) for *_, sig in doc["leaves"]]
 

@@ -29,14 +29,21 @@ class BlobStore(abc.ABC):
 
     def get_capped(self, cid: str, limit: int) -> bytes:
         """`get(cid)`, refused with BlobTooLarge past `limit` bytes: before reading it where the
-        store can tell its size (`size`), else once read."""
+        store can tell its size (`size`), else as soon as the read passes the limit (a store that
+        streams stops there, `_read_capped`), so nobody's blob makes its reader hold more."""
         size = self.size(cid)
         if size is not None and size > limit:
             raise BlobTooLarge(f"blob {cid} is {size:,} bytes, over the {limit:,}-byte limit of its reader")
-        data = self.get(cid)
+        data = self._read_capped(cid, limit)
         if len(data) > limit:
-            raise BlobTooLarge(f"blob {cid} is {len(data):,} bytes, over the {limit:,}-byte limit of its reader")
+            raise BlobTooLarge(f"blob {cid} is over the {limit:,}-byte limit of its reader")
+        verify(cid, data)
         return data
+
+    def _read_capped(self, cid: str, limit: int) -> bytes:
+        """Raw bytes under `cid`, of which a store may return just the first `limit + 1` when there
+        are more (enough for `get_capped` to refuse them)."""
+        return self._read(cid)
 
     def size(self, cid: str) -> int | None:
         """A blob's size without reading it, where the store can tell; None otherwise (or if absent)."""

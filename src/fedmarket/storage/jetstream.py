@@ -333,15 +333,20 @@ class JetStreamBlobStore(BlobStore):
         sha256_of_cid(cid)
         return self.link.call(self._get(cid), self.timeout, f"get {cid}")
 
-    async def _get(self, cid: str) -> bytes:
-        """The object's chunks, read one by one with direct gets (raw bytes, no consumer)."""
+    def _read_capped(self, cid: str, limit: int) -> bytes:
+        sha256_of_cid(cid)
+        return self.link.call(self._get(cid, limit), self.timeout, f"get {cid}")
+
+    async def _get(self, cid: str, limit: int | None = None) -> bytes:
+        """The object's chunks, read one by one with direct gets (raw bytes, no consumer); with a
+        `limit`, no more chunks once past it (the size in the metadata is anyone's word)."""
         try:
             info = await self._bucket.get_info(cid)
         except nats.js.errors.ObjectNotFoundError:
             raise StorageError(f"blob {cid} not found in the NATS object store at {self.url}") from None
         parts, size, seq = [], 0, 1
         chunks = f"$O.{BLOB_BUCKET}.C.{info.nuid}"
-        while size < (info.size or 0):
+        while size < (info.size or 0) and (limit is None or size <= limit):
             try:
                 msg = await self.link.js.get_msg(f"OBJ_{BLOB_BUCKET}", seq=seq, subject=chunks, next=True, direct=True)
             except nats.js.errors.NotFoundError:

@@ -39,6 +39,7 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 from ..errors import ConfigError, FedMarketError, StorageError
 from ..protocol.encoding import canonical_json, untrusted_json
 from ..roles.common import committed_rounds, metrics_cid, round_topic
+from ..spec import MAX_SPEC_BYTES
 from ..storage import BlobStore, Mailbox, cid_of, open_store
 
 try:
@@ -157,7 +158,7 @@ def round_blobs(dep, store: BlobStore, job_id: int) -> list[bytes]:
     posted = dep.market.events("JobPosted", job_id=job_id)
     if not posted:
         raise FedMarketError(f"job {job_id} does not exist on this market")
-    blobs = [store.get(posted[0]["spec_cid"])]
+    blobs = [store.get_capped(posted[0]["spec_cid"], MAX_SPEC_BYTES)]
     done = committed_rounds(dep, job_id)
     if done:
         metrics = store.get(metrics_cid(done[-1].metrics_hash))
