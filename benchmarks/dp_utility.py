@@ -8,12 +8,13 @@ Non-private: FedAvg, uniform weights. Private (``privacy.strategy.DistributedDPF
 provider's own arithmetic): each update clipped to L2 norm ``--clip`` and rounded to the fixed-point
 grid, plus a Skellam share sized so that the *honest minimum* alone carries the job's noise: a
 round accepts no fewer than ``m = n - floor(dropout n)`` survivors (dropout 0.3), at most
-``--max-dishonest`` of them (default a third) collude with the aggregator, so ``h = m - floor(m/3)``
-honest shares must give std ``2 z C`` on the sum (replace-one adjacency); with every provider
+``--max-dishonest`` of the ``n`` selected providers (default a third) collude with the aggregator,
+all of them possibly among the survivors it picks, so ``h = m - floor(n/3)`` honest shares must
+give std ``2 z C`` on the sum (replace-one adjacency); with every provider
 surviving, the sum carries ``n / h`` times that variance. ``z`` is what the market's terms carry for
 ``(epsilon, 1e-5)`` over the rounds (``protocol.rules.noise_micro_for``, the chain's zCDP bound),
 and ``epsilon`` the figure the chain records after the last round. Test accuracy on the 10,000
-test images after the last round. Goal: at epsilon <= 8, with a third of the survivors assumed
+test images after the last round. Goal: at epsilon <= 8, with a third of the providers assumed
 dishonest, >= 0.9 x the non-private accuracy at 1,000 providers (the worst seed's ratio).
 
     python benchmarks/dp_utility.py [--providers 20,1000] [--seeds 5] [--rounds 25] [--clip 0.5] [--epsilon 8] [--max-dishonest 0.3333]
@@ -60,7 +61,8 @@ def _run(job: tuple) -> float:
     _setup(n, seed)
     m = _S["model"]
     min_survivors = n - math.floor(DROPOUT * n)
-    strategy = FedAvg() if mode == "plain" else DistributedDPFedAvg(clip, z, min_survivors, max_dishonest, seed=seed)
+    strategy = FedAvg() if mode == "plain" else DistributedDPFedAvg(clip, z, min_survivors, max_dishonest,
+                                                                    seed=seed, selected=n)
     res = federate(m, _S["Xs"], _S["ys"], strategy, rounds=rounds, epochs=1, batch_size=16, lr=0.2, seed=seed,
                    evaluate=lambda p: float(np.mean(m.predict(p, _S["Xt"]) == _S["yt"])), eval_every=rounds)
     return res.history[-1][1]
@@ -93,7 +95,7 @@ def main() -> None:
            "dropout": DROPOUT, "seeds": args.seeds, "by_providers": {}}
     for n in ns:
         m = n - math.floor(DROPOUT * n)
-        h = honest_minimum(m, args.max_dishonest)
+        h = honest_minimum(m, args.max_dishonest, n)
         plain = [accs[("plain", n, z, args.clip, args.max_dishonest, args.rounds, s)] for s in range(args.seeds)]
         dp = [accs[("secagg_dp", n, z, args.clip, args.max_dishonest, args.rounds, s)] for s in range(args.seeds)]
         ratios = [d / p for d, p in zip(dp, plain)]

@@ -255,7 +255,7 @@ def split(gid: uint256, parent: DynArray[int256, rules.MAX_CLAIM], left: DynArra
     width: uint256 = 0
     if kind == C.GAME_AGGREGATE and self.games[gid].params & 255 == C.RULE_SECURE_SUM:
         width = len(parent) - 1
-    right: DynArray[int256, rules.MAX_CLAIM] = rules._right(C.RULE_SECURE_SUM, width, parent, left)
+    right: DynArray[int256, rules.MAX_CLAIM] = rules._right(width, parent, left)
     self.games[gid].left = keccak256(abi_encode(left))
     self.games[gid].right = keccak256(abi_encode(right))
     self._turn(gid, C.TURN_CHALLENGER)

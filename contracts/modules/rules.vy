@@ -75,16 +75,19 @@ def _leaf_claim(
 
 @pure
 @internal
-def _right(rule: uint256, width: uint256, parent: DynArray[int256, MAX_CLAIM], left: DynArray[int256, MAX_CLAIM]) -> DynArray[int256, MAX_CLAIM]:
-    """The claim of the right half of a range, given the claims of the range and of its left half."""
+def _right(width: uint256, parent: DynArray[int256, MAX_CLAIM], left: DynArray[int256, MAX_CLAIM]) -> DynArray[int256, MAX_CLAIM]:
+    """The claim of the right half of a range, given the claims of the range and of its left half.
+    The first `width` lanes (a secure sum's values; zero for every other game) live modulo 2**64,
+    each in [0, 2**64): a left claim outside it (the same in the ring, another integer) would send
+    an honest challenger after the wrong half."""
     out: DynArray[int256, MAX_CLAIM] = []
-    ring: int256 = convert(C.RING, int256)
     for i: uint256 in range(len(parent), bound=MAX_CLAIM):
         d: int256 = parent[i] - left[i]
-        if rule == C.RULE_SECURE_SUM and i < width:
-            d = d % ring
+        if i < width:
+            # both in [0, 2**64) (a parent is a root claim `_root_ok` bounds, or a half checked here)
+            assert convert(convert(left[i], bytes32), uint256) < C.RING, "arbiter: claim outside the ring"
             if d < 0:
-                d += ring
+                d += convert(C.RING, int256)
         out.append(d)
     return out
 

@@ -68,3 +68,17 @@ class Trimmer:
         self._last = self._clock()
         self._cost = self._last - start
         return released
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine has available (Linux ``MemAvailable``); None where unknown.
+    What a role compares a job's needs with before it stakes, and a reader of a compressed file
+    its unpacked size with before it unpacks."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

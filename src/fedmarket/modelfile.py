@@ -234,6 +234,9 @@ def read_npz(path: str | os.PathLike) -> TrainedModel:
     with open(p, "rb") as fh:
         if fh.read(4) != b"PK\x03\x04":
             raise SchemaMismatch(f"{p} is not a fedmarket model file (write one with `fedmarket model get --out FILE.npz`)")
+    from .fl.localdata import check_unpacked_size
+
+    check_unpacked_size(p, "fedmarket model file")
     try:
         with np.load(p, allow_pickle=False) as doc:
             spec = JobSpec.parse(doc["spec"].tobytes())

@@ -23,7 +23,7 @@ MAX_SPEC_BYTES = 64 * 2**20
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # every number finite
 
 
 class DataSchema(_Strict):
@@ -187,9 +187,10 @@ class PrivacySpec(_Strict):
       std ``2 z clip_norm`` before it leaves (user-level DP against everybody, the aggregator included).
     - ``secagg``: SecAgg+ masking; the aggregator and the public see only the sum of a round.
     - ``secagg_dp``: SecAgg+ plus distributed discrete (Skellam) noise: each provider adds its share,
-      sized so that the honest survivors alone (all but ``max_dishonest`` of the fewest survivors a
-      round accepts) carry std ``2 z clip_norm`` on the sum: no party, even colluding with up to
-      ``max_dishonest`` of the survivors, sees a less noisy value.
+      sized so that the honest survivors alone carry std ``2 z clip_norm`` on the sum: the fewest
+      survivors a round accepts, less ``max_dishonest`` of the round's selected providers (the
+      aggregator picks the survivor set, so the colluders may all be in it): no party, even
+      colluding with up to ``max_dishonest`` of the round's providers, sees a less noisy value.
 
     In the DP modes every update has weight 1 (a provider's contribution is bounded by the clip,
     whatever its sample count) and ``z`` is the smallest noise multiplier keeping all the job's
@@ -217,6 +218,9 @@ class PrivacySpec(_Strict):
             raise ValueError(f"privacy mode {self.mode} takes no {', '.join(given)} (only dp_local and secagg_dp add noise)")
         if self.mode != "secagg_dp" and self.max_dishonest != 1 / 3:
             raise ValueError(f"max_dishonest sizes secagg_dp's distributed noise; privacy mode {self.mode} takes none")
+        if self.mode == "secagg_dp" and self.dropout + self.max_dishonest >= 1:
+            raise ValueError(f"dropout {self.dropout:g} and max_dishonest {self.max_dishonest:g} leave no honest survivor "
+                             "to carry the noise: their sum must be below 1")
         return self
 
     @property
@@ -388,6 +392,12 @@ class JobSpec(_Strict):
             raise ValueError("a cnn model needs data.input_shape [channels, height, width]")
         if self.n_params > R.MAX_PARAMS:
             raise ValueError(f"the model has {self.n_params} parameters, above the market's {R.MAX_PARAMS}")
+        from .fl.models import EVAL_BATCH, MAX_ACTIVATION_BYTES
+
+        if self.activation_bytes * EVAL_BATCH > MAX_ACTIVATION_BYTES:
+            raise ValueError(f"the model's forward pass takes {self.activation_bytes * EVAL_BATCH >> 20} MiB of "
+                             f"intermediate values for {EVAL_BATCH} samples, above {MAX_ACTIVATION_BYTES >> 20} MiB: "
+                             "validators could not evaluate it")
         if self.privacy.dp and self.privacy.noise_multiplier is not None:
             if self.privacy.noise_multiplier * EPSILON_SCALE > R.MAX_NOISE:
                 raise ValueError(f"noise_multiplier must be at most {R.MAX_NOISE / EPSILON_SCALE:g}")
@@ -398,6 +408,26 @@ class JobSpec(_Strict):
                     f"{self.training.rounds} rounds, above the budget {self.privacy.epsilon:g}"
                 )
         return self
+
+    @property
+    def activation_bytes(self) -> int:
+        """Bytes of intermediate values one sample's forward pass takes in a built-in model (numpy
+        float64 for softmax and mlp, torch float32 for cnn; a `torch` job's module is measured when
+        it is loaded, `fl.torch_archive.check_activations`): each layer's output, and its
+        activation beside it."""
+        m, d = self.model, self.data
+        if m.kind == "softmax":
+            return 16 * d.n_classes
+        if m.kind == "mlp":
+            return 16 * (sum(m.hidden) + d.n_classes)
+        if m.kind == "cnn":
+            c, h, w = d.input_shape
+            total = c * h * w
+            for ch in m.channels:
+                total += 2 * ch * h * w + ch * (h // 2) * (w // 2)  # convolution, ReLU, pooling
+                h, w = h // 2, w // 2
+            return 4 * (total + 2 * m.dense + d.n_classes)
+        return 0
 
     @property
     def attested(self) -> bool:

@@ -223,8 +223,9 @@ def test_sybil_survivors_leave_the_victim_at_least_the_promised_noise(world, tmp
     """The attack: the aggregator's Sybils join the job, survive, and subtract the noise they added
     themselves (they know it), hoping the victim's value is left with the noise of a few honest
     shares. The survivor set is pinned by the providers' signatures and never smaller than the
-    round's minimum m; at most a max_dishonest share of it colludes; and each honest provider's
-    Skellam share is sized so that the m - floor(f m) honest ones alone carry the promised noise."""
+    round's minimum m; at most a max_dishonest share of the round's n providers colludes (all of
+    them possibly in the set the aggregator picks); and each honest provider's Skellam share is
+    sized so that the m - floor(f n) honest ones alone carry the promised noise."""
     job, agg, providers, box, _ = _open_job(world, tmp_path, "secagg_dp", n=6)
     spec = providers[0].inspect(job)
     members = sr.participants(agg.dep, spec, job, 0)
@@ -240,9 +241,9 @@ def test_sybil_survivors_leave_the_victim_at_least_the_promised_noise(world, tmp
     with pytest.raises(SecAggAbort, match="below the round's"):
         victim.confirm(frozenset([victim.uid, *[u for u in range(6) if u != victim.uid][: t - 1]]))
     # in the smallest set the providers do confirm, the honest ones alone carry the promised variance
-    honest = m - int(spec.privacy.max_dishonest * m)
+    honest = m - int(spec.privacy.max_dishonest * len(members))
     sigma = spec.noise_multiplier() * (2 * spec.privacy.clip_norm * 2**20 + np.sqrt(spec.n_params))
     zero = np.zeros(spec.n_params)
-    draws = np.stack([sum(providers[1 + i]._released(spec, zero, m)[0] for i in range(honest)) for _ in range(20)])
+    draws = np.stack([sum(providers[1 + i]._released(spec, zero, cfg)[0] for i in range(honest)) for _ in range(20)])
     assert np.var(draws) >= 0.96 * sigma**2  # 13,000 draws: the estimate is within 4% w.p. > 1 - 1e-4
     assert np.var(draws) <= 1.3 * sigma**2 * m / honest  # and not much more than the calibration asks

@@ -175,3 +175,94 @@ def test_no_two_providers_act_on_different_survivor_sets():
         with pytest.raises(SecAggAbort, match="confirmed another survivor set"):
             sr.pinned(cfg, members, raws, view)
     assert sr.pinned(cfg, members, raws[:3], a) == frozenset(range(3))
+
+
+def test_copies_of_a_signed_message_are_that_message_once():
+    """Anyone can put a provider's signed message in another envelope (an extra field) or under a
+    second signature of the same bytes (the high-s twin): had the copy counted as a second
+    message, the provider would be dropped from the phase (its dropout faked without a trace).
+    Copies count once; two different signed messages still drop it."""
+    from eth_keys.constants import SECPK1_N
+
+    accounts, members = _members()
+    rid = sr.Domain(31337, "0x" + "11" * 20, 5, 2).round_id
+    raw, other = _keys_raw(accounts[2], rid, 2), _keys_raw(accounts[3], rid, 3)
+    env = json.loads(raw)
+    wrapped = json.dumps({**env, "x": 1}).encode()
+    sig = bytes.fromhex(env["signature"][2:])
+    n = int(SECPK1_N)
+    r, s, v = sig[:32], int.from_bytes(sig[32:64], "big"), sig[64]
+    twin = r + (n - s).to_bytes(32, "big") + bytes([55 - v])  # the other valid signature of the same bytes
+    high_s = json.dumps({**env, "signature": "0x" + twin.hex()}).encode()
+    for copies in ([raw, wrapped, other], [raw, high_s, other], [wrapped, raw, high_s, other]):
+        assert sorted(sr.advertised(copies, members, rid)) == [2, 3]
+    assert sorted(sr.advertised([raw, _keys_raw(accounts[2], rid, 2), other], members, rid)) == [3]
+
+
+# ---- an aggregator isolating one victim in the sparse graph (SecAgg+, 400 providers) -------------
+
+BIG_N, BIG_D, SYBILS = 400, 32, 0.2
+
+
+def _isolation(rewrap: bool):
+    """A round of 400 real clients (k = 124, t = 63, the `secagg_dp` minimum of 280 survivors). The
+    aggregator picks a victim and signs a survivor set without the victim's honest partners (who
+    did mask): were they to answer, their neighbours would reveal their mask keys (they are
+    "dropped") and they themselves the victim's self-mask share (it "survived"), so the victim's
+    input could be stripped of every mask. With ``rewrap``, it first tries to fake the dropout of
+    the victim's other neighbours by posting copies of their signed shares, so that the victim
+    masks with few partners. Returns what the attacker could gather."""
+    import math
+
+    rng = np.random.default_rng(1)
+    accounts = sorted((EthAccount.create() for _ in range(BIG_N)), key=lambda a: int(a.address, 16))
+    members = [a.address for a in accounts]
+    rid = sr.Domain(31337, "0x" + "11" * 20, 9, 3).round_id
+    base = SecAggConfig.for_population(BIG_N, BIG_D, dropout=0.3, round_id=rid, graph_seed=b"\x42" * 32)
+    cfg = SecAggConfig(base.n, base.d, base.k, base.threshold, max(base.threshold, BIG_N - math.floor(0.3 * BIG_N)),
+                       base.round_id, base.graph_seed)
+    graph = sr.graph_of(cfg)
+    nb = [set(map(int, g)) for g in graph]
+    sybils = set() if rewrap else set(rng.choice(BIG_N, int(SYBILS * BIG_N), replace=False).tolist())
+    assert max(len(nb[u] & sybils) for u in range(BIG_N)) < cfg.threshold  # below t in every neighbourhood
+    victim = next(v for v in range(BIG_N) if v not in sybils)
+    left_out = set(sorted(nb[victim] - sybils)[: cfg.threshold]) if rewrap else nb[victim] - sybils
+    survivors = frozenset(set(range(BIG_N)) - left_out)
+    assert len(survivors) >= cfg.min_survivors
+    clients = {u: SecAggClient(u, cfg, graph[u]) for u in range(BIG_N)}
+    keys = sr.advertised([sr.keys_message(accounts[u].key, rid, members[u], clients[u].advertise())
+                          for u in range(BIG_N)], members, rid)
+    posted = [sr.shares_message(accounts[u].key, rid, members[u], u, clients[u].share_keys(keys)) for u in range(BIG_N)]
+    if rewrap:  # the aggregator's copies of the shares of the victim's other neighbours
+        posted += [json.dumps({**json.loads(posted[w]), "x": 1}).encode() for w in nb[victim] - left_out]
+    lists = sr.share_lists(posted, members, rid)
+    for u in range(BIG_N):
+        x = rng.integers(-(2**30), 2**30, size=BIG_D, dtype=np.int64)
+        clients[u].masked_input(x, [s for lst in lists.values() for s in lst if s.dst == u])
+    answers, refused = [], []
+    for u in range(BIG_N):
+        try:
+            clients[u].confirm(survivors)
+            answers.append(clients[u].unmask(survivors, survivors))
+        except SecAggAbort:
+            refused.append(u)
+    b_shares = {r.uid for r in answers if victim in r.b_shares} | (nb[victim] & sybils)
+    return cfg, clients[victim], nb[victim], left_out, refused, b_shares
+
+
+def test_an_aggregator_leaving_out_a_victims_honest_partners_cannot_rebuild_its_self_mask():
+    """With Sybils below t in every neighbourhood and below a third of the round: the honest
+    partners it left out answer nothing (a provider that masked refuses a set without itself), so
+    the victim's self-mask seed has fewer than t shares and its input stays masked."""
+    cfg, _, _, left_out, refused, b_shares = _isolation(rewrap=False)
+    assert left_out <= set(refused)
+    assert len(b_shares) < cfg.threshold
+
+
+def test_copies_of_shares_cannot_fake_the_dropout_of_a_victims_partners():
+    """The aggregator alone: its copies of the other neighbours' signed shares count once, so the
+    victim masks with every neighbour, and those still in the survivor set keep its pairwise masks
+    secret; the ones left out answer nothing."""
+    _, victim, neighbours, left_out, refused, _ = _isolation(rewrap=True)
+    assert set(victim._shares_in) == neighbours  # no partner's dropout faked
+    assert left_out <= set(refused)

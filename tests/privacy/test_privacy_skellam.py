@@ -25,6 +25,34 @@ def test_honest_minimum_is_the_fewest_honest_in_any_acceptable_survivor_set():
         honest_minimum(10, 1.0)
 
 
+def test_the_honest_minimum_counts_the_colluders_on_the_whole_round():
+    """The attack: 20 selected providers, dropout 0.3 (a round accepts 14 survivors), 6 colluders
+    (within a third of the round). The aggregator keeps every colluder in the survivor set and
+    leaves 6 honest uploaders out as "dropped": 8 honest survivors. Counted on the survivors, the
+    noise was sized for 10 honest shares and the sum carried 8/10 of the promised variance; counted
+    on the round, it is sized for 8, and any survivor set the aggregator can pick carries it all."""
+    n, m, f = 20, 14, 1 / 3
+    h = honest_minimum(m, f, n)
+    assert h == 8 and honest_minimum(m, f) == 10
+    z, clip, d = 1.0, 1.0, 650
+    promised = (z * (2 * clip * 2**20 + math.sqrt(d))) ** 2
+    colluders = math.floor(f * n)
+    for honest_kept in range(m - colluders, n - colluders + 1):  # every survivor set of at least m
+        assert honest_kept * 2 * skellam_mu(z, clip, 20, d, h) >= promised
+    assert honest_minimum(700, f, 1000) == 367
+    with pytest.raises(ConfigError, match="no honest survivor"):
+        honest_minimum(2, 0.5, 4)
+    with pytest.raises(ConfigError):
+        honest_minimum(20, f, 14)  # more survivors than providers
+
+
+def test_a_spec_leaving_no_honest_survivor_is_refused():
+    from fedmarket.spec import PrivacySpec
+
+    with pytest.raises(ValueError, match="leave no honest survivor"):
+        PrivacySpec(mode="secagg_dp", epsilon=8, delta=1e-5, clip_norm=1.0, dropout=0.7, max_dishonest=0.3)
+
+
 @pytest.mark.parametrize("z,clip,d,h", [(3.45, 0.5, 7850, 467), (1.0, 1.0, 650, 2), (0.5, 0.1, 100_000, 10)])
 def test_skellam_shares_of_the_honest_minimum_are_at_least_as_private_as_the_chain_counts(z, clip, d, h):
     mu = skellam_mu(z, clip, 20, d, h)

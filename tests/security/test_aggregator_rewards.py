@@ -15,7 +15,8 @@ from fedmarket.protocol import rules as R
 from fedmarket.protocol.encoding import canonical_json
 from fedmarket.protocol.receipts import RewardsApproval
 from fedmarket.roles import Provider
-from fedmarket.roles.games import job_games
+from fedmarket.protocol.encoding import address_key
+from fedmarket.roles.games import Defender, Truth, job_games
 from fedmarket.roles.settlement import rewards_topic, statement_of
 from fedmarket.testing.adversary import (
     InflatedWeightProvider,
@@ -311,3 +312,92 @@ def test_a_slash_after_approval_cannot_strand_an_honest_aggregator(make):
     assert s.state() == JobState.SETTLED, s.state().name
     posted = s.dep.market.events("RewardRootPosted", job_id=s.job)[-1]
     assert sum(d[p.address] for p in s.providers) == int(posted["reward_total"]) > 0
+
+
+class RenumberingInflater(InflatingAggregator):
+    """Inflates the first provider's value and numbers it and the leaves after it one higher (the
+    same order, so the same root): a watcher that opened its value game at a leaf's own `index`
+    would dispute the next, correct leaf and lose its bond, and the inflated root would settle."""
+
+    def tamper(self, doc):
+        first = min((leaf for leaf in doc["leaves"] if int(leaf["role"]) == R.Role.PROVIDER), key=lambda l: int(l["index"]))
+        self.favoured = first["account"]
+        doc = super().tamper(doc)
+        for leaf in doc["leaves"]:
+            if int(leaf["index"]) >= int(first["index"]):
+                leaf["index"] = int(leaf["index"]) + 1
+        return doc
+
+
+class _CaseBlindTruth(Truth):
+    """The cheat's own view of a member's value: addresses compared as the chain compares them."""
+
+    def round_value(self, account, round_):
+        if R.role_of(self.dep.market.call("membership", self.job_id, account)[0]) != R.Role.PROVIDER:
+            return super().round_value(account, round_)
+        weights = dict((address_key(p), w) for p, w in self.auditor.members(self.job_id, round_, self.rounds))
+        return [weights[address_key(account)], 1] if address_key(account) in weights else [0, 0]
+
+
+class _CaseBlindDefender(Defender):
+    def respond(self, job_id):
+        truth = _CaseBlindTruth(self.dep, self.store, job_id, self.auditor)
+        return [self.move(truth, g) for g in job_games(self.dep, job_id)
+                if g.turn == R.Turn.DEFENDER and g.defender == self.account.address]
+
+
+class CaseChangingInflater(InflatingAggregator):
+    """Inflates the last provider's value and writes the other providers' accounts in lower case (the
+    chain reads the same address, so the same root): a watcher comparing strings would find those
+    correct leaves' values wrong, dispute one of them and lose its bond (its own defender reads
+    addresses as the chain does)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.defender = _CaseBlindDefender(self.dep, self.account, self.store)
+
+    def tamper(self, doc):
+        self.favoured = [leaf for leaf in doc["leaves"] if int(leaf["role"]) == R.Role.PROVIDER][-1]["account"]
+        doc = super().tamper(doc)
+        for leaf in doc["leaves"]:
+            if int(leaf["role"]) == R.Role.PROVIDER and leaf["account"] != self.favoured:
+                leaf["account"] = leaf["account"].lower()
+        return doc
+
+
+def test_leaf_numbers_in_the_document_cannot_misdirect_the_value_game(chain, make):
+    """Every reader takes a leaf's position in the tree, not the number the document gives it
+    (`proofs.positional_leaves`): the watcher's value game lands on the inflated leaf and wins."""
+    honest = _honest_deltas(chain, make, providers=3, rounds=3)
+    s = make(providers=3, rounds=3, aggregator_cls=RenumberingInflater)
+    s.run()
+    _caught_and_replaced(s, honest, R.Game.REWARD_VALUE)
+
+
+def test_accounts_in_another_case_cannot_misdirect_the_value_game(chain, make):
+    """Every reader takes an account in checksum form: the watcher's value game lands on the
+    inflated leaf and wins."""
+    honest = _honest_deltas(chain, make, providers=3, rounds=3)
+    s = make(providers=3, rounds=3, aggregator_cls=CaseChangingInflater)
+    s.run()
+    _caught_and_replaced(s, honest, R.Game.REWARD_VALUE)
+
+
+class Renumbering(TamperingPoster):
+    """Posts the right root with every leaf numbered one higher: the providers' claims, had they
+    proven the number the document gives rather than the position, would all revert, and after the
+    claim period the requester would sweep their pay."""
+
+    def tamper(self, doc):
+        for leaf in doc["leaves"]:
+            leaf["index"] = int(leaf["index"]) + 1
+        return doc
+
+
+def test_a_renumbered_right_root_still_pays_every_provider(chain, make):
+    honest = _honest_deltas(chain, make, providers=3, rounds=2)
+    s = make(providers=3, rounds=2, aggregator_cls=Renumbering)
+    s.run()
+    assert s.state() == JobState.SETTLED and not s.dep.reward_arbiter.events("GameOpened", job_id=s.job)
+    d = s.delta()
+    assert all(d[p.address] == honest[p.address] > 0 for p in s.providers)

@@ -22,7 +22,9 @@ from fedmarket.protocol.receipts import Misbehaviour, UpdateReceipt
 from fedmarket.roles import Aggregator, Provider
 from fedmarket.roles.aggregator import Update
 from fedmarket.roles.auditor import Auditor
+from fedmarket.protocol.proofs import EMPTY_CHUNK, chunk_opening
 from fedmarket.roles.common import committed_rounds, epsilon_after_round, round_providers, round_topic
+from fedmarket.roles.games import Defender, last_claims
 from fedmarket.testing.adversary import (
     CorrectionFakingAggregator,
     DoubleUpdateProvider,
@@ -450,3 +452,75 @@ def test_second_update_refused(make):
     s2.agg.forge = both
     s2.run()
     _proven(s2, R.Game.LEAF)
+
+
+class LowercaseLister(Aggregator):
+    """Aggregates honestly but lists its providers in lower case in the metrics document: the chain
+    encodes the same addresses, so every root and opening holds; a watcher comparing strings would
+    find "no receipt signed by" each listed provider and open a leaf game it loses, every time it
+    looks."""
+
+    def collect(self, job_id, round_, spec):
+        updates, rejected = super().collect(job_id, round_, spec)
+        return [dataclasses.replace(u, provider=u.provider.lower()) for u in updates], rejected
+
+
+def test_providers_listed_in_another_case_are_the_same_providers(make):
+    """Readers take a listed provider's address in checksum form (`common.fetch_metrics`): the
+    watcher finds every round right and opens no game; the job settles."""
+    s = make(providers=3, rounds=2, aggregator_cls=LowercaseLister)
+    s.run()
+    assert not s.dep.round_arbiter.events("GameOpened", job_id=s.job)
+    assert s.state() == JobState.SETTLED and s.slashed() == {}
+    assert s.delta()[s.c.watcher.address] == 0
+    assert Auditor(s.dep, s.store).audit(s.job).ok
+
+
+class RingSplitting(Aggregator):
+    """Commits a secure round's model one unit off and, in the aggregate game, splits with a left
+    claim one ring's length above the truth on one lane: the same modulo 2**64, another integer, so a
+    challenger comparing integers would dispute that (right) half and abandon the wrong one."""
+
+    refused: list[str] = []
+
+    def aggregate(self, spec, q_global, updates, correction):
+        q = super().aggregate(spec, q_global, updates, correction).copy()
+        q[0] += 1
+        return q
+
+    def defend(self, job_id):
+        return [r for r in _RingSplitter(self.dep, self.account, self.store).respond(job_id) if r is not None]
+
+
+class _RingSplitter(Defender):
+    def _aggregate(self, truth, g, send):
+        ev = truth.evidence(g.round)
+        size = truth.spec.quantization.chunk_size
+        if g.claim == ZERO32:  # a root claim that gives the committed (wrong) chunk
+            true, _, _ = truth.aggregate_claim(g.round, g.target, 0, ev.committed.count)
+            width, total = len(true) - 1, true[-1]
+            expected = truth.auditor.expected_model(truth.spec, ev)
+            chunk = np.asarray(ev.model).ravel()[g.target * size:(g.target + 1) * size]
+            wrong = [(true[c] + (int(chunk[c]) - int(expected[g.target * size + c])) * total) % R.RING
+                     for c in range(width)] + [total]
+            assert ev.prev is None  # round 0: no previous round to open
+            return send("defend_aggregate", ev.committed.data, (ZERO32, ZERO32, 0, ZERO32, 0, ZERO32, ZERO32),
+                        EMPTY_CHUNK, chunk_opening(ev.model, g.target, size),
+                        chunk_opening(ev.correction, g.target, size), wrong, [], [])
+        left = truth.aggregate_claim(g.round, g.target, g.lo, (g.lo + g.hi) // 2)[0]
+        left[0] += R.RING
+        try:
+            return send("split", last_claims(g)[0], left)
+        except ContractRevert as exc:
+            RingSplitting.refused.append(str(exc))
+            return None
+
+
+def test_a_split_claim_outside_the_ring_is_refused(make):
+    """`split` takes a secure sum's left claim only in [0, 2**64) (`rules._right`): the cheat cannot
+    make the move, lets its deadline pass, and the watcher's game proves the round wrong."""
+    s = make(providers=4, rounds=1, validators=3, strategy="norm_bounding", aggregator_cls=RingSplitting)
+    s.run()
+    assert any("arbiter: claim outside the ring" in r for r in RingSplitting.refused)
+    _proven(s, R.Game.AGGREGATE)
+    assert s.delta()[s.c.watcher.address] > 0

@@ -34,7 +34,7 @@ class Huge(Provider):
     """Posts an update with one value at the top of int64, at the largest weight: the sum of two
     such rounds wraps in numpy's int64 but not in the chain's int256."""
 
-    def _released(self, spec, delta, min_survivors=1):
+    def _released(self, spec, delta, cfg=None):
         q = np.zeros(spec.n_params, dtype=np.int64)
         q[0] = 2**63 - 1
         return q, 1 if spec.privacy.secure else R.MAX_WEIGHT
@@ -256,3 +256,44 @@ def test_an_update_blob_past_the_jobs_vector_size_is_refused_unread(make, monkey
     assert all(c.count == 2 for c in committed_rounds(s.dep, s.job))
     assert any("limit of its reader" in r for r in _rejected(s, 0))
     assert largest[0] <= vector_blob_limit(s.spec.n_params)
+
+
+def test_an_update_acknowledged_before_its_provider_is_slashed_stays_in_the_round(make, tmp_path):
+    """A free-rider already reported by the validators waits until the aggregator's process has
+    acknowledged its update (one junk message naming a slower provider makes the process collect
+    early), then submits its own slashing, hoping the next collect leaves the now-slashed provider
+    out and its acknowledgement wins an inclusion game against the honest aggregator. The
+    aggregator keeps every update it acknowledged (a provider slashed during the round still counts
+    in it, as `RoundArbiter._check_update` holds): no game, no slash but the free-rider's."""
+    from fedmarket.processes.aggregator import AggregatorProcess
+    from fedmarket.roles.challenger import Challenger
+    from fedmarket.roles.validator import submit_misbehaviour
+    from fedmarket.testing.adversary import AdversarialProvider, Coalition
+    from sec_support import PROV_STAKE
+
+    def free_rider(*args, **kw):
+        return AdversarialProvider(*args, coalition=Coalition("free_rider"), **kw)
+
+    s = make(providers=3, rounds=3, validators=3, provider_cls=[free_rider, Provider, Provider])
+    a, b, c = s.providers
+    s.open()
+    s.driver.round(0)
+    assert s.driver.quorum_or_fail() and s.state() == JobState.TRAINING
+    for v in s.validators:
+        v.report_misbehaviour(s.job)
+    for p in s.providers:  # round 1 is sealed: all commit, the aggregator seals, a and b reveal
+        p.train(s.job, 1)
+    s.agg.seal(s.job, 1, s.spec)
+    a.reveal(s.job, 1)
+    b.reveal(s.job, 1)
+    s.box.post(round_topic(s.job, 1), canonical_json({"provider": c.address}))  # junk naming c
+    proc = AggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, tmp_path / "agg", collect_timeout=3600,
+                             log=lambda m: None)
+    proc._round(s.dep.job(s.job), 1)  # a and b acknowledged; c not in yet: wait
+    assert submit_misbehaviour(s.dep, s.box, a.account, s.job)  # a has itself slashed
+    c.reveal(s.job, 1)
+    proc._round(s.dep.job(s.job), 1)
+    assert committed_rounds(s.dep, s.job)[1].count == 3  # a's acknowledged update kept
+    assert not Challenger(s.dep, a.account, s.store, s.box).check_censorship(s.job, s.box)
+    assert not s.dep.round_arbiter.events("GameOpened", job_id=s.job)
+    assert s.slashed() == {a.address: PROV_STAKE}

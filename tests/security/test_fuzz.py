@@ -1245,7 +1245,7 @@ class Fuzz(RuleBasedStateMachine):
                 left = rnd.claim(g.target, g.lo, mid)
                 self.intrude(g, arb, g.claim, left)
                 self.send("split", arb, "split", g.gid, g.claim, left, sender=defender)
-                g.left, g.right = left, R.right(0, 0, g.claim, left)
+                g.left, g.right = left, R.right(0, g.claim, left)
                 g.turn, g.deadline = R.Turn.CHALLENGER, self.now() + RESP
                 return
             u = rnd.updates[g.lo]
@@ -1306,7 +1306,7 @@ class Fuzz(RuleBasedStateMachine):
         mid = (g.lo + g.hi) // 2
         left = rnd.claim(g.target, g.lo, mid)  # true left: the lie rides right
         self.send("drag: split", arb, "split", g.gid, g.claim, left, sender=defender)
-        g.left, g.right = left, R.right(0, 0, g.claim, left)
+        g.left, g.right = left, R.right(0, g.claim, left)
         g.turn, g.deadline = R.Turn.CHALLENGER, self.now() + RESP
 
     def resolve(self, g: Game, challenger_won: bool, reason: str) -> None:

@@ -138,7 +138,7 @@ class Overflowing(Provider):
     """Every value at 2**47 (the edge of the fixed-point range, so the aggregator takes it) at a
     large claimed weight: a float32 network's logits overflow and its loss is NaN."""
 
-    def _released(self, spec, delta, min_survivors=1):
+    def _released(self, spec, delta, cfg=None):
         return np.full(spec.n_params, 2**47, dtype=np.int64), 100_000
 
 

@@ -4,7 +4,9 @@ parties that work for it. Each test performs the attack for real and passes when
 from __future__ import annotations
 
 import dataclasses
+import json
 
+import numpy as np
 import pytest
 from sec_support import VAL_STAKE, ZERO32, revert
 
@@ -13,8 +15,9 @@ from fedmarket.market import JobState, JobTerms
 from fedmarket.processes import AggregatorProcess, ProviderProcess, ValidatorProcess
 from fedmarket.processes.base import Fatal
 from fedmarket.protocol import rules as R
-from fedmarket.roles.common import TermsMismatch, terms_of
-from fedmarket.spec import DeadlineSpec
+from fedmarket.roles import Provider
+from fedmarket.roles.common import TermsMismatch, committed_rounds, posted_rewards, terms_of
+from fedmarket.spec import DeadlineSpec, JobSpec
 
 DAY = 86_400
 MAX = R.MAX_AMOUNT
@@ -313,3 +316,163 @@ def test_a_spec_blob_past_the_limit_is_refused_unread_before_staking(make, tmp_p
     monkeypatch.setattr("fedmarket.roles.requester.MAX_SPEC_BYTES", len(s.spec.canonical()) - 1)
     with pytest.raises(ConfigError, match="job spec is .* bytes, over the"):
         s.cast.requester.post(s.spec, s.agg.address)
+
+
+def test_providers_that_never_post_cannot_get_the_aggregator_process_slashed(make, tmp_path):
+    """The requester's Sybils fill the provider slots and never post (or a round's sampling selects
+    nobody): a process that waited for a first update would never commit, and the requester would
+    fail the job past the deadline, taking half the aggregator's stake and its escrow back. The
+    process commits the round empty a quarter of a round before its deadline."""
+    s = make(providers=2, rounds=2)
+    s.open()
+    logs = []
+    proc = AggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, tmp_path / "agg", collect_timeout=0,
+                             log=logs.append)
+    deadline = int(s.dep.job(s.job)["round_deadline"])
+    while s.chain.timestamp() < deadline and s.dep.job(s.job)["current_round"] == 0:
+        assert proc.safe_step()
+        s.chain.advance_time(max(1, (deadline - s.chain.timestamp()) // 8))
+    assert s.dep.job(s.job)["current_round"] == 1 and s.chain.timestamp() <= deadline, logs
+    assert committed_rounds(s.dep, s.job)[0].count == 0
+    revert(s.dep.market.transact, "fail", s.job, sender=s.c.requester, match="market: deadline not missed")
+    assert s.slashed() == {}
+
+
+class PoisonsTheLastRound(Provider):
+    """The requester's Sybil among the providers: trains honestly, but in the job's last round
+    sends a random update at a claimed weight of 2**20 (sample counts are claims), so that the final
+    model is noise and the quality gate, judged on it, would be missed."""
+
+    def train(self, job_id, round_):
+        self._round = round_
+        return super().train(job_id, round_)
+
+    def _released(self, spec, delta, cfg=None):
+        q, weight = super()._released(spec, delta, cfg)
+        if self._round == spec.training.rounds - 1:
+            return np.random.default_rng(0).integers(-(60 << 20), 60 << 20, size=q.shape, dtype=np.int64), 1 << 20
+        return q, weight
+
+
+def test_a_poisoned_last_round_cannot_take_the_pool_back_through_the_quality_gate(make):
+    """With `miss_payout_bps = 0` a missed gate returns the providers' whole pool to the requester,
+    who keeps every round's model anyway. The gate is judged on the best round's model: an earlier
+    round met the target, so the gate is met and the honest providers are paid."""
+    s = make(providers=4, validators=3, rounds=3, target_accuracy=0.8, miss_payout_bps=0,
+             provider_cls=[Provider, Provider, Provider, PoisonsTheLastRound])
+    s.run()
+    assert s.state() == JobState.SETTLED
+    doc = posted_rewards(s.dep, s.store, s.job)
+    assert doc["gate_met"] is True and doc["quality"]["round"] < 2, doc["quality"]
+    d = s.delta()
+    assert all(d[p.address] > 0 for p in s.providers[:3])
+
+
+def _role_processes(s, job, tmp_path):
+    v = s.validators[0]
+    return (
+        AggregatorProcess(s.dep, s.agg.account, s.store, s.box, job, tmp_path / "agg", log=lambda m: None),
+        ProviderProcess(s.dep, s.providers[0].account, s.store, s.box, s.providers[0].X, s.providers[0].y, job,
+                        tmp_path / "p", log=lambda m: None),
+        ValidatorProcess(s.dep, v.account, s.store, s.box, v.X, v.y, job, tmp_path / "v", log=lambda m: None),
+    )
+
+
+def _refused_before_staking(s, job, tmp_path, match: str) -> None:
+    """Every role's process exits with one line naming the problem; nobody staked; the requester
+    takes its escrow back and nobody has lost anything."""
+    for proc in _role_processes(s, job, tmp_path):
+        with pytest.raises(Fatal, match=match):
+            proc.step()
+    for member in (s.agg, s.providers[0], s.validators[0]):
+        assert s.dep.market.call("membership", job, member.address) == (0, 0)
+    s.dep.market.transact("cancel", job, sender=s.c.requester)
+    assert s.delta() == {a: 0 for a in s.before}
+
+
+def test_a_spec_with_a_number_that_is_not_finite_is_refused_before_staking(make, tmp_path):
+    """A feature bound of -Infinity passes every check of the data (nothing is below it) and the
+    model builds, but normalising features fails later, inside every validator's review: none
+    votes, and the requester fails the round on their silence. Every number of a spec must be
+    finite: the roles refuse such a spec before staking."""
+    from eth_utils import keccak
+
+    s = make(providers=3, validators=1)
+    doc = json.loads(s.spec.canonical())
+    doc["data"]["feature_low"][0] = float("-inf")
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    assert b"-Infinity" in raw
+    terms = dataclasses.replace(terms_of(s.spec, s.agg.address, s.chain.timestamp()), spec_hash=keccak(raw))
+    job = _post(s, terms, s.store.put(raw))
+    _refused_before_staking(s, job, tmp_path, "finite number")
+
+
+def test_a_model_its_validators_cannot_evaluate_is_refused(make, tmp_path):
+    """A CNN of 4,096 channels on 256 x 256 inputs has few parameters (providers train it with a
+    small batch) but a forward pass of 1,024 samples, the batch validators evaluate with, would take
+    terabytes: their review would fail and they would be slashed as absent. The spec is refused
+    (the requester cannot post it through `fedmarket`, and every role refuses it posted raw)."""
+    from eth_utils import keccak
+
+    s = make(providers=3, validators=1)
+    doc = json.loads(s.spec.canonical())
+    doc["data"].update(n_features=65536, feature_low=[0.0] * 65536, feature_high=[1.0] * 65536,
+                       input_shape=[1, 256, 256])
+    doc["model"] = {"kind": "cnn", "channels": [4096, 1], "kernel": 1, "dense": 1, "l2": 0.0, "init_seed": 0}
+    with pytest.raises(ConfigError, match="validators could not evaluate it"):
+        JobSpec.parse(doc)
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    terms = dataclasses.replace(terms_of(s.spec, s.agg.address, s.chain.timestamp()), spec_hash=keccak(raw))
+    job = _post(s, terms, s.store.put(raw))
+    _refused_before_staking(s, job, tmp_path, "validators could not evaluate it")
+
+
+def test_a_model_too_large_for_the_roles_machines_is_refused_before_staking(make, tmp_path):
+    """An MLP of two hidden layers of 60,000 units: 3.6 billion parameters, under the market's
+    2**32, in a 1 kB spec. Every round would need a vector of 29 GB per update: the aggregator would
+    run out of memory mid-job and be slashed for the round it cannot commit. Each role compares
+    what the job needs with the memory its machine has before it stakes."""
+    s = make(providers=3, validators=1)
+    doc = json.loads(s.spec.canonical())
+    doc["model"] = {"kind": "mlp", "hidden": [60000, 60000], "activation": "relu", "l2": 0.0, "init_seed": 0}
+    big = JobSpec.parse(doc)
+    assert 2**31 < big.n_params <= R.MAX_PARAMS
+    s.store.put(big.canonical())
+    job = _post(s, terms_of(big, s.agg.address, s.chain.timestamp()), s.store.put(big.canonical()))
+    _refused_before_staking(s, job, tmp_path, "GiB of memory")
+
+
+def _deflate_bomb(path, unpacked: int):
+    """An .npz whose X member, deflated, unpacks to `unpacked` bytes of zeros (a kilobyte per MiB)."""
+    import zipfile
+
+    def header(shape, dtype):
+        d = "{'descr': '%s', 'fortran_order': False, 'shape': %r, }" % (dtype, tuple(shape))
+        d += " " * (64 - (10 + len(d) + 1) % 64) + "\n"
+        return b"\x93NUMPY\x01\x00" + len(d).to_bytes(2, "little") + d.encode()
+
+    rows = unpacked // 64
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        with z.open("X.npy", "w", force_zip64=True) as f:
+            f.write(header((rows, 8), "<f8"))
+            for _ in range(unpacked // 2**24):
+                f.write(bytes(2**24))
+        with z.open("y.npy", "w") as f:
+            f.write(header((rows,), "<i8") + bytes(8 * rows))
+    return path
+
+
+def test_a_small_data_file_that_unpacks_past_the_machines_memory_is_one_line(tmp_path, monkeypatch, capsys):
+    """A data or model `.npz` handed to a user can be a deflate bomb: a kilobyte per MiB unpacked.
+    Every reader compares what the archive's arrays take unpacked with the memory this machine has
+    before unpacking anything, and says so in one line (here the machine is made to have 64 MiB)."""
+    from fedmarket.cli.app import run
+
+    bomb = _deflate_bomb(tmp_path / "data.npz", 256 * 2**20)
+    assert bomb.stat().st_size < 2**20
+    monkeypatch.setattr("fedmarket.memory.available_memory", lambda: 64 * 2**20)
+    for argv in (["spec", "init", "--data", str(bomb), "--out", str(tmp_path / "spec.json")],
+                 ["model", "predict", "--model", str(bomb), "--data", str(bomb)]):
+        code = run(argv)
+        err = capsys.readouterr().err
+        assert code != 0 and err.count("\n") == 1 and "GiB unpacked" in err, err

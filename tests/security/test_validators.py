@@ -352,10 +352,17 @@ class _Unanswering:
         self.inner = inner
         self.cids = cids
 
-    def get(self, cid: str) -> bytes:
+    def _down(self, cid: str) -> None:
         if self.cids is None or cid in self.cids:
             raise StorageUnreachable("cannot reach NATS server at nats://127.0.0.1:4222 (test: the broker is down)")
+
+    def get(self, cid: str) -> bytes:
+        self._down(cid)
         return self.inner.get(cid)
+
+    def get_capped(self, cid: str, limit: int) -> bytes:
+        self._down(cid)
+        return self.inner.get_capped(cid, limit)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

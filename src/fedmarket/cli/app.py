@@ -99,4 +99,7 @@ def run(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedmarket: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("fedmarket: error: out of memory (the input needs more than this machine has)", file=sys.stderr)
+        return 1
     return 0

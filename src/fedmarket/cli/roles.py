@@ -154,6 +154,13 @@ def load_for_job(path: Path, what: str, schema, label: str | None = None) -> tup
 def load_npz(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise ConfigError(f"{what} file {path} does not exist")
+    from ..errors import SchemaMismatch
+    from ..fl.localdata import check_unpacked_size
+
+    try:
+        check_unpacked_size(path, f"{what} file")
+    except SchemaMismatch as exc:
+        raise ConfigError(str(exc)) from None
     try:
         with np.load(path, allow_pickle=False) as doc:
             if "X" not in doc or "y" not in doc:

@@ -201,10 +201,29 @@ def _read_parquet(p: Path, label: str | None) -> LocalData:
     return LocalData(np.stack(cols, axis=1), labels, feats, label)
 
 
+def check_unpacked_size(p: Path, what: str) -> None:
+    """SchemaMismatch when an .npz archive's arrays, unpacked, would take more memory than this
+    machine has available (a megabyte of zeros compressed is a gigabyte unpacked): checked from
+    the archive's directory, before anything is unpacked. Each member's stored size is checked
+    against what it unpacks to as it is read (zipfile), so the directory cannot understate it."""
+    from ..memory import available_memory
+
+    try:
+        with zipfile.ZipFile(p) as zf:
+            unpacked = sum(info.file_size for info in zf.infolist())
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise SchemaMismatch(f"{p} is not a readable {what} ({type(exc).__name__})") from None
+    have = available_memory()
+    if have is not None and unpacked > have // 2:
+        raise SchemaMismatch(f"{p}: its arrays take {unpacked / 2**30:.1f} GiB unpacked; this machine has "
+                             f"{have / 2**30:.1f} GiB available")
+
+
 def _read_npz(p: Path) -> LocalData:
     with open(p, "rb") as fh:
         if fh.read(4) != b"PK\x03\x04":
             raise SchemaMismatch(f"{p} is not an .npz archive (numpy.savez writes one, with arrays X and y)")
+    check_unpacked_size(p, ".npz file")
     try:
         with np.load(p, allow_pickle=False) as doc:
             if "X" not in doc.files or "y" not in doc.files:

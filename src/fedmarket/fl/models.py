@@ -10,6 +10,12 @@ import numpy as np
 
 from fedmarket.errors import ConfigError, SchemaMismatch
 
+#: samples a model's class scores are computed for at once (numpy and torch alike)
+EVAL_BATCH = 1024
+#: the most bytes of intermediate values one forward pass of EVAL_BATCH samples may take: a job's
+#: spec (built-in kinds) or packed module (`torch` jobs) past it is refused before anyone stakes
+MAX_ACTIVATION_BYTES = 2**31
+
 
 def normalize(X: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """Map features to [0, 1] using fixed domain bounds.
@@ -252,7 +258,10 @@ class Model(InputChecks, ABC):
         numpy.ndarray
             float64 logits, shape ``(n, n_classes)``.
         """
-        return self._logits(self.check_params(params), self.check_X(X))
+        params, X = self.check_params(params), self.check_X(X)
+        if X.shape[0] <= EVAL_BATCH:
+            return self._logits(params, X)
+        return np.concatenate([self._logits(params, X[s : s + EVAL_BATCH]) for s in range(0, X.shape[0], EVAL_BATCH)])
 
     def predict(self, params: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Return the predicted labels (int64, shape ``(n,)``)."""

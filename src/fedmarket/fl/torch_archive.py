@@ -30,8 +30,9 @@ from fedmarket.errors import SchemaMismatch
 # checking its length against its declared shape and dtype, and hands torch's deserializer only
 # that JSON and those tensors (no sample inputs, no constants, no extra files).
 
-MAX_ACTIVATION_BYTES = 2**31  # every intermediate tensor of one forward pass at batch ACTIVATION_BATCH, summed
-ACTIVATION_BATCH = 1024  # TorchNet.logits' batch
+from fedmarket.fl.models import EVAL_BATCH as ACTIVATION_BATCH  # TorchNet.logits' batch
+from fedmarket.fl.models import MAX_ACTIVATION_BYTES  # every intermediate tensor of one pass at that batch, summed
+
 _ACTIVATION_SLACK = 2**16  # bytes of second difference tolerated (none for a module of batch x fixed shapes)
 _MAX_JSON_BYTES = 16 * 2**20
 _MAX_MEMBERS = 100_000

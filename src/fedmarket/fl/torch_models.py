@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from fedmarket.errors import ConfigError, SchemaMismatch
-from fedmarket.fl.models import InputChecks
+from fedmarket.fl.models import EVAL_BATCH, InputChecks
 from fedmarket.fl.optim import LocalTraining
 from fedmarket.fl.torch_archive import check_activations, pack_header, read_program, stored_zip, torch_errors
 
@@ -219,7 +219,7 @@ class TorchNet(InputChecks):
         torch = torch_module()
         return torch.from_numpy(self.check_X(X)).to(torch.float32).reshape(-1, *self.input_shape)
 
-    def logits(self, params: np.ndarray, X: np.ndarray, batch: int = 1024) -> np.ndarray:
+    def logits(self, params: np.ndarray, X: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
         """Class scores ``(n, n_classes)`` of the network in evaluation mode."""
         X = self.check_X(X)
         with deterministic(0) as torch:

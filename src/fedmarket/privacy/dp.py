@@ -201,13 +201,22 @@ def distributed_gaussian(
 SKELLAM_SLACK = 1e-3  # variance margin covering the Skellam RDP's excess over the Gaussian's (skellam_rdp)
 
 
-def honest_minimum(min_survivors: int, max_dishonest: float) -> int:
-    """The fewest honest providers in any survivor set of at least ``min_survivors`` of which at most a
-    ``max_dishonest`` share collude: ``m - floor(f m)`` (``s - floor(f s)`` grows with ``s``)."""
+def honest_minimum(min_survivors: int, max_dishonest: float, selected: int | None = None) -> int:
+    """The fewest honest providers in any survivor set of at least ``min_survivors`` when at most a
+    ``max_dishonest`` share of the round's ``selected`` providers (default: ``min_survivors``)
+    collude: ``m - floor(f n)``. The bound is on the selected providers, not on the survivors: the
+    aggregator picks the survivor set (it may leave honest uploaders out as dropped), so the
+    colluders may all be in it while the honest ones are not."""
     m = int(min_survivors)
-    if m < 1 or not 0 <= max_dishonest < 1:
-        raise ConfigError(f"need min_survivors >= 1 and max_dishonest in [0, 1), got {min_survivors}, {max_dishonest}")
-    return m - math.floor(max_dishonest * m + 1e-12)
+    n = m if selected is None else int(selected)
+    if m < 1 or n < m or not 0 <= max_dishonest < 1:
+        raise ConfigError(f"need 1 <= min_survivors <= selected and max_dishonest in [0, 1), got {min_survivors}, "
+                          f"{selected}, {max_dishonest}")
+    h = m - math.floor(max_dishonest * n + 1e-12)
+    if h < 1:
+        raise ConfigError(f"a round of {n} selected providers accepting {m} survivors has no honest survivor when "
+                          f"{max_dishonest:g} of them collude: raise the survivors (lower dropout) or lower max_dishonest")
+    return h
 
 
 def skellam_mu(noise_multiplier: float, clip_norm: float, scale_bits: int, d: int, honest: int) -> float:

@@ -23,7 +23,9 @@ Rounds (messages are dataclasses with ``nbytes()``, so traffic is counted exactl
 2. ``masked_input(x, shares)`` -> :class:`MaskedInput`, only with at least ``t`` authentic shares
    from distinct neighbours, and once per round;
 3. ``confirm(survivors)``: the consistency check of Bonawitz et al. (the caller signs the set);
-   one set per round, never one below ``min_survivors``;
+   one set per round, never one below ``min_survivors`` nor one that leaves the provider itself out
+   (the server picks the set: leaving out a victim's partners, who would still answer, would let it
+   isolate the victim);
 4. ``unmask(survivors, confirmed_by)`` -> :class:`UnmaskResponse`, only for the set it confirmed,
    once at least ``min_survivors`` of its members confirmed it, and once per round.
 
@@ -422,6 +424,12 @@ class SecAggClient:
             raise SecAggAbort(f"provider {self.uid}: asked to confirm survivors before masking")
         if self._confirmed is not None and self._confirmed != survivors:
             raise SecAggAbort(f"provider {self.uid}: already confirmed another survivor set this round")
+        if self.uid not in survivors:
+            # its masked input left out: answering would reveal the mask keys of its neighbours'
+            # partners and the self-mask shares of survivors whose every other partner was left out
+            # too, which isolates one of them (the server picks the set); it answers nothing
+            raise SecAggAbort(f"provider {self.uid}: left out of the survivor set although it masked; refusing to "
+                              "confirm or unmask")
         if len(survivors) < self.cfg.min_survivors:
             raise SecAggAbort(
                 f"provider {self.uid}: survivor set of {len(survivors)} is below the round's {self.cfg.min_survivors}"

@@ -62,7 +62,8 @@ class DistributedDPFedAvg(Strategy):
 
     Each update is clipped to ``C`` and rounded to the fixed-point grid (``fl.quantize``); each
     provider adds a Skellam share of parameter ``mu = skellam_mu(z, C, 20, d, h)`` with ``h =
-    honest_minimum(min_survivors, max_dishonest)`` (exactly what `roles.Provider` adds); the round
+    honest_minimum(min_survivors, max_dishonest, selected)`` (exactly what `roles.Provider` adds,
+    ``selected`` the round's selected providers, by default ``min_survivors``); the round
     takes the exact integer sum, divides it (floor) by the number of updates, as the secure-sum rule
     does, and reads it back as floats. The providers' Skellam shares sum to one Skellam draw of
     parameter ``n mu`` (the family is closed under sums), which is how it is drawn here.
@@ -72,11 +73,11 @@ class DistributedDPFedAvg(Strategy):
     weighted = False
 
     def __init__(self, clip_norm: float, noise_multiplier: float, min_survivors: int, max_dishonest: float = 1 / 3,
-                 seed: int = 0):
+                 seed: int = 0, selected: int | None = None):
         if not clip_norm > 0 or not noise_multiplier > 0:
             raise ConfigError(f"need clip_norm > 0 and noise_multiplier > 0, got {clip_norm!r}, {noise_multiplier!r}")
         self.clip_norm, self.noise_multiplier, self.seed = float(clip_norm), float(noise_multiplier), int(seed)
-        self.honest = honest_minimum(min_survivors, max_dishonest)
+        self.honest = honest_minimum(min_survivors, max_dishonest, selected)
         self.reset()
 
     def reset(self) -> None:

@@ -166,8 +166,13 @@ class AggregatorProcess(RoleProcess):
                                   f"{rej['reason']}")
                 return
         elif not self.mailbox.read(round_topic(job_id, r)):
-            self.say_once(f"round {r}: no update after {waited:.0f}s")
-            return
+            # nobody posted: wait on for late providers, but commit the round empty (it keeps the
+            # model) a quarter of a round before its deadline, rather than be failed for it
+            now = max(self.dep.chain.timestamp(), time.time())
+            if now < int(job["round_deadline"]) - max(1, int(job["round_duration"]) // 4):
+                self.say_once(f"round {r}: no update after {waited:.0f}s")
+                return
+            self.say(f"round {r}: no update, and its deadline is near: committing it empty")
         # every selected provider's valid update is here (or time is up): aggregate and commit;
         # bad updates are left out and listed with their reasons in the round's metrics document
         receipt = self.aggregator.run_round(job_id, r, collected)

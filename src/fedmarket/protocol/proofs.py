@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from eth_utils import is_address, to_checksum_address
 
 from .encoding import address_key, reward_leaf, update_leaf, vector_tree
 from .merkle import MerkleTree
@@ -51,6 +52,21 @@ def updates_root(updates: Sequence) -> bytes:
 def reward_tree(leaves: list[dict]) -> MerkleTree:
     """The positional reward tree of a rewards document's leaves, in index order."""
     return MerkleTree([reward_leaf_of(leaf) for leaf in sorted(leaves, key=lambda l: int(l["index"]))])
+
+
+def positional_leaves(leaves: list[dict]) -> list[dict]:
+    """A posted rewards document's leaves as the tree holds them: in index order, each ``index``
+    its position in the tree (what a claim and a value game name; the document's own numbers may
+    skip or repeat, and the root is the same), each ``account`` in checksum form (the chain takes
+    any case; a reader comparing strings would miss a leaf). ValueError/KeyError/TypeError on a
+    malformed leaf."""
+    ordered = sorted(leaves, key=lambda l: int(l["index"]))
+    out = []
+    for i, leaf in enumerate(ordered):
+        if not isinstance(leaf, dict) or not is_address(leaf["account"]):
+            raise ValueError(f"reward leaf {i} names no account")
+        out.append({**leaf, "index": i, "account": to_checksum_address(leaf["account"])})
+    return out
 
 
 def reward_leaf_of(leaf: dict) -> bytes:

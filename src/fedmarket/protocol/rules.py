@@ -122,6 +122,13 @@ def role_of(role_word: int) -> int:
     return int(role_word) & ROLE_MASK
 
 
+def provider_in_round(role_word: int, stage: int, round_: int) -> bool:
+    """Whether a member's update can count in round ``round_`` (`RoundArbiter._check_update`): it is
+    a provider of the job, not slashed before that round (a provider slashed during the round, after
+    its update was acknowledged, still has it counted)."""
+    return role_of(role_word) == Role.PROVIDER and (not is_slashed(role_word) or round_ <= int(stage))
+
+
 # ---- the aggregation rules, exact ------------------------------------------------------------
 
 
@@ -283,13 +290,16 @@ def range_claim(rule: int, chunks: np.ndarray, weights: Sequence[int], lo: Seque
     return out
 
 
-def right(rule: int, width: int, parent: Sequence[int], left: Sequence[int]) -> list[int]:
+def right(width: int, parent: Sequence[int], left: Sequence[int]) -> list[int]:
     """The right half's claim from its range's and its left half's (`rules._right`); ``width`` > 0
-    only for a secure round's aggregate game, whose value lanes live modulo 2**64."""
+    only for a secure round's aggregate game, whose first ``width`` lanes live modulo 2**64, each
+    in [0, 2**64): ValueError for a left claim outside it (the chain reverts)."""
     out = []
     for i, (p, q) in enumerate(zip(parent, left)):
         d = int(p) - int(q)
-        if as_rule(rule) == Rule.SECURE_SUM and i < width:
+        if i < width:
+            if not 0 <= int(q) < RING:
+                raise ValueError(f"claim lane {i} outside the ring")
             d %= RING
         out.append(d)
     return out

@@ -28,6 +28,7 @@ from . import sealed as sl
 from . import secure_round as sr
 from .common import (
     check_funds,
+    check_memory,
     check_terms,
     epsilon_after_round,
     global_model,
@@ -74,6 +75,10 @@ class Aggregator:
         # a secure round's survivors, verified when their set was signed (job, round) -> updates:
         # the round unmasks them even if a survivor withdraws its blob in between
         self._survivors: dict[tuple[int, int], list[Update]] = {}
+        # the updates it acknowledged, (job, round) -> provider -> update: a countersigned receipt
+        # left out of the round is provable censorship, so a later collect keeps each (and puts its
+        # blob back) whatever happened since (the provider slashed, its blob deleted)
+        self._acked: dict[tuple[int, int], dict[str, Update]] = {}
         # the seals it signed, (job, round) -> message: its own record, never the mailbox's (anyone
         # on a shared broker can delete a message, and a seal signed again over other commitments
         # is proof of equivocation); `keep_seal`, if set, stores one before it is posted (a process
@@ -93,6 +98,7 @@ class Aggregator:
             raise FedMarketError(f"job {job_id} names {terms.aggregator} as its aggregator, not {self.address}")
         if spec.model.kind == "torch":
             job_model(spec, self.store)  # its packed module is available and fits the spec (SchemaMismatch)
+        check_memory(spec, "aggregator")
         stake = terms.aggregator_stake
         check_funds(self.dep, self.address, stake, f"the aggregator stake of job {job_id}")
         if stake:
@@ -173,9 +179,17 @@ class Aggregator:
                 rejected.append({"provider": upd.provider, "reason": "second update in one round"})
                 continue
             accepted[upd.provider] = upd
+        acked = self._acked.setdefault((job_id, round_), {})
+        for provider, upd in acked.items():
+            if provider not in accepted:
+                self.store.put(encode_vector(upd.q))
+                accepted[provider] = upd
         updates = [accepted[p] for p in sorted(accepted, key=address_key)]
         if not spec.privacy.secure:  # a secure round acknowledges what it unmasked (run_round)
             self.acknowledge(job_id, round_, updates)
+            acked.update({u.provider: u for u in updates})
+        for key in [k for k in self._acked if k[0] == job_id and k[1] < round_]:
+            del self._acked[key]
         return updates, rejected
 
     def acknowledge(self, job_id: int, round_: int, updates: list[Update]) -> None:
@@ -213,9 +227,9 @@ class Aggregator:
         signer = UpdateReceipt(job_id, round_, root, weight).signer(sig, self.dep.chain_id, self.dep.disputes.address)
         if signer != msg["provider"]:
             raise FedMarketError(f"receipt signed by {signer}, not by {msg['provider']}")
-        word, _ = self.dep.market.call("membership", job_id, signer)
-        if int(word) != R.Role.PROVIDER:
-            raise FedMarketError(f"{signer} is not a provider of job {job_id} (never joined, or slashed)")
+        word, stage = self.dep.market.call("membership", job_id, signer)
+        if not R.provider_in_round(word, stage, round_):
+            raise FedMarketError(f"{signer} is not a provider of job {job_id} (never joined, or slashed before round {round_})")
         if signer not in selected:
             raise FedMarketError(f"{signer} was not selected for round {round_}")
         try:
@@ -260,7 +274,10 @@ class Aggregator:
         the topic: a message that is not the aggregator's own, or is no message, is passed over."""
         spec = spec or load_spec(self.dep, self.store, job_id)
         members = sr.participants(self.dep, spec, job_id, round_)
-        cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
+        try:
+            cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
+        except SecAggAbort:
+            return None  # too few selected for a secure round: it has no survivor set
         for raw in self.mailbox.read(sr.topic(job_id, round_, "survivors")):
             try:
                 msg = sr.opened(raw, cfg.round_id, "survivors", "aggregator")

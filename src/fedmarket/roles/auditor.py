@@ -423,10 +423,12 @@ class Auditor:
 
         doc = ev.metrics
         r = ev.committed.round
+        if not ev.updates:  # an aborted round (or one too small to run) unmasks nothing
+            return "" if not np.any(ev.correction) else "an empty secure round's mask correction is not zero"
         members = sr.participants(self.dep, spec, job_id, r)
-        cfg = sr.round_config(self.dep, spec, job_id, r, len(members))
         uid = {p: i for i, p in enumerate(members)}
         try:
+            cfg = sr.round_config(self.dep, spec, job_id, r, len(members))
             transcript = sr.Transcript.from_doc(read_document(self.store, doc["secure"]["transcript_cid"]))
             masked = {uid[u.provider]: u.q for u in ev.updates}
             total = sr.unmasked_sum(cfg, members, transcript, masked)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from eth_utils import to_checksum_address
+from eth_utils import is_address, to_checksum_address
 from multiformats import CID, multihash
 
 from ..errors import (
@@ -17,6 +17,7 @@ from ..errors import (
 )
 from ..jobmodel import job_model
 from ..market import Deployment, JobState, JobTerms
+from ..memory import available_memory
 from ..protocol import rules as R
 from ..protocol.encoding import (
     BAD_INPUT, MAX_UNTRUSTED_BYTES, address_key, decode_vector, round_commitment, untrusted_json,
@@ -226,10 +227,40 @@ def check_funds(dep: Deployment, account: str, amount: int, what: str, role: int
         raise InsufficientFunds(f"{account} has no ether to pay gas")
 
 
+def memory_needed(spec: JobSpec, role: str) -> int:
+    """Bytes a role holds at its peak in one round of the job, roughly: the aggregator and a
+    validator a round's updates (as integers, and a validator's as floats too) beside a few models;
+    a provider a few models; the evaluating roles a forward pass of a batch besides."""
+    from ..fl.models import EVAL_BATCH
+
+    vector = 8 * spec.n_params
+    p = spec.participation
+    updates = p.max_providers if not p.per_round else min(p.max_providers, 2 * p.per_round + 16)
+    if role == "aggregator":
+        return (2 * updates + 4) * vector
+    activations = spec.activation_bytes * max(EVAL_BATCH, spec.training.batch_size)
+    if role == "validator":
+        return (2 * updates + 4) * vector + activations
+    return 8 * vector + activations
+
+
+def check_memory(spec: JobSpec, role: str, available: int | None = None) -> None:
+    """ConfigError, before the role stakes, when the job would need more memory than the machine
+    has available: a job of billions of parameters, or a round of thousands of large updates,
+    would otherwise end the role mid-job, where its silence costs its stake."""
+    need = memory_needed(spec, role)
+    have = available_memory() if available is None else available
+    if have is not None and need > have:
+        raise ConfigError(f"the job needs about {need / 2**30:.1f} GiB of memory for its {role} "
+                          f"({spec.n_params:,} parameters); this machine has {have / 2**30:.1f} GiB available")
+
+
 class DataRole:
     """A role that holds local data (a provider's private training set, a validator's held-out
     set): its features and labels never leave the object; it checks a job against them before
     it stakes."""
+
+    ROLE = "provider"  # what `check_memory` sizes
 
     def __init__(self, dep: Deployment, account, store: BlobStore, mailbox, X: np.ndarray, y: np.ndarray):
         self.dep = dep
@@ -250,6 +281,7 @@ class DataRole:
         spec = load_spec(self.dep, self.store, job_id)
         check_terms(self.dep, spec, job_id)
         spec.data.check(self.X, self.y)
+        check_memory(spec, self.ROLE)
         job_model(spec, self.store)  # builds the model (a torch job's packed module, checked): SchemaMismatch/ConfigError
         return spec
 
@@ -367,10 +399,18 @@ def round_providers(dep: Deployment, spec: JobSpec, job_id: int, round_: int) ->
 
 
 def fetch_metrics(store: BlobStore, committed: CommittedRound) -> dict:
+    """A round's metrics document (named by its committed hash), with every listed provider's
+    address in checksum form: the chain takes an address in any case, so an aggregator could list
+    one in lower case, and a reader comparing strings would take an honest leaf for a forged one."""
     try:
-        return read_document(store, metrics_cid(committed.metrics_hash))
+        doc = read_document(store, metrics_cid(committed.metrics_hash))
     except ValueError:
         raise StorageError(f"round {committed.round}: metrics blob is not JSON") from None
+    updates = doc.get("updates") if isinstance(doc, dict) else None
+    for entry in updates if isinstance(updates, list) else ():
+        if isinstance(entry, dict) and is_address(entry.get("provider")):
+            entry["provider"] = to_checksum_address(entry["provider"])
+    return doc
 
 
 def fetch_model(store: BlobStore, spec: JobSpec, committed: CommittedRound) -> np.ndarray:
@@ -423,7 +463,7 @@ def posted_rewards(dep: Deployment, store: BlobStore, job_id: int) -> dict:
 def _posted_reward_tree(dep: Deployment, store: BlobStore, job_id: int):
     """(rewards document, its reward tree) behind the job's current reward root; a document is
     read and hashed once per process (its content id fixes it)."""
-    from ..protocol.proofs import reward_tree
+    from ..protocol.proofs import positional_leaves, reward_tree
 
     root = dep.market.call("progress", job_id)["reward_root"]
     posted = [e for e in dep.market.events("RewardRootPosted", job_id=job_id) if e["reward_root"] == root]
@@ -433,7 +473,11 @@ def _posted_reward_tree(dep: Deployment, store: BlobStore, job_id: int):
 
     def load():
         doc = read_document(store, cid)
-        return doc, reward_tree(doc["leaves"])
+        try:
+            leaves = positional_leaves(doc["leaves"])
+            return {**doc, "leaves": leaves}, reward_tree(leaves)
+        except BAD_INPUT:
+            raise ProtocolViolation(f"job {job_id}: rewards document {cid} is malformed") from None
 
     doc, tree = dep.remember(("rewards", cid), load)
     if tree.root != root:

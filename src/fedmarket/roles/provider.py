@@ -77,8 +77,9 @@ class Provider(DataRole):
         return jm.train(q_global, self._scaled[key], self.y, seed=training_seed(self.address, job_id, round_),
                         round_=round_, scaled=True)
 
-    def _released(self, spec: JobSpec, delta: np.ndarray, min_survivors: int = 1) -> tuple[np.ndarray, int]:
-        """What leaves this machine for the job's privacy mode: (quantized update, weight).
+    def _released(self, spec: JobSpec, delta: np.ndarray, cfg: SecAggConfig | None = None) -> tuple[np.ndarray, int]:
+        """What leaves this machine for the job's privacy mode: (quantized update, weight); ``cfg``
+        is a secure round's (its survivor minimum and selected providers size the noise share).
 
         DP noise comes from the operating system's entropy, never from a public seed."""
         mode = spec.privacy.mode
@@ -90,7 +91,7 @@ class Provider(DataRole):
             return quantize(local_gaussian(delta, p.clip_norm, spec.noise_multiplier(), rng)), 1
         # secagg_dp: the clipped update on the fixed-point grid plus this provider's Skellam share, sized so
         # that the honest minimum of any survivor set the round accepts alone gives std 2 z C on the sum
-        honest = honest_minimum(min_survivors, p.max_dishonest)
+        honest = honest_minimum(cfg.min_survivors, p.max_dishonest, cfg.n)
         mu = skellam_mu(spec.noise_multiplier(), p.clip_norm, spec.quantization.scale_bits, spec.n_params, honest)
         return distributed_skellam(quantize(clip_update(delta, p.clip_norm)), mu, rng), 1
 
@@ -115,7 +116,7 @@ class Provider(DataRole):
             self.releases.claim(job_id, round_, spec.privacy.mode)
         if spec.privacy.secure:
             client, cfg = self._client(job_id, round_)
-            q, weight = self._released(spec, delta, cfg.min_survivors)
+            q, weight = self._released(spec, delta, cfg)
             shares = sr.share_lists(self.mailbox.read(sr.topic(job_id, round_, "shares")), self._members(job_id, round_),
                                     cfg.round_id)
             incoming = [s for lst in shares.values() for s in lst if s.dst == client.uid]
@@ -256,8 +257,8 @@ class Provider(DataRole):
                 posted.append(sr.opened(raw, round_id, "survivors", "aggregator"))
             except FedMarketError:
                 continue
-        posted = [m for m in posted if m["aggregator"] == aggregator]
-        if len(posted) != 1:
+        posted = [m for i, m in enumerate(posted) if m["aggregator"] == aggregator and m not in posted[:i]]
+        if len(posted) != 1:  # (copies of one signed set, which anyone can make, are that set once)
             raise ProtocolViolation(f"job {job_id} round {round_}: expected one survivor set from the aggregator, found {len(posted)}")
         return frozenset(int(u) for u in posted[0]["survivors"])
 

@@ -60,6 +60,9 @@ from ..spec import JobSpec
 from .common import round_providers, round_seed, round_topic
 
 ZERO_ADDRESS = "0x" + "00" * 20  # provider of the correction leaf
+#: the fewest selected providers a secure round runs with (`per_round` sampling can select fewer
+#: than the spec's minimum: such a round commits no update)
+MIN_SECURE_ROUND = 3
 
 
 def topic(job_id: int, round_: int, phase: str) -> str:
@@ -100,6 +103,9 @@ def round_config(dep: Deployment, spec: JobSpec, job_id: int, round_: int, n: in
     the providers joined), so nobody can grind addresses into a chosen neighbourhood. A
     ``secagg_dp`` round needs all but ``dropout`` of its providers to survive: that minimum is
     what its noise is calibrated to (`privacy.dp.honest_minimum`)."""
+    if n < MIN_SECURE_ROUND:
+        raise SecAggAbort(f"job {job_id} round {round_}: {n} selected provider(s); a secure round needs "
+                          f"{MIN_SECURE_ROUND} (with two, each learns the other's update from the sum): it commits no update")
     round_id = Domain.of(dep, job_id, round_).round_id
     graph_seed = keccak(round_id + round_seed(dep, job_id, round_))
     cfg = SecAggConfig.for_population(n, spec.n_params, dropout=spec.privacy.dropout, round_id=round_id,
@@ -194,8 +200,10 @@ def phase_timeout(round_duration: int) -> float:
 
 def by_uid(raws: list[bytes], members: list[str], round_id: bytes, phase: str) -> dict[int, dict]:
     """Signed provider messages of one phase keyed by uid, keeping only those whose signer owns that
-    uid. A provider with two different messages in a phase is dropped from it: duplicates are
-    rejected, not ordered."""
+    uid. A provider that signed two different messages in a phase is dropped from it: duplicates are
+    rejected, not ordered. Copies of one signed message (the same signed bytes in another envelope,
+    or under another signature of them) are that message once: anyone can make them, so they must
+    not make a provider look like a double signer and drop it from the round."""
     out: dict[int, dict] = {}
     twice: set[int] = set()
     for raw in raws:
@@ -205,9 +213,9 @@ def by_uid(raws: list[bytes], members: list[str], round_id: bytes, phase: str) -
         except (FedMarketError, *BAD_INPUT):
             continue
         if type(uid) is int and 0 <= uid < len(members) and members[uid] == msg.get("provider"):
-            if uid in out:
+            if uid in out and out[uid] != msg:
                 twice.add(uid)
-            out[uid] = msg
+            out.setdefault(uid, msg)
     return {u: m for u, m in out.items() if u not in twice}
 
 

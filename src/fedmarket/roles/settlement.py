@@ -212,10 +212,13 @@ def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpe
 
     quality, gate_met = None, spec.quality.target_accuracy is None
     if spec.quality.target_accuracy is not None and basis == R.Basis.SCORES:
-        last = by_round[-1]
-        acc = weighted_median([r.accuracy for r in last], [r.stake for r in last])
-        gate_met = acc >= round(spec.quality.target_accuracy * SCORE_SCALE)
-        quality = {"target": spec.quality.target_accuracy, "accuracy": acc / SCORE_SCALE, "met": gate_met}
+        # the best round's model, not the last's: every round's model is public, so a requester
+        # whose Sybil poisons the last round (a huge claimed weight) still holds the good one
+        accs = [weighted_median([r.accuracy for r in rev], [r.stake for r in rev]) for rev in by_round]
+        best = max(range(len(accs)), key=lambda i: (accs[i], i))
+        gate_met = accs[best] >= round(spec.quality.target_accuracy * SCORE_SCALE)
+        quality = {"target": spec.quality.target_accuracy, "accuracy": accs[best] / SCORE_SCALE, "round": best,
+                   "met": gate_met}
     elif spec.quality.target_accuracy is not None:
         quality = {"target": spec.quality.target_accuracy, "accuracy": None, "met": False}
     terms = dep.terms(job_id)

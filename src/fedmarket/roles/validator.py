@@ -44,6 +44,8 @@ from .settlement import (
 class Validator(DataRole):
     """A staked checker: attests a round only after recomputing it, and commits its scores."""
 
+    ROLE = "validator"
+
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, X: np.ndarray, y: np.ndarray):
         super().__init__(dep, account, store, mailbox, X, y)
         self.auditor = Auditor(dep, store)

@@ -338,8 +338,8 @@ class InflatedWeightProvider(Provider):
 
     factor = 100
 
-    def _released(self, spec, delta, min_survivors=1):
-        q, weight = super()._released(spec, delta, min_survivors)
+    def _released(self, spec, delta, cfg=None):
+        q, weight = super()._released(spec, delta, cfg)
         return q, weight if spec.unit_weights else weight * self.factor
 
 
@@ -507,6 +507,9 @@ class _Overlay:
 
     def get(self, cid):
         return self.private.get(cid) if self.private.has(cid) else self.public.get(cid)
+
+    def get_capped(self, cid, limit):
+        return (self.private if self.private.has(cid) else self.public).get_capped(cid, limit)
 
     def has(self, cid):
         return self.private.has(cid) or self.public.has(cid)

@@ -77,8 +77,8 @@ def n_chunks(n_params: uint256, chunk_size: uint256) -> uint256:
 
 @pure
 @external
-def right(rule: uint256, width: uint256, parent: DynArray[int256, rules.MAX_CLAIM], left: DynArray[int256, rules.MAX_CLAIM]) -> DynArray[int256, rules.MAX_CLAIM]:
-    return rules._right(rule, width, parent, left)
+def right(width: uint256, parent: DynArray[int256, rules.MAX_CLAIM], left: DynArray[int256, rules.MAX_CLAIM]) -> DynArray[int256, rules.MAX_CLAIM]:
+    return rules._right(width, parent, left)
 
 
 @pure

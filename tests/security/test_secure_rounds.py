@@ -1,0 +1,86 @@
+"""The aggregator (or anyone on the mailbox) attacks the privacy of a secure round: drop a provider
+from a phase without a trace, stop the consistency check, or run a round so small that the sum
+gives one provider's update away. Each test passes when the attack fails."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from fedmarket.protocol.encoding import canonical_json
+from fedmarket.roles import Aggregator
+from fedmarket.roles import secure_round as sr
+from fedmarket.roles.common import committed_rounds, round_providers
+
+
+def _copy(raw: bytes) -> bytes:
+    """The same signed message in another envelope: anyone can make one."""
+    return canonical_json({**json.loads(raw), "x": 1})
+
+
+def test_a_copy_of_a_providers_keys_cannot_drop_it_from_the_round(make):
+    """Had copies counted as a second message, the copied provider would be dropped from the keys
+    phase and sit the round out: its dropout faked (to thin a victim's partners, or to push honest
+    providers out of the survivor set) without a trace. A copy is the message once."""
+    s = make(providers=6, rounds=1, validators=1, privacy="secagg_dp")
+    s.open()
+    for p in s.providers:
+        p.advertise(s.job, 0)
+    victim = s.providers[2]
+    members = victim.members(s.job, 0)
+    topic = sr.topic(s.job, 0, "keys")
+    raw = next(r for r in s.box.read(topic) if json.loads(json.loads(r)["signed"])["provider"] == victim.address)
+    s.box.post(topic, _copy(raw))
+    s.driver.round(0)
+    assert committed_rounds(s.dep, s.job)[0].count == 6
+    assert members.index(victim.address) in s.agg.own_survivors(s.job, 0)["survivors"]
+
+
+def test_a_copy_of_the_survivor_set_cannot_stop_the_consistency_check(make):
+    """A copy of the aggregator's signed survivor set is that set once: every provider confirms and
+    the round unmasks."""
+    s = make(providers=3, rounds=1, validators=1, privacy="secagg")
+    s.open()
+    for phase in ("advertise", "share", "train"):
+        for p in s.providers:
+            getattr(p, phase)(s.job, 0)
+    s.agg.secure_survivors(s.job, 0)
+    topic = sr.topic(s.job, 0, "survivors")
+    s.box.post(topic, _copy(s.box.read(topic)[0]))
+    for phase in ("confirm", "unmask"):
+        for p in s.providers:
+            getattr(p, phase)(s.job, 0)
+    s.agg.run_round(s.job, 0)
+    assert committed_rounds(s.dep, s.job)[0].count == 3
+
+
+class Spy(Aggregator):
+    """Follows the protocol and keeps every round's exact unmasked sum."""
+
+    sums: dict = {}
+
+    def _secure_round(self, job_id, round_, spec, updates):
+        kept, corr, doc = super()._secure_round(job_id, round_, spec, updates)
+        Spy.sums[round_] = len(kept)
+        return kept, corr, doc
+
+
+def test_a_sampled_round_of_two_runs_no_secure_aggregation(make):
+    """A secure job needs three providers a round (with two, each learns the other's update from
+    the sum, less its own), but `per_round` sampling picks each provider independently and can pick
+    two. Such a round commits no update and unmasks nothing; the job goes on."""
+    s = make(providers=6, rounds=8, privacy="secagg_dp", per_round=3, validators=1, aggregator_cls=Spy)
+    s.open()
+    small = []
+    for r in range(s.spec.training.rounds):
+        selected = round_providers(s.dep, s.spec, s.job, r)
+        s.driver.round(r)
+        s.driver.quorum_or_fail()
+        if len(selected) < sr.MIN_SECURE_ROUND:
+            small.append(r)
+            assert committed_rounds(s.dep, s.job)[r].count == 0 and r not in Spy.sums
+            assert not s.box.read(sr.topic(s.job, r, "unmask"))
+    assert small, "no round selected fewer than three providers"
+    assert any(count >= 3 for count in Spy.sums.values())
+    assert np.all([c.count != 1 and c.count != 2 for c in committed_rounds(s.dep, s.job)])
