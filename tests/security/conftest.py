@@ -29,3 +29,20 @@ def make(chain, tmp_path):
         return build(chain, tmp_path / f"job{count[0]}", **kw)
 
     return factory
+
+
+@pytest.fixture
+def largest_read(monkeypatch) -> list[int]:
+    """`[n]`: the most bytes any role read at once from a directory blob store during the test."""
+    from fedmarket.storage.blobstore import LocalBlobStore
+
+    largest = [0]
+    read = LocalBlobStore._read
+
+    def counting(self, cid):
+        data = read(self, cid)
+        largest[0] = max(largest[0], len(data))
+        return data
+
+    monkeypatch.setattr(LocalBlobStore, "_read", counting)
+    return largest

@@ -234,28 +234,18 @@ class Bloated(Provider):
         return message
 
 
-def test_an_update_blob_past_the_jobs_vector_size_is_refused_unread(make, monkeypatch):
+def test_an_update_blob_past_the_jobs_vector_size_is_refused_unread(make, largest_read):
     """The aggregator asks the store for at most the bytes a vector of the job's size can take
     (`read_vector`): the bloated blob is refused before it is read, the round goes on with the
     honest updates, and the aggregator keeps its stake."""
     from fedmarket.protocol.encoding import vector_blob_limit
-    from fedmarket.storage.blobstore import LocalBlobStore
 
-    largest = [0]
-    read = LocalBlobStore._read
-
-    def counting(self, cid):
-        data = read(self, cid)
-        largest[0] = max(largest[0], len(data))
-        return data
-
-    monkeypatch.setattr(LocalBlobStore, "_read", counting)
     s = make(providers=3, rounds=2, provider_cls=[Bloated, Provider, Provider])
     s.run()
     _settled_unslashed(s)
     assert all(c.count == 2 for c in committed_rounds(s.dep, s.job))
     assert any("limit of its reader" in r for r in _rejected(s, 0))
-    assert largest[0] <= vector_blob_limit(s.spec.n_params)
+    assert largest_read[0] <= vector_blob_limit(s.spec.n_params)
 
 
 def test_an_update_acknowledged_before_its_provider_is_slashed_stays_in_the_round(make, tmp_path):

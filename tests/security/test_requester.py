@@ -29,6 +29,28 @@ def _post(s, terms: JobTerms, cid: str | None = None):
     return s.dep.market.transact("post_job", terms.abi(), cid, sender=s.c.requester).event("JobPosted")["job_id"]
 
 
+def _role_processes(s, job, tmp_path):
+    v = s.validators[0]
+    return (
+        AggregatorProcess(s.dep, s.agg.account, s.store, s.box, job, tmp_path / "agg", log=lambda m: None),
+        ProviderProcess(s.dep, s.providers[0].account, s.store, s.box, s.providers[0].X, s.providers[0].y, job,
+                        tmp_path / "p", log=lambda m: None),
+        ValidatorProcess(s.dep, v.account, s.store, s.box, v.X, v.y, job, tmp_path / "v", log=lambda m: None),
+    )
+
+
+def _refused_before_staking(s, job, tmp_path, match: str) -> None:
+    """Every role's process exits with one line naming the problem; nobody staked; the requester
+    takes its escrow back and nobody has lost anything."""
+    for proc in _role_processes(s, job, tmp_path):
+        with pytest.raises(Fatal, match=match):
+            proc.step()
+    for member in (s.agg, s.providers[0], s.validators[0]):
+        assert s.dep.market.call("membership", job, member.address) == (0, 0)
+    s.dep.market.transact("cancel", job, sender=s.c.requester)
+    assert s.delta() == {a: 0 for a in s.before}
+
+
 def test_terms_mismatch_refused_before_stake(make, tmp_path):
     """The requester posts terms that differ from the spec they hash to (spec FedAvg, terms median;
     and one by one every other term a role could be tricked by), hoping an honest aggregator
@@ -57,12 +79,7 @@ def test_terms_mismatch_refused_before_stake(make, tmp_path):
             with pytest.raises(TermsMismatch, match=field):
                 role.join(job)
         if i == 0:  # the role processes exit with that one line instead of staking
-            for proc in (
-                AggregatorProcess(s.dep, s.agg.account, s.store, s.box, job, tmp_path / "agg", log=lambda m: None),
-                ProviderProcess(s.dep, s.providers[0].account, s.store, s.box, s.providers[0].X, s.providers[0].y, job,
-                                tmp_path / "p", log=lambda m: None),
-                ValidatorProcess(s.dep, v.account, s.store, s.box, v.X, v.y, job, tmp_path / "v", log=lambda m: None),
-            ):
+            for proc in _role_processes(s, job, tmp_path):
                 with pytest.raises(Fatal, match="TermsMismatch|on-chain rule"):
                     proc.step()
         for member in (s.agg, s.providers[0], v):
@@ -278,41 +295,18 @@ def test_terms_too_short_to_act_on_are_refused(make):
     assert MIN_PERIOD >= 60 and s.dep.terms_check.call("MIN_PERIOD") == 1  # the test chain is a development one
 
 
-def test_a_spec_blob_past_the_limit_is_refused_unread_before_staking(make, tmp_path, monkeypatch):
+def test_a_spec_blob_past_the_limit_is_refused_unread_before_staking(make, tmp_path, monkeypatch, largest_read):
     """The requester posts a job whose spec content id names a blob past MAX_SPEC_BYTES, so that
     every role that looks at the job downloads it whole (and again at every restart). Each role's
     process asks the store for at most MAX_SPEC_BYTES, exits with one line before staking, and
     nothing is locked; the requester's own `post` refuses such a spec before it stores it."""
-    from fedmarket.errors import BlobTooLarge
     from fedmarket.spec import MAX_SPEC_BYTES
-    from fedmarket.storage.blobstore import LocalBlobStore
 
     s = make(providers=3, validators=1)
-    largest = [0]
-    read = LocalBlobStore._read
-
-    def counting(self, cid):
-        data = read(self, cid)
-        largest[0] = max(largest[0], len(data))
-        return data
-
-    monkeypatch.setattr(LocalBlobStore, "_read", counting)
     huge = s.store.put(s.spec.canonical() + b" " * MAX_SPEC_BYTES)
     job = _post(s, terms_of(s.spec, s.agg.address, s.chain.timestamp()), huge)
-    v = s.validators[0]
-    for proc in (
-        AggregatorProcess(s.dep, s.agg.account, s.store, s.box, job, tmp_path / "agg", log=lambda m: None),
-        ProviderProcess(s.dep, s.providers[0].account, s.store, s.box, s.providers[0].X, s.providers[0].y, job,
-                        tmp_path / "p", log=lambda m: None),
-        ValidatorProcess(s.dep, v.account, s.store, s.box, v.X, v.y, job, tmp_path / "v", log=lambda m: None),
-    ):
-        with pytest.raises(Fatal, match="limit of its reader"):
-            proc.step()
-    assert largest[0] <= MAX_SPEC_BYTES
-    for member in (s.agg, s.providers[0], v):
-        assert s.dep.market.call("membership", job, member.address) == (0, 0)
-    s.dep.market.transact("cancel", job, sender=s.c.requester)
-    assert s.delta() == {a: 0 for a in s.before}
+    _refused_before_staking(s, job, tmp_path, "limit of its reader")
+    assert largest_read[0] <= MAX_SPEC_BYTES
     monkeypatch.setattr("fedmarket.roles.requester.MAX_SPEC_BYTES", len(s.spec.canonical()) - 1)
     with pytest.raises(ConfigError, match="job spec is .* bytes, over the"):
         s.cast.requester.post(s.spec, s.agg.address)
@@ -366,28 +360,6 @@ def test_a_poisoned_last_round_cannot_take_the_pool_back_through_the_quality_gat
     assert doc["gate_met"] is True and doc["quality"]["round"] < 2, doc["quality"]
     d = s.delta()
     assert all(d[p.address] > 0 for p in s.providers[:3])
-
-
-def _role_processes(s, job, tmp_path):
-    v = s.validators[0]
-    return (
-        AggregatorProcess(s.dep, s.agg.account, s.store, s.box, job, tmp_path / "agg", log=lambda m: None),
-        ProviderProcess(s.dep, s.providers[0].account, s.store, s.box, s.providers[0].X, s.providers[0].y, job,
-                        tmp_path / "p", log=lambda m: None),
-        ValidatorProcess(s.dep, v.account, s.store, s.box, v.X, v.y, job, tmp_path / "v", log=lambda m: None),
-    )
-
-
-def _refused_before_staking(s, job, tmp_path, match: str) -> None:
-    """Every role's process exits with one line naming the problem; nobody staked; the requester
-    takes its escrow back and nobody has lost anything."""
-    for proc in _role_processes(s, job, tmp_path):
-        with pytest.raises(Fatal, match=match):
-            proc.step()
-    for member in (s.agg, s.providers[0], s.validators[0]):
-        assert s.dep.market.call("membership", job, member.address) == (0, 0)
-    s.dep.market.transact("cancel", job, sender=s.c.requester)
-    assert s.delta() == {a: 0 for a in s.before}
 
 
 def test_a_spec_with_a_number_that_is_not_finite_is_refused_before_staking(make, tmp_path):
