@@ -218,7 +218,9 @@ class PrivacySpec(_Strict):
             raise ValueError(f"privacy mode {self.mode} takes no {', '.join(given)} (only dp_local and secagg_dp add noise)")
         if self.mode != "secagg_dp" and self.max_dishonest != 1 / 3:
             raise ValueError(f"max_dishonest sizes secagg_dp's distributed noise; privacy mode {self.mode} takes none")
-        if self.mode == "secagg_dp" and self.dropout + self.max_dishonest >= 1:
+        if self.mode == "secagg_dp" and self.dropout + self.max_dishonest > 1 - 1e-9:
+            # (with a margin: `honest_minimum` rounds f n up past a float's slip, so a sum a hair
+            # below 1 would still leave rounds of no honest survivor)
             raise ValueError(f"dropout {self.dropout:g} and max_dishonest {self.max_dishonest:g} leave no honest survivor "
                              "to carry the noise: their sum must be below 1")
         return self

@@ -49,8 +49,11 @@ def test_the_honest_minimum_counts_the_colluders_on_the_whole_round():
 def test_a_spec_leaving_no_honest_survivor_is_refused():
     from fedmarket.spec import PrivacySpec
 
-    with pytest.raises(ValueError, match="leave no honest survivor"):
-        PrivacySpec(mode="secagg_dp", epsilon=8, delta=1e-5, clip_norm=1.0, dropout=0.7, max_dishonest=0.3)
+    for dropout, f in ((0.7, 0.3), (0.5, 0.5 - 1e-13)):  # a hair below 1: rounds of an even size had none
+        with pytest.raises(ValueError, match="leave no honest survivor"):
+            PrivacySpec(mode="secagg_dp", epsilon=8, delta=1e-5, clip_norm=1.0, dropout=dropout, max_dishonest=f)
+    ok = PrivacySpec(mode="secagg_dp", epsilon=8, delta=1e-5, clip_norm=1.0, dropout=0.5, max_dishonest=0.49)
+    assert all(honest_minimum(n - math.floor(ok.dropout * n), ok.max_dishonest, n) >= 1 for n in range(1, 500))
 
 
 @pytest.mark.parametrize("z,clip,d,h", [(3.45, 0.5, 7850, 467), (1.0, 1.0, 650, 2), (0.5, 0.1, 100_000, 10)])

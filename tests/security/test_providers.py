@@ -3,13 +3,16 @@ providers slashed by judgements they did not deserve."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 from sec_support import PROV_STAKE, revert
 
 from fedmarket.market import JobState
 from fedmarket.protocol.encoding import address_key
 from fedmarket.protocol.receipts import Misbehaviour
 from fedmarket.roles import Provider
-from fedmarket.testing.adversary import AdversarialProvider, Coalition
+from fedmarket.roles.common import committed_rounds, fetch_metrics
+from fedmarket.testing.adversary import AdversarialProvider, Coalition, InflatedWeightProvider
 
 
 def _free_rider(*args, **kw):
@@ -110,3 +113,45 @@ def test_a_job_whose_training_moves_nothing_slashes_no_honest_provider(make):
     assert s.state() == JobState.SETTLED
     assert s.slashed() == {}
     assert all(s.delta()[p.address] >= 0 for p in s.providers)
+
+
+def test_an_honest_provider_whose_training_moves_nothing_is_not_slashed(make):
+    """With a learning rate of 3e-6, one mini-batch step (a provider holding at most a batch of
+    samples) quantizes to all zeros while a validator's larger held-out set moves the model: the
+    validators' check that the job's training moves would pass, and an honest small provider
+    sending its all-zero update every round would be reported as sending the model back, then
+    slashed (half to whoever submits the reports: the requester who chose the learning rate). A
+    provider whose update is all zeros sends nothing: it sits the round out, never slashed."""
+    from sec_support import digits
+
+    _, train, _ = digits()
+    s = make(providers=4, validators=3, rounds=3, learning_rate=3e-6)
+    small = s.providers[0]
+    small.X, small.y = np.asarray(train.X[:16]), np.asarray(train.y[:16])
+    s.run()
+    assert s.state() == JobState.SETTLED and s.slashed() == {}
+    assert all(small.address not in {u["provider"] for u in fetch_metrics(s.store, c)["updates"]}
+               for c in committed_rounds(s.dep, s.job))
+    assert small.sat_out and all(s.delta()[p.address] >= 0 for p in s.providers)
+
+
+class BoostedProvider(Provider):
+    """Trains honestly and sends its update four times over: below the tenfold norm that flags a
+    boost, so it is neither flagged nor excluded."""
+
+    def _released(self, spec, delta, cfg=None):
+        return super()._released(spec, delta * 4.0, cfg)
+
+
+@pytest.mark.parametrize("cheat", [InflatedWeightProvider, BoostedProvider], ids=["weight_x100", "norm_x4"])
+def test_a_claimed_weight_or_a_boosted_norm_does_not_buy_a_larger_share(make, cheat):
+    """Validators scored each update at its claimed weight and its norm: a provider claiming 100x
+    its sample count, or sending 4x its update, owned most of every coalition's model and took more
+    than twice its honest pay from the others. They value updates bounded (`scoring.round.bounded`:
+    weights capped at the round's median, norms scaled to it): the cheat is paid no more than the
+    best paid of the honest providers in the same job."""
+    s = make(providers=4, validators=3, rounds=2, provider_cls=[cheat, Provider, Provider, Provider])
+    s.run()
+    assert s.state() == JobState.SETTLED and s.slashed() == {}
+    d = s.delta()
+    assert d[s.providers[0].address] <= max(d[p.address] for p in s.providers[1:])

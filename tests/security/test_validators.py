@@ -7,17 +7,17 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
+from eth_utils import keccak
 from sec_support import VAL_STAKE, revert
 
 from fedmarket.driver import RoundPlan
 from fedmarket.errors import ContractRevert, StorageUnreachable
 from fedmarket.market import JobState
 from fedmarket.protocol import rules as R
-from fedmarket.protocol.encoding import address_key
-from fedmarket.protocol.receipts import Attestation, Rejection, RewardsApproval
+from fedmarket.protocol.encoding import address_key, canonical_json, untrusted_json
+from fedmarket.protocol.receipts import Attestation, Rejection, RewardsApproval, ScoresReveal
 from fedmarket.roles import Validator
-from fedmarket.roles.common import committed_rounds, fail_job, round_accumulator, round_topic, terms_of
+from fedmarket.roles.common import committed_rounds, fail_job, read_document, round_accumulator, round_topic, terms_of
 from fedmarket.roles.settlement import statement_of, submit_reward_approvals
 from fedmarket.roles.sealed import seal_and_reveal
 from fedmarket.roles.validator import submit_attestations
@@ -404,3 +404,55 @@ def test_a_store_outage_leaves_no_honest_update_out_of_a_round(make):
     s.agg.store = store
     s.agg.run_round(s.job, 0)
     assert committed_rounds(s.dep, s.job)[0].count == 3
+
+
+class CopyingValidator(Validator):
+    """Reviews nothing: attests the scores root another validator posted on the mailbox (before it
+    is on chain), and once the round has quorum signs that validator's revealed scores as its own."""
+
+    def review(self, job_id, round_):
+        model_root = committed_rounds(self.dep, job_id)[round_].model_root
+        for raw in self.mailbox.read(round_topic(job_id, round_) + "-attestations"):
+            msg = untrusted_json(raw)
+            if msg["validator"] == self.address or msg["model_root"] != "0x" + model_root.hex():
+                continue
+            sig = Attestation(job_id, round_, model_root, bytes.fromhex(msg["scores_root"][2:])).sign(
+                self.account.key, self.dep.chain_id, self.dep.disputes.address)
+            self.mailbox.post(round_topic(job_id, round_) + "-attestations", canonical_json(
+                {**msg, "validator": self.address, "signature": "0x" + sig.hex()}))
+            self._docs[(job_id, round_)] = {"copy_of": msg["validator"]}
+            return msg
+        return None
+
+    def reveal(self, job_id, round_):
+        copied = self._docs.get((job_id, round_), {}).get("copy_of")
+        for raw in self.mailbox.read(round_topic(job_id, round_) + "-reveals"):
+            msg = untrusted_json(raw)
+            if msg["validator"] == copied:
+                doc = {**read_document(self.store, msg["scores_cid"]), "validator": self.address}
+                doc.pop("signature")
+                sig = ScoresReveal(job_id, round_, keccak(canonical_json(doc))).sign(
+                    self.account.key, self.dep.chain_id, self.dep.disputes.address)
+                cid = self.store.put(canonical_json({**doc, "signature": "0x" + sig.hex()}))
+                self.mailbox.post(round_topic(job_id, round_) + "-reveals",
+                                  canonical_json({"validator": self.address, "scores_cid": cid}))
+                return cid
+        return None
+
+
+def test_a_validator_copying_anothers_attestation_cannot_pass_its_scores_off_as_its_own(make):
+    """The scores root a validator attests names it (`settlement.scores_tree`): a copy of another
+    validator's root opens with no document of the copier's, so its copied reveal is not counted
+    (the copied view does not count twice in the consensus) and, in the scores basis, it loses
+    reputation for every round it attested without a reveal of its own."""
+    s = make(providers=3, rounds=2, validators=3, validator_cls=[Validator, Validator, CopyingValidator])
+    s.open()
+    s.rounds()
+    copier = s.validators[2]
+    assert all(s.dep.disputes.call("attestation_of", s.job, r, copier.address) != b"\x00" * 32 for r in range(2))
+    doc = s.honest_document()
+    assert doc["basis"] == R.Basis.SCORES
+    counted = {read_document(s.store, cid)["validator"] for cids in doc["reveals"].values() for cid in cids}
+    assert copier.address not in counted and len(counted) == 2
+    (leaf,) = [leaf for leaf in doc["leaves"] if leaf["account"] == copier.address]
+    assert leaf["reputation_delta"] == -2

@@ -12,6 +12,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from eth_utils import is_address, to_checksum_address
+
 from ..protocol.encoding import BAD_INPUT
 from ..protocol.rules import JobState
 from ..roles.common import metrics_cid
@@ -239,16 +241,14 @@ def _members(db: sqlite3.Connection, evs: list[Ev], rewards: dict | None, docume
     leaves = doc.get("leaves") if isinstance(doc, dict) else None
     for leaf in leaves if isinstance(leaves, list) else []:
         account = leaf.get("account") if isinstance(leaf, dict) else None
-        if isinstance(account, str) and account in members:
-            members[account].score = _score(leaf.get("value", 0))
+        if is_address(account) and to_checksum_address(account) in members:  # the chain reads any case
+            members[to_checksum_address(account)].score = _score(leaf.get("value", 0))
     order = {"aggregator": 0, "validator": 1, "provider": 2}
     return sorted(members.values(), key=lambda m: (order[m.role], m.account.lower()))
 
 
 def provider_view(db: sqlite3.Connection, address: str, documents=None) -> dict | None:
     """A provider (or any member) across jobs: jobs joined, payouts, licence revenue, slashes, reputation."""
-    from eth_utils import is_address, to_checksum_address
-
     if not is_address(address):
         return None
     evs = _events(db, "account = ?", (to_checksum_address(address),))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 from ..chain import Account
-from ..errors import ContractRevert, FedMarketError, SecAggAbort
+from ..errors import ContractRevert, FedMarketError, SecAggAbort, StorageError
 from ..market import Deployment, JobState
 from ..protocol import rules as R
+from ..protocol.encoding import BAD_INPUT, decode_vector, encode_vector
 from ..roles import Aggregator
+from ..roles.aggregator import Update
 from ..roles import secure_round as sr
 from ..roles.common import (
     REFUSED_BEFORE_STAKING,
@@ -27,7 +30,7 @@ from ..roles.sealed import commit_topic, sealed
 from ..roles.settlement import mailbox_reveals, verified_reveals
 from ..roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
 from ..storage import BlobStore, Mailbox
-from .base import Fatal, RoleProcess, Stop, job_state
+from .base import Fatal, RoleProcess, Stop, job_state, write_atomic
 
 ZERO = b"\x00" * 32
 
@@ -56,6 +59,10 @@ class AggregatorProcess(RoleProcess):
         self.aggregator.seals = {(int(k.split("-")[0]), int(k.split("-")[1])): m
                                  for k, m in self.state.load("seals", {}).items()}
         self.aggregator.keep_seal = self._keep_seal
+        # so do the updates it acknowledged, with their blobs: after a restart it still holds each
+        # one (its provider may have deleted the blob, or been slashed, since)
+        self.aggregator._acked = self._load_acked()
+        self.aggregator.keep_ack = self._keep_ack
         self.account = account
         self.store = store
         self.mailbox = mailbox
@@ -74,6 +81,34 @@ class AggregatorProcess(RoleProcess):
         seals = self.state.load("seals", {})
         seals[f"{job_id}-{round_}"] = msg
         self.state.save("seals", seals)
+
+    def _keep_ack(self, job_id: int, round_: int, updates: list) -> None:
+        key = f"{job_id}-{round_}"
+        kept = {k: v for k, v in self.state.load("acked", {}).items() if k == key}  # earlier rounds are done
+        for u in updates:
+            write_atomic(self.state.root / "acked" / key / u.update_cid, encode_vector(u.q))
+            kept.setdefault(key, {})[u.provider] = {
+                "update_cid": u.update_cid, "update_root": "0x" + u.update_root.hex(), "weight": u.weight,
+                "signature": "0x" + u.signature.hex(), "salt": "0x" + u.salt.hex()}
+        self.state.save("acked", kept)
+        for old in (self.state.root / "acked").iterdir():
+            if old.name != key:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _load_acked(self) -> dict:
+        out = {}
+        try:
+            for key, entries in self.state.load("acked", {}).items():
+                job_id, round_ = (int(v) for v in key.split("-"))
+                out[(job_id, round_)] = {
+                    p: Update(p, e["update_cid"], bytes.fromhex(e["update_root"][2:]), int(e["weight"]),
+                              bytes.fromhex(e["signature"][2:]),
+                              decode_vector((self.state.root / "acked" / key / e["update_cid"]).read_bytes()),
+                              bytes.fromhex(e["salt"][2:]))
+                    for p, e in entries.items()}
+        except (OSError, StorageError, *BAD_INPUT) as exc:
+            raise StorageError(f"the acknowledged updates in {self.state.root} are unreadable: {exc}") from None
+        return out
 
     def spec(self):
         if self._spec is None:

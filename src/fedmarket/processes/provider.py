@@ -104,6 +104,8 @@ class ProviderProcess(RoleProcess):
         self._posted_round = r
         if msg is not None:
             self.say(f"round {r}: update {msg['update_cid']} posted (weight {msg['weight']})")
+        elif (job_id, r) in self.provider.sat_out:
+            self.say(f"round {r}: sat out, {self.provider.sat_out[(job_id, r)]}")
 
     def _secure(self, job_id: int) -> bool:
         return load_spec(self.dep, self.provider.store, job_id).privacy.secure

@@ -79,6 +79,9 @@ class Aggregator:
         # left out of the round is provable censorship, so a later collect keeps each (and puts its
         # blob back) whatever happened since (the provider slashed, its blob deleted)
         self._acked: dict[tuple[int, int], dict[str, Update]] = {}
+        # `keep_ack(job, round, updates)`, if set, stores acknowledged updates before their
+        # acknowledgements are posted (a process keeps them across restarts)
+        self.keep_ack = None
         # the seals it signed, (job, round) -> message: its own record, never the mailbox's (anyone
         # on a shared broker can delete a message, and a seal signed again over other commitments
         # is proof of equivocation); `keep_seal`, if set, stores one before it is posted (a process
@@ -156,8 +159,11 @@ class Aggregator:
     def collect(self, job_id: int, round_: int, spec: JobSpec) -> tuple[list[Update], list[dict]]:
         """Every valid update posted for the round (the first of each selected provider), and the
         rejected ones with reasons. A second update of a provider is refused, not ordered. In a
-        sealed round only updates that open their provider's sealed commitment count."""
-        accepted: dict[str, Update] = {}
+        sealed round only updates that open their provider's sealed commitment count. An update
+        it acknowledged stays the provider's, whatever was posted since (its blob put back if it
+        is gone, its provider counted if slashed since): leaving it out is provable censorship."""
+        acked = self._acked.setdefault((job_id, round_), {})
+        accepted: dict[str, Update] = dict(acked)
         rejected: list[dict] = []
         selected = set(round_providers(self.dep, spec, job_id, round_))
         seal = None
@@ -176,18 +182,21 @@ class Aggregator:
                 rejected.append({"reason": str(exc)})  # anyone can post on the topic: a bad message is one reason
                 continue
             if upd.provider in accepted:
-                rejected.append({"provider": upd.provider, "reason": "second update in one round"})
+                first = accepted[upd.provider]
+                if (first.update_root, first.weight) != (upd.update_root, upd.weight):
+                    rejected.append({"provider": upd.provider, "reason": "second update in one round"})
                 continue
             accepted[upd.provider] = upd
-        acked = self._acked.setdefault((job_id, round_), {})
-        for provider, upd in acked.items():
-            if provider not in accepted:
+        for upd in acked.values():
+            if not self.store.has(upd.update_cid):
                 self.store.put(encode_vector(upd.q))
-                accepted[provider] = upd
         updates = [accepted[p] for p in sorted(accepted, key=address_key)]
         if not spec.privacy.secure:  # a secure round acknowledges what it unmasked (run_round)
-            self.acknowledge(job_id, round_, updates)
-            acked.update({u.provider: u for u in updates})
+            new = [u for u in updates if u.provider not in acked]
+            if new and self.keep_ack is not None:
+                self.keep_ack(job_id, round_, new)  # kept before anyone can see an acknowledgement
+            self.acknowledge(job_id, round_, new)
+            acked.update({u.provider: u for u in new})
         for key in [k for k in self._acked if k[0] == job_id and k[1] < round_]:
             del self._acked[key]
         return updates, rejected

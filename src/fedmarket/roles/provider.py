@@ -43,6 +43,7 @@ class Provider(DataRole):
         self._clients: dict[tuple[int, int], tuple[SecAggClient, SecAggConfig]] = {}
         self._scaled: dict[bytes, np.ndarray] = {}
         self._sealed: dict[tuple[int, int], dict] = {}  # receipts committed, not yet revealed (roles.sealed)
+        self.sat_out: dict[tuple[int, int], str] = {}  # rounds it trained for but sent nothing, and why
 
     @property
     def n_samples(self) -> int:
@@ -124,7 +125,17 @@ class Provider(DataRole):
             q_out = np.frombuffer(masked.data, dtype=np.uint64).view(np.int64)
         else:
             q_out, weight = self._released(spec, delta)
+            why = self._sits_out(q_out)
+            if why:
+                self.sat_out[(job_id, round_)] = why
+                return None
         return self._post_update(spec, job_id, round_, q_out, weight)
+
+    def _sits_out(self, q: np.ndarray) -> str:
+        """Why this honest provider sends nothing this round ('' to send): an update whose every
+        value is zero on the fixed-point grid (its training moved nothing, a step too small for its
+        data) is what validators report as the model sent back."""
+        return "its update is all zeros on the fixed-point grid" if R.sent_back(q) else ""
 
     def _post_update(self, spec: JobSpec, job_id: int, round_: int, q: np.ndarray, weight: int) -> dict:
         """Store the update and post its signed receipt; in a sealed round (`roles.sealed`) post only

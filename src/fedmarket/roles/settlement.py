@@ -92,11 +92,16 @@ def members(dep: Deployment, job_id: int) -> list[Member]:
     return out
 
 
-def scores_tree(scores: list[tuple[str, int]]):
+def scores_tree(scores: list[tuple[str, int]], validator: str):
+    """The tree a validator's attestation commits its scores of a round by: a leaf per provider,
+    then one naming the validator itself. An attestation is public before the scores are revealed:
+    without its name in the tree, a validator that never reviewed the round could attest the same
+    root and, once the scores were revealed, sign them as its own (its fee, with no work, and the
+    copied view counted twice)."""
     from ..protocol.encoding import score_leaf
     from ..protocol.merkle import MerkleTree
 
-    return MerkleTree([score_leaf(i, p, s) for i, (p, s) in enumerate(scores)])
+    return MerkleTree([score_leaf(i, p, s) for i, (p, s) in enumerate(scores)] + [score_leaf(len(scores), validator, 0)])
 
 
 def verified_reveals(dep: Deployment, store: BlobStore, job_id: int, round_: int, cids: list[str],
@@ -116,7 +121,7 @@ def verified_reveals(dep: Deployment, store: BlobStore, job_id: int, round_: int
             if signer != v:  # its accuracy and flags are the validator's only if it signed them
                 continue
             scores = [(e["provider"], int(e["score"])) for e in doc["scores"]]
-            root = scores_tree(scores).root
+            root = scores_tree(scores, v).root
             reveal = Reveal(v, stakes[v], dict(scores), tuple(doc.get("flagged", [])), int(doc["accuracy"]), cid)
         except StorageUnreachable:
             raise  # says nothing of the reveal: look again later

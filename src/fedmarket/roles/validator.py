@@ -91,7 +91,7 @@ class Validator(DataRole):
             deltas = dequantize(np.stack([u.q for u in ev.updates]))
             try:
                 scored = score_round(jm.model, jm.params(ev.prev_model), deltas, Xn, self.y,
-                                     [u.weight for u in ev.updates], seed=round_, metric="neg_loss")
+                                     [u.weight for u in ev.updates], seed=round_, metric="neg_loss", bound=True)
                 values = scored.rewardable
             except (FedMarketError, ValueError, FloatingPointError, OverflowError):
                 # an update that makes the model's outputs non-finite (in range, but past what float32
@@ -99,9 +99,7 @@ class Validator(DataRole):
                 # (a vote always comes out of a review), with every score zero
                 scored = None
         scores = [(u.provider, score_units(v)) for u, v in zip(ev.updates, values)]
-        if not scores:
-            scores = [(self.address, 0)]  # an empty round: a scores tree needs a leaf
-        root = scores_tree(scores).root
+        root = scores_tree(scores, self.address).root
         flagged = [ev.updates[i].provider for i in np.flatnonzero(scored.report.flagged)] if scored else []
         # only the model sent back is slashable: relative flags are for the round's pay alone
         slashable = [u.provider for u in ev.updates if R.sent_back(u.q)] if not spec.privacy.secure else []

@@ -18,6 +18,18 @@ from fedmarket.scoring.utility import AggregationUtility
 
 METHODS: tuple[str, ...] = ("auto", "exact", "gtg", "tmc", "loo")
 EXACT_UP_TO = 12  # "auto" enumerates every coalition up to this many providers, GTG beyond
+def bounded(updates: np.ndarray, weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """What a market validator values a round's updates by: each (nonzero) update scaled to the
+    round's median norm, each claimed weight capped at the round's median weight. A sample count
+    is a claim and a norm is the provider's choice: scaled by either, an update's value (its share
+    of every coalition's model) would grow with it, and so would its pay; bounded, a provider is
+    paid for the direction its data gives, not for the size it claims."""
+    U = np.asarray(updates, dtype=np.float64)
+    norms = np.linalg.norm(U, axis=1)
+    target = float(np.median(norms))
+    scale = np.where(norms > 0, target / np.where(norms > 0, norms, 1.0), 0.0)
+    w = np.asarray(weights, dtype=np.float64)
+    return U * scale[:, None], np.minimum(w, float(np.median(w)))
 
 
 @dataclass
@@ -59,6 +71,7 @@ def score_round(
     metric: str = "accuracy",
     seed: int = 0,
     share: str = "round",
+    bound: bool = False,
 ) -> RoundScore:
     """Score every provider of one round on the validator's held-out data.
 
@@ -86,6 +99,9 @@ def score_round(
         provider by the term it really adds to the round's aggregate: weighted against the
         coalition instead, an honest provider with few samples (hence few local steps, a short
         update) is valued below 0 for diluting the longer updates, and paid nothing.
+    bound : bool, optional
+        Value the updates as :func:`bounded` makes them (what market validators do); the
+        detection report still reads the updates as sent.
 
     Returns
     -------
@@ -93,6 +109,9 @@ def score_round(
     """
     if method not in METHODS:
         raise ConfigError(f"unknown scoring method {method!r}; choose one of: {', '.join(METHODS)}")
+    if bound:
+        raw = np.asarray(updates, dtype=np.float64)
+        updates, weights = bounded(raw, np.ones(len(raw)) if weights is None else weights)
     u = AggregationUtility(model, params, updates, X, y, weights, metric=metric, share=share)
     if method == "auto":
         method = "exact" if u.n <= EXACT_UP_TO else "gtg"
@@ -102,4 +121,4 @@ def score_round(
         values = leave_one_out(u)
     else:
         values = (gtg_shapley if method == "gtg" else tmc_shapley)(u, seed=seed).values
-    return RoundScore(values, method, detect(u.U, values=values), u.evaluations)
+    return RoundScore(values, method, detect(raw if bound else u.U, values=values), u.evaluations)

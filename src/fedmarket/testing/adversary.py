@@ -130,6 +130,9 @@ class AdversarialProvider(Provider):
     def attack(self) -> Attack:
         return self.coalition.attack
 
+    def _sits_out(self, q: np.ndarray) -> str:
+        return ""  # a cheater sends what its attack makes, the model sent back included
+
     def _training_data(self, spec: JobSpec, job_id: int) -> tuple[np.ndarray, np.ndarray]:
         if job_id not in self._poisoned:
             rng = np.random.default_rng(_seed("data", self.coalition.seed, self.address, job_id))

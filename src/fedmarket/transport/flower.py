@@ -37,9 +37,9 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 from ..errors import ConfigError, FedMarketError, StorageError
-from ..protocol.encoding import canonical_json, untrusted_json
+from ..protocol.encoding import MAX_UNTRUSTED_BYTES, canonical_json, untrusted_json, vector_blob_limit
 from ..roles.common import committed_rounds, metrics_cid, round_topic
-from ..spec import MAX_SPEC_BYTES
+from ..spec import MAX_SPEC_BYTES, JobSpec
 from ..storage import BlobStore, Mailbox, cid_of, open_store
 
 try:
@@ -158,11 +158,13 @@ def round_blobs(dep, store: BlobStore, job_id: int) -> list[bytes]:
     posted = dep.market.events("JobPosted", job_id=job_id)
     if not posted:
         raise FedMarketError(f"job {job_id} does not exist on this market")
-    blobs = [store.get_capped(posted[0]["spec_cid"], MAX_SPEC_BYTES)]
+    raw = store.get_capped(posted[0]["spec_cid"], MAX_SPEC_BYTES)
+    blobs = [raw]
     done = committed_rounds(dep, job_id)
     if done:
-        metrics = store.get(metrics_cid(done[-1].metrics_hash))
-        blobs += [metrics, store.get(untrusted_json(metrics)["model_cid"])]
+        metrics = store.get_capped(metrics_cid(done[-1].metrics_hash), MAX_UNTRUSTED_BYTES)
+        n_params = JobSpec.parse(raw).n_params
+        blobs += [metrics, store.get_capped(untrusted_json(metrics)["model_cid"], vector_blob_limit(n_params))]
     return blobs
 
 
@@ -252,7 +254,8 @@ class Relay:
         """Send every SuperNode the posted rewards document (what its provider's claim proves its
         leaf from): the providers share no store with the aggregator."""
         posted = self.dep.market.events("RewardRootPosted", job_id=self.job_id)
-        config = ConfigRecord({"job-id": self.job_id, "blobs": [self.store.get(posted[-1]["rewards_cid"])]})
+        config = ConfigRecord({"job-id": self.job_id,
+                               "blobs": [self.store.get_capped(posted[-1]["rewards_cid"], MAX_UNTRUSTED_BYTES)]})
         nodes = sorted(grid.get_node_ids())
         messages = [Message(content=RecordDict({RECORD: config}), dst_node_id=n, message_type="query") for n in nodes]
         waiting = set(grid.push_messages(messages))
