@@ -35,3 +35,14 @@ def test_the_detection_report_reads_the_updates_as_sent(digits_round):
     boosted[0] *= 20
     sc = score_round(model, params, boosted, Xv, yv, w, metric="neg_loss", bound=True)
     assert sc.report.poisoners[0] and sc.report.norm_ratio[0] > 10
+
+
+def test_a_copy_scaled_down_is_flagged_as_a_copy(digits_round):
+    """A tenth of another provider's update is far from it as sent (no near-copy there) but the same
+    at the round's norm, where it would be valued like its original: both are flagged."""
+    model, params, U, w, Xv, yv = digits_round
+    copied = U.copy()
+    copied[1] = 0.1 * U[0]
+    assert not score_round(model, params, copied, Xv, yv, w, metric="neg_loss").report.sybils[1]
+    report = score_round(model, params, copied, Xv, yv, w, metric="neg_loss", bound=True).report
+    assert report.sybils[0] and report.sybils[1] and (0, 1) in report.sybil_pairs

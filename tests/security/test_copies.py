@@ -10,7 +10,7 @@ from sec_support import AGG_STAKE
 
 from fedmarket.market import JobState
 from fedmarket.roles import Provider
-from fedmarket.roles.common import committed_rounds, fetch_metrics
+from fedmarket.roles.common import committed_rounds, fetch_metrics, round_topic
 from fedmarket.roles.sealed import seal_topic, seals
 from fedmarket.testing.adversary import CopyingProvider, ResealingAggregator
 
@@ -171,3 +171,23 @@ def test_a_deleted_seal_is_posted_again_never_signed_again(make, tmp_path):
     assert found == [sl.open_seal(s.dep, first, s.job, 0, s.agg.address)], "\n".join(logs)
     assert Challenger(s.dep, s.c.stranger, s.store).check_seals(s.job, s.box) is None
     assert s.state() == JobState.TRAINING and s.slashed() == {}
+
+
+def test_a_committed_update_is_not_in_the_store_before_its_reveal(make):
+    """A provider that stored its update blob when it committed would let a later provider read it
+    from a shared store (a directory, or the broker's one account) and commit to a copy before the
+    seal: scaled down to a tenth, the copy is no near-copy of the original as sent, yet validators
+    value it like the original. The blob is stored at the reveal, after the seal."""
+    from fedmarket.protocol.encoding import canonical_json
+    from fedmarket.roles.sealed import commit_topic
+
+    s = make(providers=3, rounds=1)
+    s.open()
+    s.providers[0].train(s.job, 0)
+    message = s.providers[0]._sealed[(s.job, 0)]
+    assert s.box.read(commit_topic(s.job, 0)) and not s.store.has(message["update_cid"])
+    for p in s.providers[1:]:
+        p.train(s.job, 0)
+    s.agg.seal(s.job, 0, s.spec)
+    assert s.providers[0].reveal(s.job, 0) == message and s.store.has(message["update_cid"])
+    assert canonical_json(message) in s.box.read(round_topic(s.job, 0))

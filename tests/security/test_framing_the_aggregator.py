@@ -360,3 +360,44 @@ def test_an_acknowledged_update_survives_the_aggregators_restart(make, tmp_path)
     assert committed_rounds(s.dep, s.job)[0].count == 3 and s.store.has(revealed["update_cid"])
     assert not Challenger(s.dep, a.account, s.store, s.box).check_censorship(s.job, s.box)
     assert s.slashed() == {}
+
+
+def test_a_blob_deleted_from_an_earlier_round_cannot_stop_the_aggregator_defending_it(make, tmp_path):
+    """A provider deletes its update blob of round 0 once round 1 is committed (anyone can, on a
+    shared store) and an accomplice opens a false aggregate game on round 0: an aggregator that can
+    no longer open the update loses the game for its silence. Its process keeps a copy of every
+    blob it took or wrote (`MirroredStore`, in its state directory), restarted or not, and puts a
+    lost one back: it answers, and the accomplice loses its bond."""
+    from fedmarket.processes.aggregator import AggregatorProcess
+    from fedmarket.roles.games import Truth, job_games
+
+    s = make(providers=3, rounds=3, challenger=False)
+    s.open()
+    state = tmp_path / "agg"
+    proc = AggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, state, collect_timeout=0,
+                             log=lambda m: None)
+    for r in (0, 1):
+        for p in s.providers:
+            p.train(s.job, r)
+        proc._round(s.dep.job(s.job), r)  # seals
+        for p in s.providers:
+            p.reveal(s.job, r)
+        proc._round(s.dep.job(s.job), r)  # commits
+    assert len(committed_rounds(s.dep, s.job)) == 2
+    gone = fetch_metrics(s.store, committed_rounds(s.dep, s.job)[0])["updates"][0]["update_cid"]
+    s.store._path(gone).unlink()
+    accomplice = s.c.stranger
+    s.approve(accomplice, s.dep.round_arbiter.address)
+    before = s.holdings()
+    s.dep.round_arbiter.transact("challenge_aggregate", s.job, 0, 0, *Truth(s.dep, s.store, s.job).round_args(0),
+                                 sender=accomplice)
+    restarted = AggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, state, log=lambda m: None)
+    assert restarted.aggregator.defend(s.job) and s.store.has(gone)
+    while job_games(s.dep, s.job):  # the aggregator answers every move; the accomplice goes silent
+        if not restarted.aggregator.defend(s.job):
+            (g,) = job_games(s.dep, s.job)
+            s.past(int(g.deadline))
+            g.arbiter.transact("timeout", g.gid, sender=accomplice)
+    (resolved,) = s.dep.round_arbiter.events("GameResolved", job_id=s.job)
+    assert not resolved["challenger_won"] and s.slashed() == {}
+    assert s.delta(before)[s.agg.address] == int(s.dep.job(s.job)["dispute_bond"])

@@ -29,7 +29,7 @@ from ..roles.common import (
 from ..roles.sealed import commit_topic, sealed
 from ..roles.settlement import mailbox_reveals, verified_reveals
 from ..roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
-from ..storage import BlobStore, Mailbox
+from ..storage import BlobStore, LocalBlobStore, Mailbox, MirroredStore
 from .base import Fatal, RoleProcess, Stop, job_state, write_atomic
 
 ZERO = b"\x00" * 32
@@ -53,7 +53,11 @@ class AggregatorProcess(RoleProcess):
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, job_id: int,
                  state_dir: str | os.PathLike, *, collect_timeout: float = 60.0, reveal_timeout: float = 60.0, **kwargs):
         super().__init__(dep, state_dir, **kwargs)
-        self.aggregator = Aggregator(dep, account, store, mailbox)
+        # it answers for every round until the job settles: every blob it writes or reads (its
+        # models, the updates it took) keeps a copy in its state directory, put back in the shared
+        # store if someone deletes it there
+        self.aggregator = Aggregator(dep, account, MirroredStore(store, LocalBlobStore(self.state.root / "blobs")),
+                                     mailbox)
         # the seals it signed live in its state directory, written before they are posted: a seal
         # deleted from the mailbox (or a restart) never leads it to sign a second one
         self.aggregator.seals = {(int(k.split("-")[0]), int(k.split("-")[1])): m

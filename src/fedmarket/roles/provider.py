@@ -19,7 +19,7 @@ from ..protocol import rules as R
 from ..protocol.encoding import canonical_json, encode_vector, vector_root
 from ..protocol.receipts import UpdateReceipt, permit_signature
 from ..spec import JobSpec
-from ..storage import BlobStore, Mailbox
+from ..storage import BlobStore, Mailbox, cid_of
 from . import sealed as sl
 from . import secure_round as sr
 from .auditor import training_model
@@ -43,6 +43,7 @@ class Provider(DataRole):
         self._clients: dict[tuple[int, int], tuple[SecAggClient, SecAggConfig]] = {}
         self._scaled: dict[bytes, np.ndarray] = {}
         self._sealed: dict[tuple[int, int], dict] = {}  # receipts committed, not yet revealed (roles.sealed)
+        self._sealed_blobs: dict[tuple[int, int], bytes] = {}  # and their update blobs, stored at the reveal
         self.sat_out: dict[tuple[int, int], str] = {}  # rounds it trained for but sent nothing, and why
 
     @property
@@ -125,22 +126,27 @@ class Provider(DataRole):
             q_out = np.frombuffer(masked.data, dtype=np.uint64).view(np.int64)
         else:
             q_out, weight = self._released(spec, delta)
-            why = self._sits_out(q_out)
+            why = self._sits_out(spec, q_out)
             if why:
                 self.sat_out[(job_id, round_)] = why
                 return None
         return self._post_update(spec, job_id, round_, q_out, weight)
 
-    def _sits_out(self, q: np.ndarray) -> str:
-        """Why this honest provider sends nothing this round ('' to send): an update whose every
-        value is zero on the fixed-point grid (its training moved nothing, a step too small for its
-        data) is what validators report as the model sent back."""
-        return "its update is all zeros on the fixed-point grid" if R.sent_back(q) else ""
+    def _sits_out(self, spec: JobSpec, q: np.ndarray) -> str:
+        """Why this honest provider sends nothing this round ('' to send): in a job with validators,
+        an update whose every value is zero on the fixed-point grid (its training moved nothing, a
+        step too small for its data) is what they report as the model sent back. (Without
+        validators nobody judges it, and its weight is paid.)"""
+        if spec.participation.max_validators and R.sent_back(q):
+            return "its update is all zeros on the fixed-point grid"
+        return ""
 
     def _post_update(self, spec: JobSpec, job_id: int, round_: int, q: np.ndarray, weight: int) -> dict:
         """Store the update and post its signed receipt; in a sealed round (`roles.sealed`) post only
-        the commitment, and keep the receipt for `reveal`."""
-        update_cid = self.store.put(encode_vector(q))
+        the commitment, and keep the receipt and the blob for `reveal` (a blob stored at once could
+        be read from a shared store, and copied, before the seal)."""
+        blob = encode_vector(q)
+        update_cid = cid_of(blob)
         update_root = vector_root(q, spec.quantization.chunk_size)
         receipt = UpdateReceipt(job_id, round_, update_root, weight)
         signature = receipt.sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
@@ -159,7 +165,9 @@ class Provider(DataRole):
             value = sl.commitment(self.address, update_root, weight, salt)
             self.mailbox.post(sl.commit_topic(job_id, round_), sl.commitment_message(self.dep, self.account, job_id, round_, value))
             self._sealed[(job_id, round_)] = message
+            self._sealed_blobs[(job_id, round_)] = blob
             return message
+        self.store.put(blob)
         self.mailbox.post(round_topic(job_id, round_), canonical_json(message))
         return message
 
@@ -186,6 +194,9 @@ class Provider(DataRole):
                              bytes.fromhex(message["salt"][2:]))
         if found[0].get(self.address) != mine:
             raise FedMarketError(f"round {round_}: the aggregator's seal does not hold this provider's commitment")
+        blob = self._sealed_blobs.pop((job_id, round_), None)
+        if blob is not None:
+            self.store.put(blob)
         self.mailbox.post(round_topic(job_id, round_), canonical_json(message))
         return message
 

@@ -101,7 +101,8 @@ def score_round(
         update) is valued below 0 for diluting the longer updates, and paid nothing.
     bound : bool, optional
         Value the updates as :func:`bounded` makes them (what market validators do); the
-        detection report still reads the updates as sent.
+        detection report reads the updates as sent, and looks for near copies among the bounded
+        ones too (a copy scaled down would be valued like its original).
 
     Returns
     -------
@@ -121,4 +122,13 @@ def score_round(
         values = leave_one_out(u)
     else:
         values = (gtg_shapley if method == "gtg" else tmc_shapley)(u, seed=seed).values
-    return RoundScore(values, method, detect(raw if bound else u.U, values=values), u.evaluations)
+    report = detect(raw if bound else u.U, values=values)
+    if bound:  # a copy shrunk (or grown) is a near copy at the round's norm: its value is its original's
+        scaled = detect(u.U, values=values)
+        for i, j in scaled.sybil_pairs:
+            if (i, j) not in report.sybil_pairs and not (report.free_riders[i] or report.free_riders[j]):
+                report.sybil_pairs.append((i, j))
+                for a, b in ((i, j), (j, i)):
+                    report.sybils[a] = True
+                    report.reasons.setdefault(a, []).append(f"sybil: copy of provider {b} (scaled)")
+    return RoundScore(values, method, report, u.evaluations)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .blobstore import BlobStore, LocalBlobStore
+from .blobstore import BlobStore, LocalBlobStore, MirroredStore
 from .cid import cid_of, verify
 from .mailbox import Mailbox
 
@@ -49,4 +49,4 @@ def is_remote(location: str | os.PathLike) -> bool:
     return is_nats(text) or (isinstance(text, str) and text.lower().startswith(("ipfs+http://", "ipfs+https://")))
 
 
-__all__ = ["BlobStore", "LocalBlobStore", "Mailbox", "cid_of", "is_nats", "is_remote", "open_mailbox", "open_store", "verify"]
+__all__ = ["BlobStore", "LocalBlobStore", "Mailbox", "MirroredStore", "cid_of", "is_nats", "is_remote", "open_mailbox", "open_store", "verify"]

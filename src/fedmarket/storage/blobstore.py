@@ -6,7 +6,7 @@ import abc
 import os
 from pathlib import Path
 
-from ..errors import BlobTooLarge, StorageError
+from ..errors import BlobTooLarge, StorageError, StorageUnreachable
 from .cid import cid_of, sha256_of_cid, verify
 
 
@@ -94,3 +94,45 @@ class LocalBlobStore(BlobStore):
             return self._path(cid).read_bytes()
         except FileNotFoundError:
             raise StorageError(f"blob {cid} not found in {self.root}") from None
+
+
+class MirroredStore(BlobStore):
+    """A shared store, with a local copy of every blob written or read through it: a blob the
+    shared store lost (anyone on a shared store can delete one, a provider its own update) is read
+    from the copy and put back. What a role that must answer for data until its job settles (the
+    aggregator, in every dispute game on its rounds) reads and writes through."""
+
+    def __init__(self, shared: BlobStore, local: BlobStore):
+        self.shared = shared
+        self.local = local
+
+    def put(self, data: bytes) -> str:
+        self.local.put(data)
+        return self.shared.put(data)
+
+    def _through(self, cid: str, read) -> bytes:
+        try:
+            data = read(self.shared)
+        except (StorageUnreachable, BlobTooLarge):
+            raise
+        except StorageError as lost:
+            try:
+                data = read(self.local)
+            except StorageError:
+                raise lost from None  # no copy either: what the shared store said
+            self.shared.put(data)
+            return data
+        self.local.put(data)
+        return data
+
+    def get(self, cid: str) -> bytes:
+        return self._through(cid, lambda store: store.get(cid))
+
+    def get_capped(self, cid: str, limit: int) -> bytes:
+        return self._through(cid, lambda store: store.get_capped(cid, limit))
+
+    def _read(self, cid: str) -> bytes:
+        return self.get(cid)
+
+    def has(self, cid: str) -> bool:
+        return self.shared.has(cid) or self.local.has(cid)

@@ -130,7 +130,7 @@ class AdversarialProvider(Provider):
     def attack(self) -> Attack:
         return self.coalition.attack
 
-    def _sits_out(self, q: np.ndarray) -> str:
+    def _sits_out(self, spec: JobSpec, q: np.ndarray) -> str:
         return ""  # a cheater sends what its attack makes, the model sent back included
 
     def _training_data(self, spec: JobSpec, job_id: int) -> tuple[np.ndarray, np.ndarray]:
