@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 from ..chain import Account
@@ -30,7 +29,7 @@ from ..roles.sealed import commit_topic, sealed
 from ..roles.settlement import mailbox_reveals, verified_reveals
 from ..roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
 from ..storage import BlobStore, LocalBlobStore, Mailbox, MirroredStore
-from .base import Fatal, RoleProcess, Stop, job_state, write_atomic
+from .base import Fatal, RoleProcess, Stop, job_state
 
 ZERO = b"\x00" * 32
 
@@ -56,8 +55,8 @@ class AggregatorProcess(RoleProcess):
         # it answers for every round until the job settles: every blob it writes or reads (its
         # models, the updates it took) keeps a copy in its state directory, put back in the shared
         # store if someone deletes it there
-        self.aggregator = Aggregator(dep, account, MirroredStore(store, LocalBlobStore(self.state.root / "blobs")),
-                                     mailbox)
+        self.kept = LocalBlobStore(self.state.root / "blobs")
+        self.aggregator = Aggregator(dep, account, MirroredStore(store, self.kept), mailbox)
         # the seals it signed live in its state directory, written before they are posted: a seal
         # deleted from the mailbox (or a restart) never leads it to sign a second one
         self.aggregator.seals = {(int(k.split("-")[0]), int(k.split("-")[1])): m
@@ -87,17 +86,15 @@ class AggregatorProcess(RoleProcess):
         self.state.save("seals", seals)
 
     def _keep_ack(self, job_id: int, round_: int, updates: list) -> None:
+        """Record the updates about to be acknowledged (their blobs are in `kept`, read through it)."""
         key = f"{job_id}-{round_}"
-        kept = {k: v for k, v in self.state.load("acked", {}).items() if k == key}  # earlier rounds are done
+        kept = {k: v for k, v in self.state.load("acked", {}).items() if k == key}  # earlier rounds are committed
         for u in updates:
-            write_atomic(self.state.root / "acked" / key / u.update_cid, encode_vector(u.q))
+            self.kept.put(encode_vector(u.q))  # (already there when it was read through the mirror)
             kept.setdefault(key, {})[u.provider] = {
                 "update_cid": u.update_cid, "update_root": "0x" + u.update_root.hex(), "weight": u.weight,
                 "signature": "0x" + u.signature.hex(), "salt": "0x" + u.salt.hex()}
         self.state.save("acked", kept)
-        for old in (self.state.root / "acked").iterdir():
-            if old.name != key:
-                shutil.rmtree(old, ignore_errors=True)
 
     def _load_acked(self) -> dict:
         out = {}
@@ -107,7 +104,7 @@ class AggregatorProcess(RoleProcess):
                 out[(job_id, round_)] = {
                     p: Update(p, e["update_cid"], bytes.fromhex(e["update_root"][2:]), int(e["weight"]),
                               bytes.fromhex(e["signature"][2:]),
-                              decode_vector((self.state.root / "acked" / key / e["update_cid"]).read_bytes()),
+                              decode_vector(self.kept.get(e["update_cid"])),
                               bytes.fromhex(e["salt"][2:]))
                     for p, e in entries.items()}
         except (OSError, StorageError, *BAD_INPUT) as exc:

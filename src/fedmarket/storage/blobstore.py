@@ -83,6 +83,13 @@ class LocalBlobStore(BlobStore):
             tmp.replace(path)
         return cid
 
+    def has(self, cid: str) -> bool:
+        """Whether a file is stored under `cid` (its bytes are checked when it is read)."""
+        try:
+            return self._path(cid).is_file()
+        except StorageError:
+            return False
+
     def size(self, cid: str) -> int | None:
         try:
             return self._path(cid).stat().st_size

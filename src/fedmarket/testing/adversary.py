@@ -361,9 +361,10 @@ class DoubleUpdateProvider(Provider):
 
         spec = self.inspect(job_id)
         pending = self._sealed.pop((job_id, round_), None)  # a sealed round: the first is committed first
+        blob = self._sealed_blobs.pop((job_id, round_), None)  # (its blob kept for the reveal)
         if pending is not None:
-            self._firsts[(job_id, round_)] = pending
-        q = decode_vector(self.store.get(first["update_cid"]), spec.n_params) + 1
+            self._firsts[(job_id, round_)] = (pending, blob)
+        q = decode_vector(blob if blob is not None else self.store.get(first["update_cid"]), spec.n_params) + 1
         return self._post_update(spec, job_id, round_, q, int(first["weight"]))
 
     def reveal(self, job_id, round_):
@@ -377,9 +378,11 @@ class DoubleUpdateProvider(Provider):
         aggregator = self.dep.job(job_id)["aggregator"]
         if not sl.seals(self.dep, self.mailbox.read(sl.seal_topic(job_id, round_)), job_id, round_, aggregator):
             return None
-        first, second = self._firsts.pop(key), self._sealed.pop(key, None)
-        for message in (first, second):
+        (first, first_blob), second = self._firsts.pop(key), self._sealed.pop(key, None)
+        for message, blob in ((first, first_blob), (second, self._sealed_blobs.pop(key, None))):
             if message is not None:
+                if blob is not None:
+                    self.store.put(blob)
                 self.mailbox.post(round_topic(job_id, round_), canonical_json(message))
         return first
 
