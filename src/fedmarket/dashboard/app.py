@@ -26,8 +26,6 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: the largest document (a round's metrics, a job's rewards) a page reads from the store: a large
 #: job's are a few MB; a bigger one shows as "no data"
 DOCUMENT_MAX_BYTES = 16 * 2**20
-#: the largest job spec read to check it against its committed hash (what every role reads)
-SPEC_MAX_BYTES = MAX_SPEC_BYTES
 #: how many bytes of parsed documents (counted as their source size: parsed, a few times more) stay cached
 DOCUMENT_CACHE_BYTES = 16 * 2**20
 #: how many store reads (documents, specs, /blob) run at once: each holds a blob in memory
@@ -185,7 +183,7 @@ class Dashboard:
         if known is None:
             try:
                 with self.reading():
-                    raw = self.store.get_capped(spec_cid, SPEC_MAX_BYTES)
+                    raw = self.store.get_capped(spec_cid, MAX_SPEC_BYTES)  # what every role reads
                 known = committed_spec(raw, bytes.fromhex(spec_hash.removeprefix("0x")), f"spec {spec_cid}")
             except BlobTooLarge as exc:
                 known = ProtocolViolation(str(exc))

@@ -9,7 +9,7 @@ from ..chain import Account
 from ..errors import ContractRevert, FedMarketError, SecAggAbort, StorageError
 from ..market import Deployment, JobState
 from ..protocol import rules as R
-from ..protocol.encoding import BAD_INPUT, decode_vector, encode_vector
+from ..protocol.encoding import BAD_INPUT, decode_vector
 from ..roles import Aggregator
 from ..roles.aggregator import Update
 from ..roles import secure_round as sr
@@ -86,11 +86,11 @@ class AggregatorProcess(RoleProcess):
         self.state.save("seals", seals)
 
     def _keep_ack(self, job_id: int, round_: int, updates: list) -> None:
-        """Record the updates about to be acknowledged (their blobs are in `kept`, read through it)."""
+        """Record the updates about to be acknowledged; their blobs are in `kept` already (`collect`
+        read each through the mirror)."""
         key = f"{job_id}-{round_}"
         kept = {k: v for k, v in self.state.load("acked", {}).items() if k == key}  # earlier rounds are committed
         for u in updates:
-            self.kept.put(encode_vector(u.q))  # (already there when it was read through the mirror)
             kept.setdefault(key, {})[u.provider] = {
                 "update_cid": u.update_cid, "update_root": "0x" + u.update_root.hex(), "weight": u.weight,
                 "signature": "0x" + u.signature.hex(), "salt": "0x" + u.salt.hex()}
