@@ -252,7 +252,7 @@ def __init__(
     assert terms_check != empty(address), "market: zero address"
     assert treasury != empty(address), "market: zero address"
     assert fee_bps <= C.MAX_FEE_BPS, "market: fee too high"
-    assert unbonding_delay <= C.MAX_CLAIM_PERIOD, "market: unbonding delay too long"
+    assert unbonding_delay <= C.MAX_CLAIM_PERIOD, "market: unbonding too long"
     DISPUTES = disputes
     ROUND_ARBITER = round_arbiter
     REWARD_ARBITER = reward_arbiter
@@ -488,7 +488,7 @@ def start(job_id: uint256):
     """
     hot: uint256 = self._hot[job_id]
     assert hot & _STATE_MASK == C.OPEN, "market: job not open"
-    assert self.progress[job_id].accepted, "market: aggregator has not accepted"
+    assert self.progress[job_id].accepted, "market: not accepted yet"
     assert self.progress[job_id].n_providers >= self.terms[job_id].min_providers, "market: too few providers"
     assert self.progress[job_id].n_validators >= self.terms[job_id].min_validators, "market: too few validators"
     if block.timestamp < self.terms[job_id].join_deadline:
@@ -561,7 +561,7 @@ def submit_round(
     else:
         assert epsilon_spent == 0, "market: epsilon without privacy"
     if current > 0 and word & _VALIDATED != 0:
-        assert hot & _QUORUM != 0, "market: previous round lacks quorum"
+        assert hot & _QUORUM != 0, "market: no quorum yet"
     seed: bytes32 = block.prevhash
     self._accumulate(job_id, current, keccak256(abi_encode(
         job_id, round, model_root, updates_root, count, metrics_hash, epsilon_spent, aux_root, seed
@@ -696,8 +696,10 @@ def reward_fault(job_id: uint256, challenger: address):
     bond: uint256 = self.progress[job_id].poster_bond
     if bond > 0:
         stakes._pay_slash(job_id, poster, 0, bond, challenger)
-    else:
+    elif stakes._member[job_id][poster] & C.SLASHED == 0:
         stakes._slash(job_id, poster, C.STAGE_FINAL + self.progress[job_id].challenge_deadline, challenger)
+    # (a poster slashed since it posted, a validator proven to equivocate, has no stake left: its
+    # root is discarded all the same, or the game against it could never end and the job stayed locked)
     deadline: uint256 = block.timestamp + self.terms[job_id].round_duration
     # slashes made under the discarded root (stage STAGE_FINAL + its challenge deadline) are cuts now
     self.progress[job_id].challenge_deadline = 0

@@ -752,3 +752,41 @@ def test_settlement_waits_for_reward_games(kit):
     p.defend_leaf()
     kit.m.transact("settle", job.id, sender=kit.outsider)
     assert job.status()[0] == JobState.SETTLED
+
+
+def test_a_validator_poster_slashed_for_its_own_equivocation_cannot_lock_the_job(kit):
+    """ATTACK (found by a review of the contracts' value flows): the aggregator is slashed for
+    posting no root, so a member may post one with no bond, its job stake behind it. A validator
+    posts a root that pays itself, then, once a watcher challenges it, signs two attestations of a
+    round that does not exist and has an accomplice prove the "equivocation", which takes its
+    stake. Had the lost game slashed the poster again it would revert ("not slashable"), no call
+    could end the game, and the escrow, every stake and the watcher's bond would stay locked in a
+    finalizing job. The root is discarded all the same; an honest member posts and the job settles."""
+    job = kit.job(n=3, validators=2, rounds=2)
+    job.commit_all()
+    kit.advance(job.terms.round_duration + 1)
+    kit.m.transact("fail", job.id, sender=kit.outsider)  # no root by the deadline: the aggregator is slashed
+    assert job.status()[0] == JobState.TRAINING
+    kit.advance(job.terms.round_duration // 2)
+    v, accomplice = job.validators[0], kit.providers[5]
+    honest = job.weight_leaves()
+    leaves = [dict(x) for x in honest]
+    ix = {x["account"]: i for i, x in enumerate(leaves)}
+    leaves[ix[job.providers[0].address]]["amount"] -= 100 * 10**18
+    leaves[ix[v.address]]["amount"] += 100 * 10**18
+    job.post_rewards(leaves, sender=v)
+    assert job.info()["poster"] == v.address and job.info()["poster_bond"] == 0
+    gid = open_rewards(job)
+    p = RewardPlayer(job, gid, defender=v)
+    sigs = [job.sign_attestation(v, 777, keccak(x), model_root=b"\x11" * 32) for x in (b"a", b"b")]
+    kit.disputes.transact("prove_equivocation", job.id, 777, v.address, b"\x11" * 32, keccak(b"a"), sigs[0],
+                          b"\x11" * 32, keccak(b"b"), sigs[1], sender=accomplice)
+    watcher_before = kit.balance(kit.outsider)
+    p.timeout()  # the silent poster loses: its root is discarded (its stake is gone already)
+    assert job.status()[0] == JobState.TRAINING and kit.wa.call("open_games", job.id) == 0
+    assert job.info()["reward_root"] == b"\x00" * 32
+    assert kit.balance(kit.outsider) >= watcher_before  # the watcher's bond came back
+    kit.advance(job.terms.round_duration // 2)  # the weight basis opens in the step's second half
+    job.post_rewards(honest, sender=job.providers[1])  # an honest member's root, the job settles
+    job.settle()
+    assert job.status()[0] == JobState.SETTLED

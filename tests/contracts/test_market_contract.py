@@ -70,7 +70,7 @@ def _deploy(kit, name, *args):
         ({"terms_check": ZERO_ADDR}, "market: zero address"),
         ({"treasury": ZERO_ADDR}, "market: zero address"),
         ({"fee_bps": R.MAX_FEE_BPS + 1}, "market: fee too high"),
-        ({"unbonding_delay": R.MAX_CLAIM_PERIOD + 1}, "market: unbonding delay too long"),
+        ({"unbonding_delay": R.MAX_CLAIM_PERIOD + 1}, "market: unbonding too long"),
     ],
 )
 def test_market_constructor_rejects(kit, change, reason):
@@ -423,7 +423,7 @@ def test_start_opens_round_zero_and_fixes_the_validator_stake(kit):
 def test_start_rules(kit):
     m = kit.m
     job = kit.post(min_providers=2, max_providers=3, min_validators=1, max_validators=1)
-    with reverts("market: aggregator has not accepted"):
+    with reverts("market: not accepted yet"):
         m.transact("start", job, sender=kit.aggregator)
     m.transact("accept", job, sender=kit.aggregator)
     m.transact("join", job, sender=kit.providers[0])
@@ -525,7 +525,7 @@ def test_a_plain_job_commits_no_epsilon(kit):
 def test_validated_round_waits_for_the_previous_rounds_quorum(kit):
     job = kit.job(validators=3)
     job.commit(attest=False)
-    with reverts("market: previous round lacks quorum"):
+    with reverts("market: no quorum yet"):
         job.commit()
     receipt = job.attest(0, job.validators[:2])
     ev = receipt.event("QuorumMarked")
