@@ -160,7 +160,8 @@ def setup(tmp: Path, url: str, n: int, rounds: int):
         store.put(spec.canonical())
         Provider(dep, provs[i], store, Mailbox(tmp / f"p{i}-box"), subset(ds, idx).X, subset(ds, idx).y).join(job)
         configs.append({"rpc": url, "contracts": str(tmp / "contracts.json"), "job": job, "data": str(tmp / f"p{i}.npz"),
-                        "store": str(tmp / f"p{i}-blobs"), "mailbox": str(tmp / f"p{i}-box"), "dev-account": 40 + i})
+                        "store": str(tmp / f"p{i}-blobs"), "mailbox": str(tmp / f"p{i}-box"), "dev-account": 40 + i,
+                        "state": str(tmp / f"p{i}-committed")})
     return dep, agg, aggregator, job, configs
 
 
@@ -192,7 +193,7 @@ def market_rounds(tmp: Path, url: str, link, dep, agg, aggregator, job: int, rou
     run.wait(60)
     # the ServerApp's own time per round: messages out to the last update filed (the Flower exchange,
     # the ClientApps' start, chain reads and training); the rest of a round is the aggregator's commit
-    relay = [float(t) for t in re.findall(r"round \d+: \d+ SuperNodes, \d+ updates filed in ([0-9.]+) s", run.output())]
+    relay = [float(t) for t in re.findall(r"round \d+: \d+ SuperNodes, \d+ commitments, \d+ updates filed in ([0-9.]+) s", run.output())]
     return [b - a for a, b in zip(commits, commits[1:])], tx, relay[1:]
 
 

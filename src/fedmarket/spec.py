@@ -367,6 +367,9 @@ class JobSpec(_Strict):
             raise ValueError("trim only applies to trimmed_mean")
         if self.privacy.secure and self.strategy != "fedavg":
             raise ValueError(f"privacy mode {self.privacy.mode} sums masked updates, so it needs strategy fedavg, not {self.strategy}")
+        if self.privacy.secure and self.transport is not None:
+            raise ValueError(f"privacy mode {self.privacy.mode} runs its SecAgg+ stages on the mailbox; a Flower job "
+                             "(transport) carries plain and dp_local rounds")
         if self.privacy.secure and self.participation.min_providers < 3:
             raise ValueError("secure aggregation needs min_providers >= 3 (with two, each learns the other's update from the sum)")
         if self.attested and self.participation.max_validators < 1:

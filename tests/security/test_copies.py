@@ -45,6 +45,31 @@ def test_a_copier_earns_nothing_and_the_original_keeps_its_pay(chain, make):
     assert d[victim.address] / victim_honest >= 0.8  # copy_victim_share
 
 
+def test_a_copier_in_a_flower_job_earns_nothing(make, monkeypatch):
+    """A Flower job: its ServerApp files every update on the aggregator's mailbox, which anyone on a
+    shared broker reads. Were its rounds not sealed, a provider reading a filed update could post
+    a copy as its own before the round commits and be paid the victim's weight. They are sealed as
+    mailbox rounds are (a SuperNode commits, and reveals only once the ServerApp brings the seal):
+    the copy opens no commitment and earns nothing."""
+    import sec_support
+
+    from fedmarket.spec import TransportSpec
+
+    make_spec = sec_support.make_spec
+    monkeypatch.setattr(sec_support, "make_spec", lambda **kw: make_spec(**kw).model_copy(
+        update={"transport": TransportSpec(flower_app_hash="0" * 64)}))
+    s = make(providers=4, rounds=2, provider_cls=[Provider, Provider, Provider, CopyingProvider])
+    copier, victim = s.providers[3], s.providers[0]
+    copier.victim = victim.address
+    s.run()
+    assert s.state() == JobState.SETTLED
+    for doc in _rounds(s):
+        assert copier.address not in {u["provider"] for u in doc["updates"]}
+        assert victim.address in {u["provider"] for u in doc["updates"]}
+    d = s.delta()
+    assert d[copier.address] == 0 and d[victim.address] > 0
+
+
 def test_an_aggregator_resealing_for_a_copier_fails_its_round(make):
     """The aggregator colludes: the copier commits to the victim's update only after seeing it,
     and the aggregator seals again over the late commitment to take the copy. Both seals, signed

@@ -30,6 +30,7 @@ from fedmarket.processes import AggregatorProcess
 from fedmarket.roles import Aggregator, Provider, Requester
 from fedmarket.roles.auditor import Auditor
 from fedmarket.roles.common import committed_rounds, round_topic
+from fedmarket.roles.sealed import seal_and_reveal
 from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec, TransportSpec
 from fedmarket.storage import LocalBlobStore, Mailbox
 from fedmarket.transport.flower import APP_DIR, app_hash
@@ -83,7 +84,8 @@ class Market:
 
     def node_config(self, i: int) -> dict:
         return {"rpc": self.url, "contracts": str(self.tmp / "contracts.json"), "job": self.job, "data": str(self.data[i]),
-                "store": str(self.tmp / f"p{i}-blobs"), "mailbox": str(self.tmp / f"p{i}-box"), "dev-account": PROVIDER0 + i}
+                "store": str(self.tmp / f"p{i}-blobs"), "mailbox": str(self.tmp / f"p{i}-box"), "dev-account": PROVIDER0 + i,
+                "state": str(self.tmp / f"p{i}-committed")}
 
     def run_config(self, **kw) -> dict:
         cfg = {"rpc": self.url, "contracts": str(self.tmp / "contracts.json"), "job-id": self.job,
@@ -166,6 +168,7 @@ def test_flower_rounds_over_tls_with_node_auth_give_the_mailbox_aggregates(tmp_p
         for r in range(ROUNDS):
             for p in a.providers:
                 p.train(a.job, r)
+            seal_and_reveal(a.aggregator, a.providers, a.job, r)  # a Flower job's rounds are sealed
             a.aggregator.run_round(a.job, r)
         roots_a = [(c.model_root, c.updates_root, c.count) for c in committed_rounds(a.dep, a.job)]
 
@@ -195,7 +198,7 @@ def test_flower_rounds_over_tls_with_node_auth_give_the_mailbox_aggregates(tmp_p
         roots_b = [(c.model_root, c.updates_root, c.count) for c in committed_rounds(b.dep, b.job)]
         assert len(roots_b) == ROUNDS, log[-3000:] + link.output()[-2000:]
         assert roots_b == roots_a and [c for _, _, c in roots_b] == [N] * ROUNDS
-        assert log.count(f"{N} SuperNodes, {N} updates filed") == ROUNDS and "refused" not in log
+        assert log.count(f"{N} SuperNodes, {N} commitments, {N} updates filed") == ROUNDS and "refused" not in log
         assert "Receiving" not in stranger.output()  # the unregistered SuperNode got no work
         assert Auditor(b.dep, b.agg_store).audit(b.job).ok
 

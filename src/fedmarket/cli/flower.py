@@ -126,7 +126,8 @@ def provider_supernode(
     X, y = load_for_job(data, "data", job_spec.data, label)
     box_dir = (mailbox or state / "mailbox").resolve()
     node_config = {"rpc": ctx.rpc, "contracts": str(ctx.contracts.resolve()), "job": job, "data": str(data.resolve()),
-                   "label": label or "", "store": _local(ctx.store), "mailbox": str(box_dir)}
+                   "label": label or "", "store": _local(ctx.store), "mailbox": str(box_dir),
+                   "state": str((state / "supernode" / "committed").resolve())}  # updates committed, not revealed yet
     if ctx.dev_account is not None:
         node_config["dev-account"] = ctx.dev_account
     else:

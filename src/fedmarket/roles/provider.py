@@ -44,6 +44,9 @@ class Provider(DataRole):
         self._scaled: dict[bytes, np.ndarray] = {}
         self._sealed: dict[tuple[int, int], dict] = {}  # receipts committed, not yet revealed (roles.sealed)
         self._sealed_blobs: dict[tuple[int, int], bytes] = {}  # and their update blobs, stored at the reveal
+        # `keep_sealed`, if set, is given (job, round, receipt, blob, commitment message) before the
+        # commitment is posted: a Flower ClientApp lives for one message, and reveals in another
+        self.keep_sealed = None
         self.sat_out: dict[tuple[int, int], str] = {}  # rounds it trained for but sent nothing, and why
 
     @property
@@ -163,13 +166,20 @@ class Provider(DataRole):
             salt = secrets.token_bytes(32)
             message["salt"] = "0x" + salt.hex()
             value = sl.commitment(self.address, update_root, weight, salt)
-            self.mailbox.post(sl.commit_topic(job_id, round_), sl.commitment_message(self.dep, self.account, job_id, round_, value))
-            self._sealed[(job_id, round_)] = message
-            self._sealed_blobs[(job_id, round_)] = blob
+            committed = sl.commitment_message(self.dep, self.account, job_id, round_, value)
+            if self.keep_sealed is not None:
+                self.keep_sealed(job_id, round_, message, blob, committed)
+            self.restore_sealed(job_id, round_, message, blob)
+            self.mailbox.post(sl.commit_topic(job_id, round_), committed)
             return message
         self.store.put(blob)
         self.mailbox.post(round_topic(job_id, round_), canonical_json(message))
         return message
+
+    def restore_sealed(self, job_id: int, round_: int, message: dict, blob: bytes) -> None:
+        """Hold a committed, unrevealed update (its receipt with the salt, and its blob) for `reveal`."""
+        self._sealed[(job_id, round_)] = message
+        self._sealed_blobs[(job_id, round_)] = blob
 
     def sealed_pending(self, job_id: int, round_: int) -> bool:
         """Whether this provider committed an update of the round that it has not revealed yet."""

@@ -20,14 +20,18 @@ mailbox, signed by it: validators find the two and reject the round (`conflictin
 metrics document of the round carries the seal and every update's salt, so anyone can check that
 each update opens its sealed commitment (`seal_problem`).
 
-Secure modes need none of this: a masked update is useless to a copier. Flower rounds need none
-either: there an update goes to the aggregator alone.
+Secure modes need none of this: a masked update is useless to a copier. Flower rounds are sealed
+the same way: the ServerApp files each update on the aggregator's mailbox, which strangers on a
+shared broker read, so a SuperNode answers a round with its commitment and reveals only when the
+ServerApp brings it the seal (`transport.flower`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import eth_abi
 
@@ -39,9 +43,41 @@ from ..spec import JobSpec
 from .common import round_topic
 
 
+class Pending:
+    """A provider's committed, unrevealed updates (receipt with its salt, blob, commitment message),
+    in a directory of its own: its process restarted between commit and reveal still reveals, and a
+    Flower ClientApp, which lives for one message, reveals in another. Nothing here leaves the
+    provider's machine before the seal."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.dir = Path(directory)
+
+    def _paths(self, job_id: int, r: int) -> tuple[Path, Path]:
+        stem = self.dir / f"job-{job_id}-round-{r}"
+        return stem.with_suffix(".json"), stem.with_suffix(".blob")
+
+    def keep(self, job_id: int, r: int, message: dict, blob: bytes, committed: bytes) -> None:
+        """`Provider.keep_sealed`: written (blob first, each atomically) before the commitment is sent."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        doc, data = self._paths(job_id, r)
+        for path, content in ((data, blob), (doc, canonical_json({"message": message, "commitment": committed.decode()}))):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(content)
+            os.replace(tmp, path)
+
+    def load(self, job_id: int, r: int) -> tuple[dict, bytes, bytes] | None:
+        """(receipt with its salt, update blob, commitment message) kept for the round, or None."""
+        doc, data = self._paths(job_id, r)
+        if not doc.exists():
+            return None
+        kept = json.loads(doc.read_bytes())
+        return kept["message"], data.read_bytes(), kept["commitment"].encode()
+
+
 def sealed(spec: JobSpec) -> bool:
-    """Whether the job's rounds commit before they reveal: unmasked updates on the mailbox."""
-    return not spec.privacy.secure and spec.transport is None
+    """Whether the job's rounds commit before they reveal: unmasked updates (on the mailbox, or filed
+    there by the Flower ServerApp)."""
+    return not spec.privacy.secure
 
 
 def commitment(provider: str, update_root: bytes, weight: int, salt: bytes) -> bytes:

@@ -2,21 +2,28 @@
 
 The aggregator runs a SuperLink and submits the Flower app bundled in this package
 (`flower_app/`, a FAB whose sha256 is the job spec's ``transport.flower_app_hash``); each
-provider runs a SuperNode that only connects outward to it (`flower_nodes.SuperNode`). One
-Flower message per provider and market round, Flower's current Message API (no Ray, no
-simulation, no deprecated calls):
+provider runs a SuperNode that only connects outward to it (`flower_nodes.SuperNode`). Flower's
+current Message API (no Ray, no simulation, no deprecated calls). Every round is sealed
+(`roles.sealed`), in two Flower messages per provider:
 
-- the ServerApp (`serve_job`, in the aggregator's SuperLink) waits for the chain to open
-  round ``r``, sends every SuperNode the job, the round, the spec and the round's starting
-  global model (the committed metrics document and the model it names), and files every reply
-  whose update blob matches the content id its signed message names into the aggregator's
-  own store and mailbox (`file_replies`); the aggregator then commits the round
-  (`Aggregator.run_round`, via `AggregatorProcess`) exactly as after a mailbox round;
-- the ClientApp (`train_on_node`, in the provider's SuperNode) loads the provider's account,
-  data and chain from the SuperNode's node config (never from a shared file), files the blobs
-  in its own store (each checked against its content id; spec and model against the chain when
-  training), trains with the market's `Provider.train` and answers with the signed round
-  message and the update blob.
+1. **train**: the ServerApp (`serve_job`, in the aggregator's SuperLink) waits for the chain to
+   open round ``r`` and sends every SuperNode the job, the round, the spec and the round's
+   starting global model (the committed metrics document and the model it names). The ClientApp
+   (`train_on_node`, in the provider's SuperNode) trains with the market's `Provider.train` and
+   answers with its signed commitment only; the receipt, its salt and the update blob stay in the
+   provider's own state directory (`sealed.Pending`). The ServerApp files each commitment on the
+   aggregator's mailbox (`file_commitment`), and the aggregator's process seals them
+   (`AggregatorProcess`, as in a mailbox round).
+2. **train.reveal**: the ServerApp brings each SuperNode that committed the aggregator's seal
+   (`reveal_on_node`); a provider whose commitment the seal holds answers with its signed round
+   message and the update blob, which the ServerApp files in the aggregator's store and mailbox
+   (`file_update`). The aggregator commits the round (`Aggregator.run_round`).
+
+So an update reaches the aggregator's mailbox, which strangers on a shared broker read, only after
+the seal: a copy posted then opens no sealed commitment. The ClientApp loads the provider's
+account, data and chain from the SuperNode's node config (never from a shared file), and files
+the blobs in its own store (each checked against its content id; spec and model against the chain
+when training).
 
 Before any bundle code runs on a provider's machine, `flower_guard` (the provider's
 ``flwr-clientapp``) compares the bundle's sha256 with the job spec's and refuses any other.
@@ -38,6 +45,7 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 from ..errors import ConfigError, FedMarketError, StorageError
 from ..protocol.encoding import MAX_UNTRUSTED_BYTES, canonical_json, untrusted_json, vector_blob_limit
+from ..roles import sealed as sl
 from ..roles.common import committed_rounds, metrics_cid, round_topic
 from ..spec import MAX_SPEC_BYTES, JobSpec
 from ..storage import BlobStore, Mailbox, cid_of, open_store
@@ -128,10 +136,23 @@ def file_update(store: BlobStore, mailbox, job_id: int, round_: int, record) -> 
     return str(message.get("provider", "?"))
 
 
-def file_replies(store: BlobStore, mailbox, job_id: int, round_: int, replies) -> tuple[list[str], list[str]]:
-    """File every Flower reply's update (`file_update`). Returns (providers filed, reasons of the
-    replies refused: errors, such as a bundle a provider refused, and bad updates)."""
-    filed, refused = [], []
+def file_commitment(mailbox, job_id: int, round_: int, record) -> str:
+    """File one provider's commitment for the aggregator's seal: ``record["commitment"]`` (its
+    signed `UpdateCommitment` message, JSON), for this job and round, on the round's commit topic
+    (its signature is checked when the aggregator seals). Returns the provider's address; raises
+    without filing."""
+    message = untrusted_json(record["commitment"])
+    if message.get("job_id") != job_id or message.get("round") != round_:
+        raise FedMarketError("commitment for another job or round")
+    mailbox.post(sl.commit_topic(job_id, round_), canonical_json(message))
+    return str(message.get("provider", "?"))
+
+
+def file_replies(file, replies) -> tuple[dict[int, str], list[str]]:
+    """File every Flower reply's record with ``file(record)`` (`file_commitment` or `file_update`).
+    Returns ({SuperNode: provider filed}, reasons of the replies refused: errors, such as a bundle
+    a provider refused, and bad records). A reply marked ``skipped`` (not selected) files nothing."""
+    filed, refused = {}, []
     for reply in replies:
         src = reply.metadata.src_node_id
         if reply.has_error():
@@ -140,7 +161,7 @@ def file_replies(store: BlobStore, mailbox, job_id: int, round_: int, replies) -
         try:
             rec = reply.content[RECORD]
             if not rec.get("skipped"):
-                filed.append(file_update(store, mailbox, job_id, round_, rec))
+                filed[src] = file(rec)
         except (KeyError, ValueError, TypeError, AttributeError, FedMarketError) as exc:
             refused.append(f"node {src}: {exc}")
     return filed, refused
@@ -189,40 +210,77 @@ class Relay:
                 return nodes
             time.sleep(self.poll)
 
-    def exchange(self, grid, messages, r: int) -> tuple[list[str], list[str], int]:
-        """Push the round's messages, then pull replies every `poll` seconds (Grid.send_and_receive
-        looks every 3 s) and file each as it comes, until every SuperNode answered, the aggregator
-        went on without the rest (the chain left round `r`), or `round_timeout` passed. Returns
-        (providers filed, replies refused, SuperNodes that did not answer)."""
+    def exchange(self, grid, messages, r: int, file, done=lambda: False) -> tuple[dict[int, str], list[str], int]:
+        """Push `messages`, then pull replies every `poll` seconds (Grid.send_and_receive looks every
+        3 s) and file each as it comes (`file_replies` with `file`), until every SuperNode answered,
+        `done()` (looked at every second), the aggregator went on without the rest (the chain left
+        round `r`), or `round_timeout` passed. Returns ({SuperNode: provider filed}, replies
+        refused, SuperNodes that did not answer)."""
         waiting = set(grid.push_messages(messages))
-        self.mailbox.post(sent_topic(self.job_id), canonical_json({"job_id": self.job_id, "round": r}))
-        filed: list[str] = []
+        filed: dict[int, str] = {}
         refused: list[str] = []
         deadline, looked = time.monotonic() + self.round_timeout, time.monotonic()
         while waiting and time.monotonic() < deadline:
             got = list(grid.pull_messages(waiting))
             if got:
-                more, bad = file_replies(self.store, self.mailbox, self.job_id, r, got)
-                filed, refused = filed + more, refused + bad
+                more, bad = file_replies(file, got)
+                filed, refused = {**filed, **more}, refused + bad
                 waiting -= {m.metadata.reply_to_message_id for m in got}
             elif time.monotonic() - looked > 1.0:
                 looked = time.monotonic()
-                if self.dep.job(self.job_id)["current_round"] != r:
+                if done() or self.dep.job(self.job_id)["current_round"] != r:
                     break
             if waiting:
                 time.sleep(self.poll)
         return filed, refused, len(waiting)
 
+    def seal(self, r: int, aggregator: str) -> dict | None:
+        """The aggregator's seal of round `r` on its mailbox (the first authentic one), or None."""
+        found = sl.seal_messages(self.dep, self.mailbox.read(sl.seal_topic(self.job_id, r)), self.job_id, r, aggregator)
+        return found[0][0] if found else None
+
+    def wait_seal(self, r: int, aggregator: str) -> dict | None:
+        """The seal of round `r` once the aggregator's process posts it; None if the chain leaves the
+        round or `round_timeout` passes first."""
+        deadline, looked = time.monotonic() + self.round_timeout, 0.0
+        while time.monotonic() < deadline:
+            seal = self.seal(r, aggregator)
+            if seal is not None:
+                return seal
+            if time.monotonic() - looked > 1.0:
+                looked = time.monotonic()
+                if self.dep.job(self.job_id)["current_round"] != r:
+                    return None
+            time.sleep(self.poll)
+        return None
+
     def relay_round(self, grid, job: dict, r: int) -> tuple[list[str], list[str], int]:
+        """Round `r` in two exchanges: commitments (filed for the seal, until the aggregator seals),
+        then the seal to every SuperNode, and the reveals of those whose commitment it holds (asked
+        again, after a restart, a SuperNode answers with what it already sent)."""
         t0 = time.monotonic()
         nodes = self.nodes(grid, int(job["n_providers"]))
         blobs = round_blobs(self.dep, self.store, self.job_id)
         config = ConfigRecord({"job-id": self.job_id, "round": r, "blobs": blobs})
         messages = [Message(content=RecordDict({RECORD: config}), dst_node_id=n, message_type="train") for n in nodes]
-        filed, refused, silent = self.exchange(grid, messages, r)
-        _say(f"round {r}: {len(nodes)} SuperNodes, {len(filed)} updates filed in {time.monotonic() - t0:.2f} s"
-             + (f", {silent} did not answer" if silent else "") + "".join(f"\n  refused: {why}" for why in refused))
-        return filed, refused, silent if nodes else -1
+        self.mailbox.post(sent_topic(self.job_id), canonical_json({"job_id": self.job_id, "round": r}))
+        aggregator = str(job["aggregator"])
+        committed, refused, silent = self.exchange(
+            grid, messages, r, lambda rec: file_commitment(self.mailbox, self.job_id, r, rec),
+            done=lambda: self.seal(r, aggregator) is not None)  # a commitment after the seal counts for nothing
+        filed: dict[int, str] = {}
+        seal = self.seal(r, aggregator) or (self.wait_seal(r, aggregator) if committed else None)
+        if seal is not None:
+            config = ConfigRecord({"job-id": self.job_id, "round": r, "seal": canonical_json(seal).decode()})
+            reveals = [Message(content=RecordDict({RECORD: config}), dst_node_id=n, message_type="train.reveal")
+                       for n in nodes]
+            filed, bad, silent = self.exchange(grid, reveals, r, lambda rec: file_update(self.store, self.mailbox,
+                                                                                         self.job_id, r, rec))
+            refused += bad
+        _say(f"round {r}: {len(nodes)} SuperNodes, {len(committed)} commitments, {len(filed)} updates filed in "
+             f"{time.monotonic() - t0:.2f} s" + (f", {silent} did not answer" if silent else "")
+             + "".join(f"\n  refused: {why}" for why in refused))
+        return list(filed.values()), refused, silent if nodes else -1
 
     def run(self, grid) -> str:
         """Relay rounds until the job leaves training; returns why it stopped."""
@@ -308,9 +366,16 @@ def node_provider(node_config: dict):
     return Provider(dep, signer, store, _open_mailbox(str(node_config["mailbox"])), X, y), job_id
 
 
+def _pending(node_config) -> sl.Pending:
+    if not str(node_config.get("state", "")):
+        raise ConfigError("the SuperNode's node config lacks 'state' (this provider's own directory for the updates it "
+                          "committed and has yet to reveal)")
+    return sl.Pending(str(node_config["state"]))
+
+
 def _answered(provider, job_id: int, r: int) -> dict | None:
-    """This provider's signed message of round `r` if it already trained it (the ServerApp asks
-    again after a SuperLink or aggregator restart): sent again, never trained twice."""
+    """This provider's signed message of round `r` if it already revealed it (the ServerApp asks
+    again after a SuperLink or aggregator restart): sent again, never revealed under another seal."""
     for raw in provider.mailbox.read(round_topic(job_id, r)):
         message = untrusted_json(raw)
         if message.get("provider") == provider.address:
@@ -318,32 +383,65 @@ def _answered(provider, job_id: int, r: int) -> dict | None:
     return None
 
 
+def _job_round(msg, context) -> tuple[dict, int, int]:
+    content = msg.content[RECORD]
+    job_id = int(content["job-id"])
+    if job_id != int(context.node_config.get("job", -1)):
+        raise FedMarketError(f"this SuperNode serves job {context.node_config.get('job')}, not job {job_id}")
+    return content, job_id, int(content.get("round", -1))
+
+
+def _reply(msg, record: dict):
+    return Message(content=RecordDict({RECORD: ConfigRecord(record)}), reply_to=msg)
+
+
 def file_on_node(msg, context):
     """The ClientApp's query: file the blobs the aggregator sends after the rounds (the rewards
     document) in the provider's own store, where its claim reads them (checked against the chain)."""
-    content = msg.content[RECORD]
-    if int(content["job-id"]) != int(context.node_config.get("job", -1)):
-        raise FedMarketError(f"this SuperNode serves job {context.node_config.get('job')}, not job {content['job-id']}")
+    content, _, _ = _job_round(msg, context)
     node_store = open_store(str(context.node_config["store"]))
     for blob in content["blobs"]:
         node_store.put(blob)
-    return Message(content=RecordDict({RECORD: ConfigRecord({"filed": len(content["blobs"])})}), reply_to=msg)
+    return _reply(msg, {"filed": len(content["blobs"])})
 
 
 def train_on_node(msg, context):
-    """The ClientApp's train: one market round with the provider's own code; the reply carries the
-    signed round message and the update blob, or ``skipped`` when not selected."""
-    content = msg.content[RECORD]
-    job_id, r = int(content["job-id"]), int(content["round"])
-    if job_id != int(context.node_config.get("job", -1)):
-        raise FedMarketError(f"this SuperNode serves job {context.node_config.get('job')}, not job {job_id}")
+    """The ClientApp's train: one market round with the provider's own code. The reply carries the
+    signed commitment (the receipt, salt and blob are kept in `sealed.Pending` for the reveal), or
+    ``skipped`` when not selected or sitting out. Asked again, it answers with the commitment it
+    made: a round is never trained twice."""
+    content, job_id, r = _job_round(msg, context)
+    pending = _pending(context.node_config)
     node_store = open_store(str(context.node_config["store"]))
     for blob in content["blobs"]:  # spec, metrics and model: each verified against the chain when used
         node_store.put(blob)
+    kept = pending.load(job_id, r)
+    if kept is None:
+        provider, _ = node_provider(context.node_config)
+        provider.keep_sealed = pending.keep
+        if provider.train(job_id, r) is None:  # not selected this round: nothing leaves this machine
+            return _reply(msg, {"skipped": True})
+        kept = pending.load(job_id, r)
+    return _reply(msg, {"commitment": kept[2].decode()})
+
+
+def reveal_on_node(msg, context):
+    """The ClientApp's train.reveal: given the aggregator's seal of the round, reveal the update
+    committed for it (`Provider.reveal`, which refuses a seal that leaves this provider out, or a
+    second, different seal); the reply carries the signed round message and the update blob, or
+    ``skipped`` when this provider committed nothing this round."""
+    content, job_id, r = _job_round(msg, context)
+    kept = _pending(context.node_config).load(job_id, r)
+    if kept is None:
+        return _reply(msg, {"skipped": True})
+    message, blob, _ = kept
     provider, _ = node_provider(context.node_config)
-    message = _answered(provider, job_id, r) or provider.train(job_id, r)
-    if message is None:  # not selected this round: nothing leaves this machine
-        return Message(content=RecordDict({RECORD: ConfigRecord({"skipped": True})}), reply_to=msg)
-    blob = provider.store.get(message["update_cid"])
-    reply = ConfigRecord({"message": canonical_json(message).decode(), "blob": blob})
-    return Message(content=RecordDict({RECORD: reply}), reply_to=msg)
+    answered = _answered(provider, job_id, r)
+    if answered is None:
+        seal = untrusted_json(content["seal"])
+        provider.mailbox.post(sl.seal_topic(job_id, r), canonical_json(seal))  # kept: a second seal is refused
+        provider.restore_sealed(job_id, r, message, blob)
+        answered = provider.reveal(job_id, r)
+        if answered is None:
+            raise FedMarketError(f"round {r}: the seal sent is not signed by the job's aggregator")
+    return _reply(msg, {"message": canonical_json(answered).decode(), "blob": blob})
