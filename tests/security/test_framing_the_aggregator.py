@@ -289,30 +289,28 @@ def test_an_update_acknowledged_before_its_provider_is_slashed_stays_in_the_roun
     assert s.slashed() == {a.address: PROV_STAKE}
 
 
-def test_a_second_receipt_after_the_acknowledgement_cannot_displace_the_acknowledged_update(make, tmp_path,
-                                                                                           monkeypatch):
-    """In a round that is not sealed (a Flower job), a provider whose update was acknowledged signs
-    a second receipt of it with another weight, one whose message sorts first on the mailbox, and
-    files it: had the next collect taken the mailbox's first update, the acknowledged one would be
-    left out and its acknowledgement would win an inclusion game. The acknowledged update stays the
-    provider's; the second is refused."""
-    import sec_support
-
+def test_a_second_receipt_after_the_acknowledgement_cannot_displace_the_acknowledged_update(make, tmp_path):
+    """A provider whose update was acknowledged signs a second receipt of it with another weight,
+    one whose message sorts first on the mailbox, and files it (as a Flower ServerApp files what a
+    SuperNode sends): had the next collect taken the mailbox's first update, the acknowledged one
+    would be left out and its acknowledgement would win an inclusion game. The acknowledged update
+    stays the provider's; the second is refused (it opens no sealed commitment either)."""
     from fedmarket.processes.aggregator import AggregatorProcess
     from fedmarket.roles.challenger import Challenger
-    from fedmarket.spec import TransportSpec
     from fedmarket.storage.cid import cid_of
     from fedmarket.transport.flower import file_update
 
-    make_spec = sec_support.make_spec
-    monkeypatch.setattr(sec_support, "make_spec", lambda **kw: make_spec(**kw).model_copy(
-        update={"transport": TransportSpec(flower_app_hash="0" * 64)}))
     s = make(providers=3, rounds=2)
     a, b, c = s.providers
     s.open()
-    first = a.train(s.job, 0)
-    b.train(s.job, 0)
-    s.box.post(round_topic(s.job, 0), canonical_json({"provider": c.address}))  # junk naming c: collect early
+    for p in s.providers:
+        p.train(s.job, 0)
+    s.agg.seal(s.job, 0, s.spec)
+    first = a.reveal(s.job, 0)
+    b.reveal(s.job, 0)
+    late = c.reveal(s.job, 0)  # c's receipt is in, its blob not yet: a and b are acknowledged, c waited for
+    late_blob = s.store.get(late["update_cid"])
+    s.store._path(late["update_cid"]).unlink()
     proc = AggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, tmp_path / "agg", collect_timeout=3600,
                              log=lambda m: None)
     proc._round(s.dep.job(s.job), 0)  # a and b acknowledged; c not in yet
@@ -324,7 +322,7 @@ def test_a_second_receipt_after_the_acknowledgement_cannot_displace_the_acknowle
             break
     file_update(s.store, s.box, s.job, 0, {"message": canonical_json(second).decode(),
                                            "blob": s.store.get(first["update_cid"])})
-    c.train(s.job, 0)
+    s.store.put(late_blob)
     proc._round(s.dep.job(s.job), 0)
     listed = {u["provider"]: int(u["weight"]) for u in fetch_metrics(s.store, committed_rounds(s.dep, s.job)[0])["updates"]}
     assert listed[a.address] == first["weight"] and len(listed) == 3
@@ -348,14 +346,16 @@ def test_an_acknowledged_update_survives_the_aggregators_restart(make, tmp_path)
     s.agg.seal(s.job, 0, s.spec)
     revealed = a.reveal(s.job, 0)
     b.reveal(s.job, 0)
-    s.box.post(round_topic(s.job, 0), canonical_json({"provider": c.address}))
+    late = c.reveal(s.job, 0)  # c's receipt is in, its blob not yet: a and b are acknowledged, c waited for
+    late_blob = s.store.get(late["update_cid"])
+    s.store._path(late["update_cid"]).unlink()
     state = tmp_path / "agg"
     AggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, state, collect_timeout=3600,
                       log=lambda m: None)._round(s.dep.job(s.job), 0)
     s.store._path(revealed["update_cid"]).unlink()
     restarted = AggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, state, collect_timeout=0,
                                   log=lambda m: None)
-    c.reveal(s.job, 0)
+    s.store.put(late_blob)
     restarted._round(s.dep.job(s.job), 0)
     assert committed_rounds(s.dep, s.job)[0].count == 3 and s.store.has(revealed["update_cid"])
     assert not Challenger(s.dep, a.account, s.store, s.box).check_censorship(s.job, s.box)

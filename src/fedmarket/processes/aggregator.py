@@ -16,7 +16,6 @@ from ..roles import secure_round as sr
 from ..roles.common import (
     REFUSED_BEFORE_STAKING,
     claim_reward,
-    claimed_senders,
     committed_rounds,
     fetch_metrics,
     joined_validators,
@@ -25,7 +24,8 @@ from ..roles.common import (
     round_providers,
     round_topic,
 )
-from ..roles.sealed import commit_topic, sealed
+from ..roles.senders import signed_on
+from ..roles.sealed import sealed
 from ..roles.settlement import mailbox_reveals, verified_reveals
 from ..roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
 from ..storage import BlobStore, LocalBlobStore, Mailbox, MirroredStore
@@ -73,8 +73,10 @@ class AggregatorProcess(RoleProcess):
         self.collect_timeout = collect_timeout
         self.reveal_timeout = reveal_timeout
         self._opened: dict[int, float] = {}  # round -> when this process first saw it open (monotonic)
+        self._verified: dict = {}  # the open round's messages -> who signed them (`signed_on`)
         self._expected: dict[int, list[str]] = {}  # round -> the providers selected for it
         self._spec = None
+        self._next_restore = 0.0  # when it next looks for deleted blobs of a round under review
 
     @property
     def address(self) -> str:
@@ -147,6 +149,7 @@ class AggregatorProcess(RoleProcess):
             r, rounds = int(job["current_round"]), int(job["rounds"])
             gated = job["max_validators"] > 0
             if r > 0 and gated and not job["quorum"]:
+                self._keep_available(r - 1)
                 for receipt in submit_attestations(self.dep, self.mailbox, self.account, job_id, r - 1):
                     self.say(f"round {r - 1}: attestations submitted (tx {receipt.tx_hash})")
                 for receipt in submit_rejections(self.dep, self.mailbox, self.account, job_id, r - 1):
@@ -175,12 +178,33 @@ class AggregatorProcess(RoleProcess):
             self.say(f"job {state.name.lower()}: aggregator stake released (tx {receipt.tx_hash})")
         raise Stop
 
+    def _keep_available(self, r: int) -> None:
+        """While validators review round `r`, put back in the shared store (every 2 s) any of its
+        blobs someone deleted there (anyone on a shared store can, a provider its own update): its
+        metrics document, its model, the model it started from and its updates, from this process's
+        copy. A round whose data validators cannot fetch is rejected, at this aggregator's cost."""
+        if time.monotonic() < self._next_restore:
+            return
+        self._next_restore = time.monotonic() + 2.0
+        mirror = self.aggregator.store
+        cids = []
+        for c in committed_rounds(self.dep, self.job_id)[max(0, r - 1):r + 1]:
+            doc = fetch_metrics(mirror, c)  # read through the mirror: puts the document itself back
+            cids.append(doc["model_cid"])
+            cids += [doc[k] for k in ("correction_cid", "transcript_cid") if k in doc]
+            if c.round == r:
+                cids += [u["update_cid"] for u in doc["updates"] if "update_cid" in u]
+        back = mirror.restore(cids)
+        if back:
+            self.say(f"round {r}: put {back} deleted blob(s) back in the store for the validators")
+
     def _round(self, job: dict, r: int) -> None:
         job_id = self.job_id
         spec = self.spec()
         opened = self._opened.setdefault(r, time.monotonic())
         if r not in self._expected:
             self._expected = {r: round_providers(self.dep, spec, job_id, r)}
+            self._verified = {}
         if spec.privacy.secure:
             self._secure_round(job_id, r, opened)
             return
@@ -192,7 +216,7 @@ class AggregatorProcess(RoleProcess):
         collected = None
         if not timed_out:
             # cheap first: which selected providers have posted something (unverified)
-            if not self._senders(round_topic(job_id, r)).issuperset(expected):
+            if not self._senders(r, "update").issuperset(expected):
                 return
             # then verified: a bad update does not count (its provider may still post a good one)
             collected = updates, rejected = self.aggregator.collect(job_id, r, spec)
@@ -223,8 +247,9 @@ class AggregatorProcess(RoleProcess):
                  + (f", {len(metrics.get('rejected', []))} rejected" if metrics.get("rejected") else "")
                  + f" after {waited:.1f}s, gas {receipt.gas_used} (tx {receipt.tx_hash})")
 
-    def _senders(self, topic: str) -> set[str]:
-        return claimed_senders(self.mailbox.read(topic))
+    def _senders(self, r: int, kind: str) -> set[str]:
+        """Who signed a message of `kind` of round `r` (a claim nobody signed decides nothing here)."""
+        return signed_on(self.dep, self.mailbox, self.job_id, r, kind, self._verified)
 
     def _secure_round(self, job_id: int, r: int, opened: float) -> None:
         """A secure round (privacy modes secagg, secagg_dp): once every provider that posted its
@@ -237,8 +262,8 @@ class AggregatorProcess(RoleProcess):
         patience = self.collect_timeout + 2 * sr.phase_timeout(self.dep.job(job_id)["round_duration"])
         posted = self.aggregator.own_survivors(job_id, r)  # its own set: anyone can post on the topic
         if posted is None:
-            shared = self._senders(sr.topic(job_id, r, "shares"))
-            if not shared or (not self._senders(round_topic(job_id, r)).issuperset(shared) and waited < patience):
+            shared = self._senders(r, "shares")
+            if not shared or (not self._senders(r, "update").issuperset(shared) and waited < patience):
                 if not shared and waited >= patience:
                     self._commit(job_id, r, waited)  # nobody got as far as sharing: the round keeps the model
                 return
@@ -251,7 +276,7 @@ class AggregatorProcess(RoleProcess):
             self._opened[r] = time.monotonic()  # the unmasking's window starts now
             self.say(f"round {r}: {len(survivors)} survivors signed; waiting for their confirmations and answers")
             return
-        if len(self._senders(sr.topic(job_id, r, "unmask"))) < len(posted["survivors"]) and waited < patience:
+        if len(self._senders(r, "unmask")) < len(posted["survivors"]) and waited < patience:
             return
         self._commit(job_id, r, waited)
 
@@ -267,7 +292,7 @@ class AggregatorProcess(RoleProcess):
         reveals get their own `collect_timeout`. False while the commitments are still coming."""
         seal = self.aggregator.posted_seal(job_id, r)
         if seal is None:
-            committed = self._senders(commit_topic(job_id, r))
+            committed = self._senders(r, "commit")
             if not committed.issuperset(self._expected[r]) and time.monotonic() - opened < self.collect_timeout:
                 return False
             seal = self.aggregator.seal(job_id, r, spec)

@@ -20,13 +20,12 @@ from ..roles.common import (
     REFUSED_BEFORE_STAKING,
     InsufficientFunds,
     check_funds,
-    claimed_senders,
     load_spec,
     posted_rewards,
-    round_topic,
 )
+from ..roles.senders import signed_on
+from ..roles import sealed as sl
 from ..roles.games import Defender, job_games
-from ..roles.sealed import commit_topic
 from ..roles.settlement import post_orphaned_root, root_orphaned
 from ..storage import BlobStore, Mailbox
 from .base import Fatal, RoleProcess, Stop, job_state
@@ -36,8 +35,10 @@ class ProviderProcess(RoleProcess):
     """Drives `roles.Provider` for one job from chain state and the mailbox.
 
     What it did is read back from the chain (membership, committed rounds, claims) and the
-    mailbox (its own posted receipt of the current round), so it needs no state of its own:
-    a restarted provider trains the current round only if its receipt is not there yet."""
+    mailbox (its own signed receipt or commitment of the current round): a restarted provider
+    trains the current round only if neither is there yet. Its state directory keeps what the
+    mailbox must not show before the seal (a committed update, for its reveal) and the rounds it
+    released (`privacy.releases`)."""
 
     role = "provider"
 
@@ -55,16 +56,21 @@ class ProviderProcess(RoleProcess):
         self._phase_opened: dict[tuple[int, str], float] = {}  # (round, phase) -> when it could first start
         self.job_id = job_id
         self._posted_round: int | None = None  # the round this process knows it is done with
+        self._verified: dict = {}  # the open round's messages -> who signed them (`signed_on`)
+        # a committed update is kept on disk before its commitment is posted: a restart before the
+        # reveal still reveals it (the commitment could not be opened otherwise)
+        self._committed = sl.Pending(Path(state_dir) / "committed")
+        self.provider.keep_sealed = self._committed.keep
+        self._verified_round: int | None = None
 
     @property
     def address(self) -> str:
         return self.provider.address
 
     def posted(self, round_: int) -> bool:
-        """Whether this provider's receipt for `round_` (or, in a sealed round, its commitment) is
-        already in the mailbox. A commitment whose reveal was lost with a restart cannot be opened
-        again: the provider sits that round out rather than commit twice."""
-        return any(self._mine(topic) for topic in (round_topic(self.job_id, round_), commit_topic(self.job_id, round_)))
+        """Whether this provider's signed receipt for `round_` (or, in a sealed round, its signed
+        commitment) is already in the mailbox: it never commits or posts a round twice."""
+        return any(self._mine(round_, kind) for kind in ("update", "commit"))
 
     def _round_step(self, job_id: int, r: int) -> None:
         """This provider's next step in round `r`: a secure round's phase; a sealed round's reveal,
@@ -73,6 +79,9 @@ class ProviderProcess(RoleProcess):
             if self._secure_step(job_id, r):
                 self._posted_round = r
             return
+        kept = None if self.provider.sealed_pending(job_id, r) else self._committed.load(job_id, r)
+        if kept is not None and not self._mine(r, "update"):  # committed before a restart, not revealed
+            self.provider.restore_sealed(job_id, r, kept[0], kept[1])
         if self.provider.sealed_pending(job_id, r):  # committed: reveal once the aggregator sealed
             try:
                 msg = self.provider.reveal(job_id, r)
@@ -110,12 +119,15 @@ class ProviderProcess(RoleProcess):
     def _secure(self, job_id: int) -> bool:
         return load_spec(self.dep, self.provider.store, job_id).privacy.secure
 
-    def _mine(self, topic: str) -> bool:
-        """Whether this provider's message is on `topic` (every secure phase's message names it)."""
-        return self.address in self._senders(topic)
+    def _mine(self, r: int, kind: str) -> bool:
+        """Whether this provider's own signed message of `kind` is on the round's topic (a claim in
+        its name that it did not sign is not: anyone can post one)."""
+        return self.address in self._senders(r, kind)
 
-    def _senders(self, topic: str) -> set[str]:
-        return claimed_senders(self.mailbox.read(topic))
+    def _senders(self, r: int, kind: str) -> set[str]:
+        if self._verified_round != r:
+            self._verified, self._verified_round = {}, r
+        return signed_on(self.dep, self.mailbox, self.job_id, r, kind, self._verified)
 
     def _ready(self, r: int, phase: str, waiting_for: str, members: list[str]) -> bool:
         """A secure phase may start once every selected member posted the previous phase's message,
@@ -124,7 +136,7 @@ class ProviderProcess(RoleProcess):
         opened = self._phase_opened.setdefault((r, phase), time.monotonic())
         if self._phase_timeout is None:
             self._phase_timeout = sr.phase_timeout(self.dep.job(self.job_id)["round_duration"])
-        return self._senders(waiting_for).issuperset(members) or time.monotonic() - opened >= self._phase_timeout
+        return self._senders(r, waiting_for).issuperset(members) or time.monotonic() - opened >= self._phase_timeout
 
     def _secure_step(self, job_id: int, r: int) -> bool:
         """One step of a secure round (privacy modes secagg, secagg_dp), each phase once, in the
@@ -137,9 +149,8 @@ class ProviderProcess(RoleProcess):
             self.say_once(f"round {r}: not selected")
             return True
         members = p.members(job_id, r)
-        t = lambda phase: sr.topic(job_id, r, phase)
         try:
-            if not self._mine(t("keys")):
+            if not self._mine(r, "keys"):
                 if p.releases.released(job_id, r):
                     self.say_once(f"round {r}: already released, not again")
                     return True
@@ -149,24 +160,24 @@ class ProviderProcess(RoleProcess):
             if not p.holds_round_secrets(job_id, r):
                 self.say_once(f"round {r}: restarted mid-round; sitting it out")
                 return True
-            if not self._mine(t("shares")):
-                if self._ready(r, "shares", t("keys"), members):
+            if not self._mine(r, "shares"):
+                if self._ready(r, "shares", "keys", members):
                     p.share(job_id, r)
                     self.say(f"round {r}: shares posted")
                 return False
-            if not self._mine(round_topic(job_id, r)):
-                if self._ready(r, "mask", t("shares"), members):
+            if not self._mine(r, "update"):
+                if self._ready(r, "mask", "shares", members):
                     msg = p.train(job_id, r)
                     self.say(f"round {r}: masked update {msg['update_cid']} posted")
                 return False
-            if not self._mine(t("confirm")):
-                if claimed_senders(self.mailbox.read(t("survivors")), "aggregator"):
+            if not self._mine(r, "confirm"):
+                if self._senders(r, "survivors"):
                     p.confirm(job_id, r)
                     self.say(f"round {r}: survivor set confirmed")
                 return False
-            if not self._mine(t("unmask")):
+            if not self._mine(r, "unmask"):
                 survivors = len(p.survivor_set(job_id, r))
-                if len(self._senders(t("confirm"))) >= survivors or self._ready(r, "unmask", t("confirm"), members):
+                if len(self._senders(r, "confirm")) >= survivors or self._ready(r, "unmask", "confirm", members):
                     p.unmask(job_id, r)
                     self.say(f"round {r}: unmasking answered")
                 return False

@@ -33,6 +33,7 @@ class ValidatorProcess(RoleProcess):
         super().__init__(dep, state_dir, **kwargs)
         self.validator = Validator(dep, account, store, mailbox, X, y)
         self.job_id = job_id
+        self._grace_set = False  # `Validator.data_grace`, set from the job's round at the first step
         self._idle: tuple | None = None  # (rounds committed, state) after which nothing is left to review
         self._approved_at = float("-inf")
         self.approve_interval = 1.0
@@ -63,6 +64,9 @@ class ValidatorProcess(RoleProcess):
             return
         if R.role_of(role) != Role.VALIDATOR:
             raise Fatal(f"{self.address} is not a validator of job {job_id} (state {state.name})")
+        if not self._grace_set:  # a tenth of a round (at most 2 min) for deleted data to come back
+            self.validator.data_grace = min(120.0, int(job["round_duration"]) / 10)
+            self._grace_set = True
         if state in (JobState.TRAINING, JobState.FINALIZING):
             if (int(job["current_round"]), state) != self._idle:  # something new on chain, or a reveal pending
                 self._review_and_reveal(int(job["rounds"]))

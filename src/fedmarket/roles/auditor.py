@@ -52,6 +52,8 @@ class RoundCheck:
     # the committed model is withheld and the round's updates give another one: a MODEL game
     # (`RoundArbiter.challenge_model`) walks the committed tree to a chunk that differs
     model_withheld: bool = False
+    # the round's data could not be fetched, or did not fit together (no evidence was built)
+    unavailable: bool = False
 
 
 @dataclass
@@ -361,7 +363,8 @@ class Auditor:
         except StorageUnreachable:  # the store did not answer: nothing is known of the data yet
             raise
         except (FedMarketError, *BAD_INPUT) as exc:  # storage and protocol errors, and documents anyone could write
-            return RoundCheck(c.round, False, f"round data unavailable or inconsistent: {exc}", count=c.count), None
+            return RoundCheck(c.round, False, f"round data unavailable or inconsistent: {exc}", count=c.count,
+                              unavailable=True), None
         n = int(self.dep.market.call("progress", job_id)["n_providers"])
         for i in range(len(ev.updates)):
             problem = self.leaf_problem(spec, job_id, ev, i, n)

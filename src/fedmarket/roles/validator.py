@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from eth_utils import is_address
 
 from ..chain import Account, Receipt
-from ..errors import FedMarketError
+from ..errors import FedMarketError, StorageUnreachable
 from ..fl.quantize import dequantize, quantize
 from ..jobmodel import job_model
 from ..market import Deployment
@@ -49,6 +51,11 @@ class Validator(DataRole):
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, X: np.ndarray, y: np.ndarray):
         super().__init__(dep, account, store, mailbox, X, y)
         self.auditor = Auditor(dep, store)
+        # seconds a round whose data is missing waits before this validator rejects it: anyone on a
+        # shared store can delete a blob, and the aggregator's process puts it back from its copy
+        # (0: reject at once, as an in-process judge that looks once must)
+        self.data_grace = 0.0
+        self._missing_since: dict[tuple[int, int], float] = {}
         self._docs: dict[tuple[int, int], dict] = {}  # sealed scores, until revealed
         self._seen: dict[int, dict[str, tuple[int, int]]] = {}  # per job: provider -> (rounds seen, rounds flagged)
 
@@ -78,6 +85,11 @@ class Validator(DataRole):
             raise FedMarketError(f"job {job_id} has not committed round {round_}")
         committed = rounds[round_]
         check, ev = self.auditor.check_round(spec, job_id, committed, rounds)
+        if check.unavailable and self.data_grace > 0:
+            since = self._missing_since.setdefault((job_id, round_), time.monotonic())
+            if time.monotonic() - since < self.data_grace:
+                raise StorageUnreachable(f"round {round_}: {check.problem}; looking again for up to "
+                                         f"{self.data_grace:.0f} s before rejecting it")
         if not check.ok:  # provable or not, a wrong round gets this validator's vote against it
             return self._reject(job_id, round_, committed)
         if sealed(spec) and conflicting_seal(self.dep, self.mailbox, ev.metrics, job_id, round_,

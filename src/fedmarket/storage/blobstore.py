@@ -143,3 +143,13 @@ class MirroredStore(BlobStore):
 
     def has(self, cid: str) -> bool:
         return self.shared.has(cid) or self.local.has(cid)
+
+    def restore(self, cids) -> int:
+        """Put back in the shared store each of `cids` it lost and the local copy holds; returns how
+        many it put back (a blob in neither is left to whoever asks for it)."""
+        back = 0
+        for cid in cids:
+            if not self.shared.has(cid) and self.local.has(cid):
+                self.shared.put(self.local.get(cid))
+                back += 1
+        return back

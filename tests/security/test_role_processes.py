@@ -1,0 +1,114 @@
+"""The role processes (`fedmarket.processes`), stepped on the security chain, against what anyone on
+the mailbox can post and against a restart at a bad moment (found by an attacker's review of the
+role processes). A process deciding something it cannot undo (to seal, to go on without someone,
+that it already posted) counts only messages their senders signed: an unsigned claim in a
+provider's name decides nothing. A provider's committed update is on disk before its commitment is
+posted, so a restart before the reveal still reveals it."""
+
+from __future__ import annotations
+
+from proc_support import Procs
+
+from fedmarket.market import JobState
+from fedmarket.protocol.encoding import canonical_json
+from fedmarket.roles import secure_round as sr
+from fedmarket.roles.common import committed_rounds, round_topic
+from fedmarket.roles.sealed import commit_topic
+
+
+def _claims(box, topic: str, addresses) -> None:
+    """One unsigned message naming each address as its sender."""
+    for a in addresses:
+        box.post(topic, canonical_json({"provider": a, "note": "not signed by anyone"}))
+
+
+def test_unsigned_commitment_claims_do_not_make_the_aggregator_seal_early(chain, tmp_path):
+    """A stranger posts, before each round, an unsigned claim per provider on the commit topic. Had
+    the aggregator's process counted claims, it would seal at once, over nothing, and commit every
+    round empty: nobody paid, no model. It seals the signed commitments: every round takes all
+    three, every provider is paid."""
+    P = Procs(chain, tmp_path, collect_timeout=60.0, providers=3, rounds=2)
+    provs = [a.address for a in chain.providers[:3]]
+    for r in range(2):
+        _claims(P.box, commit_topic(P.job, r), provs)
+    assert P.run(60), "\n".join(P.logs[-30:])
+    assert P.state() == JobState.SETTLED
+    assert [c.count for c in committed_rounds(P.dep, P.job)] == [3, 3]
+    assert all(P.paid()[p] > 0 for p in provs)
+
+
+def test_a_claim_in_a_providers_name_does_not_make_it_skip_its_rounds(chain, tmp_path):
+    """A competitor posts an unsigned claim in the victim's name on every round's commit and round
+    topics. Had the victim's process taken it for its own commitment, it would never train and be
+    paid nothing while the others shared its pay. It looks for its own signed messages only."""
+    P = Procs(chain, tmp_path, collect_timeout=60.0, providers=3, rounds=2)
+    victim = chain.providers[0].address
+    for r in range(2):
+        _claims(P.box, commit_topic(P.job, r), [victim])
+        _claims(P.box, round_topic(P.job, r), [victim])
+    assert P.run(60), "\n".join(P.logs[-30:])
+    assert [c.count for c in committed_rounds(P.dep, P.job)] == [3, 3]
+    assert P.paid()[victim] > 0
+
+
+def test_unsigned_share_claims_do_not_make_a_secure_round_commit_empty(chain, tmp_path):
+    """The same in a secure job: unsigned claims for every member on a round's shares topic and its
+    round topic. Had the aggregator's process counted them, it would compute the survivors before
+    any masked update was in, abort and commit every round empty."""
+    P = Procs(chain, tmp_path, collect_timeout=60.0, providers=3, rounds=2, validators=1, privacy="secagg")
+    provs = [a.address for a in chain.providers[:3]]
+    for r in range(2):
+        _claims(P.box, sr.topic(P.job, r, "shares"), provs)
+        _claims(P.box, round_topic(P.job, r), provs)
+    assert P.run(80), "\n".join(P.logs[-30:])
+    assert [c.count for c in committed_rounds(P.dep, P.job)] == [3, 3]
+    assert all(P.paid()[p] > 0 for p in provs)
+
+
+def test_a_provider_restarted_between_its_commitment_and_its_reveal_still_reveals(chain, tmp_path):
+    """A provider's process is killed once its sealed commitment is posted and restarted with its
+    state directory. Had the update, its salt and its blob lived in memory only, it could not open
+    its commitment: the round would go on without it (its pay lost) after every other provider
+    waited out the collect timeout. It reveals, and is paid."""
+    P = Procs(chain, tmp_path, collect_timeout=60.0, providers=3, rounds=1)
+    victim = chain.providers[0].address
+    restarted = []
+
+    def after(name):
+        if name == "p0" and not restarted and any(victim in m.decode() for m in P.box.read(commit_topic(P.job, 0))):
+            P.procs["p0"] = P.new_provider(0)  # killed and restarted with the same state directory
+            restarted.append(True)
+
+    P.after_step = after
+    assert P.run(60), "\n".join(P.logs[-30:])
+    assert restarted and P.state() == JobState.SETTLED
+    assert committed_rounds(P.dep, P.job)[0].count == 3
+    assert P.paid()[victim] > 0
+
+
+def test_a_blob_deleted_after_the_commit_does_not_get_the_aggregator_slashed(chain, tmp_path):
+    """A provider deletes its own update blob from the shared store right after the honest
+    aggregator's process committed the round, before the validators review it. Had they rejected
+    the round as unavailable at once, anyone (the deleter first) could fail the job on the
+    aggregator and take half its stake. Validators look again for a tenth of a round before they
+    call data unavailable, and the aggregator's process puts back what was deleted from its own
+    copy while the round is under review: the round reaches quorum, nobody is slashed."""
+    from fedmarket.roles.common import fetch_metrics
+
+    P = Procs(chain, tmp_path, collect_timeout=60.0, providers=3, validators=3, rounds=2)
+    attacker = chain.providers[0]
+    deleted = []
+
+    def after(name):
+        if name == "aggregator" and not deleted and committed_rounds(P.dep, P.job):
+            doc = fetch_metrics(P.store, committed_rounds(P.dep, P.job)[0])
+            [mine] = [u for u in doc["updates"] if u["provider"] == attacker.address]
+            (P.store.root / mine["update_cid"]).unlink()  # anyone can delete on a shared store
+            deleted.append(mine["update_cid"])
+
+    P.after_step = after
+    assert P.run(80), "\n".join(P.logs[-30:])
+    assert deleted and P.state() == JobState.SETTLED
+    assert int(P.dep.disputes.call("rejected_stake", P.job, 0)) == 0
+    assert not P.dep.market.events("StakeSlashed", job_id=P.job)
+    assert [c.count for c in committed_rounds(P.dep, P.job)] == [3, 3]
