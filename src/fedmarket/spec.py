@@ -412,6 +412,14 @@ class JobSpec(_Strict):
                     f"noise_multiplier {self.privacy.noise_multiplier:g} spends epsilon {eps / EPSILON_SCALE:.4g} over "
                     f"{self.training.rounds} rounds, above the budget {self.privacy.epsilon:g}"
                 )
+        if self.privacy.mode == "secagg_dp":  # its Skellam shares must be as private as the chain counts
+            from .privacy.dp import skellam_slack
+
+            sensitivity = 2.0 * self.privacy.clip_norm * 2.0**self.quantization.scale_bits + math.sqrt(self.n_params)
+            try:
+                skellam_slack(self.noise_multiplier(), sensitivity, self.n_params)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
     @property

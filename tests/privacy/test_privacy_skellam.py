@@ -56,11 +56,14 @@ def test_a_spec_leaving_no_honest_survivor_is_refused():
     assert all(honest_minimum(n - math.floor(ok.dropout * n), ok.max_dishonest, n) >= 1 for n in range(1, 500))
 
 
-@pytest.mark.parametrize("z,clip,d,h", [(3.45, 0.5, 7850, 467), (1.0, 1.0, 650, 2), (0.5, 0.1, 100_000, 10)])
+# the last two: a tiny clip_norm and the largest epsilon a spec takes, where a fixed variance margin
+# fell short (found by a privacy review: the Skellam excess grows like 1 / (z Delta)^2)
+@pytest.mark.parametrize("z,clip,d,h", [(3.45, 0.5, 7850, 467), (1.0, 1.0, 650, 2), (0.5, 0.1, 100_000, 10),
+                                        (0.69035, 1e-6, 6, 2), (0.024889, 1e-4, 6, 2)])
 def test_skellam_shares_of_the_honest_minimum_are_at_least_as_private_as_the_chain_counts(z, clip, d, h):
     mu = skellam_mu(z, clip, 20, d, h)
     l2 = 2 * clip * 2**20 + math.sqrt(d)
-    for alpha in (1.01, 1.5, 2, 4, 8, 16, 64, 256, 1024):
+    for alpha in (1.0001, 1.01, 1.5, 2, 4, 8, 16, 64, 256, 1024, 10**6):
         # RDP of the honest shares' sum (Skellam of parameter h mu) for the rounded sum's sensitivity
         assert skellam_rdp(alpha, h * mu, math.sqrt(d) * l2, l2) <= alpha / (2 * z * z)
 
@@ -82,3 +85,20 @@ def test_the_simulated_mechanism_is_the_market_s_arithmetic():
     mu = skellam_mu(3.0, 0.5, 20, 5000, 10)
     expected = math.sqrt(20 * 2 * mu) / 20 / 2**20
     assert abs(out.std() / expected - 1) < 0.05
+
+
+def test_a_grid_too_coarse_for_the_noise_is_refused_at_the_spec():
+    """A secagg_dp spec whose noise is so small against the fixed-point grid (a tiny clip_norm at the
+    largest epsilon) that Skellam shares could only match the Gaussian's privacy with over twice
+    its variance is refused, naming the fix, rather than paid for in noise or in privacy."""
+    from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, PrivacySpec, RewardSpec, TrainingSpec
+
+    def spec(clip):
+        return JobSpec(name="x", data=DataSchema(n_features=2, n_classes=2, feature_low=[0.0] * 2, feature_high=[1.0] * 2),
+                       training=TrainingSpec(rounds=1), reward=RewardSpec(escrow=10**20, provider_stake=10**18),
+                       participation=ParticipationSpec(min_providers=3, max_providers=3, max_validators=1, min_validators=1),
+                       privacy=PrivacySpec(mode="secagg_dp", epsilon=1000, delta=1e-5, clip_norm=clip))
+
+    assert spec(1e-4).privacy.clip_norm == 1e-4  # coarse, but a margin of the variance covers it
+    with pytest.raises(ValueError, match="too coarse for the fixed-point grid.*raise clip_norm or lower epsilon"):
+        spec(1e-7)

@@ -198,7 +198,10 @@ def distributed_gaussian(
 
 # ---------------------------------------------------------------------------- distributed discrete noise
 
-SKELLAM_SLACK = 1e-3  # variance margin covering the Skellam RDP's excess over the Gaussian's (skellam_rdp)
+SKELLAM_SLACK = 1e-3  # the least variance margin over the Gaussian's; more where `skellam_slack` needs it
+#: above this margin the fixed-point grid is too coarse for the job's noise (a tiny clip_norm, or a
+#: huge epsilon): refused rather than paid for with ever more noise
+MAX_SKELLAM_SLACK = 1.0
 
 
 def honest_minimum(min_survivors: int, max_dishonest: float, selected: int | None = None) -> int:
@@ -219,16 +222,47 @@ def honest_minimum(min_survivors: int, max_dishonest: float, selected: int | Non
     return h
 
 
+def skellam_slack(z: float, delta: float, d: int) -> float:
+    """The variance margin ``s`` (at least `SKELLAM_SLACK`) under which the Skellam mechanism of
+    total variance ``(z Delta)^2 (1 + s)`` has RDP at most the Gaussian's ``alpha / (2 z^2)`` at every
+    order ``alpha >= 1`` (what the chain's zCDP accounting charges), for L2 sensitivity ``Delta`` and
+    L1 sensitivity ``sqrt(d) Delta``. `skellam_rdp` exceeds the Gaussian's by at most
+    ``A (2 alpha - 1) + B`` (``A = Delta^2 / (16 mu^2)``, ``B = 6 L1 / (16 mu^2)``, ``mu`` half the
+    variance), while the margin buys ``alpha s / (2 z^2 (1 + s))``: both hold for every order once the
+    margin covers the excess at ``alpha = 1`` and grows at least as fast. That excess shrinks like
+    ``1 / (z Delta)^2``, so a fine grid needs only the least margin; ConfigError above
+    `MAX_SKELLAM_SLACK` (the grid too coarse for the noise: raise clip_norm or lower epsilon)."""
+    l2, l1 = float(delta), math.sqrt(int(d)) * float(delta)
+
+    def holds(s: float) -> bool:
+        mu = (z * l2) ** 2 * (1.0 + s) / 2.0
+        a, b = l2**2 / (16.0 * mu**2), 6.0 * l1 / (16.0 * mu**2)
+        bought = s / (2.0 * z * z * (1.0 + s))  # per unit of alpha
+        return bought >= a + b and bought >= 2.0 * a
+
+    if holds(SKELLAM_SLACK):
+        return SKELLAM_SLACK
+    if not holds(MAX_SKELLAM_SLACK):
+        raise ConfigError(f"the Skellam noise (z {z:g}) is too coarse for the fixed-point grid (sensitivity {l2:.4g} "
+                          f"units): it would need over {MAX_SKELLAM_SLACK:g}x the Gaussian's variance to be as private; "
+                          "raise clip_norm or lower epsilon")
+    lo, hi = SKELLAM_SLACK, MAX_SKELLAM_SLACK
+    for _ in range(60):
+        mid = (lo + hi) / 2.0
+        lo, hi = (lo, mid) if holds(mid) else (mid, hi)
+    return hi
+
+
 def skellam_mu(noise_multiplier: float, clip_norm: float, scale_bits: int, d: int, honest: int) -> float:
     """One provider's Skellam parameter: ``honest`` providers together add variance ``2 honest mu =
-    (z Delta)^2 (1 + SKELLAM_SLACK)`` in fixed-point units, ``Delta = 2 C 2^scale_bits + sqrt(d)`` the
+    (z Delta)^2 (1 + s)`` in fixed-point units, ``Delta = 2 C 2^scale_bits + sqrt(d)`` the
     replace-one L2 sensitivity of the rounded sum (two rounded updates differ by at most ``2C`` plus
-    ``sqrt(d) / 2`` of rounding each)."""
+    ``sqrt(d) / 2`` of rounding each) and ``s`` the margin `skellam_slack` sizes for it."""
     z = _positive("noise_multiplier", noise_multiplier)
     delta = 2.0 * _positive("clip_norm", clip_norm) * 2.0**scale_bits + math.sqrt(int(d))
     if int(honest) < 1:
         raise ConfigError(f"the honest minimum must be at least 1, got {honest}")
-    return (z * delta) ** 2 * (1.0 + SKELLAM_SLACK) / (2.0 * int(honest))
+    return (z * delta) ** 2 * (1.0 + skellam_slack(z, delta, int(d))) / (2.0 * int(honest))
 
 
 def skellam_noise(mu: float, shape: tuple[int, ...] | int, rng: np.random.Generator) -> np.ndarray:
