@@ -126,6 +126,9 @@ class JobDriver:
         if sealed(self.spec):  # the commitments are sealed before any update is revealed
             seal_and_reveal(c.aggregator, c.providers, job, r, self.spec)
         if secure:
+            for i, p in enumerate(c.providers):  # who masked, as each provider sees it before the survivor set
+                if plan.active(i, "unmask"):
+                    self._secure_step(p.watch_uploads, r)
             try:
                 c.aggregator.secure_survivors(job, r)
             except SecAggAbort:

@@ -266,3 +266,82 @@ def test_copies_of_shares_cannot_fake_the_dropout_of_a_victims_partners():
     _, victim, neighbours, left_out, refused, _ = _isolation(rewrap=True)
     assert set(victim._shares_in) == neighbours  # no partner's dropout faked
     assert left_out <= set(refused)
+
+
+
+
+def test_a_survivor_set_that_cuts_the_ring_around_a_few_providers_unmasks_nothing():
+    """ATTACK (found by a privacy review): on the sparse SecAgg+ graph (a ring in a public order,
+    each provider linked to k/2 on each side) an aggregator with the colluders a secagg_dp job
+    tolerates leaves out of the survivor set every honest provider in the two flanks around a short
+    arc of the ring, although they masked. The arc's pairwise masks then end at colluders or at
+    left-out providers whose mask keys the survivors rebuild, and the aggregator unmasks the arc's
+    sum apart from the rest: a few providers' updates with a fraction of the noise the job sized for
+    the honest minimum. Each provider now refuses a survivor set that leaves out a neighbour whose
+    masked input it saw before the set: every honest neighbour of a left-out uploader refuses, so no
+    left-out mask key can be rebuilt (the colluders hold fewer than t shares of each), and neither
+    the arc's sum nor the round's unmasks."""
+    import math
+
+    from fedmarket.privacy.dp import honest_minimum
+    from fedmarket.privacy.secagg import _hkdf
+
+    n, d, dropout, f = 300, 8, 0.3, 1 / 3
+    round_id, graph_seed = b"job-1-round-0", b"round-seed-fixed-on-chain"
+    cfg = SecAggConfig.for_population(n, d, dropout=dropout, round_id=round_id, graph_seed=graph_seed)
+    m = n - math.floor(dropout * n)
+    cfg = SecAggConfig(cfg.n, cfg.d, cfg.k, cfg.threshold, m, round_id, graph_seed)
+    graph = neighbour_graph(n, cfg.k, graph_seed)
+    half, t = cfg.k // 2, cfg.threshold
+    dishonest = set(np.random.default_rng(7).choice(n, math.floor(f * n), replace=False).tolist())
+    # the shortest arc whose flanks' honest providers fit in the dropout allowance, every honest arc
+    # member keeping t neighbours in the set (the review's plan), on the public ring order
+    key = int.from_bytes(_hkdf(graph_seed, b"fedmarket-secagg-graph", 16), "little")
+    order = np.random.Generator(np.random.Philox(key=key)).permutation(n)
+    dis = np.array([int(order[p]) in dishonest for p in range(n)])
+    plan = None
+    for start in range(n):
+        for length in range(1, n // 2):
+            arc = [(start + i) % n for i in range(length)]
+            flanks = [(start - 1 - i) % n for i in range(half)] + [(start + length + i) % n for i in range(half)]
+            cut = [p for p in flanks if not dis[p]]
+            if len(cut) > n - m:
+                break
+            kept = set(range(n)) - set(cut)
+            offs = [*range(1, half + 1), *range(-half, 0)]
+            if all(dis[p] or sum((p + o) % n in kept for o in offs) >= t for p in arc):
+                honest = int(sum(not dis[p] for p in arc))
+                if honest and (plan is None or honest < plan[0]):
+                    plan = (honest, [int(order[p]) for p in arc], [int(order[p]) for p in cut])
+                break
+    assert plan is not None and plan[0] < honest_minimum(m, f, n)  # what the cut would have leaked
+    _, arc, cut = plan
+
+    clients = {u: SecAggClient(u, cfg, graph[u]) for u in range(n)}
+    server = SecAggServer(cfg, graph)
+    keys_for = server.collect_keys([c.advertise() for c in clients.values()])
+    routed = server.route_shares({u: clients[u].share_keys(keys_for[u]) for u in clients})
+    masked = {u: clients[u].masked_input(np.full(d, u, dtype=np.int64), routed[u]) for u in range(n)}
+    survivors = frozenset(range(n)) - set(cut)  # every provider masked; the cut flanks are left out
+    seen = frozenset(range(n))  # ... and each saw the others' masked inputs before the set
+
+    confirmed = set()
+    for u in sorted(survivors):
+        try:
+            clients[u].confirm(survivors, frozenset() if u in dishonest else seen)  # colluders confirm anything
+            confirmed.add(u)
+        except SecAggAbort as exc:
+            assert "leaves out" in str(exc)
+    for v in cut:  # every honest neighbour of a left-out uploader refused: only colluders answer for it
+        holders = set(graph[v].tolist()) & confirmed
+        assert holders <= dishonest and len(holders) < t
+    assert not (set(arc) - dishonest) & confirmed  # the arc itself refused
+    # too few signatures pin the set: no honest provider that confirmed answers the unmasking either
+    assert len(confirmed) < m
+    for u in sorted(confirmed - dishonest)[:3]:
+        with pytest.raises(SecAggAbort, match="confirmed the survivor set"):
+            clients[u].unmask(survivors, confirmed)
+    # and with the colluders' shares alone the server rebuilds no left-out mask key
+    server.collect_masked([masked[u] for u in sorted(survivors)])
+    with pytest.raises(SecAggAbort, match="cannot recover"):
+        server.unmask([clients[u].unmask(survivors, confirmed | set(range(n))) for u in sorted(dishonest & survivors)])

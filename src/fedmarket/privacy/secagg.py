@@ -416,10 +416,20 @@ class SecAggClient:
             raise ShareTampered(f"provider {self.uid}: the share from provider {share.src} failed authentication") from None
         return int.from_bytes(pt[:FIELD_BYTES], "big"), int.from_bytes(pt[FIELD_BYTES:], "big")
 
-    def confirm(self, survivors: set[int] | frozenset[int]) -> frozenset[int]:
+    def confirm(self, survivors: set[int] | frozenset[int], seen_masked: set[int] | frozenset[int] = frozenset()
+                ) -> frozenset[int]:
         """Consistency check (Bonawitz et al., round 3): the survivor set this provider vouches for
-        (the caller signs it). One set per round: a second, different one is refused."""
+        (the caller signs it). One set per round: a second, different one is refused. So is a set
+        that leaves out a neighbour whose masked input this provider saw before the set existed
+        (``seen_masked``, uids): on a sparse graph a server dropping the live partners around a
+        few providers could unmask their sum apart from the rest's, with a fraction of the noise
+        (refused here, the dropped partner's mask key stays with its honest neighbours, and no sum
+        of the round unmasks)."""
         survivors = frozenset(int(u) for u in survivors)
+        cut = (frozenset(int(u) for u in seen_masked) & frozenset(self._shares_in or ())) - survivors
+        if self._masked and cut:
+            raise SecAggAbort(f"provider {self.uid}: the survivor set leaves out {len(cut)} neighbour(s) whose masked "
+                              f"input it saw before the set (first {min(cut)}); refusing to confirm or unmask")
         if not self._masked:
             raise SecAggAbort(f"provider {self.uid}: asked to confirm survivors before masking")
         if self._confirmed is not None and self._confirmed != survivors:

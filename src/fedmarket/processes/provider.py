@@ -174,6 +174,8 @@ class ProviderProcess(RoleProcess):
                 if self._senders(r, "survivors"):
                     p.confirm(job_id, r)
                     self.say(f"round {r}: survivor set confirmed")
+                else:  # which members masked before the set: it must not leave a neighbour of them out
+                    p.watch_uploads(job_id, r)
                 return False
             if not self._mine(r, "unmask"):
                 survivors = len(p.survivor_set(job_id, r))

@@ -21,6 +21,7 @@ from ..protocol.receipts import UpdateReceipt, permit_signature
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox, cid_of
 from . import sealed as sl
+from .senders import signed_on
 from . import secure_round as sr
 from .auditor import training_model
 from .common import DataRole, ProtocolViolation, check_funds, claim_reward, reward_leaf, round_topic
@@ -41,6 +42,9 @@ class Provider(DataRole):
         self._specs: dict[int, JobSpec] = {}
         self._members_of: dict[tuple[int, int], list[str]] = {}
         self._clients: dict[tuple[int, int], tuple[SecAggClient, SecAggConfig]] = {}
+        # secure rounds: the members whose masked updates it saw before the survivor set (uids)
+        self._seen_masked: dict[tuple[int, int], set[int]] = {}
+        self._upload_signers: dict[tuple[int, int], dict] = {}  # who signed each message it read
         self._scaled: dict[bytes, np.ndarray] = {}
         self._sealed: dict[tuple[int, int], dict] = {}  # receipts committed, not yet revealed (roles.sealed)
         self._sealed_blobs: dict[tuple[int, int], bytes] = {}  # and their update blobs, stored at the reveal
@@ -247,6 +251,8 @@ class Provider(DataRole):
             cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
             uid = members.index(self.address)
             self._clients = {k: v for k, v in self._clients.items() if k[0] != job_id}  # one live round per job
+            self._seen_masked = {k: v for k, v in self._seen_masked.items() if k[0] != job_id}
+            self._upload_signers = {k: v for k, v in self._upload_signers.items() if k[0] != job_id}
             self._clients[key] = (SecAggClient(uid, cfg, sr.graph_of(cfg)[uid]), cfg)
         return self._clients[key]
 
@@ -294,12 +300,28 @@ class Provider(DataRole):
             raise ProtocolViolation(f"job {job_id} round {round_}: expected one survivor set from the aggregator, found {len(posted)}")
         return frozenset(int(u) for u in posted[0]["survivors"])
 
+    def watch_uploads(self, job_id: int, round_: int) -> None:
+        """Note which members' signed masked updates are on the mailbox while the aggregator has
+        posted no survivor set yet (read first, then found absent: each one predates the set).
+        `confirm` refuses a set that leaves out one of them that is this provider's neighbour."""
+        if not self.selected(job_id, round_) or (job_id, round_) not in self._clients:
+            return  # nothing masked here this round
+        members = self._members(job_id, round_)
+        cache = self._upload_signers.setdefault((job_id, round_), {})
+        uploaded = signed_on(self.dep, self.mailbox, job_id, round_, "update", cache)
+        if self.dep.job(job_id)["aggregator"] in signed_on(self.dep, self.mailbox, job_id, round_, "survivors", cache):
+            return  # a survivor set is out: what was just read may postdate it
+        seen = self._seen_masked.setdefault((job_id, round_), set())
+        seen.update(members.index(a) for a in uploaded if a in members)
+
     def confirm(self, job_id: int, round_: int) -> None:
-        """Secure phase 4 (consistency check): sign the aggregator's survivor set, once per round."""
+        """Secure phase 4 (consistency check): sign the aggregator's survivor set, once per round,
+        unless it leaves out a neighbour whose masked update `watch_uploads` saw before the set."""
         if not self.selected(job_id, round_):
             return
         client, cfg = self._client(job_id, round_)
-        survivors = client.confirm(self._survivor_set(job_id, round_, cfg.round_id))
+        survivors = client.confirm(self._survivor_set(job_id, round_, cfg.round_id),
+                                   self._seen_masked.get((job_id, round_), set()))
         self.mailbox.post(sr.topic(job_id, round_, "confirm"),
                           sr.confirm_message(self.account.key, cfg.round_id, self.address, client.uid, survivors))
 
