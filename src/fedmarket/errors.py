@@ -39,6 +39,10 @@ class StorageUnreachable(StorageError):
     the data, so a judge of a round retries rather than calling its data unavailable."""
 
 
+class BlobNotFound(StorageError):
+    """The store answered, and holds no blob of that content id (never put, or deleted since)."""
+
+
 class BlobTooLarge(StorageError):
     """A blob over the size its reader takes (for good: a content id always names the same bytes)."""
 

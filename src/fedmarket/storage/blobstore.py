@@ -6,7 +6,7 @@ import abc
 import os
 from pathlib import Path
 
-from ..errors import BlobTooLarge, StorageError, StorageUnreachable
+from ..errors import BlobNotFound, BlobTooLarge, StorageError, StorageUnreachable
 from .cid import cid_of, sha256_of_cid, verify
 
 
@@ -100,7 +100,7 @@ class LocalBlobStore(BlobStore):
         try:
             return self._path(cid).read_bytes()
         except FileNotFoundError:
-            raise StorageError(f"blob {cid} not found in {self.root}") from None
+            raise BlobNotFound(f"blob {cid} not found in {self.root}") from None
 
 
 class MirroredStore(BlobStore):

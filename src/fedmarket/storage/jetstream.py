@@ -39,7 +39,7 @@ import nats.errors
 import nats.js.api
 import nats.js.errors
 
-from ..errors import StorageError, StorageUnreachable
+from ..errors import BlobNotFound, StorageError, StorageUnreachable
 from .blobstore import BlobStore
 from .cid import cid_of, sha256_of_cid
 from .mailbox import check_topic
@@ -343,7 +343,7 @@ class JetStreamBlobStore(BlobStore):
         try:
             info = await self._bucket.get_info(cid)
         except nats.js.errors.ObjectNotFoundError:
-            raise StorageError(f"blob {cid} not found in the NATS object store at {self.url}") from None
+            raise BlobNotFound(f"blob {cid} not found in the NATS object store at {self.url}") from None
         parts, size, seq = [], 0, 1
         chunks = f"$O.{BLOB_BUCKET}.C.{info.nuid}"
         while size < (info.size or 0) and (limit is None or size <= limit):
