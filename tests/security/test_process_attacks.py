@@ -112,3 +112,56 @@ def test_a_blob_deleted_after_the_commit_does_not_get_the_aggregator_slashed(cha
     assert int(P.dep.disputes.call("rejected_stake", P.job, 0)) == 0
     assert not P.dep.market.events("StakeSlashed", job_id=P.job)
     assert [c.count for c in committed_rounds(P.dep, P.job)] == [3, 3]
+
+
+
+def _cutting_survivors(victim: str):
+    """`Aggregator.secure_survivors` as written, but leaving the victim out of the set although its
+    masked update is in (a cut of the graph around its neighbours, the smallest one)."""
+
+    def secure_survivors(self, job_id, round_):
+        from fedmarket.roles.common import load_spec
+
+        spec = load_spec(self.dep, self.store, job_id)
+        members = sr.participants(self.dep, spec, job_id, round_)
+        cfg = sr.round_config(self.dep, spec, job_id, round_, len(members))
+        updates = [u for u in self.collect(job_id, round_, spec)[0] if u.provider != victim]
+        shared = sr.share_lists(self.mailbox.read(sr.topic(job_id, round_, "shares")), members, cfg.round_id)
+        uid = {p: i for i, p in enumerate(members)}
+        self._survivors[(job_id, round_)] = [u for u in updates if uid[u.provider] in shared]
+        survivors = sorted(uid[u.provider] for u in self._survivors[(job_id, round_)])
+        self.mailbox.post(sr.topic(job_id, round_, "survivors"),
+                          sr.survivors_message(self.account.key, cfg.round_id, self.address, sorted(shared), survivors))
+        return survivors
+
+    return secure_survivors
+
+
+def test_a_strangers_survivor_set_does_not_blind_the_providers_to_a_cut(chain, tmp_path, monkeypatch):
+    """ATTACK (found by a review of the fixes): the providers' processes watch which members masked
+    until the aggregator's survivor set appears, and refuse a set leaving one of them out. A
+    survivor set signed by a throwaway key, posted before the round, made every process take it
+    for the aggregator's: they stopped watching, and later confirmed a set that left out a provider
+    that had masked. Only the job's aggregator's set counts; the providers refuse the cut."""
+    from fedmarket.roles import Aggregator
+    from fedmarket.roles.senders import signed_on
+
+    n = 5
+    P = Procs(chain, tmp_path, collect_timeout=60.0, providers=n, rounds=1, validators=1, privacy="secagg")
+    monkeypatch.setattr(Aggregator, "secure_survivors", _cutting_survivors(chain.providers[2].address))
+    rid = sr.Domain.of(P.dep, P.job, 0).round_id
+    P.box.post(sr.topic(P.job, 0, "survivors"),
+               sr.survivors_message(chain.stranger.key, rid, chain.stranger.address, list(range(n)), list(range(n))))
+    provs = [f"p{i}" for i in range(n)]
+    for _ in range(60):  # until every provider's masked update is in (the aggregator steps first)
+        P.step(["aggregator", *[name for name in P.procs if name != "aggregator"]])
+        if len(signed_on(P.dep, P.box, P.job, 0, "update")) == n:
+            break
+    assert not signed_on(P.dep, P.box, P.job, 0, "survivors")  # the stranger's set is nobody's
+    P.step(provs)  # the providers look at the uploads before the aggregator's set exists
+    P.step(["aggregator"])  # the cutting set
+    assert signed_on(P.dep, P.box, P.job, 0, "survivors")
+    for _ in range(3):
+        P.step(provs)
+    assert not signed_on(P.dep, P.box, P.job, 0, "confirm")  # every provider refused the cut
+    assert any("leaves out 1 neighbour(s)" in line for line in P.logs)

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 
+from fedmarket.market import JobState
 from fedmarket.protocol.encoding import canonical_json
 from fedmarket.roles import Aggregator
 from fedmarket.roles import secure_round as sr
@@ -84,3 +85,26 @@ def test_a_sampled_round_of_two_runs_no_secure_aggregation(make):
     assert small, "no round selected fewer than three providers"
     assert any(count >= 3 for count in Spy.sums.values())
     assert np.all([c.count != 1 and c.count != 2 for c in committed_rounds(s.dep, s.job)])
+
+
+def test_a_strangers_deleted_masked_blob_does_not_abort_the_round(make):
+    """ATTACK (found by a review of the fixes): providers refuse a survivor set that leaves out a
+    neighbour whose signed masked update they saw. A stranger deleting an honest provider's masked
+    blob as soon as its receipt appeared made the aggregator leave that provider out (it reads
+    every blob), so every neighbour refused the set and each round unmasked nothing, with the
+    honest provider looking like the spoiler. The provider puts its blob back until the survivor
+    set (and the aggregator's process waits for a missing one): every round takes all five."""
+    s = make(providers=5, rounds=2, privacy="secagg", validators=3)
+    victim = s.providers[2]
+    train = victim.train
+
+    def train_then_lose_the_blob(job_id, r):
+        msg = train(job_id, r)
+        if msg is not None:
+            s.store._path(msg["update_cid"]).unlink()  # anyone can delete on a shared store
+        return msg
+
+    victim.train = train_then_lose_the_blob
+    s.run()
+    assert s.state() == JobState.SETTLED
+    assert [c.count for c in committed_rounds(s.dep, s.job)] == [5, 5]

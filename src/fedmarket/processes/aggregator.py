@@ -9,7 +9,7 @@ from ..chain import Account
 from ..errors import ContractRevert, FedMarketError, SecAggAbort, StorageError
 from ..market import Deployment, JobState
 from ..protocol import rules as R
-from ..protocol.encoding import BAD_INPUT, decode_vector
+from ..protocol.encoding import BAD_INPUT, decode_vector, untrusted_json
 from ..roles import Aggregator
 from ..roles.aggregator import Update
 from ..roles import secure_round as sr
@@ -24,7 +24,7 @@ from ..roles.common import (
     round_providers,
     round_topic,
 )
-from ..roles.senders import signed_on
+from ..roles.senders import signed_on, signed_senders
 from ..roles.sealed import sealed
 from ..roles.settlement import mailbox_reveals, verified_reveals
 from ..roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
@@ -267,6 +267,11 @@ class AggregatorProcess(RoleProcess):
                 if not shared and waited >= patience:
                     self._commit(job_id, r, waited)  # nobody got as far as sharing: the round keeps the model
                 return
+            if waited < patience and self._uploads_missing(r):
+                # a signed masked update whose blob is gone (deleted: its provider puts it back) is
+                # waited for: left out, its neighbours, who saw it, would refuse the set
+                self.say_once(f"round {r}: a masked update's blob is missing; waiting for it")
+                return
             try:
                 survivors = self.aggregator.secure_survivors(job_id, r)
             except SecAggAbort as exc:
@@ -279,6 +284,15 @@ class AggregatorProcess(RoleProcess):
         if len(self._senders(r, "unmask")) < len(posted["survivors"]) and waited < patience:
             return
         self._commit(job_id, r, waited)
+
+    def _uploads_missing(self, r: int) -> bool:
+        """Whether the blob of a signed update on round `r`'s topic is missing from the store."""
+        for raw in self.mailbox.read(round_topic(self.job_id, r)):
+            if signed_senders(self.dep, [raw], self.job_id, r, "update", self._verified):
+                cid = untrusted_json(raw).get("update_cid")
+                if isinstance(cid, str) and not self.aggregator.store.has(cid):
+                    return True
+        return False
 
     def _commit(self, job_id: int, r: int, waited: float) -> None:
         receipt = self.aggregator.run_round(job_id, r)

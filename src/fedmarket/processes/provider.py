@@ -171,11 +171,10 @@ class ProviderProcess(RoleProcess):
                     self.say(f"round {r}: masked update {msg['update_cid']} posted")
                 return False
             if not self._mine(r, "confirm"):
-                if self._senders(r, "survivors"):
+                p.watch_uploads(job_id, r)  # who masked before the set: it must not leave a neighbour of them out
+                if self._senders(r, "survivors"):  # the job's aggregator's set
                     p.confirm(job_id, r)
                     self.say(f"round {r}: survivor set confirmed")
-                else:  # which members masked before the set: it must not leave a neighbour of them out
-                    p.watch_uploads(job_id, r)
                 return False
             if not self._mine(r, "unmask"):
                 survivors = len(p.survivor_set(job_id, r))

@@ -45,6 +45,7 @@ class Provider(DataRole):
         # secure rounds: the members whose masked updates it saw before the survivor set (uids)
         self._seen_masked: dict[tuple[int, int], set[int]] = {}
         self._upload_signers: dict[tuple[int, int], dict] = {}  # who signed each message it read
+        self._masked_blob: dict[tuple[int, int], bytes] = {}  # its own masked update, until the survivor set
         self._scaled: dict[bytes, np.ndarray] = {}
         self._sealed: dict[tuple[int, int], dict] = {}  # receipts committed, not yet revealed (roles.sealed)
         self._sealed_blobs: dict[tuple[int, int], bytes] = {}  # and their update blobs, stored at the reveal
@@ -176,6 +177,8 @@ class Provider(DataRole):
             self.restore_sealed(job_id, round_, message, blob)
             self.mailbox.post(sl.commit_topic(job_id, round_), committed)
             return message
+        if spec.privacy.secure:  # kept until the round's survivor set: put back if someone deletes it
+            self._masked_blob[(job_id, round_)] = blob
         self.store.put(blob)
         self.mailbox.post(round_topic(job_id, round_), canonical_json(message))
         return message
@@ -253,6 +256,7 @@ class Provider(DataRole):
             self._clients = {k: v for k, v in self._clients.items() if k[0] != job_id}  # one live round per job
             self._seen_masked = {k: v for k, v in self._seen_masked.items() if k[0] != job_id}
             self._upload_signers = {k: v for k, v in self._upload_signers.items() if k[0] != job_id}
+            self._masked_blob = {k: v for k, v in self._masked_blob.items() if k[0] != job_id}
             self._clients[key] = (SecAggClient(uid, cfg, sr.graph_of(cfg)[uid]), cfg)
         return self._clients[key]
 
@@ -303,14 +307,20 @@ class Provider(DataRole):
     def watch_uploads(self, job_id: int, round_: int) -> None:
         """Note which members' signed masked updates are on the mailbox while the aggregator has
         posted no survivor set yet (read first, then found absent: each one predates the set).
-        `confirm` refuses a set that leaves out one of them that is this provider's neighbour."""
+        `confirm` refuses a set that leaves out one of them that is this provider's neighbour.
+        Until then it also puts its own masked update's blob back if someone deleted it (anyone
+        can, on a shared store): left out for a missing blob, it would make its neighbours refuse
+        the set and abort the round."""
         if not self.selected(job_id, round_) or (job_id, round_) not in self._clients:
             return  # nothing masked here this round
+        own = self._masked_blob.get((job_id, round_))
+        if own is not None and not self.store.has(cid_of(own)):
+            self.store.put(own)
         members = self._members(job_id, round_)
         cache = self._upload_signers.setdefault((job_id, round_), {})
         uploaded = signed_on(self.dep, self.mailbox, job_id, round_, "update", cache)
-        if self.dep.job(job_id)["aggregator"] in signed_on(self.dep, self.mailbox, job_id, round_, "survivors", cache):
-            return  # a survivor set is out: what was just read may postdate it
+        if signed_on(self.dep, self.mailbox, job_id, round_, "survivors", cache):
+            return  # the aggregator's survivor set is out: what was just read may postdate it
         seen = self._seen_masked.setdefault((job_id, round_), set())
         seen.update(members.index(a) for a in uploaded if a in members)
 

@@ -22,13 +22,16 @@ SECURE_PHASES = {"keys": "provider", "shares": "provider", "confirm": "provider"
 def signed_by(dep: Deployment, raw: bytes, job_id: int, round_: int, kind: str) -> str | None:
     """Who signed `raw` as its message of `kind` for the job's round, or None: ``update`` (an
     `UpdateReceipt`, a masked update's included), ``commit`` (an `UpdateCommitment`), or a SecAgg+
-    phase of `SECURE_PHASES` (signed by the account it names). A claim nobody signed counts for
+    phase of `SECURE_PHASES` (signed by the account it names; a survivor set only by the job's
+    aggregator). A claim nobody signed counts for
     nothing here: a process deciding to seal, to go on without someone, or that it posted already,
     asks this, never `claimed_senders`."""
     try:
         msg = untrusted_json(raw)
         if kind in SECURE_PHASES:
-            return sr.opened(raw, sr.Domain.of(dep, job_id, round_).round_id, kind, SECURE_PHASES[kind])[SECURE_PHASES[kind]]
+            signer = sr.opened(raw, sr.Domain.of(dep, job_id, round_).round_id, kind, SECURE_PHASES[kind])[SECURE_PHASES[kind]]
+            # a survivor set counts only from the job's aggregator (anyone can sign one with a key of its own)
+            return signer if kind != "survivors" or signer == dep.job(job_id)["aggregator"] else None
         if msg["job_id"] != job_id or msg["round"] != round_:
             return None
         sig = hexbytes(msg["signature"])

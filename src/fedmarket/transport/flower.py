@@ -310,10 +310,13 @@ class Relay:
 
     def send_rewards(self, grid) -> str:
         """Send every SuperNode the posted rewards document (what its provider's claim proves its
-        leaf from): the providers share no store with the aggregator."""
+        leaf from), and the last round's metrics document (its seal, `check_seals_on_node`): the
+        providers share no store with the aggregator."""
         posted = self.dep.market.events("RewardRootPosted", job_id=self.job_id)
+        last = committed_rounds(self.dep, self.job_id)[-1]  # its seal, for the providers' seal check
         config = ConfigRecord({"job-id": self.job_id,
-                               "blobs": [self.store.get_capped(posted[-1]["rewards_cid"], MAX_UNTRUSTED_BYTES)]})
+                               "blobs": [self.store.get_capped(posted[-1]["rewards_cid"], MAX_UNTRUSTED_BYTES),
+                                         self.store.get_capped(metrics_cid(last.metrics_hash), MAX_UNTRUSTED_BYTES)]})
         nodes = sorted(grid.get_node_ids())
         messages = [Message(content=RecordDict({RECORD: config}), dst_node_id=n, message_type="query") for n in nodes]
         waiting = set(grid.push_messages(messages))
@@ -395,13 +398,52 @@ def _reply(msg, record: dict):
     return Message(content=RecordDict({RECORD: ConfigRecord(record)}), reply_to=msg)
 
 
+def check_seals_on_node(provider, node_store: BlobStore, job_id: int):
+    """File the seal of every committed round this provider revealed in (its metrics document, as
+    the ServerApp brought it) beside the seal it revealed under, in its own mailbox, and prove two
+    different ones on chain (`Challenger.check_seals`: the job fails back to that round, the
+    aggregator is slashed, half to this provider). A seal shown to this provider alone let the
+    aggregator take its update and commit the round under another's name with another seal:
+    that costs it its stake. Returns the receipt of a proof, or None."""
+    from ..roles.challenger import Challenger
+    from ..roles.common import fetch_metrics
+
+    aggregator = provider.dep.job(job_id)["aggregator"]
+    for c in committed_rounds(provider.dep, job_id):
+        topic = sl.seal_topic(job_id, c.round)
+        mine = sl.seals(provider.dep, provider.mailbox.read(topic), job_id, c.round, aggregator)
+        if not mine:
+            continue  # it revealed nothing this round
+        try:
+            doc = fetch_metrics(node_store, c)
+        except (FedMarketError, ValueError, KeyError, TypeError):
+            continue  # not brought (yet)
+        if isinstance(doc.get("seal"), dict):
+            try:
+                public = sl.open_seal(provider.dep, doc["seal"], job_id, c.round, aggregator)
+            except FedMarketError:
+                continue
+            if public not in mine:
+                provider.mailbox.post(topic, canonical_json(doc["seal"]))
+    return Challenger(provider.dep, provider.account, node_store, provider.mailbox).check_seals(job_id, provider.mailbox)
+
+
+def _checked_seals(provider, job_id: int) -> None:
+    receipt = check_seals_on_node(provider, provider.store, job_id)
+    if receipt is not None:
+        _say(f"the aggregator signed two seals of one round: proven on chain (tx {receipt.tx_hash})")
+
+
 def file_on_node(msg, context):
     """The ClientApp's query: file the blobs the aggregator sends after the rounds (the rewards
-    document) in the provider's own store, where its claim reads them (checked against the chain)."""
-    content, _, _ = _job_round(msg, context)
+    document, the last round's metrics document) in the provider's own store, where its claim
+    reads them (checked against the chain), then check the last round's seal
+    (`check_seals_on_node`)."""
+    content, job_id, _ = _job_round(msg, context)
     node_store = open_store(str(context.node_config["store"]))
     for blob in content["blobs"]:
         node_store.put(blob)
+    _checked_seals(node_provider(context.node_config)[0], job_id)
     return _reply(msg, {"filed": len(content["blobs"])})
 
 
@@ -409,15 +451,17 @@ def train_on_node(msg, context):
     """The ClientApp's train: one market round with the provider's own code. The reply carries the
     signed commitment (the receipt, salt and blob are kept in `sealed.Pending` for the reveal), or
     ``skipped`` when not selected or sitting out. Asked again, it answers with the commitment it
-    made: a round is never trained twice."""
+    made: a round is never trained twice. First it checks the seals of the rounds it revealed in
+    against the last committed round's, which the message brings (`check_seals_on_node`)."""
     content, job_id, r = _job_round(msg, context)
     pending = _pending(context.node_config)
     node_store = open_store(str(context.node_config["store"]))
     for blob in content["blobs"]:  # spec, metrics and model: each verified against the chain when used
         node_store.put(blob)
+    provider, _ = node_provider(context.node_config)
+    _checked_seals(provider, job_id)  # the rounds it revealed in, against the seals they committed with
     kept = pending.load(job_id, r)
     if kept is None:
-        provider, _ = node_provider(context.node_config)
         provider.keep_sealed = pending.keep
         if provider.train(job_id, r) is None:  # not selected this round: nothing leaves this machine
             return _reply(msg, {"skipped": True})
