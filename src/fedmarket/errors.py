@@ -43,6 +43,11 @@ class BlobNotFound(StorageError):
     """The store answered, and holds no blob of that content id (never put, or deleted since)."""
 
 
+class BlobCorrupted(BlobNotFound):
+    """The store holds bytes under that content id that are not its blob (anyone on a shared store
+    can overwrite one): no intact copy there, as if it were missing."""
+
+
 class BlobTooLarge(StorageError):
     """A blob over the size its reader takes (for good: a content id always names the same bytes)."""
 

@@ -31,15 +31,9 @@ def _msg(record: dict):
     return SimpleNamespace(content={fl.RECORD: dict(ConfigRecord(record))})
 
 
-def test_a_seal_shown_to_one_provider_alone_costs_the_aggregator_its_stake(make, monkeypatch, tmp_path):
-    """ATTACK (found by a review of the fixes): the aggregator's ServerApp takes a provider's
-    commitment without filing it, brings that provider alone a seal holding it, and so gets the
-    update revealed; its Sybil then commits to that update under its own name, and the round is
-    sealed in public (without the victim) and committed with the copy. Validators see one seal and
-    attest: the Sybil would be paid for the victim's work. The victim's SuperNode keeps the seal it
-    revealed under; given the round's metrics document (the next train message, or the rewards
-    message after the last round) it holds two seals of one round signed by the aggregator and
-    proves it on chain: the job fails back to that round and the aggregator is slashed."""
+def _private_seal_theft(make, monkeypatch, tmp_path):
+    """The aggregator's theft through a seal shown to the victim alone, up to the round's commit:
+    returns (setup, the victim's SuperNode context, victim, Sybil)."""
     make_spec = sec_support.make_spec
     monkeypatch.setattr(sec_support, "make_spec", lambda **kw: make_spec(**kw).model_copy(
         update={"transport": TransportSpec(flower_app_hash="0" * 64)}))
@@ -76,6 +70,20 @@ def test_a_seal_shown_to_one_provider_alone_costs_the_aggregator_its_stake(make,
     listed = {u["provider"] for u in fetch_metrics(s.store, committed_rounds(dep, job)[0])["updates"]}
     assert sybil.address in listed and victim.address not in listed  # committed with the copy
 
+    return s, context, victim, sybil
+
+
+def test_a_seal_shown_to_one_provider_alone_costs_the_aggregator_its_stake(make, monkeypatch, tmp_path):
+    """ATTACK (found by a review of the fixes): the aggregator's ServerApp takes a provider's
+    commitment without filing it, brings that provider alone a seal holding it, and so gets the
+    update revealed; its Sybil then commits to that update under its own name, and the round is
+    sealed in public (without the victim) and committed with the copy. Validators see one seal and
+    attest: the Sybil would be paid for the victim's work. The victim's SuperNode keeps the seal it
+    revealed under; given the round's metrics document (the next train message, or the rewards
+    message after the last round) it holds two seals of one round signed by the aggregator and
+    proves it on chain: the job fails back to that round and the aggregator is slashed."""
+    s, context, victim, sybil = _private_seal_theft(make, monkeypatch, tmp_path)
+    dep, job = s.dep, s.job
     # the ServerApp's message after the last round brings the round's metrics document
     last = committed_rounds(dep, job)[-1]
     fl.file_on_node(_msg({"job-id": job, "blobs": [s.store.get(metrics_cid(last.metrics_hash))]}), context)
@@ -85,3 +93,22 @@ def test_a_seal_shown_to_one_provider_alone_costs_the_aggregator_its_stake(make,
     assert s.state() == JobState.FAILED
     assert s.slashed() == {s.agg.address: AGG_STAKE}
     assert s.delta()[sybil.address] <= 0  # the copy earned nothing
+
+
+def test_withholding_the_round_document_from_the_supernode_does_not_hide_the_private_seal(make, monkeypatch,
+                                                                                          tmp_path):
+    """ATTACK (found by a second review of the fixes): the same theft, after which the ServerApp
+    brings the victim's SuperNode nothing more (no train message, no metrics document), so the
+    ClientApp has no second seal to compare. The provider's own process (`SuperNodeProviderProcess`)
+    compares the seal its SuperNode revealed under with each committed round's, read from its own
+    store (the shared one the roles use across machines), and proves the two on chain."""
+    from fedmarket.transport.flower_processes import SuperNodeProviderProcess
+
+    s, context, victim, sybil = _private_seal_theft(make, monkeypatch, tmp_path)
+    proc = SuperNodeProviderProcess(s.dep, victim.account, s.store, Mailbox(context.node_config["mailbox"]),
+                                    victim.X, victim.y, s.job, tmp_path / "victim-state", log=lambda m: None)
+    proc.safe_step()  # proves it, then (the job failed) takes its stake back and stops
+    [proven] = s.dep.disputes.events("SealEquivocationProven", job_id=s.job)
+    assert proven["aggregator"] == s.agg.address
+    s.release_all()
+    assert s.state() == JobState.FAILED and s.slashed() == {s.agg.address: AGG_STAKE}

@@ -165,3 +165,56 @@ def test_a_strangers_survivor_set_does_not_blind_the_providers_to_a_cut(chain, t
         P.step(provs)
     assert not signed_on(P.dep, P.box, P.job, 0, "confirm")  # every provider refused the cut
     assert any("leaves out 1 neighbour(s)" in line for line in P.logs)
+
+
+
+def test_a_blob_overwritten_after_the_commit_does_not_get_the_aggregator_slashed(chain, tmp_path):
+    """ATTACK (found by a second review of the fixes): as with a deleted blob, but the provider
+    overwrites its update blob with junk under the same name. The read failed with a mismatch, not
+    a missing blob, so validators rejected at once, and the aggregator's put-back skipped it (the
+    name was there). A blob that is not its content id counts as missing (`BlobCorrupted`): the
+    validators wait, and the aggregator's process reads each blob to put back an overwritten one."""
+    from fedmarket.roles.common import fetch_metrics
+
+    P = Procs(chain, tmp_path, collect_timeout=60.0, providers=3, validators=3, rounds=2)
+    attacker = chain.providers[0]
+    done = []
+
+    def after(name):
+        if name == "aggregator" and not done and committed_rounds(P.dep, P.job):
+            doc = fetch_metrics(P.store, committed_rounds(P.dep, P.job)[0])
+            [mine] = [u for u in doc["updates"] if u["provider"] == attacker.address]
+            (P.store.root / mine["update_cid"]).write_bytes(b"junk")  # overwritten, not deleted
+            done.append(mine["update_cid"])
+
+    P.after_step = after
+    assert P.run(80), "\n".join(P.logs[-30:])
+    assert done and P.state() == JobState.SETTLED
+    assert int(P.dep.disputes.call("rejected_stake", P.job, 0)) == 0
+    assert not P.dep.market.events("StakeSlashed", job_id=P.job)
+
+
+def test_a_strangers_signed_update_does_not_hold_a_secure_round(chain, tmp_path, monkeypatch):
+    """ATTACK (found by a second review of the fixes): the aggregator's process waits while a
+    signed masked update's blob is missing; a stranger (no member of the job) signed an update
+    naming a blob that never existed, and every secure round waited out the whole patience. Only
+    members that posted their shares are waited for."""
+    import secrets
+
+    from fedmarket.protocol.receipts import UpdateReceipt
+    from fedmarket.roles.senders import signed_on
+    from fedmarket.storage import cid_of
+
+    P = Procs(chain, tmp_path, collect_timeout=600.0, providers=3, rounds=1, validators=1, privacy="secagg")
+    dep, job, stranger = P.dep, P.job, chain.stranger
+    root = secrets.token_bytes(32)
+    sig = UpdateReceipt(job, 0, root, 1).sign(stranger.key, dep.chain_id, dep.disputes.address)
+    P.box.post(round_topic(job, 0), canonical_json({
+        "provider": stranger.address, "job_id": job, "round": 0, "update_root": "0x" + root.hex(), "weight": 1,
+        "update_cid": cid_of(b"never stored"), "signature": "0x" + sig.hex()}))
+    for _ in range(40):
+        P.step()
+        if signed_on(dep, P.box, job, 0, "survivors"):
+            break
+    assert signed_on(dep, P.box, job, 0, "survivors")  # signed well before a 600 s patience
+    assert not any("blob is missing; waiting" in line for line in P.logs)

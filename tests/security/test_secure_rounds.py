@@ -108,3 +108,24 @@ def test_a_strangers_deleted_masked_blob_does_not_abort_the_round(make):
     s.run()
     assert s.state() == JobState.SETTLED
     assert [c.count for c in committed_rounds(s.dep, s.job)] == [5, 5]
+
+
+def test_a_strangers_overwritten_masked_blob_does_not_abort_the_round(make):
+    """ATTACK (found by a second review of the fixes): the same, but the stranger overwrites the
+    blob with junk under its name instead of deleting it. The put-back asked `has()`, true for a
+    file of any bytes, so nothing was put back and every round unmasked nothing. The provider reads
+    its blob back (a blob that is not its content id is as good as gone) and puts it back, and a
+    directory store replaces a file whose bytes do not match."""
+    s = make(providers=5, rounds=2, privacy="secagg", validators=3)
+    victim = s.providers[2]
+    train = victim.train
+
+    def train_then_overwritten(job_id, r):
+        msg = train(job_id, r)
+        if msg is not None:
+            s.store._path(msg["update_cid"]).write_bytes(b"not the masked update")
+        return msg
+
+    victim.train = train_then_overwritten
+    s.run()
+    assert [c.count for c in committed_rounds(s.dep, s.job)] == [5, 5]

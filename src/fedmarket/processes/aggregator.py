@@ -6,10 +6,10 @@ import os
 import time
 
 from ..chain import Account
-from ..errors import ContractRevert, FedMarketError, SecAggAbort, StorageError
+from ..errors import BlobNotFound, ContractRevert, FedMarketError, SecAggAbort, StorageError
 from ..market import Deployment, JobState
 from ..protocol import rules as R
-from ..protocol.encoding import BAD_INPUT, decode_vector, untrusted_json
+from ..protocol.encoding import BAD_INPUT, decode_vector, untrusted_json, vector_blob_limit
 from ..roles import Aggregator
 from ..roles.aggregator import Update
 from ..roles import secure_round as sr
@@ -74,6 +74,7 @@ class AggregatorProcess(RoleProcess):
         self.reveal_timeout = reveal_timeout
         self._opened: dict[int, float] = {}  # round -> when this process first saw it open (monotonic)
         self._verified: dict = {}  # the open round's messages -> who signed them (`signed_on`)
+        self._blobs_read: set[tuple[int, str]] = set()  # (round, cid) of masked blobs read intact
         self._expected: dict[int, list[str]] = {}  # round -> the providers selected for it
         self._spec = None
         self._next_restore = 0.0  # when it next looks for deleted blobs of a round under review
@@ -179,13 +180,13 @@ class AggregatorProcess(RoleProcess):
         raise Stop
 
     def _keep_available(self, r: int) -> None:
-        """While validators review round `r`, put back in the shared store (every 2 s) any of its
-        blobs someone deleted there (anyone on a shared store can, a provider its own update): its
+        """While validators review round `r`, put back in the shared store (every 5 s) any of its
+        blobs someone deleted or overwrote there (anyone on a shared store can): its
         metrics document, its model, the model it started from and its updates, from this process's
         copy. A round whose data validators cannot fetch is rejected, at this aggregator's cost."""
         if time.monotonic() < self._next_restore:
             return
-        self._next_restore = time.monotonic() + 2.0
+        self._next_restore = time.monotonic() + 5.0
         mirror = self.aggregator.store
         cids = []
         for c in committed_rounds(self.dep, self.job_id)[max(0, r - 1):r + 1]:
@@ -204,7 +205,7 @@ class AggregatorProcess(RoleProcess):
         opened = self._opened.setdefault(r, time.monotonic())
         if r not in self._expected:
             self._expected = {r: round_providers(self.dep, spec, job_id, r)}
-            self._verified = {}
+            self._verified, self._blobs_read = {}, set()
         if spec.privacy.secure:
             self._secure_round(job_id, r, opened)
             return
@@ -286,12 +287,23 @@ class AggregatorProcess(RoleProcess):
         self._commit(job_id, r, waited)
 
     def _uploads_missing(self, r: int) -> bool:
-        """Whether the blob of a signed update on round `r`'s topic is missing from the store."""
+        """Whether the blob of a masked update signed by a member that shared is missing from the
+        store, or overwritten (read through the mirror: once read, a later loss is put back)."""
+        shared = self._senders(r, "shares")
+        limit = vector_blob_limit(self.spec().n_params)
         for raw in self.mailbox.read(round_topic(self.job_id, r)):
-            if signed_senders(self.dep, [raw], self.job_id, r, "update", self._verified):
-                cid = untrusted_json(raw).get("update_cid")
-                if isinstance(cid, str) and not self.aggregator.store.has(cid):
-                    return True
+            if not shared & signed_senders(self.dep, [raw], self.job_id, r, "update", self._verified):
+                continue
+            cid = untrusted_json(raw).get("update_cid")
+            if not isinstance(cid, str) or (r, cid) in self._blobs_read:
+                continue
+            try:
+                self.aggregator.store.get_capped(cid, limit)
+            except BlobNotFound:
+                return True
+            except (StorageError, ValueError):
+                continue  # not a blob of an update at all: the collect says why
+            self._blobs_read.add((r, cid))
         return False
 
     def _commit(self, job_id: int, r: int, waited: float) -> None:

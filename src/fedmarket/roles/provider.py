@@ -8,7 +8,7 @@ import secrets
 import numpy as np
 
 from ..chain import Account, Receipt
-from ..errors import FedMarketError, SecAggAbort
+from ..errors import BlobNotFound, FedMarketError, SecAggAbort
 from ..fl.quantize import quantize
 from ..jobmodel import job_model
 from ..market import Deployment
@@ -314,8 +314,11 @@ class Provider(DataRole):
         if not self.selected(job_id, round_) or (job_id, round_) not in self._clients:
             return  # nothing masked here this round
         own = self._masked_blob.get((job_id, round_))
-        if own is not None and not self.store.has(cid_of(own)):
-            self.store.put(own)
+        if own is not None:
+            try:
+                self.store.get(cid_of(own))  # read, not `has`: an overwritten blob is as good as gone
+            except BlobNotFound:
+                self.store.put(own)
         members = self._members(job_id, round_)
         cache = self._upload_signers.setdefault((job_id, round_), {})
         uploaded = signed_on(self.dep, self.mailbox, job_id, round_, "update", cache)

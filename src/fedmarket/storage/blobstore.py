@@ -77,11 +77,19 @@ class LocalBlobStore(BlobStore):
     def put(self, data: bytes) -> str:
         cid = cid_of(data)
         path = self._path(cid)
-        if not path.exists():
+        if not path.exists() or not self._intact(cid, path):  # a file someone overwrote is replaced
             tmp = path.with_name(f".{cid}.{os.getpid()}.tmp")
             tmp.write_bytes(data)
             tmp.replace(path)
         return cid
+
+    @staticmethod
+    def _intact(cid: str, path: Path) -> bool:
+        try:
+            verify(cid, path.read_bytes())
+        except (OSError, StorageError):
+            return False
+        return True
 
     def has(self, cid: str) -> bool:
         """Whether a file is stored under `cid` (its bytes are checked when it is read)."""
@@ -145,11 +153,16 @@ class MirroredStore(BlobStore):
         return self.shared.has(cid) or self.local.has(cid)
 
     def restore(self, cids) -> int:
-        """Put back in the shared store each of `cids` it lost and the local copy holds; returns how
-        many it put back (a blob in neither is left to whoever asks for it)."""
+        """Put back in the shared store each of `cids` it lost, or holds overwritten, that the local
+        copy holds (each shared blob is read to check it); returns how many it put back (a blob in
+        neither is left to whoever asks for it)."""
         back = 0
         for cid in cids:
-            if not self.shared.has(cid) and self.local.has(cid):
+            if not self.local.has(cid):
+                continue
+            try:
+                self.shared.get(cid)
+            except BlobNotFound:
                 self.shared.put(self.local.get(cid))
                 back += 1
         return back

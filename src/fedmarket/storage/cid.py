@@ -12,7 +12,7 @@ import hashlib
 
 from multiformats import CID, multihash
 
-from ..errors import StorageError
+from ..errors import BlobCorrupted, StorageError
 
 #: CIDv1, the raw codec (0x55), a sha2-256 multihash (0x12) of 32 bytes (0x20)
 _RAW_SHA256 = bytes([0x01, 0x55, 0x12, 0x20])
@@ -54,6 +54,6 @@ def _parse_cid(cid: str) -> CID:
 
 
 def verify(cid: str, data: bytes) -> None:
-    """Raise StorageError unless `data` hashes to `cid`."""
+    """Raise BlobCorrupted (a StorageError) unless `data` hashes to `cid`."""
     if hashlib.sha256(data).digest() != sha256_of_cid(cid):
-        raise StorageError(f"blob does not match its content id {cid}: refusing corrupted data")
+        raise BlobCorrupted(f"blob does not match its content id {cid}: refusing corrupted data")

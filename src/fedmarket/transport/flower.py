@@ -398,18 +398,21 @@ def _reply(msg, record: dict):
     return Message(content=RecordDict({RECORD: ConfigRecord(record)}), reply_to=msg)
 
 
-def check_seals_on_node(provider, node_store: BlobStore, job_id: int):
+def check_seals_on_node(provider, node_store: BlobStore, job_id: int, compared: set[int] | None = None):
     """File the seal of every committed round this provider revealed in (its metrics document, as
     the ServerApp brought it) beside the seal it revealed under, in its own mailbox, and prove two
     different ones on chain (`Challenger.check_seals`: the job fails back to that round, the
     aggregator is slashed, half to this provider). A seal shown to this provider alone let the
     aggregator take its update and commit the round under another's name with another seal:
-    that costs it its stake. Returns the receipt of a proof, or None."""
+    that costs it its stake. `compared`, if given, keeps the rounds already compared (skipped
+    after). Returns the receipt of a proof, or None."""
     from ..roles.challenger import Challenger
     from ..roles.common import fetch_metrics
 
     aggregator = provider.dep.job(job_id)["aggregator"]
     for c in committed_rounds(provider.dep, job_id):
+        if compared is not None and c.round in compared:
+            continue
         topic = sl.seal_topic(job_id, c.round)
         mine = sl.seals(provider.dep, provider.mailbox.read(topic), job_id, c.round, aggregator)
         if not mine:
@@ -418,6 +421,8 @@ def check_seals_on_node(provider, node_store: BlobStore, job_id: int):
             doc = fetch_metrics(node_store, c)
         except (FedMarketError, ValueError, KeyError, TypeError):
             continue  # not brought (yet)
+        if compared is not None:
+            compared.add(c.round)
         if isinstance(doc.get("seal"), dict):
             try:
                 public = sl.open_seal(provider.dep, doc["seal"], job_id, c.round, aggregator)

@@ -14,7 +14,7 @@ from ..market import JobState
 from ..processes.aggregator import AggregatorProcess
 from ..processes.base import job_state
 from ..processes.provider import ProviderProcess
-from .flower import sent_topic
+from .flower import check_seals_on_node, sent_topic
 
 
 class SuperNodeProviderProcess(ProviderProcess):
@@ -31,6 +31,7 @@ class SuperNodeProviderProcess(ProviderProcess):
         # train here too (the ClientApp would then only send this process's update again)
         self.provider.train = self._not_here
         self._quiet_until = 0.0
+        self._compared: set[int] = set()  # rounds whose committed seal it compared with its own
 
     @staticmethod
     def _not_here(job_id: int, round_: int) -> None:
@@ -41,6 +42,12 @@ class SuperNodeProviderProcess(ProviderProcess):
             return
         job = job_state(self.dep, self.job_id)
         r = int(job["current_round"])
+        if job["state"] in (JobState.TRAINING, JobState.FINALIZING):
+            # the seals its SuperNode revealed under, against those the rounds committed with, from
+            # this provider's store (the aggregator's ServerApp might not bring those documents)
+            receipt = check_seals_on_node(self.provider, self.provider.store, self.job_id, self._compared)
+            if receipt is not None:
+                self.say(f"the aggregator signed two seals of one round: proven on chain (tx {receipt.tx_hash})")
         if job["state"] == JobState.TRAINING and r < int(job["rounds"]):
             self._quiet_until = time.monotonic() + self.TRAINING_LOOK_S
             if self.posted(r):
