@@ -112,3 +112,41 @@ def test_withholding_the_round_document_from_the_supernode_does_not_hide_the_pri
     assert proven["aggregator"] == s.agg.address
     s.release_all()
     assert s.state() == JobState.FAILED and s.slashed() == {s.agg.address: AGG_STAKE}
+
+
+def test_a_deleted_round_document_does_not_stop_the_rewards_message(make, monkeypatch):
+    """ATTACK (found by a review of the fixes): the rewards message after the last round also brings
+    the last round's metrics document (for the SuperNodes' seal check). Anyone on a shared store
+    who deleted that document made the ServerApp's read fail, so no SuperNode got the rewards
+    document its provider's claim needs. The rewards document goes without it."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    make_spec = sec_support.make_spec
+    monkeypatch.setattr(sec_support, "make_spec", lambda **kw: make_spec(**kw).model_copy(
+        update={"transport": TransportSpec(flower_app_hash="0" * 64)}))
+    s = make(providers=3, rounds=1)
+    s.run()
+    last = committed_rounds(s.dep, s.job)[-1]
+    s.store._path(metrics_cid(last.metrics_hash)).unlink()
+
+    class Grid:  # the ServerApp's side of Flower, recording what it pushes (the real one: tests/transport)
+        pushed: list = []
+
+        def get_node_ids(self):
+            return [11, 12]
+
+        def push_messages(self, messages):
+            self.pushed += messages
+            return [f"m{i}" for i in range(len(messages))]
+
+        def pull_messages(self, ids):
+            return []
+
+    for name in ("_task_id", "_run_id", "_node_id"):  # a message outside a Flower run
+        monkeypatch.setattr(TaskIdentity, name, 1, raising=False)
+    grid = Grid()
+    fl.Relay(s.dep, s.store, s.box, s.job, round_timeout=0.2, poll=0.05).send_rewards(grid)
+    rewards_cid = s.dep.market.events("RewardRootPosted", job_id=s.job)[-1]["rewards_cid"]
+    assert len(grid.pushed) == 2
+    for message in grid.pushed:
+        assert s.store.get(rewards_cid) in list(message.content[fl.RECORD]["blobs"])

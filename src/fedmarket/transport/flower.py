@@ -313,10 +313,13 @@ class Relay:
         leaf from), and the last round's metrics document (its seal, `check_seals_on_node`): the
         providers share no store with the aggregator."""
         posted = self.dep.market.events("RewardRootPosted", job_id=self.job_id)
+        blobs = [self.store.get_capped(posted[-1]["rewards_cid"], MAX_UNTRUSTED_BYTES)]
         last = committed_rounds(self.dep, self.job_id)[-1]  # its seal, for the providers' seal check
-        config = ConfigRecord({"job-id": self.job_id,
-                               "blobs": [self.store.get_capped(posted[-1]["rewards_cid"], MAX_UNTRUSTED_BYTES),
-                                         self.store.get_capped(metrics_cid(last.metrics_hash), MAX_UNTRUSTED_BYTES)]})
+        try:
+            blobs.append(self.store.get_capped(metrics_cid(last.metrics_hash), MAX_UNTRUSTED_BYTES))
+        except StorageError as exc:  # (deleted from the store, say): the rewards document goes all the same
+            _say(f"the last round's metrics document is not sent: {exc}")
+        config = ConfigRecord({"job-id": self.job_id, "blobs": blobs})
         nodes = sorted(grid.get_node_ids())
         messages = [Message(content=RecordDict({RECORD: config}), dst_node_id=n, message_type="query") for n in nodes]
         waiting = set(grid.push_messages(messages))
