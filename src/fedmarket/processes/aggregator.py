@@ -6,7 +6,7 @@ import os
 import time
 
 from ..chain import Account
-from ..errors import BlobNotFound, ContractRevert, FedMarketError, SecAggAbort, StorageError
+from ..errors import BlobNotFound, BlobTooLarge, ContractRevert, FedMarketError, SecAggAbort, StorageError
 from ..market import Deployment, JobState
 from ..protocol import rules as R
 from ..protocol.encoding import BAD_INPUT, decode_vector, untrusted_json, vector_blob_limit
@@ -299,7 +299,7 @@ class AggregatorProcess(RoleProcess):
                 continue
             try:
                 self.aggregator.store.get_capped(cid, limit)
-            except BlobNotFound:
+            except (BlobNotFound, BlobTooLarge):  # missing, or overwritten (junk, too long, not a file)
                 return True
             except (StorageError, ValueError):
                 continue  # not a blob of an update at all: the collect says why

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..errors import BlobNotFound, FedMarketError, ModelOutOfRange, StorageUnreachable
+from ..errors import BlobNotFound, BlobTooLarge, FedMarketError, ModelOutOfRange, StorageUnreachable
 from ..market import Deployment
 from ..protocol import rules as R
 from ..protocol.encoding import BAD_INPUT, address_key, vector_root
@@ -52,7 +52,8 @@ class RoundCheck:
     # the committed model is withheld and the round's updates give another one: a MODEL game
     # (`RoundArbiter.challenge_model`) walks the committed tree to a chunk that differs
     model_withheld: bool = False
-    # a blob of the round is missing from the store (no evidence was built): it may be put back
+    # a blob of the round is missing from the store, or overwritten (junk, too long, not a file):
+    # no evidence was built, and it may be put back
     unavailable: bool = False
 
 
@@ -364,7 +365,7 @@ class Auditor:
             raise
         except (FedMarketError, *BAD_INPUT) as exc:  # storage and protocol errors, and documents anyone could write
             return RoundCheck(c.round, False, f"round data unavailable or inconsistent: {exc}", count=c.count,
-                              unavailable=isinstance(exc, BlobNotFound)), None
+                              unavailable=isinstance(exc, (BlobNotFound, BlobTooLarge))), None
         n = int(self.dep.market.call("progress", job_id)["n_providers"])
         for i in range(len(ev.updates)):
             problem = self.leaf_problem(spec, job_id, ev, i, n)

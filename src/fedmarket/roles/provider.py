@@ -8,7 +8,7 @@ import secrets
 import numpy as np
 
 from ..chain import Account, Receipt
-from ..errors import BlobNotFound, FedMarketError, SecAggAbort
+from ..errors import FedMarketError, SecAggAbort, StorageError, StorageUnreachable
 from ..fl.quantize import quantize
 from ..jobmodel import job_model
 from ..market import Deployment
@@ -315,9 +315,11 @@ class Provider(DataRole):
             return  # nothing masked here this round
         own = self._masked_blob.get((job_id, round_))
         if own is not None:
-            try:
-                self.store.get(cid_of(own))  # read, not `has`: an overwritten blob is as good as gone
-            except BlobNotFound:
+            try:  # read back (never past its own length), not `has`: an overwritten blob is as good as gone
+                self.store.get_capped(cid_of(own), len(own))
+            except StorageUnreachable:
+                pass
+            except StorageError:
                 self.store.put(own)
         members = self._members(job_id, round_)
         cache = self._upload_signers.setdefault((job_id, round_), {})

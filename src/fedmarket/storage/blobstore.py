@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import abc
 import os
+import shutil
+import stat
 from pathlib import Path
 
-from ..errors import BlobNotFound, BlobTooLarge, StorageError, StorageUnreachable
+from ..errors import BlobCorrupted, BlobNotFound, BlobTooLarge, StorageError, StorageUnreachable
 from .cid import cid_of, sha256_of_cid, verify
 
 
@@ -77,19 +79,36 @@ class LocalBlobStore(BlobStore):
     def put(self, data: bytes) -> str:
         cid = cid_of(data)
         path = self._path(cid)
-        if not path.exists() or not self._intact(cid, path):  # a file someone overwrote is replaced
+        if not self._holds(cid, path, len(data)):  # anything else under the name (junk, a directory,
+            self._set_aside(path)                 # a pipe) is replaced
             tmp = path.with_name(f".{cid}.{os.getpid()}.tmp")
             tmp.write_bytes(data)
             tmp.replace(path)
         return cid
 
-    @staticmethod
-    def _intact(cid: str, path: Path) -> bool:
+    def _holds(self, cid: str, path: Path, size: int) -> bool:
+        """Whether `path` is a regular file of `size` bytes that is the blob `cid`."""
         try:
-            verify(cid, path.read_bytes())
-        except (OSError, StorageError):
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+                return False
+            verify(cid, self._read_file(cid, path, size))
+        except FileNotFoundError:
+            return False
+        except StorageError:
             return False
         return True
+
+    @staticmethod
+    def _set_aside(path: Path) -> None:
+        """Remove whatever is under a blob's name that is not the blob."""
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
     def has(self, cid: str) -> bool:
         """Whether a file is stored under `cid` (its bytes are checked when it is read)."""
@@ -100,15 +119,37 @@ class LocalBlobStore(BlobStore):
 
     def size(self, cid: str) -> int | None:
         try:
-            return self._path(cid).stat().st_size
+            st = self._path(cid).stat()
         except (OSError, StorageError, ValueError):
             return None  # no such blob, or not a CID: `get` says which
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
 
-    def _read(self, cid: str) -> bytes:
+    def _read_file(self, cid: str, path: Path, limit: int | None) -> bytes:
+        """The bytes of the regular file `path` (at most `limit + 1` of them when a limit is given),
+        opened without blocking: BlobNotFound if there is none, BlobCorrupted for anything else
+        under the name (a directory, a pipe, a file nobody may read), which anyone on a shared
+        directory can put there."""
         try:
-            return self._path(cid).read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except FileNotFoundError:
             raise BlobNotFound(f"blob {cid} not found in {self.root}") from None
+        except OSError as exc:
+            raise BlobCorrupted(f"blob {cid} in {self.root} cannot be read: {exc.strerror}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BlobCorrupted(f"blob {cid} in {self.root} is not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                return fh.read() if limit is None else fh.read(limit + 1)
+        except OSError as exc:
+            raise BlobCorrupted(f"blob {cid} in {self.root} cannot be read: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+
+    def _read(self, cid: str) -> bytes:
+        return self._read_file(cid, self._path(cid), None)
+
+    def _read_capped(self, cid: str, limit: int) -> bytes:
+        return self._read_file(cid, self._path(cid), limit)
 
 
 class MirroredStore(BlobStore):
@@ -128,9 +169,9 @@ class MirroredStore(BlobStore):
     def _through(self, cid: str, read) -> bytes:
         try:
             data = read(self.shared)
-        except (StorageUnreachable, BlobTooLarge):
+        except StorageUnreachable:
             raise
-        except StorageError as lost:
+        except StorageError as lost:  # missing, overwritten, or past the reader's limit there
             try:
                 data = read(self.local)
             except StorageError:
@@ -160,9 +201,12 @@ class MirroredStore(BlobStore):
         for cid in cids:
             if not self.local.has(cid):
                 continue
+            data = self.local.get(cid)
             try:
-                self.shared.get(cid)
-            except BlobNotFound:
-                self.shared.put(self.local.get(cid))
+                self.shared.get_capped(cid, len(data))  # never more than the blob's own length
+            except StorageUnreachable:
+                raise
+            except StorageError:  # missing, overwritten, or too long
+                self.shared.put(data)
                 back += 1
         return back
