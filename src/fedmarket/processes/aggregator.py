@@ -268,7 +268,7 @@ class AggregatorProcess(RoleProcess):
                 if not shared and waited >= patience:
                     self._commit(job_id, r, waited)  # nobody got as far as sharing: the round keeps the model
                 return
-            if waited < patience and self._uploads_missing(r):
+            if waited < patience and self._uploads_missing(r, shared):
                 # a signed masked update whose blob is gone (deleted: its provider puts it back) is
                 # waited for: left out, its neighbours, who saw it, would refuse the set
                 self.say_once(f"round {r}: a masked update's blob is missing; waiting for it")
@@ -286,10 +286,9 @@ class AggregatorProcess(RoleProcess):
             return
         self._commit(job_id, r, waited)
 
-    def _uploads_missing(self, r: int) -> bool:
-        """Whether the blob of a masked update signed by a member that shared is missing from the
+    def _uploads_missing(self, r: int, shared: set[str]) -> bool:
+        """Whether the blob of a masked update signed by a member that `shared` is missing from the
         store, or overwritten (read through the mirror: once read, a later loss is put back)."""
-        shared = self._senders(r, "shares")
         limit = vector_blob_limit(self.spec().n_params)
         for raw in self.mailbox.read(round_topic(self.job_id, r)):
             if not shared & signed_senders(self.dep, [raw], self.job_id, r, "update", self._verified):

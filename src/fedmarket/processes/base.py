@@ -27,17 +27,7 @@ from ..errors import ChainError, FedMarketError, StorageError
 from ..market import Deployment, JobState
 from ..memory import Trimmer
 from ..protocol.encoding import BAD_INPUT
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically (temp file in the same directory, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+from ..storage import write_atomic
 
 
 class StateDir:

@@ -40,6 +40,7 @@ from ..protocol.encoding import BAD_INPUT, address_key, canonical_json, untruste
 from ..protocol.keccak import keccak
 from ..protocol.receipts import CommitmentSeal, UpdateCommitment
 from ..spec import JobSpec
+from ..storage import write_atomic
 from .common import round_topic
 
 
@@ -58,12 +59,9 @@ class Pending:
 
     def keep(self, job_id: int, r: int, message: dict, blob: bytes, committed: bytes) -> None:
         """`Provider.keep_sealed`: written (blob first, each atomically) before the commitment is sent."""
-        self.dir.mkdir(parents=True, exist_ok=True)
         doc, data = self._paths(job_id, r)
-        for path, content in ((data, blob), (doc, canonical_json({"message": message, "commitment": committed.decode()}))):
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(content)
-            os.replace(tmp, path)
+        write_atomic(data, blob)
+        write_atomic(doc, canonical_json({"message": message, "commitment": committed.decode()}))
 
     def load(self, job_id: int, r: int) -> tuple[dict, bytes, bytes] | None:
         """(receipt with its salt, update blob, commitment message) kept for the round, or None."""

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .blobstore import BlobStore, LocalBlobStore, MirroredStore
 from .cid import cid_of, verify
 from .mailbox import Mailbox
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` atomically (temp file in the same directory, fsync, rename): a
+    role's own state files, which a crash must leave whole or untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def is_nats(location: str | os.PathLike) -> bool:
@@ -49,4 +62,4 @@ def is_remote(location: str | os.PathLike) -> bool:
     return is_nats(text) or (isinstance(text, str) and text.lower().startswith(("ipfs+http://", "ipfs+https://")))
 
 
-__all__ = ["BlobStore", "LocalBlobStore", "Mailbox", "MirroredStore", "cid_of", "is_nats", "is_remote", "open_mailbox", "open_store", "verify"]
+__all__ = ["BlobStore", "LocalBlobStore", "Mailbox", "MirroredStore", "cid_of", "is_nats", "is_remote", "open_mailbox", "open_store", "verify", "write_atomic"]

@@ -93,9 +93,7 @@ class LocalBlobStore(BlobStore):
             if not stat.S_ISREG(st.st_mode) or st.st_size != size:
                 return False
             verify(cid, self._read_file(cid, path, size))
-        except FileNotFoundError:
-            return False
-        except StorageError:
+        except (FileNotFoundError, StorageError):
             return False
         return True
 
