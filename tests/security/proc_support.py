@@ -63,6 +63,23 @@ class Procs:
 
     after_step = None  # hook(name) called after each process's step
 
+    def spoil_after_commit(self, provider, spoil) -> list[str]:
+        """Once the aggregator's step committed round 0, `spoil(path)` the file of `provider`'s
+        update blob in the shared directory store (anyone can, there). Returns the cids spoiled."""
+        from fedmarket.roles.common import committed_rounds, fetch_metrics
+
+        done: list[str] = []
+
+        def after(name):
+            if name == "aggregator" and not done and committed_rounds(self.dep, self.job):
+                doc = fetch_metrics(self.store, committed_rounds(self.dep, self.job)[0])
+                [mine] = [u for u in doc["updates"] if u["provider"] == provider.address]
+                spoil(self.store.root / mine["update_cid"])
+                done.append(mine["update_cid"])
+
+        self.after_step = after
+        return done
+
     def step(self, names=None):
         for name in (names or list(self.procs)):
             p = self.procs[name]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,16 @@ def digits():
     ds = load_dataset("digits")
     train, test = train_test_split(ds, 0.25, 0)
     return ds, train, test
+
+
+def flower_jobs(monkeypatch) -> None:
+    """Have `make` post Flower jobs: specs naming a Flower app bundle (the harness runs their rounds
+    in process, through the roles a Flower job uses)."""
+    from fedmarket.spec import TransportSpec
+
+    plain = make_spec
+    monkeypatch.setattr(sys.modules[__name__], "make_spec", lambda **kw: plain(**kw).model_copy(
+        update={"transport": TransportSpec(flower_app_hash="0" * 64)}))
 
 
 def make_spec(*, providers=3, rounds=2, validators=0, strategy="fedavg", trim=0, privacy="plain", per_round=0,

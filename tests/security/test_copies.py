@@ -19,6 +19,22 @@ def _rounds(s) -> list[dict]:
     return [fetch_metrics(s.store, c) for c in committed_rounds(s.dep, s.job)]
 
 
+def _copied(make):
+    """A settled job of four providers whose last copies the first's update every round as soon as
+    it is revealed: (setup, copier, victim), the copy checked to be left out of every round, with
+    its reason in the metrics document, and the original in."""
+    s = make(providers=4, rounds=2, provider_cls=[Provider, Provider, Provider, CopyingProvider])
+    copier, victim = s.providers[3], s.providers[0]
+    copier.victim = victim.address
+    s.run()
+    assert s.state() == JobState.SETTLED
+    for doc in _rounds(s):
+        assert copier.address not in {u["provider"] for u in doc["updates"]}
+        assert victim.address in {u["provider"] for u in doc["updates"]}
+        assert any("does not open a commitment sealed before the reveals" in r["reason"] for r in doc["rejected"])
+    return s, copier, victim
+
+
 def test_a_copier_earns_nothing_and_the_original_keeps_its_pay(chain, make):
     """Four providers, the last copies the first's update every round as soon as it is revealed.
     Its copy opens no commitment it made before the seal: left out of every round, with the
@@ -30,15 +46,7 @@ def test_a_copier_earns_nothing_and_the_original_keeps_its_pay(chain, make):
         assert h.state() == JobState.SETTLED
         honest = h.delta()
         victim_honest = honest[h.providers[0].address]
-    s = make(providers=4, rounds=2, provider_cls=[Provider, Provider, Provider, CopyingProvider])
-    copier, victim = s.providers[3], s.providers[0]
-    copier.victim = victim.address
-    s.run()
-    assert s.state() == JobState.SETTLED
-    for doc in _rounds(s):
-        assert copier.address not in {u["provider"] for u in doc["updates"]}
-        assert victim.address in {u["provider"] for u in doc["updates"]}
-        assert any("does not open a commitment sealed before the reveals" in r["reason"] for r in doc["rejected"])
+    s, copier, victim = _copied(make)
     d = s.delta()
     assert d[copier.address] == 0  # nothing earned (its stake came back: a copy is unpaid, not slashed)
     assert d[victim.address] >= victim_honest > 0
@@ -53,19 +61,8 @@ def test_a_copier_in_a_flower_job_earns_nothing(make, monkeypatch):
     the copy opens no commitment and earns nothing."""
     import sec_support
 
-    from fedmarket.spec import TransportSpec
-
-    make_spec = sec_support.make_spec
-    monkeypatch.setattr(sec_support, "make_spec", lambda **kw: make_spec(**kw).model_copy(
-        update={"transport": TransportSpec(flower_app_hash="0" * 64)}))
-    s = make(providers=4, rounds=2, provider_cls=[Provider, Provider, Provider, CopyingProvider])
-    copier, victim = s.providers[3], s.providers[0]
-    copier.victim = victim.address
-    s.run()
-    assert s.state() == JobState.SETTLED
-    for doc in _rounds(s):
-        assert copier.address not in {u["provider"] for u in doc["updates"]}
-        assert victim.address in {u["provider"] for u in doc["updates"]}
+    sec_support.flower_jobs(monkeypatch)
+    s, copier, victim = _copied(make)
     d = s.delta()
     assert d[copier.address] == 0 and d[victim.address] > 0
 

@@ -21,7 +21,6 @@ from fedmarket.protocol.receipts import UpdateReceipt
 from fedmarket.roles import Provider
 from fedmarket.roles import sealed as sl
 from fedmarket.roles.common import committed_rounds, fetch_metrics, metrics_cid, round_topic
-from fedmarket.spec import TransportSpec
 from fedmarket.storage import LocalBlobStore, Mailbox
 from fedmarket.transport import flower as fl
 
@@ -34,9 +33,7 @@ def _msg(record: dict):
 def _private_seal_theft(make, monkeypatch, tmp_path):
     """The aggregator's theft through a seal shown to the victim alone, up to the round's commit:
     returns (setup, the victim's SuperNode context, victim, Sybil)."""
-    make_spec = sec_support.make_spec
-    monkeypatch.setattr(sec_support, "make_spec", lambda **kw: make_spec(**kw).model_copy(
-        update={"transport": TransportSpec(flower_app_hash="0" * 64)}))
+    sec_support.flower_jobs(monkeypatch)
     s = make(providers=4, rounds=1, validators=3)
     s.open()
     job, dep = s.job, s.dep
@@ -121,9 +118,7 @@ def test_a_deleted_round_document_does_not_stop_the_rewards_message(make, monkey
     document its provider's claim needs. The rewards document goes without it."""
     from flwr.supercore.task_identity import TaskIdentity
 
-    make_spec = sec_support.make_spec
-    monkeypatch.setattr(sec_support, "make_spec", lambda **kw: make_spec(**kw).model_copy(
-        update={"transport": TransportSpec(flower_app_hash="0" * 64)}))
+    sec_support.flower_jobs(monkeypatch)
     s = make(providers=3, rounds=1)
     s.run()
     last = committed_rounds(s.dep, s.job)[-1]

@@ -289,6 +289,23 @@ def test_an_update_acknowledged_before_its_provider_is_slashed_stays_in_the_roun
     assert s.slashed() == {a.address: PROV_STAKE}
 
 
+def _two_revealed_one_pending(s) -> tuple[dict, bytes]:
+    """Round 0 of three providers sealed; the first two revealed, the third's receipt in but its
+    blob not (yet) in the store, so that the aggregator's process acknowledges the first two and
+    waits for the third. Returns (the first provider's receipt, the third's blob, to put back)."""
+    a, b, c = s.providers
+    s.open()
+    for p in s.providers:
+        p.train(s.job, 0)
+    s.agg.seal(s.job, 0, s.spec)
+    first = a.reveal(s.job, 0)
+    b.reveal(s.job, 0)
+    late = c.reveal(s.job, 0)
+    late_blob = s.store.get(late["update_cid"])
+    s.store._path(late["update_cid"]).unlink()
+    return first, late_blob
+
+
 def test_a_second_receipt_after_the_acknowledgement_cannot_displace_the_acknowledged_update(make, tmp_path):
     """A provider whose update was acknowledged signs a second receipt of it with another weight,
     one whose message sorts first on the mailbox, and files it (as a Flower ServerApp files what a
@@ -301,16 +318,8 @@ def test_a_second_receipt_after_the_acknowledgement_cannot_displace_the_acknowle
     from fedmarket.transport.flower import file_update
 
     s = make(providers=3, rounds=2)
-    a, b, c = s.providers
-    s.open()
-    for p in s.providers:
-        p.train(s.job, 0)
-    s.agg.seal(s.job, 0, s.spec)
-    first = a.reveal(s.job, 0)
-    b.reveal(s.job, 0)
-    late = c.reveal(s.job, 0)  # c's receipt is in, its blob not yet: a and b are acknowledged, c waited for
-    late_blob = s.store.get(late["update_cid"])
-    s.store._path(late["update_cid"]).unlink()
+    a = s.providers[0]
+    first, late_blob = _two_revealed_one_pending(s)
     proc = AggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, tmp_path / "agg", collect_timeout=3600,
                              log=lambda m: None)
     proc._round(s.dep.job(s.job), 0)  # a and b acknowledged; c not in yet
@@ -339,16 +348,8 @@ def test_an_acknowledged_update_survives_the_aggregators_restart(make, tmp_path)
     from fedmarket.roles.challenger import Challenger
 
     s = make(providers=3, rounds=2)
-    a, b, c = s.providers
-    s.open()
-    for p in s.providers:
-        p.train(s.job, 0)
-    s.agg.seal(s.job, 0, s.spec)
-    revealed = a.reveal(s.job, 0)
-    b.reveal(s.job, 0)
-    late = c.reveal(s.job, 0)  # c's receipt is in, its blob not yet: a and b are acknowledged, c waited for
-    late_blob = s.store.get(late["update_cid"])
-    s.store._path(late["update_cid"]).unlink()
+    a = s.providers[0]
+    revealed, late_blob = _two_revealed_one_pending(s)
     state = tmp_path / "agg"
     AggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, state, collect_timeout=3600,
                       log=lambda m: None)._round(s.dep.job(s.job), 0)

@@ -93,20 +93,8 @@ def test_a_blob_deleted_after_the_commit_does_not_get_the_aggregator_slashed(cha
     aggregator and take half its stake. Validators look again for a tenth of a round before they
     call data unavailable, and the aggregator's process puts back what was deleted from its own
     copy while the round is under review: the round reaches quorum, nobody is slashed."""
-    from fedmarket.roles.common import fetch_metrics
-
     P = Procs(chain, tmp_path, collect_timeout=60.0, providers=3, validators=3, rounds=2)
-    attacker = chain.providers[0]
-    deleted = []
-
-    def after(name):
-        if name == "aggregator" and not deleted and committed_rounds(P.dep, P.job):
-            doc = fetch_metrics(P.store, committed_rounds(P.dep, P.job)[0])
-            [mine] = [u for u in doc["updates"] if u["provider"] == attacker.address]
-            (P.store.root / mine["update_cid"]).unlink()  # anyone can delete on a shared store
-            deleted.append(mine["update_cid"])
-
-    P.after_step = after
+    deleted = P.spoil_after_commit(chain.providers[0], lambda path: path.unlink())
     assert P.run(80), "\n".join(P.logs[-30:])
     assert deleted and P.state() == JobState.SETTLED
     assert int(P.dep.disputes.call("rejected_stake", P.job, 0)) == 0
@@ -174,20 +162,8 @@ def test_a_blob_overwritten_after_the_commit_does_not_get_the_aggregator_slashed
     a missing blob, so validators rejected at once, and the aggregator's put-back skipped it (the
     name was there). A blob that is not its content id counts as missing (`BlobCorrupted`): the
     validators wait, and the aggregator's process reads each blob to put back an overwritten one."""
-    from fedmarket.roles.common import fetch_metrics
-
     P = Procs(chain, tmp_path, collect_timeout=60.0, providers=3, validators=3, rounds=2)
-    attacker = chain.providers[0]
-    done = []
-
-    def after(name):
-        if name == "aggregator" and not done and committed_rounds(P.dep, P.job):
-            doc = fetch_metrics(P.store, committed_rounds(P.dep, P.job)[0])
-            [mine] = [u for u in doc["updates"] if u["provider"] == attacker.address]
-            (P.store.root / mine["update_cid"]).write_bytes(b"junk")  # overwritten, not deleted
-            done.append(mine["update_cid"])
-
-    P.after_step = after
+    done = P.spoil_after_commit(chain.providers[0], lambda path: path.write_bytes(b"junk"))  # overwritten, not deleted
     assert P.run(80), "\n".join(P.logs[-30:])
     assert done and P.state() == JobState.SETTLED
     assert int(P.dep.disputes.call("rejected_stake", P.job, 0)) == 0

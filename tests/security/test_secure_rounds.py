@@ -87,6 +87,19 @@ def test_a_sampled_round_of_two_runs_no_secure_aggregation(make):
     assert np.all([c.count != 1 and c.count != 2 for c in committed_rounds(s.dep, s.job)])
 
 
+def _spoil_after_upload(s, provider, spoil) -> None:
+    """`spoil(path)` the file of each masked update `provider` uploads, as soon as it is uploaded."""
+    train = provider.train
+
+    def train_then_spoil(job_id, r):
+        msg = train(job_id, r)
+        if msg is not None:
+            spoil(s.store._path(msg["update_cid"]))
+        return msg
+
+    provider.train = train_then_spoil
+
+
 def test_a_strangers_deleted_masked_blob_does_not_abort_the_round(make):
     """ATTACK (found by a review of the fixes): providers refuse a survivor set that leaves out a
     neighbour whose signed masked update they saw. A stranger deleting an honest provider's masked
@@ -95,16 +108,7 @@ def test_a_strangers_deleted_masked_blob_does_not_abort_the_round(make):
     honest provider looking like the spoiler. The provider puts its blob back until the survivor
     set (and the aggregator's process waits for a missing one): every round takes all five."""
     s = make(providers=5, rounds=2, privacy="secagg", validators=3)
-    victim = s.providers[2]
-    train = victim.train
-
-    def train_then_lose_the_blob(job_id, r):
-        msg = train(job_id, r)
-        if msg is not None:
-            s.store._path(msg["update_cid"]).unlink()  # anyone can delete on a shared store
-        return msg
-
-    victim.train = train_then_lose_the_blob
+    _spoil_after_upload(s, s.providers[2], lambda path: path.unlink())  # anyone can delete on a shared store
     s.run()
     assert s.state() == JobState.SETTLED
     assert [c.count for c in committed_rounds(s.dep, s.job)] == [5, 5]
@@ -117,15 +121,6 @@ def test_a_strangers_overwritten_masked_blob_does_not_abort_the_round(make):
     its blob back (a blob that is not its content id is as good as gone) and puts it back, and a
     directory store replaces a file whose bytes do not match."""
     s = make(providers=5, rounds=2, privacy="secagg", validators=3)
-    victim = s.providers[2]
-    train = victim.train
-
-    def train_then_overwritten(job_id, r):
-        msg = train(job_id, r)
-        if msg is not None:
-            s.store._path(msg["update_cid"]).write_bytes(b"not the masked update")
-        return msg
-
-    victim.train = train_then_overwritten
+    _spoil_after_upload(s, s.providers[2], lambda path: path.write_bytes(b"not the masked update"))
     s.run()
     assert [c.count for c in committed_rounds(s.dep, s.job)] == [5, 5]

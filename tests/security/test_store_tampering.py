@@ -16,7 +16,7 @@ from proc_support import Procs
 from fedmarket.errors import BlobCorrupted, BlobTooLarge
 from fedmarket.market import JobState
 from fedmarket.protocol.encoding import vector_blob_limit
-from fedmarket.roles.common import committed_rounds, fetch_metrics, round_topic
+from fedmarket.roles.common import committed_rounds, round_topic
 from fedmarket.storage import LocalBlobStore
 
 
@@ -49,22 +49,11 @@ def test_what_is_not_the_blob_is_refused_at_once_and_replaced_by_a_put(tmp_path,
     assert store.put(data) == cid and store.get(cid) == data  # put back over whatever was there
 
 
-def _overwrite_after_commit(P, attacker, what):
-    done = []
-
-    def after(name):
-        if name == "aggregator" and not done and committed_rounds(P.dep, P.job):
-            doc = fetch_metrics(P.store, committed_rounds(P.dep, P.job)[0])
-            [mine] = [u for u in doc["updates"] if u["provider"] == attacker.address]
-            path = P.store.root / mine["update_cid"]
-            if what == "oversized":
-                path.write_bytes(b"\0" * (vector_blob_limit(P.spec.n_params) + 1))
-            else:
-                _replace(path, what)
-            done.append(mine["update_cid"])
-
-    P.after_step = after
-    return done
+def _spoiler(P, what: str):
+    """What replaces a blob's file: junk one byte past the job's vector limit ("oversized"), or `_replace`."""
+    if what == "oversized":
+        return lambda path: path.write_bytes(b"\0" * (vector_blob_limit(P.spec.n_params) + 1))
+    return lambda path: _replace(path, what)
 
 
 @pytest.mark.parametrize("what", ["oversized", "directory", "sparse"])
@@ -76,7 +65,7 @@ def test_a_blob_replaced_after_the_commit_does_not_get_anyone_slashed(chain, tmp
     put-back (its process died). Each counts as missing: validators wait, the aggregator's process
     puts the blob back, the round reaches quorum, nobody is slashed."""
     P = Procs(chain, tmp_path, collect_timeout=60.0, providers=3, validators=3, rounds=2)
-    done = _overwrite_after_commit(P, chain.providers[0], what)
+    done = P.spoil_after_commit(chain.providers[0], _spoiler(P, what))
     assert P.run(80), "\n".join(P.logs[-30:])
     assert done and P.state() == JobState.SETTLED
     assert int(P.dep.disputes.call("rejected_stake", P.job, 0)) == 0
@@ -93,7 +82,7 @@ def test_a_replaced_masked_blob_does_not_leave_its_provider_out(chain, tmp_path,
 
     P = Procs(chain, tmp_path, collect_timeout=600.0, providers=5, rounds=1, validators=1, privacy="secagg")
     victim = chain.providers[2].address
-    done = []
+    spoil, done = _spoiler(P, what), []
 
     def after(name):
         if done or len(signed_on(P.dep, P.box, P.job, 0, "update")) < 5:
@@ -101,11 +90,7 @@ def test_a_replaced_masked_blob_does_not_leave_its_provider_out(chain, tmp_path,
         for raw in P.box.read(round_topic(P.job, 0)):
             msg = json.loads(raw)
             if msg.get("provider") == victim:
-                path = P.store.root / msg["update_cid"]
-                if what == "oversized":
-                    path.write_bytes(b"\0" * (vector_blob_limit(P.spec.n_params) + 1))
-                else:
-                    _replace(path, what)
+                spoil(P.store.root / msg["update_cid"])
                 done.append(msg["update_cid"])
                 return
 
