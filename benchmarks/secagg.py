@@ -14,7 +14,8 @@ the confirmations before unmasking) is measured as market providers run it (``ro
 secp256k1 signatures over canonical JSON): ``consistency_sign_s`` and ``consistency_verify_s`` per
 provider, ``consistency_bytes`` its message, ``expansion_with_consistency`` the expansion with it.
 Degree and threshold come from
-``SecAggConfig.for_population(n, d, dropout=0.3)`` (``k = O(log n)``, ``t = k // 2 + 1``).
+``SecAggConfig.for_population(n, d, dropout=0.3)`` (``k = O(log n)``, ``k/2 < t <= k``, sized for the
+dropout and for a third of the providers colluding).
 
 ``--flower`` also runs Flower 1.41's SecAgg+ (``SecAggPlusWorkflow`` + ``secaggplus_mod``, same n
 and d, no dropout, num_shares = our degree + 1, reconstruction threshold = ours) as a child process

@@ -204,8 +204,10 @@ class PrivacySpec(_Strict):
     noise_multiplier: float | None = Field(default=None, gt=0)
     dropout: float = Field(default=0.3, ge=0, lt=1, description="share of a round's providers secure aggregation tolerates losing")
     max_dishonest: float = Field(
-        default=1 / 3, ge=0, lt=1, description="secagg_dp: share of a round's survivors that may collude with the "
-        "aggregator; each provider's noise is sized so that the honest rest alone carries the job's noise")
+        default=1 / 3, ge=0, lt=1, description="secagg and secagg_dp: share of a round's providers that may collude "
+        "with the aggregator; the SecAgg+ neighbourhoods are sized so that no honest provider has a threshold of them "
+        "around it (odds per round below privacy.secagg.PRIVACY_FAILURE), and in secagg_dp each provider's noise is "
+        "sized so that the honest rest alone carries the job's noise")
 
     @model_validator(mode="after")
     def _consistent(self) -> "PrivacySpec":
@@ -216,13 +218,13 @@ class PrivacySpec(_Strict):
                 raise ValueError(f"privacy mode {self.mode} needs {', '.join(missing)}")
         elif given:
             raise ValueError(f"privacy mode {self.mode} takes no {', '.join(given)} (only dp_local and secagg_dp add noise)")
-        if self.mode != "secagg_dp" and self.max_dishonest != 1 / 3:
-            raise ValueError(f"max_dishonest sizes secagg_dp's distributed noise; privacy mode {self.mode} takes none")
-        if self.mode == "secagg_dp" and self.dropout + self.max_dishonest > 1 - 1e-9:
+        if not self.secure and self.max_dishonest != 1 / 3:
+            raise ValueError(f"max_dishonest sizes secure aggregation's neighbourhoods; privacy mode {self.mode} has none")
+        if self.secure and self.dropout + self.max_dishonest > 1 - 1e-9:
             # (with a margin: `honest_minimum` rounds f n up past a float's slip, so a sum a hair
             # below 1 would still leave rounds of no honest survivor)
             raise ValueError(f"dropout {self.dropout:g} and max_dishonest {self.max_dishonest:g} leave no honest survivor "
-                             "to carry the noise: their sum must be below 1")
+                             "to hide an update among (or to carry the noise): their sum must be below 1")
         return self
 
     @property

@@ -84,10 +84,66 @@ def test_masked_sum_equals_plain_sum(n, d, seed, big):
         assert np.array_equal(res.total, _plain(X, range(n)))
 
 
+def _tails(n, k, t, dropout, dishonest):
+    """(odds some honest provider has t colluding neighbours, odds some neighbourhood keeps < t survivors)."""
+    from scipy.stats import binom, hypergeom
+
+    colluders = int(np.floor(dishonest * n + 1e-12))
+    return (n - colluders) * hypergeom.sf(t - 1, n - 1, colluders, k), n * binom.cdf(t - 1, k, 1 - dropout)
+
+
+@pytest.mark.parametrize("dishonest", [0.0, 0.2, 1 / 3, 0.5])
+@pytest.mark.parametrize("dropout", [0.1, 0.3])
+def test_the_degree_meets_both_tails_with_the_fewest_neighbours(dropout, dishonest):
+    """k and t keep a round private (no honest provider with t colluding neighbours, odds below
+    PRIVACY_FAILURE) and alive (every neighbourhood keeps t survivors, odds below 1e-3), t is above
+    half the neighbours (the consistency argument), and no smaller even degree has such a t."""
+    from fedmarket.privacy.secagg import PRIVACY_FAILURE
+
+    for n in (200, 1000, 10_000):
+        k, t = default_degree(n, dropout, dishonest=dishonest)
+        if k >= n - 1:
+            continue
+        assert k // 2 < t <= k and k < 120 * np.log2(n)
+        private, alive = _tails(n, k, t, dropout, dishonest)
+        assert private <= PRIVACY_FAILURE and alive <= 1e-3
+        for smaller in range(2, k, 2):
+            private, alive = _tails(n, smaller, np.arange(smaller // 2 + 1, smaller + 1), dropout, dishonest)
+            assert not ((private <= PRIVACY_FAILURE) & (alive <= 1e-3)).any()
+    assert default_degree(1000, 0.3, dishonest=0.0) == (134, 68)  # no colluders: sized for dropout alone
+
+
+def test_the_complete_graph_keeps_the_threshold_above_the_colluders():
+    """On the complete graph every colluder is every honest provider's neighbour: t must exceed
+    their number, not only half the neighbours."""
+    for n in (3, 4, 10, 20, 100):
+        for dishonest in (0.0, 1 / 3, 0.5, 0.6):
+            k, t = default_degree(n, 0.3 if dishonest < 0.7 else 0.1, dishonest=dishonest)
+            assert k == n - 1 and t > int(np.floor(dishonest * n + 1e-12)) and t > k // 2
+
+
+def test_the_colluders_odds_match_the_graph_the_round_draws():
+    """The privacy tail assumes each neighbourhood a uniformly random k-subset of the others: on
+    real graphs drawn from fresh seeds (300 providers, k = 40, a third colluding) the share of
+    rounds where some honest provider has t = 23 colluding neighbours is at most the union bound
+    and of its size."""
+    n, k, t, dishonest, trials = 300, 40, 23, 1 / 3, 400
+    colluders = np.zeros(n, dtype=bool)
+    colluders[: int(n * dishonest)] = True
+    hits = 0
+    for seed in range(trials):
+        graph = np.stack(neighbour_graph(n, k, seed.to_bytes(8, "big")))
+        counts = colluders[graph].sum(axis=1)
+        hits += bool((counts[~colluders] >= t).any())
+    bound = _tails(n, k, t, 0.3, dishonest)[0]
+    assert 0.1 < bound < 0.2
+    assert 0.3 * bound <= hits / trials <= bound + 3 * np.sqrt(bound / trials)
+
+
 def test_sparse_graph_is_regular_symmetric_and_logarithmic():
     for n in (100, 1000, 10_000):
         k, t = default_degree(n, 0.3)
-        assert t == k // 2 + 1 and k < 20 * np.log2(n)
+        assert k // 2 < t <= k and k < 40 * np.log2(n)
     g = neighbour_graph(300, 40, b"seed")
     assert all(len(nb) == 40 and u not in nb for u, nb in enumerate(g))
     assert all(u in g[int(v)] for u, nb in enumerate(g) for v in nb)

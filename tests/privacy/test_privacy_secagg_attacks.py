@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account as EthAccount
 
 from fedmarket.errors import SecAggAbort, ShareTampered
@@ -205,7 +206,10 @@ BIG_N, BIG_D, SYBILS = 400, 32, 0.2
 
 
 def _isolation(rewrap: bool):
-    """A round of 400 real clients (k = 124, t = 63, the `secagg_dp` minimum of 280 survivors). The
+    """A round of 400 real clients (k = 124, t = 63, the `secagg_dp` minimum of 280 survivors: the
+    graph sized for dropout alone, as before the job's colluders counted, where leaving out a
+    victim's partners fits in the dropout allowance; sized for a third colluding, k = 164, it does
+    not fit at all). The
     aggregator picks a victim and signs a survivor set without the victim's honest partners (who
     did mask): were they to answer, their neighbours would reveal their mask keys (they are
     "dropped") and they themselves the victim's self-mask share (it "survived"), so the victim's
@@ -218,7 +222,7 @@ def _isolation(rewrap: bool):
     accounts = sorted((EthAccount.create() for _ in range(BIG_N)), key=lambda a: int(a.address, 16))
     members = [a.address for a in accounts]
     rid = sr.Domain(31337, "0x" + "11" * 20, 9, 3).round_id
-    base = SecAggConfig.for_population(BIG_N, BIG_D, dropout=0.3, round_id=rid, graph_seed=b"\x42" * 32)
+    base = SecAggConfig.for_population(BIG_N, BIG_D, dropout=0.3, dishonest=0.0, round_id=rid, graph_seed=b"\x42" * 32)
     cfg = SecAggConfig(base.n, base.d, base.k, base.threshold, max(base.threshold, BIG_N - math.floor(0.3 * BIG_N)),
                        base.round_id, base.graph_seed)
     graph = sr.graph_of(cfg)
@@ -288,7 +292,9 @@ def test_a_survivor_set_that_cuts_the_ring_around_a_few_providers_unmasks_nothin
 
     n, d, dropout, f = 300, 8, 0.3, 1 / 3
     round_id, graph_seed = b"job-1-round-0", b"round-seed-fixed-on-chain"
-    cfg = SecAggConfig.for_population(n, d, dropout=dropout, round_id=round_id, graph_seed=graph_seed)
+    # the graph sized for dropout alone (k = 122), as before the colluders counted: sized for them
+    # (k = 150) the flanks of any arc hold more honest providers than the dropout allowance
+    cfg = SecAggConfig.for_population(n, d, dropout=dropout, dishonest=0.0, round_id=round_id, graph_seed=graph_seed)
     m = n - math.floor(dropout * n)
     cfg = SecAggConfig(cfg.n, cfg.d, cfg.k, cfg.threshold, m, round_id, graph_seed)
     graph = neighbour_graph(n, cfg.k, graph_seed)
@@ -345,3 +351,52 @@ def test_a_survivor_set_that_cuts_the_ring_around_a_few_providers_unmasks_nothin
     server.collect_masked([masked[u] for u in sorted(survivors)])
     with pytest.raises(SecAggAbort, match="cannot recover"):
         server.unmask([clients[u].unmask(survivors, confirmed | set(range(n))) for u in sorted(dishonest & survivors)])
+
+
+def _colluders_open(cfg, victim, clients, masked, colluders):
+    """What the aggregator and ``colluders`` make of the victim's masked input with the shares of its
+    secrets the colluders hold: its input if they hold ``t`` of each, else None."""
+    from fedmarket.privacy.secagg import _pair_seed, from_ring, shamir_reconstruct
+
+    held = [(c + 1, clients[c]._shares_in[victim]) for c in sorted(colluders) if victim in clients[c]._shares_in]
+    if len(held) < cfg.threshold:
+        return None
+    sk_int = shamir_reconstruct([(x, sh[0]) for x, sh in held[: cfg.threshold]])
+    b = shamir_reconstruct([(x, sh[1]) for x, sh in held[: cfg.threshold]]).to_bytes(32, "big")
+    sk = X25519PrivateKey.from_private_bytes(sk_int.to_bytes(32, "big"))
+    y = np.frombuffer(masked[victim].data, dtype=np.uint64) - prg_mask(b, cfg.d)
+    for v in sorted(clients[victim]._shares_in):
+        m = prg_mask(_pair_seed(cfg, sk, clients[v].advertise().s_pk), cfg.d)
+        y = y - m if victim < v else y + m
+    return from_ring(y)
+
+
+def test_colluders_up_to_the_jobs_max_dishonest_cannot_open_an_honest_update():
+    """ATTACK: a secagg_dp job stating ``max_dishonest = 0.5`` (its noise is sized for half the round
+    colluding) with 20 providers: the graph is complete, and the threshold was half the neighbours
+    (10 of 19), so the 10 colluders the job tolerates held 10 shares of each of an honest provider's
+    secrets, rebuilt its self-mask seed and mask key, and stripped its masked input to the update
+    itself, whose noise was a twentieth-odd of the job's. The threshold now exceeds the colluders
+    (11), so their shares rebuild nothing."""
+    from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, PrivacySpec, RewardSpec, TrainingSpec
+
+    n = 20
+    spec = JobSpec(name="x", data=DataSchema(n_features=2, n_classes=2, feature_low=[0.0] * 2, feature_high=[1.0] * 2),
+                   training=TrainingSpec(rounds=1), reward=RewardSpec(escrow=10**20, provider_stake=10**18),
+                   participation=ParticipationSpec(min_providers=n, max_providers=n, max_validators=1, min_validators=1),
+                   privacy=PrivacySpec(mode="secagg_dp", epsilon=2.0, delta=1e-5, clip_norm=1.0, max_dishonest=0.5))
+    cfg = sr.secagg_config(spec, n, b"job-4-round-1", b"seed")
+    d = cfg.d  # the softmax of 2 features and 2 classes
+    colluders = set(range(1, 1 + int(n * spec.privacy.max_dishonest)))
+    assert cfg.k == n - 1 and cfg.threshold > len(colluders)
+    graph = neighbour_graph(n, cfg.k, cfg.graph_seed)
+    clients = {u: SecAggClient(u, cfg, graph[u]) for u in range(n)}
+    server = SecAggServer(cfg, graph)
+    keys_for = server.collect_keys([c.advertise() for c in clients.values()])
+    routed = server.route_shares({u: clients[u].share_keys(keys_for[u]) for u in clients})
+    X = {u: np.random.default_rng(u).integers(-(2**30), 2**30, size=d, dtype=np.int64) for u in range(n)}
+    masked = {u: clients[u].masked_input(X[u], routed[u]) for u in range(n)}
+    assert _colluders_open(cfg, 0, clients, masked, colluders) is None
+    # the control: one colluder more than the job states does open it
+    opened = _colluders_open(cfg, 0, clients, masked, colluders | {11})
+    assert opened is not None and np.array_equal(opened, X[0])

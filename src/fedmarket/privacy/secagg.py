@@ -38,7 +38,9 @@ authentication or reconstructs to a secret that does not match its commitment ra
 committed and no funds move.
 
 Threat model: honest-but-curious server and up to ``t - 1`` colluding providers per
-neighbourhood learn nothing beyond the sum of the survivors' inputs. Against an actively
+neighbourhood learn nothing beyond the sum of the survivors' inputs. :func:`default_degree` sizes
+``k`` and ``t`` so that a given share of colluding providers, placed anywhere before the graph's
+seed is drawn, puts ``t`` of them around an honest provider with odds below ``PRIVACY_FAILURE``. Against an actively
 malicious server (lying about who dropped) the protocol needs ``2t > k`` (the default), the
 consistency check, and, as in Bonawitz et al.'s active variant, signed messages; the signatures
 are the market's (``roles.secure_round``, see docs/privacy.md).
@@ -46,6 +48,7 @@ are the market's (``roles.secure_round``, see docs/privacy.md).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -130,25 +133,56 @@ def shamir_reconstruct(points: list[tuple[int, int]]) -> int:
     return total
 
 
-def default_degree(n: int, dropout: float = 0.3, failure: float = 1e-3) -> tuple[int, int]:
-    """Neighbourhood degree ``k`` and threshold ``t = k // 2 + 1`` for ``n`` providers.
+#: Odds per round, at most, that some honest provider has ``t`` colluding neighbours (its update
+#: then open to them): the union bound over the honest providers of an exact hypergeometric tail.
+PRIVACY_FAILURE = 1e-9
 
-    The smallest even ``k`` (or the complete graph) such that, with each provider
-    dropping independently with probability ``dropout``, some neighbourhood keeps
-    fewer than ``t`` survivors with probability at most ``failure`` (union bound over
-    the ``n`` neighbourhoods, exact binomial tail). ``k`` grows like ``log(n / failure)``.
+
+def default_degree(n: int, dropout: float = 0.3, failure: float = 1e-3, dishonest: float = 1 / 3,
+                   privacy_failure: float = PRIVACY_FAILURE) -> tuple[int, int]:
+    """Neighbourhood degree ``k`` and threshold ``t`` (``k/2 < t <= k``) for ``n`` providers.
+
+    Two tails bound the choice, for a graph whose ring order is uniformly random (a public seed
+    fixed after everyone joined):
+
+    - **privacy**: with ``floor(dishonest * n)`` providers colluding with the server, the odds
+      that some honest provider has ``t`` or more of them among its ``k`` neighbours (who could
+      then rebuild both of its secrets) is at most ``privacy_failure`` (exact hypergeometric tail,
+      union bound over the honest providers);
+    - **dropout**: with each provider dropping independently with probability ``dropout``, the
+      odds that some neighbourhood keeps fewer than ``t`` survivors is at most ``failure`` (exact
+      binomial tail, union bound over the ``n`` neighbourhoods).
+
+    Returns the smallest even ``k`` for which a threshold meets both, with the smallest such
+    threshold (the most dropout it tolerates); ``k`` grows like ``log(n / failure)``. Otherwise
+    the complete graph, with ``t`` above both half the neighbours (the consistency argument) and
+    the colluders, who are then every victim's neighbours.
     """
-    from scipy.stats import binom
+    return _degree(int(n), float(dropout), float(failure), float(dishonest), float(privacy_failure))
+
+
+@functools.lru_cache(maxsize=256)
+def _degree(n: int, dropout: float, failure: float, dishonest: float, privacy_failure: float) -> tuple[int, int]:
+    from scipy.stats import binom, hypergeom
 
     if n < 2:
         raise ConfigError(f"secure aggregation needs at least 2 providers, got {n}")
     if not 0 <= dropout < 1:
         raise ConfigError(f"dropout must lie in [0, 1), got {dropout!r}")
+    if not 0 <= dishonest < 1 or dropout + dishonest > 1 - 1e-9:
+        raise ConfigError(f"dishonest must lie in [0, 1) and leave room for the dropout, got {dishonest!r} "
+                          f"with dropout {dropout!r}")
+    colluders = math.floor(dishonest * n + 1e-12)
+    honest = n - colluders
     for k in range(2, n - 1, 2):
-        t = k // 2 + 1
+        ts = np.arange(k // 2 + 1, k + 1)
+        private = honest * hypergeom.sf(ts - 1, n - 1, colluders, k) <= privacy_failure
+        if not private.any():
+            continue
+        t = int(ts[np.argmax(private)])
         if n * binom.cdf(t - 1, k, 1 - dropout) <= failure:
             return k, t
-    return n - 1, (n - 1) // 2 + 1
+    return n - 1, min(n - 1, max((n - 1) // 2 + 1, colluders + 1))
 
 
 def neighbour_graph(n: int, k: int, seed: bytes) -> list[np.ndarray]:
@@ -240,12 +274,14 @@ class SecAggConfig:
         *,
         dropout: float = 0.3,
         failure: float = 1e-3,
+        dishonest: float = 1 / 3,
         round_id: bytes = b"fedmarket",
         graph_seed: bytes = b"fedmarket-graph",
         min_survivors: int | None = None,
     ) -> SecAggConfig:
-        """Parameters for ``n`` providers expecting up to ``dropout`` of them to drop (see :func:`default_degree`)."""
-        k, t = default_degree(n, dropout, failure)
+        """Parameters for ``n`` providers expecting up to ``dropout`` of them to drop and up to
+        ``dishonest`` of them to collude with the server (see :func:`default_degree`)."""
+        k, t = default_degree(n, dropout, failure, dishonest)
         return cls(n, d, k, t, t if min_survivors is None else int(min_survivors), round_id, graph_seed)
 
     def __post_init__(self) -> None:

@@ -100,16 +100,24 @@ def round_config(dep: Deployment, spec: JobSpec, job_id: int, round_: int, n: in
     """Public parameters of the round, bound to this chain, market, job and round.
 
     The neighbour graph's seed also takes the round's on-chain seed (a block hash fixed after
-    the providers joined), so nobody can grind addresses into a chosen neighbourhood. A
+    the providers joined), so nobody can grind addresses into a chosen neighbourhood, and the
+    degree and threshold are sized for the job's ``max_dishonest`` colluders as well as its
+    dropout (`privacy.secagg.default_degree`). A
     ``secagg_dp`` round needs all but ``dropout`` of its providers to survive: that minimum is
     what its noise is calibrated to (`privacy.dp.honest_minimum`)."""
     if n < MIN_SECURE_ROUND:
         raise SecAggAbort(f"job {job_id} round {round_}: {n} selected provider(s); a secure round needs "
                           f"{MIN_SECURE_ROUND} (with two, each learns the other's update from the sum): it commits no update")
     round_id = Domain.of(dep, job_id, round_).round_id
-    graph_seed = keccak(round_id + round_seed(dep, job_id, round_))
-    cfg = SecAggConfig.for_population(n, spec.n_params, dropout=spec.privacy.dropout, round_id=round_id,
-                                      graph_seed=graph_seed)
+    return secagg_config(spec, n, round_id, keccak(round_id + round_seed(dep, job_id, round_)))
+
+
+def secagg_config(spec: JobSpec, n: int, round_id: bytes, graph_seed: bytes) -> SecAggConfig:
+    """The SecAgg+ parameters of a round of ``n`` providers of this job (what `round_config` binds
+    to the chain): degree and threshold for the job's dropout and ``max_dishonest``, and its
+    fewest survivors."""
+    cfg = SecAggConfig.for_population(n, spec.n_params, dropout=spec.privacy.dropout,
+                                      dishonest=spec.privacy.max_dishonest, round_id=round_id, graph_seed=graph_seed)
     return dataclasses.replace(cfg, min_survivors=min_survivors(spec, n, cfg.threshold))
 
 
