@@ -67,7 +67,7 @@ class AggregatorProcess(RoleProcess):
         self.aggregator._acked = self._load_acked()
         self.aggregator.keep_ack = self._keep_ack
         self.account = account
-        self.store = store
+        self.store = self.aggregator.store  # every read of the process, too, through its copy
         self.mailbox = mailbox
         self.job_id = job_id
         self.collect_timeout = collect_timeout

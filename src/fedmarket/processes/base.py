@@ -27,7 +27,8 @@ from ..errors import ChainError, FedMarketError, StorageError
 from ..market import Deployment, JobState
 from ..memory import Trimmer
 from ..protocol.encoding import BAD_INPUT
-from ..storage import write_atomic
+from ..roles.common import keep_job_files
+from ..storage import BlobStore, LocalBlobStore, MirroredStore, write_atomic
 
 
 class StateDir:
@@ -181,6 +182,20 @@ class RoleProcess:
         self._said: set[str] = set()
         self.steps = 0
         self._trimmer = Trimmer()  # freed round memory back to the OS, at most once a minute
+        self._job_files_kept = False
+
+    # ---- what it keeps --------------------------------------------------------------------
+    def mirrored(self, store: BlobStore) -> MirroredStore:
+        """`store`, with a copy in this process's state directory of every blob the role writes (the
+        documents it posts, which it may have to defend) and of the job's files it keeps
+        (`keep_job_files`), put back in the shared store when someone deletes them there."""
+        return MirroredStore(store, LocalBlobStore(self.state.root / "blobs"), keep_reads=False)
+
+    def keep_job_files(self, store: BlobStore, job_id: int) -> None:
+        """Once per process, before it stakes or works: keep the job's spec (and packed module)."""
+        if not self._job_files_kept:
+            keep_job_files(self.dep, store, job_id)
+            self._job_files_kept = True
 
     # ---- logging -----------------------------------------------------------------------
     def say(self, message: str) -> None:

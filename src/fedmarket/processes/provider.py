@@ -46,7 +46,7 @@ class ProviderProcess(RoleProcess):
                  y: np.ndarray, job_id: int, state_dir: str | os.PathLike, *, phase_timeout: float | None = None, **kwargs):
         super().__init__(dep, state_dir, **kwargs)
         # the rounds it released, journaled so that a restart never releases one twice (privacy.releases)
-        self.provider = Provider(dep, account, store, mailbox, X, y,
+        self.provider = Provider(dep, account, self.mirrored(store), mailbox, X, y,
                                  releases=ReleaseLog(Path(state_dir) / f"releases-{account.address}.jsonl"))
         self.mailbox = mailbox
         self._watched_root: bytes | None = None  # the reward root last checked against the rule
@@ -251,9 +251,12 @@ class ProviderProcess(RoleProcess):
         if state == JobState.TRAINING and self._posted_round == int(job["current_round"]) < int(job["rounds"]):
             return  # the common idle step: one call to the node
         role, stake = self.dep.market.call("membership", job_id, self.address)
+        if role != 0:
+            self.keep_job_files(self.provider.store, job_id)
         if state == JobState.OPEN:
             if role == 0:
                 try:  # the spec's hash, the terms, our data's schema and our funds are checked first
+                    self.keep_job_files(self.provider.store, job_id)  # (the copy every round reads)
                     spec = self.provider.inspect(job_id)
                 except REFUSED_BEFORE_STAKING as exc:
                     raise Fatal(str(exc)) from None

@@ -31,7 +31,7 @@ class ValidatorProcess(RoleProcess):
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, X: np.ndarray,
                  y: np.ndarray, job_id: int, state_dir: str | os.PathLike, **kwargs):
         super().__init__(dep, state_dir, **kwargs)
-        self.validator = Validator(dep, account, store, mailbox, X, y)
+        self.validator = Validator(dep, account, self.mirrored(store), mailbox, X, y)
         self.job_id = job_id
         self._grace_set = False  # `Validator.data_grace`, set from the job's round at the first step
         self._idle: tuple | None = None  # (rounds committed, state) after which nothing is left to review
@@ -50,11 +50,14 @@ class ValidatorProcess(RoleProcess):
         job = job_state(self.dep, job_id)
         state = job["state"]
         role, stake = self.dep.market.call("membership", job_id, self.address)
+        if role != 0:
+            self.keep_job_files(self.validator.store, job_id)
         if state == JobState.OPEN:
             if role == 0:
                 if job["n_validators"] >= job["max_validators"]:
                     raise Fatal(f"job {job_id} takes no more validators ({job['n_validators']}/{job['max_validators']})")
                 try:  # the terms, our held-out data's schema and our funds are checked before staking
+                    self.keep_job_files(self.validator.store, job_id)  # (the copy every review reads)
                     receipt = self.validator.join(job_id)
                 except REFUSED_BEFORE_STAKING as exc:
                     raise Fatal(str(exc)) from None

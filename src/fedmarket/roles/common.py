@@ -140,6 +140,27 @@ def load_spec(dep: Deployment, store: BlobStore, job_id: int) -> JobSpec:
     return committed_spec(raw, ev["spec_hash"], f"job {job_id}: spec {ev['spec_cid']}")
 
 
+def keep_job_files(dep: Deployment, store: BlobStore, job_id: int) -> None:
+    """Keep a copy of the job's spec, and of a torch job's packed module, in `store`'s local mirror
+    (a `MirroredStore`; nothing to do for another store). Every review and round reads them again,
+    and the requester could delete its own spec once everyone staked: without a copy the stakers
+    could not work, and would be slashed as absent."""
+    from ..storage import MirroredStore
+
+    if not isinstance(store, MirroredStore):
+        return
+    posted = dep.market.events("JobPosted", job_id=job_id)
+    if not posted:
+        raise FedMarketError(f"job {job_id} does not exist on this market")
+    ev = posted[0]
+    spec = committed_spec(store.keep(ev["spec_cid"], MAX_SPEC_BYTES), ev["spec_hash"],
+                          f"job {job_id}: spec {ev['spec_cid']}")
+    if spec.model.kind == "torch":
+        from ..fl.torch_models import pack_byte_limit
+
+        store.keep(spec.model.module_cid, pack_byte_limit(spec.n_params))
+
+
 def read_vector(store: BlobStore, cid: str, n_params: int) -> np.ndarray:
     """The vector of `n_params` values (an update, a model, a correction) stored under `cid`, never
     downloading more than such a vector's blob can take (`BlobTooLarge`, a StorageError)."""

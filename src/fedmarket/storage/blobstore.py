@@ -154,11 +154,23 @@ class MirroredStore(BlobStore):
     """A shared store, with a local copy of every blob written or read through it: a blob the
     shared store lost (anyone on a shared store can delete one, a provider its own update) is read
     from the copy and put back. What a role that must answer for data until its job settles (the
-    aggregator, in every dispute game on its rounds) reads and writes through."""
+    aggregator, in every dispute game on its rounds) reads and writes through.
 
-    def __init__(self, shared: BlobStore, local: BlobStore):
+    With ``keep_reads=False`` only what it writes, and what it `keep`s, is copied: a provider or a
+    validator keeps the documents it posted and the job's spec (a requester could delete its own
+    spec once everyone staked), not every update it reads."""
+
+    def __init__(self, shared: BlobStore, local: BlobStore, *, keep_reads: bool = True):
         self.shared = shared
         self.local = local
+        self.keep_reads = keep_reads
+
+    def keep(self, cid: str, limit: int) -> bytes:
+        """Read `cid` (at most `limit` bytes) and keep a copy of it from now on."""
+        data = self._through(cid, lambda store: store.get_capped(cid, limit))
+        if not self.keep_reads and not self.local.has(cid):
+            self.local.put(data)
+        return data
 
     def put(self, data: bytes) -> str:
         self.local.put(data)
@@ -176,7 +188,8 @@ class MirroredStore(BlobStore):
                 raise lost from None  # no copy either: what the shared store said
             self.shared.put(data)
             return data
-        self.local.put(data)
+        if self.keep_reads:
+            self.local.put(data)
         return data
 
     def get(self, cid: str) -> bytes:
