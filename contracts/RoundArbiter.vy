@@ -352,7 +352,7 @@ def defend_aggregate(
         assert self._opened(prev_chunk, chunk, n_chunks, width, prev.model_root), "arbiter: previous chunk not committed"
         base = prev_chunk.values
     if rule == C.RULE_SECURE_SUM:
-        assert self._opened(correction, chunk, n_chunks, width, data.aux_root), "arbiter: correction not committed"
+        assert self._opened(correction, chunk, n_chunks, width, data.aux_root), "arbiter: correction uncommitted"
     assert staticcall game.RULES.root_ok(rule, data.count, (params >> game.P_TRIM) & game.MASK24, claim, lo_hints, hi_hints, base, new_chunk.values, correction.values), "arbiter: claim does not give the model"
     game.games[gid].claim = keccak256(abi_encode(claim))
     game.games[gid].context = keccak256(abi_encode(lo_hints, hi_hints))
@@ -388,7 +388,7 @@ def _check_update(gid: uint256, data: leaves.RoundData, o: UpdateOpening):
     stage: uint256 = 0
     role, stage = staticcall game.MARKET.membership(job_id, o.provider)
     assert role & C.ROLE_MASK == C.ROLE_PROVIDER, "arbiter: not a provider of the job"
-    assert role & C.SLASHED == 0 or round <= stage, "arbiter: provider slashed before the round"
+    assert role & C.SLASHED == 0 or round <= stage, "arbiter: slashed before round"
     per_round: uint256 = (params >> game.P_PER_ROUND) & game.MASK24
     if per_round > 0:
         ticket: uint256 = convert(keccak256(abi_encode(game.games[gid].seed, job_id, round, o.provider)), uint256) & game.MASK64

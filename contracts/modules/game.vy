@@ -311,7 +311,8 @@ def timeout(gid: uint256):
 def close_moot(gid: uint256):
     """
     @notice Closes a game the job has outgrown (failed, or the disputed round reverted, or the
-            disputed reward root replaced), refunding the challenger's bond. Callable by anyone.
+            disputed reward root replaced or posted again by another poster), refunding the
+            challenger's bond. Callable by anyone.
     @param gid The game.
     """
     assert self.games[gid].turn != C.TURN_NONE, "arbiter: game over"
@@ -331,7 +332,10 @@ def _moot(gid: uint256) -> bool:
     state, current, deadline, quorum, aggregator = staticcall MARKET.job_status(job_id)
     kind: uint256 = self.games[gid].kind
     if kind == C.GAME_REWARD_SUM or kind == C.GAME_REWARD_VALUE:
-        return state != C.FINALIZING or (staticcall MARKET.progress(job_id)).reward_root != self.games[gid].subject
+        # a game is against one posting: the root, and the poster who must defend it (a root
+        # discarded and posted again by another poster leaves the old game moot, not revived)
+        p: T.Progress = staticcall MARKET.progress(job_id)
+        return state != C.FINALIZING or p.reward_root != self.games[gid].subject or p.poster != self.games[gid].defender
     return (state != C.TRAINING and state != C.FINALIZING) or self.games[gid].round >= current
 
 

@@ -320,9 +320,9 @@ def test_defend_aggregate_rules(kit):
         p.defend_aggregate(prev_chunk=(old + [0], tree_prev.proof(1)))
     with reverts("arbiter: previous chunk not committed"):
         p.defend_aggregate(prev_chunk=([old[0] - 1, *old[1:]], tree_prev.proof(1)))
-    with reverts("arbiter: correction not committed"):
+    with reverts("arbiter: correction uncommitted"):
         p.defend_aggregate(correction=EMPTY_CHUNK)
-    with reverts("arbiter: correction not committed"):
+    with reverts("arbiter: correction uncommitted"):
         p.defend_aggregate(correction=([corr[0] ^ 1, *corr[1:]], vector_tree(rd.correction, s).proof(1)))
     with reverts("arbiter: claim does not give the model"):
         p.defend_aggregate(claim=p.truth(0, rd.count)[:-1])
@@ -536,7 +536,7 @@ def _bad_leaf(kit, case):
         job.slash_provider(p)  # slashed while round 1 trains: its round-1 update still counts
         job.commit()
         job.commit()
-        return job, 2, _position(job, 2, p.address), "arbiter: provider slashed before the round"
+        return job, 2, _position(job, 2, p.address), "arbiter: slashed before round"
     if case == "not selected":
         job, r = _per_round_job(kit)
         out = next(p for p in job.providers if p not in job.selected(r))

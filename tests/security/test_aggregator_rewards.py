@@ -401,3 +401,42 @@ def test_a_renumbered_right_root_still_pays_every_provider(chain, make):
     assert s.state() == JobState.SETTLED and not s.dep.reward_arbiter.events("GameOpened", job_id=s.job)
     d = s.delta()
     assert all(d[p.address] == honest[p.address] > 0 for p in s.providers)
+
+
+def test_a_game_against_a_discarded_root_does_not_come_back_against_its_next_poster(chain, make):
+    """ATTACK (found by a review of the dispute game): the aggregator posts no root and is failed;
+    its accomplice posts the right root with a bond, and two Sybils challenge it. The accomplice
+    answers neither: the first game times out, its bond goes and the root is discarded. An honest
+    provider then posts the root the rule gives, the very same root, so the second game (opened
+    against the accomplice's posting, the accomplice still its defender, whom only it may answer
+    for) was live again, and its timeout slashed the honest poster's whole stake. A reward game is
+    now against one posting: the root and its poster; the second game is moot, its bond refunded."""
+    from sec_support import FUNDS
+
+    from fedmarket.roles.common import load_spec
+    from fedmarket.roles.settlement import post_orphaned_root
+
+    s = make(providers=3, rounds=2, challenger=False)
+    dep, ra = s.dep, s.dep.reward_arbiter
+    sybils = [chain.chain.new_account("root-reviver", i) for i in range(2)]
+    for a in sybils:
+        chain.mint(a, FUNDS)
+        s.approve(a, ra.address)
+    s.open()
+    s.rounds()
+    s.past_round_deadline()
+    dep.market.transact("fail", s.job, sender=sybils[0])  # the aggregator posted no root
+    s.post_replacement(chain.stranger)  # the accomplice: the right root, with its bond
+    root = bytes(dep.job(s.job)["reward_root"])
+    g1 = ra.transact("challenge_rewards", s.job, sender=sybils[0]).event("GameOpened")["game_id"]
+    g2 = ra.transact("challenge_rewards", s.job, sender=sybils[1]).event("GameOpened")["game_id"]
+    s.past(int(ra.call("games", g1)["deadline"]))
+    ra.transact("timeout", g1, sender=sybils[0])  # the accomplice's bond goes, the root is discarded
+    assert s.state() == JobState.TRAINING
+    honest = s.providers[0]
+    post_orphaned_root(dep, s.store, s.box, honest.account, s.job, load_spec(dep, s.store, s.job))
+    assert bytes(dep.job(s.job)["reward_root"]) == root and dep.job(s.job)["poster"] == honest.address
+    ra.transact("timeout", g2, sender=sybils[1])  # the accomplice silent in its old game
+    assert honest.address not in s.slashed()
+    assert s.state() == JobState.FINALIZING and bytes(dep.job(s.job)["reward_root"]) == root
+    assert [e["moot"] for e in ra.events("GameResolved") if e["game_id"] == g2] == [True]
