@@ -15,7 +15,7 @@ from .memory import Trimmer
 from .protocol import rules as R
 from .roles import Aggregator, Provider, Requester, Validator
 from .roles.challenger import Challenger
-from .roles.common import claim_reward, fail_job
+from .roles.common import claim_reward, committed_rounds, fail_job
 from .roles.games import Defender, job_games
 from .roles.sealed import seal_and_reveal, sealed
 from .roles.settlement import post_orphaned_root, root_orphaned
@@ -149,7 +149,8 @@ class JobDriver:
                 raise
 
     def _review(self, r: int) -> None:
-        """Validators recompute the round and vote; their scores are revealed once it has quorum."""
+        """Validators recompute the round and vote; their scores are revealed once the votes close
+        (`_approve`)."""
         if not self.cast.validators or not self.running:
             return
         for v in self.cast.validators:
@@ -159,9 +160,6 @@ class JobDriver:
         submit_rejections(self.dep, self.mailbox, sender, self.job_id, r)
         for v in self.cast.validators:  # whatever the aggregator put on chain, each vote gets there
             v.submit_own_vote(self.job_id, r)
-        if self.dep.disputes.call("has_quorum", self.job_id, r):
-            for v in self.cast.validators:
-                v.reveal(self.job_id, r)
 
     # ---- disputes -----------------------------------------------------------------------------
 
@@ -252,9 +250,18 @@ class JobDriver:
             return
         if not self.dep.disputes.call("votes_closed", self.job_id):  # a vote is missing: they close on time
             self._advance_to(int(self.dep.market.call("votes_close", self.job_id)))
+        self.reveal()
         approvals = [v.approve_rewards(self.job_id) for v in self.cast.validators]
         if not any(approvals) and self.spec.rule != R.Rule.SECURE_SUM:
             self._advance_to(int(self.dep.job(self.job_id)["round_deadline"]) - self.spec.deadlines.round_duration // 2)
+
+    def reveal(self) -> None:
+        """Validators reveal their scores of every round, once the votes are closed for good (no
+        copy of a revealed score can be attested then; `Validator.reveal`)."""
+        if self.cast.validators and self.dep.disputes.call("votes_closed", self.job_id):
+            for v in self.cast.validators:
+                for r in range(len(committed_rounds(self.dep, self.job_id))):
+                    v.reveal(self.job_id, r)
 
     def _advance_to(self, t: int) -> None:
         """Let chain time run so that the next transaction is at `t` or later."""

@@ -204,11 +204,13 @@ class Sim:
         return self.driver.open()
 
     def rounds(self, n: int | None = None) -> None:
-        """Rounds 0..n-1 as `JobDriver.run` plays them (quorum checked before each)."""
+        """Rounds 0..n-1 as `JobDriver.run` plays them (quorum checked before each); the validators
+        reveal their scores if the votes closed (every validator voted on every round)."""
         for r in range(self.spec.training.rounds if n is None else n):
             if self.state() != JobState.TRAINING or not self.driver.quorum_or_fail():
                 return
             self.driver.round(r)
+        self.driver.reveal()
 
     def past(self, deadline: int) -> None:
         """Move chain time just past `deadline` (the next transaction runs after it)."""

@@ -440,3 +440,66 @@ def test_a_game_against_a_discarded_root_does_not_come_back_against_its_next_pos
     assert honest.address not in s.slashed()
     assert s.state() == JobState.FINALIZING and bytes(dep.job(s.job)["reward_root"]) == root
     assert [e["moot"] for e in ra.events("GameResolved") if e["game_id"] == g2] == [True]
+
+
+def test_a_wrong_root_posted_again_by_an_accomplice_is_checked_again(chain, make, tmp_path):
+    """ATTACK (found by a review of the fix above): the aggregator posts a root that pays itself
+    every provider's pay but a wei; each provider's process opens a game on it. The aggregator loses
+    one by silence (slashed, the root discarded), and at once an accomplice posts the very same root
+    with its bond. The providers' games on the first posting are moot now, and each process had
+    marked that root as checked, so nobody disputed it again and it settled. A process remembers
+    the posting it checked (root, poster, challenge deadline): the new posting is checked, a game
+    opened, and the accomplice's bond goes."""
+    from sec_support import FUNDS
+
+    from fedmarket.processes.provider import ProviderProcess
+    from fedmarket.testing.adversary import TamperingPoster
+
+    class FeeInflatingAggregator(TamperingPoster):
+        def tamper(self, doc):
+            moved = 0
+            for leaf in doc["leaves"]:
+                if int(leaf["role"]) == R.Role.PROVIDER:
+                    moved += int(leaf["amount"]) - 1
+                    leaf["amount"] = "1"
+            for leaf in doc["leaves"]:
+                if leaf["account"] == self.address:
+                    leaf["amount"] = str(int(leaf["amount"]) + moved)
+            return doc
+
+    s = make(providers=3, rounds=2, aggregator_fee=7 * 10**18, aggregator_cls=FeeInflatingAggregator)
+    dep, ra = s.dep, s.dep.reward_arbiter
+    accomplice = chain.chain.new_account("reposter", 0)
+    chain.mint(accomplice, FUNDS)
+    s.open()
+    s.rounds()
+    s.driver._judge_and_post()  # the self-paying root
+    posted = dep.market.events("RewardRootPosted", job_id=s.job)[-1]
+    wrong = bytes(posted["reward_root"])
+    logs: list[str] = []
+    procs = [ProviderProcess(dep, p.account, s.store, s.box, p.X, p.y, s.job, tmp_path / f"p{i}", log=logs.append)
+             for i, p in enumerate(s.providers)]
+    for proc in procs:  # each provider checks the root and opens its own game
+        proc.safe_step()
+    games = s.games()
+    assert len(games) == len(procs), "\n".join(logs)
+    s.past(min(g.deadline for g in games))
+    ra.transact("timeout", games[0].gid, sender=accomplice)  # the aggregator silent: slashed, root discarded
+    assert s.state() == JobState.TRAINING
+    s.approve(accomplice, dep.market.address)
+    dep.market.transact("post_rewards", s.job, wrong, int(posted["reward_total"]), int(posted["value_total"]),
+                        int(posted["basis"]), bool(posted["gate_met"]), posted["rewards_cid"], sender=accomplice)
+    deadline = int(dep.job(s.job)["challenge_deadline"])
+    for _ in range(60):
+        for proc in procs:
+            proc.safe_step()
+        if s.state() != JobState.FINALIZING or bytes(dep.job(s.job)["reward_root"]) != wrong:
+            break
+        if s.games():
+            s.past(min(g.deadline for g in s.games()))
+        elif s.chain.timestamp() < deadline - 2:
+            s.past(min(deadline - 2, s.chain.timestamp() + 60))
+        else:
+            break
+    assert accomplice.address in s.slashed(), "\n".join(logs[-15:])
+    assert bytes(dep.job(s.job)["reward_root"]) != wrong

@@ -155,12 +155,10 @@ def test_a_validator_attesting_the_last_round_after_quorum_is_paid(make, tmp_pat
     for v in (v0, v1):
         submit_attestations(s.dep, s.box, s.agg.account, s.job, 0, only=v.address)
     assert s.dep.disputes.call("has_quorum", s.job, 0)
-    for v in (v0, v1):
-        v.reveal(s.job, 0)
     proc = AggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, tmp_path / "agg", reveal_timeout=0)
     proc.safe_step()
     assert s.dep.disputes.call("attestation_of", s.job, 0, late.address) != b"\x00" * 32
-    late.reveal(s.job, 0)
+    _reveal(s, s.validators)
     for _ in range(3):
         for v in s.validators:
             v.approve_rewards(s.job)
@@ -184,7 +182,15 @@ def _two_of_three_attest(s, rounds: int, reviewers: int = 3):
         for v in s.validators[:2]:
             submit_attestations(s.dep, s.box, s.agg.account, s.job, r, only=v.address)
         assert s.dep.disputes.call("has_quorum", s.job, r)
-        for v in s.validators[:2]:
+
+
+def _reveal(s, validators) -> None:
+    """Each of `validators` reveals its scores of every committed round (once the votes closed:
+    `Validator.reveal`)."""
+    from fedmarket.roles.common import committed_rounds
+
+    for v in validators:
+        for r in range(len(committed_rounds(s.dep, s.job))):
             v.reveal(s.job, r)
 
 
@@ -214,8 +220,9 @@ def test_the_reward_root_waits_for_a_slower_validators_last_vote(make):
     _two_of_three_attest(s, 1)
     v0, v1, late = s.validators
     assert not s.dep.disputes.call("votes_closed", s.job)
-    for basis in (R.Basis.SCORES, R.Basis.WEIGHT):
-        revert(s.agg.post_rewards, s.job, basis, match="disputes: votes open")
+    revert(s.agg.post_rewards, s.job, R.Basis.WEIGHT, match="disputes: votes open")
+    with pytest.raises(FedMarketError, match="no scores basis"):  # nobody revealed: the votes are open
+        s.agg.post_rewards(s.job, R.Basis.SCORES)
     statement, signers, sigs = _signed_approvals(s, [v0, v1])
     revert(s.dep.disputes.transact, "approve_rewards", s.job, *statement, signers, sigs, sender=s.agg.account,
            match="disputes: votes open")
@@ -223,7 +230,7 @@ def test_the_reward_root_waits_for_a_slower_validators_last_vote(make):
         v0.approve_rewards(s.job)  # an honest validator signs no statement that could still change
     submit_attestations(s.dep, s.box, late.account, s.job, 0, only=late.address)
     assert s.dep.disputes.call("votes_closed", s.job)  # every validator voted: no wait
-    late.reveal(s.job, 0)
+    _reveal(s, s.validators)
     for v in s.validators:
         v.approve_rewards(s.job)
     s.agg.post_rewards(s.job)
@@ -256,6 +263,7 @@ def test_no_vote_lands_after_the_votes_close(make):
                                                                        s.dep.disputes.address)
         revert(s.dep.disputes.transact, "attest", s.job, r, rounds[r].data, acc.proof(r), scores, [late.address], [sig],
                sender=late.account, match="disputes: votes closed")
+    _reveal(s, s.validators[:2])
     for v in s.validators[:2]:
         v.approve_rewards(s.job)
     s.agg.post_rewards(s.job)
@@ -286,6 +294,7 @@ def test_a_vote_posted_after_the_votes_close_never_holds_the_root_back(make, tmp
     assert s.state() == JobState.TRAINING  # the votes are open: the root waits
     s.past(int(s.dep.market.call("votes_close", s.job)) - 1)
     assert "scores_root" in late.review(s.job, 0)  # too late: on the mailbox only
+    _reveal(s, (v0, v1))
     for _ in range(3):
         for v in (v0, v1):
             v.approve_rewards(s.job)
@@ -310,6 +319,7 @@ def test_one_silent_validator_leaves_the_scores_basis_its_window(make, tmp_path)
     s.past(int(s.dep.market.call("votes_close", s.job)) - 1)
     proc.safe_step()  # no approval yet, and the weight basis is not open: it waits
     assert s.state() == JobState.TRAINING, "\n".join(logs)
+    _reveal(s, s.validators[:2])
     for v in s.validators[:2]:
         v.approve_rewards(s.job)
     proc.safe_step()
@@ -335,16 +345,13 @@ def test_a_slow_validators_earlier_votes_still_count_once_the_last_round_is_in(m
         for v in (v0, v1):
             assert "scores_root" in v.review(s.job, r)
             submit_attestations(s.dep, s.box, s.agg.account, s.job, r, only=v.address)
-        for v in (v0, v1):
-            v.reveal(s.job, r)
     for r in range(2):
         assert "scores_root" in late.review(s.job, r)
     logs: list[str] = []
     proc = _aggregator_process(s, tmp_path, logs)
     proc.safe_step()
     assert s.dep.disputes.call("votes_cast", s.job) == 6 and s.dep.disputes.call("votes_closed", s.job)
-    for r in range(2):
-        late.reveal(s.job, r)
+    _reveal(s, s.validators)
     for _ in range(3):
         for v in s.validators:
             v.approve_rewards(s.job)

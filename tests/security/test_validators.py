@@ -136,10 +136,10 @@ def test_slashed_validator_cannot_shift_quorum(make):
     v3.review(s.job, 0)
     submit_attestations(s.dep, s.box, s.c.stranger, s.job, 0)
     assert s.dep.job(s.job)["quorum"]
-    for v in (v1, v2, v3):
-        v.reveal(s.job, 0)
     assert not d.call("votes_closed", s.job)  # the slashed validator cannot vote: the votes close on time
     s.past(int(s.dep.market.call("votes_close", s.job)) - 1)
+    for v in (v1, v2, v3):
+        v.reveal(s.job, 0)
     # the reward root: two approvals are half the start stake
     for v in (v1, v2):
         v.approve_rewards(s.job)
@@ -171,7 +171,9 @@ def test_minority_cannot_approve_root(make):
         v.join(job)
     s.agg.start(job)
     s.driver.round(0)
-    assert s.dep.job(job)["quorum"]
+    assert s.dep.job(job)["quorum"] and s.dep.disputes.call("votes_closed", job)  # every validator voted
+    for v in s.validators:
+        v.reveal(job, 0)
     bad = statement_of(s.agg.rewards_document(job, s.spec))
     root, total, value_total, gate = bad
     sig = RewardsApproval(job, root, total, value_total, gate).sign(whale.account.key, s.dep.chain_id,

@@ -6,10 +6,12 @@ reviews of the requester against the stakers, and of the dispute game)."""
 
 from __future__ import annotations
 
+import pytest
 from proc_support import Procs
 from sec_support import FUNDS
 
 from fedmarket.market import JobState
+from fedmarket.protocol import rules as R
 from fedmarket.roles.common import committed_rounds
 from fedmarket.roles.games import job_games
 
@@ -104,3 +106,51 @@ def test_deleting_the_rewards_document_an_honest_provider_posted_cannot_get_it_s
     assert P.state() == JobState.SETTLED
     # every provider claimed its leaf, whose proof is in the document (put back by its poster)
     assert {chain.providers[i].address for i in range(3)} <= set(P.paid()), "\n".join(P.logs[-20:])
+
+
+@pytest.mark.parametrize("n_params, lying_terms", [(R.MAX_PARAMS, False), (10**6, True)])
+def test_a_refused_torch_jobs_module_is_neither_downloaded_nor_kept(make, tmp_path, n_params, lying_terms):
+    """ATTACK (found by a review of the fix above): a torch job whose spec states a parameter count
+    no machine holds (or whose terms do not match its spec), naming a large junk "module". Keeping
+    the job's files before the checks downloaded the module first: a buffer of the reader's limit
+    (about 64 GiB at MAX_PARAMS) killed the process with MemoryError instead of a one-line refusal,
+    and every role that looked at such a job kept its junk on disk. A role now keeps the spec before
+    its checks and the module only once they pass; a directory store reads no more than a file
+    holds."""
+    import dataclasses
+    import json
+    import os
+
+    from fedmarket.processes import ProviderProcess, ValidatorProcess
+    from fedmarket.processes.base import Fatal
+    from fedmarket.roles.common import terms_of
+    from fedmarket.spec import JobSpec
+
+    s = make(providers=3, validators=1)
+    module_cid = s.store.put(os.urandom(32 * 2**20))
+    doc = json.loads(s.spec.canonical())
+    doc["model"] = {"kind": "torch", "module_cid": module_cid, "n_params": n_params}
+    spec = JobSpec.parse(doc)
+    terms = terms_of(spec, s.agg.address, s.chain.timestamp())
+    if lying_terms:
+        terms = dataclasses.replace(terms, rounds=terms.rounds + 1)
+    s.approve(s.c.requester, s.dep.market.address)
+    job = s.dep.market.transact("post_job", terms.abi(), s.store.put(spec.canonical()),
+                                sender=s.c.requester).event("JobPosted")["job_id"]
+    read: list[str] = []
+    get_capped = type(s.store).get_capped
+
+    def counting(store, cid, limit):
+        read.append(cid)
+        return get_capped(store, cid, limit)
+
+    for name, cls, who in (("p", ProviderProcess, s.providers[0]), ("v", ValidatorProcess, s.validators[0])):
+        proc = cls(s.dep, who.account, s.store, s.box, who.X, who.y, job, tmp_path / name, log=lambda m: None)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(type(s.store), "get_capped", counting)
+            with pytest.raises(Fatal):  # the one-line refusal before staking
+                proc.step()
+        assert s.dep.market.call("membership", job, who.address) == (0, 0)
+        assert module_cid not in read
+        kept = sum(f.stat().st_size for f in (tmp_path / name / "blobs").rglob("*") if f.is_file())
+        assert kept < 2**20

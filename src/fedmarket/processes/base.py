@@ -191,11 +191,12 @@ class RoleProcess:
         (`keep_job_files`), put back in the shared store when someone deletes them there."""
         return MirroredStore(store, LocalBlobStore(self.state.root / "blobs"), keep_reads=False)
 
-    def keep_job_files(self, store: BlobStore, job_id: int) -> None:
-        """Once per process, before it stakes or works: keep the job's spec (and packed module)."""
+    def keep_job_files(self, store: BlobStore, job_id: int, module: bool = True) -> None:
+        """Once per process, before it stakes or works: keep the job's spec, and with `module` (once
+        the job passed the checks before staking) its packed module."""
         if not self._job_files_kept:
-            keep_job_files(self.dep, store, job_id)
-            self._job_files_kept = True
+            keep_job_files(self.dep, store, job_id, module)
+            self._job_files_kept = module
 
     # ---- logging -----------------------------------------------------------------------
     def say(self, message: str) -> None:

@@ -49,7 +49,7 @@ class ProviderProcess(RoleProcess):
         self.provider = Provider(dep, account, self.mirrored(store), mailbox, X, y,
                                  releases=ReleaseLog(Path(state_dir) / f"releases-{account.address}.jsonl"))
         self.mailbox = mailbox
-        self._watched_root: bytes | None = None  # the reward root last checked against the rule
+        self._watched_root: tuple | None = None  # the posting (root, poster, deadline) last checked against the rule
         self._challenger: Challenger | None = None  # made at the first reward root it watches
         # how long a secure phase waits for late members (default: a tenth of the round, 5 s to 2 min)
         self._phase_timeout = phase_timeout
@@ -220,7 +220,9 @@ class ProviderProcess(RoleProcess):
             for receipt in challenger.close_moot(job_id):  # another's game replaced the root: bond back
                 self.say(f"closed a moot game, bond refunded (tx {receipt.tx_hash})")
             mine_open = any(g.challenger == self.address for g in job_games(self.dep, job_id))
-        root = bytes(job["reward_root"])
+        # one posting of a root: the same root posted again (by another poster, or later) is checked
+        # again, since the games on the first posting are moot now
+        root = (bytes(job["reward_root"]), job["poster"], int(job["challenge_deadline"]))
         # a game of someone else's proves nothing while it is open: its challenger may stall it past
         # the challenge window, so each provider checks the root and plays a game of its own
         if root == self._watched_root or mine_open:
@@ -256,8 +258,9 @@ class ProviderProcess(RoleProcess):
         if state == JobState.OPEN:
             if role == 0:
                 try:  # the spec's hash, the terms, our data's schema and our funds are checked first
-                    self.keep_job_files(self.provider.store, job_id)  # (the copy every round reads)
+                    self.keep_job_files(self.provider.store, job_id, module=False)  # (the copy every round reads)
                     spec = self.provider.inspect(job_id)
+                    self.keep_job_files(self.provider.store, job_id)  # checked: its module too
                 except REFUSED_BEFORE_STAKING as exc:
                     raise Fatal(str(exc)) from None
                 if job["n_providers"] >= job["max_providers"]:

@@ -11,9 +11,10 @@ from ..chain import Account
 from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
 from ..roles import Validator
-from ..roles.common import REFUSED_BEFORE_STAKING, committed_rounds
-from ..roles.validator import submit_rejections
-from ..storage import BlobStore, Mailbox
+from ..errors import ContractRevert
+from ..roles.common import REFUSED_BEFORE_STAKING, committed_rounds, round_topic
+from ..roles.validator import reveal_message, submit_rejections
+from ..storage import BlobStore, Mailbox, MirroredStore
 from .base import Fatal, RoleProcess, Stop, job_state
 
 
@@ -22,9 +23,12 @@ class ValidatorProcess(RoleProcess):
 
     Each committed round is reviewed once (recomputed, scored, attestation posted); its
     sealed scores document is kept in the state directory (`reviews.json`) so a restarted
-    validator can still reveal it once the round reaches quorum. Misbehaviour reports go out
-    with the last round's review, before its reveal; once every round is revealed, it signs
-    the reward root it re-derives (`Validator.approve_rewards`), which `post_rewards` needs."""
+    validator can still reveal it once the job's votes are closed (after the last round's
+    quorum: no copy of a revealed score can be attested then). Its signed vote is kept there too,
+    and goes on chain from there if nobody put it there within its grace; its reveals are posted
+    again, and their documents put back, until the job settles. Misbehaviour reports go out with
+    the last round's review, before its reveal; once every round is revealed, it signs the reward
+    root it re-derives (`Validator.approve_rewards`), which `post_rewards` needs."""
 
     role = "validator"
 
@@ -36,6 +40,7 @@ class ValidatorProcess(RoleProcess):
         self._grace_set = False  # `Validator.data_grace`, set from the job's round at the first step
         self._idle: tuple | None = None  # (rounds committed, state) after which nothing is left to review
         self._approved_at = float("-inf")
+        self._next_keep = 0.0  # when it next posts its reveals again (`_keep_reveals`)
         self.approve_interval = 1.0
         # what the role keeps in memory between review and reveal, restored from the state directory
         docs = {int(r): d for r, d in self.state.load("reviews", {}).items() if d is not None}
@@ -57,7 +62,9 @@ class ValidatorProcess(RoleProcess):
                 if job["n_validators"] >= job["max_validators"]:
                     raise Fatal(f"job {job_id} takes no more validators ({job['n_validators']}/{job['max_validators']})")
                 try:  # the terms, our held-out data's schema and our funds are checked before staking
-                    self.keep_job_files(self.validator.store, job_id)  # (the copy every review reads)
+                    self.keep_job_files(self.validator.store, job_id, module=False)  # (the copy every review reads)
+                    self.validator.inspect(job_id)
+                    self.keep_job_files(self.validator.store, job_id)  # checked: its module too
                     receipt = self.validator.join(job_id)
                 except REFUSED_BEFORE_STAKING as exc:
                     raise Fatal(str(exc)) from None
@@ -71,13 +78,17 @@ class ValidatorProcess(RoleProcess):
             self.validator.data_grace = min(120.0, int(job["round_duration"]) / 10)
             self._grace_set = True
         if state in (JobState.TRAINING, JobState.FINALIZING):
-            if (int(job["current_round"]), state) != self._idle:  # something new on chain, or a reveal pending
+            self._keep_reveals()
+            # scores are revealed once the votes are closed for good (at the end of training)
+            closed = int(job["current_round"]) == int(job["rounds"]) and self.dep.disputes.call("votes_closed", job_id)
+            now = (int(job["current_round"]), state, closed)
+            if now != self._idle:  # something new on chain, or a reveal or a vote pending
                 self._review_and_reveal(int(job["rounds"]))
                 self._vote_on_chain(int(job["round_duration"]))
                 pending = [k for k, d in self.state.load("reviews", {}).items()
-                           if d is not None and int(k) not in self.state.load("revealed", [])]
+                           if closed and d is not None and int(k) not in self.state.load("revealed", [])]
                 pending += list(self.state.load("votes", {}))
-                self._idle = (int(job["current_round"]), state) if not pending else None
+                self._idle = now if not pending else None
             if state == JobState.TRAINING and int(job["current_round"]) == int(job["rounds"]) and self._idle:
                 self._approve_rewards()
         elif state == JobState.SETTLED:
@@ -104,17 +115,46 @@ class ValidatorProcess(RoleProcess):
             return
         now = max(self.dep.chain.timestamp(), int(time.time()))
         grace = min(60, round_duration // 4)
-        for key, posted_at in sorted(votes.items(), key=lambda kv: int(kv[0])):
+        for key, vote in sorted(votes.items(), key=lambda kv: int(kv[0])):
             r = int(key)
-            on_chain = (self.dep.disputes.call("attestation_of", self.job_id, r, self.address) != b"\x00" * 32
-                        or self.dep.disputes.call("rejected", self.job_id, r, self.address))
-            if not on_chain and now - int(posted_at) >= grace:
-                for receipt in self.validator.submit_own_vote(self.job_id, r):
+            # the signed vote as posted, kept here: anyone on the mailbox can delete the posted copy
+            # (a vote kept before this was only its time, and goes from the mailbox)
+            posted_at, message = (vote["at"], vote["message"]) if isinstance(vote, dict) else (vote, None)
+            if not self._voted(r):
+                if now - int(posted_at) < grace:
+                    continue  # the aggregator's batch may still bring it
+                try:
+                    receipts = self.validator.submit_own_vote(self.job_id, r, message)
+                except ContractRevert as exc:  # too late for any vote on the round: nothing more to do
+                    self.say(f"round {r}: vote could not go on chain: {exc}")
+                    receipts = []
+                for receipt in receipts:
                     self.say(f"round {r}: vote put on chain by this validator (tx {receipt.tx_hash})")
-                on_chain = True
-            if on_chain:
-                del votes[key]
+                if receipts and not self._voted(r):
+                    continue  # sent, not seen on chain yet: looked at again at the next step
+                # (nothing sent: the chain takes no vote of this validator on the round any more)
+            del votes[key]
         self.state.save("votes", votes)
+
+    def _voted(self, r: int) -> bool:
+        return (self.dep.disputes.call("attestation_of", self.job_id, r, self.address) != b"\x00" * 32
+                or self.dep.disputes.call("rejected", self.job_id, r, self.address))
+
+    def _keep_reveals(self) -> None:
+        """Every 5 s until the job settles, each of this validator's reveals is posted again and its
+        scores document put back in the store: anyone on the mailbox or the store can delete them,
+        and a round without its reveals leaves the job no scores basis (the weight basis then pays
+        the quality gate's miss payout, and the validator loses reputation as 'not revealed')."""
+        if time.monotonic() < self._next_keep:
+            return
+        self._next_keep = time.monotonic() + 5.0
+        reveals: dict = self.state.load("reveals", {})
+        for key, cid in reveals.items():
+            self.validator.mailbox.post(round_topic(self.job_id, int(key)) + "-reveals", reveal_message(self.address, cid))
+        if reveals and isinstance(self.validator.store, MirroredStore):
+            back = self.validator.store.restore(list(reveals.values()))
+            if back:
+                self.say(f"put {back} deleted scores document(s) back in the store")
 
     def _approve_rewards(self) -> None:
         """Every round committed and revealed: re-derive the reward root and sign it (at most every
@@ -146,7 +186,7 @@ class ValidatorProcess(RoleProcess):
             msg = self.validator.review(job_id, c.round)
             if msg:
                 votes = self.state.load("votes", {})
-                votes[key] = self.dep.chain.timestamp()
+                votes[key] = {"at": self.dep.chain.timestamp(), "message": msg}
                 self.state.save("votes", votes)
             docs, seen = self.validator.sealed(job_id)
             reviews[key] = docs.get(c.round) if msg and "scores_root" in msg else None
@@ -164,9 +204,11 @@ class ValidatorProcess(RoleProcess):
         for key, doc in sorted(reviews.items(), key=lambda kv: int(kv[0])):
             if doc is None or int(key) in revealed:
                 continue
-            if not self.dep.disputes.call("has_quorum", job_id, int(key)):
-                continue
+            if not self.dep.disputes.call("votes_closed", job_id):  # no copy of a revealed score can count then
+                break
             cid = self.validator.reveal(job_id, int(key))
             revealed.append(int(key))
             self.state.save("revealed", revealed)
+            if cid:
+                self.state.save("reveals", {**self.state.load("reveals", {}), key: cid})
             self.say(f"round {key}: scores revealed ({cid})" if cid else f"round {key}: attestation not on chain, nothing to reveal")

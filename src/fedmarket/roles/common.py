@@ -140,11 +140,13 @@ def load_spec(dep: Deployment, store: BlobStore, job_id: int) -> JobSpec:
     return committed_spec(raw, ev["spec_hash"], f"job {job_id}: spec {ev['spec_cid']}")
 
 
-def keep_job_files(dep: Deployment, store: BlobStore, job_id: int) -> None:
-    """Keep a copy of the job's spec, and of a torch job's packed module, in `store`'s local mirror
-    (a `MirroredStore`; nothing to do for another store). Every review and round reads them again,
-    and the requester could delete its own spec once everyone staked: without a copy the stakers
-    could not work, and would be slashed as absent."""
+def keep_job_files(dep: Deployment, store: BlobStore, job_id: int, module: bool = True) -> None:
+    """Keep a copy of the job's spec, and with `module` of a torch job's packed module, in `store`'s
+    local mirror (a `MirroredStore`; nothing to do for another store). Every review and round reads
+    them again, and the requester could delete its own spec once everyone staked: without a copy
+    the stakers could not work, and would be slashed as absent. Keep the module only once the job
+    passed the checks before staking (`DataRole.checked_spec`): its size follows the spec's
+    parameter count, which the checks bound."""
     from ..storage import MirroredStore
 
     if not isinstance(store, MirroredStore):
@@ -155,7 +157,7 @@ def keep_job_files(dep: Deployment, store: BlobStore, job_id: int) -> None:
     ev = posted[0]
     spec = committed_spec(store.keep(ev["spec_cid"], MAX_SPEC_BYTES), ev["spec_hash"],
                           f"job {job_id}: spec {ev['spec_cid']}")
-    if spec.model.kind == "torch":
+    if module and spec.model.kind == "torch":
         from ..fl.torch_models import pack_byte_limit
 
         store.keep(spec.model.module_cid, pack_byte_limit(spec.n_params))

@@ -149,13 +149,21 @@ class Validator(DataRole):
         except (FedMarketError, ValueError, FloatingPointError, OverflowError):
             return True  # training fails on this job: nobody is judged by it
 
-    def submit_own_vote(self, job_id: int, round_: int) -> list[Receipt]:
-        """Put this validator's posted vote on the round on chain, unless it is there already (the
+    def submit_own_vote(self, job_id: int, round_: int, message: dict | None = None) -> list[Receipt]:
+        """Put this validator's vote on the round on chain, unless it is there already (the
         aggregator batches votes, but a validator never depends on it: one that withheld them could
-        otherwise have every present validator slashed as absent)."""
+        otherwise have every present validator slashed as absent). With `message` (the vote
+        `review` posted, as its process keeps it) the vote goes from there, and is posted again:
+        anyone on the mailbox could have deleted the posted copy."""
         me = self.account
-        return [*submit_attestations(self.dep, self.mailbox, me, job_id, round_, only=me.address),
-                *submit_rejections(self.dep, self.mailbox, me, job_id, round_, only=me.address)]
+        if message is None:
+            return [*submit_attestations(self.dep, self.mailbox, me, job_id, round_, only=me.address),
+                    *submit_rejections(self.dep, self.mailbox, me, job_id, round_, only=me.address)]
+        raw = canonical_json(message)
+        kind = "-attestations" if "scores_root" in message else "-rejections"
+        self.mailbox.post(round_topic(job_id, round_) + kind, raw)
+        submit = submit_attestations if "scores_root" in message else submit_rejections
+        return submit(self.dep, self.mailbox, me, job_id, round_, only=me.address, posted=[raw])
 
     def _reject(self, job_id: int, round_: int, committed) -> dict:
         sig = Rejection(job_id, round_, committed.model_root).sign(self.account.key, self.dep.chain_id, self.dep.disputes.address)
@@ -205,21 +213,24 @@ class Validator(DataRole):
         return claim_reward(self.dep, self.store, self.account, job_id)
 
     def reveal(self, job_id: int, round_: int) -> str | None:
-        """Publish the scores committed for a round, once the round reached quorum on chain (so no
-        validator can copy another's scores: every counted commitment is already fixed). Returns the
-        scores document's CID, or None if this validator has nothing on chain to reveal."""
+        """Publish the scores committed for a round, once the job's votes are closed for good
+        (`Disputes.votes_closed`), so no validator can copy another's scores: no attestation counts
+        any more. (Quorum alone was not enough: a validator that never reviewed could attest
+        a copy of a revealed document under its own address until the votes closed, and be paid
+        and counted for it.) Returns the scores document's CID, or None if this validator has
+        nothing on chain to reveal."""
         doc = self._docs.get((job_id, round_))
         if doc is None:
             return None
-        if not self.dep.disputes.call("has_quorum", job_id, round_):
-            raise FedMarketError(f"job {job_id} round {round_} has no quorum yet: scores stay sealed")
+        if not self.dep.disputes.call("votes_closed", job_id):
+            raise FedMarketError(f"job {job_id}: validators' votes still open: round {round_}'s scores stay sealed")
         if "0x" + self.dep.disputes.call("attestation_of", job_id, round_, self.address).hex() != doc["scores_root"]:
             return None
         # signed: the root it attested binds the scores, not the accuracy and flags beside them
         sig = ScoresReveal(job_id, round_, keccak(canonical_json(doc))).sign(self.account.key, self.dep.chain_id,
                                                                              self.dep.disputes.address)
         cid = self.store.put(canonical_json({**doc, "signature": "0x" + sig.hex()}))
-        self.mailbox.post(round_topic(job_id, round_) + "-reveals", canonical_json({"validator": self.address, "scores_cid": cid}))
+        self.mailbox.post(round_topic(job_id, round_) + "-reveals", reveal_message(self.address, cid))
         return cid
 
     def report_misbehaviour(self, job_id: int) -> list[str]:
@@ -235,6 +246,11 @@ class Validator(DataRole):
                     {"validator": self.address, "provider": provider, "signature": "0x" + sig.hex()}))
                 reported.append(provider)
         return reported
+
+
+def reveal_message(validator: str, scores_cid: str) -> bytes:
+    """The mailbox message naming a validator's revealed scores document (the same bytes every time)."""
+    return canonical_json({"validator": validator, "scores_cid": scores_cid})
 
 
 def misbehaviour_topic(job_id: int) -> str:
@@ -271,12 +287,12 @@ def submit_misbehaviour(dep: Deployment, mailbox: Mailbox, sender: Account, job_
 
 
 def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_id: int, round_: int,
-                        only: str | None = None) -> list[Receipt]:
-    """Put a round's posted attestations on chain (anyone may; the aggregator has the most reason to).
-    Only well-signed attestations of the committed model by validators of the job that have not
-    voted yet are sent, one per validator (only validator `only`'s if given); those sharing a
-    scores root go in one transaction. Nothing once the votes are closed (`Disputes.votes_closed`):
-    no attestation counts any more."""
+                        only: str | None = None, posted: list[bytes] | None = None) -> list[Receipt]:
+    """Put a round's posted attestations (or the messages `posted`) on chain (anyone may; the
+    aggregator has the most reason to). Only well-signed attestations of the committed model by
+    validators of the job that have not voted yet are sent, one per validator (only validator
+    `only`'s if given); those sharing a scores root go in one transaction. Nothing once the votes
+    are closed (`Disputes.votes_closed`): no attestation counts any more."""
     if dep.disputes.call("votes_closed", job_id):
         return []
     rounds = committed_rounds(dep, job_id)
@@ -284,7 +300,7 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
     proof = round_accumulator(dep, job_id, rounds).proof(round_)
     model_root = rounds[round_].model_root
     chosen: dict[str, dict] = {}
-    for raw in mailbox.read(round_topic(job_id, round_) + "-attestations"):
+    for raw in mailbox.read(round_topic(job_id, round_) + "-attestations") if posted is None else posted:
         try:
             msg = untrusted_json(raw)
             v = msg["validator"]
@@ -314,13 +330,14 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
 
 
 def submit_rejections(dep: Deployment, mailbox: Mailbox, sender: Account, job_id: int, round_: int,
-                      only: str | None = None) -> list[Receipt]:
-    """Put a round's posted rejections on chain (anyone may): well-signed, by validators of the job
-    (only validator `only` if given) that have not voted on the round yet."""
+                      only: str | None = None, posted: list[bytes] | None = None) -> list[Receipt]:
+    """Put a round's posted rejections (or the messages `posted`) on chain (anyone may):
+    well-signed, by validators of the job (only validator `only` if given) that have not voted on
+    the round yet."""
     rounds = committed_rounds(dep, job_id)
     c = rounds[round_]
     chosen: dict[str, bytes] = {}
-    for raw in mailbox.read(round_topic(job_id, round_) + "-rejections"):
+    for raw in mailbox.read(round_topic(job_id, round_) + "-rejections") if posted is None else posted:
         try:
             msg = untrusted_json(raw)
             v = msg["validator"]

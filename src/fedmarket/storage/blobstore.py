@@ -134,10 +134,13 @@ class LocalBlobStore(BlobStore):
         except OSError as exc:
             raise BlobCorrupted(f"blob {cid} in {self.root} cannot be read: {exc.strerror}") from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise BlobCorrupted(f"blob {cid} in {self.root} is not a regular file")
             with os.fdopen(fd, "rb", closefd=False) as fh:
-                return fh.read() if limit is None else fh.read(limit + 1)
+                # never a buffer of the reader's whole limit (tens of GiB for the largest models)
+                # for a file that is smaller: at most its size, and one byte to see it grew
+                return fh.read() if limit is None else fh.read(min(limit, st.st_size) + 1)
         except OSError as exc:
             raise BlobCorrupted(f"blob {cid} in {self.root} cannot be read: {exc.strerror}") from None
         finally:
