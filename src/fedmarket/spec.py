@@ -383,6 +383,14 @@ class JobSpec(_Strict):
             raise ValueError("a quality gate needs validators to attest the accuracy (max_validators >= 1)")
         if self.privacy.secure and 0 < self.participation.per_round < 3:
             raise ValueError("secure aggregation needs per_round >= 3")
+        if self.privacy.secure:  # every round size the job can have tolerates the dropout it promises
+            from .privacy.secagg import dropout_shortfall
+
+            part = self.participation
+            lo = 3 if part.per_round else part.min_providers
+            problem = dropout_shortfall(lo, part.max_providers, self.privacy.dropout, self.privacy.max_dishonest)
+            if problem:
+                raise ValueError(problem)
         if self.privacy.secure and self.participation.max_validators < 1:
             raise ValueError(f"privacy mode {self.privacy.mode} needs validators (max_validators >= 1): they re-derive "
                              "each round's mask correction, which no contract can")

@@ -255,3 +255,50 @@ def test_expansion_is_small_for_model_sized_updates():
     res = run_round(cfg, _inputs(n, d, 9))
     expansion = max(res.client_bytes.values()) / (8 * d)
     assert 1.0 < expansion <= 2.0
+
+
+@pytest.mark.parametrize("dishonest", [0.0, 1 / 3, 0.5, 0.6])
+@pytest.mark.parametrize("dropout", [0.1, 0.3, 0.45])
+def test_a_round_the_spec_accepts_survives_the_dropout_it_promises(dropout, dishonest):
+    """ATTACK (found by a review of the colluder sizing): a secagg spec stating dropout 0.3 and
+    max_dishonest 0.6 passed, but on a small round's complete graph its threshold (above the
+    colluders) left no room for the promised dropout: Sybils that simply went silent, within it,
+    aborted every round. A spec is refused unless every round size it allows survives
+    floor(dropout n) dropouts there (`dropout_shortfall`); and a round it accepts does survive them,
+    while one it refuses aborts."""
+    from fedmarket.errors import SecAggAbort
+    from fedmarket.privacy.secagg import dropout_shortfall
+
+    if dropout + dishonest >= 1:
+        return
+    for n in range(3, 13):
+        cfg = SecAggConfig.for_population(n, 8, dropout=dropout, dishonest=dishonest)
+        assert cfg.k == n - 1  # small rounds: the complete graph
+        X = {u: np.arange(8, dtype=np.int64) * (u + 1) for u in range(n)}
+        late = set(range(int(np.floor(dropout * n))))
+        if dropout_shortfall(n, n, dropout, dishonest) is None:
+            res = run_round(cfg, X, drop_after_mask=late)
+            assert np.array_equal(res.total, _plain(X, range(n)))
+        else:
+            with pytest.raises(SecAggAbort):
+                run_round(cfg, X, drop_after_mask=late)
+
+
+def test_a_secure_spec_whose_rounds_cannot_lose_its_dropout_is_refused():
+    from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, PrivacySpec, RewardSpec, TrainingSpec
+
+    def spec(min_providers, dropout, dishonest, per_round=0):
+        return JobSpec(name="x", data=DataSchema(n_features=2, n_classes=2, feature_low=[0.0] * 2, feature_high=[1.0] * 2),
+                       training=TrainingSpec(rounds=1), reward=RewardSpec(escrow=10**20, provider_stake=10**18),
+                       participation=ParticipationSpec(min_providers=min_providers, max_providers=50, max_validators=1,
+                                                       min_validators=1, per_round=per_round),
+                       privacy=PrivacySpec(mode="secagg", dropout=dropout, max_dishonest=dishonest))
+
+    with pytest.raises(ValueError, match="a secure round of 4 providers that loses 1 of them"):
+        spec(4, 0.3, 0.6)
+    assert spec(20, 0.3, 0.6).privacy.max_dishonest == 0.6  # rounds of 20 or more fit
+    with pytest.raises(ValueError, match="a secure round of 4 providers"):
+        spec(20, 0.3, 0.6, per_round=5)  # a sampled round can be as small as 3
+    with pytest.raises(ValueError, match="a secure round of 3 providers that loses 1"):
+        spec(3, 0.5, 0.3)  # half the round dropping never leaves a survivor more than half its neighbours
+    assert spec(3, 0.3, 1 / 3).privacy.dropout == 0.3  # the defaults fit every size

@@ -182,7 +182,31 @@ def _degree(n: int, dropout: float, failure: float, dishonest: float, privacy_fa
         t = int(ts[np.argmax(private)])
         if n * binom.cdf(t - 1, k, 1 - dropout) <= failure:
             return k, t
-    return n - 1, min(n - 1, max((n - 1) // 2 + 1, colluders + 1))
+    return n - 1, complete_threshold(n, dishonest)
+
+
+def complete_threshold(n: int, dishonest: float) -> int:
+    """The threshold on the complete graph of ``n`` providers: above half the ``n - 1`` neighbours
+    (the consistency argument) and above the colluders, who are every honest provider's neighbours."""
+    return min(n - 1, max((n - 1) // 2 + 1, math.floor(dishonest * n + 1e-12) + 1))
+
+
+def dropout_shortfall(lo: int, hi: int, dropout: float, dishonest: float) -> str | None:
+    """Why some round of ``lo`` to ``hi`` providers whose graph is complete could not lose
+    ``floor(dropout * n)`` of them, each survivor keeping too few surviving neighbours for the
+    threshold (the round would abort within the dropout it promises), or None. Past
+    ``max(2 / (1 - dropout - dishonest), 3 / (1 - 2 dropout))`` providers every size fits, so at
+    most that many sizes are looked at."""
+    last = hi
+    if dropout < 0.5 and dropout + dishonest < 1:
+        last = min(hi, math.ceil(max(2 / (1 - dropout - dishonest), 3 / (1 - 2 * dropout))) + 1)
+    for n in range(max(lo, 3), last + 1):
+        kept, t = n - 1 - math.floor(dropout * n), complete_threshold(n, dishonest)
+        if kept < t:
+            return (f"a secure round of {n} providers that loses {math.floor(dropout * n)} of them (dropout {dropout:g}) "
+                    f"leaves each survivor {kept} surviving neighbours, below the threshold {t} that the consistency "
+                    f"check and max_dishonest {dishonest:g} need: lower dropout or max_dishonest, or raise min_providers")
+    return None
 
 
 def neighbour_graph(n: int, k: int, seed: bytes) -> list[np.ndarray]:
