@@ -53,7 +53,7 @@ def aggregator_serve_flower(
     ssl_key: Path = typer.Option(None, "--ssl-keyfile", help="The SuperLink's TLS private key (PEM)."),
     supernode_keys: list[Path] = typer.Option(None, "--supernode-key", help="Public key (OpenSSH, EC) of a provider's SuperNode: only these connect (repeat; needs TLS)."),
     collect_timeout: float = typer.Option(60.0, "--collect-timeout", help="Seconds to wait for missing updates before committing a round without them."),
-    reveal_timeout: float = typer.Option(60.0, "--reveal-timeout", help="Seconds to wait for validators' revealed scores before posting rewards."),
+    reveal_timeout: float = typer.Option(60.0, "--reveal-timeout", help="Seconds to wait, once the votes close, for validators' revealed scores before posting rewards."),
     round_timeout: float = typer.Option(600.0, "--round-timeout", help="Seconds the ServerApp waits for the SuperNodes' replies in a round."),
 ) -> None:
     """Serve the job over Flower: a SuperLink, the market's Flower app on it (one Flower message per

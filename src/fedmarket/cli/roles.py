@@ -248,7 +248,7 @@ provider_run = _data_role(
 def aggregator_run(
     ctx: RoleContext, job: int = JOB, mailbox: str = MAILBOX,
     collect_timeout: float = typer.Option(60.0, "--collect-timeout", help="Seconds to wait for missing updates before committing a round without them."),
-    reveal_timeout: float = typer.Option(60.0, "--reveal-timeout", help="Seconds to wait for validators' revealed scores before posting rewards."),
+    reveal_timeout: float = typer.Option(60.0, "--reveal-timeout", help="Seconds to wait, once the votes close, for validators' revealed scores before posting rewards."),
 ) -> None:
     """Accept the job, start it, commit every round (one transaction each), answer dispute games,
     post the reward root, claim the stake back."""

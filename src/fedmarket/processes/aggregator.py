@@ -41,8 +41,8 @@ class AggregatorProcess(RoleProcess):
     selected provider's update arrived or `collect_timeout` seconds went by since this process
     first saw round `r` open (then with whatever valid updates there are). With validators,
     their attestations of the previous round go on chain first (quorum gates the next round),
-    and the reward root waits for every attesting validator's revealed scores (or
-    `reveal_timeout`) and then for two thirds of the validator stake to approve it (or, when
+    and the reward root waits for the votes to close, then for every attesting validator's
+    revealed scores (or `reveal_timeout` from the close) and then for two thirds of the validator stake to approve it (or, when
     they do not approve in time, the provable weight basis is posted). Every step first answers
     the dispute games waiting for it. Every transaction is journaled before it is sent
     (JournaledRpcChain), so a restart re-broadcasts or finds it instead of signing another."""
@@ -353,18 +353,19 @@ class AggregatorProcess(RoleProcess):
             except ContractRevert as exc:
                 if "votes closed" not in str(exc):
                     raise
-            opened = self._opened.setdefault(-1, time.monotonic())
-            if not self._reveals_complete():
-                if time.monotonic() - opened < self.reveal_timeout:
-                    self.say_once("all rounds committed; waiting for the validators' revealed scores")
-                    return
-                self.say_once(f"some validators did not reveal their scores within {self.reveal_timeout:.0f}s")
             for receipt in submit_misbehaviour(self.dep, self.mailbox, self.account, job_id):
                 self.say(f"provider {receipt.event('ProviderSlashed')['provider']} slashed by validator vote")
             if not self.dep.disputes.call("votes_closed", job_id):  # the root is computed once no vote can land
                 self.say_once("reward root waits for the last votes (every validator's on every round, or a quarter "
                               "of the step's time)")
                 return
+            # validators reveal their scores once the votes are closed: wait for them from then
+            opened = self._opened.setdefault(-1, time.monotonic())
+            if not self._reveals_complete():
+                if time.monotonic() - opened < self.reveal_timeout:
+                    self.say_once("votes closed; waiting for the validators' revealed scores")
+                    return
+                self.say_once(f"some validators did not reveal their scores within {self.reveal_timeout:.0f}s")
         try:  # a scores-basis root also puts the validators' approvals of it on chain first
             receipt = self.aggregator.post_rewards(job_id)
         except (ContractRevert, FedMarketError) as exc:
