@@ -186,3 +186,30 @@ def test_a_lazy_validator_finds_no_revealed_scores_to_copy_while_votes_count(mak
     doc = s.honest_document()
     counted = {read_document(s.store, cid)["validator"] for cids in doc["reveals"].values() for cid in cids}
     assert lazy.address not in counted and len(counted) == 2
+
+
+def test_an_aggregator_withholding_the_approvals_cannot_post_the_weight_basis(chain, tmp_path):
+    """ATTACK (found by a review of the reveal timing): the validators reveal once the votes close,
+    sign the scores statement and post their approvals on the mailbox; only the root's poster put
+    approvals on chain. An aggregator that never did waited for half of the last step and posted
+    the weight basis, where a gated job's `gate_met` follows the terms: the validators found the
+    target met, and the providers got the miss payout. Each validator's process now puts its own
+    approval on chain past a short grace, which closes the weight basis (the aggregator is then
+    failed for its missing root, and a provider posts the scores root in its place)."""
+    from fedmarket.protocol import rules as R
+
+    _chain_ahead_of_the_clock(chain)
+    P = Procs(chain, tmp_path, collect_timeout=60.0, providers=3, validators=3, rounds=1, target_accuracy=0.2,
+              miss_payout_bps=2_000)
+    agg = P.procs["aggregator"].aggregator
+    honest_post = agg.post_rewards
+    agg.post_rewards = lambda job_id, basis=None: honest_post(job_id, R.Basis.WEIGHT)  # never the approved basis
+
+    def tick(i):
+        if P.state() == JobState.TRAINING and committed_rounds(P.dep, P.job):
+            P.c.chain.advance_time(30)
+
+    P.run(150, on_step=tick)
+    posted = P.dep.market.events("RewardRootPosted", job_id=P.job)
+    assert posted, "\n".join(P.logs[-20:])
+    assert int(posted[-1]["basis"]) == R.Basis.SCORES and posted[-1]["gate_met"], "\n".join(P.logs[-20:])

@@ -13,6 +13,8 @@ from ..protocol import rules as R
 from ..roles import Validator
 from ..errors import ContractRevert
 from ..roles.common import REFUSED_BEFORE_STAKING, committed_rounds, round_topic
+from ..protocol.encoding import canonical_json
+from ..roles.settlement import statement_key, submit_reward_approvals
 from ..roles.validator import reveal_message, submit_rejections
 from ..storage import BlobStore, Mailbox, MirroredStore
 from .base import Fatal, RoleProcess, Stop, job_state
@@ -28,7 +30,8 @@ class ValidatorProcess(RoleProcess):
     and goes on chain from there if nobody put it there within its grace; its reveals are posted
     again, and their documents put back, until the job settles. Misbehaviour reports go out with
     the last round's review, before its reveal; once every round is revealed, it signs the reward
-    root it re-derives (`Validator.approve_rewards`), which `post_rewards` needs."""
+    root it re-derives (`Validator.approve_rewards`), which `post_rewards` needs, and puts that
+    approval on chain itself if nobody did within a short grace."""
 
     role = "validator"
 
@@ -172,9 +175,26 @@ class ValidatorProcess(RoleProcess):
         if msg is None:
             self.say_once("no scores basis to approve (masked updates or missing reveals)")
             return
-        if self.state.load("approved", {}).get("reward_root") != msg["reward_root"]:
-            self.state.save("approved", {"reward_root": msg["reward_root"], "reward_total": msg["reward_total"]})
+        approved = self.state.load("approved", {})
+        now = max(self.dep.chain.timestamp(), int(time.time()))
+        if approved.get("message") != msg:
+            approved = {"reward_root": msg["reward_root"], "reward_total": msg["reward_total"], "message": msg, "at": now}
+            self.state.save("approved", approved)
             self.say(f"approved reward root {msg['reward_root'][:18]}... (total {msg['reward_total']})")
+        # the approval goes on chain with the root, but an aggregator that never posted it could let
+        # half the step pass and post the weight basis instead (a met quality gate then pays its
+        # miss payout): past a short grace, the validator puts its own approval on chain
+        statement = (bytes.fromhex(msg["reward_root"][2:]), int(msg["reward_total"]), int(msg["value_total"]),
+                     bool(msg["gate_met"]))
+        grace = min(30, int(self.dep.job(self.job_id)["round_duration"]) // 16)
+        if (now - int(approved.get("at", now)) >= grace
+                and not self.dep.disputes.call("rewards_signed", self.job_id, statement_key(statement), self.address)):
+            try:
+                for receipt in submit_reward_approvals(self.dep, self.validator.mailbox, self.validator.account,
+                                                       self.job_id, statement, posted=[canonical_json(msg)]):
+                    self.say(f"approval of reward root {msg['reward_root'][:18]}... put on chain (tx {receipt.tx_hash})")
+            except ContractRevert as exc:  # the job moved on (a root posted): nothing to approve on chain
+                self.say_once(f"approval not put on chain: {exc}")
 
     def _review_and_reveal(self, n_rounds: int) -> None:
         job_id = self.job_id

@@ -295,13 +295,15 @@ def statement_key(statement: tuple) -> bytes:
     return keccak(eth_abi.encode(["bytes32", "uint256", "uint256", "bool"], [root, total, value_total, gate_met]))
 
 
-def submit_reward_approvals(dep: Deployment, mailbox, sender, job_id: int, statement: tuple) -> list:
-    """Put the validators' signed approvals of a scores-basis statement on chain (anyone may)."""
+def submit_reward_approvals(dep: Deployment, mailbox, sender, job_id: int, statement: tuple,
+                            posted: list[bytes] | None = None) -> list:
+    """Put the validators' signed approvals of a scores-basis statement (posted on the mailbox, or
+    the messages `posted`) on chain (anyone may)."""
     from ..protocol.receipts import RewardsApproval
 
     root, total, value_total, gate_met = statement
     chosen: dict[str, bytes] = {}
-    for raw in mailbox.read(rewards_topic(job_id)):
+    for raw in mailbox.read(rewards_topic(job_id)) if posted is None else posted:
         try:
             msg = untrusted_json(raw)
             if (msg["reward_root"] != "0x" + root.hex() or int(msg["reward_total"]) != total
