@@ -458,3 +458,30 @@ def test_a_validator_copying_anothers_attestation_cannot_pass_its_scores_off_as_
     assert copier.address not in counted and len(counted) == 2
     (leaf,) = [leaf for leaf in doc["leaves"] if leaf["account"] == copier.address]
     assert leaf["reputation_delta"] == -2
+
+
+def test_a_validator_revealing_two_documents_of_a_round_has_neither_counted(make):
+    """ATTACK (found by a review of the reveal timing): the root a validator attests binds only its
+    scores; the accuracy and flags beside them are bound by its signature of the document. A
+    minority validator could sign a second reveal of a round with another accuracy, grind its
+    content id to come first in the mailbox's reading order, and so change the counted reveal (and
+    the statement every honest validator must approve again) each time they approved, until the
+    weight basis opened. Two different signed reveals of one round now count as none, whatever
+    their order."""
+    s = make(providers=3, rounds=1, validators=3)
+    s.open()
+    s.rounds()
+    dep, job = s.dep, s.job
+    assert dep.disputes.call("votes_closed", job)
+    churner = s.validators[0]
+    [raw] = [r for r in s.box.read(round_topic(job, 0) + "-reveals") if untrusted_json(r)["validator"] == churner.address]
+    doc = {k: v for k, v in read_document(s.store, untrusted_json(raw)["scores_cid"]).items() if k != "signature"}
+    before = s.honest_document()
+    other = {**doc, "accuracy": int(doc["accuracy"]) // 2}  # the same scores (the same attested root)
+    sig = ScoresReveal(job, 0, keccak(canonical_json(other))).sign(churner.account.key, dep.chain_id, dep.disputes.address)
+    cid = s.store.put(canonical_json({**other, "signature": "0x" + sig.hex()}))
+    s.box.post(round_topic(job, 0) + "-reveals", canonical_json({"validator": churner.address, "scores_cid": cid}))
+    after = s.honest_document()
+    counted = {read_document(s.store, c)["validator"] for cids in after["reveals"].values() for c in cids}
+    assert churner.address not in counted and len(counted) == 2
+    assert churner.address in {read_document(s.store, c)["validator"] for cids in before["reveals"].values() for c in cids}

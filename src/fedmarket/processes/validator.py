@@ -111,13 +111,18 @@ class ValidatorProcess(RoleProcess):
     def _vote_on_chain(self, round_duration: int) -> None:
         """Each vote (attestation or rejection) this validator posted goes on chain: the aggregator
         usually batches them, but once `min(60 s, a quarter of the round)` of chain time has passed
-        since the vote was posted, the validator sends its own (an aggregator that withheld the
-        votes could otherwise have every present validator slashed as absent)."""
+        since the vote was posted (at once when the votes close sooner than twice that), the
+        validator sends its own (an aggregator that withheld the votes could otherwise have every
+        present validator slashed as absent, or leave a late one unpaid)."""
         votes: dict = self.state.load("votes", {})
         if not votes:
             return
         now = max(self.dep.chain.timestamp(), int(time.time()))
         grace = min(60, round_duration // 4)
+        # never past the votes' close: a vote of the last round posted late would wait it out
+        close = int(self.dep.market.call("votes_close", self.job_id))
+        if close - now < 2 * grace:
+            grace = 0
         for key, vote in sorted(votes.items(), key=lambda kv: int(kv[0])):
             r = int(key)
             # the signed vote as posted, kept here: anyone on the mailbox can delete the posted copy

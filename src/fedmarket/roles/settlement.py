@@ -107,13 +107,19 @@ def scores_tree(scores: list[tuple[str, int]], validator: str):
 def verified_reveals(dep: Deployment, store: BlobStore, job_id: int, round_: int, cids: list[str],
                      stakes: dict[str, int]) -> list[Reveal]:
     """The reveals among `cids` that are well formed and match their validator's commitment on chain
-    (one per validator of `stakes`; anything else is ignored, so a bad reveal cannot move the consensus)."""
+    (one per validator of `stakes`; anything else is ignored, so a bad reveal cannot move the consensus).
+    A validator that signed two different reveals of the round has neither counted: the root it
+    attested binds only the scores, so it could otherwise change the accuracy or flags counted for it
+    (and the statement everyone approves) by posting another, its position in the reading order
+    ground to come first."""
     out: dict[str, Reveal] = {}
+    twice: set[str] = set()
     for cid in cids:
         try:
             doc = read_document(store, cid)
             v = doc["validator"]
-            if doc["job_id"] != job_id or doc["round"] != round_ or not isinstance(v, str) or v not in stakes or v in out:
+            if (doc["job_id"] != job_id or doc["round"] != round_ or not isinstance(v, str) or v not in stakes
+                    or (v in out and out[v].cid == cid)):
                 continue
             body = canonical_json({k: x for k, x in doc.items() if k != "signature"})
             signer = ScoresReveal(job_id, round_, keccak(body)).signer(hexbytes(doc["signature"]), dep.chain_id,
@@ -129,8 +135,10 @@ def verified_reveals(dep: Deployment, store: BlobStore, job_id: int, round_: int
             continue  # anyone can name a CID here: one that is no reveal is passed over
         committed = dep.disputes.call("attestation_of", job_id, round_, v)
         if committed != b"\x00" * 32 and root == committed:
+            if v in out:
+                twice.add(v)
             out[v] = reveal
-    return [out[v] for v in sorted(out, key=address_key)]
+    return [out[v] for v in sorted(out, key=address_key) if v not in twice]
 
 
 def weighted_median(values: list[int], weights: list[int]) -> int:
