@@ -111,6 +111,7 @@ def test_aggregator_with_minority_validators(make):
     assert d.call("rejected_stake", s.job, 0) == accomplice_stake(s) and s.dep.job(s.job)["quorum"]
     revert(d.transact, "fail_round", s.job, [], sender=s.agg.account, match="round not in doubt")
     s.driver.round(1)
+    s.driver.reveal()  # every validator voted on both rounds: the votes are closed, the scores revealed
     # the reward statement: the honest three approve the right one, the accomplice the self-paying one
     for v in s.validators[1:]:
         v.approve_rewards(s.job)

@@ -224,7 +224,8 @@ def test_a_copy_of_a_reveal_with_another_accuracy_is_not_the_validators(make):
     s = make(providers=3, validators=3, rounds=1, target_accuracy=0.2, miss_payout_bps=2_000)
     s.open()
     s.driver._train_and_commit(0, RoundPlan())
-    s.driver._review(0)  # honest reviews, attestations on chain, signed reveals
+    s.driver._review(0)  # honest reviews, attestations on chain
+    s.driver.reveal()  # every vote is in: the votes are closed, the signed reveals posted
     honest = s.honest_document()
     assert honest["gate_met"]
     topic = round_topic(s.job, 0) + "-reveals"

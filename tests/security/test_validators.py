@@ -485,3 +485,25 @@ def test_a_validator_revealing_two_documents_of_a_round_has_neither_counted(make
     counted = {read_document(s.store, c)["validator"] for cids in after["reveals"].values() for c in cids}
     assert churner.address not in counted and len(counted) == 2
     assert churner.address in {read_document(s.store, c)["validator"] for cids in before["reveals"].values() for c in cids}
+
+
+def test_a_stranger_re_encoding_an_honest_reveal_cannot_cancel_it(make):
+    """ATTACK (found by a review of the fix above): anyone on the mailbox and the store re-stores each
+    honest signed reveal under other bytes (its signature written without the 0x, which the reader
+    takes) and names the new content id: two content ids validly signed by one validator counted as
+    two reveals, so every honest reveal counted as none, the job lost its scores basis, and a met
+    quality gate paid its miss payout (or, after the approvals were on chain, no root could be
+    posted at all). Two reveals are two only if their signed bodies differ."""
+    s = make(providers=3, rounds=1, validators=3)
+    s.open()
+    s.rounds()
+    before = s.honest_document()
+    assert before["basis"] == R.Basis.SCORES
+    for raw in list(s.box.read(round_topic(s.job, 0) + "-reveals")):
+        doc = read_document(s.store, untrusted_json(raw)["scores_cid"])
+        cid = s.store.put(canonical_json({**doc, "signature": doc["signature"][2:]}))
+        s.box.post(round_topic(s.job, 0) + "-reveals", canonical_json({"validator": doc["validator"], "scores_cid": cid}))
+    after = s.honest_document()
+    counted = {read_document(s.store, c)["validator"] for cids in after["reveals"].values() for c in cids}
+    assert after["basis"] == R.Basis.SCORES and len(counted) == 3
+    assert statement_of(after) == statement_of(before)

@@ -111,17 +111,20 @@ def verified_reveals(dep: Deployment, store: BlobStore, job_id: int, round_: int
     A validator that signed two different reveals of the round has neither counted: the root it
     attested binds only the scores, so it could otherwise change the accuracy or flags counted for it
     (and the statement everyone approves) by posting another, its position in the reading order
-    ground to come first."""
+    ground to come first. "Different" is the signed body: the same document re-encoded, or with its
+    signature written otherwise, is the one reveal (anyone could post such a copy)."""
     out: dict[str, Reveal] = {}
+    bodies: dict[str, bytes] = {}  # validator -> the digest of the document body it signed
     twice: set[str] = set()
     for cid in cids:
         try:
             doc = read_document(store, cid)
             v = doc["validator"]
-            if (doc["job_id"] != job_id or doc["round"] != round_ or not isinstance(v, str) or v not in stakes
-                    or (v in out and out[v].cid == cid)):
+            if doc["job_id"] != job_id or doc["round"] != round_ or not isinstance(v, str) or v not in stakes:
                 continue
             body = canonical_json({k: x for k, x in doc.items() if k != "signature"})
+            if bodies.get(v) == keccak(body):
+                continue  # the same signed document under other bytes (anyone can re-encode one): once
             signer = ScoresReveal(job_id, round_, keccak(body)).signer(hexbytes(doc["signature"]), dep.chain_id,
                                                                       dep.disputes.address)
             if signer != v:  # its accuracy and flags are the validator's only if it signed them
@@ -137,7 +140,7 @@ def verified_reveals(dep: Deployment, store: BlobStore, job_id: int, round_: int
         if committed != b"\x00" * 32 and root == committed:
             if v in out:
                 twice.add(v)
-            out[v] = reveal
+            out[v], bodies[v] = reveal, keccak(body)
     return [out[v] for v in sorted(out, key=address_key) if v not in twice]
 
 
