@@ -22,12 +22,14 @@ from ..roles.common import (
     check_funds,
     load_spec,
     posted_rewards,
+    round_topic,
 )
 from ..roles.senders import signed_on
 from ..roles import sealed as sl
 from ..roles.games import Defender, job_games
 from ..roles.settlement import post_orphaned_root, root_orphaned
-from ..storage import BlobStore, Mailbox
+from ..protocol.encoding import canonical_json
+from ..storage import BlobStore, Mailbox, MirroredStore
 from .base import Fatal, RoleProcess, Stop, job_state
 
 
@@ -62,6 +64,8 @@ class ProviderProcess(RoleProcess):
         self._committed = sl.Pending(Path(state_dir) / "committed")
         self.provider.keep_sealed = self._committed.keep
         self._verified_round: int | None = None
+        self._revealed: set[tuple[int, int]] = set()  # (job, round) it revealed under the aggregator's seal
+        self._next_keep = 0.0  # when it next looks at its own messages (`_keep_posted`)
 
     @property
     def address(self) -> str:
@@ -82,6 +86,7 @@ class ProviderProcess(RoleProcess):
         kept = None if self.provider.sealed_pending(job_id, r) else self._committed.load(job_id, r)
         if kept is not None and not self._mine(r, "update"):  # committed before a restart, not revealed
             self.provider.restore_sealed(job_id, r, kept[0], kept[1])
+        self._keep_posted(job_id, r)
         if self.provider.sealed_pending(job_id, r):  # committed: reveal once the aggregator sealed
             try:
                 msg = self.provider.reveal(job_id, r)
@@ -93,6 +98,7 @@ class ProviderProcess(RoleProcess):
                 self.say_once(f"round {r}: update committed; waiting for the aggregator's seal")
             else:
                 self._posted_round = r
+                self._revealed.add((job_id, r))
                 self.say(f"round {r}: update {msg['update_cid']} revealed (weight {msg['weight']})")
             return
         if self.posted(r):
@@ -115,6 +121,28 @@ class ProviderProcess(RoleProcess):
             self.say(f"round {r}: update {msg['update_cid']} posted (weight {msg['weight']})")
         elif (job_id, r) in self.provider.sat_out:
             self.say(f"round {r}: sat out, {self.provider.sat_out[(job_id, r)]}")
+
+    def _keep_posted(self, job_id: int, r: int) -> None:
+        """Every second while round `r` is open, this provider's messages of a sealed round are still
+        there (anyone on the mailbox or the store can delete them, and a crash can come between
+        keeping the commitment and posting it): its commitment, posted again until the round is
+        revealed; once it revealed under the aggregator's seal, its receipt on the round's topic and
+        its update blob, put back. The same bytes each time: nothing is released twice."""
+        if time.monotonic() < self._next_keep:
+            return
+        self._next_keep = time.monotonic() + 1.0  # well within the aggregator's wait for late messages
+        kept = self._committed.load(job_id, r)
+        if kept is None:
+            return
+        message, _blob, committed = kept
+        if self.provider.sealed_pending(job_id, r):
+            self.mailbox.post(sl.commit_topic(job_id, r), committed)
+        elif (job_id, r) in self._revealed:
+            if isinstance(self.provider.store, MirroredStore) and self.provider.store.restore([message["update_cid"]]):
+                self.say(f"round {r}: put its deleted update blob back")
+            if not self._mine(r, "update"):
+                self.mailbox.post(round_topic(job_id, r), canonical_json(message))
+                self.say(f"round {r}: its revealed update was gone from the mailbox; posted it again")
 
     def _secure(self, job_id: int) -> bool:
         return load_spec(self.dep, self.provider.store, job_id).privacy.secure
@@ -251,7 +279,8 @@ class ProviderProcess(RoleProcess):
         job = job_state(self.dep, job_id)
         state = job["state"]
         if state == JobState.TRAINING and self._posted_round == int(job["current_round"]) < int(job["rounds"]):
-            return  # the common idle step: one call to the node
+            self._keep_posted(job_id, int(job["current_round"]))
+            return  # the common idle step: one call to the node (and a look at its own messages)
         role, stake = self.dep.market.call("membership", job_id, self.address)
         if role != 0:
             self.keep_job_files(self.provider.store, job_id)

@@ -232,8 +232,8 @@ class ValidatorProcess(RoleProcess):
             if not self.dep.disputes.call("votes_closed", job_id):  # no copy of a revealed score can count then
                 break
             cid = self.validator.reveal(job_id, int(key))
+            if cid:  # kept (to post again) before the round counts as revealed: a crash between the two
+                self.state.save("reveals", {**self.state.load("reveals", {}), key: cid})
             revealed.append(int(key))
             self.state.save("revealed", revealed)
-            if cid:
-                self.state.save("reveals", {**self.state.load("reveals", {}), key: cid})
             self.say(f"round {key}: scores revealed ({cid})" if cid else f"round {key}: attestation not on chain, nothing to reveal")

@@ -1,0 +1,156 @@
+"""A role process killed between two of its lines, or an attacker deleting what it posted, at the
+worst moment (found by an attacker's review of crashes and restarts). A provider's process posts its
+kept commitment again until the round is sealed, and its revealed receipt and blob again until the
+round is committed; a validator keeps its reveal before it counts the round as revealed."""
+from __future__ import annotations
+
+import time
+
+from proc_support import Procs
+
+from fedmarket.market import JobState
+from fedmarket.roles.common import committed_rounds
+from fedmarket.roles.sealed import commit_topic
+
+
+class Killed(BaseException):
+    """SIGKILL stand-in: nothing in the process catches it."""
+
+
+def _run_with_kills(P, max_steps, restart):
+    for _ in range(max_steps):
+        try:
+            P.step()
+        except Killed as k:
+            restart(k.args[0])
+            continue
+        if all(p.done for p in P.procs.values()):
+            return True
+        if P.state() == JobState.FINALIZING:
+            P.c.chain.advance_time(P.spec.deadlines.challenge_period // 4 + 1)
+        time.sleep(0.05)
+    return False
+
+
+def test_provider_killed_after_keeping_its_commitment_before_posting_it_still_takes_part(chain, tmp_path):
+    """CRASH: p0's process is killed after `Pending.keep` wrote its committed update to its state dir and
+    before the commitment went on the mailbox. Restarted, it loads the kept update and waits for a
+    seal, but never posts the kept commitment message: the aggregator seals without it, the round
+    goes on without p0 after the others waited out the collect timeout, and p0 is unpaid. It now
+    posts the kept commitment again while the round is unsealed."""
+    P = Procs(chain, tmp_path, collect_timeout=4.0, providers=3, rounds=1)
+    victim = chain.providers[0].address
+    killed = []
+
+    def arm(proc):
+        orig = proc.provider.keep_sealed
+
+        def keep_then_die(job_id, r, message, blob, committed):
+            orig(job_id, r, message, blob, committed)
+            if not killed:
+                killed.append(r)
+                raise Killed("p0")
+        proc.provider.keep_sealed = keep_then_die
+
+    arm(P.procs["p0"])
+
+    def restart(name):
+        P.procs[name] = P.new_provider(0)
+
+    assert _run_with_kills(P, 200, restart), "\n".join(P.logs[-30:])
+    assert killed
+    assert committed_rounds(P.dep, P.job)[0].count == 3, "the restarted provider's kept commitment never reached the mailbox"
+    assert P.paid().get(victim, 0) > 0
+
+
+def test_a_deleted_commitment_is_posted_again_by_its_provider(chain, tmp_path):
+    """ATTACK: a competing provider (anyone on the shared mailbox) deletes p0's signed commitment once, right
+    after p0 posted it, before the seal. p0 keeps the commitment message in its state directory
+    (`Pending`) but never posts it again: the seal leaves it out and its share of the round goes to
+    the others. It is posted again now."""
+    P = Procs(chain, tmp_path, collect_timeout=4.0, providers=3, rounds=1)
+    victim = chain.providers[0].address
+    deleted = []
+
+    def after(name):
+        if deleted:
+            return
+        d = P.box.root / commit_topic(P.job, 0)
+        if d.is_dir():
+            for f in d.iterdir():
+                if not f.name.startswith(".") and victim in f.read_text():
+                    f.unlink()
+                    deleted.append(f.name)
+
+    P.after_step = after
+    assert _run_with_kills(P, 200, lambda n: None), "\n".join(P.logs[-30:])
+    assert deleted
+    assert committed_rounds(P.dep, P.job)[0].count == 3, "the deleted commitment was never posted again"
+    assert P.paid().get(victim, 0) > 0
+
+
+def test_a_validator_killed_between_recording_its_reveal_and_keeping_it_keeps_its_reveal(chain, tmp_path):
+    """CRASH and ATTACK: v0's process is killed in `_review_and_reveal` after `revealed` was saved and before `reveals`
+    (the list `_keep_reveals` posts again) was. Anyone on the mailbox then deletes v0's reveal
+    message. The restarted v0 thinks the round revealed but has no record to post again: its scores
+    count as never revealed (reputation -1 instead of +1, its scores out of the basis). The reveal is
+    kept before the round counts as revealed now."""
+    from fedmarket.roles.common import reward_leaf, round_topic
+
+    P = Procs(chain, tmp_path, collect_timeout=2.0, reveal_timeout=3.0, providers=3, validators=3, rounds=1)
+    victim = chain.validators[0].address
+    killed = []
+
+    def arm(proc):
+        orig = proc.state.save
+
+        def save(name, value):
+            orig(name, value)
+            if name == "revealed" and value and not killed:
+                killed.append(True)
+                raise Killed("v0")
+        proc.state.save = save
+
+    arm(P.procs["v0"])
+
+    def restart(name):
+        d = P.box.root / (round_topic(P.job, 0) + "-reveals")
+        for f in d.iterdir():  # the attacker, on the shared mailbox
+            if not f.name.startswith(".") and victim in f.read_text():
+                f.unlink()
+        P.procs[name] = P.new_validator(0)
+
+    assert _run_with_kills(P, 300, restart), "\n".join(P.logs[-30:])
+    assert killed
+    leaf, _ = reward_leaf(P.dep, P.store, victim, P.job)
+    others = [reward_leaf(P.dep, P.store, v.address, P.job)[0]["reputation_delta"] for v in chain.validators[1:3]]
+    assert any(victim in m.decode() for m in P.box.read(round_topic(P.job, 0) + "-reveals")), "v0's reveal is gone for good"
+    assert int(leaf["reputation_delta"]) == int(others[0])
+
+
+def test_a_deleted_reveal_is_posted_again_by_its_provider(chain, tmp_path):
+    """ATTACK: anyone on the shared mailbox deletes p0's revealed receipt (its round-topic message) right
+    after p0 posted it, before the aggregator collected. p0 (its process marked the round done)
+    never posts it again although the receipt is still in its state directory: the round commits
+    without it after the collect timeout and its pay goes to the others. It is posted again now."""
+    from fedmarket.roles.common import round_topic
+
+    P = Procs(chain, tmp_path, collect_timeout=4.0, providers=3, rounds=1)
+    victim = chain.providers[0].address
+    deleted = []
+
+    def after(name):
+        if deleted or name != "p0":
+            return
+        d = P.box.root / round_topic(P.job, 0)
+        if d.is_dir():
+            for f in d.iterdir():
+                if not f.name.startswith(".") and victim in f.read_text():
+                    f.unlink()
+                    deleted.append(f.name)
+
+    P.after_step = after
+    assert _run_with_kills(P, 200, lambda n: None), "\n".join(P.logs[-30:])
+    assert deleted
+    assert committed_rounds(P.dep, P.job)[0].count == 3, "the deleted reveal was never posted again"
+    assert P.paid().get(victim, 0) > 0
