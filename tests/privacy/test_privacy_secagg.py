@@ -263,11 +263,11 @@ def test_a_round_the_spec_accepts_survives_the_dropout_it_promises(dropout, dish
     """ATTACK (found by a review of the colluder sizing): a secagg spec stating dropout 0.3 and
     max_dishonest 0.6 passed, but on a small round's complete graph its threshold (above the
     colluders) left no room for the promised dropout: Sybils that simply went silent, within it,
-    aborted every round. A spec is refused unless every round size it allows survives
-    floor(dropout n) dropouts there (`dropout_shortfall`); and a round it accepts does survive them,
-    while one it refuses aborts."""
+    aborted every round. A round survives floor(dropout n) dropouts exactly when each survivor keeps
+    the threshold in surviving neighbours; a spec is refused unless every round size it allows does
+    (and its survivors reach the confirmation quorum: `dropout_shortfall`)."""
     from fedmarket.errors import SecAggAbort
-    from fedmarket.privacy.secagg import dropout_shortfall
+    from fedmarket.privacy.secagg import complete_threshold, dropout_shortfall
 
     if dropout + dishonest >= 1:
         return
@@ -275,13 +275,16 @@ def test_a_round_the_spec_accepts_survives_the_dropout_it_promises(dropout, dish
         cfg = SecAggConfig.for_population(n, 8, dropout=dropout, dishonest=dishonest)
         assert cfg.k == n - 1  # small rounds: the complete graph
         X = {u: np.arange(8, dtype=np.int64) * (u + 1) for u in range(n)}
-        late = set(range(int(np.floor(dropout * n))))
+        lost = int(np.floor(dropout * n))
+        fits = n - 1 - lost >= complete_threshold(n, dishonest)
         if dropout_shortfall(n, n, dropout, dishonest) is None:
-            res = run_round(cfg, X, drop_after_mask=late)
+            assert fits  # the spec check is at least this strict
+        if fits:
+            res = run_round(cfg, X, drop_after_mask=set(range(lost)))
             assert np.array_equal(res.total, _plain(X, range(n)))
         else:
             with pytest.raises(SecAggAbort):
-                run_round(cfg, X, drop_after_mask=late)
+                run_round(cfg, X, drop_after_mask=set(range(lost)))
 
 
 def test_a_secure_spec_whose_rounds_cannot_lose_its_dropout_is_refused():
@@ -294,11 +297,12 @@ def test_a_secure_spec_whose_rounds_cannot_lose_its_dropout_is_refused():
                                                        min_validators=1, per_round=per_round),
                        privacy=PrivacySpec(mode="secagg", dropout=dropout, max_dishonest=dishonest))
 
-    with pytest.raises(ValueError, match="a secure round of 4 providers that loses 1 of them"):
-        spec(4, 0.3, 0.6)
-    assert spec(20, 0.3, 0.6).privacy.max_dishonest == 0.6  # rounds of 20 or more fit
-    with pytest.raises(ValueError, match="a secure round of 4 providers"):
-        spec(20, 0.3, 0.6, per_round=5)  # a sampled round can be as small as 3
-    with pytest.raises(ValueError, match="a secure round of 3 providers that loses 1"):
-        spec(3, 0.5, 0.3)  # half the round dropping never leaves a survivor more than half its neighbours
+    with pytest.raises(ValueError, match="a secure round of 5 providers that loses 2 of them"):
+        spec(4, 0.4, 0.1)
+    assert spec(8, 0.4, 0.1).privacy.dropout == 0.4  # rounds of 8 or more fit
+    with pytest.raises(ValueError, match="a secure round of 3 providers"):
+        spec(8, 0.4, 0.1, per_round=5)  # a sampled round can be as small as 3
+    for dropout, dishonest in ((0.3, 0.6), (0.5, 0.3)):  # the survivors could not outnumber half and the colluders
+        with pytest.raises(ValueError, match="2 dropout \\+ max_dishonest < 1"):
+            spec(20, dropout, dishonest)
     assert spec(3, 0.3, 1 / 3).privacy.dropout == 0.3  # the defaults fit every size

@@ -384,7 +384,8 @@ def test_colluders_up_to_the_jobs_max_dishonest_cannot_open_an_honest_update():
     spec = JobSpec(name="x", data=DataSchema(n_features=2, n_classes=2, feature_low=[0.0] * 2, feature_high=[1.0] * 2),
                    training=TrainingSpec(rounds=1), reward=RewardSpec(escrow=10**20, provider_stake=10**18),
                    participation=ParticipationSpec(min_providers=n, max_providers=n, max_validators=1, min_validators=1),
-                   privacy=PrivacySpec(mode="secagg_dp", epsilon=2.0, delta=1e-5, clip_norm=1.0, max_dishonest=0.5))
+                   privacy=PrivacySpec(mode="secagg_dp", epsilon=2.0, delta=1e-5, clip_norm=1.0, dropout=0.2,
+                                       max_dishonest=0.5))
     cfg = sr.secagg_config(spec, n, b"job-4-round-1", b"seed")
     d = cfg.d  # the softmax of 2 features and 2 classes
     colluders = set(range(1, 1 + int(n * spec.privacy.max_dishonest)))

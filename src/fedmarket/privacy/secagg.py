@@ -191,21 +191,41 @@ def complete_threshold(n: int, dishonest: float) -> int:
     return min(n - 1, max((n - 1) // 2 + 1, math.floor(dishonest * n + 1e-12) + 1))
 
 
+def confirmation_quorum(n: int, dishonest: float) -> int:
+    """Fewest signed confirmations of one survivor set before an honest provider unmasks, in a round
+    of ``n`` providers of which ``floor(dishonest * n)`` may collude with the server: more than half
+    of ``n`` and the colluders together. Two different sets can then never both reach it: their
+    honest confirmers would have to overlap, and an honest provider confirms one set. (With fewer, a
+    server that hid the first set and its confirmations from late providers got a second set
+    confirmed by them, and one group's self-mask shares and the other's mask-key shares opened a
+    victim's update.)"""
+    return (n + math.floor(dishonest * n + 1e-12)) // 2 + 1
+
+
 def dropout_shortfall(lo: int, hi: int, dropout: float, dishonest: float) -> str | None:
-    """Why some round of ``lo`` to ``hi`` providers whose graph is complete could not lose
-    ``floor(dropout * n)`` of them, each survivor keeping too few surviving neighbours for the
-    threshold (the round would abort within the dropout it promises), or None. Past
-    ``max(2 / (1 - dropout - dishonest), 3 / (1 - 2 dropout))`` providers every size fits, so at
-    most that many sizes are looked at."""
-    last = hi
-    if dropout < 0.5 and dropout + dishonest < 1:
-        last = min(hi, math.ceil(max(2 / (1 - dropout - dishonest), 3 / (1 - 2 * dropout))) + 1)
+    """Why some round of ``lo`` to ``hi`` providers could not lose ``floor(dropout * n)`` of them
+    (the round would abort within the dropout it promises), or None: on the complete graph each
+    survivor must keep as many surviving neighbours as the threshold, and the survivors must reach
+    the `confirmation_quorum`. That needs ``2 dropout + dishonest < 1``; past
+    ``max(2 / (1 - dropout - dishonest), 3 / (1 - 2 dropout), 4 / (1 - 2 dropout - dishonest))``
+    providers every size fits, so at most that many sizes are looked at."""
+    if 2 * dropout + dishonest >= 1:
+        return (f"dropout {dropout:g} and max_dishonest {dishonest:g}: a secure round's survivors must outnumber half "
+                "of its providers and the colluders together (2 dropout + max_dishonest < 1), or no survivor set "
+                "can be confirmed safely")
+    last = min(hi, math.ceil(max(2 / (1 - dropout - dishonest), 3 / (1 - 2 * dropout),
+                                 4 / (1 - 2 * dropout - dishonest))) + 1)
     for n in range(max(lo, 3), last + 1):
-        kept, t = n - 1 - math.floor(dropout * n), complete_threshold(n, dishonest)
+        lost = math.floor(dropout * n)
+        kept, t = n - 1 - lost, complete_threshold(n, dishonest)
         if kept < t:
-            return (f"a secure round of {n} providers that loses {math.floor(dropout * n)} of them (dropout {dropout:g}) "
+            return (f"a secure round of {n} providers that loses {lost} of them (dropout {dropout:g}) "
                     f"leaves each survivor {kept} surviving neighbours, below the threshold {t} that the consistency "
                     f"check and max_dishonest {dishonest:g} need: lower dropout or max_dishonest, or raise min_providers")
+        if n - lost < confirmation_quorum(n, dishonest):
+            return (f"a secure round of {n} providers that loses {lost} of them (dropout {dropout:g}) keeps "
+                    f"{n - lost} survivors, fewer than the {confirmation_quorum(n, dishonest)} confirmations a survivor "
+                    f"set needs with max_dishonest {dishonest:g}: lower dropout or max_dishonest, or raise min_providers")
     return None
 
 

@@ -52,6 +52,7 @@ from ..privacy.secagg import (
     SecAggConfig,
     SecAggServer,
     UnmaskResponse,
+    confirmation_quorum,
     neighbour_graph,
 )
 from ..protocol.encoding import BAD_INPUT, canonical_json, untrusted_json
@@ -122,11 +123,14 @@ def secagg_config(spec: JobSpec, n: int, round_id: bytes, graph_seed: bytes) -> 
 
 
 def min_survivors(spec: JobSpec, n: int, threshold: int) -> int:
-    """Fewest masked inputs a round of ``n`` providers accepts: the SecAgg threshold, and in
-    ``secagg_dp`` every provider but the tolerated dropout (never fewer than the threshold)."""
+    """Fewest masked inputs a round of ``n`` providers accepts, and fewest signed confirmations of
+    its survivor set before anyone unmasks: the SecAgg threshold, the `confirmation_quorum` (so
+    that no two survivor sets can both be confirmed, whatever the aggregator shows to whom), and in
+    ``secagg_dp`` every provider but the tolerated dropout."""
+    fewest = max(threshold, confirmation_quorum(n, spec.privacy.max_dishonest))
     if spec.privacy.mode != "secagg_dp":
-        return threshold
-    return max(threshold, n - math.floor(spec.privacy.dropout * n))
+        return fewest
+    return max(fewest, n - math.floor(spec.privacy.dropout * n))
 
 
 def graph_of(cfg: SecAggConfig) -> list[np.ndarray]:
