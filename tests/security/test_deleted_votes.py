@@ -213,3 +213,50 @@ def test_an_aggregator_withholding_the_approvals_cannot_post_the_weight_basis(ch
     posted = P.dep.market.events("RewardRootPosted", job_id=P.job)
     assert posted, "\n".join(P.logs[-20:])
     assert int(posted[-1]["basis"]) == R.Basis.SCORES and posted[-1]["gate_met"], "\n".join(P.logs[-20:])
+
+
+def test_flipping_one_reveal_back_and_forth_cannot_keep_the_approvals_off_chain(chain, tmp_path):
+    """ATTACK (found by a review of the fix above): the aggregator withholds the approvals as above,
+    and, on the shared mailbox, deletes one honest validator's reveal and posts the same bytes back
+    between the validators' looks. Each validator's statement flips (that validator revealed, or
+    not) every time it looks, and its grace ran from the last change, so no approval ever reached
+    the chain and the weight basis paid the miss payout. The grace runs from when each statement
+    first was the validator's: both go on chain, and the weight basis stays closed."""
+    from fedmarket.protocol import rules as R
+
+    _chain_ahead_of_the_clock(chain)
+    P = Procs(chain, tmp_path, collect_timeout=60.0, providers=3, validators=3, rounds=1, target_accuracy=0.2,
+              miss_payout_bps=2_000)
+    agg = P.procs["aggregator"].aggregator
+    honest_post = agg.post_rewards
+    agg.post_rewards = lambda job_id, basis=None: honest_post(job_id, R.Basis.WEIGHT)
+    for name in ("v0", "v1", "v2"):
+        P.procs[name].approve_interval = 0.0  # a look every step: the flips come between them
+    victim = chain.validators[2].address
+    topic = round_topic(P.job, 0) + "-reveals"
+    kept: dict = {}
+    absent = [False]  # flipped once a step: every look of a step sees the same, the next the other
+
+    def enforce(name=None):
+        d = P.box.root / topic
+        mine = [f for f in d.iterdir() if not f.name.startswith(".") and victim in f.read_text()] if d.is_dir() else []
+        if mine:
+            kept.setdefault("bytes", mine[0].read_bytes())
+        if absent[0]:
+            for f in mine:
+                f.unlink()
+        elif not mine and "bytes" in kept:
+            P.box.post(topic, kept["bytes"])  # the same public bytes, back
+
+    P.after_step = enforce
+
+    def tick(i):
+        if P.state() == JobState.TRAINING and committed_rounds(P.dep, P.job):
+            P.c.chain.advance_time(30)
+        absent[0] = not absent[0]
+        enforce()
+
+    P.run(150, on_step=tick)
+    posted = P.dep.market.events("RewardRootPosted", job_id=P.job)
+    assert posted and "bytes" in kept, "\n".join(P.logs[-20:])
+    assert int(posted[-1]["basis"]) == R.Basis.SCORES and posted[-1]["gate_met"], "\n".join(P.logs[-20:])

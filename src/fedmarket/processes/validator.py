@@ -182,17 +182,23 @@ class ValidatorProcess(RoleProcess):
             return
         approved = self.state.load("approved", {})
         now = max(self.dep.chain.timestamp(), int(time.time()))
+        statement = (bytes.fromhex(msg["reward_root"][2:]), int(msg["reward_total"]), int(msg["value_total"]),
+                     bool(msg["gate_met"]))
+        key = "0x" + statement_key(statement).hex()
+        since = approved.get("since", {})  # statement -> when it first was this validator's
         if approved.get("message") != msg:
-            approved = {"reward_root": msg["reward_root"], "reward_total": msg["reward_total"], "message": msg, "at": now}
+            since.setdefault(key, now)
+            approved = {"reward_root": msg["reward_root"], "reward_total": msg["reward_total"], "message": msg,
+                        "since": since}
             self.state.save("approved", approved)
             self.say(f"approved reward root {msg['reward_root'][:18]}... (total {msg['reward_total']})")
         # the approval goes on chain with the root, but an aggregator that never posted it could let
         # half the step pass and post the weight basis instead (a met quality gate then pays its
-        # miss payout): past a short grace, the validator puts its own approval on chain
-        statement = (bytes.fromhex(msg["reward_root"][2:]), int(msg["reward_total"]), int(msg["value_total"]),
-                     bool(msg["gate_met"]))
+        # miss payout): past a short grace, the validator puts its own approval on chain. The grace
+        # runs from when the statement first was its own: someone deleting and re-posting a reveal
+        # to flip the statement back and forth cannot restart it
         grace = min(30, int(self.dep.job(self.job_id)["round_duration"]) // 16)
-        if (now - int(approved.get("at", now)) >= grace
+        if (now - int(since.get(key, now)) >= grace
                 and not self.dep.disputes.call("rewards_signed", self.job_id, statement_key(statement), self.address)):
             try:
                 for receipt in submit_reward_approvals(self.dep, self.validator.mailbox, self.validator.account,
