@@ -174,7 +174,8 @@ def test_a_wrong_committed_epsilon_is_refused_by_the_chain(world, tmp_path, monk
     {"drop_mask": (1,), "drop_unmask": (3,)},  # 2 of 6: one after sharing its keys, one after masking
 ])
 def test_secure_rounds_equal_the_plain_weighted_mean_of_the_survivors(world, tmp_path, drops):
-    spec = make_spec("secagg", 6)
+    # a job promising 2 of 6 dropping, with 1 colluder: 4 confirmations are its quorum
+    spec = make_spec("secagg", 6, dropout=0.34, max_dishonest=0.2)
     dep, store, box, job, agg, providers = setup_job(world, tmp_path, spec)
     q_prev = np.zeros(spec.n_params, dtype=np.int64)
     for r in range(2):

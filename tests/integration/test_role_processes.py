@@ -179,7 +179,7 @@ def test_flaky_connection_to_the_node(node, local_job):
     assert_one_tx_per_intent(job)
 
 
-def test_a_corrupted_blob_is_rejected_and_the_role_keeps_running(local_job):
+def test_a_corrupted_blob_is_refused_or_put_back_and_the_roles_keep_running(local_job):
     job = local_job(providers=3, rounds=2, collect_timeout=4)
     # the aggregator looks every second (the providers every 0.2 s): it must not collect the
     # round's updates in the moment between the seal and the SIGSTOP below
@@ -208,12 +208,17 @@ def test_a_corrupted_blob_is_rejected_and_the_role_keeps_running(local_job):
     job.wait(lambda: "round 0 committed" in job.log("aggregator"), 60, "round 0 to be committed")
     assert job.procs["aggregator"].poll() is None  # still running
     log = job.log("aggregator")
-    assert "does not match its content id" in log and "refusing corrupted data" in log
+    healed = "put its deleted update blob back" in job.log("provider-0")
+    # the aggregator refuses the corrupted bytes if it reads them before the victim's process put its
+    # blob back (it looks every second): either way the round takes the victim's real update
+    assert ("does not match its content id" in log and "refusing corrupted data" in log) or healed
     job.wait_done(timeout=120)
     store = LocalBlobStore(job.workdir / "blobs")
     first = fetch_metrics(store, committed_rounds(job.dep, job.job_id)[0])
-    assert first["count"] == job.providers - 1 and victim not in [u["provider"] for u in first["updates"]]
-    assert any("content id" in r["reason"] for r in first["rejected"])
+    # the victim's process saw its blob overwritten and put it back (`_keep_posted`, every second),
+    # well within the aggregator's wait for late updates: the round takes it after all
+    assert first["count"] == job.providers and victim in [u["provider"] for u in first["updates"]]
+    assert healed
     assert_settled_and_conserved(job)
 
 

@@ -34,6 +34,32 @@ from .base import Fatal, RoleProcess, Stop, job_state
 ZERO = b"\x00" * 32
 
 
+class _Remembering:
+    """A mailbox whose secure-round phase topics (``-sa-``) read back every message once read there,
+    in the order first read, even if someone deleted it since; other topics read as they are. Only
+    the round last read is remembered (a round's phases are read until it commits)."""
+
+    def __init__(self, inner: Mailbox):
+        self.inner = inner
+        self._read: dict[str, dict[bytes, None]] = {}
+        self._round = ""
+
+    def read(self, topic: str) -> list[bytes]:
+        now = self.inner.read(topic)
+        if "-sa-" not in topic:
+            return now
+        round_ = topic.split("-sa-")[0]
+        if round_ != self._round:
+            self._read, self._round = {}, round_
+        seen = self._read.setdefault(topic, {})
+        for raw in now:
+            seen.setdefault(bytes(raw), None)
+        return list(seen)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
 class AggregatorProcess(RoleProcess):
     """Drives `roles.Aggregator` for one job.
 
@@ -56,6 +82,9 @@ class AggregatorProcess(RoleProcess):
         # models, the updates it took) keeps a copy in its state directory, put back in the shared
         # store if someone deletes it there
         self.kept = LocalBlobStore(self.state.root / "blobs")
+        # a secure round's phase messages it has read stay read: one deleted before the commit (a
+        # provider's keys, say) voided the round for everyone
+        mailbox = _Remembering(mailbox)
         self.aggregator = Aggregator(dep, account, MirroredStore(store, self.kept), mailbox)
         # the seals it signed live in its state directory, written before they are posted: a seal
         # deleted from the mailbox (or a restart) never leads it to sign a second one
@@ -261,6 +290,8 @@ class AggregatorProcess(RoleProcess):
         waited = time.monotonic() - opened
         # a provider that dropped makes the others wait out a phase (keys, shares; then confirmations)
         patience = self.collect_timeout + 2 * sr.phase_timeout(self.dep.job(job_id)["round_duration"])
+        for phase in ("keys", "confirm"):  # read as they come, so that they stay read (`_Remembering`)
+            self.mailbox.read(sr.topic(job_id, r, phase))
         posted = self.aggregator.own_survivors(job_id, r)  # its own set: anyone can post on the topic
         if posted is None:
             shared = self._senders(r, "shares")

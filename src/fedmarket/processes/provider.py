@@ -33,6 +33,21 @@ from ..storage import BlobStore, Mailbox, MirroredStore
 from .base import Fatal, RoleProcess, Stop, job_state
 
 
+class _Noted:
+    """A mailbox that tells `note(topic, message)` of every message posted through it."""
+
+    def __init__(self, inner: Mailbox, note):
+        self.inner, self.note = inner, note
+
+    def post(self, topic: str, message: bytes) -> str:
+        cid = self.inner.post(topic, message)
+        self.note(topic, message)
+        return cid
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
 class ProviderProcess(RoleProcess):
     """Drives `roles.Provider` for one job from chain state and the mailbox.
 
@@ -48,7 +63,7 @@ class ProviderProcess(RoleProcess):
                  y: np.ndarray, job_id: int, state_dir: str | os.PathLike, *, phase_timeout: float | None = None, **kwargs):
         super().__init__(dep, state_dir, **kwargs)
         # the rounds it released, journaled so that a restart never releases one twice (privacy.releases)
-        self.provider = Provider(dep, account, self.mirrored(store), mailbox, X, y,
+        self.provider = Provider(dep, account, self.mirrored(store), _Noted(mailbox, self._note), X, y,
                                  releases=ReleaseLog(Path(state_dir) / f"releases-{account.address}.jsonl"))
         self.mailbox = mailbox
         self._watched_root: tuple | None = None  # the posting (root, poster, deadline) last checked against the rule
@@ -122,6 +137,30 @@ class ProviderProcess(RoleProcess):
         elif (job_id, r) in self.provider.sat_out:
             self.say(f"round {r}: sat out, {self.provider.sat_out[(job_id, r)]}")
 
+    def _note(self, topic: str, message: bytes) -> None:
+        """Keep (in the state directory) every message this provider posts in a secure round's phases,
+        and its masked update's receipt, to post again (`_keep_posted`): they are public, and one of
+        them deleted (its keys, say) voided the round for everyone."""
+        prefix = round_topic(self.job_id, 0)[:-1]  # "job-J-round-"
+        if topic.startswith(prefix) and ("-sa-" in topic or topic[len(prefix):].isdigit()):
+            posted = self.state.load("secure_posted", {})
+            kept = posted.setdefault(topic, [])
+            if message.decode() not in kept:
+                kept.append(message.decode())
+                self.state.save("secure_posted", posted)
+
+    def _secure_posted(self, r: int) -> dict[str, list[str]]:
+        """The messages this provider posted in round `r` of a secure job, by topic."""
+        prefix = round_topic(self.job_id, r)
+        return {t: m for t, m in self.state.load("secure_posted", {}).items() if t == prefix or t.startswith(prefix + "-sa-")}
+
+    def _done(self, r: int, kind: str) -> bool:
+        """Whether this provider did its `kind` step of secure round `r`: its signed message is on
+        the topic, or it posted one (someone may have deleted it since: it is posted again, never
+        made anew)."""
+        topic = round_topic(self.job_id, r) if kind == "update" else sr.topic(self.job_id, r, kind)
+        return topic in self._secure_posted(r) or self._mine(r, kind)
+
     def _keep_posted(self, job_id: int, r: int) -> None:
         """Every second while round `r` is open, this provider's messages of a sealed round are still
         there (anyone on the mailbox or the store can delete them, and a crash can come between
@@ -131,6 +170,9 @@ class ProviderProcess(RoleProcess):
         if time.monotonic() < self._next_keep:
             return
         self._next_keep = time.monotonic() + 1.0  # well within the aggregator's wait for late messages
+        for topic, messages in self._secure_posted(r).items():  # a secure round's: the same bytes again
+            for message in messages:
+                self.mailbox.post(topic, message.encode())
         kept = self._committed.load(job_id, r)
         if kept is None:
             return
@@ -177,8 +219,9 @@ class ProviderProcess(RoleProcess):
             self.say_once(f"round {r}: not selected")
             return True
         members = p.members(job_id, r)
+        self._keep_posted(job_id, r)
         try:
-            if not self._mine(r, "keys"):
+            if not self._done(r, "keys"):
                 if p.releases.released(job_id, r):
                     self.say_once(f"round {r}: already released, not again")
                     return True
@@ -188,23 +231,23 @@ class ProviderProcess(RoleProcess):
             if not p.holds_round_secrets(job_id, r):
                 self.say_once(f"round {r}: restarted mid-round; sitting it out")
                 return True
-            if not self._mine(r, "shares"):
+            if not self._done(r, "shares"):
                 if self._ready(r, "shares", "keys", members):
                     p.share(job_id, r)
                     self.say(f"round {r}: shares posted")
                 return False
-            if not self._mine(r, "update"):
+            if not self._done(r, "update"):
                 if self._ready(r, "mask", "shares", members):
                     msg = p.train(job_id, r)
                     self.say(f"round {r}: masked update {msg['update_cid']} posted")
                 return False
-            if not self._mine(r, "confirm"):
+            if not self._done(r, "confirm"):
                 p.watch_uploads(job_id, r)  # who masked before the set: it must not leave a neighbour of them out
                 if self._senders(r, "survivors"):  # the job's aggregator's set
                     p.confirm(job_id, r)
                     self.say(f"round {r}: survivor set confirmed")
                 return False
-            if not self._mine(r, "unmask"):
+            if not self._done(r, "unmask"):
                 survivors = len(p.survivor_set(job_id, r))
                 if len(self._senders(r, "confirm")) >= survivors or self._ready(r, "unmask", "confirm", members):
                     p.unmask(job_id, r)
