@@ -32,6 +32,27 @@ def _run_with_kills(P, max_steps, restart):
     return False
 
 
+def _deleted_once_yet_all_counted(P, victim: str, topic: str, after: str | None = None) -> None:
+    """Delete the victim's message on `topic` once (after process `after`'s step, if given), run the
+    job to its end, and check the round took all three providers and the victim was paid."""
+    deleted = []
+
+    def delete(name):
+        if deleted or (after is not None and name != after):
+            return
+        d = P.box.root / topic
+        for f in (d.iterdir() if d.is_dir() else ()):
+            if not f.name.startswith(".") and victim in f.read_text():
+                f.unlink()
+                deleted.append(f.name)
+
+    P.after_step = delete
+    assert _run_with_kills(P, 200, lambda n: None), "\n".join(P.logs[-30:])
+    assert deleted
+    assert committed_rounds(P.dep, P.job)[0].count == 3, "the deleted message was never posted again"
+    assert P.paid().get(victim, 0) > 0
+
+
 def test_provider_killed_after_keeping_its_commitment_before_posting_it_still_takes_part(chain, tmp_path):
     """CRASH: p0's process is killed after `Pending.keep` wrote its committed update to its state dir and
     before the commitment went on the mailbox. Restarted, it loads the kept update and waits for a
@@ -69,24 +90,7 @@ def test_a_deleted_commitment_is_posted_again_by_its_provider(chain, tmp_path):
     (`Pending`) but never posts it again: the seal leaves it out and its share of the round goes to
     the others. It is posted again now."""
     P = Procs(chain, tmp_path, collect_timeout=4.0, providers=3, rounds=1)
-    victim = chain.providers[0].address
-    deleted = []
-
-    def after(name):
-        if deleted:
-            return
-        d = P.box.root / commit_topic(P.job, 0)
-        if d.is_dir():
-            for f in d.iterdir():
-                if not f.name.startswith(".") and victim in f.read_text():
-                    f.unlink()
-                    deleted.append(f.name)
-
-    P.after_step = after
-    assert _run_with_kills(P, 200, lambda n: None), "\n".join(P.logs[-30:])
-    assert deleted
-    assert committed_rounds(P.dep, P.job)[0].count == 3, "the deleted commitment was never posted again"
-    assert P.paid().get(victim, 0) > 0
+    _deleted_once_yet_all_counted(P, chain.providers[0].address, commit_topic(P.job, 0))
 
 
 def test_a_validator_killed_between_recording_its_reveal_and_keeping_it_keeps_its_reveal(chain, tmp_path):
@@ -136,21 +140,4 @@ def test_a_deleted_reveal_is_posted_again_by_its_provider(chain, tmp_path):
     from fedmarket.roles.common import round_topic
 
     P = Procs(chain, tmp_path, collect_timeout=4.0, providers=3, rounds=1)
-    victim = chain.providers[0].address
-    deleted = []
-
-    def after(name):
-        if deleted or name != "p0":
-            return
-        d = P.box.root / round_topic(P.job, 0)
-        if d.is_dir():
-            for f in d.iterdir():
-                if not f.name.startswith(".") and victim in f.read_text():
-                    f.unlink()
-                    deleted.append(f.name)
-
-    P.after_step = after
-    assert _run_with_kills(P, 200, lambda n: None), "\n".join(P.logs[-30:])
-    assert deleted
-    assert committed_rounds(P.dep, P.job)[0].count == 3, "the deleted reveal was never posted again"
-    assert P.paid().get(victim, 0) > 0
+    _deleted_once_yet_all_counted(P, chain.providers[0].address, round_topic(P.job, 0), after="p0")
