@@ -102,3 +102,75 @@ def test_one_deleted_keys_message_after_every_unmask_answer_cannot_void_the_roun
     assert done
     assert P.run(200), "\n".join(P.logs[-30:])
     assert committed_rounds(P.dep, P.job)[0].count == n, "\n".join(P.logs[-40:])
+
+
+@pytest.mark.parametrize("attack,dies", [(False, True), (True, True), (True, False)])
+def test_a_keys_message_deleted_after_the_aggregators_restart_cannot_void_the_round(chain, tmp_path, monkeypatch,
+                                                                                    attack, dies):
+    """ATTACK (found by a review of the fix above): p2 masks (and, with `dies`, then dies for good: a
+    tolerated dropout, so nobody posts its messages again); once the unmask answers are in, the
+    aggregator's process restarts (its memory of the phase messages was in RAM only) and a stranger
+    deletes p2's key advertisement once. The round committed empty; the aggregator keeps what it read
+    in its state directory now, and the round takes all five masked inputs."""
+    n = 5
+    monkeypatch.setattr(sr, "phase_timeout", lambda d: 2.0)
+    P = Procs(chain, tmp_path, collect_timeout=10.0, providers=n, rounds=1, validators=1, privacy="secagg")
+    victim = chain.providers[2].address
+    names = list(P.procs)
+    dead, struck = [], []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 150 and not committed_rounds(P.dep, P.job):
+        for name in names:
+            if name == "p2" and dead:
+                continue
+            p = P.procs[name]
+            if not p.done:
+                p.safe_step()
+            if dies and name == "p2" and victim in signed_on(P.dep, P.box, P.job, 0, "update"):
+                dead.append(1)  # p2 crashes for good right after its masked update is out
+        if attack and not struck and len(signed_on(P.dep, P.box, P.job, 0, "unmask")) == n - (1 if dies else 0):
+            P.procs["aggregator"] = P.new_aggregator()  # the aggregator's process restarts
+            assert _delete_own(P.box, sr.topic(P.job, 0, "keys"), victim)  # one deletion
+            struck.append(1)
+        time.sleep(0.2)
+    assert committed_rounds(P.dep, P.job), "\n".join(P.logs[-30:])
+    assert (dead or not dies) and (struck or not attack)
+    assert committed_rounds(P.dep, P.job)[0].count == n, "\n".join(P.logs[-40:])
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_one_provider_swapping_its_keys_message_cannot_void_the_round(chain, tmp_path, monkeypatch, swap):
+    """ATTACK (found by a review of the fix above): a single dishonest provider p2 signs a second key
+    advertisement; with `swap` it first deletes its first one, so the honest providers see one while
+    the aggregator, which kept every message it read, held both and dropped p2 as a double signer
+    although the survivor set held it: the round committed empty. The aggregator keeps each signer's
+    last message now; the four honest providers' round commits (p2 at worst dropped)."""
+    from fedmarket.privacy.secagg import SecAggClient
+
+    n = 5
+    monkeypatch.setattr(sr, "phase_timeout", lambda d: 2.0)
+    P = Procs(chain, tmp_path, collect_timeout=10.0, providers=n, rounds=1, validators=1, privacy="secagg")
+    cheat = chain.providers[2]
+    names = list(P.procs)
+    struck = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 150 and not committed_rounds(P.dep, P.job):
+        for name in names:
+            p = P.procs[name]
+            if not p.done:
+                p.safe_step()
+            if name == "aggregator" and not struck and cheat.address in signed_on(P.dep, P.box, P.job, 0, "keys"):
+                prov = P.procs["p2"].provider
+                client, cfg = prov._client(P.job, 0)
+                other = SecAggClient(client.uid, cfg, client.neighbours)
+                prov._clients[(P.job, 0)] = (other, cfg)  # its process goes on with the second keys
+                if swap:
+                    assert _delete_own(P.box, sr.topic(P.job, 0, "keys"), cheat.address)
+                    st = P.procs["p2"].state
+                    st.save("secure_posted", {})
+                P.box.post(sr.topic(P.job, 0, "keys"), sr.keys_message(cheat.key, cfg.round_id, cheat.address, other.advertise()))
+                struck.append(1)
+        time.sleep(0.2)
+    assert struck
+    assert committed_rounds(P.dep, P.job), "\n".join(P.logs[-30:])
+    assert committed_rounds(P.dep, P.job)[0].count >= n - 1, "\n".join(P.logs[-40:])

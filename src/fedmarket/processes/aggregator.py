@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import time
+from pathlib import Path
 
 from ..chain import Account
 from ..errors import BlobNotFound, BlobTooLarge, ContractRevert, FedMarketError, SecAggAbort, StorageError
@@ -24,37 +27,58 @@ from ..roles.common import (
     round_providers,
     round_topic,
 )
-from ..roles.senders import signed_on, signed_senders
+from ..roles.senders import SECURE_PHASES, signed_by, signed_on, signed_senders
 from ..roles.sealed import sealed
 from ..roles.settlement import mailbox_reveals, verified_reveals
 from ..roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
-from ..storage import BlobStore, LocalBlobStore, Mailbox, MirroredStore
+from ..storage import BlobStore, LocalBlobStore, Mailbox, MirroredStore, write_atomic
 from .base import Fatal, RoleProcess, Stop, job_state
 
 ZERO = b"\x00" * 32
 
 
 class _Remembering:
-    """A mailbox whose secure-round phase topics (``-sa-``) read back every message once read there,
-    in the order first read, even if someone deleted it since; other topics read as they are. Only
-    the round last read is remembered (a round's phases are read until it commits)."""
+    """A mailbox whose secure-round phase topics (``-sa-``) read back, for each member that signed
+    a message there, the last one seen even once someone deleted it; a member with two signed
+    messages on the topic at once reads back both (a double signer is the readers' to drop), and
+    what nobody signed reads as it is. Only the round last read is kept, in `directory` (one file
+    per topic and signer), so a restart remembers it too."""
 
-    def __init__(self, inner: Mailbox):
-        self.inner = inner
-        self._read: dict[str, dict[bytes, None]] = {}
+    def __init__(self, inner: Mailbox, signer_of, directory: Path):
+        self.inner, self.signer_of, self.dir = inner, signer_of, directory
+        self._signers: dict[bytes, str | None] = {}
+        self._kept: dict[str, dict[str, bytes]] = {}
         self._round = ""
+        for d in sorted(self.dir.glob("*")) if self.dir.is_dir() else ():
+            self._round = d.name.split("-sa-")[0]
+            self._kept[d.name] = {f.name: f.read_bytes() for f in sorted(d.iterdir()) if not f.name.startswith(".")}
 
     def read(self, topic: str) -> list[bytes]:
-        now = self.inner.read(topic)
+        now = [bytes(raw) for raw in self.inner.read(topic)]
         if "-sa-" not in topic:
             return now
         round_ = topic.split("-sa-")[0]
-        if round_ != self._round:
-            self._read, self._round = {}, round_
-        seen = self._read.setdefault(topic, {})
+        if round_ != self._round:  # a new round: the last one's messages are no longer needed
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self._kept, self._signers, self._round = {}, {}, round_
+        kept = self._kept.setdefault(topic, {})
+        present: dict[str, list[bytes]] = {}
+        unsigned = []
         for raw in now:
-            seen.setdefault(bytes(raw), None)
-        return list(seen)
+            if raw not in self._signers:
+                self._signers[raw] = self.signer_of(topic, raw)
+            signer = self._signers[raw]
+            if signer is None:
+                unsigned.append(raw)
+            else:
+                present.setdefault(signer, []).append(raw)
+        for signer, raws in present.items():
+            if len(raws) == 1 and kept.get(signer) != raws[0]:
+                kept[signer] = raws[0]
+                write_atomic(self.dir / topic / signer, raws[0])
+        out = [raw for signer, last in kept.items() for raw in present.get(signer, [last])]
+        out += [raw for signer, raws in present.items() if signer not in kept for raw in raws]
+        return out + unsigned
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -84,7 +108,7 @@ class AggregatorProcess(RoleProcess):
         self.kept = LocalBlobStore(self.state.root / "blobs")
         # a secure round's phase messages it has read stay read: one deleted before the commit (a
         # provider's keys, say) voided the round for everyone
-        mailbox = _Remembering(mailbox)
+        mailbox = _Remembering(mailbox, self._phase_signer, self.state.root / "phase-messages")
         self.aggregator = Aggregator(dep, account, MirroredStore(store, self.kept), mailbox)
         # the seals it signed live in its state directory, written before they are posted: a seal
         # deleted from the mailbox (or a restart) never leads it to sign a second one
@@ -276,6 +300,13 @@ class AggregatorProcess(RoleProcess):
                  + (f", missing {len(missing)}" if missing else "")
                  + (f", {len(metrics.get('rejected', []))} rejected" if metrics.get("rejected") else "")
                  + f" after {waited:.1f}s, gas {receipt.gas_used} (tx {receipt.tx_hash})")
+
+    def _phase_signer(self, topic: str, raw: bytes) -> str | None:
+        """Who signed `raw` on the secure-phase `topic` of this job, or None."""
+        m = re.fullmatch(r"job-(\d+)-round-(\d+)-sa-(\w+)", topic)
+        if m is None or int(m.group(1)) != self.job_id or m.group(3) not in SECURE_PHASES:
+            return None
+        return signed_by(self.dep, raw, self.job_id, int(m.group(2)), m.group(3))
 
     def _senders(self, r: int, kind: str) -> set[str]:
         """Who signed a message of `kind` of round `r` (a claim nobody signed decides nothing here)."""
