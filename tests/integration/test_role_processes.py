@@ -166,7 +166,9 @@ def test_a_provider_gone_for_good(local_job):
 
 
 def test_flaky_connection_to_the_node(node, local_job):
-    with RpcProxy(node.url, drop_every=23) as proxy:
+    # one connection in 37 dropped: at one in 23, on a loaded machine, the providers' round-1 steps
+    # (each one many calls, retried whole) met a drop nearly every time for two minutes (a CI run)
+    with RpcProxy(node.url, drop_every=37) as proxy:
         job = local_job(providers=3, rounds=2, collect_timeout=3)
         job.rpc_url = proxy.url
         job.start_all()
