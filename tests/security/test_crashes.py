@@ -141,3 +141,37 @@ def test_a_deleted_reveal_is_posted_again_by_its_provider(chain, tmp_path):
 
     P = Procs(chain, tmp_path, collect_timeout=4.0, providers=3, rounds=1)
     _deleted_once_yet_all_counted(P, chain.providers[0].address, round_topic(P.job, 0), after="p0")
+
+
+def test_a_provider_restarted_after_its_reveal_still_puts_its_deleted_blob_back(chain, tmp_path):
+    """CRASH and ATTACK: p0's process is killed right after it revealed its sealed update (receipt
+    posted), and restarted; then a competitor on the shared store deletes p0's update blob before the
+    aggregator collected. The restarted process had only an in-memory record of having revealed, so
+    it never put the blob back: the aggregator refused p0's update, and the round went on without it
+    after the collect timeout. What the provider posted in the round is kept on disk now
+    (`KeptMailbox`), and its revealed receipt names the blob it puts back."""
+    P = Procs(chain, tmp_path, collect_timeout=6.0, providers=3, rounds=1)
+    victim = chain.providers[0].address
+    revealed = []
+
+    def arm(proc):
+        orig = proc.provider.reveal
+
+        def reveal_then_die(job_id, r):
+            msg = orig(job_id, r)
+            if msg is not None and not revealed:
+                revealed.append(msg["update_cid"])
+                raise Killed("p0")
+            return msg
+        proc.provider.reveal = reveal_then_die
+
+    arm(P.procs["p0"])
+
+    def restart(name):
+        P.procs[name] = P.new_provider(0)
+        (P.workdir / "blobs" / revealed[0]).unlink()  # the competitor, on the shared store
+
+    assert _run_with_kills(P, 300, restart), "\n".join(P.logs[-30:])
+    assert revealed
+    assert committed_rounds(P.dep, P.job)[0].count == 3, "the restarted provider never put its deleted blob back"
+    assert P.paid().get(victim, 0) > 0

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
-from pathlib import Path
 
 from ..chain import Account
 from ..errors import BlobNotFound, BlobTooLarge, ContractRevert, FedMarketError, SecAggAbort, StorageError
@@ -26,62 +24,16 @@ from ..roles.common import (
     reward_leaf,
     round_providers,
     round_topic,
+    topic_round,
 )
 from ..roles.senders import SECURE_PHASES, signed_by, signed_on, signed_senders
 from ..roles.sealed import sealed
 from ..roles.settlement import mailbox_reveals, verified_reveals
 from ..roles.validator import submit_attestations, submit_misbehaviour, submit_rejections
-from ..storage import BlobStore, LocalBlobStore, Mailbox, MirroredStore, write_atomic
+from ..storage import BlobStore, KeptMailbox, LocalBlobStore, Mailbox, MirroredStore
 from .base import Fatal, RoleProcess, Stop, job_state
 
 ZERO = b"\x00" * 32
-
-
-class _Remembering:
-    """A mailbox whose secure-round phase topics (``-sa-``) read back, for each member that signed
-    a message there, the last one seen even once someone deleted it; a member with two signed
-    messages on the topic at once reads back both (a double signer is the readers' to drop), and
-    what nobody signed reads as it is. Only the round last read is kept, in `directory` (one file
-    per topic and signer), so a restart remembers it too."""
-
-    def __init__(self, inner: Mailbox, signer_of, directory: Path):
-        self.inner, self.signer_of, self.dir = inner, signer_of, directory
-        self._signers: dict[bytes, str | None] = {}
-        self._kept: dict[str, dict[str, bytes]] = {}
-        self._round = ""
-        for d in sorted(self.dir.glob("*")) if self.dir.is_dir() else ():
-            self._round = d.name.split("-sa-")[0]
-            self._kept[d.name] = {f.name: f.read_bytes() for f in sorted(d.iterdir()) if not f.name.startswith(".")}
-
-    def read(self, topic: str) -> list[bytes]:
-        now = [bytes(raw) for raw in self.inner.read(topic)]
-        if "-sa-" not in topic:
-            return now
-        round_ = topic.split("-sa-")[0]
-        if round_ != self._round:  # a new round: the last one's messages are no longer needed
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self._kept, self._signers, self._round = {}, {}, round_
-        kept = self._kept.setdefault(topic, {})
-        present: dict[str, list[bytes]] = {}
-        unsigned = []
-        for raw in now:
-            if raw not in self._signers:
-                self._signers[raw] = self.signer_of(topic, raw)
-            signer = self._signers[raw]
-            if signer is None:
-                unsigned.append(raw)
-            else:
-                present.setdefault(signer, []).append(raw)
-        for signer, raws in present.items():
-            if len(raws) == 1 and kept.get(signer) != raws[0]:
-                kept[signer] = raws[0]
-                write_atomic(self.dir / topic / signer, raws[0])
-        out = [raw for signer, last in kept.items() for raw in present.get(signer, [last])]
-        out += [raw for signer, raws in present.items() if signer not in kept for raw in raws]
-        return out + unsigned
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
 
 class AggregatorProcess(RoleProcess):
@@ -107,8 +59,11 @@ class AggregatorProcess(RoleProcess):
         # store if someone deletes it there
         self.kept = LocalBlobStore(self.state.root / "blobs")
         # a secure round's phase messages it has read stay read: one deleted before the commit (a
-        # provider's keys, say) voided the round for everyone
-        mailbox = _Remembering(mailbox, self._phase_signer, self.state.root / "phase-messages")
+        # provider's keys, say) voided the round for everyone; and the survivor set it signed stays
+        # its one set (deleted, it is posted again, never signed anew)
+        self.job_id = job_id
+        mailbox = KeptMailbox(mailbox, self.state.root / "mailbox", keeps=self._own_topic,
+                              signer_of=self._phase_signer, remembers=self._phase_topic)
         self.aggregator = Aggregator(dep, account, MirroredStore(store, self.kept), mailbox)
         # the seals it signed live in its state directory, written before they are posted: a seal
         # deleted from the mailbox (or a restart) never leads it to sign a second one
@@ -122,7 +77,6 @@ class AggregatorProcess(RoleProcess):
         self.account = account
         self.store = self.aggregator.store  # every read of the process, too, through its copy
         self.mailbox = mailbox
-        self.job_id = job_id
         self.collect_timeout = collect_timeout
         self.reveal_timeout = reveal_timeout
         self._opened: dict[int, float] = {}  # round -> when this process first saw it open (monotonic)
@@ -259,6 +213,8 @@ class AggregatorProcess(RoleProcess):
         if r not in self._expected:
             self._expected = {r: round_providers(self.dep, spec, job_id, r)}
             self._verified, self._blobs_read = {}, set()
+            # the messages kept of earlier rounds are no longer needed: those rounds are committed
+            self.mailbox.forget(lambda topic: (n := topic_round(job_id, topic)) is not None and n < r)
         if spec.privacy.secure:
             self._secure_round(job_id, r, opened)
             return
@@ -301,6 +257,14 @@ class AggregatorProcess(RoleProcess):
                  + (f", {len(metrics.get('rejected', []))} rejected" if metrics.get("rejected") else "")
                  + f" after {waited:.1f}s, gas {receipt.gas_used} (tx {receipt.tx_hash})")
 
+    def _own_topic(self, topic: str) -> bool:
+        """The topics whose messages it posts are kept (`KeptMailbox`): a secure round's survivor set."""
+        return topic_round(self.job_id, topic) is not None and topic.endswith("-sa-survivors")
+
+    def _phase_topic(self, topic: str) -> bool:
+        """The topics whose messages it remembers once read: a secure round's providers' phases."""
+        return topic_round(self.job_id, topic) is not None and "-sa-" in topic and not self._own_topic(topic)
+
     def _phase_signer(self, topic: str, raw: bytes) -> str | None:
         """Who signed `raw` on the secure-phase `topic` of this job, or None."""
         m = re.fullmatch(r"job-(\d+)-round-(\d+)-sa-(\w+)", topic)
@@ -321,7 +285,7 @@ class AggregatorProcess(RoleProcess):
         waited = time.monotonic() - opened
         # a provider that dropped makes the others wait out a phase (keys, shares; then confirmations)
         patience = self.collect_timeout + 2 * sr.phase_timeout(self.dep.job(job_id)["round_duration"])
-        for phase in ("keys", "confirm"):  # read as they come, so that they stay read (`_Remembering`)
+        for phase in ("keys", "confirm"):  # read as they come, so that they stay read (`KeptMailbox`)
             self.mailbox.read(sr.topic(job_id, r, phase))
         posted = self.aggregator.own_survivors(job_id, r)  # its own set: anyone can post on the topic
         if posted is None:

@@ -23,29 +23,14 @@ from ..roles.common import (
     load_spec,
     posted_rewards,
     round_topic,
+    topic_round,
 )
 from ..roles.senders import signed_on
 from ..roles import sealed as sl
 from ..roles.games import Defender, job_games
 from ..roles.settlement import post_orphaned_root, root_orphaned
-from ..protocol.encoding import canonical_json
-from ..storage import BlobStore, Mailbox, MirroredStore
+from ..storage import BlobStore, KeptMailbox, Mailbox, MirroredStore
 from .base import Fatal, RoleProcess, Stop, job_state
-
-
-class _Noted:
-    """A mailbox that tells `note(topic, message)` of every message posted through it."""
-
-    def __init__(self, inner: Mailbox, note):
-        self.inner, self.note = inner, note
-
-    def post(self, topic: str, message: bytes) -> str:
-        cid = self.inner.post(topic, message)
-        self.note(topic, message)
-        return cid
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
 
 
 class ProviderProcess(RoleProcess):
@@ -54,18 +39,23 @@ class ProviderProcess(RoleProcess):
     What it did is read back from the chain (membership, committed rounds, claims) and the
     mailbox (its own signed receipt or commitment of the current round): a restarted provider
     trains the current round only if neither is there yet. Its state directory keeps what the
-    mailbox must not show before the seal (a committed update, for its reveal) and the rounds it
-    released (`privacy.releases`)."""
+    mailbox must not show before the seal (a committed update, for its reveal), the rounds it
+    released (`privacy.releases`), and what it posted in the open round (`KeptMailbox`): anyone on
+    the mailbox can delete a message, and a restarted provider must post the same one again, never
+    make it anew."""
 
     role = "provider"
 
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, X: np.ndarray,
                  y: np.ndarray, job_id: int, state_dir: str | os.PathLike, *, phase_timeout: float | None = None, **kwargs):
         super().__init__(dep, state_dir, **kwargs)
+        # what it posts on its job's round topics (receipts, commitments, a secure round's phase
+        # messages) is kept before it is posted, read back and posted again (`_keep_posted`)
+        self.mailbox = KeptMailbox(mailbox, self.state.root / "mailbox",
+                                   keeps=lambda topic: topic_round(job_id, topic) is not None)
         # the rounds it released, journaled so that a restart never releases one twice (privacy.releases)
-        self.provider = Provider(dep, account, self.mirrored(store), _Noted(mailbox, self._note), X, y,
+        self.provider = Provider(dep, account, self.mirrored(store), self.mailbox, X, y,
                                  releases=ReleaseLog(Path(state_dir) / f"releases-{account.address}.jsonl"))
-        self.mailbox = mailbox
         self._watched_root: tuple | None = None  # the posting (root, poster, deadline) last checked against the rule
         self._challenger: Challenger | None = None  # made at the first reward root it watches
         # how long a secure phase waits for late members (default: a tenth of the round, 5 s to 2 min)
@@ -79,7 +69,6 @@ class ProviderProcess(RoleProcess):
         self._committed = sl.Pending(Path(state_dir) / "committed")
         self.provider.keep_sealed = self._committed.keep
         self._verified_round: int | None = None
-        self._revealed: set[tuple[int, int]] = set()  # (job, round) it revealed under the aggregator's seal
         self._next_keep = 0.0  # when it next looks at its own messages (`_keep_posted`)
 
     @property
@@ -88,7 +77,7 @@ class ProviderProcess(RoleProcess):
 
     def posted(self, round_: int) -> bool:
         """Whether this provider's signed receipt for `round_` (or, in a sealed round, its signed
-        commitment) is already in the mailbox: it never commits or posts a round twice."""
+        commitment) is in the mailbox, or kept as posted: it never commits or posts a round twice."""
         return any(self._mine(round_, kind) for kind in ("update", "commit"))
 
     def _round_step(self, job_id: int, r: int) -> None:
@@ -113,7 +102,6 @@ class ProviderProcess(RoleProcess):
                 self.say_once(f"round {r}: update committed; waiting for the aggregator's seal")
             else:
                 self._posted_round = r
-                self._revealed.add((job_id, r))
                 self.say(f"round {r}: update {msg['update_cid']} revealed (weight {msg['weight']})")
             return
         if self.posted(r):
@@ -137,61 +125,37 @@ class ProviderProcess(RoleProcess):
         elif (job_id, r) in self.provider.sat_out:
             self.say(f"round {r}: sat out, {self.provider.sat_out[(job_id, r)]}")
 
-    def _note(self, topic: str, message: bytes) -> None:
-        """Keep (in the state directory) every message this provider posts in a secure round's phases,
-        and its masked update's receipt, to post again (`_keep_posted`): they are public, and one of
-        them deleted (its keys, say) voided the round for everyone."""
-        prefix = round_topic(self.job_id, 0)[:-1]  # "job-J-round-"
-        if topic.startswith(prefix) and ("-sa-" in topic or topic[len(prefix):].isdigit()):
-            posted = self.state.load("secure_posted", {})
-            kept = posted.setdefault(topic, [])
-            if message.decode() not in kept:
-                kept.append(message.decode())
-                self.state.save("secure_posted", posted)
-
-    def _secure_posted(self, r: int) -> dict[str, list[str]]:
-        """The messages this provider posted in round `r` of a secure job, by topic."""
-        prefix = round_topic(self.job_id, r)
-        return {t: m for t, m in self.state.load("secure_posted", {}).items() if t == prefix or t.startswith(prefix + "-sa-")}
-
-    def _done(self, r: int, kind: str) -> bool:
-        """Whether this provider did its `kind` step of secure round `r`: its signed message is on
-        the topic, or it posted one (someone may have deleted it since: it is posted again, never
-        made anew)."""
-        topic = round_topic(self.job_id, r) if kind == "update" else sr.topic(self.job_id, r, kind)
-        return topic in self._secure_posted(r) or self._mine(r, kind)
-
     def _keep_posted(self, job_id: int, r: int) -> None:
-        """Every second while round `r` is open, this provider's messages of a sealed round are still
+        """Every second while round `r` is open, this provider's messages of the round are still
         there (anyone on the mailbox or the store can delete them, and a crash can come between
-        keeping the commitment and posting it): its commitment, posted again until the round is
-        revealed; once it revealed under the aggregator's seal, its receipt on the round's topic and
-        its update blob, put back. The same bytes each time: nothing is released twice."""
+        keeping a sealed round's commitment and posting it): what it posted, the same bytes again
+        (`KeptMailbox.repost`: a secure round's phase messages, a sealed round's commitment and
+        revealed receipt); a commitment kept but never posted, posted now; once it revealed under
+        the aggregator's seal, its update blob put back. Nothing is released twice, and the
+        messages of rounds done with are no longer kept."""
         if time.monotonic() < self._next_keep:
             return
         self._next_keep = time.monotonic() + 1.0  # well within the aggregator's wait for late messages
-        for topic, messages in self._secure_posted(r).items():  # a secure round's: the same bytes again
-            for message in messages:
-                self.mailbox.post(topic, message.encode())
+        self.mailbox.forget(lambda topic: (n := topic_round(job_id, topic)) is not None and n < r)
+        self.mailbox.repost(lambda topic: topic_round(job_id, topic) == r)
         kept = self._committed.load(job_id, r)
         if kept is None:
             return
         message, _blob, committed = kept
         if self.provider.sealed_pending(job_id, r):
-            self.mailbox.post(sl.commit_topic(job_id, r), committed)
-        elif (job_id, r) in self._revealed:
+            if not self.mailbox.posted(sl.commit_topic(job_id, r)):  # kept, then a crash before the post
+                self.mailbox.post(sl.commit_topic(job_id, r), committed)
+        elif self.mailbox.posted(round_topic(job_id, r)):  # revealed (before a restart, too)
             if isinstance(self.provider.store, MirroredStore) and self.provider.store.restore([message["update_cid"]]):
                 self.say(f"round {r}: put its deleted update blob back")
-            if not self._mine(r, "update"):
-                self.mailbox.post(round_topic(job_id, r), canonical_json(message))
-                self.say(f"round {r}: its revealed update was gone from the mailbox; posted it again")
 
     def _secure(self, job_id: int) -> bool:
         return load_spec(self.dep, self.provider.store, job_id).privacy.secure
 
     def _mine(self, r: int, kind: str) -> bool:
-        """Whether this provider's own signed message of `kind` is on the round's topic (a claim in
-        its name that it did not sign is not: anyone can post one)."""
+        """Whether this provider's own signed message of `kind` is on the round's topic, or kept as
+        posted (someone may have deleted it since: it is posted again, never made anew); a claim in
+        its name that it did not sign is not (anyone can post one)."""
         return self.address in self._senders(r, kind)
 
     def _senders(self, r: int, kind: str) -> set[str]:
@@ -221,7 +185,7 @@ class ProviderProcess(RoleProcess):
         members = p.members(job_id, r)
         self._keep_posted(job_id, r)
         try:
-            if not self._done(r, "keys"):
+            if not self._mine(r, "keys"):
                 if p.releases.released(job_id, r):
                     self.say_once(f"round {r}: already released, not again")
                     return True
@@ -231,23 +195,23 @@ class ProviderProcess(RoleProcess):
             if not p.holds_round_secrets(job_id, r):
                 self.say_once(f"round {r}: restarted mid-round; sitting it out")
                 return True
-            if not self._done(r, "shares"):
+            if not self._mine(r, "shares"):
                 if self._ready(r, "shares", "keys", members):
                     p.share(job_id, r)
                     self.say(f"round {r}: shares posted")
                 return False
-            if not self._done(r, "update"):
+            if not self._mine(r, "update"):
                 if self._ready(r, "mask", "shares", members):
                     msg = p.train(job_id, r)
                     self.say(f"round {r}: masked update {msg['update_cid']} posted")
                 return False
-            if not self._done(r, "confirm"):
+            if not self._mine(r, "confirm"):
                 p.watch_uploads(job_id, r)  # who masked before the set: it must not leave a neighbour of them out
                 if self._senders(r, "survivors"):  # the job's aggregator's set
                     p.confirm(job_id, r)
                     self.say(f"round {r}: survivor set confirmed")
                 return False
-            if not self._done(r, "unmask"):
+            if not self._mine(r, "unmask"):
                 survivors = len(p.survivor_set(job_id, r))
                 if len(self._senders(r, "confirm")) >= survivors or self._ready(r, "unmask", "confirm", members):
                     p.unmask(job_id, r)

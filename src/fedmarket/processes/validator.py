@@ -12,11 +12,11 @@ from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
 from ..roles import Validator
 from ..errors import ContractRevert
-from ..roles.common import REFUSED_BEFORE_STAKING, committed_rounds, round_topic
-from ..protocol.encoding import canonical_json
+from ..roles.common import REFUSED_BEFORE_STAKING, committed_rounds, topic_round
+from ..protocol.encoding import canonical_json, untrusted_json
 from ..roles.settlement import statement_key, submit_reward_approvals
-from ..roles.validator import reveal_message, submit_rejections
-from ..storage import BlobStore, Mailbox, MirroredStore
+from ..roles.validator import submit_rejections
+from ..storage import BlobStore, KeptMailbox, Mailbox, MirroredStore
 from .base import Fatal, RoleProcess, Stop, job_state
 
 
@@ -38,6 +38,9 @@ class ValidatorProcess(RoleProcess):
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox, X: np.ndarray,
                  y: np.ndarray, job_id: int, state_dir: str | os.PathLike, **kwargs):
         super().__init__(dep, state_dir, **kwargs)
+        # its reveals are kept before they are posted, and posted again (`_keep_reveals`)
+        mailbox = KeptMailbox(mailbox, self.state.root / "mailbox",
+                              keeps=lambda topic: topic_round(job_id, topic) is not None and topic.endswith("-reveals"))
         self.validator = Validator(dep, account, self.mirrored(store), mailbox, X, y)
         self.job_id = job_id
         self._grace_set = False  # `Validator.data_grace`, set from the job's round at the first step
@@ -156,11 +159,11 @@ class ValidatorProcess(RoleProcess):
         if time.monotonic() < self._next_keep:
             return
         self._next_keep = time.monotonic() + 5.0
-        reveals: dict = self.state.load("reveals", {})
-        for key, cid in reveals.items():
-            self.validator.mailbox.post(round_topic(self.job_id, int(key)) + "-reveals", reveal_message(self.address, cid))
-        if reveals and isinstance(self.validator.store, MirroredStore):
-            back = self.validator.store.restore(list(reveals.values()))
+        kept = self.validator.mailbox
+        kept.repost()
+        cids = [untrusted_json(m)["scores_cid"] for topic in kept.topics() for m in kept.posted(topic)]
+        if cids and isinstance(self.validator.store, MirroredStore):
+            back = self.validator.store.restore(cids)
             if back:
                 self.say(f"put {back} deleted scores document(s) back in the store")
 
@@ -237,9 +240,7 @@ class ValidatorProcess(RoleProcess):
                 continue
             if not self.dep.disputes.call("votes_closed", job_id):  # no copy of a revealed score can count then
                 break
-            cid = self.validator.reveal(job_id, int(key))
-            if cid:  # kept (to post again) before the round counts as revealed: a crash between the two
-                self.state.save("reveals", {**self.state.load("reveals", {}), key: cid})
+            cid = self.validator.reveal(job_id, int(key))  # kept (`KeptMailbox`) before it is posted
             revealed.append(int(key))
             self.state.save("revealed", revealed)
             self.say(f"round {key}: scores revealed ({cid})" if cid else f"round {key}: attestation not on chain, nothing to reveal")

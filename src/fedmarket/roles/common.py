@@ -52,6 +52,16 @@ def round_topic(job_id: int, round_: int) -> str:
     return f"job-{job_id}-round-{round_}"
 
 
+def topic_round(job_id: int, topic: str) -> int | None:
+    """The round of job `job_id` that a mailbox topic belongs to (its receipts' topic, or one of that
+    topic's suffixed ones: "-commits", "-sa-keys", "-reveals", ...), or None."""
+    prefix = f"job-{job_id}-round-"
+    if not topic.startswith(prefix):
+        return None
+    number = topic[len(prefix):].split("-", 1)[0]
+    return int(number) if number.isdigit() else None
+
+
 def claimed_senders(raws: list[bytes], field: str = "provider") -> set[str]:
     """Who claims to have posted these messages (signed envelopes or plain receipts), unverified:
     cheap, for a process deciding whether to wait; the phase itself verifies every message."""

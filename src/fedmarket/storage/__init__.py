@@ -22,6 +22,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+from .kept import KeptMailbox  # noqa: E402  (it writes with write_atomic)
+
+
 def is_nats(location: str | os.PathLike) -> bool:
     """Whether `location` names a NATS server (nats://HOST:PORT, or nats+tls:// with TLS)."""
     text = os.fspath(location)
@@ -62,4 +65,4 @@ def is_remote(location: str | os.PathLike) -> bool:
     return is_nats(text) or (isinstance(text, str) and text.lower().startswith(("ipfs+http://", "ipfs+https://")))
 
 
-__all__ = ["BlobStore", "LocalBlobStore", "Mailbox", "MirroredStore", "cid_of", "is_nats", "is_remote", "open_mailbox", "open_store", "verify", "write_atomic"]
+__all__ = ["BlobStore", "KeptMailbox", "LocalBlobStore", "Mailbox", "MirroredStore", "cid_of", "is_nats", "is_remote", "open_mailbox", "open_store", "verify", "write_atomic"]
