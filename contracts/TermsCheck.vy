@@ -12,7 +12,7 @@
 
 from modules import terms as T
 
-# @dev The shortest round duration, response period and challenge period a job may set: enough
+# @dev The shortest round duration, response, challenge and claim period a job may set: enough
 #      blocks of this chain for a transaction sent at the start of a period to be mined in it.
 MIN_PERIOD: public(immutable(uint256))
 
@@ -40,6 +40,6 @@ def problem(terms: T.JobTerms, requester: address, now: uint256) -> String[64]:
     reason: String[64] = T._problem(terms, requester, now)
     if len(reason) > 0:
         return reason
-    if min(min(terms.round_duration, terms.response_period), terms.challenge_period) < MIN_PERIOD:
+    if min(min(terms.round_duration, terms.response_period), min(terms.challenge_period, terms.claim_period)) < MIN_PERIOD:
         return "market: a period is shorter than this chain allows"
     return ""

@@ -205,6 +205,8 @@ CHUNK: public(constant(uint256)) = 256
 CHUNK_LEVELS: constant(uint256) = 8
 REVEAL_SLOT: public(constant(uint256)) = 2**161
 REVEAL_BONDS: constant(uint256) = 100
+# @dev `_reveal` of a root whose leaves were all revealed: this bit and the root's epoch.
+REVEALED: constant(uint256) = 2**255
 SECP_N: constant(uint256) = 115792089237316195423570985008687907852837564279074904382605163141518161494337
 SECP_HALF_N: constant(uint256) = 57896044618658097711785492504343953926418782139537452191302581570759080747168
 # @dev Most leaves per root: as many as a server can reveal on chain within ANSWER_WINDOW (256
@@ -483,11 +485,11 @@ def post_usage(job_id: uint256, top: Node, n: uint256, data_cid: String[128]):
     assert n >= 1 and n <= min(MAX_LEAVES, self.tabs_opened[job_id][msg.sender]), "rollup: bad leaf count"
     last: uint256 = self._final[job_id][msg.sender]
     assert top.spent < C.MAX_AMOUNT and top.queries <= MASK64, "rollup: totals too large"
-    assert top.queries >= (last >> 64) & MASK64, "rollup: fewer queries than the final root"
+    assert top.queries >= (last >> 64) & MASK64, "rollup: fewer queries than final"
     assert top.spent > last >> 128, "rollup: nothing new spent"
     assert top.spent - (last >> 128) <= self.pool[job_id][msg.sender], "rollup: more than the tabs hold"
     # a forged root risks the whole bond for at most the bond
-    assert top.spent - (last >> 128) <= self.bond[job_id][msg.sender], "rollup: more than the bond covers"
+    assert top.spent - (last >> 128) <= self.bond[job_id][msg.sender], "rollup: more than bond covers"
     # ModelMarket.pay keeps the owner's share within what the job's terms leave beside the server's
     self._shares[job_id][msg.sender] = ((staticcall MODEL_MARKET.offer(job_id)).owner_bps << 16) | self.server_share[job_id][msg.sender]
     root: bytes32 = self._commit(top, n)
@@ -644,6 +646,9 @@ def challenge_leaves(job_id: uint256, server: address):
     @param server The server.
     """
     word: uint256 = self._pending_word(job_id, server)
+    # once all out, a root's leaves are in the logs for good: forced open once per root (again and
+    # again, each reveal's fresh window kept the root pending past a caller's refund)
+    assert self._reveal[job_id][server] != REVEALED | self.epoch[job_id][server], "rollup: leaves revealed"
     bond: uint256 = REVEAL_BOND * ((((word >> 32) & MASK32) + CHUNK - 1) // CHUNK)
     self._challenge_slot(job_id, server, REVEAL_SLOT, bond)
     self._reveal_bond[job_id][server] = bond
@@ -695,7 +700,7 @@ def reveal_leaves(job_id: uint256, chunk: uint256, leaves: DynArray[Leaf, CHUNK]
     assert self._commit(top, n) == self.pending_root[job_id][msg.sender], "rollup: chunk not in the root"
     log LeavesRevealed(job_id=job_id, server=msg.sender, epoch=self.epoch[job_id][msg.sender], chunk=chunk, leaves=leaves)
     if (chunk + 1) * CHUNK >= n:
-        self._reveal[job_id][msg.sender] = 0
+        self._reveal[job_id][msg.sender] = REVEALED | self.epoch[job_id][msg.sender]
         self._answered(job_id, REVEAL_SLOT)
         # the leaves are out now: everyone gets a whole challenge window to prove what they show
         self._pending[job_id][msg.sender] = (word & ~MASK32) | block.timestamp
@@ -881,7 +886,7 @@ def _check_tab(job_id: uint256, server: address, leaf: Leaf, signature: Bytes[65
     """The leaf's caller signed Tab(jobId, server, queries, spent); a signature with v in {0, 1} or
     a high s (forms its key makes too, accepted off chain) is read in its canonical form."""
     assert leaf.caller != empty(address), "rollup: no caller"
-    assert len(signature) == 65, "rollup: not the caller's signature"
+    assert len(signature) == 65, "rollup: not signed by the caller"
     r: uint256 = convert(slice(signature, 0, 32), uint256)
     s: uint256 = convert(slice(signature, 32, 32), uint256)
     v: uint256 = convert(slice(signature, 64, 1), uint256)
@@ -893,7 +898,7 @@ def _check_tab(job_id: uint256, server: address, leaf: Leaf, signature: Bytes[65
     digest: bytes32 = statements._digest(statements._separator(chain.id, self), keccak256(abi_encode(
         TAB_TYPEHASH, job_id, server, leaf.queries, leaf.spent)))
     sig: Bytes[65] = concat(convert(r, bytes32), convert(s, bytes32), convert(convert(v, uint8), bytes1))
-    assert statements._signer(digest, sig) == leaf.caller, "rollup: not the caller's signature"
+    assert statements._signer(digest, sig) == leaf.caller, "rollup: not signed by the caller"
 
 
 @internal
@@ -977,8 +982,8 @@ def _lookup(root: bytes32, o: Opening, caller: address) -> uint256[2]:
     if convert(o.a.leaf.caller, uint256) > who:
         assert o.a.index == 0, "rollup: not the first leaf"
     elif o.a.index + 1 != o.n:
-        assert o.b.index == o.a.index + 1 and self._at(root, o.n, o.b), "rollup: neighbour not in the root"
-        assert convert(o.b.leaf.caller, uint256) > who, "rollup: caller not between the leaves"
+        assert o.b.index == o.a.index + 1 and self._at(root, o.n, o.b), "rollup: neighbour not in root"
+        assert convert(o.b.leaf.caller, uint256) > who, "rollup: caller not between them"
     return [0, 0]
 
 

@@ -313,7 +313,7 @@ class DeadlineSpec(_Strict):
     join_window: int = Field(default=86_400, ge=1, le=R.MAX_JOIN_WINDOW)
     round_duration: int = Field(default=3_600, ge=1, le=R.MAX_ROUND_DURATION)
     challenge_period: int = Field(default=3_600, ge=1, le=R.MAX_CHALLENGE_PERIOD)
-    claim_period: int = Field(default=30 * 86_400, ge=1, le=R.MAX_CLAIM_PERIOD)
+    claim_period: int = Field(default=30 * 86_400, ge=R.MIN_CLAIM_PERIOD, le=R.MAX_CLAIM_PERIOD)
     response_period: int = Field(default=3_600, ge=1, le=R.MAX_RESPONSE_PERIOD)
 
 

@@ -195,7 +195,7 @@ def test_training_job_past_its_deadline_is_failed_by_withdraw(market, capsys, ad
 def test_settle_then_sweep_what_nobody_claimed(market, capsys, advance):
     dep = market["dep"]
     req0 = dep.balance(REQ.address)
-    job = post(market, small_spec(challenge_period=30, claim_period=300))
+    job = post(market, small_spec(challenge_period=30, claim_period=86_400))
     accept_and_join(market, job)
     m = dep.market
     m.transact("start", job, sender=AGG)
@@ -220,7 +220,7 @@ def test_settle_then_sweep_what_nobody_claimed(market, capsys, advance):
     m.transact("claim", job, agg_leaf["index"], reward_struct(agg_leaf), tree.proof(agg_leaf["index"]), sender=AGG)
     rc, _, err = cli(capsys, "requester", "withdraw", "--job", str(job), *common(market), "--dev-account", "2")
     assert rc == 1 and "99 FED not claimed yet; unclaimed rewards return after 20" in err
-    advance(301)
+    advance(86_401)
     rc, out, _ = cli(capsys, "requester", "withdraw", "--job", str(job), *common(market), "--dev-account", "5")
     assert rc == 0 and "99 FED of unclaimed rewards swept back" in out
     assert dep.balance(REQ.address) == req0 - TOKEN  # everything but the fee came back

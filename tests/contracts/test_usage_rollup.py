@@ -171,11 +171,11 @@ def test_a_period_of_many_callers_settles_in_two_transactions_and_splits_like_us
 
 @pytest.mark.parametrize("case, reason", [
     ("unbonded", "rollup: not bonded"),
-    ("under", "rollup: more than the bond covers"),
+    ("under", "rollup: more than bond covers"),
     ("unbonding", "rollup: not bonded"),
     ("empty", "rollup: bad leaf count"),
     ("nothing", "rollup: nothing new spent"),
-    ("fewer", "rollup: fewer queries than the final root"),
+    ("fewer", "rollup: fewer queries than final"),
     ("pool", "rollup: more than the tabs hold"),
     ("pending", "rollup: a root is pending"),
 ])
@@ -235,7 +235,7 @@ def test_a_leaf_nobody_signed_is_challenged_and_its_root_rejected(roll):
     roll.open_bonds = 1
     with reverts("rollup: answer window open"):
         ru.transact("timeout", job.id, roll.server.address, i, sender=victim)
-    with reverts("rollup: not the caller's signature"):  # another caller's signature is not the victim's
+    with reverts("rollup: not signed by the caller"):  # another caller's signature is not the victim's
         roll.answer(tree, i, signature=roll.sig(other, 50, 50 * PRICE))
     kit.advance(max(WINDOW, ANSWER))
     with reverts("rollup: challenges open"):
@@ -265,7 +265,7 @@ def test_an_answered_challenge_pays_the_server_and_the_root_goes_final(roll):
         roll.challenge(0, sender=roll.rival)
     with reverts("rollup: leaf not in the root"):  # another usage than the posted leaf
         ru.transact("answer", job.id, roll.tree({c: 3}).position(0), roll.sig(c, 3, 3 * PRICE), sender=roll.server)
-    with reverts("rollup: not the caller's signature"):  # the caller's signature for another server
+    with reverts("rollup: not signed by the caller"):  # the caller's signature for another server
         roll.answer(tree, 0, signature=roll.sig(c, 4, 4 * PRICE, server=roll.rival))
     roll.answer(tree, 0)
     roll.open_bonds = 0
@@ -366,11 +366,11 @@ def test_a_false_absence_is_refused(roll):
     later = roll.tree({c: 6 for c in cs})
     # "cs[1] is absent from the final root": leaves 0 and 2 are not neighbours
     lie = (3, first.position(0), first.position(2))
-    with reverts("rollup: neighbour not in the root"):
+    with reverts("rollup: neighbour not in root"):
         ru.transact("prove_rollback", job.id, roll.server.address, cs[1].address, lie, later.opening(cs[1].address),
                     sender=cs[0])
     # "cs[1] is absent" with the neighbours of a caller who is below it
-    with reverts("rollup: caller not between the leaves"):
+    with reverts("rollup: caller not between them"):
         ru.transact("prove_rollback", job.id, roll.server.address, cs[2].address, (3, first.position(0), first.position(1)),
                     later.opening(cs[2].address), sender=cs[0])
 
@@ -512,11 +512,11 @@ def test_a_caller_makes_the_server_show_its_place_even_with_the_leaves_withheld(
         roll.ru.transact("challenge_caller", job.id, roll.server.address, me.address, sender=me)
     sig = roll.sig(me, 3, 3 * PRICE) if present else b""
     if present:
-        with reverts("rollup: not the caller's signature"):
+        with reverts("rollup: not signed by the caller"):
             ru.transact("answer_caller", job.id, me.address, tree.opening(me.address), roll.sig(cs[0], 3, 3 * PRICE),
                         sender=roll.server)
     else:  # "absent" shown by the leaf below it alone, as if that were the last
-        with reverts("rollup: neighbour not in the root"):
+        with reverts("rollup: neighbour not in root"):
             ru.transact("answer_caller", job.id, me.address, (tree.n, tree.position(0), EMPTY_OPENING[1]), b"",
                         sender=roll.server)
     ev = ru.transact("answer_caller", job.id, me.address, tree.opening(me.address), sig,

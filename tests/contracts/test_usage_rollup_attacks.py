@@ -96,7 +96,7 @@ def test_a_tab_signature_is_bound_to_its_job_and_rollup(roll):
     other_rollup = Tab(job.id, roll.server.address, 4, 4 * PRICE).sign(c.key, kit.chain_id, roll.shop.mm.address)
     other_chain = Tab(job.id, roll.server.address, 4, 4 * PRICE).sign(c.key, kit.chain_id + 1, ru.address)
     for sig in (other_job, other_rollup, other_chain):
-        with reverts("rollup: not the caller's signature"):
+        with reverts("rollup: not signed by the caller"):
             roll.answer(tree, 0, signature=sig)
     roll.answer(tree, 0)
     roll.open_bonds = 0
@@ -385,7 +385,7 @@ def test_a_root_cannot_move_more_than_the_servers_bond(roll):
     assert roll.shop.bal(c) >= 2 * SSTAKE
     roll.fund(c, 2 * SSTAKE)
     roll.bond()  # SSTAKE
-    with reverts("rollup: more than the bond covers"):
+    with reverts("rollup: more than bond covers"):
         roll.post(roll.tree({c: (1, SSTAKE + 1)}))
 
 

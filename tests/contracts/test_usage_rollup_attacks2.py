@@ -189,10 +189,10 @@ def test_a_declaration_is_raised_only_with_a_tab_the_caller_signed_above_it(roll
         _raise(roll, c, 10, 10 * PRICE)  # the declared figure itself
     with reverts("rollup: not a raise"):
         _raise(roll, c, 9, 9 * PRICE)
-    with reverts("rollup: not the caller's signature"):
+    with reverts("rollup: not signed by the caller"):
         _raise(roll, c, 20, 20 * PRICE, signature=roll.sig(other, 20, 20 * PRICE))
     for sender in (roll.rival, roll.kit.outsider, roll.server):  # signed for the rival: no Tab at this server
-        with reverts("rollup: not the caller's signature"):
+        with reverts("rollup: not signed by the caller"):
             _raise(roll, c, 20, 20 * PRICE, sender=sender, signature=roll.sig(c, 20, 20 * PRICE, server=roll.rival))
     assert ru.call("refund_request", job.id, roll.server.address, c.address) == word
     ev = _raise(roll, c, 20, 20 * PRICE, sender=roll.kit.outsider).event("SpentDeclared")
@@ -435,7 +435,7 @@ def test_an_absence_cannot_be_shown_for_a_caller_in_a_sorted_root(roll):
                 continue  # its own leaf opens it, with its signature
             with pytest.raises(ContractRevert):
                 ru.transact("answer_caller", job.id, victim.address, lie, b"", sender=roll.server)
-        with reverts("rollup: not the caller's signature"):  # its leaf without its signature
+        with reverts("rollup: not signed by the caller"):  # its leaf without its signature
             _answer_caller(roll, tree, victim, b"")
         leaf = tree.leaves[target]
         _answer_caller(roll, tree, victim, roll.sig(victim, leaf.queries, leaf.spent))

@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 import test_usage_rollup as base
-from contract_kit import reverts
+from contract_kit import TOKEN, reverts
 from test_model_market import SSTAKE
-from test_usage_rollup import ANSWER, BOND, PRICE, WINDOW, Rollup
+from test_usage_rollup import ANSWER, BOND, PRICE, REFUND, WINDOW, Rollup
 
 from fedmarket.protocol.receipts import Tab
 from fedmarket.protocol.usage import Leaf, UsageTree, opening
@@ -97,7 +97,7 @@ def test_a_bad_leaf_alone_in_the_partial_last_chunk_or_a_caller_counted_twice_ac
         _reveal(roll, cheat, 0, sigs0)  # no second pass over chunk 0
     with reverts("rollup: wrong chunk size"):
         _reveal(roll, cheat, 1, [], leaves=[])
-    with reverts("rollup: not the caller's signature"):
+    with reverts("rollup: not signed by the caller"):
         _reveal(roll, cheat, 1, [roll.sig(callers[256], 1, PRICE)])
     with reverts("rollup: chunk not in the root"):
         _reveal(roll, cheat, 1, [roll.sig(callers[256], 1, PRICE)], leaves=[(callers[256].address, 1, PRICE)])
@@ -232,7 +232,7 @@ def test_a_reveal_stopped_in_an_old_epoch_does_not_stop_audits_challenging_the_n
     roll.challengers.add(kit.outsider.address)
     roll.reveal_units = REVEAL  # one chunk
     roll.open_bonds += REVEAL
-    with reverts("rollup: not the caller's signature"):
+    with reverts("rollup: not signed by the caller"):
         _reveal(roll, cheat, 0, [roll.sig(callers[0], 1, PRICE)])
     kit.advance(ANSWER)
     _timeout(roll, 2**161, kit.outsider)
@@ -306,3 +306,72 @@ def test_a_reveal_left_from_a_rejected_root_does_not_leak_into_the_next_and_a_re
     assert ru.call("owed", roll.server.address) == roll.reveal_units * BOND
     kit.advance(WINDOW)
     assert any("usage root final: 257 queries" in m for m in restarted.step())
+
+
+def test_a_griefer_cannot_keep_a_servers_root_pending_until_a_caller_refunds_its_unposted_usage(roll):
+    """ATTACK (found by a funds-liveness review): the server posts root R1 (caller c at 1 query). c
+    then runs queries worth 900 tokens (signed Tabs the server admitted: within c's tab and the server's bond) and asks for its tab back. The
+    server must get c's usage into a root before the refund is due, but only one root may be pending.
+    A griefer re-opens `challenge_leaves` on R1 at the end of every fresh window its reveal gives, so R1
+    stays pending (no new root can be posted) until the refund is due: c then takes back everything R1
+    does not show. The griefer pays one reveal bond per hour (to the server); c keeps 900 tokens of
+    answered queries. A root's leaves can be forced open once now: once they are all out, they are
+    public in the chain's logs, and `challenge_leaves` refuses that root again."""
+    from fedmarket.driver import fund
+
+    kit, ru, job = roll.kit, roll.ru, roll.job
+    c = roll.sorted_callers(1)[0]
+    griefer = kit.outsider
+    tab = 1_000 * TOKEN
+    fund(kit.dep, kit.deployer, {c.address: tab, griefer.address: 1_000 * TOKEN})
+    roll.fund(c, tab)
+    roll.bond(amount=2_000 * TOKEN)  # the server's bond covers what it admits
+    r1 = roll.tree({c: 1})
+    roll.post(r1)
+    # c's heavy use, signed and answered while R1 is pending; the server cannot post it yet
+    used_q = 900 * TOKEN // PRICE
+    signed_spent = 1 * PRICE + used_q * PRICE
+    roll.sig(c, 1 + used_q, signed_spent)  # the server holds this Tab
+    with base.reverts("rollup: a root is pending"):
+        roll.post(roll.tree({c: (1 + used_q, signed_spent)}))
+    ru.transact("request_refund", job.id, roll.server.address, sender=c)
+    due = kit.dep.chain.timestamp() + REFUND
+    reveal_bond = ru.call("REVEAL_BOND")
+    g_before = kit.token.call("balanceOf", griefer.address)
+    roll.challengers.add(griefer.address)
+    cycles = 0
+    while cycles < 30:
+        posted = ru.call("totals", job.id, roll.server.address, True)[3]
+        kit.advance(posted + WINDOW - 2 - kit.dep.chain.timestamp())
+        if kit.dep.chain.timestamp() >= due:
+            break
+        if cycles:
+            with base.reverts("rollup: leaves revealed"):
+                ru.transact("challenge_leaves", job.id, roll.server.address, sender=griefer)
+            break
+        ru.transact("challenge_leaves", job.id, roll.server.address, sender=griefer)
+        roll.open_bonds += REVEAL
+        cycles += 1
+        leaves, siblings = r1.chunk(0)
+        # the honest server answers at once, as TabBook does: every leaf, signed
+        ru.transact("reveal_leaves", job.id, 0, leaves, [roll.sig(c, 1, PRICE)], siblings, sender=roll.server)
+        roll.open_bonds -= REVEAL
+        # the server tries to post c's usage: still blocked
+        if kit.dep.chain.timestamp() + WINDOW < due:
+            with base.reverts("rollup: a root is pending"):
+                roll.post(roll.tree({c: (1 + used_q, signed_spent)}))
+    assert cycles == 1
+    # R1 goes final at the end of its fresh window, and the server posts c's usage in time
+    kit.advance(WINDOW + 1)
+    ru.transact("finalize", job.id, roll.server.address, sender=griefer)
+    r2 = roll.tree({c: (1 + used_q, signed_spent)})
+    roll.post(r2)
+    kit.advance(max(0, due - kit.dep.chain.timestamp()))
+    got = ru.transact("refund", job.id, roll.server.address, r1.opening(c.address), r2.opening(c.address),
+                      sender=c).event("TabRefunded")["amount"]
+    g_cost = g_before - kit.token.call("balanceOf", griefer.address)
+    print(f"cycles={cycles} griefer paid {g_cost / TOKEN} tokens (reveal bond {reveal_bond / TOKEN}); "
+          f"c refunded {got / TOKEN} of {tab / TOKEN}, having signed {signed_spent / TOKEN}")
+    assert got <= tab - signed_spent, (
+        f"c took back {(got - (tab - signed_spent)) / TOKEN} tokens of answered usage; the griefer paid "
+        f"{g_cost / TOKEN} over {cycles} reveal challenges")

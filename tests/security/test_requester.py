@@ -280,7 +280,7 @@ def test_terms_too_short_to_act_on_are_refused(make):
     deployer = chain.new_account("slow-chain", 0)
     slow = Deployment.deploy(chain, deployer, deployer.address, min_period=12)  # a chain of 12-second blocks
     assert slow.terms_check.call("MIN_PERIOD") == 12
-    for short in ({"round_duration": 1}, {"response_period": 1}, {"challenge_period": 11}):
+    for short in ({"round_duration": 1}, {"response_period": 1}, {"challenge_period": 11}, {"claim_period": 11}):
         terms = dataclasses.replace(base, join_deadline=chain.timestamp() + DAY, **short)
         reason = slow.terms_check.call("problem", terms.abi(), s.c.requester.address, chain.timestamp())
         assert reason == "market: a period is shorter than this chain allows", short
@@ -377,6 +377,28 @@ def test_a_spec_with_a_number_that_is_not_finite_is_refused_before_staking(make,
     terms = dataclasses.replace(terms_of(s.spec, s.agg.address, s.chain.timestamp()), spec_hash=keccak(raw))
     job = _post(s, terms, s.store.put(raw))
     _refused_before_staking(s, job, tmp_path, "finite number")
+
+
+def test_a_claim_period_too_short_to_claim_in_is_refused_before_staking(make, tmp_path):
+    """ATTACK (found by a funds-liveness review): the requester posts a job whose spec and terms agree
+    on a claim period of 1 second, so every check of terms against spec passed and every role staked.
+    Everyone trained honestly and the right root stood; the requester settled the job the moment the
+    challenge window ended and swept every unclaimed reward back in its next transaction: no
+    provider's claim could land, and it kept the model. A spec's claim period is at least
+    `rules.MIN_CLAIM_PERIOD` (a day) now, so every role refuses such a job before it stakes; and a
+    chain's `MIN_PERIOD` bounds the claim period too."""
+    from eth_utils import keccak
+
+    s = make(providers=3, validators=1)
+    doc = json.loads(s.spec.canonical())
+    doc["deadlines"]["claim_period"] = 1
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    terms = dataclasses.replace(terms_of(s.spec, s.agg.address, s.chain.timestamp()), spec_hash=keccak(raw),
+                                claim_period=1)
+    job = _post(s, terms, s.store.put(raw))
+    _refused_before_staking(s, job, tmp_path, "claim_period")
+    with pytest.raises(ValueError, match="claim_period"):
+        DeadlineSpec(claim_period=R.MIN_CLAIM_PERIOD - 1)
 
 
 def test_a_model_its_validators_cannot_evaluate_is_refused(make, tmp_path):

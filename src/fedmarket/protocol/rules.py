@@ -43,6 +43,9 @@ MAX_ROUND_DURATION = 30 * 86_400
 MAX_TRAINING_TIME = 730 * 86_400
 MAX_CHALLENGE_PERIOD = 30 * 86_400
 MAX_CLAIM_PERIOD = 365 * 86_400
+# the roles' own floor (a spec's, not the chain's): a day for every member to claim its leaf before
+# the requester may sweep what is unclaimed (a claim period of seconds let it sweep everyone's pay)
+MIN_CLAIM_PERIOD = 86_400
 MAX_RESPONSE_PERIOD = 7 * 86_400
 ROUNDS_DEPTH = 14
 MAX_FEE_BPS = 1_000
