@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from proc_support import Procs
 
 from fedmarket.market import JobState
@@ -175,3 +177,37 @@ def test_a_provider_restarted_after_its_reveal_still_puts_its_deleted_blob_back(
     assert revealed
     assert committed_rounds(P.dep, P.job)[0].count == 3, "the restarted provider never put its deleted blob back"
     assert P.paid().get(victim, 0) > 0
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3])
+def test_a_validator_killed_after_any_save_of_its_review_counts_each_round_once(chain, tmp_path, nth):
+    """CRASH: v0's process is killed right after the `nth` state file it saves once it reviewed round
+    0. It kept what it saw of each provider (rounds seen, rounds flagged: the basis of its
+    misbehaviour reports, where a majority of flagged rounds gets a provider reported) apart from its
+    reviews: killed between the two saves, the restarted process reviewed round 0 again and counted
+    it twice. Both are one document now."""
+    P = Procs(chain, tmp_path, collect_timeout=2.0, reveal_timeout=3.0, providers=3, validators=1, rounds=1)
+    killed = []
+
+    def arm(proc):
+        orig, saves = proc.state.save, []
+
+        def save(name, value):
+            orig(name, value)
+            if not killed and proc.validator.sealed(P.job)[0]:  # round 0 reviewed
+                saves.append(name)
+                if len(saves) == nth:
+                    killed.append(name)
+                    raise Killed("v0")
+        proc.state.save = save
+
+    arm(P.procs["v0"])
+
+    def restart(name):
+        P.procs[name] = P.new_validator(0)
+
+    assert _run_with_kills(P, 300, restart), "\n".join(P.logs[-30:])
+    assert killed
+    _, seen = P.procs["v0"].validator.sealed(P.job)
+    took_part = committed_rounds(P.dep, P.job)[0].count
+    assert took_part == 3 and seen and all(v == [1, 0] for v in seen.values()), (killed, seen)

@@ -18,11 +18,10 @@ from fedmarket.roles.common import committed_rounds
 from fedmarket.roles.senders import signed_on
 
 
-def _delete_own(box, topic, address) -> bool:
+def _own_file(box, topic, address):
+    """The file of `address`'s signed message on `topic`, or None."""
     d = box.root / topic
-    if not d.is_dir():
-        return False
-    for f in sorted(d.iterdir()):
+    for f in (sorted(d.iterdir()) if d.is_dir() else ()):
         if f.name.startswith("."):
             continue
         try:
@@ -30,9 +29,15 @@ def _delete_own(box, topic, address) -> bool:
         except Exception:
             continue
         if body.get("provider") == address:
-            f.unlink()
-            return True
-    return False
+            return f
+    return None
+
+
+def _delete_own(box, topic, address) -> bool:
+    f = _own_file(box, topic, address)
+    if f is not None:
+        f.unlink()
+    return f is not None
 
 
 def _drive(P, limit=120.0):
@@ -174,3 +179,28 @@ def test_one_provider_swapping_its_keys_message_cannot_void_the_round(chain, tmp
     assert struck
     assert committed_rounds(P.dep, P.job), "\n".join(P.logs[-30:])
     assert committed_rounds(P.dep, P.job)[0].count >= n - 1, "\n".join(P.logs[-40:])
+
+
+def test_a_copy_of_another_phases_message_cannot_replace_the_aggregators_remembered_keys(chain, tmp_path, monkeypatch):
+    """ATTACK (anyone on the mailbox; found by a review of the kept mailbox): once every unmask answer
+    is in, copy p2's signed shares message onto the keys topic and delete p2's key advertisement.
+    The aggregator had read that shares message on its own topic, and cached who signed a message by
+    its bytes alone: on the keys topic the copy read as p2's one message there and replaced p2's
+    remembered keys, so the transcript had no keys of p2 and the round committed empty. Who signed a
+    message is cached per topic now (a message of one phase is nobody's on another)."""
+    n = 5
+    P = _setup(chain, tmp_path, monkeypatch, n=n)
+    victim, done = chain.providers[2].address, []
+
+    def after(name):
+        if not done and name.startswith("p") and len(signed_on(P.dep, P.box, P.job, 0, "unmask")) == n:
+            shares = _own_file(P.box, sr.topic(P.job, 0, "shares"), victim)
+            keys = _own_file(P.box, sr.topic(P.job, 0, "keys"), victim)
+            P.box.post(sr.topic(P.job, 0, "keys"), shares.read_bytes())  # a copy, of another phase
+            keys.unlink()  # and one deletion
+            done.append(1)
+
+    P.after_step = after
+    assert _drive(P, 150), "\n".join(P.logs[-30:])
+    assert done
+    assert committed_rounds(P.dep, P.job)[0].count == n, "\n".join(P.logs[-40:])

@@ -177,7 +177,9 @@ class ProviderProcess(RoleProcess):
         order SecAgg+ needs: keys, shares, the masked update, the consistency check, the unmask
         answer. True once this provider is done with the round (or sits it out). The round's
         secrets live only in this process: after a restart mid-round it sits the round out rather
-        than post a second set of keys, which would have it dropped anyway."""
+        than post a second set of keys, which would have it dropped anyway. That holds for a crash
+        between keeping its keys message and posting it as well: the kept keys are posted (they may
+        have been read, then deleted) and the round is sat out."""
         p = self.provider
         if not p.selected(job_id, r):
             self.say_once(f"round {r}: not selected")

@@ -49,8 +49,8 @@ class ValidatorProcess(RoleProcess):
         self._next_keep = 0.0  # when it next posts its reveals again (`_keep_reveals`)
         self.approve_interval = 1.0
         # what the role keeps in memory between review and reveal, restored from the state directory
-        docs = {int(r): d for r, d in self.state.load("reviews", {}).items() if d is not None}
-        self.validator.restore(job_id, docs, self.state.load("seen", {}))
+        reviews, seen = self._reviews()
+        self.validator.restore(job_id, {int(r): d for r, d in reviews.items() if d is not None}, seen)
 
     @property
     def address(self) -> str:
@@ -91,7 +91,7 @@ class ValidatorProcess(RoleProcess):
             if now != self._idle:  # something new on chain, or a reveal or a vote pending
                 self._review_and_reveal(int(job["rounds"]))
                 self._vote_on_chain(int(job["round_duration"]))
-                pending = [k for k, d in self.state.load("reviews", {}).items()
+                pending = [k for k, d in self._reviews()[0].items()
                            if closed and d is not None and int(k) not in self.state.load("revealed", [])]
                 pending += list(self.state.load("votes", {}))
                 self._idle = now if not pending else None
@@ -210,9 +210,16 @@ class ValidatorProcess(RoleProcess):
             except ContractRevert as exc:  # the job moved on (a root posted): nothing to approve on chain
                 self.say_once(f"approval not put on chain: {exc}")
 
+    def _reviews(self) -> tuple[dict, dict]:
+        """Its reviews (round -> sealed scores document, or None for a rejection) and what it saw of
+        each provider in them (`Validator.sealed`), kept as one document: saved apart, a crash between
+        the two saves had a restarted process review a round again and count it twice."""
+        kept = self.state.load("reviews", {})
+        return kept.get("rounds", {}), kept.get("seen", {})
+
     def _review_and_reveal(self, n_rounds: int) -> None:
         job_id = self.job_id
-        reviews: dict = self.state.load("reviews", {})
+        reviews, _ = self._reviews()
         for c in committed_rounds(self.dep, job_id):
             key = str(c.round)
             if key in reviews:
@@ -224,8 +231,7 @@ class ValidatorProcess(RoleProcess):
                 self.state.save("votes", votes)
             docs, seen = self.validator.sealed(job_id)
             reviews[key] = docs.get(c.round) if msg and "scores_root" in msg else None
-            self.state.save("seen", seen)
-            self.state.save("reviews", reviews)
+            self.state.save("reviews", {"rounds": reviews, "seen": seen})
             self.say(f"round {c.round}: {'recomputed, scored and attested' if reviews[key] else 'REJECTED'}")
             if msg and reviews[key] is None:
                 submit_rejections(self.dep, self.validator.mailbox, self.validator.account, job_id, c.round)

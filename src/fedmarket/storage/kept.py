@@ -39,7 +39,9 @@ class KeptMailbox:
         self.keeps, self.signer_of, self.remembers = keeps, signer_of, remembers
         self._posted = self._load("posted")  # topic -> {cid: message}
         self._read = self._load("read")  # topic -> {signer: its last message}
-        self._signers: dict[bytes, str | None] = {}  # message -> who signed it (`signer_of`, once each)
+        # (topic, message) -> who signed it there (`signer_of`, once each): per topic, since a signed
+        # message of one phase copied onto another's topic is nobody's message there
+        self._signers: dict[tuple[str, bytes], str | None] = {}
 
     def _load(self, kind: str) -> dict[str, dict[str, bytes]]:
         root = self.dir / kind
@@ -104,9 +106,9 @@ class KeptMailbox:
         present: dict[str, list[bytes]] = {}
         unsigned = []
         for raw in now:
-            if raw not in self._signers:
-                self._signers[raw] = self.signer_of(topic, raw)
-            signer = self._signers[raw]
+            if (topic, raw) not in self._signers:
+                self._signers[(topic, raw)] = self.signer_of(topic, raw)
+            signer = self._signers[(topic, raw)]
             if signer is None:
                 unsigned.append(raw)
             else:
