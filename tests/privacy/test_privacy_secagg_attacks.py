@@ -5,9 +5,12 @@ round (`roles.secure_round`)."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from eth_account import Account as EthAccount
 
@@ -166,16 +169,62 @@ def test_two_messages_of_one_provider_in_a_phase_are_both_rejected():
 
 
 def test_no_two_providers_act_on_different_survivor_sets():
-    """An aggregator shows survivor set A to some providers and B to others: whoever signed B
-    blocks A (and vice versa), so nobody unmasks for either."""
+    """An aggregator shows survivor set A to some providers and B to others. A set needs more
+    confirmations than half the members (and the colluders: `confirmation_quorum`), so a 3/3 split
+    pins neither, and a set confirmed by enough pins that one only."""
     accounts, members = _members(6)
     cfg = SecAggConfig(6, 3, 5, 3, 3, round_id=sr.Domain(31337, "0x" + "11" * 20, 5, 2).round_id)
     a, b = frozenset(range(6)), frozenset(range(5))
     raws = [sr.confirm_message(acc.key, cfg.round_id, acc.address, u, a if u < 3 else b) for u, acc in enumerate(accounts)]
-    for view in (a, b):
-        with pytest.raises(SecAggAbort, match="confirmed another survivor set"):
+    for view in (a, b):  # a config below a majority is raised to one
+        with pytest.raises(SecAggAbort, match="confirmed the survivor set, the round needs 4"):
             sr.pinned(cfg, members, raws, view)
-    assert sr.pinned(cfg, members, raws[:3], a) == frozenset(range(3))
+    raws[3] = sr.confirm_message(accounts[3].key, cfg.round_id, accounts[3].address, 3, a)
+    assert sr.pinned(cfg, members, raws, a) == frozenset(range(4))
+    with pytest.raises(SecAggAbort, match="the round needs"):
+        sr.pinned(cfg, members, raws, b)
+
+
+def test_one_provider_confirming_another_set_cannot_abort_the_round():
+    """ATTACK (a dishonest provider; the last left-alone liveness lever of secure rounds): it signs a
+    survivor set other than the aggregator's. Any confirmation of another set aborted the round for
+    everyone (attributable, never slashed), so one Sybil could stall every secure round of a job.
+    Its confirmation counts for nothing now; the honest confirmations pin the set."""
+    accounts, members = _members(6)
+    cfg = SecAggConfig(6, 3, 5, 3, 5, round_id=sr.Domain(31337, "0x" + "11" * 20, 5, 2).round_id)
+    survivors = frozenset(range(6))
+    raws = [sr.confirm_message(acc.key, cfg.round_id, acc.address, u, survivors if u != 4 else survivors - {0})
+            for u, acc in enumerate(accounts)]
+    assert sr.pinned(cfg, members, raws, survivors) == survivors - {4}
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(3, 9), dishonest=st.sampled_from([0.0, 1 / 3, 0.45]), data=st.data())
+def test_two_survivor_sets_are_never_both_pinned(n, dishonest, data):
+    """Whatever the aggregator shows to whom (each view of the mailbox holding any of the honest
+    confirmations, and the colluders confirming both sets, one in each view), at most one of two
+    different sets reaches the round's `min_survivors`, which holds the confirmation quorum."""
+    from fedmarket.privacy.secagg import confirmation_quorum
+
+    accounts, members = _members(n)
+    colluders = math.floor(dishonest * n + 1e-12)
+    cfg = SecAggConfig(n, 3, n - 1, 2, confirmation_quorum(n, dishonest),
+                       round_id=sr.Domain(31337, "0x" + "11" * 20, 5, 2).round_id)
+    a, b = frozenset(range(n)), frozenset(range(1, n))
+    side = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))  # an honest member's one set
+    views = {}
+    for view, mine in ((a, True), (b, False)):
+        raws = []
+        for u, acc in enumerate(accounts):
+            if u < colluders:  # a colluder signs whichever set this view needs
+                raws.append(sr.confirm_message(acc.key, cfg.round_id, acc.address, u, view))
+            elif side[u] == mine:
+                raws.append(sr.confirm_message(acc.key, cfg.round_id, acc.address, u, view))
+        try:
+            views[view] = sr.pinned(cfg, members, raws, view)
+        except SecAggAbort:
+            pass
+    assert len(views) <= 1, (n, colluders, side)
 
 
 def test_copies_of_a_signed_message_are_that_message_once():

@@ -44,6 +44,7 @@ class ValidatorProcess(RoleProcess):
         self.validator = Validator(dep, account, self.mirrored(store), mailbox, X, y)
         self.job_id = job_id
         self._grace_set = False  # `Validator.data_grace`, set from the job's round at the first step
+        self._round_duration = 0
         self._idle: tuple | None = None  # (rounds committed, state) after which nothing is left to review
         self._approved_at = float("-inf")
         self._next_keep = 0.0  # when it next posts its reveals again (`_keep_reveals`)
@@ -81,7 +82,8 @@ class ValidatorProcess(RoleProcess):
         if R.role_of(role) != Role.VALIDATOR:
             raise Fatal(f"{self.address} is not a validator of job {job_id} (state {state.name})")
         if not self._grace_set:  # a tenth of a round (at most 2 min) for deleted data to come back
-            self.validator.data_grace = min(120.0, int(job["round_duration"]) / 10)
+            self._round_duration = int(job["round_duration"])  # a term: it never changes
+            self.validator.data_grace = min(120.0, self._round_duration / 10)
             self._grace_set = True
         if state in (JobState.TRAINING, JobState.FINALIZING):
             self._keep_reveals()
@@ -187,7 +189,8 @@ class ValidatorProcess(RoleProcess):
         now = max(self.dep.chain.timestamp(), int(time.time()))
         statement = (bytes.fromhex(msg["reward_root"][2:]), int(msg["reward_total"]), int(msg["value_total"]),
                      bool(msg["gate_met"]))
-        key = "0x" + statement_key(statement).hex()
+        signed = statement_key(statement)
+        key = "0x" + signed.hex()
         since = approved.get("since", {})  # statement -> when it first was this validator's
         if approved.get("message") != msg:
             since.setdefault(key, now)
@@ -200,9 +203,9 @@ class ValidatorProcess(RoleProcess):
         # miss payout): past a short grace, the validator puts its own approval on chain. The grace
         # runs from when the statement first was its own: someone deleting and re-posting a reveal
         # to flip the statement back and forth cannot restart it
-        grace = min(30, int(self.dep.job(self.job_id)["round_duration"]) // 16)
+        grace = min(30, self._round_duration // 16)
         if (now - int(since.get(key, now)) >= grace
-                and not self.dep.disputes.call("rewards_signed", self.job_id, statement_key(statement), self.address)):
+                and not self.dep.disputes.call("rewards_signed", self.job_id, signed, self.address)):
             try:
                 for receipt in submit_reward_approvals(self.dep, self.validator.mailbox, self.validator.account,
                                                        self.job_id, statement, posted=[canonical_json(msg)]):

@@ -18,7 +18,10 @@ from it (duplicates are rejected, not ordered):
 5. consistency check: every surviving provider signs the survivor set it was shown (``confirm``),
    one set per round, never one smaller than the round's minimum;
 6. a provider unmasks (``unmask``) only once at least ``min_survivors`` survivors signed exactly
-   its set and no provider signed another: no two providers act on different sets;
+   its set: no two providers act on different sets, since ``min_survivors`` is at least the
+   `confirmation_quorum`, which two sets can never both reach (a provider's confirmation of
+   another set counts for nothing; it no longer aborts the round, which let any one provider
+   abort every secure round);
 7. the aggregator removes the masks and commits the round. The updates tree lists the masked
    inputs and, after them, the *mask correction* ``sum(masked) - sum`` (mod 2**64), which the
    disputes contract's secure-sum rule subtracts when it recomputes a chunk. The keys, share
@@ -272,14 +275,15 @@ def responses(raws: list[bytes], members: list[str], round_id: bytes) -> list[Un
 
 def pinned(cfg: SecAggConfig, members: list[str], raws: list[bytes], survivors: frozenset[int]) -> frozenset[int]:
     """The survivors that signed exactly ``survivors`` in the consistency step. Raises SecAggAbort if
-    any member signed another set (the aggregator showed two) or fewer than ``min_survivors`` signed it."""
+    fewer than ``min_survivors`` signed it. A member's signature on another set counts for nothing:
+    ``min_survivors`` is at least the `confirmation_quorum`, which no two sets can both reach (their
+    honest confirmers would overlap), so one dishonest member signing another set proves nothing but
+    its own lie, and aborting on it let any one provider abort every secure round."""
     signed = confirmations(raws, members, cfg.round_id)
-    other = sorted(u for u, s in signed.items() if s != survivors)
-    if other:
-        raise SecAggAbort(f"providers {other} confirmed another survivor set: no two providers may act on different sets")
-    confirmed = frozenset(u for u in signed if u in survivors)
-    if len(confirmed) < cfg.min_survivors:
-        raise SecAggAbort(f"{len(confirmed)} survivors confirmed the survivor set, the round needs {cfg.min_survivors}")
+    confirmed = frozenset(u for u, s in signed.items() if s == survivors and u in survivors)
+    need = max(cfg.min_survivors, len(members) // 2 + 1)  # never below a majority, whatever the config
+    if len(confirmed) < need:
+        raise SecAggAbort(f"{len(confirmed)} survivors confirmed the survivor set, the round needs {need}")
     return confirmed
 
 
