@@ -28,6 +28,8 @@ ServerApp brings it the seal (`transport.flower`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Iterable
@@ -58,10 +60,26 @@ class Pending:
         return stem.with_suffix(".json"), stem.with_suffix(".blob")
 
     def keep(self, job_id: int, r: int, message: dict, blob: bytes, committed: bytes) -> None:
-        """`Provider.keep_sealed`: written (blob first, each atomically) before the commitment is sent."""
+        """`Provider.keep_sealed`: written (blob first, each atomically) before the commitment is sent;
+        never over a round already kept (a second update of a round is a second release)."""
         doc, data = self._paths(job_id, r)
+        if doc.exists():
+            raise FedMarketError(f"job {job_id} round {r}: an update is committed already; not another")
         write_atomic(data, blob)
         write_atomic(doc, canonical_json({"message": message, "commitment": committed.decode()}))
+
+    @contextlib.contextmanager
+    def locked(self, job_id: int, r: int):
+        """Held (an exclusive lock on a file beside the round's) while a process looks for the round's
+        kept update and commits one: Flower runs a ClientApp process per message, all at once, and
+        two `train` messages of a round both found nothing kept and trained twice."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / f"job-{job_id}-round-{r}.lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def load(self, job_id: int, r: int) -> tuple[dict, bytes, bytes] | None:
         """(receipt with its salt, update blob, commitment message) kept for the round, or None."""

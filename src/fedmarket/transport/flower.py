@@ -352,6 +352,7 @@ def node_provider(node_config: dict):
     account + keystore (password from $FEDMARKET_PASSWORD in the SuperNode's environment)."""
     from ..fl.localdata import load_for_schema
     from ..keys import DEV_CHAIN_ID, dev_account, load_account
+    from ..privacy.releases import ReleaseLog
     from ..roles import Provider
     from ..roles.common import load_spec
 
@@ -369,7 +370,11 @@ def node_provider(node_config: dict):
         X, y = load_for_schema(Path(str(node_config["data"])), spec.data, str(node_config.get("label", "")) or None)
     except KeyError as exc:
         raise ConfigError(f"the SuperNode's node config lacks {exc}") from None
-    return Provider(dep, signer, store, _open_mailbox(str(node_config["mailbox"])), X, y), job_id
+    # the rounds it released, journaled in its own directory: each ClientApp process lives for one
+    # message, and an in-memory log forgot every release before it
+    state = str(node_config.get("state", ""))
+    releases = ReleaseLog(Path(state) / f"releases-{signer.address}.jsonl") if state else None
+    return Provider(dep, signer, store, _open_mailbox(str(node_config["mailbox"])), X, y, releases=releases), job_id
 
 
 def _pending(node_config) -> sl.Pending:
@@ -468,12 +473,13 @@ def train_on_node(msg, context):
         node_store.put(blob)
     provider, _ = node_provider(context.node_config)
     _checked_seals(provider, job_id)  # the rounds it revealed in, against the seals they committed with
-    kept = pending.load(job_id, r)
-    if kept is None:
-        provider.keep_sealed = pending.keep
-        if provider.train(job_id, r) is None:  # not selected this round: nothing leaves this machine
-            return _reply(msg, {"skipped": True})
+    with pending.locked(job_id, r):  # one ClientApp at a time: two at once trained (and released) twice
         kept = pending.load(job_id, r)
+        if kept is None:
+            provider.keep_sealed = pending.keep
+            if provider.train(job_id, r) is None:  # not selected this round: nothing leaves this machine
+                return _reply(msg, {"skipped": True})
+            kept = pending.load(job_id, r)
     return _reply(msg, {"commitment": kept[2].decode()})
 
 
@@ -483,17 +489,21 @@ def reveal_on_node(msg, context):
     second, different seal); the reply carries the signed round message and the update blob, or
     ``skipped`` when this provider committed nothing this round."""
     content, job_id, r = _job_round(msg, context)
-    kept = _pending(context.node_config).load(job_id, r)
-    if kept is None:
-        return _reply(msg, {"skipped": True})
-    message, blob, _ = kept
-    provider, _ = node_provider(context.node_config)
-    answered = _answered(provider, job_id, r)
-    if answered is None:
-        seal = untrusted_json(content["seal"])
-        provider.mailbox.post(sl.seal_topic(job_id, r), canonical_json(seal))  # kept: a second seal is refused
-        provider.restore_sealed(job_id, r, message, blob)
-        answered = provider.reveal(job_id, r)
+    pending = _pending(context.node_config)
+    with pending.locked(job_id, r):  # one ClientApp at a time, as for `train_on_node`
+        kept = pending.load(job_id, r)
+        if kept is None:
+            return _reply(msg, {"skipped": True})
+        message, blob, _ = kept
+        provider, _ = node_provider(context.node_config)
+        answered = _answered(provider, job_id, r)
         if answered is None:
-            raise FedMarketError(f"round {r}: the seal sent is not signed by the job's aggregator")
+            seal = untrusted_json(content["seal"])
+            provider.mailbox.post(sl.seal_topic(job_id, r), canonical_json(seal))  # kept: a second seal is refused
+            provider.restore_sealed(job_id, r, message, blob)
+            answered = provider.reveal(job_id, r)
+            if answered is None:
+                raise FedMarketError(f"round {r}: the seal sent is not signed by the job's aggregator")
+    if answered.get("update_cid") != cid_of(blob):  # only ever the blob of the message it revealed
+        raise FedMarketError(f"round {r}: the kept update is not the one this provider revealed")
     return _reply(msg, {"message": canonical_json(answered).decode(), "blob": blob})

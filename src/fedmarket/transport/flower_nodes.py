@@ -302,12 +302,32 @@ class Serving:
         self.reap()
 
 
+#: Flower's app runners other than the client app's: a SuperNode launches one by name for a run of
+#: that kind, and each installs the run's bundle and imports its code (an aggregator submitting a
+#: bundle that declares an `agentapp` had its code run on the provider's machine, guard unpassed)
+REFUSED_RUNNERS = ("flwr-agentapp", "flwr-serverapp", "flwr-simulation")
+
+
 def clientapp_shim(bin_dir: Path) -> Path:
-    """A ``flwr-clientapp`` that is `flower_guard` (checks the bundle before it runs), in `bin_dir`."""
+    """A ``flwr-clientapp`` that is `flower_guard` (checks the bundle before it runs), in `bin_dir`,
+    and every other app runner a SuperNode could launch (`REFUSED_RUNNERS`, and any other Flower
+    names for a task type) as a refusal: a provider's node runs the job's client app and nothing else."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     shim = bin_dir / "flwr-clientapp"
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m fedmarket.transport.flower_guard "$@"\n')
     shim.chmod(0o755)
+    runners = set(REFUSED_RUNNERS)
+    try:
+        from flwr.supercore.constant import TASK_TYPE_TO_COMMAND
+
+        runners |= set(TASK_TYPE_TO_COMMAND.values())
+    except ImportError:  # the names above are Flower 1.41's
+        pass
+    for name in sorted(runners - {"flwr-clientapp"}):
+        refusal = bin_dir / name
+        refusal.write_text(f'#!/bin/sh\necho "fedmarket: a provider runs the job\'s client app only; refusing {name}" >&2\n'
+                           "exit 1\n")
+        refusal.chmod(0o755)
     return bin_dir
 
 

@@ -1,0 +1,119 @@
+"""The aggregator's ServerApp against a provider's SuperNode (found by a review of the Flower
+transport): what it can make the provider's node run, and how many updates of a round it can make
+the node release. Each test is written as the attacker and passes only when the attack fails."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("flwr", reason="the Flower transport is the optional `flower` extra")
+
+import sec_support  # noqa: E402
+from flwr.app import ConfigRecord  # noqa: E402
+
+from fedmarket.protocol.encoding import canonical_json, untrusted_json  # noqa: E402
+from fedmarket.roles import Provider  # noqa: E402
+from fedmarket.roles import sealed as sl  # noqa: E402
+from fedmarket.storage import LocalBlobStore, Mailbox, cid_of  # noqa: E402
+from fedmarket.transport import flower as fl  # noqa: E402
+
+
+def test_no_app_runner_but_the_guarded_client_app_runs_on_a_providers_node(tmp_path):
+    """ATTACK (the aggregator's SuperLink): submit a run whose bundle declares an `agentapp`. Flower
+    marks the run an agent app, and the provider's SuperNode launches `flwr-agentapp` by name, which
+    installed the bundle and imported its code: only `flwr-clientapp` went through the bundle check
+    (`flower_guard`), so any code ran on the provider's machine (its keystore, its password in the
+    environment, its data). Every other app runner a SuperNode can launch is a refusal now."""
+    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND, TaskType
+
+    from fedmarket.transport.flower_nodes import SuperNode
+
+    node = SuperNode(tmp_path / "sn", "127.0.0.1:1", {"job": 0}, "ab" * 32)
+    guard = (tmp_path / "sn" / "bin").resolve()
+    for task_type, command in TASK_TYPE_TO_COMMAND.items():
+        found = shutil.which(command, path=node.env["PATH"])
+        assert found is not None and Path(found).resolve().parent == guard, f"{task_type.value} runs {found}"
+        if task_type != TaskType.CLIENT_APP:
+            run = subprocess.run([found, "--insecure"], capture_output=True, text=True, timeout=30)
+            assert run.returncode != 0 and "refusing" in run.stderr, (command, run)
+
+
+def _node(make, monkeypatch, tmp_path, **kw):
+    """A job, and the victim provider's SuperNode context: `node_provider` builds a fresh Provider for
+    each message, as a fresh ClientApp process does."""
+    sec_support.flower_jobs(monkeypatch)
+    s = make(**kw)
+    s.open()
+    victim, node = s.providers[0], tmp_path / "victim-node"
+    context = SimpleNamespace(node_config={"job": s.job, "store": str(node / "blobs"), "mailbox": str(node / "mailbox"),
+                                           "state": str(node / "committed")})
+    monkeypatch.setattr(fl, "node_provider", lambda cfg: (Provider(s.dep, victim.account, LocalBlobStore(cfg["store"]),
+                                                                   Mailbox(cfg["mailbox"]), victim.X, victim.y), s.job))
+    monkeypatch.setattr(fl, "_reply", lambda msg, record: SimpleNamespace(content={fl.RECORD: dict(ConfigRecord(record))}))
+    return s, context, victim
+
+
+def _msg(record: dict):
+    return SimpleNamespace(content={fl.RECORD: dict(ConfigRecord(record))})
+
+
+def _commitment(reply) -> bytes:
+    return bytes.fromhex(untrusted_json(reply.content[fl.RECORD]["commitment"])["commitment"][2:])
+
+
+def test_two_train_messages_at_once_release_one_update(make, monkeypatch, tmp_path):
+    """ATTACK (the aggregator's ServerApp): push two `train` messages of a round to one SuperNode at
+    once. Flower runs a ClientApp process per message, all at the same time, and both found nothing
+    committed and trained, each with fresh DP noise; with the first one sealed and revealed in
+    between, the second overwrote the kept blob and a second reveal sent it: two independently
+    noised releases of one round (averaged, half the noise variance). A round's look-train-keep is
+    done under a lock now, and a kept round is never overwritten."""
+    s, context, victim = _node(make, monkeypatch, tmp_path, providers=3, rounds=1, privacy="dp_local")
+    train = _msg({"job-id": s.job, "round": 0, "blobs": fl.round_blobs(s.dep, s.store, s.job)})
+    paused, go = threading.Event(), threading.Event()
+    load = sl.Pending.load
+
+    def racing_load(self, job_id, r):  # T2 pauses right after finding nothing kept
+        out = load(self, job_id, r)
+        if threading.current_thread().name == "T2" and out is None and not paused.is_set():
+            paused.set()
+            go.wait(60)
+        return out
+
+    monkeypatch.setattr(sl.Pending, "load", racing_load)
+    replies = {}
+    threads = [threading.Thread(target=lambda n=n: replies.__setitem__(n, fl.train_on_node(train, context)), name=n)
+               for n in ("T2", "T1")]
+    threads[0].start()
+    assert paused.wait(60)
+    threads[1].start()
+    time.sleep(1.0)  # T1 runs whole meanwhile, unless it waits for T2
+    early = "T1" in replies
+    go.set()
+    for t in threads:
+        t.join(120)
+    assert _commitment(replies["T1"]) == _commitment(replies["T2"]), "two updates of one round were committed"
+    assert not early
+    c = _commitment(replies["T1"])
+    seal = sl.seal_message(s.dep, s.agg.account, s.job, 0, {victim.address: c})
+    reveal = _msg({"job-id": s.job, "round": 0, "seal": canonical_json(seal).decode()})
+    blobs = {cid_of(fl.reveal_on_node(reveal, context).content[fl.RECORD]["blob"]) for _ in range(2)}
+    assert len(blobs) == 1
+
+
+def test_a_kept_round_is_never_overwritten(tmp_path):
+    """The store of committed updates refuses a second update of a round (a second release)."""
+    from fedmarket.errors import FedMarketError
+
+    pending = sl.Pending(tmp_path)
+    pending.keep(1, 0, {"a": 1}, b"first", b"{}")
+    with pytest.raises(FedMarketError, match="committed already"):
+        pending.keep(1, 0, {"a": 2}, b"second", b"{}")
+    assert pending.load(1, 0)[1] == b"first"
