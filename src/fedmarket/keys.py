@@ -111,6 +111,8 @@ class Keystore:
             raise KeystoreError(f"no account {name!r} in keystore {self.root} (accounts: {known})") from None
         except OSError as exc:
             raise KeystoreError(f"cannot read keystore {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise KeystoreError(f"keystore {path} is corrupt (not a version 3 keystore JSON: binary data)") from None
         try:
             doc = json.loads(text)
             crypto = doc.get("crypto") or doc.get("Crypto")

@@ -210,8 +210,27 @@ def demo_model(cfg: JobConfig) -> dict:
     return {"kind": "softmax"}
 
 
+#: the `fedmarket demo` option behind a spec field, to name it in an error
+_DEMO_OPTIONS = {"learning_rate": "--lr", "local_epochs": "--epochs", "rounds": "--rounds", "trim": "--trim",
+                 "per_round": "--per-round", "target_accuracy": "--target-accuracy", "strategy": "--strategy"}
+
+
 def demo_spec(cfg: JobConfig, ds, deadlines: DeadlineSpec | None = None) -> JobSpec:
-    """The demo job's spec: the dataset's schema, the config's model, money and privacy."""
+    """The demo job's spec: the dataset's schema, the config's model, money and privacy; a setting
+    the spec refuses is a one-line ConfigError naming it."""
+    try:
+        return _demo_spec(cfg, ds, deadlines)
+    except ValidationError as exc:
+        def where(e) -> str:
+            field = ".".join(map(str, e["loc"])) or "spec"
+            option = _DEMO_OPTIONS.get(str(e["loc"][-1])) if e["loc"] else None
+            return f"{option} ({field})" if option else field
+
+        problems = "; ".join(f"{where(e)}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"bad demo settings: {problems}") from None
+
+
+def _demo_spec(cfg: JobConfig, ds, deadlines: DeadlineSpec | None = None) -> JobSpec:
     side = int(round(ds.n_features ** 0.5))
     image = ds.name in ("digits", *IMAGE_DATASETS) and side * side == ds.n_features
     names = {"softmax": "softmax regression", "mlp": "MLP", "cnn": "CNN"}

@@ -113,6 +113,11 @@ class Chain(abc.ABC):
     def native_balance(self, address: str) -> int:
         """Native currency (wei) an account holds."""
 
+    def fee_cap(self) -> int:
+        """The most (wei) this chain's transactions are sent to pay per unit of gas: what a role
+        checks its ether against before a sequence of transactions (0 where gas costs nothing)."""
+        return 0
+
     @abc.abstractmethod
     def code(self, address: str) -> bytes:
         """Runtime bytecode at an address (empty for an externally owned account)."""

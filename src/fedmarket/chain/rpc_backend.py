@@ -257,6 +257,9 @@ class RpcChain(Chain):
     def native_balance(self, address: str) -> int:
         return int(self._rpc("eth_getBalance", [address, "latest"]), 16)
 
+    def fee_cap(self) -> int:
+        return self._fees()[0]
+
     def code(self, address: str) -> bytes:
         return bytes.fromhex(self._rpc("eth_getCode", [address, "latest"])[2:])
 

@@ -48,12 +48,22 @@ def read_addresses(path: Path) -> dict:
         raise ConfigError(f"cannot read contract addresses from {path}: {exc.strerror}") from None
     except ValueError:
         raise ConfigError(f"{path} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path} must hold a JSON object of contract addresses, not a {type(doc).__name__}")
     addresses = doc.get("contracts", doc)
+    if not isinstance(addresses, dict):
+        raise ConfigError(f"{path}: 'contracts' must be a JSON object of contract addresses")
+    from eth_utils import is_address
+
     from ..market import CONTRACTS, OPTIONAL
 
-    missing = [k for k in ("token", *(key for key, _ in CONTRACTS)) if k not in addresses and k not in OPTIONAL]
+    keys = ("token", *(key for key, _ in CONTRACTS))
+    missing = [k for k in keys if k not in addresses and k not in OPTIONAL]
     if missing:
         raise ConfigError(f"{path} lacks the address of: {', '.join(missing)}")
+    for key in (*keys, "deployer"):
+        if key in addresses and not (isinstance(addresses[key], str) and is_address(addresses[key])):
+            raise ConfigError(f"{path}: {key!r} is not an address: {addresses[key]!r:.60}")
     return addresses
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 import typer
 
-from ..errors import ChainError, ConfigError
+from ..errors import ChainError, ConfigError, StorageError
 from ..market import DEFAULT_FEE_BPS, DEFAULT_UNBONDING_DELAY
 from .account import KEYSTORE_HELP, prompt_password
 from .app import app
@@ -35,7 +36,7 @@ def node(
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535 (got {port})")
-    if block_time is not None and block_time <= 0:
+    if block_time is not None and not (math.isfinite(block_time) and block_time > 0):
         raise ConfigError(f"--block-time must be positive (got {block_time})")
     if not 1 <= accounts <= 1000:
         raise ConfigError(f"--accounts must be between 1 and 1000 (got {accounts})")
@@ -63,6 +64,25 @@ def node(
             _say("stopping anvil")
             return
         raise ChainError(f"anvil exited unexpectedly (code {n.proc.returncode})")
+
+
+def _existing_token(chain, token: str, deployer: str):
+    """The --token contract, checked before anything is deployed: it has code and answers as an
+    ERC-20 with EIP-2612 permit (anything else would take a whole deployment with it)."""
+    from eth_utils import to_checksum_address
+
+    from ..chain import artifacts
+
+    if not chain.code(to_checksum_address(token)):
+        raise ConfigError(f"--token {token} has no code on chain {chain.chain_id}")
+    existing = chain.register(to_checksum_address(token), "FedToken", artifacts.load("FedToken").abi)
+    for fn, *args in (("totalSupply",), ("decimals",), ("balanceOf", deployer), ("nonces", deployer),
+                      ("DOMAIN_SEPARATOR",)):
+        try:
+            existing.call(fn, *args)
+        except Exception:  # noqa: BLE001 - a revert, empty or undecodable return data
+            raise ConfigError(f"--token {token} does not answer as an ERC-20 with permit ({fn} failed)") from None
+    return existing
 
 
 @app.command()
@@ -96,10 +116,14 @@ def deploy(
         raise ConfigError(f"--treasury is not an address: {treasury!r}")
     if not 0 <= fee_bps <= 1000:
         raise ConfigError(f"--fee-bps must be between 0 and 1000 (got {fee_bps})")
-    if unbonding_delay < 0:
-        raise ConfigError(f"--unbonding-delay must not be negative (got {unbonding_delay})")
+    from ..protocol.rules import MAX_CLAIM_PERIOD
+
+    if not 0 <= unbonding_delay <= MAX_CLAIM_PERIOD:
+        raise ConfigError(f"--unbonding-delay must be between 0 and {MAX_CLAIM_PERIOD} seconds (got {unbonding_delay})")
     if min_period is not None and not 1 <= min_period <= 86_400:
         raise ConfigError(f"--min-period must be between 1 and 86400 seconds (got {min_period})")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory: give the addresses file's path")
     if out.exists() and not force:
         raise ConfigError(f"{out} exists: choose another --out or pass --force")
     if not out.parent.is_dir():
@@ -118,19 +142,17 @@ def deploy(
     balance = chain.native_balance(deployer.address)
     if balance == 0:
         raise ChainError(f"deployer {deployer.address} has no funds for gas on chain {chain.chain_id}")
+    existing = _existing_token(chain, token, deployer.address) if token is not None else None
     _say(f"deploying from {deployer.address} to chain {chain.chain_id} at {rpc}")
-    existing = None
-    if token is not None:
-        from ..chain import artifacts
-
-        if not chain.code(to_checksum_address(token)):
-            raise ConfigError(f"--token {token} has no code on chain {chain.chain_id}")
-        existing = chain.register(to_checksum_address(token), "FedToken", artifacts.load("FedToken").abi)
     dep = Deployment.deploy(chain, deployer, to_checksum_address(treasury or deployer.address), fee_bps, unbonding_delay,
                             token=existing, min_period=min_period)
     # the first contract this command created (the token, unless an existing one was given)
     block = (dep.terms_check if existing else dep.token).from_block
-    dep.save(out, chain_id=chain.chain_id, block=block, deployer=deployer.address)
-    for key, address in dep.addresses().items():
-        print(f"{key:<9} {address}")
+    for key, address in dep.addresses().items():  # printed first: they are not lost if the file cannot be written
+        print(f"{key:<9} {address}", flush=True)
+    try:
+        dep.save(out, chain_id=chain.chain_id, block=block, deployer=deployer.address)
+    except OSError as exc:
+        raise StorageError(f"deployed (addresses above, from block {block}) but cannot write {out}: "
+                          f"{exc.strerror or exc}") from None
     print(f"chain id {chain.chain_id}, deployed from block {block}; addresses written to {out}")

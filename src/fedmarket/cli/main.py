@@ -71,15 +71,18 @@ def demo(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..runner import JobConfig, run_job
+    from ..runner import JobConfig, demo_spec, run_job
 
+    if seed < 0:
+        raise ConfigError(f"--seed must not be negative (got {seed})")
     if dataset is None:
         dataset = "fashion_mnist" if model in ("mlp", "cnn") else "digits"
     cfg = JobConfig.for_model(model, providers=providers, rounds=rounds, dataset=dataset, partition=partition, alpha=alpha,
                               seed=seed, validators=validators, privacy=privacy, epsilon=epsilon, clip_norm=clip_norm,
                               dropout=dropout, per_round=per_round, target_accuracy=target_accuracy, learning_rate=lr,
                               local_epochs=epochs, strategy=strategy, trim=trim)
-    cfg.split()  # every input problem is reported before any work starts
+    ds = cfg.split()[0]  # every input problem is reported before any work starts
+    demo_spec(cfg, ds)
     out = _writable_dir(out)
     console = Console(stderr=True)
 

@@ -4,6 +4,7 @@ file to the trained model's predictions (`fedmarket data split --data FILE` spli
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -64,13 +65,18 @@ def spec_init(
     margin: float = typer.Option(0.1, "--margin", help="Widen each feature's sample range by this share of it on both sides."),
     round_duration: int = typer.Option(3_600, "--round-duration", help="Seconds each round may take."),
     challenge_period: int = typer.Option(3_600, "--challenge-period", help="Seconds to dispute the reward root before settlement."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ) -> None:
     """Write a job spec whose data schema (features, classes, bounds) is computed from a sample file."""
     from ..fl.localdata import infer_schema, read_data
     from ..spec import JobSpec
 
-    if out.exists() and out.is_dir():
+    if out.is_dir():
         raise ConfigError(f"--out {out} is a directory")
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists: choose another --out or pass --force")
+    if not out.parent.is_dir():
+        raise ConfigError(f"directory {out.parent} does not exist")
     sample = read_data(data, label)
     schema = infer_schema(sample, margin)
     kind = model or ("cnn" if sample.input_shape is not None and len(sample.input_shape) == 3 else "mlp")
@@ -83,25 +89,30 @@ def spec_init(
         "strategy": strategy,
         "reward": {"escrow": escrow * TOKEN, "provider_stake": stake * TOKEN, "aggregator_stake": 10 * stake * TOKEN,
                    "validator_stake": 5 * stake * TOKEN if validators else 0,
-                   "aggregator_fee": _fee(aggregator_fee, escrow * TOKEN // 50, rounds),
-                   "validator_fee": _fee(validator_fee, escrow * TOKEN // 100, rounds) if validators else 0,
+                   "aggregator_fee": _fee(aggregator_fee, escrow * TOKEN // 50, rounds, "--aggregator-fee"),
+                   "validator_fee": _fee(validator_fee, escrow * TOKEN // 100, rounds, "--validator-fee") if validators else 0,
                    "licence_requester_bps": owner_share},
         "participation": {"min_providers": providers, "max_providers": providers, "max_validators": validators},
         "deadlines": {"round_duration": round_duration, "challenge_period": challenge_period},
     }
     spec = JobSpec.parse(doc)
-    out.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    try:
+        out.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from None
     typer.echo(f"wrote {out}: {spec.data.n_features} features, {spec.data.n_classes} classes "
                f"({', '.join(spec.data.classes[:6])}{', ...' if spec.data.n_classes > 6 else ''}), "
                f"model {spec.model.kind} with {spec.n_params} parameters")
 
 
-def _fee(tokens: float | None, default_total: int, rounds: int) -> int:
+def _fee(tokens: float | None, default_total: int, rounds: int, what: str = "a fee") -> int:
     """A fee per round in base units: `tokens` if given, else `default_total` spread over the rounds."""
     if tokens is None:
         return default_total // max(rounds, 1)
+    if not math.isfinite(tokens):
+        raise ConfigError(f"{what} must be a finite number of tokens (got {tokens:g})")
     if tokens < 0:
-        raise ConfigError(f"a fee must not be negative (got {tokens:g})")
+        raise ConfigError(f"{what} must not be negative (got {tokens:g})")
     return round(tokens * TOKEN)
 
 
@@ -176,9 +187,13 @@ def model_predict(
     out: Path = typer.Option(None, "--out", "-o", help="CSV of predictions (default: print them)."),
 ) -> None:
     """Predict the class of every row of a data file."""
-    from ..fl.localdata import read_data
+    from types import SimpleNamespace
+
+    from ..fl.localdata import encode_labels, read_data
     from ..modelfile import Predictor
 
+    if model.is_dir():
+        raise ConfigError(f"model file {model} is a directory")
     pred = Predictor(model)
     sample = read_data(data, label, shape=tuple(pred.meta["input_shape"]) if len(pred.meta["input_shape"]) == 3 else None)
     X = sample.X
@@ -188,6 +203,12 @@ def model_predict(
             raise ConfigError(f"{data} lacks the model's feature column(s): {', '.join(missing[:5])}")
         X = X[:, [sample.features.index(f) for f in pred.features]]
     classes = pred.classes
+    finite = np.isfinite(np.asarray(X, dtype=np.float64))
+    if not finite.all():
+        row = int(np.argmax(~finite.reshape(len(finite), -1).all(axis=1)))
+        raise ConfigError(f"{data}: {int((~finite).sum())} feature value(s) are NaN or infinite (first in row {row})")
+    if sample.labels is not None:  # the roles' check: every label one of the model's classes
+        encode_labels(sample.labels, SimpleNamespace(classes=list(classes), n_classes=len(classes)), data)
     names = [classes[i] for i in pred.predict(X)]
     if out is not None:
         out.write_text("prediction\n" + "".join(f"{n}\n" for n in names))

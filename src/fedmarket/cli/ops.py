@@ -28,7 +28,7 @@ CONTRACTS = typer.Option(..., "--contracts", help="Addresses file written by `fe
 ACCOUNT = typer.Option(None, "--account", help="Signer: an account of the keystore (password from $FEDMARKET_PASSWORD or a prompt).")
 KEYSTORE = typer.Option(None, "--keystore", help=KEYSTORE_HELP)
 DEV = typer.Option(None, "--dev-account", help="Signer: anvil's public dev account I (chain id 31337 only).")
-JOB = typer.Option(..., "--job", help="The job id.")
+JOB = typer.Option(..., "--job", min=1, help="The job id (from 1).")
 ROLES = {"provider": 1, "aggregator": 2, "validator": 3}
 #: `fedmarket status` exit code of a stuck job (1 is an error, 2 bad usage)
 STUCK_EXIT = 3
@@ -150,6 +150,8 @@ def data_split(
 
     from ..datafiles import split_files
 
+    if seed < 0:
+        raise ConfigError(f"--seed must not be negative (got {seed})")
     if data is not None:
         from ..fl.localdata import split_file
 
@@ -193,6 +195,28 @@ def _minter(dep, account, keystore, dev_account, recorded: str | None):
                       "--account NAME or --dev-account I")
 
 
+#: the largest amount a uint256 holds (token amounts and balances)
+MAX_UINT = 2**256 - 1
+
+
+def _amount(text: str, decimals: int, what: str) -> int:
+    """`parse_tokens`, bounded: an amount no uint256 holds is refused in one line (and one of
+    absurd exponent before it is expanded into an integer)."""
+    from decimal import Decimal, InvalidOperation
+
+    from ..display import parse_tokens
+
+    try:
+        value = Decimal(str(text).replace("_", "").replace(",", ""))
+        huge = value.is_finite() and value > 0 and value.adjusted() + decimals > 78
+    except InvalidOperation:
+        huge = False  # parse_tokens names the problem
+    amount = None if huge else parse_tokens(text, decimals, what)
+    if amount is None or amount > MAX_UINT:
+        raise ConfigError(f"{what} {text} is too large (at most {MAX_UINT} base units)")
+    return amount
+
+
 @app.command()
 def fund(
     targets: list[str] = typer.Argument(..., help="Addresses to fund, or dev:N for anvil's dev account N."),
@@ -204,21 +228,23 @@ def fund(
 ) -> None:
     """Development nodes only: give ether (for gas) and the deployment's tokens to any addresses."""
     from ..chain.rpc_backend import RpcChain
-    from ..display import parse_tokens, tokens
+    from ..display import tokens
     from ..keys import DEV_CHAIN_ID
 
-    wei, addresses = parse_tokens(ether, 18, "--ether"), [_target(t) for t in targets]
+    wei, addresses = _amount(ether, 18, "--ether"), [_target(t) for t in targets]
     chain = RpcChain(rpc)
     if chain.chain_id != DEV_CHAIN_ID:
         raise ConfigError(f"fund is for development nodes (chain id {DEV_CHAIN_ID}); {rpc} is chain {chain.chain_id}")
     dep = attach(chain, contracts) if contracts is not None else None
     dec, sym = _units(dep) if dep else (18, "tokens")
-    amount = parse_tokens(tokens_, dec, "--tokens")
+    amount = _amount(tokens_, dec, "--tokens")
     if amount and dep is None:
         raise ConfigError("--tokens needs --contracts (which token to mint)")
     minter = _minter(dep, account, keystore, dev_account, json.loads(contracts.read_text()).get("deployer")) if amount else None
     for address in addresses:
         if wei:
+            if chain.native_balance(address) + wei > MAX_UINT:
+                raise ConfigError(f"--ether {ether} is too large: {address}'s balance would exceed {MAX_UINT} wei")
             try:
                 chain.fund(address, chain.native_balance(address) + wei)
             except ChainError as exc:
@@ -366,9 +392,13 @@ def stake_release(
     wallet, an aggregator's or validator's to its free stake (then `stake unbond`)."""
     from ..display import tokens
 
+    from ..market import JobState
+
     dep = _connect(rpc, contracts)
     signer = load_signer(account, keystore, dev_account, dep.chain)
     who = _target(of) if of else signer.address
+    if dep.job(job)["state"] == JobState.NONE:
+        raise FedMarketError(f"job {job} does not exist on market {dep.market.address}")
     receipt = dep.market.transact("release_stake", job, who, sender=signer)
     released = [e for e in receipt.events if e.name == "StakeReleased"]
     dec, sym = _units(dep)

@@ -34,7 +34,7 @@ app.add_typer(aggregator_app, name="aggregator")
 app.add_typer(validator_app, name="validator")
 app.add_typer(challenger_app, name="challenger")
 
-JOB = typer.Option(..., "--job", help="The job id.")
+JOB = typer.Option(..., "--job", min=1, help="The job id (from 1).")
 MAILBOX = typer.Option("fedmarket-mailbox", "--mailbox",
                        help="The job's mailbox: nats://HOST:4222 (a NATS JetStream server; nats+tls:// with TLS), or a directory every role can write (one machine).")
 
@@ -71,6 +71,8 @@ class RoleContext:
             raise ConfigError(f"--poll must be positive (got {self.poll})")
         if (self.account is None) == (self.dev_account is None):
             raise ConfigError("give the signer as exactly one of --account NAME or --dev-account I")
+        if self.state_dir is not None and self.state_dir.exists() and not self.state_dir.is_dir():
+            raise ConfigError(f"--state-dir {self.state_dir} is not a directory")
 
     def connect(self, role: str, job: int | None):
         """(deployment on a journaling chain, signer, state directory)."""
@@ -95,6 +97,8 @@ class RoleContext:
         """(blob store, mailbox or None): each a service (nats://...) or a directory."""
         from ..storage import open_mailbox, open_store
 
+        if mailbox is not None:
+            local_mailbox(mailbox)  # before anything is staked: a role that cannot read its mailbox would be slashed
         blobs = open_store(self.store)
         self.opened.append(blobs)
         box = open_mailbox(mailbox) if mailbox is not None else None
@@ -112,6 +116,27 @@ class RoleContext:
                 self.opened.pop().close()
         if proc.done:
             proc.say("done")
+
+
+def local_mailbox(mailbox: str | Path) -> None:
+    """ConfigError unless a directory mailbox (not nats://) is a directory this process can write
+    (created if missing)."""
+    import os
+
+    from ..storage import is_remote
+
+    if is_remote(mailbox):
+        return
+    path = Path(mailbox)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--mailbox {path} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".fedmarket-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to --mailbox directory {path}: {exc.strerror or exc}") from None
 
 
 def role_command(group: typer.Typer, name: str):
@@ -193,6 +218,8 @@ def requester_post(
 
     if not is_address(aggregator):
         raise ConfigError(f"--aggregator is not an address: {aggregator!r}")
+    if spec.is_dir():
+        raise ConfigError(f"spec file {spec} is a directory")
     if not spec.is_file():
         raise ConfigError(f"spec file {spec} does not exist")
     job_spec = JobSpec.parse(spec.read_bytes())

@@ -39,7 +39,7 @@ class StateDir:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot create state directory {self.root}: {exc.strerror}") from None
+            raise StorageError(f"cannot create state directory {self.root}: {exc.strerror or exc}") from None
 
     def load(self, name: str, default: Any = None) -> Any:
         try:
@@ -60,8 +60,11 @@ class TxJournal:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        for sub in ("pending", "mined", "dropped"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in ("pending", "mined", "dropped"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create transaction journal {self.root}: {exc.strerror or exc}") from None
 
     def record(self, raw: str, tx_hash: str) -> dict:
         from eth_account import Account as EthAccount  # loaded at the first transaction (about 0.5 s)

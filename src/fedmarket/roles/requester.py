@@ -10,7 +10,10 @@ from ..jobmodel import job_model
 from ..market import Deployment
 from ..spec import MAX_SPEC_BYTES, JobSpec
 from ..storage import BlobStore
-from .common import check_funds, committed_rounds, fetch_model, load_spec, terms_of
+from .common import InsufficientFunds, check_funds, committed_rounds, fetch_model, load_spec, terms_of
+
+#: gas `post` may spend: approve (46k measured) and post_job (608k measured), doubled
+POST_GAS = 2 * (46_000 + 608_000)
 
 
 class Requester:
@@ -34,10 +37,21 @@ class Requester:
         raw = spec.canonical()
         if len(raw) > MAX_SPEC_BYTES:
             raise ConfigError(f"the job spec is {len(raw):,} bytes, over the {MAX_SPEC_BYTES:,} bytes every role reads")
+        self._check_gas()
         cid = self.store.put(raw)
         token.transact("approve", market.address, spec.reward.escrow, sender=self.account)
         receipt = market.transact("post_job", terms.abi(), cid, sender=self.account)
         return int(receipt.event("JobPosted")["job_id"])
+
+    def _check_gas(self) -> None:
+        """InsufficientFunds unless the account's ether pays both of `post`'s transactions at the
+        current fee cap: an approve whose post_job then fails for gas would leave the allowance behind."""
+        price = self.dep.chain.fee_cap()  # 0 on the embedded EVM, where gas costs nothing
+        need = POST_GAS * price
+        have = self.dep.chain.native_balance(self.account.address)
+        if have < need:
+            raise InsufficientFunds(f"{self.account.address} holds {have} wei of ether but approving and posting "
+                                    f"the job may cost up to {need} wei of gas ({POST_GAS} gas at {price} wei)")
 
     def evaluate(self, job_id: int, X: np.ndarray, y: np.ndarray) -> list[float]:
         """Test accuracy of every committed global model on the requester's own held-out data."""

@@ -27,6 +27,8 @@ class Mailbox:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"mailbox {self.root} is not a directory")
 
     def _dir(self, topic: str) -> Path:
         check_topic(topic)
