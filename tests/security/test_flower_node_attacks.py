@@ -54,6 +54,7 @@ def _node(make, monkeypatch, tmp_path, **kw):
     victim, node = s.providers[0], tmp_path / "victim-node"
     context = SimpleNamespace(node_config={"job": s.job, "store": str(node / "blobs"), "mailbox": str(node / "mailbox"),
                                            "state": str(node / "committed")})
+    monkeypatch.setattr(fl, "node_deployment", lambda cfg: s.dep)
     monkeypatch.setattr(fl, "node_provider", lambda cfg: (Provider(s.dep, victim.account, LocalBlobStore(cfg["store"]),
                                                                    Mailbox(cfg["mailbox"]), victim.X, victim.y), s.job))
     monkeypatch.setattr(fl, "_reply", lambda msg, record: SimpleNamespace(content={fl.RECORD: dict(ConfigRecord(record))}))
@@ -117,3 +118,51 @@ def test_a_kept_round_is_never_overwritten(tmp_path):
     with pytest.raises(FedMarketError, match="committed already"):
         pending.keep(1, 0, {"a": 2}, b"second", b"{}")
     assert pending.load(1, 0)[1] == b"first"
+
+
+def test_the_serverapp_cannot_fill_a_providers_store_with_junk(make, monkeypatch, tmp_path):
+    """ATTACK (the aggregator's ServerApp): send a train message (and a rewards message) whose blobs
+    are junk besides the job's own, megabytes of it. Every blob a message carried was stored in the
+    provider's own store, for good. Only the blobs the chain fixes for the job are filed now (its
+    spec, the last round's metrics document and the model it names, the posted rewards document),
+    each within its size."""
+    s, context, victim = _node(make, monkeypatch, tmp_path, providers=3, rounds=1)
+    junk = [bytes([i]) * (4 << 20) for i in range(3)]
+    fl.train_on_node(_msg({"job-id": s.job, "round": 0, "blobs": fl.round_blobs(s.dep, s.store, s.job) + junk}), context)
+    fl.file_on_node(_msg({"job-id": s.job, "blobs": junk}), context)
+    kept = LocalBlobStore(context.node_config["store"])
+    assert not any(kept.has(cid_of(b)) for b in junk)
+    assert kept.has(cid_of(fl.round_blobs(s.dep, s.store, s.job)[0]))  # the spec it trains on
+
+
+def test_a_reply_that_opens_no_sealed_commitment_is_not_filed_by_the_serverapp(make, monkeypatch, tmp_path):
+    """ATTACK (any node that reaches the aggregator's SuperLink: the ServerApp sends every node the
+    reveal message): answer it with a message naming some provider and a blob far past the job's
+    update size. It was stored in the aggregator's store and posted on the round's topic, whoever
+    sent it. The ServerApp files a reply now only within the job's update size and only if it opens
+    its provider's commitment in the round's seal (as `Relay.relay_round` calls it); the victim's
+    own reply is filed."""
+    from fedmarket.errors import FedMarketError, StorageError
+    from fedmarket.protocol.encoding import vector_blob_limit
+
+    s, context, victim = _node(make, monkeypatch, tmp_path, providers=3, rounds=1)
+    c = _commitment(fl.train_on_node(_msg({"job-id": s.job, "round": 0, "blobs": fl.round_blobs(s.dep, s.store, s.job)}),
+                                     context))
+    seal = sl.seal_message(s.dep, s.agg.account, s.job, 0, {victim.address: c})
+    genuine = fl.reveal_on_node(_msg({"job-id": s.job, "round": 0, "seal": canonical_json(seal).decode()}),
+                                context).content[fl.RECORD]
+    store, box = LocalBlobStore(tmp_path / "agg-blobs"), Mailbox(tmp_path / "agg-mailbox")
+    limit = vector_blob_limit(s.spec.n_params)
+    file = lambda rec: fl.file_update(store, box, s.job, 0, rec, seal=seal, limit=limit)  # noqa: E731
+    huge = b"\x00" * (8 << 20)
+    message = {**untrusted_json(genuine["message"]), "update_cid": cid_of(huge)}
+    with pytest.raises(StorageError, match="past the"):
+        file({"message": canonical_json(message).decode(), "blob": huge})
+    small = b"\x01" * 64
+    for provider in (victim.address, s.providers[1].address):  # a changed salt, or a provider not in the seal
+        forged = {**untrusted_json(genuine["message"]), "provider": provider, "update_cid": cid_of(small),
+                  "salt": "0x" + "00" * 32}
+        with pytest.raises(FedMarketError, match="opens no commitment"):
+            file({"message": canonical_json(forged).decode(), "blob": small})
+    assert not store.has(cid_of(huge)) and not store.has(cid_of(small))
+    assert file(genuine) == victim.address and store.has(cid_of(genuine["blob"]))

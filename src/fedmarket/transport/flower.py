@@ -46,7 +46,7 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 from ..errors import ConfigError, FedMarketError, StorageError
 from ..protocol.encoding import MAX_UNTRUSTED_BYTES, canonical_json, untrusted_json, vector_blob_limit
 from ..roles import sealed as sl
-from ..roles.common import committed_rounds, metrics_cid, round_topic
+from ..roles.common import committed_rounds, hex32, hexbytes, metrics_cid, round_topic
 from ..spec import MAX_SPEC_BYTES, JobSpec
 from ..storage import BlobStore, Mailbox, cid_of, open_store
 
@@ -121,16 +121,27 @@ def _say(text: str) -> None:
 # ---- the aggregator's side: the ServerApp ---------------------------------------------------
 
 
-def file_update(store: BlobStore, mailbox, job_id: int, round_: int, record) -> str:
+def file_update(store: BlobStore, mailbox, job_id: int, round_: int, record, *, seal: dict | None = None,
+                limit: int | None = None) -> str:
     """File one provider's reply for the aggregator: ``record["message"]`` (the signed round
     message, JSON) and ``record["blob"]`` (the update), which must be the content id the message
-    names, for this job and round; signatures are checked when the aggregator collects. Returns
-    the provider's address; raises (StorageError, FedMarketError, KeyError, ...) without filing."""
+    names, for this job and round, at most `limit` bytes, and with `seal` open its provider's
+    commitment in it (any node that reaches the SuperLink can reply: a stranger's reply, or a blob
+    of any size, was stored); signatures are checked when the aggregator collects. Returns the
+    provider's address; raises (StorageError, FedMarketError, KeyError, ...) without filing."""
     message, blob = untrusted_json(record["message"]), record["blob"]
+    if limit is not None and isinstance(blob, bytes) and len(blob) > limit:
+        raise StorageError(f"update blob of {len(blob)} bytes, past the {limit} bytes an update of the job takes")
     if not isinstance(blob, bytes) or cid_of(blob) != message["update_cid"]:
         raise StorageError("update blob does not match the content id its signed message names")
     if message.get("job_id") != job_id or message.get("round") != round_:
         raise FedMarketError("message for another job or round")
+    if seal is not None:
+        sealed_commitment = seal["commitments"].get(message.get("provider"))
+        opened = sl.commitment(message["provider"], hex32(message["update_root"]), int(message["weight"]),
+                               hexbytes(message["salt"]))
+        if sealed_commitment is None or "0x" + opened.hex() != sealed_commitment:
+            raise FedMarketError("a reply that opens no commitment of the round's seal")
     store.put(blob)
     mailbox.post(round_topic(job_id, round_), canonical_json(message))
     return str(message.get("provider", "?"))
@@ -274,8 +285,9 @@ class Relay:
             config = ConfigRecord({"job-id": self.job_id, "round": r, "seal": canonical_json(seal).decode()})
             reveals = [Message(content=RecordDict({RECORD: config}), dst_node_id=n, message_type="train.reveal")
                        for n in nodes]
-            filed, bad, silent = self.exchange(grid, reveals, r, lambda rec: file_update(self.store, self.mailbox,
-                                                                                         self.job_id, r, rec))
+            limit = vector_blob_limit(JobSpec.parse(blobs[0]).n_params)
+            filed, bad, silent = self.exchange(grid, reveals, r, lambda rec: file_update(
+                self.store, self.mailbox, self.job_id, r, rec, seal=seal, limit=limit))
             refused += bad
         _say(f"round {r}: {len(nodes)} SuperNodes, {len(committed)} commitments, {len(filed)} updates filed in "
              f"{time.monotonic() - t0:.2f} s" + (f", {silent} did not answer" if silent else "")
@@ -346,6 +358,14 @@ def serve_job(grid, context) -> None:
 # ---- a provider's side: the ClientApp --------------------------------------------------------
 
 
+def node_deployment(node_config: dict):
+    """The deployment a SuperNode's node config names (rpc, contracts)."""
+    try:
+        return _attach(str(node_config["rpc"]), str(node_config["contracts"]))
+    except KeyError as exc:
+        raise ConfigError(f"the SuperNode's node config lacks {exc}") from None
+
+
 def node_provider(node_config: dict):
     """The market provider a SuperNode's node config describes: rpc, contracts, job, data, label,
     store, mailbox (this provider's own), and the signer as dev-account (development chains) or
@@ -357,7 +377,7 @@ def node_provider(node_config: dict):
     from ..roles.common import load_spec
 
     try:
-        dep = _attach(str(node_config["rpc"]), str(node_config["contracts"]))
+        dep = node_deployment(node_config)
         job_id, store = int(node_config["job"]), open_store(str(node_config["store"]))
         if int(node_config.get("dev-account", -1)) >= 0:
             if dep.chain.chain_id != DEV_CHAIN_ID:
@@ -441,6 +461,38 @@ def check_seals_on_node(provider, node_store: BlobStore, job_id: int, compared: 
     return Challenger(provider.dep, provider.account, node_store, provider.mailbox).check_seals(job_id, provider.mailbox)
 
 
+def file_job_blobs(dep, store: BlobStore, job_id: int, blobs) -> int:
+    """File in the provider's own store only what a message of the job may bring, each within its
+    size: the job's spec, the last committed round's metrics document and the model it names, and
+    the posted rewards document, each by the content id the chain fixes (the ServerApp could send
+    anything, and every blob was stored for good). Returns how many it filed; the rest is dropped."""
+    by_cid = {cid_of(b): b for b in blobs if isinstance(b, bytes)}
+    posted = dep.market.events("JobPosted", job_id=job_id)
+    if not posted:
+        raise FedMarketError(f"job {job_id} does not exist on this market")
+    limits = {posted[0]["spec_cid"]: MAX_SPEC_BYTES}
+    done = committed_rounds(dep, job_id)
+    last = metrics_cid(done[-1].metrics_hash) if done else None
+    if last is not None:
+        limits[last] = MAX_UNTRUSTED_BYTES
+    limits.update({e["rewards_cid"]: MAX_UNTRUSTED_BYTES for e in dep.market.events("RewardRootPosted", job_id=job_id)[-1:]})
+    filed = 0
+    for cid, limit in limits.items():
+        if cid in by_cid and len(by_cid[cid]) <= limit:
+            store.put(by_cid[cid])
+            filed += 1
+    if last is not None and last in by_cid and len(by_cid[last]) <= MAX_UNTRUSTED_BYTES:
+        try:  # the model the round's document names, as long as the job's models are
+            model = untrusted_json(by_cid[last]).get("model_cid")
+            n_params = JobSpec.parse(store.get_capped(posted[0]["spec_cid"], MAX_SPEC_BYTES)).n_params
+        except (FedMarketError, StorageError, AttributeError, ValueError):
+            return filed
+        if isinstance(model, str) and model in by_cid and len(by_cid[model]) <= vector_blob_limit(n_params):
+            store.put(by_cid[model])
+            filed += 1
+    return filed
+
+
 def _checked_seals(provider, job_id: int) -> None:
     receipt = check_seals_on_node(provider, provider.store, job_id)
     if receipt is not None:
@@ -454,10 +506,10 @@ def file_on_node(msg, context):
     (`check_seals_on_node`)."""
     content, job_id, _ = _job_round(msg, context)
     node_store = open_store(str(context.node_config["store"]))
-    for blob in content["blobs"]:
-        node_store.put(blob)
-    _checked_seals(node_provider(context.node_config)[0], job_id)
-    return _reply(msg, {"filed": len(content["blobs"])})
+    provider, _ = node_provider(context.node_config)
+    filed = file_job_blobs(provider.dep, node_store, job_id, content["blobs"])
+    _checked_seals(provider, job_id)
+    return _reply(msg, {"filed": filed})
 
 
 def train_on_node(msg, context):
@@ -469,8 +521,8 @@ def train_on_node(msg, context):
     content, job_id, r = _job_round(msg, context)
     pending = _pending(context.node_config)
     node_store = open_store(str(context.node_config["store"]))
-    for blob in content["blobs"]:  # spec, metrics and model: each verified against the chain when used
-        node_store.put(blob)
+    # spec, metrics and model: each filed by the content id the chain fixes (and verified when used)
+    file_job_blobs(node_deployment(context.node_config), node_store, job_id, content["blobs"])
     provider, _ = node_provider(context.node_config)
     _checked_seals(provider, job_id)  # the rounds it revealed in, against the seals they committed with
     with pending.locked(job_id, r):  # one ClientApp at a time: two at once trained (and released) twice
