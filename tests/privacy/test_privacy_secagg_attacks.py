@@ -450,3 +450,56 @@ def test_colluders_up_to_the_jobs_max_dishonest_cannot_open_an_honest_update():
     # the control: one colluder more than the job states does open it
     opened = _colluders_open(cfg, 0, clients, masked, colluders | {11})
     assert opened is not None and np.array_equal(opened, X[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(population=st.integers(4, 3000), frac=st.floats(0.01, 1.0), dishonest=st.sampled_from([0.0, 0.1, 0.2, 1 / 3, 0.45]))
+def test_a_sampled_round_is_sized_for_the_colluders_its_draw_can_hold(population, frac, dishonest):
+    """A round of ``n`` drawn at random from the job's providers holds more than ``floor(f n)`` of the
+    job's colluders in about half of the rounds; `sampled_share` is exceeded with odds below
+    PRIVACY_FAILURE, never below the job's share, and is the job's share when nobody is sampled."""
+    from scipy.stats import hypergeom
+
+    from fedmarket.privacy.secagg import PRIVACY_FAILURE, sampled_share
+
+    n = min(population, max(3, round(population * frac)))
+    share = sampled_share(n, population, dishonest)
+    colluders = math.floor(dishonest * population + 1e-12)
+    if n >= population or colluders == 0:
+        assert share == dishonest
+        return
+    assert share >= dishonest
+    if share < 1:
+        c = math.floor(share * n + 1e-12)
+        assert c >= math.floor(dishonest * n + 1e-12)
+        assert hypergeom.sf(c, population, colluders, n) <= PRIVACY_FAILURE
+
+
+def test_colluders_concentrated_in_a_sampled_round_are_counted_in_its_sizing():
+    """ATTACK (a share f of a job's providers collude, and the job samples its rounds): the round's
+    threshold, confirmation quorum and secagg_dp noise were sized for floor(f n) colluders of its n,
+    but the draw put more than that in about half of the rounds (47.8% of rounds of 100 from 1,000
+    at f = 1/3): fewer honest survivors carried the noise than it was sized for. A sampled round is
+    sized for the upper tail of its draw now, and a spec whose sampled rounds cannot be is refused."""
+    from fedmarket.privacy.dp import honest_minimum
+    from fedmarket.privacy.secagg import confirmation_quorum
+    from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, PrivacySpec, RewardSpec, TrainingSpec
+
+    def spec(per_round, dropout, dishonest):
+        return JobSpec(name="x", data=DataSchema(n_features=2, n_classes=2, feature_low=[0.0] * 2, feature_high=[1.0] * 2),
+                       training=TrainingSpec(rounds=1), reward=RewardSpec(escrow=10**20, provider_stake=10**18),
+                       participation=ParticipationSpec(min_providers=10, max_providers=1000, max_validators=1,
+                                                       min_validators=1, per_round=per_round),
+                       privacy=PrivacySpec(mode="secagg_dp", epsilon=8.0, delta=1e-5, clip_norm=1.0, dropout=dropout,
+                                           max_dishonest=dishonest))
+
+    job = spec(100, 0.1, 0.2)
+    share = sr.round_dishonest(job, 100, 1000)
+    c = math.floor(share * 100 + 1e-12)
+    assert c > 20  # more than floor(f n): the draw's tail
+    cfg = sr.secagg_config(job, 100, b"r" * 32, b"g" * 32, share)
+    assert cfg.dishonest == share and cfg.min_survivors >= confirmation_quorum(100, share) == (100 + c) // 2 + 1
+    assert honest_minimum(cfg.min_survivors, cfg.dishonest, cfg.n) == cfg.min_survivors - c
+    assert sr.round_dishonest(job, 10, 10) == 0.2  # every joined provider in the round: the job's share
+    with pytest.raises(ValueError, match="a round sampling 100 of up to 1000 providers may hold"):
+        spec(100, 0.3, 1 / 3)

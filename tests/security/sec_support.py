@@ -105,7 +105,8 @@ def flower_jobs(monkeypatch) -> None:
 def make_spec(*, providers=3, rounds=2, validators=0, strategy="fedavg", trim=0, privacy="plain", per_round=0,
               escrow=ESCROW, provider_stake=PROV_STAKE, aggregator_stake=AGG_STAKE, validator_stake=VAL_STAKE,
               bond=BOND, target_accuracy=None, miss_payout_bps=5_000, deadlines=None, min_validators=None,
-              aggregator_fee=0, validator_fee=0, licence_requester_bps=0, learning_rate=1.0, name="security") -> JobSpec:
+              aggregator_fee=0, validator_fee=0, licence_requester_bps=0, learning_rate=1.0, name="security",
+              max_dishonest=None) -> JobSpec:
     ds, _, _ = digits()
     dp = privacy in ("dp_local", "secagg_dp")
     return JobSpec(
@@ -115,7 +116,8 @@ def make_spec(*, providers=3, rounds=2, validators=0, strategy="fedavg", trim=0,
         training=TrainingSpec(rounds=rounds, local_epochs=1, batch_size=16, learning_rate=learning_rate),
         strategy=strategy,
         trim=trim,
-        privacy=PrivacySpec(mode=privacy, **({"epsilon": 8.0, "delta": 1e-5, "clip_norm": 1.0} if dp else {})),
+        privacy=PrivacySpec(mode=privacy, **({"epsilon": 8.0, "delta": 1e-5, "clip_norm": 1.0} if dp else {}),
+                            **({"max_dishonest": max_dishonest} if max_dishonest is not None else {})),
         reward=RewardSpec(escrow=escrow, provider_stake=provider_stake, aggregator_stake=aggregator_stake,
                           validator_stake=validator_stake if validators else 0, dispute_bond=bond,
                           aggregator_fee=aggregator_fee, validator_fee=validator_fee,

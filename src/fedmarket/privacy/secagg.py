@@ -138,6 +138,29 @@ def shamir_reconstruct(points: list[tuple[int, int]]) -> int:
 PRIVACY_FAILURE = 1e-9
 
 
+def sampled_share(n: int, population: int, dishonest: float, privacy_failure: float = PRIVACY_FAILURE) -> float:
+    """The share of colluders a round of ``n`` providers drawn at random from ``population`` (of whom
+    ``floor(dishonest * population)`` collude) is sized against: the fewest colluders ``c`` that the
+    draw exceeds with odds below ``privacy_failure`` (exact hypergeometric tail), never below
+    ``floor(dishonest * n)``, as a share whose ``floor(share * n)`` is ``c``. A share ``dishonest``
+    of a job's providers puts more than ``floor(dishonest * n)`` in about half of its sampled rounds.
+    At least 1 when the round could be all colluders."""
+    from scipy.stats import hypergeom
+
+    n, population = int(n), int(population)
+    base = math.floor(dishonest * n + 1e-12)
+    colluders = math.floor(dishonest * population + 1e-12)
+    if n >= population or colluders == 0:
+        return dishonest
+    c = int(hypergeom.isf(privacy_failure, population, colluders, n))
+    while c < n and hypergeom.sf(c, population, colluders, n) > privacy_failure:
+        c += 1
+    while c > base and hypergeom.sf(c - 1, population, colluders, n) <= privacy_failure:
+        c -= 1
+    c = max(c, base)
+    return 1.0 if c >= n else (c + 0.5) / n
+
+
 def default_degree(n: int, dropout: float = 0.3, failure: float = 1e-3, dishonest: float = 1 / 3,
                    privacy_failure: float = PRIVACY_FAILURE) -> tuple[int, int]:
     """Neighbourhood degree ``k`` and threshold ``t`` (``k/2 < t <= k``) for ``n`` providers.
@@ -300,6 +323,8 @@ class SecAggConfig:
         Binds every key, share and mask to this round (e.g. job id || round || chain id).
     graph_seed : bytes
         Public seed of the neighbour graph (e.g. the previous block hash).
+    dishonest : float
+        Share of the round's providers it is sized against colluding with the server.
     """
 
     n: int
@@ -309,6 +334,7 @@ class SecAggConfig:
     min_survivors: int
     round_id: bytes = b"fedmarket"
     graph_seed: bytes = b"fedmarket-graph"
+    dishonest: float = 1 / 3
 
     @classmethod
     def for_population(
@@ -326,7 +352,7 @@ class SecAggConfig:
         """Parameters for ``n`` providers expecting up to ``dropout`` of them to drop and up to
         ``dishonest`` of them to collude with the server (see :func:`default_degree`)."""
         k, t = default_degree(n, dropout, failure, dishonest)
-        return cls(n, d, k, t, t if min_survivors is None else int(min_survivors), round_id, graph_seed)
+        return cls(n, d, k, t, t if min_survivors is None else int(min_survivors), round_id, graph_seed, dishonest)
 
     def __post_init__(self) -> None:
         if self.n < 2 or self.d < 1:

@@ -101,7 +101,7 @@ class Provider(DataRole):
             return quantize(local_gaussian(delta, p.clip_norm, spec.noise_multiplier(), rng)), 1
         # secagg_dp: the clipped update on the fixed-point grid plus this provider's Skellam share, sized so
         # that the honest minimum of any survivor set the round accepts alone gives std 2 z C on the sum
-        honest = honest_minimum(cfg.min_survivors, p.max_dishonest, cfg.n)
+        honest = honest_minimum(cfg.min_survivors, cfg.dishonest, cfg.n)  # the round's share (sampled: its draw's tail)
         mu = skellam_mu(spec.noise_multiplier(), p.clip_norm, spec.quantization.scale_bits, spec.n_params, honest)
         return distributed_skellam(quantize(clip_update(delta, p.clip_norm)), mu, rng), 1
 

@@ -56,12 +56,14 @@ from ..privacy.secagg import (
     SecAggServer,
     UnmaskResponse,
     confirmation_quorum,
+    dropout_shortfall,
     neighbour_graph,
+    sampled_share,
 )
 from ..protocol.encoding import BAD_INPUT, canonical_json, untrusted_json
 from ..protocol.rules import ring_sum
 from ..spec import JobSpec
-from .common import round_providers, round_seed, round_topic
+from .common import joined_providers, round_providers, round_seed, round_topic
 
 ZERO_ADDRESS = "0x" + "00" * 20  # provider of the correction leaf
 #: the fewest selected providers a secure round runs with (`per_round` sampling can select fewer
@@ -113,24 +115,42 @@ def round_config(dep: Deployment, spec: JobSpec, job_id: int, round_: int, n: in
         raise SecAggAbort(f"job {job_id} round {round_}: {n} selected provider(s); a secure round needs "
                           f"{MIN_SECURE_ROUND} (with two, each learns the other's update from the sum): it commits no update")
     round_id = Domain.of(dep, job_id, round_).round_id
-    return secagg_config(spec, n, round_id, keccak(round_id + round_seed(dep, job_id, round_)))
+    dishonest = round_dishonest(spec, n, len(joined_providers(dep, job_id)))
+    if dishonest != spec.privacy.max_dishonest:  # a sampled round: its draw may hold more colluders
+        problem = dropout_shortfall(n, n, spec.privacy.dropout, dishonest)
+        if problem:
+            raise SecAggAbort(f"job {job_id} round {round_}: the {n} providers sampled may hold more colluders than "
+                              f"the job's share ({problem}): it commits no update")
+    return secagg_config(spec, n, round_id, keccak(round_id + round_seed(dep, job_id, round_)), dishonest)
 
 
-def secagg_config(spec: JobSpec, n: int, round_id: bytes, graph_seed: bytes) -> SecAggConfig:
+def round_dishonest(spec: JobSpec, n: int, population: int) -> float:
+    """The share of a round's ``n`` providers it is sized against colluding: the job's
+    ``max_dishonest`` when every joined provider (``population``) is in the round, and the upper
+    tail of the random draw when the job samples them (`privacy.secagg.sampled_share`)."""
+    if not 0 < spec.participation.per_round < population:
+        return spec.privacy.max_dishonest
+    return sampled_share(n, population, spec.privacy.max_dishonest)
+
+
+def secagg_config(spec: JobSpec, n: int, round_id: bytes, graph_seed: bytes, dishonest: float | None = None) -> SecAggConfig:
     """The SecAgg+ parameters of a round of ``n`` providers of this job (what `round_config` binds
-    to the chain): degree and threshold for the job's dropout and ``max_dishonest``, and its
-    fewest survivors."""
+    to the chain): degree and threshold for the job's dropout and the round's share of colluders
+    (`round_dishonest`; the job's ``max_dishonest`` by default), and its fewest survivors."""
+    dishonest = spec.privacy.max_dishonest if dishonest is None else dishonest
     cfg = SecAggConfig.for_population(n, spec.n_params, dropout=spec.privacy.dropout,
-                                      dishonest=spec.privacy.max_dishonest, round_id=round_id, graph_seed=graph_seed)
-    return dataclasses.replace(cfg, min_survivors=min_survivors(spec, n, cfg.threshold))
+                                      dishonest=dishonest, round_id=round_id, graph_seed=graph_seed)
+    return dataclasses.replace(cfg, min_survivors=min_survivors(spec, n, cfg.threshold, dishonest))
 
 
-def min_survivors(spec: JobSpec, n: int, threshold: int) -> int:
+def min_survivors(spec: JobSpec, n: int, threshold: int, dishonest: float | None = None) -> int:
     """Fewest masked inputs a round of ``n`` providers accepts, and fewest signed confirmations of
     its survivor set before anyone unmasks: the SecAgg threshold, the `confirmation_quorum` (so
     that no two survivor sets can both be confirmed, whatever the aggregator shows to whom), and in
-    ``secagg_dp`` every provider but the tolerated dropout."""
-    fewest = max(threshold, confirmation_quorum(n, spec.privacy.max_dishonest))
+    ``secagg_dp`` every provider but the tolerated dropout. ``dishonest`` is the round's share of
+    colluders (the job's ``max_dishonest`` by default)."""
+    dishonest = spec.privacy.max_dishonest if dishonest is None else dishonest
+    fewest = max(threshold, confirmation_quorum(n, dishonest))
     if spec.privacy.mode != "secagg_dp":
         return fewest
     return max(fewest, n - math.floor(spec.privacy.dropout * n))
