@@ -40,6 +40,18 @@ def _root(
     """fedmarket: a decentralized marketplace for federated learning on EVM chains."""
 
 
+
+def writable_dir(path: Path, what: str) -> Path:
+    """`path`, created if needed, once a file could be written in it (ConfigError naming `what`)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".fedmarket-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {what} {path}: {exc.strerror or exc}") from None
+    return path
+
 def read_addresses(path: Path) -> dict:
     """A deployment's contract addresses from a JSON file (a `fedmarket deploy` output or a demo report)."""
     try:

@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
 
 from ..errors import ConfigError, FedMarketError
-from .app import app, read_addresses
-
-
-def _writable_dir(path: Path) -> Path:
-    """Create `path` if needed and prove we can write into it."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".fedmarket-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write to output directory {path}: {exc.strerror or exc}") from None
-    return path
+from .app import app, read_addresses, writable_dir
 
 
 #: the demo's deadlines on a node it may share with other jobs: short enough to wait out in real time
@@ -83,7 +70,7 @@ def demo(
                               local_epochs=epochs, strategy=strategy, trim=trim)
     ds = cfg.split()[0]  # every input problem is reported before any work starts
     demo_spec(cfg, ds)
-    out = _writable_dir(out)
+    out = writable_dir(out, "output directory")
     console = Console(stderr=True)
 
     chain, deadlines = _demo_chain(rpc)

@@ -21,7 +21,7 @@ import typer
 
 from ..errors import ConfigError, FedMarketError
 from .account import KEYSTORE_HELP
-from .app import app
+from .app import app, writable_dir
 
 requester_app = typer.Typer(no_args_is_help=True, help="The requester: post a funded job, settle it, mint its model token.")
 provider_app = typer.Typer(no_args_is_help=True, help="A data provider: join a job, train every round on private data, claim.")
@@ -121,8 +121,6 @@ class RoleContext:
 def local_mailbox(mailbox: str | Path) -> None:
     """ConfigError unless a directory mailbox (not nats://) is a directory this process can write
     (created if missing)."""
-    import os
-
     from ..storage import is_remote
 
     if is_remote(mailbox):
@@ -130,13 +128,7 @@ def local_mailbox(mailbox: str | Path) -> None:
     path = Path(mailbox)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--mailbox {path} is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".fedmarket-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write to --mailbox directory {path}: {exc.strerror or exc}") from None
+    writable_dir(path, "--mailbox directory")
 
 
 def role_command(group: typer.Typer, name: str):
