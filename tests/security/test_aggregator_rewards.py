@@ -503,3 +503,39 @@ def test_a_wrong_root_posted_again_by_an_accomplice_is_checked_again(chain, make
             break
     assert accomplice.address in s.slashed(), "\n".join(logs[-15:])
     assert bytes(dep.job(s.job)["reward_root"]) != wrong
+
+
+def test_a_weight_basis_root_documented_as_scores_is_caught_by_the_watchers(make):
+    """ATTACK (found by a review of the watchers): in a validated job whose approvals never reached
+    the chain, the weight basis opens at half the last step; the aggregator posts, on chain as the
+    weight basis, the root of leaves computed on the scores basis, and writes the scores basis in
+    its rewards document. The value game proves it wrong, but `fedmarket audit`, the challenger
+    role and every provider's reward watch re-derived the leaves on the document's basis and saw a
+    matching root: nobody opened the game. They take the chain's basis now, and the watcher's game
+    wins."""
+    from fedmarket.roles.auditor import Auditor
+    from fedmarket.roles.challenger import Challenger
+
+    s = make(providers=3, validators=3, rounds=2)
+    s.open()
+    s.rounds()
+    scores_doc = s.honest_document(R.Basis.SCORES)
+    assert statement_of(scores_doc)[0] != statement_of(s.honest_document(R.Basis.WEIGHT))[0]
+    s.chain.advance_time(s.spec.deadlines.round_duration // 2)  # the weight basis opens (no approvals on chain)
+    root, total, value_total, gate = statement_of(scores_doc)
+    s.dep.market.transact("post_rewards", s.job, root, total, value_total, R.Basis.WEIGHT, gate,
+                          s.store.put(canonical_json(scores_doc)), sender=s.agg.account)
+    assert s.state() == JobState.FINALIZING and int(s.dep.job(s.job)["basis"]) == R.Basis.WEIGHT
+    report = Auditor(s.dep, s.store).audit(s.job)
+    assert not report.ok and "basis" in str(report.rewards_problem)
+    watcher = Challenger(s.dep, s.c.watcher, s.store)
+    assert watcher.check_rewards(s.job) is not None, "the watcher opens no game on a provably wrong root"
+    defender = Defender(s.dep, s.agg.account, s.store)
+    for _ in range(60):
+        if not job_games(s.dep, s.job):
+            break
+        with contextlib.suppress(ContractRevert, Exception):
+            defender.respond(s.job)
+        s.chain.advance_time(s.spec.deadlines.response_period + 1)
+        watcher.play(s.job)
+    assert [e["challenger_won"] for e in s.dep.reward_arbiter.events("GameResolved", job_id=s.job)] == [True]

@@ -34,6 +34,10 @@ class ChallengerProcess(RoleProcess):
     def __init__(self, dep: Deployment, account: Account, store: BlobStore, mailbox: Mailbox | None, job_id: int,
                  state_dir: str | os.PathLike, *, until_quiet: bool = False, **kwargs):
         super().__init__(dep, state_dir, **kwargs)
+        # the job's spec, kept once it is read (every move re-derives the round from it: a requester
+        # deleting it mid-game would have the challenger lose its bond by silence)
+        store = self.mirrored(store)
+        self.store = store
         self.challenger = Challenger(dep, account, store, mailbox)
         self.account = account
         self.mailbox = mailbox
@@ -51,6 +55,7 @@ class ChallengerProcess(RoleProcess):
         if job["state"] == JobState.OPEN:
             self.say_once(f"job {self.job_id} is open; watching for its rounds")
             return
+        self.keep_job_files(self.store, self.job_id)
         now = max(self.dep.chain.timestamp(), int(time.time()))  # the next block's time on a live chain
         for receipt in self.challenger.play(self.job_id, now):
             self.say(f"game move (tx {receipt.tx_hash})")
@@ -70,8 +75,8 @@ class ChallengerProcess(RoleProcess):
             check_funds(self.dep, self.address, int(job["dispute_bond"]), "a dispute bond")
         except InsufficientFunds as exc:
             raise Fatal(str(exc)) from None
-        if self.mailbox is not None:
-            for receipt in self.challenger.check_equivocation(job_id, self.mailbox):
+        if self.mailbox is not None:  # (someone proving the same equivocation first is no error)
+            for receipt in self._guarded(lambda: self.challenger.check_equivocation(job_id, self.mailbox)) or []:
                 self.say(f"proved a validator equivocated: slashed (tx {receipt.tx_hash})")
             sealed_twice = self._guarded(lambda: self.challenger.check_seals(job_id, self.mailbox))
             if sealed_twice is not None:

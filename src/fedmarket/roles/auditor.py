@@ -459,16 +459,22 @@ class Auditor:
         return report
 
     def check_rewards(self, report: AuditReport, spec: JobSpec, job_id: int) -> None:
-        """Re-derive the posted reward root's leaves; on a difference, name the first leaf (the
-        one a value or sum game proves)."""
+        """Re-derive the posted reward root's leaves on the basis the chain holds (never the one the
+        poster's document names); on a difference, name the first leaf (the one a value or sum game
+        proves)."""
         from .settlement import reward_document
 
+        basis = int(self.dep.job(job_id)["basis"])
         try:
             published = posted_rewards(self.dep, self.store, job_id)
             reveals = {int(r): list(cids) for r, cids in published.get("reveals", {}).items()}
-            basis = int(published["basis"])
+            documented = int(published["basis"])
         except (FedMarketError, *BAD_INPUT) as exc:
             report.rewards_ok, report.rewards_problem = False, f"the rewards document is missing or malformed: {exc}"
+            return
+        if documented != basis:  # a weight-basis root with leaves of another basis passed as right
+            report.rewards_ok = False
+            report.rewards_problem = f"the rewards document names basis {documented}, the chain holds basis {basis}"
             return
         try:
             rounds = committed_rounds(self.dep, job_id)
