@@ -384,22 +384,15 @@ class JobSpec(_Strict):
         if self.privacy.secure and 0 < self.participation.per_round < 3:
             raise ValueError("secure aggregation needs per_round >= 3")
         if self.privacy.secure:  # every round size the job can have tolerates the dropout it promises
-            from .privacy.secagg import dropout_shortfall, sampled_share
+            from .privacy.secagg import dropout_shortfall, sampled_shortfall
 
             part, p = self.participation, self.privacy
             sampled = 0 < part.per_round < part.max_providers
             # up to per_round joined, every one is in the round: those sizes, with the job's share
             hi = min(part.max_providers, part.per_round) if sampled else part.max_providers
             problem = dropout_shortfall(part.min_providers, hi, p.dropout, p.max_dishonest) if part.min_providers <= hi else None
-            if problem is None and sampled:  # a sampled round of per_round, sized for its draw's tail
-                share = sampled_share(part.per_round, part.max_providers, p.max_dishonest)
-                problem = dropout_shortfall(part.per_round, part.per_round, p.dropout, share)
-                if problem:
-                    held = min(part.per_round, int(share * part.per_round))
-                    problem = (f"a round sampling {part.per_round} of up to {part.max_providers} providers may hold {held} "
-                               f"colluders (max_dishonest {p.max_dishonest:g} of the job's providers), too many for it "
-                               f"to lose the dropout {p.dropout:g} it promises: sample more providers per round, lower "
-                               "dropout or max_dishonest, or sample none")
+            if problem is None and sampled:  # the sizes a sampled round draws, sized for its draw's tail
+                problem = sampled_shortfall(part.per_round, part.max_providers, p.dropout, p.max_dishonest)
             if problem:
                 raise ValueError(problem)
         if self.privacy.secure and self.participation.max_validators < 1:

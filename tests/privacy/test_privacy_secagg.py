@@ -300,7 +300,7 @@ def test_a_secure_spec_whose_rounds_cannot_lose_its_dropout_is_refused():
     with pytest.raises(ValueError, match="a secure round of 5 providers that loses 2 of them"):
         spec(4, 0.4, 0.1)
     assert spec(8, 0.4, 0.1).privacy.dropout == 0.4  # rounds of 8 or more fit
-    with pytest.raises(ValueError, match="a round sampling 5 of up to 50 providers may hold 5 colluders"):
+    with pytest.raises(ValueError, match="a round sampling 5 of up to 50 providers can draw"):
         spec(8, 0.4, 0.1, per_round=5)  # five of the pool's colluders can all be drawn into one round
     assert spec(8, 0.1, 0.05, per_round=40).participation.per_round == 40  # two colluders at most, of forty
     for dropout, dishonest in ((0.3, 0.6), (0.5, 0.3)):  # the survivors could not outnumber half and the colluders

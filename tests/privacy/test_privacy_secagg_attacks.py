@@ -501,5 +501,46 @@ def test_colluders_concentrated_in_a_sampled_round_are_counted_in_its_sizing():
     assert cfg.dishonest == share and cfg.min_survivors >= confirmation_quorum(100, share) == (100 + c) // 2 + 1
     assert honest_minimum(cfg.min_survivors, cfg.dishonest, cfg.n) == cfg.min_survivors - c
     assert sr.round_dishonest(job, 10, 10) == 0.2  # every joined provider in the round: the job's share
-    with pytest.raises(ValueError, match="a round sampling 100 of up to 1000 providers may hold"):
+    with pytest.raises(ValueError, match="a round sampling 100 of up to 1000 providers can draw"):
         spec(100, 0.3, 1 / 3)
+
+
+def _sampled_spec(per_round, max_providers, dropout, dishonest):
+    from fedmarket.spec import DataSchema, JobSpec, ParticipationSpec, PrivacySpec, RewardSpec, TrainingSpec
+
+    return JobSpec(name="x", data=DataSchema(n_features=2, n_classes=2, feature_low=[0.0] * 2, feature_high=[1.0] * 2),
+                   training=TrainingSpec(rounds=1), reward=RewardSpec(escrow=10**20, provider_stake=10**18),
+                   participation=ParticipationSpec(min_providers=10, max_providers=max_providers, max_validators=1,
+                                                   min_validators=1, per_round=per_round),
+                   privacy=PrivacySpec(mode="secagg_dp", epsilon=8.0, delta=1e-5, clip_norm=1.0, dropout=dropout,
+                                       max_dishonest=dishonest))
+
+
+@pytest.mark.parametrize("population", [1000, 984, 400])
+def test_a_spec_accepted_for_sampled_rounds_runs_the_rounds_it_draws(monkeypatch, population):
+    """ATTACK (found by a review of d15cf4c): each provider is picked on its own, so a sampled round's
+    size varies around per_round, and the spec check looked at a round of exactly per_round drawn from
+    max_providers. A spec it accepted (110 of 1,000, dropout 0.2, max_dishonest 1/3) then aborted
+    48.5% of its rounds, the ones that drew fewer providers; and 984 joined providers (Sybils stopping
+    there) made even a round of 110 abort. Every size a round draws outside the SAMPLED_SIZE_FAILURE
+    tails is checked now, with a count of colluders no pool exceeds: that spec is refused, and an
+    accepted one runs its rounds from any pool."""
+    from types import SimpleNamespace
+
+    from fedmarket.protocol.selection import select
+
+    with pytest.raises(ValueError, match="a round sampling 110 of up to 1000 providers can draw"):
+        _sampled_spec(110, 1000, 0.2, 1 / 3)
+    spec = _sampled_spec(100, 1000, 0.1, 0.2)
+    members = ["0x" + (i + 1).to_bytes(20, "big").hex() for i in range(population)]
+    monkeypatch.setattr(sr, "joined_providers", lambda dep, job: members)
+    monkeypatch.setattr(sr, "round_seed", lambda dep, job, r: b"\x11" * 32)
+    dep = SimpleNamespace(chain_id=1, disputes=SimpleNamespace(address="0x" + "22" * 20))
+    aborted = []
+    for r in range(150):
+        n = len(select(r.to_bytes(32, "big"), 7, r, members, spec.participation.per_round))
+        try:
+            sr.round_config(dep, spec, 7, r, n)
+        except SecAggAbort:
+            aborted.append(n)
+    assert len(aborted) <= 1, f"rounds of {aborted} providers commit no update"

@@ -161,6 +161,39 @@ def sampled_share(n: int, population: int, dishonest: float, privacy_failure: fl
     return 1.0 if c >= n else (c + 0.5) / n
 
 
+#: Odds per round, at most, that a job sampling its rounds draws a round size its spec did not
+#: check (`sampled_shortfall`): such a round commits no update if it cannot be sized safely.
+SAMPLED_SIZE_FAILURE = 1e-3
+
+
+@functools.lru_cache(maxsize=64)
+def sampled_shortfall(per_round: int, max_providers: int, dropout: float, dishonest: float) -> str | None:
+    """Why some round a job sampling ``per_round`` of up to ``max_providers`` providers draws could
+    not lose its dropout once sized for the colluders its draw can hold, or None. Each provider is
+    picked on its own (`protocol.selection`), so a round's size varies around ``per_round``: every
+    size within the `SAMPLED_SIZE_FAILURE` tails of Poisson(per_round) (wider than the draw from any
+    pool) is checked, with the colluders a binomial draw of that size exceeds with odds below
+    `PRIVACY_FAILURE` (at least what `sampled_share` gives from any pool)."""
+    from scipy.stats import binom, poisson
+
+    lo = max(3, int(poisson.ppf(SAMPLED_SIZE_FAILURE, per_round)))
+    hi = min(int(max_providers), int(poisson.isf(SAMPLED_SIZE_FAILURE, per_round)) + 1)
+    sizes = np.arange(lo, hi + 1)
+    if dishonest == 0 or len(sizes) == 0:
+        return None
+    c = np.maximum(binom.isf(PRIVACY_FAILURE, sizes, dishonest), 0).astype(np.int64)
+    c += binom.sf(c, sizes, dishonest) > PRIVACY_FAILURE  # never below the tail's count
+    for n, held in zip(sizes.tolist(), c.tolist()):
+        share = 1.0 if held >= n else (held + 0.5) / n
+        problem = dropout_shortfall(n, n, dropout, share)
+        if problem:
+            return (f"a round sampling {per_round} of up to {max_providers} providers can draw {n} of them, of whom "
+                    f"{min(held, n)} may collude (max_dishonest {dishonest:g} of the job's providers): too many for it "
+                    f"to lose the dropout {dropout:g} it promises: sample more providers per round, lower dropout or "
+                    "max_dishonest, or sample none")
+    return None
+
+
 def default_degree(n: int, dropout: float = 0.3, failure: float = 1e-3, dishonest: float = 1 / 3,
                    privacy_failure: float = PRIVACY_FAILURE) -> tuple[int, int]:
     """Neighbourhood degree ``k`` and threshold ``t`` (``k/2 < t <= k``) for ``n`` providers.
