@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from sec_support import BOND, EMPTY_ROUND, VAL_STAKE, digits, revert
+from sec_support import BOND, EMPTY_ROUND, VAL_STAKE, ZERO32, digits, revert
 
 from fedmarket.driver import RoundPlan
 from fedmarket.errors import ContractRevert, SchemaMismatch
@@ -308,3 +308,45 @@ def test_games_end_and_job_settles(make):
     d = s.delta()
     assert d[attacker.address] == -opened * BOND and d[s.agg.address] == opened * BOND
     assert all(d[p.address] > 0 for p in s.providers)
+
+
+def test_one_games_failed_move_does_not_hold_back_the_watchers_others(make, monkeypatch):
+    """ATTACK (a cheater with several games against one watcher; found by a review of the watchers):
+    make one game's move fail (a timeout someone else landed first reverts; one game's data cannot
+    be re-derived right now). `Challenger.play` stopped at the first failure, so the watcher's move
+    in its other games waited, and a game whose deadline passed meanwhile was lost by silence. Each
+    game's move is its own now."""
+    import fedmarket.roles.challenger as ch
+    from fedmarket.errors import FedMarketError
+    from fedmarket.roles.challenger import Challenger
+    from fedmarket.roles.games import GameState
+
+    s = make(providers=3, rounds=1)
+    s.open()
+    watcher = Challenger(s.dep, s.c.watcher, s.store)
+    moved = []
+
+    class Arbiter:
+        def transact(self, fn, gid, *args, sender):
+            if fn == "timeout" and gid == 1:
+                raise ContractRevert("game: over")  # someone else's timeout landed first
+            moved.append((fn, gid))
+            return (fn, gid)
+
+    def game(gid, deadline):
+        return GameState(Arbiter(), gid, s.job, R.Game.AGGREGATE, 0, 0, s.c.watcher.address, s.agg.address, 0, 1,
+                         ZERO32, R.Turn.CHALLENGER, deadline)
+
+    now = s.chain.timestamp()
+    games = [game(1, now - 1), game(2, now + 100), game(3, now + 100), game(4, now - 1)]
+    monkeypatch.setattr(ch, "job_games", lambda dep, job: games)
+
+    def choose(truth, g):
+        if g.gid == 2:
+            raise FedMarketError("round 0's data is unavailable right now")
+        return 0
+
+    monkeypatch.setattr(ch, "choose", choose)
+    monkeypatch.setattr(ch, "Truth", lambda *a, **k: object())
+    assert watcher.play(s.job, now) == [("choose", 3), ("timeout", 4)]
+    assert moved == [("choose", 3), ("timeout", 4)]

@@ -204,3 +204,35 @@ def test_a_copy_of_another_phases_message_cannot_replace_the_aggregators_remembe
     assert _drive(P, 150), "\n".join(P.logs[-30:])
     assert done
     assert committed_rounds(P.dep, P.job)[0].count == n, "\n".join(P.logs[-40:])
+
+
+def test_strangers_signed_phase_messages_are_not_remembered_by_the_aggregator(chain, tmp_path, monkeypatch):
+    """ATTACK (anyone on the mailbox; found by a review of the kept mailbox): sign key advertisements
+    of the round with fresh keys of one's own, as many as one likes. The aggregator's process kept
+    one file per signer it read on a secure phase's topic, members or not: each fresh key was one
+    more file in its state directory. Only the round's selected providers' messages are remembered
+    now, and the round goes on."""
+    from eth_account import Account as EthAccount
+
+    from fedmarket.privacy.secagg import SecAggClient
+
+    n = 5
+    P = _setup(chain, tmp_path, monkeypatch, n=n)
+    posted = []
+
+    def after(name):
+        if not posted and name == "aggregator" and signed_on(P.dep, P.box, P.job, 0, "keys"):
+            client, cfg = P.procs["p0"].provider._client(P.job, 0)
+            for _ in range(6):
+                stranger = EthAccount.create()
+                adv = SecAggClient(client.uid, cfg, client.neighbours).advertise()
+                P.box.post(sr.topic(P.job, 0, "keys"), sr.keys_message(stranger.key, cfg.round_id, stranger.address, adv))
+                posted.append(stranger.address)
+
+    P.after_step = after
+    assert _drive(P, 150), "\n".join(P.logs[-30:])
+    assert posted
+    kept = P.procs["aggregator"].state.root / "mailbox" / "read" / sr.topic(P.job, 0, "keys")
+    remembered = {f.name for f in kept.iterdir()} if kept.is_dir() else set()
+    assert not remembered & set(posted), "a stranger's signed message was remembered"
+    assert committed_rounds(P.dep, P.job)[0].count == n

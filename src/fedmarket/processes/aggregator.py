@@ -266,11 +266,19 @@ class AggregatorProcess(RoleProcess):
         return topic_round(self.job_id, topic) is not None and "-sa-" in topic and not self._own_topic(topic)
 
     def _phase_signer(self, topic: str, raw: bytes) -> str | None:
-        """Who signed `raw` on the secure-phase `topic` of this job, or None."""
+        """Who signed `raw` on the secure-phase `topic` of this job, if one of the round's selected
+        providers, or None (a stranger's signed message is not remembered: one file per signer)."""
         m = re.fullmatch(r"job-(\d+)-round-(\d+)-sa-(\w+)", topic)
         if m is None or int(m.group(1)) != self.job_id or m.group(3) not in SECURE_PHASES:
             return None
-        return signed_by(self.dep, raw, self.job_id, int(m.group(2)), m.group(3))
+        r = int(m.group(2))
+        signer = signed_by(self.dep, raw, self.job_id, r, m.group(3))
+        if signer is None:
+            return None
+        members = self._expected.get(r)
+        if members is None:
+            members = round_providers(self.dep, self.spec(), self.job_id, r)
+        return signer if signer in members else None
 
     def _senders(self, r: int, kind: str) -> set[str]:
         """Who signed a message of `kind` of round `r` (a claim nobody signed decides nothing here)."""

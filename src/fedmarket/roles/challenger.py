@@ -9,7 +9,7 @@ from __future__ import annotations
 from eth_utils import to_checksum_address
 
 from ..chain import Account, Receipt
-from ..errors import ContractRevert, FedMarketError, StorageUnreachable
+from ..errors import ChainError, ContractRevert, FedMarketError, StorageUnreachable
 from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
 from ..protocol.encoding import BAD_INPUT, address_key, untrusted_json
@@ -138,7 +138,11 @@ class Challenger:
                     truth = truth or Truth(self.dep, self.store, job_id, self.auditor)
                     receipts.append(g.arbiter.transact("choose", g.gid, choose(truth, g), sender=self.account))
             except ContractRevert:
-                continue
+                continue  # this game's move failed now; its deadline is the next step's to meet
+            except (StorageUnreachable, ChainError):
+                raise  # the store or the node does not answer: the next step tries every game again
+            except FedMarketError:
+                continue  # this game's data cannot be re-derived now: the others still get their moves
         return receipts
 
     def close_moot(self, job_id: int) -> list[Receipt]:
