@@ -290,6 +290,11 @@ class ParticipationSpec(_Strict):
                 raise ValueError("a job with validators needs min_validators >= 1")
         return self
 
+    def samples(self, joined: int) -> bool:
+        """Whether a round draws its providers at random from ``joined`` ones (with ``per_round``
+        of them or more, every one is picked every round)."""
+        return 0 < self.per_round < joined
+
     @property
     def validators_needed(self) -> int:
         """The fewest validators the job starts with (all of them unless ``min_validators`` says otherwise)."""
@@ -387,7 +392,7 @@ class JobSpec(_Strict):
             from .privacy.secagg import dropout_shortfall, sampled_shortfall
 
             part, p = self.participation, self.privacy
-            sampled = 0 < part.per_round < part.max_providers
+            sampled = part.samples(part.max_providers)
             # up to per_round joined, every one is in the round: those sizes, with the job's share
             hi = min(part.max_providers, part.per_round) if sampled else part.max_providers
             problem = dropout_shortfall(part.min_providers, hi, p.dropout, p.max_dishonest) if part.min_providers <= hi else None

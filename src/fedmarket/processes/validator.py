@@ -43,8 +43,7 @@ class ValidatorProcess(RoleProcess):
                               keeps=lambda topic: topic_round(job_id, topic) is not None and topic.endswith("-reveals"))
         self.validator = Validator(dep, account, self.mirrored(store), mailbox, X, y)
         self.job_id = job_id
-        self._grace_set = False  # `Validator.data_grace`, set from the job's round at the first step
-        self._round_duration = 0
+        self._round_duration = 0  # a term, read at the first step (with `Validator.data_grace`)
         self._idle: tuple | None = None  # (rounds committed, state) after which nothing is left to review
         self._approved_at = float("-inf")
         self._next_keep = 0.0  # when it next posts its reveals again (`_keep_reveals`)
@@ -81,10 +80,9 @@ class ValidatorProcess(RoleProcess):
             return
         if R.role_of(role) != Role.VALIDATOR:
             raise Fatal(f"{self.address} is not a validator of job {job_id} (state {state.name})")
-        if not self._grace_set:  # a tenth of a round (at most 2 min) for deleted data to come back
+        if not self._round_duration:  # a tenth of a round (at most 2 min) for deleted data to come back
             self._round_duration = int(job["round_duration"])  # a term: it never changes
             self.validator.data_grace = min(120.0, self._round_duration / 10)
-            self._grace_set = True
         if state in (JobState.TRAINING, JobState.FINALIZING):
             self._keep_reveals()
             # scores are revealed once the votes are closed for good (at the end of training)

@@ -128,7 +128,7 @@ def round_dishonest(spec: JobSpec, n: int, population: int) -> float:
     """The share of a round's ``n`` providers it is sized against colluding: the job's
     ``max_dishonest`` when every joined provider (``population``) is in the round, and the upper
     tail of the random draw when the job samples them (`privacy.secagg.sampled_share`)."""
-    if not 0 < spec.participation.per_round < population:
+    if not spec.participation.samples(population):
         return spec.privacy.max_dishonest
     return sampled_share(n, population, spec.privacy.max_dishonest)
 
