@@ -34,6 +34,22 @@ def _run_with_kills(P, max_steps, restart):
     return False
 
 
+def _kill_after(obj, attr: str, name: str, when) -> list:
+    """Wrap ``obj.attr`` so that the first call for which ``when(result, *args)`` holds completes and
+    then kills process ``name`` (raises `Killed`). Returns the list that records that call, as
+    ``(args, result)``, once it happened."""
+    orig, killed = getattr(obj, attr), []
+
+    def wrapper(*args):
+        result = orig(*args)
+        if not killed and when(result, *args):
+            killed.append((args, result))
+            raise Killed(name)
+        return result
+    setattr(obj, attr, wrapper)
+    return killed
+
+
 def _deleted_once_yet_all_counted(P, victim: str, topic: str, after: str | None = None) -> None:
     """Delete the victim's message on `topic` once (after process `after`'s step, if given), run the
     job to its end, and check the round took all three providers and the victim was paid."""
@@ -63,19 +79,7 @@ def test_provider_killed_after_keeping_its_commitment_before_posting_it_still_ta
     posts the kept commitment again while the round is unsealed."""
     P = Procs(chain, tmp_path, collect_timeout=4.0, providers=3, rounds=1)
     victim = chain.providers[0].address
-    killed = []
-
-    def arm(proc):
-        orig = proc.provider.keep_sealed
-
-        def keep_then_die(job_id, r, message, blob, committed):
-            orig(job_id, r, message, blob, committed)
-            if not killed:
-                killed.append(r)
-                raise Killed("p0")
-        proc.provider.keep_sealed = keep_then_die
-
-    arm(P.procs["p0"])
+    killed = _kill_after(P.procs["p0"].provider, "keep_sealed", "p0", lambda *_: True)
 
     def restart(name):
         P.procs[name] = P.new_provider(0)
@@ -105,19 +109,7 @@ def test_a_validator_killed_between_recording_its_reveal_and_keeping_it_keeps_it
 
     P = Procs(chain, tmp_path, collect_timeout=2.0, reveal_timeout=3.0, providers=3, validators=3, rounds=1)
     victim = chain.validators[0].address
-    killed = []
-
-    def arm(proc):
-        orig = proc.state.save
-
-        def save(name, value):
-            orig(name, value)
-            if name == "revealed" and value and not killed:
-                killed.append(True)
-                raise Killed("v0")
-        proc.state.save = save
-
-    arm(P.procs["v0"])
+    killed = _kill_after(P.procs["v0"].state, "save", "v0", lambda _, name, value: name == "revealed" and bool(value))
 
     def restart(name):
         d = P.box.root / (round_topic(P.job, 0) + "-reveals")
@@ -154,24 +146,11 @@ def test_a_provider_restarted_after_its_reveal_still_puts_its_deleted_blob_back(
     (`KeptMailbox`), and its revealed receipt names the blob it puts back."""
     P = Procs(chain, tmp_path, collect_timeout=6.0, providers=3, rounds=1)
     victim = chain.providers[0].address
-    revealed = []
-
-    def arm(proc):
-        orig = proc.provider.reveal
-
-        def reveal_then_die(job_id, r):
-            msg = orig(job_id, r)
-            if msg is not None and not revealed:
-                revealed.append(msg["update_cid"])
-                raise Killed("p0")
-            return msg
-        proc.provider.reveal = reveal_then_die
-
-    arm(P.procs["p0"])
+    revealed = _kill_after(P.procs["p0"].provider, "reveal", "p0", lambda msg, *_: msg is not None)
 
     def restart(name):
         P.procs[name] = P.new_provider(0)
-        (P.workdir / "blobs" / revealed[0]).unlink()  # the competitor, on the shared store
+        (P.workdir / "blobs" / revealed[0][1]["update_cid"]).unlink()  # the competitor, on the shared store
 
     assert _run_with_kills(P, 300, restart), "\n".join(P.logs[-30:])
     assert revealed
@@ -187,21 +166,13 @@ def test_a_validator_killed_after_any_save_of_its_review_counts_each_round_once(
     reviews: killed between the two saves, the restarted process reviewed round 0 again and counted
     it twice. Both are one document now."""
     P = Procs(chain, tmp_path, collect_timeout=2.0, reveal_timeout=3.0, providers=3, validators=1, rounds=1)
-    killed = []
+    proc, saves = P.procs["v0"], []
 
-    def arm(proc):
-        orig, saves = proc.state.save, []
-
-        def save(name, value):
-            orig(name, value)
-            if not killed and proc.validator.sealed(P.job)[0]:  # round 0 reviewed
-                saves.append(name)
-                if len(saves) == nth:
-                    killed.append(name)
-                    raise Killed("v0")
-        proc.state.save = save
-
-    arm(P.procs["v0"])
+    def nth_save_after_review(_, name, value):
+        if proc.validator.sealed(P.job)[0]:  # round 0 reviewed
+            saves.append(name)
+        return len(saves) == nth
+    killed = _kill_after(proc.state, "save", "v0", nth_save_after_review)
 
     def restart(name):
         P.procs[name] = P.new_validator(0)
