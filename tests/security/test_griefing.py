@@ -350,3 +350,6 @@ def test_one_games_failed_move_does_not_hold_back_the_watchers_others(make, monk
     monkeypatch.setattr(ch, "Truth", lambda *a, **k: object())
     assert watcher.play(s.job, now) == [("choose", 3), ("timeout", 4)]
     assert moved == [("choose", 3), ("timeout", 4)]
+    # each failed move is noted, for the process to log
+    assert watcher.failed_moves == [(1, "ContractRevert: game: over"),
+                                    (2, "FedMarketError: round 0's data is unavailable right now")]

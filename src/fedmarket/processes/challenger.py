@@ -59,6 +59,8 @@ class ChallengerProcess(RoleProcess):
         now = max(self.dep.chain.timestamp(), int(time.time()))  # the next block's time on a live chain
         for receipt in self.challenger.play(self.job_id, now):
             self.say(f"game move (tx {receipt.tx_hash})")
+        for gid, why in self.challenger.failed_moves:
+            self.say_once(f"game {gid}: move failed, will retry: {why}")
         if job["state"] in LIVE and not self._mine_open():
             self._prove(job)
         games = job_games(self.dep, self.job_id)

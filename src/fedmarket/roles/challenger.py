@@ -32,6 +32,7 @@ class Challenger:
         self.account = account
         self.store = store
         self.auditor = Auditor(dep, store, mailbox)  # with the job's mailbox, it re-derives withheld rounds
+        self.failed_moves: list[tuple[int, str]] = []  # (game, why) of the last `play`'s failed moves
 
     def _bond(self, job_id: int, arbiter) -> None:
         bond = int(self.dep.job(job_id)["dispute_bond"])
@@ -126,7 +127,7 @@ class Challenger:
         """The challenger's move in each of its games waiting for one, and the end of every game of
         the job whose mover let its deadline pass (callable by anyone) as of `now` (default: the
         latest block's time; a process on a live chain passes the wall clock, the next block's)."""
-        receipts = []
+        receipts, self.failed_moves = [], []
         now = self.dep.chain.timestamp() if now is None else now
         truth = None
         for g in job_games(self.dep, job_id):
@@ -137,13 +138,18 @@ class Challenger:
                 elif g.turn == R.Turn.CHALLENGER and g.challenger == self.account.address:
                     truth = truth or Truth(self.dep, self.store, job_id, self.auditor)
                     receipts.append(g.arbiter.transact("choose", g.gid, choose(truth, g), sender=self.account))
-            except ContractRevert:
-                continue  # this game's move failed now; its deadline is the next step's to meet
+            except ContractRevert as exc:  # (a ChainError: caught first)
+                self._failed(g, exc)  # someone else's timeout landed first, a block behind the wall clock
             except (StorageUnreachable, ChainError):
                 raise  # the store or the node does not answer: the next step tries every game again
-            except FedMarketError:
-                continue  # this game's data cannot be re-derived now: the others still get their moves
+            except FedMarketError as exc:
+                self._failed(g, exc)  # this game's data cannot be re-derived now
         return receipts
+
+    def _failed(self, g, exc: Exception) -> None:
+        """Note a game whose move failed now: the others still get their moves, and its deadline is
+        the next step's to meet (`failed_moves`, which the process logs)."""
+        self.failed_moves.append((g.gid, f"{type(exc).__name__}: {exc}"))
 
     def close_moot(self, job_id: int) -> list[Receipt]:
         """Close (bond refunded) every game of the job it has outgrown."""
