@@ -4,7 +4,6 @@ after every append, nothing else does, and the Python readers rebuild it from th
 
 from __future__ import annotations
 
-import pytest
 from contract_kit import EMPTY_DATA, ZERO32, reverts
 from eth_utils import keccak
 

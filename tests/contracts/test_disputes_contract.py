@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 
 import eth_abi
-import pytest
 from contract_kit import (
     AGG_STAKE,
     ESCROW,

@@ -3,7 +3,7 @@ it and turns every expected error into one line on stderr and a non-zero exit, n
 
 from . import account, broker, dashboard, deploy, localnet, models, ops, roles  # noqa: F401 - each module registers its commands
 from . import flower as _flower  # noqa: F401 - Flower commands (flwr imported only when they run)
-from . import main as _commands
+from . import main as _commands  # noqa: F401 - the core commands register themselves
 from .app import app, run
 
 __all__ = ["app", "main"]
