@@ -1,6 +1,6 @@
 """The code's shape, checked: no import cycle inside `fedmarket` (function-local imports count),
 no function in `src/` longer than 80 lines, no module reaching into another module's private
-attributes, and the test harness kept out of the product. Every allow-list is empty."""
+attributes, the test harness kept out of the product, and pyflakes-clean code. Every allow-list is empty."""
 
 from __future__ import annotations
 
@@ -161,3 +161,15 @@ def test_the_product_never_imports_the_test_harness():
 @pytest.mark.parametrize("allowed", [ALLOWED_CYCLES, ALLOWED_LONG_FUNCTIONS, ALLOWED_PRIVATE_ACCESS])
 def test_allow_lists_are_empty(allowed):
     assert not allowed
+
+
+def test_pyflakes_clean():
+    """No undefined name, unused import or variable, or shadowed definition anywhere in the repository's
+    Python (ruff's pyflakes rules, `F`): the installed ruff from the test extra."""
+    import subprocess
+    import sys
+
+    root = SRC.parent
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F", "--no-cache", "--output-format",
+                          "concise", "src", "tests", "benchmarks"], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
