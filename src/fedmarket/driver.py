@@ -14,6 +14,7 @@ from .market import Deployment, JobState
 from .memory import Trimmer
 from .protocol import rules as R
 from .roles import Aggregator, Provider, Requester, Validator
+from .roles.auditor import Auditor
 from .roles.challenger import Challenger
 from .roles.common import claim_reward, committed_rounds, fail_job
 from .roles.games import Defender, job_games
@@ -223,7 +224,9 @@ class JobDriver:
             if R.is_slashed(self.dep.market.call("membership", self.job_id, member.address)[0]):
                 continue
             self._approve()
-            post_orphaned_root(self.dep, self.store, self.mailbox, member.account, self.job_id, self.spec)
+            auditor = Auditor(self.dep, self.store, self.mailbox)
+            post_orphaned_root(self.dep, self.store, self.mailbox, member.account, self.job_id, self.spec,
+                               lambda r, a=auditor: a.members(self.job_id, r))
             self.challenge()
         if self.state == JobState.FINALIZING:
             self.chain.advance_time(self.spec.deadlines.challenge_period)

@@ -232,13 +232,22 @@ class ProviderProcess(RoleProcess):
             return
         if int(self.dep.job(self.job_id)["n_validators"]) and not self.dep.disputes.call("votes_closed", self.job_id):
             return  # the root is computed once no vote can land
+        auditor = self._watcher().auditor  # each round's members checked against its root, or re-derived
         try:
             receipt = post_orphaned_root(self.dep, self.provider.store, self.mailbox, self.provider.account, self.job_id,
-                                         load_spec(self.dep, self.provider.store, self.job_id))
+                                         load_spec(self.dep, self.provider.store, self.job_id),
+                                         lambda r: auditor.members(self.job_id, r))
         except ContractRevert as exc:
             self.say_once(f"reward root not posted: {exc}")
             return
         self.say(f"the aggregator is out: posted the reward root (tx {receipt.tx_hash})")
+
+    def _watcher(self) -> Challenger:
+        """The provider's own watcher of its job (reward games, and the auditor whose checked
+        members it pays by)."""
+        if self._challenger is None:
+            self._challenger = Challenger(self.dep, self.provider.account, self.provider.store, self.mailbox)
+        return self._challenger
 
     def _watch_rewards(self, job_id: int, job: dict) -> None:
         """A provider is the party a wrong reward root hurts first (its own leaf), so it watches the
@@ -247,9 +256,7 @@ class ProviderProcess(RoleProcess):
         opening a game only where it can win (`Challenger.check_rewards`) and only with the job's
         dispute bond in hand. A root proven wrong slashes its poster; the providers then post the
         right one (`_post_if_orphaned`)."""
-        if self._challenger is None:
-            self._challenger = Challenger(self.dep, self.provider.account, self.provider.store, self.mailbox)
-        challenger = self._challenger
+        challenger = self._watcher()
         for receipt in challenger.play(job_id, max(self.dep.chain.timestamp(), int(time.time()))):
             self.say(f"reward game move (tx {receipt.tx_hash})")
         mine_open = any(g.challenger == self.address for g in job_games(self.dep, job_id))

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from types import SimpleNamespace
 
 import numpy as np
+from eth_utils import to_checksum_address
 
 from ..errors import BlobNotFound, BlobTooLarge, FedMarketError, ModelOutOfRange, StorageUnreachable
 from ..market import Deployment
@@ -29,6 +30,7 @@ from .common import (
     fetch_model,
     global_model,
     hexbytes,
+    listed_leaves,
     load_spec,
     posted_receipts,
     posted_rewards,
@@ -120,7 +122,7 @@ class Auditor:
         self.mailbox = mailbox
         self._evidence: OrderedDict[tuple[int, int, bytes], RoundEvidence] = OrderedDict()  # least recent first
         # each round's (provider, weight) leaves, checked against its updates root: small, kept for good
-        self._members: dict[tuple[int, int, bytes], tuple[tuple[str, int], ...]] = {}
+        self._members: dict[tuple[int, int, bytes], tuple[tuple[str, bytes, int], ...]] = {}
 
     # ---- fetching ----------------------------------------------------------------------------
 
@@ -152,33 +154,29 @@ class Auditor:
         return [(job, r) for job, r, _ in self._evidence]
 
     def members(self, job_id: int, round_: int, rounds: list[CommittedRound] | None = None) -> tuple[tuple[str, int], ...]:
-        """Round `round_`'s (provider, weight) leaves from its metrics document, checked against
-        the committed updates root without fetching the updates themselves (what a member's
-        value over many rounds needs); FedMarketError if they do not form that root."""
+        """Round `round_`'s (provider, weight) leaves (`leaves`): what a member's value over many
+        rounds needs."""
+        return tuple((p, w) for p, _, w in self.leaves(job_id, round_, rounds))
+
+    def leaves(self, job_id: int, round_: int, rounds: list[CommittedRound] | None = None
+               ) -> tuple[tuple[str, bytes, int], ...]:
+        """Round `round_`'s (provider, update root, weight) leaves from its metrics document, checked
+        against the committed updates root without fetching the updates themselves
+        (`common.listed_leaves`); with a mailbox, re-derived from it when the document is withheld or
+        lists other leaves; FedMarketError if they cannot be had."""
         committed, key = self._round_key(job_id, round_, rounds)
         if key not in self._members:
             try:
-                leaves = self._listed_leaves(committed)
+                leaves = listed_leaves(self.store, committed)
             except StorageUnreachable:
                 raise
             except FedMarketError:
                 if self.mailbox is None:
                     raise
-                leaves = self.evidence(load_spec(self.dep, self.store, job_id), job_id, round_, rounds).updates
-            self._members[key] = tuple((u.provider, u.weight) for u in leaves)
+                ev = self.evidence(load_spec(self.dep, self.store, job_id), job_id, round_, rounds)
+                leaves = [(to_checksum_address(u.provider), u.root, u.weight) for u in ev.updates]
+            self._members[key] = tuple(leaves)
         return self._members[key]
-
-    def _listed_leaves(self, committed: CommittedRound) -> list[SimpleNamespace]:
-        """The (provider, root, weight) leaves a round's metrics document lists, which must form its updates root."""
-        try:
-            entries = fetch_metrics(self.store, committed)["updates"]
-            leaves = [SimpleNamespace(provider=e["provider"], root=bytes.fromhex(e["update_root"][2:]),
-                                      weight=int(e["weight"])) for e in entries]
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise FedMarketError(f"round {committed.round}: metrics document lists malformed updates") from None
-        if updates_root(leaves) != committed.updates_root:
-            raise FedMarketError(f"round {committed.round}: the listed updates do not form the committed updates root")
-        return leaves
 
     def _fetch(self, spec: JobSpec, job_id: int, committed: CommittedRound, prev: CommittedRound | None,
                rounds: list[CommittedRound]) -> RoundEvidence:

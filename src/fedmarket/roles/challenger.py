@@ -18,7 +18,7 @@ from ..protocol.receipts import Attestation
 from ..storage import BlobStore, Mailbox
 from .auditor import Auditor, AuditReport
 from .common import (
-    acknowledged, committed_rounds, hex32, hexbytes, load_spec, posted_receipts, read_document, round_topic,
+    acknowledged, committed_rounds, hex32, hexbytes, load_spec, posted_receipts, round_topic,
 )
 from .games import Truth, any_bad_leaf, choose, job_games
 
@@ -187,18 +187,16 @@ class Challenger:
         return []
 
     def _censored(self, truth: Truth, job_id: int, c, mailbox: Mailbox, aggregator: str):
-        """An acknowledged (provider, root, weight) the round does not hold, with both signatures; or None."""
+        """An acknowledged (provider, root, weight) the round does not hold, with both signatures; or None.
+        What the round holds is its committed tree's leaves, never the metrics document's word: its
+        list must form the committed root, else the round is re-derived from the mailbox (an
+        aggregator listing an update it left out of the tree hid the censorship from every watcher)."""
         try:
-            listed = read_document(self.store, _metrics_cid(c))["updates"]
-            included = {(to_checksum_address(e["provider"]), hex32(e["update_root"]), int(e["weight"])) for e in listed}
+            included = set(self.auditor.leaves(job_id, c.round, truth.rounds))
         except StorageUnreachable:
             return None  # the store did not answer: look again next time
-        except (FedMarketError, *BAD_INPUT):
-            try:  # withheld: the round as re-derived from the mailbox
-                ev = self.auditor.evidence(truth.spec, job_id, c.round, truth.rounds)
-            except FedMarketError:
-                return None  # unavailable data: a leaf game matter
-            included = {(to_checksum_address(u.provider), u.root, u.weight) for u in ev.updates}
+        except FedMarketError:
+            return None  # unavailable data: a leaf game matter
         signed = posted_receipts(self.dep, mailbox, job_id, c.round)
         for key, asig in acknowledged(self.dep, mailbox, job_id, c.round, aggregator).items():
             if key not in included and key in signed:

@@ -7,6 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from eth_utils import is_address, to_checksum_address
@@ -24,6 +25,7 @@ from ..protocol.encoding import (
     vector_blob_limit, vector_root,
 )
 from ..protocol.merkle import RoundAccumulator
+from ..protocol.proofs import updates_root
 from ..protocol.receipts import ReceiptAck, UpdateReceipt
 from ..protocol.selection import select
 from ..spec import MAX_SPEC_BYTES, JobSpec
@@ -444,6 +446,23 @@ def fetch_metrics(store: BlobStore, committed: CommittedRound) -> dict:
         if isinstance(entry, dict) and is_address(entry.get("provider")):
             entry["provider"] = to_checksum_address(entry["provider"])
     return doc
+
+
+def listed_leaves(store: BlobStore, committed: CommittedRound) -> list[tuple[str, bytes, int]]:
+    """The (provider, update root, weight) leaves a round's metrics document lists, which must form
+    the committed updates root: FedMarketError if they are malformed or do not. Anyone who pays,
+    judges or watches by a round's members reads them through this (an aggregator's document is
+    its own word; the root is what it committed to)."""
+    try:
+        entries = fetch_metrics(store, committed)["updates"]
+        leaves = [(to_checksum_address(e["provider"]), bytes.fromhex(e["update_root"][2:]), int(e["weight"]))
+                  for e in entries]
+        root = updates_root([SimpleNamespace(provider=p, root=r, weight=w) for p, r, w in leaves])
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        raise FedMarketError(f"round {committed.round}: metrics document lists malformed updates") from None
+    if root != committed.updates_root:
+        raise FedMarketError(f"round {committed.round}: the listed updates do not form the committed updates root")
+    return leaves
 
 
 def fetch_model(store: BlobStore, spec: JobSpec, committed: CommittedRound) -> np.ndarray:

@@ -36,7 +36,7 @@ from ..protocol.receipts import ScoresReveal
 from ..spec import JobSpec
 from ..storage import BlobStore
 from .common import (
-    committed_rounds, fetch_metrics, hexbytes, joined_providers, joined_validators, read_document, round_topic,
+    committed_rounds, hexbytes, joined_providers, joined_validators, listed_leaves, read_document, round_topic,
 )
 
 SCORE_SCALE = 1_000_000  # scores are committed as integers: millionths of a utility point
@@ -195,13 +195,14 @@ def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpe
     """The job's rewards document: every leaf, the totals, and the inputs they came from. The
     basis is the scores basis when the job can have one and every round has counted reveals,
     else the weight basis (or `basis` if given). Each round's (provider, weight) updates come from
-    its metrics document, or from `members_of(round)` if given (an auditor that re-derives
-    withheld rounds)."""
+    `members_of(round)` if given (an auditor that re-derives withheld rounds), else from its metrics
+    document's list, which must form the committed updates root (`common.listed_leaves`): a member
+    posting the root by a list the tree does not hold would be slashed for it."""
     rounds = committed_rounds(dep, job_id)
     if members_of is None:
-        docs = [fetch_metrics(store, c) for c in rounds]
-    else:
-        docs = [{"updates": [{"provider": p, "weight": w} for p, w in members_of(c.round)]} for c in rounds]
+        def members_of(r: int) -> list[tuple[str, int]]:
+            return [(p, w) for p, _, w in listed_leaves(store, rounds[r])]
+    docs = [{"updates": [{"provider": p, "weight": w} for p, w in members_of(c.round)]} for c in rounds]
     mem = members(dep, job_id)
     stakes = joined_validators(dep, job_id)
     validators = [m.account for m in mem if m.role == R.Role.VALIDATOR]
@@ -351,10 +352,13 @@ def post_reward_root(dep: Deployment, store: BlobStore, mailbox, account, job_id
                                sender=account)
 
 
-def post_orphaned_root(dep: Deployment, store: BlobStore, mailbox, account, job_id: int, spec: JobSpec):
+def post_orphaned_root(dep: Deployment, store: BlobStore, mailbox, account, job_id: int, spec: JobSpec,
+                       members_of=None):
     """Post the reward root of a job whose aggregator was slashed (`root_orphaned`) as one of its
-    providers or validators: the rule's document (scores basis once approved, else the weight basis)."""
-    doc = reward_document(dep, store, job_id, spec, mailbox_reveals(dep, mailbox, job_id))
+    providers or validators: the rule's document (scores basis once approved, else the weight basis),
+    each round's members from `members_of` (an `Auditor`'s, which re-derives a round whose
+    document is withheld or lies from the mailbox) or else from its checked metrics document."""
+    doc = reward_document(dep, store, job_id, spec, mailbox_reveals(dep, mailbox, job_id), members_of=members_of)
     return post_reward_root(dep, store, mailbox, account, job_id, doc)
 
 
