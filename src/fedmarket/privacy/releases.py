@@ -7,6 +7,12 @@ exactly the difference of the inputs. So the provider records the round *before*
 (an fsync'ed line in a file that outlives the process), and refuses any round it finds there,
 after a restart as well. A crash between the record and the post costs the provider the round,
 never a second release. Secrets are never journaled: a restarted provider draws fresh ones.
+
+It also records, before it confirms a survivor set that holds it, the model a secure round's
+update was trained from (`spend`): once a set is confirmed the round's sum may be unmasked, and a
+round that then commits nothing leaves the model where it was, so the next round's update from
+the same model is the same vector; two sums over different providers then give it away (found by
+a privacy review). `spent` names the round that spent a model.
 """
 
 from __future__ import annotations
@@ -24,11 +30,14 @@ class ReleaseLog:
     def __init__(self, path: str | os.PathLike | None = None):
         self.path = Path(path) if path is not None else None
         self._done: set[tuple[int, int]] = set()
+        self._spent: dict[tuple[int, str], int] = {}  # (job, model) -> the round that spent it
         if self.path is not None and self.path.exists():
             for line in self.path.read_text().splitlines():
                 if line.strip():
                     rec = json.loads(line)
                     self._done.add((int(rec["job"]), int(rec["round"])))
+                    if "model" in rec:
+                        self._spent.setdefault((int(rec["job"]), str(rec["model"])), int(rec["round"]))
 
     def released(self, job_id: int, round_: int) -> bool:
         return (int(job_id), int(round_)) in self._done
@@ -44,10 +53,26 @@ class ReleaseLog:
         raise AlreadyReleased if it was before. Durable before it returns."""
         self.check(job_id, round_)
         key = (int(job_id), int(round_))
+        self._append({"job": key[0], "round": key[1], "what": what})
+        self._done.add(key)
+
+    def spent(self, job_id: int, model: str) -> int | None:
+        """The round of job ``job_id`` whose confirmed survivor set held an update trained from
+        ``model`` (a model root), or None."""
+        return self._spent.get((int(job_id), str(model)))
+
+    def spend(self, job_id: int, round_: int, model: str) -> None:
+        """Record, durably and before the confirmation leaves, that round ``round_``'s update was
+        trained from ``model`` and may be unmasked in its sum."""
+        key = (int(job_id), str(model))
+        if key not in self._spent:
+            self._append({"job": key[0], "round": int(round_), "what": "confirmed", "model": key[1]})
+            self._spent[key] = int(round_)
+
+    def _append(self, record: dict) -> None:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"job": key[0], "round": key[1], "what": what}) + "\n")
+                f.write(json.dumps(record) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
-        self._done.add(key)

@@ -191,6 +191,10 @@ class ProviderProcess(RoleProcess):
                 if p.releases.released(job_id, r):
                     self.say_once(f"round {r}: already released, not again")
                     return True
+                why = p.frozen(job_id, r)
+                if why:
+                    self.say_once(f"round {r}: sitting out: {why}")
+                    return True
                 p.advertise(job_id, r)
                 self.say(f"round {r}: keys advertised")
                 return False

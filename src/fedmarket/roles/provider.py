@@ -24,7 +24,7 @@ from . import sealed as sl
 from .senders import signed_on
 from . import secure_round as sr
 from .auditor import training_model
-from .common import DataRole, ProtocolViolation, check_funds, claim_reward, reward_leaf, round_topic
+from .common import DataRole, ProtocolViolation, check_funds, claim_reward, committed_rounds, reward_leaf, round_topic
 
 
 def training_seed(provider: str, job_id: int, round_: int) -> int:
@@ -53,6 +53,7 @@ class Provider(DataRole):
         # commitment is posted: a Flower ClientApp lives for one message, and reveals in another
         self.keep_sealed = None
         self.sat_out: dict[tuple[int, int], str] = {}  # rounds it trained for but sent nothing, and why
+        self._trained_from: dict[tuple[int, int], str] = {}  # the model root a round trains from (`trained_from`)
 
     @property
     def n_samples(self) -> int:
@@ -117,6 +118,10 @@ class Provider(DataRole):
             raise FedMarketError(f"job {job_id} is at round {next_round}, not {round_}")
         if not self.selected(job_id, round_):
             return None  # not picked this round: nothing leaves this machine
+        why = self.frozen(job_id, round_)
+        if why:
+            self.sat_out[(job_id, round_)] = why
+            return None
         if spec.privacy.mode != "plain":
             self.releases.check(job_id, round_)
         if spec.privacy.secure:
@@ -242,6 +247,39 @@ class Provider(DataRole):
         """Whether the round's public seed picked this provider (always, without per-round selection)."""
         return self.address in self._members(job_id, round_)
 
+    def takes_part(self, job_id: int, round_: int) -> bool:
+        """Whether this provider plays the round's secure phases: selected, and not `frozen`."""
+        return self.selected(job_id, round_) and not self.frozen(job_id, round_)
+
+    def trained_from(self, job_id: int, round_: int) -> str:
+        """The root of the model round `round_` trains from: the last committed round's (round 0's is
+        the all-zero start, which an empty round 0 keeps)."""
+        key = (job_id, round_)
+        if key not in self._trained_from:  # (a committed round never changes)
+            if round_ == 0:
+                spec = self.inspect(job_id)
+                root = vector_root(np.zeros(spec.n_params, dtype=np.int64), spec.quantization.chunk_size)
+            else:
+                root = committed_rounds(self.dep, job_id)[round_ - 1].model_root
+            self._trained_from = {key: "0x" + bytes(root).hex()}
+        return self._trained_from[key]
+
+    def frozen(self, job_id: int, round_: int) -> str:
+        """Why this provider sits out a `secagg` round ('' if it does not): an earlier round's
+        confirmed survivor set held its update from this very model, and nothing has moved the
+        model since (that round committed nothing). Its update now would be the same vector, and a
+        second sum over other providers would give it away (found by a privacy review: aborted
+        rounds, or a made-up abort, re-sent every update into sums over different sets, and the
+        sums solved for each one). In `secagg_dp` each release carries fresh noise and every round
+        is charged on chain."""
+        if self.inspect(job_id).privacy.mode != "secagg":
+            return ""
+        spent = self.releases.spent(job_id, self.trained_from(job_id, round_))
+        if spent is None or spent == round_:
+            return ""
+        return (f"round {spent}'s confirmed survivor set held its update from this same model, which nothing has "
+                "moved since: a second sum over other providers would give that update away")
+
     def _client(self, job_id: int, round_: int) -> tuple[SecAggClient, SecAggConfig]:
         key = (job_id, round_)
         if key not in self._clients:
@@ -264,7 +302,7 @@ class Provider(DataRole):
         """Secure phase 1: post this round's signed public keys (nothing if not selected, or if this
         provider already released the round: keys drawn after a restart would be fresh, and its
         earlier ones would make it a duplicate that everyone drops)."""
-        if not self.selected(job_id, round_) or self.releases.released(job_id, round_):
+        if not self.takes_part(job_id, round_) or self.releases.released(job_id, round_):
             return
         client, cfg = self._client(job_id, round_)
         self.mailbox.post(sr.topic(job_id, round_, "keys"),
@@ -272,7 +310,7 @@ class Provider(DataRole):
 
     def share(self, job_id: int, round_: int) -> None:
         """Secure phase 2: Shamir-share this round's secrets among the neighbours that advertised keys."""
-        if not self.selected(job_id, round_):
+        if not self.takes_part(job_id, round_):
             return
         client, cfg = self._client(job_id, round_)
         keys = sr.advertised(self.mailbox.read(sr.topic(job_id, round_, "keys")), self._members(job_id, round_), cfg.round_id)
@@ -311,7 +349,7 @@ class Provider(DataRole):
         Until then it also puts its own masked update's blob back if someone deleted it (anyone
         can, on a shared store): left out for a missing blob, it would make its neighbours refuse
         the set and abort the round."""
-        if not self.selected(job_id, round_) or (job_id, round_) not in self._clients:
+        if not self.takes_part(job_id, round_) or (job_id, round_) not in self._clients:
             return  # nothing masked here this round
         own = self._masked_blob.get((job_id, round_))
         if own is not None:
@@ -331,19 +369,21 @@ class Provider(DataRole):
 
     def confirm(self, job_id: int, round_: int) -> None:
         """Secure phase 4 (consistency check): sign the aggregator's survivor set, once per round,
-        unless it leaves out a neighbour whose masked update `watch_uploads` saw before the set."""
-        if not self.selected(job_id, round_):
+        unless it leaves out a neighbour whose masked update `watch_uploads` saw before the set. The
+        set holds this provider: its update's model is spent first (`frozen`)."""
+        if not self.takes_part(job_id, round_):
             return
         client, cfg = self._client(job_id, round_)
         survivors = client.confirm(self._survivor_set(job_id, round_, cfg.round_id),
                                    self._seen_masked.get((job_id, round_), set()))
+        self.releases.spend(job_id, round_, self.trained_from(job_id, round_))
         self.mailbox.post(sr.topic(job_id, round_, "confirm"),
                           sr.confirm_message(self.account.key, cfg.round_id, self.address, client.uid, survivors))
 
     def unmask(self, job_id: int, round_: int) -> None:
         """Secure phase 5: once enough survivors signed the same survivor set (and none another),
         answer it with this provider's shares."""
-        if not self.selected(job_id, round_):
+        if not self.takes_part(job_id, round_):
             return
         client, cfg = self._client(job_id, round_)
         survivors = self._survivor_set(job_id, round_, cfg.round_id)
