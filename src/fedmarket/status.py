@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .market import Deployment, JobState
+from .protocol import rules as R
 
 
 @dataclass
@@ -132,8 +133,7 @@ def assess(f: JobFacts, now: int, grace: int = STUCK_GRACE) -> Assessment:
 
 
 def _can_start(f: JobFacts) -> bool:
-    j = f.job
-    return bool(j["accepted"]) and j["n_providers"] >= j["min_providers"] and j["n_validators"] >= j["min_validators"]
+    return R.startable(f.job)
 
 
 def _open(f: JobFacts, a: Assessment, now: int) -> None:
@@ -152,7 +152,7 @@ def _open(f: JobFacts, a: Assessment, now: int) -> None:
         if not j["accepted"]:
             a.late.append((j["aggregator"], "did not accept the job by the join deadline"))
         if _can_start(f):
-            a.next["anyone"] = "start the job (the join window is over)"
+            a.next["anyone"] = "start the job (the join window is over: `fedmarket start`)"
             a.stuck = "the join window is over and nobody started the job"
         else:
             a.next["requester"] = a.next["anyone"] = f"cancel the job for a full refund ({need})"

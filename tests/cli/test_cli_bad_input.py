@@ -62,7 +62,7 @@ def test_job_ids_below_one_are_refused_by_role_commands(capsys, argv):
     refused(capsys, *argv, *ROLE, words="'--job'")
 
 
-@pytest.mark.parametrize("argv", [["stake", "release"], ["requester", "cancel"], ["requester", "withdraw"]])
+@pytest.mark.parametrize("argv", [["stake", "release"], ["requester", "cancel"], ["requester", "withdraw"], ["start"]])
 def test_job_ids_below_one_are_refused_by_one_shot_commands(capsys, argv):
     refused(capsys, *argv, "--job", "-1", *ROLE, words="'--job'")
 

@@ -169,6 +169,41 @@ def test_stuck_open_job_is_cancelled_by_anyone_and_stake_goes_back_to_the_wallet
     assert dep.balance(AGG.address) == agg0 and dep.staked(AGG.address) == 0
 
 
+def test_a_job_its_aggregator_never_starts_is_started_by_anyone_after_the_join_window(market, capsys, advance):
+    """ATTACK (an aggregator that accepts and then sits on the job): the stakes and the escrow stay
+    locked while it is open. `fedmarket start` lets anyone start it once the join window is over;
+    the aggregator then misses round 0 and the job fails with a full refund."""
+    dep = market["dep"]
+    prov0 = dep.balance(PROV.address)
+    job = post(market, small_spec(join_window=60, round_duration=120))
+    accept_and_join(market, job)
+    block = dep.chain.block_number()
+    rc, _, err = cli(capsys, "start", "--job", str(job), *common(market), "--dev-account", "5")
+    assert rc == 1 and "join window is open until" in err and dep.chain.block_number() == block  # nothing sent
+    advance(91)
+    rc, out, _ = cli(capsys, "status", str(job), *common(market))
+    assert rc == 3 and "nobody started the job" in out and "`fedmarket start`" in out
+    rc, out, _ = cli(capsys, "start", "--job", str(job), *common(market), "--dev-account", "5")
+    assert rc == 0 and f"job {job} started with 1 providers and 0 validators" in out
+    rc, _, err = cli(capsys, "start", "--job", str(job), *common(market), "--dev-account", "5")
+    assert rc == 1 and "is training, not open" in err
+    advance(121)
+    rc, out, _ = cli(capsys, "requester", "withdraw", "--job", str(job), *common(market), "--dev-account", "2")
+    assert rc == 0 and "failed (deadline missed): 100 FED refunded" in out
+    rc, out, _ = cli(capsys, "stake", "release", "--job", str(job), "--of", PROV.address, *common(market), "--dev-account", "5")
+    assert rc == 0 and dep.balance(PROV.address) == prov0
+    # a job that cannot start is refused, with what it lacks and what to do instead
+    other = post(market, small_spec(join_window=60))
+    accept_and_join(market, other, provider=None)
+    advance(61)
+    rc, _, err = cli(capsys, "start", "--job", str(other), *common(market), "--dev-account", "5")
+    assert rc == 1 and "cannot start (0/1 providers" in err and "requester cancel" in err
+    rc, _, _ = cli(capsys, "requester", "cancel", "--job", str(other), *common(market), "--dev-account", "5")
+    assert rc == 0
+    for j in (job, other):  # the aggregator's stake back to its free stake
+        cli(capsys, "stake", "release", "--job", str(j), *common(market), "--dev-account", "3")
+
+
 def test_training_job_past_its_deadline_is_failed_by_withdraw(market, capsys, advance):
     dep = market["dep"]
     req0, prov0 = dep.balance(REQ.address), dep.balance(PROV.address)

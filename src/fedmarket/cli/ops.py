@@ -283,6 +283,37 @@ def requester_cancel(
          f"{j['requester']} (tx {receipt.tx_hash})")
 
 
+@app.command()
+def start(
+    job: int = JOB, rpc: str = RPC, contracts: Path = CONTRACTS,
+    account: str = ACCOUNT, keystore: Path = KEYSTORE, dev_account: int = DEV,
+) -> None:
+    """Start an open job's training: anyone may once its join deadline passed (its aggregator or
+    requester before), if its aggregator accepted and its minimum providers and validators joined.
+    An aggregator that never starts its job cannot keep the stakes and the escrow locked."""
+    from ..display import iso
+    from ..market import JobState
+    from ..protocol import rules as R
+
+    dep = _connect(rpc, contracts)
+    signer = load_signer(account, keystore, dev_account, dep.chain)
+    j = dep.job(job)
+    if j["state"] != JobState.OPEN:
+        raise FedMarketError(f"job {job} is {j['state'].name.lower()}, not open: only an open job can be started")
+    if not R.startable(j):
+        need = (f"{j['n_providers']}/{j['min_providers']} providers, {j['n_validators']}/{j['min_validators']} validators"
+                + ("" if j["accepted"] else ", not accepted by its aggregator"))
+        raise FedMarketError(f"job {job} cannot start ({need}); after its join deadline anyone may cancel it "
+                             "(`fedmarket requester cancel`)")
+    if _now(dep) < int(j["join_deadline"]) and signer.address not in (j["aggregator"], j["requester"]):
+        raise FedMarketError(f"job {job}'s join window is open until {iso(j['join_deadline'])}: only its aggregator or "
+                             "requester may start it before then")
+    receipt = dep.market.transact("start", job, sender=signer)
+    ev = receipt.event("TrainingStarted")
+    _out(f"job {job} started with {ev['n_providers']} providers and {ev['n_validators']} validators: round 0 is due "
+         f"by {iso(ev['round_deadline'])} (tx {receipt.tx_hash})")
+
+
 @requester_app.command("withdraw")
 def requester_withdraw(
     job: int = JOB, rpc: str = RPC, contracts: Path = CONTRACTS,

@@ -23,11 +23,11 @@ from typing import Any
 import rlp
 
 from ..chain.rpc_backend import RpcChain
-from ..errors import ChainError, FedMarketError, StorageError
+from ..errors import ChainError, ContractRevert, FedMarketError, StorageError
 from ..market import Deployment, JobState
 from ..memory import Trimmer
 from ..protocol.encoding import BAD_INPUT
-from ..roles.common import keep_job_files
+from ..roles.common import LATE_START_GRACE, close_join_window, keep_job_files
 from ..storage import BlobStore, LocalBlobStore, MirroredStore, write_atomic
 
 
@@ -200,6 +200,22 @@ class RoleProcess:
         if not self._job_files_kept:
             keep_job_files(self.dep, store, job_id, module)
             self._job_files_kept = module
+
+    def close_join_window(self, job_id: int, job: dict, account) -> None:
+        """A member's (or the requester's) part once the join window is over and `LATE_START_GRACE`
+        more passed without the aggregator's start: start the job if it can start, else cancel it
+        (`roles.common.close_join_window`), so that nobody's stake stays locked in an open job."""
+        now = max(int(self.dep.chain.timestamp()), int(time.time()))
+        if job["state"] != JobState.OPEN or now < int(job["join_deadline"]) + LATE_START_GRACE:
+            return
+        try:
+            receipt = close_join_window(self.dep, account, job_id, now)
+        except ContractRevert as exc:  # someone was quicker, or the chain's clock is behind ours
+            self.say_once(f"could not close the join window of job {job_id}: {exc}")
+            return
+        if receipt is not None:
+            what = "started" if receipt.events and any(e.name == "TrainingStarted" for e in receipt.events) else "cancelled"
+            self.say(f"the join window of job {job_id} is over and nobody moved: {what} it (tx {receipt.tx_hash})")
 
     # ---- logging -----------------------------------------------------------------------
     def say(self, message: str) -> None:

@@ -321,6 +321,7 @@ class ProviderProcess(RoleProcess):
                 self.say(f"joined job {job_id} with stake {spec.reward.provider_stake} (tx {receipt.tx_hash})")
             else:
                 self.say_once(f"joined job {job_id}; waiting for training to start")
+                self.close_join_window(job_id, job, self.provider.account)
             return
         if R.role_of(role) != Role.PROVIDER:
             raise Fatal(f"{self.address} is not a provider of job {job_id} (state {state.name})")

@@ -119,3 +119,4 @@ class RequesterProcess(RoleProcess):
             raise Stop
         else:
             self.say_once(f"job {job_id} open: waiting for the aggregator and providers")
+            self.close_join_window(job_id, job, self.account)

@@ -77,6 +77,7 @@ class ValidatorProcess(RoleProcess):
                 self.say(f"joined job {job_id} as validator (tx {receipt.tx_hash})")
             else:
                 self.say_once(f"joined job {job_id}; waiting for rounds")
+                self.close_join_window(job_id, job, self.validator.account)
             return
         if R.role_of(role) != Role.VALIDATOR:
             raise Fatal(f"{self.address} is not a validator of job {job_id} (state {state.name})")

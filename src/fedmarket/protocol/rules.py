@@ -117,6 +117,13 @@ def as_rule(rule: int) -> Rule:
         raise ConfigError(f"unknown aggregation rule id {rule}") from None
 
 
+def startable(job: dict) -> bool:
+    """`JobMarket.start`'s condition on an open job: accepted, with its minimum providers and
+    validators joined (before the join deadline only the aggregator or requester may start it;
+    after it anyone, and a job that is not startable may be cancelled by anyone)."""
+    return bool(job["accepted"]) and job["n_providers"] >= job["min_providers"] and job["n_validators"] >= job["min_validators"]
+
+
 def is_slashed(role_word: int) -> bool:
     return int(role_word) & SLASHED != 0
 

@@ -554,6 +554,23 @@ def claim_reward(dep: Deployment, store: BlobStore, account, job_id: int):
     return dep.market.transact("claim", job_id, int(leaf["index"]), reward_struct(leaf), proof, sender=account)
 
 
+#: How long past a job's join deadline its members' processes leave its start (or, if it cannot
+#: start, its cancellation) to the aggregator and the requester before sending it themselves
+LATE_START_GRACE = 30
+
+
+def close_join_window(dep: Deployment, sender, job_id: int, now: int):
+    """What anyone may do for an open job once its join deadline passed (`now`, what the next
+    transaction sees): start it if it can start, else cancel it (full refund). None before the
+    deadline or for a job that is not open. An aggregator that accepted and never starts would
+    otherwise keep every member's stake and the escrow locked, and could time round 0's seed at
+    will."""
+    job = dep.job(job_id)
+    if job["state"] != JobState.OPEN or now < int(job["join_deadline"]):
+        return None
+    return dep.market.transact("start" if R.startable(job) else "cancel", job_id, sender=sender)
+
+
 def fail_job(dep: Deployment, sender, job_id: int):
     """Fail a training job past its deadline at the cost of whoever failed (anyone may call): the
     aggregator for a missed step, or, when the latest round lacks validator quorum, the
