@@ -4,8 +4,8 @@ unmasks a round's sum and then makes up an abort, re-sent every provider's updat
 different sets of providers, and the sums solved for each update exactly: with a sampled job the
 aggregator alone, and with one spoiler (an out-of-range masked input, within `max_dishonest`) even
 an honest aggregator's mailbox. A provider now spends the model its update was trained from when it
-confirms a survivor set that holds it (`ReleaseLog.spend`), and sits out every later round that
-trains from the same model (`Provider.frozen`)."""
+masks it (`ReleaseLog.claim`), and sits out every later round that trains from the same model
+(`Provider.frozen`)."""
 
 from __future__ import annotations
 
@@ -138,16 +138,34 @@ def test_a_spoiler_cannot_open_the_honest_updates_of_rounds_it_aborts(make, full
     assert _opened(seen, honest, Recorder.truth, minus=Spoiler.sent[s.providers[5].address]) == []
 
 
+def test_a_masked_input_spends_its_model_even_without_a_confirmation(make, full_batch):
+    """ATTACK (found by a review of the first version of this rule, which spent a model when its
+    provider confirmed a survivor set): a provider that masks and then never confirms (its process
+    killed in between, or the aggregator deleting the survivor set before it read it) is still in
+    the sum, its self-mask rebuilt by its neighbours; it spent nothing, so it released the same
+    update into later rounds' sums. Its first masked input spends the model now."""
+    Recorder.truth, Freezer.sums = {}, []
+    s = make(providers=4, rounds=3, privacy="secagg", validators=1, aggregator_cls=Freezer, provider_cls=Recorder,
+             max_dishonest=0.0)
+    s.open()
+    victim = s.providers[0]
+    for r in range(3):
+        assert s.driver.quorum_or_fail()
+        s.driver.round(r, RoundPlan({0: "unmask"} if r == 0 else {}))  # round 0: it masks, never confirms
+    assert victim.address in Freezer.sums[0][0]  # it is in round 0's unmasked sum all the same
+    assert len(Recorder.truth[victim.address]) == 1, "the same update left the machine again"
+    assert all("same model" in why for why in victim.sat_out.values()) and victim.sat_out
+
+
 def test_a_spent_model_is_remembered_across_a_restart(tmp_path):
-    """CRASH: the model a confirmed round spent is journaled before the confirmation leaves, so a
-    restarted provider's process still sits out the rounds that train from it; the round that spent
-    it is not frozen itself (it goes on to its unmask answers)."""
+    """CRASH: the model a `secagg` release spends is in the same journal line as the release, written
+    before the masked input leaves, so a restarted provider's process still sits out the rounds
+    that train from it; the round that spent it is not frozen itself."""
     from fedmarket.privacy.releases import ReleaseLog
 
     log = ReleaseLog(tmp_path / "releases.jsonl")
-    log.claim(1, 3, "secagg")
-    log.spend(1, 3, "0xab")
-    log.spend(1, 4, "0xab")  # a later round of the same model does not move the record
+    log.claim(1, 3, "secagg", "0xab")
+    log.claim(1, 2, "secagg_dp")
     again = ReleaseLog(tmp_path / "releases.jsonl")
     assert again.spent(1, "0xab") == 3 and again.spent(1, "0xcd") is None and again.spent(2, "0xab") is None
-    assert again.released(1, 3) and not again.released(1, 4)
+    assert again.released(1, 3) and again.released(1, 2) and not again.released(1, 4)

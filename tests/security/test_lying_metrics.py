@@ -14,7 +14,8 @@ from fedmarket.errors import FedMarketError
 from fedmarket.market import JobState
 from fedmarket.roles import Aggregator
 from fedmarket.roles.common import committed_rounds, fail_job
-from fedmarket.testing.adversary import DroppingAggregator
+from fedmarket.roles.settlement import mailbox_reveals, reward_document
+from fedmarket.testing.adversary import DroppingAggregator, InflatingAggregator
 
 
 def _lying_metrics(edit):
@@ -40,9 +41,10 @@ def _lying_metrics(edit):
 
 class ListingDroppingAggregator(DroppingAggregator):
     """Acknowledges every update of round 1, leaves one out of the committed tree, and still lists
-    it in the round's metrics document."""
+    it in the round's metrics document (at `listed_weight`, its own weight by default)."""
 
     dropped = None
+    listed_weight = None
 
     def collect(self, job_id, round_, spec):
         full, _ = Aggregator.collect(self, job_id, round_, spec)
@@ -57,7 +59,8 @@ class ListingDroppingAggregator(DroppingAggregator):
         def relist(doc):  # (collected within the round: read when the document is written)
             u = self.dropped
             entry = {"index": 0, "provider": u.provider, "update_cid": self.store.put(agg_mod.encode_vector(u.q)),
-                     "update_root": "0x" + u.update_root.hex(), "weight": u.weight,
+                     "update_root": "0x" + u.update_root.hex(),
+                     "weight": u.weight if self.listed_weight is None else self.listed_weight,
                      "signature": "0x" + u.signature.hex()}
             return dict(doc, updates=[entry, *doc["updates"]])
         return _lying_metrics(relist)(super().run_round)(job_id, round_, collected)
@@ -78,12 +81,16 @@ class InflatedListSilentAggregator(Aggregator):
         return None
 
 
-def test_a_metrics_list_naming_a_left_out_update_cannot_hide_the_censorship(make):
+@pytest.mark.parametrize("weight", [None, -1], ids=["listed", "unencodable"])
+def test_a_metrics_list_naming_a_left_out_update_cannot_hide_the_censorship(make, weight):
     """ATTACK: round 1 leaves out an update the aggregator acknowledged, and its metrics document still
     lists it. The watcher's round check saw the list fail and re-derived the round from the mailbox
     (right); its censorship check read the same list unchecked, found the update "included", and
-    opened no inclusion game, though the game wins at once. It reads the committed tree's leaves now."""
+    opened no inclusion game, though the game wins at once. It reads the committed tree's leaves now.
+    Listed with a weight of -1 (which parses, and which the leaf encoding refuses), the first
+    version of that fix raised at every step instead of re-deriving the round (found by a review)."""
     s = make(providers=3, rounds=2, aggregator_cls=ListingDroppingAggregator)
+    s.agg.listed_weight = weight
     s.open()
     s.rounds()
     assert s.agg.dropped is not None
@@ -116,3 +123,36 @@ def test_a_metrics_list_that_lies_cannot_get_the_providers_who_post_the_root_sla
     d = s.delta()
     assert d[s.agg.address] < 0  # slashed for posting no root
     assert all(d[p.address] > 0 for p in s.providers)  # every provider paid, none slashed
+
+
+class UnencodableListInflatingAggregator(InflatingAggregator):
+    """Commits every round's true tree, lists one extra leaf of weight -1 in round 0's metrics
+    document, and posts a reward root that doubles its Sybil's value (`InflatingAggregator`)."""
+
+    def run_round(self, job_id, round_, collected=None):
+        def extra(doc):
+            self.true_lists[round_] = [(e["provider"], int(e["weight"])) for e in doc["updates"]]
+            if round_ != 0:
+                return doc
+            e = doc["updates"][0]
+            return dict(doc, updates=[*doc["updates"], dict(e, index=len(doc["updates"]), weight=-1)])
+        return _lying_metrics(extra)(super().run_round)(job_id, round_, collected)
+
+    def rewards_document(self, job_id, spec, basis=None):
+        doc = reward_document(self.dep, self.store, job_id, spec, mailbox_reveals(self.dep, self.mailbox, job_id),
+                              basis, lambda r: self.true_lists[r])
+        return self.tamper(doc)
+
+
+def test_an_unencodable_metrics_list_cannot_shield_an_inflated_reward_root(make):
+    """ATTACK (found by a review of the fix above): a leaf of weight -1 in round 0's list made every
+    watcher's reward check raise (`Auditor.members`), so the root doubling a Sybil's value settled
+    unchallenged. The round is re-derived from the mailbox now, and the root is proven wrong."""
+    s = make(providers=3, rounds=3, aggregator_cls=UnencodableListInflatingAggregator)
+    s.agg.true_lists = {}
+    s.agg.favoured = s.providers[1].address
+    s.run()
+    assert s.dep.reward_arbiter.events("GameOpened", job_id=s.job)
+    rejected = s.dep.market.events("RewardRootRejected", job_id=s.job)
+    assert rejected and rejected[0]["poster"] == s.agg.address
+    assert s.state() == JobState.SETTLED and s.delta()[s.agg.address] < 0

@@ -8,11 +8,12 @@ exactly the difference of the inputs. So the provider records the round *before*
 after a restart as well. A crash between the record and the post costs the provider the round,
 never a second release. Secrets are never journaled: a restarted provider draws fresh ones.
 
-It also records, before it confirms a survivor set that holds it, the model a secure round's
-update was trained from (`spend`): once a set is confirmed the round's sum may be unmasked, and a
-round that then commits nothing leaves the model where it was, so the next round's update from
-the same model is the same vector; two sums over different providers then give it away (found by
-a privacy review). `spent` names the round that spent a model.
+In `secagg` the same line records the model the update was trained from (``model``): a masked
+input may be unmasked in its round's sum whether or not its provider gets to confirm the survivor
+set (its neighbours rebuild its self-mask), and a round that then commits nothing leaves the model
+where it was, so the next round's update from the same model is the same vector; two sums over
+different providers then give it away (found by a privacy review). `spent` names the round that
+spent a model.
 """
 
 from __future__ import annotations
@@ -48,26 +49,21 @@ class ReleaseLog:
             raise AlreadyReleased(f"job {job_id} round {round_}: this provider already released its update "
                                   "(one release per round: a second would spend privacy nobody counts)")
 
-    def claim(self, job_id: int, round_: int, what: str) -> None:
-        """Record that round ``round_`` of job ``job_id`` is being released (``what``: the mode), or
-        raise AlreadyReleased if it was before. Durable before it returns."""
+    def claim(self, job_id: int, round_: int, what: str, model: str | None = None) -> None:
+        """Record that round ``round_`` of job ``job_id`` is being released (``what``: the mode; ``model``:
+        the root of the model the update was trained from, which this release spends), or raise
+        AlreadyReleased if it was before. Durable before it returns."""
         self.check(job_id, round_)
         key = (int(job_id), int(round_))
-        self._append({"job": key[0], "round": key[1], "what": what})
+        self._append({"job": key[0], "round": key[1], "what": what, **({"model": str(model)} if model else {})})
         self._done.add(key)
+        if model:
+            self._spent.setdefault((key[0], str(model)), key[1])
 
     def spent(self, job_id: int, model: str) -> int | None:
-        """The round of job ``job_id`` whose confirmed survivor set held an update trained from
-        ``model`` (a model root), or None."""
+        """The first round of job ``job_id`` that released an update trained from ``model`` (a
+        model root, given to `claim`), or None."""
         return self._spent.get((int(job_id), str(model)))
-
-    def spend(self, job_id: int, round_: int, model: str) -> None:
-        """Record, durably and before the confirmation leaves, that round ``round_``'s update was
-        trained from ``model`` and may be unmasked in its sum."""
-        key = (int(job_id), str(model))
-        if key not in self._spent:
-            self._append({"job": key[0], "round": int(round_), "what": "confirmed", "model": key[1]})
-            self._spent[key] = int(round_)
 
     def _append(self, record: dict) -> None:
         if self.path is not None:

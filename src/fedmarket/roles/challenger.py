@@ -195,7 +195,7 @@ class Challenger:
             included = set(self.auditor.leaves(job_id, c.round, truth.rounds))
         except StorageUnreachable:
             return None  # the store did not answer: look again next time
-        except FedMarketError:
+        except (FedMarketError, *BAD_INPUT):
             return None  # unavailable data: a leaf game matter
         signed = posted_receipts(self.dep, mailbox, job_id, c.round)
         for key, asig in acknowledged(self.dep, mailbox, job_id, c.round, aggregator).items():

@@ -458,7 +458,7 @@ def listed_leaves(store: BlobStore, committed: CommittedRound) -> list[tuple[str
         leaves = [(to_checksum_address(e["provider"]), bytes.fromhex(e["update_root"][2:]), int(e["weight"]))
                   for e in entries]
         root = updates_root([SimpleNamespace(provider=p, root=r, weight=w) for p, r, w in leaves])
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+    except BAD_INPUT:  # (with an entry the leaf encoding refuses: a negative weight, a long root)
         raise FedMarketError(f"round {committed.round}: metrics document lists malformed updates") from None
     if root != committed.updates_root:
         raise FedMarketError(f"round {committed.round}: the listed updates do not form the committed updates root")

@@ -128,7 +128,9 @@ class Provider(DataRole):
             self._check_keys_once(job_id, round_)
         delta = self._local_delta(spec, job_id, round_, q_global)
         if spec.privacy.mode != "plain":  # journaled before anything leaves: AlreadyReleased on a retry
-            self.releases.claim(job_id, round_, spec.privacy.mode)
+            # (in secagg with the model it spends: `frozen`)
+            self.releases.claim(job_id, round_, spec.privacy.mode,
+                                self.trained_from(job_id, round_) if spec.privacy.mode == "secagg" else None)
         if spec.privacy.secure:
             client, cfg = self._client(job_id, round_)
             q, weight = self._released(spec, delta, cfg)
@@ -265,20 +267,21 @@ class Provider(DataRole):
         return self._trained_from[key]
 
     def frozen(self, job_id: int, round_: int) -> str:
-        """Why this provider sits out a `secagg` round ('' if it does not): an earlier round's
-        confirmed survivor set held its update from this very model, and nothing has moved the
-        model since (that round committed nothing). Its update now would be the same vector, and a
-        second sum over other providers would give it away (found by a privacy review: aborted
-        rounds, or a made-up abort, re-sent every update into sums over different sets, and the
-        sums solved for each one). In `secagg_dp` each release carries fresh noise and every round
-        is charged on chain."""
+        """Why this provider sits out a `secagg` round ('' if it does not): it released a masked
+        update trained from this very model in an earlier round, and nothing has moved the model
+        since (that round committed nothing). Its update now would be the same vector, and a second
+        sum over other providers would give it away (found by a privacy review: aborted rounds, or
+        a made-up abort, re-sent every update into sums over different sets, and the sums solved
+        for each one). The first masked input counts, not a confirmation: its neighbours can
+        rebuild its self-mask whether or not it confirms (a review of the first version of this
+        rule). In `secagg_dp` each release carries fresh noise and every round is charged on chain."""
         if self.inspect(job_id).privacy.mode != "secagg":
             return ""
         spent = self.releases.spent(job_id, self.trained_from(job_id, round_))
         if spent is None or spent == round_:
             return ""
-        return (f"round {spent}'s confirmed survivor set held its update from this same model, which nothing has "
-                "moved since: a second sum over other providers would give that update away")
+        return (f"it released round {spent}'s update from this same model, which nothing has moved since: a "
+                "second sum over other providers would give that update away")
 
     def _client(self, job_id: int, round_: int) -> tuple[SecAggClient, SecAggConfig]:
         key = (job_id, round_)
@@ -369,14 +372,12 @@ class Provider(DataRole):
 
     def confirm(self, job_id: int, round_: int) -> None:
         """Secure phase 4 (consistency check): sign the aggregator's survivor set, once per round,
-        unless it leaves out a neighbour whose masked update `watch_uploads` saw before the set. The
-        set holds this provider: its update's model is spent first (`frozen`)."""
+        unless it leaves out a neighbour whose masked update `watch_uploads` saw before the set."""
         if not self.takes_part(job_id, round_):
             return
         client, cfg = self._client(job_id, round_)
         survivors = client.confirm(self._survivor_set(job_id, round_, cfg.round_id),
                                    self._seen_masked.get((job_id, round_), set()))
-        self.releases.spend(job_id, round_, self.trained_from(job_id, round_))
         self.mailbox.post(sr.topic(job_id, round_, "confirm"),
                           sr.confirm_message(self.account.key, cfg.round_id, self.address, client.uid, survivors))
 
