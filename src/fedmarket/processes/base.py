@@ -204,9 +204,14 @@ class RoleProcess:
     def close_join_window(self, job_id: int, job: dict, account) -> None:
         """A member's (or the requester's) part once the join window is over and `LATE_START_GRACE`
         more passed without the aggregator's start: start the job if it can start, else cancel it
-        (`roles.common.close_join_window`), so that nobody's stake stays locked in an open job."""
+        (`roles.common.close_join_window`), so that nobody's stake stays locked in an open job. The
+        requester goes first; each member waits one more grace and a share of another, set by its
+        address, so that they do not all send (and all but one revert) in one block."""
         now = max(int(self.dep.chain.timestamp()), int(time.time()))
-        if job["state"] != JobState.OPEN or now < int(job["join_deadline"]) + LATE_START_GRACE:
+        wait = LATE_START_GRACE
+        if self.role != "requester":
+            wait += LATE_START_GRACE + int(self.address, 16) % LATE_START_GRACE
+        if job["state"] != JobState.OPEN or now < int(job["join_deadline"]) + wait:
             return
         try:
             receipt = close_join_window(self.dep, account, job_id, now)
