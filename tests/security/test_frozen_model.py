@@ -157,6 +157,41 @@ def test_a_masked_input_spends_its_model_even_without_a_confirmation(make, full_
     assert all("same model" in why for why in victim.sat_out.values()) and victim.sat_out
 
 
+class Tamperer(Provider):
+    """A member within `max_dishonest` that, in round 0 only, flips a byte of every share it sends
+    (nobody but the receiver can tell: only it decrypts the share); an honest provider after."""
+
+    def share(self, job_id, round_):
+        if round_ != 0:
+            return super().share(job_id, round_)
+        from fedmarket.privacy.secagg import EncryptedShare
+
+        client, cfg = self._client(job_id, round_)
+        keys = sr.advertised(self.mailbox.read(sr.topic(job_id, round_, "keys")), self._members(job_id, round_),
+                             cfg.round_id)
+        spoilt = [EncryptedShare(x.src, x.dst, x.blob[:-1] + bytes([x.blob[-1] ^ 1])) for x in client.share_keys(keys)]
+        self.mailbox.post(sr.topic(job_id, round_, "shares"),
+                          sr.shares_message(self.account.key, cfg.round_id, self.address, client.uid, spoilt))
+
+
+def test_a_refusal_to_mask_spends_no_model(make):
+    """ATTACK (found by a review of the rule above): the model was journaled as spent before the
+    provider masked, and masking refuses bad shares (too few, doubled, failing authentication).
+    One member spoiling its shares in round 0 alone left every honest provider frozen with nothing
+    released, and the job committed nothing to its end (each honest provider paid 0, not 16.5). A
+    refusal to mask spends nothing now: the job goes on from round 1."""
+    s = make(providers=6, rounds=3, privacy="secagg", validators=1, provider_cls=[Provider] * 5 + [Tamperer],
+             max_dishonest=0.17)
+    s.open()
+    for r in range(3):
+        assert s.driver.quorum_or_fail()
+        s.driver.round(r)
+    counts = [c.count for c in committed_rounds(s.dep, s.job)]
+    # round 1 from the same model: only the spoiler, which did mask in round 0, sits it out
+    assert counts == [0, 5, 6], counts
+    assert [bool(p.sat_out) for p in s.providers] == [False] * 5 + [True]
+
+
 def test_a_spent_model_is_remembered_across_a_restart(tmp_path):
     """CRASH: the model a `secagg` release spends is in the same journal line as the release, written
     before the masked input leaves, so a restarted provider's process still sits out the rounds

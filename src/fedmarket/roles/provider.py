@@ -127,10 +127,6 @@ class Provider(DataRole):
         if spec.privacy.secure:
             self._check_keys_once(job_id, round_)
         delta = self._local_delta(spec, job_id, round_, q_global)
-        if spec.privacy.mode != "plain":  # journaled before anything leaves: AlreadyReleased on a retry
-            # (in secagg with the model it spends: `frozen`)
-            self.releases.claim(job_id, round_, spec.privacy.mode,
-                                self.trained_from(job_id, round_) if spec.privacy.mode == "secagg" else None)
         if spec.privacy.secure:
             client, cfg = self._client(job_id, round_)
             q, weight = self._released(spec, delta, cfg)
@@ -139,7 +135,13 @@ class Provider(DataRole):
             incoming = [s for lst in shares.values() for s in lst if s.dst == client.uid]
             masked = client.masked_input(q.astype(np.int64) * np.int64(weight), incoming)
             q_out = np.frombuffer(masked.data, dtype=np.uint64).view(np.int64)
+            # journaled once it is masked (a refusal to mask releases nothing, and spends no model) and
+            # before it leaves: AlreadyReleased on a retry; in secagg with the model it spends (`frozen`)
+            self.releases.claim(job_id, round_, spec.privacy.mode,
+                                self.trained_from(job_id, round_) if spec.privacy.mode == "secagg" else None)
         else:
+            if spec.privacy.mode != "plain":  # journaled before anything leaves: AlreadyReleased on a retry
+                self.releases.claim(job_id, round_, spec.privacy.mode)
             q_out, weight = self._released(spec, delta)
             why = self._sits_out(spec, q_out)
             if why:
