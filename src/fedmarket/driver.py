@@ -218,15 +218,15 @@ class JobDriver:
             self._judge_and_post()
         if self.state == JobState.FINALIZING:
             self.challenge()
+        auditor = Auditor(self.dep, self.store, self.mailbox)  # each round's checked members, or re-derived
         for member in self.cast.providers:  # the aggregator is out: the providers post the root themselves
             if not root_orphaned(self.dep, self.job_id):
                 break
             if R.is_slashed(self.dep.market.call("membership", self.job_id, member.address)[0]):
                 continue
             self._approve()
-            auditor = Auditor(self.dep, self.store, self.mailbox)
             post_orphaned_root(self.dep, self.store, self.mailbox, member.account, self.job_id, self.spec,
-                               lambda r, a=auditor: a.members(self.job_id, r))
+                               lambda r: auditor.members(self.job_id, r))
             self.challenge()
         if self.state == JobState.FINALIZING:
             self.chain.advance_time(self.spec.deadlines.challenge_period)

@@ -132,16 +132,12 @@ def assess(f: JobFacts, now: int, grace: int = STUCK_GRACE) -> Assessment:
     return a
 
 
-def _can_start(f: JobFacts) -> bool:
-    return R.startable(f.job)
-
-
 def _open(f: JobFacts, a: Assessment, now: int) -> None:
     j = f.job
     passed = now >= int(j["join_deadline"])
     need = f"{j['n_providers']}/{j['min_providers']} providers, {j['n_validators']}/{j['min_validators']} validators"
     a.next["aggregator"] = ("accept the job (locks its stake)" if not j["accepted"]
-                            else "start the job" if _can_start(f) else f"wait for joiners ({need})")
+                            else "start the job" if R.startable(j) else f"wait for joiners ({need})")
     a.next["providers"] = ("join before the join deadline" if not passed and j["n_providers"] < j["max_providers"]
                            else "wait for the start")
     if j["max_validators"]:
@@ -151,7 +147,7 @@ def _open(f: JobFacts, a: Assessment, now: int) -> None:
     if passed:
         if not j["accepted"]:
             a.late.append((j["aggregator"], "did not accept the job by the join deadline"))
-        if _can_start(f):
+        if R.startable(j):
             a.next["anyone"] = "start the job (the join window is over: `fedmarket start`)"
             a.stuck = "the join window is over and nobody started the job"
         else:

@@ -219,7 +219,7 @@ class RoleProcess:
             self.say_once(f"could not close the join window of job {job_id}: {exc}")
             return
         if receipt is not None:
-            what = "started" if receipt.events and any(e.name == "TrainingStarted" for e in receipt.events) else "cancelled"
+            what = "started" if any(e.name == "TrainingStarted" for e in receipt.events) else "cancelled"
             self.say(f"the join window of job {job_id} is over and nobody moved: {what} it (tx {receipt.tx_hash})")
 
     # ---- logging -----------------------------------------------------------------------

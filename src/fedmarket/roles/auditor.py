@@ -476,8 +476,9 @@ class Auditor:
             return
         try:
             rounds = committed_rounds(self.dep, job_id)
-            members_of = None if self.mailbox is None else (lambda r: self.members(job_id, r, rounds))
-            expected = reward_document(self.dep, self.store, job_id, spec, reveals, basis, members_of)
+            # each round's leaves checked against its root, or (with a mailbox) re-derived
+            expected = reward_document(self.dep, self.store, job_id, spec, reveals, basis,
+                                       lambda r: self.members(job_id, r, rounds))
         except (FedMarketError, *BAD_INPUT) as exc:
             report.rewards_ok, report.rewards_problem = False, f"the rewards cannot be re-derived, round data unavailable: {exc}"
             return

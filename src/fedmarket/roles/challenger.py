@@ -258,12 +258,6 @@ class Challenger:
         return None
 
 
-def _metrics_cid(c) -> str:
-    from .common import metrics_cid
-
-    return metrics_cid(c.metrics_hash)
-
-
 def _attestation(raw: bytes, job_id: int, round_: int, model_roots: set[bytes], chain_id: int, verifier: str):
     """(validator, (model root, scores root), signature) of a validly signed attestation message, or None."""
     try:
