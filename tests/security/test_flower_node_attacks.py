@@ -55,7 +55,7 @@ def _node(make, monkeypatch, tmp_path, **kw):
     context = SimpleNamespace(node_config={"job": s.job, "store": str(node / "blobs"), "mailbox": str(node / "mailbox"),
                                            "state": str(node / "committed")})
     monkeypatch.setattr(fl, "node_deployment", lambda cfg: s.dep)
-    monkeypatch.setattr(fl, "node_provider", lambda cfg: (Provider(s.dep, victim.account, LocalBlobStore(cfg["store"]),
+    monkeypatch.setattr(fl, "node_provider", lambda cfg, dep=None: (Provider(s.dep, victim.account, LocalBlobStore(cfg["store"]),
                                                                    Mailbox(cfg["mailbox"]), victim.X, victim.y), s.job))
     monkeypatch.setattr(fl, "_reply", lambda msg, record: SimpleNamespace(content={fl.RECORD: dict(ConfigRecord(record))}))
     return s, context, victim

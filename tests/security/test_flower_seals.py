@@ -42,7 +42,7 @@ def _private_seal_theft(make, monkeypatch, tmp_path):
     context = SimpleNamespace(node_config={"job": job, "store": str(node / "blobs"), "mailbox": str(node / "mailbox"),
                                            "state": str(node / "committed")})
     monkeypatch.setattr(fl, "node_deployment", lambda cfg: s.dep)
-    monkeypatch.setattr(fl, "node_provider", lambda cfg: (Provider(dep, victim.account, LocalBlobStore(cfg["store"]),
+    monkeypatch.setattr(fl, "node_provider", lambda cfg, dep_=None: (Provider(dep, victim.account, LocalBlobStore(cfg["store"]),
                                                                    Mailbox(cfg["mailbox"]), victim.X, victim.y), job))
     monkeypatch.setattr(fl, "_reply", lambda msg, record: SimpleNamespace(content={fl.RECORD: dict(ConfigRecord(record))}))
 

@@ -196,15 +196,25 @@ def seal_problem(dep, doc: dict, job_id: int, round_: int, aggregator: str) -> s
     except FedMarketError as exc:
         return str(exc)
     for u in doc["updates"]:
-        try:
-            salt = bytes.fromhex(u["salt"].removeprefix("0x"))
-            root = bytes.fromhex(u["update_root"].removeprefix("0x"))
-        except (KeyError, ValueError, AttributeError):
-            return f"update of {u.get('provider')} carries no salt"
-        if len(salt) != 32:
-            return f"update of {u.get('provider')} carries a salt of {len(salt)} bytes, not 32"
-        if taken.get(u["provider"]) != commitment(u["provider"], root, int(u["weight"]), salt):
-            return f"update of {u['provider']} does not open its sealed commitment"
+        problem = opening_problem(taken, u)
+        if problem:
+            return problem
+    return ""
+
+
+def opening_problem(taken: dict[str, bytes], u: dict) -> str:
+    """'' if the update `u` (provider, update root, weight and salt, as a metrics document or a
+    revealed receipt carries them) opens its provider's commitment in the seal's `taken`; else what
+    is wrong."""
+    try:
+        salt = bytes.fromhex(u["salt"].removeprefix("0x"))
+        root = bytes.fromhex(u["update_root"].removeprefix("0x"))
+    except (KeyError, ValueError, AttributeError):
+        return f"update of {u.get('provider')} carries no salt"
+    if len(salt) != 32:
+        return f"update of {u.get('provider')} carries a salt of {len(salt)} bytes, not 32"
+    if taken.get(u["provider"]) != commitment(u["provider"], root, int(u["weight"]), salt):
+        return f"update of {u['provider']} does not open its sealed commitment"
     return ""
 
 

@@ -46,7 +46,7 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 from ..errors import ConfigError, FedMarketError, StorageError
 from ..protocol.encoding import MAX_UNTRUSTED_BYTES, canonical_json, untrusted_json, vector_blob_limit
 from ..roles import sealed as sl
-from ..roles.common import committed_rounds, hex32, hexbytes, metrics_cid, round_topic
+from ..roles.common import committed_rounds, hexbytes, metrics_cid, round_topic
 from ..spec import MAX_SPEC_BYTES, JobSpec
 from ..storage import BlobStore, Mailbox, cid_of, open_store
 
@@ -136,12 +136,10 @@ def file_update(store: BlobStore, mailbox, job_id: int, round_: int, record, *, 
         raise StorageError("update blob does not match the content id its signed message names")
     if message.get("job_id") != job_id or message.get("round") != round_:
         raise FedMarketError("message for another job or round")
-    if seal is not None:
-        sealed_commitment = seal["commitments"].get(message.get("provider"))
-        opened = sl.commitment(message["provider"], hex32(message["update_root"]), int(message["weight"]),
-                               hexbytes(message["salt"]))
-        if sealed_commitment is None or "0x" + opened.hex() != sealed_commitment:
-            raise FedMarketError("a reply that opens no commitment of the round's seal")
+    if seal is not None:  # (the aggregator's own seal: its signature adds nothing here)
+        problem = sl.opening_problem({p: hexbytes(c) for p, c in seal["commitments"].items()}, message)
+        if problem:
+            raise FedMarketError(f"a reply that opens no commitment of the round's seal: {problem}")
     store.put(blob)
     mailbox.post(round_topic(job_id, round_), canonical_json(message))
     return str(message.get("provider", "?"))
@@ -366,10 +364,11 @@ def node_deployment(node_config: dict):
         raise ConfigError(f"the SuperNode's node config lacks {exc}") from None
 
 
-def node_provider(node_config: dict):
+def node_provider(node_config: dict, dep=None):
     """The market provider a SuperNode's node config describes: rpc, contracts, job, data, label,
     store, mailbox (this provider's own), and the signer as dev-account (development chains) or
-    account + keystore (password from $FEDMARKET_PASSWORD in the SuperNode's environment)."""
+    account + keystore (password from $FEDMARKET_PASSWORD in the SuperNode's environment); on
+    `dep` if the caller attached it already."""
     from ..fl.localdata import load_for_schema
     from ..keys import DEV_CHAIN_ID, dev_account, load_account
     from ..privacy.releases import ReleaseLog
@@ -377,7 +376,7 @@ def node_provider(node_config: dict):
     from ..roles.common import load_spec
 
     try:
-        dep = node_deployment(node_config)
+        dep = dep or node_deployment(node_config)
         job_id, store = int(node_config["job"]), open_store(str(node_config["store"]))
         if int(node_config.get("dev-account", -1)) >= 0:
             if dep.chain.chain_id != DEV_CHAIN_ID:
@@ -522,8 +521,9 @@ def train_on_node(msg, context):
     pending = _pending(context.node_config)
     node_store = open_store(str(context.node_config["store"]))
     # spec, metrics and model: each filed by the content id the chain fixes (and verified when used)
-    file_job_blobs(node_deployment(context.node_config), node_store, job_id, content["blobs"])
-    provider, _ = node_provider(context.node_config)
+    dep = node_deployment(context.node_config)
+    file_job_blobs(dep, node_store, job_id, content["blobs"])
+    provider, _ = node_provider(context.node_config, dep)
     _checked_seals(provider, job_id)  # the rounds it revealed in, against the seals they committed with
     with pending.locked(job_id, r):  # one ClientApp at a time: two at once trained (and released) twice
         kept = pending.load(job_id, r)
