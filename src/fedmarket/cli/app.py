@@ -40,7 +40,6 @@ def _root(
     """fedmarket: a decentralized marketplace for federated learning on EVM chains."""
 
 
-
 def writable_dir(path: Path, what: str) -> Path:
     """`path`, created if needed, once a file could be written in it (ConfigError naming `what`)."""
     try:
@@ -51,6 +50,19 @@ def writable_dir(path: Path, what: str) -> Path:
     except OSError as exc:
         raise ConfigError(f"cannot write to {what} {path}: {exc.strerror or exc}") from None
     return path
+
+
+def new_file(path: Path, force: bool, is_dir_hint: str = "") -> Path:
+    """`path` as a command's `--out` file: not a directory, not an existing file unless `force`, in
+    a directory that exists (ConfigError naming the problem, before any work is done)."""
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a directory{is_dir_hint}")
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists: choose another --out or pass --force")
+    if not path.parent.is_dir():
+        raise ConfigError(f"directory {path.parent} does not exist")
+    return path
+
 
 def read_addresses(path: Path) -> dict:
     """A deployment's contract addresses from a JSON file (a `fedmarket deploy` output or a demo report)."""

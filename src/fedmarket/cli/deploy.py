@@ -11,7 +11,7 @@ import typer
 from ..errors import ChainError, ConfigError, StorageError
 from ..market import DEFAULT_FEE_BPS, DEFAULT_UNBONDING_DELAY
 from .account import KEYSTORE_HELP, prompt_password
-from .app import app
+from .app import app, new_file
 
 
 def _say(message: str) -> None:
@@ -122,12 +122,7 @@ def deploy(
         raise ConfigError(f"--unbonding-delay must be between 0 and {MAX_CLAIM_PERIOD} seconds (got {unbonding_delay})")
     if min_period is not None and not 1 <= min_period <= 86_400:
         raise ConfigError(f"--min-period must be between 1 and 86400 seconds (got {min_period})")
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a directory: give the addresses file's path")
-    if out.exists() and not force:
-        raise ConfigError(f"{out} exists: choose another --out or pass --force")
-    if not out.parent.is_dir():
-        raise ConfigError(f"directory {out.parent} does not exist")
+    new_file(out, force, ": give the addresses file's path")
 
     from ..processes.base import retrying
 

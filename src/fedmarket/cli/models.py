@@ -12,7 +12,7 @@ import numpy as np
 import typer
 
 from ..errors import ConfigError
-from .app import app, read_addresses
+from .app import app, new_file, read_addresses
 
 spec_app = typer.Typer(no_args_is_help=True, help="Job specs: write a template from a sample of your data.")
 model_app = typer.Typer(no_args_is_help=True, help="Models: pack your PyTorch module, get a job's trained model, predict with it.")
@@ -71,12 +71,7 @@ def spec_init(
     from ..fl.localdata import infer_schema, read_data
     from ..spec import JobSpec
 
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a directory")
-    if out.exists() and not force:
-        raise ConfigError(f"{out} exists: choose another --out or pass --force")
-    if not out.parent.is_dir():
-        raise ConfigError(f"directory {out.parent} does not exist")
+    new_file(out, force)
     sample = read_data(data, label)
     schema = infer_schema(sample, margin)
     kind = model or ("cnn" if sample.input_shape is not None and len(sample.input_shape) == 3 else "mlp")
