@@ -89,12 +89,13 @@ class Procs:
                     self.after_step(name)
 
     def run(self, max_steps=80, on_step=None, advance_finalizing=True, names=None) -> bool:
-        """Step every process until all are done (True) or `max_steps` passed (False)."""
+        """Step every process (or those `names`) until all of them are done (True) or `max_steps`
+        passed (False)."""
         for i in range(max_steps):
             if on_step is not None:
                 on_step(i)
             self.step(names)
-            if all(p.done for p in self.procs.values()):
+            if all(self.procs[n].done for n in (names or self.procs)):
                 return True
             if advance_finalizing and self.state() == JobState.FINALIZING:
                 self.c.chain.advance_time(self.spec.deadlines.challenge_period // 4 + 1)

@@ -25,12 +25,7 @@ def _run_members(P, names, max_steps=80) -> bool:
         job = P.dep.job(P.job)
         if job["state"] == JobState.TRAINING and P.c.chain.timestamp() <= int(job["round_deadline"]) + 1:
             P.c.chain.advance_time(int(job["round_deadline"]) - P.c.chain.timestamp() + 2)
-    for i in range(max_steps):
-        on_step(i)
-        P.step(names)
-        if all(P.procs[n].done for n in names):
-            return True
-    return False
+    return P.run(max_steps=max_steps, names=names, on_step=on_step)
 
 
 def test_an_aggregator_that_never_starts_cannot_keep_the_stakes_locked(chain, tmp_path):
