@@ -62,8 +62,10 @@ def test_negative_value_alone_flags():
 
 
 def test_bad_input():
-    with pytest.raises(ConfigError):
-        detect(np.ones((1, 3)))
+    with pytest.raises(ConfigError, match="n >= 1"):
+        detect(np.ones((0, 3)))
+    with pytest.raises(ConfigError, match="n >= 1"):
+        detect(np.ones(3))
     with pytest.raises(ConfigError):
         detect(np.ones((3, 3)), values=np.ones(2))
 
@@ -98,3 +100,11 @@ def test_far_outliers_do_not_make_honest_updates_look_like_copies():
     flipped = np.repeat(-5.0 * honest[:1], 2, axis=0)  # two identical poisoned updates far from everyone
     rep = detect(np.vstack([honest, flipped]))
     assert rep.sybil_pairs == [(4, 5)] and not rep.sybils[:4].any()
+
+
+def test_a_lone_update_is_flagged_only_by_the_absolute_tests():
+    """One update is its own median: no relative flag applies to it, only all zeros (a free-rider)
+    and a negative contribution value (it made the model worse)."""
+    assert not detect(np.ones((1, 3)), values=np.array([0.2])).flagged.any()
+    assert detect(np.zeros((1, 3))).free_riders.all()
+    assert detect(np.ones((1, 3)), values=np.array([-0.2])).poisoners.all()

@@ -99,7 +99,7 @@ class Validator(DataRole):
         Xn = jm.features(self.X)
         scored = None
         values = np.zeros(len(ev.updates))
-        if len(ev.updates) >= 2 and not spec.privacy.secure:  # masked updates cannot be scored one by one
+        if ev.updates and not spec.privacy.secure:  # masked updates cannot be scored one by one
             deltas = dequantize(np.stack([u.q for u in ev.updates]))
             try:
                 scored = score_round(jm.model, jm.params(ev.prev_model), deltas, Xn, self.y,

@@ -77,7 +77,9 @@ def detect(
     Parameters
     ----------
     updates : numpy.ndarray
-        Deltas (submitted model minus the round's global model), ``(n, d)``, ``n >= 2``.
+        Deltas (submitted model minus the round's global model), ``(n, d)``, ``n >= 1``. A lone
+        update is its own median: only the absolute tests can flag it (all zero, or a negative
+        contribution value).
     values : numpy.ndarray, optional
         Per-provider contribution values for the round ``(n,)``.
     zero_tol, sybil_tol, cos_threshold, norm_factor, neg_tol, rel_sybil_tol : float, optional
@@ -90,7 +92,7 @@ def detect(
     Raises
     ------
     ConfigError
-        On fewer than two updates, non-finite data or mismatched values.
+        On no updates, non-finite data or mismatched values.
     """
     U = _check_updates(updates)
     n = U.shape[0]
@@ -120,10 +122,10 @@ def _add_reason(reasons: dict[int, list[str]], i: int, why: str) -> None:
 
 
 def _check_updates(updates: np.ndarray) -> np.ndarray:
-    """The updates as a float64 ``(n, d)`` array, ``n >= 2``, all finite."""
+    """The updates as a float64 ``(n, d)`` array, ``n >= 1``, all finite."""
     U = np.asarray(updates, dtype=np.float64)
-    if U.ndim != 2 or U.shape[0] < 2:
-        raise ConfigError(f"detection needs at least two updates (n, d), got shape {U.shape}")
+    if U.ndim != 2 or U.shape[0] < 1:
+        raise ConfigError(f"detection needs updates as an (n, d) array with n >= 1, got shape {U.shape}")
     if not np.all(np.isfinite(U)):
         raise ConfigError("updates must be finite")
     return U

@@ -82,7 +82,8 @@ def score_round(
     params : numpy.ndarray
         The round's starting global parameters.
     updates : numpy.ndarray
-        The providers' deltas ``(n, n_params)`` (dequantised), ``n >= 2``.
+        The providers' deltas ``(n, n_params)`` (dequantised), ``n >= 1`` (a lone update is valued
+        by what it adds to the round's starting model).
     X, y : numpy.ndarray
         The validator's held-out data.
     weights : sequence of float, optional
