@@ -234,7 +234,7 @@ def ours_job(b: Bench, n: int, rounds: int) -> tuple[int, list[int]]:
                            "activity": rounds})
     tree = reward_tree(leaves)
     total = sum(leaf["amount"] for leaf in leaves)
-    gas.append(m.transact("post_rewards", job, tree.root, total, sum(weights.values()), 0, True, cid_of(tree.root),
+    gas.append(m.transact("post_rewards", job, tree.root, total, sum(weights.values()), 0, True, cid_of(tree.root), 0,
                           sender=b.aggregator).gas_used)
     b.chain.advance_time(3600)
     gas.append(m.transact("settle", job, sender=b.requester).gas_used)

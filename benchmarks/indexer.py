@@ -89,7 +89,7 @@ def build_job(b: Bench, n: int, rounds: int, licences: int) -> tuple[int, list]:
                "reputation_delta": rounds, "value": weights.get(a, 0), "activity": rounds} for i, a in enumerate(members)]
     tree = reward_tree(leaves)
     b.chain.advance_time(86_400 // 2 + 1)  # no approved scores: the weight basis opens halfway to the deadline
-    m.transact("post_rewards", job, tree.root, sum(x["amount"] for x in leaves), total_w, 0, True, "bafkrei-rewards",
+    m.transact("post_rewards", job, tree.root, sum(x["amount"] for x in leaves), total_w, 0, True, "bafkrei-rewards", 0,
                sender=b.aggregator)
     b.chain.advance_time(3600)
     m.transact("settle", job, sender=b.requester)

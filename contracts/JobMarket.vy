@@ -33,6 +33,7 @@ exports: (
     stakes.request_unbond,
     stakes.withdraw,
     stakes.membership,
+    stakes.slashes,
     stakes.free_stake,
     stakes.unbonding,
     stakes.TOKEN,
@@ -410,10 +411,16 @@ def accept(job_id: uint256):
 
 
 @internal
-def _join(job_id: uint256, provider: address, stake: uint256):
+def _joinable(job_id: uint256):
+    """The caller may join the job: it is open, its join deadline not passed, the caller not its requester."""
     assert self._hot[job_id] & _STATE_MASK == C.OPEN, "market: job not open"
     assert block.timestamp < self.terms[job_id].join_deadline, "market: join deadline passed"
-    assert provider != self.progress[job_id].requester, "market: requester cannot provide"
+    assert msg.sender != self.progress[job_id].requester, "market: requester cannot join"
+
+
+@internal
+def _join(job_id: uint256, provider: address, stake: uint256):
+    self._joinable(job_id)
     n: uint256 = self.progress[job_id].n_providers + 1
     assert n <= self.terms[job_id].max_providers, "market: job is full"
     self.progress[job_id].n_providers = n
@@ -463,9 +470,7 @@ def join_validator(job_id: uint256, stake: uint256):
     @param job_id The job.
     @param stake Stake to lock (>= the job's validator stake); weighs its votes.
     """
-    assert self._hot[job_id] & _STATE_MASK == C.OPEN, "market: job not open"
-    assert block.timestamp < self.terms[job_id].join_deadline, "market: join deadline passed"
-    assert msg.sender != self.progress[job_id].requester, "market: requester cannot validate"
+    self._joinable(job_id)
     assert stake > 0 and stake >= self.terms[job_id].validator_stake, "market: stake below minimum"
     assert stake <= C.MAX_AMOUNT, "market: stake too large"
     n: uint256 = self.progress[job_id].n_validators + 1
@@ -489,7 +494,8 @@ def start(job_id: uint256):
     hot: uint256 = self._hot[job_id]
     assert hot & _STATE_MASK == C.OPEN, "market: job not open"
     assert self.progress[job_id].accepted, "market: not accepted yet"
-    assert self.progress[job_id].n_providers >= self.terms[job_id].min_providers, "market: too few providers"
+    n_providers: uint256 = self.progress[job_id].n_providers
+    assert n_providers >= self.terms[job_id].min_providers, "market: too few providers"
     assert self.progress[job_id].n_validators >= self.terms[job_id].min_validators, "market: too few validators"
     if block.timestamp < self.terms[job_id].join_deadline:
         assert msg.sender == self.terms[job_id].aggregator or msg.sender == self.progress[job_id].requester, "market: join window still open"
@@ -497,7 +503,7 @@ def start(job_id: uint256):
     # the hash of the previous block seeds round 0's provider selection: fixed now, public to all
     self.progress[job_id].start_seed = block.prevhash
     self._hot[job_id] = (hot & ~_STATE_MASK & ~(_DEADLINE_MASK << _DEADLINE_SHIFT)) | (deadline << _DEADLINE_SHIFT) | C.TRAINING
-    self._round_word[job_id] |= self.progress[job_id].n_providers << _PROVIDERS_SHIFT
+    self._round_word[job_id] |= n_providers << _PROVIDERS_SHIFT
     # allocate the accumulator slots the job's rounds will write, so every round costs the same
     levels: uint256 = leaves._depth(self.terms[job_id].rounds + 1)
     for h: uint256 in range(C.ROUNDS_DEPTH):
@@ -506,7 +512,7 @@ def start(job_id: uint256):
         self._frontier[job_id][h] = _ALLOCATED
     log TrainingStarted(
         job_id=job_id,
-        n_providers=self.progress[job_id].n_providers,
+        n_providers=n_providers,
         n_validators=self.progress[job_id].n_validators,
         validator_total_stake=self.progress[job_id].validator_total_stake,
         round_deadline=deadline,
@@ -612,6 +618,7 @@ def post_rewards(
     basis: uint256,
     gate_met: bool,
     rewards_cid: String[128],
+    slashes: uint256,
 ):
     """
     @notice After the last round, posts the reward root and opens the challenge window.
@@ -630,17 +637,21 @@ def post_rewards(
     @param basis BASIS_WEIGHT or BASIS_SCORES.
     @param gate_met Whether the validators found the quality target met (scores basis).
     @param rewards_cid Content id of the document listing every leaf.
+    @param slashes The job's slash count (`slashes`) the leaves were derived with: a member
+           slashed before the root lands is a cut (`RewardArbiter`), so a slash landing first
+           reverts the post instead of making an honest root wrong.
     """
     hot: uint256 = self._hot[job_id]
     assert hot & _STATE_MASK == C.TRAINING, "market: job not training"
     assert (hot >> _ROUND_SHIFT) & _ROUND_MASK == self.terms[job_id].rounds, "market: rounds not finished"
     assert block.timestamp <= (hot >> _DEADLINE_SHIFT) & _DEADLINE_MASK, "market: round deadline passed"
     assert reward_root != empty(bytes32), "market: empty root"
+    assert slashes == stakes.slashes[job_id], "market: slashed since"
     # the judge of rewards says whether this basis may be posted now and what pool it pays
     pool: uint256 = staticcall IDisputes(DISPUTES).reward_pool(job_id, reward_root, reward_total, value_total, basis, gate_met)
     poster: address = self.terms[job_id].aggregator
     bond: uint256 = 0
-    slashed: bool = stakes._role_of(job_id, self.terms[job_id].aggregator) & C.SLASHED != 0
+    slashed: bool = stakes._role_of(job_id, poster) & C.SLASHED != 0
     if slashed:
         # the aggregator proven wrong is out: a provider or validator of the job may post, its
         # stake in the job standing behind the root; anyone else at the cost of a bond
@@ -651,7 +662,7 @@ def post_rewards(
         if (role != C.ROLE_PROVIDER and role != C.ROLE_VALIDATOR) or word >> C.ROLE_BITS < self.terms[job_id].dispute_bond:
             bond = max(self.terms[job_id].aggregator_stake, self.terms[job_id].dispute_bond)
     else:
-        assert msg.sender == self.terms[job_id].aggregator, "market: not the aggregator"
+        assert msg.sender == poster, "market: not the aggregator"
     assert reward_total <= pool, "market: rewards exceed pool"
     challenge: uint256 = block.timestamp + self.terms[job_id].challenge_period
     self.progress[job_id].reward_root = reward_root
@@ -724,8 +735,9 @@ def settle(job_id: uint256):
     assert hot & _STATE_MASK == C.FINALIZING, "market: job not finalizing"
     assert block.timestamp >= self.progress[job_id].challenge_deadline, "market: challenge window open"
     assert staticcall IArbiter(ROUND_ARBITER).open_games(job_id) + staticcall IArbiter(REWARD_ARBITER).open_games(job_id) == 0, "market: disputes open"
-    fee: uint256 = self._fee(self.terms[job_id].escrow)
-    refund: uint256 = self.terms[job_id].escrow - fee - self.progress[job_id].reward_total
+    escrow: uint256 = self.terms[job_id].escrow
+    fee: uint256 = self._fee(escrow)
+    refund: uint256 = escrow - fee - self.progress[job_id].reward_total
     claim_deadline: uint256 = block.timestamp + self.terms[job_id].claim_period
     self._hot[job_id] = (hot & ~_STATE_MASK) | C.SETTLED
     self.progress[job_id].claim_deadline = claim_deadline
@@ -839,12 +851,16 @@ def cancel(job_id: uint256):
     """
     hot: uint256 = self._hot[job_id]
     assert hot & _STATE_MASK == C.OPEN, "market: job not open"
-    if msg.sender != self.progress[job_id].requester or self.progress[job_id].n_providers > 0 or self.progress[job_id].n_validators > 0:
+    requester: address = self.progress[job_id].requester
+    escrow: uint256 = self.terms[job_id].escrow
+    n_providers: uint256 = self.progress[job_id].n_providers
+    n_validators: uint256 = self.progress[job_id].n_validators
+    if msg.sender != requester or n_providers > 0 or n_validators > 0:
         assert block.timestamp >= self.terms[job_id].join_deadline, "market: join window still open"
-        assert self.progress[job_id].n_providers < self.terms[job_id].min_providers or self.progress[job_id].n_validators < self.terms[job_id].min_validators or not self.progress[job_id].accepted, "market: job can start"
+        assert n_providers < self.terms[job_id].min_providers or n_validators < self.terms[job_id].min_validators or not self.progress[job_id].accepted, "market: job can start"
     self._hot[job_id] = (hot & ~_STATE_MASK) | C.CANCELLED
-    stakes._push(self.progress[job_id].requester, self.terms[job_id].escrow)
-    log JobCancelled(job_id=job_id, refund=self.terms[job_id].escrow)
+    stakes._push(requester, escrow)
+    log JobCancelled(job_id=job_id, refund=escrow)
 
 
 @external

@@ -68,6 +68,8 @@ free_stake: public(HashMap[address, HashMap[uint256, uint256]])
 unbonding: public(HashMap[address, HashMap[uint256, Unbonding]])
 # @dev Membership of each account in each job: (stake << 8) | role, or (stage << 8) | role | SLASHED.
 _member: HashMap[uint256, HashMap[address, uint256]]
+# @dev Members slashed in each job so far: a reward root names the count it was derived with.
+slashes: public(HashMap[uint256, uint256])
 
 
 @deploy
@@ -190,6 +192,7 @@ def _slash(job_id: uint256, account: address, stage: uint256, challenger: addres
     assert role != 0 and role & C.SLASHED == 0, "market: not slashable"
     amount: uint256 = word >> C.ROLE_BITS
     self._member[job_id][account] = (stage << C.ROLE_BITS) | role | C.SLASHED
+    self.slashes[job_id] += 1
     self._pay_slash(job_id, account, role, amount, challenger)
     return amount
 

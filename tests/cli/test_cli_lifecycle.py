@@ -240,7 +240,7 @@ def test_settle_then_sweep_what_nobody_claimed(market, capsys, advance):
     leaves = [{"index": i, "account": a, "role": 1 if a == PROV.address else 2, "amount": pool if a == PROV.address else 0,
                "reputation_delta": 1, "value": 1 if a == PROV.address else 0, "activity": 1} for i, a in enumerate(members)]
     tree = reward_tree(leaves)
-    m.transact("post_rewards", job, tree.root, pool, 1, 0, True, "bafkrei-none", sender=AGG)
+    m.transact("post_rewards", job, tree.root, pool, 1, 0, True, "bafkrei-none", 0, sender=AGG)
     rc, _, err = cli(capsys, "requester", "withdraw", "--job", str(job), *common(market), "--dev-account", "2")
     assert rc == 1 and "can be settled after 20" in err
     advance(62)

@@ -457,7 +457,7 @@ class Job:
                               and not R.cut_before_root(*self.membership(leaf["account"])))
         gate_met = (self.terms.miss_payout_bps == R.BPS) if gate_met is None else gate_met
         receipt = self.kit.m.transact("post_rewards", self.id, tree.root, total, value_total, basis, gate_met, cid,
-                                      sender=sender or self.kit.aggregator)
+                                      self.kit.m.call("slashes", self.id), sender=sender or self.kit.aggregator)
         self.leaves, self.tree = leaves, tree
         return tree, receipt
 

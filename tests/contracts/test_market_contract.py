@@ -313,7 +313,7 @@ def test_join_rules(kit):
     job = kit.post(max_providers=2, min_providers=1)
     with reverts("market: job not open"):
         m.transact("join", 99, sender=kit.providers[0])
-    with reverts("market: requester cannot provide"):
+    with reverts("market: requester cannot join"):
         m.transact("join", job, sender=kit.requester)
     m.transact("accept", job, sender=kit.aggregator)
     with reverts("market: already a participant"):
@@ -384,7 +384,7 @@ def test_join_validator_rules(kit):
     v0, v1 = kit.validators[0], kit.validators[1]
     with reverts("market: job not open"):
         m.transact("join_validator", 99, VAL_STAKE, sender=v0)
-    with reverts("market: requester cannot validate"):
+    with reverts("market: requester cannot join"):
         m.transact("join_validator", job, VAL_STAKE, sender=kit.requester)
     with reverts("market: stake below minimum"):
         m.transact("join_validator", job, VAL_STAKE - 1, sender=v0)
@@ -630,8 +630,8 @@ def test_post_rewards_opens_the_challenge_window(kit):
 def test_post_rewards_rules(kit):
     job = kit.job()
     m, agg = kit.m, kit.aggregator
-    post = lambda j=job.id, root=ROOT, total=0, value=0, basis=0, gate=True, sender=agg: m.transact(
-        "post_rewards", j, root, total, value, basis, gate, "cid", sender=sender)
+    post = lambda j=job.id, root=ROOT, total=0, value=0, basis=0, gate=True, sender=agg, slashes=0: m.transact(
+        "post_rewards", j, root, total, value, basis, gate, "cid", slashes, sender=sender)
     with reverts("market: job not training"):
         post(j=kit.post())
     with reverts("market: rounds not finished"):
@@ -659,7 +659,7 @@ def test_post_rewards_rules(kit):
 def test_post_rewards_may_pay_exactly_the_pool(kit):
     job = kit.job()
     job.commit_all()
-    kit.m.transact("post_rewards", job.id, keccak(b"r"), pool_of(), R.MAX_AMOUNT, 0, True, "cid", sender=kit.aggregator)
+    kit.m.transact("post_rewards", job.id, keccak(b"r"), pool_of(), R.MAX_AMOUNT, 0, True, "cid", 0, sender=kit.aggregator)
     assert job.info()["reward_total"] == pool_of()
 
 

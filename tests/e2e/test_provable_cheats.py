@@ -254,7 +254,7 @@ def test_requester_cannot_take_the_escrow_back_once_training_started(world, tmp_
     def attempts(state_reason):
         refused("cancel", match="market: job not open")
         refused("release_stake", req.address, match=state_reason["release"])
-        refused("post_rewards", b"\x11" * 32, ESCROW // 2, 1, 0, True, "bafkreirewards", match=state_reason["post"])
+        refused("post_rewards", b"\x11" * 32, ESCROW // 2, 1, 0, True, "bafkreirewards", 0, match=state_reason["post"])
         refused("sweep", match=state_reason["sweep"])
 
     locked = dep.balance(market.address)

@@ -247,7 +247,7 @@ class Sim:
         root, total, value_total, gate_met = statement_of(doc)
         self.approve(account, self.dep.market.address)
         return self.dep.market.transact("post_rewards", self.job, root, total, value_total, doc["basis"], gate_met, cid,
-                                        sender=account)
+                                        doc["slashes"], sender=account)
 
     def settle_and_claim(self) -> None:
         """Wait out the challenge window, settle and claim every leaf (the driver's finish, from FINALIZING)."""

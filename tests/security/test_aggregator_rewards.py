@@ -138,7 +138,7 @@ def test_scores_root_needs_approval(make):
     bad = statement_of(s.agg.rewards_document(s.job, s.spec))
     root, total, value_total, gate = bad
     cid = s.store.put(b"{}")
-    revert(s.dep.market.transact, "post_rewards", s.job, root, total, value_total, 1, gate, cid, sender=s.agg.account,
+    revert(s.dep.market.transact, "post_rewards", s.job, root, total, value_total, 1, gate, cid, 0, sender=s.agg.account,
            match="rewards not approved")
     _sign_approval(s, s.validators[0], bad)  # one accomplice (a third of the stake)
     revert(s.agg.post_rewards, s.job, match="rewards not approved")
@@ -151,7 +151,7 @@ def test_scores_root_needs_approval(make):
     submit_reward_approvals(s.dep, s.box, s.c.stranger, s.job, good)
     groot, gtotal, gvalue, ggate = good
     for lie in ((groot, gtotal - 1, gvalue, ggate), (groot, gtotal, gvalue + 1, ggate), (groot, gtotal, gvalue, not ggate)):
-        revert(s.dep.market.transact, "post_rewards", s.job, *lie[:3], 1, lie[3], cid, sender=s.agg.account,
+        revert(s.dep.market.transact, "post_rewards", s.job, *lie[:3], 1, lie[3], cid, 0, sender=s.agg.account,
                match="rewards not approved")
     assert d.call("rewards_stake", s.job, _key(good)) * 3 >= 2 * int(s.dep.job(s.job)["validator_total_stake"])
     s.agg.post_rewards(s.job)
@@ -488,7 +488,8 @@ def test_a_wrong_root_posted_again_by_an_accomplice_is_checked_again(chain, make
     assert s.state() == JobState.TRAINING
     s.approve(accomplice, dep.market.address)
     dep.market.transact("post_rewards", s.job, wrong, int(posted["reward_total"]), int(posted["value_total"]),
-                        int(posted["basis"]), bool(posted["gate_met"]), posted["rewards_cid"], sender=accomplice)
+                        int(posted["basis"]), bool(posted["gate_met"]), posted["rewards_cid"],
+                        dep.market.call("slashes", s.job), sender=accomplice)
     deadline = int(dep.job(s.job)["challenge_deadline"])
     for _ in range(60):
         for proc in procs:
@@ -524,7 +525,7 @@ def test_a_weight_basis_root_documented_as_scores_is_caught_by_the_watchers(make
     s.chain.advance_time(s.spec.deadlines.round_duration // 2)  # the weight basis opens (no approvals on chain)
     root, total, value_total, gate = statement_of(scores_doc)
     s.dep.market.transact("post_rewards", s.job, root, total, value_total, R.Basis.WEIGHT, gate,
-                          s.store.put(canonical_json(scores_doc)), sender=s.agg.account)
+                          s.store.put(canonical_json(scores_doc)), scores_doc["slashes"], sender=s.agg.account)
     assert s.state() == JobState.FINALIZING and int(s.dep.job(s.job)["basis"]) == R.Basis.WEIGHT
     report = Auditor(s.dep, s.store).audit(s.job)
     assert not report.ok and "basis" in str(report.rewards_problem)

@@ -858,7 +858,7 @@ class Fuzz(RuleBasedStateMachine):
             poster = data.draw(st.sampled_from([self.w.volunteer, self.w.griefer]), label="replacement poster")
             if not job.validated or self.now() + 1 + RD // 2 >= job.deadline:  # the weight basis is open
                 self.refused("slashed aggregator posts", self.m, "post_rewards", job.id, b"\x01" * 32, 0, 0, 0, True,
-                             "bafk", sender=job.aggregator, match="aggregator was slashed")
+                             "bafk", self.m.call("slashes", job.id), sender=job.aggregator, match="aggregator was slashed")
             right = poster is self.w.volunteer
         else:
             poster = job.aggregator
@@ -872,7 +872,7 @@ class Fuzz(RuleBasedStateMachine):
         basis = R.Basis.WEIGHT
         if job.validated and not self.votes_closed(job):  # the root waits for the last votes
             self.refused("root before the votes close", self.m, "post_rewards", job.id, tree.root, total, vt,
-                         R.Basis.WEIGHT, True, "bafk", sender=poster, match="votes open")
+                         R.Basis.WEIGHT, True, "bafk", self.m.call("slashes", job.id), sender=poster, match="votes open")
             if not self.wait_to(self.votes_close(job) - 1) or not self.can_post(job):
                 return
             if job.member[agg].slashed != slashed:
@@ -885,7 +885,8 @@ class Fuzz(RuleBasedStateMachine):
             else:
                 if self.now() + 1 + RD // 2 < job.deadline:
                     self.refused("weight basis early", self.m, "post_rewards", job.id, tree.root, total, vt,
-                                 R.Basis.WEIGHT, True, "bafk", sender=poster, match="approval window open")
+                                 R.Basis.WEIGHT, True, "bafk", self.m.call("slashes", job.id), sender=poster,
+                                 match="approval window open")
                     if not self.wait_to(job.deadline - RD // 2 - 1) or not self.can_post(job):
                         return
                     if job.member[agg].slashed != slashed:
@@ -893,7 +894,7 @@ class Fuzz(RuleBasedStateMachine):
         bond = max(AGG_STAKE, BOND) if slashed else 0
         self.send(f"post {'right' if right else 'wrong'} root" + (" (replacement)" if slashed else "")
                   + (" scores" if basis == R.Basis.SCORES else ""), self.m, "post_rewards", job.id, tree.root, total, vt,
-                  basis, True, "bafkrewards", sender=poster)
+                  basis, True, "bafkrewards", self.m.call("slashes", job.id), sender=poster)
         if bond:
             self.move(poster.address, self.m.address, bond)
             self.flow[job.id][poster.address][0] += bond

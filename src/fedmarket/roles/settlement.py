@@ -203,6 +203,8 @@ def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpe
         def members_of(r: int) -> list[tuple[str, int]]:
             return [(p, w) for p, _, w in listed_leaves(store, rounds[r])]
     docs = [{"updates": [{"provider": p, "weight": w} for p, w in members_of(c.round)]} for c in rounds]
+    # read before the members: a slash landing after it makes the post revert, not the root wrong
+    slashes = int(dep.market.call("slashes", job_id))
     mem = members(dep, job_id)
     stakes = joined_validators(dep, job_id)
     validators = [m.account for m in mem if m.role == R.Role.VALIDATOR]
@@ -268,6 +270,7 @@ def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpe
         "gate_met": gate_met,
         "reveals": {str(c.round): [r.cid for r in rv] for c, rv in zip(rounds, by_round)},
         "slashed": [m.account for m in mem if m.cut],
+        "slashes": slashes,
         "quality": quality,
     }
 
@@ -349,7 +352,7 @@ def post_reward_root(dep: Deployment, store: BlobStore, mailbox, account, job_id
         submit_reward_approvals(dep, mailbox, account, job_id, statement)
     root, total, value_total, gate_met = statement
     return dep.market.transact("post_rewards", job_id, root, total, value_total, doc["basis"], gate_met, cid,
-                               sender=account)
+                               int(doc["slashes"]), sender=account)
 
 
 def post_orphaned_root(dep: Deployment, store: BlobStore, mailbox, account, job_id: int, spec: JobSpec,
