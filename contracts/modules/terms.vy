@@ -144,6 +144,8 @@ def _problem(terms: JobTerms, requester: address, now: uint256) -> String[64]:
         return "market: bad miss payout"
     if not (terms.miss_payout_bps == C.BPS or terms.max_validators > 0):
         return "market: quality gate needs validators"
+    if not (terms.miss_payout_bps == C.BPS or terms.rule != C.RULE_SECURE_SUM):
+        return "market: no quality gate on secure sum"  # no scores basis: the gate could never be met
     if not (terms.aggregator_fee <= C.MAX_AMOUNT and terms.validator_fee <= C.MAX_AMOUNT):
         return "market: fee too large"
     if not (terms.validator_fee == 0 or terms.max_validators > 0):

@@ -143,6 +143,9 @@ class JobConfig:
                 raise ConfigError(f"--target-accuracy must be in (0, 1] (got {self.target_accuracy})")
             if self.validators < 1:
                 raise ConfigError("--target-accuracy needs --validators (they attest the final accuracy)")
+            if self.privacy.startswith("secagg") or self.strategy in R.ATTESTED:
+                raise ConfigError(f"--target-accuracy needs scored updates: --privacy {self.privacy} with --strategy "
+                                  f"{self.strategy} pays by weight, and its gate could never be met")
 
     def privacy_spec(self) -> PrivacySpec:
         dp = self.privacy in ("dp_local", "secagg_dp")

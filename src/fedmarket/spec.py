@@ -384,6 +384,9 @@ class JobSpec(_Strict):
         if self.attested and self.quality.target_accuracy is not None:
             raise ValueError(f"strategy {self.strategy} pays by aggregated weight (the contracts keep no scores for "
                              "attested rules), so it cannot have a quality gate")
+        if self.privacy.secure and self.quality.target_accuracy is not None:
+            raise ValueError(f"privacy mode {self.privacy.mode} masks every update, so validators keep no scores and the "
+                             "market cannot find a quality gate met: it cannot have one")
         if self.quality.target_accuracy is not None and self.participation.max_validators < 1:
             raise ValueError("a quality gate needs validators to attest the accuracy (max_validators >= 1)")
         if self.privacy.secure and 0 < self.participation.per_round < 3:

@@ -69,6 +69,7 @@ def test_dp_demo_commits_its_epsilon(tmp_path):
         (["--privacy", "secagg"], "--privacy secagg needs --validators"),
         (["--per-round", "30"], "--per-round must be between 0 (everyone) and --providers"),
         (["--target-accuracy", "0.9"], "--target-accuracy needs --validators"),
+        (["--privacy", "secagg", "--validators", "1", "--target-accuracy", "0.9"], "--target-accuracy needs scored updates"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(tmp_path, args, expected):

@@ -56,6 +56,7 @@ def expected_problem(t: dict, requester: str, now: int) -> str:
          "market: noise too low for the privacy budget"),
         (t["miss_payout_bps"] <= R.BPS, "market: bad miss payout"),
         (t["miss_payout_bps"] == R.BPS or t["max_validators"] > 0, "market: quality gate needs validators"),
+        (t["miss_payout_bps"] == R.BPS or t["rule"] != R.Rule.SECURE_SUM, "market: no quality gate on secure sum"),
         (t["aggregator_fee"] <= MAX and t["validator_fee"] <= MAX, "market: fee too large"),
         (t["validator_fee"] == 0 or t["max_validators"] > 0, "market: validator fee without validators"),
         (t["rounds"] * (t["aggregator_fee"] + t["max_validators"] * t["validator_fee"])
@@ -148,6 +149,8 @@ BOUNDS = [
     ({"miss_payout_bps": R.BPS + 1}, "market: bad miss payout"),
     ({"miss_payout_bps": 5_000}, "market: quality gate needs validators"),
     (dict(VALIDATED, miss_payout_bps=0), ""),
+    (dict(VALIDATED, rule=R.Rule.SECURE_SUM, miss_payout_bps=0), "market: no quality gate on secure sum"),
+    (dict(VALIDATED, rule=R.Rule.SECURE_SUM, miss_payout_bps=R.BPS), ""),
     ({"aggregator_fee": MAX + 1}, "market: fee too large"),
     (dict(VALIDATED, validator_fee=MAX + 1), "market: fee too large"),
     ({"validator_fee": 1}, "market: validator fee without validators"),

@@ -239,12 +239,18 @@ def terms_of(spec: JobSpec, aggregator: str, now: int) -> JobTerms:
 def check_terms(dep: Deployment, spec: JobSpec, job_id: int) -> JobTerms:
     """The job's on-chain terms, if they are exactly what its spec implies (TermsMismatch naming
     the first field that differs otherwise): a requester cannot post one rule in the spec and
-    another on chain and then "prove" an honest role wrong."""
+    another on chain and then "prove" an honest role wrong. The join deadline, fixed by the posting
+    time, is at most the spec's join window from now: a deadline months out would lock every stake
+    until then, with only the requester and the aggregator able to start the job before it."""
     onchain = dep.terms(job_id)
     expected = terms_of(spec, onchain.aggregator, 0)
+    window = spec.deadlines.join_window
+    if onchain.join_deadline > dep.chain.timestamp() + window:
+        raise TermsMismatch(f"job {job_id}: on-chain join_deadline {onchain.join_deadline} is more than the spec's "
+                            f"join_window of {window} s from now; refusing to stake on it")
     for f in fields(JobTerms):
         if f.name == "join_deadline":
-            continue  # fixed by the posting time
+            continue  # bounded above
         if getattr(onchain, f.name) != getattr(expected, f.name):
             raise TermsMismatch(
                 f"job {job_id}: on-chain {f.name} is {getattr(onchain, f.name)!r} but its spec implies "
