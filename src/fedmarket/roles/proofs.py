@@ -207,15 +207,25 @@ def circuit_input(v: int, input_scale: int) -> int:
     return (v * (1 << (input_scale + 1)) + (1 << 20)) // (1 << 21)
 
 
+VERIFY_ABI = ContractABI([{"type": "function", "name": "verifyProof", "stateMutability": "view",
+                           "inputs": [{"name": "proof", "type": "bytes"}, {"name": "instances", "type": "uint256[]"}],
+                           "outputs": [{"name": "", "type": "bool"}]}])
+
+
 def verifier_accepts(dep: Deployment, job_id: int, proof) -> bool:
-    """Whether the job's registered verifier accepts the proof (a call, no transaction)."""
+    """Whether the job's registered verifier, its code unchanged, accepts the proof: what
+    `ModelMarket.prove_answer` and `dispute_proof` ask it (a call to the verifier itself, no
+    transaction; any revert is a no). FedMarketError while no verifier is registered."""
+    mm = dep.model_market
+    verifier = mm.call("verifier", job_id)
+    if verifier == "0x" + "0" * 40:
+        raise FedMarketError(f"job {job_id} has no registered verifier")
+    if keccak(dep.chain.code(verifier)) != bytes(mm.call("verifier_codehash", job_id)):
+        return False
     try:
-        dep.model_market.call("prove_answer", job_id, proof.proof, proof.instances)
-        return True
-    except ContractRevert as exc:
-        if "proof rejected" in str(exc):
-            return False
-        raise
+        return dep.chain.register(verifier, "verifier", VERIFY_ABI).call("verifyProof", proof.proof, proof.instances) is True
+    except (ContractRevert, eth_abi.exceptions.DecodingError):  # a verifier answering no bool says no
+        return False
 
 
 def record_proven(dep: Deployment, account, job_id: int, proof):

@@ -32,7 +32,7 @@ from ..protocol.receipts import AccessQuery, Answer, Usage
 from ..storage import BlobStore
 from .common import check_funds, journal_line, read_journal
 from .model_owner import listed_shape
-from .proofs import sign_proven
+from .proofs import sign_proven, verifier_accepts
 from .tabs import TabBook, TabRefused
 
 MAX_BATCH = 256  # ModelMarket.MAX_BATCH
@@ -144,6 +144,7 @@ class ModelServer:
         if prove:
             if self.kit is None:
                 raise QueryRefused("this server proves no answers (not started with --prove, or its prover is still being built)")
+            self._check_verifier()
             caller = self._payer(count, signature, spent, access, record=False)  # paid for, before the prover starts
             with self.lock:  # one proof per paid query: the same receipt sent again meanwhile is refused
                 if (caller, count) in self.proving:
@@ -154,6 +155,8 @@ class ModelServer:
             finally:
                 with self.lock:
                     self.proving.discard((caller, count))
+            if not verifier_accepts(self.dep, self.job_id, proof):
+                raise QueryRefused("the job's registered verifier rejects this server's proof: not signed; ask without a proof")
             proven = sign_proven(self.dep, self.account, self.job_id, proof)
         self._payer(count, signature, spent, access)  # the usage is recorded only for a query it answers
         sig = Answer(self.job_id, input_hash(x), cls).sign(self.account.key, self.chain_id, self.mm.address)
@@ -170,6 +173,19 @@ class ModelServer:
         settled = int(self.mm.call("used", self.job_id, address, self.address))
         return {"caller": caller, "count": max(count, settled), "tab_queries": tab[0], "tab_spent": tab[1],
                 "access_count": access}
+
+    def _check_verifier(self) -> None:
+        """QueryRefused unless the job's registered verifier is this server's circuit (same code). A
+        signed proof that the registered verifier rejects costs the server its stake
+        (`ModelMarket.dispute_proof`), and the first verifier a validator majority attests is the
+        job's for good: a rival's circuit of the same model with other settings, registered first,
+        rejected every proof of this server's, and each signed one was slashable."""
+        registered = bytes(self.mm.call("verifier_codehash", self.job_id))
+        if registered == b"\x00" * 32:
+            raise QueryRefused(f"job {self.job_id} has no registered verifier yet: ask without a proof, or later")
+        if registered != self.kit.codehash:
+            raise QueryRefused(f"job {self.job_id}'s registered verifier (code 0x{registered.hex()[:16]}...) is another "
+                               "circuit than this server's: its proofs would not pass it; ask without a proof")
 
     def _prove(self, x: list[int], cls: int):
         from ..zkml import prove
