@@ -116,6 +116,9 @@ class ProviderProcess(RoleProcess):
             self._posted_round = r
             return
         msg = self.provider.train(job_id, r)
+        if (job_id, r) in self.provider.zeroed:
+            self.say(f"round {r}: {self.provider.zeroed[(job_id, r)]}; sent a zero update, so that sending says nothing "
+                     "about the data")
         if self.provider.sealed_pending(job_id, r):
             self.say(f"round {r}: update {msg['update_cid']} committed (weight {msg['weight']})")
             return  # revealed in a later step, once sealed

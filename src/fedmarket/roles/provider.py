@@ -53,6 +53,7 @@ class Provider(DataRole):
         # commitment is posted: a Flower ClientApp lives for one message, and reveals in another
         self.keep_sealed = None
         self.sat_out: dict[tuple[int, int], str] = {}  # rounds it trained for but sent nothing, and why
+        self.zeroed: dict[tuple[int, int], str] = {}  # private rounds whose training failed: a zero update sent
         self._trained_from: dict[tuple[int, int], str] = {}  # the model root a round trains from (`trained_from`)
 
     @property
@@ -87,6 +88,25 @@ class Provider(DataRole):
             self._scaled = {key: jm.features(self.X)}
         return jm.train(q_global, self._scaled[key], self.y, seed=training_seed(self.address, job_id, round_),
                         round_=round_, scaled=True)
+
+    def _private_delta(self, spec: JobSpec, job_id: int, round_: int, q_global: np.ndarray) -> np.ndarray:
+        """`_local_delta`, except that in a private mode a training run that fails, or gives values
+        that are not finite, gives a zero update (noised like any other in the DP modes) instead of
+        silence: whether a provider sends must not depend on its data. A requester's module that
+        fails on one chosen record (a division by zero below a threshold) otherwise made a provider
+        holding it send nothing, a one-bit answer about that record no noise covered. The reason is
+        kept in `zeroed` for the process's log."""
+        if spec.privacy.mode == "plain":
+            return self._local_delta(spec, job_id, round_, q_global)
+        try:
+            delta = self._local_delta(spec, job_id, round_, q_global)
+            if np.all(np.isfinite(delta)):
+                return delta
+            why = "its training gave values that are not finite"
+        except (FedMarketError, ValueError, ArithmeticError, RuntimeError) as exc:  # torch raises RuntimeError
+            why = f"its training failed ({type(exc).__name__})"
+        self.zeroed[(job_id, round_)] = why
+        return np.zeros(spec.n_params)
 
     def _released(self, spec: JobSpec, delta: np.ndarray, cfg: SecAggConfig | None = None) -> tuple[np.ndarray, int]:
         """What leaves this machine for the job's privacy mode: (quantized update, weight); ``cfg``
@@ -126,7 +146,7 @@ class Provider(DataRole):
             self.releases.check(job_id, round_)
         if spec.privacy.secure:
             self._check_keys_once(job_id, round_)
-        delta = self._local_delta(spec, job_id, round_, q_global)
+        delta = self._private_delta(spec, job_id, round_, q_global)
         if spec.privacy.secure:
             client, cfg = self._client(job_id, round_)
             q, weight = self._released(spec, delta, cfg)
