@@ -78,6 +78,7 @@ class AggregatorProcess(RoleProcess):
         self.store = self.aggregator.store  # every read of the process, too, through its copy
         self.mailbox = mailbox
         self.collect_timeout = collect_timeout
+        self._voted_through = 0  # every validator voted on the committed rounds before this one
         self.reveal_timeout = reveal_timeout
         self._opened: dict[int, float] = {}  # round -> when this process first saw it open (monotonic)
         self._verified: dict = {}  # the open round's messages -> who signed them (`signed_on`)
@@ -156,8 +157,10 @@ class AggregatorProcess(RoleProcess):
         if state == JobState.TRAINING:
             r, rounds = int(job["current_round"]), int(job["rounds"])
             gated = job["max_validators"] > 0
+            if gated and time.monotonic() >= self._next_restore:  # every 5 s
+                self._next_restore = time.monotonic() + 5.0
+                self._keep_available(self._unvoted(job))
             if r > 0 and gated and not job["quorum"]:
-                self._keep_available(r - 1)
                 for receipt in submit_attestations(self.dep, self.mailbox, self.account, job_id, r - 1):
                     self.say(f"round {r - 1}: attestations submitted (tx {receipt.tx_hash})")
                 for receipt in submit_rejections(self.dep, self.mailbox, self.account, job_id, r - 1):
@@ -186,25 +189,36 @@ class AggregatorProcess(RoleProcess):
             self.say(f"job {state.name.lower()}: aggregator stake released (tx {receipt.tx_hash})")
         raise Stop
 
-    def _keep_available(self, r: int) -> None:
-        """While validators review round `r`, put back in the shared store (every 5 s) any of its
-        blobs someone deleted or overwrote there (anyone on a shared store can): its
-        metrics document, its model, the model it started from and its updates, from this process's
-        copy. A round whose data validators cannot fetch is rejected, at this aggregator's cost."""
-        if time.monotonic() < self._next_restore:
+    def _unvoted(self, job: dict) -> list[int]:
+        """The committed rounds some validator of the job has not voted on yet (none once the votes
+        closed): a slower validator reviews a round after its quorum, and rejects it if its data is
+        gone (losing its fee for the round, the attacker's gain)."""
+        if self.dep.disputes.call("votes_closed", self.job_id):
+            return []
+        n, committed = int(job["n_validators"]), int(job["current_round"])
+        while self._voted_through < committed and int(self.dep.disputes.call("voters", self.job_id, self._voted_through)) >= n:
+            self._voted_through += 1
+        return list(range(self._voted_through, committed))
+
+    def _keep_available(self, rounds: list[int]) -> None:
+        """While validators review `rounds`, put back in the shared store any of their blobs someone
+        deleted or overwrote there (anyone on a shared store can): each round's metrics document,
+        its model, the model it started from and its updates, from this process's copy. A round
+        whose data validators cannot fetch is rejected, at this aggregator's cost."""
+        if not rounds:
             return
-        self._next_restore = time.monotonic() + 5.0
         mirror = self.aggregator.store
-        cids = []
-        for c in committed_rounds(self.dep, self.job_id)[max(0, r - 1):r + 1]:
+        cids, wanted = [], set(rounds)
+        for c in committed_rounds(self.dep, self.job_id)[max(0, min(rounds) - 1):max(rounds) + 1]:
             doc = fetch_metrics(mirror, c)  # read through the mirror: puts the document itself back
             cids.append(doc["model_cid"])
             cids += [doc[k] for k in ("correction_cid", "transcript_cid") if k in doc]
-            if c.round == r:
+            if c.round in wanted:
                 cids += [u["update_cid"] for u in doc["updates"] if "update_cid" in u]
         back = mirror.restore(cids)
         if back:
-            self.say(f"round {r}: put {back} deleted blob(s) back in the store for the validators")
+            self.say(f"round{'s' if len(rounds) > 1 else ''} {', '.join(map(str, rounds))}: put {back} deleted blob(s) "
+                     "back in the store for the validators")
 
     def _round(self, job: dict, r: int) -> None:
         job_id = self.job_id

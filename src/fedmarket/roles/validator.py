@@ -85,6 +85,11 @@ class Validator(DataRole):
             raise FedMarketError(f"job {job_id} has not committed round {round_}")
         committed = rounds[round_]
         check, ev = self.auditor.check_round(spec, job_id, committed, rounds)
+        if check.unavailable and self.dep.disputes.call("has_quorum", job_id, round_):
+            # a rejection now fails nobody and costs this validator its fee for the round: data deleted
+            # after quorum (anyone on a shared store can) is looked for again, as long as the votes are open
+            raise StorageUnreachable(f"round {round_}: {check.problem}; the round has quorum, so looking again "
+                                     "rather than rejecting it")
         if check.unavailable and self.data_grace > 0:
             since = self._missing_since.setdefault((job_id, round_), time.monotonic())
             if time.monotonic() - since < self.data_grace:
