@@ -229,17 +229,7 @@ def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpe
                 value[p] += int(u["weight"])
         consensus.append(cons)
 
-    quality, gate_met = None, spec.quality.target_accuracy is None
-    if spec.quality.target_accuracy is not None and basis == R.Basis.SCORES:
-        # the best round's model, not the last's: every round's model is public, so a requester
-        # whose Sybil poisons the last round (a huge claimed weight) still holds the good one
-        accs = [weighted_median([r.accuracy for r in rev], [r.stake for r in rev]) for rev in by_round]
-        best = max(range(len(accs)), key=lambda i: (accs[i], i))
-        gate_met = accs[best] >= round(spec.quality.target_accuracy * SCORE_SCALE)
-        quality = {"target": spec.quality.target_accuracy, "accuracy": accs[best] / SCORE_SCALE, "round": best,
-                   "met": gate_met}
-    elif spec.quality.target_accuracy is not None:
-        quality = {"target": spec.quality.target_accuracy, "accuracy": None, "met": False}
+    quality, gate_met = _quality_gate(spec, basis, by_round)
     terms = dep.terms(job_id)
     fees = R.RoleFees.of(terms, int(dep.job(job_id)["n_validators"]))
     pool_ = R.pool(spec.reward.escrow, int(dep.market.call("FEE_BPS")), terms.miss_payout_bps, gate_met, fees.reserved)
@@ -273,6 +263,22 @@ def reward_document(dep: Deployment, store: BlobStore, job_id: int, spec: JobSpe
         "slashes": slashes,
         "quality": quality,
     }
+
+
+def _quality_gate(spec: JobSpec, basis: int, by_round: list) -> tuple[dict | None, bool]:
+    """(the rewards document's quality entry, whether the gate is met): met without a target; with
+    one, in the scores basis, the validators' stake-weighted median accuracy of the best round's
+    model against it (every round's model is public, so a requester whose Sybil poisons the last
+    round, with a huge claimed weight, still holds the good one); never in the weight basis."""
+    target = spec.quality.target_accuracy
+    if target is None:
+        return None, True
+    if basis != R.Basis.SCORES:
+        return {"target": target, "accuracy": None, "met": False}, False
+    accs = [weighted_median([r.accuracy for r in rev], [r.stake for r in rev]) for rev in by_round]
+    best = max(range(len(accs)), key=lambda i: (accs[i], i))
+    met = accs[best] >= round(target * SCORE_SCALE)
+    return {"target": target, "accuracy": accs[best] / SCORE_SCALE, "round": best, "met": met}, met
 
 
 def mailbox_reveals(dep: Deployment, mailbox, job_id: int) -> dict[int, list[str]]:
