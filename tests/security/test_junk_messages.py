@@ -6,6 +6,7 @@ when the honest role drops the junk (or votes against a malformed round) and doe
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -81,6 +82,24 @@ def test_a_signature_that_recovers_no_key_is_one_dropped_message(make, tmp_path)
     assert _votes(s, 0) == 3 and s.dep.job(s.job)["quorum"]
     _validator_steps(s, tmp_path)  # their processes run on past the junk
     assert s.slashed() == {}
+
+
+def test_an_attestation_written_without_its_0x_cannot_stop_the_batch(make):
+    """A validator's own attestation, well signed but with its hex written without 0x, passed the
+    checks (which take hex either way) and was then re-read from the text with its first byte cut:
+    every batch holding it reverted, so nobody's attestations landed through the aggregator (found
+    by an attacker's review). What is checked is now what is sent: all three land."""
+    s = make(providers=3, validators=3, rounds=2)
+    s.open()
+    s.driver._train_and_commit(0, RoundPlan())
+    for v in s.validators:
+        v.review(s.job, 0)
+    topic = round_topic(s.job, 0) + "-attestations"
+    mine = json.loads(next(m for m in s.box.read(topic) if json.loads(m)["validator"] == s.validators[0].address))
+    s.box.post(topic, _first(s.box.read(topic), lambda n: canonical_json(
+        {**mine, "scores_root": mine["scores_root"][2:], "signature": mine["signature"][2:], "n": n})))
+    submit_attestations(s.dep, s.box, s.agg.account, s.job, 0)
+    assert _votes(s, 0) == 3 and s.dep.job(s.job)["quorum"]
 
 
 def test_a_message_nested_past_the_limit_is_dropped_not_a_crash():

@@ -304,7 +304,7 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
     data = rounds[round_].data
     proof = round_accumulator(dep, job_id, rounds).proof(round_)
     model_root = rounds[round_].model_root
-    chosen: dict[str, dict] = {}
+    chosen: dict[str, tuple[bytes, bytes]] = {}  # validator -> (scores root, signature), as parsed and checked
     for raw in mailbox.read(round_topic(job_id, round_) + "-attestations") if posted is None else posted:
         try:
             msg = untrusted_json(raw)
@@ -320,17 +320,17 @@ def submit_attestations(dep: Deployment, mailbox: Mailbox, sender: Account, job_
         if dep.market.call("membership", job_id, v)[0] != R.Role.VALIDATOR:  # not (or no longer) a validator of the job
             continue
         if dep.disputes.call("attestation_of", job_id, round_, v) == b"\x00" * 32 and not dep.disputes.call("rejected", job_id, round_, v):
-            chosen[v] = msg
-    by_root: dict[str, list[dict]] = {}
-    for msg in chosen.values():
-        by_root.setdefault(msg["scores_root"], []).append(msg)
+            chosen[v] = (scores_root, sig)
+    by_root: dict[bytes, list[str]] = {}
+    for v, (scores_root, _) in chosen.items():
+        by_root.setdefault(scores_root, []).append(v)
     receipts = []
-    for root, msgs in sorted(by_root.items()):
-        msgs.sort(key=lambda m: address_key(m["validator"]))
-        receipts.append(dep.disputes.transact(
-            "attest", job_id, round_, data, proof, bytes.fromhex(root[2:]), [m["validator"] for m in msgs],
-            [bytes.fromhex(m["signature"][2:]) for m in msgs], sender=sender,
-        ))
+    for root, voters in sorted(by_root.items()):
+        voters.sort(key=address_key)
+        # what was checked is what is sent: a signature written without its 0x passed the check, and
+        # re-parsed from the text it stopped every batch it was in
+        receipts.append(dep.disputes.transact("attest", job_id, round_, data, proof, root, voters,
+                                              [chosen[v][1] for v in voters], sender=sender))
     return receipts
 
 
