@@ -102,3 +102,87 @@ def test_a_record_that_breaks_the_requesters_module_does_not_stop_its_provider_s
     sim.agg.run_round(sim.job, 0)
     listed = {u["provider"] for u in fetch_metrics(sim.store, committed_rounds(sim.dep, sim.job)[0])["updates"]}
     assert {a.address, b.address} <= listed
+
+
+class Boom(torch.nn.Module):
+    """Softmax regression plus clamp(g, -1, 1) * relu(1/(t + 1e-30) - 1e3) on class 0, t = relu(x_J - p)
+    from fixed buffers (no gradient through t): the term and g's gradient are 0 for every record
+    but one with x_J <= p, where g's gradient is ~1e28, finite; clamp stops it after that one
+    step, so everything stays finite."""
+
+    def __init__(self, n_features: int, n_classes: int, p: float):
+        super().__init__()
+        self.lin = torch.nn.Linear(n_features, n_classes)
+        self.g = torch.nn.Parameter(torch.zeros(1))
+        w = torch.zeros(1, n_features)
+        w[0, J] = 1.0
+        self.register_buffer("gw", w)
+        self.register_buffer("gb", torch.tensor([-p]))
+        e0 = torch.zeros(n_classes)
+        e0[0] = 1.0
+        self.register_buffer("e0", e0)
+        self.register_buffer("one", torch.ones(1))
+
+    def forward(self, x):
+        t = torch.relu(torch.nn.functional.linear(x, self.gw, self.gb))  # (B, 1), no parameter in it
+        inv = torch.relu(self.one / (t + 1e-30) - 1e3)  # 0 unless x_J <= p (then 1e30); div.Tensor, not reciprocal
+        s = torch.clamp(self.g, -1.0, 1.0) * inv
+        return self.lin(x) + s * self.e0
+
+
+@pytest.fixture
+def boom_job(chain, tmp_path, monkeypatch):
+    ds, _, _ = sec_support.digits()
+    nf, nc = ds.n_features, ds.num_classes
+    probe = np.random.default_rng(0).random((4, nf))
+    torch.manual_seed(0)
+    packed = pack_module(Boom(nf, nc, float(probe[:, J].min()) / 2), (nf,), nc)
+    n_params = nf * nc + nc + 1 + nf + 1 + nc + 1  # float buffers count
+    plain = sec_support.make_spec
+
+    def torch_spec(**kw) -> JobSpec:
+        doc = plain(**kw).model_dump()
+        doc["model"] = {"kind": "torch", "module_cid": cid_of(packed), "n_params": n_params}
+        return JobSpec.model_validate(doc)
+
+    monkeypatch.setattr(sec_support, "make_spec", torch_spec)
+    jobmodel._CACHE.clear()
+    sim = build(chain, tmp_path / "job", providers=6, rounds=1, privacy="secagg", validators=1)
+    sim.store.put(packed)
+    a, b, *others = sim.providers
+    D = a.X.copy()
+    D[:, J] = float(ds.feature_high[J])
+    Dp = D.copy()
+    Dp[0, J] = float(ds.feature_low[J])  # D and D' differ by one record
+    a.X, b.X, b.y = D, Dp, a.y.copy()
+    for other in others:
+        other.X = other.X.copy()
+        other.X[:, J] = float(ds.feature_high[J])
+    for p in sim.providers:
+        p._scaled = {}
+    return sim
+
+
+def test_a_record_that_blows_an_update_past_the_fixed_point_range_does_not_stop_its_provider(boom_job):
+    """secagg sends updates unclipped: a module whose training gives a huge but finite update on one
+    chosen record (1e27) passed the finite check, then raised in the quantizer, so the provider
+    holding the record never masked and was left out of the survivors, by name (found by the review
+    of the fix above). Such a run now gives a zero update too: both adjacent providers mask and
+    survive."""
+    sim = boom_job
+    a, b, *others = sim.providers
+    q0 = np.zeros(sim.spec.n_params, dtype=np.int64)
+    assert np.abs(a._private_delta(sim.spec, 0, 0, q0)).max() < 1e3 and not a.zeroed
+    assert not np.any(b._private_delta(sim.spec, 0, 0, q0)) and "fixed-point range" in b.zeroed[(0, 0)]
+    b.zeroed.clear()
+    sim.open()
+    for phase in ("advertise", "share"):
+        for p in sim.providers:
+            getattr(p, phase)(sim.job, 0)
+    assert all(p.train(sim.job, 0) is not None for p in sim.providers)
+    assert (sim.job, 0) in b.zeroed
+    sim.agg.secure_survivors(sim.job, 0)
+    survivors = sim.agg.own_survivors(sim.job, 0)["survivors"]
+    members = a.members(sim.job, 0)
+    assert members.index(a.address) in survivors and members.index(b.address) in survivors
+

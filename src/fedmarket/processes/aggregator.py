@@ -136,6 +136,8 @@ class AggregatorProcess(RoleProcess):
         if state in (JobState.TRAINING, JobState.FINALIZING):
             for receipt in self.aggregator.defend(job_id):
                 self.say(f"answered a dispute game (tx {receipt.tx_hash})")
+            for gid, why in self.aggregator.defender.failed_moves:
+                self.say_once(f"game {gid}: could not move now: {why}")
         if state == JobState.OPEN:
             if not job["accepted"]:
                 try:  # the terms, the spec and our funds are checked before staking

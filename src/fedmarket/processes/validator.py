@@ -11,7 +11,7 @@ from ..chain import Account
 from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
 from ..roles import Validator
-from ..errors import ContractRevert
+from ..errors import ContractRevert, StorageUnreachable
 from ..roles.common import REFUSED_BEFORE_STAKING, committed_rounds, topic_round
 from ..protocol.encoding import canonical_json, untrusted_json
 from ..roles.settlement import statement_key, submit_reward_approvals
@@ -226,7 +226,16 @@ class ValidatorProcess(RoleProcess):
             key = str(c.round)
             if key in reviews:
                 continue
-            msg = self.validator.review(job_id, c.round)
+            try:
+                msg = self.validator.review(job_id, c.round)
+            except StorageUnreachable as exc:
+                if not self.dep.disputes.call("has_quorum", job_id, c.round):
+                    raise
+                # a round at quorum whose data is missing is looked at again next step; the later
+                # rounds are reviewed meanwhile (stopping here had this validator slashed as absent
+                # from the next round, whose quorum it was needed for)
+                self.say_once(f"round {c.round}: {exc}")
+                continue
             if msg:
                 votes = self.state.load("votes", {})
                 votes[key] = {"at": self.dep.chain.timestamp(), "message": msg}

@@ -290,9 +290,16 @@ def range_claim(rule: int, chunks: np.ndarray, weights: Sequence[int], lo: Seque
     if rule == Rule.SECURE_SUM:
         sums = chunks.view(np.uint64).sum(axis=0, dtype=np.uint64) if len(weights) else np.zeros(width, np.uint64)
         return [int(x) for x in sums] + [int(sum(int(x) for x in weights))]
-    a = np.asarray(lo, dtype=np.int64)
-    b = np.asarray(hi, dtype=np.int64)
-    between = np.where((chunks > a) & (chunks < b), chunks, 0).astype(object).sum(axis=0) if len(weights) else [0] * width
+    if not len(weights):  # no rows: nothing below, at or between any hints (the chain ignores them at count 0)
+        return [0] * 5 * width
+    # hints are the defender's int256 words: past int64 they are compared as Python integers (exact),
+    # else a hint of -2**63 - 1 raised out of the watcher's every move, and it lost every game by timeout
+    wide = any(not -INT64_LIMIT <= int(v) < INT64_LIMIT for v in (*lo, *hi))
+    a = np.asarray([int(v) for v in lo], dtype=object if wide else np.int64)
+    b = np.asarray([int(v) for v in hi], dtype=object if wide else np.int64)
+    if wide:
+        chunks = chunks.astype(object)
+    between = np.where((chunks > a) & (chunks < b), chunks, 0).astype(object).sum(axis=0)
     parts = [(chunks < a).sum(axis=0), (chunks == a).sum(axis=0), (chunks < b).sum(axis=0), (chunks == b).sum(axis=0)]
     out: list[int] = []
     for c in range(width):

@@ -10,10 +10,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..chain import Account, Contract, Receipt
-from ..errors import FedMarketError
+from ..errors import ChainError, ContractRevert, FedMarketError, StorageUnreachable
 from ..market import Deployment
 from ..protocol import rules as R
-from ..protocol.encoding import address_key, vector_tree
+from ..protocol.encoding import BAD_INPUT, address_key, vector_tree
 from ..protocol.merkle import MerkleTree
 from ..protocol.proofs import (
     EMPTY_CHUNK,
@@ -196,6 +196,7 @@ class Defender:
         self.account = account
         self.store = store
         self.auditor = auditor or Auditor(dep, store)
+        self.failed_moves: list[tuple[int, str]] = []  # (game, why) of the last `respond` (the process logs them)
 
     def respond(self, job_id: int) -> list[Receipt]:
         """One move in every game of the job whose turn is the defender's; returns the receipts."""
@@ -204,9 +205,21 @@ class Defender:
         if not waiting:
             return []
         truth = Truth(self.dep, self.store, job_id, self.auditor)
-        # a round game read just before its round was reverted (another game proved it wrong, or
-        # the job failed) has nothing left to defend
-        return [self.move(truth, g) for g in waiting if g.kind not in ROUND_GAMES or g.round < len(truth.rounds)]
+        out, self.failed_moves = [], []
+        for g in waiting:
+            # a round game read just before its round was reverted (another game proved it wrong, or
+            # the job failed) has nothing left to defend
+            if g.kind in ROUND_GAMES and g.round >= len(truth.rounds):
+                continue
+            try:  # one game's failed move never holds back the others (nor the process's round commits)
+                out.append(self.move(truth, g))
+            except ContractRevert as exc:  # (a ChainError: caught first)
+                self.failed_moves.append((g.gid, f"{type(exc).__name__}: {exc}"))
+            except (StorageUnreachable, ChainError):
+                raise  # the store or the node does not answer: the next step tries every game again
+            except (FedMarketError, *BAD_INPUT) as exc:
+                self.failed_moves.append((g.gid, f"{type(exc).__name__}: {exc}"))
+        return out
 
     def move(self, truth: Truth, g: GameState) -> Receipt:
         send = lambda fn, *args: g.arbiter.transact(fn, g.gid, *args, sender=self.account)

@@ -100,11 +100,13 @@ class Provider(DataRole):
             return self._local_delta(spec, job_id, round_, q_global)
         try:
             delta = self._local_delta(spec, job_id, round_, q_global)
-            if np.all(np.isfinite(delta)):
+            if not np.all(np.isfinite(delta)):
+                why = "its training gave values that are not finite"
+            else:
+                quantize(delta)  # secagg sends it unclipped: a value past the fixed-point range would raise later
                 return delta
-            why = "its training gave values that are not finite"
         except (FedMarketError, ValueError, ArithmeticError, RuntimeError) as exc:  # torch raises RuntimeError
-            why = f"its training failed ({type(exc).__name__})"
+            why = f"its training failed or left the fixed-point range ({type(exc).__name__})"
         self.zeroed[(job_id, round_)] = why
         return np.zeros(spec.n_params)
 
