@@ -115,6 +115,19 @@ def check_canonical(signature: bytes) -> None:
         raise ValueError("not a canonical 65-byte signature (v 27/28, low s)")
 
 
+def canonical_twin(signature: bytes) -> bytes:
+    """The canonical form of a 65-byte recoverable signature that anyone can derive from it: v 0/1
+    read as 27/28, and a high s as its low twin ``n - s`` with v flipped. Both recover the same key;
+    only the canonical one passes on chain. (Any other input comes back unchanged.)"""
+    sig = bytes(signature)
+    if len(sig) != 65 or sig[64] not in (0, 1, 27, 28):
+        return sig
+    v, s = 27 + sig[64] % 27, int.from_bytes(sig[32:64], "big")
+    if s > SECP256K1_N // 2:
+        s, v = SECP256K1_N - s, 55 - v
+    return sig[:32] + s.to_bytes(32, "big") + bytes([v])
+
+
 def _statement(name: str, eip712_type: str, doc: str, *fields_: tuple[str, type]) -> type:
     """A typed statement class: a frozen dataclass of `fields_` (in the struct's order) signed as `eip712_type`."""
     cls = make_dataclass(name, list(fields_), bases=(_Typed,), frozen=True,

@@ -16,7 +16,7 @@ from ..protocol import rules as R
 from ..protocol.encoding import BAD_INPUT, address_key, vector_root
 from ..protocol.merkle import MerkleTree
 from ..protocol.proofs import RoundUpdate, reward_tree, updates_root, updates_tree
-from ..protocol.receipts import UpdateReceipt
+from ..protocol.receipts import UpdateReceipt, canonical_twin
 from ..protocol.selection import is_selected
 from ..spec import JobSpec
 from ..storage import BlobStore, Mailbox
@@ -328,8 +328,10 @@ class Auditor:
             return f"leaf {index} has weight {u.weight}, outside [1, {R.MAX_WEIGHT}]"
         if spec.privacy.dp and u.weight != 1:
             return f"leaf {index}: a private update must have weight 1, not {u.weight}"
-        try:
-            signer = UpdateReceipt(job_id, r, u.root, u.weight).signer(u.signature, self.dep.chain_id, self.dep.disputes.address)
+        try:  # a listed high-s (or v 0/1) twin of the provider's signature is still its receipt: the
+            # aggregator shows the canonical one on chain and wins the game (the watcher's bond lost)
+            signer = UpdateReceipt(job_id, r, u.root, u.weight).signer(canonical_twin(u.signature), self.dep.chain_id,
+                                                                       self.dep.disputes.address)
         except Exception:  # noqa: BLE001 - an unrecoverable signature is no receipt
             signer = None
         if signer != u.provider:
