@@ -88,6 +88,22 @@ class Procs:
                 if self.after_step is not None:
                     self.after_step(name)
 
+    def first_round_at_quorum(self, without: str) -> None:
+        """Start the job with every process, then step all but `without` (a slower validator) until
+        round 0 is committed and at quorum without it."""
+        from fedmarket.market import JobState
+
+        for _ in range(20):
+            self.step()
+            if self.state() == JobState.TRAINING:
+                break
+        for _ in range(40):
+            self.step([n for n in self.procs if n != without])
+            job = self.dep.job(self.job)
+            if int(job["current_round"]) >= 1 and job["quorum"]:
+                return
+        raise AssertionError("round 0 reached no quorum:\n" + "\n".join(self.logs[-20:]))
+
     def run(self, max_steps=80, on_step=None, advance_finalizing=True, names=None) -> bool:
         """Step every process (or those `names`) until all of them are done (True) or `max_steps`
         passed (False)."""

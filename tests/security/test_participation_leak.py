@@ -48,39 +48,46 @@ class Trap(torch.nn.Module):
         return self.lin(x) + (r - r)  # + 0, or NaN for that record
 
 
-@pytest.fixture(params=["dp_local", "secagg_dp"])
-def trap_job(request, chain, tmp_path, monkeypatch):
-    """A job of the trap module; its first two providers hold adjacent data sets D and D' (one
-    record's feature J dark in D')."""
+def _trap_job(chain, path, monkeypatch, make_module, n_extra, **kw):
+    """A job of the torch module `make_module(n_features, n_classes, p)` (p below every value of
+    the probe batch at feature J, so the checks before staking pass; `n_extra(n_features, n_classes)`
+    parameters beside a softmax regression's), whose first two providers hold adjacent data sets D and D' (one record's
+    feature J dark in D'), the others feature J lit like D."""
     ds, _, _ = sec_support.digits()
     nf, nc = ds.n_features, ds.num_classes
     probe = np.random.default_rng(0).random((4, nf))  # load_packed's fixed probe batch
     torch.manual_seed(0)
-    packed = pack_module(Trap(nf, nc, float(probe[:, J].min()) / 2), (nf,), nc)
-    n_params = nf * nc + nc + nf + 1
+    packed = pack_module(make_module(nf, nc, float(probe[:, J].min()) / 2), (nf,), nc)
     plain = sec_support.make_spec
 
-    def torch_spec(**kw) -> JobSpec:
-        doc = plain(**kw).model_dump()
-        doc["model"] = {"kind": "torch", "module_cid": cid_of(packed), "n_params": n_params}
+    def torch_spec(**spec_kw) -> JobSpec:
+        doc = plain(**spec_kw).model_dump()
+        doc["model"] = {"kind": "torch", "module_cid": cid_of(packed), "n_params": nf * nc + nc + n_extra(nf, nc)}
         return JobSpec.model_validate(doc)
 
     monkeypatch.setattr(sec_support, "make_spec", torch_spec)
     jobmodel._CACHE.clear()
-    secure = request.param == "secagg_dp"
-    sim = build(chain, tmp_path / "job", providers=3, rounds=2, privacy=request.param, validators=1 if secure else 0)
+    sim = build(chain, path, **kw)
     sim.store.put(packed)
-    a, b, other = sim.providers
+    a, b, *others = sim.providers
     D = a.X.copy()
     D[:, J] = float(ds.feature_high[J])
     Dp = D.copy()
     Dp[0, J] = float(ds.feature_low[J])
     a.X, b.X, b.y = D, Dp, a.y.copy()
-    other.X = other.X.copy()
-    other.X[:, J] = float(ds.feature_high[J])
+    for other in others:
+        other.X = other.X.copy()
+        other.X[:, J] = float(ds.feature_high[J])
     for p in sim.providers:
         p._scaled = {}
     return sim
+
+
+@pytest.fixture(params=["dp_local", "secagg_dp"])
+def trap_job(request, chain, tmp_path, monkeypatch):
+    secure = request.param == "secagg_dp"
+    return _trap_job(chain, tmp_path / "job", monkeypatch, Trap, lambda nf, nc: nf + 1, providers=3, rounds=2, privacy=request.param,
+                     validators=1 if secure else 0)
 
 
 def test_a_record_that_breaks_the_requesters_module_does_not_stop_its_provider_sending(trap_job):
@@ -132,35 +139,9 @@ class Boom(torch.nn.Module):
 
 @pytest.fixture
 def boom_job(chain, tmp_path, monkeypatch):
-    ds, _, _ = sec_support.digits()
-    nf, nc = ds.n_features, ds.num_classes
-    probe = np.random.default_rng(0).random((4, nf))
-    torch.manual_seed(0)
-    packed = pack_module(Boom(nf, nc, float(probe[:, J].min()) / 2), (nf,), nc)
-    n_params = nf * nc + nc + 1 + nf + 1 + nc + 1  # float buffers count
-    plain = sec_support.make_spec
-
-    def torch_spec(**kw) -> JobSpec:
-        doc = plain(**kw).model_dump()
-        doc["model"] = {"kind": "torch", "module_cid": cid_of(packed), "n_params": n_params}
-        return JobSpec.model_validate(doc)
-
-    monkeypatch.setattr(sec_support, "make_spec", torch_spec)
-    jobmodel._CACHE.clear()
-    sim = build(chain, tmp_path / "job", providers=6, rounds=1, privacy="secagg", validators=1)
-    sim.store.put(packed)
-    a, b, *others = sim.providers
-    D = a.X.copy()
-    D[:, J] = float(ds.feature_high[J])
-    Dp = D.copy()
-    Dp[0, J] = float(ds.feature_low[J])  # D and D' differ by one record
-    a.X, b.X, b.y = D, Dp, a.y.copy()
-    for other in others:
-        other.X = other.X.copy()
-        other.X[:, J] = float(ds.feature_high[J])
-    for p in sim.providers:
-        p._scaled = {}
-    return sim
+    extra = lambda nf, nc: 1 + nf + 1 + nc + 1  # noqa: E731 - g, and the float buffers gw, gb, e0, one
+    return _trap_job(chain, tmp_path / "job", monkeypatch, Boom, extra, providers=6, rounds=1, privacy="secagg",
+                     validators=1)
 
 
 def test_a_record_that_blows_an_update_past_the_fixed_point_range_does_not_stop_its_provider(boom_job):

@@ -6,7 +6,6 @@ from __future__ import annotations
 from proc_support import Procs
 from sec_support import TOKEN
 
-from fedmarket.market import JobState
 from fedmarket.roles.common import committed_rounds, fetch_metrics
 
 
@@ -18,17 +17,7 @@ def test_data_missing_after_quorum_does_not_stop_a_validator_voting_on_later_rou
     attests it, and round 1 has its quorum whatever the accomplice does."""
     P = Procs(chain, tmp_path, collect_timeout=60.0, providers=3, validators=3, rounds=2, validator_fee=TOKEN)
     honest_slow, accomplice = chain.validators[2], chain.validators[1]
-    for _ in range(20):
-        P.step()
-        if P.state() == JobState.TRAINING:
-            break
-    fast = [n for n in P.procs if n != "v2"]
-    for _ in range(40):
-        P.step(fast)
-        job = P.dep.job(P.job)
-        if int(job["current_round"]) >= 1 and job["quorum"]:
-            break
-    assert int(P.dep.job(P.job)["current_round"]) == 1 and P.dep.job(P.job)["quorum"]
+    P.first_round_at_quorum(without="v2")
     # the aggregator deletes a round-0 update blob after quorum and does not restore it
     agg = P.procs["aggregator"]
     agg._keep_available = lambda rounds: None

@@ -79,6 +79,7 @@ class AggregatorProcess(RoleProcess):
         self.mailbox = mailbox
         self.collect_timeout = collect_timeout
         self._voted_through = 0  # every validator voted on the committed rounds before this one
+        self._restored_at = -1  # rounds committed when it last put deleted blobs back
         self.reveal_timeout = reveal_timeout
         self._opened: dict[int, float] = {}  # round -> when this process first saw it open (monotonic)
         self._verified: dict = {}  # the open round's messages -> who signed them (`signed_on`)
@@ -159,8 +160,8 @@ class AggregatorProcess(RoleProcess):
         if state == JobState.TRAINING:
             r, rounds = int(job["current_round"]), int(job["rounds"])
             gated = job["max_validators"] > 0
-            if gated and time.monotonic() >= self._next_restore:  # every 5 s
-                self._next_restore = time.monotonic() + 5.0
+            if gated and (time.monotonic() >= self._next_restore or r != self._restored_at):  # every 5 s, and after a commit
+                self._next_restore, self._restored_at = time.monotonic() + 5.0, r
                 self._keep_available(self._unvoted(job))
             if r > 0 and gated and not job["quorum"]:
                 for receipt in submit_attestations(self.dep, self.mailbox, self.account, job_id, r - 1):

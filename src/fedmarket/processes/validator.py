@@ -45,6 +45,7 @@ class ValidatorProcess(RoleProcess):
         self.job_id = job_id
         self._round_duration = 0  # a term, read at the first step (with `Validator.data_grace`)
         self._idle: tuple | None = None  # (rounds committed, state) after which nothing is left to review
+        self._looking_again = False  # set by `_review_and_reveal` while a round it skipped waits for its data
         self._approved_at = float("-inf")
         self._next_keep = 0.0  # when it next posts its reveals again (`_keep_reveals`)
         self.approve_interval = 1.0
@@ -95,7 +96,7 @@ class ValidatorProcess(RoleProcess):
                 pending = [k for k, d in self._reviews()[0].items()
                            if closed and d is not None and int(k) not in self.state.load("revealed", [])]
                 pending += list(self.state.load("votes", {}))
-                self._idle = now if not pending else None
+                self._idle = now if not pending and not self._looking_again else None
             if state == JobState.TRAINING and int(job["current_round"]) == int(job["rounds"]) and self._idle:
                 self._approve_rewards()
         elif state == JobState.SETTLED:
@@ -222,6 +223,7 @@ class ValidatorProcess(RoleProcess):
     def _review_and_reveal(self, n_rounds: int) -> None:
         job_id = self.job_id
         reviews, _ = self._reviews()
+        self._looking_again = False  # a round at quorum whose data is missing: reviewed again next step
         for c in committed_rounds(self.dep, job_id):
             key = str(c.round)
             if key in reviews:
@@ -235,6 +237,7 @@ class ValidatorProcess(RoleProcess):
                 # rounds are reviewed meanwhile (stopping here had this validator slashed as absent
                 # from the next round, whose quorum it was needed for)
                 self.say_once(f"round {c.round}: {exc}")
+                self._looking_again = True
                 continue
             if msg:
                 votes = self.state.load("votes", {})
