@@ -201,7 +201,10 @@ class AggregatorProcess(RoleProcess):
         n, committed = int(job["n_validators"]), int(job["current_round"])
         while self._voted_through < committed and int(self.dep.disputes.call("voters", self.job_id, self._voted_through)) >= n:
             self._voted_through += 1
-        return list(range(self._voted_through, committed))
+        # the oldest two (where a slower validator is) and the newest two: every blob of each is read
+        # back every 5 s, and a validator that never votes would otherwise keep every round in it
+        unvoted = range(self._voted_through, committed)
+        return sorted({*unvoted[:2], *unvoted[-2:]})
 
     def _keep_available(self, rounds: list[int]) -> None:
         """While validators review `rounds`, put back in the shared store any of their blobs someone
