@@ -39,6 +39,11 @@ class StorageUnreachable(StorageError):
     the data, so a judge of a round retries rather than calling its data unavailable."""
 
 
+class MissingAfterQuorum(StorageUnreachable):
+    """A round's data is missing and the round already has its quorum: a rejection now fails nobody
+    and only costs the judge its fee for the round, so it looks again while the votes are open."""
+
+
 class BlobNotFound(StorageError):
     """The store answered, and holds no blob of that content id (never put, or deleted since)."""
 

@@ -11,7 +11,7 @@ from ..chain import Account
 from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
 from ..roles import Validator
-from ..errors import ContractRevert, StorageUnreachable
+from ..errors import ContractRevert, MissingAfterQuorum
 from ..roles.common import REFUSED_BEFORE_STAKING, committed_rounds, topic_round
 from ..protocol.encoding import canonical_json, untrusted_json
 from ..roles.settlement import statement_key, submit_reward_approvals
@@ -230,9 +230,7 @@ class ValidatorProcess(RoleProcess):
                 continue
             try:
                 msg = self.validator.review(job_id, c.round)
-            except StorageUnreachable as exc:
-                if not self.dep.disputes.call("has_quorum", job_id, c.round):
-                    raise
+            except MissingAfterQuorum as exc:
                 # a round at quorum whose data is missing is looked at again next step; the later
                 # rounds are reviewed meanwhile (stopping here had this validator slashed as absent
                 # from the next round, whose quorum it was needed for)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from eth_utils import to_checksum_address
 
 from ..chain import Account, Receipt
-from ..errors import ChainError, ContractRevert, FedMarketError, StorageUnreachable
+from ..errors import ContractRevert, FedMarketError, StorageUnreachable
 from ..market import Deployment, JobState, Role
 from ..protocol import rules as R
 from ..protocol.encoding import BAD_INPUT, address_key, untrusted_json
@@ -20,7 +20,7 @@ from .auditor import Auditor, AuditReport
 from .common import (
     acknowledged, committed_rounds, hex32, hexbytes, load_spec, posted_receipts, round_topic,
 )
-from .games import Truth, any_bad_leaf, choose, job_games
+from .games import Truth, any_bad_leaf, choose, each_move, job_games
 
 
 class Challenger:
@@ -127,29 +127,20 @@ class Challenger:
         """The challenger's move in each of its games waiting for one, and the end of every game of
         the job whose mover let its deadline pass (callable by anyone) as of `now` (default: the
         latest block's time; a process on a live chain passes the wall clock, the next block's)."""
-        receipts, self.failed_moves = [], []
         now = self.dep.chain.timestamp() if now is None else now
         truth = None
-        for g in job_games(self.dep, job_id):
-            try:  # one game's revert (someone else's timeout landed first, a block behind the wall
-                # clock) never holds back its move in the others
-                if now > g.deadline:
-                    receipts.append(g.arbiter.transact("timeout", g.gid, sender=self.account))
-                elif g.turn == R.Turn.CHALLENGER and g.challenger == self.account.address:
-                    truth = truth or Truth(self.dep, self.store, job_id, self.auditor)
-                    receipts.append(g.arbiter.transact("choose", g.gid, choose(truth, g), sender=self.account))
-            except ContractRevert as exc:  # (a ChainError: caught first)
-                self._failed(g, exc)  # someone else's timeout landed first, a block behind the wall clock
-            except (StorageUnreachable, ChainError):
-                raise  # the store or the node does not answer: the next step tries every game again
-            except FedMarketError as exc:
-                self._failed(g, exc)  # this game's data cannot be re-derived now
-        return receipts
 
-    def _failed(self, g, exc: Exception) -> None:
-        """Note a game whose move failed now: the others still get their moves, and its deadline is
-        the next step's to meet (`failed_moves`, which the process logs)."""
-        self.failed_moves.append((g.gid, f"{type(exc).__name__}: {exc}"))
+        def move(g):
+            nonlocal truth
+            if now > g.deadline:  # may revert: someone else's timeout landed first, a block behind the wall clock
+                return g.arbiter.transact("timeout", g.gid, sender=self.account)
+            if g.turn == R.Turn.CHALLENGER and g.challenger == self.account.address:
+                truth = truth or Truth(self.dep, self.store, job_id, self.auditor)
+                return g.arbiter.transact("choose", g.gid, choose(truth, g), sender=self.account)
+            return None
+
+        receipts, self.failed_moves = each_move(job_games(self.dep, job_id), move)
+        return receipts
 
     def close_moot(self, job_id: int) -> list[Receipt]:
         """Close (bond refunded) every game of the job it has outgrown."""

@@ -68,6 +68,29 @@ def game_state(arbiter: Contract, gid: int) -> GameState:
                      g["defender"], g["lo"], g["hi"], g["claim"], R.Turn(g["turn"]), g["deadline"], g["left"], g["right"])
 
 
+def each_move(games: list[GameState], move) -> tuple[list[Receipt], list[tuple[int, str]]]:
+    """`move(g)` (a receipt, or None for nothing to do) in every game, one game's failure never
+    holding back the others: a revert (someone else's move or timeout landed first) or data that
+    cannot be re-derived now is noted as `(game, why)`, and the game's deadline is the next step's to
+    meet; a store or node that does not answer is raised, since the next step tries every game
+    again. Returns the receipts and the failed moves (which the role processes log)."""
+    receipts, failed = [], []
+    for g in games:
+        try:
+            receipt = move(g)
+        except ContractRevert as exc:  # (a ChainError: caught first)
+            failed.append((g.gid, f"{type(exc).__name__}: {exc}"))
+            continue
+        except (StorageUnreachable, ChainError):
+            raise
+        except (FedMarketError, *BAD_INPUT) as exc:
+            failed.append((g.gid, f"{type(exc).__name__}: {exc}"))
+            continue
+        if receipt is not None:
+            receipts.append(receipt)
+    return receipts, failed
+
+
 def job_games(dep: Deployment, job_id: int, open_only: bool = True) -> list[GameState]:
     """Every game ever opened on the job (only the unresolved ones by default), oldest first."""
     out = []
@@ -205,20 +228,10 @@ class Defender:
         if not waiting:
             return []
         truth = Truth(self.dep, self.store, job_id, self.auditor)
-        out, self.failed_moves = [], []
-        for g in waiting:
-            # a round game read just before its round was reverted (another game proved it wrong, or
-            # the job failed) has nothing left to defend
-            if g.kind in ROUND_GAMES and g.round >= len(truth.rounds):
-                continue
-            try:  # one game's failed move never holds back the others (nor the process's round commits)
-                out.append(self.move(truth, g))
-            except ContractRevert as exc:  # (a ChainError: caught first)
-                self.failed_moves.append((g.gid, f"{type(exc).__name__}: {exc}"))
-            except (StorageUnreachable, ChainError):
-                raise  # the store or the node does not answer: the next step tries every game again
-            except (FedMarketError, *BAD_INPUT) as exc:
-                self.failed_moves.append((g.gid, f"{type(exc).__name__}: {exc}"))
+        # a round game read just before its round was reverted (another game proved it wrong, or the
+        # job failed) has nothing left to defend
+        live = [g for g in waiting if not (g.kind in ROUND_GAMES and g.round >= len(truth.rounds))]
+        out, self.failed_moves = each_move(live, lambda g: self.move(truth, g))
         return out
 
     def move(self, truth: Truth, g: GameState) -> Receipt:

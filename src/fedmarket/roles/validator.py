@@ -8,7 +8,7 @@ import numpy as np
 from eth_utils import is_address
 
 from ..chain import Account, Receipt
-from ..errors import FedMarketError, StorageUnreachable
+from ..errors import FedMarketError, MissingAfterQuorum, StorageUnreachable
 from ..fl.quantize import dequantize, quantize
 from ..jobmodel import job_model
 from ..market import Deployment
@@ -88,7 +88,7 @@ class Validator(DataRole):
         if check.unavailable and self.dep.disputes.call("has_quorum", job_id, round_):
             # a rejection now fails nobody and costs this validator its fee for the round: data deleted
             # after quorum (anyone on a shared store can) is looked for again, as long as the votes are open
-            raise StorageUnreachable(f"round {round_}: {check.problem}; the round has quorum, so looking again "
+            raise MissingAfterQuorum(f"round {round_}: {check.problem}; the round has quorum, so looking again "
                                      "rather than rejecting it")
         if check.unavailable and self.data_grace > 0:
             since = self._missing_since.setdefault((job_id, round_), time.monotonic())
