@@ -596,8 +596,6 @@ def dispute_answer(job_id: uint256, server: address, x: DynArray[int256, MAX_FEA
     digest: bytes32 = statements._digest(statements._separator(chain.id, self),
                                          keccak256(abi_encode(ANSWER_TYPEHASH, job_id, keccak256(abi_encode(x)), answer)))
     assert statements._signer(digest, signature) == server, "model: not the server's answer"
-    amount: uint256 = self.stake[job_id][server]
-    assert amount > 0, "model: nothing to slash"
     jt: T.JobTerms = self._terms(job_id)
     self._check_chunks(self.model_root[job_id], jt.n_params, jt.chunk_size, chunks, proofs)
     assert answer != self._argmax(x, shape[1], jt.chunk_size, chunks), "model: answer is right"
@@ -684,8 +682,11 @@ def _proof_valid(job_id: uint256, proof: Bytes[MAX_PROOF], instances: DynArray[u
     assert verifier.codehash == self.verifier_codehash[job_id], "model: verifier code changed"
     ok: bool = False
     out: Bytes[32] = b""
+    before: uint256 = msg.gas
     ok, out = raw_call(verifier, abi_encode(proof, instances, method_id=method_id("verifyProof(bytes,uint256[])")),
                        max_outsize=32, revert_on_failure=False)
+    # a call starved of gas (the sender's limit too low) is no verdict: it is left 1/64 of `before` at most
+    assert ok or msg.gas > before // 64, "model: verifier out of gas"
     return ok and len(out) == 32 and convert(out, uint256) == 1
 
 

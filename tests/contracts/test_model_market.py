@@ -956,3 +956,56 @@ def test_a_proof_of_the_model_verifies_on_chain_and_one_of_another_model_is_slas
                          proven.sign_proof(other, other_instances), sender=shop.rival)
     assert r.event("AnswerSlashed")["amount"] == SSTAKE and shop.mm.call("disputes_lost", job.id) == 1
     assert shop.mm.call("owed", shop.rival.address) == SSTAKE // 2
+
+
+# A verifier whose verification costs millions of gas (a bigger circuit than the test's): the same
+# EZKL verifier behind a gas-heavy front, as validators could attest for a large model.
+HEAVY_VERIFIER = """
+# pragma version 0.4.3
+REAL: immutable(address)
+
+
+@deploy
+def __init__(real: address):
+    REAL = real
+
+
+@external
+def verifyProof(proof: Bytes[16384], instances: DynArray[uint256, 512]) -> bool:
+    x: bytes32 = empty(bytes32)
+    for i: uint256 in range(60_000):
+        x = keccak256(x)
+    out: Bytes[32] = raw_call(REAL, msg.data, max_outsize=32, is_static_call=True)
+    return convert(out, uint256) == 1
+"""
+
+
+def test_a_dispute_sent_with_too_little_gas_for_the_verifier_slashes_nobody(proven):
+    """A stranger disputes an honest server's valid proof with a gas limit that starves the verifier
+    (the call gets 63/64 of what is left, and the 1/64 kept back pays for the slash): the verifier's
+    out-of-gas failure must not count as a rejection of the proof."""
+    import vyper
+    from fedmarket.chain.abi import ContractABI
+
+    shop, job, kit = proven.shop, proven.job, proven.shop.kit
+    out = vyper.compile_code(HEAVY_VERIFIER, output_formats=["abi", "bytecode"])
+    heavy = kit.chain.deploy(kit.deployer, "HeavyVerifier", ContractABI(out["abi"]),
+                             bytes.fromhex(out["bytecode"][2:]), proven.verifier.address)
+    proven.register(verifier=heavy.address)
+    shop.staked(job)
+    proof, instances = proven.proof()
+    sig = proven.sign_proof(proof, instances)
+    with reverts("model: proof is valid"):  # with the gas it needs, the proof verifies
+        shop.mm.transact("dispute_proof", job.id, shop.server.address, proof, instances, sig, sender=shop.rival)
+    data = shop.mm.abi.function("dispute_proof").encode((job.id, shop.server.address, proof, instances, sig))
+    env = kit.chain.env
+    slashed_at, reasons = [], set()
+    for gas in (4_600_000, 5_000_000, 5_400_000):  # the verifier needs about 5.6M; the 1/64 kept back pays for a slash
+        with env.anchor():
+            comp = env.execute_code(to_address=shop.mm.address, sender=shop.rival.address, data=data, gas=gas)
+            if not comp.is_error:
+                slashed_at.append(gas)
+            reasons.add(b"model: verifier out of gas" in bytes(comp.output or b""))
+    assert not slashed_at, f"a starved verifier call slashed the honest server (gas limits {slashed_at})"
+    assert reasons == {True}  # the sender is told why
+    assert shop.mm.call("stake", job.id, shop.server.address) == SSTAKE
