@@ -658,6 +658,9 @@ def post_rewards(
         assert msg.sender != poster, "market: aggregator was slashed"
         poster = msg.sender
         word: uint256 = stakes._member[job_id][poster]
+        # a poster whose root was discarded (or a member slashed) posts no more: its root again
+        # would bring back to life the games against its first posting, which it had let lapse
+        assert word & C.SLASHED == 0, "market: poster was slashed"
         role: uint256 = word & 255
         if (role != C.ROLE_PROVIDER and role != C.ROLE_VALIDATOR) or word >> C.ROLE_BITS < self.terms[job_id].dispute_bond:
             bond = max(self.terms[job_id].aggregator_stake, self.terms[job_id].dispute_bond)
@@ -707,6 +710,7 @@ def reward_fault(job_id: uint256, challenger: address):
     bond: uint256 = self.progress[job_id].poster_bond
     if bond > 0:
         stakes._pay_slash(job_id, poster, 0, bond, challenger)
+        stakes._member[job_id][poster] |= C.SLASHED  # (a bonded stranger: marked, to post no more)
     elif stakes._member[job_id][poster] & C.SLASHED == 0:
         stakes._slash(job_id, poster, C.STAGE_FINAL + self.progress[job_id].challenge_deadline, challenger)
     # (a poster slashed since it posted, a validator proven to equivocate, has no stake left: its

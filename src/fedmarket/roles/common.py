@@ -15,6 +15,7 @@ from multiformats import CID, multihash
 
 from ..errors import (
     BlobTooLarge, ChainError, ConfigError, FedMarketError, PrivacyBudgetExceeded, SchemaMismatch, StorageError,
+    StorageUnreachable,
 )
 from ..jobmodel import job_model
 from ..market import Deployment, JobState, JobTerms
@@ -527,9 +528,8 @@ def _posted_reward_tree(dep: Deployment, store: BlobStore, job_id: int):
     posted = [e for e in dep.market.events("RewardRootPosted", job_id=job_id) if e["reward_root"] == root]
     if not posted or root == b"\x00" * 32:
         raise FedMarketError(f"job {job_id} has no reward root")
-    cid = posted[-1]["rewards_cid"]
 
-    def load():
+    def load(cid):
         doc = read_document(store, cid)
         try:
             leaves = positional_leaves(doc["leaves"])
@@ -537,10 +537,21 @@ def _posted_reward_tree(dep: Deployment, store: BlobStore, job_id: int):
         except BAD_INPUT:
             raise ProtocolViolation(f"job {job_id}: rewards document {cid} is malformed") from None
 
-    doc, tree = dep.remember(("rewards", cid), load)
-    if tree.root != root:
-        raise ProtocolViolation(f"job {job_id}: rewards document does not match the posted reward root")
-    return doc, tree
+    # the newest posting's document, or else an earlier posting's of the very same root (the same
+    # leaves): a root posted again under a document nobody can read is still challenged
+    problem = None
+    for cid in dict.fromkeys(e["rewards_cid"] for e in reversed(posted)):
+        try:
+            doc, tree = dep.remember(("rewards", cid), lambda cid=cid: load(cid))
+        except (StorageUnreachable, ChainError):
+            raise
+        except FedMarketError as exc:  # missing, malformed, or not this root's
+            problem = problem or exc
+            continue
+        if tree.root == root:
+            return doc, tree
+        problem = problem or ProtocolViolation(f"job {job_id}: rewards document does not match the posted reward root")
+    raise problem
 
 
 def reward_leaf(dep: Deployment, store: BlobStore, account: str, job_id: int) -> tuple[dict, list[bytes]]:
