@@ -61,3 +61,19 @@ def test_a_secure_job_cannot_carry_a_quality_gate_it_could_never_meet(make):
     assert s.dep.terms_check.call("problem", terms.abi(), s.c.requester.address, now + 1) == "market: no quality gate on secure sum"
     revert(s.dep.market.transact, "post_job", terms.abi(), s.store.put(s.spec.canonical()), sender=s.c.requester,
            match="no quality gate on secure sum")
+
+
+def test_a_dispute_bond_no_provider_can_lock_is_refused_before_it_stakes(make):
+    """The spec sets a dispute bond of 20,000 tokens for providers holding 10,000 (found by the
+    rewards review). Every provider staked; its process, the reward root's watcher of its own
+    accord, could not lock the bond and opened no game, and a root moving the whole pool to the
+    aggregator settled (each provider paid 0 instead of 33 tokens). A provider now refuses before it
+    stakes a job whose stake and bond together it cannot lock, naming the bond."""
+    from sec_support import FUNDS
+
+    from fedmarket.roles.common import InsufficientFunds
+
+    s = make(providers=3, bond=2 * FUNDS)
+    with pytest.raises(InsufficientFunds, match="dispute bond"):
+        s.open()
+    assert all(tuple(s.dep.market.call("membership", s.job, p.address)) == (0, 0) for p in s.providers)
