@@ -375,3 +375,64 @@ def test_a_griefer_cannot_keep_a_servers_root_pending_until_a_caller_refunds_its
     assert got <= tab - signed_spent, (
         f"c took back {(got - (tab - signed_spent)) / TOKEN} tokens of answered usage; the griefer paid "
         f"{g_cost / TOKEN} over {cycles} reveal challenges")
+
+
+def test_a_server_posting_late_is_not_slashed_by_a_caller_front_running_its_post_with_a_due_refund(roll, tmp_path):
+    """A caller whose plain refund is due front-runs the server's next `post_usage` with `refund`
+    (found by the usage review): the refund, with no root pending, cut the tab to the final root's
+    leaf, and the post then landed with the caller's later usage above it, an overdraft anyone
+    proved, for the server's whole bond (half to the caller). A server now posts a caller whose
+    plain refund is due (or falls due within a few blocks) at its final root's leaf: it loses the
+    usage it did not post in time, as docs/model-market.md says, and keeps its bond."""
+    from test_usage_rollup_attacks2 import _admit, _book
+
+    from fedmarket.roles.tabs import refund_tab
+
+    kit, ru, job, server = roll.kit, roll.ru, roll.job, roll.server
+    c, d = roll.callers[0], roll.callers[1]  # c the attacker, d any other caller of the server
+    roll.fund(c)  # a 100-query tab
+    roll.fund(d)  # another caller's tab in the server's pool (a server has many callers)
+    book = _book(roll, tmp_path)
+    for q in range(1, 11):
+        _admit(roll, book, c, q, q * PRICE)
+    assert any("usage root posted" in m for m in book.step())  # bonds the offer's stake, posts c at 10
+    kit.advance(WINDOW)
+    assert any("usage root final" in m for m in book.step())
+    for q in range(1, 4):
+        _admit(roll, book, d, q, q * PRICE)
+    for q in range(11, 31):  # 20 more queries answered; the server then stops (crash, outage)
+        _admit(roll, book, c, q, q * PRICE)
+
+    ru.transact("request_refund", job.id, server.address, sender=c)
+    kit.advance(REFUND)  # the refund is due; c does not take it yet
+
+    bond_before = ru.call("bond", job.id, server.address)
+    assert bond_before == SSTAKE
+    owed_c_before = ru.call("owed", c.address)
+
+    # the server comes back and steps; c's refund is mined just before its post_usage (a front-run)
+    orig = ru.transact
+
+    def front_run(fn, *args, **kw):
+        if fn == "post_usage":
+            ru.transact = orig
+            refund_tab(kit.dep, c, book.store, job.id, server.address)
+        return orig(fn, *args, **kw)
+
+    ru.transact = front_run
+    try:
+        book.step()
+    finally:
+        ru.transact = orig
+    tab_now = ru.call("tab", job.id, server.address, c.address)
+    leaf = book.posted.tree.usage(c.address) if book.posted is not None else None
+
+    slashed = 0
+    if leaf is not None and leaf.spent > tab_now:
+        i = [x.caller.lower() for x in book.posted.tree.leaves].index(c.address.lower())
+        ev = ru.transact("prove_overdraft", job.id, server.address, book.posted.tree.position(i),
+                         sender=c).event("UsageRejected")
+        slashed = ev["slashed"]
+    assert slashed == 0 and ru.call("bond", job.id, server.address) == bond_before, (
+        f"an honest server that came back after its caller's refund fell due lost its whole bond "
+        f"({slashed}); the caller got {(ru.call('owed', c.address) - owed_c_before)} of it")

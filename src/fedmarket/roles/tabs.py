@@ -83,6 +83,11 @@ def read_usage(store: BlobStore, cid: str) -> tuple[list[Leaf], list[bytes]]:
     return leaves, [bytes.fromhex(sig[2:]) for *_, sig in doc["leaves"]]
 
 
+# A plain refund request due this soon caps its caller at the final root's leaf: the refund, sent
+# before the root lands, cuts the tab to that leaf (seconds; a few blocks and a step)
+REFUND_MARGIN = 120
+
+
 class TabBook:
     """A server's tab receipts for one job: admitted per query, posted per period."""
 
@@ -174,31 +179,43 @@ class TabBook:
 
     def _usage(self) -> dict[str, tuple[int, int, bytes]]:
         """Each caller's latest receipt to post, except that a caller refunded since (its tab now
-        what the roots charged) keeps its final root's leaf: later usage would be an overdraft."""
+        what the roots charged), or whose plain refund request is due by the time the root lands,
+        keeps its final root's leaf: later usage would be an overdraft. (A caller front-ran a late
+        server's post with its refund, which cut the tab to the final root's leaf, and the post then
+        proved an overdraft that took the server's whole bond.)"""
         with self.lock:
             latest = dict(self.latest)
         for ev in self.ru.events("TabRefunded", job_id=self.job_id, server=self.address):
             key = ev["caller"].lower()
-            if key not in latest:
-                continue
-            tab = int(self.ru.call("tab", self.job_id, self.address, ev["caller"]))
-            if latest[key][1] > tab:
-                old = self.final.tree.usage(key) if self.final is not None else None
-                if old is not None and old.spent > tab:
-                    raise FedMarketError(
-                        f"{ev['caller']} was refunded below its leaf in this server's final root (a refund "
-                        f"declaration nobody raised): a root can neither keep that leaf (an overdraft) nor drop "
-                        f"it (a rollback), so this server cannot post at job {self.job_id} again; unbond")
-                if old is None:
-                    latest.pop(key)
-                else:
-                    latest[key] = (old.queries, old.spent, self.final.signatures[key])
-                with self.lock:
-                    if key in latest:
-                        self.latest[key] = latest[key]
-                    else:
-                        self.latest.pop(key, None)
+            if key in latest:
+                tab = int(self.ru.call("tab", self.job_id, self.address, ev["caller"]))
+                if latest[key][1] > tab:
+                    self._keep_final_leaf(latest, key, ev["caller"], tab)
+        soon = self.dep.chain.timestamp() + REFUND_MARGIN
+        for caller in {ev["caller"] for ev in self.ru.events("TabRefundRequested", job_id=self.job_id, server=self.address)}:
+            key = caller.lower()
+            word = int(self.ru.call("refund_request", self.job_id, self.address, caller)) if key in latest else 0
+            if word and word >> 64 == 0 and word & (2**64 - 1) <= soon:  # a plain request (no declaration), due
+                self._keep_final_leaf(latest, key, caller, None)
         return latest
+
+    def _keep_final_leaf(self, latest: dict, key: str, caller: str, tab: int | None) -> None:
+        """Post `caller` at its final root's leaf (or not at all, without one) from now on."""
+        old = self.final.tree.usage(key) if self.final is not None else None
+        if tab is not None and old is not None and old.spent > tab:
+            raise FedMarketError(
+                f"{caller} was refunded below its leaf in this server's final root (a refund "
+                f"declaration nobody raised): a root can neither keep that leaf (an overdraft) nor drop "
+                f"it (a rollback), so this server cannot post at job {self.job_id} again; unbond")
+        if old is None:
+            latest.pop(key)
+        else:
+            latest[key] = (old.queries, old.spent, self.final.signatures[key])
+        with self.lock:
+            if key in latest:
+                self.latest[key] = latest[key]
+            else:
+                self.latest.pop(key, None)
 
     def _sync(self) -> None:
         """Follow the chain: a posted root that anyone made final, or that was rejected, is no
