@@ -21,6 +21,7 @@ from fedmarket.privacy.secagg import (
     encode_weighted,
     neighbour_graph,
     run_round,
+    shamir_decode,
     shamir_reconstruct,
     shamir_split,
 )
@@ -233,20 +234,31 @@ def test_redirected_share_is_detected():
 
 
 @pytest.mark.parametrize("kind", ["b", "sk"])
-def test_tampered_revealed_share_is_detected(kind):
+def test_tampered_revealed_shares_are_decoded_out_or_detected(kind):
+    """Wrong shares in the unmasking, within the decoding bound ((answers - threshold) // 2), are
+    dropped and the exact sum comes back; more of them than that are detected, never used."""
     n, d = 10, 5
     cfg = SecAggConfig(n, d, 9, 5, 5)
 
-    def lie(stage, msg):
-        if stage == "unmask" and isinstance(msg, UnmaskResponse) and msg.uid == 1:
-            shares = msg.b_shares if kind == "b" else msg.sk_shares
-            for u in shares:
-                shares[u] = (shares[u] + 1) % PRIME
-        return msg
+    def liars(uids):
+        def lie(stage, msg):
+            if stage == "unmask" and isinstance(msg, UnmaskResponse) and msg.uid in uids:
+                shares = msg.b_shares if kind == "b" else msg.sk_shares
+                for u in shares:
+                    shares[u] = (shares[u] + 1) % PRIME
+            return msg
+        return lie
 
     drop = {0} if kind == "sk" else set()
-    with pytest.raises(ShareTampered, match="do not match"):
-        run_round(cfg, _inputs(n, d, 2), drop_before_mask=drop, tamper=lie)
+    inputs = _inputs(n, d, 2)
+    res = run_round(cfg, inputs, drop_before_mask=drop, tamper=liars({1}))
+    assert np.array_equal(res.total, fedavg_int_sum(inputs, res.survivors))
+    with pytest.raises(ShareTampered, match="do not reconstruct"):
+        run_round(cfg, inputs, drop_before_mask=drop, tamper=liars({1, 2, 3}))
+
+
+def fedavg_int_sum(inputs: dict, survivors) -> np.ndarray:
+    return sum(inputs[u] for u in sorted(survivors))
 
 
 def test_expansion_is_small_for_model_sized_updates():
@@ -307,3 +319,20 @@ def test_a_secure_spec_whose_rounds_cannot_lose_its_dropout_is_refused():
         with pytest.raises(ValueError, match="2 dropout \\+ max_dishonest < 1"):
             spec(20, dropout, dishonest)
     assert spec(3, 0.3, 1 / 3).privacy.dropout == 0.3  # the defaults fit every size
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 8), st.integers(0, 12), st.data())
+def test_shamir_decode_drops_every_wrong_share_within_its_bound(threshold, extra, data):
+    """Berlekamp-Welch: of `threshold + extra` shares, up to `extra // 2` wrong ones (any values,
+    anywhere) are dropped and the secret comes back from the rest."""
+    m = threshold + extra
+    secret = data.draw(st.integers(0, PRIME - 1))
+    shares = shamir_split(secret, threshold, list(range(1, m + 1)))
+    points = list(zip(range(1, m + 1), shares))
+    wrong = data.draw(st.sets(st.integers(0, m - 1), max_size=extra // 2))
+    for i in wrong:
+        points[i] = (points[i][0], (points[i][1] + data.draw(st.integers(1, PRIME - 1))) % PRIME)
+    good = shamir_decode(points, threshold)
+    assert not {points[i] for i in wrong} & set(good) and len(good) >= threshold
+    assert shamir_reconstruct(good[:threshold]) == secret

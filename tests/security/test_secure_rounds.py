@@ -127,3 +127,30 @@ def test_a_strangers_overwritten_masked_blob_does_not_abort_the_round(make):
     _spoil_after_upload(s, s.providers[2], lambda path: path.write_bytes(b"not the masked update"))
     s.run()
     assert [c.count for c in committed_rounds(s.dep, s.job)] == [5, 5]
+
+
+def test_one_wrong_unmask_share_cannot_void_the_round():
+    """One dishonest survivor answers the unmasking with a wrong share of an honest neighbour's
+    self-mask seed (found by the secure-rounds review). The server rebuilt each secret from the
+    first `threshold` shares by uid, so a spoiler with a low uid was always among them: the seed
+    missed its commitment and the round was committed empty, nobody paid (and in `secagg` jobs the
+    honest survivors sat out the later rounds from the same model). More than the threshold
+    answered right, and the commitment tells a right reconstruction: the wrong share is decoded out
+    (`secagg.shamir_decode`) and the exact sum comes back."""
+    from fedmarket.privacy import secagg as sa
+
+    n, d = 10, 6
+    cfg = sa.SecAggConfig(n, d, 9, 6, 7, round_id=b"r")
+    graph = sa.neighbour_graph(n, cfg.k, cfg.graph_seed)
+    clients = {u: sa.SecAggClient(u, cfg, graph[u]) for u in range(n)}
+    server = sa.SecAggServer(cfg, graph)
+    keys_for = server.collect_keys([c.advertise() for c in clients.values()])
+    routed = server.route_shares({u: clients[u].share_keys(keys_for[u]) for u in range(n)})
+    X = {u: np.arange(d, dtype=np.int64) * (u + 1) for u in range(n)}
+    survivors = server.collect_masked([clients[u].masked_input(X[u], routed[u]) for u in range(n)])
+    for u in survivors:
+        clients[u].confirm(survivors)
+    answers = [clients[u].unmask(survivors, survivors) for u in sorted(survivors)]
+    spoiler, victim = 0, 5
+    answers[spoiler].b_shares[victim] ^= 1  # the spoiler's answer carries a wrong share
+    assert np.array_equal(server.unmask(answers), sum(X[u] for u in survivors))

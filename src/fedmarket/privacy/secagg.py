@@ -106,6 +106,61 @@ def shamir_split(secret: int, threshold: int, xs: list[int]) -> list[int]:
     return out
 
 
+def shamir_decode(points: list[tuple[int, int]], threshold: int) -> list[tuple[int, int]]:
+    """The points that lie on the one polynomial of degree ``threshold - 1`` through all but at most
+    ``(len(points) - threshold) // 2`` of them (Berlekamp-Welch over the field): the wrong ones are
+    the roots of the error locator E, found by solving Q(x_i) = y_i E(x_i) for a monic E of that
+    degree. Deterministic, so every party decoding one transcript drops the same shares."""
+    m = len(points)
+    e = (m - threshold) // 2
+    if e <= 0:
+        return list(points)
+    n_q = threshold + e  # unknowns: Q's coefficients, then E's below its leading 1
+    rows = []
+    for x, y in points:
+        x, y = x % PRIME, y % PRIME
+        powers = [pow(x, j, PRIME) for j in range(n_q)]
+        rows.append(powers + [(-y * powers[j]) % PRIME for j in range(e)] + [y * pow(x, e, PRIME) % PRIME])
+    z = _solve_mod(rows, n_q + e)
+    if z is None:
+        return []
+    locator = z[n_q:] + [1]
+
+    def at(x: int) -> int:
+        acc = 0
+        for c in reversed(locator):
+            acc = (acc * x + c) % PRIME
+        return acc
+
+    return [(x, y) for x, y in points if at(x % PRIME) != 0]
+
+
+def _solve_mod(rows: list[list[int]], n: int) -> list[int] | None:
+    """One solution (free unknowns 0) of the linear system whose augmented rows are ``rows`` over
+    the field, or None if it has none."""
+    rows = [r[:] for r in rows]
+    pivots, r = [], 0
+    for c in range(n):
+        pivot = next((i for i in range(r, len(rows)) if rows[i][c]), None)
+        if pivot is None:
+            continue
+        rows[r], rows[pivot] = rows[pivot], rows[r]
+        inv = pow(rows[r][c], -1, PRIME)
+        rows[r] = [v * inv % PRIME for v in rows[r]]
+        for i in range(len(rows)):
+            if i != r and rows[i][c]:
+                f = rows[i][c]
+                rows[i] = [(a - f * b) % PRIME for a, b in zip(rows[i], rows[r])]
+        pivots.append(c)
+        r += 1
+    if any(row[n] for row in rows[r:]):
+        return None
+    z = [0] * n
+    for i, c in enumerate(pivots):
+        z[c] = rows[i][n]
+    return z
+
+
 def shamir_reconstruct(points: list[tuple[int, int]]) -> int:
     """Lagrange interpolation at 0 of the ``(x, y)`` points (distinct non-zero ``x``), one field inversion in all."""
     xs = [x % PRIME for x, _ in points]
@@ -673,14 +728,39 @@ class SecAggServer:
             )
         return frozenset(self.masked)
 
-    def _rebuild(self, u: int, shares: dict[int, int], what: str) -> int:
+    def _rebuild(self, u: int, shares: dict[int, int], what: str, fits) -> int | None:
+        """Provider `u`'s secret from its neighbours' shares: from the first `threshold` of them, or,
+        if that misses what `fits` checks (its commitment, its public key), from the shares left
+        once the wrong ones are decoded out (`shamir_decode`). One wrong share from one neighbour
+        must not void the round while more than the threshold answered right. None if no
+        reconstruction fits."""
         if len(shares) < self.cfg.threshold:
             raise SecAggAbort(
                 f"cannot recover the {what} of provider {u}: {len(shares)} of its neighbours answered, threshold "
                 f"{self.cfg.threshold}; round aborted, nothing committed"
             )
-        pts = [(v + 1, s) for v, s in sorted(shares.items())[: self.cfg.threshold]]
-        return shamir_reconstruct(pts)
+        pts = [(v + 1, s) for v, s in sorted(shares.items())]
+        secret = shamir_reconstruct(pts[: self.cfg.threshold])
+        if fits(secret):
+            return secret
+        good = shamir_decode(pts, self.cfg.threshold)
+        if len(good) >= self.cfg.threshold:
+            secret = shamir_reconstruct(good[: self.cfg.threshold])
+            if fits(secret):
+                return secret
+        return None
+
+    def _seed_fits(self, u: int, value: int) -> bool:
+        return value < 2 ** (8 * KEY_BYTES) and _commit(self.cfg, u, value.to_bytes(KEY_BYTES, "big")) == self.keys[u].b_commit
+
+    def _key_fits(self, u: int, value: int) -> bool:
+        if not value < 2 ** (8 * KEY_BYTES):
+            return False
+        try:
+            sk = X25519PrivateKey.from_private_bytes(value.to_bytes(KEY_BYTES, "big"))
+        except ValueError:
+            return False
+        return sk.public_key().public_bytes(_RAW, _RAW_PUB) == self.keys[u].s_pk
 
     def unmask(self, responses: list[UnmaskResponse]) -> np.ndarray:
         """Round 3: rebuild the self-masks of ``U2`` and the mask keys of ``U1 \\ U2``; return the exact int64 sum over ``U2``."""
@@ -698,26 +778,17 @@ class SecAggServer:
         for u in sorted(survivors):
             total += self.masked[u]
         for u in sorted(survivors):
-            b_int = self._rebuild(u, b_sh[u], "self-mask seed")
-            if b_int >= 2 ** (8 * KEY_BYTES):
-                raise ShareTampered(f"the shares of provider {u}'s self-mask seed do not reconstruct a seed")
-            b = b_int.to_bytes(KEY_BYTES, "big")
-            if _commit(self.cfg, u, b) != self.keys[u].b_commit:
-                raise ShareTampered(
-                    f"the shares of provider {u}'s self-mask seed do not match its commitment "
-                    f"(holders {sorted(b_sh[u])[: self.cfg.threshold]})"
-                )
-            total -= prg_mask(b, self.cfg.d)
+            b_int = self._rebuild(u, b_sh[u], "self-mask seed", lambda v, u=u: self._seed_fits(u, v))
+            if b_int is None:
+                raise ShareTampered(f"the shares of provider {u}'s self-mask seed do not reconstruct the seed it "
+                                    f"committed to (holders {sorted(b_sh[u])})")
+            total -= prg_mask(b_int.to_bytes(KEY_BYTES, "big"), self.cfg.d)
         for u in sorted(self.shared - survivors):
-            sk_int = self._rebuild(u, sk_sh[u], "mask key")
-            if sk_int >= 2 ** (8 * KEY_BYTES):
-                raise ShareTampered(f"the shares of provider {u}'s mask key do not reconstruct a key")
+            sk_int = self._rebuild(u, sk_sh[u], "mask key", lambda v, u=u: self._key_fits(u, v))
+            if sk_int is None:
+                raise ShareTampered(f"the shares of provider {u}'s mask key do not reconstruct its public key's "
+                                    f"(holders {sorted(sk_sh[u])})")
             sk = X25519PrivateKey.from_private_bytes(sk_int.to_bytes(KEY_BYTES, "big"))
-            if sk.public_key().public_bytes(_RAW, _RAW_PUB) != self.keys[u].s_pk:
-                raise ShareTampered(
-                    f"the shares of provider {u}'s mask key do not match its public key "
-                    f"(holders {sorted(sk_sh[u])[: self.cfg.threshold]})"
-                )
             # every surviving neighbour v that received u's shares masked with s_uv; undo v's sign
             for v in self.graph[u]:
                 v = int(v)
