@@ -166,3 +166,48 @@ def test_a_reply_that_opens_no_sealed_commitment_is_not_filed_by_the_serverapp(m
             file({"message": canonical_json(forged).decode(), "blob": small})
     assert not store.has(cid_of(huge)) and not store.has(cid_of(small))
     assert file(genuine) == victim.address and store.has(cid_of(genuine["blob"]))
+
+
+def test_a_spec_naming_another_bundle_runs_no_code_on_a_providers_node(anvil, tmp_path):
+    """ATTACK (the requester with its aggregator; found by a review of the transport): post a Flower
+    job whose spec names the attackers' own app bundle. `provider supernode` handed the SuperNode's
+    guard the spec's hash, never this installation's, so the attackers' ClientApp ran on the
+    provider's machine next to its keystore and `$FEDMARKET_PASSWORD`. The provider now refuses such
+    a job in one line, before it stakes and before any SuperNode starts."""
+    import os
+    import sys
+
+    import numpy as np
+
+    from fedmarket.chain.rpc_backend import RpcChain
+    from fedmarket.fl.data import load_dataset
+    from fedmarket.keys import dev_account
+    from fedmarket.roles import Requester
+    from fedmarket.spec import DataSchema, DeadlineSpec, JobSpec, ParticipationSpec, RewardSpec, TrainingSpec, TransportSpec
+    from fedmarket.testing.localjob import deploy_dev
+
+    chain = RpcChain(anvil.url)
+    deployer, treasury, requester, agg, prov = (dev_account(i) for i in (0, 1, 2, 3, 40))
+    dep = deploy_dev(chain, deployer, treasury.address, tmp_path, [requester, agg, prov], mint=10**21)
+    ds = load_dataset("digits")
+    np.savez(tmp_path / "p0.npz", X=ds.X[:200], y=ds.y[:200])
+    theirs = "e7" * 32  # the sha256 of the attackers' bundle
+    spec = JobSpec(
+        name="theirs", data=DataSchema(n_features=64, n_classes=10, feature_low=[0.0] * 64, feature_high=[16.0] * 64),
+        training=TrainingSpec(rounds=1, local_epochs=1), reward=RewardSpec(escrow=10**20, provider_stake=10**18),
+        participation=ParticipationSpec(min_providers=2, max_providers=2),
+        deadlines=DeadlineSpec(join_window=3_600, round_duration=600, challenge_period=1, claim_period=86_400,
+                               response_period=5),
+        transport=TransportSpec(flower_app_hash=theirs))
+    (tmp_path / "spec.json").write_bytes(spec.canonical())
+    job = Requester(dep, requester, LocalBlobStore(tmp_path / "agg-blobs")).post(spec, agg.address)
+    run = subprocess.run(
+        [sys.executable, "-m", "fedmarket", "provider", "supernode", "--rpc", anvil.url, "--contracts",
+         str(tmp_path / "contracts.json"), "--job", str(job), "--dev-account", "40", "--data", str(tmp_path / "p0.npz"),
+         "--superlink", "127.0.0.1:1", "--spec", str(tmp_path / "spec.json"), "--store", str(tmp_path / "p0-blobs"),
+         "--state-dir", str(tmp_path / "p0-state")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "FLWR_TELEMETRY_ENABLED": "0"})
+    assert run.returncode != 0
+    assert f"names Flower app bundle {theirs[:16]}" in run.stderr + run.stdout, run.stderr[-2000:]
+    assert not list((tmp_path / "p0-state").glob("**/supernode/bin"))  # no SuperNode was set up
+    assert tuple(dep.market.call("membership", job, prov.address)) == (0, 0)  # nothing staked

@@ -25,14 +25,20 @@ def _local(location: str) -> str:
 
 
 def _flower_spec(dep, blobs, job: int):
-    """The job's spec, which must name this installation's Flower app bundle."""
+    """The job's spec, which must name this installation's Flower app bundle, and that bundle's hash:
+    a SuperNode runs only the bundle the spec names, so a spec naming any other (the requester's
+    choice) would have its code run on the provider's machine, next to the provider's key."""
     from ..roles.common import load_spec
     from ..transport.flower import app_hash
 
     spec = load_spec(dep, blobs, job)
     if spec.transport is None:
         raise ConfigError(f"job {job} does not run on Flower: its spec names no app bundle (transport.flower_app_hash)")
-    return spec, app_hash()
+    ours = app_hash()
+    if spec.transport.flower_app_hash != ours:
+        raise ConfigError(f"job {job} names Flower app bundle {spec.transport.flower_app_hash[:16]}, this installation's "
+                          f"is {ours[:16]}: only this installation's bundle runs here (another fedmarket version?)")
+    return spec, ours
 
 
 @app.command("flower-app-hash")
@@ -72,22 +78,20 @@ def aggregator_serve_flower(
     dep, signer, state = ctx.connect("aggregator", job)
     blobs, box = ctx.stores(mailbox)
     spec, ours = _flower_spec(dep, blobs, job)
-    if spec.transport.flower_app_hash != ours:
-        raise ConfigError(f"job {job} names Flower app bundle {spec.transport.flower_app_hash[:16]}, this installation's "
-                          f"is {ours[:16]} (another fedmarket version?)")
     tls = Tls(ssl_ca.resolve(), ssl_cert.resolve(), ssl_key.resolve()) if ssl_ca else None
     # its state in a file of the state directory: SuperNodes keep their identity across a restart
     link = SuperLink(state / "flower", port, host, tls=tls, node_auth=bool(supernode_keys),
                      database=str((state / "flower" / "superlink.db").resolve()))
+    sent_dir = (state / "flower" / "sent").resolve()  # the aggregator's own: nobody else writes it
     serving = Serving(link, {"rpc": ctx.rpc, "contracts": str(ctx.contracts.resolve()), "job-id": job,
                              "store": _local(ctx.store), "mailbox": _local(str(mailbox)), "round-timeout": round_timeout,
-                             "node-wait": 60.0, "give-up-after": 0.0, "poll": 0.2},
+                             "node-wait": 60.0, "give-up-after": 0.0, "poll": 0.2, "sent-dir": str(sent_dir)},
                       [k.resolve() for k in supernode_keys or []])
     try:
         serving.start()
         print(f"SuperLink on {link.address}; Flower app {ours[:16]} running for job {job}", flush=True)
         ctx.run(FlowerAggregatorProcess(dep, signer, blobs, box, job, state, collect_timeout=collect_timeout,
-                                        reveal_timeout=reveal_timeout, serving=serving))
+                                        reveal_timeout=reveal_timeout, serving=serving, sent_dir=sent_dir))
         serving.run.wait(REWARDS_WAIT + 30)  # the ServerApp hands the providers the rewards document, then ends
     finally:
         serving.stop()
@@ -122,7 +126,7 @@ def provider_supernode(
     blobs, _ = ctx.stores()
     if spec is not None:
         blobs.put(JobSpec.parse(spec.read_bytes()).canonical())
-    job_spec, _ = _flower_spec(dep, blobs, job)
+    job_spec, ours = _flower_spec(dep, blobs, job)
     X, y = load_for_job(data, "data", job_spec.data, label)
     box_dir = (mailbox or state / "mailbox").resolve()
     node_config = {"rpc": ctx.rpc, "contracts": str(ctx.contracts.resolve()), "job": job, "data": str(data.resolve()),
@@ -132,7 +136,7 @@ def provider_supernode(
         node_config["dev-account"] = ctx.dev_account
     else:
         node_config.update({"account": ctx.account, "keystore": str(ctx.keystore.resolve()) if ctx.keystore else ""})
-    node = SuperNode(state / "supernode", superlink, node_config, job_spec.transport.flower_app_hash, node_port,
+    node = SuperNode(state / "supernode", superlink, node_config, ours, node_port,
                      root_certificates=root_certificates.resolve() if root_certificates else None,
                      auth_key=auth_key.resolve() if auth_key else None)
     with node:
