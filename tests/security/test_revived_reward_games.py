@@ -11,7 +11,6 @@ posting's document of the same root."""
 
 from __future__ import annotations
 
-import pytest
 from sec_support import FUNDS, revert
 
 from fedmarket.market import JobState

@@ -234,14 +234,16 @@ def test_the_job_goes_on_after_the_superlink_dies_mid_job(tmp_path, services):
     with AnvilNode() as node:
         m = Market(tmp_path, node)
         # its state in a database file: SuperNodes keep their identity across the SuperLink's restart
-        serving = Serving(SuperLink(tmp_path / "link", database=str(tmp_path / "superlink.db")), m.run_config())
+        sent = tmp_path / "agg-state" / "sent"
+        serving = Serving(SuperLink(tmp_path / "link", database=str(tmp_path / "superlink.db")),
+                          m.run_config(**{"sent-dir": str(sent)}))
         services.append(serving)
         serving.start()
         for i in range(N):
             services.append(SuperNode(tmp_path / f"node{i}", serving.link.address, m.node_config(i), app_hash()).start())
         events: list[str] = []
         proc = FlowerAggregatorProcess(m.dep, m.agg_account, m.agg_store, m.agg_box, m.job, tmp_path / "agg-state",
-                                       collect_timeout=300, log=events.append, serving=serving)
+                                       collect_timeout=300, log=events.append, serving=serving, sent_dir=sent)
         deadline, crashed = time.monotonic() + 300, []
 
         def over() -> bool:

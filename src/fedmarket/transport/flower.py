@@ -176,10 +176,13 @@ def file_replies(file, replies) -> tuple[dict[int, str], list[str]]:
     return filed, refused
 
 
-def sent_topic(job_id: int) -> str:
-    """The aggregator's mailbox topic where the ServerApp notes each round it sent to the SuperNodes
-    (the aggregator's wait for updates starts then, not while the ServerApp is still starting)."""
-    return f"job-{job_id}-flower-sent"
+def sent_marker(sent_dir: str | Path, job_id: int, r: int) -> Path:
+    """The file where the ServerApp notes that it sent round `r` to the SuperNodes: the aggregator's
+    wait for updates starts then, not while the ServerApp is still starting or waiting for a
+    SuperNode. It lives in a directory of the aggregator's own (`serve-flower` runs both), which
+    nobody else writes: on the shared mailbox, a stranger's note started the wait early and its junk
+    stopped the aggregator."""
+    return Path(sent_dir) / f"job-{job_id}-round-{r}"
 
 
 def round_blobs(dep, store: BlobStore, job_id: int) -> list[bytes]:
@@ -210,6 +213,7 @@ class Relay:
     node_wait: float = 60.0
     give_up_after: float = 0.0  # > 0: end when a round brings no update for this long
     poll: float = 0.2
+    sent_dir: str | None = None  # where each round sent is noted (`sent_marker`) for the aggregator's process
 
     def nodes(self, grid, want: int) -> list[int]:
         deadline = time.monotonic() + self.node_wait
@@ -272,7 +276,10 @@ class Relay:
         blobs = round_blobs(self.dep, self.store, self.job_id)
         config = ConfigRecord({"job-id": self.job_id, "round": r, "blobs": blobs})
         messages = [Message(content=RecordDict({RECORD: config}), dst_node_id=n, message_type="train") for n in nodes]
-        self.mailbox.post(sent_topic(self.job_id), canonical_json({"job_id": self.job_id, "round": r}))
+        if self.sent_dir is not None:
+            marker = sent_marker(self.sent_dir, self.job_id, r)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
         aggregator = str(job["aggregator"])
         committed, refused, silent = self.exchange(
             grid, messages, r, lambda rec: file_commitment(self.mailbox, self.job_id, r, rec),
@@ -344,12 +351,14 @@ class Relay:
 
 def serve_job(grid, context) -> None:
     """The ServerApp's main: relay the job's rounds (run config: rpc, contracts, job-id, store,
-    mailbox, round-timeout, node-wait, give-up-after, poll)."""
+    mailbox, round-timeout, node-wait, give-up-after, poll, and sent-dir where the aggregator's
+    process looks for each round sent)."""
     cfg = context.run_config
     dep = _attach(str(cfg["rpc"]), str(cfg["contracts"]))
     relay = Relay(dep, open_store(str(cfg["store"])), _open_mailbox(str(cfg["mailbox"])), int(cfg["job-id"]),
                   round_timeout=float(cfg["round-timeout"]), node_wait=float(cfg["node-wait"]),
-                  give_up_after=float(cfg["give-up-after"]), poll=float(cfg["poll"]))
+                  give_up_after=float(cfg["give-up-after"]), poll=float(cfg["poll"]),
+                  sent_dir=str(cfg.get("sent-dir", "")) or None)
     _say(relay.run(grid))
 
 

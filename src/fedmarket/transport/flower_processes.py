@@ -7,14 +7,13 @@ step keeps its SuperLink and the market's app run up (`flower_nodes.Serving`).""
 
 from __future__ import annotations
 
-import json
 import time
 
 from ..market import JobState
 from ..processes.aggregator import AggregatorProcess
 from ..processes.base import job_state
 from ..processes.provider import ProviderProcess
-from .flower import check_seals_on_node, sent_topic
+from .flower import check_seals_on_node, sent_marker
 
 
 class SuperNodeProviderProcess(ProviderProcess):
@@ -63,17 +62,17 @@ class FlowerAggregatorProcess(AggregatorProcess):
     started again (`serving.keep_up`), its SuperNodes reconnect by themselves, and the ServerApp
     asks again for the open round (a provider that answered it sends the same update again)."""
 
-    def __init__(self, *args, serving, **kwargs):
+    def __init__(self, *args, serving, sent_dir, **kwargs):
         super().__init__(*args, **kwargs)
         self.serving = serving
+        self.sent_dir = sent_dir  # the run config's sent-dir: where the ServerApp notes each round sent
 
     def _round(self, job: dict, r: int) -> None:
         """Round `r` as `AggregatorProcess` does it, once the ServerApp has sent it to the SuperNodes:
         `collect_timeout` counts from then, not from a ServerApp still starting."""
-        for raw in self.mailbox.read(sent_topic(self.job_id)):
-            if json.loads(raw).get("round") == r:
-                super()._round(job, r)
-                return
+        if sent_marker(self.sent_dir, self.job_id, r).exists():
+            super()._round(job, r)
+            return
         self.say_once(f"round {r}: waiting for the ServerApp to send it to the SuperNodes")
 
     def step(self) -> None:
