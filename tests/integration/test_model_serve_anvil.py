@@ -220,7 +220,8 @@ def test_serve_on_anvil_settles_tabs_in_one_root_audited_by_command(node, tmp_pa
     expected = server_model_answers(dep, store, job, ds.X[:2])
     for i in range(2):
         asked = subprocess.run([*fm, "query", "--url", url, *chain_args, "--features", ",".join(map(str, ds.X[i])),
-                                "--pay", "tab", "--dev-account", "7"], capture_output=True, text=True, timeout=120)
+                                "--pay", "tab", "--dev-account", "7", "--state-dir", str(tmp_path / "caller")],
+                               capture_output=True, text=True, timeout=120)
         assert asked.returncode == 0, asked.stderr
         assert json.loads(asked.stdout)["answer"] == expected[i]
     total = 2 + 3 + 4 + 2

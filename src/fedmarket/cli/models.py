@@ -372,11 +372,15 @@ def model_query(
     row: int = typer.Option(0, "--row", help="The row of --data to ask about."),
     pay: str = typer.Option("credits", "--pay", help="credits, tab or access."),
     prove: bool = typer.Option(False, "--prove", help="Ask for a proof of the answer (checked here against the registered verifier)."),
+    max_price: int = typer.Option(None, "--max-price", help="With --pay tab: the most (base units) this query may cost; default the price of your last tab query there."),
+    state_dir: Path = typer.Option(None, "--state-dir", help="Where the usage you signed at each server is kept (default ./fedmarket-state/caller-ADDRESS)."),
     account: str = ACCOUNT,
     keystore: Path = KEYSTORE,
     dev_account: int = DEV_ACCOUNT,
 ) -> None:
-    """Ask a model server one paid query; print its answer (JSON) after checking the server signed it."""
+    """Ask a model server one paid query; print its answer (JSON) after checking the server signed it.
+    The next receipt builds on the usage you signed there (kept in --state-dir), never on the
+    server's word."""
     from ..chain import connect
     from ..market import Deployment
     from ..roles.caller import ModelCaller, ask, server_info
@@ -401,8 +405,11 @@ def model_query(
     if dep.model_market is None or dep.model_market.address.lower() != str(info["model_market"]).lower():
         raise ConfigError(f"the server at {url} serves another model market than {contracts}'s")
     signer = load_signer(account, keystore, dev_account, dep.chain)
-    caller = ModelCaller(dep, signer, int(info["job_id"]), info["server"], count=0)
-    reply = ask(url, caller, x, pay=pay, prove=prove)
+    if state_dir is not None and state_dir.exists() and not state_dir.is_dir():
+        raise ConfigError(f"--state-dir {state_dir} is not a directory")
+    record = (state_dir or Path("fedmarket-state") / f"caller-{signer.address}") / "usage.json"
+    caller = ModelCaller(dep, signer, int(info["job_id"]), info["server"], count=0, record=record)
+    reply = ask(url, caller, x, pay=pay, prove=prove, max_price=max_price)
     if prove:
         from ..roles.proofs import check_proven
 

@@ -3,6 +3,9 @@ the server's signed answer, and disputes a wrong one on chain (a listed linear m
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from ..chain import Account
 from ..errors import FedMarketError
 from ..market import Deployment
@@ -14,23 +17,67 @@ from .tabs import fund_tab, sign_tab
 
 
 class ModelCaller:
-    """A paying caller: buys credits and signs each query's cumulative usage for one server."""
+    """A paying caller: buys credits and signs each query's cumulative usage for one server.
+
+    With `record` (a JSON file of its own), the figures it signed at each server are kept across
+    runs: receipts are cumulative, so the next one must build on what this caller signed, never on
+    what a server says it signed (a server reporting a count of 10**9 had the caller sign away
+    every credit it held)."""
 
     def __init__(self, dep: Deployment, account: Account, job_id: int, server: str, count: int | None = None,
-                 tab_queries: int = 0, tab_spent: int = 0):
+                 tab_queries: int = 0, tab_spent: int = 0, record: Path | None = None):
         self.dep, self.mm, self.account, self.job_id, self.server = dep, dep.model_market, account, job_id, server
         self.count = int(self.mm.call("used", job_id, account.address, server)) if count is None else count
         self.tab_queries, self.tab_spent = tab_queries, tab_spent  # its usage on its tab at this server
         self.access_count = 0  # its access queries at this server
+        self.tab_price: int | None = None  # the price its last tab query was signed at
+        self.record = record
+        mine = self._records().get(self._key(), {})
+        self.count = max(self.count, int(mine.get("count", 0)))
+        if int(mine.get("tab_spent", 0)) >= self.tab_spent:
+            self.tab_queries, self.tab_spent = int(mine.get("tab_queries", 0)), int(mine.get("tab_spent", 0))
+        self.access_count = int(mine.get("access_count", 0))
+        self.tab_price = mine.get("tab_price")
+
+    def _key(self) -> str:
+        return f"{self.dep.chain_id}:{self.mm.address.lower()}:{self.job_id}:{self.server.lower()}"
+
+    def _records(self) -> dict:
+        if self.record is None or not Path(self.record).is_file():
+            return {}
+        try:
+            return json.loads(Path(self.record).read_text())
+        except ValueError:
+            raise FedMarketError(f"{self.record} is not this caller's usage record (not JSON)") from None
+
+    def save(self) -> None:
+        """Write the figures it signed (before the signature leaves: a server holds it from then)."""
+        if self.record is None:
+            return
+        records = self._records()
+        records[self._key()] = {"count": self.count, "tab_queries": self.tab_queries, "tab_spent": self.tab_spent,
+                                "access_count": self.access_count, "tab_price": self.tab_price}
+        path = Path(self.record)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(records, indent=1, sort_keys=True))
+        tmp.replace(path)
 
     def fund(self, amount: int):
         """Fund its tab at the server with `amount` base units (paid through the usage rollup)."""
         return fund_tab(self.dep, self.account, self.job_id, self.server, amount)
 
-    def next_tab(self) -> tuple[int, int, bytes]:
-        """The signed tab usage of the next query: (queries, spent, signature), one query more at the current price."""
+    def next_tab(self, max_price: int | None = None) -> tuple[int, int, bytes]:
+        """The signed tab usage of the next query: (queries, spent, signature), one query more at the
+        current price, refused above `max_price` (the owner sets the price, and a price raised to the
+        whole tab had the next query sign it all away)."""
+        price = int(self.mm.call("offer", self.job_id)["query_price"])
+        if max_price is not None and price > max_price:
+            raise FedMarketError(f"the query price is now {price} base units, above the {max_price} this caller "
+                                 "accepts: not signing (raise the bound to pay it)")
         self.tab_queries += 1
-        self.tab_spent += int(self.mm.call("offer", self.job_id)["query_price"])
+        self.tab_spent += price
+        self.tab_price = price
         sig = sign_tab(self.dep, self.account, self.job_id, self.server, self.tab_queries, self.tab_spent)
         return self.tab_queries, self.tab_spent, sig
 
@@ -94,6 +141,14 @@ def dispute_answer(dep: Deployment, account: Account, store: BlobStore, job_id: 
 PAYMENTS = ("credits", "tab", "access")
 
 
+def _not_above(theirs: int, mine: int, what: str, caller: ModelCaller) -> None:
+    if theirs > mine:
+        where = f"its record {caller.record}" if caller.record is not None else "what it signed in this run and the chain"
+        raise FedMarketError(f"the server says {caller.account.address} signed {theirs} {what} there, {where} says "
+                             f"{mine}: not signing on top of the server's figure (receipts are cumulative; if you "
+                             "signed them elsewhere, bring that record)")
+
+
 def server_info(url: str) -> dict:
     """A model server's `/info` (its job, address, model market and chain)."""
     import httpx
@@ -106,10 +161,13 @@ def server_info(url: str) -> dict:
         raise FedMarketError(f"no model server answers at {url}: {exc}") from None
 
 
-def ask(url: str, caller: ModelCaller, features: list[float], pay: str = "credits", prove: bool = False) -> dict:
-    """Ask a model server one query, paid by `pay` (credits, tab or access): the caller's last
-    receipts there are read from the server, its next one signed, and the answer's signature
-    checked; returns the reply with the checked class."""
+def ask(url: str, caller: ModelCaller, features: list[float], pay: str = "credits", prove: bool = False,
+        max_price: int | None = None) -> dict:
+    """Ask a model server one query, paid by `pay` (credits, tab or access): the caller's next
+    receipt signed one query past its own figures (a server saying this caller signed more is
+    refused; the figures are the caller's record, the chain's settled count, or what it signed in
+    this run), at most at `max_price` (default: the price of its last tab query, if it made one),
+    and the answer's signature checked; returns the reply with the checked class."""
     import httpx
 
     if pay not in PAYMENTS:
@@ -122,15 +180,19 @@ def ask(url: str, caller: ModelCaller, features: list[float], pay: str = "credit
         last = client.get(base + "/usage", params={"caller": caller.account.address}).json()
         doc: dict = {"features": [float(v) for v in features], "prove": prove}
         if pay == "credits":
-            caller.count = int(last["count"])
+            caller.count = max(caller.count, int(caller.mm.call("used", caller.job_id, caller.account.address,
+                                                                 caller.server)))
+            _not_above(int(last["count"]), caller.count, "queries on credits", caller)
             doc["count"], sig = caller.next_receipt()
         elif pay == "tab":
-            caller.tab_queries, caller.tab_spent = int(last["tab_queries"]), int(last["tab_spent"])
-            doc["count"], doc["spent"], sig = caller.next_tab()
+            _not_above(int(last["tab_spent"]), caller.tab_spent, "base units of its tab", caller)
+            _not_above(int(last["tab_queries"]), caller.tab_queries, "tab queries", caller)
+            doc["count"], doc["spent"], sig = caller.next_tab(caller.tab_price if max_price is None else max_price)
         else:
-            caller.access_count = int(last["access_count"])
+            caller.access_count = max(caller.access_count, int(last["access_count"]))  # access is not charged by count
             doc["count"], sig = caller.next_access()
             doc["access"] = True
+        caller.save()
         doc["signature"] = "0x" + sig.hex()
         r = client.post(base + "/query", json=doc)
     reply = r.json()
