@@ -26,9 +26,9 @@ class _Serving:
         return []
 
 
-def _setup(make, monkeypatch, tmp_path):
+def _setup(make, monkeypatch, tmp_path, rounds=1):
     sec_support.flower_jobs(monkeypatch)
-    s = make(providers=3, rounds=1)
+    s = make(providers=3, rounds=rounds)
     s.open()
     logs: list[str] = []
     proc = FlowerAggregatorProcess(s.dep, s.agg.account, s.store, s.box, s.job, tmp_path / "agg", collect_timeout=60.0,
@@ -77,3 +77,51 @@ def test_a_strangers_notes_neither_start_nor_stop_a_flower_round(make, monkeypat
     for _ in range(3):
         proc.safe_step()
     assert [c.count for c in committed_rounds(s.dep, s.job)] == [3], "\n".join(logs)
+
+
+def test_a_deleted_round_document_cannot_stop_the_next_train_message(make, monkeypatch, tmp_path):
+    """A stranger on the shared store deletes round 0's metrics document once it is committed (in a
+    job without validators, nothing else keeps it there). The ServerApp reads the blobs of each
+    train message from the shared store, so it could send round 1 to nobody, again and again, and
+    the honest aggregator was failed at the round deadline (found by a review of the transport).
+    While it waits for the ServerApp, the aggregator's process puts those blobs back."""
+    from fedmarket.errors import FedMarketError
+    from fedmarket.roles.common import metrics_cid
+    from fedmarket.transport import flower as fl
+
+    s, proc, logs = _setup(make, monkeypatch, tmp_path, rounds=2)
+    proc.collect_timeout = 0
+
+    def serverapp_relays(r) -> bool:
+        """What the ServerApp's `relay_round` does before anything reaches a SuperNode."""
+        try:
+            fl.round_blobs(s.dep, s.store, s.job)  # from the shared store, as `serve_job` opens it
+        except FedMarketError as exc:  # the app run dies; the aggregator's process submits it again
+            logs.append(f"ServerApp died: {exc}")
+            return False
+        marker = sent_marker(proc.sent_dir, s.job, r)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        return True
+
+    assert serverapp_relays(0)
+    for p in s.providers:
+        p.train(s.job, 0)
+    for _ in range(3):
+        proc.safe_step()
+    for p in s.providers:
+        p.reveal(s.job, 0)
+    for _ in range(3):
+        proc.safe_step()
+    assert len(committed_rounds(s.dep, s.job)) == 1
+    (s.store.root / metrics_cid(committed_rounds(s.dep, s.job)[0].metrics_hash)).unlink()  # the stranger
+    import time as clock
+
+    now = [clock.monotonic()]
+    monkeypatch.setattr(clock, "monotonic", lambda: now[0])
+    sent = False
+    for _ in range(3):
+        sent = sent or serverapp_relays(1)
+        proc.safe_step()
+        now[0] += 6.0  # the aggregator's process looks every 5 s
+    assert sent, "\n".join(logs[-6:])

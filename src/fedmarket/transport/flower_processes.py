@@ -13,6 +13,7 @@ from ..market import JobState
 from ..processes.aggregator import AggregatorProcess
 from ..processes.base import job_state
 from ..processes.provider import ProviderProcess
+from ..roles.common import committed_rounds, fetch_metrics
 from .flower import check_seals_on_node, sent_marker
 
 
@@ -66,6 +67,7 @@ class FlowerAggregatorProcess(AggregatorProcess):
         super().__init__(*args, **kwargs)
         self.serving = serving
         self.sent_dir = sent_dir  # the run config's sent-dir: where the ServerApp notes each round sent
+        self._next_train_restore = 0.0
 
     def _round(self, job: dict, r: int) -> None:
         """Round `r` as `AggregatorProcess` does it, once the ServerApp has sent it to the SuperNodes:
@@ -74,6 +76,24 @@ class FlowerAggregatorProcess(AggregatorProcess):
             super()._round(job, r)
             return
         self.say_once(f"round {r}: waiting for the ServerApp to send it to the SuperNodes")
+        if time.monotonic() >= self._next_train_restore:
+            self._next_train_restore = time.monotonic() + 5.0
+            self._keep_train_blobs()
+
+    def _keep_train_blobs(self) -> None:
+        """Put back in the shared store what the ServerApp sends with a round's train message (the
+        spec, the last committed round's metrics document and the model it names), from this
+        process's copy: the ServerApp reads them from the shared store, and a stranger deleting one
+        there stopped every train message until the honest aggregator was failed at the deadline."""
+        mirror = self.aggregator.store
+        if not hasattr(mirror, "restore"):
+            return
+        cids = [e["spec_cid"] for e in self.dep.market.events("JobPosted", job_id=self.job_id)[:1]]
+        done = committed_rounds(self.dep, self.job_id)
+        if done:
+            cids.append(fetch_metrics(mirror, done[-1])["model_cid"])  # read through the mirror: the document put back
+        if mirror.restore(cids):
+            self.say("put the blobs of the train message back in the store for the ServerApp")
 
     def step(self) -> None:
         state = job_state(self.dep, self.job_id)["state"]
