@@ -61,14 +61,20 @@ def test_a_server_cannot_make_a_caller_sign_away_all_its_credits_for_one_query(k
     assert shop.mm.call("credit", job.id, victim.address)[0] == q0 - 2
 
 
-def test_a_server_cannot_make_a_caller_sign_away_its_whole_tab_for_one_query(kit, monkeypatch, tmp_path):
+def _tab_caller(kit, tmp_path):
+    """A listed job with a staked server, and a caller with a 100-query tab there (and a record)."""
     shop = Shop(kit)
     job = shop.listed()
     shop.staked(job)
     victim = shop.buyers[0]
-    tab = 100 * PRICE
     caller = ModelCaller(kit.dep, victim, job.id, shop.server.address, count=0, record=tmp_path / "usage.json")
-    caller.fund(tab)
+    caller.fund(100 * PRICE)
+    return shop, job, victim, caller
+
+
+def test_a_server_cannot_make_a_caller_sign_away_its_whole_tab_for_one_query(kit, monkeypatch, tmp_path):
+    shop, job, victim, caller = _tab_caller(kit, tmp_path)
+    tab = 100 * PRICE
     price = int(shop.mm.call("offer", job.id)["query_price"])
     seen: list = []
     _evil_server(monkeypatch, shop, job, {"count": 0, "tab_queries": 0, "tab_spent": tab - price, "access_count": 0},
@@ -79,13 +85,8 @@ def test_a_server_cannot_make_a_caller_sign_away_its_whole_tab_for_one_query(kit
 
 
 def test_the_model_owner_cannot_raise_the_query_price_into_a_callers_whole_tab(kit, monkeypatch, tmp_path):
-    shop = Shop(kit)
-    job = shop.listed()
-    shop.staked(job)
-    victim = shop.buyers[0]
+    shop, job, victim, caller = _tab_caller(kit, tmp_path)
     tab = 100 * PRICE
-    caller = ModelCaller(kit.dep, victim, job.id, shop.server.address, count=0, record=tmp_path / "usage.json")
-    caller.fund(tab)
     seen: list = []
     _evil_server(monkeypatch, shop, job, {"count": 0, "tab_queries": 0, "tab_spent": 0, "access_count": 0}, seen)
     ask(URL, caller, [0.1, 0.2, 0.3, 0.4], pay="tab")
