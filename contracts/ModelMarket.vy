@@ -685,8 +685,10 @@ def _proof_valid(job_id: uint256, proof: Bytes[MAX_PROOF], instances: DynArray[u
     before: uint256 = msg.gas
     ok, out = raw_call(verifier, abi_encode(proof, instances, method_id=method_id("verifyProof(bytes,uint256[])")),
                        max_outsize=32, revert_on_failure=False)
-    # a call starved of gas (the sender's limit too low) is no verdict: it is left 1/64 of `before` at most
-    assert ok or msg.gas > before // 64, "model: verifier out of gas"
+    # a call starved of gas (the sender's limit too low) is no verdict: one that ran out, or whose own
+    # inner call (a precompile) ran out, leaves 1/64 of `before` per call level at most; a verdict
+    # needs a sixteenth left, which honest disputers give with 7% more gas than the verifier uses
+    assert ok or msg.gas > before // 16, "model: verifier out of gas"
     return ok and len(out) == 32 and convert(out, uint256) == 1
 
 
