@@ -222,6 +222,8 @@ _round_word: HashMap[uint256, uint256]
 _frontier: HashMap[uint256, HashMap[uint256, bytes32]]
 # @dev Claimed bitmap of reward leaves, per job, 256 leaves per word.
 _claimed: HashMap[uint256, HashMap[uint256, uint256]]
+# job -> a bonded poster whose reward root was discarded (it posts no more in the job)
+_discarded: HashMap[uint256, HashMap[address, bool]]
 # @dev Soulbound reputation of every account; only claims move it (saturating).
 reputation: public(HashMap[address, int256])
 
@@ -660,7 +662,7 @@ def post_rewards(
         word: uint256 = stakes._member[job_id][poster]
         # a poster whose root was discarded (or a member slashed) posts no more: its root again
         # would bring back to life the games against its first posting, which it had let lapse
-        assert word & C.SLASHED == 0, "market: poster was slashed"
+        assert word & C.SLASHED == 0 and not self._discarded[job_id][poster], "market: poster was slashed"
         role: uint256 = word & 255
         if (role != C.ROLE_PROVIDER and role != C.ROLE_VALIDATOR) or word >> C.ROLE_BITS < self.terms[job_id].dispute_bond:
             bond = max(self.terms[job_id].aggregator_stake, self.terms[job_id].dispute_bond)
@@ -710,7 +712,7 @@ def reward_fault(job_id: uint256, challenger: address):
     bond: uint256 = self.progress[job_id].poster_bond
     if bond > 0:
         stakes._pay_slash(job_id, poster, 0, bond, challenger)
-        stakes._member[job_id][poster] |= C.SLASHED  # (a bonded stranger: marked, to post no more)
+        self._discarded[job_id][poster] = True  # a bonded poster (its stake, if any, stays its own) posts no more
     elif stakes._member[job_id][poster] & C.SLASHED == 0:
         stakes._slash(job_id, poster, C.STAGE_FINAL + self.progress[job_id].challenge_deadline, challenger)
     # (a poster slashed since it posted, a validator proven to equivocate, has no stake left: its

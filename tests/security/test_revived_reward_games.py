@@ -19,19 +19,22 @@ from fedmarket.roles.games import job_games
 from fedmarket.roles.settlement import statement_of
 
 
-def _discarded_root(chain, make, tmp_path):
+def _discarded_root(chain, make, tmp_path, member=False, **kw):
     """P's wrong root (provider 0's pay moved to provider 2), challenged by an accomplice and by the
-    honest providers' processes, and discarded when P lets the accomplice's game lapse."""
+    honest providers' processes, and discarded when P lets the accomplice's game lapse. P is a
+    bonded stranger, or (`member`) provider 2 itself, posting with a bond above its stake."""
     from fedmarket.processes.provider import ProviderProcess
 
-    s = make(providers=3, rounds=2, challenger=False)
+    s = make(providers=3, rounds=2, challenger=False, **kw)
     dep, ra, m = s.dep, s.dep.reward_arbiter, s.dep.market
     P, acc, other = (chain.chain.new_account(name, 0) for name in ("reviver", "accomplice", "second-poster"))
-    for a in (P, acc, other):
+    if member:
+        P = s.providers[2].account
+    s.open()
+    for a in (P, acc, other):  # (after the joins: a provider's permit resets its allowance)
         chain.mint(a, FUNDS)
         s.approve(a, ra.address)
         s.approve(a, m.address)
-    s.open()
     s.rounds()
     s.past_round_deadline()
     m.transact("fail", s.job, sender=acc)  # the aggregator posted no root: slashed
@@ -93,3 +96,18 @@ def test_a_root_posted_again_by_another_is_challenged_from_its_first_document(ch
     assert won, "\n".join(logs[-10:])  # the second posting was proven wrong ...
     assert s.dep.market.call("progress", s.job)["reward_root"] != wrong  # ... and a provider posted the honest root
     assert all(s.dep.token.call("balanceOf", a) >= b for a, b in before.items())
+
+
+def test_a_bonded_member_whose_root_was_discarded_keeps_its_stake_and_cannot_post_again(chain, make, tmp_path):
+    """A provider whose stake is below the dispute bond posts with a bond; its root discarded, it
+    loses the bond (not its stake, which no game judged) and posts no more (found by the review of
+    the first fix, which marked it slashed: its stake read as a slash stage, locked for good)."""
+    from sec_support import PROV_STAKE
+
+    from fedmarket.market import Role
+    from fedmarket.storage import cid_of
+
+    s, P, other, post, procs, honest_games, withheld, logs = _discarded_root(chain, make, tmp_path, member=True,
+                                                                             bond=2 * PROV_STAKE)
+    assert tuple(s.dep.market.call("membership", s.job, P.address)) == (Role.PROVIDER, PROV_STAKE)
+    revert(post, cid_of(withheld), P, match="market: poster was slashed")
