@@ -54,7 +54,11 @@ def test_a_server_cannot_make_a_caller_sign_away_all_its_credits_for_one_query(k
     _evil_server(monkeypatch, shop, job, {"count": 0, "tab_queries": 0, "tab_spent": 0, "access_count": 0}, seen)
     ask(URL, caller, [0.1, 0.2, 0.3, 0.4], pay="credits")
     again = ModelCaller(kit.dep, victim, job.id, shop.server.address, count=0, record=tmp_path / "usage.json")
-    ask(URL, again, [0.1, 0.2, 0.3, 0.4], pay="credits")  # a later run builds on the record, not on the server
+    _evil_server(monkeypatch, shop, job, {"count": 2, "tab_queries": 0, "tab_spent": 0, "access_count": 0}, seen)
+    with pytest.raises(FedMarketError, match="signed 2 queries on credits"):  # a later run has the record
+        ask(URL, again, [0.1, 0.2, 0.3, 0.4], pay="credits")
+    _evil_server(monkeypatch, shop, job, {"count": 1, "tab_queries": 0, "tab_spent": 0, "access_count": 0}, seen)
+    ask(URL, again, [0.1, 0.2, 0.3, 0.4], pay="credits")
     assert [d["count"] for d in seen] == [1, 2]
     q0 = shop.mm.call("credit", job.id, victim.address)[0]
     shop.settle(job, [(seen[-1]["count"], bytes.fromhex(seen[-1]["signature"][2:]))])
@@ -99,3 +103,46 @@ def test_the_model_owner_cannot_raise_the_query_price_into_a_callers_whole_tab(k
     assert len(seen) == 1
     ask(URL, again, [0.1, 0.2, 0.3, 0.4], pay="tab", max_price=tab)  # paid knowingly
     assert seen[-1]["spent"] == price + tab
+
+
+def _honest_server(monkeypatch, shop, job, price, state):
+    """A server admitting tab receipts as TabBook.admit does (exactly one query past the last
+    admitted), whose first query is refused with TabBook's transient bond message."""
+    x = [0, 0, 0, 0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/usage":
+            return httpx.Response(200, json={"caller": request.url.params["caller"], "count": 0,
+                                             "tab_queries": state["q"], "tab_spent": state["s"], "access_count": 0})
+        doc = json.loads(request.content)
+        if state["busy"]:
+            state["busy"] -= 1
+            return httpx.Response(403, json={"error": "the server cannot bond more usage this period; try later "
+                                                      "(or pay with credits)"})
+        if doc["count"] != state["q"] + 1 or doc["spent"] != state["s"] + price:
+            return httpx.Response(403, json={"error": f"next tab receipt here is queries {state['q'] + 1}, "
+                                                      f"spent {state['s'] + price}; got {doc['count']}, {doc['spent']}"})
+        state["q"], state["s"] = doc["count"], doc["spent"]
+        return httpx.Response(200, json={"answer": 0, "label": "0", "input": x, "count": doc["count"],
+                                         "signature": "0x" + shop.answer_sig(job, x, 0).hex()})
+
+    monkeypatch.setattr(httpx, "Client", lambda **kw: REAL_CLIENT(transport=httpx.MockTransport(handler), **kw))
+
+
+def test_a_refused_query_does_not_lock_the_caller_out_of_its_tab(kit, monkeypatch, tmp_path):
+    """The caller's record is written before its signature leaves, so a query the server refused
+    (an honest server's "try later") left it one query ahead of what the server admitted, and the
+    server admits exactly one query past its last: every later query was refused (found by the
+    review of this fix). The next receipt builds on the server's figure, below the record."""
+    shop, job, victim, caller = _tab_caller(kit, tmp_path)
+    price = int(shop.mm.call("offer", job.id)["query_price"])
+    state = {"q": 0, "s": 0, "busy": 0}
+    _honest_server(monkeypatch, shop, job, price, state)
+    ask(URL, caller, [0.1, 0.2, 0.3, 0.4], pay="tab")
+    state["busy"] = 1
+    with pytest.raises(FedMarketError, match="try later"):
+        ask(URL, caller, [0.1, 0.2, 0.3, 0.4], pay="tab")
+    ask(URL, caller, [0.1, 0.2, 0.3, 0.4], pay="tab")  # in this run ...
+    again = ModelCaller(kit.dep, victim, job.id, shop.server.address, count=0, record=tmp_path / "usage.json")
+    ask(URL, again, [0.1, 0.2, 0.3, 0.4], pay="tab")  # ... and in the next
+    assert (state["q"], state["s"]) == (3, 3 * price)

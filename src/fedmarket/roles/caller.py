@@ -164,10 +164,11 @@ def server_info(url: str) -> dict:
 def ask(url: str, caller: ModelCaller, features: list[float], pay: str = "credits", prove: bool = False,
         max_price: int | None = None) -> dict:
     """Ask a model server one query, paid by `pay` (credits, tab or access): the caller's next
-    receipt signed one query past its own figures (a server saying this caller signed more is
-    refused; the figures are the caller's record, the chain's settled count, or what it signed in
-    this run), at most at `max_price` (default: the price of its last tab query, if it made one),
-    and the answer's signature checked; returns the reply with the checked class."""
+    receipt signed one query past the server's figure, which must not exceed the most this caller
+    signed there (its record, the chain's settled count, what it signed in this run: a server
+    saying it signed more is refused), at most at `max_price` (default: the price of its last tab
+    query, if it made one), and the answer's signature checked; returns the reply with the checked
+    class."""
     import httpx
 
     if pay not in PAYMENTS:
@@ -179,15 +180,24 @@ def ask(url: str, caller: ModelCaller, features: list[float], pay: str = "credit
     with httpx.Client(timeout=600) as client:
         last = client.get(base + "/usage", params={"caller": caller.account.address}).json()
         doc: dict = {"features": [float(v) for v in features], "prove": prove}
+        # the next receipt is one query past the server's figure, which may be below the most this
+        # caller signed (a query it refused, or one lost on the way) but never above it
         if pay == "credits":
-            caller.count = max(caller.count, int(caller.mm.call("used", caller.job_id, caller.account.address,
-                                                                 caller.server)))
-            _not_above(int(last["count"]), caller.count, "queries on credits", caller)
+            used = int(caller.mm.call("used", caller.job_id, caller.account.address, caller.server))
+            top = max(caller.count, used)
+            _not_above(int(last["count"]), top, "queries on credits", caller)
+            caller.count = max(int(last["count"]), used)
             doc["count"], sig = caller.next_receipt()
+            caller.count = max(top, caller.count)
         elif pay == "tab":
-            _not_above(int(last["tab_spent"]), caller.tab_spent, "base units of its tab", caller)
-            _not_above(int(last["tab_queries"]), caller.tab_queries, "tab queries", caller)
-            doc["count"], doc["spent"], sig = caller.next_tab(caller.tab_price if max_price is None else max_price)
+            top = (caller.tab_queries, caller.tab_spent)
+            _not_above(int(last["tab_spent"]), top[1], "base units of its tab", caller)
+            _not_above(int(last["tab_queries"]), top[0], "tab queries", caller)
+            caller.tab_queries, caller.tab_spent = int(last["tab_queries"]), int(last["tab_spent"])
+            try:
+                doc["count"], doc["spent"], sig = caller.next_tab(caller.tab_price if max_price is None else max_price)
+            finally:
+                caller.tab_queries, caller.tab_spent = max(top[0], caller.tab_queries), max(top[1], caller.tab_spent)
         else:
             caller.access_count = max(caller.access_count, int(last["access_count"]))  # access is not charged by count
             doc["count"], sig = caller.next_access()
