@@ -91,11 +91,11 @@ def test_live_rounds_payouts_and_screenshots(anvil, browser, tmp_path):
         page.wait_for_function(f"document.querySelectorAll('#members td.payout a[data-wei]').length == "
                                f"{len(cast.providers) + len(cast.validators) + 1}", timeout=5000)
         page.wait_for_selector("#accuracy-chart circle >> nth=2", timeout=5000)
-        stake = spec.reward.provider_stake
+        held = spec.reward.provider_stake + spec.reward.dispute_bond  # each was given its stake and the bond
         shown = {}
         for row in page.query_selector_all('#members tr[data-role="provider"]'):
             shown[row.get_attribute("data-account")] = int(row.query_selector("td.payout a").get_attribute("data-wei"))
-        on_chain = {p.address: dep.balance(p.address) - stake for p in cast.providers}  # each held exactly its stake
+        on_chain = {p.address: dep.balance(p.address) - held for p in cast.providers}
         assert shown == on_chain and sum(on_chain.values()) > 0
         assert int(page.get_attribute("#paid-total", "data-wei")) == sum(on_chain.values())
         # every figure links to its transaction or blob, and those links resolve
