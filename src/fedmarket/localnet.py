@@ -210,7 +210,7 @@ def _fund(url: str, addresses: dict, spec, files: RoleFiles) -> None:
     r = spec.reward
     grants = [(REQUESTER, r.escrow), (AGGREGATOR, r.aggregator_stake)]
     grants += [(FIRST_VALIDATOR + i, r.validator_stake) for i in range(len(files.validators))]
-    grants += [(FIRST_PROVIDER + i, r.provider_stake + r.dispute_bond) for i in range(len(files.providers))]  # and the bond that watches its pay
+    grants += [(FIRST_PROVIDER + i, r.provider_funds) for i in range(len(files.providers))]
     deployer = dev_account(DEPLOYER)
     for index, amount in grants:
         address = dev_account(index).address

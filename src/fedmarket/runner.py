@@ -292,7 +292,7 @@ def demo_world(chain: Chain, workdir: Path, cfg: JobConfig, spec: JobSpec, ds, t
     dep = Deployment.deploy(chain, deployer, treasury.address, cfg.fee_bps)
     r = spec.reward
     fund(dep, deployer, {req_acct.address: r.escrow, agg_acct.address: r.aggregator_stake, outsider.address: 10 * r.dispute_bond,
-                         **{a.address: r.provider_stake + r.dispute_bond for a in prov_accts},  # its pay watched with the bond
+                         **{a.address: r.provider_funds for a in prov_accts},
                          **{a.address: r.validator_stake for a in val_accts}})
     providers = [Provider(dep, a, store, mailbox, train.X[idx], train.y[idx]) for a, idx in zip(prov_accts, parts)]
     validators = []

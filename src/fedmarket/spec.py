@@ -263,6 +263,13 @@ class RewardSpec(_Strict):
     validator_fee: int = Field(default=0, ge=0, le=R.MAX_AMOUNT)
     licence_requester_bps: int = Field(default=0, ge=0, le=R.BPS - R.MAX_FEE_BPS)
 
+    @property
+    def provider_funds(self) -> int:
+        """What a provider must hold to join: its stake, and the dispute bond with which its process
+        watches the reward root (a job whose bond it could never lock would leave its pay to whoever
+        posts the root)."""
+        return self.provider_stake + self.dispute_bond
+
 
 class ParticipationSpec(_Strict):
     """Who takes part. ``per_round`` > 0 picks each provider for a round with probability

@@ -91,7 +91,7 @@ def test_live_rounds_payouts_and_screenshots(anvil, browser, tmp_path):
         page.wait_for_function(f"document.querySelectorAll('#members td.payout a[data-wei]').length == "
                                f"{len(cast.providers) + len(cast.validators) + 1}", timeout=5000)
         page.wait_for_selector("#accuracy-chart circle >> nth=2", timeout=5000)
-        held = spec.reward.provider_stake + spec.reward.dispute_bond  # each was given its stake and the bond
+        held = spec.reward.provider_funds  # each was given its stake and the dispute bond
         shown = {}
         for row in page.query_selector_all('#members tr[data-role="provider"]'):
             shown[row.get_attribute("data-account")] = int(row.query_selector("td.payout a").get_attribute("data-wei"))

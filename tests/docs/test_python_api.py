@@ -23,6 +23,6 @@ def test_python_api_guide_runs(tmp_path, monkeypatch, capsys):
     dep, job = namespace["dep"], namespace["job"]
     assert dep.job(job)["state"].name == "SETTLED" and "OPEN 100000000000000000000" in out
     assert namespace["accuracy"] > 0.8 and namespace["rounds_done"] == namespace["spec"].training.rounds
-    held = namespace["spec"].reward.provider_stake + namespace["spec"].reward.dispute_bond
+    held = namespace["spec"].reward.provider_funds
     assert all(dep.balance(a.address) > held for a in namespace["provider_accts"])  # stake and bond back plus a reward
     assert dep.licence.call("ownerOf", job) == namespace["requester_acct"].address

@@ -28,16 +28,14 @@ class ModelCaller:
                  tab_queries: int = 0, tab_spent: int = 0, record: Path | None = None):
         self.dep, self.mm, self.account, self.job_id, self.server = dep, dep.model_market, account, job_id, server
         self.count = int(self.mm.call("used", job_id, account.address, server)) if count is None else count
-        self.tab_queries, self.tab_spent = tab_queries, tab_spent  # its usage on its tab at this server
-        self.access_count = 0  # its access queries at this server
-        self.tab_price: int | None = None  # the price its last tab query was signed at
         self.record = record
-        mine = self._records().get(self._key(), {})
+        mine = self._records().get(self._key(), {})  # the most it signed there in earlier runs
         self.count = max(self.count, int(mine.get("count", 0)))
+        self.tab_queries, self.tab_spent = tab_queries, tab_spent  # its usage on its tab at this server
         if int(mine.get("tab_spent", 0)) >= self.tab_spent:
             self.tab_queries, self.tab_spent = int(mine.get("tab_queries", 0)), int(mine.get("tab_spent", 0))
-        self.access_count = int(mine.get("access_count", 0))
-        self.tab_price = mine.get("tab_price")
+        self.access_count = int(mine.get("access_count", 0))  # its access queries at this server
+        self.tab_price: int | None = mine.get("tab_price")  # the price its last tab query was signed at
 
     def _key(self) -> str:
         return f"{self.dep.chain_id}:{self.mm.address.lower()}:{self.job_id}:{self.server.lower()}"

@@ -72,9 +72,7 @@ class Provider(DataRole):
         EIP-2612 permit in the same transaction."""
         spec = self.inspect(job_id)
         stake = spec.reward.provider_stake
-        # a provider's process watches the job's reward root with the job's dispute bond: a job whose
-        # bond it could never lock would leave its pay to whoever posts the root
-        check_funds(self.dep, self.address, stake + spec.reward.dispute_bond,
+        check_funds(self.dep, self.address, spec.reward.provider_funds,
                     f"the provider stake of job {job_id} with the dispute bond that guards its pay", R.Role.PROVIDER)
         if not stake:
             return self.dep.market.transact("join", job_id, sender=self.account)

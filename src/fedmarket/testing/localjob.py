@@ -250,7 +250,7 @@ class LocalJob:
             self.spec = self.spec.model_copy(update={"transport": TransportSpec(flower_app_hash=app_hash())})
         r = self.spec.reward
         mint = [(self.requester, r.escrow), (self.aggregator, r.aggregator_stake)]
-        mint += [(a, r.provider_stake + r.dispute_bond) for a in self.provider_accts]  # a provider watches its pay with the bond
+        mint += [(a, r.provider_funds) for a in self.provider_accts]
         mint += [(a, r.validator_stake) for a in self.validator_accts]
         mint += [(self.challenger_acct, r.dispute_bond)]  # enough for one dispute game
         for acct, amount in mint:

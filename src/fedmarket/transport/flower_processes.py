@@ -85,9 +85,7 @@ class FlowerAggregatorProcess(AggregatorProcess):
         spec, the last committed round's metrics document and the model it names), from this
         process's copy: the ServerApp reads them from the shared store, and a stranger deleting one
         there stopped every train message until the honest aggregator was failed at the deadline."""
-        mirror = self.aggregator.store
-        if not hasattr(mirror, "restore"):
-            return
+        mirror = self.aggregator.store  # a MirroredStore (AggregatorProcess)
         cids = [e["spec_cid"] for e in self.dep.market.events("JobPosted", job_id=self.job_id)[:1]]
         done = committed_rounds(self.dep, self.job_id)
         if done:
